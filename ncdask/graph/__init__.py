@@ -1,0 +1,1 @@
+"""Dask graph construction from the per-chunk kernels (public dask API only)."""

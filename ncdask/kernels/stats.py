@@ -1,0 +1,176 @@
+"""Per-chunk partial class statistics and their exact pairwise merge.
+
+A *partial* is a dict of four arrays describing one block of samples:
+
+``counts`` (K,)
+    samples per class, int64.
+``sums`` (K, D)
+    per-class sums of the embeddings.
+``m2`` (K,)
+    per-class sum of squared distances to the block's own class mean.
+``scatter`` (D, D)
+    pooled centred scatter ``Σ_i (x_i − m_{y_i})(x_i − m_{y_i})ᵀ`` about the
+    block's own class means.
+
+Two partials merge exactly with the pairwise (Chan et al. 1979) update: with
+``δ_k = mean_b,k − mean_a,k`` and ``w_k = n_a,k n_b,k / (n_a,k + n_b,k)``,
+``scatter = scatter_a + scatter_b + Σ_k w_k δ_k δ_kᵀ`` and likewise for ``m2``.
+Every term is formed from centred data, so the result stays accurate in the
+terminal phase of collapse, where ``‖x − μ‖`` is 1e-5 of ``‖μ‖`` and the
+textbook ``Σ xxᵀ − Σ n μμᵀ`` loses every significant digit.
+
+The kernels take their array module from their inputs, so CuPy blocks run
+unchanged; the only operation outside the Array API, the per-class sum, goes
+through :func:`class_sums`, which dispatches on the array module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._xp import array_namespace
+
+Partial = dict[str, Any]
+
+FIELDS = ("counts", "sums", "m2", "scatter")
+
+
+def class_sums(X: Any, y: Any, n_classes: int) -> Any:
+    """Per-class sums of the rows of ``X`` (K×D), by a sparse one-hot product.
+
+    Why not ``flox`` or ``xp.add.at``: measured on this project's 2-core
+    machine (N=1e6, D=256, K=1000) a per-chunk sparse one-hot product took
+    0.22 s, flox 1.5-2.3 s and an xarray groupby 17 s. A dense one-hot GEMM
+    would cost 2·n·K·D flops, more than the scatter GEMM itself once K > D.
+    """
+    xp = array_namespace(X, y)
+    n = X.shape[0]
+    if n == 0:
+        return xp.zeros((n_classes, X.shape[1]), dtype=X.dtype)
+    if xp is np:
+        import scipy.sparse as sp
+
+        onehot = sp.csr_matrix(
+            (np.ones(n, dtype=X.dtype), (y, np.arange(n))), shape=(n_classes, n)
+        )
+        return np.asarray(onehot @ X)
+    import cupyx.scipy.sparse as csp  # pragma: no cover - needs a GPU
+
+    onehot = csp.csr_matrix(  # pragma: no cover
+        (xp.ones(n, dtype=X.dtype), (y, xp.arange(n))), shape=(n_classes, n)
+    )
+    return onehot @ X  # pragma: no cover
+
+
+def chunk_partial(X: Any, y: Any, n_classes: int, dtype: Any = np.float64) -> Partial:
+    """Partial statistics of one block of samples.
+
+    Parameters
+    ----------
+    X : array (n, D)
+        Embeddings of the block (NumPy or CuPy, any float dtype).
+    y : array (n,)
+        Integer labels in ``[0, n_classes)``.
+    n_classes : int
+        Number of classes K.
+    dtype : dtype, default float64
+        Accumulation dtype.
+
+    Returns
+    -------
+    dict
+        ``counts``, ``sums``, ``m2`` and ``scatter`` (see the module docstring).
+    """
+    xp = array_namespace(X, y)
+    X = xp.asarray(X, dtype=dtype)
+    y = xp.asarray(y).astype(xp.int64)
+    counts = xp.bincount(y, minlength=n_classes).astype(xp.int64)
+    sums = class_sums(X, y, n_classes)
+    means = sums / xp.maximum(counts, 1)[:, None].astype(dtype)
+    Xc = X - means[y]
+    scatter = Xc.T @ Xc
+    m2 = xp.bincount(y, weights=xp.sum(Xc * Xc, axis=1), minlength=n_classes).astype(dtype)
+    return {"counts": counts, "sums": sums, "m2": m2, "scatter": scatter}
+
+
+def merge_partials(a: Partial, b: Partial) -> Partial:
+    """Merge two partials exactly (pairwise update on centred terms).
+
+    Only classes present on both sides get a cross term, so merging blocks
+    that each hold few of many classes costs O(min(n_a, n_b)·D²), not O(K·D²).
+    """
+    xp = array_namespace(a["sums"], b["sums"])
+    na, nb = a["counts"], b["counts"]
+    counts = na + nb
+    both = xp.nonzero((na > 0) & (nb > 0))[0]
+    scatter = a["scatter"] + b["scatter"]
+    m2 = a["m2"] + b["m2"]
+    if both.shape[0]:
+        na_b = na[both].astype(scatter.dtype)
+        nb_b = nb[both].astype(scatter.dtype)
+        delta = b["sums"][both] / nb_b[:, None] - a["sums"][both] / na_b[:, None]
+        w = na_b * nb_b / (na_b + nb_b)
+        scatter = scatter + (delta * w[:, None]).T @ delta
+        m2[both] = m2[both] + w * xp.sum(delta * delta, axis=1)
+    return {"counts": counts, "sums": a["sums"] + b["sums"], "m2": m2, "scatter": scatter}
+
+
+def merge_many(parts: list[Partial]) -> Partial:
+    """Merge a list of partials, left to right."""
+    if not parts:
+        raise ValueError("merge_many needs at least one partial")
+    out = parts[0]
+    for p in parts[1:]:
+        out = merge_partials(out, p)
+    return out
+
+
+def finalize(p: Partial, global_mean: str = "unweighted") -> dict[str, Any]:
+    """Turn a partial into the class statistics.
+
+    Returns a dict with ``counts``, ``means`` (NaN rows for empty classes),
+    ``global_mean``, ``within_cov`` (``scatter / N``), ``var_norms``
+    (``m2_k / n_k``, NaN for empty classes) and ``n_samples``.
+    """
+    xp = array_namespace(p["sums"])
+    counts = p["counts"]
+    present = counts > 0
+    n = counts.astype(p["sums"].dtype)
+    safe = xp.where(present, n, 1.0)
+    nan = xp.asarray(float("nan"), dtype=p["sums"].dtype)
+    means = xp.where(present[:, None], p["sums"] / safe[:, None], nan)
+    var_norms = xp.where(present, p["m2"] / safe, nan)
+    n_samples = xp.sum(counts)
+    if global_mean == "unweighted":
+        gm = xp.sum(xp.where(present[:, None], means, 0.0), axis=0) / max(
+            int(xp.sum(present)), 1
+        )
+    elif global_mean == "weighted":
+        gm = xp.sum(p["sums"], axis=0) / max(int(n_samples), 1)
+    else:
+        raise ValueError(f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")
+    within_cov = p["scatter"] / max(int(n_samples), 1)
+    return {
+        "counts": counts,
+        "means": means,
+        "global_mean": gm,
+        "within_cov": within_cov,
+        "var_norms": var_norms,
+        "n_samples": n_samples,
+    }
+
+
+def partial_from_stats(
+    counts: Any, means: Any, var_norms: Any, within_cov: Any
+) -> Partial:
+    """Rebuild a partial from finished statistics (the inverse of :func:`finalize`)."""
+    xp = array_namespace(means)
+    counts = xp.asarray(counts).astype(xp.int64)
+    n = counts.astype(means.dtype)
+    present = counts > 0
+    sums = xp.where(present[:, None], means * n[:, None], 0.0)
+    m2 = xp.where(present, var_norms * n, 0.0)
+    scatter = within_cov * xp.sum(n)
+    return {"counts": counts, "sums": sums, "m2": m2, "scatter": scatter}

@@ -1,0 +1,231 @@
+"""Class statistics as a labelled, lazy :class:`xarray.Dataset`.
+
+One pass over the embeddings computes, per class, the counts, means and
+variance norms, and the pooled within-class covariance, in float64 by
+default (:mod:`ncdask.graph.stats` builds the graph, :mod:`ncdask.kernels.stats`
+holds the per-chunk arithmetic).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from ._version import __version__
+from .graph.stats import finalized_arrays, partials_tree
+from .kernels import stats as K
+from .store import EmbeddingStore, resolve_split
+
+
+class EmptyClassWarning(UserWarning):
+    """Some classes have no samples; they are kept with NaN means and left out of metrics."""
+
+
+DEFINITIONS = {
+    "counts": "n_k, samples per class",
+    "means": "mu_k = (1/n_k) sum_{y_i=k} x_i (NaN for empty classes)",
+    "global_mean": "mu_G: unweighted mean of class means, or (1/N) sum_i x_i if weighted",
+    "within_cov": "Sigma_W = (1/N) sum_i (x_i - mu_{y_i})(x_i - mu_{y_i})^T",
+    "var_norms": "v_k = (1/n_k) sum_{y_i=k} ||x_i - mu_k||^2 (trace of class k's covariance)",
+    "n_samples": "N, the number of samples",
+}
+
+
+def _counts_of(ds: xr.Dataset, n_classes: int) -> np.ndarray:
+    counts = ds.attrs.get("class_counts")
+    if counts is not None and len(counts) == n_classes:
+        return np.asarray(counts, dtype=np.int64)
+    # not from a store: one cheap pass over the labels alone (4-8 bytes a sample)
+    lab = ds["labels"].data
+    if isinstance(lab, da.Array):
+        return np.asarray(da.bincount(lab.astype(np.int64), minlength=n_classes).compute())
+    return np.bincount(np.asarray(lab, dtype=np.int64), minlength=n_classes)
+
+
+def _n_classes_of(ds: xr.Dataset, n_classes: int | None) -> int:
+    if n_classes is not None:
+        return int(n_classes)
+    if "n_classes" in ds.attrs:
+        return int(ds.attrs["n_classes"])
+    raise ValueError("the split Dataset has no 'n_classes' attribute; pass n_classes=")
+
+
+def _labelled(
+    arrays: dict[str, Any],
+    counts: np.ndarray,
+    *,
+    global_mean: str,
+    attrs: dict[str, Any],
+) -> xr.Dataset:
+    K = counts.shape[0]
+    D = arrays["means"].shape[1]
+    empty = np.nonzero(counts == 0)[0].tolist()
+    ds = xr.Dataset(
+        {
+            "counts": (("class",), counts),
+            "means": (("class", "feature"), arrays["means"]),
+            "global_mean": (("feature",), arrays["global_mean"]),
+            "within_cov": (("feature", "feature_"), arrays["within_cov"]),
+            "var_norms": (("class",), arrays["var_norms"]),
+            "n_samples": ((), np.int64(counts.sum())),
+        },
+        coords={"class": np.arange(K), "feature": np.arange(D), "feature_": np.arange(D)},
+    )
+    for name, text in DEFINITIONS.items():
+        ds[name].attrs["definition"] = text
+    ds.attrs.update(attrs)
+    ds.attrs.update(
+        n_classes=K,
+        dim=D,
+        global_mean=global_mean,
+        empty_classes=empty,
+        ncdask_version=__version__,
+    )
+    if empty:
+        shown = empty[:10]
+        more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+        warnings.warn(
+            f"{len(empty)} class(es) have no samples: {shown}{more}; they keep NaN means and "
+            "are left out of measurements",
+            EmptyClassWarning,
+            stacklevel=3,
+        )
+    return ds
+
+
+def class_stats(
+    data: Any,
+    split: str | None = None,
+    *,
+    global_mean: str = "unweighted",
+    dtype: Any = "float64",
+    n_classes: int | None = None,
+    split_every: int = 8,
+) -> xr.Dataset:
+    """Per-class statistics of a split in one pass over its embeddings.
+
+    Parameters
+    ----------
+    data : xarray.Dataset or EmbeddingStore or str
+        A split Dataset (``embeddings (sample, feature)``, ``labels (sample)``),
+        or a store (object or URL) with ``split``.
+    split : str, optional
+        Split name when ``data`` is a store (default "train").
+    global_mean : {"unweighted", "weighted"}
+        Unweighted mean of the class means (the reference's default) or the
+        sample-weighted mean.
+    dtype : dtype, default "float64"
+        Accumulation dtype.
+    n_classes : int, optional
+        K, when the Dataset does not carry it in its attrs.
+    split_every : int
+        Fan-in of the merge tree.
+
+    Returns
+    -------
+    xarray.Dataset
+        Lazy ``counts (class)`` (in memory), ``means (class, feature)``,
+        ``global_mean (feature)``, ``within_cov (feature, feature_)``,
+        ``var_norms (class)`` and ``n_samples``; attrs ``n_classes``, ``dim``,
+        ``global_mean``, ``empty_classes``. Computing any subset runs the one
+        pass once.
+
+    Warns
+    -----
+    EmptyClassWarning
+        When some class has no samples.
+
+    References
+    ----------
+    Papyan, Han & Donoho (2020), "Prevalence of neural collapse during the
+    terminal phase of deep learning training", PNAS.
+
+    Examples
+    --------
+    >>> import numpy as np, ncdask
+    >>> rng = np.random.default_rng(0)
+    >>> s = ncdask.EmbeddingStore.from_arrays(
+    ...     "memory://stats-doc", {"train": (rng.normal(size=(100, 4)), np.arange(100) % 3)},
+    ...     overwrite=True)
+    >>> st = ncdask.class_stats(s, "train")
+    >>> st.counts.values.tolist()
+    [34, 33, 33]
+    """
+    if global_mean not in ("unweighted", "weighted"):
+        raise ValueError(f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")
+    ds = resolve_split(data, split)
+    K = _n_classes_of(ds, n_classes)
+    X = ds["embeddings"].data
+    y = ds["labels"].data
+    if not isinstance(X, da.Array):
+        X = da.from_array(X, chunks=(max(1, (64 * 2**20) // max(1, X.shape[1] * 8)), -1))
+    if not isinstance(y, da.Array):
+        y = da.from_array(y, chunks=(X.chunks[0],))
+    dt = np.dtype(dtype)
+    counts = _counts_of(ds, K)
+    tree = partials_tree(X, y, K, dtype=dt, split_every=split_every)
+    arrays = finalized_arrays(
+        tree, K, X.shape[1], global_mean=global_mean, dtype=dt, meta=X._meta
+    )
+    attrs = {k: ds.attrs[k] for k in ("split", "layer", "epoch", "store") if k in ds.attrs}
+    return _labelled(arrays, counts, global_mean=global_mean, attrs=attrs)
+
+
+def _partial_of(stats: xr.Dataset) -> Any:
+    return dask.delayed(K.partial_from_stats, pure=True)(
+        stats["counts"].data, stats["means"].data, stats["var_norms"].data,
+        stats["within_cov"].data,
+    )
+
+
+def merge_stats(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
+    """Statistics of the concatenation of the data behind ``a`` and ``b``.
+
+    Exact up to rounding (pairwise update of counts, sums and centred
+    scatter), lazy, and without a new pass over any embeddings.
+
+    Parameters
+    ----------
+    a, b : xarray.Dataset
+        Results of :func:`class_stats` with the same K, D and global-mean mode.
+    """
+    for key in ("n_classes", "dim", "global_mean"):
+        if a.attrs.get(key) != b.attrs.get(key):
+            raise ValueError(
+                f"cannot merge stats with different {key}: {a.attrs.get(key)!r} vs "
+                f"{b.attrs.get(key)!r}"
+            )
+    merged = dask.delayed(K.merge_partials, pure=True)(_partial_of(a), _partial_of(b))
+    dt = a["means"].dtype
+    arrays = finalized_arrays(
+        merged, int(a.attrs["n_classes"]), int(a.attrs["dim"]),
+        global_mean=a.attrs["global_mean"], dtype=dt,
+        meta=getattr(a["means"].data, "_meta", np.empty((0, 0), dt)),
+    )
+    counts = np.asarray(a["counts"].values) + np.asarray(b["counts"].values)
+    return _labelled(arrays, counts, global_mean=a.attrs["global_mean"], attrs={})
+
+
+def save_stats(stats: xr.Dataset, url: str, *, storage_options: dict | None = None) -> None:
+    """Write class statistics to a Zarr store (computing them if they are lazy)."""
+    out = stats.copy()
+    out.attrs = {k: (list(v) if isinstance(v, (list, tuple, np.ndarray)) else v)
+                 for k, v in stats.attrs.items() if v is not None}
+    out.attrs["empty_classes"] = [int(i) for i in stats.attrs.get("empty_classes", [])]
+    out.to_zarr(url, mode="w", consolidated=False, storage_options=storage_options)
+
+
+def load_stats(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Reopen statistics written by :func:`save_stats` (lazy, counts in memory)."""
+    ds = xr.open_zarr(url, consolidated=False, storage_options=storage_options)
+    if "within_cov" not in ds or "counts" not in ds:
+        raise ValueError(f"{url!r} does not hold ncdask class statistics")
+    ds["counts"] = ds["counts"].load()
+    ds["n_samples"] = ds["n_samples"].load()
+    ds.attrs["empty_classes"] = [int(i) for i in ds.attrs.get("empty_classes", [])]
+    return ds
