@@ -1,0 +1,261 @@
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from dense import CASES, dense_stats, golden
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ncdask
+from ncdask.stats import EmptyClassWarning
+
+
+def split_ds(X, y, K, chunks):
+    return xr.Dataset(
+        {"embeddings": (("sample", "feature"), da.from_array(X, chunks=(chunks, -1))),
+         "labels": (("sample",), da.from_array(y, chunks=chunks))},
+        attrs={"n_classes": K},
+    )
+
+
+def check_against(st_, ref, rtol):
+    st_ = st_.compute()
+    np.testing.assert_array_equal(st_.counts.values, ref["counts"])
+    np.testing.assert_allclose(st_.means.values, ref["means"], rtol=rtol)
+    np.testing.assert_allclose(st_.global_mean.values, ref["global_mean"], rtol=rtol)
+    np.testing.assert_allclose(st_.within_cov.values, ref["within_cov"], rtol=rtol,
+                               atol=rtol * np.abs(ref["within_cov"]).max())
+    np.testing.assert_allclose(st_.var_norms.values, ref["var_norms"], rtol=rtol)
+    assert int(st_.n_samples) == ref["n_samples"]
+
+
+def assert_golden(st_, gold):
+    g = gold["stats"]
+    np.testing.assert_array_equal(st_.counts.values, g["class_counts"])
+    rel = dict(rtol=1e-9, atol=0)
+    np.testing.assert_allclose(st_.means.values.sum(), g["means_sum"], **rel)
+    np.testing.assert_allclose(st_.global_mean.values.sum(), g["global_mean_sum"], **rel)
+    np.testing.assert_allclose(np.trace(st_.within_cov.values), g["within_cov_trace"], **rel)
+    np.testing.assert_allclose(st_.within_cov.values.sum(), g["within_cov_sum"], **rel)
+    np.testing.assert_allclose(st_.var_norms.values, g["var_norms"], **rel)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("batch,chunk_rows", [(1, 7), (7, 777), (777, 7), (777, 1000)])
+def test_golden_parity_store(mem_url, case, batch, chunk_rows):
+    """Written in odd batches into odd chunks, float64, against the golden stats."""
+    data, gold = golden(case)
+    X, Y = data["X"], data["Y"]
+    K = len(gold["stats"]["class_counts"])
+    s = ncdask.EmbeddingStore.create(mem_url(), K, X.shape[1], dtype="float64",
+                                     chunk_rows=chunk_rows)
+    with s.writer("train") as w:
+        for i in range(0, len(X), batch):
+            w.append(X[i : i + batch], Y[i : i + batch])
+    assert_golden(ncdask.class_stats(s, "train").compute(), gold)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("chunks", [1, 7, 777])
+def test_golden_parity_chunks(case, chunks):
+    """Dask chunks of 1, 7 and 777 rows (no store in between)."""
+    data, gold = golden(case)
+    K = len(gold["stats"]["class_counts"])
+    st_ = ncdask.class_stats(split_ds(data["X"], data["Y"], K, chunks))
+    assert_golden(st_.compute(), gold)
+
+
+def test_collapsed_float32_within_cov_trace(mem_url):
+    """Terminal phase of collapse, stored as float32: tr(Sigma_W) to 1e-3 of the float64 value."""
+    data, gold = golden("collapsed")
+    X = data["X"].astype(np.float32)
+    s = ncdask.EmbeddingStore.create(mem_url(), 5, X.shape[1], chunk_rows=500)
+    s.append("train", X, data["Y"])
+    st_ = ncdask.class_stats(s, "train").compute()
+    tr = np.trace(st_.within_cov.values)
+    assert abs(tr / gold["stats"]["within_cov_trace"] - 1) < 1e-3
+    # the textbook formula in the data's own precision is off by orders of magnitude
+    M = st_.means.values.astype(np.float32)
+    n = st_.counts.values.astype(np.float32)
+    naive = (X.T @ X - (n[:, None] * M).T @ M) / len(X)
+    assert abs(np.trace(naive) / gold["stats"]["within_cov_trace"] - 1) > 1
+
+
+def test_matches_dense_reference_and_is_lazy():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(500, 7)) * 3 + 10
+    y = rng.integers(0, 6, 500)
+    ds = split_ds(X, y, 6, 64)
+    st_ = ncdask.class_stats(ds)
+    assert isinstance(st_.means.data, da.Array) and isinstance(st_.within_cov.data, da.Array)
+    assert st_.within_cov.dims == ("feature", "feature_")
+    assert st_.attrs["global_mean"] == "unweighted" and st_.attrs["empty_classes"] == []
+    assert "definition" in st_.within_cov.attrs
+    check_against(st_, dense_stats(X, y, 6), 1e-10)
+    check_against(ncdask.class_stats(ds, global_mean="weighted"),
+                  dense_stats(X, y, 6, weighted=True), 1e-10)
+
+
+def test_one_pass_graph_size_independent_of_K():
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(1000, 4))
+    sizes = []
+    for K in (5, 500):
+        y = np.arange(1000) % K
+        st_ = ncdask.class_stats(split_ds(X, y, K, 100))
+        sizes.append(len(dict(dask.base.collections_to_expr([st_]).__dask_graph__())))
+    assert sizes[0] == sizes[1]
+    # one graph for all variables: the reads of X appear once per chunk
+    st_ = ncdask.class_stats(split_ds(X, rng.integers(0, 5, 1000), 5, 100))
+    graph = dict(dask.base.collections_to_expr([st_]).__dask_graph__())
+    assert sum(1 for k in graph if "ncdask-partial" in str(k)) == 10
+
+
+def test_empty_classes_nan_and_excluded_from_global_mean():
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(60, 3))
+    y = rng.choice([0, 1, 3], 60)
+    with pytest.warns(EmptyClassWarning, match=r"2 class\(es\) have no samples: \[2, 4\]"):
+        st_ = ncdask.class_stats(split_ds(X, y, 5, 16)).compute()
+    assert st_.attrs["empty_classes"] == [2, 4]
+    assert st_.counts.values.tolist()[2] == 0
+    assert np.isnan(st_.means.values[[2, 4]]).all() and np.isnan(st_.var_norms.values[2])
+    ref = dense_stats(X, y, 5)
+    np.testing.assert_allclose(st_.global_mean.values, ref["global_mean"], rtol=1e-12)
+    assert np.isfinite(st_.within_cov.values).all()
+
+
+def test_merge_stats_equals_concatenation():
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(400, 5)) + 50
+    y = rng.integers(0, 4, 400)
+    a = ncdask.class_stats(split_ds(X[:150], y[:150], 4, 32))
+    b = ncdask.class_stats(split_ds(X[150:], y[150:], 4, 50))
+    m = ncdask.merge_stats(a, b)
+    assert isinstance(m.means.data, da.Array)
+    check_against(m, dense_stats(X, y, 4), 1e-11)
+    w = ncdask.class_stats(split_ds(X[:150], y[:150], 4, 32), global_mean="weighted")
+    with pytest.raises(ValueError, match="different global_mean"):
+        ncdask.merge_stats(a, w)
+
+
+def test_merge_with_disjoint_classes():
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(100, 3))
+    y = np.r_[np.zeros(50, int), np.ones(50, int)]
+    with pytest.warns(EmptyClassWarning):
+        a = ncdask.class_stats(split_ds(X[:50], y[:50], 2, 16))
+    with pytest.warns(EmptyClassWarning):
+        b = ncdask.class_stats(split_ds(X[50:], y[50:], 2, 16))
+    check_against(ncdask.merge_stats(a, b), dense_stats(X, y, 2), 1e-11)
+
+
+def test_save_load_roundtrip_exact(tmp_path, mem_url):
+    rng = np.random.default_rng(10)
+    X = rng.normal(size=(200, 4))
+    y = rng.choice([0, 1, 2, 4], 200)
+    with pytest.warns(EmptyClassWarning):
+        st_ = ncdask.class_stats(split_ds(X, y, 5, 30)).compute()
+    for url in (str(tmp_path / "stats.zarr"), mem_url("stats")):
+        ncdask.save_stats(st_, url)
+        back = ncdask.load_stats(url)
+        assert isinstance(back.counts.data, np.ndarray)
+        xr.testing.assert_identical(back.compute(), st_)
+        assert back.attrs["empty_classes"] == [3]
+    with pytest.raises(ValueError, match="does not hold ncdask class statistics"):
+        xr.Dataset({"a": ("x", [1])}).to_zarr(str(tmp_path / "other.zarr"), consolidated=False)
+        ncdask.load_stats(str(tmp_path / "other.zarr"))
+
+
+def test_stats_from_store_url_and_errors(small_store):
+    s, X, y = small_store
+    st_ = ncdask.class_stats(s.url, "train").compute()
+    check_against(st_, dense_stats(X, y, 4), 1e-6)
+    with pytest.raises(KeyError, match="unknown split"):
+        ncdask.class_stats(s, "nope")
+    with pytest.raises(ValueError, match="global_mean must be"):
+        ncdask.class_stats(s, "train", global_mean="median")
+    bare = split_ds(X, y, 4, 50)
+    bare.attrs = {}
+    with pytest.raises(ValueError, match="pass n_classes="):
+        ncdask.class_stats(bare)
+    check_against(ncdask.class_stats(bare, n_classes=4), dense_stats(X, y, 4), 1e-6)
+    with pytest.raises(TypeError, match="expected a split Dataset"):
+        ncdask.class_stats(42)
+
+
+def test_numpy_backed_dataset_and_float32_accumulation():
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(90, 3))
+    y = rng.integers(0, 3, 90)
+    ds = xr.Dataset({"embeddings": (("sample", "feature"), X), "labels": ("sample", y)},
+                    attrs={"n_classes": 3})
+    check_against(ncdask.class_stats(ds), dense_stats(X, y, 3), 1e-10)
+    st32 = ncdask.class_stats(ds, dtype="float32").compute()
+    assert st32.means.dtype == np.float32
+    np.testing.assert_allclose(st32.within_cov.values, dense_stats(X, y, 3)["within_cov"],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_on_a_distributed_cluster(small_store):
+    distributed = pytest.importorskip("distributed")
+    s, X, y = small_store
+    with distributed.LocalCluster(processes=False, n_workers=2, threads_per_worker=1,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        st_ = client.compute(ncdask.class_stats(s, "train")).result()
+    check_against(st_, dense_stats(X, y, 4), 1e-6)
+
+
+# ------------------------------------------------------------------ invariance
+@st.composite
+def dataset(draw):
+    n = draw(st.integers(1, 120))
+    K = draw(st.integers(1, 6))
+    D = draw(st.integers(1, 5))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, D)) * rng.uniform(0.01, 10) + rng.uniform(-100, 100)
+    y = rng.integers(0, K, n)
+    cuts = sorted(draw(st.lists(st.integers(1, max(n - 1, 1)), max_size=6, unique=True)))
+    return X, y, K, cuts, seed
+
+
+def irregular_chunks(n, cuts):
+    edges = [0, *[c for c in cuts if 0 < c < n], n]
+    return tuple(b - a for a, b in zip(edges[:-1], edges[1:]))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dataset())
+def test_invariant_to_chunking_order_and_batches(data):
+    X, y, K, cuts, seed = data
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyClassWarning)
+        base = ncdask.class_stats(split_ds(X, y, K, X.shape[0])).compute()
+        chunks = irregular_chunks(len(X), cuts)
+        ds = xr.Dataset(
+            {"embeddings": (("sample", "feature"), da.from_array(X, chunks=(chunks, -1))),
+             "labels": ("sample", da.from_array(y, chunks=(chunks,)))},
+            attrs={"n_classes": K})
+        chunked = ncdask.class_stats(ds, split_every=2).compute()
+        perm = np.random.default_rng(seed).permutation(len(X))
+        shuffled = ncdask.class_stats(split_ds(X[perm], y[perm], K, 13)).compute()
+        # batch boundaries: the same data merged from pieces
+        edges = [0, *[c for c in cuts if 0 < c < len(X)], len(X)]
+        parts = [ncdask.class_stats(split_ds(X[a:b], y[a:b], K, 5))
+                 for a, b in zip(edges[:-1], edges[1:])]
+        merged = parts[0]
+        for p in parts[1:]:
+            merged = ncdask.merge_stats(merged, p)
+        merged = merged.compute()
+    scale = np.abs(X).max() ** 2
+    for other in (chunked, shuffled, merged):
+        np.testing.assert_array_equal(other.counts.values, base.counts.values)
+        for v in ("means", "global_mean", "var_norms"):
+            np.testing.assert_allclose(other[v].values, base[v].values, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(other.within_cov.values, base.within_cov.values,
+                                   rtol=1e-8, atol=1e-12 * scale)
