@@ -259,3 +259,14 @@ def test_invariant_to_chunking_order_and_batches(data):
             np.testing.assert_allclose(other[v].values, base[v].values, rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(other.within_cov.values, base.within_cov.values,
                                    rtol=1e-8, atol=1e-12 * scale)
+
+
+def test_class_stats_on_a_store_computes_nothing(small_store):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dask compute happened")
+
+    s, X, y = small_store
+    with dask.config.set(scheduler=refuse):
+        st_ = ncdask.class_stats(s, "train")
+        m = ncdask.merge_stats(st_, st_)
+    np.testing.assert_array_equal(m.counts.values, 2 * np.bincount(y, minlength=4))
