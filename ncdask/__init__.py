@@ -1,17 +1,58 @@
 """ncdask: out-of-core Neural Collapse metrics with Dask, Zarr and xarray."""
 
 from ._version import __version__
+from .metrics import DegenerateInputWarning, measure
+from .reference_api import (
+    class_dist_norm_vars,
+    clf_ncc_agreement,
+    covariance_ratio,
+    dist_kernel,
+    distance_norms,
+    interference_grid,
+    kernel_grid,
+    kernel_stats,
+    log_kernel,
+    mean_norms,
+    orthogonality_deviation,
+    riesz_kernel,
+    self_duality_error,
+    similarities,
+    simplex_etf_error,
+    variability_cdnv,
+)
 from .stats import EmptyClassWarning, class_stats, load_stats, merge_stats, save_stats
 from .store import EmbeddingStore, StoreWriter, resolve_split
 
 __all__ = [
     "__version__",
+    # store
     "EmbeddingStore",
     "StoreWriter",
     "resolve_split",
+    # class statistics
     "class_stats",
     "merge_stats",
     "save_stats",
     "load_stats",
     "EmptyClassWarning",
+    # measurements
+    "measure",
+    "DegenerateInputWarning",
+    # the reference package's functions, blocked
+    "covariance_ratio",
+    "variability_cdnv",
+    "kernel_stats",
+    "kernel_grid",
+    "dist_kernel",
+    "log_kernel",
+    "riesz_kernel",
+    "class_dist_norm_vars",
+    "interference_grid",
+    "simplex_etf_error",
+    "self_duality_error",
+    "similarities",
+    "distance_norms",
+    "mean_norms",
+    "clf_ncc_agreement",
+    "orthogonality_deviation",
 ]

@@ -1,0 +1,219 @@
+"""Blocked pairwise graphs over the class axis.
+
+The class axis is chunked into tiles of ``tile_size`` classes. One
+``blockwise`` call evaluates :func:`ncdask.kernels.pairwise.pair_moments` on
+every tile pair ``(I, J)``: tiles above the diagonal do the work, tiles on it
+their strict upper triangle, tiles below it return empty rows at once. Each
+task returns a ``(S, NSLOT)`` block of moments, so the whole intermediate is
+``n_tiles² × S × 7`` numbers, never K×K; a tree ``reduction`` merges them
+with Chan's update. Every statistic asked for comes from the same tasks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.array.utils import meta_from_array
+
+from ..kernels import pairwise as P
+
+#: Default bytes of tile-sized temporaries one pairwise task may hold.
+TILE_BUDGET = 128 * 2**20
+#: Tiles along the class axis the default tile size aims for (parallelism)...
+MIN_TILES = 4
+#: ...unless tiles would get smaller than this.
+MIN_TILE = 256
+#: T×T float64 arrays a fused pairwise task holds at once (its GEMMs; the
+#: elementwise work runs on cache-sized strips of them).
+TEMPS_PER_PAIR = 2
+
+
+def default_tile_size(
+    n_classes: int, dim: int, *, budget: int = TILE_BUDGET, itemsize: int = 8
+) -> int:
+    """Default classes per tile: fits ``budget`` bytes, and leaves work for several threads.
+
+    A fused task holds about :data:`TEMPS_PER_PAIR` T×T arrays plus two T×D
+    blocks, so ``T ≤ √(budget / (TEMPS_PER_PAIR · itemsize))`` less what the
+    blocks take (rounded down to a multiple of 64). Below that, the class axis
+    is cut into at least :data:`MIN_TILES` tiles (``MIN_TILES·(MIN_TILES+1)/2``
+    upper-triangle tasks) as long as tiles keep :data:`MIN_TILE` classes.
+    """
+    if n_classes <= 0:
+        return 1
+    per = TEMPS_PER_PAIR * itemsize
+    t = int(math.isqrt(max(1, budget // per)))
+    # leave room for the two T×D input blocks
+    while t > 64 and per * t * t + 4 * itemsize * t * dim > budget:
+        t -= 64
+    if t >= 64:
+        t -= t % 64
+    t = min(t, max(MIN_TILE, -(-n_classes // MIN_TILES)))
+    return max(1, min(n_classes, t))
+
+
+def _tiles(n: int, tile_size: int) -> tuple[int, ...]:
+    tile_size = max(1, int(tile_size))
+    full, rest = divmod(n, tile_size)
+    return (tile_size,) * full + ((rest,) if rest else ())
+
+
+def _pair_task(Mi, Mj, gi, gj, *rest, stats, has_v, has_w, params):
+    k = 0
+    vi = vj = Wi = Wj = None
+    if has_v:
+        vi, vj = rest[0], rest[1]
+        k = 2
+    if has_w:
+        Wi, Wj = rest[k], rest[k + 1]
+    out = P.pair_moments(Mi, Mj, gi, gj, vi, vj, Wi, Wj, stats=stats, **params)
+    return out[None, None]
+
+
+def _merge(x, axis=None, keepdims=True):
+    merged = P.merge_moments(x, x.ndim - 2)
+    return merged[None, None] if keepdims else merged
+
+
+def _identity(x, axis=None, keepdims=True):
+    return x
+
+
+def pairwise_moments(
+    M: da.Array,
+    *,
+    stats: Sequence[str],
+    v: da.Array | None = None,
+    W: da.Array | None = None,
+    tile_size: int,
+    dist_exp: float = 1.0,
+    riesz_s: float = 0.0,
+    inv_km1: float = 0.0,
+    split_every: int | None = None,
+) -> da.Array:
+    """Merged moments of the requested pairwise statistics over all class pairs.
+
+    Parameters
+    ----------
+    M : dask array (K, D)
+        Centred class means (rechunked into tiles along the class axis).
+    stats : sequence of str
+        Names from :data:`ncdask.kernels.pairwise.PAIR_STATS`.
+    v : dask array (K,), optional
+        Variance norms (for ``"cdnv"``).
+    W : dask array (K, D), optional
+        Classifier rows (for ``"wcos_dev"``).
+    tile_size : int
+        Classes per tile.
+    dist_exp, riesz_s, inv_km1 : float
+        Passed to the kernel.
+    split_every : int, optional
+        Fan-in of the merge tree.
+
+    Returns
+    -------
+    dask array (S, 5)
+        Columns :data:`ncdask.kernels.pairwise.FINAL` (``n, mean, var,
+        log_mean, log_var``), one row per statistic, one chunk.
+    """
+    stats = tuple(stats)
+    K = M.shape[0]
+    chunks = _tiles(K, tile_size)
+    M = M.rechunk((chunks, -1))
+    gidx = da.arange(K, chunks=(chunks,), dtype=np.int64)
+    args: list[Any] = [M, "ik", M, "jk", gidx, "i", gidx, "j"]
+    if v is not None:
+        v = v.rechunk((chunks,))
+        args += [v, "i", v, "j"]
+    if W is not None:
+        W = W.rechunk((chunks, -1))
+        args += [W, "ik", W, "jk"]
+    params = dict(dist_exp=float(dist_exp), riesz_s=float(riesz_s), inv_km1=float(inv_km1))
+    fn = partial(_pair_task, stats=stats, has_v=v is not None, has_w=W is not None, params=params)
+    meta = meta_from_array(M, ndim=4, dtype=np.float64)
+    parts = da.blockwise(
+        fn,
+        "ijsq",
+        *args,
+        new_axes={"s": len(stats), "q": P.NSLOT},
+        adjust_chunks={"i": 1, "j": 1},
+        concatenate=True,
+        align_arrays=False,
+        dtype=np.float64,
+        meta=meta,
+        token="ncdask-pair-tiles",
+    )
+    merged = da.reduction(
+        parts,
+        chunk=_identity,
+        combine=_merge,
+        aggregate=_merge,
+        axis=(0, 1),
+        keepdims=False,
+        dtype=np.float64,
+        split_every=split_every,
+        concatenate=True,
+        meta=meta_from_array(M, ndim=2, dtype=np.float64),
+        name="ncdask-pair-merge",
+    )
+    signs = [
+        math.copysign(1.0, riesz_s)
+        if (s == "riesz" and riesz_s != 0)
+        else (0.0 if s == "riesz" else 1.0)
+        for s in stats
+    ]
+    return merged.map_blocks(
+        P.finalize_moments,
+        np.asarray(signs),
+        chunks=((len(stats),), (len(P.FINAL),)),
+        dtype=np.float64,
+        meta=meta_from_array(M, ndim=2, dtype=np.float64),
+        token="ncdask-pair-finalize",
+    )
+
+
+def _grid_task(Ai, Aj, *rest, kind, has_v, params):
+    vi, vj = (rest[0], rest[1]) if has_v else (None, None)
+    return P.pair_values(Ai, Aj, vi, vj, kind=kind, **params)
+
+
+def pair_grid(
+    A: da.Array,
+    *,
+    kind: str,
+    v: da.Array | None = None,
+    tile_size: int,
+    dist_exp: float = 1.0,
+    exponent: float = -1.0,
+    riesz_s: float = 0.0,
+) -> da.Array:
+    """The full K×K grid of a pairwise kernel, lazily, one chunk per tile pair.
+
+    Nothing is computed until asked for; write it to Zarr chunk by chunk
+    with ``to_zarr``. See :func:`ncdask.kernels.pairwise.pair_values` for
+    ``kind``.
+    """
+    K = A.shape[0]
+    chunks = _tiles(K, tile_size)
+    A = A.rechunk((chunks, -1))
+    args: list[Any] = [A, "ik", A, "jk"]
+    if v is not None:
+        v = v.rechunk((chunks,))
+        args += [v, "i", v, "j"]
+    params = dict(dist_exp=float(dist_exp), exponent=float(exponent), riesz_s=float(riesz_s))
+    fn = partial(_grid_task, kind=kind, has_v=v is not None, params=params)
+    return da.blockwise(
+        fn,
+        "ij",
+        *args,
+        concatenate=True,
+        align_arrays=False,
+        dtype=A.dtype,
+        meta=meta_from_array(A, ndim=2),
+        token=f"ncdask-grid-{kind}",
+    )

@@ -1,0 +1,113 @@
+"""Small dense kernels: NC1 traces on the smaller side, closed-form ETF errors.
+
+None of these ever forms a K×K matrix unless K ≤ D, in which case it is no
+larger than the D×D covariances that are held anyway.
+
+Everything here takes its array module from its inputs (NumPy or CuPy) and
+imports neither dask nor xarray.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._xp import array_namespace
+from .pairwise import errstate
+
+
+def pinv_cutoff(sigma_max: float, dim: int, dtype: Any, xp: Any) -> float:
+    """``torch.linalg.pinv``'s default cutoff on a ``dim × dim`` matrix: ``dim · ε · σ₁``."""
+    return float(dim) * float(xp.finfo(dtype).eps) * float(sigma_max)
+
+
+def nc1_from_means(
+    Mc: Any, Sw: Any, n_classes: int, *, want_svd: bool, eps_dtype: Any = None
+) -> Any:
+    """``nc1_pinv`` and ``nc1_svd`` from the centred means (the K side, for K ≤ D).
+
+    With the thin SVD ``M̃ = U diag(s) Vᵀ``, ``Σ_B = M̃ᵀM̃ / K`` has singular
+    values ``σ_i = s_i² / K`` and vectors ``v_i``, so
+    ``tr(Σ_B⁺ Σ_W) = Σ_{σ_i > cut} (v_iᵀ Σ_W v_i) / σ_i`` with torch's cutoff
+    ``cut = D ε σ₁`` of the D×D ``Σ_B`` (the centring null direction has
+    ``σ ≈ ε² σ₁`` here and always falls below it).
+
+    Parameters
+    ----------
+    Mc : array (K, D)
+        Centred class means, K ≤ D.
+    Sw : array (D, D)
+        Within-class covariance.
+    n_classes : int
+        K.
+    want_svd : bool
+        Also compute ``nc1_svd`` (top K−1 pairs, no cutoff; +inf when one of
+        them is at or below the cutoff, i.e. Σ_B has rank < K−1).
+    eps_dtype : dtype, optional
+        Dtype whose ε sets the cutoff: that of the means as given (float32
+        means upcast to float64 still carry float32 rounding), default
+        ``Mc.dtype``.
+
+    Returns
+    -------
+    array (2,)
+        ``[nc1_pinv, nc1_svd]`` (NaN where not asked).
+    """
+    xp = array_namespace(Mc, Sw)
+    Mc, Sw = xp.asarray(Mc), xp.asarray(Sw)
+    K, D = Mc.shape
+    with errstate(xp):
+        _, s, Vt = xp.linalg.svd(Mc, full_matrices=False)
+        sig = s * s / n_classes
+        q = xp.sum((Vt @ Sw) * Vt, axis=1)
+        cut = pinv_cutoff(float(sig[0]) if sig.shape[0] else 0.0, D, eps_dtype or Mc.dtype, xp)
+        keep = sig > cut
+        pinv = xp.sum(xp.where(keep, q / xp.where(keep, sig, 1.0), 0.0)) / n_classes
+        svd = math.nan
+        if want_svd:
+            top = sig[: n_classes - 1]
+            if top.shape[0] and bool(xp.any(top <= cut)):
+                svd = math.inf
+            else:
+                svd = float(xp.sum(q[: n_classes - 1] / top)) / n_classes
+    return xp.asarray([float(pinv), svd], dtype=Mc.dtype)
+
+
+def nc1_from_between(Sb: Any, Sw: Any, n_classes: int, *, eps_dtype: Any = None) -> Any:
+    """``nc1_pinv`` from the D×D between-class covariance (the D side, for D < K).
+
+    ``tr(Σ_B⁺ Σ_W) / K`` with the symmetric eigendecomposition of ``Σ_B`` and
+    torch's cutoff ``D ε σ₁`` on its singular values ``|λ|`` (ε of ``eps_dtype``,
+    default ``Sb.dtype``).
+
+    Returns
+    -------
+    array (1,)
+    """
+    xp = array_namespace(Sb, Sw)
+    Sb, Sw = xp.asarray(Sb), xp.asarray(Sw)
+    D = Sb.shape[0]
+    with errstate(xp):
+        Sb = (Sb + Sb.T) * 0.5
+        lam, V = xp.linalg.eigh(Sb)
+        sig = xp.abs(lam)
+        cut = pinv_cutoff(float(xp.max(sig)) if D else 0.0, D, eps_dtype or Sb.dtype, xp)
+        keep = sig > cut
+        q = xp.sum((Sw @ V) * V, axis=0)
+        val = xp.sum(xp.where(keep, q / xp.where(keep, lam, 1.0), 0.0)) / n_classes
+    return xp.reshape(xp.asarray(val, dtype=Sb.dtype), (1,))
+
+
+def etf_error(fro2: Any, trace: Any, ones2: Any, n_classes: int) -> Any:
+    """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` from three scalars of ``G``.
+
+    ``‖G‖_F² = fro2``, ``tr G = trace``, ``1ᵀG1 = ones2``. Since both terms have
+    unit norm, the error is ``√(2 − 2 c)`` with
+    ``c = (tr G − 1ᵀG1/K) / (√(K−1) ‖G‖_F)``. It keeps about
+    ``ε / err²`` relative precision, so it is exact to 1e-6 down to errors of
+    about 1e-5.
+    """
+    xp = array_namespace(fro2)
+    with errstate(xp):
+        c = (trace - ones2 / n_classes) / (math.sqrt(n_classes - 1) * xp.sqrt(fro2))
+        return xp.sqrt(xp.maximum(2.0 - 2.0 * c, 0.0))

@@ -1,0 +1,164 @@
+"""Per-block kernels for NC4 (classifier vs nearest class centre) and NC5 (OOD means).
+
+Everything here takes its array module from its inputs (NumPy or CuPy) and
+imports neither dask nor xarray.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._xp import array_namespace
+from .pairwise import errstate
+from .stats import class_sums
+
+#: Columns of a decision block: best logit, its class, best NCC score, its class.
+DECISION = ("lin_score", "lin_class", "ncc_score", "ncc_class")
+
+
+def decision_tile(X: Any, mG: Any, W: Any, b: Any, Mc: Any, gidx: Any, *, ncc: bool = True) -> Any:
+    """Both classifiers' best class within one class tile, for one block of samples.
+
+    The linear classifier scores ``x · w_k + b_k``; the nearest class centre
+    scores ``‖μ̃_k‖² − 2 x̃ · μ̃_k`` (``‖x̃ − μ̃_k‖²`` less the per-sample
+    constant ``‖x̃‖²``) on data centred by the global mean ``mG``, so both are
+    GEMMs and no difference tensor is formed.
+
+    Parameters
+    ----------
+    X : array (n, D)
+    mG : array (D,)
+    W : array (T, D)
+        Classifier rows of the tile.
+    b : array (T,)
+        Their bias.
+    Mc : array (T, D)
+        Centred class means of the tile.
+    gidx : array (T,)
+        Global class indices of the tile.
+    ncc : bool
+        Also the NCC decisions (else their columns are 0).
+
+    Returns
+    -------
+    array (n, 1, 4)
+        Columns :data:`DECISION`; ties go to the smallest class index.
+    """
+    xp = array_namespace(X, W, Mc)
+    mG, b, gidx = xp.asarray(mG), xp.asarray(b), xp.asarray(gidx)
+    n = X.shape[0]
+    out = xp.empty((n, 1, 4), dtype=X.dtype)
+    if n == 0:
+        return out
+    with errstate(xp):
+        lin = X @ W.T
+        lin += b[None, :]
+        i_lin = xp.argmax(lin, axis=1)
+        r = xp.arange(n)
+        out[:, 0, 0] = lin[r, i_lin]
+        del lin
+        out[:, 0, 1] = gidx[i_lin]
+        if not ncc:
+            out[:, 0, 2:] = 0
+            return out
+        Xc = X - mG[None, :]
+        score = Xc @ Mc.T
+        score *= -2.0
+        score += xp.sum(Mc * Mc, axis=1)[None, :]
+        i_ncc = xp.argmin(score, axis=1)
+        out[:, 0, 2] = score[r, i_ncc]
+        out[:, 0, 3] = gidx[i_ncc]
+    return out
+
+
+def merge_decisions(parts: Any) -> Any:
+    """Merge decision blocks along axis 1 (class tiles in ascending order).
+
+    Parameters
+    ----------
+    parts : array (n, m, 4)
+
+    Returns
+    -------
+    array (n, 1, 4)
+    """
+    xp = array_namespace(parts)
+    n = parts.shape[0]
+    out = xp.empty((n, 1, 4), dtype=parts.dtype)
+    if n == 0:
+        return out
+    r = xp.arange(n)
+    a = xp.argmax(parts[:, :, 0], axis=1)  # first maximum: smallest class on ties
+    c = xp.argmin(parts[:, :, 2], axis=1)
+    out[:, 0, 0] = parts[r, a, 0]
+    out[:, 0, 1] = parts[r, a, 1]
+    out[:, 0, 2] = parts[r, c, 2]
+    out[:, 0, 3] = parts[r, c, 3]
+    return out
+
+
+def faiss_nearest(X: Any, mG: Any, Mc: Any) -> Any:
+    """Nearest class centre of each row by an exact FAISS ``IndexFlatL2`` search.
+
+    FAISS works in float32 (on the host; CuPy blocks are copied), so decisions
+    match the GEMM path except for near-ties at float32 resolution.
+
+    Returns
+    -------
+    array (n,) of int64, in the array module of ``X``.
+    """
+    import faiss  # optional dependency, imported only when asked for
+    import numpy as np
+
+    from ._xp import to_numpy
+
+    xp = array_namespace(X)
+    Xc = np.ascontiguousarray(to_numpy(X - mG[None, :]), dtype=np.float32)
+    index = faiss.IndexFlatL2(Xc.shape[1])
+    index.add(np.ascontiguousarray(to_numpy(Mc), dtype=np.float32))
+    _, idx = index.search(Xc, 1)
+    return xp.asarray(idx[:, 0].astype(np.int64))
+
+
+# --------------------------------------------------------------------------- NC5
+
+
+def label_sums(X: Any, y: Any) -> tuple[Any, Any, Any]:
+    """Per-label sums of one block: ``(labels, sums (L, D) float64, counts (L,))``.
+
+    Samples with a negative label (PyTorch's ``-100`` padding) are dropped.
+    """
+    xp = array_namespace(X, y)
+    y = xp.asarray(y)
+    keep = y >= 0
+    if not bool(xp.all(keep)):
+        X, y = X[keep], y[keep]
+    labels, inv = xp.unique(y, return_inverse=True)
+    inv = xp.reshape(inv, (-1,))
+    sums = class_sums(X.astype(xp.float64), inv, int(labels.shape[0]))
+    counts = xp.bincount(inv, minlength=int(labels.shape[0])).astype(xp.int64)
+    return labels, sums, counts
+
+
+def merge_label_sums(parts: list[tuple[Any, Any, Any]]) -> tuple[Any, Any, Any]:
+    """Merge :func:`label_sums` results (exact: sums and counts add)."""
+    parts = [p for p in parts if p[0].shape[0]]
+    if not parts:
+        raise ValueError("no OOD samples")
+    if len(parts) == 1:
+        return parts[0]
+    xp = array_namespace(parts[0][1])
+    lab = xp.concatenate([p[0] for p in parts])
+    labels, inv = xp.unique(lab, return_inverse=True)
+    inv = xp.reshape(inv, (-1,))
+    L = int(labels.shape[0])
+    sums = class_sums(xp.concatenate([p[1] for p in parts]), inv, L)
+    cat = xp.concatenate([p[2] for p in parts])
+    counts = xp.bincount(inv, weights=cat.astype(xp.float64), minlength=L).astype(xp.int64)
+    return labels, sums, counts
+
+
+def mean_of_label_means(part: tuple[Any, Any, Any]) -> Any:
+    """Unweighted mean of the per-label means (the OOD global mean with labels)."""
+    _, sums, counts = part
+    return (sums / counts[:, None]).mean(axis=0)

@@ -1,0 +1,549 @@
+"""Per-tile pairwise kernels: fused moments over class pairs, and grid tiles.
+
+A *tile* is a pair of row blocks ``(I, J)`` of the class axis. Every pairwise
+statistic of SPEC.md is a function of the squared distance between two
+(centred or normalised) class means, and all of them come out of one GEMM per
+tile: with ``G = M_I M_Jᵀ``,
+
+* ``‖m_i − m_j‖² = ‖m_i‖² + ‖m_j‖² − 2 G_ij`` (CDNV),
+* ``cos_ij = G_ij s_i s_j`` with ``s = 1 / (‖m‖ + ε)`` (equiangularity),
+* ``‖u_i − u_j‖² = a_i² + a_j² − 2 cos_ij`` with ``u = m s`` and ``a = ‖m‖ s``
+  (the GNC2 kernels).
+
+The GEMM form loses relative precision when two vectors are close compared
+to their norms; pairs with ``d² < ρ (‖a‖² + ‖b‖²)`` are recomputed directly
+from their difference (a handful at most in practice), so coincident means
+give an exact 0, not rounding noise.
+
+The GEMM runs once per tile (BLAS is efficient on the whole tile); the
+elementwise work then runs on strips of :data:`STRIP_PAIRS` pairs, which stay
+in cache, and blocks of a strip that straddle the diagonal are masked.
+
+A tile's contribution to each statistic is a row of moments (see
+:data:`SLOTS`): count, mean, sum of squared deviations ``M2`` and a log scale
+(so that the Riesz kernel, whose values under- or overflow for realistic D,
+is accumulated in the log domain), plus counts of non-finite values. Rows
+merge exactly with Chan et al.'s update (:func:`merge_moments`).
+
+Everything here takes its array module from its inputs (NumPy or CuPy) and
+imports neither dask nor xarray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ._xp import array_namespace, to_numpy
+
+#: Slots of a moments row.
+SLOTS = ("n", "mean", "m2", "log_scale", "n_posinf", "n_neginf", "n_nan")
+N, MEAN, M2, LOG_SCALE, POSINF, NEGINF, NAN = range(len(SLOTS))
+NSLOT = len(SLOTS)
+
+#: Pairwise statistics the fused kernel knows, in the order they may be asked for.
+PAIR_STATS = ("cdnv", "dist", "log", "riesz", "cos", "cos_dev", "wcos_dev")
+
+#: Columns of :func:`finalize_moments`.
+FINAL = ("n", "mean", "var", "log_mean", "log_var")
+
+#: Relative threshold below which a GEMM distance is recomputed from the difference.
+RHO = 1e-3
+#: Elements per batch of that direct recomputation.
+_FIX_BATCH = 1 << 22
+
+
+def errstate(xp: Any) -> contextlib.AbstractContextManager:
+    """Silence floating-point warnings (NumPy only; CuPy does not warn)."""
+    if xp is np:
+        return np.errstate(all="ignore")
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _sq_norms(A: Any, xp: Any) -> Any:
+    return xp.sum(A * A, axis=1)
+
+
+def _fix_close(d2: Any, A: Any, B: Any, a2: Any, b2: Any, mask: Any, xp: Any) -> Any:
+    """Recompute ``d2[i, j] = ‖A_i − B_j‖²`` directly where the GEMM form is unreliable.
+
+    ``A`` and ``B`` are callables returning the row blocks (built only when
+    some pair needs them).
+    """
+    if d2.size == 0:
+        return d2
+    quick = RHO * (float(xp.max(a2)) + float(xp.max(b2)))
+    if float(xp.min(d2)) >= quick:
+        return d2
+    close = d2 < RHO * (a2[:, None] + b2[None, :])
+    if mask is not None:
+        close &= mask
+    rows, cols = xp.nonzero(close)
+    if rows.shape[0] == 0:
+        return d2
+    A, B = A(), B()
+    step = max(1, _FIX_BATCH // max(1, A.shape[1]))
+    for s in range(0, int(rows.shape[0]), step):
+        r, c = rows[s : s + step], cols[s : s + step]
+        diff = A[r] - B[c]
+        d2[r, c] = xp.sum(diff * diff, axis=1)
+    return d2
+
+
+class _Side:
+    """Per-row quantities of one block: squared norms, ``s = 1/(‖m‖+ε)``, ``a² = (‖m‖ s)²``."""
+
+    def __init__(self, A: Any, xp: Any) -> None:
+        self.A = A
+        self.n2 = _sq_norms(A, xp)
+        eps = float(xp.finfo(A.dtype).eps)
+        self.s = 1.0 / (xp.sqrt(self.n2) + eps)
+        self.a2 = self.n2 * self.s * self.s
+
+    def rows(self, sl: slice) -> _Side:
+        out = object.__new__(_Side)
+        out.A, out.n2, out.s, out.a2 = self.A[sl], self.n2[sl], self.s[sl], self.a2[sl]
+        return out
+
+    def unit(self) -> Any:
+        return self.A * self.s[:, None]
+
+
+class _Tile:
+    """Distances and cosines of one tile, computed lazily from a single GEMM."""
+
+    def __init__(self, rows: _Side, cols: _Side, mask: Any, xp: Any, G: Any = None) -> None:
+        self.rows, self.cols, self.mask, self.xp = rows, cols, mask, xp
+        self.G = rows.A @ cols.A.T if G is None else G
+        self._cos = self._du2 = self._d2 = None
+
+    def cos(self) -> Any:
+        """``u_i · u_j`` with ``u = m / (‖m‖ + ε)`` (full tile)."""
+        if self._cos is None:
+            c = self.G * self.rows.s[:, None]
+            c *= self.cols.s[None, :]
+            self._cos = c
+        return self._cos
+
+    def du2(self) -> Any:
+        """``‖u_i − u_j‖²`` (full tile, close pairs exact)."""
+        if self._du2 is None:
+            ri, rj = self.rows, self.cols
+            d = self.cos() * -2.0
+            d += ri.a2[:, None]
+            d += rj.a2[None, :]
+            self._du2 = _fix_close(d, ri.unit, rj.unit, ri.a2, rj.a2, self.mask, self.xp)
+        return self._du2
+
+    def d2(self) -> Any:
+        """``‖m_i − m_j‖²`` (full tile, close pairs exact).
+
+        Reuses the GEMM buffer: take :meth:`cos` and :meth:`du2` first.
+        """
+        if self._d2 is None:
+            ri, rj = self.rows, self.cols
+            d = self.G
+            d *= -2.0
+            d += ri.n2[:, None]
+            d += rj.n2[None, :]
+            self.G = None
+            self._d2 = _fix_close(d, lambda: ri.A, lambda: rj.A, ri.n2, rj.n2, self.mask, self.xp)
+        return self._d2
+
+
+# --------------------------------------------------------------------------- moments
+
+
+def _count(xp: Any, cond: Any) -> int:
+    return int(xp.count_nonzero(cond))
+
+
+def _moments_row(x: Any, xp: Any, *, scratch_ok: bool = False) -> list[float]:
+    """Moments of the values ``x`` (any shape) as a row of :data:`SLOTS`.
+
+    Non-finite values are counted in their slots and left out of the
+    count, mean and M2. ``scratch_ok`` lets the function overwrite ``x``.
+    """
+    row = [0.0] * NSLOT
+    if x.size == 0:
+        return row
+    s = float(xp.sum(x))
+    if not math.isfinite(s):
+        pos = _count(xp, x == math.inf)
+        neg = _count(xp, x == -math.inf)
+        nan = _count(xp, xp.isnan(x))
+        row[POSINF], row[NEGINF], row[NAN] = float(pos), float(neg), float(nan)
+        x = x[xp.isfinite(x)]
+        scratch_ok = True
+        if x.size == 0:
+            return row
+        s = float(xp.sum(x))
+    n = int(x.size)
+    mean = s / n
+    d = x if scratch_ok else x.copy()
+    d -= mean
+    d *= d
+    row[N], row[MEAN], row[M2] = float(n), mean, float(xp.sum(d))
+    return row
+
+
+def _riesz_row(lg: Any, s_exp: float, xp: Any) -> list[float]:
+    """Moments of ``|r| = ‖u_i − u_j‖^{−S}`` in the log domain, from ``lg = log ‖u_i − u_j‖²``.
+
+    ``|r| = exp(c) · y`` with ``c`` the strip's largest ``log |r|`` and
+    ``y = exp(−(S/2) lg − c) ≤ 1``; the row stores the moments of ``y`` and
+    ``c`` in ``log_scale``. Zero distances with ``S > 0`` count as ``+inf``.
+    """
+    if lg.size == 0:
+        return [0.0] * NSLOT
+    if s_exp == 0:
+        return _moments_row(xp.zeros_like(lg), xp, scratch_ok=True)
+    half = -0.5 * s_exp
+    pos = 0
+    if s_exp > 0:
+        ref = float(xp.min(lg))
+        if ref == -math.inf:
+            finite = lg > -math.inf
+            pos = int(lg.size) - _count(xp, finite)
+            lg = lg[finite]
+            if lg.size == 0:
+                row = [0.0] * NSLOT
+                row[POSINF] = float(pos)
+                return row
+            ref = float(xp.min(lg))
+    else:
+        ref = float(xp.max(lg))
+        if ref == -math.inf:  # every distance zero: |r| = 0 everywhere
+            return _moments_row(xp.zeros_like(lg), xp, scratch_ok=True)
+    c = half * ref
+    y = lg * half
+    y -= c
+    xp.exp(y, out=y)
+    row = _moments_row(y, xp, scratch_ok=True)
+    row[LOG_SCALE] = c
+    row[POSINF] += pos
+    return row
+
+
+def _block_moments(Mi, Mj, mask, vi, vj, Wi, Wj, G, GW, stats, dist_exp, riesz_s, inv_km1, xp):
+    """Moments rows of one block of a tile (see :func:`pair_moments`).
+
+    ``Mi``, ``Mj``, ``Wi``, ``Wj`` are :class:`_Side` objects for the block's
+    rows and columns, ``G`` and ``GW`` the block of the tile's GEMMs
+    (overwritten), ``mask`` the pairs that count (None: all).
+    """
+    out = np.zeros((len(stats), NSLOT))
+    if Mi.A.shape[0] == 0 or Mj.A.shape[0] == 0:
+        return out
+
+    def pick(a: Any) -> Any:
+        return a if mask is None else a[mask]
+
+    with errstate(xp):
+        t = _Tile(Mi, Mj, mask, xp, G)
+        rows: dict[str, list[float]] = {}
+        if "cos" in stats or "cos_dev" in stats:
+            c = pick(t.cos())
+            if "cos" in stats:
+                rows["cos"] = _moments_row(c, xp)
+            if "cos_dev" in stats:
+                dev = c + inv_km1
+                xp.abs(dev, out=dev)
+                rows["cos_dev"] = _moments_row(dev, xp, scratch_ok=True)
+                del dev
+        if any(k in stats for k in ("dist", "log", "riesz")):
+            du2 = pick(t.du2())
+            if "riesz" in stats or "log" in stats:
+                lg = xp.log(du2)
+                if "riesz" in stats:
+                    rows["riesz"] = _riesz_row(lg, riesz_s, xp)
+                if "log" in stats:
+                    lg *= -0.5
+                    rows["log"] = _moments_row(lg, xp, scratch_ok=True)
+                del lg
+            if "dist" in stats:
+                xp.sqrt(du2, out=du2)
+                rows["dist"] = _moments_row(du2, xp, scratch_ok=True)
+            del du2
+            t._du2 = None
+        if "cdnv" in stats:
+            d2 = pick(t.d2())
+            t._d2 = None
+            if dist_exp != 1.0:
+                d2 = d2 * d2 if dist_exp == 2.0 else d2**dist_exp
+            val = pick(vi[:, None] + vj[None, :])  # halved by the caller
+            val /= d2
+            del d2
+            rows["cdnv"] = _moments_row(val, xp, scratch_ok=True)
+        if "wcos_dev" in stats:
+            w = _Tile(Wi, Wj, mask, xp, GW)
+            dev = pick(w.cos())
+            dev += inv_km1
+            xp.abs(dev, out=dev)
+            rows["wcos_dev"] = _moments_row(dev, xp, scratch_ok=True)
+    for k, name in enumerate(stats):
+        if name not in rows:
+            raise ValueError(f"unknown pairwise statistic {name!r}; known: {PAIR_STATS}")
+        out[k] = rows[name]
+    return out
+
+
+#: Pairs per strip on the host (1 MiB per float64 temporary): a strip's
+#: temporaries stay in cache, and its numpy calls are few and long enough that
+#: dask's threads do not queue on the GIL.
+STRIP_PAIRS = 1 << 17
+
+
+def pair_moments(
+    Mi: Any,
+    Mj: Any,
+    gi: Any,
+    gj: Any,
+    vi: Any = None,
+    vj: Any = None,
+    Wi: Any = None,
+    Wj: Any = None,
+    *,
+    stats: Sequence[str],
+    dist_exp: float = 1.0,
+    riesz_s: float = 0.0,
+    inv_km1: float = 0.0,
+) -> Any:
+    """Moments of the requested pairwise statistics over the pairs of one tile.
+
+    Only pairs with global index ``i < j`` count, so a tile below the
+    diagonal returns empty rows, and a tile on it its strict upper triangle.
+
+    Parameters
+    ----------
+    Mi, Mj : array (Ti, D), (Tj, D)
+        Centred class means of the two row blocks, float.
+    gi, gj : array (Ti,), (Tj,)
+        Their global class indices (ascending).
+    vi, vj : array, optional
+        Variance norms (needed for ``"cdnv"``).
+    Wi, Wj : array, optional
+        Classifier rows (needed for ``"wcos_dev"``).
+    stats : sequence of str
+        Names from :data:`PAIR_STATS`:
+
+        ``cdnv``
+            ``((v_i + v_j)/2) / ‖m_i − m_j‖^{2p}``, ``p = dist_exp``.
+        ``dist``, ``log``, ``riesz``
+            ``‖u_i − u_j‖``, ``−log ‖u_i − u_j‖``, ``‖u_i − u_j‖^{−S}``
+            (magnitude; the sign of ``S`` is applied by :func:`finalize_moments`).
+        ``cos``, ``cos_dev``, ``wcos_dev``
+            ``cos_ij``, ``|cos_ij + 1/(K−1)|`` on means and on classifier rows.
+    dist_exp, riesz_s, inv_km1 : float
+        ``p``, ``S`` and ``1/(K−1)``.
+
+    Returns
+    -------
+    array (len(stats), NSLOT)
+        One row of moments per statistic, float64.
+    """
+    xp = array_namespace(Mi)
+    stats = tuple(stats)
+    for name in stats:
+        if name not in PAIR_STATS:
+            raise ValueError(f"unknown pairwise statistic {name!r}; known: {PAIR_STATS}")
+    Ti, Tj = Mi.shape[0], Mj.shape[0]
+    if Ti == 0 or Tj == 0 or int(gi[0]) >= int(gj[-1]):
+        return xp.zeros((len(stats), NSLOT), dtype=xp.float64)
+    step = Ti if xp is not np else max(1, STRIP_PAIRS // Tj)
+    vi, vj, Wi, Wj = (None if a is None else xp.asarray(a) for a in (vi, vj, Wi, Wj))
+    with errstate(xp):
+        ri, rj = _Side(Mi, xp), _Side(Mj, xp)
+        WI = WJ = None
+        if "wcos_dev" in stats:
+            if Wi is None or Wj is None:
+                raise ValueError("the 'wcos_dev' statistic needs the classifier rows")
+            WI, WJ = _Side(Wi, xp), _Side(Wj, xp)
+        if "cdnv" in stats:
+            if vi is None or vj is None:
+                raise ValueError("the 'cdnv' statistic needs the variance norms")
+            vi, vj = 0.5 * vi, 0.5 * vj
+        # one GEMM per tile (BLAS runs best on the whole tile); the elementwise
+        # work then runs strip by strip on its rows, in cache
+        G = Mi @ Mj.T
+        GW = Wi @ Wj.T if WI is not None else None
+    gi_h, gj_h = np.asarray(to_numpy(gi)), np.asarray(to_numpy(gj))
+    parts = []
+    for r0 in range(0, Ti, step):
+        r1 = min(Ti, r0 + step)
+        # columns [c0, c1) hold pairs on both sides of the diagonal (masked),
+        # columns [c1, Tj) only pairs above it, columns < c0 none
+        c0 = int(np.searchsorted(gj_h, gi_h[r0], side="right"))
+        c1 = int(np.searchsorted(gj_h, gi_h[r1 - 1], side="right"))
+        if c0 >= Tj:
+            break  # this strip and all below it lie under the diagonal
+        sl = slice(r0, r1)
+        for cs, masked in ((slice(c0, c1), True), (slice(c1, Tj), False)):
+            if cs.start >= cs.stop:
+                continue
+            mask = xp.asarray(gi_h[sl][:, None] < gj_h[cs][None, :]) if masked else None
+            parts.append(
+                _block_moments(
+                    ri.rows(sl),
+                    rj.rows(cs),
+                    mask,
+                    None if vi is None else vi[sl],
+                    None if vj is None else vj[cs],
+                    None if WI is None else WI.rows(sl),
+                    None if WJ is None else WJ.rows(cs),
+                    G[sl, cs],
+                    None if GW is None else GW[sl, cs],
+                    stats,
+                    dist_exp,
+                    riesz_s,
+                    inv_km1,
+                    xp,
+                )
+            )
+    if not parts:
+        return xp.zeros((len(stats), NSLOT), dtype=xp.float64)
+    merged = parts[0] if len(parts) == 1 else merge_moments(np.stack(parts), 1)
+    return xp.asarray(merged)
+
+
+def merge_moments(parts: Any, n_lead: int) -> Any:
+    """Merge rows of moments over the ``n_lead`` leading axes (Chan et al.'s update).
+
+    ``n = Σ n_a``, ``mean = Σ n_a mean_a / n``,
+    ``M2 = Σ M2_a + Σ n_a (mean_a − mean)²``, after bringing every part to the
+    largest log scale; non-finite counts add up.
+
+    Parameters
+    ----------
+    parts : array (..., S, NSLOT)
+        Rows of moments; the first ``n_lead`` axes are merged.
+    n_lead : int
+        Number of leading axes to merge.
+
+    Returns
+    -------
+    array (S, NSLOT)
+    """
+    xp = array_namespace(parts)
+    S = parts.shape[-2]
+    p = xp.reshape(parts, (-1, S, NSLOT)) if n_lead else parts[None]
+    if p.shape[0] == 0:
+        return xp.zeros((S, NSLOT), dtype=parts.dtype)
+    with errstate(xp):
+        n_a = p[:, :, N]
+        has = n_a > 0
+        c_a = xp.where(has, p[:, :, LOG_SCALE], -math.inf)
+        c = xp.max(c_a, axis=0)
+        c = xp.where(xp.isfinite(c), c, 0.0)
+        f = xp.where(has, xp.exp(c_a - c[None, :]), 0.0)
+        mean_a = xp.where(has, p[:, :, MEAN] * f, 0.0)
+        n = xp.sum(n_a, axis=0)
+        mean = xp.sum(n_a * mean_a, axis=0) / xp.where(n > 0, n, 1.0)
+        dev = xp.where(has, mean_a - mean[None, :], 0.0)
+        m2 = xp.sum(xp.where(has, p[:, :, M2] * f * f, 0.0) + n_a * dev * dev, axis=0)
+    out = xp.zeros((S, NSLOT), dtype=parts.dtype)
+    out[:, N], out[:, MEAN], out[:, M2], out[:, LOG_SCALE] = n, mean, m2, c
+    for slot in (POSINF, NEGINF, NAN):
+        out[:, slot] = xp.sum(p[:, :, slot], axis=0)
+    return out
+
+
+def finalize_moments(merged: Any, signs: Any = None) -> Any:
+    """Mean and population variance of each statistic from its merged moments.
+
+    Parameters
+    ----------
+    merged : array (S, NSLOT)
+    signs : array (S,), optional
+        Sign applied to each statistic's values (the Riesz kernel's
+        ``sign(S)``); default all +1.
+
+    Returns
+    -------
+    array (S, 5)
+        Columns :data:`FINAL`: ``n`` (finite pairs), ``mean``, ``var``
+        (divisor n), and the natural logs of ``|mean|`` and ``var``, which stay
+        finite where the Riesz values under- or overflow. A statistic with a
+        NaN value, or with both infinities, has NaN mean and variance; one
+        with infinities of one sign has that infinite mean and a NaN variance;
+        no pairs at all gives NaN.
+    """
+    xp = array_namespace(merged)
+    S = merged.shape[0]
+    sg = xp.ones(S, dtype=merged.dtype) if signs is None else xp.asarray(signs, dtype=merged.dtype)
+    with errstate(xp):
+        n, c = merged[:, N], merged[:, LOG_SCALE]
+        ms, m2s = merged[:, MEAN], merged[:, M2] / merged[:, N]
+        log_mean = c + xp.log(xp.abs(ms))
+        log_var = 2.0 * c + xp.log(m2s)
+        mean = sg * xp.exp(c) * ms
+        var = xp.exp(2.0 * c) * m2s
+        pos, neg, nan = merged[:, POSINF], merged[:, NEGINF], merged[:, NAN]
+        bad = (nan > 0) | ((pos > 0) & (neg > 0)) | ((n == 0) & (pos == 0) & (neg == 0))
+        inf = ((pos > 0) | (neg > 0)) & ~bad
+        inf_val = xp.where(pos > 0, math.inf, -math.inf) * xp.where(sg == 0, 1.0, sg)
+        mean = xp.where(bad, math.nan, xp.where(inf, inf_val, mean))
+        log_mean = xp.where(bad, math.nan, xp.where(inf, math.inf, log_mean))
+        var = xp.where(bad | inf, math.nan, var)
+        log_var = xp.where(bad | inf, math.nan, log_var)
+        # a statistic that is identically zero (Riesz with S = 0) has mean 0 and log -inf
+    return xp.stack([n, mean, var, log_mean, log_var], axis=1)
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def pair_values(
+    Ai: Any,
+    Aj: Any,
+    vi: Any = None,
+    vj: Any = None,
+    *,
+    kind: str,
+    dist_exp: float = 1.0,
+    exponent: float = -1.0,
+    riesz_s: float = 0.0,
+) -> Any:
+    """Values of a pairwise kernel on one full tile (diagonal included).
+
+    Parameters
+    ----------
+    Ai, Aj : array (Ti, D), (Tj, D)
+        Rows of the two blocks (taken as given: normalise them first for the
+        GNC2 kernels).
+    vi, vj : array, optional
+        Variance norms, for ``kind="cdnv"``.
+    kind : {"cdnv", "dist", "log", "riesz", "inner"}
+        ``((v_i + v_j)/2) / ‖a_i − a_j‖^{2p}``, ``‖a_i − a_j‖``,
+        ``log(‖a_i − a_j‖^{exponent})``, ``sign(S) ‖a_i − a_j‖^{−S}`` or
+        ``a_i · a_j``.
+
+    Returns
+    -------
+    array (Ti, Tj)
+    """
+    xp = array_namespace(Ai)
+    vi, vj = (None if a is None else xp.asarray(a) for a in (vi, vj))
+    with errstate(xp):
+        if kind == "inner":
+            return Ai @ Aj.T
+        t = _Tile(_Side(Ai, xp), _Side(Aj, xp), None, xp)
+        d2 = t.d2()
+        if kind == "cdnv":
+            den = d2 if dist_exp == 1.0 else d2**dist_exp
+            return (vi[:, None] + vj[None, :]) * 0.5 / den
+        if kind == "dist":
+            return xp.sqrt(d2)
+        if kind == "log":
+            return (0.5 * exponent) * xp.log(d2)
+        if kind == "riesz":
+            sign = math.copysign(1.0, riesz_s) if riesz_s != 0 else 0.0
+            return sign * d2 ** (-0.5 * riesz_s)
+    raise ValueError(f"unknown kernel kind {kind!r}")

@@ -1,0 +1,193 @@
+"""A small dense NumPy implementation of SPEC.md, for tests.
+
+Everything straight from the definitions, with full K×K matrices and
+difference tensors: slow, obvious and independent of ncdask's kernels.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+GOLDEN = Path(__file__).parent / "golden"
+CASES = ("collapsed", "manyclass", "wide")
+EPS = np.finfo(np.float64).eps
+
+
+def golden(name: str) -> tuple[dict, dict]:
+    """Inputs (npz arrays) and expected values (json) of a golden case."""
+    with np.load(GOLDEN / f"{name}.npz") as z:
+        data = {k: z[k] for k in z.files}
+    return data, json.loads((GOLDEN / f"{name}.json").read_text())
+
+
+def dense_stats(
+    X: np.ndarray,
+    y: np.ndarray,
+    K: int,
+    *,
+    weighted: bool = False,
+    chunks: int | tuple | None = None,
+) -> xr.Dataset:
+    """Class statistics as the ``class_stats`` contract Dataset (two dense passes).
+
+    ``means`` is dask-backed (chunked by ``chunks`` along the class axis),
+    ``counts`` is in memory, empty classes have NaN means and variance norms.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y)
+    D = X.shape[1]
+    counts = np.bincount(y, minlength=K).astype(np.int64)
+    means = np.full((K, D), np.nan)
+    var_norms = np.full(K, np.nan)
+    Sw = np.zeros((D, D))
+    for k in range(K):
+        Xk = X[y == k]
+        if len(Xk):
+            means[k] = Xk.mean(0)
+            C = Xk - means[k]
+            var_norms[k] = (C * C).sum(1).mean()
+            Sw += C.T @ C
+    present = counts > 0
+    if not present.any():
+        gm = np.full(D, np.nan)
+    else:
+        gm = X.mean(0) if weighted else means[present].mean(0)
+    ch = K if chunks is None else chunks
+    ds = xr.Dataset(
+        {
+            "counts": (("class",), counts),
+            "means": (("class", "feature"), da.from_array(means, chunks=(ch, -1))),
+            "global_mean": (("feature",), da.from_array(gm)),
+            "within_cov": (("feature", "feature_"), da.from_array(Sw / max(len(X), 1))),
+            "var_norms": (("class",), da.from_array(var_norms, chunks=(ch,))),
+            "n_samples": ((), np.int64(len(X))),
+        },
+        coords={"class": np.arange(K), "feature": np.arange(D), "feature_": np.arange(D)},
+    )
+    ds.attrs.update(
+        n_classes=K,
+        dim=D,
+        global_mean="weighted" if weighted else "unweighted",
+        empty_classes=np.nonzero(~present)[0].tolist(),
+    )
+    return ds
+
+
+def split(X: np.ndarray, y: np.ndarray | None = None, *, chunks: int = 97) -> xr.Dataset:
+    """A split Dataset with dask-backed embeddings (and labels if given)."""
+    v = {"embeddings": (("sample", "feature"), da.from_array(np.asarray(X), chunks=(chunks, -1)))}
+    if y is not None:
+        v["labels"] = (("sample",), da.from_array(np.asarray(y), chunks=(chunks,)))
+    return xr.Dataset(v)
+
+
+def _etf_err(A: np.ndarray, B: np.ndarray) -> float:
+    K = A.shape[0]
+    G = B @ A.T
+    G = G / np.linalg.norm(G)
+    E = (np.eye(K) - np.ones((K, K)) / K) / np.sqrt(K - 1)
+    return float(np.linalg.norm(G - E))
+
+
+def dense_metrics(
+    X: np.ndarray,
+    y: np.ndarray,
+    K: int,
+    *,
+    W: np.ndarray | None = None,
+    b: np.ndarray | None = None,
+    X_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    X_ood: np.ndarray | None = None,
+    y_ood: np.ndarray | None = None,
+    dist_exp: float = 1.0,
+    riesz_s: float | None = None,
+    weighted: bool = False,
+) -> dict:
+    """Every SPEC.md metric over the non-empty classes, from K×K matrices."""
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y)
+    D = X.shape[1]
+    counts = np.bincount(y, minlength=K)
+    pres = np.nonzero(counts)[0]
+    Kp = len(pres)
+    M = np.stack([X[y == k].mean(0) for k in pres])
+    v = np.array([((X[y == k] - M[i]) ** 2).sum(1).mean() for i, k in enumerate(pres)])
+    Sw = sum(((X[y == k] - M[i]).T @ (X[y == k] - M[i])) for i, k in enumerate(pres)) / len(X)
+    mG = X.mean(0) if weighted else M.mean(0)
+    Mc = M - mG
+    Sb = Mc.T @ Mc / Kp
+    out: dict = {}
+    with np.errstate(all="ignore"):
+        out["nc1_pinv"] = np.trace(np.linalg.pinv(Sb, rcond=D * EPS) @ Sw) / Kp
+        if Kp - 1 < D:
+            U, s, _ = np.linalg.svd(Sb)
+            U, s = U[:, : Kp - 1], s[: Kp - 1]
+            out["nc1_svd"] = np.trace(Sw @ U @ np.diag(1 / s) @ U.T) / Kp
+        out["nc1_quot"] = np.trace(Sw) / np.trace(Sb)
+        iu = np.triu_indices(Kp, 1)
+        diff = M[:, None] - M[None]
+        d2 = (diff**2).sum(-1)
+        out["nc1_cdnv"] = (((v[:, None] + v[None]) / 2) / d2**dist_exp)[iu].mean()
+        out["nc2_etf_err"] = _etf_err(Mc, Mc)
+        u = Mc / (np.linalg.norm(Mc, axis=1, keepdims=True) + EPS)
+        du = np.linalg.norm(u[:, None] - u[None], axis=-1)[iu]
+        S = D - 2 if riesz_s is None else riesz_s
+        for name, val in (
+            ("dist", du),
+            ("log", np.log(1 / du)),
+            ("riesz", np.sign(S) * du ** (-S)),
+        ):
+            out[f"nc2g_{name}_mean"] = val.mean()
+            out[f"nc2g_{name}_var"] = val.var()
+        norms = np.linalg.norm(Mc, axis=1)
+        out["mean_norms"] = norms
+        out["nc2_equinorm"] = norms.std(ddof=1) / norms.mean()
+        cos = (u @ u.T)[iu]
+        if len(cos) > 1:
+            out["nc2_equiangle"] = cos.std(ddof=1)
+        out["nc2_max_angle"] = np.abs(cos + 1 / (Kp - 1)).mean()
+        if W is not None:
+            W = np.asarray(W, dtype=np.float64)[pres]
+            bb = np.zeros(Kp) if b is None else np.asarray(b, dtype=np.float64)[pres]
+            sims = (W * Mc).sum(1)
+            out["similarities"] = sims
+            out["similarities_cos"] = sims / np.maximum(np.linalg.norm(W, axis=1) * norms, 1e-8)
+            nw = W / (np.linalg.norm(W, axis=1, keepdims=True) + EPS)
+            out["distance_norms"] = np.linalg.norm(nw - u, axis=1)
+            out["nc3_dual_err"] = _etf_err(Mc, W)
+            out["nc3u_uni_dual"] = sims.var(ddof=1)
+            out["nc3_papyan"] = ((W / np.linalg.norm(W) - Mc / np.linalg.norm(Mc)) ** 2).sum()
+            mu_w = (counts[pres][:, None] * M).sum(0) / counts.sum()
+            out["nc3_bias"] = np.linalg.norm(W @ mu_w + bb)
+            out["nc2w_etf_err"] = _etf_err(W, W)
+            wn = np.linalg.norm(W, axis=1)
+            out["nc2w_equinorm"] = wn.std(ddof=1) / wn.mean()
+            wu = W / (wn[:, None] + EPS)
+            out["nc2w_max_angle"] = np.abs((wu @ wu.T)[iu] + 1 / (Kp - 1)).mean()
+            if X_test is not None:
+                Xt = np.asarray(X_test, dtype=np.float64)
+                yt = np.asarray(y_test)
+                lin = (Xt @ W.T + bb).argmax(1)
+                ncc = ((Xt[:, None] - M[None]) ** 2).sum(-1).argmin(1)
+                ok = (yt >= 0) & (yt < K)
+                agree = (lin == ncc)[ok]
+                out["nc4_agree"] = agree.mean()
+                out["agree_per_class"] = np.array(
+                    [agree[yt[ok] == k].mean() if (yt[ok] == k).any() else np.nan for k in pres]
+                )
+    if X_ood is not None:
+        Xo = np.asarray(X_ood, dtype=np.float64)
+        if y_ood is not None:
+            yo = np.asarray(y_ood)
+            mo = np.mean([Xo[yo == lab].mean(0) for lab in np.unique(yo)], axis=0)
+        else:
+            mo = Xo.mean(0)
+        cosm = M @ mo / (np.linalg.norm(M, axis=1) * np.linalg.norm(mo))
+        out["nc5_ood_dev"] = np.abs(cosm).mean()
+    return {k: (np.asarray(v) if np.ndim(v) else float(v)) for k, v in out.items()}

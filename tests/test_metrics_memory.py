@@ -1,0 +1,67 @@
+"""Pairwise metrics never hold the K×K grid: peak memory at K = 30,000 in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, resource, time
+    import dask.array as da
+    import numpy as np
+    import xarray as xr
+    from ncdask.metrics import measure
+
+    K, D = 30_000, 64
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(K, D))
+    stats = xr.Dataset(
+        {
+            "counts": ("class", np.full(K, 10, dtype=np.int64)),
+            "means": (("class", "feature"), da.from_array(means, chunks=(4096, -1))),
+            "global_mean": ("feature", means.mean(0)),
+            "within_cov": (("feature", "feature_"), np.eye(D)),
+            "var_norms": ("class", da.from_array(rng.random(K), chunks=4096)),
+        },
+        coords={"class": np.arange(K)},
+    )
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    res = measure(stats, metrics=["nc1_cdnv", "nc2g_dist", "nc2g_log", "nc2g_riesz"]).compute()
+    print(json.dumps({
+        "seconds": time.perf_counter() - t0,
+        "rss_before_kib": before,
+        "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "tile_size": res.attrs["tile_size"],
+        "values": {k: float(v) for k, v in res.data_vars.items()},
+    }))
+    """
+)
+
+
+@pytest.mark.slow
+def test_pairwise_metrics_peak_rss_at_30000_classes():
+    env = dict(os.environ)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rep = json.loads(out.stdout.strip().splitlines()[-1])
+    peak_gib = rep["peak_rss_kib"] / 2**20
+    # the float32 K×K grid alone would be 3.6 GB
+    assert peak_gib < 2.0, rep
+    vals = rep["values"]
+    assert all(v == v and abs(v) < float("inf") for v in vals.values()), vals
+    # 64-dim random directions: pairwise distances near sqrt(2)
+    assert abs(vals["nc2g_dist_mean"] - 2**0.5) < 0.05
