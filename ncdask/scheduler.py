@@ -1,0 +1,215 @@
+"""Choosing where the Dask graphs run, and computing them with a progress bar.
+
+:func:`use_scheduler` takes the ``--scheduler`` value of the command line:
+
+``"threads"`` (default)
+    Dask's local thread pool.
+``"processes"``
+    Dask's local multiprocessing scheduler (spawned worker processes; the
+    store must be on a file system or object store the workers can reach,
+    not ``memory://``).
+``"sync"``
+    Everything in the calling thread (for debugging).
+``ADDRESS``
+    A running distributed scheduler, e.g. ``tcp://10.0.0.5:8786``: a
+    :class:`distributed.Client` connects to it for the duration.
+``"local-cuda"``
+    A :class:`dask_cuda.LocalCUDACluster`, one worker per GPU (needs the
+    ``gpu`` extra, ``pip install 'ncdask[gpu]'``, and a CUDA device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+
+LOCAL = ("threads", "processes", "sync")
+
+
+class SchedulerError(RuntimeError):
+    """The requested scheduler cannot be used (bad spec, unreachable, missing package)."""
+
+
+@dataclass
+class Runner:
+    """Where graphs run; ``compute`` runs them with a progress bar.
+
+    Attributes
+    ----------
+    spec : str
+        The scheduler as given (``"threads"``, ``"processes"``, an address, ...).
+    client : distributed.Client or None
+        The client of a distributed scheduler, else None.
+    gpu : bool
+        True for ``"local-cuda"``: chunks should be moved to the GPU.
+    quiet : bool
+        Show no progress bars.
+    """
+
+    spec: str
+    client: Any = None
+    gpu: bool = False
+    quiet: bool = False
+
+    def compute(self, obj: Any, label: str | None = None) -> Any:
+        """Compute a dask collection (array, Dataset, ...), showing progress on stderr.
+
+        Parameters
+        ----------
+        obj : dask collection
+            What to compute (an :class:`xarray.Dataset` of lazy variables, say).
+        label : str, optional
+            Printed before the progress bar.
+
+        Returns
+        -------
+        The computed object (``obj.compute()``).
+        """
+        if label and not self.quiet:
+            print(label, file=sys.stderr, flush=True)
+        if self.client is not None:
+            persisted = self.client.persist(obj)
+            if not self.quiet:
+                from distributed import progress
+
+                # distributed's text bar writes to stdout; keep stdout for results
+                with contextlib.redirect_stdout(sys.stderr):
+                    progress(persisted)
+                    print(file=sys.stderr)
+            return persisted.compute()
+        if self.quiet:
+            return obj.compute()
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(out=sys.stderr, minimum=0.5):
+            return obj.compute()
+
+
+def _is_address(spec: str) -> bool:
+    return "://" in spec or (":" in spec and spec.rsplit(":", 1)[1].isdigit())
+
+
+@contextlib.contextmanager
+def use_scheduler(
+    spec: str | None = None, *, quiet: bool = False, connect_timeout: float = 10.0
+) -> Iterator[Runner]:
+    """Run the Dask computations of the ``with`` block on the chosen scheduler.
+
+    Parameters
+    ----------
+    spec : str, optional
+        ``"threads"`` (default), ``"processes"``, ``"sync"``, a distributed
+        scheduler address (``tcp://host:port``) or ``"local-cuda"``.
+    quiet : bool
+        Silence the progress bars of :meth:`Runner.compute`.
+    connect_timeout : float
+        Seconds to wait for a distributed scheduler.
+
+    Yields
+    ------
+    Runner
+        Use ``runner.compute(obj)`` to compute with a progress bar.
+
+    Raises
+    ------
+    SchedulerError
+        Unknown spec, unreachable address, or ``local-cuda`` without
+        ``dask_cuda`` or a GPU.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> with use_scheduler("threads", quiet=True) as run:
+    ...     int(run.compute(da.ones(10, chunks=5).sum()))
+    10
+    """
+    spec = (spec or "threads").strip()
+    if spec in LOCAL:
+        with dask.config.set(scheduler="synchronous" if spec == "sync" else spec):
+            yield Runner(spec, quiet=quiet)
+        return
+    if spec == "local-cuda":
+        with _local_cuda() as client:
+            yield Runner(spec, client=client, gpu=True, quiet=quiet)
+        return
+    if not _is_address(spec):
+        raise SchedulerError(
+            f"unknown scheduler {spec!r}; use threads, processes, sync, local-cuda "
+            "or a distributed scheduler address such as tcp://host:8786"
+        )
+    from distributed import Client
+
+    try:
+        client = Client(spec, timeout=connect_timeout)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise SchedulerError(f"cannot connect to the Dask scheduler at {spec!r}: {e}") from e
+    with client:
+        yield Runner(spec, client=client, quiet=quiet)
+
+
+@contextlib.contextmanager
+def _local_cuda() -> Iterator[Any]:
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as e:
+        raise SchedulerError(
+            "--scheduler local-cuda needs dask-cuda and CuPy: pip install 'ncdask[gpu]'"
+        ) from e
+    from distributed import Client
+
+    try:
+        cluster = LocalCUDACluster()
+    except Exception as e:  # no device, no driver, CUDA_VISIBLE_DEVICES empty, ...
+        raise SchedulerError(f"cannot start a LocalCUDACluster (is there a GPU?): {e}") from e
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+def to_gpu(split: Any) -> Any:
+    """A split Dataset whose embedding chunks are CuPy arrays (read on the host, moved per chunk).
+
+    Parameters
+    ----------
+    split : xarray.Dataset
+        A split from :meth:`ncdask.EmbeddingStore.split`.
+
+    Returns
+    -------
+    xarray.Dataset
+        The same split, lazy, with ``embeddings`` on the GPU.
+    """
+    import cupy
+
+    emb = split["embeddings"]
+    data = emb.data.map_blocks(cupy.asarray, dtype=emb.dtype,
+                               meta=cupy.empty((0, 0), dtype=emb.dtype))
+    out = split.copy()
+    out["embeddings"] = emb.copy(data=data)
+    return out
+
+
+def to_host(ds: Any) -> Any:
+    """Copy every CuPy-backed variable of a computed Dataset to NumPy.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Computed results, possibly holding CuPy arrays.
+
+    Returns
+    -------
+    xarray.Dataset
+        The same Dataset with NumPy data.
+    """
+    from .kernels._xp import to_numpy
+
+    out = ds.copy()
+    for name, var in ds.variables.items():
+        if type(var.data).__module__.split(".")[0] == "cupy":
+            out[name] = var.copy(data=to_numpy(var.data))
+    return out
