@@ -1,6 +1,7 @@
 """ncdask: out-of-core Neural Collapse metrics with Dask, Zarr and xarray."""
 
 from ._version import __version__
+from .capture import capture
 from .metrics import DegenerateInputWarning, measure
 from .reference_api import (
     class_dist_norm_vars,
@@ -22,6 +23,7 @@ from .reference_api import (
 )
 from .stats import EmptyClassWarning, class_stats, load_stats, merge_stats, save_stats
 from .store import EmbeddingStore, StoreWriter, resolve_split
+from .sweep import sweep
 
 __all__ = [
     "__version__",
@@ -38,6 +40,8 @@ __all__ = [
     # measurements
     "measure",
     "DegenerateInputWarning",
+    "sweep",
+    "capture",
     # the reference package's functions, blocked
     "covariance_ratio",
     "variability_cdnv",

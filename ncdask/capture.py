@@ -1,0 +1,404 @@
+"""Record a PyTorch model's features into an :class:`~ncdask.EmbeddingStore`.
+
+:func:`capture` runs a model over a DataLoader once, under
+:func:`torch.no_grad` and in eval mode, and records the input or output of
+one or several named modules (forward hooks) into embedding sets of a store,
+one buffered append per batch. Several modules at once give a *layer sweep*
+in one pass over the data; calling it after several epochs of training (with
+``epoch=``) gives an *epoch sweep*. :func:`ncdask.sweep` then measures every
+set.
+
+PyTorch is imported only when :func:`capture` is called (extra ``torch``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from ._validate import check_name
+from .store import EmbeddingStore
+
+WHICH = ("input", "output")
+
+
+def _layer_specs(
+    layers: str | Sequence[Any] | Mapping[str, Any] | None,
+    which: str,
+    classifier: str | None,
+) -> list[tuple[str | None, str, str]]:
+    """Normalise ``layers`` to ``[(set_tag, module_name, which), ...]``."""
+    if which not in WHICH:
+        raise ValueError(f"which must be 'input' or 'output', got {which!r}")
+
+    def one(value: Any) -> tuple[str, str]:
+        if isinstance(value, str):
+            return value, which
+        if isinstance(value, (tuple, list)) and len(value) == 2:
+            mod, w = value
+            if not isinstance(mod, str):
+                raise TypeError(f"module names must be strings, got {mod!r}")
+            if w not in WHICH:
+                raise ValueError(f"which must be 'input' or 'output', got {w!r} for {mod!r}")
+            return mod, w
+        raise TypeError(
+            f"a layer is a module name or a (module name, 'input'|'output') pair, got {value!r}"
+        )
+
+    if layers is None:
+        if classifier is None:
+            raise ValueError("give layers= (module names), or classifier= to capture its input")
+        return [(None, classifier, "input")]
+    if isinstance(layers, str):
+        mod, w = one(layers)
+        return [(check_name("layer", layers), mod, w)]
+    if isinstance(layers, Mapping):
+        items = [(check_name("layer", str(k)), *one(v)) for k, v in layers.items()]
+    elif isinstance(layers, (list, tuple)):
+        items = []
+        for v in layers:
+            mod, w = one(v)
+            items.append((check_name("layer", mod), mod, w))
+    else:
+        raise TypeError(
+            f"layers must be a module name, a list or a dict of them, got {type(layers).__name__}"
+        )
+    if not items:
+        raise ValueError("layers is empty")
+    tags = [t for t, _, _ in items]
+    if len(set(tags)) != len(tags):
+        raise ValueError(f"duplicate layer names in {tags}")
+    return items
+
+
+def _module(named: Mapping[str, Any], name: str) -> Any:
+    if name not in named or name == "":
+        shown = [n for n in named if n][:20]
+        raise KeyError(f"model has no submodule {name!r}; some of its modules: {shown}")
+    return named[name]
+
+
+def _to_device(x: Any, device: Any) -> Any:
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, Mapping):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_device(v, device) for v in x)
+    return x
+
+
+def _model_device(model: Any) -> Any:
+    import torch
+
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _cupy_or_none() -> Any:
+    try:
+        import cupy
+    except ImportError:
+        return None
+    return cupy
+
+
+def _features(t: Any, transform: Callable[[Any], Any] | None, cupy: Any) -> Any:
+    """A private 2-D copy of a hooked tensor: NumPy-ready CPU tensor or CuPy array."""
+    import torch
+
+    if isinstance(t, (tuple, list)):  # e.g. (output, state) of recurrent modules
+        t = t[0]
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"a hooked module gave {type(t).__name__}, not a tensor")
+    t = t.detach()
+    if transform is not None:
+        t = transform(t)
+    if t.ndim < 1:
+        raise ValueError("a hooked tensor has no batch dimension")
+    # (batch,) -> (batch, 1); (batch, ...) -> (batch, prod(...))
+    t = t.unsqueeze(1) if t.ndim == 1 else t.flatten(1)
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.to(torch.float32)  # half/bfloat16/integers: NumPy and DLPack take float32
+    if t.device.type == "cuda" and cupy is not None:
+        # a private device copy shared with CuPy through DLPack: no host copy here
+        return cupy.from_dlpack(t.contiguous().clone())
+    if t.device.type != "cpu":
+        return t.to("cpu")  # a fresh host copy
+    # a private copy: later in-place operations of the forward must not change it
+    return t.clone()
+
+
+def _labels(y: Any) -> Any:
+    import numpy as np
+    import torch
+
+    if isinstance(y, torch.Tensor):
+        return y.detach().to("cpu").reshape(-1).numpy()
+    return np.asarray(y).reshape(-1)
+
+
+def capture(
+    model: Any,
+    loader: Iterable[Any],
+    store: EmbeddingStore | Mapping[str, EmbeddingStore],
+    split: str = "train",
+    *,
+    layers: str | Sequence[Any] | Mapping[str, Any] | None = None,
+    which: str = "input",
+    classifier: str | None = None,
+    classifier_for: str | Sequence[str] | None = None,
+    epoch: int | None = None,
+    device: Any = None,
+    transform: Callable[[Any], Any] | None = None,
+    max_batches: int | None = None,
+    append: bool = False,
+    allow_nonfinite: bool = False,
+) -> list[dict[str, Any]]:
+    """Record the input or output of named modules of a model into a store.
+
+    One pass over ``loader`` in eval mode and under :func:`torch.no_grad`:
+    a forward hook on each named module copies what it sees, and each batch
+    is appended (through :meth:`EmbeddingStore.writer`, which buffers to
+    whole chunks) to the embedding set of each layer, tagged
+    ``layer=<name>`` and ``epoch=<epoch>``. The model's train/eval flags
+    are restored and the hooks removed afterwards, also on errors.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model; its inputs are moved to ``device``.
+    loader : iterable of batches
+        Yields ``(x, y, ...)`` batches (a ``torch.utils.data.DataLoader``):
+        ``x`` a tensor (or a list/tuple/dict of tensors, passed as one
+        argument), ``y`` integer labels in ``[0, K)``.
+    store : EmbeddingStore or mapping of layer name to EmbeddingStore
+        Where to write (open for appending). A store has one embedding
+        width D; to record layers of different widths give one store per
+        layer name.
+    split : str, default "train"
+        Split to write in each set.
+    layers : str, list or dict, optional
+        The modules to record, by their name in ``model.named_modules()``:
+        a name, a list of names (each also names its set), or a dict
+        ``{set name: module name}``. A module name may be replaced by a
+        pair ``(module name, "input" | "output")`` to override ``which``.
+        Default: the input of ``classifier``, written to the untagged set
+        (``layer=None``).
+    which : {"input", "output"}, default "input"
+        Record the module's (first positional) input or its output. A tuple
+        output (recurrent modules) contributes its first element.
+    classifier : str, optional
+        Name of a linear module (``weight`` of shape K×D, optional ``bias``)
+        whose weights are stored with :meth:`EmbeddingStore.set_classifier`
+        in the sets of ``classifier_for``.
+    classifier_for : str or list of str, optional
+        Set names that get the classifier; default: the layers that record
+        the classifier's input (the only features W applies to).
+    epoch : int, optional
+        Epoch tag of the sets written (one call per checkpoint gives an epoch
+        sweep).
+    device : torch.device or str, optional
+        Where the inputs go; default: the device of the model's parameters.
+    transform : callable, optional
+        Applied to each hooked tensor before flattening (for instance
+        ``lambda t: t.mean(dim=(2, 3))`` to average-pool conv features).
+    max_batches : int, optional
+        Stop after this many batches.
+    append : bool, default False
+        Allow appending to a split that already holds rows in a set; by
+        default that raises, so a repeated call cannot duplicate samples.
+    allow_nonfinite : bool, default False
+        Store NaN/inf features instead of raising.
+
+    Returns
+    -------
+    list of dict
+        One entry per set written: its tags (``layer``, ``epoch``, where not
+        None), ``module``, ``which``, ``dim`` and ``rows`` (committed rows of
+        the split in that set).
+
+    Notes
+    -----
+    Features that are not 2-D are flattened to ``(batch, prod(rest))``: a
+    convolutional ``(N, C, H, W)`` map becomes ``C·H·W`` features (pass a
+    ``transform`` to pool first). Half-precision and integer features are
+    stored as float32 (then cast to the store's dtype). Each hook copies
+    what it sees, so later in-place operations of the forward (``ReLU
+    (inplace=True)``, residual ``+=``) do not alter it. CUDA features go to
+    CuPy through DLPack, without a host copy, when CuPy is importable (the
+    store copies them to the host when it writes); else they are copied to
+    the host. A module that runs more than once per forward (shared
+    weights) is refused. If the loop fails part way, the batches already
+    written stay committed.
+
+    Examples
+    --------
+    >>> import torch, ncdask
+    >>> from ncdask.capture import capture
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    >>> batches = [(torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 1]))] * 2
+    >>> s = ncdask.EmbeddingStore.create("memory://capture-doc", n_classes=2, dim=4,
+    ...                                  overwrite=True)
+    >>> sets = capture(model, batches, s, layers={"penult": "2"}, classifier="2")
+    >>> [(d["layer"], d["rows"]) for d in sets], s.classifier(layer="penult")[0].shape
+    ([('penult', 10)], (2, 4))
+    """
+    import torch
+
+    specs = _layer_specs(layers, which, classifier)
+    check_name("split", split)
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral)):
+        raise TypeError(f"epoch must be an integer, got {epoch!r}")
+    stores: dict[str | None, EmbeddingStore] = {}
+    for tag, _, _ in specs:
+        if isinstance(store, EmbeddingStore):
+            stores[tag] = store
+        elif isinstance(store, Mapping):
+            if tag not in store:
+                raise KeyError(f"no store given for layer {tag!r}; stores for {list(store)}")
+            stores[tag] = store[tag]
+        else:
+            raise TypeError(f"store must be an EmbeddingStore or a mapping of them, "
+                            f"got {type(store).__name__}")
+    named = dict(model.named_modules())
+    modules = {tag: _module(named, mod) for tag, mod, _ in specs}
+    targets: list[str | None] = []
+    W = b = None
+    if classifier is not None:
+        clf = _module(named, classifier)
+        W = getattr(clf, "weight", None)
+        if not isinstance(W, torch.Tensor) or W.ndim != 2:
+            raise TypeError(f"classifier {classifier!r} has no 2-D weight (a Linear layer)")
+        b = getattr(clf, "bias", None)
+        if classifier_for is None:
+            targets = [t for t, m, w in specs if m == classifier and w == "input"]
+            if not targets:
+                raise ValueError(
+                    f"no recorded layer is the input of classifier {classifier!r}; record it "
+                    f"(e.g. layers={{'{classifier}': ('{classifier}', 'input')}}) or name the "
+                    "sets that get it with classifier_for="
+                )
+        else:
+            wanted = [classifier_for] if isinstance(classifier_for, str) else list(classifier_for)
+            known = [t for t, _, _ in specs]
+            bad = [t for t in wanted if t not in known]
+            if bad:
+                raise ValueError(f"classifier_for names {bad}, not among the layers {known}")
+            targets = wanted
+    elif classifier_for is not None:
+        raise ValueError("classifier_for= needs classifier=")
+    if max_batches is not None and int(max_batches) < 1:
+        raise ValueError(f"max_batches must be >= 1, got {max_batches}")
+    for tag, _, _ in specs:
+        st = stores[tag]
+        if not append and split in st.splits(layer=tag, epoch=epoch):
+            n = st.split(split, layer=tag, epoch=epoch).sizes["sample"]
+            if n:
+                raise ValueError(
+                    f"split {split!r} of set layer={tag}, epoch={epoch} already has {n} rows; "
+                    "pass append=True to add to them"
+                )
+
+    dev = torch.device(device) if device is not None else _model_device(model)
+    cupy = _cupy_or_none()
+    seen: dict[str | None, list[Any]] = {tag: [] for tag, _, _ in specs}
+
+    def hook_for(tag: str | None, kind: str) -> Callable[..., None]:
+        if kind == "input":
+
+            def pre(module: Any, args: tuple[Any, ...]) -> None:
+                if not args:
+                    raise ValueError(f"layer {tag!r}: the module got no positional input")
+                seen[tag].append(_features(args[0], transform, cupy))
+
+            return pre
+
+        def post(module: Any, args: tuple[Any, ...], output: Any) -> None:
+            seen[tag].append(_features(output, transform, cupy))
+
+        return post
+
+    modes = {m: m.training for m in model.modules()}
+    handles = []
+    rows: dict[str | None, int] = {}
+    dims: dict[str | None, int] = {}
+    try:
+        for tag, _, kind in specs:
+            mod = modules[tag]
+            fn = hook_for(tag, kind)
+            handles.append(
+                mod.register_forward_pre_hook(fn) if kind == "input"
+                else mod.register_forward_hook(fn)
+            )
+        model.eval()
+        with contextlib.ExitStack() as stack, torch.no_grad():
+            writers: dict[str | None, Any] = {}
+            for i, batch in enumerate(loader):
+                if max_batches is not None and i >= int(max_batches):
+                    break
+                if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                    raise TypeError("the loader must yield (x, y, ...) batches")
+                x, y = batch[0], batch[1]
+                for v in seen.values():
+                    v.clear()
+                model(_to_device(x, dev))
+                yn = _labels(y)
+                for tag, mod_name, kind in specs:
+                    got = seen[tag]
+                    if len(got) != 1:
+                        raise RuntimeError(
+                            f"module {mod_name!r} ran {len(got)} times in one forward; "
+                            "capture needs exactly one call per batch"
+                        )
+                    X = got[0]
+                    if X.shape[0] != yn.shape[0]:
+                        raise ValueError(
+                            f"layer {tag!r}: {X.shape[0]} feature rows for {yn.shape[0]} labels"
+                        )
+                    if tag not in writers:  # first batch: check the width, then open
+                        st = stores[tag]
+                        if X.shape[1] != st.dim:
+                            raise ValueError(
+                                f"layer {tag!r} ({mod_name} {kind}) has {X.shape[1]} features, "
+                                f"the store has dim {st.dim}; give a store per layer "
+                                "(store={layer name: EmbeddingStore}) for layers of other widths"
+                            )
+                        dims[tag] = int(X.shape[1])
+                        writers[tag] = stack.enter_context(
+                            st.writer(split, layer=tag, epoch=epoch,
+                                      allow_nonfinite=allow_nonfinite)
+                        )
+                    writers[tag].append(X, yn)
+                    got.clear()
+            if not writers:
+                raise ValueError("the loader yielded no batches")
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in modes.items():
+            m.training = flag
+        for v in seen.values():
+            v.clear()
+
+    for tag in targets:
+        stores[tag].set_classifier(W, b, layer=tag, epoch=epoch)
+    out = []
+    for tag, mod_name, kind in specs:
+        st = stores[tag]
+        rows[tag] = int(st.split(split, layer=tag, epoch=epoch).sizes["sample"])
+        entry: dict[str, Any] = {}
+        if tag is not None:
+            entry["layer"] = tag
+        if epoch is not None:
+            entry["epoch"] = int(epoch)
+        entry.update(module=mod_name, which=kind, dim=dims[tag], rows=rows[tag])
+        out.append(entry)
+    return out

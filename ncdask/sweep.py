@@ -1,0 +1,218 @@
+"""Measure every embedding set of a store: sweeps over epochs or layers.
+
+A store holds several embedding *sets* tagged ``layer=`` and ``epoch=``
+(see :meth:`ncdask.EmbeddingStore.sets`), written by
+:func:`ncdask.capture` or by ``append(..., layer=, epoch=)``. :func:`sweep`
+computes the class statistics and the metrics of each set, with that set's
+own classifier, and stacks them along an ``epoch`` or ``layer`` dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .metrics import measure
+from .stats import class_stats
+from .store import SET_TAGS, EmbeddingStore
+
+_RESERVED = ("weights", "bias", "dim", "labels")
+
+
+def _stores(store: Any) -> list[EmbeddingStore]:
+    if isinstance(store, str):
+        return [EmbeddingStore.open(store)]
+    if isinstance(store, EmbeddingStore):
+        return [store]
+    if isinstance(store, Mapping):
+        store = list(store.values())
+    if isinstance(store, (list, tuple)) and store:
+        return [s if isinstance(s, EmbeddingStore) else EmbeddingStore.open(s) for s in store]
+    raise TypeError(
+        "store must be an EmbeddingStore, a URL, or a non-empty list or dict of them, "
+        f"got {type(store).__name__}"
+    )
+
+
+def _sort_key(v: Any) -> tuple[int, Any]:
+    return (0, v) if isinstance(v, (int, np.integer)) else (1, str(v))
+
+
+def sweep(
+    store: EmbeddingStore | str | Sequence[Any] | Mapping[Any, Any],
+    over: str | Sequence[str] = "epoch",
+    split: str = "train",
+    *,
+    test: str | None = None,
+    ood: str | None = None,
+    layer: str | None = None,
+    epoch: int | None = None,
+    order: Sequence[Any] | None = None,
+    use_classifier: bool = True,
+    stats_kwargs: Mapping[str, Any] | None = None,
+    compute: bool = False,
+    **measure_kwargs: Any,
+) -> xr.Dataset:
+    """Class statistics and NC metrics of every embedding set, along one dim.
+
+    Parameters
+    ----------
+    store : EmbeddingStore, URL, or list / dict of them
+        The store(s) to read. Several stores (for instance one per layer
+        width, as :func:`ncdask.capture` writes them) are read as one; two
+        sets with the same tags are an error.
+    over : {"epoch", "layer"} or ("layer", "epoch")
+        The set tag to sweep: the result gets a dim of that name. A pair
+        gives a 2-D sweep (missing combinations are NaN).
+    split : str, default "train"
+        The split whose class statistics are measured in each set.
+    test : str, optional
+        Split name, read from the same set, for NC4 (needs a classifier).
+    ood : str, optional
+        Split name, read from the same set, for NC5.
+    layer, epoch : optional
+        Keep only the sets with this tag (the one not swept), e.g.
+        ``sweep(s, over="epoch", layer="fc_in")``. When the sets differ in
+        a tag that is neither swept nor fixed, a ValueError names the values.
+    order : sequence, optional
+        The coordinates to keep, in this order (for instance layers in
+        network order); default: every set, sorted by coordinate.
+    use_classifier : bool, default True
+        Measure each set with the classifier stored for that set
+        (:meth:`ncdask.EmbeddingStore.set_classifier` with the same tags);
+        sets without one get NaN for the metrics that need it.
+    stats_kwargs : mapping, optional
+        Passed to :func:`ncdask.class_stats` (``global_mean=``, ``dtype=``).
+    compute : bool, default False
+        Compute the result before returning it; by default it is lazy, like
+        :func:`ncdask.measure`, and one ``.compute()`` runs every set's pass
+        over its embeddings in one graph.
+    **measure_kwargs
+        Passed to :func:`ncdask.measure` (``metrics=``, ``tile_size=``, ...).
+
+    Returns
+    -------
+    xarray.Dataset
+        The variables of :func:`ncdask.measure` with the sweep dim first,
+        sorted by coordinate (or in ``order``); attrs as measure's, plus
+        ``split``, ``sweep_over`` and the fixed tags.
+
+    Raises
+    ------
+    ValueError
+        No set matches, or the matching sets differ in a tag not swept.
+
+    Examples
+    --------
+    >>> import numpy as np, ncdask
+    >>> from ncdask.sweep import sweep
+    >>> rng = np.random.default_rng(0)
+    >>> s = ncdask.EmbeddingStore.create("memory://sweep-doc", n_classes=3, dim=4,
+    ...                                  overwrite=True)
+    >>> y = np.arange(60) % 3
+    >>> for e in (0, 5, 10):
+    ...     X = np.eye(3, 4)[y] * (1 + e) + rng.normal(size=(60, 4))
+    ...     _ = s.append("train", X, y, epoch=e)
+    >>> res = sweep(s, over="epoch", metrics=["nc1_quot"], compute=True)
+    >>> res.epoch.values.tolist(), bool((np.diff(res.nc1_quot.values) < 0).all())
+    ([0, 5, 10], True)
+    """
+    dims = [over] if isinstance(over, str) else list(over)
+    if not dims or len(dims) > 2 or len(set(dims)) != len(dims):
+        raise ValueError(f"over must be 'epoch', 'layer' or a pair of them, got {over!r}")
+    for d in dims:
+        if d not in SET_TAGS:
+            raise ValueError(f"over must name set tags {SET_TAGS}, got {d!r}")
+    fixed = {k: v for k, v in (("layer", layer), ("epoch", epoch)) if v is not None}
+    clash = [k for k in fixed if k in dims]
+    if clash:
+        raise ValueError(f"{clash[0]}= fixes the tag that is swept over")
+    bad = [k for k in measure_kwargs if k in _RESERVED]
+    if bad:
+        raise TypeError(
+            f"sweep takes no {bad}: each set is measured with its own stored classifier"
+        )
+
+    found: dict[tuple[Any, ...], tuple[EmbeddingStore, dict[str, Any]]] = {}
+    for st in _stores(store):
+        for tags in st.sets():
+            if any(d not in tags for d in dims):
+                continue
+            if any(tags.get(k) != v for k, v in fixed.items()):
+                continue
+            if split not in st.splits(**tags):
+                continue
+            key = tuple(tags.get(t) for t in SET_TAGS)
+            if key in found:
+                raise ValueError(f"the set {tags} is in more than one of the stores")
+            found[key] = (st, tags)
+    if not found:
+        raise ValueError(
+            f"no embedding set with tag(s) {dims}{' and ' + str(fixed) if fixed else ''} "
+            f"holds split {split!r}"
+        )
+    free = [t for t in SET_TAGS if t not in dims and t not in fixed]
+    for t in free:
+        values = sorted({tags.get(t) for _, tags in found.values()}, key=lambda v: str(v))
+        if len(values) > 1:
+            raise ValueError(
+                f"the sets differ in {t!r} ({values}); fix it (sweep(..., {t}=...)) or sweep "
+                f"over both tags (over=('layer', 'epoch'))"
+            )
+
+    items = list(found.values())
+    coords = [tuple(tags[d] for d in dims) for _, tags in items]
+    if order is not None:
+        wanted = [tuple(o) if len(dims) > 1 else (o,) for o in order]
+        missing = [w for w in wanted if w not in coords]
+        if missing:
+            raise ValueError(f"order names {missing}, which have no set; sets: {coords}")
+        idx = [coords.index(w) for w in wanted]
+    else:
+        idx = sorted(range(len(items)), key=lambda i: tuple(_sort_key(v) for v in coords[i]))
+    items = [items[i] for i in idx]
+    coords = [coords[i] for i in idx]
+
+    stats, weights, bias, tests, oods = [], [], [], [], []
+    sk = dict(stats_kwargs or {})
+    for st, tags in items:
+        stats.append(class_stats(st.split(split, **tags), **sk))
+        W = b = None
+        if use_classifier:
+            try:
+                W, b = st.classifier(**tags)
+            except KeyError:
+                pass
+        weights.append(W)
+        bias.append(b)
+        tests.append(st.split(test, **tags) if test is not None else None)
+        oods.append(st.split(ood, **tags) if ood is not None else None)
+
+    flat_dim = dims[0] if len(dims) == 1 else "set"
+    labels = [c[0] for c in coords] if len(dims) == 1 else list(range(len(coords)))
+    res = measure(
+        stats,
+        weights=weights,
+        bias=bias,
+        test=tests if test is not None else None,
+        ood=oods if ood is not None else None,
+        dim=flat_dim,
+        labels=labels,
+        **measure_kwargs,
+    )
+    attrs = dict(res.attrs)
+    if len(dims) == 2:
+        res = res.assign_coords(
+            {dims[0]: ("set", [c[0] for c in coords]), dims[1]: ("set", [c[1] for c in coords])}
+        )
+        res = res.set_index(set=dims).unstack("set")
+        res = res.transpose(*dims, ...)
+        res = res.sortby(dims) if order is None else res
+    attrs.update(split=split, sweep_over=dims[0] if len(dims) == 1 else list(dims), **fixed)
+    urls = sorted({st.url for st, _ in items})
+    attrs["store"] = urls[0] if len(urls) == 1 else urls
+    res.attrs = attrs
+    return res.compute() if compute else res

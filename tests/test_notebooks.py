@@ -1,0 +1,65 @@
+"""The notebooks in notebooks/: stored without outputs, and each runs top to bottom.
+
+Each notebook is executed in a fresh Jupyter kernel (nbclient) with the Agg
+matplotlib backend, in a temporary working directory; a cell that raises
+fails the test with the cell's traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+#: Modules a notebook needs beyond ncdask's own dependencies.
+NEEDS = {
+    "01_quickstart": ["matplotlib"],
+    "04_training_dynamics": ["matplotlib", "torch"],
+}
+TIMEOUT_S = 300  # per cell
+
+
+def test_there_are_notebooks():
+    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_stored_without_outputs(path):
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(str(path), as_version=4)
+    nbformat.validate(nb)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"cell {i} of {path.name} has outputs: strip them"
+            assert cell.execution_count is None, f"cell {i} of {path.name} has a count"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    for mod in ["nbclient", "nbformat", "ipykernel", *NEEDS.get(path.stem, [])]:
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"{path.name} needs {mod}")
+    import nbformat
+    from nbclient import NotebookClient
+
+    # the kernel inherits this environment: figures off screen, no Jupyter
+    # path-migration DeprecationWarning, no nested parallelism on small CI machines
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    nb = nbformat.read(str(path), as_version=4)
+    client = NotebookClient(
+        nb, timeout=TIMEOUT_S, kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    client.execute()
+    errors = [
+        out for cell in nb.cells if cell.cell_type == "code"
+        for out in cell.outputs if out.get("output_type") == "error"
+    ]
+    assert not errors
