@@ -2,7 +2,17 @@
 
 from ._version import __version__
 from .capture import capture
-from .metrics import DegenerateInputWarning, measure
+from .covariances import class_covariances, class_nc1, class_spectra
+from .metrics import DegenerateInputWarning, RieszRangeWarning, measure
+from .neco import neco_fit, neco_scores, ood_report, total_covariance
+from .peers import (
+    bias_collapse,
+    classifier_equinorm,
+    classifier_etf_error,
+    classifier_max_angle,
+    ood_class_variability,
+    self_duality_distance,
+)
 from .reference_api import (
     class_dist_norm_vars,
     clf_ncc_agreement,
@@ -40,6 +50,7 @@ __all__ = [
     # measurements
     "measure",
     "DegenerateInputWarning",
+    "RieszRangeWarning",
     "sweep",
     "capture",
     # the reference package's functions, blocked
@@ -59,4 +70,18 @@ __all__ = [
     "mean_norms",
     "clf_ncc_agreement",
     "orthogonality_deviation",
+    # beyond the reference
+    "classifier_etf_error",
+    "classifier_equinorm",
+    "classifier_max_angle",
+    "self_duality_distance",
+    "bias_collapse",
+    "ood_class_variability",
+    "class_covariances",
+    "class_nc1",
+    "class_spectra",
+    "total_covariance",
+    "neco_fit",
+    "neco_scores",
+    "ood_report",
 ]

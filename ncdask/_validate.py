@@ -34,8 +34,12 @@ def batch_to_numpy(
     n_classes: int,
     dtype: np.dtype,
     allow_nonfinite: bool = False,
+    ignore_index: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate one batch and return it as host NumPy arrays (X in the store's dtype).
+
+    Labels equal to ``ignore_index`` (PyTorch's ``-100`` padding, say) are
+    accepted and kept as they are; every other label must lie in ``[0, K)``.
 
     Raises
     ------
@@ -67,8 +71,19 @@ def batch_to_numpy(
     if y.size:
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= n_classes:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"label {bad} is outside [0, {n_classes}) (n_classes={n_classes})")
+            bad_mask = (y < 0) | (y >= n_classes)
+            if ignore_index is not None:
+                bad_mask &= y != ignore_index
+            if bad_mask.any():
+                bad = int(y[np.argmax(bad_mask)])
+                hint = (
+                    f"; only ignore_index={ignore_index} may lie outside"
+                    if ignore_index is not None
+                    else "; create the store with ignore_index= to keep padding labels"
+                )
+                raise ValueError(
+                    f"label {bad} is outside [0, {n_classes}) (n_classes={n_classes}){hint}"
+                )
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
         Xs = np.asarray(X, dtype=dtype)
     if not allow_nonfinite and Xs.size and not np.isfinite(Xs).all():
@@ -79,3 +94,20 @@ def batch_to_numpy(
             "pass allow_nonfinite=True to store them anyway"
         )
     return Xs, y.astype(np.int32 if n_classes < 2**31 else np.int64, copy=False)
+
+
+def check_ignore_index(ignore_index: Any, n_classes: int) -> int | None:
+    """``None`` or an integer outside ``[0, K)`` (a label that is no class)."""
+    if ignore_index is None:
+        return None
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+        raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
+    ii = int(ignore_index)
+    if 0 <= ii < n_classes:
+        raise ValueError(
+            f"ignore_index={ii} is a class index (n_classes={n_classes}); it must lie "
+            "outside [0, K), e.g. -100"
+        )
+    if not -(2**31) <= ii < 2**31:
+        raise ValueError(f"ignore_index={ii} does not fit the int32 labels")
+    return ii

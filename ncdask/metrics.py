@@ -19,7 +19,7 @@ overflow)::
     nc2g_riesz_mean nc2g_riesz_var nc2g_riesz_log_mean nc2g_riesz_log_var
     nc2w_etf_err nc2w_equinorm nc2w_max_angle
     nc3_dual_err nc3u_uni_dual nc3_papyan nc3_bias
-    nc4_agree nc5_ood_dev
+    nc4_agree nc5_ood_dev nc1_ood_class
 
 Per-class companions on the ``class`` dim (non-empty classes only)::
 
@@ -30,7 +30,20 @@ Every variable has attrs ``long_name``, ``formula`` and ``reference``.
 Degenerate input
 ----------------
 * Empty classes are left out of every metric (their means are NaN) and
-  listed in the ``empty_classes`` attribute; K below counts non-empty classes.
+  listed in the ``empty_classes`` attribute; K below counts the classes kept.
+* Classes with fewer than ``min_count`` samples, and those the statistics
+  were filtered by (``class_stats(..., min_count=)``), are left out the same
+  way and listed in ``filtered_classes``; the global mean is then taken over
+  the classes kept. ``Σ_W`` is the statistics' own: it leaves the filtered
+  classes' samples out only when ``class_stats`` was given the
+  ``min_count``.
+* Samples labelled ``ignore_index`` (default: the statistics' attribute, set
+  from the store) are skipped by NC4 and left out of the OOD means of NC5
+  and ``nc1_ood_class``.
+* The Riesz kernel is accumulated in the log domain; where its mean or
+  variance over- or underflows float64 (``S = D − 2`` for D in the
+  thousands), computing it warns :class:`RieszRangeWarning` and the
+  ``nc2g_riesz_log_*`` variables hold the finite logs.
 * Metrics whose inputs are missing (no ``weights``, ``test`` or ``ood``) are
   left out silently and listed in the ``left_out`` attribute.
 * Structurally undefined metrics are left out with a
@@ -58,11 +71,14 @@ import numpy as np
 import xarray as xr
 from dask.array.utils import meta_from_array
 
+from ._validate import check_ignore_index
 from ._version import __version__
 from .graph import closed_forms as CF
 from .graph import decisions as DG
 from .graph.pairwise import default_tile_size, pairwise_moments
+from .graph.stats import finalized_arrays, partials_tree
 from .kernels._xp import to_numpy
+from .kernels.pairwise import RieszRangeWarning  # noqa: F401 - re-exported with measure
 
 
 class DegenerateInputWarning(UserWarning):
@@ -249,6 +265,14 @@ METRICS: dict[str, MetricInfo] = {
         needs=("ood",),
         min_classes=1,
     ),
+    "nc1_ood_class": MetricInfo(
+        "NC1 with the OOD set as an extra class",
+        "nc1_pinv over K+1 classes: the OOD samples form class K+1 (its mean, its "
+        "scatter pooled into Sigma_W, N grown by the OOD count, mu_G over K+1 means)",
+        AMMAR + ", App. D",
+        needs=("ood",),
+        min_classes=1,
+    ),
     # per-class companions
     "mean_norms": MetricInfo(
         "norm of the centred class mean",
@@ -358,6 +382,15 @@ def _namespace_of(x: da.Array) -> Any:
     return array_namespace(x._meta)
 
 
+def _like(x: da.Array, ref: da.Array) -> da.Array:
+    """``x`` with the array module of ``ref``'s chunks (NumPy weights or data, CuPy stats)."""
+    if type(x._meta) is type(ref._meta):
+        return x
+    xp = _namespace_of(ref)
+    move = to_numpy if xp is np else xp.asarray
+    return x.map_blocks(move, meta=meta_from_array(ref, ndim=x.ndim, dtype=x.dtype))
+
+
 def _float64(x: da.Array) -> da.Array:
     return x if x.dtype == np.float64 else x.astype(np.float64)
 
@@ -385,6 +418,113 @@ def _check_stats(stats: Any) -> xr.Dataset:
     return stats
 
 
+def _global_mean_of(M: da.Array, n_k: np.ndarray, mode: str | None) -> da.Array:
+    """Global mean of the class means ``M`` kept: unweighted, or weighted by ``n_k``."""
+    if mode == "weighted":
+        frac = as_dask(n_k.astype(np.float64) / max(float(n_k.sum()), 1.0)).rechunk(
+            (M.chunks[0],)
+        )
+        frac = frac.map_blocks(_namespace_of(M).asarray, meta=meta_from_array(M, ndim=1))
+        return (M * frac[:, None]).sum(axis=0).rechunk(-1)
+    return M.mean(axis=0).rechunk(-1)
+
+
+def _ood_labels_for_one_class(yo: Any, ignore_index: int | None) -> Any:
+    from .kernels._xp import array_namespace
+
+    xp = array_namespace(yo)
+    yo = xp.asarray(yo)
+    zero = xp.zeros(yo.shape, dtype=xp.int64)
+    if ignore_index is None:
+        return zero
+    return xp.where(yo == ignore_index, ignore_index, zero)
+
+
+def ood_class_nc1(
+    M: da.Array,
+    Sw: da.Array,
+    n_id: int,
+    n_k: np.ndarray,
+    ood: Any,
+    *,
+    global_mean: str = "unweighted",
+    ignore_index: int | None = None,
+    eps_dtype: Any = None,
+    split_every: int | None = None,
+) -> da.Array:
+    """Lazy ``nc1_pinv`` of the K ID classes plus the OOD set as class K+1.
+
+    One pass over the OOD embeddings gives their count ``n_o``, mean ``μ_o``
+    and centred scatter ``S_o`` (the one-class case of the class-statistics
+    pass); then ``Σ_W' = (N Σ_W + S_o) / (N + n_o)``, the means gain the row
+    ``μ_o``, the global mean is taken over the K+1 means (or weighted by the
+    counts) and ``tr(Σ_B'⁺ Σ_W') / (K+1)`` is computed as ``nc1_pinv``.
+
+    Parameters
+    ----------
+    M : dask array (K, D)
+        Class means of the classes measured (float64).
+    Sw : dask array (D, D)
+        Within-class covariance, pooled over ``n_id`` samples.
+    n_id : int
+        The number of samples behind ``Sw``.
+    n_k : array (K,)
+        Counts of the classes in ``M`` (for a weighted global mean).
+    ood : split Dataset or (store, split)
+        OOD samples; their labels are ignored except ``ignore_index``.
+    global_mean : {"unweighted", "weighted"}
+    ignore_index : int, optional
+        OOD samples with this label are left out.
+    eps_dtype : dtype, optional
+        Sets the pseudo-inverse cutoff (see :func:`ncdask.graph.closed_forms.nc1_values`).
+    split_every : int, optional
+
+    Returns
+    -------
+    dask array, 0-d
+
+    References
+    ----------
+    Ammar et al. (2024), NECO, ICLR (arXiv:2310.06823), Appendix D.
+    """
+    split = _split(ood)
+    Xo = _like(as_dask(split["embeddings"]), M)
+    D = M.shape[1]
+    if Xo.ndim != 2 or Xo.shape[1] != D:
+        raise ValueError(f"OOD embeddings have shape {Xo.shape}, expected (n, {D})")
+    Xo = Xo.rechunk({1: -1})
+    if "labels" in split and ignore_index is not None:
+        yo = as_dask(split["labels"]).rechunk((Xo.chunks[0],))
+        yo = yo.map_blocks(
+            _ood_labels_for_one_class, ignore_index, dtype=np.int64,
+            meta=meta_from_array(yo, ndim=1, dtype=np.int64),
+        )
+    else:
+        yo = da.zeros(Xo.shape[0], chunks=(Xo.chunks[0],), dtype=np.int64)
+        yo = yo.map_blocks(
+            _namespace_of(Xo).asarray, meta=meta_from_array(Xo, ndim=1, dtype=np.int64)
+        )
+    tree = partials_tree(
+        Xo, yo, 1, dtype=np.float64, split_every=split_every or 8, ignore_index=ignore_index
+    )
+    fin = finalized_arrays(
+        tree, 1, D, global_mean="unweighted", dtype=np.float64, meta=Xo._meta
+    )
+    n_o = fin["n_samples"].astype(np.float64)
+    mu_o = fin["means"]  # (1, D)
+    Sw2 = (Sw * float(n_id) + fin["within_cov"] * n_o) / (float(n_id) + n_o)
+    M2 = da.concatenate([M, mu_o.rechunk((1, -1))], axis=0)
+    if global_mean == "weighted":
+        nk = as_dask(n_k.astype(np.float64)).rechunk((M.chunks[0],))
+        nk = nk.map_blocks(_namespace_of(M).asarray, meta=meta_from_array(M, ndim=1))
+        tot = (M * nk[:, None]).sum(axis=0)
+        mG2 = (tot + mu_o[0] * n_o) / (float(n_k.sum()) + n_o)
+    else:
+        mG2 = M2.mean(axis=0)
+    Mc2 = M2 - mG2[None, :]
+    return CF.nc1_values(Mc2, Sw2, want_svd=False, eps_dtype=eps_dtype)[0]
+
+
 # --------------------------------------------------------------------------- one measurement
 
 
@@ -406,14 +546,25 @@ def _measure_one(
     nc4_backend: str,
     ood_labels: bool | None,
     split_every: int | None,
+    min_count: int | None = None,
+    ignore_index: int | None = None,
 ) -> tuple[xr.Dataset, dict[str, str]]:
     stats = _check_stats(stats)
     counts = np.asarray(to_numpy(stats["counts"].values)).astype(np.int64)
     K_all = int(counts.shape[0])
     D = int(stats.sizes["feature"])
-    present = np.nonzero(counts > 0)[0]
+    keep = counts > 0
+    if min_count is not None:
+        keep &= counts >= int(min_count)
+    pre = [int(i) for i in stats.attrs.get("filtered_classes", []) if 0 <= int(i) < K_all]
+    keep[pre] = False
+    present = np.nonzero(keep)[0]
     empty = np.nonzero(counts == 0)[0].tolist()
+    filtered = np.nonzero((counts > 0) & ~keep)[0].tolist()
     K = int(present.size)
+    if ignore_index is None:
+        ignore_index = stats.attrs.get("ignore_index")
+    ignore_index = check_ignore_index(ignore_index, K_all)
     class_ids = np.asarray(stats["class"].values)[present] if "class" in stats.coords else present
     have = {"weights": weights is not None, "test": test is not None, "ood": ood is not None}
 
@@ -441,26 +592,30 @@ def _measure_one(
         eps_dtype = given if np.issubdtype(given, np.floating) else np.dtype(np.float64)
         M = _float64(as_dask(stats["means"]))
         v = _float64(as_dask(stats["var_norms"]))
-        if empty:
+        if K < K_all:
             M, v = M[present], v[present]
         M = M.rechunk((min(T, K), -1))
-        mG = _float64(as_dask(stats["global_mean"])).rechunk(-1)
+        if sorted(set(filtered) - set(pre)):
+            # classes filtered here: the global mean over the classes kept
+            mG = _global_mean_of(M, counts[present], stats.attrs.get("global_mean"))
+        else:
+            mG = _float64(as_dask(stats["global_mean"])).rechunk(-1)
         Sw = _float64(as_dask(stats["within_cov"]))
         Mc = M - mG[None, :]
 
         W = b = None
         if have["weights"]:
-            W = _float64(as_dask(weights))
+            W = _like(_float64(as_dask(weights)), M)
             if W.shape != (K_all, D):
                 raise ValueError(f"weights have shape {W.shape}, expected (K, D) = {(K_all, D)}")
             b = (
-                da.zeros(K_all, chunks=-1, dtype=np.float64)
+                da.zeros_like(W[:, 0])
                 if bias is None
-                else _float64(as_dask(bias))
+                else _like(_float64(as_dask(bias)), M)
             )
             if b.shape != (K_all,):
                 raise ValueError(f"bias has shape {b.shape}, expected (K,) = {(K_all,)}")
-            if empty:
+            if K < K_all:
                 W, b = W[present], b[present]
             W = W.rechunk(Mc.chunks)
 
@@ -557,7 +712,7 @@ def _measure_one(
             # ---- NC4
             if "nc4_agree" in todo or "agree_per_class" in todo:
                 split = _split(test)
-                X = _float64(as_dask(split["embeddings"]))
+                X = _like(_float64(as_dask(split["embeddings"])), M)
                 if X.shape[1] != D:
                     raise ValueError(f"test embeddings have dim {X.shape[1]}, stats have {D}")
                 if "labels" not in split:
@@ -584,11 +739,30 @@ def _measure_one(
         # ---- NC5
         if "nc5_ood_dev" in todo:
             split = ood if isinstance(ood, xr.Dataset) else _split(ood)
-            Xo = _float64(as_dask(split["embeddings"]))
+            Xo = _like(_float64(as_dask(split["embeddings"])), M)
             use = "labels" in split if ood_labels is None else bool(ood_labels)
             yo = as_dask(split["labels"]) if use else None
-            mood = DG.ood_global_mean(Xo, yo)
+            mood = DG.ood_global_mean(Xo, yo, ignore_index=ignore_index)
             out["nc5_ood_dev"] = da.fabs(CF.cosine_rows(M, mood[None, :])).mean()
+
+        # ---- NC1 with the OOD set as class K+1
+        if "nc1_ood_class" in todo:
+            n_id = (
+                int(to_numpy(stats["n_samples"].values))
+                if "n_samples" in stats
+                else int(counts.sum())
+            )
+            out["nc1_ood_class"] = ood_class_nc1(
+                M,
+                Sw,
+                n_id,
+                counts[present],
+                ood,
+                global_mean=stats.attrs.get("global_mean", "unweighted"),
+                ignore_index=ignore_index,
+                eps_dtype=eps_dtype,
+                split_every=split_every,
+            )
 
     data_vars = {}
     for name in todo:
@@ -608,6 +782,9 @@ def _measure_one(
         n_classes_measured=K,
         dim=D,
         empty_classes=[int(i) for i in empty],
+        filtered_classes=[int(i) for i in filtered],
+        min_count=None if min_count is None else int(min_count),
+        ignore_index=ignore_index,
         tile_size=T,
         dist_exp=float(dist_exp),
         riesz_s=float(D - 2 if riesz_s is None else riesz_s),
@@ -683,6 +860,8 @@ def measure(
     dim: str | None = None,
     labels: Sequence[Any] | None = None,
     split_every: int | None = None,
+    min_count: int | None = None,
+    ignore_index: int | None = None,
 ) -> xr.Dataset:
     """Measure Neural Collapse: every SPEC.md metric as a lazy labelled Dataset.
 
@@ -727,6 +906,14 @@ def measure(
         Coordinates of a list sweep.
     split_every : int, optional
         Fan-in of the merge trees.
+    min_count : int, optional
+        Leave classes with fewer samples out of every class-level metric
+        (listed in the ``filtered_classes`` attribute, like empty classes);
+        the global mean is then taken over the classes kept.
+    ignore_index : int, optional
+        Label of samples to skip in the test and OOD splits (default: the
+        statistics' ``ignore_index`` attribute, which ``class_stats`` copies
+        from the store).
 
     Returns
     -------
@@ -734,12 +921,16 @@ def measure(
         Scalar metrics and per-class companions (see :mod:`ncdask.metrics`),
         each with ``long_name``, ``formula`` and ``reference`` attrs; Dataset
         attrs ``n_classes``, ``n_classes_measured``, ``empty_classes``,
-        ``tile_size``, ``left_out`` (metric → reason).
+        ``filtered_classes``, ``min_count``, ``tile_size``, ``left_out``
+        (metric → reason).
 
     Warns
     -----
     DegenerateInputWarning
         When a requested metric is undefined for the input and left out.
+    RieszRangeWarning
+        When computed, if the Riesz kernel's mean or variance over- or
+        underflows float64 (the ``nc2g_riesz_log_*`` variables stay finite).
 
     References
     ----------
@@ -767,6 +958,11 @@ def measure(
     wanted = _selection(metrics)
     if riesz_s is not None and not math.isfinite(float(riesz_s)):
         raise ValueError(f"riesz_s must be finite, got {riesz_s!r}")
+    if min_count is not None:
+        if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)):
+            raise TypeError(f"min_count must be an integer, got {min_count!r}")
+        if min_count < 0:
+            raise ValueError(f"min_count must be >= 0, got {min_count}")
     d, labs, items = _sweep_items(stats, dim, labels)
     results, degenerate = [], {}
     for i, (lab, st) in enumerate(zip(labs, items, strict=True)):
@@ -783,6 +979,8 @@ def measure(
             nc4_backend=nc4_backend,
             ood_labels=ood_labels,
             split_every=split_every,
+            min_count=min_count,
+            ignore_index=ignore_index,
         )
         results.append(ds)
         for k, reason in deg.items():
@@ -797,6 +995,9 @@ def measure(
     attrs = dict(results[0].attrs)
     attrs["left_out"] = {k: v for r in results for k, v in r.attrs["left_out"].items()}
     attrs["empty_classes"] = sorted({c for r in results for c in r.attrs["empty_classes"]})
+    attrs["filtered_classes"] = sorted(
+        {c for r in results for c in r.attrs["filtered_classes"]}
+    )
     attrs["n_classes_measured"] = [r.attrs["n_classes_measured"] for r in results]
     out = xr.concat(
         results,

@@ -200,15 +200,40 @@ def log_kernel(data: Array, exponent: float = -1, tile_size: int | None = None) 
     return _grid(pair_grid(A, kind="log", tile_size=T, exponent=exponent))
 
 
-def riesz_kernel(data: Array, tile_size: int | None = None) -> xr.DataArray:
-    """Lazy grid of ``sign(S) ‖x_i − x_j‖^{−S}``, ``S = D − 2``.
+def riesz_kernel(
+    data: Array,
+    tile_size: int | None = None,
+    *,
+    s: float | None = None,
+    log: bool = False,
+) -> xr.DataArray:
+    """Lazy grid of ``sign(S) ‖x_i − x_j‖^{−S}`` (``S = D − 2`` by default).
+
+    The values are evaluated in the log domain, ``exp(−S log ‖x_i − x_j‖)``;
+    with ``S = D − 2`` they under- or overflow float64 for D in the hundreds
+    to thousands, which issues a :class:`ncdask.RieszRangeWarning` when the
+    grid is computed. ``log=True`` returns the log-magnitudes
+    ``−S log ‖x_i − x_j‖`` instead, finite off the diagonal for any ``S``.
+
+    Parameters
+    ----------
+    data : array (K, D)
+    tile_size : int, optional
+    s : float, optional
+        The exponent ``S``; default ``D − 2``.
+    log : bool
+        Return ``log |kernel|`` rather than the kernel.
 
     References
     ----------
     Liu et al. (2023), arXiv:2303.06484.
     """
     A, T = _mat(data, tile_size)
-    return _grid(pair_grid(A, kind="riesz", tile_size=T, riesz_s=A.shape[1] - 2))
+    S = float(A.shape[1] - 2 if s is None else s)
+    if not math.isfinite(S):
+        raise ValueError(f"the Riesz exponent s must be finite, got {s!r}")
+    kind = "riesz_log" if log else "riesz"
+    return _grid(pair_grid(A, kind=kind, tile_size=T, riesz_s=S))
 
 
 _STAT_OF: dict[Callable, str] = {dist_kernel: "dist", log_kernel: "log", riesz_kernel: "riesz"}
@@ -238,7 +263,12 @@ def kernel_grid(
 
 
 def kernel_stats(
-    M: Array, m_G: Array = 0, kernel: Callable = dist_kernel, tile_size: int | None = None
+    M: Array,
+    m_G: Array = 0,
+    kernel: Callable = dist_kernel,
+    tile_size: int | None = None,
+    *,
+    riesz_s: float | None = None,
 ) -> tuple[float, float]:
     """Mean and (population) variance of a kernel over the pairs ``i < j``.
 
@@ -246,6 +276,11 @@ def kernel_stats(
     kernels this is one fused pass over upper-triangle tiles (the Riesz kernel
     in the log domain); another callable gets its grid built and reduced
     lazily.
+
+    ``riesz_s`` sets the Riesz exponent ``S`` (default ``D − 2``); where the
+    mean or variance of that kernel over- or underflows float64, a
+    :class:`ncdask.RieszRangeWarning` is issued (:func:`ncdask.measure`
+    reports their logs as ``nc2g_riesz_log_mean`` / ``_log_var``).
 
     Returns
     -------
@@ -267,8 +302,9 @@ def kernel_stats(
     Mc, T = _centred(M, m_G, tile_size)
     stat = _STAT_OF.get(kernel)
     K, D = Mc.shape
+    S = float(D - 2 if riesz_s is None else riesz_s)
     if stat is not None:
-        res = pairwise_moments(Mc, stats=(stat,), tile_size=T, riesz_s=D - 2)
+        res = pairwise_moments(Mc, stats=(stat,), tile_size=T, riesz_s=S)
         mean, var = dask.compute(res[0, 1], res[0, 2])
         return float(to_numpy(mean)), float(to_numpy(var))
     grid = as_dask(kernel(CF.normalized(Mc), tile_size=T)).astype(np.float64)

@@ -16,10 +16,12 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from ._validate import check_ignore_index
 from ._version import __version__
 from .graph.stats import finalized_arrays, partials_tree
 from .kernels import stats as K
-from .store import EmbeddingStore, resolve_split
+from .kernels._xp import to_numpy
+from .store import resolve_split
 
 
 class EmptyClassWarning(UserWarning):
@@ -32,19 +34,28 @@ DEFINITIONS = {
     "global_mean": "mu_G: unweighted mean of class means, or (1/N) sum_i x_i if weighted",
     "within_cov": "Sigma_W = (1/N) sum_i (x_i - mu_{y_i})(x_i - mu_{y_i})^T",
     "var_norms": "v_k = (1/n_k) sum_{y_i=k} ||x_i - mu_k||^2 (trace of class k's covariance)",
-    "n_samples": "N, the number of samples",
+    "n_samples": "N, the number of samples (of the classes kept, without ignored labels)",
 }
 
 
-def _counts_of(ds: xr.Dataset, n_classes: int) -> np.ndarray:
+def _counts_of(ds: xr.Dataset, n_classes: int, ignore_index: int | None = None) -> np.ndarray:
     counts = ds.attrs.get("class_counts")
     if counts is not None and len(counts) == n_classes:
-        return np.asarray(counts, dtype=np.int64)
-    # not from a store: one cheap pass over the labels alone (4-8 bytes a sample)
+        return np.asarray(counts, dtype=np.int64)  # a store's counts leave ignored labels out
+    # not from a store: one cheap pass over the labels alone (4-8 bytes a sample);
+    # other labels outside [0, K) are reported by the pass over the embeddings
     lab = ds["labels"].data
     if isinstance(lab, da.Array):
-        return np.asarray(da.bincount(lab.astype(np.int64), minlength=n_classes).compute())
-    return np.bincount(np.asarray(lab, dtype=np.int64), minlength=n_classes)
+        lab = lab.astype(np.int64)
+        valid = (lab >= 0) & (lab < n_classes)
+        w = da.bincount(da.where(valid, lab, 0), weights=valid.astype(np.int64),
+                        minlength=n_classes)
+        return to_numpy(w.compute()).astype(np.int64)  # CuPy labels: one explicit copy
+    lab = np.asarray(lab, dtype=np.int64)
+    valid = (lab >= 0) & (lab < n_classes)
+    return np.bincount(np.where(valid, lab, 0), weights=valid, minlength=n_classes).astype(
+        np.int64
+    )
 
 
 def _n_classes_of(ds: xr.Dataset, n_classes: int | None) -> int:
@@ -61,10 +72,12 @@ def _labelled(
     *,
     global_mean: str,
     attrs: dict[str, Any],
+    in_scatter: np.ndarray | None = None,
 ) -> xr.Dataset:
     K = counts.shape[0]
     D = arrays["means"].shape[1]
     empty = np.nonzero(counts == 0)[0].tolist()
+    used = counts if in_scatter is None else np.where(in_scatter, counts, 0)
     ds = xr.Dataset(
         {
             "counts": (("class",), counts),
@@ -72,7 +85,7 @@ def _labelled(
             "global_mean": (("feature",), arrays["global_mean"]),
             "within_cov": (("feature", "feature_"), arrays["within_cov"]),
             "var_norms": (("class",), arrays["var_norms"]),
-            "n_samples": ((), np.int64(counts.sum())),
+            "n_samples": ((), np.int64(used.sum())),
         },
         coords={"class": np.arange(K), "feature": np.arange(D), "feature_": np.arange(D)},
     )
@@ -86,6 +99,8 @@ def _labelled(
         empty_classes=empty,
         ncdask_version=__version__,
     )
+    if in_scatter is not None:
+        ds.attrs["filtered_classes"] = np.nonzero(~in_scatter & (counts > 0))[0].tolist()
     if empty:
         shown = empty[:10]
         more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
@@ -106,6 +121,8 @@ def class_stats(
     dtype: Any = "float64",
     n_classes: int | None = None,
     split_every: int = 8,
+    ignore_index: int | None = None,
+    min_count: int | None = None,
 ) -> xr.Dataset:
     """Per-class statistics of a split in one pass over its embeddings.
 
@@ -125,6 +142,19 @@ def class_stats(
         K, when the Dataset does not carry it in its attrs.
     split_every : int
         Fan-in of the merge tree.
+    ignore_index : int, optional
+        Samples with this label (PyTorch's ``-100`` padding) are left out of
+        every statistic, ``n_samples`` included. Default: the store's
+        ``ignore_index`` (the split's attribute), else none; any other label
+        outside ``[0, K)`` raises ``ValueError`` when the pass runs.
+    min_count : int, optional
+        Classes with ``0 < n_k < min_count`` samples are *filtered*: they keep
+        their ``counts``, ``means`` and ``var_norms``, but their samples leave
+        ``within_cov``, ``n_samples`` and the global mean, and they are listed
+        in the ``filtered_classes`` attribute, which :func:`ncdask.measure`
+        leaves out of every class-level metric. The counts are known before
+        the pass (store attributes or a pass over the labels alone), so this
+        is still one pass over the embeddings.
 
     Returns
     -------
@@ -132,8 +162,9 @@ def class_stats(
         Lazy ``counts (class)`` (in memory), ``means (class, feature)``,
         ``global_mean (feature)``, ``within_cov (feature, feature_)``,
         ``var_norms (class)`` and ``n_samples``; attrs ``n_classes``, ``dim``,
-        ``global_mean``, ``empty_classes``. Computing any subset runs the one
-        pass once.
+        ``global_mean``, ``empty_classes``, ``ignore_index`` (when set),
+        ``min_count`` and ``filtered_classes`` (when ``min_count`` is given).
+        Computing any subset runs the one pass once.
 
     Warns
     -----
@@ -160,6 +191,14 @@ def class_stats(
         raise ValueError(f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")
     ds = resolve_split(data, split)
     K = _n_classes_of(ds, n_classes)
+    if ignore_index is None:
+        ignore_index = ds.attrs.get("ignore_index")
+    ignore_index = check_ignore_index(ignore_index, K)
+    if min_count is not None:
+        if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)):
+            raise TypeError(f"min_count must be an integer, got {min_count!r}")
+        if min_count < 0:
+            raise ValueError(f"min_count must be >= 0, got {min_count}")
     X = ds["embeddings"].data
     y = ds["labels"].data
     if not isinstance(X, da.Array):
@@ -167,13 +206,23 @@ def class_stats(
     if not isinstance(y, da.Array):
         y = da.from_array(y, chunks=(X.chunks[0],))
     dt = np.dtype(dtype)
-    counts = _counts_of(ds, K)
-    tree = partials_tree(X, y, K, dtype=dt, split_every=split_every)
+    counts = _counts_of(ds, K, ignore_index)
+    in_scatter = None if min_count is None else counts >= int(min_count)
+    tree = partials_tree(
+        X, y, K, dtype=dt, split_every=split_every, ignore_index=ignore_index,
+        in_scatter=in_scatter,
+    )
     arrays = finalized_arrays(
         tree, K, X.shape[1], global_mean=global_mean, dtype=dt, meta=X._meta
     )
     attrs = {k: ds.attrs[k] for k in ("split", "layer", "epoch", "store") if k in ds.attrs}
-    return _labelled(arrays, counts, global_mean=global_mean, attrs=attrs)
+    if ignore_index is not None:
+        attrs["ignore_index"] = ignore_index
+    if min_count is not None:
+        attrs["min_count"] = int(min_count)
+    return _labelled(
+        arrays, counts, global_mean=global_mean, attrs=attrs, in_scatter=in_scatter
+    )
 
 
 def _partial_of(stats: xr.Dataset) -> Any:
@@ -192,9 +241,18 @@ def merge_stats(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     Parameters
     ----------
     a, b : xarray.Dataset
-        Results of :func:`class_stats` with the same K, D and global-mean mode.
+        Results of :func:`class_stats` with the same K, D, global-mean mode
+        and ignore label, computed without ``min_count`` (filter the merged
+        statistics in :func:`ncdask.measure` instead: the counts change).
     """
-    for key in ("n_classes", "dim", "global_mean"):
+    for s_ in (a, b):
+        if list(s_.attrs.get("filtered_classes", [])):
+            raise ValueError(
+                "cannot merge statistics computed with min_count (their filtered classes "
+                "change with the merged counts); merge unfiltered statistics and pass "
+                "min_count to measure"
+            )
+    for key in ("n_classes", "dim", "global_mean", "ignore_index"):
         if a.attrs.get(key) != b.attrs.get(key):
             raise ValueError(
                 f"cannot merge stats with different {key}: {a.attrs.get(key)!r} vs "
@@ -208,7 +266,9 @@ def merge_stats(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
         meta=getattr(a["means"].data, "_meta", np.empty((0, 0), dt)),
     )
     counts = np.asarray(a["counts"].values) + np.asarray(b["counts"].values)
-    return _labelled(arrays, counts, global_mean=a.attrs["global_mean"], attrs={})
+    ii = a.attrs.get("ignore_index")
+    attrs = {} if ii is None else {"ignore_index": ii}
+    return _labelled(arrays, counts, global_mean=a.attrs["global_mean"], attrs=attrs)
 
 
 def save_stats(stats: xr.Dataset, url: str, *, storage_options: dict | None = None) -> None:
@@ -217,6 +277,8 @@ def save_stats(stats: xr.Dataset, url: str, *, storage_options: dict | None = No
     out.attrs = {k: (list(v) if isinstance(v, (list, tuple, np.ndarray)) else v)
                  for k, v in stats.attrs.items() if v is not None}
     out.attrs["empty_classes"] = [int(i) for i in stats.attrs.get("empty_classes", [])]
+    if "filtered_classes" in stats.attrs:
+        out.attrs["filtered_classes"] = [int(i) for i in stats.attrs["filtered_classes"]]
     out.to_zarr(url, mode="w", consolidated=False, storage_options=storage_options)
 
 
@@ -228,4 +290,6 @@ def load_stats(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
     ds["counts"] = ds["counts"].load()
     ds["n_samples"] = ds["n_samples"].load()
     ds.attrs["empty_classes"] = [int(i) for i in ds.attrs.get("empty_classes", [])]
+    if "filtered_classes" in ds.attrs:
+        ds.attrs["filtered_classes"] = [int(i) for i in ds.attrs["filtered_classes"]]
     return ds

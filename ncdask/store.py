@@ -30,7 +30,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from ._validate import NcdaskStoreError, batch_to_numpy, check_name
+from ._validate import NcdaskStoreError, batch_to_numpy, check_ignore_index, check_name
 from ._version import __version__
 from .kernels._xp import to_numpy
 
@@ -110,6 +110,7 @@ class EmbeddingStore:
         attrs: Mapping[str, Any] | None = None,
         overwrite: bool = False,
         storage_options: dict | None = None,
+        ignore_index: int | None = None,
     ) -> EmbeddingStore:
         """Create an empty store.
 
@@ -133,6 +134,11 @@ class EmbeddingStore:
             Replace an existing store at ``url``.
         storage_options : dict, optional
             Passed to fsspec for remote URLs.
+        ignore_index : int, optional
+            A label that marks samples to leave out (PyTorch's ``-100``
+            padding); it must lie outside ``[0, K)``. Appends then accept it,
+            the per-class counts leave it out, and :func:`ncdask.class_stats`
+            and :func:`ncdask.measure` drop such samples by default.
         """
         n_classes, dim = int(n_classes), int(dim)
         if n_classes < 1:
@@ -171,6 +177,7 @@ class EmbeddingStore:
             "chunk_rows": chunk_rows,
             "class_names": class_names,
             "attrs": dict(attrs or {}),
+            "ignore_index": check_ignore_index(ignore_index, n_classes),
         }
         return cls(group, url, "a")
 
@@ -212,7 +219,11 @@ class EmbeddingStore:
             if W is not None:
                 n_classes = int(W.shape[0])
             else:
-                n_classes = 1 + max(int(np.max(to_numpy(y))) for _, y in splits.values())
+                ii = create_kwargs.get("ignore_index")
+                n_classes = 1 + max(
+                    int(np.max(yy[yy != ii], initial=-1) if ii is not None else np.max(yy))
+                    for yy in (np.asarray(to_numpy(y)) for _, y in splits.values())
+                )
         store = cls.create(url, n_classes, dim, **create_kwargs)
         for name, (X, y) in splits.items():
             with store.writer(name) as w:
@@ -248,6 +259,12 @@ class EmbeddingStore:
     def class_names(self) -> list[str] | None:
         """Class names, or None."""
         return self._meta.get("class_names")
+
+    @property
+    def ignore_index(self) -> int | None:
+        """The label that marks samples to leave out (None: every label is a class)."""
+        ii = self._meta.get("ignore_index")
+        return None if ii is None else int(ii)
 
     @property
     def attrs(self) -> dict:
@@ -377,7 +394,7 @@ class EmbeddingStore:
         self._require_writable()
         Xn, yn = batch_to_numpy(
             X, y, dim=self.dim, n_classes=self.n_classes, dtype=self.dtype,
-            allow_nonfinite=allow_nonfinite,
+            allow_nonfinite=allow_nonfinite, ignore_index=self.ignore_index,
         )
         g = self._split_group(split, layer, epoch, create=True)
         return self._write_commit(g, Xn, yn, n_batches=1)
@@ -395,6 +412,13 @@ class EmbeddingStore:
         emb[n0:n1] = X
         lab[n0:n1] = y
         counts = np.asarray(rec["class_counts"], dtype=np.int64)
+        ii = self.ignore_index
+        if ii is not None:
+            ignored = y == ii
+            n_ign = int(ignored.sum())
+            if n_ign:
+                rec["n_ignored"] = int(rec.get("n_ignored", 0)) + n_ign
+                y = y[~ignored]
         counts += np.bincount(y, minlength=self.n_classes)
         rec.update(n_committed=n1, n_batches=int(rec["n_batches"]) + n_batches,
                    class_counts=counts.tolist())
@@ -478,9 +502,28 @@ class EmbeddingStore:
 
     # ----------------------------------------------------------------- reads
     def split(
-        self, name: str, *, layer: str | None = None, epoch: int | None = None
+        self,
+        name: str,
+        *,
+        layer: str | None = None,
+        epoch: int | None = None,
+        backend: Any = "numpy",
     ) -> xr.Dataset:
         """The committed rows of a split as a lazy Dataset.
+
+        Parameters
+        ----------
+        name : str
+            Split name.
+        layer, epoch : optional
+            The set to read (see :meth:`sets`).
+        backend : {"numpy", "cupy"} or array module, default "numpy"
+            Array module of the chunks. ``"cupy"`` copies each chunk to the
+            current CUDA device as it is read (``cupy.asarray`` per block), so
+            :func:`ncdask.class_stats` and :func:`ncdask.measure` run on the
+            GPU; the results stay CuPy-backed until you move them, e.g. with
+            ``.compute().as_numpy()``. Any NumPy-like module with ``asarray``
+            and ``empty`` is accepted too.
 
         Returns
         -------
@@ -488,12 +531,20 @@ class EmbeddingStore:
             ``embeddings (sample, feature)`` and ``labels (sample)``, dask-backed,
             chunked as stored; attrs ``n_classes``, ``dim``, ``class_names``,
             ``split``, ``layer``, ``epoch``, ``class_counts``, ``ncdask_version``.
+
+        Raises
+        ------
+        ImportError
+            ``backend="cupy"`` without CuPy installed.
+        RuntimeError
+            ``backend="cupy"`` without a CUDA device.
         """
+        xp = array_backend(backend)
         g = self._split_group(name, layer, epoch, create=False)
         rec = g.attrs["ncdask_split"]
         n = int(rec["n_committed"])
-        emb = da.from_zarr(g["embeddings"])[:n]
-        lab = da.from_zarr(g["labels"])[:n]
+        emb = on_backend(da.from_zarr(g["embeddings"])[:n], xp)
+        lab = on_backend(da.from_zarr(g["labels"])[:n], xp)
         attrs = {
             "n_classes": self.n_classes,
             "dim": self.dim,
@@ -503,6 +554,7 @@ class EmbeddingStore:
             "class_counts": np.asarray(rec["class_counts"], dtype=np.int64),
             "store": self.url,
             "ncdask_version": __version__,
+            "ignore_index": self.ignore_index,
         }
         if self.class_names is not None:
             attrs["class_names"] = list(self.class_names)
@@ -548,7 +600,7 @@ class StoreWriter:
             raise ValueError("this writer is closed")
         s = self._store
         Xn, yn = batch_to_numpy(X, y, dim=s.dim, n_classes=s.n_classes, dtype=s.dtype,
-                                allow_nonfinite=self._allow)
+                                allow_nonfinite=self._allow, ignore_index=s.ignore_index)
         self._X.append(Xn)
         self._y.append(yn)
         self._rows += Xn.shape[0]
@@ -586,6 +638,45 @@ class StoreWriter:
     def __exit__(self, *exc: Any) -> None:
         # on an exception the buffered batches are still whole, validated batches
         self.close()
+
+
+def array_backend(backend: Any) -> Any:
+    """The array module for ``backend`` ("numpy", "cupy" or a module); None for NumPy.
+
+    Raises a clear error, naming the fix, when ``"cupy"`` is asked for on a
+    machine without CuPy or without a CUDA device.
+    """
+    if backend is None or (isinstance(backend, str) and backend == "numpy") or backend is np:
+        return None
+    if isinstance(backend, str):
+        if backend != "cupy":
+            raise ValueError(f"backend must be 'numpy' or 'cupy', got {backend!r}")
+        try:
+            import cupy
+        except ImportError as e:
+            raise ImportError(
+                "backend='cupy' needs CuPy: pip install 'ncdask[gpu]' (or the cupy-cuda* "
+                "wheel matching your CUDA driver)"
+            ) from e
+        try:
+            n_dev = cupy.cuda.runtime.getDeviceCount()
+        except Exception as e:  # CUDARuntimeError without a driver
+            raise RuntimeError(f"backend='cupy' but no CUDA device is usable: {e}") from e
+        if n_dev < 1:
+            raise RuntimeError("backend='cupy' but no CUDA device is visible")
+        return cupy
+    if not (hasattr(backend, "asarray") and hasattr(backend, "empty")):
+        raise TypeError(
+            f"backend must be 'numpy', 'cupy' or an array module, got {type(backend).__name__}"
+        )
+    return backend
+
+
+def on_backend(x: da.Array, xp: Any) -> da.Array:
+    """``x`` with its chunks moved to the array module ``xp`` (unchanged for None)."""
+    if xp is None:
+        return x
+    return x.map_blocks(xp.asarray, meta=xp.empty((0,) * x.ndim, dtype=x.dtype))
 
 
 def resolve_split(data: Any, split: str | None = None) -> xr.Dataset:

@@ -66,7 +66,7 @@ def nc1_values(Mc: da.Array, Sw: da.Array, *, want_svd: bool, eps_dtype: Any = N
         )
     Sb = gram(Mc) / K
     pinv = delayed_array(C.nc1_from_between, Sb, Sw, K, shape=(1,), like=Mc, eps_dtype=eps_dtype)
-    return da.concatenate([pinv, da.full((1,), math.nan, chunks=1, dtype=np.float64)])
+    return da.concatenate([pinv, da.full_like(pinv, math.nan)])  # full_like: pinv's array module
 
 
 def etf_terms(A: da.Array, B: da.Array | None = None) -> tuple[da.Array, da.Array, da.Array]:

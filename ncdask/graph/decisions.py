@@ -166,17 +166,26 @@ def agreement_counts(
 
 
 def ood_global_mean(
-    X: da.Array, labels: da.Array | None = None, *, split_every: int = 8
+    X: da.Array,
+    labels: da.Array | None = None,
+    *,
+    split_every: int = 8,
+    ignore_index: int | None = None,
 ) -> da.Array:
-    """OOD global mean: unweighted mean of per-label means, or the plain mean without labels."""
+    """OOD global mean: unweighted mean of per-label means, or the plain mean without labels.
+
+    With labels, samples labelled ``ignore_index`` (or negative) are left out.
+    """
     X = X.rechunk({1: -1})
     D = X.shape[1]
     if labels is None:
         return X.astype(np.float64).mean(axis=0)
     labels = labels.rechunk((X.chunks[0],))
-    token = tokenize(X, labels)
+    token = tokenize(X, labels, ignore_index)
     level = [
-        dask.delayed(Dk.label_sums, pure=True)(xb, yb, dask_key_name=f"ncdask-ood-{token}-{i}")
+        dask.delayed(Dk.label_sums, pure=True)(
+            xb, yb, ignore_index, dask_key_name=f"ncdask-ood-{token}-{i}"
+        )
         for i, (xb, yb) in enumerate(
             zip(X.to_delayed().ravel(), labels.to_delayed().ravel(), strict=True)
         )

@@ -167,9 +167,11 @@ def pairwise_moments(
         else (0.0 if s == "riesz" else 1.0)
         for s in stats
     ]
+    check = [s == "riesz" and riesz_s != 0 for s in stats]
     return merged.map_blocks(
         P.finalize_moments,
         np.asarray(signs),
+        np.asarray(check) if any(check) else None,
         chunks=((len(stats),), (len(P.FINAL),)),
         dtype=np.float64,
         meta=meta_from_array(M, ndim=2, dtype=np.float64),

@@ -14,12 +14,24 @@ from dask.delayed import Delayed
 from ..kernels import stats as K
 
 
-def _chunk(X: Any, y: Any, n_classes: int, dtype: Any) -> K.Partial:
-    return K.chunk_partial(X, y, n_classes, dtype)
+def _chunk(
+    X: Any, y: Any, n_classes: int, dtype: Any, ignore_index: int | None = None,
+    in_scatter: Any = None,
+) -> K.Partial:
+    return K.chunk_partial(
+        X, y, n_classes, dtype, ignore_index=ignore_index, in_scatter=in_scatter
+    )
 
 
 def partials_tree(
-    X: da.Array, y: da.Array, n_classes: int, *, dtype: Any = np.float64, split_every: int = 8
+    X: da.Array,
+    y: da.Array,
+    n_classes: int,
+    *,
+    dtype: Any = np.float64,
+    split_every: int = 8,
+    ignore_index: int | None = None,
+    in_scatter: np.ndarray | None = None,
 ) -> Delayed:
     """Build the graph of one pass over ``X``: a partial per row block, tree-merged.
 
@@ -41,6 +53,12 @@ def partials_tree(
         Accumulation dtype.
     split_every : int
         Fan-in of the merge tree.
+    ignore_index : int, optional
+        Label of rows to drop.
+    in_scatter : array (K,) of bool, optional
+        Classes whose rows enter the pooled scatter (see
+        :func:`ncdask.kernels.stats.chunk_partial`); one graph key, shared by
+        every chunk task.
 
     Returns
     -------
@@ -51,12 +69,16 @@ def partials_tree(
         raise ValueError(f"split_every must be >= 2, got {split_every}")
     X = X.rechunk({1: -1})
     y = y.rechunk((X.chunks[0],))
-    token = tokenize(X, y, n_classes, np.dtype(dtype).str)
+    token = tokenize(X, y, n_classes, np.dtype(dtype).str, ignore_index, in_scatter)
     xs = X.to_delayed().ravel()
     ys = y.to_delayed().ravel()
+    mask = None if in_scatter is None else dask.delayed(np.asarray(in_scatter, dtype=bool))
     level = [
-        dask.delayed(_chunk, pure=True)(xb, yb, n_classes, dtype, dask_key_name=f"ncdask-partial-{token}-{i}")
-        for i, (xb, yb) in enumerate(zip(xs, ys))
+        dask.delayed(_chunk, pure=True)(
+            xb, yb, n_classes, dtype, ignore_index, mask,
+            dask_key_name=f"ncdask-partial-{token}-{i}",
+        )
+        for i, (xb, yb) in enumerate(zip(xs, ys, strict=True))
     ]
     depth = 0
     while len(level) > 1:

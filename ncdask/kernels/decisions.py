@@ -6,6 +6,7 @@ imports neither dask nor xarray.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from ._xp import array_namespace
@@ -97,11 +98,46 @@ def merge_decisions(parts: Any) -> Any:
     return out
 
 
+_FAISS_GPU = threading.local()
+
+
+def _faiss_gpu_nearest(faiss: Any, cp: Any, X: Any, mG: Any, Mc: Any) -> Any:  # pragma: no cover
+    """faiss-gpu search on device memory: a ``GpuIndexFlatL2`` takes CuPy's pointers.
+
+    One ``StandardGpuResources`` per thread and device (they are not
+    thread-safe), working on CuPy's current stream so that no copy races.
+    """
+    dev = int(cp.cuda.Device().id)
+    cache = _FAISS_GPU.__dict__.setdefault("res", {})
+    if dev not in cache:
+        cache[dev] = faiss.StandardGpuResources()
+    res = cache[dev]
+    res.setDefaultStream(dev, faiss.cast_integer_to_cudastream_t(cp.cuda.get_current_stream().ptr))
+    cfg = faiss.GpuIndexFlatConfig()
+    cfg.device = dev
+    index = faiss.GpuIndexFlatL2(res, int(Mc.shape[1]), cfg)
+    base = cp.ascontiguousarray(Mc, dtype=cp.float32)
+    index.add_c(int(base.shape[0]), faiss.cast_integer_to_float_ptr(base.data.ptr))
+    q = cp.ascontiguousarray(X - mG[None, :], dtype=cp.float32)
+    dist = cp.empty((q.shape[0], 1), dtype=cp.float32)
+    idx = cp.empty((q.shape[0], 1), dtype=cp.int64)
+    index.search_c(
+        int(q.shape[0]),
+        faiss.cast_integer_to_float_ptr(q.data.ptr),
+        1,
+        faiss.cast_integer_to_float_ptr(dist.data.ptr),
+        faiss.cast_integer_to_idx_t_ptr(idx.data.ptr),
+    )
+    return idx[:, 0]
+
+
 def faiss_nearest(X: Any, mG: Any, Mc: Any) -> Any:
     """Nearest class centre of each row by an exact FAISS ``IndexFlatL2`` search.
 
-    FAISS works in float32 (on the host; CuPy blocks are copied), so decisions
-    match the GEMM path except for near-ties at float32 resolution.
+    FAISS works in float32, so decisions match the GEMM path except for
+    near-ties at float32 resolution. CuPy blocks are searched on the device
+    when the installed FAISS has GPU support (faiss-gpu), and copied to the
+    host otherwise.
 
     Returns
     -------
@@ -113,6 +149,9 @@ def faiss_nearest(X: Any, mG: Any, Mc: Any) -> Any:
     from ._xp import to_numpy
 
     xp = array_namespace(X)
+    if X.shape[0] and getattr(xp, "__name__", "") == "cupy":  # pragma: no cover - needs a GPU
+        if hasattr(faiss, "GpuIndexFlatL2") and faiss.get_num_gpus() > 0:
+            return _faiss_gpu_nearest(faiss, xp, X, mG, Mc)
     Xc = np.ascontiguousarray(to_numpy(X - mG[None, :]), dtype=np.float32)
     index = faiss.IndexFlatL2(Xc.shape[1])
     index.add(np.ascontiguousarray(to_numpy(Mc), dtype=np.float32))
@@ -123,14 +162,17 @@ def faiss_nearest(X: Any, mG: Any, Mc: Any) -> Any:
 # --------------------------------------------------------------------------- NC5
 
 
-def label_sums(X: Any, y: Any) -> tuple[Any, Any, Any]:
+def label_sums(X: Any, y: Any, ignore_index: int | None = None) -> tuple[Any, Any, Any]:
     """Per-label sums of one block: ``(labels, sums (L, D) float64, counts (L,))``.
 
-    Samples with a negative label (PyTorch's ``-100`` padding) are dropped.
+    Samples with a negative label (PyTorch's ``-100`` padding) or the label
+    ``ignore_index`` are dropped.
     """
     xp = array_namespace(X, y)
     y = xp.asarray(y)
     keep = y >= 0
+    if ignore_index is not None:
+        keep &= y != ignore_index
     if not bool(xp.all(keep)):
         X, y = X[keep], y[keep]
     labels, inv = xp.unique(y, return_inverse=True)

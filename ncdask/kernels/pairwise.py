@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,6 +56,34 @@ FINAL = ("n", "mean", "var", "log_mean", "log_var")
 RHO = 1e-3
 #: Elements per batch of that direct recomputation.
 _FIX_BATCH = 1 << 22
+
+
+class RieszRangeWarning(RuntimeWarning):
+    """The Riesz kernel's values (or their mean or variance) over- or underflow float64.
+
+    Raised where the kernel is evaluated (at compute time for lazy results):
+    the log-domain values (``nc2g_riesz_log_mean``, ``nc2g_riesz_log_var``,
+    ``riesz_kernel(..., log=True)``) stay finite and should be used instead.
+    """
+
+
+def warn_riesz_range(
+    issues: Sequence[tuple[str, float]], riesz_s: float | None = None
+) -> None:
+    """Warn :class:`RieszRangeWarning` once about each ``(what, natural log of it)``."""
+    s_txt = "" if riesz_s is None else f" with S={riesz_s:g}"
+    parts = [
+        f"{what}{s_txt} {'underflows to 0' if lv < 0 else 'overflows to inf'} "
+        f"(its natural log is {lv:.6g})"
+        for what, lv in issues
+    ]
+    warnings.warn(
+        f"the Riesz kernel's {' and '.join(parts)} in float64; use the log-domain values "
+        "(nc2g_riesz_log_mean / nc2g_riesz_log_var, or riesz_kernel(..., log=True)) or a "
+        "smaller riesz_s",
+        RieszRangeWarning,
+        stacklevel=2,
+    )
 
 
 def errstate(xp: Any) -> contextlib.AbstractContextManager:
@@ -455,7 +484,7 @@ def merge_moments(parts: Any, n_lead: int) -> Any:
     return out
 
 
-def finalize_moments(merged: Any, signs: Any = None) -> Any:
+def finalize_moments(merged: Any, signs: Any = None, check_range: Any = None) -> Any:
     """Mean and population variance of each statistic from its merged moments.
 
     Parameters
@@ -464,6 +493,10 @@ def finalize_moments(merged: Any, signs: Any = None) -> Any:
     signs : array (S,), optional
         Sign applied to each statistic's values (the Riesz kernel's
         ``sign(S)``); default all +1.
+    check_range : array (S,) of bool, optional
+        Statistics whose mean or variance, finite in the log domain, must be
+        representable in float64: a :class:`RieszRangeWarning` is issued
+        where they are not (the Riesz kernel's rows).
 
     Returns
     -------
@@ -494,6 +527,15 @@ def finalize_moments(merged: Any, signs: Any = None) -> Any:
         var = xp.where(bad | inf, math.nan, var)
         log_var = xp.where(bad | inf, math.nan, log_var)
         # a statistic that is identically zero (Riesz with S = 0) has mean 0 and log -inf
+    if check_range is not None:
+        for k in np.nonzero(np.asarray(check_range, dtype=bool))[0]:
+            issues = []
+            for what, val, lg in (("mean", mean, log_mean), ("variance", var, log_var)):
+                lv, vv = float(lg[k]), float(val[k])
+                if math.isfinite(lv) and (vv == 0.0 or not math.isfinite(vv)):
+                    issues.append((f"{what} over pairs", lv))
+            if issues:
+                warn_riesz_range(issues)
     return xp.stack([n, mean, var, log_mean, log_var], axis=1)
 
 
@@ -520,10 +562,12 @@ def pair_values(
         GNC2 kernels).
     vi, vj : array, optional
         Variance norms, for ``kind="cdnv"``.
-    kind : {"cdnv", "dist", "log", "riesz", "inner"}
+    kind : {"cdnv", "dist", "log", "riesz", "riesz_log", "inner"}
         ``((v_i + v_j)/2) / ‖a_i − a_j‖^{2p}``, ``‖a_i − a_j‖``,
-        ``log(‖a_i − a_j‖^{exponent})``, ``sign(S) ‖a_i − a_j‖^{−S}`` or
-        ``a_i · a_j``.
+        ``log(‖a_i − a_j‖^{exponent})``, ``sign(S) ‖a_i − a_j‖^{−S}``,
+        its log-magnitude ``−S log ‖a_i − a_j‖`` or ``a_i · a_j``. The Riesz
+        values are ``exp`` of the log-magnitude; where a finite log over- or
+        underflows, a :class:`RieszRangeWarning` is issued.
 
     Returns
     -------
@@ -543,7 +587,18 @@ def pair_values(
             return xp.sqrt(d2)
         if kind == "log":
             return (0.5 * exponent) * xp.log(d2)
-        if kind == "riesz":
+        if kind in ("riesz", "riesz_log"):
+            lg = xp.log(d2)
+            lg *= -0.5 * riesz_s
+            if kind == "riesz_log":
+                return lg
             sign = math.copysign(1.0, riesz_s) if riesz_s != 0 else 0.0
-            return sign * d2 ** (-0.5 * riesz_s)
+            val = xp.exp(lg)
+            bad = xp.isfinite(lg) & ((val == 0) | ~xp.isfinite(val))
+            if bool(xp.any(bad)):
+                warn_riesz_range([("values", float(lg[bad][0]))], riesz_s)
+            if riesz_s == 0:  # 0 · log 0 is NaN on the diagonal: the kernel is 0
+                return xp.zeros_like(d2)
+            val *= sign
+            return val
     raise ValueError(f"unknown kernel kind {kind!r}")

@@ -11,6 +11,10 @@ A *partial* is a dict of four arrays describing one block of samples:
 ``scatter`` (D, D)
     pooled centred scatter ``Σ_i (x_i − m_{y_i})(x_i − m_{y_i})ᵀ`` about the
     block's own class means.
+``in_scatter`` (K,) bool, optional
+    the classes whose samples enter ``scatter`` (all when absent): classes
+    filtered out by a minimum count keep their counts, sums and ``m2`` but
+    leave the pooled covariance and its sample count.
 
 Two partials merge exactly with the pairwise (Chan et al. 1979) update: with
 ``δ_k = mean_b,k − mean_a,k`` and ``w_k = n_a,k n_b,k / (n_a,k + n_b,k)``,
@@ -56,15 +60,51 @@ def class_sums(X: Any, y: Any, n_classes: int) -> Any:
             (np.ones(n, dtype=X.dtype), (y, np.arange(n))), shape=(n_classes, n)
         )
         return np.asarray(onehot @ X)
-    import cupyx.scipy.sparse as csp  # pragma: no cover - needs a GPU
+    if getattr(xp, "__name__", "") == "cupy":  # pragma: no cover - needs a GPU
+        import cupyx.scipy.sparse as csp
 
-    onehot = csp.csr_matrix(  # pragma: no cover
-        (xp.ones(n, dtype=X.dtype), (y, xp.arange(n))), shape=(n_classes, n)
-    )
-    return onehot @ X  # pragma: no cover
+        onehot = csp.csr_matrix(
+            (xp.ones(n, dtype=X.dtype), (y, xp.arange(n))), shape=(n_classes, n)
+        )
+        return onehot @ X
+    # any other NumPy-like module: dense one-hot GEMMs on row blocks of ~4M entries
+    out = xp.zeros((n_classes, X.shape[1]), dtype=X.dtype)
+    classes = xp.arange(n_classes)[:, None]
+    step = max(1, (1 << 22) // n_classes)
+    for s in range(0, n, step):
+        onehot = (y[None, s : s + step] == classes).astype(X.dtype)
+        out += onehot @ X[s : s + step]
+    return out
 
 
-def chunk_partial(X: Any, y: Any, n_classes: int, dtype: Any = np.float64) -> Partial:
+def check_labels(y: Any, n_classes: int, ignore_index: int | None, xp: Any) -> Any:
+    """Boolean mask of the rows to keep.
+
+    Raises ``ValueError`` on labels outside ``[0, K)`` other than ``ignore_index``.
+    """
+    keep = (y >= 0) & (y < n_classes)
+    if y.shape[0] and not bool(xp.all(keep)):
+        bad = ~keep
+        if ignore_index is not None:
+            bad &= y != ignore_index
+        if bool(xp.any(bad)):
+            first = int(y[xp.nonzero(bad)[0][0]])
+            raise ValueError(
+                f"label {first} is outside [0, {n_classes}) (n_classes={n_classes}); "
+                "pass ignore_index= for padding labels"
+            )
+    return keep
+
+
+def chunk_partial(
+    X: Any,
+    y: Any,
+    n_classes: int,
+    dtype: Any = np.float64,
+    *,
+    ignore_index: int | None = None,
+    in_scatter: Any = None,
+) -> Partial:
     """Partial statistics of one block of samples.
 
     Parameters
@@ -77,13 +117,23 @@ def chunk_partial(X: Any, y: Any, n_classes: int, dtype: Any = np.float64) -> Pa
         Number of classes K.
     dtype : dtype, default float64
         Accumulation dtype.
+    ignore_index : int, optional
+        Rows with this label are dropped; any other label outside ``[0, K)``
+        raises ``ValueError``.
+    in_scatter : array (K,) of bool, optional
+        Classes whose rows enter the pooled scatter (default all).
 
     Returns
     -------
     dict
-        ``counts``, ``sums``, ``m2`` and ``scatter`` (see the module docstring).
+        ``counts``, ``sums``, ``m2`` and ``scatter`` (and ``in_scatter`` when
+        given; see the module docstring).
     """
     xp = array_namespace(X, y)
+    y = xp.asarray(y)
+    keep = check_labels(y, n_classes, ignore_index, xp)
+    if not bool(xp.all(keep)):
+        X, y = X[keep], y[keep]
     # One private copy in the accumulation dtype, centred in place: the block
     # is read once more by the scatter GEMM and once by the row norms, with no
     # second n×D temporary (measured in benchmarks/bench_stats.py: the copy +
@@ -94,10 +144,18 @@ def chunk_partial(X: Any, y: Any, n_classes: int, dtype: Any = np.float64) -> Pa
     sums = class_sums(Xc, y, n_classes)
     means = sums / xp.maximum(counts, 1)[:, None].astype(dtype)
     Xc -= means[y]
-    scatter = Xc.T @ Xc
     sq = xp.einsum("ij,ij->i", Xc, Xc)
     m2 = xp.bincount(y, weights=sq, minlength=n_classes).astype(dtype)
-    return {"counts": counts, "sums": sums, "m2": m2, "scatter": scatter}
+    out = {"counts": counts, "sums": sums, "m2": m2}
+    if in_scatter is None:
+        out["scatter"] = Xc.T @ Xc
+    else:
+        in_scatter = xp.asarray(in_scatter, dtype=bool)
+        rows = in_scatter[y]
+        Xs = Xc if bool(xp.all(rows)) else Xc[rows]
+        out["scatter"] = Xs.T @ Xs
+        out["in_scatter"] = in_scatter
+    return out
 
 
 def merge_partials(a: Partial, b: Partial) -> Partial:
@@ -112,14 +170,21 @@ def merge_partials(a: Partial, b: Partial) -> Partial:
     both = xp.nonzero((na > 0) & (nb > 0))[0]
     scatter = a["scatter"] + b["scatter"]
     m2 = a["m2"] + b["m2"]
+    mask = a.get("in_scatter", b.get("in_scatter"))
     if both.shape[0]:
         na_b = na[both].astype(scatter.dtype)
         nb_b = nb[both].astype(scatter.dtype)
         delta = b["sums"][both] / nb_b[:, None] - a["sums"][both] / na_b[:, None]
         w = na_b * nb_b / (na_b + nb_b)
-        scatter = scatter + (delta * w[:, None]).T @ delta
         m2[both] = m2[both] + w * xp.sum(delta * delta, axis=1)
-    return {"counts": counts, "sums": a["sums"] + b["sums"], "m2": m2, "scatter": scatter}
+        if mask is not None:
+            sel = mask[both]
+            delta, w = delta[sel], w[sel]
+        scatter = scatter + (delta * w[:, None]).T @ delta
+    out = {"counts": counts, "sums": a["sums"] + b["sums"], "m2": m2, "scatter": scatter}
+    if mask is not None:
+        out["in_scatter"] = mask
+    return out
 
 
 def merge_many(parts: list[Partial]) -> Partial:
@@ -137,7 +202,9 @@ def finalize(p: Partial, global_mean: str = "unweighted") -> dict[str, Any]:
 
     Returns a dict with ``counts``, ``means`` (NaN rows for empty classes),
     ``global_mean``, ``within_cov`` (``scatter / N``), ``var_norms``
-    (``m2_k / n_k``, NaN for empty classes) and ``n_samples``.
+    (``m2_k / n_k``, NaN for empty classes) and ``n_samples``. With
+    ``in_scatter``, ``N``, ``n_samples`` and the global mean count only the
+    classes in it.
     """
     xp = array_namespace(p["sums"])
     counts = p["counts"]
@@ -147,13 +214,12 @@ def finalize(p: Partial, global_mean: str = "unweighted") -> dict[str, Any]:
     nan = xp.asarray(float("nan"), dtype=p["sums"].dtype)
     means = xp.where(present[:, None], p["sums"] / safe[:, None], nan)
     var_norms = xp.where(present, p["m2"] / safe, nan)
-    n_samples = xp.sum(counts)
+    used = present if p.get("in_scatter") is None else present & p["in_scatter"]
+    n_samples = xp.sum(xp.where(used, counts, 0))
     if global_mean == "unweighted":
-        gm = xp.sum(xp.where(present[:, None], means, 0.0), axis=0) / max(
-            int(xp.sum(present)), 1
-        )
+        gm = xp.sum(xp.where(used[:, None], means, 0.0), axis=0) / max(int(xp.sum(used)), 1)
     elif global_mean == "weighted":
-        gm = xp.sum(p["sums"], axis=0) / max(int(n_samples), 1)
+        gm = xp.sum(xp.where(used[:, None], p["sums"], 0.0), axis=0) / max(int(n_samples), 1)
     else:
         raise ValueError(f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")
     within_cov = p["scatter"] / max(int(n_samples), 1)
@@ -168,7 +234,7 @@ def finalize(p: Partial, global_mean: str = "unweighted") -> dict[str, Any]:
 
 
 def partial_from_stats(
-    counts: Any, means: Any, var_norms: Any, within_cov: Any
+    counts: Any, means: Any, var_norms: Any, within_cov: Any, in_scatter: Any = None
 ) -> Partial:
     """Rebuild a partial from finished statistics (the inverse of :func:`finalize`)."""
     xp = array_namespace(means)
@@ -177,5 +243,12 @@ def partial_from_stats(
     present = counts > 0
     sums = xp.where(present[:, None], means * n[:, None], 0.0)
     m2 = xp.where(present, var_norms * n, 0.0)
-    scatter = within_cov * xp.sum(n)
-    return {"counts": counts, "sums": sums, "m2": m2, "scatter": scatter}
+    if in_scatter is None:
+        scatter = within_cov * xp.sum(n)
+    else:
+        in_scatter = xp.asarray(in_scatter, dtype=bool)
+        scatter = within_cov * xp.sum(xp.where(in_scatter, n, 0.0))
+    out = {"counts": counts, "sums": sums, "m2": m2, "scatter": scatter}
+    if in_scatter is not None:
+        out["in_scatter"] = in_scatter
+    return out

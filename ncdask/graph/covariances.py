@@ -1,0 +1,186 @@
+"""Graphs for per-class covariances: one pass over the samples, chunked over classes.
+
+Every row block of the embeddings feeds one task per class chunk; each task
+keeps only the rows of its chunk's classes and folds their per-class
+centred scatter into the chunk's running accumulator (a sparse partial:
+present classes only), so a chunk's tasks form a chain over the row blocks
+and each chunk holds one accumulator at a time. The chain's end becomes one
+``(C, D, D)`` chunk of the output.
+
+Each row block is loaded once and shared by the class-chunk tasks that read
+it, so the embeddings are read once, and at most the accumulators of every
+class chunk (``n_selected · D²`` numbers) are held. When these exceed
+``max_bytes``, the class chunks are split into passes of at most
+``max_bytes`` each: pass ``p + 1`` loads the embeddings afresh after pass
+``p`` has finished (:func:`dask.graph_manipulation.bind`), so memory stays
+within the budget at the cost of one read of the embeddings per pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.array.utils import meta_from_array
+from dask.base import tokenize
+from dask.graph_manipulation import bind
+
+from ..kernels import covariances as KC
+
+#: Default bytes of one class chunk of covariances (``C · D² · 8``).
+COV_CHUNK_BYTES = 32 * 2**20
+#: Default bytes of accumulators one pass over the embeddings may hold.
+COV_PASS_BYTES = 1024 * 2**20
+
+
+def default_class_chunk(dim: int, *, budget: int = COV_CHUNK_BYTES, itemsize: int = 8) -> int:
+    """Classes per output chunk: ``C · D² · itemsize`` within ``budget`` (at least 1)."""
+    return max(1, budget // (itemsize * dim * dim))
+
+
+def _step(acc, X, y, position, lo, hi, n_classes, dtype, ignore_index):
+    part = KC.scatter_partial(
+        X, y, position, lo, hi, n_classes=n_classes, dtype=dtype, ignore_index=ignore_index
+    )
+    return part if acc is None else KC.merge_scatter(acc, part)
+
+
+def class_covariance_chunks(
+    X: da.Array,
+    y: da.Array,
+    position: np.ndarray,
+    n_selected: int,
+    *,
+    n_classes: int,
+    class_chunk: int,
+    dtype: Any = np.float64,
+    ignore_index: int | None = None,
+    max_bytes: int | None = COV_PASS_BYTES,
+) -> tuple[da.Array, da.Array]:
+    """Lazy per-class covariances ``(n_selected, D, D)`` and counts ``(n_selected,)``.
+
+    Parameters
+    ----------
+    X : dask array (N, D)
+    y : dask array (N,)
+    position : array (K,) of int
+        Output position of each class (``-1``: not computed).
+    n_selected : int
+        Number of classes computed (the output length).
+    n_classes : int
+        K.
+    class_chunk : int
+        Classes per output chunk.
+    dtype : dtype
+        Accumulation and output dtype.
+    ignore_index : int, optional
+        Label of rows to drop.
+    max_bytes : int, optional
+        Bytes of accumulators one pass over the embeddings may hold (None:
+        no limit, always one pass).
+
+    Returns
+    -------
+    (dask array, dask array)
+        Covariances chunked ``(class_chunk, D, D)`` along the class axis, and
+        the per-class counts with the same class chunks.
+    """
+    X = X.rechunk({1: -1})
+    y = y.rechunk((X.chunks[0],))
+    D = X.shape[1]
+    dt = np.dtype(dtype)
+    if n_selected == 0:
+        return da.zeros((0, D, D), dtype=dt), da.zeros((0,), dtype=np.int64)
+    token = tokenize(X, y, position, n_selected, class_chunk, dt.str, ignore_index, max_bytes)
+    bounds = [(lo, min(n_selected, lo + class_chunk)) for lo in range(0, n_selected, class_chunk)]
+    per_pass = len(bounds)
+    if max_bytes:
+        per_pass = max(1, int(max_bytes) // (class_chunk * D * D * dt.itemsize))
+    pos_d = dask.delayed(np.asarray(position, dtype=np.int64))
+    covs: list[da.Array] = []
+    counts: list[da.Array] = []
+    previous: list[da.Array] = []
+    for p, first in enumerate(range(0, len(bounds), per_pass)):
+        Xp, yp = (X, y) if not previous else bind((X, y), previous, seed=(token, p))
+        xs, ys = Xp.to_delayed().ravel(), yp.to_delayed().ravel()
+        previous = []
+        for c in range(first, min(len(bounds), first + per_pass)):
+            lo, hi = bounds[c]
+            acc = None
+            for i, (xb, yb) in enumerate(zip(xs, ys, strict=True)):
+                acc = dask.delayed(_step, pure=True)(
+                    acc, xb, yb, pos_d, lo, hi, n_classes, dt, ignore_index,
+                    dask_key_name=f"ncdask-cov-{token}-{c}-{i}",
+                )
+            n = hi - lo
+            cov = da.from_delayed(
+                dask.delayed(KC.finalize_covariances, pure=True)(acc, n),
+                shape=(n, D, D),
+                dtype=dt,
+                meta=meta_from_array(X, ndim=3, dtype=dt),
+            )
+            covs.append(cov)
+            previous.append(cov)
+            counts.append(
+                da.from_delayed(
+                    dask.delayed(KC.covariance_counts, pure=True)(acc, n),
+                    shape=(n,),
+                    dtype=np.int64,
+                    meta=meta_from_array(X, ndim=1, dtype=np.int64),
+                )
+            )
+    return da.concatenate(covs, axis=0), da.concatenate(counts, axis=0)
+
+
+def per_class_traces(covs: da.Array, P: da.Array, scale: float) -> da.Array:
+    """``scale · tr(Σ_k P)`` per class, one task per class chunk."""
+    P = P.rechunk(-1)
+    return da.blockwise(
+        KC.trace_products,
+        "c",
+        covs.rechunk({1: -1, 2: -1}),
+        "cde",
+        P,
+        "de",
+        scale,
+        None,
+        concatenate=True,
+        dtype=covs.dtype,
+        meta=meta_from_array(covs, ndim=1),
+    )
+
+
+def per_class_spectra(covs: da.Array) -> tuple[da.Array, da.Array]:
+    """Eigenvalues ``(class, component)`` (descending) and effective ranks ``(class,)``."""
+    covs = covs.rechunk({1: -1, 2: -1})
+    eig = covs.map_blocks(
+        KC.spectra,
+        drop_axis=2,
+        chunks=(covs.chunks[0], (covs.shape[1],)),
+        dtype=covs.dtype,
+        meta=meta_from_array(covs, ndim=2),
+    )
+    er = eig.map_blocks(
+        KC.effective_rank,
+        drop_axis=1,
+        chunks=(eig.chunks[0],),
+        dtype=covs.dtype,
+        meta=meta_from_array(covs, ndim=1),
+    )
+    return eig, er
+
+
+def between_pinv(
+    Mc: da.Array, *, eps_dtype: Any = None
+) -> da.Array:
+    """Lazy ``Σ_B⁺`` (D×D) of ``Σ_B = M̃ᵀM̃/K``, factorised on the smaller side."""
+    K, D = Mc.shape
+    meta = meta_from_array(Mc, ndim=2, dtype=np.float64)
+    if K <= D:
+        d = dask.delayed(KC.between_pinv, pure=True)(Mc.rechunk(-1), K, eps_dtype=eps_dtype)
+    else:
+        Sb = (Mc.T @ Mc) / K
+        d = dask.delayed(KC.between_pinv, pure=True)(Sb.rechunk(-1), 0, eps_dtype=eps_dtype)
+    return da.from_delayed(d, shape=(D, D), dtype=np.float64, meta=meta)

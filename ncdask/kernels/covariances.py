@@ -1,0 +1,252 @@
+"""Per-chunk kernels for per-class covariances, their spectra and per-class NC1.
+
+A *covariance partial* describes the samples of one block that fall in one
+chunk of classes, for the classes present only:
+
+``pos`` (m,)
+    positions of the classes within the chunk, ascending, int64.
+``counts`` (m,), ``sums`` (m, D)
+    per-class sample counts and sums.
+``scatter`` (m, D, D)
+    per-class centred scatter ``Σ_{y_i=k} (x_i − m_k)(x_i − m_k)ᵀ`` about
+    the block's own class means.
+
+Partials merge exactly with the pairwise (Chan et al. 1979) update on
+centred terms, as the pooled statistics of :mod:`ncdask.kernels.stats` do,
+so the covariances stay accurate on collapsed float32 features.
+
+Everything here takes its array module from its inputs (NumPy or CuPy) and
+imports neither dask nor xarray.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ._xp import array_namespace
+from .closed_forms import pinv_cutoff
+from .pairwise import errstate
+from .stats import check_labels
+
+CovPartial = dict[str, Any]
+
+
+def _empty(D: int, dtype: Any, xp: Any) -> CovPartial:
+    return {
+        "pos": xp.zeros(0, dtype=xp.int64),
+        "counts": xp.zeros(0, dtype=xp.int64),
+        "sums": xp.zeros((0, D), dtype=dtype),
+        "scatter": xp.zeros((0, D, D), dtype=dtype),
+    }
+
+
+def scatter_partial(
+    X: Any,
+    y: Any,
+    position: Any,
+    lo: int,
+    hi: int,
+    *,
+    n_classes: int,
+    dtype: Any = np.float64,
+    ignore_index: int | None = None,
+) -> CovPartial:
+    """Per-class scatter of the rows of one block whose class lies in one chunk.
+
+    Parameters
+    ----------
+    X : array (n, D)
+        Embeddings of the block.
+    y : array (n,)
+        Labels in ``[0, n_classes)`` or ``ignore_index``.
+    position : array (K,) of int
+        Position of each class among the classes asked for (``-1``: not asked).
+    lo, hi : int
+        The chunk: positions ``[lo, hi)``.
+    n_classes : int
+        K (for the label check).
+    dtype : dtype
+        Accumulation dtype.
+    ignore_index : int, optional
+        Label of rows to drop.
+
+    Returns
+    -------
+    dict
+        A covariance partial (see the module docstring), positions relative
+        to ``lo``.
+    """
+    xp = array_namespace(X, y)
+    D = X.shape[1]
+    y = xp.asarray(y)
+    keep = check_labels(y, n_classes, ignore_index, xp)
+    position = xp.asarray(position)
+    p = xp.where(keep, position[xp.where(keep, y, 0)], -1)
+    rows = xp.nonzero((p >= lo) & (p < hi))[0]
+    if rows.shape[0] == 0:
+        return _empty(D, dtype, xp)
+    p = p[rows] - lo
+    order = xp.argsort(p, kind="stable")
+    rows, p = rows[order], p[order]
+    Xs = xp.asarray(X[rows], dtype=dtype)
+    pos, starts, counts = xp.unique(p, return_index=True, return_counts=True)
+    m = int(pos.shape[0])
+    sums = xp.empty((m, D), dtype=dtype)
+    scatter = xp.empty((m, D, D), dtype=dtype)
+    s_h = [int(s) for s in starts]
+    c_h = [int(c) for c in counts]
+    for j in range(m):
+        seg = Xs[s_h[j] : s_h[j] + c_h[j]]
+        tot = xp.sum(seg, axis=0)
+        sums[j] = tot
+        seg = seg - tot / c_h[j]
+        scatter[j] = seg.T @ seg
+    return {"pos": pos.astype(xp.int64), "counts": counts.astype(xp.int64), "sums": sums,
+            "scatter": scatter}
+
+
+def merge_scatter(a: CovPartial, b: CovPartial) -> CovPartial:
+    """Merge two covariance partials of the same class chunk (exact, centred)."""
+    if a["pos"].shape[0] == 0:
+        return b
+    if b["pos"].shape[0] == 0:
+        return a
+    xp = array_namespace(a["sums"], b["sums"])
+    pos = xp.union1d(a["pos"], b["pos"])
+    m, D = int(pos.shape[0]), a["sums"].shape[1]
+    ia = xp.searchsorted(pos, a["pos"])
+    ib = xp.searchsorted(pos, b["pos"])
+    dt = a["sums"].dtype
+    counts = xp.zeros(m, dtype=xp.int64)
+    sums = xp.zeros((m, D), dtype=dt)
+    scatter = xp.zeros((m, D, D), dtype=dt)
+    counts[ia] += a["counts"]
+    counts[ib] += b["counts"]
+    sums[ia] += a["sums"]
+    sums[ib] += b["sums"]
+    scatter[ia] += a["scatter"]
+    scatter[ib] += b["scatter"]
+    # classes on both sides: Chan's cross term w δ δᵀ
+    both, ja, jb = xp.intersect1d(a["pos"], b["pos"], return_indices=True)
+    if both.shape[0]:
+        na = a["counts"][ja].astype(dt)
+        nb = b["counts"][jb].astype(dt)
+        delta = b["sums"][jb] / nb[:, None] - a["sums"][ja] / na[:, None]
+        w = na * nb / (na + nb)
+        k = xp.searchsorted(pos, both)
+        scatter[k] += w[:, None, None] * (delta[:, :, None] * delta[:, None, :])
+    return {"pos": pos, "counts": counts, "sums": sums, "scatter": scatter}
+
+
+def merge_scatter_many(parts: list[CovPartial]) -> CovPartial:
+    """Merge a list of covariance partials, left to right."""
+    if not parts:
+        raise ValueError("merge_scatter_many needs at least one partial")
+    out = parts[0]
+    for p in parts[1:]:
+        out = merge_scatter(out, p)
+    return out
+
+
+def finalize_covariances(p: CovPartial, n_chunk: int) -> Any:
+    """Dense ``(n_chunk, D, D)`` covariances ``scatter_k / n_k`` (NaN for absent classes)."""
+    xp = array_namespace(p["sums"])
+    D = p["sums"].shape[1]
+    out = xp.full((n_chunk, D, D), math.nan, dtype=p["sums"].dtype)
+    if p["pos"].shape[0]:
+        n = p["counts"].astype(p["sums"].dtype)
+        out[p["pos"]] = p["scatter"] / n[:, None, None]
+    return out
+
+
+def covariance_counts(p: CovPartial, n_chunk: int) -> Any:
+    """Per-class sample counts ``(n_chunk,)`` of a merged partial."""
+    xp = array_namespace(p["sums"])
+    out = xp.zeros(n_chunk, dtype=xp.int64)
+    if p["pos"].shape[0]:
+        out[p["pos"]] = p["counts"]
+    return out
+
+
+# --------------------------------------------------------------------------- NC1 and spectra
+
+
+def between_pinv(Mc: Any, n_classes: int, *, eps_dtype: Any = None) -> Any:
+    """``Σ_B⁺`` (D×D) of ``Σ_B = M̃ᵀM̃ / K`` with ``torch.linalg.pinv``'s cutoff ``D ε σ₁``.
+
+    Computed on the smaller side: the thin SVD of the K×D centred means when
+    K ≤ D, else the eigendecomposition of ``Σ_B`` itself (pass ``Mc`` as
+    ``Σ_B`` then, with ``n_classes=0``).
+
+    Parameters
+    ----------
+    Mc : array (K, D), or (D, D) ``Σ_B`` when ``n_classes == 0``
+    n_classes : int
+        K (``0``: ``Mc`` is already ``Σ_B``).
+    eps_dtype : dtype, optional
+        Dtype whose ε sets the cutoff (default that of ``Mc``).
+
+    Returns
+    -------
+    array (D, D)
+    """
+    xp = array_namespace(Mc)
+    Mc = xp.asarray(Mc)
+    with errstate(xp):
+        if n_classes:
+            D = Mc.shape[1]
+            _, s, Vt = xp.linalg.svd(Mc, full_matrices=False)
+            sig = s * s / n_classes
+            V = Vt.T
+        else:
+            D = Mc.shape[0]
+            lam, V = xp.linalg.eigh((Mc + Mc.T) * 0.5)
+            sig = lam
+        top = float(xp.max(xp.abs(sig))) if sig.shape[0] else 0.0
+        cut = pinv_cutoff(top, D, eps_dtype or Mc.dtype, xp)
+        keep = xp.abs(sig) > cut
+        inv = xp.where(keep, 1.0 / xp.where(keep, sig, 1.0), 0.0)
+        return (V * inv[None, :]) @ V.T
+
+
+def trace_products(covs: Any, P: Any, scale: float = 1.0) -> Any:
+    """``scale · tr(Σ_k P)`` for every ``Σ_k`` of a ``(C, D, D)`` block (P symmetric)."""
+    xp = array_namespace(covs, P)
+    P = xp.asarray(P)
+    C = covs.shape[0]
+    flat = xp.reshape(covs, (C, -1))
+    return (flat @ xp.reshape(P, (-1,))) * scale
+
+
+def spectra(covs: Any) -> Any:
+    """Eigenvalues of each ``Σ_k`` of a ``(C, D, D)`` block, descending (NaN rows stay NaN)."""
+    xp = array_namespace(covs)
+    C, D = covs.shape[0], covs.shape[1]
+    out = xp.full((C, D), math.nan, dtype=covs.dtype)
+    ok = xp.all(xp.isfinite(xp.reshape(covs, (C, -1))), axis=1)
+    idx = xp.nonzero(ok)[0]
+    if idx.shape[0]:
+        sym = covs[idx]
+        sym = (sym + xp.swapaxes(sym, 1, 2)) * 0.5
+        lam = xp.linalg.eigvalsh(sym)
+        out[idx] = lam[:, ::-1]
+    return out
+
+
+def effective_rank(eigenvalues: Any) -> Any:
+    """Roy & Vetterli's effective rank ``exp(H(p))``, ``p = λ / Σλ`` (λ clipped at 0), per row.
+
+    NaN rows stay NaN; a zero matrix has effective rank 0.
+    """
+    xp = array_namespace(eigenvalues)
+    with errstate(xp):
+        lam = xp.maximum(eigenvalues, 0.0)
+        lam = xp.where(xp.isnan(eigenvalues), math.nan, lam)
+        tot = xp.sum(lam, axis=1)
+        p = lam / xp.where(tot > 0, tot, 1.0)[:, None]
+        h = -xp.sum(xp.where(p > 0, p * xp.log(xp.where(p > 0, p, 1.0)), 0.0), axis=1)
+        er = xp.exp(h)
+        return xp.where(tot > 0, er, xp.where(xp.isnan(tot), math.nan, 0.0))

@@ -1,0 +1,365 @@
+"""NECO: out-of-distribution detection from Neural Collapse (Ammar et al. 2024).
+
+NECO scores a sample by the share of its standardised feature vector that
+lies in the top principal subspace of the training features:
+``NECO(x) = ‖P_d x̃‖ / ‖x̃‖`` with ``x̃ = (x − μ) / σ`` (per-feature
+standardisation with the training mean and standard deviation) and ``P_d``
+the projection on the ``d`` leading principal directions of the
+standardised training features, optionally multiplied by the sample's
+largest logit. Under Neural Collapse the in-distribution features
+concentrate in the span of the class means, so **higher scores mean
+in-distribution**.
+
+Everything the fit needs comes from the class statistics, with no extra pass
+over the training embeddings: the total covariance is
+``Σ_T = Σ_W + (1/N) Σ_k n_k (μ_k − μ̄)(μ_k − μ̄)ᵀ`` (the sample-weighted
+between-class covariance about the sample mean ``μ̄``, which together with
+``Σ_W``'s ``1/N`` normalisation is exactly the population covariance of the
+training samples, i.e. what ``StandardScaler`` and ``PCA`` see). The scores
+of a split are then one blocked pass (:func:`neco_scores`), and
+:func:`ood_report` turns ID and OOD scores into AUROC and FPR at 95 % TPR.
+
+The arithmetic is in :mod:`ncdask.kernels.neco`, the graphs in
+:mod:`ncdask.graph.neco`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import scipy.stats
+import xarray as xr
+from dask.array.utils import meta_from_array
+
+from ._validate import check_ignore_index
+from ._version import __version__
+from .graph import decisions as DG
+from .graph import neco as GN
+from .graph.pairwise import default_tile_size
+from .kernels._xp import to_numpy
+from .metrics import _check_stats, _float64, _namespace_of, _split, as_dask
+
+__all__ = ["total_covariance", "neco_fit", "neco_scores", "ood_report"]
+
+AMMAR = (
+    "Ammar et al. (2024), NECO: NEural Collapse based Out-of-distribution detection, "
+    "ICLR (arXiv:2310.06823)"
+)
+
+
+def _used_classes(stats: xr.Dataset) -> tuple[np.ndarray, np.ndarray, float]:
+    """Classes whose samples ``Σ_W`` pools, their counts, and N."""
+    counts = np.asarray(to_numpy(stats["counts"].values)).astype(np.int64)
+    used = counts > 0
+    used[[int(i) for i in stats.attrs.get("filtered_classes", [])]] = False
+    idx = np.nonzero(used)[0]
+    if "n_samples" in stats:
+        N = float(to_numpy(stats["n_samples"].values))
+    else:
+        N = float(counts[idx].sum())
+    return idx, counts[idx], N
+
+
+def total_covariance(stats: xr.Dataset) -> xr.DataArray:
+    """Total (population) covariance of the training features, from the class statistics.
+
+    ``Σ_T = Σ_W + (1/N) Σ_k n_k (μ_k − μ̄)(μ_k − μ̄)ᵀ`` with ``μ̄`` the sample
+    mean: the sample-weighted between-class covariance (not the unweighted
+    ``Σ_B = M̃ᵀM̃/K`` of NC1) completes ``Σ_W`` to the covariance of the
+    samples. Computed lazily, blocked over the class axis; no pass over the
+    embeddings.
+
+    Parameters
+    ----------
+    stats : xarray.Dataset
+        From :func:`ncdask.class_stats` (filtered classes, if any, are left
+        out, as their samples are of ``Σ_W``).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(feature, feature_)``, dask-backed (:func:`neco_fit` also gives
+        the sample mean).
+
+    Examples
+    --------
+    >>> import numpy as np, ncdask
+    >>> from ncdask.neco import total_covariance
+    >>> rng = np.random.default_rng(0)
+    >>> X, y = rng.normal(size=(200, 3)), np.arange(200) % 4
+    >>> s = ncdask.EmbeddingStore.from_arrays("memory://tc-doc", {"train": (X, y)},
+    ...                                       overwrite=True)
+    >>> St = total_covariance(ncdask.class_stats(s, "train"))
+    >>> bool(np.allclose(St.values, np.cov(X.astype(np.float32).T, bias=True)))
+    True
+    """
+    St, _ = _total(stats)
+    return xr.DataArray(
+        St,
+        dims=("feature", "feature_"),
+        coords={k: stats[k].values for k in ("feature", "feature_") if k in stats.coords},
+        name="total_covariance",
+        attrs={
+            "long_name": "total covariance of the training features",
+            "formula": "Sigma_W + (1/N) sum_k n_k (mu_k - mu)(mu_k - mu)^T, mu the sample mean",
+        },
+    )
+
+
+def _total(stats: xr.Dataset) -> tuple[da.Array, da.Array]:
+    stats = _check_stats(stats)
+    idx, n_k, N = _used_classes(stats)
+    if idx.size == 0:
+        raise ValueError("the statistics have no samples")
+    M = _float64(as_dask(stats["means"]))
+    if idx.size < stats.sizes["class"]:
+        M = M[idx]
+    D = M.shape[1]
+    T = default_tile_size(idx.size, D)
+    M = M.rechunk((min(T, idx.size), -1))
+    nk = da.from_array(n_k.astype(np.float64), chunks=(M.chunks[0],))
+    nk = nk.map_blocks(_namespace_of(M).asarray, meta=meta_from_array(M, ndim=1))
+    Sw = _float64(as_dask(stats["within_cov"]))
+    return GN.total_covariance(Sw, M, nk, N)
+
+
+def neco_fit(
+    stats: xr.Dataset, n_components: int | None = None, *, standardize: bool = True
+) -> xr.Dataset:
+    """The NECO projection, from the class statistics alone.
+
+    Parameters
+    ----------
+    stats : xarray.Dataset
+        Training-split statistics from :func:`ncdask.class_stats`.
+    n_components : int, optional
+        Number ``d`` of principal directions; default ``K − 1`` (the dimension
+        of the simplex ETF the class means collapse to), at most ``D − 1``
+        (with ``d = D`` every score is 1). With K ≥ D, tune it.
+    standardize : bool, default True
+        Standardise each feature by its training standard deviation first
+        (the NECO paper's ``StandardScaler``; it suggests leaving it out for
+        well-collapsed ViT features).
+
+    Returns
+    -------
+    xarray.Dataset
+        Lazy ``mean (feature)`` (sample mean), ``scale (feature)``
+        (population standard deviation; 1 for constant features or without
+        standardisation), ``components (component, feature)`` (orthonormal
+        rows, descending variance) and ``explained_variance (component)``
+        (population variances of the standardised features along them; scikit-learn
+        reports ``N/(N−1)`` times these). Attrs ``n_components``,
+        ``standardize``.
+
+    References
+    ----------
+    Ammar et al. (2024), ICLR (arXiv:2310.06823).
+    """
+    St, mu = _total(stats)
+    D = int(St.shape[0])
+    idx, _, _ = _used_classes(stats)
+    d = max(1, min(D - 1, idx.size - 1)) if n_components is None else int(n_components)
+    if not 1 <= d <= D:
+        raise ValueError(f"n_components must lie in [1, D={D}], got {n_components!r}")
+    scale, comps, lam = GN.pca_fit(St, d, standardize=standardize)
+    coords = {"feature": np.arange(D), "component": np.arange(d)}
+    ds = xr.Dataset(
+        {
+            "mean": (("feature",), mu),
+            "scale": (("feature",), scale),
+            "components": (("component", "feature"), comps),
+            "explained_variance": (("component",), lam[:d]),
+        },
+        coords=coords,
+    )
+    ds.attrs.update(n_components=d, standardize=bool(standardize), reference=AMMAR,
+                    ncdask_version=__version__)
+    return ds
+
+
+def neco_scores(
+    stats: xr.Dataset,
+    split: Any,
+    n_components: int | None = None,
+    logits: Any = None,
+    *,
+    weights: Any = None,
+    bias: Any = None,
+    standardize: bool = True,
+    ignore_index: int | None = None,
+    tile_size: int | None = None,
+) -> xr.DataArray:
+    """NECO score of every sample of a split, lazily, one task per row block.
+
+    ``NECO(x) = ‖P_d x̃‖ / ‖x̃‖`` (times the largest logit when ``logits``
+    or ``weights`` are given); **higher means more in-distribution**.
+
+    Parameters
+    ----------
+    stats : xarray.Dataset
+        Training statistics (:func:`ncdask.class_stats`), or a fit from
+        :func:`neco_fit` (then ``n_components`` and ``standardize`` are its own).
+    split : split Dataset or (store, split name)
+        The samples to score (ID test or OOD).
+    n_components : int, optional
+        ``d``; default ``min(K − 1, D − 1)`` (see :func:`neco_fit`).
+    logits : array (N, K) or (N,), optional
+        The samples' logits (or their maxima): the score is multiplied by the
+        largest logit, as NECO does for ViT/Swin models.
+    weights, bias : array (K, D), (K,), optional
+        A linear classifier to compute the largest logit from, blocked over
+        class tiles (for large K, where storing logits is not an option).
+    standardize : bool, default True
+        See :func:`neco_fit`.
+    ignore_index : int, optional
+        Samples with this label get NaN (default: the split's attribute).
+    tile_size : int, optional
+        Classes per tile for the logits from ``weights``.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(sample,)`` float64, dask-backed, chunked as the split's rows.
+
+    References
+    ----------
+    Ammar et al. (2024), NECO: NEural Collapse based Out-of-distribution
+    detection, ICLR (arXiv:2310.06823).
+
+    Examples
+    --------
+    >>> import numpy as np, ncdask
+    >>> from ncdask.neco import neco_scores
+    >>> rng = np.random.default_rng(0)
+    >>> means = 5 * rng.normal(size=(4, 8))
+    >>> y = np.arange(400) % 4
+    >>> X = means[y] + rng.normal(size=(400, 8))
+    >>> s = ncdask.EmbeddingStore.from_arrays(
+    ...     "memory://neco-doc", {"train": (X, y), "ood": (rng.normal(size=(50, 8)), y[:50])},
+    ...     overwrite=True)
+    >>> st = ncdask.class_stats(s, "train")
+    >>> idc, ood = neco_scores(st, (s, "train")), neco_scores(st, (s, "ood"))
+    >>> bool(idc.mean() > ood.mean())
+    True
+    """
+    if "components" in stats:
+        fit = stats
+    else:
+        fit = neco_fit(stats, n_components, standardize=standardize)
+    ds = _split(split)
+    X = as_dask(ds["embeddings"])
+    if X.ndim != 2 or X.shape[1] != fit.sizes["feature"]:
+        raise ValueError(
+            f"embeddings have shape {X.shape}, the fit has D={fit.sizes['feature']}"
+        )
+    X = X.rechunk({1: -1})
+    rows = (X.chunks[0],)
+    max_logit = None
+    if logits is not None:
+        L = as_dask(logits)
+        if L.shape[0] != X.shape[0] or L.ndim not in (1, 2):
+            raise ValueError(f"logits have shape {L.shape}, expected ({X.shape[0]}, K)")
+        max_logit = GN.max_logits(L.rechunk((rows[0], -1))) if L.ndim == 2 else _float64(L)
+    elif weights is not None:
+        W = _float64(as_dask(weights))
+        K, D = W.shape
+        if D != X.shape[1]:
+            raise ValueError(f"weights have shape {W.shape}, expected (K, {X.shape[1]})")
+        b = da.zeros(K, dtype=np.float64, chunks=-1) if bias is None else _float64(as_dask(bias))
+        T = int(tile_size) if tile_size else default_tile_size(K, D)
+        zeros = da.zeros(D, dtype=np.float64, chunks=-1)
+        dec = DG.decisions(_float64(X), W, b, W, zeros, tile_size=T, ncc=False)
+        max_logit = dec[:, 0]
+    mask = None
+    if ignore_index is None:
+        ignore_index = ds.attrs.get("ignore_index")
+    if ignore_index is not None and "labels" in ds:
+        ii = check_ignore_index(ignore_index, int(ds.attrs.get("n_classes", 0)))
+        mask = as_dask(ds["labels"]) != ii
+    scores = GN.neco_scores(
+        X,
+        fit["mean"].data,
+        fit["scale"].data,
+        fit["components"].data,
+        max_logit=max_logit,
+        mask=mask,
+    )
+    out = xr.DataArray(scores, dims=("sample",), name="neco_score")
+    out.attrs.update(
+        long_name="NECO score (higher: more in-distribution)",
+        formula="||P_d x~|| / ||x~||, x~ = (x - mu) / sigma"
+        + (" times the largest logit" if max_logit is not None else ""),
+        reference=AMMAR,
+        n_components=int(fit.attrs.get("n_components", fit.sizes["component"])),
+    )
+    return out
+
+
+def _host_scores(s: Any) -> np.ndarray:
+    if isinstance(s, (xr.DataArray, xr.Variable)):
+        s = s.data
+    if isinstance(s, da.Array):
+        s = s.compute()
+    a = np.asarray(to_numpy(s), dtype=np.float64).reshape(-1)
+    return a[~np.isnan(a)]
+
+
+def ood_report(id_scores: Any, ood_scores: Any, *, tpr: float = 0.95) -> xr.Dataset:
+    """AUROC and FPR at a TPR of 95 % for scores where **higher means in-distribution**.
+
+    In-distribution is the positive class: AUROC is the probability that an
+    ID sample scores higher than an OOD one (ties count one half), and the
+    FPR is the fraction of OOD samples scoring at or above the largest
+    threshold that keeps at least ``tpr`` of the ID samples (scikit-learn's
+    ``roc_curve`` convention). For scores where higher means OOD, pass their
+    negatives. NaN scores (ignored samples) are dropped.
+
+    Parameters
+    ----------
+    id_scores, ood_scores : array-like or DataArray (dask or not)
+        Scores of in-distribution and OOD samples; both are loaded (8 bytes
+        a sample) to rank them exactly.
+    tpr : float, default 0.95
+        The true-positive rate of the FPR.
+
+    Returns
+    -------
+    xarray.Dataset
+        Scalars ``auroc``, ``fpr_at_tpr``, ``threshold``, ``n_id``, ``n_ood``;
+        attrs ``tpr`` and ``positive = "in-distribution (higher score)"``.
+
+    Examples
+    --------
+    >>> from ncdask.neco import ood_report
+    >>> r = ood_report([0.9, 0.8, 0.7, 0.6], [0.65, 0.1])
+    >>> float(r.auroc), float(r.fpr_at_tpr)
+    (0.875, 0.5)
+    """
+    if not 0 < tpr <= 1:
+        raise ValueError(f"tpr must lie in (0, 1], got {tpr!r}")
+    a, b = _host_scores(id_scores), _host_scores(ood_scores)
+    n1, n0 = a.size, b.size
+    if n1 == 0 or n0 == 0:
+        raise ValueError(f"need ID and OOD scores, got {n1} and {n0}")
+    ranks = scipy.stats.rankdata(np.concatenate([a, b]))
+    auroc = (ranks[:n1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+    # the first k (of the ID scores, descending) with k / n1 >= tpr, as roc_curve compares
+    k = int(np.searchsorted(np.arange(1, n1 + 1) / n1, tpr, side="left")) + 1
+    thr = float(np.sort(a)[::-1][min(k, n1) - 1])
+    fpr = float(np.count_nonzero(b >= thr)) / n0
+    ds = xr.Dataset(
+        {
+            "auroc": ((), float(auroc)),
+            "fpr_at_tpr": ((), fpr),
+            "threshold": ((), thr),
+            "n_id": ((), np.int64(n1)),
+            "n_ood": ((), np.int64(n0)),
+        }
+    )
+    ds["auroc"].attrs["long_name"] = "area under the ROC curve, ID positive"
+    ds["fpr_at_tpr"].attrs["long_name"] = f"OOD false-positive rate at {tpr:.0%} ID recall"
+    ds.attrs.update(tpr=float(tpr), positive="in-distribution (higher score)")
+    return ds
