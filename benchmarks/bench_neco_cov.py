@@ -13,7 +13,7 @@ so its peak RSS (``ru_maxrss``) is its own:
 * ``neco_scores+logit``: the same, times the largest logit of a K×D linear
   classifier, blocked over class tiles;
 * ``covariances``: the K×D×D per-class covariances (500 MiB in float64)
-  computed in one pass (default ``max_memory``, 1 GiB of accumulators) and
+  computed with the default ``max_memory`` (256 MiB of accumulators per pass: 2 passes here) and
   written to a Zarr store chunk by chunk;
 * ``covariances_128MiB``: the same with ``max_memory=128 MiB``: four passes
   over the embeddings, each holding a quarter of the accumulators;

@@ -246,7 +246,7 @@ def main() -> None:
     rows_out = []
     tmp = Path(tempfile.mkdtemp(prefix="ncdask-bench-stats-", dir=a.dir))
     try:
-        for gib, nrep in zip(sizes, reps):
+        for gib, nrep in zip(sizes, reps, strict=False):
             n = int(round(gib * 2**30 / (D * 4) / CHUNK_ROWS)) * CHUNK_ROWS
             path = tmp / f"store-{gib:g}gib.zarr"
             b = sub("build", str(path), str(n), "0")

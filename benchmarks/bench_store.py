@@ -50,7 +50,8 @@ def main() -> None:
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     n = args.mib * 2**20 // (4 * D)
-    X = (rng.standard_normal((n, D), dtype=np.float32) + rng.standard_normal((1, D), dtype=np.float32))
+    X = rng.standard_normal((n, D), dtype=np.float32)
+    X += rng.standard_normal((1, D), dtype=np.float32)
     y = rng.integers(0, K, n)
     root = Path(tempfile.mkdtemp(dir="."))
     try:

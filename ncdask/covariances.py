@@ -75,7 +75,7 @@ def class_covariances(
     n_classes : int, optional
         K, when the Dataset does not carry it.
     max_memory : int, optional
-        Bytes of per-class accumulators held at once (default 1 GiB). The
+        Bytes of per-class accumulators held at once (default 256 MiB). The
         embeddings are read once when ``len(classes) · D² · 8`` fits; beyond
         that the classes are done in passes of this size, each reading the
         embeddings once, one after the other. None: always one pass.

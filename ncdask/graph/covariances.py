@@ -26,13 +26,14 @@ import numpy as np
 from dask.array.utils import meta_from_array
 from dask.base import tokenize
 from dask.graph_manipulation import bind
+from dask.highlevelgraph import HighLevelGraph
 
 from ..kernels import covariances as KC
 
 #: Default bytes of one class chunk of covariances (``C · D² · 8``).
 COV_CHUNK_BYTES = 32 * 2**20
 #: Default bytes of accumulators one pass over the embeddings may hold.
-COV_PASS_BYTES = 1024 * 2**20
+COV_PASS_BYTES = 256 * 2**20
 
 
 def default_class_chunk(dim: int, *, budget: int = COV_CHUNK_BYTES, itemsize: int = 8) -> int:
@@ -99,12 +100,21 @@ def class_covariance_chunks(
     if max_bytes:
         per_pass = max(1, int(max_bytes) // (class_chunk * D * D * dt.itemsize))
     pos_d = dask.delayed(np.asarray(position, dtype=np.int64))
-    covs: list[da.Array] = []
-    counts: list[da.Array] = []
-    previous: list[da.Array] = []
+    name = f"ncdask-class-covariances-{token}"
+    cname = f"ncdask-class-counts-{token}"
+    # The output chunks are the finalize tasks themselves (a hand-built
+    # layer), not ``from_delayed`` pieces joined by ``concatenate``: with the
+    # latter, graph optimisation fused the chain's last step into two
+    # consumers and kept every pass's last row block and accumulator alive to
+    # the end (+~120 MiB of peak RSS per pass at K=1000, D=256).
+    out_layer: dict = {}
+    cnt_layer: dict = {}
+    finals: list = []
+    previous: list = []
     for p, first in enumerate(range(0, len(bounds), per_pass)):
         Xp, yp = (X, y) if not previous else bind((X, y), previous, seed=(token, p))
-        xs, ys = Xp.to_delayed().ravel(), yp.to_delayed().ravel()
+        xs = Xp.to_delayed(optimize_graph=False).ravel()
+        ys = yp.to_delayed(optimize_graph=False).ravel()
         previous = []
         for c in range(first, min(len(bounds), first + per_pass)):
             lo, hi = bounds[c]
@@ -115,23 +125,25 @@ def class_covariance_chunks(
                     dask_key_name=f"ncdask-cov-{token}-{c}-{i}",
                 )
             n = hi - lo
-            cov = da.from_delayed(
-                dask.delayed(KC.finalize_covariances, pure=True)(acc, n),
-                shape=(n, D, D),
-                dtype=dt,
-                meta=meta_from_array(X, ndim=3, dtype=dt),
-            )
-            covs.append(cov)
-            previous.append(cov)
-            counts.append(
-                da.from_delayed(
-                    dask.delayed(KC.covariance_counts, pure=True)(acc, n),
-                    shape=(n,),
-                    dtype=np.int64,
-                    meta=meta_from_array(X, ndim=1, dtype=np.int64),
-                )
-            )
-    return da.concatenate(covs, axis=0), da.concatenate(counts, axis=0)
+            out_layer[(name, c, 0, 0)] = (KC.finalize_covariances, acc.key, n)
+            cnt_layer[(cname, c)] = (KC.covariance_counts, acc.key, n)
+            finals.append(acc)
+            # the next pass starts once this one's accumulators are complete
+            previous.append(dask.delayed(KC.covariance_counts, pure=True)(acc, n))
+    chunks_c = tuple(hi - lo for lo, hi in bounds)
+    covs = da.Array(
+        HighLevelGraph.from_collections(name, out_layer, dependencies=finals),
+        name,
+        chunks=(chunks_c, (D,), (D,)),
+        meta=meta_from_array(X, ndim=3, dtype=dt),
+    )
+    counts = da.Array(
+        HighLevelGraph.from_collections(cname, cnt_layer, dependencies=finals),
+        cname,
+        chunks=(chunks_c,),
+        meta=meta_from_array(X, ndim=1, dtype=np.int64),
+    )
+    return covs, counts
 
 
 def per_class_traces(covs: da.Array, P: da.Array, scale: float) -> da.Array:
