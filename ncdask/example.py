@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     tr_b = float((M * M).sum() / K)
     print(store)
     print(f"N={int(st.n_samples)} K={K} D={D}")
-    print(f"tr(Sigma_W) = {tr_w:.4f}   tr(Sigma_B) = {tr_b:.4f}   NC1 quotient = {tr_w / tr_b:.4f}")
+    print(f"tr(Sigma_W) = {tr_w:.4f}   tr(Sigma_B) = {tr_b:.4f}   "
+          f"NC1 quotient = {tr_w / tr_b:.4f}")
     print(f"variance norms (first 5): {np.round(st.var_norms.values[:5], 3).tolist()}")
     return 0
 

@@ -29,9 +29,10 @@ import numpy as np
 import xarray as xr
 
 from .graph import closed_forms as CF
-from .graph.pairwise import default_tile_size, pairwise_moments
+from .graph.pairwise import pairwise_moments
 from .kernels._xp import to_numpy
 from .metrics import as_dask, measure
+from .reference_api import _mat
 
 Array = Any
 
@@ -46,15 +47,7 @@ __all__ = [
 
 
 def _rows(A: Array, name: str, tile_size: int | None = None) -> tuple[da.Array, int]:
-    x = as_dask(A)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be a (K, D) matrix, got shape {x.shape}")
-    x = x.astype(np.float64)
-    K, D = x.shape
-    T = int(tile_size) if tile_size else default_tile_size(max(K, 1), D)
-    if T < 1:
-        raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
-    return x.rechunk((min(T, max(K, 1)), -1)), T
+    return _mat(A, tile_size, name)
 
 
 def _need_two(K: int, name: str) -> None:

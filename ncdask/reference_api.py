@@ -40,10 +40,11 @@ from .metrics import DegenerateInputWarning, as_dask
 Array = Any
 
 
-def _mat(M: Array, tile_size: int | None = None) -> tuple[da.Array, int]:
+def _mat(M: Array, tile_size: int | None = None, name: str = "M") -> tuple[da.Array, int]:
+    """``M`` as a float64 dask matrix chunked in class tiles, and the tile size."""
     A = as_dask(M)
     if A.ndim != 2:
-        raise ValueError(f"expected a (K, D) matrix, got shape {A.shape}")
+        raise ValueError(f"{name} must be a (K, D) matrix, got shape {A.shape}")
     A = A.astype(np.float64)
     K, D = A.shape
     T = int(tile_size) if tile_size else default_tile_size(max(K, 1), D)

@@ -33,12 +33,15 @@ def dense_stats(X: np.ndarray, y: np.ndarray, K: int, weighted: bool = False) ->
             var_norms[k] = (C * C).sum(1).mean()
             Sw += C.T @ C
     present = counts > 0
-    gm = X.mean(0) if weighted else means[present].mean(0)
+    if not present.any():
+        gm = np.full(X.shape[1], np.nan)
+    else:
+        gm = X.mean(0) if weighted else means[present].mean(0)
     return {
         "counts": counts,
         "means": means,
         "global_mean": gm,
-        "within_cov": Sw / len(X),
+        "within_cov": Sw / max(len(X), 1),
         "var_norms": var_norms,
         "n_samples": len(X),
     }

@@ -12,6 +12,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dense import dense_stats as _dense_arrays
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = ("collapsed", "manyclass", "wide")
@@ -38,25 +39,12 @@ def dense_stats(
     ``means`` is dask-backed (chunked by ``chunks`` along the class axis),
     ``counts`` is in memory, empty classes have NaN means and variance norms.
     """
-    X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y)
-    D = X.shape[1]
-    counts = np.bincount(y, minlength=K).astype(np.int64)
-    means = np.full((K, D), np.nan)
-    var_norms = np.full(K, np.nan)
-    Sw = np.zeros((D, D))
-    for k in range(K):
-        Xk = X[y == k]
-        if len(Xk):
-            means[k] = Xk.mean(0)
-            C = Xk - means[k]
-            var_norms[k] = (C * C).sum(1).mean()
-            Sw += C.T @ C
-    present = counts > 0
-    if not present.any():
-        gm = np.full(D, np.nan)
-    else:
-        gm = X.mean(0) if weighted else means[present].mean(0)
+    D = np.shape(X)[1]
+    d = _dense_arrays(X, y, K, weighted=weighted)
+    counts, means = d["counts"].astype(np.int64), d["means"]
+    gm, var_norms = d["global_mean"], d["var_norms"]
+    Sw = d["within_cov"] * max(len(X), 1)
     ch = K if chunks is None else chunks
     ds = xr.Dataset(
         {
@@ -73,7 +61,7 @@ def dense_stats(
         n_classes=K,
         dim=D,
         global_mean="weighted" if weighted else "unweighted",
-        empty_classes=np.nonzero(~present)[0].tolist(),
+        empty_classes=np.nonzero(counts == 0)[0].tolist(),
     )
     return ds
 

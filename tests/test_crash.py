@@ -63,7 +63,8 @@ def test_sigkill_mid_append_keeps_committed_batches(tmp_path):
         "    rng = np.random.default_rng(i)\n"
         "    return rng.normal(size=(ROWS, D)).astype(np.float32), rng.integers(0, 3, ROWS)\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    pythonpath = str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    env = dict(os.environ, PYTHONPATH=pythonpath)
     m = 0
     rng = np.random.default_rng(0)
     for _round in range(3):

@@ -224,7 +224,7 @@ def dataset(draw):
 
 def irregular_chunks(n, cuts):
     edges = [0, *[c for c in cuts if 0 < c < n], n]
-    return tuple(b - a for a, b in zip(edges[:-1], edges[1:]))
+    return tuple(b - a for a, b in zip(edges[:-1], edges[1:], strict=False))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -247,7 +247,7 @@ def test_invariant_to_chunking_order_and_batches(data):
         # batch boundaries: the same data merged from pieces
         edges = [0, *[c for c in cuts if 0 < c < len(X)], len(X)]
         parts = [ncdask.class_stats(split_ds(X[a:b], y[a:b], K, 5))
-                 for a, b in zip(edges[:-1], edges[1:])]
+                 for a, b in zip(edges[:-1], edges[1:], strict=False)]
         merged = parts[0]
         for p in parts[1:]:
             merged = ncdask.merge_stats(merged, p)
