@@ -30,13 +30,18 @@ def batch_to_numpy(
     X: Any,
     y: Any,
     *,
-    dim: int,
+    dim: int | None,
     n_classes: int,
     dtype: np.dtype,
     allow_nonfinite: bool = False,
     ignore_index: int | None = None,
+    where: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate one batch and return it as host NumPy arrays (X in the store's dtype).
+
+    ``dim`` is the width of the embedding set written to; None accepts any
+    width (the first write to a new set, which then records it). ``where``
+    names that set in the error messages (None: the default set).
 
     Labels equal to ``ignore_index`` (PyTorch's ``-100`` padding, say) are
     accepted and kept as they are; every other label must lie in ``[0, K)``.
@@ -52,8 +57,14 @@ def batch_to_numpy(
     y = to_numpy(y)
     if X.ndim != 2:
         raise ValueError(f"embeddings must be 2-D (samples, features), got shape {X.shape}")
-    if X.shape[1] != dim:
-        raise ValueError(f"embeddings have dim {X.shape[1]}, the store expects dim {dim}")
+    if dim is not None and X.shape[1] != dim:
+        raise ValueError(
+            f"embeddings have dim {X.shape[1]}, the store expects dim {dim}"
+            + (f" in set {where} (its width, recorded when the set was first written)"
+               if where else "")
+        )
+    if X.shape[1] < 1:
+        raise ValueError(f"embeddings must have at least one feature, got shape {X.shape}")
     if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
         raise TypeError(f"embeddings must be numeric, got dtype {X.dtype}")
     if y.ndim != 1:
@@ -64,7 +75,9 @@ def batch_to_numpy(
         )
     if np.issubdtype(y.dtype, np.floating):
         if y.size and not np.all(np.isfinite(y) & (y == np.round(y))):
-            raise TypeError("labels must be integers; got floats with fractional or non-finite values")
+            raise TypeError(
+                "labels must be integers; got floats with fractional or non-finite values"
+            )
         y = y.astype(np.int64)
     elif not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
         raise TypeError(f"labels must be integers, got dtype {y.dtype}")

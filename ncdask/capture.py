@@ -3,10 +3,11 @@
 :func:`capture` runs a model over a DataLoader once, under
 :func:`torch.no_grad` and in eval mode, and records the input or output of
 one or several named modules (forward hooks) into embedding sets of a store,
-one buffered append per batch. Several modules at once give a *layer sweep*
-in one pass over the data; calling it after several epochs of training (with
-``epoch=``) gives an *epoch sweep*. :func:`ncdask.sweep` then measures every
-set.
+one buffered append per batch. Each module's features go to their own set
+(``layer=<name>``) with their own width, all in one store. Several modules
+at once give a *layer sweep* in one pass over the data; calling it after
+several epochs of training (with ``epoch=``) gives an *epoch sweep*.
+:func:`ncdask.sweep` then measures every set.
 
 PyTorch is imported only when :func:`capture` is called (extra ``torch``).
 """
@@ -145,6 +146,26 @@ def _labels(y: Any) -> Any:
     return np.asarray(y).reshape(-1)
 
 
+def _check_width(
+    st: EmbeddingStore, tag: str | None, epoch: int | None, mod_name: str, kind: str, width: int
+) -> int:
+    """The width of a layer's features, checked against its set's width if it has one."""
+    try:
+        have = st.dim_of(layer=tag, epoch=epoch)
+    except KeyError:
+        return width  # a new set: it takes this width
+    if width != have:
+        what = f"set layer={tag}, epoch={epoch}" if tag is not None or epoch is not None \
+            else "the default (untagged) set"
+        hint = ("; record it under a layer name (layers={name: module}) to give it a set of "
+                "its own width" if tag is None and epoch is None else "")
+        raise ValueError(
+            f"layer {tag!r} ({mod_name} {kind}) has {width} features, but {what} of "
+            f"{st.url!r} has dim {have}{hint}"
+        )
+    return width
+
+
 def capture(
     model: Any,
     loader: Iterable[Any],
@@ -180,9 +201,13 @@ def capture(
         ``x`` a tensor (or a list/tuple/dict of tensors, passed as one
         argument), ``y`` integer labels in ``[0, K)``.
     store : EmbeddingStore or mapping of layer name to EmbeddingStore
-        Where to write (open for appending). A store has one embedding
-        width D; to record layers of different widths give one store per
-        layer name.
+        Where to write (open for appending). Each layer's set takes the
+        width of that layer's features on its first write, so layers of
+        different widths share one store (see
+        :meth:`EmbeddingStore.dim_of`); a set written before must keep its
+        width, and the untagged default set has the store's ``dim``. A
+        mapping ``{layer name: store}`` (one store per layer) is still
+        accepted.
     split : str, default "train"
         Split to write in each set.
     layers : str, list or dict, optional
@@ -247,9 +272,12 @@ def capture(
     >>> batches = [(torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 1]))] * 2
     >>> s = ncdask.EmbeddingStore.create("memory://capture-doc", n_classes=2, dim=4,
     ...                                  overwrite=True)
-    >>> sets = capture(model, batches, s, layers={"penult": "2"}, classifier="2")
-    >>> [(d["layer"], d["rows"]) for d in sets], s.classifier(layer="penult")[0].shape
-    ([('penult', 10)], (2, 4))
+    >>> sets = capture(model, batches, s, layers={"penult": "2", "in": ("0", "input")},
+    ...                classifier="2")
+    >>> [(d["layer"], d["dim"], d["rows"]) for d in sets]
+    [('penult', 4, 10), ('in', 3, 10)]
+    >>> s.classifier(layer="penult")[0].shape, s.dim_of(layer="in")
+    ((2, 4), 3)
     """
     import torch
 
@@ -293,6 +321,12 @@ def capture(
             if bad:
                 raise ValueError(f"classifier_for names {bad}, not among the layers {known}")
             targets = wanted
+        for tag in targets:
+            if int(W.shape[0]) != stores[tag].n_classes:
+                raise ValueError(
+                    f"classifier {classifier!r} has {W.shape[0]} classes, the store of layer "
+                    f"{tag!r} has n_classes={stores[tag].n_classes}"
+                )
     elif classifier_for is not None:
         raise ValueError("classifier_for= needs classifier=")
     if max_batches is not None and int(max_batches) < 1:
@@ -351,7 +385,7 @@ def capture(
                     v.clear()
                 model(_to_device(x, dev))
                 yn = _labels(y)
-                for tag, mod_name, kind in specs:
+                for tag, mod_name, _ in specs:
                     got = seen[tag]
                     if len(got) != 1:
                         raise RuntimeError(
@@ -363,21 +397,23 @@ def capture(
                         raise ValueError(
                             f"layer {tag!r}: {X.shape[0]} feature rows for {yn.shape[0]} labels"
                         )
-                    if tag not in writers:  # first batch: check the width, then open
-                        st = stores[tag]
-                        if X.shape[1] != st.dim:
+                if not writers:  # first batch: check every width, then open the writers
+                    for tag, mod_name, kind in specs:
+                        dims[tag] = _check_width(stores[tag], tag, epoch, mod_name, kind,
+                                                 int(seen[tag][0].shape[1]))
+                        if tag in targets and int(W.shape[1]) != dims[tag]:
                             raise ValueError(
-                                f"layer {tag!r} ({mod_name} {kind}) has {X.shape[1]} features, "
-                                f"the store has dim {st.dim}; give a store per layer "
-                                "(store={layer name: EmbeddingStore}) for layers of other widths"
+                                f"classifier {classifier!r} has {W.shape[1]} input features "
+                                f"but layer {tag!r} ({mod_name} {kind}) has {dims[tag]}"
                             )
-                        dims[tag] = int(X.shape[1])
+                    for tag, _, _ in specs:
                         writers[tag] = stack.enter_context(
-                            st.writer(split, layer=tag, epoch=epoch,
-                                      allow_nonfinite=allow_nonfinite)
+                            stores[tag].writer(split, layer=tag, epoch=epoch,
+                                               allow_nonfinite=allow_nonfinite, dim=dims[tag])
                         )
-                    writers[tag].append(X, yn)
-                    got.clear()
+                for tag, _, _ in specs:
+                    writers[tag].append(seen[tag][0], yn)
+                    seen[tag].clear()
             if not writers:
                 raise ValueError("the loader yielded no batches")
     finally:

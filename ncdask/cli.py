@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--test", help="split for NC4 (default: 'test' if present)")
     an.add_argument("--ood", help="split for NC5 (default: 'ood' if present)")
     an.add_argument("--tile-size", type=_positive_int, help="classes per pairwise tile")
+    an.add_argument(
+        "--memory-budget",
+        help="bytes per blocked task, e.g. 64MiB (default 128 MiB, less on small workers)",
+    )
     an.add_argument("--scheduler", help="threads (default), processes, sync, ADDRESS, local-cuda")
     an.add_argument("--out", help="write the metrics to this Zarr path")
     an.add_argument("--json", metavar="FILE", help="write scalar metrics as JSON ('-': stdout)")
@@ -469,6 +473,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         dim = None
     stats_kw = {} if args.ignore_index is None else {"ignore_index": args.ignore_index}
     measure_kw: dict[str, Any] = {"tile_size": args.tile_size, "metrics": args.metrics}
+    if args.memory_budget is not None:
+        measure_kw["memory_budget"] = args.memory_budget
     if args.dist_exp is not None:
         measure_kw["dist_exp"] = args.dist_exp
     if args.min_count is not None:

@@ -75,7 +75,7 @@ from ._validate import check_ignore_index
 from ._version import __version__
 from .graph import closed_forms as CF
 from .graph import decisions as DG
-from .graph.pairwise import default_tile_size, pairwise_moments
+from .graph.pairwise import default_tile_size, pairwise_moments, resolve_budget
 from .graph.stats import finalized_arrays, partials_tree
 from .kernels._xp import to_numpy
 from .kernels.pairwise import RieszRangeWarning  # noqa: F401 - re-exported with measure
@@ -548,6 +548,7 @@ def _measure_one(
     split_every: int | None,
     min_count: int | None = None,
     ignore_index: int | None = None,
+    memory_budget: int | None = None,
 ) -> tuple[xr.Dataset, dict[str, str]]:
     stats = _check_stats(stats)
     counts = np.asarray(to_numpy(stats["counts"].values)).astype(np.int64)
@@ -582,7 +583,7 @@ def _measure_one(
     left_out.update(degenerate)
     todo = [n for n in wanted if n not in left_out]
 
-    T = int(tile_size) if tile_size else default_tile_size(max(K, 1), D)
+    T = int(tile_size) if tile_size else default_tile_size(max(K, 1), D, budget=memory_budget)
     if T < 1:
         raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
     out: dict[str, Any] = {}
@@ -718,13 +719,12 @@ def _measure_one(
                 if "labels" not in split:
                     raise ValueError("the test split needs 'labels' for NC4")
                 y = as_dask(split["labels"])
+                kw = dict(tile_size=T, split_every=split_every, budget=memory_budget)
                 if nc4_backend == "gemm":
-                    dec = DG.decisions(X, W, b, Mc, mG, tile_size=T, split_every=split_every)
+                    dec = DG.decisions(X, W, b, Mc, mG, **kw)
                     agree = dec[:, 1] == dec[:, 3]
                 elif nc4_backend == "faiss":
-                    dec = DG.decisions(
-                        X, W, b, Mc, mG, tile_size=T, ncc=False, split_every=split_every
-                    )
+                    dec = DG.decisions(X, W, b, Mc, mG, ncc=False, **kw)
                     ncc = DG.faiss_ncc(X, Mc, mG)
                     agree = dec[:, 1].rechunk(ncc.chunks) == ncc
                 else:
@@ -786,6 +786,7 @@ def _measure_one(
         min_count=None if min_count is None else int(min_count),
         ignore_index=ignore_index,
         tile_size=T,
+        memory_budget=memory_budget,
         dist_exp=float(dist_exp),
         riesz_s=float(D - 2 if riesz_s is None else riesz_s),
         global_mean=stats.attrs.get("global_mean", "unweighted"),
@@ -862,6 +863,7 @@ def measure(
     split_every: int | None = None,
     min_count: int | None = None,
     ignore_index: int | None = None,
+    memory_budget: int | str | None = None,
 ) -> xr.Dataset:
     """Measure Neural Collapse: every SPEC.md metric as a lazy labelled Dataset.
 
@@ -888,7 +890,7 @@ def measure(
         Out-of-distribution samples for NC5, with or without ``labels``.
     tile_size : int, optional
         Classes per tile (the chunk size of the class axis); by default the
-        largest that fits :data:`ncdask.graph.pairwise.TILE_BUDGET`.
+        largest that fits ``memory_budget``.
     metrics : str or iterable of str, optional
         Variables (or groups such as ``"nc2g_riesz"``) to compute; default all.
     dist_exp : float, default 1
@@ -914,6 +916,13 @@ def measure(
         Label of samples to skip in the test and OOD splits (default: the
         statistics' ``ignore_index`` attribute, which ``class_stats`` copies
         from the store).
+    memory_budget : int or str, optional
+        Bytes one task of the blocked graphs may hold (``"64MiB"`` works):
+        sets the default tile size and the NC4 sample blocks. Default: the
+        ``ncdask.tile-budget`` dask config value, else 128 MiB, lowered under
+        an active distributed client to 1/8 of the smallest worker's
+        ``memory_limit`` (and to half that limit over its threads); see
+        :func:`ncdask.graph.pairwise.resolve_budget`.
 
     Returns
     -------
@@ -921,7 +930,7 @@ def measure(
         Scalar metrics and per-class companions (see :mod:`ncdask.metrics`),
         each with ``long_name``, ``formula`` and ``reference`` attrs; Dataset
         attrs ``n_classes``, ``n_classes_measured``, ``empty_classes``,
-        ``filtered_classes``, ``min_count``, ``tile_size``, ``left_out``
+        ``filtered_classes``, ``min_count``, ``tile_size``, ``memory_budget``, ``left_out``
         (metric → reason).
 
     Warns
@@ -963,6 +972,7 @@ def measure(
             raise TypeError(f"min_count must be an integer, got {min_count!r}")
         if min_count < 0:
             raise ValueError(f"min_count must be >= 0, got {min_count}")
+    budget = resolve_budget(memory_budget)
     d, labs, items = _sweep_items(stats, dim, labels)
     results, degenerate = [], {}
     for i, (lab, st) in enumerate(zip(labs, items, strict=True)):
@@ -981,6 +991,7 @@ def measure(
             split_every=split_every,
             min_count=min_count,
             ignore_index=ignore_index,
+            memory_budget=budget,
         )
         results.append(ds)
         for k, reason in deg.items():

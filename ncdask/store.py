@@ -10,6 +10,15 @@ Layout (one Zarr group per store; any fsspec URL)::
             classifier/{W,b}
             train/...
 
+Each embedding set has its own width D (different layers of a network have
+different widths): the default set has the store's ``dim``; a tagged set
+records its width in the set group's attribute ``ncdask_layout``
+(``{"dim": D, "chunk_rows": R}``) when it is first written (first append,
+writer batch, classifier or :meth:`EmbeddingStore.create_set`), and every
+later write to the set must match it. A store holding a set whose width
+differs from ``dim`` is marked format 2, so older ncdask versions refuse it
+instead of misreading it.
+
 Each split holds ``embeddings (sample, feature)`` and ``labels (sample)``.
 The split group's attribute ``ncdask_split`` is the *commit record*: the
 number of committed rows and the per-class counts. An append writes the rows
@@ -34,7 +43,7 @@ from ._validate import NcdaskStoreError, batch_to_numpy, check_ignore_index, che
 from ._version import __version__
 from .kernels._xp import to_numpy
 
-FORMAT = 1
+FORMAT = 2  # 2: sets may have their own width (``ncdask_layout``); 1 otherwise
 CHUNK_BYTES = 64 * 2**20
 SET_TAGS = ("layer", "epoch")
 
@@ -66,11 +75,46 @@ def _join(*parts: str) -> str:
     return "/".join(p for p in parts if p)
 
 
+def _where(layer: str | None, epoch: int | None) -> str | None:
+    """How a set is named in messages (None for the default set)."""
+    return _set_path(layer, epoch) or None
+
+
+def _auto_chunk_rows(dim: int, dtype: np.dtype) -> int:
+    """Rows of about ``CHUNK_BYTES`` (64 MiB) per chunk."""
+    return max(1, CHUNK_BYTES // (int(dim) * np.dtype(dtype).itemsize))
+
+
+def _saved_dim(X_path: str, y_path: str | None) -> int | None:
+    """D of a saved embeddings file, read from its header (None if it cannot be told)."""
+    import zipfile
+
+    from .io import X_KEYS, _NpyStream, _pick
+
+    try:
+        if str(X_path).endswith(".npz"):
+            with zipfile.ZipFile(X_path) as z:
+                names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+                with z.open(_pick(names, X_KEYS, "embeddings", str(X_path)) + ".npy") as f:
+                    shape = _NpyStream(f).shape
+        else:
+            shape = np.load(X_path, mmap_mode="r").shape
+    except (OSError, KeyError, ValueError):
+        return None  # iter_saved_arrays reports the problem
+    return int(shape[1]) if len(shape) == 2 and shape[1] > 0 else None
+
+
 class EmbeddingStore:
     """Embeddings and labels of one or more splits, in a chunked Zarr store.
 
     Create one with :meth:`create` or :meth:`from_arrays`, open one with
     :meth:`open`. ``store[split]`` is a lazy :class:`xarray.Dataset`.
+
+    A store holds one or more embedding *sets* (``layer=`` / ``epoch=``
+    tags, see :meth:`sets`). Each set has its own width: the default set
+    has :attr:`dim`, a tagged set takes the width of its first write (or of
+    :meth:`create_set`), so one store holds several layers of a network;
+    :meth:`dim_of` tells a set's width.
 
     Examples
     --------
@@ -81,6 +125,10 @@ class EmbeddingStore:
     5
     >>> s["train"].embeddings.shape
     (5, 4)
+    >>> s.append("train", np.ones((5, 7)), np.array([0, 1, 2, 0, 1]), layer="wide")
+    5
+    >>> s.dim_of(layer="wide"), s.split("train", layer="wide").attrs["dim"]
+    (7, 7)
     """
 
     def __init__(self, group: zarr.Group, url: str, mode: str) -> None:
@@ -121,11 +169,14 @@ class EmbeddingStore:
         n_classes : int
             Number of classes K; labels must lie in ``[0, K)``.
         dim : int
-            Embedding dimension D.
+            Embedding dimension D of the default (untagged) set. Tagged sets
+            take their own width from their first write (or
+            :meth:`create_set`), so sets of several widths share one store.
         dtype : dtype, default "float32"
             Storage dtype of the embeddings.
         chunk_rows : int, optional
-            Rows per chunk; default about 64 MiB per chunk.
+            Rows per chunk of every set; default about 64 MiB per chunk,
+            computed from each set's own width.
         class_names : list of str, optional
             K class names.
         attrs : mapping, optional
@@ -148,8 +199,9 @@ class EmbeddingStore:
         dt = np.dtype(dtype)
         if not np.issubdtype(dt, np.floating):
             raise TypeError(f"dtype must be a float dtype, got {dt}")
-        if chunk_rows is None:
-            chunk_rows = max(1, CHUNK_BYTES // (dim * dt.itemsize))
+        auto_rows = chunk_rows is None
+        if auto_rows:
+            chunk_rows = _auto_chunk_rows(dim, dt)
         chunk_rows = int(chunk_rows)
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
@@ -169,12 +221,13 @@ class EmbeddingStore:
                 raise FileExistsError(f"a Zarr group exists at {url!r}; pass overwrite=True")
         group = zarr.open_group(url, mode="w", storage_options=storage_options)
         group.attrs["ncdask"] = {
-            "format": FORMAT,
+            "format": 1,  # raised to 2 once a set of another width is written
             "version": __version__,
             "n_classes": n_classes,
             "dim": dim,
             "dtype": dt.str,
             "chunk_rows": chunk_rows,
+            "chunk_rows_auto": auto_rows,
             "class_names": class_names,
             "attrs": dict(attrs or {}),
             "ignore_index": check_ignore_index(ignore_index, n_classes),
@@ -242,7 +295,7 @@ class EmbeddingStore:
 
     @property
     def dim(self) -> int:
-        """Embedding dimension D."""
+        """Embedding dimension D of the default set (tagged sets: :meth:`dim_of`)."""
         return int(self._meta["dim"])
 
     @property
@@ -252,8 +305,15 @@ class EmbeddingStore:
 
     @property
     def chunk_rows(self) -> int:
-        """Rows per stored chunk."""
+        """Rows per stored chunk of the default set."""
         return int(self._meta["chunk_rows"])
+
+    def _chunk_rows_for(self, dim: int) -> int:
+        """Rows per chunk of a new set of width ``dim``."""
+        auto = self._meta.get("chunk_rows_auto")
+        if auto is None:  # stores written before sets had their own widths
+            auto = self.chunk_rows == _auto_chunk_rows(self.dim, self.dtype)
+        return _auto_chunk_rows(dim, self.dtype) if auto else self.chunk_rows
 
     @property
     def class_names(self) -> list[str] | None:
@@ -298,10 +358,113 @@ class EmbeddingStore:
                 self._group[f"layer={layer}"].attrs["ncdask_set"] = {"layer": layer}
             return g
 
+    def _layout(self, sg: zarr.Group) -> tuple[int, int] | None:
+        """``(dim, chunk_rows)`` of a set group; None while nothing fixes its width."""
+        if sg.path == self._group.path:
+            return self.dim, self.chunk_rows
+        lay = sg.attrs.get("ncdask_layout")
+        if isinstance(lay, Mapping) and "dim" in lay:
+            return int(lay["dim"]), int(lay.get("chunk_rows") or self._chunk_rows_for(lay["dim"]))
+        names = [n for n, _ in sg.groups()]
+        if "classifier" in names or any("ncdask_split" in sg[n].attrs for n in names):
+            return self.dim, self.chunk_rows  # written before sets had their own widths
+        return None
+
+    def _known_dim(self, layer: str | None, epoch: int | None) -> int | None:
+        sg = self._set_group(layer, epoch, create=False)
+        lay = None if sg is None else self._layout(sg)
+        return None if lay is None else lay[0]
+
+    def _require_set(
+        self, layer: str | None, epoch: int | None, dim: int, chunk_rows: int | None = None
+    ) -> tuple[zarr.Group, int, int]:
+        """The set's group and ``(dim, chunk_rows)``, recording them on its first write.
+
+        Raises ValueError when the set already has another width.
+        """
+        sg = self._set_group(layer, epoch, create=True)
+        lay = self._layout(sg)
+        if lay is not None:
+            if int(dim) != lay[0]:
+                raise ValueError(
+                    f"set {_where(layer, epoch) or '(default)'} of {self.url!r} has dim "
+                    f"{lay[0]} (recorded when it was first written), got dim {int(dim)}"
+                )
+            return sg, lay[0], lay[1]
+        dim = int(dim)
+        rows = int(chunk_rows) if chunk_rows is not None else self._chunk_rows_for(dim)
+        if dim != self.dim and int(self._meta.get("format", 1)) < 2:
+            # older ncdask reads every set with the store's dim: make it refuse the store
+            meta = dict(self._group.attrs["ncdask"])
+            meta["format"] = 2
+            self._group.attrs["ncdask"] = meta
+            self._meta = meta
+        sg.attrs["ncdask_layout"] = {"dim": dim, "chunk_rows": rows}
+        return sg, dim, rows
+
+    def create_set(
+        self,
+        *,
+        layer: str | None = None,
+        epoch: int | None = None,
+        dim: int | None = None,
+        chunk_rows: int | None = None,
+    ) -> int:
+        """Create an embedding set of width ``dim`` (explicitly; appends create sets too).
+
+        Parameters
+        ----------
+        layer, epoch : optional
+            Tags of the set; at least one.
+        dim : int, optional
+            Its embedding width; default the store's :attr:`dim`.
+        chunk_rows : int, optional
+            Rows per chunk of its splits; default as given at :meth:`create`,
+            else about 64 MiB per chunk at this width.
+
+        Returns
+        -------
+        int
+            The set's width. Creating an existing set again is a no-op if
+            ``dim`` matches (or is None) and a ValueError otherwise.
+
+        Notes
+        -----
+        :meth:`sets` lists a set once it holds a split; :meth:`dim_of`
+        answers from creation on.
+        """
+        self._require_writable()
+        if layer is None and epoch is None:
+            raise ValueError("create_set needs layer= or epoch= (the default set has the "
+                             "store's dim)")
+        if dim is None:
+            dim = self._known_dim(layer, epoch) or self.dim
+        dim = int(dim)
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        if chunk_rows is not None and int(chunk_rows) < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        return self._require_set(layer, epoch, dim, chunk_rows)[1]
+
+    def dim_of(self, *, layer: str | None = None, epoch: int | None = None) -> int:
+        """The embedding width D of one set (the default set: :attr:`dim`).
+
+        Raises
+        ------
+        KeyError
+            The set does not exist yet (nothing was written to it).
+        """
+        d = self._known_dim(layer, epoch)
+        if d is None:
+            raise KeyError(f"no embedding set {_set_path(layer, epoch)!r} in {self.url!r}; "
+                           f"sets: {self.sets()}")
+        return d
+
     def sets(self) -> list[dict[str, Any]]:
         """Every embedding set holding at least one split, as a dict of tags.
 
         The default set is ``{}``; others look like ``{"layer": "fc_in", "epoch": 12}``.
+        Each set has its own width, :meth:`dim_of` (``**tags``).
         """
         out: list[dict[str, Any]] = []
 
@@ -325,10 +488,16 @@ class EmbeddingStore:
         return sorted(n for n, sub in g.groups() if "ncdask_split" in sub.attrs)
 
     def _split_group(
-        self, split: str, layer: str | None, epoch: int | None, create: bool
+        self,
+        split: str,
+        layer: str | None,
+        epoch: int | None,
+        create: bool,
+        dim: int | None = None,
     ) -> zarr.Group:
+        """A split's group; with ``create``, made (in a set of width ``dim``) if missing."""
         check_name("split", split)
-        sg = self._set_group(layer, epoch, create)
+        sg = self._set_group(layer, epoch, create=False)
         if sg is not None and split in sg and "ncdask_split" in sg[split].attrs:
             return sg[split]
         if not create:
@@ -337,8 +506,9 @@ class EmbeddingStore:
                 f"unknown split {split!r} in {where} of {self.url!r}; "
                 f"splits there: {self.splits(layer=layer, epoch=epoch)}"
             )
+        sg, D, rows = self._require_set(layer, epoch, self.dim if dim is None else dim)
         g = sg.require_group(split)
-        K, D, rows = self.n_classes, self.dim, self.chunk_rows
+        K = self.n_classes
         g.create_array(
             "embeddings", shape=(0, D), chunks=(rows, D), dtype=self.dtype,
             dimension_names=("sample", "feature"), compressors=default_codec(), overwrite=True,
@@ -377,13 +547,20 @@ class EmbeddingStore:
         split : str
             Split name ("train", "test", "ood", ...); created on first use.
         X : array (n, D)
-            Embeddings: NumPy, CuPy or a PyTorch tensor (CPU or CUDA).
+            Embeddings: NumPy, CuPy or a PyTorch tensor (CPU or CUDA). D is
+            the set's width (:meth:`dim_of`); the first write to a new set
+            may have any width and records it.
         y : array (n,)
             Integer labels in ``[0, K)``.
         layer, epoch : optional
             Tags of the embedding set (default set when both are None).
         allow_nonfinite : bool
             Store NaN/inf instead of raising.
+
+        Raises
+        ------
+        ValueError
+            A bad batch (nothing is written), e.g. a width other than the set's.
 
         Notes
         -----
@@ -392,11 +569,13 @@ class EmbeddingStore:
         buffers to whole chunks.
         """
         self._require_writable()
+        check_name("split", split)
         Xn, yn = batch_to_numpy(
-            X, y, dim=self.dim, n_classes=self.n_classes, dtype=self.dtype,
-            allow_nonfinite=allow_nonfinite, ignore_index=self.ignore_index,
+            X, y, dim=self._known_dim(layer, epoch), n_classes=self.n_classes,
+            dtype=self.dtype, allow_nonfinite=allow_nonfinite, ignore_index=self.ignore_index,
+            where=_where(layer, epoch),
         )
-        g = self._split_group(split, layer, epoch, create=True)
+        g = self._split_group(split, layer, epoch, create=True, dim=Xn.shape[1])
         return self._write_commit(g, Xn, yn, n_batches=1)
 
     def _write_commit(self, g: zarr.Group, X: np.ndarray, y: np.ndarray, n_batches: int) -> int:
@@ -407,7 +586,7 @@ class EmbeddingStore:
             return n0
         emb, lab = g["embeddings"], g["labels"]
         # rows past n0 left by an interrupted append are simply overwritten
-        emb.resize((n1, self.dim))
+        emb.resize((n1, emb.shape[1]))
         lab.resize((n1,))
         emb[n0:n1] = X
         lab[n0:n1] = y
@@ -432,31 +611,57 @@ class EmbeddingStore:
         layer: str | None = None,
         epoch: int | None = None,
         allow_nonfinite: bool = False,
+        dim: int | None = None,
     ) -> StoreWriter:
         """A buffered writer for many small batches (use as a context manager).
 
         Batches are validated as they arrive and written in whole chunks; what
         is buffered is committed on :meth:`StoreWriter.flush` and on exit.
+        Batches must have the set's width; a new set takes ``dim`` if given,
+        else the width of the first batch (the split is created then).
         """
         self._require_writable()
-        g = self._split_group(split, layer, epoch, create=True)
-        return StoreWriter(self, g, allow_nonfinite)
+        check_name("split", split)
+        known = self._known_dim(layer, epoch)
+        if dim is not None:
+            dim = int(dim)
+            if dim < 1:
+                raise ValueError(f"dim must be >= 1, got {dim}")
+            if known is not None and dim != known:
+                raise ValueError(
+                    f"set {_where(layer, epoch) or '(default)'} of {self.url!r} has dim "
+                    f"{known}, got dim={dim}"
+                )
+        target = known if known is not None else dim
+        g = None
+        if target is not None:
+            g = self._split_group(split, layer, epoch, create=True, dim=target)
+        return StoreWriter(self, g, allow_nonfinite, split=split, layer=layer, epoch=epoch)
 
     def set_classifier(
         self, W: Any, b: Any = None, *, layer: str | None = None, epoch: int | None = None
     ) -> None:
-        """Store the classifier weights ``W`` (K×D) and optional bias ``b`` (K)."""
+        """Store the classifier weights ``W`` (K×D) and optional bias ``b`` (K).
+
+        D is the set's width (:meth:`dim_of`); for a set not written yet,
+        W's columns give the set its width.
+        """
         self._require_writable()
         W = np.asarray(to_numpy(W), dtype=np.float64)
-        if W.shape != (self.n_classes, self.dim):
+        known = self._known_dim(layer, epoch)
+        if (W.ndim != 2 or W.shape[0] != self.n_classes or W.shape[1] < 1
+                or (known is not None and W.shape[1] != known)):
+            where = _where(layer, epoch)
             raise ValueError(
-                f"W has shape {W.shape}, expected (n_classes, dim) = ({self.n_classes}, {self.dim})"
+                f"W has shape {W.shape}, expected (n_classes, dim) = "
+                f"({self.n_classes}, {known if known is not None else 'D'})"
+                + (f" for set {where}" if where else "")
             )
         if b is not None:
             b = np.asarray(to_numpy(b), dtype=np.float64)
             if b.shape != (self.n_classes,):
                 raise ValueError(f"b has shape {b.shape}, expected ({self.n_classes},)")
-        sg = self._set_group(layer, epoch, create=True)
+        sg = self._require_set(layer, epoch, W.shape[1])[0]
         cg = sg.require_group("classifier")
         cg.create_array("W", data=W, dimension_names=("class", "feature"), overwrite=True)
         if b is not None:
@@ -487,12 +692,20 @@ class EmbeddingStore:
         """Import an ``.npy`` pair or an ``.npz`` file without loading it whole.
 
         ``.npy`` files are memory-mapped; ``.npz`` members (keys ``X``/``Y`` or
-        ``embeddings``/``labels``) are streamed chunk by chunk.
+        ``embeddings``/``labels``) are streamed chunk by chunk. Into a new
+        set, the file's width becomes the set's.
         """
         from .io import iter_saved_arrays
 
+        sg = self._set_group(layer, epoch, create=False)
+        lay = None if sg is None else self._layout(sg)
+        if lay is not None:
+            rows = lay[1]
+        else:  # a new set: blocks of about one chunk at the file's width
+            width = _saved_dim(X_path, y_path)
+            rows = self.chunk_rows if width is None else self._chunk_rows_for(width)
         with self.writer(split, layer=layer, epoch=epoch, allow_nonfinite=allow_nonfinite) as w:
-            for Xb, yb in iter_saved_arrays(X_path, y_path, rows=self.chunk_rows):
+            for Xb, yb in iter_saved_arrays(X_path, y_path, rows=rows):
                 w.append(Xb, yb)
         return self._committed(split, layer, epoch)
 
@@ -529,7 +742,8 @@ class EmbeddingStore:
         -------
         xarray.Dataset
             ``embeddings (sample, feature)`` and ``labels (sample)``, dask-backed,
-            chunked as stored; attrs ``n_classes``, ``dim``, ``class_names``,
+            chunked as stored; attrs ``n_classes``, ``dim`` (the set's width),
+            ``class_names``,
             ``split``, ``layer``, ``epoch``, ``class_counts``, ``ncdask_version``.
 
         Raises
@@ -543,11 +757,12 @@ class EmbeddingStore:
         g = self._split_group(name, layer, epoch, create=False)
         rec = g.attrs["ncdask_split"]
         n = int(rec["n_committed"])
+        D = int(g["embeddings"].shape[1])
         emb = on_backend(da.from_zarr(g["embeddings"])[:n], xp)
         lab = on_backend(da.from_zarr(g["labels"])[:n], xp)
         attrs = {
             "n_classes": self.n_classes,
-            "dim": self.dim,
+            "dim": D,
             "split": name,
             "layer": layer,
             "epoch": epoch,
@@ -564,7 +779,7 @@ class EmbeddingStore:
                 "embeddings": (("sample", "feature"), emb),
                 "labels": (("sample",), lab),
             },
-            coords={"feature": np.arange(self.dim)},
+            coords={"feature": np.arange(D)},
             attrs=attrs,
         )
 
@@ -581,33 +796,62 @@ class StoreWriter:
     Obtained from :meth:`EmbeddingStore.writer`. Rows are committed in whole
     chunks as the buffer fills and on :meth:`flush` / context exit; rows still
     buffered when the process dies are lost, committed rows never are.
+    Batches must have the set's width; for a new set without a width yet,
+    the first batch gives it (and the split is created then).
     """
 
-    def __init__(self, store: EmbeddingStore, group: zarr.Group, allow_nonfinite: bool) -> None:
+    def __init__(
+        self,
+        store: EmbeddingStore,
+        group: zarr.Group | None,
+        allow_nonfinite: bool,
+        *,
+        split: str,
+        layer: str | None = None,
+        epoch: int | None = None,
+    ) -> None:
         self._store = store
-        self._group = group
+        self._split, self._layer, self._epoch = split, layer, epoch
         self._allow = allow_nonfinite
         self._X: list[np.ndarray] = []
         self._y: list[np.ndarray] = []
         self._rows = 0
         self._batches = 0
-        self._committed = int(group.attrs["ncdask_split"]["n_committed"])
+        self._group: zarr.Group | None = None
+        self.dim: int | None = None
+        """Width of the batches: the set's (None until a new set's first batch)."""
+        self._chunk = 1
+        self._committed = 0
+        if group is not None:
+            self._attach(group)
         self.closed = False
+
+    def _attach(self, group: zarr.Group) -> None:
+        emb = group["embeddings"]
+        self._group = group
+        self.dim = int(emb.shape[1])
+        self._chunk = int(emb.chunks[0])
+        self._committed = int(group.attrs["ncdask_split"]["n_committed"])
 
     def append(self, X: Any, y: Any) -> None:
         """Validate a batch and buffer it; write whole chunks once they fill."""
         if self.closed:
             raise ValueError("this writer is closed")
         s = self._store
-        Xn, yn = batch_to_numpy(X, y, dim=s.dim, n_classes=s.n_classes, dtype=s.dtype,
-                                allow_nonfinite=self._allow, ignore_index=s.ignore_index)
+        Xn, yn = batch_to_numpy(X, y, dim=self.dim, n_classes=s.n_classes, dtype=s.dtype,
+                                allow_nonfinite=self._allow, ignore_index=s.ignore_index,
+                                where=_where(self._layer, self._epoch))
+        if self._group is None:  # the first batch of a new set fixes its width
+            self._attach(s._split_group(self._split, self._layer, self._epoch, create=True,
+                                        dim=Xn.shape[1]))
         self._X.append(Xn)
         self._y.append(yn)
         self._rows += Xn.shape[0]
         self._batches += 1
-        fill = (-self._committed) % s.chunk_rows  # rows up to the next chunk boundary
-        if self._rows >= fill + s.chunk_rows or (fill and self._rows >= fill):
-            whole = fill + ((self._rows - fill) // s.chunk_rows) * s.chunk_rows
+        chunk = self._chunk
+        fill = (-self._committed) % chunk  # rows up to the next chunk boundary
+        if self._rows >= fill + chunk or (fill and self._rows >= fill):
+            whole = fill + ((self._rows - fill) // chunk) * chunk
             self._write(whole)
 
     def _write(self, rows: int) -> None:
@@ -680,7 +924,7 @@ def on_backend(x: da.Array, xp: Any) -> da.Array:
 
 
 def resolve_split(data: Any, split: str | None = None) -> xr.Dataset:
-    """Return a split Dataset from a Dataset, a store and split name, or a ``(store, split)`` tuple."""
+    """A split Dataset from a Dataset, a store and split name, or a ``(store, split)`` tuple."""
     if isinstance(data, tuple) and len(data) == 2 and split is None:
         data, split = data
     if isinstance(data, xr.Dataset):

@@ -4,7 +4,9 @@ A store holds several embedding *sets* tagged ``layer=`` and ``epoch=``
 (see :meth:`ncdask.EmbeddingStore.sets`), written by
 :func:`ncdask.capture` or by ``append(..., layer=, epoch=)``. :func:`sweep`
 computes the class statistics and the metrics of each set, with that set's
-own classifier, and stacks them along an ``epoch`` or ``layer`` dim.
+own classifier and its own width (layers of a network differ in width; the
+metrics are scalars or per class, so they stack along an ``epoch`` or
+``layer`` dim whatever the widths).
 """
 
 from __future__ import annotations
@@ -61,9 +63,9 @@ def sweep(
     Parameters
     ----------
     store : EmbeddingStore, URL, or list / dict of them
-        The store(s) to read. Several stores (for instance one per layer
-        width, as :func:`ncdask.capture` writes them) are read as one; two
-        sets with the same tags are an error.
+        The store(s) to read. One store holds sets of any widths (see
+        :meth:`ncdask.EmbeddingStore.dim_of`); several stores are read as
+        one, and two sets with the same tags are an error.
     over : {"epoch", "layer"} or ("layer", "epoch")
         The set tag to sweep: the result gets a dim of that name. A pair
         gives a 2-D sweep (missing combinations are NaN).

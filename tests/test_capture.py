@@ -190,40 +190,127 @@ def test_epoch_and_layer_sweep_match_per_set_measurements(mem_url):
         sweep(s, over="epoch", layer="fc_in", weights=np.zeros((K, H)))
 
 
-def test_flattening_and_a_store_per_width(mem_url):
+def test_layers_of_different_widths_in_one_store(mem_url):
+    """Two layers of widths 8 and 5 go to one store; each set equals its features
+    written directly, in stats and metrics, and a layer sweep measures both."""
+    torch.manual_seed(0)
+    model = Net()
+    x, y = make_data(90)
+    xt, yt = make_data(37, seed=4)
+    xo, _ = make_data(21, seed=5)
+    s = new_store(mem_url, dim=H)  # the store's dim is the default set's only
+    layers = {"fc_in": "fc", "x_in": ("body.0", "input")}
+    data = {"train": (x, y), "test": (xt, yt), "ood": (xo + 3, yt[:21])}
+    for split, (xs, ys) in data.items():
+        sets = capture(model, loader(xs, ys, 16), s, split, layers=layers, classifier="fc",
+                       classifier_for=["fc_in"])
+        assert [(d["layer"], d["dim"]) for d in sets] == [("fc_in", H), ("x_in", D_IN)]
+    assert s.sets() == [{"layer": "fc_in"}, {"layer": "x_in"}]
+    assert (s.dim_of(layer="fc_in"), s.dim_of(layer="x_in"), s.dim) == (H, D_IN, H)
+    ds = s.split("train", layer="x_in")
+    assert ds.embeddings.shape == (90, D_IN) and ds.attrs["dim"] == D_IN
+    np.testing.assert_allclose(ds.embeddings.values, x.numpy(), rtol=1e-6)
+    assert s.classifier(layer="fc_in")[0].shape == (K, H)
+
+    direct = {
+        "fc_in": {k: (by_hand(model, xs)[0], ys.numpy()) for k, (xs, ys) in data.items()},
+        "x_in": {k: (xs.numpy(), ys.numpy()) for k, (xs, ys) in data.items()},
+    }
+    W, b = model.fc.weight.detach().numpy(), model.fc.bias.detach().numpy()
+    res = sweep(s, over="layer", test="test", ood="ood", metrics=METRICS, compute=True)
+    for lay, arrays in direct.items():
+        ref = ncdask.EmbeddingStore.from_arrays(
+            mem_url(), arrays, W=W if lay == "fc_in" else None,
+            b=b if lay == "fc_in" else None, n_classes=K, chunk_rows=32)
+        st_c = ncdask.class_stats(s.split("train", layer=lay)).compute()
+        st_r = ncdask.class_stats(ref, "train").compute()
+        assert st_c.sizes["feature"] == arrays["train"][0].shape[1]
+        for v in ("counts", "means", "within_cov", "var_norms", "global_mean"):
+            np.testing.assert_allclose(st_c[v].values, st_r[v].values, rtol=1e-6, atol=1e-9)
+        Wc, bc = s.classifier(layer=lay) if lay == "fc_in" else (None, None)
+        Wr, br = ref.classifier() if lay == "fc_in" else (None, None)
+        kw = {"metrics": METRICS if lay == "fc_in" else ["nc1_quot", "nc1_cdnv",
+                                                           "nc2_etf_err", "nc5_ood_dev",
+                                                           "mean_norms"]}
+        m_c = ncdask.measure(st_c, weights=Wc, bias=bc,
+                             test=s.split("test", layer=lay) if Wc is not None else None,
+                             ood=s.split("ood", layer=lay), **kw).compute()
+        m_r = ncdask.measure(st_r, weights=Wr, bias=br,
+                             test=ref["test"] if Wr is not None else None, ood=ref["ood"],
+                             **kw).compute()
+        xr.testing.assert_allclose(m_c, m_r, rtol=1e-6, atol=1e-9)
+        # the layer sweep measures each set with its own width
+        for v in m_r.data_vars:
+            np.testing.assert_allclose(res[v].sel(layer=lay), m_r[v], rtol=1e-6, atol=1e-9)
+    assert res.layer.values.tolist() == ["fc_in", "x_in"]
+    assert np.isnan(res.nc3_dual_err.sel(layer="x_in"))
+
+    # a set keeps its width: recording another module under the same name is refused
+    with pytest.raises(ValueError, match=r"has 8 features, but set layer=x_in, epoch=None .*"
+                                         r"has dim 5"):
+        capture(model, loader(x, y), s, "more", layers={"x_in": "fc"})
+    assert "more" not in s.splits(layer="x_in")
+    # a classifier whose input width is not the set's is refused before anything is written
+    with pytest.raises(ValueError, match="classifier 'fc' has 8 input features"):
+        capture(model, loader(x, y), s, "other", layers=layers, classifier="fc",
+                classifier_for="x_in")
+    assert "other" not in s.splits(layer="fc_in")
+
+
+def test_flattening_into_one_store(mem_url):
     torch.manual_seed(0)
     conv = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
                          nn.Flatten(), nn.Linear(8, K))
     x = torch.randn(30, 1, 5, 5)
     y = torch.arange(30) % K
-    s_conv = new_store(mem_url, dim=2 * 5 * 5)
-    s_pool = new_store(mem_url, dim=8)
-    s_fc = new_store(mem_url, dim=8)
-    stores = {"conv": s_conv, "pooled": s_pool, "fc_in": s_fc}
+    s = new_store(mem_url, dim=8)
     layers = {"conv": ("0", "output"), "pooled": ("2", "output"), "fc_in": "4"}
-    with pytest.raises(ValueError, match="has 50 features, the store has dim 8"):
-        capture(conv, loader(x, y, 8), s_fc, layers=layers)
-    out = capture(conv, loader(x, y, 8), stores, layers=layers, classifier="4")
+    out = capture(conv, loader(x, y, 8), s, layers=layers, classifier="4")
     assert [d["dim"] for d in out] == [50, 8, 8]
+    assert [s.dim_of(layer=n) for n in ("conv", "pooled", "fc_in")] == [50, 8, 8]
     conv.eval()
     with torch.no_grad():
         feat = conv[0](x)
-    np.testing.assert_allclose(s_conv.split("train", layer="conv").embeddings.values,
+    np.testing.assert_allclose(s.split("train", layer="conv").embeddings.values,
                                feat.reshape(30, -1).numpy(), rtol=1e-6)
-    assert s_fc.classifier(layer="fc_in")[0].shape == (K, 8)
+    assert s.classifier(layer="fc_in")[0].shape == (K, 8)
     # (N, 2, 2, 2) pooled maps flattened: the same as the input of the classifier
-    np.testing.assert_array_equal(s_pool.split("train", layer="pooled").embeddings.values,
-                                  s_fc.split("train", layer="fc_in").embeddings.values)
-    # several stores sweep as one
-    res = sweep(stores, over="layer", metrics=["nc1_quot"], compute=True)
+    np.testing.assert_array_equal(s.split("train", layer="pooled").embeddings.values,
+                                  s.split("train", layer="fc_in").embeddings.values)
+    res = sweep(s, over="layer", metrics=["nc1_quot"], compute=True)
     assert res.layer.values.tolist() == ["conv", "fc_in", "pooled"]
+    one = ncdask.measure(ncdask.class_stats(s.split("train", layer="conv")),
+                         metrics=["nc1_quot"]).compute()
+    np.testing.assert_allclose(res.nc1_quot.sel(layer="conv"), one.nc1_quot, rtol=1e-12)
     # a transform pools before flattening
-    s2 = new_store(mem_url, dim=2)
-    capture(conv, loader(x, y, 8), s2, layers={"pooled": ("1", "output")},
+    capture(conv, loader(x, y, 8), s, layers={"pooled2": ("1", "output")},
             transform=lambda t: t.mean(dim=(2, 3)))
-    np.testing.assert_allclose(s2.split("train", layer="pooled").embeddings.values,
+    assert s.dim_of(layer="pooled2") == 2
+    np.testing.assert_allclose(s.split("train", layer="pooled2").embeddings.values,
                                torch.relu(feat).mean(dim=(2, 3)).numpy(), rtol=1e-5,
                                atol=1e-6)
+    # the default (untagged) set keeps the store's dim
+    s3 = new_store(mem_url, dim=3)
+    with pytest.raises(ValueError, match="has 8 features, but the default .* has dim 3"):
+        capture(conv, loader(x, y, 8), s3, layers=None, classifier="4")
+    assert s3.sets() == []
+
+
+def test_a_store_per_layer_still_works(mem_url):
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                         nn.Flatten(), nn.Linear(8, K))
+    x = torch.randn(30, 1, 5, 5)
+    y = torch.arange(30) % K
+    stores = {"conv": new_store(mem_url, dim=50), "fc_in": new_store(mem_url, dim=8)}
+    out = capture(conv, loader(x, y, 8), stores, layers={"conv": ("0", "output"),
+                                                         "fc_in": "4"}, classifier="4")
+    assert [d["dim"] for d in out] == [50, 8]
+    assert stores["fc_in"].classifier(layer="fc_in")[0].shape == (K, 8)
+    with pytest.raises(KeyError, match="no store given for layer 'pooled'"):
+        capture(conv, loader(x, y, 8), stores, layers={"pooled": ("2", "output")})
+    res = sweep(stores, over="layer", metrics=["nc1_quot"], compute=True)
+    assert res.layer.values.tolist() == ["conv", "fc_in"]
 
 
 def test_untagged_default_and_epoch_only_sets(mem_url):

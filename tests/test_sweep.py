@@ -105,3 +105,31 @@ def test_refusals(store):
         sweep(store, over="epoch", layer="a", bias=np.zeros(K))
     with pytest.raises(ValueError, match="more than one of the stores"):
         sweep([store, store], over="epoch", layer="a")
+
+
+def test_layer_sweep_over_sets_of_different_widths(mem_url):
+    """Each set is measured with its own width and classifier; the results stack."""
+    rng = np.random.default_rng(5)
+    s = ncdask.EmbeddingStore.create(mem_url(), K, D, chunk_rows=32)
+    widths = {"conv": 11, "fc_in": D, "proj": 3}
+    for epoch in (0, 4):
+        for layer, width in widths.items():
+            for split, n in (("train", 120), ("test", 50)):
+                y = np.arange(n) % K
+                X = (2 + epoch) * np.eye(K, width)[y] + rng.normal(size=(n, width))
+                s.append(split, X, y, layer=layer, epoch=epoch)
+            s.append("ood", rng.normal(size=(20, width)) + 1, np.zeros(20, int), layer=layer,
+                     epoch=epoch)
+            s.set_classifier(np.eye(K, width) + 0.1 * rng.normal(size=(K, width)),
+                             rng.normal(size=K), layer=layer, epoch=epoch)
+    assert [s.dim_of(**t) for t in s.sets()] == [11, 11, D, D, 3, 3]
+    res = sweep(s, over="layer", epoch=4, test="test", ood="ood", metrics=METRICS,
+                compute=True)
+    assert res.layer.values.tolist() == ["conv", "fc_in", "proj"]
+    assert "feature" not in res.dims
+    for layer in widths:
+        xr.testing.assert_allclose(res.sel(layer=layer, drop=True),
+                                   alone(s, layer=layer, epoch=4), rtol=1e-12)
+    grid = sweep(s, over=("layer", "epoch"), metrics=["nc1_quot", "nc3_dual_err"],
+                 compute=True)
+    assert grid.nc1_quot.shape == (3, 2) and np.isfinite(grid.nc3_dual_err).all()

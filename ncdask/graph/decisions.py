@@ -13,7 +13,7 @@ from dask.base import tokenize
 
 from ..kernels import decisions as Dk
 from ..kernels._xp import to_numpy
-from .pairwise import TILE_BUDGET, _tiles
+from .pairwise import _tiles, resolve_budget
 
 
 def _decision_task(X, mG, W, b, Mc, g, *, ncc):
@@ -29,9 +29,57 @@ def _identity(x, axis=None, keepdims=True):
     return x
 
 
-def rows_per_block(tile_size: int, dim: int, *, budget: int = TILE_BUDGET) -> int:
-    """Sample rows per block so that a block's ``rows × tile`` scores fit ``budget``."""
-    return max(1, budget // (8 * (3 * tile_size + 2 * dim)))
+# What one NC4 task holds (``decision_tile`` on a block of ``n`` sample rows
+# and a tile of ``T`` classes; every array is float64, 8 bytes a number, as
+# ``measure`` casts the test embeddings to float64 before blocking them):
+#
+# * inputs: the sample block X (n × D), the classifier rows W and the centred
+#   means Mc of the tile (T × D each), b, the class indices (T) and mG (D);
+# * the linear scores ``X @ W.T`` (n × T), freed before the NCC part;
+# * the NCC part: the centred block ``X − mG`` (n × D), its scores
+#   ``Xc @ Mc.T`` (n × T, updated in place) and the transient ``Mc * Mc``
+#   (T × D) of the squared norms;
+# * the output (n × 4) and a few length-n vectors (argmax indices, arange, gathers).
+#
+# So the peak is at most 8 · [n · (2D + T + ROW_EXTRA) + 3·T·D + 3·T + D] bytes:
+# :func:`nc4_tile_size` keeps the tile part (``3·T·D``) under half the budget
+# and :func:`rows_per_block` gives the rows the rest. A merge task holds
+# ``n × split_every × 4`` numbers (16 a row at dask's default fan-in of 4,
+# against 2D + T + 10 a row in a decision task).
+# tests/test_budget.py measures the peak with tracemalloc at small budgets.
+
+#: Bytes per number of an NC4 block (float64).
+ITEMSIZE = 8
+#: Length-n vectors of a decision task besides its n × D and n × T arrays: the
+#: n × 4 output, both argmax index vectors, the row index, the gathered best
+#: scores and classes (9 at the NCC step's peak), and one spare.
+ROW_EXTRA = 10
+
+
+def _tile_bytes(tile_size: int, dim: int) -> int:
+    return ITEMSIZE * (3 * tile_size * dim + 3 * tile_size + dim)
+
+
+def nc4_tile_size(
+    n_classes: int, dim: int, tile_size: int, *, budget: int | str | None = None
+) -> int:
+    """Classes per NC4 tile: ``tile_size`` (at most K), shrunk to take ≤ half the budget."""
+    budget = resolve_budget(budget)
+    t = max(1, min(int(tile_size), int(n_classes)))
+    if _tile_bytes(t, dim) > budget // 2:
+        t = max(1, (budget // 2 // ITEMSIZE - dim) // (3 * dim + 3))
+    return t
+
+
+def rows_per_block(tile_size: int, dim: int, *, budget: int | str | None = None) -> int:
+    """Sample rows per NC4 block so that a task on a ``tile_size``-class tile fits ``budget``.
+
+    See the comment above for what a task holds; ``budget`` defaults to
+    :func:`ncdask.graph.pairwise.resolve_budget`.
+    """
+    budget = resolve_budget(budget)
+    per_row = ITEMSIZE * (2 * dim + tile_size + ROW_EXTRA)
+    return max(1, (budget - _tile_bytes(tile_size, dim)) // per_row)
 
 
 def decisions(
@@ -44,6 +92,7 @@ def decisions(
     tile_size: int,
     ncc: bool = True,
     split_every: int | None = None,
+    budget: int | str | None = None,
 ) -> da.Array:
     """Best class of the linear classifier and of the NCC for every sample.
 
@@ -61,8 +110,14 @@ def decisions(
     mG : dask array (D,)
         The global mean they are centred on.
     tile_size : int
+        Classes per tile, lowered when its tiles would take over half of ``budget``.
     ncc : bool
         Also the NCC decisions (False when FAISS supplies them).
+    split_every : int, optional
+        Fan-in of the merge tree over the class tiles.
+    budget : int or str, optional
+        Bytes one task may hold (default :func:`ncdask.graph.pairwise.resolve_budget`);
+        sets the tile and the sample rows per block.
 
     Returns
     -------
@@ -70,8 +125,10 @@ def decisions(
         Columns :data:`ncdask.kernels.decisions.DECISION`.
     """
     K, D = Mc.shape
+    budget = resolve_budget(budget)
+    tile_size = nc4_tile_size(K, D, tile_size, budget=budget)
     chunks = _tiles(K, tile_size)
-    rows = rows_per_block(min(tile_size, K), D)
+    rows = rows_per_block(tile_size, D, budget=budget)
     X = X.rechunk((rows, -1))
     W = W.rechunk((chunks, -1))
     Mc = Mc.rechunk((chunks, -1))

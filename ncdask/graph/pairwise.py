@@ -12,18 +12,32 @@ with Chan's update. Every statistic asked for comes from the same tasks.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
+from dask.utils import parse_bytes
 
 from ..kernels import pairwise as P
 
-#: Default bytes of tile-sized temporaries one pairwise task may hold.
+#: Default bytes of tile-sized temporaries one blocked task may hold (the
+#: pairwise tiles here, the NC4 blocks of :mod:`ncdask.graph.decisions`).
 TILE_BUDGET = 128 * 2**20
+#: Dask config key that overrides :data:`TILE_BUDGET` (bytes or a string such as "64MiB").
+BUDGET_CONFIG_KEY = "ncdask.tile-budget"
+#: Under a distributed client, the default budget is at most this fraction of the
+#: smallest worker's ``memory_limit``...
+CLIENT_FRACTION = 8
+#: ...and at most ``memory_limit / (CLIENT_THREAD_FACTOR · nthreads)``, so the
+#: tasks a worker runs at once hold at most half of its memory.
+CLIENT_THREAD_FACTOR = 2
+#: Floor of the client-derived default (tiny limits would shatter the graphs).
+MIN_CLIENT_BUDGET = 4 * 2**20
 #: Tiles along the class axis the default tile size aims for (parallelism)...
 MIN_TILES = 4
 #: ...unless tiles would get smaller than this.
@@ -33,26 +47,101 @@ MIN_TILE = 256
 TEMPS_PER_PAIR = 2
 
 
+def parse_budget(budget: int | str) -> int:
+    """A memory budget in bytes: a positive integer or a string such as ``"64MiB"``."""
+    if isinstance(budget, bool):
+        raise TypeError(f"memory budget must be bytes or a string like '64MiB', got {budget!r}")
+    if isinstance(budget, str):
+        try:
+            value = parse_bytes(budget)
+        except ValueError as e:
+            raise ValueError(f"cannot parse memory budget {budget!r}: {e}") from None
+    elif isinstance(budget, (int, np.integer)) or (
+        isinstance(budget, float) and budget.is_integer()
+    ):
+        value = int(budget)
+    else:
+        raise TypeError(f"memory budget must be bytes or a string like '64MiB', got {budget!r}")
+    if value <= 0:
+        raise ValueError(f"memory budget must be positive, got {budget!r}")
+    return int(value)
+
+
+def client_budget() -> int | None:
+    """Budget suggested by the active distributed client's smallest worker, if any.
+
+    ``min(memory_limit / CLIENT_FRACTION, memory_limit / (CLIENT_THREAD_FACTOR ·
+    nthreads))`` over the workers that have a memory limit, floored at
+    :data:`MIN_CLIENT_BUDGET`; None when no client is active (``distributed``
+    is not even imported then), it is asynchronous, or no worker has a limit.
+    """
+    if "distributed" not in sys.modules:
+        return None
+    try:
+        from distributed import default_client
+
+        client = default_client()
+        if getattr(client, "asynchronous", False):
+            return None  # its scheduler_info() is a cache without the workers
+        workers = client.scheduler_info()["workers"].values()
+        best = None
+        for w in workers:
+            limit = int(w.get("memory_limit") or 0)
+            if limit <= 0:
+                continue
+            threads = max(1, int(w.get("nthreads") or 1))
+            b = min(limit // CLIENT_FRACTION, limit // (CLIENT_THREAD_FACTOR * threads))
+            best = b if best is None else min(best, b)
+    except Exception:  # no client, a closed one, an unreachable scheduler: no hint
+        return None
+    return None if best is None else max(MIN_CLIENT_BUDGET, best)
+
+
+def resolve_budget(budget: int | str | None = None) -> int:
+    """The memory budget (bytes) of one blocked task.
+
+    In order: ``budget`` when given; the dask config key
+    :data:`BUDGET_CONFIG_KEY` (``dask.config.set({"ncdask.tile-budget":
+    "64MiB"})``); else :data:`TILE_BUDGET`, lowered to :func:`client_budget`
+    when a distributed client with smaller workers is active.
+    """
+    if budget is not None:
+        return parse_budget(budget)
+    configured = dask.config.get(BUDGET_CONFIG_KEY, None)
+    if configured is not None:
+        return parse_budget(configured)
+    hint = client_budget()
+    return TILE_BUDGET if hint is None else min(TILE_BUDGET, hint)
+
+
 def default_tile_size(
-    n_classes: int, dim: int, *, budget: int = TILE_BUDGET, itemsize: int = 8
+    n_classes: int, dim: int, *, budget: int | str | None = None, itemsize: int = 8
 ) -> int:
     """Default classes per tile: fits ``budget`` bytes, and leaves work for several threads.
 
     A fused task holds about :data:`TEMPS_PER_PAIR` T×T arrays plus two T×D
     blocks, so ``T ≤ √(budget / (TEMPS_PER_PAIR · itemsize))`` less what the
-    blocks take (rounded down to a multiple of 64). Below that, the class axis
-    is cut into at least :data:`MIN_TILES` tiles (``MIN_TILES·(MIN_TILES+1)/2``
-    upper-triangle tasks) as long as tiles keep :data:`MIN_TILE` classes.
+    blocks take (rounded down to a multiple of 64, or any size below 64).
+    Below that, the class axis is cut into at least :data:`MIN_TILES` tiles
+    (``MIN_TILES·(MIN_TILES+1)/2`` upper-triangle tasks) as long as tiles keep
+    :data:`MIN_TILE` classes. ``budget`` defaults to :func:`resolve_budget`.
     """
     if n_classes <= 0:
         return 1
+    budget = resolve_budget(budget)
     per = TEMPS_PER_PAIR * itemsize
+
+    def size(t: int) -> int:
+        return per * t * t + 4 * itemsize * t * dim
+
     t = int(math.isqrt(max(1, budget // per)))
     # leave room for the two T×D input blocks
-    while t > 64 and per * t * t + 4 * itemsize * t * dim > budget:
+    while t > 64 and size(t) > budget:
         t -= 64
     if t >= 64:
         t -= t % 64
+    while t > 1 and size(t) > budget:  # small budgets or wide features
+        t -= 1
     t = min(t, max(MIN_TILE, -(-n_classes // MIN_TILES)))
     return max(1, min(n_classes, t))
 
