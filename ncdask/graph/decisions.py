@@ -13,6 +13,7 @@ from dask.base import tokenize
 
 from ..kernels import decisions as Dk
 from ..kernels._xp import to_numpy
+from ._tree import tree_reduce
 from .pairwise import _tiles, resolve_budget
 
 
@@ -247,17 +248,10 @@ def ood_global_mean(
             zip(X.to_delayed().ravel(), labels.to_delayed().ravel(), strict=True)
         )
     ]
-    depth = 0
-    while len(level) > 1:
-        level = [
-            dask.delayed(Dk.merge_label_sums, pure=True)(
-                level[i : i + split_every], dask_key_name=f"ncdask-ood-merge-{token}-{depth}-{i}"
-            )
-            for i in range(0, len(level), split_every)
-        ]
-        depth += 1
-    top: Any = level[0]
-    if len(level) == 1 and depth == 0:
+    top: Any = tree_reduce(
+        level, Dk.merge_label_sums, split_every=split_every, name=f"ncdask-ood-merge-{token}"
+    )
+    if len(level) == 1:
         top = dask.delayed(Dk.merge_label_sums, pure=True)([top])
     mean = dask.delayed(Dk.mean_of_label_means, pure=True)(top)
     return da.from_delayed(

@@ -12,6 +12,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 
 from ..kernels import stats as K
+from ._tree import tree_reduce
 
 
 def _chunk(
@@ -80,16 +81,9 @@ def partials_tree(
         )
         for i, (xb, yb) in enumerate(zip(xs, ys, strict=True))
     ]
-    depth = 0
-    while len(level) > 1:
-        level = [
-            dask.delayed(K.merge_many, pure=True)(
-                level[i : i + split_every], dask_key_name=f"ncdask-merge-{token}-{depth}-{i}"
-            )
-            for i in range(0, len(level), split_every)
-        ]
-        depth += 1
-    return level[0]
+    return tree_reduce(
+        level, K.merge_many, split_every=split_every, name=f"ncdask-merge-{token}"
+    )
 
 
 def finalized_arrays(

@@ -141,16 +141,6 @@ def merge_scatter(a: CovPartial, b: CovPartial) -> CovPartial:
     return {"pos": pos, "counts": counts, "sums": sums, "scatter": scatter}
 
 
-def merge_scatter_many(parts: list[CovPartial]) -> CovPartial:
-    """Merge a list of covariance partials, left to right."""
-    if not parts:
-        raise ValueError("merge_scatter_many needs at least one partial")
-    out = parts[0]
-    for p in parts[1:]:
-        out = merge_scatter(out, p)
-    return out
-
-
 def finalize_covariances(p: CovPartial, n_chunk: int) -> Any:
     """Dense ``(n_chunk, D, D)`` covariances ``scatter_k / n_k`` (NaN for absent classes)."""
     xp = array_namespace(p["sums"])
