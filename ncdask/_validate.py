@@ -9,7 +9,7 @@ import numpy as np
 
 from .kernels._xp import to_numpy
 
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")  # a leading '.' is ncdask's
 
 
 class NcdaskStoreError(ValueError):
@@ -17,18 +17,21 @@ class NcdaskStoreError(ValueError):
 
 
 def check_name(kind: str, name: Any) -> str:
-    """Split and layer names: non-empty, no '/', no '=' (they become group paths)."""
+    """Split and layer names: non-empty, no '/', no '=' (they become group paths).
+
+    Names starting with '.' are kept for ncdask's own staging groups.
+    """
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(
             f"{kind} name must be a non-empty string of letters, digits, '_', '.' or '-', "
-            f"got {name!r}"
+            f"not starting with '.', got {name!r}"
         )
     return name
 
 
 def batch_to_numpy(
     X: Any,
-    y: Any,
+    y: Any | None,
     *,
     dim: int | None,
     n_classes: int,
@@ -54,7 +57,7 @@ def batch_to_numpy(
         Labels that are not integers (floats holding integers are accepted).
     """
     X = to_numpy(X)
-    y = to_numpy(y)
+    y = None if y is None else to_numpy(y)
     if X.ndim != 2:
         raise ValueError(f"embeddings must be 2-D (samples, features), got shape {X.shape}")
     if dim is not None and X.shape[1] != dim:
@@ -67,6 +70,8 @@ def batch_to_numpy(
         raise ValueError(f"embeddings must have at least one feature, got shape {X.shape}")
     if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
         raise TypeError(f"embeddings must be numeric, got dtype {X.dtype}")
+    if y is None:  # an unlabelled batch (OOD data)
+        return _embeddings(X, dtype, allow_nonfinite), None
     if y.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {y.shape}")
     if y.shape[0] != X.shape[0]:
@@ -94,9 +99,19 @@ def batch_to_numpy(
                     if ignore_index is not None
                     else "; create the store with ignore_index= to keep padding labels"
                 )
+                hint += (
+                    "; data without classes of this model (OOD) is stored unlabelled: "
+                    "pass no labels (y=None; `ncdask import --no-labels`)"
+                )
                 raise ValueError(
                     f"label {bad} is outside [0, {n_classes}) (n_classes={n_classes}){hint}"
                 )
+    Xs = _embeddings(X, dtype, allow_nonfinite)
+    return Xs, y.astype(np.int32 if n_classes < 2**31 else np.int64, copy=False)
+
+
+def _embeddings(X: np.ndarray, dtype: np.dtype, allow_nonfinite: bool) -> np.ndarray:
+    """``X`` cast to the store's dtype, checked for NaN / inf (unless allowed)."""
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
         Xs = np.asarray(X, dtype=dtype)
     if not allow_nonfinite and Xs.size and not np.isfinite(Xs).all():
@@ -106,7 +121,7 @@ def batch_to_numpy(
             f"{', after casting to ' + str(dtype) if Xs.dtype != X.dtype else ''}); "
             "pass allow_nonfinite=True to store them anyway"
         )
-    return Xs, y.astype(np.int32 if n_classes < 2**31 else np.int64, copy=False)
+    return Xs
 
 
 def check_ignore_index(ignore_index: Any, n_classes: int) -> int | None:

@@ -35,8 +35,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-import numpy as np
-
 from ._version import __version__
 
 
@@ -84,13 +82,65 @@ def _positive_float(text: str) -> float:
     return v
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks and shows every default that is set."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "%(default)" not in text
+            and "default" not in text
+            and action.default not in (None, False, argparse.SUPPRESS)
+            and action.option_strings
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+_SCHED = "where the Dask graphs run: threads, processes, sync, a scheduler ADDRESS "\
+    "(tcp://host:8786) or local-cuda (default: threads)"
+
+
+def _examples(*lines: str) -> str:
+    return "example" + ("s" if len(lines) > 1 else "") + ":\n" + "\n".join(
+        f"  {ln}" for ln in lines
+    )
+
+
+def _metric_help() -> str:
+    # the metric names come from ncdask.metrics, which imports dask: only for --help
+    from .metrics import GROUPS, METRICS
+
+    groups = "; ".join(f"{g} = {' '.join(v)}" for g, v in GROUPS.items()
+                       if g in ("nc1", "nc2", "nc2g", "nc2w", "nc3", "nc4", "nc5"))
+    return ("metrics:\n  " + "\n  ".join(_wrap(" ".join(METRICS), 76))
+            + "\ngroups (--metrics nc1 ...):\n  " + "\n  ".join(_wrap(groups, 76)))
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width)
+
+
 def _set_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layer", help="embedding set: layer tag")
-    p.add_argument("--epoch", type=int, help="embedding set: epoch tag")
+    p.add_argument("--layer", help="embedding set: layer tag (default: the untagged set)")
+    p.add_argument("--epoch", type=int,
+                   help="embedding set: epoch tag (default: the untagged set)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _quiet_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="hide progress messages and bars; results are still printed")
+
+
+def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
     """The argument parser of the ``ncdask`` command.
+
+    Parameters
+    ----------
+    full_help : bool
+        Include the list of metrics in ``analyze --help`` (imports dask).
 
     Returns
     -------
@@ -99,60 +149,120 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="ncdask",
         description="Out-of-core Neural Collapse metrics on Zarr embedding stores.",
-        epilog="Run 'ncdask COMMAND --help' for the options of a command.",
+        epilog=_examples(
+            "ncdask demo",
+            "ncdask import X.npy y.npy --store emb.zarr --split train --classifier W.npy",
+            "ncdask analyze emb.zarr --metrics nc1 nc2 --json -",
+        ) + "\n\nRun 'ncdask COMMAND --help' for the options of a command.",
+        formatter_class=_Help,
     )
     p.add_argument("--version", action="version", version=f"ncdask {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    de = sub.add_parser("demo", help="train a small MLP on digits and watch NC happen")
-    de.add_argument("--out", default="ncdask-demo", help="output folder (default ncdask-demo)")
-    de.add_argument("--epochs", type=_positive_int, default=40)
-    de.add_argument("--seed", type=int, default=0)
-    de.add_argument("--scheduler", help="threads (default), processes, sync, ADDRESS, local-cuda")
-    de.add_argument("--quiet", "-q", action="store_true", help="print nothing")
+    def command(name: str, help: str, *examples: str, epilog: str = "") -> argparse.ArgumentParser:
+        text = _examples(*examples) + (f"\n\n{epilog}" if epilog else "")
+        return sub.add_parser(name, help=help, description=help, epilog=text,
+                              formatter_class=_Help)
 
-    im = sub.add_parser("import", help="import saved .npy / .npz embeddings into a store")
+    de = command("demo", "train a small MLP on digits and watch NC happen",
+                 "ncdask demo --out /tmp/ncdask-demo --epochs 200")
+    de.add_argument("--out", default="ncdask-demo", help="output folder")
+    de.add_argument("--epochs", type=_positive_int,
+                    help="training epochs (default: the demo's, long enough to reach the "
+                         "terminal phase)")
+    de.add_argument("--seed", type=int, default=0, help="seed of the data split and network")
+    de.add_argument("--scheduler", help=_SCHED)
+    _quiet_arg(de)
+
+    im = command(
+        "import", "import saved .npy / .npz embeddings into a store",
+        "ncdask import X.npy y.npy --store emb.zarr --split train --classifier W.npy",
+        "ncdask import test.npz --store emb.zarr --split test",
+        "ncdask import ood.npy --no-labels --store emb.zarr --split ood",
+        epilog="Every file, label and the classifier are checked before anything is "
+               "written, and an import\ncommits all its rows at once: a failed import "
+               "changes nothing. Importing a file\nthat the split already holds is "
+               "refused unless --append or --overwrite is given.",
+    )
     im.add_argument("files", nargs="+", metavar="FILES",
-                    help="X.npy y.npy pairs and/or .npz files (keys X/Y or embeddings/labels)")
+                    help="X.npy y.npy pairs and/or .npz files (keys X/Y or embeddings/labels); "
+                         "with --no-labels, X.npy files alone")
     im.add_argument("--store", required=True, help="store path or URL (created if missing)")
     im.add_argument("--split", required=True, help="split name (train, test, ood, ...)")
-    im.add_argument("--classifier", metavar="W.npy", help="classifier weights (K, D)")
-    im.add_argument("--bias", metavar="b.npy", help="classifier bias (K,)")
-    im.add_argument("--n-classes", type=_positive_int, help="K, for a new store")
+    im.add_argument("--classifier", metavar="W.npy",
+                    help="classifier weights (K, D) of this set (default: none)")
+    im.add_argument("--bias", metavar="b.npy", help="classifier bias (K,) (default: none)")
+    im.add_argument("--n-classes", type=_positive_int,
+                    help="K, for a new store (default: the classifier's rows, else the "
+                         "largest label + 1)")
     im.add_argument("--ignore-index", type=int,
-                    help="padding label kept in a new store and left out of statistics")
+                    help="padding label kept in a new store and left out of statistics "
+                         "(default: none)")
+    im.add_argument("--no-labels", action="store_true",
+                    help="the files hold embeddings only: an unlabelled split (OOD data)")
+    mode = im.add_mutually_exclusive_group()
+    mode.add_argument("--append", action="store_true",
+                      help="add the rows even if the split already holds these files")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="replace the split's rows with these files' rows")
     _set_args(im)
-    im.add_argument("--quiet", "-q", action="store_true")
+    _quiet_arg(im)
 
-    st = sub.add_parser("stats", help="class statistics of one split of a store")
+    st = command("stats", "class statistics of one split of a store",
+                 "ncdask stats emb.zarr --split train --out stats.zarr")
     st.add_argument("url", help="store path or fsspec URL")
-    st.add_argument("--split", default="train")
-    st.add_argument("--out", help="write the statistics to this Zarr path")
+    st.add_argument("--split", default="train", help="split to summarise")
+    st.add_argument("--out", help="write the statistics to this Zarr path (default: print only)")
     _set_args(st)
-    st.add_argument("--scheduler", help="threads (default), processes, sync, ADDRESS, local-cuda")
-    st.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    st.add_argument("--scheduler", help=_SCHED)
+    _quiet_arg(st)
 
-    an = sub.add_parser("analyze", help="every Neural Collapse metric of a store")
+    an = command(
+        "analyze", "every Neural Collapse metric of a store",
+        "ncdask analyze emb.zarr",
+        "ncdask analyze emb.zarr --metrics nc1 nc2 --json metrics.json --out results.zarr",
+        "ncdask analyze emb.zarr --sweep --layer fc_in",
+        epilog=_metric_help() if full_help else "Run 'ncdask analyze --help' for the metrics.",
+    )
     an.add_argument("url", help="store path or fsspec URL")
     an.add_argument("--train", default="train", help="split of the class statistics")
     an.add_argument("--test", help="split for NC4 (default: 'test' if present)")
-    an.add_argument("--ood", help="split for NC5 (default: 'ood' if present)")
-    an.add_argument("--tile-size", type=_positive_int, help="classes per pairwise tile")
+    an.add_argument("--ood", help="split for NC5, labelled or not (default: 'ood' if present)")
+    an.add_argument("--tile-size", type=_positive_int,
+                    help="classes per pairwise tile (default: the largest within the budget)")
     an.add_argument(
         "--memory-budget",
-        help="bytes per blocked task, e.g. 64MiB (default 128 MiB, less on small workers)",
+        help="bytes per blocked task, e.g. 64MiB (default: 128 MiB, less on small workers)",
     )
-    an.add_argument("--scheduler", help="threads (default), processes, sync, ADDRESS, local-cuda")
-    an.add_argument("--out", help="write the metrics to this Zarr path")
-    an.add_argument("--json", metavar="FILE", help="write scalar metrics as JSON ('-': stdout)")
-    an.add_argument("--metrics", nargs="+", metavar="M", help="metrics or groups (default all)")
-    an.add_argument("--dist-exp", type=_positive_float, help="CDNV distance exponent (default 1)")
-    an.add_argument("--min-count", type=_nonneg_int, help="leave out classes with fewer samples")
-    an.add_argument("--ignore-index", type=int, help="label to drop from the statistics")
+    an.add_argument("--scheduler", help=_SCHED)
+    an.add_argument("--out", help="write the metrics to this Zarr path (default: none)")
+    an.add_argument("--json", metavar="FILE",
+                    help="write the scalar metrics as JSON to FILE ('-': stdout) (default: none)")
+    an.add_argument("--metrics", nargs="+", metavar="M",
+                    help="metrics or groups nc1 nc2 nc2g nc2w nc3 nc4 nc5 (default: all; "
+                         "listed below)")
+    an.add_argument("--dist-exp", type=_positive_float, help="CDNV distance exponent (default: 1)")
+    an.add_argument("--min-count", type=_nonneg_int,
+                    help="leave out classes with fewer samples (default: keep every non-empty "
+                         "class)")
+    an.add_argument("--ignore-index", type=int,
+                    help="label to drop from the statistics (default: the store's)")
     _set_args(an)
     an.add_argument("--sweep", action="store_true",
                     help="measure every embedding set (an epoch or layer sweep)")
-    an.add_argument("--quiet", "-q", action="store_true", help="no progress bar or table")
+    _quiet_arg(an)
+
+    rm = command(
+        "rm", "delete one split of a store (its embeddings and labels)",
+        "ncdask rm emb.zarr --split train",
+        "ncdask rm emb.zarr --split ood --layer fc_in --epoch 3",
+        epilog="Only splits that ncdask wrote are deleted; the classifier and other splits "
+               "stay.",
+    )
+    rm.add_argument("url", help="store path or fsspec URL")
+    rm.add_argument("--split", required=True, help="the split to delete")
+    _set_args(rm)
+    _quiet_arg(rm)
     return p
 
 
@@ -245,6 +355,8 @@ def scalar_dict(results: Any) -> dict[str, Any]:
     -------
     dict
     """
+    import numpy as np
+
     sweep = [d for d in results.dims if d != "class"]
     out: dict[str, Any] = {}
     if sweep:
@@ -291,10 +403,9 @@ def format_summary(results: Any) -> str:
 
 
 def _save_results(results: Any, url: str) -> None:
-    out = results.copy()
-    out.attrs = {k: v for k, v in results.attrs.items() if v is not None}
-    out.attrs["left_out"] = dict(results.attrs.get("left_out") or {})
-    out.to_zarr(url, mode="w", consolidated=False)
+    from .results import save_results
+
+    save_results(results, url)
 
 
 def _write_json(obj: dict, target: str) -> None:
@@ -317,120 +428,141 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise CLIError(f"the demo needs scikit-learn and matplotlib: pip install 'ncdask[demo]' "
                        f"({e})", code=1) from e
-    run_demo(args.out, epochs=args.epochs, seed=args.seed, scheduler=args.scheduler,
-             quiet=args.quiet)
+    kw = {} if args.epochs is None else {"epochs": args.epochs}
+    run_demo(args.out, seed=args.seed, scheduler=args.scheduler, quiet=args.quiet, **kw)
     return 0
 
 
-def _pairs(files: list[str]) -> Iterator[tuple[str, str | None]]:
+def _pairs(files: list[str], labels: bool = True) -> Iterator[tuple[str, str | None]]:
     i = 0
     while i < len(files):
         f = files[i]
-        if f.endswith(".npz"):
+        if f.endswith(".npz") or (not labels and f.endswith(".npy")):
             yield f, None
             i += 1
         elif f.endswith(".npy"):
             if i + 1 >= len(files) or not files[i + 1].endswith(".npy"):
-                raise CLIError(f"{f}: an .npy embeddings file must be followed by its .npy labels")
+                raise CLIError(f"{f}: an .npy embeddings file must be followed by its .npy "
+                               "labels (or pass --no-labels for unlabelled data)")
             yield f, files[i + 1]
             i += 2
         else:
             raise CLIError(f"{f}: expected .npy (X y pairs) or .npz files")
 
 
-def _dim_of(X_path: str, y_path: str | None) -> int:
-    """D of a saved embeddings file, from its header."""
-    import zipfile
+def _load_matrix(path: str, what: str) -> Any:
+    import numpy as np
 
-    from .io import X_KEYS, _NpyStream, _pick
-
-    if y_path is not None:
-        shape = np.load(X_path, mmap_mode="r").shape
-    else:
-        with zipfile.ZipFile(X_path) as z:
-            names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
-            with z.open(_pick(names, X_KEYS, "embeddings", X_path) + ".npy") as fx:
-                shape = _NpyStream(fx).shape
-    if len(shape) != 2:
-        raise CLIError(f"{X_path}: embeddings must be 2-D, got shape {shape}")
-    return int(shape[1])
-
-
-def _top(y: np.ndarray, ignore: int | None) -> int:
-    if ignore is not None:
-        y = y[y != ignore]
-    return int(y.max()) if y.size else -1
-
-
-def _max_label(X_path: str, y_path: str | None, *, ignore: int | None = None,
-               rows: int = 2**20) -> int:
-    """The largest label of a saved file (but ``ignore``), read in blocks (labels only)."""
-    import zipfile
-
-    from .io import Y_KEYS, _NpyStream, _pick
-
-    top = -1
-    if y_path is not None:
-        y = np.load(y_path, mmap_mode="r")
-        for i in range(0, y.shape[0], rows):
-            top = max(top, _top(np.asarray(y[i : i + rows]), ignore))
-        return top
-    with zipfile.ZipFile(X_path) as z:
-        names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
-        with z.open(_pick(names, Y_KEYS, "labels", X_path) + ".npy") as fy:
-            s = _NpyStream(fy)
-            while (block := s.read(rows)).size:
-                top = max(top, _top(block, ignore))
-    return top
+    try:
+        a = np.load(path)
+    except (OSError, ValueError) as e:
+        raise CLIError(f"{path}: cannot read {what}: {e}") from e
+    if not np.issubdtype(a.dtype, np.number) or not np.isfinite(a).all():
+        raise CLIError(f"{path}: {what} must be finite numbers")
+    return a
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from .store import EmbeddingStore
+    from .io import inspect_saved
+    from .store import DuplicateImportError, EmbeddingStore
 
-    pairs = list(_pairs(args.files))
+    labels = not args.no_labels
+    pairs = list(_pairs(args.files, labels))
     for path in [p for pair in pairs for p in pair if p] + [args.classifier, args.bias]:
         if path and not Path(path).is_file():
             raise CLIError(f"no such file: {path}")
     if args.bias and not args.classifier:
         raise CLIError("--bias needs --classifier")
-    W = np.load(args.classifier) if args.classifier else None
-    b = np.load(args.bias) if args.bias else None
-    if W is not None and W.ndim != 2:
-        raise CLIError(f"{args.classifier}: classifier weights must be (K, D), got {W.shape}")
-    tags = _tags(args)
     try:
         store = EmbeddingStore.open(args.store, "a")
     except FileNotFoundError:
         store = None
-    if store is None:
-        D = _dim_of(*pairs[0])
+    tags = _tags(args)
+    W = _load_matrix(args.classifier, "classifier weights") if args.classifier else None
+    b = _load_matrix(args.bias, "the classifier bias") if args.bias else None
+
+    # everything is checked before the first write: files, widths, labels, classifier
+    if store is not None:
+        K, ignore = store.n_classes, store.ignore_index
+        if args.n_classes is not None and args.n_classes != K:
+            raise CLIError(f"--n-classes {args.n_classes} but {args.store} has K={K}")
+        if args.ignore_index is not None and args.ignore_index != ignore:
+            raise CLIError(f"--ignore-index {args.ignore_index} but {args.store} was created "
+                           f"with ignore_index={ignore}")
+    else:
+        ignore = args.ignore_index
+        K = args.n_classes
         if W is not None:
+            if W.ndim != 2:
+                raise CLIError(f"{args.classifier}: classifier weights must be (K, D), "
+                               f"got {W.shape}")
+            if K is not None and K != W.shape[0]:
+                raise CLIError(f"--n-classes {K} but the classifier has {W.shape[0]} rows")
             K = int(W.shape[0])
-            if args.n_classes is not None and args.n_classes != K:
-                raise CLIError(f"--n-classes {args.n_classes} but the classifier has {K} rows")
-        elif args.n_classes is not None:
-            K = args.n_classes
-        else:
-            K = 1 + max(_max_label(*pair, ignore=args.ignore_index) for pair in pairs)
-            warnings.warn(f"K={K} taken from the largest label + 1; pass --n-classes (or "
-                          "--classifier) if the last classes are missing from these files",
-                          UserWarning, stacklevel=1)
-        extra = {} if args.ignore_index is None else {"ignore_index": args.ignore_index}
+    infos = [inspect_saved(xp, yp, labels=labels, n_classes=K, ignore_index=ignore)
+             for xp, yp in pairs]
+    dims = {i["dim"] for i in infos}
+    if len(dims) > 1:
+        raise CLIError(f"the files have different widths {sorted(dims)}; import them into "
+                       "different sets (--layer/--epoch)")
+    D = dims.pop()
+    if store is not None:
+        try:
+            known = store.dim_of(**tags)
+        except KeyError:
+            known = None
+        if known is not None and known != D:
+            raise CLIError(f"the files have dim {D} but {_where(tags)} of {args.store} has "
+                           f"dim {known}; nothing was imported")
+    if K is None:
+        if not labels:
+            raise CLIError("a new store needs K: pass --n-classes or --classifier")
+        K = 1 + max(i["max_label"] for i in infos)
+        if K < 1:
+            raise CLIError("no labels to take K from: pass --n-classes")
+        warnings.warn(f"K={K} taken from the largest label + 1; pass --n-classes (or "
+                      "--classifier) if the last classes are missing from these files",
+                      UserWarning, stacklevel=1)
+    if W is not None and (W.ndim != 2 or W.shape != (K, D)):
+        raise CLIError(f"{args.classifier}: classifier weights have shape {W.shape}, expected "
+                       f"(K, D) = ({K}, {D}); nothing was imported")
+    if b is not None and b.shape != (K,):
+        raise CLIError(f"{args.bias}: bias has shape {b.shape}, expected ({K},); "
+                       "nothing was imported")
+    if len({i["fingerprint"] for i in infos}) < len(infos):
+        raise CLIError("the same file is named twice")
+    mode = "overwrite" if args.overwrite else "append" if args.append else "add"
+    if store is not None and mode == "add" and args.split in store.splits(**tags):
+        held = {s.get("fingerprint") for s in store.sources(args.split, **tags)}
+        for (xp, _), info in zip(pairs, infos, strict=True):
+            if info["fingerprint"] in held:
+                raise DuplicateImportError(
+                    f"split {args.split!r} of {args.store} already holds {xp} (it has "
+                    f"{store.n_rows(args.split, **tags)} rows); pass --append to add these "
+                    "rows again or --overwrite to replace the split with them"
+                )
+
+    if store is None:
+        extra = {} if ignore is None else {"ignore_index": ignore}
         store = EmbeddingStore.create(args.store, K, D, **extra)
         _say(args, f"created {args.store}: K={K} D={D}")
-    elif args.n_classes is not None and args.n_classes != store.n_classes:
-        raise CLIError(f"--n-classes {args.n_classes} but {args.store} has K={store.n_classes}")
-    elif args.ignore_index is not None and args.ignore_index != getattr(store, "ignore_index",
-                                                                        None):
-        raise CLIError(f"--ignore-index {args.ignore_index} but {args.store} was created with "
-                       f"ignore_index={getattr(store, 'ignore_index', None)}")
     for i, (xp, yp) in enumerate(pairs, 1):
-        n = store.import_files(args.split, xp, yp, **tags)
+        n = store.import_files(args.split, xp, yp, labels=labels, mode=mode, **tags)
+        mode = "add" if mode == "overwrite" else mode  # later files join the new rows
         _say(args, f"[{i}/{len(pairs)}] {xp}{' + ' + yp if yp else ''}: "
                    f"{args.split} now has {n} rows")
     if W is not None:
         store.set_classifier(W, b, **tags)
         _say(args, f"classifier {W.shape} stored" + (" with bias" if b is not None else ""))
+    return 0
+
+
+def _cmd_rm(args: argparse.Namespace) -> int:
+    store = _open_store(args.url, "a")
+    tags = _tags(args)
+    _require_split(store, args.split, tags)
+    n = store.delete_split(args.split, **tags)
+    print(f"deleted split {args.split!r} ({n} rows) from {_where(tags)} of {args.url}")
     return 0
 
 
@@ -485,6 +617,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         items: dict[Any, dict[str, Any]] = {}
         for tags in sets:
             _require_split(store, args.train, tags)
+            if store.n_rows(args.train, **tags) == 0:
+                raise CLIError(f"split {args.train!r} in {_where(tags)} of {args.url!r} holds "
+                               "no rows: nothing to measure")
             test = _optional_split(store, args.test, "test", tags)
             ood = _optional_split(store, args.ood, "ood", tags)
             W, b = _classifier(store, tags)
@@ -507,12 +642,16 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         where = f"{len(sets)} sets" if dim else _where(sets[0])
         results = run.compute(lazy, label=f"measuring {args.url} [{args.train}, {where}] ...")
     results = to_host(results)
+    if not results.data_vars:
+        left = results.attrs.get("left_out") or {}
+        raise CLIError("nothing was measured" + (": " + "; ".join(
+            f"{k} ({r})" for k, r in left.items()) if left else ""))
     if args.out:
         _save_results(results, args.out)
         _say(args, f"wrote {args.out}")
     if args.json:
         _write_json(scalar_dict(results), args.json)
-    if not args.quiet and args.json != "-":
+    if args.json != "-":  # --quiet hides progress, never the answer
         if dim is None:
             print(format_summary(results))
         else:
@@ -526,7 +665,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": _cmd_demo, "import": _cmd_import, "stats": _cmd_stats,
-            "analyze": _cmd_analyze}
+            "analyze": _cmd_analyze, "rm": _cmd_rm}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -544,7 +683,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     from .scheduler import SchedulerError
 
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    full = bool({"-h", "--help"} & set(argv)) and "analyze" in argv
+    parser = build_parser(full_help=full)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, usage errors

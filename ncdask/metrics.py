@@ -315,26 +315,37 @@ METRICS: dict[str, MetricInfo] = {
     ),
 }
 
-#: Selection names that stand for several variables.
+_NC2G = (
+    "nc2g_dist_mean",
+    "nc2g_dist_var",
+    "nc2g_log_mean",
+    "nc2g_log_var",
+    "nc2g_riesz_mean",
+    "nc2g_riesz_var",
+    "nc2g_riesz_log_mean",
+    "nc2g_riesz_log_var",
+)
+
+#: Selection names that stand for several variables (``--metrics nc1`` on the CLI).
 GROUPS: dict[str, tuple[str, ...]] = {
-    "nc2g_dist": ("nc2g_dist_mean", "nc2g_dist_var"),
-    "nc2g_log": ("nc2g_log_mean", "nc2g_log_var"),
-    "nc2g_riesz": (
-        "nc2g_riesz_mean",
-        "nc2g_riesz_var",
-        "nc2g_riesz_log_mean",
-        "nc2g_riesz_log_var",
+    "nc1": ("nc1_pinv", "nc1_svd", "nc1_quot", "nc1_cdnv", "nc1_ood_class"),
+    "nc2": ("nc2_etf_err", "nc2_equinorm", "nc2_equiangle", "nc2_max_angle", "mean_norms"),
+    "nc2g": _NC2G,
+    "nc2g_dist": _NC2G[0:2],
+    "nc2g_log": _NC2G[2:4],
+    "nc2g_riesz": _NC2G[4:8],
+    "nc2w": ("nc2w_etf_err", "nc2w_equinorm", "nc2w_max_angle"),
+    "nc3": (
+        "nc3_dual_err",
+        "nc3u_uni_dual",
+        "nc3_papyan",
+        "nc3_bias",
+        "similarities",
+        "similarities_cos",
+        "distance_norms",
     ),
-    "nc2g": (
-        "nc2g_dist_mean",
-        "nc2g_dist_var",
-        "nc2g_log_mean",
-        "nc2g_log_var",
-        "nc2g_riesz_mean",
-        "nc2g_riesz_var",
-        "nc2g_riesz_log_mean",
-        "nc2g_riesz_log_var",
-    ),
+    "nc4": ("nc4_agree", "agree_per_class"),
+    "nc5": ("nc5_ood_dev",),
 }
 
 SCALARS = tuple(k for k, v in METRICS.items() if not v.per_class)
@@ -342,20 +353,49 @@ PER_CLASS = tuple(k for k, v in METRICS.items() if v.per_class)
 
 
 def _selection(metrics: str | Iterable[str] | None) -> list[str]:
+    """The variables asked for, in SPEC order (the order of :data:`METRICS`)."""
     if metrics is None:
         return list(METRICS)
     if isinstance(metrics, str):
         metrics = [metrics]
-    out: list[str] = []
+    chosen: set[str] = set()
     for m in metrics:
         names = GROUPS.get(m, (m,))
         for n in names:
             if n not in METRICS:
                 raise ValueError(
-                    f"unknown metric {m!r}; known: {sorted(METRICS)} and groups {sorted(GROUPS)}"
+                    f"unknown metric {m!r}; known: {list(METRICS)} and groups {list(GROUPS)}"
                 )
-            if n not in out:
-                out.append(n)
+            chosen.add(n)
+    return [n for n in METRICS if n in chosen]
+
+
+def label_results(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with its metric variables in SPEC order, each labelled from :data:`METRICS`.
+
+    Variables that are not metrics keep their place after the metrics. Used by
+    :func:`measure` after stacking a sweep (``xr.concat`` keeps no variable
+    attrs) and by :func:`ncdask.open_results` after reading a results store
+    (Zarr lists arrays alphabetically).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+
+    Returns
+    -------
+    xarray.Dataset
+    """
+    names = [n for n in METRICS if n in ds.data_vars]
+    names += [n for n in ds.data_vars if n not in METRICS]
+    out = ds[names]
+    out.attrs = dict(ds.attrs)
+    for n in names:
+        info = METRICS.get(n)
+        if info is not None:
+            out[n].attrs.update(
+                long_name=info.long_name, formula=info.formula, reference=info.reference
+            )
     return out
 
 
@@ -396,13 +436,10 @@ def _float64(x: da.Array) -> da.Array:
 
 
 def _split(obj: Any) -> xr.Dataset:
-    if isinstance(obj, xr.Dataset):
-        if "embeddings" not in obj:
-            raise ValueError("a split Dataset needs an 'embeddings' variable")
-        return obj
-    from .store import resolve_split  # the store is only needed for store inputs
+    """A split Dataset (labels optional: OOD splits may have none)."""
+    from .store import resolve_split
 
-    return resolve_split(obj)
+    return resolve_split(obj, labels=False)
 
 
 def _check_stats(stats: Any) -> xr.Dataset:
@@ -1014,11 +1051,11 @@ def measure(
         results,
         dim=d,
         join="outer",
-        combine_attrs="drop",
+        combine_attrs="override",
         data_vars="all",
         coords="different",
         compat="equals",
     )
-    out = out.assign_coords({d: labs})
+    out = label_results(out.assign_coords({d: labs}))
     out.attrs = attrs
     return out

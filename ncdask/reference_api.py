@@ -8,13 +8,22 @@ in float64 with ncdask's blocked kernels:
 * functions that return one number in the reference return a Python
   ``float`` here too (they compute; use :func:`ncdask.measure` for lazy
   results);
-* per-class functions return the input's kind: a ``DataArray`` on ``class``
-  for xarray input, a dask array for dask input, else a NumPy (or CuPy) array;
+* per-class functions (:func:`similarities`, :func:`distance_norms`,
+  :func:`mean_norms`) return the input's kind: a ``DataArray`` on ``class``
+  for xarray input, a dask array for dask input, a ``torch.Tensor`` for
+  PyTorch input (on the device and in the floating dtype the reference's
+  result has, so ``.var()`` is torch's unbiased variance as in the
+  reference's README), else a NumPy array (``.var()`` is then NumPy's
+  population variance: use ``.var(ddof=1)``);
 * grids (:func:`kernel_grid`, :func:`dist_kernel`, :func:`log_kernel`,
   :func:`riesz_kernel`, :func:`class_dist_norm_vars`,
   :func:`interference_grid`) are returned lazily as dask-backed
   ``DataArray`` objects on ``(class, class_)``, one chunk per tile pair, to
-  be reduced or written to Zarr without ever holding the K×K grid.
+  be reduced or written to Zarr without ever holding the K×K grid, whatever
+  the input (xarray's ``.var()`` is the population variance, torch's the
+  unbiased one);
+* :func:`clf_ncc_agreement` takes the reference's ``DecAccumulator`` (or
+  any object with its ``ns_samples`` and ``totals``) as well as count arrays.
 
 Rows of ``M`` are taken as given, as in the reference: drop empty classes
 first (:func:`ncdask.measure` does it for you).
@@ -22,6 +31,7 @@ first (:func:`ncdask.measure` does it for you).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -74,16 +84,58 @@ def _float(x: da.Array) -> float:
     return float(to_numpy(dask.compute(x)[0]))
 
 
-def _like(result: da.Array, *inputs: Array) -> Array:
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "device")
+
+
+def _to_torch(values: Any, device: Any, dtypes: Sequence[Any]) -> Any:
+    """``values`` as a tensor on ``device``, in the promotion of ``dtypes``.
+
+    Integer or bool operands give float64, since the result here is a float.
+    """
+    import torch
+
+    dt = functools.reduce(torch.promote_types, dtypes)
+    if not dt.is_floating_point:
+        dt = torch.float64
+    return torch.as_tensor(np.asarray(to_numpy(values))).to(device=device, dtype=dt)
+
+
+def _like(result: da.Array, *inputs: Array, dtype_of: Sequence[Array] | None = None) -> Array:
+    """``result`` in the kind of ``inputs``: xarray, dask, torch, else NumPy (or CuPy).
+
+    For PyTorch input the tensor is where and what the reference's would be:
+    on the device of the first tensor in ``inputs`` (the reference computes
+    on ``W``'s), in torch's promotion of the dtypes of ``dtype_of`` (default
+    ``inputs``); scalars such as ``m_G = 0`` and 0-d tensors take no part,
+    as in torch's own promotion.
+    """
     if any(isinstance(i, (xr.DataArray, xr.Dataset)) for i in inputs):
         return xr.DataArray(result, dims=("class",))
     if any(isinstance(i, da.Array) for i in inputs):
         return result
-    return dask.compute(result)[0]
+    values = dask.compute(result)[0]
+    tensors = [i for i in inputs if _is_torch(i)]
+    if not tensors:
+        return values
+    promoted = inputs if dtype_of is None else dtype_of
+    typed = [i.dtype for i in promoted if _is_torch(i) and i.ndim]
+    return _to_torch(values, tensors[0].device, typed or [t.dtype for t in tensors])
 
 
 def _grid(result: da.Array) -> xr.DataArray:
     return xr.DataArray(result, dims=("class", "class_"))
+
+
+def _cosine_rows(A: da.Array, B: da.Array, eps: float = 1e-8) -> da.Array:
+    """``a_k · b_k / (max(‖a_k‖, ε) max(‖b_k‖, ε))``: torch's ``cosine_similarity``.
+
+    torch clamps each norm at ``eps`` on its own (not their product), so
+    rows of small norm keep their cosine.
+    """
+    na = da.maximum(CF.row_norms(A), eps)
+    nb = da.maximum(CF.row_norms(B), eps)
+    return (A * B).sum(axis=1) / (na * nb)
 
 
 # --------------------------------------------------------------------------- NC1
@@ -340,6 +392,33 @@ def interference_grid(M: Array, m_G: Array = 0, tile_size: int | None = None) ->
 # --------------------------------------------------------------------------- NC2 / NC3
 
 
+def structure_error(A: Array, B: Array) -> float:
+    """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` with ``G = B Aᵀ``, in closed form.
+
+    The reference's building block: :func:`simplex_etf_error` is
+    ``structure_error(M̃, M̃)`` and :func:`self_duality_error`
+    ``structure_error(M̃, W)``.
+
+    Parameters
+    ----------
+    A, B : array (K, D)
+        Rows taken as given (no centring).
+
+    Returns
+    -------
+    float
+
+    References
+    ----------
+    Kothapalli (2023), arXiv:2206.04041.
+    """
+    Ad, _ = _mat(A, name="A")
+    Bd = as_dask(B).astype(np.float64)
+    if Bd.shape != Ad.shape:
+        raise ValueError(f"B has shape {Bd.shape}, expected {Ad.shape} like A")
+    return _float(CF.etf_error(Ad, Bd.rechunk(Ad.chunks)))
+
+
 def simplex_etf_error(M: Array, m_G: Array = 0) -> float:
     """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` with ``G = M̃M̃ᵀ``, in closed form.
 
@@ -364,18 +443,63 @@ def self_duality_error(W: Array, M: Array, m_G: Array = 0) -> float:
 
 
 def similarities(W: Array, M: Array, m_G: Array = 0, cos: bool = False) -> Array:
-    """Per-class ``w_k · m̃_k`` (or its cosine, clamped like torch at 1e-8)."""
+    """Per-class ``w_k · m̃_k``, or its cosine (each norm clamped at 1e-8, as torch does).
+
+    Parameters
+    ----------
+    W : array (K, D)
+        Classifier weights.
+    M : array (K, D)
+        Class means.
+    m_G : array (D,) or 0
+        Global mean.
+    cos : bool, default False
+        Cosine similarity instead of the dot product.
+
+    Returns
+    -------
+    array (K,)
+        The input's kind (see the module notes). For PyTorch input a tensor
+        on ``W``'s device, in ``W``'s dtype for ``cos`` and in the promotion
+        of the inputs' dtypes otherwise, as the reference's: the reference
+        README's UNC3, ``similarities(W, M, m_G).var().item()``, is then
+        torch's unbiased variance here too (``measure``'s ``nc3u_uni_dual``).
+        For NumPy input a NumPy array, whose ``.var()`` is the population
+        variance: use ``.var(ddof=1)``.
+
+    References
+    ----------
+    Wu & Papyan (2024), arXiv:2405.17767.
+    """
     Mc, _ = _centred(M, m_G)
     Wd = as_dask(W).astype(np.float64)
     if Wd.ndim == 1:
         Wd = Wd[None, :]
     Wd = Wd.rechunk((Mc.chunks[0] if Wd.shape[0] == Mc.shape[0] else -1, -1))
-    out = CF.cosine_rows(Wd, Mc) if cos else (Wd * Mc).sum(axis=1)
-    return _like(out, W, M, m_G)
+    out = _cosine_rows(Wd, Mc) if cos else (Wd * Mc).sum(axis=1)
+    return _like(out, W, M, m_G, dtype_of=(W,) if cos else None)
 
 
 def distance_norms(W: Array, M: Array, m_G: Array = 0, norm: bool = True) -> Array:
-    """Per-class ``‖w_k − m̃_k‖``, after normalising both by ``‖·‖ + ε`` if ``norm``."""
+    """Per-class ``‖w_k − m̃_k‖``, after normalising both by ``‖·‖ + ε`` if ``norm``.
+
+    Parameters
+    ----------
+    W : array (K, D)
+        Classifier weights.
+    M : array (K, D)
+        Class means.
+    m_G : array (D,) or 0
+        Global mean.
+    norm : bool, default True
+        Normalise ``w_k`` and ``m̃_k`` first.
+
+    Returns
+    -------
+    array (K,)
+        The input's kind; for PyTorch input a tensor on ``W``'s device in the
+        promotion of the inputs' dtypes, as the reference's.
+    """
     Mc, _ = _centred(M, m_G)
     Wd = as_dask(W).astype(np.float64).rechunk(Mc.chunks)
     diff = CF.normalized(Wd) - CF.normalized(Mc) if norm else Wd - Mc
@@ -383,7 +507,24 @@ def distance_norms(W: Array, M: Array, m_G: Array = 0, norm: bool = True) -> Arr
 
 
 def mean_norms(M: Array, m_G: Array = 0, post_funcs: Sequence[Callable] = ()) -> Array:
-    """Per-class ``‖m̃_k‖``, then each of ``post_funcs`` applied in turn."""
+    """Per-class ``‖m̃_k‖``, then each of ``post_funcs`` applied in turn.
+
+    Parameters
+    ----------
+    M : array (K, D)
+        Class means.
+    m_G : array (D,) or 0
+        Global mean.
+    post_funcs : sequence of callables
+        Applied to the norms in the output's kind (tensor → tensor for
+        PyTorch input, as in the reference).
+
+    Returns
+    -------
+    array (K,)
+        The input's kind; for PyTorch input a tensor on ``M``'s device in the
+        promotion of the dtypes of ``M`` and ``m_G``, as the reference's.
+    """
     Mc, _ = _centred(M, m_G)
     out = _like(CF.row_norms(Mc), M, m_G)
     for f in post_funcs:
@@ -394,45 +535,146 @@ def mean_norms(M: Array, m_G: Array = 0, post_funcs: Sequence[Callable] = ()) ->
 # --------------------------------------------------------------------------- NC4 / NC5
 
 
+def _host(a: Array) -> np.ndarray:
+    """A host float64 NumPy array from any supported array (dask is computed)."""
+    a = a.data if isinstance(a, xr.DataArray) else a
+    a = dask.compute(a)[0] if isinstance(a, da.Array) else a
+    return np.asarray(to_numpy(a), dtype=np.float64)
+
+
+def _is_accumulator(x: Any) -> bool:
+    """Whether ``x`` looks like the reference's ``DecAccumulator`` (duck-typed)."""
+    return hasattr(x, "ns_samples") and hasattr(x, "totals")
+
+
 def clf_ncc_agreement(
-    Ns: Array, hits: Array = None, misses: Array = None, weighted: bool = True
+    accum: Any = None,
+    *args: Any,
+    indices: Sequence[int] | Array | None = None,
+    weighted: bool | None = None,
+    Ns: Array | None = None,
+    hits: Array | None = None,
+    misses: Array | None = None,
 ) -> float | None:
     """Agreement rate of the linear and nearest-class-centre classifiers.
 
+    Two call forms, both computed in float64:
+
+    * the reference's, ``clf_ncc_agreement(accum, indices=None,
+      weighted=True)``: ``accum`` is its ``DecAccumulator``, or any object
+      with the same ``ns_samples`` (samples per class) and ``totals``
+      (agreements per class) attributes;
+    * the earlier reference's, ``clf_ncc_agreement(Ns, hits=None,
+      misses=None, weighted=True)``, on count arrays.
+
+    Either way, as ``DecAccumulator.compute`` does: the per-class rate of a
+    class without samples is 0 (its ε-guarded ``0 / (0 + ε)``) and counts in
+    the unweighted mean, and no samples at all give 0.0.
+
     Parameters
     ----------
-    Ns : array (K,)
-        Samples per class.
-    hits, misses : array (K,), optional
-        Agreements (or disagreements) per class; one of them is needed.
+    accum : DecAccumulator-like or array (K,)
+        The accumulator, or the samples per class ``Ns`` (which may also be
+        passed as ``Ns=``).
+    *args
+        With an accumulator: ``indices``, ``weighted`` (the reference's
+        order). With arrays: ``hits``, ``misses``, ``weighted``.
+    indices : sequence of int or array, optional
+        Classes to include (integer indices or a boolean mask); default all.
     weighted : bool, default True
-        ``Σ hits / Σ Ns``; else the mean of the per-class rates.
+        ``Σ hits / Σ Ns``; else the mean of the per-class rates (None: True).
+    Ns, hits, misses : array (K,), optional
+        Samples, agreements and disagreements per class (array form only;
+        ``hits`` or ``misses`` is needed).
 
     Returns
     -------
     float or None
-        None when neither ``hits`` nor ``misses`` matches ``Ns`` (as the reference).
+        None, in the array form, when neither ``hits`` nor ``misses`` matches
+        ``Ns`` in shape (as the earlier reference).
+
+    Raises
+    ------
+    TypeError
+        On arguments of the other form, or too many positional ones.
+    ValueError
+        When an accumulator's ``totals`` are not per class, like its
+        ``ns_samples`` (e.g. a ``MeanAccumulator``).
+
+    Notes
+    -----
+    :func:`ncdask.measure`'s ``nc4_agree`` gives the same number from the
+    class statistics and a test split, where the linear decision is
+    ``argmax_k(w_k · x + b_k)``: pass no ``bias`` for the reference's
+    ``DecAccumulator``, whose decision is ``argmax_k w_k · x``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from types import SimpleNamespace
+    >>> from ncdask.reference_api import clf_ncc_agreement
+    >>> acc = SimpleNamespace(ns_samples=np.array([4, 6]), totals=np.array([3, 3]))
+    >>> clf_ncc_agreement(acc), clf_ncc_agreement(acc, weighted=False)
+    (0.6, 0.625)
+    >>> clf_ncc_agreement(np.array([4, 6]), np.array([3, 3]))
+    0.6
     """
-
-    def host(a: Array) -> np.ndarray:
-        a = a.data if isinstance(a, xr.DataArray) else a
-        a = dask.compute(a)[0] if isinstance(a, da.Array) else a
-        return np.asarray(to_numpy(a), dtype=np.float64)
-
-    n = host(Ns)
-    if hits is None and misses is not None:
-        m = host(misses)
-        if m.shape == n.shape:
-            hits = n - m
-    if hits is None:
-        return None
-    h = host(hits)
-    if h.shape != n.shape:
-        return None
-    if weighted:
-        return float(h.sum() / n.sum())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return float(np.mean(h / n))
+    if accum is None and Ns is not None:
+        accum, Ns = Ns, None
+    if accum is None:
+        raise TypeError("clf_ncc_agreement needs an accumulator or the counts Ns")
+    if _is_accumulator(accum):
+        if Ns is not None or hits is not None or misses is not None:
+            raise TypeError("Ns, hits and misses are for the array form, not with an accumulator")
+        if len(args) > 2:
+            raise TypeError(
+                f"with an accumulator: (accum, indices, weighted), got {len(args)} more"
+            )
+        pos = dict(zip(("indices", "weighted"), args, strict=False))
+        for name, value in (("indices", indices), ("weighted", weighted)):
+            if value is not None and name in pos:
+                raise TypeError(f"clf_ncc_agreement got {name} twice")
+        n, h = _host(accum.ns_samples).reshape(-1), _host(accum.totals)
+        if h.shape != n.shape:
+            raise ValueError(
+                f"the accumulator's totals have shape {h.shape}, expected per-class counts "
+                f"{n.shape} (a DecAccumulator)"
+            )
+        indices = pos.get("indices", indices)
+        weighted = pos.get("weighted", weighted)
+    else:
+        if Ns is not None:
+            raise TypeError("Ns given twice")
+        if len(args) > 3:
+            raise TypeError(f"array form: (Ns, hits, misses, weighted), got {len(args)} more")
+        pos = dict(zip(("hits", "misses", "weighted"), args, strict=False))
+        for name, value in (("hits", hits), ("misses", misses), ("weighted", weighted)):
+            if value is not None and name in pos:
+                raise TypeError(f"clf_ncc_agreement got {name} twice")
+        hits, misses = pos.get("hits", hits), pos.get("misses", misses)
+        weighted = pos.get("weighted", weighted)
+        n = _host(accum)
+        if hits is None and misses is not None:
+            m = _host(misses)
+            if m.shape == n.shape:
+                hits = n - m
+        if hits is None:
+            return None
+        h = _host(hits)
+        if h.shape != n.shape:
+            return None
+    if indices is not None:
+        sel = np.asarray(to_numpy(indices) if _is_torch(indices) else indices)
+        if sel.dtype != bool:  # integer indices; a 0-d one (one class) and [] too
+            sel = sel.reshape(-1).astype(np.intp)
+        n, h = n[sel], h[sel]
+    if weighted is None or weighted:
+        total = n.sum()
+        return float(h.sum() / total) if total > 0 else 0.0
+    if n.size == 0:
+        return math.nan
+    rates = np.divide(h, n, out=np.zeros_like(h), where=n > 0)
+    return float(rates.mean())
 
 
 def orthogonality_deviation(M: Array, m_G_ood: Array = 0) -> float:
@@ -447,7 +689,7 @@ def orthogonality_deviation(M: Array, m_G_ood: Array = 0) -> float:
     if isinstance(g, float):
         return 0.0
     g = g if g.ndim == 2 else da.broadcast_to(g, (1, A.shape[1]))
-    return _float(da.fabs(CF.cosine_rows(A, g)).mean())
+    return _float(da.fabs(_cosine_rows(A, g)).mean())
 
 
 __all__ = [
@@ -462,6 +704,7 @@ __all__ = [
     "interference_grid",
     "simplex_etf_error",
     "self_duality_error",
+    "structure_error",
     "similarities",
     "distance_norms",
     "mean_norms",

@@ -18,6 +18,7 @@ import xarray as xr
 
 from ._validate import check_ignore_index
 from ._version import __version__
+from ._zarrio import open_dataset, write_dataset
 from .graph.stats import finalized_arrays, partials_tree
 from .kernels import stats as K
 from .kernels._xp import to_numpy
@@ -279,12 +280,12 @@ def save_stats(stats: xr.Dataset, url: str, *, storage_options: dict | None = No
     out.attrs["empty_classes"] = [int(i) for i in stats.attrs.get("empty_classes", [])]
     if "filtered_classes" in stats.attrs:
         out.attrs["filtered_classes"] = [int(i) for i in stats.attrs["filtered_classes"]]
-    out.to_zarr(url, mode="w", consolidated=False, storage_options=storage_options)
+    write_dataset(out, url, storage_options=storage_options)
 
 
 def load_stats(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
     """Reopen statistics written by :func:`save_stats` (lazy, counts in memory)."""
-    ds = xr.open_zarr(url, consolidated=False, storage_options=storage_options)
+    ds = open_dataset(url, storage_options=storage_options)
     if "within_cov" not in ds or "counts" not in ds:
         raise ValueError(f"{url!r} does not hold ncdask class statistics")
     ds["counts"] = ds["counts"].load()

@@ -30,6 +30,8 @@ record itself is never half-written.
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -102,6 +104,56 @@ def _saved_dim(X_path: str, y_path: str | None) -> int | None:
     except (OSError, KeyError, ValueError):
         return None  # iter_saved_arrays reports the problem
     return int(shape[1]) if len(shape) == 2 and shape[1] > 0 else None
+
+
+
+class DuplicateImportError(NcdaskStoreError):
+    """The split already holds the source being imported (see ``import_files(mode=)``)."""
+
+
+def _empty_record(
+    split: str, layer: str | None, epoch: int | None, n_classes: int, labelled: bool
+) -> dict[str, Any]:
+    return {
+        "split": split, "layer": layer, "epoch": None if epoch is None else int(epoch),
+        "n_committed": 0, "n_batches": 0,
+        "class_counts": [0] * n_classes if labelled else None,
+        "labelled": bool(labelled),
+    }
+
+
+def _is_labelled(g: zarr.Group) -> bool:
+    return bool(g.attrs["ncdask_split"].get("labelled", True))
+
+
+def _check_labelled(g: zarr.Group, labelled: bool) -> None:
+    """Labelled and unlabelled batches do not mix in one split."""
+    have = _is_labelled(g)
+    if have != labelled:
+        name = g.attrs["ncdask_split"].get("split")
+        raise ValueError(
+            f"split {name!r} is {'labelled' if have else 'unlabelled'}: "
+            + ("pass labels with every batch" if have else
+               "its batches take no labels (y=None); use another split for labelled data")
+        )
+
+
+def _truncate(g: zarr.Group, n: int) -> None:
+    """Shrink a split's arrays back to its ``n`` committed rows (after a failed write)."""
+    for name in ("embeddings", "labels"):
+        if name in g:
+            a = g[name]
+            if a.shape[0] > n:
+                a.resize((n, *a.shape[1:]))
+
+
+def _rename(fs: Any, src: str, dst: str) -> None:
+    """Rename a directory: ``os.rename`` (atomic) on a local disk, else ``fs.mv``."""
+    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if proto in ("file", "local"):
+        os.rename(src, dst)
+    else:
+        fs.mv(src, dst, recursive=True)
 
 
 class EmbeddingStore:
@@ -366,7 +418,8 @@ class EmbeddingStore:
         if isinstance(lay, Mapping) and "dim" in lay:
             return int(lay["dim"]), int(lay.get("chunk_rows") or self._chunk_rows_for(lay["dim"]))
         names = [n for n, _ in sg.groups()]
-        if "classifier" in names or any("ncdask_split" in sg[n].attrs for n in names):
+        if "classifier" in names or any("ncdask_split" in sg[n].attrs for n in names
+                                        if not n.startswith(".")):
             return self.dim, self.chunk_rows  # written before sets had their own widths
         return None
 
@@ -470,7 +523,7 @@ class EmbeddingStore:
 
         def walk(g: zarr.Group, tags: dict) -> None:
             names = [n for n, _ in g.groups()]
-            if any("ncdask_split" in g[n].attrs for n in names):
+            if any("ncdask_split" in g[n].attrs for n in names if not n.startswith(".")):
                 out.append(tags)
             for n in sorted(names):
                 sub = g[n]
@@ -485,7 +538,8 @@ class EmbeddingStore:
         g = self._set_group(layer, epoch, create=False)
         if g is None:
             return []
-        return sorted(n for n, sub in g.groups() if "ncdask_split" in sub.attrs)
+        return sorted(n for n, sub in g.groups()
+                      if "ncdask_split" in sub.attrs and not n.startswith("."))
 
     def _split_group(
         self,
@@ -494,6 +548,7 @@ class EmbeddingStore:
         epoch: int | None,
         create: bool,
         dim: int | None = None,
+        labelled: bool = True,
     ) -> zarr.Group:
         """A split's group; with ``create``, made (in a set of width ``dim``) if missing."""
         check_name("split", split)
@@ -507,20 +562,25 @@ class EmbeddingStore:
                 f"splits there: {self.splits(layer=layer, epoch=epoch)}"
             )
         sg, D, rows = self._require_set(layer, epoch, self.dim if dim is None else dim)
-        g = sg.require_group(split)
-        K = self.n_classes
+        g = self._new_split_arrays(sg, split, D, rows, labelled)
+        g.attrs["ncdask_split"] = _empty_record(split, layer, epoch, self.n_classes, labelled)
+        return g
+
+    def _new_split_arrays(
+        self, sg: zarr.Group, name: str, D: int, rows: int, labelled: bool
+    ) -> zarr.Group:
+        """A group ``name`` in ``sg`` with empty split arrays (no commit record yet)."""
+        g = sg.require_group(name)
         g.create_array(
             "embeddings", shape=(0, D), chunks=(rows, D), dtype=self.dtype,
             dimension_names=("sample", "feature"), compressors=default_codec(), overwrite=True,
         )
-        g.create_array(
-            "labels", shape=(0,), chunks=(rows,), dtype=np.int32 if K < 2**31 else np.int64,
-            dimension_names=("sample",), compressors=[ZstdCodec(level=3)], overwrite=True,
-        )
-        g.attrs["ncdask_split"] = {
-            "split": split, "layer": layer, "epoch": None if epoch is None else int(epoch),
-            "n_committed": 0, "n_batches": 0, "class_counts": [0] * K,
-        }
+        if labelled:
+            g.create_array(
+                "labels", shape=(0,), chunks=(rows,),
+                dtype=np.int32 if self.n_classes < 2**31 else np.int64,
+                dimension_names=("sample",), compressors=[ZstdCodec(level=3)], overwrite=True,
+            )
         return g
 
     def _require_writable(self) -> None:
@@ -534,7 +594,7 @@ class EmbeddingStore:
         self,
         split: str,
         X: Any,
-        y: Any,
+        y: Any = None,
         *,
         layer: str | None = None,
         epoch: int | None = None,
@@ -550,8 +610,12 @@ class EmbeddingStore:
             Embeddings: NumPy, CuPy or a PyTorch tensor (CPU or CUDA). D is
             the set's width (:meth:`dim_of`); the first write to a new set
             may have any width and records it.
-        y : array (n,)
-            Integer labels in ``[0, K)``.
+        y : array (n,) or None
+            Integer labels in ``[0, K)``. ``None`` writes an *unlabelled*
+            split (out-of-distribution data has no classes of this model):
+            the first write decides, and every later batch of the split must
+            agree. Unlabelled splits serve NC5, ``nc1_ood_class`` and NECO;
+            class statistics and NC4 need labels.
         layer, epoch : optional
             Tags of the embedding set (default set when both are None).
         allow_nonfinite : bool
@@ -575,34 +639,67 @@ class EmbeddingStore:
             dtype=self.dtype, allow_nonfinite=allow_nonfinite, ignore_index=self.ignore_index,
             where=_where(layer, epoch),
         )
-        g = self._split_group(split, layer, epoch, create=True, dim=Xn.shape[1])
+        g = self._split_group(split, layer, epoch, create=True, dim=Xn.shape[1],
+                              labelled=yn is not None)
+        _check_labelled(g, yn is not None)
         return self._write_commit(g, Xn, yn, n_batches=1)
 
-    def _write_commit(self, g: zarr.Group, X: np.ndarray, y: np.ndarray, n_batches: int) -> int:
-        rec = dict(g.attrs["ncdask_split"])
-        n0 = int(rec["n_committed"])
-        n1 = n0 + X.shape[0]
-        if X.shape[0] == 0:
-            return n0
-        emb, lab = g["embeddings"], g["labels"]
-        # rows past n0 left by an interrupted append are simply overwritten
-        emb.resize((n1, emb.shape[1]))
-        lab.resize((n1,))
-        emb[n0:n1] = X
-        lab[n0:n1] = y
-        counts = np.asarray(rec["class_counts"], dtype=np.int64)
+    def _write_rows(self, g: zarr.Group, start: int, X: np.ndarray, y: np.ndarray | None) -> int:
+        """Write rows at ``start`` (past the committed end: invisible until committed)."""
+        end = start + X.shape[0]
+        emb = g["embeddings"]
+        # rows past the commit left by an interrupted append are simply overwritten
+        emb.resize((end, emb.shape[1]))
+        emb[start:end] = X
+        if y is not None:
+            lab = g["labels"]
+            lab.resize((end,))
+            lab[start:end] = y
+        return end
+
+    def _tally(self, y: np.ndarray | None) -> tuple[np.ndarray | None, int]:
+        """Per-class counts of a batch's labels and its number of ignored labels."""
+        if y is None:
+            return None, 0
         ii = self.ignore_index
+        n_ign = 0
         if ii is not None:
             ignored = y == ii
             n_ign = int(ignored.sum())
             if n_ign:
-                rec["n_ignored"] = int(rec.get("n_ignored", 0)) + n_ign
                 y = y[~ignored]
-        counts += np.bincount(y, minlength=self.n_classes)
-        rec.update(n_committed=n1, n_batches=int(rec["n_batches"]) + n_batches,
-                   class_counts=counts.tolist())
+        return np.bincount(y, minlength=self.n_classes).astype(np.int64), n_ign
+
+    def _commit(
+        self,
+        g: zarr.Group,
+        n1: int,
+        counts: np.ndarray | None,
+        n_ignored: int,
+        n_batches: int,
+        update: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Record ``n1`` committed rows (and what the new rows add): the commit."""
+        rec = dict(g.attrs["ncdask_split"])
+        if counts is not None:
+            rec["class_counts"] = (np.asarray(rec["class_counts"], dtype=np.int64)
+                                   + counts).tolist()
+        if n_ignored:
+            rec["n_ignored"] = int(rec.get("n_ignored", 0)) + n_ignored
+        rec.update(n_committed=int(n1), n_batches=int(rec["n_batches"]) + n_batches)
+        rec.update(update or {})
         g.attrs["ncdask_split"] = rec  # the commit
-        return n1
+        return int(n1)
+
+    def _write_commit(
+        self, g: zarr.Group, X: np.ndarray, y: np.ndarray | None, n_batches: int
+    ) -> int:
+        n0 = int(g.attrs["ncdask_split"]["n_committed"])
+        if X.shape[0] == 0:
+            return n0
+        n1 = self._write_rows(g, n0, X, y)
+        counts, n_ign = self._tally(y)
+        return self._commit(g, n1, counts, n_ign, n_batches)
 
     def writer(
         self,
@@ -612,13 +709,17 @@ class EmbeddingStore:
         epoch: int | None = None,
         allow_nonfinite: bool = False,
         dim: int | None = None,
+        labelled: bool = True,
     ) -> StoreWriter:
         """A buffered writer for many small batches (use as a context manager).
 
         Batches are validated as they arrive and written in whole chunks; what
         is buffered is committed on :meth:`StoreWriter.flush` and on exit.
         Batches must have the set's width; a new set takes ``dim`` if given,
-        else the width of the first batch (the split is created then).
+        else the width of the first batch (the split is created then, so a
+        writer that never gets a valid batch leaves nothing behind).
+        ``labelled=False`` writes an unlabelled split (``append(X)`` with no
+        labels; OOD data).
         """
         self._require_writable()
         check_name("split", split)
@@ -632,11 +733,12 @@ class EmbeddingStore:
                     f"set {_where(layer, epoch) or '(default)'} of {self.url!r} has dim "
                     f"{known}, got dim={dim}"
                 )
-        target = known if known is not None else dim
         g = None
-        if target is not None:
-            g = self._split_group(split, layer, epoch, create=True, dim=target)
-        return StoreWriter(self, g, allow_nonfinite, split=split, layer=layer, epoch=epoch)
+        if split in self.splits(layer=layer, epoch=epoch):
+            g = self._split_group(split, layer, epoch, create=False)
+            _check_labelled(g, labelled)
+        return StoreWriter(self, g, allow_nonfinite, split=split, layer=layer, epoch=epoch,
+                           dim=known if known is not None else dim, labelled=labelled)
 
     def set_classifier(
         self, W: Any, b: Any = None, *, layer: str | None = None, epoch: int | None = None
@@ -688,26 +790,244 @@ class EmbeddingStore:
         layer: str | None = None,
         epoch: int | None = None,
         allow_nonfinite: bool = False,
+        labels: bool = True,
+        mode: str = "add",
     ) -> int:
         """Import an ``.npy`` pair or an ``.npz`` file without loading it whole.
 
         ``.npy`` files are memory-mapped; ``.npz`` members (keys ``X``/``Y`` or
         ``embeddings``/``labels``) are streamed chunk by chunk. Into a new
         set, the file's width becomes the set's.
+
+        An import is all or nothing and safe to retry: the files' shapes,
+        widths and labels are checked before anything is written, the rows
+        are committed in one step at the end (a failed or killed import
+        leaves the split as it was, and no new split or set behind), and
+        each split remembers the sources imported into it (a fingerprint of
+        their contents), so importing the same source twice is refused.
+
+        Parameters
+        ----------
+        split : str
+        X_path : path
+            ``.npy`` embeddings (with ``y_path``) or an ``.npz`` file.
+        y_path : path, optional
+            ``.npy`` labels for an ``.npy`` embeddings file.
+        layer, epoch : optional
+            Tags of the embedding set.
+        allow_nonfinite : bool
+            Store NaN/inf instead of raising.
+        labels : bool, default True
+            False imports embeddings only, into an unlabelled split (OOD
+            data); ``y_path`` must then be None.
+        mode : {"add", "append", "overwrite"}
+            ``"add"`` appends unless this source is already in the split (a
+            :class:`DuplicateImportError`); ``"append"`` appends regardless;
+            ``"overwrite"`` replaces the split's rows with the file's (the old
+            rows stay readable until the new ones are complete).
+
+        Returns
+        -------
+        int
+            The split's committed row count.
+
+        Raises
+        ------
+        DuplicateImportError
+            ``mode="add"`` and the split already holds this source.
+        ValueError
+            Bad files (nothing is written).
         """
+        from .io import inspect_saved, iter_saved_arrays
+
+        self._require_writable()
+        check_name("split", split)
+        if mode not in ("add", "append", "overwrite"):
+            raise ValueError(f"mode must be 'add', 'append' or 'overwrite', got {mode!r}")
+        known = self._known_dim(layer, epoch)
+        info = inspect_saved(X_path, y_path, labels=labels, n_classes=self.n_classes,
+                             ignore_index=self.ignore_index)
+        if known is not None and info["dim"] != known:
+            where = _where(layer, epoch)
+            raise ValueError(
+                f"{X_path}: embeddings have dim {info['dim']}, the store expects dim {known}"
+                + (f" in set {where}" if where else "") + "; nothing was imported"
+            )
+        source = {k: info[k] for k in ("embeddings", "labels", "rows", "fingerprint")}
+        have = split in self.splits(layer=layer, epoch=epoch)
+        g = None
+        if have:
+            g = self._split_group(split, layer, epoch, create=False)
+            _check_labelled(g, labels)
+            rec = g.attrs["ncdask_split"]
+            if mode == "add":
+                dup = [src for src in rec.get("sources") or []
+                       if src.get("fingerprint") == source["fingerprint"]]
+                if dup:
+                    raise DuplicateImportError(
+                        f"split {split!r} of {self.url!r} already holds {X_path} "
+                        f"(imported from {dup[0]['embeddings']}, {dup[0]['rows']} rows; "
+                        f"it has {rec['n_committed']} rows); pass mode='append' "
+                        "(--append) to add the rows again or mode='overwrite' (--overwrite) "
+                        "to replace the split"
+                    )
+        D = info["dim"]
+        if g is not None and mode != "overwrite":
+            # append in one commit: rows go past the committed end, the record moves last
+            start = n0 = int(g.attrs["ncdask_split"]["n_committed"])
+            counts, n_ign, blocks = None, 0, 0
+            rows = int(g["embeddings"].chunks[0])
+            try:
+                for Xb, yb in iter_saved_arrays(X_path, y_path, rows=rows, labels=labels):
+                    Xn, yn = batch_to_numpy(
+                        Xb, yb, dim=D, n_classes=self.n_classes, dtype=self.dtype,
+                        allow_nonfinite=allow_nonfinite, ignore_index=self.ignore_index,
+                        where=_where(layer, epoch),
+                    )
+                    start = self._write_rows(g, start, Xn, yn)
+                    c, n = self._tally(yn)
+                    counts = c if counts is None else counts + c
+                    n_ign += n
+                    blocks += 1
+            except BaseException:
+                _truncate(g, n0)
+                raise
+            srcs = list(g.attrs["ncdask_split"].get("sources") or []) + [source]
+            return self._commit(g, start, counts, n_ign, blocks, {"sources": srcs})
+        return self._import_staged(split, layer, epoch, D, X_path, y_path, labels,
+                                   allow_nonfinite, source, replace=g is not None)
+
+    def _import_staged(
+        self,
+        split: str,
+        layer: str | None,
+        epoch: int | None,
+        D: int,
+        X_path: str,
+        y_path: str | None,
+        labels: bool,
+        allow_nonfinite: bool,
+        source: dict[str, Any],
+        replace: bool,
+    ) -> int:
+        """Import into a hidden staging group, then move it into place as ``split``."""
         from .io import iter_saved_arrays
 
+        sg = self._set_group(layer, epoch, create=True)
+        lay = self._layout(sg)
+        rows = lay[1] if lay is not None else self._chunk_rows_for(D)
+        tmp = f".import-{split}-{uuid.uuid4().hex[:12]}"
+        g = self._new_split_arrays(sg, tmp, D, rows, labels)
+        try:
+            rec = _empty_record(split, layer, epoch, self.n_classes, labels)
+            n, counts, n_ign, blocks = 0, None, 0, 0
+            for Xb, yb in iter_saved_arrays(X_path, y_path, rows=rows, labels=labels):
+                Xn, yn = batch_to_numpy(
+                    Xb, yb, dim=D, n_classes=self.n_classes, dtype=self.dtype,
+                    allow_nonfinite=allow_nonfinite, ignore_index=self.ignore_index,
+                    where=_where(layer, epoch),
+                )
+                n = self._write_rows(g, n, Xn, yn)
+                c, k = self._tally(yn)
+                counts = c if counts is None else counts + c
+                n_ign += k
+                blocks += 1
+            if counts is not None:
+                rec["class_counts"] = counts.tolist()
+            if n_ign:
+                rec["n_ignored"] = n_ign
+            rec.update(n_committed=n, n_batches=blocks, sources=[source])
+            self._require_set(layer, epoch, D)  # a new set's width, recorded on success only
+            g.attrs["ncdask_split"] = rec
+            self._move_into_place(sg, tmp, split, replace)
+        except BaseException:
+            self._remove_group(sg, tmp)
+            raise
+        return n
+
+    # ------------------------------------------------------ group file moves
+    def _fs_path(self, group: zarr.Group, name: str) -> tuple[Any, str]:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.url)
+        parts = [root.rstrip("/"), *(p for p in (group.path, name) if p)]
+        return fs, "/".join(parts)
+
+    def _move_into_place(self, sg: zarr.Group, tmp: str, split: str, replace: bool) -> None:
+        """Rename the staged group ``tmp`` to ``split`` (a local rename is atomic).
+
+        When replacing, the old split is first renamed aside and deleted only
+        after the new one is in place.
+        """
+        fs, src = self._fs_path(sg, tmp)
+        _, dst = self._fs_path(sg, split)
+        old = None
+        if replace:
+            old = f"{dst}.replaced-{uuid.uuid4().hex[:12]}"
+            _rename(fs, dst, old)
+        elif fs.exists(dst):  # a group left by an import killed before its commit
+            sub = sg[split]
+            if "ncdask_split" in sub.attrs or set(dict(sub.members())) - {"embeddings",
+                                                                           "labels"}:
+                raise FileExistsError(f"{dst} exists and is not an ncdask split")
+            old = f"{dst}.replaced-{uuid.uuid4().hex[:12]}"
+            _rename(fs, dst, old)
+        _rename(fs, src, dst)
+        if old is not None:
+            fs.rm(old, recursive=True)
+
+    def _remove_group(self, sg: zarr.Group, name: str) -> None:
+        fs, path = self._fs_path(sg, name)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+    def delete_split(
+        self, split: str, *, layer: str | None = None, epoch: int | None = None
+    ) -> int:
+        """Delete one split (its embeddings and labels) and return how many rows it held.
+
+        The split disappears at once (its commit record is removed first);
+        its arrays are deleted after. Only a split that ncdask wrote is
+        deleted; the set's classifier and other splits stay.
+
+        Raises
+        ------
+        KeyError
+            No such split.
+        PermissionError
+            The store is open read-only.
+        """
+        self._require_writable()
+        g = self._split_group(split, layer, epoch, create=False)
+        n = int(g.attrs["ncdask_split"]["n_committed"])
         sg = self._set_group(layer, epoch, create=False)
-        lay = None if sg is None else self._layout(sg)
-        if lay is not None:
-            rows = lay[1]
-        else:  # a new set: blocks of about one chunk at the file's width
-            width = _saved_dim(X_path, y_path)
-            rows = self.chunk_rows if width is None else self._chunk_rows_for(width)
-        with self.writer(split, layer=layer, epoch=epoch, allow_nonfinite=allow_nonfinite) as w:
-            for Xb, yb in iter_saved_arrays(X_path, y_path, rows=rows):
-                w.append(Xb, yb)
+        fs, path = self._fs_path(sg, split)
+        aside = f"{path}.deleted-{uuid.uuid4().hex[:12]}"
+        _rename(fs, path, aside)
+        fs.rm(aside, recursive=True)
+        return n
+
+    def n_rows(self, split: str, *, layer: str | None = None, epoch: int | None = None) -> int:
+        """The number of committed rows of a split.
+
+        Raises
+        ------
+        KeyError
+            No such split.
+        """
         return self._committed(split, layer, epoch)
+
+    def sources(
+        self, split: str, *, layer: str | None = None, epoch: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The files imported into a split (:meth:`import_files`), oldest first.
+
+        Each is a dict with ``embeddings`` and ``labels`` (absolute paths at
+        import time), ``rows`` and the content ``fingerprint`` by which a
+        second import of the same data is recognised.
+        """
+        g = self._split_group(split, layer, epoch, create=False)
+        return [dict(x) for x in g.attrs["ncdask_split"].get("sources") or []]
 
     def _committed(self, split: str, layer: str | None, epoch: int | None) -> int:
         g = self._split_group(split, layer, epoch, create=False)
@@ -741,7 +1061,8 @@ class EmbeddingStore:
         Returns
         -------
         xarray.Dataset
-            ``embeddings (sample, feature)`` and ``labels (sample)``, dask-backed,
+            ``embeddings (sample, feature)`` and ``labels (sample)`` (no
+            ``labels`` in an unlabelled split), dask-backed,
             chunked as stored; attrs ``n_classes``, ``dim`` (the set's width),
             ``class_names``,
             ``split``, ``layer``, ``epoch``, ``class_counts``, ``ncdask_version``.
@@ -759,14 +1080,18 @@ class EmbeddingStore:
         n = int(rec["n_committed"])
         D = int(g["embeddings"].shape[1])
         emb = on_backend(da.from_zarr(g["embeddings"])[:n], xp)
-        lab = on_backend(da.from_zarr(g["labels"])[:n], xp)
+        data_vars = {"embeddings": (("sample", "feature"), emb)}
+        if _is_labelled(g):
+            data_vars["labels"] = (("sample",), on_backend(da.from_zarr(g["labels"])[:n], xp))
+        counts = rec.get("class_counts")
         attrs = {
             "n_classes": self.n_classes,
             "dim": D,
             "split": name,
             "layer": layer,
             "epoch": epoch,
-            "class_counts": np.asarray(rec["class_counts"], dtype=np.int64),
+            "class_counts": None if counts is None else np.asarray(counts, dtype=np.int64),
+            "labelled": int(_is_labelled(g)),
             "store": self.url,
             "ncdask_version": __version__,
             "ignore_index": self.ignore_index,
@@ -775,10 +1100,7 @@ class EmbeddingStore:
             attrs["class_names"] = list(self.class_names)
         attrs = {k: v for k, v in attrs.items() if v is not None}
         return xr.Dataset(
-            {
-                "embeddings": (("sample", "feature"), emb),
-                "labels": (("sample",), lab),
-            },
+            data_vars,
             coords={"feature": np.arange(D)},
             attrs=attrs,
         )
@@ -797,7 +1119,8 @@ class StoreWriter:
     chunks as the buffer fills and on :meth:`flush` / context exit; rows still
     buffered when the process dies are lost, committed rows never are.
     Batches must have the set's width; for a new set without a width yet,
-    the first batch gives it (and the split is created then).
+    the first batch gives it. The split is created with the first valid
+    batch, so a writer that fails validation leaves the store untouched.
     """
 
     def __init__(
@@ -809,16 +1132,19 @@ class StoreWriter:
         split: str,
         layer: str | None = None,
         epoch: int | None = None,
+        dim: int | None = None,
+        labelled: bool = True,
     ) -> None:
         self._store = store
         self._split, self._layer, self._epoch = split, layer, epoch
         self._allow = allow_nonfinite
+        self._labelled = labelled
         self._X: list[np.ndarray] = []
         self._y: list[np.ndarray] = []
         self._rows = 0
         self._batches = 0
         self._group: zarr.Group | None = None
-        self.dim: int | None = None
+        self.dim: int | None = dim
         """Width of the batches: the set's (None until a new set's first batch)."""
         self._chunk = 1
         self._committed = 0
@@ -833,19 +1159,26 @@ class StoreWriter:
         self._chunk = int(emb.chunks[0])
         self._committed = int(group.attrs["ncdask_split"]["n_committed"])
 
-    def append(self, X: Any, y: Any) -> None:
+    def append(self, X: Any, y: Any = None) -> None:
         """Validate a batch and buffer it; write whole chunks once they fill."""
         if self.closed:
             raise ValueError("this writer is closed")
+        if (y is None) == self._labelled:
+            raise ValueError(
+                "this writer's split is labelled: pass labels with every batch"
+                if self._labelled else
+                "this writer's split is unlabelled (labelled=False): pass no labels"
+            )
         s = self._store
         Xn, yn = batch_to_numpy(X, y, dim=self.dim, n_classes=s.n_classes, dtype=s.dtype,
                                 allow_nonfinite=self._allow, ignore_index=s.ignore_index,
                                 where=_where(self._layer, self._epoch))
-        if self._group is None:  # the first batch of a new set fixes its width
+        if self._group is None:  # the first valid batch creates the split
             self._attach(s._split_group(self._split, self._layer, self._epoch, create=True,
-                                        dim=Xn.shape[1]))
+                                        dim=Xn.shape[1], labelled=self._labelled))
         self._X.append(Xn)
-        self._y.append(yn)
+        if yn is not None:
+            self._y.append(yn)
         self._rows += Xn.shape[0]
         self._batches += 1
         chunk = self._chunk
@@ -856,13 +1189,16 @@ class StoreWriter:
 
     def _write(self, rows: int) -> None:
         X = np.concatenate(self._X) if len(self._X) > 1 else self._X[0]
-        y = np.concatenate(self._y) if len(self._y) > 1 else self._y[0]
+        y = None
+        if self._labelled:
+            y = np.concatenate(self._y) if len(self._y) > 1 else self._y[0]
         self._committed = self._store._write_commit(
-            self._group, X[:rows], y[:rows], self._batches
+            self._group, X[:rows], None if y is None else y[:rows], self._batches
         )
         self._batches = 0
         rest = X.shape[0] - rows
-        self._X, self._y = ([X[rows:]], [y[rows:]]) if rest else ([], [])
+        self._X = [X[rows:]] if rest else []
+        self._y = [y[rows:]] if rest and y is not None else []
         self._rows = rest
 
     def flush(self) -> None:
@@ -923,18 +1259,32 @@ def on_backend(x: da.Array, xp: Any) -> da.Array:
     return x.map_blocks(xp.asarray, meta=xp.empty((0,) * x.ndim, dtype=x.dtype))
 
 
-def resolve_split(data: Any, split: str | None = None) -> xr.Dataset:
-    """A split Dataset from a Dataset, a store and split name, or a ``(store, split)`` tuple."""
+def resolve_split(data: Any, split: str | None = None, *, labels: bool = True) -> xr.Dataset:
+    """A split Dataset from a Dataset, a store and split name, or a ``(store, split)`` tuple.
+
+    With ``labels=False`` an unlabelled split (OOD data) is accepted too.
+    """
     if isinstance(data, tuple) and len(data) == 2 and split is None:
         data, split = data
     if isinstance(data, xr.Dataset):
         if split is not None:
-            raise TypeError("a split name was given with a Dataset")
-        if "embeddings" not in data or "labels" not in data:
-            raise ValueError("a split Dataset needs 'embeddings' and 'labels' variables")
-        return data
-    if isinstance(data, str):
-        data = EmbeddingStore.open(data)
-    if isinstance(data, EmbeddingStore):
-        return data.split(split or "train")
-    raise TypeError(f"expected a split Dataset or an EmbeddingStore, got {type(data).__name__}")
+            raise TypeError("a split Dataset was given with a split name")
+        ds = data
+    elif isinstance(data, (str, EmbeddingStore)):
+        store = EmbeddingStore.open(data) if isinstance(data, str) else data
+        ds = store.split(split or "train")
+    else:
+        raise TypeError(
+            f"expected a split Dataset or an EmbeddingStore, got {type(data).__name__}"
+        )
+    if "embeddings" not in ds:
+        raise ValueError("a split Dataset needs an 'embeddings' variable")
+    if labels and "labels" not in ds:
+        name = ds.attrs.get("split")
+        raise ValueError(
+            f"split {name!r} has no labels (an unlabelled split, such as OOD data); "
+            "class statistics need labelled samples"
+            if name is not None
+            else "a split Dataset needs 'embeddings' and 'labels' variables"
+        )
+    return ds

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -67,7 +68,9 @@ def _compare(got: dict, ref: xr.Dataset, rtol=1e-12):
 def test_analyze_json_matches_the_python_api(store_url, tmp_path, capsys):
     out = tmp_path / "m.json"
     assert main(["analyze", store_url, "--json", str(out), "--quiet"]) == 0
-    assert capsys.readouterr().out == ""
+    cap = capsys.readouterr()
+    # --quiet hides progress (stderr), never the answer (the table on stdout)
+    assert cap.err == "" and "nc1_pinv" in cap.out and "long_name" in cap.out
     got = json.loads(out.read_text())
     ref = _api(store_url)
     _compare(got, ref)
@@ -273,10 +276,21 @@ def test_import_npy_pair_with_classifier(tmp_path, arrays, capsys):
     W, b = s.classifier()
     np.testing.assert_allclose(W, arrays["W"])
     np.testing.assert_allclose(b, arrays["b"])
-    # appending a second file pair to the same split
+    # importing the same files again is refused, and changes nothing
     assert main(["import", f"{p}/X.npy", f"{p}/y.npy", "--store", url, "--split", "train",
-                 "-q"]) == 0
+                 "-q"]) == 2
+    assert "already holds" in capsys.readouterr().err
+    assert ncdask.EmbeddingStore.open(url).n_rows("train") == X.shape[0]
+    # --append adds them again, --overwrite replaces the split with them
+    assert main(["import", f"{p}/X.npy", f"{p}/y.npy", "--store", url, "--split", "train",
+                 "-q", "--append"]) == 0
     assert ncdask.EmbeddingStore.open(url).split("train").sizes["sample"] == 2 * X.shape[0]
+    assert main(["import", f"{p}/X.npy", f"{p}/y.npy", "--store", url, "--split", "train",
+                 "-q", "--overwrite"]) == 0
+    s = ncdask.EmbeddingStore.open(url)
+    np.testing.assert_array_equal(s.split("train").embeddings.values, X)
+    assert s.split("train").attrs["class_counts"].sum() == X.shape[0]
+    assert s.splits() == ["test", "train"] and s.classifier()[0].shape == (K, D)
 
 
 def test_import_k_from_labels_warns_and_n_classes(tmp_path, arrays, capsys):
@@ -311,12 +325,13 @@ def test_import_errors(tmp_path, arrays, capsys):
         ([str(tmp_path / "X.npy"), str(tmp_path / "y.npy"), "--bias", str(tmp_path / "y.npy")],
          "--bias needs --classifier"),
         ([str(tmp_path / "X.npy"), str(tmp_path / "y.npy"), "--classifier",
-          str(tmp_path / "W.npy")], "W has shape"),
+          str(tmp_path / "W.npy")], "classifier weights have shape"),
     ]
     for files, msg in cases:
         assert main(["import", *files, "--store", url, "--split", "train"]) == 2, msg
         err = capsys.readouterr().err
         assert "ncdask: error: " in err and msg in err and "Traceback" not in err
+        assert not os.path.exists(url), msg  # validated before anything was written
     assert main(["import", str(tmp_path / "X.npy"), str(tmp_path / "y.npy"), "--store", url,
                  "--split", "bad/name", "-q"]) == 2
     assert "split name" in capsys.readouterr().err

@@ -185,5 +185,13 @@ def test_torch_inputs_switch_by_import():
         m["nc3_dual_err"], rel=1e-6
     )
     sims = R.similarities(t(d["W"]), t(M), t(mG))
-    assert isinstance(sims, np.ndarray)
-    np.testing.assert_allclose(sims, g["stats"]["similarities"], rtol=1e-9)
+    assert isinstance(sims, torch.Tensor) and sims.dtype == torch.float64
+    np.testing.assert_allclose(sims.numpy(), g["stats"]["similarities"], rtol=1e-9)
+    # the reference README's UNC3 line, unchanged: torch's .var() is unbiased
+    assert sims.var().item() == pytest.approx(m["nc3u_uni_dual"], rel=1e-6)
+    for key, out in (
+        ("distance_norms", R.distance_norms(t(d["W"]), t(M), t(mG))),
+        ("mean_norms", R.mean_norms(t(M), t(mG))),
+    ):
+        assert isinstance(out, torch.Tensor), key
+        np.testing.assert_allclose(out.numpy(), g["stats"][key], rtol=1e-9, atol=1e-12)

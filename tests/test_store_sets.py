@@ -68,17 +68,27 @@ def test_writer_takes_width_of_first_batch(mem_url):
     with pytest.raises(ValueError, match="has dim 9, got dim=5"):
         s.writer("test", layer="l9", dim=5)
     with s.writer("test", layer="l9", dim=9) as w:
-        assert w.dim == 9 and s.splits(layer="l9") == ["test", "train"]
+        # the split appears with its first valid batch, not before
+        assert w.dim == 9 and s.splits(layer="l9") == ["train"]
+        with pytest.raises(ValueError, match="dim 4"):
+            w.append(*batch(2, 4))
+        assert s.splits(layer="l9") == ["train"]
+        w.append(*batch(2, 9))
+        assert s.splits(layer="l9") == ["test", "train"]
     # a writer that gets no batch leaves a new set unwritten
     with s.writer("train", layer="empty"):
         pass
     assert {"layer": "empty"} not in s.sets()
     with pytest.raises(KeyError):
         s.dim_of(layer="empty")
-    # dim= creates the split at once
-    with s.writer("train", layer="pre", dim=5):
-        pass
-    assert s.dim_of(layer="pre") == 5 and s.split("train", layer="pre").embeddings.shape == (0, 5)
+    # dim= fixes the batches' width; the split still appears only with a valid batch
+    with s.writer("train", layer="pre", dim=5) as w:
+        with pytest.raises(ValueError, match="dim 4"):
+            w.append(*batch(2, 4))
+    assert "train" not in s.splits(layer="pre")
+    with s.writer("train", layer="pre", dim=5) as w:
+        w.append(*batch(3, 5))
+    assert s.dim_of(layer="pre") == 5 and s.split("train", layer="pre").embeddings.shape == (3, 5)
 
 
 def test_classifier_and_create_set(mem_url):
@@ -148,6 +158,7 @@ def test_import_files_into_a_new_set(tmp_path, mem_url):
     np.testing.assert_array_equal(s.split("train", layer="a").embeddings.values, X)
     with pytest.raises(ValueError, match="dim 5, the store expects dim 9 in set layer=a"):
         s.import_files("test", str(tmp_path / "d.npz"), layer="a")
+    assert s.splits(layer="a") == ["train"]  # the failed import left no empty split
 
 
 def test_format_marks_stores_with_other_widths(mem_url):
