@@ -45,6 +45,7 @@ _WHERE: dict[str, str] = {
     "riesz_kernel": "reference_api",
     "self_duality_error": "reference_api",
     "similarities": "reference_api",
+    "structure_error": "reference_api",
     "simplex_etf_error": "reference_api",
     "variability_cdnv": "reference_api",
     "EmptyClassWarning": "stats",
@@ -89,6 +90,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ expo
         self_duality_error,
         similarities,
         simplex_etf_error,
+        structure_error,
         variability_cdnv,
     )
     from .results import open_results, save_results
@@ -150,6 +152,7 @@ __all__ = [
     "simplex_etf_error",
     "self_duality_error",
     "similarities",
+    "structure_error",
     "distance_norms",
     "mean_norms",
     "clf_ncc_agreement",

@@ -182,6 +182,7 @@ def capture(
     max_batches: int | None = None,
     append: bool = False,
     allow_nonfinite: bool = False,
+    labels: bool = True,
 ) -> list[dict[str, Any]]:
     """Record the input or output of named modules of a model into a store.
 
@@ -199,7 +200,9 @@ def capture(
     loader : iterable of batches
         Yields ``(x, y, ...)`` batches (a ``torch.utils.data.DataLoader``):
         ``x`` a tensor (or a list/tuple/dict of tensors, passed as one
-        argument), ``y`` integer labels in ``[0, K)``.
+        argument), ``y`` integer labels in ``[0, K)``. With
+        ``labels=False`` the loader may yield ``x`` alone (or ``(x, ...)``,
+        the rest ignored).
     store : EmbeddingStore or mapping of layer name to EmbeddingStore
         Where to write (open for appending). Each layer's set takes the
         width of that layer's features on its first write, so layers of
@@ -242,6 +245,9 @@ def capture(
         default that raises, so a repeated call cannot duplicate samples.
     allow_nonfinite : bool, default False
         Store NaN/inf features instead of raising.
+    labels : bool, default True
+        False writes unlabelled splits: out-of-distribution data, whose
+        samples belong to none of the model's classes (NC5, NECO).
 
     Returns
     -------
@@ -378,13 +384,17 @@ def capture(
             for i, batch in enumerate(loader):
                 if max_batches is not None and i >= int(max_batches):
                     break
-                if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                    raise TypeError("the loader must yield (x, y, ...) batches")
-                x, y = batch[0], batch[1]
+                if not labels:
+                    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                    yn = None
+                elif not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                    raise TypeError("the loader must yield (x, y, ...) batches (for "
+                                    "unlabelled data pass labels=False)")
+                else:
+                    x, yn = batch[0], _labels(batch[1])
                 for v in seen.values():
                     v.clear()
                 model(_to_device(x, dev))
-                yn = _labels(y)
                 for tag, mod_name, _ in specs:
                     got = seen[tag]
                     if len(got) != 1:
@@ -393,7 +403,7 @@ def capture(
                             "capture needs exactly one call per batch"
                         )
                     X = got[0]
-                    if X.shape[0] != yn.shape[0]:
+                    if yn is not None and X.shape[0] != yn.shape[0]:
                         raise ValueError(
                             f"layer {tag!r}: {X.shape[0]} feature rows for {yn.shape[0]} labels"
                         )
@@ -409,10 +419,11 @@ def capture(
                     for tag, _, _ in specs:
                         writers[tag] = stack.enter_context(
                             stores[tag].writer(split, layer=tag, epoch=epoch,
-                                               allow_nonfinite=allow_nonfinite, dim=dims[tag])
+                                               allow_nonfinite=allow_nonfinite, dim=dims[tag],
+                                               labelled=labels)
                         )
                 for tag, _, _ in specs:
-                    writers[tag].append(seen[tag][0], yn)
+                    writers[tag].append(seen[tag][0], yn)  # yn None: unlabelled
                     seen[tag].clear()
             if not writers:
                 raise ValueError("the loader yielded no batches")

@@ -681,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     int
         The exit status: 0 success, 2 bad input, 1 other failures.
     """
-    from .scheduler import SchedulerError
+    from .errors import SchedulerError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     full = bool({"-h", "--help"} & set(argv)) and "analyze" in argv

@@ -28,11 +28,9 @@ from typing import Any
 
 import dask
 
+from .errors import SchedulerError
+
 LOCAL = ("threads", "processes", "sync")
-
-
-class SchedulerError(RuntimeError):
-    """The requested scheduler cannot be used (bad spec, unreachable, missing package)."""
 
 
 @dataclass

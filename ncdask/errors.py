@@ -1,0 +1,7 @@
+"""Exceptions that the command line catches before anything heavy is imported."""
+
+from __future__ import annotations
+
+
+class SchedulerError(RuntimeError):
+    """The requested scheduler cannot be used (bad spec, unreachable, missing package)."""

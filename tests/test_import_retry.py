@@ -1,0 +1,128 @@
+"""Imports are validated first, all or nothing, and safe to run again."""
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import ncdask
+from ncdask.store import DuplicateImportError
+
+K, D = 3, 5
+
+
+def _files(tmp_path, n=200, seed=0, name="a"):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, D)).astype(np.float32)
+    y = rng.integers(0, K, n)
+    np.save(tmp_path / f"{name}X.npy", X)
+    np.save(tmp_path / f"{name}y.npy", y)
+    return str(tmp_path / f"{name}X.npy"), str(tmp_path / f"{name}y.npy"), X, y
+
+
+def test_same_source_refused_other_sources_added(tmp_path, mem_url):
+    xa, ya, Xa, _ = _files(tmp_path)
+    xb, yb, Xb, _ = _files(tmp_path, seed=1, name="b")
+    s = ncdask.EmbeddingStore.create(mem_url(), K, D, chunk_rows=64)
+    assert s.import_files("train", xa, ya) == 200
+    assert s.import_files("train", xb, yb) == 400  # another source joins the split
+    # the same content under another name is the same source
+    shutil.copyfile(xa, tmp_path / "copyX.npy")
+    for x in (xa, str(tmp_path / "copyX.npy")):
+        with pytest.raises(DuplicateImportError, match="already holds"):
+            s.import_files("train", x, ya)
+    assert s.n_rows("train") == 400
+    assert [src["rows"] for src in s.sources("train")] == [200, 200]
+    assert s.import_files("train", xa, ya, mode="append") == 600
+    assert s.import_files("train", xb, yb, mode="overwrite") == 200
+    np.testing.assert_array_equal(s.split("train").embeddings.values, Xb)
+    assert len(s.sources("train")) == 1
+    with pytest.raises(ValueError, match="mode must be"):
+        s.import_files("train", xa, ya, mode="replace")
+
+
+def test_a_failed_import_changes_nothing(tmp_path, mem_url):
+    xa, ya, Xa, ya_ = _files(tmp_path)
+    s = ncdask.EmbeddingStore.create(mem_url(), K, D, chunk_rows=16)
+    s.import_files("train", xa, ya)
+    before = s.split("train").attrs["class_counts"].copy()
+    bad = Xa.copy()
+    bad[150] = np.nan  # found only while writing, past several chunks
+    np.save(tmp_path / "bad.npy", bad)
+    for split in ("train", "new"):
+        with pytest.raises(ValueError, match="NaN"):
+            s.import_files(split, str(tmp_path / "bad.npy"), ya)
+    assert s.splits() == ["train"]  # no empty split left behind
+    assert s.n_rows("train") == 200
+    np.testing.assert_array_equal(s.split("train").attrs["class_counts"], before)
+    np.testing.assert_array_equal(s.split("train").embeddings.values, Xa)
+    # and an overwrite that fails keeps the old rows
+    with pytest.raises(ValueError, match="NaN"):
+        s.import_files("train", str(tmp_path / "bad.npy"), ya, mode="overwrite")
+    np.testing.assert_array_equal(s.split("train").embeddings.values, Xa)
+    # labels out of range and wrong widths are found before anything is written
+    np.save(tmp_path / "ybad.npy", np.full(200, K))
+    with pytest.raises(ValueError, match="outside"):
+        s.import_files("more", xa, str(tmp_path / "ybad.npy"))
+    np.save(tmp_path / "wide.npy", np.zeros((200, D + 1)))
+    with pytest.raises(ValueError, match="nothing was imported"):
+        s.import_files("more", str(tmp_path / "wide.npy"), ya)
+    assert s.splits() == ["train"]
+    # nothing staged is left over in the store either
+    assert not [p for p in s._group if str(p).startswith(".")]
+
+
+def test_delete_split(tmp_path, mem_url):
+    xa, ya, Xa, _ = _files(tmp_path)
+    s = ncdask.EmbeddingStore.create(mem_url(), K, D, chunk_rows=64)
+    s.import_files("train", xa, ya)
+    s.append("test", Xa[:10], np.zeros(10, int))
+    s.set_classifier(np.ones((K, D)))
+    assert s.delete_split("test") == 10
+    assert s.splits() == ["train"] and s.classifier()[0].shape == (K, D)
+    with pytest.raises(KeyError, match="unknown split"):
+        s.delete_split("test")
+    ro = ncdask.EmbeddingStore.open(s.url)
+    with pytest.raises(PermissionError):
+        ro.delete_split("train")
+    s.append("test", Xa[:4], np.zeros(4, int))  # the name is free again
+    assert s.n_rows("test") == 4
+
+
+_KILLED = """
+import sys, ncdask
+s = ncdask.EmbeddingStore.open(sys.argv[1], "a")
+print("start", flush=True)
+s.import_files("train", sys.argv[2], sys.argv[3])
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.5])
+def test_killed_import_then_rerun_gives_each_row_once(tmp_path, delay):
+    xa, ya, X, y = _files(tmp_path, n=300_000)
+    url = str(tmp_path / "s.zarr")
+    s = ncdask.EmbeddingStore.create(url, K, D, chunk_rows=4096)
+    s.append("train", X[:10], y[:10])
+    p = subprocess.Popen([sys.executable, "-c", _KILLED, url, xa, ya], stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip() == "start"
+    time.sleep(delay)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    s = ncdask.EmbeddingStore.open(url, "a")
+    n = s.n_rows("train")
+    assert n in (10, 10 + X.shape[0])  # all or nothing
+    assert s.split("train").attrs["class_counts"].sum() == n
+    if n == 10:
+        assert s.import_files("train", xa, ya) == 10 + X.shape[0]
+    else:
+        with pytest.raises(DuplicateImportError):
+            s.import_files("train", xa, ya)
+    got = s.split("train")
+    np.testing.assert_array_equal(got.labels.values, np.concatenate([y[:10], y]))
+    np.testing.assert_array_equal(got.embeddings.values[-5:], X[-5:])

@@ -1,0 +1,104 @@
+"""Results and statistics keep their labels and SPEC order, and reopen quietly."""
+
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import ncdask
+from ncdask.metrics import GROUPS, METRICS, label_results, measure
+
+K, D = 4, 6
+
+
+def _stats(seed):
+    rng = np.random.default_rng(seed)
+    y = np.arange(240) % K
+    X = rng.normal(size=(240, D)) + (2 + seed) * np.eye(K, D)[y]
+    ds = xr.Dataset({"embeddings": (("sample", "feature"), X), "labels": ("sample", y)},
+                    attrs={"n_classes": K})
+    return ncdask.class_stats(ds.chunk({"sample": 64}))
+
+
+def _labelled(var):
+    info = METRICS[var.name]
+    return (var.attrs.get("long_name") == info.long_name
+            and var.attrs.get("formula") == info.formula
+            and var.attrs.get("reference") == info.reference)
+
+
+@pytest.mark.parametrize("form", ["list", "dict", "stacked"])
+def test_sweeps_keep_every_label_and_the_spec_order(form):
+    st = [_stats(s) for s in range(3)]
+    if form == "list":
+        arg = st
+    elif form == "dict":
+        arg = dict(zip((0, 5, 10), st, strict=True))
+    else:
+        arg = xr.concat([s.compute() for s in st], dim="epoch")
+    res = measure(arg, metrics=["nc2", "nc1_quot", "nc2g_dist"]).compute()
+    assert list(res.data_vars) == [n for n in METRICS if n in res.data_vars]
+    assert list(res.data_vars)[0] == "nc1_quot"
+    assert all(_labelled(res[n]) for n in res.data_vars)
+
+
+def test_selection_order_does_not_depend_on_how_it_is_asked():
+    st = _stats(0)
+    a = measure(st, metrics=["nc2_etf_err", "nc1_quot", "mean_norms"])
+    b = measure(st, metrics=["mean_norms", "nc1_quot", "nc2_etf_err"])
+    assert list(a.data_vars) == list(b.data_vars) == ["nc1_quot", "nc2_etf_err", "mean_norms"]
+
+
+def test_groups_cover_every_metric_and_name_only_metrics():
+    for g in ("nc1", "nc2", "nc2g", "nc2w", "nc3", "nc4", "nc5"):
+        assert g in GROUPS and set(GROUPS[g]) <= set(METRICS)
+    covered = set().union(*(GROUPS[g] for g in ("nc1", "nc2", "nc2g", "nc2w", "nc3", "nc4",
+                                                "nc5")))
+    assert covered == set(METRICS)
+    res = measure(_stats(0), metrics="nc1")
+    assert set(res.data_vars) == {"nc1_pinv", "nc1_svd", "nc1_quot", "nc1_cdnv"}
+    assert "nc1_ood_class" in res.attrs["left_out"]
+    with pytest.raises(ValueError, match="unknown metric 'nc9'"):
+        measure(_stats(0), metrics="nc9")
+
+
+def test_results_and_stats_reopen_quietly_in_order_with_labels(tmp_path):
+    st = [_stats(s) for s in range(2)]
+    res = measure(st, metrics=["nc2", "nc1"], labels=[1, 2]).compute()
+    url = str(tmp_path / "results.zarr")
+    surl = str(tmp_path / "stats.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ncdask.save_results(res, url)
+        ncdask.save_stats(st[0].compute(), surl)
+        plain = xr.open_zarr(url)  # the user's own call: no RuntimeWarning
+        xr.open_zarr(surl)
+        back = ncdask.open_results(url)
+        stats_back = ncdask.load_stats(surl)
+    assert set(plain.data_vars) == set(res.data_vars)
+    assert all(_labelled(plain[n]) for n in plain.data_vars)
+    assert list(back.data_vars) == list(res.data_vars)
+    xr.testing.assert_allclose(back.compute(), res)
+    assert list(stats_back.data_vars) == list(st[0].data_vars)
+    assert "ncdask_variables" not in back.attrs
+
+
+def test_label_results_keeps_other_variables_after_the_metrics():
+    ds = xr.Dataset({"train_acc": ("epoch", [0.5]), "nc2_etf_err": ("epoch", [0.1]),
+                     "nc1_pinv": ("epoch", [1.0])}, attrs={"x": 1})
+    out = label_results(ds)
+    assert list(out.data_vars) == ["nc1_pinv", "nc2_etf_err", "train_acc"]
+    assert out.attrs == {"x": 1} and _labelled(out.nc1_pinv)
+
+
+def test_sweep_results_keep_labels(mem_url):
+    s = ncdask.EmbeddingStore.create(mem_url(), 3, 4)
+    y = np.arange(60) % 3
+    rng = np.random.default_rng(0)
+    for e in (0, 5):
+        s.append("train", np.eye(3, 4)[y] * (1 + e) + rng.normal(size=(60, 4)), y, epoch=e)
+    res = ncdask.sweep(s, over="epoch", metrics=["nc1", "nc2_etf_err"], compute=True)
+    assert list(res.data_vars) == ["nc1_pinv", "nc1_svd", "nc1_quot", "nc1_cdnv",
+                                   "nc2_etf_err"]
+    assert all(_labelled(res[n]) for n in res.data_vars)
