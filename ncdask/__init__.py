@@ -2,12 +2,15 @@
 
 The public names are imported on first use (PEP 562), so that ``import ncdask``
 and ``ncdask --help`` do not pay for dask, xarray and zarr up front (measured:
-``python -c "import ncdask.cli"`` 0.05 s lazily against about 1.5 s eagerly).
+``python -c "import ncdask.cli"`` 0.16 s lazily against 2.4-3.2 s for
+``from ncdask import *``, three runs each on 2 cores).
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
@@ -117,6 +120,23 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_WHERE})
+
+
+class _Package(types.ModuleType):
+    """Keeps ``ncdask.sweep`` and ``ncdask.capture`` the functions.
+
+    Importing the submodule of the same name (``from ncdask.sweep import
+    sweep``) would otherwise rebind the package attribute to the module;
+    the modules stay reachable in ``sys.modules``.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and name in _WHERE:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

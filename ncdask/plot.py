@@ -8,7 +8,8 @@ Every function returns a :class:`matplotlib.figure.Figure` built without
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,174 @@ def _use_log(v: np.ndarray) -> bool:
     return f.size > 1 and bool(np.all(f > 0)) and f.max() / f.min() > 10
 
 
+#: Which way each metric moves as the network collapses: -1 where lower values
+#: mean more collapse, +1 where higher do. Keys ending in ``_`` are prefixes;
+#: an exact name wins over a prefix. The GNC2 kernel means, the accuracies and
+#: the per-class companions have no direction.
+COLLAPSE_DIRECTION: dict[str, int] = {
+    "nc1_": -1,
+    "nc2_": -1,
+    "nc2w_": -1,
+    "nc3_": -1,
+    "nc3u_": -1,
+    "nc2g_dist_var": -1,
+    "nc2g_log_var": -1,
+    "nc2g_riesz_var": -1,
+    "nc2g_riesz_log_var": -1,
+    "nc4_agree": +1,
+    "nc5_ood_dev": -1,
+}
+#: Accuracy variables drawn in one extra panel by :func:`plot_metrics` when
+#: present (the demo's); the first is the training accuracy.
+ACCURACY = ("train_acc", "test_acc")
+#: A log y axis of :func:`plot_metrics` spans at least this many decades.
+MIN_DECADES = 1.0
+_CUE = {-1: "\u2193 collapse", +1: "\u2191 collapse"}
+
+
+def collapse_direction(name: str) -> int | None:
+    """-1 if lower values of metric ``name`` mean more collapse, +1 if higher, else None.
+
+    >>> collapse_direction("nc1_pinv"), collapse_direction("nc4_agree")
+    (-1, 1)
+    >>> collapse_direction("nc2g_log_mean") is None
+    True
+    """
+    if name in COLLAPSE_DIRECTION:
+        return COLLAPSE_DIRECTION[name]
+    prefixes = [k for k in COLLAPSE_DIRECTION if k.endswith("_") and name.startswith(k)]
+    return COLLAPSE_DIRECTION[max(prefixes, key=len)] if prefixes else None
+
+
+def log_spaced(x: Any) -> bool:
+    """Whether sweep positions look log-spaced, so a log x axis suits them.
+
+    The rule: the positions are numbers, at least three, positive and
+    increasing, the last over 10 times the first, and their gaps are more even
+    on a log scale than on a linear one (the coefficient of variation of
+    ``diff(log x)`` is below that of ``diff(x)``).
+
+    >>> log_spaced([1, 2, 3, 5, 8, 12, 18, 27, 40]), log_spaced([0, 10, 20, 30])
+    (True, False)
+    >>> log_spaced(range(1, 21))
+    False
+    """
+    v = np.asarray(x)
+    if v.dtype.kind not in "iuf" or v.ndim != 1 or v.size < 3:
+        return False
+    v = v.astype(np.float64)
+    if not np.all(np.isfinite(v)) or v[0] <= 0 or np.any(np.diff(v) <= 0) or v[-1] / v[0] <= 10:
+        return False
+    lin, log = np.diff(v), np.diff(np.log(v))
+    return bool(log.std() / log.mean() < lin.std() / lin.mean())
+
+
+def y_limits(v: np.ndarray, log: bool, min_decades: float = MIN_DECADES) -> tuple[float, float]:
+    """The y range :func:`plot_metrics` gives a panel: honest about relative change.
+
+    A linear axis always includes 0 (so a change of p % of the values moves
+    the curve by at most p % of the panel's height); a log axis spans at
+    least ``min_decades`` decades around the data's geometric middle. Both
+    get a 5 % margin.
+
+    Parameters
+    ----------
+    v : array
+        The values drawn (non-finite ones are ignored; a log axis uses the
+        positive ones).
+    log : bool
+        Whether the axis is logarithmic.
+    min_decades : float
+        Least span of a log axis, in decades.
+
+    Returns
+    -------
+    (float, float)
+
+    >>> y_limits(np.array([0.5, 0.498]), log=False)
+    (-0.025, 0.525)
+    >>> lo, hi = y_limits(np.array([0.5, 0.498]), log=True)
+    >>> round(float(np.log10(hi / lo)), 2)
+    1.1
+    """
+    f = np.asarray(v, dtype=np.float64)
+    f = f[np.isfinite(f) & (f > 0)] if log else f[np.isfinite(f)]
+    if f.size == 0:
+        return (0.1, 10.0) if log else (0.0, 1.0)
+    if log:
+        lo, hi = float(np.log10(f.min())), float(np.log10(f.max()))
+        span = max(hi - lo, min_decades)
+        mid = (lo + hi) / 2
+        return 10 ** (mid - 0.55 * span), 10 ** (mid + 0.55 * span)
+    lo, hi = min(float(f.min()), 0.0), max(float(f.max()), 0.0)
+    if hi == lo:
+        hi = lo + 1.0
+    pad = 0.05 * (hi - lo)
+    return lo - pad, hi + pad
+
+
+def _ylabel(results: xr.Dataset, name: str, width: int = 30) -> str:
+    long_name = results[name].attrs.get("long_name") or name
+    return "\n".join(textwrap.wrap(str(long_name), width)) or name
+
+
+def _title(name: str) -> str:
+    d = collapse_direction(name)
+    return f"{name}  {_CUE[d]}" if d is not None else name
+
+
+def _draw_y(a: Any, v: np.ndarray, logy: bool | str, min_decades: float) -> str:
+    f = v[np.isfinite(v)]
+    log = bool(f.size) and bool(np.any(f > 0)) and (
+        logy is True or (logy == "auto" and _use_log(v)))
+    if log:
+        a.set_yscale("log")
+    a.set_ylim(*y_limits(v, log, min_decades))
+    return "log" if log else "linear"
+
+
+def _log_x(a: Any) -> None:
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    a.set_xscale("log")
+    a.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    a.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    a.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _terminal_phase(results: xr.Dataset, dim: str, acc: Sequence[str]) -> Any:
+    if not acc:
+        return None
+    v = _values(results[acc[0]])
+    hit = np.nonzero(v >= 1.0)[0]
+    return results[dim].values[hit[0]] if hit.size else None
+
+
+def _check_metrics(results: xr.Dataset, dim: str, metrics: Sequence[str] | None) -> list[str]:
+    if metrics is None:
+        return [m for m in HEADLINE if m in results and results[m].dims == (dim,)]
+    metrics = list(metrics)
+    for m in metrics:
+        if m not in results:
+            raise ValueError(f"no variable {m!r} in results; have {sorted(results.data_vars)}")
+        if results[m].dims != (dim,):
+            raise ValueError(f"{m!r} has dims {results[m].dims}, expected ({dim!r},)")
+    return metrics
+
+
+def _sweep_dim(results: xr.Dataset, dim: str | None) -> str:
+    if dim is None:
+        dim = next((d for d in SWEEP_DIMS if d in results.dims), None)
+        if dim is None:
+            raise ValueError(
+                f"results have no sweep dim (one of {SWEEP_DIMS}); "
+                f"their dims: {dict(results.sizes)}"
+            )
+    if dim not in results.dims:
+        raise ValueError(f"results have no dim {dim!r}; their dims: {dict(results.sizes)}")
+    return dim
+
+
 def plot_metrics(
     results: xr.Dataset,
     dim: str | None = None,
@@ -71,9 +240,27 @@ def plot_metrics(
     ax: Any = None,
     path: str | Path | None = None,
     logy: bool | str = "auto",
+    logx: bool | str = "auto",
+    accuracy: Sequence[str] = ACCURACY,
+    min_decades: float = MIN_DECADES,
     ncols: int = 3,
 ) -> Any:
     """NC curves: each scalar metric against the sweep dim (epoch or layer).
+
+    Each panel is titled with the metric's name and which way is collapse
+    (``↓ collapse``: lower values mean more collapse, see
+    :data:`COLLAPSE_DIRECTION`), and y-labelled with its ``long_name``
+    attribute (the name where that is missing).
+
+    **y ranges** (:func:`y_limits`): a linear panel always includes 0, a log
+    panel spans at least ``min_decades`` decades, so a change of p % of the
+    values moves a curve by at most about p % of its panel: a 0.4 % wiggle
+    stays flat while a 3× fall fills most of it. The figure's title says so.
+    **x axis**: log when the positions are log-spaced (:func:`log_spaced`).
+    **Accuracy**: the ``accuracy`` variables present are drawn together in one
+    more panel (y from 0 to 1); where the first of them (the training
+    accuracy) first reaches 1, a dotted line on every panel marks the start
+    of the terminal phase of training.
 
     Parameters
     ----------
@@ -85,11 +272,18 @@ def plot_metrics(
         Variables to draw; default the :data:`HEADLINE` metrics present.
     ax : matplotlib Axes, optional
         Draw every curve on this one Axes (with a legend) instead of one
-        panel per metric.
+        panel per metric; the y label states the range rule.
     path : str or Path, optional
         Save the figure here (format from the suffix, e.g. ``.png``).
     logy : bool or "auto"
         Log y axis; "auto" uses it for positive values spanning over a decade.
+    logx : bool or "auto"
+        Log x axis; "auto" uses it when :func:`log_spaced` says so.
+    accuracy : sequence of str
+        Accuracy variables for the extra panel (those missing are skipped;
+        an empty sequence draws no accuracy panel).
+    min_decades : float
+        Least span of a log y axis, in decades.
     ncols : int
         Panels per row.
 
@@ -97,59 +291,68 @@ def plot_metrics(
     -------
     matplotlib.figure.Figure
     """
-    if dim is None:
-        dim = next((d for d in SWEEP_DIMS if d in results.dims), None)
-        if dim is None:
-            raise ValueError(
-                f"results have no sweep dim (one of {SWEEP_DIMS}); "
-                f"their dims: {dict(results.sizes)}"
-            )
-    if dim not in results.dims:
-        raise ValueError(f"results have no dim {dim!r}; their dims: {dict(results.sizes)}")
-    if metrics is None:
-        metrics = [m for m in HEADLINE if m in results and results[m].dims == (dim,)]
-    else:
-        metrics = list(metrics)
-        for m in metrics:
-            if m not in results:
-                raise ValueError(f"no variable {m!r} in results; have {sorted(results.data_vars)}")
-            if results[m].dims != (dim,):
-                raise ValueError(f"{m!r} has dims {results[m].dims}, expected ({dim!r},)")
+    dim = _sweep_dim(results, dim)
+    metrics = _check_metrics(results, dim, metrics)
     if not metrics:
         raise ValueError(f"no scalar metric along {dim!r} to plot")
+    acc = [a for a in accuracy if a in results and results[a].dims == (dim,)]
     x = results[dim].values
     if x.dtype.kind in "OUS":
         x = np.asarray([str(v) for v in x])
+    xlog = logx is True or (logx == "auto" and log_spaced(x))
+    tpt = _terminal_phase(results, dim, acc)
     if ax is not None:
         fig, ax = _figure(ax, (6, 4))
         for m in metrics:
-            ax.plot(x, _values(results[m]), marker="o", ms=3, label=m)
-        if logy is True or (logy == "auto" and _use_log(
-                np.concatenate([_values(results[m]) for m in metrics]))):
-            ax.set_yscale("log")
+            d = collapse_direction(m)
+            ax.plot(x, _values(results[m]), marker="o", ms=3,
+                    label=m + (f" ({_CUE[d]})" if d is not None else ""))
+        scale = _draw_y(ax, np.concatenate([_values(results[m]) for m in metrics]), logy,
+                        min_decades)
+        rule = f"log, \u2265 {min_decades:g} decade" if scale == "log" else "linear, from 0"
+        ax.set_ylabel(f"value ({rule})")
+        if xlog:
+            _log_x(ax)
         ax.set_xlabel(dim)
         ax.legend(fontsize="small")
         return _save(fig, path)
     from matplotlib.figure import Figure
 
-    ncols = max(1, min(ncols, len(metrics)))
-    nrows = -(-len(metrics) // ncols)
-    fig = Figure(figsize=(3.6 * ncols, 2.7 * nrows), layout="constrained")
+    n = len(metrics) + (1 if acc else 0)
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(3.6 * ncols, 2.8 * nrows + 0.4), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for a, m in zip(axes, metrics, strict=False):
         v = _values(results[m])
         a.plot(x, v, marker="o", ms=3)
-        if logy is True or (logy == "auto" and _use_log(v)):
-            a.set_yscale("log")
-        a.set_title(m, fontsize="medium")
-        long_name = results[m].attrs.get("long_name")
-        if long_name:
-            a.set_ylabel(long_name if len(long_name) < 32 else m, fontsize="small")
+        _draw_y(a, v, logy, min_decades)
+        a.set_title(_title(m), fontsize="medium")
+        a.set_ylabel(_ylabel(results, m), fontsize="small")
+    if acc:
+        a = axes[len(metrics)]
+        for name in acc:
+            a.plot(x, _values(results[name]), marker="o", ms=3,
+                   label=str(results[name].attrs.get("long_name") or name))
+        a.set_ylim(0, 1.05)
+        a.set_title("accuracy", fontsize="medium")
+        a.set_ylabel("accuracy", fontsize="small")
+        a.legend(fontsize="x-small", loc="lower right")
+    for a in axes[:n]:
+        if xlog:
+            _log_x(a)
+        if tpt is not None:
+            a.axvline(tpt, color="0.4", ls=":", lw=1)
         a.set_xlabel(dim, fontsize="small")
         a.tick_params(labelsize="small")
         a.grid(alpha=0.3)
-    for a in axes[len(metrics):]:
+    for a in axes[n:]:
         a.set_visible(False)
+    note = (f"; dotted: train accuracy reaches 100 % at {dim} {tpt} (terminal phase)"
+            if tpt is not None else "")
+    head = (f"NC metrics against {dim}. y axes: linear ones include 0, log ones span "
+            f"\u2265 {min_decades:g} decade{note}")
+    fig.suptitle("\n".join(textwrap.wrap(head, 45 * ncols)), fontsize="medium")
     return _save(fig, path)
 
 
@@ -168,35 +371,109 @@ def _pick_classes(
     return np.sort(rng.choice(present, size=max_classes, replace=False))
 
 
+def cosine_spread(C: np.ndarray) -> float:
+    """Spread of the off-diagonal entries of a cosine matrix: their standard deviation.
+
+    Over the pairs ``i < j``, unbiased (divisor P − 1), as Papyan's
+    equiangularity ``nc2_equiangle``; 0 at a simplex ETF, where every
+    off-diagonal cosine is ``-1/(K-1)``. (Their *mean* is ``-1/(K-1)`` for
+    any centred means, so it says nothing about collapse.) NaN for fewer than
+    two pairs.
+
+    >>> K = 4
+    >>> cosine_spread(np.full((K, K), -1 / (K - 1)) + np.eye(K) * K / (K - 1))
+    0.0
+    """
+    C = np.asarray(C, dtype=np.float64)
+    off = C[np.triu_indices(C.shape[0], k=1)]
+    return float(np.std(off, ddof=1)) if off.size > 1 else float("nan")
+
+
+def _where(attrs: Any) -> str:
+    return ", ".join(f"{k}={attrs[k]}" for k in ("layer", "epoch") if k in attrs)
+
+
+def _class_cosines(
+    stats: Any, idx: np.ndarray
+) -> np.ndarray:
+    if isinstance(stats, xr.Dataset):
+        M = _values(stats["means"].isel({"class": idx}))
+        mG = _values(stats["global_mean"])
+    else:
+        mG = _values(stats.mean(axis=0))  # a dask input stays lazy until here
+        M = _values(stats[idx])
+    Mc = M - mG[None, :]
+    U = Mc / np.maximum(np.linalg.norm(Mc, axis=1, keepdims=True), 1e-300)
+    return U @ U.T
+
+
+def _class_axis(stats: Any) -> tuple[int, np.ndarray | None, np.ndarray]:
+    if isinstance(stats, xr.Dataset):
+        K = int(stats.sizes["class"])
+        counts = _values(stats["counts"]) if "counts" in stats else None
+        ids = stats["class"].values if "class" in stats.coords else np.arange(K)
+        return K, counts, ids
+    K = int(stats.shape[0])
+    return K, None, np.arange(K)
+
+
+def _tick_classes(ax: Any, labels: list[str]) -> None:
+    n = len(labels)
+    step = max(1, -(-n // 25))
+    pos = list(range(0, n, step))
+    size = "small" if n <= 12 else "x-small"
+    ax.set_xticks(pos, [labels[i] for i in pos], fontsize=size, rotation=90 if n > 12 else 0)
+    ax.set_yticks(pos, [labels[i] for i in pos], fontsize=size)
+    ax.set_xlabel("class", fontsize="small")
+    ax.set_ylabel("class", fontsize="small")
+
+
 def plot_gram(
-    stats: xr.Dataset | Any,
+    stats: xr.Dataset | Any | Mapping[Any, Any],
     *,
     max_classes: int = 40,
     classes: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
     seed: int = 0,
+    dim: str | None = None,
     ax: Any = None,
     path: str | Path | None = None,
 ) -> Any:
     """Heatmap of the cosines between centred class means (the normalised Gram matrix).
 
-    Under NC2 the off-diagonal cosines all approach ``-1/(K-1)`` (a simplex ETF).
-    For K above ``max_classes`` a random block of ``max_classes`` classes is
-    drawn: only those rows of the means are read, and no K×K matrix is formed.
+    Under NC2 the off-diagonal cosines all approach ``-1/(K-1)`` (a simplex
+    ETF). Their mean is ``-1/(K-1)`` for any centred means, so each panel's
+    headline is their *spread* (:func:`cosine_spread`, Papyan's
+    equiangularity), which falls to 0 as the means collapse to an ETF. Both
+    axes are labelled with the classes; the title names the set shown (its
+    ``layer`` / ``epoch`` attrs, or the mapping key).
+
+    Pass a mapping, such as ``{1: stats_first, 40: stats_last}``, to draw the
+    sets side by side on one colour scale (-1 to 1) with one colour bar, e.g.
+    first against last epoch. For K above ``max_classes`` a random block of
+    ``max_classes`` classes (the same in every panel) is drawn: only those
+    rows of the means are read, and no K×K matrix is formed.
 
     Parameters
     ----------
-    stats : xarray.Dataset or array (K, D)
+    stats : xarray.Dataset, array (K, D), or mapping of them
         Class statistics (``means``, ``global_mean``, ``counts``) from
         :func:`ncdask.class_stats`, or a matrix of class means (centred on
-        their mean here).
+        their mean here); a mapping draws one panel per entry, titled with
+        its key.
     max_classes : int
         Largest block drawn.
     classes : sequence of int, optional
         Exactly these classes.
+    class_names : sequence of str, optional
+        Names of all K classes for the tick labels (default the class ids).
     seed : int
         Seed of the class sample.
+    dim : str, optional
+        What the mapping keys are (e.g. ``"epoch"``): titles read
+        ``epoch=40`` rather than ``40``.
     ax : matplotlib Axes, optional
-        Draw on this Axes.
+        Draw on this Axes (one set only).
     path : str or Path, optional
         Save the figure here.
 
@@ -204,36 +481,48 @@ def plot_gram(
     -------
     matplotlib.figure.Figure
     """
-    if isinstance(stats, xr.Dataset):
-        K = int(stats.sizes["class"])
-        counts = _values(stats["counts"]) if "counts" in stats else None
-        idx = _pick_classes(counts, K, max_classes, classes, seed)
-        M = _values(stats["means"].isel({"class": idx}))
-        mG = _values(stats["global_mean"])
-        ids = stats["class"].values[idx] if "class" in stats.coords else idx
-        names = stats.attrs.get("class_names")
+    if isinstance(stats, Mapping) and not isinstance(stats, xr.Dataset):
+        if not stats:
+            raise ValueError("no class statistics to draw")
+        if ax is not None and len(stats) > 1:
+            raise ValueError("ax= draws one set; pass one set, or no ax for side-by-side panels")
+        sets = {(f"{dim}={k}" if dim else str(k)): v for k, v in stats.items()}
     else:
-        K = int(stats.shape[0])
-        idx = _pick_classes(None, K, max_classes, classes, seed)
-        mG = _values(stats.mean(axis=0))  # a dask input stays lazy until here
-        M = _values(stats[idx])
-        ids, names = idx, None
-    Mc = M - mG[None, :]
-    U = Mc / np.maximum(np.linalg.norm(Mc, axis=1, keepdims=True), 1e-300)
-    C = U @ U.T
-    fig, ax = _figure(ax, (5.2, 4.4))
-    im = ax.imshow(C, vmin=-1, vmax=1, cmap="RdBu_r", interpolation="nearest")
-    fig.colorbar(im, ax=ax, label=r"$\cos(\tilde m_i, \tilde m_j)$")
+        sets = {_where(stats.attrs) if isinstance(stats, xr.Dataset) else "": stats}
+    K, counts, ids = _class_axis(next(iter(sets.values())))
+    for v in sets.values():
+        k2, c2, _ = _class_axis(v)
+        if k2 != K:
+            raise ValueError(f"the sets differ in their number of classes ({K} vs {k2})")
+        if c2 is not None:
+            counts = c2 if counts is None else np.minimum(counts, c2)
+    idx = _pick_classes(counts, K, max_classes, classes, seed)
+    names = list(class_names) if class_names is not None else None
+    if names is not None and len(names) != K:
+        raise ValueError(f"{len(names)} class names for K={K}")
+    labels = [names[int(i)] if names else str(ids[int(i)]) for i in idx]
     n = len(idx)
-    if n <= 25:
-        labels = [names[int(i)] if names else str(i) for i in ids]
-        ax.set_xticks(range(n), labels, fontsize="small")
-        ax.set_yticks(range(n), labels, fontsize="small")
-    off = C[~np.eye(n, dtype=bool)]
     what = f"{n} of {K} classes" if n < K else f"K={K}"
-    ideal = f", ETF: {-1 / (K - 1):.3f}" if K > 1 else ""
-    mean_off = f"mean off-diag {off.mean():.3f}" if off.size else "one class"
-    ax.set_title(f"class-mean cosines ({what})\n{mean_off}{ideal}", fontsize="medium")
+    if ax is not None:
+        fig, axes = ax.figure, [ax]
+    else:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(4.4 * len(sets) + 1.0, 4.6), layout="constrained")
+        axes = list(fig.subplots(1, len(sets), squeeze=False).ravel())
+    im = None
+    for a, (where, st) in zip(axes, sets.items(), strict=True):
+        C = _class_cosines(st, idx)
+        im = a.imshow(C, vmin=-1, vmax=1, cmap="RdBu_r", interpolation="nearest")
+        _tick_classes(a, labels)
+        spread = cosine_spread(C)
+        head = (f"spread (std) of off-diagonal cosines {spread:.3f}" if n > 2
+                else "one pair" if n == 2 else "one class")
+        a.set_title(f"class-mean cosines, {', '.join(filter(None, [where, what]))}\n{head}",
+                    fontsize="medium")
+    ideal = f"; ETF: spread 0, every off-diagonal cosine {-1 / (K - 1):.3f}" if K > 1 else ""
+    fig.colorbar(im, ax=axes, label=r"$\cos(\tilde m_i, \tilde m_j)$" + ideal,
+                 shrink=0.9)
     return _save(fig, path)
 
 
