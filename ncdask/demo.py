@@ -16,9 +16,10 @@ weight decay 5e-4 on the weights) on the cross-entropy with label smoothing
 smoothing: a neural collapse perspective"). At about ten log-spaced epochs
 the penultimate activations of all three splits and the last layer's
 weights and bias go into one Zarr store, one embedding set per epoch; then
-every metric is measured as an epoch sweep. From the first checkpoint to
-the last, NC1 falls by two orders of magnitude and the ETF and self-duality
-errors by several times, while train accuracy reaches 100 %.
+every metric is measured as an epoch sweep. From the first checkpoint
+(epoch 1) to the last (epoch 300), with the default seed, ``nc1_pinv`` falls
+about 70×, ``nc2_etf_err`` about 3.4× and ``nc3_dual_err`` about 27×; train
+accuracy reaches 100 % at epoch 24 and stays there.
 
 Outputs in ``out_dir``: ``embeddings.zarr`` (the store), ``results.zarr``
 (metrics with an ``epoch`` dim, plus ``train_acc`` and ``test_acc``),
@@ -42,6 +43,9 @@ import xarray as xr
 
 ID_CLASSES = 8  # digits 0..7 in distribution, 8 and 9 out of distribution
 TABLE = ("nc1_pinv", "nc1_cdnv", "nc2_etf_err", "nc3_dual_err", "nc4_agree", "nc5_ood_dev")
+#: Metrics drawn in ``nc_curves.png`` (with an accuracy panel), in this order.
+FIGURE = ("nc1_pinv", "nc1_cdnv", "nc2_etf_err", "nc2_equinorm", "nc2_max_angle",
+          "nc3_dual_err", "nc4_agree", "nc5_ood_dev")
 #: Training epochs of the demo (past zero training error, into the terminal phase).
 EPOCHS = 300
 #: Hidden layer widths; the last is the embedding dimension D.
@@ -77,7 +81,8 @@ def _data(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     Xtr, Xte, ytr, yte = train_test_split(
         X[~ood], y[~ood], test_size=0.25, random_state=seed, stratify=y[~ood]
     )
-    return {"train": (Xtr, ytr), "test": (Xte, yte), "ood": (X[ood], y[ood] - ID_CLASSES)}
+    # digits 8 and 9 belong to none of the model's classes: an unlabelled OOD split
+    return {"train": (Xtr, ytr), "test": (Xte, yte), "ood": (X[ood], None)}
 
 
 class MLP:
@@ -253,7 +258,7 @@ def train_to_store(
         str(store_url), ID_CLASSES, hidden[-1], chunk_rows=512, overwrite=True,
         class_names=[str(k) for k in range(ID_CLASSES)],
         attrs={"source": "ncdask demo: sklearn load_digits, NumPy ReLU MLP",
-               "ood": "digits 8, 9 (labels 0, 1)"},
+               "ood": "digits 8, 9 (stored unlabelled)"},
     )
     rng = np.random.default_rng(seed)
     Xtr, ytr = data["train"]
@@ -409,7 +414,7 @@ def run_demo(
     scheduler : str, optional
         Where the Dask graphs run (see :func:`ncdask.scheduler.use_scheduler`).
     quiet : bool
-        Print nothing.
+        Hide the progress messages (the results table is always printed).
     plots : bool
         Write ``nc_curves.png`` and ``gram.png``.
 
@@ -419,6 +424,7 @@ def run_demo(
         Computed metrics with an ``epoch`` dim, plus ``train_acc`` and
         ``test_acc``; also written to ``out_dir/results.zarr``.
     """
+    from .results import save_results
     from .scheduler import use_scheduler
     from .stats import class_stats
 
@@ -445,16 +451,18 @@ def run_demo(
     results.attrs["source"] = "ncdask demo"
     results.attrs["training"] = {"epochs": epochs, "hidden": list(hidden), "seed": seed,
                                  **RECIPE}
-    results.to_zarr(out / "results.zarr", mode="w", consolidated=False)
+    save_results(results, str(out / "results.zarr"))
     if plots:
         from .plot import plot_gram, plot_metrics
 
-        plot_metrics(results, "epoch", path=out / "nc_curves.png")
+        plot_metrics(results, "epoch", [m for m in FIGURE if m in results],
+                     path=out / "nc_curves.png")
         plot_gram(gram_stats, dim="epoch", class_names=store.class_names,
                   path=out / "gram.png")
+    # --quiet hides progress, never the answer
+    print(format_table(results, (*TABLE, "train_acc", "test_acc")))
+    print(_summary_line(results))
     if not quiet:
-        print(format_table(results, (*TABLE, "train_acc", "test_acc")))
-        print(_summary_line(results))
         say(f"wrote {out / 'results.zarr'}" + (f", {out / 'nc_curves.png'}, {out / 'gram.png'}"
                                                 if plots else "")
             + f" in {time.perf_counter() - t0:.1f} s")

@@ -186,17 +186,26 @@ def _draw_y(a: Any, v: np.ndarray, logy: bool | str, min_decades: float) -> str:
         logy is True or (logy == "auto" and _use_log(v)))
     if log:
         a.set_yscale("log")
-    a.set_ylim(*y_limits(v, log, min_decades))
+    lo, hi = y_limits(v, log, min_decades)
+    a.set_ylim(lo, hi)
+    if log:
+        _plain_log_ticks(a.yaxis, np.log10(hi / lo))
     return "log" if log else "linear"
 
 
-def _log_x(a: Any) -> None:
+def _plain_log_ticks(axis: Any, decades: float) -> None:
+    """Ticks at 1, 2, 5 × 10^k (only 10^k beyond 3 decades), labelled as plain numbers."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades <= 3 else (1.0,)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _log_x(a: Any) -> None:
     a.set_xscale("log")
-    a.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    a.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    a.xaxis.set_minor_formatter(NullFormatter())
+    lo, hi = a.get_xlim()
+    _plain_log_ticks(a.xaxis, np.log10(hi / lo) if lo > 0 else 99.0)
 
 
 def _terminal_phase(results: xr.Dataset, dim: str, acc: Sequence[str]) -> Any:
@@ -516,11 +525,11 @@ def plot_gram(
         im = a.imshow(C, vmin=-1, vmax=1, cmap="RdBu_r", interpolation="nearest")
         _tick_classes(a, labels)
         spread = cosine_spread(C)
-        head = (f"spread (std) of off-diagonal cosines {spread:.3f}" if n > 2
+        head = (f"spread (std) of off-diagonal cosines {spread:.3f} (ETF: 0)" if n > 2
                 else "one pair" if n == 2 else "one class")
         a.set_title(f"class-mean cosines, {', '.join(filter(None, [where, what]))}\n{head}",
                     fontsize="medium")
-    ideal = f"; ETF: spread 0, every off-diagonal cosine {-1 / (K - 1):.3f}" if K > 1 else ""
+    ideal = f"  (ETF: {-1 / (K - 1):.3f} off the diagonal)" if K > 1 else ""
     fig.colorbar(im, ax=axes, label=r"$\cos(\tilde m_i, \tilde m_j)$" + ideal,
                  shrink=0.9)
     return _save(fig, path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -12,46 +14,92 @@ from matplotlib.image import imread  # noqa: E402
 
 import ncdask  # noqa: E402
 from ncdask.cli import main  # noqa: E402
-from ncdask.demo import default_checkpoints, run_demo, train_to_store  # noqa: E402
+from ncdask.demo import (  # noqa: E402
+    EPOCHS,
+    HIDDEN,
+    MLP,
+    collapse_summary,
+    cosine_lr,
+    default_checkpoints,
+    penultimate,
+    run_demo,
+    train_to_store,
+)
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    """The default demo, exactly as ``ncdask demo`` runs it (about 10 s)."""
     out = tmp_path_factory.mktemp("demo")
-    return out, run_demo(out, epochs=20, quiet=True)
+    return out, run_demo(out, quiet=True)
 
 
 def test_collapse_over_training(demo):
+    """Issue 11: the default demo reaches the terminal phase and collapses."""
     out, res = demo
     first, last = res.isel(epoch=0), res.isel(epoch=-1)
-    # NC1 falls severalfold from the first checkpoint to the last
-    assert float(last.nc1_pinv) < 0.5 * float(first.nc1_pinv)
-    assert float(last.nc1_cdnv) < 0.5 * float(first.nc1_cdnv)
-    # the classifier and the nearest class centre come to agree, accuracy rises
-    assert float(last.nc4_agree) > 0.95 > float(first.nc4_agree)
-    assert float(last.train_acc) > float(first.train_acc)
-    assert list(res.epoch.values) == default_checkpoints(20)
+    assert list(res.epoch.values) == default_checkpoints(EPOCHS)
+    assert res.attrs["training"]["epochs"] == EPOCHS
+    # NC1 falls by over 10x, the ETF and self-duality errors by over 2x each
+    assert float(first.nc1_pinv) >= 10 * float(last.nc1_pinv)
+    assert float(first.nc2_etf_err) >= 2 * float(last.nc2_etf_err)
+    assert float(first.nc3_dual_err) >= 2 * float(last.nc3_dual_err)
+    assert float(last.nc1_cdnv) < 0.1 * float(first.nc1_cdnv)
+    # past zero training error: the terminal phase
+    assert float(last.train_acc) == 1.0 and float(first.train_acc) < 0.9
+    assert float(last.test_acc) > 0.95
+    # the classifier and the nearest class centre come to agree
+    assert float(last.nc4_agree) > 0.99 > 0.9 > float(first.nc4_agree)
     assert "nc5_ood_dev" in res and res.attrs["left_out"] == {}
+    s = collapse_summary(res)
+    assert s["nc1_pinv"] == pytest.approx(float(first.nc1_pinv) / float(last.nc1_pinv))
+    hit = res.epoch.values[res.train_acc.values == 1.0]
+    assert s["tpt_epoch"] == hit[0] < EPOCHS
+
+
+def test_default_epochs_and_determinism(demo, tmp_path):
+    """epochs=None is the default schedule; a rerun reproduces the same numbers."""
+    import inspect
+
+    _, res = demo
+    assert inspect.signature(run_demo).parameters["epochs"].default == EPOCHS
+    # only the first two epochs of the default 300-epoch schedule
+    short = run_demo(tmp_path / "short", epochs=None, checkpoints=[1, 2], quiet=True,
+                     plots=False)
+    assert short.attrs["training"]["epochs"] == EPOCHS
+    assert list(short.epoch.values) == [1, 2]
+    for k in ("nc1_pinv", "nc2_etf_err", "nc3_dual_err", "train_acc", "test_acc"):
+        np.testing.assert_array_equal(short[k].values, res[k].sel(epoch=[1, 2]).values)
+    assert not (tmp_path / "short" / "nc_curves.png").exists()
 
 
 def test_outputs_reopen(demo):
     out, res = demo
-    back = xr.open_zarr(out / "results.zarr", consolidated=False).compute()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a plain open_zarr is quiet
+        back = xr.open_zarr(out / "results.zarr").compute()
     assert back.sizes["epoch"] == res.sizes["epoch"]
+    # every metric keeps its labels, which the plots use as y labels
+    assert back.nc1_pinv.attrs["long_name"] == res.nc1_pinv.attrs["long_name"] != ""
+    assert list(ncdask.open_results(str(out / "results.zarr")).data_vars) == list(res.data_vars)
     xr.testing.assert_allclose(back[["nc1_pinv", "nc1_cdnv", "nc4_agree"]],
                                res[["nc1_pinv", "nc1_cdnv", "nc4_agree"]])
     for name in ("nc_curves.png", "gram.png"):
         img = imread(str(out / name))
         assert img.ndim == 3 and min(img.shape[:2]) > 200
     store = ncdask.EmbeddingStore.open(str(out / "embeddings.zarr"))
-    assert store.n_classes == 8 and store.dim == 64
-    assert store.sets() == [{"epoch": e} for e in default_checkpoints(20)]
-    assert store.splits(epoch=20) == ["ood", "test", "train"]
-    W, b = store.classifier(epoch=20)
-    assert W.shape == (8, 64) and b.shape == (8,)
-    # the OOD split holds the held-out digits 8 and 9, relabelled as groups 0 and 1
-    ood = store.split("ood", epoch=20)
-    assert set(np.unique(ood.labels.values)) == {0, 1}
+    assert store.n_classes == 8 and store.dim == HIDDEN[-1]
+    assert store.sets() == [{"epoch": e} for e in default_checkpoints(EPOCHS)]
+    assert store.splits(epoch=EPOCHS) == ["ood", "test", "train"]
+    W, b = store.classifier(epoch=EPOCHS)
+    assert W.shape == (8, HIDDEN[-1]) and b.shape == (8,)
+    # the stored accuracy is the stored classifier's on the stored embeddings
+    test = store.split("test", epoch=EPOCHS)
+    pred = np.argmax(test.embeddings.values @ np.asarray(W).T + np.asarray(b), axis=1)
+    assert np.mean(pred == test.labels.values) == pytest.approx(float(res.test_acc[-1]), abs=2e-3)
+    # the OOD split holds the held-out digits 8 and 9, stored without labels
+    ood = store.split("ood", epoch=EPOCHS)
+    assert "labels" not in ood and ood.sizes["sample"] == 354  # 174 eights, 180 nines
 
 
 def test_results_match_a_direct_measurement(demo):
@@ -85,10 +133,75 @@ def test_bad_checkpoints(tmp_path):
 def test_cli_demo_prints_a_table(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--epochs", "3"]) == 0
     cap = capsys.readouterr()
-    assert "nc1_pinv" in cap.out and "test_acc" in cap.out
+    assert "nc1_pinv" in cap.out and "test_acc" in cap.out and "fell by" in cap.out
     assert "training an MLP" in cap.err
     assert (tmp_path / "d" / "results.zarr").is_dir()
     assert (tmp_path / "d" / "nc_curves.png").stat().st_size > 2000
     assert main(["demo", "--out", str(tmp_path / "e"), "--epochs", "2", "--quiet"]) == 0
     cap = capsys.readouterr()
-    assert cap.out == "" and cap.err == ""
+    # --quiet hides the progress, not the answer
+    assert cap.err == "" and "nc1_pinv" in cap.out and "fell by" in cap.out
+
+
+def test_mlp_step_is_gradient_descent_on_the_smoothed_cross_entropy():
+    """One step with lr=1, no momentum, no decay moves the weights by minus the gradient."""
+    rng = np.random.default_rng(0)
+    mlp = MLP((5, 7, 6, 3), rng)
+    mlp.coefs_ = [w.astype(np.float64) for w in mlp.coefs_]
+    mlp.intercepts_ = [b.astype(np.float64) + 0.1 for b in mlp.intercepts_]
+    mlp._velocity = [np.zeros_like(p) for p in mlp.coefs_ + mlp.intercepts_]
+    X = rng.normal(size=(10, 5)).astype(np.float32)
+    T = np.full((10, 3), 0.1 / 3) + 0.9 * np.eye(3)[np.arange(10) % 3]
+
+    def loss():
+        _, z = mlp._forward(X)
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return -np.mean((T * logp).sum(axis=1))
+
+    params = mlp.coefs_ + mlp.intercepts_
+    before = [p.copy() for p in params]
+    numeric = []
+    for p in params:
+        g = np.zeros_like(p)
+        for i in np.ndindex(p.shape):
+            old = p[i]
+            p[i] = old + 1e-6
+            up = loss()
+            p[i] = old - 1e-6
+            down = loss()
+            p[i] = old
+            g[i] = (up - down) / 2e-6
+        numeric.append(g)
+    mlp.step(X, T, lr=1.0, momentum=0.0, weight_decay=0.0)
+    for p, b0, g in zip(params, before, numeric, strict=True):
+        np.testing.assert_allclose(b0 - p, g, rtol=1e-4, atol=1e-7)
+    # weight decay acts on the weights, not the biases
+    w0, b0 = mlp.coefs_[0].copy(), mlp.intercepts_[0].copy()
+    mlp._velocity = [np.zeros_like(p) for p in mlp.coefs_ + mlp.intercepts_]
+    X0 = np.zeros((4, 5), dtype=np.float32)
+    T0 = np.full((4, 3), 1 / 3)
+    mlp.coefs_[-1][:] = 0
+    mlp.intercepts_[-1][:] = 0  # uniform logits: zero loss gradient
+    mlp.step(X0, T0, lr=0.5, momentum=0.0, weight_decay=0.1)
+    np.testing.assert_allclose(mlp.coefs_[0], w0 * (1 - 0.05))
+    np.testing.assert_allclose(mlp.intercepts_[0], b0)
+
+
+def test_cosine_lr_and_penultimate_of_sklearn_mlp():
+    assert cosine_lr(1, 10, 0.2) == 0.2
+    assert cosine_lr(6, 10, 0.2) == pytest.approx(0.1)
+    assert 0 < cosine_lr(10, 10, 0.2) < 0.01
+    from sklearn.neural_network import MLPClassifier
+
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(40, 4)), np.arange(40) % 3
+    sk = MLPClassifier(hidden_layer_sizes=(6, 5), random_state=0)
+    sk.partial_fit(X, y, classes=[0, 1, 2])
+    h = np.maximum(np.maximum(X @ sk.coefs_[0] + sk.intercepts_[0], 0) @ sk.coefs_[1]
+                   + sk.intercepts_[1], 0)
+    np.testing.assert_allclose(penultimate(sk, X), h)
+    ours = MLP((4, 6, 5, 3), rng)
+    h = np.maximum(np.maximum(X @ ours.coefs_[0] + ours.intercepts_[0], 0) @ ours.coefs_[1]
+                   + ours.intercepts_[1], 0)
+    np.testing.assert_allclose(penultimate(ours, X), h, rtol=1e-6)

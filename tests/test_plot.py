@@ -157,7 +157,7 @@ def test_plot_per_class_many_classes_as_sorted_profile(tmp_path):
     np.testing.assert_allclose(line.get_ydata(), np.sort(v)[::-1])
 
 
-# ------------------------------------------------------------------ issue 11: plots that tell the truth
+# ---------------------------------------------------- issue 11: plots that tell the truth
 
 
 def _curve(x, **variables):
