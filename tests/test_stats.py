@@ -286,3 +286,29 @@ def test_class_stats_on_a_store_computes_nothing(small_store):
         st_ = ncdask.class_stats(s, "train")
         m = ncdask.merge_stats(st_, st_)
     np.testing.assert_array_equal(m.counts.values, 2 * np.bincount(y, minlength=4))
+
+
+def test_chained_merges_keep_one_copy_of_each_pass(monkeypatch):
+    """Merging rank after rank: the graph grows linearly and each chunk is read once.
+
+    (Each merged result used to carry a copy of everything merged before per
+    statistic: 7 chained merges of 24 chunks ran the chunk kernel 2,340 times.)
+    """
+    import ncdask.kernels.stats as KS
+
+    calls = []
+    orig = KS.chunk_partial
+    monkeypatch.setattr(KS, "chunk_partial", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(160, 5)), np.arange(160) % 6
+    parts = [ncdask.class_stats(split_ds(X[i:i + 20], y[i:i + 20], 6, 5))
+             for i in range(0, 160, 20)]
+    merged, sizes = parts[0], []
+    for p in parts[1:]:
+        merged = ncdask.merge_stats(merged, p)
+        sizes.append(len(dict(merged.__dask_graph__())))
+    steps = np.diff(sizes)[1:]  # (the first merge also adds the first part's finishing)
+    assert steps.max() == steps.min()  # the same number of new tasks per merge
+    out = merged.compute()
+    assert len(calls) == 32  # 8 parts of 4 chunks, each read once
+    check_against(out, dense_stats(X, y, 6), 1e-10)
