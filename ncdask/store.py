@@ -195,6 +195,7 @@ class EmbeddingStore:
         self.url = url
         self.mode = mode
         self._meta = dict(meta)
+        self._storage_options: dict | None = None  # for ncdask's own renames (imports)
 
     # ------------------------------------------------------------------ open
     @classmethod
@@ -284,7 +285,9 @@ class EmbeddingStore:
             "attrs": dict(attrs or {}),
             "ignore_index": check_ignore_index(ignore_index, n_classes),
         }
-        return cls(group, url, "a")
+        out = cls(group, url, "a")
+        out._storage_options = storage_options
+        return out
 
     @classmethod
     def open(
@@ -298,7 +301,9 @@ class EmbeddingStore:
                                     storage_options=storage_options)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
             raise FileNotFoundError(f"no ncdask store at {url!r}") from e
-        return cls(group, url, mode)
+        out = cls(group, url, mode)
+        out._storage_options = storage_options
+        return out
 
     @classmethod
     def from_arrays(
@@ -949,7 +954,7 @@ class EmbeddingStore:
     def _fs_path(self, group: zarr.Group, name: str) -> tuple[Any, str]:
         import fsspec
 
-        fs, root = fsspec.core.url_to_fs(self.url)
+        fs, root = fsspec.core.url_to_fs(self.url, **(self._storage_options or {}))
         parts = [root.rstrip("/"), *(p for p in (group.path, name) if p)]
         return fs, "/".join(parts)
 
