@@ -179,9 +179,9 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
         "ncdask import X.npy y.npy --store emb.zarr --split train --classifier W.npy",
         "ncdask import test.npz --store emb.zarr --split test",
         "ncdask import ood.npy --no-labels --store emb.zarr --split ood",
-        epilog="Every file, label and the classifier are checked before anything is "
-               "written, and an import\ncommits all its rows at once: a failed import "
-               "changes nothing. Importing a file\nthat the split already holds is "
+        epilog="Every file, label and the classifier are checked before anything is\n"
+               "written, and an import commits all its rows at once: a failed import\n"
+               "changes nothing. Importing a file that the split already holds is\n"
                "refused unless --append or --overwrite is given.",
     )
     im.add_argument("files", nargs="+", metavar="FILES",
