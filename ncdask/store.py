@@ -614,7 +614,12 @@ class EmbeddingStore:
         X : array (n, D)
             Embeddings: NumPy, CuPy or a PyTorch tensor (CPU or CUDA). D is
             the set's width (:meth:`dim_of`); the first write to a new set
-            may have any width and records it.
+            may have any width and records it. Values are cast to the
+            store's dtype; ``torch.bfloat16`` (which NumPy lacks) is first
+            widened exactly to float32, so a float32 store keeps bfloat16
+            hidden states exactly and a float16 store rounds them to 11
+            significant bits (values past float16's 65504 become inf and are
+            refused unless ``allow_nonfinite``).
         y : array (n,) or None
             Integer labels in ``[0, K)``. ``None`` writes an *unlabelled*
             split (out-of-distribution data has no classes of this model):

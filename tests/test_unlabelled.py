@@ -121,3 +121,24 @@ def test_capture_unlabelled(mem_url):
     np.testing.assert_allclose(ds.embeddings.values, ref, rtol=1e-6)
     with pytest.raises(TypeError, match="labels=False"):
         ncdask.capture(model, loader, s, "ood2", layers={"h": "2"})
+
+
+def test_torch_bfloat16_batches(mem_url):
+    """bfloat16 hidden states (LLMs): widened exactly to float32, then the store's dtype."""
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(0)
+    X = (torch.randn(50, D, generator=g) * 3).to(torch.bfloat16)
+    y = torch.arange(50) % K
+    s32 = ncdask.EmbeddingStore.create(mem_url(), K, D)
+    s32.append("train", X, y)
+    np.testing.assert_array_equal(s32.split("train").embeddings.values, X.float().numpy())
+    s16 = ncdask.EmbeddingStore.create(mem_url(), K, D, dtype="float16")
+    with s16.writer("train") as w:
+        w.append(X, y)
+    got = s16.split("train").embeddings.values
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, X.float().numpy().astype(np.float16))
+    big = torch.full((2, D), 1e5).to(torch.bfloat16)  # finite in bfloat16, inf in float16
+    with pytest.raises(ValueError, match="NaN or inf.*float16"):
+        s16.append("train", big, torch.zeros(2, dtype=torch.long))
+    assert s16.n_rows("train") == 50

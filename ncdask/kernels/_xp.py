@@ -40,10 +40,17 @@ def array_namespace(*arrays: Any) -> ModuleType:
 
 
 def to_numpy(a: Any) -> np.ndarray:
-    """Copy a NumPy, CuPy or PyTorch array to a host NumPy array (no copy for NumPy)."""
+    """Copy a NumPy, CuPy or PyTorch array to a host NumPy array (no copy for NumPy).
+
+    ``torch.bfloat16`` has no NumPy dtype: such tensors widen to float32,
+    which holds every bfloat16 value exactly (the same 8-bit exponent, 16 more
+    bits of mantissa), and a store then casts them to its own dtype.
+    """
     mod = type(a).__module__.split(".")[0]
     if mod == "torch":
         a = a.detach()
+        if str(a.dtype) == "torch.bfloat16":
+            a = a.float()  # exact; on the tensor's device, before the copy
         if a.device.type != "cpu":
             a = a.cpu()
         return a.numpy()
