@@ -1,0 +1,100 @@
+"""One BLAS thread per task while ncdask graphs run on dask's threaded scheduler.
+
+Why: the threaded scheduler runs one task per core, and each task's GEMM
+(the centred scatter of the statistics pass, the pairwise and NC4 tiles)
+would start a BLAS thread per core too, so 2 cores ran 4 busy threads. On
+the statistics pass (N=400k, D=256, K=1000; issue 12) that took 3.3 s by
+default against 1.9 s with one BLAS thread per task; see
+``benchmarks/bench_stats.py`` for the figures of this design.
+
+How, without races: the limit is a process-wide setting of the BLAS library,
+so it is not changed from inside concurrent tasks. A dask local-scheduler
+callback sets it in ``_start``, in the thread that calls ``compute`` before
+any task runs, and puts the previous setting back in ``_finish``, which
+dask calls after the last task, also on errors. Overlapping computes share
+one limit (a counter under a lock), restored when the last one finishes.
+It acts only on graphs that hold ncdask tasks (keys starting ``ncdask-``)
+and only under the threaded scheduler with more than one worker: the
+synchronous scheduler runs one task at a time and keeps every BLAS thread,
+and process-based and distributed schedulers do not run these callbacks
+(dask's nanny already starts distributed workers with one BLAS thread).
+Set ``dask.config.set({"ncdask.blas-per-task": False})`` to leave BLAS alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import dask
+from dask.callbacks import Callback
+
+PREFIX = "ncdask-"
+
+
+def _holds_ncdask_tasks(dsk: Mapping) -> bool:
+    for key in dsk:
+        name = key[0] if isinstance(key, tuple) else key
+        if isinstance(name, str) and name.startswith(PREFIX):
+            return True
+    return False
+
+
+def _threaded_with_many_workers() -> bool:
+    import dask.threaded
+
+    sched = dask.base.get_scheduler()
+    if sched is not dask.threaded.get:
+        return False
+    n = dask.config.get("num_workers", None)
+    if n is None:
+        pool = dask.config.get("pool", None)
+        n = getattr(pool, "_max_workers", None) or dask.threaded.CPU_COUNT
+    return int(n) > 1
+
+
+class OneBlasThreadPerTask(Callback):
+    """Limit BLAS to one thread from the start to the end of an ncdask compute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._active = 0
+        self._limiter: Any = None
+        self._mine = threading.local()
+
+    def _start(self, dsk: Mapping) -> None:
+        self._mine.on = False
+        if not dask.config.get("ncdask.blas-per-task", True):
+            return
+        if not _holds_ncdask_tasks(dsk) or not _threaded_with_many_workers():
+            return
+        from threadpoolctl import threadpool_limits
+
+        with self._lock:
+            if self._active == 0:
+                self._limiter = threadpool_limits(limits=1, user_api="blas")
+            self._active += 1
+        self._mine.on = True
+
+    def _finish(self, dsk: Mapping, state: Any, errored: bool) -> None:
+        if not getattr(self._mine, "on", False):
+            return
+        self._mine.on = False
+        with self._lock:
+            self._active -= 1
+            if self._active == 0 and self._limiter is not None:
+                self._limiter.restore_original_limits()
+                self._limiter = None
+
+
+_CALLBACK: OneBlasThreadPerTask | None = None
+
+
+def install() -> None:
+    """Register the callback once per process (idempotent)."""
+    global _CALLBACK
+    if _CALLBACK is None:
+        _CALLBACK = OneBlasThreadPerTask()
+        _CALLBACK.register()
