@@ -28,6 +28,30 @@ def two_blas_threads():
         yield
 
 
+def test_default_scheduler_gets_the_limit(two_blas_threads):
+    """No scheduler configured: arrays and delayed run threaded, and are limited."""
+    import ncdask.kernels.stats as KS
+
+    seen = []
+    orig = KS.chunk_partial
+
+    def probe(*a, **k):
+        seen.append(_blas_threads())
+        return orig(*a, **k)
+
+    s = ncdask.EmbeddingStore.create("memory://blas-default", 5, 16, chunk_rows=100,
+                                     overwrite=True)
+    s.append("train", np.random.default_rng(0).random((1000, 16)), np.arange(1000) % 5)
+    KS.chunk_partial = probe
+    try:
+        with dask.config.set(num_workers=2):
+            ncdask.class_stats(s, "train").compute()
+    finally:
+        KS.chunk_partial = orig
+    assert seen and all(t == [1] for t in seen)
+    assert _blas_threads() == [2]
+
+
 def test_limit_inside_ncdask_tasks_and_restored(two_blas_threads):
     with dask.config.set(scheduler="threads", num_workers=2):
         assert dask.compute(_probe("ncdask-probe-a"))[0] == [1]

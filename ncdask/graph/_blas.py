@@ -45,7 +45,8 @@ def _threaded_with_many_workers() -> bool:
     import dask.threaded
 
     sched = dask.base.get_scheduler()
-    if sched is not dask.threaded.get:
+    # None: no scheduler configured, so arrays and delayed use the threaded one
+    if sched is not None and sched is not dask.threaded.get:
         return False
     n = dask.config.get("num_workers", None)
     if n is None:
