@@ -11,8 +11,15 @@ import ncdask.graph  # noqa: E402,F401
 
 
 def _blas_threads():
+    """Threads of the process-wide BLAS libraries (NumPy's, which the kernels call).
+
+    A BLAS built on OpenMP (faiss-cpu bundles one) keeps its thread count per
+    thread, so a limit set before the compute does not reach dask's worker
+    threads; NumPy's OpenBLAS (pthreads) and MKL are limited process-wide.
+    """
     infos = threadpoolctl.threadpool_info()
-    return sorted({i["num_threads"] for i in infos if i["user_api"] == "blas"})
+    return sorted({i["num_threads"] for i in infos
+                   if i["user_api"] == "blas" and i.get("threading_layer") != "openmp"})
 
 
 def _probe(name):

@@ -19,6 +19,11 @@ synchronous scheduler runs one task at a time and keeps every BLAS thread,
 and process-based and distributed schedulers do not run these callbacks
 (dask's nanny already starts distributed workers with one BLAS thread).
 Set ``dask.config.set({"ncdask.blas-per-task": False})`` to leave BLAS alone.
+
+The limit reaches the BLAS libraries whose thread count is process-wide:
+NumPy's OpenBLAS (pthreads) and MKL, which the kernels call. A BLAS built on
+OpenMP (faiss-cpu bundles one) keeps a per-thread setting that a limit set
+in the calling thread does not reach; ncdask calls it only through faiss.
 """
 
 from __future__ import annotations
