@@ -13,16 +13,74 @@ in the ``ncdask_variables`` attribute and restored by :func:`open_dataset`.
 
 from __future__ import annotations
 
+import os
+import uuid
 import warnings
 from typing import Any
 
 import xarray as xr
 
 ORDER_ATTR = "ncdask_variables"
+KIND_ATTR = "ncdask_output"
 
 
-def write_dataset(ds: xr.Dataset, url: str, *, storage_options: dict | None = None) -> None:
-    """Write ``ds`` to a new Zarr store at ``url`` (replacing it), with consolidated metadata.
+def rename(fs: Any, src: str, dst: str) -> None:
+    """Rename a directory: ``os.rename`` (atomic) on a local disk, else ``fs.mv``."""
+    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if proto in ("file", "local"):
+        os.rename(src, dst)
+    else:
+        fs.mv(src, dst, recursive=True)
+
+
+def _replaceable(url: str, kind: str, storage_options: dict | None) -> str | None:
+    """Why the existing path ``url`` must not be replaced by ``kind`` output (None: it may)."""
+    import zarr
+
+    try:
+        g = zarr.open_group(url, mode="r", storage_options=storage_options)
+    except Exception:  # a file, a plain folder, anything that is not a Zarr group
+        return "it is not a Zarr store that ncdask wrote"
+    attrs = dict(g.attrs)
+    if "ncdask" in attrs:
+        return "it is an ncdask embedding store"
+    have = attrs.get(KIND_ATTR)
+    if have is None:  # written before outputs were marked: any ncdask output
+        return None if "ncdask_version" in attrs else "it is not a Zarr store that ncdask wrote"
+    return None if have == kind else f"it holds ncdask {have}, not {kind}"
+
+
+def check_output(
+    url: str, kind: str, *, storage_options: dict | None = None
+) -> tuple[Any, str]:
+    """Raise ``FileExistsError`` unless ``url`` is free or holds ncdask ``kind`` output.
+
+    Returns the fsspec filesystem and path of ``url``. Called before a long
+    compute whose result goes to ``url``, and again by :func:`write_dataset`.
+    """
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    path = path.rstrip("/")
+    if fs.exists(path):
+        why = _replaceable(url, kind, storage_options)
+        if why is not None:
+            raise FileExistsError(f"{url!r} exists and {why}; refusing to replace it "
+                                  "(choose another path, or remove it yourself)")
+    return fs, path
+
+
+def write_dataset(
+    ds: xr.Dataset, url: str, *, kind: str, storage_options: dict | None = None
+) -> None:
+    """Write ``ds`` as a Zarr store at ``url``, with consolidated metadata, replacing safely.
+
+    The store is written beside ``url`` first and renamed into place when
+    complete (an atomic rename on a local disk), so an interrupted write
+    leaves what was at ``url`` untouched, and ``ds`` may be read lazily from
+    ``url`` itself (``save_stats(load_stats(p), p)``). An existing ``url`` is
+    replaced only when it holds ncdask output of the same ``kind``: a folder
+    with other files, an embedding store or other output is refused.
 
     Parameters
     ----------
@@ -30,15 +88,38 @@ def write_dataset(ds: xr.Dataset, url: str, *, storage_options: dict | None = No
         Lazy variables are computed chunk by chunk as they are written.
     url : str
         Local path or fsspec URL.
+    kind : {"stats", "results"}
+        What the store holds; recorded, and checked before replacing.
     storage_options : dict, optional
         Passed to fsspec.
+
+    Raises
+    ------
+    FileExistsError
+        ``url`` exists and is not ncdask ``kind`` output (nothing is written).
     """
+    fs, path = check_output(url, kind, storage_options=storage_options)
     out = ds.copy()
     out.attrs = dict(ds.attrs)
     out.attrs[ORDER_ATTR] = [str(n) for n in ds.data_vars]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-        out.to_zarr(url, mode="w", consolidated=True, storage_options=storage_options)
+    out.attrs[KIND_ATTR] = kind
+    tag = uuid.uuid4().hex[:12]
+    tmp, old = f"{path}.ncdask-tmp-{tag}", f"{path}.ncdask-old-{tag}"
+    tmp_url = url.rstrip("/") + f".ncdask-tmp-{tag}"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            out.to_zarr(tmp_url, mode="w-", consolidated=True, storage_options=storage_options)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
+        raise
+    replaced = fs.exists(path)
+    if replaced:
+        rename(fs, path, old)
+    rename(fs, tmp, path)
+    if replaced:
+        fs.rm(old, recursive=True)
 
 
 def open_dataset(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
@@ -64,6 +145,7 @@ def open_dataset(url: str, *, storage_options: dict | None = None) -> xr.Dataset
             if isinstance(e, FileNotFoundError) and not _exists(url, storage_options):
                 raise
             ds = xr.open_zarr(url, consolidated=False, **kw)
+    ds.attrs.pop(KIND_ATTR, None)
     order = ds.attrs.pop(ORDER_ATTR, None)
     if order:
         names = [n for n in order if n in ds.data_vars]

@@ -573,6 +573,10 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     store = _open_store(args.url)
     tags = _tags(args)
     _require_split(store, args.split, tags)
+    if args.out:
+        from ._zarrio import check_output
+
+        check_output(args.out, "stats")  # before the pass, not after it
     with use_scheduler(args.scheduler, quiet=args.quiet) as run:
         st = run.compute(class_stats(store.split(args.split, **tags)))
     print(f"{args.url} [{args.split}]: N={int(st.n_samples)} K={st.sizes['class']} "
@@ -590,6 +594,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.sweep and (args.epoch is not None):
         raise CLIError("--sweep measures every embedding set; do not pass --epoch with it")
     store = _open_store(args.url)
+    if args.out:
+        from ._zarrio import check_output
+
+        check_output(args.out, "results")  # before the pass, not after it
     if args.sweep:
         sets = [s for s in store.sets() if s and args.train in store.splits(**s)]
         if args.layer is not None:
@@ -703,7 +711,8 @@ def main(argv: list[str] | None = None) -> int:
         except SchedulerError as e:
             _err(str(e))
             code = 1
-        except (FileNotFoundError, KeyError, ValueError, TypeError, PermissionError) as e:
+        except (FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError,
+                PermissionError) as e:
             _err(_message(e))
             code = 2
         except (ImportError, OSError) as e:

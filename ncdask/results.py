@@ -19,7 +19,9 @@ def save_results(results: xr.Dataset, url: str, *, storage_options: dict | None 
     ----------
     results : xarray.Dataset
     url : str
-        Local path or fsspec URL; an existing store there is replaced.
+        Local path or fsspec URL. It is written beside and renamed into
+        place when complete; an existing path is replaced only when it holds
+        ncdask results (anything else raises ``FileExistsError``).
     storage_options : dict, optional
         Passed to fsspec.
     """
@@ -27,7 +29,7 @@ def save_results(results: xr.Dataset, url: str, *, storage_options: dict | None 
     out.attrs = {k: v for k, v in results.attrs.items() if v is not None}
     if "left_out" in results.attrs:
         out.attrs["left_out"] = dict(results.attrs.get("left_out") or {})
-    write_dataset(out, url, storage_options=storage_options)
+    write_dataset(out, url, kind="results", storage_options=storage_options)
 
 
 def open_results(url: str, *, storage_options: dict | None = None) -> xr.Dataset:

@@ -286,14 +286,21 @@ def merge_stats(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
 
 
 def save_stats(stats: xr.Dataset, url: str, *, storage_options: dict | None = None) -> None:
-    """Write class statistics to a Zarr store (computing them if they are lazy)."""
+    """Write class statistics to a Zarr store (computing them if they are lazy).
+
+    The store is written beside ``url`` and renamed into place when complete,
+    so ``save_stats(load_stats(p), p)`` works and an interrupted write keeps
+    the old statistics. An existing ``url`` is replaced only when it holds
+    ncdask statistics: any other folder, file or store raises
+    ``FileExistsError`` and is left as it was.
+    """
     out = stats.copy()
     out.attrs = {k: (list(v) if isinstance(v, (list, tuple, np.ndarray)) else v)
                  for k, v in stats.attrs.items() if v is not None}
     out.attrs["empty_classes"] = [int(i) for i in stats.attrs.get("empty_classes", [])]
     if "filtered_classes" in stats.attrs:
         out.attrs["filtered_classes"] = [int(i) for i in stats.attrs["filtered_classes"]]
-    write_dataset(out, url, storage_options=storage_options)
+    write_dataset(out, url, kind="stats", storage_options=storage_options)
 
 
 def load_stats(url: str, *, storage_options: dict | None = None) -> xr.Dataset:

@@ -30,7 +30,6 @@ record itself is never half-written.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -43,6 +42,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from ._validate import NcdaskStoreError, batch_to_numpy, check_ignore_index, check_name
 from ._version import __version__
+from ._zarrio import rename
 from .kernels._xp import to_numpy
 
 FORMAT = 2  # 2: sets may have their own width (``ncdask_layout``); 1 otherwise
@@ -145,15 +145,6 @@ def _truncate(g: zarr.Group, n: int) -> None:
             a = g[name]
             if a.shape[0] > n:
                 a.resize((n, *a.shape[1:]))
-
-
-def _rename(fs: Any, src: str, dst: str) -> None:
-    """Rename a directory: ``os.rename`` (atomic) on a local disk, else ``fs.mv``."""
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if proto in ("file", "local"):
-        os.rename(src, dst)
-    else:
-        fs.mv(src, dst, recursive=True)
 
 
 class EmbeddingStore:
@@ -974,15 +965,15 @@ class EmbeddingStore:
         old = None
         if replace:
             old = f"{dst}.replaced-{uuid.uuid4().hex[:12]}"
-            _rename(fs, dst, old)
+            rename(fs, dst, old)
         elif fs.exists(dst):  # a group left by an import killed before its commit
             sub = sg[split]
             if "ncdask_split" in sub.attrs or set(dict(sub.members())) - {"embeddings",
                                                                            "labels"}:
                 raise FileExistsError(f"{dst} exists and is not an ncdask split")
             old = f"{dst}.replaced-{uuid.uuid4().hex[:12]}"
-            _rename(fs, dst, old)
-        _rename(fs, src, dst)
+            rename(fs, dst, old)
+        rename(fs, src, dst)
         if old is not None:
             fs.rm(old, recursive=True)
 
@@ -1013,7 +1004,7 @@ class EmbeddingStore:
         sg = self._set_group(layer, epoch, create=False)
         fs, path = self._fs_path(sg, split)
         aside = f"{path}.deleted-{uuid.uuid4().hex[:12]}"
-        _rename(fs, path, aside)
+        rename(fs, path, aside)
         fs.rm(aside, recursive=True)
         return n
 

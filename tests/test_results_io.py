@@ -102,3 +102,55 @@ def test_sweep_results_keep_labels(mem_url):
     assert list(res.data_vars) == ["nc1_pinv", "nc1_svd", "nc1_quot", "nc1_cdnv",
                                    "nc2_etf_err"]
     assert all(_labelled(res[n]) for n in res.data_vars)
+
+
+def test_outputs_never_replace_what_ncdask_did_not_write(tmp_path, mem_url):
+    st = _stats(0).compute()
+    res = measure(st, metrics=["nc1_quot"]).compute()
+    # a folder of the user's
+    user = tmp_path / "mine"
+    (user / "sub").mkdir(parents=True)
+    (user / "notes.txt").write_text("only copy")
+    (user / "sub" / "X.npy").write_bytes(b"data")
+    with pytest.raises(FileExistsError, match="not a Zarr store that ncdask wrote"):
+        ncdask.save_stats(st, str(user))
+    assert (user / "notes.txt").read_text() == "only copy"
+    assert (user / "sub" / "X.npy").read_bytes() == b"data"
+    # an embedding store (the typo `--out emb.zarr`)
+    s = ncdask.EmbeddingStore.create(str(tmp_path / "emb.zarr"), K, D)
+    s.append("train", np.ones((3, D)), np.zeros(3, int))
+    with pytest.raises(FileExistsError, match="embedding store"):
+        ncdask.save_results(res, s.url)
+    assert ncdask.EmbeddingStore.open(s.url).n_rows("train") == 3
+    # results over statistics and back: another kind of output is refused too
+    ncdask.save_stats(st, str(tmp_path / "stats.zarr"))
+    with pytest.raises(FileExistsError, match="holds ncdask stats"):
+        ncdask.save_results(res, str(tmp_path / "stats.zarr"))
+    # the same kind is replaced, and nothing is left beside it
+    ncdask.save_results(res, str(tmp_path / "r.zarr"))
+    ncdask.save_results(res * 2, str(tmp_path / "r.zarr"))
+    assert float(ncdask.open_results(str(tmp_path / "r.zarr")).nc1_quot) == 2 * float(
+        res.nc1_quot)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "emb.zarr", "mine", "r.zarr", "stats.zarr"]
+
+
+def test_save_stats_onto_the_store_it_reads(tmp_path, mem_url):
+    st = _stats(1).compute()
+    for url in (str(tmp_path / "s.zarr"), mem_url("stats")):
+        ncdask.save_stats(st, url)
+        ncdask.save_stats(ncdask.load_stats(url), url)  # lazy reads from url itself
+        back = ncdask.load_stats(url).compute()
+        xr.testing.assert_allclose(back[list(st.data_vars)], st)
+
+
+def test_cli_out_refuses_a_typo_onto_the_store(tmp_path, capsys):
+    from ncdask.cli import main
+
+    s = ncdask.EmbeddingStore.create(str(tmp_path / "emb.zarr"), K, D)
+    rng = np.random.default_rng(0)
+    s.append("train", rng.normal(size=(40, D)), np.arange(40) % K)
+    for cmd in (["stats", s.url, "--out", s.url], ["analyze", s.url, "--out", s.url]):
+        assert main([*cmd, "-q"]) == 2
+        assert "embedding store" in capsys.readouterr().err
+    assert ncdask.EmbeddingStore.open(s.url).n_rows("train") == 40
