@@ -126,3 +126,45 @@ def test_killed_import_then_rerun_gives_each_row_once(tmp_path, delay):
     got = s.split("train")
     np.testing.assert_array_equal(got.labels.values, np.concatenate([y[:10], y]))
     np.testing.assert_array_equal(got.embeddings.values[-5:], X[-5:])
+
+
+def _short_npz(path, X, y, claim_x=None, claim_y=None):
+    """An .npz whose members' headers claim more rows than they hold."""
+    import io
+    import zipfile
+
+    def member(a, claim):
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, a)
+        raw = buf.getvalue()
+        if claim is None:
+            return raw
+        hdr = {"descr": np.lib.format.dtype_to_descr(a.dtype), "fortran_order": False,
+               "shape": (claim, *a.shape[1:])}
+        out = io.BytesIO()
+        np.lib.format.write_array_header_1_0(out, hdr)
+        return out.getvalue() + a.tobytes()
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("X.npy", member(X, claim_x))
+        z.writestr("Y.npy", member(y, claim_y))
+
+
+def test_truncated_npz_members_are_errors_not_hangs(tmp_path, mem_url, capsys):
+    """Headers that promise more rows than a member holds: an error, and nothing written."""
+    from ncdask.cli import main
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(50, D)).astype(np.float32), np.arange(50) % K
+    _short_npz(tmp_path / "shortX.npz", X, y, claim_x=100, claim_y=None)
+    _short_npz(tmp_path / "shortY.npz", X, y, claim_x=100, claim_y=100)
+    s = ncdask.EmbeddingStore.create(mem_url(), K, D, chunk_rows=16)
+    for name in ("shortX.npz", "shortY.npz"):
+        with pytest.raises(ValueError, match="truncated or damaged|do not pair up"):
+            s.import_files("train", str(tmp_path / name))
+    assert s.splits() == []
+    url = str(tmp_path / "cli.zarr")
+    assert main(["import", str(tmp_path / "shortY.npz"), "--store", url, "--split", "train",
+                 "--n-classes", str(K)]) == 2
+    assert "truncated or damaged" in capsys.readouterr().err
+    assert not (tmp_path / "cli.zarr").exists()  # found before the store was created
