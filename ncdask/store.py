@@ -839,7 +839,7 @@ class EmbeddingStore:
         ValueError
             Bad files (nothing is written).
         """
-        from .io import inspect_saved, iter_saved_arrays
+        from .io import inspect_saved
 
         self._require_writable()
         check_name("split", split)
@@ -875,28 +875,49 @@ class EmbeddingStore:
         D = info["dim"]
         if g is not None and mode != "overwrite":
             # append in one commit: rows go past the committed end, the record moves last
-            start = n0 = int(g.attrs["ncdask_split"]["n_committed"])
-            counts, n_ign, blocks = None, 0, 0
-            rows = int(g["embeddings"].chunks[0])
+            n0 = int(g.attrs["ncdask_split"]["n_committed"])
             try:
-                for Xb, yb in iter_saved_arrays(X_path, y_path, rows=rows, labels=labels):
-                    Xn, yn = batch_to_numpy(
-                        Xb, yb, dim=D, n_classes=self.n_classes, dtype=self.dtype,
-                        allow_nonfinite=allow_nonfinite, ignore_index=self.ignore_index,
-                        where=_where(layer, epoch),
-                    )
-                    start = self._write_rows(g, start, Xn, yn)
-                    c, n = self._tally(yn)
-                    counts = c if counts is None else counts + c
-                    n_ign += n
-                    blocks += 1
+                end, counts, n_ign, blocks = self._write_file(
+                    g, n0, X_path, y_path, labels, allow_nonfinite, _where(layer, epoch))
             except BaseException:
                 _truncate(g, n0)
                 raise
             srcs = list(g.attrs["ncdask_split"].get("sources") or []) + [source]
-            return self._commit(g, start, counts, n_ign, blocks, {"sources": srcs})
+            return self._commit(g, end, counts, n_ign, blocks, {"sources": srcs})
         return self._import_staged(split, layer, epoch, D, X_path, y_path, labels,
                                    allow_nonfinite, source, replace=g is not None)
+
+    def _write_file(
+        self,
+        g: zarr.Group,
+        start: int,
+        X_path: str,
+        y_path: str | None,
+        labels: bool,
+        allow_nonfinite: bool,
+        where: str | None,
+    ) -> tuple[int, np.ndarray | None, int, int]:
+        """Write a saved file's rows into ``g`` from row ``start``, in chunk-sized blocks.
+
+        Nothing is committed. Returns the end row, the per-class counts, the
+        number of ignored labels and the number of blocks written.
+        """
+        from .io import iter_saved_arrays
+
+        rows = int(g["embeddings"].chunks[0])
+        end, counts, n_ign, blocks = start, None, 0, 0
+        for Xb, yb in iter_saved_arrays(X_path, y_path, rows=rows, labels=labels):
+            Xn, yn = batch_to_numpy(
+                Xb, yb, dim=g["embeddings"].shape[1], n_classes=self.n_classes,
+                dtype=self.dtype, allow_nonfinite=allow_nonfinite,
+                ignore_index=self.ignore_index, where=where,
+            )
+            end = self._write_rows(g, end, Xn, yn)
+            c, k = self._tally(yn)
+            counts = c if counts is None else counts + c
+            n_ign += k
+            blocks += 1
+        return end, counts, n_ign, blocks
 
     def _import_staged(
         self,
@@ -912,8 +933,6 @@ class EmbeddingStore:
         replace: bool,
     ) -> int:
         """Import into a hidden staging group, then move it into place as ``split``."""
-        from .io import iter_saved_arrays
-
         sg = self._set_group(layer, epoch, create=True)
         lay = self._layout(sg)
         rows = lay[1] if lay is not None else self._chunk_rows_for(D)
@@ -921,18 +940,8 @@ class EmbeddingStore:
         g = self._new_split_arrays(sg, tmp, D, rows, labels)
         try:
             rec = _empty_record(split, layer, epoch, self.n_classes, labels)
-            n, counts, n_ign, blocks = 0, None, 0, 0
-            for Xb, yb in iter_saved_arrays(X_path, y_path, rows=rows, labels=labels):
-                Xn, yn = batch_to_numpy(
-                    Xb, yb, dim=D, n_classes=self.n_classes, dtype=self.dtype,
-                    allow_nonfinite=allow_nonfinite, ignore_index=self.ignore_index,
-                    where=_where(layer, epoch),
-                )
-                n = self._write_rows(g, n, Xn, yn)
-                c, k = self._tally(yn)
-                counts = c if counts is None else counts + c
-                n_ign += k
-                blocks += 1
+            n, counts, n_ign, blocks = self._write_file(
+                g, 0, X_path, y_path, labels, allow_nonfinite, _where(layer, epoch))
             if counts is not None:
                 rec["class_counts"] = counts.tolist()
             if n_ign:
