@@ -30,8 +30,10 @@ record itself is never half-written.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dask.array as da
@@ -136,6 +138,35 @@ def _check_labelled(g: zarr.Group, labelled: bool) -> None:
             + ("pass labels with every batch" if have else
                "its batches take no labels (y=None); use another split for labelled data")
         )
+
+
+def _check_free(url: str, overwrite: bool, storage_options: dict | None) -> None:
+    """Refuse to create a store where something is: ``zarr.open_group(mode="w")`` deletes it.
+
+    An existing ncdask store is replaced only with ``overwrite=True``; any
+    other non-empty path (a folder of the user's, another Zarr group) never.
+    """
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    path = path.rstrip("/")
+    if not fs.exists(path):
+        return
+    try:
+        g = zarr.open_group(url, mode="r", storage_options=storage_options)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, OSError):
+        g = None
+    if g is not None and "ncdask" in g.attrs:
+        if not overwrite:
+            raise FileExistsError(f"an ncdask store exists at {url!r}; pass overwrite=True "
+                                  "to replace it")
+        return
+    if fs.isdir(path) and not fs.ls(path, detail=False):
+        return  # an empty folder
+    raise FileExistsError(
+        f"{url!r} exists and is not an ncdask store; refusing to create a store there "
+        "(it would delete what is there): choose a new path"
+    )
 
 
 def _truncate(g: zarr.Group, n: int) -> None:
@@ -255,14 +286,7 @@ class EmbeddingStore:
                 raise ValueError(
                     f"{len(class_names)} class names given for n_classes={n_classes}"
                 )
-        if not overwrite:
-            exists = True
-            try:
-                zarr.open_group(url, mode="r", storage_options=storage_options)
-            except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-                exists = False
-            if exists:
-                raise FileExistsError(f"a Zarr group exists at {url!r}; pass overwrite=True")
+        _check_free(url, overwrite, storage_options)
         group = zarr.open_group(url, mode="w", storage_options=storage_options)
         group.attrs["ncdask"] = {
             "format": 1,  # raised to 2 once a set of another width is written
@@ -695,12 +719,13 @@ class EmbeddingStore:
     def _write_commit(
         self, g: zarr.Group, X: np.ndarray, y: np.ndarray | None, n_batches: int
     ) -> int:
-        n0 = int(g.attrs["ncdask_split"]["n_committed"])
         if X.shape[0] == 0:
-            return n0
-        n1 = self._write_rows(g, n0, X, y)
-        counts, n_ign = self._tally(y)
-        return self._commit(g, n1, counts, n_ign, n_batches)
+            return int(g.attrs["ncdask_split"]["n_committed"])
+        with self._exclusive(g) as g:  # the committed end as it is now, not as cached
+            n0 = int(g.attrs["ncdask_split"]["n_committed"])
+            n1 = self._write_rows(g, n0, X, y)
+            counts, n_ign = self._tally(y)
+            return self._commit(g, n1, counts, n_ign, n_batches)
 
     def writer(
         self,
@@ -855,37 +880,70 @@ class EmbeddingStore:
                 + (f" in set {where}" if where else "") + "; nothing was imported"
             )
         source = {k: info[k] for k in ("embeddings", "labels", "rows", "fingerprint")}
-        have = split in self.splits(layer=layer, epoch=epoch)
-        g = None
-        if have:
-            g = self._split_group(split, layer, epoch, create=False)
-            _check_labelled(g, labels)
-            rec = g.attrs["ncdask_split"]
-            if mode == "add":
-                dup = [src for src in rec.get("sources") or []
-                       if src.get("fingerprint") == source["fingerprint"]]
-                if dup:
-                    raise DuplicateImportError(
-                        f"split {split!r} of {self.url!r} already holds {X_path} "
-                        f"(imported from {dup[0]['embeddings']}, {dup[0]['rows']} rows; "
-                        f"it has {rec['n_committed']} rows); pass mode='append' "
-                        "(--append) to add the rows again or mode='overwrite' (--overwrite) "
-                        "to replace the split"
-                    )
         D = info["dim"]
-        if g is not None and mode != "overwrite":
-            # append in one commit: rows go past the committed end, the record moves last
-            n0 = int(g.attrs["ncdask_split"]["n_committed"])
-            try:
-                end, counts, n_ign, blocks = self._write_file(
-                    g, n0, X_path, y_path, labels, allow_nonfinite, _where(layer, epoch))
-            except BaseException:
-                _truncate(g, n0)
-                raise
-            srcs = list(g.attrs["ncdask_split"].get("sources") or []) + [source]
-            return self._commit(g, end, counts, n_ign, blocks, {"sources": srcs})
+        if split in self.splits(layer=layer, epoch=epoch):
+            g0 = self._split_group(split, layer, epoch, create=False)
+            with self._exclusive(g0) as g:  # one writer at a time; the record re-read
+                _check_labelled(g, labels)
+                rec = g.attrs["ncdask_split"]
+                if mode == "add":
+                    dup = [src for src in rec.get("sources") or []
+                           if src.get("fingerprint") == source["fingerprint"]]
+                    if dup:
+                        raise DuplicateImportError(
+                            f"split {split!r} of {self.url!r} already holds {X_path} "
+                            f"(imported from {dup[0]['embeddings']}, {dup[0]['rows']} rows; "
+                            f"it has {rec['n_committed']} rows); pass mode='append' "
+                            "(--append) to add the rows again or mode='overwrite' "
+                            "(--overwrite) to replace the split"
+                        )
+                if mode != "overwrite":
+                    # one commit: rows go past the committed end, the record moves last
+                    n0 = int(rec["n_committed"])
+                    try:
+                        end, counts, n_ign, blocks = self._write_file(
+                            g, n0, X_path, y_path, labels, allow_nonfinite,
+                            _where(layer, epoch))
+                    except BaseException:
+                        _truncate(g, n0)
+                        raise
+                    srcs = list(rec.get("sources") or []) + [source]
+                    return self._commit(g, end, counts, n_ign, blocks, {"sources": srcs})
+            return self._import_staged(split, layer, epoch, D, X_path, y_path, labels,
+                                       allow_nonfinite, source, replace=True)
         return self._import_staged(split, layer, epoch, D, X_path, y_path, labels,
-                                   allow_nonfinite, source, replace=g is not None)
+                                   allow_nonfinite, source, replace=False)
+
+    @contextlib.contextmanager
+    def _exclusive(self, g: zarr.Group) -> Iterator[zarr.Group]:
+        """The split group ``g``, freshly read, while this process holds its write lock.
+
+        Appends read the committed end, write past it and move the record: two
+        writers doing that at once write the same rows and one commit hides
+        the other's (seen: two concurrent imports kept one file's rows and
+        recorded both). On a local disk an exclusive ``flock`` on the split's
+        directory serialises them, across threads and processes; other
+        filesystems get no lock (issue 13: many writers).
+        """
+        from fsspec.implementations.local import LocalFileSystem
+
+        fs, path = self._fs_path(self._group, g.path[len(self._group.path):].lstrip("/"))
+        fd = None
+        local = isinstance(fs, LocalFileSystem)
+        if local:
+            try:
+                import fcntl
+            except ImportError:  # pragma: no cover - not on POSIX
+                fcntl = None
+            if fcntl is not None:
+                fd = os.open(path, os.O_RDONLY)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield zarr.open_group(store=g.store, path=g.path, mode="r+")
+        finally:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
 
     def _write_file(
         self,

@@ -168,3 +168,53 @@ def test_truncated_npz_members_are_errors_not_hangs(tmp_path, mem_url, capsys):
                  "--n-classes", str(K)]) == 2
     assert "truncated or damaged" in capsys.readouterr().err
     assert not (tmp_path / "cli.zarr").exists()  # found before the store was created
+
+
+def test_create_never_deletes_a_folder_it_did_not_write(tmp_path, capsys):
+    from ncdask.cli import main
+
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "notes.txt").write_text("only copy")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="not an ncdask store"):
+            ncdask.EmbeddingStore.create(str(mine), K, D, overwrite=overwrite)
+    xa, ya, _, _ = _files(tmp_path)
+    assert main(["import", xa, ya, "--store", str(mine), "--split", "train", "-q"]) == 2
+    assert "not an ncdask store" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "only copy" and (mine / "sub").is_dir()
+    (tmp_path / "empty").mkdir()  # an empty folder is fine
+    assert ncdask.EmbeddingStore.create(str(tmp_path / "empty"), K, D).n_classes == K
+
+
+_APPENDER = """
+import sys, numpy as np, ncdask
+s = ncdask.EmbeddingStore.open(sys.argv[1], "a")
+v = int(sys.argv[2])
+if sys.argv[3] == "append":
+    for _ in range(15):
+        s.append("train", np.full((10, 5), float(v)), np.full(10, v))
+else:
+    s.import_files("train", sys.argv[4], sys.argv[5])
+"""
+
+
+def test_concurrent_writers_on_one_split_lose_nothing(tmp_path):
+    """Two processes appending, and two importing, into one split (local disk)."""
+    url = str(tmp_path / "s.zarr")
+    s = ncdask.EmbeddingStore.create(url, K, D, chunk_rows=64)
+    s.append("train", np.zeros((1, D)), np.zeros(1, int))
+    files = [_files(tmp_path, n=2_000, seed=i, name=f"f{i}") for i in (1, 2)]
+    procs = [subprocess.Popen([sys.executable, "-c", _APPENDER, url, str(v), "append"])
+             for v in (1, 2)]
+    procs += [subprocess.Popen([sys.executable, "-c", _APPENDER, url, "0", "import",
+                                f[0], f[1]]) for f in files]
+    assert [p.wait() for p in procs] == [0, 0, 0, 0]
+    s = ncdask.EmbeddingStore.open(url)
+    d = s.split("train")
+    X, y = d.embeddings.values, d.labels.values
+    assert s.n_rows("train") == 1 + 2 * 150 + 2 * 2_000
+    np.testing.assert_array_equal(d.attrs["class_counts"], np.bincount(y, minlength=K))
+    for v in (1, 2):  # every appended row kept, with its own label
+        assert ((X[:, 0] == v) & (y == v)).sum() == 150
+    assert len(s.sources("train")) == 2
