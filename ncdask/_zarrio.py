@@ -115,9 +115,15 @@ def write_dataset(
             fs.rm(tmp, recursive=True)
         raise
     replaced = fs.exists(path)
-    if replaced:
-        rename(fs, path, old)
-    rename(fs, tmp, path)
+    try:
+        if replaced:
+            rename(fs, path, old)
+        rename(fs, tmp, path)
+    except BaseException:  # e.g. another writer put its store there first
+        if replaced and not fs.exists(path) and fs.exists(old):
+            rename(fs, old, path)
+        fs.rm(tmp, recursive=True)
+        raise
     if replaced:
         fs.rm(old, recursive=True)
 
