@@ -1,9 +1,10 @@
 """Class statistics as a labelled, lazy :class:`xarray.Dataset`.
 
-One pass over the embeddings computes, per class, the counts, means and
+A pass over the embeddings computes, per class, the counts, means and
 variance norms, and the pooled within-class covariance, in float64 by
-default (:mod:`ncdask.graph.stats` builds the graph, :mod:`ncdask.kernels.stats`
-holds the per-chunk arithmetic).
+default, with the class axis chunked by tiles (:mod:`ncdask.graph.tiled_stats`
+builds the graph, :mod:`ncdask.kernels.tiled_stats` holds the per-chunk
+arithmetic).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -19,8 +19,8 @@ import xarray as xr
 from ._validate import check_ignore_index
 from ._version import __version__
 from ._zarrio import open_dataset, write_dataset
-from .graph.stats import finalized_arrays, partials_tree
-from .kernels import stats as K
+from .graph.pairwise import default_tile_size
+from .graph.tiled_stats import class_tiled_stats, merge_tiled
 from .kernels._xp import to_numpy
 from .store import resolve_split
 
@@ -39,12 +39,21 @@ DEFINITIONS = {
 }
 
 
-def _counts_of(ds: xr.Dataset, n_classes: int, ignore_index: int | None = None) -> np.ndarray:
+def _counts_of(ds: xr.Dataset, n_classes: int) -> np.ndarray:
+    """Samples per class: the store's record when it describes these rows, else the labels'.
+
+    The record is used only when the Dataset still has the ``n_committed``
+    rows it describes; after ``isel``, ``xr.concat`` or a row filter the
+    labels are counted (one cheap pass, 4-8 bytes a sample). Either way the
+    pass over the embeddings counts again and raises if the two disagree (a
+    damaged store). Labels outside ``[0, K)`` (ignored or invalid) are not
+    counted; the pass over the embeddings reports invalid ones.
+    """
     counts = ds.attrs.get("class_counts")
-    if counts is not None and len(counts) == n_classes:
-        return np.asarray(counts, dtype=np.int64)  # a store's counts leave ignored labels out
-    # not from a store: one cheap pass over the labels alone (4-8 bytes a sample);
-    # other labels outside [0, K) are reported by the pass over the embeddings
+    rows = ds.attrs.get("n_committed")
+    if (counts is not None and len(counts) == n_classes and rows is not None
+            and int(rows) == ds.sizes.get("sample", -1)):
+        return np.asarray(counts, dtype=np.int64)
     lab = ds["labels"].data
     if isinstance(lab, da.Array):
         lab = lab.astype(np.int64)
@@ -52,7 +61,7 @@ def _counts_of(ds: xr.Dataset, n_classes: int, ignore_index: int | None = None) 
         w = da.bincount(da.where(valid, lab, 0), weights=valid.astype(np.int64),
                         minlength=n_classes)
         return to_numpy(w.compute()).astype(np.int64)  # CuPy labels: one explicit copy
-    lab = np.asarray(lab, dtype=np.int64)
+    lab = np.asarray(to_numpy(lab), dtype=np.int64)
     valid = (lab >= 0) & (lab < n_classes)
     return np.bincount(np.where(valid, lab, 0), weights=valid, minlength=n_classes).astype(
         np.int64
@@ -124,8 +133,10 @@ def class_stats(
     split_every: int = 8,
     ignore_index: int | None = None,
     min_count: int | None = None,
+    tile_size: int | None = None,
+    memory_budget: int | str | None = None,
 ) -> xr.Dataset:
-    """Per-class statistics of a split in one pass over its embeddings.
+    """Per-class statistics of a split, chunked over classes by tiles.
 
     Parameters
     ----------
@@ -153,16 +164,30 @@ def class_stats(
         their ``counts``, ``means`` and ``var_norms``, but their samples leave
         ``within_cov``, ``n_samples`` and the global mean, and they are listed
         in the ``filtered_classes`` attribute, which :func:`ncdask.measure`
-        leaves out of every class-level metric. The counts are known before
-        the pass (store attributes or a pass over the labels alone), so this
-        is still one pass over the embeddings.
+        leaves out of every class-level metric. The counts come from a pass
+        over the labels alone, before the pass over the embeddings.
+    tile_size : int, optional
+        Classes per chunk of the class axis of ``means`` and ``var_norms``
+        (default: :func:`ncdask.graph.pairwise.default_tile_size`, the tile
+        :func:`ncdask.measure` uses). :func:`save_stats` writes one Zarr chunk
+        per tile.
+    memory_budget : int or str, optional
+        Bytes of per-class partial results the pass may hold (default: the
+        ``ncdask.stats-budget`` dask config value, else 1 GiB). When
+        ``(split_every + 4)·K·D·8`` bytes fit, the statistics take one read
+        of the embeddings; otherwise the classes are cut into ``G`` groups
+        of whole tiles of at most a quarter of the budget each, and the
+        embeddings are read ``G + 1`` times (see
+        :mod:`ncdask.graph.tiled_stats`). No task then holds more than a
+        group's K×D part.
 
     Returns
     -------
     xarray.Dataset
-        Lazy ``counts (class)`` (in memory), ``means (class, feature)``,
-        ``global_mean (feature)``, ``within_cov (feature, feature_)``,
-        ``var_norms (class)`` and ``n_samples``; attrs ``n_classes``, ``dim``,
+        Lazy ``counts (class)`` (in memory), ``means (class, feature)`` and
+        ``var_norms (class)`` chunked over ``class`` by ``tile_size``,
+        ``global_mean (feature)``, ``within_cov (feature, feature_)``
+        and ``n_samples``; attrs ``n_classes``, ``dim``,
         ``global_mean``, ``empty_classes``, ``ignore_index`` (when set),
         ``min_count`` and ``filtered_classes`` (when ``min_count`` is given).
         Computing any subset runs the one pass once.
@@ -207,14 +232,16 @@ def class_stats(
     if not isinstance(y, da.Array):
         y = da.from_array(y, chunks=(X.chunks[0],))
     dt = np.dtype(dtype)
-    counts = _counts_of(ds, K, ignore_index)
+    counts = _counts_of(ds, K)
     in_scatter = None if min_count is None else counts >= int(min_count)
-    tree = partials_tree(
-        X, y, K, dtype=dt, split_every=split_every, ignore_index=ignore_index,
-        in_scatter=in_scatter,
-    )
-    arrays = finalized_arrays(
-        tree, K, X.shape[1], global_mean=global_mean, dtype=dt, meta=X._meta
+    D = int(X.shape[1])
+    T = int(tile_size) if tile_size is not None else default_tile_size(K, D)
+    if T < 1:
+        raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
+    arrays = class_tiled_stats(
+        X, y, K, tile=min(T, K), budget=memory_budget, dtype=dt, ignore_index=ignore_index,
+        in_scatter=in_scatter, global_mean=global_mean, split_every=split_every,
+        expect_counts=counts,
     )
     attrs = {k: ds.attrs[k] for k in ("split", "layer", "epoch", "store") if k in ds.attrs}
     if ignore_index is not None:
@@ -226,24 +253,8 @@ def class_stats(
     )
 
 
-def _whole(x: Any) -> Any:
-    """One delayed block of ``x``, its graph's keys unchanged.
-
-    Passing dask arrays to ``dask.delayed`` optimises (and so renames) each
-    array's graph separately: the four statistics of a merged result then
-    each carried their own copy of everything merged before, and a chain of
-    7 ``merge_stats`` held 12,000 tasks for 24 chunks (2,340 chunk kernels
-    run instead of 24). ``to_delayed(optimize_graph=False)`` keeps one copy.
-    """
-    if not isinstance(x, da.Array):
-        return x
-    return x.rechunk(-1).to_delayed(optimize_graph=False).ravel()[0]
-
-
-def _partial_of(stats: xr.Dataset) -> Any:
-    return dask.delayed(K.partial_from_stats, pure=True)(
-        *(_whole(stats[v].data) for v in ("counts", "means", "var_norms", "within_cov"))
-    )
+def _dask(x: Any) -> da.Array:
+    return x if isinstance(x, da.Array) else da.from_array(x, chunks=-1)
 
 
 def merge_stats(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
@@ -272,14 +283,17 @@ def merge_stats(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
                 f"cannot merge stats with different {key}: {a.attrs.get(key)!r} vs "
                 f"{b.attrs.get(key)!r}"
             )
-    merged = dask.delayed(K.merge_partials, pure=True)(_partial_of(a), _partial_of(b))
-    dt = a["means"].dtype
-    arrays = finalized_arrays(
-        merged, int(a.attrs["n_classes"]), int(a.attrs["dim"]),
-        global_mean=a.attrs["global_mean"], dtype=dt,
-        meta=getattr(a["means"].data, "_meta", np.empty((0, 0), dt)),
-    )
-    counts = np.asarray(a["counts"].values) + np.asarray(b["counts"].values)
+    na = np.asarray(to_numpy(a["counts"].values)).astype(np.int64)
+    nb = np.asarray(to_numpy(b["counts"].values)).astype(np.int64)
+
+    def parts(s_: xr.Dataset, n: np.ndarray) -> dict[str, Any]:
+        out = {v: _dask(s_[v].data) for v in ("means", "var_norms", "within_cov")}
+        ns = s_["n_samples"].values if "n_samples" in s_ else n.sum()
+        out["n_samples"] = int(to_numpy(ns))
+        return out
+
+    arrays = merge_tiled(parts(a, na), parts(b, nb), na, nb, global_mean=a.attrs["global_mean"])
+    counts = na + nb
     ii = a.attrs.get("ignore_index")
     attrs = {} if ii is None else {"ignore_index": ii}
     return _labelled(arrays, counts, global_mean=a.attrs["global_mean"], attrs=attrs)

@@ -1133,7 +1133,8 @@ class EmbeddingStore:
             ``labels`` in an unlabelled split), dask-backed,
             chunked as stored; attrs ``n_classes``, ``dim`` (the set's width),
             ``class_names``,
-            ``split``, ``layer``, ``epoch``, ``class_counts``, ``ncdask_version``.
+            ``split``, ``layer``, ``epoch``, ``class_counts``, ``n_committed`` (the
+            rows the record describes), ``ncdask_version``.
 
         Raises
         ------
@@ -1159,6 +1160,7 @@ class EmbeddingStore:
             "layer": layer,
             "epoch": epoch,
             "class_counts": None if counts is None else np.asarray(counts, dtype=np.int64),
+            "n_committed": n,
             "labelled": int(_is_labelled(g)),
             "store": self.url,
             "ncdask_version": __version__,

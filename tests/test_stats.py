@@ -113,19 +113,19 @@ def test_matches_dense_reference_and_is_lazy():
                   dense_stats(X, y, 6, weighted=True), 1e-10)
 
 
-def test_one_pass_graph_size_independent_of_K():
+def test_one_pass_graph_size_depends_on_tiles_not_K():
     rng = np.random.default_rng(6)
     X = rng.normal(size=(1000, 4))
     sizes = []
     for K in (5, 500):
         y = np.arange(1000) % K
-        st_ = ncdask.class_stats(split_ds(X, y, K, 100))
+        st_ = ncdask.class_stats(split_ds(X, y, K, 100), tile_size=K)
         sizes.append(len(dict(dask.base.collections_to_expr([st_]).__dask_graph__())))
     assert sizes[0] == sizes[1]
-    # one graph for all variables: the reads of X appear once per chunk
+    # one graph for all variables: the chunk kernel appears once per chunk
     st_ = ncdask.class_stats(split_ds(X, rng.integers(0, 5, 1000), 5, 100))
     graph = dict(dask.base.collections_to_expr([st_]).__dask_graph__())
-    assert sum(1 for k in graph if "ncdask-partial" in str(k)) == 10
+    assert sum(1 for k in graph if "-summary" in str(k)) == 10
 
 
 def test_empty_classes_nan_and_excluded_from_global_mean():
@@ -294,11 +294,11 @@ def test_chained_merges_keep_one_copy_of_each_pass(monkeypatch):
     (Each merged result used to carry a copy of everything merged before per
     statistic: 7 chained merges of 24 chunks ran the chunk kernel 2,340 times.)
     """
-    import ncdask.kernels.stats as KS
+    import ncdask.kernels.tiled_stats as KT
 
     calls = []
-    orig = KS.chunk_partial
-    monkeypatch.setattr(KS, "chunk_partial", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    orig = KT.chunk_summary
+    monkeypatch.setattr(KT, "chunk_summary", lambda *a, **k: calls.append(1) or orig(*a, **k))
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(160, 5)), np.arange(160) % 6
     parts = [ncdask.class_stats(split_ds(X[i:i + 20], y[i:i + 20], 6, 5))

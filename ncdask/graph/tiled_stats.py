@@ -1,0 +1,390 @@
+"""Graphs of the class statistics whose class axis is chunked by tiles.
+
+Two plans, chosen by :func:`plan` from K·D and the statistics budget:
+
+**One pass** (K·D small): each row chunk gives a *summary* of the classes it
+holds (sparse: at most its rows × D), merged up a tree with Chan's exact
+update (:func:`ncdask.kernels.tiled_stats.merge_summaries`). Merged nodes
+hold at most K×D, which this plan admits only when ``(split_every + 4)``
+of them fit the budget.
+
+**Pipelined two passes over class groups** (K·D large: language-model
+vocabularies). The class axis is cut into groups of whole tiles whose K×D
+part fits a quarter of the budget. Stage ``s`` reads every row chunk once
+and, in the same task, (a) sums the rows of group ``s`` and (b) centres the
+rows of group ``s − 1`` about that group's final means (known from stage
+``s − 1``) for the D×D scatter and ``m2``. G groups cost G + 1 reads of the
+embeddings and one scatter GEMM per row, with no cross terms.
+
+Why not one pass with per-group trees of Chan merges (the design sketch)?
+The cross terms cost ``2·D²`` flops per (chunk, class) pair beyond the first
+and most classes of a vocabulary are rare, so they add up to another
+``2·N·D²`` (a second scatter GEMM) while an extra read of a row costs
+``itemsize·D`` bytes: at this machine's rates (dgemm 80 GFLOP/s, reads
+≈1 GiB/s) the cross terms of a row cost ``D / 160`` times its read, 3× at
+D=512 and 13× at D=2048. And one pass over all groups at once must keep
+every group's partial sums alive until the last chunk, K×D again.
+
+Stage ``s``'s chunk reads are clones of the embeddings' graph made to wait
+for group ``s − 1``'s means (:func:`dask.graph_manipulation.bind`), so a
+chunk is never held from one stage to the next and a stage's reads do not
+start before they can be used.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.array.utils import meta_from_array
+from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.graph_manipulation import bind
+from dask.highlevelgraph import HighLevelGraph
+
+from ..kernels import tiled_stats as KT
+from ..kernels._xp import array_namespace, to_numpy
+
+#: Dask config key of the statistics budget (bytes or a string like "1GiB").
+STATS_BUDGET_KEY = "ncdask.stats-budget"
+#: Default bytes the statistics pass may hold in its class partials (besides
+#: the row chunks in flight and the D×D scatters).
+STATS_BUDGET = 1 * 2**30
+
+
+def stats_budget(budget: int | str | None = None) -> int:
+    """The statistics budget: ``budget``, else the config key, else :data:`STATS_BUDGET`."""
+    from .pairwise import client_budget, parse_budget
+
+    if budget is not None:
+        return parse_budget(budget)
+    configured = dask.config.get(STATS_BUDGET_KEY, None)
+    if configured is not None:
+        return parse_budget(configured)
+    hint = client_budget()
+    return STATS_BUDGET if hint is None else min(STATS_BUDGET, hint)
+
+
+def plan(
+    n_classes: int, dim: int, tile: int, *, budget: int, split_every: int = 8,
+    itemsize: int = 8,
+) -> list[tuple[int, int]] | None:
+    """Class groups ``[(lo, hi), ...]`` of the pipelined plan, or None for one pass.
+
+    One pass when ``(split_every + 4)·K·D·itemsize ≤ budget``; else groups of
+    whole tiles of at most ``budget / 4`` bytes of K×D each (at least one tile).
+    """
+    row = dim * itemsize
+    if (split_every + 4) * n_classes * row <= budget:
+        return None
+    per_group = max(1, (budget // 4) // row)
+    per_group = max(tile, per_group // tile * tile)
+    return [(lo, min(n_classes, lo + per_group)) for lo in range(0, n_classes, per_group)]
+
+
+def _finish_summary(
+    part: dict, n_classes: int, used: np.ndarray | None, expect: np.ndarray | None
+) -> dict[str, Any]:
+    g = KT.group_means(part, 0, n_classes)
+    _check_counts(g["counts"], expect, 0)
+    xp = array_namespace(part["sums"])
+    m2 = xp.zeros(n_classes, dtype=g["means"].dtype)
+    m2[part["ids"]] = part["m2"]
+    use = xp.ones(n_classes, dtype=bool) if used is None else xp.asarray(used)
+    return {
+        "means": g["means"],
+        "var_norms": KT.var_norms(m2, g["counts"]),
+        "scatter": part["scatter"],
+        "terms": KT.mean_terms(g["means"], g["counts"], use),
+    }
+
+
+def _check_counts(counts: Any, expect: np.ndarray | None, lo: int) -> None:
+    """The counts found in the data must be the counts the statistics were set up with."""
+    if expect is None:
+        return
+    got = np.asarray(to_numpy(counts))
+    if not np.array_equal(got, expect):
+        k = int(np.nonzero(got != expect)[0][0])
+        raise ValueError(
+            f"class {lo + k} has {int(got[k])} samples in the embeddings' labels but "
+            f"{int(expect[k])} in the split's record: the record and the data disagree "
+            "(a damaged store, or a Dataset whose attrs no longer describe its rows)"
+        )
+
+
+def _finish_sums(part: dict, lo: int, hi: int, expect: np.ndarray | None) -> dict[str, Any]:
+    g = KT.group_means(part, lo, hi)
+    _check_counts(g["counts"], expect, lo)
+    return g
+
+
+def _finish_centred(cen: dict, g: dict, used: np.ndarray | None) -> dict[str, Any]:
+    xp = array_namespace(g["means"])
+    n = g["counts"].shape[0]
+    use = xp.ones(n, dtype=bool) if used is None else xp.asarray(used)
+    return {
+        "var_norms": KT.var_norms(cen["m2"], g["counts"]),
+        "scatter": cen["scatter"],
+        "terms": KT.mean_terms(g["means"], g["counts"], use),
+    }
+
+
+def _get(d: dict, key: str) -> Any:
+    return d[key]
+
+
+def class_tiled_stats(
+    X: da.Array,
+    y: da.Array,
+    n_classes: int,
+    *,
+    tile: int,
+    budget: int | str | None = None,
+    dtype: Any = np.float64,
+    ignore_index: int | None = None,
+    in_scatter: np.ndarray | None = None,
+    global_mean: str = "unweighted",
+    split_every: int = 8,
+    expect_counts: np.ndarray | None = None,
+) -> dict[str, da.Array]:
+    """Lazy class statistics whose class axis is chunked by ``tile``.
+
+    Parameters
+    ----------
+    X : dask array (N, D)
+        Embeddings (any float dtype; upcast to ``dtype`` piece by piece).
+    y : dask array (N,)
+        Integer labels.
+    n_classes : int
+        K.
+    tile : int
+        Classes per output chunk of ``means`` and ``var_norms``.
+    budget : int or str, optional
+        Bytes of class partials the pass may hold (:func:`stats_budget`).
+    dtype : dtype
+        Accumulation dtype.
+    ignore_index : int, optional
+        Label of rows left out.
+    in_scatter : array (K,) of bool, optional
+        Classes whose rows enter the scatter, ``N`` and the global mean.
+    global_mean : {"unweighted", "weighted"}
+    split_every : int
+        Fan-in of the merge trees.
+    expect_counts : array (K,) of int, optional
+        Counts the caller set up with; a mismatch with the data raises
+        ``ValueError`` when the pass runs.
+
+    Returns
+    -------
+    dict of dask arrays
+        ``means (K, D)`` and ``var_norms (K,)`` chunked by ``tile``;
+        ``global_mean (D,)``, ``within_cov (D, D)`` and ``n_samples ()``.
+    """
+    if split_every < 2:
+        raise ValueError(f"split_every must be >= 2, got {split_every}")
+    if tile < 1:
+        raise ValueError(f"tile must be a positive integer, got {tile!r}")
+    dt = np.dtype(dtype)
+    X = X.rechunk({1: -1})
+    y = y.rechunk((X.chunks[0],))
+    D = int(X.shape[1])
+    budget = stats_budget(budget)
+    groups = plan(n_classes, D, tile, budget=budget, split_every=split_every,
+                  itemsize=dt.itemsize)
+    token = tokenize(X, y, n_classes, dt.str, ignore_index, in_scatter, tile, groups,
+                     global_mean, expect_counts)
+    name = f"ncdask-cstats-{token}"
+    step = KT.piece_rows(D, dt.itemsize)
+    kw = dict(dtype=dt, ignore_index=ignore_index, step=step)
+    y_keys = list(y.__dask_keys__())
+    dsk: dict[Any, Any] = {}
+    deps: list[Any] = [X, y]
+    per_group: list[dict[str, Any]] = []  # keys of: means, var_norms, scatter, terms
+
+    def tree(leaves: list[Any], merge: Any, tag: str) -> Any:
+        level, depth = list(leaves), 0
+        while len(level) > 1:
+            nxt = []
+            for i in range(0, len(level), split_every):
+                key = (f"{name}-{tag}-{depth}", i)
+                dsk[key] = (merge, list(level[i : i + split_every]))
+                nxt.append(key)
+            level, depth = nxt, depth + 1
+        return level[0]
+
+    def get(key: Any, field: str, tag: str) -> Any:
+        out = (f"{name}-get-{tag}", field)
+        dsk[out] = (_get, key, field)
+        return out
+
+    x_keys = [k[0] for k in X.__dask_keys__()]
+    if groups is None:
+        groups = [(0, n_classes)]
+        mask = None if in_scatter is None else np.asarray(in_scatter, dtype=bool)
+        leaves = []
+        for i, (xk, yk) in enumerate(zip(x_keys, y_keys, strict=True)):
+            key = (f"{name}-summary", i)
+            dsk[key] = (functools.partial(KT.chunk_summary, mask=mask, **kw), xk, yk, n_classes)
+            leaves.append(key)
+        root = tree(leaves, functools.partial(KT.merge_summaries, mask=mask), "merge")
+        fin = f"{name}-finish"
+        dsk[fin] = (functools.partial(_finish_summary, n_classes=n_classes, used=mask,
+                                      expect=expect_counts), root)
+        per_group.append({k: get(fin, k, "finish") for k in
+                          ("means", "var_norms", "scatter", "terms")})
+    else:
+        sums_fin: list[Any] = []
+        G = len(groups)
+        for s in range(G + 1):
+            if s == 0:
+                xs = x_keys
+            else:
+                # stage s reads afresh, and only once group s-1's means exist
+                parent = Delayed(sums_fin[s - 1], HighLevelGraph.from_collections(
+                    f"{name}-upto{s}", dict(dsk), dependencies=list(deps)),
+                    layer=f"{name}-upto{s}")
+                Xs = bind(X, parent, seed=f"{token}-{s}")
+                deps.append(Xs)
+                xs = [k[0] for k in Xs.__dask_keys__()]
+            sum_group = groups[s] if s < G else None
+            prev = groups[s - 1] if s else None
+            means_prev = get(sums_fin[s - 1], "means", f"means{s - 1}") if s else None
+            mask_prev = (None if prev is None or in_scatter is None
+                         else np.asarray(in_scatter[prev[0]:prev[1]], dtype=bool))
+            stage = functools.partial(KT.chunk_stage, n_classes=n_classes, sum_group=sum_group,
+                                      centre_group=prev, mask=mask_prev, **kw)
+            leaves = []
+            for i, (xk, yk) in enumerate(zip(xs, y_keys, strict=True)):
+                key = (f"{name}-stage{s}", i)
+                dsk[key] = (_call_stage, stage, xk, yk, means_prev)
+                leaves.append(key)
+            if sum_group is not None:
+                lo, hi = sum_group
+                sums = []
+                for i, leaf in enumerate(leaves):
+                    k = (f"{name}-sums{s}-leaf", i)
+                    dsk[k] = (_get, leaf, "sums")
+                    sums.append(k)
+                root = tree(sums, KT.merge_sums, f"sums{s}")
+                expect = None if expect_counts is None else np.asarray(expect_counts[lo:hi])
+                key = f"{name}-means{s}"
+                dsk[key] = (functools.partial(_finish_sums, lo=lo, hi=hi, expect=expect), root)
+                sums_fin.append(key)
+            if prev is not None:
+                cen = []
+                for i, leaf in enumerate(leaves):
+                    k = (f"{name}-centred{s}-leaf", i)
+                    dsk[k] = (_get, leaf, "centred")
+                    cen.append(k)
+                root = tree(cen, KT.merge_centred, f"centred{s}")
+                used = None if in_scatter is None else np.asarray(in_scatter[prev[0]:prev[1]])
+                fin = f"{name}-finish{s}"
+                dsk[fin] = (functools.partial(_finish_centred, used=used), root, sums_fin[s - 1])
+                per_group.append({
+                    "means": means_prev,
+                    **{k: get(fin, k, f"finish{s}") for k in ("var_norms", "scatter", "terms")},
+                })
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
+    out = [{k: Delayed(v, graph, layer=name) for k, v in g.items()} for g in per_group]
+    return _assemble(out, groups, D, tile, dt, X._meta, global_mean)
+
+
+def _call_stage(stage: Any, X: Any, y: Any, means: Any) -> dict[str, Any]:
+    return stage(X, y, means=means)
+
+
+def _assemble(
+    per_group: list[dict[str, Any]],
+    groups: list[tuple[int, int]],
+    D: int,
+    tile: int,
+    dt: np.dtype,
+    meta: Any,
+    global_mean: str,
+) -> dict[str, da.Array]:
+    def arr(d: Any, shape: tuple[int, ...]) -> da.Array:
+        return da.from_delayed(d, shape=shape, dtype=dt,
+                               meta=meta_from_array(meta, ndim=len(shape), dtype=dt))
+
+    sizes = [hi - lo for lo, hi in groups]
+    pairs = list(zip(per_group, sizes, strict=True))
+    means = da.concatenate([arr(g["means"], (n, D)) for g, n in pairs])
+    vn = da.concatenate([arr(g["var_norms"], (n,)) for g, n in pairs])
+    tiles = tuple(min(tile, sum(sizes) - s) for s in range(0, sum(sizes), tile))
+    means = means.rechunk((tiles, D))
+    vn = vn.rechunk((tiles,))
+    scatter = da.stack([arr(g["scatter"], (D, D)) for g in per_group]).sum(axis=0)
+    terms = da.stack([arr(g["terms"], (2 * D + 2,)) for g in per_group]).sum(axis=0)
+    n = terms[2 * D + 1]
+    if global_mean == "unweighted":
+        gm = terms[:D] / da.maximum(terms[2 * D], 1.0)
+    elif global_mean == "weighted":
+        gm = terms[D : 2 * D] / da.maximum(n, 1.0)
+    else:
+        raise ValueError(f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")
+    return {
+        "means": means,
+        "var_norms": vn,
+        "global_mean": gm,
+        "within_cov": scatter / da.maximum(n, 1.0),
+        "n_samples": n.astype(np.int64),
+    }
+
+
+def _vec(values: np.ndarray, chunks: tuple, like: da.Array) -> da.Array:
+    """A NumPy vector as a dask array with ``chunks``, on ``like``'s array module."""
+    v = da.from_array(values, chunks=(chunks,))
+    if type(like._meta) is not np.ndarray:
+        xp = array_namespace(like._meta)
+        v = v.map_blocks(xp.asarray, meta=meta_from_array(like._meta, ndim=1,
+                                                           dtype=values.dtype))
+    return v
+
+
+def merge_tiled(
+    a: dict[str, Any], b: dict[str, Any], na: np.ndarray, nb: np.ndarray, *, global_mean: str
+) -> dict[str, da.Array]:
+    """Statistics of the union of two sets, tile by tile (no K×D task).
+
+    ``a`` and ``b`` hold dask ``means``, ``var_norms``, ``within_cov`` and the
+    integer ``n_samples``; ``na``, ``nb`` the counts. With ``n = n_a + n_b``,
+    ``w = n_a n_b / n`` and ``δ = μ_b − μ_a`` for classes on both sides:
+    ``μ = (n_a μ_a + n_b μ_b)/n``, ``n v = n_a v_a + n_b v_b + w‖δ‖²`` and
+    ``N Σ_W = N_a Σ_a + N_b Σ_b + Σ_k w_k δ_k δ_kᵀ`` (a blocked GEMM summed
+    over the class tiles): centred terms only, exact in the terminal phase.
+    """
+    Ma = a["means"]
+    chunks = Ma.chunks[0]
+    Mb = b["means"].rechunk(Ma.chunks)
+    dt = Ma.dtype
+    n = na + nb
+    safe = np.maximum(n, 1).astype(dt)
+    both = (na > 0) & (nb > 0)
+    wa, wb = _vec(na / safe, chunks, Ma), _vec(nb / safe, chunks, Ma)
+    has_a, has_b = _vec(na > 0, chunks, Ma), _vec(nb > 0, chunks, Ma)
+    present = _vec(n > 0, chunks, Ma)
+    mean = (da.where(has_a[:, None], Ma, 0.0) * wa[:, None]
+            + da.where(has_b[:, None], Mb, 0.0) * wb[:, None])
+    mean = da.where(present[:, None], mean, np.nan)
+    delta = da.where(_vec(both, chunks, Ma)[:, None], Mb - Ma, 0.0)
+    w = _vec(np.where(both, na * nb / safe, 0.0).astype(dt), chunks, Ma)
+    va = da.where(has_a, a["var_norms"].rechunk((chunks,)), 0.0)
+    vb = da.where(has_b, b["var_norms"].rechunk((chunks,)), 0.0)
+    vn = (wa * va + wb * vb + w / _vec(safe, chunks, Ma) * (delta * delta).sum(axis=1))
+    vn = da.where(present, vn, np.nan)
+    dw = delta * da.sqrt(w)[:, None]
+    N_a, N_b = int(a["n_samples"]), int(b["n_samples"])
+    N = max(N_a + N_b, 1)
+    Sw = (a["within_cov"] * N_a + b["within_cov"] * N_b + dw.T @ dw) / N
+    if global_mean == "unweighted":
+        gm = da.where(present[:, None], mean, 0.0).sum(axis=0) / max(int((n > 0).sum()), 1)
+    elif global_mean == "weighted":
+        gm = (da.where(present[:, None], mean, 0.0) * _vec(n.astype(dt), chunks, Ma)[:, None]
+              ).sum(axis=0) / N
+    else:
+        raise ValueError(f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")
+    return {"means": mean, "var_norms": vn, "within_cov": Sw, "global_mean": gm}

@@ -1,0 +1,228 @@
+"""Class statistics chunked over classes (issue 12): equal to dense, no K×D task, bounded memory."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from dask.callbacks import Callback
+from dense import dense_stats
+from test_stats import check_against, split_ds
+
+import ncdask
+from ncdask.graph.tiled_stats import plan
+from ncdask.stats import EmptyClassWarning
+
+# a budget small enough that K×D never fits one group: the pipelined plan
+TINY = 4096
+
+
+def _rare_labels(rng, n, K):
+    """Most classes absent from most chunks: a Zipf-like draw plus a few frequent classes."""
+    y = np.minimum(rng.zipf(1.3, size=n) - 1, K - 1)
+    return rng.permutation(y)
+
+
+def _stats(X, y, K, chunk, tile, budget=None, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyClassWarning)
+        return ncdask.class_stats(split_ds(X, y, K, chunk), tile_size=tile,
+                                  memory_budget=budget, **kw)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 777])
+@pytest.mark.parametrize("budget", [None, TINY], ids=["one-pass", "pipelined"])
+def test_class_chunked_equals_dense(chunk, budget):
+    rng = np.random.default_rng(chunk)
+    K, D = 40, 3
+    n = 120 if chunk == 1 else 1500
+    X = rng.normal(size=(n, D)) + 3 * rng.normal(size=(K, D))[_rare_labels(rng, n, K)]
+    y = _rare_labels(rng, n, K)
+    X = X + 5 * np.eye(K, D)[y]
+    ref = dense_stats(X, y, K)
+    for tile in (1, 7, K // 3, K):
+        st_ = _stats(X, y, K, chunk, tile, budget)
+        expect = tuple(min(tile, K - s) for s in range(0, K, tile))
+        assert st_.means.data.chunks[0] == expect
+        assert st_.var_norms.data.chunks[0] == expect
+        if budget is not None:
+            assert plan(K, D, tile, budget=budget) is not None
+        check_against(st_, ref, 1e-10)
+        w = _stats(X, y, K, chunk, tile, budget, global_mean="weighted")
+        np.testing.assert_allclose(w.global_mean.values, X.mean(0), rtol=1e-10)
+
+
+@pytest.mark.parametrize("budget", [None, TINY], ids=["one-pass", "pipelined"])
+def test_many_more_classes_than_samples(budget):
+    rng = np.random.default_rng(3)
+    K, D, n = 5000, 4, 600
+    y = rng.integers(0, K, n)
+    X = rng.normal(size=(n, D))
+    ref = dense_stats(X, y, K)
+    st_ = _stats(X, y, K, 64, 97, budget)
+    assert len(st_.attrs["empty_classes"]) == int((ref["counts"] == 0).sum())
+    check_against(st_, ref, 1e-10)
+
+
+def test_pipelined_with_ignore_index_and_min_count():
+    rng = np.random.default_rng(4)
+    K, D, n = 30, 3, 2000
+    y = _rare_labels(rng, n, K)
+    X = rng.normal(size=(n, D)) + 4 * np.eye(K, D)[y]
+    y_pad = y.copy()
+    y_pad[::11] = -100
+    one = _stats(X, y_pad, K, 50, 7, None, ignore_index=-100, min_count=25).compute()
+    two = _stats(X, y_pad, K, 50, 7, TINY, ignore_index=-100, min_count=25).compute()
+    assert one.attrs["filtered_classes"] == two.attrs["filtered_classes"]
+    assert one.attrs["filtered_classes"]  # some classes are rare enough to be filtered
+    for v in ("means", "var_norms", "within_cov", "global_mean", "n_samples"):
+        np.testing.assert_allclose(two[v].values, one[v].values, rtol=1e-10, atol=1e-14)
+    keep = y_pad != -100
+    assert int(two.n_samples) == int(np.isin(y_pad[keep], np.nonzero(
+        np.bincount(y_pad[keep], minlength=K) >= 25)[0]).sum())
+
+
+def test_collapsed_float32_stays_exact_in_pipelined_plan():
+    """Terminal phase: spread 1e-5 of the means' norm, stored as float32."""
+    rng = np.random.default_rng(5)
+    K, D, n = 20, 8, 4000
+    y = rng.integers(0, K, n)
+    M = 1e3 * rng.normal(size=(K, D))
+    X = (M[y] + 1e-2 * rng.normal(size=(n, D))).astype(np.float32)
+    ref = dense_stats(X.astype(np.float64), y, K)
+    st_ = _stats(X, y, K, 333, 3, TINY).compute()
+    np.testing.assert_allclose(np.trace(st_.within_cov.values), np.trace(ref["within_cov"]),
+                               rtol=1e-9)
+    np.testing.assert_allclose(st_.var_norms.values, ref["var_norms"], rtol=1e-9)
+
+
+class _Sizes(Callback):
+    """Largest array (elements) any task returned, looking inside dicts and tuples."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def _posttask(self, key, result, dsk, state, id):
+        def walk(r):
+            if isinstance(r, dict):
+                for v in r.values():
+                    walk(v)
+            elif isinstance(r, (list, tuple)):
+                for v in r:
+                    walk(v)
+            elif isinstance(r, np.ndarray):  # (not the lazy Zarr wrappers xarray passes along)
+                self.largest = max(self.largest, int(r.size))
+
+        walk(result)
+
+
+def test_no_task_returns_a_K_by_D_block(tmp_path):
+    rng = np.random.default_rng(6)
+    K, D, n = 600, 16, 3000
+    y = rng.integers(0, K, n)
+    X = rng.normal(size=(n, D)) + np.eye(K, D)[y]
+    budget = 4 * 100 * D * 8  # groups of 100 classes
+    groups = plan(K, D, 50, budget=budget)
+    assert plan(K, D, 50, budget=100 * K * D * 8) is None  # (one pass when K×D fits)
+    assert len(groups) == 6 and all(hi - lo == 100 for lo, hi in groups)
+    st_ = _stats(X, y, K, 500, 50, budget)
+    with _Sizes() as cb:
+        ncdask.save_stats(st_, str(tmp_path / "s.zarr"))
+    # a group (100 × D) or a row chunk (500 × D) at most; never K × D
+    assert max(100, 500) * D >= cb.largest and cb.largest < K * D
+    back = ncdask.load_stats(str(tmp_path / "s.zarr"))
+    assert back.means.data.chunks[0] == (50,) * 12  # one Zarr chunk per tile, opened lazily
+    check_against(back, dense_stats(X, y, K), 1e-10)
+    # the same through measure: no task computes K×D either
+    W = da.from_array(rng.normal(size=(K, D)), chunks=(50, D))  # e.g. a classifier in Zarr
+    with _Sizes() as cb:
+        res = ncdask.measure(back, weights=W, metrics=["nc1_pinv", "nc2_etf_err",
+                                                       "nc3_dual_err"], tile_size=50).compute()
+    assert cb.largest < K * D
+    assert np.isfinite(res.nc1_pinv.item())
+
+
+def test_merge_of_class_chunked_stats_stays_chunked_and_exact():
+    rng = np.random.default_rng(7)
+    K, D, n = 50, 4, 2000
+    y = _rare_labels(rng, n, K)
+    X = rng.normal(size=(n, D)) + 3 * np.eye(K, D)[y]
+    a = _stats(X[:700], y[:700], K, 100, 9, TINY)
+    b = _stats(X[700:], y[700:], K, 100, 9, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyClassWarning)
+        m = ncdask.merge_stats(a, b)
+    assert m.means.data.chunks[0] == a.means.data.chunks[0]
+    check_against(m, dense_stats(X, y, K), 1e-10)
+
+
+def test_record_counts_are_checked_against_the_data():
+    """A split whose record disagrees with its labels is an error, not a number."""
+    rng = np.random.default_rng(8)
+    K = 5
+    y = rng.integers(0, K, 100)
+    ds = split_ds(rng.normal(size=(100, 3)), y, K, 30)
+    wrong = np.bincount(y, minlength=K)
+    wrong[0] += 1
+    wrong[1] -= 1
+    ds.attrs.update(class_counts=wrong, n_committed=100)
+    with pytest.raises(ValueError, match="record and the data disagree"):
+        ncdask.class_stats(ds).compute()
+    # a subset no longer matches the record: its counts come from its labels
+    sub = ds.isel(sample=slice(0, 40))
+    np.testing.assert_array_equal(ncdask.class_stats(sub).counts.values,
+                                  np.bincount(y[:40], minlength=K))
+    cat = xr.concat([sub, sub], dim="sample")
+    np.testing.assert_array_equal(ncdask.class_stats(cat).counts.values,
+                                  2 * np.bincount(y[:40], minlength=K))
+
+
+def test_float16_store_upcasts_in_pieces(mem_url):
+    rng = np.random.default_rng(9)
+    K, D, n = 12, 6, 3000
+    y = rng.integers(0, K, n)
+    X = (rng.normal(size=(n, D)) + 2 * np.eye(K, D)[y]).astype(np.float16)
+    s = ncdask.EmbeddingStore.from_arrays(mem_url(), {"train": (X, y)}, dtype="float16")
+    assert s["train"].embeddings.dtype == np.float16
+    ref = dense_stats(X.astype(np.float64), y, K)
+    for budget in (None, TINY):
+        st_ = ncdask.class_stats(s, "train", memory_budget=budget, tile_size=5)
+        assert st_.means.dtype == np.float64
+        check_against(st_, ref, 1e-10)
+
+
+_MEMORY_SCRIPT = textwrap.dedent("""
+    import json, resource, sys
+    import numpy as np, dask.array as da, xarray as xr
+    import warnings, ncdask
+    K, D, n = 50_000, 512, 100_000
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, K, n)
+    X = da.random.default_rng(1).standard_normal((n, D), chunks=(8192, D), dtype=np.float32)
+    ds = xr.Dataset({"embeddings": (("sample", "feature"), X),
+                     "labels": (("sample",), da.from_array(y, chunks=8192))},
+                    attrs={"n_classes": K})
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st = ncdask.class_stats(ds)
+        tr = float(st.var_norms.sum().compute())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"base_mib": base / 1024, "peak_mib": peak / 1024, "tr": tr}))
+""")
+
+
+def test_memory_at_vocabulary_scale_is_bounded():
+    """K=50,000, D=512 (a K×D float64 partial is 195 MiB; the old pass kept many alive)."""
+    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT], capture_output=True,
+                         text=True, check=True, timeout=600)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["tr"] > 0
+    assert res["peak_mib"] < 1536, res
