@@ -323,7 +323,7 @@ def _optional_split(store: Any, given: str | None, default: str, tags: dict) -> 
 
 def _classifier(store: Any, tags: dict) -> tuple[Any, Any]:
     try:
-        return store.classifier(**tags)
+        return store.classifier(**tags, lazy=True)
     except KeyError:
         return None, None
 

@@ -798,13 +798,20 @@ class EmbeddingStore:
             del cg["b"]
 
     def classifier(
-        self, *, layer: str | None = None, epoch: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The stored ``(W, b)`` (b is None when no bias was stored)."""
+        self, *, layer: str | None = None, epoch: int | None = None, lazy: bool = False
+    ) -> tuple[Any, Any]:
+        """The stored ``(W, b)`` (b is None when no bias was stored).
+
+        With ``lazy=True``, dask arrays over the stored Zarr chunks: a
+        vocabulary-sized classifier (K=128k, D=4096 is 4 GiB in float64) is
+        then read tile by tile by :func:`ncdask.measure`, never whole.
+        """
         sg = self._set_group(layer, epoch, create=False)
         if sg is None or "classifier" not in sg:
             raise KeyError(f"no classifier stored for set {_set_path(layer, epoch) or 'default'}")
         cg = sg["classifier"]
+        if lazy:
+            return da.from_zarr(cg["W"]), (da.from_zarr(cg["b"]) if "b" in cg else None)
         return cg["W"][:], (cg["b"][:] if "b" in cg else None)
 
     def import_files(

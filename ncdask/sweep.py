@@ -185,7 +185,7 @@ def sweep(
         W = b = None
         if use_classifier:
             try:
-                W, b = st.classifier(**tags)
+                W, b = st.classifier(**tags, lazy=True)
             except KeyError:
                 pass
         weights.append(W)

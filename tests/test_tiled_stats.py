@@ -1,4 +1,4 @@
-"""Class statistics chunked over classes (issue 12): equal to dense, no K×D task, bounded memory."""
+"""Class statistics chunked over classes (issue 12): as dense, no K×D task, bounded memory."""
 
 import json
 import subprocess
@@ -6,7 +6,6 @@ import sys
 import textwrap
 import warnings
 
-import dask
 import dask.array as da
 import numpy as np
 import pytest
