@@ -97,12 +97,12 @@ def _rss_mib() -> float:
 
 
 # ----------------------------------------------------------------- workers
-def work_build(path: str, rows: int, seed: int) -> dict:
+def work_build(path: str, rows: int, seed: int, dtype: str = "float32") -> dict:
     import ncdask
 
     rng = np.random.default_rng(seed)
     mu = rng.standard_normal((K, D), dtype=np.float32)
-    s = ncdask.EmbeddingStore.create(path, n_classes=K, dim=D, overwrite=True)
+    s = ncdask.EmbeddingStore.create(path, n_classes=K, dim=D, dtype=dtype, overwrite=True)
     t = time.perf_counter()
     with s.writer("train") as w:
         done = 0
@@ -219,6 +219,8 @@ def main() -> None:
     ap.add_argument("--stats-env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment variable for the stats subprocess only, e.g. "
                     "OPENBLAS_NUM_THREADS=1 (the floors are measured without it)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                    help="the store's dtype (float16: half the bytes, so half the I/O floor)")
     ap.add_argument("--out", default=str(HERE / "results" / "bench_stats.txt"))
     ap.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -226,7 +228,7 @@ def main() -> None:
     if a.worker:
         mode, *rest = a.worker
         if mode == "build":
-            res = work_build(rest[0], int(rest[1]), int(rest[2]))
+            res = work_build(rest[0], int(rest[1]), int(rest[2]), *rest[3:4])
         elif mode == "stats":
             res = work_stats(rest[0])
         elif mode == "io":
@@ -247,10 +249,12 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ncdask-bench-stats-", dir=a.dir))
     try:
         for gib, nrep in zip(sizes, reps, strict=False):
-            n = int(round(gib * 2**30 / (D * 4) / CHUNK_ROWS)) * CHUNK_ROWS
+            item = np.dtype(a.dtype).itemsize
+            chunk = CHUNK_ROWS * 4 // item  # 64 MiB chunks, the store's default
+            n = int(round(gib * 2**30 / (D * item) / chunk)) * chunk
             path = tmp / f"store-{gib:g}gib.zarr"
-            b = sub("build", str(path), str(n), "0")
-            msg = (f"{gib:g} GiB: built N={n} ({n * D * 4 / 2**30:.2f} GiB raw, "
+            b = sub("build", str(path), str(n), "0", a.dtype)
+            msg = (f"{gib:g} GiB {a.dtype}: built N={n} ({n * D * item / 2**30:.2f} GiB raw, "
                    f"{du_gib(path):.2f} GiB on disk) in {b['seconds']:.0f} s")
             log.append(msg)
             print(msg, flush=True)

@@ -657,12 +657,17 @@ def _measure_one(
                 W, b = W[present], b[present]
             W = W.rechunk(Mc.chunks)
 
+        # every class-tile reduction of the closed forms in one read of each tile (D < K)
+        terms = CF.tile_terms(Mc, W) if K > D else None
+
         # ---- NC1
         if "nc1_pinv" in todo or "nc1_svd" in todo:
-            nc1 = CF.nc1_values(Mc, Sw, want_svd="nc1_svd" in todo, eps_dtype=eps_dtype)
+            nc1 = CF.nc1_values(Mc, Sw, want_svd="nc1_svd" in todo, eps_dtype=eps_dtype,
+                                terms=terms)
             out["nc1_pinv"], out["nc1_svd"] = nc1[0], nc1[1]
         if "nc1_quot" in todo:
-            out["nc1_quot"] = da.trace(Sw) / ((Mc * Mc).sum() / K)
+            sq = (Mc * Mc).sum() if terms is None else terms["M_sq"]
+            out["nc1_quot"] = da.trace(Sw) / (sq / K)
 
         # ---- pairwise: one fused graph
         pair: list[str] = []
@@ -711,7 +716,7 @@ def _measure_one(
 
         # ---- NC2 closed forms
         if "nc2_etf_err" in todo:
-            out["nc2_etf_err"] = CF.etf_error(Mc)
+            out["nc2_etf_err"] = CF.etf_error(Mc, terms=terms, pair="MM")
         norms = CF.row_norms(Mc)
         if "mean_norms" in todo:
             out["mean_norms"] = norms
@@ -731,7 +736,7 @@ def _measure_one(
             if "nc3u_uni_dual" in todo:
                 out["nc3u_uni_dual"] = sims.var(ddof=1)
             if "nc3_dual_err" in todo:
-                out["nc3_dual_err"] = CF.etf_error(Mc, W)
+                out["nc3_dual_err"] = CF.etf_error(Mc, W, terms=terms, pair="MW")
             if "nc3_papyan" in todo:
                 d = W / da.sqrt((W * W).sum()) - Mc / da.sqrt((Mc * Mc).sum())
                 out["nc3_papyan"] = (d * d).sum()
@@ -742,7 +747,7 @@ def _measure_one(
                 mu_w = (M * frac[:, None]).sum(axis=0)
                 out["nc3_bias"] = da.sqrt(((W @ mu_w + b) ** 2).sum())
             if "nc2w_etf_err" in todo:
-                out["nc2w_etf_err"] = CF.etf_error(W)
+                out["nc2w_etf_err"] = CF.etf_error(W, terms=terms, pair="WW")
             if "nc2w_equinorm" in todo:
                 wn = CF.row_norms(W)
                 out["nc2w_equinorm"] = wn.std(ddof=1) / wn.mean()

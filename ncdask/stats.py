@@ -130,7 +130,7 @@ def class_stats(
     global_mean: str = "unweighted",
     dtype: Any = "float64",
     n_classes: int | None = None,
-    split_every: int = 8,
+    chains: int | None = None,
     ignore_index: int | None = None,
     min_count: int | None = None,
     tile_size: int | None = None,
@@ -152,8 +152,10 @@ def class_stats(
         Accumulation dtype.
     n_classes : int, optional
         K, when the Dataset does not carry it in its attrs.
-    split_every : int
-        Fan-in of the merge tree.
+    chains : int, optional
+        Row chunks are added one after another into this many running
+        accumulators, side by side (default: one per worker thread, at most
+        8); each holds a D×D scatter and, past one pass, a class group.
     ignore_index : int, optional
         Samples with this label (PyTorch's ``-100`` padding) are left out of
         every statistic, ``n_samples`` included. Default: the store's
@@ -174,9 +176,9 @@ def class_stats(
     memory_budget : int or str, optional
         Bytes of per-class partial results the pass may hold (default: the
         ``ncdask.stats-budget`` dask config value, else 1 GiB). When
-        ``(split_every + 4)·K·D·8`` bytes fit, the statistics take one read
-        of the embeddings; otherwise the classes are cut into ``G`` groups
-        of whole tiles of at most a quarter of the budget each, and the
+        ``(chains + 2)·K·D·8`` bytes fit, the statistics take one read of
+        the embeddings; otherwise the classes are cut into ``G`` groups of
+        whole tiles of at most ``budget / (chains + 2)`` each, and the
         embeddings are read ``G + 1`` times (see
         :mod:`ncdask.graph.tiled_stats`). No task then holds more than a
         group's K×D part.
@@ -240,7 +242,7 @@ def class_stats(
         raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
     arrays = class_tiled_stats(
         X, y, K, tile=min(T, K), budget=memory_budget, dtype=dt, ignore_index=ignore_index,
-        in_scatter=in_scatter, global_mean=global_mean, split_every=split_every,
+        in_scatter=in_scatter, global_mean=global_mean, chains=chains,
         expect_counts=counts,
     )
     attrs = {k: ds.attrs[k] for k in ("split", "layer", "epoch", "store") if k in ds.attrs}

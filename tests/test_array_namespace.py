@@ -295,6 +295,12 @@ def test_class_stats_and_measure_end_to_end(xp, stores, case, dtype):
             assert _is_xp(st[v].data._meta, xp), v
             _close(st[v], ref_st[v].values, rtol=rtol, atol=rtol * 1e-3, err_msg=v)
         np.testing.assert_array_equal(st["counts"].values, ref_st["counts"].values)
+        # the pipelined plan over class groups (a budget too small for K×D)
+        piped = ncdask.class_stats(s.split("train", backend=xp), dtype=dtype,
+                                   memory_budget=1, tile_size=2)
+        for v in ("means", "global_mean", "within_cov", "var_norms"):
+            assert _is_xp(piped[v].data._meta, xp), v
+            _close(piped[v], ref_st[v].values, rtol=rtol, atol=rtol * 1e-3, err_msg=v)
         both = ncdask.merge_stats(st, st)
         assert _is_xp(both["within_cov"].data._meta, xp)
         _close(both["means"], ncdask.merge_stats(ref_st, ref_st)["means"].values, rtol=rtol)

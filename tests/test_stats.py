@@ -257,7 +257,8 @@ def test_invariant_to_chunking_order_and_batches(data):
             {"embeddings": (("sample", "feature"), da.from_array(X, chunks=(chunks, -1))),
              "labels": ("sample", da.from_array(y, chunks=(chunks,)))},
             attrs={"n_classes": K})
-        chunked = ncdask.class_stats(ds, split_every=2).compute()
+        chunked = ncdask.class_stats(ds, chains=3).compute()
+        piped = ncdask.class_stats(ds, memory_budget=1, tile_size=2, chains=2).compute()
         perm = np.random.default_rng(seed).permutation(len(X))
         shuffled = ncdask.class_stats(split_ds(X[perm], y[perm], K, 13)).compute()
         # batch boundaries: the same data merged from pieces
@@ -269,7 +270,7 @@ def test_invariant_to_chunking_order_and_batches(data):
             merged = ncdask.merge_stats(merged, p)
         merged = merged.compute()
     scale = np.abs(X).max() ** 2
-    for other in (chunked, shuffled, merged):
+    for other in (chunked, piped, shuffled, merged):
         np.testing.assert_array_equal(other.counts.values, base.counts.values)
         for v in ("means", "global_mean", "var_norms"):
             np.testing.assert_allclose(other[v].values, base[v].values, rtol=1e-9, atol=1e-9)

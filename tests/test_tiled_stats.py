@@ -18,8 +18,8 @@ import ncdask
 from ncdask.graph.tiled_stats import plan
 from ncdask.stats import EmptyClassWarning
 
-# a budget small enough that K×D never fits one group: the pipelined plan
-TINY = 4096
+# a budget too small for anything: the pipelined plan, one tile per group
+TINY = 1
 
 
 def _rare_labels(rng, n, K):
@@ -127,11 +127,11 @@ def test_no_task_returns_a_K_by_D_block(tmp_path):
     K, D, n = 600, 16, 3000
     y = rng.integers(0, K, n)
     X = rng.normal(size=(n, D)) + np.eye(K, D)[y]
-    budget = 4 * 100 * D * 8  # groups of 100 classes
-    groups = plan(K, D, 50, budget=budget)
-    assert plan(K, D, 50, budget=100 * K * D * 8) is None  # (one pass when K×D fits)
+    budget = 4 * 100 * D * 8  # groups of 100 classes (two chains)
+    groups = plan(K, D, 50, budget=budget, chains=2)
+    assert plan(K, D, 50, budget=4 * K * D * 8, chains=2) is None  # (one pass when K×D fits)
     assert len(groups) == 6 and all(hi - lo == 100 for lo, hi in groups)
-    st_ = _stats(X, y, K, 500, 50, budget)
+    st_ = _stats(X, y, K, 500, 50, budget, chains=2)
     with _Sizes() as cb:
         ncdask.save_stats(st_, str(tmp_path / "s.zarr"))
     # a group (100 × D) or a row chunk (500 × D) at most; never K × D

@@ -15,12 +15,23 @@ import dask
 import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
+from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from ..kernels import closed_forms as C
+from ._tree import n_chains
 
 
-def _one_block(x: da.Array) -> da.Array:
-    return x.rechunk(-1) if x.ndim else x
+def whole_block(x: da.Array) -> Any:
+    """One delayed block of ``x``, its graph's keys unchanged.
+
+    Passing dask arrays to ``dask.delayed`` optimises (and so renames) each
+    array's graph separately: the three sums of an ETF error then each
+    carried their own copy of the class-tile pass, run three times and held
+    at once (K=100k, D=2048: 65 s and 3.6 GiB against 22 s and 0.9 GiB).
+    """
+    return x.rechunk(-1).to_delayed(optimize_graph=False).ravel()[0]
 
 
 def delayed_array(
@@ -28,7 +39,7 @@ def delayed_array(
 ) -> da.Array:
     """Lazy array from ``fn`` applied to whole (small) arrays, as one task."""
     d = dask.delayed(fn, pure=True)(
-        *[_one_block(a) if isinstance(a, da.Array) else a for a in args], **kwargs
+        *[whole_block(a) if isinstance(a, da.Array) else a for a in args], **kwargs
     )
     return da.from_delayed(
         d,
@@ -38,13 +49,120 @@ def delayed_array(
     )
 
 
+def _add_gram(acc: Any, a: Any, b: Any) -> Any:
+    p = a.T @ b
+    if acc is None:
+        return p
+    acc += p  # acc is the previous fold step's result, read by this task alone
+    return acc
+
+
+def _sum_all(parts: list[Any]) -> Any:
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return out
+
+
 def gram(A: da.Array, B: da.Array | None = None) -> da.Array:
-    """``AᵀB`` (D×D) summed over class tiles."""
+    """``AᵀB`` (D×D) over the class tiles, folded into a few running sums.
+
+    Why not ``A.T @ B``: dask makes one D×D product per class tile and its
+    tree sum can hold them all. Measured at K=100k, D=2048 (68 tiles, 32 MiB
+    per product; ``benchmarks/bench_vocab.py``): ``nc2_etf_err`` peaked at
+    2.0 GiB and ``nc3_dual_err`` at 3.6 GiB. Here tile ``i`` adds its product
+    into the running sum of chain ``i mod C`` (:func:`~ncdask.graph._tree.n_chains`),
+    so ``C + 1`` D×D arrays are alive.
+    """
     B = A if B is None else B
-    return A.T @ B
+    A = A.rechunk({1: -1})
+    B = B.rechunk((A.chunks[0], -1))
+    n = A.numblocks[0]
+    dt = np.result_type(A.dtype, B.dtype)
+    C = n_chains(n)
+    name = "ncdask-gram-" + tokenize(A, B, C)
+    dsk: dict[Any, Any] = {}
+    last: list[Any] = [None] * C
+    for i in range(n):
+        key = (f"{name}-fold", i)
+        dsk[key] = (_add_gram, last[i % C], (A.name, i, 0), (B.name, i, 0))
+        last[i % C] = key
+    dsk[(name, 0, 0)] = (_sum_all, [k for k in last if k is not None])
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[A, B])
+    return da.Array(graph, name, chunks=((A.shape[1],), (B.shape[1],)),
+                    meta=meta_from_array(A._meta, ndim=2, dtype=dt))
 
 
-def nc1_values(Mc: da.Array, Sw: da.Array, *, want_svd: bool, eps_dtype: Any = None) -> da.Array:
+def _fold_terms(acc: Any, m: Any, w: Any = None) -> dict[str, Any]:
+    from ..kernels._xp import array_namespace
+
+    xp = array_namespace(m)
+    t = {"MM": m.T @ m, "M_sum": xp.sum(m, axis=0), "M_sq": xp.sum(m * m)}
+    if w is not None:
+        t.update(WW=w.T @ w, W_sum=xp.sum(w, axis=0), W_sq=xp.sum(w * w), MW=xp.sum(m * w))
+    if acc is None:
+        return t
+    for k, v in t.items():
+        acc[k] += v  # acc is the previous fold step's result, read by this task alone
+    return acc
+
+
+def _combine_terms(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    out = parts[0]
+    for p in parts[1:]:
+        for k in out:
+            out[k] = out[k] + p[k]
+    return out
+
+
+def tile_terms(M: da.Array, W: da.Array | None = None) -> dict[str, da.Array]:
+    """Every class-tile reduction of the closed forms, from one read of each tile.
+
+    ``MM = MᵀM`` and ``WW = WᵀW`` (D×D), ``M_sum``/``W_sum`` (column sums),
+    ``M_sq``/``W_sq`` (squared Frobenius norms) and ``MW = Σ M∘W``. Each
+    tile of ``M`` (and ``W``) is read by one task, which adds it into the
+    running sums of its chain (:func:`~ncdask.graph._tree.n_chains`).
+
+    Why one fold: NC1's Σ_B, the ETF errors and NC3 each reduce over the same
+    class tiles; as separate reductions in one compute, dask keeps every
+    tile alive until the last of them has passed it. Measured at K=100k,
+    D=2048 (``benchmarks/bench_vocab.py``): ``nc3_dual_err`` peaked at 3.6
+    GiB with separate reductions.
+    """
+    M = M.rechunk({1: -1})
+    D = M.shape[1]
+    args = [M]
+    if W is not None:
+        W = W.rechunk((M.chunks[0], -1))
+        args.append(W)
+    n = M.numblocks[0]
+    C = n_chains(n)
+    name = "ncdask-terms-" + tokenize(*args, C)
+    dsk: dict[Any, Any] = {}
+    last: list[Any] = [None] * C
+    for i in range(n):
+        key = (f"{name}-fold", i)
+        dsk[key] = (_fold_terms, last[i % C], *[(a.name, i, 0) for a in args])
+        last[i % C] = key
+    dsk[f"{name}-all"] = (_combine_terms, [k for k in last if k is not None])
+    shapes = {"MM": (D, D), "M_sum": (D,), "M_sq": ()}
+    if W is not None:
+        shapes.update(WW=(D, D), W_sum=(D,), W_sq=(), MW=())
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=args)
+    out = {}
+    for k, shape in shapes.items():
+        out[k] = da.from_delayed(
+            Delayed(f"{name}-all", graph, layer=name)[k],
+            shape=shape, dtype=np.float64,
+            meta=meta_from_array(M._meta, ndim=len(shape), dtype=np.float64),
+        )
+    return out
+
+
+def nc1_values(
+    Mc: da.Array, Sw: da.Array, *, want_svd: bool, eps_dtype: Any = None,
+    terms: dict[str, da.Array] | None = None,
+) -> da.Array:
     """``[nc1_pinv, nc1_svd]`` (NaN where not asked or not defined), on the smaller side.
 
     ``eps_dtype`` sets the pinv cutoff's ε (the dtype the means came in).
@@ -64,19 +182,30 @@ def nc1_values(Mc: da.Array, Sw: da.Array, *, want_svd: bool, eps_dtype: Any = N
             like=Mc,
             eps_dtype=eps_dtype,
         )
-    Sb = gram(Mc) / K
+    Sb = (gram(Mc) if terms is None else terms["MM"]) / K
     pinv = delayed_array(C.nc1_from_between, Sb, Sw, K, shape=(1,), like=Mc, eps_dtype=eps_dtype)
     return da.concatenate([pinv, da.full_like(pinv, math.nan)])  # full_like: pinv's array module
 
 
-def etf_terms(A: da.Array, B: da.Array | None = None) -> tuple[da.Array, da.Array, da.Array]:
+def etf_terms(
+    A: da.Array, B: da.Array | None = None, *, terms: dict[str, da.Array] | None = None,
+    pair: str = "MM",
+) -> tuple[da.Array, da.Array, da.Array]:
     """``‖G‖_F²``, ``tr G`` and ``1ᵀG1`` of ``G = B Aᵀ`` without forming it when D < K.
 
     ``‖BAᵀ‖_F² = ⟨BᵀB, AᵀA⟩`` (two D×D grams) when D < K, else the K×K
-    product itself (no larger than the D×D grams).
+    product itself (no larger than the D×D grams). With ``terms`` (from
+    :func:`tile_terms` of the means M and weights W) and D < K, the sums
+    come from there: ``pair`` names A and B among ``"M"``, ``"W"``.
     """
     Bm = A if B is None else B
     K, D = A.shape
+    if terms is not None and K > D:
+        a, b = pair
+        fro2 = (terms[a + a] * terms[b + b]).sum()
+        trace = terms[f"{a}_sq"] if a == b else terms["MW"]
+        ones2 = (terms[f"{a}_sum"] * terms[f"{b}_sum"]).sum()
+        return fro2, trace, ones2
     if K <= D:  # K×D is no larger than D×D: one block
         A1, B1 = A.rechunk(-1), Bm.rechunk(-1)
         G = B1 @ A1.T
@@ -91,9 +220,15 @@ def etf_terms(A: da.Array, B: da.Array | None = None) -> tuple[da.Array, da.Arra
     return fro2, trace, ones2
 
 
-def etf_error(A: da.Array, B: da.Array | None = None) -> da.Array:
-    """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` with ``G = B Aᵀ`` (``B = A`` by default)."""
-    fro2, trace, ones2 = etf_terms(A, B)
+def etf_error(
+    A: da.Array, B: da.Array | None = None, *, terms: dict[str, da.Array] | None = None,
+    pair: str = "MM",
+) -> da.Array:
+    """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` with ``G = B Aᵀ`` (``B = A`` by default).
+
+    ``terms``/``pair``: see :func:`etf_terms`.
+    """
+    fro2, trace, ones2 = etf_terms(A, B, terms=terms, pair=pair)
     K = A.shape[0]
     return delayed_array(C.etf_error, fro2, trace, ones2, K, shape=(), like=A)
 

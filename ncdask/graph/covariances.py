@@ -29,6 +29,7 @@ from dask.graph_manipulation import bind
 from dask.highlevelgraph import HighLevelGraph
 
 from ..kernels import covariances as KC
+from .closed_forms import gram, whole_block
 
 #: Default bytes of one class chunk of covariances (``C · D² · 8``).
 COV_CHUNK_BYTES = 32 * 2**20
@@ -191,8 +192,8 @@ def between_pinv(
     K, D = Mc.shape
     meta = meta_from_array(Mc, ndim=2, dtype=np.float64)
     if K <= D:
-        d = dask.delayed(KC.between_pinv, pure=True)(Mc.rechunk(-1), K, eps_dtype=eps_dtype)
+        d = dask.delayed(KC.between_pinv, pure=True)(whole_block(Mc), K, eps_dtype=eps_dtype)
     else:
-        Sb = (Mc.T @ Mc) / K
-        d = dask.delayed(KC.between_pinv, pure=True)(Sb.rechunk(-1), 0, eps_dtype=eps_dtype)
+        Sb = gram(Mc) / K
+        d = dask.delayed(KC.between_pinv, pure=True)(whole_block(Sb), 0, eps_dtype=eps_dtype)
     return da.from_delayed(d, shape=(D, D), dtype=np.float64, meta=meta)

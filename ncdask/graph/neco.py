@@ -11,6 +11,7 @@ import numpy as np
 from dask.array.utils import meta_from_array
 
 from ..kernels import neco as KN
+from .closed_forms import gram, whole_block
 
 
 def total_covariance(
@@ -40,7 +41,7 @@ def total_covariance(
     tot = float(n_samples)
     mu = (M * n_k[:, None]).sum(axis=0) / da.maximum(n_k.sum(), 1.0)
     A = (M - mu[None, :]) * da.sqrt(n_k / tot)[:, None]
-    return Sw + A.T @ A, mu.rechunk(-1)
+    return Sw + gram(A), mu.rechunk(-1)
 
 
 def pca_fit(
@@ -52,7 +53,7 @@ def pca_fit(
     """
     D = St.shape[0]
     fit = dask.delayed(KN.pca_of_total_covariance, pure=True, nout=3)(
-        St.rechunk(-1), int(n_components), standardize=standardize
+        whole_block(St), int(n_components), standardize=standardize
     )
     dt = np.float64
     shapes = ((D,), (int(n_components), D), (D,))

@@ -2,15 +2,22 @@
 
 Two plans, chosen by :func:`plan` from K·D and the statistics budget:
 
-**One pass** (K·D small): each row chunk gives a *summary* of the classes it
-holds (sparse: at most its rows × D), merged up a tree with Chan's exact
-update (:func:`ncdask.kernels.tiled_stats.merge_summaries`). Merged nodes
-hold at most K×D, which this plan admits only when ``(split_every + 4)``
-of them fit the budget.
+Both fold the row chunks into a few *chains* (one per worker thread):
+chunk ``i`` adds itself into the accumulator left by chunk ``i − C`` of its
+chain, and one task combines the chain ends. A tree over the chunks would
+keep a partial per chunk alive, and each holds a D×D scatter (128 MiB at
+D=4096; measured at K=100k, D=2048: 3.0 GiB peak with a tree of sparse
+partials, see ``benchmarks/bench_vocab.py``).
+
+**One pass** (K·D small): each chain accumulates dense K-row statistics;
+a chunk's classes are summarised sparsely about the chunk's own means and
+added with Chan's exact update
+(:func:`ncdask.kernels.tiled_stats.fold_summary`). Chosen when ``C + 2``
+K×D arrays fit the budget.
 
 **Pipelined two passes over class groups** (K·D large: language-model
 vocabularies). The class axis is cut into groups of whole tiles whose K×D
-part fits a quarter of the budget. Stage ``s`` reads every row chunk once
+part fits ``budget / (C + 2)``. Stage ``s`` reads every row chunk once
 and, in the same task, (a) sums the rows of group ``s`` and (b) centres the
 rows of group ``s − 1`` about that group's final means (known from stage
 ``s − 1``) for the D×D scatter and ``m2``. G groups cost G + 1 reads of the
@@ -45,8 +52,11 @@ from dask.delayed import Delayed
 from dask.graph_manipulation import bind
 from dask.highlevelgraph import HighLevelGraph
 
+from ..kernels import stats as K
 from ..kernels import tiled_stats as KT
 from ..kernels._xp import array_namespace, to_numpy
+from ._tree import n_chains
+from .closed_forms import gram
 
 #: Dask config key of the statistics budget (bytes or a string like "1GiB").
 STATS_BUDGET_KEY = "ncdask.stats-budget"
@@ -69,37 +79,22 @@ def stats_budget(budget: int | str | None = None) -> int:
 
 
 def plan(
-    n_classes: int, dim: int, tile: int, *, budget: int, split_every: int = 8,
-    itemsize: int = 8,
+    n_classes: int, dim: int, tile: int, *, budget: int, chains: int = 2, itemsize: int = 8,
 ) -> list[tuple[int, int]] | None:
     """Class groups ``[(lo, hi), ...]`` of the pipelined plan, or None for one pass.
 
-    One pass when ``(split_every + 4)·K·D·itemsize ≤ budget``; else groups of
-    whole tiles of at most ``budget / 4`` bytes of K×D each (at least one tile).
+    One pass when ``(chains + 2)·K·D·itemsize ≤ budget`` (an accumulator per
+    chain, their merge and the means); else groups of whole tiles of at most
+    ``budget / (chains + 2)`` bytes of K×D each (at least one tile): one
+    group's sums per chain, plus the previous group's means and the next
+    group's being finished.
     """
     row = dim * itemsize
-    if (split_every + 4) * n_classes * row <= budget:
+    if (chains + 2) * n_classes * row <= budget:
         return None
-    per_group = max(1, (budget // 4) // row)
+    per_group = max(1, budget // ((chains + 2) * row))
     per_group = max(tile, per_group // tile * tile)
     return [(lo, min(n_classes, lo + per_group)) for lo in range(0, n_classes, per_group)]
-
-
-def _finish_summary(
-    part: dict, n_classes: int, used: np.ndarray | None, expect: np.ndarray | None
-) -> dict[str, Any]:
-    g = KT.group_means(part, 0, n_classes)
-    _check_counts(g["counts"], expect, 0)
-    xp = array_namespace(part["sums"])
-    m2 = xp.zeros(n_classes, dtype=g["means"].dtype)
-    m2[part["ids"]] = part["m2"]
-    use = xp.ones(n_classes, dtype=bool) if used is None else xp.asarray(used)
-    return {
-        "means": g["means"],
-        "var_norms": KT.var_norms(m2, g["counts"]),
-        "scatter": part["scatter"],
-        "terms": KT.mean_terms(g["means"], g["counts"], use),
-    }
 
 
 def _check_counts(counts: Any, expect: np.ndarray | None, lo: int) -> None:
@@ -116,19 +111,32 @@ def _check_counts(counts: Any, expect: np.ndarray | None, lo: int) -> None:
         )
 
 
-def _finish_sums(part: dict, lo: int, hi: int, expect: np.ndarray | None) -> dict[str, Any]:
-    g = KT.group_means(part, lo, hi)
-    _check_counts(g["counts"], expect, lo)
-    return g
+def _finish_dense(p: dict, used: np.ndarray | None, expect: np.ndarray | None) -> dict:
+    xp = array_namespace(p["sums"])
+    _check_counts(p["counts"], expect, 0)
+    means = KT.group_means(p["counts"], p["sums"])
+    n = p["counts"].shape[0]
+    use = xp.ones(n, dtype=bool) if used is None else xp.asarray(used)
+    return {
+        "means": means,
+        "var_norms": KT.var_norms(p["m2"], p["counts"]),
+        "scatter": p["scatter"],
+        "terms": KT.mean_terms(means, p["counts"], use),
+    }
 
 
-def _finish_centred(cen: dict, g: dict, used: np.ndarray | None) -> dict[str, Any]:
+def _finish_sums(p: dict, lo: int, expect: np.ndarray | None) -> dict[str, Any]:
+    _check_counts(p["counts"], expect, lo)
+    return {"counts": p["counts"], "means": KT.group_means(p["counts"], p["sums"])}
+
+
+def _finish_centred(p: dict, g: dict, used: np.ndarray | None) -> dict[str, Any]:
     xp = array_namespace(g["means"])
     n = g["counts"].shape[0]
     use = xp.ones(n, dtype=bool) if used is None else xp.asarray(used)
     return {
-        "var_norms": KT.var_norms(cen["m2"], g["counts"]),
-        "scatter": cen["scatter"],
+        "var_norms": KT.var_norms(p["m2"], g["counts"]),
+        "scatter": p["scatter"],
         "terms": KT.mean_terms(g["means"], g["counts"], use),
     }
 
@@ -148,7 +156,7 @@ def class_tiled_stats(
     ignore_index: int | None = None,
     in_scatter: np.ndarray | None = None,
     global_mean: str = "unweighted",
-    split_every: int = 8,
+    chains: int | None = None,
     expect_counts: np.ndarray | None = None,
 ) -> dict[str, da.Array]:
     """Lazy class statistics whose class axis is chunked by ``tile``.
@@ -172,8 +180,8 @@ def class_tiled_stats(
     in_scatter : array (K,) of bool, optional
         Classes whose rows enter the scatter, ``N`` and the global mean.
     global_mean : {"unweighted", "weighted"}
-    split_every : int
-        Fan-in of the merge trees.
+    chains : int, optional
+        Chains of accumulation run side by side (default :func:`n_chains`).
     expect_counts : array (K,) of int, optional
         Counts the caller set up with; a mismatch with the data raises
         ``ValueError`` when the pass runs.
@@ -184,56 +192,48 @@ def class_tiled_stats(
         ``means (K, D)`` and ``var_norms (K,)`` chunked by ``tile``;
         ``global_mean (D,)``, ``within_cov (D, D)`` and ``n_samples ()``.
     """
-    if split_every < 2:
-        raise ValueError(f"split_every must be >= 2, got {split_every}")
     if tile < 1:
         raise ValueError(f"tile must be a positive integer, got {tile!r}")
     dt = np.dtype(dtype)
     X = X.rechunk({1: -1})
     y = y.rechunk((X.chunks[0],))
     D = int(X.shape[1])
+    C = n_chains(X.numblocks[0]) if chains is None else max(1, int(chains))
     budget = stats_budget(budget)
-    groups = plan(n_classes, D, tile, budget=budget, split_every=split_every,
-                  itemsize=dt.itemsize)
-    token = tokenize(X, y, n_classes, dt.str, ignore_index, in_scatter, tile, groups,
+    groups = plan(n_classes, D, tile, budget=budget, chains=C, itemsize=dt.itemsize)
+    token = tokenize(X, y, n_classes, dt.str, ignore_index, in_scatter, tile, groups, C,
                      global_mean, expect_counts)
     name = f"ncdask-cstats-{token}"
-    step = KT.piece_rows(D, dt.itemsize)
-    kw = dict(dtype=dt, ignore_index=ignore_index, step=step)
+    kw = dict(n_classes=n_classes, dtype=dt, ignore_index=ignore_index,
+              step=KT.piece_rows(D, dt.itemsize))
     y_keys = list(y.__dask_keys__())
     dsk: dict[Any, Any] = {}
     deps: list[Any] = [X, y]
     per_group: list[dict[str, Any]] = []  # keys of: means, var_norms, scatter, terms
-
-    def tree(leaves: list[Any], merge: Any, tag: str) -> Any:
-        level, depth = list(leaves), 0
-        while len(level) > 1:
-            nxt = []
-            for i in range(0, len(level), split_every):
-                key = (f"{name}-{tag}-{depth}", i)
-                dsk[key] = (merge, list(level[i : i + split_every]))
-                nxt.append(key)
-            level, depth = nxt, depth + 1
-        return level[0]
 
     def get(key: Any, field: str, tag: str) -> Any:
         out = (f"{name}-get-{tag}", field)
         dsk[out] = (_get, key, field)
         return out
 
+    def chained(fold: Any, xs: list[Any], tag: str, *extra: Any) -> str:
+        """Fold the chunks into C chains, then one task combining the chain ends."""
+        last: list[Any] = [None] * C
+        for i, (xk, yk) in enumerate(zip(xs, y_keys, strict=True)):
+            key = (f"{name}-{tag}", i)
+            dsk[key] = (fold, last[i % C], xk, yk, *extra)
+            last[i % C] = key
+        return [k for k in last if k is not None]
+
     x_keys = [k[0] for k in X.__dask_keys__()]
     if groups is None:
         groups = [(0, n_classes)]
         mask = None if in_scatter is None else np.asarray(in_scatter, dtype=bool)
-        leaves = []
-        for i, (xk, yk) in enumerate(zip(x_keys, y_keys, strict=True)):
-            key = (f"{name}-summary", i)
-            dsk[key] = (functools.partial(KT.chunk_summary, mask=mask, **kw), xk, yk, n_classes)
-            leaves.append(key)
-        root = tree(leaves, functools.partial(KT.merge_summaries, mask=mask), "merge")
+        ends = chained(functools.partial(KT.fold_summary, mask=mask, **kw), x_keys, "summary")
+        comb = f"{name}-combine"
+        dsk[comb] = (K.merge_many, ends)
         fin = f"{name}-finish"
-        dsk[fin] = (functools.partial(_finish_summary, n_classes=n_classes, used=mask,
-                                      expect=expect_counts), root)
+        dsk[fin] = (_finish_dense, comb, mask, expect_counts)
         per_group.append({k: get(fin, k, "finish") for k in
                           ("means", "var_norms", "scatter", "terms")})
     else:
@@ -255,35 +255,20 @@ def class_tiled_stats(
             means_prev = get(sums_fin[s - 1], "means", f"means{s - 1}") if s else None
             mask_prev = (None if prev is None or in_scatter is None
                          else np.asarray(in_scatter[prev[0]:prev[1]], dtype=bool))
-            stage = functools.partial(KT.chunk_stage, n_classes=n_classes, sum_group=sum_group,
-                                      centre_group=prev, mask=mask_prev, **kw)
-            leaves = []
-            for i, (xk, yk) in enumerate(zip(xs, y_keys, strict=True)):
-                key = (f"{name}-stage{s}", i)
-                dsk[key] = (_call_stage, stage, xk, yk, means_prev)
-                leaves.append(key)
+            fold = functools.partial(KT.fold_stage, sum_group=sum_group, centre_group=prev,
+                                     mask=mask_prev, **kw)
+            comb = f"{name}-combine{s}"
+            dsk[comb] = (KT.combine_stages, chained(fold, xs, f"stage{s}", means_prev))
             if sum_group is not None:
                 lo, hi = sum_group
-                sums = []
-                for i, leaf in enumerate(leaves):
-                    k = (f"{name}-sums{s}-leaf", i)
-                    dsk[k] = (_get, leaf, "sums")
-                    sums.append(k)
-                root = tree(sums, KT.merge_sums, f"sums{s}")
                 expect = None if expect_counts is None else np.asarray(expect_counts[lo:hi])
                 key = f"{name}-means{s}"
-                dsk[key] = (functools.partial(_finish_sums, lo=lo, hi=hi, expect=expect), root)
+                dsk[key] = (_finish_sums, comb, lo, expect)
                 sums_fin.append(key)
             if prev is not None:
-                cen = []
-                for i, leaf in enumerate(leaves):
-                    k = (f"{name}-centred{s}-leaf", i)
-                    dsk[k] = (_get, leaf, "centred")
-                    cen.append(k)
-                root = tree(cen, KT.merge_centred, f"centred{s}")
                 used = None if in_scatter is None else np.asarray(in_scatter[prev[0]:prev[1]])
                 fin = f"{name}-finish{s}"
-                dsk[fin] = (functools.partial(_finish_centred, used=used), root, sums_fin[s - 1])
+                dsk[fin] = (_finish_centred, comb, sums_fin[s - 1], used)
                 per_group.append({
                     "means": means_prev,
                     **{k: get(fin, k, f"finish{s}") for k in ("var_norms", "scatter", "terms")},
@@ -291,10 +276,6 @@ def class_tiled_stats(
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
     out = [{k: Delayed(v, graph, layer=name) for k, v in g.items()} for g in per_group]
     return _assemble(out, groups, D, tile, dt, X._meta, global_mean)
-
-
-def _call_stage(stage: Any, X: Any, y: Any, means: Any) -> dict[str, Any]:
-    return stage(X, y, means=means)
 
 
 def _assemble(
@@ -379,7 +360,7 @@ def merge_tiled(
     dw = delta * da.sqrt(w)[:, None]
     N_a, N_b = int(a["n_samples"]), int(b["n_samples"])
     N = max(N_a + N_b, 1)
-    Sw = (a["within_cov"] * N_a + b["within_cov"] * N_b + dw.T @ dw) / N
+    Sw = (a["within_cov"] * N_a + b["within_cov"] * N_b + gram(dw)) / N
     if global_mean == "unweighted":
         gm = da.where(present[:, None], mean, 0.0).sum(axis=0) / max(int((n > 0).sum()), 1)
     elif global_mean == "weighted":

@@ -1,23 +1,19 @@
 """Per-chunk kernels of the class statistics tiled over classes.
 
-Every function here sees one row chunk (or a list of partial results) and
-one *group*: a contiguous range ``[lo, hi)`` of class ids. Nothing here
-allocates an array with more than ``max(rows of the chunk, hi − lo)`` rows
-of width D, so a K×D array exists only when the caller makes the group the
-whole class axis.
+Every kernel here reads one row chunk and adds it into a running
+*accumulator*, the result of the previous chunk of the same chain (the
+graph runs a few chains side by side and combines their ends), so a pass
+holds one accumulator per chain instead of one partial per chunk: at D=4096
+a chunk's D×D scatter alone is 128 MiB.
 
-Two kinds of partial result:
-
-*sums* ``{"ids", "counts", "sums"}``
-    the classes of the group present in the chunk (sorted global ids), their
-    sample counts and per-class sums (float, m×D).
-*summary* ``{"ids", "counts", "sums", "m2", "scatter"}``
-    the same plus, per class, ``Σ‖x − μ_ck‖²`` about the chunk's own class
-    mean, and the D×D scatter of the rows about those means (the one-pass
-    form, merged with Chan's exact update by :func:`merge_summaries`).
-*centred* ``{"m2", "scatter"}``
-    ``m2`` (hi − lo,) and the D×D scatter of the group's rows about given
-    class means (the second pass of the two-pass form: no cross terms).
+:func:`fold_summary` (the one-pass plan)
+    dense K-row ``counts``, ``sums``, ``m2`` and the D×D ``scatter``; each
+    chunk's classes are first summarised sparsely (at most its rows × D)
+    about the chunk's own means, then merged with Chan's exact update.
+:func:`fold_stage` (the pipelined plan, one class group ``[lo, hi)`` at a time)
+    dense ``counts`` and ``sums`` of one group, and ``m2`` and the scatter
+    of the previous group's rows about that group's final means (no cross
+    terms).
 
 Rows are upcast to the accumulation dtype in pieces of about
 :data:`PIECE_BYTES` (float16/bfloat16-sized stores keep their halved I/O and
@@ -122,16 +118,15 @@ def _centred(
     idx: Any,
     local: Any,
     means: Any,
-    n_out: int,
     mask: Any,
     dtype: Any,
     step: int,
     xp: Any,
-) -> dict[str, Any]:
-    """``m2`` (n_out,) and the scatter of rows ``idx`` about ``means[local]``."""
-    D = X.shape[1]
-    m2 = xp.zeros(n_out, dtype=dtype)
-    scatter = xp.zeros((D, D), dtype=dtype)
+    m2: Any,
+    scatter: Any,
+) -> None:
+    """Add the rows ``idx`` centred about ``means[local]`` into ``m2`` and ``scatter``."""
+    n_out = m2.shape[0]
     if idx.shape[0] == X.shape[0]:
         idx = None  # every row, in order: slices instead of gathers
     for s, e, P in _pieces(X, idx, dtype, step):
@@ -143,59 +138,65 @@ def _centred(
             if not bool(xp.all(rows)):
                 P = P[rows]
         scatter += P.T @ P
-    return {"m2": m2, "scatter": scatter}
 
 
-def chunk_centred(
+def fold_stage(
+    acc: dict[str, Any] | None,
     X: Any,
     y: Any,
-    n_classes: int,
-    lo: int,
-    hi: int,
-    means: Any,
+    means: Any = None,
     *,
-    mask: Any = None,
-    dtype: Any = np.float64,
-    ignore_index: int | None = None,
-    step: int | None = None,
-) -> dict[str, Any]:
-    """The *centred* form: rows of classes ``[lo, hi)`` about the group's final means.
-
-    ``means`` is (hi − lo, D); ``mask`` (hi − lo,) bool, optional, names the
-    classes whose rows enter the scatter (``m2`` covers every class).
-    """
-    xp = array_namespace(X, y)
-    y = xp.asarray(y).astype(xp.int64)
-    idx = _rows_of(y, n_classes, lo, hi, ignore_index, xp)
-    step = step or piece_rows(X.shape[1], np.dtype(dtype).itemsize)
-    means = xp.asarray(means, dtype=dtype)
-    return _centred(X, idx, y[idx] - lo, means, hi - lo, mask, dtype, step, xp)
-
-
-def chunk_stage(
-    X: Any,
-    y: Any,
     n_classes: int,
     sum_group: tuple[int, int] | None,
     centre_group: tuple[int, int] | None,
-    means: Any = None,
     mask: Any = None,
-    *,
     dtype: Any = np.float64,
     ignore_index: int | None = None,
     step: int | None = None,
 ) -> dict[str, Any]:
-    """One read of a chunk serving two groups: sums of one, centred scatter of the previous.
+    """One read of a chunk for the pipelined plan, added into a running accumulator.
 
-    Returns ``{"sums": ..., "centred": ...}`` with the parts asked for.
+    Sums the rows of classes ``sum_group = (lo, hi)`` into dense ``counts``
+    and ``sums`` (hi − lo rows) and adds the rows of ``centre_group``, centred
+    about that group's final ``means`` (its rows, NaN for empty classes),
+    into ``m2`` and the D×D ``scatter`` (only rows of classes in ``mask``,
+    relative to the group, enter the scatter). ``acc`` is the previous result
+    of the same chain (None to start) and is updated in place.
     """
-    out: dict[str, Any] = {}
+    xp = array_namespace(X, y)
+    y = xp.asarray(y).astype(xp.int64)
+    dt = np.dtype(dtype)
+    D = X.shape[1]
+    step = step or piece_rows(D, dt.itemsize)
+    if acc is None:
+        acc = {}
+        if sum_group is not None:
+            n = sum_group[1] - sum_group[0]
+            acc["counts"] = xp.zeros(n, dtype=xp.int64)
+            acc["sums"] = xp.zeros((n, D), dtype=dt)
+        if centre_group is not None:
+            acc["m2"] = xp.zeros(centre_group[1] - centre_group[0], dtype=dt)
+            acc["scatter"] = xp.zeros((D, D), dtype=dt)
     if sum_group is not None:
-        out["sums"] = chunk_sums(X, y, n_classes, *sum_group, dtype=dtype,
-                                 ignore_index=ignore_index, step=step)
+        lo, hi = sum_group
+        idx = _rows_of(y, n_classes, lo, hi, ignore_index, xp)
+        ids, counts, sums = _sparse_sums(X, y[idx], idx, dt, step, xp)
+        acc["counts"][ids - lo] += counts  # ids are unique: plain fancy-index adds
+        acc["sums"][ids - lo] += sums
     if centre_group is not None:
-        out["centred"] = chunk_centred(X, y, n_classes, *centre_group, means, mask=mask,
-                                       dtype=dtype, ignore_index=ignore_index, step=step)
+        lo, hi = centre_group
+        idx = _rows_of(y, n_classes, lo, hi, ignore_index, xp)
+        means = xp.asarray(means, dtype=dt)
+        _centred(X, idx, y[idx] - lo, means, mask, dt, step, xp, acc["m2"], acc["scatter"])
+    return acc
+
+
+def combine_stages(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum the accumulators of several chains (every term is already final)."""
+    out = parts[0]
+    for p in parts[1:]:
+        for k in out:
+            out[k] += p[k]
     return out
 
 
@@ -209,108 +210,93 @@ def chunk_summary(
     ignore_index: int | None = None,
     step: int | None = None,
 ) -> dict[str, Any]:
-    """The one-pass *summary* form of a chunk (all classes; centred about its own means).
+    """A chunk's one-pass summary: its classes (sparse), centred about its own means.
 
-    ``mask`` (K,) bool, optional: classes whose rows enter the scatter.
+    Returns ``ids``, ``counts``, ``sums`` (m×D), ``m2`` and the D×D
+    ``scatter``; ``mask`` (K,) bool, optional: classes whose rows enter it.
     """
     xp = array_namespace(X, y)
     y = xp.asarray(y).astype(xp.int64)
+    dt = np.dtype(dtype)
+    D = X.shape[1]
     idx = _rows_of(y, n_classes, 0, n_classes, ignore_index, xp)
-    step = step or piece_rows(X.shape[1], np.dtype(dtype).itemsize)
+    step = step or piece_rows(D, dt.itemsize)
     cls = y[idx]
-    ids, counts, sums = _sparse_sums(X, cls, idx, dtype, step, xp)
+    ids, counts, sums = _sparse_sums(X, cls, idx, dt, step, xp)
     local = xp.searchsorted(ids, cls)
-    means = sums / xp.maximum(counts, 1)[:, None].astype(dtype)
+    means = sums / xp.maximum(counts, 1)[:, None].astype(dt)
     sub = None if mask is None else xp.asarray(mask, dtype=bool)[ids]
-    cen = _centred(X, idx, local, means, int(ids.shape[0]), sub, dtype, step, xp)
-    return {"ids": ids, "counts": counts, "sums": sums, **cen}
+    m2 = xp.zeros(ids.shape[0], dtype=dt)
+    scatter = xp.zeros((D, D), dtype=dt)
+    _centred(X, idx, local, means, sub, dt, step, xp, m2, scatter)
+    return {"ids": ids, "counts": counts, "sums": sums, "m2": m2, "scatter": scatter}
 
 
-def _concat(parts: list[dict[str, Any]], key: str, xp: Any) -> Any:
-    return xp.concatenate([p[key] for p in parts], axis=0)
+def fold_summary(
+    acc: dict[str, Any] | None,
+    X: Any,
+    y: Any,
+    *,
+    n_classes: int,
+    mask: Any = None,
+    dtype: Any = np.float64,
+    ignore_index: int | None = None,
+    step: int | None = None,
+) -> dict[str, Any]:
+    """Add a chunk's summary into a dense one-pass accumulator (Chan's update), in place.
 
-
-def merge_sums(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Merge *sums* partials (or the sums of *summaries*) by class id."""
-    xp = array_namespace(parts[0]["sums"])
-    if len(parts) == 1:
-        return parts[0]
-    ids_all = _concat(parts, "ids", xp)
-    ids, inv = xp.unique(ids_all, return_inverse=True)
-    inv = inv.reshape(-1)
-    counts = xp.bincount(inv, weights=_concat(parts, "counts", xp), minlength=ids.shape[0])
-    sums = class_sums(_concat(parts, "sums", xp), inv, int(ids.shape[0]))
-    return {"ids": ids, "counts": counts.astype(xp.int64), "sums": sums}
-
-
-def merge_centred(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Merge *centred* partials (plain sums: every term is about the final means)."""
-    out = {"m2": parts[0]["m2"].copy(), "scatter": parts[0]["scatter"].copy()}
-    for p in parts[1:]:
-        out["m2"] += p["m2"]
-        out["scatter"] += p["scatter"]
-    return out
-
-
-def merge_summaries(parts: list[dict[str, Any]], mask: Any = None) -> dict[str, Any]:
-    """Merge *summary* partials exactly (Chan et al.'s update, many at once).
-
-    With ``μ_k`` the merged mean of class k and ``μ_jk`` part j's, the merged
-    ``m2_k = Σ_j m2_jk + n_jk ‖μ_jk − μ_k‖²`` and the scatter gains
-    ``Σ_jk n_jk (μ_jk − μ_k)(μ_jk − μ_k)ᵀ``: centred terms only, so float32
-    input in the terminal phase stays exact. Only classes held by two or
-    more parts contribute a cross term. ``mask`` (K,) bool, optional: the
-    classes whose cross terms enter the scatter.
+    The accumulator is a partial of :mod:`ncdask.kernels.stats` (dense K
+    rows: ``counts``, ``sums``, ``m2``, ``scatter``, and ``in_scatter`` when
+    ``mask`` is given), so chains combine with
+    :func:`ncdask.kernels.stats.merge_many`. For a class already in ``acc``
+    with ``δ = μ_chunk − μ_acc`` and ``w = n_acc n_chunk / (n_acc + n_chunk)``,
+    ``m2`` gains ``w‖δ‖²`` and the scatter ``w δδᵀ``: centred terms only, so
+    float32 input in the terminal phase stays exact. Only classes present on
+    both sides cost a cross term.
     """
-    if len(parts) == 1:
-        return parts[0]
-    xp = array_namespace(parts[0]["sums"])
-    merged = merge_sums(parts)
-    ids_all = _concat(parts, "ids", xp)
-    inv = xp.searchsorted(merged["ids"], ids_all)
-    n_all = _concat(parts, "counts", xp)
-    m2 = xp.bincount(inv, weights=_concat(parts, "m2", xp), minlength=merged["ids"].shape[0])
-    scatter = parts[0]["scatter"].copy()
-    for p in parts[1:]:
-        scatter += p["scatter"]
-    mult = xp.bincount(inv, minlength=merged["ids"].shape[0])
-    dup = xp.nonzero(mult[inv] > 1)[0]
-    if dup.shape[0]:
-        dt = scatter.dtype
-        n_d = n_all[dup].astype(dt)
-        mu = merged["sums"] / merged["counts"].astype(dt)[:, None]
-        sums_d = xp.concatenate([p["sums"] for p in parts], axis=0)[dup]
-        delta = sums_d / n_d[:, None] - mu[inv[dup]]
-        m2 += xp.bincount(inv[dup], weights=n_d * xp.einsum("ij,ij->i", delta, delta),
-                          minlength=merged["ids"].shape[0])
+    part = chunk_summary(X, y, n_classes, mask=mask, dtype=dtype, ignore_index=ignore_index,
+                         step=step)
+    xp = array_namespace(part["sums"])
+    ids = part["ids"]
+    if acc is None:
+        D, dt = part["scatter"].shape[0], part["scatter"].dtype
+        acc = {"counts": xp.zeros(n_classes, dtype=xp.int64),
+               "sums": xp.zeros((n_classes, D), dtype=dt),
+               "m2": xp.zeros(n_classes, dtype=dt), "scatter": part["scatter"]}
         if mask is not None:
-            sel = xp.asarray(mask, dtype=bool)[ids_all[dup]]
-            delta, n_d = delta[sel], n_d[sel]
-        scatter += (delta * n_d[:, None]).T @ delta
-    return {**merged, "m2": m2, "scatter": scatter}
+            acc["in_scatter"] = xp.asarray(mask, dtype=bool)
+        acc["counts"][ids] = part["counts"]
+        acc["sums"][ids] = part["sums"]
+        acc["m2"][ids] = part["m2"]
+        return acc
+    dt = acc["sums"].dtype
+    n_a = acc["counts"][ids]
+    both = xp.nonzero(n_a > 0)[0]
+    acc["scatter"] += part["scatter"]
+    if both.shape[0]:
+        ib = ids[both]
+        na = n_a[both].astype(dt)
+        nb = part["counts"][both].astype(dt)
+        delta = part["sums"][both] / nb[:, None] - acc["sums"][ib] / na[:, None]
+        w = na * nb / (na + nb)
+        acc["m2"][ib] += w * xp.einsum("ij,ij->i", delta, delta)
+        if mask is not None:
+            sel = xp.asarray(mask, dtype=bool)[ib]
+            delta, w = delta[sel], w[sel]
+        acc["scatter"] += (delta * w[:, None]).T @ delta
+    acc["counts"][ids] += part["counts"]
+    acc["sums"][ids] += part["sums"]
+    acc["m2"][ids] += part["m2"]
+    return acc
 
 
-def dense_sums(part: dict[str, Any], lo: int, hi: int) -> tuple[Any, Any]:
-    """Counts (hi − lo,) and sums (hi − lo, D) of a *sums* partial, zero where absent."""
-    xp = array_namespace(part["sums"])
-    n = hi - lo
-    counts = xp.zeros(n, dtype=xp.int64)
-    sums = xp.zeros((n, part["sums"].shape[1]), dtype=part["sums"].dtype)
-    loc = part["ids"] - lo
-    counts[loc] = part["counts"]
-    sums[loc] = part["sums"]
-    return counts, sums
-
-
-def group_means(part: dict[str, Any], lo: int, hi: int) -> dict[str, Any]:
-    """Counts and means (NaN rows for empty classes) of the group ``[lo, hi)``."""
-    xp = array_namespace(part["sums"])
-    counts, sums = dense_sums(part, lo, hi)
+def group_means(counts: Any, sums: Any) -> Any:
+    """Means from dense counts and sums (NaN rows for empty classes)."""
+    xp = array_namespace(sums)
     present = counts > 0
-    dt = sums.dtype
-    sums /= xp.where(present, counts, 1).astype(dt)[:, None]
-    sums[~present] = float("nan")
-    return {"counts": counts, "means": sums}
+    means = sums / xp.where(present, counts, 1).astype(sums.dtype)[:, None]
+    means[~present] = float("nan")
+    return means
 
 
 def var_norms(m2: Any, counts: Any) -> Any:
