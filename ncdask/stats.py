@@ -175,7 +175,7 @@ def class_stats(
         per tile.
     memory_budget : int or str, optional
         Bytes of per-class partial results the pass may hold (default: the
-        ``ncdask.stats-budget`` dask config value, else 1 GiB). When
+        ``ncdask.stats-budget`` dask config value, else 1.5 GiB). When
         ``(chains + 2)·K·D·8`` bytes fit, the statistics take one read of
         the embeddings; otherwise the classes are cut into ``G`` groups of
         whole tiles of at most ``budget / (chains + 2)`` each, and the

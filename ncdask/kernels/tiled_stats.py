@@ -27,6 +27,12 @@ from typing import Any
 
 import numpy as np
 
+# SciPy's BLAS is a library apart from NumPy's: loaded here, at graph-building
+# time, so that the one-BLAS-thread limit set when a compute starts
+# (ncdask/graph/_blas.py) reaches it too. Loaded lazily inside the first task
+# it kept 2 threads per task: 1 GiB stats, K=1000, D=512 took 7.1 s, not 5.x.
+from scipy.linalg import blas
+
 from ._xp import array_namespace
 from .stats import check_labels, class_sums
 
@@ -125,8 +131,6 @@ def scatter_add(S: Any, P: Any, xp: Any) -> None:
     the final sum.
     """
     if xp is np and S.flags.c_contiguous and S.dtype in (np.float64, np.float32):
-        from scipy.linalg import blas
-
         syrk = blas.dsyrk if S.dtype == np.float64 else blas.ssyrk
         # S.T is Fortran-ordered: syrk updates its upper triangle in place,
         # i.e. S's lower triangle; P.T (Fortran) times its transpose is PᵀP.
