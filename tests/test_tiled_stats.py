@@ -199,7 +199,7 @@ def test_float16_store_upcasts_in_pieces(mem_url):
 
 _MEMORY_SCRIPT = textwrap.dedent("""
     import json, resource, sys
-    import numpy as np, dask.array as da, xarray as xr
+    import dask, numpy as np, dask.array as da, xarray as xr
     import warnings, ncdask
     K, D, n = 50_000, 512, 100_000
     rng = np.random.default_rng(0)
@@ -211,8 +211,10 @@ _MEMORY_SCRIPT = textwrap.dedent("""
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        st = ncdask.class_stats(ds)
-        tr = float(st.var_norms.sum().compute())
+        # fixed chains and budget: the same plan on any machine, however many cores
+        st = ncdask.class_stats(ds, chains=2, memory_budget="512MiB")
+        with dask.config.set(num_workers=2):
+            tr = float(st.var_norms.sum().compute())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"base_mib": base / 1024, "peak_mib": peak / 1024, "tr": tr}))
 """)

@@ -99,26 +99,6 @@ def _sparse_sums(
     return ids.astype(xp.int64), counts, sums
 
 
-def chunk_sums(
-    X: Any,
-    y: Any,
-    n_classes: int,
-    lo: int,
-    hi: int,
-    *,
-    dtype: Any = np.float64,
-    ignore_index: int | None = None,
-    step: int | None = None,
-) -> dict[str, Any]:
-    """Counts and sums of the classes in ``[lo, hi)`` present in one chunk (*sums* form)."""
-    xp = array_namespace(X, y)
-    y = xp.asarray(y).astype(xp.int64)
-    idx = _rows_of(y, n_classes, lo, hi, ignore_index, xp)
-    step = step or piece_rows(X.shape[1], np.dtype(dtype).itemsize)
-    ids, counts, sums = _sparse_sums(X, y[idx], idx, dtype, step, xp)
-    return {"ids": ids, "counts": counts, "sums": sums}
-
-
 def scatter_add(S: Any, P: Any, xp: Any) -> None:
     """``S += PᵀP`` in place; only S's **lower triangle** is guaranteed.
 
