@@ -789,13 +789,19 @@ class EmbeddingStore:
             b = np.asarray(to_numpy(b), dtype=np.float64)
             if b.shape != (self.n_classes,):
                 raise ValueError(f"b has shape {b.shape}, expected ({self.n_classes},)")
+        for name, v in (("W", W), ("b", b)):
+            if v is not None and not np.all(np.isfinite(v)):
+                raise ValueError(f"{name} holds NaN or inf values; nothing was written")
         sg = self._require_set(layer, epoch, W.shape[1])[0]
-        cg = sg.require_group("classifier")
-        cg.create_array("W", data=W, dimension_names=("class", "feature"), overwrite=True)
+        # written aside, then renamed into place (atomic on a local disk): a
+        # kill during the write leaves the old classifier whole (it used to
+        # be deleted first: all-zero or missing W after a SIGKILL)
+        tmp = f".classifier-{uuid.uuid4().hex[:12]}"
+        cg = sg.create_group(tmp)
+        cg.create_array("W", data=W, dimension_names=("class", "feature"))
         if b is not None:
-            cg.create_array("b", data=b, dimension_names=("class",), overwrite=True)
-        elif "b" in cg:
-            del cg["b"]
+            cg.create_array("b", data=b, dimension_names=("class",))
+        self._move_into_place(sg, tmp, "classifier", replace="classifier" in sg)
 
     def classifier(
         self, *, layer: str | None = None, epoch: int | None = None, lazy: bool = False

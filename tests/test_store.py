@@ -269,3 +269,29 @@ def test_iter_saved_arrays_streams_blocks(tmp_path):
         list(iter_saved_arrays(tmp_path / "mis.npz"))
     with pytest.raises(ValueError, match="needs a labels file"):
         list(iter_saved_arrays(tmp_path / "X.npy"))
+
+
+def test_set_classifier_replaces_whole_or_not_at_all(tmp_path):
+    """Non-finite weights are refused before anything is written; a replacement is
+    written aside and renamed into place, leaving nothing hidden behind."""
+    rng = np.random.default_rng(0)
+    s = ncdask.EmbeddingStore.create(str(tmp_path / "s.zarr"), 4, 3)
+    W0, b0 = rng.normal(size=(4, 3)), rng.normal(size=4)
+    s.set_classifier(W0, b0)
+    bad = W0.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        s.set_classifier(bad)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        s.set_classifier(W0, np.full(4, np.inf))
+    W, b = ncdask.EmbeddingStore.open(str(tmp_path / "s.zarr")).classifier()
+    np.testing.assert_array_equal(W, W0)
+    np.testing.assert_array_equal(b, b0)
+    W1 = rng.normal(size=(4, 3))
+    s.set_classifier(W1)  # no bias: the old bias goes with the old classifier
+    W, b = s.classifier()
+    np.testing.assert_array_equal(W, W1)
+    assert b is None
+    Wl, _ = s.classifier(lazy=True)
+    np.testing.assert_array_equal(Wl.compute(), W1)
+    assert not [p.name for p in (tmp_path / "s.zarr").iterdir() if p.name.startswith(".")]
