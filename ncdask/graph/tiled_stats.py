@@ -83,6 +83,8 @@ def stats_budget(budget: int | str | None = None) -> int:
 #: ahead cost at most this much, and a bind per batch of C chunks would cost
 #: more graph-building time than it saves.
 THROTTLE_BYTES = 256 * 2**20
+#: A batch of reads waits for the folds of the batch this many batches back.
+READ_LAG = 2
 
 
 def plan(
@@ -240,8 +242,8 @@ def class_tiled_stats(
         batches: list[list[Any]] = []  # fold keys of each batch of C chunks
         for b0 in range(0, n, step):
             # batch b reads once batch b-2 is folded: one batch of reads overlaps the folds
-            if len(batches) >= 2:
-                wait = batches[-2]
+            if len(batches) >= READ_LAG:
+                wait = batches[-READ_LAG]
             else:
                 wait = [] if after is None else [after]
             if wait:
