@@ -227,3 +227,11 @@ def test_memory_at_vocabulary_scale_is_bounded():
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["tr"] > 0
     assert res["peak_mib"] < 1536, res
+
+
+def test_bad_label_error_names_the_ignore_index_given():
+    ds = split_ds(np.zeros((6, 2)), np.array([0, 1, -100, 7, 2, 0]), 3, 3)
+    with pytest.raises(ValueError, match=r"label 7 is outside \[0, 3\).*only ignore_index=-100"):
+        ncdask.class_stats(ds, ignore_index=-100).compute()
+    with pytest.raises(ValueError, match="pass ignore_index="):
+        ncdask.class_stats(split_ds(np.zeros((4, 2)), np.array([0, -100, 1, 2]), 3, 4)).compute()

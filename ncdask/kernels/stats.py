@@ -89,9 +89,10 @@ def check_labels(y: Any, n_classes: int, ignore_index: int | None, xp: Any) -> A
             bad &= y != ignore_index
         if bool(xp.any(bad)):
             first = int(y[xp.nonzero(bad)[0][0]])
+            hint = ("pass ignore_index= for padding labels" if ignore_index is None
+                    else f"only ignore_index={ignore_index} may lie outside it")
             raise ValueError(
-                f"label {first} is outside [0, {n_classes}) (n_classes={n_classes}); "
-                "pass ignore_index= for padding labels"
+                f"label {first} is outside [0, {n_classes}) (n_classes={n_classes}); {hint}"
             )
     return keep
 
