@@ -20,6 +20,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from ..kernels import closed_forms as C
+from ..kernels import tiled_stats as KT
 from ._tree import n_chains
 
 
@@ -64,6 +65,31 @@ def _sum_all(parts: list[Any]) -> Any:
     return out
 
 
+def _chain_fold(
+    prefix: str, fold: Callable[..., Any], combine: Callable[[list[Any]], Any],
+    arrays: list[da.Array], out: Callable[[str], Any],
+) -> tuple[HighLevelGraph, str, Any]:
+    """Fold the row blocks of ``arrays`` (aligned) into C running sums, then combine.
+
+    Block ``i`` is added by ``fold(acc, *blocks_i)`` into the sum left by block
+    ``i − C`` (:func:`~ncdask.graph._tree.n_chains`); ``combine`` merges the
+    chain ends under the key ``out(name)``. Returns the graph, its name and
+    that key.
+    """
+    n = arrays[0].numblocks[0]
+    C = n_chains(n)
+    name = prefix + tokenize(*arrays, C)
+    dsk: dict[Any, Any] = {}
+    last: list[Any] = [None] * C
+    for i in range(n):
+        key = (f"{name}-fold", i)
+        dsk[key] = (fold, last[i % C], *[(a.name, i, 0) for a in arrays])
+        last[i % C] = key
+    final = out(name)
+    dsk[final] = (combine, [k for k in last if k is not None])
+    return HighLevelGraph.from_collections(name, dsk, dependencies=arrays), name, final
+
+
 def gram(A: da.Array, B: da.Array | None = None) -> da.Array:
     """``AᵀB`` (D×D) over the class tiles, folded into a few running sums.
 
@@ -77,18 +103,9 @@ def gram(A: da.Array, B: da.Array | None = None) -> da.Array:
     B = A if B is None else B
     A = A.rechunk({1: -1})
     B = B.rechunk((A.chunks[0], -1))
-    n = A.numblocks[0]
     dt = np.result_type(A.dtype, B.dtype)
-    C = n_chains(n)
-    name = "ncdask-gram-" + tokenize(A, B, C)
-    dsk: dict[Any, Any] = {}
-    last: list[Any] = [None] * C
-    for i in range(n):
-        key = (f"{name}-fold", i)
-        dsk[key] = (_add_gram, last[i % C], (A.name, i, 0), (B.name, i, 0))
-        last[i % C] = key
-    dsk[(name, 0, 0)] = (_sum_all, [k for k in last if k is not None])
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[A, B])
+    graph, name, _ = _chain_fold("ncdask-gram-", _add_gram, _sum_all, [A, B],
+                                 lambda nm: (nm, 0, 0))
     return da.Array(graph, name, chunks=((A.shape[1],), (B.shape[1],)),
                     meta=meta_from_array(A._meta, ndim=2, dtype=dt))
 
@@ -105,14 +122,6 @@ def _fold_terms(acc: Any, m: Any, w: Any = None) -> dict[str, Any]:
     for k, v in t.items():
         acc[k] += v  # acc is the previous fold step's result, read by this task alone
     return acc
-
-
-def _combine_terms(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    out = parts[0]
-    for p in parts[1:]:
-        for k in out:
-            out[k] = out[k] + p[k]
-    return out
 
 
 def tile_terms(M: da.Array, W: da.Array | None = None) -> dict[str, da.Array]:
@@ -135,24 +144,15 @@ def tile_terms(M: da.Array, W: da.Array | None = None) -> dict[str, da.Array]:
     if W is not None:
         W = W.rechunk((M.chunks[0], -1))
         args.append(W)
-    n = M.numblocks[0]
-    C = n_chains(n)
-    name = "ncdask-terms-" + tokenize(*args, C)
-    dsk: dict[Any, Any] = {}
-    last: list[Any] = [None] * C
-    for i in range(n):
-        key = (f"{name}-fold", i)
-        dsk[key] = (_fold_terms, last[i % C], *[(a.name, i, 0) for a in args])
-        last[i % C] = key
-    dsk[f"{name}-all"] = (_combine_terms, [k for k in last if k is not None])
+    graph, name, final = _chain_fold("ncdask-terms-", _fold_terms, KT.combine_stages, args,
+                                      lambda nm: f"{nm}-all")
     shapes = {"MM": (D, D), "M_sum": (D,), "M_sq": ()}
     if W is not None:
         shapes.update(WW=(D, D), W_sum=(D,), W_sq=(), MW=())
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=args)
     out = {}
     for k, shape in shapes.items():
         out[k] = da.from_delayed(
-            Delayed(f"{name}-all", graph, layer=name)[k],
+            Delayed(final, graph, layer=name)[k],
             shape=shape, dtype=np.float64,
             meta=meta_from_array(M._meta, ndim=len(shape), dtype=np.float64),
         )

@@ -105,13 +105,19 @@ def resolve_budget(budget: int | str | None = None) -> int:
     "64MiB"})``); else :data:`TILE_BUDGET`, lowered to :func:`client_budget`
     when a distributed client with smaller workers is active.
     """
+    return configured_budget(budget, BUDGET_CONFIG_KEY, TILE_BUDGET)
+
+
+def configured_budget(budget: int | str | None, key: str, default: int) -> int:
+    """``budget`` when given, else the dask config ``key``, else ``default`` lowered
+    to :func:`client_budget` under a distributed client with smaller workers."""
     if budget is not None:
         return parse_budget(budget)
-    configured = dask.config.get(BUDGET_CONFIG_KEY, None)
+    configured = dask.config.get(key, None)
     if configured is not None:
         return parse_budget(configured)
     hint = client_budget()
-    return TILE_BUDGET if hint is None else min(TILE_BUDGET, hint)
+    return default if hint is None else min(default, hint)
 
 
 def default_tile_size(

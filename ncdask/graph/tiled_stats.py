@@ -43,7 +43,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
@@ -67,15 +66,9 @@ STATS_BUDGET = 3 * 2**29  # 1.5 GiB
 
 def stats_budget(budget: int | str | None = None) -> int:
     """The statistics budget: ``budget``, else the config key, else :data:`STATS_BUDGET`."""
-    from .pairwise import client_budget, parse_budget
+    from .pairwise import configured_budget
 
-    if budget is not None:
-        return parse_budget(budget)
-    configured = dask.config.get(STATS_BUDGET_KEY, None)
-    if configured is not None:
-        return parse_budget(configured)
-    hint = client_budget()
-    return STATS_BUDGET if hint is None else min(STATS_BUDGET, hint)
+    return configured_budget(budget, STATS_BUDGET_KEY, STATS_BUDGET)
 
 
 #: Inputs larger than this have their reads throttled to the folds' progress

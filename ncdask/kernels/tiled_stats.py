@@ -246,15 +246,8 @@ def chunk_summary(
 
 
 def fold_summary(
-    acc: dict[str, Any] | None,
-    X: Any,
-    y: Any,
-    *,
-    n_classes: int,
-    mask: Any = None,
-    dtype: Any = np.float64,
-    ignore_index: int | None = None,
-    step: int | None = None,
+    acc: dict[str, Any] | None, X: Any, y: Any, *, n_classes: int, mask: Any = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Add a chunk's summary into a dense one-pass accumulator (Chan's update), in place.
 
@@ -265,10 +258,9 @@ def fold_summary(
     with ``δ = μ_chunk − μ_acc`` and ``w = n_acc n_chunk / (n_acc + n_chunk)``,
     ``m2`` gains ``w‖δ‖²`` and the scatter ``w δδᵀ``: centred terms only, so
     float32 input in the terminal phase stays exact. Only classes present on
-    both sides cost a cross term.
+    both sides cost a cross term. ``options``: those of :func:`chunk_summary`.
     """
-    part = chunk_summary(X, y, n_classes, mask=mask, dtype=dtype, ignore_index=ignore_index,
-                         step=step)
+    part = chunk_summary(X, y, n_classes, mask=mask, **options)
     xp = array_namespace(part["sums"])
     ids = part["ids"]
     if acc is None:
