@@ -87,18 +87,39 @@ def test_pipelined_with_ignore_index_and_min_count():
         np.bincount(y_pad[keep], minlength=K) >= 25)[0]).sum())
 
 
-def test_collapsed_float32_stays_exact_in_pipelined_plan():
-    """Terminal phase: spread 1e-5 of the means' norm, stored as float32."""
+@pytest.mark.parametrize("budget", [None, TINY], ids=["one-pass", "pipelined"])
+def test_collapsed_float32_stays_exact(budget):
+    """Terminal phase: spread 1e-5 of the means' norm, stored as float32.
+
+    The one-pass plan takes rows about a shift (a class's first row or its
+    running mean), the pipelined plan about the final means: both exact.
+    """
     rng = np.random.default_rng(5)
     K, D, n = 20, 8, 4000
     y = rng.integers(0, K, n)
     M = 1e3 * rng.normal(size=(K, D))
     X = (M[y] + 1e-2 * rng.normal(size=(n, D))).astype(np.float32)
     ref = dense_stats(X.astype(np.float64), y, K)
-    st_ = _stats(X, y, K, 333, 3, TINY).compute()
+    st_ = _stats(X, y, K, 333, 3, budget).compute()
     np.testing.assert_allclose(np.trace(st_.within_cov.values), np.trace(ref["within_cov"]),
                                rtol=1e-9)
+    np.testing.assert_allclose(st_.within_cov.values, ref["within_cov"], rtol=1e-7,
+                               atol=1e-9 * np.abs(ref["within_cov"]).max())
     np.testing.assert_allclose(st_.var_norms.values, ref["var_norms"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 64])
+@pytest.mark.parametrize("subtract", [False, True])
+def test_scatter_add_updates_the_lower_triangle(block, subtract):
+    from ncdask.kernels.tiled_stats import scatter_add, symmetrize
+
+    rng = np.random.default_rng(block)
+    P, S0 = rng.normal(size=(50, 19)), rng.normal(size=(19, 19))
+    S0 = S0 + S0.T
+    S = S0.copy()
+    scatter_add(S, P, np, block=block, subtract=subtract)
+    want = S0 - P.T @ P if subtract else S0 + P.T @ P
+    np.testing.assert_allclose(symmetrize(S), want, rtol=1e-12, atol=1e-12)
 
 
 class _Sizes(Callback):

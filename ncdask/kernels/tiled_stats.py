@@ -27,12 +27,6 @@ from typing import Any
 
 import numpy as np
 
-# SciPy's BLAS is a library apart from NumPy's: loaded here, at graph-building
-# time, so that the one-BLAS-thread limit set when a compute starts
-# (ncdask/graph/_blas.py) reaches it too. Loaded lazily inside the first task
-# it kept 2 threads per task: 1 GiB stats, K=1000, D=512 took 7.1 s, not 5.x.
-from scipy.linalg import blas
-
 from ._xp import array_namespace
 from .stats import check_labels, class_sums
 
@@ -99,25 +93,48 @@ def _sparse_sums(
     return ids.astype(xp.int64), counts, sums
 
 
-def scatter_add(S: Any, P: Any, xp: Any) -> None:
-    """``S += PᵀP`` in place; only S's **lower triangle** is guaranteed.
+#: Columns of one block of the scatter's lower triangle (:func:`scatter_add`).
+SCATTER_BLOCK = 512
 
-    On NumPy float64/float32 this is BLAS ``syrk`` into S's memory: half the
-    flops of ``P.T @ P`` and no D×D temporary. Measured on the 2-core machine
-    with one BLAS thread (``S += P.T @ P`` against ``syrk``, GEMM-equivalent
-    GFLOP/s): D=512, 2048 rows 58 vs 69; D=2048, 512 rows 44 vs 84; D=4096,
-    256 rows 22 vs 117, where the temporary and the add dominated. Other
+
+def scatter_add(
+    S: Any, P: Any, xp: Any, block: int = SCATTER_BLOCK, subtract: bool = False
+) -> None:
+    """``S += PᵀP`` (``S −= PᵀP`` with ``subtract``) in place, **lower triangle** only.
+
+    On NumPy the lower triangle is updated by column blocks of ``block``
+    columns, ``S[j:, j:j+b] += P[:, j:]ᵀ P[:, j:j+b]``: NumPy's ``matmul``
+    releases the GIL, the flops fall towards half of ``PᵀP`` as D grows
+    (0.75 at D=1024, 0.56 at D=4096) and the temporary is D×block, not D×D.
+    Why not BLAS ``syrk`` (half the flops, no temporary) through
+    ``scipy.linalg.blas``: its f2py wrapper holds the GIL, so concurrent dask
+    tasks ran their scatters one at a time. Measured on the 2-core machine,
+    one BLAS thread per task, GEMM-equivalent GFLOP/s of 1 thread / 2 threads
+    together: D=512 (2048-row pieces) syrk 57/48, blocks 52/101; D=4096
+    (512 rows) syrk 94/80, blocks 47/83; the 1 GiB statistics pass (K=1000,
+    D=512; A/B in one process, medians of 3 runs) went from 9.9 s
+    to 8.3 s. Other
     array modules (CuPy) take the full product. Call :func:`symmetrize` on
     the final sum.
     """
-    if xp is np and S.flags.c_contiguous and S.dtype in (np.float64, np.float32):
-        syrk = blas.dsyrk if S.dtype == np.float64 else blas.ssyrk
-        # S.T is Fortran-ordered: syrk updates its upper triangle in place,
-        # i.e. S's lower triangle; P.T (Fortran) times its transpose is PᵀP.
-        syrk(1.0, xp.asarray(P, dtype=S.dtype).T, beta=1.0, c=S.T, trans=0, lower=0,
-             overwrite_c=1)
-    else:
-        S += P.T @ P
+    if xp is not np:
+        if subtract:
+            S -= P.T @ P
+        else:
+            S += P.T @ P
+        return
+    D = S.shape[0]
+    P = np.asarray(P, dtype=S.dtype)
+    b = min(D, block)
+    tmp = np.empty((D, b), dtype=S.dtype)
+    for j in range(0, D, b):
+        e = min(D, j + b)
+        out = tmp[: D - j] if e - j == b else None  # C-contiguous rows of tmp
+        T = np.matmul(P[:, j:].T, P[:, j:e], out=out)
+        if subtract:
+            S[j:, j:e] -= T
+        else:
+            S[j:, j:e] += T
 
 
 def symmetrize(S: Any) -> Any:
@@ -213,20 +230,67 @@ def combine_stages(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _shifted(
+    X: Any, idx: Any, loc: Any, shift: Any, sub: Any, dtype: Any, step: int, xp: Any,
+    scatter: Any,
+) -> tuple[Any, Any]:
+    """One pass over the rows ``idx``, shifted by ``shift[loc]``: class sums, ``m2``, scatter.
+
+    Returns the sums and squared norms of ``x − shift`` per local class and
+    adds their outer products (rows whose class is in ``sub``) into
+    ``scatter``. Each piece's class sums are taken over the classes present
+    in the piece, so no temporary is larger than the piece.
+    """
+    m, D = shift.shape
+    sums = xp.zeros((m, D), dtype=dtype)
+    m2 = xp.zeros(m, dtype=dtype)
+    if idx is not None and idx.shape[0] == X.shape[0]:
+        idx = None  # every row, in order: slices instead of gathers
+    for s, e, P in _pieces(X, idx, dtype, step):
+        lp = loc[s:e]
+        P -= shift[lp]
+        if m <= e - s:
+            sums += class_sums(P, lp, m)
+        else:
+            u, inv = xp.unique(lp, return_inverse=True)
+            sums[u] += class_sums(P, inv.reshape(-1), u.shape[0])
+        m2 += xp.bincount(lp, weights=xp.einsum("ij,ij->i", P, P), minlength=m)
+        if sub is not None:
+            rows = sub[lp]
+            if not bool(xp.all(rows)):
+                P = P[rows]
+        scatter_add(scatter, P, xp)
+    return sums, m2
+
+
 def chunk_summary(
     X: Any,
     y: Any,
     n_classes: int,
     *,
+    acc: dict[str, Any] | None = None,
+    scatter: Any = None,
     mask: Any = None,
     dtype: Any = np.float64,
     ignore_index: int | None = None,
     step: int | None = None,
 ) -> dict[str, Any]:
-    """A chunk's one-pass summary: its classes (sparse), centred about its own means.
+    """A chunk's classes (sparse) in one pass, about a shift close to each class mean.
 
-    Returns ``ids``, ``counts``, ``sums`` (m×D), ``m2`` and the D×D
-    ``scatter``; ``mask`` (K,) bool, optional: classes whose rows enter it.
+    The shift of a class is its running mean in ``acc`` (a dense
+    accumulator, see :func:`fold_summary`) when the class is there, else
+    the chunk's first row of the class: a point inside the class's spread,
+    so the shifted sums of squares lose nothing to cancellation (the
+    float32 collapsed case stays exact) while each row is read, upcast and
+    multiplied once. (The previous kernel summed the classes first and then
+    centred them about the chunk's own means, reading and upcasting every
+    row twice: 0.64 s against 0.35 s for the scatter GEMM itself on 32,768
+    rows of D=512, one thread.)
+
+    Returns ``ids``, ``counts``, ``shift`` (m×D), ``sums`` and ``m2`` of the
+    shifted rows, and the D×D ``scatter`` of the shifted rows (added into
+    ``scatter`` when given); ``mask`` (K,) bool, optional: classes whose
+    rows enter the scatter.
     """
     xp = array_namespace(X, y)
     y = xp.asarray(y).astype(xp.int64)
@@ -234,64 +298,74 @@ def chunk_summary(
     D = X.shape[1]
     idx = _rows_of(y, n_classes, 0, n_classes, ignore_index, xp)
     step = step or piece_rows(D, dt.itemsize)
-    cls = y[idx]
-    ids, counts, sums = _sparse_sums(X, cls, idx, dt, step, xp)
-    local = xp.searchsorted(ids, cls)
-    means = sums / xp.maximum(counts, 1)[:, None].astype(dt)
+    ids, first, loc, counts = xp.unique(y[idx], return_index=True, return_inverse=True,
+                                        return_counts=True)
+    loc = loc.reshape(-1)
+    shift = xp.asarray(xp.take(X, idx[first], axis=0), dtype=dt)
+    if acc is not None and ids.shape[0]:
+        n_a = acc["counts"][ids]
+        seen = xp.nonzero(n_a > 0)[0]
+        shift[seen] = acc["sums"][ids[seen]] / n_a[seen, None].astype(dt)
     sub = None if mask is None else xp.asarray(mask, dtype=bool)[ids]
-    m2 = xp.zeros(ids.shape[0], dtype=dt)
-    scatter = xp.zeros((D, D), dtype=dt)
-    _centred(X, idx, local, means, sub, dt, step, xp, m2, scatter)
-    return {"ids": ids, "counts": counts, "sums": sums, "m2": m2, "scatter": scatter}
+    if scatter is None:
+        scatter = xp.zeros((D, D), dtype=dt)
+    sums, m2 = _shifted(X, idx, loc, shift, sub, dt, step, xp, scatter)
+    return {"ids": ids.astype(xp.int64), "counts": counts.astype(xp.int64), "shift": shift,
+            "sums": sums, "m2": m2, "scatter": scatter}
 
 
 def fold_summary(
     acc: dict[str, Any] | None, X: Any, y: Any, *, n_classes: int, mask: Any = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Add a chunk's summary into a dense one-pass accumulator (Chan's update), in place.
+    """Add a chunk into a dense one-pass accumulator (Chan's update, shifted), in place.
 
     The accumulator is a partial of :mod:`ncdask.kernels.stats` (dense K
     rows: ``counts``, ``sums``, ``m2``, ``scatter``, and ``in_scatter`` when
     ``mask`` is given), so chains combine with
-    :func:`ncdask.kernels.stats.merge_many`. For a class already in ``acc``
-    with ``δ = μ_chunk − μ_acc`` and ``w = n_acc n_chunk / (n_acc + n_chunk)``,
-    ``m2`` gains ``w‖δ‖²`` and the scatter ``w δδᵀ``: centred terms only, so
-    float32 input in the terminal phase stays exact. Only classes present on
-    both sides cost a cross term. ``options``: those of :func:`chunk_summary`.
+    :func:`ncdask.kernels.stats.merge_many`. The chunk's rows are taken
+    about a shift (:func:`chunk_summary`): the running mean ``μ_a`` of a
+    class already in ``acc``, else one of its rows. With ``d`` the mean of
+    the chunk's shifted rows of a class, ``n_c`` their number and ``n_a``
+    the class's count so far, the exact update is
+    ``M += S_shifted − α d dᵀ`` with ``α = n_c² / (n_a + n_c)`` (for a class
+    in ``acc``, ``d = μ_c − μ_a`` and this is Chan's ``w δδᵀ`` cross term
+    folded with the chunk's own centring; for a new class ``α = n_c``), and
+    the same for ``m2`` with ``‖d‖²``: every term is small against the
+    spread, so float32 input in the terminal phase stays exact. A class seen
+    once in the chunk and new to ``acc`` costs no correction (``d = 0``).
+    ``options``: those of :func:`chunk_summary`.
     """
-    part = chunk_summary(X, y, n_classes, mask=mask, **options)
-    xp = array_namespace(part["sums"])
-    ids = part["ids"]
     if acc is None:
-        D, dt = part["scatter"].shape[0], part["scatter"].dtype
+        xp = array_namespace(X, y)
+        dt = np.dtype(options.get("dtype", np.float64))
+        D = X.shape[1]
         acc = {"counts": xp.zeros(n_classes, dtype=xp.int64),
                "sums": xp.zeros((n_classes, D), dtype=dt),
-               "m2": xp.zeros(n_classes, dtype=dt), "scatter": part["scatter"]}
+               "m2": xp.zeros(n_classes, dtype=dt), "scatter": xp.zeros((D, D), dtype=dt)}
         if mask is not None:
             acc["in_scatter"] = xp.asarray(mask, dtype=bool)
-        acc["counts"][ids] = part["counts"]
-        acc["sums"][ids] = part["sums"]
-        acc["m2"][ids] = part["m2"]
+    part = chunk_summary(X, y, n_classes, acc=acc, scatter=acc["scatter"], mask=mask,
+                         **options)
+    xp = array_namespace(part["sums"])
+    ids = part["ids"]
+    if not ids.shape[0]:
         return acc
     dt = acc["sums"].dtype
-    n_a = acc["counts"][ids]
-    both = xp.nonzero(n_a > 0)[0]
-    acc["scatter"] += part["scatter"]
-    if both.shape[0]:
-        ib = ids[both]
-        na = n_a[both].astype(dt)
-        nb = part["counts"][both].astype(dt)
-        delta = part["sums"][both] / nb[:, None] - acc["sums"][ib] / na[:, None]
-        w = na * nb / (na + nb)
-        acc["m2"][ib] += w * xp.einsum("ij,ij->i", delta, delta)
-        if mask is not None:
-            sel = xp.asarray(mask, dtype=bool)[ib]
-            delta, w = delta[sel], w[sel]
-        scatter_add(acc["scatter"], delta * xp.sqrt(w)[:, None], xp)
+    nc = part["counts"].astype(dt)
+    na = acc["counts"][ids].astype(dt)
+    d = part["sums"] / nc[:, None]
+    alpha = nc * nc / (na + nc)
+    acc["sums"][ids] += nc[:, None] * part["shift"] + part["sums"]
+    acc["m2"][ids] += part["m2"] - alpha * xp.einsum("ij,ij->i", d, d)
     acc["counts"][ids] += part["counts"]
-    acc["sums"][ids] += part["sums"]
-    acc["m2"][ids] += part["m2"]
+    keep = (na > 0) | (nc > 1)
+    if mask is not None:
+        keep &= xp.asarray(mask, dtype=bool)[ids]
+    rows = xp.nonzero(keep)[0]
+    if rows.shape[0]:
+        scatter_add(acc["scatter"], d[rows] * xp.sqrt(alpha[rows])[:, None], xp,
+                    subtract=True)
     return acc
 
 
