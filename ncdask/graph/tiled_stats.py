@@ -82,32 +82,50 @@ READ_LAG = 2
 
 def plan(
     n_classes: int, dim: int, tile: int, *, budget: int, chains: int = 2, itemsize: int = 8,
+    present: np.ndarray | None = None,
 ) -> list[tuple[int, int]] | None:
     """Class groups ``[(lo, hi), ...]`` of the pipelined plan, or None for one pass.
 
     One pass when ``(chains + 2)·K·D·itemsize ≤ budget`` (an accumulator per
-    chain, their merge and the means); else groups of whole tiles of at most
-    ``budget / (chains + 2)`` bytes of K×D each (at least one tile): one
-    group's sums per chain, plus the previous group's means and the next
-    group's being finished.
+    chain, their merge and the means); else groups of whole tiles holding at
+    most ``budget / (chains + 2)`` bytes of accumulator rows each (at least
+    one tile): one group's sums per chain, plus the previous group's means
+    and the next group's being finished. With ``present`` (K bools: classes
+    the record says have samples) only present classes take accumulator
+    rows, and the groups are balanced to hold about as many each.
     """
     row = dim * itemsize
     if (chains + 2) * n_classes * row <= budget:
         return None
-    per_group = max(1, budget // ((chains + 2) * row))
-    per_group = max(tile, per_group // tile * tile)
-    return [(lo, min(n_classes, lo + per_group)) for lo in range(0, n_classes, per_group)]
+    cap = max(1, budget // ((chains + 2) * row))
+    starts = list(range(0, n_classes, tile))
+    if present is None:
+        sizes = [min(n_classes, t + tile) - t for t in starts]
+    else:
+        sizes = np.add.reduceat(np.asarray(present, dtype=np.int64), starts).tolist()
+    n_groups = max(1, -(-sum(sizes) // cap))
+    target = -(-sum(sizes) // n_groups)
+    groups: list[tuple[int, int]] = []
+    lo, held = 0, 0
+    for t, n in zip(starts, sizes, strict=True):
+        if t > lo and (held + n > cap or held >= target):
+            groups.append((lo, t))
+            lo, held = t, 0
+        held += n
+    groups.append((lo, n_classes))
+    return groups
 
 
-def _check_counts(counts: Any, expect: np.ndarray | None, lo: int) -> None:
+def _check_counts(counts: Any, expect: np.ndarray | None, classes: np.ndarray | None) -> None:
     """The counts found in the data must be the counts the statistics were set up with."""
     if expect is None:
         return
     got = np.asarray(to_numpy(counts))
     if not np.array_equal(got, expect):
         k = int(np.nonzero(got != expect)[0][0])
+        c = k if classes is None else int(classes[k])
         raise ValueError(
-            f"class {lo + k} has {int(got[k])} samples in the embeddings' labels but "
+            f"class {c} has {int(got[k])} samples in the embeddings' labels but "
             f"{int(expect[k])} in the split's record: the record and the data disagree "
             "(a damaged store, or a Dataset whose attrs no longer describe its rows)"
         )
@@ -115,7 +133,7 @@ def _check_counts(counts: Any, expect: np.ndarray | None, lo: int) -> None:
 
 def _finish_dense(p: dict, used: np.ndarray | None, expect: np.ndarray | None) -> dict:
     xp = array_namespace(p["sums"])
-    _check_counts(p["counts"], expect, 0)
+    _check_counts(p["counts"], expect, None)
     means = KT.group_means(p["counts"], p["sums"])
     n = p["counts"].shape[0]
     use = xp.ones(n, dtype=bool) if used is None else xp.asarray(used)
@@ -127,8 +145,8 @@ def _finish_dense(p: dict, used: np.ndarray | None, expect: np.ndarray | None) -
     }
 
 
-def _finish_sums(p: dict, lo: int, expect: np.ndarray | None) -> dict[str, Any]:
-    _check_counts(p["counts"], expect, lo)
+def _finish_sums(p: dict, classes: np.ndarray, expect: np.ndarray | None) -> dict[str, Any]:
+    _check_counts(p["counts"], expect, classes)
     return {"counts": p["counts"], "means": KT.group_means(p["counts"], p["sums"])}
 
 
@@ -202,7 +220,9 @@ def class_tiled_stats(
     D = int(X.shape[1])
     C = n_chains(X.numblocks[0]) if chains is None else max(1, int(chains))
     budget = stats_budget(budget)
-    groups = plan(n_classes, D, tile, budget=budget, chains=C, itemsize=dt.itemsize)
+    present = None if expect_counts is None else np.asarray(expect_counts) > 0
+    groups = plan(n_classes, D, tile, budget=budget, chains=C, itemsize=dt.itemsize,
+                  present=present)
     token = tokenize(X, y, n_classes, dt.str, ignore_index, in_scatter, tile, groups, C,
                      global_mean, expect_counts)
     name = f"ncdask-cstats-{token}"
@@ -265,41 +285,94 @@ def class_tiled_stats(
         dsk[comb] = (K.merge_many, ends)
         fin = f"{name}-finish"
         dsk[fin] = (_finish_dense, comb, mask, expect_counts)
-        per_group.append({k: get(fin, k, "finish") for k in
-                          ("means", "var_norms", "scatter", "terms")})
+        per_group.append({"means": [(get(fin, "means", "finish"), n_classes)],
+                          **{k: get(fin, k, "finish") for k in
+                             ("var_norms", "scatter", "terms")}})
     else:
-        sums_fin: list[Any] = []
-        G = len(groups)
-        for s in range(G + 1):
-            sum_group = groups[s] if s < G else None
-            prev = groups[s - 1] if s else None
-            means_prev = get(sums_fin[s - 1], "means", f"means{s - 1}") if s else None
-            mask_prev = (None if prev is None or in_scatter is None
-                         else np.asarray(in_scatter[prev[0]:prev[1]], dtype=bool))
-            fold = functools.partial(KT.fold_stage, sum_group=sum_group, centre_group=prev,
-                                     mask=mask_prev, **kw)
-            comb = f"{name}-combine{s}"
-            # stage s reads afresh, and only once group s-1's means exist
-            ends = chained(fold, f"stage{s}", means_prev,
-                           after=None if s == 0 else sums_fin[s - 1])
-            dsk[comb] = (KT.combine_stages, ends)
-            if sum_group is not None:
-                lo, hi = sum_group
-                expect = None if expect_counts is None else np.asarray(expect_counts[lo:hi])
-                key = f"{name}-means{s}"
-                dsk[key] = (_finish_sums, comb, lo, expect)
-                sums_fin.append(key)
-            if prev is not None:
-                used = None if in_scatter is None else np.asarray(in_scatter[prev[0]:prev[1]])
-                fin = f"{name}-finish{s}"
-                dsk[fin] = (_finish_centred, comb, sums_fin[s - 1], used)
-                per_group.append({
-                    "means": means_prev,
-                    **{k: get(fin, k, f"finish{s}") for k in ("var_norms", "scatter", "terms")},
-                })
+        _pipelined(dsk, name, groups, chained, get, per_group, kw, tile, in_scatter,
+                   expect_counts)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
-    out = [{k: Delayed(v, graph, layer=name) for k, v in g.items()} for g in per_group]
+    def lazy(k: str, v: Any) -> Any:
+        if k == "means":
+            return [(Delayed(key, graph, layer=name), n) for key, n in v]
+        return Delayed(v, graph, layer=name)
+
+    out = [{k: lazy(k, v) for k, v in g.items()} for g in per_group]
     return _assemble(out, groups, D, tile, dt, X._meta, global_mean)
+
+
+def _pipelined(
+    dsk: dict, name: str, groups: list[tuple[int, int]], chained: Any, get: Any,
+    per_group: list[dict[str, Any]], kw: dict[str, Any], tile: int,
+    in_scatter: np.ndarray | None, expect_counts: np.ndarray | None,
+) -> None:
+    """The stages of the pipelined plan, added to ``dsk`` (see the module docstring).
+
+    With known counts, a group's accumulators hold only the classes the
+    counts say are present (``rank``: each class's position among them, −1
+    for an empty class), so a vocabulary's empty classes cost no memory and
+    its groups are fewer. ``per_group`` gets, per group, its ``means`` as
+    tile-sized pieces ``[(key, rows), ...]`` and keys of the rest.
+    """
+    present = None if expect_counts is None else np.asarray(expect_counts) > 0
+    rank_key = None
+    if present is not None:
+        rank = np.cumsum(present) - 1
+        rank[~present] = -1
+        rank_key = f"{name}-rank"
+        dsk[rank_key] = rank
+        before = np.concatenate([[0], np.cumsum(present)])
+    full = []  # (lo, hi, base, n) of each group
+    for lo, hi in groups:
+        if present is None:
+            full.append((lo, hi, lo, hi - lo))
+        else:
+            full.append((lo, hi, int(before[lo]), int(before[hi] - before[lo])))
+
+    def classes(g: tuple[int, int, int, int]) -> np.ndarray:
+        ids = np.arange(g[0], g[1])
+        return ids if present is None else ids[present[g[0]:g[1]]]
+
+    def compact(v: np.ndarray | None, g: tuple[int, int, int, int]) -> np.ndarray | None:
+        return None if v is None else np.asarray(v)[classes(g)]
+
+    sums_fin: list[Any] = []
+    G = len(full)
+    for s in range(G + 1):
+        sum_group = full[s] if s < G else None
+        prev = full[s - 1] if s else None
+        means_prev = get(sums_fin[s - 1], "means", f"means{s - 1}") if s else None
+        mask_prev = None if prev is None else compact(in_scatter, prev)
+        fold = functools.partial(KT.fold_stage, sum_group=sum_group, centre_group=prev,
+                                 mask=None if mask_prev is None else mask_prev.astype(bool),
+                                 **kw)
+        comb = f"{name}-combine{s}"
+        # stage s reads afresh, and only once group s-1's means exist
+        ends = chained(fold, f"stage{s}", means_prev, rank_key,
+                       after=None if s == 0 else sums_fin[s - 1])
+        dsk[comb] = (KT.combine_stages, ends)
+        if sum_group is not None:
+            key = f"{name}-means{s}"
+            dsk[key] = (_finish_sums, comb, classes(sum_group),
+                        compact(expect_counts, sum_group))
+            sums_fin.append(key)
+        if prev is not None:
+            lo, hi, base, _ = prev
+            fin = f"{name}-finish{s}"
+            dsk[fin] = (_finish_centred, comb, sums_fin[s - 1], mask_prev)
+            pieces = []
+            for t0 in range(lo, hi, tile):
+                t1 = min(hi, t0 + tile)
+                key = (f"{name}-means-tile", t0)
+                dsk[key] = (KT.expand_rows, means_prev, rank_key, t0, t1, base)
+                pieces.append((key, t1 - t0))
+            vn = f"{name}-var-norms{s}"
+            dsk[vn] = (KT.expand_rows, get(fin, "var_norms", f"finish{s}"), rank_key, lo, hi,
+                       base)
+            per_group.append({
+                "means": pieces, "var_norms": vn,
+                **{k: get(fin, k, f"finish{s}") for k in ("scatter", "terms")},
+            })
 
 
 def _assemble(
@@ -317,7 +390,7 @@ def _assemble(
 
     sizes = [hi - lo for lo, hi in groups]
     pairs = list(zip(per_group, sizes, strict=True))
-    means = da.concatenate([arr(g["means"], (n, D)) for g, n in pairs])
+    means = da.concatenate([arr(k, (n, D)) for g in per_group for k, n in g["means"]])
     vn = da.concatenate([arr(g["var_norms"], (n,)) for g, n in pairs])
     tiles = tuple(min(tile, sum(sizes) - s) for s in range(0, sum(sizes), tile))
     means = means.rechunk((tiles, D))
