@@ -51,9 +51,11 @@ def _replaceable(url: str, kind: str, storage_options: dict | None) -> str | Non
 
 
 def check_output(
-    url: str, kind: str, *, storage_options: dict | None = None
+    url: str, kind: str, *, overwrite: bool = False, storage_options: dict | None = None
 ) -> tuple[Any, str]:
-    """Raise ``FileExistsError`` unless ``url`` is free or holds ncdask ``kind`` output.
+    """Raise ``FileExistsError`` unless ``url`` is free or may be replaced by ``kind`` output.
+
+    It may when it holds ncdask ``kind`` output and ``overwrite`` is true.
 
     Returns the fsspec filesystem and path of ``url``. Called before a long
     compute whose result goes to ``url``, and again by :func:`write_dataset`.
@@ -67,6 +69,9 @@ def check_output(
         if why is not None:
             raise FileExistsError(f"{url!r} exists and {why}; refusing to replace it "
                                   "(choose another path, or remove it yourself)")
+        if not overwrite:
+            raise FileExistsError(f"{url!r} already holds ncdask {kind}; pass "
+                                  "overwrite=True (CLI: --overwrite) to replace it")
     return fs, path
 
 
@@ -88,16 +93,18 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
 
 
 def write_dataset(
-    ds: xr.Dataset, url: str, *, kind: str, storage_options: dict | None = None
+    ds: xr.Dataset, url: str, *, kind: str, overwrite: bool = False,
+    storage_options: dict | None = None,
 ) -> None:
     """Write ``ds`` as a Zarr store at ``url``, with consolidated metadata, replacing safely.
 
     The store is written beside ``url`` first and renamed into place when
     complete (an atomic rename on a local disk), so an interrupted write
     leaves what was at ``url`` untouched, and ``ds`` may be read lazily from
-    ``url`` itself (``save_stats(load_stats(p), p)``). An existing ``url`` is
-    replaced only when it holds ncdask output of the same ``kind``: a folder
-    with other files, an embedding store or other output is refused.
+    ``url`` itself (``save_stats(load_stats(p), p, overwrite=True)``). An
+    existing ``url`` is replaced only with ``overwrite`` and when it holds
+    ncdask output of the same ``kind``: a folder with other files, an
+    embedding store or other output is refused either way.
 
     Parameters
     ----------
@@ -107,15 +114,18 @@ def write_dataset(
         Local path or fsspec URL.
     kind : {"stats", "results"}
         What the store holds; recorded, and checked before replacing.
+    overwrite : bool
+        Replace an existing ``url`` that holds ``kind`` output.
     storage_options : dict, optional
         Passed to fsspec.
 
     Raises
     ------
     FileExistsError
-        ``url`` exists and is not ncdask ``kind`` output (nothing is written).
+        ``url`` exists and is not ncdask ``kind`` output, or is and
+        ``overwrite`` is false (nothing is written).
     """
-    fs, path = check_output(url, kind, storage_options=storage_options)
+    fs, path = check_output(url, kind, overwrite=overwrite, storage_options=storage_options)
     out = ds.copy()
     out.attrs = dict(ds.attrs)
     out.attrs[ORDER_ATTR] = [str(n) for n in ds.data_vars]

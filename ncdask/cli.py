@@ -213,6 +213,9 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
     st.add_argument("url", help="store path or fsspec URL")
     st.add_argument("--split", default="train", help="split to summarise")
     st.add_argument("--out", help="write the statistics to this Zarr path (default: print only)")
+    st.add_argument("--overwrite", action="store_true",
+                    help="replace --out if it holds ncdask statistics (anything else is "
+                         "never replaced)")
     _set_args(st)
     st.add_argument("--scheduler", help=_SCHED)
     _quiet_arg(st)
@@ -236,6 +239,9 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
     )
     an.add_argument("--scheduler", help=_SCHED)
     an.add_argument("--out", help="write the metrics to this Zarr path (default: none)")
+    an.add_argument("--overwrite", action="store_true",
+                    help="replace --out if it holds ncdask results (anything else is never "
+                         "replaced)")
     an.add_argument("--json", metavar="FILE",
                     help="write the scalar metrics as JSON to FILE ('-': stdout) (default: none)")
     an.add_argument("--metrics", nargs="+", metavar="M",
@@ -402,10 +408,10 @@ def format_summary(results: Any) -> str:
     return "\n".join(lines)
 
 
-def _save_results(results: Any, url: str) -> None:
+def _save_results(results: Any, url: str, overwrite: bool) -> None:
     from .results import save_results
 
-    save_results(results, url)
+    save_results(results, url, overwrite=overwrite)
 
 
 def _write_json(obj: dict, target: str) -> None:
@@ -576,13 +582,13 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     if args.out:
         from ._zarrio import check_output
 
-        check_output(args.out, "stats")  # before the pass, not after it
+        check_output(args.out, "stats", overwrite=args.overwrite)  # before the pass
     with use_scheduler(args.scheduler, quiet=args.quiet) as run:
         st = run.compute(class_stats(store.split(args.split, **tags)))
     print(f"{args.url} [{args.split}]: N={int(st.n_samples)} K={st.sizes['class']} "
           f"D={st.sizes['feature']} tr(Sigma_W)={float(st.within_cov.values.trace()):.6g}")
     if args.out:
-        save_stats(st, args.out)
+        save_stats(st, args.out, overwrite=args.overwrite)
     return 0
 
 
@@ -597,7 +603,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.out:
         from ._zarrio import check_output
 
-        check_output(args.out, "results")  # before the pass, not after it
+        check_output(args.out, "results", overwrite=args.overwrite)  # before the pass
     if args.sweep:
         sets = [s for s in store.sets() if s and args.train in store.splits(**s)]
         if args.layer is not None:
@@ -655,7 +661,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise CLIError("nothing was measured" + (": " + "; ".join(
             f"{k} ({r})" for k, r in left.items()) if left else ""))
     if args.out:
-        _save_results(results, args.out)
+        _save_results(results, args.out, args.overwrite)
         _say(args, f"wrote {args.out}")
     if args.json:
         _write_json(scalar_dict(results), args.json)

@@ -451,7 +451,7 @@ def run_demo(
     results.attrs["source"] = "ncdask demo"
     results.attrs["training"] = {"epochs": epochs, "hidden": list(hidden), "seed": seed,
                                  **RECIPE}
-    save_results(results, str(out / "results.zarr"))
+    save_results(results, str(out / "results.zarr"), overwrite=True)  # the demo's own folder
     if plots:
         from .plot import plot_gram, plot_metrics
 

@@ -7,7 +7,10 @@ import xarray as xr
 from ._zarrio import open_dataset, write_dataset
 
 
-def save_results(results: xr.Dataset, url: str, *, storage_options: dict | None = None) -> None:
+def save_results(
+    results: xr.Dataset, url: str, *, overwrite: bool = False,
+    storage_options: dict | None = None,
+) -> None:
     """Write the output of :func:`ncdask.measure` or :func:`ncdask.sweep` to Zarr.
 
     Lazy results are computed as they are written. Every variable keeps its
@@ -20,8 +23,11 @@ def save_results(results: xr.Dataset, url: str, *, storage_options: dict | None 
     results : xarray.Dataset
     url : str
         Local path or fsspec URL. It is written beside and renamed into
-        place when complete; an existing path is replaced only when it holds
-        ncdask results (anything else raises ``FileExistsError``).
+        place when complete.
+    overwrite : bool, default False
+        Replace an existing ``url`` that holds ncdask results. Without it an
+        existing ``url`` raises ``FileExistsError``, and so does anything
+        that is not ncdask results, with or without it.
     storage_options : dict, optional
         Passed to fsspec.
     """
@@ -29,7 +35,8 @@ def save_results(results: xr.Dataset, url: str, *, storage_options: dict | None 
     out.attrs = {k: v for k, v in results.attrs.items() if v is not None}
     if "left_out" in results.attrs:
         out.attrs["left_out"] = dict(results.attrs.get("left_out") or {})
-    write_dataset(out, url, kind="results", storage_options=storage_options)
+    write_dataset(out, url, kind="results", overwrite=overwrite,
+                  storage_options=storage_options)
 
 
 def open_results(url: str, *, storage_options: dict | None = None) -> xr.Dataset:

@@ -301,14 +301,33 @@ def merge_stats(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     return _labelled(arrays, counts, global_mean=a.attrs["global_mean"], attrs=attrs)
 
 
-def save_stats(stats: xr.Dataset, url: str, *, storage_options: dict | None = None) -> None:
+def save_stats(
+    stats: xr.Dataset, url: str, *, overwrite: bool = False,
+    storage_options: dict | None = None,
+) -> None:
     """Write class statistics to a Zarr store (computing them if they are lazy).
 
     The store is written beside ``url`` and renamed into place when complete,
-    so ``save_stats(load_stats(p), p)`` works and an interrupted write keeps
-    the old statistics. An existing ``url`` is replaced only when it holds
-    ncdask statistics: any other folder, file or store raises
-    ``FileExistsError`` and is left as it was.
+    so ``save_stats(load_stats(p), p, overwrite=True)`` works and an
+    interrupted write keeps the old statistics.
+
+    Parameters
+    ----------
+    stats : xarray.Dataset
+        The output of :func:`class_stats` (lazy or computed) or :func:`load_stats`.
+    url : str
+        Local path or fsspec URL.
+    overwrite : bool, default False
+        Replace an existing ``url`` that holds ncdask statistics.
+    storage_options : dict, optional
+        Passed to fsspec.
+
+    Raises
+    ------
+    FileExistsError
+        ``url`` exists and ``overwrite`` is false, or it holds anything but
+        ncdask statistics (another folder, file, an embedding store, results):
+        it is left as it was.
     """
     out = stats.copy()
     out.attrs = {k: (list(v) if isinstance(v, (list, tuple, np.ndarray)) else v)
@@ -316,7 +335,7 @@ def save_stats(stats: xr.Dataset, url: str, *, storage_options: dict | None = No
     out.attrs["empty_classes"] = [int(i) for i in stats.attrs.get("empty_classes", [])]
     if "filtered_classes" in stats.attrs:
         out.attrs["filtered_classes"] = [int(i) for i in stats.attrs["filtered_classes"]]
-    write_dataset(out, url, kind="stats", storage_options=storage_options)
+    write_dataset(out, url, kind="stats", overwrite=overwrite, storage_options=storage_options)
 
 
 def load_stats(url: str, *, storage_options: dict | None = None) -> xr.Dataset:

@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -169,6 +171,75 @@ def _check_free(url: str, overwrite: bool, storage_options: dict | None) -> None
     )
 
 
+def _put_once(parent: zarr.Group, name: str, build: Any) -> zarr.Group | zarr.Array:
+    """Create node ``name`` of ``parent`` with one write that never replaces an existing node.
+
+    ``build(group)`` creates the node (a group or array, with its attributes)
+    in a scratch in-memory group; its ``zarr.json`` is then put in the store
+    with ``set_if_not_exists``, so writers creating the same new set or split
+    at once all end with one node and its attributes (atomic on a local disk
+    and in memory; object stores check, then write). Why not
+    ``require_group`` / ``create_array``: a creator that passed its existence
+    check wrote the metadata again after another had created the node, and
+    the node lost its attributes (a set's tags: ``sets()`` returned ``[]``)
+    or an array its shape, and two creators raised ``ContainsGroupError``
+    (issue 13: 5 of 150 trials). Returns the node as it is in the store.
+    """
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+    from zarr.storage import MemoryStore
+
+    scratch = zarr.open_group(MemoryStore(), mode="w", zarr_format=3)
+    build(scratch)
+    proto = default_buffer_prototype()
+    body = sync(scratch.store.get(f"{name}/zarr.json", prototype=proto))
+    key = "/".join(p for p in (parent.path, name, "zarr.json") if p)
+    sync(parent.store.set_if_not_exists(key, body))
+    return zarr.open(store=parent.store, path="/".join(p for p in (parent.path, name) if p),
+                     mode="r+", zarr_format=3)
+
+
+#: Dask config key choosing how concurrent writers of one split are kept apart.
+WRITERS_KEY = "ncdask.writers"
+
+
+def _shards(g: zarr.Group) -> list[tuple[zarr.Group, dict[str, Any]]]:
+    """The committed shards of a split group, in the order their writers started."""
+    if "shards" not in g:
+        return []
+    out = []
+    for _, sub in g["shards"].groups():
+        rec = sub.attrs.get("ncdask_shard")
+        if isinstance(rec, Mapping) and int(rec.get("n_committed", 0)) > 0:
+            out.append((sub, dict(rec)))
+    out.sort(key=lambda t: (float(t[1]["created"]), str(t[1]["writer"])))
+    return out
+
+
+def _snapshot(g: zarr.Group) -> tuple[list[tuple[zarr.Group, int]], dict[str, Any]]:
+    """A split's committed parts ``[(group, rows), ...]`` and its record summed over them.
+
+    The main arrays (written under a lock, by imports and by writers on a
+    local disk) come first, then every writer's shard (object stores) with
+    the rows its owner has committed: one listing, so a consistent snapshot.
+    """
+    rec = dict(g.attrs["ncdask_split"])
+    parts = [(g, int(rec["n_committed"]))]
+    counts = None if rec.get("class_counts") is None else np.asarray(rec["class_counts"],
+                                                                       dtype=np.int64)
+    for sub, srec in _shards(g):
+        parts.append((sub, int(srec["n_committed"])))
+        if counts is not None and srec.get("class_counts") is not None:
+            counts = counts + np.asarray(srec["class_counts"], dtype=np.int64)
+        for k in ("n_ignored", "n_batches"):
+            if srec.get(k):
+                rec[k] = int(rec.get(k, 0)) + int(srec[k])
+    rec["n_committed"] = sum(n for _, n in parts)
+    if counts is not None:
+        rec["class_counts"] = counts.tolist()
+    return parts, rec
+
+
 def _truncate(g: zarr.Group, n: int) -> None:
     """Shrink a split's arrays back to its ``n`` committed rows (after a failed write)."""
     for name in ("embeddings", "labels"):
@@ -218,6 +289,8 @@ class EmbeddingStore:
         self.mode = mode
         self._meta = dict(meta)
         self._storage_options: dict | None = None  # for ncdask's own renames (imports)
+        # this handle's shards, one per (split, process, thread): a shard has one writer
+        self._my_shards: dict[tuple[str, int, int], zarr.Group] = {}
 
     # ------------------------------------------------------------------ open
     @classmethod
@@ -334,7 +407,11 @@ class EmbeddingStore:
         """Create a store from in-memory (or memory-mapped) arrays.
 
         ``splits`` maps split names to ``(X, y)``. K is taken from ``n_classes``,
-        else from W's rows, else from the largest label + 1.
+        else from W's rows, else from the largest label + 1. With
+        ``overwrite=True`` an existing store is replaced only once the new one
+        is complete (it is built beside it): bad input (a label out of range,
+        a NaN, a non-finite classifier) or a kill leaves the old store as it
+        was, and a failed call leaves nothing of its own behind.
         """
         if not splits:
             raise ValueError("from_arrays needs at least one split")
@@ -349,15 +426,39 @@ class EmbeddingStore:
                     int(np.max(yy[yy != ii], initial=-1) if ii is not None else np.max(yy))
                     for yy in (np.asarray(to_numpy(y)) for _, y in splits.values())
                 )
-        store = cls.create(url, n_classes, dim, **create_kwargs)
-        for name, (X, y) in splits.items():
-            with store.writer(name) as w:
-                step = store.chunk_rows
-                for i in range(0, X.shape[0], step):
-                    w.append(X[i : i + step], y[i : i + step])
-        if W is not None:
-            store.set_classifier(W, b)
-        return store
+        import fsspec
+
+        opts = create_kwargs.get("storage_options")
+        _check_free(url, bool(create_kwargs.get("overwrite", False)), opts)
+        fs, path = fsspec.core.url_to_fs(url, **(opts or {}))
+        path = path.rstrip("/")
+        existed = fs.exists(path)
+        # replacing a store: build the new one beside it and swap them when complete,
+        # so bad input or a kill leaves the old store as it was
+        staged = existed and not (fs.isdir(path) and not fs.ls(path, detail=False))
+        tag = uuid.uuid4().hex[:12]
+        target = f"{url.rstrip('/')}.ncdask-tmp-{tag}" if staged else url
+        built = False
+        try:
+            store = cls.create(target, n_classes, dim, **{**create_kwargs, "overwrite": False})
+            built = True
+            for name, (X, y) in splits.items():
+                with store.writer(name) as w:
+                    step = store.chunk_rows
+                    for i in range(0, X.shape[0], step):
+                        w.append(X[i : i + step], y[i : i + step])
+            if W is not None:
+                store.set_classifier(W, b)
+        except BaseException:
+            if built and (staged or not existed):
+                fs.rm(f"{path}.ncdask-tmp-{tag}" if staged else path, recursive=True)
+            raise
+        if staged:
+            old = f"{path}.ncdask-old-{tag}"
+            rename(fs, path, old)
+            rename(fs, f"{path}.ncdask-tmp-{tag}", path)
+            fs.rm(old, recursive=True)
+        return cls.open(url, mode="a", storage_options=opts)
 
     # ------------------------------------------------------------ properties
     @property
@@ -411,7 +512,10 @@ class EmbeddingStore:
         )
 
     # ------------------------------------------------------------- structure
-    def _set_group(self, layer: str | None, epoch: int | None, create: bool) -> zarr.Group | None:
+    def _set_group(
+        self, layer: str | None, epoch: int | None, create: bool, layout: dict | None = None
+    ) -> zarr.Group | None:
+        """A set's group (None if missing); ``create`` makes it, with ``layout`` if given."""
         path = _set_path(layer, epoch)
         if not path:
             return self._group
@@ -421,14 +525,17 @@ class EmbeddingStore:
             if not create:
                 return None
             self._require_writable()
-            g = self._group.require_group(path)
             tags = {k: v for k, v in (("layer", layer), ("epoch", epoch)) if v is not None}
             if "epoch" in tags:
                 tags["epoch"] = int(tags["epoch"])
-            g.attrs["ncdask_set"] = tags
+            parent = self._group
             if layer is not None and epoch is not None:
-                self._group[f"layer={layer}"].attrs["ncdask_set"] = {"layer": layer}
-            return g
+                top = {"ncdask_set": {"layer": layer}}
+                parent = _put_once(self._group, f"layer={layer}",
+                                   lambda g: g.create_group(f"layer={layer}", attributes=top))
+            name = path.rsplit("/", 1)[-1]
+            attrs = {"ncdask_set": tags, **({"ncdask_layout": layout} if layout else {})}
+            return _put_once(parent, name, lambda g: g.create_group(name, attributes=attrs))
 
     def _layout(self, sg: zarr.Group) -> tuple[int, int] | None:
         """``(dim, chunk_rows)`` of a set group; None while nothing fixes its width."""
@@ -455,25 +562,26 @@ class EmbeddingStore:
 
         Raises ValueError when the set already has another width.
         """
-        sg = self._set_group(layer, epoch, create=True)
-        lay = self._layout(sg)
-        if lay is not None:
-            if int(dim) != lay[0]:
-                raise ValueError(
-                    f"set {_where(layer, epoch) or '(default)'} of {self.url!r} has dim "
-                    f"{lay[0]} (recorded when it was first written), got dim {int(dim)}"
-                )
-            return sg, lay[0], lay[1]
         dim = int(dim)
         rows = int(chunk_rows) if chunk_rows is not None else self._chunk_rows_for(dim)
+        # a new set is created with its width: concurrent first writers agree or are refused
+        sg = self._set_group(layer, epoch, create=True, layout={"dim": dim, "chunk_rows": rows})
+        lay = self._layout(sg)
+        if lay is None:  # a set created empty by an older ncdask
+            sg.attrs["ncdask_layout"] = {"dim": dim, "chunk_rows": rows}
+            lay = (dim, rows)
+        if dim != lay[0]:
+            raise ValueError(
+                f"set {_where(layer, epoch) or '(default)'} of {self.url!r} has dim "
+                f"{lay[0]} (recorded when it was first written), got dim {dim}"
+            )
         if dim != self.dim and int(self._meta.get("format", 1)) < 2:
             # older ncdask reads every set with the store's dim: make it refuse the store
             meta = dict(self._group.attrs["ncdask"])
             meta["format"] = 2
             self._group.attrs["ncdask"] = meta
             self._meta = meta
-        sg.attrs["ncdask_layout"] = {"dim": dim, "chunk_rows": rows}
-        return sg, dim, rows
+        return sg, lay[0], lay[1]
 
     def create_set(
         self,
@@ -574,7 +682,11 @@ class EmbeddingStore:
         check_name("split", split)
         sg = self._set_group(layer, epoch, create=False)
         if sg is not None and split in sg and "ncdask_split" in sg[split].attrs:
-            return sg[split]
+            g = sg[split]
+            if create and "embeddings" not in g:  # another writer is creating it right now
+                lay = self._layout(sg)
+                self._split_arrays(g, lay[0], lay[1], _is_labelled(g))
+            return g
         if not create:
             where = _set_path(layer, epoch) or "the default set"
             raise KeyError(
@@ -582,25 +694,31 @@ class EmbeddingStore:
                 f"splits there: {self.splits(layer=layer, epoch=epoch)}"
             )
         sg, D, rows = self._require_set(layer, epoch, self.dim if dim is None else dim)
-        g = self._new_split_arrays(sg, split, D, rows, labelled)
-        g.attrs["ncdask_split"] = _empty_record(split, layer, epoch, self.n_classes, labelled)
+        # the group and its empty record in one write that never replaces another
+        # writer's (whose record may already hold commits), then the arrays likewise
+        rec = {"ncdask_split": _empty_record(split, layer, epoch, self.n_classes, labelled)}
+        g = _put_once(sg, split, lambda t: t.create_group(split, attributes=rec))
+        _check_labelled(g, labelled)
+        self._split_arrays(g, D, rows, _is_labelled(g))
         return g
+
+    def _split_arrays(self, g: zarr.Group, D: int, rows: int, labelled: bool) -> None:
+        """Give the split group ``g`` its empty arrays where they are missing."""
+        _put_once(g, "embeddings", lambda t: t.create_array(
+            "embeddings", shape=(0, D), chunks=(rows, D), dtype=self.dtype,
+            dimension_names=("sample", "feature"), compressors=default_codec()))
+        if labelled:
+            _put_once(g, "labels", lambda t: t.create_array(
+                "labels", shape=(0,), chunks=(rows,),
+                dtype=np.int32 if self.n_classes < 2**31 else np.int64,
+                dimension_names=("sample",), compressors=[ZstdCodec(level=3)]))
 
     def _new_split_arrays(
         self, sg: zarr.Group, name: str, D: int, rows: int, labelled: bool
     ) -> zarr.Group:
-        """A group ``name`` in ``sg`` with empty split arrays (no commit record yet)."""
-        g = sg.require_group(name)
-        g.create_array(
-            "embeddings", shape=(0, D), chunks=(rows, D), dtype=self.dtype,
-            dimension_names=("sample", "feature"), compressors=default_codec(), overwrite=True,
-        )
-        if labelled:
-            g.create_array(
-                "labels", shape=(0,), chunks=(rows,),
-                dtype=np.int32 if self.n_classes < 2**31 else np.int64,
-                dimension_names=("sample",), compressors=[ZstdCodec(level=3)], overwrite=True,
-            )
+        """A new group ``name`` in ``sg`` with empty split arrays (no commit record yet)."""
+        g = sg.create_group(name)
+        self._split_arrays(g, D, rows, labelled)
         return g
 
     def _require_writable(self) -> None:
@@ -667,7 +785,8 @@ class EmbeddingStore:
         g = self._split_group(split, layer, epoch, create=True, dim=Xn.shape[1],
                               labelled=yn is not None)
         _check_labelled(g, yn is not None)
-        return self._write_commit(g, Xn, yn, n_batches=1)
+        n = self._write_commit(g, Xn, yn, n_batches=1)
+        return _snapshot(g)[1]["n_committed"] if self._use_shards() else n
 
     def _write_rows(self, g: zarr.Group, start: int, X: np.ndarray, y: np.ndarray | None) -> int:
         """Write rows at ``start`` (past the committed end: invisible until committed)."""
@@ -716,11 +835,75 @@ class EmbeddingStore:
         g.attrs["ncdask_split"] = rec  # the commit
         return int(n1)
 
+    def _use_shards(self) -> bool:
+        """Whether appends go to this writer's own shard (see :meth:`_write_shard`)."""
+        mode = dask.config.get(WRITERS_KEY, "auto")
+        if mode not in ("auto", "lock", "shards"):
+            raise ValueError(f"{WRITERS_KEY} must be 'auto', 'lock' or 'shards', got {mode!r}")
+        if mode != "auto":
+            return mode == "shards"
+        fs, _ = self._fs_path(self._group, "")
+        proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        return proto not in ("file", "local", "memory")
+
+    @staticmethod
+    def _shard_key(g: zarr.Group) -> tuple[str, int, int]:
+        import threading
+
+        return g.path, os.getpid(), threading.get_ident()
+
+    def _own_rows(self, g: zarr.Group) -> int:
+        """Rows this handle's writes to split ``g`` start from (for chunk alignment)."""
+        if self._use_shards():
+            sh = self._my_shards.get(self._shard_key(g))
+            return 0 if sh is None else int(sh.attrs["ncdask_shard"]["n_committed"])
+        return int(g.attrs["ncdask_split"]["n_committed"])
+
+    def _write_shard(
+        self, g: zarr.Group, X: np.ndarray, y: np.ndarray | None, n_batches: int
+    ) -> int:
+        """Append to this writer's own shard of split ``g`` and commit it; no lock needed.
+
+        Object stores have no rename and no lock, so writers never share an
+        array: each store handle appends to its own shard
+        ``<split>/shards/<uuid>`` and commits by rewriting that shard's
+        record (one ``zarr.json``, one atomic PUT), which nobody else
+        writes. The split is the main arrays followed by every shard's
+        committed rows, in the order the shards were created. A killed
+        writer loses only what it had not committed. Returns the shard's
+        committed rows.
+        """
+        sh = self._my_shards.get(self._shard_key(g))
+        if sh is None:
+            emb = g["embeddings"]
+            D, rows = int(emb.shape[1]), int(emb.chunks[0])
+            wid = uuid.uuid4().hex
+            rec = {"ncdask_shard": {
+                "writer": wid, "created": time.time(), "n_committed": 0, "n_batches": 0,
+                "class_counts": None if y is None else [0] * self.n_classes}}
+            parent = _put_once(g, "shards", lambda t: t.create_group("shards"))
+            sh = _put_once(parent, wid, lambda t: t.create_group(wid, attributes=rec))
+            self._split_arrays(sh, D, rows, y is not None)
+            self._my_shards[self._shard_key(g)] = sh
+        rec = dict(sh.attrs["ncdask_shard"])
+        n1 = self._write_rows(sh, int(rec["n_committed"]), X, y)
+        counts, n_ign = self._tally(y)
+        if counts is not None:
+            rec["class_counts"] = (np.asarray(rec["class_counts"], dtype=np.int64)
+                                   + counts).tolist()
+        if n_ign:
+            rec["n_ignored"] = int(rec.get("n_ignored", 0)) + n_ign
+        rec.update(n_committed=int(n1), n_batches=int(rec["n_batches"]) + n_batches)
+        sh.attrs["ncdask_shard"] = rec  # the commit
+        return int(n1)
+
     def _write_commit(
         self, g: zarr.Group, X: np.ndarray, y: np.ndarray | None, n_batches: int
     ) -> int:
         if X.shape[0] == 0:
-            return int(g.attrs["ncdask_split"]["n_committed"])
+            return self._own_rows(g)
+        if self._use_shards():
+            return self._write_shard(g, X, y, n_batches)
         with self._exclusive(g) as g:  # the committed end as it is now, not as cached
             n0 = int(g.attrs["ncdask_split"]["n_committed"])
             n1 = self._write_rows(g, n0, X, y)
@@ -1112,7 +1295,7 @@ class EmbeddingStore:
 
     def _committed(self, split: str, layer: str | None, epoch: int | None) -> int:
         g = self._split_group(split, layer, epoch, create=False)
-        return int(g.attrs["ncdask_split"]["n_committed"])
+        return int(_snapshot(g)[1]["n_committed"])
 
     # ----------------------------------------------------------------- reads
     def split(
@@ -1158,13 +1341,18 @@ class EmbeddingStore:
         """
         xp = array_backend(backend)
         g = self._split_group(name, layer, epoch, create=False)
-        rec = g.attrs["ncdask_split"]
+        parts, rec = _snapshot(g)
         n = int(rec["n_committed"])
         D = int(g["embeddings"].shape[1])
-        emb = on_backend(da.from_zarr(g["embeddings"])[:n], xp)
-        data_vars = {"embeddings": (("sample", "feature"), emb)}
+        parts = [(p, k) for p, k in parts if k > 0] or parts[:1]
+
+        def column(name: str) -> da.Array:
+            cols = [da.from_zarr(p[name])[:k] for p, k in parts]
+            return on_backend(cols[0] if len(cols) == 1 else da.concatenate(cols), xp)
+
+        data_vars = {"embeddings": (("sample", "feature"), column("embeddings"))}
         if _is_labelled(g):
-            data_vars["labels"] = (("sample",), on_backend(da.from_zarr(g["labels"])[:n], xp))
+            data_vars["labels"] = (("sample",), column("labels"))
         counts = rec.get("class_counts")
         attrs = {
             "n_classes": self.n_classes,
@@ -1240,7 +1428,7 @@ class StoreWriter:
         self._group = group
         self.dim = int(emb.shape[1])
         self._chunk = int(emb.chunks[0])
-        self._committed = int(group.attrs["ncdask_split"]["n_committed"])
+        self._committed = self._store._own_rows(group)
 
     def append(self, X: Any, y: Any = None) -> None:
         """Validate a batch and buffer it; write whole chunks once they fill."""

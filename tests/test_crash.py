@@ -7,6 +7,7 @@ import sys
 import textwrap
 import time
 
+import dask
 import numpy as np
 import pytest
 
@@ -52,7 +53,9 @@ def check_prefix(store_url, at_least):
     return m
 
 
-def test_sigkill_mid_append_keeps_committed_batches(tmp_path):
+@pytest.mark.parametrize("writers", ["lock", "shards"])
+def test_sigkill_mid_append_keeps_committed_batches(tmp_path, writers):
+    """Killed three times; in shards mode each run's writer leaves its own shard."""
     url = str(tmp_path / "crash.zarr")
     ncdask.EmbeddingStore.create(url, 3, D, chunk_rows=128)  # batches straddle chunks
     (tmp_path / "writer.py").write_text(WRITER)
@@ -64,7 +67,7 @@ def test_sigkill_mid_append_keeps_committed_batches(tmp_path):
         "    return rng.normal(size=(ROWS, D)).astype(np.float32), rng.integers(0, 3, ROWS)\n"
     )
     pythonpath = str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")
-    env = dict(os.environ, PYTHONPATH=pythonpath)
+    env = dict(os.environ, PYTHONPATH=pythonpath, DASK_NCDASK__WRITERS=writers)
     m = 0
     rng = np.random.default_rng(0)
     for _round in range(3):
@@ -87,7 +90,8 @@ def test_sigkill_mid_append_keeps_committed_batches(tmp_path):
     # appending goes on after the crashes
     s = ncdask.EmbeddingStore.open(url, mode="a")
     X, y = batch(m)
-    s.append("train", X, y)
+    with dask.config.set({"ncdask.writers": writers}):
+        s.append("train", X, y)
     assert check_prefix(url, at_least=m + 1) == m + 1
 
 

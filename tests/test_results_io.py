@@ -126,9 +126,16 @@ def test_outputs_never_replace_what_ncdask_did_not_write(tmp_path, mem_url):
     ncdask.save_stats(st, str(tmp_path / "stats.zarr"))
     with pytest.raises(FileExistsError, match="holds ncdask stats"):
         ncdask.save_results(res, str(tmp_path / "stats.zarr"))
-    # the same kind is replaced, and nothing is left beside it
+    # the same kind is replaced only when asked, and nothing is left beside it
     ncdask.save_results(res, str(tmp_path / "r.zarr"))
-    ncdask.save_results(res * 2, str(tmp_path / "r.zarr"))
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        ncdask.save_results(res * 2, str(tmp_path / "r.zarr"))
+    assert float(ncdask.open_results(str(tmp_path / "r.zarr")).nc1_quot) == float(res.nc1_quot)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        ncdask.save_stats(st, str(tmp_path / "stats.zarr"))
+    with pytest.raises(FileExistsError, match="embedding store"):
+        ncdask.save_stats(st, s.url, overwrite=True)  # overwrite never reaches other kinds
+    ncdask.save_results(res * 2, str(tmp_path / "r.zarr"), overwrite=True)
     assert float(ncdask.open_results(str(tmp_path / "r.zarr")).nc1_quot) == 2 * float(
         res.nc1_quot)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -139,7 +146,8 @@ def test_save_stats_onto_the_store_it_reads(tmp_path, mem_url):
     st = _stats(1).compute()
     for url in (str(tmp_path / "s.zarr"), mem_url("stats")):
         ncdask.save_stats(st, url)
-        ncdask.save_stats(ncdask.load_stats(url), url)  # lazy reads from url itself
+        # lazy reads from url itself
+        ncdask.save_stats(ncdask.load_stats(url), url, overwrite=True)
         back = ncdask.load_stats(url).compute()
         xr.testing.assert_allclose(back[list(st.data_vars)], st)
 
@@ -154,3 +162,18 @@ def test_cli_out_refuses_a_typo_onto_the_store(tmp_path, capsys):
         assert main([*cmd, "-q"]) == 2
         assert "embedding store" in capsys.readouterr().err
     assert ncdask.EmbeddingStore.open(s.url).n_rows("train") == 40
+
+
+def test_cli_out_replaces_its_own_kind_only_with_overwrite(tmp_path, capsys):
+    from ncdask.cli import main
+
+    s = ncdask.EmbeddingStore.create(str(tmp_path / "emb.zarr"), K, D)
+    rng = np.random.default_rng(0)
+    s.append("train", rng.normal(size=(40, D)), np.arange(40) % K)
+    for cmd, out in ((["stats", s.url], "st.zarr"), (["analyze", s.url], "res.zarr")):
+        target = str(tmp_path / out)
+        assert main([*cmd, "--out", target, "-q"]) == 0
+        assert main([*cmd, "--out", target, "-q"]) == 2
+        assert "--overwrite" in capsys.readouterr().err
+        assert main([*cmd, "--out", target, "--overwrite", "-q"]) == 0
+    assert ncdask.load_stats(str(tmp_path / "st.zarr")).sizes["class"] == K

@@ -295,3 +295,31 @@ def test_set_classifier_replaces_whole_or_not_at_all(tmp_path):
     Wl, _ = s.classifier(lazy=True)
     np.testing.assert_array_equal(Wl.compute(), W1)
     assert not [p.name for p in (tmp_path / "s.zarr").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_from_arrays_overwrite_replaces_only_when_complete(tmp_path, mem_url, where):
+    url = str(tmp_path / "s.zarr") if where == "local" else mem_url()
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 4)), np.arange(30) % 3
+    W = rng.normal(size=(3, 4))
+    ncdask.EmbeddingStore.from_arrays(url, {"train": (X, y)}, W)
+    bad_labels = {"train": (X, np.full(30, 5))}
+    nan_rows = {"train": (np.where(np.arange(30)[:, None] == 29, np.nan, X), y)}
+    for splits, W_new, msg in ((bad_labels, None, "label"), (nan_rows, None, "finite|NaN"),
+                               ({"train": (2 * X, y)}, np.full((3, 4), np.inf), "NaN or inf")):
+        with pytest.raises(ValueError, match=msg):
+            ncdask.EmbeddingStore.from_arrays(url, splits, W_new, n_classes=3, overwrite=True)
+        s = ncdask.EmbeddingStore.open(url)  # the old store, whole
+        np.testing.assert_array_equal(s["train"].embeddings.values, X.astype(np.float32))
+        np.testing.assert_array_equal(s.classifier()[0], W)
+    if where == "local":
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+    s = ncdask.EmbeddingStore.from_arrays(url, {"test": (2 * X, y)}, n_classes=3,
+                                          overwrite=True)
+    assert s.splits() == ["test"] and s.mode == "a"
+    # a failed first write leaves nothing behind either
+    fresh = str(tmp_path / "new.zarr")
+    with pytest.raises(ValueError, match="label"):
+        ncdask.EmbeddingStore.from_arrays(fresh, bad_labels, n_classes=3)
+    assert not (tmp_path / "new.zarr").exists()

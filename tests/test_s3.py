@@ -1,0 +1,106 @@
+"""The store on a real object store: an S3-protocol server (moto) on the loopback.
+
+Object stores have no rename and no lock: writers there append to shards of
+their own (``ncdask.writers`` = "auto" picks them for any non-local URL), so
+concurrent processes keep every row.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import pytest
+from moto.server import ThreadedMotoServer
+
+import ncdask
+
+K, D = 5, 4
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """``(options, bucket)``: storage options for a fresh bucket on a local moto server."""
+    import s3fs
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    opts = {"key": "testing", "secret": "testing",
+            "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "eu-west-1"}}
+    bucket = f"ncdask-{uuid.uuid4().hex[:8]}"
+    fs = s3fs.S3FileSystem(**opts)
+    fs.mkdir(bucket)
+    yield opts, bucket
+    server.stop()
+
+
+def _url(s3, name):
+    return f"s3://{s3[1]}/{name}-{uuid.uuid4().hex[:6]}.zarr"
+
+
+def test_roundtrip_and_stats_on_s3(s3):
+    opts = s3[0]
+    url = _url(s3, "rt")
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(90, D)).astype(np.float32), np.arange(90) % K
+    s = ncdask.EmbeddingStore.create(url, K, D, chunk_rows=16, storage_options=opts)
+    s.append("train", X[:10], y[:10])
+    with s.writer("train") as w:
+        for i in range(10, 90, 7):
+            w.append(X[i:i + 7], y[i:i + 7])
+    s = ncdask.EmbeddingStore.open(url, storage_options=opts)
+    d = s.split("train")
+    np.testing.assert_array_equal(d.embeddings.values, X)
+    np.testing.assert_array_equal(d.labels.values, y)
+    st = ncdask.class_stats(s, "train").compute()
+    np.testing.assert_array_equal(st.counts.values, np.bincount(y, minlength=K))
+    np.testing.assert_allclose(st.means.values, np.stack([X[y == k].mean(0) for k in range(K)]),
+                               rtol=1e-6)
+
+
+_RANK = """
+import json, os, sys, time, numpy as np, ncdask
+url, rank, go, opts = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+s = ncdask.EmbeddingStore.open(url, "a", storage_options=opts)
+t0 = time.time()
+while not os.path.exists(go):
+    if time.time() - t0 > 120:
+        sys.exit("never told to go")
+    time.sleep(0.001)
+for b in range(int(sys.argv[5])):
+    X = np.empty((3, 4), np.float32)
+    X[:, 0], X[:, 1], X[:, 2:] = rank, b, np.arange(3)[:, None]
+    s.append("shared", X, (rank + b + np.arange(3)) % 5)
+"""
+
+
+@pytest.mark.parametrize("trial", [0])
+def test_four_processes_appending_to_one_new_split_on_s3(s3, tmp_path, trial):
+    opts, ranks, batches = s3[0], 4, 50
+    url = _url(s3, f"conc{trial}")
+    ncdask.EmbeddingStore.create(url, K, D, chunk_rows=8, storage_options=opts)
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _RANK, url, str(r), str(go),
+                               json.dumps(opts), str(batches)],
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+             for r in range(ranks)]
+    import time
+
+    time.sleep(1.0)
+    go.write_text("go")
+    assert [p.wait(timeout=600) for p in procs] == [0] * ranks
+    s = ncdask.EmbeddingStore.open(url, storage_options=opts)
+    d = s.split("shared")
+    X, y = d.embeddings.values, d.labels.values
+    assert X.shape == (ranks * batches * 3, D)
+    got = sorted((int(X[i, 0]), int(X[i, 1])) for i in range(0, X.shape[0], 3))
+    assert got == [(r, b) for r in range(ranks) for b in range(batches)]  # each exactly once
+    for i in range(0, X.shape[0], 3):
+        r, b = int(X[i, 0]), int(X[i, 1])
+        np.testing.assert_array_equal(X[i:i + 3, 2], np.arange(3))
+        np.testing.assert_array_equal(y[i:i + 3], (r + b + np.arange(3)) % K)
+    np.testing.assert_array_equal(d.attrs["class_counts"], np.bincount(y, minlength=K))
+    assert s.n_rows("shared") == X.shape[0]
