@@ -166,6 +166,21 @@ def _check_width(
     return width
 
 
+def _ranks_wait_for_each_other(torch: Any) -> None:
+    """In a data-parallel job, every rank checks the store before any rank writes.
+
+    Each rank of a ``torch.distributed`` job calls :func:`capture` with the
+    same arguments and appends its share of the samples to the same splits.
+    Without a barrier, a fast rank's first rows would make a slower rank's
+    "already has rows" check fail; with it, a first call passes on every
+    rank and a repeated one fails on every rank.
+    """
+    dist = getattr(torch, "distributed", None)
+    if (dist is not None and dist.is_available() and dist.is_initialized()
+            and dist.get_world_size() > 1):
+        dist.barrier()
+
+
 def capture(
     model: Any,
     loader: Iterable[Any],
@@ -346,6 +361,7 @@ def capture(
                     f"split {split!r} of set layer={tag}, epoch={epoch} already has {n} rows; "
                     "pass append=True to add to them"
                 )
+    _ranks_wait_for_each_other(torch)
 
     dev = torch.device(device) if device is not None else _model_device(model)
     cupy = _cupy_or_none()

@@ -21,6 +21,19 @@ def pinv_cutoff(sigma_max: float, dim: int, dtype: Any, xp: Any) -> float:
     return float(dim) * float(xp.finfo(dtype).eps) * float(sigma_max)
 
 
+def _undefined(B: Any, Sw: Any, xp: Any) -> bool:
+    """NC1 is undefined: non-finite inputs, or no between-class spread at all.
+
+    Every class mean equal (all rows identical, or an offset that float32
+    storage rounded the spread away) makes ``Σ_B = 0``; its pseudo-inverse is
+    0 and ``tr(Σ_B⁺ Σ_W)`` would read as perfect collapse, so it is NaN, as
+    the other NC1 metrics are. NaN or inf inputs give NaN, not a LinAlgError.
+    """
+    if not (bool(xp.all(xp.isfinite(B))) and bool(xp.all(xp.isfinite(Sw)))):
+        return True
+    return not bool(xp.any(B != 0))
+
+
 def nc1_from_means(
     Mc: Any, Sw: Any, n_classes: int, *, want_svd: bool, eps_dtype: Any = None
 ) -> Any:
@@ -56,6 +69,8 @@ def nc1_from_means(
     xp = array_namespace(Mc, Sw)
     Mc, Sw = xp.asarray(Mc), xp.asarray(Sw)
     K, D = Mc.shape
+    if _undefined(Mc, Sw, xp):
+        return xp.asarray([math.nan, math.nan], dtype=Mc.dtype)
     with errstate(xp):
         _, s, Vt = xp.linalg.svd(Mc, full_matrices=False)
         sig = s * s / n_classes
@@ -87,6 +102,8 @@ def nc1_from_between(Sb: Any, Sw: Any, n_classes: int, *, eps_dtype: Any = None)
     xp = array_namespace(Sb, Sw)
     Sb, Sw = xp.asarray(Sb), xp.asarray(Sw)
     D = Sb.shape[0]
+    if _undefined(Sb, Sw, xp):
+        return xp.asarray([math.nan], dtype=Sb.dtype)
     with errstate(xp):
         Sb = (Sb + Sb.T) * 0.5
         lam, V = xp.linalg.eigh(Sb)
