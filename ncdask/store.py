@@ -42,7 +42,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from ._validate import NcdaskStoreError, batch_to_numpy, check_ignore_index, check_name
 from ._version import __version__
@@ -55,7 +55,12 @@ SET_TAGS = ("layer", "epoch")
 
 
 def default_codec() -> list:
-    """Blosc LZ4 with bit-shuffle.
+    """Blosc LZ4 with bit-shuffle, then a CRC-32C checksum of each chunk.
+
+    The checksum makes a damaged chunk an error on read instead of silently
+    wrong values (issue 14: 16 garbled bytes in an LZ4 chunk moved the means
+    by 7.8e-5); it cost 0.05 s per 64 MiB chunk written and nothing
+    measurable on read (0.144 s against 0.155 s, noise).
 
     Measured with ``benchmarks/bench_codecs.py`` (float32, D=512, 64 MiB):
     compression ratio 1.11 on Gaussian features, 1.14 post-ReLU, 1.22 on
@@ -63,7 +68,7 @@ def default_codec() -> list:
     compression; zstd-1 compresses post-ReLU data better (1.77) but writes
     at half the speed and gains only 1.08-1.13 elsewhere.
     """
-    return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")]
+    return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), Crc32cCodec()]
 
 
 def _set_path(layer: str | None = None, epoch: int | None = None) -> str:
@@ -704,14 +709,18 @@ class EmbeddingStore:
 
     def _split_arrays(self, g: zarr.Group, D: int, rows: int, labelled: bool) -> None:
         """Give the split group ``g`` its empty arrays where they are missing."""
+        # fill values: what Zarr returns for a missing chunk. NaN embeddings and an
+        # impossible label make a lost chunk visible (the stats pass rejects the label)
         _put_once(g, "embeddings", lambda t: t.create_array(
             "embeddings", shape=(0, D), chunks=(rows, D), dtype=self.dtype,
-            dimension_names=("sample", "feature"), compressors=default_codec()))
+            dimension_names=("sample", "feature"), compressors=default_codec(),
+            fill_value=np.nan))
         if labelled:
+            lab = np.int32 if self.n_classes < 2**31 else np.int64
             _put_once(g, "labels", lambda t: t.create_array(
-                "labels", shape=(0,), chunks=(rows,),
-                dtype=np.int32 if self.n_classes < 2**31 else np.int64,
-                dimension_names=("sample",), compressors=[ZstdCodec(level=3)]))
+                "labels", shape=(0,), chunks=(rows,), dtype=lab,
+                dimension_names=("sample",), compressors=[ZstdCodec(level=3), Crc32cCodec()],
+                fill_value=np.iinfo(lab).min))
 
     def _new_split_arrays(
         self, sg: zarr.Group, name: str, D: int, rows: int, labelled: bool
@@ -981,9 +990,11 @@ class EmbeddingStore:
         # be deleted first: all-zero or missing W after a SIGKILL)
         tmp = f".classifier-{uuid.uuid4().hex[:12]}"
         cg = sg.create_group(tmp)
-        cg.create_array("W", data=W, dimension_names=("class", "feature"))
+        # checksummed, and NaN where a chunk goes missing (was 0: a plausible nc4)
+        safe = {"compressors": [ZstdCodec(level=3), Crc32cCodec()], "fill_value": np.nan}
+        cg.create_array("W", data=W, dimension_names=("class", "feature"), **safe)
         if b is not None:
-            cg.create_array("b", data=b, dimension_names=("class",))
+            cg.create_array("b", data=b, dimension_names=("class",), **safe)
         self._move_into_place(sg, tmp, "classifier", replace="classifier" in sg)
 
     def classifier(

@@ -46,3 +46,51 @@ def test_a_collapsed_but_separated_set_is_still_zero():
     y = np.arange(40) % K
     got = _nc1(np.eye(K, 6)[y] * 3.0, y, K)
     assert got["nc1_pinv"] == 0.0 and got["nc1_quot"] == 0.0
+
+
+def _chunk_files(root, array):
+    return sorted(p for p in (root / array / "c").rglob("*") if p.is_file())
+
+
+def test_damaged_chunks_are_errors_or_nan_never_plausible(tmp_path):
+    """Verified reads: a missing labels chunk is an error, a missing embeddings chunk NaN,
+    garbled bytes fail their checksum."""
+    rng = np.random.default_rng(0)
+    K, D = 3, 4
+    X, y = rng.normal(size=(90, D)), np.arange(90) % K
+    W = rng.normal(size=(K, D))
+    url = tmp_path / "s.zarr"
+    ncdask.EmbeddingStore.from_arrays(str(url), {"train": (X, y)}, W, chunk_rows=30)
+    s = ncdask.EmbeddingStore.open(str(url))
+    split = url / "train"
+    # a labels chunk deleted: the pass names the damage
+    lab = _chunk_files(split, "labels")
+    assert len(lab) == 3
+    saved = lab[1].read_bytes()
+    lab[1].unlink()
+    with pytest.raises(ValueError, match="missing labels chunk"):
+        ncdask.class_stats(s, "train").compute()
+    lab[1].write_bytes(saved)
+    # an embeddings chunk deleted: NaN rows, so NaN statistics and metrics
+    emb = _chunk_files(split, "embeddings")
+    saved = emb[2].read_bytes()
+    emb[2].unlink()
+    assert np.isnan(s["train"].embeddings.values[60:]).all()
+    assert np.isnan(_nc1_of(s)["nc1_pinv"])
+    # garbled bytes inside a chunk: the checksum fails on read
+    bad = bytearray(saved)
+    bad[len(bad) // 2] ^= 0xFF
+    emb[2].write_bytes(bytes(bad))
+    with pytest.raises(Exception, match="(?i)checksum|crc"):
+        s["train"].embeddings.values
+    # the classifier: a missing chunk reads as NaN, not as zeros
+    wc = _chunk_files(url / "classifier", "W")
+    wc[0].unlink()
+    assert np.isnan(s.classifier()[0]).all()
+
+
+def _nc1_of(s):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = ncdask.measure(ncdask.class_stats(s, "train"), metrics=["nc1"]).compute()
+    return {k: float(r[k]) for k in r.data_vars if r[k].ndim == 0}

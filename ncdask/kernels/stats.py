@@ -77,6 +77,11 @@ def class_sums(X: Any, y: Any, n_classes: int) -> Any:
     return out
 
 
+#: Fill values of ncdask's labels arrays (the smallest int32 and int64): what
+#: Zarr returns for a labels chunk that is missing, never a valid label.
+MISSING_LABELS = (-(2**31), -(2**63))
+
+
 def check_labels(y: Any, n_classes: int, ignore_index: int | None, xp: Any) -> Any:
     """Boolean mask of the rows to keep.
 
@@ -91,6 +96,9 @@ def check_labels(y: Any, n_classes: int, ignore_index: int | None, xp: Any) -> A
             first = int(y[xp.nonzero(bad)[0][0]])
             hint = ("pass ignore_index= for padding labels" if ignore_index is None
                     else f"only ignore_index={ignore_index} may lie outside it")
+            if first in MISSING_LABELS:
+                hint = ("that is the fill value a missing labels chunk reads as: the store "
+                        "is damaged (a chunk file was deleted or never written)")
             raise ValueError(
                 f"label {first} is outside [0, {n_classes}) (n_classes={n_classes}); {hint}"
             )
