@@ -140,14 +140,49 @@ def use_scheduler(
             f"unknown scheduler {spec!r}; use threads, processes, sync, local-cuda "
             "or a distributed scheduler address such as tcp://host:8786"
         )
+    client = _connect(spec, connect_timeout)
+    with client, client.as_current(), dask.config.set(scheduler="dask.distributed"):
+        yield Runner(spec, client=client, quiet=quiet)
+
+
+def _connect(spec: str, timeout: float) -> Any:
+    """A distributed Client for ``spec``, or SchedulerError within about ``timeout`` seconds.
+
+    Why a thread: ``Client(address, timeout=)`` bounds the TCP connect but not
+    the handshake, so an address whose service accepts connections and never
+    speaks Dask's protocol (a dashboard port, an HTTP server) hung until
+    killed (issue 14: 200 s). The client is built in a daemon thread that is
+    abandoned if it has not answered in time.
+    """
+    import threading
+
     from distributed import Client
 
-    try:
-        client = Client(spec, timeout=connect_timeout)
-    except (OSError, TimeoutError, ValueError) as e:
-        raise SchedulerError(f"cannot connect to the Dask scheduler at {spec!r}: {e}") from e
-    with client:
-        yield Runner(spec, client=client, quiet=quiet)
+    box: dict[str, Any] = {}
+
+    def make() -> None:
+        try:
+            # not the default scheduler: one abandoned here must not capture later computes
+            box["client"] = Client(spec, timeout=timeout, set_as_default=False)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller below
+            box["error"] = e
+
+    th = threading.Thread(target=make, name="ncdask-connect", daemon=True)
+    th.start()
+    th.join(timeout + 2.0)
+    if th.is_alive():
+        raise SchedulerError(
+            f"no Dask scheduler answered at {spec!r} within {timeout:g} s: is that a Dask "
+            "scheduler's port (a dashboard or HTTP port accepts the connection but never "
+            "answers)?"
+        )
+    err = box.get("error")
+    if err is not None:
+        if isinstance(err, (OSError, TimeoutError, ValueError)):
+            raise SchedulerError(
+                f"cannot connect to the Dask scheduler at {spec!r}: {err}") from err
+        raise err
+    return box["client"]
 
 
 @contextlib.contextmanager

@@ -253,6 +253,27 @@ def test_scheduler_errors(store_url, capsys):
             pass
 
 
+def test_a_port_that_is_not_a_dask_scheduler_is_an_error_not_a_hang():
+    """An HTTP server accepts the connection and never answers Dask's handshake."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    srv.daemon_threads = True  # the handler stays blocked on the half-read request
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(SchedulerError, match="no Dask scheduler answered"):
+            with use_scheduler(f"tcp://127.0.0.1:{srv.server_address[1]}",
+                               connect_timeout=1.0):
+                pass
+    finally:
+        srv.shutdown()
+
+
 # ------------------------------------------------------------------------ import, stats
 
 
