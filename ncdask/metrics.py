@@ -760,6 +760,11 @@ def _measure_one(
                     raise ValueError(f"test embeddings have dim {X.shape[1]}, stats have {D}")
                 if "labels" not in split:
                     raise ValueError("the test split needs 'labels' for NC4")
+                k_test = split.attrs.get("n_classes") if hasattr(split, "attrs") else None
+                if k_test is not None and int(k_test) != K_all:
+                    raise ValueError(
+                        f"the test split has n_classes={int(k_test)}, the statistics "
+                        f"{K_all}: NC4 needs test data of the same classifier's classes")
                 y = as_dask(split["labels"])
                 kw = dict(tile_size=T, split_every=split_every, budget=memory_budget)
                 if nc4_backend == "gemm":
@@ -771,7 +776,14 @@ def _measure_one(
                     agree = dec[:, 1].rechunk(ncc.chunks) == ncc
                 else:
                     raise ValueError(f"nc4_backend must be 'gemm' or 'faiss', got {nc4_backend!r}")
-                hits, n_test = DG.agreement_counts(agree, y.rechunk(agree.chunks), K_all)
+                hits, n_test = DG.agreement_counts(agree, y.rechunk(agree.chunks), K_all,
+                                                   ignore_index=ignore_index)
+                # a classifier with NaN/inf weights, or all zeros, decides nothing:
+                # NaN, not the share of samples whose argmax of NaN logits lands right
+                dead = ~da.isfinite(W).all() | ~(W != 0).any()
+                if b is not None:
+                    dead = dead | ~da.isfinite(b).all()
+                hits = da.where(dead, np.nan, hits)
                 if "nc4_agree" in todo:
                     out["nc4_agree"] = hits.sum() / n_test.sum()
                 if "agree_per_class" in todo:

@@ -94,3 +94,39 @@ def _nc1_of(s):
         warnings.simplefilter("ignore")
         r = ncdask.measure(ncdask.class_stats(s, "train"), metrics=["nc1"]).compute()
     return {k: float(r[k]) for k in r.data_vars if r[k].ndim == 0}
+
+
+def _nc4_case(K=4, D=6, n=80):
+    rng = np.random.default_rng(3)
+    y = np.arange(n) % K
+    X = 3 * np.eye(K, D)[y] + 0.3 * rng.normal(size=(n, D))
+    s = ncdask.EmbeddingStore.create("memory://nc4-degenerate", K, D, overwrite=True)
+    s.append("train", X, y)
+    return s, np.eye(K, D) * 3.0
+
+
+@pytest.mark.parametrize("W_kind", ["nan", "inf", "zero"])
+def test_a_dead_classifier_gives_nan_agreement(W_kind):
+    s, W = _nc4_case()
+    W = {"nan": np.where(W > 0, np.nan, W), "inf": np.where(W > 0, np.inf, W),
+         "zero": 0 * W}[W_kind]
+    r = ncdask.measure(ncdask.class_stats(s, "train"), weights=W, test=(s, "train"),
+                       metrics=["nc4_agree"]).compute()
+    assert np.isnan(float(r.nc4_agree))
+    good = ncdask.measure(ncdask.class_stats(s, "train"), weights=np.eye(4, 6) * 3.0,
+                          test=(s, "train"), metrics=["nc4_agree"]).compute()
+    assert float(good.nc4_agree) == 1.0
+
+
+def test_test_labels_of_other_classes_are_refused():
+    s, W = _nc4_case()
+    rng = np.random.default_rng(4)
+    other = ncdask.EmbeddingStore.create("memory://nc4-k6", 6, 6, overwrite=True)
+    other.append("test", rng.normal(size=(30, 6)), np.arange(30) % 6)
+    st = ncdask.class_stats(s, "train")
+    with pytest.raises(ValueError, match="n_classes=6"):
+        ncdask.measure(st, weights=W, test=(other, "test"), metrics=["nc4_agree"]).compute()
+    ds = other["test"].copy()
+    ds.attrs = {}  # no attrs to compare: the labels themselves are checked
+    with pytest.raises(ValueError, match="outside the statistics' 4 classes"):
+        ncdask.measure(st, weights=W, test=ds, metrics=["nc4_agree"]).compute()

@@ -205,14 +205,29 @@ def on_host(x: da.Array) -> da.Array:
     return x.map_blocks(to_numpy, meta=np.empty((0,) * x.ndim, dtype=x.dtype))
 
 
-def agreement_counts(
-    agree: da.Array, labels: da.Array, n_classes: int
-) -> tuple[da.Array, da.Array]:
-    """Per-class (by true label) hits and sample counts; labels outside ``[0, K)`` are dropped.
+def _no_unknown_labels(y: np.ndarray, n_classes: int, ignore_index: int | None) -> np.ndarray:
+    bad = y >= n_classes
+    if ignore_index is not None:
+        bad &= y != ignore_index
+    if bad.any():
+        raise ValueError(
+            f"test label {int(y[bad][0])} is outside the statistics' {n_classes} classes: "
+            "NC4 needs test data of the same classes (pass ignore_index= for padding)")
+    return y
 
-    The counting runs on the host (one boolean and one label per sample).
+
+def agreement_counts(
+    agree: da.Array, labels: da.Array, n_classes: int, *, ignore_index: int | None = None
+) -> tuple[da.Array, da.Array]:
+    """Per-class (by true label) hits and sample counts.
+
+    Samples labelled ``ignore_index`` (or negative) are dropped; a label
+    ``≥ K`` raises ``ValueError`` when computed (a test split of another
+    classifier's classes used to be counted silently short). The counting
+    runs on the host (one boolean and one label per sample).
     """
     agree, labels = on_host(agree), on_host(labels).astype(np.int64)
+    labels = labels.map_blocks(_no_unknown_labels, n_classes, ignore_index, dtype=np.int64)
     valid = (labels >= 0) & (labels < n_classes)
     lab = da.where(valid, labels, 0)
     hits = da.bincount(lab, weights=(agree & valid).astype(np.float64), minlength=n_classes)
