@@ -245,6 +245,20 @@ def _snapshot(g: zarr.Group) -> tuple[list[tuple[zarr.Group, int]], dict[str, An
     return parts, rec
 
 
+def _advanced(
+    rec: Mapping[str, Any], n1: int, counts: np.ndarray | None, n_ignored: int, n_batches: int
+) -> dict[str, Any]:
+    """A commit record (a split's or a shard's) moved on to ``n1`` rows and what they add."""
+    rec = dict(rec)
+    if counts is not None:
+        rec["class_counts"] = (np.asarray(rec["class_counts"], dtype=np.int64)
+                               + counts).tolist()
+    if n_ignored:
+        rec["n_ignored"] = int(rec.get("n_ignored", 0)) + n_ignored
+    rec.update(n_committed=int(n1), n_batches=int(rec["n_batches"]) + n_batches)
+    return rec
+
+
 def _truncate(g: zarr.Group, n: int) -> None:
     """Shrink a split's arrays back to its ``n`` committed rows (after a failed write)."""
     for name in ("embeddings", "labels"):
@@ -833,13 +847,7 @@ class EmbeddingStore:
         update: Mapping[str, Any] | None = None,
     ) -> int:
         """Record ``n1`` committed rows (and what the new rows add): the commit."""
-        rec = dict(g.attrs["ncdask_split"])
-        if counts is not None:
-            rec["class_counts"] = (np.asarray(rec["class_counts"], dtype=np.int64)
-                                   + counts).tolist()
-        if n_ignored:
-            rec["n_ignored"] = int(rec.get("n_ignored", 0)) + n_ignored
-        rec.update(n_committed=int(n1), n_batches=int(rec["n_batches"]) + n_batches)
+        rec = _advanced(g.attrs["ncdask_split"], n1, counts, n_ignored, n_batches)
         rec.update(update or {})
         g.attrs["ncdask_split"] = rec  # the commit
         return int(n1)
@@ -894,16 +902,10 @@ class EmbeddingStore:
             sh = _put_once(parent, wid, lambda t: t.create_group(wid, attributes=rec))
             self._split_arrays(sh, D, rows, y is not None)
             self._my_shards[self._shard_key(g)] = sh
-        rec = dict(sh.attrs["ncdask_shard"])
+        rec = sh.attrs["ncdask_shard"]
         n1 = self._write_rows(sh, int(rec["n_committed"]), X, y)
         counts, n_ign = self._tally(y)
-        if counts is not None:
-            rec["class_counts"] = (np.asarray(rec["class_counts"], dtype=np.int64)
-                                   + counts).tolist()
-        if n_ign:
-            rec["n_ignored"] = int(rec.get("n_ignored", 0)) + n_ign
-        rec.update(n_committed=int(n1), n_batches=int(rec["n_batches"]) + n_batches)
-        sh.attrs["ncdask_shard"] = rec  # the commit
+        sh.attrs["ncdask_shard"] = _advanced(rec, n1, counts, n_ign, n_batches)  # the commit
         return int(n1)
 
     def _write_commit(

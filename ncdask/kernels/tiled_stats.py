@@ -149,6 +149,16 @@ def symmetrize(S: Any) -> Any:
     return xp.tril(S) + xp.tril(S, -1).T
 
 
+def _square_into(P: Any, loc: Any, mask: Any, m2: Any, scatter: Any, xp: Any) -> None:
+    """Add rows ``P`` (accumulator rows ``loc``) into ``m2`` and, where ``mask``, the scatter."""
+    m2 += xp.bincount(loc, weights=xp.einsum("ij,ij->i", P, P), minlength=m2.shape[0])
+    if mask is not None:
+        rows = mask[loc]
+        if not bool(xp.all(rows)):
+            P = P[rows]
+    scatter_add(scatter, P, xp)
+
+
 def _centred(
     X: Any,
     idx: Any,
@@ -162,18 +172,12 @@ def _centred(
     scatter: Any,
 ) -> None:
     """Add the rows ``idx`` centred about ``means[local]`` into ``m2`` and ``scatter``."""
-    n_out = m2.shape[0]
     if idx.shape[0] == X.shape[0]:
         idx = None  # every row, in order: slices instead of gathers
     for s, e, P in _pieces(X, idx, dtype, step):
         loc = local[s:e]
         P -= means[loc]
-        m2 += xp.bincount(loc, weights=xp.einsum("ij,ij->i", P, P), minlength=n_out)
-        if mask is not None:
-            rows = mask[loc]
-            if not bool(xp.all(rows)):
-                P = P[rows]
-        scatter_add(scatter, P, xp)
+        _square_into(P, loc, mask, m2, scatter, xp)
 
 
 def _local(cls: Any, group: tuple[int, int, int, int], rank: Any, xp: Any) -> Any:
@@ -301,12 +305,7 @@ def _shifted(
         else:
             u, inv = xp.unique(lp, return_inverse=True)
             sums[u] += class_sums(P, inv.reshape(-1), u.shape[0])
-        m2 += xp.bincount(lp, weights=xp.einsum("ij,ij->i", P, P), minlength=m)
-        if sub is not None:
-            rows = sub[lp]
-            if not bool(xp.all(rows)):
-                P = P[rows]
-        scatter_add(scatter, P, xp)
+        _square_into(P, lp, sub, m2, scatter, xp)
     return sums, m2
 
 
