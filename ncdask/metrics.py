@@ -783,7 +783,7 @@ def _measure_one(
                 dead = ~da.isfinite(W).all() | ~(W != 0).any()
                 if b is not None:
                     dead = dead | ~da.isfinite(b).all()
-                hits = da.where(dead, np.nan, hits)
+                hits = da.where(DG.on_host(dead), np.nan, hits)  # the counts are on the host
                 if "nc4_agree" in todo:
                     out["nc4_agree"] = hits.sum() / n_test.sum()
                 if "agree_per_class" in todo:
