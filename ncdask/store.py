@@ -310,6 +310,7 @@ class EmbeddingStore:
         self._storage_options: dict | None = None  # for ncdask's own renames (imports)
         # this handle's shards, one per (split, process, thread): a shard has one writer
         self._my_shards: dict[tuple[str, int, int], zarr.Group] = {}
+        self._protocol: str | None = None
 
     # ------------------------------------------------------------------ open
     @classmethod
@@ -859,9 +860,10 @@ class EmbeddingStore:
             raise ValueError(f"{WRITERS_KEY} must be 'auto', 'lock' or 'shards', got {mode!r}")
         if mode != "auto":
             return mode == "shards"
-        fs, _ = self._fs_path(self._group, "")
-        proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        return proto not in ("file", "local", "memory")
+        if self._protocol is None:  # asked on every append: parse the URL once
+            fs, _ = self._fs_path(self._group, "")
+            self._protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        return self._protocol not in ("file", "local", "memory")
 
     @staticmethod
     def _shard_key(g: zarr.Group) -> tuple[str, int, int]:
