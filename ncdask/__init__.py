@@ -62,9 +62,12 @@ _WHERE: dict[str, str] = {
     "sweep": "sweep",
     "save_results": "results",
     "open_results": "results",
+    "IncompleteOutputError": "_zarrio",
+    "DuplicateImportError": "store",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exports them
+    from ._zarrio import IncompleteOutputError
     from .capture import capture
     from .covariances import class_covariances, class_nc1, class_spectra
     from .metrics import DegenerateInputWarning, RieszRangeWarning, measure
@@ -98,7 +101,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ expo
     )
     from .results import open_results, save_results
     from .stats import EmptyClassWarning, class_stats, load_stats, merge_stats, save_stats
-    from .store import EmbeddingStore, StoreWriter, resolve_split
+    from .store import DuplicateImportError, EmbeddingStore, StoreWriter, resolve_split
     from .sweep import sweep
 
 
@@ -145,6 +148,8 @@ __all__ = [
     "EmbeddingStore",
     "StoreWriter",
     "resolve_split",
+    "DuplicateImportError",
+    "IncompleteOutputError",
     # class statistics
     "class_stats",
     "merge_stats",

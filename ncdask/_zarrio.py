@@ -13,21 +13,35 @@ in the ``ncdask_variables`` attribute and restored by :func:`open_dataset`.
 
 from __future__ import annotations
 
+import json
 import os
-import uuid
+import time
 import warnings
 from typing import Any
 
 import xarray as xr
 
+from ._staging import is_stale, owner_tag, remove_stale
+from ._validate import NcdaskStoreError
+
 ORDER_ATTR = "ncdask_variables"
 KIND_ATTR = "ncdask_output"
+WRITTEN_ATTR = "ncdask_written"
+
+
+class IncompleteOutputError(NcdaskStoreError):
+    """An ncdask output whose writing was interrupted, with no complete copy left."""
+
+
+def renames(fs: Any) -> bool:
+    """Whether ``fs`` renames a folder in one atomic step (a local disk; not object stores)."""
+    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return proto in ("file", "local")
 
 
 def rename(fs: Any, src: str, dst: str) -> None:
     """Rename a directory: ``os.rename`` (atomic) on a local disk, else ``fs.mv``."""
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if proto in ("file", "local"):
+    if renames(fs):
         os.rename(src, dst)
     else:
         fs.mv(src, dst, recursive=True)
@@ -65,7 +79,7 @@ def check_output(
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     path = path.rstrip("/")
     if fs.exists(path):
-        why = _replaceable(url, kind, storage_options)
+        why = _replaceable(_readable(url, storage_options), kind, storage_options)
         if why is not None:
             raise FileExistsError(f"{url!r} exists and {why}; refusing to replace it "
                                   "(choose another path, or remove it yourself)")
@@ -130,7 +144,8 @@ def write_dataset(
     out.attrs = dict(ds.attrs)
     out.attrs[ORDER_ATTR] = [str(n) for n in ds.data_vars]
     out.attrs[KIND_ATTR] = kind
-    tag = uuid.uuid4().hex[:12]
+    out.attrs[WRITTEN_ATTR] = time.time()
+    tag = owner_tag()
     tmp, old = f"{path}.ncdask-tmp-{tag}", f"{path}.ncdask-old-{tag}"
     tmp_url = url.rstrip("/") + f".ncdask-tmp-{tag}"
     try:
@@ -143,17 +158,123 @@ def write_dataset(
             fs.rm(tmp, recursive=True)
         raise
     replaced = fs.exists(path)
-    try:
+    if not renames(fs):
+        _copy_into_place(fs, tmp, path, replaced)
+    else:
+        try:
+            if replaced:
+                rename(fs, path, old)
+            rename(fs, tmp, path)
+        except BaseException:  # e.g. another writer put its store there first
+            if replaced and not fs.exists(path) and fs.exists(old):
+                rename(fs, old, path)
+            fs.rm(tmp, recursive=True)
+            raise
         if replaced:
-            rename(fs, path, old)
-        rename(fs, tmp, path)
-    except BaseException:  # e.g. another writer put its store there first
-        if replaced and not fs.exists(path) and fs.exists(old):
-            rename(fs, old, path)
-        fs.rm(tmp, recursive=True)
-        raise
-    if replaced:
-        fs.rm(old, recursive=True)
+            fs.rm(old, recursive=True)
+    parent, _, base = path.rpartition("/")
+    remove_stale(fs, parent or ".", prefix=f"{base}.ncdask-")
+
+
+def _copy_into_place(fs: Any, tmp: str, path: str, replace: bool) -> None:
+    """Replace ``path`` by the complete store ``tmp`` where there is no rename (object stores).
+
+    The old store's root ``zarr.json`` goes first and the new one's comes
+    last, so until the end ``path`` reads as incomplete (no root metadata),
+    never as a mix: :func:`open_dataset` then reads the complete copy that
+    is still at ``tmp`` (and moves it in once its writer is gone). ``tmp``
+    is deleted only when ``path`` is whole.
+    """
+    root = f"{path}/zarr.json"
+    if replace:
+        if fs.exists(root):
+            fs.rm(root)
+        fs.rm(path, recursive=True)
+    files = sorted(f for f in fs.find(tmp) if f != f"{tmp}/zarr.json")
+    for f in files:
+        fs.copy(f, path + f[len(tmp):])
+    fs.copy(f"{tmp}/zarr.json", root)
+    fs.rm(tmp, recursive=True)
+
+
+def _complete(fs: Any, path: str) -> bool | None:
+    """Whether the output at ``path`` was written whole (None: nothing is there).
+
+    ncdask's outputs end with their consolidated root metadata; a store whose
+    root ``zarr.json`` is missing or lacks it, though it is marked as ncdask
+    output, was cut off while being written or replaced.
+    """
+    try:
+        raw = fs.cat_file(f"{path}/zarr.json")
+    except FileNotFoundError:
+        return False if fs.exists(path) else None
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return False
+    attrs = meta.get("attributes") or {}
+    if KIND_ATTR not in attrs:
+        return True  # written before outputs were marked
+    cons = (meta.get("consolidated_metadata") or {}).get("metadata") or {}
+    return all(str(n) in cons for n in attrs.get(ORDER_ATTR) or [])
+
+
+def _complete_copy(fs: Any, path: str) -> str | None:
+    """The newest complete staged copy beside ``path`` (left by an interrupted replace)."""
+    best, when = None, -1.0
+    for p in fs.glob(f"{path}.ncdask-tmp-*"):
+        p = str(p).rstrip("/")
+        if not _complete(fs, p):
+            continue
+        try:
+            t = float(json.loads(fs.cat_file(f"{p}/zarr.json"))["attributes"][WRITTEN_ATTR])
+        except (KeyError, ValueError, TypeError, FileNotFoundError):
+            t = 0.0
+        if t > when:
+            best, when = p, t
+    return best
+
+
+def _readable(url: str, storage_options: dict | None) -> str:
+    """The URL to read the output at ``url`` from: itself, or a complete copy beside it.
+
+    Raises
+    ------
+    IncompleteOutputError
+        ``url`` was cut off while being written and no complete copy is left.
+    """
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    path = path.rstrip("/")
+    fs.invalidate_cache()  # s3fs caches listings; other processes write here
+    if _complete(fs, path):
+        return url
+    # nothing there, or no root metadata, or cut off: a replace may have been
+    # interrupted (between a local replace's renames; during an object store's
+    # copy, which deletes the old store first)
+    copy = _complete_copy(fs, path)
+    if copy is None:
+        if not fs.exists(f"{path}/zarr.json"):
+            return url  # nothing of ours here or beside it: not ours to judge
+        raise IncompleteOutputError(
+            f"{url!r} is incomplete: a write or replace of it was interrupted and no complete "
+            "copy is left beside it; write it again (overwrite=True / --overwrite)")
+    suffix = copy[len(path):]
+    if is_stale(copy.rsplit("/", 1)[-1], None):
+        try:  # its writer (on this host) is gone: finish the replace it began
+            if renames(fs):
+                if fs.exists(path):
+                    aside = f"{path}.ncdask-old-{owner_tag()}"
+                    rename(fs, path, aside)
+                    fs.rm(aside, recursive=True)
+                rename(fs, copy, path)
+            else:
+                _copy_into_place(fs, copy, path, fs.exists(path))
+            return url
+        except OSError:
+            pass  # read-only: read the copy
+    return url.rstrip("/") + suffix
 
 
 def open_dataset(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
@@ -171,6 +292,7 @@ def open_dataset(url: str, *, storage_options: dict | None = None) -> xr.Dataset
     xarray.Dataset
     """
     kw: dict[str, Any] = {"storage_options": storage_options}
+    url = _readable(url, storage_options)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
         try:
@@ -180,6 +302,7 @@ def open_dataset(url: str, *, storage_options: dict | None = None) -> xr.Dataset
                 raise
             ds = xr.open_zarr(url, consolidated=False, **kw)
     ds.attrs.pop(KIND_ATTR, None)
+    ds.attrs.pop(WRITTEN_ATTR, None)
     order = ds.attrs.pop(ORDER_ATTR, None)
     if order:
         names = [n for n in order if n in ds.data_vars]

@@ -44,6 +44,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from ._staging import owner_tag, remove_stale
 from ._validate import NcdaskStoreError, batch_to_numpy, check_ignore_index, check_name
 from ._version import __version__
 from ._zarrio import rename
@@ -259,6 +260,28 @@ def _advanced(
     return rec
 
 
+#: The set attribute naming the group that holds the set's current classifier.
+CLASSIFIER_ATTR = "ncdask_classifier"
+
+
+def _fresh(g: zarr.Group) -> zarr.Group:
+    """Group ``g`` reopened: its attributes as they are in the store now, not as cached."""
+    return zarr.open_group(store=g.store, path=g.path, mode="r" if g.store.read_only else "r+")
+
+
+def _classifier_name(sg: zarr.Group) -> str | None:
+    """The group of set ``sg`` holding its classifier (None: none stored).
+
+    Versions live in ``.classifier-<owner>`` groups and the set's
+    :data:`CLASSIFIER_ATTR` names the current one; stores written before
+    versions keep theirs in ``classifier``.
+    """
+    name = sg.attrs.get(CLASSIFIER_ATTR)
+    if isinstance(name, str) and name in sg:
+        return name
+    return "classifier" if "classifier" in sg else None
+
+
 def _truncate(g: zarr.Group, n: int) -> None:
     """Shrink a split's arrays back to its ``n`` committed rows (after a failed write)."""
     for name in ("embeddings", "labels"):
@@ -456,7 +479,7 @@ class EmbeddingStore:
         # replacing a store: build the new one beside it and swap them when complete,
         # so bad input or a kill leaves the old store as it was
         staged = existed and not (fs.isdir(path) and not fs.ls(path, detail=False))
-        tag = uuid.uuid4().hex[:12]
+        tag = owner_tag()
         target = f"{url.rstrip('/')}.ncdask-tmp-{tag}" if staged else url
         built = False
         try:
@@ -478,6 +501,8 @@ class EmbeddingStore:
             rename(fs, path, old)
             rename(fs, f"{path}.ncdask-tmp-{tag}", path)
             fs.rm(old, recursive=True)
+        parent, _, base = path.rpartition("/")
+        remove_stale(fs, parent or ".", prefix=f"{base}.ncdask-")
         return cls.open(url, mode="a", storage_options=opts)
 
     # ------------------------------------------------------------ properties
@@ -565,7 +590,7 @@ class EmbeddingStore:
         if isinstance(lay, Mapping) and "dim" in lay:
             return int(lay["dim"]), int(lay.get("chunk_rows") or self._chunk_rows_for(lay["dim"]))
         names = [n for n, _ in sg.groups()]
-        if "classifier" in names or any("ncdask_split" in sg[n].attrs for n in names
+        if _classifier_name(sg) is not None or any("ncdask_split" in sg[n].attrs for n in names
                                         if not n.startswith(".")):
             return self.dim, self.chunk_rows  # written before sets had their own widths
         return None
@@ -989,17 +1014,24 @@ class EmbeddingStore:
             if v is not None and not np.all(np.isfinite(v)):
                 raise ValueError(f"{name} holds NaN or inf values; nothing was written")
         sg = self._require_set(layer, epoch, W.shape[1])[0]
-        # written aside, then renamed into place (atomic on a local disk): a
-        # kill during the write leaves the old classifier whole (it used to
-        # be deleted first: all-zero or missing W after a SIGKILL)
-        tmp = f".classifier-{uuid.uuid4().hex[:12]}"
-        cg = sg.create_group(tmp)
+        # a new version is written beside the old, then the set's pointer to it
+        # (one zarr.json, one atomic PUT, also on object stores, which have no
+        # rename) switches to it; the old version is deleted last. A kill at
+        # any point leaves the old classifier or the new one, whole (the first
+        # version deleted first: all-zero or missing W after a SIGKILL, 8/8)
+        name = f".classifier-{owner_tag()}"
+        cg = sg.create_group(name)
         # checksummed, and NaN where a chunk goes missing (was 0: a plausible nc4)
         safe = {"compressors": [ZstdCodec(level=3), Crc32cCodec()], "fill_value": np.nan}
         cg.create_array("W", data=W, dimension_names=("class", "feature"), **safe)
         if b is not None:
             cg.create_array("b", data=b, dimension_names=("class",), **safe)
-        self._move_into_place(sg, tmp, "classifier", replace="classifier" in sg)
+        sg = _fresh(sg)  # its attrs as they are now
+        before = _classifier_name(sg)
+        sg.attrs[CLASSIFIER_ATTR] = name  # the switch
+        if before is not None:
+            self._remove_group(sg, before)
+        self._tidy(sg)
 
     def classifier(
         self, *, layer: str | None = None, epoch: int | None = None, lazy: bool = False
@@ -1011,9 +1043,11 @@ class EmbeddingStore:
         then read tile by tile by :func:`ncdask.measure`, never whole.
         """
         sg = self._set_group(layer, epoch, create=False)
-        if sg is None or "classifier" not in sg:
+        sg = None if sg is None else _fresh(sg)  # the pointer as it is now
+        name = None if sg is None else _classifier_name(sg)
+        if name is None:
             raise KeyError(f"no classifier stored for set {_set_path(layer, epoch) or 'default'}")
-        cg = sg["classifier"]
+        cg = sg[name]
         if lazy:
             return da.from_zarr(cg["W"]), (da.from_zarr(cg["b"]) if "b" in cg else None)
         return cg["W"][:], (cg["b"][:] if "b" in cg else None)
@@ -1205,7 +1239,7 @@ class EmbeddingStore:
         sg = self._set_group(layer, epoch, create=True)
         lay = self._layout(sg)
         rows = lay[1] if lay is not None else self._chunk_rows_for(D)
-        tmp = f".import-{split}-{uuid.uuid4().hex[:12]}"
+        tmp = f".import-{split}-{owner_tag()}"
         g = self._new_split_arrays(sg, tmp, D, rows, labels)
         try:
             rec = _empty_record(split, layer, epoch, self.n_classes, labels)
@@ -1222,6 +1256,7 @@ class EmbeddingStore:
         except BaseException:
             self._remove_group(sg, tmp)
             raise
+        self._tidy(sg)
         return n
 
     # ------------------------------------------------------ group file moves
@@ -1242,18 +1277,24 @@ class EmbeddingStore:
         _, dst = self._fs_path(sg, split)
         old = None
         if replace:
-            old = f"{dst}.replaced-{uuid.uuid4().hex[:12]}"
+            old = f"{dst}.replaced-{owner_tag()}"
             rename(fs, dst, old)
         elif fs.exists(dst):  # a group left by an import killed before its commit
             sub = sg[split]
             if "ncdask_split" in sub.attrs or set(dict(sub.members())) - {"embeddings",
                                                                            "labels"}:
                 raise FileExistsError(f"{dst} exists and is not an ncdask split")
-            old = f"{dst}.replaced-{uuid.uuid4().hex[:12]}"
+            old = f"{dst}.replaced-{owner_tag()}"
             rename(fs, dst, old)
         rename(fs, src, dst)
         if old is not None:
             fs.rm(old, recursive=True)
+
+    def _tidy(self, sg: zarr.Group) -> list[str]:
+        """Delete what killed writers left staged in set ``sg`` (see :mod:`ncdask._staging`)."""
+        fs, folder = self._fs_path(sg, "")
+        keep = tuple(n for n in (_classifier_name(sg),) if n)
+        return remove_stale(fs, folder.rstrip("/"), keep=keep)
 
     def _remove_group(self, sg: zarr.Group, name: str) -> None:
         fs, path = self._fs_path(sg, name)
@@ -1281,7 +1322,7 @@ class EmbeddingStore:
         n = int(g.attrs["ncdask_split"]["n_committed"])
         sg = self._set_group(layer, epoch, create=False)
         fs, path = self._fs_path(sg, split)
-        aside = f"{path}.deleted-{uuid.uuid4().hex[:12]}"
+        aside = f"{path}.deleted-{owner_tag()}"
         rename(fs, path, aside)
         fs.rm(aside, recursive=True)
         return n

@@ -104,3 +104,16 @@ def test_four_processes_appending_to_one_new_split_on_s3(s3, tmp_path, trial):
         np.testing.assert_array_equal(y[i:i + 3], (r + b + np.arange(3)) % K)
     np.testing.assert_array_equal(d.attrs["class_counts"], np.bincount(y, minlength=K))
     assert s.n_rows("shared") == X.shape[0]
+
+
+@pytest.mark.parametrize("delays", [[0.0, 1.0]])
+def test_sigkill_during_replaces_on_s3_keeps_one_whole_version(s3, delays):
+    """No rename on S3: the classifier switches by a pointer PUT, outputs by a copy that
+    marks the target incomplete until its root metadata lands (read from the staged copy
+    meanwhile). Each kill leaves the old version or the new, whole."""
+    from killing import classifier_survives_kills, output_survives_kills
+
+    classifier_survives_kills(_url(s3, "clf"), s3[0], delays)
+    output_survives_kills(_url(s3, "out"), s3[0], delays)
+    # killed in the copy phase itself: the target then has no root metadata
+    output_survives_kills(_url(s3, "cp"), s3[0], [0.0, 0.2], marker="copying")
