@@ -33,15 +33,19 @@ class IncompleteOutputError(NcdaskStoreError):
     """An ncdask output whose writing was interrupted, with no complete copy left."""
 
 
+def _protocol(fs: Any) -> str:
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+
 def renames(fs: Any) -> bool:
-    """Whether ``fs`` renames a folder in one atomic step (a local disk; not object stores)."""
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return proto in ("file", "local")
+    """Whether ``fs`` renames a folder in one step: a local disk, or memory (whose
+    contents die with the process that could be killed); not object stores."""
+    return _protocol(fs) in ("file", "local", "memory")
 
 
 def rename(fs: Any, src: str, dst: str) -> None:
     """Rename a directory: ``os.rename`` (atomic) on a local disk, else ``fs.mv``."""
-    if renames(fs):
+    if _protocol(fs) in ("file", "local"):
         os.rename(src, dst)
     else:
         fs.mv(src, dst, recursive=True)

@@ -47,7 +47,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from ._staging import owner_tag, remove_stale
 from ._validate import NcdaskStoreError, batch_to_numpy, check_ignore_index, check_name
 from ._version import __version__
-from ._zarrio import rename
+from ._zarrio import rename, renames
 from .kernels._xp import to_numpy
 
 FORMAT = 2  # 2: sets may have their own width (``ncdask_layout``); 1 otherwise
@@ -240,6 +240,8 @@ def _snapshot(g: zarr.Group) -> tuple[list[tuple[zarr.Group, int]], dict[str, An
         for k in ("n_ignored", "n_batches"):
             if srec.get(k):
                 rec[k] = int(rec.get(k, 0)) + int(srec[k])
+        if srec.get("sources"):
+            rec["sources"] = list(rec.get("sources") or []) + list(srec["sources"])
     rec["n_committed"] = sum(n for _, n in parts)
     if counts is not None:
         rec["class_counts"] = counts.tolist()
@@ -259,6 +261,54 @@ def _advanced(
     rec.update(n_committed=int(n1), n_batches=int(rec["n_batches"]) + n_batches)
     return rec
 
+
+def _refuse_duplicate(
+    rec: Mapping[str, Any], source: Mapping[str, Any], split: str, url: str, X_path: str
+) -> None:
+    """Raise :class:`DuplicateImportError` if the split record ``rec`` holds ``source``."""
+    dup = [src for src in rec.get("sources") or []
+           if src.get("fingerprint") == source["fingerprint"]]
+    if dup:
+        raise DuplicateImportError(
+            f"split {split!r} of {url!r} already holds {X_path} "
+            f"(imported from {dup[0]['embeddings']}, {dup[0]['rows']} rows; "
+            f"it has {rec['n_committed']} rows); pass mode='append' "
+            "(--append) to add the rows again or mode='overwrite' "
+            "(--overwrite) to replace the split"
+        )
+
+
+def _remove_split(g: zarr.Group, fs: Any, path: str) -> None:
+    """Delete split group ``g`` (at ``path``) where there is no rename.
+
+    Its record is dropped first (one PUT: the split is gone for readers),
+    then its arrays, and its ``zarr.json`` last, so a kill at any point
+    leaves either the split or an unrecorded group that the split's next
+    creator removes (never a group without metadata, which Zarr warns about
+    on every listing).
+    """
+    g.attrs.put({DELETED_ATTR: time.time()})
+    root = f"{path}/zarr.json"
+    try:  # another process may be finishing the same delete
+        files = [f for f in fs.find(path) if f != root]
+        if files:
+            fs.rm(files)
+        fs.rm(root)
+    except FileNotFoundError:
+        pass
+    _forget_listings(g)
+
+
+def _forget_listings(g: zarr.Group) -> None:
+    """Drop the listings fsspec cached for ``g``'s store (s3fs keeps them: after a
+    delete through another handle, Zarr's own saw the deleted nodes as present)."""
+    fs = getattr(g.store, "fs", None)
+    if fs is not None and hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache()
+
+
+#: Set on a split group whose deletion has begun (object stores).
+DELETED_ATTR = "ncdask_deleted"
 
 #: The set attribute naming the group that holds the set's current classifier.
 CLASSIFIER_ATTR = "ncdask_classifier"
@@ -454,7 +504,9 @@ class EmbeddingStore:
         ``overwrite=True`` an existing store is replaced only once the new one
         is complete (it is built beside it): bad input (a label out of range,
         a NaN, a non-finite classifier) or a kill leaves the old store as it
-        was, and a failed call leaves nothing of its own behind.
+        was, and a failed call leaves nothing of its own behind. On an object
+        store, which cannot swap two folders in one step, replacing an existing
+        store is refused.
         """
         if not splits:
             raise ValueError("from_arrays needs at least one split")
@@ -479,6 +531,12 @@ class EmbeddingStore:
         # replacing a store: build the new one beside it and swap them when complete,
         # so bad input or a kill leaves the old store as it was
         staged = existed and not (fs.isdir(path) and not fs.ls(path, detail=False))
+        if staged and not renames(fs):
+            raise ValueError(
+                f"from_arrays(overwrite=True) cannot replace the store at {url!r} in one step "
+                "(an object store has no rename, so the old store would be gone before the "
+                "new one is whole): write to a new URL, or delete the old store yourself "
+                "first; nothing was written")
         tag = owner_tag()
         target = f"{url.rstrip('/')}.ncdask-tmp-{tag}" if staged else url
         built = False
@@ -726,6 +784,9 @@ class EmbeddingStore:
         """A split's group; with ``create``, made (in a set of width ``dim``) if missing."""
         check_name("split", split)
         sg = self._set_group(layer, epoch, create=False)
+        if create and sg is not None and split in sg and DELETED_ATTR in sg[split].attrs:
+            fs, path = self._fs_path(sg, split)  # what a killed delete left: finish it
+            _remove_split(sg[split], fs, path)
         if sg is not None and split in sg and "ncdask_split" in sg[split].attrs:
             g = sg[split]
             if create and "embeddings" not in g:  # another writer is creating it right now
@@ -919,21 +980,25 @@ class EmbeddingStore:
         """
         sh = self._my_shards.get(self._shard_key(g))
         if sh is None:
-            emb = g["embeddings"]
-            D, rows = int(emb.shape[1]), int(emb.chunks[0])
-            wid = uuid.uuid4().hex
-            rec = {"ncdask_shard": {
-                "writer": wid, "created": time.time(), "n_committed": 0, "n_batches": 0,
-                "class_counts": None if y is None else [0] * self.n_classes}}
-            parent = _put_once(g, "shards", lambda t: t.create_group("shards"))
-            sh = _put_once(parent, wid, lambda t: t.create_group(wid, attributes=rec))
-            self._split_arrays(sh, D, rows, y is not None)
-            self._my_shards[self._shard_key(g)] = sh
+            sh = self._my_shards[self._shard_key(g)] = self._new_shard(g, y is not None)
         rec = sh.attrs["ncdask_shard"]
         n1 = self._write_rows(sh, int(rec["n_committed"]), X, y)
         counts, n_ign = self._tally(y)
         sh.attrs["ncdask_shard"] = _advanced(rec, n1, counts, n_ign, n_batches)  # the commit
         return int(n1)
+
+    def _new_shard(self, g: zarr.Group, labelled: bool) -> zarr.Group:
+        """A new empty shard of split ``g`` (nothing committed), under a unique id."""
+        emb = g["embeddings"]
+        D, rows = int(emb.shape[1]), int(emb.chunks[0])
+        wid = uuid.uuid4().hex
+        rec = {"ncdask_shard": {
+            "writer": wid, "created": time.time(), "n_committed": 0, "n_batches": 0,
+            "class_counts": [0] * self.n_classes if labelled else None}}
+        parent = _put_once(g, "shards", lambda t: t.create_group("shards"))
+        sh = _put_once(parent, wid, lambda t: t.create_group(wid, attributes=rec))
+        self._split_arrays(sh, D, rows, labelled)
+        return sh
 
     def _write_commit(
         self, g: zarr.Group, X: np.ndarray, y: np.ndarray | None, n_batches: int
@@ -1126,22 +1191,16 @@ class EmbeddingStore:
             )
         source = {k: info[k] for k in ("embeddings", "labels", "rows", "fingerprint")}
         D = info["dim"]
+        if self._use_shards():
+            return self._import_shard(split, layer, epoch, D, X_path, y_path, labels,
+                                      allow_nonfinite, source, mode)
         if split in self.splits(layer=layer, epoch=epoch):
             g0 = self._split_group(split, layer, epoch, create=False)
             with self._exclusive(g0) as g:  # one writer at a time; the record re-read
                 _check_labelled(g, labels)
                 rec = g.attrs["ncdask_split"]
                 if mode == "add":
-                    dup = [src for src in rec.get("sources") or []
-                           if src.get("fingerprint") == source["fingerprint"]]
-                    if dup:
-                        raise DuplicateImportError(
-                            f"split {split!r} of {self.url!r} already holds {X_path} "
-                            f"(imported from {dup[0]['embeddings']}, {dup[0]['rows']} rows; "
-                            f"it has {rec['n_committed']} rows); pass mode='append' "
-                            "(--append) to add the rows again or mode='overwrite' "
-                            "(--overwrite) to replace the split"
-                        )
+                    _refuse_duplicate(_snapshot(g)[1], source, split, self.url, X_path)
                 if mode != "overwrite":
                     # one commit: rows go past the committed end, the record moves last
                     n0 = int(rec["n_committed"])
@@ -1158,6 +1217,44 @@ class EmbeddingStore:
                                        allow_nonfinite, source, replace=True)
         return self._import_staged(split, layer, epoch, D, X_path, y_path, labels,
                                    allow_nonfinite, source, replace=False)
+
+    def _import_shard(
+        self,
+        split: str,
+        layer: str | None,
+        epoch: int | None,
+        D: int,
+        X_path: str,
+        y_path: str | None,
+        labels: bool,
+        allow_nonfinite: bool,
+        source: dict[str, Any],
+        mode: str,
+    ) -> int:
+        """Import into a new shard of its own, committed in one step (object stores).
+
+        No lock and no rename are needed: the rows go to a shard nobody else
+        writes, and its record (one PUT) commits them with the source, so
+        importers of one split, and writers beside them, never meet. A
+        killed import leaves an uncommitted shard that readers skip.
+        """
+        if mode == "overwrite":
+            raise ValueError(
+                f"mode='overwrite' cannot replace a split in one step on {self.url!r} (an "
+                "object store has no rename): delete the split first (store.delete_split, "
+                "CLI: ncdask rm) and import again; nothing was imported")
+        g = self._split_group(split, layer, epoch, create=True, dim=D, labelled=labels)
+        _check_labelled(g, labels)
+        rec = _snapshot(g)[1]
+        if mode == "add":
+            _refuse_duplicate(rec, source, split, self.url, X_path)
+        sh = self._new_shard(g, labels)
+        n, counts, n_ign, blocks = self._write_file(
+            sh, 0, X_path, y_path, labels, allow_nonfinite, _where(layer, epoch))
+        srec = _advanced(sh.attrs["ncdask_shard"], n, counts, n_ign, blocks)
+        srec["sources"] = [source]
+        sh.attrs["ncdask_shard"] = srec  # the commit
+        return int(_snapshot(g)[1]["n_committed"])
 
     @contextlib.contextmanager
     def _exclusive(self, g: zarr.Group) -> Iterator[zarr.Group]:
@@ -1294,12 +1391,16 @@ class EmbeddingStore:
         """Delete what killed writers left staged in set ``sg`` (see :mod:`ncdask._staging`)."""
         fs, folder = self._fs_path(sg, "")
         keep = tuple(n for n in (_classifier_name(sg),) if n)
-        return remove_stale(fs, folder.rstrip("/"), keep=keep)
+        gone = remove_stale(fs, folder.rstrip("/"), keep=keep)
+        if gone:
+            _forget_listings(sg)
+        return gone
 
     def _remove_group(self, sg: zarr.Group, name: str) -> None:
         fs, path = self._fs_path(sg, name)
         if fs.exists(path):
             fs.rm(path, recursive=True)
+            _forget_listings(sg)
 
     def delete_split(
         self, split: str, *, layer: str | None = None, epoch: int | None = None
@@ -1319,12 +1420,15 @@ class EmbeddingStore:
         """
         self._require_writable()
         g = self._split_group(split, layer, epoch, create=False)
-        n = int(g.attrs["ncdask_split"]["n_committed"])
+        n = int(_snapshot(g)[1]["n_committed"])
         sg = self._set_group(layer, epoch, create=False)
         fs, path = self._fs_path(sg, split)
-        aside = f"{path}.deleted-{owner_tag()}"
-        rename(fs, path, aside)
-        fs.rm(aside, recursive=True)
+        if renames(fs):
+            aside = f"{path}.deleted-{owner_tag()}"
+            rename(fs, path, aside)
+            fs.rm(aside, recursive=True)
+        else:  # no rename (object stores): the record goes in one PUT, then the rest
+            _remove_split(g, fs, path)
         return n
 
     def n_rows(self, split: str, *, layer: str | None = None, epoch: int | None = None) -> int:
@@ -1347,7 +1451,7 @@ class EmbeddingStore:
         second import of the same data is recognised.
         """
         g = self._split_group(split, layer, epoch, create=False)
-        return [dict(x) for x in g.attrs["ncdask_split"].get("sources") or []]
+        return [dict(x) for x in _snapshot(g)[1].get("sources") or []]
 
     def _committed(self, split: str, layer: str | None, epoch: int | None) -> int:
         g = self._split_group(split, layer, epoch, create=False)

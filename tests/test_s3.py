@@ -117,3 +117,89 @@ def test_sigkill_during_replaces_on_s3_keeps_one_whole_version(s3, delays):
     output_survives_kills(_url(s3, "out"), s3[0], delays)
     # killed in the copy phase itself: the target then has no root metadata
     output_survives_kills(_url(s3, "cp"), s3[0], [0.0, 0.2], marker="copying")
+
+
+_IMPORT = """
+import sys, json, ncdask
+url, opts = sys.argv[1], json.loads(sys.argv[2])
+s = ncdask.EmbeddingStore.open(url, "a", storage_options=opts)
+print("start", flush=True)
+s.import_files("train", sys.argv[3], sys.argv[4])
+print("done", flush=True)
+"""
+
+
+def _npy(tmp_path, name, n, first):
+    X = np.zeros((n, D), np.float32)
+    X[:, 0] = first + np.arange(n)  # each row says which it is
+    y = (first + np.arange(n)) % K
+    xa, ya = str(tmp_path / f"{name}_X.npy"), str(tmp_path / f"{name}_y.npy")
+    np.save(xa, X)
+    np.save(ya, y)
+    return xa, ya
+
+
+def test_imports_on_s3_go_to_shards_and_are_never_duplicated(s3, tmp_path):
+    """Importers on an object store write their own shard and commit it in one PUT:
+    concurrent imports keep every row, a killed one commits nothing, a re-run adds
+    each row once, a repeated source is refused, and a split is deleted without a copy."""
+    import signal
+    import time
+
+    from ncdask import DuplicateImportError
+
+    opts = s3[0]
+    url = _url(s3, "imp")
+    s = ncdask.EmbeddingStore.create(url, K, D, chunk_rows=512, storage_options=opts)
+    sizes = (3000, 3000, 20_000)
+    files = [_npy(tmp_path, f"f{i}", n, 100_000 * i) for i, n in enumerate(sizes)]
+    procs = [subprocess.Popen([sys.executable, "-c", _IMPORT, url, json.dumps(opts), *f],
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+             for f in files[:2]]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    for p in procs:
+        p.stdout.close()
+    # a third import, killed as soon as it starts writing: nothing of it is committed
+    p = subprocess.Popen([sys.executable, "-c", _IMPORT, url, json.dumps(opts), *files[2]],
+                         stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert p.stdout.readline().strip() == "start"
+    time.sleep(0.5)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    p.stdout.close()
+    s = ncdask.EmbeddingStore.open(url, "a", storage_options=opts)
+    n = s.n_rows("train")
+    assert n in (6000, 26_000)
+    if n == 6000:
+        assert s.import_files("train", *files[2]) == 26_000
+    with pytest.raises(DuplicateImportError):
+        s.import_files("train", *files[0])
+    with pytest.raises(ValueError, match="delete the split first"):
+        s.import_files("train", *files[0], mode="overwrite")
+    d = s.split("train")
+    ids = np.sort(d.embeddings.values[:, 0].astype(np.int64))
+    want = np.sort(np.concatenate([100_000 * i + np.arange(n) for i, n in enumerate(sizes)]))
+    np.testing.assert_array_equal(ids, want)  # every row once
+    np.testing.assert_array_equal(d.labels.values, d.embeddings.values[:, 0].astype(int) % K)
+    assert len(s.sources("train")) == 3
+    np.testing.assert_array_equal(d.attrs["class_counts"], np.bincount(d.labels.values,
+                                                                       minlength=K))
+    assert s.delete_split("train") == 26_000
+    assert s.splits() == []
+    s.append("train", np.ones((2, D), np.float32), np.array([0, 1]))
+    assert s.n_rows("train") == 2
+
+
+def test_from_arrays_refuses_a_replace_it_cannot_make_atomic_on_s3(s3):
+    opts = s3[0]
+    url = _url(s3, "fa")
+    X, y = np.ones((6, D), np.float32), np.arange(6) % K
+    ncdask.EmbeddingStore.from_arrays(url, {"train": (X, y)}, n_classes=K,
+                                      storage_options=opts)
+    with pytest.raises(ValueError, match="no rename"):
+        ncdask.EmbeddingStore.from_arrays(url, {"train": (2 * X, y)}, n_classes=K,
+                                          overwrite=True, storage_options=opts)
+    s = ncdask.EmbeddingStore.open(url, storage_options=opts)
+    np.testing.assert_array_equal(s.split("train").embeddings.values, X)  # untouched
