@@ -182,7 +182,8 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
         epilog="Every file, label and the classifier are checked before anything is\n"
                "written, and an import commits all its rows at once: a failed import\n"
                "changes nothing. Importing a file that the split already holds is\n"
-               "refused unless --append or --overwrite is given.",
+               "refused unless --append or --overwrite is given; the same command run\n"
+               "again after a kill continues with the first file not yet imported.",
     )
     im.add_argument("files", nargs="+", metavar="FILES",
                     help="X.npy y.npy pairs and/or .npz files (keys X/Y or embeddings/labels); "
@@ -538,9 +539,17 @@ def _cmd_import(args: argparse.Namespace) -> int:
     if len({i["fingerprint"] for i in infos}) < len(infos):
         raise CLIError("the same file is named twice")
     mode = "overwrite" if args.overwrite else "append" if args.append else "add"
+    skip = 0
     if store is not None and mode == "add" and args.split in store.splits(**tags):
         held = {s.get("fingerprint") for s in store.sources(args.split, **tags)}
-        for (xp, _), info in zip(pairs, infos, strict=True):
+        have = [info["fingerprint"] in held for info in infos]
+        # the same command run again after a kill: its first files are in (each file
+        # commits at once), the rest are not; it continues with the first missing one
+        skip = have.index(False) if False in have else 0
+        if skip and not any(have[skip:]):
+            _say(args, f"continuing an interrupted import: the first {skip} of these files "
+                       f"are already in {args.split!r}")
+        for (xp, _), info in list(zip(pairs, infos, strict=True))[skip:]:
             if info["fingerprint"] in held:
                 raise DuplicateImportError(
                     f"split {args.split!r} of {args.store} already holds {xp} (it has "
@@ -553,6 +562,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
         store = EmbeddingStore.create(args.store, K, D, **extra)
         _say(args, f"created {args.store}: K={K} D={D}")
     for i, (xp, yp) in enumerate(pairs, 1):
+        if i <= skip:
+            continue
         n = store.import_files(args.split, xp, yp, labels=labels, mode=mode, **tags)
         mode = "add" if mode == "overwrite" else mode  # later files join the new rows
         _say(args, f"[{i}/{len(pairs)}] {xp}{' + ' + yp if yp else ''}: "

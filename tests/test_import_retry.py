@@ -218,3 +218,31 @@ def test_concurrent_writers_on_one_split_lose_nothing(tmp_path):
     for v in (1, 2):  # every appended row kept, with its own label
         assert ((X[:, 0] == v) & (y == v)).sum() == 150
     assert len(s.sources("train")) == 2
+
+
+def test_killed_multi_file_cli_import_continues_when_run_again(tmp_path):
+    """``ncdask import a b c`` SIGKILLed after its first file: the same command run again
+    skips what was committed and imports the rest; every row is in the split once."""
+    files = [_files(tmp_path, n=300_000, seed=i, name=f"f{i}") for i in range(3)]
+    url = str(tmp_path / "s.zarr")
+    cmd = [sys.executable, "-c", "import sys; from ncdask.cli import main; sys.exit(main())",
+           "import", *[p for f in files for p in f[:2]], "--store", url, "--split", "train",
+           "--n-classes", str(K)]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:  # progress goes to stderr, one line per committed file
+        if line.startswith("[1/3]"):
+            break
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    p.stderr.close()
+    n = ncdask.EmbeddingStore.open(url).n_rows("train")
+    assert n in (300_000, 600_000)  # whole files only
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "continuing an interrupted import" in r.stderr
+    d = ncdask.EmbeddingStore.open(url).split("train")
+    np.testing.assert_array_equal(d.labels.values, np.concatenate([f[3] for f in files]))
+    np.testing.assert_array_equal(d.embeddings.values[::1000],
+                                  np.concatenate([f[2] for f in files])[::1000])
+    r = subprocess.run(cmd, capture_output=True, text=True)  # all in: refused, as before
+    assert r.returncode != 0 and "already holds" in r.stderr
