@@ -64,6 +64,7 @@ _WHERE: dict[str, str] = {
     "open_results": "results",
     "IncompleteOutputError": "_zarrio",
     "DuplicateImportError": "store",
+    "DamagedStoreError": "store",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exports them
@@ -101,7 +102,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ expo
     )
     from .results import open_results, save_results
     from .stats import EmptyClassWarning, class_stats, load_stats, merge_stats, save_stats
-    from .store import DuplicateImportError, EmbeddingStore, StoreWriter, resolve_split
+    from .store import (
+        DamagedStoreError,
+        DuplicateImportError,
+        EmbeddingStore,
+        StoreWriter,
+        resolve_split,
+    )
     from .sweep import sweep
 
 
@@ -150,6 +157,7 @@ __all__ = [
     "resolve_split",
     "DuplicateImportError",
     "IncompleteOutputError",
+    "DamagedStoreError",
     # class statistics
     "class_stats",
     "merge_stats",

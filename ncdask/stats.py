@@ -250,9 +250,38 @@ def class_stats(
         attrs["ignore_index"] = ignore_index
     if min_count is not None:
         attrs["min_count"] = int(min_count)
+    if ds.attrs.get("finite") == 1:
+        arrays = _refusing_lost_chunks(arrays, counts, ds.attrs)
     return _labelled(
         arrays, counts, global_mean=global_mean, attrs=attrs, in_scatter=in_scatter
     )
+
+
+def _refusing_lost_chunks(
+    arrays: dict[str, Any], counts: np.ndarray, attrs: dict[str, Any]
+) -> dict[str, Any]:
+    """The statistics, made to raise on a non-finite value where the split promised none.
+
+    NaN propagates: one lost chunk (read as the NaN fill value) makes its
+    classes' means, their variance norms, Σ_W and the global mean NaN, so a
+    check on these O(K·D + D²) results catches it at no cost to the pass
+    (checking every chunk for NaN would read it again).
+    """
+    from .kernels.stats import refuse_nonfinite
+
+    where = f"split {attrs.get('split')!r} of {attrs.get('store')!r}"
+    out = dict(arrays)
+    present = da.from_array(counts > 0, chunks=(arrays["means"].chunks[0],))
+    for name in ("means", "var_norms"):
+        a = arrays[name]
+        ix = "ij"[: a.ndim]
+        out[name] = da.blockwise(refuse_nonfinite, ix, a, ix, present, "i", what=name,
+                                 where=where, dtype=a.dtype, meta=a._meta)
+    for name in ("within_cov", "global_mean"):
+        a = _dask(arrays[name])
+        out[name] = a.map_blocks(refuse_nonfinite, what=name, where=where, dtype=a.dtype,
+                                 meta=a._meta)
+    return out
 
 
 def _dask(x: Any) -> da.Array:

@@ -128,7 +128,7 @@ def _empty_record(
         "split": split, "layer": layer, "epoch": None if epoch is None else int(epoch),
         "n_committed": 0, "n_batches": 0,
         "class_counts": [0] * n_classes if labelled else None,
-        "labelled": bool(labelled),
+        "labelled": bool(labelled), "finite": True,
     }
 
 
@@ -249,10 +249,18 @@ def _snapshot(g: zarr.Group) -> tuple[list[tuple[zarr.Group, int]], dict[str, An
 
 
 def _advanced(
-    rec: Mapping[str, Any], n1: int, counts: np.ndarray | None, n_ignored: int, n_batches: int
+    rec: Mapping[str, Any], n1: int, counts: np.ndarray | None, n_ignored: int, n_batches: int,
+    finite: bool = True,
 ) -> dict[str, Any]:
-    """A commit record (a split's or a shard's) moved on to ``n1`` rows and what they add."""
+    """A commit record (a split's or a shard's) moved on to ``n1`` rows and what they add.
+
+    ``finite=False``: the new rows hold NaN or inf, written on purpose
+    (``allow_nonfinite``); the record then stops promising finite rows, the
+    promise that lets the statistics tell a lost chunk (NaN fill) from data.
+    """
     rec = dict(rec)
+    if not finite:
+        rec["finite"] = False
     if counts is not None:
         rec["class_counts"] = (np.asarray(rec["class_counts"], dtype=np.int64)
                                + counts).tolist()
@@ -307,6 +315,47 @@ def _forget_listings(g: zarr.Group) -> None:
         fs.invalidate_cache()
 
 
+class DamagedStoreError(NcdaskStoreError):
+    """A store whose records disagree with its arrays (edited, or damaged)."""
+
+
+def _record(p: zarr.Group) -> Mapping[str, Any]:
+    """The commit record of a split group or of one of its shards."""
+    return p.attrs.get("ncdask_shard") or p.attrs["ncdask_split"]
+
+
+def _check_record(p: zarr.Group, n_classes: int, url: str) -> None:
+    """Check a split's or shard's commit record against the arrays it describes.
+
+    The record says how many rows are committed and how many of each class
+    they hold; a record that claims more rows than the arrays have, a
+    negative count, or counts that do not add up to the rows is damage
+    (seen: ``n_committed`` edited to -5 silently dropped 5 rows, 1e6 was
+    accepted), so it is an error naming the record, never a guess.
+    """
+    rec = _record(p)
+    where = f"{url!r}: the commit record of {p.path!r}"
+    n = rec.get("n_committed")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise DamagedStoreError(f"{where} has n_committed={n!r}: not a row count")
+    for name in ("embeddings", "labels"):
+        if name in p and p[name].shape[0] < n:
+            raise DamagedStoreError(
+                f"{where} says {n} rows are committed but {name} holds "
+                f"{p[name].shape[0]}: the store is damaged")
+    counts = rec.get("class_counts")
+    if counts is None:
+        return
+    c = np.asarray(counts)
+    n_ign = rec.get("n_ignored", 0)
+    if (c.shape != (n_classes,) or not np.issubdtype(c.dtype, np.integer) or (c < 0).any()
+            or int(c.sum()) + int(n_ign) != n):
+        raise DamagedStoreError(
+            f"{where} has class counts that do not describe its {n} rows (they sum to "
+            f"{c.sum() if c.dtype != object else '?'}, with {n_ign} ignored, over "
+            f"{c.shape} classes, for K={n_classes}): the store is damaged")
+
+
 #: Set on a split group whose deletion has begun (object stores).
 DELETED_ATTR = "ncdask_deleted"
 
@@ -330,6 +379,12 @@ def _classifier_name(sg: zarr.Group) -> str | None:
     if isinstance(name, str) and name in sg:
         return name
     return "classifier" if "classifier" in sg else None
+
+
+def _finite(X: np.ndarray, allowed: bool) -> bool:
+    """Whether a batch is all finite (only checked when non-finite values were allowed:
+    otherwise the batch's validation already refused them)."""
+    return not allowed or bool(np.isfinite(X).all())
 
 
 def _truncate(g: zarr.Group, n: int) -> None:
@@ -895,7 +950,7 @@ class EmbeddingStore:
         g = self._split_group(split, layer, epoch, create=True, dim=Xn.shape[1],
                               labelled=yn is not None)
         _check_labelled(g, yn is not None)
-        n = self._write_commit(g, Xn, yn, n_batches=1)
+        n = self._write_commit(g, Xn, yn, n_batches=1, finite=_finite(Xn, allow_nonfinite))
         return _snapshot(g)[1]["n_committed"] if self._use_shards() else n
 
     def _write_rows(self, g: zarr.Group, start: int, X: np.ndarray, y: np.ndarray | None) -> int:
@@ -932,9 +987,10 @@ class EmbeddingStore:
         n_ignored: int,
         n_batches: int,
         update: Mapping[str, Any] | None = None,
+        finite: bool = True,
     ) -> int:
         """Record ``n1`` committed rows (and what the new rows add): the commit."""
-        rec = _advanced(g.attrs["ncdask_split"], n1, counts, n_ignored, n_batches)
+        rec = _advanced(g.attrs["ncdask_split"], n1, counts, n_ignored, n_batches, finite)
         rec.update(update or {})
         g.attrs["ncdask_split"] = rec  # the commit
         return int(n1)
@@ -965,7 +1021,8 @@ class EmbeddingStore:
         return int(g.attrs["ncdask_split"]["n_committed"])
 
     def _write_shard(
-        self, g: zarr.Group, X: np.ndarray, y: np.ndarray | None, n_batches: int
+        self, g: zarr.Group, X: np.ndarray, y: np.ndarray | None, n_batches: int,
+        finite: bool = True,
     ) -> int:
         """Append to this writer's own shard of split ``g`` and commit it; no lock needed.
 
@@ -984,7 +1041,8 @@ class EmbeddingStore:
         rec = sh.attrs["ncdask_shard"]
         n1 = self._write_rows(sh, int(rec["n_committed"]), X, y)
         counts, n_ign = self._tally(y)
-        sh.attrs["ncdask_shard"] = _advanced(rec, n1, counts, n_ign, n_batches)  # the commit
+        sh.attrs["ncdask_shard"] = _advanced(rec, n1, counts, n_ign, n_batches,
+                                             finite)  # the commit
         return int(n1)
 
     def _new_shard(self, g: zarr.Group, labelled: bool) -> zarr.Group:
@@ -994,24 +1052,25 @@ class EmbeddingStore:
         wid = uuid.uuid4().hex
         rec = {"ncdask_shard": {
             "writer": wid, "created": time.time(), "n_committed": 0, "n_batches": 0,
-            "class_counts": [0] * self.n_classes if labelled else None}}
+            "class_counts": [0] * self.n_classes if labelled else None, "finite": True}}
         parent = _put_once(g, "shards", lambda t: t.create_group("shards"))
         sh = _put_once(parent, wid, lambda t: t.create_group(wid, attributes=rec))
         self._split_arrays(sh, D, rows, labelled)
         return sh
 
     def _write_commit(
-        self, g: zarr.Group, X: np.ndarray, y: np.ndarray | None, n_batches: int
+        self, g: zarr.Group, X: np.ndarray, y: np.ndarray | None, n_batches: int,
+        finite: bool = True,
     ) -> int:
         if X.shape[0] == 0:
             return self._own_rows(g)
         if self._use_shards():
-            return self._write_shard(g, X, y, n_batches)
+            return self._write_shard(g, X, y, n_batches, finite)
         with self._exclusive(g) as g:  # the committed end as it is now, not as cached
             n0 = int(g.attrs["ncdask_split"]["n_committed"])
             n1 = self._write_rows(g, n0, X, y)
             counts, n_ign = self._tally(y)
-            return self._commit(g, n1, counts, n_ign, n_batches)
+            return self._commit(g, n1, counts, n_ign, n_batches, finite=finite)
 
     def writer(
         self,
@@ -1205,14 +1264,15 @@ class EmbeddingStore:
                     # one commit: rows go past the committed end, the record moves last
                     n0 = int(rec["n_committed"])
                     try:
-                        end, counts, n_ign, blocks = self._write_file(
+                        end, counts, n_ign, blocks, finite = self._write_file(
                             g, n0, X_path, y_path, labels, allow_nonfinite,
                             _where(layer, epoch))
                     except BaseException:
                         _truncate(g, n0)
                         raise
                     srcs = list(rec.get("sources") or []) + [source]
-                    return self._commit(g, end, counts, n_ign, blocks, {"sources": srcs})
+                    return self._commit(g, end, counts, n_ign, blocks, {"sources": srcs},
+                                        finite=finite)
             return self._import_staged(split, layer, epoch, D, X_path, y_path, labels,
                                        allow_nonfinite, source, replace=True)
         return self._import_staged(split, layer, epoch, D, X_path, y_path, labels,
@@ -1249,9 +1309,9 @@ class EmbeddingStore:
         if mode == "add":
             _refuse_duplicate(rec, source, split, self.url, X_path)
         sh = self._new_shard(g, labels)
-        n, counts, n_ign, blocks = self._write_file(
+        n, counts, n_ign, blocks, finite = self._write_file(
             sh, 0, X_path, y_path, labels, allow_nonfinite, _where(layer, epoch))
-        srec = _advanced(sh.attrs["ncdask_shard"], n, counts, n_ign, blocks)
+        srec = _advanced(sh.attrs["ncdask_shard"], n, counts, n_ign, blocks, finite)
         srec["sources"] = [source]
         sh.attrs["ncdask_shard"] = srec  # the commit
         return int(_snapshot(g)[1]["n_committed"])
@@ -1296,16 +1356,17 @@ class EmbeddingStore:
         labels: bool,
         allow_nonfinite: bool,
         where: str | None,
-    ) -> tuple[int, np.ndarray | None, int, int]:
+    ) -> tuple[int, np.ndarray | None, int, int, bool]:
         """Write a saved file's rows into ``g`` from row ``start``, in chunk-sized blocks.
 
         Nothing is committed. Returns the end row, the per-class counts, the
-        number of ignored labels and the number of blocks written.
+        number of ignored labels, the number of blocks written and whether
+        every value was finite.
         """
         from .io import iter_saved_arrays
 
         rows = int(g["embeddings"].chunks[0])
-        end, counts, n_ign, blocks = start, None, 0, 0
+        end, counts, n_ign, blocks, finite = start, None, 0, 0, True
         for Xb, yb in iter_saved_arrays(X_path, y_path, rows=rows, labels=labels):
             Xn, yn = batch_to_numpy(
                 Xb, yb, dim=g["embeddings"].shape[1], n_classes=self.n_classes,
@@ -1313,11 +1374,12 @@ class EmbeddingStore:
                 ignore_index=self.ignore_index, where=where,
             )
             end = self._write_rows(g, end, Xn, yn)
+            finite = finite and _finite(Xn, allow_nonfinite)
             c, k = self._tally(yn)
             counts = c if counts is None else counts + c
             n_ign += k
             blocks += 1
-        return end, counts, n_ign, blocks
+        return end, counts, n_ign, blocks, finite
 
     def _import_staged(
         self,
@@ -1340,13 +1402,13 @@ class EmbeddingStore:
         g = self._new_split_arrays(sg, tmp, D, rows, labels)
         try:
             rec = _empty_record(split, layer, epoch, self.n_classes, labels)
-            n, counts, n_ign, blocks = self._write_file(
+            n, counts, n_ign, blocks, finite = self._write_file(
                 g, 0, X_path, y_path, labels, allow_nonfinite, _where(layer, epoch))
             if counts is not None:
                 rec["class_counts"] = counts.tolist()
             if n_ign:
                 rec["n_ignored"] = n_ign
-            rec.update(n_committed=n, n_batches=blocks, sources=[source])
+            rec.update(n_committed=n, n_batches=blocks, sources=[source], finite=finite)
             self._require_set(layer, epoch, D)  # a new set's width, recorded on success only
             g.attrs["ncdask_split"] = rec
             self._move_into_place(sg, tmp, split, replace)
@@ -1502,6 +1564,8 @@ class EmbeddingStore:
         xp = array_backend(backend)
         g = self._split_group(name, layer, epoch, create=False)
         parts, rec = _snapshot(g)
+        for p, _ in parts:
+            _check_record(p, self.n_classes, self.url)
         n = int(rec["n_committed"])
         D = int(g["embeddings"].shape[1])
         parts = [(p, k) for p, k in parts if k > 0] or parts[:1]
@@ -1523,6 +1587,8 @@ class EmbeddingStore:
             "class_counts": None if counts is None else np.asarray(counts, dtype=np.int64),
             "n_committed": n,
             "labelled": int(_is_labelled(g)),
+            # every part promises finite rows: NaN in them is a lost chunk, not data
+            "finite": 1 if all(_record(p).get("finite") is True for p, _ in parts) else None,
             "store": self.url,
             "ncdask_version": __version__,
             "ignore_index": self.ignore_index,
@@ -1624,7 +1690,8 @@ class StoreWriter:
         if self._labelled:
             y = np.concatenate(self._y) if len(self._y) > 1 else self._y[0]
         self._committed = self._store._write_commit(
-            self._group, X[:rows], None if y is None else y[:rows], self._batches
+            self._group, X[:rows], None if y is None else y[:rows], self._batches,
+            finite=_finite(X[:rows], self._allow),
         )
         self._batches = 0
         rest = X.shape[0] - rows

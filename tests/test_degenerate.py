@@ -72,12 +72,20 @@ def test_damaged_chunks_are_errors_or_nan_never_plausible(tmp_path):
     with pytest.raises(ValueError, match="missing labels chunk"):
         ncdask.class_stats(s, "train").compute()
     lab[1].write_bytes(saved)
-    # an embeddings chunk deleted: NaN rows, so NaN statistics and metrics
+    # an embeddings chunk deleted: its rows read as NaN, which the split's record
+    # (written without allow_nonfinite) says cannot be data: an error naming the split
     emb = _chunk_files(split, "embeddings")
     saved = emb[2].read_bytes()
     emb[2].unlink()
     assert np.isnan(s["train"].embeddings.values[60:]).all()
-    assert np.isnan(_nc1_of(s)["nc1_pinv"])
+    with pytest.raises(ncdask.store.NcdaskStoreError, match="split 'train'.*chunk is missing"):
+        _nc1_of(s)
+    # NaN written on purpose (allow_nonfinite) is data: NaN statistics, no error
+    s2 = ncdask.EmbeddingStore.create(str(tmp_path / "n.zarr"), K, D)
+    Xn = X.copy()
+    Xn[5] = np.nan
+    s2.append("train", Xn, y, allow_nonfinite=True)
+    assert np.isnan(_nc1_of(s2)["nc1_pinv"])
     # garbled bytes inside a chunk: the checksum fails on read
     bad = bytearray(saved)
     bad[len(bad) // 2] ^= 0xFF
@@ -132,3 +140,22 @@ def test_test_labels_of_other_classes_are_refused():
     ds.attrs = {}  # no attrs to compare: the labels themselves are checked
     with pytest.raises(ValueError, match="outside the statistics' 4 classes"):
         ncdask.measure(st, weights=W, test=ds, metrics=["nc4_agree"]).compute()
+
+
+@pytest.mark.parametrize("edit, value", [
+    ("n_committed", -5), ("n_committed", 1_000_000), ("n_committed", "120"),
+    ("n_committed", 1.5), ("class_counts", [50, 50, 50]), ("class_counts", [200, -40, 0, 0]),
+])
+def test_hand_edited_commit_records_are_errors(tmp_path, edit, value):
+    rng = np.random.default_rng(0)
+    url = str(tmp_path / "s.zarr")
+    s = ncdask.EmbeddingStore.create(url, 4, 3)
+    s.append("train", rng.normal(size=(160, 3)), np.arange(160) % 4)
+    g = zarr.open_group(url, mode="r+")["train"]
+    rec = dict(g.attrs["ncdask_split"])
+    rec[edit] = value
+    g.attrs["ncdask_split"] = rec
+    with pytest.raises(ncdask.DamagedStoreError, match="commit record of 'train'"):
+        ncdask.EmbeddingStore.open(url).split("train")
+    with pytest.raises(ncdask.DamagedStoreError):
+        ncdask.class_stats(ncdask.EmbeddingStore.open(url), "train")

@@ -261,3 +261,29 @@ def partial_from_stats(
     if in_scatter is not None:
         out["in_scatter"] = in_scatter
     return out
+
+
+def refuse_nonfinite(block: Any, present: Any = None, *, what: str = "", where: str = "") -> Any:
+    """Return ``block`` unchanged, or raise if it holds NaN/inf where data was promised.
+
+    A split whose commit record promises finite rows cannot yield a
+    non-finite statistic unless a chunk went missing (Zarr then returns the
+    embeddings' NaN fill value) or was damaged. ``present`` (per row of
+    ``block``) limits the check to classes with samples (an empty class's
+    NaN mean is by definition).
+    """
+    from ._xp import array_namespace
+
+    xp = array_namespace(block)
+    bad = ~xp.isfinite(block)
+    if present is not None:
+        p = xp.asarray(present)
+        bad = bad & (p.reshape(p.shape + (1,) * (block.ndim - 1)))
+    if bool(xp.any(bad)):
+        from .._validate import NcdaskStoreError
+
+        raise NcdaskStoreError(
+            f"{where}: {what} holds NaN or inf although the split was written without "
+            "allow_nonfinite: an embeddings chunk is missing (it reads as NaN) or damaged; "
+            "run `ncdask check` on the store")
+    return block
