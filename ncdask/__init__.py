@@ -65,11 +65,13 @@ _WHERE: dict[str, str] = {
     "IncompleteOutputError": "_zarrio",
     "DuplicateImportError": "store",
     "DamagedStoreError": "store",
+    "check_store": "check",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exports them
     from ._zarrio import IncompleteOutputError
     from .capture import capture
+    from .check import check_store
     from .covariances import class_covariances, class_nc1, class_spectra
     from .metrics import DegenerateInputWarning, RieszRangeWarning, measure
     from .neco import neco_fit, neco_scores, ood_report, total_covariance
@@ -158,6 +160,7 @@ __all__ = [
     "DuplicateImportError",
     "IncompleteOutputError",
     "DamagedStoreError",
+    "check_store",
     # class statistics
     "class_stats",
     "merge_stats",

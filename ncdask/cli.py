@@ -270,6 +270,19 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
     rm.add_argument("--split", required=True, help="the split to delete")
     _set_args(rm)
     _quiet_arg(rm)
+
+    ck = command(
+        "check", "verify every committed chunk, commit record and set of a store",
+        "ncdask check emb.zarr",
+        "ncdask check s3://bucket/emb.zarr --scheduler tcp://10.0.0.1:8786",
+        epilog="Reads every chunk that holds committed rows (checksums, missing chunks,\n"
+               "NaN where none was written, labels out of range, counts against the\n"
+               "records) and every classifier. Prints each problem with its set, split,\n"
+               "array and chunk. Exit status: 0 no problem, 1 problems found.",
+    )
+    ck.add_argument("url", help="store path or fsspec URL")
+    ck.add_argument("--scheduler", help=_SCHED)
+    _quiet_arg(ck)
     return p
 
 
@@ -689,8 +702,30 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    import dask
+
+    from .check import check_tasks
+    from .scheduler import use_scheduler
+
+    store = _open_store(args.url)
+    report, tasks = check_tasks(store)
+    if tasks:
+        with use_scheduler(args.scheduler, quiet=args.quiet) as run:
+            results = run.compute(dask.delayed(list, pure=False)(tasks),
+                                  label=f"checking {report.chunks} chunks")
+        for r in results:
+            report.problems += r["problems"]
+    for note in report.notes:
+        _say(args, f"note: {note}")
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
 COMMANDS = {"demo": _cmd_demo, "import": _cmd_import, "stats": _cmd_stats,
-            "analyze": _cmd_analyze, "rm": _cmd_rm}
+            "analyze": _cmd_analyze, "rm": _cmd_rm, "check": _cmd_check}
 
 
 def main(argv: list[str] | None = None) -> int:

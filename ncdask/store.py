@@ -319,6 +319,40 @@ class DamagedStoreError(NcdaskStoreError):
     """A store whose records disagree with its arrays (edited, or damaged)."""
 
 
+class _NamedChunks:
+    """A Zarr array whose read errors name the store, the array and the rows.
+
+    A checksum mismatch or a truncated chunk otherwise surfaces deep in a
+    dask traceback as ``Stored and computed checksum do not match`` or
+    ``error during blosc decompression: -1``, with nothing to say where.
+    """
+
+    def __init__(self, a: zarr.Array, url: str) -> None:
+        self.a, self.url = a, url
+        self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return self.a[key]
+        except Exception as e:
+            rows = key[0] if isinstance(key, tuple) else key
+            span = (f"rows {rows.start}-{rows.stop - 1}" if isinstance(rows, slice)
+                    and rows.start is not None and rows.stop is not None else f"{key}")
+            raise DamagedStoreError(
+                f"{self.url!r}: {self.a.path}, {span} (chunk rows {self.a.chunks[0]}): "
+                f"cannot be read ({type(e).__name__}: {e}); run `ncdask check` on the store"
+            ) from e
+
+
+def _read(a: zarr.Array, url: str) -> da.Array:
+    """``da.from_zarr(a)``, with read errors that name the store, array and rows."""
+    from dask.base import tokenize
+
+    name = "zarr-" + tokenize(url, a.path, a.shape, a.chunks, str(a.dtype), a.metadata.to_dict())
+    return da.from_array(_NamedChunks(a, url), chunks=a.chunks, name=name, asarray=False,
+                         fancy=False, lock=False, meta=np.empty((0,) * a.ndim, a.dtype))
+
+
 def _record(p: zarr.Group) -> Mapping[str, Any]:
     """The commit record of a split group or of one of its shards."""
     return p.attrs.get("ncdask_shard") or p.attrs["ncdask_split"]
@@ -1571,7 +1605,7 @@ class EmbeddingStore:
         parts = [(p, k) for p, k in parts if k > 0] or parts[:1]
 
         def column(name: str) -> da.Array:
-            cols = [da.from_zarr(p[name])[:k] for p, k in parts]
+            cols = [_read(p[name], self.url)[:k] for p, k in parts]
             return on_backend(cols[0] if len(cols) == 1 else da.concatenate(cols), xp)
 
         data_vars = {"embeddings": (("sample", "feature"), column("embeddings"))}

@@ -1,0 +1,249 @@
+"""Verifying a whole store: every committed chunk, every record, every set (``ncdask check``).
+
+Zarr returns the fill value for a missing chunk and reads whatever bytes a
+chunk holds, so damage shows only when something looks. :func:`check_store`
+looks at everything a measurement would use, one task per chunk (they run
+in parallel, with a progress bar from the CLI):
+
+* every chunk that holds committed rows exists, decodes and passes its
+  CRC-32C checksum (stores written before checksums only decode);
+* embeddings are finite where the split's record promises it (written
+  without ``allow_nonfinite``);
+* labels lie in ``[0, K)`` (or are the store's ``ignore_index``), and their
+  per-class counts equal the record's;
+* every commit record (split and shard) agrees with its arrays, and every
+  set's arrays have the set's width;
+* the classifier of each set is whole and finite.
+
+What a killed writer left aside is reported as a note, not a problem.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import numpy as np
+import zarr
+
+from .store import DamagedStoreError, EmbeddingStore, _check_record, _classifier_name, _snapshot
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_store` found.
+
+    Attributes
+    ----------
+    url : str
+    problems : list of str
+        Damage: each names the set, split, array and chunk.
+    notes : list of str
+        Harmless findings (leftovers of killed writers).
+    sets, splits, rows, chunks : int
+        What was verified.
+    """
+
+    url: str
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    sets: int = 0
+    splits: int = 0
+    rows: int = 0
+    chunks: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+    def summary(self) -> str:
+        """One line: what was verified and how many problems were found."""
+        state = "ok" if self.ok else f"{len(self.problems)} problem(s)"
+        return (f"{self.url}: {state}: {self.sets} set(s), {self.splits} split(s), "
+                f"{self.rows} committed rows, {self.chunks} chunks verified")
+
+
+def _task(fn: Any) -> Any:
+    # pure=False: no hashing of the arguments (tokenizing a zarr.Array reads it whole)
+    return dask.delayed(fn, pure=False)
+
+
+def _chunk(a: zarr.Array, i: int, stop: int | None, where: str) -> tuple[Any, str | None]:
+    """Read row-chunk ``i`` of ``a`` (up to row ``stop``): ``(values, problem)``."""
+    from zarr.core.sync import sync
+
+    rows = int(a.chunks[0])
+    coords = (i,) + (0,) * (a.ndim - 1)
+    key = "/".join(p for p in (a.path, a.metadata.encode_chunk_key(coords)) if p)
+    name = f"{where}, chunk {i} (rows {i * rows}-{min(stop or a.shape[0], (i + 1) * rows) - 1})"
+    if not sync(a.store.exists(key)):
+        return None, f"{name}: missing (Zarr would read it as the fill value)"
+    try:
+        v = a[i * rows: min(stop if stop is not None else a.shape[0], (i + 1) * rows)]
+    except Exception as e:  # checksum, decompression, truncation: name the chunk
+        return None, f"{name}: unreadable ({type(e).__name__}: {e})"
+    return v, None
+
+
+def _verify_embeddings(a: zarr.Array, i: int, stop: int, finite: bool, where: str) -> dict:
+    v, bad = _chunk(a, i, stop, where)
+    if bad is None and finite and not np.isfinite(v).all():
+        bad = (f"{where}, chunk {i}: {int((~np.isfinite(v)).sum())} NaN/inf values in a split "
+               "written without allow_nonfinite")
+    return {"problems": [bad] if bad else [], "counts": None}
+
+
+def _verify_labels(a: zarr.Array, i: int, stop: int, K: int, ignore: int | None,
+                   where: str) -> dict:
+    v, bad = _chunk(a, i, stop, where)
+    if bad is not None:
+        return {"problems": [bad], "counts": None}
+    v = np.asarray(v).astype(np.int64)
+    keep = v != ignore if ignore is not None else np.ones(v.shape, bool)
+    out = keep & ((v < 0) | (v >= K))
+    if out.any():
+        return {"problems": [f"{where}, chunk {i}: {int(out.sum())} labels outside [0, {K}) "
+                             f"(e.g. {int(v[out][0])})"], "counts": None}
+    return {"problems": [], "counts": np.bincount(v[keep], minlength=K)}
+
+
+def _verify_finite_array(a: zarr.Array, where: str) -> dict:
+    problems = []
+    for i in range(math.ceil(a.shape[0] / a.chunks[0])):
+        v, bad = _chunk(a, i, None, where)
+        if bad is None and not np.isfinite(v).all():
+            bad = f"{where}, chunk {i}: NaN or inf values"
+        if bad:
+            problems.append(bad)
+    return {"problems": problems, "counts": None}
+
+
+def _split_tasks(s: EmbeddingStore, tags: dict, split: str, report: CheckReport) -> list:
+    """The delayed per-chunk checks of one split (and its record checks, done now)."""
+    g = s._split_group(split, tags.get("layer"), tags.get("epoch"), create=False)
+    where0 = "/".join(p for p in (g.path,) if p)
+    parts, rec = _snapshot(g)
+    tasks: list = []
+    want = rec.get("class_counts")
+    label_tasks = []
+    lay = s._layout(s._set_group(tags.get("layer"), tags.get("epoch"), create=False))
+    for p, k in parts:
+        try:
+            _check_record(p, s.n_classes, s.url)
+        except DamagedStoreError as e:
+            report.problems.append(str(e))
+            continue
+        if lay is not None and "embeddings" in p and p["embeddings"].shape[1] != lay[0]:
+            report.problems.append(f"{p.path}/embeddings has width {p['embeddings'].shape[1]}, "
+                                   f"the set's is {lay[0]}")
+            continue
+        rec_p = p.attrs.get("ncdask_shard") or p.attrs["ncdask_split"]
+        finite = rec_p.get("finite") is True
+        report.rows += k
+        for name in ("embeddings", "labels"):
+            if name not in p or k == 0:
+                continue
+            a = p[name]
+            for i in range(math.ceil(k / a.chunks[0])):
+                report.chunks += 1
+                w = f"{p.path}/{name}"
+                if name == "embeddings":
+                    tasks.append(_task(_verify_embeddings)(a, i, k, finite, w))
+                else:
+                    label_tasks.append(_task(_verify_labels)(
+                        a, i, k, s.n_classes, s.ignore_index, w))
+    if want is not None and label_tasks:
+        tasks.append(_task(_label_totals)(label_tasks, np.asarray(want), where0))
+    else:
+        tasks += label_tasks
+    return tasks
+
+
+def _label_totals(results: list[dict], want: np.ndarray, where: str) -> dict:
+    problems = [p for r in results for p in r["problems"]]
+    if not problems:
+        got = np.sum([r["counts"] for r in results], axis=0)
+        if not np.array_equal(got, want):
+            k = int(np.nonzero(got != want)[0][0])
+            problems.append(f"{where}: the labels hold {int(got[k])} samples of class {k}, "
+                            f"the record says {int(want[k])}")
+    return {"problems": problems, "counts": None}
+
+
+def check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
+    """The report so far (records, structure) and the delayed chunk checks still to run."""
+    from . import _staging
+
+    report = CheckReport(store.url)
+    tasks: list = []
+    for tags in store.sets() or [{}]:
+        sg = store._set_group(tags.get("layer"), tags.get("epoch"), create=False)
+        if sg is None:
+            continue
+        report.sets += 1
+        for split in store.splits(**tags):
+            report.splits += 1
+            tasks += _split_tasks(store, tags, split, report)
+        name = _classifier_name(sg)
+        if name is not None:
+            cg = sg[name]
+            for arr in ("W", "b"):
+                if arr in cg:
+                    report.chunks += math.ceil(cg[arr].shape[0] / cg[arr].chunks[0])
+                    tasks.append(_task(_verify_finite_array)(cg[arr], f"{cg.path}/{arr}"))
+        fs, folder = store._fs_path(sg, "")
+        keep = tuple(n for n in (name,) if n)
+        for path in _staging.stale_entries(fs, folder.rstrip("/"), keep=keep):
+            report.notes.append(f"{path}: left by a killed writer (removed by the next "
+                                "writer in this set)")
+    return report, tasks
+
+
+def check_store(
+    store: EmbeddingStore | str, *, storage_options: dict | None = None,
+    progress: bool = False,
+) -> CheckReport:
+    """Verify every committed chunk, record and set of a store.
+
+    Parameters
+    ----------
+    store : EmbeddingStore or str
+        The store, or its path / fsspec URL (opened read-only).
+    storage_options : dict, optional
+        Passed to fsspec when ``store`` is a URL.
+    progress : bool
+        Show dask's progress bar on stderr.
+
+    Returns
+    -------
+    CheckReport
+        ``.ok``, ``.problems`` (each naming set, split, array and chunk),
+        ``.notes`` and what was verified.
+
+    Examples
+    --------
+    >>> import numpy as np, ncdask
+    >>> s = ncdask.EmbeddingStore.from_arrays(
+    ...     "memory://check-doc", {"train": (np.ones((10, 3)), np.arange(10) % 2)},
+    ...     overwrite=True)
+    >>> r = ncdask.check_store(s)
+    >>> r.ok, r.rows, r.chunks
+    (True, 10, 2)
+    """
+    if not isinstance(store, EmbeddingStore):
+        store = EmbeddingStore.open(store, storage_options=storage_options)
+    report, tasks = check_tasks(store)
+    if tasks:
+        if progress:
+            from dask.diagnostics import ProgressBar
+
+            with ProgressBar():
+                results = dask.compute(*tasks)
+        else:
+            results = dask.compute(*tasks)
+        for r in results:
+            report.problems += r["problems"]
+    return report
