@@ -28,7 +28,14 @@ import dask
 import numpy as np
 import zarr
 
-from .store import DamagedStoreError, EmbeddingStore, _check_record, _classifier_name, _snapshot
+from .store import (
+    DamagedStoreError,
+    EmbeddingStore,
+    _check_record,
+    _classifier_name,
+    _naming_broken_metadata,
+    _snapshot,
+)
 
 
 @dataclass
@@ -175,6 +182,11 @@ def _label_totals(results: list[dict], want: np.ndarray, where: str) -> dict:
 
 def check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
     """The report so far (records, structure) and the delayed chunk checks still to run."""
+    with _naming_broken_metadata(store.url, store._storage_options):
+        return _check_tasks(store)
+
+
+def _check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
     from . import _staging
 
     report = CheckReport(store.url)

@@ -278,7 +278,8 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
         epilog="Reads every chunk that holds committed rows (checksums, missing chunks,\n"
                "NaN where none was written, labels out of range, counts against the\n"
                "records) and every classifier. Prints each problem with its set, split,\n"
-               "array and chunk. Exit status: 0 no problem, 1 problems found.",
+               "array and chunk. Exit status: 0 no problem, 1 problems found, 2 the\n"
+               "store cannot be read at all (the error names the broken file).",
     )
     ck.add_argument("url", help="store path or fsspec URL")
     ck.add_argument("--scheduler", help=_SCHED)

@@ -319,6 +319,35 @@ class DamagedStoreError(NcdaskStoreError):
     """A store whose records disagree with its arrays (edited, or damaged)."""
 
 
+@contextlib.contextmanager
+def _naming_broken_metadata(url: str, storage_options: dict | None) -> Iterator[None]:
+    """Turn a JSON error from Zarr into one that names the broken ``zarr.json``.
+
+    Zarr parses a node's metadata without saying which file it was: a
+    truncated ``zarr.json`` surfaced as "Expecting value: line 6 column 16".
+    On such an error the store's metadata files are read one by one to find
+    the broken ones (only then: it lists the whole store).
+    """
+    import json
+
+    try:
+        yield
+    except json.JSONDecodeError as e:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        broken = []
+        for f in fs.glob(f"{root.rstrip('/')}/**/zarr.json") + [f"{root.rstrip('/')}/zarr.json"]:
+            try:
+                json.loads(fs.cat_file(f))
+            except (ValueError, FileNotFoundError):
+                broken.append(str(f))
+        raise DamagedStoreError(
+            f"{url!r}: unreadable metadata ({e}) in " + (", ".join(sorted(set(broken)))
+                                                         or "a zarr.json file")
+            + ": the store is damaged (truncated or edited)") from e
+
+
 class _NamedChunks:
     """A Zarr array whose read errors name the store, the array and the rows.
 
@@ -372,6 +401,12 @@ def _check_record(p: zarr.Group, n_classes: int, url: str) -> None:
     n = rec.get("n_committed")
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise DamagedStoreError(f"{where} has n_committed={n!r}: not a row count")
+    labelled = rec.get("labelled", rec.get("class_counts") is not None)
+    for name in ("embeddings", "labels") if labelled else ("embeddings",):
+        if n > 0 and name not in p:
+            raise DamagedStoreError(
+                f"{url!r}: {p.path!r} holds {n} committed rows but no {name} array (its "
+                f"{p.path}/{name}/zarr.json is missing): the store is damaged")
     for name in ("embeddings", "labels"):
         if name in p and p[name].shape[0] < n:
             raise DamagedStoreError(
@@ -567,8 +602,9 @@ class EmbeddingStore:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         try:
-            group = zarr.open_group(url, mode="r" if mode == "r" else "r+",
-                                    storage_options=storage_options)
+            with _naming_broken_metadata(url, storage_options):
+                group = zarr.open_group(url, mode="r" if mode == "r" else "r+",
+                                        storage_options=storage_options)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
             raise FileNotFoundError(f"no ncdask store at {url!r}") from e
         out = cls(group, url, mode)
@@ -850,16 +886,18 @@ class EmbeddingStore:
                 if "ncdask_set" in sub.attrs:
                     walk(sub, dict(sub.attrs["ncdask_set"]))
 
-        walk(self._group, {})
+        with _naming_broken_metadata(self.url, self._storage_options):
+            walk(self._group, {})
         return sorted(out, key=lambda t: (str(t.get("layer", "")), t.get("epoch", -1)))
 
     def splits(self, *, layer: str | None = None, epoch: int | None = None) -> list[str]:
         """Names of the splits of one embedding set."""
-        g = self._set_group(layer, epoch, create=False)
-        if g is None:
-            return []
-        return sorted(n for n, sub in g.groups()
-                      if "ncdask_split" in sub.attrs and not n.startswith("."))
+        with _naming_broken_metadata(self.url, self._storage_options):
+            g = self._set_group(layer, epoch, create=False)
+            if g is None:
+                return []
+            return sorted(n for n, sub in g.groups()
+                          if "ncdask_split" in sub.attrs and not n.startswith("."))
 
     def _split_group(
         self,
@@ -1596,10 +1634,11 @@ class EmbeddingStore:
             ``backend="cupy"`` without a CUDA device.
         """
         xp = array_backend(backend)
-        g = self._split_group(name, layer, epoch, create=False)
-        parts, rec = _snapshot(g)
-        for p, _ in parts:
-            _check_record(p, self.n_classes, self.url)
+        with _naming_broken_metadata(self.url, self._storage_options):
+            g = self._split_group(name, layer, epoch, create=False)
+            parts, rec = _snapshot(g)
+            for p, _ in parts:
+                _check_record(p, self.n_classes, self.url)
         n = int(rec["n_committed"])
         D = int(g["embeddings"].shape[1])
         parts = [(p, k) for p, k in parts if k > 0] or parts[:1]

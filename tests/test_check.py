@@ -98,3 +98,25 @@ def test_read_errors_name_store_array_and_rows(tmp_path):
     emb.write_bytes(emb.read_bytes()[:20])  # truncated
     with pytest.raises(ncdask.DamagedStoreError, match=r"train/embeddings, rows 128-191"):
         ncdask.class_stats(ncdask.EmbeddingStore.open(url), "train").compute()
+
+
+@pytest.mark.parametrize("node", ["", "train", "train/embeddings"])
+def test_truncated_metadata_names_its_file(tmp_path, capsys, node):
+    url, _ = _store(tmp_path)
+    meta = pathlib.Path(url, node, "zarr.json")
+    meta.write_text(meta.read_text()[:50])
+    want = f"{meta}: the store is damaged"
+    with pytest.raises(ncdask.DamagedStoreError, match="unreadable metadata"):
+        ncdask.class_stats(ncdask.EmbeddingStore.open(url), "train")
+    for cmd in (["check", url], ["stats", url]):
+        assert main(cmd) == 2
+        assert want in capsys.readouterr().err
+
+
+def test_a_deleted_array_metadata_is_named(tmp_path, capsys):
+    url, _ = _store(tmp_path)
+    pathlib.Path(url, "train", "labels", "zarr.json").unlink()
+    assert main(["stats", url]) == 2
+    assert "no labels array (its train/labels/zarr.json is missing)" in capsys.readouterr().err
+    r = ncdask.check_store(url)
+    assert not r.ok and "no labels array" in r.problems[0]
