@@ -794,6 +794,9 @@ def _measure_one(
         if "nc5_ood_dev" in todo:
             split = ood if isinstance(ood, xr.Dataset) else _split(ood)
             Xo = _like(_float64(as_dask(split["embeddings"])), M)
+            if Xo.ndim != 2 or Xo.shape[1] != D:  # here, not as a broadcast error at compute
+                raise ValueError(f"OOD embeddings have shape {Xo.shape}, expected (n, {D}) "
+                                 "like the statistics")
             use = "labels" in split if ood_labels is None else bool(ood_labels)
             yo = as_dask(split["labels"]) if use else None
             mood = DG.ood_global_mean(Xo, yo, ignore_index=ignore_index)

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
 
 import ncdask
@@ -159,3 +160,21 @@ def test_hand_edited_commit_records_are_errors(tmp_path, edit, value):
         ncdask.EmbeddingStore.open(url).split("train")
     with pytest.raises(ncdask.DamagedStoreError):
         ncdask.class_stats(ncdask.EmbeddingStore.open(url), "train")
+
+
+def test_an_ood_split_of_another_width_is_refused_before_any_compute():
+    import dask
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 4)), np.arange(60) % 3
+    st = ncdask.class_stats(xr.Dataset({"embeddings": (("sample", "feature"), X),
+                                        "labels": (("sample",), y)}), n_classes=3)
+    ood = xr.Dataset({"embeddings": (("sample", "feature"), rng.normal(size=(10, 6)))})
+    with dask.config.set(scheduler=_no_compute):
+        for metric in ("nc5_ood_dev", "nc1_ood_class"):
+            with pytest.raises(ValueError, match=r"OOD embeddings have shape \(10, 6\)"):
+                ncdask.measure(st, ood=ood, metrics=[metric])
+
+
+def _no_compute(*args, **kwargs):
+    raise AssertionError("computed something")
