@@ -34,7 +34,7 @@ def _subparsers(parser):
 def test_every_option_has_help_with_its_default_and_every_command_an_example():
     parser = build_parser(full_help=True)
     subs = _subparsers(parser)
-    assert set(subs) == {"demo", "import", "stats", "analyze", "rm"}
+    assert set(subs) == {"demo", "import", "stats", "analyze", "rm", "check"}
     for name, sub in subs.items():
         text = sub.format_help()
         assert "example" in text and f"ncdask {name}" in text, name
