@@ -66,10 +66,12 @@ _WHERE: dict[str, str] = {
     "DuplicateImportError": "store",
     "DamagedStoreError": "store",
     "check_store": "check",
+    "StatsAccumulator": "accumulate",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exports them
     from ._zarrio import IncompleteOutputError
+    from .accumulate import StatsAccumulator
     from .capture import capture
     from .check import check_store
     from .covariances import class_covariances, class_nc1, class_spectra
@@ -163,6 +165,7 @@ __all__ = [
     "check_store",
     # class statistics
     "class_stats",
+    "StatsAccumulator",
     "merge_stats",
     "save_stats",
     "load_stats",

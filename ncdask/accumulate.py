@@ -1,0 +1,179 @@
+"""Class statistics streamed from batches, without a store: :class:`StatsAccumulator`.
+
+For a training loop or an evaluation pass whose embeddings nobody wants to
+keep (ImageNet's 1.28M × 2048 is 10 GB of float32 per layer and
+checkpoint): each batch is folded into dense per-class accumulators with the
+same exact, shifted Chan update the store's one-pass plan uses
+(:func:`ncdask.kernels.tiled_stats.fold_summary`), so :meth:`result` equals
+``class_stats(...).compute()`` on the same rows to rounding, whatever the
+batch boundaries. Accumulators of data-parallel ranks merge exactly
+(:meth:`merge`, or :func:`ncdask.merge_stats` on their results).
+
+Memory: K×D sums and a D×D scatter in the accumulation dtype (K=1000,
+D=2048 in float64: 16 MiB + 32 MiB). Batches stay on their device: CuPy
+arrays and CUDA tensors (through DLPack, when CuPy is installed) are
+accumulated on the GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ._validate import check_ignore_index
+from .kernels import stats as K
+from .kernels import tiled_stats as KT
+from .kernels._xp import array_namespace, to_numpy
+
+
+def _as_array(a: Any) -> Any:
+    """NumPy or CuPy view of ``a`` (a torch tensor goes to CuPy on CUDA, else to NumPy)."""
+    mod = type(a).__module__
+    if mod.startswith("torch"):
+        a = a.detach()
+        if str(a.dtype) == "torch.bfloat16":
+            a = a.float()  # NumPy has no bfloat16; float32 holds it exactly
+        if a.is_cuda:
+            try:
+                import cupy
+
+                return cupy.from_dlpack(a)
+            except ImportError:
+                a = a.cpu()
+        return a.numpy()
+    if mod.startswith("cupy"):
+        return a
+    return np.asarray(a)
+
+
+class StatsAccumulator:
+    """Per-class statistics of batches fed one at a time; exact and mergeable.
+
+    Parameters
+    ----------
+    n_classes : int
+        K; labels must lie in ``[0, K)`` (or be ``ignore_index``).
+    dim : int
+        D, the width of every batch.
+    dtype : dtype, default "float64"
+        Accumulation dtype.
+    global_mean : {"unweighted", "weighted"}
+        As in :func:`ncdask.class_stats`.
+    ignore_index : int, optional
+        Label of samples to leave out (PyTorch's ``-100`` padding).
+    allow_nonfinite : bool, default False
+        Accept NaN/inf embeddings (they make the statistics NaN); by default
+        a batch holding them is refused and nothing of it is added.
+
+    Examples
+    --------
+    >>> import numpy as np, ncdask
+    >>> rng = np.random.default_rng(0)
+    >>> X, y = rng.normal(size=(100, 4)), np.arange(100) % 3
+    >>> acc = ncdask.StatsAccumulator(3, 4)
+    >>> for i in range(0, 100, 32):
+    ...     acc.update(X[i:i + 32], y[i:i + 32])
+    >>> st = acc.result()
+    >>> st.counts.values.tolist(), bool(np.allclose(st.means[0], X[y == 0].mean(0)))
+    ([34, 33, 33], True)
+    """
+
+    def __init__(
+        self,
+        n_classes: int,
+        dim: int,
+        *,
+        dtype: Any = "float64",
+        global_mean: str = "unweighted",
+        ignore_index: int | None = None,
+        allow_nonfinite: bool = False,
+    ) -> None:
+        for name, v in (("n_classes", n_classes), ("dim", dim)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if global_mean not in ("unweighted", "weighted"):
+            raise ValueError(
+                f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")
+        self.n_classes, self.dim = int(n_classes), int(dim)
+        self.dtype = np.dtype(dtype)
+        self.global_mean = global_mean
+        self.ignore_index = check_ignore_index(ignore_index, self.n_classes)
+        self.allow_nonfinite = bool(allow_nonfinite)
+        self._acc: dict[str, Any] | None = None
+        self.n_batches = 0
+
+    def update(self, X: Any, y: Any) -> StatsAccumulator:
+        """Add a batch: ``X`` (n, D) embeddings and ``y`` (n,) integer labels.
+
+        NumPy, CuPy or torch (CPU or CUDA). A bad batch (shape, labels out of
+        range, NaN without ``allow_nonfinite``) raises and adds nothing.
+        Returns the accumulator.
+        """
+        X, y = _as_array(X), _as_array(y)
+        if X.ndim != 2 or X.shape[1] != self.dim:
+            raise ValueError(f"X has shape {tuple(X.shape)}, expected (n, {self.dim})")
+        if y.ndim != 1 or y.shape[0] != X.shape[0]:
+            raise ValueError(f"y has shape {tuple(y.shape)}, expected ({X.shape[0]},)")
+        xp = array_namespace(X)
+        if np.dtype(y.dtype).kind not in "iu":
+            raise TypeError(f"labels must be integers, got dtype {y.dtype}")
+        if X.shape[0] == 0:
+            return self
+        if not self.allow_nonfinite and not bool(xp.all(xp.isfinite(X))):
+            raise ValueError("X holds NaN or inf values (pass allow_nonfinite=True to keep "
+                             "them); nothing of this batch was added")
+        if self._acc is not None and array_namespace(self._acc["sums"]) is not xp:
+            X, y = array_namespace(self._acc["sums"]).asarray(to_numpy(X)), \
+                array_namespace(self._acc["sums"]).asarray(to_numpy(y))
+        # labels are checked (chunk_summary) before the accumulator is touched
+        self._acc = KT.fold_summary(self._acc, X, y, n_classes=self.n_classes,
+                                    dtype=self.dtype, ignore_index=self.ignore_index)
+        self.n_batches += 1
+        return self
+
+    def merge(self, other: StatsAccumulator) -> StatsAccumulator:
+        """Add another accumulator's data (another rank's) into this one, exactly."""
+        if not isinstance(other, StatsAccumulator):
+            raise TypeError(f"can only merge a StatsAccumulator, got {type(other).__name__}")
+        for key in ("n_classes", "dim", "dtype", "global_mean", "ignore_index"):
+            if getattr(self, key) != getattr(other, key):
+                raise ValueError(f"cannot merge accumulators with different {key}: "
+                                 f"{getattr(self, key)!r} vs {getattr(other, key)!r}")
+        if other._acc is not None:
+            theirs = other._acc
+            if self._acc is not None:
+                xp = array_namespace(self._acc["sums"])
+                theirs = {k: xp.asarray(to_numpy(v)) for k, v in theirs.items()}
+            self._acc = theirs if self._acc is None else K.merge_partials(self._acc, theirs)
+        self.n_batches += other.n_batches
+        return self
+
+    def result(self, *, tile_size: int | None = None) -> xr.Dataset:
+        """The statistics so far: the Dataset :func:`ncdask.class_stats` computes.
+
+        ``counts``, ``means``, ``var_norms``, ``global_mean``, ``within_cov``
+        and ``n_samples`` in memory (on the batches' device), with the same
+        attrs; ready for :func:`ncdask.measure`, :func:`ncdask.merge_stats`
+        and :func:`ncdask.save_stats`.
+        """
+        import dask
+
+        from .graph.pairwise import default_tile_size
+        from .graph.tiled_stats import _assemble, _finish_dense
+        from .stats import _labelled
+
+        if self._acc is None:
+            raise ValueError("no batch was added yet")
+        acc = self._acc
+        fin = _finish_dense(acc, None, None)
+        Kc, D = self.n_classes, self.dim
+        T = min(int(tile_size or default_tile_size(Kc, D)), Kc)
+        per_group = [{"means": [(dask.delayed(fin["means"]), Kc)],
+                      **{k: dask.delayed(fin[k]) for k in ("var_norms", "scatter", "terms")}}]
+        arrays = _assemble(per_group, [(0, Kc)], D, T, self.dtype, fin["means"], self.global_mean)
+        counts = np.asarray(to_numpy(acc["counts"])).astype(np.int64)
+        attrs = {} if self.ignore_index is None else {"ignore_index": self.ignore_index}
+        return _labelled(arrays, counts, global_mean=self.global_mean, attrs=attrs).compute(
+            scheduler="sync")

@@ -1,0 +1,101 @@
+"""Streaming statistics without a store: StatsAccumulator equals class_stats (issue 15)."""
+
+import numpy as np
+import pytest
+import xarray as xr
+from dense import golden
+
+import ncdask
+
+VARS = ("counts", "means", "var_norms", "global_mean", "within_cov", "n_samples")
+
+
+def _stats_of(X, y, K, **kw):
+    ds = xr.Dataset({"embeddings": (("sample", "feature"), X), "labels": (("sample",), y)})
+    return ncdask.class_stats(ds, n_classes=K, **kw).compute()
+
+
+def _same(a, b, rtol=1e-12, X=None):
+    """Counts equal; every float statistic within ``rtol`` of the other, in norm (an
+    entrywise test would judge the rounding of Σ_W's near-zero off-diagonal entries).
+
+    Σ_W of collapsed data is ~1e-6 of the features' second moment, and rounding
+    is relative to the latter: with ``X``, Σ_W is compared against ``‖XᵀX/N‖``."""
+    for v in ("counts", "n_samples"):
+        np.testing.assert_array_equal(a[v].values, b[v].values)
+    for v in VARS[1:-1]:
+        x, w = np.asarray(a[v].values), np.asarray(b[v].values)
+        np.testing.assert_array_equal(np.isnan(x), np.isnan(w))
+        ok = ~np.isnan(w)
+        scale = np.linalg.norm(w[ok])
+        if v == "within_cov" and X is not None:
+            scale = max(scale, np.linalg.norm(X.T.astype(np.float64) @ X / X.shape[0]))
+        assert np.linalg.norm(x[ok] - w[ok]) <= rtol * scale, v
+    assert a.attrs["empty_classes"] == b.attrs["empty_classes"]
+
+
+@pytest.mark.parametrize("case", ["collapsed", "manyclass", "wide"])
+@pytest.mark.parametrize("batch", [1, 7, 777])
+def test_batches_of_any_size_give_class_stats(case, batch):
+    data, _ = golden(case)
+    X, y = data["X"], data["Y"].astype(np.int64)
+    K = int(data["W"].shape[0])
+    if batch == 1:  # one-row batches over the whole set take a while: a prefix will do
+        X, y = X[:600], y[:600]
+    acc = ncdask.StatsAccumulator(K, X.shape[1])
+    for i in range(0, X.shape[0], batch):
+        acc.update(X[i:i + batch], y[i:i + batch])
+    _same(acc.result(), _stats_of(X, y, K), X=X)
+
+
+@pytest.mark.parametrize("global_mean", ["unweighted", "weighted"])
+def test_ranks_merge_exactly(global_mean):
+    data, _ = golden("manyclass")
+    X, y = data["X"], data["Y"].astype(np.int64)
+    K = int(data["W"].shape[0])
+    ranks = [ncdask.StatsAccumulator(K, X.shape[1], global_mean=global_mean) for _ in range(2)]
+    for i in range(0, X.shape[0], 100):  # rank = batch index mod 2, as a DistributedSampler
+        ranks[(i // 100) % 2].update(X[i:i + 100], y[i:i + 100])
+    want = _stats_of(X, y, K, global_mean=global_mean)
+    _same(ncdask.merge_stats(ranks[0].result(), ranks[1].result()).compute(), want)
+    _same(ranks[0].merge(ranks[1]).result(), want)
+
+
+def test_ignore_index_torch_and_bad_batches():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 3)).astype(np.float32)
+    y = np.arange(50) % 4
+    y[::5] = -100
+    acc = ncdask.StatsAccumulator(4, 3, ignore_index=-100)
+    acc.update(torch.from_numpy(X[:20]).to(torch.bfloat16).float(), torch.from_numpy(y[:20]))
+    acc.update(X[20:], y[20:])
+    Xb = torch.from_numpy(X[:20]).to(torch.bfloat16).float().numpy()
+    want = _stats_of(np.concatenate([Xb, X[20:]]), y, 4, ignore_index=-100)
+    _same(acc.result(), want)
+    before = acc.result()
+    with pytest.raises(ValueError, match="outside"):
+        acc.update(X[:3], np.array([0, 1, 9]))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        acc.update(np.full((2, 3), np.nan), np.array([0, 1]))
+    with pytest.raises(ValueError, match="expected"):
+        acc.update(X[:, :2], y)
+    with pytest.raises(TypeError, match="integers"):
+        acc.update(X[:2], np.array([0.0, 1.0]))
+    _same(acc.result(), before)  # refused batches added nothing
+    with pytest.raises(ValueError, match="no batch"):
+        ncdask.StatsAccumulator(4, 3).result()
+
+
+def test_result_feeds_measure_and_save(tmp_path):
+    data, _ = golden("collapsed")
+    X, y, W = data["X"], data["Y"].astype(np.int64), data["W"]
+    acc = ncdask.StatsAccumulator(W.shape[0], X.shape[1]).update(X, y)
+    st = acc.result()
+    ncdask.save_stats(st, str(tmp_path / "st.zarr"))
+    a = ncdask.measure(ncdask.load_stats(str(tmp_path / "st.zarr")), weights=W,
+                       metrics=["nc1", "nc2", "nc3"]).compute()
+    b = ncdask.measure(_stats_of(X, y, W.shape[0]), weights=W,
+                       metrics=["nc1", "nc2", "nc3"]).compute()
+    for v in a.data_vars:
+        np.testing.assert_allclose(a[v].values, b[v].values, rtol=1e-10, err_msg=v)
