@@ -2,9 +2,9 @@
 
 For a training loop or an evaluation pass whose embeddings nobody wants to
 keep (ImageNet's 1.28M × 2048 is 10 GB of float32 per layer and
-checkpoint): each batch is folded into dense per-class accumulators with the
-same exact, shifted Chan update the store's one-pass plan uses
-(:func:`ncdask.kernels.tiled_stats.fold_summary`), so :meth:`result` equals
+checkpoint): each batch is folded into dense per-class accumulators, exactly
+and without cancellation (:mod:`ncdask.kernels.stream`: each class shifted
+by its first row, the shifts removed once at the end), so :meth:`result` equals
 ``class_stats(...).compute()`` on the same rows to rounding, whatever the
 batch boundaries. Accumulators of data-parallel ranks merge exactly
 (:meth:`merge`, or :func:`ncdask.merge_stats` on their results).
@@ -24,7 +24,7 @@ import xarray as xr
 
 from ._validate import check_ignore_index
 from .kernels import stats as K
-from .kernels import tiled_stats as KT
+from .kernels import stream as KS
 from .kernels._xp import array_namespace, to_numpy
 
 
@@ -124,12 +124,13 @@ class StatsAccumulator:
         if not self.allow_nonfinite and not bool(xp.all(xp.isfinite(X))):
             raise ValueError("X holds NaN or inf values (pass allow_nonfinite=True to keep "
                              "them); nothing of this batch was added")
-        if self._acc is not None and array_namespace(self._acc["sums"]) is not xp:
-            X, y = array_namespace(self._acc["sums"]).asarray(to_numpy(X)), \
-                array_namespace(self._acc["sums"]).asarray(to_numpy(y))
-        # labels are checked (chunk_summary) before the accumulator is touched
-        self._acc = KT.fold_summary(self._acc, X, y, n_classes=self.n_classes,
-                                    dtype=self.dtype, ignore_index=self.ignore_index)
+        if self._acc is None:
+            self._acc = KS.empty(self.n_classes, self.dim, self.dtype, xp)
+        elif array_namespace(self._acc["sums"]) is not xp:  # keep to the first batch's device
+            ax = array_namespace(self._acc["sums"])
+            X, y = ax.asarray(to_numpy(X)), ax.asarray(to_numpy(y))
+        # labels are checked before the state is touched
+        KS.update(self._acc, X, y, ignore_index=self.ignore_index)
         self.n_batches += 1
         return self
 
@@ -142,11 +143,13 @@ class StatsAccumulator:
                 raise ValueError(f"cannot merge accumulators with different {key}: "
                                  f"{getattr(self, key)!r} vs {getattr(other, key)!r}")
         if other._acc is not None:
-            theirs = other._acc
-            if self._acc is not None:
+            theirs = KS.partial(other._acc)
+            if self._acc is None:
+                self._acc = KS.from_partial(theirs)
+            else:
                 xp = array_namespace(self._acc["sums"])
                 theirs = {k: xp.asarray(to_numpy(v)) for k, v in theirs.items()}
-            self._acc = theirs if self._acc is None else K.merge_partials(self._acc, theirs)
+                self._acc = KS.from_partial(K.merge_partials(KS.partial(self._acc), theirs))
         self.n_batches += other.n_batches
         return self
 
@@ -166,7 +169,7 @@ class StatsAccumulator:
 
         if self._acc is None:
             raise ValueError("no batch was added yet")
-        acc = self._acc
+        acc = KS.partial(self._acc)
         fin = _finish_dense(acc, None, None)
         Kc, D = self.n_classes, self.dim
         T = min(int(tile_size or default_tile_size(Kc, D)), Kc)
