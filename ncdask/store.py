@@ -31,6 +31,7 @@ record itself is never half-written.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 import uuid
@@ -313,6 +314,21 @@ def _forget_listings(g: zarr.Group) -> None:
     fs = getattr(g.store, "fs", None)
     if fs is not None and hasattr(fs, "invalidate_cache"):
         fs.invalidate_cache()
+
+
+@dataclasses.dataclass(frozen=True)
+class _ImportJob:
+    """One file to import: where it goes, what it is, and its source record."""
+
+    split: str
+    layer: str | None
+    epoch: int | None
+    dim: int
+    X_path: str
+    y_path: str | None
+    labels: bool
+    allow_nonfinite: bool
+    source: dict[str, Any]
 
 
 class DamagedStoreError(NcdaskStoreError):
@@ -1321,10 +1337,10 @@ class EmbeddingStore:
                 + (f" in set {where}" if where else "") + "; nothing was imported"
             )
         source = {k: info[k] for k in ("embeddings", "labels", "rows", "fingerprint")}
-        D = info["dim"]
+        job = _ImportJob(split, layer, epoch, int(info["dim"]), X_path, y_path, labels,
+                         allow_nonfinite, source)
         if self._use_shards():
-            return self._import_shard(split, layer, epoch, D, X_path, y_path, labels,
-                                      allow_nonfinite, source, mode)
+            return self._import_shard(job, mode)
         if split in self.splits(layer=layer, epoch=epoch):
             g0 = self._split_group(split, layer, epoch, create=False)
             with self._exclusive(g0) as g:  # one writer at a time; the record re-read
@@ -1336,33 +1352,17 @@ class EmbeddingStore:
                     # one commit: rows go past the committed end, the record moves last
                     n0 = int(rec["n_committed"])
                     try:
-                        end, counts, n_ign, blocks, finite = self._write_file(
-                            g, n0, X_path, y_path, labels, allow_nonfinite,
-                            _where(layer, epoch))
+                        end, counts, n_ign, blocks, finite = self._write_file(g, n0, job)
                     except BaseException:
                         _truncate(g, n0)
                         raise
                     srcs = list(rec.get("sources") or []) + [source]
                     return self._commit(g, end, counts, n_ign, blocks, {"sources": srcs},
                                         finite=finite)
-            return self._import_staged(split, layer, epoch, D, X_path, y_path, labels,
-                                       allow_nonfinite, source, replace=True)
-        return self._import_staged(split, layer, epoch, D, X_path, y_path, labels,
-                                   allow_nonfinite, source, replace=False)
+            return self._import_staged(job, replace=True)
+        return self._import_staged(job, replace=False)
 
-    def _import_shard(
-        self,
-        split: str,
-        layer: str | None,
-        epoch: int | None,
-        D: int,
-        X_path: str,
-        y_path: str | None,
-        labels: bool,
-        allow_nonfinite: bool,
-        source: dict[str, Any],
-        mode: str,
-    ) -> int:
+    def _import_shard(self, job: _ImportJob, mode: str) -> int:
         """Import into a new shard of its own, committed in one step (object stores).
 
         No lock and no rename are needed: the rows go to a shard nobody else
@@ -1375,16 +1375,16 @@ class EmbeddingStore:
                 f"mode='overwrite' cannot replace a split in one step on {self.url!r} (an "
                 "object store has no rename): delete the split first (store.delete_split, "
                 "CLI: ncdask rm) and import again; nothing was imported")
-        g = self._split_group(split, layer, epoch, create=True, dim=D, labelled=labels)
-        _check_labelled(g, labels)
+        g = self._split_group(job.split, job.layer, job.epoch, create=True, dim=job.dim,
+                              labelled=job.labels)
+        _check_labelled(g, job.labels)
         rec = _snapshot(g)[1]
         if mode == "add":
-            _refuse_duplicate(rec, source, split, self.url, X_path)
-        sh = self._new_shard(g, labels)
-        n, counts, n_ign, blocks, finite = self._write_file(
-            sh, 0, X_path, y_path, labels, allow_nonfinite, _where(layer, epoch))
+            _refuse_duplicate(rec, job.source, job.split, self.url, job.X_path)
+        sh = self._new_shard(g, job.labels)
+        n, counts, n_ign, blocks, finite = self._write_file(sh, 0, job)
         srec = _advanced(sh.attrs["ncdask_shard"], n, counts, n_ign, blocks, finite)
-        srec["sources"] = [source]
+        srec["sources"] = [job.source]
         sh.attrs["ncdask_shard"] = srec  # the commit
         return int(_snapshot(g)[1]["n_committed"])
 
@@ -1420,14 +1420,7 @@ class EmbeddingStore:
                 os.close(fd)
 
     def _write_file(
-        self,
-        g: zarr.Group,
-        start: int,
-        X_path: str,
-        y_path: str | None,
-        labels: bool,
-        allow_nonfinite: bool,
-        where: str | None,
+        self, g: zarr.Group, start: int, job: _ImportJob
     ) -> tuple[int, np.ndarray | None, int, int, bool]:
         """Write a saved file's rows into ``g`` from row ``start``, in chunk-sized blocks.
 
@@ -1439,48 +1432,36 @@ class EmbeddingStore:
 
         rows = int(g["embeddings"].chunks[0])
         end, counts, n_ign, blocks, finite = start, None, 0, 0, True
-        for Xb, yb in iter_saved_arrays(X_path, y_path, rows=rows, labels=labels):
+        for Xb, yb in iter_saved_arrays(job.X_path, job.y_path, rows=rows, labels=job.labels):
             Xn, yn = batch_to_numpy(
                 Xb, yb, dim=g["embeddings"].shape[1], n_classes=self.n_classes,
-                dtype=self.dtype, allow_nonfinite=allow_nonfinite,
-                ignore_index=self.ignore_index, where=where,
+                dtype=self.dtype, allow_nonfinite=job.allow_nonfinite,
+                ignore_index=self.ignore_index, where=_where(job.layer, job.epoch),
             )
             end = self._write_rows(g, end, Xn, yn)
-            finite = finite and _finite(Xn, allow_nonfinite)
+            finite = finite and _finite(Xn, job.allow_nonfinite)
             c, k = self._tally(yn)
             counts = c if counts is None else counts + c
             n_ign += k
             blocks += 1
         return end, counts, n_ign, blocks, finite
 
-    def _import_staged(
-        self,
-        split: str,
-        layer: str | None,
-        epoch: int | None,
-        D: int,
-        X_path: str,
-        y_path: str | None,
-        labels: bool,
-        allow_nonfinite: bool,
-        source: dict[str, Any],
-        replace: bool,
-    ) -> int:
+    def _import_staged(self, job: _ImportJob, replace: bool) -> int:
         """Import into a hidden staging group, then move it into place as ``split``."""
+        split, layer, epoch, D = job.split, job.layer, job.epoch, job.dim
         sg = self._set_group(layer, epoch, create=True)
         lay = self._layout(sg)
         rows = lay[1] if lay is not None else self._chunk_rows_for(D)
         tmp = f".import-{split}-{owner_tag()}"
-        g = self._new_split_arrays(sg, tmp, D, rows, labels)
+        g = self._new_split_arrays(sg, tmp, D, rows, job.labels)
         try:
-            rec = _empty_record(split, layer, epoch, self.n_classes, labels)
-            n, counts, n_ign, blocks, finite = self._write_file(
-                g, 0, X_path, y_path, labels, allow_nonfinite, _where(layer, epoch))
+            rec = _empty_record(split, layer, epoch, self.n_classes, job.labels)
+            n, counts, n_ign, blocks, finite = self._write_file(g, 0, job)
             if counts is not None:
                 rec["class_counts"] = counts.tolist()
             if n_ign:
                 rec["n_ignored"] = n_ign
-            rec.update(n_committed=n, n_batches=blocks, sources=[source], finite=finite)
+            rec.update(n_committed=n, n_batches=blocks, sources=[job.source], finite=finite)
             self._require_set(layer, epoch, D)  # a new set's width, recorded on success only
             g.attrs["ncdask_split"] = rec
             self._move_into_place(sg, tmp, split, replace)

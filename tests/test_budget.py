@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tracemalloc
 
 import dask
@@ -168,42 +169,51 @@ def test_nc4_task_peak_within_budget(monkeypatch, budget):
 # --------------------------------------------------------------------------- distributed
 
 
+@contextlib.contextmanager
+def _small_cluster(distributed, limit):
+    """A client of one in-process worker with ``limit`` memory and 2 threads.
+
+    With processes=False the worker is this process: its memory monitor reads
+    the RSS of the whole test run (pytest, every import, the other tests'
+    leftovers) and would pause the worker before any task ran. So the monitor
+    is off here, and what the graph allocates is measured with tracemalloc.
+    """
+    quiet = {
+        f"distributed.worker.memory.{k}": False for k in ("target", "spill", "pause", "terminate")
+    }
+    with (
+        dask.config.set(quiet),
+        distributed.LocalCluster(processes=False, n_workers=1, threads_per_worker=2,
+                                 memory_limit=limit, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+def _compute_traced(client, obj):
+    """``obj`` computed on ``client``, and the peak bytes traced meanwhile."""
+    tracemalloc.start()
+    try:
+        out = client.compute(obj).result(timeout=300)
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_client_default_budget_on_small_workers():
     distributed = pytest.importorskip("distributed")
     stats, W, test = _problem(1000, 64, 40_000, chunks=8192)
     ref = measure(stats, weights=W, test=test, metrics=NC4, memory_budget=TILE_BUDGET)
     ref = ref.compute(scheduler="sync")
     limit = 300_000_000
-    # With processes=False the worker is this process: its memory monitor reads
-    # the RSS of the whole test run (pytest, every import, the other tests'
-    # leftovers) and would pause the worker before any task ran. So the monitor
-    # is off here, and what the graph allocates is measured with tracemalloc.
-    quiet = {
-        f"distributed.worker.memory.{k}": False for k in ("target", "spill", "pause", "terminate")
-    }
-    with (
-        dask.config.set(quiet),
-        distributed.LocalCluster(
-            processes=False,
-            n_workers=1,
-            threads_per_worker=2,
-            memory_limit="300MB",
-            dashboard_address=None,
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    with _small_cluster(distributed, "300MB") as client:
         budget = client_budget()
         assert budget == limit // 8 < TILE_BUDGET
         assert resolve_budget() == budget
         assert resolve_budget("1GiB") == 2**30  # an explicit budget still wins
         res = measure(stats, weights=W, test=test, metrics=NC4)
         assert res.attrs["memory_budget"] == budget < limit
-        tracemalloc.start()
-        try:
-            out = client.compute(res).result(timeout=300)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        out, peak = _compute_traced(client, res)
     assert client_budget() is None  # the client is gone
     assert float(out.nc4_agree) == float(ref.nc4_agree)
     np.testing.assert_array_equal(out.agree_per_class.values, ref.agree_per_class.values)
@@ -232,24 +242,11 @@ def test_class_stats_fit_small_workers():
     ref = ncdask.class_stats(ds, n_classes=K).compute(scheduler="sync")
     assert plan(K, D, 512, budget=stats_budget(), chains=2) is None  # one pass by default
     limit = 300_000_000
-    quiet = {
-        f"distributed.worker.memory.{k}": False for k in ("target", "spill", "pause", "terminate")
-    }
-    with (
-        dask.config.set(quiet),
-        distributed.LocalCluster(processes=False, n_workers=1, threads_per_worker=2,
-                                 memory_limit="300MB", dashboard_address=None) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    with _small_cluster(distributed, "300MB") as client:
         assert stats_budget() == limit // 8
         assert plan(K, D, 512, budget=stats_budget(), chains=2) is not None  # pipelined
         st = ncdask.class_stats(ds, n_classes=K)
-        tracemalloc.start()
-        try:
-            out = client.compute(st).result(timeout=300)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        out, peak = _compute_traced(client, st)
     np.testing.assert_array_equal(out.counts.values, ref.counts.values)
     np.testing.assert_allclose(out.means.values, ref.means.values, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(out.within_cov.values, ref.within_cov.values, rtol=1e-10,
