@@ -135,6 +135,7 @@ def class_stats(
     min_count: int | None = None,
     tile_size: int | None = None,
     memory_budget: int | str | None = None,
+    cache: bool = False,
 ) -> xr.Dataset:
     """Per-class statistics of a split, chunked over classes by tiles.
 
@@ -182,6 +183,13 @@ def class_stats(
         embeddings are read ``G + 1`` times (see
         :mod:`ncdask.graph.tiled_stats`). No task then holds more than a
         group's K×D part.
+    cache : bool, default False
+        With a store (not a split Dataset): keep the result in the store,
+        beside the split, and reuse it (:mod:`ncdask.cache`): a second call
+        with nothing new reads no embedding chunk, and after appends only
+        the new rows are read and merged in. The statistics are then
+        computed at the call (on the active dask scheduler), not lazily. A
+        store that cannot be written gets no cache.
 
     Returns
     -------
@@ -217,6 +225,19 @@ def class_stats(
     """
     if global_mean not in ("unweighted", "weighted"):
         raise ValueError(f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")
+    if cache and not isinstance(data, xr.Dataset):
+        from .cache import cached_class_stats
+        from .store import EmbeddingStore
+
+        if isinstance(data, tuple) and len(data) == 2 and split is None:
+            data, split = data
+        store = EmbeddingStore.open(data) if isinstance(data, str) else data
+        if not isinstance(store, EmbeddingStore):
+            raise TypeError(f"cache=True needs a store, got {type(data).__name__}")
+        options = dict(global_mean=global_mean, dtype=dtype, chains=chains,
+                       ignore_index=ignore_index, min_count=min_count, tile_size=tile_size,
+                       memory_budget=memory_budget)
+        return cached_class_stats(store, split or "train", None, None, options, class_stats)
     ds = resolve_split(data, split)
     K = _n_classes_of(ds, n_classes)
     if ignore_index is None:

@@ -1,0 +1,110 @@
+"""Statistics cached in the store: hits read nothing, appends read only the new rows (issue 15)."""
+
+import numpy as np
+import pytest
+
+import ncdask
+from ncdask import store as S
+
+K, D = 5, 8
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Counts the embedding chunks read (every store read goes through _NamedChunks)."""
+    n = {"embeddings": 0}
+    orig = S._NamedChunks.__getitem__
+
+    def counted(self, key):
+        if self.a.path.endswith("embeddings"):
+            n["embeddings"] += 1
+        return orig(self, key)
+
+    monkeypatch.setattr(S._NamedChunks, "__getitem__", counted)
+    return n
+
+
+def _close(a, b):
+    for v in ("means", "var_norms", "global_mean", "within_cov"):
+        x, w = a[v].values, b[v].values
+        assert np.linalg.norm(x - w) <= 1e-12 * np.linalg.norm(w), v
+    np.testing.assert_array_equal(a.counts.values, b.counts.values)
+    assert int(a.n_samples) == int(b.n_samples)
+
+
+def _store(tmp_path, n=1000):
+    rng = np.random.default_rng(0)
+    s = ncdask.EmbeddingStore.create(str(tmp_path / "s.zarr"), K, D, chunk_rows=100)
+    s.append("train", rng.normal(size=(n, D)) + 3, np.arange(n) % K)
+    return s, rng
+
+
+def test_a_hit_reads_no_chunk_and_appends_read_only_theirs(tmp_path, reads):
+    s, rng = _store(tmp_path)
+    cold = ncdask.class_stats(ncdask.EmbeddingStore.open(s.url), "train", cache=True)
+    assert reads["embeddings"] == 10  # every chunk once
+    reads["embeddings"] = 0
+    warm = ncdask.class_stats(ncdask.EmbeddingStore.open(s.url), "train", cache=True).compute()
+    assert reads["embeddings"] == 0
+    _close(warm, cold.compute())
+    s.append("train", rng.normal(size=(250, D)), np.arange(250) % K)  # rows 1000-1249
+    reads["embeddings"] = 0
+    grown = ncdask.class_stats(s, "train", cache=True).compute()
+    assert reads["embeddings"] == 3  # chunks 10, 11, 12: nothing read twice
+    _close(grown, ncdask.class_stats(s, "train").compute())
+
+
+def test_new_shards_are_merged_in(tmp_path, reads):
+    import dask
+
+    s, rng = _store(tmp_path)
+    ncdask.class_stats(s, "train", cache=True)
+    with dask.config.set({"ncdask.writers": "shards"}):
+        w = ncdask.EmbeddingStore.open(s.url, "a")
+        w.append("train", rng.normal(size=(30, D)), np.arange(30) % K)
+    reads["embeddings"] = 0
+    got = ncdask.class_stats(ncdask.EmbeddingStore.open(s.url), "train", cache=True).compute()
+    assert reads["embeddings"] == 1
+    _close(got, ncdask.class_stats(ncdask.EmbeddingStore.open(s.url), "train").compute())
+
+
+@pytest.mark.parametrize("option", [{"global_mean": "weighted"}, {"dtype": "float32"},
+                                    {"ignore_index": -100}, {"min_count": 250}])
+def test_each_option_is_its_own_entry(tmp_path, reads, option):
+    s, _ = _store(tmp_path)
+    ncdask.class_stats(s, "train", cache=True)
+    reads["embeddings"] = 0
+    got = ncdask.class_stats(s, "train", cache=True, **option).compute()
+    assert reads["embeddings"] > 0  # not the other entry
+    want = ncdask.class_stats(s, "train", **option).compute()
+    _close(got, want)
+    reads["embeddings"] = 0
+    ncdask.class_stats(s, "train", cache=True, **option)
+    assert reads["embeddings"] == 0
+
+
+def test_a_replaced_split_is_recomputed(tmp_path):
+    s, rng = _store(tmp_path)
+    ncdask.class_stats(s, "train", cache=True)
+    s = ncdask.EmbeddingStore.open(s.url, "a")
+    s.delete_split("train")
+    X = rng.normal(size=(300, D))
+    s.append("train", X, np.arange(300) % K)
+    got = ncdask.class_stats(s, "train", cache=True).compute()
+    assert got.counts.values.tolist() == [60] * K
+    stored = X.astype(np.float32).astype(np.float64)  # a float32 store
+    np.testing.assert_allclose(got.means.values[0], stored[::K].mean(0), rtol=1e-12)
+
+
+def test_an_unwritable_store_computes_without_a_cache(tmp_path, monkeypatch):
+    s, _ = _store(tmp_path)
+
+    def refuse(*a, **k):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(ncdask.stats, "save_stats", refuse)
+    got = ncdask.class_stats(s, "train", cache=True)
+    _close(got, ncdask.class_stats(s, "train").compute())
+    assert not (tmp_path / "s.zarr" / "train" / ".ncdask-stats").exists() or not any(
+        p.name.startswith("k-") for p in (tmp_path / "s.zarr" / "train" / ".ncdask-stats")
+        .iterdir())
