@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from typing import Any
 
 import dask.array as da
@@ -79,7 +80,7 @@ def cached_class_stats(
     ``options`` its keyword arguments.
     """
     from ._zarrio import IncompleteOutputError
-    from .stats import load_stats, merge_stats, save_stats
+    from .stats import EmptyClassWarning, load_stats, merge_stats, save_stats
 
     g = store._split_group(split, layer, epoch, create=False)
     parts = _parts(store, g)
@@ -106,8 +107,10 @@ def cached_class_stats(
         grown = meta.get("key") == key and all(p in now and now[p] >= k for p, k in
                                                have.items())
         if grown and key["min_count"] is None:
-            fresh = compute(_new_rows(parts, have, store.url), n_classes=K,
-                            **{k: v for k, v in options.items() if k != "min_count"})
+            with warnings.catch_warnings():  # the new rows alone often miss classes
+                warnings.simplefilter("ignore", EmptyClassWarning)
+                fresh = compute(_new_rows(parts, have, store.url), n_classes=K,
+                                **{k: v for k, v in options.items() if k != "min_count"})
             out = merge_stats(_strip(cached), fresh)
             return _keep(out, url, so, key, cover, save_stats, load_stats)
     out = compute(store.split(split, layer=layer, epoch=epoch), **options)
