@@ -214,6 +214,9 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
     st.add_argument("url", help="store path or fsspec URL")
     st.add_argument("--split", default="train", help="split to summarise")
     st.add_argument("--out", help="write the statistics to this Zarr path (default: print only)")
+    st.add_argument("--no-cache", action="store_true",
+                    help="compute the statistics afresh and keep none in the store "
+                         "(default: keep them beside the split and reuse them)")
     st.add_argument("--overwrite", action="store_true",
                     help="replace --out if it holds ncdask statistics (anything else is "
                          "never replaced)")
@@ -240,6 +243,9 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
     )
     an.add_argument("--scheduler", help=_SCHED)
     an.add_argument("--out", help="write the metrics to this Zarr path (default: none)")
+    an.add_argument("--no-cache", action="store_true",
+                    help="compute the class statistics afresh and keep none in the store "
+                         "(default: keep them beside the split and reuse them)")
     an.add_argument("--overwrite", action="store_true",
                     help="replace --out if it holds ncdask results (anything else is never "
                          "replaced)")
@@ -609,7 +615,10 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
         check_output(args.out, "stats", overwrite=args.overwrite)  # before the pass
     with use_scheduler(args.scheduler, quiet=args.quiet) as run:
-        st = run.compute(class_stats(store.split(args.split, **tags)))
+        if args.no_cache or run.gpu:
+            st = run.compute(class_stats(store.split(args.split, **tags)))
+        else:  # kept in the store: the next run reads only rows appended since
+            st = run.call(class_stats, store, args.split, cache=True, **tags).compute()
     print(f"{args.url} [{args.split}]: N={int(st.n_samples)} K={st.sizes['class']} "
           f"D={st.sizes['feature']} tr(Sigma_W)={float(st.within_cov.values.trace()):.6g}")
     if args.out:
@@ -662,8 +671,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             test = _optional_split(store, args.test, "test", tags)
             ood = _optional_split(store, args.ood, "ood", tags)
             W, b = _classifier(store, tags)
+            if args.no_cache or run.gpu:
+                stats = class_stats(move(store.split(args.train, **tags)), **stats_kw)
+            else:  # kept in the store (computed now): re-runs read only new rows
+                stats = run.call(class_stats, store, args.train, cache=True, **tags,
+                                 **stats_kw)
             items[tags.get(dim) if dim else None] = {
-                "stats": class_stats(move(store.split(args.train, **tags)), **stats_kw),
+                "stats": stats,
                 "weights": W, "bias": b,
                 "test": move(store.split(test, **tags)) if test else None,
                 "ood": move(store.split(ood, **tags)) if ood else None,

@@ -87,6 +87,18 @@ class Runner:
         with ProgressBar(out=sys.stderr, minimum=0.5):
             return obj.compute()
 
+    def call(self, fn: Any, *args: Any, label: str | None = None, **kwargs: Any) -> Any:
+        """Call ``fn``, which computes inside (a cached ``class_stats``), with the progress
+        bar of a local scheduler around it (a distributed one shows none here)."""
+        if label and not self.quiet:
+            print(label, file=sys.stderr, flush=True)
+        if self.quiet or self.client is not None:
+            return fn(*args, **kwargs)
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(out=sys.stderr, minimum=0.5):
+            return fn(*args, **kwargs)
+
 
 def _is_address(spec: str) -> bool:
     return "://" in spec or (":" in spec and spec.rsplit(":", 1)[1].isdigit())

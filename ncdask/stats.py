@@ -136,6 +136,8 @@ def class_stats(
     tile_size: int | None = None,
     memory_budget: int | str | None = None,
     cache: bool = False,
+    layer: str | None = None,
+    epoch: int | None = None,
 ) -> xr.Dataset:
     """Per-class statistics of a split, chunked over classes by tiles.
 
@@ -190,6 +192,8 @@ def class_stats(
         the new rows are read and merged in. The statistics are then
         computed at the call (on the active dask scheduler), not lazily. A
         store that cannot be written gets no cache.
+    layer, epoch : optional
+        The embedding set of ``split`` when ``data`` is a store.
 
     Returns
     -------
@@ -225,19 +229,23 @@ def class_stats(
     """
     if global_mean not in ("unweighted", "weighted"):
         raise ValueError(f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")
-    if cache and not isinstance(data, xr.Dataset):
-        from .cache import cached_class_stats
+    if not isinstance(data, xr.Dataset) and (cache or layer is not None or epoch is not None):
         from .store import EmbeddingStore
 
         if isinstance(data, tuple) and len(data) == 2 and split is None:
             data, split = data
         store = EmbeddingStore.open(data) if isinstance(data, str) else data
         if not isinstance(store, EmbeddingStore):
-            raise TypeError(f"cache=True needs a store, got {type(data).__name__}")
-        options = dict(global_mean=global_mean, dtype=dtype, chains=chains,
-                       ignore_index=ignore_index, min_count=min_count, tile_size=tile_size,
-                       memory_budget=memory_budget)
-        return cached_class_stats(store, split or "train", None, None, options, class_stats)
+            raise TypeError(f"cache=, layer= and epoch= need a store, got {type(data).__name__}")
+        if cache:
+            from .cache import cached_class_stats
+
+            options = dict(global_mean=global_mean, dtype=dtype, chains=chains,
+                           ignore_index=ignore_index, min_count=min_count,
+                           tile_size=tile_size, memory_budget=memory_budget)
+            return cached_class_stats(store, split or "train", layer, epoch, options,
+                                      class_stats)
+        data, split = store.split(split or "train", layer=layer, epoch=epoch), None
     ds = resolve_split(data, split)
     K = _n_classes_of(ds, n_classes)
     if ignore_index is None:

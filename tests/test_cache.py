@@ -108,3 +108,19 @@ def test_an_unwritable_store_computes_without_a_cache(tmp_path, monkeypatch):
     assert not (tmp_path / "s.zarr" / "train" / ".ncdask-stats").exists() or not any(
         p.name.startswith("k-") for p in (tmp_path / "s.zarr" / "train" / ".ncdask-stats")
         .iterdir())
+
+
+def test_cli_stats_and_analyze_use_the_cache(tmp_path, reads, capsys):
+    from ncdask.cli import main
+
+    s, _ = _store(tmp_path)
+    assert main(["stats", s.url, "--no-cache", "-q"]) == 0
+    assert not (tmp_path / "s.zarr" / "train" / ".ncdask-stats").exists()
+    assert main(["stats", s.url, "-q"]) == 0
+    first = capsys.readouterr().out
+    reads["embeddings"] = 0
+    assert main(["stats", s.url, "-q"]) == 0
+    assert main(["analyze", s.url, "--metrics", "nc1", "-q"]) == 0
+    assert reads["embeddings"] == 0  # both from the cache
+    out = capsys.readouterr().out
+    assert first.splitlines()[-1] in out  # the same N, K, D and tr(Sigma_W)
