@@ -74,7 +74,7 @@ class StatsAccumulator:
     >>> X, y = rng.normal(size=(100, 4)), np.arange(100) % 3
     >>> acc = ncdask.StatsAccumulator(3, 4)
     >>> for i in range(0, 100, 32):
-    ...     acc.update(X[i:i + 32], y[i:i + 32])
+    ...     _ = acc.update(X[i:i + 32], y[i:i + 32])
     >>> st = acc.result()
     >>> st.counts.values.tolist(), bool(np.allclose(st.means[0], X[y == 0].mean(0)))
     ([34, 33, 33], True)
