@@ -56,6 +56,8 @@ def sweep(
     use_classifier: bool = True,
     stats_kwargs: Mapping[str, Any] | None = None,
     compute: bool = False,
+    out: str | None = None,
+    cache: bool = False,
     **measure_kwargs: Any,
 ) -> xr.Dataset:
     """Class statistics and NC metrics of every embedding set, along one dim.
@@ -92,6 +94,17 @@ def sweep(
         Compute the result before returning it; by default it is lazy, like
         :func:`ncdask.measure`, and one ``.compute()`` runs every set's pass
         over its embeddings in one graph.
+    out : str, optional
+        Keep the results in this Zarr store (:func:`ncdask.save_results`)
+        and, when run again, measure only the sets that are not in it yet or
+        whose data changed (more rows in a split, another classifier, other
+        options); the rest are read back. A sweep re-run after each epoch of
+        a training run then costs one epoch. The store is replaced
+        atomically with the union, and returned. One swept tag only.
+    cache : bool, default False
+        Keep each set's class statistics in the store
+        (``class_stats(..., cache=True)``): a changed set reads only its new
+        rows.
     **measure_kwargs
         Passed to :func:`ncdask.measure` (``metrics=``, ``tile_size=``, ...).
 
@@ -177,11 +190,30 @@ def sweep(
         idx = sorted(range(len(items)), key=lambda i: tuple(_sort_key(v) for v in coords[i]))
     items = [items[i] for i in idx]
     coords = [coords[i] for i in idx]
-
-    stats, weights, bias, tests, oods = [], [], [], [], []
     sk = dict(stats_kwargs or {})
+    if out is not None:
+        if len(dims) != 1:
+            raise ValueError("out= keeps sweeps over one tag; sweep each layer on its own")
+        return _incremental(items, coords, dims[0], out, split, test, ood, use_classifier,
+                            sk, measure_kwargs, fixed, cache)
+    res = _measure_sets(items, coords, dims, split, test, ood, use_classifier, sk,
+                        measure_kwargs, fixed, order, cache)
+    return res.compute() if compute else res
+
+
+def _measure_sets(
+    items: list[tuple[EmbeddingStore, dict[str, Any]]], coords: list[tuple[Any, ...]],
+    dims: list[str], split: str, test: str | None, ood: str | None, use_classifier: bool,
+    sk: dict[str, Any], measure_kwargs: dict[str, Any], fixed: dict[str, Any],
+    order: Sequence[Any] | None, cache: bool,
+) -> xr.Dataset:
+    """The lazy sweep of the sets ``items`` at ``coords`` (see :func:`sweep`)."""
+    stats, weights, bias, tests, oods = [], [], [], [], []
     for st, tags in items:
-        stats.append(class_stats(st.split(split, **tags), **sk))
+        if cache:
+            stats.append(class_stats(st, split, cache=True, **tags, **sk))
+        else:
+            stats.append(class_stats(st.split(split, **tags), **sk))
         W = b = None
         if use_classifier:
             try:
@@ -217,4 +249,72 @@ def sweep(
     urls = sorted({st.url for st, _ in items})
     attrs["store"] = urls[0] if len(urls) == 1 else urls
     res.attrs = attrs
-    return res.compute() if compute else res
+    return res
+
+
+#: Attribute of a sweep kept with ``out=``: per coordinate, what its results came from.
+SWEEP_ATTR = "ncdask_sweep"
+
+
+def _signature(st: EmbeddingStore, tags: dict[str, Any], splits: list[str],
+               use_classifier: bool) -> dict[str, Any]:
+    """What a set's results depend on: its splits' committed parts and its classifier."""
+    from .store import _classifier_name, _snapshot
+
+    sig: dict[str, Any] = {"store": st.url}
+    for name in splits:
+        g = st._split_group(name, tags.get("layer"), tags.get("epoch"), create=False)
+        sig[name] = [[p.path, int(k)] for p, k in _snapshot(g)[0] if k > 0]
+    if use_classifier:
+        sg = st._set_group(tags.get("layer"), tags.get("epoch"), create=False)
+        sig["classifier"] = None if sg is None else _classifier_name(sg)
+    return sig
+
+
+def _incremental(
+    items: list[tuple[EmbeddingStore, dict[str, Any]]], coords: list[tuple[Any, ...]],
+    dim: str, out: str, split: str, test: str | None, ood: str | None, use_classifier: bool,
+    sk: dict[str, Any], measure_kwargs: dict[str, Any], fixed: dict[str, Any], cache: bool,
+) -> xr.Dataset:
+    """Measure the sets not yet in ``out`` (or changed), keep the rest, write the union."""
+    import json
+
+    from .results import open_results, save_results
+
+    splits = [n for n in (split, test, ood) if n is not None]
+    options = json.dumps({"split": split, "test": test, "ood": ood, "fixed": fixed,
+                          "stats": sk, "measure": measure_kwargs,
+                          "classifier": use_classifier}, sort_keys=True, default=repr)
+    sigs = {str(c[0]): _signature(st, tags, splits, use_classifier)
+            for (st, tags), c in zip(items, coords, strict=True)}
+    prev = None
+    try:
+        prev = open_results(out)
+    except (FileNotFoundError, KeyError, ValueError):
+        prev = None
+    kept: list[Any] = []
+    if prev is not None:
+        meta = prev.attrs.get(SWEEP_ATTR) or {}
+        if meta.get("options") == options and prev.attrs.get("sweep_over") == dim:
+            have = meta.get("sets") or {}
+            kept = [c[0] for c in coords if c[0] in prev[dim].values.tolist()
+                    and have.get(str(c[0])) == sigs[str(c[0])]]
+    todo = [(it, c) for it, c in zip(items, coords, strict=True) if c[0] not in kept]
+    parts = []
+    if kept:
+        parts.append(prev.sel({dim: kept}).compute())
+    if todo:
+        new = _measure_sets([t[0] for t in todo], [t[1] for t in todo], [dim], split, test,
+                            ood, use_classifier, sk, measure_kwargs, fixed, None, cache)
+        parts.append(new.compute())
+    res = parts[0] if len(parts) == 1 else xr.concat(parts, dim=dim, combine_attrs="override",
+                                                     data_vars="all", join="outer")
+    order = [c[0] for c in coords]
+    res = res.sel({dim: order})
+    attrs = dict(parts[-1].attrs)
+    attrs[SWEEP_ATTR] = {"options": options, "sets": sigs, "measured": [str(t[1][0])
+                                                                         for t in todo]}
+    res.attrs = attrs
+    save_results(res, out, overwrite=prev is not None)
+    back = open_results(out)
+    return back

@@ -124,3 +124,40 @@ def test_cli_stats_and_analyze_use_the_cache(tmp_path, reads, capsys):
     assert reads["embeddings"] == 0  # both from the cache
     out = capsys.readouterr().out
     assert first.splitlines()[-1] in out  # the same N, K, D and tr(Sigma_W)
+
+
+def test_sweep_with_out_measures_only_new_or_changed_sets(tmp_path, reads):
+    rng = np.random.default_rng(1)
+    s = ncdask.EmbeddingStore.create(str(tmp_path / "s.zarr"), K, D, chunk_rows=100)
+    y = np.arange(200) % K
+
+    def add(e, n=200):
+        X = np.eye(K, D)[np.arange(n) % K] * (1 + e) + rng.normal(size=(n, D))
+        s.append("train", X, np.arange(n) % K, epoch=e)
+
+    for e in range(4):
+        add(e)
+    out = str(tmp_path / "res.zarr")
+    kw = dict(over="epoch", metrics=["nc1_quot", "nc2_etf_err"])
+    first = ncdask.sweep(s, out=out, **kw)
+    assert first.attrs["ncdask_sweep"]["measured"] == ["0", "1", "2", "3"]
+    reads["embeddings"] = 0
+    again = ncdask.sweep(s, out=out, **kw)
+    assert again.attrs["ncdask_sweep"]["measured"] == [] and reads["embeddings"] == 0
+    add(4)  # a new epoch lands
+    reads["embeddings"] = 0
+    grown = ncdask.sweep(s, out=out, **kw)
+    assert grown.attrs["ncdask_sweep"]["measured"] == ["4"]
+    assert reads["embeddings"] == 2  # epoch 4's two chunks, nothing else
+    full = ncdask.sweep(s, compute=True, **kw)
+    assert grown.epoch.values.tolist() == [0, 1, 2, 3, 4]
+    for v in ("nc1_quot", "nc2_etf_err"):
+        np.testing.assert_allclose(grown[v].values, full[v].values, rtol=1e-12)
+    s.append("train", rng.normal(size=(10, D)), y[:10], epoch=2)  # epoch 2 changes
+    changed = ncdask.sweep(s, out=out, **kw)
+    assert changed.attrs["ncdask_sweep"]["measured"] == ["2"]
+    other = ncdask.sweep(s, out=out, over="epoch", metrics=["nc1_quot"])  # other options
+    assert other.attrs["ncdask_sweep"]["measured"] == ["0", "1", "2", "3", "4"]
+    assert list(other.data_vars) == ["nc1_quot"]
+    with pytest.raises(FileExistsError):
+        ncdask.sweep(s, out=s.url, **kw)  # never onto the store itself
