@@ -132,7 +132,13 @@ def _keep(out: xr.Dataset, url: str, so: dict | None, key: dict, cover: list,
     try:
         _require_folder(url, so)
         save_stats(marked, url, overwrite=True, storage_options=so)
-    except (PermissionError, OSError):
+    except OSError:  # unwritable, or another process wrote the same entry first
+        try:
+            theirs = load_stats(url, storage_options=so)
+            if (theirs.attrs.get(CACHE_ATTR) or {}) == {"key": key, "rows": cover}:
+                return _strip(theirs)  # the same rows: the same statistics
+        except (OSError, KeyError, ValueError):
+            pass
         return out.compute()
     return _strip(load_stats(url, storage_options=so))
 

@@ -161,3 +161,25 @@ def test_sweep_with_out_measures_only_new_or_changed_sets(tmp_path, reads):
     assert list(other.data_vars) == ["nc1_quot"]
     with pytest.raises(FileExistsError):
         ncdask.sweep(s, out=s.url, **kw)  # never onto the store itself
+
+
+_TWICE = """
+import sys, numpy as np, ncdask
+st = ncdask.class_stats(ncdask.EmbeddingStore.open(sys.argv[1]), "train", cache=True)
+print(repr(float(st.within_cov.values.trace())))
+"""
+
+
+def test_two_processes_filling_the_cache_at_once_agree(tmp_path):
+    import subprocess
+    import sys
+
+    s, _ = _store(tmp_path, n=20_000)
+    procs = [subprocess.Popen([sys.executable, "-c", _TWICE, s.url], stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    want = float(ncdask.class_stats(s, "train").within_cov.values.trace())
+    assert [float(o) for o in outs] == pytest.approx([want, want], rel=1e-12)
+    again = ncdask.class_stats(s, "train", cache=True)  # one whole entry is left
+    assert float(again.within_cov.values.trace()) == pytest.approx(want, rel=1e-12)
