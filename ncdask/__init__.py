@@ -67,11 +67,12 @@ _WHERE: dict[str, str] = {
     "DamagedStoreError": "store",
     "check_store": "check",
     "StatsAccumulator": "accumulate",
+    "StatsSink": "accumulate",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exports them
     from ._zarrio import IncompleteOutputError
-    from .accumulate import StatsAccumulator
+    from .accumulate import StatsAccumulator, StatsSink
     from .capture import capture
     from .check import check_store
     from .covariances import class_covariances, class_nc1, class_spectra
@@ -166,6 +167,7 @@ __all__ = [
     # class statistics
     "class_stats",
     "StatsAccumulator",
+    "StatsSink",
     "merge_stats",
     "save_stats",
     "load_stats",

@@ -180,3 +180,118 @@ class StatsAccumulator:
         attrs = {} if self.ignore_index is None else {"ignore_index": self.ignore_index}
         return _labelled(arrays, counts, global_mean=self.global_mean, attrs=attrs).compute(
             scheduler="sync")
+
+
+class _SinkWriter:
+    """What :func:`ncdask.capture` appends to: one accumulator (a store writer's stand-in)."""
+
+    def __init__(self, acc: StatsAccumulator) -> None:
+        self.acc = acc
+
+    def append(self, X: Any, y: Any = None) -> None:
+        if y is None:
+            raise ValueError("statistics need labels: capture(..., labels=True)")
+        self.acc.update(X, y)
+
+    def __enter__(self) -> _SinkWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+class StatsSink:
+    """Where :func:`ncdask.capture` puts statistics instead of embeddings.
+
+    ``capture(model, loader, StatsSink(K), layers=[...], epoch=e)`` runs the
+    same forward pass and hooks as with a store, but each layer's batches go
+    to a :class:`StatsAccumulator` keyed by ``(layer, epoch)``; nothing is
+    written. :meth:`stats` gives one set's statistics, :meth:`sweep` measures
+    every set along ``epoch`` or ``layer`` with the classifier that
+    ``capture(..., classifier=)`` recorded.
+
+    Parameters
+    ----------
+    n_classes : int
+    url : str
+        A name for messages (default ``"<stats sink>"``).
+    **accumulator_options
+        Passed to every :class:`StatsAccumulator` (``dtype=``,
+        ``global_mean=``, ``ignore_index=``).
+    """
+
+    def __init__(self, n_classes: int, *, url: str = "<stats sink>",
+                 **accumulator_options: Any) -> None:
+        self.n_classes = int(n_classes)
+        self.url = url
+        self._options = accumulator_options
+        self._acc: dict[tuple[str, str | None, int | None], StatsAccumulator] = {}
+        self._clf: dict[tuple[str | None, int | None], tuple[Any, Any]] = {}
+
+    # the part of the EmbeddingStore interface that capture uses
+    def splits(self, *, layer: str | None = None, epoch: int | None = None) -> list[str]:
+        return sorted(s for s, la, e in self._acc if (la, e) == (layer, epoch))
+
+    def dim_of(self, *, layer: str | None = None, epoch: int | None = None) -> int:
+        for (_, la, e), a in self._acc.items():
+            if (la, e) == (layer, epoch):
+                return a.dim
+        raise KeyError(f"no set layer={layer}, epoch={epoch}")
+
+    def split(self, name: str, *, layer: str | None = None,
+              epoch: int | None = None) -> xr.Dataset:
+        a = self._acc.get((name, layer, epoch))
+        n = 0 if a is None or a._acc is None else int(to_numpy(a._acc["counts"]).sum())
+        return xr.Dataset(coords={"sample": np.arange(n)})
+
+    def writer(self, split: str, *, layer: str | None = None, epoch: int | None = None,
+               allow_nonfinite: bool = False, dim: int | None = None,
+               labelled: bool = True) -> _SinkWriter:
+        if not labelled:
+            raise ValueError("a StatsSink keeps class statistics: unlabelled data has none")
+        key = (split, layer, epoch)
+        if key not in self._acc:
+            self._acc[key] = StatsAccumulator(self.n_classes, int(dim),
+                                              allow_nonfinite=allow_nonfinite, **self._options)
+        return _SinkWriter(self._acc[key])
+
+    def set_classifier(self, W: Any, b: Any = None, *, layer: str | None = None,
+                       epoch: int | None = None) -> None:
+        W = np.asarray(to_numpy(W), dtype=np.float64)
+        self._clf[(layer, epoch)] = (W, None if b is None else
+                                     np.asarray(to_numpy(b), dtype=np.float64))
+
+    # results
+    def sets(self) -> list[dict[str, Any]]:
+        """The ``{layer, epoch}`` tags of every set with statistics."""
+        keys = sorted({(la, e) for _, la, e in self._acc}, key=lambda t: (str(t[0]), t[1] or -1))
+        return [{k: v for k, v in (("layer", la), ("epoch", e)) if v is not None}
+                for la, e in keys]
+
+    def stats(self, split: str = "train", *, layer: str | None = None,
+              epoch: int | None = None) -> xr.Dataset:
+        """The statistics of one set's split (:meth:`StatsAccumulator.result`)."""
+        try:
+            return self._acc[(split, layer, epoch)].result()
+        except KeyError:
+            raise KeyError(f"no statistics for split {split!r} of layer={layer}, "
+                           f"epoch={epoch}; sets: {self.sets()}") from None
+
+    def sweep(self, over: str = "epoch", split: str = "train", *, layer: str | None = None,
+              epoch: int | None = None, **measure_kwargs: Any) -> xr.Dataset:
+        """Every set's metrics along ``over`` (as :func:`ncdask.sweep` gives for a store);
+        ``layer=`` / ``epoch=`` keep the sets with that tag."""
+        from .metrics import measure
+
+        fixed = {k: v for k, v in (("layer", layer), ("epoch", epoch)) if v is not None}
+        sets = [t for t in self.sets() if over in t
+                and all(t.get(k) == v for k, v in fixed.items())]
+        if not sets:
+            raise ValueError(f"no set is tagged {over!r}; sets: {self.sets()}")
+        coords = [t[over] for t in sets]
+        stats = [self.stats(split, layer=t.get("layer"), epoch=t.get("epoch")) for t in sets]
+        clf = [self._clf.get((t.get("layer"), t.get("epoch")), (None, None)) for t in sets]
+        res = measure(stats, weights=[c[0] for c in clf], bias=[c[1] for c in clf], dim=over,
+                      labels=coords, **measure_kwargs)
+        res.attrs.update(split=split, sweep_over=over, **fixed)
+        return res.compute()

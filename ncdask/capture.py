@@ -218,9 +218,11 @@ def capture(
         argument), ``y`` integer labels in ``[0, K)``. With
         ``labels=False`` the loader may yield ``x`` alone (or ``(x, ...)``,
         the rest ignored).
-    store : EmbeddingStore or mapping of layer name to EmbeddingStore
-        Where to write (open for appending). Each layer's set takes the
-        width of that layer's features on its first write, so layers of
+    store : EmbeddingStore, StatsSink, or mapping of layer name to EmbeddingStore
+        Where to write (open for appending). A :class:`ncdask.StatsSink`
+        keeps each layer's class statistics instead of its embeddings
+        (streamed, nothing written): ``sink.stats(...)``, ``sink.sweep()``.
+        Each layer's set takes the width of that layer's features on its first write, so layers of
         different widths share one store (see
         :meth:`EmbeddingStore.dim_of`); a set written before must keep its
         width, and the untagged default set has the store's ``dim``. A
@@ -307,9 +309,11 @@ def capture(
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral)):
         raise TypeError(f"epoch must be an integer, got {epoch!r}")
     stores: dict[str | None, EmbeddingStore] = {}
+    from .accumulate import StatsSink
+
     for tag, _, _ in specs:
-        if isinstance(store, EmbeddingStore):
-            stores[tag] = store
+        if isinstance(store, (EmbeddingStore, StatsSink)):
+            stores[tag] = store  # a StatsSink keeps statistics, no embeddings
         elif isinstance(store, Mapping):
             if tag not in store:
                 raise KeyError(f"no store given for layer {tag!r}; stores for {list(store)}")

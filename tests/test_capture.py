@@ -381,3 +381,34 @@ def test_capture_cuda_model_to_cupy(mem_url):
     np.testing.assert_allclose(s.split("train", layer="fc").embeddings.values, ref,
                                rtol=1e-4, atol=1e-5)
     assert next(model.parameters()).is_cuda
+
+
+def test_streamed_capture_equals_stored_capture(mem_url):
+    """capture into a StatsSink keeps only statistics; they and the sweep equal the stored
+    capture's (issue 15)."""
+    torch.manual_seed(0)
+    model = Net()
+    x, y = make_data(120)
+    s = new_store(mem_url)
+    sink = ncdask.StatsSink(K)
+    layers = {"fc_in": "fc", "hidden": ("body.4", "output")}
+    for epoch in (0, 3):
+        m = Net()
+        m.load_state_dict(model.state_dict())
+        train_a_little(m, x, y, steps=5 * epoch)
+        for where in (s, sink):
+            capture(m, loader(x, y, 16), where, layers=layers, classifier="fc", epoch=epoch)
+    assert sink.sets() == s.sets()
+    for tags in s.sets():
+        got, want = sink.stats(**tags), ncdask.class_stats(s.split("train", **tags)).compute()
+        for v in ("counts", "means", "var_norms", "within_cov", "global_mean"):
+            np.testing.assert_allclose(got[v].values, want[v].values, rtol=1e-12, atol=1e-15,
+                                       err_msg=v)
+    metrics = ["nc1_quot", "nc2_etf_err", "nc3_dual_err", "nc3_bias"]
+    a = sink.sweep("epoch", layer="fc_in", metrics=metrics)
+    b = sweep(s, over="epoch", layer="fc_in", metrics=metrics, compute=True)
+    assert a.epoch.values.tolist() == [0, 3]
+    for v in metrics:
+        np.testing.assert_allclose(a[v].values, b[v].values, rtol=1e-10, err_msg=v)
+    with pytest.raises(ValueError, match="unlabelled data has none"):
+        capture(model, loader(x, y), ncdask.StatsSink(K), layers="fc", labels=False, epoch=9)
