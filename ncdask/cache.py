@@ -1,10 +1,12 @@
 """Class statistics kept in the store, and brought up to date from the new rows only.
 
 ``class_stats(store, split, cache=True)`` writes its result beside the
-split, in ``<split>/.ncdask-stats/<key>`` (a statistics store like
-:func:`ncdask.save_stats` writes, replaced atomically), keyed by the
-options the values depend on (``global_mean``, ``dtype``, ``ignore_index``,
-``min_count``, K) and recording the rows it covers: every committed part of
+split, in ``<split>/.ncdask-stats/k-<key>-<owner>`` (a statistics store like
+:func:`ncdask.save_stats` writes), keyed by the options the values depend
+on (``global_mean``, ``dtype``, ``ignore_index``, ``min_count``, K) and
+recording the rows it covers. Entries are never replaced, only added (and
+removed an hour after a newer one superseded them), because statistics are
+read lazily and must not change under their reader. The rows: every committed part of
 the split (its main arrays and each writer's shard) with its committed row
 count. Parts only ever grow (commits append), so on the next call:
 
@@ -51,10 +53,49 @@ def _cover(parts: list[tuple[Any, int]]) -> list[list[Any]]:
     return [[p.path, int(k)] for p, k in parts]
 
 
-def cache_url(store: EmbeddingStore, g: Any, key: dict[str, Any]) -> str:
-    """Where the statistics of split group ``g`` with options ``key`` are cached."""
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return "/".join([store.url.rstrip("/"), g.path, CACHE_DIR, f"k-{digest}"])
+def _folder(store: EmbeddingStore, g: Any) -> str:
+    return "/".join([store.url.rstrip("/"), g.path, CACHE_DIR])
+
+
+def _prefix(key: dict[str, Any]) -> str:
+    return "k-" + hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16] + "-"
+
+
+def _entries(store: EmbeddingStore, g: Any, key: dict[str, Any]) -> list[tuple[str, dict]]:
+    """``[(url, cache attrs), ...]`` of the complete cache entries of split ``g`` for ``key``.
+
+    Entries are immutable (each write makes a new one, ``k-<key hash>-<owner>``):
+    a statistics store read lazily must never be replaced under its reader (a
+    replace on a local disk has an instant with nothing at the path, and Zarr
+    reads missing chunks as NaN: seen as a NaN Σ_W in one of two processes
+    filling the cache at once).
+    """
+    import fsspec
+
+    from ._staging import is_staging
+    from ._zarrio import _complete
+
+    folder = _folder(store, g)
+    fs, path = fsspec.core.url_to_fs(folder, **(store._storage_options or {}))
+    fs.invalidate_cache()
+    try:
+        names = [str(n).rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for name in sorted(names):
+        if not name.startswith(_prefix(key)) or is_staging(name):
+            continue
+        p = f"{path.rstrip('/')}/{name}"
+        try:
+            if not _complete(fs, p):
+                continue
+            meta = json.loads(fs.cat_file(f"{p}/zarr.json"))["attributes"].get(CACHE_ATTR)
+        except (OSError, ValueError, KeyError):
+            continue
+        if isinstance(meta, dict) and meta.get("key") == key:
+            out.append((f"{folder}/{name}", meta))
+    return out
 
 
 def _new_rows(parts: list[tuple[Any, int]], have: dict[str, int], url: str) -> xr.Dataset:
@@ -90,31 +131,36 @@ def cached_class_stats(
            "dtype": str(np.dtype(options.get("dtype", "float64"))),
            "ignore_index": store.ignore_index if ii is None else int(ii),
            "min_count": options.get("min_count"), "n_classes": K}
-    url = cache_url(store, g, key)
     so = store._storage_options
     cover = _cover(parts)
-    cached = None
-    try:
-        cached = load_stats(url, storage_options=so)
-    except (FileNotFoundError, KeyError, ValueError, IncompleteOutputError, OSError):
-        cached = None
-    if cached is not None:
-        meta = cached.attrs.get(CACHE_ATTR) or {}
-        if meta.get("key") == key and meta.get("rows") == cover:
-            return _strip(cached)  # a hit: no embedding chunk is read
+    now = {p.path: k for p, k in parts}
+    entries = _entries(store, g, key)
+    for url, meta in entries:
+        if meta.get("rows") == cover:
+            try:
+                return _strip(load_stats(url, storage_options=so))  # a hit: nothing read
+            except (OSError, KeyError, ValueError, IncompleteOutputError):
+                continue
+    base = None  # the entry covering the most rows, all of which are still committed
+    for url, meta in entries:
         have = {str(p): int(k) for p, k in meta.get("rows") or []}
-        now = {p.path: k for p, k in parts}
-        grown = meta.get("key") == key and all(p in now and now[p] >= k for p, k in
-                                               have.items())
-        if grown and key["min_count"] is None:
+        if all(p in now and now[p] >= k for p, k in have.items()) and (
+                base is None or sum(have.values()) > sum(base[1].values())):
+            base = (url, have)
+    if base is not None and key["min_count"] is None:
+        try:
+            cached = _strip(load_stats(base[0], storage_options=so))
+        except (OSError, KeyError, ValueError, IncompleteOutputError):
+            cached = None
+        if cached is not None:
             with warnings.catch_warnings():  # the new rows alone often miss classes
                 warnings.simplefilter("ignore", EmptyClassWarning)
-                fresh = compute(_new_rows(parts, have, store.url), n_classes=K,
+                fresh = compute(_new_rows(parts, base[1], store.url), n_classes=K,
                                 **{k: v for k, v in options.items() if k != "min_count"})
-            out = merge_stats(_strip(cached), fresh)
-            return _keep(out, url, so, key, cover, save_stats, load_stats)
+            out = merge_stats(cached, fresh)
+            return _keep(out, store, g, key, cover, entries, save_stats, load_stats)
     out = compute(store.split(split, layer=layer, epoch=epoch), **options)
-    return _keep(out, url, so, key, cover, save_stats, load_stats)
+    return _keep(out, store, g, key, cover, entries, save_stats, load_stats)
 
 
 def _strip(st: xr.Dataset) -> xr.Dataset:
@@ -123,23 +169,38 @@ def _strip(st: xr.Dataset) -> xr.Dataset:
     return st
 
 
-def _keep(out: xr.Dataset, url: str, so: dict | None, key: dict, cover: list,
-          save_stats: Any, load_stats: Any) -> xr.Dataset:
-    """Write ``out`` to the cache and return it read back; computed only, if unwritable."""
+#: Superseded cache entries are deleted once older than this (a reader may still
+#: hold one lazily; an entry is never replaced, only removed when long superseded).
+PRUNE_AFTER_S = 3600.0
+
+
+def _keep(out: xr.Dataset, store: EmbeddingStore, g: Any, key: dict, cover: list,
+          entries: list[tuple[str, dict]], save_stats: Any, load_stats: Any) -> xr.Dataset:
+    """Write ``out`` as a new cache entry and return it read back; computed only, if the
+    store cannot be written. Older entries of the key, long superseded, are removed."""
+    import time
+
+    from ._staging import owner_tag
+
+    so = store._storage_options
+    url = f"{_folder(store, g)}/{_prefix(key)}{owner_tag()}"
     marked = out.copy()
     marked.attrs = dict(out.attrs)
-    marked.attrs[CACHE_ATTR] = {"key": key, "rows": cover}
+    marked.attrs[CACHE_ATTR] = {"key": key, "rows": cover, "written": time.time()}
     try:
         _require_folder(url, so)
-        save_stats(marked, url, overwrite=True, storage_options=so)
-    except OSError:  # unwritable, or another process wrote the same entry first
-        try:
-            theirs = load_stats(url, storage_options=so)
-            if (theirs.attrs.get(CACHE_ATTR) or {}) == {"key": key, "rows": cover}:
-                return _strip(theirs)  # the same rows: the same statistics
-        except (OSError, KeyError, ValueError):
-            pass
+        save_stats(marked, url, storage_options=so)
+    except OSError:  # unwritable
         return out.compute()
+    for old, meta in entries:
+        if time.time() - float(meta.get("written") or 0) > PRUNE_AFTER_S:
+            try:
+                import fsspec
+
+                fs, p = fsspec.core.url_to_fs(old, **(so or {}))
+                fs.rm(p, recursive=True)
+            except OSError:
+                pass
     return _strip(load_stats(url, storage_options=so))
 
 

@@ -1194,7 +1194,9 @@ class EmbeddingStore:
                 )
         g = None
         if split in self.splits(layer=layer, epoch=epoch):
-            g = self._split_group(split, layer, epoch, create=False)
+            # create=True: another writer may have put the split's record but not yet its
+            # arrays (seen: KeyError 'embeddings' in a 2-rank capture); they are added here
+            g = self._split_group(split, layer, epoch, create=True)
             _check_labelled(g, labelled)
         return StoreWriter(self, g, allow_nonfinite, split=split, layer=layer, epoch=epoch,
                            dim=known if known is not None else dim, labelled=labelled)
