@@ -128,3 +128,23 @@ def test_ranks_first_writing_new_sets_at_the_same_instant(tmp_path):
             d = s.split(f"r{r}", layer="fc", epoch=e)
             assert (d.embeddings.values == r * 100 + e).all()
             np.testing.assert_array_equal(d.labels.values, np.array([r, e]) % K)
+
+
+@pytest.mark.parametrize("writers", ["lock", "shards"])
+def test_a_writer_open_while_append_commits_keeps_both(tmp_path, writers):
+    """The issue's reproduction: a buffered writer is open while another handle's
+    append commits; closing the writer used to overwrite the appended rows (1 of 4 kept)."""
+    import dask
+
+    url = str(tmp_path / "s.zarr")
+    ncdask.EmbeddingStore.create(url, K, D, chunk_rows=64)
+    with dask.config.set({"ncdask.writers": writers}):
+        a = ncdask.EmbeddingStore.open(url, "a")
+        b = ncdask.EmbeddingStore.open(url, "a")
+        a.append("train", np.full((1, D), 1.0), np.array([1]))
+        with a.writer("train") as w:
+            w.append(np.full((2, D), 2.0), np.array([2, 2]))  # buffered
+            b.append("train", np.full((1, D), 3.0), np.array([3]))  # commits meanwhile
+        d = ncdask.EmbeddingStore.open(url).split("train")
+    assert sorted(d.embeddings.values[:, 0].tolist()) == [1.0, 2.0, 2.0, 3.0]
+    np.testing.assert_array_equal(d.labels.values, d.embeddings.values[:, 0].astype(int))
