@@ -30,8 +30,8 @@ def main() -> None:
     args = ap.parse_args()
     K, D = 1000, 512
     N = int(args.gib * 2**30 / (4 * D))
-    root = Path(tempfile.mkdtemp(prefix="ncdask-bench-cache-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="ncdask-bench-cache-") as tmp:
+        root = Path(tmp)
         url = str(root / "s.zarr")
         s = ncdask.EmbeddingStore.create(url, K, D)
         rng = np.random.default_rng(0)
@@ -58,8 +58,6 @@ def main() -> None:
         print(f"{args.gib} GiB, K={K} D={D}, N={N}: cold {c:.2f} s, warm {w_:.3f} s "
               f"({w_ / c:.3f} of cold), after +1 % rows {g:.2f} s ({g / c:.3f} of cold); "
               f"medians of {args.reps}")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ the re-run to a full sweep of all epochs (``sweep(..., compute=True)``).
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -29,9 +28,9 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=100)
     args = ap.parse_args()
     N, D, K = args.rows, args.dim, args.classes
-    root = Path(tempfile.mkdtemp(prefix="ncdask-bench-sweep-"))
     rng = np.random.default_rng(0)
-    try:
+    with tempfile.TemporaryDirectory(prefix="ncdask-bench-sweep-") as tmp:
+        root = Path(tmp)
         s = ncdask.EmbeddingStore.create(str(root / "s.zarr"), K, D)
 
         def add(e: int) -> None:
@@ -58,8 +57,6 @@ def main() -> None:
               f"{first:.2f} s; re-run after epoch {args.epochs} landed {rerun:.2f} s "
               f"(measured {again.attrs['ncdask_sweep']['measured']}); full sweep of "
               f"{args.epochs + 1} epochs {full:.2f} s; re-run / full = {rerun / full:.3f}")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

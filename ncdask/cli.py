@@ -214,12 +214,7 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
     st.add_argument("url", help="store path or fsspec URL")
     st.add_argument("--split", default="train", help="split to summarise")
     st.add_argument("--out", help="write the statistics to this Zarr path (default: print only)")
-    st.add_argument("--no-cache", action="store_true",
-                    help="compute the statistics afresh and keep none in the store "
-                         "(default: keep them beside the split and reuse them)")
-    st.add_argument("--overwrite", action="store_true",
-                    help="replace --out if it holds ncdask statistics (anything else is "
-                         "never replaced)")
+    _cache_and_overwrite_args(st, "statistics")
     _set_args(st)
     st.add_argument("--scheduler", help=_SCHED)
     _quiet_arg(st)
@@ -243,12 +238,7 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
     )
     an.add_argument("--scheduler", help=_SCHED)
     an.add_argument("--out", help="write the metrics to this Zarr path (default: none)")
-    an.add_argument("--no-cache", action="store_true",
-                    help="compute the class statistics afresh and keep none in the store "
-                         "(default: keep them beside the split and reuse them)")
-    an.add_argument("--overwrite", action="store_true",
-                    help="replace --out if it holds ncdask results (anything else is never "
-                         "replaced)")
+    _cache_and_overwrite_args(an, "results")
     an.add_argument("--json", metavar="FILE",
                     help="write the scalar metrics as JSON to FILE ('-': stdout) (default: none)")
     an.add_argument("--metrics", nargs="+", metavar="M",
@@ -294,6 +284,16 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _cache_and_overwrite_args(p: argparse.ArgumentParser, kind: str) -> None:
+    """``--no-cache`` and ``--overwrite`` of the commands that compute class statistics."""
+    p.add_argument("--no-cache", action="store_true",
+                   help="compute the class statistics afresh and keep none in the store "
+                        "(default: keep them beside the split and reuse them)")
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace --out if it holds ncdask {kind} (anything else is never "
+                        "replaced)")
 
 
 def _err(message: str) -> None:
