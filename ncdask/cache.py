@@ -37,7 +37,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .store import EmbeddingStore, _read, _snapshot
+from .store import EmbeddingStore, _read, _record, _snapshot
 
 #: Folder of a split's cached statistics.
 CACHE_DIR = ".ncdask-stats"
@@ -108,7 +108,13 @@ def _new_rows(parts: list[tuple[Any, int]], have: dict[str, int], url: str) -> x
             ys.append(_read(p["labels"], url)[k0:k])
     X = Xs[0] if len(Xs) == 1 else da.concatenate(Xs)
     y = ys[0] if len(ys) == 1 else da.concatenate(ys)
-    return xr.Dataset({"embeddings": (("sample", "feature"), X), "labels": (("sample",), y)})
+    # the promise store.split gives a full pass: finite rows, so a lost chunk of the new
+    # rows (read as NaN) raises instead of entering the cache as NaN statistics
+    attrs = {"store": url, "split": parts[0][0].path}
+    if all(_record(p).get("finite") is True for p, _ in parts):
+        attrs["finite"] = 1
+    return xr.Dataset({"embeddings": (("sample", "feature"), X), "labels": (("sample",), y)},
+                      attrs=attrs)
 
 
 def cached_class_stats(

@@ -183,3 +183,17 @@ def test_two_processes_filling_the_cache_at_once_agree(tmp_path):
     assert [float(o) for o in outs] == pytest.approx([want, want], rel=1e-12)
     again = ncdask.class_stats(s, "train", cache=True)  # one whole entry is left
     assert float(again.within_cov.values.trace()) == pytest.approx(want, rel=1e-12)
+
+
+def test_a_lost_chunk_among_the_new_rows_is_an_error_not_a_cached_nan(tmp_path):
+    s, rng = _store(tmp_path)
+    ncdask.class_stats(s, "train", cache=True)
+    s.append("train", rng.normal(size=(250, D)), np.arange(250) % K)  # chunks 10-12
+    chunk = tmp_path / "s.zarr" / "train" / "embeddings" / "c" / "11" / "0"
+    saved = chunk.read_bytes()
+    chunk.unlink()
+    with pytest.raises(ncdask.store.NcdaskStoreError, match="chunk is missing"):
+        ncdask.class_stats(s, "train", cache=True)
+    chunk.write_bytes(saved)  # repaired: right numbers, nothing NaN was kept
+    got = ncdask.class_stats(s, "train", cache=True).compute()
+    _close(got, ncdask.class_stats(s, "train").compute())
