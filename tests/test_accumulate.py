@@ -36,16 +36,41 @@ def _same(a, b, rtol=1e-12, X=None):
 
 @pytest.mark.parametrize("case", ["collapsed", "manyclass", "wide"])
 @pytest.mark.parametrize("batch", [1, 7, 777])
-def test_batches_of_any_size_give_class_stats(case, batch):
+@pytest.mark.parametrize("buffer_rows", [0, 50, None])
+def test_batches_of_any_size_give_class_stats(case, batch, buffer_rows):
+    """Whatever the batches and however many rows are buffered before a fold
+    (0: every batch folded at once; 50: folds within and across batches)."""
     data, _ = golden(case)
     X, y = data["X"], data["Y"].astype(np.int64)
     K = int(data["W"].shape[0])
     if batch == 1:  # one-row batches over the whole set take a while: a prefix will do
         X, y = X[:600], y[:600]
-    acc = ncdask.StatsAccumulator(K, X.shape[1])
+    acc = ncdask.StatsAccumulator(K, X.shape[1], buffer_rows=buffer_rows)
     for i in range(0, X.shape[0], batch):
         acc.update(X[i:i + batch], y[i:i + batch])
     _same(acc.result(), _stats_of(X, y, K), X=X)
+
+
+def test_buffered_rows_count_and_refused_batches_leave_the_buffer_alone():
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(90, 5)), rng.integers(0, 4, 90)
+    acc = ncdask.StatsAccumulator(4, 5, buffer_rows=64)
+    acc.update(X[:30], y[:30])
+    assert acc._n_buf == 30  # held, not folded yet
+    with pytest.raises(ValueError, match="outside"):
+        acc.update(X[30:40], np.r_[y[30:39], 7])
+    with pytest.raises(ValueError, match="NaN"):
+        acc.update(np.full((10, 5), np.inf), y[30:40])
+    assert acc._n_buf == 30
+    acc.update(X[30:], y[30:])  # 60 more rows overflow the buffer: a fold, then buffered
+    _same(acc.result(), _stats_of(X, y, 4))
+    assert acc._n_buf == 0
+    a2 = ncdask.StatsAccumulator(4, 5, buffer_rows=64).update(X[:45], y[:45])
+    b2 = ncdask.StatsAccumulator(4, 5, buffer_rows=64).update(X[45:], y[45:])
+    _same(a2.merge(b2).result(), _stats_of(X, y, 4))  # merge folds both buffers
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="buffer_rows"):
+            ncdask.StatsAccumulator(4, 5, buffer_rows=bad)
 
 
 @pytest.mark.parametrize("global_mean", ["unweighted", "weighted"])
