@@ -17,11 +17,14 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ._inputs import as_dask, kept_classes
+from ._inputs import check_stats as _check_stats
+from ._inputs import float64 as _float64
+from ._inputs import global_mean_of as _global_mean_of
 from ._validate import check_ignore_index
 from ._version import __version__
 from .graph import covariances as GC
 from .kernels._xp import to_numpy
-from .metrics import _check_stats, _float64, _global_mean_of, as_dask
 from .store import resolve_split
 
 __all__ = ["class_covariances", "class_nc1", "class_spectra"]
@@ -206,21 +209,14 @@ def class_nc1(
     """
     covs = _as_covariances(covariances)
     stats = _check_stats(stats)
-    counts = np.asarray(to_numpy(stats["counts"].values)).astype(np.int64)
-    K_all = counts.shape[0]
-    keep = counts > 0
-    if min_count is not None:
-        keep &= counts >= int(min_count)
-    pre = [int(i) for i in stats.attrs.get("filtered_classes", [])]
-    keep[pre] = False
-    present = np.nonzero(keep)[0]
-    K = int(present.size)
+    kept = kept_classes(stats, min_count)
+    counts, present, K_all, K = kept.counts, kept.present, kept.n_all, kept.n_kept
     if K < 2:
         raise ValueError(f"class_nc1 needs at least 2 measured classes, got {K}")
     M = _float64(as_dask(stats["means"]))
     if K < K_all:
         M = M[present]
-    if np.any((counts > 0) & ~keep & ~np.isin(np.arange(K_all), pre)):
+    if kept.refiltered:
         mG = _global_mean_of(M, counts[present], stats.attrs.get("global_mean"))
     else:
         mG = _float64(as_dask(stats["global_mean"])).rechunk(-1)

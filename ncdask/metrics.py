@@ -71,7 +71,16 @@ import numpy as np
 import xarray as xr
 from dask.array.utils import meta_from_array
 
-from ._validate import check_ignore_index
+from ._inputs import (
+    as_dask,
+    class_inputs,
+    kept_classes,
+)
+from ._inputs import check_stats as _check_stats
+from ._inputs import float64 as _float64
+from ._inputs import like as _like
+from ._inputs import namespace_of as _namespace_of
+from ._inputs import split_of as _split
 from ._version import __version__
 from .graph import closed_forms as CF
 from .graph import decisions as DG
@@ -402,70 +411,6 @@ def label_results(ds: xr.Dataset) -> xr.Dataset:
 # --------------------------------------------------------------------------- inputs
 
 
-def as_dask(x: Any, *, chunks: Any = -1) -> da.Array:
-    """A dask array from a NumPy, CuPy, dask, xarray or PyTorch input (no copy where possible)."""
-    if isinstance(x, (xr.DataArray, xr.Variable)):
-        x = x.data
-    if isinstance(x, da.Array):
-        return x
-    mod = type(x).__module__.split(".")[0]
-    if mod == "torch":
-        x = to_numpy(x)
-    elif not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        x = np.asarray(x)
-    return da.from_array(x, chunks=chunks)
-
-
-def _namespace_of(x: da.Array) -> Any:
-    from .kernels._xp import array_namespace
-
-    return array_namespace(x._meta)
-
-
-def _like(x: da.Array, ref: da.Array) -> da.Array:
-    """``x`` with the array module of ``ref``'s chunks (NumPy weights or data, CuPy stats)."""
-    if type(x._meta) is type(ref._meta):
-        return x
-    xp = _namespace_of(ref)
-    move = to_numpy if xp is np else xp.asarray
-    return x.map_blocks(move, meta=meta_from_array(ref, ndim=x.ndim, dtype=x.dtype))
-
-
-def _float64(x: da.Array) -> da.Array:
-    return x if x.dtype == np.float64 else x.astype(np.float64)
-
-
-def _split(obj: Any) -> xr.Dataset:
-    """A split Dataset (labels optional: OOD splits may have none)."""
-    from .store import resolve_split
-
-    return resolve_split(obj, labels=False)
-
-
-def _check_stats(stats: Any) -> xr.Dataset:
-    if not isinstance(stats, xr.Dataset):
-        raise TypeError(
-            f"stats must be an xarray.Dataset from class_stats, got {type(stats).__name__}"
-        )
-    missing = [
-        v for v in ("counts", "means", "global_mean", "within_cov", "var_norms") if v not in stats
-    ]
-    if missing:
-        raise ValueError(f"stats is missing {missing}; pass the result of ncdask.class_stats")
-    return stats
-
-
-def _global_mean_of(M: da.Array, n_k: np.ndarray, mode: str | None) -> da.Array:
-    """Global mean of the class means ``M`` kept: unweighted, or weighted by ``n_k``."""
-    if mode == "weighted":
-        frac = as_dask(n_k.astype(np.float64) / max(float(n_k.sum()), 1.0)).rechunk(
-            (M.chunks[0],)
-        )
-        frac = frac.map_blocks(_namespace_of(M).asarray, meta=meta_from_array(M, ndim=1))
-        return (M * frac[:, None]).sum(axis=0).rechunk(-1)
-    return M.mean(axis=0).rechunk(-1)
-
-
 def _ood_labels_for_one_class(yo: Any, ignore_index: int | None) -> Any:
     from .kernels._xp import array_namespace
 
@@ -588,21 +533,10 @@ def _measure_one(
     memory_budget: int | None = None,
 ) -> tuple[xr.Dataset, dict[str, str]]:
     stats = _check_stats(stats)
-    counts = np.asarray(to_numpy(stats["counts"].values)).astype(np.int64)
-    K_all = int(counts.shape[0])
+    kept = kept_classes(stats, min_count, ignore_index)
+    counts, present, empty, filtered = kept.counts, kept.present, kept.empty, kept.filtered
+    K_all, K, ignore_index = kept.n_all, kept.n_kept, kept.ignore_index
     D = int(stats.sizes["feature"])
-    keep = counts > 0
-    if min_count is not None:
-        keep &= counts >= int(min_count)
-    pre = [int(i) for i in stats.attrs.get("filtered_classes", []) if 0 <= int(i) < K_all]
-    keep[pre] = False
-    present = np.nonzero(keep)[0]
-    empty = np.nonzero(counts == 0)[0].tolist()
-    filtered = np.nonzero((counts > 0) & ~keep)[0].tolist()
-    K = int(present.size)
-    if ignore_index is None:
-        ignore_index = stats.attrs.get("ignore_index")
-    ignore_index = check_ignore_index(ignore_index, K_all)
     class_ids = np.asarray(stats["class"].values)[present] if "class" in stats.coords else present
     have = {"weights": weights is not None, "test": test is not None, "ood": ood is not None}
 
@@ -626,36 +560,9 @@ def _measure_one(
     out: dict[str, Any] = {}
 
     if K:
-        given = np.dtype(stats["means"].dtype)
-        eps_dtype = given if np.issubdtype(given, np.floating) else np.dtype(np.float64)
-        M = _float64(as_dask(stats["means"]))
-        v = _float64(as_dask(stats["var_norms"]))
-        if K < K_all:
-            M, v = M[present], v[present]
-        M = M.rechunk((min(T, K), -1))
-        if sorted(set(filtered) - set(pre)):
-            # classes filtered here: the global mean over the classes kept
-            mG = _global_mean_of(M, counts[present], stats.attrs.get("global_mean"))
-        else:
-            mG = _float64(as_dask(stats["global_mean"])).rechunk(-1)
-        Sw = _float64(as_dask(stats["within_cov"]))
-        Mc = M - mG[None, :]
-
-        W = b = None
-        if have["weights"]:
-            W = _like(_float64(as_dask(weights)), M)
-            if W.shape != (K_all, D):
-                raise ValueError(f"weights have shape {W.shape}, expected (K, D) = {(K_all, D)}")
-            b = (
-                da.zeros_like(W[:, 0])
-                if bias is None
-                else _like(_float64(as_dask(bias)), M)
-            )
-            if b.shape != (K_all,):
-                raise ValueError(f"bias has shape {b.shape}, expected (K,) = {(K_all,)}")
-            if K < K_all:
-                W, b = W[present], b[present]
-            W = W.rechunk(Mc.chunks)
+        ins = class_inputs(stats, kept, weights=weights, bias=bias, tile_size=T)
+        M, Mc, mG, v, Sw, W, b = ins.M, ins.Mc, ins.mG, ins.v, ins.Sw, ins.W, ins.b
+        eps_dtype = ins.eps_dtype
 
         # every class-tile reduction of the closed forms in one read of each tile (D < K)
         terms = CF.tile_terms(Mc, W) if K > D else None

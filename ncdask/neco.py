@@ -33,13 +33,17 @@ import scipy.stats
 import xarray as xr
 from dask.array.utils import meta_from_array
 
+from ._inputs import as_dask
+from ._inputs import check_stats as _check_stats
+from ._inputs import float64 as _float64
+from ._inputs import namespace_of as _namespace_of
+from ._inputs import split_of as _split
 from ._validate import check_ignore_index
 from ._version import __version__
 from .graph import decisions as DG
 from .graph import neco as GN
 from .graph.pairwise import default_tile_size
 from .kernels._xp import to_numpy
-from .metrics import _check_stats, _float64, _namespace_of, _split, as_dask
 
 __all__ = ["total_covariance", "neco_fit", "neco_scores", "ood_report"]
 

@@ -1,0 +1,186 @@
+"""Inputs of the measurements, resolved once: coercion, backends, classes kept.
+
+Every front end (:func:`ncdask.measure`, the covariances, NECO, the streamed
+:class:`ncdask.EvalAccumulator`) takes its class statistics, classifier and
+splits through here, so that "which classes are measured, centred on which
+global mean, against which classifier rows" has one answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.array.utils import meta_from_array
+
+from ._validate import check_ignore_index
+from .kernels._xp import array_namespace, to_numpy
+
+STATS_VARS = ("counts", "means", "global_mean", "within_cov", "var_norms")
+
+
+def as_dask(x: Any, *, chunks: Any = -1) -> da.Array:
+    """A dask array from a NumPy, CuPy, dask, xarray or PyTorch input (no copy where possible)."""
+    if isinstance(x, (xr.DataArray, xr.Variable)):
+        x = x.data
+    if isinstance(x, da.Array):
+        return x
+    mod = type(x).__module__.split(".")[0]
+    if mod == "torch":
+        x = to_numpy(x)
+    elif not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        x = np.asarray(x)
+    return da.from_array(x, chunks=chunks)
+
+
+def namespace_of(x: da.Array) -> Any:
+    """The array module (NumPy or CuPy) of a dask array's chunks."""
+    return array_namespace(x._meta)
+
+
+def like(x: da.Array, ref: da.Array) -> da.Array:
+    """``x`` with the array module of ``ref``'s chunks (NumPy weights or data, CuPy stats)."""
+    if type(x._meta) is type(ref._meta):
+        return x
+    xp = namespace_of(ref)
+    move = to_numpy if xp is np else xp.asarray
+    return x.map_blocks(move, meta=meta_from_array(ref, ndim=x.ndim, dtype=x.dtype))
+
+
+def float64(x: da.Array) -> da.Array:
+    """``x`` as float64 (no-op when it is)."""
+    return x if x.dtype == np.float64 else x.astype(np.float64)
+
+
+def split_of(obj: Any) -> xr.Dataset:
+    """A split Dataset from a Dataset or ``(store, split)``; OOD splits may lack labels."""
+    from .store import resolve_split
+
+    return resolve_split(obj, labels=False)
+
+
+def check_stats(stats: Any) -> xr.Dataset:
+    """``stats`` if it is a class-statistics Dataset, else a clear error."""
+    if not isinstance(stats, xr.Dataset):
+        raise TypeError(
+            f"stats must be an xarray.Dataset from class_stats, got {type(stats).__name__}"
+        )
+    missing = [v for v in STATS_VARS if v not in stats]
+    if missing:
+        raise ValueError(f"stats is missing {missing}; pass the result of ncdask.class_stats")
+    return stats
+
+
+def global_mean_of(M: da.Array, n_k: np.ndarray, mode: str | None) -> da.Array:
+    """Global mean of the class means ``M`` kept: unweighted, or weighted by ``n_k``."""
+    if mode == "weighted":
+        frac = as_dask(n_k.astype(np.float64) / max(float(n_k.sum()), 1.0)).rechunk(
+            (M.chunks[0],)
+        )
+        frac = frac.map_blocks(namespace_of(M).asarray, meta=meta_from_array(M, ndim=1))
+        return (M * frac[:, None]).sum(axis=0).rechunk(-1)
+    return M.mean(axis=0).rechunk(-1)
+
+
+@dataclass(frozen=True)
+class KeptClasses:
+    """Which classes of a statistics Dataset are measured.
+
+    ``present``: indices kept (non-empty, at least ``min_count``, not filtered
+    by ``class_stats``); ``empty`` and ``filtered``: those left out;
+    ``refiltered``: whether classes were filtered here (so the global mean is
+    re-taken over the classes kept).
+    """
+
+    counts: np.ndarray
+    present: np.ndarray
+    empty: list[int]
+    filtered: list[int]
+    refiltered: bool
+    ignore_index: int | None
+
+    @property
+    def n_all(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def n_kept(self) -> int:
+        return int(self.present.size)
+
+
+def kept_classes(stats: xr.Dataset, min_count: int | None = None,
+                 ignore_index: int | None = None) -> KeptClasses:
+    """Resolve the classes measured and the ``ignore_index`` (default: the stats' attribute)."""
+    counts = np.asarray(to_numpy(stats["counts"].values)).astype(np.int64)
+    K_all = int(counts.shape[0])
+    keep = counts > 0
+    if min_count is not None:
+        keep &= counts >= int(min_count)
+    pre = [int(i) for i in stats.attrs.get("filtered_classes", []) if 0 <= int(i) < K_all]
+    keep[pre] = False
+    filtered = np.nonzero((counts > 0) & ~keep)[0].tolist()
+    if ignore_index is None:
+        ignore_index = stats.attrs.get("ignore_index")
+    return KeptClasses(
+        counts=counts, present=np.nonzero(keep)[0],
+        empty=np.nonzero(counts == 0)[0].tolist(), filtered=filtered,
+        refiltered=bool(sorted(set(filtered) - set(pre))),
+        ignore_index=check_ignore_index(ignore_index, K_all))
+
+
+@dataclass(frozen=True)
+class ClassInputs:
+    """The lazy float64 inputs every metric is a function of (kept classes only).
+
+    ``M`` means and ``Mc`` centred means (K×D, chunked by the class tile),
+    ``mG`` the global mean they are centred on, ``v`` variance norms, ``Sw``
+    Σ_W, ``W``/``b`` the classifier rows of the kept classes (None without
+    weights), ``eps_dtype`` the dtype that sets pseudo-inverse cutoffs.
+    """
+
+    M: da.Array
+    Mc: da.Array
+    mG: da.Array
+    v: da.Array
+    Sw: da.Array
+    W: da.Array | None
+    b: da.Array | None
+    eps_dtype: np.dtype
+
+
+def class_inputs(stats: xr.Dataset, kept: KeptClasses, *, weights: Any = None,
+                 bias: Any = None, tile_size: int) -> ClassInputs:
+    """Means, centred means, Σ_W and classifier rows of the kept classes, as lazy float64.
+
+    Raises ``ValueError`` when ``weights`` is not (K, D) or ``bias`` not (K,).
+    """
+    K_all, K, present = kept.n_all, kept.n_kept, kept.present
+    D = int(stats.sizes["feature"])
+    given = np.dtype(stats["means"].dtype)
+    eps_dtype = given if np.issubdtype(given, np.floating) else np.dtype(np.float64)
+    M = float64(as_dask(stats["means"]))
+    v = float64(as_dask(stats["var_norms"]))
+    if K < K_all:
+        M, v = M[present], v[present]
+    M = M.rechunk((min(tile_size, max(K, 1)), -1))
+    if kept.refiltered:  # classes filtered here: the global mean over the classes kept
+        mG = global_mean_of(M, kept.counts[present], stats.attrs.get("global_mean"))
+    else:
+        mG = float64(as_dask(stats["global_mean"])).rechunk(-1)
+    Mc = M - mG[None, :]
+    W = b = None
+    if weights is not None:
+        W = like(float64(as_dask(weights)), M)
+        if W.shape != (K_all, D):
+            raise ValueError(f"weights have shape {W.shape}, expected (K, D) = {(K_all, D)}")
+        b = da.zeros_like(W[:, 0]) if bias is None else like(float64(as_dask(bias)), M)
+        if b.shape != (K_all,):
+            raise ValueError(f"bias has shape {b.shape}, expected (K,) = {(K_all,)}")
+        if K < K_all:
+            W, b = W[present], b[present]
+        W = W.rechunk(Mc.chunks)
+    return ClassInputs(M=M, Mc=Mc, mG=mG, v=v, Sw=float64(as_dask(stats["within_cov"])),
+                       W=W, b=b, eps_dtype=eps_dtype)
