@@ -68,6 +68,7 @@ _WHERE: dict[str, str] = {
     "check_store": "check",
     "StatsAccumulator": "accumulate",
     "StatsSink": "accumulate",
+    "EvalAccumulator": "evaluate",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exports them
@@ -76,6 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ expo
     from .capture import capture
     from .check import check_store
     from .covariances import class_covariances, class_nc1, class_spectra
+    from .evaluate import EvalAccumulator
     from .metrics import DegenerateInputWarning, RieszRangeWarning, measure
     from .neco import neco_fit, neco_scores, ood_report, total_covariance
     from .peers import (
@@ -168,6 +170,7 @@ __all__ = [
     "class_stats",
     "StatsAccumulator",
     "StatsSink",
+    "EvalAccumulator",
     "merge_stats",
     "save_stats",
     "load_stats",

@@ -238,13 +238,15 @@ class StatsAccumulator:
 class _SinkWriter:
     """What :func:`ncdask.capture` appends to: one accumulator (a store writer's stand-in)."""
 
-    def __init__(self, acc: StatsAccumulator) -> None:
-        self.acc = acc
+    def __init__(self, update: Any, *, labelled: bool = True) -> None:
+        self.update, self.labelled = update, labelled
+        self.rows = 0
 
     def append(self, X: Any, y: Any = None) -> None:
-        if y is None:
+        if y is None and self.labelled:
             raise ValueError("statistics need labels: capture(..., labels=True)")
-        self.acc.update(X, y)
+        self.update(X, y)
+        self.rows += int(X.shape[0])
 
     def __enter__(self) -> _SinkWriter:
         return self
@@ -263,27 +265,40 @@ class StatsSink:
     every set along ``epoch`` or ``layer`` with the classifier that
     ``capture(..., classifier=)`` recorded.
 
+    NC4 and NC5 need the class means first: capture the train split (with
+    ``classifier=``), then the test split and the OOD split (``labels=False``
+    allowed) into the same sink. Their batches go to an
+    :class:`ncdask.EvalAccumulator` of that set, and :meth:`sweep` gives
+    every metric.
+
     Parameters
     ----------
     n_classes : int
     url : str
         A name for messages (default ``"<stats sink>"``).
+    train_split, test_split, ood_split : str
+        Split names of the three roles (default "train", "test", "ood").
     **accumulator_options
         Passed to every :class:`StatsAccumulator` (``dtype=``,
         ``global_mean=``, ``ignore_index=``).
     """
 
-    def __init__(self, n_classes: int, *, url: str = "<stats sink>",
+    def __init__(self, n_classes: int, *, url: str = "<stats sink>", train_split: str = "train",
+                 test_split: str = "test", ood_split: str = "ood",
                  **accumulator_options: Any) -> None:
         self.n_classes = int(n_classes)
         self.url = url
+        self.roles = {"train": train_split, "test": test_split, "ood": ood_split}
         self._options = accumulator_options
         self._acc: dict[tuple[str, str | None, int | None], StatsAccumulator] = {}
+        self._eval: dict[tuple[str | None, int | None], Any] = {}
+        self._eval_rows: dict[tuple[str, str | None, int | None], int] = {}
         self._clf: dict[tuple[str | None, int | None], tuple[Any, Any]] = {}
 
     # the part of the EmbeddingStore interface that capture uses
     def splits(self, *, layer: str | None = None, epoch: int | None = None) -> list[str]:
-        return sorted(s for s, la, e in self._acc if (la, e) == (layer, epoch))
+        return sorted({s for s, la, e in [*self._acc, *self._eval_rows]
+                       if (la, e) == (layer, epoch)})
 
     def dim_of(self, *, layer: str | None = None, epoch: int | None = None) -> int:
         for (_, la, e), a in self._acc.items():
@@ -294,19 +309,53 @@ class StatsSink:
     def split(self, name: str, *, layer: str | None = None,
               epoch: int | None = None) -> xr.Dataset:
         a = self._acc.get((name, layer, epoch))
-        n = 0 if a is None or a.flush()._acc is None else int(to_numpy(a._acc["counts"]).sum())
+        if a is None:
+            n = self._eval_rows.get((name, layer, epoch), 0)
+        else:
+            n = 0 if a.flush()._acc is None else int(to_numpy(a._acc["counts"]).sum())
         return xr.Dataset(coords={"sample": np.arange(n)})
 
     def writer(self, split: str, *, layer: str | None = None, epoch: int | None = None,
                allow_nonfinite: bool = False, dim: int | None = None,
                labelled: bool = True) -> _SinkWriter:
-        if not labelled:
-            raise ValueError("a StatsSink keeps class statistics: unlabelled data has none")
         key = (split, layer, epoch)
+        if split in (self.roles["test"], self.roles["ood"]):
+            ev = self._evaluator(layer, epoch, allow_nonfinite)
+            is_test = split == self.roles["test"]
+            if is_test and not labelled:
+                raise ValueError("the test split needs labels: NC4 counts agreement per class")
+            if is_test and ev.weights is None:
+                raise ValueError(f"no classifier for layer={layer}, epoch={epoch}: capture the "
+                                 f"{self.roles['train']!r} split with classifier= first")
+            update = ev.update_test if is_test else ev.update_ood
+
+            def counted(X: Any, y: Any) -> None:
+                update(X, y)
+                self._eval_rows[key] = self._eval_rows.get(key, 0) + int(X.shape[0])
+
+            return _SinkWriter(counted, labelled=is_test)
+        if not labelled:
+            raise ValueError("a StatsSink keeps class statistics: unlabelled data has none "
+                             f"(except in its OOD split, {self.roles['ood']!r})")
         if key not in self._acc:
             self._acc[key] = StatsAccumulator(self.n_classes, int(dim),
                                               allow_nonfinite=allow_nonfinite, **self._options)
-        return _SinkWriter(self._acc[key])
+        return _SinkWriter(self._acc[key].update)
+
+    def _evaluator(self, layer: str | None, epoch: int | None, allow_nonfinite: bool) -> Any:
+        from .evaluate import EvalAccumulator
+
+        tag = (layer, epoch)
+        if tag not in self._eval:
+            train = (self.roles["train"], layer, epoch)
+            if train not in self._acc:
+                raise ValueError(
+                    f"capture the {self.roles['train']!r} split of layer={layer}, epoch={epoch} "
+                    "first: test decisions and the OOD measures need its class means")
+            W, b = self._clf.get(tag, (None, None))
+            self._eval[tag] = EvalAccumulator(self._acc[train].result(), W, b,
+                                              allow_nonfinite=allow_nonfinite)
+        return self._eval[tag]
 
     def set_classifier(self, W: Any, b: Any = None, *, layer: str | None = None,
                        epoch: int | None = None) -> None:
@@ -330,10 +379,23 @@ class StatsSink:
             raise KeyError(f"no statistics for split {split!r} of layer={layer}, "
                            f"epoch={epoch}; sets: {self.sets()}") from None
 
+    def summaries(self, *, layer: str | None = None,
+                  epoch: int | None = None) -> dict[str, xr.Dataset]:
+        """The set's streamed ``test`` / ``ood`` summaries (those captured) for ``measure``."""
+        ev = self._eval.get((layer, epoch))
+        out: dict[str, xr.Dataset] = {}
+        if ev is not None:
+            if self._eval_rows.get((self.roles["test"], layer, epoch)):
+                out["test"] = ev.test_summary()
+            if self._eval_rows.get((self.roles["ood"], layer, epoch)):
+                out["ood"] = ev.ood_summary()
+        return out
+
     def sweep(self, over: str = "epoch", split: str = "train", *, layer: str | None = None,
               epoch: int | None = None, **measure_kwargs: Any) -> xr.Dataset:
         """Every set's metrics along ``over`` (as :func:`ncdask.sweep` gives for a store);
-        ``layer=`` / ``epoch=`` keep the sets with that tag."""
+        ``layer=`` / ``epoch=`` keep the sets with that tag. NC4 and NC5 are measured
+        where the set's test and OOD splits were captured."""
         from .metrics import measure
 
         fixed = {k: v for k, v in (("layer", layer), ("epoch", epoch)) if v is not None}
@@ -344,7 +406,13 @@ class StatsSink:
         coords = [t[over] for t in sets]
         stats = [self.stats(split, layer=t.get("layer"), epoch=t.get("epoch")) for t in sets]
         clf = [self._clf.get((t.get("layer"), t.get("epoch")), (None, None)) for t in sets]
+        extra: dict[str, Any] = {}
+        if split == self.roles["train"]:
+            summ = [self.summaries(layer=t.get("layer"), epoch=t.get("epoch")) for t in sets]
+            for kind in ("test", "ood"):
+                if all(kind in x for x in summ):
+                    extra[kind] = [x[kind] for x in summ]
         res = measure(stats, weights=[c[0] for c in clf], bias=[c[1] for c in clf], dim=over,
-                      labels=coords, **measure_kwargs)
+                      labels=coords, **extra, **measure_kwargs)
         res.attrs.update(split=split, sweep_over=over, **fixed)
         return res.compute()

@@ -82,6 +82,13 @@ from ._inputs import like as _like
 from ._inputs import namespace_of as _namespace_of
 from ._inputs import split_of as _split
 from ._version import __version__
+from .evaluate import (
+    agreement_from_summary,
+    is_summary,
+    ood_class_from_summary,
+    ood_mean_from_summary,
+    summary_dim,
+)
 from .graph import closed_forms as CF
 from .graph import decisions as DG
 from .graph.pairwise import default_tile_size, pairwise_moments, resolve_budget
@@ -422,6 +429,37 @@ def _ood_labels_for_one_class(yo: Any, ignore_index: int | None) -> Any:
     return xp.where(yo == ignore_index, ignore_index, zero)
 
 
+def _ood_one_class(ood: Any, M: da.Array, *, ignore_index: int | None,
+                   split_every: int | None) -> tuple[Any, da.Array, da.Array]:
+    """One pass over the OOD embeddings: their count, mean (1, D) and centred Σ."""
+    split = _split(ood)
+    Xo = _like(as_dask(split["embeddings"]), M)
+    D = M.shape[1]
+    if Xo.ndim != 2 or Xo.shape[1] != D:
+        raise ValueError(f"OOD embeddings have shape {Xo.shape}, expected (n, {D})")
+    Xo = Xo.rechunk({1: -1})
+    if "labels" in split and ignore_index is not None:
+        yo = as_dask(split["labels"]).rechunk((Xo.chunks[0],))
+        yo = yo.map_blocks(
+            _ood_labels_for_one_class, ignore_index, dtype=np.int64,
+            meta=meta_from_array(yo, ndim=1, dtype=np.int64),
+        )
+    else:
+        yo = da.zeros(Xo.shape[0], chunks=(Xo.chunks[0],), dtype=np.int64)
+        yo = yo.map_blocks(
+            _namespace_of(Xo).asarray, meta=meta_from_array(Xo, ndim=1, dtype=np.int64)
+        )
+    tree = partials_tree(
+        Xo, yo, 1, dtype=np.float64, split_every=split_every or 8, ignore_index=ignore_index
+    )
+    fin = finalized_arrays(
+        tree, 1, D, global_mean="unweighted", dtype=np.float64, meta=Xo._meta
+    )
+    n_o = fin["n_samples"].astype(np.float64)
+    mu_o = fin["means"]  # (1, D)
+    return n_o, mu_o, fin["within_cov"]
+
+
 def ood_class_nc1(
     M: da.Array,
     Sw: da.Array,
@@ -469,32 +507,16 @@ def ood_class_nc1(
     ----------
     Ammar et al. (2024), NECO, ICLR (arXiv:2310.06823), Appendix D.
     """
-    split = _split(ood)
-    Xo = _like(as_dask(split["embeddings"]), M)
     D = M.shape[1]
-    if Xo.ndim != 2 or Xo.shape[1] != D:
-        raise ValueError(f"OOD embeddings have shape {Xo.shape}, expected (n, {D})")
-    Xo = Xo.rechunk({1: -1})
-    if "labels" in split and ignore_index is not None:
-        yo = as_dask(split["labels"]).rechunk((Xo.chunks[0],))
-        yo = yo.map_blocks(
-            _ood_labels_for_one_class, ignore_index, dtype=np.int64,
-            meta=meta_from_array(yo, ndim=1, dtype=np.int64),
-        )
+    if is_summary(ood, "ood"):
+        if summary_dim(ood) != D:
+            raise ValueError(f"the streamed OOD summary has width {summary_dim(ood)}, "
+                             f"the statistics {D}")
+        n_o, mu_o, Sw_o = ood_class_from_summary(ood, M)
     else:
-        yo = da.zeros(Xo.shape[0], chunks=(Xo.chunks[0],), dtype=np.int64)
-        yo = yo.map_blocks(
-            _namespace_of(Xo).asarray, meta=meta_from_array(Xo, ndim=1, dtype=np.int64)
-        )
-    tree = partials_tree(
-        Xo, yo, 1, dtype=np.float64, split_every=split_every or 8, ignore_index=ignore_index
-    )
-    fin = finalized_arrays(
-        tree, 1, D, global_mean="unweighted", dtype=np.float64, meta=Xo._meta
-    )
-    n_o = fin["n_samples"].astype(np.float64)
-    mu_o = fin["means"]  # (1, D)
-    Sw2 = (Sw * float(n_id) + fin["within_cov"] * n_o) / (float(n_id) + n_o)
+        n_o, mu_o, Sw_o = _ood_one_class(ood, M, ignore_index=ignore_index,
+                                         split_every=split_every)
+    Sw2 = (Sw * float(n_id) + Sw_o * n_o) / (float(n_id) + n_o)
     M2 = da.concatenate([M, mu_o.rechunk((1, -1))], axis=0)
     if global_mean == "weighted":
         nk = as_dask(n_k.astype(np.float64)).rechunk((M.chunks[0],))
@@ -660,7 +682,9 @@ def _measure_one(
                 out["nc2w_equinorm"] = wn.std(ddof=1) / wn.mean()
 
             # ---- NC4
-            if "nc4_agree" in todo or "agree_per_class" in todo:
+            if ("nc4_agree" in todo or "agree_per_class" in todo) and is_summary(test, "test"):
+                hits, n_test = agreement_from_summary(test, Mc, W, b, K_all)
+            elif "nc4_agree" in todo or "agree_per_class" in todo:
                 split = _split(test)
                 X = _like(_float64(as_dask(split["embeddings"])), M)
                 if X.shape[1] != D:
@@ -685,6 +709,7 @@ def _measure_one(
                     raise ValueError(f"nc4_backend must be 'gemm' or 'faiss', got {nc4_backend!r}")
                 hits, n_test = DG.agreement_counts(agree, y.rechunk(agree.chunks), K_all,
                                                    ignore_index=ignore_index)
+            if "nc4_agree" in todo or "agree_per_class" in todo:
                 # a classifier with NaN/inf weights, or all zeros, decides nothing:
                 # NaN, not the share of samples whose argmax of NaN logits lands right
                 dead = ~da.isfinite(W).all() | ~(W != 0).any()
@@ -698,7 +723,13 @@ def _measure_one(
                     out["agree_per_class"] = da.where(c > 0, h / da.maximum(c, 1), np.nan)
 
         # ---- NC5
-        if "nc5_ood_dev" in todo:
+        if "nc5_ood_dev" in todo and is_summary(ood, "ood"):
+            if summary_dim(ood) != D:
+                raise ValueError(f"the streamed OOD summary has width {summary_dim(ood)}, "
+                                 f"the statistics {D}")
+            mood = ood_mean_from_summary(ood, ood_labels, M)
+            out["nc5_ood_dev"] = da.fabs(CF.cosine_rows(M, mood[None, :])).mean()
+        elif "nc5_ood_dev" in todo:
             split = ood if isinstance(ood, xr.Dataset) else _split(ood)
             Xo = _like(_float64(as_dask(split["embeddings"])), M)
             if Xo.ndim != 2 or Xo.shape[1] != D:  # here, not as a broadcast error at compute

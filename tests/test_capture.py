@@ -412,3 +412,30 @@ def test_streamed_capture_equals_stored_capture(mem_url):
         np.testing.assert_allclose(a[v].values, b[v].values, rtol=1e-10, err_msg=v)
     with pytest.raises(ValueError, match="unlabelled data has none"):
         capture(model, loader(x, y), ncdask.StatsSink(K), layers="fc", labels=False, epoch=9)
+
+
+def test_streamed_capture_of_test_and_ood_gives_every_metric(mem_url):
+    """Train, then test and unlabelled OOD batches captured into a StatsSink: its sweep has
+    NC4 and NC5 too, equal to the stored capture's (issue 15)."""
+    torch.manual_seed(1)
+    model = Net()
+    x, y = make_data(120)
+    xt, yt = make_data(60)
+    xo, _ = make_data(40)
+    s, sink = new_store(mem_url), ncdask.StatsSink(K)
+    with pytest.raises(ValueError, match="capture the 'train' split"):
+        capture(model, loader(xt, yt), sink, layers="fc", split="test", classifier="fc")
+    for epoch in (1, 2):
+        train_a_little(model, x, y, steps=5)
+        for where in (s, sink):
+            capture(model, loader(x, y, 16), where, layers="fc", classifier="fc", epoch=epoch)
+            capture(model, loader(xt, yt, 16), where, layers="fc", split="test", epoch=epoch)
+            capture(model, loader(xo, yt[:40], 16), where, layers="fc", split="ood",
+                    labels=False, epoch=epoch)
+    metrics = ["nc4_agree", "agree_per_class", "nc5_ood_dev", "nc1_ood_class", "nc1_pinv"]
+    a = sink.sweep("epoch", layer="fc", metrics=metrics)
+    b = sweep(s, over="epoch", layer="fc", metrics=metrics, test="test", ood="ood",
+              compute=True)
+    assert a.attrs["left_out"] == {}
+    for v in metrics:
+        np.testing.assert_allclose(a[v].values, b[v].values, rtol=1e-10, err_msg=v)

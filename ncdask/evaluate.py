@@ -1,0 +1,346 @@
+"""NC4 and NC5 from streamed batches, once the class means are known: :class:`EvalAccumulator`.
+
+The second pass of a store-free measurement. :class:`ncdask.StatsAccumulator`
+gives the class statistics of the training batches; an
+:class:`EvalAccumulator` built from them (and the classifier) then folds in
+test batches (each sample's linear and nearest-class-centre decisions, counted
+per true class) and OOD batches (their sums, per-label sums, and the one-class
+statistics behind ``nc1_ood_class``). Its summaries go to
+:func:`ncdask.measure` as ``test=`` and ``ood=``, which then gives every
+metric, equal to what it gives from the stored splits.
+
+A test summary carries fingerprints of what its decisions were made against
+(the centred means, classifier rows and bias of the classes kept, each
+projected on a fixed random vector): :func:`ncdask.measure` refuses it, when
+computed, against other statistics, weights or ``min_count``, instead of
+returning agreement counts of another classifier.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from ._inputs import as_dask, check_stats, class_inputs, kept_classes, like
+from .accumulate import StatsAccumulator, _as_array
+from .kernels import decisions as Dk
+from .kernels._xp import array_namespace, to_numpy
+
+__all__ = ["EvalAccumulator", "is_summary"]
+
+#: Seed of the fixed vector the fingerprints project on.
+FINGERPRINT_SEED = 7_261_201
+#: Logits (rows × classes) of one decision tile: 4 Mi float64 entries, 32 MiB.
+TILE_ENTRIES = 2**22
+#: Relative tolerance of a fingerprint check (the projections are summed in
+#: other orders by the lazy graph than here).
+FINGERPRINT_RTOL = 1e-9
+
+
+def _probe(dim: int) -> np.ndarray:
+    return np.random.default_rng(FINGERPRINT_SEED).standard_normal(dim)
+
+
+def is_summary(obj: Any, kind: str) -> bool:
+    """Whether ``obj`` is an :class:`EvalAccumulator` summary of ``kind`` ("test" or "ood")."""
+    return isinstance(obj, xr.Dataset) and obj.attrs.get("ncdask_streamed") == kind
+
+
+class EvalAccumulator:
+    """Test decisions and OOD sums of batches fed one at a time; exact and mergeable.
+
+    Parameters
+    ----------
+    stats : xarray.Dataset
+        Class statistics (from :class:`ncdask.StatsAccumulator` or
+        :func:`ncdask.class_stats`); their means, counts and global mean are
+        computed here if lazy.
+    weights : array (K, D), optional
+        Classifier weights: needed for the test decisions (NC4).
+    bias : array (K,), optional
+    min_count : int, optional
+        As in :func:`ncdask.measure`: the classes decided between are the
+        ones it measures; pass the same value to both.
+    ignore_index : int, optional
+        Label of samples to skip (default: the statistics' attribute).
+    allow_nonfinite : bool, default False
+        Accept NaN/inf rows; by default a batch holding them raises.
+
+    Examples
+    --------
+    >>> import numpy as np, ncdask
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat(np.arange(3), 100)
+    >>> X = rng.normal(size=(300, 4)) + 5 * np.eye(3, 4)[y]
+    >>> st = ncdask.StatsAccumulator(3, 4).update(X, y).result()
+    >>> ev = ncdask.EvalAccumulator(st, weights=st.means.values - st.global_mean.values)
+    >>> _ = ev.update_test(X[::2], y[::2]).update_ood(rng.normal(size=(50, 4)))
+    >>> res = ncdask.measure(st, weights=ev.weights, test=ev.test_summary(), ood=ev.ood_summary())
+    >>> float(res.nc4_agree)
+    1.0
+    """
+
+    def __init__(self, stats: xr.Dataset, weights: Any = None, bias: Any = None, *,
+                 min_count: int | None = None, ignore_index: int | None = None,
+                 allow_nonfinite: bool = False) -> None:
+        stats = check_stats(stats)
+        kept = kept_classes(stats, min_count, ignore_index)
+        if not kept.n_kept:
+            raise ValueError("the statistics have no class with samples to decide between")
+        ins = class_inputs(stats, kept, weights=weights, bias=bias, tile_size=kept.n_kept)
+        Mc, mG, W, b = dask.compute(ins.Mc, ins.mG, ins.W, ins.b)
+        self.stats, self.weights, self.bias = stats, weights, bias
+        self.min_count, self.kept = min_count, kept
+        self.n_classes, self.dim = kept.n_all, int(Mc.shape[1])
+        self.ignore_index = kept.ignore_index
+        self.allow_nonfinite = bool(allow_nonfinite)
+        self._Mc, self._mG, self._W, self._b = Mc, mG, W, b
+        xp = array_namespace(Mc)
+        r = xp.asarray(_probe(self.dim))
+        self._fingerprint = {"means": Mc @ r, "weights": None if W is None else W @ r,
+                             "bias": b}
+        self._hits = xp.zeros(self.n_classes, dtype=xp.int64)
+        self._count = xp.zeros(self.n_classes, dtype=xp.int64)
+        self._ood_sum = xp.zeros(self.dim, dtype=xp.float64)
+        self._ood_n = 0
+        self._ood_labels: tuple[Any, Any, Any] | None = None
+        self._ood_labelled: bool | None = None
+        self._ood_class = StatsAccumulator(1, self.dim, allow_nonfinite=self.allow_nonfinite)
+
+    # ----------------------------------------------------------------- batches
+    def _batch(self, X: Any, y: Any, *, labels_needed: bool) -> tuple[Any, Any, Any]:
+        xp = array_namespace(self._Mc)
+        X = _as_array(X)
+        if X.ndim != 2 or X.shape[1] != self.dim:
+            raise ValueError(f"X has shape {tuple(X.shape)}, expected (n, {self.dim})")
+        if y is None:
+            if labels_needed:
+                raise ValueError("test batches need labels: NC4 counts agreement per class")
+        else:
+            y = _as_array(y)
+            if y.ndim != 1 or y.shape[0] != X.shape[0]:
+                raise ValueError(f"y has shape {tuple(y.shape)}, expected ({X.shape[0]},)")
+            if np.dtype(y.dtype).kind not in "iu":
+                raise TypeError(f"labels must be integers, got dtype {y.dtype}")
+            y = xp.asarray(to_numpy(y) if array_namespace(y) is not xp else y).astype(xp.int64)
+        if array_namespace(X) is not xp:
+            X = xp.asarray(to_numpy(X))
+        X = X.astype(xp.float64, copy=False)
+        if not self.allow_nonfinite and not bool(xp.all(xp.isfinite(X))):
+            raise ValueError("X holds NaN or inf values (pass allow_nonfinite=True to keep "
+                             "them); nothing of this batch was added")
+        return X, y, xp
+
+    def update_test(self, X: Any, y: Any) -> EvalAccumulator:
+        """Add a test batch: both classifiers' decisions, counted per true class.
+
+        Samples labelled ``ignore_index`` or negative are skipped; a label
+        ``≥ K`` raises (the test split must be of the statistics' classes).
+        Returns the accumulator.
+        """
+        if self._W is None:
+            raise ValueError("NC4 needs the classifier: EvalAccumulator(stats, weights=...)")
+        X, y, xp = self._batch(X, y, labels_needed=True)
+        bad = y >= self.n_classes
+        if self.ignore_index is not None:
+            bad &= y != self.ignore_index
+        if bool(xp.any(bad)):
+            raise ValueError(
+                f"test label {int(y[xp.nonzero(bad)[0][0]])} is outside the statistics' "
+                f"{self.n_classes} classes: NC4 needs test data of the same classes (pass "
+                "ignore_index= for padding)")
+        valid = (y >= 0) & (y < self.n_classes)
+        if not bool(xp.all(valid)):
+            X, y = X[valid], y[valid]
+        if y.shape[0]:
+            agree = self._agreement(X, xp)
+            self._hits += xp.bincount(y, weights=agree.astype(xp.float64),
+                                      minlength=self.n_classes).astype(xp.int64)
+            self._count += xp.bincount(y, minlength=self.n_classes).astype(xp.int64)
+        return self
+
+    def _agreement(self, X: Any, xp: Any) -> Any:
+        """Per row: does the classifier's argmax equal the nearest centre (as measure decides)?"""
+        n, K = X.shape[0], self._Mc.shape[0]
+        T = max(1, min(K, TILE_ENTRIES // max(n, 1)))
+        parts = [Dk.decision_tile(X, self._mG, self._W[s:s + T], self._b[s:s + T],
+                                  self._Mc[s:s + T], xp.arange(s, min(s + T, K)))
+                 for s in range(0, K, T)]
+        dec = Dk.merge_decisions(xp.concatenate(parts, axis=1))[:, 0]
+        return dec[:, 1] == dec[:, 3]
+
+    def update_ood(self, X: Any, y: Any = None) -> EvalAccumulator:
+        """Add an OOD batch, with or without labels (every batch alike).
+
+        Kept: the sum of all rows (the plain OOD mean), per-label sums when
+        labelled (the unweighted mean of per-label means), and the one-class
+        statistics of the rows not labelled ``ignore_index`` (for
+        ``nc1_ood_class``). Returns the accumulator.
+        """
+        X, y, xp = self._batch(X, y, labels_needed=False)
+        if self._ood_labelled is not None and self._ood_labelled != (y is not None):
+            raise ValueError("OOD batches must all have labels or all have none")
+        self._ood_labelled = y is not None
+        keep = None
+        if y is not None:
+            part = Dk.label_sums(X, y, self.ignore_index)
+            if part[0].shape[0]:
+                self._ood_labels = (part if self._ood_labels is None
+                                    else Dk.merge_label_sums([self._ood_labels, part]))
+            if self.ignore_index is not None:
+                keep = y != self.ignore_index
+        self._ood_sum += X.sum(axis=0)
+        self._ood_n += int(X.shape[0])
+        Xk = X if keep is None or bool(xp.all(keep)) else X[keep]
+        self._ood_class.update(Xk, xp.zeros(Xk.shape[0], dtype=xp.int64))
+        return self
+
+    def merge(self, other: EvalAccumulator) -> EvalAccumulator:
+        """Add another rank's accumulator (built from the same statistics and classifier)."""
+        if not isinstance(other, EvalAccumulator):
+            raise TypeError(f"can only merge an EvalAccumulator, got {type(other).__name__}")
+        if other.n_classes != self.n_classes or other.dim != self.dim or not all(
+                _close(self._fingerprint[k], other._fingerprint[k]) for k in self._fingerprint):
+            raise ValueError("cannot merge accumulators built from other statistics, weights "
+                             "or min_count")
+        if None not in (self._ood_labelled, other._ood_labelled) and \
+                self._ood_labelled != other._ood_labelled:
+            raise ValueError("OOD batches must all have labels or all have none")
+        self._hits += other._hits
+        self._count += other._count
+        self._ood_sum += other._ood_sum
+        self._ood_n += other._ood_n
+        if self._ood_labelled is None:
+            self._ood_labelled = other._ood_labelled
+        parts = [p for p in (self._ood_labels, other._ood_labels) if p is not None]
+        self._ood_labels = Dk.merge_label_sums(parts) if parts else None
+        self._ood_class.merge(other._ood_class)
+        return self
+
+    # ----------------------------------------------------------------- results
+    def test_summary(self) -> xr.Dataset:
+        """Per-class agreement counts for ``measure(..., test=)``, with the fingerprints."""
+        if self._W is None:
+            raise ValueError("no classifier was given: there are no test decisions")
+        if not int(to_numpy(self._count).sum()):
+            raise ValueError("no test sample was added yet")
+        fp = {k: np.asarray(to_numpy(v)) for k, v in self._fingerprint.items()}
+        return xr.Dataset(
+            {"nc4_hits": ("class", np.asarray(to_numpy(self._hits))),
+             "nc4_count": ("class", np.asarray(to_numpy(self._count))),
+             "fingerprint_means": ("kept_class", fp["means"]),
+             "fingerprint_weights": ("kept_class", fp["weights"]),
+             "fingerprint_bias": ("kept_class", fp["bias"])},
+            coords={"class": self.stats["class"].values if "class" in self.stats.coords
+                    else np.arange(self.n_classes)},
+            attrs={"ncdask_streamed": "test", "min_count": -1 if self.min_count is None
+                   else int(self.min_count)})
+
+    def ood_summary(self) -> xr.Dataset:
+        """OOD sums and one-class statistics for ``measure(..., ood=)``."""
+        if not self._ood_n:
+            raise ValueError("no OOD sample was added yet")
+        one = self._ood_class.result()
+        ds = xr.Dataset(
+            {"ood_sum": ("feature", np.asarray(to_numpy(self._ood_sum))),
+             "ood_n": ((), self._ood_n),
+             "ood_class_n": ((), int(one["n_samples"].values)),
+             "ood_class_mean": ("feature", np.asarray(to_numpy(one["means"].values[0]))),
+             "ood_class_within_cov": (("feature", "feature_"),
+                                      np.asarray(to_numpy(one["within_cov"].values)))},
+            attrs={"ncdask_streamed": "ood"})
+        if self._ood_labels is not None:
+            lab, sums, counts = (np.asarray(to_numpy(a)) for a in self._ood_labels)
+            ds["ood_label_sums"] = (("ood_label", "feature"), sums)
+            ds["ood_label_counts"] = ("ood_label", counts)
+            ds = ds.assign_coords(ood_label=lab)
+        return ds
+
+    def measure(self, **measure_kwargs: Any) -> xr.Dataset:
+        """:func:`ncdask.measure` of the statistics with these summaries (lazy)."""
+        from .metrics import measure
+
+        extra: dict[str, Any] = {}
+        if self._W is not None and int(to_numpy(self._count).sum()):
+            extra["test"] = self.test_summary()
+        if self._ood_n:
+            extra["ood"] = self.ood_summary()
+        return measure(self.stats, weights=self.weights, bias=self.bias,
+                       min_count=self.min_count, **extra, **measure_kwargs)
+
+
+def _close(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    a, b = np.asarray(to_numpy(a)), np.asarray(to_numpy(b))
+    return a.shape == b.shape and bool(
+        np.linalg.norm(a - b) <= FINGERPRINT_RTOL * max(np.linalg.norm(a), 1e-300))
+
+
+def _check_fingerprints(fp_m: Any, fp_w: Any, fp_b: Any, want_m: Any, want_w: Any,
+                        want_b: Any, counts: Any) -> Any:
+    for name, got, want in (("class means", fp_m, want_m), ("classifier weights", fp_w, want_w),
+                            ("classifier bias", fp_b, want_b)):
+        if not _close(got, want):
+            raise ValueError(
+                f"the streamed test summary was made against other {name} (or another "
+                "min_count) than measure was given: build the EvalAccumulator from the same "
+                "statistics, weights, bias and min_count")
+    return counts
+
+
+def agreement_from_summary(summary: xr.Dataset, Mc: da.Array, W: da.Array, b: da.Array,
+                           n_classes: int) -> tuple[da.Array, da.Array]:
+    """Lazy per-class (hits, counts) of a test summary, checked against ``Mc``, ``W``, ``b``.
+
+    The check runs when computed, on the same lazy inputs the other metrics use.
+    """
+    if summary.sizes.get("class") != n_classes:
+        raise ValueError(f"the streamed test summary has {summary.sizes.get('class')} "
+                         f"classes, the statistics {n_classes}")
+    if summary.sizes.get("kept_class") != Mc.shape[0]:
+        raise ValueError(
+            f"the streamed test summary decided between {summary.sizes.get('kept_class')} "
+            f"classes, measure keeps {Mc.shape[0]}: pass the same min_count to both")
+    r = da.from_array(_probe(Mc.shape[1]), chunks=-1)
+    r = like(r, Mc)
+    counts = np.stack([summary["nc4_hits"].values, summary["nc4_count"].values]).astype(
+        np.float64)
+    checked = dask.delayed(_check_fingerprints, pure=True)(
+        summary["fingerprint_means"].values, summary["fingerprint_weights"].values,
+        summary["fingerprint_bias"].values, (Mc @ r), (W @ r), b, counts)
+    both = da.from_delayed(checked, shape=counts.shape, dtype=np.float64,
+                           meta=np.empty((0, 0), dtype=np.float64))
+    return both[0], both[1]
+
+
+def ood_mean_from_summary(summary: xr.Dataset, use_labels: bool | None, ref: da.Array) -> da.Array:
+    """The OOD global mean of a summary: of per-label means, or plain (as ``ref``'s backend)."""
+    labelled = "ood_label_sums" in summary
+    use = labelled if use_labels is None else bool(use_labels)
+    if use and not labelled:
+        raise ValueError("ood_labels=True, but the streamed OOD summary has no labels")
+    if use:
+        mood = (summary["ood_label_sums"].values
+                / summary["ood_label_counts"].values[:, None]).mean(axis=0)
+    else:
+        mood = summary["ood_sum"].values / float(summary["ood_n"].values)
+    return like(as_dask(np.asarray(mood, dtype=np.float64)), ref)
+
+
+def ood_class_from_summary(summary: xr.Dataset, ref: da.Array) -> tuple[Any, da.Array, da.Array]:
+    """``(n_o, μ_o (1, D), Σ_o)`` of a summary's one-class statistics (``ref``'s backend)."""
+    n_o = float(summary["ood_class_n"].values)
+    mu = like(as_dask(summary["ood_class_mean"].values[None, :].astype(np.float64)), ref)
+    Sw = like(as_dask(summary["ood_class_within_cov"].values.astype(np.float64)), ref)
+    return n_o, mu, Sw
+
+
+def summary_dim(summary: xr.Dataset) -> int:
+    """The width D of a summary's embeddings."""
+    return int(summary.sizes["feature"])
+
