@@ -63,7 +63,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
@@ -77,23 +76,15 @@ from ._inputs import (
     kept_classes,
 )
 from ._inputs import check_stats as _check_stats
-from ._inputs import float64 as _float64
 from ._inputs import like as _like
 from ._inputs import namespace_of as _namespace_of
 from ._inputs import split_of as _split
 from ._version import __version__
-from .evaluate import (
-    agreement_from_summary,
-    is_summary,
-    ood_class_from_summary,
-    ood_mean_from_summary,
-    summary_dim,
-)
+from .declarations import GROUPS, METRICS, Inputs, Metric, MetricInfo  # noqa: F401
+from .evaluate import is_summary, ood_class_from_summary, summary_dim
 from .graph import closed_forms as CF
-from .graph import decisions as DG
-from .graph.pairwise import default_tile_size, pairwise_moments, resolve_budget
+from .graph.pairwise import default_tile_size, resolve_budget
 from .graph.stats import finalized_arrays, partials_tree
-from .kernels._xp import to_numpy
 from .kernels.pairwise import RieszRangeWarning  # noqa: F401 - re-exported with measure
 
 
@@ -101,272 +92,7 @@ class DegenerateInputWarning(UserWarning):
     """Some requested metric is undefined for this input and is left out."""
 
 
-# --------------------------------------------------------------------------- definitions
-
-PAPYAN = (
-    "Papyan, Han & Donoho (2020), Prevalence of neural collapse during the terminal "
-    "phase of deep learning training, PNAS 117(40)"
-)
-HAN = (
-    "Han, Papyan & Donoho (2022), Neural collapse under MSE loss: proximity to and "
-    "dynamics on the central path, ICLR"
-)
-TIRER = "Tirer, Huang & Niles-Weed (2023), Perturbation analysis of neural collapse, ICML"
-GALANTI = (
-    "Galanti, György & Hutter (2022), On the role of neural collapse in transfer "
-    "learning, ICLR (arXiv:2112.15121)"
-)
-LIU = (
-    "Liu et al. (2023), Generalizing and decoupling neural collapse via hyperspherical "
-    "uniformity gap, ICLR (arXiv:2303.06484)"
-)
-KOTHAPALLI = (
-    "Kothapalli (2023), Neural collapse: a review on modelling principles and "
-    "generalization, TMLR (arXiv:2206.04041)"
-)
-ZHU = (
-    "Zhu et al. (2021), A geometric analysis of neural collapse with unconstrained "
-    "features, NeurIPS"
-)
-AMMAR = (
-    "Ammar et al. (2024), NECO: NEural Collapse based Out-of-distribution detection, "
-    "ICLR (arXiv:2310.06823)"
-)
-WU = (
-    "Wu & Papyan (2024), Linguistic collapse: neural collapse in (large) language models, "
-    "NeurIPS (arXiv:2405.17767)"
-)
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    """Label and inputs of one output variable."""
-
-    long_name: str
-    formula: str
-    reference: str
-    needs: tuple[str, ...] = ()
-    per_class: bool = False
-    min_classes: int = 2
-
-
-_G = "u_k = m~_k / (||m~_k|| + eps), over pairs i < j"
-METRICS: dict[str, MetricInfo] = {
-    "nc1_pinv": MetricInfo(
-        "NC1 within-class variability (pseudo-inverse)",
-        "tr(Sigma_B^+ Sigma_W) / K, torch.linalg.pinv cutoff D eps sigma_1",
-        PAPYAN,
-    ),
-    "nc1_svd": MetricInfo(
-        "NC1 within-class variability (top K-1 singular pairs)",
-        "tr(Sigma_W U diag(s)^-1 U^T) / K, (U, s) the top K-1 singular "
-        "pairs of Sigma_B; needs K-1 < D",
-        HAN,
-    ),
-    "nc1_quot": MetricInfo("NC1 trace quotient", "tr(Sigma_W) / tr(Sigma_B)", TIRER),
-    "nc1_cdnv": MetricInfo(
-        "NC1 class-distance normalised variance",
-        "mean over pairs i<j of ((v_i + v_j)/2) / ||mu_i - mu_j||^(2p)",
-        GALANTI,
-    ),
-    "nc2_etf_err": MetricInfo(
-        "NC2 simplex ETF error",
-        "|| G/||G||_F - (I - 11^T/K)/sqrt(K-1) ||_F, G = M~ M~^T (closed form, no K x K matrix)",
-        KOTHAPALLI,
-    ),
-    "nc2_equinorm": MetricInfo(
-        "NC2 equinorm (coefficient of variation of ||m~_k||)",
-        "std_k ||m~_k|| (unbiased) / mean_k ||m~_k||",
-        PAPYAN,
-    ),
-    "nc2_equiangle": MetricInfo(
-        "NC2 equiangularity",
-        "std over pairs i<j of cos(m~_i, m~_j) (unbiased, divisor P-1)",
-        PAPYAN,
-        min_classes=3,
-    ),
-    "nc2_max_angle": MetricInfo(
-        "NC2 maximal-angle deviation", "mean over pairs i<j of |cos(m~_i, m~_j) + 1/(K-1)|", PAPYAN
-    ),
-    "nc2g_dist_mean": MetricInfo(
-        "GNC2 distance kernel, mean over pairs", f"mean ||u_i - u_j||, {_G}", LIU
-    ),
-    "nc2g_dist_var": MetricInfo(
-        "GNC2 distance kernel, variance over pairs",
-        f"(1/P) sum (||u_i - u_j|| - mean)^2, {_G}",
-        LIU,
-    ),
-    "nc2g_log_mean": MetricInfo(
-        "GNC2 logarithmic kernel, mean over pairs", f"mean log(||u_i - u_j||^-1), {_G}", LIU
-    ),
-    "nc2g_log_var": MetricInfo(
-        "GNC2 logarithmic kernel, variance over pairs",
-        f"(1/P) sum (log(||u_i - u_j||^-1) - mean)^2, {_G}",
-        LIU,
-    ),
-    "nc2g_riesz_mean": MetricInfo(
-        "GNC2 Riesz kernel, mean over pairs",
-        f"mean sign(S) ||u_i - u_j||^-S, S = D-2 by default, {_G}",
-        LIU,
-    ),
-    "nc2g_riesz_var": MetricInfo(
-        "GNC2 Riesz kernel, variance over pairs",
-        f"(1/P) sum (sign(S) ||u_i - u_j||^-S - mean)^2, {_G}",
-        LIU,
-    ),
-    "nc2g_riesz_log_mean": MetricInfo(
-        "GNC2 Riesz kernel, log of |mean| (log domain)",
-        "log |nc2g_riesz_mean|, accumulated in the log domain",
-        LIU,
-    ),
-    "nc2g_riesz_log_var": MetricInfo(
-        "GNC2 Riesz kernel, log of the variance (log domain)",
-        "log nc2g_riesz_var, accumulated in the log domain",
-        LIU,
-    ),
-    "nc2w_etf_err": MetricInfo(
-        "NC2 simplex ETF error of the classifier",
-        "nc2_etf_err with G = W W^T",
-        ZHU,
-        needs=("weights",),
-    ),
-    "nc2w_equinorm": MetricInfo(
-        "NC2 equinorm of the classifier",
-        "std_k ||w_k|| (unbiased) / mean_k ||w_k||",
-        PAPYAN,
-        needs=("weights",),
-    ),
-    "nc2w_max_angle": MetricInfo(
-        "NC2 maximal-angle deviation of the classifier",
-        "mean over pairs i<j of |cos(w_i, w_j) + 1/(K-1)|",
-        PAPYAN,
-        needs=("weights",),
-    ),
-    "nc3_dual_err": MetricInfo(
-        "NC3 self-duality error",
-        "nc2_etf_err with G = W M~^T (closed form)",
-        KOTHAPALLI,
-        needs=("weights",),
-    ),
-    "nc3u_uni_dual": MetricInfo(
-        "UNC3 uniform duality",
-        "variance over classes (unbiased, divisor K-1) of w_k . m~_k",
-        WU,
-        needs=("weights",),
-    ),
-    "nc3_papyan": MetricInfo(
-        "NC3 self-duality distance",
-        "|| W/||W||_F - M~/||M~||_F ||_F^2",
-        PAPYAN,
-        needs=("weights",),
-    ),
-    "nc3_bias": MetricInfo(
-        "NC3 bias collapse",
-        "|| W mu_G + b ||_2 with the sample-weighted mu_G",
-        ZHU,
-        needs=("weights",),
-        min_classes=1,
-    ),
-    "nc4_agree": MetricInfo(
-        "NC4 classifier / nearest-class-centre agreement",
-        "fraction of samples with argmax_k (w_k . x + b_k) == argmin_k ||x - mu_k||",
-        PAPYAN,
-        needs=("weights", "test"),
-        min_classes=1,
-    ),
-    "nc5_ood_dev": MetricInfo(
-        "NC5 ID/OOD orthogonality deviation",
-        "(1/K) sum_k |cos(mu_k, mu_G^ood)|, uncentred mu_k",
-        AMMAR,
-        needs=("ood",),
-        min_classes=1,
-    ),
-    "nc1_ood_class": MetricInfo(
-        "NC1 with the OOD set as an extra class",
-        "nc1_pinv over K+1 classes: the OOD samples form class K+1 (its mean, its "
-        "scatter pooled into Sigma_W, N grown by the OOD count, mu_G over K+1 means)",
-        AMMAR + ", App. D",
-        needs=("ood",),
-        min_classes=1,
-    ),
-    # per-class companions
-    "mean_norms": MetricInfo(
-        "norm of the centred class mean",
-        "||m~_k|| = ||mu_k - mu_G||",
-        PAPYAN,
-        per_class=True,
-        min_classes=1,
-    ),
-    "similarities": MetricInfo(
-        "classifier / centred-mean similarity",
-        "w_k . m~_k",
-        WU,
-        needs=("weights",),
-        per_class=True,
-        min_classes=1,
-    ),
-    "similarities_cos": MetricInfo(
-        "classifier / centred-mean cosine similarity",
-        "w_k . m~_k / max(||w_k|| ||m~_k||, 1e-8)",
-        WU,
-        needs=("weights",),
-        per_class=True,
-        min_classes=1,
-    ),
-    "distance_norms": MetricInfo(
-        "classifier / centred-mean distance after normalising",
-        "|| w_k/(||w_k||+eps) - m~_k/(||m~_k||+eps) ||",
-        PAPYAN,
-        needs=("weights",),
-        per_class=True,
-        min_classes=1,
-    ),
-    "agree_per_class": MetricInfo(
-        "NC4 agreement per true class",
-        "nc4_agree over the samples of true class k",
-        PAPYAN,
-        needs=("weights", "test"),
-        per_class=True,
-        min_classes=1,
-    ),
-}
-
-_NC2G = (
-    "nc2g_dist_mean",
-    "nc2g_dist_var",
-    "nc2g_log_mean",
-    "nc2g_log_var",
-    "nc2g_riesz_mean",
-    "nc2g_riesz_var",
-    "nc2g_riesz_log_mean",
-    "nc2g_riesz_log_var",
-)
-
-#: Selection names that stand for several variables (``--metrics nc1`` on the CLI).
-GROUPS: dict[str, tuple[str, ...]] = {
-    "nc1": ("nc1_pinv", "nc1_svd", "nc1_quot", "nc1_cdnv", "nc1_ood_class"),
-    "nc2": ("nc2_etf_err", "nc2_equinorm", "nc2_equiangle", "nc2_max_angle", "mean_norms"),
-    "nc2g": _NC2G,
-    "nc2g_dist": _NC2G[0:2],
-    "nc2g_log": _NC2G[2:4],
-    "nc2g_riesz": _NC2G[4:8],
-    "nc2w": ("nc2w_etf_err", "nc2w_equinorm", "nc2w_max_angle"),
-    "nc3": (
-        "nc3_dual_err",
-        "nc3u_uni_dual",
-        "nc3_papyan",
-        "nc3_bias",
-        "similarities",
-        "similarities_cos",
-        "distance_norms",
-    ),
-    "nc4": ("nc4_agree", "agree_per_class"),
-    "nc5": ("nc5_ood_dev",),
-}
-
-SCALARS = tuple(k for k, v in METRICS.items() if not v.per_class)
-PER_CLASS = tuple(k for k, v in METRICS.items() if v.per_class)
-
+# --------------------------------------------------------------------------- selection
 
 def _selection(metrics: str | Iterable[str] | None) -> list[str]:
     """The variables asked for, in SPEC order (the order of :data:`METRICS`)."""
@@ -532,10 +258,6 @@ def ood_class_nc1(
 # --------------------------------------------------------------------------- one measurement
 
 
-def _scalar(x: Any) -> xr.DataArray:
-    return xr.DataArray(x)
-
-
 def _measure_one(
     stats: xr.Dataset,
     *,
@@ -554,218 +276,45 @@ def _measure_one(
     ignore_index: int | None = None,
     memory_budget: int | None = None,
 ) -> tuple[xr.Dataset, dict[str, str]]:
+    """Resolve the inputs once, select the metrics defined for them, compute each, label."""
     stats = _check_stats(stats)
     kept = kept_classes(stats, min_count, ignore_index)
-    counts, present, empty, filtered = kept.counts, kept.present, kept.empty, kept.filtered
-    K_all, K, ignore_index = kept.n_all, kept.n_kept, kept.ignore_index
+    K_all, K = kept.n_all, kept.n_kept
     D = int(stats.sizes["feature"])
-    class_ids = np.asarray(stats["class"].values)[present] if "class" in stats.coords else present
+    class_ids = (np.asarray(stats["class"].values)[kept.present] if "class" in stats.coords
+                 else kept.present)
     have = {"weights": weights is not None, "test": test is not None, "ood": ood is not None}
 
     left_out: dict[str, str] = {}
     degenerate: dict[str, str] = {}
     for name in wanted:
-        info = METRICS[name]
-        missing = [n for n in info.needs if not have[n]]
+        missing = [n for n in METRICS[name].needs if not have[n]]
         if missing:
             left_out[name] = "no " + " / ".join(missing) + " given"
-        elif K < info.min_classes:
-            degenerate[name] = f"needs at least {info.min_classes} non-empty classes, got {K}"
-        elif name == "nc1_svd" and not K - 1 < D:
-            degenerate[name] = f"defined only when K-1 < D (K={K}, D={D})"
+        elif (why := METRICS[name].undefined(K, D)) is not None:
+            degenerate[name] = why
     left_out.update(degenerate)
-    todo = [n for n in wanted if n not in left_out]
+    todo = tuple(n for n in wanted if n not in left_out)
 
     T = int(tile_size) if tile_size else default_tile_size(max(K, 1), D, budget=memory_budget)
     if T < 1:
         raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
     out: dict[str, Any] = {}
-
     if K:
-        ins = class_inputs(stats, kept, weights=weights, bias=bias, tile_size=T)
-        M, Mc, mG, v, Sw, W, b = ins.M, ins.Mc, ins.mG, ins.v, ins.Sw, ins.W, ins.b
-        eps_dtype = ins.eps_dtype
-
-        # every class-tile reduction of the closed forms in one read of each tile (D < K)
-        terms = CF.tile_terms(Mc, W) if K > D else None
-
-        # ---- NC1
-        if "nc1_pinv" in todo or "nc1_svd" in todo:
-            nc1 = CF.nc1_values(Mc, Sw, want_svd="nc1_svd" in todo, eps_dtype=eps_dtype,
-                                terms=terms)
-            out["nc1_pinv"], out["nc1_svd"] = nc1[0], nc1[1]
-        if "nc1_quot" in todo:
-            sq = (Mc * Mc).sum() if terms is None else terms["M_sq"]
-            out["nc1_quot"] = da.trace(Sw) / (sq / K)
-
-        # ---- pairwise: one fused graph
-        pair: list[str] = []
-        wants_pair = {
-            "cdnv": ["nc1_cdnv"],
-            "dist": ["nc2g_dist_mean", "nc2g_dist_var"],
-            "log": ["nc2g_log_mean", "nc2g_log_var"],
-            "riesz": list(GROUPS["nc2g_riesz"]),
-            "cos": ["nc2_equiangle"],
-            "cos_dev": ["nc2_max_angle"],
-            "wcos_dev": ["nc2w_max_angle"],
-        }
-        for stat, names in wants_pair.items():
-            if any(n in todo for n in names):
-                pair.append(stat)
-        if pair:
-            S = float(D - 2 if riesz_s is None else riesz_s)
-            res = pairwise_moments(
-                Mc,
-                stats=pair,
-                v=v if "cdnv" in pair else None,
-                W=W if "wcos_dev" in pair else None,
-                tile_size=T,
-                dist_exp=dist_exp,
-                riesz_s=S,
-                inv_km1=1.0 / (K - 1),
-                split_every=split_every,
-            )
-            row = {s: i for i, s in enumerate(pair)}
-            if "cdnv" in row:
-                out["nc1_cdnv"] = res[row["cdnv"], 1]
-            for k in ("dist", "log", "riesz"):
-                if k in row:
-                    out[f"nc2g_{k}_mean"] = res[row[k], 1]
-                    out[f"nc2g_{k}_var"] = res[row[k], 2]
-            if "riesz" in row:
-                out["nc2g_riesz_log_mean"] = res[row["riesz"], 3]
-                out["nc2g_riesz_log_var"] = res[row["riesz"], 4]
-            if "cos" in row:
-                n = res[row["cos"], 0]
-                out["nc2_equiangle"] = da.sqrt(res[row["cos"], 2] * n / (n - 1))
-            if "cos_dev" in row:
-                out["nc2_max_angle"] = res[row["cos_dev"], 1]
-            if "wcos_dev" in row:
-                out["nc2w_max_angle"] = res[row["wcos_dev"], 1]
-
-        # ---- NC2 closed forms
-        if "nc2_etf_err" in todo:
-            out["nc2_etf_err"] = CF.etf_error(Mc, terms=terms, pair="MM")
-        norms = CF.row_norms(Mc)
-        if "mean_norms" in todo:
-            out["mean_norms"] = norms
-        if "nc2_equinorm" in todo:
-            out["nc2_equinorm"] = norms.std(ddof=1) / norms.mean()
-
-        # ---- NC3 and the classifier's own geometry
-        if W is not None:
-            sims = (W * Mc).sum(axis=1)
-            if "similarities" in todo:
-                out["similarities"] = sims
-            if "similarities_cos" in todo:
-                out["similarities_cos"] = CF.cosine_rows(W, Mc)
-            if "distance_norms" in todo:
-                diff = CF.normalized(W) - CF.normalized(Mc)
-                out["distance_norms"] = CF.row_norms(diff)
-            if "nc3u_uni_dual" in todo:
-                out["nc3u_uni_dual"] = sims.var(ddof=1)
-            if "nc3_dual_err" in todo:
-                out["nc3_dual_err"] = CF.etf_error(Mc, W, terms=terms, pair="MW")
-            if "nc3_papyan" in todo:
-                d = W / da.sqrt((W * W).sum()) - Mc / da.sqrt((Mc * Mc).sum())
-                out["nc3_papyan"] = (d * d).sum()
-            if "nc3_bias" in todo:
-                n_k = counts[present].astype(np.float64)
-                frac = as_dask(n_k / n_k.sum()).rechunk((M.chunks[0],))
-                frac = frac.map_blocks(_namespace_of(M).asarray, meta=meta_from_array(M, ndim=1))
-                mu_w = (M * frac[:, None]).sum(axis=0)
-                out["nc3_bias"] = da.sqrt(((W @ mu_w + b) ** 2).sum())
-            if "nc2w_etf_err" in todo:
-                out["nc2w_etf_err"] = CF.etf_error(W, terms=terms, pair="WW")
-            if "nc2w_equinorm" in todo:
-                wn = CF.row_norms(W)
-                out["nc2w_equinorm"] = wn.std(ddof=1) / wn.mean()
-
-            # ---- NC4
-            if ("nc4_agree" in todo or "agree_per_class" in todo) and is_summary(test, "test"):
-                hits, n_test = agreement_from_summary(test, Mc, W, b, K_all)
-            elif "nc4_agree" in todo or "agree_per_class" in todo:
-                split = _split(test)
-                X = _like(_float64(as_dask(split["embeddings"])), M)
-                if X.shape[1] != D:
-                    raise ValueError(f"test embeddings have dim {X.shape[1]}, stats have {D}")
-                if "labels" not in split:
-                    raise ValueError("the test split needs 'labels' for NC4")
-                k_test = split.attrs.get("n_classes") if hasattr(split, "attrs") else None
-                if k_test is not None and int(k_test) != K_all:
-                    raise ValueError(
-                        f"the test split has n_classes={int(k_test)}, the statistics "
-                        f"{K_all}: NC4 needs test data of the same classifier's classes")
-                y = as_dask(split["labels"])
-                kw = dict(tile_size=T, split_every=split_every, budget=memory_budget)
-                if nc4_backend == "gemm":
-                    dec = DG.decisions(X, W, b, Mc, mG, **kw)
-                    agree = dec[:, 1] == dec[:, 3]
-                elif nc4_backend == "faiss":
-                    dec = DG.decisions(X, W, b, Mc, mG, ncc=False, **kw)
-                    ncc = DG.faiss_ncc(X, Mc, mG)
-                    agree = dec[:, 1].rechunk(ncc.chunks) == ncc
-                else:
-                    raise ValueError(f"nc4_backend must be 'gemm' or 'faiss', got {nc4_backend!r}")
-                hits, n_test = DG.agreement_counts(agree, y.rechunk(agree.chunks), K_all,
-                                                   ignore_index=ignore_index)
-            if "nc4_agree" in todo or "agree_per_class" in todo:
-                # a classifier with NaN/inf weights, or all zeros, decides nothing:
-                # NaN, not the share of samples whose argmax of NaN logits lands right
-                dead = ~da.isfinite(W).all() | ~(W != 0).any()
-                if b is not None:
-                    dead = dead | ~da.isfinite(b).all()
-                hits = da.where(DG.on_host(dead), np.nan, hits)  # the counts are on the host
-                if "nc4_agree" in todo:
-                    out["nc4_agree"] = hits.sum() / n_test.sum()
-                if "agree_per_class" in todo:
-                    h, c = hits[present], n_test[present]
-                    out["agree_per_class"] = da.where(c > 0, h / da.maximum(c, 1), np.nan)
-
-        # ---- NC5
-        if "nc5_ood_dev" in todo and is_summary(ood, "ood"):
-            if summary_dim(ood) != D:
-                raise ValueError(f"the streamed OOD summary has width {summary_dim(ood)}, "
-                                 f"the statistics {D}")
-            mood = ood_mean_from_summary(ood, ood_labels, M)
-            out["nc5_ood_dev"] = da.fabs(CF.cosine_rows(M, mood[None, :])).mean()
-        elif "nc5_ood_dev" in todo:
-            split = ood if isinstance(ood, xr.Dataset) else _split(ood)
-            Xo = _like(_float64(as_dask(split["embeddings"])), M)
-            if Xo.ndim != 2 or Xo.shape[1] != D:  # here, not as a broadcast error at compute
-                raise ValueError(f"OOD embeddings have shape {Xo.shape}, expected (n, {D}) "
-                                 "like the statistics")
-            use = "labels" in split if ood_labels is None else bool(ood_labels)
-            yo = as_dask(split["labels"]) if use else None
-            mood = DG.ood_global_mean(Xo, yo, ignore_index=ignore_index)
-            out["nc5_ood_dev"] = da.fabs(CF.cosine_rows(M, mood[None, :])).mean()
-
-        # ---- NC1 with the OOD set as class K+1
-        if "nc1_ood_class" in todo:
-            n_id = (
-                int(to_numpy(stats["n_samples"].values))
-                if "n_samples" in stats
-                else int(counts.sum())
-            )
-            out["nc1_ood_class"] = ood_class_nc1(
-                M,
-                Sw,
-                n_id,
-                counts[present],
-                ood,
-                global_mean=stats.attrs.get("global_mean", "unweighted"),
-                ignore_index=ignore_index,
-                eps_dtype=eps_dtype,
-                split_every=split_every,
-            )
+        inputs = Inputs(
+            stats=stats, kept=kept,
+            cls=class_inputs(stats, kept, weights=weights, bias=bias, tile_size=T),
+            todo=todo, tile_size=T, test=test, ood=ood, dist_exp=float(dist_exp),
+            riesz_s=float(D - 2 if riesz_s is None else riesz_s), nc4_backend=nc4_backend,
+            ood_labels=ood_labels, split_every=split_every, memory_budget=memory_budget)
+        out = {name: METRICS[name].evaluate(inputs) for name in todo}
 
     data_vars = {}
     for name in todo:
         if name not in out:
             continue
         info = METRICS[name]
-        dims = ("class",) if info.per_class else ()
-        var = xr.Variable(dims, out[name])
+        var = xr.Variable(("class",) if info.per_class else (), out[name])
         var.attrs.update(long_name=info.long_name, formula=info.formula, reference=info.reference)
         data_vars[name] = var
     ds = xr.Dataset(
@@ -776,10 +325,10 @@ def _measure_one(
         n_classes=K_all,
         n_classes_measured=K,
         dim=D,
-        empty_classes=[int(i) for i in empty],
-        filtered_classes=[int(i) for i in filtered],
+        empty_classes=[int(i) for i in kept.empty],
+        filtered_classes=[int(i) for i in kept.filtered],
         min_count=None if min_count is None else int(min_count),
-        ignore_index=ignore_index,
+        ignore_index=kept.ignore_index,
         tile_size=T,
         memory_budget=memory_budget,
         dist_exp=float(dist_exp),

@@ -82,6 +82,14 @@ def _etf_err(A: np.ndarray, B: np.ndarray) -> float:
     return float(np.linalg.norm(G - E))
 
 
+def _erank(lam: np.ndarray) -> float:
+    """Roy & Vetterli's effective rank: exp of the entropy of the normalised spectrum."""
+    lam = np.clip(lam, 0, None)
+    p = lam / lam.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
 def dense_metrics(
     X: np.ndarray,
     y: np.ndarray,
@@ -133,10 +141,18 @@ def dense_metrics(
         ):
             out[f"nc2g_{name}_mean"] = val.mean()
             out[f"nc2g_{name}_var"] = val.var()
+        out["nc2g_riesz_log_mean"] = np.log(abs(out["nc2g_riesz_mean"]))
+        out["nc2g_riesz_log_var"] = np.log(out["nc2g_riesz_var"])
         norms = np.linalg.norm(Mc, axis=1)
         out["mean_norms"] = norms
         out["nc2_equinorm"] = norms.std(ddof=1) / norms.mean()
         cos = (u @ u.T)[iu]
+        off = (u @ u.T)[~np.eye(Kp, dtype=bool)]  # every ordered pair i != j
+        out["interference_mean"] = off.mean()
+        out["interference_var"] = off.var()
+        out["erank_within"] = _erank(np.linalg.eigvalsh(Sw))
+        if Kp >= 2:
+            out["erank_between"] = _erank(np.linalg.eigvalsh(Sb))
         if len(cos) > 1:
             out["nc2_equiangle"] = cos.std(ddof=1)
         out["nc2_max_angle"] = np.abs(cos + 1 / (Kp - 1)).mean()
@@ -154,6 +170,8 @@ def dense_metrics(
             mu_w = (counts[pres][:, None] * M).sum(0) / counts.sum()
             out["nc3_bias"] = np.linalg.norm(W @ mu_w + bb)
             out["nc2w_etf_err"] = _etf_err(W, W)
+            out["nc0_w_sum"] = np.linalg.norm(W.sum(0))
+            out["erank_w"] = _erank(np.linalg.svd(W, compute_uv=False))
             wn = np.linalg.norm(W, axis=1)
             out["nc2w_equinorm"] = wn.std(ddof=1) / wn.mean()
             wu = W / (wn[:, None] + EPS)
@@ -178,4 +196,13 @@ def dense_metrics(
             mo = Xo.mean(0)
         cosm = M @ mo / (np.linalg.norm(M, axis=1) * np.linalg.norm(mo))
         out["nc5_ood_dev"] = np.abs(cosm).mean()
+        # NC1 with the OOD samples as class K+1 (their labels ignored)
+        mu_o, N, n_o = Xo.mean(0), len(X), len(Xo)
+        M2 = np.vstack([M, mu_o])
+        Sw2 = (Sw * N + (Xo - mu_o).T @ (Xo - mu_o)) / (N + n_o)
+        mG2 = ((counts[pres][:, None] * M).sum(0) + n_o * mu_o) / (N + n_o) if weighted \
+            else M2.mean(0)
+        Sb2 = (M2 - mG2).T @ (M2 - mG2) / (Kp + 1)
+        with np.errstate(all="ignore"):
+            out["nc1_ood_class"] = np.trace(np.linalg.pinv(Sb2, rcond=D * EPS) @ Sw2) / (Kp + 1)
     return {k: (np.asarray(v) if np.ndim(v) else float(v)) for k, v in out.items()}

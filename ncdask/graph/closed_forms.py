@@ -247,3 +247,34 @@ def normalized(A: da.Array) -> da.Array:
 def cosine_rows(A: da.Array, B: da.Array, *, eps: float = 1e-8) -> da.Array:
     """``a_k · b_k / max(‖a_k‖ ‖b_k‖, eps)`` per row (torch's ``cosine_similarity``)."""
     return (A * B).sum(axis=1) / da.maximum(row_norms(A) * row_norms(B), eps)
+
+
+def small_gram(A: da.Array) -> da.Array:
+    """The smaller Gram matrix of ``A`` (K×D): ``AAᵀ`` (K×K) when K ≤ D, else ``AᵀA`` (D×D).
+
+    Both have the same non-zero eigenvalues and Frobenius norm; the D×D one is
+    folded over the class tiles (:func:`gram`).
+    """
+    K, D = A.shape
+    if K > D:
+        return gram(A)
+    A = A.rechunk(-1)
+    return A @ A.T
+
+
+def effective_rank(G: da.Array, *, singular: bool = False) -> da.Array:
+    """Lazy effective rank (0-d) of a small symmetric Gram matrix (one task, ``eigvalsh``)."""
+    return delayed_array(C.gram_effective_rank, G, shape=(), like=G, singular=singular)
+
+
+def interference(U: da.Array, G: da.Array) -> da.Array:
+    """Lazy ``[mean, var]`` of the off-diagonal ``u_i·u_j`` from ``‖Σu‖²`` and ``‖G‖²_F``.
+
+    ``G`` is either Gram of ``U`` (:func:`small_gram`): O(K·min(K, D)·D), no
+    pair visited one by one.
+    """
+    s = U.sum(axis=0)
+    sum_sq = (s * s).sum()
+    frob_sq = (G * G).sum()
+    norms_sq = (U * U).sum(axis=1)
+    return delayed_array(C.off_diagonal_moments, sum_sq, frob_sq, norms_sq, shape=(2,), like=U)

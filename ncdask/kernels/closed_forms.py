@@ -128,3 +128,40 @@ def etf_error(fro2: Any, trace: Any, ones2: Any, n_classes: int) -> Any:
     with errstate(xp):
         c = (trace - ones2 / n_classes) / (math.sqrt(n_classes - 1) * xp.sqrt(fro2))
         return xp.sqrt(xp.maximum(2.0 - 2.0 * c, 0.0))
+
+
+def gram_effective_rank(G: Any, *, singular: bool = False) -> Any:
+    """Roy & Vetterli's effective rank of a symmetric PSD Gram matrix, as a 0-d array.
+
+    ``exp(H(p))``, ``p = λ / Σλ`` over the eigenvalues λ of ``G`` (rounding
+    negatives clipped to 0); with ``singular``, over their square roots: the
+    singular values of ``A`` when ``G = AᵀA`` or ``AAᵀ``. Either Gram of a
+    matrix has the same non-zero eigenvalues, so the smaller one serves.
+    """
+    from .covariances import effective_rank
+
+    xp = array_namespace(G)
+    if not bool(xp.all(xp.isfinite(G))):  # eigvalsh would raise: NaN, as the other metrics
+        return xp.asarray(math.nan)
+    with errstate(xp):
+        lam = xp.maximum(xp.linalg.eigvalsh((G + G.T) / 2.0), 0.0)
+        if singular:
+            lam = xp.sqrt(lam)
+    return effective_rank(lam[None, :])[0]
+
+
+def off_diagonal_moments(sum_sq: Any, frob_sq: Any, norms_sq: Any) -> Any:
+    """Mean and variance of the off-diagonal entries ``c_ij = u_i·u_j`` (i ≠ j) of ``UUᵀ``.
+
+    From ``sum_sq = ‖Σ_k u_k‖²``, ``frob_sq = ‖UᵀU‖²_F = ‖UUᵀ‖²_F`` and the
+    squared row norms ``norms_sq``: ``Σ_{i≠j} c_ij = sum_sq − Σ‖u_k‖²``,
+    ``Σ_{i≠j} c_ij² = frob_sq − Σ‖u_k‖⁴``, each over the K(K−1) ordered
+    pairs (the same moments as over the unordered ones). Returns ``[mean, var]``.
+    """
+    xp = array_namespace(norms_sq)
+    K = norms_sq.shape[0]
+    P = float(K * (K - 1))
+    with errstate(xp):
+        mean = (sum_sq - xp.sum(norms_sq)) / P
+        var = (frob_sq - xp.sum(norms_sq * norms_sq)) / P - mean * mean
+    return xp.stack([xp.asarray(mean, dtype=xp.float64), xp.asarray(var, dtype=xp.float64)])

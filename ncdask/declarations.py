@@ -1,0 +1,548 @@
+"""Every metric as a declaration: :data:`METRICS`, one :class:`Metric` per output variable.
+
+A declaration names the metric, labels it (``long_name``, ``formula``,
+``reference``), says what it needs (weights, a test split, an OOD split),
+how many classes it is defined for, and how it is computed: a function of
+one frozen :class:`Inputs` (centred means, Σ_W, variance norms, classifier
+rows, counts, parameters, and the intermediates several metrics share,
+each built once), or a named column of the fused pairwise kernel
+(``pair=("cos", "mean")``). :func:`ncdask.measure` resolves the inputs
+once, selects, computes each declaration and labels the result; adding a
+metric is adding a declaration here (and its dense reference in the tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.array.utils import meta_from_array
+
+from ._inputs import ClassInputs, KeptClasses, as_dask, float64, like, namespace_of, split_of
+from .evaluate import agreement_from_summary, is_summary, ood_mean_from_summary, summary_dim
+from .graph import closed_forms as CF
+from .graph import decisions as DG
+from .graph.pairwise import pairwise_moments
+from .kernels.pairwise import FINAL
+
+PAPYAN = (
+    "Papyan, Han & Donoho (2020), Prevalence of neural collapse during the terminal "
+    "phase of deep learning training, PNAS 117(40)"
+)
+HAN = (
+    "Han, Papyan & Donoho (2022), Neural collapse under MSE loss: proximity to and "
+    "dynamics on the central path, ICLR"
+)
+TIRER = "Tirer, Huang & Niles-Weed (2023), Perturbation analysis of neural collapse, ICML"
+GALANTI = (
+    "Galanti, György & Hutter (2022), On the role of neural collapse in transfer "
+    "learning, ICLR (arXiv:2112.15121)"
+)
+LIU = (
+    "Liu et al. (2023), Generalizing and decoupling neural collapse via hyperspherical "
+    "uniformity gap, ICLR (arXiv:2303.06484)"
+)
+KOTHAPALLI = (
+    "Kothapalli (2023), Neural collapse: a review on modelling principles and "
+    "generalization, TMLR (arXiv:2206.04041)"
+)
+ZHU = (
+    "Zhu et al. (2021), A geometric analysis of neural collapse with unconstrained "
+    "features, NeurIPS"
+)
+AMMAR = (
+    "Ammar et al. (2024), NECO: NEural Collapse based Out-of-distribution detection, "
+    "ICLR (arXiv:2310.06823)"
+)
+WU = (
+    "Wu & Papyan (2024), Linguistic collapse: neural collapse in (large) language models, "
+    "NeurIPS (arXiv:2405.17767)"
+)
+
+
+ROY = (
+    "Roy & Vetterli (2007), The effective rank: a measure of effective dimensionality, "
+    "EUSIPCO"
+)
+
+#: Statistics of the fused pairwise kernel, in the order they are requested.
+PAIR_STATS = ("cdnv", "dist", "log", "riesz", "cos", "cos_dev", "wcos_dev")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything the metrics of one measurement are functions of, resolved once.
+
+    The shared intermediates (``terms``, ``nc1``, ``pairwise``, ``norms``,
+    ``agreement``, ...) are cached properties: built on first use, so a
+    metric that is not asked for costs nothing, and several metrics that
+    share one read it once.
+    """
+
+    stats: xr.Dataset
+    kept: KeptClasses
+    cls: ClassInputs
+    todo: tuple[str, ...]
+    tile_size: int
+    test: Any = None
+    ood: Any = None
+    dist_exp: float = 1.0
+    riesz_s: float = 0.0
+    nc4_backend: str = "gemm"
+    ood_labels: bool | None = None
+    split_every: int | None = None
+    memory_budget: int | None = None
+
+    # the inputs themselves
+    @property
+    def K(self) -> int:
+        return self.kept.n_kept
+
+    @property
+    def K_all(self) -> int:
+        return self.kept.n_all
+
+    @property
+    def D(self) -> int:
+        return int(self.cls.M.shape[1])
+
+    @property
+    def M(self) -> da.Array:
+        return self.cls.M
+
+    @property
+    def Mc(self) -> da.Array:
+        return self.cls.Mc
+
+    @property
+    def W(self) -> da.Array:
+        return self.cls.W
+
+    @property
+    def b(self) -> da.Array:
+        return self.cls.b
+
+    @property
+    def Sw(self) -> da.Array:
+        return self.cls.Sw
+
+    # shared intermediates
+    @cached_property
+    def terms(self) -> dict[str, da.Array] | None:
+        """Every class-tile reduction of the closed forms in one read of each tile (K > D)."""
+        return CF.tile_terms(self.Mc, self.W) if self.K > self.D else None
+
+    @cached_property
+    def nc1(self) -> da.Array:
+        return CF.nc1_values(self.Mc, self.Sw, want_svd="nc1_svd" in self.todo,
+                             eps_dtype=self.cls.eps_dtype, terms=self.terms)
+
+    @cached_property
+    def pairwise(self) -> dict[str, da.Array]:
+        """Rows of the one fused pairwise graph, by statistic, for every one asked for."""
+        want = {METRICS[n].pair_stat for n in self.todo} - {None}
+        stats = [s for s in PAIR_STATS if s in want]
+        res = pairwise_moments(
+            self.Mc, stats=stats, v=self.cls.v if "cdnv" in want else None,
+            W=self.W if "wcos_dev" in want else None, tile_size=self.tile_size,
+            dist_exp=self.dist_exp, riesz_s=self.riesz_s, inv_km1=1.0 / (self.K - 1),
+            split_every=self.split_every)
+        return {s: res[i] for i, s in enumerate(stats)}
+
+    def pair(self, stat: str, column: str) -> da.Array:
+        """One named column (:data:`ncdask.kernels.pairwise.FINAL`) of a pairwise statistic."""
+        return self.pairwise[stat][FINAL.index(column)]
+
+    @cached_property
+    def norms(self) -> da.Array:
+        return CF.row_norms(self.Mc)
+
+    @cached_property
+    def sims(self) -> da.Array:
+        return (self.W * self.Mc).sum(axis=1)
+
+    @cached_property
+    def agreement(self) -> tuple[da.Array, da.Array]:
+        """Per-class (by true label) NC4 hits and counts; hits NaN for a dead classifier."""
+        if is_summary(self.test, "test"):
+            hits, n_test = agreement_from_summary(self.test, self.Mc, self.W, self.b, self.K_all)
+        else:
+            hits, n_test = _decide(self)
+        # a classifier with NaN/inf weights, or all zeros, decides nothing:
+        # NaN, not the share of samples whose argmax of NaN logits lands right
+        dead = ~da.isfinite(self.W).all() | ~(self.W != 0).any() | ~da.isfinite(self.b).all()
+        return da.where(DG.on_host(dead), np.nan, hits), n_test  # the counts are on the host
+
+    @cached_property
+    def small_gram_M(self) -> da.Array:
+        return CF.small_gram(self.Mc)
+
+    @cached_property
+    def interference(self) -> da.Array:
+        """``[mean, var]`` of the off-diagonal cosines of the centred means."""
+        U = CF.normalized(self.Mc)
+        return CF.interference(U, CF.small_gram(U))
+
+
+def _decide(ins: Inputs) -> tuple[da.Array, da.Array]:
+    """NC4 decisions of the test split (blocked GEMMs or FAISS), counted per true class."""
+    split = split_of(ins.test)
+    X = like(float64(as_dask(split["embeddings"])), ins.M)
+    if X.shape[1] != ins.D:
+        raise ValueError(f"test embeddings have dim {X.shape[1]}, stats have {ins.D}")
+    if "labels" not in split:
+        raise ValueError("the test split needs 'labels' for NC4")
+    k_test = split.attrs.get("n_classes") if hasattr(split, "attrs") else None
+    if k_test is not None and int(k_test) != ins.K_all:
+        raise ValueError(
+            f"the test split has n_classes={int(k_test)}, the statistics "
+            f"{ins.K_all}: NC4 needs test data of the same classifier's classes")
+    y = as_dask(split["labels"])
+    mG = ins.cls.mG
+    kw = dict(tile_size=ins.tile_size, split_every=ins.split_every, budget=ins.memory_budget)
+    if ins.nc4_backend == "gemm":
+        dec = DG.decisions(X, ins.W, ins.b, ins.Mc, mG, **kw)
+        agree = dec[:, 1] == dec[:, 3]
+    elif ins.nc4_backend == "faiss":
+        dec = DG.decisions(X, ins.W, ins.b, ins.Mc, mG, ncc=False, **kw)
+        ncc = DG.faiss_ncc(X, ins.Mc, mG)
+        agree = dec[:, 1].rechunk(ncc.chunks) == ncc
+    else:
+        raise ValueError(f"nc4_backend must be 'gemm' or 'faiss', got {ins.nc4_backend!r}")
+    return DG.agreement_counts(agree, y.rechunk(agree.chunks), ins.K_all,
+                               ignore_index=ins.kept.ignore_index)
+
+
+def _ood_mean(ins: Inputs) -> da.Array:
+    if is_summary(ins.ood, "ood"):
+        if summary_dim(ins.ood) != ins.D:
+            raise ValueError(f"the streamed OOD summary has width {summary_dim(ins.ood)}, "
+                             f"the statistics {ins.D}")
+        return ood_mean_from_summary(ins.ood, ins.ood_labels, ins.M)
+    split = ins.ood if isinstance(ins.ood, xr.Dataset) else split_of(ins.ood)
+    Xo = like(float64(as_dask(split["embeddings"])), ins.M)
+    if Xo.ndim != 2 or Xo.shape[1] != ins.D:  # here, not as a broadcast error at compute
+        raise ValueError(f"OOD embeddings have shape {Xo.shape}, expected (n, {ins.D}) "
+                         "like the statistics")
+    use = "labels" in split if ins.ood_labels is None else bool(ins.ood_labels)
+    yo = as_dask(split["labels"]) if use else None
+    return DG.ood_global_mean(Xo, yo, ignore_index=ins.kept.ignore_index)
+
+
+def _nc3_bias(ins: Inputs) -> da.Array:
+    n_k = ins.kept.counts[ins.kept.present].astype(np.float64)
+    frac = as_dask(n_k / n_k.sum()).rechunk((ins.M.chunks[0],))
+    frac = frac.map_blocks(namespace_of(ins.M).asarray, meta=meta_from_array(ins.M, ndim=1))
+    mu_w = (ins.M * frac[:, None]).sum(axis=0)
+    return da.sqrt(((ins.W @ mu_w + ins.b) ** 2).sum())
+
+
+def _nc1_ood_class(ins: Inputs) -> da.Array:
+    from .metrics import ood_class_nc1
+
+    stats = ins.stats
+    n_id = (int(np.asarray(stats["n_samples"].values)) if "n_samples" in stats
+            else int(ins.kept.counts.sum()))
+    return ood_class_nc1(ins.M, ins.Sw, n_id, ins.kept.counts[ins.kept.present], ins.ood,
+                         global_mean=stats.attrs.get("global_mean", "unweighted"),
+                         ignore_index=ins.kept.ignore_index, eps_dtype=ins.cls.eps_dtype,
+                         split_every=ins.split_every)
+
+
+def _w_sum(ins: Inputs) -> da.Array:
+    s = ins.terms["W_sum"] if ins.terms is not None else ins.W.sum(axis=0)
+    return da.sqrt((s * s).sum())
+
+
+def _svd_defined(K: int, D: int) -> str | None:
+    return None if K - 1 < D else f"defined only when K-1 < D (K={K}, D={D})"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One output variable: its labels, what it needs, and how it is computed.
+
+    Exactly one of ``compute`` (a function of :class:`Inputs` returning a
+    lazy array) and ``pair`` (a ``(statistic, column)`` of the fused pairwise
+    kernel) is given; ``pair_stat`` names the pairwise statistic a
+    ``compute`` reads through :meth:`Inputs.pair`, so that one fused graph
+    serves every metric asked for.
+    """
+
+    long_name: str
+    formula: str
+    reference: str
+    needs: tuple[str, ...] = ()
+    per_class: bool = False
+    min_classes: int = 2
+    compute: Callable[[Inputs], Any] | None = None
+    pair: tuple[str, str] | None = None
+    pair_stat: str | None = None
+    defined: Callable[[int, int], str | None] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.compute is None) == (self.pair is None):
+            raise ValueError("a metric is computed by exactly one of compute= and pair=")
+        if self.pair is not None:
+            if self.pair[0] not in PAIR_STATS or self.pair[1] not in FINAL:
+                raise ValueError(f"unknown pairwise column {self.pair}")
+            object.__setattr__(self, "pair_stat", self.pair[0])
+
+    def evaluate(self, ins: Inputs) -> Any:
+        """The lazy value of this metric for ``ins``."""
+        if self.pair is not None:
+            return ins.pair(*self.pair)
+        return self.compute(ins)
+
+    def undefined(self, K: int, D: int) -> str | None:
+        """Why the metric is structurally undefined for K classes in D dims, or None."""
+        if K < self.min_classes:
+            return f"needs at least {self.min_classes} non-empty classes, got {K}"
+        return None if self.defined is None else self.defined(K, D)
+
+
+#: The older name of :class:`Metric` (the labels were all it held).
+MetricInfo = Metric
+
+_G = "u_k = m~_k / (||m~_k|| + eps), over pairs i < j"
+_W = ("weights",)
+
+METRICS: dict[str, Metric] = {
+    "nc1_pinv": Metric(
+        "NC1 within-class variability (pseudo-inverse)",
+        "tr(Sigma_B^+ Sigma_W) / K, torch.linalg.pinv cutoff D eps sigma_1",
+        PAPYAN, compute=lambda ins: ins.nc1[0],
+    ),
+    "nc1_svd": Metric(
+        "NC1 within-class variability (top K-1 singular pairs)",
+        "tr(Sigma_W U diag(s)^-1 U^T) / K, (U, s) the top K-1 singular "
+        "pairs of Sigma_B; needs K-1 < D",
+        HAN, compute=lambda ins: ins.nc1[1], defined=_svd_defined,
+    ),
+    "nc1_quot": Metric(
+        "NC1 trace quotient", "tr(Sigma_W) / tr(Sigma_B)", TIRER,
+        compute=lambda ins: da.trace(ins.Sw) / (
+            ((ins.Mc * ins.Mc).sum() if ins.terms is None else ins.terms["M_sq"]) / ins.K),
+    ),
+    "nc1_cdnv": Metric(
+        "NC1 class-distance normalised variance",
+        "mean over pairs i<j of ((v_i + v_j)/2) / ||mu_i - mu_j||^(2p)",
+        GALANTI, pair=("cdnv", "mean"),
+    ),
+    "nc2_etf_err": Metric(
+        "NC2 simplex ETF error",
+        "|| G/||G||_F - (I - 11^T/K)/sqrt(K-1) ||_F, G = M~ M~^T (closed form, no K x K matrix)",
+        KOTHAPALLI, compute=lambda ins: CF.etf_error(ins.Mc, terms=ins.terms, pair="MM"),
+    ),
+    "nc2_equinorm": Metric(
+        "NC2 equinorm (coefficient of variation of ||m~_k||)",
+        "std_k ||m~_k|| (unbiased) / mean_k ||m~_k||",
+        PAPYAN, compute=lambda ins: ins.norms.std(ddof=1) / ins.norms.mean(),
+    ),
+    "nc2_equiangle": Metric(
+        "NC2 equiangularity",
+        "std over pairs i<j of cos(m~_i, m~_j) (unbiased, divisor P-1)",
+        PAPYAN, min_classes=3, pair_stat="cos",
+        compute=lambda ins: da.sqrt(ins.pair("cos", "var") * ins.pair("cos", "n")
+                                  / (ins.pair("cos", "n") - 1)),
+    ),
+    "nc2_max_angle": Metric(
+        "NC2 maximal-angle deviation", "mean over pairs i<j of |cos(m~_i, m~_j) + 1/(K-1)|",
+        PAPYAN, pair=("cos_dev", "mean"),
+    ),
+    "nc2g_dist_mean": Metric(
+        "GNC2 distance kernel, mean over pairs", f"mean ||u_i - u_j||, {_G}", LIU,
+        pair=("dist", "mean"),
+    ),
+    "nc2g_dist_var": Metric(
+        "GNC2 distance kernel, variance over pairs",
+        f"(1/P) sum (||u_i - u_j|| - mean)^2, {_G}", LIU, pair=("dist", "var"),
+    ),
+    "nc2g_log_mean": Metric(
+        "GNC2 logarithmic kernel, mean over pairs", f"mean log(||u_i - u_j||^-1), {_G}", LIU,
+        pair=("log", "mean"),
+    ),
+    "nc2g_log_var": Metric(
+        "GNC2 logarithmic kernel, variance over pairs",
+        f"(1/P) sum (log(||u_i - u_j||^-1) - mean)^2, {_G}", LIU, pair=("log", "var"),
+    ),
+    "nc2g_riesz_mean": Metric(
+        "GNC2 Riesz kernel, mean over pairs",
+        f"mean sign(S) ||u_i - u_j||^-S, S = D-2 by default, {_G}", LIU,
+        pair=("riesz", "mean"),
+    ),
+    "nc2g_riesz_var": Metric(
+        "GNC2 Riesz kernel, variance over pairs",
+        f"(1/P) sum (sign(S) ||u_i - u_j||^-S - mean)^2, {_G}", LIU, pair=("riesz", "var"),
+    ),
+    "nc2g_riesz_log_mean": Metric(
+        "GNC2 Riesz kernel, log of |mean| (log domain)",
+        "log |nc2g_riesz_mean|, accumulated in the log domain", LIU,
+        pair=("riesz", "log_mean"),
+    ),
+    "nc2g_riesz_log_var": Metric(
+        "GNC2 Riesz kernel, log of the variance (log domain)",
+        "log nc2g_riesz_var, accumulated in the log domain", LIU, pair=("riesz", "log_var"),
+    ),
+    "nc2w_etf_err": Metric(
+        "NC2 simplex ETF error of the classifier", "nc2_etf_err with G = W W^T", ZHU,
+        needs=_W, compute=lambda ins: CF.etf_error(ins.W, terms=ins.terms, pair="WW"),
+    ),
+    "nc2w_equinorm": Metric(
+        "NC2 equinorm of the classifier", "std_k ||w_k|| (unbiased) / mean_k ||w_k||",
+        PAPYAN, needs=_W,
+        compute=lambda ins: CF.row_norms(ins.W).std(ddof=1) / CF.row_norms(ins.W).mean(),
+    ),
+    "nc2w_max_angle": Metric(
+        "NC2 maximal-angle deviation of the classifier",
+        "mean over pairs i<j of |cos(w_i, w_j) + 1/(K-1)|", PAPYAN, needs=_W,
+        pair=("wcos_dev", "mean"),
+    ),
+    "nc3_dual_err": Metric(
+        "NC3 self-duality error", "nc2_etf_err with G = W M~^T (closed form)", KOTHAPALLI,
+        needs=_W, compute=lambda ins: CF.etf_error(ins.Mc, ins.W, terms=ins.terms, pair="MW"),
+    ),
+    "nc3u_uni_dual": Metric(
+        "UNC3 uniform duality",
+        "variance over classes (unbiased, divisor K-1) of w_k . m~_k", WU, needs=_W,
+        compute=lambda ins: ins.sims.var(ddof=1),
+    ),
+    "nc3_papyan": Metric(
+        "NC3 self-duality distance", "|| W/||W||_F - M~/||M~||_F ||_F^2", PAPYAN, needs=_W,
+        compute=lambda ins: _sq(ins.W / da.sqrt((ins.W * ins.W).sum())
+                              - ins.Mc / da.sqrt((ins.Mc * ins.Mc).sum())),
+    ),
+    "nc3_bias": Metric(
+        "NC3 bias collapse", "|| W mu_G + b ||_2 with the sample-weighted mu_G", ZHU,
+        needs=_W, min_classes=1, compute=_nc3_bias,
+    ),
+    "nc4_agree": Metric(
+        "NC4 classifier / nearest-class-centre agreement",
+        "fraction of samples with argmax_k (w_k . x + b_k) == argmin_k ||x - mu_k||",
+        PAPYAN, needs=("weights", "test"), min_classes=1,
+        compute=lambda ins: ins.agreement[0].sum() / ins.agreement[1].sum(),
+    ),
+    "nc5_ood_dev": Metric(
+        "NC5 ID/OOD orthogonality deviation",
+        "(1/K) sum_k |cos(mu_k, mu_G^ood)|, uncentred mu_k", AMMAR, needs=("ood",),
+        min_classes=1,
+        compute=lambda ins: da.fabs(CF.cosine_rows(ins.M, _ood_mean(ins)[None, :])).mean(),
+    ),
+    "nc1_ood_class": Metric(
+        "NC1 with the OOD set as an extra class",
+        "nc1_pinv over K+1 classes: the OOD samples form class K+1 (its mean, its "
+        "scatter pooled into Sigma_W, N grown by the OOD count, mu_G over K+1 means)",
+        AMMAR + ", App. D", needs=("ood",), min_classes=1, compute=_nc1_ood_class,
+    ),
+    "nc0_w_sum": Metric(
+        "NC0 classifier sum",
+        "|| sum_k w_k ||_2 over the classes measured (0 for a simplex ETF classifier)",
+        ZHU, needs=_W, min_classes=1, compute=_w_sum,
+    ),
+    "interference_mean": Metric(
+        "interference: mean off-diagonal cosine of the centred class means",
+        "mean over i != j of u_i . u_j = (||sum_k u_k||^2 - sum_k ||u_k||^2) / (K(K-1)), "
+        f"{_G} (closed form, no pair visited)",
+        KOTHAPALLI, compute=lambda ins: ins.interference[0],
+    ),
+    "interference_var": Metric(
+        "interference: variance of the off-diagonal cosines of the centred class means",
+        "(||U^T U||_F^2 - sum_k ||u_k||^4) / (K(K-1)) - interference_mean^2 (divisor: the "
+        "pairs), " + _G,
+        KOTHAPALLI, compute=lambda ins: ins.interference[1],
+    ),
+    "erank_within": Metric(
+        "effective rank of the within-class covariance",
+        "exp(-sum_i p_i log p_i), p = lambda / sum lambda over the eigenvalues of Sigma_W",
+        ROY, min_classes=1, compute=lambda ins: CF.effective_rank(ins.Sw),
+    ),
+    "erank_between": Metric(
+        "effective rank of the between-class covariance",
+        "exp(-sum_i p_i log p_i) over the eigenvalues of Sigma_B = M~^T M~ / K (from the "
+        "K x K or D x D Gram, the smaller); min(K-1, D) under NC2",
+        ROY, compute=lambda ins: CF.effective_rank(ins.small_gram_M),
+    ),
+    "erank_w": Metric(
+        "effective rank of the classifier",
+        "exp(-sum_i p_i log p_i), p = sigma / sum sigma over the singular values of W "
+        "(from the smaller Gram)",
+        ROY, needs=_W, min_classes=1,
+        compute=lambda ins: CF.effective_rank(
+            ins.terms["WW"] if ins.terms is not None else CF.small_gram(ins.W), singular=True),
+    ),
+    # per-class companions
+    "mean_norms": Metric(
+        "norm of the centred class mean", "||m~_k|| = ||mu_k - mu_G||", PAPYAN,
+        per_class=True, min_classes=1, compute=lambda ins: ins.norms,
+    ),
+    "similarities": Metric(
+        "classifier / centred-mean similarity", "w_k . m~_k", WU, needs=_W, per_class=True,
+        min_classes=1, compute=lambda ins: ins.sims,
+    ),
+    "similarities_cos": Metric(
+        "classifier / centred-mean cosine similarity",
+        "w_k . m~_k / max(||w_k|| ||m~_k||, 1e-8)", WU, needs=_W, per_class=True,
+        min_classes=1, compute=lambda ins: CF.cosine_rows(ins.W, ins.Mc),
+    ),
+    "distance_norms": Metric(
+        "classifier / centred-mean distance after normalising",
+        "|| w_k/(||w_k||+eps) - m~_k/(||m~_k||+eps) ||", PAPYAN, needs=_W, per_class=True,
+        min_classes=1,
+        compute=lambda ins: CF.row_norms(CF.normalized(ins.W) - CF.normalized(ins.Mc)),
+    ),
+    "agree_per_class": Metric(
+        "NC4 agreement per true class", "nc4_agree over the samples of true class k", PAPYAN,
+        needs=("weights", "test"), per_class=True, min_classes=1, compute=lambda ins: _per_class(
+            ins.agreement[0][ins.kept.present], ins.agreement[1][ins.kept.present]),
+    ),
+}
+
+
+def _sq(A: da.Array) -> da.Array:
+    return (A * A).sum()
+
+
+def _per_class(h: da.Array, c: da.Array) -> da.Array:
+    return da.where(c > 0, h / da.maximum(c, 1), np.nan)
+
+
+_NC2G = (
+    "nc2g_dist_mean",
+    "nc2g_dist_var",
+    "nc2g_log_mean",
+    "nc2g_log_var",
+    "nc2g_riesz_mean",
+    "nc2g_riesz_var",
+    "nc2g_riesz_log_mean",
+    "nc2g_riesz_log_var",
+)
+
+#: Selection names that stand for several variables (``--metrics nc1`` on the CLI).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "nc0": ("nc0_w_sum",),
+    "nc1": ("nc1_pinv", "nc1_svd", "nc1_quot", "nc1_cdnv", "nc1_ood_class"),
+    "nc2": ("nc2_etf_err", "nc2_equinorm", "nc2_equiangle", "nc2_max_angle", "mean_norms"),
+    "nc2g": _NC2G,
+    "nc2g_dist": _NC2G[0:2],
+    "nc2g_log": _NC2G[2:4],
+    "nc2g_riesz": _NC2G[4:8],
+    "nc2w": ("nc2w_etf_err", "nc2w_equinorm", "nc2w_max_angle"),
+    "nc3": (
+        "nc3_dual_err",
+        "nc3u_uni_dual",
+        "nc3_papyan",
+        "nc3_bias",
+        "similarities",
+        "similarities_cos",
+        "distance_norms",
+    ),
+    "nc4": ("nc4_agree", "agree_per_class"),
+    "nc5": ("nc5_ood_dev",),
+    "interference": ("interference_mean", "interference_var"),
+    "erank": ("erank_within", "erank_between", "erank_w"),
+}

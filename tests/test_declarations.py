@@ -1,0 +1,91 @@
+"""Every declared metric against the dense reference, at several tile sizes and chunkings.
+
+A metric is a declaration in :data:`ncdask.declarations.METRICS`; this test is
+parametrised over that table, so a new declaration without a dense reference
+(``tests/dense_metrics.py``) fails here.
+"""
+
+import dask.array as da
+import numpy as np
+import pytest
+from dense_metrics import dense_metrics, dense_stats, golden, split
+
+import ncdask
+from ncdask.declarations import METRICS, Metric
+from ncdask.graph.pairwise import pairwise_moments
+from ncdask.kernels.pairwise import FINAL
+
+
+@pytest.fixture(scope="module")
+def wide():
+    data, _ = golden("wide")  # K=10, D=32: every metric is defined (nc1_svd needs K-1 < D)
+    K = data["W"].shape[0]
+    b = np.random.default_rng(0).normal(size=K) * 0.1
+    y = data["Y"].astype(np.int64)
+    ref = dense_metrics(data["X"], y, K, W=data["W"], b=b,
+                        X_test=data["X_test"], y_test=data["Y_test"].astype(np.int64),
+                        X_ood=data["X_ood"], y_ood=data["Y_ood"].astype(np.int64))
+    return data, b, ref
+
+
+@pytest.mark.parametrize("name", list(METRICS))
+def test_every_declared_metric_matches_the_dense_reference(name, wide):
+    data, b, ref = wide
+    assert name in ref, f"{name} is declared but has no dense reference"
+    K = data["W"].shape[0]
+    y = data["Y"].astype(np.int64)
+    for tile in (1, 3, K):
+        for chunks in (1, 4):
+            stats = dense_stats(data["X"], y, K, chunks=chunks)
+            res = ncdask.measure(
+                stats, metrics=[name], weights=data["W"], bias=b, tile_size=tile,
+                test=split(data["X_test"], data["Y_test"].astype(np.int64), chunks=17),
+                ood=split(data["X_ood"], data["Y_ood"].astype(np.int64), chunks=13)).compute()
+            assert list(res.data_vars) == [name]
+            np.testing.assert_allclose(res[name].values, ref[name], rtol=1e-8, atol=1e-11,
+                                       err_msg=f"{name}, tile {tile}, chunks {chunks}")
+
+
+def test_interference_equals_the_pairwise_kernel():
+    """The closed form (no pair visited) against the fused pairwise kernel's cosines."""
+    for case in ("manyclass", "wide"):  # K=40 > D=8: the D×D Gram; K=10 < D=32: the K×K
+        data, _ = golden(case)
+        K = data["W"].shape[0]
+        stats = dense_stats(data["X"], data["Y"].astype(np.int64), K, chunks=7)
+        res = ncdask.measure(stats, metrics=["interference", "nc2_equiangle"],
+                             tile_size=3).compute()
+        n = K * (K - 1) / 2
+        var_pairs = float(res.nc2_equiangle) ** 2 * (n - 1) / n
+        np.testing.assert_allclose(float(res.interference_var), var_pairs, rtol=1e-9)
+        Mc = da.from_array(stats["means"].values - stats["global_mean"].values, chunks=(3, -1))
+        cos = pairwise_moments(Mc, stats=["cos"], tile_size=3, inv_km1=1 / (K - 1)).compute()
+        np.testing.assert_allclose(float(res.interference_mean), cos[0, FINAL.index("mean")],
+                                   rtol=1e-9, atol=1e-15)
+
+
+def test_effective_ranks_of_a_collapsed_geometry():
+    """Simplex-ETF means (balanced): erank_between = K-1; an ETF classifier: erank_w = K-1
+    and nc0_w_sum = 0; isotropic within-class noise: erank_within close to D."""
+    K, D, n = 6, 12, 400
+    E = np.eye(K) - 1.0 / K
+    U = np.linalg.qr(np.random.default_rng(0).normal(size=(D, K)))[0]
+    means = 5 * E @ U.T
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(K), n)
+    noise = rng.normal(size=(K * n, D))
+    for k in range(K):
+        noise[y == k] -= noise[y == k].mean(0)
+    X = means[y] + 0.1 * noise
+    stats = dense_stats(X, y, K)
+    res = ncdask.measure(stats, weights=means, metrics=["erank", "nc0"]).compute()
+    assert float(res.erank_between) == pytest.approx(K - 1, rel=1e-9)
+    assert float(res.erank_w) == pytest.approx(K - 1, rel=1e-9)
+    assert float(res.nc0_w_sum) == pytest.approx(0, abs=1e-12)
+    assert D - 1 < float(res.erank_within) <= D
+
+
+def test_a_declaration_is_computed_one_way():
+    with pytest.raises(ValueError, match="exactly one"):
+        Metric("x", "x", "x")
+    with pytest.raises(ValueError, match="unknown pairwise column"):
+        Metric("x", "x", "x", pair=("cos", "median"))
