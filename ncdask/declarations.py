@@ -97,6 +97,7 @@ class Inputs:
     ood_labels: bool | None = None
     split_every: int | None = None
     memory_budget: int | None = None
+    by_frequency: int | None = None
 
     # the inputs themselves
     @property
@@ -179,6 +180,21 @@ class Inputs:
         return da.where(DG.on_host(dead), np.nan, hits), n_test  # the counts are on the host
 
     @cached_property
+    def bins(self) -> list[np.ndarray]:
+        """Positions (among the kept classes) of each class-count bin, most frequent first.
+
+        The kept classes ranked by count (ties: the smaller index first) and cut
+        into ``by_frequency`` consecutive groups of near-equal size.
+        """
+        n = self.kept.counts[self.kept.present]
+        order = np.lexsort((np.arange(n.size), -n))
+        return [np.sort(b) for b in np.array_split(order, int(self.by_frequency))]
+
+    def per_bin(self, fn: Callable[[np.ndarray], Any]) -> da.Array:
+        """``fn(positions)`` for every bin, stacked on the bin axis."""
+        return da.stack([da.asarray(fn(b), dtype=np.float64) for b in self.bins])
+
+    @cached_property
     def small_gram_M(self) -> da.Array:
         return CF.small_gram(self.Mc)
 
@@ -259,6 +275,31 @@ def _w_sum(ins: Inputs) -> da.Array:
     return da.sqrt((s * s).sum())
 
 
+def _cdnv_of(ins: Inputs, idx: np.ndarray) -> Any:
+    if idx.size < 2:
+        return np.nan
+    Mc, v = ins.Mc[idx], ins.cls.v[idx]
+    res = pairwise_moments(Mc, stats=["cdnv"], v=v, tile_size=ins.tile_size,
+                           dist_exp=ins.dist_exp, riesz_s=ins.riesz_s,
+                           inv_km1=1.0 / (idx.size - 1), split_every=ins.split_every)
+    return res[0, FINAL.index("mean")]
+
+
+def _quot_share(ins: Inputs, idx: np.ndarray) -> Any:
+    """The bin's share of ``nc1_quot``: ``Σ_{k∈bin} (n_k/N) v_k / tr(Σ_B)`` (shares add up)."""
+    n = ins.kept.counts[ins.kept.present].astype(np.float64)
+    w = as_dask(n[idx] / n.sum()).rechunk(-1)
+    w = like(w, ins.M)
+    sq = (ins.Mc * ins.Mc).sum() if ins.terms is None else ins.terms["M_sq"]
+    return (ins.cls.v[idx].rechunk(-1) * w).sum() / (sq / ins.K)
+
+
+def _agree_of(ins: Inputs, idx: np.ndarray) -> Any:
+    hits, n_test = ins.agreement
+    cls = ins.kept.present[idx]
+    return hits[cls].sum() / n_test[cls].sum()
+
+
 def _svd_defined(K: int, D: int) -> str | None:
     return None if K - 1 < D else f"defined only when K-1 < D (K={K}, D={D})"
 
@@ -279,6 +320,7 @@ class Metric:
     reference: str
     needs: tuple[str, ...] = ()
     per_class: bool = False
+    per_bin: bool = False
     min_classes: int = 2
     compute: Callable[[Inputs], Any] | None = None
     pair: tuple[str, str] | None = None
@@ -292,6 +334,11 @@ class Metric:
             if self.pair[0] not in PAIR_STATS or self.pair[1] not in FINAL:
                 raise ValueError(f"unknown pairwise column {self.pair}")
             object.__setattr__(self, "pair_stat", self.pair[0])
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        """The dims of the output variable: ``()``, ``("class",)`` or ``("frequency_bin",)``."""
+        return ("class",) if self.per_class else ("frequency_bin",) if self.per_bin else ()
 
     def evaluate(self, ins: Inputs) -> Any:
         """The lazy value of this metric for ``ins``."""
@@ -475,6 +522,26 @@ METRICS: dict[str, Metric] = {
         compute=lambda ins: CF.effective_rank(
             ins.terms["WW"] if ins.terms is not None else CF.small_gram(ins.W), singular=True),
     ),
+    # head / tail breakdown (measure(..., by_frequency=n_bins))
+    "nc1_cdnv_by_frequency": Metric(
+        "NC1 CDNV within each class-count bin",
+        "nc1_cdnv over the pairs of classes of one bin (bins: the classes ranked by count, "
+        "cut into n_bins groups of near-equal size, most frequent first)",
+        WU, needs=("by_frequency",), per_bin=True,
+        compute=lambda ins: ins.per_bin(lambda idx: _cdnv_of(ins, idx)),
+    ),
+    "nc1_quot_by_frequency": Metric(
+        "NC1 trace quotient: each class-count bin's share",
+        "sum_{k in bin} (n_k/N) v_k / tr(Sigma_B); the shares add up to nc1_quot",
+        TIRER, needs=("by_frequency",), per_bin=True,
+        compute=lambda ins: ins.per_bin(lambda idx: _quot_share(ins, idx)),
+    ),
+    "nc4_agree_by_frequency": Metric(
+        "NC4 agreement within each class-count bin",
+        "nc4_agree over the test samples whose true class lies in the bin",
+        PAPYAN, needs=("weights", "test", "by_frequency"), per_bin=True, min_classes=1,
+        compute=lambda ins: ins.per_bin(lambda idx: _agree_of(ins, idx)),
+    ),
     # per-class companions
     "mean_norms": Metric(
         "norm of the centred class mean", "||m~_k|| = ||mu_k - mu_G||", PAPYAN,
@@ -545,4 +612,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "nc5": ("nc5_ood_dev",),
     "interference": ("interference_mean", "interference_var"),
     "erank": ("erank_within", "erank_between", "erank_w"),
+    "by_frequency": ("nc1_cdnv_by_frequency", "nc1_quot_by_frequency",
+                     "nc4_agree_by_frequency"),
 }
+
+#: Metrics computed only when asked for through their own input (``by_frequency=``).
+ON_REQUEST = frozenset(GROUPS["by_frequency"])

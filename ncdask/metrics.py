@@ -80,7 +80,7 @@ from ._inputs import like as _like
 from ._inputs import namespace_of as _namespace_of
 from ._inputs import split_of as _split
 from ._version import __version__
-from .declarations import GROUPS, METRICS, Inputs, Metric, MetricInfo  # noqa: F401
+from .declarations import GROUPS, METRICS, ON_REQUEST, Inputs, Metric, MetricInfo  # noqa: F401
 from .evaluate import is_summary, ood_class_from_summary, summary_dim
 from .graph import closed_forms as CF
 from .graph.pairwise import default_tile_size, resolve_budget
@@ -94,10 +94,13 @@ class DegenerateInputWarning(UserWarning):
 
 # --------------------------------------------------------------------------- selection
 
-def _selection(metrics: str | Iterable[str] | None) -> list[str]:
-    """The variables asked for, in SPEC order (the order of :data:`METRICS`)."""
+def _selection(metrics: str | Iterable[str] | None, by_frequency: bool = False) -> list[str]:
+    """The variables asked for, in SPEC order (the order of :data:`METRICS`).
+
+    By default every metric, the head/tail breakdown only with ``by_frequency``.
+    """
     if metrics is None:
-        return list(METRICS)
+        return [n for n in METRICS if by_frequency or n not in ON_REQUEST]
     if isinstance(metrics, str):
         metrics = [metrics]
     chosen: set[str] = set()
@@ -275,6 +278,7 @@ def _measure_one(
     min_count: int | None = None,
     ignore_index: int | None = None,
     memory_budget: int | None = None,
+    by_frequency: int | None = None,
 ) -> tuple[xr.Dataset, dict[str, str]]:
     """Resolve the inputs once, select the metrics defined for them, compute each, label."""
     stats = _check_stats(stats)
@@ -283,7 +287,11 @@ def _measure_one(
     D = int(stats.sizes["feature"])
     class_ids = (np.asarray(stats["class"].values)[kept.present] if "class" in stats.coords
                  else kept.present)
-    have = {"weights": weights is not None, "test": test is not None, "ood": ood is not None}
+    have = {"weights": weights is not None, "test": test is not None, "ood": ood is not None,
+            "by_frequency": by_frequency is not None}
+    if by_frequency is not None and by_frequency > K:
+        raise ValueError(f"by_frequency={by_frequency} bins for {K} classes measured: "
+                         "ask for at most one bin per class")
 
     left_out: dict[str, str] = {}
     degenerate: dict[str, str] = {}
@@ -306,7 +314,8 @@ def _measure_one(
             cls=class_inputs(stats, kept, weights=weights, bias=bias, tile_size=T),
             todo=todo, tile_size=T, test=test, ood=ood, dist_exp=float(dist_exp),
             riesz_s=float(D - 2 if riesz_s is None else riesz_s), nc4_backend=nc4_backend,
-            ood_labels=ood_labels, split_every=split_every, memory_budget=memory_budget)
+            ood_labels=ood_labels, split_every=split_every, memory_budget=memory_budget,
+            by_frequency=by_frequency)
         out = {name: METRICS[name].evaluate(inputs) for name in todo}
 
     data_vars = {}
@@ -314,13 +323,15 @@ def _measure_one(
         if name not in out:
             continue
         info = METRICS[name]
-        var = xr.Variable(("class",) if info.per_class else (), out[name])
+        var = xr.Variable(info.dims, out[name])
         var.attrs.update(long_name=info.long_name, formula=info.formula, reference=info.reference)
         data_vars[name] = var
-    ds = xr.Dataset(
-        data_vars,
-        coords={"class": class_ids} if any(METRICS[n].per_class for n in data_vars) else None,
-    )
+    coords: dict[str, Any] = {}
+    if any(METRICS[n].per_class for n in data_vars):
+        coords["class"] = class_ids
+    if any(METRICS[n].per_bin for n in data_vars):
+        coords.update(_bin_coords(inputs.bins, kept.counts[kept.present]))
+    ds = xr.Dataset(data_vars, coords=coords or None)
     ds.attrs.update(
         n_classes=K_all,
         n_classes_measured=K,
@@ -338,6 +349,15 @@ def _measure_one(
         ncdask_version=__version__,
     )
     return ds, degenerate
+
+
+def _bin_coords(bins: list[np.ndarray], counts: np.ndarray) -> dict[str, Any]:
+    """The ``frequency_bin`` coordinates: each bin's class count range and size."""
+    d = ("frequency_bin",)
+    return {"frequency_bin": np.arange(len(bins)),
+            "bin_min_count": (d, np.array([counts[b].min() for b in bins], dtype=np.int64)),
+            "bin_max_count": (d, np.array([counts[b].max() for b in bins], dtype=np.int64)),
+            "bin_n_classes": (d, np.array([b.size for b in bins], dtype=np.int64))}
 
 
 # --------------------------------------------------------------------------- sweeps
@@ -376,7 +396,7 @@ def _sweep_items(
     )
 
 
-def _pick(obj: Any, i: int, label: Any, dim: str | None, kind: str) -> Any:
+def _pick(obj: Any, i: int, label: Any, dim: str | None) -> Any:
     """Item ``i`` of a per-item input (a dict, a list, or an xarray object with ``dim``)."""
     if obj is None or dim is None:
         return obj
@@ -408,6 +428,7 @@ def measure(
     min_count: int | None = None,
     ignore_index: int | None = None,
     memory_budget: int | str | None = None,
+    by_frequency: int | None = None,
 ) -> xr.Dataset:
     """Measure Neural Collapse: every SPEC.md metric as a lazy labelled Dataset.
 
@@ -467,6 +488,13 @@ def measure(
         an active distributed client to 1/8 of the smallest worker's
         ``memory_limit`` (and to half that limit over its threads); see
         :func:`ncdask.graph.pairwise.resolve_budget`.
+    by_frequency : int, optional
+        A head/tail breakdown: the measured classes ranked by count and cut
+        into this many bins of near-equal size (most frequent first) give
+        ``nc1_cdnv_by_frequency`` (CDNV over the pairs within a bin),
+        ``nc1_quot_by_frequency`` (each bin's share of ``nc1_quot``) and
+        ``nc4_agree_by_frequency`` on a ``frequency_bin`` dim, with coords
+        ``bin_min_count``, ``bin_max_count`` and ``bin_n_classes``.
 
     Returns
     -------
@@ -508,7 +536,10 @@ def measure(
     >>> sorted(res.data_vars)
     ['nc1_quot', 'nc2g_dist_mean', 'nc2g_dist_var']
     """
-    wanted = _selection(metrics)
+    if by_frequency is not None and (isinstance(by_frequency, bool) or not isinstance(
+            by_frequency, (int, np.integer)) or by_frequency < 1):
+        raise ValueError(f"by_frequency must be a positive integer, got {by_frequency!r}")
+    wanted = _selection(metrics, by_frequency is not None)
     if riesz_s is not None and not math.isfinite(float(riesz_s)):
         raise ValueError(f"riesz_s must be finite, got {riesz_s!r}")
     if min_count is not None:
@@ -522,10 +553,10 @@ def measure(
     for i, (lab, st) in enumerate(zip(labs, items, strict=True)):
         ds, deg = _measure_one(
             st,
-            weights=_pick(weights, i, lab, d, "weights"),
-            bias=_pick(bias, i, lab, d, "bias"),
-            test=_pick(test, i, lab, d, "test"),
-            ood=_pick(ood, i, lab, d, "ood"),
+            weights=_pick(weights, i, lab, d),
+            bias=_pick(bias, i, lab, d),
+            test=_pick(test, i, lab, d),
+            ood=_pick(ood, i, lab, d),
             tile_size=tile_size,
             wanted=wanted,
             dist_exp=dist_exp,
@@ -536,6 +567,7 @@ def measure(
             min_count=min_count,
             ignore_index=ignore_index,
             memory_budget=budget,
+            by_frequency=by_frequency,
         )
         results.append(ds)
         for k, reason in deg.items():

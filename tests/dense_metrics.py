@@ -6,24 +6,28 @@ difference tensors: slow, obvious and independent of ncdask's kernels.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import contextlib
+from collections.abc import Iterator
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dense import CASES, GOLDEN, golden  # noqa: F401 - one golden loader, re-exported
 from dense import dense_stats as _dense_arrays
 
-GOLDEN = Path(__file__).parent / "golden"
-CASES = ("collapsed", "manyclass", "wide")
 EPS = np.finfo(np.float64).eps
 
 
-def golden(name: str) -> tuple[dict, dict]:
-    """Inputs (npz arrays) and expected values (json) of a golden case."""
-    with np.load(GOLDEN / f"{name}.npz") as z:
-        data = {k: z[k] for k in z.files}
-    return data, json.loads((GOLDEN / f"{name}.json").read_text())
+def _no_compute(*args, **kwargs):
+    raise AssertionError("computed something")
+
+
+@contextlib.contextmanager
+def raise_if_dask_computes() -> Iterator[None]:
+    """Fail on any dask compute inside the block (a lazy API must build, not run)."""
+    with dask.config.set(scheduler=_no_compute):
+        yield
 
 
 def dense_stats(
@@ -104,6 +108,7 @@ def dense_metrics(
     dist_exp: float = 1.0,
     riesz_s: float | None = None,
     weighted: bool = False,
+    by_frequency: int | None = None,
 ) -> dict:
     """Every SPEC.md metric over the non-empty classes, from K×K matrices."""
     X = np.asarray(X, dtype=np.float64)
@@ -187,6 +192,23 @@ def dense_metrics(
                 out["agree_per_class"] = np.array(
                     [agree[yt[ok] == k].mean() if (yt[ok] == k).any() else np.nan for k in pres]
                 )
+    if by_frequency is not None:  # bins: classes ranked by count (ties: smaller index first)
+        order = np.lexsort((np.arange(Kp), -counts[pres]))
+        bins = [np.sort(b) for b in np.array_split(order, by_frequency)]
+        tr_sb = np.trace(Sb)
+        cd, qs, ag = [], [], []
+        for bi in bins:
+            iu_b = np.triu_indices(len(bi), 1)
+            d2b = ((M[bi][:, None] - M[bi][None]) ** 2).sum(-1)[iu_b]
+            vb = ((v[bi][:, None] + v[bi][None]) / 2)[iu_b]
+            cd.append((vb / d2b ** dist_exp).mean() if len(bi) > 1 else np.nan)
+            qs.append((counts[pres][bi] * v[bi]).sum() / len(X) / tr_sb)
+            if "nc4_agree" in out:
+                ok = np.isin(yt, pres[bi])
+                ag.append((lin == ncc)[ok].mean())
+        out["nc1_cdnv_by_frequency"], out["nc1_quot_by_frequency"] = np.array(cd), np.array(qs)
+        if ag:
+            out["nc4_agree_by_frequency"] = np.array(ag)
     if X_ood is not None:
         Xo = np.asarray(X_ood, dtype=np.float64)
         if y_ood is not None:
@@ -206,3 +228,25 @@ def dense_metrics(
         with np.errstate(all="ignore"):
             out["nc1_ood_class"] = np.trace(np.linalg.pinv(Sb2, rcond=D * EPS) @ Sw2) / (Kp + 1)
     return {k: (np.asarray(v) if np.ndim(v) else float(v)) for k, v in out.items()}
+
+
+def small_case(seed=0, K=6, D=9, n_per=6, spread=3.0):
+    """A small random problem: train, classifier, test and labelled OOD data."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(K, D)) * spread
+    y = np.repeat(np.arange(K), n_per)
+    X = means[y] + rng.normal(size=(y.size, D))
+    W = means + 0.3 * rng.normal(size=(K, D))
+    b = rng.normal(size=K)
+    yt = rng.integers(0, K, size=50)
+    Xt = means[yt] + 1.5 * rng.normal(size=(50, D))
+    Xo = rng.normal(size=(40, D)) + 0.5
+    yo = rng.integers(0, 3, size=40)
+    return X, y, W, b, Xt, yt, Xo, yo
+
+
+def dense_ood_class(X, y, Xo, K, weighted=False):
+    """nc1_pinv of the K classes plus the OOD samples as class K+1, densely."""
+    Xa = np.concatenate([X, Xo])
+    ya = np.concatenate([y, np.full(len(Xo), K)])
+    return dense_metrics(Xa, ya, K + 1, weighted=weighted)["nc1_pinv"]

@@ -24,7 +24,8 @@ def wide():
     y = data["Y"].astype(np.int64)
     ref = dense_metrics(data["X"], y, K, W=data["W"], b=b,
                         X_test=data["X_test"], y_test=data["Y_test"].astype(np.int64),
-                        X_ood=data["X_ood"], y_ood=data["Y_ood"].astype(np.int64))
+                        X_ood=data["X_ood"], y_ood=data["Y_ood"].astype(np.int64),
+                        by_frequency=3)
     return data, b, ref
 
 
@@ -38,7 +39,7 @@ def test_every_declared_metric_matches_the_dense_reference(name, wide):
         for chunks in (1, 4):
             stats = dense_stats(data["X"], y, K, chunks=chunks)
             res = ncdask.measure(
-                stats, metrics=[name], weights=data["W"], bias=b, tile_size=tile,
+                stats, metrics=[name], weights=data["W"], bias=b, tile_size=tile, by_frequency=3,
                 test=split(data["X_test"], data["Y_test"].astype(np.int64), chunks=17),
                 ood=split(data["X_ood"], data["Y_ood"].astype(np.int64), chunks=13)).compute()
             assert list(res.data_vars) == [name]
@@ -89,3 +90,46 @@ def test_a_declaration_is_computed_one_way():
         Metric("x", "x", "x")
     with pytest.raises(ValueError, match="unknown pairwise column"):
         Metric("x", "x", "x", pair=("cos", "median"))
+
+
+def test_head_tail_breakdown_by_class_frequency():
+    """by_frequency=n: bins of near-equal class counts, most frequent first; CDNV within
+    each bin, each bin's share of nc1_quot (the shares add up), NC4 within each bin."""
+    rng = np.random.default_rng(5)
+    K, D = 9, 10
+    n = np.array([50, 3, 20, 8, 40, 2, 12, 30, 5])
+    means = 4 * rng.normal(size=(K, D))
+    y = np.repeat(np.arange(K), n)
+    X = means[y] + rng.normal(size=(y.size, D))
+    W = means + 0.5 * rng.normal(size=(K, D))
+    yt = rng.integers(0, K, 300)
+    Xt = means[yt] + 2 * rng.normal(size=(300, D))
+    stats = dense_stats(X, y, K, chunks=4)
+    res = ncdask.measure(stats, weights=W, test=split(Xt, yt, chunks=50), by_frequency=3,
+                         tile_size=2).compute()
+    bins = [[0, 4, 7], [2, 6, 3], [8, 1, 5]]  # ranked by count: 50 40 30 | 20 12 8 | 5 3 2
+    assert res.frequency_bin.values.tolist() == [0, 1, 2]
+    assert res.bin_min_count.values.tolist() == [30, 8, 2]
+    assert res.bin_max_count.values.tolist() == [50, 20, 5]
+    assert res.bin_n_classes.values.tolist() == [3, 3, 3]
+    ref = dense_metrics(X, y, K, W=W, X_test=Xt, y_test=yt)
+    M = np.stack([X[y == k].mean(0) for k in range(K)])
+    v = np.array([((X[y == k] - M[k]) ** 2).sum(1).mean() for k in range(K)])
+    Mc = M - M.mean(0)
+    lin, ncc = (Xt @ W.T).argmax(1), ((Xt[:, None] - M[None]) ** 2).sum(-1).argmin(1)
+    for i, b in enumerate(bins):
+        iu = np.triu_indices(len(b), 1)
+        d2 = ((M[b][:, None] - M[b][None]) ** 2).sum(-1)[iu]
+        cdnv = (((v[b][:, None] + v[b][None]) / 2)[iu] / d2).mean()
+        share = (n[b] * v[b]).sum() / n.sum() / ((Mc * Mc).sum() / K)
+        agree = (lin == ncc)[np.isin(yt, b)].mean()
+        np.testing.assert_allclose(
+            [res.nc1_cdnv_by_frequency[i], res.nc1_quot_by_frequency[i],
+             res.nc4_agree_by_frequency[i]], [cdnv, share, agree], rtol=1e-10)
+    np.testing.assert_allclose(float(res.nc1_quot_by_frequency.sum()), ref["nc1_quot"],
+                               rtol=1e-10)
+    assert "nc1_cdnv_by_frequency" not in ncdask.measure(stats)  # only when asked for
+    with pytest.raises(ValueError, match="at most one bin per class"):
+        ncdask.measure(stats, by_frequency=10)
+    with pytest.raises(ValueError, match="positive integer"):
+        ncdask.measure(stats, by_frequency=0)
