@@ -26,6 +26,7 @@ _WHERE: dict[str, str] = {
     "measure": "metrics",
     "neco_fit": "neco",
     "neco_scores": "neco",
+    "nci_scores": "neco",
     "ood_report": "neco",
     "total_covariance": "neco",
     "bias_collapse": "peers",
@@ -79,7 +80,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ expo
     from .covariances import class_covariances, class_nc1, class_spectra
     from .evaluate import EvalAccumulator
     from .metrics import DegenerateInputWarning, RieszRangeWarning, measure
-    from .neco import neco_fit, neco_scores, ood_report, total_covariance
+    from .neco import nci_scores, neco_fit, neco_scores, ood_report, total_covariance
     from .peers import (
         bias_collapse,
         classifier_equinorm,
@@ -214,5 +215,6 @@ __all__ = [
     "total_covariance",
     "neco_fit",
     "neco_scores",
+    "nci_scores",
     "ood_report",
 ]

@@ -45,7 +45,7 @@ from .graph import neco as GN
 from .graph.pairwise import default_tile_size
 from .kernels._xp import to_numpy
 
-__all__ = ["total_covariance", "neco_fit", "neco_scores", "ood_report"]
+__all__ = ["total_covariance", "neco_fit", "neco_scores", "nci_scores", "ood_report"]
 
 AMMAR = (
     "Ammar et al. (2024), NECO: NEural Collapse based Out-of-distribution detection, "
@@ -299,6 +299,101 @@ def neco_scores(
         reference=AMMAR,
         n_components=int(fit.attrs.get("n_components", fit.sizes["component"])),
     )
+    return out
+
+
+LIU_QIN = (
+    "Liu & Qin (2025), Detecting out-of-distribution through the lens of neural collapse, "
+    "CVPR (arXiv:2311.01479)"
+)
+
+
+def nci_scores(
+    stats: xr.Dataset,
+    split: Any,
+    weights: Any,
+    bias: Any = None,
+    *,
+    alpha: float = 0.0,
+    ignore_index: int | None = None,
+    tile_size: int | None = None,
+) -> xr.DataArray:
+    """NCI out-of-distribution score of every sample of a split (higher: in-distribution).
+
+    ``((h − μ_G)·w_ĉ) / ‖h − μ_G‖ + α‖h‖₁``: how well the centred feature
+    aligns with the weight of the class the classifier predicts (ĉ = argmax
+    ``w_k·h + b_k``), which neural collapse makes large for ID data, plus
+    the feature norm filter. The prediction is blocked over class tiles as
+    NC4's, so no N×K logit matrix is formed.
+
+    Parameters
+    ----------
+    stats : xarray.Dataset
+        Class statistics of the ID training split (their ``global_mean`` is μ_G).
+    split : split Dataset or (store, split)
+        The samples to score.
+    weights, bias : array (K, D), (K,)
+        The classifier (bias 0 if not given).
+    alpha : float, default 0
+        Weight of the L1 norm filter (the paper tunes it per model).
+    ignore_index : int, optional
+        Samples with this label get NaN (default: the split's attribute).
+    tile_size : int, optional
+        Classes per tile of the prediction.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(sample,)`` float64, dask-backed; pass ID and OOD scores to
+        :func:`ood_report`.
+
+    References
+    ----------
+    Liu & Qin (2025), Detecting out-of-distribution through the lens of
+    neural collapse, CVPR (arXiv:2311.01479).
+
+    Examples
+    --------
+    >>> import numpy as np, ncdask
+    >>> rng = np.random.default_rng(0)
+    >>> means = 5 * rng.normal(size=(4, 8))
+    >>> y = np.arange(400) % 4
+    >>> X = means[y] + rng.normal(size=(400, 8))
+    >>> s = ncdask.EmbeddingStore.from_arrays(
+    ...     "memory://nci-doc", {"train": (X, y), "ood": (rng.normal(size=(50, 8)), y[:50])},
+    ...     overwrite=True)
+    >>> st = ncdask.class_stats(s, "train")
+    >>> W = (st.means - st.global_mean).values
+    >>> idc, ood = ncdask.nci_scores(st, (s, "train"), W), ncdask.nci_scores(st, (s, "ood"), W)
+    >>> float(ncdask.ood_report(idc, ood).auroc) > 0.9
+    True
+    """
+    _check_stats(stats)
+    ds = _split(split)
+    X = _float64(as_dask(ds["embeddings"])).rechunk({1: -1})
+    W = _float64(as_dask(weights))
+    K, D = W.shape
+    if X.ndim != 2 or X.shape[1] != D:
+        raise ValueError(f"embeddings have shape {X.shape}, expected (n, {D}) like the weights")
+    if stats.sizes["feature"] != D:
+        raise ValueError(f"weights have D={D}, the statistics {stats.sizes['feature']}")
+    b = da.zeros(K, dtype=np.float64, chunks=-1) if bias is None else _float64(as_dask(bias))
+    if b.shape != (K,):
+        raise ValueError(f"bias has shape {b.shape}, expected ({K},)")
+    mG = _float64(as_dask(stats["global_mean"]))
+    if ignore_index is None:
+        ignore_index = ds.attrs.get("ignore_index")
+    mask = None
+    if ignore_index is not None and "labels" in ds:
+        ii = check_ignore_index(ignore_index, int(ds.attrs.get("n_classes", 0)))
+        mask = as_dask(ds["labels"]) != ii
+    T = int(tile_size) if tile_size else default_tile_size(K, D)
+    scores = GN.nci_scores(X, W, b, mG, alpha=float(alpha), tile_size=T, mask=mask)
+    out = xr.DataArray(scores, dims=("sample",), name="nci_score")
+    out.attrs.update(
+        long_name="NCI score (higher: more in-distribution)",
+        formula="((x - mu_G) . w_c) / ||x - mu_G|| + alpha ||x||_1, c = argmax_k w_k . x + b_k",
+        reference=LIU_QIN, alpha=float(alpha))
     return out
 
 

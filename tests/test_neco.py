@@ -159,3 +159,45 @@ def test_ood_report_matches_sklearn(ties):
         ood_report(a, [np.nan])
     with pytest.raises(ValueError, match="tpr must lie"):
         ood_report(a, b, tpr=0)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.01])
+@pytest.mark.parametrize("tile", [1, 3, 7])
+def test_nci_scores_match_dense(alpha, tile):
+    """NCI: ((x − μ_G)·w_ĉ)/‖x − μ_G‖ + α‖x‖₁, ĉ the classifier's argmax (ties: first class)."""
+    rng = np.random.default_rng(4)
+    K, D = 7, 5
+    means = 3 * rng.normal(size=(K, D))
+    y = rng.integers(0, K, 300)
+    X = means[y] + rng.normal(size=(300, D))
+    W, b = means + 0.3 * rng.normal(size=(K, D)), rng.normal(size=K)
+    stats = dense_stats(X, y, K)
+    Xs = rng.normal(size=(120, D)) * 2
+    mG = stats.global_mean.values
+    c = (Xs @ W.T + b).argmax(1)
+    want = ((Xs - mG) * W[c]).sum(1) / np.linalg.norm(Xs - mG, axis=1) \
+        + alpha * np.abs(Xs).sum(1)
+    with raise_if_dask_computes():
+        s = ncdask.nci_scores(stats, split(Xs, chunks=25), W, b, alpha=alpha, tile_size=tile)
+    assert s.dims == ("sample",) and s.attrs["alpha"] == alpha
+    np.testing.assert_allclose(s.values, want, rtol=1e-12)
+    lab = np.zeros(120, dtype=np.int64)
+    lab[::4] = -100
+    masked = ncdask.nci_scores(stats, split(Xs, lab, chunks=25), W, b, alpha=alpha,
+                               ignore_index=-100).values
+    assert np.isnan(masked[::4]).all() and np.allclose(masked[1::4], want[1::4], rtol=1e-12)
+    with pytest.raises(ValueError, match="expected"):
+        ncdask.nci_scores(stats, split(Xs[:, :-1]), W)
+
+
+def test_nci_separates_collapsed_id_from_ood():
+    rng = np.random.default_rng(2)
+    K, D = 6, 16
+    means = 6 * np.linalg.qr(rng.normal(size=(D, K)))[0].T
+    y = rng.integers(0, K, 600)
+    X = means[y] + 0.3 * rng.normal(size=(600, D))
+    stats = dense_stats(X, y, K)
+    W = stats.means.values - stats.global_mean.values
+    idc = ncdask.nci_scores(stats, split(X), W)
+    ood = ncdask.nci_scores(stats, split(rng.normal(size=(200, D)) * 3), W)
+    assert float(ood_report(idc, ood).auroc) > 0.99

@@ -128,3 +128,26 @@ def max_logits(logits: da.Array) -> da.Array:
         dtype=np.float64,
         meta=meta_from_array(logits, ndim=1, dtype=np.float64),
     )
+
+
+def nci_scores(X: da.Array, W: da.Array, b: da.Array, mG: da.Array, *, alpha: float,
+               tile_size: int, mask: da.Array | None = None) -> da.Array:
+    """Lazy NCI score per row of ``X`` (float64), blocked over class tiles for the prediction.
+
+    The prediction and its logit come from the NC4 decision graph
+    (:func:`ncdask.graph.decisions.decisions` without the NCC); ``g = b + W μ_G``
+    is one K-vector. Rows where ``mask`` is False get NaN.
+    """
+    from . import decisions as DG
+
+    K, D = W.shape
+    zeros = da.zeros(D, dtype=np.float64, chunks=-1)
+    dec = DG.decisions(X, W, b, W, zeros, tile_size=tile_size, ncc=False)
+    X = X.rechunk((dec.chunks[0], -1))
+    g = (b + W @ mG).rechunk(-1)
+    score = da.map_blocks(KN.nci_block, X, dec[:, 0], dec[:, 1], g, mG.rechunk(-1),
+                          float(alpha), drop_axis=1, dtype=np.float64,
+                          meta=meta_from_array(X, ndim=1, dtype=np.float64))
+    if mask is not None:
+        score = da.where(mask.rechunk(score.chunks), score, np.nan)
+    return score

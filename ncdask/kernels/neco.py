@@ -103,3 +103,20 @@ def max_over_last(logits: Any) -> Any:
     """Largest logit of each row (float64)."""
     xp = array_namespace(logits)
     return xp.max(xp.asarray(logits, dtype=xp.float64), axis=-1)
+
+
+def nci_block(X: Any, best: Any, cls: Any, g: Any, mG: Any, alpha: float) -> Any:
+    """NCI scores of one block of rows.
+
+    ``((x − μ_G)·w_ĉ) / ‖x − μ_G‖ + α‖x‖₁`` with ĉ the classifier's
+    prediction: the numerator is ``best − g[ĉ]`` where ``best = w_ĉ·x + b_ĉ``
+    (the largest logit) and ``g = b + W μ_G``, so no classifier row is gathered.
+    """
+    xp = array_namespace(X)
+    with errstate(xp):
+        Xc = X - mG[None, :]
+        num = best - xp.asarray(g)[xp.asarray(cls).astype(xp.int64)]
+        score = num / xp.sqrt(xp.sum(Xc * Xc, axis=1))
+        if alpha:
+            score = score + alpha * xp.sum(xp.abs(X), axis=1)
+    return score
