@@ -29,29 +29,6 @@ _WHERE: dict[str, str] = {
     "nci_scores": "neco",
     "ood_report": "neco",
     "total_covariance": "neco",
-    "bias_collapse": "peers",
-    "classifier_equinorm": "peers",
-    "classifier_etf_error": "peers",
-    "classifier_max_angle": "peers",
-    "ood_class_variability": "peers",
-    "self_duality_distance": "peers",
-    "class_dist_norm_vars": "reference_api",
-    "clf_ncc_agreement": "reference_api",
-    "covariance_ratio": "reference_api",
-    "dist_kernel": "reference_api",
-    "distance_norms": "reference_api",
-    "interference_grid": "reference_api",
-    "kernel_grid": "reference_api",
-    "kernel_stats": "reference_api",
-    "log_kernel": "reference_api",
-    "mean_norms": "reference_api",
-    "orthogonality_deviation": "reference_api",
-    "riesz_kernel": "reference_api",
-    "self_duality_error": "reference_api",
-    "similarities": "reference_api",
-    "structure_error": "reference_api",
-    "simplex_etf_error": "reference_api",
-    "variability_cdnv": "reference_api",
     "EmptyClassWarning": "stats",
     "class_stats": "stats",
     "load_stats": "stats",
@@ -72,6 +49,34 @@ _WHERE: dict[str, str] = {
     "EvalAccumulator": "evaluate",
 }
 
+#: Reference-compatible and peer functions: importable from here as before, but they
+#: live in :mod:`ncdask.compat` and are not part of the top-level API (``__all__``).
+_COMPAT = frozenset({
+    "bias_collapse",
+    "class_dist_norm_vars",
+    "classifier_equinorm",
+    "classifier_etf_error",
+    "classifier_max_angle",
+    "clf_ncc_agreement",
+    "covariance_ratio",
+    "dist_kernel",
+    "distance_norms",
+    "interference_grid",
+    "kernel_grid",
+    "kernel_stats",
+    "log_kernel",
+    "mean_norms",
+    "ood_class_variability",
+    "orthogonality_deviation",
+    "riesz_kernel",
+    "self_duality_distance",
+    "self_duality_error",
+    "similarities",
+    "simplex_etf_error",
+    "structure_error",
+    "variability_cdnv",
+})
+
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exports them
     from ._zarrio import IncompleteOutputError
     from .accumulate import StatsAccumulator, StatsSink
@@ -81,33 +86,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ expo
     from .evaluate import EvalAccumulator
     from .metrics import DegenerateInputWarning, RieszRangeWarning, measure
     from .neco import nci_scores, neco_fit, neco_scores, ood_report, total_covariance
-    from .peers import (
-        bias_collapse,
-        classifier_equinorm,
-        classifier_etf_error,
-        classifier_max_angle,
-        ood_class_variability,
-        self_duality_distance,
-    )
-    from .reference_api import (
-        class_dist_norm_vars,
-        clf_ncc_agreement,
-        covariance_ratio,
-        dist_kernel,
-        distance_norms,
-        interference_grid,
-        kernel_grid,
-        kernel_stats,
-        log_kernel,
-        mean_norms,
-        orthogonality_deviation,
-        riesz_kernel,
-        self_duality_error,
-        similarities,
-        simplex_etf_error,
-        structure_error,
-        variability_cdnv,
-    )
     from .results import open_results, save_results
     from .stats import EmptyClassWarning, class_stats, load_stats, merge_stats, save_stats
     from .store import (
@@ -121,7 +99,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ expo
 
 
 def __getattr__(name: str) -> Any:
-    mod = _WHERE.get(name)
+    mod = "compat" if name in _COMPAT else _WHERE.get(name)
     if mod is None:
         if name.startswith("__"):
             raise AttributeError(f"module 'ncdask' has no attribute {name!r}")
@@ -184,31 +162,7 @@ __all__ = [
     "RieszRangeWarning",
     "sweep",
     "capture",
-    # the reference package's functions, blocked
-    "covariance_ratio",
-    "variability_cdnv",
-    "kernel_stats",
-    "kernel_grid",
-    "dist_kernel",
-    "log_kernel",
-    "riesz_kernel",
-    "class_dist_norm_vars",
-    "interference_grid",
-    "simplex_etf_error",
-    "self_duality_error",
-    "similarities",
-    "structure_error",
-    "distance_norms",
-    "mean_norms",
-    "clf_ncc_agreement",
-    "orthogonality_deviation",
     # beyond the reference
-    "classifier_etf_error",
-    "classifier_equinorm",
-    "classifier_max_angle",
-    "self_duality_distance",
-    "bias_collapse",
-    "ood_class_variability",
     "class_covariances",
     "class_nc1",
     "class_spectra",

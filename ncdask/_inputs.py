@@ -143,9 +143,9 @@ class ClassInputs:
 
     M: da.Array
     Mc: da.Array
-    mG: da.Array
-    v: da.Array
-    Sw: da.Array
+    mG: da.Array | None
+    v: da.Array | None
+    Sw: da.Array | None
     W: da.Array | None
     b: da.Array | None
     eps_dtype: np.dtype

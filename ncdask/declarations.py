@@ -98,6 +98,34 @@ class Inputs:
     split_every: int | None = None
     memory_budget: int | None = None
     by_frequency: int | None = None
+    mu_weighted: da.Array | None = None
+
+    @classmethod
+    def from_arrays(cls, *, M: da.Array | None = None, W: da.Array | None = None,
+                    b: da.Array | None = None, mG: da.Array | None = None,
+                    mu_weighted: da.Array | None = None, tile_size: int | None = None,
+                    todo: tuple[str, ...] = ()) -> Inputs:
+        """Inputs of float64 row arrays taken as given (for :mod:`ncdask.compat`).
+
+        Every row is kept; ``M`` is centred on ``mG`` (not at all if None);
+        without ``M`` the classifier rows stand in for it, so that the
+        classifier-only metrics (``nc2w_*``) take the same code path.
+        ``mu_weighted`` is the sample-weighted global mean of ``nc3_bias``.
+        """
+        A = M if M is not None else W
+        K, D = A.shape
+        T = int(tile_size) if tile_size else K
+        A = A.rechunk((min(T, K), -1))
+        Mc = A if mG is None or M is None else A - mG.rechunk(-1)[None, :]
+        if W is not None:
+            W = W.rechunk(A.chunks)
+            b = da.zeros(K, chunks=(A.chunks[0],), dtype=np.float64) if b is None else b
+        kept = KeptClasses(counts=np.ones(K, dtype=np.int64), present=np.arange(K), empty=[],
+                           filtered=[], refiltered=False, ignore_index=None)
+        ci = ClassInputs(M=A, Mc=Mc, mG=mG, v=None, Sw=None, W=W, b=b,
+                         eps_dtype=np.dtype(np.float64))
+        return cls(stats=None, kept=kept, cls=ci, todo=tuple(todo), tile_size=T,
+                   mu_weighted=mu_weighted)
 
     # the inputs themselves
     @property
@@ -251,11 +279,15 @@ def _ood_mean(ins: Inputs) -> da.Array:
 
 
 def _nc3_bias(ins: Inputs) -> da.Array:
-    n_k = ins.kept.counts[ins.kept.present].astype(np.float64)
-    frac = as_dask(n_k / n_k.sum()).rechunk((ins.M.chunks[0],))
-    frac = frac.map_blocks(namespace_of(ins.M).asarray, meta=meta_from_array(ins.M, ndim=1))
-    mu_w = (ins.M * frac[:, None]).sum(axis=0)
-    return da.sqrt(((ins.W @ mu_w + ins.b) ** 2).sum())
+    if ins.mu_weighted is not None or ins.stats is None:  # rows as given: μ_G passed (or 0)
+        mu_w = ins.mu_weighted
+    else:
+        n_k = ins.kept.counts[ins.kept.present].astype(np.float64)
+        frac = as_dask(n_k / n_k.sum()).rechunk((ins.M.chunks[0],))
+        frac = frac.map_blocks(namespace_of(ins.M).asarray, meta=meta_from_array(ins.M, ndim=1))
+        mu_w = (ins.M * frac[:, None]).sum(axis=0)
+    z = ins.b if mu_w is None else ins.W @ mu_w + ins.b
+    return da.sqrt((z * z).sum())
 
 
 def _nc1_ood_class(ins: Inputs) -> da.Array:

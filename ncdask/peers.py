@@ -28,10 +28,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .graph import closed_forms as CF
-from .graph.pairwise import pairwise_moments
+from ._inputs import as_dask
+from .declarations import METRICS, Inputs
 from .kernels._xp import to_numpy
-from .metrics import as_dask, measure
+from .metrics import measure
 from .reference_api import _mat
 
 Array = Any
@@ -57,6 +57,11 @@ def _need_two(K: int, name: str) -> None:
 
 def _float(x: da.Array) -> float:
     return float(to_numpy(dask.compute(x)[0]))
+
+
+def _declared(name: str, **arrays: Any) -> float:
+    """The declaration of ``measure``'s variable ``name`` on rows taken as given."""
+    return _float(METRICS[name].evaluate(Inputs.from_arrays(**arrays)))
 
 
 def _centred(M: Array, m_G: Array, like: da.Array) -> da.Array:
@@ -101,7 +106,7 @@ def classifier_etf_error(W: Array) -> float:
     """
     Wd, _ = _rows(W, "W")
     _need_two(Wd.shape[0], "classifier_etf_error")
-    return _float(CF.etf_error(Wd))
+    return _declared("nc2w_etf_err", W=Wd)
 
 
 def classifier_equinorm(W: Array) -> float:
@@ -131,8 +136,7 @@ def classifier_equinorm(W: Array) -> float:
     """
     Wd, _ = _rows(W, "W")
     _need_two(Wd.shape[0], "classifier_equinorm")
-    n = CF.row_norms(Wd)
-    return _float(n.std(ddof=1) / n.mean())
+    return _declared("nc2w_equinorm", W=Wd)
 
 
 def classifier_max_angle(W: Array, tile_size: int | None = None) -> float:
@@ -163,10 +167,8 @@ def classifier_max_angle(W: Array, tile_size: int | None = None) -> float:
     0.0
     """
     Wd, T = _rows(W, "W", tile_size)
-    K = Wd.shape[0]
-    _need_two(K, "classifier_max_angle")
-    res = pairwise_moments(Wd, stats=("cos_dev",), tile_size=T, inv_km1=1.0 / (K - 1))
-    return _float(res[0, 1])
+    _need_two(Wd.shape[0], "classifier_max_angle")
+    return _declared("nc2w_max_angle", W=Wd, tile_size=T, todo=("nc2w_max_angle",))
 
 
 def self_duality_distance(W: Array, M: Array, m_G: Array = 0) -> float:
@@ -200,9 +202,7 @@ def self_duality_distance(W: Array, M: Array, m_G: Array = 0) -> float:
     0.0
     """
     Wd, _ = _rows(W, "W")
-    Mc = _centred(M, m_G, Wd)
-    d = Wd / da.sqrt((Wd * Wd).sum()) - Mc / da.sqrt((Mc * Mc).sum())
-    return _float((d * d).sum())
+    return _declared("nc3_papyan", M=_centred(M, m_G, Wd), W=Wd)
 
 
 def bias_collapse(W: Array, b: Array = None, m_G: Array = 0) -> float:
@@ -236,19 +236,19 @@ def bias_collapse(W: Array, b: Array = None, m_G: Array = 0) -> float:
     """
     Wd, _ = _rows(W, "W")
     K, D = Wd.shape
-    if isinstance(m_G, (int, float)) and m_G == 0:
-        z = da.zeros(K, chunks=(Wd.chunks[0],), dtype=np.float64)
-    else:
+    g = None
+    if not (isinstance(m_G, (int, float)) and m_G == 0):
         g = as_dask(m_G).astype(np.float64)
         if g.shape != (D,):
             raise ValueError(f"m_G has shape {g.shape}, expected ({D},)")
-        z = Wd @ g.rechunk(-1)
+        g = g.rechunk(-1)
+    bb = None
     if b is not None:
         bb = as_dask(b).astype(np.float64)
         if bb.shape != (K,):
             raise ValueError(f"b has shape {bb.shape}, expected ({K},)")
-        z = z + bb.rechunk((Wd.chunks[0],))
-    return _float(da.sqrt((z * z).sum()))
+        bb = bb.rechunk((Wd.chunks[0],))
+    return _declared("nc3_bias", W=Wd, b=bb, mu_weighted=g)
 
 
 def ood_class_variability(

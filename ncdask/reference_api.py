@@ -42,10 +42,12 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from ._inputs import as_dask
+from .declarations import METRICS, Inputs
 from .graph import closed_forms as CF
 from .graph.pairwise import default_tile_size, pair_grid, pairwise_moments
 from .kernels._xp import to_numpy
-from .metrics import DegenerateInputWarning, as_dask
+from .metrics import DegenerateInputWarning
 
 Array = Any
 
@@ -427,7 +429,7 @@ def simplex_etf_error(M: Array, m_G: Array = 0) -> float:
     Kothapalli (2023), arXiv:2206.04041.
     """
     Mc, _ = _centred(M, m_G)
-    return _float(CF.etf_error(Mc))
+    return _float(METRICS["nc2_etf_err"].evaluate(Inputs.from_arrays(M=Mc)))
 
 
 def self_duality_error(W: Array, M: Array, m_G: Array = 0) -> float:
@@ -439,7 +441,7 @@ def self_duality_error(W: Array, M: Array, m_G: Array = 0) -> float:
     """
     Mc, _ = _centred(M, m_G)
     Wd = as_dask(W).astype(np.float64).rechunk(Mc.chunks)
-    return _float(CF.etf_error(Mc, Wd))
+    return _float(METRICS["nc3_dual_err"].evaluate(Inputs.from_arrays(M=Mc, W=Wd)))
 
 
 def similarities(W: Array, M: Array, m_G: Array = 0, cos: bool = False) -> Array:
