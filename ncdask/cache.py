@@ -37,7 +37,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .store import EmbeddingStore, _read, _record, _snapshot
+from ._record import _record, _snapshot
+from .store import EmbeddingStore, _read
 
 #: Folder of a split's cached statistics.
 CACHE_DIR = ".ncdask-stats"

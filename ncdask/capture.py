@@ -308,9 +308,35 @@ def capture(
     check_name("split", split)
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral)):
         raise TypeError(f"epoch must be an integer, got {epoch!r}")
-    stores: dict[str | None, EmbeddingStore] = {}
+    stores = _stores_for(store, specs)
+    named = dict(model.named_modules())
+    modules = {tag: _module(named, mod) for tag, mod, _ in specs}
+    W, b, targets = _classifier_of(named, classifier, classifier_for, specs, stores)
+    if max_batches is not None and int(max_batches) < 1:
+        raise ValueError(f"max_batches must be >= 1, got {max_batches}")
+    if not append:
+        _refuse_rows_already_there(stores, specs, split, epoch)
+    _ranks_wait_for_each_other(torch)
+
+    dev = torch.device(device) if device is not None else _model_device(model)
+    with _hooked(model, modules, specs, transform) as seen:
+        dims = _write_batches(
+            model, loader, dev, seen, stores, specs, split=split, epoch=epoch,
+            labels=labels, allow_nonfinite=allow_nonfinite, max_batches=max_batches,
+            classifier=(classifier, W, targets))
+    for tag in targets:
+        stores[tag].set_classifier(W, b, layer=tag, epoch=epoch)
+    return _written(stores, specs, split, epoch, dims)
+
+
+Spec = tuple  # (set tag, module name, "input" | "output")
+
+
+def _stores_for(store: Any, specs: list[Spec]) -> dict[str | None, EmbeddingStore]:
+    """Each recorded layer's store (or :class:`ncdask.StatsSink`)."""
     from .accumulate import StatsSink
 
+    stores: dict[str | None, EmbeddingStore] = {}
     for tag, _, _ in specs:
         if isinstance(store, (EmbeddingStore, StatsSink)):
             stores[tag] = store  # a StatsSink keeps statistics, no embeddings
@@ -321,53 +347,67 @@ def capture(
         else:
             raise TypeError(f"store must be an EmbeddingStore or a mapping of them, "
                             f"got {type(store).__name__}")
-    named = dict(model.named_modules())
-    modules = {tag: _module(named, mod) for tag, mod, _ in specs}
-    targets: list[str | None] = []
-    W = b = None
-    if classifier is not None:
-        clf = _module(named, classifier)
-        W = getattr(clf, "weight", None)
-        if not isinstance(W, torch.Tensor) or W.ndim != 2:
-            raise TypeError(f"classifier {classifier!r} has no 2-D weight (a Linear layer)")
-        b = getattr(clf, "bias", None)
-        if classifier_for is None:
-            targets = [t for t, m, w in specs if m == classifier and w == "input"]
-            if not targets:
-                raise ValueError(
-                    f"no recorded layer is the input of classifier {classifier!r}; record it "
-                    f"(e.g. layers={{'{classifier}': ('{classifier}', 'input')}}) or name the "
-                    "sets that get it with classifier_for="
-                )
-        else:
-            wanted = [classifier_for] if isinstance(classifier_for, str) else list(classifier_for)
-            known = [t for t, _, _ in specs]
-            bad = [t for t in wanted if t not in known]
-            if bad:
-                raise ValueError(f"classifier_for names {bad}, not among the layers {known}")
-            targets = wanted
-        for tag in targets:
-            if int(W.shape[0]) != stores[tag].n_classes:
-                raise ValueError(
-                    f"classifier {classifier!r} has {W.shape[0]} classes, the store of layer "
-                    f"{tag!r} has n_classes={stores[tag].n_classes}"
-                )
-    elif classifier_for is not None:
-        raise ValueError("classifier_for= needs classifier=")
-    if max_batches is not None and int(max_batches) < 1:
-        raise ValueError(f"max_batches must be >= 1, got {max_batches}")
+    return stores
+
+
+def _classifier_of(named: Mapping[str, Any], classifier: str | None,
+                   classifier_for: str | Sequence[str] | None, specs: list[Spec],
+                   stores: Mapping[str | None, Any]) -> tuple[Any, Any, list[str | None]]:
+    """The classifier's weight and bias, and the sets that get them (checked)."""
+    import torch
+
+    if classifier is None:
+        if classifier_for is not None:
+            raise ValueError("classifier_for= needs classifier=")
+        return None, None, []
+    clf = _module(named, classifier)
+    W = getattr(clf, "weight", None)
+    if not isinstance(W, torch.Tensor) or W.ndim != 2:
+        raise TypeError(f"classifier {classifier!r} has no 2-D weight (a Linear layer)")
+    b = getattr(clf, "bias", None)
+    if classifier_for is None:
+        targets = [t for t, m, w in specs if m == classifier and w == "input"]
+        if not targets:
+            raise ValueError(
+                f"no recorded layer is the input of classifier {classifier!r}; record it "
+                f"(e.g. layers={{'{classifier}': ('{classifier}', 'input')}}) or name the "
+                "sets that get it with classifier_for="
+            )
+    else:
+        wanted = [classifier_for] if isinstance(classifier_for, str) else list(classifier_for)
+        known = [t for t, _, _ in specs]
+        bad = [t for t in wanted if t not in known]
+        if bad:
+            raise ValueError(f"classifier_for names {bad}, not among the layers {known}")
+        targets = wanted
+    for tag in targets:
+        if int(W.shape[0]) != stores[tag].n_classes:
+            raise ValueError(
+                f"classifier {classifier!r} has {W.shape[0]} classes, the store of layer "
+                f"{tag!r} has n_classes={stores[tag].n_classes}"
+            )
+    return W, b, targets
+
+
+def _refuse_rows_already_there(stores: Mapping[str | None, Any], specs: list[Spec], split: str,
+                               epoch: int | None) -> None:
+    """A repeated call must not duplicate samples: refuse a split that has rows."""
     for tag, _, _ in specs:
         st = stores[tag]
-        if not append and split in st.splits(layer=tag, epoch=epoch):
+        if split in st.splits(layer=tag, epoch=epoch):
             n = st.split(split, layer=tag, epoch=epoch).sizes["sample"]
             if n:
                 raise ValueError(
                     f"split {split!r} of set layer={tag}, epoch={epoch} already has {n} rows; "
                     "pass append=True to add to them"
                 )
-    _ranks_wait_for_each_other(torch)
 
-    dev = torch.device(device) if device is not None else _model_device(model)
+
+@contextlib.contextmanager
+def _hooked(model: Any, modules: Mapping[str | None, Any], specs: list[Spec],
+            transform: Callable[[Any], Any] | None) -> Any:
+    """Forward hooks that copy what each module sees into ``seen[tag]``; the model in eval
+    mode meanwhile. Hooks removed and train/eval flags restored afterwards, also on errors."""
     cupy = _cupy_or_none()
     seen: dict[str | None, list[Any]] = {tag: [] for tag, _, _ in specs}
 
@@ -388,65 +428,13 @@ def capture(
 
     modes = {m: m.training for m in model.modules()}
     handles = []
-    rows: dict[str | None, int] = {}
-    dims: dict[str | None, int] = {}
     try:
         for tag, _, kind in specs:
-            mod = modules[tag]
             fn = hook_for(tag, kind)
-            handles.append(
-                mod.register_forward_pre_hook(fn) if kind == "input"
-                else mod.register_forward_hook(fn)
-            )
+            handles.append(modules[tag].register_forward_pre_hook(fn) if kind == "input"
+                           else modules[tag].register_forward_hook(fn))
         model.eval()
-        with contextlib.ExitStack() as stack, torch.no_grad():
-            writers: dict[str | None, Any] = {}
-            for i, batch in enumerate(loader):
-                if max_batches is not None and i >= int(max_batches):
-                    break
-                if not labels:
-                    x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                    yn = None
-                elif not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                    raise TypeError("the loader must yield (x, y, ...) batches (for "
-                                    "unlabelled data pass labels=False)")
-                else:
-                    x, yn = batch[0], _labels(batch[1])
-                for v in seen.values():
-                    v.clear()
-                model(_to_device(x, dev))
-                for tag, mod_name, _ in specs:
-                    got = seen[tag]
-                    if len(got) != 1:
-                        raise RuntimeError(
-                            f"module {mod_name!r} ran {len(got)} times in one forward; "
-                            "capture needs exactly one call per batch"
-                        )
-                    X = got[0]
-                    if yn is not None and X.shape[0] != yn.shape[0]:
-                        raise ValueError(
-                            f"layer {tag!r}: {X.shape[0]} feature rows for {yn.shape[0]} labels"
-                        )
-                if not writers:  # first batch: check every width, then open the writers
-                    for tag, mod_name, kind in specs:
-                        dims[tag] = _check_width(stores[tag], tag, epoch, mod_name, kind,
-                                                 int(seen[tag][0].shape[1]))
-                        if tag in targets and int(W.shape[1]) != dims[tag]:
-                            raise ValueError(
-                                f"classifier {classifier!r} has {W.shape[1]} input features "
-                                f"but layer {tag!r} ({mod_name} {kind}) has {dims[tag]}"
-                            )
-                    for tag, _, _ in specs:
-                        writers[tag] = stack.enter_context(
-                            stores[tag].writer(split, layer=tag, epoch=epoch,
-                                               allow_nonfinite=allow_nonfinite, dim=dims[tag],
-                                               labelled=labels)
-                        )
-                for tag, _, _ in specs:
-                    writers[tag].append(seen[tag][0], yn)  # yn None: unlabelled
-                    seen[tag].clear()
-            if not writers:
-                raise ValueError("the loader yielded no batches")
+        yield seen
     finally:
         for h in handles:
             h.remove()
@@ -455,17 +443,81 @@ def capture(
         for v in seen.values():
             v.clear()
 
-    for tag in targets:
-        stores[tag].set_classifier(W, b, layer=tag, epoch=epoch)
+
+def _batch_of(batch: Any, labels: bool) -> tuple[Any, Any]:
+    """``(x, labels or None)`` of one loader batch."""
+    if not labels:
+        return (batch[0] if isinstance(batch, (tuple, list)) else batch), None
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise TypeError("the loader must yield (x, y, ...) batches (for "
+                        "unlabelled data pass labels=False)")
+    return batch[0], _labels(batch[1])
+
+
+def _write_batches(model: Any, loader: Iterable[Any], dev: Any,
+                   seen: dict[str | None, list[Any]], stores: Mapping[str | None, Any],
+                   specs: list[Spec], *, split: str, epoch: int | None, labels: bool,
+                   allow_nonfinite: bool, max_batches: int | None,
+                   classifier: tuple[str | None, Any, list[str | None]]) -> dict[str | None, int]:
+    """Run the forward passes and append each layer's features; returns each set's width."""
+    import torch
+
+    clf_name, W, targets = classifier
+    dims: dict[str | None, int] = {}
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        writers: dict[str | None, Any] = {}
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= int(max_batches):
+                break
+            x, yn = _batch_of(batch, labels)
+            for v in seen.values():
+                v.clear()
+            model(_to_device(x, dev))
+            for tag, mod_name, _ in specs:
+                got = seen[tag]
+                if len(got) != 1:
+                    raise RuntimeError(
+                        f"module {mod_name!r} ran {len(got)} times in one forward; "
+                        "capture needs exactly one call per batch"
+                    )
+                if yn is not None and got[0].shape[0] != yn.shape[0]:
+                    raise ValueError(
+                        f"layer {tag!r}: {got[0].shape[0]} feature rows for {yn.shape[0]} labels"
+                    )
+            if not writers:  # first batch: check every width, then open the writers
+                for tag, mod_name, kind in specs:
+                    dims[tag] = _check_width(stores[tag], tag, epoch, mod_name, kind,
+                                             int(seen[tag][0].shape[1]))
+                    if tag in targets and int(W.shape[1]) != dims[tag]:
+                        raise ValueError(
+                            f"classifier {clf_name!r} has {W.shape[1]} input features "
+                            f"but layer {tag!r} ({mod_name} {kind}) has {dims[tag]}"
+                        )
+                for tag, _, _ in specs:
+                    writers[tag] = stack.enter_context(
+                        stores[tag].writer(split, layer=tag, epoch=epoch,
+                                           allow_nonfinite=allow_nonfinite, dim=dims[tag],
+                                           labelled=labels)
+                    )
+            for tag, _, _ in specs:
+                writers[tag].append(seen[tag][0], yn)  # yn None: unlabelled
+                seen[tag].clear()
+        if not writers:
+            raise ValueError("the loader yielded no batches")
+    return dims
+
+
+def _written(stores: Mapping[str | None, Any], specs: list[Spec], split: str,
+             epoch: int | None, dims: Mapping[str | None, int]) -> list[dict[str, Any]]:
+    """One entry per set written: tags, module, which, width and committed rows."""
     out = []
     for tag, mod_name, kind in specs:
-        st = stores[tag]
-        rows[tag] = int(st.split(split, layer=tag, epoch=epoch).sizes["sample"])
         entry: dict[str, Any] = {}
         if tag is not None:
             entry["layer"] = tag
         if epoch is not None:
             entry["epoch"] = int(epoch)
-        entry.update(module=mod_name, which=kind, dim=dims[tag], rows=rows[tag])
+        rows = int(stores[tag].split(split, layer=tag, epoch=epoch).sizes["sample"])
+        entry.update(module=mod_name, which=kind, dim=dims[tag], rows=rows)
         out.append(entry)
     return out

@@ -28,14 +28,8 @@ import dask
 import numpy as np
 import zarr
 
-from .store import (
-    DamagedStoreError,
-    EmbeddingStore,
-    _check_record,
-    _classifier_name,
-    _naming_broken_metadata,
-    _snapshot,
-)
+from ._record import DamagedStoreError, _check_record, _snapshot
+from .store import EmbeddingStore, _classifier_name, _naming_broken_metadata
 
 
 @dataclass

@@ -290,7 +290,7 @@ def train_to_store(
 
 
 def measure_store(store: Any, **measure_kwargs: Any) -> xr.Dataset:
-    """Lazy metrics of every epoch set of a store that has a ``train`` split, as an epoch sweep.
+    """Lazy metrics of every epoch set of a store with a ``train`` split: :func:`ncdask.sweep`.
 
     Test and OOD splits named ``test`` / ``ood`` and the set's classifier are
     used where present.
@@ -307,29 +307,17 @@ def measure_store(store: Any, **measure_kwargs: Any) -> xr.Dataset:
     xarray.Dataset
         Lazy metrics with an ``epoch`` dim.
     """
-    from .metrics import measure
-    from .stats import class_stats
+    from .sweep import sweep
 
     sets = [s for s in store.sets() if "epoch" in s and "train" in store.splits(**s)]
     if not sets:
         raise ValueError(f"{store.url!r} has no epoch sets with a train split")
-    stats, weights, bias, test, ood = {}, {}, {}, {}, {}
-    for tags in sets:
-        e = tags["epoch"]
-        stats[e] = class_stats(store.split("train", **tags))
-        have = store.splits(**tags)
-        test[e] = store.split("test", **tags) if "test" in have else None
-        ood[e] = store.split("ood", **tags) if "ood" in have else None
-        try:
-            weights[e], bias[e] = store.classifier(**tags)
-        except KeyError:
-            weights[e] = bias[e] = None
-    kw: dict[str, Any] = {"dim": "epoch"}
-    for name, d in (("weights", weights), ("bias", bias), ("test", test), ("ood", ood)):
-        if all(v is not None for v in d.values()):
-            kw[name] = d
-    kw.update(measure_kwargs)
-    return measure(stats, **kw)
+
+    def everywhere(name: str) -> str | None:
+        return name if all(name in store.splits(**tags) for tags in sets) else None
+
+    return sweep(store, over="epoch", test=everywhere("test"), ood=everywhere("ood"),
+                 **measure_kwargs)
 
 
 def format_table(results: xr.Dataset, columns: Sequence[str] = TABLE) -> str:

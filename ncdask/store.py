@@ -45,6 +45,16 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from ._record import (  # noqa: F401 - DamagedStoreError is public here as before
+    DamagedStoreError,
+    _advanced,
+    _check_record,
+    _empty_record,
+    _finite,
+    _record,
+    _shards,
+    _snapshot,
+)
 from ._staging import owner_tag, remove_stale
 from ._validate import NcdaskStoreError, batch_to_numpy, check_ignore_index, check_name
 from ._version import __version__
@@ -84,10 +94,6 @@ def _set_path(layer: str | None = None, epoch: int | None = None) -> str:
     return "/".join(parts)
 
 
-def _join(*parts: str) -> str:
-    return "/".join(p for p in parts if p)
-
-
 def _where(layer: str | None, epoch: int | None) -> str | None:
     """How a set is named in messages (None for the default set)."""
     return _set_path(layer, epoch) or None
@@ -98,39 +104,8 @@ def _auto_chunk_rows(dim: int, dtype: np.dtype) -> int:
     return max(1, CHUNK_BYTES // (int(dim) * np.dtype(dtype).itemsize))
 
 
-def _saved_dim(X_path: str, y_path: str | None) -> int | None:
-    """D of a saved embeddings file, read from its header (None if it cannot be told)."""
-    import zipfile
-
-    from .io import X_KEYS, _NpyStream, _pick
-
-    try:
-        if str(X_path).endswith(".npz"):
-            with zipfile.ZipFile(X_path) as z:
-                names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
-                with z.open(_pick(names, X_KEYS, "embeddings", str(X_path)) + ".npy") as f:
-                    shape = _NpyStream(f).shape
-        else:
-            shape = np.load(X_path, mmap_mode="r").shape
-    except (OSError, KeyError, ValueError):
-        return None  # iter_saved_arrays reports the problem
-    return int(shape[1]) if len(shape) == 2 and shape[1] > 0 else None
-
-
-
 class DuplicateImportError(NcdaskStoreError):
     """The split already holds the source being imported (see ``import_files(mode=)``)."""
-
-
-def _empty_record(
-    split: str, layer: str | None, epoch: int | None, n_classes: int, labelled: bool
-) -> dict[str, Any]:
-    return {
-        "split": split, "layer": layer, "epoch": None if epoch is None else int(epoch),
-        "n_committed": 0, "n_batches": 0,
-        "class_counts": [0] * n_classes if labelled else None,
-        "labelled": bool(labelled), "finite": True,
-    }
 
 
 def _is_labelled(g: zarr.Group) -> bool:
@@ -210,67 +185,6 @@ def _put_once(parent: zarr.Group, name: str, build: Any) -> zarr.Group | zarr.Ar
 WRITERS_KEY = "ncdask.writers"
 
 
-def _shards(g: zarr.Group) -> list[tuple[zarr.Group, dict[str, Any]]]:
-    """The committed shards of a split group, in the order their writers started."""
-    if "shards" not in g:
-        return []
-    out = []
-    for _, sub in g["shards"].groups():
-        rec = sub.attrs.get("ncdask_shard")
-        if isinstance(rec, Mapping) and int(rec.get("n_committed", 0)) > 0:
-            out.append((sub, dict(rec)))
-    out.sort(key=lambda t: (float(t[1]["created"]), str(t[1]["writer"])))
-    return out
-
-
-def _snapshot(g: zarr.Group) -> tuple[list[tuple[zarr.Group, int]], dict[str, Any]]:
-    """A split's committed parts ``[(group, rows), ...]`` and its record summed over them.
-
-    The main arrays (written under a lock, by imports and by writers on a
-    local disk) come first, then every writer's shard (object stores) with
-    the rows its owner has committed: one listing, so a consistent snapshot.
-    """
-    rec = dict(g.attrs["ncdask_split"])
-    parts = [(g, int(rec["n_committed"]))]
-    counts = None if rec.get("class_counts") is None else np.asarray(rec["class_counts"],
-                                                                       dtype=np.int64)
-    for sub, srec in _shards(g):
-        parts.append((sub, int(srec["n_committed"])))
-        if counts is not None and srec.get("class_counts") is not None:
-            counts = counts + np.asarray(srec["class_counts"], dtype=np.int64)
-        for k in ("n_ignored", "n_batches"):
-            if srec.get(k):
-                rec[k] = int(rec.get(k, 0)) + int(srec[k])
-        if srec.get("sources"):
-            rec["sources"] = list(rec.get("sources") or []) + list(srec["sources"])
-    rec["n_committed"] = sum(n for _, n in parts)
-    if counts is not None:
-        rec["class_counts"] = counts.tolist()
-    return parts, rec
-
-
-def _advanced(
-    rec: Mapping[str, Any], n1: int, counts: np.ndarray | None, n_ignored: int, n_batches: int,
-    finite: bool = True,
-) -> dict[str, Any]:
-    """A commit record (a split's or a shard's) moved on to ``n1`` rows and what they add.
-
-    ``finite=False``: the new rows hold NaN or inf, written on purpose
-    (``allow_nonfinite``); the record then stops promising finite rows, the
-    promise that lets the statistics tell a lost chunk (NaN fill) from data.
-    """
-    rec = dict(rec)
-    if not finite:
-        rec["finite"] = False
-    if counts is not None:
-        rec["class_counts"] = (np.asarray(rec["class_counts"], dtype=np.int64)
-                               + counts).tolist()
-    if n_ignored:
-        rec["n_ignored"] = int(rec.get("n_ignored", 0)) + n_ignored
-    rec.update(n_committed=int(n1), n_batches=int(rec["n_batches"]) + n_batches)
-    return rec
-
-
 def _refuse_duplicate(
     rec: Mapping[str, Any], source: Mapping[str, Any], split: str, url: str, X_path: str
 ) -> None:
@@ -329,10 +243,6 @@ class _ImportJob:
     labels: bool
     allow_nonfinite: bool
     source: dict[str, Any]
-
-
-class DamagedStoreError(NcdaskStoreError):
-    """A store whose records disagree with its arrays (edited, or damaged)."""
 
 
 @contextlib.contextmanager
@@ -398,49 +308,6 @@ def _read(a: zarr.Array, url: str) -> da.Array:
                          fancy=False, lock=False, meta=np.empty((0,) * a.ndim, a.dtype))
 
 
-def _record(p: zarr.Group) -> Mapping[str, Any]:
-    """The commit record of a split group or of one of its shards."""
-    return p.attrs.get("ncdask_shard") or p.attrs["ncdask_split"]
-
-
-def _check_record(p: zarr.Group, n_classes: int, url: str) -> None:
-    """Check a split's or shard's commit record against the arrays it describes.
-
-    The record says how many rows are committed and how many of each class
-    they hold; a record that claims more rows than the arrays have, a
-    negative count, or counts that do not add up to the rows is damage
-    (seen: ``n_committed`` edited to -5 silently dropped 5 rows, 1e6 was
-    accepted), so it is an error naming the record, never a guess.
-    """
-    rec = _record(p)
-    where = f"{url!r}: the commit record of {p.path!r}"
-    n = rec.get("n_committed")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise DamagedStoreError(f"{where} has n_committed={n!r}: not a row count")
-    labelled = rec.get("labelled", rec.get("class_counts") is not None)
-    for name in ("embeddings", "labels") if labelled else ("embeddings",):
-        if n > 0 and name not in p:
-            raise DamagedStoreError(
-                f"{url!r}: {p.path!r} holds {n} committed rows but no {name} array (its "
-                f"{p.path}/{name}/zarr.json is missing): the store is damaged")
-    for name in ("embeddings", "labels"):
-        if name in p and p[name].shape[0] < n:
-            raise DamagedStoreError(
-                f"{where} says {n} rows are committed but {name} holds "
-                f"{p[name].shape[0]}: the store is damaged")
-    counts = rec.get("class_counts")
-    if counts is None:
-        return
-    c = np.asarray(counts)
-    n_ign = rec.get("n_ignored", 0)
-    if (c.shape != (n_classes,) or not np.issubdtype(c.dtype, np.integer) or (c < 0).any()
-            or int(c.sum()) + int(n_ign) != n):
-        raise DamagedStoreError(
-            f"{where} has class counts that do not describe its {n} rows (they sum to "
-            f"{c.sum() if c.dtype != object else '?'}, with {n_ign} ignored, over "
-            f"{c.shape} classes, for K={n_classes}): the store is damaged")
-
-
 #: Set on a split group whose deletion has begun (object stores).
 DELETED_ATTR = "ncdask_deleted"
 
@@ -464,12 +331,6 @@ def _classifier_name(sg: zarr.Group) -> str | None:
     if isinstance(name, str) and name in sg:
         return name
     return "classifier" if "classifier" in sg else None
-
-
-def _finite(X: np.ndarray, allowed: bool) -> bool:
-    """Whether a batch is all finite (only checked when non-finite values were allowed:
-    otherwise the batch's validation already refused them)."""
-    return not allowed or bool(np.isfinite(X).all())
 
 
 def _truncate(g: zarr.Group, n: int) -> None:

@@ -135,12 +135,7 @@ def sweep(
     >>> res.epoch.values.tolist(), bool((np.diff(res.nc1_quot.values) < 0).all())
     ([0, 5, 10], True)
     """
-    dims = [over] if isinstance(over, str) else list(over)
-    if not dims or len(dims) > 2 or len(set(dims)) != len(dims):
-        raise ValueError(f"over must be 'epoch', 'layer' or a pair of them, got {over!r}")
-    for d in dims:
-        if d not in SET_TAGS:
-            raise ValueError(f"over must name set tags {SET_TAGS}, got {d!r}")
+    dims = _swept_dims(over)
     fixed = {k: v for k, v in (("layer", layer), ("epoch", epoch)) if v is not None}
     clash = [k for k in fixed if k in dims]
     if clash:
@@ -150,8 +145,38 @@ def sweep(
         raise TypeError(
             f"sweep takes no {bad}: each set is measured with its own stored classifier"
         )
+    items, coords = _ordered(_matching_sets(store, dims, fixed, split), dims, order)
+    sk = dict(stats_kwargs or {})
+    if out is not None:
+        if len(dims) != 1:
+            raise ValueError("out= keeps sweeps over one tag; sweep each layer on its own")
+        return _incremental(items, coords, dims[0], out, split, test, ood, use_classifier,
+                            sk, measure_kwargs, fixed, cache)
+    res = _measure_sets(items, coords, dims, split, test, ood, use_classifier, sk,
+                        measure_kwargs, fixed, order, cache)
+    return res.compute() if compute else res
 
-    found: dict[tuple[Any, ...], tuple[EmbeddingStore, dict[str, Any]]] = {}
+
+Found = dict  # set key (layer, epoch) -> (store, tags)
+
+
+def _swept_dims(over: str | Sequence[str]) -> list[str]:
+    """The swept tag(s), checked: "epoch", "layer" or a pair of them."""
+    dims = [over] if isinstance(over, str) else list(over)
+    if not dims or len(dims) > 2 or len(set(dims)) != len(dims):
+        raise ValueError(f"over must be 'epoch', 'layer' or a pair of them, got {over!r}")
+    for d in dims:
+        if d not in SET_TAGS:
+            raise ValueError(f"over must name set tags {SET_TAGS}, got {d!r}")
+    return dims
+
+
+def _matching_sets(store: Any, dims: list[str], fixed: dict[str, Any],
+                   split: str) -> Found:
+    """Every set of the store(s) tagged with the swept dims and the fixed tags, holding
+    ``split``; an error when none matches, a set is in two stores, or the sets differ in a
+    tag that is neither swept nor fixed."""
+    found: Found = {}
     for st in _stores(store):
         for tags in st.sets():
             if any(d not in tags for d in dims):
@@ -177,7 +202,12 @@ def sweep(
                 f"the sets differ in {t!r} ({values}); fix it (sweep(..., {t}=...)) or sweep "
                 f"over both tags (over=('layer', 'epoch'))"
             )
+    return found
 
+
+def _ordered(found: Found, dims: list[str], order: Sequence[Any] | None
+             ) -> tuple[list[tuple[EmbeddingStore, dict[str, Any]]], list[tuple[Any, ...]]]:
+    """The sets and their coordinates, in ``order`` or sorted by coordinate."""
     items = list(found.values())
     coords = [tuple(tags[d] for d in dims) for _, tags in items]
     if order is not None:
@@ -188,17 +218,7 @@ def sweep(
         idx = [coords.index(w) for w in wanted]
     else:
         idx = sorted(range(len(items)), key=lambda i: tuple(_sort_key(v) for v in coords[i]))
-    items = [items[i] for i in idx]
-    coords = [coords[i] for i in idx]
-    sk = dict(stats_kwargs or {})
-    if out is not None:
-        if len(dims) != 1:
-            raise ValueError("out= keeps sweeps over one tag; sweep each layer on its own")
-        return _incremental(items, coords, dims[0], out, split, test, ood, use_classifier,
-                            sk, measure_kwargs, fixed, cache)
-    res = _measure_sets(items, coords, dims, split, test, ood, use_classifier, sk,
-                        measure_kwargs, fixed, order, cache)
-    return res.compute() if compute else res
+    return [items[i] for i in idx], [coords[i] for i in idx]
 
 
 def _measure_sets(
@@ -259,7 +279,8 @@ SWEEP_ATTR = "ncdask_sweep"
 def _signature(st: EmbeddingStore, tags: dict[str, Any], splits: list[str],
                use_classifier: bool) -> dict[str, Any]:
     """What a set's results depend on: its splits' committed parts and its classifier."""
-    from .store import _classifier_name, _snapshot
+    from ._record import _snapshot
+    from .store import _classifier_name
 
     sig: dict[str, Any] = {"store": st.url}
     for name in splits:
