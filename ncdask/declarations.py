@@ -140,31 +140,21 @@ class Inputs:
     def D(self) -> int:
         return int(self.cls.M.shape[1])
 
-    @property
-    def M(self) -> da.Array:
-        return self.cls.M
-
-    @property
-    def Mc(self) -> da.Array:
-        return self.cls.Mc
-
-    @property
-    def W(self) -> da.Array:
-        return self.cls.W
-
-    @property
-    def b(self) -> da.Array:
-        return self.cls.b
-
-    @property
-    def Sw(self) -> da.Array:
-        return self.cls.Sw
+    # the class inputs under their own names (ins.Mc for ins.cls.Mc)
+    M = property(lambda self: self.cls.M, doc="Class means of the kept classes.")
+    Mc = property(lambda self: self.cls.Mc, doc="Centred class means.")
+    W = property(lambda self: self.cls.W, doc="Classifier rows of the kept classes (or None).")
+    b = property(lambda self: self.cls.b, doc="Their bias.")
+    Sw = property(lambda self: self.cls.Sw, doc="Within-class covariance.")
 
     # shared intermediates
     @cached_property
     def terms(self) -> dict[str, da.Array] | None:
         """Every class-tile reduction of the closed forms in one read of each tile (K > D)."""
-        return CF.tile_terms(self.Mc, self.W) if self.K > self.D else None
+        if self.K <= self.D or self.Mc is None:
+            return None
+        unit = any(n.startswith("interference") for n in self.todo)
+        return CF.tile_terms(self.Mc, self.W, unit=unit)
 
     @cached_property
     def nc1(self) -> da.Array:
@@ -223,14 +213,14 @@ class Inputs:
         return da.stack([da.asarray(fn(b), dtype=np.float64) for b in self.bins])
 
     @cached_property
-    def small_gram_M(self) -> da.Array:
-        return CF.small_gram(self.Mc)
+    def gram_M(self) -> da.Array:
+        """A Gram matrix of the centred means: ``MᵀM`` of the tile fold when K > D, else K×K."""
+        return self.terms["MM"] if self.terms is not None else CF.small_gram(self.Mc)
 
     @cached_property
     def interference(self) -> da.Array:
         """``[mean, var]`` of the off-diagonal cosines of the centred means."""
-        U = CF.normalized(self.Mc)
-        return CF.interference(U, CF.small_gram(U))
+        return CF.interference(self.Mc, self.terms)
 
 
 def _decide(ins: Inputs) -> tuple[da.Array, da.Array]:
@@ -544,7 +534,7 @@ METRICS: dict[str, Metric] = {
         "effective rank of the between-class covariance",
         "exp(-sum_i p_i log p_i) over the eigenvalues of Sigma_B = M~^T M~ / K (from the "
         "K x K or D x D Gram, the smaller); min(K-1, D) under NC2",
-        ROY, compute=lambda ins: CF.effective_rank(ins.small_gram_M),
+        ROY, compute=lambda ins: CF.effective_rank(ins.gram_M),
     ),
     "erank_w": Metric(
         "effective rank of the classifier",

@@ -7,6 +7,7 @@ between-class covariance (D < K).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -110,13 +111,17 @@ def gram(A: da.Array, B: da.Array | None = None) -> da.Array:
                     meta=meta_from_array(A._meta, ndim=2, dtype=dt))
 
 
-def _fold_terms(acc: Any, m: Any, w: Any = None) -> dict[str, Any]:
+def _fold_terms(acc: Any, m: Any, w: Any = None, *, unit: bool = False) -> dict[str, Any]:
     from ..kernels._xp import array_namespace
 
     xp = array_namespace(m)
     t = {"MM": m.T @ m, "M_sum": xp.sum(m, axis=0), "M_sq": xp.sum(m * m)}
     if w is not None:
         t.update(WW=w.T @ w, W_sum=xp.sum(w, axis=0), W_sq=xp.sum(w * w), MW=xp.sum(m * w))
+    if unit:  # the rows normalised as the reference does, u = m / (‖m‖ + eps)
+        u = m / (xp.sqrt(xp.sum(m * m, axis=1)) + float(np.finfo(m.dtype).eps))[:, None]
+        q = xp.sum(u * u, axis=1)
+        t.update(UU=u.T @ u, U_sum=xp.sum(u, axis=0), U_sq=xp.sum(q), U_quad=xp.sum(q * q))
     if acc is None:
         return t
     for k, v in t.items():
@@ -124,11 +129,14 @@ def _fold_terms(acc: Any, m: Any, w: Any = None) -> dict[str, Any]:
     return acc
 
 
-def tile_terms(M: da.Array, W: da.Array | None = None) -> dict[str, da.Array]:
+def tile_terms(M: da.Array, W: da.Array | None = None, *,
+               unit: bool = False) -> dict[str, da.Array]:
     """Every class-tile reduction of the closed forms, from one read of each tile.
 
     ``MM = MᵀM`` and ``WW = WᵀW`` (D×D), ``M_sum``/``W_sum`` (column sums),
-    ``M_sq``/``W_sq`` (squared Frobenius norms) and ``MW = Σ M∘W``. Each
+    ``M_sq``/``W_sq`` (squared Frobenius norms) and ``MW = Σ M∘W``; with
+    ``unit``, the same of the normalised rows ``u_k = m_k/(‖m_k‖ + ε)``:
+    ``UU``, ``U_sum``, ``U_sq = Σ‖u_k‖²`` and ``U_quad = Σ‖u_k‖⁴``. Each
     tile of ``M`` (and ``W``) is read by one task, which adds it into the
     running sums of its chain (:func:`~ncdask.graph._tree.n_chains`).
 
@@ -144,11 +152,14 @@ def tile_terms(M: da.Array, W: da.Array | None = None) -> dict[str, da.Array]:
     if W is not None:
         W = W.rechunk((M.chunks[0], -1))
         args.append(W)
-    graph, name, final = _chain_fold("ncdask-terms-", _fold_terms, KT.combine_stages, args,
+    fold = functools.partial(_fold_terms, unit=True) if unit else _fold_terms
+    graph, name, final = _chain_fold("ncdask-terms-", fold, KT.combine_stages, args,
                                       lambda nm: f"{nm}-all")
     shapes = {"MM": (D, D), "M_sum": (D,), "M_sq": ()}
     if W is not None:
         shapes.update(WW=(D, D), W_sum=(D,), W_sq=(), MW=())
+    if unit:
+        shapes.update(UU=(D, D), U_sum=(D,), U_sq=(), U_quad=())
     out = {}
     for k, shape in shapes.items():
         out[k] = da.from_delayed(
@@ -267,14 +278,20 @@ def effective_rank(G: da.Array, *, singular: bool = False) -> da.Array:
     return delayed_array(C.gram_effective_rank, G, shape=(), like=G, singular=singular)
 
 
-def interference(U: da.Array, G: da.Array) -> da.Array:
-    """Lazy ``[mean, var]`` of the off-diagonal ``u_i·u_j`` from ``‖Σu‖²`` and ``‖G‖²_F``.
+def interference(Mc: da.Array, terms: dict[str, da.Array] | None = None) -> da.Array:
+    """Lazy ``[mean, var]`` of the off-diagonal cosines ``u_i·u_j`` of the rows of ``Mc``.
 
-    ``G`` is either Gram of ``U`` (:func:`small_gram`): O(K·min(K, D)·D), no
-    pair visited one by one.
+    From ``‖Σu‖²`` and ``‖UᵀU‖²_F``: with ``terms`` (:func:`tile_terms` with
+    ``unit=True``, when K > D) from the D×D Gram folded in the one read of
+    the class tiles the other closed forms make; else from the K×K Gram
+    (K ≤ D). No pair is visited one by one.
     """
-    s = U.sum(axis=0)
-    sum_sq = (s * s).sum()
-    frob_sq = (G * G).sum()
-    norms_sq = (U * U).sum(axis=1)
-    return delayed_array(C.off_diagonal_moments, sum_sq, frob_sq, norms_sq, shape=(2,), like=U)
+    if terms is not None:
+        s, G, q2, q4 = terms["U_sum"], terms["UU"], terms["U_sq"], terms["U_quad"]
+    else:
+        U = normalized(Mc)
+        s, G = U.sum(axis=0), small_gram(U)
+        q = (U * U).sum(axis=1)
+        q2, q4 = q.sum(), (q * q).sum()
+    return delayed_array(C.off_diagonal_moments, (s * s).sum(), (G * G).sum(), q2, q4,
+                         float(Mc.shape[0]), shape=(2,), like=Mc)

@@ -150,18 +150,17 @@ def gram_effective_rank(G: Any, *, singular: bool = False) -> Any:
     return effective_rank(lam[None, :])[0]
 
 
-def off_diagonal_moments(sum_sq: Any, frob_sq: Any, norms_sq: Any) -> Any:
+def off_diagonal_moments(sum_sq: Any, frob_sq: Any, sq: Any, quad: Any, n_rows: float) -> Any:
     """Mean and variance of the off-diagonal entries ``c_ij = u_i·u_j`` (i ≠ j) of ``UUᵀ``.
 
-    From ``sum_sq = ‖Σ_k u_k‖²``, ``frob_sq = ‖UᵀU‖²_F = ‖UUᵀ‖²_F`` and the
-    squared row norms ``norms_sq``: ``Σ_{i≠j} c_ij = sum_sq − Σ‖u_k‖²``,
-    ``Σ_{i≠j} c_ij² = frob_sq − Σ‖u_k‖⁴``, each over the K(K−1) ordered
-    pairs (the same moments as over the unordered ones). Returns ``[mean, var]``.
+    From ``sum_sq = ‖Σ_k u_k‖²``, ``frob_sq = ‖UᵀU‖²_F = ‖UUᵀ‖²_F``,
+    ``sq = Σ‖u_k‖²`` and ``quad = Σ‖u_k‖⁴``: ``Σ_{i≠j} c_ij = sum_sq − sq``,
+    ``Σ_{i≠j} c_ij² = frob_sq − quad``, each over the K(K−1) ordered pairs
+    (the same moments as over the unordered ones). Returns ``[mean, var]``.
     """
-    xp = array_namespace(norms_sq)
-    K = norms_sq.shape[0]
-    P = float(K * (K - 1))
+    xp = array_namespace(sum_sq)
+    P = float(n_rows * (n_rows - 1))
     with errstate(xp):
-        mean = (sum_sq - xp.sum(norms_sq)) / P
-        var = (frob_sq - xp.sum(norms_sq * norms_sq)) / P - mean * mean
+        mean = (sum_sq - sq) / P
+        var = (frob_sq - quad) / P - mean * mean
     return xp.stack([xp.asarray(mean, dtype=xp.float64), xp.asarray(var, dtype=xp.float64)])
