@@ -30,7 +30,7 @@ from .accumulate import StatsAccumulator, _as_array
 from .kernels import decisions as Dk
 from .kernels._xp import array_namespace, to_numpy
 
-__all__ = ["EvalAccumulator", "is_summary"]
+__all__ = ["EvalAccumulator", "check_role", "is_summary"]
 
 #: Seed of the fixed vector the fingerprints project on.
 FINGERPRINT_SEED = 7_261_201
@@ -48,6 +48,14 @@ def _probe(dim: int) -> np.ndarray:
 def is_summary(obj: Any, kind: str) -> bool:
     """Whether ``obj`` is an :class:`EvalAccumulator` summary of ``kind`` ("test" or "ood")."""
     return isinstance(obj, xr.Dataset) and obj.attrs.get("ncdask_streamed") == kind
+
+
+def check_role(obj: Any, role: str) -> None:
+    """Refuse a streamed summary passed for the other role (an OOD summary as ``test=``)."""
+    kind = obj.attrs.get("ncdask_streamed") if isinstance(obj, xr.Dataset) else None
+    if kind is not None and kind != role:
+        raise ValueError(f"a streamed {kind} summary was given as {role}=: pass "
+                         f"EvalAccumulator.{role}_summary() there")
 
 
 class EvalAccumulator:

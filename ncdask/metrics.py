@@ -81,7 +81,7 @@ from ._inputs import namespace_of as _namespace_of
 from ._inputs import split_of as _split
 from ._version import __version__
 from .declarations import GROUPS, METRICS, ON_REQUEST, Inputs, Metric, MetricInfo  # noqa: F401
-from .evaluate import is_summary, ood_class_from_summary, summary_dim
+from .evaluate import check_role, is_summary, ood_class_from_summary, summary_dim
 from .graph import closed_forms as CF
 from .graph.pairwise import default_tile_size, resolve_budget
 from .graph.stats import finalized_arrays, partials_tree
@@ -282,6 +282,8 @@ def _measure_one(
 ) -> tuple[xr.Dataset, dict[str, str]]:
     """Resolve the inputs once, select the metrics defined for them, compute each, label."""
     stats = _check_stats(stats)
+    check_role(test, "test")
+    check_role(ood, "ood")
     kept = kept_classes(stats, min_count, ignore_index)
     K_all, K = kept.n_all, kept.n_kept
     D = int(stats.sizes["feature"])

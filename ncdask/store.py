@@ -519,10 +519,14 @@ class EmbeddingStore:
                 n_classes = int(W.shape[0])
             else:
                 ii = create_kwargs.get("ignore_index")
-                n_classes = 1 + max(
-                    int(np.max(yy[yy != ii], initial=-1) if ii is not None else np.max(yy))
-                    for yy in (np.asarray(to_numpy(y)) for _, y in splits.values())
-                )
+                n_classes = 1 + max((
+                    int(np.max(yy[yy != ii] if ii is not None else yy, initial=-1))
+                    for yy in (np.asarray(to_numpy(y)) for _, y in splits.values()
+                               if y is not None)
+                ), default=-1)
+                if n_classes < 1:
+                    raise ValueError("cannot tell n_classes from the labels given (there are "
+                                     "none): pass n_classes=")
         import fsspec
 
         opts = create_kwargs.get("storage_options")

@@ -118,6 +118,11 @@ def test_a_summary_of_other_inputs_is_refused():
     other = ncdask.EvalAccumulator(st, weights=W * 2)
     with pytest.raises(ValueError, match="cannot merge"):
         ev.merge(other)
+    with pytest.raises(ValueError, match="test summary was given as ood="):
+        ncdask.measure(st, ood=summ, metrics="nc5_ood_dev")
+    ood = ncdask.EvalAccumulator(st).update_ood(data["X_ood"]).ood_summary()
+    with pytest.raises(ValueError, match="ood summary was given as test="):
+        ncdask.measure(st, weights=W, test=ood, metrics="nc4_agree")
 
 
 def test_bad_batches_raise_and_add_nothing():

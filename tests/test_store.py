@@ -325,3 +325,10 @@ def test_from_arrays_overwrite_replaces_only_when_complete(tmp_path, mem_url, wh
     with pytest.raises(ValueError, match="label"):
         ncdask.EmbeddingStore.from_arrays(fresh, bad_labels, n_classes=3)
     assert not (tmp_path / "new.zarr").exists()
+
+
+def test_from_arrays_without_any_label_asks_for_n_classes():
+    X = np.zeros((0, 4))
+    with pytest.raises(ValueError, match="pass n_classes="):
+        ncdask.EmbeddingStore.from_arrays("memory://no-labels", {"train": (X, np.zeros(0, int))},
+                                          overwrite=True)
