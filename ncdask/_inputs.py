@@ -36,6 +36,41 @@ def as_dask(x: Any, *, chunks: Any = -1) -> da.Array:
     return da.from_array(x, chunks=chunks)
 
 
+def class_rows(M: Any, tile_size: int | None = None, name: str = "M") -> tuple[da.Array, int]:
+    """``M`` as a float64 dask matrix chunked in class tiles, and the tile size."""
+    from .graph.pairwise import default_tile_size
+
+    A = as_dask(M)
+    if A.ndim != 2:
+        raise ValueError(f"{name} must be a (K, D) matrix, got shape {A.shape}")
+    A = A.astype(np.float64)
+    K, D = A.shape
+    T = int(tile_size) if tile_size else default_tile_size(max(K, 1), D)
+    if T < 1:
+        raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
+    return A.rechunk((min(T, max(K, 1)), -1)), T
+
+
+def as_array(a: Any) -> Any:
+    """NumPy or CuPy view of ``a`` (a torch tensor goes to CuPy on CUDA, else to NumPy)."""
+    mod = type(a).__module__
+    if mod.startswith("torch"):
+        a = a.detach()
+        if str(a.dtype) == "torch.bfloat16":
+            a = a.float()  # NumPy has no bfloat16; float32 holds it exactly
+        if a.is_cuda:
+            try:
+                import cupy
+
+                return cupy.from_dlpack(a)
+            except ImportError:
+                a = a.cpu()
+        return a.numpy()
+    if mod.startswith("cupy"):
+        return a
+    return np.asarray(a)
+
+
 def namespace_of(x: da.Array) -> Any:
     """The array module (NumPy or CuPy) of a dask array's chunks."""
     return array_namespace(x._meta)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ._inputs import as_array
 from ._validate import check_ignore_index
 from .kernels import stats as K
 from .kernels import stream as KS
@@ -40,26 +41,6 @@ from .kernels._xp import array_namespace, to_numpy
 BUFFER_BYTES = 32 * 2**20
 """Largest row buffer of one accumulator (rows × D × itemsize), bytes."""
 MAX_BUFFER_ROWS = 8192
-
-
-def _as_array(a: Any) -> Any:
-    """NumPy or CuPy view of ``a`` (a torch tensor goes to CuPy on CUDA, else to NumPy)."""
-    mod = type(a).__module__
-    if mod.startswith("torch"):
-        a = a.detach()
-        if str(a.dtype) == "torch.bfloat16":
-            a = a.float()  # NumPy has no bfloat16; float32 holds it exactly
-        if a.is_cuda:
-            try:
-                import cupy
-
-                return cupy.from_dlpack(a)
-            except ImportError:
-                a = a.cpu()
-        return a.numpy()
-    if mod.startswith("cupy"):
-        return a
-    return np.asarray(a)
 
 
 class StatsAccumulator:
@@ -139,7 +120,7 @@ class StatsAccumulator:
         range, NaN without ``allow_nonfinite``) raises and adds nothing.
         Returns the accumulator.
         """
-        X, y = _as_array(X), _as_array(y)
+        X, y = as_array(X), as_array(y)
         if X.ndim != 2 or X.shape[1] != self.dim:
             raise ValueError(f"X has shape {tuple(X.shape)}, expected (n, {self.dim})")
         if y.ndim != 1 or y.shape[0] != X.shape[0]:
@@ -218,7 +199,7 @@ class StatsAccumulator:
 
         from .graph.pairwise import default_tile_size
         from .graph.tiled_stats import _assemble, _finish_dense
-        from .stats import _labelled
+        from .stats import labelled_stats
 
         if self._acc is None:
             raise ValueError("no batch was added yet")
@@ -231,7 +212,7 @@ class StatsAccumulator:
         arrays = _assemble(per_group, [(0, Kc)], D, T, self.dtype, fin["means"], self.global_mean)
         counts = np.asarray(to_numpy(acc["counts"])).astype(np.int64)
         attrs = {} if self.ignore_index is None else {"ignore_index": self.ignore_index}
-        return _labelled(arrays, counts, global_mean=self.global_mean, attrs=attrs).compute(
+        return labelled_stats(arrays, counts, global_mean=self.global_mean, attrs=attrs).compute(
             scheduler="sync")
 
 

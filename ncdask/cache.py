@@ -37,8 +37,9 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from ._layout import _read
 from ._record import _record, _snapshot
-from .store import EmbeddingStore, _read
+from .store import EmbeddingStore
 
 #: Folder of a split's cached statistics.
 CACHE_DIR = ".ncdask-stats"

@@ -28,8 +28,9 @@ import dask
 import numpy as np
 import zarr
 
+from ._layout import _classifier_name, _naming_broken_metadata
 from ._record import DamagedStoreError, _check_record, _snapshot
-from .store import EmbeddingStore, _classifier_name, _naming_broken_metadata
+from .store import EmbeddingStore
 
 
 @dataclass

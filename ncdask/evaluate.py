@@ -25,8 +25,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._inputs import as_dask, check_stats, class_inputs, kept_classes, like
-from .accumulate import StatsAccumulator, _as_array
+from ._inputs import as_array, as_dask, check_stats, class_inputs, kept_classes, like
+from .accumulate import StatsAccumulator
 from .kernels import decisions as Dk
 from .kernels._xp import array_namespace, to_numpy
 
@@ -122,14 +122,14 @@ class EvalAccumulator:
     # ----------------------------------------------------------------- batches
     def _batch(self, X: Any, y: Any, *, labels_needed: bool) -> tuple[Any, Any, Any]:
         xp = array_namespace(self._Mc)
-        X = _as_array(X)
+        X = as_array(X)
         if X.ndim != 2 or X.shape[1] != self.dim:
             raise ValueError(f"X has shape {tuple(X.shape)}, expected (n, {self.dim})")
         if y is None:
             if labels_needed:
                 raise ValueError("test batches need labels: NC4 counts agreement per class")
         else:
-            y = _as_array(y)
+            y = as_array(y)
             if y.ndim != 1 or y.shape[0] != X.shape[0]:
                 raise ValueError(f"y has shape {tuple(y.shape)}, expected ({X.shape[0]},)")
             if np.dtype(y.dtype).kind not in "iu":

@@ -28,11 +28,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._inputs import as_dask
+from ._inputs import as_dask, class_rows
 from .declarations import METRICS, Inputs
 from .kernels._xp import to_numpy
 from .metrics import measure
-from .reference_api import _mat
 
 Array = Any
 
@@ -47,7 +46,7 @@ __all__ = [
 
 
 def _rows(A: Array, name: str, tile_size: int | None = None) -> tuple[da.Array, int]:
-    return _mat(A, tile_size, name)
+    return class_rows(A, tile_size, name)
 
 
 def _need_two(K: int, name: str) -> None:

@@ -42,27 +42,14 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._inputs import as_dask
+from ._inputs import as_dask, class_rows
 from .declarations import METRICS, Inputs
 from .graph import closed_forms as CF
-from .graph.pairwise import default_tile_size, pair_grid, pairwise_moments
+from .graph.pairwise import pair_grid, pairwise_moments
 from .kernels._xp import to_numpy
 from .metrics import DegenerateInputWarning
 
 Array = Any
-
-
-def _mat(M: Array, tile_size: int | None = None, name: str = "M") -> tuple[da.Array, int]:
-    """``M`` as a float64 dask matrix chunked in class tiles, and the tile size."""
-    A = as_dask(M)
-    if A.ndim != 2:
-        raise ValueError(f"{name} must be a (K, D) matrix, got shape {A.shape}")
-    A = A.astype(np.float64)
-    K, D = A.shape
-    T = int(tile_size) if tile_size else default_tile_size(max(K, 1), D)
-    if T < 1:
-        raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
-    return A.rechunk((min(T, max(K, 1)), -1)), T
 
 
 def _vec(m_G: Array, D: int) -> da.Array | float:
@@ -77,7 +64,7 @@ def _vec(m_G: Array, D: int) -> da.Array | float:
 
 
 def _centred(M: Array, m_G: Array, tile_size: int | None = None) -> tuple[da.Array, int]:
-    A, T = _mat(M, tile_size)
+    A, T = class_rows(M, tile_size)
     g = _vec(m_G, A.shape[1])
     return (A - g if not (isinstance(g, float) and g == 0.0) else A), T
 
@@ -222,7 +209,7 @@ def variability_cdnv(
     ----------
     Galanti, György & Hutter (2022), arXiv:2112.15121.
     """
-    A, T = _mat(M, tile_size)
+    A, T = class_rows(M, tile_size)
     A = A - A.mean(axis=0)[None, :]  # distances do not change; precision does
     v = as_dask(V_norms).astype(np.float64).reshape(-1)
     res = pairwise_moments(A, stats=("cdnv",), v=v, tile_size=T, dist_exp=dist_exp)
@@ -240,7 +227,7 @@ def dist_kernel(data: Array, tile_size: int | None = None) -> xr.DataArray:
     xarray.DataArray (class, class_)
         Dask-backed, one chunk per tile pair.
     """
-    A, T = _mat(data, tile_size)
+    A, T = class_rows(data, tile_size)
     return _grid(pair_grid(A, kind="dist", tile_size=T))
 
 
@@ -251,7 +238,7 @@ def log_kernel(data: Array, exponent: float = -1, tile_size: int | None = None) 
     ----------
     Liu et al. (2023), arXiv:2303.06484.
     """
-    A, T = _mat(data, tile_size)
+    A, T = class_rows(data, tile_size)
     return _grid(pair_grid(A, kind="log", tile_size=T, exponent=exponent))
 
 
@@ -283,7 +270,7 @@ def riesz_kernel(
     ----------
     Liu et al. (2023), arXiv:2303.06484.
     """
-    A, T = _mat(data, tile_size)
+    A, T = class_rows(data, tile_size)
     S = float(A.shape[1] - 2 if s is None else s)
     if not math.isfinite(S):
         raise ValueError(f"the Riesz exponent s must be finite, got {s!r}")
@@ -380,7 +367,7 @@ def class_dist_norm_vars(
     ----------
     Galanti, György & Hutter (2022), arXiv:2112.15121.
     """
-    A, T = _mat(M, tile_size)
+    A, T = class_rows(M, tile_size)
     v = as_dask(V_norms).astype(np.float64).reshape(-1)
     return _grid(pair_grid(A, kind="cdnv", v=v, tile_size=T, dist_exp=dist_exp))
 
@@ -414,7 +401,7 @@ def structure_error(A: Array, B: Array) -> float:
     ----------
     Kothapalli (2023), arXiv:2206.04041.
     """
-    Ad, _ = _mat(A, name="A")
+    Ad, _ = class_rows(A, name="A")
     Bd = as_dask(B).astype(np.float64)
     if Bd.shape != Ad.shape:
         raise ValueError(f"B has shape {Bd.shape}, expected {Ad.shape} like A")
@@ -686,7 +673,7 @@ def orthogonality_deviation(M: Array, m_G_ood: Array = 0) -> float:
     ----------
     Ammar et al. (2024), arXiv:2310.06823.
     """
-    A, _ = _mat(M)
+    A, _ = class_rows(M)
     g = _vec(m_G_ood, A.shape[1])
     if isinstance(g, float):
         return 0.0

@@ -76,7 +76,7 @@ def _n_classes_of(ds: xr.Dataset, n_classes: int | None) -> int:
     raise ValueError("the split Dataset has no 'n_classes' attribute; pass n_classes=")
 
 
-def _labelled(
+def labelled_stats(
     arrays: dict[str, Any],
     counts: np.ndarray,
     *,
@@ -84,6 +84,12 @@ def _labelled(
     attrs: dict[str, Any],
     in_scatter: np.ndarray | None = None,
 ) -> xr.Dataset:
+    """The class-statistics Dataset (the ``class_stats`` contract) from its arrays.
+
+    ``arrays`` holds ``means``, ``global_mean``, ``within_cov``, ``var_norms``
+    (lazy or not); ``counts`` the per-class counts; ``in_scatter`` marks the
+    classes whose samples Σ_W pools (default: all with samples).
+    """
     K = counts.shape[0]
     D = arrays["means"].shape[1]
     empty = np.nonzero(counts == 0)[0].tolist()
@@ -281,7 +287,7 @@ def class_stats(
         attrs["min_count"] = int(min_count)
     if ds.attrs.get("finite") == 1:
         arrays = _refusing_lost_chunks(arrays, counts, ds.attrs)
-    return _labelled(
+    return labelled_stats(
         arrays, counts, global_mean=global_mean, attrs=attrs, in_scatter=in_scatter
     )
 
@@ -356,7 +362,7 @@ def merge_stats(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     counts = na + nb
     ii = a.attrs.get("ignore_index")
     attrs = {} if ii is None else {"ignore_index": ii}
-    return _labelled(arrays, counts, global_mean=a.attrs["global_mean"], attrs=attrs)
+    return labelled_stats(arrays, counts, global_mean=a.attrs["global_mean"], attrs=attrs)
 
 
 def save_stats(

@@ -45,6 +45,18 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from ._layout import (  # noqa: F401 - re-exported: the store's layout names
+    CLASSIFIER_ATTR,
+    DELETED_ATTR,
+    SET_TAGS,
+    _classifier_name,
+    _fresh,
+    _NamedChunks,
+    _naming_broken_metadata,
+    _read,
+    _set_path,
+    _where,
+)
 from ._record import (  # noqa: F401 - DamagedStoreError is public here as before
     DamagedStoreError,
     _advanced,
@@ -63,7 +75,6 @@ from .kernels._xp import to_numpy
 
 FORMAT = 2  # 2: sets may have their own width (``ncdask_layout``); 1 otherwise
 CHUNK_BYTES = 64 * 2**20
-SET_TAGS = ("layer", "epoch")
 
 
 def default_codec() -> list:
@@ -81,22 +92,6 @@ def default_codec() -> list:
     at half the speed and gains only 1.08-1.13 elsewhere.
     """
     return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), Crc32cCodec()]
-
-
-def _set_path(layer: str | None = None, epoch: int | None = None) -> str:
-    parts = []
-    if layer is not None:
-        parts.append(f"layer={check_name('layer', layer)}")
-    if epoch is not None:
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
-            raise TypeError(f"epoch must be an integer, got {epoch!r}")
-        parts.append(f"epoch={int(epoch)}")
-    return "/".join(parts)
-
-
-def _where(layer: str | None, epoch: int | None) -> str | None:
-    """How a set is named in messages (None for the default set)."""
-    return _set_path(layer, epoch) or None
 
 
 def _auto_chunk_rows(dim: int, dtype: np.dtype) -> int:
@@ -243,94 +238,6 @@ class _ImportJob:
     labels: bool
     allow_nonfinite: bool
     source: dict[str, Any]
-
-
-@contextlib.contextmanager
-def _naming_broken_metadata(url: str, storage_options: dict | None) -> Iterator[None]:
-    """Turn a JSON error from Zarr into one that names the broken ``zarr.json``.
-
-    Zarr parses a node's metadata without saying which file it was: a
-    truncated ``zarr.json`` surfaced as "Expecting value: line 6 column 16".
-    On such an error the store's metadata files are read one by one to find
-    the broken ones (only then: it lists the whole store).
-    """
-    import json
-
-    try:
-        yield
-    except json.JSONDecodeError as e:
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        broken = []
-        for f in fs.glob(f"{root.rstrip('/')}/**/zarr.json") + [f"{root.rstrip('/')}/zarr.json"]:
-            try:
-                json.loads(fs.cat_file(f))
-            except (ValueError, FileNotFoundError):
-                broken.append(str(f))
-        raise DamagedStoreError(
-            f"{url!r}: unreadable metadata ({e}) in " + (", ".join(sorted(set(broken)))
-                                                         or "a zarr.json file")
-            + ": the store is damaged (truncated or edited)") from e
-
-
-class _NamedChunks:
-    """A Zarr array whose read errors name the store, the array and the rows.
-
-    A checksum mismatch or a truncated chunk otherwise surfaces deep in a
-    dask traceback as ``Stored and computed checksum do not match`` or
-    ``error during blosc decompression: -1``, with nothing to say where.
-    """
-
-    def __init__(self, a: zarr.Array, url: str) -> None:
-        self.a, self.url = a, url
-        self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        try:
-            return self.a[key]
-        except Exception as e:
-            rows = key[0] if isinstance(key, tuple) else key
-            span = (f"rows {rows.start}-{rows.stop - 1}" if isinstance(rows, slice)
-                    and rows.start is not None and rows.stop is not None else f"{key}")
-            raise DamagedStoreError(
-                f"{self.url!r}: {self.a.path}, {span} (chunk rows {self.a.chunks[0]}): "
-                f"cannot be read ({type(e).__name__}: {e}); run `ncdask check` on the store"
-            ) from e
-
-
-def _read(a: zarr.Array, url: str) -> da.Array:
-    """``da.from_zarr(a)``, with read errors that name the store, array and rows."""
-    from dask.base import tokenize
-
-    name = "zarr-" + tokenize(url, a.path, a.shape, a.chunks, str(a.dtype), a.metadata.to_dict())
-    return da.from_array(_NamedChunks(a, url), chunks=a.chunks, name=name, asarray=False,
-                         fancy=False, lock=False, meta=np.empty((0,) * a.ndim, a.dtype))
-
-
-#: Set on a split group whose deletion has begun (object stores).
-DELETED_ATTR = "ncdask_deleted"
-
-#: The set attribute naming the group that holds the set's current classifier.
-CLASSIFIER_ATTR = "ncdask_classifier"
-
-
-def _fresh(g: zarr.Group) -> zarr.Group:
-    """Group ``g`` reopened: its attributes as they are in the store now, not as cached."""
-    return zarr.open_group(store=g.store, path=g.path, mode="r" if g.store.read_only else "r+")
-
-
-def _classifier_name(sg: zarr.Group) -> str | None:
-    """The group of set ``sg`` holding its classifier (None: none stored).
-
-    Versions live in ``.classifier-<owner>`` groups and the set's
-    :data:`CLASSIFIER_ATTR` names the current one; stores written before
-    versions keep theirs in ``classifier``.
-    """
-    name = sg.attrs.get(CLASSIFIER_ATTR)
-    if isinstance(name, str) and name in sg:
-        return name
-    return "classifier" if "classifier" in sg else None
 
 
 def _truncate(g: zarr.Group, n: int) -> None:

@@ -279,8 +279,8 @@ SWEEP_ATTR = "ncdask_sweep"
 def _signature(st: EmbeddingStore, tags: dict[str, Any], splits: list[str],
                use_classifier: bool) -> dict[str, Any]:
     """What a set's results depend on: its splits' committed parts and its classifier."""
+    from ._layout import _classifier_name
     from ._record import _snapshot
-    from .store import _classifier_name
 
     sig: dict[str, Any] = {"store": st.url}
     for name in splits:

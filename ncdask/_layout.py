@@ -1,0 +1,130 @@
+"""Where things are in a store, and how they are read: the layout.
+
+A store is a Zarr group; each embedding set is a group named by its tags
+(``layer=<name>/epoch=<e>``, the root for the untagged set), each split a
+group in it with ``embeddings`` and ``labels`` arrays (and writers' shards),
+and each set's classifier a ``.classifier-<owner>`` group that the set's
+``ncdask_classifier`` attribute points to. This module names those places,
+follows the pointer, and reads arrays with errors that name the store,
+array and rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from ._record import DamagedStoreError
+from ._validate import check_name
+
+SET_TAGS = ("layer", "epoch")
+
+
+def _set_path(layer: str | None = None, epoch: int | None = None) -> str:
+    parts = []
+    if layer is not None:
+        parts.append(f"layer={check_name('layer', layer)}")
+    if epoch is not None:
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
+            raise TypeError(f"epoch must be an integer, got {epoch!r}")
+        parts.append(f"epoch={int(epoch)}")
+    return "/".join(parts)
+
+
+def _where(layer: str | None, epoch: int | None) -> str | None:
+    """How a set is named in messages (None for the default set)."""
+    return _set_path(layer, epoch) or None
+
+
+@contextlib.contextmanager
+def _naming_broken_metadata(url: str, storage_options: dict | None) -> Iterator[None]:
+    """Turn a JSON error from Zarr into one that names the broken ``zarr.json``.
+
+    Zarr parses a node's metadata without saying which file it was: a
+    truncated ``zarr.json`` surfaced as "Expecting value: line 6 column 16".
+    On such an error the store's metadata files are read one by one to find
+    the broken ones (only then: it lists the whole store).
+    """
+    import json
+
+    try:
+        yield
+    except json.JSONDecodeError as e:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        broken = []
+        for f in fs.glob(f"{root.rstrip('/')}/**/zarr.json") + [f"{root.rstrip('/')}/zarr.json"]:
+            try:
+                json.loads(fs.cat_file(f))
+            except (ValueError, FileNotFoundError):
+                broken.append(str(f))
+        raise DamagedStoreError(
+            f"{url!r}: unreadable metadata ({e}) in " + (", ".join(sorted(set(broken)))
+                                                         or "a zarr.json file")
+            + ": the store is damaged (truncated or edited)") from e
+
+
+class _NamedChunks:
+    """A Zarr array whose read errors name the store, the array and the rows.
+
+    A checksum mismatch or a truncated chunk otherwise surfaces deep in a
+    dask traceback as ``Stored and computed checksum do not match`` or
+    ``error during blosc decompression: -1``, with nothing to say where.
+    """
+
+    def __init__(self, a: zarr.Array, url: str) -> None:
+        self.a, self.url = a, url
+        self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return self.a[key]
+        except Exception as e:
+            rows = key[0] if isinstance(key, tuple) else key
+            span = (f"rows {rows.start}-{rows.stop - 1}" if isinstance(rows, slice)
+                    and rows.start is not None and rows.stop is not None else f"{key}")
+            raise DamagedStoreError(
+                f"{self.url!r}: {self.a.path}, {span} (chunk rows {self.a.chunks[0]}): "
+                f"cannot be read ({type(e).__name__}: {e}); run `ncdask check` on the store"
+            ) from e
+
+
+def _read(a: zarr.Array, url: str) -> da.Array:
+    """``da.from_zarr(a)``, with read errors that name the store, array and rows."""
+    from dask.base import tokenize
+
+    name = "zarr-" + tokenize(url, a.path, a.shape, a.chunks, str(a.dtype), a.metadata.to_dict())
+    return da.from_array(_NamedChunks(a, url), chunks=a.chunks, name=name, asarray=False,
+                         fancy=False, lock=False, meta=np.empty((0,) * a.ndim, a.dtype))
+
+
+#: Set on a split group whose deletion has begun (object stores).
+DELETED_ATTR = "ncdask_deleted"
+
+
+#: The set attribute naming the group that holds the set's current classifier.
+CLASSIFIER_ATTR = "ncdask_classifier"
+
+
+def _fresh(g: zarr.Group) -> zarr.Group:
+    """Group ``g`` reopened: its attributes as they are in the store now, not as cached."""
+    return zarr.open_group(store=g.store, path=g.path, mode="r" if g.store.read_only else "r+")
+
+
+def _classifier_name(sg: zarr.Group) -> str | None:
+    """The group of set ``sg`` holding its classifier (None: none stored).
+
+    Versions live in ``.classifier-<owner>`` groups and the set's
+    :data:`CLASSIFIER_ATTR` names the current one; stores written before
+    versions keep theirs in ``classifier``.
+    """
+    name = sg.attrs.get(CLASSIFIER_ATTR)
+    if isinstance(name, str) and name in sg:
+        return name
+    return "classifier" if "classifier" in sg else None
