@@ -128,3 +128,36 @@ def _classifier_name(sg: zarr.Group) -> str | None:
     if isinstance(name, str) and name in sg:
         return name
     return "classifier" if "classifier" in sg else None
+
+
+def _is_labelled(g: zarr.Group) -> bool:
+    return bool(g.attrs["ncdask_split"].get("labelled", True))
+
+
+def _check_labelled(g: zarr.Group, labelled: bool) -> None:
+    """Labelled and unlabelled batches do not mix in one split."""
+    have = _is_labelled(g)
+    if have != labelled:
+        name = g.attrs["ncdask_split"].get("split")
+        raise ValueError(
+            f"split {name!r} is {'labelled' if have else 'unlabelled'}: "
+            + ("pass labels with every batch" if have else
+               "its batches take no labels (y=None); use another split for labelled data")
+        )
+
+
+def _forget_listings(g: zarr.Group) -> None:
+    """Drop the listings fsspec cached for ``g``'s store (s3fs keeps them: after a
+    delete through another handle, Zarr's own saw the deleted nodes as present)."""
+    fs = getattr(g.store, "fs", None)
+    if fs is not None and hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache()
+
+
+def _truncate(g: zarr.Group, n: int) -> None:
+    """Shrink a split's arrays back to its ``n`` committed rows (after a failed write)."""
+    for name in ("embeddings", "labels"):
+        if name in g:
+            a = g[name]
+            if a.shape[0] > n:
+                a.resize((n, *a.shape[1:]))

@@ -31,7 +31,6 @@ record itself is never half-written.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 import uuid
@@ -45,16 +44,21 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from ._imports import DuplicateImportError, ImportsMixin  # noqa: F401 - public here as before
 from ._layout import (  # noqa: F401 - re-exported: the store's layout names
     CLASSIFIER_ATTR,
     DELETED_ATTR,
     SET_TAGS,
+    _check_labelled,
     _classifier_name,
+    _forget_listings,
     _fresh,
+    _is_labelled,
     _NamedChunks,
     _naming_broken_metadata,
     _read,
     _set_path,
+    _truncate,
     _where,
 )
 from ._record import (  # noqa: F401 - DamagedStoreError is public here as before
@@ -99,24 +103,6 @@ def _auto_chunk_rows(dim: int, dtype: np.dtype) -> int:
     return max(1, CHUNK_BYTES // (int(dim) * np.dtype(dtype).itemsize))
 
 
-class DuplicateImportError(NcdaskStoreError):
-    """The split already holds the source being imported (see ``import_files(mode=)``)."""
-
-
-def _is_labelled(g: zarr.Group) -> bool:
-    return bool(g.attrs["ncdask_split"].get("labelled", True))
-
-
-def _check_labelled(g: zarr.Group, labelled: bool) -> None:
-    """Labelled and unlabelled batches do not mix in one split."""
-    have = _is_labelled(g)
-    if have != labelled:
-        name = g.attrs["ncdask_split"].get("split")
-        raise ValueError(
-            f"split {name!r} is {'labelled' if have else 'unlabelled'}: "
-            + ("pass labels with every batch" if have else
-               "its batches take no labels (y=None); use another split for labelled data")
-        )
 
 
 def _check_free(url: str, overwrite: bool, storage_options: dict | None) -> None:
@@ -180,22 +166,6 @@ def _put_once(parent: zarr.Group, name: str, build: Any) -> zarr.Group | zarr.Ar
 WRITERS_KEY = "ncdask.writers"
 
 
-def _refuse_duplicate(
-    rec: Mapping[str, Any], source: Mapping[str, Any], split: str, url: str, X_path: str
-) -> None:
-    """Raise :class:`DuplicateImportError` if the split record ``rec`` holds ``source``."""
-    dup = [src for src in rec.get("sources") or []
-           if src.get("fingerprint") == source["fingerprint"]]
-    if dup:
-        raise DuplicateImportError(
-            f"split {split!r} of {url!r} already holds {X_path} "
-            f"(imported from {dup[0]['embeddings']}, {dup[0]['rows']} rows; "
-            f"it has {rec['n_committed']} rows); pass mode='append' "
-            "(--append) to add the rows again or mode='overwrite' "
-            "(--overwrite) to replace the split"
-        )
-
-
 def _remove_split(g: zarr.Group, fs: Any, path: str) -> None:
     """Delete split group ``g`` (at ``path``) where there is no rename.
 
@@ -217,39 +187,7 @@ def _remove_split(g: zarr.Group, fs: Any, path: str) -> None:
     _forget_listings(g)
 
 
-def _forget_listings(g: zarr.Group) -> None:
-    """Drop the listings fsspec cached for ``g``'s store (s3fs keeps them: after a
-    delete through another handle, Zarr's own saw the deleted nodes as present)."""
-    fs = getattr(g.store, "fs", None)
-    if fs is not None and hasattr(fs, "invalidate_cache"):
-        fs.invalidate_cache()
-
-
-@dataclasses.dataclass(frozen=True)
-class _ImportJob:
-    """One file to import: where it goes, what it is, and its source record."""
-
-    split: str
-    layer: str | None
-    epoch: int | None
-    dim: int
-    X_path: str
-    y_path: str | None
-    labels: bool
-    allow_nonfinite: bool
-    source: dict[str, Any]
-
-
-def _truncate(g: zarr.Group, n: int) -> None:
-    """Shrink a split's arrays back to its ``n`` committed rows (after a failed write)."""
-    for name in ("embeddings", "labels"):
-        if name in g:
-            a = g[name]
-            if a.shape[0] > n:
-                a.resize((n, *a.shape[1:]))
-
-
-class EmbeddingStore:
+class EmbeddingStore(ImportsMixin):
     """Embeddings and labels of one or more splits, in a chunked Zarr store.
 
     Create one with :meth:`create` or :meth:`from_arrays`, open one with
@@ -1038,129 +976,6 @@ class EmbeddingStore:
             return da.from_zarr(cg["W"]), (da.from_zarr(cg["b"]) if "b" in cg else None)
         return cg["W"][:], (cg["b"][:] if "b" in cg else None)
 
-    def import_files(
-        self,
-        split: str,
-        X_path: str,
-        y_path: str | None = None,
-        *,
-        layer: str | None = None,
-        epoch: int | None = None,
-        allow_nonfinite: bool = False,
-        labels: bool = True,
-        mode: str = "add",
-    ) -> int:
-        """Import an ``.npy`` pair or an ``.npz`` file without loading it whole.
-
-        ``.npy`` files are memory-mapped; ``.npz`` members (keys ``X``/``Y`` or
-        ``embeddings``/``labels``) are streamed chunk by chunk. Into a new
-        set, the file's width becomes the set's.
-
-        An import is all or nothing and safe to retry: the files' shapes,
-        widths and labels are checked before anything is written, the rows
-        are committed in one step at the end (a failed or killed import
-        leaves the split as it was, and no new split or set behind), and
-        each split remembers the sources imported into it (a fingerprint of
-        their contents), so importing the same source twice is refused.
-
-        Parameters
-        ----------
-        split : str
-        X_path : path
-            ``.npy`` embeddings (with ``y_path``) or an ``.npz`` file.
-        y_path : path, optional
-            ``.npy`` labels for an ``.npy`` embeddings file.
-        layer, epoch : optional
-            Tags of the embedding set.
-        allow_nonfinite : bool
-            Store NaN/inf instead of raising.
-        labels : bool, default True
-            False imports embeddings only, into an unlabelled split (OOD
-            data); ``y_path`` must then be None.
-        mode : {"add", "append", "overwrite"}
-            ``"add"`` appends unless this source is already in the split (a
-            :class:`DuplicateImportError`); ``"append"`` appends regardless;
-            ``"overwrite"`` replaces the split's rows with the file's (the old
-            rows stay readable until the new ones are complete).
-
-        Returns
-        -------
-        int
-            The split's committed row count.
-
-        Raises
-        ------
-        DuplicateImportError
-            ``mode="add"`` and the split already holds this source.
-        ValueError
-            Bad files (nothing is written).
-        """
-        from .io import inspect_saved
-
-        self._require_writable()
-        check_name("split", split)
-        if mode not in ("add", "append", "overwrite"):
-            raise ValueError(f"mode must be 'add', 'append' or 'overwrite', got {mode!r}")
-        known = self._known_dim(layer, epoch)
-        info = inspect_saved(X_path, y_path, labels=labels, n_classes=self.n_classes,
-                             ignore_index=self.ignore_index)
-        if known is not None and info["dim"] != known:
-            where = _where(layer, epoch)
-            raise ValueError(
-                f"{X_path}: embeddings have dim {info['dim']}, the store expects dim {known}"
-                + (f" in set {where}" if where else "") + "; nothing was imported"
-            )
-        source = {k: info[k] for k in ("embeddings", "labels", "rows", "fingerprint")}
-        job = _ImportJob(split, layer, epoch, int(info["dim"]), X_path, y_path, labels,
-                         allow_nonfinite, source)
-        if self._use_shards():
-            return self._import_shard(job, mode)
-        if split in self.splits(layer=layer, epoch=epoch):
-            g0 = self._split_group(split, layer, epoch, create=False)
-            with self._exclusive(g0) as g:  # one writer at a time; the record re-read
-                _check_labelled(g, labels)
-                rec = g.attrs["ncdask_split"]
-                if mode == "add":
-                    _refuse_duplicate(_snapshot(g)[1], source, split, self.url, X_path)
-                if mode != "overwrite":
-                    # one commit: rows go past the committed end, the record moves last
-                    n0 = int(rec["n_committed"])
-                    try:
-                        end, counts, n_ign, blocks, finite = self._write_file(g, n0, job)
-                    except BaseException:
-                        _truncate(g, n0)
-                        raise
-                    srcs = list(rec.get("sources") or []) + [source]
-                    return self._commit(g, end, counts, n_ign, blocks, {"sources": srcs},
-                                        finite=finite)
-            return self._import_staged(job, replace=True)
-        return self._import_staged(job, replace=False)
-
-    def _import_shard(self, job: _ImportJob, mode: str) -> int:
-        """Import into a new shard of its own, committed in one step (object stores).
-
-        No lock and no rename are needed: the rows go to a shard nobody else
-        writes, and its record (one PUT) commits them with the source, so
-        importers of one split, and writers beside them, never meet. A
-        killed import leaves an uncommitted shard that readers skip.
-        """
-        if mode == "overwrite":
-            raise ValueError(
-                f"mode='overwrite' cannot replace a split in one step on {self.url!r} (an "
-                "object store has no rename): delete the split first (store.delete_split, "
-                "CLI: ncdask rm) and import again; nothing was imported")
-        g = self._split_group(job.split, job.layer, job.epoch, create=True, dim=job.dim,
-                              labelled=job.labels)
-        _check_labelled(g, job.labels)
-        rec = _snapshot(g)[1]
-        if mode == "add":
-            _refuse_duplicate(rec, job.source, job.split, self.url, job.X_path)
-        sh = self._new_shard(g, job.labels)
-        n, counts, n_ign, blocks, finite = self._write_file(sh, 0, job)
-        srec = _advanced(sh.attrs["ncdask_shard"], n, counts, n_ign, blocks, finite)
-        srec["sources"] = [job.source]
-        sh.attrs["ncdask_shard"] = srec  # the commit
-        return int(_snapshot(g)[1]["n_committed"])
 
     @contextlib.contextmanager
     def _exclusive(self, g: zarr.Group) -> Iterator[zarr.Group]:
@@ -1193,57 +1008,6 @@ class EmbeddingStore:
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
 
-    def _write_file(
-        self, g: zarr.Group, start: int, job: _ImportJob
-    ) -> tuple[int, np.ndarray | None, int, int, bool]:
-        """Write a saved file's rows into ``g`` from row ``start``, in chunk-sized blocks.
-
-        Nothing is committed. Returns the end row, the per-class counts, the
-        number of ignored labels, the number of blocks written and whether
-        every value was finite.
-        """
-        from .io import iter_saved_arrays
-
-        rows = int(g["embeddings"].chunks[0])
-        end, counts, n_ign, blocks, finite = start, None, 0, 0, True
-        for Xb, yb in iter_saved_arrays(job.X_path, job.y_path, rows=rows, labels=job.labels):
-            Xn, yn = batch_to_numpy(
-                Xb, yb, dim=g["embeddings"].shape[1], n_classes=self.n_classes,
-                dtype=self.dtype, allow_nonfinite=job.allow_nonfinite,
-                ignore_index=self.ignore_index, where=_where(job.layer, job.epoch),
-            )
-            end = self._write_rows(g, end, Xn, yn)
-            finite = finite and _finite(Xn, job.allow_nonfinite)
-            c, k = self._tally(yn)
-            counts = c if counts is None else counts + c
-            n_ign += k
-            blocks += 1
-        return end, counts, n_ign, blocks, finite
-
-    def _import_staged(self, job: _ImportJob, replace: bool) -> int:
-        """Import into a hidden staging group, then move it into place as ``split``."""
-        split, layer, epoch, D = job.split, job.layer, job.epoch, job.dim
-        sg = self._set_group(layer, epoch, create=True)
-        lay = self._layout(sg)
-        rows = lay[1] if lay is not None else self._chunk_rows_for(D)
-        tmp = f".import-{split}-{owner_tag()}"
-        g = self._new_split_arrays(sg, tmp, D, rows, job.labels)
-        try:
-            rec = _empty_record(split, layer, epoch, self.n_classes, job.labels)
-            n, counts, n_ign, blocks, finite = self._write_file(g, 0, job)
-            if counts is not None:
-                rec["class_counts"] = counts.tolist()
-            if n_ign:
-                rec["n_ignored"] = n_ign
-            rec.update(n_committed=n, n_batches=blocks, sources=[job.source], finite=finite)
-            self._require_set(layer, epoch, D)  # a new set's width, recorded on success only
-            g.attrs["ncdask_split"] = rec
-            self._move_into_place(sg, tmp, split, replace)
-        except BaseException:
-            self._remove_group(sg, tmp)
-            raise
-        self._tidy(sg)
-        return n
 
     # ------------------------------------------------------ group file moves
     def _fs_path(self, group: zarr.Group, name: str) -> tuple[Any, str]:
@@ -1253,28 +1017,6 @@ class EmbeddingStore:
         parts = [root.rstrip("/"), *(p for p in (group.path, name) if p)]
         return fs, "/".join(parts)
 
-    def _move_into_place(self, sg: zarr.Group, tmp: str, split: str, replace: bool) -> None:
-        """Rename the staged group ``tmp`` to ``split`` (a local rename is atomic).
-
-        When replacing, the old split is first renamed aside and deleted only
-        after the new one is in place.
-        """
-        fs, src = self._fs_path(sg, tmp)
-        _, dst = self._fs_path(sg, split)
-        old = None
-        if replace:
-            old = f"{dst}.replaced-{owner_tag()}"
-            rename(fs, dst, old)
-        elif fs.exists(dst):  # a group left by an import killed before its commit
-            sub = sg[split]
-            if "ncdask_split" in sub.attrs or set(dict(sub.members())) - {"embeddings",
-                                                                           "labels"}:
-                raise FileExistsError(f"{dst} exists and is not an ncdask split")
-            old = f"{dst}.replaced-{owner_tag()}"
-            rename(fs, dst, old)
-        rename(fs, src, dst)
-        if old is not None:
-            fs.rm(old, recursive=True)
 
     def _tidy(self, sg: zarr.Group) -> list[str]:
         """Delete what killed writers left staged in set ``sg`` (see :mod:`ncdask._staging`)."""
