@@ -242,9 +242,12 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
     an.add_argument("--json", metavar="FILE",
                     help="write the scalar metrics as JSON to FILE ('-': stdout) (default: none)")
     an.add_argument("--metrics", nargs="+", metavar="M",
-                    help="metrics or groups nc1 nc2 nc2g nc2w nc3 nc4 nc5 (default: all; "
+                    help="metrics or groups such as nc1 nc2 nc3 nc4 nc5 erank (default: all; "
                          "listed below)")
     an.add_argument("--dist-exp", type=_positive_float, help="CDNV distance exponent (default: 1)")
+    an.add_argument("--by-frequency", type=_positive_int, metavar="N",
+                    help="also NC1 and NC4 within N bins of classes ranked by count, most "
+                         "frequent first (a head/tail breakdown for long-tailed labels)")
     an.add_argument("--min-count", type=_nonneg_int,
                     help="leave out classes with fewer samples (default: keep every non-empty "
                          "class)")
@@ -421,12 +424,31 @@ def format_summary(results: Any) -> str:
     w1 = max(len("value"), *(len(r[1]) for r in rows))
     lines = [f"{'metric':<{w0}}  {'value':>{w1}}  long_name", f"{'-' * w0}  {'-' * w1}  ---------"]
     lines += [f"{a:<{w0}}  {b:>{w1}}  {c}" for a, b, c in rows]
+    per_bin = [n for n, v in results.data_vars.items() if v.dims == ("frequency_bin",)]
+    if per_bin:
+        lines.append("")
+        lines.append(_bin_table(results, per_bin))
     if per_class:
         lines.append(f"per-class (in --out): {', '.join(per_class)}")
     left = results.attrs.get("left_out") or {}
     if left:
         lines.append("left out: " + "; ".join(f"{k} ({r})" for k, r in left.items()))
     return "\n".join(lines)
+
+
+def _bin_table(results: Any, names: list[str]) -> str:
+    """The head/tail breakdown (``--by-frequency``): one row per class-count bin."""
+    head = ["bin", "classes", "counts", *names]
+    rows = []
+    for i in range(results.sizes["frequency_bin"]):
+        lo, hi = (int(results[c].values[i]) for c in ("bin_min_count", "bin_max_count"))
+        rows.append([str(i), str(int(results["bin_n_classes"].values[i])), f"{lo}-{hi}",
+                     *(f"{float(results[n].values[i]):.4g}" for n in names)])
+    w = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(head)]
+    out = ["  ".join(f"{h:>{w[j]}}" for j, h in enumerate(head)),
+           "  ".join("-" * x for x in w)]
+    out += ["  ".join(f"{v:>{w[j]}}" for j, v in enumerate(r)) for r in rows]
+    return "by class frequency (bin 0: the most frequent classes)\n" + "\n".join(out)
 
 
 def _save_results(results: Any, url: str, overwrite: bool) -> None:
@@ -659,6 +681,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         measure_kw["dist_exp"] = args.dist_exp
     if args.min_count is not None:
         measure_kw["min_count"] = args.min_count
+    if args.by_frequency is not None:
+        measure_kw["by_frequency"] = args.by_frequency
 
     with use_scheduler(args.scheduler, quiet=args.quiet) as run:
         move = to_gpu if run.gpu else (lambda ds: ds)

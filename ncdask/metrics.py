@@ -97,10 +97,14 @@ class DegenerateInputWarning(UserWarning):
 def _selection(metrics: str | Iterable[str] | None, by_frequency: bool = False) -> list[str]:
     """The variables asked for, in SPEC order (the order of :data:`METRICS`).
 
-    By default every metric, the head/tail breakdown only with ``by_frequency``.
+    By default every metric, the head/tail breakdown only with ``by_frequency`` (which
+    adds it to a selection too).
     """
     if metrics is None:
         return [n for n in METRICS if by_frequency or n not in ON_REQUEST]
+    if by_frequency:
+        metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+        metrics += list(ON_REQUEST)
     if isinstance(metrics, str):
         metrics = [metrics]
     chosen: set[str] = set()
@@ -496,7 +500,8 @@ def measure(
         ``nc1_cdnv_by_frequency`` (CDNV over the pairs within a bin),
         ``nc1_quot_by_frequency`` (each bin's share of ``nc1_quot``) and
         ``nc4_agree_by_frequency`` on a ``frequency_bin`` dim, with coords
-        ``bin_min_count``, ``bin_max_count`` and ``bin_n_classes``.
+        ``bin_min_count``, ``bin_max_count`` and ``bin_n_classes`` (added to
+        ``metrics`` when that is given).
 
     Returns
     -------

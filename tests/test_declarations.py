@@ -133,3 +133,27 @@ def test_head_tail_breakdown_by_class_frequency():
         ncdask.measure(stats, by_frequency=10)
     with pytest.raises(ValueError, match="positive integer"):
         ncdask.measure(stats, by_frequency=0)
+
+
+def test_cli_by_frequency_prints_and_keeps_the_breakdown(tmp_path, capsys):
+    from ncdask import cli
+
+    rng = np.random.default_rng(7)
+    K, D = 6, 8
+    n = np.array([40, 5, 25, 10, 30, 3])
+    means = 4 * rng.normal(size=(K, D))
+    y = np.repeat(np.arange(K), n)
+    X = means[y] + rng.normal(size=(y.size, D))
+    url, out = str(tmp_path / "s.zarr"), str(tmp_path / "r.zarr")
+    ncdask.EmbeddingStore.from_arrays(url, {"train": (X, y)}, W=means)
+    rc = cli.main(["analyze", url, "--metrics", "nc1_quot", "--by-frequency", "2", "--out", out])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "by class frequency" in printed and "25-40" in printed and "3-10" in printed
+    got = ncdask.open_results(out)
+    stored = X.astype(np.float32)  # the store keeps float32 embeddings
+    want = ncdask.measure(dense_stats(stored, y, K), weights=means, metrics="nc1_quot",
+                          by_frequency=2).compute()
+    for v in ("nc1_cdnv_by_frequency", "nc1_quot_by_frequency"):
+        np.testing.assert_allclose(got[v].values, want[v].values, rtol=1e-9, err_msg=v)
+    assert "nc4_agree_by_frequency" in got.attrs["left_out"]  # no test split given
