@@ -329,7 +329,8 @@ def capture(
     return _written(stores, specs, split, epoch, dims)
 
 
-Spec = tuple  # (set tag, module name, "input" | "output")
+#: One recorded layer: (set tag, module name, "input" | "output").
+Spec = tuple[str | None, str, str]
 
 
 def _stores_for(store: Any, specs: list[Spec]) -> dict[str | None, EmbeddingStore]:

@@ -157,7 +157,8 @@ def sweep(
     return res.compute() if compute else res
 
 
-Found = dict  # set key (layer, epoch) -> (store, tags)
+#: The sets found: set key (layer, epoch) -> (store, tags).
+Found = dict[tuple[Any, ...], tuple[EmbeddingStore, dict[str, Any]]]
 
 
 def _swept_dims(over: str | Sequence[str]) -> list[str]:
