@@ -182,6 +182,11 @@ class Inputs:
         return CF.row_norms(self.Mc)
 
     @cached_property
+    def M_sq(self) -> da.Array:
+        """``‖M̃‖²_F = K tr Σ_B`` (from the tile fold when it runs), shared by NC1 quotients."""
+        return (self.Mc * self.Mc).sum() if self.terms is None else self.terms["M_sq"]
+
+    @cached_property
     def sims(self) -> da.Array:
         return (self.W * self.Mc).sum(axis=1)
 
@@ -312,8 +317,7 @@ def _quot_share(ins: Inputs, idx: np.ndarray) -> Any:
     n = ins.kept.counts[ins.kept.present].astype(np.float64)
     w = as_dask(n[idx] / n.sum()).rechunk(-1)
     w = like(w, ins.M)
-    sq = (ins.Mc * ins.Mc).sum() if ins.terms is None else ins.terms["M_sq"]
-    return (ins.cls.v[idx].rechunk(-1) * w).sum() / (sq / ins.K)
+    return (ins.cls.v[idx].rechunk(-1) * w).sum() / (ins.M_sq / ins.K)
 
 
 def _agree_of(ins: Inputs, idx: np.ndarray) -> Any:
@@ -395,8 +399,7 @@ METRICS: dict[str, Metric] = {
     ),
     "nc1_quot": Metric(
         "NC1 trace quotient", "tr(Sigma_W) / tr(Sigma_B)", TIRER,
-        compute=lambda ins: da.trace(ins.Sw) / (
-            ((ins.Mc * ins.Mc).sum() if ins.terms is None else ins.terms["M_sq"]) / ins.K),
+        compute=lambda ins: da.trace(ins.Sw) / (ins.M_sq / ins.K),
     ),
     "nc1_cdnv": Metric(
         "NC1 class-distance normalised variance",
@@ -411,7 +414,7 @@ METRICS: dict[str, Metric] = {
     "nc2_equinorm": Metric(
         "NC2 equinorm (coefficient of variation of ||m~_k||)",
         "std_k ||m~_k|| (unbiased) / mean_k ||m~_k||",
-        PAPYAN, compute=lambda ins: ins.norms.std(ddof=1) / ins.norms.mean(),
+        PAPYAN, compute=lambda ins: _cv(ins.norms),
     ),
     "nc2_equiangle": Metric(
         "NC2 equiangularity",
@@ -465,7 +468,7 @@ METRICS: dict[str, Metric] = {
     "nc2w_equinorm": Metric(
         "NC2 equinorm of the classifier", "std_k ||w_k|| (unbiased) / mean_k ||w_k||",
         PAPYAN, needs=_W,
-        compute=lambda ins: CF.row_norms(ins.W).std(ddof=1) / CF.row_norms(ins.W).mean(),
+        compute=lambda ins: _cv(CF.row_norms(ins.W)),
     ),
     "nc2w_max_angle": Metric(
         "NC2 maximal-angle deviation of the classifier",
@@ -590,6 +593,11 @@ METRICS: dict[str, Metric] = {
             ins.agreement[0][ins.kept.present], ins.agreement[1][ins.kept.present]),
     ),
 }
+
+
+def _cv(x: da.Array) -> da.Array:
+    """Coefficient of variation with the unbiased standard deviation (the equinorms)."""
+    return x.std(ddof=1) / x.mean()
 
 
 def _sq(A: da.Array) -> da.Array:
