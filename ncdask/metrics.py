@@ -84,7 +84,7 @@ from .declarations import GROUPS, METRICS, ON_REQUEST, Inputs, Metric, MetricInf
 from .evaluate import check_role, is_summary, ood_class_from_summary, summary_dim
 from .graph import closed_forms as CF
 from .graph.pairwise import default_tile_size, resolve_budget
-from .graph.stats import finalized_arrays, partials_tree
+from .graph.stats import stats_arrays
 from .kernels.pairwise import RieszRangeWarning  # noqa: F401 - re-exported with measure
 
 
@@ -182,11 +182,8 @@ def _ood_one_class(ood: Any, M: da.Array, *, ignore_index: int | None,
         yo = yo.map_blocks(
             _namespace_of(Xo).asarray, meta=meta_from_array(Xo, ndim=1, dtype=np.int64)
         )
-    tree = partials_tree(
+    fin = stats_arrays(
         Xo, yo, 1, dtype=np.float64, split_every=split_every or 8, ignore_index=ignore_index
-    )
-    fin = finalized_arrays(
-        tree, 1, D, global_mean="unweighted", dtype=np.float64, meta=Xo._meta
     )
     n_o = fin["n_samples"].astype(np.float64)
     mu_o = fin["means"]  # (1, D)

@@ -91,9 +91,9 @@ def test_one_pass_graph_and_zarr_round_trip(tmp_path):
     ds.attrs["n_classes"] = 9
     covs = class_covariances(ds, class_chunk=4)  # 3 class chunks
     graph = dict(covs.__dask_graph__())
-    leaves = [k for k in graph if isinstance(k, str) and k.startswith("ncdask-cov-") and
-              "merge" not in k]
-    assert len(leaves) == 4 * 3
+    folds = [k for k in graph if isinstance(k, tuple) and k[0].startswith("ncdask-cov-")
+             and k[0].endswith("-fold")]
+    assert len(folds) == 4 * 3  # one fold task per (row block, class chunk)
     loads = [k for k in graph if isinstance(k, tuple) and k[0].startswith("array-")]
     assert len(loads) <= 4 + 4  # each row block of X and of y once
     # accumulators beyond max_memory: passes, each loading the embeddings afresh

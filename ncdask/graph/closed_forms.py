@@ -7,7 +7,6 @@ between-class covariance (D < K).
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -16,13 +15,9 @@ import dask
 import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
-from dask.base import tokenize
-from dask.delayed import Delayed
-from dask.highlevelgraph import HighLevelGraph
 
 from ..kernels import closed_forms as C
-from ..kernels import tiled_stats as KT
-from ._tree import n_chains
+from ._reduce import fields, fold_rows
 
 
 def whole_block(x: da.Array) -> Any:
@@ -51,46 +46,6 @@ def delayed_array(
     )
 
 
-def _add_gram(acc: Any, a: Any, b: Any) -> Any:
-    p = a.T @ b
-    if acc is None:
-        return p
-    acc += p  # acc is the previous fold step's result, read by this task alone
-    return acc
-
-
-def _sum_all(parts: list[Any]) -> Any:
-    out = parts[0]
-    for p in parts[1:]:
-        out = out + p
-    return out
-
-
-def _chain_fold(
-    prefix: str, fold: Callable[..., Any], combine: Callable[[list[Any]], Any],
-    arrays: list[da.Array], out: Callable[[str], Any],
-) -> tuple[HighLevelGraph, str, Any]:
-    """Fold the row blocks of ``arrays`` (aligned) into C running sums, then combine.
-
-    Block ``i`` is added by ``fold(acc, *blocks_i)`` into the sum left by block
-    ``i − C`` (:func:`~ncdask.graph._tree.n_chains`); ``combine`` merges the
-    chain ends under the key ``out(name)``. Returns the graph, its name and
-    that key.
-    """
-    n = arrays[0].numblocks[0]
-    C = n_chains(n)
-    name = prefix + tokenize(*arrays, C)
-    dsk: dict[Any, Any] = {}
-    last: list[Any] = [None] * C
-    for i in range(n):
-        key = (f"{name}-fold", i)
-        dsk[key] = (fold, last[i % C], *[(a.name, i, 0) for a in arrays])
-        last[i % C] = key
-    final = out(name)
-    dsk[final] = (combine, [k for k in last if k is not None])
-    return HighLevelGraph.from_collections(name, dsk, dependencies=arrays), name, final
-
-
 def gram(A: da.Array, B: da.Array | None = None) -> da.Array:
     """``AᵀB`` (D×D) over the class tiles, folded into a few running sums.
 
@@ -98,35 +53,16 @@ def gram(A: da.Array, B: da.Array | None = None) -> da.Array:
     tree sum can hold them all. Measured at K=100k, D=2048 (68 tiles, 32 MiB
     per product; ``benchmarks/bench_vocab.py``): ``nc2_etf_err`` peaked at
     2.0 GiB and ``nc3_dual_err`` at 3.6 GiB. Here tile ``i`` adds its product
-    into the running sum of chain ``i mod C`` (:func:`~ncdask.graph._tree.n_chains`),
+    into the running sum of chain ``i mod C`` (:func:`~ncdask.graph._reduce.n_chains`),
     so ``C + 1`` D×D arrays are alive.
     """
     B = A if B is None else B
     A = A.rechunk({1: -1})
     B = B.rechunk((A.chunks[0], -1))
     dt = np.result_type(A.dtype, B.dtype)
-    graph, name, _ = _chain_fold("ncdask-gram-", _add_gram, _sum_all, [A, B],
-                                 lambda nm: (nm, 0, 0))
-    return da.Array(graph, name, chunks=((A.shape[1],), (B.shape[1],)),
-                    meta=meta_from_array(A._meta, ndim=2, dtype=dt))
-
-
-def _fold_terms(acc: Any, m: Any, w: Any = None, *, unit: bool = False) -> dict[str, Any]:
-    from ..kernels._xp import array_namespace
-
-    xp = array_namespace(m)
-    t = {"MM": m.T @ m, "M_sum": xp.sum(m, axis=0), "M_sq": xp.sum(m * m)}
-    if w is not None:
-        t.update(WW=w.T @ w, W_sum=xp.sum(w, axis=0), W_sq=xp.sum(w * w), MW=xp.sum(m * w))
-    if unit:  # the rows normalised as the reference does, u = m / (‖m‖ + eps)
-        u = m / (xp.sqrt(xp.sum(m * m, axis=1)) + float(np.finfo(m.dtype).eps))[:, None]
-        q = xp.sum(u * u, axis=1)
-        t.update(UU=u.T @ u, U_sum=xp.sum(u, axis=0), U_sq=xp.sum(q), U_quad=xp.sum(q * q))
-    if acc is None:
-        return t
-    for k, v in t.items():
-        acc[k] += v  # acc is the previous fold step's result, read by this task alone
-    return acc
+    d = fold_rows(C.GRAM, A, B, how="chains", prefix="ncdask-gram")
+    return da.from_delayed(d, shape=(A.shape[1], B.shape[1]), dtype=dt,
+                           meta=meta_from_array(A._meta, ndim=2, dtype=dt))
 
 
 def tile_terms(M: da.Array, W: da.Array | None = None, *,
@@ -138,7 +74,7 @@ def tile_terms(M: da.Array, W: da.Array | None = None, *,
     ``unit``, the same of the normalised rows ``u_k = m_k/(‖m_k‖ + ε)``:
     ``UU``, ``U_sum``, ``U_sq = Σ‖u_k‖²`` and ``U_quad = Σ‖u_k‖⁴``. Each
     tile of ``M`` (and ``W``) is read by one task, which adds it into the
-    running sums of its chain (:func:`~ncdask.graph._tree.n_chains`).
+    running sums of its chain (:func:`~ncdask.graph._reduce.n_chains`).
 
     Why one fold: NC1's Σ_B, the ETF errors and NC3 each reduce over the same
     class tiles; as separate reductions in one compute, dask keeps every
@@ -152,22 +88,14 @@ def tile_terms(M: da.Array, W: da.Array | None = None, *,
     if W is not None:
         W = W.rechunk((M.chunks[0], -1))
         args.append(W)
-    fold = functools.partial(_fold_terms, unit=True) if unit else _fold_terms
-    graph, name, final = _chain_fold("ncdask-terms-", fold, KT.combine_stages, args,
-                                      lambda nm: f"{nm}-all")
+    d = fold_rows(C.terms_reduction(unit), *args, how="chains", prefix="ncdask-terms")
     shapes = {"MM": (D, D), "M_sum": (D,), "M_sq": ()}
     if W is not None:
         shapes.update(WW=(D, D), W_sum=(D,), W_sq=(), MW=())
     if unit:
         shapes.update(UU=(D, D), U_sum=(D,), U_sq=(), U_quad=())
-    out = {}
-    for k, shape in shapes.items():
-        out[k] = da.from_delayed(
-            Delayed(final, graph, layer=name)[k],
-            shape=shape, dtype=np.float64,
-            meta=meta_from_array(M._meta, ndim=len(shape), dtype=np.float64),
-        )
-    return out
+    f64 = np.dtype(np.float64)
+    return fields(d, {k: (shape, f64) for k, shape in shapes.items()}, M._meta)
 
 
 def nc1_values(

@@ -25,10 +25,11 @@ import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
 from dask.base import tokenize
-from dask.graph_manipulation import bind
+from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from ..kernels import covariances as KC
+from ._reduce import chains, gate, row_keys
 from .closed_forms import gram, whole_block
 
 #: Default bytes of one class chunk of covariances (``C · D² · 8``).
@@ -40,13 +41,6 @@ COV_PASS_BYTES = 256 * 2**20
 def default_class_chunk(dim: int, *, budget: int = COV_CHUNK_BYTES, itemsize: int = 8) -> int:
     """Classes per output chunk: ``C · D² · itemsize`` within ``budget`` (at least 1)."""
     return max(1, budget // (itemsize * dim * dim))
-
-
-def _step(acc, X, y, position, lo, hi, n_classes, dtype, ignore_index):
-    part = KC.scatter_partial(
-        X, y, position, lo, hi, n_classes=n_classes, dtype=dtype, ignore_index=ignore_index
-    )
-    return part if acc is None else KC.merge_scatter(acc, part)
 
 
 def class_covariance_chunks(
@@ -100,9 +94,11 @@ def class_covariance_chunks(
     per_pass = len(bounds)
     if max_bytes:
         per_pass = max(1, int(max_bytes) // (class_chunk * D * D * dt.itemsize))
-    pos_d = dask.delayed(np.asarray(position, dtype=np.int64))
     name = f"ncdask-class-covariances-{token}"
     cname = f"ncdask-class-counts-{token}"
+    fname = f"ncdask-cov-{token}"
+    folds: dict = {f"{fname}-position": np.asarray(position, dtype=np.int64)}
+    deps: list = []
     # The output chunks are the finalize tasks themselves (a hand-built
     # layer), not ``from_delayed`` pieces joined by ``concatenate``: with the
     # latter, graph optimisation fused the chain's last step into two
@@ -110,27 +106,25 @@ def class_covariance_chunks(
     # the end (+~120 MiB of peak RSS per pass at K=1000, D=256).
     out_layer: dict = {}
     cnt_layer: dict = {}
-    finals: list = []
-    previous: list = []
+    done: list = []  # small tasks (counts) that mark a pass's accumulators complete
     for p, first in enumerate(range(0, len(bounds), per_pass)):
-        Xp, yp = (X, y) if not previous else bind((X, y), previous, seed=(token, p))
-        xs = Xp.to_delayed(optimize_graph=False).ravel()
-        ys = yp.to_delayed(optimize_graph=False).ravel()
-        previous = []
+        # the next pass reads afresh once this one's accumulators are complete
+        Xp, yp = gate(folds, f"{fname}-pass{p}", (X, y), done, seed=(token, p))
+        deps += [Xp, yp]
+        blocks = [(xk, yk, f"{fname}-position")
+                  for xk, yk in zip(row_keys(Xp), row_keys(yp), strict=True)]
+        done = []
         for c in range(first, min(len(bounds), first + per_pass)):
             lo, hi = bounds[c]
-            acc = None
-            for i, (xb, yb) in enumerate(zip(xs, ys, strict=True)):
-                acc = dask.delayed(_step, pure=True)(
-                    acc, xb, yb, pos_d, lo, hi, n_classes, dt, ignore_index,
-                    dask_key_name=f"ncdask-cov-{token}-{c}-{i}",
-                )
-            n = hi - lo
-            out_layer[(name, c, 0, 0)] = (KC.finalize_covariances, acc.key, n)
-            cnt_layer[(cname, c)] = (KC.covariance_counts, acc.key, n)
-            finals.append(acc)
-            # the next pass starts once this one's accumulators are complete
-            previous.append(dask.delayed(KC.covariance_counts, pure=True)(acc, n))
+            red = KC.covariance_reduction(lo, hi, n_classes=n_classes, dtype=dt,
+                                          ignore_index=ignore_index)
+            (end,) = chains(folds, f"{fname}-{c}", red, len(blocks), blocks, n_chains=1)
+            out_layer[(name, c, 0, 0)] = (red.finish, end)
+            cnt_layer[(cname, c)] = (KC.covariance_counts, end, hi - lo)
+            folds[(f"{fname}-done", c)] = (KC.covariance_counts, end, hi - lo)
+            done.append((f"{fname}-done", c))
+    graph = HighLevelGraph.from_collections(fname, folds, dependencies=deps)
+    finals = [Delayed(f"{fname}-position", graph, layer=fname)]
     chunks_c = tuple(hi - lo for lo, hi in bounds)
     covs = da.Array(
         HighLevelGraph.from_collections(name, out_layer, dependencies=finals),

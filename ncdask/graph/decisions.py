@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
-from dask.base import tokenize
 
 from ..kernels import decisions as Dk
 from ..kernels._xp import to_numpy
-from ._tree import tree_reduce
+from ._reduce import fold_rows, reduce_blocks
 from .pairwise import _tiles, resolve_budget
 
 
 def _decision_task(X, mG, W, b, Mc, g, *, ncc):
     return Dk.decision_tile(X, mG, W, b, Mc, g, ncc=ncc)
-
-
-def _merge(x, axis=None, keepdims=True):
-    out = Dk.merge_decisions(x)
-    return out if keepdims else out[:, 0, :]
-
-
-def _identity(x, axis=None, keepdims=True):
-    return x
 
 
 # What one NC4 task holds (``decision_tile`` on a block of ``n`` sample rows
@@ -45,7 +33,7 @@ def _identity(x, axis=None, keepdims=True):
 # So the peak is at most 8 · [n · (2D + T + ROW_EXTRA) + 3·T·D + 3·T + D] bytes:
 # :func:`nc4_tile_size` keeps the tile part (``3·T·D``) under half the budget
 # and :func:`rows_per_block` gives the rows the rest. A merge task holds
-# ``n × split_every × 4`` numbers (16 a row at dask's default fan-in of 4,
+# ``n × split_every × 4`` numbers (16 a row at the default fan-in of 4,
 # against 2D + T + 10 a row in a decision task).
 # tests/test_budget.py measures the peak with tracemalloc at small budgets.
 
@@ -159,18 +147,9 @@ def decisions(
         meta=meta_from_array(X, ndim=3),
         token="ncdask-nc4-tiles",
     )
-    return da.reduction(
-        parts,
-        chunk=_identity,
-        combine=_merge,
-        aggregate=_merge,
-        axis=1,
-        keepdims=False,
-        dtype=X.dtype,
-        split_every=split_every,
-        concatenate=True,
-        meta=meta_from_array(X, ndim=2),
-        name="ncdask-nc4-merge",
+    return reduce_blocks(
+        Dk.DECISIONS, parts, axis=1, split_every=split_every or 4,
+        chunks=(X.chunks[0], (4,)), meta=meta_from_array(X, ndim=2), prefix="ncdask-nc4-merge",
     )
 
 
@@ -254,21 +233,8 @@ def ood_global_mean(
     if labels is None:
         return X.astype(np.float64).mean(axis=0)
     labels = labels.rechunk((X.chunks[0],))
-    token = tokenize(X, labels, ignore_index)
-    level = [
-        dask.delayed(Dk.label_sums, pure=True)(
-            xb, yb, ignore_index, dask_key_name=f"ncdask-ood-{token}-{i}"
-        )
-        for i, (xb, yb) in enumerate(
-            zip(X.to_delayed().ravel(), labels.to_delayed().ravel(), strict=True)
-        )
-    ]
-    top: Any = tree_reduce(
-        level, Dk.merge_label_sums, split_every=split_every, name=f"ncdask-ood-merge-{token}"
-    )
-    if len(level) == 1:
-        top = dask.delayed(Dk.merge_label_sums, pure=True)([top])
-    mean = dask.delayed(Dk.mean_of_label_means, pure=True)(top)
+    mean = fold_rows(Dk.ood_mean_reduction(ignore_index), X, labels, how="tree",
+                     split_every=split_every, prefix="ncdask-ood-mean")
     return da.from_delayed(
         mean, shape=(D,), dtype=np.float64, meta=meta_from_array(X, ndim=1, dtype=np.float64)
     )

@@ -24,6 +24,7 @@ from dask.array.utils import meta_from_array
 from dask.utils import parse_bytes
 
 from ..kernels import pairwise as P
+from ._reduce import reduce_blocks
 
 #: Default bytes of tile-sized temporaries one blocked task may hold (the
 #: pairwise tiles here, the NC4 blocks of :mod:`ncdask.graph.decisions`).
@@ -170,15 +171,6 @@ def _pair_task(Mi, Mj, gi, gj, *rest, stats, has_v, has_w, params):
     return out[None, None]
 
 
-def _merge(x, axis=None, keepdims=True):
-    merged = P.merge_moments(x, x.ndim - 2)
-    return merged[None, None] if keepdims else merged
-
-
-def _identity(x, axis=None, keepdims=True):
-    return x
-
-
 def pairwise_moments(
     M: da.Array,
     *,
@@ -243,19 +235,6 @@ def pairwise_moments(
         meta=meta,
         token="ncdask-pair-tiles",
     )
-    merged = da.reduction(
-        parts,
-        chunk=_identity,
-        combine=_merge,
-        aggregate=_merge,
-        axis=(0, 1),
-        keepdims=False,
-        dtype=np.float64,
-        split_every=split_every,
-        concatenate=True,
-        meta=meta_from_array(M, ndim=2, dtype=np.float64),
-        name="ncdask-pair-merge",
-    )
     signs = [
         math.copysign(1.0, riesz_s)
         if (s == "riesz" and riesz_s != 0)
@@ -263,14 +242,11 @@ def pairwise_moments(
         for s in stats
     ]
     check = [s == "riesz" and riesz_s != 0 for s in stats]
-    return merged.map_blocks(
-        P.finalize_moments,
-        np.asarray(signs),
-        np.asarray(check) if any(check) else None,
+    red = P.moments_reduction(np.asarray(signs), np.asarray(check) if any(check) else None)
+    return reduce_blocks(
+        red, parts, axis=(0, 1), split_every=split_every or 16,
         chunks=((len(stats),), (len(P.FINAL),)),
-        dtype=np.float64,
-        meta=meta_from_array(M, ndim=2, dtype=np.float64),
-        token="ncdask-pair-finalize",
+        meta=meta_from_array(M, ndim=2, dtype=np.float64), prefix="ncdask-pair-merge",
     )
 
 

@@ -1,30 +1,17 @@
-"""The one-pass class-statistics graph: per-chunk partials, tree-merged."""
+"""The one-pass class-statistics graph: a partial per row block, tree-merged."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
-from dask.array.utils import meta_from_array
-from dask.base import tokenize
-from dask.delayed import Delayed
 
 from ..kernels import stats as K
-from ._tree import tree_reduce
+from ._reduce import fields, fold_rows
 
 
-def _chunk(
-    X: Any, y: Any, n_classes: int, dtype: Any, ignore_index: int | None = None,
-    in_scatter: Any = None,
-) -> K.Partial:
-    return K.chunk_partial(
-        X, y, n_classes, dtype, ignore_index=ignore_index, in_scatter=in_scatter
-    )
-
-
-def partials_tree(
+def stats_arrays(
     X: da.Array,
     y: da.Array,
     n_classes: int,
@@ -33,14 +20,14 @@ def partials_tree(
     split_every: int = 8,
     ignore_index: int | None = None,
     in_scatter: np.ndarray | None = None,
-) -> Delayed:
-    """Build the graph of one pass over ``X``: a partial per row block, tree-merged.
+    global_mean: str = "unweighted",
+) -> dict[str, da.Array]:
+    """Lazy class statistics of ``X`` from one pass: a partial per row block, tree-merged.
 
-    The partials are dicts of differently shaped arrays (counts, sums, m2,
-    scatter), which ``dask.array.reduction`` cannot carry, so the tree is
-    built from ``dask.delayed`` over the array's blocks: ``nblocks`` chunk
-    tasks plus about ``nblocks / (split_every − 1)`` merge tasks, independent
-    of K.
+    The partials are small here (this graph serves few classes: the one-class
+    OOD statistics), so a tree (:func:`ncdask.graph._reduce.fold_rows`) of
+    :func:`ncdask.kernels.stats.reduction` suits them; the class statistics
+    of a split use the chains of :mod:`ncdask.graph.tiled_stats`.
 
     Parameters
     ----------
@@ -58,57 +45,28 @@ def partials_tree(
         Label of rows to drop.
     in_scatter : array (K,) of bool, optional
         Classes whose rows enter the pooled scatter (see
-        :func:`ncdask.kernels.stats.chunk_partial`); one graph key, shared by
-        every chunk task.
+        :func:`ncdask.kernels.stats.chunk_partial`); stored once in the graph.
+    global_mean : {"unweighted", "weighted"}
 
     Returns
     -------
-    dask.delayed.Delayed
-        The merged partial (a dict, see :mod:`ncdask.kernels.stats`).
+    dict of dask arrays
+        ``means (K, D)``, ``global_mean (D,)``, ``within_cov (D, D)``,
+        ``var_norms (K,)``, ``counts (K,)`` and ``n_samples ()``.
     """
-    if split_every < 2:
-        raise ValueError(f"split_every must be >= 2, got {split_every}")
     X = X.rechunk({1: -1})
     y = y.rechunk((X.chunks[0],))
-    token = tokenize(X, y, n_classes, np.dtype(dtype).str, ignore_index, in_scatter)
-    xs = X.to_delayed().ravel()
-    ys = y.to_delayed().ravel()
-    mask = None if in_scatter is None else dask.delayed(np.asarray(in_scatter, dtype=bool))
-    level = [
-        dask.delayed(_chunk, pure=True)(
-            xb, yb, n_classes, dtype, ignore_index, mask,
-            dask_key_name=f"ncdask-partial-{token}-{i}",
-        )
-        for i, (xb, yb) in enumerate(zip(xs, ys, strict=True))
-    ]
-    return tree_reduce(
-        level, K.merge_many, split_every=split_every, name=f"ncdask-merge-{token}"
-    )
-
-
-def finalized_arrays(
-    partial: Delayed,
-    n_classes: int,
-    dim: int,
-    *,
-    global_mean: str,
-    dtype: Any,
-    meta: Any,
-) -> dict[str, da.Array]:
-    """Lazy dask arrays for each finished statistic of a (delayed) partial."""
-    fin = dask.delayed(K.finalize, pure=True)(partial, global_mean)
-    dt = np.dtype(dtype)
-    shapes = {
-        "means": ((n_classes, dim), dt),
-        "global_mean": ((dim,), dt),
-        "within_cov": ((dim, dim), dt),
+    red = K.reduction(n_classes, dtype, ignore_index=ignore_index, global_mean=global_mean)
+    shared = () if in_scatter is None else (np.asarray(in_scatter, dtype=bool),)
+    result = fold_rows(red, X, y, how="tree", split_every=split_every, shared=shared,
+                       prefix="ncdask-stats")
+    dt, D = np.dtype(dtype), X.shape[1]
+    i8 = np.dtype(np.int64)
+    return fields(result, {
+        "means": ((n_classes, D), dt),
+        "global_mean": ((D,), dt),
+        "within_cov": ((D, D), dt),
         "var_norms": ((n_classes,), dt),
-        "counts": ((n_classes,), np.dtype(np.int64)),
-        "n_samples": ((), np.dtype(np.int64)),
-    }
-    out = {}
-    for name, (shape, d) in shapes.items():
-        out[name] = da.from_delayed(
-            fin[name], shape=shape, dtype=d, meta=meta_from_array(meta, ndim=len(shape), dtype=d)
-        )
-    return out
+        "counts": ((n_classes,), i8),
+        "n_samples": ((), i8),
+    }, X._meta)

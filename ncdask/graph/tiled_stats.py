@@ -52,13 +52,14 @@ import numpy as np
 from dask.array.utils import meta_from_array
 from dask.base import tokenize
 from dask.delayed import Delayed
-from dask.graph_manipulation import bind
 from dask.highlevelgraph import HighLevelGraph
 
 from ..kernels import stats as K
 from ..kernels import tiled_stats as KT
+from ..kernels._reduction import Reduction
 from ..kernels._xp import array_namespace, to_numpy
-from ._tree import n_chains
+from ._reduce import READ_LAG, gate, n_chains
+from ._reduce import chains as fold_chains
 from .closed_forms import gram
 
 #: Dask config key of the statistics budget (bytes or a string like "1GiB").
@@ -80,8 +81,6 @@ def stats_budget(budget: int | str | None = None) -> int:
 #: ahead cost at most this much, and a bind per batch of C chunks would cost
 #: more graph-building time than it saves.
 THROTTLE_BYTES = 256 * 2**20
-#: A batch of reads waits for the folds of the batch this many batches back.
-READ_LAG = 2
 
 
 def plan(
@@ -243,43 +242,23 @@ def class_tiled_stats(
         return out
 
     def chained(fold: Any, tag: str, *extra: Any, after: Any = None) -> list[Any]:
-        """Fold the chunks into C chains; return the chain ends.
+        """Fold the chunks into C chains (:func:`ncdask.graph._reduce.chains`); the chain ends.
 
-        The reads of a batch of C chunks wait for the folds of the batch two
-        before it (the first two batches for ``after``): left free, dask's
-        scheduler ran every read of a stage before its first fold (measured
-        at K=100k, D=2048: all 25 chunks of 64 MiB held at once, a 2.4 GiB
-        peak), since reads are cheap roots that are always ready. Waiting
-        for the batch just before instead left the cores idle between
-        batches (1 GiB, K=1000, D=512: 67% CPU use).
+        Large inputs have their reads throttled, a batch of C chunks at a
+        time (see ``chains``); small ones are one batch, one bind per stage.
         """
-        last: list[Any] = [None] * C
         n = X.numblocks[0]
-        step = C if X.nbytes > THROTTLE_BYTES else n  # small inputs: one bind per stage
-        batches: list[list[Any]] = []  # fold keys of each batch of C chunks
-        for b0 in range(0, n, step):
-            # batch b reads once batch b-2 is folded: one batch of reads overlaps the folds
-            if len(batches) >= READ_LAG:
-                wait = batches[-READ_LAG]
-            else:
-                wait = [] if after is None else [after]
-            if wait:
-                layer = f"{name}-{tag}-wait{b0}"
-                g = HighLevelGraph.from_collections(layer, {k: dsk[k] for k in wait},
-                                                    dependencies=[])
-                Xb = bind(X.blocks[b0 : b0 + step], [Delayed(k, g, layer=layer) for k in wait],
-                          seed=f"{token}-{tag}-{b0}")
-            else:
-                Xb = X.blocks[b0 : b0 + step]
+
+        def read(lo: int, hi: int, wait: list[Any]) -> list[tuple[Any, ...]]:
+            Xb = gate(dsk, f"{name}-{tag}-wait{lo}", X.blocks[lo:hi], wait,
+                      seed=f"{token}-{tag}-{lo}")
             deps.append(Xb)
-            batches.append([])
-            for j, xk in enumerate(k[0] for k in Xb.__dask_keys__()):
-                i = b0 + j
-                key = (f"{name}-{tag}", i)
-                dsk[key] = (fold, last[i % C], xk, y_keys[i], *extra)
-                last[i % C] = key
-                batches[-1].append(key)
-        return [k for k in last if k is not None]
+            return [(k[0], y_keys[lo + j], *extra) for j, k in enumerate(Xb.__dask_keys__())]
+
+        red = Reduction(fold=fold, combine=K.merge_many)
+        return fold_chains(dsk, f"{name}-{tag}", red, n, read, n_chains=C,
+                           batch=C if X.nbytes > THROTTLE_BYTES else None, lag=READ_LAG,
+                           after=after)
 
     if groups is None:
         groups = [(0, n_classes)]

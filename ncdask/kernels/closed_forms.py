@@ -9,9 +9,13 @@ imports neither dask nor xarray.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
+import numpy as np
+
+from ._reduction import Reduction, sum_all, sum_fields
 from ._xp import array_namespace
 from .pairwise import errstate
 
@@ -164,3 +168,42 @@ def off_diagonal_moments(sum_sq: Any, frob_sq: Any, sq: Any, quad: Any, n_rows: 
         mean = (sum_sq - sq) / P
         var = (frob_sq - quad) / P - mean * mean
     return xp.stack([xp.asarray(mean, dtype=xp.float64), xp.asarray(var, dtype=xp.float64)])
+
+
+# --------------------------------------------------------------------------- class-tile folds
+
+
+def add_gram(acc: Any, a: Any, b: Any) -> Any:
+    """``acc + aᵀb`` (``aᵀb`` when ``acc`` is None), in place."""
+    p = a.T @ b
+    if acc is None:
+        return p
+    acc += p  # acc is the previous fold step's result, read by this step alone
+    return acc
+
+
+#: ``AᵀB`` over the class tiles, folded into running sums (:func:`ncdask.graph.closed_forms.gram`).
+GRAM = Reduction(fold=add_gram, combine=sum_all)
+
+
+def fold_terms(acc: Any, m: Any, w: Any = None, *, unit: bool = False) -> dict[str, Any]:
+    """Add one class tile's terms into ``acc`` (:func:`ncdask.graph.closed_forms.tile_terms`)."""
+    xp = array_namespace(m)
+    t = {"MM": m.T @ m, "M_sum": xp.sum(m, axis=0), "M_sq": xp.sum(m * m)}
+    if w is not None:
+        t.update(WW=w.T @ w, W_sum=xp.sum(w, axis=0), W_sq=xp.sum(w * w), MW=xp.sum(m * w))
+    if unit:  # the rows normalised as the reference does, u = m / (‖m‖ + eps)
+        u = m / (xp.sqrt(xp.sum(m * m, axis=1)) + float(np.finfo(m.dtype).eps))[:, None]
+        q = xp.sum(u * u, axis=1)
+        t.update(UU=u.T @ u, U_sum=xp.sum(u, axis=0), U_sq=xp.sum(q), U_quad=xp.sum(q * q))
+    if acc is None:
+        return t
+    for k, v in t.items():
+        acc[k] += v  # acc is the previous fold step's result, read by this step alone
+    return acc
+
+
+def terms_reduction(unit: bool = False) -> Reduction:
+    """The class-tile terms as a fold (``unit``: also those of the normalised rows)."""
+    return Reduction(fold=functools.partial(fold_terms, unit=unit), combine=sum_fields)
+

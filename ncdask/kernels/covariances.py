@@ -21,11 +21,13 @@ imports neither dask nor xarray.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import numpy as np
 
+from ._reduction import Reduction
 from ._xp import array_namespace
 from .closed_forms import pinv_cutoff
 from .pairwise import errstate
@@ -159,6 +161,36 @@ def covariance_counts(p: CovPartial, n_chunk: int) -> Any:
     if p["pos"].shape[0]:
         out[p["pos"]] = p["counts"]
     return out
+
+
+def merge_scatters(parts: list[CovPartial]) -> CovPartial:
+    """Merge a list of covariance partials of one class chunk, left to right."""
+    out = parts[0]
+    for p in parts[1:]:
+        out = merge_scatter(out, p)
+    return out
+
+
+def _chunk_scatter(X: Any, y: Any, position: Any, *, lo: int, hi: int, n_classes: int,
+                   dtype: Any, ignore_index: int | None) -> CovPartial:
+    return scatter_partial(X, y, position, lo, hi, n_classes=n_classes, dtype=dtype,
+                           ignore_index=ignore_index)
+
+
+def covariance_reduction(
+    lo: int, hi: int, *, n_classes: int, dtype: Any = np.float64, ignore_index: int | None = None
+) -> Reduction:
+    """Covariances of the output classes ``[lo, hi)`` as a reduction over row blocks.
+
+    ``chunk(X, y, position)`` is :func:`scatter_partial`, ``combine``
+    :func:`merge_scatters`, ``finalize`` :func:`finalize_covariances`.
+    """
+    return Reduction(
+        chunk=functools.partial(_chunk_scatter, lo=lo, hi=hi, n_classes=n_classes,
+                                dtype=np.dtype(dtype), ignore_index=ignore_index),
+        combine=merge_scatters,
+        finalize=functools.partial(finalize_covariances, n_chunk=hi - lo),
+    )
 
 
 # --------------------------------------------------------------------------- NC1 and spectra

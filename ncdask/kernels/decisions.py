@@ -6,9 +6,11 @@ imports neither dask nor xarray.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
+from ._reduction import Reduction, identity
 from ._xp import array_namespace
 from .pairwise import errstate
 from .stats import class_sums
@@ -204,3 +206,31 @@ def mean_of_label_means(part: tuple[Any, Any, Any]) -> Any:
     """Unweighted mean of the per-label means (the OOD global mean with labels)."""
     _, sums, counts = part
     return (sums / counts[:, None]).mean(axis=0)
+
+
+def ood_mean_reduction(ignore_index: int | None = None) -> Reduction:
+    """The OOD global mean with labels as a reduction: :func:`label_sums` per block,
+    :func:`merge_label_sums`, :func:`mean_of_label_means`."""
+    return Reduction(
+        chunk=functools.partial(label_sums, ignore_index=ignore_index),
+        combine=merge_label_sums,
+        finalize=mean_of_label_means,
+    )
+
+
+def merge_decision_blocks(parts: list[Any]) -> Any:
+    """:func:`merge_decisions` of blocks ``(n, m_i, 4)`` side by side (class tiles in order)."""
+    if len(parts) == 1 and parts[0].shape[1] == 1:
+        return parts[0]
+    xp = array_namespace(parts[0])
+    return merge_decisions(xp.concatenate(parts, axis=1))
+
+
+def decisions_of(merged: Any) -> Any:
+    """The ``(n, 4)`` decisions of a merged ``(n, 1, 4)`` block."""
+    return merged[:, 0, :]
+
+
+#: NC4 decisions of a sample block over its class tiles, merged (:mod:`ncdask.graph._reduce`).
+DECISIONS = Reduction(combine=merge_decision_blocks, chunk=identity, finalize=decisions_of)
+

@@ -32,6 +32,7 @@ imports neither dask nor xarray.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ._reduction import Reduction, identity
 from ._xp import array_namespace, to_numpy
 
 #: Slots of a moments row.
@@ -482,6 +484,26 @@ def merge_moments(parts: Any, n_lead: int) -> Any:
     for slot in (POSINF, NEGINF, NAN):
         out[:, slot] = xp.sum(p[:, :, slot], axis=0)
     return out
+
+
+def merge_moment_blocks(parts: list[Any]) -> Any:
+    """:func:`merge_moments` of a list of blocks ``(..., S, NSLOT)``: one ``(S, NSLOT)``."""
+    xp = array_namespace(parts[0])
+    S = parts[0].shape[-2]
+    return merge_moments(xp.concatenate([xp.reshape(p, (-1, S, NSLOT)) for p in parts]), 1)
+
+
+def moments_reduction(signs: Any = None, check_range: Any = None) -> Reduction:
+    """The pairwise moments as a reduction over tile pairs (:mod:`ncdask.graph._reduce`).
+
+    Each tile pair's block already is a partial (:func:`pair_moments`);
+    ``combine`` is :func:`merge_moment_blocks`, ``finalize``
+    :func:`finalize_moments` with ``signs`` and ``check_range``.
+    """
+    return Reduction(
+        combine=merge_moment_blocks, chunk=identity,
+        finalize=functools.partial(finalize_moments, signs=signs, check_range=check_range),
+    )
 
 
 def finalize_moments(merged: Any, signs: Any = None, check_range: Any = None) -> Any:

@@ -30,10 +30,12 @@ through :func:`class_sums`, which dispatches on the array module.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
+from ._reduction import Reduction
 from ._xp import array_namespace
 
 Partial = dict[str, Any]
@@ -240,6 +242,28 @@ def finalize(p: Partial, global_mean: str = "unweighted") -> dict[str, Any]:
         "var_norms": var_norms,
         "n_samples": n_samples,
     }
+
+
+def reduction(
+    n_classes: int, dtype: Any = np.float64, *, ignore_index: int | None = None,
+    global_mean: str = "unweighted",
+) -> Reduction:
+    """The one-pass class statistics as a reduction (see :mod:`ncdask.graph._reduce`).
+
+    ``chunk(X, y[, in_scatter])`` is :func:`chunk_partial`, ``combine`` is
+    :func:`merge_many` and ``finalize`` is :func:`finalize`.
+    """
+    return Reduction(
+        chunk=functools.partial(_block_partial, n_classes=int(n_classes), dtype=np.dtype(dtype),
+                                ignore_index=ignore_index),
+        combine=merge_many,
+        finalize=functools.partial(finalize, global_mean=global_mean),
+    )
+
+
+def _block_partial(X: Any, y: Any, in_scatter: Any = None, *, n_classes: int, dtype: Any,
+                   ignore_index: int | None) -> Partial:
+    return chunk_partial(X, y, n_classes, dtype, ignore_index=ignore_index, in_scatter=in_scatter)
 
 
 def partial_from_stats(

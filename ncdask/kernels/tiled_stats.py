@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ._reduction import sum_fields
 from ._xp import array_namespace
 from .stats import check_labels, class_sums
 
@@ -272,13 +273,8 @@ def expand_rows(compact: Any, rank: Any, lo: int, hi: int, base: int) -> Any:
     return out
 
 
-def combine_stages(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sum the accumulators of several chains (every term is already final)."""
-    out = parts[0]
-    for p in parts[1:]:
-        for k in out:
-            out[k] += p[k]
-    return out
+#: Sum the accumulators of several chains (every term is already final).
+combine_stages = sum_fields
 
 
 def _shifted(

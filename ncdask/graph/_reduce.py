@@ -1,0 +1,284 @@
+"""The one reduction engine of :mod:`ncdask.graph`: trees and chains of kernel triples.
+
+Every reduction in the graphs is a :class:`~ncdask.kernels._reduction.Reduction`
+(chunk, combine, finalize, and optionally an in-place fold) declared next to
+its kernels, laid out here in one of two shapes:
+
+* a **tree** (:func:`tree`): one partial per block, combined ``split_every``
+  at a time. For small partials: the class statistics of a block, the OOD
+  label sums, the pairwise moments of a tile pair, the NC4 decisions of a
+  block of samples over a class tile (:func:`fold_rows`, :func:`reduce_blocks`);
+* **chains** (:func:`chains`): block ``i`` is folded into the running partial
+  of chain ``i mod C``, and the chain ends are combined once. For partials
+  of D×D or K×D numbers (Gram matrices, the tile terms of the closed forms,
+  per-class covariances, the tiled class statistics): a tree would keep one
+  such partial per block alive (measured at K=100k, D=2048: 3.0 GiB with a
+  tree of sparse partials, 0.9 GiB with chains; ``benchmarks/bench_vocab.py``),
+  a chain keeps one per chain. Optionally the reads of the blocks are
+  *throttled*: a batch of C reads waits until the batch ``lag`` batches
+  before it has been folded (:func:`chains`, ``batch``).
+
+The graphs are plain dask task graphs (``HighLevelGraph.from_collections``
+layers of ``(function, *args)`` tasks, :class:`dask.delayed.Delayed` and
+:class:`dask.array.Array` over them), built on public dask API only. Why not
+``dask.array.reduction`` everywhere: its partials must be arrays
+concatenated along the reduced axes, it reads one array where the statistics
+read two aligned ones (embeddings and labels), and it has no chains.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.array.utils import meta_from_array
+from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.graph_manipulation import bind
+from dask.highlevelgraph import HighLevelGraph
+
+from ..kernels._reduction import Reduction
+
+#: Most chains of accumulation a fold runs side by side.
+MAX_CHAINS = 8
+#: A throttled batch of reads waits for the folds of the batch this many batches back.
+READ_LAG = 2
+
+
+def n_chains(n_blocks: int) -> int:
+    """Chains of accumulation for ``n_blocks`` blocks: one per worker thread, at most 8.
+
+    Each chain holds one running sum (a D×D scatter or Gram matrix, and for
+    the class statistics a class group), so chains, not blocks, set the
+    memory of a fold; with fewer chains than threads cores would idle, since
+    a chain's blocks run one after another.
+    """
+    workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
+    return max(1, min(n_blocks, int(workers), MAX_CHAINS))
+
+
+def tree(dsk: dict, name: str, red: Reduction, leaves: Sequence[Any], *,
+         split_every: int) -> Any:
+    """Combine the partials under ``leaves`` ``split_every`` at a time; return the top key.
+
+    The tasks are added to ``dsk``; level ``d``'s task ``i`` is keyed
+    ``(f"{name}-combine-{d}", i)``. At least one combine runs, so a single
+    leaf is combined too (``combine`` is where kernels check their input).
+    """
+    if split_every < 2:
+        raise ValueError(f"split_every must be >= 2, got {split_every}")
+    if not leaves:
+        raise ValueError("a tree needs at least one leaf")
+    level = list(leaves)
+    depth = 0
+    while True:
+        nxt = []
+        for i in range(0, len(level), split_every):
+            key = (f"{name}-combine-{depth}", i // split_every)
+            dsk[key] = (red.combine, list(level[i : i + split_every]))
+            nxt.append(key)
+        level, depth = nxt, depth + 1
+        if len(level) == 1:
+            return level[0]
+
+
+def chains(
+    dsk: dict,
+    name: str,
+    red: Reduction,
+    n_blocks: int,
+    read: Callable[[int, int, list[Any]], list[tuple[Any, ...]]] | Sequence[tuple[Any, ...]],
+    *,
+    n_chains: int,
+    batch: int | None = None,
+    lag: int = READ_LAG,
+    after: Any = None,
+) -> list[Any]:
+    """Fold ``n_blocks`` blocks into ``n_chains`` running partials; return the chain ends.
+
+    ``read(lo, hi, wait)`` gives the task arguments of blocks ``lo`` to
+    ``hi`` (keys or values; :meth:`Reduction.step` gets ``(acc, *args)``),
+    made to wait for the keys ``wait`` (see :func:`gate`). With ``batch``,
+    the blocks are read ``batch`` at a time and batch ``b`` waits for the
+    folds of batch ``b − lag`` (the first ``lag`` batches for ``after``, if
+    given): left free, dask's scheduler ran every read of a stage before its
+    first fold, since reads are cheap roots that are always ready (measured
+    at K=100k, D=2048: all 25 chunks of 64 MiB held at once, a 2.4 GiB
+    peak); waiting for the batch just before left the cores idle between
+    batches (K=1000, D=512: 67% CPU use). Without ``batch``, all blocks are
+    one batch. ``read`` may also be the list of every block's arguments
+    (no waiting).
+    """
+    if not callable(read):
+        blocks = list(read)
+
+        def read(lo: int, hi: int, wait: list[Any]) -> list[tuple[Any, ...]]:
+            return blocks[lo:hi]
+
+    C = max(1, int(n_chains))
+    step = n_blocks if batch is None else max(1, int(batch))
+    last: list[Any] = [None] * C
+    batches: list[list[Any]] = []
+    for lo in range(0, n_blocks, max(step, 1)):
+        hi = min(n_blocks, lo + step)
+        if len(batches) >= lag:
+            wait = batches[-lag]
+        else:
+            wait = [] if after is None else [after]
+        batches.append([])
+        for i, args in enumerate(read(lo, hi, wait), start=lo):
+            key = (f"{name}-fold", i)
+            dsk[key] = (red.step, last[i % C], *args)
+            last[i % C] = key
+            batches[-1].append(key)
+    return [k for k in last if k is not None]
+
+
+def finish(dsk: dict, name: str, red: Reduction, parts: Sequence[Any], *,
+           key: Any = None) -> Any:
+    """One task combining ``parts`` and finalizing; its key (default ``f"{name}-finish"``)."""
+    key = f"{name}-finish" if key is None else key
+    dsk[key] = (_combine_finish, red, list(parts))
+    return key
+
+
+def _combine_finish(red: Reduction, parts: list[Any]) -> Any:
+    return red.finish(red.combine(parts))
+
+
+def gate(dsk: dict, name: str, x: da.Array, wait: Sequence[Any], *, seed: Any) -> da.Array:
+    """``x`` as a clone whose blocks are read only once the tasks ``wait`` of ``dsk`` ran.
+
+    :func:`dask.graph_manipulation.bind` on a layer holding just those tasks.
+    """
+    if not wait:
+        return x
+    g = HighLevelGraph.from_collections(name, {k: dsk[k] for k in wait}, dependencies=[])
+    return bind(x, [Delayed(k, g, layer=name) for k in wait], seed=seed)
+
+
+def row_keys(x: da.Array) -> list[Any]:
+    """The key of each row block of ``x`` (one block wide on every other axis)."""
+    if any(n != 1 for n in x.numblocks[1:]):
+        raise ValueError(f"expected one block along every axis but the first, got {x.numblocks}")
+    rest = (0,) * (x.ndim - 1)
+    return [(x.name, i, *rest) for i in range(x.numblocks[0])]
+
+
+def fold_rows(
+    red: Reduction,
+    *arrays: da.Array,
+    how: str = "tree",
+    split_every: int = 8,
+    chains_: int | None = None,
+    shared: Sequence[Any] = (),
+    prefix: str = "ncdask-reduce",
+    token: Any = None,
+) -> Delayed:
+    """Reduce the aligned row blocks of ``arrays`` to one finalized result.
+
+    Parameters
+    ----------
+    red : Reduction
+        ``chunk(*blocks, *shared)`` (tree) or ``step(acc, *blocks, *shared)``
+        (chains) per row block.
+    *arrays : dask arrays
+        Same row chunks, one block wide on every other axis.
+    how : {"tree", "chains"}
+    split_every : int
+        Fan-in of the tree.
+    chains_ : int, optional
+        Chains side by side (default :func:`n_chains`).
+    shared : sequence
+        Values given to every block's task, each stored once in the graph
+        (a K-vector in every task's arguments would be copied per task).
+    prefix : str
+        Start of the task names.
+    token : optional
+        Extra identity of the reduction (parameters the functions close over).
+
+    Returns
+    -------
+    dask.delayed.Delayed
+    """
+    n = arrays[0].numblocks[0]
+    for a in arrays[1:]:
+        if a.chunks[0] != arrays[0].chunks[0]:
+            raise ValueError("fold_rows needs arrays with the same row chunks")
+    name = f"{prefix}-{tokenize(*arrays, red, how, split_every, chains_, shared, token)}"
+    dsk: dict[Any, Any] = {}
+    shared_keys = []
+    for j, v in enumerate(shared):
+        dsk[f"{name}-shared-{j}"] = v
+        shared_keys.append(f"{name}-shared-{j}")
+    keys = [row_keys(a) for a in arrays]
+    blocks = [(*ks, *shared_keys) for ks in zip(*keys, strict=True)]
+    if how == "tree":
+        assert red.chunk is not None
+        leaves = []
+        for i, args in enumerate(blocks):
+            dsk[(f"{name}-chunk", i)] = (red.chunk, *args)
+            leaves.append((f"{name}-chunk", i))
+        out = f"{name}-finish"
+        dsk[out] = (red.finish, tree(dsk, name, red, leaves, split_every=split_every))
+    elif how == "chains":
+        C = n_chains(n) if chains_ is None else chains_
+        ends = chains(dsk, name, red, n, blocks, n_chains=C)
+        out = finish(dsk, name, red, ends)
+    else:
+        raise ValueError(f"how must be 'tree' or 'chains', got {how!r}")
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=list(arrays))
+    return Delayed(out, graph, layer=name)
+
+
+def reduce_blocks(
+    red: Reduction,
+    parts: da.Array,
+    *,
+    axis: int | tuple[int, ...],
+    split_every: int,
+    chunks: tuple[tuple[int, ...], ...],
+    meta: Any,
+    prefix: str,
+) -> da.Array:
+    """Tree-reduce the blocks of ``parts`` (each a partial) along ``axis``.
+
+    The blocks left along the other axes each give one output block (kept
+    in their order, axes dropped), ``red.finish`` of their combined partials;
+    ``chunks`` are the output's chunks.
+    """
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    keep = [d for d in range(parts.ndim) if d not in axes]
+    name = f"{prefix}-{tokenize(parts, red, axes, split_every)}"
+    dsk: dict[Any, Any] = {}
+    for out_idx in np.ndindex(*[parts.numblocks[d] for d in keep]):
+        leaves = []
+        for red_idx in np.ndindex(*[parts.numblocks[d] for d in axes]):
+            idx = [0] * parts.ndim
+            for d, i in zip(keep, out_idx, strict=True):
+                idx[d] = i
+            for d, i in zip(axes, red_idx, strict=True):
+                idx[d] = i
+            leaves.append((parts.name, *idx))
+        sub = f"{name}-{'-'.join(map(str, out_idx))}" if out_idx else name
+        top = tree(dsk, sub, red, leaves, split_every=split_every)
+        out_key = (name, *out_idx) + (0,) * (len(chunks) - len(out_idx))
+        dsk[out_key] = (red.finish, top)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[parts])
+    return da.Array(graph, name, chunks=chunks, meta=meta)
+
+
+def fields(result: Delayed, shapes: dict[str, tuple[tuple[int, ...], Any]],
+           like: Any) -> dict[str, da.Array]:
+    """Lazy arrays of the named fields of a dict-valued ``result``."""
+    out = {}
+    for k, (shape, dt) in shapes.items():
+        out[k] = da.from_delayed(
+            result[k], shape=shape, dtype=dt,
+            meta=meta_from_array(like, ndim=len(shape), dtype=dt),
+        )
+    return out
