@@ -12,18 +12,20 @@ its kernels, laid out here in one of two shapes:
   of chain ``i mod C``, and the chain ends are combined once. For partials
   of D×D or K×D numbers (Gram matrices, the tile terms of the closed forms,
   per-class covariances, the tiled class statistics): a tree would keep one
-  such partial per block alive (measured at K=100k, D=2048: 3.0 GiB with a
-  tree of sparse partials, 0.9 GiB with chains; ``benchmarks/bench_vocab.py``),
-  a chain keeps one per chain. Optionally the reads of the blocks are
+  such partial per block alive (the class statistics at K=100k, D=2048
+  peaked at 3.0 GiB with a tree of sparse partials;
+  :mod:`ncdask.graph.tiled_stats`, ``benchmarks/bench_vocab.py``), a chain
+  keeps one per chain. Optionally the reads of the blocks are
   *throttled*: a batch of C reads waits until the batch ``lag`` batches
   before it has been folded (:func:`chains`, ``batch``).
 
 The graphs are plain dask task graphs (``HighLevelGraph.from_collections``
 layers of ``(function, *args)`` tasks, :class:`dask.delayed.Delayed` and
 :class:`dask.array.Array` over them), built on public dask API only. Why not
-``dask.array.reduction`` everywhere: its partials must be arrays
-concatenated along the reduced axes, it reads one array where the statistics
-read two aligned ones (embeddings and labels), and it has no chains.
+``dask.array.reduction`` everywhere: it carries dict partials well enough
+(``concatenate=False``, as dask's own ``mean_chunk`` does), but it reduces
+one array where the statistics read two aligned ones (embeddings and
+labels), and it has no chains: its tree holds a partial per block.
 """
 
 from __future__ import annotations
