@@ -219,3 +219,13 @@ def class_inputs(stats: xr.Dataset, kept: KeptClasses, *, weights: Any = None,
         W = W.rechunk(Mc.chunks)
     return ClassInputs(M=M, Mc=Mc, mG=mG, v=v, Sw=float64(as_dask(stats["within_cov"])),
                        W=W, b=b, eps_dtype=eps_dtype)
+
+
+def computed_float(x: Any) -> float:
+    """A lazy scalar computed into a Python float (host side, whatever its backend)."""
+    import dask
+
+    from .kernels._xp import to_numpy
+
+    return float(to_numpy(dask.compute(x)[0]))
+

@@ -99,18 +99,24 @@ class Inputs:
     memory_budget: int | None = None
     by_frequency: int | None = None
     mu_weighted: da.Array | None = None
+    ood_mean: da.Array | None = None
 
     @classmethod
     def from_arrays(cls, *, M: da.Array | None = None, W: da.Array | None = None,
                     b: da.Array | None = None, mG: da.Array | None = None,
                     mu_weighted: da.Array | None = None, tile_size: int | None = None,
-                    todo: tuple[str, ...] = ()) -> Inputs:
+                    todo: tuple[str, ...] = (), Sw: da.Array | None = None,
+                    v: da.Array | None = None, eps_dtype: Any = np.float64,
+                    dist_exp: float = 1.0, riesz_s: float = 0.0,
+                    ood_mean: da.Array | None = None) -> Inputs:
         """Inputs of float64 row arrays taken as given (for :mod:`ncdask.compat`).
 
         Every row is kept; ``M`` is centred on ``mG`` (not at all if None);
         without ``M`` the classifier rows stand in for it, so that the
         classifier-only metrics (``nc2w_*``) take the same code path.
-        ``mu_weighted`` is the sample-weighted global mean of ``nc3_bias``.
+        ``mu_weighted`` is the sample-weighted global mean of ``nc3_bias``;
+        ``Sw``, ``v`` and ``ood_mean`` stand for Σ_W, the variance norms and
+        the OOD global mean; ``eps_dtype`` sets NC1's pinv cutoff.
         """
         A = M if M is not None else W
         K, D = A.shape
@@ -122,10 +128,13 @@ class Inputs:
             b = da.zeros(K, chunks=(A.chunks[0],), dtype=np.float64) if b is None else b
         kept = KeptClasses(counts=np.ones(K, dtype=np.int64), present=np.arange(K), empty=[],
                            filtered=[], refiltered=False, ignore_index=None)
-        ci = ClassInputs(M=A, Mc=Mc, mG=mG, v=None, Sw=None, W=W, b=b,
-                         eps_dtype=np.dtype(np.float64))
+        if v is not None:
+            v = v.rechunk((A.chunks[0],))
+        ci = ClassInputs(M=A, Mc=Mc, mG=mG, v=v, Sw=Sw, W=W, b=b,
+                         eps_dtype=np.dtype(eps_dtype))
         return cls(stats=None, kept=kept, cls=ci, todo=tuple(todo), tile_size=T,
-                   mu_weighted=mu_weighted)
+                   mu_weighted=mu_weighted, dist_exp=float(dist_exp), riesz_s=float(riesz_s),
+                   ood_mean=ood_mean)
 
     # the inputs themselves
     @property
@@ -258,6 +267,8 @@ def _decide(ins: Inputs) -> tuple[da.Array, da.Array]:
 
 
 def _ood_mean(ins: Inputs) -> da.Array:
+    if ins.ood_mean is not None:  # given as is (ncdask.compat)
+        return ins.ood_mean
     if is_summary(ins.ood, "ood"):
         if summary_dim(ins.ood) != ins.D:
             raise ValueError(f"the streamed OOD summary has width {summary_dim(ins.ood)}, "
@@ -578,8 +589,8 @@ METRICS: dict[str, Metric] = {
     ),
     "similarities_cos": Metric(
         "classifier / centred-mean cosine similarity",
-        "w_k . m~_k / max(||w_k|| ||m~_k||, 1e-8)", WU, needs=_W, per_class=True,
-        min_classes=1, compute=lambda ins: CF.cosine_rows(ins.W, ins.Mc),
+        "w_k . m~_k / (max(||w_k||, 1e-8) max(||m~_k||, 1e-8)), as torch", WU, needs=_W,
+        per_class=True, min_classes=1, compute=lambda ins: CF.cosine_rows(ins.W, ins.Mc),
     ),
     "distance_norms": Metric(
         "classifier / centred-mean distance after normalising",
@@ -648,3 +659,13 @@ GROUPS: dict[str, tuple[str, ...]] = {
 
 #: Metrics computed only when asked for through their own input (``by_frequency=``).
 ON_REQUEST = frozenset(GROUPS["by_frequency"])
+
+
+def evaluate(name: str, **arrays: Any) -> da.Array:
+    """The lazy value of the declaration ``name`` on rows taken as given.
+
+    ``arrays`` go to :meth:`Inputs.from_arrays`; this is how the functions of
+    :mod:`ncdask.compat` compute, so that no formula is written twice.
+    """
+    return METRICS[name].evaluate(Inputs.from_arrays(todo=(name,), **arrays))
+

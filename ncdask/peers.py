@@ -23,14 +23,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._inputs import as_dask, class_rows
-from .declarations import METRICS, Inputs
-from .kernels._xp import to_numpy
+from ._inputs import as_dask, class_rows, computed_float
+from .declarations import evaluate
 from .metrics import measure
 
 Array = Any
@@ -54,13 +52,9 @@ def _need_two(K: int, name: str) -> None:
         raise ValueError(f"{name} needs at least 2 rows, got {K}")
 
 
-def _float(x: da.Array) -> float:
-    return float(to_numpy(dask.compute(x)[0]))
-
-
 def _declared(name: str, **arrays: Any) -> float:
     """The declaration of ``measure``'s variable ``name`` on rows taken as given."""
-    return _float(METRICS[name].evaluate(Inputs.from_arrays(**arrays)))
+    return computed_float(evaluate(name, **arrays))
 
 
 def _centred(M: Array, m_G: Array, like: da.Array) -> da.Array:
@@ -167,7 +161,7 @@ def classifier_max_angle(W: Array, tile_size: int | None = None) -> float:
     """
     Wd, T = _rows(W, "W", tile_size)
     _need_two(Wd.shape[0], "classifier_max_angle")
-    return _declared("nc2w_max_angle", W=Wd, tile_size=T, todo=("nc2w_max_angle",))
+    return _declared("nc2w_max_angle", W=Wd, tile_size=T)
 
 
 def self_duality_distance(W: Array, M: Array, m_G: Array = 0) -> float:

@@ -42,10 +42,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._inputs import as_dask, class_rows
-from .declarations import METRICS, Inputs
+from ._inputs import as_dask, class_rows, computed_float
+from .declarations import METRICS, Inputs, evaluate
 from .graph import closed_forms as CF
-from .graph.pairwise import pair_grid, pairwise_moments
+from .graph.pairwise import pair_grid
 from .kernels._xp import to_numpy
 from .metrics import DegenerateInputWarning
 
@@ -67,10 +67,6 @@ def _centred(M: Array, m_G: Array, tile_size: int | None = None) -> tuple[da.Arr
     A, T = class_rows(M, tile_size)
     g = _vec(m_G, A.shape[1])
     return (A - g if not (isinstance(g, float) and g == 0.0) else A), T
-
-
-def _float(x: da.Array) -> float:
-    return float(to_numpy(dask.compute(x)[0]))
 
 
 def _is_torch(x: Any) -> bool:
@@ -116,17 +112,6 @@ def _grid(result: da.Array) -> xr.DataArray:
     return xr.DataArray(result, dims=("class", "class_"))
 
 
-def _cosine_rows(A: da.Array, B: da.Array, eps: float = 1e-8) -> da.Array:
-    """``a_k · b_k / (max(‖a_k‖, ε) max(‖b_k‖, ε))``: torch's ``cosine_similarity``.
-
-    torch clamps each norm at ``eps`` on its own (not their product), so
-    rows of small norm keep their cosine.
-    """
-    na = da.maximum(CF.row_norms(A), eps)
-    nb = da.maximum(CF.row_norms(B), eps)
-    return (A * B).sum(axis=1) / (na * nb)
-
-
 # --------------------------------------------------------------------------- NC1
 
 
@@ -166,9 +151,8 @@ def covariance_ratio(V_intra: Array, M: Array, m_G: Array = 0, metric: str = "pi
     Mc, _ = _centred(M, m_G)
     Sw = as_dask(V_intra).astype(np.float64)
     K, D = Mc.shape
-    if metric == "quotient":
-        return _float(da.trace(Sw) / ((Mc * Mc).sum() / K))
-    if metric not in ("pinv", "svd"):
+    names = {"pinv": "nc1_pinv", "svd": "nc1_svd", "quotient": "nc1_quot"}
+    if metric not in names:
         raise ValueError(f"metric must be 'pinv', 'svd' or 'quotient', got {metric!r}")
     if metric == "svd" and not K - 1 < D:
         warnings.warn(
@@ -179,8 +163,7 @@ def covariance_ratio(V_intra: Array, M: Array, m_G: Array = 0, metric: str = "pi
         return math.nan
     given = np.dtype(as_dask(M).dtype)
     eps_dtype = given if np.issubdtype(given, np.floating) else np.dtype(np.float64)
-    vals = CF.nc1_values(Mc, Sw, want_svd=metric == "svd", eps_dtype=eps_dtype)
-    return _float(vals[0 if metric == "pinv" else 1])
+    return computed_float(evaluate(names[metric], M=Mc, Sw=Sw, eps_dtype=eps_dtype))
 
 
 def variability_cdnv(
@@ -210,10 +193,10 @@ def variability_cdnv(
     Galanti, György & Hutter (2022), arXiv:2112.15121.
     """
     A, T = class_rows(M, tile_size)
-    A = A - A.mean(axis=0)[None, :]  # distances do not change; precision does
     v = as_dask(V_norms).astype(np.float64).reshape(-1)
-    res = pairwise_moments(A, stats=("cdnv",), v=v, tile_size=T, dist_exp=dist_exp)
-    return _float(res[0, 1])
+    # centred on the mean row: distances do not change; precision does
+    return computed_float(evaluate("nc1_cdnv", M=A, mG=A.mean(axis=0), v=v, tile_size=T,
+                          dist_exp=dist_exp))
 
 
 # --------------------------------------------------------------------------- GNC2 kernels
@@ -346,8 +329,9 @@ def kernel_stats(
     K, D = Mc.shape
     S = float(D - 2 if riesz_s is None else riesz_s)
     if stat is not None:
-        res = pairwise_moments(Mc, stats=(stat,), tile_size=T, riesz_s=S)
-        mean, var = dask.compute(res[0, 1], res[0, 2])
+        names = (f"nc2g_{stat}_mean", f"nc2g_{stat}_var")
+        ins = Inputs.from_arrays(M=Mc, tile_size=T, riesz_s=S, todo=names)
+        mean, var = dask.compute(*[METRICS[n].evaluate(ins) for n in names])
         return float(to_numpy(mean)), float(to_numpy(var))
     grid = as_dask(kernel(CF.normalized(Mc), tile_size=T)).astype(np.float64)
     upper = da.triu(da.ones(grid.shape, chunks=grid.chunks, dtype=bool), 1)
@@ -405,7 +389,7 @@ def structure_error(A: Array, B: Array) -> float:
     Bd = as_dask(B).astype(np.float64)
     if Bd.shape != Ad.shape:
         raise ValueError(f"B has shape {Bd.shape}, expected {Ad.shape} like A")
-    return _float(CF.etf_error(Ad, Bd.rechunk(Ad.chunks)))
+    return computed_float(CF.etf_error(Ad, Bd.rechunk(Ad.chunks)))
 
 
 def simplex_etf_error(M: Array, m_G: Array = 0) -> float:
@@ -416,7 +400,7 @@ def simplex_etf_error(M: Array, m_G: Array = 0) -> float:
     Kothapalli (2023), arXiv:2206.04041.
     """
     Mc, _ = _centred(M, m_G)
-    return _float(METRICS["nc2_etf_err"].evaluate(Inputs.from_arrays(M=Mc)))
+    return computed_float(evaluate("nc2_etf_err", M=Mc))
 
 
 def self_duality_error(W: Array, M: Array, m_G: Array = 0) -> float:
@@ -428,7 +412,7 @@ def self_duality_error(W: Array, M: Array, m_G: Array = 0) -> float:
     """
     Mc, _ = _centred(M, m_G)
     Wd = as_dask(W).astype(np.float64).rechunk(Mc.chunks)
-    return _float(METRICS["nc3_dual_err"].evaluate(Inputs.from_arrays(M=Mc, W=Wd)))
+    return computed_float(evaluate("nc3_dual_err", M=Mc, W=Wd))
 
 
 def similarities(W: Array, M: Array, m_G: Array = 0, cos: bool = False) -> Array:
@@ -464,8 +448,9 @@ def similarities(W: Array, M: Array, m_G: Array = 0, cos: bool = False) -> Array
     Wd = as_dask(W).astype(np.float64)
     if Wd.ndim == 1:
         Wd = Wd[None, :]
-    Wd = Wd.rechunk((Mc.chunks[0] if Wd.shape[0] == Mc.shape[0] else -1, -1))
-    out = _cosine_rows(Wd, Mc) if cos else (Wd * Mc).sum(axis=1)
+    if Wd.shape[0] != Mc.shape[0]:  # one row for every class, as torch broadcasts
+        Wd = da.broadcast_to(Wd.rechunk(-1), Mc.shape)
+    out = evaluate("similarities_cos" if cos else "similarities", M=Mc, W=Wd)
     return _like(out, W, M, m_G, dtype_of=(W,) if cos else None)
 
 
@@ -491,8 +476,8 @@ def distance_norms(W: Array, M: Array, m_G: Array = 0, norm: bool = True) -> Arr
     """
     Mc, _ = _centred(M, m_G)
     Wd = as_dask(W).astype(np.float64).rechunk(Mc.chunks)
-    diff = CF.normalized(Wd) - CF.normalized(Mc) if norm else Wd - Mc
-    return _like(CF.row_norms(diff), W, M, m_G)
+    out = evaluate("distance_norms", M=Mc, W=Wd) if norm else CF.row_norms(Wd - Mc)
+    return _like(out, W, M, m_G)
 
 
 def mean_norms(M: Array, m_G: Array = 0, post_funcs: Sequence[Callable] = ()) -> Array:
@@ -515,7 +500,7 @@ def mean_norms(M: Array, m_G: Array = 0, post_funcs: Sequence[Callable] = ()) ->
         promotion of the dtypes of ``M`` and ``m_G``, as the reference's.
     """
     Mc, _ = _centred(M, m_G)
-    out = _like(CF.row_norms(Mc), M, m_G)
+    out = _like(evaluate("mean_norms", M=Mc), M, m_G)
     for f in post_funcs:
         out = f(out)
     return out
@@ -677,8 +662,8 @@ def orthogonality_deviation(M: Array, m_G_ood: Array = 0) -> float:
     g = _vec(m_G_ood, A.shape[1])
     if isinstance(g, float):
         return 0.0
-    g = g if g.ndim == 2 else da.broadcast_to(g, (1, A.shape[1]))
-    return _float(da.fabs(_cosine_rows(A, g)).mean())
+    g = da.broadcast_to(g, (1, A.shape[1]))[0]
+    return computed_float(evaluate("nc5_ood_dev", M=A, ood_mean=g))
 
 
 __all__ = [

@@ -166,7 +166,8 @@ def dense_metrics(
             bb = np.zeros(Kp) if b is None else np.asarray(b, dtype=np.float64)[pres]
             sims = (W * Mc).sum(1)
             out["similarities"] = sims
-            out["similarities_cos"] = sims / np.maximum(np.linalg.norm(W, axis=1) * norms, 1e-8)
+            out["similarities_cos"] = sims / (  # torch clamps each norm on its own
+                np.maximum(np.linalg.norm(W, axis=1), 1e-8) * np.maximum(norms, 1e-8))
             nw = W / (np.linalg.norm(W, axis=1, keepdims=True) + EPS)
             out["distance_norms"] = np.linalg.norm(nw - u, axis=1)
             out["nc3_dual_err"] = _etf_err(Mc, W)

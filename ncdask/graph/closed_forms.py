@@ -184,8 +184,14 @@ def normalized(A: da.Array) -> da.Array:
 
 
 def cosine_rows(A: da.Array, B: da.Array, *, eps: float = 1e-8) -> da.Array:
-    """``a_k · b_k / max(‖a_k‖ ‖b_k‖, eps)`` per row (torch's ``cosine_similarity``)."""
-    return (A * B).sum(axis=1) / da.maximum(row_norms(A) * row_norms(B), eps)
+    """``a_k · b_k / (max(‖a_k‖, ε) max(‖b_k‖, ε))`` per row: torch's ``cosine_similarity``.
+
+    torch clamps each norm at ``eps`` on its own (not their product), so
+    rows of small norm keep their cosine.
+    """
+    na = da.maximum(row_norms(A), eps)
+    nb = da.maximum(row_norms(B), eps)
+    return (A * B).sum(axis=1) / (na * nb)
 
 
 def small_gram(A: da.Array) -> da.Array:
