@@ -45,3 +45,15 @@ def dense_stats(X: np.ndarray, y: np.ndarray, K: int, weighted: bool = False) ->
         "var_norms": var_norms,
         "n_samples": len(X),
     }
+
+
+def check_against(st_, ref: dict, rtol: float) -> None:
+    """Computed class statistics ``st_`` against a :func:`dense_stats` dict."""
+    st_ = st_.compute()
+    np.testing.assert_array_equal(st_.counts.values, ref["counts"])
+    np.testing.assert_allclose(st_.means.values, ref["means"], rtol=rtol)
+    np.testing.assert_allclose(st_.global_mean.values, ref["global_mean"], rtol=rtol)
+    np.testing.assert_allclose(st_.within_cov.values, ref["within_cov"], rtol=rtol,
+                               atol=rtol * np.abs(ref["within_cov"]).max())
+    np.testing.assert_allclose(st_.var_norms.values, ref["var_norms"], rtol=rtol)
+    assert int(st_.n_samples) == ref["n_samples"]

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dask
 import dask.array as da
 import numpy as np
 import pytest
 from dask.highlevelgraph import HighLevelGraph
+from dense import dense_stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import irregular_chunks, labelled_data
 
 from ncdask.graph import _reduce as R
 from ncdask.graph.stats import stats_arrays
 from ncdask.kernels._reduction import Reduction, identity, sum_all
+from ncdask.kernels.closed_forms import GRAM
 
 
 def _concat(parts):
@@ -113,3 +120,25 @@ def test_shared_values_are_stored_once_and_the_graph_is_deterministic():
     m = np.stack([Xn[yn == k].mean(0) for k in range(4)])
     c = Xn[keep] - m[yn[keep]]
     np.testing.assert_allclose(a["within_cov"].compute(), c.T @ c / keep.sum(), rtol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=labelled_data(max_rows=60), n_chains=st.integers(1, 4), split_every=st.integers(2, 5))
+def test_trees_and_chains_do_not_depend_on_the_blocks(data, n_chains, split_every):
+    """The same numbers whatever the row blocks, the fan-in and the number of chains."""
+    X, y, K, cuts, _ = data
+    chunks = irregular_chunks(len(X), cuts)
+    Xd = da.from_array(X, chunks=(chunks, -1))
+    yd = da.from_array(y, chunks=(chunks,))
+    # chains: XᵀX folded block by block
+    G = R.fold_rows(GRAM, Xd, Xd, how="chains", chains_=n_chains).compute(scheduler="sync")
+    np.testing.assert_allclose(G, X.T @ X, rtol=1e-10, atol=1e-9 * np.abs(X).max() ** 2)
+    # a tree: the class statistics of every block, merged split_every at a time
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # empty classes' NaN means
+        got = dask.compute(stats_arrays(Xd, yd, K, split_every=split_every))[0]
+    ref = dense_stats(X, y, K)
+    np.testing.assert_array_equal(got["counts"], ref["counts"])
+    np.testing.assert_allclose(got["means"], ref["means"], rtol=1e-10)
+    np.testing.assert_allclose(got["within_cov"], ref["within_cov"], rtol=1e-8,
+                               atol=1e-8 * np.abs(ref["within_cov"]).max())

@@ -3,31 +3,12 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from dense import CASES, dense_stats, golden
+from dense import CASES, check_against, dense_stats, golden
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from strategies import irregular_chunks, labelled_data, split_ds
 
 import ncdask
 from ncdask.stats import EmptyClassWarning
-
-
-def split_ds(X, y, K, chunks):
-    return xr.Dataset(
-        {"embeddings": (("sample", "feature"), da.from_array(X, chunks=(chunks, -1))),
-         "labels": (("sample",), da.from_array(y, chunks=(chunks,)))},
-        attrs={"n_classes": K},
-    )
-
-
-def check_against(st_, ref, rtol):
-    st_ = st_.compute()
-    np.testing.assert_array_equal(st_.counts.values, ref["counts"])
-    np.testing.assert_allclose(st_.means.values, ref["means"], rtol=rtol)
-    np.testing.assert_allclose(st_.global_mean.values, ref["global_mean"], rtol=rtol)
-    np.testing.assert_allclose(st_.within_cov.values, ref["within_cov"], rtol=rtol,
-                               atol=rtol * np.abs(ref["within_cov"]).max())
-    np.testing.assert_allclose(st_.var_norms.values, ref["var_norms"], rtol=rtol)
-    assert int(st_.n_samples) == ref["n_samples"]
 
 
 def assert_golden(st_, gold):
@@ -225,26 +206,8 @@ def test_on_a_distributed_cluster(small_store):
 
 
 # ------------------------------------------------------------------ invariance
-@st.composite
-def dataset(draw):
-    n = draw(st.integers(1, 120))
-    K = draw(st.integers(1, 6))
-    D = draw(st.integers(1, 5))
-    seed = draw(st.integers(0, 2**32 - 1))
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, D)) * rng.uniform(0.01, 10) + rng.uniform(-100, 100)
-    y = rng.integers(0, K, n)
-    cuts = sorted(draw(st.lists(st.integers(1, max(n - 1, 1)), max_size=6, unique=True)))
-    return X, y, K, cuts, seed
-
-
-def irregular_chunks(n, cuts):
-    edges = [0, *[c for c in cuts if 0 < c < n], n]
-    return tuple(b - a for a, b in zip(edges[:-1], edges[1:], strict=False))
-
-
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(dataset())
+@given(labelled_data())
 def test_invariant_to_chunking_order_and_batches(data):
     X, y, K, cuts, seed = data
     import warnings

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import xarray as xr
 from dask.callbacks import Callback
-from dense import dense_stats
-from test_stats import check_against, split_ds
+from dense import check_against, dense_stats
+from strategies import split_ds
 
 import ncdask
 from ncdask.graph.tiled_stats import plan
