@@ -38,8 +38,9 @@ Degenerate input
   classes' samples out only when ``class_stats`` was given the
   ``min_count``.
 * Samples labelled ``ignore_index`` (default: the statistics' attribute, set
-  from the store) are skipped by NC4 and left out of the OOD means of NC5
-  and ``nc1_ood_class``.
+  from the store) are skipped by NC4 and by the pass over ``train`` of
+  ``nc1_pinv_by_frequency``, and left out of the OOD means of NC5 and
+  ``nc1_ood_class``.
 * The Riesz kernel is accumulated in the log domain; where its mean or
   variance over- or underflows float64 (``S = D − 2`` for D in the
   thousands), computing it warns :class:`RieszRangeWarning` and the

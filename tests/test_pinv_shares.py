@@ -179,3 +179,30 @@ def test_a_streamed_summary_is_not_a_train_split():
     fake.attrs["ncdask_streamed"] = "test"
     with pytest.raises(ValueError, match="not a streamed summary"):
         ncdask.measure(stats, metrics="nc1_quot", by_frequency=2, train=fake)
+
+
+def test_cli_sweep_by_frequency_reads_each_train_split(tmp_path, capsys):
+    from ncdask import cli
+
+    rng = np.random.default_rng(9)
+    K, D = 6, 8
+    means = 3 * rng.normal(size=(K, D))
+    n = np.array([30, 4, 20, 9, 25, 6])
+    url, out = str(tmp_path / "s.zarr"), str(tmp_path / "r.zarr")
+    s = ncdask.EmbeddingStore.create(url, K, D)
+    data = {}
+    for e, noise in ((1, 2.0), (5, 0.3)):
+        y = np.repeat(np.arange(K), n)
+        X = means[y] + noise * rng.normal(size=(y.size, D))
+        s.append("train", X, y, epoch=e)
+        data[e] = (X.astype(np.float32), y)
+    assert cli.main(["analyze", url, "--sweep", "--metrics", "nc1_pinv", "--by-frequency", "2",
+                     "--out", out, "-q"]) == 0
+    capsys.readouterr()
+    got = ncdask.open_results(out)
+    for e, (X, y) in data.items():
+        ref = dense_metrics(X, y, K, by_frequency=2)
+        np.testing.assert_allclose(got.nc1_pinv_by_frequency.sel(epoch=e).values,
+                                   ref["nc1_pinv_by_frequency"], rtol=1e-9)
+        np.testing.assert_allclose(float(got.nc1_pinv_by_frequency.sel(epoch=e).sum()),
+                                   float(got.nc1_pinv.sel(epoch=e)), rtol=1e-12)
