@@ -121,7 +121,8 @@ def class_quadratic_sums(x: Any, y: Any, means: Any, pos: Any, L: Any, sign: Any
         x, local = x[idx], local[idx]
     with errstate(xp):
         z = (xp.asarray(x, dtype=xp.float64) - means[local]) @ L
-        q = (z * z) @ sign
+        z *= z  # z is this task's own
+        q = z @ sign
     sums = xp.bincount(local, weights=q, minlength=T)
     counts = xp.bincount(local, minlength=T).astype(xp.float64)
     return xp.stack([sums, counts])[None]
