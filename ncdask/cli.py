@@ -247,7 +247,8 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
     an.add_argument("--dist-exp", type=_positive_float, help="CDNV distance exponent (default: 1)")
     an.add_argument("--by-frequency", type=_positive_int, metavar="N",
                     help="also NC1 and NC4 within N bins of classes ranked by count, most "
-                         "frequent first (a head/tail breakdown for long-tailed labels)")
+                         "frequent first (a head/tail breakdown for long-tailed labels; each "
+                         "bin's share of nc1_pinv reads the train split once more)")
     an.add_argument("--min-count", type=_nonneg_int,
                     help="leave out classes with fewer samples (default: keep every non-empty "
                          "class)")
@@ -705,14 +706,17 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 "weights": W, "bias": b,
                 "test": move(store.split(test, **tags)) if test else None,
                 "ood": move(store.split(ood, **tags)) if ood else None,
+                # the samples again, for each bin's share of nc1_pinv
+                "train": (move(store.split(args.train, **tags))
+                          if args.by_frequency is not None else None),
             }
         if dim is None:
             one = items[None]
             lazy = measure(one.pop("stats"), **one, **measure_kw)
         else:
             per = {k: {e: it[k] for e, it in items.items()} for k in
-                   ("stats", "weights", "bias", "test", "ood")}
-            for k in ("weights", "bias", "test", "ood"):
+                   ("stats", "weights", "bias", "test", "ood", "train")}
+            for k in ("weights", "bias", "test", "ood", "train"):
                 if any(v is None for v in per[k].values()):
                     per[k] = None
             lazy = measure(per.pop("stats"), dim=dim, **per, **measure_kw)

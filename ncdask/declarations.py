@@ -27,7 +27,9 @@ from ._inputs import ClassInputs, KeptClasses, as_dask, float64, like, namespace
 from .evaluate import agreement_from_summary, is_summary, ood_mean_from_summary, summary_dim
 from .graph import closed_forms as CF
 from .graph import decisions as DG
+from .graph import shares as SG
 from .graph.pairwise import pairwise_moments
+from .kernels import shares as KS
 from .kernels.pairwise import FINAL
 
 PAPYAN = (
@@ -100,6 +102,7 @@ class Inputs:
     by_frequency: int | None = None
     mu_weighted: da.Array | None = None
     ood_mean: da.Array | None = None
+    train: Any = None
 
     @classmethod
     def from_arrays(cls, *, M: da.Array | None = None, W: da.Array | None = None,
@@ -329,6 +332,42 @@ def _quot_share(ins: Inputs, idx: np.ndarray) -> Any:
     w = as_dask(n[idx] / n.sum()).rechunk(-1)
     w = like(w, ins.M)
     return (ins.cls.v[idx].rechunk(-1) * w).sum() / (ins.M_sq / ins.K)
+
+
+def _pinv_shares(ins: Inputs) -> da.Array:
+    """Every bin's share of ``nc1_pinv``: ``Σ_{k∈bin} S_k / (N K)``, one pass over ``train``.
+
+    ``S_k = Σ_{y_i=k} (x_i − μ_k)ᵀ Σ_B⁺ (x_i − μ_k) = n_k tr(Σ_B⁺ Σ_k)`` over the
+    training samples of class k (:mod:`ncdask.graph.shares`), ``N`` the samples
+    behind Σ_W (the statistics' ``n_samples``): each class's term of
+    ``nc1_pinv``, so the shares add up to it (less the classes that ``min_count``
+    leaves out here but Σ_W still pools).
+    """
+    split = split_of(ins.train)
+    if "labels" not in split:
+        raise ValueError("the train split needs 'labels' for nc1_pinv_by_frequency")
+    X = like(float64(as_dask(split["embeddings"])), ins.M)
+    if X.ndim != 2 or X.shape[1] != ins.D:
+        raise ValueError(f"train embeddings have shape {X.shape}, expected (n, {ins.D}) "
+                         "like the statistics")
+    k_train = split.attrs.get("n_classes")
+    if k_train is not None and int(k_train) != ins.K_all:
+        raise ValueError(f"the train split has n_classes={int(k_train)}, the statistics "
+                         f"{ins.K_all}: pass the split they were computed from")
+    L, sign = SG.pinv_factor(ins.Mc, ins.Sw, eps_dtype=ins.cls.eps_dtype, terms=ins.terms)
+    lookup = np.full(ins.K_all, -1, dtype=np.int64)
+    lookup[ins.kept.present] = np.arange(ins.K)
+    sums = SG.class_pinv_sums(X, as_dask(split["labels"]), ins.M, L, sign, lookup=lookup,
+                              budget=ins.memory_budget, split_every=ins.split_every)
+    bin_of = np.zeros(ins.K, dtype=np.int64)
+    for i, b in enumerate(ins.bins):
+        bin_of[b] = i
+    stats = ins.stats
+    N = (int(np.asarray(stats["n_samples"].values)) if "n_samples" in stats
+         else int(ins.kept.counts.sum()))
+    return CF.delayed_array(KS.bin_shares, sums, ins.kept.counts[ins.kept.present], bin_of,
+                            len(ins.bins), float(N) * ins.K, shape=(len(ins.bins),),
+                            like=ins.M)
 
 
 def _agree_of(ins: Inputs, idx: np.ndarray) -> Any:
@@ -572,6 +611,12 @@ METRICS: dict[str, Metric] = {
         TIRER, needs=("by_frequency",), per_bin=True,
         compute=lambda ins: ins.per_bin(lambda idx: _quot_share(ins, idx)),
     ),
+    "nc1_pinv_by_frequency": Metric(
+        "NC1 pseudo-inverse: each class-count bin's share",
+        "sum_{k in bin} sum_{y_i=k} (x_i - mu_k)^T Sigma_B^+ (x_i - mu_k) / (N K), one pass "
+        "over the training samples; the shares add up to nc1_pinv",
+        PAPYAN, needs=("by_frequency", "train"), per_bin=True, compute=_pinv_shares,
+    ),
     "nc4_agree_by_frequency": Metric(
         "NC4 agreement within each class-count bin",
         "nc4_agree over the test samples whose true class lies in the bin",
@@ -654,7 +699,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "interference": ("interference_mean", "interference_var"),
     "erank": ("erank_within", "erank_between", "erank_w"),
     "by_frequency": ("nc1_cdnv_by_frequency", "nc1_quot_by_frequency",
-                     "nc4_agree_by_frequency"),
+                     "nc1_pinv_by_frequency", "nc4_agree_by_frequency"),
 }
 
 #: Metrics computed only when asked for through their own input (``by_frequency=``).

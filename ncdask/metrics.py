@@ -38,8 +38,9 @@ Degenerate input
   classes' samples out only when ``class_stats`` was given the
   ``min_count``.
 * Samples labelled ``ignore_index`` (default: the statistics' attribute, set
-  from the store) are skipped by NC4 and left out of the OOD means of NC5
-  and ``nc1_ood_class``.
+  from the store) are skipped by NC4 and by the pass over ``train`` of
+  ``nc1_pinv_by_frequency``, and left out of the OOD means of NC5 and
+  ``nc1_ood_class``.
 * The Riesz kernel is accumulated in the log domain; where its mean or
   variance over- or underflows float64 (``S = D − 2`` for D in the
   thousands), computing it warns :class:`RieszRangeWarning` and the
@@ -280,18 +281,22 @@ def _measure_one(
     ignore_index: int | None = None,
     memory_budget: int | None = None,
     by_frequency: int | None = None,
+    train: Any = None,
 ) -> tuple[xr.Dataset, dict[str, str]]:
     """Resolve the inputs once, select the metrics defined for them, compute each, label."""
     stats = _check_stats(stats)
     check_role(test, "test")
     check_role(ood, "ood")
+    if isinstance(train, xr.Dataset) and train.attrs.get("ncdask_streamed") is not None:
+        raise ValueError("train= takes the training samples (a split Dataset or (store, "
+                         "split)), not a streamed summary")
     kept = kept_classes(stats, min_count, ignore_index)
     K_all, K = kept.n_all, kept.n_kept
     D = int(stats.sizes["feature"])
     class_ids = (np.asarray(stats["class"].values)[kept.present] if "class" in stats.coords
                  else kept.present)
     have = {"weights": weights is not None, "test": test is not None, "ood": ood is not None,
-            "by_frequency": by_frequency is not None}
+            "by_frequency": by_frequency is not None, "train": train is not None}
     if by_frequency is not None and by_frequency > K:
         raise ValueError(f"by_frequency={by_frequency} bins for {K} classes measured: "
                          "ask for at most one bin per class")
@@ -318,7 +323,7 @@ def _measure_one(
             todo=todo, tile_size=T, test=test, ood=ood, dist_exp=float(dist_exp),
             riesz_s=float(D - 2 if riesz_s is None else riesz_s), nc4_backend=nc4_backend,
             ood_labels=ood_labels, split_every=split_every, memory_budget=memory_budget,
-            by_frequency=by_frequency)
+            by_frequency=by_frequency, train=train)
         out = {name: METRICS[name].evaluate(inputs) for name in todo}
 
     data_vars = {}
@@ -432,6 +437,7 @@ def measure(
     ignore_index: int | None = None,
     memory_budget: int | str | None = None,
     by_frequency: int | None = None,
+    train: Any = None,
 ) -> xr.Dataset:
     """Measure Neural Collapse: every SPEC.md metric as a lazy labelled Dataset.
 
@@ -495,10 +501,20 @@ def measure(
         A head/tail breakdown: the measured classes ranked by count and cut
         into this many bins of near-equal size (most frequent first) give
         ``nc1_cdnv_by_frequency`` (CDNV over the pairs within a bin),
-        ``nc1_quot_by_frequency`` (each bin's share of ``nc1_quot``) and
-        ``nc4_agree_by_frequency`` on a ``frequency_bin`` dim, with coords
-        ``bin_min_count``, ``bin_max_count`` and ``bin_n_classes`` (added to
-        ``metrics`` when that is given).
+        ``nc1_quot_by_frequency`` (each bin's share of ``nc1_quot``),
+        ``nc1_pinv_by_frequency`` (each bin's share of ``nc1_pinv``, with
+        ``train``) and ``nc4_agree_by_frequency`` (with ``test``) on a
+        ``frequency_bin`` dim, with coords ``bin_min_count``,
+        ``bin_max_count`` and ``bin_n_classes`` (added to ``metrics`` when
+        that is given).
+    train : split Dataset or (store, split), optional
+        The training samples the statistics were computed from, for
+        ``nc1_pinv_by_frequency``: class k's term of ``nc1_pinv`` is
+        ``Σ_{y_i=k} (x_i − μ_k)ᵀ Σ_B⁺ (x_i − μ_k) / (N K)``, which needs the
+        samples again (one blocked pass; Σ_B⁺ factored once). Samples of
+        classes not measured (``min_count``) or labelled ``ignore_index``
+        are skipped; the class counts must match the statistics' (else
+        ``ValueError`` when computed). Without it that metric is left out.
 
     Returns
     -------
@@ -572,6 +588,7 @@ def measure(
             ignore_index=ignore_index,
             memory_budget=budget,
             by_frequency=by_frequency,
+            train=_pick(train, i, lab, d),
         )
         results.append(ds)
         for k, reason in deg.items():

@@ -197,17 +197,23 @@ def dense_metrics(
         order = np.lexsort((np.arange(Kp), -counts[pres]))
         bins = [np.sort(b) for b in np.array_split(order, by_frequency)]
         tr_sb = np.trace(Sb)
-        cd, qs, ag = [], [], []
+        with np.errstate(all="ignore"):
+            Sb_pinv = np.linalg.pinv(Sb, rcond=D * EPS)
+        # class k's term of nc1_pinv: tr(Sigma_B^+ S_k) / (N K), S_k its scatter
+        scat = [(X[y == k] - M[i]).T @ (X[y == k] - M[i]) for i, k in enumerate(pres)]
+        cd, qs, ag, ps = [], [], [], []
         for bi in bins:
             iu_b = np.triu_indices(len(bi), 1)
             d2b = ((M[bi][:, None] - M[bi][None]) ** 2).sum(-1)[iu_b]
             vb = ((v[bi][:, None] + v[bi][None]) / 2)[iu_b]
             cd.append((vb / d2b ** dist_exp).mean() if len(bi) > 1 else np.nan)
             qs.append((counts[pres][bi] * v[bi]).sum() / len(X) / tr_sb)
+            ps.append(sum(np.trace(Sb_pinv @ scat[i]) for i in bi) / len(X) / Kp)
             if "nc4_agree" in out:
                 ok = np.isin(yt, pres[bi])
                 ag.append((lin == ncc)[ok].mean())
         out["nc1_cdnv_by_frequency"], out["nc1_quot_by_frequency"] = np.array(cd), np.array(qs)
+        out["nc1_pinv_by_frequency"] = np.array(ps)
         if ag:
             out["nc4_agree_by_frequency"] = np.array(ag)
     if X_ood is not None:

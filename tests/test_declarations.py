@@ -41,6 +41,7 @@ def test_every_declared_metric_matches_the_dense_reference(name, wide):
             res = ncdask.measure(
                 stats, metrics=[name], weights=data["W"], bias=b, tile_size=tile,
                 by_frequency=3 if name in ON_REQUEST else None,
+                train=split(data["X"], y, chunks=chunks * 19),
                 test=split(data["X_test"], data["Y_test"].astype(np.int64), chunks=17),
                 ood=split(data["X_ood"], data["Y_ood"].astype(np.int64), chunks=13)).compute()
             want = list(ON_REQUEST) if name in ON_REQUEST else [name]  # by_frequency adds all
@@ -152,10 +153,11 @@ def test_cli_by_frequency_prints_and_keeps_the_breakdown(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert rc == 0
     assert "by class frequency" in printed and "25-40" in printed and "3-10" in printed
+    assert "nc1_pinv_by_frequency" in printed  # the train split is at hand: its pinv shares
     got = ncdask.open_results(out)
     stored = X.astype(np.float32)  # the store keeps float32 embeddings
     want = ncdask.measure(dense_stats(stored, y, K), weights=means, metrics="nc1_quot",
-                          by_frequency=2).compute()
-    for v in ("nc1_cdnv_by_frequency", "nc1_quot_by_frequency"):
+                          by_frequency=2, train=split(stored, y)).compute()
+    for v in ("nc1_cdnv_by_frequency", "nc1_quot_by_frequency", "nc1_pinv_by_frequency"):
         np.testing.assert_allclose(got[v].values, want[v].values, rtol=1e-9, err_msg=v)
     assert "nc4_agree_by_frequency" in got.attrs["left_out"]  # no test split given

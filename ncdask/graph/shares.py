@@ -1,0 +1,140 @@
+"""Graphs of the per-class shares of ``nc1_pinv``: one blocked pass over the samples.
+
+Σ_B⁺ is factored once, on the smaller side (the K×D centred means when
+K ≤ D, the D×D Σ_B folded over the class tiles otherwise), with
+``nc1_pinv``'s cutoff; then one task per (sample block, class tile) adds
+``‖(x_i − μ_{y_i}) L‖²`` (signed) of the block's rows of that tile's
+classes into per-class sums. No task holds more than a row block of
+samples, a class tile of means and the D×R factor.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.array.core import PerformanceWarning
+from dask.array.utils import meta_from_array
+
+from ..kernels import shares as KS
+from .closed_forms import delayed_array, gram
+from .pairwise import resolve_budget
+
+#: Bytes per number of a block (float64).
+ITEMSIZE = 8
+
+
+def pinv_factor(Mc: da.Array, Sw: da.Array, *, eps_dtype: Any = None,
+                terms: dict[str, da.Array] | None = None) -> tuple[da.Array, da.Array]:
+    """Lazy ``(L, s)`` with ``Σ_B⁺ = L diag(s) Lᵀ`` as ``nc1_pinv`` cuts it off.
+
+    Parameters
+    ----------
+    Mc : dask array (K, D)
+        Centred class means.
+    Sw : dask array (D, D)
+        Within-class covariance (NaN factor where it is not finite).
+    eps_dtype : dtype, optional
+        Sets the cutoff's ε (see :func:`ncdask.graph.closed_forms.nc1_values`).
+    terms : dict, optional
+        :func:`ncdask.graph.closed_forms.tile_terms` of ``Mc`` (when K > D):
+        its ``MM`` is the Gram ``nc1_pinv`` reads, folded once for both.
+
+    Returns
+    -------
+    L : dask array (D, R)
+        ``R = K`` when K ≤ D (from the thin SVD of ``Mc``), else ``D`` (from
+        the eigendecomposition of ``Σ_B``); columns under the cutoff are 0.
+    s : dask array (R,)
+        Signs of the eigenvalues kept (0 for the others).
+    """
+    K, D = Mc.shape
+    if K <= D:
+        F = delayed_array(KS.pinv_factor, Mc, Sw, K, from_means=True, eps_dtype=eps_dtype,
+                          shape=(D + 1, K), like=Mc)
+    else:
+        Sb = (gram(Mc) if terms is None else terms["MM"]) / K
+        F = delayed_array(KS.pinv_factor, Sb, Sw, K, from_means=False, eps_dtype=eps_dtype,
+                          shape=(D + 1, D), like=Mc)
+    return F[:D], F[D]
+
+
+def rows_per_block(tile_size: int, dim: int, rank: int, *,
+                   budget: int | str | None = None) -> int:
+    """Sample rows per block so that one task of :func:`class_pinv_sums` fits ``budget``.
+
+    A task holds the means tile and the factor (``T·D + D·R`` numbers) and,
+    per row, the float64 row, its gathered class mean, their difference and
+    its product with the factor (``3D + R`` numbers) plus a few length-n vectors.
+    """
+    budget = resolve_budget(budget)
+    fixed = ITEMSIZE * (tile_size * dim + dim * rank)
+    per_row = ITEMSIZE * (3 * dim + rank + 6)
+    return max(1, (budget - fixed) // per_row)
+
+
+def class_pinv_sums(
+    X: da.Array,
+    y: da.Array,
+    M: da.Array,
+    L: da.Array,
+    sign: da.Array,
+    *,
+    lookup: np.ndarray,
+    budget: int | str | None = None,
+    split_every: int | None = None,
+) -> da.Array:
+    """Per class measured: ``S_k = Σ_{y_i=k} (x_i − μ_k)ᵀ L diag(s) Lᵀ (x_i − μ_k)`` and ``n_k``.
+
+    Parameters
+    ----------
+    X : dask array (N, D)
+        Samples, float64, chunked by rows (blocks larger than ``budget``
+        allows are split).
+    y : dask array (N,)
+        Their labels (any not measured is skipped: ``ignore_index``, classes
+        filtered out, invalid labels).
+    M : dask array (K, D)
+        Class means of the classes measured, chunked by class tiles (smaller
+        ones when a tile would take over half of ``budget``).
+    L, sign : dask arrays (D, R), (R,)
+        The factor of :func:`pinv_factor`.
+    lookup : array (K_all,)
+        Each label's position among the rows of ``M`` (-1: not measured).
+    budget : int or str, optional
+        Bytes one task may hold (default :func:`ncdask.graph.pairwise.resolve_budget`).
+    split_every : int, optional
+        Fan-in of the sum over the sample blocks.
+
+    Returns
+    -------
+    dask array (2, K)
+        ``[S_k, n_k]`` (float64), chunked along K like ``M``.
+    """
+    K, D = M.shape
+    R = L.shape[1]
+    budget = resolve_budget(budget)
+    M = M.rechunk({1: -1})
+    T = max(M.chunks[0])
+    if ITEMSIZE * (T * D + D * R) > budget // 2:  # the tile takes at most half the budget
+        T = max(1, (budget // 2 // ITEMSIZE - D * R) // D)
+        M = M.rechunk({0: T})
+    X = X.rechunk({1: -1})
+    rows = rows_per_block(T, D, R, budget=budget)
+    if max(X.chunks[0]) > rows:
+        X = X.rechunk({0: rows})
+    y = y.rechunk((X.chunks[0],))
+    yk = y.map_blocks(KS.kept_positions, lookup, dtype=np.int64,
+                      meta=meta_from_array(y, ndim=1, dtype=np.int64))
+    pos = da.arange(K, chunks=(M.chunks[0],), dtype=np.int64)
+    with warnings.catch_warnings():  # the sample-block × class-tile grid is the plan
+        warnings.simplefilter("ignore", PerformanceWarning)
+        parts = da.blockwise(
+            KS.class_quadratic_sums, "icj",
+            X, "if", yk, "i", M, "jf", pos, "j", L.rechunk(-1), "fr", sign.rechunk(-1), "r",
+            new_axes={"c": 2}, adjust_chunks={"i": 1}, dtype=np.float64,
+            meta=meta_from_array(M, ndim=3, dtype=np.float64), concatenate=True,
+        )
+    return parts.sum(axis=0, split_every=split_every)
