@@ -85,6 +85,34 @@ def like(x: da.Array, ref: da.Array) -> da.Array:
     return x.map_blocks(move, meta=meta_from_array(ref, ndim=x.ndim, dtype=x.dtype))
 
 
+def _rows_at(block: Any, idx: np.ndarray) -> Any:
+    from .kernels._xp import array_namespace
+
+    xp = array_namespace(block)
+    return block[xp.asarray(idx)]  # on the block's device: CuPy's take refuses host indices
+
+
+def take_rows(x: da.Array, idx: np.ndarray) -> da.Array:
+    """The rows ``idx`` (sorted, host integers) of ``x``, block by block, on ``x``'s device.
+
+    ``x[idx]`` hands the host index to ``take`` on each block, which CuPy
+    refuses; here each block gets its own rows as an index in its own array
+    module, and the result keeps ``x``'s row blocks (less the rows not taken).
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    edges = np.cumsum((0, *x.chunks[0]))
+    pieces = []
+    for b in range(x.numblocks[0]):
+        local = idx[(idx >= edges[b]) & (idx < edges[b + 1])] - edges[b]
+        if local.size:
+            blk = x.blocks[b]
+            pieces.append(blk.map_blocks(_rows_at, local, chunks=((local.size,), *blk.chunks[1:]),
+                                         dtype=x.dtype, meta=x._meta))
+    if not pieces:
+        return x[:0]
+    return pieces[0] if len(pieces) == 1 else da.concatenate(pieces)
+
+
 def float64(x: da.Array) -> da.Array:
     """``x`` as float64 (no-op when it is)."""
     return x if x.dtype == np.float64 else x.astype(np.float64)

@@ -23,7 +23,16 @@ import numpy as np
 import xarray as xr
 from dask.array.utils import meta_from_array
 
-from ._inputs import ClassInputs, KeptClasses, as_dask, float64, like, namespace_of, split_of
+from ._inputs import (
+    ClassInputs,
+    KeptClasses,
+    as_dask,
+    float64,
+    like,
+    namespace_of,
+    split_of,
+    take_rows,
+)
 from .evaluate import agreement_from_summary, is_summary, ood_mean_from_summary, summary_dim
 from .graph import closed_forms as CF
 from .graph import decisions as DG
@@ -227,7 +236,7 @@ class Inputs:
 
     def per_bin(self, fn: Callable[[np.ndarray], Any]) -> da.Array:
         """``fn(positions)`` for every bin, stacked on the bin axis."""
-        return da.stack([da.asarray(fn(b), dtype=np.float64) for b in self.bins])
+        return da.stack([like(da.asarray(fn(b), dtype=np.float64), self.M) for b in self.bins])
 
     @cached_property
     def gram_M(self) -> da.Array:
@@ -319,7 +328,7 @@ def _w_sum(ins: Inputs) -> da.Array:
 def _cdnv_of(ins: Inputs, idx: np.ndarray) -> Any:
     if idx.size < 2:
         return np.nan
-    Mc, v = ins.Mc[idx], ins.cls.v[idx]
+    Mc, v = take_rows(ins.Mc, idx), take_rows(ins.cls.v, idx)
     res = pairwise_moments(Mc, stats=["cdnv"], v=v, tile_size=ins.tile_size,
                            dist_exp=ins.dist_exp, riesz_s=ins.riesz_s,
                            inv_km1=1.0 / (idx.size - 1), split_every=ins.split_every)
@@ -331,7 +340,7 @@ def _quot_share(ins: Inputs, idx: np.ndarray) -> Any:
     n = ins.kept.counts[ins.kept.present].astype(np.float64)
     w = as_dask(n[idx] / n.sum()).rechunk(-1)
     w = like(w, ins.M)
-    return (ins.cls.v[idx].rechunk(-1) * w).sum() / (ins.M_sq / ins.K)
+    return (take_rows(ins.cls.v, idx).rechunk(-1) * w).sum() / (ins.M_sq / ins.K)
 
 
 def _pinv_shares(ins: Inputs) -> da.Array:

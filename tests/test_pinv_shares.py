@@ -227,8 +227,10 @@ def test_device_arrays_stay_on_the_device(mem_url, backend, K, D):
     st = ncdask.class_stats(s.split("train", backend=xp))
     res = ncdask.measure(st, metrics="nc1_pinv", by_frequency=3, tile_size=4,
                          train=s.split("train", backend=xp))
-    # alone: nc1_cdnv_by_frequency (ins.Mc[idx], a host index) fails on device arrays
-    got = res.nc1_pinv_by_frequency
-    assert isinstance(got.data._meta, xp.ndarray)
-    np.testing.assert_allclose(to_host(got.data.compute()), ref.nc1_pinv_by_frequency.values,
-                               rtol=1e-9)
+    # every breakdown, the CDNV's bins included (a bin's rows are taken block by block
+    # with a device index: CuPy's take refuses the host one)
+    for name in ("nc1_pinv_by_frequency", "nc1_cdnv_by_frequency", "nc1_quot_by_frequency"):
+        got = res[name]
+        assert isinstance(got.data._meta, xp.ndarray), name
+        np.testing.assert_allclose(to_host(got.data.compute()), ref[name].values, rtol=1e-9,
+                                   err_msg=name)
