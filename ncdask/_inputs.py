@@ -125,6 +125,25 @@ def split_of(obj: Any) -> xr.Dataset:
     return resolve_split(obj, labels=False)
 
 
+def split_classes(ds: xr.Dataset, n_classes: int | None = None, ignore_index: Any = None, *,
+                  required: bool = True) -> tuple[int, int | None]:
+    """K and the checked ``ignore_index`` of a split: the arguments given, else its attrs.
+
+    Without ``n_classes`` and without the attribute: ``ValueError`` when
+    ``required``, else K = 0 (only ``ignore_index`` is wanted).
+    """
+    if n_classes is not None:
+        K = int(n_classes)
+    elif "n_classes" in ds.attrs:
+        K = int(ds.attrs["n_classes"])
+    elif required:
+        raise ValueError("the split Dataset has no 'n_classes' attribute; pass n_classes=")
+    else:
+        K = 0
+    ii = ds.attrs.get("ignore_index") if ignore_index is None else ignore_index
+    return K, check_ignore_index(ii, K)
+
+
 def check_stats(stats: Any) -> xr.Dataset:
     """``stats`` if it is a class-statistics Dataset, else a clear error."""
     if not isinstance(stats, xr.Dataset):

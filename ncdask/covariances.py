@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._inputs import as_dask, kept_classes
+from ._inputs import as_dask, kept_classes, split_classes
 from ._inputs import check_stats as _check_stats
 from ._inputs import float64 as _float64
 from ._inputs import global_mean_of as _global_mean_of
-from ._validate import check_ignore_index
 from ._version import __version__
 from .graph import covariances as GC
 from .kernels._xp import to_numpy
@@ -109,15 +108,7 @@ def class_covariances(
     True
     """
     ds = resolve_split(data, split)
-    if n_classes is not None:
-        K = int(n_classes)
-    elif "n_classes" in ds.attrs:
-        K = int(ds.attrs["n_classes"])
-    else:
-        raise ValueError("the split Dataset has no 'n_classes' attribute; pass n_classes=")
-    if ignore_index is None:
-        ignore_index = ds.attrs.get("ignore_index")
-    ignore_index = check_ignore_index(ignore_index, K)
+    K, ignore_index = split_classes(ds, n_classes, ignore_index)
     if classes is None:
         sel = np.arange(K, dtype=np.int64)
     else:

@@ -33,12 +33,11 @@ import scipy.stats
 import xarray as xr
 from dask.array.utils import meta_from_array
 
-from ._inputs import as_dask
+from ._inputs import as_dask, split_classes
 from ._inputs import check_stats as _check_stats
 from ._inputs import float64 as _float64
 from ._inputs import namespace_of as _namespace_of
 from ._inputs import split_of as _split
-from ._validate import check_ignore_index
 from ._version import __version__
 from .graph import decisions as DG
 from .graph import neco as GN
@@ -278,10 +277,8 @@ def neco_scores(
         dec = DG.decisions(_float64(X), W, b, W, zeros, tile_size=T, ncc=False)
         max_logit = dec[:, 0]
     mask = None
-    if ignore_index is None:
-        ignore_index = ds.attrs.get("ignore_index")
-    if ignore_index is not None and "labels" in ds:
-        ii = check_ignore_index(ignore_index, int(ds.attrs.get("n_classes", 0)))
+    _, ii = split_classes(ds, ignore_index=ignore_index, required=False)
+    if ii is not None and "labels" in ds:
         mask = as_dask(ds["labels"]) != ii
     scores = GN.neco_scores(
         X,
@@ -381,11 +378,9 @@ def nci_scores(
     if b.shape != (K,):
         raise ValueError(f"bias has shape {b.shape}, expected ({K},)")
     mG = _float64(as_dask(stats["global_mean"]))
-    if ignore_index is None:
-        ignore_index = ds.attrs.get("ignore_index")
     mask = None
-    if ignore_index is not None and "labels" in ds:
-        ii = check_ignore_index(ignore_index, int(ds.attrs.get("n_classes", 0)))
+    _, ii = split_classes(ds, ignore_index=ignore_index, required=False)
+    if ii is not None and "labels" in ds:
         mask = as_dask(ds["labels"]) != ii
     T = int(tile_size) if tile_size else default_tile_size(K, D)
     scores = GN.nci_scores(X, W, b, mG, alpha=float(alpha), tile_size=T, mask=mask)

@@ -16,7 +16,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._validate import check_ignore_index
+from ._inputs import split_classes
 from ._version import __version__
 from ._zarrio import open_dataset, write_dataset
 from .graph.pairwise import default_tile_size
@@ -66,14 +66,6 @@ def _counts_of(ds: xr.Dataset, n_classes: int) -> np.ndarray:
     return np.bincount(np.where(valid, lab, 0), weights=valid, minlength=n_classes).astype(
         np.int64
     )
-
-
-def _n_classes_of(ds: xr.Dataset, n_classes: int | None) -> int:
-    if n_classes is not None:
-        return int(n_classes)
-    if "n_classes" in ds.attrs:
-        return int(ds.attrs["n_classes"])
-    raise ValueError("the split Dataset has no 'n_classes' attribute; pass n_classes=")
 
 
 def labelled_stats(
@@ -253,10 +245,7 @@ def class_stats(
                                       class_stats)
         data, split = store.split(split or "train", layer=layer, epoch=epoch), None
     ds = resolve_split(data, split)
-    K = _n_classes_of(ds, n_classes)
-    if ignore_index is None:
-        ignore_index = ds.attrs.get("ignore_index")
-    ignore_index = check_ignore_index(ignore_index, K)
+    K, ignore_index = split_classes(ds, n_classes, ignore_index)
     if min_count is not None:
         if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)):
             raise TypeError(f"min_count must be an integer, got {min_count!r}")
