@@ -5,8 +5,9 @@ A store is a Zarr group; each embedding set is a group named by its tags
 group in it with ``embeddings`` and ``labels`` arrays (and writers' shards),
 and each set's classifier a ``.classifier-<owner>`` group that the set's
 ``ncdask_classifier`` attribute points to. This module names those places,
-follows the pointer, and reads arrays with errors that name the store,
-array and rows.
+follows the pointer, reads arrays with errors that name the store,
+array and rows, and creates a node once however many writers race to
+(:func:`_put_once`).
 """
 
 from __future__ import annotations
@@ -161,3 +162,32 @@ def _truncate(g: zarr.Group, n: int) -> None:
             a = g[name]
             if a.shape[0] > n:
                 a.resize((n, *a.shape[1:]))
+
+
+def _put_once(parent: zarr.Group, name: str, build: Any) -> zarr.Group | zarr.Array:
+    """Create node ``name`` of ``parent`` with one write that never replaces an existing node.
+
+    ``build(group)`` creates the node (a group or array, with its attributes)
+    in a scratch in-memory group; its ``zarr.json`` is then put in the store
+    with ``set_if_not_exists``, so writers creating the same new set or split
+    at once all end with one node and its attributes (atomic on a local disk
+    and in memory; object stores check, then write). Why not
+    ``require_group`` / ``create_array``: a creator that passed its existence
+    check wrote the metadata again after another had created the node, and
+    the node lost its attributes (a set's tags: ``sets()`` returned ``[]``)
+    or an array its shape, and two creators raised ``ContainsGroupError``
+    (issue 13: 5 of 150 trials). Returns the node as it is in the store.
+    """
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+    from zarr.storage import MemoryStore
+
+    scratch = zarr.open_group(MemoryStore(), mode="w", zarr_format=3)
+    build(scratch)
+    proto = default_buffer_prototype()
+    body = sync(scratch.store.get(f"{name}/zarr.json", prototype=proto))
+    key = "/".join(p for p in (parent.path, name, "zarr.json") if p)
+    sync(parent.store.set_if_not_exists(key, body))
+    return zarr.open(store=parent.store, path="/".join(p for p in (parent.path, name) if p),
+                     mode="r+", zarr_format=3)
+
