@@ -1,0 +1,72 @@
+"""The set key: one embedding set's ``layer`` / ``epoch`` tags, checked once."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ncdask._setkey import DEFAULT, SET_TAGS, SetKey
+
+
+def test_default_set():
+    k = SetKey()
+    assert k == DEFAULT and k.is_default
+    assert k.path == "" and k.where is None and k.tags == {}
+    assert SetKey.from_tags({}) == k
+
+
+@pytest.mark.parametrize("layer, epoch, path", [
+    ("fc", None, "layer=fc"),
+    (None, 3, "epoch=3"),
+    ("fc_in", 12, "layer=fc_in/epoch=12"),
+    ("a.b-c", 0, "layer=a.b-c/epoch=0"),
+])
+def test_path_and_tags_round_trip(layer, epoch, path):
+    k = SetKey(layer, epoch)
+    assert k.path == path and k.where == path and not k.is_default
+    assert SetKey.from_tags(k.tags) == k
+    assert SetKey(**k.tags) == k
+    assert k.tags == {t: v for t, v in (("layer", layer), ("epoch", epoch)) if v is not None}
+
+
+@pytest.mark.parametrize("layer", ["", "a/b", "a=b", ".hidden", 3, "a b"])
+def test_bad_layer_names_are_refused(layer):
+    with pytest.raises(ValueError, match="layer name must be"):
+        SetKey(layer)
+
+
+@pytest.mark.parametrize("epoch", [True, False, 1.0, "3", np.float32(2)])
+def test_epochs_must_be_integers(epoch):
+    with pytest.raises(TypeError, match="epoch must be an integer"):
+        SetKey(epoch=epoch)
+
+
+def test_numpy_epochs_become_ints():
+    k = SetKey("fc", np.int64(4))
+    assert type(k.epoch) is int and k == SetKey("fc", 4)
+    assert hash(k) == hash(SetKey("fc", 4))
+
+
+def test_frozen_and_hashable():
+    k = SetKey("fc", 1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        k.epoch = 2
+    d = {k: "a", SetKey(): "b"}
+    assert d[SetKey("fc", 1)] == "a" and d[DEFAULT] == "b"
+    assert len({SetKey("fc", 1), SetKey("fc", 1), SetKey("fc")}) == 2
+
+
+def test_unknown_tags_are_refused():
+    with pytest.raises(TypeError, match="unknown set tag"):
+        SetKey.from_tags({"layer": "fc", "step": 3})
+    assert SET_TAGS == ("layer", "epoch")
+
+
+def test_order():
+    keys = [SetKey("b", 2), SetKey("a"), SetKey(epoch=5), SetKey("a", 10), SetKey(),
+            SetKey("a", 2), SetKey(epoch=1)]
+    assert sorted(keys) == [SetKey(), SetKey(epoch=1), SetKey(epoch=5), SetKey("a"),
+                            SetKey("a", 2), SetKey("a", 10), SetKey("b", 2)]
+    assert SetKey("a", 2) <= SetKey("a", 2) and SetKey("a", 2) > SetKey("a")
+    with pytest.raises(TypeError):
+        SetKey() < ("a", 1)  # noqa: B015
