@@ -23,8 +23,9 @@ import dask
 import numpy as np
 import zarr
 
-from ._layout import _check_labelled, _put_once, _where
+from ._layout import _check_labelled, _put_once
 from ._record import _advanced, _finite, _snapshot
+from ._setkey import SetKey
 from ._validate import batch_to_numpy, check_name
 from ._writer import StoreWriter
 
@@ -84,12 +85,13 @@ class AppendsMixin:
         """
         self._require_writable()
         check_name("split", split)
+        key = SetKey(layer, epoch)
         Xn, yn = batch_to_numpy(
-            X, y, dim=self._known_dim(layer, epoch), n_classes=self.n_classes,
+            X, y, dim=self._known_dim(key), n_classes=self.n_classes,
             dtype=self.dtype, allow_nonfinite=allow_nonfinite, ignore_index=self.ignore_index,
-            where=_where(layer, epoch),
+            where=key.where,
         )
-        g = self._split_group(split, layer, epoch, create=True, dim=Xn.shape[1],
+        g = self._split_group(split, key, create=True, dim=Xn.shape[1],
                               labelled=yn is not None)
         _check_labelled(g, yn is not None)
         n = self._write_commit(g, Xn, yn, n_batches=1, finite=_finite(Xn, allow_nonfinite))
@@ -236,23 +238,24 @@ class AppendsMixin:
         """
         self._require_writable()
         check_name("split", split)
-        known = self._known_dim(layer, epoch)
+        key = SetKey(layer, epoch)
+        known = self._known_dim(key)
         if dim is not None:
             dim = int(dim)
             if dim < 1:
                 raise ValueError(f"dim must be >= 1, got {dim}")
             if known is not None and dim != known:
                 raise ValueError(
-                    f"set {_where(layer, epoch) or '(default)'} of {self.url!r} has dim "
+                    f"set {key.where or '(default)'} of {self.url!r} has dim "
                     f"{known}, got dim={dim}"
                 )
         g = None
-        if split in self.splits(layer=layer, epoch=epoch):
+        if split in self.splits(**key.tags):
             # create=True: another writer may have put the split's record but not yet its
             # arrays (seen: KeyError 'embeddings' in a 2-rank capture); they are added here
-            g = self._split_group(split, layer, epoch, create=True)
+            g = self._split_group(split, key, create=True)
             _check_labelled(g, labelled)
-        return StoreWriter(self, g, allow_nonfinite, split=split, layer=layer, epoch=epoch,
+        return StoreWriter(self, g, allow_nonfinite, split=split, key=key,
                            dim=known if known is not None else dim, labelled=labelled)
 
     @contextlib.contextmanager

@@ -17,7 +17,8 @@ import dask.array as da
 import numpy as np
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from ._layout import CLASSIFIER_ATTR, _classifier_name, _fresh, _set_path, _where
+from ._layout import CLASSIFIER_ATTR, _classifier_name, _fresh
+from ._setkey import SetKey
 from ._staging import owner_tag
 from .kernels._xp import to_numpy
 
@@ -35,10 +36,11 @@ class ClassifierMixin:
         """
         self._require_writable()
         W = np.asarray(to_numpy(W), dtype=np.float64)
-        known = self._known_dim(layer, epoch)
+        key = SetKey(layer, epoch)
+        known = self._known_dim(key)
         if (W.ndim != 2 or W.shape[0] != self.n_classes or W.shape[1] < 1
                 or (known is not None and W.shape[1] != known)):
-            where = _where(layer, epoch)
+            where = key.where
             raise ValueError(
                 f"W has shape {W.shape}, expected (n_classes, dim) = "
                 f"({self.n_classes}, {known if known is not None else 'D'})"
@@ -51,7 +53,7 @@ class ClassifierMixin:
         for name, v in (("W", W), ("b", b)):
             if v is not None and not np.all(np.isfinite(v)):
                 raise ValueError(f"{name} holds NaN or inf values; nothing was written")
-        sg = self._require_set(layer, epoch, W.shape[1])[0]
+        sg = self._require_set(key, W.shape[1])[0]
         # a new version is written beside the old, then the set's pointer to it
         # (one zarr.json, one atomic PUT, also on object stores, which have no
         # rename) switches to it; the old version is deleted last. A kill at
@@ -80,11 +82,12 @@ class ClassifierMixin:
         vocabulary-sized classifier (K=128k, D=4096 is 4 GiB in float64) is
         then read tile by tile by :func:`ncdask.measure`, never whole.
         """
-        sg = self._set_group(layer, epoch, create=False)
+        key = SetKey(layer, epoch)
+        sg = self._set_group(key, create=False)
         sg = None if sg is None else _fresh(sg)  # the pointer as it is now
         name = None if sg is None else _classifier_name(sg)
         if name is None:
-            raise KeyError(f"no classifier stored for set {_set_path(layer, epoch) or 'default'}")
+            raise KeyError(f"no classifier stored for set {key.path or 'default'}")
         cg = sg[name]
         if lazy:
             return da.from_zarr(cg["W"]), (da.from_zarr(cg["b"]) if "b" in cg else None)

@@ -4,8 +4,9 @@ A store is a Zarr group; each embedding set is a group named by its tags
 (``layer=<name>/epoch=<e>``, the root for the untagged set), each split a
 group in it with ``embeddings`` and ``labels`` arrays (and writers' shards),
 and each set's classifier a ``.classifier-<owner>`` group that the set's
-``ncdask_classifier`` attribute points to. This module names those places,
-follows the pointer, reads arrays with errors that name the store,
+``ncdask_classifier`` attribute points to (a set's own path is its
+:class:`ncdask._setkey.SetKey`'s). This module names those places, follows
+the pointer, reads arrays with errors that name the store,
 array and rows, and creates a node once however many writers race to
 (:func:`_put_once`).
 """
@@ -21,25 +22,7 @@ import numpy as np
 import zarr
 
 from ._record import DamagedStoreError
-from ._validate import check_name
-
-SET_TAGS = ("layer", "epoch")
-
-
-def _set_path(layer: str | None = None, epoch: int | None = None) -> str:
-    parts = []
-    if layer is not None:
-        parts.append(f"layer={check_name('layer', layer)}")
-    if epoch is not None:
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
-            raise TypeError(f"epoch must be an integer, got {epoch!r}")
-        parts.append(f"epoch={int(epoch)}")
-    return "/".join(parts)
-
-
-def _where(layer: str | None, epoch: int | None) -> str | None:
-    """How a set is named in messages (None for the default set)."""
-    return _set_path(layer, epoch) or None
+from ._setkey import SET_TAGS  # noqa: F401 - the set tags, named here as before
 
 
 @contextlib.contextmanager

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from ._layout import _where
 from ._record import _finite
+from ._setkey import DEFAULT, SetKey
 from ._validate import batch_to_numpy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,13 +38,12 @@ class StoreWriter:
         allow_nonfinite: bool,
         *,
         split: str,
-        layer: str | None = None,
-        epoch: int | None = None,
+        key: SetKey = DEFAULT,
         dim: int | None = None,
         labelled: bool = True,
     ) -> None:
         self._store = store
-        self._split, self._layer, self._epoch = split, layer, epoch
+        self._split, self._key = split, key
         self._allow = allow_nonfinite
         self._labelled = labelled
         self._X: list[np.ndarray] = []
@@ -80,9 +79,9 @@ class StoreWriter:
         s = self._store
         Xn, yn = batch_to_numpy(X, y, dim=self.dim, n_classes=s.n_classes, dtype=s.dtype,
                                 allow_nonfinite=self._allow, ignore_index=s.ignore_index,
-                                where=_where(self._layer, self._epoch))
+                                where=self._key.where)
         if self._group is None:  # the first valid batch creates the split
-            self._attach(s._split_group(self._split, self._layer, self._epoch, create=True,
+            self._attach(s._split_group(self._split, self._key, create=True,
                                         dim=Xn.shape[1], labelled=self._labelled))
         self._X.append(Xn)
         if yn is not None:

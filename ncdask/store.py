@@ -62,9 +62,7 @@ from ._layout import (  # noqa: F401 - re-exported: the store's layout names
     _naming_broken_metadata,
     _put_once,
     _read,
-    _set_path,
     _truncate,
-    _where,
 )
 from ._record import (  # noqa: F401 - DamagedStoreError is public here as before
     DamagedStoreError,
@@ -76,6 +74,7 @@ from ._record import (  # noqa: F401 - DamagedStoreError is public here as befor
     _shards,
     _snapshot,
 )
+from ._setkey import SetKey
 from ._staging import owner_tag, remove_stale
 from ._validate import NcdaskStoreError, check_ignore_index, check_name
 from ._version import __version__
@@ -441,10 +440,10 @@ class EmbeddingStore(AppendsMixin, ClassifierMixin, ImportsMixin):
 
     # ------------------------------------------------------------- structure
     def _set_group(
-        self, layer: str | None, epoch: int | None, create: bool, layout: dict | None = None
+        self, key: SetKey, create: bool, layout: dict | None = None
     ) -> zarr.Group | None:
         """A set's group (None if missing); ``create`` makes it, with ``layout`` if given."""
-        path = _set_path(layer, epoch)
+        path = key.path
         if not path:
             return self._group
         try:
@@ -453,11 +452,10 @@ class EmbeddingStore(AppendsMixin, ClassifierMixin, ImportsMixin):
             if not create:
                 return None
             self._require_writable()
-            tags = {k: v for k, v in (("layer", layer), ("epoch", epoch)) if v is not None}
-            if "epoch" in tags:
-                tags["epoch"] = int(tags["epoch"])
+            tags = key.tags
+            layer = key.layer
             parent = self._group
-            if layer is not None and epoch is not None:
+            if layer is not None and key.epoch is not None:
                 top = {"ncdask_set": {"layer": layer}}
                 parent = _put_once(self._group, f"layer={layer}",
                                    lambda g: g.create_group(f"layer={layer}", attributes=top))
@@ -478,13 +476,13 @@ class EmbeddingStore(AppendsMixin, ClassifierMixin, ImportsMixin):
             return self.dim, self.chunk_rows  # written before sets had their own widths
         return None
 
-    def _known_dim(self, layer: str | None, epoch: int | None) -> int | None:
-        sg = self._set_group(layer, epoch, create=False)
+    def _known_dim(self, key: SetKey) -> int | None:
+        sg = self._set_group(key, create=False)
         lay = None if sg is None else self._layout(sg)
         return None if lay is None else lay[0]
 
     def _require_set(
-        self, layer: str | None, epoch: int | None, dim: int, chunk_rows: int | None = None
+        self, key: SetKey, dim: int, chunk_rows: int | None = None
     ) -> tuple[zarr.Group, int, int]:
         """The set's group and ``(dim, chunk_rows)``, recording them on its first write.
 
@@ -493,14 +491,14 @@ class EmbeddingStore(AppendsMixin, ClassifierMixin, ImportsMixin):
         dim = int(dim)
         rows = int(chunk_rows) if chunk_rows is not None else self._chunk_rows_for(dim)
         # a new set is created with its width: concurrent first writers agree or are refused
-        sg = self._set_group(layer, epoch, create=True, layout={"dim": dim, "chunk_rows": rows})
+        sg = self._set_group(key, create=True, layout={"dim": dim, "chunk_rows": rows})
         lay = self._layout(sg)
         if lay is None:  # a set created empty by an older ncdask
             sg.attrs["ncdask_layout"] = {"dim": dim, "chunk_rows": rows}
             lay = (dim, rows)
         if dim != lay[0]:
             raise ValueError(
-                f"set {_where(layer, epoch) or '(default)'} of {self.url!r} has dim "
+                f"set {key.where or '(default)'} of {self.url!r} has dim "
                 f"{lay[0]} (recorded when it was first written), got dim {dim}"
             )
         if dim != self.dim and int(self._meta.get("format", 1)) < 2:
@@ -546,14 +544,15 @@ class EmbeddingStore(AppendsMixin, ClassifierMixin, ImportsMixin):
         if layer is None and epoch is None:
             raise ValueError("create_set needs layer= or epoch= (the default set has the "
                              "store's dim)")
+        key = SetKey(layer, epoch)
         if dim is None:
-            dim = self._known_dim(layer, epoch) or self.dim
+            dim = self._known_dim(key) or self.dim
         dim = int(dim)
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if chunk_rows is not None and int(chunk_rows) < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-        return self._require_set(layer, epoch, dim, chunk_rows)[1]
+        return self._require_set(key, dim, chunk_rows)[1]
 
     def dim_of(self, *, layer: str | None = None, epoch: int | None = None) -> int:
         """The embedding width D of one set (the default set: :attr:`dim`).
@@ -563,9 +562,10 @@ class EmbeddingStore(AppendsMixin, ClassifierMixin, ImportsMixin):
         KeyError
             The set does not exist yet (nothing was written to it).
         """
-        d = self._known_dim(layer, epoch)
+        key = SetKey(layer, epoch)
+        d = self._known_dim(key)
         if d is None:
-            raise KeyError(f"no embedding set {_set_path(layer, epoch)!r} in {self.url!r}; "
+            raise KeyError(f"no embedding set {key.path!r} in {self.url!r}; "
                            f"sets: {self.sets()}")
         return d
 
@@ -590,10 +590,14 @@ class EmbeddingStore(AppendsMixin, ClassifierMixin, ImportsMixin):
             walk(self._group, {})
         return sorted(out, key=lambda t: (str(t.get("layer", "")), t.get("epoch", -1)))
 
+    def _set_keys(self) -> list[SetKey]:
+        """The keys of :meth:`sets`, in its order."""
+        return [SetKey.from_tags(t) for t in self.sets()]
+
     def splits(self, *, layer: str | None = None, epoch: int | None = None) -> list[str]:
         """Names of the splits of one embedding set."""
         with _naming_broken_metadata(self.url, self._storage_options):
-            g = self._set_group(layer, epoch, create=False)
+            g = self._set_group(SetKey(layer, epoch), create=False)
             if g is None:
                 return []
             return sorted(n for n, sub in g.groups()
@@ -602,15 +606,14 @@ class EmbeddingStore(AppendsMixin, ClassifierMixin, ImportsMixin):
     def _split_group(
         self,
         split: str,
-        layer: str | None,
-        epoch: int | None,
+        key: SetKey,
         create: bool,
         dim: int | None = None,
         labelled: bool = True,
     ) -> zarr.Group:
         """A split's group; with ``create``, made (in a set of width ``dim``) if missing."""
         check_name("split", split)
-        sg = self._set_group(layer, epoch, create=False)
+        sg = self._set_group(key, create=False)
         if create and sg is not None and split in sg and DELETED_ATTR in sg[split].attrs:
             fs, path = self._fs_path(sg, split)  # what a killed delete left: finish it
             _remove_split(sg[split], fs, path)
@@ -621,15 +624,15 @@ class EmbeddingStore(AppendsMixin, ClassifierMixin, ImportsMixin):
                 self._split_arrays(g, lay[0], lay[1], _is_labelled(g))
             return g
         if not create:
-            where = _set_path(layer, epoch) or "the default set"
+            where = key.path or "the default set"
             raise KeyError(
                 f"unknown split {split!r} in {where} of {self.url!r}; "
-                f"splits there: {self.splits(layer=layer, epoch=epoch)}"
+                f"splits there: {self.splits(**key.tags)}"
             )
-        sg, D, rows = self._require_set(layer, epoch, self.dim if dim is None else dim)
+        sg, D, rows = self._require_set(key, self.dim if dim is None else dim)
         # the group and its empty record in one write that never replaces another
         # writer's (whose record may already hold commits), then the arrays likewise
-        rec = {"ncdask_split": _empty_record(split, layer, epoch, self.n_classes, labelled)}
+        rec = {"ncdask_split": _empty_record(split, key, self.n_classes, labelled)}
         g = _put_once(sg, split, lambda t: t.create_group(split, attributes=rec))
         _check_labelled(g, labelled)
         self._split_arrays(g, D, rows, _is_labelled(g))
@@ -705,9 +708,10 @@ class EmbeddingStore(AppendsMixin, ClassifierMixin, ImportsMixin):
             The store is open read-only.
         """
         self._require_writable()
-        g = self._split_group(split, layer, epoch, create=False)
+        key = SetKey(layer, epoch)
+        g = self._split_group(split, key, create=False)
         n = int(_snapshot(g)[1]["n_committed"])
-        sg = self._set_group(layer, epoch, create=False)
+        sg = self._set_group(key, create=False)
         fs, path = self._fs_path(sg, split)
         if renames(fs):
             aside = f"{path}.deleted-{owner_tag()}"
@@ -725,7 +729,7 @@ class EmbeddingStore(AppendsMixin, ClassifierMixin, ImportsMixin):
         KeyError
             No such split.
         """
-        return self._committed(split, layer, epoch)
+        return self._committed(split, SetKey(layer, epoch))
 
     def sources(
         self, split: str, *, layer: str | None = None, epoch: int | None = None
@@ -736,11 +740,11 @@ class EmbeddingStore(AppendsMixin, ClassifierMixin, ImportsMixin):
         import time), ``rows`` and the content ``fingerprint`` by which a
         second import of the same data is recognised.
         """
-        g = self._split_group(split, layer, epoch, create=False)
+        g = self._split_group(split, SetKey(layer, epoch), create=False)
         return [dict(x) for x in _snapshot(g)[1].get("sources") or []]
 
-    def _committed(self, split: str, layer: str | None, epoch: int | None) -> int:
-        g = self._split_group(split, layer, epoch, create=False)
+    def _committed(self, split: str, key: SetKey) -> int:
+        g = self._split_group(split, key, create=False)
         return int(_snapshot(g)[1]["n_committed"])
 
     # ----------------------------------------------------------------- reads
@@ -787,7 +791,8 @@ class EmbeddingStore(AppendsMixin, ClassifierMixin, ImportsMixin):
         """
         xp = array_backend(backend)
         with _naming_broken_metadata(self.url, self._storage_options):
-            g = self._split_group(name, layer, epoch, create=False)
+            key = SetKey(layer, epoch)
+            g = self._split_group(name, key, create=False)
             parts, rec = _snapshot(g)
             for p, _ in parts:
                 _check_record(p, self.n_classes, self.url)
@@ -807,8 +812,8 @@ class EmbeddingStore(AppendsMixin, ClassifierMixin, ImportsMixin):
             "n_classes": self.n_classes,
             "dim": D,
             "split": name,
-            "layer": layer,
-            "epoch": epoch,
+            "layer": key.layer,
+            "epoch": key.epoch,
             "class_counts": None if counts is None else np.asarray(counts, dtype=np.int64),
             "n_committed": n,
             "labelled": int(_is_labelled(g)),

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+import ncdask
 from ncdask._setkey import DEFAULT, SET_TAGS, SetKey
 
 
@@ -70,3 +71,16 @@ def test_order():
     assert SetKey("a", 2) <= SetKey("a", 2) and SetKey("a", 2) > SetKey("a")
     with pytest.raises(TypeError):
         SetKey() < ("a", 1)  # noqa: B015
+
+
+def test_store_paths_are_the_keys_paths(tmp_path):
+    s = ncdask.EmbeddingStore.create(str(tmp_path / "s.zarr"), n_classes=2, dim=3)
+    X, y = np.ones((4, 3)), np.array([0, 1, 0, 1])
+    for tags in ({}, {"layer": "fc"}, {"epoch": 2}, {"layer": "fc", "epoch": 7}):
+        s.append("train", X, y, **tags)
+        k = SetKey.from_tags(tags)
+        assert s._set_group(k, create=False).path == k.path
+        assert s.split("train", **tags).attrs.get("layer") == k.layer
+    assert [SetKey.from_tags(t) for t in s.sets()] == sorted(
+        [SetKey(), SetKey("fc"), SetKey(epoch=2), SetKey("fc", 7)])
+    assert s._set_keys() == [SetKey.from_tags(t) for t in s.sets()]
