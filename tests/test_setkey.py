@@ -84,3 +84,37 @@ def test_store_paths_are_the_keys_paths(tmp_path):
     assert [SetKey.from_tags(t) for t in s.sets()] == sorted(
         [SetKey(), SetKey("fc"), SetKey(epoch=2), SetKey("fc", 7)])
     assert s._set_keys() == [SetKey.from_tags(t) for t in s.sets()]
+
+
+def test_pickles():
+    import pickle
+
+    for k in (SetKey(), SetKey("fc", 3)):
+        assert pickle.loads(pickle.dumps(k)) == k
+
+
+def test_numpy_epoch_through_the_public_api(tmp_path):
+    s = ncdask.EmbeddingStore.create(str(tmp_path / "s.zarr"), n_classes=2, dim=3)
+    with s.writer("train", layer="fc", epoch=np.int64(2)) as w:
+        w.append(np.ones((4, 3)), np.array([0, 1, 0, 1]))
+    ds = s.split("train", layer="fc", epoch=np.int32(2))
+    assert ds.attrs["epoch"] == 2 and type(ds.attrs["epoch"]) is int
+    assert s.sets() == [{"layer": "fc", "epoch": 2}]
+    assert s.n_rows("train", layer="fc", epoch=2) == 4
+    with pytest.raises(TypeError, match="epoch must be an integer"):
+        s.append("train", np.ones((1, 3)), np.array([0]), layer="fc", epoch=2.0)
+    with pytest.raises(ValueError, match="layer name must be"):
+        s.writer("train", layer="a/b")
+
+
+def test_the_store_modules_keep_their_import_paths():
+    from ncdask import store
+
+    for name in ("EmbeddingStore", "StoreWriter", "resolve_split", "array_backend", "on_backend",
+                 "DuplicateImportError", "DamagedStoreError", "WRITERS_KEY", "SET_TAGS",
+                 "CHUNK_BYTES", "FORMAT", "default_codec", "_put_once", "_NamedChunks"):
+        assert hasattr(store, name), name
+    assert ncdask.StoreWriter is store.StoreWriter and store.WRITERS_KEY == "ncdask.writers"
+    for method in ("append", "writer", "set_classifier", "classifier", "import_files", "split",
+                   "splits", "sets", "dim_of", "create_set", "delete_split", "n_rows", "sources"):
+        assert callable(getattr(store.EmbeddingStore, method)), method
