@@ -63,7 +63,7 @@ from ncdask.neco import neco_fit, neco_scores
 url, what, out = sys.argv[1], sys.argv[2], sys.argv[3]
 store = ncdask.EmbeddingStore.open(url)
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-N = store._committed("train", None, None)
+N = store.n_rows("train")
 res = {"what": what, "N": N}
 if what == "neco_fit":
     t0 = time.perf_counter()

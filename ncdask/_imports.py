@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ._layout import _check_labelled, _truncate, _where
+from ._layout import _check_labelled, _truncate
 from ._record import _advanced, _empty_record, _finite, _snapshot
+from ._setkey import SetKey
 from ._staging import owner_tag
 from ._validate import NcdaskStoreError, batch_to_numpy, check_name
 from ._zarrio import rename
@@ -50,8 +51,7 @@ class _ImportJob:
     """One file to import: where it goes, what it is, and its source record."""
 
     split: str
-    layer: str | None
-    epoch: int | None
+    key: SetKey
     dim: int
     X_path: str
     y_path: str | None
@@ -126,22 +126,23 @@ class ImportsMixin:
         check_name("split", split)
         if mode not in ("add", "append", "overwrite"):
             raise ValueError(f"mode must be 'add', 'append' or 'overwrite', got {mode!r}")
-        known = self._known_dim(layer, epoch)
+        key = SetKey(layer, epoch)
+        known = self._known_dim(key)
         info = inspect_saved(X_path, y_path, labels=labels, n_classes=self.n_classes,
                              ignore_index=self.ignore_index)
         if known is not None and info["dim"] != known:
-            where = _where(layer, epoch)
+            where = key.where
             raise ValueError(
                 f"{X_path}: embeddings have dim {info['dim']}, the store expects dim {known}"
                 + (f" in set {where}" if where else "") + "; nothing was imported"
             )
         source = {k: info[k] for k in ("embeddings", "labels", "rows", "fingerprint")}
-        job = _ImportJob(split, layer, epoch, int(info["dim"]), X_path, y_path, labels,
+        job = _ImportJob(split, key, int(info["dim"]), X_path, y_path, labels,
                          allow_nonfinite, source)
         if self._use_shards():
             return self._import_shard(job, mode)
-        if split in self.splits(layer=layer, epoch=epoch):
-            g0 = self._split_group(split, layer, epoch, create=False)
+        if split in self.splits(**key.tags):
+            g0 = self._split_group(split, key, create=False)
             with self._exclusive(g0) as g:  # one writer at a time; the record re-read
                 _check_labelled(g, labels)
                 rec = g.attrs["ncdask_split"]
@@ -174,7 +175,7 @@ class ImportsMixin:
                 f"mode='overwrite' cannot replace a split in one step on {self.url!r} (an "
                 "object store has no rename): delete the split first (store.delete_split, "
                 "CLI: ncdask rm) and import again; nothing was imported")
-        g = self._split_group(job.split, job.layer, job.epoch, create=True, dim=job.dim,
+        g = self._split_group(job.split, job.key, create=True, dim=job.dim,
                               labelled=job.labels)
         _check_labelled(g, job.labels)
         rec = _snapshot(g)[1]
@@ -204,7 +205,7 @@ class ImportsMixin:
             Xn, yn = batch_to_numpy(
                 Xb, yb, dim=g["embeddings"].shape[1], n_classes=self.n_classes,
                 dtype=self.dtype, allow_nonfinite=job.allow_nonfinite,
-                ignore_index=self.ignore_index, where=_where(job.layer, job.epoch),
+                ignore_index=self.ignore_index, where=job.key.where,
             )
             end = self._write_rows(g, end, Xn, yn)
             finite = finite and _finite(Xn, job.allow_nonfinite)
@@ -216,21 +217,21 @@ class ImportsMixin:
 
     def _import_staged(self, job: _ImportJob, replace: bool) -> int:
         """Import into a hidden staging group, then move it into place as ``split``."""
-        split, layer, epoch, D = job.split, job.layer, job.epoch, job.dim
-        sg = self._set_group(layer, epoch, create=True)
+        split, key, D = job.split, job.key, job.dim
+        sg = self._set_group(key, create=True)
         lay = self._layout(sg)
         rows = lay[1] if lay is not None else self._chunk_rows_for(D)
         tmp = f".import-{split}-{owner_tag()}"
         g = self._new_split_arrays(sg, tmp, D, rows, job.labels)
         try:
-            rec = _empty_record(split, layer, epoch, self.n_classes, job.labels)
+            rec = _empty_record(split, key, self.n_classes, job.labels)
             n, counts, n_ign, blocks, finite = self._write_file(g, 0, job)
             if counts is not None:
                 rec["class_counts"] = counts.tolist()
             if n_ign:
                 rec["n_ignored"] = n_ign
             rec.update(n_committed=n, n_batches=blocks, sources=[job.source], finite=finite)
-            self._require_set(layer, epoch, D)  # a new set's width, recorded on success only
+            self._require_set(key, D)  # a new set's width, recorded on success only
             g.attrs["ncdask_split"] = rec
             self._move_into_place(sg, tmp, split, replace)
         except BaseException:

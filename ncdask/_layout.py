@@ -4,9 +4,11 @@ A store is a Zarr group; each embedding set is a group named by its tags
 (``layer=<name>/epoch=<e>``, the root for the untagged set), each split a
 group in it with ``embeddings`` and ``labels`` arrays (and writers' shards),
 and each set's classifier a ``.classifier-<owner>`` group that the set's
-``ncdask_classifier`` attribute points to. This module names those places,
-follows the pointer, and reads arrays with errors that name the store,
-array and rows.
+``ncdask_classifier`` attribute points to (a set's own path is its
+:class:`ncdask._setkey.SetKey`'s). This module names those places, follows
+the pointer, reads arrays with errors that name the store,
+array and rows, and creates a node once however many writers race to
+(:func:`_put_once`).
 """
 
 from __future__ import annotations
@@ -20,25 +22,7 @@ import numpy as np
 import zarr
 
 from ._record import DamagedStoreError
-from ._validate import check_name
-
-SET_TAGS = ("layer", "epoch")
-
-
-def _set_path(layer: str | None = None, epoch: int | None = None) -> str:
-    parts = []
-    if layer is not None:
-        parts.append(f"layer={check_name('layer', layer)}")
-    if epoch is not None:
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
-            raise TypeError(f"epoch must be an integer, got {epoch!r}")
-        parts.append(f"epoch={int(epoch)}")
-    return "/".join(parts)
-
-
-def _where(layer: str | None, epoch: int | None) -> str | None:
-    """How a set is named in messages (None for the default set)."""
-    return _set_path(layer, epoch) or None
+from ._setkey import SET_TAGS  # noqa: F401 - the set tags, named here as before
 
 
 @contextlib.contextmanager
@@ -161,3 +145,32 @@ def _truncate(g: zarr.Group, n: int) -> None:
             a = g[name]
             if a.shape[0] > n:
                 a.resize((n, *a.shape[1:]))
+
+
+def _put_once(parent: zarr.Group, name: str, build: Any) -> zarr.Group | zarr.Array:
+    """Create node ``name`` of ``parent`` with one write that never replaces an existing node.
+
+    ``build(group)`` creates the node (a group or array, with its attributes)
+    in a scratch in-memory group; its ``zarr.json`` is then put in the store
+    with ``set_if_not_exists``, so writers creating the same new set or split
+    at once all end with one node and its attributes (atomic on a local disk
+    and in memory; object stores check, then write). Why not
+    ``require_group`` / ``create_array``: a creator that passed its existence
+    check wrote the metadata again after another had created the node, and
+    the node lost its attributes (a set's tags: ``sets()`` returned ``[]``)
+    or an array its shape, and two creators raised ``ContainsGroupError``
+    (issue 13: 5 of 150 trials). Returns the node as it is in the store.
+    """
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+    from zarr.storage import MemoryStore
+
+    scratch = zarr.open_group(MemoryStore(), mode="w", zarr_format=3)
+    build(scratch)
+    proto = default_buffer_prototype()
+    body = sync(scratch.store.get(f"{name}/zarr.json", prototype=proto))
+    key = "/".join(p for p in (parent.path, name, "zarr.json") if p)
+    sync(parent.store.set_if_not_exists(key, body))
+    return zarr.open(store=parent.store, path="/".join(p for p in (parent.path, name) if p),
+                     mode="r+", zarr_format=3)
+

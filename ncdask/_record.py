@@ -12,19 +12,20 @@ commit, and checks a record against the arrays it describes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 
 from ._validate import NcdaskStoreError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ._setkey import SetKey
 
-def _empty_record(
-    split: str, layer: str | None, epoch: int | None, n_classes: int, labelled: bool
-) -> dict[str, Any]:
+
+def _empty_record(split: str, key: SetKey, n_classes: int, labelled: bool) -> dict[str, Any]:
     return {
-        "split": split, "layer": layer, "epoch": None if epoch is None else int(epoch),
+        "split": split, "layer": key.layer, "epoch": key.epoch,
         "n_committed": 0, "n_batches": 0,
         "class_counts": [0] * n_classes if labelled else None,
         "labelled": bool(labelled), "finite": True,

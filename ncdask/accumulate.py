@@ -33,6 +33,7 @@ import numpy as np
 import xarray as xr
 
 from ._inputs import as_array
+from ._setkey import SetKey
 from ._validate import check_ignore_index
 from .kernels import stats as K
 from .kernels import stream as KS
@@ -271,27 +272,30 @@ class StatsSink:
         self.url = url
         self.roles = {"train": train_split, "test": test_split, "ood": ood_split}
         self._options = accumulator_options
-        self._acc: dict[tuple[str, str | None, int | None], StatsAccumulator] = {}
-        self._eval: dict[tuple[str | None, int | None], Any] = {}
-        self._eval_rows: dict[tuple[str, str | None, int | None], int] = {}
-        self._clf: dict[tuple[str | None, int | None], tuple[Any, Any]] = {}
+        # keyed by (split, set) and by set
+        self._acc: dict[tuple[str, SetKey], StatsAccumulator] = {}
+        self._eval: dict[SetKey, Any] = {}
+        self._eval_rows: dict[tuple[str, SetKey], int] = {}
+        self._clf: dict[SetKey, tuple[Any, Any]] = {}
 
     # the part of the EmbeddingStore interface that capture uses
     def splits(self, *, layer: str | None = None, epoch: int | None = None) -> list[str]:
-        return sorted({s for s, la, e in [*self._acc, *self._eval_rows]
-                       if (la, e) == (layer, epoch)})
+        key = SetKey(layer, epoch)
+        return sorted({s for s, k in [*self._acc, *self._eval_rows] if k == key})
 
     def dim_of(self, *, layer: str | None = None, epoch: int | None = None) -> int:
-        for (_, la, e), a in self._acc.items():
-            if (la, e) == (layer, epoch):
+        key = SetKey(layer, epoch)
+        for (_, k), a in self._acc.items():
+            if k == key:
                 return a.dim
         raise KeyError(f"no set layer={layer}, epoch={epoch}")
 
     def split(self, name: str, *, layer: str | None = None,
               epoch: int | None = None) -> xr.Dataset:
-        a = self._acc.get((name, layer, epoch))
+        key = (name, SetKey(layer, epoch))
+        a = self._acc.get(key)
         if a is None:
-            n = self._eval_rows.get((name, layer, epoch), 0)
+            n = self._eval_rows.get(key, 0)
         else:
             n = 0 if a.flush()._acc is None else int(to_numpy(a._acc["counts"]).sum())
         return xr.Dataset(coords={"sample": np.arange(n)})
@@ -299,15 +303,16 @@ class StatsSink:
     def writer(self, split: str, *, layer: str | None = None, epoch: int | None = None,
                allow_nonfinite: bool = False, dim: int | None = None,
                labelled: bool = True) -> _SinkWriter:
-        key = (split, layer, epoch)
+        sk = SetKey(layer, epoch)
+        key = (split, sk)
         if split in (self.roles["test"], self.roles["ood"]):
-            ev = self._evaluator(layer, epoch, allow_nonfinite)
+            ev = self._evaluator(sk, allow_nonfinite)
             is_test = split == self.roles["test"]
             if is_test and not labelled:
                 raise ValueError("the test split needs labels: NC4 counts agreement per class")
             if is_test and ev.weights is None:
-                raise ValueError(f"no classifier for layer={layer}, epoch={epoch}: capture the "
-                                 f"{self.roles['train']!r} split with classifier= first")
+                raise ValueError(f"no classifier for layer={sk.layer}, epoch={sk.epoch}: capture "
+                                 f"the {self.roles['train']!r} split with classifier= first")
             update = ev.update_test if is_test else ev.update_ood
 
             def counted(X: Any, y: Any) -> None:
@@ -323,39 +328,38 @@ class StatsSink:
                                               allow_nonfinite=allow_nonfinite, **self._options)
         return _SinkWriter(self._acc[key].update)
 
-    def _evaluator(self, layer: str | None, epoch: int | None, allow_nonfinite: bool) -> Any:
+    def _evaluator(self, key: SetKey, allow_nonfinite: bool) -> Any:
         from .evaluate import EvalAccumulator
 
-        tag = (layer, epoch)
-        if tag not in self._eval:
-            train = (self.roles["train"], layer, epoch)
+        if key not in self._eval:
+            train = (self.roles["train"], key)
             if train not in self._acc:
                 raise ValueError(
-                    f"capture the {self.roles['train']!r} split of layer={layer}, epoch={epoch} "
-                    "first: test decisions and the OOD measures need its class means")
-            W, b = self._clf.get(tag, (None, None))
-            self._eval[tag] = EvalAccumulator(self._acc[train].result(), W, b,
+                    f"capture the {self.roles['train']!r} split of layer={key.layer}, "
+                    f"epoch={key.epoch} first: test decisions and the OOD measures need its "
+                    "class means")
+            W, b = self._clf.get(key, (None, None))
+            self._eval[key] = EvalAccumulator(self._acc[train].result(), W, b,
                                               allow_nonfinite=allow_nonfinite)
-        return self._eval[tag]
+        return self._eval[key]
 
     def set_classifier(self, W: Any, b: Any = None, *, layer: str | None = None,
                        epoch: int | None = None) -> None:
         W = np.asarray(to_numpy(W), dtype=np.float64)
-        self._clf[(layer, epoch)] = (W, None if b is None else
-                                     np.asarray(to_numpy(b), dtype=np.float64))
+        self._clf[SetKey(layer, epoch)] = (W, None if b is None else
+                                           np.asarray(to_numpy(b), dtype=np.float64))
 
     # results
     def sets(self) -> list[dict[str, Any]]:
         """The ``{layer, epoch}`` tags of every set with statistics."""
-        keys = sorted({(la, e) for _, la, e in self._acc}, key=lambda t: (str(t[0]), t[1] or -1))
-        return [{k: v for k, v in (("layer", la), ("epoch", e)) if v is not None}
-                for la, e in keys]
+        keys = sorted({k for _, k in self._acc}, key=lambda k: (str(k.layer), k.epoch or -1))
+        return [k.tags for k in keys]
 
     def stats(self, split: str = "train", *, layer: str | None = None,
               epoch: int | None = None) -> xr.Dataset:
         """The statistics of one set's split (:meth:`StatsAccumulator.result`)."""
         try:
-            return self._acc[(split, layer, epoch)].result()
+            return self._acc[(split, SetKey(layer, epoch))].result()
         except KeyError:
             raise KeyError(f"no statistics for split {split!r} of layer={layer}, "
                            f"epoch={epoch}; sets: {self.sets()}") from None
@@ -363,12 +367,13 @@ class StatsSink:
     def summaries(self, *, layer: str | None = None,
                   epoch: int | None = None) -> dict[str, xr.Dataset]:
         """The set's streamed ``test`` / ``ood`` summaries (those captured) for ``measure``."""
-        ev = self._eval.get((layer, epoch))
+        key = SetKey(layer, epoch)
+        ev = self._eval.get(key)
         out: dict[str, xr.Dataset] = {}
         if ev is not None:
-            if self._eval_rows.get((self.roles["test"], layer, epoch)):
+            if self._eval_rows.get((self.roles["test"], key)):
                 out["test"] = ev.test_summary()
-            if self._eval_rows.get((self.roles["ood"], layer, epoch)):
+            if self._eval_rows.get((self.roles["ood"], key)):
                 out["ood"] = ev.ood_summary()
         return out
 
@@ -385,11 +390,11 @@ class StatsSink:
         if not sets:
             raise ValueError(f"no set is tagged {over!r}; sets: {self.sets()}")
         coords = [t[over] for t in sets]
-        stats = [self.stats(split, layer=t.get("layer"), epoch=t.get("epoch")) for t in sets]
-        clf = [self._clf.get((t.get("layer"), t.get("epoch")), (None, None)) for t in sets]
+        stats = [self.stats(split, **t) for t in sets]
+        clf = [self._clf.get(SetKey.from_tags(t), (None, None)) for t in sets]
         extra: dict[str, Any] = {}
         if split == self.roles["train"]:
-            summ = [self.summaries(layer=t.get("layer"), epoch=t.get("epoch")) for t in sets]
+            summ = [self.summaries(**t) for t in sets]
             for kind in ("test", "ood"):
                 if all(kind in x for x in summ):
                     extra[kind] = [x[kind] for x in summ]

@@ -39,6 +39,7 @@ import xarray as xr
 
 from ._layout import _read
 from ._record import _record, _snapshot
+from ._setkey import SetKey
 from .store import EmbeddingStore
 
 #: Folder of a split's cached statistics.
@@ -120,8 +121,8 @@ def _new_rows(parts: list[tuple[Any, int]], have: dict[str, int], url: str) -> x
 
 
 def cached_class_stats(
-    store: EmbeddingStore, split: str, layer: str | None, epoch: int | None,
-    options: dict[str, Any], compute: Any,
+    store: EmbeddingStore, split: str, set_key: SetKey, options: dict[str, Any],
+    compute: Any,
 ) -> xr.Dataset:
     """``class_stats`` of a store's split through its cache (see the module docstring).
 
@@ -131,7 +132,7 @@ def cached_class_stats(
     from ._zarrio import IncompleteOutputError
     from .stats import EmptyClassWarning, load_stats, merge_stats, save_stats
 
-    g = store._split_group(split, layer, epoch, create=False)
+    g = store._split_group(split, set_key, create=False)
     parts = _parts(store, g)
     K = store.n_classes
     ii = options.get("ignore_index")
@@ -167,7 +168,7 @@ def cached_class_stats(
                                 **{k: v for k, v in options.items() if k != "min_count"})
             out = merge_stats(cached, fresh)
             return _keep(out, store, g, key, cover, entries, save_stats, load_stats)
-    out = compute(store.split(split, layer=layer, epoch=epoch), **options)
+    out = compute(store.split(split, **set_key.tags), **options)
     return _keep(out, store, g, key, cover, entries, save_stats, load_stats)
 
 

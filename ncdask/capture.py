@@ -19,6 +19,7 @@ import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from ._setkey import SetKey
 from ._validate import check_name
 from .store import EmbeddingStore
 
@@ -146,21 +147,19 @@ def _labels(y: Any) -> Any:
     return np.asarray(y).reshape(-1)
 
 
-def _check_width(
-    st: EmbeddingStore, tag: str | None, epoch: int | None, mod_name: str, kind: str, width: int
-) -> int:
+def _check_width(st: EmbeddingStore, key: SetKey, mod_name: str, kind: str, width: int) -> int:
     """The width of a layer's features, checked against its set's width if it has one."""
     try:
-        have = st.dim_of(layer=tag, epoch=epoch)
+        have = st.dim_of(**key.tags)
     except KeyError:
         return width  # a new set: it takes this width
     if width != have:
-        what = f"set layer={tag}, epoch={epoch}" if tag is not None or epoch is not None \
-            else "the default (untagged) set"
+        what = (f"set layer={key.layer}, epoch={key.epoch}" if not key.is_default
+                else "the default (untagged) set")
         hint = ("; record it under a layer name (layers={name: module}) to give it a set of "
-                "its own width" if tag is None and epoch is None else "")
+                "its own width" if key.is_default else "")
         raise ValueError(
-            f"layer {tag!r} ({mod_name} {kind}) has {width} features, but {what} of "
+            f"layer {key.layer!r} ({mod_name} {kind}) has {width} features, but {what} of "
             f"{st.url!r} has dim {have}{hint}"
         )
     return width
@@ -309,24 +308,25 @@ def capture(
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral)):
         raise TypeError(f"epoch must be an integer, got {epoch!r}")
     stores = _stores_for(store, specs)
+    keys = {tag: SetKey(tag, epoch) for tag, _, _ in specs}  # each layer's set
     named = dict(model.named_modules())
     modules = {tag: _module(named, mod) for tag, mod, _ in specs}
     W, b, targets = _classifier_of(named, classifier, classifier_for, specs, stores)
     if max_batches is not None and int(max_batches) < 1:
         raise ValueError(f"max_batches must be >= 1, got {max_batches}")
     if not append:
-        _refuse_rows_already_there(stores, specs, split, epoch)
+        _refuse_rows_already_there(stores, keys, split)
     _ranks_wait_for_each_other(torch)
 
     dev = torch.device(device) if device is not None else _model_device(model)
     with _hooked(model, modules, specs, transform) as seen:
         dims = _write_batches(
-            model, loader, dev, seen, stores, specs, split=split, epoch=epoch,
+            model, loader, dev, seen, stores, specs, keys, split=split,
             labels=labels, allow_nonfinite=allow_nonfinite, max_batches=max_batches,
             classifier=(classifier, W, targets))
     for tag in targets:
-        stores[tag].set_classifier(W, b, layer=tag, epoch=epoch)
-    return _written(stores, specs, split, epoch, dims)
+        stores[tag].set_classifier(W, b, **keys[tag].tags)
+    return _written(stores, specs, keys, split, dims)
 
 
 #: One recorded layer: (set tag, module name, "input" | "output").
@@ -390,17 +390,17 @@ def _classifier_of(named: Mapping[str, Any], classifier: str | None,
     return W, b, targets
 
 
-def _refuse_rows_already_there(stores: Mapping[str | None, Any], specs: list[Spec], split: str,
-                               epoch: int | None) -> None:
+def _refuse_rows_already_there(stores: Mapping[str | None, Any],
+                               keys: Mapping[str | None, SetKey], split: str) -> None:
     """A repeated call must not duplicate samples: refuse a split that has rows."""
-    for tag, _, _ in specs:
+    for tag, key in keys.items():
         st = stores[tag]
-        if split in st.splits(layer=tag, epoch=epoch):
-            n = st.split(split, layer=tag, epoch=epoch).sizes["sample"]
+        if split in st.splits(**key.tags):
+            n = st.split(split, **key.tags).sizes["sample"]
             if n:
                 raise ValueError(
-                    f"split {split!r} of set layer={tag}, epoch={epoch} already has {n} rows; "
-                    "pass append=True to add to them"
+                    f"split {split!r} of set layer={key.layer}, epoch={key.epoch} already has "
+                    f"{n} rows; pass append=True to add to them"
                 )
 
 
@@ -457,8 +457,8 @@ def _batch_of(batch: Any, labels: bool) -> tuple[Any, Any]:
 
 def _write_batches(model: Any, loader: Iterable[Any], dev: Any,
                    seen: dict[str | None, list[Any]], stores: Mapping[str | None, Any],
-                   specs: list[Spec], *, split: str, epoch: int | None, labels: bool,
-                   allow_nonfinite: bool, max_batches: int | None,
+                   specs: list[Spec], keys: Mapping[str | None, SetKey], *, split: str,
+                   labels: bool, allow_nonfinite: bool, max_batches: int | None,
                    classifier: tuple[str | None, Any, list[str | None]]) -> dict[str | None, int]:
     """Run the forward passes and append each layer's features; returns each set's width."""
     import torch
@@ -487,7 +487,7 @@ def _write_batches(model: Any, loader: Iterable[Any], dev: Any,
                     )
             if not writers:  # first batch: check every width, then open the writers
                 for tag, mod_name, kind in specs:
-                    dims[tag] = _check_width(stores[tag], tag, epoch, mod_name, kind,
+                    dims[tag] = _check_width(stores[tag], keys[tag], mod_name, kind,
                                              int(seen[tag][0].shape[1]))
                     if tag in targets and int(W.shape[1]) != dims[tag]:
                         raise ValueError(
@@ -496,7 +496,7 @@ def _write_batches(model: Any, loader: Iterable[Any], dev: Any,
                         )
                 for tag, _, _ in specs:
                     writers[tag] = stack.enter_context(
-                        stores[tag].writer(split, layer=tag, epoch=epoch,
+                        stores[tag].writer(split, **keys[tag].tags,
                                            allow_nonfinite=allow_nonfinite, dim=dims[tag],
                                            labelled=labels)
                     )
@@ -508,17 +508,14 @@ def _write_batches(model: Any, loader: Iterable[Any], dev: Any,
     return dims
 
 
-def _written(stores: Mapping[str | None, Any], specs: list[Spec], split: str,
-             epoch: int | None, dims: Mapping[str | None, int]) -> list[dict[str, Any]]:
+def _written(stores: Mapping[str | None, Any], specs: list[Spec],
+             keys: Mapping[str | None, SetKey], split: str,
+             dims: Mapping[str | None, int]) -> list[dict[str, Any]]:
     """One entry per set written: tags, module, which, width and committed rows."""
     out = []
     for tag, mod_name, kind in specs:
-        entry: dict[str, Any] = {}
-        if tag is not None:
-            entry["layer"] = tag
-        if epoch is not None:
-            entry["epoch"] = int(epoch)
-        rows = int(stores[tag].split(split, layer=tag, epoch=epoch).sizes["sample"])
+        entry: dict[str, Any] = dict(keys[tag].tags)
+        rows = int(stores[tag].split(split, **keys[tag].tags).sizes["sample"])
         entry.update(module=mod_name, which=kind, dim=dims[tag], rows=rows)
         out.append(entry)
     return out

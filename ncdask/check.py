@@ -30,6 +30,7 @@ import zarr
 
 from ._layout import _classifier_name, _naming_broken_metadata
 from ._record import DamagedStoreError, _check_record, _snapshot
+from ._setkey import SetKey
 from .store import EmbeddingStore
 
 
@@ -123,15 +124,15 @@ def _verify_finite_array(a: zarr.Array, where: str) -> dict:
     return {"problems": problems, "counts": None}
 
 
-def _split_tasks(s: EmbeddingStore, tags: dict, split: str, report: CheckReport) -> list:
+def _split_tasks(s: EmbeddingStore, key: SetKey, split: str, report: CheckReport) -> list:
     """The delayed per-chunk checks of one split (and its record checks, done now)."""
-    g = s._split_group(split, tags.get("layer"), tags.get("epoch"), create=False)
+    g = s._split_group(split, key, create=False)
     where0 = "/".join(p for p in (g.path,) if p)
     parts, rec = _snapshot(g)
     tasks: list = []
     want = rec.get("class_counts")
     label_tasks = []
-    lay = s._layout(s._set_group(tags.get("layer"), tags.get("epoch"), create=False))
+    lay = s._layout(s._set_group(key, create=False))
     for p, k in parts:
         try:
             _check_record(p, s.n_classes, s.url)
@@ -187,13 +188,15 @@ def _check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
     report = CheckReport(store.url)
     tasks: list = []
     for tags in store.sets() or [{}]:
-        sg = store._set_group(tags.get("layer"), tags.get("epoch"), create=False)
+        # only the two tags: a check reports on an edited store rather than refusing it
+        key = SetKey(tags.get("layer"), tags.get("epoch"))
+        sg = store._set_group(key, create=False)
         if sg is None:
             continue
         report.sets += 1
-        for split in store.splits(**tags):
+        for split in store.splits(**key.tags):
             report.splits += 1
-            tasks += _split_tasks(store, tags, split, report)
+            tasks += _split_tasks(store, key, split, report)
         name = _classifier_name(sg)
         if name is not None:
             cg = sg[name]

@@ -236,12 +236,13 @@ def class_stats(
         if not isinstance(store, EmbeddingStore):
             raise TypeError(f"cache=, layer= and epoch= need a store, got {type(data).__name__}")
         if cache:
+            from ._setkey import SetKey
             from .cache import cached_class_stats
 
             options = dict(global_mean=global_mean, dtype=dtype, chains=chains,
                            ignore_index=ignore_index, min_count=min_count,
                            tile_size=tile_size, memory_budget=memory_budget)
-            return cached_class_stats(store, split or "train", layer, epoch, options,
+            return cached_class_stats(store, split or "train", SetKey(layer, epoch), options,
                                       class_stats)
         data, split = store.split(split or "train", layer=layer, epoch=epoch), None
     ds = resolve_split(data, split)

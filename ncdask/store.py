@@ -26,24 +26,28 @@ past the committed end first and updates the record last, so a writer killed
 mid-append leaves a store whose readers (and the next append) see exactly the
 committed rows; Zarr's local store writes every object by rename, so the
 record itself is never half-written.
+
+:class:`EmbeddingStore` is assembled from mixins, one module each: appends
+and their commits (:mod:`ncdask._appends`, with the buffered
+:class:`StoreWriter` in :mod:`ncdask._writer`), the classifier
+(:mod:`ncdask._classifier`), file imports (:mod:`ncdask._imports`) and
+reads (:mod:`ncdask._reads`); this module keeps opening, the layout of sets
+and splits, and deletes.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from ._appends import WRITERS_KEY, AppendsMixin  # noqa: F401 - WRITERS_KEY: here as before
+from ._classifier import ClassifierMixin
 from ._imports import DuplicateImportError, ImportsMixin  # noqa: F401 - public here as before
 from ._layout import (  # noqa: F401 - re-exported: the store's layout names
     CLASSIFIER_ATTR,
@@ -56,11 +60,11 @@ from ._layout import (  # noqa: F401 - re-exported: the store's layout names
     _is_labelled,
     _NamedChunks,
     _naming_broken_metadata,
+    _put_once,
     _read,
-    _set_path,
     _truncate,
-    _where,
 )
+from ._reads import ReadsMixin, array_backend, on_backend  # noqa: F401 - public here
 from ._record import (  # noqa: F401 - DamagedStoreError is public here as before
     DamagedStoreError,
     _advanced,
@@ -71,9 +75,11 @@ from ._record import (  # noqa: F401 - DamagedStoreError is public here as befor
     _shards,
     _snapshot,
 )
+from ._setkey import SetKey
 from ._staging import owner_tag, remove_stale
-from ._validate import NcdaskStoreError, batch_to_numpy, check_ignore_index, check_name
+from ._validate import NcdaskStoreError, check_ignore_index, check_name
 from ._version import __version__
+from ._writer import StoreWriter  # noqa: F401 - public here as before
 from ._zarrio import rename, renames
 from .kernels._xp import to_numpy
 
@@ -134,38 +140,6 @@ def _check_free(url: str, overwrite: bool, storage_options: dict | None) -> None
     )
 
 
-def _put_once(parent: zarr.Group, name: str, build: Any) -> zarr.Group | zarr.Array:
-    """Create node ``name`` of ``parent`` with one write that never replaces an existing node.
-
-    ``build(group)`` creates the node (a group or array, with its attributes)
-    in a scratch in-memory group; its ``zarr.json`` is then put in the store
-    with ``set_if_not_exists``, so writers creating the same new set or split
-    at once all end with one node and its attributes (atomic on a local disk
-    and in memory; object stores check, then write). Why not
-    ``require_group`` / ``create_array``: a creator that passed its existence
-    check wrote the metadata again after another had created the node, and
-    the node lost its attributes (a set's tags: ``sets()`` returned ``[]``)
-    or an array its shape, and two creators raised ``ContainsGroupError``
-    (issue 13: 5 of 150 trials). Returns the node as it is in the store.
-    """
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-    from zarr.storage import MemoryStore
-
-    scratch = zarr.open_group(MemoryStore(), mode="w", zarr_format=3)
-    build(scratch)
-    proto = default_buffer_prototype()
-    body = sync(scratch.store.get(f"{name}/zarr.json", prototype=proto))
-    key = "/".join(p for p in (parent.path, name, "zarr.json") if p)
-    sync(parent.store.set_if_not_exists(key, body))
-    return zarr.open(store=parent.store, path="/".join(p for p in (parent.path, name) if p),
-                     mode="r+", zarr_format=3)
-
-
-#: Dask config key choosing how concurrent writers of one split are kept apart.
-WRITERS_KEY = "ncdask.writers"
-
-
 def _remove_split(g: zarr.Group, fs: Any, path: str) -> None:
     """Delete split group ``g`` (at ``path``) where there is no rename.
 
@@ -187,7 +161,7 @@ def _remove_split(g: zarr.Group, fs: Any, path: str) -> None:
     _forget_listings(g)
 
 
-class EmbeddingStore(ImportsMixin):
+class EmbeddingStore(ReadsMixin, AppendsMixin, ClassifierMixin, ImportsMixin):
     """Embeddings and labels of one or more splits, in a chunked Zarr store.
 
     Create one with :meth:`create` or :meth:`from_arrays`, open one with
@@ -467,10 +441,10 @@ class EmbeddingStore(ImportsMixin):
 
     # ------------------------------------------------------------- structure
     def _set_group(
-        self, layer: str | None, epoch: int | None, create: bool, layout: dict | None = None
+        self, key: SetKey, create: bool, layout: dict | None = None
     ) -> zarr.Group | None:
         """A set's group (None if missing); ``create`` makes it, with ``layout`` if given."""
-        path = _set_path(layer, epoch)
+        path = key.path
         if not path:
             return self._group
         try:
@@ -479,11 +453,10 @@ class EmbeddingStore(ImportsMixin):
             if not create:
                 return None
             self._require_writable()
-            tags = {k: v for k, v in (("layer", layer), ("epoch", epoch)) if v is not None}
-            if "epoch" in tags:
-                tags["epoch"] = int(tags["epoch"])
+            tags = key.tags
+            layer = key.layer
             parent = self._group
-            if layer is not None and epoch is not None:
+            if layer is not None and key.epoch is not None:
                 top = {"ncdask_set": {"layer": layer}}
                 parent = _put_once(self._group, f"layer={layer}",
                                    lambda g: g.create_group(f"layer={layer}", attributes=top))
@@ -504,13 +477,13 @@ class EmbeddingStore(ImportsMixin):
             return self.dim, self.chunk_rows  # written before sets had their own widths
         return None
 
-    def _known_dim(self, layer: str | None, epoch: int | None) -> int | None:
-        sg = self._set_group(layer, epoch, create=False)
+    def _known_dim(self, key: SetKey) -> int | None:
+        sg = self._set_group(key, create=False)
         lay = None if sg is None else self._layout(sg)
         return None if lay is None else lay[0]
 
     def _require_set(
-        self, layer: str | None, epoch: int | None, dim: int, chunk_rows: int | None = None
+        self, key: SetKey, dim: int, chunk_rows: int | None = None
     ) -> tuple[zarr.Group, int, int]:
         """The set's group and ``(dim, chunk_rows)``, recording them on its first write.
 
@@ -519,14 +492,14 @@ class EmbeddingStore(ImportsMixin):
         dim = int(dim)
         rows = int(chunk_rows) if chunk_rows is not None else self._chunk_rows_for(dim)
         # a new set is created with its width: concurrent first writers agree or are refused
-        sg = self._set_group(layer, epoch, create=True, layout={"dim": dim, "chunk_rows": rows})
+        sg = self._set_group(key, create=True, layout={"dim": dim, "chunk_rows": rows})
         lay = self._layout(sg)
         if lay is None:  # a set created empty by an older ncdask
             sg.attrs["ncdask_layout"] = {"dim": dim, "chunk_rows": rows}
             lay = (dim, rows)
         if dim != lay[0]:
             raise ValueError(
-                f"set {_where(layer, epoch) or '(default)'} of {self.url!r} has dim "
+                f"set {key.where or '(default)'} of {self.url!r} has dim "
                 f"{lay[0]} (recorded when it was first written), got dim {dim}"
             )
         if dim != self.dim and int(self._meta.get("format", 1)) < 2:
@@ -572,14 +545,15 @@ class EmbeddingStore(ImportsMixin):
         if layer is None and epoch is None:
             raise ValueError("create_set needs layer= or epoch= (the default set has the "
                              "store's dim)")
+        key = SetKey(layer, epoch)
         if dim is None:
-            dim = self._known_dim(layer, epoch) or self.dim
+            dim = self._known_dim(key) or self.dim
         dim = int(dim)
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if chunk_rows is not None and int(chunk_rows) < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-        return self._require_set(layer, epoch, dim, chunk_rows)[1]
+        return self._require_set(key, dim, chunk_rows)[1]
 
     def dim_of(self, *, layer: str | None = None, epoch: int | None = None) -> int:
         """The embedding width D of one set (the default set: :attr:`dim`).
@@ -589,9 +563,10 @@ class EmbeddingStore(ImportsMixin):
         KeyError
             The set does not exist yet (nothing was written to it).
         """
-        d = self._known_dim(layer, epoch)
+        key = SetKey(layer, epoch)
+        d = self._known_dim(key)
         if d is None:
-            raise KeyError(f"no embedding set {_set_path(layer, epoch)!r} in {self.url!r}; "
+            raise KeyError(f"no embedding set {key.path!r} in {self.url!r}; "
                            f"sets: {self.sets()}")
         return d
 
@@ -616,10 +591,14 @@ class EmbeddingStore(ImportsMixin):
             walk(self._group, {})
         return sorted(out, key=lambda t: (str(t.get("layer", "")), t.get("epoch", -1)))
 
+    def _set_keys(self) -> list[SetKey]:
+        """The keys of :meth:`sets`, in its order."""
+        return [SetKey.from_tags(t) for t in self.sets()]
+
     def splits(self, *, layer: str | None = None, epoch: int | None = None) -> list[str]:
         """Names of the splits of one embedding set."""
         with _naming_broken_metadata(self.url, self._storage_options):
-            g = self._set_group(layer, epoch, create=False)
+            g = self._set_group(SetKey(layer, epoch), create=False)
             if g is None:
                 return []
             return sorted(n for n, sub in g.groups()
@@ -628,15 +607,14 @@ class EmbeddingStore(ImportsMixin):
     def _split_group(
         self,
         split: str,
-        layer: str | None,
-        epoch: int | None,
+        key: SetKey,
         create: bool,
         dim: int | None = None,
         labelled: bool = True,
     ) -> zarr.Group:
         """A split's group; with ``create``, made (in a set of width ``dim``) if missing."""
         check_name("split", split)
-        sg = self._set_group(layer, epoch, create=False)
+        sg = self._set_group(key, create=False)
         if create and sg is not None and split in sg and DELETED_ATTR in sg[split].attrs:
             fs, path = self._fs_path(sg, split)  # what a killed delete left: finish it
             _remove_split(sg[split], fs, path)
@@ -647,15 +625,15 @@ class EmbeddingStore(ImportsMixin):
                 self._split_arrays(g, lay[0], lay[1], _is_labelled(g))
             return g
         if not create:
-            where = _set_path(layer, epoch) or "the default set"
+            where = key.path or "the default set"
             raise KeyError(
                 f"unknown split {split!r} in {where} of {self.url!r}; "
-                f"splits there: {self.splits(layer=layer, epoch=epoch)}"
+                f"splits there: {self.splits(**key.tags)}"
             )
-        sg, D, rows = self._require_set(layer, epoch, self.dim if dim is None else dim)
+        sg, D, rows = self._require_set(key, self.dim if dim is None else dim)
         # the group and its empty record in one write that never replaces another
         # writer's (whose record may already hold commits), then the arrays likewise
-        rec = {"ncdask_split": _empty_record(split, layer, epoch, self.n_classes, labelled)}
+        rec = {"ncdask_split": _empty_record(split, key, self.n_classes, labelled)}
         g = _put_once(sg, split, lambda t: t.create_group(split, attributes=rec))
         _check_labelled(g, labelled)
         self._split_arrays(g, D, rows, _is_labelled(g))
@@ -689,325 +667,6 @@ class EmbeddingStore(ImportsMixin):
             raise PermissionError(
                 f"store {self.url!r} is open read-only; open it with mode='a' to append"
             )
-
-    # ---------------------------------------------------------------- writes
-    def append(
-        self,
-        split: str,
-        X: Any,
-        y: Any = None,
-        *,
-        layer: str | None = None,
-        epoch: int | None = None,
-        allow_nonfinite: bool = False,
-    ) -> int:
-        """Append one batch and commit it; return the split's committed row count.
-
-        Parameters
-        ----------
-        split : str
-            Split name ("train", "test", "ood", ...); created on first use.
-        X : array (n, D)
-            Embeddings: NumPy, CuPy or a PyTorch tensor (CPU or CUDA). D is
-            the set's width (:meth:`dim_of`); the first write to a new set
-            may have any width and records it. Values are cast to the
-            store's dtype; ``torch.bfloat16`` (which NumPy lacks) is first
-            widened exactly to float32, so a float32 store keeps bfloat16
-            hidden states exactly and a float16 store rounds them to 11
-            significant bits (values past float16's 65504 become inf and are
-            refused unless ``allow_nonfinite``).
-        y : array (n,) or None
-            Integer labels in ``[0, K)``. ``None`` writes an *unlabelled*
-            split (out-of-distribution data has no classes of this model):
-            the first write decides, and every later batch of the split must
-            agree. Unlabelled splits serve NC5, ``nc1_ood_class`` and NECO;
-            class statistics and NC4 need labels.
-        layer, epoch : optional
-            Tags of the embedding set (default set when both are None).
-        allow_nonfinite : bool
-            Store NaN/inf instead of raising.
-
-        Raises
-        ------
-        ValueError
-            A bad batch (nothing is written), e.g. a width other than the set's.
-
-        Notes
-        -----
-        The rows are durable when this returns. Each call rewrites the partly
-        filled last chunk, so for many small batches use :meth:`writer`, which
-        buffers to whole chunks.
-        """
-        self._require_writable()
-        check_name("split", split)
-        Xn, yn = batch_to_numpy(
-            X, y, dim=self._known_dim(layer, epoch), n_classes=self.n_classes,
-            dtype=self.dtype, allow_nonfinite=allow_nonfinite, ignore_index=self.ignore_index,
-            where=_where(layer, epoch),
-        )
-        g = self._split_group(split, layer, epoch, create=True, dim=Xn.shape[1],
-                              labelled=yn is not None)
-        _check_labelled(g, yn is not None)
-        n = self._write_commit(g, Xn, yn, n_batches=1, finite=_finite(Xn, allow_nonfinite))
-        return _snapshot(g)[1]["n_committed"] if self._use_shards() else n
-
-    def _write_rows(self, g: zarr.Group, start: int, X: np.ndarray, y: np.ndarray | None) -> int:
-        """Write rows at ``start`` (past the committed end: invisible until committed)."""
-        end = start + X.shape[0]
-        emb = g["embeddings"]
-        # rows past the commit left by an interrupted append are simply overwritten
-        emb.resize((end, emb.shape[1]))
-        emb[start:end] = X
-        if y is not None:
-            lab = g["labels"]
-            lab.resize((end,))
-            lab[start:end] = y
-        return end
-
-    def _tally(self, y: np.ndarray | None) -> tuple[np.ndarray | None, int]:
-        """Per-class counts of a batch's labels and its number of ignored labels."""
-        if y is None:
-            return None, 0
-        ii = self.ignore_index
-        n_ign = 0
-        if ii is not None:
-            ignored = y == ii
-            n_ign = int(ignored.sum())
-            if n_ign:
-                y = y[~ignored]
-        return np.bincount(y, minlength=self.n_classes).astype(np.int64), n_ign
-
-    def _commit(
-        self,
-        g: zarr.Group,
-        n1: int,
-        counts: np.ndarray | None,
-        n_ignored: int,
-        n_batches: int,
-        update: Mapping[str, Any] | None = None,
-        finite: bool = True,
-    ) -> int:
-        """Record ``n1`` committed rows (and what the new rows add): the commit."""
-        rec = _advanced(g.attrs["ncdask_split"], n1, counts, n_ignored, n_batches, finite)
-        rec.update(update or {})
-        g.attrs["ncdask_split"] = rec  # the commit
-        return int(n1)
-
-    def _use_shards(self) -> bool:
-        """Whether appends go to this writer's own shard (see :meth:`_write_shard`)."""
-        mode = dask.config.get(WRITERS_KEY, "auto")
-        if mode not in ("auto", "lock", "shards"):
-            raise ValueError(f"{WRITERS_KEY} must be 'auto', 'lock' or 'shards', got {mode!r}")
-        if mode != "auto":
-            return mode == "shards"
-        if self._protocol is None:  # asked on every append: parse the URL once
-            fs, _ = self._fs_path(self._group, "")
-            self._protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        return self._protocol not in ("file", "local", "memory")
-
-    @staticmethod
-    def _shard_key(g: zarr.Group) -> tuple[str, int, int]:
-        import threading
-
-        return g.path, os.getpid(), threading.get_ident()
-
-    def _own_rows(self, g: zarr.Group) -> int:
-        """Rows this handle's writes to split ``g`` start from (for chunk alignment)."""
-        if self._use_shards():
-            sh = self._my_shards.get(self._shard_key(g))
-            return 0 if sh is None else int(sh.attrs["ncdask_shard"]["n_committed"])
-        return int(g.attrs["ncdask_split"]["n_committed"])
-
-    def _write_shard(
-        self, g: zarr.Group, X: np.ndarray, y: np.ndarray | None, n_batches: int,
-        finite: bool = True,
-    ) -> int:
-        """Append to this writer's own shard of split ``g`` and commit it; no lock needed.
-
-        Object stores have no rename and no lock, so writers never share an
-        array: each store handle appends to its own shard
-        ``<split>/shards/<uuid>`` and commits by rewriting that shard's
-        record (one ``zarr.json``, one atomic PUT), which nobody else
-        writes. The split is the main arrays followed by every shard's
-        committed rows, in the order the shards were created. A killed
-        writer loses only what it had not committed. Returns the shard's
-        committed rows.
-        """
-        sh = self._my_shards.get(self._shard_key(g))
-        if sh is None:
-            sh = self._my_shards[self._shard_key(g)] = self._new_shard(g, y is not None)
-        rec = sh.attrs["ncdask_shard"]
-        n1 = self._write_rows(sh, int(rec["n_committed"]), X, y)
-        counts, n_ign = self._tally(y)
-        sh.attrs["ncdask_shard"] = _advanced(rec, n1, counts, n_ign, n_batches,
-                                             finite)  # the commit
-        return int(n1)
-
-    def _new_shard(self, g: zarr.Group, labelled: bool) -> zarr.Group:
-        """A new empty shard of split ``g`` (nothing committed), under a unique id."""
-        emb = g["embeddings"]
-        D, rows = int(emb.shape[1]), int(emb.chunks[0])
-        wid = uuid.uuid4().hex
-        rec = {"ncdask_shard": {
-            "writer": wid, "created": time.time(), "n_committed": 0, "n_batches": 0,
-            "class_counts": [0] * self.n_classes if labelled else None, "finite": True}}
-        parent = _put_once(g, "shards", lambda t: t.create_group("shards"))
-        sh = _put_once(parent, wid, lambda t: t.create_group(wid, attributes=rec))
-        self._split_arrays(sh, D, rows, labelled)
-        return sh
-
-    def _write_commit(
-        self, g: zarr.Group, X: np.ndarray, y: np.ndarray | None, n_batches: int,
-        finite: bool = True,
-    ) -> int:
-        if X.shape[0] == 0:
-            return self._own_rows(g)
-        if self._use_shards():
-            return self._write_shard(g, X, y, n_batches, finite)
-        with self._exclusive(g) as g:  # the committed end as it is now, not as cached
-            n0 = int(g.attrs["ncdask_split"]["n_committed"])
-            n1 = self._write_rows(g, n0, X, y)
-            counts, n_ign = self._tally(y)
-            return self._commit(g, n1, counts, n_ign, n_batches, finite=finite)
-
-    def writer(
-        self,
-        split: str,
-        *,
-        layer: str | None = None,
-        epoch: int | None = None,
-        allow_nonfinite: bool = False,
-        dim: int | None = None,
-        labelled: bool = True,
-    ) -> StoreWriter:
-        """A buffered writer for many small batches (use as a context manager).
-
-        Batches are validated as they arrive and written in whole chunks; what
-        is buffered is committed on :meth:`StoreWriter.flush` and on exit.
-        Batches must have the set's width; a new set takes ``dim`` if given,
-        else the width of the first batch (the split is created then, so a
-        writer that never gets a valid batch leaves nothing behind).
-        ``labelled=False`` writes an unlabelled split (``append(X)`` with no
-        labels; OOD data).
-        """
-        self._require_writable()
-        check_name("split", split)
-        known = self._known_dim(layer, epoch)
-        if dim is not None:
-            dim = int(dim)
-            if dim < 1:
-                raise ValueError(f"dim must be >= 1, got {dim}")
-            if known is not None and dim != known:
-                raise ValueError(
-                    f"set {_where(layer, epoch) or '(default)'} of {self.url!r} has dim "
-                    f"{known}, got dim={dim}"
-                )
-        g = None
-        if split in self.splits(layer=layer, epoch=epoch):
-            # create=True: another writer may have put the split's record but not yet its
-            # arrays (seen: KeyError 'embeddings' in a 2-rank capture); they are added here
-            g = self._split_group(split, layer, epoch, create=True)
-            _check_labelled(g, labelled)
-        return StoreWriter(self, g, allow_nonfinite, split=split, layer=layer, epoch=epoch,
-                           dim=known if known is not None else dim, labelled=labelled)
-
-    def set_classifier(
-        self, W: Any, b: Any = None, *, layer: str | None = None, epoch: int | None = None
-    ) -> None:
-        """Store the classifier weights ``W`` (K×D) and optional bias ``b`` (K).
-
-        D is the set's width (:meth:`dim_of`); for a set not written yet,
-        W's columns give the set its width.
-        """
-        self._require_writable()
-        W = np.asarray(to_numpy(W), dtype=np.float64)
-        known = self._known_dim(layer, epoch)
-        if (W.ndim != 2 or W.shape[0] != self.n_classes or W.shape[1] < 1
-                or (known is not None and W.shape[1] != known)):
-            where = _where(layer, epoch)
-            raise ValueError(
-                f"W has shape {W.shape}, expected (n_classes, dim) = "
-                f"({self.n_classes}, {known if known is not None else 'D'})"
-                + (f" for set {where}" if where else "")
-            )
-        if b is not None:
-            b = np.asarray(to_numpy(b), dtype=np.float64)
-            if b.shape != (self.n_classes,):
-                raise ValueError(f"b has shape {b.shape}, expected ({self.n_classes},)")
-        for name, v in (("W", W), ("b", b)):
-            if v is not None and not np.all(np.isfinite(v)):
-                raise ValueError(f"{name} holds NaN or inf values; nothing was written")
-        sg = self._require_set(layer, epoch, W.shape[1])[0]
-        # a new version is written beside the old, then the set's pointer to it
-        # (one zarr.json, one atomic PUT, also on object stores, which have no
-        # rename) switches to it; the old version is deleted last. A kill at
-        # any point leaves the old classifier or the new one, whole (the first
-        # version deleted first: all-zero or missing W after a SIGKILL, 8/8)
-        name = f".classifier-{owner_tag()}"
-        cg = sg.create_group(name)
-        # checksummed, and NaN where a chunk goes missing (was 0: a plausible nc4)
-        safe = {"compressors": [ZstdCodec(level=3), Crc32cCodec()], "fill_value": np.nan}
-        cg.create_array("W", data=W, dimension_names=("class", "feature"), **safe)
-        if b is not None:
-            cg.create_array("b", data=b, dimension_names=("class",), **safe)
-        sg = _fresh(sg)  # its attrs as they are now
-        before = _classifier_name(sg)
-        sg.attrs[CLASSIFIER_ATTR] = name  # the switch
-        if before is not None:
-            self._remove_group(sg, before)
-        self._tidy(sg)
-
-    def classifier(
-        self, *, layer: str | None = None, epoch: int | None = None, lazy: bool = False
-    ) -> tuple[Any, Any]:
-        """The stored ``(W, b)`` (b is None when no bias was stored).
-
-        With ``lazy=True``, dask arrays over the stored Zarr chunks: a
-        vocabulary-sized classifier (K=128k, D=4096 is 4 GiB in float64) is
-        then read tile by tile by :func:`ncdask.measure`, never whole.
-        """
-        sg = self._set_group(layer, epoch, create=False)
-        sg = None if sg is None else _fresh(sg)  # the pointer as it is now
-        name = None if sg is None else _classifier_name(sg)
-        if name is None:
-            raise KeyError(f"no classifier stored for set {_set_path(layer, epoch) or 'default'}")
-        cg = sg[name]
-        if lazy:
-            return da.from_zarr(cg["W"]), (da.from_zarr(cg["b"]) if "b" in cg else None)
-        return cg["W"][:], (cg["b"][:] if "b" in cg else None)
-
-
-    @contextlib.contextmanager
-    def _exclusive(self, g: zarr.Group) -> Iterator[zarr.Group]:
-        """The split group ``g``, freshly read, while this process holds its write lock.
-
-        Appends read the committed end, write past it and move the record: two
-        writers doing that at once write the same rows and one commit hides
-        the other's (seen: two concurrent imports kept one file's rows and
-        recorded both). On a local disk an exclusive ``flock`` on the split's
-        directory serialises them, across threads and processes; other
-        filesystems get no lock (issue 13: many writers).
-        """
-        from fsspec.implementations.local import LocalFileSystem
-
-        fs, path = self._fs_path(self._group, g.path[len(self._group.path):].lstrip("/"))
-        fd = None
-        local = isinstance(fs, LocalFileSystem)
-        if local:
-            try:
-                import fcntl
-            except ImportError:  # pragma: no cover - not on POSIX
-                fcntl = None
-            if fcntl is not None:
-                fd = os.open(path, os.O_RDONLY)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield zarr.open_group(store=g.store, path=g.path, mode="r+")
-        finally:
-            if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-
 
     # ------------------------------------------------------ group file moves
     def _fs_path(self, group: zarr.Group, name: str) -> tuple[Any, str]:
@@ -1050,9 +709,10 @@ class EmbeddingStore(ImportsMixin):
             The store is open read-only.
         """
         self._require_writable()
-        g = self._split_group(split, layer, epoch, create=False)
+        key = SetKey(layer, epoch)
+        g = self._split_group(split, key, create=False)
         n = int(_snapshot(g)[1]["n_committed"])
-        sg = self._set_group(layer, epoch, create=False)
+        sg = self._set_group(key, create=False)
         fs, path = self._fs_path(sg, split)
         if renames(fs):
             aside = f"{path}.deleted-{owner_tag()}"
@@ -1070,7 +730,7 @@ class EmbeddingStore(ImportsMixin):
         KeyError
             No such split.
         """
-        return self._committed(split, layer, epoch)
+        return self._committed(split, SetKey(layer, epoch))
 
     def sources(
         self, split: str, *, layer: str | None = None, epoch: int | None = None
@@ -1081,250 +741,12 @@ class EmbeddingStore(ImportsMixin):
         import time), ``rows`` and the content ``fingerprint`` by which a
         second import of the same data is recognised.
         """
-        g = self._split_group(split, layer, epoch, create=False)
+        g = self._split_group(split, SetKey(layer, epoch), create=False)
         return [dict(x) for x in _snapshot(g)[1].get("sources") or []]
 
-    def _committed(self, split: str, layer: str | None, epoch: int | None) -> int:
-        g = self._split_group(split, layer, epoch, create=False)
+    def _committed(self, split: str, key: SetKey) -> int:
+        g = self._split_group(split, key, create=False)
         return int(_snapshot(g)[1]["n_committed"])
-
-    # ----------------------------------------------------------------- reads
-    def split(
-        self,
-        name: str,
-        *,
-        layer: str | None = None,
-        epoch: int | None = None,
-        backend: Any = "numpy",
-    ) -> xr.Dataset:
-        """The committed rows of a split as a lazy Dataset.
-
-        Parameters
-        ----------
-        name : str
-            Split name.
-        layer, epoch : optional
-            The set to read (see :meth:`sets`).
-        backend : {"numpy", "cupy"} or array module, default "numpy"
-            Array module of the chunks. ``"cupy"`` copies each chunk to the
-            current CUDA device as it is read (``cupy.asarray`` per block), so
-            :func:`ncdask.class_stats` and :func:`ncdask.measure` run on the
-            GPU; the results stay CuPy-backed until you move them, e.g. with
-            ``.compute().as_numpy()``. Any NumPy-like module with ``asarray``
-            and ``empty`` is accepted too.
-
-        Returns
-        -------
-        xarray.Dataset
-            ``embeddings (sample, feature)`` and ``labels (sample)`` (no
-            ``labels`` in an unlabelled split), dask-backed,
-            chunked as stored; attrs ``n_classes``, ``dim`` (the set's width),
-            ``class_names``,
-            ``split``, ``layer``, ``epoch``, ``class_counts``, ``n_committed`` (the
-            rows the record describes), ``ncdask_version``.
-
-        Raises
-        ------
-        ImportError
-            ``backend="cupy"`` without CuPy installed.
-        RuntimeError
-            ``backend="cupy"`` without a CUDA device.
-        """
-        xp = array_backend(backend)
-        with _naming_broken_metadata(self.url, self._storage_options):
-            g = self._split_group(name, layer, epoch, create=False)
-            parts, rec = _snapshot(g)
-            for p, _ in parts:
-                _check_record(p, self.n_classes, self.url)
-        n = int(rec["n_committed"])
-        D = int(g["embeddings"].shape[1])
-        parts = [(p, k) for p, k in parts if k > 0] or parts[:1]
-
-        def column(name: str) -> da.Array:
-            cols = [_read(p[name], self.url)[:k] for p, k in parts]
-            return on_backend(cols[0] if len(cols) == 1 else da.concatenate(cols), xp)
-
-        data_vars = {"embeddings": (("sample", "feature"), column("embeddings"))}
-        if _is_labelled(g):
-            data_vars["labels"] = (("sample",), column("labels"))
-        counts = rec.get("class_counts")
-        attrs = {
-            "n_classes": self.n_classes,
-            "dim": D,
-            "split": name,
-            "layer": layer,
-            "epoch": epoch,
-            "class_counts": None if counts is None else np.asarray(counts, dtype=np.int64),
-            "n_committed": n,
-            "labelled": int(_is_labelled(g)),
-            # every part promises finite rows: NaN in them is a lost chunk, not data
-            "finite": 1 if all(_record(p).get("finite") is True for p, _ in parts) else None,
-            "store": self.url,
-            "ncdask_version": __version__,
-            "ignore_index": self.ignore_index,
-        }
-        if self.class_names is not None:
-            attrs["class_names"] = list(self.class_names)
-        attrs = {k: v for k, v in attrs.items() if v is not None}
-        return xr.Dataset(
-            data_vars,
-            coords={"feature": np.arange(D)},
-            attrs=attrs,
-        )
-
-    def __getitem__(self, split: str) -> xr.Dataset:
-        return self.split(split)
-
-    def __contains__(self, split: str) -> bool:
-        return split in self.splits()
-
-
-class StoreWriter:
-    """Buffers small batches and writes them to a split in whole chunks.
-
-    Obtained from :meth:`EmbeddingStore.writer`. Rows are committed in whole
-    chunks as the buffer fills and on :meth:`flush` / context exit; rows still
-    buffered when the process dies are lost, committed rows never are.
-    Batches must have the set's width; for a new set without a width yet,
-    the first batch gives it. The split is created with the first valid
-    batch, so a writer that fails validation leaves the store untouched.
-    """
-
-    def __init__(
-        self,
-        store: EmbeddingStore,
-        group: zarr.Group | None,
-        allow_nonfinite: bool,
-        *,
-        split: str,
-        layer: str | None = None,
-        epoch: int | None = None,
-        dim: int | None = None,
-        labelled: bool = True,
-    ) -> None:
-        self._store = store
-        self._split, self._layer, self._epoch = split, layer, epoch
-        self._allow = allow_nonfinite
-        self._labelled = labelled
-        self._X: list[np.ndarray] = []
-        self._y: list[np.ndarray] = []
-        self._rows = 0
-        self._batches = 0
-        self._group: zarr.Group | None = None
-        self.dim: int | None = dim
-        """Width of the batches: the set's (None until a new set's first batch)."""
-        self._chunk = 1
-        self._committed = 0
-        if group is not None:
-            self._attach(group)
-        self.closed = False
-
-    def _attach(self, group: zarr.Group) -> None:
-        emb = group["embeddings"]
-        self._group = group
-        self.dim = int(emb.shape[1])
-        self._chunk = int(emb.chunks[0])
-        self._committed = self._store._own_rows(group)
-
-    def append(self, X: Any, y: Any = None) -> None:
-        """Validate a batch and buffer it; write whole chunks once they fill."""
-        if self.closed:
-            raise ValueError("this writer is closed")
-        if (y is None) == self._labelled:
-            raise ValueError(
-                "this writer's split is labelled: pass labels with every batch"
-                if self._labelled else
-                "this writer's split is unlabelled (labelled=False): pass no labels"
-            )
-        s = self._store
-        Xn, yn = batch_to_numpy(X, y, dim=self.dim, n_classes=s.n_classes, dtype=s.dtype,
-                                allow_nonfinite=self._allow, ignore_index=s.ignore_index,
-                                where=_where(self._layer, self._epoch))
-        if self._group is None:  # the first valid batch creates the split
-            self._attach(s._split_group(self._split, self._layer, self._epoch, create=True,
-                                        dim=Xn.shape[1], labelled=self._labelled))
-        self._X.append(Xn)
-        if yn is not None:
-            self._y.append(yn)
-        self._rows += Xn.shape[0]
-        self._batches += 1
-        chunk = self._chunk
-        fill = (-self._committed) % chunk  # rows up to the next chunk boundary
-        if self._rows >= fill + chunk or (fill and self._rows >= fill):
-            whole = fill + ((self._rows - fill) // chunk) * chunk
-            self._write(whole)
-
-    def _write(self, rows: int) -> None:
-        X = np.concatenate(self._X) if len(self._X) > 1 else self._X[0]
-        y = None
-        if self._labelled:
-            y = np.concatenate(self._y) if len(self._y) > 1 else self._y[0]
-        self._committed = self._store._write_commit(
-            self._group, X[:rows], None if y is None else y[:rows], self._batches,
-            finite=_finite(X[:rows], self._allow),
-        )
-        self._batches = 0
-        rest = X.shape[0] - rows
-        self._X = [X[rows:]] if rest else []
-        self._y = [y[rows:]] if rest and y is not None else []
-        self._rows = rest
-
-    def flush(self) -> None:
-        """Write and commit everything buffered."""
-        if self._rows:
-            self._write(self._rows)
-
-    def close(self) -> None:
-        """Flush and close."""
-        if not self.closed:
-            self.flush()
-            self.closed = True
-
-    def __enter__(self) -> StoreWriter:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        # on an exception the buffered batches are still whole, validated batches
-        self.close()
-
-
-def array_backend(backend: Any) -> Any:
-    """The array module for ``backend`` ("numpy", "cupy" or a module); None for NumPy.
-
-    Raises a clear error, naming the fix, when ``"cupy"`` is asked for on a
-    machine without CuPy or without a CUDA device.
-    """
-    if backend is None or (isinstance(backend, str) and backend == "numpy") or backend is np:
-        return None
-    if isinstance(backend, str):
-        if backend != "cupy":
-            raise ValueError(f"backend must be 'numpy' or 'cupy', got {backend!r}")
-        try:
-            import cupy
-        except ImportError as e:
-            raise ImportError(
-                "backend='cupy' needs CuPy: pip install 'ncdask[gpu]' (or the cupy-cuda* "
-                "wheel matching your CUDA driver)"
-            ) from e
-        try:
-            n_dev = cupy.cuda.runtime.getDeviceCount()
-        except Exception as e:  # CUDARuntimeError without a driver
-            raise RuntimeError(f"backend='cupy' but no CUDA device is usable: {e}") from e
-        if n_dev < 1:
-            raise RuntimeError("backend='cupy' but no CUDA device is visible")
-        return cupy
-    if not (hasattr(backend, "asarray") and hasattr(backend, "empty")):
-        raise TypeError(
-            f"backend must be 'numpy', 'cupy' or an array module, got {type(backend).__name__}"
-        )
-    return backend
-
-
-def on_backend(x: da.Array, xp: Any) -> da.Array:
-    """``x`` with its chunks moved to the array module ``xp`` (unchanged for None)."""
-    if xp is None:
-        return x
-    return x.map_blocks(xp.asarray, meta=xp.empty((0,) * x.ndim, dtype=x.dtype))
 
 
 def resolve_split(data: Any, split: str | None = None, *, labels: bool = True) -> xr.Dataset:

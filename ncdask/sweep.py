@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ._setkey import SetKey
 from .metrics import measure
 from .stats import class_stats
 from .store import SET_TAGS, EmbeddingStore
@@ -157,8 +158,8 @@ def sweep(
     return res.compute() if compute else res
 
 
-#: The sets found: set key (layer, epoch) -> (store, tags).
-Found = dict[tuple[Any, ...], tuple[EmbeddingStore, dict[str, Any]]]
+#: The sets found: set key -> the store holding it.
+Found = dict[SetKey, EmbeddingStore]
 
 
 def _swept_dims(over: str | Sequence[str]) -> list[str]:
@@ -179,17 +180,17 @@ def _matching_sets(store: Any, dims: list[str], fixed: dict[str, Any],
     tag that is neither swept nor fixed."""
     found: Found = {}
     for st in _stores(store):
-        for tags in st.sets():
+        for key in st._set_keys():
+            tags = key.tags
             if any(d not in tags for d in dims):
                 continue
             if any(tags.get(k) != v for k, v in fixed.items()):
                 continue
             if split not in st.splits(**tags):
                 continue
-            key = tuple(tags.get(t) for t in SET_TAGS)
             if key in found:
                 raise ValueError(f"the set {tags} is in more than one of the stores")
-            found[key] = (st, tags)
+            found[key] = st
     if not found:
         raise ValueError(
             f"no embedding set with tag(s) {dims}{' and ' + str(fixed) if fixed else ''} "
@@ -197,7 +198,7 @@ def _matching_sets(store: Any, dims: list[str], fixed: dict[str, Any],
         )
     free = [t for t in SET_TAGS if t not in dims and t not in fixed]
     for t in free:
-        values = sorted({tags.get(t) for _, tags in found.values()}, key=lambda v: str(v))
+        values = sorted({getattr(key, t) for key in found}, key=lambda v: str(v))
         if len(values) > 1:
             raise ValueError(
                 f"the sets differ in {t!r} ({values}); fix it (sweep(..., {t}=...)) or sweep "
@@ -207,10 +208,10 @@ def _matching_sets(store: Any, dims: list[str], fixed: dict[str, Any],
 
 
 def _ordered(found: Found, dims: list[str], order: Sequence[Any] | None
-             ) -> tuple[list[tuple[EmbeddingStore, dict[str, Any]]], list[tuple[Any, ...]]]:
+             ) -> tuple[list[tuple[EmbeddingStore, SetKey]], list[tuple[Any, ...]]]:
     """The sets and their coordinates, in ``order`` or sorted by coordinate."""
-    items = list(found.values())
-    coords = [tuple(tags[d] for d in dims) for _, tags in items]
+    items = [(st, key) for key, st in found.items()]
+    coords = [tuple(getattr(key, d) for d in dims) for _, key in items]
     if order is not None:
         wanted = [tuple(o) if len(dims) > 1 else (o,) for o in order]
         missing = [w for w in wanted if w not in coords]
@@ -223,14 +224,15 @@ def _ordered(found: Found, dims: list[str], order: Sequence[Any] | None
 
 
 def _measure_sets(
-    items: list[tuple[EmbeddingStore, dict[str, Any]]], coords: list[tuple[Any, ...]],
+    items: list[tuple[EmbeddingStore, SetKey]], coords: list[tuple[Any, ...]],
     dims: list[str], split: str, test: str | None, ood: str | None, use_classifier: bool,
     sk: dict[str, Any], measure_kwargs: dict[str, Any], fixed: dict[str, Any],
     order: Sequence[Any] | None, cache: bool,
 ) -> xr.Dataset:
     """The lazy sweep of the sets ``items`` at ``coords`` (see :func:`sweep`)."""
     stats, weights, bias, tests, oods = [], [], [], [], []
-    for st, tags in items:
+    for st, key in items:
+        tags = key.tags
         if cache:
             stats.append(class_stats(st, split, cache=True, **tags, **sk))
         else:
@@ -277,7 +279,7 @@ def _measure_sets(
 SWEEP_ATTR = "ncdask_sweep"
 
 
-def _signature(st: EmbeddingStore, tags: dict[str, Any], splits: list[str],
+def _signature(st: EmbeddingStore, key: SetKey, splits: list[str],
                use_classifier: bool) -> dict[str, Any]:
     """What a set's results depend on: its splits' committed parts and its classifier."""
     from ._layout import _classifier_name
@@ -285,16 +287,16 @@ def _signature(st: EmbeddingStore, tags: dict[str, Any], splits: list[str],
 
     sig: dict[str, Any] = {"store": st.url}
     for name in splits:
-        g = st._split_group(name, tags.get("layer"), tags.get("epoch"), create=False)
+        g = st._split_group(name, key, create=False)
         sig[name] = [[p.path, int(k)] for p, k in _snapshot(g)[0] if k > 0]
     if use_classifier:
-        sg = st._set_group(tags.get("layer"), tags.get("epoch"), create=False)
+        sg = st._set_group(key, create=False)
         sig["classifier"] = None if sg is None else _classifier_name(sg)
     return sig
 
 
 def _incremental(
-    items: list[tuple[EmbeddingStore, dict[str, Any]]], coords: list[tuple[Any, ...]],
+    items: list[tuple[EmbeddingStore, SetKey]], coords: list[tuple[Any, ...]],
     dim: str, out: str, split: str, test: str | None, ood: str | None, use_classifier: bool,
     sk: dict[str, Any], measure_kwargs: dict[str, Any], fixed: dict[str, Any], cache: bool,
 ) -> xr.Dataset:
@@ -307,8 +309,8 @@ def _incremental(
     options = json.dumps({"split": split, "test": test, "ood": ood, "fixed": fixed,
                           "stats": sk, "measure": measure_kwargs,
                           "classifier": use_classifier}, sort_keys=True, default=repr)
-    sigs = {str(c[0]): _signature(st, tags, splits, use_classifier)
-            for (st, tags), c in zip(items, coords, strict=True)}
+    sigs = {str(c[0]): _signature(st, key, splits, use_classifier)
+            for (st, key), c in zip(items, coords, strict=True)}
     prev = None
     try:
         prev = open_results(out)

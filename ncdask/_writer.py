@@ -1,0 +1,128 @@
+"""The buffered writer of a store split: :class:`StoreWriter`.
+
+Obtained from :meth:`ncdask.EmbeddingStore.writer`; it validates batches as
+they arrive and hands whole chunks to the store's commit
+(:meth:`ncdask._appends.AppendsMixin._write_commit`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+
+from ._record import _finite
+from ._setkey import DEFAULT, SetKey
+from ._validate import batch_to_numpy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import EmbeddingStore
+
+
+class StoreWriter:
+    """Buffers small batches and writes them to a split in whole chunks.
+
+    Obtained from :meth:`EmbeddingStore.writer`. Rows are committed in whole
+    chunks as the buffer fills and on :meth:`flush` / context exit; rows still
+    buffered when the process dies are lost, committed rows never are.
+    Batches must have the set's width; for a new set without a width yet,
+    the first batch gives it. The split is created with the first valid
+    batch, so a writer that fails validation leaves the store untouched.
+    """
+
+    def __init__(
+        self,
+        store: EmbeddingStore,
+        group: zarr.Group | None,
+        allow_nonfinite: bool,
+        *,
+        split: str,
+        key: SetKey = DEFAULT,
+        dim: int | None = None,
+        labelled: bool = True,
+    ) -> None:
+        self._store = store
+        self._split, self._key = split, key
+        self._allow = allow_nonfinite
+        self._labelled = labelled
+        self._X: list[np.ndarray] = []
+        self._y: list[np.ndarray] = []
+        self._rows = 0
+        self._batches = 0
+        self._group: zarr.Group | None = None
+        self.dim: int | None = dim
+        """Width of the batches: the set's (None until a new set's first batch)."""
+        self._chunk = 1
+        self._committed = 0
+        if group is not None:
+            self._attach(group)
+        self.closed = False
+
+    def _attach(self, group: zarr.Group) -> None:
+        emb = group["embeddings"]
+        self._group = group
+        self.dim = int(emb.shape[1])
+        self._chunk = int(emb.chunks[0])
+        self._committed = self._store._own_rows(group)
+
+    def append(self, X: Any, y: Any = None) -> None:
+        """Validate a batch and buffer it; write whole chunks once they fill."""
+        if self.closed:
+            raise ValueError("this writer is closed")
+        if (y is None) == self._labelled:
+            raise ValueError(
+                "this writer's split is labelled: pass labels with every batch"
+                if self._labelled else
+                "this writer's split is unlabelled (labelled=False): pass no labels"
+            )
+        s = self._store
+        Xn, yn = batch_to_numpy(X, y, dim=self.dim, n_classes=s.n_classes, dtype=s.dtype,
+                                allow_nonfinite=self._allow, ignore_index=s.ignore_index,
+                                where=self._key.where)
+        if self._group is None:  # the first valid batch creates the split
+            self._attach(s._split_group(self._split, self._key, create=True,
+                                        dim=Xn.shape[1], labelled=self._labelled))
+        self._X.append(Xn)
+        if yn is not None:
+            self._y.append(yn)
+        self._rows += Xn.shape[0]
+        self._batches += 1
+        chunk = self._chunk
+        fill = (-self._committed) % chunk  # rows up to the next chunk boundary
+        if self._rows >= fill + chunk or (fill and self._rows >= fill):
+            whole = fill + ((self._rows - fill) // chunk) * chunk
+            self._write(whole)
+
+    def _write(self, rows: int) -> None:
+        X = np.concatenate(self._X) if len(self._X) > 1 else self._X[0]
+        y = None
+        if self._labelled:
+            y = np.concatenate(self._y) if len(self._y) > 1 else self._y[0]
+        self._committed = self._store._write_commit(
+            self._group, X[:rows], None if y is None else y[:rows], self._batches,
+            finite=_finite(X[:rows], self._allow),
+        )
+        self._batches = 0
+        rest = X.shape[0] - rows
+        self._X = [X[rows:]] if rest else []
+        self._y = [y[rows:]] if rest and y is not None else []
+        self._rows = rest
+
+    def flush(self) -> None:
+        """Write and commit everything buffered."""
+        if self._rows:
+            self._write(self._rows)
+
+    def close(self) -> None:
+        """Flush and close."""
+        if not self.closed:
+            self.flush()
+            self.closed = True
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        # on an exception the buffered batches are still whole, validated batches
+        self.close()
