@@ -132,6 +132,12 @@ class Inputs:
         """
         A = M if M is not None else W
         K, D = A.shape
+        expect = {"W": (W, (K, D)), "b": (b, (K,)), "mG": (mG, (D,)), "Sw": (Sw, (D, D)),
+                  "v": (v, (K,)), "ood_mean": (ood_mean, (D,)), "mu_weighted": (mu_weighted, (D,))}
+        for what, (arr, shape) in expect.items():
+            if arr is not None and tuple(arr.shape) != shape:
+                raise ValueError(f"{what} has shape {tuple(arr.shape)}, expected {shape} "
+                                 f"for {K} classes of width {D}")
         T = int(tile_size) if tile_size else K
         A = A.rechunk((min(T, K), -1))
         Mc = A if mG is None or M is None else A - mG.rechunk(-1)[None, :]

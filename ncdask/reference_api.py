@@ -448,6 +448,8 @@ def similarities(W: Array, M: Array, m_G: Array = 0, cos: bool = False) -> Array
     Wd = as_dask(W).astype(np.float64)
     if Wd.ndim == 1:
         Wd = Wd[None, :]
+    if Wd.ndim != 2 or Wd.shape[0] not in (1, Mc.shape[0]) or Wd.shape[1] != Mc.shape[1]:
+        raise ValueError(f"W has shape {Wd.shape}, expected {Mc.shape} like M (or one row)")
     if Wd.shape[0] != Mc.shape[0]:  # one row for every class, as torch broadcasts
         Wd = da.broadcast_to(Wd.rechunk(-1), Mc.shape)
     out = evaluate("similarities_cos" if cos else "similarities", M=Mc, W=Wd)
@@ -475,7 +477,10 @@ def distance_norms(W: Array, M: Array, m_G: Array = 0, norm: bool = True) -> Arr
         promotion of the inputs' dtypes, as the reference's.
     """
     Mc, _ = _centred(M, m_G)
-    Wd = as_dask(W).astype(np.float64).rechunk(Mc.chunks)
+    Wd = as_dask(W).astype(np.float64)
+    if Wd.shape != Mc.shape:
+        raise ValueError(f"W has shape {Wd.shape}, expected {Mc.shape} like M")
+    Wd = Wd.rechunk(Mc.chunks)
     out = evaluate("distance_norms", M=Mc, W=Wd) if norm else CF.row_norms(Wd - Mc)
     return _like(out, W, M, m_G)
 

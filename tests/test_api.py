@@ -1,6 +1,7 @@
 """The top level is the lazy API; the reference-compatible and peer functions live in compat."""
 
 import numpy as np
+import pytest
 from dense_metrics import dense_stats
 
 import ncdask
@@ -35,3 +36,20 @@ def test_every_peer_function_is_a_measure_variable_with_the_same_value():
            "bias_collapse": compat.bias_collapse(W, b, mu_w)}
     for fn, value in got.items():
         np.testing.assert_allclose(value, float(res[compat.PEERS[fn]]), rtol=1e-10, err_msg=fn)
+
+
+def test_compat_functions_name_a_mis_shaped_input():
+    """A careless-user trial: these used to fail deep in dask ("Chunks do not add up")."""
+    rng = np.random.default_rng(0)
+    M, W = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
+    with pytest.raises(ValueError, match=r"Sw has shape \(3, 3\), expected \(8, 8\)"):
+        compat.covariance_ratio(np.eye(3), M, M.mean(0))
+    with pytest.raises(ValueError, match=r"v has shape \(3,\), expected \(5,\)"):
+        compat.variability_cdnv(np.ones(3), M)
+    with pytest.raises(ValueError, match=r"W has shape \(3, 8\), expected \(5, 8\)"):
+        compat.similarities(W[:3], M)
+    with pytest.raises(ValueError, match=r"W has shape \(5, 3\), expected \(5, 8\)"):
+        compat.distance_norms(W[:, :3], M)
+    # one classifier row is broadcast over the classes, as torch does
+    one = compat.similarities(W[0], M, cos=True)
+    np.testing.assert_allclose(one, compat.similarities(np.tile(W[0], (5, 1)), M, cos=True))
