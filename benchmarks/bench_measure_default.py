@@ -1,11 +1,12 @@
 """The default ``measure`` (every metric, weights given) on random class statistics.
 
 Times ``measure(stats, weights=W).compute()`` for K classes in D dims
-(medians of 3) and prints how many variables it gave; run it at two commits
+(medians of ``--reps``, default 3) and prints how many variables it gave; run it at two commits
 to see what a change to the metric table costs. Peak memory: run it under
 ``/usr/bin/time -v``.
 
     python benchmarks/bench_measure_default.py 1000 512
+    python benchmarks/bench_measure_default.py 20000 2048 --metrics nc1_pinv nc3_dual_err
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("K", type=int)
     ap.add_argument("D", type=int)
+    ap.add_argument("--metrics", nargs="+", default=None,
+                    help="measure only these (default: every default metric)")
+    ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
     K, D = args.K, args.D
     rng = np.random.default_rng(0)
@@ -42,9 +46,9 @@ def main() -> None:
     times = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ncdask.DegenerateInputWarning)  # nc1_svd when K > D
-        for _ in range(3):
+        for _ in range(args.reps):
             t0 = time.perf_counter()
-            res = ncdask.measure(stats, weights=W).compute()
+            res = ncdask.measure(stats, weights=W, metrics=args.metrics).compute()
             times.append(time.perf_counter() - t0)
     print(f"K={K} D={D}: {len(res.data_vars)} variables, median {statistics.median(times):.2f} s")
 
