@@ -199,18 +199,18 @@ class StatsAccumulator:
         import dask
 
         from .graph.pairwise import default_tile_size
-        from .graph.tiled_stats import _assemble, _finish_dense
+        from .graph.tiled_stats import assemble, finish_dense
         from .stats import labelled_stats
 
         if self._acc is None:
             raise ValueError("no batch was added yet")
         acc = KS.partial(self.flush()._acc)
-        fin = _finish_dense(acc, None, None)
+        fin = finish_dense(acc, None, None)
         Kc, D = self.n_classes, self.dim
         T = min(int(tile_size or default_tile_size(Kc, D)), Kc)
         per_group = [{"means": [(dask.delayed(fin["means"]), Kc)],
                       **{k: dask.delayed(fin[k]) for k in ("var_norms", "scatter", "terms")}}]
-        arrays = _assemble(per_group, [(0, Kc)], D, T, self.dtype, fin["means"], self.global_mean)
+        arrays = assemble(per_group, [(0, Kc)], D, T, self.dtype, fin["means"], self.global_mean)
         counts = np.asarray(to_numpy(acc["counts"])).astype(np.int64)
         attrs = {} if self.ignore_index is None else {"ignore_index": self.ignore_index}
         return labelled_stats(arrays, counts, global_mean=self.global_mean, attrs=attrs).compute(

@@ -134,7 +134,13 @@ def _check_counts(counts: Any, expect: np.ndarray | None, classes: np.ndarray | 
         )
 
 
-def _finish_dense(p: dict, used: np.ndarray | None, expect: np.ndarray | None) -> dict:
+def finish_dense(p: dict, used: np.ndarray | None, expect: np.ndarray | None) -> dict:
+    """The one-pass plan's merged accumulator as ``means``, ``var_norms``, ``scatter``, ``terms``.
+
+    ``used``: classes whose rows enter N and the global mean (None: all);
+    ``expect``: the counts the caller set up with (checked, see ``expect_counts``).
+    Also :class:`ncdask.StatsAccumulator`'s last step.
+    """
     xp = array_namespace(p["sums"])
     _check_counts(p["counts"], expect, None)
     means = KT.group_means(p["counts"], p["sums"])
@@ -267,7 +273,7 @@ def class_tiled_stats(
         comb = f"{name}-combine"
         dsk[comb] = (K.merge_many, ends)
         fin = f"{name}-finish"
-        dsk[fin] = (_finish_dense, comb, mask, expect_counts)
+        dsk[fin] = (finish_dense, comb, mask, expect_counts)
         per_group.append({"means": [(get(fin, "means", "finish"), n_classes)],
                           **{k: get(fin, k, "finish") for k in
                              ("var_norms", "scatter", "terms")}})
@@ -281,7 +287,7 @@ def class_tiled_stats(
         return Delayed(v, graph, layer=name)
 
     out = [{k: lazy(k, v) for k, v in g.items()} for g in per_group]
-    return _assemble(out, groups, D, tile, dt, X._meta, global_mean)
+    return assemble(out, groups, D, tile, dt, X._meta, global_mean)
 
 
 def _pipelined(
@@ -358,7 +364,7 @@ def _pipelined(
             })
 
 
-def _assemble(
+def assemble(
     per_group: list[dict[str, Any]],
     groups: list[tuple[int, int]],
     D: int,
@@ -367,6 +373,13 @@ def _assemble(
     meta: Any,
     global_mean: str,
 ) -> dict[str, da.Array]:
+    """The lazy statistics (:func:`class_tiled_stats`'s result) from each class group's pieces.
+
+    ``per_group`` holds, per group of ``groups``, its ``means`` as
+    ``[(delayed, rows), ...]`` and delayed ``var_norms``, ``scatter`` and
+    ``terms``; the means and variance norms are rechunked to ``tile`` classes.
+    """
+
     def arr(d: Any, shape: tuple[int, ...]) -> da.Array:
         return da.from_delayed(d, shape=shape, dtype=dt,
                                meta=meta_from_array(meta, ndim=len(shape), dtype=dt))
