@@ -44,7 +44,6 @@ start before they can be used.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import dask.array as da
@@ -54,7 +53,6 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from ..kernels import stats as K
 from ..kernels import tiled_stats as KT
 from ..kernels._reduction import Reduction
 from ..kernels._xp import array_namespace, to_numpy
@@ -247,7 +245,7 @@ def class_tiled_stats(
         dsk[out] = (_get, key, field)
         return out
 
-    def chained(fold: Any, tag: str, *extra: Any, after: Any = None) -> list[Any]:
+    def chained(red: Reduction, tag: str, *extra: Any, after: Any = None) -> list[Any]:
         """Fold the chunks into C chains (:func:`ncdask.graph._reduce.chains`); the chain ends.
 
         Large inputs have their reads throttled, a batch of C chunks at a
@@ -261,7 +259,6 @@ def class_tiled_stats(
             deps.append(Xb)
             return [(k[0], y_keys[lo + j], *extra) for j, k in enumerate(Xb.__dask_keys__())]
 
-        red = Reduction(fold=fold, combine=K.merge_many)
         return fold_chains(dsk, f"{name}-{tag}", red, n, read, n_chains=C,
                            batch=C if X.nbytes > THROTTLE_BYTES else None, lag=READ_LAG,
                            after=after)
@@ -269,9 +266,10 @@ def class_tiled_stats(
     if groups is None:
         groups = [(0, n_classes)]
         mask = None if in_scatter is None else np.asarray(in_scatter, dtype=bool)
-        ends = chained(functools.partial(KT.fold_summary, mask=mask, **kw), "summary")
+        red = KT.summary_reduction(mask=mask, **kw)
+        ends = chained(red, "summary")
         comb = f"{name}-combine"
-        dsk[comb] = (K.merge_many, ends)
+        dsk[comb] = (red.combine, ends)
         fin = f"{name}-finish"
         dsk[fin] = (finish_dense, comb, mask, expect_counts)
         per_group.append({"means": [(get(fin, "means", "finish"), n_classes)],
@@ -332,14 +330,14 @@ def _pipelined(
         prev = full[s - 1] if s else None
         means_prev = get(sums_fin[s - 1], "means", f"means{s - 1}") if s else None
         mask_prev = None if prev is None else compact(in_scatter, prev)
-        fold = functools.partial(KT.fold_stage, sum_group=sum_group, centre_group=prev,
+        red = KT.stage_reduction(sum_group=sum_group, centre_group=prev,
                                  mask=None if mask_prev is None else mask_prev.astype(bool),
                                  **kw)
         comb = f"{name}-combine{s}"
         # stage s reads afresh, and only once group s-1's means exist
-        ends = chained(fold, f"stage{s}", means_prev, rank_key,
+        ends = chained(red, f"stage{s}", means_prev, rank_key,
                        after=None if s == 0 else sums_fin[s - 1])
-        dsk[comb] = (KT.combine_stages, ends)
+        dsk[comb] = (red.combine, ends)
         if sum_group is not None:
             key = f"{name}-means{s}"
             dsk[key] = (_finish_sums, comb, classes(sum_group),

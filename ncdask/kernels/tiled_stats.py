@@ -22,14 +22,15 @@ never hold a float64 copy of a whole chunk).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from ._reduction import sum_fields
+from ._reduction import Reduction, sum_fields
 from ._xp import array_namespace
-from .stats import check_labels, class_sums
+from .stats import check_labels, class_sums, merge_many
 
 #: Bytes of one upcast piece of rows (float64). Pieces of 8 MiB keep the
 #: scatter GEMM at full rate (≥ 256 rows at D ≤ 4096) while the upcast copy
@@ -439,3 +440,21 @@ def mean_terms(means: Any, counts: Any, used: Any) -> Any:
     n = xp.where(u, counts, 0).astype(means.dtype)
     tail = xp.stack([xp.sum(u.astype(means.dtype)), xp.sum(n)])
     return xp.concatenate([xp.sum(Mu, axis=0), n @ Mu, tail])
+
+
+def summary_reduction(**options: Any) -> Reduction:
+    """The one-pass plan as a fold: :func:`fold_summary` into chains, merged exactly.
+
+    ``options`` go to :func:`fold_summary` (``n_classes``, ``mask``, ...); the
+    chain ends combine with :func:`ncdask.kernels.stats.merge_many`.
+    """
+    return Reduction(fold=functools.partial(fold_summary, **options), combine=merge_many)
+
+
+def stage_reduction(**options: Any) -> Reduction:
+    """One stage of the pipelined plan as a fold: :func:`fold_stage` into chains, summed.
+
+    ``options`` go to :func:`fold_stage`; every term of a stage is final, so
+    the chain ends add up (:func:`combine_stages`).
+    """
+    return Reduction(fold=functools.partial(fold_stage, **options), combine=combine_stages)
