@@ -18,7 +18,7 @@ def golden(name: str) -> tuple[dict, dict]:
     return data, json.loads((GOLDEN / f"{name}.json").read_text())
 
 
-def dense_stats(X: np.ndarray, y: np.ndarray, K: int, weighted: bool = False) -> dict:
+def dense_stat_arrays(X: np.ndarray, y: np.ndarray, K: int, weighted: bool = False) -> dict:
     """Class statistics straight from the definitions, in float64 (two passes)."""
     X = np.asarray(X, dtype=np.float64)
     counts = np.bincount(y, minlength=K)
@@ -48,7 +48,7 @@ def dense_stats(X: np.ndarray, y: np.ndarray, K: int, weighted: bool = False) ->
 
 
 def check_against(st_, ref: dict, rtol: float) -> None:
-    """Computed class statistics ``st_`` against a :func:`dense_stats` dict."""
+    """Computed class statistics ``st_`` against a :func:`dense_stat_arrays` dict."""
     st_ = st_.compute()
     np.testing.assert_array_equal(st_.counts.values, ref["counts"])
     np.testing.assert_allclose(st_.means.values, ref["means"], rtol=rtol)

@@ -14,7 +14,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dense import CASES, GOLDEN, golden  # noqa: F401 - one golden loader, re-exported
-from dense import dense_stats as _dense_arrays
+from dense import dense_stat_arrays as _dense_arrays
 
 EPS = np.finfo(np.float64).eps
 

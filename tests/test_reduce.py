@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 import pytest
 from dask.highlevelgraph import HighLevelGraph
-from dense import dense_stats
+from dense import dense_stat_arrays
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import irregular_chunks, labelled_data
@@ -137,7 +137,7 @@ def test_trees_and_chains_do_not_depend_on_the_blocks(data, n_chains, split_ever
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # empty classes' NaN means
         got = dask.compute(stats_arrays(Xd, yd, K, split_every=split_every))[0]
-    ref = dense_stats(X, y, K)
+    ref = dense_stat_arrays(X, y, K)
     np.testing.assert_array_equal(got["counts"], ref["counts"])
     np.testing.assert_allclose(got["means"], ref["means"], rtol=1e-10)
     np.testing.assert_allclose(got["within_cov"], ref["within_cov"], rtol=1e-8,

@@ -3,7 +3,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from dense import CASES, check_against, dense_stats, golden
+from dense import CASES, check_against, dense_stat_arrays, golden
 from hypothesis import HealthCheck, given, settings
 from strategies import irregular_chunks, labelled_data, split_ds
 
@@ -89,9 +89,9 @@ def test_matches_dense_reference_and_is_lazy():
     assert st_.within_cov.dims == ("feature", "feature_")
     assert st_.attrs["global_mean"] == "unweighted" and st_.attrs["empty_classes"] == []
     assert "definition" in st_.within_cov.attrs
-    check_against(st_, dense_stats(X, y, 6), 1e-10)
+    check_against(st_, dense_stat_arrays(X, y, 6), 1e-10)
     check_against(ncdask.class_stats(ds, global_mean="weighted"),
-                  dense_stats(X, y, 6, weighted=True), 1e-10)
+                  dense_stat_arrays(X, y, 6, weighted=True), 1e-10)
 
 
 def test_one_pass_graph_size_depends_on_tiles_not_K():
@@ -118,7 +118,7 @@ def test_empty_classes_nan_and_excluded_from_global_mean():
     assert st_.attrs["empty_classes"] == [2, 4]
     assert st_.counts.values.tolist()[2] == 0
     assert np.isnan(st_.means.values[[2, 4]]).all() and np.isnan(st_.var_norms.values[2])
-    ref = dense_stats(X, y, 5)
+    ref = dense_stat_arrays(X, y, 5)
     np.testing.assert_allclose(st_.global_mean.values, ref["global_mean"], rtol=1e-12)
     assert np.isfinite(st_.within_cov.values).all()
 
@@ -131,7 +131,7 @@ def test_merge_stats_equals_concatenation():
     b = ncdask.class_stats(split_ds(X[150:], y[150:], 4, 50))
     m = ncdask.merge_stats(a, b)
     assert isinstance(m.means.data, da.Array)
-    check_against(m, dense_stats(X, y, 4), 1e-11)
+    check_against(m, dense_stat_arrays(X, y, 4), 1e-11)
     w = ncdask.class_stats(split_ds(X[:150], y[:150], 4, 32), global_mean="weighted")
     with pytest.raises(ValueError, match="different global_mean"):
         ncdask.merge_stats(a, w)
@@ -145,7 +145,7 @@ def test_merge_with_disjoint_classes():
         a = ncdask.class_stats(split_ds(X[:50], y[:50], 2, 16))
     with pytest.warns(EmptyClassWarning):
         b = ncdask.class_stats(split_ds(X[50:], y[50:], 2, 16))
-    check_against(ncdask.merge_stats(a, b), dense_stats(X, y, 2), 1e-11)
+    check_against(ncdask.merge_stats(a, b), dense_stat_arrays(X, y, 2), 1e-11)
 
 
 def test_save_load_roundtrip_exact(tmp_path, mem_url):
@@ -168,7 +168,7 @@ def test_save_load_roundtrip_exact(tmp_path, mem_url):
 def test_stats_from_store_url_and_errors(small_store):
     s, X, y = small_store
     st_ = ncdask.class_stats(s.url, "train").compute()
-    check_against(st_, dense_stats(X, y, 4), 1e-6)
+    check_against(st_, dense_stat_arrays(X, y, 4), 1e-6)
     with pytest.raises(KeyError, match="unknown split"):
         ncdask.class_stats(s, "nope")
     with pytest.raises(ValueError, match="global_mean must be"):
@@ -177,7 +177,7 @@ def test_stats_from_store_url_and_errors(small_store):
     bare.attrs = {}
     with pytest.raises(ValueError, match="pass n_classes="):
         ncdask.class_stats(bare)
-    check_against(ncdask.class_stats(bare, n_classes=4), dense_stats(X, y, 4), 1e-6)
+    check_against(ncdask.class_stats(bare, n_classes=4), dense_stat_arrays(X, y, 4), 1e-6)
     with pytest.raises(TypeError, match="expected a split Dataset"):
         ncdask.class_stats(42)
 
@@ -188,10 +188,10 @@ def test_numpy_backed_dataset_and_float32_accumulation():
     y = rng.integers(0, 3, 90)
     ds = xr.Dataset({"embeddings": (("sample", "feature"), X), "labels": ("sample", y)},
                     attrs={"n_classes": 3})
-    check_against(ncdask.class_stats(ds), dense_stats(X, y, 3), 1e-10)
+    check_against(ncdask.class_stats(ds), dense_stat_arrays(X, y, 3), 1e-10)
     st32 = ncdask.class_stats(ds, dtype="float32").compute()
     assert st32.means.dtype == np.float32
-    np.testing.assert_allclose(st32.within_cov.values, dense_stats(X, y, 3)["within_cov"],
+    np.testing.assert_allclose(st32.within_cov.values, dense_stat_arrays(X, y, 3)["within_cov"],
                                rtol=1e-4, atol=1e-5)
 
 
@@ -202,7 +202,7 @@ def test_on_a_distributed_cluster(small_store):
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         st_ = client.compute(ncdask.class_stats(s, "train")).result()
-    check_against(st_, dense_stats(X, y, 4), 1e-6)
+    check_against(st_, dense_stat_arrays(X, y, 4), 1e-6)
 
 
 # ------------------------------------------------------------------ invariance
@@ -275,4 +275,4 @@ def test_chained_merges_keep_one_copy_of_each_pass(monkeypatch):
     assert steps.max() == steps.min()  # the same number of new tasks per merge
     out = merged.compute()
     assert len(calls) == 32  # 8 parts of 4 chunks, each read once
-    check_against(out, dense_stats(X, y, 6), 1e-10)
+    check_against(out, dense_stat_arrays(X, y, 6), 1e-10)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from dask.callbacks import Callback
-from dense import check_against, dense_stats
+from dense import check_against, dense_stat_arrays
 from strategies import split_ds
 
 import ncdask
@@ -44,7 +44,7 @@ def test_class_chunked_equals_dense(chunk, budget):
     X = rng.normal(size=(n, D)) + 3 * rng.normal(size=(K, D))[_rare_labels(rng, n, K)]
     y = _rare_labels(rng, n, K)
     X = X + 5 * np.eye(K, D)[y]
-    ref = dense_stats(X, y, K)
+    ref = dense_stat_arrays(X, y, K)
     for tile in (1, 7, K // 3, K):
         st_ = _stats(X, y, K, chunk, tile, budget)
         expect = tuple(min(tile, K - s) for s in range(0, K, tile))
@@ -63,7 +63,7 @@ def test_many_more_classes_than_samples(budget):
     K, D, n = 5000, 4, 600
     y = rng.integers(0, K, n)
     X = rng.normal(size=(n, D))
-    ref = dense_stats(X, y, K)
+    ref = dense_stat_arrays(X, y, K)
     st_ = _stats(X, y, K, 64, 97, budget)
     assert len(st_.attrs["empty_classes"]) == int((ref["counts"] == 0).sum())
     check_against(st_, ref, 1e-10)
@@ -99,7 +99,7 @@ def test_collapsed_float32_stays_exact(budget):
     y = rng.integers(0, K, n)
     M = 1e3 * rng.normal(size=(K, D))
     X = (M[y] + 1e-2 * rng.normal(size=(n, D))).astype(np.float32)
-    ref = dense_stats(X.astype(np.float64), y, K)
+    ref = dense_stat_arrays(X.astype(np.float64), y, K)
     st_ = _stats(X, y, K, 333, 3, budget).compute()
     np.testing.assert_allclose(np.trace(st_.within_cov.values), np.trace(ref["within_cov"]),
                                rtol=1e-9)
@@ -159,7 +159,7 @@ def test_no_task_returns_a_K_by_D_block(tmp_path):
     assert max(100, 500) * D >= cb.largest and cb.largest < K * D
     back = ncdask.load_stats(str(tmp_path / "s.zarr"))
     assert back.means.data.chunks[0] == (50,) * 12  # one Zarr chunk per tile, opened lazily
-    check_against(back, dense_stats(X, y, K), 1e-10)
+    check_against(back, dense_stat_arrays(X, y, K), 1e-10)
     # the same through measure: no task computes K×D either
     W = da.from_array(rng.normal(size=(K, D)), chunks=(50, D))  # e.g. a classifier in Zarr
     with _Sizes() as cb:
@@ -180,7 +180,7 @@ def test_merge_of_class_chunked_stats_stays_chunked_and_exact():
         warnings.simplefilter("ignore", EmptyClassWarning)
         m = ncdask.merge_stats(a, b)
     assert m.means.data.chunks[0] == a.means.data.chunks[0]
-    check_against(m, dense_stats(X, y, K), 1e-10)
+    check_against(m, dense_stat_arrays(X, y, K), 1e-10)
 
 
 @pytest.mark.parametrize("budget", [None, TINY], ids=["one-pass", "pipelined"])
@@ -223,7 +223,7 @@ def test_float16_store_upcasts_in_pieces(mem_url):
     X = (rng.normal(size=(n, D)) + 2 * np.eye(K, D)[y]).astype(np.float16)
     s = ncdask.EmbeddingStore.from_arrays(mem_url(), {"train": (X, y)}, dtype="float16")
     assert s["train"].embeddings.dtype == np.float16
-    ref = dense_stats(X.astype(np.float64), y, K)
+    ref = dense_stat_arrays(X.astype(np.float64), y, K)
     for budget in (None, TINY):
         st_ = ncdask.class_stats(s, "train", memory_budget=budget, tile_size=5)
         assert st_.means.dtype == np.float64
