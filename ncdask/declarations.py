@@ -255,20 +255,29 @@ class Inputs:
         return CF.interference(self.Mc, self.terms)
 
 
+def _labelled_split(ins: Inputs, data: Any, role: str, why: str) -> tuple[da.Array, da.Array]:
+    """The float64 embeddings (on the statistics' device) and labels of a split of their classes.
+
+    ``data`` is a split Dataset or ``(store, split)``; it must have labels,
+    the statistics' width and (when it says) their number of classes.
+    """
+    split = split_of(data)
+    if "labels" not in split:
+        raise ValueError(f"the {role} split needs 'labels' for {why}")
+    X = like(float64(as_dask(split["embeddings"])), ins.M)
+    if X.ndim != 2 or X.shape[1] != ins.D:
+        raise ValueError(f"{role} embeddings have shape {X.shape}, expected (n, {ins.D}) "
+                         "like the statistics")
+    k = split.attrs.get("n_classes")
+    if k is not None and int(k) != ins.K_all:
+        raise ValueError(f"the {role} split has n_classes={int(k)}, the statistics "
+                         f"{ins.K_all}: {why} needs a split of the same classes")
+    return X, as_dask(split["labels"])
+
+
 def _decide(ins: Inputs) -> tuple[da.Array, da.Array]:
     """NC4 decisions of the test split (blocked GEMMs or FAISS), counted per true class."""
-    split = split_of(ins.test)
-    X = like(float64(as_dask(split["embeddings"])), ins.M)
-    if X.shape[1] != ins.D:
-        raise ValueError(f"test embeddings have dim {X.shape[1]}, stats have {ins.D}")
-    if "labels" not in split:
-        raise ValueError("the test split needs 'labels' for NC4")
-    k_test = split.attrs.get("n_classes") if hasattr(split, "attrs") else None
-    if k_test is not None and int(k_test) != ins.K_all:
-        raise ValueError(
-            f"the test split has n_classes={int(k_test)}, the statistics "
-            f"{ins.K_all}: NC4 needs test data of the same classifier's classes")
-    y = as_dask(split["labels"])
+    X, y = _labelled_split(ins, ins.test, "test", "NC4")
     mG = ins.cls.mG
     kw = dict(tile_size=ins.tile_size, split_every=ins.split_every, budget=ins.memory_budget)
     if ins.nc4_backend == "gemm":
@@ -358,21 +367,11 @@ def _pinv_shares(ins: Inputs) -> da.Array:
     ``nc1_pinv``, so the shares add up to it (less the classes that ``min_count``
     leaves out here but Σ_W still pools).
     """
-    split = split_of(ins.train)
-    if "labels" not in split:
-        raise ValueError("the train split needs 'labels' for nc1_pinv_by_frequency")
-    X = like(float64(as_dask(split["embeddings"])), ins.M)
-    if X.ndim != 2 or X.shape[1] != ins.D:
-        raise ValueError(f"train embeddings have shape {X.shape}, expected (n, {ins.D}) "
-                         "like the statistics")
-    k_train = split.attrs.get("n_classes")
-    if k_train is not None and int(k_train) != ins.K_all:
-        raise ValueError(f"the train split has n_classes={int(k_train)}, the statistics "
-                         f"{ins.K_all}: pass the split they were computed from")
+    X, y = _labelled_split(ins, ins.train, "train", "nc1_pinv_by_frequency")
     L, sign = SG.pinv_factor(ins.Mc, ins.Sw, eps_dtype=ins.cls.eps_dtype, terms=ins.terms)
     lookup = np.full(ins.K_all, -1, dtype=np.int64)
     lookup[ins.kept.present] = np.arange(ins.K)
-    sums = SG.class_pinv_sums(X, as_dask(split["labels"]), ins.M, L, sign, lookup=lookup,
+    sums = SG.class_pinv_sums(X, y, ins.M, L, sign, lookup=lookup,
                               budget=ins.memory_budget, split_every=ins.split_every)
     bin_of = np.zeros(ins.K, dtype=np.int64)
     for i, b in enumerate(ins.bins):

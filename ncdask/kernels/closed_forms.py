@@ -38,6 +38,29 @@ def _undefined(B: Any, Sw: Any, xp: Any) -> bool:
     return not bool(xp.any(B != 0))
 
 
+def between_spectrum(A: Any, n_classes: int, *, from_means: bool,
+                     eps_dtype: Any = None) -> tuple[Any, Any, Any]:
+    """Eigenpairs ``(λ, V, keep)`` of ``Σ_B`` on the smaller side, under torch's pinv cutoff.
+
+    With ``from_means``, ``A`` is the K×D centred means and ``Σ_B = AᵀA/K`` has
+    ``λ = s²/K`` on the right singular vectors (thin SVD); else ``A`` is the
+    D×D ``Σ_B`` itself (symmetric eigendecomposition). ``keep``: ``|λ|`` above
+    ``torch.linalg.pinv``'s cutoff ``D ε max|λ|`` (ε of ``eps_dtype``,
+    default ``A.dtype``). Shared by ``nc1_pinv`` on the D side, ``Σ_B⁺`` and
+    its factor, so all three cut off the same directions.
+    """
+    xp = array_namespace(A)
+    D = A.shape[1]
+    if from_means:
+        _, s, Vt = xp.linalg.svd(A, full_matrices=False)
+        lam, V = s * s / n_classes, Vt.T
+    else:
+        lam, V = xp.linalg.eigh((A + A.T) * 0.5)
+    sig = xp.abs(lam)
+    cut = pinv_cutoff(float(xp.max(sig)) if sig.shape[0] else 0.0, D, eps_dtype or A.dtype, xp)
+    return lam, V, sig > cut
+
+
 def nc1_from_means(
     Mc: Any, Sw: Any, n_classes: int, *, want_svd: bool, eps_dtype: Any = None
 ) -> Any:
@@ -72,20 +95,16 @@ def nc1_from_means(
     """
     xp = array_namespace(Mc, Sw)
     Mc, Sw = xp.asarray(Mc), xp.asarray(Sw)
-    K, D = Mc.shape
     if _undefined(Mc, Sw, xp):
         return xp.asarray([math.nan, math.nan], dtype=Mc.dtype)
     with errstate(xp):
-        _, s, Vt = xp.linalg.svd(Mc, full_matrices=False)
-        sig = s * s / n_classes
-        q = xp.sum((Vt @ Sw) * Vt, axis=1)
-        cut = pinv_cutoff(float(sig[0]) if sig.shape[0] else 0.0, D, eps_dtype or Mc.dtype, xp)
-        keep = sig > cut
+        sig, V, keep = between_spectrum(Mc, n_classes, from_means=True, eps_dtype=eps_dtype)
+        q = xp.sum((V.T @ Sw) * V.T, axis=1)
         pinv = xp.sum(xp.where(keep, q / xp.where(keep, sig, 1.0), 0.0)) / n_classes
         svd = math.nan
         if want_svd:
             top = sig[: n_classes - 1]
-            if top.shape[0] and bool(xp.any(top <= cut)):
+            if top.shape[0] and bool(xp.any(~keep[: n_classes - 1])):
                 svd = math.inf
             else:
                 svd = float(xp.sum(q[: n_classes - 1] / top)) / n_classes
@@ -105,15 +124,10 @@ def nc1_from_between(Sb: Any, Sw: Any, n_classes: int, *, eps_dtype: Any = None)
     """
     xp = array_namespace(Sb, Sw)
     Sb, Sw = xp.asarray(Sb), xp.asarray(Sw)
-    D = Sb.shape[0]
     if _undefined(Sb, Sw, xp):
         return xp.asarray([math.nan], dtype=Sb.dtype)
     with errstate(xp):
-        Sb = (Sb + Sb.T) * 0.5
-        lam, V = xp.linalg.eigh(Sb)
-        sig = xp.abs(lam)
-        cut = pinv_cutoff(float(xp.max(sig)) if D else 0.0, D, eps_dtype or Sb.dtype, xp)
-        keep = sig > cut
+        lam, V, keep = between_spectrum(Sb, n_classes, from_means=False, eps_dtype=eps_dtype)
         q = xp.sum((Sw @ V) * V, axis=0)
         val = xp.sum(xp.where(keep, q / xp.where(keep, lam, 1.0), 0.0)) / n_classes
     return xp.reshape(xp.asarray(val, dtype=Sb.dtype), (1,))

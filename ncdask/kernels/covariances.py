@@ -29,7 +29,7 @@ import numpy as np
 
 from ._reduction import Reduction
 from ._xp import array_namespace
-from .closed_forms import pinv_cutoff
+from .closed_forms import between_spectrum
 from .pairwise import errstate
 from .stats import check_labels
 
@@ -218,19 +218,9 @@ def between_pinv(Mc: Any, n_classes: int, *, eps_dtype: Any = None) -> Any:
     xp = array_namespace(Mc)
     Mc = xp.asarray(Mc)
     with errstate(xp):
-        if n_classes:
-            D = Mc.shape[1]
-            _, s, Vt = xp.linalg.svd(Mc, full_matrices=False)
-            sig = s * s / n_classes
-            V = Vt.T
-        else:
-            D = Mc.shape[0]
-            lam, V = xp.linalg.eigh((Mc + Mc.T) * 0.5)
-            sig = lam
-        top = float(xp.max(xp.abs(sig))) if sig.shape[0] else 0.0
-        cut = pinv_cutoff(top, D, eps_dtype or Mc.dtype, xp)
-        keep = xp.abs(sig) > cut
-        inv = xp.where(keep, 1.0 / xp.where(keep, sig, 1.0), 0.0)
+        lam, V, keep = between_spectrum(Mc, n_classes, from_means=bool(n_classes),
+                                        eps_dtype=eps_dtype)
+        inv = xp.where(keep, 1.0 / xp.where(keep, lam, 1.0), 0.0)
         return (V * inv[None, :]) @ V.T
 
 

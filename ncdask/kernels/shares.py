@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ._xp import array_namespace, to_numpy
-from .closed_forms import _undefined, pinv_cutoff
+from .closed_forms import _undefined, between_spectrum
 from .pairwise import errstate
 
 
@@ -59,15 +59,9 @@ def pinv_factor(A: Any, Sw: Any, n_classes: int, *, from_means: bool,
     if _undefined(A, Sw, xp):
         return xp.full((D + 1, R), np.nan, dtype=A.dtype)
     with errstate(xp):
-        if from_means:
-            _, s, Vt = xp.linalg.svd(A, full_matrices=False)
-            lam, V = s * s / n_classes, Vt.T
-        else:
-            lam, V = xp.linalg.eigh((A + A.T) * 0.5)
+        lam, V, keep = between_spectrum(A, n_classes, from_means=from_means,
+                                        eps_dtype=eps_dtype)
         sig = xp.abs(lam)
-        cut = pinv_cutoff(float(xp.max(sig)) if sig.shape[0] else 0.0, D,
-                          eps_dtype or A.dtype, xp)
-        keep = sig > cut
         scale = xp.where(keep, 1.0 / xp.sqrt(xp.where(keep, sig, 1.0)), 0.0)
         sign = xp.where(keep, xp.sign(lam), 0.0)
         return xp.concatenate([V * scale[None, :], sign[None, :]], axis=0)
