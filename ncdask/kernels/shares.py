@@ -156,6 +156,8 @@ def bin_shares(sums: Any, expected: np.ndarray, bin_of: np.ndarray, n_bins: int,
         raise ValueError(
             f"the train split does not match the class statistics: {bad.size} measured "
             f"class(es) have other counts (position {int(bad[0])}: {int(n[bad[0]])} samples, "
-            f"the statistics {int(expected[bad[0]])}); pass the split they were computed from")
+            f"the statistics {int(expected[bad[0]])}): pass the split they were computed from; "
+            "if it is that split, its store was damaged after they were computed (a labels "
+            "chunk deleted or rewritten)")
     out = np.bincount(np.asarray(bin_of), weights=S, minlength=n_bins) / float(denom)
     return xp.asarray(out, dtype=xp.float64)
