@@ -22,11 +22,11 @@ import time
 import numpy as np
 
 import ncdask
-from ncdask.demo import MLP
+from ncdask._demo.demo import MLP
 
 
 def _forward64(mlp, X):
-    """The hidden layers in float64, as :func:`ncdask.demo.penultimate` computes them."""
+    """The hidden layers in float64, as :func:`ncdask._demo.demo.penultimate` computes them."""
     h = [np.asarray(X, dtype=np.float64)]
     for W, b in zip(mlp.coefs64[:-1], mlp.intercepts64[:-1], strict=True):
         h.append(np.maximum(h[-1] @ W + b, 0))

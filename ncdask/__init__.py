@@ -13,11 +13,11 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
+from ncdask._version import __version__
 
 #: public name -> submodule that defines it
 _WHERE: dict[str, str] = {
-    "capture": "capture",
+    "capture": "hooks",
     "class_covariances": "covariances",
     "class_nc1": "covariances",
     "class_spectra": "covariances",
@@ -37,16 +37,16 @@ _WHERE: dict[str, str] = {
     "EmbeddingStore": "store",
     "StoreWriter": "store",
     "resolve_split": "store",
-    "sweep": "sweep",
+    "sweep": "sweeps",
     "save_results": "results",
     "open_results": "results",
-    "IncompleteOutputError": "_zarrio",
+    "IncompleteOutputError": "store.zarrio",
     "DuplicateImportError": "store",
     "DamagedStoreError": "store",
-    "check_store": "check",
+    "check_store": "store.check",
     "StatsAccumulator": "accumulate",
     "StatsSink": "accumulate",
-    "EvalAccumulator": "evaluate",
+    "EvalAccumulator": "metrics.evaluate",
 }
 
 #: Reference-compatible and peer functions: importable from here as before, but they
@@ -78,24 +78,24 @@ _COMPAT = frozenset({
 })
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exports them
-    from ._zarrio import IncompleteOutputError
-    from .accumulate import StatsAccumulator, StatsSink
-    from .capture import capture
-    from .check import check_store
-    from .covariances import class_covariances, class_nc1, class_spectra
-    from .evaluate import EvalAccumulator
-    from .metrics import DegenerateInputWarning, RieszRangeWarning, measure
-    from .neco import nci_scores, neco_fit, neco_scores, ood_report, total_covariance
-    from .results import open_results, save_results
-    from .stats import EmptyClassWarning, class_stats, load_stats, merge_stats, save_stats
-    from .store import (
+    from ncdask.store.zarrio import IncompleteOutputError
+    from ncdask.accumulate import StatsAccumulator, StatsSink
+    from ncdask.hooks import capture
+    from ncdask.store.check import check_store
+    from ncdask.covariances import class_covariances, class_nc1, class_spectra
+    from ncdask.metrics.evaluate import EvalAccumulator
+    from ncdask.metrics.api import DegenerateInputWarning, RieszRangeWarning, measure
+    from ncdask.neco import nci_scores, neco_fit, neco_scores, ood_report, total_covariance
+    from ncdask.results import open_results, save_results
+    from ncdask.stats.core import EmptyClassWarning, class_stats, load_stats, merge_stats, save_stats
+    from ncdask.store.embedding import (
         DamagedStoreError,
         DuplicateImportError,
         EmbeddingStore,
         StoreWriter,
         resolve_split,
     )
-    from .sweep import sweep
+    from ncdask.sweeps import sweep
 
 
 def __getattr__(name: str) -> Any:
@@ -103,7 +103,7 @@ def __getattr__(name: str) -> Any:
     if mod is None:
         if name.startswith("__"):
             raise AttributeError(f"module 'ncdask' has no attribute {name!r}")
-        try:  # a submodule, as ``ncdask.metrics`` was with eager imports
+        try:  # a submodule, as ``ncdask.metrics.api`` was with eager imports
             return importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError as e:
             if e.name != f"{__name__}.{name}":
@@ -119,9 +119,9 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """Keeps ``ncdask.sweep`` and ``ncdask.capture`` the functions.
+    """Keeps ``ncdask.sweeps`` and ``ncdask.hooks`` the functions.
 
-    Importing the submodule of the same name (``from ncdask.sweep import
+    Importing the submodule of the same name (``from ncdask.sweeps import
     sweep``) would otherwise rebind the package attribute to the module;
     the modules stay reachable in ``sys.modules``.
     """

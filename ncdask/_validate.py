@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .kernels._xp import to_numpy
+from ncdask.kernels._xp import to_numpy
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")  # a leading '.' is ncdask's
 

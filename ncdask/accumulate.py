@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._inputs import as_array
-from ._setkey import SetKey
-from ._validate import check_ignore_index
-from .kernels import stats as K
-from .kernels import stream as KS
-from .kernels._xp import array_namespace, to_numpy
+from ncdask.metrics.inputs import as_array
+from ncdask.store.setkey import SetKey
+from ncdask._validate import check_ignore_index
+from ncdask.kernels import stats as K
+from ncdask.kernels import stream as KS
+from ncdask.kernels._xp import array_namespace, to_numpy
 
 BUFFER_BYTES = 32 * 2**20
 """Largest row buffer of one accumulator (rows × D × itemsize), bytes."""
@@ -198,9 +198,9 @@ class StatsAccumulator:
         """
         import dask
 
-        from .graph.pairwise import default_tile_size
-        from .graph.tiled_stats import assemble, finish_dense
-        from .stats import labelled_stats
+        from ncdask.graph.pairwise import default_tile_size
+        from ncdask.graph.tiled_stats import assemble, finish_dense
+        from ncdask.stats.core import labelled_stats
 
         if self._acc is None:
             raise ValueError("no batch was added yet")
@@ -218,7 +218,7 @@ class StatsAccumulator:
 
 
 class _SinkWriter:
-    """What :func:`ncdask.capture` appends to: one accumulator (a store writer's stand-in)."""
+    """What :func:`ncdask.hooks` appends to: one accumulator (a store writer's stand-in)."""
 
     def __init__(self, update: Any, *, labelled: bool = True) -> None:
         self.update, self.labelled = update, labelled
@@ -238,7 +238,7 @@ class _SinkWriter:
 
 
 class StatsSink:
-    """Where :func:`ncdask.capture` puts statistics instead of embeddings.
+    """Where :func:`ncdask.hooks` puts statistics instead of embeddings.
 
     ``capture(model, loader, StatsSink(K), layers=[...], epoch=e)`` runs the
     same forward pass and hooks as with a store, but each layer's batches go
@@ -329,7 +329,7 @@ class StatsSink:
         return _SinkWriter(self._acc[key].update)
 
     def _evaluator(self, key: SetKey, allow_nonfinite: bool) -> Any:
-        from .evaluate import EvalAccumulator
+        from ncdask.metrics.evaluate import EvalAccumulator
 
         if key not in self._eval:
             train = (self.roles["train"], key)
@@ -379,10 +379,10 @@ class StatsSink:
 
     def sweep(self, over: str = "epoch", split: str = "train", *, layer: str | None = None,
               epoch: int | None = None, **measure_kwargs: Any) -> xr.Dataset:
-        """Every set's metrics along ``over`` (as :func:`ncdask.sweep` gives for a store);
+        """Every set's metrics along ``over`` (as :func:`ncdask.sweeps` gives for a store);
         ``layer=`` / ``epoch=`` keep the sets with that tag. NC4 and NC5 are measured
         where the set's test and OOD splits were captured."""
-        from .metrics import measure
+        from ncdask.metrics.api import measure
 
         fixed = {k: v for k, v in (("layer", layer), ("epoch", epoch)) if v is not None}
         sets = [t for t in self.sets() if over in t

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ._version import __version__
+from ncdask._version import __version__
 
 
 class CLIError(Exception):
@@ -108,8 +108,8 @@ def _examples(*lines: str) -> str:
 
 
 def _metric_help() -> str:
-    # the metric names come from ncdask.metrics, which imports dask: only for --help
-    from .metrics import GROUPS, METRICS
+    # the metric names come from ncdask.metrics.api, which imports dask: only for --help
+    from ncdask.metrics.api import GROUPS, METRICS
 
     groups = "; ".join(f"{g} = {' '.join(v)}" for g, v in GROUPS.items()
                        if g in ("nc1", "nc2", "nc2g", "nc2w", "nc3", "nc4", "nc5"))
@@ -316,7 +316,7 @@ def _say(args: argparse.Namespace, *parts: Any) -> None:
 
 
 def _open_store(url: str, mode: str = "r") -> Any:
-    from .store import EmbeddingStore
+    from ncdask.store.embedding import EmbeddingStore
 
     try:
         return EmbeddingStore.open(url, mode)
@@ -453,7 +453,7 @@ def _bin_table(results: Any, names: list[str]) -> str:
 
 
 def _save_results(results: Any, url: str, overwrite: bool) -> None:
-    from .results import save_results
+    from ncdask.results import save_results
 
     save_results(results, url, overwrite=overwrite)
 
@@ -474,7 +474,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401
         import sklearn  # noqa: F401
 
-        from .demo import run_demo
+        from ncdask._demo.demo import run_demo
     except ImportError as e:
         raise CLIError(f"the demo needs scikit-learn and matplotlib: pip install 'ncdask[demo]' "
                        f"({e})", code=1) from e
@@ -513,8 +513,8 @@ def _load_matrix(path: str, what: str) -> Any:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from .io import inspect_saved
-    from .store import DuplicateImportError, EmbeddingStore
+    from ncdask.store.files import inspect_saved
+    from ncdask.store.embedding import DuplicateImportError, EmbeddingStore
 
     labels = not args.no_labels
     pairs = list(_pairs(args.files, labels))
@@ -627,14 +627,14 @@ def _cmd_rm(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from .scheduler import use_scheduler
-    from .stats import class_stats, save_stats
+    from ncdask.scheduler import use_scheduler
+    from ncdask.stats.core import class_stats, save_stats
 
     store = _open_store(args.url)
     tags = _tags(args)
     _require_split(store, args.split, tags)
     if args.out:
-        from ._zarrio import check_output
+        from ncdask.store.zarrio import check_output
 
         check_output(args.out, "stats", overwrite=args.overwrite)  # before the pass
     with use_scheduler(args.scheduler, quiet=args.quiet) as run:
@@ -650,15 +650,15 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from .metrics import measure
-    from .scheduler import to_gpu, to_host, use_scheduler
-    from .stats import class_stats
+    from ncdask.metrics.api import measure
+    from ncdask.scheduler import to_gpu, to_host, use_scheduler
+    from ncdask.stats.core import class_stats
 
     if args.sweep and (args.epoch is not None):
         raise CLIError("--sweep measures every embedding set; do not pass --epoch with it")
     store = _open_store(args.url)
     if args.out:
-        from ._zarrio import check_output
+        from ncdask.store.zarrio import check_output
 
         check_output(args.out, "results", overwrite=args.overwrite)  # before the pass
     if args.sweep:
@@ -736,7 +736,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         if dim is None:
             print(format_summary(results))
         else:
-            from .demo import format_table
+            from ncdask._demo.demo import format_table
 
             cols = [n for n, v in results.data_vars.items() if v.dims == (dim,)]
             df = results[cols].to_dataframe()
@@ -748,8 +748,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     import dask
 
-    from .check import check_tasks
-    from .scheduler import use_scheduler
+    from ncdask.store.check import check_tasks
+    from ncdask.scheduler import use_scheduler
 
     store = _open_store(args.url)
     report, tasks = check_tasks(store)
@@ -784,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
     int
         The exit status: 0 success, 2 bad input, 1 other failures.
     """
-    from .errors import SchedulerError
+    from ncdask.errors import SchedulerError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     full = bool({"-h", "--help"} & set(argv)) and "analyze" in argv

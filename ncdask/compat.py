@@ -2,13 +2,13 @@
 
 ``from ncdask.compat import covariance_ratio, ...`` gives the functions of
 ``neural_collapse.measure`` and ``.kernels`` with their names, arguments and
-defaults (:mod:`ncdask.reference_api`), and the standalone forms of metrics
-other codebases report (:mod:`ncdask.peers`): arrays in, a float (or a
+defaults (:mod:`ncdask.metrics.reference_api`), and the standalone forms of metrics
+other codebases report (:mod:`ncdask.metrics.peers`): arrays in, a float (or a
 per-class vector, or a lazy K×K grid) out, computed with ncdask's blocked
 kernels. Where a function is a metric of :func:`ncdask.measure`, it computes
-that metric's declaration (:mod:`ncdask.declarations`) on the rows given.
+that metric's declaration (:mod:`ncdask.metrics.declarations`) on the rows given.
 
-The lazy API (:func:`ncdask.measure`, :func:`ncdask.sweep`, ...) is the
+The lazy API (:func:`ncdask.measure`, :func:`ncdask.sweeps`, ...) is the
 top level; these names are still importable from ``ncdask`` as before, but
 are not listed in ``ncdask.__all__``. README.md's migration table maps
 each reference function to its ncdask equivalent.
@@ -16,7 +16,7 @@ each reference function to its ncdask equivalent.
 
 from __future__ import annotations
 
-from .peers import (
+from ncdask.metrics.peers import (
     bias_collapse,
     classifier_equinorm,
     classifier_etf_error,
@@ -24,7 +24,7 @@ from .peers import (
     ood_class_variability,
     self_duality_distance,
 )
-from .reference_api import (
+from ncdask.metrics.reference_api import (
     class_dist_norm_vars,
     clf_ncc_agreement,
     covariance_ratio,

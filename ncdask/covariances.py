@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._inputs import as_dask, kept_classes, split_classes
-from ._inputs import check_stats as _check_stats
-from ._inputs import float64 as _float64
-from ._inputs import global_mean_of as _global_mean_of
-from ._version import __version__
-from .graph import covariances as GC
-from .kernels._xp import to_numpy
-from .store import resolve_split
+from ncdask.metrics.inputs import as_dask, kept_classes, split_classes
+from ncdask.metrics.inputs import check_stats as _check_stats
+from ncdask.metrics.inputs import float64 as _float64
+from ncdask.metrics.inputs import global_mean_of as _global_mean_of
+from ncdask._version import __version__
+from ncdask.graph import covariances as GC
+from ncdask.kernels._xp import to_numpy
+from ncdask.store.embedding import resolve_split
 
 __all__ = ["class_covariances", "class_nc1", "class_spectra"]
 

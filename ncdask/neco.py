@@ -33,16 +33,16 @@ import scipy.stats
 import xarray as xr
 from dask.array.utils import meta_from_array
 
-from ._inputs import as_dask, split_classes
-from ._inputs import check_stats as _check_stats
-from ._inputs import float64 as _float64
-from ._inputs import namespace_of as _namespace_of
-from ._inputs import split_of as _split
-from ._version import __version__
-from .graph import decisions as DG
-from .graph import neco as GN
-from .graph.pairwise import default_tile_size
-from .kernels._xp import to_numpy
+from ncdask.metrics.inputs import as_dask, split_classes
+from ncdask.metrics.inputs import check_stats as _check_stats
+from ncdask.metrics.inputs import float64 as _float64
+from ncdask.metrics.inputs import namespace_of as _namespace_of
+from ncdask.metrics.inputs import split_of as _split
+from ncdask._version import __version__
+from ncdask.graph import decisions as DG
+from ncdask.graph import neco as GN
+from ncdask.graph.pairwise import default_tile_size
+from ncdask.kernels._xp import to_numpy
 
 __all__ = ["total_covariance", "neco_fit", "neco_scores", "nci_scores", "ood_report"]
 

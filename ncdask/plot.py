@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .kernels._xp import to_numpy
+from ncdask.kernels._xp import to_numpy
 
 #: Metrics drawn by :func:`plot_metrics` by default, in this order, when present.
 HEADLINE = (

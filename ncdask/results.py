@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import xarray as xr
 
-from ._zarrio import open_dataset, write_dataset
+from ncdask.store.zarrio import open_dataset, write_dataset
 
 
 def save_results(
     results: xr.Dataset, url: str, *, overwrite: bool = False,
     storage_options: dict | None = None,
 ) -> None:
-    """Write the output of :func:`ncdask.measure` or :func:`ncdask.sweep` to Zarr.
+    """Write the output of :func:`ncdask.measure` or :func:`ncdask.sweeps` to Zarr.
 
     Lazy results are computed as they are written. Every variable keeps its
     ``long_name`` / ``formula`` / ``reference`` attrs; attrs that are None
@@ -60,7 +60,7 @@ def open_results(url: str, *, storage_options: dict | None = None) -> xr.Dataset
     >>> list(back.data_vars), back.nc1_pinv.attrs["long_name"][:3]
     (['nc1_pinv', 'nc2_etf_err'], 'NC1')
     """
-    from .metrics import label_results
+    from ncdask.metrics.api import label_results
 
     ds = open_dataset(url, storage_options=storage_options)
     return label_results(ds)

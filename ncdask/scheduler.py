@@ -28,7 +28,7 @@ from typing import Any
 
 import dask
 
-from .errors import SchedulerError
+from ncdask.errors import SchedulerError
 
 LOCAL = ("threads", "processes", "sync")
 
@@ -251,7 +251,7 @@ def to_host(ds: Any) -> Any:
     xarray.Dataset
         The same Dataset with NumPy data.
     """
-    from .kernels._xp import to_numpy
+    from ncdask.kernels._xp import to_numpy
 
     out = ds.copy()
     for name, var in ds.variables.items():

@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 import ncdask
-from ncdask._zarrio import open_dataset, write_dataset
+from ncdask.store.zarrio import open_dataset, write_dataset
 
 
 def kill_while_replacing(script: str, args: list[str], *, delay: float, after: int = 1,
@@ -71,8 +71,8 @@ while True:
 
 _OUTPUT = """
 import sys, json, numpy as np, xarray as xr
-import ncdask._zarrio as z
-from ncdask._zarrio import write_dataset
+import ncdask.store.zarrio as z
+from ncdask.store.zarrio import write_dataset
 url, opts = sys.argv[1], json.loads(sys.argv[2]) or None
 copy = z._copy_into_place
 def announced(*a, **k):  # the copy phase of a replace on a store without rename

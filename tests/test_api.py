@@ -6,7 +6,7 @@ from dense_metrics import dense_stats
 
 import ncdask
 import ncdask.compat as compat
-from ncdask.declarations import METRICS
+from ncdask.metrics.declarations import METRICS
 
 
 def test_top_level_is_the_lazy_api_and_compat_names_still_import():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ncdask
-from ncdask import store as S
+from ncdask.store import layout as S
 
 K, D = 5, 8
 
@@ -102,7 +102,7 @@ def test_an_unwritable_store_computes_without_a_cache(tmp_path, monkeypatch):
     def refuse(*a, **k):
         raise PermissionError("read-only")
 
-    monkeypatch.setattr(ncdask.stats, "save_stats", refuse)
+    monkeypatch.setattr(ncdask.stats.core, "save_stats", refuse)
     got = ncdask.class_stats(s, "train", cache=True)
     _close(got, ncdask.class_stats(s, "train").compute())
     assert not (tmp_path / "s.zarr" / "train" / ".ncdask-stats").exists() or not any(

@@ -5,8 +5,8 @@ import pytest
 import xarray as xr
 
 import ncdask
-from ncdask.capture import capture
-from ncdask.sweep import sweep
+from ncdask import capture
+from ncdask import sweep
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

@@ -15,7 +15,7 @@ N, K = 200, 3
 
 _RANK = """
 import sys, numpy as np, torch, torch.distributed as dist, ncdask
-from ncdask.capture import capture
+from ncdask import capture
 rank, world, init, url = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
 torch.manual_seed(0)

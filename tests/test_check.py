@@ -84,7 +84,7 @@ def test_nan_written_on_purpose_is_not_damage(tmp_path):
 
 def test_leftovers_of_killed_writers_are_notes(tmp_path):
     url, s = _store(tmp_path)
-    from ncdask._staging import _host
+    from ncdask.store.staging import _host
 
     left = pathlib.Path(url, f".import-train-{_host()}-999999999-0123456789ab")
     zarr.open_group(str(left), mode="w")  # a staged split whose process is gone

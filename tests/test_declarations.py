@@ -1,6 +1,6 @@
 """Every declared metric against the dense reference, at several tile sizes and chunkings.
 
-A metric is a declaration in :data:`ncdask.declarations.METRICS`; this test is
+A metric is a declaration in :data:`ncdask.metrics.declarations.METRICS`; this test is
 parametrised over that table, so a new declaration without a dense reference
 (``tests/dense_metrics.py``) fails here.
 """
@@ -11,7 +11,7 @@ import pytest
 from dense_metrics import dense_metrics, dense_stats, golden, split
 
 import ncdask
-from ncdask.declarations import METRICS, ON_REQUEST, Metric
+from ncdask.metrics.declarations import METRICS, ON_REQUEST, Metric
 from ncdask.graph.pairwise import pairwise_moments
 from ncdask.kernels.pairwise import FINAL
 

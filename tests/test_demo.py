@@ -14,7 +14,7 @@ from matplotlib.image import imread  # noqa: E402
 
 import ncdask  # noqa: E402
 from ncdask.cli import main  # noqa: E402
-from ncdask.demo import (  # noqa: E402
+from ncdask._demo.demo import (  # noqa: E402
     EPOCHS,
     HIDDEN,
     MLP,

@@ -14,7 +14,7 @@ import zarr
 from killing import classifier_survives_kills, output_survives_kills
 
 import ncdask
-from ncdask._zarrio import open_dataset, write_dataset
+from ncdask.store.zarrio import open_dataset, write_dataset
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.15])
@@ -68,6 +68,6 @@ def test_an_interrupted_replace_is_finished_or_refused(tmp_path):
 
 
 def _host():
-    from ncdask._staging import _host
+    from ncdask.store.staging import _host
 
     return _host()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from dense_metrics import dense_stats, split
 
-from ncdask import reference_api as R
+from ncdask.metrics import reference_api as R
 from ncdask.metrics import measure
 
 

@@ -15,7 +15,7 @@ from dense_metrics import (
 )
 
 import ncdask
-from ncdask import peers
+from ncdask.metrics import peers
 from ncdask.metrics import measure
 
 # --------------------------------------------------------------------------- nc1_ood_class

@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 from dense_metrics import dense_metrics, dense_stats, small_case
 
-from ncdask import peers
+from ncdask.metrics import peers
 from ncdask.metrics import measure
 
 # --------------------------------------------------------------------------- standalone functions

@@ -194,7 +194,7 @@ def test_plot_metrics_ylabel_falls_back_to_the_name_and_no_cue_without_direction
 
 
 def test_log_x_for_log_spaced_epochs_linear_for_even_ones():
-    from ncdask.demo import default_checkpoints
+    from ncdask._demo.demo import default_checkpoints
     from ncdask.plot import log_spaced
 
     geo = default_checkpoints(300)

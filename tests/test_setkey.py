@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ncdask
-from ncdask._setkey import DEFAULT, SET_TAGS, SetKey
+from ncdask.store.setkey import DEFAULT, SET_TAGS, SetKey
 
 
 def test_default_set():
@@ -111,10 +111,9 @@ def test_the_store_modules_keep_their_import_paths():
     from ncdask import store
 
     for name in ("EmbeddingStore", "StoreWriter", "resolve_split", "array_backend", "on_backend",
-                 "DuplicateImportError", "DamagedStoreError", "WRITERS_KEY", "SET_TAGS",
-                 "CHUNK_BYTES", "FORMAT", "default_codec", "_put_once", "_NamedChunks"):
+                 "DuplicateImportError", "DamagedStoreError", "NcdaskStoreError", "CHUNK_BYTES"):
         assert hasattr(store, name), name
-    assert ncdask.StoreWriter is store.StoreWriter and store.WRITERS_KEY == "ncdask.writers"
+    assert ncdask.StoreWriter is store.StoreWriter
     for method in ("append", "writer", "set_classifier", "classifier", "import_files", "split",
                    "splits", "sets", "dim_of", "create_set", "delete_split", "n_rows", "sources"):
         assert callable(getattr(store.EmbeddingStore, method)), method

@@ -254,7 +254,7 @@ def test_import_saved_files(tmp_path, mem_url, fmt):
 
 
 def test_iter_saved_arrays_streams_blocks(tmp_path):
-    from ncdask.io import iter_saved_arrays
+    from ncdask.store.files import iter_saved_arrays
 
     X = np.arange(40, dtype=np.float64).reshape(20, 2)
     np.savez_compressed(tmp_path / "d.npz", X=X, Y=np.arange(20) % 3)

@@ -5,7 +5,7 @@ import pytest
 import xarray as xr
 
 import ncdask
-from ncdask.sweep import sweep
+from ncdask import sweep
 
 K, D = 4, 6
 METRICS = ["nc1_quot", "nc1_pinv", "nc2_etf_err", "nc3_dual_err", "nc3_bias", "nc4_agree",

@@ -1,5 +1,5 @@
 """Dask graph construction from the per-chunk kernels (public dask API only)."""
 
-from ._blas import install as _install_blas_callback
+from ncdask.graph._blas import install as _install_blas_callback
 
 _install_blas_callback()

@@ -43,7 +43,7 @@ from dask.delayed import Delayed
 from dask.graph_manipulation import bind
 from dask.highlevelgraph import HighLevelGraph
 
-from ..kernels._reduction import Reduction
+from ncdask.kernels._reduction import Reduction
 
 #: Most chains of accumulation a fold runs side by side.
 MAX_CHAINS = 8

@@ -16,8 +16,8 @@ import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
 
-from ..kernels import closed_forms as C
-from ._reduce import fields, fold_rows
+from ncdask.kernels import closed_forms as C
+from ncdask.graph._reduce import fields, fold_rows
 
 
 def whole_block(x: da.Array) -> Any:

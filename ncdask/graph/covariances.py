@@ -28,9 +28,9 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from ..kernels import covariances as KC
-from ._reduce import chains, gate, row_keys
-from .closed_forms import gram, whole_block
+from ncdask.kernels import covariances as KC
+from ncdask.graph._reduce import chains, gate, row_keys
+from ncdask.graph.closed_forms import gram, whole_block
 
 #: Default bytes of one class chunk of covariances (``C · D² · 8``).
 COV_CHUNK_BYTES = 32 * 2**20

@@ -8,10 +8,10 @@ import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
 
-from ..kernels import decisions as Dk
-from ..kernels._xp import to_numpy
-from ._reduce import fold_rows, reduce_blocks
-from .pairwise import _tiles, resolve_budget
+from ncdask.kernels import decisions as Dk
+from ncdask.kernels._xp import to_numpy
+from ncdask.graph._reduce import fold_rows, reduce_blocks
+from ncdask.graph.pairwise import _tiles, resolve_budget
 
 
 def _decision_task(X, mG, W, b, Mc, g, *, ncc):

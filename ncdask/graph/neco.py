@@ -10,8 +10,8 @@ import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
 
-from ..kernels import neco as KN
-from .closed_forms import gram, whole_block
+from ncdask.kernels import neco as KN
+from ncdask.graph.closed_forms import gram, whole_block
 
 
 def total_covariance(
@@ -138,7 +138,7 @@ def nci_scores(X: da.Array, W: da.Array, b: da.Array, mG: da.Array, *, alpha: fl
     (:func:`ncdask.graph.decisions.decisions` without the NCC); ``g = b + W μ_G``
     is one K-vector. Rows where ``mask`` is False get NaN.
     """
-    from . import decisions as DG
+    from ncdask.graph import decisions as DG
 
     K, D = W.shape
     zeros = da.zeros(D, dtype=np.float64, chunks=-1)

@@ -23,8 +23,8 @@ import numpy as np
 from dask.array.utils import meta_from_array
 from dask.utils import parse_bytes
 
-from ..kernels import pairwise as P
-from ._reduce import reduce_blocks
+from ncdask.kernels import pairwise as P
+from ncdask.graph._reduce import reduce_blocks
 
 #: Default bytes of tile-sized temporaries one blocked task may hold (the
 #: pairwise tiles here, the NC4 blocks of :mod:`ncdask.graph.decisions`).

@@ -18,9 +18,9 @@ import numpy as np
 from dask.array.core import PerformanceWarning
 from dask.array.utils import meta_from_array
 
-from ..kernels import shares as KS
-from .closed_forms import delayed_array, gram
-from .pairwise import resolve_budget
+from ncdask.kernels import shares as KS
+from ncdask.graph.closed_forms import delayed_array, gram
+from ncdask.graph.pairwise import resolve_budget
 
 #: Bytes per number of a block (float64).
 ITEMSIZE = 8

@@ -7,8 +7,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from ..kernels import stats as K
-from ._reduce import fields, fold_rows
+from ncdask.kernels import stats as K
+from ncdask.graph._reduce import fields, fold_rows
 
 
 def stats_arrays(

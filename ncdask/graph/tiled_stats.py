@@ -53,15 +53,15 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from ..kernels import tiled_stats as KT
-from ..kernels._reduction import Reduction
-from ..kernels._xp import array_namespace, to_numpy
-from ._reduce import READ_LAG, gate, n_chains
-from ._reduce import chains as fold_chains
-from .closed_forms import gram
+from ncdask.kernels import tiled_stats as KT
+from ncdask.kernels._reduction import Reduction
+from ncdask.kernels._xp import array_namespace, to_numpy
+from ncdask.graph._reduce import READ_LAG, gate, n_chains
+from ncdask.graph._reduce import chains as fold_chains
+from ncdask.graph.closed_forms import gram
 
 #: Dask config key of the statistics budget (bytes or a string like "1GiB").
-STATS_BUDGET_KEY = "ncdask.stats-budget"
+STATS_BUDGET_KEY = "ncdask.stats.core-budget"
 #: Default bytes the statistics pass may hold in its class partials (besides
 #: the row chunks in flight and the D×D scatters).
 STATS_BUDGET = 3 * 2**29  # 1.5 GiB
@@ -69,7 +69,7 @@ STATS_BUDGET = 3 * 2**29  # 1.5 GiB
 
 def stats_budget(budget: int | str | None = None) -> int:
     """The statistics budget: ``budget``, else the config key, else :data:`STATS_BUDGET`."""
-    from .pairwise import configured_budget
+    from ncdask.graph.pairwise import configured_budget
 
     return configured_budget(budget, STATS_BUDGET_KEY, STATS_BUDGET)
 

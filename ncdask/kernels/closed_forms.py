@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ._reduction import Reduction, sum_all, sum_fields
-from ._xp import array_namespace
-from .pairwise import errstate
+from ncdask.kernels._reduction import Reduction, sum_all, sum_fields
+from ncdask.kernels._xp import array_namespace
+from ncdask.kernels.pairwise import errstate
 
 
 def pinv_cutoff(sigma_max: float, dim: int, dtype: Any, xp: Any) -> float:
@@ -156,7 +156,7 @@ def gram_effective_rank(G: Any, *, singular: bool = False) -> Any:
     singular values of ``A`` when ``G = AᵀA`` or ``AAᵀ``. Either Gram of a
     matrix has the same non-zero eigenvalues, so the smaller one serves.
     """
-    from .covariances import effective_rank
+    from ncdask.kernels.covariances import effective_rank
 
     xp = array_namespace(G)
     if not bool(xp.all(xp.isfinite(G))):  # eigvalsh would raise: NaN, as the other metrics

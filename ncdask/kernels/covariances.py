@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from ._reduction import Reduction
-from ._xp import array_namespace
-from .closed_forms import between_spectrum
-from .pairwise import errstate
-from .stats import check_labels
+from ncdask.kernels._reduction import Reduction
+from ncdask.kernels._xp import array_namespace
+from ncdask.kernels.closed_forms import between_spectrum
+from ncdask.kernels.pairwise import errstate
+from ncdask.kernels.stats import check_labels
 
 CovPartial = dict[str, Any]
 

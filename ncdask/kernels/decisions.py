@@ -10,10 +10,10 @@ import functools
 import threading
 from typing import Any
 
-from ._reduction import Reduction, identity
-from ._xp import array_namespace
-from .pairwise import errstate
-from .stats import class_sums
+from ncdask.kernels._reduction import Reduction, identity
+from ncdask.kernels._xp import array_namespace
+from ncdask.kernels.pairwise import errstate
+from ncdask.kernels.stats import class_sums
 
 #: Columns of a decision block: best logit, its class, best NCC score, its class.
 DECISION = ("lin_score", "lin_class", "ncc_score", "ncc_class")
@@ -148,7 +148,7 @@ def faiss_nearest(X: Any, mG: Any, Mc: Any) -> Any:
     import faiss  # optional dependency, imported only when asked for
     import numpy as np
 
-    from ._xp import to_numpy
+    from ncdask.kernels._xp import to_numpy
 
     xp = array_namespace(X)
     if X.shape[0] and getattr(xp, "__name__", "") == "cupy":  # pragma: no cover - needs a GPU

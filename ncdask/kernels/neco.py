@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._xp import array_namespace
-from .pairwise import errstate
+from ncdask.kernels._xp import array_namespace
+from ncdask.kernels.pairwise import errstate
 
 
 def pca_of_total_covariance(

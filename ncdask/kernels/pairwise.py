@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from ._reduction import Reduction, identity
-from ._xp import array_namespace, to_numpy
+from ncdask.kernels._reduction import Reduction, identity
+from ncdask.kernels._xp import array_namespace, to_numpy
 
 #: Slots of a moments row.
 SLOTS = ("n", "mean", "m2", "log_scale", "n_posinf", "n_neginf", "n_nan")

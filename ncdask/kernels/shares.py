@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ._xp import array_namespace, to_numpy
-from .closed_forms import _undefined, between_spectrum
-from .pairwise import errstate
+from ncdask.kernels._xp import array_namespace, to_numpy
+from ncdask.kernels.closed_forms import _undefined, between_spectrum
+from ncdask.kernels.pairwise import errstate
 
 
 def pinv_factor(A: Any, Sw: Any, n_classes: int, *, from_means: bool,

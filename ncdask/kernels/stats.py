@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from ._reduction import Reduction
-from ._xp import array_namespace
+from ncdask.kernels._reduction import Reduction
+from ncdask.kernels._xp import array_namespace
 
 Partial = dict[str, Any]
 
@@ -296,7 +296,7 @@ def refuse_nonfinite(block: Any, present: Any = None, *, what: str = "", where: 
     ``block``) limits the check to classes with samples (an empty class's
     NaN mean is by definition).
     """
-    from ._xp import array_namespace
+    from ncdask.kernels._xp import array_namespace
 
     xp = array_namespace(block)
     bad = ~xp.isfinite(block)
@@ -304,7 +304,7 @@ def refuse_nonfinite(block: Any, present: Any = None, *, what: str = "", where: 
         p = xp.asarray(present)
         bad = bad & (p.reshape(p.shape + (1,) * (block.ndim - 1)))
     if bool(xp.any(bad)):
-        from .._validate import NcdaskStoreError
+        from ncdask._validate import NcdaskStoreError
 
         raise NcdaskStoreError(
             f"{where}: {what} holds NaN or inf although the split was written without "

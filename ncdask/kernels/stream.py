@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._xp import array_namespace
-from .stats import check_labels, class_sums
-from .tiled_stats import scatter_add
+from ncdask.kernels._xp import array_namespace
+from ncdask.kernels.stats import check_labels, class_sums
+from ncdask.kernels.tiled_stats import scatter_add
 
 
 def empty(n_classes: int, dim: int, dtype: Any, xp: Any) -> dict[str, Any]:

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ._reduction import Reduction, sum_fields
-from ._xp import array_namespace
-from .stats import check_labels, class_sums, merge_many
+from ncdask.kernels._reduction import Reduction, sum_fields
+from ncdask.kernels._xp import array_namespace
+from ncdask.kernels.stats import check_labels, class_sums, merge_many
 
 #: Bytes of one upcast piece of rows (float64). Pieces of 8 MiB keep the
 #: scatter GEMM at full rate (≥ 256 rows at D ≤ 4096) while the upcast copy

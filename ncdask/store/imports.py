@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ._layout import _check_labelled, _truncate
-from ._record import _advanced, _empty_record, _finite, _snapshot
-from ._setkey import SetKey
-from ._staging import owner_tag
-from ._validate import NcdaskStoreError, batch_to_numpy, check_name
-from ._zarrio import rename
+from ncdask.store.layout import _check_labelled, _truncate
+from ncdask.store.record import _advanced, _empty_record, _finite, _snapshot
+from ncdask.store.setkey import SetKey
+from ncdask.store.staging import owner_tag
+from ncdask._validate import NcdaskStoreError, batch_to_numpy, check_name
+from ncdask.store.zarrio import rename
 
 
 class DuplicateImportError(NcdaskStoreError):
@@ -120,7 +120,7 @@ class ImportsMixin:
         ValueError
             Bad files (nothing is written).
         """
-        from .io import inspect_saved
+        from ncdask.store.files import inspect_saved
 
         self._require_writable()
         check_name("split", split)
@@ -197,7 +197,7 @@ class ImportsMixin:
         number of ignored labels, the number of blocks written and whether
         every value was finite.
         """
-        from .io import iter_saved_arrays
+        from ncdask.store.files import iter_saved_arrays
 
         rows = int(g["embeddings"].chunks[0])
         end, counts, n_ign, blocks, finite = start, None, 0, 0, True

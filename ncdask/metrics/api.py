@@ -71,22 +71,22 @@ import numpy as np
 import xarray as xr
 from dask.array.utils import meta_from_array
 
-from ._inputs import (
+from ncdask.metrics.inputs import (
     as_dask,
     class_inputs,
     kept_classes,
 )
-from ._inputs import check_stats as _check_stats
-from ._inputs import like as _like
-from ._inputs import namespace_of as _namespace_of
-from ._inputs import split_of as _split
-from ._version import __version__
-from .declarations import GROUPS, METRICS, ON_REQUEST, Inputs, Metric, MetricInfo  # noqa: F401
-from .evaluate import check_role, is_summary, ood_class_from_summary, summary_dim
-from .graph import closed_forms as CF
-from .graph.pairwise import default_tile_size, resolve_budget
-from .graph.stats import stats_arrays
-from .kernels.pairwise import RieszRangeWarning  # noqa: F401 - re-exported with measure
+from ncdask.metrics.inputs import check_stats as _check_stats
+from ncdask.metrics.inputs import like as _like
+from ncdask.metrics.inputs import namespace_of as _namespace_of
+from ncdask.metrics.inputs import split_of as _split
+from ncdask._version import __version__
+from ncdask.metrics.declarations import GROUPS, METRICS, ON_REQUEST, Inputs, Metric, MetricInfo  # noqa: F401
+from ncdask.metrics.evaluate import check_role, is_summary, ood_class_from_summary, summary_dim
+from ncdask.graph import closed_forms as CF
+from ncdask.graph.pairwise import default_tile_size, resolve_budget
+from ncdask.graph.stats import stats_arrays
+from ncdask.kernels.pairwise import RieszRangeWarning  # noqa: F401 - re-exported with measure
 
 
 class DegenerateInputWarning(UserWarning):
@@ -153,7 +153,7 @@ def label_results(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _ood_labels_for_one_class(yo: Any, ignore_index: int | None) -> Any:
-    from .kernels._xp import array_namespace
+    from ncdask.kernels._xp import array_namespace
 
     xp = array_namespace(yo)
     yo = xp.asarray(yo)
@@ -519,7 +519,7 @@ def measure(
     Returns
     -------
     xarray.Dataset
-        Scalar metrics and per-class companions (see :mod:`ncdask.metrics`),
+        Scalar metrics and per-class companions (see :mod:`ncdask.metrics.api`),
         each with ``long_name``, ``formula`` and ``reference`` attrs; Dataset
         attrs ``n_classes``, ``n_classes_measured``, ``empty_classes``,
         ``filtered_classes``, ``min_count``, ``tile_size``, ``memory_budget``, ``left_out``
@@ -541,7 +541,7 @@ def measure(
     Examples
     --------
     >>> import numpy as np, xarray as xr, dask.array as da
-    >>> from ncdask.metrics import measure
+    >>> from ncdask.metrics.api import measure
     >>> rng = np.random.default_rng(0)
     >>> K, D = 4, 6
     >>> means = rng.normal(size=(K, D))

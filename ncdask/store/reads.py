@@ -16,10 +16,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._layout import _is_labelled, _naming_broken_metadata, _read
-from ._record import _check_record, _record, _snapshot
-from ._setkey import SetKey
-from ._version import __version__
+from ncdask.store.layout import _is_labelled, _naming_broken_metadata, _read
+from ncdask.store.record import _check_record, _record, _snapshot
+from ncdask.store.setkey import SetKey
+from ncdask._version import __version__
 
 
 class ReadsMixin:

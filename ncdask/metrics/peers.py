@@ -2,7 +2,7 @@
 
 The same quantities as :func:`ncdask.measure`'s ``nc2w_*``, ``nc3_papyan``,
 ``nc3_bias`` and ``nc1_ood_class`` variables (SPEC.md, "Beyond the
-reference"), in the style of :mod:`ncdask.reference_api`: arrays in (NumPy,
+reference"), in the style of :mod:`ncdask.metrics.reference_api`: arrays in (NumPy,
 CuPy, dask, xarray or PyTorch), a Python ``float`` out, computed in float64
 with ncdask's blocked kernels, so that no K×K matrix is formed. Rows are
 taken as given: drop empty classes first (:func:`ncdask.measure` does).
@@ -27,9 +27,9 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._inputs import as_dask, class_rows, computed_float
-from .declarations import evaluate
-from .metrics import measure
+from ncdask.metrics.inputs import as_dask, class_rows, computed_float
+from ncdask.metrics.declarations import evaluate
+from ncdask.metrics.api import measure
 
 Array = Any
 
@@ -92,7 +92,7 @@ def classifier_etf_error(W: Array) -> float:
     Examples
     --------
     >>> import numpy as np
-    >>> from ncdask.peers import classifier_etf_error
+    >>> from ncdask.metrics.peers import classifier_etf_error
     >>> W = np.eye(4) - 0.25  # a simplex ETF
     >>> round(classifier_etf_error(W), 6)
     0.0
@@ -123,7 +123,7 @@ def classifier_equinorm(W: Array) -> float:
     Examples
     --------
     >>> import numpy as np
-    >>> from ncdask.peers import classifier_equinorm
+    >>> from ncdask.metrics.peers import classifier_equinorm
     >>> classifier_equinorm(np.array([[1.0, 0.0], [0.0, 3.0]]))
     0.7071067811865476
     """
@@ -155,7 +155,7 @@ def classifier_max_angle(W: Array, tile_size: int | None = None) -> float:
     Examples
     --------
     >>> import numpy as np
-    >>> from ncdask.peers import classifier_max_angle
+    >>> from ncdask.metrics.peers import classifier_max_angle
     >>> round(classifier_max_angle(np.eye(3) - 1 / 3), 12)
     0.0
     """
@@ -189,7 +189,7 @@ def self_duality_distance(W: Array, M: Array, m_G: Array = 0) -> float:
     Examples
     --------
     >>> import numpy as np
-    >>> from ncdask.peers import self_duality_distance
+    >>> from ncdask.metrics.peers import self_duality_distance
     >>> M = np.eye(3)
     >>> round(self_duality_distance(3 * (M - M.mean(0)), M, M.mean(0)), 12)
     0.0
@@ -223,7 +223,7 @@ def bias_collapse(W: Array, b: Array = None, m_G: Array = 0) -> float:
     Examples
     --------
     >>> import numpy as np
-    >>> from ncdask.peers import bias_collapse
+    >>> from ncdask.metrics.peers import bias_collapse
     >>> bias_collapse(np.eye(2), np.array([3.0, 0.0]), np.array([0.0, 4.0]))
     5.0
     """

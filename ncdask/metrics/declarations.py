@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 from dask.array.utils import meta_from_array
 
-from ._inputs import (
+from ncdask.metrics.inputs import (
     ClassInputs,
     KeptClasses,
     as_dask,
@@ -33,13 +33,13 @@ from ._inputs import (
     split_of,
     take_rows,
 )
-from .evaluate import agreement_from_summary, is_summary, ood_mean_from_summary, summary_dim
-from .graph import closed_forms as CF
-from .graph import decisions as DG
-from .graph import shares as SG
-from .graph.pairwise import pairwise_moments
-from .kernels import shares as KS
-from .kernels.pairwise import FINAL
+from ncdask.metrics.evaluate import agreement_from_summary, is_summary, ood_mean_from_summary, summary_dim
+from ncdask.graph import closed_forms as CF
+from ncdask.graph import decisions as DG
+from ncdask.graph import shares as SG
+from ncdask.graph.pairwise import pairwise_moments
+from ncdask.kernels import shares as KS
+from ncdask.kernels.pairwise import FINAL
 
 PAPYAN = (
     "Papyan, Han & Donoho (2020), Prevalence of neural collapse during the terminal "
@@ -324,7 +324,7 @@ def _nc3_bias(ins: Inputs) -> da.Array:
 
 
 def _nc1_ood_class(ins: Inputs) -> da.Array:
-    from .metrics import ood_class_nc1
+    from ncdask.metrics.api import ood_class_nc1
 
     stats = ins.stats
     n_id = (int(np.asarray(stats["n_samples"].values)) if "n_samples" in stats

@@ -37,10 +37,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._layout import _read
-from ._record import _record, _snapshot
-from ._setkey import SetKey
-from .store import EmbeddingStore
+from ncdask.store.layout import _read
+from ncdask.store.record import _record, _snapshot
+from ncdask.store.setkey import SetKey
+from ncdask.store.embedding import EmbeddingStore
 
 #: Folder of a split's cached statistics.
 CACHE_DIR = ".ncdask-stats"
@@ -75,8 +75,8 @@ def _entries(store: EmbeddingStore, g: Any, key: dict[str, Any]) -> list[tuple[s
     """
     import fsspec
 
-    from ._staging import is_staging
-    from ._zarrio import _complete
+    from ncdask.store.staging import is_staging
+    from ncdask.store.zarrio import _complete
 
     folder = _folder(store, g)
     fs, path = fsspec.core.url_to_fs(folder, **(store._storage_options or {}))
@@ -129,8 +129,8 @@ def cached_class_stats(
     ``compute(data, **options)`` is :func:`ncdask.class_stats` without the cache;
     ``options`` its keyword arguments.
     """
-    from ._zarrio import IncompleteOutputError
-    from .stats import EmptyClassWarning, load_stats, merge_stats, save_stats
+    from ncdask.store.zarrio import IncompleteOutputError
+    from ncdask.stats.core import EmptyClassWarning, load_stats, merge_stats, save_stats
 
     g = store._split_group(split, set_key, create=False)
     parts = _parts(store, g)
@@ -189,7 +189,7 @@ def _keep(out: xr.Dataset, store: EmbeddingStore, g: Any, key: dict, cover: list
     store cannot be written. Older entries of the key, long superseded, are removed."""
     import time
 
-    from ._staging import owner_tag
+    from ncdask.store.staging import owner_tag
 
     so = store._storage_options
     url = f"{_folder(store, g)}/{_prefix(key)}{owner_tag()}"

@@ -42,12 +42,12 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._inputs import as_dask, class_rows, computed_float
-from .declarations import METRICS, Inputs, evaluate
-from .graph import closed_forms as CF
-from .graph.pairwise import pair_grid
-from .kernels._xp import to_numpy
-from .metrics import DegenerateInputWarning
+from ncdask.metrics.inputs import as_dask, class_rows, computed_float
+from ncdask.metrics.declarations import METRICS, Inputs, evaluate
+from ncdask.graph import closed_forms as CF
+from ncdask.graph.pairwise import pair_grid
+from ncdask.kernels._xp import to_numpy
+from ncdask.metrics.api import DegenerateInputWarning
 
 Array = Any
 
@@ -143,7 +143,7 @@ def covariance_ratio(V_intra: Array, M: Array, m_G: Array = 0, metric: str = "pi
     Examples
     --------
     >>> import numpy as np
-    >>> from ncdask.reference_api import covariance_ratio
+    >>> from ncdask.metrics.reference_api import covariance_ratio
     >>> M = np.eye(3)
     >>> round(covariance_ratio(0.1 * np.eye(3), M, M.mean(0), metric="quotient"), 6)
     0.45
@@ -318,7 +318,7 @@ def kernel_stats(
     Examples
     --------
     >>> import numpy as np
-    >>> from ncdask.reference_api import kernel_stats, log_kernel
+    >>> from ncdask.metrics.reference_api import kernel_stats, log_kernel
     >>> M = np.eye(4) - 0.25
     >>> mean, var = kernel_stats(M, M.mean(0), kernel=log_kernel)
     >>> round(mean, 6), round(var, 12)
@@ -591,7 +591,7 @@ def clf_ncc_agreement(
     --------
     >>> import numpy as np
     >>> from types import SimpleNamespace
-    >>> from ncdask.reference_api import clf_ncc_agreement
+    >>> from ncdask.metrics.reference_api import clf_ncc_agreement
     >>> acc = SimpleNamespace(ns_samples=np.array([4, 6]), totals=np.array([3, 3]))
     >>> clf_ncc_agreement(acc), clf_ncc_agreement(acc, weighted=False)
     (0.6, 0.625)

@@ -1,6 +1,6 @@
 """A self-contained demo: watch Neural Collapse happen while a small MLP trains.
 
-    ncdask demo --out ncdask-demo          # or: python -m ncdask.demo [OUT_DIR]
+    ncdask demo --out ncdask-demo          # or: python -m ncdask._demo.demo [OUT_DIR]
 
 No downloads: scikit-learn's bundled ``load_digits`` (1797 8×8 images).
 Digits 0-7 are the in-distribution classes (K = 8, a stratified 75/25
@@ -247,7 +247,7 @@ def train_to_store(
         test / ood, a classifier per set) and the train / test accuracy per
         checkpoint.
     """
-    from .store import EmbeddingStore
+    from ncdask.store.embedding import EmbeddingStore
 
     epochs = EPOCHS if epochs is None else int(epochs)
     cps = sorted(set(checkpoints)) if checkpoints is not None else default_checkpoints(epochs)
@@ -290,7 +290,7 @@ def train_to_store(
 
 
 def measure_store(store: Any, **measure_kwargs: Any) -> xr.Dataset:
-    """Lazy metrics of every epoch set of a store with a ``train`` split: :func:`ncdask.sweep`.
+    """Lazy metrics of every epoch set of a store with a ``train`` split: :func:`ncdask.sweeps`.
 
     Test and OOD splits named ``test`` / ``ood`` and the set's classifier are
     used where present.
@@ -307,7 +307,7 @@ def measure_store(store: Any, **measure_kwargs: Any) -> xr.Dataset:
     xarray.Dataset
         Lazy metrics with an ``epoch`` dim.
     """
-    from .sweep import sweep
+    from ncdask.sweeps import sweep
 
     sets = [s for s in store.sets() if "epoch" in s and "train" in store.splits(**s)]
     if not sets:
@@ -412,9 +412,9 @@ def run_demo(
         Computed metrics with an ``epoch`` dim, plus ``train_acc`` and
         ``test_acc``; also written to ``out_dir/results.zarr``.
     """
-    from .results import save_results
-    from .scheduler import use_scheduler
-    from .stats import class_stats
+    from ncdask.results import save_results
+    from ncdask.scheduler import use_scheduler
+    from ncdask.stats.core import class_stats
 
     epochs = EPOCHS if epochs is None else int(epochs)
     out = Path(out_dir)
@@ -441,7 +441,7 @@ def run_demo(
                                  **RECIPE}
     save_results(results, str(out / "results.zarr"), overwrite=True)  # the demo's own folder
     if plots:
-        from .plot import plot_gram, plot_metrics
+        from ncdask.plot import plot_gram, plot_metrics
 
         plot_metrics(results, "epoch", [m for m in FIGURE if m in results],
                      path=out / "nc_curves.png")

@@ -25,10 +25,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._inputs import as_array, as_dask, check_stats, class_inputs, kept_classes, like
-from .accumulate import StatsAccumulator
-from .kernels import decisions as Dk
-from .kernels._xp import array_namespace, to_numpy
+from ncdask.metrics.inputs import as_array, as_dask, check_stats, class_inputs, kept_classes, like
+from ncdask.accumulate import StatsAccumulator
+from ncdask.kernels import decisions as Dk
+from ncdask.kernels._xp import array_namespace, to_numpy
 
 __all__ = ["EvalAccumulator", "check_role", "is_summary"]
 
@@ -270,7 +270,7 @@ class EvalAccumulator:
 
     def measure(self, **measure_kwargs: Any) -> xr.Dataset:
         """:func:`ncdask.measure` of the statistics with these summaries (lazy)."""
-        from .metrics import measure
+        from ncdask.metrics.api import measure
 
         extra: dict[str, Any] = {}
         if self._W is not None and int(to_numpy(self._count).sum()):

@@ -7,7 +7,7 @@ one buffered append per batch. Each module's features go to their own set
 (``layer=<name>``) with their own width, all in one store. Several modules
 at once give a *layer sweep* in one pass over the data; calling it after
 several epochs of training (with ``epoch=``) gives an *epoch sweep*.
-:func:`ncdask.sweep` then measures every set.
+:func:`ncdask.sweeps` then measures every set.
 
 PyTorch is imported only when :func:`capture` is called (extra ``torch``).
 """
@@ -19,9 +19,9 @@ import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from ._setkey import SetKey
-from ._validate import check_name
-from .store import EmbeddingStore
+from ncdask.store.setkey import SetKey
+from ncdask._validate import check_name
+from ncdask.store.embedding import EmbeddingStore
 
 WHICH = ("input", "output")
 
@@ -289,7 +289,7 @@ def capture(
     Examples
     --------
     >>> import torch, ncdask
-    >>> from ncdask.capture import capture
+    >>> from ncdask.hooks import capture
     >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     >>> batches = [(torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 1]))] * 2
     >>> s = ncdask.EmbeddingStore.create("memory://capture-doc", n_classes=2, dim=4,
@@ -335,7 +335,7 @@ Spec = tuple[str | None, str, str]
 
 def _stores_for(store: Any, specs: list[Spec]) -> dict[str | None, EmbeddingStore]:
     """Each recorded layer's store (or :class:`ncdask.StatsSink`)."""
-    from .accumulate import StatsSink
+    from ncdask.accumulate import StatsSink
 
     stores: dict[str | None, EmbeddingStore] = {}
     for tag, _, _ in specs:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import check_name
+from ncdask._validate import check_name
 
 #: The tags that name an embedding set, in path order.
 SET_TAGS = ("layer", "epoch")
@@ -45,7 +45,7 @@ class SetKey:
 
     Examples
     --------
-    >>> from ncdask._setkey import SetKey
+    >>> from ncdask.store.setkey import SetKey
     >>> k = SetKey("fc", 3)
     >>> k.path, k.where, k.tags
     ('layer=fc/epoch=3', 'layer=fc/epoch=3', {'layer': 'fc', 'epoch': 3})

@@ -3,7 +3,7 @@
 
 Each version of a set's classifier is written in a ``.classifier-<owner>``
 group of its own beside the current one; the set's ``ncdask_classifier``
-attribute (:data:`ncdask._layout.CLASSIFIER_ATTR`) then switches to it in
+attribute (:data:`ncdask.store.layout.CLASSIFIER_ATTR`) then switches to it in
 one metadata write, and the old version is deleted last, so a reader, or a
 writer killed at any point, sees one whole classifier. The methods here are
 those of :class:`ncdask.EmbeddingStore` (a mixin).
@@ -17,10 +17,10 @@ import dask.array as da
 import numpy as np
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from ._layout import CLASSIFIER_ATTR, _classifier_name, _fresh
-from ._setkey import SetKey
-from ._staging import owner_tag
-from .kernels._xp import to_numpy
+from ncdask.store.layout import CLASSIFIER_ATTR, _classifier_name, _fresh
+from ncdask.store.setkey import SetKey
+from ncdask.store.staging import owner_tag
+from ncdask.kernels._xp import to_numpy
 
 
 class ClassifierMixin:

@@ -28,10 +28,10 @@ import dask
 import numpy as np
 import zarr
 
-from ._layout import _classifier_name, _naming_broken_metadata
-from ._record import DamagedStoreError, _check_record, _snapshot
-from ._setkey import SetKey
-from .store import EmbeddingStore
+from ncdask.store.layout import _classifier_name, _naming_broken_metadata
+from ncdask.store.record import DamagedStoreError, _check_record, _snapshot
+from ncdask.store.setkey import SetKey
+from ncdask.store.embedding import EmbeddingStore
 
 
 @dataclass
@@ -183,7 +183,7 @@ def check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
 
 
 def _check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
-    from . import _staging
+    from ncdask.store import staging as _staging
 
     report = CheckReport(store.url)
     tasks: list = []

@@ -16,8 +16,8 @@ import numpy as np
 import xarray as xr
 from dask.array.utils import meta_from_array
 
-from ._validate import check_ignore_index
-from .kernels._xp import array_namespace, to_numpy
+from ncdask._validate import check_ignore_index
+from ncdask.kernels._xp import array_namespace, to_numpy
 
 STATS_VARS = ("counts", "means", "global_mean", "within_cov", "var_norms")
 
@@ -38,7 +38,7 @@ def as_dask(x: Any, *, chunks: Any = -1) -> da.Array:
 
 def class_rows(M: Any, tile_size: int | None = None, name: str = "M") -> tuple[da.Array, int]:
     """``M`` as a float64 dask matrix chunked in class tiles, and the tile size."""
-    from .graph.pairwise import default_tile_size
+    from ncdask.graph.pairwise import default_tile_size
 
     A = as_dask(M)
     if A.ndim != 2:
@@ -86,7 +86,7 @@ def like(x: da.Array, ref: da.Array) -> da.Array:
 
 
 def _rows_at(block: Any, idx: np.ndarray) -> Any:
-    from .kernels._xp import array_namespace
+    from ncdask.kernels._xp import array_namespace
 
     xp = array_namespace(block)
     return block[xp.asarray(idx)]  # on the block's device: CuPy's take refuses host indices
@@ -120,7 +120,7 @@ def float64(x: da.Array) -> da.Array:
 
 def split_of(obj: Any) -> xr.Dataset:
     """A split Dataset from a Dataset or ``(store, split)``; OOD splits may lack labels."""
-    from .store import resolve_split
+    from ncdask.store.embedding import resolve_split
 
     return resolve_split(obj, labels=False)
 
@@ -272,7 +272,7 @@ def computed_float(x: Any) -> float:
     """A lazy scalar computed into a Python float (host side, whatever its backend)."""
     import dask
 
-    from .kernels._xp import to_numpy
+    from ncdask.kernels._xp import to_numpy
 
     return float(to_numpy(dask.compute(x)[0]))
 

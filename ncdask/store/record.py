@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from ._validate import NcdaskStoreError
+from ncdask._validate import NcdaskStoreError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._setkey import SetKey
+    from ncdask.store.setkey import SetKey
 
 
 def _empty_record(split: str, key: SetKey, n_classes: int, labelled: bool) -> dict[str, Any]:

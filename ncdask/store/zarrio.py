@@ -21,8 +21,8 @@ from typing import Any
 
 import xarray as xr
 
-from ._staging import is_stale, owner_tag, remove_stale
-from ._validate import NcdaskStoreError
+from ncdask.store.staging import is_stale, owner_tag, remove_stale
+from ncdask._validate import NcdaskStoreError
 
 ORDER_ATTR = "ncdask_variables"
 KIND_ATTR = "ncdask_output"

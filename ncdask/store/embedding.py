@@ -28,10 +28,10 @@ committed rows; Zarr's local store writes every object by rename, so the
 record itself is never half-written.
 
 :class:`EmbeddingStore` is assembled from mixins, one module each: appends
-and their commits (:mod:`ncdask._appends`, with the buffered
-:class:`StoreWriter` in :mod:`ncdask._writer`), the classifier
-(:mod:`ncdask._classifier`), file imports (:mod:`ncdask._imports`) and
-reads (:mod:`ncdask._reads`); this module keeps opening, the layout of sets
+and their commits (:mod:`ncdask.store.appends`, with the buffered
+:class:`StoreWriter` in :mod:`ncdask.store.writer`), the classifier
+(:mod:`ncdask.store.classifier`), file imports (:mod:`ncdask.store.imports`) and
+reads (:mod:`ncdask.store.reads`); this module keeps opening, the layout of sets
 and splits, and deletes.
 """
 
@@ -46,10 +46,10 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from ._appends import WRITERS_KEY, AppendsMixin  # noqa: F401 - WRITERS_KEY: here as before
-from ._classifier import ClassifierMixin
-from ._imports import DuplicateImportError, ImportsMixin  # noqa: F401 - public here as before
-from ._layout import (  # noqa: F401 - re-exported: the store's layout names
+from ncdask.store.appends import WRITERS_KEY, AppendsMixin  # noqa: F401 - WRITERS_KEY: here as before
+from ncdask.store.classifier import ClassifierMixin
+from ncdask.store.imports import DuplicateImportError, ImportsMixin  # noqa: F401 - public here as before
+from ncdask.store.layout import (  # noqa: F401 - re-exported: the store's layout names
     CLASSIFIER_ATTR,
     DELETED_ATTR,
     SET_TAGS,
@@ -64,8 +64,8 @@ from ._layout import (  # noqa: F401 - re-exported: the store's layout names
     _read,
     _truncate,
 )
-from ._reads import ReadsMixin, array_backend, on_backend  # noqa: F401 - public here
-from ._record import (  # noqa: F401 - DamagedStoreError is public here as before
+from ncdask.store.reads import ReadsMixin, array_backend, on_backend  # noqa: F401 - public here
+from ncdask.store.record import (  # noqa: F401 - DamagedStoreError is public here as before
     DamagedStoreError,
     _advanced,
     _check_record,
@@ -75,13 +75,13 @@ from ._record import (  # noqa: F401 - DamagedStoreError is public here as befor
     _shards,
     _snapshot,
 )
-from ._setkey import SetKey
-from ._staging import owner_tag, remove_stale
-from ._validate import NcdaskStoreError, check_ignore_index, check_name
-from ._version import __version__
-from ._writer import StoreWriter  # noqa: F401 - public here as before
-from ._zarrio import rename, renames
-from .kernels._xp import to_numpy
+from ncdask.store.setkey import SetKey
+from ncdask.store.staging import owner_tag, remove_stale
+from ncdask._validate import NcdaskStoreError, check_ignore_index, check_name
+from ncdask._version import __version__
+from ncdask.store.writer import StoreWriter  # noqa: F401 - public here as before
+from ncdask.store.zarrio import rename, renames
+from ncdask.kernels._xp import to_numpy
 
 FORMAT = 2  # 2: sets may have their own width (``ncdask_layout``); 1 otherwise
 CHUNK_BYTES = 64 * 2**20
@@ -678,7 +678,7 @@ class EmbeddingStore(ReadsMixin, AppendsMixin, ClassifierMixin, ImportsMixin):
 
 
     def _tidy(self, sg: zarr.Group) -> list[str]:
-        """Delete what killed writers left staged in set ``sg`` (see :mod:`ncdask._staging`)."""
+        """Delete what killed writers left staged in set ``sg`` (see :mod:`ncdask.store.staging`)."""
         fs, folder = self._fs_path(sg, "")
         keep = tuple(n for n in (_classifier_name(sg),) if n)
         gone = remove_stale(fs, folder.rstrip("/"), keep=keep)

@@ -5,7 +5,7 @@ A store is a Zarr group; each embedding set is a group named by its tags
 group in it with ``embeddings`` and ``labels`` arrays (and writers' shards),
 and each set's classifier a ``.classifier-<owner>`` group that the set's
 ``ncdask_classifier`` attribute points to (a set's own path is its
-:class:`ncdask._setkey.SetKey`'s). This module names those places, follows
+:class:`ncdask.store.setkey.SetKey`'s). This module names those places, follows
 the pointer, reads arrays with errors that name the store,
 array and rows, and creates a node once however many writers race to
 (:func:`_put_once`).
@@ -21,8 +21,8 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from ._record import DamagedStoreError
-from ._setkey import SET_TAGS  # noqa: F401 - the set tags, named here as before
+from ncdask.store.record import DamagedStoreError
+from ncdask.store.setkey import SET_TAGS  # noqa: F401 - the set tags, named here as before
 
 
 @contextlib.contextmanager

@@ -16,13 +16,13 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._inputs import split_classes
-from ._version import __version__
-from ._zarrio import open_dataset, write_dataset
-from .graph.pairwise import default_tile_size
-from .graph.tiled_stats import class_tiled_stats, merge_tiled
-from .kernels._xp import to_numpy
-from .store import resolve_split
+from ncdask.metrics.inputs import split_classes
+from ncdask._version import __version__
+from ncdask.store.zarrio import open_dataset, write_dataset
+from ncdask.graph.pairwise import default_tile_size
+from ncdask.graph.tiled_stats import class_tiled_stats, merge_tiled
+from ncdask.kernels._xp import to_numpy
+from ncdask.store.embedding import resolve_split
 
 
 class EmptyClassWarning(UserWarning):
@@ -176,7 +176,7 @@ def class_stats(
         per tile.
     memory_budget : int or str, optional
         Bytes of per-class partial results the pass may hold (default: the
-        ``ncdask.stats-budget`` dask config value, else 1.5 GiB). When
+        ``ncdask.stats.core-budget`` dask config value, else 1.5 GiB). When
         ``(chains + 2)·K·D·8`` bytes fit, the statistics take one read of
         the embeddings; otherwise the classes are cut into ``G`` groups of
         whole tiles of at most ``budget / (chains + 2)`` each, and the
@@ -185,7 +185,7 @@ def class_stats(
         group's K×D part.
     cache : bool, default False
         With a store (not a split Dataset): keep the result in the store,
-        beside the split, and reuse it (:mod:`ncdask.cache`): a second call
+        beside the split, and reuse it (:mod:`ncdask.stats.cache`): a second call
         with nothing new reads no embedding chunk, and after appends only
         the new rows are read and merged in. The statistics are then
         computed at the call (on the active dask scheduler), not lazily. A
@@ -228,7 +228,7 @@ def class_stats(
     if global_mean not in ("unweighted", "weighted"):
         raise ValueError(f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")
     if not isinstance(data, xr.Dataset) and (cache or layer is not None or epoch is not None):
-        from .store import EmbeddingStore
+        from ncdask.store.embedding import EmbeddingStore
 
         if isinstance(data, tuple) and len(data) == 2 and split is None:
             data, split = data
@@ -236,8 +236,8 @@ def class_stats(
         if not isinstance(store, EmbeddingStore):
             raise TypeError(f"cache=, layer= and epoch= need a store, got {type(data).__name__}")
         if cache:
-            from ._setkey import SetKey
-            from .cache import cached_class_stats
+            from ncdask.store.setkey import SetKey
+            from ncdask.stats.cache import cached_class_stats
 
             options = dict(global_mean=global_mean, dtype=dtype, chains=chains,
                            ignore_index=ignore_index, min_count=min_count,
@@ -292,7 +292,7 @@ def _refusing_lost_chunks(
     check on these O(K·D + D²) results catches it at no cost to the pass
     (checking every chunk for NaN would read it again).
     """
-    from .kernels.stats import refuse_nonfinite
+    from ncdask.kernels.stats import refuse_nonfinite
 
     where = f"split {attrs.get('split')!r} of {attrs.get('store')!r}"
     out = dict(arrays)

@@ -7,7 +7,7 @@ exclusive lock on the split (:meth:`AppendsMixin._exclusive`), on an object
 store into a shard of its own that nobody else writes (no lock, no rename).
 The methods here are those of :class:`ncdask.EmbeddingStore` (a mixin),
 using its layout and commit-record helpers; the buffered writer itself is
-:class:`ncdask._writer.StoreWriter`.
+:class:`ncdask.store.writer.StoreWriter`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import dask
 import numpy as np
 import zarr
 
-from ._layout import _check_labelled, _put_once
-from ._record import _advanced, _finite, _snapshot
-from ._setkey import SetKey
-from ._validate import batch_to_numpy, check_name
-from ._writer import StoreWriter
+from ncdask.store.layout import _check_labelled, _put_once
+from ncdask.store.record import _advanced, _finite, _snapshot
+from ncdask.store.setkey import SetKey
+from ncdask._validate import batch_to_numpy, check_name
+from ncdask.store.writer import StoreWriter
 
 #: Dask config key choosing how concurrent writers of one split are kept apart.
 WRITERS_KEY = "ncdask.writers"

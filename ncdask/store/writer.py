@@ -2,7 +2,7 @@
 
 Obtained from :meth:`ncdask.EmbeddingStore.writer`; it validates batches as
 they arrive and hands whole chunks to the store's commit
-(:meth:`ncdask._appends.AppendsMixin._write_commit`).
+(:meth:`ncdask.store.appends.AppendsMixin._write_commit`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from ._record import _finite
-from ._setkey import DEFAULT, SetKey
-from ._validate import batch_to_numpy
+from ncdask.store.record import _finite
+from ncdask.store.setkey import DEFAULT, SetKey
+from ncdask._validate import batch_to_numpy
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .store import EmbeddingStore
+    from ncdask.store.embedding import EmbeddingStore
 
 
 class StoreWriter:

@@ -2,7 +2,7 @@
 
 A store holds several embedding *sets* tagged ``layer=`` and ``epoch=``
 (see :meth:`ncdask.EmbeddingStore.sets`), written by
-:func:`ncdask.capture` or by ``append(..., layer=, epoch=)``. :func:`sweep`
+:func:`ncdask.hooks` or by ``append(..., layer=, epoch=)``. :func:`sweep`
 computes the class statistics and the metrics of each set, with that set's
 own classifier and its own width (layers of a network differ in width; the
 metrics are scalars or per class, so they stack along an ``epoch`` or
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._setkey import SetKey
-from .metrics import measure
-from .stats import class_stats
-from .store import SET_TAGS, EmbeddingStore
+from ncdask.store.setkey import SetKey
+from ncdask.metrics.api import measure
+from ncdask.stats.core import class_stats
+from ncdask.store.embedding import SET_TAGS, EmbeddingStore
 
 _RESERVED = ("weights", "bias", "dim", "labels")
 
@@ -124,7 +124,7 @@ def sweep(
     Examples
     --------
     >>> import numpy as np, ncdask
-    >>> from ncdask.sweep import sweep
+    >>> from ncdask.sweeps import sweep
     >>> rng = np.random.default_rng(0)
     >>> s = ncdask.EmbeddingStore.create("memory://sweep-doc", n_classes=3, dim=4,
     ...                                  overwrite=True)
@@ -282,8 +282,8 @@ SWEEP_ATTR = "ncdask_sweep"
 def _signature(st: EmbeddingStore, key: SetKey, splits: list[str],
                use_classifier: bool) -> dict[str, Any]:
     """What a set's results depend on: its splits' committed parts and its classifier."""
-    from ._layout import _classifier_name
-    from ._record import _snapshot
+    from ncdask.store.layout import _classifier_name
+    from ncdask.store.record import _snapshot
 
     sig: dict[str, Any] = {"store": st.url}
     for name in splits:
@@ -303,7 +303,7 @@ def _incremental(
     """Measure the sets not yet in ``out`` (or changed), keep the rest, write the union."""
     import json
 
-    from .results import open_results, save_results
+    from ncdask.results import open_results, save_results
 
     splits = [n for n in (split, test, ood) if n is not None]
     options = json.dumps({"split": split, "test": test, "ood": ood, "fixed": fixed,

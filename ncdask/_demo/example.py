@@ -1,6 +1,6 @@
 """A small end-to-end run: synthetic embeddings → Zarr store → class statistics.
 
-    python -m ncdask.example [STORE_PATH]
+    python -m ncdask._demo.example [STORE_PATH]
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .stats import class_stats
-from .store import EmbeddingStore
+from ncdask.stats.core import class_stats
+from ncdask.store.embedding import EmbeddingStore
 
 
 def main(argv: list[str] | None = None) -> int:
