@@ -1,47 +1,51 @@
-"""Class statistics streamed from batches, without a store: :class:`StatsAccumulator`.
+"""Streaming accumulators: :class:`StatsAccumulator` (class statistics of batches, without
+a store) and :class:`StatsSink` (where :func:`ncdask.hooks` puts them).
 
-For a training loop or an evaluation pass whose embeddings nobody wants to
-keep (ImageNet's 1.28M × 2048 is 10 GB of float32 per layer and
-checkpoint): each batch is folded into dense per-class accumulators, exactly
-and without cancellation (:mod:`ncdask.kernels.stream`: each class shifted
-by its first row, the shifts removed once at the end), so :meth:`result` equals
+Each batch goes into the statistics state of :mod:`ncdask.kernels.tiled_stats`
+(the chunk step of ``class_stats``), so :meth:`StatsAccumulator.result` equals
 ``class_stats(...).compute()`` on the same rows to rounding, whatever the
-batch boundaries. Accumulators of data-parallel ranks merge exactly
-(:meth:`merge`, or :func:`ncdask.merge_stats` on their results).
-
-Memory: K×D sums and a D×D scatter in the accumulation dtype (K=1000,
-D=2048 in float64: 16 MiB + 32 MiB), plus a row buffer of at most
-``BUFFER_BYTES``. Batches stay on their device: CuPy arrays and CUDA tensors
-(through DLPack, when CuPy is installed) are accumulated on the GPU.
-
-Why a row buffer: a training batch is small, and folding each one costs a
-fixed ~0.6 ms of array calls (unique, sparse class sums, bincounts, a small
-scatter GEMM) whatever its size. Measured with
-``python benchmarks/bench_accumulate.py`` on the 2-core machine, the demo's
-64-wide MLP at batch 256: the unbuffered updates of its 5 hidden layers took
-7.5× its forward pass. Batches are now checked at once (a bad one still
-raises and adds nothing) and copied into a buffer of the accumulation dtype,
-which is folded in when full, so the fixed cost is paid once per few thousand
-rows; the figures after the change are in the benchmark's results file.
+batches, and accumulators of data-parallel ranks merge exactly. Memory: K×D
+shifts and sums and a D×D scatter, plus a row buffer of at most
+``BUFFER_BYTES``. Batches stay on their device (CuPy, or CUDA tensors through
+DLPack). Why a buffer: folding a batch costs a fixed ~0.6 ms of array calls
+whatever its size, several times a small network's forward pass at batch 256.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import xarray as xr
 
-from ncdask.metrics.inputs import as_array
-from ncdask.store.setkey import SetKey
 from ncdask._validate import check_ignore_index
-from ncdask.kernels import stats as K
-from ncdask.kernels import stream as KS
+from ncdask.kernels import tiled_stats as KT
 from ncdask.kernels._xp import array_namespace, to_numpy
+from ncdask.kernels.stats import check_labels
+from ncdask.metrics.inputs import as_array
+from ncdask.stats.core import labelled_stats
+from ncdask.store.setkey import SetKey
 
+#: Largest row buffer of one accumulator (rows × D × itemsize), bytes, and rows.
 BUFFER_BYTES = 32 * 2**20
-"""Largest row buffer of one accumulator (rows × D × itemsize), bytes."""
 MAX_BUFFER_ROWS = 8192
+
+
+@runtime_checkable
+class Accumulator(Protocol):
+    """What ncdask's streaming accumulators share: batches in, exact merges, one result.
+
+    ``update(X, y)`` adds a batch (a bad one raises and adds nothing) and
+    returns the accumulator; ``merge(other)`` adds another accumulator's
+    batches (another rank's) exactly and returns this one; ``result()``
+    gives the Dataset :func:`ncdask.measure` takes.
+    """
+
+    def update(self, X: Any, y: Any = None) -> Any: ...
+
+    def merge(self, other: Any) -> Any: ...
+
+    def result(self) -> xr.Dataset: ...
 
 
 class StatsAccumulator:
@@ -138,17 +142,17 @@ class StatsAccumulator:
             xp = array_namespace(self._acc["sums"])  # keep to the first batch's device
             X, y = xp.asarray(to_numpy(X)), xp.asarray(to_numpy(y))
         y = xp.asarray(y).astype(xp.int64)
-        keep = K.check_labels(y, self.n_classes, self.ignore_index, xp)  # before any state change
+        keep = check_labels(y, self.n_classes, self.ignore_index, xp)  # before any state change
         if not bool(xp.all(keep)):
             X, y = X[keep], y[keep]
         if self._acc is None:
-            self._acc = KS.empty(self.n_classes, self.dim, self.dtype, xp)
+            self._acc = KT.empty(self.n_classes, self.dim, self.dtype, xp)
         self.n_batches += 1
         n = int(y.shape[0])
         if n > self.buffer_rows - self._n_buf:
             self.flush()
         if n >= self.buffer_rows:
-            KS.update(self._acc, X, y)
+            self._fold(X, y)
             return self
         if self._buf is None:
             self._buf = (xp.empty((self.buffer_rows, self.dim), dtype=self.dtype),
@@ -159,12 +163,15 @@ class StatsAccumulator:
         self._n_buf += n
         return self
 
+    def _fold(self, X: Any, y: Any) -> None:
+        KT.fold(self._acc, X, y, n_classes=self.n_classes, dtype=self.dtype)
+
     def flush(self) -> StatsAccumulator:
-        """Fold the buffered rows into the statistics (done by :meth:`result` and
-        :meth:`merge`; call it before pickling to keep the pickle small)."""
+        """Fold the buffered rows in (:meth:`result` and :meth:`merge` do; call it before
+        pickling to keep the pickle small)."""
         if self._n_buf:
             n, self._n_buf = self._n_buf, 0
-            KS.update(self._acc, self._buf[0][:n], self._buf[1][:n])
+            self._fold(self._buf[0][:n], self._buf[1][:n])
         return self
 
     def merge(self, other: StatsAccumulator) -> StatsAccumulator:
@@ -178,43 +185,30 @@ class StatsAccumulator:
         self.flush()
         other.flush()
         if other._acc is not None:
-            theirs = KS.partial(other._acc)
-            if self._acc is None:
-                self._acc = KS.from_partial(theirs)
-            else:
-                xp = array_namespace(self._acc["sums"])
-                theirs = {k: xp.asarray(to_numpy(v)) for k, v in theirs.items()}
-                self._acc = KS.from_partial(K.merge_partials(KS.partial(self._acc), theirs))
+            xp = array_namespace((self._acc or other._acc)["sums"])
+            theirs = {k: xp.array(to_numpy(v) if xp is np else v, copy=True)
+                      for k, v in other._acc.items()}
+            self._acc = theirs if self._acc is None else KT.merge(self._acc, theirs)
         self.n_batches += other.n_batches
         return self
 
     def result(self, *, tile_size: int | None = None) -> xr.Dataset:
         """The statistics so far: the Dataset :func:`ncdask.class_stats` computes.
 
-        ``counts``, ``means``, ``var_norms``, ``global_mean``, ``within_cov``
-        and ``n_samples`` in memory (on the batches' device), with the same
-        attrs; ready for :func:`ncdask.measure`, :func:`ncdask.merge_stats`
-        and :func:`ncdask.save_stats`.
+        In memory (on the batches' device), with the same variables and attrs;
+        ready for :func:`ncdask.measure`, :func:`ncdask.merge_stats` and
+        :func:`ncdask.save_stats`. ``tile_size`` is accepted and unused (nothing is
+        chunked).
         """
-        import dask
-
-        from ncdask.graph.pairwise import default_tile_size
-        from ncdask.graph.tiled_stats import assemble, finish_dense
-        from ncdask.stats.core import labelled_stats
-
         if self._acc is None:
             raise ValueError("no batch was added yet")
-        acc = KS.partial(self.flush()._acc)
-        fin = finish_dense(acc, None, None)
-        Kc, D = self.n_classes, self.dim
-        T = min(int(tile_size or default_tile_size(Kc, D)), Kc)
-        per_group = [{"means": [(dask.delayed(fin["means"]), Kc)],
-                      **{k: dask.delayed(fin[k]) for k in ("var_norms", "scatter", "terms")}}]
-        arrays = assemble(per_group, [(0, Kc)], D, T, self.dtype, fin["means"], self.global_mean)
-        counts = np.asarray(to_numpy(acc["counts"])).astype(np.int64)
+        fin = KT.finish(self.flush()._acc)
+        gm, within_cov, _ = KT.global_terms(fin["terms"], fin["scatter"], self.global_mean)
+        counts = np.asarray(to_numpy(fin["counts"])).astype(np.int64)
         attrs = {} if self.ignore_index is None else {"ignore_index": self.ignore_index}
-        return labelled_stats(arrays, counts, global_mean=self.global_mean, attrs=attrs).compute(
-            scheduler="sync")
+        arrays = {"means": fin["means"], "var_norms": fin["var_norms"], "global_mean": gm,
+                  "within_cov": within_cov}
+        return labelled_stats(arrays, counts, global_mean=self.global_mean, attrs=attrs)
 
 
 class _SinkWriter:

@@ -628,7 +628,7 @@ def _cmd_rm(args: argparse.Namespace) -> int:
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     from ncdask.scheduler import use_scheduler
-    from ncdask.stats.core import class_stats, save_stats
+    from ncdask.stats import class_stats, save_stats
 
     store = _open_store(args.url)
     tags = _tags(args)
@@ -652,7 +652,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from ncdask.metrics.api import measure
     from ncdask.scheduler import to_gpu, to_host, use_scheduler
-    from ncdask.stats.core import class_stats
+    from ncdask.stats import class_stats
 
     if args.sweep and (args.epoch is not None):
         raise CLIError("--sweep measures every embedding set; do not pass --epoch with it")

@@ -19,7 +19,8 @@ import xarray as xr
 
 from ncdask.store.setkey import SetKey
 from ncdask.metrics.api import measure
-from ncdask.stats.core import class_stats
+from ncdask.stats import class_stats
+from ncdask.stats.cache import MemoKey, committed_parts
 from ncdask.store.embedding import SET_TAGS, EmbeddingStore
 
 _RESERVED = ("weights", "bias", "dim", "labels")
@@ -279,20 +280,16 @@ def _measure_sets(
 SWEEP_ATTR = "ncdask_sweep"
 
 
-def _signature(st: EmbeddingStore, key: SetKey, splits: list[str],
-               use_classifier: bool) -> dict[str, Any]:
-    """What a set's results depend on: its splits' committed parts and its classifier."""
+def _signature(st: EmbeddingStore, key: SetKey, splits: list[str], use_classifier: bool,
+               options: dict[str, Any]) -> MemoKey:
+    """What a set's results depend on: the options, its classifier and its splits' parts."""
     from ncdask.store.layout import _classifier_name
-    from ncdask.store.record import _snapshot
 
-    sig: dict[str, Any] = {"store": st.url}
-    for name in splits:
-        g = st._split_group(name, key, create=False)
-        sig[name] = [[p.path, int(k)] for p, k in _snapshot(g)[0] if k > 0]
+    opts = {**options, "store": st.url}
     if use_classifier:
         sg = st._set_group(key, create=False)
-        sig["classifier"] = None if sg is None else _classifier_name(sg)
-    return sig
+        opts["classifier"] = None if sg is None else _classifier_name(sg)
+    return MemoKey.of(opts, {n: committed_parts(st, n, key) for n in splits})
 
 
 def _incremental(
@@ -301,15 +298,12 @@ def _incremental(
     sk: dict[str, Any], measure_kwargs: dict[str, Any], fixed: dict[str, Any], cache: bool,
 ) -> xr.Dataset:
     """Measure the sets not yet in ``out`` (or changed), keep the rest, write the union."""
-    import json
-
     from ncdask.results import open_results, save_results
 
     splits = [n for n in (split, test, ood) if n is not None]
-    options = json.dumps({"split": split, "test": test, "ood": ood, "fixed": fixed,
-                          "stats": sk, "measure": measure_kwargs,
-                          "classifier": use_classifier}, sort_keys=True, default=repr)
-    sigs = {str(c[0]): _signature(st, key, splits, use_classifier)
+    options = {"split": split, "test": test, "ood": ood, "fixed": fixed, "stats": sk,
+               "measure": measure_kwargs, "classifier": use_classifier}
+    sigs = {str(c[0]): _signature(st, key, splits, use_classifier, options)
             for (st, key), c in zip(items, coords, strict=True)}
     prev = None
     try:
@@ -318,11 +312,10 @@ def _incremental(
         prev = None
     kept: list[Any] = []
     if prev is not None:
-        meta = prev.attrs.get(SWEEP_ATTR) or {}
-        if meta.get("options") == options and prev.attrs.get("sweep_over") == dim:
-            have = meta.get("sets") or {}
+        have = (prev.attrs.get(SWEEP_ATTR) or {}).get("sets") or {}
+        if prev.attrs.get("sweep_over") == dim:
             kept = [c[0] for c in coords if c[0] in prev[dim].values.tolist()
-                    and have.get(str(c[0])) == sigs[str(c[0])]]
+                    and MemoKey.from_attr(have.get(str(c[0]))) == sigs[str(c[0])]]
     todo = [(it, c) for it, c in zip(items, coords, strict=True) if c[0] not in kept]
     parts = []
     if kept:
@@ -336,8 +329,8 @@ def _incremental(
     order = [c[0] for c in coords]
     res = res.sel({dim: order})
     attrs = dict(parts[-1].attrs)
-    attrs[SWEEP_ATTR] = {"options": options, "sets": sigs, "measured": [str(t[1][0])
-                                                                         for t in todo]}
+    attrs[SWEEP_ATTR] = {"sets": {c: k.attr() for c, k in sigs.items()},
+                         "measured": [str(t[1][0]) for t in todo]}
     res.attrs = attrs
     save_results(res, out, overwrite=prev is not None)
     back = open_results(out)

@@ -30,6 +30,7 @@ from ncdask.kernels import closed_forms as C
 from ncdask.kernels import decisions as Dk
 from ncdask.kernels import pairwise as P
 from ncdask.kernels import stats as S
+from ncdask.kernels import tiled_stats as KT
 from ncdask.kernels._xp import array_namespace, to_numpy
 from ncdask.metrics import measure
 from ncdask.store import array_backend
@@ -112,42 +113,31 @@ def test_stats_kernels(xp, dtype):
     y[:3] = -100
     K = 5
     in_scatter = np.array([True, True, False, True, True])
-    kw = dict(ignore_index=-100)
+    kw = dict(n_classes=K, dtype=dtype, ignore_index=-100)
+    slices = (slice(0, 25), slice(25, 25), slice(25, 60))
     for mask in (None, in_scatter):
-        ref = [
-            S.chunk_partial(X[s], y[s], K, dtype, in_scatter=mask, **kw)
-            for s in (slice(0, 25), slice(25, 25), slice(25, 60))
-        ]
+        ref = [KT.fold(None, X[s], y[s], mask, **kw) for s in slices]
         got = [
-            S.chunk_partial(
-                xp.asarray(X[s]),
-                xp.asarray(y[s]),
-                K,
-                dtype,
-                in_scatter=None if mask is None else xp.asarray(mask),
-                **kw,
-            )
-            for s in (slice(0, 25), slice(25, 25), slice(25, 60))
+            KT.fold(None, xp.asarray(X[s]), xp.asarray(y[s]),
+                    None if mask is None else xp.asarray(mask), **kw)
+            for s in slices
         ]
-        for field in S.FIELDS:
+        for field in ("counts", "shift", "sums", "m2", "scatter"):
             assert _is_xp(got[0][field], xp), field
             _close(got[0][field], ref[0][field], rtol=RTOL[np.dtype(dtype)], err_msg=field)
-        merged_ref, merged = S.merge_many(ref), S.merge_many(got)
-        fin_ref, fin = S.finalize(merged_ref), S.finalize(merged)
+        fin_ref, fin = KT.finish(KT.merge_many(ref)), KT.finish(KT.merge_many(got))
         for k, v in fin_ref.items():
             _close(fin[k], v, rtol=RTOL[np.dtype(dtype)], atol=1e-6, err_msg=k)
         for gm in ("unweighted", "weighted"):
             _close(
-                S.finalize(merged, gm)["global_mean"],
-                S.finalize(merged_ref, gm)["global_mean"],
+                KT.global_terms(fin["terms"], fin["scatter"], gm)[0],
+                KT.global_terms(fin_ref["terms"], fin_ref["scatter"], gm)[0],
                 rtol=RTOL[np.dtype(dtype)],
             )
-        back = S.partial_from_stats(
-            fin["counts"], fin["means"], fin["var_norms"], fin["within_cov"]
-        )
+        back = KT.from_stats(fin["counts"], fin["means"], fin["var_norms"], fin["scatter"])
         assert _is_xp(back["scatter"], xp)
     with pytest.raises(ValueError, match="outside"):
-        S.chunk_partial(xp.asarray(X), xp.asarray(y), K, dtype)  # -100 without ignore_index
+        KT.fold(None, xp.asarray(X), xp.asarray(y), n_classes=K, dtype=dtype)  # -100 unignored
 
 
 def test_class_sums_on_every_path(xp):

@@ -40,7 +40,7 @@ def test_default_scheduler_gets_the_limit(two_blas_threads):
     import ncdask.kernels.tiled_stats as KS
 
     seen = []
-    orig = KS.chunk_summary
+    orig = KS.fold
 
     def probe(*a, **k):
         seen.append(_blas_threads())
@@ -49,12 +49,12 @@ def test_default_scheduler_gets_the_limit(two_blas_threads):
     s = ncdask.EmbeddingStore.create("memory://blas-default", 5, 16, chunk_rows=100,
                                      overwrite=True)
     s.append("train", np.random.default_rng(0).random((1000, 16)), np.arange(1000) % 5)
-    KS.chunk_summary = probe
+    KS.fold = probe
     try:
         with dask.config.set(num_workers=2):
             ncdask.class_stats(s, "train").compute()
     finally:
-        KS.chunk_summary = orig
+        KS.fold = orig
     assert seen and all(t == [1] for t in seen)
     assert _blas_threads() == [2]
 

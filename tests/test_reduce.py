@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import dask
@@ -15,7 +16,8 @@ from hypothesis import strategies as st
 from strategies import irregular_chunks, labelled_data
 
 from ncdask.graph import _reduce as R
-from ncdask.graph.stats import stats_arrays
+from ncdask.graph.tiled_stats import class_tiled_stats
+from ncdask.kernels import tiled_stats as KT
 from ncdask.kernels._reduction import Reduction, identity, sum_all
 from ncdask.kernels.closed_forms import GRAM
 
@@ -107,8 +109,8 @@ def test_shared_values_are_stored_once_and_the_graph_is_deterministic():
     X = da.from_array(rng.normal(size=(40, 3)), chunks=(5, 3))
     y = da.from_array(rng.integers(0, 4, size=40), chunks=5)
     mask = np.array([True, False, True, True])
-    a = stats_arrays(X, y, 4, in_scatter=mask)
-    b = stats_arrays(X, y, 4, in_scatter=mask)
+    a = class_tiled_stats(X, y, 4, tile=4, in_scatter=mask)
+    b = class_tiled_stats(X, y, 4, tile=4, in_scatter=mask)
     assert a["means"].name == b["means"].name  # same inputs, same keys: dask shares the pass
     g = a["within_cov"].__dask_graph__()
     layers = g.layers if isinstance(g, HighLevelGraph) else {"": g}
@@ -134,9 +136,13 @@ def test_trees_and_chains_do_not_depend_on_the_blocks(data, n_chains, split_ever
     G = R.fold_rows(GRAM, Xd, Xd, how="chains", chains_=n_chains).compute(scheduler="sync")
     np.testing.assert_allclose(G, X.T @ X, rtol=1e-10, atol=1e-9 * np.abs(X).max() ** 2)
     # a tree: the class statistics of every block, merged split_every at a time
+    red = Reduction(chunk=functools.partial(KT.fold, None, n_classes=K), combine=KT.merge_many,
+                    finalize=KT.finish)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # empty classes' NaN means
-        got = dask.compute(stats_arrays(Xd, yd, K, split_every=split_every))[0]
+        fin = R.fold_rows(red, Xd, yd, how="tree", split_every=split_every).compute()
+    got = {"counts": fin["counts"], "means": fin["means"],
+           "within_cov": fin["scatter"] / max(int(fin["counts"].sum()), 1)}
     ref = dense_stat_arrays(X, y, K)
     np.testing.assert_array_equal(got["counts"], ref["counts"])
     np.testing.assert_allclose(got["means"], ref["means"], rtol=1e-10)

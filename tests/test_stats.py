@@ -261,8 +261,8 @@ def test_chained_merges_keep_one_copy_of_each_pass(monkeypatch):
     import ncdask.kernels.tiled_stats as KT
 
     calls = []
-    orig = KT.chunk_summary
-    monkeypatch.setattr(KT, "chunk_summary", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    orig = KT.fold
+    monkeypatch.setattr(KT, "fold", lambda *a, **k: calls.append(1) or orig(*a, **k))
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(160, 5)), np.arange(160) % 6
     parts = [ncdask.class_stats(split_ds(X[i:i + 20], y[i:i + 20], 6, 5))

@@ -414,7 +414,7 @@ def run_demo(
     """
     from ncdask.results import save_results
     from ncdask.scheduler import use_scheduler
-    from ncdask.stats.core import class_stats
+    from ncdask.stats import class_stats
 
     epochs = EPOCHS if epochs is None else int(epochs)
     out = Path(out_dir)

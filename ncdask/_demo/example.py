@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ncdask.stats.core import class_stats
+from ncdask.stats import class_stats
 from ncdask.store.embedding import EmbeddingStore
 
 

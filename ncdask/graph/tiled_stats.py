@@ -1,51 +1,31 @@
-"""Graphs of the class statistics whose class axis is chunked by tiles.
+"""Graphs of the class statistics, their class axis chunked by tiles.
 
-Two plans, chosen by :func:`plan` from K·D and the statistics budget:
-
-Both fold the row chunks into a few *chains* (one per worker thread):
+Both plans fold the row chunks into a few *chains* (one per worker thread):
 chunk ``i`` adds itself into the accumulator left by chunk ``i − C`` of its
-chain, and one task combines the chain ends. A tree over the chunks would
-keep a partial per chunk alive, and each holds a D×D scatter (128 MiB at
-D=4096; measured at K=100k, D=2048: 3.0 GiB peak with a tree of sparse
-partials, see ``benchmarks/bench_vocab.py``).
+chain and one task combines the chain ends, so a pass holds C accumulators
+(each with a D×D scatter) instead of a partial per chunk.
 
-**One pass** (K·D small): each chain accumulates dense K-row statistics;
-a chunk's rows are read once about a shift near their class mean (the
-chain's running mean of the class, or one of its rows) and added with
-Chan's exact update (:func:`ncdask.kernels.tiled_stats.fold_summary`).
-Chosen when ``C + 2`` K×D arrays fit the budget.
+**One pass** (when ``C + 2`` K×D arrays fit the budget): each chain holds the
+statistics state of :mod:`ncdask.kernels.tiled_stats`, folded chunk by chunk
+and merged exactly at the ends.
 
-**Pipelined two passes over class groups** (K·D large: language-model
-vocabularies). The class axis is cut into groups of whole tiles whose K×D
-part fits ``budget / (C + 2)``. Stage ``s`` reads every row chunk once
-and, in the same task, (a) sums the rows of group ``s`` and (b) centres the
-rows of group ``s − 1`` about that group's final means (known from stage
-``s − 1``) for the D×D scatter and ``m2``. G groups cost G + 1 reads of the
-embeddings and one scatter GEMM per row, with no cross terms. Accumulators
-hold rows only for the classes the counts say are present (see
-:func:`_pipelined`): at K=100k, D=2048 with 44% of the classes empty that
-took the pass from 6 reads to 4 (``benchmarks/bench_vocab.py``: 3.1× to
-2.2× the sum of the I/O and GEMM floors).
-
-Why not one pass with per-group trees of Chan merges (the design sketch)?
-The cross terms cost ``2·D²`` flops per (chunk, class) pair beyond the first
-and most classes of a vocabulary are rare, so they add up to another
-``2·N·D²`` (a second scatter GEMM) while an extra read of a row costs
-``itemsize·D`` bytes: at this machine's rates (dgemm 80 GFLOP/s, reads
-≈1 GiB/s) the cross terms of a row cost ``D / 160`` times its read, 3× at
-D=512 and 13× at D=2048. And one pass over all groups at once must keep
-every group's partial sums alive until the last chunk, K×D again.
-
-Stage ``s``'s chunk reads are clones of the embeddings' graph made to wait
-for group ``s − 1``'s means (:func:`dask.graph_manipulation.bind`), so a
-chunk is never held from one stage to the next and a stage's reads do not
-start before they can be used.
+**Pipelined passes over class groups** (vocabularies): the class axis is cut
+into groups of whole tiles of at most ``budget / (C + 2)`` bytes. Stage ``s``
+reads every chunk once and both sums the rows of group ``s`` and centres the
+rows of group ``s − 1`` about its final means, for the scatter: G groups cost
+G + 1 reads and one scatter GEMM per row, with no cross terms. Why not one
+pass with per-group merges: the cross terms cost ``2·D²`` flops per (chunk,
+class) pair, another scatter GEMM for a vocabulary of rare classes, more than
+a read. Stage ``s``'s reads are clones made to wait for group ``s − 1``'s
+means (:func:`dask.graph_manipulation.bind`), so no chunk is held between
+stages.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
@@ -54,16 +34,15 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from ncdask.kernels import tiled_stats as KT
-from ncdask.kernels._reduction import Reduction
-from ncdask.kernels._xp import array_namespace, to_numpy
 from ncdask.graph._reduce import READ_LAG, gate, n_chains
 from ncdask.graph._reduce import chains as fold_chains
-from ncdask.graph.closed_forms import gram
+from ncdask.graph.closed_forms import nc1_values
+from ncdask.kernels._reduction import Reduction
+from ncdask.kernels._xp import array_namespace
 
 #: Dask config key of the statistics budget (bytes or a string like "1GiB").
 STATS_BUDGET_KEY = "ncdask.stats.core-budget"
-#: Default bytes the statistics pass may hold in its class partials (besides
-#: the row chunks in flight and the D×D scatters).
+#: Default bytes of class partials the statistics pass may hold.
 STATS_BUDGET = 3 * 2**29  # 1.5 GiB
 
 
@@ -75,9 +54,7 @@ def stats_budget(budget: int | str | None = None) -> int:
 
 
 #: Inputs larger than this have their reads throttled to the folds' progress
-#: (see ``chained`` in :func:`class_tiled_stats`); below it, reads running
-#: ahead cost at most this much, and a bind per batch of C chunks would cost
-#: more graph-building time than it saves.
+#: (below it, a bind per batch of C chunks costs more than it saves).
 THROTTLE_BYTES = 256 * 2**20
 
 
@@ -87,13 +64,10 @@ def plan(
 ) -> list[tuple[int, int]] | None:
     """Class groups ``[(lo, hi), ...]`` of the pipelined plan, or None for one pass.
 
-    One pass when ``(chains + 2)·K·D·itemsize ≤ budget`` (an accumulator per
-    chain, their merge and the means); else groups of whole tiles holding at
-    most ``budget / (chains + 2)`` bytes of accumulator rows each (at least
-    one tile): one group's sums per chain, plus the previous group's means
-    and the next group's being finished. With ``present`` (K bools: classes
-    the record says have samples) only present classes take accumulator
-    rows, and the groups are balanced to hold about as many each.
+    One pass when ``(chains + 2)·K·D·itemsize ≤ budget``; else balanced groups
+    of whole tiles holding at most ``budget / (chains + 2)`` bytes of
+    accumulator rows each. With ``present`` (K bools) only present classes
+    take rows.
     """
     row = dim * itemsize
     if (chains + 2) * n_classes * row <= budget:
@@ -117,43 +91,8 @@ def plan(
     return groups
 
 
-def _check_counts(counts: Any, expect: np.ndarray | None, classes: np.ndarray | None) -> None:
-    """The counts found in the data must be the counts the statistics were set up with."""
-    if expect is None:
-        return
-    got = np.asarray(to_numpy(counts))
-    if not np.array_equal(got, expect):
-        k = int(np.nonzero(got != expect)[0][0])
-        c = k if classes is None else int(classes[k])
-        raise ValueError(
-            f"class {c} has {int(got[k])} samples in the embeddings' labels but "
-            f"{int(expect[k])} in the split's record: the record and the data disagree "
-            "(a damaged store, or a Dataset whose attrs no longer describe its rows)"
-        )
-
-
-def finish_dense(p: dict, used: np.ndarray | None, expect: np.ndarray | None) -> dict:
-    """The one-pass plan's merged accumulator as ``means``, ``var_norms``, ``scatter``, ``terms``.
-
-    ``used``: classes whose rows enter N and the global mean (None: all);
-    ``expect``: the counts the caller set up with (checked, see ``expect_counts``).
-    Also :class:`ncdask.StatsAccumulator`'s last step.
-    """
-    xp = array_namespace(p["sums"])
-    _check_counts(p["counts"], expect, None)
-    means = KT.group_means(p["counts"], p["sums"])
-    n = p["counts"].shape[0]
-    use = xp.ones(n, dtype=bool) if used is None else xp.asarray(used)
-    return {
-        "means": means,
-        "var_norms": KT.var_norms(p["m2"], p["counts"]),
-        "scatter": KT.symmetrize(p["scatter"]),
-        "terms": KT.mean_terms(means, p["counts"], use),
-    }
-
-
 def _finish_sums(p: dict, classes: np.ndarray, expect: np.ndarray | None) -> dict[str, Any]:
-    _check_counts(p["counts"], expect, classes)
+    KT.check_counts(p["counts"], expect, classes)
     return {"counts": p["counts"], "means": KT.group_means(p["counts"], p["sums"])}
 
 
@@ -246,11 +185,7 @@ def class_tiled_stats(
         return out
 
     def chained(red: Reduction, tag: str, *extra: Any, after: Any = None) -> list[Any]:
-        """Fold the chunks into C chains (:func:`ncdask.graph._reduce.chains`); the chain ends.
-
-        Large inputs have their reads throttled, a batch of C chunks at a
-        time (see ``chains``); small ones are one batch, one bind per stage.
-        """
+        """Fold the chunks into C chains; the chain ends (large inputs read C at a time)."""
         n = X.numblocks[0]
 
         def read(lo: int, hi: int, wait: list[Any]) -> list[tuple[Any, ...]]:
@@ -265,13 +200,16 @@ def class_tiled_stats(
 
     if groups is None:
         groups = [(0, n_classes)]
-        mask = None if in_scatter is None else np.asarray(in_scatter, dtype=bool)
-        red = KT.summary_reduction(mask=mask, **kw)
-        ends = chained(red, "summary")
+        red = KT.summary_reduction(**kw)
+        extra = ()
+        if in_scatter is not None:  # one graph key, read by every chunk task
+            extra = (f"{name}-mask",)
+            dsk[extra[0]] = np.asarray(in_scatter, dtype=bool)
+        ends = chained(red, "summary", *extra)
         comb = f"{name}-combine"
         dsk[comb] = (red.combine, ends)
         fin = f"{name}-finish"
-        dsk[fin] = (finish_dense, comb, mask, expect_counts)
+        dsk[fin] = (KT.finish, comb, expect_counts)
         per_group.append({"means": [(get(fin, "means", "finish"), n_classes)],
                           **{k: get(fin, k, "finish") for k in
                              ("var_norms", "scatter", "terms")}})
@@ -279,6 +217,7 @@ def class_tiled_stats(
         _pipelined(dsk, name, groups, chained, get, per_group, kw, tile, in_scatter,
                    expect_counts)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
+
     def lazy(k: str, v: Any) -> Any:
         if k == "means":
             return [(Delayed(key, graph, layer=name), n) for key, n in v]
@@ -295,11 +234,10 @@ def _pipelined(
 ) -> None:
     """The stages of the pipelined plan, added to ``dsk`` (see the module docstring).
 
-    With known counts, a group's accumulators hold only the classes the
-    counts say are present (``rank``: each class's position among them, −1
-    for an empty class), so a vocabulary's empty classes cost no memory and
-    its groups are fewer. ``per_group`` gets, per group, its ``means`` as
-    tile-sized pieces ``[(key, rows), ...]`` and keys of the rest.
+    With known counts, accumulators hold rows only for present classes
+    (``rank``: a class's position among them, −1 when empty). ``per_group``
+    gets each group's ``means`` as tile pieces ``[(key, rows), ...]`` and
+    keys of the rest.
     """
     present = None if expect_counts is None else np.asarray(expect_counts) > 0
     rank_key = None
@@ -371,12 +309,8 @@ def assemble(
     meta: Any,
     global_mean: str,
 ) -> dict[str, da.Array]:
-    """The lazy statistics (:func:`class_tiled_stats`'s result) from each class group's pieces.
-
-    ``per_group`` holds, per group of ``groups``, its ``means`` as
-    ``[(delayed, rows), ...]`` and delayed ``var_norms``, ``scatter`` and
-    ``terms``; the means and variance norms are rechunked to ``tile`` classes.
-    """
+    """The lazy statistics from each class group's delayed pieces (``means`` as
+    ``[(delayed, rows), ...]``, ``var_norms``, ``scatter``, ``terms``), rechunked to ``tile``."""
 
     def arr(d: Any, shape: tuple[int, ...]) -> da.Array:
         return da.from_delayed(d, shape=shape, dtype=dt,
@@ -391,18 +325,12 @@ def assemble(
     vn = vn.rechunk((tiles,))
     scatter = da.stack([arr(g["scatter"], (D, D)) for g in per_group]).sum(axis=0)
     terms = da.stack([arr(g["terms"], (2 * D + 2,)) for g in per_group]).sum(axis=0)
-    n = terms[2 * D + 1]
-    if global_mean == "unweighted":
-        gm = terms[:D] / da.maximum(terms[2 * D], 1.0)
-    elif global_mean == "weighted":
-        gm = terms[D : 2 * D] / da.maximum(n, 1.0)
-    else:
-        raise ValueError(f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")
+    gm, within_cov, n = KT.global_terms(terms, scatter, global_mean)
     return {
         "means": means,
         "var_norms": vn,
         "global_mean": gm,
-        "within_cov": scatter / da.maximum(n, 1.0),
+        "within_cov": within_cov,
         "n_samples": n.astype(np.int64),
     }
 
@@ -417,46 +345,114 @@ def _vec(values: np.ndarray, chunks: tuple, like: da.Array) -> da.Array:
     return v
 
 
+def _merge_tile(Ma: Any, va: Any, Mb: Any, vb: Any, na: np.ndarray, nb: np.ndarray,
+                Sa: Any = None, Sb: Any = None) -> dict[str, Any]:
+    """One class tile of two sets' statistics merged (:func:`ncdask.kernels.tiled_stats.merge`)."""
+    xp = array_namespace(Ma)
+    D = Ma.shape[1]
+    zero = xp.zeros((D, D), dtype=Ma.dtype)
+    a = KT.from_stats(xp.asarray(na), Ma, va, zero if Sa is None else Sa)
+    b = KT.from_stats(xp.asarray(nb), xp.asarray(Mb), xp.asarray(vb), zero if Sb is None else Sb)
+    return KT.finish(KT.merge(a, b))
+
+
 def merge_tiled(
     a: dict[str, Any], b: dict[str, Any], na: np.ndarray, nb: np.ndarray, *, global_mean: str
 ) -> dict[str, da.Array]:
-    """Statistics of the union of two sets, tile by tile (no K×D task).
+    """Statistics of the union of two sets, one task per class tile (no K×D task).
 
     ``a`` and ``b`` hold dask ``means``, ``var_norms``, ``within_cov`` and the
-    integer ``n_samples``; ``na``, ``nb`` the counts. With ``n = n_a + n_b``,
-    ``w = n_a n_b / n`` and ``δ = μ_b − μ_a`` for classes on both sides:
-    ``μ = (n_a μ_a + n_b μ_b)/n``, ``n v = n_a v_a + n_b v_b + w‖δ‖²`` and
-    ``N Σ_W = N_a Σ_a + N_b Σ_b + Σ_k w_k δ_k δ_kᵀ`` (a blocked GEMM summed
-    over the class tiles): centred terms only, exact in the terminal phase.
+    integer ``n_samples``; ``na``, ``nb`` the counts. The first tile's task
+    also adds ``N_a Σ_a + N_b Σ_b``.
     """
     Ma = a["means"]
-    chunks = Ma.chunks[0]
-    Mb = b["means"].rechunk(Ma.chunks)
-    dt = Ma.dtype
-    n = na + nb
-    safe = np.maximum(n, 1).astype(dt)
-    both = (na > 0) & (nb > 0)
-    wa, wb = _vec(na / safe, chunks, Ma), _vec(nb / safe, chunks, Ma)
-    has_a, has_b = _vec(na > 0, chunks, Ma), _vec(nb > 0, chunks, Ma)
-    present = _vec(n > 0, chunks, Ma)
-    mean = (da.where(has_a[:, None], Ma, 0.0) * wa[:, None]
-            + da.where(has_b[:, None], Mb, 0.0) * wb[:, None])
-    mean = da.where(present[:, None], mean, np.nan)
-    delta = da.where(_vec(both, chunks, Ma)[:, None], Mb - Ma, 0.0)
-    w = _vec(np.where(both, na * nb / safe, 0.0).astype(dt), chunks, Ma)
-    va = da.where(has_a, a["var_norms"].rechunk((chunks,)), 0.0)
-    vb = da.where(has_b, b["var_norms"].rechunk((chunks,)), 0.0)
-    vn = (wa * va + wb * vb + w / _vec(safe, chunks, Ma) * (delta * delta).sum(axis=1))
-    vn = da.where(present, vn, np.nan)
-    dw = delta * da.sqrt(w)[:, None]
-    N_a, N_b = int(a["n_samples"]), int(b["n_samples"])
-    N = max(N_a + N_b, 1)
-    Sw = (a["within_cov"] * N_a + b["within_cov"] * N_b + gram(dw)) / N
-    if global_mean == "unweighted":
-        gm = da.where(present[:, None], mean, 0.0).sum(axis=0) / max(int((n > 0).sum()), 1)
-    elif global_mean == "weighted":
-        gm = (da.where(present[:, None], mean, 0.0) * _vec(n.astype(dt), chunks, Ma)[:, None]
-              ).sum(axis=0) / N
+    tiles = Ma.chunks[0]
+    parts = [Ma, a["var_norms"].rechunk((tiles,)), b["means"].rechunk(Ma.chunks),
+             b["var_norms"].rechunk((tiles,))]
+    # unoptimised: a fused copy of a pass would run its in-place combine twice
+    blocks = [x.to_delayed(optimize_graph=False).ravel() for x in parts]
+    Sa, Sb = ((s["within_cov"] * s["n_samples"]).rechunk(-1).to_delayed(optimize_graph=False)
+              .ravel()[0] for s in (a, b))
+    merge_one = dask.delayed(_merge_tile, pure=True)
+    per_group, groups, lo = [], [], 0
+    for i, n in enumerate(tiles):
+        sl = slice(lo, lo + n)
+        fin = merge_one(*(bl[i] for bl in blocks), na[sl], nb[sl],
+                        *((Sa, Sb) if i == 0 else ()))
+        per_group.append({"means": [(fin["means"], n)],
+                          **{k: fin[k] for k in ("var_norms", "scatter", "terms")}})
+        groups.append((lo, lo + n))
+        lo += n
+    D = Ma.shape[1]
+    return assemble(per_group, groups, D, max(tiles), Ma.dtype, Ma._meta, global_mean)
+
+
+def _one_class_labels(yo: Any, ignore_index: int | None) -> Any:
+    """Every label 0 (one class), except ``ignore_index``."""
+    xp = array_namespace(yo)
+    zero = xp.zeros(yo.shape, dtype=xp.int64)
+    return zero if ignore_index is None else xp.where(yo == ignore_index, ignore_index, zero)
+
+
+def one_class_stats(
+    X: da.Array, y: da.Array | None = None, *, ignore_index: int | None = None
+) -> tuple[da.Array, da.Array, da.Array]:
+    """``(n, μ (1, D), Σ)`` of all rows of ``X`` as one class (``K=1`` of the statistics).
+
+    ``y``: labels, read only to leave out the rows labelled ``ignore_index``.
+    """
+    X = X.rechunk({1: -1})
+    like = meta_from_array(X._meta, ndim=1, dtype=np.int64)
+    if y is None or ignore_index is None:
+        y = da.zeros(X.shape[0], chunks=(X.chunks[0],), dtype=np.int64)
+        y = y.map_blocks(array_namespace(X._meta).asarray, meta=like)
     else:
-        raise ValueError(f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")
-    return {"means": mean, "var_norms": vn, "within_cov": Sw, "global_mean": gm}
+        y = y.rechunk((X.chunks[0],)).map_blocks(_one_class_labels, ignore_index,
+                                                 dtype=np.int64, meta=like)
+    st = class_tiled_stats(X, y, 1, tile=1, dtype=np.float64, ignore_index=ignore_index)
+    return st["n_samples"].astype(np.float64), st["means"], st["within_cov"]
+
+
+def ood_class_nc1(
+    M: da.Array, Sw: da.Array, n_id: int, n_k: np.ndarray, ood: tuple[Any, Any, Any], *,
+    global_mean: str = "unweighted", eps_dtype: Any = None,
+) -> da.Array:
+    """Lazy ``nc1_pinv`` of the K ID classes plus the OOD set as class K+1.
+
+    With the OOD set's ``(n_o, μ_o, Σ_o)`` (:func:`one_class_stats`):
+    ``Σ_W' = (N Σ_W + n_o Σ_o) / (N + n_o)``, the means gain the row ``μ_o``,
+    the global mean is taken over the K+1 means (or weighted by the counts
+    ``n_k``) and ``tr(Σ_B'⁺ Σ_W') / (K+1)`` is computed as ``nc1_pinv``.
+
+    Parameters
+    ----------
+    M : dask array (K, D)
+        Class means.
+    Sw : dask array (D, D)
+        Within-class covariance, pooled over ``n_id`` samples.
+    n_id : int
+    n_k : array (K,)
+        Counts of the classes in ``M``.
+    ood : tuple
+        ``(n_o, μ_o (1, D), Σ_o)`` of the OOD samples.
+    global_mean : {"unweighted", "weighted"}
+    eps_dtype : dtype, optional
+        Sets the pseudo-inverse cutoff (:func:`ncdask.graph.closed_forms.nc1_values`).
+
+    Returns
+    -------
+    dask array, 0-d
+
+    References
+    ----------
+    Ammar et al. (2024), NECO, ICLR (arXiv:2310.06823), Appendix D.
+    """
+    n_o, mu_o, Sw_o = ood
+    Sw2 = (Sw * float(n_id) + Sw_o * n_o) / (float(n_id) + n_o)
+    M2 = da.concatenate([M, mu_o.rechunk((1, -1))], axis=0)
+    if global_mean == "weighted":
+        nk = _vec(n_k.astype(np.float64), M.chunks[0], M)
+        mG2 = ((M * nk[:, None]).sum(axis=0) + mu_o[0] * n_o) / (float(n_k.sum()) + n_o)
+    else:
+        mG2 = M2.mean(axis=0)
+    return nc1_values(M2 - mG2[None, :], Sw2, want_svd=False, eps_dtype=eps_dtype)[0]

@@ -69,7 +69,6 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import xarray as xr
-from dask.array.utils import meta_from_array
 
 from ncdask.metrics.inputs import (
     as_dask,
@@ -78,14 +77,13 @@ from ncdask.metrics.inputs import (
 )
 from ncdask.metrics.inputs import check_stats as _check_stats
 from ncdask.metrics.inputs import like as _like
-from ncdask.metrics.inputs import namespace_of as _namespace_of
 from ncdask.metrics.inputs import split_of as _split
 from ncdask._version import __version__
 from ncdask.metrics.declarations import GROUPS, METRICS, ON_REQUEST, Inputs, Metric, MetricInfo  # noqa: F401
 from ncdask.metrics.evaluate import check_role, is_summary, ood_class_from_summary, summary_dim
-from ncdask.graph import closed_forms as CF
 from ncdask.graph.pairwise import default_tile_size, resolve_budget
-from ncdask.graph.stats import stats_arrays
+from ncdask.graph.tiled_stats import one_class_stats
+from ncdask.graph.tiled_stats import ood_class_nc1 as _ood_class_nc1
 from ncdask.kernels.pairwise import RieszRangeWarning  # noqa: F401 - re-exported with measure
 
 
@@ -152,112 +150,30 @@ def label_results(ds: xr.Dataset) -> xr.Dataset:
 # --------------------------------------------------------------------------- inputs
 
 
-def _ood_labels_for_one_class(yo: Any, ignore_index: int | None) -> Any:
-    from ncdask.kernels._xp import array_namespace
-
-    xp = array_namespace(yo)
-    yo = xp.asarray(yo)
-    zero = xp.zeros(yo.shape, dtype=xp.int64)
-    if ignore_index is None:
-        return zero
-    return xp.where(yo == ignore_index, ignore_index, zero)
-
-
-def _ood_one_class(ood: Any, M: da.Array, *, ignore_index: int | None,
-                   split_every: int | None) -> tuple[Any, da.Array, da.Array]:
-    """One pass over the OOD embeddings: their count, mean (1, D) and centred Σ."""
-    split = _split(ood)
-    Xo = _like(as_dask(split["embeddings"]), M)
-    D = M.shape[1]
-    if Xo.ndim != 2 or Xo.shape[1] != D:
-        raise ValueError(f"OOD embeddings have shape {Xo.shape}, expected (n, {D})")
-    Xo = Xo.rechunk({1: -1})
-    if "labels" in split and ignore_index is not None:
-        yo = as_dask(split["labels"]).rechunk((Xo.chunks[0],))
-        yo = yo.map_blocks(
-            _ood_labels_for_one_class, ignore_index, dtype=np.int64,
-            meta=meta_from_array(yo, ndim=1, dtype=np.int64),
-        )
-    else:
-        yo = da.zeros(Xo.shape[0], chunks=(Xo.chunks[0],), dtype=np.int64)
-        yo = yo.map_blocks(
-            _namespace_of(Xo).asarray, meta=meta_from_array(Xo, ndim=1, dtype=np.int64)
-        )
-    fin = stats_arrays(
-        Xo, yo, 1, dtype=np.float64, split_every=split_every or 8, ignore_index=ignore_index
-    )
-    n_o = fin["n_samples"].astype(np.float64)
-    mu_o = fin["means"]  # (1, D)
-    return n_o, mu_o, fin["within_cov"]
-
-
 def ood_class_nc1(
-    M: da.Array,
-    Sw: da.Array,
-    n_id: int,
-    n_k: np.ndarray,
-    ood: Any,
-    *,
-    global_mean: str = "unweighted",
-    ignore_index: int | None = None,
-    eps_dtype: Any = None,
+    M: da.Array, Sw: da.Array, n_id: int, n_k: np.ndarray, ood: Any, *,
+    global_mean: str = "unweighted", ignore_index: int | None = None, eps_dtype: Any = None,
     split_every: int | None = None,
 ) -> da.Array:
-    """Lazy ``nc1_pinv`` of the K ID classes plus the OOD set as class K+1.
+    """Lazy ``nc1_pinv`` with the OOD set (a split or a streamed summary) as class K+1.
 
-    One pass over the OOD embeddings gives their count ``n_o``, mean ``μ_o``
-    and centred scatter ``S_o`` (the one-class case of the class-statistics
-    pass); then ``Σ_W' = (N Σ_W + S_o) / (N + n_o)``, the means gain the row
-    ``μ_o``, the global mean is taken over the K+1 means (or weighted by the
-    counts) and ``tr(Σ_B'⁺ Σ_W') / (K+1)`` is computed as ``nc1_pinv``.
-
-    Parameters
-    ----------
-    M : dask array (K, D)
-        Class means of the classes measured (float64).
-    Sw : dask array (D, D)
-        Within-class covariance, pooled over ``n_id`` samples.
-    n_id : int
-        The number of samples behind ``Sw``.
-    n_k : array (K,)
-        Counts of the classes in ``M`` (for a weighted global mean).
-    ood : split Dataset or (store, split)
-        OOD samples; their labels are ignored except ``ignore_index``.
-    global_mean : {"unweighted", "weighted"}
-    ignore_index : int, optional
-        OOD samples with this label are left out.
-    eps_dtype : dtype, optional
-        Sets the pseudo-inverse cutoff (see :func:`ncdask.graph.closed_forms.nc1_values`).
-    split_every : int, optional
-
-    Returns
-    -------
-    dask array, 0-d
-
-    References
-    ----------
-    Ammar et al. (2024), NECO, ICLR (arXiv:2310.06823), Appendix D.
+    See :func:`ncdask.graph.tiled_stats.ood_class_nc1`; OOD samples labelled
+    ``ignore_index`` are left out. ``split_every`` is accepted and unused.
     """
     D = M.shape[1]
     if is_summary(ood, "ood"):
         if summary_dim(ood) != D:
             raise ValueError(f"the streamed OOD summary has width {summary_dim(ood)}, "
                              f"the statistics {D}")
-        n_o, mu_o, Sw_o = ood_class_from_summary(ood, M)
+        one = ood_class_from_summary(ood, M)
     else:
-        n_o, mu_o, Sw_o = _ood_one_class(ood, M, ignore_index=ignore_index,
-                                         split_every=split_every)
-    Sw2 = (Sw * float(n_id) + Sw_o * n_o) / (float(n_id) + n_o)
-    M2 = da.concatenate([M, mu_o.rechunk((1, -1))], axis=0)
-    if global_mean == "weighted":
-        nk = as_dask(n_k.astype(np.float64)).rechunk((M.chunks[0],))
-        nk = nk.map_blocks(_namespace_of(M).asarray, meta=meta_from_array(M, ndim=1))
-        tot = (M * nk[:, None]).sum(axis=0)
-        mG2 = (tot + mu_o[0] * n_o) / (float(n_k.sum()) + n_o)
-    else:
-        mG2 = M2.mean(axis=0)
-    Mc2 = M2 - mG2[None, :]
-    return CF.nc1_values(Mc2, Sw2, want_svd=False, eps_dtype=eps_dtype)[0]
+        split = _split(ood)
+        Xo = _like(as_dask(split["embeddings"]), M)
+        if Xo.ndim != 2 or Xo.shape[1] != D:
+            raise ValueError(f"OOD embeddings have shape {Xo.shape}, expected (n, {D})")
+        yo = as_dask(split["labels"]) if "labels" in split else None
+        one = one_class_stats(Xo, yo, ignore_index=ignore_index)
+    return _ood_class_nc1(M, Sw, n_id, n_k, one, global_mean=global_mean, eps_dtype=eps_dtype)
 
 
 # --------------------------------------------------------------------------- one measurement

@@ -1,8 +1,8 @@
 """The statistics layer: class counts, means and covariances from one pass, saved and merged."""
 
+from ncdask.stats.api import class_stats
 from ncdask.stats.core import (
     EmptyClassWarning,
-    class_stats,
     labelled_stats,
     load_stats,
     merge_stats,

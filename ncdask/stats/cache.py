@@ -1,83 +1,113 @@
-"""Class statistics kept in the store, and brought up to date from the new rows only.
+"""Class statistics kept in the store, brought up to date from the new rows only.
 
-``class_stats(store, split, cache=True)`` writes its result beside the
-split, in ``<split>/.ncdask-stats/k-<key>-<owner>`` (a statistics store like
-:func:`ncdask.save_stats` writes), keyed by the options the values depend
-on (``global_mean``, ``dtype``, ``ignore_index``, ``min_count``, K) and
-recording the rows it covers. Entries are never replaced, only added (and
-removed an hour after a newer one superseded them), because statistics are
-read lazily and must not change under their reader. The rows: every committed part of
-the split (its main arrays and each writer's shard) with its committed row
-count. Parts only ever grow (commits append), so on the next call:
+``class_stats(store, split, cache=True)`` writes its result beside the split,
+in ``<split>/.ncdask-stats/k-<options hash>-<owner>``, with the
+:class:`MemoKey` it was computed for: the options the values depend on and
+the split's committed parts (its main arrays and each writer's shard, with
+their row counts; parts only grow). On the next call:
 
-* the same parts and rows: the cached statistics are returned and no
-  embedding chunk is read;
-* more rows: only the new rows (each part past its cached count, and new
-  shards) are read, and their statistics merged into the cached ones with
-  :func:`ncdask.merge_stats` (exact: Chan's pairwise update);
-* anything else (a part gone or shorter: the split was replaced or
-  deleted and written again) or ``min_count`` (whose filter depends on all
-  counts): a full pass, and the cache replaced.
+* the same key: the cached statistics, and no embedding chunk is read;
+* more rows: only the new rows are read, and merged in (:func:`ncdask.merge_stats`);
+* anything else (a part gone or shorter: the split was rewritten), or
+  ``min_count`` (its filter depends on all counts): a full pass.
 
-Where it goes, and why there: the cache holds no embeddings, so a store
-opened read-only (the default) still writes it, through a handle of its
-own; where the store cannot be written (permissions, a read-only bucket)
-the statistics are computed and returned without a cache. It is deleted
-with its split.
+Entries are only added, never replaced (a lazy reader must not see a
+statistics store change under it), and removed an hour after being
+superseded. The cache holds no embeddings, so a store opened read-only still
+writes it; where the store cannot be written the statistics are returned
+without a cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
+import fsspec
 import numpy as np
 import xarray as xr
+import zarr
 
+from ncdask.stats import core
+from ncdask.store.embedding import EmbeddingStore
 from ncdask.store.layout import _read
 from ncdask.store.record import _record, _snapshot
 from ncdask.store.setkey import SetKey
-from ncdask.store.embedding import EmbeddingStore
+from ncdask.store.staging import is_staging, owner_tag
+from ncdask.store.zarrio import IncompleteOutputError, _complete
 
 #: Folder of a split's cached statistics.
 CACHE_DIR = ".ncdask-stats"
-#: Attribute of a cached statistics store: its key and the rows it covers.
+#: Attribute of a cached statistics store: its :class:`MemoKey` and when it was written.
 CACHE_ATTR = "ncdask_cache"
+#: Superseded cache entries are deleted once older than this (a reader may hold one lazily).
+PRUNE_AFTER_S = 3600.0
 
 
-def _parts(store: EmbeddingStore, g: Any) -> list[tuple[Any, int]]:
+def _canonical(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, others their repr)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=repr))
+
+
+def committed_parts(store: EmbeddingStore, split: str, key: SetKey) -> list[tuple[Any, int]]:
+    """A split's committed parts with rows, ``[(group, rows), ...]``."""
+    g = store._split_group(split, key, create=False)
     return [(p, k) for p, k in _snapshot(g)[0] if k > 0]
 
 
-def _cover(parts: list[tuple[Any, int]]) -> list[list[Any]]:
-    return [[p.path, int(k)] for p, k in parts]
+@dataclass(frozen=True)
+class MemoKey:
+    """What a memoised result depends on: its options and the committed parts it read.
+
+    Shared by the statistics cache and :func:`ncdask.sweep`'s ``out=``.
+    ``parts`` maps a split name to its ``[[part path, rows], ...]``.
+    """
+
+    options: Any
+    parts: Any
+
+    @classmethod
+    def of(cls, options: dict[str, Any], parts: dict[str, list[tuple[Any, int]]]) -> MemoKey:
+        return cls(_canonical(options),
+                   {n: [[p.path, int(k)] for p, k in ps] for n, ps in parts.items()})
+
+    @classmethod
+    def from_attr(cls, attr: Any) -> MemoKey | None:
+        if not isinstance(attr, dict) or "options" not in attr:
+            return None
+        return cls(attr["options"], attr.get("parts") or {})
+
+    def attr(self) -> dict[str, Any]:
+        return {"options": self.options, "parts": self.parts}
+
+    def rows(self) -> dict[str, int]:
+        """Rows per part path, over every split."""
+        return {str(p): int(k) for ps in self.parts.values() for p, k in ps}
+
+    def grows(self, older: MemoKey) -> bool:
+        """Same options, and every part of ``older`` still here with at least its rows."""
+        now = self.rows()
+        return older.options == self.options and all(
+            p in now and now[p] >= k for p, k in older.rows().items())
+
+    @property
+    def prefix(self) -> str:
+        digest = hashlib.sha1(json.dumps(self.options, sort_keys=True).encode()).hexdigest()
+        return f"k-{digest[:16]}-"
 
 
 def _folder(store: EmbeddingStore, g: Any) -> str:
     return "/".join([store.url.rstrip("/"), g.path, CACHE_DIR])
 
 
-def _prefix(key: dict[str, Any]) -> str:
-    return "k-" + hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16] + "-"
-
-
-def _entries(store: EmbeddingStore, g: Any, key: dict[str, Any]) -> list[tuple[str, dict]]:
-    """``[(url, cache attrs), ...]`` of the complete cache entries of split ``g`` for ``key``.
-
-    Entries are immutable (each write makes a new one, ``k-<key hash>-<owner>``):
-    a statistics store read lazily must never be replaced under its reader (a
-    replace on a local disk has an instant with nothing at the path, and Zarr
-    reads missing chunks as NaN: seen as a NaN Σ_W in one of two processes
-    filling the cache at once).
-    """
-    import fsspec
-
-    from ncdask.store.staging import is_staging
-    from ncdask.store.zarrio import _complete
-
+def _entries(store: EmbeddingStore, g: Any, key: MemoKey) -> list[tuple[str, MemoKey, dict]]:
+    """``[(url, memo key, cache attrs), ...]`` of the complete entries of split ``g`` with
+    ``key``'s options."""
     folder = _folder(store, g)
     fs, path = fsspec.core.url_to_fs(folder, **(store._storage_options or {}))
     fs.invalidate_cache()
@@ -87,7 +117,7 @@ def _entries(store: EmbeddingStore, g: Any, key: dict[str, Any]) -> list[tuple[s
         return []
     out = []
     for name in sorted(names):
-        if not name.startswith(_prefix(key)) or is_staging(name):
+        if not name.startswith(key.prefix) or is_staging(name):
             continue
         p = f"{path.rstrip('/')}/{name}"
         try:
@@ -96,8 +126,9 @@ def _entries(store: EmbeddingStore, g: Any, key: dict[str, Any]) -> list[tuple[s
             meta = json.loads(fs.cat_file(f"{p}/zarr.json"))["attributes"].get(CACHE_ATTR)
         except (OSError, ValueError, KeyError):
             continue
-        if isinstance(meta, dict) and meta.get("key") == key:
-            out.append((f"{folder}/{name}", meta))
+        old = MemoKey.from_attr(meta.get("key") if isinstance(meta, dict) else None)
+        if old is not None and old.options == key.options:
+            out.append((f"{folder}/{name}", old, meta))
     return out
 
 
@@ -111,8 +142,7 @@ def _new_rows(parts: list[tuple[Any, int]], have: dict[str, int], url: str) -> x
             ys.append(_read(p["labels"], url)[k0:k])
     X = Xs[0] if len(Xs) == 1 else da.concatenate(Xs)
     y = ys[0] if len(ys) == 1 else da.concatenate(ys)
-    # the promise store.split gives a full pass: finite rows, so a lost chunk of the new
-    # rows (read as NaN) raises instead of entering the cache as NaN statistics
+    # finite rows promised, as store.split gives: a lost chunk of the new rows raises
     attrs = {"store": url, "split": parts[0][0].path}
     if all(_record(p).get("finite") is True for p, _ in parts):
         attrs["finite"] = 1
@@ -120,103 +150,79 @@ def _new_rows(parts: list[tuple[Any, int]], have: dict[str, int], url: str) -> x
                       attrs=attrs)
 
 
-def cached_class_stats(
-    store: EmbeddingStore, split: str, set_key: SetKey, options: dict[str, Any],
-    compute: Any,
-) -> xr.Dataset:
-    """``class_stats`` of a store's split through its cache (see the module docstring).
-
-    ``compute(data, **options)`` is :func:`ncdask.class_stats` without the cache;
-    ``options`` its keyword arguments.
-    """
-    from ncdask.store.zarrio import IncompleteOutputError
-    from ncdask.stats.core import EmptyClassWarning, load_stats, merge_stats, save_stats
-
-    g = store._split_group(split, set_key, create=False)
-    parts = _parts(store, g)
-    K = store.n_classes
-    ii = options.get("ignore_index")
-    key = {"global_mean": options.get("global_mean", "unweighted"),
-           "dtype": str(np.dtype(options.get("dtype", "float64"))),
-           "ignore_index": store.ignore_index if ii is None else int(ii),
-           "min_count": options.get("min_count"), "n_classes": K}
-    so = store._storage_options
-    cover = _cover(parts)
-    now = {p.path: k for p, k in parts}
-    entries = _entries(store, g, key)
-    for url, meta in entries:
-        if meta.get("rows") == cover:
-            try:
-                return _strip(load_stats(url, storage_options=so))  # a hit: nothing read
-            except (OSError, KeyError, ValueError, IncompleteOutputError):
-                continue
-    base = None  # the entry covering the most rows, all of which are still committed
-    for url, meta in entries:
-        have = {str(p): int(k) for p, k in meta.get("rows") or []}
-        if all(p in now and now[p] >= k for p, k in have.items()) and (
-                base is None or sum(have.values()) > sum(base[1].values())):
-            base = (url, have)
-    if base is not None and key["min_count"] is None:
-        try:
-            cached = _strip(load_stats(base[0], storage_options=so))
-        except (OSError, KeyError, ValueError, IncompleteOutputError):
-            cached = None
-        if cached is not None:
-            with warnings.catch_warnings():  # the new rows alone often miss classes
-                warnings.simplefilter("ignore", EmptyClassWarning)
-                fresh = compute(_new_rows(parts, base[1], store.url), n_classes=K,
-                                **{k: v for k, v in options.items() if k != "min_count"})
-            out = merge_stats(cached, fresh)
-            return _keep(out, store, g, key, cover, entries, save_stats, load_stats)
-    out = compute(store.split(split, **set_key.tags), **options)
-    return _keep(out, store, g, key, cover, entries, save_stats, load_stats)
-
-
-def _strip(st: xr.Dataset) -> xr.Dataset:
-    st = st.copy()
+def _load(url: str, so: dict | None) -> xr.Dataset | None:
+    """A cache entry, lazily (None when it cannot be read)."""
+    try:
+        st = core.load_stats(url, storage_options=so)
+    except (OSError, KeyError, ValueError, IncompleteOutputError):
+        return None
     st.attrs = {k: v for k, v in st.attrs.items() if k != CACHE_ATTR}
     return st
 
 
-#: Superseded cache entries are deleted once older than this (a reader may still
-#: hold one lazily; an entry is never replaced, only removed when long superseded).
-PRUNE_AFTER_S = 3600.0
+def cached_stats(
+    store: EmbeddingStore, split: str, set_key: SetKey, options: dict[str, Any]
+) -> xr.Dataset:
+    """:func:`ncdask.stats.core.compute_stats` of a store's split through its cache.
 
-
-def _keep(out: xr.Dataset, store: EmbeddingStore, g: Any, key: dict, cover: list,
-          entries: list[tuple[str, dict]], save_stats: Any, load_stats: Any) -> xr.Dataset:
-    """Write ``out`` as a new cache entry and return it read back; computed only, if the
-    store cannot be written. Older entries of the key, long superseded, are removed."""
-    import time
-
-    from ncdask.store.staging import owner_tag
-
+    ``options``: the keyword arguments of ``compute_stats`` (see the module docstring).
+    """
+    g = store._split_group(split, set_key, create=False)
+    parts = committed_parts(store, split, set_key)
+    K = store.n_classes
+    ii = options.get("ignore_index")
+    key = MemoKey.of({"global_mean": options.get("global_mean", "unweighted"),
+                      "dtype": str(np.dtype(options.get("dtype", "float64"))),
+                      "ignore_index": store.ignore_index if ii is None else int(ii),
+                      "min_count": options.get("min_count"), "n_classes": K}, {split: parts})
     so = store._storage_options
-    url = f"{_folder(store, g)}/{_prefix(key)}{owner_tag()}"
+    entries = _entries(store, g, key)
+    for url, old, _ in entries:
+        hit = _load(url, so) if old == key else None
+        if hit is not None:
+            return hit  # nothing read
+    grown = [(sum(old.rows().values()), url, old) for url, old, _ in entries if key.grows(old)]
+    cached = None
+    if grown and options.get("min_count") is None:
+        _, url, old = max(grown, key=lambda t: t[0])  # the entry covering the most rows
+        cached = _load(url, so)
+    if cached is not None:
+        with warnings.catch_warnings():  # the new rows alone often miss classes
+            warnings.simplefilter("ignore", core.EmptyClassWarning)
+            fresh = core.compute_stats(_new_rows(parts, old.rows(), store.url), n_classes=K,
+                                       **{k: v for k, v in options.items() if k != "min_count"})
+        out = core.merge_stats(cached, fresh)
+    else:
+        out = core.compute_stats(store.split(split, **set_key.tags), **options)
+    return _keep(out, store, g, key, entries)
+
+
+def _keep(out: xr.Dataset, store: EmbeddingStore, g: Any, key: MemoKey,
+          entries: list[tuple[str, MemoKey, dict]]) -> xr.Dataset:
+    """Write ``out`` as a new cache entry and return it read back (``out`` itself when the
+    store cannot be written); remove the key's long superseded entries."""
+    so = store._storage_options
+    url = f"{_folder(store, g)}/{key.prefix}{owner_tag()}"
     marked = out.copy()
-    marked.attrs = dict(out.attrs)
-    marked.attrs[CACHE_ATTR] = {"key": key, "rows": cover, "written": time.time()}
+    marked.attrs = {**out.attrs, CACHE_ATTR: {"key": key.attr(), "written": time.time()}}
     try:
         _require_folder(url, so)
-        save_stats(marked, url, storage_options=so)
+        core.save_stats(marked, url, storage_options=so)
     except OSError:  # unwritable
         return out.compute()
-    for old, meta in entries:
+    for old, _, meta in entries:
         if time.time() - float(meta.get("written") or 0) > PRUNE_AFTER_S:
             try:
-                import fsspec
-
                 fs, p = fsspec.core.url_to_fs(old, **(so or {}))
                 fs.rm(p, recursive=True)
             except OSError:
                 pass
-    return _strip(load_stats(url, storage_options=so))
+    back = _load(url, so)
+    return out if back is None else back
 
 
 def _require_folder(url: str, so: dict | None) -> None:
     """Make the cache's parent a Zarr group (Zarr warns about unknown folders in a group)."""
-    import zarr
-
     parent = url.rsplit("/", 1)[0]
     try:
         zarr.open_group(parent, mode="r", storage_options=so)

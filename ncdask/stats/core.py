@@ -1,10 +1,7 @@
-"""Class statistics as a labelled, lazy :class:`xarray.Dataset`.
+"""Class statistics as a labelled, lazy :class:`xarray.Dataset`: computed, merged, saved.
 
-A pass over the embeddings computes, per class, the counts, means and
-variance norms, and the pooled within-class covariance, in float64 by
-default, with the class axis chunked by tiles (:mod:`ncdask.graph.tiled_stats`
-builds the graph, :mod:`ncdask.kernels.tiled_stats` holds the per-chunk
-arithmetic).
+The graph is :mod:`ncdask.graph.tiled_stats` (class axis chunked by tiles);
+:func:`ncdask.class_stats` (:mod:`ncdask.stats.api`) adds the store's cache.
 """
 
 from __future__ import annotations
@@ -16,13 +13,14 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ncdask.metrics.inputs import split_classes
+from ncdask._validate import NcdaskStoreError
 from ncdask._version import __version__
-from ncdask.store.zarrio import open_dataset, write_dataset
 from ncdask.graph.pairwise import default_tile_size
 from ncdask.graph.tiled_stats import class_tiled_stats, merge_tiled
-from ncdask.kernels._xp import to_numpy
+from ncdask.kernels._xp import array_namespace, to_numpy
+from ncdask.metrics.inputs import split_classes
 from ncdask.store.embedding import resolve_split
+from ncdask.store.zarrio import open_dataset, write_dataset
 
 
 class EmptyClassWarning(UserWarning):
@@ -42,12 +40,10 @@ DEFINITIONS = {
 def _counts_of(ds: xr.Dataset, n_classes: int) -> np.ndarray:
     """Samples per class: the store's record when it describes these rows, else the labels'.
 
-    The record is used only when the Dataset still has the ``n_committed``
-    rows it describes; after ``isel``, ``xr.concat`` or a row filter the
-    labels are counted (one cheap pass, 4-8 bytes a sample). Either way the
-    pass over the embeddings counts again and raises if the two disagree (a
-    damaged store). Labels outside ``[0, K)`` (ignored or invalid) are not
-    counted; the pass over the embeddings reports invalid ones.
+    The record counts only while the Dataset has the ``n_committed`` rows it
+    describes (not after ``isel`` or ``xr.concat``); the pass over the
+    embeddings counts again and raises if the two disagree. Labels outside
+    ``[0, K)`` are not counted.
     """
     counts = ds.attrs.get("class_counts")
     rows = ds.attrs.get("n_committed")
@@ -121,9 +117,8 @@ def labelled_stats(
     return ds
 
 
-def class_stats(
-    data: Any,
-    split: str | None = None,
+def compute_stats(
+    ds: xr.Dataset,
     *,
     global_mean: str = "unweighted",
     dtype: Any = "float64",
@@ -133,119 +128,11 @@ def class_stats(
     min_count: int | None = None,
     tile_size: int | None = None,
     memory_budget: int | str | None = None,
-    cache: bool = False,
-    layer: str | None = None,
-    epoch: int | None = None,
 ) -> xr.Dataset:
-    """Per-class statistics of a split, chunked over classes by tiles.
-
-    Parameters
-    ----------
-    data : xarray.Dataset or EmbeddingStore or str
-        A split Dataset (``embeddings (sample, feature)``, ``labels (sample)``),
-        or a store (object or URL) with ``split``.
-    split : str, optional
-        Split name when ``data`` is a store (default "train").
-    global_mean : {"unweighted", "weighted"}
-        Unweighted mean of the class means (the reference's default) or the
-        sample-weighted mean.
-    dtype : dtype, default "float64"
-        Accumulation dtype.
-    n_classes : int, optional
-        K, when the Dataset does not carry it in its attrs.
-    chains : int, optional
-        Row chunks are added one after another into this many running
-        accumulators, side by side (default: one per worker thread, at most
-        8); each holds a D×D scatter and, past one pass, a class group.
-    ignore_index : int, optional
-        Samples with this label (PyTorch's ``-100`` padding) are left out of
-        every statistic, ``n_samples`` included. Default: the store's
-        ``ignore_index`` (the split's attribute), else none; any other label
-        outside ``[0, K)`` raises ``ValueError`` when the pass runs.
-    min_count : int, optional
-        Classes with ``0 < n_k < min_count`` samples are *filtered*: they keep
-        their ``counts``, ``means`` and ``var_norms``, but their samples leave
-        ``within_cov``, ``n_samples`` and the global mean, and they are listed
-        in the ``filtered_classes`` attribute, which :func:`ncdask.measure`
-        leaves out of every class-level metric. The counts come from a pass
-        over the labels alone, before the pass over the embeddings.
-    tile_size : int, optional
-        Classes per chunk of the class axis of ``means`` and ``var_norms``
-        (default: :func:`ncdask.graph.pairwise.default_tile_size`, the tile
-        :func:`ncdask.measure` uses). :func:`save_stats` writes one Zarr chunk
-        per tile.
-    memory_budget : int or str, optional
-        Bytes of per-class partial results the pass may hold (default: the
-        ``ncdask.stats.core-budget`` dask config value, else 1.5 GiB). When
-        ``(chains + 2)·K·D·8`` bytes fit, the statistics take one read of
-        the embeddings; otherwise the classes are cut into ``G`` groups of
-        whole tiles of at most ``budget / (chains + 2)`` each, and the
-        embeddings are read ``G + 1`` times (see
-        :mod:`ncdask.graph.tiled_stats`). No task then holds more than a
-        group's K×D part.
-    cache : bool, default False
-        With a store (not a split Dataset): keep the result in the store,
-        beside the split, and reuse it (:mod:`ncdask.stats.cache`): a second call
-        with nothing new reads no embedding chunk, and after appends only
-        the new rows are read and merged in. The statistics are then
-        computed at the call (on the active dask scheduler), not lazily. A
-        store that cannot be written gets no cache.
-    layer, epoch : optional
-        The embedding set of ``split`` when ``data`` is a store.
-
-    Returns
-    -------
-    xarray.Dataset
-        Lazy ``counts (class)`` (in memory), ``means (class, feature)`` and
-        ``var_norms (class)`` chunked over ``class`` by ``tile_size``,
-        ``global_mean (feature)``, ``within_cov (feature, feature_)``
-        and ``n_samples``; attrs ``n_classes``, ``dim``,
-        ``global_mean``, ``empty_classes``, ``ignore_index`` (when set),
-        ``min_count`` and ``filtered_classes`` (when ``min_count`` is given).
-        Computing any subset runs the one pass once.
-
-    Warns
-    -----
-    EmptyClassWarning
-        When some class has no samples.
-
-    References
-    ----------
-    Papyan, Han & Donoho (2020), "Prevalence of neural collapse during the
-    terminal phase of deep learning training", PNAS.
-
-    Examples
-    --------
-    >>> import numpy as np, ncdask
-    >>> rng = np.random.default_rng(0)
-    >>> s = ncdask.EmbeddingStore.from_arrays(
-    ...     "memory://stats-doc", {"train": (rng.normal(size=(100, 4)), np.arange(100) % 3)},
-    ...     overwrite=True)
-    >>> st = ncdask.class_stats(s, "train")
-    >>> st.counts.values.tolist()
-    [34, 33, 33]
-    """
+    """The lazy class statistics of a split Dataset (:func:`ncdask.class_stats` without
+    its store handling and cache; the same options)."""
     if global_mean not in ("unweighted", "weighted"):
         raise ValueError(f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")
-    if not isinstance(data, xr.Dataset) and (cache or layer is not None or epoch is not None):
-        from ncdask.store.embedding import EmbeddingStore
-
-        if isinstance(data, tuple) and len(data) == 2 and split is None:
-            data, split = data
-        store = EmbeddingStore.open(data) if isinstance(data, str) else data
-        if not isinstance(store, EmbeddingStore):
-            raise TypeError(f"cache=, layer= and epoch= need a store, got {type(data).__name__}")
-        if cache:
-            from ncdask.store.setkey import SetKey
-            from ncdask.stats.cache import cached_class_stats
-
-            options = dict(global_mean=global_mean, dtype=dtype, chains=chains,
-                           ignore_index=ignore_index, min_count=min_count,
-                           tile_size=tile_size, memory_budget=memory_budget)
-            return cached_class_stats(store, split or "train", SetKey(layer, epoch), options,
-                                      class_stats)
-        data, split = store.split(split or "train", layer=layer, epoch=epoch), None
-    ds = resolve_split(data, split)
     K, ignore_index = split_classes(ds, n_classes, ignore_index)
     if min_count is not None:
         if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)):
@@ -287,13 +174,9 @@ def _refusing_lost_chunks(
 ) -> dict[str, Any]:
     """The statistics, made to raise on a non-finite value where the split promised none.
 
-    NaN propagates: one lost chunk (read as the NaN fill value) makes its
-    classes' means, their variance norms, Σ_W and the global mean NaN, so a
-    check on these O(K·D + D²) results catches it at no cost to the pass
-    (checking every chunk for NaN would read it again).
+    A lost chunk (read as NaN) makes its classes' means, Σ_W and the global
+    mean NaN, so checking these small results catches it without a re-read.
     """
-    from ncdask.kernels.stats import refuse_nonfinite
-
     where = f"split {attrs.get('split')!r} of {attrs.get('store')!r}"
     out = dict(arrays)
     present = da.from_array(counts > 0, chunks=(arrays["means"].chunks[0],))
@@ -307,6 +190,26 @@ def _refusing_lost_chunks(
         out[name] = a.map_blocks(refuse_nonfinite, what=name, where=where, dtype=a.dtype,
                                  meta=a._meta)
     return out
+
+
+def refuse_nonfinite(block: Any, present: Any = None, *, what: str = "", where: str = "") -> Any:
+    """Return ``block`` unchanged, or raise if it holds NaN/inf where data was promised.
+
+    A split written with finite rows yields a non-finite statistic only when a
+    chunk went missing (read as the NaN fill value) or was damaged. ``present``
+    (per row) limits the check to classes with samples.
+    """
+    xp = array_namespace(block)
+    bad = ~xp.isfinite(block)
+    if present is not None:
+        p = xp.asarray(present)
+        bad = bad & (p.reshape(p.shape + (1,) * (block.ndim - 1)))
+    if bool(xp.any(bad)):
+        raise NcdaskStoreError(
+            f"{where}: {what} holds NaN or inf although the split was written without "
+            "allow_nonfinite: an embeddings chunk is missing (it reads as NaN) or damaged; "
+            "run `ncdask check` on the store")
+    return block
 
 
 def _dask(x: Any) -> da.Array:
@@ -325,6 +228,11 @@ def merge_stats(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
         Results of :func:`class_stats` with the same K, D, global-mean mode
         and ignore label, computed without ``min_count`` (filter the merged
         statistics in :func:`ncdask.measure` instead: the counts change).
+
+    Returns
+    -------
+    xarray.Dataset
+        Lazy statistics, as :func:`class_stats` gives.
     """
     for s_ in (a, b):
         if list(s_.attrs.get("filtered_classes", [])):
