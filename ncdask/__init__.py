@@ -45,7 +45,7 @@ _WHERE: dict[str, str] = {
     "DamagedStoreError": "store",
     "check_store": "store.check",
     "StatsAccumulator": "accumulate",
-    "StatsSink": "accumulate",
+    "StatsSink": "sink",
     "EvalAccumulator": "metrics.evaluate",
 }
 
@@ -79,7 +79,8 @@ _COMPAT = frozenset({
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exports them
     from ncdask.store.zarrio import IncompleteOutputError
-    from ncdask.accumulate import StatsAccumulator, StatsSink
+    from ncdask.accumulate import StatsAccumulator
+    from ncdask.sink import StatsSink
     from ncdask.hooks import capture
     from ncdask.store.check import check_store
     from ncdask.covariances import class_covariances, class_nc1, class_spectra

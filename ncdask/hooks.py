@@ -335,7 +335,7 @@ Spec = tuple[str | None, str, str]
 
 def _stores_for(store: Any, specs: list[Spec]) -> dict[str | None, EmbeddingStore]:
     """Each recorded layer's store (or :class:`ncdask.StatsSink`)."""
-    from ncdask.accumulate import StatsSink
+    from ncdask.sink import StatsSink
 
     stores: dict[str | None, EmbeddingStore] = {}
     for tag, _, _ in specs:

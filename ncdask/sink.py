@@ -1,0 +1,199 @@
+"""Where :func:`ncdask.capture` puts statistics instead of embeddings: :class:`StatsSink`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ncdask.accumulate import StatsAccumulator
+from ncdask.kernels._xp import to_numpy
+from ncdask.store.setkey import SetKey
+
+
+class _SinkWriter:
+    """What :func:`ncdask.hooks` appends to: one accumulator (a store writer's stand-in)."""
+
+    def __init__(self, update: Any, *, labelled: bool = True) -> None:
+        self.update, self.labelled = update, labelled
+        self.rows = 0
+
+    def append(self, X: Any, y: Any = None) -> None:
+        if y is None and self.labelled:
+            raise ValueError("statistics need labels: capture(..., labels=True)")
+        self.update(X, y)
+        self.rows += int(X.shape[0])
+
+    def __enter__(self) -> _SinkWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+class StatsSink:
+    """Where :func:`ncdask.hooks` puts statistics instead of embeddings.
+
+    ``capture(model, loader, StatsSink(K), layers=[...], epoch=e)`` runs the
+    same forward pass and hooks as with a store, but each layer's batches go
+    to a :class:`StatsAccumulator` keyed by ``(layer, epoch)``; nothing is
+    written. :meth:`stats` gives one set's statistics, :meth:`sweep` measures
+    every set along ``epoch`` or ``layer`` with the classifier that
+    ``capture(..., classifier=)`` recorded.
+
+    NC4 and NC5 need the class means first: capture the train split (with
+    ``classifier=``), then the test split and the OOD split (``labels=False``
+    allowed) into the same sink. Their batches go to an
+    :class:`ncdask.EvalAccumulator` of that set, and :meth:`sweep` gives
+    every metric.
+
+    Parameters
+    ----------
+    n_classes : int
+    url : str
+        A name for messages (default ``"<stats sink>"``).
+    train_split, test_split, ood_split : str
+        Split names of the three roles (default "train", "test", "ood").
+    **accumulator_options
+        Passed to every :class:`StatsAccumulator` (``dtype=``,
+        ``global_mean=``, ``ignore_index=``).
+    """
+
+    def __init__(self, n_classes: int, *, url: str = "<stats sink>", train_split: str = "train",
+                 test_split: str = "test", ood_split: str = "ood",
+                 **accumulator_options: Any) -> None:
+        self.n_classes = int(n_classes)
+        self.url = url
+        self.roles = {"train": train_split, "test": test_split, "ood": ood_split}
+        self._options = accumulator_options
+        # keyed by (split, set) and by set
+        self._acc: dict[tuple[str, SetKey], StatsAccumulator] = {}
+        self._eval: dict[SetKey, Any] = {}
+        self._eval_rows: dict[tuple[str, SetKey], int] = {}
+        self._clf: dict[SetKey, tuple[Any, Any]] = {}
+
+    # the part of the EmbeddingStore interface that capture uses
+    def splits(self, *, layer: str | None = None, epoch: int | None = None) -> list[str]:
+        key = SetKey(layer, epoch)
+        return sorted({s for s, k in [*self._acc, *self._eval_rows] if k == key})
+
+    def dim_of(self, *, layer: str | None = None, epoch: int | None = None) -> int:
+        key = SetKey(layer, epoch)
+        for (_, k), a in self._acc.items():
+            if k == key:
+                return a.dim
+        raise KeyError(f"no set layer={layer}, epoch={epoch}")
+
+    def split(self, name: str, *, layer: str | None = None,
+              epoch: int | None = None) -> xr.Dataset:
+        key = (name, SetKey(layer, epoch))
+        a = self._acc.get(key)
+        if a is None:
+            n = self._eval_rows.get(key, 0)
+        else:
+            n = 0 if a.flush()._acc is None else int(to_numpy(a._acc["counts"]).sum())
+        return xr.Dataset(coords={"sample": np.arange(n)})
+
+    def writer(self, split: str, *, layer: str | None = None, epoch: int | None = None,
+               allow_nonfinite: bool = False, dim: int | None = None,
+               labelled: bool = True) -> _SinkWriter:
+        sk = SetKey(layer, epoch)
+        key = (split, sk)
+        if split in (self.roles["test"], self.roles["ood"]):
+            ev = self._evaluator(sk, allow_nonfinite)
+            is_test = split == self.roles["test"]
+            if is_test and not labelled:
+                raise ValueError("the test split needs labels: NC4 counts agreement per class")
+            if is_test and ev.weights is None:
+                raise ValueError(f"no classifier for layer={sk.layer}, epoch={sk.epoch}: capture "
+                                 f"the {self.roles['train']!r} split with classifier= first")
+            update = ev.update_test if is_test else ev.update_ood
+
+            def counted(X: Any, y: Any) -> None:
+                update(X, y)
+                self._eval_rows[key] = self._eval_rows.get(key, 0) + int(X.shape[0])
+
+            return _SinkWriter(counted, labelled=is_test)
+        if not labelled:
+            raise ValueError("a StatsSink keeps class statistics: unlabelled data has none "
+                             f"(except in its OOD split, {self.roles['ood']!r})")
+        if key not in self._acc:
+            self._acc[key] = StatsAccumulator(self.n_classes, int(dim),
+                                              allow_nonfinite=allow_nonfinite, **self._options)
+        return _SinkWriter(self._acc[key].update)
+
+    def _evaluator(self, key: SetKey, allow_nonfinite: bool) -> Any:
+        from ncdask.metrics.evaluate import EvalAccumulator
+
+        if key not in self._eval:
+            train = (self.roles["train"], key)
+            if train not in self._acc:
+                raise ValueError(
+                    f"capture the {self.roles['train']!r} split of layer={key.layer}, "
+                    f"epoch={key.epoch} first: test decisions and the OOD measures need its "
+                    "class means")
+            W, b = self._clf.get(key, (None, None))
+            self._eval[key] = EvalAccumulator(self._acc[train].result(), W, b,
+                                              allow_nonfinite=allow_nonfinite)
+        return self._eval[key]
+
+    def set_classifier(self, W: Any, b: Any = None, *, layer: str | None = None,
+                       epoch: int | None = None) -> None:
+        W = np.asarray(to_numpy(W), dtype=np.float64)
+        self._clf[SetKey(layer, epoch)] = (W, None if b is None else
+                                           np.asarray(to_numpy(b), dtype=np.float64))
+
+    # results
+    def sets(self) -> list[dict[str, Any]]:
+        """The ``{layer, epoch}`` tags of every set with statistics."""
+        keys = sorted({k for _, k in self._acc}, key=lambda k: (str(k.layer), k.epoch or -1))
+        return [k.tags for k in keys]
+
+    def stats(self, split: str = "train", *, layer: str | None = None,
+              epoch: int | None = None) -> xr.Dataset:
+        """The statistics of one set's split (:meth:`StatsAccumulator.result`)."""
+        try:
+            return self._acc[(split, SetKey(layer, epoch))].result()
+        except KeyError:
+            raise KeyError(f"no statistics for split {split!r} of layer={layer}, "
+                           f"epoch={epoch}; sets: {self.sets()}") from None
+
+    def summaries(self, *, layer: str | None = None,
+                  epoch: int | None = None) -> dict[str, xr.Dataset]:
+        """The set's streamed ``test`` / ``ood`` summaries (those captured) for ``measure``."""
+        key = SetKey(layer, epoch)
+        ev = self._eval.get(key)
+        out: dict[str, xr.Dataset] = {}
+        if ev is not None:
+            if self._eval_rows.get((self.roles["test"], key)):
+                out["test"] = ev.test_summary()
+            if self._eval_rows.get((self.roles["ood"], key)):
+                out["ood"] = ev.ood_summary()
+        return out
+
+    def sweep(self, over: str = "epoch", split: str = "train", *, layer: str | None = None,
+              epoch: int | None = None, **measure_kwargs: Any) -> xr.Dataset:
+        """Every set's metrics along ``over`` (as :func:`ncdask.sweeps` gives for a store);
+        ``layer=`` / ``epoch=`` keep the sets with that tag. NC4 and NC5 are measured
+        where the set's test and OOD splits were captured."""
+        from ncdask.metrics.api import measure
+
+        fixed = {k: v for k, v in (("layer", layer), ("epoch", epoch)) if v is not None}
+        sets = [t for t in self.sets() if over in t
+                and all(t.get(k) == v for k, v in fixed.items())]
+        if not sets:
+            raise ValueError(f"no set is tagged {over!r}; sets: {self.sets()}")
+        coords = [t[over] for t in sets]
+        stats = [self.stats(split, **t) for t in sets]
+        clf = [self._clf.get(SetKey.from_tags(t), (None, None)) for t in sets]
+        extra: dict[str, Any] = {}
+        if split == self.roles["train"]:
+            summ = [self.summaries(**t) for t in sets]
+            for kind in ("test", "ood"):
+                if all(kind in x for x in summ):
+                    extra[kind] = [x[kind] for x in summ]
+        res = measure(stats, weights=[c[0] for c in clf], bias=[c[1] for c in clf], dim=over,
+                      labels=coords, **extra, **measure_kwargs)
+        res.attrs.update(split=split, sweep_over=over, **fixed)
+        return res.compute()
