@@ -163,7 +163,8 @@ class StatsAccumulator:
         return self
 
     def _fold(self, X: Any, y: Any) -> None:
-        KT.fold(self._acc, X, y, n_classes=self.n_classes, dtype=self.dtype)
+        # rows are in the accumulation dtype already: one piece
+        KT.fold(self._acc, X, y, n_classes=self.n_classes, dtype=self.dtype, step=len(y))
 
     def flush(self) -> StatsAccumulator:
         """Fold the buffered rows in (:meth:`result` and :meth:`merge` do; call it before

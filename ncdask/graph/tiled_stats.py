@@ -112,31 +112,19 @@ def _get(d: dict, key: str) -> Any:
 
 
 def class_tiled_stats(
-    X: da.Array,
-    y: da.Array,
-    n_classes: int,
-    *,
-    tile: int,
-    budget: int | str | None = None,
-    dtype: Any = np.float64,
-    ignore_index: int | None = None,
-    in_scatter: np.ndarray | None = None,
-    global_mean: str = "unweighted",
-    chains: int | None = None,
-    expect_counts: np.ndarray | None = None,
+    X: da.Array, y: da.Array, n_classes: int, *, tile: int, budget: int | str | None = None,
+    dtype: Any = np.float64, ignore_index: int | None = None,
+    in_scatter: np.ndarray | None = None, global_mean: str = "unweighted",
+    chains: int | None = None, expect_counts: np.ndarray | None = None,
 ) -> dict[str, da.Array]:
-    """Lazy class statistics whose class axis is chunked by ``tile``.
+    """Lazy class statistics of ``X`` (N, D) with labels ``y``, class axis chunked by ``tile``.
 
     Parameters
     ----------
-    X : dask array (N, D)
-        Embeddings (any float dtype; upcast to ``dtype`` piece by piece).
-    y : dask array (N,)
-        Integer labels.
-    n_classes : int
-        K.
-    tile : int
-        Classes per output chunk of ``means`` and ``var_norms``.
+    X, y : dask arrays (N, D) and (N,)
+        Embeddings (any float dtype, upcast piece by piece) and integer labels.
+    n_classes, tile : int
+        K, and classes per chunk of ``means`` and ``var_norms``.
     budget : int or str, optional
         Bytes of class partials the pass may hold (:func:`stats_budget`).
     dtype : dtype
@@ -147,16 +135,15 @@ def class_tiled_stats(
         Classes whose rows enter the scatter, ``N`` and the global mean.
     global_mean : {"unweighted", "weighted"}
     chains : int, optional
-        Chains of accumulation run side by side (default :func:`n_chains`).
+        Chains of accumulation side by side (default :func:`n_chains`).
     expect_counts : array (K,) of int, optional
-        Counts the caller set up with; a mismatch with the data raises
-        ``ValueError`` when the pass runs.
+        Counts the caller set up with; a mismatch raises ``ValueError`` in the pass.
 
     Returns
     -------
     dict of dask arrays
-        ``means (K, D)`` and ``var_norms (K,)`` chunked by ``tile``;
-        ``global_mean (D,)``, ``within_cov (D, D)`` and ``n_samples ()``.
+        ``means (K, D)``, ``var_norms (K,)``, ``global_mean (D,)``,
+        ``within_cov (D, D)`` and ``n_samples ()``.
     """
     if tile < 1:
         raise ValueError(f"tile must be a positive integer, got {tile!r}")
@@ -301,13 +288,8 @@ def _pipelined(
 
 
 def assemble(
-    per_group: list[dict[str, Any]],
-    groups: list[tuple[int, int]],
-    D: int,
-    tile: int,
-    dt: np.dtype,
-    meta: Any,
-    global_mean: str,
+    per_group: list[dict[str, Any]], groups: list[tuple[int, int]], D: int, tile: int,
+    dt: np.dtype, meta: Any, global_mean: str,
 ) -> dict[str, da.Array]:
     """The lazy statistics from each class group's delayed pieces (``means`` as
     ``[(delayed, rows), ...]``, ``var_norms``, ``scatter``, ``terms``), rechunked to ``tile``."""
@@ -417,35 +399,13 @@ def ood_class_nc1(
     M: da.Array, Sw: da.Array, n_id: int, n_k: np.ndarray, ood: tuple[Any, Any, Any], *,
     global_mean: str = "unweighted", eps_dtype: Any = None,
 ) -> da.Array:
-    """Lazy ``nc1_pinv`` of the K ID classes plus the OOD set as class K+1.
+    """Lazy ``nc1_pinv`` of the K classes of ``M`` (counts ``n_k``) plus an OOD class.
 
-    With the OOD set's ``(n_o, μ_o, Σ_o)`` (:func:`one_class_stats`):
-    ``Σ_W' = (N Σ_W + n_o Σ_o) / (N + n_o)``, the means gain the row ``μ_o``,
-    the global mean is taken over the K+1 means (or weighted by the counts
-    ``n_k``) and ``tr(Σ_B'⁺ Σ_W') / (K+1)`` is computed as ``nc1_pinv``.
-
-    Parameters
-    ----------
-    M : dask array (K, D)
-        Class means.
-    Sw : dask array (D, D)
-        Within-class covariance, pooled over ``n_id`` samples.
-    n_id : int
-    n_k : array (K,)
-        Counts of the classes in ``M``.
-    ood : tuple
-        ``(n_o, μ_o (1, D), Σ_o)`` of the OOD samples.
-    global_mean : {"unweighted", "weighted"}
-    eps_dtype : dtype, optional
-        Sets the pseudo-inverse cutoff (:func:`ncdask.graph.closed_forms.nc1_values`).
-
-    Returns
-    -------
-    dask array, 0-d
-
-    References
-    ----------
-    Ammar et al. (2024), NECO, ICLR (arXiv:2310.06823), Appendix D.
+    ``ood = (n_o, μ_o (1, D), Σ_o)`` (:func:`one_class_stats`):
+    ``Σ_W' = (n_id Σ_W + n_o Σ_o) / (n_id + n_o)``, the means gain ``μ_o``, the
+    global mean is over the K+1 means (or count-weighted), then ``nc1_pinv``
+    (``eps_dtype``: :func:`ncdask.graph.closed_forms.nc1_values`). Ammar et
+    al. (2024), NECO, ICLR, Appendix D.
     """
     n_o, mu_o, Sw_o = ood
     Sw2 = (Sw * float(n_id) + Sw_o * n_o) / (float(n_id) + n_o)

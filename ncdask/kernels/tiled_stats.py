@@ -134,10 +134,11 @@ def fold(
 ) -> State:
     """Add a chunk of rows ``X`` with labels ``y`` into the state ``acc`` (None: start one).
 
-    A class new to ``acc`` takes its first row here as its shift. The chunk's
-    classes are summed sparsely (at most its rows × D per piece), so the
-    work does not grow with K. ``mask`` (K bools): classes whose rows enter
-    the scatter. Updates ``acc`` in place and returns it.
+    A class new to ``acc`` takes its first row here as its shift (a data
+    value, so ``x − c`` is exact; a rounded mean would leave ``n·ulp(μ)`` in
+    the sums). Rows go in pieces of ``step`` rows (:func:`piece_rows`), summed
+    per class sparsely when K exceeds a piece. ``mask`` (K bools): classes
+    whose rows enter the scatter. Updates ``acc`` in place and returns it.
     """
     xp = array_namespace(X, y)
     y = xp.asarray(y).astype(xp.int64)
@@ -148,28 +149,24 @@ def fold(
     idx = _rows_of(y, n_classes, 0, n_classes, ignore_index, xp)
     if idx.shape[0] == 0:
         return acc
-    ids, first, loc, counts = xp.unique(y[idx], return_index=True, return_inverse=True,
-                                        return_counts=True)
-    loc = loc.reshape(-1)
-    new = xp.nonzero(acc["counts"][ids] == 0)[0]
-    if new.shape[0]:
-        acc["shift"][ids[new]] = xp.asarray(xp.take(X, idx[first[new]], axis=0), dtype=dt)
-    shift = acc["shift"][ids]
-    sub = acc["in_scatter"][ids] if "in_scatter" in acc else None
-    m = int(ids.shape[0])
-    sums = xp.zeros((m, D), dtype=dt)
-    m2 = xp.zeros(m, dtype=dt)
-    for s, e, P in _shifted_pieces(X, idx, loc, shift, step or piece_rows(D, dt.itemsize), xp):
+    loc = y[idx]
+    n_in = xp.bincount(loc, minlength=n_classes)
+    new = (n_in > 0) & (acc["counts"] == 0)
+    if bool(xp.any(new)):  # classes seen for the first time: shift each by its first row
+        rows = xp.nonzero(new[loc])[0]
+        ids, first = xp.unique(loc[rows], return_index=True)
+        acc["shift"][ids] = xp.asarray(xp.take(X, idx[rows[first]], axis=0), dtype=dt)
+    sub = acc.get("in_scatter")
+    step = step or piece_rows(D, dt.itemsize)
+    for s, e, P in _shifted_pieces(X, idx, loc, acc["shift"], step, xp):
         lp = loc[s:e]
-        if m <= e - s:
-            sums += class_sums(P, lp, m)
-        else:
+        if n_classes <= e - s:
+            acc["sums"] += class_sums(P, lp, n_classes)
+        else:  # the piece's classes only: no temporary larger than the piece
             u, inv = xp.unique(lp, return_inverse=True)
-            sums[u] += class_sums(P, inv.reshape(-1), u.shape[0])
-        _square_into(P, lp, sub, m2, acc["scatter"], xp)
-    acc["sums"][ids] += sums  # ids are unique: plain fancy-index adds
-    acc["m2"][ids] += m2
-    acc["counts"][ids] += counts.astype(xp.int64)
+            acc["sums"][u] += class_sums(P, inv.reshape(-1), u.shape[0])
+        _square_into(P, lp, sub, acc["m2"], acc["scatter"], xp)
+    acc["counts"] += n_in.astype(xp.int64)
     return acc
 
 
@@ -194,27 +191,32 @@ def centre(s: State) -> State:
 def merge(a: State, b: State) -> State:
     """Add the state ``b`` into ``a`` exactly (Chan's pairwise update), in place.
 
-    ``b`` is centred, then rebased on ``a``'s shifts: with ``e_k = μ_b,k −
-    c_a,k``, ``sums += n_b e``, ``m2 += m2_b + n_b‖e‖²`` and ``S += S_b +
-    Σ_k n_b,k e_k e_kᵀ`` (classes new to ``a`` take ``μ_b`` as their shift).
+    ``b``'s rows are rebased on ``a``'s shifts: with ``e_k = c_b,k − c_a,k``
+    and ``u_k = sums_b,k + n_b,k e_k``: ``sums += u``, ``m2 += m2_b + e·(sums_b
+    + u)`` and ``S += S_b + Σ_k (u_k u_kᵀ − s_k s_kᵀ) / n_b,k`` (classes new to
+    ``a`` take ``b``'s shift). ``b`` is left as it was.
     """
     xp = array_namespace(a["sums"])
-    b = centre({k: xp.asarray(v) for k, v in b.items()})
-    nb = b["counts"]
+    nb = xp.asarray(b["counts"])
     rows = xp.nonzero(nb > 0)[0]
     if not rows.shape[0]:
         return a
     new = rows[a["counts"][rows] == 0]
-    a["shift"][new] = b["shift"][new]
+    a["shift"][new] = xp.asarray(b["shift"])[new]
     nf = nb[rows].astype(a["sums"].dtype)
-    e = b["shift"][rows] - a["shift"][rows]
-    a["sums"][rows] += nf[:, None] * e
-    a["m2"][rows] += b["m2"][rows] + nf * xp.einsum("ij,ij->i", e, e)
+    e = xp.asarray(b["shift"])[rows] - a["shift"][rows]
+    sb = xp.asarray(b["sums"])[rows]
+    u = sb + nf[:, None] * e
+    a["sums"][rows] += u
+    a["m2"][rows] += xp.asarray(b["m2"])[rows] + xp.einsum("ij,ij->i", e, sb + u)
     a["counts"] += nb
     if "in_scatter" in a:
-        e, nf = e[a["in_scatter"][rows]], nf[a["in_scatter"][rows]]
-    a["scatter"] += b["scatter"]
-    scatter_add(a["scatter"], e * xp.sqrt(nf)[:, None], xp)
+        keep = a["in_scatter"][rows]
+        u, sb, nf = u[keep], sb[keep], nf[keep]
+    a["scatter"] += xp.asarray(b["scatter"])
+    w = 1 / xp.sqrt(nf)[:, None]
+    scatter_add(a["scatter"], u * w, xp)
+    scatter_add(a["scatter"], sb * w, xp, subtract=True)
     return a
 
 

@@ -28,72 +28,57 @@ def class_stats(
     layer: str | None = None,
     epoch: int | None = None,
 ) -> xr.Dataset:
-    """Per-class statistics of a split, chunked over classes by tiles.
+    """Per-class statistics of a split from one pass, chunked over classes by tiles.
 
     Parameters
     ----------
     data : xarray.Dataset or EmbeddingStore or str
         A split Dataset (``embeddings (sample, feature)``, ``labels (sample)``),
-        or a store (object or URL) with ``split``.
+        or a store (object or URL) with ``split`` (default "train").
     split : str, optional
-        Split name when ``data`` is a store (default "train").
     global_mean : {"unweighted", "weighted"}
         Unweighted mean of the class means (the reference's default) or the
         sample-weighted mean.
     dtype : dtype, default "float64"
         Accumulation dtype.
     n_classes : int, optional
-        K, when the Dataset does not carry it in its attrs.
+        K, when the Dataset's attrs do not carry it.
     chains : int, optional
-        Row chunks are added one after another into this many running
-        accumulators, side by side (default: one per worker thread, at most
-        8); each holds a D×D scatter and, past one pass, a class group.
+        Running accumulators side by side (default: one per worker thread, at
+        most 8), each with a D×D scatter.
     ignore_index : int, optional
-        Samples with this label (PyTorch's ``-100`` padding) are left out of
-        every statistic, ``n_samples`` included. Default: the store's
-        ``ignore_index`` (the split's attribute), else none; any other label
-        outside ``[0, K)`` raises ``ValueError`` when the pass runs.
+        Label left out of every statistic, ``n_samples`` included (default:
+        the store's); any other label outside ``[0, K)`` raises ``ValueError``.
     min_count : int, optional
-        Classes with ``0 < n_k < min_count`` samples are *filtered*: they keep
-        their ``counts``, ``means`` and ``var_norms``, but their samples leave
-        ``within_cov``, ``n_samples`` and the global mean, and they are listed
-        in the ``filtered_classes`` attribute, which :func:`ncdask.measure`
-        leaves out of every class-level metric. The counts come from a pass
-        over the labels alone, before the pass over the embeddings.
+        Classes with ``0 < n_k < min_count`` samples keep their ``counts``,
+        ``means`` and ``var_norms`` but leave ``within_cov``, ``n_samples``
+        and the global mean; they are listed in the ``filtered_classes``
+        attribute, which :func:`ncdask.measure` leaves out of class-level metrics.
     tile_size : int, optional
-        Classes per chunk of the class axis of ``means`` and ``var_norms``
-        (default: :func:`ncdask.graph.pairwise.default_tile_size`, the tile
-        :func:`ncdask.measure` uses). :func:`save_stats` writes one Zarr chunk
-        per tile.
+        Classes per chunk of ``means`` and ``var_norms`` (default: the tile
+        :func:`ncdask.measure` uses); :func:`save_stats` writes a chunk per tile.
     memory_budget : int or str, optional
-        Bytes of per-class partial results the pass may hold (default: the
+        Bytes of class partials the pass may hold (default: the
         ``ncdask.stats.core-budget`` dask config value, else 1.5 GiB). When
-        ``(chains + 2)·K·D·8`` bytes fit, the statistics take one read of
-        the embeddings; otherwise the classes are cut into ``G`` groups of
-        whole tiles of at most ``budget / (chains + 2)`` each, and the
-        embeddings are read ``G + 1`` times (see
-        :mod:`ncdask.graph.tiled_stats`). No task then holds more than a
-        group's K×D part.
+        ``(chains + 2)·K·D·8`` bytes exceed it, the classes are cut into ``G``
+        groups and the embeddings read ``G + 1`` times
+        (:mod:`ncdask.graph.tiled_stats`).
     cache : bool, default False
-        With a store (not a split Dataset): keep the result in the store,
-        beside the split, and reuse it (:mod:`ncdask.stats.cache`): a second call
-        with nothing new reads no embedding chunk, and after appends only
-        the new rows are read and merged in. The statistics are then
-        computed at the call (on the active dask scheduler), not lazily. A
-        store that cannot be written gets no cache.
+        With a store: keep the result beside the split and reuse it
+        (:mod:`ncdask.stats.cache`): nothing new reads no embedding chunk,
+        appends read only the new rows. A miss computes at the call; a store
+        that cannot be written gets no cache.
     layer, epoch : optional
         The embedding set of ``split`` when ``data`` is a store.
 
     Returns
     -------
     xarray.Dataset
-        Lazy ``counts (class)`` (in memory), ``means (class, feature)`` and
-        ``var_norms (class)`` chunked over ``class`` by ``tile_size``,
-        ``global_mean (feature)``, ``within_cov (feature, feature_)``
-        and ``n_samples``; attrs ``n_classes``, ``dim``,
-        ``global_mean``, ``empty_classes``, ``ignore_index`` (when set),
-        ``min_count`` and ``filtered_classes`` (when ``min_count`` is given).
-        Computing any subset runs the one pass once.
+        Lazy ``means (class, feature)`` and ``var_norms (class)`` chunked by
+        ``tile_size``, ``global_mean (feature)``, ``within_cov (feature,
+        feature_)``, with ``counts (class)`` and ``n_samples`` in memory; attrs
+        ``n_classes``, ``dim``, ``global_mean``, ``empty_classes`` and, when
+        set, ``ignore_index``, ``min_count``, ``filtered_classes``.
 
     Warns
     -----

@@ -59,17 +59,12 @@ def _counts_of(ds: xr.Dataset, n_classes: int) -> np.ndarray:
         return to_numpy(w.compute()).astype(np.int64)  # CuPy labels: one explicit copy
     lab = np.asarray(to_numpy(lab), dtype=np.int64)
     valid = (lab >= 0) & (lab < n_classes)
-    return np.bincount(np.where(valid, lab, 0), weights=valid, minlength=n_classes).astype(
-        np.int64
-    )
+    w = np.bincount(np.where(valid, lab, 0), weights=valid, minlength=n_classes)
+    return w.astype(np.int64)
 
 
 def labelled_stats(
-    arrays: dict[str, Any],
-    counts: np.ndarray,
-    *,
-    global_mean: str,
-    attrs: dict[str, Any],
+    arrays: dict[str, Any], counts: np.ndarray, *, global_mean: str, attrs: dict[str, Any],
     in_scatter: np.ndarray | None = None,
 ) -> xr.Dataset:
     """The class-statistics Dataset (the ``class_stats`` contract) from its arrays.
@@ -96,37 +91,22 @@ def labelled_stats(
     for name, text in DEFINITIONS.items():
         ds[name].attrs["definition"] = text
     ds.attrs.update(attrs)
-    ds.attrs.update(
-        n_classes=K,
-        dim=D,
-        global_mean=global_mean,
-        empty_classes=empty,
-        ncdask_version=__version__,
-    )
+    ds.attrs.update(n_classes=K, dim=D, global_mean=global_mean, empty_classes=empty,
+                    ncdask_version=__version__)
     if in_scatter is not None:
         ds.attrs["filtered_classes"] = np.nonzero(~in_scatter & (counts > 0))[0].tolist()
     if empty:
         shown = empty[:10]
         more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
-        warnings.warn(
-            f"{len(empty)} class(es) have no samples: {shown}{more}; they keep NaN means and "
-            "are left out of measurements",
-            EmptyClassWarning,
-            stacklevel=3,
-        )
+        warnings.warn(f"{len(empty)} class(es) have no samples: {shown}{more}; they keep NaN "
+                      "means and are left out of measurements", EmptyClassWarning, stacklevel=3)
     return ds
 
 
 def compute_stats(
-    ds: xr.Dataset,
-    *,
-    global_mean: str = "unweighted",
-    dtype: Any = "float64",
-    n_classes: int | None = None,
-    chains: int | None = None,
-    ignore_index: int | None = None,
-    min_count: int | None = None,
-    tile_size: int | None = None,
+    ds: xr.Dataset, *, global_mean: str = "unweighted", dtype: Any = "float64",
+    n_classes: int | None = None, chains: int | None = None, ignore_index: int | None = None,
+    min_count: int | None = None, tile_size: int | None = None,
     memory_budget: int | str | None = None,
 ) -> xr.Dataset:
     """The lazy class statistics of a split Dataset (:func:`ncdask.class_stats` without
@@ -152,11 +132,9 @@ def compute_stats(
     T = int(tile_size) if tile_size is not None else default_tile_size(K, D)
     if T < 1:
         raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
-    arrays = class_tiled_stats(
-        X, y, K, tile=min(T, K), budget=memory_budget, dtype=dt, ignore_index=ignore_index,
-        in_scatter=in_scatter, global_mean=global_mean, chains=chains,
-        expect_counts=counts,
-    )
+    arrays = class_tiled_stats(X, y, K, tile=min(T, K), budget=memory_budget, dtype=dt,
+                               ignore_index=ignore_index, in_scatter=in_scatter,
+                               global_mean=global_mean, chains=chains, expect_counts=counts)
     attrs = {k: ds.attrs[k] for k in ("split", "layer", "epoch", "store") if k in ds.attrs}
     if ignore_index is not None:
         attrs["ignore_index"] = ignore_index
@@ -164,9 +142,8 @@ def compute_stats(
         attrs["min_count"] = int(min_count)
     if ds.attrs.get("finite") == 1:
         arrays = _refusing_lost_chunks(arrays, counts, ds.attrs)
-    return labelled_stats(
-        arrays, counts, global_mean=global_mean, attrs=attrs, in_scatter=in_scatter
-    )
+    return labelled_stats(arrays, counts, global_mean=global_mean, attrs=attrs,
+                          in_scatter=in_scatter)
 
 
 def _refusing_lost_chunks(
@@ -219,8 +196,8 @@ def _dask(x: Any) -> da.Array:
 def merge_stats(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     """Statistics of the concatenation of the data behind ``a`` and ``b``.
 
-    Exact up to rounding (pairwise update of counts, sums and centred
-    scatter), lazy, and without a new pass over any embeddings.
+    Exact up to rounding (Chan's pairwise update, per class tile), lazy, and
+    without a new pass over any embeddings.
 
     Parameters
     ----------
@@ -236,17 +213,13 @@ def merge_stats(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     """
     for s_ in (a, b):
         if list(s_.attrs.get("filtered_classes", [])):
-            raise ValueError(
-                "cannot merge statistics computed with min_count (their filtered classes "
-                "change with the merged counts); merge unfiltered statistics and pass "
-                "min_count to measure"
-            )
+            raise ValueError("cannot merge statistics computed with min_count (their filtered "
+                             "classes change with the merged counts); merge unfiltered "
+                             "statistics and pass min_count to measure")
     for key in ("n_classes", "dim", "global_mean", "ignore_index"):
         if a.attrs.get(key) != b.attrs.get(key):
-            raise ValueError(
-                f"cannot merge stats with different {key}: {a.attrs.get(key)!r} vs "
-                f"{b.attrs.get(key)!r}"
-            )
+            raise ValueError(f"cannot merge stats with different {key}: "
+                             f"{a.attrs.get(key)!r} vs {b.attrs.get(key)!r}")
     na = np.asarray(to_numpy(a["counts"].values)).astype(np.int64)
     nb = np.asarray(to_numpy(b["counts"].values)).astype(np.int64)
 
@@ -256,11 +229,10 @@ def merge_stats(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
         out["n_samples"] = int(to_numpy(ns))
         return out
 
-    arrays = merge_tiled(parts(a, na), parts(b, nb), na, nb, global_mean=a.attrs["global_mean"])
-    counts = na + nb
+    gm = a.attrs["global_mean"]
     ii = a.attrs.get("ignore_index")
-    attrs = {} if ii is None else {"ignore_index": ii}
-    return labelled_stats(arrays, counts, global_mean=a.attrs["global_mean"], attrs=attrs)
+    return labelled_stats(merge_tiled(parts(a, na), parts(b, nb), na, nb, global_mean=gm),
+                          na + nb, global_mean=gm, attrs={} if ii is None else {"ignore_index": ii})
 
 
 def save_stats(
@@ -269,9 +241,9 @@ def save_stats(
 ) -> None:
     """Write class statistics to a Zarr store (computing them if they are lazy).
 
-    The store is written beside ``url`` and renamed into place when complete,
-    so ``save_stats(load_stats(p), p, overwrite=True)`` works and an
-    interrupted write keeps the old statistics.
+    Written beside ``url`` and renamed into place when complete, so
+    ``save_stats(load_stats(p), p, overwrite=True)`` works and an interrupted
+    write keeps the old statistics.
 
     Parameters
     ----------
@@ -288,8 +260,7 @@ def save_stats(
     ------
     FileExistsError
         ``url`` exists and ``overwrite`` is false, or it holds anything but
-        ncdask statistics (another folder, file, an embedding store, results):
-        it is left as it was.
+        ncdask statistics (it is left as it was).
     """
     out = stats.copy()
     out.attrs = {k: (list(v) if isinstance(v, (list, tuple, np.ndarray)) else v)
