@@ -1,14 +1,11 @@
-"""Streaming accumulators: the :class:`Accumulator` protocol and :class:`StatsAccumulator`,
-the class statistics of batches without a store.
+"""Streaming accumulators: the :class:`Accumulator` protocol and :class:`StatsAccumulator`.
 
-Each batch goes into the statistics state of :mod:`ncdask.kernels.tiled_stats`
-(the chunk step of ``class_stats``), so :meth:`StatsAccumulator.result` equals
-``class_stats(...).compute()`` on the same rows to rounding, whatever the
-batches, and accumulators of data-parallel ranks merge exactly. Memory: K×D
-shifts and sums and a D×D scatter, plus a row buffer of at most
-``BUFFER_BYTES``. Batches stay on their device (CuPy, or CUDA tensors through
-DLPack). Why a buffer: folding a batch costs a fixed ~0.6 ms of array calls
-whatever its size, several times a small network's forward pass at batch 256.
+A batch goes into the statistics state of :mod:`ncdask.kernels.tiled_stats`
+(``class_stats``' chunk step), so :meth:`StatsAccumulator.result` equals
+``class_stats(...).compute()`` on the same rows to rounding and ranks merge
+exactly. Memory: K×D shifts and sums, a D×D scatter and a row buffer of at
+most ``BUFFER_BYTES``: folding costs a fixed ~0.6 ms of array calls whatever
+the batch size, several times a small network's forward pass at batch 256.
 """
 
 from __future__ import annotations
@@ -32,13 +29,9 @@ MAX_BUFFER_ROWS = 8192
 
 @runtime_checkable
 class Accumulator(Protocol):
-    """What ncdask's streaming accumulators share: batches in, exact merges, one result.
-
-    ``update(X, y)`` adds a batch (a bad one raises and adds nothing) and
-    returns the accumulator; ``merge(other)`` adds another accumulator's
-    batches (another rank's) exactly and returns this one; ``result()``
-    gives the Dataset :func:`ncdask.measure` takes.
-    """
+    """What ncdask's streaming accumulators share: ``update(X, y)`` adds a batch (a bad one
+    raises and adds nothing), ``merge(other)`` adds another rank's batches exactly, both
+    return the accumulator; ``result()`` is the Dataset :func:`ncdask.measure` takes."""
 
     def update(self, X: Any, y: Any = None) -> Any: ...
 
@@ -63,12 +56,11 @@ class StatsAccumulator:
     ignore_index : int, optional
         Label of samples to leave out (PyTorch's ``-100`` padding).
     allow_nonfinite : bool, default False
-        Accept NaN/inf embeddings (they make the statistics NaN); by default
-        a batch holding them is refused and nothing of it is added.
+        Accept NaN/inf embeddings (they make the statistics NaN); by default a
+        batch holding them is refused.
     buffer_rows : int, optional
         Rows gathered before they are folded in (default: up to 8192 rows in
-        at most 32 MiB); ``0`` folds every batch at once. The result does not
-        depend on it beyond rounding.
+        at most 32 MiB); ``0`` folds every batch at once.
 
     Examples
     --------
@@ -84,15 +76,9 @@ class StatsAccumulator:
     """
 
     def __init__(
-        self,
-        n_classes: int,
-        dim: int,
-        *,
-        dtype: Any = "float64",
-        global_mean: str = "unweighted",
-        ignore_index: int | None = None,
-        allow_nonfinite: bool = False,
-        buffer_rows: int | None = None,
+        self, n_classes: int, dim: int, *, dtype: Any = "float64",
+        global_mean: str = "unweighted", ignore_index: int | None = None,
+        allow_nonfinite: bool = False, buffer_rows: int | None = None,
     ) -> None:
         for name, v in (("n_classes", n_classes), ("dim", dim)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -118,12 +104,8 @@ class StatsAccumulator:
         self.n_batches = 0
 
     def update(self, X: Any, y: Any) -> StatsAccumulator:
-        """Add a batch: ``X`` (n, D) embeddings and ``y`` (n,) integer labels.
-
-        NumPy, CuPy or torch (CPU or CUDA). A bad batch (shape, labels out of
-        range, NaN without ``allow_nonfinite``) raises and adds nothing.
-        Returns the accumulator.
-        """
+        """Add a batch of ``X`` (n, D) embeddings and ``y`` (n,) labels (NumPy, CuPy or torch);
+        a bad one raises and adds nothing. Returns the accumulator."""
         X, y = as_array(X), as_array(y)
         if X.ndim != 2 or X.shape[1] != self.dim:
             raise ValueError(f"X has shape {tuple(X.shape)}, expected (n, {self.dim})")
@@ -163,8 +145,8 @@ class StatsAccumulator:
         return self
 
     def _fold(self, X: Any, y: Any) -> None:
-        # rows are in the accumulation dtype already: one piece
-        KT.fold(self._acc, X, y, n_classes=self.n_classes, dtype=self.dtype, step=len(y))
+        # one piece: at most a buffer's or a batch's rows, already in memory
+        KT.fold(self._acc, X, y, n_classes=self.n_classes, dtype=self.dtype, step=y.shape[0])
 
     def flush(self) -> StatsAccumulator:
         """Fold the buffered rows in (:meth:`result` and :meth:`merge` do; call it before
@@ -193,13 +175,8 @@ class StatsAccumulator:
         return self
 
     def result(self, *, tile_size: int | None = None) -> xr.Dataset:
-        """The statistics so far: the Dataset :func:`ncdask.class_stats` computes.
-
-        In memory (on the batches' device), with the same variables and attrs;
-        ready for :func:`ncdask.measure`, :func:`ncdask.merge_stats` and
-        :func:`ncdask.save_stats`. ``tile_size`` is accepted and unused (nothing is
-        chunked).
-        """
+        """The statistics so far, in memory (on the batches' device): the Dataset
+        :func:`ncdask.class_stats` computes. ``tile_size`` is accepted and unused."""
         if self._acc is None:
             raise ValueError("no batch was added yet")
         fin = KT.finish(self.flush()._acc)

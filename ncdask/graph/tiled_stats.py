@@ -1,28 +1,21 @@
 """Graphs of the class statistics, their class axis chunked by tiles.
 
-Both plans fold the row chunks into a few *chains* (one per worker thread):
-chunk ``i`` adds itself into the accumulator left by chunk ``i − C`` of its
-chain and one task combines the chain ends, so a pass holds C accumulators
-(each with a D×D scatter) instead of a partial per chunk.
-
-**One pass** (when ``C + 2`` K×D arrays fit the budget): each chain holds the
-statistics state of :mod:`ncdask.kernels.tiled_stats`, folded chunk by chunk
-and merged exactly at the ends.
-
-**Pipelined passes over class groups** (vocabularies): the class axis is cut
-into groups of whole tiles of at most ``budget / (C + 2)`` bytes. Stage ``s``
-reads every chunk once and both sums the rows of group ``s`` and centres the
-rows of group ``s − 1`` about its final means, for the scatter: G groups cost
-G + 1 reads and one scatter GEMM per row, with no cross terms. Why not one
-pass with per-group merges: the cross terms cost ``2·D²`` flops per (chunk,
-class) pair, another scatter GEMM for a vocabulary of rare classes, more than
-a read. Stage ``s``'s reads are clones made to wait for group ``s − 1``'s
-means (:func:`dask.graph_manipulation.bind`), so no chunk is held between
-stages.
+Row chunks are folded into a few *chains* (one per worker thread) whose ends
+one task combines, so a pass holds C accumulators (each with a D×D scatter),
+not a partial per chunk. **One pass** when ``C + 2`` K×D arrays fit the
+budget: each chain holds the state of :mod:`ncdask.kernels.tiled_stats`.
+Otherwise (vocabularies) **pipelined passes over class groups** of whole
+tiles: stage ``s`` reads every chunk once, sums the rows of group ``s`` and
+centres those of group ``s − 1`` about its final means, so G groups cost
+G + 1 reads and one scatter GEMM per row. (Per-group exact merges in one pass
+would cost ``2·D²`` flops per chunk and class, more than a read.) A stage's
+reads wait for the previous group's means (:func:`dask.graph_manipulation.bind`),
+so no chunk is held between stages.
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import dask
@@ -98,17 +91,10 @@ def _finish_sums(p: dict, classes: np.ndarray, expect: np.ndarray | None) -> dic
 
 def _finish_centred(p: dict, g: dict, used: np.ndarray | None) -> dict[str, Any]:
     xp = array_namespace(g["means"])
-    n = g["counts"].shape[0]
-    use = xp.ones(n, dtype=bool) if used is None else xp.asarray(used)
-    return {
-        "var_norms": KT.var_norms(p["m2"], g["counts"]),
-        "scatter": KT.symmetrize(p["scatter"]),
-        "terms": KT.mean_terms(g["means"], g["counts"], use),
-    }
-
-
-def _get(d: dict, key: str) -> Any:
-    return d[key]
+    use = xp.ones(g["counts"].shape[0], dtype=bool) if used is None else xp.asarray(used)
+    return {"var_norms": KT.var_norms(p["m2"], g["counts"]),
+            "scatter": KT.symmetrize(p["scatter"]),
+            "terms": KT.mean_terms(g["means"], g["counts"], use)}
 
 
 def class_tiled_stats(
@@ -168,7 +154,7 @@ def class_tiled_stats(
 
     def get(key: Any, field: str, tag: str) -> Any:
         out = (f"{name}-get-{tag}", field)
-        dsk[out] = (_get, key, field)
+        dsk[out] = (operator.getitem, key, field)
         return out
 
     def chained(red: Reduction, tag: str, *extra: Any, after: Any = None) -> list[Any]:
@@ -281,10 +267,8 @@ def _pipelined(
             vn = f"{name}-var-norms{s}"
             dsk[vn] = (KT.expand_rows, get(fin, "var_norms", f"finish{s}"), rank_key, lo, hi,
                        base)
-            per_group.append({
-                "means": pieces, "var_norms": vn,
-                **{k: get(fin, k, f"finish{s}") for k in ("scatter", "terms")},
-            })
+            per_group.append({"means": pieces, "var_norms": vn,
+                              **{k: get(fin, k, f"finish{s}") for k in ("scatter", "terms")}})
 
 
 def assemble(
@@ -308,23 +292,8 @@ def assemble(
     scatter = da.stack([arr(g["scatter"], (D, D)) for g in per_group]).sum(axis=0)
     terms = da.stack([arr(g["terms"], (2 * D + 2,)) for g in per_group]).sum(axis=0)
     gm, within_cov, n = KT.global_terms(terms, scatter, global_mean)
-    return {
-        "means": means,
-        "var_norms": vn,
-        "global_mean": gm,
-        "within_cov": within_cov,
-        "n_samples": n.astype(np.int64),
-    }
-
-
-def _vec(values: np.ndarray, chunks: tuple, like: da.Array) -> da.Array:
-    """A NumPy vector as a dask array with ``chunks``, on ``like``'s array module."""
-    v = da.from_array(values, chunks=(chunks,))
-    if type(like._meta) is not np.ndarray:
-        xp = array_namespace(like._meta)
-        v = v.map_blocks(xp.asarray, meta=meta_from_array(like._meta, ndim=1,
-                                                           dtype=values.dtype))
-    return v
+    return {"means": means, "var_norms": vn, "global_mean": gm, "within_cov": within_cov,
+            "n_samples": n.astype(np.int64)}
 
 
 def _merge_tile(Ma: Any, va: Any, Mb: Any, vb: Any, na: np.ndarray, nb: np.ndarray,
@@ -341,12 +310,8 @@ def _merge_tile(Ma: Any, va: Any, Mb: Any, vb: Any, na: np.ndarray, nb: np.ndarr
 def merge_tiled(
     a: dict[str, Any], b: dict[str, Any], na: np.ndarray, nb: np.ndarray, *, global_mean: str
 ) -> dict[str, da.Array]:
-    """Statistics of the union of two sets, one task per class tile (no K×D task).
-
-    ``a`` and ``b`` hold dask ``means``, ``var_norms``, ``within_cov`` and the
-    integer ``n_samples``; ``na``, ``nb`` the counts. The first tile's task
-    also adds ``N_a Σ_a + N_b Σ_b``.
-    """
+    """Statistics of the union of two sets (dask ``means``, ``var_norms``, ``within_cov``,
+    int ``n_samples``; counts ``na``, ``nb``), one task per class tile (no K×D task)."""
     Ma = a["means"]
     tiles = Ma.chunks[0]
     parts = [Ma, a["var_norms"].rechunk((tiles,)), b["means"].rechunk(Ma.chunks),
@@ -379,10 +344,8 @@ def _one_class_labels(yo: Any, ignore_index: int | None) -> Any:
 def one_class_stats(
     X: da.Array, y: da.Array | None = None, *, ignore_index: int | None = None
 ) -> tuple[da.Array, da.Array, da.Array]:
-    """``(n, μ (1, D), Σ)`` of all rows of ``X`` as one class (``K=1`` of the statistics).
-
-    ``y``: labels, read only to leave out the rows labelled ``ignore_index``.
-    """
+    """``(n, μ (1, D), Σ)`` of the rows of ``X`` as one class (``K=1`` of the statistics),
+    leaving out those labelled ``ignore_index`` in ``y``."""
     X = X.rechunk({1: -1})
     like = meta_from_array(X._meta, ndim=1, dtype=np.int64)
     if y is None or ignore_index is None:
@@ -411,7 +374,8 @@ def ood_class_nc1(
     Sw2 = (Sw * float(n_id) + Sw_o * n_o) / (float(n_id) + n_o)
     M2 = da.concatenate([M, mu_o.rechunk((1, -1))], axis=0)
     if global_mean == "weighted":
-        nk = _vec(n_k.astype(np.float64), M.chunks[0], M)
+        nk = da.from_array(n_k.astype(np.float64), chunks=(M.chunks[0],)).map_blocks(
+            array_namespace(M._meta).asarray, meta=meta_from_array(M._meta, ndim=1))
         mG2 = ((M * nk[:, None]).sum(axis=0) + mu_o[0] * n_o) / (float(n_k.sum()) + n_o)
     else:
         mG2 = M2.mean(axis=0)

@@ -1,8 +1,5 @@
-"""Per-chunk primitives shared by the statistics kernels: class sums and label checks.
-
-The class statistics themselves (their one state, fold and merge) are in
-:mod:`ncdask.kernels.tiled_stats`.
-"""
+"""Per-chunk primitives of the statistics kernels (:mod:`ncdask.kernels.tiled_stats`):
+class sums and label checks."""
 
 from __future__ import annotations
 
@@ -27,16 +24,14 @@ def class_sums(X: Any, y: Any, n_classes: int) -> Any:
     if xp is np:
         import scipy.sparse as sp
 
-        onehot = sp.csr_matrix(
-            (np.ones(n, dtype=X.dtype), (y, np.arange(n))), shape=(n_classes, n)
-        )
+        onehot = sp.csr_matrix((np.ones(n, dtype=X.dtype), (y, np.arange(n))),
+                               shape=(n_classes, n))
         return np.asarray(onehot @ X)
     if getattr(xp, "__name__", "") == "cupy":  # pragma: no cover - needs a GPU
         import cupyx.scipy.sparse as csp
 
-        onehot = csp.csr_matrix(
-            (xp.ones(n, dtype=X.dtype), (y, xp.arange(n))), shape=(n_classes, n)
-        )
+        onehot = csp.csr_matrix((xp.ones(n, dtype=X.dtype), (y, xp.arange(n))),
+                                shape=(n_classes, n))
         return onehot @ X
     # any other NumPy-like module: dense one-hot GEMMs on row blocks of ~4M entries
     out = xp.zeros((n_classes, X.shape[1]), dtype=X.dtype)
@@ -54,10 +49,8 @@ MISSING_LABELS = (-(2**31), -(2**63))
 
 
 def check_labels(y: Any, n_classes: int, ignore_index: int | None, xp: Any) -> Any:
-    """Boolean mask of the rows to keep.
-
-    Raises ``ValueError`` on labels outside ``[0, K)`` other than ``ignore_index``.
-    """
+    """Boolean mask of the rows to keep; ``ValueError`` on labels outside ``[0, K)`` other
+    than ``ignore_index``."""
     keep = (y >= 0) & (y < n_classes)
     if y.shape[0] and not bool(xp.all(keep)):
         bad = ~keep
@@ -70,7 +63,6 @@ def check_labels(y: Any, n_classes: int, ignore_index: int | None, xp: Any) -> A
             if first in MISSING_LABELS:
                 hint = ("that is the fill value a missing labels chunk reads as: the store "
                         "is damaged (a chunk file was deleted or never written)")
-            raise ValueError(
-                f"label {first} is outside [0, {n_classes}) (n_classes={n_classes}); {hint}"
-            )
+            raise ValueError(f"label {first} is outside [0, {n_classes}) "
+                             f"(n_classes={n_classes}); {hint}")
     return keep

@@ -1,21 +1,16 @@
 """The class-statistics state and its per-chunk kernels.
 
-The **state** (one format for the statistics pass, :class:`ncdask.StatsAccumulator`,
-the one-class OOD statistics and :func:`ncdask.merge_stats`) holds dense K-row
-``counts``, ``shift`` (a point inside each class's spread: its first row, or
-its mean), ``sums`` and ``m2`` of the shifted rows, and the D×D ``scatter`` of
-the shifted rows (lower triangle, see :func:`scatter_add`); ``in_scatter``
-(K bools, optional) marks the classes whose rows enter the scatter. Rows are
-added about the fixed shifts (:func:`fold`: one scatter GEMM, no cross term)
-and the shifts are removed once (:func:`centre`): with ``d_k = sums_k / n_k``,
-small against the spread, ``N Σ_W = S − Σ_k n_k d_k d_kᵀ`` loses nothing to
-cancellation, even for float32 input in the terminal phase of collapse.
-:func:`merge` is Chan's pairwise update in this form.
-
-The pipelined plan (vocabularies too large for a K×D state) reads the rows
-once per class group instead (:func:`fold_stage`). Rows are upcast in pieces
-of about 8 MiB (:func:`piece_rows`), so a float16 store never holds a
-float64 copy of a whole chunk.
+The **state** (of the statistics pass, :class:`ncdask.StatsAccumulator`, the
+one-class OOD statistics and :func:`ncdask.merge_stats`): dense K-row
+``counts``, ``shift`` (each class's first row), ``sums`` and ``m2`` of the
+shifted rows, the D×D ``scatter`` of the shifted rows (lower triangle,
+:func:`scatter_add`) and optionally ``in_scatter`` (K bools: the classes whose
+rows enter the scatter). :func:`fold` adds rows (one scatter GEMM, no cross
+term), :func:`merge` is Chan's pairwise update, and :func:`centre` removes the
+shifts once: with ``d_k = sums_k / n_k``, small against the spread, ``N Σ_W =
+S − Σ_k n_k d_k d_kᵀ`` loses nothing to cancellation, even for float32 input in
+the terminal phase of collapse. The pipelined plan (vocabularies) reads the
+rows once per class group instead (:func:`fold_stage`).
 """
 
 from __future__ import annotations
@@ -30,6 +25,9 @@ from ncdask.kernels._xp import array_namespace, to_numpy
 from ncdask.kernels.stats import check_labels, class_sums
 
 State = dict[str, Any]
+Group = tuple[int, int, int, int]  # (lo, hi, base, n): see _local
+DISAGREE = ("the record and the data disagree (a damaged store, or a Dataset whose attrs no "
+            "longer describe its rows)")
 
 #: Bytes of one upcast piece of rows: keeps the scatter GEMM at full rate.
 PIECE_BYTES = 8 * 2**20
@@ -55,11 +53,9 @@ def scatter_add(
     a time. Other array modules take the full product. :func:`symmetrize`
     gives the matrix.
     """
+    op = xp.subtract if subtract else xp.add
     if xp is not np:
-        if subtract:
-            S -= P.T @ P
-        else:
-            S += P.T @ P
+        op(S, P.T @ P, out=S)
         return
     D = S.shape[0]
     P = np.asarray(P, dtype=S.dtype)
@@ -68,11 +64,7 @@ def scatter_add(
     for j in range(0, D, b):
         e = min(D, j + b)
         out = tmp[: D - j] if e - j == b else None  # C-contiguous rows of tmp
-        T = np.matmul(P[:, j:].T, P[:, j:e], out=out)
-        if subtract:
-            S[j:, j:e] -= T
-        else:
-            S[j:, j:e] += T
+        op(S[j:, j:e], np.matmul(P[:, j:].T, P[:, j:e], out=out), out=S[j:, j:e])
 
 
 def symmetrize(S: Any) -> Any:
@@ -81,9 +73,7 @@ def symmetrize(S: Any) -> Any:
     return xp.tril(S) + xp.tril(S, -1).T
 
 
-def _rows_of(
-    y: Any, n_classes: int, lo: int, hi: int, ignore_index: int | None, xp: Any
-) -> Any:
+def _rows_of(y: Any, n_classes: int, lo: int, hi: int, ignore_index: int | None, xp: Any) -> Any:
     """Indices of the rows whose class is in ``[lo, hi)`` (labels checked first)."""
     keep = check_labels(y, n_classes, ignore_index, xp)
     if lo > 0 or hi < n_classes:
@@ -118,11 +108,10 @@ def _shifted_pieces(X: Any, idx: Any, loc: Any, shift: Any, step: int, xp: Any):
 
 def empty(n_classes: int, dim: int, dtype: Any, xp: Any, mask: Any = None) -> State:
     """A state with no rows."""
-    dt = np.dtype(dtype)
-    out = {"counts": xp.zeros(n_classes, dtype=xp.int64),
-           "shift": xp.zeros((n_classes, dim), dtype=dt),
-           "sums": xp.zeros((n_classes, dim), dtype=dt),
-           "m2": xp.zeros(n_classes, dtype=dt), "scatter": xp.zeros((dim, dim), dtype=dt)}
+    dt, KD = np.dtype(dtype), (n_classes, dim)
+    out = {"counts": xp.zeros(n_classes, dtype=xp.int64), "shift": xp.zeros(KD, dtype=dt),
+           "sums": xp.zeros(KD, dtype=dt), "m2": xp.zeros(n_classes, dtype=dt),
+           "scatter": xp.zeros((dim, dim), dtype=dt)}
     if mask is not None:
         out["in_scatter"] = xp.asarray(mask, dtype=bool)
     return out
@@ -222,10 +211,7 @@ def merge(a: State, b: State) -> State:
 
 def merge_many(parts: list[State]) -> State:
     """Merge a list of states into the first (each has one reader)."""
-    out = parts[0]
-    for p in parts[1:]:
-        out = merge(out, p)
-    return out
+    return functools.reduce(merge, parts)
 
 
 def from_stats(counts: Any, means: Any, var_norms: Any, scatter: Any) -> State:
@@ -233,9 +219,9 @@ def from_stats(counts: Any, means: Any, var_norms: Any, scatter: Any) -> State:
     xp = array_namespace(means)
     counts = xp.asarray(counts).astype(xp.int64)
     seen = counts > 0
-    n = counts.astype(means.dtype)
     return {"counts": counts, "shift": xp.where(seen[:, None], means, 0.0),
-            "sums": xp.zeros_like(means), "m2": xp.where(seen, var_norms * n, 0.0),
+            "sums": xp.zeros_like(means),
+            "m2": xp.where(seen, var_norms * counts.astype(means.dtype), 0.0),
             "scatter": xp.array(scatter, dtype=means.dtype, copy=True)}
 
 
@@ -303,11 +289,8 @@ def check_counts(counts: Any, expect: Any, classes: Any = None) -> None:
     if not np.array_equal(got, expect):
         k = int(np.nonzero(got != expect)[0][0])
         c = k if classes is None else int(classes[k])
-        raise ValueError(
-            f"class {c} has {int(got[k])} samples in the embeddings' labels but "
-            f"{int(expect[k])} in the split's record: the record and the data disagree "
-            "(a damaged store, or a Dataset whose attrs no longer describe its rows)"
-        )
+        raise ValueError(f"class {c} has {int(got[k])} samples in the embeddings' labels but "
+                         f"{int(expect[k])} in the split's record: {DISAGREE}")
 
 
 def summary_reduction(**options: Any) -> Reduction:
@@ -316,14 +299,6 @@ def summary_reduction(**options: Any) -> Reduction:
 
 
 # --------------------------------------------------------------------------- pipelined plan
-
-
-def _pieces(X: Any, idx: Any, dtype: Any, step: int):
-    """``(s, e, X[idx[s:e]])`` upcast to ``dtype`` (a private copy), ``step`` rows at a time."""
-    xp = array_namespace(X)
-    for s in range(0, int(idx.shape[0]), step):
-        e = min(int(idx.shape[0]), s + step)
-        yield s, e, xp.asarray(xp.take(X, idx[s:e], axis=0), dtype=dtype)
 
 
 def _sparse_sums(
@@ -344,20 +319,19 @@ def _sparse_sums(
     order = xp.argsort(inv, kind="stable") if xp is np else xp.argsort(inv)
     inv_sorted = inv[order]
     sums = xp.zeros((ids.shape[0], D), dtype=dtype)
-    for s, e, P in _pieces(X, idx[order], dtype, step):
+    rows = idx[order]
+    for s in range(0, int(rows.shape[0]), step):
+        e = min(int(rows.shape[0]), s + step)
+        P = xp.asarray(xp.take(X, rows[s:e], axis=0), dtype=dtype)
         c0, c1 = int(inv_sorted[s]), int(inv_sorted[e - 1]) + 1
         sums[c0:c1] += class_sums(P, inv_sorted[s:e] - c0, c1 - c0)
     return ids.astype(xp.int64), counts, sums
 
 
-def _local(cls: Any, group: tuple[int, int, int, int], rank: Any, xp: Any) -> Any:
-    """Row positions of the classes ``cls`` in a group's compact accumulator.
-
-    ``group = (lo, hi, base, n)``: classes ``[lo, hi)`` whose present ones are
-    accumulator rows ``[0, n)``; ``rank[c]`` is class ``c``'s position among
-    all present classes (−1 when the record says it has no samples), or None
-    for dense groups.
-    """
+def _local(cls: Any, group: Group, rank: Any, xp: Any) -> Any:
+    """Rows of the classes ``cls`` in the accumulator of ``group = (lo, hi, base, n)``: the
+    present classes of ``[lo, hi)``, ``rank[c] − base`` (``rank``: position among all present
+    classes, −1 if empty; None for dense groups)."""
     lo, _, base, _ = group
     if rank is None:
         return cls - lo
@@ -365,27 +339,19 @@ def _local(cls: Any, group: tuple[int, int, int, int], rank: Any, xp: Any) -> An
     bad = loc < 0
     if bool(xp.any(bad)):
         c = int(cls[xp.nonzero(bad)[0][0]])
-        raise ValueError(
-            f"class {c} has samples in the embeddings' labels but 0 in the split's "
-            "record: the record and the data disagree (a damaged store, or a Dataset "
-            "whose attrs no longer describe its rows)"
-        )
+        raise ValueError(f"class {c} has samples in the embeddings' labels but 0 in the "
+                         f"split's record: {DISAGREE}")
     return loc
 
 
 def fold_stage(
     acc: dict[str, Any] | None, X: Any, y: Any, means: Any = None, rank: Any = None, *,
-    n_classes: int, sum_group: tuple[int, int, int, int] | None,
-    centre_group: tuple[int, int, int, int] | None, mask: Any = None,
+    n_classes: int, sum_group: Group | None, centre_group: Group | None, mask: Any = None,
     dtype: Any = np.float64, ignore_index: int | None = None, step: int | None = None,
 ) -> dict[str, Any]:
-    """One read of a chunk for the pipelined plan, added into a running accumulator.
-
-    Sums the rows of ``sum_group`` into ``counts`` and ``sums``, and adds the
-    rows of ``centre_group``, centred about that group's final ``means``,
-    into ``m2`` and the scatter (rows of accumulator rows in ``mask`` only).
-    Accumulators have a row per present class of a group (see :func:`_local`).
-    """
+    """One chunk of a pipelined stage, into ``acc``: the rows of ``sum_group`` into its
+    ``counts`` and ``sums``, those of ``centre_group`` centred about that group's ``means``
+    into ``m2`` and the scatter (where ``mask``). Rows per present class (:func:`_local`)."""
     xp = array_namespace(X, y)
     y = xp.asarray(y).astype(xp.int64)
     dt = np.dtype(dtype)

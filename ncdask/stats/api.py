@@ -13,20 +13,11 @@ from ncdask.store.setkey import SetKey
 
 
 def class_stats(
-    data: Any,
-    split: str | None = None,
-    *,
-    global_mean: str = "unweighted",
-    dtype: Any = "float64",
-    n_classes: int | None = None,
-    chains: int | None = None,
-    ignore_index: int | None = None,
-    min_count: int | None = None,
-    tile_size: int | None = None,
-    memory_budget: int | str | None = None,
-    cache: bool = False,
-    layer: str | None = None,
-    epoch: int | None = None,
+    data: Any, split: str | None = None, *, global_mean: str = "unweighted",
+    dtype: Any = "float64", n_classes: int | None = None, chains: int | None = None,
+    ignore_index: int | None = None, min_count: int | None = None,
+    tile_size: int | None = None, memory_budget: int | str | None = None, cache: bool = False,
+    layer: str | None = None, epoch: int | None = None,
 ) -> xr.Dataset:
     """Per-class statistics of a split from one pass, chunked over classes by tiles.
 

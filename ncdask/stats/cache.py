@@ -1,21 +1,14 @@
 """Class statistics kept in the store, brought up to date from the new rows only.
 
-``class_stats(store, split, cache=True)`` writes its result beside the split,
-in ``<split>/.ncdask-stats/k-<options hash>-<owner>``, with the
-:class:`MemoKey` it was computed for: the options the values depend on and
-the split's committed parts (its main arrays and each writer's shard, with
-their row counts; parts only grow). On the next call:
-
-* the same key: the cached statistics, and no embedding chunk is read;
-* more rows: only the new rows are read, and merged in (:func:`ncdask.merge_stats`);
-* anything else (a part gone or shorter: the split was rewritten), or
-  ``min_count`` (its filter depends on all counts): a full pass.
-
-Entries are only added, never replaced (a lazy reader must not see a
-statistics store change under it), and removed an hour after being
-superseded. The cache holds no embeddings, so a store opened read-only still
-writes it; where the store cannot be written the statistics are returned
-without a cache.
+``class_stats(store, split, cache=True)`` writes its result beside the split
+(``<split>/.ncdask-stats/k-<options hash>-<owner>``) with its :class:`MemoKey`:
+the options the values depend on and the split's committed parts with their
+rows (parts only grow). Next time, the same key reads no embedding chunk; more
+rows read only the new rows and merge them in (:func:`ncdask.merge_stats`);
+anything else (a rewritten split) or ``min_count`` runs a full pass. Entries
+are only added (a lazy reader must not see one change) and removed an hour
+after being superseded. A read-only store still gets its cache (it holds no
+embeddings); an unwritable one gets none.
 """
 
 from __future__ import annotations
@@ -62,11 +55,9 @@ def committed_parts(store: EmbeddingStore, split: str, key: SetKey) -> list[tupl
 
 @dataclass(frozen=True)
 class MemoKey:
-    """What a memoised result depends on: its options and the committed parts it read.
-
-    Shared by the statistics cache and :func:`ncdask.sweep`'s ``out=``.
-    ``parts`` maps a split name to its ``[[part path, rows], ...]``.
-    """
+    """What a memoised result depends on: its options and the committed parts it read
+    (``parts``: split name -> ``[[part path, rows], ...]``). Keys the statistics cache
+    and :func:`ncdask.sweep`'s ``out=``."""
 
     options: Any
     parts: Any

@@ -19,7 +19,6 @@ from ncdask.graph.pairwise import default_tile_size
 from ncdask.graph.tiled_stats import class_tiled_stats, merge_tiled
 from ncdask.kernels._xp import array_namespace, to_numpy
 from ncdask.metrics.inputs import split_classes
-from ncdask.store.embedding import resolve_split
 from ncdask.store.zarrio import open_dataset, write_dataset
 
 
@@ -38,13 +37,8 @@ DEFINITIONS = {
 
 
 def _counts_of(ds: xr.Dataset, n_classes: int) -> np.ndarray:
-    """Samples per class: the store's record when it describes these rows, else the labels'.
-
-    The record counts only while the Dataset has the ``n_committed`` rows it
-    describes (not after ``isel`` or ``xr.concat``); the pass over the
-    embeddings counts again and raises if the two disagree. Labels outside
-    ``[0, K)`` are not counted.
-    """
+    """Samples per class: the store's record while the Dataset has the ``n_committed`` rows
+    it describes, else the labels' (in ``[0, K)``); the pass checks them again."""
     counts = ds.attrs.get("class_counts")
     rows = ds.attrs.get("n_committed")
     if (counts is not None and len(counts) == n_classes and rows is not None
@@ -67,12 +61,9 @@ def labelled_stats(
     arrays: dict[str, Any], counts: np.ndarray, *, global_mean: str, attrs: dict[str, Any],
     in_scatter: np.ndarray | None = None,
 ) -> xr.Dataset:
-    """The class-statistics Dataset (the ``class_stats`` contract) from its arrays.
-
-    ``arrays`` holds ``means``, ``global_mean``, ``within_cov``, ``var_norms``
-    (lazy or not); ``counts`` the per-class counts; ``in_scatter`` marks the
-    classes whose samples Σ_W pools (default: all with samples).
-    """
+    """The class-statistics Dataset from ``arrays`` (``means``, ``global_mean``,
+    ``within_cov``, ``var_norms``, lazy or not), the ``counts`` and ``in_scatter``
+    (the classes Σ_W pools; default all)."""
     K = counts.shape[0]
     D = arrays["means"].shape[1]
     empty = np.nonzero(counts == 0)[0].tolist()
@@ -194,22 +185,18 @@ def _dask(x: Any) -> da.Array:
 
 
 def merge_stats(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
-    """Statistics of the concatenation of the data behind ``a`` and ``b``.
-
-    Exact up to rounding (Chan's pairwise update, per class tile), lazy, and
-    without a new pass over any embeddings.
+    """Statistics of the concatenation of the data behind ``a`` and ``b``: exact to
+    rounding (Chan's update per class tile), lazy, with no pass over any embeddings.
 
     Parameters
     ----------
     a, b : xarray.Dataset
-        Results of :func:`class_stats` with the same K, D, global-mean mode
-        and ignore label, computed without ``min_count`` (filter the merged
-        statistics in :func:`ncdask.measure` instead: the counts change).
+        Results of :func:`class_stats` with the same K, D, global-mean mode and
+        ignore label, without ``min_count`` (pass it to :func:`ncdask.measure`).
 
     Returns
     -------
     xarray.Dataset
-        Lazy statistics, as :func:`class_stats` gives.
     """
     for s_ in (a, b):
         if list(s_.attrs.get("filtered_classes", [])):
@@ -229,10 +216,10 @@ def merge_stats(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
         out["n_samples"] = int(to_numpy(ns))
         return out
 
-    gm = a.attrs["global_mean"]
-    ii = a.attrs.get("ignore_index")
-    return labelled_stats(merge_tiled(parts(a, na), parts(b, nb), na, nb, global_mean=gm),
-                          na + nb, global_mean=gm, attrs={} if ii is None else {"ignore_index": ii})
+    gm, ii = a.attrs["global_mean"], a.attrs.get("ignore_index")
+    arrays = merge_tiled(parts(a, na), parts(b, nb), na, nb, global_mean=gm)
+    attrs = {} if ii is None else {"ignore_index": ii}
+    return labelled_stats(arrays, na + nb, global_mean=gm, attrs=attrs)
 
 
 def save_stats(
@@ -248,19 +235,11 @@ def save_stats(
     Parameters
     ----------
     stats : xarray.Dataset
-        The output of :func:`class_stats` (lazy or computed) or :func:`load_stats`.
+        From :func:`class_stats` or :func:`load_stats`.
     url : str
-        Local path or fsspec URL.
+        Local path or fsspec URL (``storage_options`` go to fsspec).
     overwrite : bool, default False
-        Replace an existing ``url`` that holds ncdask statistics.
-    storage_options : dict, optional
-        Passed to fsspec.
-
-    Raises
-    ------
-    FileExistsError
-        ``url`` exists and ``overwrite`` is false, or it holds anything but
-        ncdask statistics (it is left as it was).
+        Replace statistics at ``url``; anything else there raises ``FileExistsError``.
     """
     out = stats.copy()
     out.attrs = {k: (list(v) if isinstance(v, (list, tuple, np.ndarray)) else v)
