@@ -150,7 +150,7 @@ def test_no_task_returns_a_K_by_D_block(tmp_path):
     X = rng.normal(size=(n, D)) + np.eye(K, D)[y]
     budget = 4 * 100 * D * 8  # groups of 100 classes (two chains)
     groups = plan(K, D, 50, budget=budget, chains=2)
-    assert plan(K, D, 50, budget=4 * K * D * 8, chains=2) is None  # (one pass when K×D fits)
+    assert plan(K, D, 50, budget=6 * K * D * 8, chains=2) is None  # (one pass when K×D fits)
     assert len(groups) == 6 and all(hi - lo == 100 for lo, hi in groups)
     st_ = _stats(X, y, K, 500, 50, budget, chains=2)
     with _Sizes() as cb:

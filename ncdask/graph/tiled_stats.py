@@ -2,7 +2,7 @@
 
 Row chunks are folded into a few *chains* (one per worker thread) whose ends
 one task combines, so a pass holds C accumulators (each with a D×D scatter),
-not a partial per chunk. **One pass** when ``C + 2`` K×D arrays fit the
+not a partial per chunk. **One pass** when ``2C + 2`` K×D arrays fit the
 budget: each chain holds the state of :mod:`ncdask.kernels.tiled_stats`.
 Otherwise (vocabularies) **pipelined passes over class groups** of whole
 tiles: stage ``s`` reads every chunk once, sums the rows of group ``s`` and
@@ -34,7 +34,7 @@ from ncdask.kernels._reduction import Reduction
 from ncdask.kernels._xp import array_namespace
 
 #: Dask config key of the statistics budget (bytes or a string like "1GiB").
-STATS_BUDGET_KEY = "ncdask.stats.core-budget"
+STATS_BUDGET_KEY = "ncdask.stats-budget"
 #: Default bytes of class partials the statistics pass may hold.
 STATS_BUDGET = 3 * 2**29  # 1.5 GiB
 
@@ -57,13 +57,12 @@ def plan(
 ) -> list[tuple[int, int]] | None:
     """Class groups ``[(lo, hi), ...]`` of the pipelined plan, or None for one pass.
 
-    One pass when ``(chains + 2)·K·D·itemsize ≤ budget``; else balanced groups
-    of whole tiles holding at most ``budget / (chains + 2)`` bytes of
-    accumulator rows each. With ``present`` (K bools) only present classes
-    take rows.
+    One pass when ``(2·chains + 2)·K·D·itemsize ≤ budget`` (a state holds shifts and
+    sums); else balanced groups of whole tiles of at most ``budget / (chains + 2)``
+    bytes of sums each (only present classes, with ``present``).
     """
     row = dim * itemsize
-    if (chains + 2) * n_classes * row <= budget:
+    if (2 * chains + 2) * n_classes * row <= budget:
         return None
     cap = max(1, budget // ((chains + 2) * row))
     starts = list(range(0, n_classes, tile))

@@ -50,8 +50,8 @@ def class_stats(
         :func:`ncdask.measure` uses); :func:`save_stats` writes a chunk per tile.
     memory_budget : int or str, optional
         Bytes of class partials the pass may hold (default: the
-        ``ncdask.stats.core-budget`` dask config value, else 1.5 GiB). When
-        ``(chains + 2)·K·D·8`` bytes exceed it, the classes are cut into ``G``
+        ``ncdask.stats-budget`` dask config value, else 1.5 GiB). When
+        ``(2·chains + 2)·K·D·8`` bytes exceed it, the classes are cut into ``G``
         groups and the embeddings read ``G + 1`` times
         (:mod:`ncdask.graph.tiled_stats`).
     cache : bool, default False
