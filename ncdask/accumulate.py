@@ -31,13 +31,13 @@ MAX_BUFFER_ROWS = 8192
 class Accumulator(Protocol):
     """What ncdask's streaming accumulators share: ``update(X, y)`` adds a batch (a bad one
     raises and adds nothing), ``merge(other)`` adds another rank's batches exactly, both
-    return the accumulator; ``result()`` is the Dataset :func:`ncdask.measure` takes."""
+    return the accumulator; ``result()`` is what :func:`ncdask.measure` takes from it."""
 
     def update(self, X: Any, y: Any = None) -> Any: ...
 
     def merge(self, other: Any) -> Any: ...
 
-    def result(self) -> xr.Dataset: ...
+    def result(self) -> Any: ...
 
 
 class StatsAccumulator:
