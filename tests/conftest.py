@@ -23,6 +23,5 @@ def small_store(mem_url):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 6)).astype(np.float32)
     y = rng.integers(0, 4, size=300)
-    s = ncdask.EmbeddingStore.create(mem_url(), n_classes=4, dim=6, chunk_rows=64)
-    s.append("train", X, y)
+    s = ncdask.EmbeddingStore.from_arrays(mem_url(), {"train": (X, y)}, n_classes=4, chunk_rows=64)
     return s, X, y

@@ -1,11 +1,13 @@
-"""A small dense NumPy implementation of SPEC.md's class statistics, for tests."""
+"""Shared test helpers: the dense class statistics of SPEC.md, split Datasets, golden cases."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
+import xarray as xr
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = ("collapsed", "manyclass", "wide")
@@ -16,6 +18,23 @@ def golden(name: str) -> tuple[dict, dict]:
     with np.load(GOLDEN / f"{name}.npz") as z:
         data = {k: z[k] for k in z.files}
     return data, json.loads((GOLDEN / f"{name}.json").read_text())
+
+
+def split(X, y=None, K: int | None = None, *, chunks: int | tuple | None = 97) -> xr.Dataset:
+    """A split Dataset of ``X`` (and labels ``y``, and ``n_classes=K`` if given).
+
+    ``chunks``: rows per dask chunk (an int or the chunk sizes); None keeps NumPy arrays.
+    """
+    def var(a, dims):
+        a = np.asarray(a)
+        if chunks is not None:
+            a = da.from_array(a, chunks=(chunks, -1)[: a.ndim])
+        return dims, a
+
+    v = {"embeddings": var(X, ("sample", "feature"))}
+    if y is not None:
+        v["labels"] = var(y, ("sample",))
+    return xr.Dataset(v, attrs={} if K is None else {"n_classes": K})
 
 
 def dense_stat_arrays(X: np.ndarray, y: np.ndarray, K: int, weighted: bool = False) -> dict:

@@ -13,7 +13,7 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from dense import CASES, GOLDEN, golden  # noqa: F401 - one golden loader, re-exported
+from dense import CASES, GOLDEN, golden, split  # noqa: F401 - one loader and builder, re-exported
 from dense import dense_stat_arrays as _dense_arrays
 
 EPS = np.finfo(np.float64).eps
@@ -68,14 +68,6 @@ def dense_stats(
         empty_classes=np.nonzero(counts == 0)[0].tolist(),
     )
     return ds
-
-
-def split(X: np.ndarray, y: np.ndarray | None = None, *, chunks: int = 97) -> xr.Dataset:
-    """A split Dataset with dask-backed embeddings (and labels if given)."""
-    v = {"embeddings": (("sample", "feature"), da.from_array(np.asarray(X), chunks=(chunks, -1)))}
-    if y is not None:
-        v["labels"] = (("sample",), da.from_array(np.asarray(y), chunks=(chunks,)))
-    return xr.Dataset(v)
 
 
 def _etf_err(A: np.ndarray, B: np.ndarray) -> float:

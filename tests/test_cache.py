@@ -34,8 +34,9 @@ def _close(a, b):
 
 def _store(tmp_path, n=1000):
     rng = np.random.default_rng(0)
-    s = ncdask.EmbeddingStore.create(str(tmp_path / "s.zarr"), K, D, chunk_rows=100)
-    s.append("train", rng.normal(size=(n, D)) + 3, np.arange(n) % K)
+    train = (rng.normal(size=(n, D)) + 3, np.arange(n) % K)
+    s = ncdask.EmbeddingStore.from_arrays(str(tmp_path / "s.zarr"), {"train": train},
+                                          chunk_rows=100)
     return s, rng
 
 

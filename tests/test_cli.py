@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 import xarray as xr
+from dense import split
 
 import ncdask
 from ncdask.cli import json_value, main, scalar_dict
@@ -140,9 +141,7 @@ def test_ignore_index_import_and_analyze(tmp_path, arrays, capsys):
                  "--metrics", "nc1_pinv", "nc1_quot"]) == 0
     got = json.loads(capsys.readouterr().out)
     keep = y != -100
-    dense = ncdask.class_stats(xr.Dataset(
-        {"embeddings": (("sample", "feature"), X[keep]), "labels": ("sample", y[keep])},
-        attrs={"n_classes": K}))
+    dense = ncdask.class_stats(split(X[keep], y[keep], K, chunks=None))
     ref = ncdask.measure(dense, metrics=["nc1_pinv", "nc1_quot"]).compute()
     _compare(got, ref, rtol=1e-9)
     assert main(["import", str(tmp_path / "X.npy"), str(tmp_path / "y.npy"), "--store", url,

@@ -19,9 +19,8 @@ K, D = 3, 4
 def url(tmp_path):
     rng = np.random.default_rng(0)
     y = np.arange(90) % K
-    s = ncdask.EmbeddingStore.create(str(tmp_path / "s.zarr"), K, D)
-    s.append("train", rng.normal(size=(90, D)) + 3 * np.eye(K, D)[y], y)
-    return s.url
+    X = rng.normal(size=(90, D)) + 3 * np.eye(K, D)[y]
+    return ncdask.EmbeddingStore.from_arrays(str(tmp_path / "s.zarr"), {"train": (X, y)}).url
 
 
 def _subparsers(parser):

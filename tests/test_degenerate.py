@@ -4,9 +4,8 @@ import warnings
 
 import numpy as np
 import pytest
-import xarray as xr
 import zarr
-from dense_metrics import raise_if_dask_computes
+from dense_metrics import raise_if_dask_computes, split
 
 import ncdask
 
@@ -167,9 +166,8 @@ def test_an_ood_split_of_another_width_is_refused_before_any_compute():
 
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(60, 4)), np.arange(60) % 3
-    st = ncdask.class_stats(xr.Dataset({"embeddings": (("sample", "feature"), X),
-                                        "labels": (("sample",), y)}), n_classes=3)
-    ood = xr.Dataset({"embeddings": (("sample", "feature"), rng.normal(size=(10, 6)))})
+    st = ncdask.class_stats(split(X, y, 3, chunks=None))
+    ood = split(rng.normal(size=(10, 6)), chunks=None)
     with raise_if_dask_computes():
         for metric in ("nc5_ood_dev", "nc1_ood_class"):
             with pytest.raises(ValueError, match=r"OOD embeddings have shape \(10, 6\)"):

@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import xarray as xr
+from dense import split
 
 import ncdask
 from ncdask.metrics import GROUPS, METRICS, label_results, measure
@@ -16,9 +17,7 @@ def _stats(seed):
     rng = np.random.default_rng(seed)
     y = np.arange(240) % K
     X = rng.normal(size=(240, D)) + (2 + seed) * np.eye(K, D)[y]
-    ds = xr.Dataset({"embeddings": (("sample", "feature"), X), "labels": ("sample", y)},
-                    attrs={"n_classes": K})
-    return ncdask.class_stats(ds.chunk({"sample": 64}))
+    return ncdask.class_stats(split(X, y, K, chunks=64))
 
 
 def _labelled(var):
