@@ -3,7 +3,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from dense import CASES, check_against, dense_stat_arrays, golden, split
+from dense import CASES, assert_stats_equal, dense_stat_arrays, golden, split
 from hypothesis import HealthCheck, given, settings
 from strategies import irregular_chunks, labelled_data
 
@@ -89,8 +89,8 @@ def test_matches_dense_reference_and_is_lazy():
     assert st_.within_cov.dims == ("feature", "feature_")
     assert st_.attrs["global_mean"] == "unweighted" and st_.attrs["empty_classes"] == []
     assert "definition" in st_.within_cov.attrs
-    check_against(st_, dense_stat_arrays(X, y, 6), 1e-10)
-    check_against(ncdask.class_stats(ds, global_mean="weighted"),
+    assert_stats_equal(st_, dense_stat_arrays(X, y, 6), 1e-10)
+    assert_stats_equal(ncdask.class_stats(ds, global_mean="weighted"),
                   dense_stat_arrays(X, y, 6, weighted=True), 1e-10)
 
 
@@ -131,7 +131,7 @@ def test_merge_stats_equals_concatenation():
     b = ncdask.class_stats(split(X[150:], y[150:], 4, chunks=50))
     m = ncdask.merge_stats(a, b)
     assert isinstance(m.means.data, da.Array)
-    check_against(m, dense_stat_arrays(X, y, 4), 1e-11)
+    assert_stats_equal(m, dense_stat_arrays(X, y, 4), 1e-11)
     w = ncdask.class_stats(split(X[:150], y[:150], 4, chunks=32), global_mean="weighted")
     with pytest.raises(ValueError, match="different global_mean"):
         ncdask.merge_stats(a, w)
@@ -145,7 +145,7 @@ def test_merge_with_disjoint_classes():
         a = ncdask.class_stats(split(X[:50], y[:50], 2, chunks=16))
     with pytest.warns(EmptyClassWarning):
         b = ncdask.class_stats(split(X[50:], y[50:], 2, chunks=16))
-    check_against(ncdask.merge_stats(a, b), dense_stat_arrays(X, y, 2), 1e-11)
+    assert_stats_equal(ncdask.merge_stats(a, b), dense_stat_arrays(X, y, 2), 1e-11)
 
 
 def test_save_load_roundtrip_exact(tmp_path, mem_url):
@@ -168,7 +168,7 @@ def test_save_load_roundtrip_exact(tmp_path, mem_url):
 def test_stats_from_store_url_and_errors(small_store):
     s, X, y = small_store
     st_ = ncdask.class_stats(s.url, "train").compute()
-    check_against(st_, dense_stat_arrays(X, y, 4), 1e-6)
+    assert_stats_equal(st_, dense_stat_arrays(X, y, 4), 1e-6)
     with pytest.raises(KeyError, match="unknown split"):
         ncdask.class_stats(s, "nope")
     with pytest.raises(ValueError, match="global_mean must be"):
@@ -177,7 +177,7 @@ def test_stats_from_store_url_and_errors(small_store):
     bare.attrs = {}
     with pytest.raises(ValueError, match="pass n_classes="):
         ncdask.class_stats(bare)
-    check_against(ncdask.class_stats(bare, n_classes=4), dense_stat_arrays(X, y, 4), 1e-6)
+    assert_stats_equal(ncdask.class_stats(bare, n_classes=4), dense_stat_arrays(X, y, 4), 1e-6)
     with pytest.raises(TypeError, match="expected a split Dataset"):
         ncdask.class_stats(42)
 
@@ -187,7 +187,7 @@ def test_numpy_backed_dataset_and_float32_accumulation():
     X = rng.normal(size=(90, 3))
     y = rng.integers(0, 3, 90)
     ds = split(X, y, 3, chunks=None)
-    check_against(ncdask.class_stats(ds), dense_stat_arrays(X, y, 3), 1e-10)
+    assert_stats_equal(ncdask.class_stats(ds), dense_stat_arrays(X, y, 3), 1e-10)
     st32 = ncdask.class_stats(ds, dtype="float32").compute()
     assert st32.means.dtype == np.float32
     np.testing.assert_allclose(st32.within_cov.values, dense_stat_arrays(X, y, 3)["within_cov"],
@@ -201,7 +201,7 @@ def test_on_a_distributed_cluster(small_store):
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         st_ = client.compute(ncdask.class_stats(s, "train")).result()
-    check_against(st_, dense_stat_arrays(X, y, 4), 1e-6)
+    assert_stats_equal(st_, dense_stat_arrays(X, y, 4), 1e-6)
 
 
 # ------------------------------------------------------------------ invariance
@@ -271,4 +271,4 @@ def test_chained_merges_keep_one_copy_of_each_pass(monkeypatch):
     assert steps.max() == steps.min()  # the same number of new tasks per merge
     out = merged.compute()
     assert len(calls) == 32  # 8 parts of 4 chunks, each read once
-    check_against(out, dense_stat_arrays(X, y, 6), 1e-10)
+    assert_stats_equal(out, dense_stat_arrays(X, y, 6), 1e-10)
