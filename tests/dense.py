@@ -20,6 +20,18 @@ def golden(name: str) -> tuple[dict, dict]:
     return data, json.loads((GOLDEN / f"{name}.json").read_text())
 
 
+def class_data(rng, means, labels, *, noise: float = 1.0, dtype=None):
+    """``(X, y)``: for each label, its class's mean (a row of the K×D ``means``) plus
+    ``noise`` × N(0, 1) drawn from ``rng``.
+
+    ``labels``: the labels, or a number n of rows labelled 0, 1, …, K−1, 0, … in turn.
+    """
+    means = np.asarray(means, dtype=np.float64)
+    y = np.arange(labels) % len(means) if np.ndim(labels) == 0 else np.asarray(labels)
+    X = means[y] + noise * rng.normal(size=(y.size, means.shape[1]))
+    return (X if dtype is None else X.astype(dtype)), y
+
+
 def split(X, y=None, K: int | None = None, *, chunks: int | tuple | None = 97) -> xr.Dataset:
     """A split Dataset of ``X`` (and labels ``y``, and ``n_classes=K`` if given).
 

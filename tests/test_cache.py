@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from dense import assert_stats_equal
+from dense import assert_stats_equal, class_data
 
 import ncdask
 from ncdask.store import layout as S
@@ -27,7 +27,7 @@ def reads(monkeypatch):
 
 def _store(tmp_path, n=1000):
     rng = np.random.default_rng(0)
-    train = (rng.normal(size=(n, D)) + 3, np.arange(n) % K)
+    train = class_data(rng, np.full((K, D), 3.0), n)
     s = ncdask.EmbeddingStore.from_arrays(str(tmp_path / "s.zarr"), {"train": train},
                                           chunk_rows=100)
     return s, rng
@@ -126,8 +126,7 @@ def test_sweep_with_out_measures_only_new_or_changed_sets(tmp_path, reads):
     y = np.arange(200) % K
 
     def add(e, n=200):
-        X = np.eye(K, D)[np.arange(n) % K] * (1 + e) + rng.normal(size=(n, D))
-        s.append("train", X, np.arange(n) % K, epoch=e)
+        s.append("train", *class_data(rng, (1 + e) * np.eye(K, D), n), epoch=e)
 
     for e in range(4):
         add(e)

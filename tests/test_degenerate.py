@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import zarr
-from dense_metrics import raise_if_dask_computes, split
+from dense_metrics import class_data, raise_if_dask_computes, split
 
 import ncdask
 
@@ -109,10 +109,9 @@ def _nc1_of(s):
 
 def _nc4_case(K=4, D=6, n=80):
     rng = np.random.default_rng(3)
-    y = np.arange(n) % K
-    X = 3 * np.eye(K, D)[y] + 0.3 * rng.normal(size=(n, D))
-    s = ncdask.EmbeddingStore.create("memory://nc4-degenerate", K, D, overwrite=True)
-    s.append("train", X, y)
+    X, y = class_data(rng, 3 * np.eye(K, D), n, noise=0.3)
+    s = ncdask.EmbeddingStore.from_arrays("memory://nc4-degenerate", {"train": (X, y)},
+                                          overwrite=True)
     return s, np.eye(K, D) * 3.0
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from dense import assert_stats_equal, dense_stat_arrays
+from dense import assert_stats_equal, class_data, dense_stat_arrays
 
 
 def test_the_checker_rejects_small_errors_in_small_statistics():
@@ -10,8 +10,7 @@ def test_the_checker_rejects_small_errors_in_small_statistics():
     by 1e-6 of their norm; rounding-sized changes pass."""
     rng = np.random.default_rng(0)
     K, D, n = 5, 8, 500
-    y = np.arange(n) % K
-    X = 1e3 * rng.normal(size=(K, D))[y] + 1e-3 * rng.normal(size=(n, D))
+    X, y = class_data(rng, 1e3 * rng.normal(size=(K, D)), n, noise=1e-3)
     want = dense_stat_arrays(X, y, K)
     Sw, M = want["within_cov"], want["means"]
     assert 0.02 * np.linalg.norm(Sw) < 1e-12 * np.linalg.norm(X.T @ X / n)  # a shared scale

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import xarray as xr
-from dense import split
+from dense import class_data, split
 
 pytest.importorskip("matplotlib")
 from matplotlib.image import imread  # noqa: E402
@@ -18,9 +18,7 @@ from ncdask.plot import plot_gram, plot_metrics, plot_per_class  # noqa: E402
 
 
 def _split(rng, means, n, noise):
-    y = np.arange(n) % means.shape[0]
-    X = means[y] + noise * rng.normal(size=(n, means.shape[1]))
-    return split(X, y, means.shape[0], chunks=None)
+    return split(*class_data(rng, means, n, noise=noise), means.shape[0], chunks=None)
 
 
 @pytest.fixture(scope="module")

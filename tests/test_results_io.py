@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import xarray as xr
-from dense import split
+from dense import class_data, split
 
 import ncdask
 from ncdask.metrics import GROUPS, METRICS, label_results, measure
@@ -15,8 +15,7 @@ K, D = 4, 6
 
 def _stats(seed):
     rng = np.random.default_rng(seed)
-    y = np.arange(240) % K
-    X = rng.normal(size=(240, D)) + (2 + seed) * np.eye(K, D)[y]
+    X, y = class_data(rng, (2 + seed) * np.eye(K, D), 240)
     return ncdask.class_stats(split(X, y, K, chunks=64))
 
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import xarray as xr
+from dense import class_data
 
 import ncdask
 from ncdask import sweep
@@ -10,12 +11,6 @@ from ncdask import sweep
 K, D = 4, 6
 METRICS = ["nc1_quot", "nc1_pinv", "nc2_etf_err", "nc3_dual_err", "nc3_bias", "nc4_agree",
            "nc5_ood_dev", "mean_norms", "agree_per_class"]
-
-
-def collapsing(rng, n, scale):
-    y = np.arange(n) % K
-    X = scale * np.eye(K, D)[y] + rng.normal(size=(n, D))
-    return X.astype(np.float32), y
 
 
 @pytest.fixture
@@ -27,7 +22,8 @@ def store(mem_url):
         for epoch in (7, 0, 3):
             scale = 1 + epoch + (layer == "b")
             for split, n in (("train", 150), ("test", 60)):
-                s.append(split, *collapsing(rng, n, scale), layer=layer, epoch=epoch)
+                X, y = class_data(rng, scale * np.eye(K, D), n, dtype=np.float32)
+                s.append(split, X, y, layer=layer, epoch=epoch)
             s.append("ood", rng.normal(size=(30, D)) + 2, np.zeros(30, int), layer=layer,
                      epoch=epoch)
             if layer == "a":

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from dask.callbacks import Callback
-from dense import assert_stats_equal, dense_stat_arrays, split
+from dense import assert_stats_equal, class_data, dense_stat_arrays, split
 
 import ncdask
 from ncdask.graph.tiled_stats import plan
@@ -71,8 +71,7 @@ def test_many_more_classes_than_samples(budget):
 def test_pipelined_with_ignore_index_and_min_count():
     rng = np.random.default_rng(4)
     K, D, n = 30, 3, 2000
-    y = _rare_labels(rng, n, K)
-    X = rng.normal(size=(n, D)) + 4 * np.eye(K, D)[y]
+    X, y = class_data(rng, 4 * np.eye(K, D), _rare_labels(rng, n, K))
     y_pad = y.copy()
     y_pad[::11] = -100
     one = _stats(X, y_pad, K, 50, 7, None, ignore_index=-100, min_count=25).compute()
@@ -96,7 +95,7 @@ def test_collapsed_float32_stays_exact(budget):
     K, D, n = 20, 8, 4000
     y = rng.integers(0, K, n)
     M = 1e3 * rng.normal(size=(K, D))
-    X = (M[y] + 1e-2 * rng.normal(size=(n, D))).astype(np.float32)
+    X, y = class_data(rng, M, y, noise=1e-2, dtype=np.float32)
     ref = dense_stat_arrays(X.astype(np.float64), y, K)
     st_ = _stats(X, y, K, 333, 3, budget).compute()
     np.testing.assert_allclose(np.trace(st_.within_cov.values), np.trace(ref["within_cov"]),
@@ -144,8 +143,7 @@ class _Sizes(Callback):
 def test_no_task_returns_a_K_by_D_block(tmp_path):
     rng = np.random.default_rng(6)
     K, D, n = 600, 16, 3000
-    y = rng.integers(0, K, n)
-    X = rng.normal(size=(n, D)) + np.eye(K, D)[y]
+    X, y = class_data(rng, np.eye(K, D), rng.integers(0, K, n))
     budget = 4 * 100 * D * 8  # groups of 100 classes (two chains)
     groups = plan(K, D, 50, budget=budget, chains=2)
     assert plan(K, D, 50, budget=4 * K * D * 8, chains=2) is None  # (one pass when K×D fits)
@@ -170,8 +168,7 @@ def test_no_task_returns_a_K_by_D_block(tmp_path):
 def test_merge_of_class_chunked_stats_stays_chunked_and_exact():
     rng = np.random.default_rng(7)
     K, D, n = 50, 4, 2000
-    y = _rare_labels(rng, n, K)
-    X = rng.normal(size=(n, D)) + 3 * np.eye(K, D)[y]
+    X, y = class_data(rng, 3 * np.eye(K, D), _rare_labels(rng, n, K))
     a = _stats(X[:700], y[:700], K, 100, 9, TINY)
     b = _stats(X[700:], y[700:], K, 100, 9, None)
     with warnings.catch_warnings():
@@ -217,8 +214,7 @@ def test_record_counts_are_checked_against_the_data(budget, damage):
 def test_float16_store_upcasts_in_pieces(mem_url):
     rng = np.random.default_rng(9)
     K, D, n = 12, 6, 3000
-    y = rng.integers(0, K, n)
-    X = (rng.normal(size=(n, D)) + 2 * np.eye(K, D)[y]).astype(np.float16)
+    X, y = class_data(rng, 2 * np.eye(K, D), rng.integers(0, K, n), dtype=np.float16)
     s = ncdask.EmbeddingStore.from_arrays(mem_url(), {"train": (X, y)}, dtype="float16")
     assert s["train"].embeddings.dtype == np.float16
     ref = dense_stat_arrays(X.astype(np.float64), y, K)
