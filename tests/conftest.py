@@ -2,6 +2,7 @@ import itertools
 
 import numpy as np
 import pytest
+import zarr
 
 import ncdask
 
@@ -16,6 +17,20 @@ def mem_url():
         return f"memory://ncdask-tests/{name}-{next(_counter)}"
 
     return make
+
+
+@pytest.fixture
+def fail_label_writes(monkeypatch):
+    """Call it to make every write to a labels array fail, as a disk that fills up
+    after the embeddings were written; ``monkeypatch.undo()`` ends it."""
+    real = zarr.Array.__setitem__
+
+    def failing(self, key, value):
+        if self.path.endswith("labels"):
+            raise OSError("disk full (simulated)")
+        return real(self, key, value)
+
+    return lambda: monkeypatch.setattr(zarr.Array, "__setitem__", failing)
 
 
 @pytest.fixture
