@@ -1,4 +1,5 @@
-"""Shared test helpers: the dense class statistics of SPEC.md, split Datasets, golden cases."""
+"""Shared test helpers: class-structured data, split Datasets, the dense class statistics
+of SPEC.md and a checker for them, golden cases."""
 
 from __future__ import annotations
 
