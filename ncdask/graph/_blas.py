@@ -56,9 +56,8 @@ class OneBlasThreadPerTask(Callback):
 
     def _start(self, dsk: Mapping) -> None:
         self._mine.on = False
-        if not dask.config.get("ncdask.blas-per-task", True):
-            return
-        if not _holds_ncdask_tasks(dsk) or not _threaded_with_many_workers():
+        if not (dask.config.get("ncdask.blas-per-task", True) and _holds_ncdask_tasks(dsk)
+                and _threaded_with_many_workers()):
             return
         from threadpoolctl import threadpool_limits
 

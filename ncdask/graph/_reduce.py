@@ -66,16 +66,9 @@ def tree(dsk: dict, name: str, red: Reduction, leaves: Sequence[Any], *,
 
 
 def chains(
-    dsk: dict,
-    name: str,
-    red: Reduction,
-    n_blocks: int,
+    dsk: dict, name: str, red: Reduction, n_blocks: int,
     read: Callable[[int, int, list[Any]], list[tuple[Any, ...]]] | Sequence[tuple[Any, ...]],
-    *,
-    n_chains: int,
-    batch: int | None = None,
-    lag: int = READ_LAG,
-    after: Any = None,
+    *, n_chains: int, batch: int | None = None, lag: int = READ_LAG, after: Any = None,
 ) -> list[Any]:
     """Fold ``n_blocks`` blocks into ``n_chains`` running partials; return the chain ends.
 
@@ -98,10 +91,7 @@ def chains(
     batches: list[list[Any]] = []
     for lo in range(0, n_blocks, max(step, 1)):
         hi = min(n_blocks, lo + step)
-        if len(batches) >= lag:
-            wait = batches[-lag]
-        else:
-            wait = [] if after is None else [after]
+        wait = batches[-lag] if len(batches) >= lag else [] if after is None else [after]
         batches.append([])
         for i, args in enumerate(read(lo, hi, wait), start=lo):
             key = (f"{name}-fold", i)
@@ -139,32 +129,16 @@ def row_keys(x: da.Array) -> list[Any]:
     return [(x.name, i, *rest) for i in range(x.numblocks[0])]
 
 
-def fold_rows(
-    red: Reduction, *arrays: da.Array, how: str = "tree", split_every: int = 8,
-    chains_: int | None = None, shared: Sequence[Any] = (), prefix: str = "ncdask-reduce",
-    token: Any = None,
-) -> Delayed:
-    """Reduce the aligned row blocks of ``arrays`` to one finalized result.
+def fold_rows(red: Reduction, *arrays: da.Array, how: str = "tree", split_every: int = 8,
+              chains_: int | None = None, shared: Sequence[Any] = (),
+              prefix: str = "ncdask-reduce", token: Any = None) -> Delayed:
+    """Reduce the aligned row blocks of ``arrays`` to one finalized result (a Delayed).
 
-    Parameters
-    ----------
-    red : Reduction
-        Called per row block with ``(*blocks, *shared)``.
-    *arrays : dask arrays
-        Same row chunks, one block wide on every other axis.
-    how : {"tree", "chains"}
-    split_every : int
-        Fan-in of the tree.
-    chains_ : int, optional
-        Chains side by side (default :func:`n_chains`).
-    shared : sequence
-        Values given to every block's task, stored once in the graph.
-    prefix, token : str, optional
-        Start of the task names; extra identity (what the functions close over).
-
-    Returns
-    -------
-    dask.delayed.Delayed
+    ``arrays`` share their row chunks and are one block wide on every other
+    axis; ``red`` gets ``(*blocks, *shared)`` per row block, ``shared`` being
+    stored once in the graph. ``how`` is ``"tree"`` (fan-in ``split_every``) or
+    ``"chains"`` (``chains_``, default :func:`n_chains`); ``token`` adds to the
+    identity what the functions close over.
     """
     n = arrays[0].numblocks[0]
     for a in arrays[1:]:
@@ -172,18 +146,13 @@ def fold_rows(
             raise ValueError("fold_rows needs arrays with the same row chunks")
     name = f"{prefix}-{tokenize(*arrays, red, how, split_every, chains_, shared, token)}"
     dsk: dict[Any, Any] = {}
-    shared_keys = []
-    for j, v in enumerate(shared):
-        dsk[f"{name}-shared-{j}"] = v
-        shared_keys.append(f"{name}-shared-{j}")
-    keys = [row_keys(a) for a in arrays]
-    blocks = [(*ks, *shared_keys) for ks in zip(*keys, strict=True)]
+    shared_keys = [f"{name}-shared-{j}" for j in range(len(shared))]
+    dsk.update(zip(shared_keys, shared))
+    blocks = [(*ks, *shared_keys) for ks in zip(*map(row_keys, arrays), strict=True)]
     if how == "tree":
         assert red.chunk is not None
-        leaves = []
-        for i, args in enumerate(blocks):
-            dsk[(f"{name}-chunk", i)] = (red.chunk, *args)
-            leaves.append((f"{name}-chunk", i))
+        leaves = [(f"{name}-chunk", i) for i in range(len(blocks))]
+        dsk.update({k: (red.chunk, *args) for k, args in zip(leaves, blocks, strict=True)})
         out = f"{name}-finish"
         dsk[out] = (red.finish, tree(dsk, name, red, leaves, split_every=split_every))
     elif how == "chains":
@@ -196,10 +165,9 @@ def fold_rows(
     return Delayed(out, graph, layer=name)
 
 
-def reduce_blocks(
-    red: Reduction, parts: da.Array, *, axis: int | tuple[int, ...], split_every: int,
-    chunks: tuple[tuple[int, ...], ...], meta: Any, prefix: str,
-) -> da.Array:
+def reduce_blocks(red: Reduction, parts: da.Array, *, axis: int | tuple[int, ...],
+                  split_every: int, chunks: tuple[tuple[int, ...], ...], meta: Any,
+                  prefix: str) -> da.Array:
     """Tree-reduce the blocks of ``parts`` (each a partial) along ``axis``.
 
     Each block position along the other axes gives one output block of ``chunks``.
@@ -228,10 +196,6 @@ def reduce_blocks(
 def fields(result: Delayed, shapes: dict[str, tuple[tuple[int, ...], Any]],
            like: Any) -> dict[str, da.Array]:
     """Lazy arrays of the named fields of a dict-valued ``result``."""
-    out = {}
-    for k, (shape, dt) in shapes.items():
-        out[k] = da.from_delayed(
-            result[k], shape=shape, dtype=dt,
-            meta=meta_from_array(like, ndim=len(shape), dtype=dt),
-        )
-    return out
+    return {k: da.from_delayed(result[k], shape=shape, dtype=dt,
+                               meta=meta_from_array(like, ndim=len(shape), dtype=dt))
+            for k, (shape, dt) in shapes.items()}

@@ -15,8 +15,8 @@ import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
 
-from ncdask.kernels import closed_forms as C
 from ncdask.graph._reduce import fields, fold_rows
+from ncdask.kernels import closed_forms as C
 
 
 def whole_block(x: da.Array) -> Any:
@@ -28,9 +28,8 @@ def whole_block(x: da.Array) -> Any:
     return x.rechunk(-1).to_delayed(optimize_graph=False).ravel()[0]
 
 
-def delayed_array(
-    fn: Callable[..., Any], *args: Any, shape: tuple[int, ...], like: da.Array, **kwargs: Any
-) -> da.Array:
+def delayed_array(fn: Callable[..., Any], *args: Any, shape: tuple[int, ...], like: da.Array,
+                  **kwargs: Any) -> da.Array:
     """Lazy array from ``fn`` applied to whole (small) arrays, as one task."""
     d = dask.delayed(fn, pure=True)(
         *[whole_block(a) if isinstance(a, da.Array) else a for a in args], **kwargs
@@ -80,10 +79,8 @@ def tile_terms(M: da.Array, W: da.Array | None = None, *,
     return fields(d, {k: (shape, f64) for k, shape in shapes.items()}, M._meta)
 
 
-def nc1_values(
-    Mc: da.Array, Sw: da.Array, *, want_svd: bool, eps_dtype: Any = None,
-    terms: dict[str, da.Array] | None = None,
-) -> da.Array:
+def nc1_values(Mc: da.Array, Sw: da.Array, *, want_svd: bool, eps_dtype: Any = None,
+               terms: dict[str, da.Array] | None = None) -> da.Array:
     """``[nc1_pinv, nc1_svd]`` (NaN where not asked or defined), on the smaller side.
 
     ``eps_dtype`` (the dtype the means came in) sets the pinv cutoff's ε.
@@ -97,14 +94,12 @@ def nc1_values(
     return da.concatenate([pinv, da.full_like(pinv, math.nan)])  # full_like: pinv's array module
 
 
-def etf_terms(
-    A: da.Array, B: da.Array | None = None, *, terms: dict[str, da.Array] | None = None,
-    pair: str = "MM",
-) -> tuple[da.Array, da.Array, da.Array]:
-    """``‖G‖_F²``, ``tr G`` and ``1ᵀG1`` of ``G = B Aᵀ``, not formed when D < K.
+def etf_error(A: da.Array, B: da.Array | None = None, *, terms: dict[str, da.Array] | None = None,
+              pair: str = "MM") -> da.Array:
+    """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` with ``G = B Aᵀ`` (``B = A`` by default).
 
-    D < K: ``‖BAᵀ‖_F² = ⟨BᵀB, AᵀA⟩`` from D×D grams, or from ``terms``
-    (:func:`tile_terms` of M and W; ``pair`` names A and B among "M", "W").
+    G is not formed when D < K: ``‖BAᵀ‖_F² = ⟨BᵀB, AᵀA⟩`` from D×D grams, or
+    from ``terms`` (:func:`tile_terms` of M and W; ``pair`` names A and B).
     """
     Bm = A if B is None else B
     K, D = A.shape
@@ -113,31 +108,17 @@ def etf_terms(
         fro2 = (terms[a + a] * terms[b + b]).sum()
         trace = terms[f"{a}_sq"] if a == b else terms["MW"]
         ones2 = (terms[f"{a}_sum"] * terms[f"{b}_sum"]).sum()
-        return fro2, trace, ones2
-    if K <= D:  # K×D is no larger than D×D: one block
-        A1, B1 = A.rechunk(-1), Bm.rechunk(-1)
-        G = B1 @ A1.T
-        fro2 = (G * G).sum()
-    elif B is None:
-        Ga = gram(A)
-        fro2 = (Ga * Ga).sum()
     else:
-        fro2 = (gram(A) * gram(Bm)).sum()
-    trace = (A * Bm).sum()
-    ones2 = (A.sum(axis=0) * Bm.sum(axis=0)).sum()
-    return fro2, trace, ones2
-
-
-def etf_error(
-    A: da.Array, B: da.Array | None = None, *, terms: dict[str, da.Array] | None = None,
-    pair: str = "MM",
-) -> da.Array:
-    """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` with ``G = B Aᵀ`` (``B = A`` by default).
-
-    ``terms``/``pair``: see :func:`etf_terms`.
-    """
-    fro2, trace, ones2 = etf_terms(A, B, terms=terms, pair=pair)
-    K = A.shape[0]
+        if K <= D:  # K×D is no larger than D×D: one block
+            G = Bm.rechunk(-1) @ A.rechunk(-1).T
+            fro2 = (G * G).sum()
+        elif B is None:
+            Ga = gram(A)
+            fro2 = (Ga * Ga).sum()
+        else:
+            fro2 = (gram(A) * gram(Bm)).sum()
+        trace = (A * Bm).sum()
+        ones2 = (A.sum(axis=0) * Bm.sum(axis=0)).sum()
     return delayed_array(C.etf_error, fro2, trace, ones2, K, shape=(), like=A)
 
 

@@ -1,10 +1,9 @@
 """Graphs for per-class covariances: one pass over the samples, chunked over classes.
 
-Each class chunk folds the rows of its classes, block after block, into one
-running sparse partial (a chain), and its end is one ``(C, D, D)`` output
-chunk. Each row block is read once for all class chunks; when their partials
-would exceed ``max_bytes``, the class chunks go in passes that each read the
-embeddings afresh once the previous pass has finished.
+Each class chunk folds the rows of its classes into one running sparse partial
+(a chain over the row blocks, each read once for all chunks) ending in one
+``(C, D, D)`` output chunk. Chunks whose partials would exceed ``max_bytes``
+go in passes, each reading the embeddings afresh after the previous one.
 """
 
 from __future__ import annotations
@@ -34,33 +33,15 @@ def default_class_chunk(dim: int, *, budget: int = COV_CHUNK_BYTES, itemsize: in
     return max(1, budget // (itemsize * dim * dim))
 
 
-def class_covariance_chunks(
-    X: da.Array, y: da.Array, position: np.ndarray, n_selected: int, *, n_classes: int,
-    class_chunk: int, dtype: Any = np.float64, ignore_index: int | None = None,
-    max_bytes: int | None = COV_PASS_BYTES,
-) -> tuple[da.Array, da.Array]:
-    """Lazy per-class covariances ``(n_selected, D, D)`` and counts ``(n_selected,)``.
+def class_covariance_chunks(X: da.Array, y: da.Array, position: np.ndarray, n_selected: int, *,
+                            n_classes: int, class_chunk: int, dtype: Any = np.float64,
+                            ignore_index: int | None = None,
+                            max_bytes: int | None = COV_PASS_BYTES) -> tuple[da.Array, da.Array]:
+    """Lazy per-class covariances ``(n_selected, D, D)`` and counts, in chunks of ``class_chunk``.
 
-    Parameters
-    ----------
-    X : dask array (N, D)
-    y : dask array (N,)
-    position : array (K,) of int
-        Output position of each class (``-1``: not computed).
-    n_selected : int
-        Number of classes computed (the output length).
-    n_classes, class_chunk : int
-        K, and classes per output chunk.
-    dtype : dtype
-        Accumulation and output dtype.
-    ignore_index : int, optional
-    max_bytes : int, optional
-        Bytes of partials one pass over the embeddings may hold (None: one pass).
-
-    Returns
-    -------
-    (dask array, dask array)
-        Covariances and counts, chunked by ``class_chunk`` classes.
+    ``position`` (K,) gives each class's output position (-1: not computed);
+    ``dtype`` is the accumulation and output dtype; ``max_bytes`` bounds the
+    partials one pass over the embeddings holds (None: one pass).
     """
     X = X.rechunk({1: -1})
     y = y.rechunk((X.chunks[0],))

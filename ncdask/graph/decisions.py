@@ -37,9 +37,8 @@ def _tile_bytes(tile_size: int, dim: int) -> int:
     return ITEMSIZE * (3 * tile_size * dim + 3 * tile_size + dim)
 
 
-def nc4_tile_size(
-    n_classes: int, dim: int, tile_size: int, *, budget: int | str | None = None
-) -> int:
+def nc4_tile_size(n_classes: int, dim: int, tile_size: int, *,
+                  budget: int | str | None = None) -> int:
     """Classes per NC4 tile: ``tile_size`` (at most K), shrunk to take ≤ half the budget."""
     budget = resolve_budget(budget)
     t = max(1, min(int(tile_size), int(n_classes)))
@@ -55,37 +54,16 @@ def rows_per_block(tile_size: int, dim: int, *, budget: int | str | None = None)
     return max(1, (budget - _tile_bytes(tile_size, dim)) // per_row)
 
 
-def decisions(
-    X: da.Array, W: da.Array, b: da.Array, Mc: da.Array, mG: da.Array, *, tile_size: int,
-    ncc: bool = True, split_every: int | None = None, budget: int | str | None = None,
-) -> da.Array:
-    """Best class of the linear classifier and of the NCC for every sample.
+def decisions(X: da.Array, W: da.Array, b: da.Array, Mc: da.Array, mG: da.Array, *, tile_size: int,
+              ncc: bool = True, split_every: int | None = None,
+              budget: int | str | None = None) -> da.Array:
+    """Best class of the classifier ``W``, ``b`` and of the NCC (means ``Mc`` centred on ``mG``).
 
     One task per (sample block, class tile) runs
-    :func:`~ncdask.kernels.decisions.decision_tile`; a tree over the class
-    tiles keeps the best of each.
-
-    Parameters
-    ----------
-    X : dask array (N, D)
-    W : dask array (K, D)
-    b : dask array (K,)
-    Mc : dask array (K, D)
-        Centred class means.
-    mG : dask array (D,)
-        The global mean they are centred on.
-    tile_size : int
-        Classes per tile, lowered to take at most half of ``budget``.
-    ncc : bool
-        Also the NCC decisions (False when FAISS supplies them).
-    split_every : int, optional
-    budget : int or str, optional
-        Bytes one task may hold (default :func:`~ncdask.graph.pairwise.resolve_budget`).
-
-    Returns
-    -------
-    dask array (N, 4)
-        Columns :data:`ncdask.kernels.decisions.DECISION`.
+    :func:`~ncdask.kernels.decisions.decision_tile`; a tree over the tiles
+    keeps the best. ``tile_size`` is lowered to take at most half of
+    ``budget`` (:func:`~ncdask.graph.pairwise.resolve_budget`); ``ncc=False``
+    when FAISS supplies the NCC. Returns (N, 4): columns ``DECISION``.
     """
     K, D = Mc.shape
     budget = resolve_budget(budget)
@@ -142,9 +120,8 @@ def _no_unknown_labels(y: np.ndarray, n_classes: int, ignore_index: int | None) 
     return y
 
 
-def agreement_counts(
-    agree: da.Array, labels: da.Array, n_classes: int, *, ignore_index: int | None = None
-) -> tuple[da.Array, da.Array]:
+def agreement_counts(agree: da.Array, labels: da.Array, n_classes: int, *,
+                     ignore_index: int | None = None) -> tuple[da.Array, da.Array]:
     """Per-class (by true label) hits and sample counts, counted on the host.
 
     Labels ``ignore_index`` (or negative) are dropped; a label ``≥ K`` raises
@@ -159,10 +136,8 @@ def agreement_counts(
     return hits, counts
 
 
-def ood_global_mean(
-    X: da.Array, labels: da.Array | None = None, *, split_every: int = 8,
-    ignore_index: int | None = None,
-) -> da.Array:
+def ood_global_mean(X: da.Array, labels: da.Array | None = None, *, split_every: int = 8,
+                    ignore_index: int | None = None) -> da.Array:
     """OOD global mean: unweighted mean of per-label means (labels ``ignore_index`` or
     negative left out), or the plain mean without labels."""
     X = X.rechunk({1: -1})
@@ -172,6 +147,5 @@ def ood_global_mean(
     labels = labels.rechunk((X.chunks[0],))
     mean = fold_rows(Dk.ood_mean_reduction(ignore_index), X, labels, how="tree",
                      split_every=split_every, prefix="ncdask-ood-mean")
-    return da.from_delayed(
-        mean, shape=(D,), dtype=np.float64, meta=meta_from_array(X, ndim=1, dtype=np.float64)
-    )
+    return da.from_delayed(mean, shape=(D,), dtype=np.float64,
+                           meta=meta_from_array(X, ndim=1, dtype=np.float64))

@@ -14,9 +14,8 @@ from ncdask.graph.decisions import decisions
 from ncdask.kernels import neco as KN
 
 
-def total_covariance(
-    Sw: da.Array, M: da.Array, n_k: da.Array, n_samples: float
-) -> tuple[da.Array, da.Array]:
+def total_covariance(Sw: da.Array, M: da.Array, n_k: da.Array,
+                     n_samples: float) -> tuple[da.Array, da.Array]:
     """Total covariance ``Σ_T = Σ_W + (1/N) Σ_k n_k (μ_k − μ̄)(μ_k − μ̄)ᵀ`` and the mean ``μ̄``.
 
     ``Sw`` pools the N samples of the classes of ``M`` (K×D, float64) with
@@ -29,9 +28,8 @@ def total_covariance(
     return Sw + gram(A), mu.rechunk(-1)
 
 
-def pca_fit(
-    St: da.Array, n_components: int, *, standardize: bool = True
-) -> tuple[da.Array, da.Array, da.Array]:
+def pca_fit(St: da.Array, n_components: int, *,
+            standardize: bool = True) -> tuple[da.Array, da.Array, da.Array]:
     """Lazy ``(scale, components, eigenvalues)``: see :mod:`ncdask.kernels.neco`."""
     D = St.shape[0]
     fit = dask.delayed(KN.pca_of_total_covariance, pure=True, nout=3)(
@@ -45,10 +43,8 @@ def pca_fit(
     )
 
 
-def neco_scores(
-    X: da.Array, mean: da.Array, scale: da.Array, components: da.Array, *,
-    max_logit: da.Array | None = None, mask: da.Array | None = None,
-) -> da.Array:
+def neco_scores(X: da.Array, mean: da.Array, scale: da.Array, components: da.Array, *,
+                max_logit: da.Array | None = None, mask: da.Array | None = None) -> da.Array:
     """NECO score (float64) of every row of ``X``, one task per row block.
 
     ``mean``, ``scale`` (D,), ``components`` (d, D); ``max_logit`` (N,);

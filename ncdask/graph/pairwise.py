@@ -20,8 +20,8 @@ import numpy as np
 from dask.array.utils import meta_from_array
 from dask.utils import parse_bytes
 
-from ncdask.kernels import pairwise as P
 from ncdask.graph._reduce import reduce_blocks
+from ncdask.kernels import pairwise as P
 
 #: Default bytes one blocked task (pairwise, NC4, shares) may hold.
 TILE_BUDGET = 128 * 2**20
@@ -49,9 +49,8 @@ def parse_budget(budget: int | str) -> int:
             value = parse_bytes(budget)
         except ValueError as e:
             raise ValueError(f"cannot parse memory budget {budget!r}: {e}") from None
-    elif isinstance(budget, (int, np.integer)) or (
-        isinstance(budget, float) and budget.is_integer()
-    ):
+    elif isinstance(budget, (int, np.integer)) or (isinstance(budget, float)
+                                                     and budget.is_integer()):
         value = int(budget)
     else:
         raise TypeError(f"memory budget must be bytes or a string like '64MiB', got {budget!r}")
@@ -105,9 +104,8 @@ def configured_budget(budget: int | str | None, key: str, default: int) -> int:
     return default if hint is None else min(default, hint)
 
 
-def default_tile_size(
-    n_classes: int, dim: int, *, budget: int | str | None = None, itemsize: int = 8
-) -> int:
+def default_tile_size(n_classes: int, dim: int, *, budget: int | str | None = None,
+                      itemsize: int = 8) -> int:
     """Default classes per tile: fits ``budget`` bytes, and leaves work for several threads.
 
     A fused task holds :data:`TEMPS_PER_PAIR` T×T arrays and the T×D blocks; T
@@ -145,31 +143,15 @@ def _pair_task(*args, **kwargs):
     return P.pair_moments(*args, **kwargs)[None, None]
 
 
-def pairwise_moments(
-    M: da.Array, *, stats: Sequence[str], v: da.Array | None = None, W: da.Array | None = None,
-    tile_size: int, dist_exp: float = 1.0, riesz_s: float = 0.0, inv_km1: float = 0.0,
-    split_every: int | None = None,
-) -> da.Array:
-    """Merged moments of the requested pairwise statistics over all class pairs.
+def pairwise_moments(M: da.Array, *, stats: Sequence[str], v: da.Array | None = None,
+                     W: da.Array | None = None, tile_size: int, dist_exp: float = 1.0,
+                     riesz_s: float = 0.0, inv_km1: float = 0.0,
+                     split_every: int | None = None) -> da.Array:
+    """Columns ``FINAL`` (S, 5) of the pairwise ``stats`` over all pairs of the K×D means ``M``.
 
-    Parameters
-    ----------
-    M : dask array (K, D)
-        Centred class means.
-    stats : sequence of str
-        Names from :data:`~ncdask.kernels.pairwise.PAIR_STATS`.
-    v, W : dask arrays (K,), (K, D), optional
-        Variance norms (for ``"cdnv"``), classifier rows (for ``"wcos_dev"``).
-    tile_size : int
-    dist_exp, riesz_s, inv_km1 : float
-        Passed to the kernel.
-    split_every : int, optional
-        Fan-in of the merge tree.
-
-    Returns
-    -------
-    dask array (S, 5)
-        Columns :data:`~ncdask.kernels.pairwise.FINAL`, one row per statistic.
+    ``v`` and ``W``, the variance norms and classifier rows, and the floats go
+    to :func:`~ncdask.kernels.pairwise.pair_moments`; ``split_every`` is the
+    fan-in of the merge tree.
     """
     stats = tuple(stats)
     K = M.shape[0]
@@ -200,10 +182,8 @@ def pairwise_moments(
     )
 
 
-def pair_grid(
-    A: da.Array, *, kind: str, v: da.Array | None = None, tile_size: int,
-    dist_exp: float = 1.0, exponent: float = -1.0, riesz_s: float = 0.0,
-) -> da.Array:
+def pair_grid(A: da.Array, *, kind: str, v: da.Array | None = None, tile_size: int,
+              dist_exp: float = 1.0, exponent: float = -1.0, riesz_s: float = 0.0) -> da.Array:
     """The K×K grid of :func:`~ncdask.kernels.pairwise.pair_values`, a chunk per tile pair."""
     K = A.shape[0]
     chunks = tiles(K, tile_size)

@@ -54,31 +54,14 @@ def rows_per_block(tile_size: int, dim: int, rank: int, *,
     return max(1, (budget - fixed) // per_row)
 
 
-def class_pinv_sums(
-    X: da.Array, y: da.Array, M: da.Array, L: da.Array, sign: da.Array, *, lookup: np.ndarray,
-    budget: int | str | None = None, split_every: int | None = None,
-) -> da.Array:
-    """Per class measured: ``S_k = Σ_{y_i=k} (x_i − μ_k)ᵀ L diag(s) Lᵀ (x_i − μ_k)`` and ``n_k``.
+def class_pinv_sums(X: da.Array, y: da.Array, M: da.Array, L: da.Array, sign: da.Array, *,
+                    lookup: np.ndarray, budget: int | str | None = None,
+                    split_every: int | None = None) -> da.Array:
+    """``[S_k, n_k]`` (2, K) per class measured, ``S_k = Σ_{y_i=k} Σ_j s_j ((x_i − μ_k)·l_j)²``.
 
-    Parameters
-    ----------
-    X, y : dask arrays (N, D), (N,)
-        Samples (float64) and labels; labels not measured are skipped.
-    M : dask array (K, D)
-        Means of the classes measured, chunked by class tiles (cut to at most
-        half of ``budget``).
-    L, sign : dask arrays (D, R), (R,)
-        The factor of :func:`pinv_factor`.
-    lookup : array (K_all,)
-        Each label's position among the rows of ``M`` (-1: not measured).
-    budget : int or str, optional
-        Bytes one task may hold (default :func:`~ncdask.graph.pairwise.resolve_budget`).
-    split_every : int, optional
-
-    Returns
-    -------
-    dask array (2, K)
-        ``[S_k, n_k]`` (float64), chunked along K like ``M``.
+    ``M`` holds the means of the classes measured, in class tiles (cut to half
+    of ``budget``); ``lookup`` gives each label's row of ``M`` (-1: skipped);
+    ``L``, ``sign`` are the factor of :func:`pinv_factor`.
     """
     K, D = M.shape
     R = L.shape[1]

@@ -16,18 +16,10 @@ from typing import Any
 class Reduction:
     """How one reduction turns blocks into a result.
 
-    Parameters
-    ----------
-    combine : callable
-        ``combine(partials: list) -> partial``; may update ``partials[0]`` in
-        place (each partial has one reader).
-    chunk : callable, optional
-        ``chunk(*blocks) -> partial`` for one block (or aligned tuple of blocks).
-    finalize : callable, optional
-        ``finalize(partial) -> result``; the identity when None.
-    fold : callable, optional
-        ``fold(acc, *blocks) -> partial``, in place (``acc`` None for a chain's
-        first block). Default: ``combine([acc, chunk(*blocks)])``.
+    ``combine(partials) -> partial`` may update ``partials[0]`` in place (each
+    partial has one reader); ``chunk(*blocks) -> partial``; ``finalize(partial)
+    -> result`` (identity when None); ``fold(acc, *blocks) -> partial`` in place
+    (``acc`` None for a chain's first block; default ``combine([acc, chunk(*blocks)])``).
     """
 
     combine: Callable[[list[Any]], Any]

@@ -1,7 +1,6 @@
 """Small dense kernels: NC1 traces on the smaller side, closed-form ETF errors, class-tile folds.
 
-None forms a K×K matrix unless K ≤ D, when it is no larger than the D×D
-covariances held anyway.
+None forms a K×K matrix unless K ≤ D (then no larger than the D×D covariances).
 """
 
 from __future__ import annotations
@@ -17,31 +16,14 @@ from ncdask.kernels._xp import array_namespace, errstate
 from ncdask.kernels.spectrum import between_spectrum, effective_rank, nc1_undefined
 
 
-def nc1_from_means(
-    Mc: Any, Sw: Any, n_classes: int, *, want_svd: bool, eps_dtype: Any = None
-) -> Any:
-    """``[nc1_pinv, nc1_svd]`` from the K×D centred means (the K side, K ≤ D).
+def nc1_from_means(Mc: Any, Sw: Any, n_classes: int, *, want_svd: bool,
+                   eps_dtype: Any = None) -> Any:
+    """``[nc1_pinv, nc1_svd]`` (NaN where not asked or undefined) from the K×D centred means.
 
-    With the thin SVD ``M̃ = U diag(s) Vᵀ``, ``Σ_B = M̃ᵀM̃/K`` has eigenvalues
-    ``σ_i = s_i²/K``, so ``tr(Σ_B⁺ Σ_W) = Σ_{σ_i > cut} v_iᵀ Σ_W v_i / σ_i``
-    with torch's cutoff (:func:`~ncdask.kernels.spectrum.between_spectrum`).
-
-    Parameters
-    ----------
-    Mc : array (K, D)
-        Centred class means.
-    Sw : array (D, D)
-        Within-class covariance.
-    n_classes : int
-    want_svd : bool
-        Also ``nc1_svd`` (top K−1 pairs, no cutoff; +inf when Σ_B has rank < K−1).
-    eps_dtype : dtype, optional
-        Dtype whose ε sets the cutoff (the means' dtype as stored), default ``Mc.dtype``.
-
-    Returns
-    -------
-    array (2,)
-        NaN where not asked or undefined.
+    With the thin SVD of ``M̃``, ``Σ_B = M̃ᵀM̃/K`` has eigenvalues ``σ_i = s_i²/K``
+    and ``tr(Σ_B⁺ Σ_W) = Σ_{σ_i > cut} v_iᵀ Σ_W v_i / σ_i`` (cutoff and
+    ``eps_dtype``: :func:`~ncdask.kernels.spectrum.between_spectrum`). ``nc1_svd``
+    takes the top K−1 pairs without cutoff (+inf when Σ_B has rank < K−1).
     """
     xp = array_namespace(Mc, Sw)
     Mc, Sw = xp.asarray(Mc), xp.asarray(Sw)
@@ -77,9 +59,8 @@ def nc1_from_between(Sb: Any, Sw: Any, n_classes: int, *, eps_dtype: Any = None)
 def etf_error(fro2: Any, trace: Any, ones2: Any, n_classes: int) -> Any:
     """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` from ``‖G‖_F²``, ``tr G`` and ``1ᵀG1``.
 
-    Both terms have unit norm, so the error is ``√(2 − 2c)`` with
-    ``c = (tr G − 1ᵀG1/K) / (√(K−1) ‖G‖_F)``: relative precision about
-    ``ε / err²``, exact to 1e-6 down to errors of about 1e-5.
+    Both terms have unit norm: ``√(2 − 2c)``, ``c = (tr G − 1ᵀG1/K) / (√(K−1) ‖G‖_F)``
+    (relative precision about ``ε / err²``).
     """
     xp = array_namespace(fro2)
     with errstate(xp):
@@ -88,11 +69,7 @@ def etf_error(fro2: Any, trace: Any, ones2: Any, n_classes: int) -> Any:
 
 
 def gram_effective_rank(G: Any, *, singular: bool = False) -> Any:
-    """Effective rank (0-d) of a symmetric PSD Gram matrix from its eigenvalues.
-
-    With ``singular``, of their square roots: the singular values of ``A`` for
-    ``G = AᵀA`` or ``AAᵀ`` (both share the non-zero eigenvalues).
-    """
+    """Effective rank (0-d) of a PSD Gram's eigenvalues, or (``singular``) of their roots."""
     xp = array_namespace(G)
     if not bool(xp.all(xp.isfinite(G))):  # eigvalsh would raise: NaN, as the other metrics
         return xp.asarray(math.nan)
@@ -104,11 +81,9 @@ def gram_effective_rank(G: Any, *, singular: bool = False) -> Any:
 
 
 def off_diagonal_moments(sum_sq: Any, frob_sq: Any, sq: Any, quad: Any, n_rows: float) -> Any:
-    """``[mean, var]`` of the off-diagonal entries ``u_i·u_j`` (i ≠ j) of ``UUᵀ``.
+    """``[mean, var]`` of the off-diagonal entries of ``UUᵀ`` over the K(K−1) ordered pairs.
 
-    From ``sum_sq = ‖Σ_k u_k‖²``, ``frob_sq = ‖UᵀU‖²_F``, ``sq = Σ‖u_k‖²`` and
-    ``quad = Σ‖u_k‖⁴``: the off-diagonal sum is ``sum_sq − sq`` and the sum of
-    squares ``frob_sq − quad``, over K(K−1) ordered pairs.
+    Their sum is ``‖Σ_k u_k‖² − Σ‖u_k‖²``, their sum of squares ``‖UᵀU‖²_F − Σ‖u_k‖⁴``.
     """
     xp = array_namespace(sum_sq)
     P = float(n_rows * (n_rows - 1))

@@ -1,10 +1,9 @@
 """Per-chunk kernels for per-class covariances, their spectra and per-class NC1.
 
-A covariance partial holds, for the classes of one class chunk present in one
-row block: ``pos`` (m,) their positions in the chunk, ascending; ``counts``
-(m,) and ``sums`` (m, D); ``scatter`` (m, D, D), the centred scatter about the
-block's own class means. Partials merge exactly with Chan et al.'s update on
-centred terms, so the covariances stay accurate on collapsed float32 features.
+A covariance partial holds, for the m classes of a class chunk present in a row
+block: ``pos`` (m,) their positions in the chunk, ``counts`` (m,), ``sums``
+(m, D) and ``scatter`` (m, D, D) about the block's class means. Partials merge
+exactly with Chan et al.'s centred update (accurate on collapsed float32 features).
 """
 
 from __future__ import annotations
@@ -24,36 +23,17 @@ CovPartial = dict[str, Any]
 
 
 def _empty(D: int, dtype: Any, xp: Any) -> CovPartial:
-    return {
-        "pos": xp.zeros(0, dtype=xp.int64),
-        "counts": xp.zeros(0, dtype=xp.int64),
-        "sums": xp.zeros((0, D), dtype=dtype),
-        "scatter": xp.zeros((0, D, D), dtype=dtype),
-    }
+    return {"pos": xp.zeros(0, dtype=xp.int64), "counts": xp.zeros(0, dtype=xp.int64),
+            "sums": xp.zeros((0, D), dtype=dtype), "scatter": xp.zeros((0, D, D), dtype=dtype)}
 
 
-def scatter_partial(
-    X: Any, y: Any, position: Any, lo: int, hi: int, *, n_classes: int,
-    dtype: Any = np.float64, ignore_index: int | None = None,
-) -> CovPartial:
-    """The covariance partial of the rows of one block whose class lies in one chunk.
+def scatter_partial(X: Any, y: Any, position: Any, lo: int, hi: int, *, n_classes: int,
+                    dtype: Any = np.float64, ignore_index: int | None = None) -> CovPartial:
+    """The covariance partial of the rows of block ``X``, ``y`` whose class lies in one chunk.
 
-    Parameters
-    ----------
-    X : array (n, D)
-    y : array (n,)
-        Labels in ``[0, n_classes)`` or ``ignore_index`` (rows dropped).
-    position : array (K,) of int
-        Position of each class among the classes asked for (``-1``: not asked).
-    lo, hi : int
-        The chunk: positions ``[lo, hi)``; the partial's are relative to ``lo``.
-    n_classes : int
-    dtype : dtype
-        Accumulation dtype.
-
-    Returns
-    -------
-    dict
+    ``position`` (K,) places each class among those asked for (-1: not asked);
+    the chunk is positions ``[lo, hi)`` (the partial's relative to ``lo``);
+    labels ``ignore_index`` are dropped; sums accumulate in ``dtype``.
     """
     xp = array_namespace(X, y)
     D = X.shape[1]
@@ -145,9 +125,8 @@ def merge_scatters(parts: list[CovPartial]) -> CovPartial:
     return out
 
 
-def covariance_reduction(
-    lo: int, hi: int, *, n_classes: int, dtype: Any = np.float64, ignore_index: int | None = None
-) -> Reduction:
+def covariance_reduction(lo: int, hi: int, *, n_classes: int, dtype: Any = np.float64,
+                         ignore_index: int | None = None) -> Reduction:
     """Covariances of the output classes ``[lo, hi)`` as a reduction over row blocks."""
     return Reduction(
         chunk=functools.partial(scatter_partial, lo=lo, hi=hi, n_classes=n_classes,
@@ -158,12 +137,8 @@ def covariance_reduction(
 
 
 def between_pinv(Mc: Any, n_classes: int, *, eps_dtype: Any = None) -> Any:
-    """``Σ_B⁺`` (D×D) of ``Σ_B = M̃ᵀM̃/K`` under torch's pinv cutoff, on the smaller side.
-
-    ``Mc`` is the K×D centred means (thin SVD, K ≤ D), or ``Σ_B`` itself
-    (D×D, eigendecomposition) with ``n_classes=0``; ``eps_dtype`` as in
-    :func:`~ncdask.kernels.spectrum.between_spectrum`.
-    """
+    """``Σ_B⁺`` (D×D) under torch's pinv cutoff, from the K×D centred means ``Mc`` (K ≤ D)
+    or, with ``n_classes=0``, from ``Σ_B`` itself (see :mod:`ncdask.kernels.spectrum`)."""
     xp = array_namespace(Mc)
     Mc = xp.asarray(Mc)
     with errstate(xp):

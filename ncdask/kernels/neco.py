@@ -7,27 +7,13 @@ from typing import Any
 from ncdask.kernels._xp import array_namespace, errstate
 
 
-def pca_of_total_covariance(
-    St: Any, n_components: int, *, standardize: bool = True
-) -> tuple[Any, Any, Any]:
-    """Per-feature scale and principal directions of the (standardised) features.
+def pca_of_total_covariance(St: Any, n_components: int, *,
+                            standardize: bool = True) -> tuple[Any, Any, Any]:
+    """``(scale (D,), components (d, D), eigenvalues (D,) descending)`` from the total covariance.
 
     ``StandardScaler`` divides feature j by ``σ_j = √(Σ_T)_jj`` (1 where
-    ``σ_j < 10 ε``), so the standardised features have covariance
-    ``Σ_T / (σ σᵀ)``, whose leading eigenvectors are the directions a ``PCA``
-    of them finds (up to sign).
-
-    Parameters
-    ----------
-    St : array (D, D)
-        Total (population) covariance of the train features.
-    n_components : int
-    standardize : bool
-        Standardise first (else ``σ = 1``).
-
-    Returns
-    -------
-    (scale (D,), components (d, D), eigenvalues (D,), descending)
+    ``σ_j < 10 ε``; ``σ = 1`` without ``standardize``), so the leading
+    eigenvectors of ``Σ_T / (σ σᵀ)`` are the directions its ``PCA`` finds.
     """
     xp = array_namespace(St)
     St = xp.asarray(St)
@@ -46,9 +32,8 @@ def pca_of_total_covariance(
     return scale, xp.ascontiguousarray(V[:, :n_components].T), lam
 
 
-def neco_block(
-    X: Any, mean: Any, scale: Any, components: Any, max_logit: Any = None, mask: Any = None
-) -> Any:
+def neco_block(X: Any, mean: Any, scale: Any, components: Any, max_logit: Any = None,
+               mask: Any = None) -> Any:
     """NECO scores ``‖P_d x̃‖ / ‖x̃‖``, ``x̃ = (x − μ)/σ``, of one block (times ``max_logit``).
 
     ``components`` (d, D) are orthonormal directions; rows outside ``mask``,

@@ -1,18 +1,12 @@
 """Per-tile pairwise kernels: fused moments over class pairs, and grid tiles.
 
-A tile is a pair of row blocks ``(I, J)`` of the class axis. Every pairwise
-statistic of SPEC.md comes from one GEMM ``G = M_I M_Jᵀ`` per tile:
-``‖m_i − m_j‖² = ‖m_i‖² + ‖m_j‖² − 2 G_ij`` (CDNV), ``cos_ij = G_ij s_i s_j``
-with ``s = 1/(‖m‖ + ε)``, and ``‖u_i − u_j‖² = a_i² + a_j² − 2 cos_ij`` with
-``u = m s``, ``a = ‖m‖ s`` (GNC2). Pairs with ``d² < ρ (‖a‖² + ‖b‖²)``, where
-the GEMM form loses precision, are recomputed from their difference, so
-coincident means give an exact 0. The elementwise work runs on strips of
-:data:`STRIP_PAIRS` pairs that stay in cache.
-
-A tile's contribution to each statistic is a row of moments (:data:`SLOTS`):
-count, mean, ``M2``, a log scale (the Riesz kernel under- or overflows for
-realistic D) and counts of non-finite values; rows merge exactly with Chan
-et al.'s update (:func:`merge_moments`).
+A tile is a pair of row blocks ``(I, J)`` of the class axis; every pairwise
+statistic of SPEC.md comes from its one GEMM ``G = M_I M_Jᵀ``: distances as
+``‖m_i‖² + ‖m_j‖² − 2 G_ij`` (pairs close against their norms, where this loses
+precision, recomputed from the difference), cosines as ``G_ij s_i s_j`` with
+``s = 1/(‖m‖ + ε)``. A tile gives each statistic a row of moments (:data:`SLOTS`:
+count, mean, M2, a log scale for the Riesz kernel's range, non-finite counts),
+merged exactly with Chan et al.'s update (:func:`merge_moments`).
 """
 
 from __future__ import annotations
@@ -48,8 +42,7 @@ _FIX_BATCH = 1 << 22
 class RieszRangeWarning(RuntimeWarning):
     """The Riesz kernel's values (or their mean or variance) over- or underflow float64.
 
-    Issued where the kernel is evaluated; the log-domain values
-    (``nc2g_riesz_log_mean``/``_var``, ``riesz_kernel(..., log=True)``) stay finite.
+    The log-domain values (``nc2g_riesz_log_*``, ``riesz_kernel(..., log=True)``) stay finite.
     """
 
 
@@ -69,10 +62,8 @@ def _sq_norms(A: Any, xp: Any) -> Any:
 
 
 def _fix_close(d2: Any, A: Any, B: Any, a2: Any, b2: Any, mask: Any, xp: Any) -> Any:
-    """Recompute ``d2[i, j] = ‖A_i − B_j‖²`` directly where the GEMM form is unreliable.
-
-    ``A`` and ``B`` are callables giving the row blocks (built only when needed).
-    """
+    """Recompute ``d2[i, j] = ‖A_i − B_j‖²`` where the GEMM form is unreliable (``A``, ``B``:
+    callables giving the row blocks, built only when needed)."""
     if d2.size == 0:
         return d2
     quick = RHO * (float(xp.max(a2)) + float(xp.max(b2)))
@@ -139,10 +130,7 @@ class _Tile:
         return self._du2
 
     def d2(self) -> Any:
-        """``‖m_i − m_j‖²`` (full tile, close pairs exact).
-
-        Reuses the GEMM buffer: take :meth:`cos` and :meth:`du2` first.
-        """
+        """``‖m_i − m_j‖²`` (full tile, close pairs exact), in the GEMM's buffer: take it last."""
         if self._d2 is None:
             ri, rj = self.rows, self.cols
             d = self.G
@@ -159,9 +147,9 @@ def _count(xp: Any, cond: Any) -> int:
 
 
 def _moments_row(x: Any, xp: Any, *, scratch_ok: bool = False) -> list[float]:
-    """Moments of the values ``x`` as a row of :data:`SLOTS` (``scratch_ok``: may overwrite ``x``).
+    """Moments of ``x`` as a row of :data:`SLOTS`, non-finite values counted apart.
 
-    Non-finite values are counted in their slots, not in the count, mean and M2.
+    ``scratch_ok``: ``x`` may be overwritten.
     """
     row = [0.0] * NSLOT
     if x.size == 0:
@@ -187,11 +175,10 @@ def _moments_row(x: Any, xp: Any, *, scratch_ok: bool = False) -> list[float]:
 
 
 def _riesz_row(lg: Any, s_exp: float, xp: Any) -> list[float]:
-    """Moments of ``|r| = ‖u_i − u_j‖^{−S}`` in the log domain, from ``lg = log ‖u_i − u_j‖²``.
+    """Moments of ``|r| = ‖u_i − u_j‖^{−S} = exp(c) y`` from ``lg = log ‖u_i − u_j‖²``.
 
-    ``|r| = exp(c) y`` with ``c`` the strip's largest ``log |r|``: the row holds
-    the moments of ``y ≤ 1`` and ``c`` as ``log_scale``. Zero distances with
-    ``S > 0`` count as ``+inf``.
+    ``c`` is the largest ``log |r|`` (the row's ``log_scale``), so ``y ≤ 1``;
+    zero distances with ``S > 0`` count as ``+inf``.
     """
     if lg.size == 0:
         return [0.0] * NSLOT
@@ -225,12 +212,8 @@ def _riesz_row(lg: Any, s_exp: float, xp: Any) -> list[float]:
 
 
 def _block_moments(Mi, Mj, mask, vi, vj, Wi, Wj, G, GW, stats, dist_exp, riesz_s, inv_km1, xp):
-    """Moments rows of one block of a tile (:func:`pair_moments`).
-
-    ``Mi``, ``Mj``, ``Wi``, ``Wj`` are :class:`_Side` rows and columns, ``G`` and
-    ``GW`` the block of the tile's GEMMs (overwritten), ``mask`` the pairs that
-    count (None: all).
-    """
+    """Moments rows of one block of a tile: :class:`_Side` rows and columns, the block of
+    the tile's GEMMs ``G``, ``GW`` (overwritten), ``mask`` the pairs that count (None: all)."""
     out = np.zeros((len(stats), NSLOT))
     if Mi.A.shape[0] == 0 or Mj.A.shape[0] == 0:
         return out
@@ -292,11 +275,9 @@ def _block_moments(Mi, Mj, mask, vi, vj, Wi, Wj, G, GW, stats, dist_exp, riesz_s
 STRIP_PAIRS = 1 << 17
 
 
-def pair_moments(
-    Mi: Any, Mj: Any, gi: Any, gj: Any, vi: Any = None, vj: Any = None, Wi: Any = None,
-    Wj: Any = None, *, stats: Sequence[str], dist_exp: float = 1.0, riesz_s: float = 0.0,
-    inv_km1: float = 0.0,
-) -> Any:
+def pair_moments(Mi: Any, Mj: Any, gi: Any, gj: Any, vi: Any = None, vj: Any = None,
+                 Wi: Any = None, Wj: Any = None, *, stats: Sequence[str], dist_exp: float = 1.0,
+                 riesz_s: float = 0.0, inv_km1: float = 0.0) -> Any:
     """Moments of the requested pairwise statistics over the pairs of one tile.
 
     Only pairs with global index ``i < j`` count: a tile below the diagonal
@@ -304,31 +285,22 @@ def pair_moments(
 
     Parameters
     ----------
-    Mi, Mj : array (Ti, D), (Tj, D)
-        Centred class means of the two row blocks, float.
-    gi, gj : array (Ti,), (Tj,)
-        Their global class indices (ascending).
-    vi, vj : array, optional
-        Variance norms (needed for ``"cdnv"``).
-    Wi, Wj : array, optional
-        Classifier rows (needed for ``"wcos_dev"``).
+    Mi, Mj, gi, gj : arrays (Ti, D), (Tj, D), (Ti,), (Tj,)
+        Centred class means of the two row blocks and their global indices (ascending).
+    vi, vj, Wi, Wj : arrays, optional
+        Variance norms (for ``cdnv``) and classifier rows (for ``wcos_dev``).
     stats : sequence of str
-        Names from :data:`PAIR_STATS`:
-
-        ``cdnv``
-            ``((v_i + v_j)/2) / ‖m_i − m_j‖^{2p}``, ``p = dist_exp``.
-        ``dist``, ``log``, ``riesz``
-            ``‖u_i − u_j‖``, ``−log ‖u_i − u_j‖``, ``‖u_i − u_j‖^{−S}``
-            (magnitude; the sign of ``S`` is applied by :func:`finalize_moments`).
-        ``cos``, ``cos_dev``, ``wcos_dev``
-            ``cos_ij``, ``|cos_ij + 1/(K−1)|`` on means and on classifier rows.
+        From :data:`PAIR_STATS`: ``cdnv`` ``((v_i + v_j)/2) / ‖m_i − m_j‖^{2p}``;
+        ``dist``, ``log``, ``riesz`` ``‖u_i − u_j‖``, ``−log ‖u_i − u_j‖``,
+        ``‖u_i − u_j‖^{−S}`` (magnitude: :func:`finalize_moments` signs it);
+        ``cos``, ``cos_dev``, ``wcos_dev`` ``cos_ij``, ``|cos_ij + 1/(K−1)|`` on
+        the means and on the classifier rows.
     dist_exp, riesz_s, inv_km1 : float
         ``p``, ``S`` and ``1/(K−1)``.
 
     Returns
     -------
-    array (len(stats), NSLOT)
-        One row of moments per statistic, float64.
+    array (len(stats), NSLOT), float64
     """
     xp = array_namespace(Mi)
     stats = tuple(stats)
@@ -429,24 +401,14 @@ def moments_reduction(signs: Any = None, check_range: Any = None) -> Reduction:
 
 
 def finalize_moments(merged: Any, signs: Any = None, check_range: Any = None) -> Any:
-    """Mean and population variance of each statistic from its merged moments.
+    """Columns :data:`FINAL` (S, 5) of each statistic from its merged moments ``(S, NSLOT)``.
 
-    Parameters
-    ----------
-    merged : array (S, NSLOT)
-    signs : array (S,), optional
-        Sign of each statistic's values (the Riesz kernel's ``sign(S)``); default +1.
-    check_range : array (S,) of bool, optional
-        Rows (the Riesz kernel's) whose mean or variance must fit float64, else
-        a :class:`RieszRangeWarning`.
-
-    Returns
-    -------
-    array (S, 5)
-        Columns :data:`FINAL`: ``n`` (finite pairs), ``mean``, ``var`` (divisor n)
-        and the logs of ``|mean|`` and ``var`` (finite where the Riesz values
-        under- or overflow). A NaN value, both infinities or no pairs give NaN;
-        infinities of one sign give that infinite mean and a NaN variance.
+    ``n`` counts the finite pairs, ``var`` divides by n, the logs of ``|mean|``
+    and ``var`` stay finite where the Riesz values under- or overflow. A NaN,
+    both infinities or no pairs give NaN; infinities of one sign that infinite
+    mean and a NaN variance. ``signs`` (S,) multiply the values (default +1);
+    ``check_range`` (S,) marks the rows that warn :class:`RieszRangeWarning`
+    when their mean or variance leaves float64.
     """
     xp = array_namespace(merged)
     S = merged.shape[0]
@@ -479,27 +441,14 @@ def finalize_moments(merged: Any, signs: Any = None, check_range: Any = None) ->
     return xp.stack([n, mean, var, log_mean, log_var], axis=1)
 
 
-def pair_values(
-    Ai: Any, Aj: Any, vi: Any = None, vj: Any = None, *, kind: str, dist_exp: float = 1.0,
-    exponent: float = -1.0, riesz_s: float = 0.0,
-) -> Any:
-    """Values of a pairwise kernel on one full tile (diagonal included).
+def pair_values(Ai: Any, Aj: Any, vi: Any = None, vj: Any = None, *, kind: str,
+                dist_exp: float = 1.0, exponent: float = -1.0, riesz_s: float = 0.0) -> Any:
+    """Values (Ti, Tj) of a pairwise kernel on the full tile of rows ``Ai``, ``Aj`` (as given).
 
-    Parameters
-    ----------
-    Ai, Aj : array (Ti, D), (Tj, D)
-        Rows of the two blocks, as given (normalised first for the GNC2 kernels).
-    vi, vj : array, optional
-        Variance norms, for ``kind="cdnv"``.
-    kind : {"cdnv", "dist", "log", "riesz", "riesz_log", "inner"}
-        ``((v_i + v_j)/2) / ‖a_i − a_j‖^{2p}``, ``‖a_i − a_j‖``,
-        ``log(‖a_i − a_j‖^{exponent})``, ``sign(S) ‖a_i − a_j‖^{−S}``,
-        its log-magnitude ``−S log ‖a_i − a_j‖`` or ``a_i · a_j``; Riesz values
-        that over- or underflow issue a :class:`RieszRangeWarning`.
-
-    Returns
-    -------
-    array (Ti, Tj)
+    ``kind``: ``"cdnv"`` ``((v_i + v_j)/2) / ‖a_i − a_j‖^{2p}``, ``"dist"``
+    ``‖a_i − a_j‖``, ``"log"`` ``log(‖a_i − a_j‖^{exponent})``, ``"riesz"``
+    ``sign(S) ‖a_i − a_j‖^{−S}`` (a :class:`RieszRangeWarning` where it leaves
+    float64), ``"riesz_log"`` its log-magnitude, ``"inner"`` ``a_i · a_j``.
     """
     xp = array_namespace(Ai)
     vi, vj = (None if a is None else xp.asarray(a) for a in (vi, vj))

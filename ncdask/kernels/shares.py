@@ -18,26 +18,12 @@ from ncdask.kernels.spectrum import between_spectrum, nc1_undefined
 
 def pinv_factor(A: Any, Sw: Any, n_classes: int, *, from_means: bool,
                 eps_dtype: Any = None) -> Any:
-    """``[L; s]`` with ``Σ_B⁺ = L diag(s) Lᵀ`` under ``nc1_pinv``'s cutoff, as one array.
+    """``[L; s]`` (D + 1, R) with ``Σ_B⁺ = L diag(s) Lᵀ`` under ``nc1_pinv``'s cutoff.
 
-    Parameters
-    ----------
-    A : array (K, D) or (D, D)
-        The centred class means (``from_means``, K ≤ D), else ``Σ_B`` itself;
-        see :func:`~ncdask.kernels.spectrum.between_spectrum`.
-    Sw : array (D, D)
-        Within-class covariance: only whether it is finite matters.
-    n_classes : int
-    from_means : bool
-    eps_dtype : dtype, optional
-        Dtype whose ε sets the cutoff, default ``A.dtype``.
-
-    Returns
-    -------
-    array (D + 1, R)
-        Rows ``0..D-1``: ``L``, column j ``v_j / √|λ_j|`` (0 under the cutoff);
-        row D: the signs ``s_j`` (0 there). ``R = K`` from the means, ``D``
-        from ``Σ_B``. All NaN where NC1 is undefined.
+    ``A``: the K×D centred means (``from_means``, R = K) or ``Σ_B`` (R = D), as
+    in :func:`~ncdask.kernels.spectrum.between_spectrum`. Column j of ``L`` is
+    ``v_j / √|λ_j|`` and ``s_j`` the sign of ``λ_j`` (both 0 under the cutoff);
+    all NaN where NC1 is undefined (``Sw`` only counts for being finite).
     """
     xp = array_namespace(A, Sw)
     A, Sw = xp.asarray(A), xp.asarray(Sw)
@@ -66,21 +52,10 @@ def kept_positions(y: Any, lookup: np.ndarray) -> Any:
 def class_quadratic_sums(x: Any, y: Any, means: Any, pos: Any, L: Any, sign: Any) -> Any:
     """Per class of one tile: ``[Σ_{y_i=k} (x_i − μ_k)ᵀ L diag(s) Lᵀ (x_i − μ_k), n_k]``.
 
-    Parameters
-    ----------
-    x : array (n, D)
-    y : array (n,)
-        Labels as positions among the classes measured (-1: none).
-    means : array (T, D)
-        Class means of the tile of consecutive positions ``pos`` (T,).
-    pos : array (T,)
-    L, sign : array (D, R), (R,)
-        The factor of :func:`pinv_factor`.
-
-    Returns
-    -------
-    array (1, 2, T)
-        Sums and counts (float64) over the block's rows of the tile's classes.
+    ``y`` are positions among the classes measured (-1: none), ``means`` (T, D)
+    those of the tile's consecutive positions ``pos``, ``L``, ``sign`` the
+    factor of :func:`pinv_factor`. Returns ``(1, 2, T)`` float64, over the
+    block's rows of the tile's classes.
     """
     xp = array_namespace(x, means)
     T = means.shape[0]
