@@ -30,7 +30,7 @@ def total_covariance(Sw: da.Array, M: da.Array, n_k: da.Array,
 
 def pca_fit(St: da.Array, n_components: int, *,
             standardize: bool = True) -> tuple[da.Array, da.Array, da.Array]:
-    """Lazy ``(scale, components, eigenvalues)``: see :mod:`ncdask.kernels.neco`."""
+    """Lazy ``(scale, components, eigenvalues)`` of the NECO fit on ``St`` (one task)."""
     D = St.shape[0]
     fit = dask.delayed(KN.pca_of_total_covariance, pure=True, nout=3)(
         whole_block(St), int(n_components), standardize=standardize
