@@ -39,7 +39,7 @@ from ncdask.graph import decisions as DG
 from ncdask.graph import shares as SG
 from ncdask.graph.pairwise import pairwise_moments
 from ncdask.kernels import shares as KS
-from ncdask.kernels.pairwise import FINAL
+from ncdask.kernels.pairwise import FINAL, PAIR_STATS
 
 PAPYAN = (
     "Papyan, Han & Donoho (2020), Prevalence of neural collapse during the terminal "
@@ -80,9 +80,6 @@ ROY = (
     "Roy & Vetterli (2007), The effective rank: a measure of effective dimensionality, "
     "EUSIPCO"
 )
-
-#: Statistics of the fused pairwise kernel, in the order they are requested.
-PAIR_STATS = ("cdnv", "dist", "log", "riesz", "cos", "cos_dev", "wcos_dev")
 
 
 @dataclass(frozen=True)
