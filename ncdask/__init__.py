@@ -1,16 +1,12 @@
 """ncdask: out-of-core Neural Collapse metrics with Dask, Zarr and xarray.
 
 The public names are imported on first use (PEP 562), so that ``import ncdask``
-and ``ncdask --help`` do not pay for dask, xarray and zarr up front (measured:
-``python -c "import ncdask.cli"`` 0.16 s lazily against 2.4-3.2 s for
-``from ncdask import *``, three runs each on 2 cores).
+and ``ncdask --help`` do not pay for importing dask, xarray and zarr.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
+from importlib import import_module as _import
 from typing import TYPE_CHECKING, Any
 
 from ncdask._version import __version__
@@ -49,8 +45,8 @@ _WHERE: dict[str, str] = {
     "EvalAccumulator": "metrics.evaluate",
 }
 
-#: Reference-compatible and peer functions: importable from here as before, but they
-#: live in :mod:`ncdask.compat` and are not part of the top-level API (``__all__``).
+#: Reference-compatible and peer functions: importable from here, but they live in
+#: :mod:`ncdask.compat` and are not part of the top-level API (``__all__``).
 _COMPAT = frozenset({
     "bias_collapse",
     "class_dist_norm_vars",
@@ -103,36 +99,23 @@ def __getattr__(name: str) -> Any:
     if mod is None:
         if name.startswith("__"):
             raise AttributeError(f"module 'ncdask' has no attribute {name!r}")
-        try:  # a submodule, as ``ncdask.metrics.api`` was with eager imports
-            return importlib.import_module(f".{name}", __name__)
+        try:  # a submodule
+            return _import(f".{name}", __name__)
         except ModuleNotFoundError as e:
             if e.name != f"{__name__}.{name}":
                 raise
             raise AttributeError(f"module 'ncdask' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    value = getattr(_import(f".{mod}", __name__), name)
     globals()[name] = value
     return value
 
 
+#: The public subpackages and modules, offered by ``dir(ncdask)`` beside ``__all__``.
+_MODULES = ("compat", "graph", "kernels", "metrics", "plot", "scheduler", "stats", "store")
+
+
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_WHERE})
-
-
-class _Package(types.ModuleType):
-    """Keeps ``ncdask.sweeps`` and ``ncdask.hooks`` the functions.
-
-    Importing the submodule of the same name (``from ncdask.sweeps import
-    sweep``) would otherwise rebind the package attribute to the module;
-    the modules stay reachable in ``sys.modules``.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and name in _WHERE:
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+    return sorted({*__all__, *_MODULES})
 
 
 __all__ = [
