@@ -11,67 +11,33 @@ from typing import TYPE_CHECKING, Any
 
 from ncdask._version import __version__
 
-#: public name -> submodule that defines it
-_WHERE: dict[str, str] = {
-    "capture": "hooks",
-    "class_covariances": "covariances",
-    "class_nc1": "covariances",
-    "class_spectra": "covariances",
-    "DegenerateInputWarning": "metrics",
-    "RieszRangeWarning": "metrics",
-    "measure": "metrics",
-    "neco_fit": "neco",
-    "neco_scores": "neco",
-    "nci_scores": "neco",
-    "ood_report": "neco",
-    "total_covariance": "neco",
-    "EmptyClassWarning": "stats",
-    "class_stats": "stats",
-    "load_stats": "stats",
-    "merge_stats": "stats",
-    "save_stats": "stats",
-    "EmbeddingStore": "store",
-    "StoreWriter": "store",
-    "resolve_split": "store",
-    "sweep": "sweeps",
-    "save_results": "results",
-    "open_results": "results",
-    "IncompleteOutputError": "store.zarrio",
-    "DuplicateImportError": "store",
-    "DamagedStoreError": "store",
-    "check_store": "store.check",
-    "StatsAccumulator": "accumulate",
-    "StatsSink": "accumulate",
-    "EvalAccumulator": "metrics.evaluate",
+#: submodule -> the public names it defines, in the order of ``__all__``
+_NAMES: dict[str, str] = {
+    "store": "EmbeddingStore StoreWriter resolve_split DuplicateImportError DamagedStoreError",
+    "store.zarrio": "IncompleteOutputError",
+    "store.check": "check_store",
+    "stats": "class_stats merge_stats save_stats load_stats EmptyClassWarning",
+    "accumulate": "StatsAccumulator StatsSink",
+    "metrics.evaluate": "EvalAccumulator",
+    "results": "save_results open_results",
+    "metrics": "measure DegenerateInputWarning RieszRangeWarning",
+    "sweeps": "sweep",
+    "hooks": "capture",
+    "covariances": "class_covariances class_nc1 class_spectra",
+    "neco": "total_covariance neco_fit neco_scores nci_scores ood_report",
 }
+#: public name -> submodule that defines it
+_WHERE = {name: mod for mod, names in _NAMES.items() for name in names.split()}
 
 #: Reference-compatible and peer functions: importable from here, but they live in
 #: :mod:`ncdask.compat` and are not part of the top-level API (``__all__``).
-_COMPAT = frozenset({
-    "bias_collapse",
-    "class_dist_norm_vars",
-    "classifier_equinorm",
-    "classifier_etf_error",
-    "classifier_max_angle",
-    "clf_ncc_agreement",
-    "covariance_ratio",
-    "dist_kernel",
-    "distance_norms",
-    "interference_grid",
-    "kernel_grid",
-    "kernel_stats",
-    "log_kernel",
-    "mean_norms",
-    "ood_class_variability",
-    "orthogonality_deviation",
-    "riesz_kernel",
-    "self_duality_distance",
-    "self_duality_error",
-    "similarities",
-    "simplex_etf_error",
-    "structure_error",
-    "variability_cdnv",
-})
+_COMPAT = frozenset("""
+    bias_collapse class_dist_norm_vars classifier_equinorm classifier_etf_error
+    classifier_max_angle clf_ncc_agreement covariance_ratio dist_kernel distance_norms
+    interference_grid kernel_grid kernel_stats log_kernel mean_norms ood_class_variability
+    orthogonality_deviation riesz_kernel self_duality_distance self_duality_error
+    similarities simplex_etf_error structure_error variability_cdnv
+""".split())
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exports them
     from ncdask.store.zarrio import IncompleteOutputError
@@ -118,40 +84,4 @@ def __dir__() -> list[str]:
     return sorted({*__all__, *_MODULES})
 
 
-__all__ = [
-    "__version__",
-    # store
-    "EmbeddingStore",
-    "StoreWriter",
-    "resolve_split",
-    "DuplicateImportError",
-    "IncompleteOutputError",
-    "DamagedStoreError",
-    "check_store",
-    # class statistics
-    "class_stats",
-    "StatsAccumulator",
-    "StatsSink",
-    "EvalAccumulator",
-    "merge_stats",
-    "save_stats",
-    "load_stats",
-    "save_results",
-    "open_results",
-    "EmptyClassWarning",
-    # measurements
-    "measure",
-    "DegenerateInputWarning",
-    "RieszRangeWarning",
-    "sweep",
-    "capture",
-    # beyond the reference
-    "class_covariances",
-    "class_nc1",
-    "class_spectra",
-    "total_covariance",
-    "neco_fit",
-    "neco_scores",
-    "nci_scores",
-    "ood_report",
-]
+__all__ = ["__version__", *_WHERE]

@@ -1,27 +1,12 @@
-"""The ``ncdask`` command line.
+"""The ``ncdask`` command line: ``demo``, ``import``, ``stats``, ``analyze``, ``rm``, ``check``.
 
-::
-
-    ncdask demo    [--out DIR] [--epochs N] [--quiet]
-    ncdask import  FILES... --store URL --split NAME [--classifier W.npy] [--bias b.npy]
-                   [--n-classes K] [--layer L] [--epoch E]
-    ncdask stats   URL [--split train] [--out stats.zarr]
-    ncdask analyze URL [--train train] [--test test] [--ood ood] [--tile-size T]
-                   [--scheduler threads|processes|sync|ADDRESS|local-cuda]
-                   [--out results.zarr] [--json FILE|-] [--metrics M ...]
-                   [--dist-exp P] [--min-count N] [--ignore-index I]
-                   [--layer L] [--epoch E | --sweep] [--quiet]
-
-Exit codes: 0 success, 2 bad input (usage errors, a missing store, an
-unknown split or metric, unreadable files), 1 anything else that stops a
-run (a scheduler that cannot be reached, a missing optional package).
-Errors are printed to stderr as ``ncdask: error: ...``; warnings as
-``ncdask: warning: ...``. Progress bars go to stderr, results to stdout.
-
-``--json`` writes the scalar metrics as one JSON object ``{name: value}``
-(floats; with ``--sweep``, ``{name: [value per set]}`` plus the sweep
-coordinate under its dim name). JSON has no NaN or infinity: NaN is
-written as ``null`` and ±inf as the strings ``"Infinity"`` / ``"-Infinity"``.
+Exit codes: 0 success, 2 bad input (usage, a missing store, an unknown split
+or metric, unreadable files), 1 anything else that stops a run (an unreachable
+scheduler, a missing optional package). Errors and warnings go to stderr as
+``ncdask: error: ...`` / ``ncdask: warning: ...``, progress bars to stderr,
+results to stdout. ``--json`` writes the scalar metrics as ``{name: value}``
+(``{name: [value per set]}`` and the sweep coordinate with ``--sweep``), NaN
+as ``null`` and ±inf as ``"Infinity"`` / ``"-Infinity"``.
 """
 
 from __future__ import annotations
@@ -52,34 +37,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ncdask: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
+def _number(kind: type, ok: Any, what: str) -> Any:
+    """An argparse type: ``kind(text)`` that must pass ``ok``, else a message naming ``what``."""
+
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return v
+
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return v
+_positive_int = _number(int, lambda v: v > 0, "a positive integer")
+_nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+_positive_float = _number(float, lambda v: math.isfinite(v) and v > 0,
+                          "a positive finite number")
 
 
 class _Help(argparse.RawDescriptionHelpFormatter):
@@ -366,18 +342,8 @@ def json_value(v: float) -> float | str | None:
 
 
 def scalar_dict(results: Any) -> dict[str, Any]:
-    """The scalar metrics of computed results as ``{name: value}`` (JSON-ready).
-
-    Parameters
-    ----------
-    results : xarray.Dataset
-        Computed output of :func:`ncdask.measure`. For a sweep (one dim such
-        as ``epoch``), values are lists and the coordinate is included.
-
-    Returns
-    -------
-    dict
-    """
+    """The scalar metrics of computed results as JSON-ready ``{name: value}``; for a sweep,
+    ``{name: [value per set]}`` and the sweep coordinate."""
     import numpy as np
 
     sweep = [d for d in results.dims if d != "class"]
@@ -394,17 +360,7 @@ def scalar_dict(results: Any) -> dict[str, Any]:
 
 
 def format_summary(results: Any) -> str:
-    """A readable table of the scalar metrics: metric, value, long_name.
-
-    Parameters
-    ----------
-    results : xarray.Dataset
-        Computed output of :func:`ncdask.measure` (no sweep dim).
-
-    Returns
-    -------
-    str
-    """
+    """A table of computed scalar metrics (metric, value, long_name) of one set."""
     rows = []
     for name, var in results.data_vars.items():
         if var.dims:
@@ -442,12 +398,6 @@ def _bin_table(results: Any, names: list[str]) -> str:
            "  ".join("-" * x for x in w)]
     out += ["  ".join(f"{v:>{w[j]}}" for j, v in enumerate(r)) for r in rows]
     return "by class frequency (bin 0: the most frequent classes)\n" + "\n".join(out)
-
-
-def _save_results(results: Any, url: str, overwrite: bool) -> None:
-    from ncdask.results import save_results
-
-    save_results(results, url, overwrite=overwrite)
 
 
 def _write_json(obj: dict, target: str) -> None:
@@ -722,7 +672,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise CLIError("nothing was measured" + (": " + "; ".join(
             f"{k} ({r})" for k, r in left.items()) if left else ""))
     if args.out:
-        _save_results(results, args.out, args.overwrite)
+        from ncdask.results import save_results
+
+        save_results(results, args.out, overwrite=args.overwrite)
         _say(args, f"wrote {args.out}")
     if args.json:
         _write_json(scalar_dict(results), args.json)
