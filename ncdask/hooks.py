@@ -29,34 +29,28 @@ def _layer_specs(
     if which not in WHICH:
         raise ValueError(f"which must be 'input' or 'output', got {which!r}")
 
-    def one(value: Any) -> tuple[str, str]:
-        if isinstance(value, str):
-            return value, which
-        if isinstance(value, (tuple, list)) and len(value) == 2:
-            mod, w = value
-            if not isinstance(mod, str):
-                raise TypeError(f"module names must be strings, got {mod!r}")
-            if w not in WHICH:
-                raise ValueError(f"which must be 'input' or 'output', got {w!r} for {mod!r}")
-            return mod, w
-        raise TypeError(
-            f"a layer is a module name or a (module name, 'input'|'output') pair, got {value!r}"
-        )
+    def one(tag: Any, value: Any) -> tuple[str | None, str, str]:
+        mod, w = (value, which) if isinstance(value, str) else (
+            value if isinstance(value, (tuple, list)) and len(value) == 2 else (None, None))
+        if w is None:
+            raise TypeError("a layer is a module name or a (module name, 'input'|'output') "
+                            f"pair, got {value!r}")
+        if not isinstance(mod, str):
+            raise TypeError(f"module names must be strings, got {mod!r}")
+        if w not in WHICH:
+            raise ValueError(f"which must be 'input' or 'output', got {w!r} for {mod!r}")
+        return check_name("layer", str(mod if tag is None else tag)), mod, w
 
     if layers is None:
         if classifier is None:
             raise ValueError("give layers= (module names), or classifier= to capture its input")
         return [(None, classifier, "input")]
     if isinstance(layers, str):
-        mod, w = one(layers)
-        return [(check_name("layer", layers), mod, w)]
+        return [one(layers, layers)]
     if isinstance(layers, Mapping):
-        items = [(check_name("layer", str(k)), *one(v)) for k, v in layers.items()]
+        items = [one(k, v) for k, v in layers.items()]
     elif isinstance(layers, (list, tuple)):
-        items = []
-        for v in layers:
-            mod, w = one(v)
-            items.append((check_name("layer", mod), mod, w))
+        items = [one(None, v) for v in layers]
     else:
         raise TypeError(
             f"layers must be a module name, a list or a dict of them, got {type(layers).__name__}"

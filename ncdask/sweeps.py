@@ -66,23 +66,20 @@ def sweep(
     Parameters
     ----------
     store : EmbeddingStore, URL, StatsSink, or list / dict of stores
-        The store(s) to read, as one (two sets with the same tags are an
-        error). A :class:`ncdask.StatsSink` gives its streamed statistics and
-        the test / OOD summaries it captured.
+        The store(s) to read, as one. A :class:`ncdask.StatsSink` gives its
+        streamed statistics and the test / OOD summaries it captured.
     over : {"epoch", "layer"} or ("layer", "epoch")
-        The set tag to sweep: the result gets a dim of that name. A pair
-        gives a 2-D sweep (missing combinations are NaN).
+        The set tag(s) swept, the result's dim(s); a pair gives a 2-D sweep
+        (missing combinations are NaN).
     split : str, default "train"
         The split whose class statistics are measured in each set.
     test, ood : str, optional
         Split names, read from each set, for NC4 (needs a classifier) and NC5.
     layer, epoch : optional
-        Keep only the sets with this tag (the one not swept), e.g.
-        ``sweep(s, over="epoch", layer="fc_in")``. When the sets differ in
-        a tag that is neither swept nor fixed, a ValueError names the values.
+        Keep only the sets with this tag (the one not swept). Sets that differ
+        in a tag neither swept nor fixed are an error.
     order : sequence, optional
-        The coordinates to keep, in this order (for instance layers in
-        network order); default: every set, sorted by coordinate.
+        The coordinates to keep, in this order; default every set, sorted.
     use_classifier : bool, default True
         Measure each set with its own stored classifier; sets without one get
         NaN for the metrics that need it.
@@ -110,11 +107,6 @@ def sweep(
     xarray.Dataset
         The variables of :func:`ncdask.measure` with the sweep dim first;
         attrs as measure's, plus ``split``, ``sweep_over`` and the fixed tags.
-
-    Raises
-    ------
-    ValueError
-        No set matches, or the matching sets differ in a tag not swept.
 
     Examples
     --------
@@ -161,7 +153,6 @@ Found = dict[SetKey, Any]
 
 
 def _swept_dims(over: str | Sequence[str]) -> list[str]:
-    """The swept tag(s), checked: "epoch", "layer" or a pair of them."""
     dims = [over] if isinstance(over, str) else list(over)
     if not dims or len(dims) > 2 or len(set(dims)) != len(dims):
         raise ValueError(f"over must be 'epoch', 'layer' or a pair of them, got {over!r}")

@@ -34,13 +34,8 @@ EPOCHS = 300
 #: Hidden layer widths; the last is the embedding dimension D.
 HIDDEN = (64, 64, 64, 64, 128)
 #: The rest of the training recipe (see :func:`train_to_store`).
-RECIPE: dict[str, float] = {
-    "lr": 0.1,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "label_smoothing": 0.1,
-    "batch_size": 128,
-}
+RECIPE: dict[str, float] = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+                            "label_smoothing": 0.1, "batch_size": 128}
 
 
 def default_checkpoints(epochs: int, n: int = 10) -> list[int]:
@@ -234,21 +229,6 @@ def train_to_store(
     return store, accuracy
 
 
-def measure_store(store: Any, **measure_kwargs: Any) -> xr.Dataset:
-    """Lazy metrics of every epoch set of ``store``, with its ``test`` / ``ood`` splits."""
-    from ncdask.sweeps import sweep
-
-    sets = [s for s in store.sets() if "epoch" in s and "train" in store.splits(**s)]
-    if not sets:
-        raise ValueError(f"{store.url!r} has no epoch sets with a train split")
-
-    def everywhere(name: str) -> str | None:
-        return name if all(name in store.splits(**tags) for tags in sets) else None
-
-    return sweep(store, over="epoch", test=everywhere("test"), ood=everywhere("ood"),
-                 **measure_kwargs)
-
-
 def collapse_summary(results: xr.Dataset) -> dict[str, float]:
     """``{name: first / last}`` of the NC1-NC3 errors over an epoch sweep, and
     ``tpt_epoch``: the first epoch with train accuracy 1 (NaN if never reached)."""
@@ -307,6 +287,7 @@ def run_demo(
     from ncdask.results import save_results
     from ncdask.scheduler import use_scheduler
     from ncdask.stats.core import class_stats
+    from ncdask.sweeps import sweep
 
     epochs = EPOCHS if epochs is None else int(epochs)
     out = Path(out_dir)
@@ -320,7 +301,8 @@ def run_demo(
         f"{out / 'embeddings.zarr'}")
     ends = (min(acc), max(acc))
     with use_scheduler(scheduler, quiet=quiet) as run:
-        results = run.compute(measure_store(store), label="measuring every epoch ...")
+        lazy = sweep(store, over="epoch", test="test", ood="ood")
+        results = run.compute(lazy, label="measuring every epoch ...")
         gram_stats = ({e: run.compute(class_stats(store.split("train", epoch=e))) for e in ends}
                       if plots else None)
     ep = list(results["epoch"].values)
