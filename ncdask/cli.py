@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -89,14 +90,8 @@ def _metric_help() -> str:
 
     groups = "; ".join(f"{g} = {' '.join(v)}" for g, v in GROUPS.items()
                        if g in ("nc1", "nc2", "nc2g", "nc2w", "nc3", "nc4", "nc5"))
-    return ("metrics:\n  " + "\n  ".join(_wrap(" ".join(METRICS), 76))
-            + "\ngroups (--metrics nc1 ...):\n  " + "\n  ".join(_wrap(groups, 76)))
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    import textwrap
-
-    return textwrap.wrap(text, width)
+    return ("metrics:\n  " + "\n  ".join(textwrap.wrap(" ".join(METRICS), 76))
+            + "\ngroups (--metrics nc1 ...):\n  " + "\n  ".join(textwrap.wrap(groups, 76)))
 
 
 def _opt(*names: str, **kw: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -222,17 +217,8 @@ _SPECS: dict[str, tuple[str, tuple[str, ...], str, list[Any]]] = {
 
 
 def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
-    """The argument parser of the ``ncdask`` command.
-
-    Parameters
-    ----------
-    full_help : bool
-        Include the list of metrics in ``analyze --help`` (imports dask).
-
-    Returns
-    -------
-    argparse.ArgumentParser
-    """
+    """The argument parser of the ``ncdask`` command; ``full_help`` lists the metrics in
+    ``analyze --help`` (which imports dask)."""
     p = _Parser(
         prog="ncdask",
         description="Out-of-core Neural Collapse metrics on Zarr embedding stores.",
@@ -711,18 +697,8 @@ COMMANDS = {"demo": _cmd_demo, "import": _cmd_import, "stats": _cmd_stats,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``ncdask`` console script.
-
-    Parameters
-    ----------
-    argv : list of str, optional
-        Arguments (default ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        The exit status: 0 success, 2 bad input, 1 other failures.
-    """
+    """Run the ``ncdask`` command with ``argv`` (default ``sys.argv[1:]``); return the exit
+    status: 0 success, 2 bad input, 1 other failures."""
     from ncdask.errors import SchedulerError
 
     argv = sys.argv[1:] if argv is None else list(argv)
