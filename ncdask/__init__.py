@@ -49,7 +49,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ expo
     from ncdask.metrics.api import DegenerateInputWarning, RieszRangeWarning, measure
     from ncdask.neco import nci_scores, neco_fit, neco_scores, ood_report, total_covariance
     from ncdask.results import open_results, save_results
-    from ncdask.stats.core import EmptyClassWarning, class_stats, load_stats, merge_stats, save_stats
+    from ncdask.stats.core import (EmptyClassWarning, class_stats, load_stats, merge_stats,
+                                   save_stats)
     from ncdask.store.embedding import (
         DamagedStoreError,
         DuplicateImportError,
@@ -84,4 +85,11 @@ def __dir__() -> list[str]:
     return sorted({*__all__, *_MODULES})
 
 
-__all__ = ["__version__", *_WHERE]
+__all__ = [  # the same names as _NAMES, literally, for tools that read __all__
+    "__version__", "EmbeddingStore", "StoreWriter", "resolve_split", "DuplicateImportError",
+    "DamagedStoreError", "IncompleteOutputError", "check_store", "class_stats", "merge_stats",
+    "save_stats", "load_stats", "EmptyClassWarning", "StatsAccumulator", "StatsSink",
+    "EvalAccumulator", "save_results", "open_results", "measure", "DegenerateInputWarning",
+    "RieszRangeWarning", "sweep", "capture", "class_covariances", "class_nc1", "class_spectra",
+    "total_covariance", "neco_fit", "neco_scores", "nci_scores", "ood_report",
+]

@@ -63,3 +63,9 @@ def test_dir_offers_the_public_api_and_subpackages_only():
     assert not {"Any", "sys", "types", "importlib", "TYPE_CHECKING", "annotations"} & set(names)
     from ncdask.sweeps import sweep  # noqa: F401 - the module import keeps the function
     assert callable(ncdask.sweep) and callable(ncdask.capture)
+
+
+def test_all_is_every_lazy_name():
+    import ncdask
+
+    assert sorted(ncdask.__all__) == sorted(["__version__", *ncdask._WHERE])
