@@ -192,7 +192,7 @@ def capture(
     Parameters
     ----------
     model : torch.nn.Module
-    loader : iterable of batches
+    loader : iterable
         ``(x, y, ...)`` batches: ``x`` a tensor (or a list/tuple/dict of them,
         passed as one argument), ``y`` labels in ``[0, K)``; with
         ``labels=False``, ``x`` alone is allowed.
@@ -223,10 +223,9 @@ def capture(
         ``(batch, features)`` (e.g. pooling ``lambda t: t.mean(dim=(2, 3))``).
     max_batches : int, optional
     append : bool, default False
-        Allow adding to a split that has rows (else refused, so a repeated call
-        cannot duplicate samples).
+        Allow adding to a split that has rows (by default a repeated call is
+        refused rather than duplicate samples).
     allow_nonfinite : bool, default False
-        Store NaN/inf features instead of raising.
     labels : bool, default True
         False writes unlabelled splits (out-of-distribution data).
 
@@ -236,11 +235,9 @@ def capture(
         Per set written: its tags, ``module``, ``which``, ``dim`` and ``rows``
         (committed rows of the split).
 
-    Notes
-    -----
-    Half-precision and integer features are stored as float32. CUDA features
-    reach the store through CuPy and DLPack when CuPy is importable (no host
-    copy here). A module that runs more than once per forward is refused.
+    Half-precision and integer features are stored as float32; CUDA features
+    reach the store through CuPy and DLPack when CuPy is importable. A module
+    that runs more than once per forward is refused.
 
     Examples
     --------

@@ -69,10 +69,8 @@ _CUE = {-1: "\u2193 collapse", +1: "\u2191 collapse"}
 def collapse_direction(name: str) -> int | None:
     """-1 if lower values of metric ``name`` mean more collapse, +1 if higher, else None.
 
-    >>> collapse_direction("nc1_pinv"), collapse_direction("nc4_agree")
-    (-1, 1)
-    >>> collapse_direction("nc2g_log_mean") is None
-    True
+    >>> collapse_direction("nc1_pinv"), collapse_direction("nc4_agree"), collapse_direction("x")
+    (-1, 1, None)
     """
     if name in COLLAPSE_DIRECTION:
         return COLLAPSE_DIRECTION[name]
@@ -406,17 +404,15 @@ def plot_gram(
     max_classes : int
         Largest block drawn.
     classes : sequence of int, optional
-        Exactly these classes.
+        Exactly these classes (else a sample drawn with ``seed``).
     class_names : sequence of str, optional
         Names of all K classes for the tick labels (default the class ids).
     seed : int
-        Seed of the class sample.
     dim : str, optional
         What the mapping keys are: titles read ``epoch=40`` rather than ``40``.
     ax : matplotlib Axes, optional
         Draw on this Axes (one set only).
     path : str or Path, optional
-        Save the figure here.
 
     Returns
     -------

@@ -77,20 +77,19 @@ def use_scheduler(
         ``"local-cuda"`` (a :class:`dask_cuda.LocalCUDACluster`, one worker
         per GPU; ``pip install 'ncdask[gpu]'``).
     quiet : bool
-        Silence the progress bars of :meth:`Runner.compute`.
+        Hide the progress bars of :meth:`Runner.compute`.
     connect_timeout : float
         Seconds to wait for a distributed scheduler.
 
     Yields
     ------
     Runner
-        Use ``runner.compute(obj)`` to compute with a progress bar.
+        ``runner.compute(obj)`` computes with a progress bar.
 
     Raises
     ------
     SchedulerError
-        Unknown spec, unreachable address, or ``local-cuda`` without
-        ``dask_cuda`` or a GPU.
+        Unknown spec, unreachable address, or ``local-cuda`` without a GPU.
 
     Examples
     --------

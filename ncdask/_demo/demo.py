@@ -64,17 +64,10 @@ def _data(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 class MLP:
-    """A ReLU multilayer perceptron in NumPy (float32), trained by SGD with momentum.
+    """A ReLU MLP in NumPy (float32), layer widths ``sizes`` from input to logits.
 
     Laid out as scikit-learn's ``MLPClassifier`` (``coefs_``, ``intercepts_``), so
-    :func:`penultimate` reads either; weights start He-normal, biases at 0.
-
-    Parameters
-    ----------
-    sizes : sequence of int
-        Widths from the input to the logits, e.g. ``(64, 128, 64, 8)``.
-    rng : numpy.random.Generator
-        Source of the initial weights.
+    :func:`penultimate` reads either; weights start He-normal from ``rng``.
     """
 
     activation = "relu"
@@ -281,8 +274,8 @@ def run_demo(
     Returns
     -------
     xarray.Dataset
-        Computed metrics with an ``epoch`` dim, plus ``train_acc`` and
-        ``test_acc``; also written to ``out_dir/results.zarr``.
+        Computed metrics along ``epoch`` with ``train_acc`` and ``test_acc``,
+        also written to ``out_dir/results.zarr``.
     """
     from ncdask.results import save_results
     from ncdask.scheduler import use_scheduler
