@@ -219,36 +219,14 @@ def _measure_sets(
     order: Sequence[Any] | None, cache: bool, backend: str = "numpy",
 ) -> xr.Dataset:
     """The lazy sweep of the sets ``items`` at ``coords`` (see :func:`sweep`)."""
-    per: dict[str, list[Any]] = {k: [] for k in ("stats", "weights", "bias", "test", "ood",
-                                                  "train")}
-    by_freq = measure_kwargs.get("by_frequency") is not None
-    for st, key in items:
-        tags = key.tags
-        W = b = None
-        if use_classifier:
-            try:
-                W, b = st.classifier(**tags, lazy=True)
-            except KeyError:
-                pass
-        if not isinstance(st, EmbeddingStore):  # a StatsSink: statistics and summaries
-            summ = st.summaries(**tags)
-            got = [st.stats(split, **tags), summ.get("test") if test else None,
-                   summ.get("ood") if ood else None, None]
-        else:
-            def read(name: str | None) -> xr.Dataset | None:
-                return None if name is None else st.split(name, **tags, backend=backend)
-
-            got = [class_stats(st, split, cache=True, **tags, **sk) if cache
-                   else class_stats(read(split), **sk), read(test), read(ood),
-                   read(split) if by_freq else None]
-        for k, v in zip(("stats", "test", "ood", "train", "weights", "bias"), [*got, W, b],
-                        strict=True):
-            per[k].append(v)
+    train = measure_kwargs.get("by_frequency") is not None  # each bin's share of nc1_pinv
+    sets = [_set_inputs(st, key.tags, split, test, ood, train, use_classifier, sk, cache,
+                        backend) for st, key in items]
+    inputs = {k: [one[k] for one in sets] for k in sets[0]}
+    inputs = {k: (v if any(x is not None for x in v) else None) for k, v in inputs.items()}
     flat_dim = dims[0] if len(dims) == 1 else "set"
     labels = [c[0] for c in coords] if len(dims) == 1 else list(range(len(coords)))
-    inputs = {k: (v if any(x is not None for x in v) else None) for k, v in per.items()}
-    res = measure(inputs.pop("stats"), dim=flat_dim, labels=labels, **inputs,
-                  **measure_kwargs)
+    res = measure(inputs.pop("stats"), dim=flat_dim, labels=labels, **inputs, **measure_kwargs)
     attrs = dict(res.attrs)
     if len(dims) == 2:
         res = res.assign_coords(
@@ -262,6 +240,32 @@ def _measure_sets(
     attrs["store"] = urls[0] if len(urls) == 1 else urls
     res.attrs = attrs
     return res
+
+
+def _set_inputs(st: Any, tags: dict[str, Any], split: str, test: str | None, ood: str | None,
+                train: bool, use_classifier: bool, sk: dict[str, Any], cache: bool,
+                backend: str) -> dict[str, Any]:
+    """One set's inputs of :func:`ncdask.measure`: its statistics, classifier and splits; a
+    StatsSink gives its streamed statistics and the test / OOD summaries it captured."""
+    W = b = None
+    if use_classifier:
+        try:
+            W, b = st.classifier(**tags, lazy=True)
+        except KeyError:
+            pass
+    if not isinstance(st, EmbeddingStore):
+        summ = st.summaries(**tags)
+        return {"stats": st.stats(split, **tags), "weights": W, "bias": b, "train": None,
+                "test": summ.get("test") if test else None,
+                "ood": summ.get("ood") if ood else None}
+
+    def read(name: str | None) -> xr.Dataset | None:
+        return None if name is None else st.split(name, **tags, backend=backend)
+
+    stats = (class_stats(st, split, cache=True, **tags, **sk) if cache
+             else class_stats(read(split), **sk))
+    return {"stats": stats, "weights": W, "bias": b, "test": read(test), "ood": read(ood),
+            "train": read(split) if train else None}
 
 
 #: Attribute of a sweep kept with ``out=``: per coordinate, what its results came from.
