@@ -129,3 +129,19 @@ def test_layer_sweep_over_sets_of_different_widths(mem_url):
     grid = sweep(s, over=("layer", "epoch"), metrics=["nc1_quot", "nc3_dual_err"],
                  compute=True)
     assert grid.nc1_quot.shape == (3, 2) and np.isfinite(grid.nc3_dual_err).all()
+
+
+def test_by_frequency_reads_each_sets_train_split_again(store):
+    """With by_frequency= each set's own split is its train= (for nc1_pinv's shares)."""
+    res = sweep(store, over="epoch", layer="a", by_frequency=2, compute=True,
+                metrics=["nc1_pinv", "nc1_pinv_by_frequency"])
+    for e in (0, 3, 7):
+        one = ncdask.measure(ncdask.class_stats(store.split("train", layer="a", epoch=e)),
+                             by_frequency=2, train=store.split("train", layer="a", epoch=e),
+                             metrics=["nc1_pinv", "nc1_pinv_by_frequency"]).compute()
+        np.testing.assert_allclose(res.nc1_pinv_by_frequency.sel(epoch=e).values,
+                                   one.nc1_pinv_by_frequency.values, rtol=1e-12)
+        assert float(res.nc1_pinv_by_frequency.sel(epoch=e).sum()) == pytest.approx(
+            float(one.nc1_pinv))
+    with pytest.raises(TypeError, match="sweep takes no"):
+        sweep(store, over="epoch", layer="a", train=store.split("train", layer="a", epoch=0))

@@ -373,16 +373,20 @@ def _bin_coords(bins: list[np.ndarray], counts: np.ndarray) -> dict[str, Any]:
 _CORE_DIMS = {"class", "feature", "feature_"}
 
 
+def _sweep_dim(stats: xr.Dataset) -> str | None:
+    """The one dim of stacked statistics beside their own (None for one statistics object)."""
+    extra = [d for d in stats.dims if d not in _CORE_DIMS]
+    if len(extra) > 1:
+        raise ValueError(f"stats have more than one sweep dim: {extra}; stack them first")
+    return extra[0] if extra else None
+
+
 def _sweep_items(
     stats: Any, dim: str | None, labels: Sequence[Any] | None
-) -> tuple[str | None, list[Any], list[xr.Dataset]]:
+) -> tuple[str, list[Any], list[xr.Dataset]]:
+    """The sweep dim, its labels and the statistics of each item of a sweep."""
     if isinstance(stats, xr.Dataset):
-        extra = [d for d in stats.dims if d not in _CORE_DIMS]
-        if not extra:
-            return None, [None], [stats]
-        if len(extra) > 1:
-            raise ValueError(f"stats have more than one sweep dim: {extra}; stack them first")
-        d = extra[0]
+        d = _sweep_dim(stats)
         if dim is not None and dim != d:
             raise ValueError(f"dim={dim!r} but the stats are stacked along {d!r}")
         labs = list(stats[d].values) if d in stats.coords else list(range(stats.sizes[d]))
@@ -404,10 +408,8 @@ def _sweep_items(
     )
 
 
-def _pick(obj: Any, i: int, label: Any, dim: str | None) -> Any:
+def _pick(obj: Any, i: int, label: Any, dim: str) -> Any:
     """Item ``i`` of a per-item input (a dict, a list, or an xarray object with ``dim``)."""
-    if obj is None or dim is None:
-        return obj
     if isinstance(obj, Mapping):
         return obj[label]
     if isinstance(obj, list):
@@ -415,6 +417,43 @@ def _pick(obj: Any, i: int, label: Any, dim: str | None) -> Any:
     if isinstance(obj, (xr.DataArray, xr.Dataset)) and dim in obj.dims:
         return obj.isel({dim: i})
     return obj
+
+
+def _measure_each(stats: Any, dim: str | None, labels: Sequence[Any] | None,
+                  per_item: dict[str, Any], opts: dict[str, Any]) -> xr.Dataset:
+    """A sweep: each item of ``stats`` measured with its own inputs, stacked along its dim.
+
+    The one stacking of measurements; :func:`ncdask.sweep` reaches it through
+    ``measure(list, ...)``.
+    """
+    d, labs, items = _sweep_items(stats, dim, labels)
+    results, degenerate = [], {}
+    for i, (lab, st) in enumerate(zip(labs, items, strict=True)):
+        ds, deg = _measure_one(st, **{k: _pick(v, i, lab, d) for k, v in per_item.items()},
+                               **opts)
+        results.append(ds)
+        for k, reason in deg.items():
+            degenerate.setdefault(k, f"{reason} at {d}={lab}")
+    _warn_degenerate(degenerate, stacklevel=4)
+    attrs = dict(results[0].attrs)
+    attrs["left_out"] = {k: v for r in results for k, v in r.attrs["left_out"].items()}
+    attrs["empty_classes"] = sorted({c for r in results for c in r.attrs["empty_classes"]})
+    attrs["filtered_classes"] = sorted(
+        {c for r in results for c in r.attrs["filtered_classes"]}
+    )
+    attrs["n_classes_measured"] = [r.attrs["n_classes_measured"] for r in results]
+    out = xr.concat(results, dim=d, join="outer", combine_attrs="override", data_vars="all",
+                    coords="different", compat="equals")
+    out = label_results(out.assign_coords({d: labs}))
+    out.attrs = attrs
+    return out
+
+
+def _warn_degenerate(degenerate: dict[str, str], stacklevel: int = 3) -> None:
+    if degenerate:
+        shown = "; ".join(f"{k}: {r}" for k, r in degenerate.items())
+        warnings.warn(f"left out as undefined for this input: {shown}", DegenerateInputWarning,
+                      stacklevel=stacklevel)
 
 
 def measure(
@@ -567,55 +606,13 @@ def measure(
             raise TypeError(f"min_count must be an integer, got {min_count!r}")
         if min_count < 0:
             raise ValueError(f"min_count must be >= 0, got {min_count}")
-    budget = resolve_budget(memory_budget)
-    d, labs, items = _sweep_items(stats, dim, labels)
-    results, degenerate = [], {}
-    for i, (lab, st) in enumerate(zip(labs, items, strict=True)):
-        ds, deg = _measure_one(
-            st,
-            weights=_pick(weights, i, lab, d),
-            bias=_pick(bias, i, lab, d),
-            test=_pick(test, i, lab, d),
-            ood=_pick(ood, i, lab, d),
-            tile_size=tile_size,
-            wanted=wanted,
-            dist_exp=dist_exp,
-            riesz_s=riesz_s,
-            nc4_backend=nc4_backend,
-            ood_labels=ood_labels,
-            split_every=split_every,
-            min_count=min_count,
-            ignore_index=ignore_index,
-            memory_budget=budget,
-            by_frequency=by_frequency,
-            train=_pick(train, i, lab, d),
-        )
-        results.append(ds)
-        for k, reason in deg.items():
-            degenerate.setdefault(k, reason if d is None else f"{reason} at {d}={lab}")
-    if degenerate:
-        shown = "; ".join(f"{k}: {r}" for k, r in degenerate.items())
-        warnings.warn(
-            f"left out as undefined for this input: {shown}", DegenerateInputWarning, stacklevel=2
-        )
-    if d is None:
-        return results[0]
-    attrs = dict(results[0].attrs)
-    attrs["left_out"] = {k: v for r in results for k, v in r.attrs["left_out"].items()}
-    attrs["empty_classes"] = sorted({c for r in results for c in r.attrs["empty_classes"]})
-    attrs["filtered_classes"] = sorted(
-        {c for r in results for c in r.attrs["filtered_classes"]}
-    )
-    attrs["n_classes_measured"] = [r.attrs["n_classes_measured"] for r in results]
-    out = xr.concat(
-        results,
-        dim=d,
-        join="outer",
-        combine_attrs="override",
-        data_vars="all",
-        coords="different",
-        compat="equals",
-    )
-    out = label_results(out.assign_coords({d: labs}))
-    out.attrs = attrs
-    return out
+    opts = dict(tile_size=tile_size, wanted=wanted, dist_exp=dist_exp, riesz_s=riesz_s,
+                nc4_backend=nc4_backend, ood_labels=ood_labels, split_every=split_every,
+                min_count=min_count, ignore_index=ignore_index,
+                memory_budget=resolve_budget(memory_budget), by_frequency=by_frequency)
+    per_item = dict(weights=weights, bias=bias, test=test, ood=ood, train=train)
+    if not isinstance(stats, xr.Dataset) or _sweep_dim(stats):  # a sweep: list, dict, stacked
+        return _measure_each(stats, dim, labels, per_item, opts)
+    ds, degenerate = _measure_one(stats, **per_item, **opts)
+    _warn_degenerate(degenerate)
+    return ds
