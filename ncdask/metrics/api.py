@@ -81,8 +81,8 @@ from ncdask.metrics.inputs import like as _like
 from ncdask.metrics.inputs import namespace_of as _namespace_of
 from ncdask.metrics.inputs import split_of as _split
 from ncdask._version import __version__
-from ncdask.metrics.declarations import GROUPS, METRICS, ON_REQUEST, Inputs, Metric, MetricInfo  # noqa: F401
-from ncdask.metrics.evaluate import check_role, is_summary, ood_class_from_summary, summary_dim
+from ncdask.metrics.declarations import GROUPS, METRICS, ON_REQUEST, Inputs
+from ncdask.metrics.summary import check_role, is_summary, ood_class_from_summary, summary_dim
 from ncdask.graph import closed_forms as CF
 from ncdask.graph.pairwise import default_tile_size, resolve_budget
 from ncdask.graph.stats import stats_arrays

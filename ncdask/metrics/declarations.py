@@ -33,7 +33,12 @@ from ncdask.metrics.inputs import (
     split_of,
     take_rows,
 )
-from ncdask.metrics.evaluate import agreement_from_summary, is_summary, ood_mean_from_summary, summary_dim
+from ncdask.metrics.summary import (
+    agreement_from_summary,
+    is_summary,
+    ood_mean_from_summary,
+    summary_dim,
+)
 from ncdask.graph import closed_forms as CF
 from ncdask.graph import decisions as DG
 from ncdask.graph import shares as SG
@@ -442,9 +447,6 @@ class Metric:
             return f"needs at least {self.min_classes} non-empty classes, got {K}"
         return None if self.defined is None else self.defined(K, D)
 
-
-#: The older name of :class:`Metric` (the labels were all it held).
-MetricInfo = Metric
 
 _G = "u_k = m~_k / (||m~_k|| + eps), over pairs i < j"
 _W = ("weights",)
