@@ -19,9 +19,9 @@ import dask.array as da
 import numpy as np
 import scipy.stats
 import xarray as xr
-from dask.array.utils import meta_from_array
 
-from ncdask.metrics.inputs import as_dask, check_stats, float64, namespace_of, split_classes
+from ncdask.metrics.inputs import as_dask, check_stats, float64, kept_classes, row_weights
+from ncdask.metrics.inputs import split_classes
 from ncdask.metrics.inputs import split_of as _split
 from ncdask._version import __version__
 from ncdask.graph import decisions as DG
@@ -36,17 +36,6 @@ LIU_QIN = (
     "Liu & Qin (2025), Detecting out-of-distribution through the lens of neural collapse, "
     "CVPR (arXiv:2311.01479)"
 )
-
-
-def _used_classes(stats: xr.Dataset) -> tuple[np.ndarray, np.ndarray, float]:
-    """Classes whose samples ``Σ_W`` pools, their counts, and N."""
-    counts = np.asarray(to_numpy(stats["counts"].values)).astype(np.int64)
-    used = counts > 0
-    used[[int(i) for i in stats.attrs.get("filtered_classes", [])]] = False
-    idx = np.nonzero(used)[0]
-    N = (float(to_numpy(stats["n_samples"].values)) if "n_samples" in stats
-         else float(counts[idx].sum()))
-    return idx, counts[idx], N
 
 
 def total_covariance(stats: xr.Dataset) -> xr.DataArray:
@@ -95,20 +84,18 @@ def _kept_rows(ds: xr.Dataset, ignore_index: int | None) -> da.Array | None:
 
 
 def _total(stats: xr.Dataset) -> tuple[da.Array, da.Array]:
-    stats = check_stats(stats)
-    idx, n_k, N = _used_classes(stats)
-    if idx.size == 0:
+    """Σ_T and the sample mean over the classes whose samples ``Σ_W`` pools."""
+    kept = kept_classes(check_stats(stats))
+    K = kept.n_kept
+    if K == 0:
         raise ValueError("the statistics have no samples")
+    n_k = kept.counts[kept.present]
+    N = (float(to_numpy(stats["n_samples"].values)) if "n_samples" in stats
+         else float(n_k.sum()))
     M = float64(as_dask(stats["means"]))
-    if idx.size < stats.sizes["class"]:
-        M = M[idx]
-    D = M.shape[1]
-    T = default_tile_size(idx.size, D)
-    M = M.rechunk((min(T, idx.size), -1))
-    nk = da.from_array(n_k.astype(np.float64), chunks=(M.chunks[0],))
-    nk = nk.map_blocks(namespace_of(M).asarray, meta=meta_from_array(M, ndim=1))
-    Sw = float64(as_dask(stats["within_cov"]))
-    return GN.total_covariance(Sw, M, nk, N)
+    M = (M[kept.present] if K < kept.n_all else M).rechunk(
+        (min(default_tile_size(K, M.shape[1]), K), -1))
+    return GN.total_covariance(float64(as_dask(stats["within_cov"])), M, row_weights(n_k, M), N)
 
 
 def neco_fit(stats: xr.Dataset, n_components: int | None = None, *,
@@ -137,8 +124,7 @@ def neco_fit(stats: xr.Dataset, n_components: int | None = None, *,
     """
     St, mu = _total(stats)
     D = int(St.shape[0])
-    idx, _, _ = _used_classes(stats)
-    d = max(1, min(D - 1, idx.size - 1)) if n_components is None else int(n_components)
+    d = max(1, min(D - 1, kept_classes(stats).n_kept - 1)) if n_components is None else int(n_components)
     if not 1 <= d <= D:
         raise ValueError(f"n_components must lie in [1, D={D}], got {n_components!r}")
     scale, comps, lam = GN.pca_fit(St, d, standardize=standardize)

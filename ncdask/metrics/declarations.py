@@ -17,7 +17,6 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import xarray as xr
-from dask.array.utils import meta_from_array
 
 from ncdask.metrics.inputs import (
     ClassInputs,
@@ -25,7 +24,7 @@ from ncdask.metrics.inputs import (
     as_dask,
     float64,
     like,
-    namespace_of,
+    row_weights,
     split_of,
     take_rows,
 )
@@ -296,8 +295,7 @@ def _nc3_bias(ins: Inputs) -> da.Array:
         mu_w = ins.mu_weighted
     else:
         n_k = ins.kept.counts[ins.kept.present].astype(np.float64)
-        frac = as_dask(n_k / n_k.sum()).rechunk((ins.M.chunks[0],))
-        frac = frac.map_blocks(namespace_of(ins.M).asarray, meta=meta_from_array(ins.M, ndim=1))
+        frac = row_weights(n_k / n_k.sum(), ins.M)
         mu_w = (ins.M * frac[:, None]).sum(axis=0)
     z = ins.b if mu_w is None else ins.W @ mu_w + ins.b
     return da.sqrt((z * z).sum())

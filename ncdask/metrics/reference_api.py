@@ -26,7 +26,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ncdask.metrics.inputs import as_dask, class_rows, computed_float
+from ncdask.metrics.inputs import as_dask, class_rows, computed_float, pinv_dtype
 from ncdask.metrics.declarations import METRICS, Inputs, evaluate
 from ncdask.graph import closed_forms as CF
 from ncdask.graph.pairwise import pair_grid
@@ -129,15 +129,11 @@ def covariance_ratio(V_intra: Array, M: Array, m_G: Array = 0, metric: str = "pi
     if metric not in names:
         raise ValueError(f"metric must be 'pinv', 'svd' or 'quotient', got {metric!r}")
     if metric == "svd" and not K - 1 < D:
-        warnings.warn(
-            f"nc1_svd is defined only when K-1 < D (K={K}, D={D}); returning NaN",
-            DegenerateInputWarning,
-            stacklevel=2,
-        )
+        warnings.warn(f"nc1_svd is defined only when K-1 < D (K={K}, D={D}); returning NaN",
+                      DegenerateInputWarning, stacklevel=2)
         return math.nan
-    given = np.dtype(as_dask(M).dtype)
-    eps_dtype = given if np.issubdtype(given, np.floating) else np.dtype(np.float64)
-    return computed_float(evaluate(names[metric], M=Mc, Sw=Sw, eps_dtype=eps_dtype))
+    return computed_float(evaluate(names[metric], M=Mc, Sw=Sw,
+                                   eps_dtype=pinv_dtype(as_dask(M).dtype)))
 
 
 def variability_cdnv(
@@ -182,13 +178,8 @@ def log_kernel(data: Array, exponent: float = -1, tile_size: int | None = None) 
     return _grid(pair_grid(A, kind="log", tile_size=T, exponent=exponent))
 
 
-def riesz_kernel(
-    data: Array,
-    tile_size: int | None = None,
-    *,
-    s: float | None = None,
-    log: bool = False,
-) -> xr.DataArray:
+def riesz_kernel(data: Array, tile_size: int | None = None, *, s: float | None = None,
+                 log: bool = False) -> xr.DataArray:
     """Lazy grid of ``sign(S) ‖x_i − x_j‖^{−S}`` (``S = s``, default ``D − 2``).
 
     Evaluated in the log domain; where values under- or overflow float64,
@@ -214,14 +205,9 @@ def kernel_grid(
     return kernel(CF.normalized(Mc), tile_size=T)
 
 
-def kernel_stats(
-    M: Array,
-    m_G: Array = 0,
-    kernel: Callable = dist_kernel,
-    tile_size: int | None = None,
-    *,
-    riesz_s: float | None = None,
-) -> tuple[float, float]:
+def kernel_stats(M: Array, m_G: Array = 0, kernel: Callable = dist_kernel,
+                 tile_size: int | None = None, *, riesz_s: float | None = None
+                 ) -> tuple[float, float]:
     """Mean and population variance of a kernel over pairs ``i < j`` of ``u_k`` (``nc2g_*``).
 
     ncdask's three kernels run as one fused pass over upper-triangle tiles
