@@ -349,26 +349,14 @@ def _pick(obj: Any, i: int, label: Any, dim: str | None) -> Any:
 
 
 def measure(
-    stats: xr.Dataset | Sequence[xr.Dataset] | Mapping[Any, xr.Dataset],
-    *,
-    weights: Any = None,
-    bias: Any = None,
-    test: Any = None,
-    ood: Any = None,
-    tile_size: int | None = None,
-    metrics: str | Iterable[str] | None = None,
-    dist_exp: float = 1.0,
-    riesz_s: float | None = None,
-    nc4_backend: str = "gemm",
-    ood_labels: bool | None = None,
-    dim: str | None = None,
-    labels: Sequence[Any] | None = None,
-    split_every: int | None = None,
-    min_count: int | None = None,
-    ignore_index: int | None = None,
-    memory_budget: int | str | None = None,
-    by_frequency: int | None = None,
-    train: Any = None,
+    stats: xr.Dataset | Sequence[xr.Dataset] | Mapping[Any, xr.Dataset], *,
+    weights: Any = None, bias: Any = None, test: Any = None, ood: Any = None,
+    tile_size: int | None = None, metrics: str | Iterable[str] | None = None,
+    dist_exp: float = 1.0, riesz_s: float | None = None, nc4_backend: str = "gemm",
+    ood_labels: bool | None = None, dim: str | None = None,
+    labels: Sequence[Any] | None = None, split_every: int | None = None,
+    min_count: int | None = None, ignore_index: int | None = None,
+    memory_budget: int | str | None = None, by_frequency: int | None = None, train: Any = None,
 ) -> xr.Dataset:
     """Measure Neural Collapse: every SPEC.md metric as a lazy labelled Dataset.
 
@@ -474,32 +462,19 @@ def measure(
     results, degenerate = [], {}
     for i, (lab, st) in enumerate(zip(labs, items, strict=True)):
         ds, deg = _measure_one(
-            st,
-            weights=_pick(weights, i, lab, d),
-            bias=_pick(bias, i, lab, d),
-            test=_pick(test, i, lab, d),
-            ood=_pick(ood, i, lab, d),
-            tile_size=tile_size,
-            wanted=wanted,
-            dist_exp=dist_exp,
-            riesz_s=riesz_s,
-            nc4_backend=nc4_backend,
-            ood_labels=ood_labels,
-            split_every=split_every,
-            min_count=min_count,
-            ignore_index=ignore_index,
-            memory_budget=budget,
-            by_frequency=by_frequency,
-            train=_pick(train, i, lab, d),
-        )
+            st, weights=_pick(weights, i, lab, d), bias=_pick(bias, i, lab, d),
+            test=_pick(test, i, lab, d), ood=_pick(ood, i, lab, d), tile_size=tile_size,
+            wanted=wanted, dist_exp=dist_exp, riesz_s=riesz_s, nc4_backend=nc4_backend,
+            ood_labels=ood_labels, split_every=split_every, min_count=min_count,
+            ignore_index=ignore_index, memory_budget=budget, by_frequency=by_frequency,
+            train=_pick(train, i, lab, d))
         results.append(ds)
         for k, reason in deg.items():
             degenerate.setdefault(k, reason if d is None else f"{reason} at {d}={lab}")
     if degenerate:
         shown = "; ".join(f"{k}: {r}" for k, r in degenerate.items())
-        warnings.warn(
-            f"left out as undefined for this input: {shown}", DegenerateInputWarning, stacklevel=2
-        )
+        warnings.warn(f"left out as undefined for this input: {shown}", DegenerateInputWarning,
+                      stacklevel=2)
     if d is None:
         return results[0]
     attrs = dict(results[0].attrs)

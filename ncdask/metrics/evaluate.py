@@ -124,12 +124,8 @@ class EvalAccumulator:
         return self.update_test(X, y) if role == "test" else self.update_ood(X, y)
 
     def update_test(self, X: Any, y: Any) -> EvalAccumulator:
-        """Add a test batch: both classifiers' decisions, counted per true class.
-
-        Samples labelled ``ignore_index`` or negative are skipped; a label
-        ``≥ K`` raises (the test split must be of the statistics' classes).
-        Returns the accumulator.
-        """
+        """Add a test batch: both classifiers' decisions, counted per true class (labels
+        ``ignore_index`` or negative are skipped, ``≥ K`` raise)."""
         if self._W is None:
             raise ValueError("NC4 needs the classifier: EvalAccumulator(stats, weights=...)")
         X, y, xp = self._batch(X, y, labels_needed=True)
@@ -162,13 +158,8 @@ class EvalAccumulator:
         return dec[:, 1] == dec[:, 3]
 
     def update_ood(self, X: Any, y: Any = None) -> EvalAccumulator:
-        """Add an OOD batch, with or without labels (every batch alike).
-
-        Kept: the sum of all rows (the plain OOD mean), per-label sums when
-        labelled (the unweighted mean of per-label means), and the one-class
-        statistics of the rows not labelled ``ignore_index`` (for
-        ``nc1_ood_class``). Returns the accumulator.
-        """
+        """Add an OOD batch, with or without labels (every batch alike): its sum, per-label
+        sums, and the one-class statistics of rows not labelled ``ignore_index``."""
         X, y, xp = self._batch(X, y, labels_needed=False)
         if self._ood_labelled is not None and self._ood_labelled != (y is not None):
             raise ValueError("OOD batches must all have labels or all have none")
