@@ -9,6 +9,25 @@ training embeddings: the total covariance follows from the class statistics
 :func:`ood_report` turns ID and OOD scores into AUROC and FPR at 95 % TPR.
 The arithmetic is in :mod:`ncdask.kernels.neco`, the graphs in
 :mod:`ncdask.graph.neco`.
+
+>>> import numpy as np, ncdask
+>>> rng = np.random.default_rng(0)
+>>> y = np.arange(400) % 4
+>>> X = 5 * rng.normal(size=(4, 8))[y] + rng.normal(size=(400, 8))
+>>> s = ncdask.EmbeddingStore.from_arrays(
+...     "memory://neco-doc", {"train": (X, y), "ood": (rng.normal(size=(50, 8)), y[:50])},
+...     overwrite=True)
+>>> st = ncdask.class_stats(s, "train")
+>>> St = ncdask.total_covariance(st)  # no pass over the embeddings
+>>> bool(np.allclose(St.values, np.cov(X.astype(np.float32).T, bias=True)))
+True
+>>> idc, ood = ncdask.neco_scores(st, (s, "train")), ncdask.neco_scores(st, (s, "ood"))
+>>> float(ncdask.ood_report(idc, ood).auroc) > 0.9
+True
+>>> W = (st.means - st.global_mean).values
+>>> idc, ood = ncdask.nci_scores(st, (s, "train"), W), ncdask.nci_scores(st, (s, "ood"), W)
+>>> float(ncdask.ood_report(idc, ood).auroc) > 0.9
+True
 """
 
 from __future__ import annotations
@@ -56,17 +75,6 @@ def total_covariance(stats: xr.Dataset) -> xr.DataArray:
     xarray.DataArray
         Lazy ``(feature, feature_)``.
 
-    Examples
-    --------
-    >>> import numpy as np, ncdask
-    >>> from ncdask.neco import total_covariance
-    >>> rng = np.random.default_rng(0)
-    >>> X, y = rng.normal(size=(200, 3)), np.arange(200) % 4
-    >>> s = ncdask.EmbeddingStore.from_arrays("memory://tc-doc", {"train": (X, y)},
-    ...                                       overwrite=True)
-    >>> St = total_covariance(ncdask.class_stats(s, "train"))
-    >>> bool(np.allclose(St.values, np.cov(X.astype(np.float32).T, bias=True)))
-    True
     """
     St, _ = _total(stats)
     return xr.DataArray(
@@ -173,21 +181,6 @@ def neco_scores(stats: xr.Dataset, split: Any, n_components: int | None = None,
     xarray.DataArray
         Lazy ``(sample,)`` float64, chunked as the split's rows.
 
-    Examples
-    --------
-    >>> import numpy as np, ncdask
-    >>> from ncdask.neco import neco_scores
-    >>> rng = np.random.default_rng(0)
-    >>> means = 5 * rng.normal(size=(4, 8))
-    >>> y = np.arange(400) % 4
-    >>> X = means[y] + rng.normal(size=(400, 8))
-    >>> s = ncdask.EmbeddingStore.from_arrays(
-    ...     "memory://neco-doc", {"train": (X, y), "ood": (rng.normal(size=(50, 8)), y[:50])},
-    ...     overwrite=True)
-    >>> st = ncdask.class_stats(s, "train")
-    >>> idc, ood = neco_scores(st, (s, "train")), neco_scores(st, (s, "ood"))
-    >>> bool(idc.mean() > ood.mean())
-    True
     """
     fit = stats if "components" in stats else neco_fit(stats, n_components,
                                                        standardize=standardize)
@@ -255,21 +248,6 @@ def nci_scores(stats: xr.Dataset, split: Any, weights: Any, bias: Any = None, *,
     xarray.DataArray
         Lazy ``(sample,)`` float64.
 
-    Examples
-    --------
-    >>> import numpy as np, ncdask
-    >>> rng = np.random.default_rng(0)
-    >>> means = 5 * rng.normal(size=(4, 8))
-    >>> y = np.arange(400) % 4
-    >>> X = means[y] + rng.normal(size=(400, 8))
-    >>> s = ncdask.EmbeddingStore.from_arrays(
-    ...     "memory://nci-doc", {"train": (X, y), "ood": (rng.normal(size=(50, 8)), y[:50])},
-    ...     overwrite=True)
-    >>> st = ncdask.class_stats(s, "train")
-    >>> W = (st.means - st.global_mean).values
-    >>> idc, ood = ncdask.nci_scores(st, (s, "train"), W), ncdask.nci_scores(st, (s, "ood"), W)
-    >>> float(ncdask.ood_report(idc, ood).auroc) > 0.9
-    True
     """
     check_stats(stats)
     ds = _split(split)

@@ -190,6 +190,13 @@ class Inputs:
         """One named column (:data:`ncdask.kernels.pairwise.FINAL`) of a pairwise statistic."""
         return self.pairwise[stat][FINAL.index(column)]
 
+    @property
+    def n_samples(self) -> int:
+        """The samples behind Σ_W: the statistics' ``n_samples``, else the classes' counts."""
+        st = self.stats
+        return (int(np.asarray(st["n_samples"].values)) if "n_samples" in st
+                else int(self.kept.counts.sum()))
+
     @cached_property
     def norms(self) -> da.Array:
         return CF.row_norms(self.Mc)
@@ -304,11 +311,8 @@ def _nc3_bias(ins: Inputs) -> da.Array:
 def _nc1_ood_class(ins: Inputs) -> da.Array:
     from ncdask.metrics.api import ood_class_nc1
 
-    stats = ins.stats
-    n_id = (int(np.asarray(stats["n_samples"].values)) if "n_samples" in stats
-            else int(ins.kept.counts.sum()))
-    return ood_class_nc1(ins.M, ins.Sw, n_id, ins.kept.counts[ins.kept.present], ins.ood,
-                         global_mean=stats.attrs.get("global_mean", "unweighted"),
+    return ood_class_nc1(ins.M, ins.Sw, ins.n_samples, ins.kept.counts[ins.kept.present], ins.ood,
+                         global_mean=ins.stats.attrs.get("global_mean", "unweighted"),
                          ignore_index=ins.kept.ignore_index, eps_dtype=ins.cls.eps_dtype,
                          split_every=ins.split_every)
 
@@ -348,11 +352,8 @@ def _pinv_shares(ins: Inputs) -> da.Array:
     bin_of = np.zeros(ins.K, dtype=np.int64)
     for i, b in enumerate(ins.bins):
         bin_of[b] = i
-    stats = ins.stats
-    N = (int(np.asarray(stats["n_samples"].values)) if "n_samples" in stats
-         else int(ins.kept.counts.sum()))
     return CF.delayed_array(KS.bin_shares, sums, ins.kept.counts[ins.kept.present], bin_of,
-                            len(ins.bins), float(N) * ins.K, shape=(len(ins.bins),),
+                            len(ins.bins), float(ins.n_samples) * ins.K, shape=(len(ins.bins),),
                             like=ins.M)
 
 

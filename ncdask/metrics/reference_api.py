@@ -9,8 +9,10 @@ per-class vectors in the input's kind (a ``DataArray`` on ``class``, a dask
 array, or a ``torch.Tensor`` on the device and in the dtype the reference's
 has, so that ``.var()`` is torch's unbiased variance; for NumPy use
 ``.var(ddof=1)``); K×K grids as lazy ``DataArray`` objects on ``(class,
-class_)``, one chunk per tile pair. Rows of ``M`` are taken as given, as in
-the reference: drop empty classes first (:func:`ncdask.measure` does).
+class_)``, one chunk per tile pair. Rows of ``M`` (class means, K × D) are
+taken as given, as in the reference: drop empty classes first
+(:func:`ncdask.measure` does). ``W`` (K × D) are the classifier weights,
+``m_G`` (D,) or 0 the global mean ``M`` is centred on.
 """
 
 from __future__ import annotations
@@ -102,10 +104,8 @@ def covariance_ratio(V_intra: Array, M: Array, m_G: Array = 0, metric: str = "pi
     ----------
     V_intra : array (D, D)
         Within-class covariance Σ_W.
-    M : array (K, D)
-        Class means.
-    m_G : array (D,) or 0
-        Global mean.
+    M, m_G : array (K, D), array (D,) or 0
+        Class means and global mean.
     metric : {"pinv", "svd", "quotient"}
         ``measure``'s ``nc1_pinv``, ``nc1_svd`` (NaN with a
         :class:`DegenerateInputWarning` unless K − 1 < D) or ``nc1_quot``.
@@ -136,17 +136,14 @@ def covariance_ratio(V_intra: Array, M: Array, m_G: Array = 0, metric: str = "pi
                                    eps_dtype=pinv_dtype(as_dask(M).dtype)))
 
 
-def variability_cdnv(
-    V_norms: Array, M: Array, dist_exp: float = 1.0, tile_size: int | None = None
-) -> float:
+def variability_cdnv(V_norms: Array, M: Array, dist_exp: float = 1.0,
+                     tile_size: int | None = None) -> float:
     """Mean class-distance normalised variance over pairs (``measure``'s ``nc1_cdnv``).
 
     Parameters
     ----------
-    V_norms : array (K,)
-        Variance norms ``v_k``.
-    M : array (K, D)
-        Class means.
+    V_norms, M : array (K,), array (K, D)
+        Variance norms ``v_k`` and class means.
     dist_exp : float, default 1
         The distance exponent ``p``.
     tile_size : int, optional
@@ -197,9 +194,8 @@ def riesz_kernel(data: Array, tile_size: int | None = None, *, s: float | None =
 _STAT_OF: dict[Callable, str] = {dist_kernel: "dist", log_kernel: "log", riesz_kernel: "riesz"}
 
 
-def kernel_grid(
-    M: Array, m_G: Array = 0, kernel: Callable = dist_kernel, tile_size: int | None = None
-) -> Any:
+def kernel_grid(M: Array, m_G: Array = 0, kernel: Callable = dist_kernel,
+                tile_size: int | None = None) -> Any:
     """Lazy grid of ``kernel(data, tile_size=...)`` on ``u_k = m̃_k/(‖m̃_k‖ + ε)``."""
     Mc, T = _centred(M, m_G, tile_size)
     return kernel(CF.normalized(Mc), tile_size=T)
@@ -241,9 +237,8 @@ def kernel_stats(M: Array, m_G: Array = 0, kernel: Callable = dist_kernel,
     return float(to_numpy(m)), float(to_numpy(v))
 
 
-def class_dist_norm_vars(
-    V_norms: Array, M: Array, dist_exp: float = 1.0, tile_size: int | None = None
-) -> xr.DataArray:
+def class_dist_norm_vars(V_norms: Array, M: Array, dist_exp: float = 1.0,
+                         tile_size: int | None = None) -> xr.DataArray:
     """Lazy K×K grid of class-distance normalised variances (``+inf`` on the diagonal)."""
     A, T = class_rows(M, tile_size)
     v = as_dask(V_norms).astype(np.float64).reshape(-1)
@@ -286,12 +281,9 @@ def similarities(W: Array, M: Array, m_G: Array = 0, cos: bool = False) -> Array
 
     Parameters
     ----------
-    W : array (K, D) or (D,)
-        Classifier weights (one row serves every class, as torch broadcasts).
-    M : array (K, D)
-        Class means.
-    m_G : array (D,) or 0
-        Global mean.
+    W, M, m_G : array (K, D) or (D,), array (K, D), array (D,) or 0
+        Classifier weights (one row serves every class, as torch broadcasts),
+        class means, global mean.
     cos : bool, default False
         Cosine similarity instead of the dot product.
 
@@ -317,12 +309,8 @@ def distance_norms(W: Array, M: Array, m_G: Array = 0, norm: bool = True) -> Arr
 
     Parameters
     ----------
-    W : array (K, D)
-        Classifier weights.
-    M : array (K, D)
-        Class means.
-    m_G : array (D,) or 0
-        Global mean.
+    W, M, m_G : array (K, D), array (K, D), array (D,) or 0
+        Classifier weights, class means, global mean.
     norm : bool, default True
         Normalise ``w_k`` and ``m̃_k`` by ``‖·‖ + ε`` first.
 
@@ -345,10 +333,8 @@ def mean_norms(M: Array, m_G: Array = 0, post_funcs: Sequence[Callable] = ()) ->
 
     Parameters
     ----------
-    M : array (K, D)
-        Class means.
-    m_G : array (D,) or 0
-        Global mean.
+    M, m_G : array (K, D), array (D,) or 0
+        Class means and global mean.
     post_funcs : sequence of callables
         Applied to the norms in the output's kind.
 
