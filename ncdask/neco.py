@@ -91,6 +91,19 @@ def _kept_rows(ds: xr.Dataset, ignore_index: int | None) -> da.Array | None:
     return as_dask(ds["labels"]) != ii if ii is not None and "labels" in ds else None
 
 
+def _classifier(weights: Any, bias: Any, D: int,
+                tile_size: int | None) -> tuple[da.Array, da.Array, int]:
+    """The float64 classifier rows and bias (0 if None), checked, and the class tile."""
+    W = float64(as_dask(weights))
+    if W.ndim != 2 or W.shape[1] != D:
+        raise ValueError(f"weights have shape {W.shape}, expected (K, {D})")
+    K = W.shape[0]
+    b = da.zeros(K, dtype=np.float64, chunks=-1) if bias is None else float64(as_dask(bias))
+    if b.shape != (K,):
+        raise ValueError(f"bias has shape {b.shape}, expected ({K},)")
+    return W, b, int(tile_size) if tile_size else default_tile_size(K, D)
+
+
 def _total(stats: xr.Dataset) -> tuple[da.Array, da.Array]:
     """Σ_T and the sample mean over the classes whose samples ``Σ_W`` pools."""
     kept = kept_classes(check_stats(stats))
@@ -197,15 +210,9 @@ def neco_scores(stats: xr.Dataset, split: Any, n_components: int | None = None,
             raise ValueError(f"logits have shape {L.shape}, expected ({X.shape[0]}, K)")
         max_logit = GN.max_logits(L.rechunk((rows[0], -1))) if L.ndim == 2 else float64(L)
     elif weights is not None:
-        W = float64(as_dask(weights))
-        K, D = W.shape
-        if D != X.shape[1]:
-            raise ValueError(f"weights have shape {W.shape}, expected (K, {X.shape[1]})")
-        b = da.zeros(K, dtype=np.float64, chunks=-1) if bias is None else float64(as_dask(bias))
-        T = int(tile_size) if tile_size else default_tile_size(K, D)
-        zeros = da.zeros(D, dtype=np.float64, chunks=-1)
-        dec = DG.decisions(float64(X), W, b, W, zeros, tile_size=T, ncc=False)
-        max_logit = dec[:, 0]
+        W, b, T = _classifier(weights, bias, X.shape[1], tile_size)
+        zeros = da.zeros(X.shape[1], dtype=np.float64, chunks=-1)
+        max_logit = DG.decisions(float64(X), W, b, W, zeros, tile_size=T, ncc=False)[:, 0]
     mask = _kept_rows(ds, ignore_index)
     scores = GN.neco_scores(X, fit["mean"].data, fit["scale"].data, fit["components"].data,
                             max_logit=max_logit, mask=mask)
@@ -249,22 +256,15 @@ def nci_scores(stats: xr.Dataset, split: Any, weights: Any, bias: Any = None, *,
         Lazy ``(sample,)`` float64.
 
     """
-    check_stats(stats)
+    D = int(check_stats(stats).sizes["feature"])
     ds = _split(split)
     X = float64(as_dask(ds["embeddings"])).rechunk({1: -1})
-    W = float64(as_dask(weights))
-    K, D = W.shape
     if X.ndim != 2 or X.shape[1] != D:
-        raise ValueError(f"embeddings have shape {X.shape}, expected (n, {D}) like the weights")
-    if stats.sizes["feature"] != D:
-        raise ValueError(f"weights have D={D}, the statistics {stats.sizes['feature']}")
-    b = da.zeros(K, dtype=np.float64, chunks=-1) if bias is None else float64(as_dask(bias))
-    if b.shape != (K,):
-        raise ValueError(f"bias has shape {b.shape}, expected ({K},)")
+        raise ValueError(f"embeddings have shape {X.shape}, expected (n, {D}) like the statistics")
+    W, b, T = _classifier(weights, bias, D, tile_size)
     mG = float64(as_dask(stats["global_mean"]))
-    mask = _kept_rows(ds, ignore_index)
-    T = int(tile_size) if tile_size else default_tile_size(K, D)
-    scores = GN.nci_scores(X, W, b, mG, alpha=float(alpha), tile_size=T, mask=mask)
+    scores = GN.nci_scores(X, W, b, mG, alpha=float(alpha), tile_size=T,
+                           mask=_kept_rows(ds, ignore_index))
     out = xr.DataArray(scores, dims=("sample",), name="nci_score")
     out.attrs.update(
         long_name="NCI score (higher: more in-distribution)",

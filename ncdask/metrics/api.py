@@ -430,18 +430,12 @@ def measure(
 
     Examples
     --------
-    >>> import numpy as np, xarray as xr, dask.array as da
+    >>> import numpy as np, ncdask
     >>> from ncdask.metrics.api import measure
     >>> rng = np.random.default_rng(0)
-    >>> K, D = 4, 6
-    >>> means = rng.normal(size=(K, D))
-    >>> stats = xr.Dataset({
-    ...     "counts": ("class", np.full(K, 10)),
-    ...     "means": (("class", "feature"), da.from_array(means)),
-    ...     "global_mean": ("feature", means.mean(0)),
-    ...     "within_cov": (("feature", "feature_"), 0.01 * np.eye(D)),
-    ...     "var_norms": ("class", np.full(K, 0.06)),
-    ... }, coords={"class": np.arange(K)})
+    >>> y = np.arange(40) % 4
+    >>> X = rng.normal(size=(40, 6)) + 3 * np.eye(4, 6)[y]
+    >>> stats = ncdask.StatsAccumulator(4, 6).update(X, y).result()
     >>> res = measure(stats, metrics=["nc1_quot", "nc2g_dist"]).compute()
     >>> sorted(res.data_vars)
     ['nc1_quot', 'nc2g_dist_mean', 'nc2g_dist_var']
