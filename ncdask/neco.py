@@ -193,7 +193,6 @@ def neco_scores(stats: xr.Dataset, split: Any, n_components: int | None = None,
     -------
     xarray.DataArray
         Lazy ``(sample,)`` float64, chunked as the split's rows.
-
     """
     fit = stats if "components" in stats else neco_fit(stats, n_components,
                                                        standardize=standardize)
@@ -254,7 +253,6 @@ def nci_scores(stats: xr.Dataset, split: Any, weights: Any, bias: Any = None, *,
     -------
     xarray.DataArray
         Lazy ``(sample,)`` float64.
-
     """
     D = int(check_stats(stats).sizes["feature"])
     ds = _split(split)
