@@ -50,14 +50,11 @@ def class_covariances(
     split : str, optional
         Split name when ``data`` is a store (default "train").
     class_chunk : int, optional
-        Classes per output chunk; default
-        :func:`ncdask.graph.covariances.default_class_chunk` (32 MiB chunks).
+        Classes per output chunk (default: 32 MiB chunks).
     dtype : dtype, default "float64"
         Accumulation and output dtype.
-    ignore_index : int, optional
-        Label of samples to leave out; default the split's (store's) attribute.
-    n_classes : int, optional
-        K, when the Dataset does not carry it.
+    ignore_index, n_classes : int, optional
+        Label of samples to leave out and K (default: the split's attributes).
     max_memory : int, optional
         Bytes of per-class accumulators held at once (default 256 MiB): more
         classes are done in several passes over the embeddings. None: one pass.

@@ -61,8 +61,6 @@ class DegenerateInputWarning(UserWarning):
     """Some requested metric is undefined for this input and is left out."""
 
 
-# --------------------------------------------------------------------------- selection
-
 def _selection(metrics: str | Iterable[str] | None, by_frequency: bool = False) -> list[str]:
     """The variables asked for, in the order of :data:`METRICS` (the head/tail bins only, and
     always, with ``by_frequency``)."""
@@ -214,9 +212,6 @@ def ood_class_nc1(
         mG2 = M2.mean(axis=0)
     Mc2 = M2 - mG2[None, :]
     return CF.nc1_values(Mc2, Sw2, want_svd=False, eps_dtype=eps_dtype)[0]
-
-
-# --------------------------------------------------------------------------- one measurement
 
 
 def _measure_one(

@@ -38,15 +38,12 @@ class EvalAccumulator:
     Parameters
     ----------
     stats : xarray.Dataset
-        Class statistics (from :class:`ncdask.StatsAccumulator` or
-        :func:`ncdask.class_stats`); their means, counts and global mean are
-        computed here if lazy.
-    weights : array (K, D), optional
-        Classifier weights: needed for the test decisions (NC4).
-    bias : array (K,), optional
+        Class statistics (:class:`ncdask.StatsAccumulator`, or
+        :func:`ncdask.class_stats` computed here if lazy).
+    weights, bias : array (K, D), (K,), optional
+        The classifier, needed for the test decisions (NC4).
     min_count : int, optional
-        As in :func:`ncdask.measure`: the classes decided between are the
-        ones it measures; pass the same value to both.
+        As in :func:`ncdask.measure`; pass the same value to both.
     ignore_index : int, optional
         Label of samples to skip (default: the statistics' attribute).
     allow_nonfinite : bool, default False
@@ -93,7 +90,6 @@ class EvalAccumulator:
         self._ood_labelled: bool | None = None
         self._ood_class = StatsAccumulator(1, self.dim, allow_nonfinite=self.allow_nonfinite)
 
-    # ----------------------------------------------------------------- batches
     def _batch(self, X: Any, y: Any, *, labels_needed: bool) -> tuple[Any, Any, Any]:
         xp = array_namespace(self._Mc)
         X = as_array(X)
@@ -200,7 +196,6 @@ class EvalAccumulator:
         self._ood_class.merge(other._ood_class)
         return self
 
-    # ----------------------------------------------------------------- results
     def test_summary(self) -> xr.Dataset:
         """Per-class agreement counts for ``measure(..., test=)``, with the fingerprints."""
         if self._W is None:
