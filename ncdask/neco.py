@@ -145,7 +145,8 @@ def neco_fit(stats: xr.Dataset, n_components: int | None = None, *,
     """
     St, mu = _total(stats)
     D = int(St.shape[0])
-    d = max(1, min(D - 1, kept_classes(stats).n_kept - 1)) if n_components is None else int(n_components)
+    K = kept_classes(stats).n_kept
+    d = max(1, min(D - 1, K - 1)) if n_components is None else int(n_components)
     if not 1 <= d <= D:
         raise ValueError(f"n_components must lie in [1, D={D}], got {n_components!r}")
     scale, comps, lam = GN.pca_fit(St, d, standardize=standardize)

@@ -179,7 +179,7 @@ class EvalAccumulator:
         if not isinstance(other, EvalAccumulator):
             raise TypeError(f"can only merge an EvalAccumulator, got {type(other).__name__}")
         if other.n_classes != self.n_classes or other.dim != self.dim or not all(
-                same_fingerprint(self._fingerprint[k], other._fingerprint[k]) for k in self._fingerprint):
+                same_fingerprint(v, other._fingerprint[k]) for k, v in self._fingerprint.items()):
             raise ValueError("cannot merge accumulators built from other statistics, weights "
                              "or min_count")
         if None not in (self._ood_labelled, other._ood_labelled) and \
@@ -235,7 +235,7 @@ class EvalAccumulator:
         return ds
 
     def result(self) -> dict[str, xr.Dataset]:
-        """The summaries of what was added, ``{"test": ..., "ood": ...}``, as ``measure`` kwargs."""
+        """The summaries of what was added, ``{"test": ..., "ood": ...}`` (``measure`` kwargs)."""
         out = {}
         if self._W is not None and int(to_numpy(self._count).sum()):
             out["test"] = self.test_summary()
