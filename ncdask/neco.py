@@ -172,19 +172,17 @@ def neco_scores(stats: xr.Dataset, split: Any, n_components: int | None = None,
     Parameters
     ----------
     stats : xarray.Dataset
-        Training statistics (:func:`ncdask.class_stats`), or a fit from
-        :func:`neco_fit` (then ``n_components`` and ``standardize`` are its own).
+        Training statistics, or a fit from :func:`neco_fit` (which then sets
+        ``n_components`` and ``standardize``).
     split : split Dataset or (store, split name)
         The samples to score (ID test or OOD).
-    n_components : int, optional
-        ``d``; default ``min(K − 1, D − 1)`` (see :func:`neco_fit`).
+    n_components, standardize
+        See :func:`neco_fit`.
     logits : array (N, K) or (N,), optional
         The samples' logits (or their maxima), as NECO uses for ViT/Swin models.
     weights, bias : array (K, D), (K,), optional
         A linear classifier to compute the largest logit from, blocked over
         class tiles (for large K).
-    standardize : bool, default True
-        See :func:`neco_fit`.
     ignore_index : int, optional
         Samples with this label get NaN (default: the split's attribute).
     tile_size : int, optional

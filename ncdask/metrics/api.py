@@ -82,10 +82,8 @@ def _selection(metrics: str | Iterable[str] | None, by_frequency: bool = False) 
 
 
 def label_results(ds: xr.Dataset) -> xr.Dataset:
-    """``ds`` with its metric variables in SPEC order, each labelled from :data:`METRICS`.
-
-    Other variables follow the metrics. For stacked sweeps (``xr.concat``
-    keeps no variable attrs) and results read back from Zarr.
+    """``ds`` with its metric variables in SPEC order, each labelled from :data:`METRICS`
+    (other variables follow): for stacked sweeps and results read back from Zarr.
 
     Parameters
     ----------
@@ -355,9 +353,8 @@ def measure(
 ) -> xr.Dataset:
     """Measure Neural Collapse: every SPEC.md metric as a lazy labelled Dataset.
 
-    Nothing is computed here (beyond the in-memory class counts). The
-    pairwise metrics asked for come from one fused graph over the
-    upper-triangle class tiles, so no K×K array is formed.
+    Nothing is computed here (beyond the class counts); the pairwise metrics
+    come from one fused graph over upper-triangle class tiles (no K×K array).
 
     Parameters
     ----------
@@ -397,24 +394,19 @@ def measure(
     ignore_index : int, optional
         Label of samples to skip (default: the statistics' attribute).
     memory_budget : int or str, optional
-        Bytes one task may hold (``"64MiB"`` works); sets the default tile
-        size and the NC4 sample blocks (see
-        :func:`ncdask.graph.pairwise.resolve_budget` for the default).
+        Bytes one task may hold (``"64MiB"`` works): the default tile size and
+        NC4 sample blocks (default: :func:`ncdask.graph.pairwise.resolve_budget`).
     by_frequency : int, optional
-        Rank the measured classes by count and cut them into this many bins
-        (most frequent first) for the ``*_by_frequency`` metrics, with
-        coords ``bin_min_count``, ``bin_max_count`` and ``bin_n_classes``.
+        Bins of the measured classes ranked by count (most frequent first) for
+        the ``*_by_frequency`` metrics, with coords ``bin_*_count``, ``bin_n_classes``.
     train : split Dataset or (store, split), optional
-        The training samples behind the statistics, for
-        ``nc1_pinv_by_frequency`` (one blocked pass; the class counts must
-        match the statistics').
+        The training samples behind the statistics, for ``nc1_pinv_by_frequency``.
 
     Returns
     -------
     xarray.Dataset
-        One variable per metric; attrs ``n_classes``, ``n_classes_measured``,
-        ``empty_classes``, ``filtered_classes``, ``min_count``, ``tile_size``,
-        ``memory_budget``, ``left_out`` (metric → reason), ...
+        One variable per metric; attrs such as ``n_classes_measured``,
+        ``empty_classes``, ``filtered_classes``, ``left_out`` (metric → reason).
 
     Warns
     -----
