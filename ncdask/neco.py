@@ -74,7 +74,6 @@ def total_covariance(stats: xr.Dataset) -> xr.DataArray:
     -------
     xarray.DataArray
         Lazy ``(feature, feature_)``.
-
     """
     St, _ = _total(stats)
     return xr.DataArray(

@@ -290,7 +290,7 @@ def similarities(W: Array, M: Array, m_G: Array = 0, cos: bool = False) -> Array
     Returns
     -------
     array (K,)
-        The input's kind; a tensor in ``W``'s dtype for ``cos``.
+        The input's kind (a tensor in ``W``'s dtype for ``cos``).
     """
     Mc, _ = _centred(M, m_G)
     Wd = as_dask(W).astype(np.float64)
