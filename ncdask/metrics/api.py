@@ -34,24 +34,15 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ncdask.metrics.inputs import (
-    as_dask,
-    class_inputs,
-    kept_classes,
-)
 from ncdask.metrics.inputs import check_stats as _check_stats
-from ncdask.metrics.inputs import like as _like
-from ncdask.metrics.inputs import split_of as _split
+from ncdask.metrics.inputs import class_inputs, kept_classes
 from ncdask._version import __version__
 from ncdask.metrics.declarations import GROUPS, METRICS, ON_REQUEST, Inputs
-from ncdask.metrics.summary import check_role, is_summary, ood_class_from_summary, summary_dim
+from ncdask.metrics.summary import check_role
 from ncdask.graph.pairwise import default_tile_size, resolve_budget
-from ncdask.graph.tiled_stats import one_class_stats
-from ncdask.graph.tiled_stats import ood_class_nc1 as _ood_class_nc1
 from ncdask.kernels.pairwise import RieszRangeWarning  # noqa: F401 - public with measure
 
 
@@ -101,31 +92,6 @@ def label_results(ds: xr.Dataset) -> xr.Dataset:
 
 # --------------------------------------------------------------------------- inputs
 
-
-def ood_class_nc1(
-    M: da.Array, Sw: da.Array, n_id: int, n_k: np.ndarray, ood: Any, *,
-    global_mean: str = "unweighted", ignore_index: int | None = None, eps_dtype: Any = None,
-    split_every: int | None = None,
-) -> da.Array:
-    """Lazy ``nc1_pinv`` with the OOD set (a split or a streamed summary) as class K+1.
-
-    See :func:`ncdask.graph.tiled_stats.ood_class_nc1`; OOD samples labelled
-    ``ignore_index`` are left out. ``split_every`` is accepted and unused.
-    """
-    D = M.shape[1]
-    if is_summary(ood, "ood"):
-        if summary_dim(ood) != D:
-            raise ValueError(f"the streamed OOD summary has width {summary_dim(ood)}, "
-                             f"the statistics {D}")
-        one = ood_class_from_summary(ood, M)
-    else:
-        split = _split(ood)
-        Xo = _like(as_dask(split["embeddings"]), M)
-        if Xo.ndim != 2 or Xo.shape[1] != D:
-            raise ValueError(f"OOD embeddings have shape {Xo.shape}, expected (n, {D})")
-        yo = as_dask(split["labels"]) if "labels" in split else None
-        one = one_class_stats(Xo, yo, ignore_index=ignore_index)
-    return _ood_class_nc1(M, Sw, n_id, n_k, one, global_mean=global_mean, eps_dtype=eps_dtype)
 
 
 def _measure_one(

@@ -31,12 +31,14 @@ from ncdask.metrics.inputs import (
 from ncdask.metrics.summary import (
     agreement_from_summary,
     is_summary,
+    ood_class_from_summary,
     ood_mean_from_summary,
     summary_dim,
 )
 from ncdask.graph import closed_forms as CF
 from ncdask.graph import decisions as DG
 from ncdask.graph import shares as SG
+from ncdask.graph import tiled_stats as TS
 from ncdask.graph.pairwise import pairwise_moments
 from ncdask.kernels import shares as KS
 from ncdask.kernels.pairwise import FINAL, PAIR_STATS
@@ -306,12 +308,24 @@ def _nc3_bias(ins: Inputs) -> da.Array:
 
 
 def _nc1_ood_class(ins: Inputs) -> da.Array:
-    from ncdask.metrics.api import ood_class_nc1
-
-    return ood_class_nc1(ins.M, ins.Sw, ins.n_samples, ins.kept.counts[ins.kept.present], ins.ood,
-                         global_mean=ins.stats.attrs.get("global_mean", "unweighted"),
-                         ignore_index=ins.kept.ignore_index, eps_dtype=ins.cls.eps_dtype,
-                         split_every=ins.split_every)
+    """``nc1_pinv`` with the OOD set (a split or a streamed summary) as class K+1."""
+    M, ood = ins.M, ins.ood
+    D = M.shape[1]
+    if is_summary(ood, "ood"):
+        if summary_dim(ood) != D:
+            raise ValueError(f"the streamed OOD summary has width {summary_dim(ood)}, "
+                             f"the statistics {D}")
+        one = ood_class_from_summary(ood, M)
+    else:
+        split = split_of(ood)
+        Xo = like(as_dask(split["embeddings"]), M)
+        if Xo.ndim != 2 or Xo.shape[1] != D:
+            raise ValueError(f"OOD embeddings have shape {Xo.shape}, expected (n, {D})")
+        yo = as_dask(split["labels"]) if "labels" in split else None
+        one = TS.one_class_stats(Xo, yo, ignore_index=ins.kept.ignore_index)
+    return TS.ood_class_nc1(M, ins.Sw, ins.n_samples, ins.kept.counts[ins.kept.present], one,
+                            global_mean=ins.stats.attrs.get("global_mean", "unweighted"),
+                            eps_dtype=ins.cls.eps_dtype)
 
 
 def _w_sum(ins: Inputs) -> da.Array:
