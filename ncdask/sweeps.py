@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ncdask.store.setkey import SetKey
+from ncdask.store.setkey import SET_TAGS, SetKey
 from ncdask.metrics.api import measure
 from ncdask.stats.core import class_stats
-from ncdask.store.embedding import SET_TAGS, EmbeddingStore
+from ncdask.store.core import committed_parts, current_classifier, set_keys
+from ncdask.store.embedding import EmbeddingStore
 
 _RESERVED = ("weights", "bias", "dim", "labels")
 
@@ -180,7 +181,7 @@ def _matching_sets(store: Any, dims: list[str], fixed: dict[str, Any],
     tag that is neither swept nor fixed."""
     found: Found = {}
     for st in _stores(store):
-        for key in st._set_keys():
+        for key in set_keys(st.core):
             tags = key.tags
             if any(d not in tags for d in dims):
                 continue
@@ -282,16 +283,11 @@ SWEEP_ATTR = "ncdask_sweep"
 def _signature(st: EmbeddingStore, key: SetKey, splits: list[str],
                use_classifier: bool) -> dict[str, Any]:
     """What a set's results depend on: its splits' committed parts and its classifier."""
-    from ncdask.store.layout import _classifier_name
-    from ncdask.store.record import _snapshot
-
     sig: dict[str, Any] = {"store": st.url}
     for name in splits:
-        g = st._split_group(name, key, create=False)
-        sig[name] = [[p.path, int(k)] for p, k in _snapshot(g)[0] if k > 0]
+        sig[name] = [[p.path, int(k)] for p, k in committed_parts(st.core, name, key)]
     if use_classifier:
-        sg = st._set_group(key, create=False)
-        sig["classifier"] = None if sg is None else _classifier_name(sg)
+        sig["classifier"] = current_classifier(st.core, key)
     return sig
 
 

@@ -37,8 +37,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ncdask.store.layout import _read
-from ncdask.store.record import _record, _snapshot
+from ncdask.store.core import read_array
+from ncdask.store.record import record, snapshot
 from ncdask.store.setkey import SetKey
 from ncdask.store.embedding import EmbeddingStore
 
@@ -49,7 +49,7 @@ CACHE_ATTR = "ncdask_cache"
 
 
 def _parts(store: EmbeddingStore, g: Any) -> list[tuple[Any, int]]:
-    return [(p, k) for p, k in _snapshot(g)[0] if k > 0]
+    return [(p, k) for p, k in snapshot(g)[0] if k > 0]
 
 
 def _cover(parts: list[tuple[Any, int]]) -> list[list[Any]]:
@@ -79,7 +79,7 @@ def _entries(store: EmbeddingStore, g: Any, key: dict[str, Any]) -> list[tuple[s
     from ncdask.store.zarrio import _complete
 
     folder = _folder(store, g)
-    fs, path = fsspec.core.url_to_fs(folder, **(store._storage_options or {}))
+    fs, path = fsspec.core.url_to_fs(folder, **(store.core.storage_options or {}))
     fs.invalidate_cache()
     try:
         names = [str(n).rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)]
@@ -107,14 +107,14 @@ def _new_rows(parts: list[tuple[Any, int]], have: dict[str, int], url: str) -> x
     for p, k in parts:
         k0 = have.get(p.path, 0)
         if k > k0:
-            Xs.append(_read(p["embeddings"], url)[k0:k])
-            ys.append(_read(p["labels"], url)[k0:k])
+            Xs.append(read_array(p["embeddings"], url)[k0:k])
+            ys.append(read_array(p["labels"], url)[k0:k])
     X = Xs[0] if len(Xs) == 1 else da.concatenate(Xs)
     y = ys[0] if len(ys) == 1 else da.concatenate(ys)
     # the promise store.split gives a full pass: finite rows, so a lost chunk of the new
     # rows (read as NaN) raises instead of entering the cache as NaN statistics
     attrs = {"store": url, "split": parts[0][0].path}
-    if all(_record(p).get("finite") is True for p, _ in parts):
+    if all(record(p).get("finite") is True for p, _ in parts):
         attrs["finite"] = 1
     return xr.Dataset({"embeddings": (("sample", "feature"), X), "labels": (("sample",), y)},
                       attrs=attrs)
@@ -132,7 +132,7 @@ def cached_class_stats(
     from ncdask.store.zarrio import IncompleteOutputError
     from ncdask.stats.core import EmptyClassWarning, load_stats, merge_stats, save_stats
 
-    g = store._split_group(split, set_key, create=False)
+    g = store.core.split_group(split, set_key)
     parts = _parts(store, g)
     K = store.n_classes
     ii = options.get("ignore_index")
@@ -140,7 +140,7 @@ def cached_class_stats(
            "dtype": str(np.dtype(options.get("dtype", "float64"))),
            "ignore_index": store.ignore_index if ii is None else int(ii),
            "min_count": options.get("min_count"), "n_classes": K}
-    so = store._storage_options
+    so = store.core.storage_options
     cover = _cover(parts)
     now = {p.path: k for p, k in parts}
     entries = _entries(store, g, key)
@@ -191,7 +191,7 @@ def _keep(out: xr.Dataset, store: EmbeddingStore, g: Any, key: dict, cover: list
 
     from ncdask.store.staging import owner_tag
 
-    so = store._storage_options
+    so = store.core.storage_options
     url = f"{_folder(store, g)}/{_prefix(key)}{owner_tag()}"
     marked = out.copy()
     marked.attrs = dict(out.attrs)

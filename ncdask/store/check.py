@@ -28,10 +28,11 @@ import dask
 import numpy as np
 import zarr
 
-from ncdask.store.layout import _classifier_name, _naming_broken_metadata
-from ncdask.store.record import DamagedStoreError, _check_record, _snapshot
-from ncdask.store.setkey import SetKey
+from ncdask.store.core import classifier_name, naming_broken_metadata
 from ncdask.store.embedding import EmbeddingStore
+from ncdask.store.record import DamagedStoreError, check_record, record, snapshot
+from ncdask.store.setkey import SetKey
+from ncdask.store.staging import stale_entries
 
 
 @dataclass
@@ -126,16 +127,17 @@ def _verify_finite_array(a: zarr.Array, where: str) -> dict:
 
 def _split_tasks(s: EmbeddingStore, key: SetKey, split: str, report: CheckReport) -> list:
     """The delayed per-chunk checks of one split (and its record checks, done now)."""
-    g = s._split_group(split, key, create=False)
+    core = s.core
+    g = core.split_group(split, key)
     where0 = "/".join(p for p in (g.path,) if p)
-    parts, rec = _snapshot(g)
+    parts, rec = snapshot(g)
     tasks: list = []
     want = rec.get("class_counts")
     label_tasks = []
-    lay = s._layout(s._set_group(key, create=False))
+    lay = core.layout(core.set_group(key))
     for p, k in parts:
         try:
-            _check_record(p, s.n_classes, s.url)
+            check_record(p, s.n_classes, s.url)
         except DamagedStoreError as e:
             report.problems.append(str(e))
             continue
@@ -143,8 +145,7 @@ def _split_tasks(s: EmbeddingStore, key: SetKey, split: str, report: CheckReport
             report.problems.append(f"{p.path}/embeddings has width {p['embeddings'].shape[1]}, "
                                    f"the set's is {lay[0]}")
             continue
-        rec_p = p.attrs.get("ncdask_shard") or p.attrs["ncdask_split"]
-        finite = rec_p.get("finite") is True
+        finite = record(p).get("finite") is True
         report.rows += k
         for name in ("embeddings", "labels"):
             if name not in p or k == 0:
@@ -178,35 +179,32 @@ def _label_totals(results: list[dict], want: np.ndarray, where: str) -> dict:
 
 def check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
     """The report so far (records, structure) and the delayed chunk checks still to run."""
-    with _naming_broken_metadata(store.url, store._storage_options):
+    with naming_broken_metadata(store.url, store.core.storage_options):
         return _check_tasks(store)
 
 
 def _check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
-    from ncdask.store import staging as _staging
-
     report = CheckReport(store.url)
     tasks: list = []
     for tags in store.sets() or [{}]:
         # only the two tags: a check reports on an edited store rather than refusing it
         key = SetKey(tags.get("layer"), tags.get("epoch"))
-        sg = store._set_group(key, create=False)
+        sg = store.core.set_group(key)
         if sg is None:
             continue
         report.sets += 1
         for split in store.splits(**key.tags):
             report.splits += 1
             tasks += _split_tasks(store, key, split, report)
-        name = _classifier_name(sg)
+        name = classifier_name(sg)
         if name is not None:
             cg = sg[name]
             for arr in ("W", "b"):
                 if arr in cg:
                     report.chunks += math.ceil(cg[arr].shape[0] / cg[arr].chunks[0])
                     tasks.append(_task(_verify_finite_array)(cg[arr], f"{cg.path}/{arr}"))
-        fs, folder = store._fs_path(sg, "")
-        keep = tuple(n for n in (name,) if n)
-        for path in _staging.stale_entries(fs, folder.rstrip("/"), keep=keep):
+        fs, folder = store.core.fs_path(sg)
+        for path in stale_entries(fs, folder, keep=tuple(n for n in (name,) if n)):
             report.notes.append(f"{path}: left by a killed writer (removed by the next "
                                 "writer in this set)")
     return report, tasks

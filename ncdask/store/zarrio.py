@@ -33,19 +33,22 @@ class IncompleteOutputError(NcdaskStoreError):
     """An ncdask output whose writing was interrupted, with no complete copy left."""
 
 
-def _protocol(fs: Any) -> str:
-    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+def backend(fs: Any) -> str:
+    """What ``fs`` is, decided here only: ``"local"`` (a disk: atomic ``os.rename`` and
+    ``flock``), ``"memory"`` (renames; dies with its process) or ``"object"`` (no rename,
+    no lock: an object store)."""
+    p = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return "local" if p in ("file", "local") else "memory" if p == "memory" else "object"
 
 
 def renames(fs: Any) -> bool:
-    """Whether ``fs`` renames a folder in one step: a local disk, or memory (whose
-    contents die with the process that could be killed); not object stores."""
-    return _protocol(fs) in ("file", "local", "memory")
+    """Whether ``fs`` renames a folder in one step (not object stores)."""
+    return backend(fs) != "object"
 
 
 def rename(fs: Any, src: str, dst: str) -> None:
     """Rename a directory: ``os.rename`` (atomic) on a local disk, else ``fs.mv``."""
-    if _protocol(fs) in ("file", "local"):
+    if backend(fs) == "local":
         os.rename(src, dst)
     else:
         fs.mv(src, dst, recursive=True)
