@@ -278,7 +278,7 @@ class StatsSink:
         self._eval_rows: dict[tuple[str, SetKey], int] = {}
         self._clf: dict[SetKey, tuple[Any, Any]] = {}
 
-    # the part of the EmbeddingStore interface that capture uses
+    # ncdask.store.SplitSource, the part of the EmbeddingStore interface capture uses
     def splits(self, *, layer: str | None = None, epoch: int | None = None) -> list[str]:
         key = SetKey(layer, epoch)
         return sorted({s for s, k in [*self._acc, *self._eval_rows] if k == key})
@@ -299,6 +299,18 @@ class StatsSink:
         else:
             n = 0 if a.flush()._acc is None else int(to_numpy(a._acc["counts"]).sum())
         return xr.Dataset(coords={"sample": np.arange(n)})
+
+    def n_rows(self, split: str, *, layer: str | None = None, epoch: int | None = None) -> int:
+        if split not in self.splits(layer=layer, epoch=epoch):
+            raise KeyError(f"no split {split!r} of layer={layer}, epoch={epoch}")
+        return int(self.split(split, layer=layer, epoch=epoch).sizes["sample"])
+
+    def classifier(self, *, layer: str | None = None, epoch: int | None = None,
+                   lazy: bool = False) -> tuple[Any, Any]:
+        try:
+            return self._clf[SetKey(layer, epoch)]
+        except KeyError:
+            raise KeyError(f"no classifier for layer={layer}, epoch={epoch}") from None
 
     def writer(self, split: str, *, layer: str | None = None, epoch: int | None = None,
                allow_nonfinite: bool = False, dim: int | None = None,
