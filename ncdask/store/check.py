@@ -1,21 +1,12 @@
-"""Verifying a whole store: every committed chunk, every record, every set (``ncdask check``).
+"""Verifying a whole store (``ncdask check``): every committed chunk, record and set.
 
-Zarr returns the fill value for a missing chunk and reads whatever bytes a
-chunk holds, so damage shows only when something looks. :func:`check_store`
-looks at everything a measurement would use, one task per chunk (they run
-in parallel, with a progress bar from the CLI):
-
-* every chunk that holds committed rows exists, decodes and passes its
-  CRC-32C checksum (stores written before checksums only decode);
-* embeddings are finite where the split's record promises it (written
-  without ``allow_nonfinite``);
-* labels lie in ``[0, K)`` (or are the store's ``ignore_index``), and their
-  per-class counts equal the record's;
-* every commit record (split and shard) agrees with its arrays, and every
-  set's arrays have the set's width;
-* the classifier of each set is whole and finite.
-
-What a killed writer left aside is reported as a note, not a problem.
+Zarr reads a missing chunk as the fill value, so damage shows only when
+something looks. :func:`check_store` runs one task per chunk: each chunk
+holding committed rows exists, decodes and passes its checksum; embeddings
+are finite where the record promises it; labels lie in ``[0, K)`` (or are
+``ignore_index``) and add up to the record's counts; records agree with
+their arrays and sets with their width; classifiers are whole and finite.
+What a killed writer left aside is a note, not a problem.
 """
 
 from __future__ import annotations
@@ -37,18 +28,8 @@ from ncdask.store.staging import stale_entries
 
 @dataclass
 class CheckReport:
-    """What :func:`check_store` found.
-
-    Attributes
-    ----------
-    url : str
-    problems : list of str
-        Damage: each names the set, split, array and chunk.
-    notes : list of str
-        Harmless findings (leftovers of killed writers).
-    sets, splits, rows, chunks : int
-        What was verified.
-    """
+    """What :func:`check_store` found: ``problems`` (damage, each naming the set, split,
+    array and chunk), ``notes`` (leftovers of killed writers) and what was verified."""
 
     url: str
     problems: list[str] = field(default_factory=list)
@@ -129,7 +110,6 @@ def _split_tasks(s: EmbeddingStore, key: SetKey, split: str, report: CheckReport
     """The delayed per-chunk checks of one split (and its record checks, done now)."""
     core = s.core
     g = core.split_group(split, key)
-    where0 = "/".join(p for p in (g.path,) if p)
     parts, rec = snapshot(g)
     tasks: list = []
     want = rec.get("class_counts")
@@ -160,7 +140,7 @@ def _split_tasks(s: EmbeddingStore, key: SetKey, split: str, report: CheckReport
                     label_tasks.append(_task(_verify_labels)(
                         a, i, k, s.n_classes, s.ignore_index, w))
     if want is not None and label_tasks:
-        tasks.append(_task(_label_totals)(label_tasks, np.asarray(want), where0))
+        tasks.append(_task(_label_totals)(label_tasks, np.asarray(want), g.path))
     else:
         tasks += label_tasks
     return tasks
@@ -180,34 +160,30 @@ def _label_totals(results: list[dict], want: np.ndarray, where: str) -> dict:
 def check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
     """The report so far (records, structure) and the delayed chunk checks still to run."""
     with naming_broken_metadata(store.url, store.core.storage_options):
-        return _check_tasks(store)
-
-
-def _check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
-    report = CheckReport(store.url)
-    tasks: list = []
-    for tags in store.sets() or [{}]:
-        # only the two tags: a check reports on an edited store rather than refusing it
-        key = SetKey(tags.get("layer"), tags.get("epoch"))
-        sg = store.core.set_group(key)
-        if sg is None:
-            continue
-        report.sets += 1
-        for split in store.splits(**key.tags):
-            report.splits += 1
-            tasks += _split_tasks(store, key, split, report)
-        name = classifier_name(sg)
-        if name is not None:
-            cg = sg[name]
-            for arr in ("W", "b"):
-                if arr in cg:
-                    report.chunks += math.ceil(cg[arr].shape[0] / cg[arr].chunks[0])
-                    tasks.append(_task(_verify_finite_array)(cg[arr], f"{cg.path}/{arr}"))
-        fs, folder = store.core.fs_path(sg)
-        for path in stale_entries(fs, folder, keep=tuple(n for n in (name,) if n)):
-            report.notes.append(f"{path}: left by a killed writer (removed by the next "
-                                "writer in this set)")
-    return report, tasks
+        report = CheckReport(store.url)
+        tasks: list = []
+        for tags in store.sets() or [{}]:
+            # only the two tags: a check reports on an edited store rather than refusing it
+            key = SetKey(tags.get("layer"), tags.get("epoch"))
+            sg = store.core.set_group(key)
+            if sg is None:
+                continue
+            report.sets += 1
+            for split in store.splits(**key.tags):
+                report.splits += 1
+                tasks += _split_tasks(store, key, split, report)
+            name = classifier_name(sg)
+            if name is not None:
+                cg = sg[name]
+                for arr in ("W", "b"):
+                    if arr in cg:
+                        report.chunks += math.ceil(cg[arr].shape[0] / cg[arr].chunks[0])
+                        tasks.append(_task(_verify_finite_array)(cg[arr], f"{cg.path}/{arr}"))
+            fs, folder = store.core.fs_path(sg)
+            for path in stale_entries(fs, folder, keep=tuple(n for n in (name,) if n)):
+                report.notes.append(f"{path}: left by a killed writer (removed by the next "
+                                    "writer in this set)")
+        return report, tasks
 
 
 def check_store(

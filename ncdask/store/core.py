@@ -1,13 +1,11 @@
 """The core of a store: its groups, their layout, and the filesystem under them.
 
-A store is a Zarr group; each embedding set is a group named by its tags
-(``layer=<name>/epoch=<e>``, the root for the untagged set), each split a
-group in it with ``embeddings`` and ``labels`` arrays (and writers' shards),
-and each set's classifier a ``.classifier-<owner>`` group that the set's
-``ncdask_classifier`` attribute points to. :class:`Core` holds an opened
-store (root group, metadata, filesystem, whether it is local) and finds or
-creates its sets and splits; the modules beside it (appends, writer, imports,
-classifier, reads) are functions over a :class:`Core`.
+Each embedding set is a group named by its tags (the root for the untagged
+set), each split a group in it with ``embeddings`` and ``labels`` arrays (and
+writers' shards), each set's classifier a ``.classifier-<owner>`` group that
+the set's ``ncdask_classifier`` attribute points to. :class:`Core` holds an
+opened store and finds or creates its sets and splits; appends, writer,
+imports, classifier and reads are functions over a :class:`Core`.
 """
 
 from __future__ import annotations
@@ -43,12 +41,8 @@ WRITERS_KEY = "ncdask.writers"
 
 
 def default_codec() -> list:
-    """Blosc LZ4 with bit-shuffle, then a CRC-32C checksum of each chunk.
-
-    LZ4 writes and reads at about the speed of no compression (zstd
-    compresses post-ReLU features better but writes at half the speed); the
-    checksum makes a damaged chunk an error instead of silently wrong values.
-    """
+    """Blosc LZ4 (about as fast as no compression; zstd writes at half the speed), then a
+    CRC-32C checksum that makes a damaged chunk an error instead of wrong values."""
     return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), Crc32cCodec()]
 
 
@@ -59,10 +53,7 @@ def auto_chunk_rows(dim: int, dtype: np.dtype) -> int:
 
 @contextlib.contextmanager
 def naming_broken_metadata(url: str, storage_options: dict | None) -> Iterator[None]:
-    """Turn Zarr's JSON error (which names no file) into one naming the broken ``zarr.json``.
-
-    Only on such an error are the store's metadata files read one by one.
-    """
+    """Turn Zarr's JSON error (which names no file) into one naming the broken ``zarr.json``."""
     try:
         yield
     except json.JSONDecodeError as e:
@@ -82,11 +73,7 @@ def naming_broken_metadata(url: str, storage_options: dict | None) -> Iterator[N
 
 
 class NamedChunks:
-    """A Zarr array whose read errors name the store, the array and the rows.
-
-    A checksum mismatch otherwise surfaces deep in a dask traceback with
-    nothing to say where.
-    """
+    """A Zarr array whose read errors (a checksum mismatch, ...) name store, array and rows."""
 
     def __init__(self, a: zarr.Array, url: str) -> None:
         self.a, self.url = a, url
@@ -160,11 +147,9 @@ def truncate(g: zarr.Group, n: int) -> None:
 def put_once(parent: zarr.Group, name: str, build: Any) -> zarr.Group | zarr.Array:
     """Create node ``name`` of ``parent`` with one write that never replaces an existing node.
 
-    ``build(group)`` makes the node in a scratch in-memory group; its
-    ``zarr.json`` is then put with ``set_if_not_exists``, so writers racing
-    to create one set or split all end with one node and its attributes
-    (``require_group`` rewrote the metadata of a node another had just
-    created, losing its attributes). Returns the node as it is in the store.
+    ``build(group)`` makes it in a scratch group; its ``zarr.json`` is put with
+    ``set_if_not_exists``, so racing creators end with one node and its
+    attributes (``require_group`` could rewrite a node another had just made).
     """
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
@@ -180,12 +165,8 @@ def put_once(parent: zarr.Group, name: str, build: Any) -> zarr.Group | zarr.Arr
 
 
 def remove_split(g: zarr.Group, fs: Any, path: str) -> None:
-    """Delete split group ``g`` (at ``path``) where there is no rename.
-
-    The record goes first (one PUT: the split is gone for readers), the
-    ``zarr.json`` last, so a kill leaves the split or an unrecorded group
-    that the split's next creator removes.
-    """
+    """Delete split group ``g`` at ``path`` without rename: the record first (gone for
+    readers), its ``zarr.json`` last (a kill leaves a group the next creator removes)."""
     g.attrs.put({DELETED_ATTR: time.time()})
     root = f"{path}/zarr.json"
     try:  # another process may be finishing the same delete
@@ -303,10 +284,8 @@ class Core:
 
     def require_set(self, key: SetKey, dim: int,
                     chunk_rows: int | None = None) -> tuple[zarr.Group, int, int]:
-        """The set's group and ``(dim, chunk_rows)``, recorded on its first write.
-
-        Raises ValueError when the set already has another width.
-        """
+        """The set's group and ``(dim, chunk_rows)``, recorded on its first write (a
+        ValueError if the set has another width)."""
         dim = int(dim)
         rows = int(chunk_rows) if chunk_rows is not None else self.chunk_rows_for(dim)
         # created with its width: concurrent first writers agree or are refused
@@ -374,11 +353,8 @@ class Core:
         return g
 
     def split_arrays(self, g: zarr.Group, D: int, rows: int, labelled: bool) -> None:
-        """Give the split (or shard) group ``g`` its empty arrays where they are missing.
-
-        The fill values, read for a missing chunk, make a lost chunk visible: NaN
-        embeddings and a label the statistics reject.
-        """
+        """Give split (or shard) group ``g`` its empty arrays where missing; the fill values
+        (NaN, an impossible label) make a lost chunk visible."""
         put_once(g, "embeddings", lambda t: t.create_array(
             "embeddings", shape=(0, D), chunks=(rows, D), dtype=self.dtype,
             dimension_names=("sample", "feature"), compressors=default_codec(),
@@ -411,11 +387,8 @@ def set_keys(core: Core) -> list[SetKey]:
 
 
 def committed_parts(core: Core, split: str, key: SetKey) -> list[tuple[zarr.Group, int]]:
-    """The parts of a split holding committed rows, ``[(group, rows), ...]``, in read order.
-
-    Parts only grow (commits append), so the parts' paths and rows tell what
-    a result computed from the split covers.
-    """
+    """The parts of a split holding committed rows, ``[(group, rows), ...]``, in read order
+    (parts only grow, so their paths and rows tell what a result covers)."""
     return [(p, k) for p, k in snapshot(core.split_group(split, key))[0] if k > 0]
 
 

@@ -1,6 +1,4 @@
-"""The Zarr (v3) embedding store, :class:`EmbeddingStore`.
-
-Layout (one Zarr group per store; any fsspec URL)::
+"""The Zarr (v3) embedding store, :class:`EmbeddingStore`: any fsspec URL, laid out as::
 
     store.zarr/                      attrs["ncdask"]: format, version, n_classes, dim, ...
         .classifier-<owner>/{W,b}    classifier of the default set
@@ -8,15 +6,11 @@ Layout (one Zarr group per store; any fsspec URL)::
         layer=fc_in/epoch=12/        another embedding set (tags as path parts)
             train/...
 
-Each set has its own width: the default set the store's ``dim``, a tagged
-set the width of its first write, recorded in its ``ncdask_layout``
-attribute (a store holding such a set is format 2, which older ncdask
-refuses). A split's ``ncdask_split`` attribute is its commit record: rows
-are written past the committed end and the record moves last, so a writer
-killed mid-append leaves exactly the committed rows.
-
+A tagged set records its own width in ``ncdask_layout`` (format 2, which
+older ncdask refuses). Rows are written past the committed end and the
+record moves last, so a killed writer leaves exactly the committed rows.
 The class is a thin front over :class:`ncdask.store.core.Core` and the
-modules of functions beside it (appends, writer, imports, classifier, reads).
+function modules beside it.
 """
 
 from __future__ import annotations
@@ -42,15 +36,12 @@ from ncdask.store.record import snapshot
 from ncdask.store.setkey import SetKey
 from ncdask.store.staging import owner_tag, remove_stale
 from ncdask.store.writer import StoreWriter, open_writer
-from ncdask.store.zarrio import rename, renames
+from ncdask.store.zarrio import rename, renames, swap_in
 
 
 def _check_free(url: str, overwrite: bool, storage_options: dict | None) -> None:
-    """Refuse to create a store where something is: ``zarr.open_group(mode="w")`` deletes it.
-
-    An ncdask store is replaced only with ``overwrite=True``; any other
-    non-empty path never.
-    """
+    """Refuse to create a store where something is (``open_group(mode="w")`` deletes it),
+    except an ncdask store with ``overwrite=True``."""
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
@@ -87,14 +78,12 @@ def _n_classes_of(splits: Mapping[str, tuple[Any, Any]], W: Any, ii: int | None)
 
 
 class EmbeddingStore:
-    """Embeddings and labels of one or more splits, in a chunked Zarr store.
+    """Embeddings and labels of splits, in a chunked Zarr store.
 
     Create one with :meth:`create` or :meth:`from_arrays`, open one with
-    :meth:`open`. ``store[split]`` is a lazy :class:`xarray.Dataset`.
-
-    A store holds one or more embedding *sets* (``layer=`` / ``epoch=``
-    tags, see :meth:`sets`), each with its own width (:meth:`dim_of`), so
-    one store holds several layers of a network.
+    :meth:`open`; ``store[split]`` is a lazy :class:`xarray.Dataset`. A store
+    holds embedding *sets* (``layer=`` / ``epoch=`` tags, :meth:`sets`), each
+    of its own width (:meth:`dim_of`).
 
     Examples
     --------
@@ -138,28 +127,23 @@ class EmbeddingStore:
         ----------
         url : str
             Local path or fsspec URL (``memory://``, ``s3://``, ...).
-        n_classes : int
-            Number of classes K; labels must lie in ``[0, K)``.
-        dim : int
-            Width D of the default (untagged) set; tagged sets take theirs
-            from their first write or :meth:`create_set`.
+        n_classes, dim : int
+            K (labels lie in ``[0, K)``) and the default set's width D
+            (tagged sets take theirs from their first write).
         dtype : dtype, default "float32"
             Storage dtype of the embeddings.
         chunk_rows : int, optional
-            Rows per chunk of every set; default about 64 MiB per chunk at
-            each set's width.
+            Rows per chunk; default about 64 MiB per chunk at each set's width.
         class_names : list of str, optional
-            K class names.
         attrs : mapping, optional
-            User metadata (JSON-serialisable) kept with the store.
+            User metadata (JSON-serialisable).
         overwrite : bool
             Replace an existing store at ``url``.
         storage_options : dict, optional
-            Passed to fsspec for remote URLs.
+            Passed to fsspec.
         ignore_index : int, optional
-            A label outside ``[0, K)`` that marks samples to leave out
-            (PyTorch's ``-100`` padding): appends accept it, the class counts
-            and the statistics leave such samples out.
+            A label outside ``[0, K)`` marking samples to leave out (PyTorch's
+            ``-100``): accepted by appends, left out of counts and statistics.
         """
         n_classes, dim = int(n_classes), int(dim)
         if n_classes < 1:
@@ -215,14 +199,11 @@ class EmbeddingStore:
         n_classes: int | None = None,
         **create_kwargs: Any,
     ) -> EmbeddingStore:
-        """Create a store from in-memory (or memory-mapped) arrays.
+        """Create a store from in-memory arrays: ``splits`` maps split names to ``(X, y)``.
 
-        ``splits`` maps split names to ``(X, y)``. K is taken from
-        ``n_classes``, else from W's rows, else from the largest label + 1.
-        With ``overwrite=True`` an existing store is replaced only once the
-        new one, built beside it, is complete: bad input or a kill leaves the
-        old store as it was. On an object store (no rename) replacing a
-        store is refused.
+        K is ``n_classes``, else W's rows, else the largest label + 1. With
+        ``overwrite=True`` the new store is built beside the old and swapped
+        in when complete (refused on an object store, which has no rename).
         """
         import fsspec
 
@@ -260,10 +241,7 @@ class EmbeddingStore:
                 fs.rm(f"{path}.ncdask-tmp-{tag}" if staged else path, recursive=True)
             raise
         if staged:
-            old = f"{path}.ncdask-old-{tag}"
-            rename(fs, path, old)
-            rename(fs, f"{path}.ncdask-tmp-{tag}", path)
-            fs.rm(old, recursive=True)
+            swap_in(fs, f"{path}.ncdask-tmp-{tag}", path)
         parent, _, base = path.rpartition("/")
         remove_stale(fs, parent or ".", prefix=f"{base}.ncdask-")
         return cls.open(url, mode="a", storage_options=opts)
@@ -291,24 +269,11 @@ class EmbeddingStore:
     # ------------------------------------------------------------- structure
     def create_set(self, *, layer: str | None = None, epoch: int | None = None,
                    dim: int | None = None, chunk_rows: int | None = None) -> int:
-        """Create an embedding set explicitly (appends create sets too); return its width.
+        """Create a set (tagged with ``layer`` and/or ``epoch``) of width ``dim``; return it.
 
-        Parameters
-        ----------
-        layer, epoch : optional
-            Tags of the set; at least one.
-        dim : int, optional
-            Its width; default the store's :attr:`dim`.
-        chunk_rows : int, optional
-            Rows per chunk; default as given at :meth:`create`, else about
-            64 MiB per chunk at this width.
-
-        Returns
-        -------
-        int
-            The set's width. Creating an existing set again is a no-op if
-            ``dim`` matches (or is None), a ValueError otherwise. :meth:`sets`
-            lists a set once it holds a split.
+        ``dim`` defaults to the store's, ``chunk_rows`` as at :meth:`create`.
+        Creating an existing set again is a no-op if ``dim`` matches (or is
+        None), a ValueError otherwise. :meth:`sets` lists it once it holds a split.
         """
         self.core.require_writable()
         if layer is None and epoch is None:
@@ -332,10 +297,7 @@ class EmbeddingStore:
         return d
 
     def sets(self) -> list[dict[str, Any]]:
-        """Every embedding set holding a split, as its tags.
-
-        The default set is ``{}``; others look like ``{"layer": "fc_in", "epoch": 12}``.
-        """
+        """Every set holding a split, as its tags: ``{}``, ``{"layer": "fc", "epoch": 12}``."""
         return self.core.sets()
 
     def splits(self, *, layer: str | None = None, epoch: int | None = None) -> list[str]:
@@ -344,18 +306,7 @@ class EmbeddingStore:
 
     def delete_split(self, split: str, *, layer: str | None = None,
                      epoch: int | None = None) -> int:
-        """Delete one split (its embeddings and labels); return how many rows it held.
-
-        The split disappears at once (renamed aside, or on an object store
-        its record removed first); the set's classifier and other splits stay.
-
-        Raises
-        ------
-        KeyError
-            No such split.
-        PermissionError
-            The store is open read-only.
-        """
+        """Delete one split at once (KeyError if missing); return how many rows it held."""
         self.core.require_writable()
         key = SetKey(layer, epoch)
         g = self.core.split_group(split, key)
@@ -375,12 +326,8 @@ class EmbeddingStore:
 
     def sources(self, split: str, *, layer: str | None = None,
                 epoch: int | None = None) -> list[dict[str, Any]]:
-        """The files imported into a split (:meth:`import_files`), oldest first.
-
-        Each has ``embeddings`` and ``labels`` (absolute paths at import
-        time), ``rows`` and the content ``fingerprint`` that recognises a
-        second import of the same data.
-        """
+        """The files imported into a split, oldest first: ``embeddings``, ``labels`` (paths),
+        ``rows`` and the content ``fingerprint`` that recognises a repeated import."""
         g = self.core.split_group(split, SetKey(layer, epoch))
         return [dict(x) for x in snapshot(g)[1].get("sources") or []]
 
@@ -392,81 +339,54 @@ class EmbeddingStore:
         Parameters
         ----------
         split : str
-            Split name ("train", "test", "ood", ...); created on first use.
+            Split name, created on first use.
         X : array (n, D)
-            Embeddings: NumPy, CuPy or a PyTorch tensor (CPU or CUDA), of the
-            set's width (a new set takes this width). Cast to the store's
-            dtype; ``torch.bfloat16`` is widened exactly to float32 first.
+            NumPy, CuPy or torch (CPU or CUDA) embeddings of the set's width
+            (a new set takes it), cast to the store's dtype.
         y : array (n,) or None
-            Integer labels in ``[0, K)``. ``None`` writes an *unlabelled*
-            split (OOD data): the first write decides, later batches agree.
+            Labels in ``[0, K)``; ``None`` writes an *unlabelled* split (OOD).
         layer, epoch : optional
             Tags of the embedding set (default set when both are None).
         allow_nonfinite : bool
-            Store NaN/inf instead of raising.
+            Store NaN/inf instead of raising ValueError (a bad batch writes nothing).
 
-        Raises
-        ------
-        ValueError
-            A bad batch (nothing is written), e.g. a width other than the set's.
-
-        Notes
-        -----
-        The rows are durable when this returns. Each call rewrites the partly
-        filled last chunk: for many small batches use :meth:`writer`.
+        Each call rewrites the partly filled last chunk: for many small
+        batches use :meth:`writer`.
         """
         return appends.append(self.core, split, X, y, SetKey(layer, epoch), allow_nonfinite)
 
     def writer(self, split: str, *, layer: str | None = None, epoch: int | None = None,
                allow_nonfinite: bool = False, dim: int | None = None,
                labelled: bool = True) -> StoreWriter:
-        """A buffered writer for many small batches (use as a context manager).
+        """A buffered :class:`StoreWriter` for many small batches (a context manager).
 
-        Batches are validated as they arrive, written in whole chunks, and
-        committed on :meth:`StoreWriter.flush` and on exit. A new set takes
-        ``dim`` if given, else the first batch's width (the split is created
-        then, so a writer that never gets a valid batch leaves nothing).
-        ``labelled=False`` writes an unlabelled split (OOD data).
+        A new set takes ``dim``, else the first batch's width; ``labelled=False``
+        writes an unlabelled split.
         """
         return open_writer(self.core, split, SetKey(layer, epoch),
                            allow_nonfinite=allow_nonfinite, dim=dim, labelled=labelled)
 
     def set_classifier(self, W: Any, b: Any = None, *, layer: str | None = None,
                        epoch: int | None = None) -> None:
-        """Store the classifier weights ``W`` (K×D) and optional bias ``b`` (K) of a set.
-
-        For a set not written yet, W's columns give the set its width.
-        """
+        """Store a set's classifier ``W`` (K×D; a new set takes D) and bias ``b`` (K)."""
         classifier.set_classifier(self.core, W, b, SetKey(layer, epoch))
 
     def classifier(self, *, layer: str | None = None, epoch: int | None = None,
                    lazy: bool = False) -> tuple[Any, Any]:
-        """The stored ``(W, b)`` (b is None when no bias was stored).
-
-        With ``lazy=True``, dask arrays over the stored chunks, so a
-        vocabulary-sized classifier is read tile by tile, never whole.
-        """
+        """The stored ``(W, b)`` (b None without bias); ``lazy``: dask arrays, read by tiles."""
         return classifier.classifier(self.core, SetKey(layer, epoch), lazy)
 
     def import_files(self, split: str, X_path: str, y_path: str | None = None, *,
                      layer: str | None = None, epoch: int | None = None,
                      allow_nonfinite: bool = False, labels: bool = True,
                      mode: str = "add") -> int:
-        """Import an ``.npy`` pair or an ``.npz`` file without loading it whole.
-
-        ``.npy`` files are memory-mapped, ``.npz`` members (``X``/``Y`` or
-        ``embeddings``/``labels``) streamed. All or nothing and safe to
-        retry: the files are checked before anything is written, the rows
-        committed in one step, and each split remembers a fingerprint of the
-        sources imported into it.
+        """Import an ``.npy`` pair or an ``.npz`` file, streamed; all or nothing, safe to retry.
 
         Parameters
         ----------
         split : str
-        X_path : path
-            ``.npy`` embeddings (with ``y_path``) or an ``.npz`` file.
-        y_path : path, optional
-            ``.npy`` labels for an ``.npy`` embeddings file.
+        X_path, y_path : path
+            ``.npy`` embeddings and labels, or an ``.npz`` file (``X``/``Y``).
         layer, epoch : optional
             Tags of the embedding set (a new set takes the file's width).
         allow_nonfinite : bool
@@ -474,21 +394,14 @@ class EmbeddingStore:
         labels : bool, default True
             False imports embeddings only, into an unlabelled split.
         mode : {"add", "append", "overwrite"}
-            ``"add"`` appends unless the split holds this source already;
-            ``"append"`` appends regardless; ``"overwrite"`` replaces the
-            split's rows (the old stay readable until the new are complete).
+            ``"add"`` appends unless the split holds this source already
+            (:class:`DuplicateImportError`); ``"append"`` regardless;
+            ``"overwrite"`` replaces the split's rows once the new are complete.
 
         Returns
         -------
         int
             The split's committed row count.
-
-        Raises
-        ------
-        DuplicateImportError
-            ``mode="add"`` and the split already holds this source.
-        ValueError
-            Bad files (nothing is written).
         """
         return imports.import_files(self.core, split, X_path, y_path, SetKey(layer, epoch),
                                     allow_nonfinite=allow_nonfinite, labels=labels, mode=mode)
@@ -505,23 +418,15 @@ class EmbeddingStore:
         layer, epoch : optional
             The set to read (see :meth:`sets`).
         backend : {"numpy", "cupy"} or array module, default "numpy"
-            Array module of the chunks: ``"cupy"`` copies each chunk to the
-            current CUDA device as it is read, so the statistics and metrics
-            run on the GPU (results stay CuPy-backed). Any NumPy-like module
-            with ``asarray`` and ``empty`` is accepted.
+            Array module of the chunks (``"cupy"``: each chunk is copied to the
+            GPU as it is read, so statistics and metrics run there).
 
         Returns
         -------
         xarray.Dataset
-            ``embeddings (sample, feature)`` and ``labels (sample)`` (none in
-            an unlabelled split), dask-backed, chunked as stored; attrs
-            ``n_classes``, ``dim``, ``class_names``, ``split``, ``layer``,
-            ``epoch``, ``class_counts``, ``n_committed``, ``ncdask_version``.
-
-        Raises
-        ------
-        ImportError, RuntimeError
-            ``backend="cupy"`` without CuPy, or without a CUDA device.
+            ``embeddings (sample, feature)`` and ``labels (sample)`` (none if
+            unlabelled), dask-backed; attrs ``n_classes``, ``dim``, ``split``,
+            ``layer``, ``epoch``, ``class_counts``, ``n_committed``, ...
         """
         return reads.read_split(self.core, name, SetKey(layer, epoch), backend)
 
@@ -533,10 +438,8 @@ class EmbeddingStore:
 
 
 def resolve_split(data: Any, split: str | None = None, *, labels: bool = True) -> xr.Dataset:
-    """A split Dataset from a Dataset, a store and split name, or a ``(store, split)`` tuple.
-
-    With ``labels=False`` an unlabelled split (OOD data) is accepted too.
-    """
+    """A split Dataset from a Dataset, a store and split name, or a ``(store, split)`` tuple
+    (with ``labels=False`` an unlabelled split too)."""
     if isinstance(data, tuple) and len(data) == 2 and split is None:
         data, split = data
     if isinstance(data, xr.Dataset):

@@ -24,47 +24,26 @@ class SplitSource(Protocol):
     statistics read one (``sets``, ``splits``, ``split``, ``classifier``).
     :class:`ncdask.EmbeddingStore` (Zarr, any fsspec URL) and
     :class:`ncdask.StatsSink` (streamed statistics, no embeddings) implement
-    it. A new backend (in memory, icechunk, ...) implements this protocol:
-    the methods take the set's tags as ``layer=`` / ``epoch=`` keywords and
-    raise KeyError for a split or set that does not exist.
+    it; a new backend (in memory, icechunk, ...) goes here. Tags are passed
+    as ``layer=`` / ``epoch=`` keywords; a missing split, set or classifier
+    is a KeyError. ``sets()`` lists tags (``{}``: the default set), ``split``
+    gives ``embeddings (sample, feature)`` and ``labels (sample)``.
     """
 
     url: str
     n_classes: int
 
-    def sets(self) -> list[dict[str, Any]]:
-        """The tags of every set holding a split (``{}`` for the default set)."""
-        ...
-
-    def splits(self, *, layer: str | None = None, epoch: int | None = None) -> list[str]:
-        """The split names of one set."""
-        ...
-
-    def dim_of(self, *, layer: str | None = None, epoch: int | None = None) -> int:
-        """A set's width D."""
-        ...
-
-    def n_rows(self, split: str, *, layer: str | None = None, epoch: int | None = None) -> int:
-        """The rows of a split."""
-        ...
-
+    def sets(self) -> list[dict[str, Any]]: ...
+    def splits(self, *, layer: str | None = None, epoch: int | None = None) -> list[str]: ...
+    def dim_of(self, *, layer: str | None = None, epoch: int | None = None) -> int: ...
+    def n_rows(self, split: str, *, layer: str | None = None,
+               epoch: int | None = None) -> int: ...
     def split(self, name: str, *, layer: str | None = None,
-              epoch: int | None = None) -> xr.Dataset:
-        """A split as a Dataset: ``embeddings (sample, feature)``, ``labels (sample)``."""
-        ...
-
+              epoch: int | None = None) -> xr.Dataset: ...
     def writer(self, split: str, *, layer: str | None = None, epoch: int | None = None,
                allow_nonfinite: bool = False, dim: int | None = None,
-               labelled: bool = True) -> BatchWriter:
-        """A writer that appends batches to a split (created with its first batch)."""
-        ...
-
+               labelled: bool = True) -> BatchWriter: ...
     def set_classifier(self, W: Any, b: Any = None, *, layer: str | None = None,
-                       epoch: int | None = None) -> None:
-        """Keep a set's classifier ``W`` (K×D) and bias ``b`` (K or None)."""
-        ...
-
+                       epoch: int | None = None) -> None: ...
     def classifier(self, *, layer: str | None = None, epoch: int | None = None,
-                   lazy: bool = False) -> tuple[Any, Any]:
-        """A set's ``(W, b)``."""
-        ...
+                   lazy: bool = False) -> tuple[Any, Any]: ...

@@ -1,18 +1,13 @@
 """Names for what ncdask writes aside before switching it in, and their cleanup.
 
-Every replace writes the new version beside the old one (``.classifier-*``,
-``.import-*``, ``<path>.ncdask-tmp-*``) and every delete first moves its
-target aside (``*.replaced-*``, ``*.deleted-*``, ``*.ncdask-old-*``). A
-writer killed in between leaves such an entry behind. Readers ignore them,
-but they hold disk space, so the next writer in the same folder removes the
-ones whose writer is certainly gone.
-
-"Certainly gone" must never be wrong for a live writer (its staging would
-be deleted under it), so each name carries its owner,
-``<host>-<pid>-<random>``: an entry is stale when it was made on this host
-by a process that no longer runs, or, from another host (which cannot be
-asked), when it is older than :data:`STALE_AFTER_S`. Names written before
-owners were recorded are judged by age alone.
+Replaces write the new version beside the old (``.classifier-*``,
+``.import-*``, ``<path>.ncdask-tmp-*``), deletes move their target aside
+(``*.replaced-*``, ``*.deleted-*``, ``*.ncdask-old-*``); a writer killed in
+between leaves such an entry, which readers ignore and the next writer in
+the folder removes once its writer is certainly gone. Each name carries its
+owner, ``<host>-<pid>-<random>``: stale when made on this host by a process
+that no longer runs, or, from another host or of unknown owner, when older
+than :data:`STALE_AFTER_S`.
 """
 
 from __future__ import annotations
@@ -86,10 +81,8 @@ def _mtime(info: dict[str, Any]) -> float | None:
 def stale_entries(
     fs: Any, folder: str, *, prefix: str = "", keep: tuple[str, ...] = ()
 ) -> list[str]:
-    """Paths in ``folder`` (starting with ``prefix``) that are staging of a gone writer.
-
-    Names in ``keep`` are in use (a set's current classifier version) and never stale.
-    """
+    """Paths in ``folder`` (starting with ``prefix``) that are staging of a gone writer;
+    names in ``keep`` are in use and never stale."""
     try:
         listing = fs.ls(folder, detail=True)
     except (FileNotFoundError, NotADirectoryError):
@@ -114,10 +107,8 @@ def stale_entries(
 def remove_stale(
     fs: Any, folder: str, *, prefix: str = "", keep: tuple[str, ...] = ()
 ) -> list[str]:
-    """Delete the stale staging entries of ``folder``; return what was deleted.
-
-    Errors are ignored: another writer may be cleaning the same entry.
-    """
+    """Delete the stale staging entries of ``folder`` (errors ignored: another writer may be
+    cleaning the same entry); return what was deleted."""
     gone = []
     for path in stale_entries(fs, folder, prefix=prefix, keep=keep):
         try:

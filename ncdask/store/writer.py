@@ -40,38 +40,24 @@ def open_writer(core: Core, split: str, key: SetKey, *, allow_nonfinite: bool,
 class StoreWriter:
     """Buffers small batches and writes them to a split in whole chunks.
 
-    Obtained from :meth:`EmbeddingStore.writer`. Rows are committed in whole
-    chunks as the buffer fills and on :meth:`flush` / context exit; rows still
-    buffered when the process dies are lost, committed rows never are.
-    Batches must have the set's width; for a new set without a width yet,
-    the first batch gives it. The split is created with the first valid
-    batch, so a writer that fails validation leaves the store untouched.
+    From :meth:`ncdask.EmbeddingStore.writer`. Rows are committed in whole
+    chunks as the buffer fills and on :meth:`flush` / exit; rows still
+    buffered when the process dies are lost, committed rows never are. The
+    split is created with the first valid batch, whose width a new set takes.
     """
 
-    def __init__(
-        self,
-        core: Core,
-        group: zarr.Group | None,
-        allow_nonfinite: bool,
-        *,
-        split: str,
-        key: SetKey = DEFAULT,
-        dim: int | None = None,
-        labelled: bool = True,
-    ) -> None:
-        self._core = core
-        self._split, self._key = split, key
-        self._allow = allow_nonfinite
-        self._labelled = labelled
+    def __init__(self, core: Core, group: zarr.Group | None, allow_nonfinite: bool, *,
+                 split: str, key: SetKey = DEFAULT, dim: int | None = None,
+                 labelled: bool = True) -> None:
+        self._core, self._split, self._key = core, split, key
+        self._allow, self._labelled = allow_nonfinite, labelled
         self._X: list[np.ndarray] = []
         self._y: list[np.ndarray] = []
-        self._rows = 0
-        self._batches = 0
+        self._rows = self._batches = self._committed = 0
         self._group: zarr.Group | None = None
+        #: Width of the batches: the set's (None until a new set's first batch).
         self.dim: int | None = dim
-        """Width of the batches: the set's (None until a new set's first batch)."""
         self._chunk = 1
-        self._committed = 0
         if group is not None:
             self._attach(group)
         self.closed = False

@@ -1,14 +1,9 @@
-"""Writing and reopening ncdask's own Zarr outputs (statistics, results).
+"""Writing and reopening ncdask's own Zarr outputs (statistics, results), and renames.
 
-Outputs are written with consolidated metadata so that a plain
-``xr.open_zarr(path)`` opens them without the "Failed to open Zarr store
-with consolidated metadata" RuntimeWarning (measured: zarr 3.1, xarray
-2026.9). Zarr v3 does not specify consolidated metadata yet and warns
-(``ZarrUserWarning``) when writing it; that warning is about the format,
-not the data, so it is silenced here and nowhere else.
-
-Zarr lists a group's arrays alphabetically, so the variables' order is kept
-in the ``ncdask_variables`` attribute and restored by :func:`open_dataset`.
+Outputs carry consolidated metadata, so a plain ``xr.open_zarr(path)`` opens
+them without a warning; Zarr v3 warns that it does not specify consolidated
+metadata yet, which is silenced here only. Zarr lists arrays alphabetically,
+so the variables' order is kept in the ``ncdask_variables`` attribute.
 """
 
 from __future__ import annotations
@@ -54,6 +49,26 @@ def rename(fs: Any, src: str, dst: str) -> None:
         fs.mv(src, dst, recursive=True)
 
 
+def swap_in(fs: Any, tmp: str, path: str) -> None:
+    """Move the complete ``tmp`` to ``path`` by renames, the old ``path`` aside and deleted last.
+
+    On failure (another writer put its store there first) the old ``path``
+    is restored and ``tmp`` deleted.
+    """
+    old = f"{path}.ncdask-old-{owner_tag()}" if fs.exists(path) else None
+    try:
+        if old:
+            rename(fs, path, old)
+        rename(fs, tmp, path)
+    except BaseException:
+        if old and not fs.exists(path) and fs.exists(old):
+            rename(fs, old, path)
+        fs.rm(tmp, recursive=True)
+        raise
+    if old:
+        fs.rm(old, recursive=True)
+
+
 def _replaceable(url: str, kind: str, storage_options: dict | None) -> str | None:
     """Why the existing path ``url`` must not be replaced by ``kind`` output (None: it may)."""
     import zarr
@@ -74,12 +89,10 @@ def _replaceable(url: str, kind: str, storage_options: dict | None) -> str | Non
 def check_output(
     url: str, kind: str, *, overwrite: bool = False, storage_options: dict | None = None
 ) -> tuple[Any, str]:
-    """Raise ``FileExistsError`` unless ``url`` is free or may be replaced by ``kind`` output.
+    """Raise ``FileExistsError`` unless ``url`` is free, or holds ncdask ``kind`` output
+    and ``overwrite`` is true; return its fsspec filesystem and path.
 
-    It may when it holds ncdask ``kind`` output and ``overwrite`` is true.
-
-    Returns the fsspec filesystem and path of ``url``. Called before a long
-    compute whose result goes to ``url``, and again by :func:`write_dataset`.
+    Called before a long compute whose result goes to ``url``, and by :func:`write_dataset`.
     """
     import fsspec
 
@@ -99,12 +112,8 @@ def check_output(
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     """Blosc LZ4 with byte shuffle for every float variable.
 
-    Why not Zarr's default (Zstd): statistics are float64 means of noisy
-    data that barely compress, and Zstd wrote them at half the speed. One
-    64 MiB chunk of float64 means (a third of the rows NaN, as for the empty
-    classes of a vocabulary), written and read on the 2-core machine: Zstd
-    (default) 0.39 s / 0.35 s, ratio 0.64; LZ4 + byte shuffle 0.20 s /
-    0.18 s, ratio 0.64; no compression 0.10 s / 0.16 s, ratio 1.0.
+    Statistics (float64 means of noisy data) barely compress; LZ4 writes them
+    twice as fast as Zarr's default Zstd, at the same ratio.
     """
     from zarr.codecs import BloscCodec
 
@@ -119,32 +128,21 @@ def write_dataset(
 ) -> None:
     """Write ``ds`` as a Zarr store at ``url``, with consolidated metadata, replacing safely.
 
-    The store is written beside ``url`` first and renamed into place when
-    complete (an atomic rename on a local disk), so an interrupted write
-    leaves what was at ``url`` untouched, and ``ds`` may be read lazily from
-    ``url`` itself (``save_stats(load_stats(p), p, overwrite=True)``). An
-    existing ``url`` is replaced only with ``overwrite`` and when it holds
-    ncdask output of the same ``kind``: a folder with other files, an
-    embedding store or other output is refused either way.
+    The store is written beside ``url`` and moved into place when complete,
+    so an interrupted write leaves what was at ``url`` untouched, and ``ds``
+    may be read lazily from ``url`` itself. An existing ``url`` is replaced
+    only with ``overwrite`` and when it holds ncdask output of the same
+    ``kind``.
 
     Parameters
     ----------
     ds : xarray.Dataset
         Lazy variables are computed chunk by chunk as they are written.
     url : str
-        Local path or fsspec URL.
     kind : {"stats", "results"}
         What the store holds; recorded, and checked before replacing.
     overwrite : bool
-        Replace an existing ``url`` that holds ``kind`` output.
     storage_options : dict, optional
-        Passed to fsspec.
-
-    Raises
-    ------
-    FileExistsError
-        ``url`` exists and is not ncdask ``kind`` output, or is and
-        ``overwrite`` is false (nothing is written).
     """
     fs, path = check_output(url, kind, overwrite=overwrite, storage_options=storage_options)
     out = ds.copy()
@@ -153,7 +151,7 @@ def write_dataset(
     out.attrs[KIND_ATTR] = kind
     out.attrs[WRITTEN_ATTR] = time.time()
     tag = owner_tag()
-    tmp, old = f"{path}.ncdask-tmp-{tag}", f"{path}.ncdask-old-{tag}"
+    tmp = f"{path}.ncdask-tmp-{tag}"
     tmp_url = url.rstrip("/") + f".ncdask-tmp-{tag}"
     try:
         with warnings.catch_warnings():
@@ -164,21 +162,10 @@ def write_dataset(
         if fs.exists(tmp):
             fs.rm(tmp, recursive=True)
         raise
-    replaced = fs.exists(path)
-    if not renames(fs):
-        _copy_into_place(fs, tmp, path, replaced)
+    if renames(fs):
+        swap_in(fs, tmp, path)
     else:
-        try:
-            if replaced:
-                rename(fs, path, old)
-            rename(fs, tmp, path)
-        except BaseException:  # e.g. another writer put its store there first
-            if replaced and not fs.exists(path) and fs.exists(old):
-                rename(fs, old, path)
-            fs.rm(tmp, recursive=True)
-            raise
-        if replaced:
-            fs.rm(old, recursive=True)
+        _copy_into_place(fs, tmp, path, fs.exists(path))
     parent, _, base = path.rpartition("/")
     remove_stale(fs, parent or ".", prefix=f"{base}.ncdask-")
 
@@ -186,11 +173,9 @@ def write_dataset(
 def _copy_into_place(fs: Any, tmp: str, path: str, replace: bool) -> None:
     """Replace ``path`` by the complete store ``tmp`` where there is no rename (object stores).
 
-    The old store's root ``zarr.json`` goes first and the new one's comes
-    last, so until the end ``path`` reads as incomplete (no root metadata),
-    never as a mix: :func:`open_dataset` then reads the complete copy that
-    is still at ``tmp`` (and moves it in once its writer is gone). ``tmp``
-    is deleted only when ``path`` is whole.
+    The old root ``zarr.json`` goes first and the new one last, so until the
+    end ``path`` reads as incomplete, never as a mix, and :func:`open_dataset`
+    reads the complete copy still at ``tmp``.
     """
     root = f"{path}/zarr.json"
     if replace:
@@ -207,9 +192,8 @@ def _copy_into_place(fs: Any, tmp: str, path: str, replace: bool) -> None:
 def _complete(fs: Any, path: str) -> bool | None:
     """Whether the output at ``path`` was written whole (None: nothing is there).
 
-    ncdask's outputs end with their consolidated root metadata; a store whose
-    root ``zarr.json`` is missing or lacks it, though it is marked as ncdask
-    output, was cut off while being written or replaced.
+    Outputs end with their consolidated root metadata; one marked as ncdask
+    output without it was cut off while written or replaced.
     """
     try:
         raw = fs.cat_file(f"{path}/zarr.json")
@@ -243,13 +227,8 @@ def _complete_copy(fs: Any, path: str) -> str | None:
 
 
 def _readable(url: str, storage_options: dict | None) -> str:
-    """The URL to read the output at ``url`` from: itself, or a complete copy beside it.
-
-    Raises
-    ------
-    IncompleteOutputError
-        ``url`` was cut off while being written and no complete copy is left.
-    """
+    """The URL to read the output at ``url`` from: itself, or a complete copy beside it
+    (:class:`IncompleteOutputError` when cut off with no complete copy left)."""
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
@@ -257,9 +236,7 @@ def _readable(url: str, storage_options: dict | None) -> str:
     fs.invalidate_cache()  # s3fs caches listings; other processes write here
     if _complete(fs, path):
         return url
-    # nothing there, or no root metadata, or cut off: a replace may have been
-    # interrupted (between a local replace's renames; during an object store's
-    # copy, which deletes the old store first)
+    # a replace may have been interrupted (between renames, or during a copy)
     copy = _complete_copy(fs, path)
     if copy is None:
         if not fs.exists(f"{path}/zarr.json"):
@@ -285,19 +262,7 @@ def _readable(url: str, storage_options: dict | None) -> str:
 
 
 def open_dataset(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
-    """Open a store written by :func:`write_dataset` lazily, variables in their written order.
-
-    Stores without consolidated metadata (written by older ncdask) open too.
-
-    Parameters
-    ----------
-    url : str
-    storage_options : dict, optional
-
-    Returns
-    -------
-    xarray.Dataset
-    """
+    """Open a store written by :func:`write_dataset` lazily, variables in their written order."""
     kw: dict[str, Any] = {"storage_options": storage_options}
     url = _readable(url, storage_options)
     with warnings.catch_warnings():
