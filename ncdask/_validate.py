@@ -26,17 +26,9 @@ def check_name(kind: str, name: Any) -> str:
     return name
 
 
-def batch_to_numpy(
-    X: Any,
-    y: Any | None,
-    *,
-    dim: int | None,
-    n_classes: int,
-    dtype: np.dtype,
-    allow_nonfinite: bool = False,
-    ignore_index: int | None = None,
-    where: str | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+def batch_to_numpy(X: Any, y: Any | None, *, dim: int | None, n_classes: int, dtype: np.dtype,
+                   allow_nonfinite: bool = False, ignore_index: int | None = None,
+                   where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Validate one batch and return it as host NumPy arrays (X in the store's dtype).
 
     ``dim`` is the width of the set written to (None: any, for a new set's

@@ -11,6 +11,7 @@ What a killed writer left aside is a note, not a problem.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,11 +74,12 @@ def _chunk(a: zarr.Array, i: int, stop: int | None, where: str) -> tuple[Any, st
     return v, None
 
 
-def _verify_embeddings(a: zarr.Array, i: int, stop: int, finite: bool, where: str) -> dict:
+def _verify_finite(a: zarr.Array, i: int, stop: int | None, finite: bool, where: str,
+                   what: str = "NaN or inf values") -> dict:
+    """Chunk ``i`` of ``a`` readable and, if ``finite``, free of NaN and inf."""
     v, bad = _chunk(a, i, stop, where)
     if bad is None and finite and not np.isfinite(v).all():
-        bad = (f"{where}, chunk {i}: {int((~np.isfinite(v)).sum())} NaN/inf values in a split "
-               "written without allow_nonfinite")
+        bad = f"{where}, chunk {i}: {what} ({int((~np.isfinite(v)).sum())})"
     return {"problems": [bad] if bad else [], "counts": None}
 
 
@@ -93,17 +95,6 @@ def _verify_labels(a: zarr.Array, i: int, stop: int, K: int, ignore: int | None,
         return {"problems": [f"{where}, chunk {i}: {int(out.sum())} labels outside [0, {K}) "
                              f"(e.g. {int(v[out][0])})"], "counts": None}
     return {"problems": [], "counts": np.bincount(v[keep], minlength=K)}
-
-
-def _verify_finite_array(a: zarr.Array, where: str) -> dict:
-    problems = []
-    for i in range(math.ceil(a.shape[0] / a.chunks[0])):
-        v, bad = _chunk(a, i, None, where)
-        if bad is None and not np.isfinite(v).all():
-            bad = f"{where}, chunk {i}: NaN or inf values"
-        if bad:
-            problems.append(bad)
-    return {"problems": problems, "counts": None}
 
 
 def _split_tasks(s: EmbeddingStore, key: SetKey, split: str, report: CheckReport) -> list:
@@ -135,7 +126,9 @@ def _split_tasks(s: EmbeddingStore, key: SetKey, split: str, report: CheckReport
                 report.chunks += 1
                 w = f"{p.path}/{name}"
                 if name == "embeddings":
-                    tasks.append(_task(_verify_embeddings)(a, i, k, finite, w))
+                    tasks.append(_task(_verify_finite)(
+                        a, i, k, finite, w, "NaN/inf values in a split written without "
+                        "allow_nonfinite"))
                 else:
                     label_tasks.append(_task(_verify_labels)(
                         a, i, k, s.n_classes, s.ignore_index, w))
@@ -175,10 +168,10 @@ def check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
             name = classifier_name(sg)
             if name is not None:
                 cg = sg[name]
-                for arr in ("W", "b"):
-                    if arr in cg:
-                        report.chunks += math.ceil(cg[arr].shape[0] / cg[arr].chunks[0])
-                        tasks.append(_task(_verify_finite_array)(cg[arr], f"{cg.path}/{arr}"))
+                for a in (cg[n] for n in ("W", "b") if n in cg):
+                    for i in range(math.ceil(a.shape[0] / a.chunks[0])):
+                        report.chunks += 1
+                        tasks.append(_task(_verify_finite)(a, i, None, True, a.path))
             fs, folder = store.core.fs_path(sg)
             for path in stale_entries(fs, folder, keep=tuple(n for n in (name,) if n)):
                 report.notes.append(f"{path}: left by a killed writer (removed by the next "
@@ -186,10 +179,8 @@ def check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
         return report, tasks
 
 
-def check_store(
-    store: EmbeddingStore | str, *, storage_options: dict | None = None,
-    progress: bool = False,
-) -> CheckReport:
+def check_store(store: EmbeddingStore | str, *, storage_options: dict | None = None,
+                progress: bool = False) -> CheckReport:
     """Verify every committed chunk, record and set of a store.
 
     Parameters
@@ -204,8 +195,6 @@ def check_store(
     Returns
     -------
     CheckReport
-        ``.ok``, ``.problems`` (each naming set, split, array and chunk),
-        ``.notes`` and what was verified.
 
     Examples
     --------
@@ -220,14 +209,9 @@ def check_store(
     if not isinstance(store, EmbeddingStore):
         store = EmbeddingStore.open(store, storage_options=storage_options)
     report, tasks = check_tasks(store)
-    if tasks:
-        if progress:
-            from dask.diagnostics import ProgressBar
+    from dask.diagnostics import ProgressBar
 
-            with ProgressBar():
-                results = dask.compute(*tasks)
-        else:
-            results = dask.compute(*tasks)
-        for r in results:
+    with ProgressBar() if progress and tasks else contextlib.nullcontext():
+        for r in dask.compute(*tasks):
             report.problems += r["problems"]
     return report

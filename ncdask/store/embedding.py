@@ -107,20 +107,11 @@ class EmbeddingStore:
 
     # ------------------------------------------------------------------ open
     @classmethod
-    def create(
-        cls,
-        url: str,
-        n_classes: int,
-        dim: int,
-        *,
-        dtype: Any = "float32",
-        chunk_rows: int | None = None,
-        class_names: list[str] | None = None,
-        attrs: Mapping[str, Any] | None = None,
-        overwrite: bool = False,
-        storage_options: dict | None = None,
-        ignore_index: int | None = None,
-    ) -> EmbeddingStore:
+    def create(cls, url: str, n_classes: int, dim: int, *, dtype: Any = "float32",
+               chunk_rows: int | None = None, class_names: list[str] | None = None,
+               attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
+               storage_options: dict | None = None,
+               ignore_index: int | None = None) -> EmbeddingStore:
         """Create an empty store.
 
         Parameters
@@ -174,9 +165,8 @@ class EmbeddingStore:
         return cls(group, url, "a", storage_options)
 
     @classmethod
-    def open(
-        cls, url: str, mode: str = "r", *, storage_options: dict | None = None
-    ) -> EmbeddingStore:
+    def open(cls, url: str, mode: str = "r", *,
+             storage_options: dict | None = None) -> EmbeddingStore:
         """Open an existing store, read-only (``mode="r"``) or to append (``"a"``)."""
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
@@ -189,16 +179,9 @@ class EmbeddingStore:
         return cls(group, url, mode, storage_options)
 
     @classmethod
-    def from_arrays(
-        cls,
-        url: str,
-        splits: Mapping[str, tuple[Any, Any]],
-        W: Any = None,
-        b: Any = None,
-        *,
-        n_classes: int | None = None,
-        **create_kwargs: Any,
-    ) -> EmbeddingStore:
+    def from_arrays(cls, url: str, splits: Mapping[str, tuple[Any, Any]], W: Any = None,
+                    b: Any = None, *, n_classes: int | None = None,
+                    **create_kwargs: Any) -> EmbeddingStore:
         """Create a store from in-memory arrays: ``splits`` maps split names to ``(X, y)``.
 
         K is ``n_classes``, else W's rows, else the largest label + 1. With

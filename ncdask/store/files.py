@@ -100,13 +100,8 @@ def _blocks(a: Any, rows: int, path: str) -> Iterator[np.ndarray]:
         yield b
 
 
-def iter_saved_arrays(
-    X_path: str | Path,
-    y_path: str | Path | None = None,
-    *,
-    rows: int = 65536,
-    labels: bool = True,
-) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+def iter_saved_arrays(X_path: str | Path, y_path: str | Path | None = None, *, rows: int = 65536,
+                      labels: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Yield ``(X, y)`` blocks of at most ``rows`` rows from saved files, never loading them whole.
 
     Parameters
@@ -161,15 +156,9 @@ def _fingerprint(paths: list[str]) -> str:
     return h.hexdigest()
 
 
-def inspect_saved(
-    X_path: str | Path,
-    y_path: str | Path | None = None,
-    *,
-    labels: bool = True,
-    n_classes: int | None = None,
-    ignore_index: int | None = None,
-    rows: int = 2**20,
-) -> dict[str, Any]:
+def inspect_saved(X_path: str | Path, y_path: str | Path | None = None, *, labels: bool = True,
+                  n_classes: int | None = None, ignore_index: int | None = None,
+                  rows: int = 2**20) -> dict[str, Any]:
     """Check saved files before anything is written: shapes, widths, every label.
 
     Parameters

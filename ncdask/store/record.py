@@ -77,10 +77,8 @@ def snapshot(g: zarr.Group) -> tuple[list[tuple[zarr.Group, int]], dict[str, Any
     return parts, rec
 
 
-def advanced(
-    rec: Mapping[str, Any], n1: int, counts: np.ndarray | None, n_ignored: int, n_batches: int,
-    finite: bool = True,
-) -> dict[str, Any]:
+def advanced(rec: Mapping[str, Any], n1: int, counts: np.ndarray | None, n_ignored: int,
+             n_batches: int, finite: bool = True) -> dict[str, Any]:
     """A commit record moved on to ``n1`` rows and what they add.
 
     ``finite=False`` (NaN or inf written on purpose) withdraws the record's

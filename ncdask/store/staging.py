@@ -78,9 +78,8 @@ def _mtime(info: dict[str, Any]) -> float | None:
     return None
 
 
-def stale_entries(
-    fs: Any, folder: str, *, prefix: str = "", keep: tuple[str, ...] = ()
-) -> list[str]:
+def stale_entries(fs: Any, folder: str, *, prefix: str = "",
+                  keep: tuple[str, ...] = ()) -> list[str]:
     """Paths in ``folder`` (starting with ``prefix``) that are staging of a gone writer;
     names in ``keep`` are in use and never stale."""
     try:
@@ -104,9 +103,8 @@ def stale_entries(
     return out
 
 
-def remove_stale(
-    fs: Any, folder: str, *, prefix: str = "", keep: tuple[str, ...] = ()
-) -> list[str]:
+def remove_stale(fs: Any, folder: str, *, prefix: str = "",
+                 keep: tuple[str, ...] = ()) -> list[str]:
     """Delete the stale staging entries of ``folder`` (errors ignored: another writer may be
     cleaning the same entry); return what was deleted."""
     gone = []

@@ -86,9 +86,8 @@ def _replaceable(url: str, kind: str, storage_options: dict | None) -> str | Non
     return None if have == kind else f"it holds ncdask {have}, not {kind}"
 
 
-def check_output(
-    url: str, kind: str, *, overwrite: bool = False, storage_options: dict | None = None
-) -> tuple[Any, str]:
+def check_output(url: str, kind: str, *, overwrite: bool = False,
+                 storage_options: dict | None = None) -> tuple[Any, str]:
     """Raise ``FileExistsError`` unless ``url`` is free, or holds ncdask ``kind`` output
     and ``overwrite`` is true; return its fsspec filesystem and path.
 
@@ -122,10 +121,8 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
             for k, v in ds.data_vars.items() if v.dtype.kind == "f"}
 
 
-def write_dataset(
-    ds: xr.Dataset, url: str, *, kind: str, overwrite: bool = False,
-    storage_options: dict | None = None,
-) -> None:
+def write_dataset(ds: xr.Dataset, url: str, *, kind: str, overwrite: bool = False,
+                  storage_options: dict | None = None) -> None:
     """Write ``ds`` as a Zarr store at ``url``, with consolidated metadata, replacing safely.
 
     The store is written beside ``url`` and moved into place when complete,
