@@ -32,15 +32,8 @@ def batch_to_numpy(X: Any, y: Any | None, *, dim: int | None, n_classes: int, dt
     """Validate one batch and return it as host NumPy arrays (X in the store's dtype).
 
     ``dim`` is the width of the set written to (None: any, for a new set's
-    first write), ``where`` names that set in messages. Labels lie in
-    ``[0, K)`` or equal ``ignore_index``.
-
-    Raises
-    ------
-    ValueError
-        Wrong ndim or dim, length mismatch, labels out of ``[0, K)``, NaN or inf.
-    TypeError
-        Labels that are not integers (floats holding integers are accepted).
+    first write), ``where`` names that set in messages. A bad shape, label
+    or value is a ValueError, non-integer labels a TypeError.
     """
     X = to_numpy(X)
     y = None if y is None else to_numpy(y)

@@ -1,10 +1,5 @@
-"""Appends to a store's split and their commits.
-
-An append writes its rows past the split's committed end, then moves the
-commit record (one metadata write): on a local disk under an exclusive lock
-on the split (:func:`exclusive`), on an object store into a shard of its own
-that nobody else writes (no lock, no rename).
-"""
+"""Appends to a store's split: rows written past the committed end, then the commit record
+moved (one metadata write), under the split's lock or into the writer's own shard."""
 
 from __future__ import annotations
 
@@ -12,7 +7,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -63,15 +58,6 @@ def tally(core: Core, y: np.ndarray | None) -> tuple[np.ndarray | None, int]:
     return np.bincount(y, minlength=core.n_classes).astype(np.int64), n_ign
 
 
-def commit(g: zarr.Group, n1: int, counts: np.ndarray | None, n_ignored: int, n_batches: int,
-           update: Mapping[str, Any] | None = None, finite: bool = True) -> int:
-    """Record ``n1`` committed rows (and what the new rows add): the commit."""
-    rec = advanced(g.attrs["ncdask_split"], n1, counts, n_ignored, n_batches, finite)
-    rec.update(update or {})
-    g.attrs["ncdask_split"] = rec
-    return int(n1)
-
-
 def own_rows(core: Core, g: zarr.Group) -> int:
     """Rows this handle's writes to split ``g`` start from (for chunk alignment)."""
     if core.use_shards():
@@ -97,39 +83,31 @@ def write_commit(core: Core, g: zarr.Group, X: np.ndarray, y: np.ndarray | None,
                  n_batches: int, finite: bool = True) -> int:
     """Write a validated batch to split ``g`` and commit it; the rows this handle committed.
 
-    Object stores have no rename and no lock, so each store handle appends to
-    a shard of its own and commits by rewriting that shard's record (one
-    atomic PUT); the split reads as its main arrays followed by every
-    shard's committed rows. Elsewhere the rows go to the main arrays under
-    the split's lock.
+    Object stores have no lock, so each handle appends to a shard of its own
+    and commits by rewriting that shard's record (one atomic PUT); the split
+    reads as its main arrays followed by every shard's committed rows.
     """
     if X.shape[0] == 0:
         return own_rows(core, g)
     if core.use_shards():
-        sh = core.shards.get(core.shard_key(g))
-        if sh is None:
-            sh = core.shards[core.shard_key(g)] = new_shard(core, g, y is not None)
-        rec = sh.attrs["ncdask_shard"]
-        n1 = write_rows(sh, int(rec["n_committed"]), X, y)
-        counts, n_ign = tally(core, y)
-        sh.attrs["ncdask_shard"] = advanced(rec, n1, counts, n_ign, n_batches, finite)
+        key = core.shard_key(g)
+        if key not in core.shards:
+            core.shards[key] = new_shard(core, g, y is not None)
+        g, attr = core.shards[key], "ncdask_shard"
+        lock = contextlib.nullcontext(g)
+    else:
+        lock, attr = exclusive(core, g), "ncdask_split"
+    with lock as g:  # under the lock, the committed end as it is now, not as cached
+        rec = g.attrs[attr]
+        n1 = write_rows(g, int(rec["n_committed"]), X, y)
+        g.attrs[attr] = advanced(rec, n1, *tally(core, y), n_batches, finite)  # the commit
         return int(n1)
-    with exclusive(core, g) as g:  # the committed end as it is now, not as cached
-        n0 = int(g.attrs["ncdask_split"]["n_committed"])
-        n1 = write_rows(g, n0, X, y)
-        counts, n_ign = tally(core, y)
-        return commit(g, n1, counts, n_ign, n_batches, finite=finite)
 
 
 @contextlib.contextmanager
 def exclusive(core: Core, g: zarr.Group) -> Iterator[zarr.Group]:
-    """The split group ``g``, freshly read, while this process holds its write lock.
-
-    Two writers reading the committed end at once would write the same rows
-    and one commit would hide the other's. On a local disk an exclusive
-    ``flock`` on the split's directory serialises them across threads and
-    processes; other filesystems have no lock (they use shards).
-    """
+    """The split group ``g``, freshly read, under an exclusive ``flock`` of its directory
+    on a local disk (two writers would write the same rows, one commit hiding the other's)."""
     fd = None
     if core.kind == "local":
         try:

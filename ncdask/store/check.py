@@ -186,9 +186,7 @@ def check_store(store: EmbeddingStore | str, *, storage_options: dict | None = N
     Parameters
     ----------
     store : EmbeddingStore or str
-        The store, or its path / fsspec URL (opened read-only).
-    storage_options : dict, optional
-        Passed to fsspec when ``store`` is a URL.
+        The store, or its URL (opened read-only, with ``storage_options``).
     progress : bool
         Show dask's progress bar on stderr.
 

@@ -1,11 +1,6 @@
-"""A set's classifier, written and read.
-
-Each version is written in a ``.classifier-<owner>`` group beside the
-current one; the set's ``ncdask_classifier`` attribute then switches to it in
-one metadata write (one atomic PUT, also on object stores), and the old
-version is deleted last, so a reader, or a writer killed at any point, sees
-one whole classifier.
-"""
+"""A set's classifier: each version is written beside the current one, the set's
+``ncdask_classifier`` attribute switches to it (one atomic PUT, also on object stores) and the
+old version is deleted last, so readers and killed writers see one whole classifier."""
 
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
-"""The core of a store: its groups, their layout, and the filesystem under them.
-
-Each embedding set is a group named by its tags (the root for the untagged
-set), each split a group in it with ``embeddings`` and ``labels`` arrays (and
-writers' shards), each set's classifier a ``.classifier-<owner>`` group that
-the set's ``ncdask_classifier`` attribute points to. :class:`Core` holds an
-opened store and finds or creates its sets and splits; appends, writer,
-imports, classifier and reads are functions over a :class:`Core`.
-"""
+"""The core of a store (layout: :mod:`ncdask.store.embedding`): :class:`Core` holds an opened
+store, its metadata and filesystem, and finds or creates its sets and splits; appends,
+writer, imports, classifier and reads are functions over a :class:`Core`."""
 
 from __future__ import annotations
 

@@ -112,12 +112,10 @@ class EmbeddingStore:
                attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
                storage_options: dict | None = None,
                ignore_index: int | None = None) -> EmbeddingStore:
-        """Create an empty store.
+        """Create an empty store at ``url`` (a path or fsspec URL, with ``storage_options``).
 
         Parameters
         ----------
-        url : str
-            Local path or fsspec URL (``memory://``, ``s3://``, ...).
         n_classes, dim : int
             K (labels lie in ``[0, K)``) and the default set's width D
             (tagged sets take theirs from their first write).
@@ -130,8 +128,6 @@ class EmbeddingStore:
             User metadata (JSON-serialisable).
         overwrite : bool
             Replace an existing store at ``url``.
-        storage_options : dict, optional
-            Passed to fsspec.
         ignore_index : int, optional
             A label outside ``[0, K)`` marking samples to leave out (PyTorch's
             ``-100``): accepted by appends, left out of counts and statistics.

@@ -106,20 +106,13 @@ def iter_saved_arrays(X_path: str | Path, y_path: str | Path | None = None, *, r
 
     Parameters
     ----------
-    X_path : path
-        An ``.npy`` file of embeddings (with ``y_path``), or an ``.npz`` file
-        holding ``X``/``Y`` or ``embeddings``/``labels``.
-    y_path : path, optional
-        The ``.npy`` file of labels for an ``.npy`` embeddings file.
+    X_path, y_path : path
+        ``.npy`` embeddings and labels, or an ``.npz`` file holding ``X``/``Y``
+        or ``embeddings``/``labels`` (no ``y_path``).
     rows : int
         Block size.
     labels : bool, default True
         False reads the embeddings only (``y`` is None): unlabelled data.
-
-    Raises
-    ------
-    ValueError
-        Shapes that do not pair up, or a member shorter than its header says.
     """
     X_path = str(X_path)
     with _opened(X_path, None if y_path is None else str(y_path), labels) as (X, y):
@@ -132,12 +125,8 @@ def iter_saved_arrays(X_path: str | Path, y_path: str | Path | None = None, *, r
 
 
 def _fingerprint(paths: list[str]) -> str:
-    """A content fingerprint of saved files, cheap to take on large files.
-
-    ``.npz`` files: the CRC-32 of every member's whole content (from the zip
-    directory, free to read). ``.npy`` files: the size and 64 blocks of
-    64 KiB spread over the file (4 MiB read at most).
-    """
+    """A content fingerprint of saved files, cheap on large ones: the members' CRC-32 from an
+    ``.npz`` directory; an ``.npy`` file's size and 64 blocks of 64 KiB spread over it."""
     h = hashlib.blake2b(digest_size=16)
     for p in paths:
         if p.endswith(".npz"):
@@ -163,13 +152,10 @@ def inspect_saved(X_path: str | Path, y_path: str | Path | None = None, *, label
 
     Parameters
     ----------
-    X_path, y_path : path
+    X_path, y_path, labels
         As for :func:`iter_saved_arrays`.
-    labels : bool, default True
-        False: embeddings only (an unlabelled split).
-    n_classes : int, optional
-        Labels must lie in ``[0, n_classes)`` (or equal ``ignore_index``).
-    ignore_index : int, optional
+    n_classes, ignore_index : int, optional
+        Labels must lie in ``[0, n_classes)`` or equal ``ignore_index``.
     rows : int
         Labels read per block (the embeddings are not read).
 
@@ -178,12 +164,6 @@ def inspect_saved(X_path: str | Path, y_path: str | Path | None = None, *, label
     dict
         ``dim``, ``rows``, ``max_label`` (-1 when none), the absolute paths
         ``embeddings`` / ``labels`` and a content ``fingerprint``.
-
-    Raises
-    ------
-    FileNotFoundError, ValueError, TypeError, KeyError
-        A missing file, shapes that do not pair up, labels that are not
-        integers or lie outside ``[0, n_classes)``.
     """
     X_path = str(X_path)
     y_path = None if y_path is None else str(y_path)

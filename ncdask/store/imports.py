@@ -1,11 +1,6 @@
-"""Imports of saved embedding files into a store (:meth:`ncdask.EmbeddingStore.import_files`).
-
-Each file is written where readers do not see it (past the committed end
-under the split's lock, in a staging group, or on an object store in a new
-shard), then committed with the fingerprint of its source in one step, so a
-killed import leaves nothing half-done and a repeated one is refused
-(:class:`DuplicateImportError`).
-"""
+"""Imports of saved files (:meth:`ncdask.EmbeddingStore.import_files`): written where readers do
+not see it (past the committed end under the lock, in a staging group, or in a new shard),
+then committed with the source's fingerprint in one step, so a repeat is recognised."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""Reads of a store's split, and the array module its chunks go to.
-
-A split is read as the committed rows of each of its parts (the main
-arrays, then every writer's shard), from one consistent snapshot of their
-commit records, each checked against its arrays; chunks are read lazily,
-with errors that name the store, array and rows.
-"""
+"""Reads of a split: the committed rows of each part (main arrays, then every shard) from one
+snapshot of their records, checked against the arrays; and the array module of the chunks."""
 
 from __future__ import annotations
 

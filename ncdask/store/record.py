@@ -1,11 +1,6 @@
-"""Commit records: what a split (or one writer's shard of it) has committed.
-
-A split group's ``ncdask_split`` attribute, and each shard's ``ncdask_shard``,
-holds the rows committed, their class counts, the batches, the sources
-imported and whether every row is finite. Rows exist for readers only once a
-record counts them, and a record is replaced in one metadata write, so a
-commit is atomic.
-"""
+"""Commit records: a split's ``ncdask_split`` and each shard's ``ncdask_shard`` attribute
+count its committed rows, class counts, batches, sources and finiteness. Rows exist for
+readers only once a record counts them, and a record is replaced in one metadata write."""
 
 from __future__ import annotations
 

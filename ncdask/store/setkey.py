@@ -25,13 +25,8 @@ SET_TAGS = ("layer", "epoch")
 class SetKey:
     """The tags of one embedding set (both None: the default, untagged set).
 
-    Parameters
-    ----------
-    layer : str, optional
-        Layer name: letters, digits, ``_``, ``.`` or ``-``, not starting
-        with ``.`` (it becomes a group name); else a ValueError.
-    epoch : int, optional
-        An integer (NumPy integers become ``int``); else a TypeError.
+    ``layer`` becomes a group name (letters, digits, ``_``, ``.``, ``-``; no
+    leading ``.``); ``epoch`` is an integer (NumPy integers become ``int``).
 
     Examples
     --------

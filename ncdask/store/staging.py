@@ -1,13 +1,10 @@
 """Names for what ncdask writes aside before switching it in, and their cleanup.
 
-Replaces write the new version beside the old (``.classifier-*``,
-``.import-*``, ``<path>.ncdask-tmp-*``), deletes move their target aside
-(``*.replaced-*``, ``*.deleted-*``, ``*.ncdask-old-*``); a writer killed in
-between leaves such an entry, which readers ignore and the next writer in
-the folder removes once its writer is certainly gone. Each name carries its
-owner, ``<host>-<pid>-<random>``: stale when made on this host by a process
-that no longer runs, or, from another host or of unknown owner, when older
-than :data:`STALE_AFTER_S`.
+Replaces write beside the old version (``.classifier-*``, ``.import-*``, ``*.ncdask-tmp-*``),
+deletes move their target aside (``*.replaced-*``, ``*.deleted-*``, ``*.ncdask-old-*``). The
+next writer in the folder removes what a killed writer left, once it is certainly gone: each
+name carries its owner ``<host>-<pid>-<random>``, gone when that process no longer runs on
+this host, or, from another host, when older than :data:`STALE_AFTER_S`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""Writing and reopening ncdask's own Zarr outputs (statistics, results), and renames.
+"""ncdask's own Zarr outputs (statistics, results), written and reopened, and renames.
 
-Outputs carry consolidated metadata, so a plain ``xr.open_zarr(path)`` opens
-them without a warning; Zarr v3 warns that it does not specify consolidated
-metadata yet, which is silenced here only. Zarr lists arrays alphabetically,
-so the variables' order is kept in the ``ncdask_variables`` attribute.
+Outputs carry consolidated metadata, so ``xr.open_zarr(path)`` opens them without a warning
+(Zarr's warning that v3 does not specify it is silenced here only); the variables' order is
+kept in the ``ncdask_variables`` attribute, since Zarr lists arrays alphabetically.
 """
 
 from __future__ import annotations
@@ -131,15 +130,8 @@ def write_dataset(ds: xr.Dataset, url: str, *, kind: str, overwrite: bool = Fals
     only with ``overwrite`` and when it holds ncdask output of the same
     ``kind``.
 
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        Lazy variables are computed chunk by chunk as they are written.
-    url : str
-    kind : {"stats", "results"}
-        What the store holds; recorded, and checked before replacing.
-    overwrite : bool
-    storage_options : dict, optional
+    Lazy variables are computed chunk by chunk as they are written; ``kind``
+    ("stats", "results") is recorded and checked before replacing.
     """
     fs, path = check_output(url, kind, overwrite=overwrite, storage_options=storage_options)
     out = ds.copy()
