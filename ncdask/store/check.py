@@ -19,6 +19,8 @@ from typing import Any
 import dask
 import numpy as np
 import zarr
+from dask.diagnostics import ProgressBar
+from zarr.core.sync import sync
 
 from ncdask.store.core import classifier_name, naming_broken_metadata
 from ncdask.store.embedding import EmbeddingStore
@@ -59,8 +61,6 @@ def _task(fn: Any) -> Any:
 
 def _chunk(a: zarr.Array, i: int, stop: int | None, where: str) -> tuple[Any, str | None]:
     """Read row-chunk ``i`` of ``a`` (up to row ``stop``): ``(values, problem)``."""
-    from zarr.core.sync import sync
-
     rows = int(a.chunks[0])
     coords = (i,) + (0,) * (a.ndim - 1)
     key = "/".join(p for p in (a.path, a.metadata.encode_chunk_key(coords)) if p)
@@ -207,8 +207,6 @@ def check_store(store: EmbeddingStore | str, *, storage_options: dict | None = N
     if not isinstance(store, EmbeddingStore):
         store = EmbeddingStore.open(store, storage_options=storage_options)
     report, tasks = check_tasks(store)
-    from dask.diagnostics import ProgressBar
-
     with ProgressBar() if progress and tasks else contextlib.nullcontext():
         for r in dask.compute(*tasks):
             report.problems += r["problems"]

@@ -14,9 +14,14 @@ from typing import Any
 
 import dask
 import dask.array as da
+import fsspec
 import numpy as np
 import zarr
+from dask.base import tokenize
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import MemoryStore
 
 from ncdask._validate import NcdaskStoreError, check_name
 from ncdask.store.record import DamagedStoreError, empty_record, snapshot
@@ -51,8 +56,6 @@ def naming_broken_metadata(url: str, storage_options: dict | None) -> Iterator[N
     try:
         yield
     except json.JSONDecodeError as e:
-        import fsspec
-
         fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         broken = []
         for f in fs.glob(f"{root.rstrip('/')}/**/zarr.json") + [f"{root.rstrip('/')}/zarr.json"]:
@@ -88,8 +91,6 @@ class NamedChunks:
 
 def read_array(a: zarr.Array, url: str) -> da.Array:
     """``da.from_zarr(a)``, with read errors that name the store, array and rows."""
-    from dask.base import tokenize
-
     name = "zarr-" + tokenize(url, a.path, a.shape, a.chunks, str(a.dtype), a.metadata.to_dict())
     return da.from_array(NamedChunks(a, url), chunks=a.chunks, name=name, asarray=False,
                          fancy=False, lock=False, meta=np.empty((0,) * a.ndim, a.dtype))
@@ -145,10 +146,6 @@ def put_once(parent: zarr.Group, name: str, build: Any) -> zarr.Group | zarr.Arr
     ``set_if_not_exists``, so racing creators end with one node and its
     attributes (``require_group`` could rewrite a node another had just made).
     """
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-    from zarr.storage import MemoryStore
-
     scratch = zarr.open_group(MemoryStore(), mode="w", zarr_format=3)
     build(scratch)
     body = sync(scratch.store.get(f"{name}/zarr.json", prototype=default_buffer_prototype()))
@@ -204,8 +201,6 @@ class Core:
     def fs_path(self, group: zarr.Group | None = None, name: str = "") -> tuple[Any, str]:
         """The fsspec filesystem and the path of ``name`` in ``group`` (default: the root)."""
         if self._fs is None:
-            import fsspec
-
             fs, root = fsspec.core.url_to_fs(self.url, **(self.storage_options or {}))
             self._fs = fs, root.rstrip("/")
         fs, root = self._fs

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import fsspec
 import numpy as np
 import xarray as xr
 import zarr
@@ -26,12 +27,7 @@ from ncdask._validate import check_ignore_index
 from ncdask._version import __version__
 from ncdask.kernels._xp import to_numpy
 from ncdask.store import appends, classifier, imports, reads
-from ncdask.store.core import (
-    Core,
-    auto_chunk_rows,
-    naming_broken_metadata,
-    remove_split,
-)
+from ncdask.store.core import Core, auto_chunk_rows, naming_broken_metadata, remove_split
 from ncdask.store.record import snapshot
 from ncdask.store.setkey import SetKey
 from ncdask.store.staging import owner_tag, remove_stale
@@ -42,8 +38,6 @@ from ncdask.store.zarrio import rename, renames, swap_in
 def _check_free(url: str, overwrite: bool, storage_options: dict | None) -> None:
     """Refuse to create a store where something is (``open_group(mode="w")`` deletes it),
     except an ncdask store with ``overwrite=True``."""
-    import fsspec
-
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     path = path.rstrip("/")
     if not fs.exists(path):
@@ -184,8 +178,6 @@ class EmbeddingStore:
         ``overwrite=True`` the new store is built beside the old and swapped
         in when complete (refused on an object store, which has no rename).
         """
-        import fsspec
-
         if not splits:
             raise ValueError("from_arrays needs at least one split")
         dim = int(next(iter(splits.values()))[0].shape[1])

@@ -13,10 +13,13 @@ import time
 import warnings
 from typing import Any
 
+import fsspec
 import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
 
-from ncdask.store.staging import is_stale, owner_tag, remove_stale
 from ncdask._validate import NcdaskStoreError
+from ncdask.store.staging import is_stale, owner_tag, remove_stale
 
 ORDER_ATTR = "ncdask_variables"
 KIND_ATTR = "ncdask_output"
@@ -70,8 +73,6 @@ def swap_in(fs: Any, tmp: str, path: str) -> None:
 
 def _replaceable(url: str, kind: str, storage_options: dict | None) -> str | None:
     """Why the existing path ``url`` must not be replaced by ``kind`` output (None: it may)."""
-    import zarr
-
     try:
         g = zarr.open_group(url, mode="r", storage_options=storage_options)
     except Exception:  # a file, a plain folder, anything that is not a Zarr group
@@ -92,8 +93,6 @@ def check_output(url: str, kind: str, *, overwrite: bool = False,
 
     Called before a long compute whose result goes to ``url``, and by :func:`write_dataset`.
     """
-    import fsspec
-
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     path = path.rstrip("/")
     if fs.exists(path):
@@ -113,8 +112,6 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     Statistics (float64 means of noisy data) barely compress; LZ4 writes them
     twice as fast as Zarr's default Zstd, at the same ratio.
     """
-    from zarr.codecs import BloscCodec
-
     return {str(k): {"compressors": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle",
                                                 typesize=v.dtype.itemsize)]}
             for k, v in ds.data_vars.items() if v.dtype.kind == "f"}
@@ -218,8 +215,6 @@ def _complete_copy(fs: Any, path: str) -> str | None:
 def _readable(url: str, storage_options: dict | None) -> str:
     """The URL to read the output at ``url`` from: itself, or a complete copy beside it
     (:class:`IncompleteOutputError` when cut off with no complete copy left)."""
-    import fsspec
-
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     path = path.rstrip("/")
     fs.invalidate_cache()  # s3fs caches listings; other processes write here
@@ -275,7 +270,5 @@ def open_dataset(url: str, *, storage_options: dict | None = None) -> xr.Dataset
 
 
 def _exists(url: str, storage_options: dict | None) -> bool:
-    import fsspec
-
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     return bool(fs.exists(path))
