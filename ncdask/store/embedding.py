@@ -31,7 +31,7 @@ from ncdask.store.core import Core, auto_chunk_rows, naming_broken_metadata, rem
 from ncdask.store.record import snapshot
 from ncdask.store.setkey import SetKey
 from ncdask.store.staging import owner_tag, remove_stale
-from ncdask.store.writer import StoreWriter, open_writer
+from ncdask.store.writer import StoreWriter
 from ncdask.store.zarrio import rename, renames, swap_in
 
 
@@ -99,7 +99,6 @@ class EmbeddingStore:
         #: The store's groups, records and filesystem (:class:`ncdask.store.core.Core`).
         self.core = Core(group, url, mode, storage_options)
 
-    # ------------------------------------------------------------------ open
     @classmethod
     def create(cls, url: str, n_classes: int, dim: int, *, dtype: Any = "float32",
                chunk_rows: int | None = None, class_names: list[str] | None = None,
@@ -217,7 +216,6 @@ class EmbeddingStore:
         remove_stale(fs, parent or ".", prefix=f"{base}.ncdask-")
         return cls.open(url, mode="a", storage_options=opts)
 
-    # ------------------------------------------------------------ properties
     url = property(lambda self: self.core.url, doc="The store's path or URL.")
     mode = property(lambda self: self.core.mode, doc='"r" (read-only) or "a" (append).')
     n_classes = property(lambda self: self.core.n_classes, doc="Number of classes K.")
@@ -237,7 +235,6 @@ class EmbeddingStore:
         return (f"<ncdask.EmbeddingStore {self.url!r} mode={self.mode!r} K={self.n_classes} "
                 f"D={self.dim} sets={len(self.sets())} splits={self.splits()}>")
 
-    # ------------------------------------------------------------- structure
     def create_set(self, *, layer: str | None = None, epoch: int | None = None,
                    dim: int | None = None, chunk_rows: int | None = None) -> int:
         """Create a set (tagged with ``layer`` and/or ``epoch``) of width ``dim``; return it.
@@ -302,7 +299,6 @@ class EmbeddingStore:
         g = self.core.split_group(split, SetKey(layer, epoch))
         return [dict(x) for x in snapshot(g)[1].get("sources") or []]
 
-    # ---------------------------------------------------------------- writes
     def append(self, split: str, X: Any, y: Any = None, *, layer: str | None = None,
                epoch: int | None = None, allow_nonfinite: bool = False) -> int:
         """Append one batch and commit it; return the split's committed row count.
@@ -334,7 +330,7 @@ class EmbeddingStore:
         A new set takes ``dim``, else the first batch's width; ``labelled=False``
         writes an unlabelled split.
         """
-        return open_writer(self.core, split, SetKey(layer, epoch),
+        return StoreWriter(self.core, split, SetKey(layer, epoch),
                            allow_nonfinite=allow_nonfinite, dim=dim, labelled=labelled)
 
     def set_classifier(self, W: Any, b: Any = None, *, layer: str | None = None,
@@ -377,7 +373,6 @@ class EmbeddingStore:
         return imports.import_files(self.core, split, X_path, y_path, SetKey(layer, epoch),
                                     allow_nonfinite=allow_nonfinite, labels=labels, mode=mode)
 
-    # ----------------------------------------------------------------- reads
     def split(self, name: str, *, layer: str | None = None, epoch: int | None = None,
               backend: Any = "numpy") -> xr.Dataset:
         """The committed rows of a split as a lazy Dataset.

@@ -9,6 +9,7 @@ this host, or, from another host, when older than :data:`STALE_AFTER_S`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -64,14 +65,8 @@ def is_stale(name: str, mtime: float | None, *, now: float | None = None) -> boo
 def _mtime(info: dict[str, Any]) -> float | None:
     for key in ("mtime", "LastModified", "last_modified", "created"):
         v = info.get(key)
-        if v is None:
-            continue
-        if hasattr(v, "timestamp"):
-            return float(v.timestamp())
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            continue
+        with contextlib.suppress(TypeError, ValueError):
+            return float(v.timestamp() if hasattr(v, "timestamp") else v)
     return None
 
 

@@ -14,29 +14,6 @@ from ncdask.store.record import all_finite
 from ncdask.store.setkey import DEFAULT, SetKey
 
 
-def open_writer(core: Core, split: str, key: SetKey, *, allow_nonfinite: bool,
-                dim: int | None, labelled: bool) -> StoreWriter:
-    """A :class:`StoreWriter` of ``split``, checked against the set's width."""
-    core.require_writable()
-    check_name("split", split)
-    known = core.known_dim(key)
-    if dim is not None:
-        dim = int(dim)
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        if known is not None and dim != known:
-            raise ValueError(f"set {key.where or '(default)'} of {core.url!r} has dim "
-                             f"{known}, got dim={dim}")
-    g = None
-    if split in core.splits(key):
-        # create=True: another writer may have put the split's record but not yet its
-        # arrays; they are added here
-        g = core.split_group(split, key, create=True)
-        check_labelled(g, labelled)
-    return StoreWriter(core, g, allow_nonfinite, split=split, key=key,
-                       dim=known if known is not None else dim, labelled=labelled)
-
-
 class StoreWriter:
     """Buffers small batches and writes them to a split in whole chunks.
 
@@ -46,9 +23,19 @@ class StoreWriter:
     split is created with the first valid batch, whose width a new set takes.
     """
 
-    def __init__(self, core: Core, group: zarr.Group | None, allow_nonfinite: bool, *,
-                 split: str, key: SetKey = DEFAULT, dim: int | None = None,
+    def __init__(self, core: Core, split: str, key: SetKey = DEFAULT, *,
+                 allow_nonfinite: bool = False, dim: int | None = None,
                  labelled: bool = True) -> None:
+        core.require_writable()
+        check_name("split", split)
+        known = core.known_dim(key)
+        if dim is not None:
+            dim = int(dim)
+            if dim < 1:
+                raise ValueError(f"dim must be >= 1, got {dim}")
+            if known is not None and dim != known:
+                raise ValueError(f"set {key.where or '(default)'} of {core.url!r} has dim "
+                                 f"{known}, got dim={dim}")
         self._core, self._split, self._key = core, split, key
         self._allow, self._labelled = allow_nonfinite, labelled
         self._X: list[np.ndarray] = []
@@ -56,10 +43,13 @@ class StoreWriter:
         self._rows = self._batches = self._committed = 0
         self._group: zarr.Group | None = None
         #: Width of the batches: the set's (None until a new set's first batch).
-        self.dim: int | None = dim
+        self.dim: int | None = known if known is not None else dim
         self._chunk = 1
-        if group is not None:
-            self._attach(group)
+        if split in core.splits(key):
+            # create=True: another writer may have put the split's record but not yet its
+            # arrays; they are added here
+            self._attach(core.split_group(split, key, create=True))
+            check_labelled(self._group, labelled)
         self.closed = False
 
     def _attach(self, group: zarr.Group) -> None:
