@@ -32,30 +32,7 @@ from ncdask.store.record import snapshot
 from ncdask.store.setkey import SetKey
 from ncdask.store.staging import owner_tag, remove_stale
 from ncdask.store.writer import StoreWriter
-from ncdask.store.zarrio import rename, renames, swap_in
-
-
-def _check_free(url: str, overwrite: bool, storage_options: dict | None) -> None:
-    """Refuse to create a store where something is (``open_group(mode="w")`` deletes it),
-    except an ncdask store with ``overwrite=True``."""
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    path = path.rstrip("/")
-    if not fs.exists(path):
-        return
-    try:
-        g = zarr.open_group(url, mode="r", storage_options=storage_options)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, OSError):
-        g = None
-    if g is not None and "ncdask" in g.attrs:
-        if not overwrite:
-            raise FileExistsError(f"an ncdask store exists at {url!r}; pass overwrite=True "
-                                  "to replace it")
-        return
-    if fs.isdir(path) and not fs.ls(path, detail=False):
-        return  # an empty folder
-    raise FileExistsError(
-        f"{url!r} exists and is not an ncdask store; refusing to create a store there "
-        "(it would delete what is there): choose a new path")
+from ncdask.store.zarrio import check_output, rename, renames, swap_in
 
 
 def _n_classes_of(splits: Mapping[str, tuple[Any, Any]], W: Any, ii: int | None) -> int:
@@ -142,7 +119,7 @@ class EmbeddingStore:
             if len(class_names) != n_classes:
                 raise ValueError(f"{len(class_names)} class names given for "
                                  f"n_classes={n_classes}")
-        _check_free(url, overwrite, storage_options)
+        check_output(url, "store", overwrite=overwrite, storage_options=storage_options)
         group = zarr.open_group(url, mode="w", storage_options=storage_options)
         group.attrs["ncdask"] = {
             "format": 1,  # raised to 2 once a set of another width is written
@@ -183,7 +160,8 @@ class EmbeddingStore:
         if n_classes is None:
             n_classes = _n_classes_of(splits, W, create_kwargs.get("ignore_index"))
         opts = create_kwargs.get("storage_options")
-        _check_free(url, bool(create_kwargs.get("overwrite", False)), opts)
+        check_output(url, "store", overwrite=bool(create_kwargs.get("overwrite")),
+                     storage_options=opts)
         fs, path = fsspec.core.url_to_fs(url, **(opts or {}))
         path = path.rstrip("/")
         existed = fs.exists(path)

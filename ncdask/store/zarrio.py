@@ -72,31 +72,36 @@ def swap_in(fs: Any, tmp: str, path: str) -> None:
 
 
 def _replaceable(url: str, kind: str, storage_options: dict | None) -> str | None:
-    """Why the existing path ``url`` must not be replaced by ``kind`` output (None: it may)."""
+    """Why the existing path ``url`` must not be replaced by ``kind`` (None: it may)."""
+    foreign = "not an ncdask store" if kind == "store" else "not a Zarr store that ncdask wrote"
     try:
-        g = zarr.open_group(url, mode="r", storage_options=storage_options)
+        attrs = dict(zarr.open_group(url, mode="r", storage_options=storage_options).attrs)
     except Exception:  # a file, a plain folder, anything that is not a Zarr group
-        return "it is not a Zarr store that ncdask wrote"
-    attrs = dict(g.attrs)
-    if "ncdask" in attrs:
+        return f"it is {foreign}"
+    have = "store" if "ncdask" in attrs else attrs.get(KIND_ATTR)
+    if have is None:  # output written before outputs were marked
+        return None if "ncdask_version" in attrs and kind != "store" else f"it is {foreign}"
+    if have == kind:
+        return None
+    if have == "store":
         return "it is an ncdask embedding store"
-    have = attrs.get(KIND_ATTR)
-    if have is None:  # written before outputs were marked: any ncdask output
-        return None if "ncdask_version" in attrs else "it is not a Zarr store that ncdask wrote"
-    return None if have == kind else f"it holds ncdask {have}, not {kind}"
+    return f"it holds ncdask {have}, " + ("not an ncdask store" if kind == "store" else f"not {kind}")
 
 
 def check_output(url: str, kind: str, *, overwrite: bool = False,
                  storage_options: dict | None = None) -> tuple[Any, str]:
-    """Raise ``FileExistsError`` unless ``url`` is free, or holds ncdask ``kind`` output
-    and ``overwrite`` is true; return its fsspec filesystem and path.
+    """Raise ``FileExistsError`` unless ``url`` is free, or holds ncdask ``kind`` output (or
+    an embedding store: ``"store"``) and ``overwrite`` is true; return its filesystem and path.
 
     Called before a long compute whose result goes to ``url``, and by :func:`write_dataset`.
+    A store is created only where nothing is (``open_group(mode="w")`` deletes it).
     """
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     path = path.rstrip("/")
-    if fs.exists(path):
-        why = _replaceable(_readable(url, storage_options), kind, storage_options)
+    if fs.exists(path) and not (kind == "store" and fs.isdir(path)
+                                and not fs.ls(path, detail=False)):  # an empty folder is free
+        readable = url if kind == "store" else _readable(url, storage_options)
+        why = _replaceable(readable, kind, storage_options)
         if why is not None:
             raise FileExistsError(f"{url!r} exists and {why}; refusing to replace it "
                                   "(choose another path, or remove it yourself)")
