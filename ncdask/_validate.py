@@ -21,8 +21,7 @@ def check_name(kind: str, name: Any) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(
             f"{kind} name must be a non-empty string of letters, digits, '_', '.' or '-', "
-            f"not starting with '.', got {name!r}"
-        )
+            f"not starting with '.', got {name!r}")
     return name
 
 
@@ -96,8 +95,7 @@ def _embeddings(X: np.ndarray, dtype: np.dtype, allow_nonfinite: bool) -> np.nda
         raise ValueError(
             f"embeddings contain NaN or inf in {rows.size} row(s) (first: row {rows[0]}"
             f"{', after casting to ' + str(dtype) if Xs.dtype != X.dtype else ''}); "
-            "pass allow_nonfinite=True to store them anyway"
-        )
+            "pass allow_nonfinite=True to store them anyway")
     return Xs
 
 
@@ -111,8 +109,7 @@ def check_ignore_index(ignore_index: Any, n_classes: int) -> int | None:
     if 0 <= ii < n_classes:
         raise ValueError(
             f"ignore_index={ii} is a class index (n_classes={n_classes}); it must lie "
-            "outside [0, K), e.g. -100"
-        )
+            "outside [0, K), e.g. -100")
     if not -(2**31) <= ii < 2**31:
         raise ValueError(f"ignore_index={ii} does not fit the int32 labels")
     return ii

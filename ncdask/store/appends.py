@@ -82,11 +82,8 @@ def new_shard(core: Core, g: zarr.Group, labelled: bool) -> zarr.Group:
 def write_commit(core: Core, g: zarr.Group, X: np.ndarray, y: np.ndarray | None,
                  n_batches: int, finite: bool = True) -> int:
     """Write a validated batch to split ``g`` and commit it; the rows this handle committed.
-
-    Object stores have no lock, so each handle appends to a shard of its own
-    and commits by rewriting that shard's record (one atomic PUT); the split
-    reads as its main arrays followed by every shard's committed rows.
-    """
+    On object stores (no lock) each handle appends to a shard of its own, committed by
+    rewriting its record (one atomic PUT); the split reads as its main rows, then the shards'."""
     if X.shape[0] == 0:
         return own_rows(core, g)
     if core.use_shards():

@@ -1,13 +1,7 @@
-"""Verifying a whole store (``ncdask check``): every committed chunk, record and set.
-
-Zarr reads a missing chunk as the fill value, so damage shows only when
-something looks. :func:`check_store` runs one task per chunk: each chunk
-holding committed rows exists, decodes and passes its checksum; embeddings
-are finite where the record promises it; labels lie in ``[0, K)`` (or are
-``ignore_index``) and add up to the record's counts; records agree with
-their arrays and sets with their width; classifiers are whole and finite.
-What a killed writer left aside is a note, not a problem.
-"""
+"""Verifying a whole store (``ncdask check``): one task per committed chunk (present, decoded,
+checksum passed, finite where the record promises it, labels in ``[0, K)`` adding up to the
+record's counts), every record against its arrays, every set's width, every classifier.
+Zarr reads a missing chunk as the fill value, so damage shows only when something looks."""
 
 from __future__ import annotations
 

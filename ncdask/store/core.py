@@ -121,8 +121,7 @@ def check_labelled(g: zarr.Group, labelled: bool) -> None:
         raise ValueError(
             f"split {name!r} is {'labelled' if have else 'unlabelled'}: "
             + ("pass labels with every batch" if have else
-               "its batches take no labels (y=None); use another split for labelled data")
-        )
+               "its batches take no labels (y=None); use another split for labelled data"))
 
 
 def forget_listings(g: zarr.Group) -> None:
@@ -140,12 +139,9 @@ def truncate(g: zarr.Group, n: int) -> None:
 
 
 def put_once(parent: zarr.Group, name: str, build: Any) -> zarr.Group | zarr.Array:
-    """Create node ``name`` of ``parent`` with one write that never replaces an existing node.
-
-    ``build(group)`` makes it in a scratch group; its ``zarr.json`` is put with
-    ``set_if_not_exists``, so racing creators end with one node and its
-    attributes (``require_group`` could rewrite a node another had just made).
-    """
+    """Create node ``name`` of ``parent`` with one write that never replaces an existing node:
+    ``build(group)`` makes it in a scratch group, its ``zarr.json`` is put with
+    ``set_if_not_exists``, so racing creators all end with one node and its attributes."""
     scratch = zarr.open_group(MemoryStore(), mode="w", zarr_format=3)
     build(scratch)
     body = sync(scratch.store.get(f"{name}/zarr.json", prototype=default_buffer_prototype()))

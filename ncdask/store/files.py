@@ -38,8 +38,7 @@ class _NpyStream:
         buf = self.f.read(rows * self.row_items * self.dtype.itemsize)
         n = len(buf) // (self.row_items * self.dtype.itemsize)
         return np.frombuffer(buf, dtype=self.dtype, count=n * self.row_items).reshape(
-            (n, *self.shape[1:])
-        )
+            (n, *self.shape[1:]))
 
 
 def _pick(names: list[str], keys: tuple[str, ...], what: str, path: str, hint: str = "") -> str:

@@ -65,8 +65,7 @@ def array_backend(backend: Any) -> Any:
         except ImportError as e:
             raise ImportError(
                 "backend='cupy' needs CuPy: pip install 'ncdask[gpu]' (or the cupy-cuda* "
-                "wheel matching your CUDA driver)"
-            ) from e
+                "wheel matching your CUDA driver)") from e
         try:
             n_dev = cupy.cuda.runtime.getDeviceCount()
         except Exception as e:  # CUDARuntimeError without a driver
@@ -76,8 +75,7 @@ def array_backend(backend: Any) -> Any:
         return cupy
     if not (hasattr(backend, "asarray") and hasattr(backend, "empty")):
         raise TypeError(
-            f"backend must be 'numpy', 'cupy' or an array module, got {type(backend).__name__}"
-        )
+            f"backend must be 'numpy', 'cupy' or an array module, got {type(backend).__name__}")
     return backend
 
 

@@ -74,12 +74,9 @@ def snapshot(g: zarr.Group) -> tuple[list[tuple[zarr.Group, int]], dict[str, Any
 
 def advanced(rec: Mapping[str, Any], n1: int, counts: np.ndarray | None, n_ignored: int,
              n_batches: int, finite: bool = True) -> dict[str, Any]:
-    """A commit record moved on to ``n1`` rows and what they add.
-
-    ``finite=False`` (NaN or inf written on purpose) withdraws the record's
-    promise of finite rows, which lets the statistics tell a lost chunk (NaN
-    fill) from data.
-    """
+    """A commit record moved on to ``n1`` rows and what they add; ``finite=False`` (NaN or
+    inf written on purpose) withdraws its promise of finite rows, by which the statistics
+    tell a lost chunk (NaN fill) from data."""
     rec = dict(rec)
     if not finite:
         rec["finite"] = False

@@ -1,9 +1,5 @@
-"""The key of an embedding set: its ``layer`` and ``epoch`` tags, checked once.
-
-The public API takes the tags as ``layer=`` / ``epoch=`` keywords; inside
-ncdask they travel as one :class:`SetKey`, made at the public boundary, which
-owns the set's group path, its name in messages and its dict of tags.
-"""
+"""The key of an embedding set: its ``layer`` and ``epoch`` tags, checked once at the public
+boundary; it owns the set's group path, its name in messages and its dict of tags."""
 
 from __future__ import annotations
 

@@ -67,8 +67,7 @@ class StoreWriter:
             raise ValueError(
                 "this writer's split is labelled: pass labels with every batch"
                 if self._labelled else
-                "this writer's split is unlabelled (labelled=False): pass no labels"
-            )
+                "this writer's split is unlabelled (labelled=False): pass no labels")
         s = self._core
         Xn, yn = batch_to_numpy(X, y, dim=self.dim, n_classes=s.n_classes, dtype=s.dtype,
                                 allow_nonfinite=self._allow, ignore_index=s.ignore_index,

@@ -85,7 +85,7 @@ def _replaceable(url: str, kind: str, storage_options: dict | None) -> str | Non
         return None
     if have == "store":
         return "it is an ncdask embedding store"
-    return f"it holds ncdask {have}, " + ("not an ncdask store" if kind == "store" else f"not {kind}")
+    return f"it holds ncdask {have}, not " + ("an ncdask store" if kind == "store" else kind)
 
 
 def check_output(url: str, kind: str, *, overwrite: bool = False,
@@ -162,12 +162,9 @@ def write_dataset(ds: xr.Dataset, url: str, *, kind: str, overwrite: bool = Fals
 
 
 def _copy_into_place(fs: Any, tmp: str, path: str, replace: bool) -> None:
-    """Replace ``path`` by the complete store ``tmp`` where there is no rename (object stores).
-
-    The old root ``zarr.json`` goes first and the new one last, so until the
-    end ``path`` reads as incomplete, never as a mix, and :func:`open_dataset`
-    reads the complete copy still at ``tmp``.
-    """
+    """Replace ``path`` by the complete ``tmp`` without rename (object stores): the old root
+    ``zarr.json`` goes first, the new one last, so ``path`` reads as incomplete, never as a
+    mix, until it is whole, and :func:`open_dataset` reads ``tmp`` meanwhile."""
     root = f"{path}/zarr.json"
     if replace:
         if fs.exists(root):
