@@ -14,7 +14,6 @@ from typing import Any
 
 import dask
 import dask.array as da
-import fsspec
 import numpy as np
 import zarr
 from dask.base import tokenize
@@ -27,7 +26,7 @@ from ncdask._validate import NcdaskStoreError, check_name
 from ncdask.store.record import DamagedStoreError, empty_record, snapshot
 from ncdask.store.setkey import SetKey
 from ncdask.store.staging import remove_stale
-from ncdask.store.zarrio import backend
+from ncdask.store.zarrio import backend, url_fs
 
 FORMAT = 2  # 2: sets may have their own width (``ncdask_layout``); 1 otherwise
 CHUNK_BYTES = 64 * 2**20
@@ -56,9 +55,9 @@ def naming_broken_metadata(url: str, storage_options: dict | None) -> Iterator[N
     try:
         yield
     except json.JSONDecodeError as e:
-        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs, root = url_fs(url, storage_options)
         broken = []
-        for f in fs.glob(f"{root.rstrip('/')}/**/zarr.json") + [f"{root.rstrip('/')}/zarr.json"]:
+        for f in fs.glob(f"{root}/**/zarr.json") + [f"{root}/zarr.json"]:
             try:
                 json.loads(fs.cat_file(f))
             except (ValueError, FileNotFoundError):
@@ -197,8 +196,7 @@ class Core:
     def fs_path(self, group: zarr.Group | None = None, name: str = "") -> tuple[Any, str]:
         """The fsspec filesystem and the path of ``name`` in ``group`` (default: the root)."""
         if self._fs is None:
-            fs, root = fsspec.core.url_to_fs(self.url, **(self.storage_options or {}))
-            self._fs = fs, root.rstrip("/")
+            self._fs = url_fs(self.url, self.storage_options)
         fs, root = self._fs
         return fs, "/".join([root, *(p for p in (getattr(group, "path", ""), name) if p)])
 

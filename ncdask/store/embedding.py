@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import fsspec
 import numpy as np
 import xarray as xr
 import zarr
@@ -160,10 +159,8 @@ class EmbeddingStore:
         if n_classes is None:
             n_classes = _n_classes_of(splits, W, create_kwargs.get("ignore_index"))
         opts = create_kwargs.get("storage_options")
-        check_output(url, "store", overwrite=bool(create_kwargs.get("overwrite")),
-                     storage_options=opts)
-        fs, path = fsspec.core.url_to_fs(url, **(opts or {}))
-        path = path.rstrip("/")
+        fs, path = check_output(url, "store", overwrite=bool(create_kwargs.get("overwrite")),
+                                storage_options=opts)
         existed = fs.exists(path)
         staged = existed and not (fs.isdir(path) and not fs.ls(path, detail=False))
         if staged and not renames(fs):

@@ -30,6 +30,17 @@ class IncompleteOutputError(NcdaskStoreError):
     """An ncdask output whose writing was interrupted, with no complete copy left."""
 
 
+def url_fs(url: str, storage_options: dict | None) -> tuple[Any, str]:
+    """The fsspec filesystem of ``url`` and its path (no trailing ``/``)."""
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs, path.rstrip("/")
+
+
+def fs_exists(url: str, storage_options: dict | None) -> bool:
+    fs, path = url_fs(url, storage_options)
+    return bool(fs.exists(path))
+
+
 def backend(fs: Any) -> str:
     """What ``fs`` is, decided here only: ``"local"`` (a disk: atomic ``os.rename`` and
     ``flock``), ``"memory"`` (renames; dies with its process) or ``"object"`` (no rename,
@@ -96,8 +107,7 @@ def check_output(url: str, kind: str, *, overwrite: bool = False,
     Called before a long compute whose result goes to ``url``, and by :func:`write_dataset`.
     A store is created only where nothing is (``open_group(mode="w")`` deletes it).
     """
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    path = path.rstrip("/")
+    fs, path = url_fs(url, storage_options)
     if fs.exists(path) and not (kind == "store" and fs.isdir(path)
                                 and not fs.ls(path, detail=False)):  # an empty folder is free
         readable = url if kind == "store" else _readable(url, storage_options)
@@ -217,8 +227,7 @@ def _complete_copy(fs: Any, path: str) -> str | None:
 def _readable(url: str, storage_options: dict | None) -> str:
     """The URL to read the output at ``url`` from: itself, or a complete copy beside it
     (:class:`IncompleteOutputError` when cut off with no complete copy left)."""
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    path = path.rstrip("/")
+    fs, path = url_fs(url, storage_options)
     fs.invalidate_cache()  # s3fs caches listings; other processes write here
     if _complete(fs, path):
         return url
@@ -256,7 +265,7 @@ def open_dataset(url: str, *, storage_options: dict | None = None) -> xr.Dataset
         try:
             ds = xr.open_zarr(url, consolidated=True, **kw)
         except (KeyError, ValueError, FileNotFoundError) as e:
-            if isinstance(e, FileNotFoundError) and not _exists(url, storage_options):
+            if isinstance(e, FileNotFoundError) and not fs_exists(url, storage_options):
                 raise
             ds = xr.open_zarr(url, consolidated=False, **kw)
     ds.attrs.pop(KIND_ATTR, None)
@@ -269,8 +278,3 @@ def open_dataset(url: str, *, storage_options: dict | None = None) -> xr.Dataset
         ds = ds[names]
         ds.attrs = attrs
     return ds
-
-
-def _exists(url: str, storage_options: dict | None) -> bool:
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    return bool(fs.exists(path))
