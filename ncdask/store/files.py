@@ -103,15 +103,9 @@ def iter_saved_arrays(X_path: str | Path, y_path: str | Path | None = None, *, r
                       labels: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Yield ``(X, y)`` blocks of at most ``rows`` rows from saved files, never loading them whole.
 
-    Parameters
-    ----------
-    X_path, y_path : path
-        ``.npy`` embeddings and labels, or an ``.npz`` file holding ``X``/``Y``
-        or ``embeddings``/``labels`` (no ``y_path``).
-    rows : int
-        Block size.
-    labels : bool, default True
-        False reads the embeddings only (``y`` is None): unlabelled data.
+    ``X_path`` is an ``.npy`` file of embeddings (labels in ``y_path``) or an
+    ``.npz`` file holding ``X``/``Y`` or ``embeddings``/``labels``; with
+    ``labels=False`` only embeddings are read (``y`` is None).
     """
     X_path = str(X_path)
     with _opened(X_path, None if y_path is None else str(y_path), labels) as (X, y):
@@ -147,22 +141,12 @@ def _fingerprint(paths: list[str]) -> str:
 def inspect_saved(X_path: str | Path, y_path: str | Path | None = None, *, labels: bool = True,
                   n_classes: int | None = None, ignore_index: int | None = None,
                   rows: int = 2**20) -> dict[str, Any]:
-    """Check saved files before anything is written: shapes, widths, every label.
+    """Check saved files (as for :func:`iter_saved_arrays`) before anything is written.
 
-    Parameters
-    ----------
-    X_path, y_path, labels
-        As for :func:`iter_saved_arrays`.
-    n_classes, ignore_index : int, optional
-        Labels must lie in ``[0, n_classes)`` or equal ``ignore_index``.
-    rows : int
-        Labels read per block (the embeddings are not read).
-
-    Returns
-    -------
-    dict
-        ``dim``, ``rows``, ``max_label`` (-1 when none), the absolute paths
-        ``embeddings`` / ``labels`` and a content ``fingerprint``.
+    Reads the headers and every label, in blocks of ``rows`` (labels lie in
+    ``[0, n_classes)`` or equal ``ignore_index``). Returns ``dim``, ``rows``,
+    ``max_label`` (-1 when none), the absolute paths ``embeddings`` /
+    ``labels`` and a content ``fingerprint``.
     """
     X_path = str(X_path)
     y_path = None if y_path is None else str(y_path)
