@@ -112,20 +112,16 @@ def _split_tasks(s: EmbeddingStore, key: SetKey, split: str, report: CheckReport
             continue
         finite = record(p).get("finite") is True
         report.rows += k
-        for name in ("embeddings", "labels"):
-            if name not in p or k == 0:
-                continue
-            a = p[name]
+        for a in (p[n] for n in ("embeddings", "labels") if n in p and k):
             for i in range(math.ceil(k / a.chunks[0])):
                 report.chunks += 1
-                w = f"{p.path}/{name}"
-                if name == "embeddings":
+                if a.basename == "embeddings":
                     tasks.append(_task(_verify_finite)(
-                        a, i, k, finite, w, "NaN/inf values in a split written without "
+                        a, i, k, finite, a.path, "NaN/inf values in a split written without "
                         "allow_nonfinite"))
                 else:
                     label_tasks.append(_task(_verify_labels)(
-                        a, i, k, s.n_classes, s.ignore_index, w))
+                        a, i, k, s.n_classes, s.ignore_index, a.path))
     if want is not None and label_tasks:
         tasks.append(_task(_label_totals)(label_tasks, np.asarray(want), g.path))
     else:
