@@ -23,7 +23,6 @@ def read_split(core: Core, name: str, key: SetKey, backend: Any) -> xr.Dataset:
         parts, rec = snapshot(g)
         for p, _ in parts:
             check_record(p, core.n_classes, core.url)
-    n = int(rec["n_committed"])
     D = int(g["embeddings"].shape[1])
     parts = [(p, k) for p, k in parts if k > 0] or parts[:1]
 
@@ -34,18 +33,17 @@ def read_split(core: Core, name: str, key: SetKey, backend: Any) -> xr.Dataset:
     data_vars = {"embeddings": (("sample", "feature"), column("embeddings"))}
     if is_labelled(g):
         data_vars["labels"] = (("sample",), column("labels"))
-    counts = rec.get("class_counts")
+    counts, names = rec.get("class_counts"), core.meta.get("class_names")
     attrs = {
         "n_classes": core.n_classes, "dim": D, "split": name, "layer": key.layer,
         "epoch": key.epoch,
         "class_counts": None if counts is None else np.asarray(counts, dtype=np.int64),
-        "n_committed": n, "labelled": int(is_labelled(g)),
+        "n_committed": int(rec["n_committed"]), "labelled": int(is_labelled(g)),
         # every part promises finite rows: NaN in them is a lost chunk, not data
         "finite": 1 if all(record(p).get("finite") is True for p, _ in parts) else None,
         "store": core.url, "ncdask_version": __version__, "ignore_index": core.ignore_index,
+        "class_names": None if names is None else list(names),
     }
-    if core.meta.get("class_names") is not None:
-        attrs["class_names"] = list(core.meta["class_names"])
     attrs = {k: v for k, v in attrs.items() if v is not None}
     return xr.Dataset(data_vars, coords={"feature": np.arange(D)}, attrs=attrs)
 
