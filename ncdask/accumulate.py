@@ -305,13 +305,6 @@ class StatsSink:
             raise KeyError(f"no split {split!r} of layer={layer}, epoch={epoch}")
         return int(self.split(split, layer=layer, epoch=epoch).sizes["sample"])
 
-    def classifier(self, *, layer: str | None = None, epoch: int | None = None,
-                   lazy: bool = False) -> tuple[Any, Any]:
-        try:
-            return self._clf[SetKey(layer, epoch)]
-        except KeyError:
-            raise KeyError(f"no classifier for layer={layer}, epoch={epoch}") from None
-
     def writer(self, split: str, *, layer: str | None = None, epoch: int | None = None,
                allow_nonfinite: bool = False, dim: int | None = None,
                labelled: bool = True) -> _SinkWriter:
@@ -389,28 +382,21 @@ class StatsSink:
                 out["ood"] = ev.ood_summary()
         return out
 
+    def classifier(self, *, layer: str | None = None, epoch: int | None = None,
+                   lazy: bool = False) -> tuple[Any, Any]:
+        """The ``(W, b)`` recorded for a set by ``capture(..., classifier=)``; KeyError if none."""
+        try:
+            return self._clf[SetKey(layer, epoch)]
+        except KeyError:
+            raise KeyError(f"no classifier for layer={layer}, epoch={epoch}") from None
+
     def sweep(self, over: str = "epoch", split: str = "train", *, layer: str | None = None,
               epoch: int | None = None, **measure_kwargs: Any) -> xr.Dataset:
-        """Every set's metrics along ``over`` (as :func:`ncdask.sweeps` gives for a store);
-        ``layer=`` / ``epoch=`` keep the sets with that tag. NC4 and NC5 are measured
-        where the set's test and OOD splits were captured."""
-        from ncdask.metrics.api import measure
+        """Every set's metrics along ``over``, computed: :func:`ncdask.sweep` over this sink
+        (NC4 and NC5 where a set's test and OOD splits were captured)."""
+        from ncdask.sweeps import sweep
 
-        fixed = {k: v for k, v in (("layer", layer), ("epoch", epoch)) if v is not None}
-        sets = [t for t in self.sets() if over in t
-                and all(t.get(k) == v for k, v in fixed.items())]
-        if not sets:
-            raise ValueError(f"no set is tagged {over!r}; sets: {self.sets()}")
-        coords = [t[over] for t in sets]
-        stats = [self.stats(split, **t) for t in sets]
-        clf = [self._clf.get(SetKey.from_tags(t), (None, None)) for t in sets]
-        extra: dict[str, Any] = {}
-        if split == self.roles["train"]:
-            summ = [self.summaries(**t) for t in sets]
-            for kind in ("test", "ood"):
-                if all(kind in x for x in summ):
-                    extra[kind] = [x[kind] for x in summ]
-        res = measure(stats, weights=[c[0] for c in clf], bias=[c[1] for c in clf], dim=over,
-                      labels=coords, **extra, **measure_kwargs)
-        res.attrs.update(split=split, sweep_over=over, **fixed)
-        return res.compute()
+        train = split == self.roles["train"]
+        return sweep(self, over, split, layer=layer, epoch=epoch, compute=True,
+                     test=self.roles["test"] if train else None,
+                     ood=self.roles["ood"] if train else None, **measure_kwargs)

@@ -1,27 +1,12 @@
-"""The ``ncdask`` command line.
+"""The ``ncdask`` command line: ``demo``, ``import``, ``stats``, ``analyze``, ``rm``, ``check``.
 
-::
-
-    ncdask demo    [--out DIR] [--epochs N] [--quiet]
-    ncdask import  FILES... --store URL --split NAME [--classifier W.npy] [--bias b.npy]
-                   [--n-classes K] [--layer L] [--epoch E]
-    ncdask stats   URL [--split train] [--out stats.zarr]
-    ncdask analyze URL [--train train] [--test test] [--ood ood] [--tile-size T]
-                   [--scheduler threads|processes|sync|ADDRESS|local-cuda]
-                   [--out results.zarr] [--json FILE|-] [--metrics M ...]
-                   [--dist-exp P] [--min-count N] [--ignore-index I]
-                   [--layer L] [--epoch E | --sweep] [--quiet]
-
-Exit codes: 0 success, 2 bad input (usage errors, a missing store, an
-unknown split or metric, unreadable files), 1 anything else that stops a
-run (a scheduler that cannot be reached, a missing optional package).
-Errors are printed to stderr as ``ncdask: error: ...``; warnings as
-``ncdask: warning: ...``. Progress bars go to stderr, results to stdout.
-
-``--json`` writes the scalar metrics as one JSON object ``{name: value}``
-(floats; with ``--sweep``, ``{name: [value per set]}`` plus the sweep
-coordinate under its dim name). JSON has no NaN or infinity: NaN is
-written as ``null`` and ±inf as the strings ``"Infinity"`` / ``"-Infinity"``.
+Exit codes: 0 success, 2 bad input (usage, a missing store, an unknown split
+or metric, unreadable files), 1 anything else that stops a run (an unreachable
+scheduler, a missing optional package). Errors and warnings go to stderr as
+``ncdask: error: ...`` / ``ncdask: warning: ...``, progress bars to stderr,
+results to stdout. ``--json`` writes the scalar metrics as ``{name: value}``
+(``{name: [value per set]}`` and the sweep coordinate with ``--sweep``), NaN
+as ``null`` and ±inf as ``"Infinity"`` / ``"-Infinity"``.
 """
 
 from __future__ import annotations
@@ -30,8 +15,9 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -52,34 +38,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ncdask: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
+def _number(kind: type, ok: Any, what: str) -> Any:
+    """An argparse type: ``kind(text)`` that must pass ``ok``, else a message naming ``what``."""
+
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return v
+
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return v
+_positive_int = _number(int, lambda v: v > 0, "a positive integer")
+_nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+_positive_float = _number(float, lambda v: math.isfinite(v) and v > 0,
+                          "a positive finite number")
 
 
 class _Help(argparse.RawDescriptionHelpFormatter):
@@ -113,39 +90,135 @@ def _metric_help() -> str:
 
     groups = "; ".join(f"{g} = {' '.join(v)}" for g, v in GROUPS.items()
                        if g in ("nc1", "nc2", "nc2g", "nc2w", "nc3", "nc4", "nc5"))
-    return ("metrics:\n  " + "\n  ".join(_wrap(" ".join(METRICS), 76))
-            + "\ngroups (--metrics nc1 ...):\n  " + "\n  ".join(_wrap(groups, 76)))
+    return ("metrics:\n  " + "\n  ".join(textwrap.wrap(" ".join(METRICS), 76))
+            + "\ngroups (--metrics nc1 ...):\n  " + "\n  ".join(textwrap.wrap(groups, 76)))
 
 
-def _wrap(text: str, width: int) -> list[str]:
-    import textwrap
-
-    return textwrap.wrap(text, width)
+def _opt(*names: str, **kw: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    return names, kw
 
 
-def _set_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layer", help="embedding set: layer tag (default: the untagged set)")
-    p.add_argument("--epoch", type=int,
-                   help="embedding set: epoch tag (default: the untagged set)")
+_URL = _opt("url", help="store path or fsspec URL")
+_SCHEDULER = _opt("--scheduler", help=_SCHED)
+_QUIET = _opt("--quiet", "-q", action="store_true",
+              help="hide progress messages and bars; results are still printed")
+_SET = [_opt("--layer", help="embedding set: layer tag (default: the untagged set)"),
+        _opt("--epoch", type=int, help="embedding set: epoch tag (default: the untagged set)")]
 
 
-def _quiet_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", "-q", action="store_true",
-                   help="hide progress messages and bars; results are still printed")
+def _cache_and_overwrite(kind: str) -> list[Any]:
+    """``--no-cache`` and ``--overwrite`` of the commands that compute class statistics."""
+    return [_opt("--no-cache", action="store_true",
+                 help="compute the class statistics afresh and keep none in the store "
+                      "(default: keep them beside the split and reuse them)"),
+            _opt("--overwrite", action="store_true",
+                 help=f"replace --out if it holds ncdask {kind} (anything else is never "
+                      "replaced)")]
+
+
+#: Each command: its help, examples, epilog and options (a list inside marks a mutually
+#: exclusive group).
+_SPECS: dict[str, tuple[str, tuple[str, ...], str, list[Any]]] = {
+    "demo": ("train a small MLP on digits and watch NC happen",
+             ("ncdask demo --out /tmp/ncdask-demo --epochs 200",), "", [
+        _opt("--out", default="ncdask-demo", help="output folder"),
+        _opt("--epochs", type=_positive_int, help="training epochs (default: the demo's, "
+             "long enough to reach the terminal phase)"),
+        _opt("--seed", type=int, default=0, help="seed of the data split and network"),
+        _SCHEDULER, _QUIET]),
+    "import": (
+        "import saved .npy / .npz embeddings into a store",
+        ("ncdask import X.npy y.npy --store emb.zarr --split train --classifier W.npy",
+         "ncdask import test.npz --store emb.zarr --split test",
+         "ncdask import ood.npy --no-labels --store emb.zarr --split ood"),
+        "Every file, label and the classifier are checked before anything is\n"
+        "written, and an import commits all its rows at once: a failed import\n"
+        "changes nothing. Importing a file that the split already holds is\n"
+        "refused unless --append or --overwrite is given; the same command run\n"
+        "again after a kill continues with the first file not yet imported.", [
+            _opt("files", nargs="+", metavar="FILES",
+                 help="X.npy y.npy pairs and/or .npz files (keys X/Y or embeddings/labels); "
+                      "with --no-labels, X.npy files alone"),
+            _opt("--store", required=True, help="store path or URL (created if missing)"),
+            _opt("--split", required=True, help="split name (train, test, ood, ...)"),
+            _opt("--classifier", metavar="W.npy",
+                 help="classifier weights (K, D) of this set (default: none)"),
+            _opt("--bias", metavar="b.npy", help="classifier bias (K,) (default: none)"),
+            _opt("--n-classes", type=_positive_int,
+                 help="K, for a new store (default: the classifier's rows, else the "
+                      "largest label + 1)"),
+            _opt("--ignore-index", type=int,
+                 help="padding label kept in a new store and left out of statistics "
+                      "(default: none)"),
+            _opt("--no-labels", action="store_true",
+                 help="the files hold embeddings only: an unlabelled split (OOD data)"),
+            [_opt("--append", action="store_true",
+                  help="add the rows even if the split already holds these files"),
+             _opt("--overwrite", action="store_true",
+                  help="replace the split's rows with these files' rows")],
+            *_SET, _QUIET]),
+    "stats": ("class statistics of one split of a store",
+              ("ncdask stats emb.zarr --split train --out stats.zarr",), "", [
+        _URL,
+        _opt("--split", default="train", help="split to summarise"),
+        _opt("--out", help="write the statistics to this Zarr path (default: print only)"),
+        *_cache_and_overwrite("statistics"), *_SET, _SCHEDULER, _QUIET]),
+    "analyze": (
+        "every Neural Collapse metric of a store",
+        ("ncdask analyze emb.zarr",
+         "ncdask analyze emb.zarr --metrics nc1 nc2 --json metrics.json --out results.zarr",
+         "ncdask analyze emb.zarr --sweep --layer fc_in"),
+        "Run 'ncdask analyze --help' for the metrics.", [
+            _URL,
+            _opt("--train", default="train", help="split of the class statistics"),
+            _opt("--test", help="split for NC4 (default: 'test' if present)"),
+            _opt("--ood", help="split for NC5, labelled or not (default: 'ood' if present)"),
+            _opt("--tile-size", type=_positive_int,
+                 help="classes per pairwise tile (default: the largest within the budget)"),
+            _opt("--memory-budget", help="bytes per blocked task, e.g. 64MiB (default: "
+                 "128 MiB, less on small workers)"),
+            _SCHEDULER,
+            _opt("--out", help="write the metrics to this Zarr path (default: none)"),
+            *_cache_and_overwrite("results"),
+            _opt("--json", metavar="FILE", help="write the scalar metrics as JSON to FILE "
+                 "('-': stdout) (default: none)"),
+            _opt("--metrics", nargs="+", metavar="M",
+                 help="metrics or groups such as nc1 nc2 nc3 nc4 nc5 erank (default: all; "
+                      "listed below)"),
+            _opt("--dist-exp", type=_positive_float, help="CDNV distance exponent (default: 1)"),
+            _opt("--by-frequency", type=_positive_int, metavar="N",
+                 help="also NC1 and NC4 within N bins of classes ranked by count, most "
+                      "frequent first (a head/tail breakdown for long-tailed labels; each "
+                      "bin's share of nc1_pinv reads the train split once more)"),
+            _opt("--min-count", type=_nonneg_int, help="leave out classes with fewer samples "
+                 "(default: keep every non-empty class)"),
+            _opt("--ignore-index", type=int,
+                 help="label to drop from the statistics (default: the store's)"),
+            *_SET,
+            _opt("--sweep", action="store_true",
+                 help="measure every embedding set (an epoch or layer sweep)"),
+            _QUIET]),
+    "rm": ("delete one split of a store (its embeddings and labels)",
+           ("ncdask rm emb.zarr --split train",
+            "ncdask rm emb.zarr --split ood --layer fc_in --epoch 3"),
+           "Only splits that ncdask wrote are deleted; the classifier and other splits stay.", [
+        _URL, _opt("--split", required=True, help="the split to delete"), *_SET, _QUIET]),
+    "check": (
+        "verify every committed chunk, commit record and set of a store",
+        ("ncdask check emb.zarr", "ncdask check s3://bucket/emb.zarr --scheduler "
+         "tcp://10.0.0.1:8786"),
+        "Reads every chunk that holds committed rows (checksums, missing chunks,\n"
+        "NaN where none was written, labels out of range, counts against the\n"
+        "records) and every classifier. Prints each problem with its set, split,\n"
+        "array and chunk. Exit status: 0 no problem, 1 problems found, 2 the\n"
+        "store cannot be read at all (the error names the broken file).",
+        [_URL, _SCHEDULER, _QUIET]),
+}
 
 
 def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
-    """The argument parser of the ``ncdask`` command.
-
-    Parameters
-    ----------
-    full_help : bool
-        Include the list of metrics in ``analyze --help`` (imports dask).
-
-    Returns
-    -------
-    argparse.ArgumentParser
-    """
+    """The argument parser of the ``ncdask`` command; ``full_help`` lists the metrics in
+    ``analyze --help`` (which imports dask)."""
     p = _Parser(
         prog="ncdask",
         description="Out-of-core Neural Collapse metrics on Zarr embedding stores.",
@@ -158,146 +231,19 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"ncdask {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
-    def command(name: str, help: str, *examples: str, epilog: str = "") -> argparse.ArgumentParser:
-        text = _examples(*examples) + (f"\n\n{epilog}" if epilog else "")
-        return sub.add_parser(name, help=help, description=help, epilog=text,
-                              formatter_class=_Help)
-
-    de = command("demo", "train a small MLP on digits and watch NC happen",
-                 "ncdask demo --out /tmp/ncdask-demo --epochs 200")
-    de.add_argument("--out", default="ncdask-demo", help="output folder")
-    de.add_argument("--epochs", type=_positive_int,
-                    help="training epochs (default: the demo's, long enough to reach the "
-                         "terminal phase)")
-    de.add_argument("--seed", type=int, default=0, help="seed of the data split and network")
-    de.add_argument("--scheduler", help=_SCHED)
-    _quiet_arg(de)
-
-    im = command(
-        "import", "import saved .npy / .npz embeddings into a store",
-        "ncdask import X.npy y.npy --store emb.zarr --split train --classifier W.npy",
-        "ncdask import test.npz --store emb.zarr --split test",
-        "ncdask import ood.npy --no-labels --store emb.zarr --split ood",
-        epilog="Every file, label and the classifier are checked before anything is\n"
-               "written, and an import commits all its rows at once: a failed import\n"
-               "changes nothing. Importing a file that the split already holds is\n"
-               "refused unless --append or --overwrite is given; the same command run\n"
-               "again after a kill continues with the first file not yet imported.",
-    )
-    im.add_argument("files", nargs="+", metavar="FILES",
-                    help="X.npy y.npy pairs and/or .npz files (keys X/Y or embeddings/labels); "
-                         "with --no-labels, X.npy files alone")
-    im.add_argument("--store", required=True, help="store path or URL (created if missing)")
-    im.add_argument("--split", required=True, help="split name (train, test, ood, ...)")
-    im.add_argument("--classifier", metavar="W.npy",
-                    help="classifier weights (K, D) of this set (default: none)")
-    im.add_argument("--bias", metavar="b.npy", help="classifier bias (K,) (default: none)")
-    im.add_argument("--n-classes", type=_positive_int,
-                    help="K, for a new store (default: the classifier's rows, else the "
-                         "largest label + 1)")
-    im.add_argument("--ignore-index", type=int,
-                    help="padding label kept in a new store and left out of statistics "
-                         "(default: none)")
-    im.add_argument("--no-labels", action="store_true",
-                    help="the files hold embeddings only: an unlabelled split (OOD data)")
-    mode = im.add_mutually_exclusive_group()
-    mode.add_argument("--append", action="store_true",
-                      help="add the rows even if the split already holds these files")
-    mode.add_argument("--overwrite", action="store_true",
-                      help="replace the split's rows with these files' rows")
-    _set_args(im)
-    _quiet_arg(im)
-
-    st = command("stats", "class statistics of one split of a store",
-                 "ncdask stats emb.zarr --split train --out stats.zarr")
-    st.add_argument("url", help="store path or fsspec URL")
-    st.add_argument("--split", default="train", help="split to summarise")
-    st.add_argument("--out", help="write the statistics to this Zarr path (default: print only)")
-    _cache_and_overwrite_args(st, "statistics")
-    _set_args(st)
-    st.add_argument("--scheduler", help=_SCHED)
-    _quiet_arg(st)
-
-    an = command(
-        "analyze", "every Neural Collapse metric of a store",
-        "ncdask analyze emb.zarr",
-        "ncdask analyze emb.zarr --metrics nc1 nc2 --json metrics.json --out results.zarr",
-        "ncdask analyze emb.zarr --sweep --layer fc_in",
-        epilog=_metric_help() if full_help else "Run 'ncdask analyze --help' for the metrics.",
-    )
-    an.add_argument("url", help="store path or fsspec URL")
-    an.add_argument("--train", default="train", help="split of the class statistics")
-    an.add_argument("--test", help="split for NC4 (default: 'test' if present)")
-    an.add_argument("--ood", help="split for NC5, labelled or not (default: 'ood' if present)")
-    an.add_argument("--tile-size", type=_positive_int,
-                    help="classes per pairwise tile (default: the largest within the budget)")
-    an.add_argument(
-        "--memory-budget",
-        help="bytes per blocked task, e.g. 64MiB (default: 128 MiB, less on small workers)",
-    )
-    an.add_argument("--scheduler", help=_SCHED)
-    an.add_argument("--out", help="write the metrics to this Zarr path (default: none)")
-    _cache_and_overwrite_args(an, "results")
-    an.add_argument("--json", metavar="FILE",
-                    help="write the scalar metrics as JSON to FILE ('-': stdout) (default: none)")
-    an.add_argument("--metrics", nargs="+", metavar="M",
-                    help="metrics or groups such as nc1 nc2 nc3 nc4 nc5 erank (default: all; "
-                         "listed below)")
-    an.add_argument("--dist-exp", type=_positive_float, help="CDNV distance exponent (default: 1)")
-    an.add_argument("--by-frequency", type=_positive_int, metavar="N",
-                    help="also NC1 and NC4 within N bins of classes ranked by count, most "
-                         "frequent first (a head/tail breakdown for long-tailed labels; each "
-                         "bin's share of nc1_pinv reads the train split once more)")
-    an.add_argument("--min-count", type=_nonneg_int,
-                    help="leave out classes with fewer samples (default: keep every non-empty "
-                         "class)")
-    an.add_argument("--ignore-index", type=int,
-                    help="label to drop from the statistics (default: the store's)")
-    _set_args(an)
-    an.add_argument("--sweep", action="store_true",
-                    help="measure every embedding set (an epoch or layer sweep)")
-    _quiet_arg(an)
-
-    rm = command(
-        "rm", "delete one split of a store (its embeddings and labels)",
-        "ncdask rm emb.zarr --split train",
-        "ncdask rm emb.zarr --split ood --layer fc_in --epoch 3",
-        epilog="Only splits that ncdask wrote are deleted; the classifier and other splits "
-               "stay.",
-    )
-    rm.add_argument("url", help="store path or fsspec URL")
-    rm.add_argument("--split", required=True, help="the split to delete")
-    _set_args(rm)
-    _quiet_arg(rm)
-
-    ck = command(
-        "check", "verify every committed chunk, commit record and set of a store",
-        "ncdask check emb.zarr",
-        "ncdask check s3://bucket/emb.zarr --scheduler tcp://10.0.0.1:8786",
-        epilog="Reads every chunk that holds committed rows (checksums, missing chunks,\n"
-               "NaN where none was written, labels out of range, counts against the\n"
-               "records) and every classifier. Prints each problem with its set, split,\n"
-               "array and chunk. Exit status: 0 no problem, 1 problems found, 2 the\n"
-               "store cannot be read at all (the error names the broken file).",
-    )
-    ck.add_argument("url", help="store path or fsspec URL")
-    ck.add_argument("--scheduler", help=_SCHED)
-    _quiet_arg(ck)
+    for name, (help, examples, epilog, options) in _SPECS.items():
+        if name == "analyze" and full_help:
+            epilog = _metric_help()
+        cmd = sub.add_parser(name, help=help, description=help, formatter_class=_Help,
+                             epilog=_examples(*examples) + (f"\n\n{epilog}" if epilog else ""))
+        for opt in options:
+            group = cmd.add_mutually_exclusive_group() if isinstance(opt, list) else cmd
+            for names, kw in opt if isinstance(opt, list) else [opt]:
+                group.add_argument(*names, **kw)
     return p
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _cache_and_overwrite_args(p: argparse.ArgumentParser, kind: str) -> None:
-    """``--no-cache`` and ``--overwrite`` of the commands that compute class statistics."""
-    p.add_argument("--no-cache", action="store_true",
-                   help="compute the class statistics afresh and keep none in the store "
-                        "(default: keep them beside the split and reuse them)")
-    p.add_argument("--overwrite", action="store_true",
-                   help=f"replace --out if it holds ncdask {kind} (anything else is never "
-                        "replaced)")
 
 
 def _err(message: str) -> None:
@@ -345,11 +291,13 @@ def _require_split(store: Any, name: str, tags: dict[str, Any]) -> None:
         )
 
 
-def _optional_split(store: Any, given: str | None, default: str, tags: dict) -> str | None:
+def _optional_split(store: Any, given: str | None, default: str, *sets: dict) -> str | None:
+    """``given`` (which every set must hold), else ``default`` where every set holds it."""
     if given is not None:
-        _require_split(store, given, tags)
+        for tags in sets:
+            _require_split(store, given, tags)
         return given
-    return default if default in store.splits(**tags) else None
+    return default if all(default in store.splits(**tags) for tags in sets) else None
 
 
 def _classifier(store: Any, tags: dict) -> tuple[Any, Any]:
@@ -357,6 +305,12 @@ def _classifier(store: Any, tags: dict) -> tuple[Any, Any]:
         return store.classifier(**tags, lazy=True)
     except KeyError:
         return None, None
+
+
+def format_table(results: Any, columns: Sequence[str], dim: str = "epoch") -> str:
+    """The computed metrics among ``columns`` that run along ``dim`` as a text table."""
+    cols = [c for c in columns if c in results and results[c].dims == (dim,)]
+    return results[cols].to_dataframe().to_string(float_format=lambda v: f"{v:.4g}")
 
 
 def json_value(v: float) -> float | str | None:
@@ -374,18 +328,8 @@ def json_value(v: float) -> float | str | None:
 
 
 def scalar_dict(results: Any) -> dict[str, Any]:
-    """The scalar metrics of computed results as ``{name: value}`` (JSON-ready).
-
-    Parameters
-    ----------
-    results : xarray.Dataset
-        Computed output of :func:`ncdask.measure`. For a sweep (one dim such
-        as ``epoch``), values are lists and the coordinate is included.
-
-    Returns
-    -------
-    dict
-    """
+    """The scalar metrics of computed results as JSON-ready ``{name: value}``; for a sweep,
+    ``{name: [value per set]}`` and the sweep coordinate."""
     import numpy as np
 
     sweep = [d for d in results.dims if d != "class"]
@@ -402,17 +346,7 @@ def scalar_dict(results: Any) -> dict[str, Any]:
 
 
 def format_summary(results: Any) -> str:
-    """A readable table of the scalar metrics: metric, value, long_name.
-
-    Parameters
-    ----------
-    results : xarray.Dataset
-        Computed output of :func:`ncdask.measure` (no sweep dim).
-
-    Returns
-    -------
-    str
-    """
+    """A table of computed scalar metrics (metric, value, long_name) of one set."""
     rows = []
     for name, var in results.data_vars.items():
         if var.dims:
@@ -452,12 +386,6 @@ def _bin_table(results: Any, names: list[str]) -> str:
     return "by class frequency (bin 0: the most frequent classes)\n" + "\n".join(out)
 
 
-def _save_results(results: Any, url: str, overwrite: bool) -> None:
-    from ncdask.results import save_results
-
-    save_results(results, url, overwrite=overwrite)
-
-
 def _write_json(obj: dict, target: str) -> None:
     text = json.dumps(obj, indent=2, allow_nan=False)
     if target == "-":
@@ -474,12 +402,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401
         import sklearn  # noqa: F401
 
-        from ncdask._demo.demo import run_demo
+        from ncdask._demo.demo import TABLE, run_demo, summary_line
     except ImportError as e:
         raise CLIError(f"the demo needs scikit-learn and matplotlib: pip install 'ncdask[demo]' "
                        f"({e})", code=1) from e
     kw = {} if args.epochs is None else {"epochs": args.epochs}
-    run_demo(args.out, seed=args.seed, scheduler=args.scheduler, quiet=args.quiet, **kw)
+    res = run_demo(args.out, seed=args.seed, scheduler=args.scheduler, quiet=args.quiet, **kw)
+    print(format_table(res, (*TABLE, "train_acc", "test_acc")))
+    print(summary_line(res))
     return 0
 
 
@@ -649,10 +579,40 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_dim(store: Any, args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
+    """The tag that varies among the sets holding the train split (``--sweep``), and them."""
+    sets = [s for s in store.sets() if s and args.train in store.splits(**s)
+            and (args.layer is None or s.get("layer") == args.layer)]
+    if not sets:
+        raise CLIError(f"no tagged embedding sets with a {args.train!r} split in {args.url!r}")
+    varying = [k for k in ("layer", "epoch") if len({s.get(k) for s in sets}) > 1]
+    if len(varying) > 1:
+        raise CLIError("the sets vary in both layer and epoch; pick a --layer to sweep epochs")
+    for tags in sets:
+        _nonempty(store, args, tags)
+    return varying[0] if varying else ("epoch" if "epoch" in sets[0] else "layer"), sets
+
+
+def _nonempty(store: Any, args: argparse.Namespace, tags: dict[str, Any]) -> None:
+    _require_split(store, args.train, tags)
+    if store.n_rows(args.train, **tags) == 0:
+        raise CLIError(f"split {args.train!r} in {_where(tags)} of {args.url!r} holds "
+                       "no rows: nothing to measure")
+
+
+def _measure_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {"tile_size": args.tile_size, "metrics": args.metrics}
+    for name in ("memory_budget", "dist_exp", "min_count", "by_frequency"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    return kw
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from ncdask.metrics.api import measure
     from ncdask.scheduler import to_gpu, to_host, use_scheduler
     from ncdask.stats.core import class_stats
+    from ncdask.sweeps import sweep
 
     if args.sweep and (args.epoch is not None):
         raise CLIError("--sweep measures every embedding set; do not pass --epoch with it")
@@ -661,66 +621,36 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         from ncdask.store.zarrio import check_output
 
         check_output(args.out, "results", overwrite=args.overwrite)  # before the pass
-    if args.sweep:
-        sets = [s for s in store.sets() if s and args.train in store.splits(**s)]
-        if args.layer is not None:
-            sets = [s for s in sets if s.get("layer") == args.layer]
-        if not sets:
-            raise CLIError(f"no tagged embedding sets with a {args.train!r} split in {args.url!r}")
-        varying = [k for k in ("layer", "epoch") if len({s.get(k) for s in sets}) > 1]
-        if len(varying) > 1:
-            raise CLIError("the sets vary in both layer and epoch; pick a --layer to sweep epochs")
-        dim = varying[0] if varying else ("epoch" if "epoch" in sets[0] else "layer")
-    else:
-        sets = [_tags(args)]
-        dim = None
     stats_kw = {} if args.ignore_index is None else {"ignore_index": args.ignore_index}
-    measure_kw: dict[str, Any] = {"tile_size": args.tile_size, "metrics": args.metrics}
-    if args.memory_budget is not None:
-        measure_kw["memory_budget"] = args.memory_budget
-    if args.dist_exp is not None:
-        measure_kw["dist_exp"] = args.dist_exp
-    if args.min_count is not None:
-        measure_kw["min_count"] = args.min_count
-    if args.by_frequency is not None:
-        measure_kw["by_frequency"] = args.by_frequency
-
+    measure_kw = _measure_kwargs(args)
+    tags = _tags(args)
+    dim, sets = _sweep_dim(store, args) if args.sweep else (None, [tags])
+    if dim is None:
+        _nonempty(store, args, tags)
+    test = _optional_split(store, args.test, "test", *sets)
+    ood = _optional_split(store, args.ood, "ood", *sets)
     with use_scheduler(args.scheduler, quiet=args.quiet) as run:
-        move = to_gpu if run.gpu else (lambda ds: ds)
-        items: dict[Any, dict[str, Any]] = {}
-        for tags in sets:
-            _require_split(store, args.train, tags)
-            if store.n_rows(args.train, **tags) == 0:
-                raise CLIError(f"split {args.train!r} in {_where(tags)} of {args.url!r} holds "
-                               "no rows: nothing to measure")
-            test = _optional_split(store, args.test, "test", tags)
-            ood = _optional_split(store, args.ood, "ood", tags)
-            W, b = _classifier(store, tags)
-            if args.no_cache or run.gpu:
-                stats = class_stats(move(store.split(args.train, **tags)), **stats_kw)
-            else:  # kept in the store (computed now): re-runs read only new rows
-                stats = run.call(class_stats, store, args.train, cache=True, **tags,
-                                 **stats_kw)
-            items[tags.get(dim) if dim else None] = {
-                "stats": stats,
-                "weights": W, "bias": b,
-                "test": move(store.split(test, **tags)) if test else None,
-                "ood": move(store.split(ood, **tags)) if ood else None,
-                # the samples again, for each bin's share of nc1_pinv
-                "train": (move(store.split(args.train, **tags))
-                          if args.by_frequency is not None else None),
-            }
-        if dim is None:
-            one = items[None]
-            lazy = measure(one.pop("stats"), **one, **measure_kw)
+        cache = not (args.no_cache or run.gpu)  # kept in the store: re-runs read new rows
+        if dim is not None:
+            pick = ({"layer": args.layer} if dim == "epoch" else
+                    {"order": [args.layer]} if args.layer is not None else {})
+            lazy = run.call(sweep, store, over=dim, split=args.train, **pick,
+                            test=test, ood=ood, cache=cache, stats_kwargs=stats_kw,
+                            backend="cupy" if run.gpu else "numpy", **measure_kw)
         else:
-            per = {k: {e: it[k] for e, it in items.items()} for k in
-                   ("stats", "weights", "bias", "test", "ood", "train")}
-            for k in ("weights", "bias", "test", "ood", "train"):
-                if any(v is None for v in per[k].values()):
-                    per[k] = None
-            lazy = measure(per.pop("stats"), dim=dim, **per, **measure_kw)
-        where = f"{len(sets)} sets" if dim else _where(sets[0])
+            move = to_gpu if run.gpu else (lambda ds: ds)
+
+            def read(name: str | None) -> Any:
+                return move(store.split(name, **tags)) if name else None
+
+            W, b = _classifier(store, tags)
+            stats = (run.call(class_stats, store, args.train, cache=True, **tags, **stats_kw)
+                     if cache else class_stats(read(args.train), **stats_kw))
+            lazy = measure(stats, weights=W, bias=b, test=read(test), ood=read(ood),
+                           # the samples again, for each bin's share of nc1_pinv
+                           train=read(args.train) if args.by_frequency is not None else None,
+                           **measure_kw)
+        where = f"{lazy.sizes[dim]} sets" if dim else _where(tags)
         results = run.compute(lazy, label=f"measuring {args.url} [{args.train}, {where}] ...")
     results = to_host(results)
     if not results.data_vars:
@@ -728,20 +658,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise CLIError("nothing was measured" + (": " + "; ".join(
             f"{k} ({r})" for k, r in left.items()) if left else ""))
     if args.out:
-        _save_results(results, args.out, args.overwrite)
+        from ncdask.results import save_results
+
+        save_results(results, args.out, overwrite=args.overwrite)
         _say(args, f"wrote {args.out}")
     if args.json:
         _write_json(scalar_dict(results), args.json)
     if args.json != "-":  # --quiet hides progress, never the answer
-        if dim is None:
-            print(format_summary(results))
-        else:
-            from ncdask._demo.demo import format_table
-
-            cols = [n for n, v in results.data_vars.items() if v.dims == (dim,)]
-            df = results[cols].to_dataframe()
-            print(df.to_string(float_format=lambda v: f"{v:.4g}") if dim != "epoch"
-                  else format_table(results, cols))
+        print(format_summary(results) if dim is None
+              else format_table(results, list(results.data_vars), dim))
     return 0
 
 
@@ -772,18 +697,8 @@ COMMANDS = {"demo": _cmd_demo, "import": _cmd_import, "stats": _cmd_stats,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``ncdask`` console script.
-
-    Parameters
-    ----------
-    argv : list of str, optional
-        Arguments (default ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        The exit status: 0 success, 2 bad input, 1 other failures.
-    """
+    """Run the ``ncdask`` command with ``argv`` (default ``sys.argv[1:]``); return the exit
+    status: 0 success, 2 bad input, 1 other failures."""
     from ncdask.errors import SchedulerError
 
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -1,11 +1,8 @@
 """Per-class covariances ``Σ_k`` (K×D×D), chunked over classes, and what is built on them.
 
-:func:`class_covariances` makes one pass over a split and returns a lazy
-``(class, feature, feature_)`` DataArray whose chunks are blocks of classes,
-so that it can be reduced or written to Zarr chunk by chunk without ever
-holding K×D×D numbers. :func:`class_nc1` gives the per-class NC1
-``tr(Σ_k Σ_B⁺) / K`` and :func:`class_spectra` the eigenvalues and
-effective rank of each ``Σ_k``. The arithmetic is in
+:func:`class_covariances` is one pass over a split giving a lazy DataArray
+chunked in blocks of classes (never K×D×D numbers at once); :func:`class_nc1`
+and :func:`class_spectra` reduce it. The arithmetic is in
 :mod:`ncdask.kernels.covariances`, the graphs in :mod:`ncdask.graph.covariances`.
 """
 
@@ -17,10 +14,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ncdask.metrics.inputs import as_dask, kept_classes, split_classes
-from ncdask.metrics.inputs import check_stats as _check_stats
-from ncdask.metrics.inputs import float64 as _float64
-from ncdask.metrics.inputs import global_mean_of as _global_mean_of
+from ncdask.metrics.declarations import PAPYAN, ROY
+from ncdask.metrics.inputs import as_dask, check_stats, class_inputs, float64, kept_classes
+from ncdask.metrics.inputs import split_classes
 from ncdask._version import __version__
 from ncdask.graph import covariances as GC
 from ncdask.kernels._xp import to_numpy
@@ -32,67 +28,42 @@ RANGAMANI = (
     "Rangamani et al. (2023), Feature learning in deep classifiers through intermediate "
     "neural collapse, ICML"
 )
-PAPYAN = (
-    "Papyan, Han & Donoho (2020), Prevalence of neural collapse during the terminal "
-    "phase of deep learning training, PNAS 117(40)"
-)
-ROY = "Roy & Vetterli (2007), The effective rank: a measure of effective dimensionality, EUSIPCO"
 
 
 def class_covariances(
-    data: Any,
-    classes: Sequence[int] | np.ndarray | None = None,
-    *,
-    split: str | None = None,
-    class_chunk: int | None = None,
-    dtype: Any = "float64",
-    ignore_index: int | None = None,
-    n_classes: int | None = None,
-    max_memory: int | None = GC.COV_PASS_BYTES,
+    data: Any, classes: Sequence[int] | np.ndarray | None = None, *, split: str | None = None,
+    class_chunk: int | None = None, dtype: Any = "float64", ignore_index: int | None = None,
+    n_classes: int | None = None, max_memory: int | None = GC.COV_PASS_BYTES,
 ) -> xr.DataArray:
     """Per-class covariances of a split, in one pass, chunked over classes.
 
-    ``Σ_k = (1/n_k) Σ_{y_i=k} (x_i − μ_k)(x_i − μ_k)ᵀ`` (divided by ``n_k``,
-    so ``tr Σ_k`` is the variance norm ``v_k`` of :func:`ncdask.class_stats`
-    and ``Σ_k (n_k/N) Σ_k = Σ_W``), accumulated with centred pairwise
-    merges (accurate on collapsed float32 features).
+    ``Σ_k = (1/n_k) Σ_{y_i=k} (x_i − μ_k)(x_i − μ_k)ᵀ`` (so ``tr Σ_k`` is the
+    variance norm ``v_k`` and ``Σ_k (n_k/N) Σ_k = Σ_W``), accumulated with
+    centred pairwise merges (accurate on collapsed float32 features).
 
     Parameters
     ----------
     data : xarray.Dataset, EmbeddingStore, str or (store, split)
         A split Dataset (``embeddings``, ``labels``), or a store with ``split``.
     classes : sequence of int, optional
-        The classes to compute, in output order (default all K). Choose the
-        frequent ones at large K: the result has ``len(classes) · D²``
-        numbers.
+        The classes to compute, in output order (default all K).
     split : str, optional
         Split name when ``data`` is a store (default "train").
     class_chunk : int, optional
-        Classes per output chunk; default
-        :func:`ncdask.graph.covariances.default_class_chunk` (32 MiB chunks).
+        Classes per output chunk (default: 32 MiB chunks).
     dtype : dtype, default "float64"
         Accumulation and output dtype.
-    ignore_index : int, optional
-        Label of samples to leave out; default the split's (store's) attribute.
-    n_classes : int, optional
-        K, when the Dataset does not carry it.
+    ignore_index, n_classes : int, optional
+        Label of samples to leave out and K (default: the split's attributes).
     max_memory : int, optional
-        Bytes of per-class accumulators held at once (default 256 MiB). The
-        embeddings are read once when ``len(classes) · D² · 8`` fits; beyond
-        that the classes are done in passes of this size, each reading the
-        embeddings once, one after the other. None: always one pass.
+        Bytes of per-class accumulators held at once (default 256 MiB): more
+        classes are done in several passes over the embeddings. None: one pass.
 
     Returns
     -------
     xarray.DataArray
-        Dask-backed ``(class, feature, feature_)``, chunked ``(class_chunk, D,
-        D)``, with a lazy ``count`` coordinate on ``class``; NaN matrices for
-        classes without samples. Nothing is computed here; write it with
-        ``.to_dataset(name=...).to_zarr(url)`` or reduce it chunk by chunk.
-
-    References
-    ----------
-    Rangamani et al. (2023), ICML.
+        Lazy ``(class, feature, feature_)``, chunked ``(class_chunk, D, D)``,
+        with a ``count`` coordinate; NaN for classes without samples.
 
     Examples
     --------
@@ -132,23 +103,13 @@ def class_covariances(
         ignore_index=ignore_index, max_bytes=max_memory,
     )
     out = xr.DataArray(
-        covs,
-        dims=("class", "feature", "feature_"),
-        coords={
-            "class": sel,
-            "feature": np.arange(D),
-            "feature_": np.arange(D),
-            "count": (("class",), counts),
-        },
-        name="class_covariances",
-    )
+        covs, dims=("class", "feature", "feature_"), name="class_covariances",
+        coords={"class": sel, "feature": np.arange(D), "feature_": np.arange(D),
+                "count": (("class",), counts)})
     out.attrs.update(
         long_name="per-class covariance",
         formula="Sigma_k = (1/n_k) sum_{y_i=k} (x_i - mu_k)(x_i - mu_k)^T",
-        reference=RANGAMANI,
-        n_classes=K,
-        ncdask_version=__version__,
-    )
+        reference=RANGAMANI, n_classes=K, ncdask_version=__version__)
     if ignore_index is not None:
         out.attrs["ignore_index"] = ignore_index
     for k in ("split", "layer", "epoch", "store"):
@@ -167,16 +128,12 @@ def _as_covariances(covariances: Any) -> xr.DataArray:
     return covariances
 
 
-def class_nc1(
-    covariances: xr.DataArray, stats: xr.Dataset, *, min_count: int | None = None
-) -> xr.DataArray:
+def class_nc1(covariances: xr.DataArray, stats: xr.Dataset, *,
+              min_count: int | None = None) -> xr.DataArray:
     """Per-class NC1: ``tr(Σ_k Σ_B⁺) / K`` for every class of ``covariances``.
 
-    ``Σ_B⁺`` is the pseudo-inverse of the between-class covariance of the
-    statistics (with ``torch.linalg.pinv``'s cutoff, as ``nc1_pinv``), K the
-    number of classes measured; the count-weighted mean
-    ``Σ_k (n_k / N) nc1_k`` is ``nc1_pinv`` whenever ``Σ_W`` pools exactly
-    the classes measured.
+    ``Σ_B⁺`` as in ``nc1_pinv`` (K the classes measured); ``Σ_k (n_k/N) nc1_k``
+    is ``nc1_pinv`` when ``Σ_W`` pools exactly the classes measured.
 
     Parameters
     ----------
@@ -191,43 +148,23 @@ def class_nc1(
     Returns
     -------
     xarray.DataArray
-        Lazy ``(class,)``, over the classes of ``covariances`` that are
-        measured (non-empty, not filtered), chunked as ``covariances``.
-
-    References
-    ----------
-    Papyan et al. (2020), PNAS; Rangamani et al. (2023), ICML.
+        Lazy ``(class,)`` over the classes of ``covariances`` measured.
     """
     covs = _as_covariances(covariances)
-    stats = _check_stats(stats)
-    kept = kept_classes(stats, min_count)
-    counts, present, K_all, K = kept.counts, kept.present, kept.n_all, kept.n_kept
-    if K < 2:
-        raise ValueError(f"class_nc1 needs at least 2 measured classes, got {K}")
-    M = _float64(as_dask(stats["means"]))
-    if K < K_all:
-        M = M[present]
-    if kept.refiltered:
-        mG = _global_mean_of(M, counts[present], stats.attrs.get("global_mean"))
-    else:
-        mG = _float64(as_dask(stats["global_mean"])).rechunk(-1)
-    given = np.dtype(stats["means"].dtype)
-    eps_dtype = given if np.issubdtype(given, np.floating) else np.dtype(np.float64)
-    Mc = M - mG[None, :]
-    P = GC.between_pinv(Mc, eps_dtype=eps_dtype)
-    ids = np.asarray(covs["class"].values)
-    mine = np.isin(ids, present)
+    kept = kept_classes(check_stats(stats), min_count)
+    if kept.n_kept < 2:
+        raise ValueError(f"class_nc1 needs at least 2 measured classes, got {kept.n_kept}")
+    ins = class_inputs(stats, kept, tile_size=max(kept.n_kept, 1))
+    P = GC.between_pinv(ins.Mc, eps_dtype=ins.eps_dtype)
+    mine = np.isin(np.asarray(covs["class"].values), kept.present)
     sub = covs if mine.all() else covs.isel({"class": np.nonzero(mine)[0]})
-    data = _float64(sub.data)
-    vals = GC.per_class_traces(data, P, 1.0 / K)
+    vals = GC.per_class_traces(float64(sub.data), P, 1.0 / kept.n_kept)
     out = xr.DataArray(vals, dims=("class",), coords={"class": sub["class"].values},
                        name="class_nc1")
     out.attrs.update(
         long_name="per-class NC1",
         formula="tr(Sigma_k Sigma_B^+) / K; sum_k (n_k/N) nc1_k = nc1_pinv",
-        reference=PAPYAN,
-        n_classes_measured=K,
-    )
+        reference=PAPYAN, n_classes_measured=kept.n_kept)
     return out
 
 
@@ -242,14 +179,9 @@ def class_spectra(covariances: xr.DataArray) -> xr.Dataset:
     Returns
     -------
     xarray.Dataset
-        Lazy ``eigenvalues (class, component)`` in descending order and
-        ``effective_rank (class)`` = ``exp(−Σ p_i log p_i)``, ``p = λ/Σλ``
-        (negative rounding eigenvalues clipped to 0); NaN for classes without
-        samples, 0 for a zero covariance.
-
-    References
-    ----------
-    Roy & Vetterli (2007), EUSIPCO; Rangamani et al. (2023), ICML.
+        Lazy ``eigenvalues (class, component)``, descending, and
+        ``effective_rank (class)``, ``exp(−Σ p_i log p_i)`` with ``p = λ/Σλ``
+        (rounding negatives clipped); NaN without samples, 0 for a zero Σ_k.
 
     Examples
     --------
@@ -263,13 +195,8 @@ def class_spectra(covariances: xr.DataArray) -> xr.Dataset:
     covs = _as_covariances(covariances)
     eig, er = GC.per_class_spectra(covs.data)
     coords = {"class": covs["class"].values} if "class" in covs.coords else {}
-    ds = xr.Dataset(
-        {
-            "eigenvalues": (("class", "component"), eig),
-            "effective_rank": (("class",), er),
-        },
-        coords=coords,
-    )
+    ds = xr.Dataset({"eigenvalues": (("class", "component"), eig),
+                     "effective_rank": (("class",), er)}, coords=coords)
     ds["eigenvalues"].attrs.update(long_name="eigenvalues of Sigma_k, descending",
                                    reference=RANGAMANI)
     ds["effective_rank"].attrs.update(

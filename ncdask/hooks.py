@@ -1,15 +1,9 @@
-"""Record a PyTorch model's features into an :class:`~ncdask.EmbeddingStore`.
+"""Record a PyTorch model's features into an :class:`~ncdask.EmbeddingStore` (forward hooks).
 
-:func:`capture` runs a model over a DataLoader once, under
-:func:`torch.no_grad` and in eval mode, and records the input or output of
-one or several named modules (forward hooks) into embedding sets of a store,
-one buffered append per batch. Each module's features go to their own set
-(``layer=<name>``) with their own width, all in one store. Several modules
-at once give a *layer sweep* in one pass over the data; calling it after
-several epochs of training (with ``epoch=``) gives an *epoch sweep*.
-:func:`ncdask.sweeps` then measures every set.
-
-PyTorch is imported only when :func:`capture` is called (extra ``torch``).
+Each recorded module's features go to their own embedding set (``layer=``,
+``epoch=``) with their own width: several modules give a layer sweep in one
+pass, one call per checkpoint an epoch sweep, which :func:`ncdask.sweep`
+measures. PyTorch is imported only when :func:`capture` is called.
 """
 
 from __future__ import annotations
@@ -35,34 +29,28 @@ def _layer_specs(
     if which not in WHICH:
         raise ValueError(f"which must be 'input' or 'output', got {which!r}")
 
-    def one(value: Any) -> tuple[str, str]:
-        if isinstance(value, str):
-            return value, which
-        if isinstance(value, (tuple, list)) and len(value) == 2:
-            mod, w = value
-            if not isinstance(mod, str):
-                raise TypeError(f"module names must be strings, got {mod!r}")
-            if w not in WHICH:
-                raise ValueError(f"which must be 'input' or 'output', got {w!r} for {mod!r}")
-            return mod, w
-        raise TypeError(
-            f"a layer is a module name or a (module name, 'input'|'output') pair, got {value!r}"
-        )
+    def one(tag: Any, value: Any) -> tuple[str | None, str, str]:
+        mod, w = (value, which) if isinstance(value, str) else (
+            value if isinstance(value, (tuple, list)) and len(value) == 2 else (None, None))
+        if w is None:
+            raise TypeError("a layer is a module name or a (module name, 'input'|'output') "
+                            f"pair, got {value!r}")
+        if not isinstance(mod, str):
+            raise TypeError(f"module names must be strings, got {mod!r}")
+        if w not in WHICH:
+            raise ValueError(f"which must be 'input' or 'output', got {w!r} for {mod!r}")
+        return check_name("layer", str(mod if tag is None else tag)), mod, w
 
     if layers is None:
         if classifier is None:
             raise ValueError("give layers= (module names), or classifier= to capture its input")
         return [(None, classifier, "input")]
     if isinstance(layers, str):
-        mod, w = one(layers)
-        return [(check_name("layer", layers), mod, w)]
+        return [one(layers, layers)]
     if isinstance(layers, Mapping):
-        items = [(check_name("layer", str(k)), *one(v)) for k, v in layers.items()]
+        items = [one(k, v) for k, v in layers.items()]
     elif isinstance(layers, (list, tuple)):
-        items = []
-        for v in layers:
-            mod, w = one(v)
-            items.append((check_name("layer", mod), mod, w))
+        items = [one(None, v) for v in layers]
     else:
         raise TypeError(
             f"layers must be a module name, a list or a dict of them, got {type(layers).__name__}"
@@ -166,14 +154,8 @@ def _check_width(st: EmbeddingStore, key: SetKey, mod_name: str, kind: str, widt
 
 
 def _ranks_wait_for_each_other(torch: Any) -> None:
-    """In a data-parallel job, every rank checks the store before any rank writes.
-
-    Each rank of a ``torch.distributed`` job calls :func:`capture` with the
-    same arguments and appends its share of the samples to the same splits.
-    Without a barrier, a fast rank's first rows would make a slower rank's
-    "already has rows" check fail; with it, a first call passes on every
-    rank and a repeated one fails on every rank.
-    """
+    """In a data-parallel job every rank checks the store before any rank writes, so a
+    fast rank's first rows do not fail a slower rank's "already has rows" check."""
     dist = getattr(torch, "distributed", None)
     if (dist is not None and dist.is_available() and dist.is_initialized()
             and dist.get_world_size() > 1):
@@ -200,91 +182,62 @@ def capture(
 ) -> list[dict[str, Any]]:
     """Record the input or output of named modules of a model into a store.
 
-    One pass over ``loader`` in eval mode and under :func:`torch.no_grad`:
-    a forward hook on each named module copies what it sees, and each batch
-    is appended (through :meth:`EmbeddingStore.writer`, which buffers to
-    whole chunks) to the embedding set of each layer, tagged
-    ``layer=<name>`` and ``epoch=<epoch>``. The model's train/eval flags
-    are restored and the hooks removed afterwards, also on errors.
+    One pass over ``loader`` in eval mode under :func:`torch.no_grad`: a forward
+    hook on each module copies what it sees (later in-place operations of the
+    forward do not alter it), and each batch is appended to the layer's set
+    through a buffered :meth:`EmbeddingStore.writer`. Hooks are removed and
+    train/eval flags restored afterwards, also on errors; batches written
+    before a failure stay committed.
 
     Parameters
     ----------
     model : torch.nn.Module
-        The model; its inputs are moved to ``device``.
-    loader : iterable of batches
-        Yields ``(x, y, ...)`` batches (a ``torch.utils.data.DataLoader``):
-        ``x`` a tensor (or a list/tuple/dict of tensors, passed as one
-        argument), ``y`` integer labels in ``[0, K)``. With
-        ``labels=False`` the loader may yield ``x`` alone (or ``(x, ...)``,
-        the rest ignored).
+    loader : iterable
+        ``(x, y, ...)`` batches: ``x`` a tensor (or a list/tuple/dict of them,
+        passed as one argument), ``y`` labels in ``[0, K)``; with
+        ``labels=False``, ``x`` alone is allowed.
     store : EmbeddingStore, StatsSink, or mapping of layer name to EmbeddingStore
-        Where to write (open for appending). A :class:`ncdask.StatsSink`
-        keeps each layer's class statistics instead of its embeddings
-        (streamed, nothing written): ``sink.stats(...)``, ``sink.sweep()``.
-        Each layer's set takes the width of that layer's features on its first write, so layers of
-        different widths share one store (see
-        :meth:`EmbeddingStore.dim_of`); a set written before must keep its
-        width, and the untagged default set has the store's ``dim``. A
-        mapping ``{layer name: store}`` (one store per layer) is still
-        accepted.
+        Where to write. A :class:`ncdask.StatsSink` keeps each layer's class
+        statistics instead of its embeddings. Each set takes its layer's width
+        on its first write and keeps it; the untagged set has the store's ``dim``.
     split : str, default "train"
-        Split to write in each set.
     layers : str, list or dict, optional
-        The modules to record, by their name in ``model.named_modules()``:
-        a name, a list of names (each also names its set), or a dict
-        ``{set name: module name}``. A module name may be replaced by a
-        pair ``(module name, "input" | "output")`` to override ``which``.
-        Default: the input of ``classifier``, written to the untagged set
-        (``layer=None``).
+        Module names (``model.named_modules()``): a name, a list of names (each
+        also names its set) or ``{set name: module name}``; a pair
+        ``(module name, "input" | "output")`` overrides ``which``. Default: the
+        input of ``classifier``, into the untagged set.
     which : {"input", "output"}, default "input"
-        Record the module's (first positional) input or its output. A tuple
-        output (recurrent modules) contributes its first element.
+        The module's first positional input or its output (the first element
+        of a tuple output).
     classifier : str, optional
-        Name of a linear module (``weight`` of shape K×D, optional ``bias``)
-        whose weights are stored with :meth:`EmbeddingStore.set_classifier`
-        in the sets of ``classifier_for``.
+        A linear module whose ``weight`` (K×D) and ``bias`` are stored in the
+        sets of ``classifier_for``.
     classifier_for : str or list of str, optional
-        Set names that get the classifier; default: the layers that record
-        the classifier's input (the only features W applies to).
+        Sets that get the classifier; default: those recording its input.
     epoch : int, optional
-        Epoch tag of the sets written (one call per checkpoint gives an epoch
-        sweep).
+        Epoch tag of the sets written.
     device : torch.device or str, optional
-        Where the inputs go; default: the device of the model's parameters.
+        Where the inputs go; default the model's.
     transform : callable, optional
-        Applied to each hooked tensor before flattening (for instance
-        ``lambda t: t.mean(dim=(2, 3))`` to average-pool conv features).
+        Applied to each hooked tensor before it is flattened to
+        ``(batch, features)`` (e.g. pooling ``lambda t: t.mean(dim=(2, 3))``).
     max_batches : int, optional
-        Stop after this many batches.
     append : bool, default False
-        Allow appending to a split that already holds rows in a set; by
-        default that raises, so a repeated call cannot duplicate samples.
+        Allow adding to a split that has rows (by default a repeated call is
+        refused rather than duplicate samples).
     allow_nonfinite : bool, default False
-        Store NaN/inf features instead of raising.
     labels : bool, default True
-        False writes unlabelled splits: out-of-distribution data, whose
-        samples belong to none of the model's classes (NC5, NECO).
+        False writes unlabelled splits (out-of-distribution data).
 
     Returns
     -------
     list of dict
-        One entry per set written: its tags (``layer``, ``epoch``, where not
-        None), ``module``, ``which``, ``dim`` and ``rows`` (committed rows of
-        the split in that set).
+        Per set written: its tags, ``module``, ``which``, ``dim`` and ``rows``
+        (committed rows of the split).
 
-    Notes
-    -----
-    Features that are not 2-D are flattened to ``(batch, prod(rest))``: a
-    convolutional ``(N, C, H, W)`` map becomes ``C·H·W`` features (pass a
-    ``transform`` to pool first). Half-precision and integer features are
-    stored as float32 (then cast to the store's dtype). Each hook copies
-    what it sees, so later in-place operations of the forward (``ReLU
-    (inplace=True)``, residual ``+=``) do not alter it. CUDA features go to
-    CuPy through DLPack, without a host copy, when CuPy is importable (the
-    store copies them to the host when it writes); else they are copied to
-    the host. A module that runs more than once per forward (shared
-    weights) is refused. If the loop fails part way, the batches already
-    written stay committed.
+    Half-precision and integer features are stored as float32; CUDA features
+    reach the store through CuPy and DLPack when CuPy is importable. A module
+    that runs more than once per forward is refused.
 
     Examples
     --------

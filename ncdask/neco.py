@@ -1,26 +1,33 @@
-"""NECO: out-of-distribution detection from Neural Collapse (Ammar et al. 2024).
+"""Out-of-distribution scores from Neural Collapse: NECO (Ammar et al. 2024) and NCI.
 
-NECO scores a sample by the share of its standardised feature vector that
-lies in the top principal subspace of the training features:
-``NECO(x) = ‖P_d x̃‖ / ‖x̃‖`` with ``x̃ = (x − μ) / σ`` (per-feature
-standardisation with the training mean and standard deviation) and ``P_d``
-the projection on the ``d`` leading principal directions of the
-standardised training features, optionally multiplied by the sample's
-largest logit. Under Neural Collapse the in-distribution features
-concentrate in the span of the class means, so **higher scores mean
-in-distribution**.
-
-Everything the fit needs comes from the class statistics, with no extra pass
-over the training embeddings: the total covariance is
-``Σ_T = Σ_W + (1/N) Σ_k n_k (μ_k − μ̄)(μ_k − μ̄)ᵀ`` (the sample-weighted
-between-class covariance about the sample mean ``μ̄``, which together with
-``Σ_W``'s ``1/N`` normalisation is exactly the population covariance of the
-training samples, i.e. what ``StandardScaler`` and ``PCA`` see). The scores
-of a split are then one blocked pass (:func:`neco_scores`), and
+NECO scores a sample by the share of its standardised feature vector in the
+top principal subspace of the training features; under Neural Collapse the
+in-distribution features concentrate in the span of the class means, so
+**higher scores mean in-distribution**. The fit needs no pass over the
+training embeddings: the total covariance follows from the class statistics
+(:func:`total_covariance`). Scores are one blocked pass over a split;
 :func:`ood_report` turns ID and OOD scores into AUROC and FPR at 95 % TPR.
-
 The arithmetic is in :mod:`ncdask.kernels.neco`, the graphs in
 :mod:`ncdask.graph.neco`.
+
+>>> import numpy as np, ncdask
+>>> rng = np.random.default_rng(0)
+>>> y = np.arange(400) % 4
+>>> X = 5 * rng.normal(size=(4, 8))[y] + rng.normal(size=(400, 8))
+>>> s = ncdask.EmbeddingStore.from_arrays(
+...     "memory://neco-doc", {"train": (X, y), "ood": (rng.normal(size=(50, 8)), y[:50])},
+...     overwrite=True)
+>>> st = ncdask.class_stats(s, "train")
+>>> St = ncdask.total_covariance(st)  # no pass over the embeddings
+>>> bool(np.allclose(St.values, np.cov(X.astype(np.float32).T, bias=True)))
+True
+>>> idc, ood = ncdask.neco_scores(st, (s, "train")), ncdask.neco_scores(st, (s, "ood"))
+>>> float(ncdask.ood_report(idc, ood).auroc) > 0.9
+True
+>>> W = (st.means - st.global_mean).values
+>>> idc, ood = ncdask.nci_scores(st, (s, "train"), W), ncdask.nci_scores(st, (s, "ood"), W)
+>>> float(ncdask.ood_report(idc, ood).auroc) > 0.9
+True
 """
 
 from __future__ import annotations
@@ -31,106 +38,88 @@ import dask.array as da
 import numpy as np
 import scipy.stats
 import xarray as xr
-from dask.array.utils import meta_from_array
 
-from ncdask.metrics.inputs import as_dask, split_classes
-from ncdask.metrics.inputs import check_stats as _check_stats
-from ncdask.metrics.inputs import float64 as _float64
-from ncdask.metrics.inputs import namespace_of as _namespace_of
+from ncdask.metrics.inputs import as_dask, check_stats, float64, kept_classes, row_weights
+from ncdask.metrics.inputs import split_classes
 from ncdask.metrics.inputs import split_of as _split
 from ncdask._version import __version__
 from ncdask.graph import decisions as DG
 from ncdask.graph import neco as GN
 from ncdask.graph.pairwise import default_tile_size
 from ncdask.kernels._xp import to_numpy
+from ncdask.metrics.declarations import AMMAR
 
 __all__ = ["total_covariance", "neco_fit", "neco_scores", "nci_scores", "ood_report"]
 
-AMMAR = (
-    "Ammar et al. (2024), NECO: NEural Collapse based Out-of-distribution detection, "
-    "ICLR (arXiv:2310.06823)"
+LIU_QIN = (
+    "Liu & Qin (2025), Detecting out-of-distribution through the lens of neural collapse, "
+    "CVPR (arXiv:2311.01479)"
 )
-
-
-def _used_classes(stats: xr.Dataset) -> tuple[np.ndarray, np.ndarray, float]:
-    """Classes whose samples ``Σ_W`` pools, their counts, and N."""
-    counts = np.asarray(to_numpy(stats["counts"].values)).astype(np.int64)
-    used = counts > 0
-    used[[int(i) for i in stats.attrs.get("filtered_classes", [])]] = False
-    idx = np.nonzero(used)[0]
-    if "n_samples" in stats:
-        N = float(to_numpy(stats["n_samples"].values))
-    else:
-        N = float(counts[idx].sum())
-    return idx, counts[idx], N
 
 
 def total_covariance(stats: xr.Dataset) -> xr.DataArray:
     """Total (population) covariance of the training features, from the class statistics.
 
-    ``Σ_T = Σ_W + (1/N) Σ_k n_k (μ_k − μ̄)(μ_k − μ̄)ᵀ`` with ``μ̄`` the sample
-    mean: the sample-weighted between-class covariance (not the unweighted
-    ``Σ_B = M̃ᵀM̃/K`` of NC1) completes ``Σ_W`` to the covariance of the
-    samples. Computed lazily, blocked over the class axis; no pass over the
-    embeddings.
+    ``Σ_T = Σ_W + (1/N) Σ_k n_k (μ_k − μ̄)(μ_k − μ̄)ᵀ``, ``μ̄`` the sample mean:
+    the sample-weighted between-class covariance (not NC1's unweighted Σ_B)
+    completes ``Σ_W`` to what ``StandardScaler`` and ``PCA`` would see.
 
     Parameters
     ----------
     stats : xarray.Dataset
-        From :func:`ncdask.class_stats` (filtered classes, if any, are left
-        out, as their samples are of ``Σ_W``).
+        From :func:`ncdask.class_stats` (filtered classes are left out, as
+        from ``Σ_W``).
 
     Returns
     -------
     xarray.DataArray
-        ``(feature, feature_)``, dask-backed (:func:`neco_fit` also gives
-        the sample mean).
-
-    Examples
-    --------
-    >>> import numpy as np, ncdask
-    >>> from ncdask.neco import total_covariance
-    >>> rng = np.random.default_rng(0)
-    >>> X, y = rng.normal(size=(200, 3)), np.arange(200) % 4
-    >>> s = ncdask.EmbeddingStore.from_arrays("memory://tc-doc", {"train": (X, y)},
-    ...                                       overwrite=True)
-    >>> St = total_covariance(ncdask.class_stats(s, "train"))
-    >>> bool(np.allclose(St.values, np.cov(X.astype(np.float32).T, bias=True)))
-    True
+        Lazy ``(feature, feature_)``.
     """
     St, _ = _total(stats)
     return xr.DataArray(
-        St,
-        dims=("feature", "feature_"),
+        St, dims=("feature", "feature_"), name="total_covariance",
         coords={k: stats[k].values for k in ("feature", "feature_") if k in stats.coords},
-        name="total_covariance",
-        attrs={
-            "long_name": "total covariance of the training features",
-            "formula": "Sigma_W + (1/N) sum_k n_k (mu_k - mu)(mu_k - mu)^T, mu the sample mean",
-        },
-    )
+        attrs={"long_name": "total covariance of the training features",
+               "formula": "Sigma_W + (1/N) sum_k n_k (mu_k - mu)(mu_k - mu)^T, mu the sample "
+                          "mean"})
+
+
+def _kept_rows(ds: xr.Dataset, ignore_index: int | None) -> da.Array | None:
+    """The rows of a split not labelled ``ignore_index`` (None: every row)."""
+    _, ii = split_classes(ds, ignore_index=ignore_index, required=False)
+    return as_dask(ds["labels"]) != ii if ii is not None and "labels" in ds else None
+
+
+def _classifier(weights: Any, bias: Any, D: int,
+                tile_size: int | None) -> tuple[da.Array, da.Array, int]:
+    """The float64 classifier rows and bias (0 if None), checked, and the class tile."""
+    W = float64(as_dask(weights))
+    if W.ndim != 2 or W.shape[1] != D:
+        raise ValueError(f"weights have shape {W.shape}, expected (K, {D})")
+    K = W.shape[0]
+    b = da.zeros(K, dtype=np.float64, chunks=-1) if bias is None else float64(as_dask(bias))
+    if b.shape != (K,):
+        raise ValueError(f"bias has shape {b.shape}, expected ({K},)")
+    return W, b, int(tile_size) if tile_size else default_tile_size(K, D)
 
 
 def _total(stats: xr.Dataset) -> tuple[da.Array, da.Array]:
-    stats = _check_stats(stats)
-    idx, n_k, N = _used_classes(stats)
-    if idx.size == 0:
+    """Σ_T and the sample mean over the classes whose samples ``Σ_W`` pools."""
+    kept = kept_classes(check_stats(stats))
+    K = kept.n_kept
+    if K == 0:
         raise ValueError("the statistics have no samples")
-    M = _float64(as_dask(stats["means"]))
-    if idx.size < stats.sizes["class"]:
-        M = M[idx]
-    D = M.shape[1]
-    T = default_tile_size(idx.size, D)
-    M = M.rechunk((min(T, idx.size), -1))
-    nk = da.from_array(n_k.astype(np.float64), chunks=(M.chunks[0],))
-    nk = nk.map_blocks(_namespace_of(M).asarray, meta=meta_from_array(M, ndim=1))
-    Sw = _float64(as_dask(stats["within_cov"]))
-    return GN.total_covariance(Sw, M, nk, N)
+    n_k = kept.counts[kept.present]
+    N = (float(to_numpy(stats["n_samples"].values)) if "n_samples" in stats
+         else float(n_k.sum()))
+    M = float64(as_dask(stats["means"]))
+    M = (M[kept.present] if K < kept.n_all else M).rechunk(
+        (min(default_tile_size(K, M.shape[1]), K), -1))
+    return GN.total_covariance(float64(as_dask(stats["within_cov"])), M, row_weights(n_k, M), N)
 
 
-def neco_fit(
-    stats: xr.Dataset, n_components: int | None = None, *, standardize: bool = True
-) -> xr.Dataset:
+def neco_fit(stats: xr.Dataset, n_components: int | None = None, *,
+             standardize: bool = True) -> xr.Dataset:
     """The NECO projection, from the class statistics alone.
 
     Parameters
@@ -138,85 +127,61 @@ def neco_fit(
     stats : xarray.Dataset
         Training-split statistics from :func:`ncdask.class_stats`.
     n_components : int, optional
-        Number ``d`` of principal directions; default ``K − 1`` (the dimension
-        of the simplex ETF the class means collapse to), at most ``D − 1``
-        (with ``d = D`` every score is 1). With K ≥ D, tune it.
+        Number ``d`` of principal directions; default ``K − 1`` (the simplex
+        the means collapse to), at most ``D − 1``. With K ≥ D, tune it.
     standardize : bool, default True
         Standardise each feature by its training standard deviation first
-        (the NECO paper's ``StandardScaler``; it suggests leaving it out for
-        well-collapsed ViT features).
+        (the paper's ``StandardScaler``).
 
     Returns
     -------
     xarray.Dataset
-        Lazy ``mean (feature)`` (sample mean), ``scale (feature)``
-        (population standard deviation; 1 for constant features or without
-        standardisation), ``components (component, feature)`` (orthonormal
-        rows, descending variance) and ``explained_variance (component)``
-        (population variances of the standardised features along them; scikit-learn
-        reports ``N/(N−1)`` times these). Attrs ``n_components``,
-        ``standardize``.
-
-    References
-    ----------
-    Ammar et al. (2024), ICLR (arXiv:2310.06823).
+        Lazy ``mean`` and ``scale`` (feature) (the population standard
+        deviation, 1 for constant features or without standardisation),
+        ``components (component, feature)`` (orthonormal rows, descending
+        variance), ``explained_variance (component)`` (population variances,
+        scikit-learn's times ``(N−1)/N``).
     """
     St, mu = _total(stats)
     D = int(St.shape[0])
-    idx, _, _ = _used_classes(stats)
-    d = max(1, min(D - 1, idx.size - 1)) if n_components is None else int(n_components)
+    K = kept_classes(stats).n_kept
+    d = max(1, min(D - 1, K - 1)) if n_components is None else int(n_components)
     if not 1 <= d <= D:
         raise ValueError(f"n_components must lie in [1, D={D}], got {n_components!r}")
     scale, comps, lam = GN.pca_fit(St, d, standardize=standardize)
     coords = {"feature": np.arange(D), "component": np.arange(d)}
-    ds = xr.Dataset(
-        {
-            "mean": (("feature",), mu),
-            "scale": (("feature",), scale),
-            "components": (("component", "feature"), comps),
-            "explained_variance": (("component",), lam[:d]),
-        },
-        coords=coords,
-    )
+    ds = xr.Dataset({"mean": (("feature",), mu), "scale": (("feature",), scale),
+                     "components": (("component", "feature"), comps),
+                     "explained_variance": (("component",), lam[:d])}, coords=coords)
     ds.attrs.update(n_components=d, standardize=bool(standardize), reference=AMMAR,
                     ncdask_version=__version__)
     return ds
 
 
-def neco_scores(
-    stats: xr.Dataset,
-    split: Any,
-    n_components: int | None = None,
-    logits: Any = None,
-    *,
-    weights: Any = None,
-    bias: Any = None,
-    standardize: bool = True,
-    ignore_index: int | None = None,
-    tile_size: int | None = None,
-) -> xr.DataArray:
+def neco_scores(stats: xr.Dataset, split: Any, n_components: int | None = None,
+                logits: Any = None, *, weights: Any = None, bias: Any = None,
+                standardize: bool = True, ignore_index: int | None = None,
+                tile_size: int | None = None) -> xr.DataArray:
     """NECO score of every sample of a split, lazily, one task per row block.
 
-    ``NECO(x) = ‖P_d x̃‖ / ‖x̃‖`` (times the largest logit when ``logits``
-    or ``weights`` are given); **higher means more in-distribution**.
+    ``‖P_d x̃‖ / ‖x̃‖`` with ``x̃ = (x − μ) / σ`` and ``P_d`` the projection on
+    the fit's components, times the largest logit when ``logits`` or
+    ``weights`` are given.
 
     Parameters
     ----------
     stats : xarray.Dataset
-        Training statistics (:func:`ncdask.class_stats`), or a fit from
-        :func:`neco_fit` (then ``n_components`` and ``standardize`` are its own).
+        Training statistics, or a fit from :func:`neco_fit` (which then sets
+        ``n_components`` and ``standardize``).
     split : split Dataset or (store, split name)
         The samples to score (ID test or OOD).
-    n_components : int, optional
-        ``d``; default ``min(K − 1, D − 1)`` (see :func:`neco_fit`).
+    n_components, standardize
+        See :func:`neco_fit`.
     logits : array (N, K) or (N,), optional
-        The samples' logits (or their maxima): the score is multiplied by the
-        largest logit, as NECO does for ViT/Swin models.
+        The samples' logits (or their maxima), as NECO uses for ViT/Swin models.
     weights, bias : array (K, D), (K,), optional
         A linear classifier to compute the largest logit from, blocked over
-        class tiles (for large K, where storing logits is not an option).
-    standardize : bool, default True
-        See :func:`neco_fit`.
+        class tiles (for large K).
     ignore_index : int, optional
         Samples with this label get NaN (default: the split's attribute).
     tile_size : int, optional
@@ -225,39 +190,14 @@ def neco_scores(
     Returns
     -------
     xarray.DataArray
-        ``(sample,)`` float64, dask-backed, chunked as the split's rows.
-
-    References
-    ----------
-    Ammar et al. (2024), NECO: NEural Collapse based Out-of-distribution
-    detection, ICLR (arXiv:2310.06823).
-
-    Examples
-    --------
-    >>> import numpy as np, ncdask
-    >>> from ncdask.neco import neco_scores
-    >>> rng = np.random.default_rng(0)
-    >>> means = 5 * rng.normal(size=(4, 8))
-    >>> y = np.arange(400) % 4
-    >>> X = means[y] + rng.normal(size=(400, 8))
-    >>> s = ncdask.EmbeddingStore.from_arrays(
-    ...     "memory://neco-doc", {"train": (X, y), "ood": (rng.normal(size=(50, 8)), y[:50])},
-    ...     overwrite=True)
-    >>> st = ncdask.class_stats(s, "train")
-    >>> idc, ood = neco_scores(st, (s, "train")), neco_scores(st, (s, "ood"))
-    >>> bool(idc.mean() > ood.mean())
-    True
+        Lazy ``(sample,)`` float64, chunked as the split's rows.
     """
-    if "components" in stats:
-        fit = stats
-    else:
-        fit = neco_fit(stats, n_components, standardize=standardize)
+    fit = stats if "components" in stats else neco_fit(stats, n_components,
+                                                       standardize=standardize)
     ds = _split(split)
     X = as_dask(ds["embeddings"])
     if X.ndim != 2 or X.shape[1] != fit.sizes["feature"]:
-        raise ValueError(
-            f"embeddings have shape {X.shape}, the fit has D={fit.sizes['feature']}"
-        )
+        raise ValueError(f"embeddings have shape {X.shape}, the fit has D={fit.sizes['feature']}")
     X = X.rechunk({1: -1})
     rows = (X.chunks[0],)
     max_logit = None
@@ -265,29 +205,14 @@ def neco_scores(
         L = as_dask(logits)
         if L.shape[0] != X.shape[0] or L.ndim not in (1, 2):
             raise ValueError(f"logits have shape {L.shape}, expected ({X.shape[0]}, K)")
-        max_logit = GN.max_logits(L.rechunk((rows[0], -1))) if L.ndim == 2 else _float64(L)
+        max_logit = GN.max_logits(L.rechunk((rows[0], -1))) if L.ndim == 2 else float64(L)
     elif weights is not None:
-        W = _float64(as_dask(weights))
-        K, D = W.shape
-        if D != X.shape[1]:
-            raise ValueError(f"weights have shape {W.shape}, expected (K, {X.shape[1]})")
-        b = da.zeros(K, dtype=np.float64, chunks=-1) if bias is None else _float64(as_dask(bias))
-        T = int(tile_size) if tile_size else default_tile_size(K, D)
-        zeros = da.zeros(D, dtype=np.float64, chunks=-1)
-        dec = DG.decisions(_float64(X), W, b, W, zeros, tile_size=T, ncc=False)
-        max_logit = dec[:, 0]
-    mask = None
-    _, ii = split_classes(ds, ignore_index=ignore_index, required=False)
-    if ii is not None and "labels" in ds:
-        mask = as_dask(ds["labels"]) != ii
-    scores = GN.neco_scores(
-        X,
-        fit["mean"].data,
-        fit["scale"].data,
-        fit["components"].data,
-        max_logit=max_logit,
-        mask=mask,
-    )
+        W, b, T = _classifier(weights, bias, X.shape[1], tile_size)
+        zeros = da.zeros(X.shape[1], dtype=np.float64, chunks=-1)
+        max_logit = DG.decisions(float64(X), W, b, W, zeros, tile_size=T, ncc=False)[:, 0]
+    mask = _kept_rows(ds, ignore_index)
+    scores = GN.neco_scores(X, fit["mean"].data, fit["scale"].data, fit["components"].data,
+                            max_logit=max_logit, mask=mask)
     out = xr.DataArray(scores, dims=("sample",), name="neco_score")
     out.attrs.update(
         long_name="NECO score (higher: more in-distribution)",
@@ -299,29 +224,13 @@ def neco_scores(
     return out
 
 
-LIU_QIN = (
-    "Liu & Qin (2025), Detecting out-of-distribution through the lens of neural collapse, "
-    "CVPR (arXiv:2311.01479)"
-)
-
-
-def nci_scores(
-    stats: xr.Dataset,
-    split: Any,
-    weights: Any,
-    bias: Any = None,
-    *,
-    alpha: float = 0.0,
-    ignore_index: int | None = None,
-    tile_size: int | None = None,
-) -> xr.DataArray:
+def nci_scores(stats: xr.Dataset, split: Any, weights: Any, bias: Any = None, *,
+               alpha: float = 0.0, ignore_index: int | None = None,
+               tile_size: int | None = None) -> xr.DataArray:
     """NCI out-of-distribution score of every sample of a split (higher: in-distribution).
 
-    ``((h − μ_G)·w_ĉ) / ‖h − μ_G‖ + α‖h‖₁``: how well the centred feature
-    aligns with the weight of the class the classifier predicts (ĉ = argmax
-    ``w_k·h + b_k``), which neural collapse makes large for ID data, plus
-    the feature norm filter. The prediction is blocked over class tiles as
-    NC4's, so no N×K logit matrix is formed.
+    ``((h − μ_G)·w_ĉ) / ‖h − μ_G‖ + α‖h‖₁``, ĉ the class the classifier
+    predicts (blocked over class tiles as NC4's: no N×K logits).
 
     Parameters
     ----------
@@ -341,49 +250,17 @@ def nci_scores(
     Returns
     -------
     xarray.DataArray
-        ``(sample,)`` float64, dask-backed; pass ID and OOD scores to
-        :func:`ood_report`.
-
-    References
-    ----------
-    Liu & Qin (2025), Detecting out-of-distribution through the lens of
-    neural collapse, CVPR (arXiv:2311.01479).
-
-    Examples
-    --------
-    >>> import numpy as np, ncdask
-    >>> rng = np.random.default_rng(0)
-    >>> means = 5 * rng.normal(size=(4, 8))
-    >>> y = np.arange(400) % 4
-    >>> X = means[y] + rng.normal(size=(400, 8))
-    >>> s = ncdask.EmbeddingStore.from_arrays(
-    ...     "memory://nci-doc", {"train": (X, y), "ood": (rng.normal(size=(50, 8)), y[:50])},
-    ...     overwrite=True)
-    >>> st = ncdask.class_stats(s, "train")
-    >>> W = (st.means - st.global_mean).values
-    >>> idc, ood = ncdask.nci_scores(st, (s, "train"), W), ncdask.nci_scores(st, (s, "ood"), W)
-    >>> float(ncdask.ood_report(idc, ood).auroc) > 0.9
-    True
+        Lazy ``(sample,)`` float64.
     """
-    _check_stats(stats)
+    D = int(check_stats(stats).sizes["feature"])
     ds = _split(split)
-    X = _float64(as_dask(ds["embeddings"])).rechunk({1: -1})
-    W = _float64(as_dask(weights))
-    K, D = W.shape
+    X = float64(as_dask(ds["embeddings"])).rechunk({1: -1})
     if X.ndim != 2 or X.shape[1] != D:
-        raise ValueError(f"embeddings have shape {X.shape}, expected (n, {D}) like the weights")
-    if stats.sizes["feature"] != D:
-        raise ValueError(f"weights have D={D}, the statistics {stats.sizes['feature']}")
-    b = da.zeros(K, dtype=np.float64, chunks=-1) if bias is None else _float64(as_dask(bias))
-    if b.shape != (K,):
-        raise ValueError(f"bias has shape {b.shape}, expected ({K},)")
-    mG = _float64(as_dask(stats["global_mean"]))
-    mask = None
-    _, ii = split_classes(ds, ignore_index=ignore_index, required=False)
-    if ii is not None and "labels" in ds:
-        mask = as_dask(ds["labels"]) != ii
-    T = int(tile_size) if tile_size else default_tile_size(K, D)
-    scores = GN.nci_scores(X, W, b, mG, alpha=float(alpha), tile_size=T, mask=mask)
+        raise ValueError(f"embeddings have shape {X.shape}, expected (n, {D}) like the statistics")
+    W, b, T = _classifier(weights, bias, D, tile_size)
+    mG = float64(as_dask(stats["global_mean"]))
+    scores = GN.nci_scores(X, W, b, mG, alpha=float(alpha), tile_size=T,
+                           mask=_kept_rows(ds, ignore_index))
     out = xr.DataArray(scores, dims=("sample",), name="nci_score")
     out.attrs.update(
         long_name="NCI score (higher: more in-distribution)",
@@ -404,18 +281,16 @@ def _host_scores(s: Any) -> np.ndarray:
 def ood_report(id_scores: Any, ood_scores: Any, *, tpr: float = 0.95) -> xr.Dataset:
     """AUROC and FPR at a TPR of 95 % for scores where **higher means in-distribution**.
 
-    In-distribution is the positive class: AUROC is the probability that an
-    ID sample scores higher than an OOD one (ties count one half), and the
-    FPR is the fraction of OOD samples scoring at or above the largest
-    threshold that keeps at least ``tpr`` of the ID samples (scikit-learn's
-    ``roc_curve`` convention). For scores where higher means OOD, pass their
-    negatives. NaN scores (ignored samples) are dropped.
+    AUROC is the probability that an ID sample scores higher than an OOD one
+    (ties count one half); the FPR is the share of OOD samples at or above
+    the largest threshold keeping ``tpr`` of the ID ones (as scikit-learn's
+    ``roc_curve``). NaN scores (ignored samples) are dropped.
 
     Parameters
     ----------
     id_scores, ood_scores : array-like or DataArray (dask or not)
-        Scores of in-distribution and OOD samples; both are loaded (8 bytes
-        a sample) to rank them exactly.
+        Scores of in-distribution and OOD samples; both are loaded to rank
+        them exactly.
     tpr : float, default 0.95
         The true-positive rate of the FPR.
 
@@ -444,15 +319,9 @@ def ood_report(id_scores: Any, ood_scores: Any, *, tpr: float = 0.95) -> xr.Data
     k = int(np.searchsorted(np.arange(1, n1 + 1) / n1, tpr, side="left")) + 1
     thr = float(np.sort(a)[::-1][min(k, n1) - 1])
     fpr = float(np.count_nonzero(b >= thr)) / n0
-    ds = xr.Dataset(
-        {
-            "auroc": ((), float(auroc)),
-            "fpr_at_tpr": ((), fpr),
-            "threshold": ((), thr),
-            "n_id": ((), np.int64(n1)),
-            "n_ood": ((), np.int64(n0)),
-        }
-    )
+    ds = xr.Dataset({"auroc": ((), float(auroc)), "fpr_at_tpr": ((), fpr),
+                     "threshold": ((), thr), "n_id": ((), np.int64(n1)),
+                     "n_ood": ((), np.int64(n0))})
     ds["auroc"].attrs["long_name"] = "area under the ROC curve, ID positive"
     ds["fpr_at_tpr"].attrs["long_name"] = f"OOD false-positive rate at {tpr:.0%} ID recall"
     ds.attrs.update(tpr=float(tpr), positive="in-distribution (higher score)")

@@ -1,9 +1,8 @@
-"""Figures of Neural Collapse results (matplotlib, drawn off screen with Agg).
+"""Figures of Neural Collapse results.
 
-matplotlib is imported only when a function here is called, so ``import
-ncdask`` does not need it (install it with ``pip install 'ncdask[demo]'``).
-Every function returns a :class:`matplotlib.figure.Figure` built without
-``pyplot`` (no global figure state) and saves it when given ``path``.
+matplotlib (``pip install 'ncdask[demo]'``) is imported only when a function
+here is called. Every function returns a :class:`matplotlib.figure.Figure`
+built without ``pyplot`` (no global figure state), saved when given ``path``.
 """
 
 from __future__ import annotations
@@ -19,20 +18,8 @@ import xarray as xr
 from ncdask.kernels._xp import to_numpy
 
 #: Metrics drawn by :func:`plot_metrics` by default, in this order, when present.
-HEADLINE = (
-    "nc1_pinv",
-    "nc1_cdnv",
-    "nc1_quot",
-    "nc2_etf_err",
-    "nc2_equinorm",
-    "nc2_max_angle",
-    "nc2g_log_var",
-    "nc3_dual_err",
-    "nc3_papyan",
-    "nc3_bias",
-    "nc4_agree",
-    "nc5_ood_dev",
-)
+HEADLINE = ("nc1_pinv", "nc1_cdnv", "nc1_quot", "nc2_etf_err", "nc2_equinorm", "nc2_max_angle",
+            "nc2g_log_var", "nc3_dual_err", "nc3_papyan", "nc3_bias", "nc4_agree", "nc5_ood_dev")
 SWEEP_DIMS = ("epoch", "layer", "checkpoint", "step")
 
 
@@ -64,25 +51,15 @@ def _use_log(v: np.ndarray) -> bool:
     return f.size > 1 and bool(np.all(f > 0)) and f.max() / f.min() > 10
 
 
-#: Which way each metric moves as the network collapses: -1 where lower values
-#: mean more collapse, +1 where higher do. Keys ending in ``_`` are prefixes;
-#: an exact name wins over a prefix. The GNC2 kernel means, the accuracies and
-#: the per-class companions have no direction.
+#: Which way each metric moves under collapse: -1 lower is more collapse, +1 higher is.
+#: Keys ending in ``_`` are prefixes; an exact name wins. Others have no direction.
 COLLAPSE_DIRECTION: dict[str, int] = {
-    "nc1_": -1,
-    "nc2_": -1,
-    "nc2w_": -1,
-    "nc3_": -1,
-    "nc3u_": -1,
-    "nc2g_dist_var": -1,
-    "nc2g_log_var": -1,
-    "nc2g_riesz_var": -1,
-    "nc2g_riesz_log_var": -1,
-    "nc4_agree": +1,
+    "nc1_": -1, "nc2_": -1, "nc2w_": -1, "nc3_": -1, "nc3u_": -1, "nc2g_dist_var": -1,
+    "nc2g_log_var": -1, "nc2g_riesz_var": -1, "nc2g_riesz_log_var": -1, "nc4_agree": +1,
     "nc5_ood_dev": -1,
 }
-#: Accuracy variables drawn in one extra panel by :func:`plot_metrics` when
-#: present (the demo's); the first is the training accuracy.
+#: Accuracy variables drawn in one extra panel of :func:`plot_metrics`; the first is
+#: the training accuracy.
 ACCURACY = ("train_acc", "test_acc")
 #: A log y axis of :func:`plot_metrics` spans at least this many decades.
 MIN_DECADES = 1.0
@@ -92,10 +69,8 @@ _CUE = {-1: "\u2193 collapse", +1: "\u2191 collapse"}
 def collapse_direction(name: str) -> int | None:
     """-1 if lower values of metric ``name`` mean more collapse, +1 if higher, else None.
 
-    >>> collapse_direction("nc1_pinv"), collapse_direction("nc4_agree")
-    (-1, 1)
-    >>> collapse_direction("nc2g_log_mean") is None
-    True
+    >>> collapse_direction("nc1_pinv"), collapse_direction("nc4_agree"), collapse_direction("x")
+    (-1, 1, None)
     """
     if name in COLLAPSE_DIRECTION:
         return COLLAPSE_DIRECTION[name]
@@ -104,12 +79,8 @@ def collapse_direction(name: str) -> int | None:
 
 
 def log_spaced(x: Any) -> bool:
-    """Whether sweep positions look log-spaced, so a log x axis suits them.
-
-    The rule: the positions are numbers, at least three, positive and
-    increasing, the last over 10 times the first, and their gaps are more even
-    on a log scale than on a linear one (the coefficient of variation of
-    ``diff(log x)`` is below that of ``diff(x)``).
+    """Whether sweep positions look log-spaced: three or more positive increasing numbers,
+    the last over 10 times the first, with gaps more even on a log scale than a linear one.
 
     >>> log_spaced([1, 2, 3, 5, 8, 12, 18, 27, 40]), log_spaced([0, 10, 20, 30])
     (True, False)
@@ -127,26 +98,12 @@ def log_spaced(x: Any) -> bool:
 
 
 def y_limits(v: np.ndarray, log: bool, min_decades: float = MIN_DECADES) -> tuple[float, float]:
-    """The y range :func:`plot_metrics` gives a panel: honest about relative change.
+    """The y range of a :func:`plot_metrics` panel, honest about relative change.
 
-    A linear axis always includes 0 (so a change of p % of the values moves
-    the curve by at most p % of the panel's height); a log axis spans at
-    least ``min_decades`` decades around the data's geometric middle. Both
-    get a 5 % margin.
-
-    Parameters
-    ----------
-    v : array
-        The values drawn (non-finite ones are ignored; a log axis uses the
-        positive ones).
-    log : bool
-        Whether the axis is logarithmic.
-    min_decades : float
-        Least span of a log axis, in decades.
-
-    Returns
-    -------
-    (float, float)
+    A linear axis includes 0 (a change of p % moves the curve by at most p % of
+    the panel); a log axis spans at least ``min_decades`` decades. Both get a
+    5 % margin; non-finite values (and, on a log axis, non-positive ones) are
+    ignored.
 
     >>> y_limits(np.array([0.5, 0.498]), log=False)
     (-0.025, 0.525)
@@ -256,41 +213,29 @@ def plot_metrics(
 ) -> Any:
     """NC curves: each scalar metric against the sweep dim (epoch or layer).
 
-    Each panel is titled with the metric's name and which way is collapse
-    (``↓ collapse``: lower values mean more collapse, see
-    :data:`COLLAPSE_DIRECTION`), and y-labelled with its ``long_name``
-    attribute (the name where that is missing).
-
-    **y ranges** (:func:`y_limits`): a linear panel always includes 0, a log
-    panel spans at least ``min_decades`` decades, so a change of p % of the
-    values moves a curve by at most about p % of its panel: a 0.4 % wiggle
-    stays flat while a 3× fall fills most of it. The figure's title says so.
-    **x axis**: log when the positions are log-spaced (:func:`log_spaced`).
-    **Accuracy**: the ``accuracy`` variables present are drawn together in one
-    more panel (y from 0 to 1); where the first of them (the training
-    accuracy) first reaches 1, a dotted line on every panel marks the start
-    of the terminal phase of training.
+    Panels are titled with the metric and its direction of collapse
+    (:data:`COLLAPSE_DIRECTION`), y-labelled with its ``long_name``, and get
+    the y range of :func:`y_limits`. The ``accuracy`` variables share one more
+    panel; where the first (training accuracy) reaches 1, a dotted line marks
+    the terminal phase on every panel.
 
     Parameters
     ----------
     results : xarray.Dataset
-        Output of :func:`ncdask.measure` for a sweep (a dim such as ``epoch``).
+        Output of :func:`ncdask.sweep` (a dim such as ``epoch``).
     dim : str, optional
-        The sweep dim; default the first of epoch, layer, checkpoint, step present.
+        The sweep dim; default the first of :data:`SWEEP_DIMS` present.
     metrics : sequence of str, optional
         Variables to draw; default the :data:`HEADLINE` metrics present.
     ax : matplotlib Axes, optional
-        Draw every curve on this one Axes (with a legend) instead of one
-        panel per metric; the y label states the range rule.
+        Draw every curve on this one Axes, with a legend.
     path : str or Path, optional
-        Save the figure here (format from the suffix, e.g. ``.png``).
-    logy : bool or "auto"
-        Log y axis; "auto" uses it for positive values spanning over a decade.
-    logx : bool or "auto"
-        Log x axis; "auto" uses it when :func:`log_spaced` says so.
+        Save the figure here (format from the suffix).
+    logy, logx : bool or "auto"
+        Log axes; "auto": y for positive values over a decade, x for
+        :func:`log_spaced` positions.
     accuracy : sequence of str
-        Accuracy variables for the extra panel (those missing are skipped;
-        an empty sequence draws no accuracy panel).
+        Accuracy variables of the extra panel (empty: none).
     min_decades : float
         Least span of a log y axis, in decades.
     ncols : int
@@ -381,13 +326,10 @@ def _pick_classes(
 
 
 def cosine_spread(C: np.ndarray) -> float:
-    """Spread of the off-diagonal entries of a cosine matrix: their standard deviation.
+    """The standard deviation (ddof 1) of a cosine matrix's off-diagonal entries.
 
-    Over the pairs ``i < j``, unbiased (divisor P − 1), as Papyan's
-    equiangularity ``nc2_equiangle``; 0 at a simplex ETF, where every
-    off-diagonal cosine is ``-1/(K-1)``. (Their *mean* is ``-1/(K-1)`` for
-    any centred means, so it says nothing about collapse.) NaN for fewer than
-    two pairs.
+    As ``nc2_equiangle``, 0 at a simplex ETF; their mean is ``-1/(K-1)`` for any
+    centred means, so says nothing. NaN for fewer than two pairs.
 
     >>> K = 4
     >>> cosine_spread(np.full((K, K), -1 / (K - 1)) + np.eye(K) * K / (K - 1))
@@ -402,9 +344,7 @@ def _where(attrs: Any) -> str:
     return ", ".join(f"{k}={attrs[k]}" for k in ("layer", "epoch") if k in attrs)
 
 
-def _class_cosines(
-    stats: Any, idx: np.ndarray
-) -> np.ndarray:
+def _class_cosines(stats: Any, idx: np.ndarray) -> np.ndarray:
     if isinstance(stats, xr.Dataset):
         M = _values(stats["means"].isel({"class": idx}))
         mG = _values(stats["global_mean"])
@@ -450,41 +390,29 @@ def plot_gram(
 ) -> Any:
     """Heatmap of the cosines between centred class means (the normalised Gram matrix).
 
-    Under NC2 the off-diagonal cosines all approach ``-1/(K-1)`` (a simplex
-    ETF). Their mean is ``-1/(K-1)`` for any centred means, so each panel's
-    headline is their *spread* (:func:`cosine_spread`, Papyan's
-    equiangularity), which falls to 0 as the means collapse to an ETF. Both
-    axes are labelled with the classes; the title names the set shown (its
-    ``layer`` / ``epoch`` attrs, or the mapping key).
-
-    Pass a mapping, such as ``{1: stats_first, 40: stats_last}``, to draw the
-    sets side by side on one colour scale (-1 to 1) with one colour bar, e.g.
-    first against last epoch. For K above ``max_classes`` a random block of
-    ``max_classes`` classes (the same in every panel) is drawn: only those
-    rows of the means are read, and no K×K matrix is formed.
+    Under NC2 the off-diagonal cosines approach ``-1/(K-1)``; each panel's
+    headline is their spread (:func:`cosine_spread`). A mapping such as
+    ``{1: first, 40: last}`` draws the sets side by side on one colour scale.
+    Above ``max_classes`` a random block of classes, the same in every panel, is
+    drawn: only those rows of the means are read.
 
     Parameters
     ----------
     stats : xarray.Dataset, array (K, D), or mapping of them
-        Class statistics (``means``, ``global_mean``, ``counts``) from
-        :func:`ncdask.class_stats`, or a matrix of class means (centred on
-        their mean here); a mapping draws one panel per entry, titled with
-        its key.
+        Class statistics from :func:`ncdask.class_stats`, or class means; a
+        mapping draws one panel per entry, titled with its key.
     max_classes : int
         Largest block drawn.
     classes : sequence of int, optional
-        Exactly these classes.
+        Exactly these classes (else a sample drawn with ``seed``).
     class_names : sequence of str, optional
         Names of all K classes for the tick labels (default the class ids).
     seed : int
-        Seed of the class sample.
     dim : str, optional
-        What the mapping keys are (e.g. ``"epoch"``): titles read
-        ``epoch=40`` rather than ``40``.
+        What the mapping keys are: titles read ``epoch=40`` rather than ``40``.
     ax : matplotlib Axes, optional
         Draw on this Axes (one set only).
     path : str or Path, optional
-        Save the figure here.
 
     Returns
     -------
@@ -549,18 +477,15 @@ def plot_per_class(
     Parameters
     ----------
     results : xarray.Dataset
-        Output of :func:`ncdask.measure`.
+        Output of :func:`ncdask.measure` or :func:`ncdask.sweep`.
     var : str
         A variable on the ``class`` dim.
     at : dict, optional
-        Position along a sweep dim, e.g. ``{"epoch": 40}`` (label-based); by
-        default the last position of every sweep dim.
+        Position along a sweep dim, e.g. ``{"epoch": 40}``; default the last.
     max_bars : int
         Above this many classes the values are drawn sorted, as a profile.
     ax : matplotlib Axes, optional
-        Draw on this Axes.
     path : str or Path, optional
-        Save the figure here.
 
     Returns
     -------

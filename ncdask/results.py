@@ -11,23 +11,20 @@ def save_results(
     results: xr.Dataset, url: str, *, overwrite: bool = False,
     storage_options: dict | None = None,
 ) -> None:
-    """Write the output of :func:`ncdask.measure` or :func:`ncdask.sweeps` to Zarr.
+    """Write the output of :func:`ncdask.measure` or :func:`ncdask.sweep` to Zarr.
 
-    Lazy results are computed as they are written. Every variable keeps its
-    ``long_name`` / ``formula`` / ``reference`` attrs; attrs that are None
-    are left out (Zarr attrs are JSON). The store opens quietly with
-    ``xr.open_zarr(url)``, and in SPEC order with :func:`open_results`.
+    Lazy results are computed as they are written, beside ``url`` and renamed
+    into place when complete; attrs that are None are left out (Zarr attrs are
+    JSON). ``xr.open_zarr(url)`` reads it back, :func:`open_results` in SPEC order.
 
     Parameters
     ----------
     results : xarray.Dataset
     url : str
-        Local path or fsspec URL. It is written beside and renamed into
-        place when complete.
+        Local path or fsspec URL.
     overwrite : bool, default False
-        Replace an existing ``url`` that holds ncdask results. Without it an
-        existing ``url`` raises ``FileExistsError``, and so does anything
-        that is not ncdask results, with or without it.
+        Replace ``url`` if it holds ncdask results (anything else is never
+        replaced: ``FileExistsError``).
     storage_options : dict, optional
         Passed to fsspec.
     """

@@ -1,22 +1,4 @@
-"""Choosing where the Dask graphs run, and computing them with a progress bar.
-
-:func:`use_scheduler` takes the ``--scheduler`` value of the command line:
-
-``"threads"`` (default)
-    Dask's local thread pool.
-``"processes"``
-    Dask's local multiprocessing scheduler (spawned worker processes; the
-    store must be on a file system or object store the workers can reach,
-    not ``memory://``).
-``"sync"``
-    Everything in the calling thread (for debugging).
-``ADDRESS``
-    A running distributed scheduler, e.g. ``tcp://10.0.0.5:8786``: a
-    :class:`distributed.Client` connects to it for the duration.
-``"local-cuda"``
-    A :class:`dask_cuda.LocalCUDACluster`, one worker per GPU (needs the
-    ``gpu`` extra, ``pip install 'ncdask[gpu]'``, and a CUDA device).
-"""
+"""Where the Dask graphs run (the ``--scheduler`` value), and computing them with progress."""
 
 from __future__ import annotations
 
@@ -35,19 +17,8 @@ LOCAL = ("threads", "processes", "sync")
 
 @dataclass
 class Runner:
-    """Where graphs run; ``compute`` runs them with a progress bar.
-
-    Attributes
-    ----------
-    spec : str
-        The scheduler as given (``"threads"``, ``"processes"``, an address, ...).
-    client : distributed.Client or None
-        The client of a distributed scheduler, else None.
-    gpu : bool
-        True for ``"local-cuda"``: chunks should be moved to the GPU.
-    quiet : bool
-        Show no progress bars.
-    """
+    """Where graphs run: the spec as given, the distributed client (or None), whether
+    chunks should go to the GPU (``local-cuda``), and whether progress bars are hidden."""
 
     spec: str
     client: Any = None
@@ -55,19 +26,7 @@ class Runner:
     quiet: bool = False
 
     def compute(self, obj: Any, label: str | None = None) -> Any:
-        """Compute a dask collection (array, Dataset, ...), showing progress on stderr.
-
-        Parameters
-        ----------
-        obj : dask collection
-            What to compute (an :class:`xarray.Dataset` of lazy variables, say).
-        label : str, optional
-            Printed before the progress bar.
-
-        Returns
-        -------
-        The computed object (``obj.compute()``).
-        """
+        """``obj.compute()`` with a progress bar on stderr, ``label`` printed before it."""
         if label and not self.quiet:
             print(label, file=sys.stderr, flush=True)
         if self.client is not None:
@@ -88,8 +47,7 @@ class Runner:
             return obj.compute()
 
     def call(self, fn: Any, *args: Any, label: str | None = None, **kwargs: Any) -> Any:
-        """Call ``fn``, which computes inside (a cached ``class_stats``), with the progress
-        bar of a local scheduler around it (a distributed one shows none here)."""
+        """Call ``fn``, which computes inside, with a local scheduler's progress bar around it."""
         if label and not self.quiet:
             print(label, file=sys.stderr, flush=True)
         if self.quiet or self.client is not None:
@@ -113,23 +71,25 @@ def use_scheduler(
     Parameters
     ----------
     spec : str, optional
-        ``"threads"`` (default), ``"processes"``, ``"sync"``, a distributed
-        scheduler address (``tcp://host:port``) or ``"local-cuda"``.
+        ``"threads"`` (default), ``"processes"`` (the store must be reachable
+        from worker processes, not ``memory://``), ``"sync"`` (debugging), a
+        distributed scheduler address (``tcp://host:port``), or
+        ``"local-cuda"`` (a :class:`dask_cuda.LocalCUDACluster`, one worker
+        per GPU; ``pip install 'ncdask[gpu]'``).
     quiet : bool
-        Silence the progress bars of :meth:`Runner.compute`.
+        Hide the progress bars of :meth:`Runner.compute`.
     connect_timeout : float
         Seconds to wait for a distributed scheduler.
 
     Yields
     ------
     Runner
-        Use ``runner.compute(obj)`` to compute with a progress bar.
+        ``runner.compute(obj)`` computes with a progress bar.
 
     Raises
     ------
     SchedulerError
-        Unknown spec, unreachable address, or ``local-cuda`` without
-        ``dask_cuda`` or a GPU.
+        Unknown spec, unreachable address, or ``local-cuda`` without a GPU.
 
     Examples
     --------
@@ -160,11 +120,9 @@ def use_scheduler(
 def _connect(spec: str, timeout: float) -> Any:
     """A distributed Client for ``spec``, or SchedulerError within about ``timeout`` seconds.
 
-    Why a thread: ``Client(address, timeout=)`` bounds the TCP connect but not
-    the handshake, so an address whose service accepts connections and never
-    speaks Dask's protocol (a dashboard port, an HTTP server) hung until
-    killed (issue 14: 200 s). The client is built in a daemon thread that is
-    abandoned if it has not answered in time.
+    A daemon thread, abandoned on time-out, builds it: ``Client(timeout=)`` bounds
+    the TCP connect but not the handshake, which a port that never speaks Dask's
+    protocol (a dashboard, an HTTP server) leaves hanging.
     """
     import threading
 
@@ -216,18 +174,8 @@ def _local_cuda() -> Iterator[Any]:
 
 
 def to_gpu(split: Any) -> Any:
-    """A split Dataset whose embedding chunks are CuPy arrays (read on the host, moved per chunk).
-
-    Parameters
-    ----------
-    split : xarray.Dataset
-        A split from :meth:`ncdask.EmbeddingStore.split`.
-
-    Returns
-    -------
-    xarray.Dataset
-        The same split, lazy, with ``embeddings`` on the GPU.
-    """
+    """A split (:meth:`ncdask.EmbeddingStore.split`), lazy, whose embedding chunks are moved
+    to the GPU as CuPy arrays one by one."""
     import cupy
 
     emb = split["embeddings"]
@@ -239,18 +187,7 @@ def to_gpu(split: Any) -> Any:
 
 
 def to_host(ds: Any) -> Any:
-    """Copy every CuPy-backed variable of a computed Dataset to NumPy.
-
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        Computed results, possibly holding CuPy arrays.
-
-    Returns
-    -------
-    xarray.Dataset
-        The same Dataset with NumPy data.
-    """
+    """A computed Dataset with every CuPy-backed variable copied to NumPy."""
     from ncdask.kernels._xp import to_numpy
 
     out = ds.copy()

@@ -1,12 +1,10 @@
-"""Measure every embedding set of a store: sweeps over epochs or layers.
+"""The one sweep: every embedding set of a store (or a StatsSink) measured along a dim.
 
-A store holds several embedding *sets* tagged ``layer=`` and ``epoch=``
-(see :meth:`ncdask.EmbeddingStore.sets`), written by
-:func:`ncdask.hooks` or by ``append(..., layer=, epoch=)``. :func:`sweep`
-computes the class statistics and the metrics of each set, with that set's
-own classifier and its own width (layers of a network differ in width; the
-metrics are scalars or per class, so they stack along an ``epoch`` or
-``layer`` dim whatever the widths).
+A store holds embedding *sets* tagged ``layer=`` and ``epoch=``
+(:meth:`ncdask.EmbeddingStore.sets`). :func:`sweep` measures each set with its
+own classifier and width and stacks the metrics (scalars or per class) along
+``epoch`` or ``layer``. The command line's ``--sweep`` and
+:meth:`ncdask.StatsSink.sweep` call it.
 """
 
 from __future__ import annotations
@@ -20,24 +18,25 @@ import xarray as xr
 from ncdask.store.setkey import SET_TAGS, SetKey
 from ncdask.metrics.api import measure
 from ncdask.stats.core import class_stats
-from ncdask.store.core import committed_parts, current_classifier, set_keys
+from ncdask.store.core import committed_parts, current_classifier
 from ncdask.store.embedding import EmbeddingStore
 
-_RESERVED = ("weights", "bias", "dim", "labels")
+_RESERVED = ("weights", "bias", "dim", "labels", "train")
 
 
-def _stores(store: Any) -> list[EmbeddingStore]:
+def _stores(store: Any) -> list[Any]:
+    """The sources swept: EmbeddingStores (opened from URLs) or a StatsSink."""
     if isinstance(store, str):
         return [EmbeddingStore.open(store)]
-    if isinstance(store, EmbeddingStore):
-        return [store]
     if isinstance(store, Mapping):
         store = list(store.values())
     if isinstance(store, (list, tuple)) and store:
-        return [s if isinstance(s, EmbeddingStore) else EmbeddingStore.open(s) for s in store]
+        return [EmbeddingStore.open(s) if isinstance(s, str) else s for s in store]
+    if hasattr(store, "sets") and hasattr(store, "splits"):
+        return [store]
     raise TypeError(
-        "store must be an EmbeddingStore, a URL, or a non-empty list or dict of them, "
-        f"got {type(store).__name__}"
+        "store must be an EmbeddingStore, a StatsSink, a URL, or a non-empty list or dict of "
+        f"them, got {type(store).__name__}"
     )
 
 
@@ -60,67 +59,55 @@ def sweep(
     compute: bool = False,
     out: str | None = None,
     cache: bool = False,
+    backend: str = "numpy",
     **measure_kwargs: Any,
 ) -> xr.Dataset:
     """Class statistics and NC metrics of every embedding set, along one dim.
 
     Parameters
     ----------
-    store : EmbeddingStore, URL, or list / dict of them
-        The store(s) to read. One store holds sets of any widths (see
-        :meth:`ncdask.EmbeddingStore.dim_of`); several stores are read as
-        one, and two sets with the same tags are an error.
+    store : EmbeddingStore, URL, StatsSink, or list / dict of stores
+        The store(s) to read, as one. A :class:`ncdask.StatsSink` gives its
+        streamed statistics and the test / OOD summaries it captured.
     over : {"epoch", "layer"} or ("layer", "epoch")
-        The set tag to sweep: the result gets a dim of that name. A pair
-        gives a 2-D sweep (missing combinations are NaN).
+        The set tag(s) swept, the result's dim(s); a pair gives a 2-D sweep
+        (missing combinations are NaN).
     split : str, default "train"
         The split whose class statistics are measured in each set.
-    test : str, optional
-        Split name, read from the same set, for NC4 (needs a classifier).
-    ood : str, optional
-        Split name, read from the same set, for NC5.
+    test, ood : str, optional
+        Split names, read from each set, for NC4 (needs a classifier) and NC5.
     layer, epoch : optional
-        Keep only the sets with this tag (the one not swept), e.g.
-        ``sweep(s, over="epoch", layer="fc_in")``. When the sets differ in
-        a tag that is neither swept nor fixed, a ValueError names the values.
+        Keep only the sets with this tag (the one not swept). Sets that differ
+        in a tag neither swept nor fixed are an error.
     order : sequence, optional
-        The coordinates to keep, in this order (for instance layers in
-        network order); default: every set, sorted by coordinate.
+        The coordinates to keep, in this order; default every set, sorted.
     use_classifier : bool, default True
-        Measure each set with the classifier stored for that set
-        (:meth:`ncdask.EmbeddingStore.set_classifier` with the same tags);
-        sets without one get NaN for the metrics that need it.
+        Measure each set with its own stored classifier; sets without one get
+        NaN for the metrics that need it.
     stats_kwargs : mapping, optional
         Passed to :func:`ncdask.class_stats` (``global_mean=``, ``dtype=``).
     compute : bool, default False
-        Compute the result before returning it; by default it is lazy, like
-        :func:`ncdask.measure`, and one ``.compute()`` runs every set's pass
-        over its embeddings in one graph.
+        Compute the result; by default it is lazy, and one ``.compute()``
+        runs every set's pass in one graph.
     out : str, optional
-        Keep the results in this Zarr store (:func:`ncdask.save_results`)
-        and, when run again, measure only the sets that are not in it yet or
-        whose data changed (more rows in a split, another classifier, other
-        options); the rest are read back. A sweep re-run after each epoch of
-        a training run then costs one epoch. The store is replaced
-        atomically with the union, and returned. One swept tag only.
+        Keep the results in this Zarr store and, when run again, measure only
+        the sets not in it yet or whose data or options changed; the rest are
+        read back, and the store is replaced atomically with the union. One
+        swept tag only.
     cache : bool, default False
         Keep each set's class statistics in the store
-        (``class_stats(..., cache=True)``): a changed set reads only its new
-        rows.
+        (``class_stats(..., cache=True)``): a changed set reads only its new rows.
+    backend : {"numpy", "cupy"}, default "numpy"
+        Array module of the splits' chunks (:meth:`ncdask.EmbeddingStore.split`).
     **measure_kwargs
-        Passed to :func:`ncdask.measure` (``metrics=``, ``tile_size=``, ...).
+        Passed to :func:`ncdask.measure` (``metrics=``, ``tile_size=``, ...);
+        with ``by_frequency=`` each set's ``split`` is also its ``train=``.
 
     Returns
     -------
     xarray.Dataset
-        The variables of :func:`ncdask.measure` with the sweep dim first,
-        sorted by coordinate (or in ``order``); attrs as measure's, plus
-        ``split``, ``sweep_over`` and the fixed tags.
-
-    Raises
-    ------
-    ValueError
-        No set matches, or the matching sets differ in a tag not swept.
+        The variables of :func:`ncdask.measure` with the sweep dim first;
+        attrs as measure's, plus ``split``, ``sweep_over`` and the fixed tags.
 
     Examples
     --------
@@ -145,26 +132,28 @@ def sweep(
     bad = [k for k in measure_kwargs if k in _RESERVED]
     if bad:
         raise TypeError(
-            f"sweep takes no {bad}: each set is measured with its own stored classifier"
+            f"sweep takes no {bad}: each set is measured with its own stored classifier "
+            "and splits"
         )
     items, coords = _ordered(_matching_sets(store, dims, fixed, split), dims, order)
     sk = dict(stats_kwargs or {})
     if out is not None:
         if len(dims) != 1:
             raise ValueError("out= keeps sweeps over one tag; sweep each layer on its own")
+        if backend != "numpy":
+            raise ValueError("out= measures on the host: leave backend= out")
         return _incremental(items, coords, dims[0], out, split, test, ood, use_classifier,
                             sk, measure_kwargs, fixed, cache)
     res = _measure_sets(items, coords, dims, split, test, ood, use_classifier, sk,
-                        measure_kwargs, fixed, order, cache)
+                        measure_kwargs, fixed, order, cache, backend)
     return res.compute() if compute else res
 
 
-#: The sets found: set key -> the store holding it.
-Found = dict[SetKey, EmbeddingStore]
+#: The sets found: set key -> the store (or sink) holding it.
+Found = dict[SetKey, Any]
 
 
 def _swept_dims(over: str | Sequence[str]) -> list[str]:
-    """The swept tag(s), checked: "epoch", "layer" or a pair of them."""
     dims = [over] if isinstance(over, str) else list(over)
     if not dims or len(dims) > 2 or len(set(dims)) != len(dims):
         raise ValueError(f"over must be 'epoch', 'layer' or a pair of them, got {over!r}")
@@ -181,7 +170,7 @@ def _matching_sets(store: Any, dims: list[str], fixed: dict[str, Any],
     tag that is neither swept nor fixed."""
     found: Found = {}
     for st in _stores(store):
-        for key in set_keys(st.core):
+        for key in map(SetKey.from_tags, st.sets()):
             tags = key.tags
             if any(d not in tags for d in dims):
                 continue
@@ -228,39 +217,17 @@ def _measure_sets(
     items: list[tuple[EmbeddingStore, SetKey]], coords: list[tuple[Any, ...]],
     dims: list[str], split: str, test: str | None, ood: str | None, use_classifier: bool,
     sk: dict[str, Any], measure_kwargs: dict[str, Any], fixed: dict[str, Any],
-    order: Sequence[Any] | None, cache: bool,
+    order: Sequence[Any] | None, cache: bool, backend: str = "numpy",
 ) -> xr.Dataset:
     """The lazy sweep of the sets ``items`` at ``coords`` (see :func:`sweep`)."""
-    stats, weights, bias, tests, oods = [], [], [], [], []
-    for st, key in items:
-        tags = key.tags
-        if cache:
-            stats.append(class_stats(st, split, cache=True, **tags, **sk))
-        else:
-            stats.append(class_stats(st.split(split, **tags), **sk))
-        W = b = None
-        if use_classifier:
-            try:
-                W, b = st.classifier(**tags, lazy=True)
-            except KeyError:
-                pass
-        weights.append(W)
-        bias.append(b)
-        tests.append(st.split(test, **tags) if test is not None else None)
-        oods.append(st.split(ood, **tags) if ood is not None else None)
-
+    train = measure_kwargs.get("by_frequency") is not None  # each bin's share of nc1_pinv
+    sets = [_set_inputs(st, key.tags, split, test, ood, train, use_classifier, sk, cache,
+                        backend) for st, key in items]
+    inputs = {k: [one[k] for one in sets] for k in sets[0]}
+    inputs = {k: (v if any(x is not None for x in v) else None) for k, v in inputs.items()}
     flat_dim = dims[0] if len(dims) == 1 else "set"
     labels = [c[0] for c in coords] if len(dims) == 1 else list(range(len(coords)))
-    res = measure(
-        stats,
-        weights=weights,
-        bias=bias,
-        test=tests if test is not None else None,
-        ood=oods if ood is not None else None,
-        dim=flat_dim,
-        labels=labels,
-        **measure_kwargs,
-    )
+    res = measure(inputs.pop("stats"), dim=flat_dim, labels=labels, **inputs, **measure_kwargs)
     attrs = dict(res.attrs)
     if len(dims) == 2:
         res = res.assign_coords(
@@ -274,6 +241,32 @@ def _measure_sets(
     attrs["store"] = urls[0] if len(urls) == 1 else urls
     res.attrs = attrs
     return res
+
+
+def _set_inputs(st: Any, tags: dict[str, Any], split: str, test: str | None, ood: str | None,
+                train: bool, use_classifier: bool, sk: dict[str, Any], cache: bool,
+                backend: str) -> dict[str, Any]:
+    """One set's inputs of :func:`ncdask.measure`: its statistics, classifier and splits; a
+    StatsSink gives its streamed statistics and the test / OOD summaries it captured."""
+    W = b = None
+    if use_classifier:
+        try:
+            W, b = st.classifier(**tags, lazy=True)
+        except KeyError:
+            pass
+    if not isinstance(st, EmbeddingStore):
+        summ = st.summaries(**tags)
+        return {"stats": st.stats(split, **tags), "weights": W, "bias": b, "train": None,
+                "test": summ.get("test") if test else None,
+                "ood": summ.get("ood") if ood else None}
+
+    def read(name: str | None) -> xr.Dataset | None:
+        return None if name is None else st.split(name, **tags, backend=backend)
+
+    stats = (class_stats(st, split, cache=True, **tags, **sk) if cache
+             else class_stats(read(split), **sk))
+    return {"stats": stats, "weights": W, "bias": b, "test": read(test), "ood": read(ood),
+            "train": read(split) if train else None}
 
 
 #: Attribute of a sweep kept with ``out=``: per coordinate, what its results came from.

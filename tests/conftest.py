@@ -2,6 +2,7 @@ import itertools
 
 import numpy as np
 import pytest
+import zarr
 
 import ncdask
 
@@ -19,10 +20,23 @@ def mem_url():
 
 
 @pytest.fixture
+def fail_label_writes(monkeypatch):
+    """Call it to make every write to a labels array fail, as a disk that fills up
+    after the embeddings were written; ``monkeypatch.undo()`` ends it."""
+    real = zarr.Array.__setitem__
+
+    def failing(self, key, value):
+        if self.path.endswith("labels"):
+            raise OSError("disk full (simulated)")
+        return real(self, key, value)
+
+    return lambda: monkeypatch.setattr(zarr.Array, "__setitem__", failing)
+
+
+@pytest.fixture
 def small_store(mem_url):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 6)).astype(np.float32)
     y = rng.integers(0, 4, size=300)
-    s = ncdask.EmbeddingStore.create(mem_url(), n_classes=4, dim=6, chunk_rows=64)
-    s.append("train", X, y)
+    s = ncdask.EmbeddingStore.from_arrays(mem_url(), {"train": (X, y)}, n_classes=4, chunk_rows=64)
     return s, X, y

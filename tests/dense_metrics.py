@@ -13,7 +13,7 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from dense import CASES, GOLDEN, golden  # noqa: F401 - one golden loader, re-exported
+from dense import CASES, GOLDEN, class_data, golden, split  # noqa: F401 - re-exported
 from dense import dense_stat_arrays as _dense_arrays
 
 EPS = np.finfo(np.float64).eps
@@ -68,14 +68,6 @@ def dense_stats(
         empty_classes=np.nonzero(counts == 0)[0].tolist(),
     )
     return ds
-
-
-def split(X: np.ndarray, y: np.ndarray | None = None, *, chunks: int = 97) -> xr.Dataset:
-    """A split Dataset with dask-backed embeddings (and labels if given)."""
-    v = {"embeddings": (("sample", "feature"), da.from_array(np.asarray(X), chunks=(chunks, -1)))}
-    if y is not None:
-        v["labels"] = (("sample",), da.from_array(np.asarray(y), chunks=(chunks,)))
-    return xr.Dataset(v)
 
 
 def _etf_err(A: np.ndarray, B: np.ndarray) -> float:
@@ -237,16 +229,19 @@ def dense_metrics(
     return {k: (np.asarray(v) if np.ndim(v) else float(v)) for k, v in out.items()}
 
 
-def small_case(seed=0, K=6, D=9, n_per=6, spread=3.0):
-    """A small random problem: train, classifier, test and labelled OOD data."""
+def small_case(seed=0, K=6, D=9, n_per=6, spread=3.0, *, n_test=50, empty=False):
+    """A small random problem: train, classifier, test and labelled OOD data.
+
+    ``n_per`` training rows a class (an int or one count a class); ``empty``: class K // 2
+    has none.
+    """
     rng = np.random.default_rng(seed)
     means = rng.normal(size=(K, D)) * spread
     y = np.repeat(np.arange(K), n_per)
-    X = means[y] + rng.normal(size=(y.size, D))
+    X, y = class_data(rng, means, y[y != K // 2] if empty else y)
     W = means + 0.3 * rng.normal(size=(K, D))
     b = rng.normal(size=K)
-    yt = rng.integers(0, K, size=50)
-    Xt = means[yt] + 1.5 * rng.normal(size=(50, D))
+    Xt, yt = class_data(rng, means, rng.integers(0, K, n_test), noise=1.5)
     Xo = rng.normal(size=(40, D)) + 0.5
     yo = rng.integers(0, 3, size=40)
     return X, y, W, b, Xt, yt, Xo, yo

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dask.array as da
 import numpy as np
-import xarray as xr
 from hypothesis import strategies as st
 
 #: Seeds of NumPy generators.
@@ -29,12 +27,3 @@ def irregular_chunks(n: int, cuts: list[int]) -> tuple[int, ...]:
     """Chunk sizes of ``n`` rows cut at ``cuts``."""
     edges = [0, *[c for c in cuts if 0 < c < n], n]
     return tuple(b - a for a, b in zip(edges[:-1], edges[1:], strict=False))
-
-
-def split_ds(X: np.ndarray, y: np.ndarray, K: int, chunks) -> xr.Dataset:
-    """A split Dataset of ``X`` and ``y`` in row chunks ``chunks`` (an int or sizes)."""
-    return xr.Dataset(
-        {"embeddings": (("sample", "feature"), da.from_array(X, chunks=(chunks, -1))),
-         "labels": (("sample",), da.from_array(y, chunks=(chunks,)))},
-        attrs={"n_classes": K},
-    )

@@ -2,36 +2,12 @@
 
 import numpy as np
 import pytest
-import xarray as xr
-from dense import golden
+from dense import assert_stats_equal, golden, split
 
 import ncdask
 
-VARS = ("counts", "means", "var_norms", "global_mean", "within_cov", "n_samples")
-
-
 def _stats_of(X, y, K, **kw):
-    ds = xr.Dataset({"embeddings": (("sample", "feature"), X), "labels": (("sample",), y)})
-    return ncdask.class_stats(ds, n_classes=K, **kw).compute()
-
-
-def _same(a, b, rtol=1e-12, X=None):
-    """Counts equal; every float statistic within ``rtol`` of the other, in norm (an
-    entrywise test would judge the rounding of Σ_W's near-zero off-diagonal entries).
-
-    Σ_W of collapsed data is ~1e-6 of the features' second moment, and rounding
-    is relative to the latter: with ``X``, Σ_W is compared against ``‖XᵀX/N‖``."""
-    for v in ("counts", "n_samples"):
-        np.testing.assert_array_equal(a[v].values, b[v].values)
-    for v in VARS[1:-1]:
-        x, w = np.asarray(a[v].values), np.asarray(b[v].values)
-        np.testing.assert_array_equal(np.isnan(x), np.isnan(w))
-        ok = ~np.isnan(w)
-        scale = np.linalg.norm(w[ok])
-        if v == "within_cov" and X is not None:
-            scale = max(scale, np.linalg.norm(X.T.astype(np.float64) @ X / X.shape[0]))
-        assert np.linalg.norm(x[ok] - w[ok]) <= rtol * scale, v
-    assert a.attrs["empty_classes"] == b.attrs["empty_classes"]
+    return ncdask.class_stats(split(X, y, K, chunks=None), **kw).compute()
 
 
 @pytest.mark.parametrize("case", ["collapsed", "manyclass", "wide"])
@@ -48,7 +24,7 @@ def test_batches_of_any_size_give_class_stats(case, batch, buffer_rows):
     acc = ncdask.StatsAccumulator(K, X.shape[1], buffer_rows=buffer_rows)
     for i in range(0, X.shape[0], batch):
         acc.update(X[i:i + batch], y[i:i + batch])
-    _same(acc.result(), _stats_of(X, y, K), X=X)
+    assert_stats_equal(acc.result(), _stats_of(X, y, K))
 
 
 def test_buffered_rows_count_and_refused_batches_leave_the_buffer_alone():
@@ -63,11 +39,11 @@ def test_buffered_rows_count_and_refused_batches_leave_the_buffer_alone():
         acc.update(np.full((10, 5), np.inf), y[30:40])
     assert acc._n_buf == 30
     acc.update(X[30:], y[30:])  # 60 more rows overflow the buffer: a fold, then buffered
-    _same(acc.result(), _stats_of(X, y, 4))
+    assert_stats_equal(acc.result(), _stats_of(X, y, 4))
     assert acc._n_buf == 0
     a2 = ncdask.StatsAccumulator(4, 5, buffer_rows=64).update(X[:45], y[:45])
     b2 = ncdask.StatsAccumulator(4, 5, buffer_rows=64).update(X[45:], y[45:])
-    _same(a2.merge(b2).result(), _stats_of(X, y, 4))  # merge folds both buffers
+    assert_stats_equal(a2.merge(b2).result(), _stats_of(X, y, 4))  # merge folds both buffers
     for bad in (-1, 2.5, True):
         with pytest.raises(ValueError, match="buffer_rows"):
             ncdask.StatsAccumulator(4, 5, buffer_rows=bad)
@@ -82,8 +58,8 @@ def test_ranks_merge_exactly(global_mean):
     for i in range(0, X.shape[0], 100):  # rank = batch index mod 2, as a DistributedSampler
         ranks[(i // 100) % 2].update(X[i:i + 100], y[i:i + 100])
     want = _stats_of(X, y, K, global_mean=global_mean)
-    _same(ncdask.merge_stats(ranks[0].result(), ranks[1].result()).compute(), want)
-    _same(ranks[0].merge(ranks[1]).result(), want)
+    assert_stats_equal(ncdask.merge_stats(ranks[0].result(), ranks[1].result()).compute(), want)
+    assert_stats_equal(ranks[0].merge(ranks[1]).result(), want)
 
 
 def test_ignore_index_torch_and_bad_batches():
@@ -97,7 +73,7 @@ def test_ignore_index_torch_and_bad_batches():
     acc.update(X[20:], y[20:])
     Xb = torch.from_numpy(X[:20]).to(torch.bfloat16).float().numpy()
     want = _stats_of(np.concatenate([Xb, X[20:]]), y, 4, ignore_index=-100)
-    _same(acc.result(), want)
+    assert_stats_equal(acc.result(), want)
     before = acc.result()
     with pytest.raises(ValueError, match="outside"):
         acc.update(X[:3], np.array([0, 1, 9]))
@@ -107,7 +83,7 @@ def test_ignore_index_torch_and_bad_batches():
         acc.update(X[:, :2], y)
     with pytest.raises(TypeError, match="integers"):
         acc.update(X[:2], np.array([0.0, 1.0]))
-    _same(acc.result(), before)  # refused batches added nothing
+    assert_stats_equal(acc.result(), before)  # refused batches added nothing
     with pytest.raises(ValueError, match="no batch"):
         ncdask.StatsAccumulator(4, 3).result()
 

@@ -53,3 +53,19 @@ def test_compat_functions_name_a_mis_shaped_input():
     # one classifier row is broadcast over the classes, as torch does
     one = compat.similarities(W[0], M, cos=True)
     np.testing.assert_allclose(one, compat.similarities(np.tile(W[0], (5, 1)), M, cos=True))
+
+
+def test_dir_offers_the_public_api_and_subpackages_only():
+    import ncdask
+
+    names = dir(ncdask)
+    assert "sweep" in names and "store" in names and "measure" in names
+    assert not {"Any", "sys", "types", "importlib", "TYPE_CHECKING", "annotations"} & set(names)
+    from ncdask.sweeps import sweep  # noqa: F401 - the module import keeps the function
+    assert callable(ncdask.sweep) and callable(ncdask.capture)
+
+
+def test_all_is_every_lazy_name():
+    import ncdask
+
+    assert sorted(ncdask.__all__) == sorted(["__version__", *ncdask._WHERE])

@@ -23,6 +23,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+from dense import class_data
 from strict_xp import StrictArray, asstrict, namespace, sx, to_host
 
 import ncdask
@@ -101,8 +102,7 @@ def test_a_numpy_only_call_is_caught():
 def _data(n=60, K=5, D=4, seed=0, dtype=np.float64):
     rng = np.random.default_rng(seed)
     means = 3 * rng.normal(size=(K, D))
-    y = rng.integers(0, K, n)
-    X = (means[y] + rng.normal(size=(n, D))).astype(dtype)
+    X, y = class_data(rng, means, rng.integers(0, K, n), dtype=dtype)
     return X, y, means
 
 
@@ -267,8 +267,7 @@ def stores():
         y = rng.integers(0, K, 400)
         y[::50] = -100
         X = means[np.maximum(y, 0)] + rng.normal(size=(400, D))
-        yt = rng.integers(0, K, 90)
-        Xt = means[yt] + rng.normal(size=(90, D))
+        Xt, yt = class_data(rng, means, rng.integers(0, K, 90))
         Xo, yo = rng.normal(size=(50, D)), rng.integers(0, 3, 50)
         s = ncdask.EmbeddingStore.from_arrays(
             f"memory://ncdask-tests/xp-{name}",

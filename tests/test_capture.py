@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import xarray as xr
+from dense import assert_stats_equal
 
 import ncdask
 from ncdask import capture
@@ -105,8 +106,7 @@ def test_capture_layers_equal_manual_embeddings(mem_url):
         W=model.fc.weight.detach(), b=model.fc.bias.detach(), chunk_rows=32)
     st_c = ncdask.class_stats(s.split("train", layer="fc_in")).compute()
     st_r = ncdask.class_stats(ref, "train").compute()
-    for v in ("counts", "means", "within_cov", "var_norms", "global_mean"):
-        np.testing.assert_allclose(st_c[v].values, st_r[v].values, rtol=1e-6, atol=1e-9)
+    assert_stats_equal(st_c, st_r, 1e-6)
     m_c = ncdask.measure(st_c, weights=W, bias=b, test=s.split("test", layer="fc_in"),
                          ood=s.split("ood", layer="fc_in"), metrics=METRICS).compute()
     Wr, br = ref.classifier()
@@ -225,8 +225,7 @@ def test_layers_of_different_widths_in_one_store(mem_url):
         st_c = ncdask.class_stats(s.split("train", layer=lay)).compute()
         st_r = ncdask.class_stats(ref, "train").compute()
         assert st_c.sizes["feature"] == arrays["train"][0].shape[1]
-        for v in ("counts", "means", "within_cov", "var_norms", "global_mean"):
-            np.testing.assert_allclose(st_c[v].values, st_r[v].values, rtol=1e-6, atol=1e-9)
+        assert_stats_equal(st_c, st_r, 1e-6)
         Wc, bc = s.classifier(layer=lay) if lay == "fc_in" else (None, None)
         Wr, br = ref.classifier() if lay == "fc_in" else (None, None)
         kw = {"metrics": METRICS if lay == "fc_in" else ["nc1_quot", "nc1_cdnv",
@@ -401,9 +400,7 @@ def test_streamed_capture_equals_stored_capture(mem_url):
     assert sink.sets() == s.sets()
     for tags in s.sets():
         got, want = sink.stats(**tags), ncdask.class_stats(s.split("train", **tags)).compute()
-        for v in ("counts", "means", "var_norms", "within_cov", "global_mean"):
-            np.testing.assert_allclose(got[v].values, want[v].values, rtol=1e-12, atol=1e-15,
-                                       err_msg=v)
+        assert_stats_equal(got, want)
     metrics = ["nc1_quot", "nc2_etf_err", "nc3_dual_err", "nc3_bias"]
     a = sink.sweep("epoch", layer="fc_in", metrics=metrics)
     b = sweep(s, over="epoch", layer="fc_in", metrics=metrics, compute=True)

@@ -10,17 +10,13 @@ import os
 import numpy as np
 import pytest
 import xarray as xr
+from dense import class_data, split
 
 import ncdask
 from ncdask.cli import json_value, main, scalar_dict
 from ncdask.scheduler import SchedulerError, use_scheduler
 
 K, D = 5, 8
-
-
-def _data(rng, n, means, noise=1.0):
-    y = np.arange(n) % means.shape[0]
-    return (means[y] + noise * rng.normal(size=(n, means.shape[1]))).astype(np.float32), y
 
 
 @pytest.fixture
@@ -31,8 +27,8 @@ def arrays():
     b = 0.1 * rng.normal(size=K)
     Xo = rng.normal(size=(60, D)).astype(np.float32)
     return {
-        "train": _data(rng, 300, means),
-        "test": _data(rng, 100, means),
+        "train": class_data(rng, means, 300, dtype=np.float32),
+        "test": class_data(rng, means, 100, dtype=np.float32),
         "ood": (Xo, np.arange(60) % 2),
         "W": W,
         "b": b,
@@ -140,9 +136,7 @@ def test_ignore_index_import_and_analyze(tmp_path, arrays, capsys):
                  "--metrics", "nc1_pinv", "nc1_quot"]) == 0
     got = json.loads(capsys.readouterr().out)
     keep = y != -100
-    dense = ncdask.class_stats(xr.Dataset(
-        {"embeddings": (("sample", "feature"), X[keep]), "labels": ("sample", y[keep])},
-        attrs={"n_classes": K}))
+    dense = ncdask.class_stats(split(X[keep], y[keep], K, chunks=None))
     ref = ncdask.measure(dense, metrics=["nc1_pinv", "nc1_quot"]).compute()
     _compare(got, ref, rtol=1e-9)
     assert main(["import", str(tmp_path / "X.npy"), str(tmp_path / "y.npy"), "--store", url,
@@ -154,8 +148,7 @@ def test_analyze_nonfinite_values_in_json(tmp_path, capsys):
     # two classes with the same mean: CDNV is +inf and its variance-type companions NaN
     rng = np.random.default_rng(2)
     means = np.array([[0.0, 0, 0], [0, 0, 0], [5, 0, 0]])
-    y = np.arange(90) % 3
-    X = means[y] + rng.normal(size=(90, 3))
+    X, y = class_data(rng, means, 90)
     X[y == 1] = X[y == 0]  # identical samples, identical means
     url = str(tmp_path / "same.zarr")
     ncdask.EmbeddingStore.from_arrays(url, {"train": (X, y)})
@@ -187,7 +180,7 @@ def test_analyze_sweep_over_epochs(tmp_path, arrays, capsys):
     means = 3 * rng.normal(size=(K, D))
     stats, Ws = {}, {}
     for e, noise in ((1, 2.0), (5, 0.5), (9, 0.1)):
-        X, y = _data(rng, 200, means, noise)
+        X, y = class_data(rng, means, 200, noise=noise, dtype=np.float32)
         s.append("train", X, y, epoch=e)
         s.set_classifier(means, epoch=e)
         stats[e] = ncdask.class_stats(s.split("train", epoch=e))

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from dense import class_data
 
 import ncdask
 from ncdask.cli import build_parser, main
@@ -18,10 +19,8 @@ K, D = 3, 4
 @pytest.fixture
 def url(tmp_path):
     rng = np.random.default_rng(0)
-    y = np.arange(90) % K
-    s = ncdask.EmbeddingStore.create(str(tmp_path / "s.zarr"), K, D)
-    s.append("train", rng.normal(size=(90, D)) + 3 * np.eye(K, D)[y], y)
-    return s.url
+    X, y = class_data(rng, 3 * np.eye(K, D), 90)
+    return ncdask.EmbeddingStore.from_arrays(str(tmp_path / "s.zarr"), {"train": (X, y)}).url
 
 
 def _subparsers(parser):

@@ -95,22 +95,14 @@ def test_sigkill_mid_append_keeps_committed_batches(tmp_path, writers):
     assert check_prefix(url, at_least=m + 1) == m + 1
 
 
-def test_interrupted_append_is_invisible_and_overwritten(tmp_path, monkeypatch):
+def test_interrupted_append_is_invisible_and_overwritten(tmp_path, monkeypatch,
+                                                         fail_label_writes):
     """Deterministic version: the labels write fails after the embeddings were written."""
     url = str(tmp_path / "s.zarr")
     s = ncdask.EmbeddingStore.create(url, 3, D, chunk_rows=128)
     X0, y0 = batch(0)
     s.append("train", X0, y0)
-    import zarr
-
-    real = zarr.Array.__setitem__
-
-    def failing(self, key, value):
-        if self.path.endswith("labels"):
-            raise OSError("disk full (simulated)")
-        return real(self, key, value)
-
-    monkeypatch.setattr(zarr.Array, "__setitem__", failing)
+    fail_label_writes()
     X1, y1 = batch(1)
     with pytest.raises(OSError, match="simulated"):
         s.append("train", X1, y1)

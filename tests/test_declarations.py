@@ -8,7 +8,7 @@ parametrised over that table, so a new declaration without a dense reference
 import dask.array as da
 import numpy as np
 import pytest
-from dense_metrics import dense_metrics, dense_stats, golden, split
+from dense_metrics import class_data, dense_metrics, dense_stats, golden, split
 
 import ncdask
 from ncdask.metrics.declarations import METRICS, ON_REQUEST, Metric
@@ -102,11 +102,9 @@ def test_head_tail_breakdown_by_class_frequency():
     K, D = 9, 10
     n = np.array([50, 3, 20, 8, 40, 2, 12, 30, 5])
     means = 4 * rng.normal(size=(K, D))
-    y = np.repeat(np.arange(K), n)
-    X = means[y] + rng.normal(size=(y.size, D))
+    X, y = class_data(rng, means, np.repeat(np.arange(K), n))
     W = means + 0.5 * rng.normal(size=(K, D))
-    yt = rng.integers(0, K, 300)
-    Xt = means[yt] + 2 * rng.normal(size=(300, D))
+    Xt, yt = class_data(rng, means, rng.integers(0, K, 300), noise=2)
     stats = dense_stats(X, y, K, chunks=4)
     res = ncdask.measure(stats, weights=W, test=split(Xt, yt, chunks=50), by_frequency=3,
                          tile_size=2).compute()
@@ -145,8 +143,7 @@ def test_cli_by_frequency_prints_and_keeps_the_breakdown(tmp_path, capsys):
     K, D = 6, 8
     n = np.array([40, 5, 25, 10, 30, 3])
     means = 4 * rng.normal(size=(K, D))
-    y = np.repeat(np.arange(K), n)
-    X = means[y] + rng.normal(size=(y.size, D))
+    X, y = class_data(rng, means, np.repeat(np.arange(K), n))
     url, out = str(tmp_path / "s.zarr"), str(tmp_path / "r.zarr")
     ncdask.EmbeddingStore.from_arrays(url, {"train": (X, y)}, W=means)
     rc = cli.main(["analyze", url, "--metrics", "nc1_quot", "--by-frequency", "2", "--out", out])

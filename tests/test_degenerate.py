@@ -4,9 +4,8 @@ import warnings
 
 import numpy as np
 import pytest
-import xarray as xr
 import zarr
-from dense_metrics import raise_if_dask_computes
+from dense_metrics import class_data, raise_if_dask_computes, split
 
 import ncdask
 
@@ -110,10 +109,9 @@ def _nc1_of(s):
 
 def _nc4_case(K=4, D=6, n=80):
     rng = np.random.default_rng(3)
-    y = np.arange(n) % K
-    X = 3 * np.eye(K, D)[y] + 0.3 * rng.normal(size=(n, D))
-    s = ncdask.EmbeddingStore.create("memory://nc4-degenerate", K, D, overwrite=True)
-    s.append("train", X, y)
+    X, y = class_data(rng, 3 * np.eye(K, D), n, noise=0.3)
+    s = ncdask.EmbeddingStore.from_arrays("memory://nc4-degenerate", {"train": (X, y)},
+                                          overwrite=True)
     return s, np.eye(K, D) * 3.0
 
 
@@ -167,9 +165,8 @@ def test_an_ood_split_of_another_width_is_refused_before_any_compute():
 
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(60, 4)), np.arange(60) % 3
-    st = ncdask.class_stats(xr.Dataset({"embeddings": (("sample", "feature"), X),
-                                        "labels": (("sample",), y)}), n_classes=3)
-    ood = xr.Dataset({"embeddings": (("sample", "feature"), rng.normal(size=(10, 6)))})
+    st = ncdask.class_stats(split(X, y, 3, chunks=None))
+    ood = split(rng.normal(size=(10, 6)), chunks=None)
     with raise_if_dask_computes():
         for metric in ("nc5_ood_dev", "nc1_ood_class"):
             with pytest.raises(ValueError, match=r"OOD embeddings have shape \(10, 6\)"):

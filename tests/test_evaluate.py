@@ -3,24 +3,17 @@
 import numpy as np
 import pytest
 import xarray as xr
-from dense import golden
+from dense import golden, split
 
 import ncdask
 
 STREAMED = ["nc4_agree", "agree_per_class", "nc5_ood_dev", "nc1_ood_class"]
 
 
-def _split(X, y=None):
-    v = {"embeddings": (("sample", "feature"), X)}
-    if y is not None:
-        v["labels"] = (("sample",), y)
-    return xr.Dataset(v)
-
-
 def _case(name):
     data, _ = golden(name)
     X, y, W = data["X"], data["Y"].astype(np.int64), data["W"]
-    st = ncdask.class_stats(_split(X, y), n_classes=W.shape[0]).compute()
+    st = ncdask.class_stats(split(X, y, chunks=None), n_classes=W.shape[0]).compute()
     return data, st, W
 
 
@@ -49,8 +42,8 @@ def test_streamed_test_and_ood_give_measures_values(case, batch, ood_labels):
     got = ncdask.measure(st, weights=W, bias=b, test=ev.test_summary(), ood=ev.ood_summary(),
                          metrics=STREAMED, ood_labels=ood_labels).compute()
     want = ncdask.measure(st, weights=W, bias=b,
-                          test=_split(data["X_test"], data["Y_test"].astype(np.int64)),
-                          ood=_split(data["X_ood"], data["Y_ood"].astype(np.int64)),
+                          test=split(data["X_test"], data["Y_test"].astype(np.int64), chunks=None),
+                          ood=split(data["X_ood"], data["Y_ood"].astype(np.int64), chunks=None),
                           metrics=STREAMED, ood_labels=ood_labels).compute()
     _assert_same(got, want)
     assert got.attrs["left_out"] == {}
@@ -72,7 +65,8 @@ def test_every_metric_from_two_streamed_passes_and_ranks_merge():
         ranks[(i // 50) % 2].update_ood(Xo[i:i + 50])
     ev = ranks[0].merge(ranks[1])
     got = ev.measure().compute()
-    want = ncdask.measure(st, weights=W, test=_split(Xt, yt), ood=_split(Xo)).compute()
+    want = ncdask.measure(st, weights=W, test=split(Xt, yt, chunks=None),
+                          ood=split(Xo, chunks=None)).compute()
     assert set(got.data_vars) == set(want.data_vars)
     assert got.attrs["left_out"] == {} == want.attrs["left_out"]
     for v in want.data_vars:
@@ -93,7 +87,8 @@ def test_min_count_and_ignore_index_as_measure_has_them():
     got = ncdask.measure(st, weights=W, min_count=mc, ignore_index=-100, metrics=STREAMED,
                          test=ev.test_summary(), ood=ev.ood_summary()).compute()
     want = ncdask.measure(st, weights=W, min_count=mc, ignore_index=-100, metrics=STREAMED,
-                          test=_split(Xt, yt), ood=_split(Xo, yo)).compute()
+                          test=split(Xt, yt, chunks=None),
+                          ood=split(Xo, yo, chunks=None)).compute()
     assert got.attrs["filtered_classes"]
     _assert_same(got, want)
 

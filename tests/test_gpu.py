@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
+from dense import class_data
 from strict_xp import cupy_or_skip, to_host
 
 import ncdask
@@ -31,10 +32,8 @@ def store(tmp_path_factory):
     rng = np.random.default_rng(0)
     K, D = 10, 16
     means = 3 * rng.normal(size=(K, D))
-    y = rng.integers(0, K, 3000)
-    X = means[y] + rng.normal(size=(3000, D))
-    yt = rng.integers(0, K, 500)
-    Xt = means[yt] + rng.normal(size=(500, D))
+    X, y = class_data(rng, means, rng.integers(0, K, 3000))
+    Xt, yt = class_data(rng, means, rng.integers(0, K, 500))
     Xo, yo = rng.normal(size=(300, D)), rng.integers(0, 4, 300)
     path = tmp_path_factory.mktemp("gpu") / "store.zarr"
     s = ncdask.EmbeddingStore.from_arrays(

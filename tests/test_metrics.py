@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from dense_metrics import CASES, dense_metrics, dense_stats, golden, split
+from dense_metrics import CASES, dense_metrics, dense_stats, golden, small_case, split
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from strategies import SEEDS
@@ -84,19 +84,8 @@ def test_golden_parity_through_class_stats():
 
 
 def _random_case(seed, K, D, n_per, empty):
-    rng = np.random.default_rng(seed)
-    means = rng.normal(size=(K, D)) * 3.0
-    y = np.repeat(np.arange(K), n_per)
-    if empty:
-        y = y[y != K // 2]  # one class without samples
-    X = means[y] + rng.normal(size=(y.size, D))
-    W = means + 0.3 * rng.normal(size=(K, D))
-    b = rng.normal(size=K)
-    yt = rng.integers(0, K, size=60)
-    Xt = means[yt] + 1.5 * rng.normal(size=(60, D))
+    X, y, W, b, Xt, yt, Xo, yo = small_case(seed, K, D, n_per, n_test=60, empty=empty)
     yt[:3] = -100  # padding is ignored
-    Xo = rng.normal(size=(40, D)) + 0.5
-    yo = rng.integers(0, 3, size=40)
     return X, y, W, b, Xt, yt, Xo, yo
 
 

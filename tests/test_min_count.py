@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dense_metrics import dense_metrics, dense_ood_class, dense_stats, split
+from dense_metrics import class_data, dense_metrics, dense_ood_class, dense_stats, split
 
 import ncdask
 from ncdask.metrics import DegenerateInputWarning, measure
@@ -16,12 +16,10 @@ def _skewed(seed=8, K=7, D=10):
     rng = np.random.default_rng(seed)
     n = np.array([12, 2, 9, 1, 15, 3, 8])[:K]
     means = rng.normal(size=(K, D)) * 3
-    y = np.repeat(np.arange(K), n)
-    X = means[y] + rng.normal(size=(y.size, D))
+    X, y = class_data(rng, means, np.repeat(np.arange(K), n))
     W = means + 0.2 * rng.normal(size=(K, D))
     b = rng.normal(size=K)
-    yt = rng.integers(0, K, size=40)
-    Xt = means[yt] + rng.normal(size=(40, D))
+    Xt, yt = class_data(rng, means, rng.integers(0, K, 40))
     Xo = rng.normal(size=(30, D))
     return X, y, W, b, Xt, yt, Xo, n
 

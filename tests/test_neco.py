@@ -6,7 +6,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from dense_metrics import dense_stats, raise_if_dask_computes, split
+from dense_metrics import class_data, dense_stats, raise_if_dask_computes, split
 
 import ncdask
 from ncdask.neco import neco_fit, neco_scores, ood_report, total_covariance
@@ -20,12 +20,10 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 def _data(seed=0, K=6, D=10, N=600, scales=True):
     rng = np.random.default_rng(seed)
     means = rng.normal(size=(K, D)) * 4
-    y = rng.integers(0, K, size=N)
-    X = means[y] + rng.normal(size=(N, D))
+    X, y = class_data(rng, means, rng.integers(0, K, N))
     if scales:  # features on different scales: standardisation matters
         X = X * np.linspace(0.5, 3.0, D) + np.linspace(-2, 2, D)
-    yt = rng.integers(0, K, size=120)
-    Xt = means[yt] + rng.normal(size=(120, D))
+    Xt, yt = class_data(rng, means, rng.integers(0, K, 120))
     Xo = rng.normal(size=(90, D)) * 3
     if scales:
         Xt = Xt * np.linspace(0.5, 3.0, D) + np.linspace(-2, 2, D)
@@ -168,8 +166,7 @@ def test_nci_scores_match_dense(alpha, tile):
     rng = np.random.default_rng(4)
     K, D = 7, 5
     means = 3 * rng.normal(size=(K, D))
-    y = rng.integers(0, K, 300)
-    X = means[y] + rng.normal(size=(300, D))
+    X, y = class_data(rng, means, rng.integers(0, K, 300))
     W, b = means + 0.3 * rng.normal(size=(K, D)), rng.normal(size=K)
     stats = dense_stats(X, y, K)
     Xs = rng.normal(size=(120, D)) * 2
@@ -194,8 +191,7 @@ def test_nci_separates_collapsed_id_from_ood():
     rng = np.random.default_rng(2)
     K, D = 6, 16
     means = 6 * np.linalg.qr(rng.normal(size=(D, K)))[0].T
-    y = rng.integers(0, K, 600)
-    X = means[y] + 0.3 * rng.normal(size=(600, D))
+    X, y = class_data(rng, means, rng.integers(0, K, 600), noise=0.3)
     stats = dense_stats(X, y, K)
     W = stats.means.values - stats.global_mean.values
     idc = ncdask.nci_scores(stats, split(X), W)

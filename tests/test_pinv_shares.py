@@ -5,7 +5,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
-from dense_metrics import EPS, dense_metrics, dense_stats, split
+from dense_metrics import EPS, class_data, dense_metrics, dense_stats, split
 
 import ncdask
 from ncdask.graph import shares as SG
@@ -15,9 +15,7 @@ def _problem(K, D, seed=0, lo=2, hi=40):
     rng = np.random.default_rng(seed)
     n = rng.integers(lo, hi, K)
     means = 4 * rng.normal(size=(K, D))
-    y = rng.permutation(np.repeat(np.arange(K), n))
-    X = means[y] + rng.normal(size=(y.size, D))
-    return X, y
+    return class_data(rng, means, rng.permutation(np.repeat(np.arange(K), n)))
 
 
 def _dense_shares(X, y, K, kept, bins, N=None):
@@ -192,8 +190,7 @@ def test_cli_sweep_by_frequency_reads_each_train_split(tmp_path, capsys):
     s = ncdask.EmbeddingStore.create(url, K, D)
     data = {}
     for e, noise in ((1, 2.0), (5, 0.3)):
-        y = np.repeat(np.arange(K), n)
-        X = means[y] + noise * rng.normal(size=(y.size, D))
+        X, y = class_data(rng, means, np.repeat(np.arange(K), n), noise=noise)
         s.append("train", X, y, epoch=e)
         data[e] = (X.astype(np.float32), y)
     assert cli.main(["analyze", url, "--sweep", "--metrics", "nc1_pinv", "--by-frequency", "2",

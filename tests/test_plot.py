@@ -5,10 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+from dense import class_data, split
 
 pytest.importorskip("matplotlib")
 from matplotlib.image import imread  # noqa: E402
@@ -18,10 +18,7 @@ from ncdask.plot import plot_gram, plot_metrics, plot_per_class  # noqa: E402
 
 
 def _split(rng, means, n, noise):
-    y = np.arange(n) % means.shape[0]
-    X = means[y] + noise * rng.normal(size=(n, means.shape[1]))
-    return xr.Dataset({"embeddings": (("sample", "feature"), X), "labels": ("sample", y)},
-                      attrs={"n_classes": means.shape[0]})
+    return split(*class_data(rng, means, n, noise=noise), means.shape[0], chunks=None)
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +102,7 @@ def test_plot_gram_large_k_samples_a_block(tmp_path):
     K, D = 600, 16
     X = rng.normal(size=(K * 3, D))
     y = np.arange(K * 3) % K
-    ds = xr.Dataset({"embeddings": (("sample", "feature"), da.from_array(X, chunks=(600, D))),
-                     "labels": ("sample", da.from_array(y, chunks=600))},
-                    attrs={"n_classes": K})
+    ds = split(X, y, K, chunks=600)
     stats = ncdask.class_stats(ds)
     fig = plot_gram(stats, max_classes=30, seed=3, path=tmp_path / "big.png")
     _png(tmp_path / "big.png")

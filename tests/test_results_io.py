@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import xarray as xr
+from dense import class_data, split
 
 import ncdask
 from ncdask.metrics import GROUPS, METRICS, label_results, measure
@@ -14,11 +15,8 @@ K, D = 4, 6
 
 def _stats(seed):
     rng = np.random.default_rng(seed)
-    y = np.arange(240) % K
-    X = rng.normal(size=(240, D)) + (2 + seed) * np.eye(K, D)[y]
-    ds = xr.Dataset({"embeddings": (("sample", "feature"), X), "labels": ("sample", y)},
-                    attrs={"n_classes": K})
-    return ncdask.class_stats(ds.chunk({"sample": 64}))
+    X, y = class_data(rng, (2 + seed) * np.eye(K, D), 240)
+    return ncdask.class_stats(split(X, y, K, chunks=64))
 
 
 def _labelled(var):
@@ -153,9 +151,8 @@ def test_save_stats_onto_the_store_it_reads(tmp_path, mem_url):
 def test_cli_out_refuses_a_typo_onto_the_store(tmp_path, capsys):
     from ncdask.cli import main
 
-    s = ncdask.EmbeddingStore.create(str(tmp_path / "emb.zarr"), K, D)
-    rng = np.random.default_rng(0)
-    s.append("train", rng.normal(size=(40, D)), np.arange(40) % K)
+    train = (np.random.default_rng(0).normal(size=(40, D)), np.arange(40) % K)
+    s = ncdask.EmbeddingStore.from_arrays(str(tmp_path / "emb.zarr"), {"train": train})
     for cmd in (["stats", s.url, "--out", s.url], ["analyze", s.url, "--out", s.url]):
         assert main([*cmd, "-q"]) == 2
         assert "embedding store" in capsys.readouterr().err
@@ -165,9 +162,8 @@ def test_cli_out_refuses_a_typo_onto_the_store(tmp_path, capsys):
 def test_cli_out_replaces_its_own_kind_only_with_overwrite(tmp_path, capsys):
     from ncdask.cli import main
 
-    s = ncdask.EmbeddingStore.create(str(tmp_path / "emb.zarr"), K, D)
-    rng = np.random.default_rng(0)
-    s.append("train", rng.normal(size=(40, D)), np.arange(40) % K)
+    train = (np.random.default_rng(0).normal(size=(40, D)), np.arange(40) % K)
+    s = ncdask.EmbeddingStore.from_arrays(str(tmp_path / "emb.zarr"), {"train": train})
     for cmd, out in ((["stats", s.url], "st.zarr"), (["analyze", s.url], "res.zarr")):
         target = str(tmp_path / out)
         assert main([*cmd, "--out", target, "-q"]) == 0

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import ncdask
-from ncdask.store.core import set_keys
 from ncdask.store.setkey import DEFAULT, SET_TAGS, SetKey
 
 
@@ -84,7 +83,6 @@ def test_store_paths_are_the_keys_paths(tmp_path):
         assert s.split("train", **tags).attrs.get("layer") == k.layer
     assert [SetKey.from_tags(t) for t in s.sets()] == sorted(
         [SetKey(), SetKey("fc"), SetKey(epoch=2), SetKey("fc", 7)])
-    assert set_keys(s.core) == [SetKey.from_tags(t) for t in s.sets()]
 
 
 def test_pickles():

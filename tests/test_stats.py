@@ -3,9 +3,9 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from dense import CASES, check_against, dense_stat_arrays, golden
+from dense import CASES, assert_stats_equal, dense_stat_arrays, golden, split
 from hypothesis import HealthCheck, given, settings
-from strategies import irregular_chunks, labelled_data, split_ds
+from strategies import irregular_chunks, labelled_data
 
 import ncdask
 from ncdask.stats import EmptyClassWarning
@@ -60,7 +60,7 @@ def test_golden_parity_chunks(case, chunks):
     """Dask chunks of 1 (the first 300 rows), 7 and 777 rows (no store in between)."""
     data, gold = golden(case)
     K = len(gold["stats"]["class_counts"])
-    st_ = ncdask.class_stats(split_ds(data["X"], data["Y"], K, _sizes(len(data["Y"]), chunks)))
+    st_ = ncdask.class_stats(split(data["X"], data["Y"], K, chunks=_sizes(len(data["Y"]), chunks)))
     assert_golden(st_.compute(), gold)
 
 
@@ -68,8 +68,8 @@ def test_collapsed_float32_within_cov_trace(mem_url):
     """Terminal phase of collapse, stored as float32: tr(Sigma_W) to 1e-3 of the float64 value."""
     data, gold = golden("collapsed")
     X = data["X"].astype(np.float32)
-    s = ncdask.EmbeddingStore.create(mem_url(), 5, X.shape[1], chunk_rows=500)
-    s.append("train", X, data["Y"])
+    s = ncdask.EmbeddingStore.from_arrays(mem_url(), {"train": (X, data["Y"])}, n_classes=5,
+                                          chunk_rows=500)
     st_ = ncdask.class_stats(s, "train").compute()
     tr = np.trace(st_.within_cov.values)
     assert abs(tr / gold["stats"]["within_cov_trace"] - 1) < 1e-3
@@ -83,14 +83,14 @@ def test_matches_dense_reference_and_is_lazy():
     rng = np.random.default_rng(5)
     X = rng.normal(size=(500, 7)) * 3 + 10
     y = rng.integers(0, 6, 500)
-    ds = split_ds(X, y, 6, 64)
+    ds = split(X, y, 6, chunks=64)
     st_ = ncdask.class_stats(ds)
     assert isinstance(st_.means.data, da.Array) and isinstance(st_.within_cov.data, da.Array)
     assert st_.within_cov.dims == ("feature", "feature_")
     assert st_.attrs["global_mean"] == "unweighted" and st_.attrs["empty_classes"] == []
     assert "definition" in st_.within_cov.attrs
-    check_against(st_, dense_stat_arrays(X, y, 6), 1e-10)
-    check_against(ncdask.class_stats(ds, global_mean="weighted"),
+    assert_stats_equal(st_, dense_stat_arrays(X, y, 6), 1e-10)
+    assert_stats_equal(ncdask.class_stats(ds, global_mean="weighted"),
                   dense_stat_arrays(X, y, 6, weighted=True), 1e-10)
 
 
@@ -100,11 +100,11 @@ def test_one_pass_graph_size_depends_on_tiles_not_K():
     sizes = []
     for K in (5, 500):
         y = np.arange(1000) % K
-        st_ = ncdask.class_stats(split_ds(X, y, K, 100), tile_size=K)
+        st_ = ncdask.class_stats(split(X, y, K, chunks=100), tile_size=K)
         sizes.append(len(dict(dask.base.collections_to_expr([st_]).__dask_graph__())))
     assert sizes[0] == sizes[1]
     # one graph for all variables: the chunk kernel appears once per chunk
-    st_ = ncdask.class_stats(split_ds(X, rng.integers(0, 5, 1000), 5, 100))
+    st_ = ncdask.class_stats(split(X, rng.integers(0, 5, 1000), 5, chunks=100))
     graph = dict(dask.base.collections_to_expr([st_]).__dask_graph__())
     assert sum(1 for k in graph if "-summary" in str(k)) == 10
 
@@ -114,7 +114,7 @@ def test_empty_classes_nan_and_excluded_from_global_mean():
     X = rng.normal(size=(60, 3))
     y = rng.choice([0, 1, 3], 60)
     with pytest.warns(EmptyClassWarning, match=r"2 class\(es\) have no samples: \[2, 4\]"):
-        st_ = ncdask.class_stats(split_ds(X, y, 5, 16)).compute()
+        st_ = ncdask.class_stats(split(X, y, 5, chunks=16)).compute()
     assert st_.attrs["empty_classes"] == [2, 4]
     assert st_.counts.values.tolist()[2] == 0
     assert np.isnan(st_.means.values[[2, 4]]).all() and np.isnan(st_.var_norms.values[2])
@@ -127,12 +127,12 @@ def test_merge_stats_equals_concatenation():
     rng = np.random.default_rng(8)
     X = rng.normal(size=(400, 5)) + 50
     y = rng.integers(0, 4, 400)
-    a = ncdask.class_stats(split_ds(X[:150], y[:150], 4, 32))
-    b = ncdask.class_stats(split_ds(X[150:], y[150:], 4, 50))
+    a = ncdask.class_stats(split(X[:150], y[:150], 4, chunks=32))
+    b = ncdask.class_stats(split(X[150:], y[150:], 4, chunks=50))
     m = ncdask.merge_stats(a, b)
     assert isinstance(m.means.data, da.Array)
-    check_against(m, dense_stat_arrays(X, y, 4), 1e-11)
-    w = ncdask.class_stats(split_ds(X[:150], y[:150], 4, 32), global_mean="weighted")
+    assert_stats_equal(m, dense_stat_arrays(X, y, 4), 1e-11)
+    w = ncdask.class_stats(split(X[:150], y[:150], 4, chunks=32), global_mean="weighted")
     with pytest.raises(ValueError, match="different global_mean"):
         ncdask.merge_stats(a, w)
 
@@ -142,10 +142,10 @@ def test_merge_with_disjoint_classes():
     X = rng.normal(size=(100, 3))
     y = np.r_[np.zeros(50, int), np.ones(50, int)]
     with pytest.warns(EmptyClassWarning):
-        a = ncdask.class_stats(split_ds(X[:50], y[:50], 2, 16))
+        a = ncdask.class_stats(split(X[:50], y[:50], 2, chunks=16))
     with pytest.warns(EmptyClassWarning):
-        b = ncdask.class_stats(split_ds(X[50:], y[50:], 2, 16))
-    check_against(ncdask.merge_stats(a, b), dense_stat_arrays(X, y, 2), 1e-11)
+        b = ncdask.class_stats(split(X[50:], y[50:], 2, chunks=16))
+    assert_stats_equal(ncdask.merge_stats(a, b), dense_stat_arrays(X, y, 2), 1e-11)
 
 
 def test_save_load_roundtrip_exact(tmp_path, mem_url):
@@ -153,7 +153,7 @@ def test_save_load_roundtrip_exact(tmp_path, mem_url):
     X = rng.normal(size=(200, 4))
     y = rng.choice([0, 1, 2, 4], 200)
     with pytest.warns(EmptyClassWarning):
-        st_ = ncdask.class_stats(split_ds(X, y, 5, 30)).compute()
+        st_ = ncdask.class_stats(split(X, y, 5, chunks=30)).compute()
     for url in (str(tmp_path / "stats.zarr"), mem_url("stats")):
         ncdask.save_stats(st_, url)
         back = ncdask.load_stats(url)
@@ -168,16 +168,16 @@ def test_save_load_roundtrip_exact(tmp_path, mem_url):
 def test_stats_from_store_url_and_errors(small_store):
     s, X, y = small_store
     st_ = ncdask.class_stats(s.url, "train").compute()
-    check_against(st_, dense_stat_arrays(X, y, 4), 1e-6)
+    assert_stats_equal(st_, dense_stat_arrays(X, y, 4), 1e-6)
     with pytest.raises(KeyError, match="unknown split"):
         ncdask.class_stats(s, "nope")
     with pytest.raises(ValueError, match="global_mean must be"):
         ncdask.class_stats(s, "train", global_mean="median")
-    bare = split_ds(X, y, 4, 50)
+    bare = split(X, y, 4, chunks=50)
     bare.attrs = {}
     with pytest.raises(ValueError, match="pass n_classes="):
         ncdask.class_stats(bare)
-    check_against(ncdask.class_stats(bare, n_classes=4), dense_stat_arrays(X, y, 4), 1e-6)
+    assert_stats_equal(ncdask.class_stats(bare, n_classes=4), dense_stat_arrays(X, y, 4), 1e-6)
     with pytest.raises(TypeError, match="expected a split Dataset"):
         ncdask.class_stats(42)
 
@@ -186,9 +186,8 @@ def test_numpy_backed_dataset_and_float32_accumulation():
     rng = np.random.default_rng(11)
     X = rng.normal(size=(90, 3))
     y = rng.integers(0, 3, 90)
-    ds = xr.Dataset({"embeddings": (("sample", "feature"), X), "labels": ("sample", y)},
-                    attrs={"n_classes": 3})
-    check_against(ncdask.class_stats(ds), dense_stat_arrays(X, y, 3), 1e-10)
+    ds = split(X, y, 3, chunks=None)
+    assert_stats_equal(ncdask.class_stats(ds), dense_stat_arrays(X, y, 3), 1e-10)
     st32 = ncdask.class_stats(ds, dtype="float32").compute()
     assert st32.means.dtype == np.float32
     np.testing.assert_allclose(st32.within_cov.values, dense_stat_arrays(X, y, 3)["within_cov"],
@@ -202,7 +201,7 @@ def test_on_a_distributed_cluster(small_store):
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         st_ = client.compute(ncdask.class_stats(s, "train")).result()
-    check_against(st_, dense_stat_arrays(X, y, 4), 1e-6)
+    assert_stats_equal(st_, dense_stat_arrays(X, y, 4), 1e-6)
 
 
 # ------------------------------------------------------------------ invariance
@@ -214,19 +213,16 @@ def test_invariant_to_chunking_order_and_batches(data):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EmptyClassWarning)
-        base = ncdask.class_stats(split_ds(X, y, K, X.shape[0])).compute()
+        base = ncdask.class_stats(split(X, y, K, chunks=X.shape[0])).compute()
         chunks = irregular_chunks(len(X), cuts)
-        ds = xr.Dataset(
-            {"embeddings": (("sample", "feature"), da.from_array(X, chunks=(chunks, -1))),
-             "labels": ("sample", da.from_array(y, chunks=(chunks,)))},
-            attrs={"n_classes": K})
+        ds = split(X, y, K, chunks=chunks)
         chunked = ncdask.class_stats(ds, chains=3).compute()
         piped = ncdask.class_stats(ds, memory_budget=1, tile_size=2, chains=2).compute()
         perm = np.random.default_rng(seed).permutation(len(X))
-        shuffled = ncdask.class_stats(split_ds(X[perm], y[perm], K, 13)).compute()
+        shuffled = ncdask.class_stats(split(X[perm], y[perm], K, chunks=13)).compute()
         # batch boundaries: the same data merged from pieces
         edges = [0, *[c for c in cuts if 0 < c < len(X)], len(X)]
-        parts = [ncdask.class_stats(split_ds(X[a:b], y[a:b], K, 5))
+        parts = [ncdask.class_stats(split(X[a:b], y[a:b], K, chunks=5))
                  for a, b in zip(edges[:-1], edges[1:], strict=False)]
         merged = parts[0]
         for p in parts[1:]:
@@ -265,7 +261,7 @@ def test_chained_merges_keep_one_copy_of_each_pass(monkeypatch):
     monkeypatch.setattr(KT, "chunk_summary", lambda *a, **k: calls.append(1) or orig(*a, **k))
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(160, 5)), np.arange(160) % 6
-    parts = [ncdask.class_stats(split_ds(X[i:i + 20], y[i:i + 20], 6, 5))
+    parts = [ncdask.class_stats(split(X[i:i + 20], y[i:i + 20], 6, chunks=5))
              for i in range(0, 160, 20)]
     merged, sizes = parts[0], []
     for p in parts[1:]:
@@ -275,4 +271,4 @@ def test_chained_merges_keep_one_copy_of_each_pass(monkeypatch):
     assert steps.max() == steps.min()  # the same number of new tasks per merge
     out = merged.compute()
     assert len(calls) == 32  # 8 parts of 4 chunks, each read once
-    check_against(out, dense_stat_arrays(X, y, 6), 1e-10)
+    assert_stats_equal(out, dense_stat_arrays(X, y, 6), 1e-10)

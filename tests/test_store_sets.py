@@ -196,20 +196,13 @@ def test_stores_written_before_sets_had_widths(mem_url):
     assert old.split("train", layer="new").embeddings.data.chunks[0] == (16, 16, 8)
 
 
-def test_interrupted_append_to_a_wide_set(tmp_path, monkeypatch):
+def test_interrupted_append_to_a_wide_set(tmp_path, monkeypatch, fail_label_writes):
     """Crash safety holds per set: a failed append leaves the committed rows only."""
     url = str(tmp_path / "s.zarr")
     s = ncdask.EmbeddingStore.create(url, 3, 4, chunk_rows=16)
     X0, y0 = batch(20, 12, 0)
     s.append("train", X0, y0, layer="wide")
-    real = zarr.Array.__setitem__
-
-    def failing(self, key, value):
-        if self.path.endswith("labels"):
-            raise OSError("disk full (simulated)")
-        return real(self, key, value)
-
-    monkeypatch.setattr(zarr.Array, "__setitem__", failing)
+    fail_label_writes()
     X1, y1 = batch(20, 12, 1)
     with pytest.raises(OSError, match="simulated"):
         s.append("train", X1, y1, layer="wide")

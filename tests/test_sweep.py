@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import xarray as xr
+from dense import class_data
 
 import ncdask
 from ncdask import sweep
@@ -10,12 +11,6 @@ from ncdask import sweep
 K, D = 4, 6
 METRICS = ["nc1_quot", "nc1_pinv", "nc2_etf_err", "nc3_dual_err", "nc3_bias", "nc4_agree",
            "nc5_ood_dev", "mean_norms", "agree_per_class"]
-
-
-def collapsing(rng, n, scale):
-    y = np.arange(n) % K
-    X = scale * np.eye(K, D)[y] + rng.normal(size=(n, D))
-    return X.astype(np.float32), y
 
 
 @pytest.fixture
@@ -27,7 +22,8 @@ def store(mem_url):
         for epoch in (7, 0, 3):
             scale = 1 + epoch + (layer == "b")
             for split, n in (("train", 150), ("test", 60)):
-                s.append(split, *collapsing(rng, n, scale), layer=layer, epoch=epoch)
+                X, y = class_data(rng, scale * np.eye(K, D), n, dtype=np.float32)
+                s.append(split, X, y, layer=layer, epoch=epoch)
             s.append("ood", rng.normal(size=(30, D)) + 2, np.zeros(30, int), layer=layer,
                      epoch=epoch)
             if layer == "a":
@@ -133,3 +129,19 @@ def test_layer_sweep_over_sets_of_different_widths(mem_url):
     grid = sweep(s, over=("layer", "epoch"), metrics=["nc1_quot", "nc3_dual_err"],
                  compute=True)
     assert grid.nc1_quot.shape == (3, 2) and np.isfinite(grid.nc3_dual_err).all()
+
+
+def test_by_frequency_reads_each_sets_train_split_again(store):
+    """With by_frequency= each set's own split is its train= (for nc1_pinv's shares)."""
+    res = sweep(store, over="epoch", layer="a", by_frequency=2, compute=True,
+                metrics=["nc1_pinv", "nc1_pinv_by_frequency"])
+    for e in (0, 3, 7):
+        one = ncdask.measure(ncdask.class_stats(store.split("train", layer="a", epoch=e)),
+                             by_frequency=2, train=store.split("train", layer="a", epoch=e),
+                             metrics=["nc1_pinv", "nc1_pinv_by_frequency"]).compute()
+        np.testing.assert_allclose(res.nc1_pinv_by_frequency.sel(epoch=e).values,
+                                   one.nc1_pinv_by_frequency.values, rtol=1e-12)
+        assert float(res.nc1_pinv_by_frequency.sel(epoch=e).sum()) == pytest.approx(
+            float(one.nc1_pinv))
+    with pytest.raises(TypeError, match="sweep takes no"):
+        sweep(store, over="epoch", layer="a", train=store.split("train", layer="a", epoch=0))

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from dask.callbacks import Callback
-from dense import check_against, dense_stat_arrays
-from strategies import split_ds
+from dense import assert_stats_equal, class_data, dense_stat_arrays, split
 
 import ncdask
 from ncdask.graph.tiled_stats import plan
@@ -31,7 +30,7 @@ def _rare_labels(rng, n, K):
 def _stats(X, y, K, chunk, tile, budget=None, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EmptyClassWarning)
-        return ncdask.class_stats(split_ds(X, y, K, chunk), tile_size=tile,
+        return ncdask.class_stats(split(X, y, K, chunks=chunk), tile_size=tile,
                                   memory_budget=budget, **kw)
 
 
@@ -52,7 +51,7 @@ def test_class_chunked_equals_dense(chunk, budget):
         assert st_.var_norms.data.chunks[0] == expect
         if budget is not None:
             assert plan(K, D, tile, budget=budget) is not None
-        check_against(st_, ref, 1e-10)
+        assert_stats_equal(st_, ref, 1e-10)
         w = _stats(X, y, K, chunk, tile, budget, global_mean="weighted")
         np.testing.assert_allclose(w.global_mean.values, X.mean(0), rtol=1e-10)
 
@@ -66,22 +65,20 @@ def test_many_more_classes_than_samples(budget):
     ref = dense_stat_arrays(X, y, K)
     st_ = _stats(X, y, K, 64, 97, budget)
     assert len(st_.attrs["empty_classes"]) == int((ref["counts"] == 0).sum())
-    check_against(st_, ref, 1e-10)
+    assert_stats_equal(st_, ref, 1e-10)
 
 
 def test_pipelined_with_ignore_index_and_min_count():
     rng = np.random.default_rng(4)
     K, D, n = 30, 3, 2000
-    y = _rare_labels(rng, n, K)
-    X = rng.normal(size=(n, D)) + 4 * np.eye(K, D)[y]
+    X, y = class_data(rng, 4 * np.eye(K, D), _rare_labels(rng, n, K))
     y_pad = y.copy()
     y_pad[::11] = -100
     one = _stats(X, y_pad, K, 50, 7, None, ignore_index=-100, min_count=25).compute()
     two = _stats(X, y_pad, K, 50, 7, TINY, ignore_index=-100, min_count=25).compute()
     assert one.attrs["filtered_classes"] == two.attrs["filtered_classes"]
     assert one.attrs["filtered_classes"]  # some classes are rare enough to be filtered
-    for v in ("means", "var_norms", "within_cov", "global_mean", "n_samples"):
-        np.testing.assert_allclose(two[v].values, one[v].values, rtol=1e-10, atol=1e-14)
+    assert_stats_equal(two, one, 1e-10)
     keep = y_pad != -100
     assert int(two.n_samples) == int(np.isin(y_pad[keep], np.nonzero(
         np.bincount(y_pad[keep], minlength=K) >= 25)[0]).sum())
@@ -98,7 +95,7 @@ def test_collapsed_float32_stays_exact(budget):
     K, D, n = 20, 8, 4000
     y = rng.integers(0, K, n)
     M = 1e3 * rng.normal(size=(K, D))
-    X = (M[y] + 1e-2 * rng.normal(size=(n, D))).astype(np.float32)
+    X, y = class_data(rng, M, y, noise=1e-2, dtype=np.float32)
     ref = dense_stat_arrays(X.astype(np.float64), y, K)
     st_ = _stats(X, y, K, 333, 3, budget).compute()
     np.testing.assert_allclose(np.trace(st_.within_cov.values), np.trace(ref["within_cov"]),
@@ -146,8 +143,7 @@ class _Sizes(Callback):
 def test_no_task_returns_a_K_by_D_block(tmp_path):
     rng = np.random.default_rng(6)
     K, D, n = 600, 16, 3000
-    y = rng.integers(0, K, n)
-    X = rng.normal(size=(n, D)) + np.eye(K, D)[y]
+    X, y = class_data(rng, np.eye(K, D), rng.integers(0, K, n))
     budget = 4 * 100 * D * 8  # groups of 100 classes (two chains)
     groups = plan(K, D, 50, budget=budget, chains=2)
     assert plan(K, D, 50, budget=4 * K * D * 8, chains=2) is None  # (one pass when K×D fits)
@@ -159,7 +155,7 @@ def test_no_task_returns_a_K_by_D_block(tmp_path):
     assert max(100, 500) * D >= cb.largest and cb.largest < K * D
     back = ncdask.load_stats(str(tmp_path / "s.zarr"))
     assert back.means.data.chunks[0] == (50,) * 12  # one Zarr chunk per tile, opened lazily
-    check_against(back, dense_stat_arrays(X, y, K), 1e-10)
+    assert_stats_equal(back, dense_stat_arrays(X, y, K), 1e-10)
     # the same through measure: no task computes K×D either
     W = da.from_array(rng.normal(size=(K, D)), chunks=(50, D))  # e.g. a classifier in Zarr
     with _Sizes() as cb:
@@ -172,15 +168,14 @@ def test_no_task_returns_a_K_by_D_block(tmp_path):
 def test_merge_of_class_chunked_stats_stays_chunked_and_exact():
     rng = np.random.default_rng(7)
     K, D, n = 50, 4, 2000
-    y = _rare_labels(rng, n, K)
-    X = rng.normal(size=(n, D)) + 3 * np.eye(K, D)[y]
+    X, y = class_data(rng, 3 * np.eye(K, D), _rare_labels(rng, n, K))
     a = _stats(X[:700], y[:700], K, 100, 9, TINY)
     b = _stats(X[700:], y[700:], K, 100, 9, None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EmptyClassWarning)
         m = ncdask.merge_stats(a, b)
     assert m.means.data.chunks[0] == a.means.data.chunks[0]
-    check_against(m, dense_stat_arrays(X, y, K), 1e-10)
+    assert_stats_equal(m, dense_stat_arrays(X, y, K), 1e-10)
 
 
 @pytest.mark.parametrize("budget", [None, TINY], ids=["one-pass", "pipelined"])
@@ -194,7 +189,7 @@ def test_record_counts_are_checked_against_the_data(budget, damage):
     rng = np.random.default_rng(8)
     K = 5
     y = rng.integers(0, K, 100)
-    ds = split_ds(rng.normal(size=(100, 3)), y, K, 30)
+    ds = split(rng.normal(size=(100, 3)), y, K, chunks=30)
     wrong = np.bincount(y, minlength=K)
     if damage == "shifted":
         wrong[0] += 1
@@ -219,15 +214,14 @@ def test_record_counts_are_checked_against_the_data(budget, damage):
 def test_float16_store_upcasts_in_pieces(mem_url):
     rng = np.random.default_rng(9)
     K, D, n = 12, 6, 3000
-    y = rng.integers(0, K, n)
-    X = (rng.normal(size=(n, D)) + 2 * np.eye(K, D)[y]).astype(np.float16)
+    X, y = class_data(rng, 2 * np.eye(K, D), rng.integers(0, K, n), dtype=np.float16)
     s = ncdask.EmbeddingStore.from_arrays(mem_url(), {"train": (X, y)}, dtype="float16")
     assert s["train"].embeddings.dtype == np.float16
     ref = dense_stat_arrays(X.astype(np.float64), y, K)
     for budget in (None, TINY):
         st_ = ncdask.class_stats(s, "train", memory_budget=budget, tile_size=5)
         assert st_.means.dtype == np.float64
-        check_against(st_, ref, 1e-10)
+        assert_stats_equal(st_, ref, 1e-10)
 
 
 _MEMORY_SCRIPT = textwrap.dedent("""
@@ -263,8 +257,9 @@ def test_memory_at_vocabulary_scale_is_bounded():
 
 
 def test_bad_label_error_names_the_ignore_index_given():
-    ds = split_ds(np.zeros((6, 2)), np.array([0, 1, -100, 7, 2, 0]), 3, 3)
+    ds = split(np.zeros((6, 2)), np.array([0, 1, -100, 7, 2, 0]), 3, chunks=3)
     with pytest.raises(ValueError, match=r"label 7 is outside \[0, 3\).*only ignore_index=-100"):
         ncdask.class_stats(ds, ignore_index=-100).compute()
     with pytest.raises(ValueError, match="pass ignore_index="):
-        ncdask.class_stats(split_ds(np.zeros((4, 2)), np.array([0, -100, 1, 2]), 3, 4)).compute()
+        ncdask.class_stats(split(np.zeros((4, 2)), np.array([0, -100, 1, 2]), 3,
+                                 chunks=4)).compute()

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from dense import class_data
 
 import ncdask
 from ncdask.cli import main
@@ -11,12 +12,9 @@ K, D = 4, 6
 
 def _id_store(url, n=400, seed=0):
     rng = np.random.default_rng(seed)
-    y = np.arange(n) % K
-    X = rng.normal(size=(n, D)) + 4 * np.eye(K, D)[y]
-    s = ncdask.EmbeddingStore.create(url, K, D, chunk_rows=64)
-    s.append("train", X, y)
-    s.set_classifier(rng.normal(size=(K, D)), rng.normal(size=K))
-    return s
+    X, y = class_data(rng, 4 * np.eye(K, D), n)
+    W, b = rng.normal(size=(K, D)), rng.normal(size=K)
+    return ncdask.EmbeddingStore.from_arrays(url, {"train": (X, y)}, W, b, chunk_rows=64)
 
 
 def test_append_and_writer_without_labels(mem_url):

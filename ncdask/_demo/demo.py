@@ -1,32 +1,15 @@
-"""A self-contained demo: watch Neural Collapse happen while a small MLP trains.
+"""The demo behind ``ncdask demo``: watch Neural Collapse happen while a small MLP trains.
 
-    ncdask demo --out ncdask-demo          # or: python -m ncdask._demo.demo [OUT_DIR]
-
-No downloads: scikit-learn's bundled ``load_digits`` (1797 8×8 images).
-Digits 0-7 are the in-distribution classes (K = 8, a stratified 75/25
-train/test split); digits 8 and 9 are never trained on and form the OOD
-split (their labels are stored as 0 and 1: OOD group ids, not ID classes).
-
-A small ReLU MLP (:class:`MLP`, NumPy only: five hidden layers, 64-64-64-64-128)
-trains well past zero training error, into the terminal phase of training
-where Papyan et al. (2020) saw Neural Collapse: 300 epochs of mini-batch SGD
-(batch 128, momentum 0.9, learning rate 0.1 annealed to 0 on a cosine,
-weight decay 5e-4 on the weights) on the cross-entropy with label smoothing
-0.1, which speeds collapse up (Guo et al. 2024, "Cross entropy versus label
-smoothing: a neural collapse perspective"). At about ten log-spaced epochs
-the penultimate activations of all three splits and the last layer's
-weights and bias go into one Zarr store, one embedding set per epoch; then
-every metric is measured as an epoch sweep. From the first checkpoint
-(epoch 1) to the last (epoch 300), with the default seed, ``nc1_pinv`` falls
-about 70×, ``nc2_etf_err`` about 3.4× and ``nc3_dual_err`` about 27×; train
-accuracy reaches 100 % at epoch 24 and stays there.
-
-Outputs in ``out_dir``: ``embeddings.zarr`` (the store), ``results.zarr``
-(metrics with an ``epoch`` dim, plus ``train_acc`` and ``test_acc``),
-``nc_curves.png`` (NC metrics and accuracy against epoch) and ``gram.png``
-(class-mean cosines at the first and last checkpoints). Needs the ``demo``
-extra (scikit-learn for the data, matplotlib for the figures). The run is
-deterministic for a seed on a given machine (training runs single-threaded).
+No downloads: scikit-learn's ``load_digits``. Digits 0-7 are the classes (K = 8,
+a stratified 75/25 train/test split); digits 8 and 9 form an unlabelled OOD split.
+A NumPy ReLU MLP (:data:`HIDDEN`) trains with the recipe of :data:`RECIPE` for
+:data:`EPOCHS` epochs, past zero training error into the terminal phase
+(Papyan et al. 2020; label smoothing speeds collapse up, Guo et al. 2024). At
+about ten log-spaced epochs the penultimate activations and the last layer go
+into one store, one embedding set per epoch, and every metric is measured as an
+epoch sweep. Outputs in ``out_dir``: ``embeddings.zarr``, ``results.zarr``,
+``nc_curves.png`` and ``gram.png``. Needs the ``demo`` extra (scikit-learn,
+matplotlib); deterministic for a seed (training runs single-threaded).
 """
 
 from __future__ import annotations
@@ -51,13 +34,8 @@ EPOCHS = 300
 #: Hidden layer widths; the last is the embedding dimension D.
 HIDDEN = (64, 64, 64, 64, 128)
 #: The rest of the training recipe (see :func:`train_to_store`).
-RECIPE: dict[str, float] = {
-    "lr": 0.1,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "label_smoothing": 0.1,
-    "batch_size": 128,
-}
+RECIPE: dict[str, float] = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+                            "label_smoothing": 0.1, "batch_size": 128}
 
 
 def default_checkpoints(epochs: int, n: int = 10) -> list[int]:
@@ -86,18 +64,10 @@ def _data(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 class MLP:
-    """A ReLU multilayer perceptron in NumPy (float32), trained by SGD with momentum.
+    """A ReLU MLP in NumPy (float32), layer widths ``sizes`` from input to logits.
 
-    The layout follows scikit-learn's ``MLPClassifier``: ``coefs_[i]`` is the
-    (in, out) weight matrix of layer ``i`` and ``intercepts_[i]`` its bias,
-    so :func:`penultimate` reads either. Weights start He-normal, biases at 0.
-
-    Parameters
-    ----------
-    sizes : sequence of int
-        Widths from the input to the logits, e.g. ``(64, 128, 64, 8)``.
-    rng : numpy.random.Generator
-        Source of the initial weights.
+    Laid out as scikit-learn's ``MLPClassifier`` (``coefs_``, ``intercepts_``), so
+    :func:`penultimate` reads either; weights start He-normal from ``rng``.
     """
 
     activation = "relu"
@@ -117,20 +87,10 @@ class MLP:
 
     def step(self, X: np.ndarray, targets: np.ndarray, *, lr: float, momentum: float,
              weight_decay: float) -> None:
-        """One SGD step on the mean cross-entropy against (soft) target rows.
+        """One SGD step on the mean cross-entropy against target probabilities (n, K).
 
-        PyTorch's convention: ``v = momentum v + g``, ``p -= lr v``, with the
-        weight decay ``weight_decay p`` added to the gradients of the weight
-        matrices (not of the biases).
-
-        Parameters
-        ----------
-        X : array (n, in)
-            A mini-batch.
-        targets : array (n, K)
-            Target probabilities (one-hot, or label-smoothed).
-        lr, momentum, weight_decay : float
-            Step size, momentum and weight decay.
+        PyTorch's convention: ``v = momentum v + g``, ``p -= lr v``; the weight
+        decay is added to the gradients of the weight matrices, not the biases.
         """
         h, z = self._forward(X)
         p = np.exp(z - z.max(axis=1, keepdims=True))
@@ -150,21 +110,7 @@ class MLP:
 
 
 def penultimate(mlp: Any, X: np.ndarray) -> np.ndarray:
-    """Activations of the last hidden layer of an :class:`MLP` or a fitted ``MLPClassifier``.
-
-    Computed in float64 from the model's weights.
-
-    Parameters
-    ----------
-    mlp : MLP or sklearn.neural_network.MLPClassifier
-        A model with ``coefs_``, ``intercepts_`` and ``activation``.
-    X : array (n, n_features)
-        Inputs.
-
-    Returns
-    -------
-    numpy.ndarray (n, width of the last hidden layer)
-    """
+    """Last hidden layer activations (float64) of an :class:`MLP` or fitted ``MLPClassifier``."""
     if mlp.activation == "relu":
         def act(h: np.ndarray) -> None:
             np.maximum(h, 0, out=h)
@@ -214,38 +160,25 @@ def train_to_store(
     label_smoothing: float = RECIPE["label_smoothing"],
     batch_size: int = int(RECIPE["batch_size"]),
 ) -> tuple[Any, dict[int, dict[str, float]]]:
-    """Train the demo MLP and write its embeddings at each checkpoint into a new store.
-
-    Mini-batch SGD with momentum on the label-smoothed cross-entropy, the
-    learning rate annealed on a cosine (:func:`cosine_lr`), weight decay on
-    the weights: the recipe of :data:`RECIPE`.
+    """Train the demo MLP, writing its embeddings at each checkpoint into a new store.
 
     Parameters
     ----------
     store_url : str or Path
         Where to create the store (replaced if it exists).
     epochs : int, optional
-        Training epochs (passes over the shuffled training split); default
-        :data:`EPOCHS`.
+        Training epochs; default :data:`EPOCHS`.
     checkpoints : sequence of int, optional
         Epochs to capture; default :func:`default_checkpoints`.
-    hidden : tuple of int
-        Hidden layer widths; the last is the embedding dimension D.
-    seed : int
-        Seed of the data split, the initial weights and the batch order.
-    lr, momentum, weight_decay : float
-        Peak learning rate, SGD momentum, weight decay (on the weights).
-    label_smoothing : float
-        Target probability moved from the true class evenly onto all K classes.
-    batch_size : int
-        Mini-batch size.
+    hidden, seed, lr, momentum, weight_decay, label_smoothing, batch_size
+        The network's hidden widths (the last is D), the seed of data, weights
+        and batch order, and the SGD recipe (:data:`RECIPE`).
 
     Returns
     -------
     (EmbeddingStore, dict)
-        The store (one embedding set per checkpoint epoch, splits train /
-        test / ood, a classifier per set) and the train / test accuracy per
-        checkpoint.
+        The store (a set per checkpoint epoch with train / test / ood splits and
+        a classifier) and the train / test accuracy per checkpoint.
     """
     from ncdask.store.embedding import EmbeddingStore
 
@@ -289,71 +222,9 @@ def train_to_store(
     return store, accuracy
 
 
-def measure_store(store: Any, **measure_kwargs: Any) -> xr.Dataset:
-    """Lazy metrics of every epoch set of a store with a ``train`` split: :func:`ncdask.sweeps`.
-
-    Test and OOD splits named ``test`` / ``ood`` and the set's classifier are
-    used where present.
-
-    Parameters
-    ----------
-    store : EmbeddingStore
-        A store with epoch-tagged embedding sets.
-    **measure_kwargs
-        Passed to :func:`ncdask.measure`.
-
-    Returns
-    -------
-    xarray.Dataset
-        Lazy metrics with an ``epoch`` dim.
-    """
-    from ncdask.sweeps import sweep
-
-    sets = [s for s in store.sets() if "epoch" in s and "train" in store.splits(**s)]
-    if not sets:
-        raise ValueError(f"{store.url!r} has no epoch sets with a train split")
-
-    def everywhere(name: str) -> str | None:
-        return name if all(name in store.splits(**tags) for tags in sets) else None
-
-    return sweep(store, over="epoch", test=everywhere("test"), ood=everywhere("ood"),
-                 **measure_kwargs)
-
-
-def format_table(results: xr.Dataset, columns: Sequence[str] = TABLE) -> str:
-    """The scalar metrics of an epoch sweep as a fixed-width text table.
-
-    Parameters
-    ----------
-    results : xarray.Dataset
-        Computed metrics with an ``epoch`` dim.
-    columns : sequence of str
-        Variables to show (those missing are skipped).
-
-    Returns
-    -------
-    str
-    """
-    cols = [c for c in columns if c in results and results[c].dims == ("epoch",)]
-    df = results[cols].to_dataframe()
-    return df.to_string(float_format=lambda v: f"{v:.4g}")
-
-
 def collapse_summary(results: xr.Dataset) -> dict[str, float]:
-    """How much each headline metric changed from the first to the last epoch.
-
-    Parameters
-    ----------
-    results : xarray.Dataset
-        Computed metrics with an ``epoch`` dim.
-
-    Returns
-    -------
-    dict
-        ``{name: first / last}`` for the NC1, NC2 and NC3 errors of
-        :data:`TABLE` present (a fall of 10× is 10.0), and ``tpt_epoch``: the
-        first epoch with train accuracy 1 (NaN if never reached).
-    """
+    """``{name: first / last}`` of the NC1-NC3 errors over an epoch sweep, and
+    ``tpt_epoch``: the first epoch with train accuracy 1 (NaN if never reached)."""
     first, last = results.isel(epoch=0), results.isel(epoch=-1)
     out = {k: float(first[k]) / float(last[k])
            for k in ("nc1_pinv", "nc1_cdnv", "nc2_etf_err", "nc3_dual_err") if k in results}
@@ -365,7 +236,7 @@ def collapse_summary(results: xr.Dataset) -> dict[str, float]:
     return out
 
 
-def _summary_line(results: xr.Dataset) -> str:
+def summary_line(results: xr.Dataset) -> str:
     s = collapse_summary(results)
     e0, e1 = int(results["epoch"].values[0]), int(results["epoch"].values[-1])
     falls = ", ".join(f"{k} {v:.3g}x" for k, v in s.items() if k != "tpt_epoch")
@@ -391,30 +262,25 @@ def run_demo(
     ----------
     out_dir : str or Path
         Output folder (created; earlier demo outputs in it are replaced).
-    epochs : int, optional
-        Training epochs; None means the default, :data:`EPOCHS`.
-    checkpoints : sequence of int, optional
-        Epochs to capture; default about ten log-spaced ones.
-    hidden : tuple of int
-        Hidden layer widths; the last is the embedding dimension.
-    seed : int
-        Seed of the data split and the network (the run is deterministic).
+    epochs, checkpoints, hidden, seed
+        As :func:`train_to_store` (``epochs=None``: :data:`EPOCHS`).
     scheduler : str, optional
-        Where the Dask graphs run (see :func:`ncdask.scheduler.use_scheduler`).
+        Where the Dask graphs run (:func:`ncdask.scheduler.use_scheduler`).
     quiet : bool
-        Hide the progress messages (the results table is always printed).
+        Hide the progress messages.
     plots : bool
         Write ``nc_curves.png`` and ``gram.png``.
 
     Returns
     -------
     xarray.Dataset
-        Computed metrics with an ``epoch`` dim, plus ``train_acc`` and
-        ``test_acc``; also written to ``out_dir/results.zarr``.
+        Computed metrics along ``epoch`` with ``train_acc`` and ``test_acc``,
+        also written to ``out_dir/results.zarr``.
     """
     from ncdask.results import save_results
     from ncdask.scheduler import use_scheduler
     from ncdask.stats.core import class_stats
+    from ncdask.sweeps import sweep
 
     epochs = EPOCHS if epochs is None else int(epochs)
     out = Path(out_dir)
@@ -428,7 +294,8 @@ def run_demo(
         f"{out / 'embeddings.zarr'}")
     ends = (min(acc), max(acc))
     with use_scheduler(scheduler, quiet=quiet) as run:
-        results = run.compute(measure_store(store), label="measuring every epoch ...")
+        lazy = sweep(store, over="epoch", test="test", ood="ood")
+        results = run.compute(lazy, label="measuring every epoch ...")
         gram_stats = ({e: run.compute(class_stats(store.split("train", epoch=e))) for e in ends}
                       if plots else None)
     ep = list(results["epoch"].values)
@@ -447,15 +314,8 @@ def run_demo(
                      path=out / "nc_curves.png")
         plot_gram(gram_stats, dim="epoch", class_names=store.class_names,
                   path=out / "gram.png")
-    # --quiet hides progress, never the answer
-    print(format_table(results, (*TABLE, "train_acc", "test_acc")))
-    print(_summary_line(results))
     if not quiet:
         say(f"wrote {out / 'results.zarr'}" + (f", {out / 'nc_curves.png'}, {out / 'gram.png'}"
                                                 if plots else "")
             + f" in {time.perf_counter() - t0:.1f} s")
     return results
-
-
-if __name__ == "__main__":  # pragma: no cover
-    run_demo(sys.argv[1] if len(sys.argv) > 1 else "ncdask-demo")

@@ -1,29 +1,13 @@
 """One BLAS thread per task while ncdask graphs run on dask's threaded scheduler.
 
-Why: the threaded scheduler runs one task per core, and each task's GEMM
-(the centred scatter of the statistics pass, the pairwise and NC4 tiles)
-would start a BLAS thread per core too, so 2 cores ran 4 busy threads. On
-the statistics pass (N=400k, D=256, K=1000; issue 12) that took 3.3 s by
-default against 1.9 s with one BLAS thread per task; see
-``benchmarks/bench_stats.py`` for the figures of this design.
-
-How, without races: the limit is a process-wide setting of the BLAS library,
-so it is not changed from inside concurrent tasks. A dask local-scheduler
-callback sets it in ``_start``, in the thread that calls ``compute`` before
-any task runs, and puts the previous setting back in ``_finish``, which
-dask calls after the last task, also on errors. Overlapping computes share
-one limit (a counter under a lock), restored when the last one finishes.
-It acts only on graphs that hold ncdask tasks (keys starting ``ncdask-``)
-and only under the threaded scheduler with more than one worker: the
-synchronous scheduler runs one task at a time and keeps every BLAS thread,
-and process-based and distributed schedulers do not run these callbacks
-(dask's nanny already starts distributed workers with one BLAS thread).
-Set ``dask.config.set({"ncdask.blas-per-task": False})`` to leave BLAS alone.
-
-The limit reaches the BLAS libraries whose thread count is process-wide:
-NumPy's OpenBLAS (pthreads) and MKL, which the kernels call. A BLAS built on
-OpenMP (faiss-cpu bundles one) keeps a per-thread setting that a limit set
-in the calling thread does not reach; ncdask calls it only through faiss.
+The threaded scheduler runs a task per core and each task's GEMM would start a
+BLAS thread per core too (N=400k, D=256, K=1000 statistics: 3.3 s against 1.9 s
+with one BLAS thread per task). The limit is process-wide, so a dask callback
+sets it in ``_start``, before any task runs, and restores it in ``_finish``
+(also on errors); overlapping computes share one limit under a lock. It acts
+only on graphs with ``ncdask-`` keys under the threaded scheduler with several
+workers; ``dask.config.set({"ncdask.blas-per-task": False})`` turns it off. An
+OpenMP BLAS (faiss-cpu's) keeps a per-thread setting that this does not reach.
 """
 
 from __future__ import annotations
@@ -72,9 +56,8 @@ class OneBlasThreadPerTask(Callback):
 
     def _start(self, dsk: Mapping) -> None:
         self._mine.on = False
-        if not dask.config.get("ncdask.blas-per-task", True):
-            return
-        if not _holds_ncdask_tasks(dsk) or not _threaded_with_many_workers():
+        if not (dask.config.get("ncdask.blas-per-task", True) and _holds_ncdask_tasks(dsk)
+                and _threaded_with_many_workers()):
             return
         from threadpoolctl import threadpool_limits
 

@@ -1,31 +1,13 @@
-"""The one reduction engine of :mod:`ncdask.graph`: trees and chains of kernel triples.
+"""The one reduction engine of :mod:`ncdask.graph`: trees and chains of kernel reductions.
 
-Every reduction in the graphs is a :class:`~ncdask.kernels._reduction.Reduction`
-(chunk, combine, finalize, and optionally an in-place fold) declared next to
-its kernels, laid out here in one of two shapes:
-
-* a **tree** (:func:`tree`): one partial per block, combined ``split_every``
-  at a time. For small partials: the class statistics of a block, the OOD
-  label sums, the pairwise moments of a tile pair, the NC4 decisions of a
-  block of samples over a class tile (:func:`fold_rows`, :func:`reduce_blocks`);
-* **chains** (:func:`chains`): block ``i`` is folded into the running partial
-  of chain ``i mod C``, and the chain ends are combined once. For partials
-  of D×D or K×D numbers (Gram matrices, the tile terms of the closed forms,
-  per-class covariances, the tiled class statistics): a tree would keep one
-  such partial per block alive (the class statistics at K=100k, D=2048
-  peaked at 3.0 GiB with a tree of sparse partials;
-  :mod:`ncdask.graph.tiled_stats`, ``benchmarks/bench_vocab.py``), a chain
-  keeps one per chain. Optionally the reads of the blocks are
-  *throttled*: a batch of C reads waits until the batch ``lag`` batches
-  before it has been folded (:func:`chains`, ``batch``).
-
-The graphs are plain dask task graphs (``HighLevelGraph.from_collections``
-layers of ``(function, *args)`` tasks, :class:`dask.delayed.Delayed` and
-:class:`dask.array.Array` over them), built on public dask API only. Why not
-``dask.array.reduction`` everywhere: it carries dict partials well enough
-(``concatenate=False``, as dask's own ``mean_chunk`` does), but it reduces
-one array where the statistics read two aligned ones (embeddings and
-labels), and it has no chains: its tree holds a partial per block.
+Each :class:`~ncdask.kernels._reduction.Reduction` is laid out as a **tree**
+(:func:`tree`: one partial per block, combined ``split_every`` at a time; for
+small partials) or as **chains** (:func:`chains`: block ``i`` folded in place
+into the partial of chain ``i mod C``; for D×D or K×D partials), in plain task
+graphs built with public dask API. Why not ``dask.array.reduction``: it reduces
+one array where the statistics read two aligned ones (embeddings and labels),
+and it has no chains: its tree holds a partial per block (the class statistics
+at K=100k, D=2048 peaked at 3.0 GiB that way).
 """
 
 from __future__ import annotations
@@ -52,12 +34,9 @@ READ_LAG = 2
 
 
 def n_chains(n_blocks: int) -> int:
-    """Chains of accumulation for ``n_blocks`` blocks: one per worker thread, at most 8.
+    """Chains for ``n_blocks`` blocks: one per worker thread (each chain runs serially), at most 8.
 
-    Each chain holds one running sum (a D×D scatter or Gram matrix, and for
-    the class statistics a class group), so chains, not blocks, set the
-    memory of a fold; with fewer chains than threads cores would idle, since
-    a chain's blocks run one after another.
+    Each chain holds one running partial, so chains, not blocks, set a fold's memory.
     """
     workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
     return max(1, min(n_blocks, int(workers), MAX_CHAINS))
@@ -65,11 +44,9 @@ def n_chains(n_blocks: int) -> int:
 
 def tree(dsk: dict, name: str, red: Reduction, leaves: Sequence[Any], *,
          split_every: int) -> Any:
-    """Combine the partials under ``leaves`` ``split_every`` at a time; return the top key.
+    """Combine the partials under ``leaves`` ``split_every`` at a time into ``dsk``; the top key.
 
-    The tasks are added to ``dsk``; level ``d``'s task ``i`` is keyed
-    ``(f"{name}-combine-{d}", i)``. At least one combine runs, so a single
-    leaf is combined too (``combine`` is where kernels check their input).
+    At least one combine runs, even on a single leaf (kernels check their input there).
     """
     if split_every < 2:
         raise ValueError(f"split_every must be >= 2, got {split_every}")
@@ -89,31 +66,18 @@ def tree(dsk: dict, name: str, red: Reduction, leaves: Sequence[Any], *,
 
 
 def chains(
-    dsk: dict,
-    name: str,
-    red: Reduction,
-    n_blocks: int,
+    dsk: dict, name: str, red: Reduction, n_blocks: int,
     read: Callable[[int, int, list[Any]], list[tuple[Any, ...]]] | Sequence[tuple[Any, ...]],
-    *,
-    n_chains: int,
-    batch: int | None = None,
-    lag: int = READ_LAG,
-    after: Any = None,
+    *, n_chains: int, batch: int | None = None, lag: int = READ_LAG, after: Any = None,
 ) -> list[Any]:
     """Fold ``n_blocks`` blocks into ``n_chains`` running partials; return the chain ends.
 
-    ``read(lo, hi, wait)`` gives the task arguments of blocks ``lo`` to
-    ``hi`` (keys or values; :meth:`Reduction.step` gets ``(acc, *args)``),
-    made to wait for the keys ``wait`` (see :func:`gate`). With ``batch``,
-    the blocks are read ``batch`` at a time and batch ``b`` waits for the
-    folds of batch ``b − lag`` (the first ``lag`` batches for ``after``, if
-    given): left free, dask's scheduler ran every read of a stage before its
-    first fold, since reads are cheap roots that are always ready (measured
-    at K=100k, D=2048: all 25 chunks of 64 MiB held at once, a 2.4 GiB
-    peak); waiting for the batch just before left the cores idle between
-    batches (K=1000, D=512: 67% CPU use). Without ``batch``, all blocks are
-    one batch. ``read`` may also be the list of every block's arguments
-    (no waiting).
+    ``read(lo, hi, wait)`` gives the task arguments of blocks ``lo`` to ``hi``
+    (:meth:`Reduction.step` gets ``(acc, *args)``), their reads made to wait
+    for the keys ``wait`` (:func:`gate`); or ``read`` is the list of every
+    block's arguments. With ``batch``, batch ``b`` of reads waits for the folds
+    of batch ``b − lag`` (the first ones for ``after``): left free, dask reads
+    every block before the first fold, as reads are always-ready roots.
     """
     if not callable(read):
         blocks = list(read)
@@ -127,10 +91,7 @@ def chains(
     batches: list[list[Any]] = []
     for lo in range(0, n_blocks, max(step, 1)):
         hi = min(n_blocks, lo + step)
-        if len(batches) >= lag:
-            wait = batches[-lag]
-        else:
-            wait = [] if after is None else [after]
+        wait = batches[-lag] if len(batches) >= lag else [] if after is None else [after]
         batches.append([])
         for i, args in enumerate(read(lo, hi, wait), start=lo):
             key = (f"{name}-fold", i)
@@ -153,10 +114,7 @@ def _combine_finish(red: Reduction, parts: list[Any]) -> Any:
 
 
 def gate(dsk: dict, name: str, x: da.Array, wait: Sequence[Any], *, seed: Any) -> da.Array:
-    """``x`` as a clone whose blocks are read only once the tasks ``wait`` of ``dsk`` ran.
-
-    :func:`dask.graph_manipulation.bind` on a layer holding just those tasks.
-    """
+    """``x`` as a clone whose blocks are read only once the tasks ``wait`` of ``dsk`` ran."""
     if not wait:
         return x
     g = HighLevelGraph.from_collections(name, {k: dsk[k] for k in wait}, dependencies=[])
@@ -171,41 +129,16 @@ def row_keys(x: da.Array) -> list[Any]:
     return [(x.name, i, *rest) for i in range(x.numblocks[0])]
 
 
-def fold_rows(
-    red: Reduction,
-    *arrays: da.Array,
-    how: str = "tree",
-    split_every: int = 8,
-    chains_: int | None = None,
-    shared: Sequence[Any] = (),
-    prefix: str = "ncdask-reduce",
-    token: Any = None,
-) -> Delayed:
-    """Reduce the aligned row blocks of ``arrays`` to one finalized result.
+def fold_rows(red: Reduction, *arrays: da.Array, how: str = "tree", split_every: int = 8,
+              chains_: int | None = None, shared: Sequence[Any] = (),
+              prefix: str = "ncdask-reduce", token: Any = None) -> Delayed:
+    """Reduce the aligned row blocks of ``arrays`` to one finalized result (a Delayed).
 
-    Parameters
-    ----------
-    red : Reduction
-        ``chunk(*blocks, *shared)`` (tree) or ``step(acc, *blocks, *shared)``
-        (chains) per row block.
-    *arrays : dask arrays
-        Same row chunks, one block wide on every other axis.
-    how : {"tree", "chains"}
-    split_every : int
-        Fan-in of the tree.
-    chains_ : int, optional
-        Chains side by side (default :func:`n_chains`).
-    shared : sequence
-        Values given to every block's task, each stored once in the graph
-        (a K-vector in every task's arguments would be copied per task).
-    prefix : str
-        Start of the task names.
-    token : optional
-        Extra identity of the reduction (parameters the functions close over).
-
-    Returns
-    -------
-    dask.delayed.Delayed
+    ``arrays`` share their row chunks and are one block wide on every other
+    axis; ``red`` gets ``(*blocks, *shared)`` per row block, ``shared`` being
+    stored once in the graph. ``how`` is ``"tree"`` (fan-in ``split_every``) or
+    ``"chains"`` (``chains_``, default :func:`n_chains`); ``token`` adds to the
+    identity what the functions close over.
     """
     n = arrays[0].numblocks[0]
     for a in arrays[1:]:
@@ -213,18 +146,13 @@ def fold_rows(
             raise ValueError("fold_rows needs arrays with the same row chunks")
     name = f"{prefix}-{tokenize(*arrays, red, how, split_every, chains_, shared, token)}"
     dsk: dict[Any, Any] = {}
-    shared_keys = []
-    for j, v in enumerate(shared):
-        dsk[f"{name}-shared-{j}"] = v
-        shared_keys.append(f"{name}-shared-{j}")
-    keys = [row_keys(a) for a in arrays]
-    blocks = [(*ks, *shared_keys) for ks in zip(*keys, strict=True)]
+    shared_keys = [f"{name}-shared-{j}" for j in range(len(shared))]
+    dsk.update(zip(shared_keys, shared))
+    blocks = [(*ks, *shared_keys) for ks in zip(*map(row_keys, arrays), strict=True)]
     if how == "tree":
         assert red.chunk is not None
-        leaves = []
-        for i, args in enumerate(blocks):
-            dsk[(f"{name}-chunk", i)] = (red.chunk, *args)
-            leaves.append((f"{name}-chunk", i))
+        leaves = [(f"{name}-chunk", i) for i in range(len(blocks))]
+        dsk.update({k: (red.chunk, *args) for k, args in zip(leaves, blocks, strict=True)})
         out = f"{name}-finish"
         dsk[out] = (red.finish, tree(dsk, name, red, leaves, split_every=split_every))
     elif how == "chains":
@@ -237,21 +165,12 @@ def fold_rows(
     return Delayed(out, graph, layer=name)
 
 
-def reduce_blocks(
-    red: Reduction,
-    parts: da.Array,
-    *,
-    axis: int | tuple[int, ...],
-    split_every: int,
-    chunks: tuple[tuple[int, ...], ...],
-    meta: Any,
-    prefix: str,
-) -> da.Array:
+def reduce_blocks(red: Reduction, parts: da.Array, *, axis: int | tuple[int, ...],
+                  split_every: int, chunks: tuple[tuple[int, ...], ...], meta: Any,
+                  prefix: str) -> da.Array:
     """Tree-reduce the blocks of ``parts`` (each a partial) along ``axis``.
 
-    The blocks left along the other axes each give one output block (kept
-    in their order, axes dropped), ``red.finish`` of their combined partials;
-    ``chunks`` are the output's chunks.
+    Each block position along the other axes gives one output block of ``chunks``.
     """
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     keep = [d for d in range(parts.ndim) if d not in axes]
@@ -277,10 +196,6 @@ def reduce_blocks(
 def fields(result: Delayed, shapes: dict[str, tuple[tuple[int, ...], Any]],
            like: Any) -> dict[str, da.Array]:
     """Lazy arrays of the named fields of a dict-valued ``result``."""
-    out = {}
-    for k, (shape, dt) in shapes.items():
-        out[k] = da.from_delayed(
-            result[k], shape=shape, dtype=dt,
-            meta=meta_from_array(like, ndim=len(shape), dtype=dt),
-        )
-    return out
+    return {k: da.from_delayed(result[k], shape=shape, dtype=dt,
+                               meta=meta_from_array(like, ndim=len(shape), dtype=dt))
+            for k, (shape, dt) in shapes.items()}

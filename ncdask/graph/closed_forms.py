@@ -1,8 +1,7 @@
 """Graphs of the metrics that need no pairwise pass: NC1 traces, ETF errors, NC3.
 
-All K-sized reductions are blocked over the class tiles by dask; the only
-dense factorisations run on the smaller of the K×D means (K ≤ D) or the D×D
-between-class covariance (D < K).
+K-sized reductions are folded over the class tiles; dense factorisations run on
+the smaller of the K×D means (K ≤ D) and the D×D between-class covariance.
 """
 
 from __future__ import annotations
@@ -16,45 +15,34 @@ import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
 
-from ncdask.kernels import closed_forms as C
 from ncdask.graph._reduce import fields, fold_rows
+from ncdask.kernels import closed_forms as C
 
 
 def whole_block(x: da.Array) -> Any:
     """One delayed block of ``x``, its graph's keys unchanged.
 
-    Passing dask arrays to ``dask.delayed`` optimises (and so renames) each
-    array's graph separately: the three sums of an ETF error then each
-    carried their own copy of the class-tile pass, run three times and held
-    at once (K=100k, D=2048: 65 s and 3.6 GiB against 22 s and 0.9 GiB).
+    ``dask.delayed`` of dask arrays optimises (renames) each array's graph on
+    its own, so arrays sharing a class-tile pass would each run a copy of it.
     """
     return x.rechunk(-1).to_delayed(optimize_graph=False).ravel()[0]
 
 
-def delayed_array(
-    fn: Callable[..., Any], *args: Any, shape: tuple[int, ...], like: da.Array, **kwargs: Any
-) -> da.Array:
+def delayed_array(fn: Callable[..., Any], *args: Any, shape: tuple[int, ...], like: da.Array,
+                  **kwargs: Any) -> da.Array:
     """Lazy array from ``fn`` applied to whole (small) arrays, as one task."""
     d = dask.delayed(fn, pure=True)(
         *[whole_block(a) if isinstance(a, da.Array) else a for a in args], **kwargs
     )
-    return da.from_delayed(
-        d,
-        shape=shape,
-        dtype=np.float64,
-        meta=meta_from_array(like, ndim=len(shape), dtype=np.float64),
-    )
+    return da.from_delayed(d, shape=shape, dtype=np.float64,
+                           meta=meta_from_array(like, ndim=len(shape), dtype=np.float64))
 
 
 def gram(A: da.Array, B: da.Array | None = None) -> da.Array:
     """``AᵀB`` (D×D) over the class tiles, folded into a few running sums.
 
-    Why not ``A.T @ B``: dask makes one D×D product per class tile and its
-    tree sum can hold them all. Measured at K=100k, D=2048 (68 tiles, 32 MiB
-    per product; ``benchmarks/bench_vocab.py``): ``nc2_etf_err`` peaked at
-    2.0 GiB and ``nc3_dual_err`` at 3.6 GiB. Here tile ``i`` adds its product
-    into the running sum of chain ``i mod C`` (:func:`~ncdask.graph._reduce.n_chains`),
-    so ``C + 1`` D×D arrays are alive.
+    Not ``A.T @ B``: its tree sum can hold one D×D product per class tile; the
+    chains hold ``C + 1`` (:func:`~ncdask.graph._reduce.n_chains`).
     """
     B = A if B is None else B
     A = A.rechunk({1: -1})
@@ -67,20 +55,13 @@ def gram(A: da.Array, B: da.Array | None = None) -> da.Array:
 
 def tile_terms(M: da.Array, W: da.Array | None = None, *,
                unit: bool = False) -> dict[str, da.Array]:
-    """Every class-tile reduction of the closed forms, from one read of each tile.
+    """Every class-tile reduction of the closed forms, in one fold over the tiles.
 
-    ``MM = MᵀM`` and ``WW = WᵀW`` (D×D), ``M_sum``/``W_sum`` (column sums),
-    ``M_sq``/``W_sq`` (squared Frobenius norms) and ``MW = Σ M∘W``; with
-    ``unit``, the same of the normalised rows ``u_k = m_k/(‖m_k‖ + ε)``:
-    ``UU``, ``U_sum``, ``U_sq = Σ‖u_k‖²`` and ``U_quad = Σ‖u_k‖⁴``. Each
-    tile of ``M`` (and ``W``) is read by one task, which adds it into the
-    running sums of its chain (:func:`~ncdask.graph._reduce.n_chains`).
-
-    Why one fold: NC1's Σ_B, the ETF errors and NC3 each reduce over the same
-    class tiles; as separate reductions in one compute, dask keeps every
-    tile alive until the last of them has passed it. Measured at K=100k,
-    D=2048 (``benchmarks/bench_vocab.py``): ``nc3_dual_err`` peaked at 3.6
-    GiB with separate reductions.
+    ``MM = MᵀM``, ``WW = WᵀW`` (D×D), ``M_sum``/``W_sum`` (column sums),
+    ``M_sq``/``W_sq`` (squared norms), ``MW = Σ M∘W``; with ``unit``, of the
+    rows ``u_k = m_k/(‖m_k‖ + ε)``: ``UU``, ``U_sum``, ``U_sq = Σ‖u_k‖²``,
+    ``U_quad = Σ‖u_k‖⁴``. One fold, as separate reductions in one compute
+    keep every tile alive until the last of them has passed it.
     """
     M = M.rechunk({1: -1})
     D = M.shape[1]
@@ -98,44 +79,27 @@ def tile_terms(M: da.Array, W: da.Array | None = None, *,
     return fields(d, {k: (shape, f64) for k, shape in shapes.items()}, M._meta)
 
 
-def nc1_values(
-    Mc: da.Array, Sw: da.Array, *, want_svd: bool, eps_dtype: Any = None,
-    terms: dict[str, da.Array] | None = None,
-) -> da.Array:
-    """``[nc1_pinv, nc1_svd]`` (NaN where not asked or not defined), on the smaller side.
+def nc1_values(Mc: da.Array, Sw: da.Array, *, want_svd: bool, eps_dtype: Any = None,
+               terms: dict[str, da.Array] | None = None) -> da.Array:
+    """``[nc1_pinv, nc1_svd]`` (NaN where not asked or defined), on the smaller side.
 
-    ``eps_dtype`` sets the pinv cutoff's ε (the dtype the means came in).
-
-    K ≤ D: thin SVD of the K×D centred means (:func:`~ncdask.kernels.closed_forms.nc1_from_means`);
-    D < K: eigendecomposition of ``Σ_B = M̃ᵀM̃/K`` (D×D), blocked over the class tiles.
+    ``eps_dtype`` (the dtype the means came in) sets the pinv cutoff's ε.
     """
     K, D = Mc.shape
     if K <= D:
-        return delayed_array(
-            C.nc1_from_means,
-            Mc,
-            Sw,
-            K,
-            want_svd=want_svd,
-            shape=(2,),
-            like=Mc,
-            eps_dtype=eps_dtype,
-        )
+        return delayed_array(C.nc1_from_means, Mc, Sw, K, want_svd=want_svd, shape=(2,),
+                             like=Mc, eps_dtype=eps_dtype)
     Sb = (gram(Mc) if terms is None else terms["MM"]) / K
     pinv = delayed_array(C.nc1_from_between, Sb, Sw, K, shape=(1,), like=Mc, eps_dtype=eps_dtype)
     return da.concatenate([pinv, da.full_like(pinv, math.nan)])  # full_like: pinv's array module
 
 
-def etf_terms(
-    A: da.Array, B: da.Array | None = None, *, terms: dict[str, da.Array] | None = None,
-    pair: str = "MM",
-) -> tuple[da.Array, da.Array, da.Array]:
-    """``‖G‖_F²``, ``tr G`` and ``1ᵀG1`` of ``G = B Aᵀ`` without forming it when D < K.
+def etf_error(A: da.Array, B: da.Array | None = None, *, terms: dict[str, da.Array] | None = None,
+              pair: str = "MM") -> da.Array:
+    """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` with ``G = B Aᵀ`` (``B = A`` by default).
 
-    ``‖BAᵀ‖_F² = ⟨BᵀB, AᵀA⟩`` (two D×D grams) when D < K, else the K×K
-    product itself (no larger than the D×D grams). With ``terms`` (from
-    :func:`tile_terms` of the means M and weights W) and D < K, the sums
-    come from there: ``pair`` names A and B among ``"M"``, ``"W"``.
+    G is not formed when D < K: ``‖BAᵀ‖_F² = ⟨BᵀB, AᵀA⟩`` from D×D grams, or
+    from ``terms`` (:func:`tile_terms` of M and W; ``pair`` names A and B).
     """
     Bm = A if B is None else B
     K, D = A.shape
@@ -144,31 +108,17 @@ def etf_terms(
         fro2 = (terms[a + a] * terms[b + b]).sum()
         trace = terms[f"{a}_sq"] if a == b else terms["MW"]
         ones2 = (terms[f"{a}_sum"] * terms[f"{b}_sum"]).sum()
-        return fro2, trace, ones2
-    if K <= D:  # K×D is no larger than D×D: one block
-        A1, B1 = A.rechunk(-1), Bm.rechunk(-1)
-        G = B1 @ A1.T
-        fro2 = (G * G).sum()
-    elif B is None:
-        Ga = gram(A)
-        fro2 = (Ga * Ga).sum()
     else:
-        fro2 = (gram(A) * gram(Bm)).sum()
-    trace = (A * Bm).sum()
-    ones2 = (A.sum(axis=0) * Bm.sum(axis=0)).sum()
-    return fro2, trace, ones2
-
-
-def etf_error(
-    A: da.Array, B: da.Array | None = None, *, terms: dict[str, da.Array] | None = None,
-    pair: str = "MM",
-) -> da.Array:
-    """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` with ``G = B Aᵀ`` (``B = A`` by default).
-
-    ``terms``/``pair``: see :func:`etf_terms`.
-    """
-    fro2, trace, ones2 = etf_terms(A, B, terms=terms, pair=pair)
-    K = A.shape[0]
+        if K <= D:  # K×D is no larger than D×D: one block
+            G = Bm.rechunk(-1) @ A.rechunk(-1).T
+            fro2 = (G * G).sum()
+        elif B is None:
+            Ga = gram(A)
+            fro2 = (Ga * Ga).sum()
+        else:
+            fro2 = (gram(A) * gram(Bm)).sum()
+        trace = (A * Bm).sum()
+        ones2 = (A.sum(axis=0) * Bm.sum(axis=0)).sum()
     return delayed_array(C.etf_error, fro2, trace, ones2, K, shape=(), like=A)
 
 
@@ -184,22 +134,14 @@ def normalized(A: da.Array) -> da.Array:
 
 
 def cosine_rows(A: da.Array, B: da.Array, *, eps: float = 1e-8) -> da.Array:
-    """``a_k · b_k / (max(‖a_k‖, ε) max(‖b_k‖, ε))`` per row: torch's ``cosine_similarity``.
-
-    torch clamps each norm at ``eps`` on its own (not their product), so
-    rows of small norm keep their cosine.
-    """
+    """``a_k · b_k / (max(‖a_k‖, ε) max(‖b_k‖, ε))`` per row, as torch's ``cosine_similarity``."""
     na = da.maximum(row_norms(A), eps)
     nb = da.maximum(row_norms(B), eps)
     return (A * B).sum(axis=1) / (na * nb)
 
 
 def small_gram(A: da.Array) -> da.Array:
-    """The smaller Gram matrix of ``A`` (K×D): ``AAᵀ`` (K×K) when K ≤ D, else ``AᵀA`` (D×D).
-
-    Both have the same non-zero eigenvalues and Frobenius norm; the D×D one is
-    folded over the class tiles (:func:`gram`).
-    """
+    """The smaller Gram matrix of ``A`` (K×D): ``AAᵀ`` when K ≤ D, else ``AᵀA`` (:func:`gram`)."""
     K, D = A.shape
     if K > D:
         return gram(A)
@@ -215,10 +157,8 @@ def effective_rank(G: da.Array, *, singular: bool = False) -> da.Array:
 def interference(Mc: da.Array, terms: dict[str, da.Array] | None = None) -> da.Array:
     """Lazy ``[mean, var]`` of the off-diagonal cosines ``u_i·u_j`` of the rows of ``Mc``.
 
-    From ``‖Σu‖²`` and ``‖UᵀU‖²_F``: with ``terms`` (:func:`tile_terms` with
-    ``unit=True``, when K > D) from the D×D Gram folded in the one read of
-    the class tiles the other closed forms make; else from the K×K Gram
-    (K ≤ D). No pair is visited one by one.
+    From ``‖Σu‖²`` and ``‖UᵀU‖²_F``: with ``terms`` (:func:`tile_terms`,
+    ``unit=True``, K > D) from the folded D×D Gram, else from the K×K Gram.
     """
     if terms is not None:
         s, G, q2, q4 = terms["U_sum"], terms["UU"], terms["U_sq"], terms["U_quad"]

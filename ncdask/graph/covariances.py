@@ -1,26 +1,15 @@
 """Graphs for per-class covariances: one pass over the samples, chunked over classes.
 
-Every row block of the embeddings feeds one task per class chunk; each task
-keeps only the rows of its chunk's classes and folds their per-class
-centred scatter into the chunk's running accumulator (a sparse partial:
-present classes only), so a chunk's tasks form a chain over the row blocks
-and each chunk holds one accumulator at a time. The chain's end becomes one
-``(C, D, D)`` chunk of the output.
-
-Each row block is loaded once and shared by the class-chunk tasks that read
-it, so the embeddings are read once, and at most the accumulators of every
-class chunk (``n_selected · D²`` numbers) are held. When these exceed
-``max_bytes``, the class chunks are split into passes of at most
-``max_bytes`` each: pass ``p + 1`` loads the embeddings afresh after pass
-``p`` has finished (:func:`dask.graph_manipulation.bind`), so memory stays
-within the budget at the cost of one read of the embeddings per pass.
+Each class chunk folds the rows of its classes into one running sparse partial
+(a chain over the row blocks, each read once for all chunks) ending in one
+``(C, D, D)`` output chunk. Chunks whose partials would exceed ``max_bytes``
+go in passes, each reading the embeddings afresh after the previous one.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
@@ -28,9 +17,10 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from ncdask.kernels import covariances as KC
 from ncdask.graph._reduce import chains, gate, row_keys
-from ncdask.graph.closed_forms import gram, whole_block
+from ncdask.graph.closed_forms import delayed_array, gram
+from ncdask.kernels import covariances as KC
+from ncdask.kernels.spectrum import effective_rank
 
 #: Default bytes of one class chunk of covariances (``C · D² · 8``).
 COV_CHUNK_BYTES = 32 * 2**20
@@ -43,45 +33,15 @@ def default_class_chunk(dim: int, *, budget: int = COV_CHUNK_BYTES, itemsize: in
     return max(1, budget // (itemsize * dim * dim))
 
 
-def class_covariance_chunks(
-    X: da.Array,
-    y: da.Array,
-    position: np.ndarray,
-    n_selected: int,
-    *,
-    n_classes: int,
-    class_chunk: int,
-    dtype: Any = np.float64,
-    ignore_index: int | None = None,
-    max_bytes: int | None = COV_PASS_BYTES,
-) -> tuple[da.Array, da.Array]:
-    """Lazy per-class covariances ``(n_selected, D, D)`` and counts ``(n_selected,)``.
+def class_covariance_chunks(X: da.Array, y: da.Array, position: np.ndarray, n_selected: int, *,
+                            n_classes: int, class_chunk: int, dtype: Any = np.float64,
+                            ignore_index: int | None = None,
+                            max_bytes: int | None = COV_PASS_BYTES) -> tuple[da.Array, da.Array]:
+    """Lazy per-class covariances ``(n_selected, D, D)`` and counts, in chunks of ``class_chunk``.
 
-    Parameters
-    ----------
-    X : dask array (N, D)
-    y : dask array (N,)
-    position : array (K,) of int
-        Output position of each class (``-1``: not computed).
-    n_selected : int
-        Number of classes computed (the output length).
-    n_classes : int
-        K.
-    class_chunk : int
-        Classes per output chunk.
-    dtype : dtype
-        Accumulation and output dtype.
-    ignore_index : int, optional
-        Label of rows to drop.
-    max_bytes : int, optional
-        Bytes of accumulators one pass over the embeddings may hold (None:
-        no limit, always one pass).
-
-    Returns
-    -------
-    (dask array, dask array)
-        Covariances chunked ``(class_chunk, D, D)`` along the class axis, and
-        the per-class counts with the same class chunks.
+    ``position`` (K,) gives each class's output position (-1: not computed);
+    ``dtype`` is the accumulation and output dtype; ``max_bytes`` bounds the
+    partials one pass over the embeddings holds (None: one pass).
     """
     X = X.rechunk({1: -1})
     y = y.rechunk((X.chunks[0],))
@@ -99,11 +59,9 @@ def class_covariance_chunks(
     fname = f"ncdask-cov-{token}"
     folds: dict = {f"{fname}-position": np.asarray(position, dtype=np.int64)}
     deps: list = []
-    # The output chunks are the finalize tasks themselves (a hand-built
-    # layer), not ``from_delayed`` pieces joined by ``concatenate``: with the
-    # latter, graph optimisation fused the chain's last step into two
-    # consumers and kept every pass's last row block and accumulator alive to
-    # the end (+~120 MiB of peak RSS per pass at K=1000, D=256).
+    # The output chunks are the finalize tasks themselves, not ``from_delayed``
+    # pieces: optimisation fused those into two consumers and kept every
+    # pass's last row block and partial alive to the end.
     out_layer: dict = {}
     cnt_layer: dict = {}
     done: list = []  # small tasks (counts) that mark a pass's accumulators complete
@@ -126,68 +84,34 @@ def class_covariance_chunks(
     graph = HighLevelGraph.from_collections(fname, folds, dependencies=deps)
     finals = [Delayed(f"{fname}-position", graph, layer=fname)]
     chunks_c = tuple(hi - lo for lo, hi in bounds)
-    covs = da.Array(
-        HighLevelGraph.from_collections(name, out_layer, dependencies=finals),
-        name,
-        chunks=(chunks_c, (D,), (D,)),
-        meta=meta_from_array(X, ndim=3, dtype=dt),
-    )
-    counts = da.Array(
-        HighLevelGraph.from_collections(cname, cnt_layer, dependencies=finals),
-        cname,
-        chunks=(chunks_c,),
-        meta=meta_from_array(X, ndim=1, dtype=np.int64),
-    )
+    covs = da.Array(HighLevelGraph.from_collections(name, out_layer, dependencies=finals),
+                    name, chunks=(chunks_c, (D,), (D,)), meta=meta_from_array(X, ndim=3, dtype=dt))
+    counts = da.Array(HighLevelGraph.from_collections(cname, cnt_layer, dependencies=finals),
+                      cname, chunks=(chunks_c,),
+                      meta=meta_from_array(X, ndim=1, dtype=np.int64))
     return covs, counts
 
 
 def per_class_traces(covs: da.Array, P: da.Array, scale: float) -> da.Array:
     """``scale · tr(Σ_k P)`` per class, one task per class chunk."""
     P = P.rechunk(-1)
-    return da.blockwise(
-        KC.trace_products,
-        "c",
-        covs.rechunk({1: -1, 2: -1}),
-        "cde",
-        P,
-        "de",
-        scale,
-        None,
-        concatenate=True,
-        dtype=covs.dtype,
-        meta=meta_from_array(covs, ndim=1),
-    )
+    return da.blockwise(KC.trace_products, "c", covs.rechunk({1: -1, 2: -1}), "cde", P, "de",
+                        scale, None, concatenate=True, dtype=covs.dtype,
+                        meta=meta_from_array(covs, ndim=1))
 
 
 def per_class_spectra(covs: da.Array) -> tuple[da.Array, da.Array]:
     """Eigenvalues ``(class, component)`` (descending) and effective ranks ``(class,)``."""
     covs = covs.rechunk({1: -1, 2: -1})
-    eig = covs.map_blocks(
-        KC.spectra,
-        drop_axis=2,
-        chunks=(covs.chunks[0], (covs.shape[1],)),
-        dtype=covs.dtype,
-        meta=meta_from_array(covs, ndim=2),
-    )
-    er = eig.map_blocks(
-        KC.effective_rank,
-        drop_axis=1,
-        chunks=(eig.chunks[0],),
-        dtype=covs.dtype,
-        meta=meta_from_array(covs, ndim=1),
-    )
+    eig = covs.map_blocks(KC.spectra, drop_axis=2, chunks=(covs.chunks[0], (covs.shape[1],)),
+                          dtype=covs.dtype, meta=meta_from_array(covs, ndim=2))
+    er = eig.map_blocks(effective_rank, drop_axis=1, chunks=(eig.chunks[0],), dtype=covs.dtype,
+                        meta=meta_from_array(covs, ndim=1))
     return eig, er
 
 
-def between_pinv(
-    Mc: da.Array, *, eps_dtype: Any = None
-) -> da.Array:
+def between_pinv(Mc: da.Array, *, eps_dtype: Any = None) -> da.Array:
     """Lazy ``Σ_B⁺`` (D×D) of ``Σ_B = M̃ᵀM̃/K``, factorised on the smaller side."""
     K, D = Mc.shape
-    meta = meta_from_array(Mc, ndim=2, dtype=np.float64)
-    if K <= D:
-        d = dask.delayed(KC.between_pinv, pure=True)(whole_block(Mc), K, eps_dtype=eps_dtype)
-    else:
-        Sb = gram(Mc) / K
-        d = dask.delayed(KC.between_pinv, pure=True)(whole_block(Sb), 0, eps_dtype=eps_dtype)
-    return da.from_delayed(d, shape=(D, D), dtype=np.float64, meta=meta)
+    A, n = (Mc, K) if K <= D else (gram(Mc) / K, 0)
+    return delayed_array(KC.between_pinv, A, n, eps_dtype=eps_dtype, shape=(D, D), like=Mc)

@@ -1,5 +1,1 @@
-"""Per-chunk array kernels.
-
-Everything here takes its array module from its inputs (NumPy or CuPy) and
-imports neither dask nor xarray.
-"""
+"""Per-chunk array kernels: array module from their inputs (NumPy, CuPy); no dask, no xarray."""

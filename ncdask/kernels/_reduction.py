@@ -1,12 +1,8 @@
-"""A reduction as the kernels declare it: chunk, combine and finalize.
+"""A reduction as the kernels declare it: chunk, combine, finalize, and an in-place fold.
 
-This is dask's own triple (``mean_chunk`` / ``mean_combine`` / ``mean_agg``
-in ``dask.array.reductions``), with one addition: ``fold``, the chunk
-folded straight into a running partial, for the chains of
-:mod:`ncdask.graph._reduce` whose partials are D×D or K×D and must be
-updated in place rather than merged pairwise. The graph module builds every
-tree and chain of :mod:`ncdask.graph` from these triples; the kernels stay
-pure functions of arrays.
+dask's own triple (``mean_chunk``/``mean_combine``/``mean_agg``) plus ``fold``,
+the chunk added straight into a running partial, for the chains of
+:mod:`ncdask.graph._reduce` whose D×D or K×D partials are updated in place.
 """
 
 from __future__ import annotations
@@ -20,20 +16,10 @@ from typing import Any
 class Reduction:
     """How one reduction turns blocks into a result.
 
-    Parameters
-    ----------
-    combine : callable
-        ``combine(partials: list) -> partial``; may update ``partials[0]`` in
-        place (each partial has one reader).
-    chunk : callable, optional
-        ``chunk(*blocks) -> partial`` for one block (or one aligned tuple of
-        blocks).
-    finalize : callable, optional
-        ``finalize(partial) -> result``; the identity when None.
-    fold : callable, optional
-        ``fold(acc, *blocks) -> partial``: the block's partial added into
-        ``acc`` (None for a chain's first block), in place. Default:
-        ``combine([acc, chunk(*blocks)])``.
+    ``combine(partials) -> partial`` may update ``partials[0]`` in place (each
+    partial has one reader); ``chunk(*blocks) -> partial``; ``finalize(partial)
+    -> result`` (identity when None); ``fold(acc, *blocks) -> partial`` in place
+    (``acc`` None for a chain's first block; default ``combine([acc, chunk(*blocks)])``).
     """
 
     combine: Callable[[list[Any]], Any]

@@ -1,7 +1,8 @@
-"""Array-module dispatch for the per-chunk kernels."""
+"""Array-module dispatch for the per-chunk kernels: NumPy, CuPy or a registered module."""
 
 from __future__ import annotations
 
+import contextlib
 from types import ModuleType
 from typing import Any
 
@@ -14,19 +15,14 @@ _NAMESPACES: dict[type, Any] = {}
 def register_namespace(array_type: type, namespace: Any) -> None:
     """Make :func:`array_namespace` return ``namespace`` for arrays of ``array_type``.
 
-    For device-like array modules other than CuPy (the tests register a strict
-    host stand-in for CuPy with it). ``namespace`` must follow NumPy's API, and
-    its arrays must copy themselves to a NumPy array with ``.get()``, as CuPy's do.
+    ``namespace`` must follow NumPy's API and its arrays copy to the host with
+    ``.get()``, as CuPy's do (the tests register a strict CuPy stand-in).
     """
     _NAMESPACES[array_type] = namespace
 
 
 def array_namespace(*arrays: Any) -> ModuleType:
-    """Return the array module (``numpy``, ``cupy`` or a registered one) of the given arrays.
-
-    CuPy is recognised by the module its array type comes from, so CuPy is
-    never imported on a machine that has no arrays of it.
-    """
+    """The array module of the given arrays; CuPy is imported only when one of them is CuPy's."""
     for a in arrays:
         ns = _NAMESPACES.get(type(a))
         if ns is not None:
@@ -42,9 +38,8 @@ def array_namespace(*arrays: Any) -> ModuleType:
 def to_numpy(a: Any) -> np.ndarray:
     """Copy a NumPy, CuPy or PyTorch array to a host NumPy array (no copy for NumPy).
 
-    ``torch.bfloat16`` has no NumPy dtype: such tensors widen to float32,
-    which holds every bfloat16 value exactly (the same 8-bit exponent, 16 more
-    bits of mantissa), and a store then casts them to its own dtype.
+    ``torch.bfloat16`` has no NumPy dtype: it widens to float32, which holds
+    every bfloat16 value exactly.
     """
     mod = type(a).__module__.split(".")[0]
     if mod == "torch":
@@ -57,3 +52,10 @@ def to_numpy(a: Any) -> np.ndarray:
     if mod == "cupy" or type(a) in _NAMESPACES:
         return a.get()
     return np.asarray(a)
+
+
+def errstate(xp: Any) -> contextlib.AbstractContextManager:
+    """Silence floating-point warnings (NumPy only; CuPy does not warn)."""
+    if xp is np:
+        return np.errstate(all="ignore")
+    return contextlib.nullcontext()

@@ -1,10 +1,6 @@
-"""Small dense kernels: NC1 traces on the smaller side, closed-form ETF errors.
+"""Small dense kernels: NC1 traces on the smaller side, closed-form ETF errors, class-tile folds.
 
-None of these ever forms a K×K matrix unless K ≤ D, in which case it is no
-larger than the D×D covariances that are held anyway.
-
-Everything here takes its array module from its inputs (NumPy or CuPy) and
-imports neither dask nor xarray.
+None forms a K×K matrix unless K ≤ D (then no larger than the D×D covariances).
 """
 
 from __future__ import annotations
@@ -16,86 +12,22 @@ from typing import Any
 import numpy as np
 
 from ncdask.kernels._reduction import Reduction, sum_all, sum_fields
-from ncdask.kernels._xp import array_namespace
-from ncdask.kernels.pairwise import errstate
+from ncdask.kernels._xp import array_namespace, errstate
+from ncdask.kernels.spectrum import between_spectrum, effective_rank, nc1_undefined
 
 
-def pinv_cutoff(sigma_max: float, dim: int, dtype: Any, xp: Any) -> float:
-    """``torch.linalg.pinv``'s default cutoff on a ``dim × dim`` matrix: ``dim · ε · σ₁``."""
-    return float(dim) * float(xp.finfo(dtype).eps) * float(sigma_max)
+def nc1_from_means(Mc: Any, Sw: Any, n_classes: int, *, want_svd: bool,
+                   eps_dtype: Any = None) -> Any:
+    """``[nc1_pinv, nc1_svd]`` (NaN where not asked or undefined) from the K×D centred means.
 
-
-def _undefined(B: Any, Sw: Any, xp: Any) -> bool:
-    """NC1 is undefined: non-finite inputs, or no between-class spread at all.
-
-    Every class mean equal (all rows identical, or an offset that float32
-    storage rounded the spread away) makes ``Σ_B = 0``; its pseudo-inverse is
-    0 and ``tr(Σ_B⁺ Σ_W)`` would read as perfect collapse, so it is NaN, as
-    the other NC1 metrics are. NaN or inf inputs give NaN, not a LinAlgError.
-    """
-    if not (bool(xp.all(xp.isfinite(B))) and bool(xp.all(xp.isfinite(Sw)))):
-        return True
-    return not bool(xp.any(B != 0))
-
-
-def between_spectrum(A: Any, n_classes: int, *, from_means: bool,
-                     eps_dtype: Any = None) -> tuple[Any, Any, Any]:
-    """Eigenpairs ``(λ, V, keep)`` of ``Σ_B`` on the smaller side, under torch's pinv cutoff.
-
-    With ``from_means``, ``A`` is the K×D centred means and ``Σ_B = AᵀA/K`` has
-    ``λ = s²/K`` on the right singular vectors (thin SVD); else ``A`` is the
-    D×D ``Σ_B`` itself (symmetric eigendecomposition). ``keep``: ``|λ|`` above
-    ``torch.linalg.pinv``'s cutoff ``D ε max|λ|`` (ε of ``eps_dtype``,
-    default ``A.dtype``). Shared by ``nc1_pinv`` on the D side, ``Σ_B⁺`` and
-    its factor, so all three cut off the same directions.
-    """
-    xp = array_namespace(A)
-    D = A.shape[1]
-    if from_means:
-        _, s, Vt = xp.linalg.svd(A, full_matrices=False)
-        lam, V = s * s / n_classes, Vt.T
-    else:
-        lam, V = xp.linalg.eigh((A + A.T) * 0.5)
-    sig = xp.abs(lam)
-    cut = pinv_cutoff(float(xp.max(sig)) if sig.shape[0] else 0.0, D, eps_dtype or A.dtype, xp)
-    return lam, V, sig > cut
-
-
-def nc1_from_means(
-    Mc: Any, Sw: Any, n_classes: int, *, want_svd: bool, eps_dtype: Any = None
-) -> Any:
-    """``nc1_pinv`` and ``nc1_svd`` from the centred means (the K side, for K ≤ D).
-
-    With the thin SVD ``M̃ = U diag(s) Vᵀ``, ``Σ_B = M̃ᵀM̃ / K`` has singular
-    values ``σ_i = s_i² / K`` and vectors ``v_i``, so
-    ``tr(Σ_B⁺ Σ_W) = Σ_{σ_i > cut} (v_iᵀ Σ_W v_i) / σ_i`` with torch's cutoff
-    ``cut = D ε σ₁`` of the D×D ``Σ_B`` (the centring null direction has
-    ``σ ≈ ε² σ₁`` here and always falls below it).
-
-    Parameters
-    ----------
-    Mc : array (K, D)
-        Centred class means, K ≤ D.
-    Sw : array (D, D)
-        Within-class covariance.
-    n_classes : int
-        K.
-    want_svd : bool
-        Also compute ``nc1_svd`` (top K−1 pairs, no cutoff; +inf when one of
-        them is at or below the cutoff, i.e. Σ_B has rank < K−1).
-    eps_dtype : dtype, optional
-        Dtype whose ε sets the cutoff: that of the means as given (float32
-        means upcast to float64 still carry float32 rounding), default
-        ``Mc.dtype``.
-
-    Returns
-    -------
-    array (2,)
-        ``[nc1_pinv, nc1_svd]`` (NaN where not asked).
+    With the thin SVD of ``M̃``, ``Σ_B = M̃ᵀM̃/K`` has eigenvalues ``σ_i = s_i²/K``
+    and ``tr(Σ_B⁺ Σ_W) = Σ_{σ_i > cut} v_iᵀ Σ_W v_i / σ_i`` (cutoff and
+    ``eps_dtype``: :func:`~ncdask.kernels.spectrum.between_spectrum`). ``nc1_svd``
+    takes the top K−1 pairs without cutoff (+inf when Σ_B has rank < K−1).
     """
     xp = array_namespace(Mc, Sw)
     Mc, Sw = xp.asarray(Mc), xp.asarray(Sw)
-    if _undefined(Mc, Sw, xp):
+    if nc1_undefined(Mc, Sw, xp):
         return xp.asarray([math.nan, math.nan], dtype=Mc.dtype)
     with errstate(xp):
         sig, V, keep = between_spectrum(Mc, n_classes, from_means=True, eps_dtype=eps_dtype)
@@ -112,19 +44,10 @@ def nc1_from_means(
 
 
 def nc1_from_between(Sb: Any, Sw: Any, n_classes: int, *, eps_dtype: Any = None) -> Any:
-    """``nc1_pinv`` from the D×D between-class covariance (the D side, for D < K).
-
-    ``tr(Σ_B⁺ Σ_W) / K`` with the symmetric eigendecomposition of ``Σ_B`` and
-    torch's cutoff ``D ε σ₁`` on its singular values ``|λ|`` (ε of ``eps_dtype``,
-    default ``Sb.dtype``).
-
-    Returns
-    -------
-    array (1,)
-    """
+    """``[nc1_pinv]`` from the D×D between-class covariance (the D side, D < K)."""
     xp = array_namespace(Sb, Sw)
     Sb, Sw = xp.asarray(Sb), xp.asarray(Sw)
-    if _undefined(Sb, Sw, xp):
+    if nc1_undefined(Sb, Sw, xp):
         return xp.asarray([math.nan], dtype=Sb.dtype)
     with errstate(xp):
         lam, V, keep = between_spectrum(Sb, n_classes, from_means=False, eps_dtype=eps_dtype)
@@ -134,13 +57,10 @@ def nc1_from_between(Sb: Any, Sw: Any, n_classes: int, *, eps_dtype: Any = None)
 
 
 def etf_error(fro2: Any, trace: Any, ones2: Any, n_classes: int) -> Any:
-    """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` from three scalars of ``G``.
+    """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` from ``‖G‖_F²``, ``tr G`` and ``1ᵀG1``.
 
-    ``‖G‖_F² = fro2``, ``tr G = trace``, ``1ᵀG1 = ones2``. Since both terms have
-    unit norm, the error is ``√(2 − 2 c)`` with
-    ``c = (tr G − 1ᵀG1/K) / (√(K−1) ‖G‖_F)``. It keeps about
-    ``ε / err²`` relative precision, so it is exact to 1e-6 down to errors of
-    about 1e-5.
+    Both terms have unit norm: ``√(2 − 2c)``, ``c = (tr G − 1ᵀG1/K) / (√(K−1) ‖G‖_F)``
+    (relative precision about ``ε / err²``).
     """
     xp = array_namespace(fro2)
     with errstate(xp):
@@ -149,15 +69,7 @@ def etf_error(fro2: Any, trace: Any, ones2: Any, n_classes: int) -> Any:
 
 
 def gram_effective_rank(G: Any, *, singular: bool = False) -> Any:
-    """Roy & Vetterli's effective rank of a symmetric PSD Gram matrix, as a 0-d array.
-
-    ``exp(H(p))``, ``p = λ / Σλ`` over the eigenvalues λ of ``G`` (rounding
-    negatives clipped to 0); with ``singular``, over their square roots: the
-    singular values of ``A`` when ``G = AᵀA`` or ``AAᵀ``. Either Gram of a
-    matrix has the same non-zero eigenvalues, so the smaller one serves.
-    """
-    from ncdask.kernels.covariances import effective_rank
-
+    """Effective rank (0-d) of a PSD Gram's eigenvalues, or (``singular``) of their roots."""
     xp = array_namespace(G)
     if not bool(xp.all(xp.isfinite(G))):  # eigvalsh would raise: NaN, as the other metrics
         return xp.asarray(math.nan)
@@ -169,12 +81,9 @@ def gram_effective_rank(G: Any, *, singular: bool = False) -> Any:
 
 
 def off_diagonal_moments(sum_sq: Any, frob_sq: Any, sq: Any, quad: Any, n_rows: float) -> Any:
-    """Mean and variance of the off-diagonal entries ``c_ij = u_i·u_j`` (i ≠ j) of ``UUᵀ``.
+    """``[mean, var]`` of the off-diagonal entries of ``UUᵀ`` over the K(K−1) ordered pairs.
 
-    From ``sum_sq = ‖Σ_k u_k‖²``, ``frob_sq = ‖UᵀU‖²_F = ‖UUᵀ‖²_F``,
-    ``sq = Σ‖u_k‖²`` and ``quad = Σ‖u_k‖⁴``: ``Σ_{i≠j} c_ij = sum_sq − sq``,
-    ``Σ_{i≠j} c_ij² = frob_sq − quad``, each over the K(K−1) ordered pairs
-    (the same moments as over the unordered ones). Returns ``[mean, var]``.
+    Their sum is ``‖Σ_k u_k‖² − Σ‖u_k‖²``, their sum of squares ``‖UᵀU‖²_F − Σ‖u_k‖⁴``.
     """
     xp = array_namespace(sum_sq)
     P = float(n_rows * (n_rows - 1))
@@ -182,9 +91,6 @@ def off_diagonal_moments(sum_sq: Any, frob_sq: Any, sq: Any, quad: Any, n_rows: 
         mean = (sum_sq - sq) / P
         var = (frob_sq - quad) / P - mean * mean
     return xp.stack([xp.asarray(mean, dtype=xp.float64), xp.asarray(var, dtype=xp.float64)])
-
-
-# --------------------------------------------------------------------------- class-tile folds
 
 
 def add_gram(acc: Any, a: Any, b: Any) -> Any:
@@ -220,4 +126,3 @@ def fold_terms(acc: Any, m: Any, w: Any = None, *, unit: bool = False) -> dict[s
 def terms_reduction(unit: bool = False) -> Reduction:
     """The class-tile terms as a fold (``unit``: also those of the normalised rows)."""
     return Reduction(fold=functools.partial(fold_terms, unit=unit), combine=sum_fields)
-

@@ -1,22 +1,9 @@
 """Per-chunk kernels for per-class covariances, their spectra and per-class NC1.
 
-A *covariance partial* describes the samples of one block that fall in one
-chunk of classes, for the classes present only:
-
-``pos`` (m,)
-    positions of the classes within the chunk, ascending, int64.
-``counts`` (m,), ``sums`` (m, D)
-    per-class sample counts and sums.
-``scatter`` (m, D, D)
-    per-class centred scatter ``Σ_{y_i=k} (x_i − m_k)(x_i − m_k)ᵀ`` about
-    the block's own class means.
-
-Partials merge exactly with the pairwise (Chan et al. 1979) update on
-centred terms, as the pooled statistics of :mod:`ncdask.kernels.stats` do,
-so the covariances stay accurate on collapsed float32 features.
-
-Everything here takes its array module from its inputs (NumPy or CuPy) and
-imports neither dask nor xarray.
+A covariance partial holds, for the m classes of a class chunk present in a row
+block: ``pos`` (m,) their positions in the chunk, ``counts`` (m,), ``sums``
+(m, D) and ``scatter`` (m, D, D) about the block's class means. Partials merge
+exactly with Chan et al.'s centred update (accurate on collapsed float32 features).
 """
 
 from __future__ import annotations
@@ -28,58 +15,25 @@ from typing import Any
 import numpy as np
 
 from ncdask.kernels._reduction import Reduction
-from ncdask.kernels._xp import array_namespace
-from ncdask.kernels.closed_forms import between_spectrum
-from ncdask.kernels.pairwise import errstate
+from ncdask.kernels._xp import array_namespace, errstate
+from ncdask.kernels.spectrum import between_spectrum
 from ncdask.kernels.stats import check_labels
 
 CovPartial = dict[str, Any]
 
 
 def _empty(D: int, dtype: Any, xp: Any) -> CovPartial:
-    return {
-        "pos": xp.zeros(0, dtype=xp.int64),
-        "counts": xp.zeros(0, dtype=xp.int64),
-        "sums": xp.zeros((0, D), dtype=dtype),
-        "scatter": xp.zeros((0, D, D), dtype=dtype),
-    }
+    return {"pos": xp.zeros(0, dtype=xp.int64), "counts": xp.zeros(0, dtype=xp.int64),
+            "sums": xp.zeros((0, D), dtype=dtype), "scatter": xp.zeros((0, D, D), dtype=dtype)}
 
 
-def scatter_partial(
-    X: Any,
-    y: Any,
-    position: Any,
-    lo: int,
-    hi: int,
-    *,
-    n_classes: int,
-    dtype: Any = np.float64,
-    ignore_index: int | None = None,
-) -> CovPartial:
-    """Per-class scatter of the rows of one block whose class lies in one chunk.
+def scatter_partial(X: Any, y: Any, position: Any, lo: int, hi: int, *, n_classes: int,
+                    dtype: Any = np.float64, ignore_index: int | None = None) -> CovPartial:
+    """The covariance partial of the rows of block ``X``, ``y`` whose class lies in one chunk.
 
-    Parameters
-    ----------
-    X : array (n, D)
-        Embeddings of the block.
-    y : array (n,)
-        Labels in ``[0, n_classes)`` or ``ignore_index``.
-    position : array (K,) of int
-        Position of each class among the classes asked for (``-1``: not asked).
-    lo, hi : int
-        The chunk: positions ``[lo, hi)``.
-    n_classes : int
-        K (for the label check).
-    dtype : dtype
-        Accumulation dtype.
-    ignore_index : int, optional
-        Label of rows to drop.
-
-    Returns
-    -------
-    dict
-        A covariance partial (see the module docstring), positions relative
-        to ``lo``.
+    ``position`` (K,) places each class among those asked for (-1: not asked);
+    the chunk is positions ``[lo, hi)`` (the partial's relative to ``lo``);
+    labels ``ignore_index`` are dropped; sums accumulate in ``dtype``.
     """
     xp = array_namespace(X, y)
     D = X.shape[1]
@@ -171,50 +125,20 @@ def merge_scatters(parts: list[CovPartial]) -> CovPartial:
     return out
 
 
-def _chunk_scatter(X: Any, y: Any, position: Any, *, lo: int, hi: int, n_classes: int,
-                   dtype: Any, ignore_index: int | None) -> CovPartial:
-    return scatter_partial(X, y, position, lo, hi, n_classes=n_classes, dtype=dtype,
-                           ignore_index=ignore_index)
-
-
-def covariance_reduction(
-    lo: int, hi: int, *, n_classes: int, dtype: Any = np.float64, ignore_index: int | None = None
-) -> Reduction:
-    """Covariances of the output classes ``[lo, hi)`` as a reduction over row blocks.
-
-    ``chunk(X, y, position)`` is :func:`scatter_partial`, ``combine``
-    :func:`merge_scatters`, ``finalize`` :func:`finalize_covariances`.
-    """
+def covariance_reduction(lo: int, hi: int, *, n_classes: int, dtype: Any = np.float64,
+                         ignore_index: int | None = None) -> Reduction:
+    """Covariances of the output classes ``[lo, hi)`` as a reduction over row blocks."""
     return Reduction(
-        chunk=functools.partial(_chunk_scatter, lo=lo, hi=hi, n_classes=n_classes,
+        chunk=functools.partial(scatter_partial, lo=lo, hi=hi, n_classes=n_classes,
                                 dtype=np.dtype(dtype), ignore_index=ignore_index),
         combine=merge_scatters,
         finalize=functools.partial(finalize_covariances, n_chunk=hi - lo),
     )
 
 
-# --------------------------------------------------------------------------- NC1 and spectra
-
-
 def between_pinv(Mc: Any, n_classes: int, *, eps_dtype: Any = None) -> Any:
-    """``Σ_B⁺`` (D×D) of ``Σ_B = M̃ᵀM̃ / K`` with ``torch.linalg.pinv``'s cutoff ``D ε σ₁``.
-
-    Computed on the smaller side: the thin SVD of the K×D centred means when
-    K ≤ D, else the eigendecomposition of ``Σ_B`` itself (pass ``Mc`` as
-    ``Σ_B`` then, with ``n_classes=0``).
-
-    Parameters
-    ----------
-    Mc : array (K, D), or (D, D) ``Σ_B`` when ``n_classes == 0``
-    n_classes : int
-        K (``0``: ``Mc`` is already ``Σ_B``).
-    eps_dtype : dtype, optional
-        Dtype whose ε sets the cutoff (default that of ``Mc``).
-
-    Returns
-    -------
-    array (D, D)
-    """
+    """``Σ_B⁺`` (D×D) under torch's pinv cutoff, from the K×D centred means ``Mc`` (K ≤ D)
+    or, with ``n_classes=0``, from ``Σ_B`` itself (see :mod:`ncdask.kernels.spectrum`)."""
     xp = array_namespace(Mc)
     Mc = xp.asarray(Mc)
     with errstate(xp):
@@ -246,19 +170,3 @@ def spectra(covs: Any) -> Any:
         lam = xp.linalg.eigvalsh(sym)
         out[idx] = lam[:, ::-1]
     return out
-
-
-def effective_rank(eigenvalues: Any) -> Any:
-    """Roy & Vetterli's effective rank ``exp(H(p))``, ``p = λ / Σλ`` (λ clipped at 0), per row.
-
-    NaN rows stay NaN; a zero matrix has effective rank 0.
-    """
-    xp = array_namespace(eigenvalues)
-    with errstate(xp):
-        lam = xp.maximum(eigenvalues, 0.0)
-        lam = xp.where(xp.isnan(eigenvalues), math.nan, lam)
-        tot = xp.sum(lam, axis=1)
-        p = lam / xp.where(tot > 0, tot, 1.0)[:, None]
-        h = -xp.sum(xp.where(p > 0, p * xp.log(xp.where(p > 0, p, 1.0)), 0.0), axis=1)
-        er = xp.exp(h)
-        return xp.where(tot > 0, er, xp.where(xp.isnan(tot), math.nan, 0.0))

@@ -1,8 +1,4 @@
-"""Per-block kernels for NC4 (classifier vs nearest class centre) and NC5 (OOD means).
-
-Everything here takes its array module from its inputs (NumPy or CuPy) and
-imports neither dask nor xarray.
-"""
+"""Per-block kernels for NC4 (classifier vs nearest class centre) and NC5 (OOD means)."""
 
 from __future__ import annotations
 
@@ -10,9 +6,10 @@ import functools
 import threading
 from typing import Any
 
+import numpy as np
+
 from ncdask.kernels._reduction import Reduction, identity
-from ncdask.kernels._xp import array_namespace
-from ncdask.kernels.pairwise import errstate
+from ncdask.kernels._xp import array_namespace, errstate, to_numpy
 from ncdask.kernels.stats import class_sums
 
 #: Columns of a decision block: best logit, its class, best NCC score, its class.
@@ -20,32 +17,14 @@ DECISION = ("lin_score", "lin_class", "ncc_score", "ncc_class")
 
 
 def decision_tile(X: Any, mG: Any, W: Any, b: Any, Mc: Any, gidx: Any, *, ncc: bool = True) -> Any:
-    """Both classifiers' best class within one class tile, for one block of samples.
+    """Both classifiers' best class within one class tile, for one block of samples ``X``.
 
-    The linear classifier scores ``x · w_k + b_k``; the nearest class centre
-    scores ``‖μ̃_k‖² − 2 x̃ · μ̃_k`` (``‖x̃ − μ̃_k‖²`` less the per-sample
-    constant ``‖x̃‖²``) on data centred by the global mean ``mG``, so both are
-    GEMMs and no difference tensor is formed.
-
-    Parameters
-    ----------
-    X : array (n, D)
-    mG : array (D,)
-    W : array (T, D)
-        Classifier rows of the tile.
-    b : array (T,)
-        Their bias.
-    Mc : array (T, D)
-        Centred class means of the tile.
-    gidx : array (T,)
-        Global class indices of the tile.
-    ncc : bool
-        Also the NCC decisions (else their columns are 0).
-
-    Returns
-    -------
-    array (n, 1, 4)
-        Columns :data:`DECISION`; ties go to the smallest class index.
+    The linear classifier scores ``x · w_k + b_k`` (``W``, ``b`` of the tile);
+    the nearest class centre ``‖μ̃_k‖² − 2 x̃ · μ̃_k`` (``‖x̃ − μ̃_k‖²`` less a
+    per-sample constant) with ``x̃ = x − mG`` and the tile's centred means ``Mc``:
+    two GEMMs, no difference tensor. ``gidx`` are the tile's class indices; with
+    ``ncc=False`` the NCC columns are 0. Returns ``(n, 1, 4)``, columns
+    :data:`DECISION`; ties go to the smallest class index.
     """
     xp = array_namespace(X, W, Mc)
     mG, b, gidx = xp.asarray(mG), xp.asarray(b), xp.asarray(gidx)
@@ -75,16 +54,7 @@ def decision_tile(X: Any, mG: Any, W: Any, b: Any, Mc: Any, gidx: Any, *, ncc: b
 
 
 def merge_decisions(parts: Any) -> Any:
-    """Merge decision blocks along axis 1 (class tiles in ascending order).
-
-    Parameters
-    ----------
-    parts : array (n, m, 4)
-
-    Returns
-    -------
-    array (n, 1, 4)
-    """
+    """Merge ``(n, m, 4)`` decision blocks along axis 1 (class tiles ascending): ``(n, 1, 4)``."""
     xp = array_namespace(parts)
     n = parts.shape[0]
     out = xp.empty((n, 1, 4), dtype=parts.dtype)
@@ -104,11 +74,7 @@ _FAISS_GPU = threading.local()
 
 
 def _faiss_gpu_nearest(faiss: Any, cp: Any, X: Any, mG: Any, Mc: Any) -> Any:  # pragma: no cover
-    """faiss-gpu search on device memory: a ``GpuIndexFlatL2`` takes CuPy's pointers.
-
-    One ``StandardGpuResources`` per thread and device (they are not
-    thread-safe), working on CuPy's current stream so that no copy races.
-    """
+    """faiss-gpu search on CuPy's memory and current stream; one resource per thread and device."""
     dev = int(cp.cuda.Device().id)
     cache = _FAISS_GPU.__dict__.setdefault("res", {})
     if dev not in cache:
@@ -123,32 +89,19 @@ def _faiss_gpu_nearest(faiss: Any, cp: Any, X: Any, mG: Any, Mc: Any) -> Any:  #
     q = cp.ascontiguousarray(X - mG[None, :], dtype=cp.float32)
     dist = cp.empty((q.shape[0], 1), dtype=cp.float32)
     idx = cp.empty((q.shape[0], 1), dtype=cp.int64)
-    index.search_c(
-        int(q.shape[0]),
-        faiss.cast_integer_to_float_ptr(q.data.ptr),
-        1,
-        faiss.cast_integer_to_float_ptr(dist.data.ptr),
-        faiss.cast_integer_to_idx_t_ptr(idx.data.ptr),
-    )
+    index.search_c(int(q.shape[0]), faiss.cast_integer_to_float_ptr(q.data.ptr), 1,
+                   faiss.cast_integer_to_float_ptr(dist.data.ptr),
+                   faiss.cast_integer_to_idx_t_ptr(idx.data.ptr))
     return idx[:, 0]
 
 
 def faiss_nearest(X: Any, mG: Any, Mc: Any) -> Any:
-    """Nearest class centre of each row by an exact FAISS ``IndexFlatL2`` search.
+    """Nearest class centre (int64 (n,), ``X``'s array module) by an exact FAISS search.
 
-    FAISS works in float32, so decisions match the GEMM path except for
-    near-ties at float32 resolution. CuPy blocks are searched on the device
-    when the installed FAISS has GPU support (faiss-gpu), and copied to the
-    host otherwise.
-
-    Returns
-    -------
-    array (n,) of int64, in the array module of ``X``.
+    FAISS works in float32: decisions match the GEMM path but for near-ties.
+    CuPy blocks are searched on the device when FAISS has GPU support.
     """
     import faiss  # optional dependency, imported only when asked for
-    import numpy as np
-
-    from ncdask.kernels._xp import to_numpy
 
     xp = array_namespace(X)
     if X.shape[0] and getattr(xp, "__name__", "") == "cupy":  # pragma: no cover - needs a GPU
@@ -161,14 +114,10 @@ def faiss_nearest(X: Any, mG: Any, Mc: Any) -> Any:
     return xp.asarray(idx[:, 0].astype(np.int64))
 
 
-# --------------------------------------------------------------------------- NC5
-
-
 def label_sums(X: Any, y: Any, ignore_index: int | None = None) -> tuple[Any, Any, Any]:
-    """Per-label sums of one block: ``(labels, sums (L, D) float64, counts (L,))``.
+    """Per-label ``(labels, sums (L, D) float64, counts (L,))`` of one block.
 
-    Samples with a negative label (PyTorch's ``-100`` padding) or the label
-    ``ignore_index`` are dropped.
+    Negative labels (PyTorch's ``-100`` padding) and ``ignore_index`` are dropped.
     """
     xp = array_namespace(X, y)
     y = xp.asarray(y)
@@ -209,8 +158,7 @@ def mean_of_label_means(part: tuple[Any, Any, Any]) -> Any:
 
 
 def ood_mean_reduction(ignore_index: int | None = None) -> Reduction:
-    """The OOD global mean with labels as a reduction: :func:`label_sums` per block,
-    :func:`merge_label_sums`, :func:`mean_of_label_means`."""
+    """The OOD global mean with labels as a reduction over row blocks."""
     return Reduction(
         chunk=functools.partial(label_sums, ignore_index=ignore_index),
         combine=merge_label_sums,

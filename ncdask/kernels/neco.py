@@ -1,44 +1,19 @@
-"""Per-chunk kernels of NECO, the Neural-Collapse-based OOD score (Ammar et al. 2024).
-
-The fit works on D×D matrices only (the total covariance comes from the
-class statistics); the score works on one block of samples at a time.
-Everything here takes its array module from its inputs (NumPy or CuPy) and
-imports neither dask nor xarray.
-"""
+"""Per-chunk kernels of NECO (Ammar et al. 2024): a fit on D×D matrices, a score per block."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ncdask.kernels._xp import array_namespace
-from ncdask.kernels.pairwise import errstate
+from ncdask.kernels._xp import array_namespace, errstate
 
 
-def pca_of_total_covariance(
-    St: Any, n_components: int, *, standardize: bool = True
-) -> tuple[Any, Any, Any]:
-    """Per-feature scale and principal directions of (standardised) features.
+def pca_of_total_covariance(St: Any, n_components: int, *,
+                            standardize: bool = True) -> tuple[Any, Any, Any]:
+    """``(scale (D,), components (d, D), eigenvalues (D,) descending)`` from the total covariance.
 
-    With ``σ_j² = (Σ_T)_jj`` the population variance of feature j,
-    ``StandardScaler`` divides by ``σ_j`` (1 where ``σ_j < 10 ε``), so the
-    standardised features have covariance ``Σ_T / (σ σᵀ)``; its leading
-    eigenvectors are the principal directions a ``PCA`` fitted on the
-    standardised train features finds (up to sign).
-
-    Parameters
-    ----------
-    St : array (D, D)
-        Total (population) covariance of the train features.
-    n_components : int
-        Number of directions ``d`` kept.
-    standardize : bool
-        Standardise the features first (else ``σ = 1``).
-
-    Returns
-    -------
-    (scale (D,), components (d, D), eigenvalues (D,))
-        Eigenvalues of the (standardised) covariance, descending (population
-        variances along each direction).
+    ``StandardScaler`` divides feature j by ``σ_j = √(Σ_T)_jj`` (1 where
+    ``σ_j < 10 ε``; ``σ = 1`` without ``standardize``), so the leading
+    eigenvectors of ``Σ_T / (σ σᵀ)`` are the directions its ``PCA`` finds.
     """
     xp = array_namespace(St)
     St = xp.asarray(St)
@@ -57,30 +32,12 @@ def pca_of_total_covariance(
     return scale, xp.ascontiguousarray(V[:, :n_components].T), lam
 
 
-def neco_block(
-    X: Any, mean: Any, scale: Any, components: Any, max_logit: Any = None, mask: Any = None
-) -> Any:
-    """NECO scores of one block of samples.
+def neco_block(X: Any, mean: Any, scale: Any, components: Any, max_logit: Any = None,
+               mask: Any = None) -> Any:
+    """NECO scores ``‖P_d x̃‖ / ‖x̃‖``, ``x̃ = (x − μ)/σ``, of one block (times ``max_logit``).
 
-    ``‖P_d x̃‖ / ‖x̃‖`` with ``x̃ = (x − μ) / σ`` and ``P_d`` the projection on
-    the ``d`` principal directions (rows of ``components``), times the
-    sample's largest logit when ``max_logit`` is given.
-
-    Parameters
-    ----------
-    X : array (n, D)
-    mean, scale : array (D,)
-        Train feature mean and per-feature scale.
-    components : array (d, D)
-        Orthonormal principal directions.
-    max_logit : array (n,), optional
-    mask : array (n,) of bool, optional
-        Samples to score; the others get NaN.
-
-    Returns
-    -------
-    array (n,) float64
-        NaN for a sample equal to the mean (``x̃ = 0``) or masked out.
+    ``components`` (d, D) are orthonormal directions; rows outside ``mask``,
+    or equal to the mean, get NaN. Returns float64 (n,).
     """
     xp = array_namespace(X, components)
     if X.shape[0] == 0:
@@ -106,11 +63,10 @@ def max_over_last(logits: Any) -> Any:
 
 
 def nci_block(X: Any, best: Any, cls: Any, g: Any, mG: Any, alpha: float) -> Any:
-    """NCI scores of one block of rows.
+    """NCI scores ``((x − μ_G)·w_ĉ) / ‖x − μ_G‖ + α‖x‖₁`` of one block.
 
-    ``((x − μ_G)·w_ĉ) / ‖x − μ_G‖ + α‖x‖₁`` with ĉ the classifier's
-    prediction: the numerator is ``best − g[ĉ]`` where ``best = w_ĉ·x + b_ĉ``
-    (the largest logit) and ``g = b + W μ_G``, so no classifier row is gathered.
+    The numerator is ``best − g[ĉ]``, with ``best`` the largest logit and
+    ``g = b + W μ_G``, so no classifier row is gathered.
     """
     xp = array_namespace(X)
     with errstate(xp):

@@ -1,37 +1,16 @@
 """Per-tile pairwise kernels: fused moments over class pairs, and grid tiles.
 
-A *tile* is a pair of row blocks ``(I, J)`` of the class axis. Every pairwise
-statistic of SPEC.md is a function of the squared distance between two
-(centred or normalised) class means, and all of them come out of one GEMM per
-tile: with ``G = M_I M_Jᵀ``,
-
-* ``‖m_i − m_j‖² = ‖m_i‖² + ‖m_j‖² − 2 G_ij`` (CDNV),
-* ``cos_ij = G_ij s_i s_j`` with ``s = 1 / (‖m‖ + ε)`` (equiangularity),
-* ``‖u_i − u_j‖² = a_i² + a_j² − 2 cos_ij`` with ``u = m s`` and ``a = ‖m‖ s``
-  (the GNC2 kernels).
-
-The GEMM form loses relative precision when two vectors are close compared
-to their norms; pairs with ``d² < ρ (‖a‖² + ‖b‖²)`` are recomputed directly
-from their difference (a handful at most in practice), so coincident means
-give an exact 0, not rounding noise.
-
-The GEMM runs once per tile (BLAS is efficient on the whole tile); the
-elementwise work then runs on strips of :data:`STRIP_PAIRS` pairs, which stay
-in cache, and blocks of a strip that straddle the diagonal are masked.
-
-A tile's contribution to each statistic is a row of moments (see
-:data:`SLOTS`): count, mean, sum of squared deviations ``M2`` and a log scale
-(so that the Riesz kernel, whose values under- or overflow for realistic D,
-is accumulated in the log domain), plus counts of non-finite values. Rows
-merge exactly with Chan et al.'s update (:func:`merge_moments`).
-
-Everything here takes its array module from its inputs (NumPy or CuPy) and
-imports neither dask nor xarray.
+A tile is a pair of row blocks ``(I, J)`` of the class axis; every pairwise
+statistic of SPEC.md comes from its one GEMM ``G = M_I M_Jᵀ``: distances as
+``‖m_i‖² + ‖m_j‖² − 2 G_ij`` (pairs close against their norms, where this loses
+precision, recomputed from the difference), cosines as ``G_ij s_i s_j`` with
+``s = 1/(‖m‖ + ε)``. A tile gives each statistic a row of moments (:data:`SLOTS`:
+count, mean, M2, a log scale for the Riesz kernel's range, non-finite counts),
+merged exactly with Chan et al.'s update (:func:`merge_moments`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import warnings
@@ -41,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ncdask.kernels._reduction import Reduction, identity
-from ncdask.kernels._xp import array_namespace, to_numpy
+from ncdask.kernels._xp import array_namespace, errstate, to_numpy
 
 #: Slots of a moments row.
 SLOTS = ("n", "mean", "m2", "log_scale", "n_posinf", "n_neginf", "n_nan")
@@ -63,39 +42,19 @@ _FIX_BATCH = 1 << 22
 class RieszRangeWarning(RuntimeWarning):
     """The Riesz kernel's values (or their mean or variance) over- or underflow float64.
 
-    Raised where the kernel is evaluated (at compute time for lazy results):
-    the log-domain values (``nc2g_riesz_log_mean``, ``nc2g_riesz_log_var``,
-    ``riesz_kernel(..., log=True)``) stay finite and should be used instead.
+    The log-domain values (``nc2g_riesz_log_*``, ``riesz_kernel(..., log=True)``) stay finite.
     """
 
 
-def warn_riesz_range(
-    issues: Sequence[tuple[str, float]], riesz_s: float | None = None
-) -> None:
+def warn_riesz_range(issues: Sequence[tuple[str, float]], riesz_s: float | None = None) -> None:
     """Warn :class:`RieszRangeWarning` once about each ``(what, natural log of it)``."""
     s_txt = "" if riesz_s is None else f" with S={riesz_s:g}"
-    parts = [
-        f"{what}{s_txt} {'underflows to 0' if lv < 0 else 'overflows to inf'} "
-        f"(its natural log is {lv:.6g})"
-        for what, lv in issues
-    ]
+    parts = [f"{what}{s_txt} {'underflows to 0' if lv < 0 else 'overflows to inf'} "
+             f"(its natural log is {lv:.6g})" for what, lv in issues]
     warnings.warn(
         f"the Riesz kernel's {' and '.join(parts)} in float64; use the log-domain values "
         "(nc2g_riesz_log_mean / nc2g_riesz_log_var, or riesz_kernel(..., log=True)) or a "
-        "smaller riesz_s",
-        RieszRangeWarning,
-        stacklevel=2,
-    )
-
-
-def errstate(xp: Any) -> contextlib.AbstractContextManager:
-    """Silence floating-point warnings (NumPy only; CuPy does not warn)."""
-    if xp is np:
-        return np.errstate(all="ignore")
-    return contextlib.nullcontext()
-
-
-# --------------------------------------------------------------------------- geometry
+        "smaller riesz_s", RieszRangeWarning, stacklevel=2)
 
 
 def _sq_norms(A: Any, xp: Any) -> Any:
@@ -103,11 +62,8 @@ def _sq_norms(A: Any, xp: Any) -> Any:
 
 
 def _fix_close(d2: Any, A: Any, B: Any, a2: Any, b2: Any, mask: Any, xp: Any) -> Any:
-    """Recompute ``d2[i, j] = ‖A_i − B_j‖²`` directly where the GEMM form is unreliable.
-
-    ``A`` and ``B`` are callables returning the row blocks (built only when
-    some pair needs them).
-    """
+    """Recompute ``d2[i, j] = ‖A_i − B_j‖²`` where the GEMM form is unreliable (``A``, ``B``:
+    callables giving the row blocks, built only when needed)."""
     if d2.size == 0:
         return d2
     quick = RHO * (float(xp.max(a2)) + float(xp.max(b2)))
@@ -174,10 +130,7 @@ class _Tile:
         return self._du2
 
     def d2(self) -> Any:
-        """``‖m_i − m_j‖²`` (full tile, close pairs exact).
-
-        Reuses the GEMM buffer: take :meth:`cos` and :meth:`du2` first.
-        """
+        """``‖m_i − m_j‖²`` (full tile, close pairs exact), in the GEMM's buffer: take it last."""
         if self._d2 is None:
             ri, rj = self.rows, self.cols
             d = self.G
@@ -189,18 +142,14 @@ class _Tile:
         return self._d2
 
 
-# --------------------------------------------------------------------------- moments
-
-
 def _count(xp: Any, cond: Any) -> int:
     return int(xp.count_nonzero(cond))
 
 
 def _moments_row(x: Any, xp: Any, *, scratch_ok: bool = False) -> list[float]:
-    """Moments of the values ``x`` (any shape) as a row of :data:`SLOTS`.
+    """Moments of ``x`` as a row of :data:`SLOTS`, non-finite values counted apart.
 
-    Non-finite values are counted in their slots and left out of the
-    count, mean and M2. ``scratch_ok`` lets the function overwrite ``x``.
+    ``scratch_ok``: ``x`` may be overwritten.
     """
     row = [0.0] * NSLOT
     if x.size == 0:
@@ -226,11 +175,10 @@ def _moments_row(x: Any, xp: Any, *, scratch_ok: bool = False) -> list[float]:
 
 
 def _riesz_row(lg: Any, s_exp: float, xp: Any) -> list[float]:
-    """Moments of ``|r| = ‖u_i − u_j‖^{−S}`` in the log domain, from ``lg = log ‖u_i − u_j‖²``.
+    """Moments of ``|r| = ‖u_i − u_j‖^{−S} = exp(c) y`` from ``lg = log ‖u_i − u_j‖²``.
 
-    ``|r| = exp(c) · y`` with ``c`` the strip's largest ``log |r|`` and
-    ``y = exp(−(S/2) lg − c) ≤ 1``; the row stores the moments of ``y`` and
-    ``c`` in ``log_scale``. Zero distances with ``S > 0`` count as ``+inf``.
+    ``c`` is the largest ``log |r|`` (the row's ``log_scale``), so ``y ≤ 1``;
+    zero distances with ``S > 0`` count as ``+inf``.
     """
     if lg.size == 0:
         return [0.0] * NSLOT
@@ -264,12 +212,8 @@ def _riesz_row(lg: Any, s_exp: float, xp: Any) -> list[float]:
 
 
 def _block_moments(Mi, Mj, mask, vi, vj, Wi, Wj, G, GW, stats, dist_exp, riesz_s, inv_km1, xp):
-    """Moments rows of one block of a tile (see :func:`pair_moments`).
-
-    ``Mi``, ``Mj``, ``Wi``, ``Wj`` are :class:`_Side` objects for the block's
-    rows and columns, ``G`` and ``GW`` the block of the tile's GEMMs
-    (overwritten), ``mask`` the pairs that count (None: all).
-    """
+    """Moments rows of one block of a tile: :class:`_Side` rows and columns, the block of
+    the tile's GEMMs ``G``, ``GW`` (overwritten), ``mask`` the pairs that count (None: all)."""
     out = np.zeros((len(stats), NSLOT))
     if Mi.A.shape[0] == 0 or Mj.A.shape[0] == 0:
         return out
@@ -326,59 +270,37 @@ def _block_moments(Mi, Mj, mask, vi, vj, Wi, Wj, G, GW, stats, dist_exp, riesz_s
     return out
 
 
-#: Pairs per strip on the host (1 MiB per float64 temporary): a strip's
-#: temporaries stay in cache, and its numpy calls are few and long enough that
-#: dask's threads do not queue on the GIL.
+#: Pairs per strip on the host (1 MiB per float64 temporary): in cache, and few
+#: enough numpy calls that dask's threads do not queue on the GIL.
 STRIP_PAIRS = 1 << 17
 
 
-def pair_moments(
-    Mi: Any,
-    Mj: Any,
-    gi: Any,
-    gj: Any,
-    vi: Any = None,
-    vj: Any = None,
-    Wi: Any = None,
-    Wj: Any = None,
-    *,
-    stats: Sequence[str],
-    dist_exp: float = 1.0,
-    riesz_s: float = 0.0,
-    inv_km1: float = 0.0,
-) -> Any:
+def pair_moments(Mi: Any, Mj: Any, gi: Any, gj: Any, vi: Any = None, vj: Any = None,
+                 Wi: Any = None, Wj: Any = None, *, stats: Sequence[str], dist_exp: float = 1.0,
+                 riesz_s: float = 0.0, inv_km1: float = 0.0) -> Any:
     """Moments of the requested pairwise statistics over the pairs of one tile.
 
-    Only pairs with global index ``i < j`` count, so a tile below the
-    diagonal returns empty rows, and a tile on it its strict upper triangle.
+    Only pairs with global index ``i < j`` count: a tile below the diagonal
+    gives empty rows, a tile on it its strict upper triangle.
 
     Parameters
     ----------
-    Mi, Mj : array (Ti, D), (Tj, D)
-        Centred class means of the two row blocks, float.
-    gi, gj : array (Ti,), (Tj,)
-        Their global class indices (ascending).
-    vi, vj : array, optional
-        Variance norms (needed for ``"cdnv"``).
-    Wi, Wj : array, optional
-        Classifier rows (needed for ``"wcos_dev"``).
+    Mi, Mj, gi, gj : arrays (Ti, D), (Tj, D), (Ti,), (Tj,)
+        Centred class means of the two row blocks and their global indices (ascending).
+    vi, vj, Wi, Wj : arrays, optional
+        Variance norms (for ``cdnv``) and classifier rows (for ``wcos_dev``).
     stats : sequence of str
-        Names from :data:`PAIR_STATS`:
-
-        ``cdnv``
-            ``((v_i + v_j)/2) / ‖m_i − m_j‖^{2p}``, ``p = dist_exp``.
-        ``dist``, ``log``, ``riesz``
-            ``‖u_i − u_j‖``, ``−log ‖u_i − u_j‖``, ``‖u_i − u_j‖^{−S}``
-            (magnitude; the sign of ``S`` is applied by :func:`finalize_moments`).
-        ``cos``, ``cos_dev``, ``wcos_dev``
-            ``cos_ij``, ``|cos_ij + 1/(K−1)|`` on means and on classifier rows.
+        From :data:`PAIR_STATS`: ``cdnv`` ``((v_i + v_j)/2) / ‖m_i − m_j‖^{2p}``;
+        ``dist``, ``log``, ``riesz`` ``‖u_i − u_j‖``, ``−log ‖u_i − u_j‖``,
+        ``‖u_i − u_j‖^{−S}`` (magnitude: :func:`finalize_moments` signs it);
+        ``cos``, ``cos_dev``, ``wcos_dev`` ``cos_ij``, ``|cos_ij + 1/(K−1)|`` on
+        the means and on the classifier rows.
     dist_exp, riesz_s, inv_km1 : float
         ``p``, ``S`` and ``1/(K−1)``.
 
     Returns
     -------
-    array (len(stats), NSLOT)
-        One row of moments per statistic, float64.
+    array (len(stats), NSLOT), float64
     """
     xp = array_namespace(Mi)
     stats = tuple(stats)
@@ -401,8 +323,7 @@ def pair_moments(
             if vi is None or vj is None:
                 raise ValueError("the 'cdnv' statistic needs the variance norms")
             vi, vj = 0.5 * vi, 0.5 * vj
-        # one GEMM per tile (BLAS runs best on the whole tile); the elementwise
-        # work then runs strip by strip on its rows, in cache
+        # one GEMM per tile (BLAS runs best on it); the elementwise work by strips
         G = Mi @ Mj.T
         GW = Wi @ Wj.T if WI is not None else None
     gi_h, gj_h = np.asarray(to_numpy(gi)), np.asarray(to_numpy(gj))
@@ -420,24 +341,13 @@ def pair_moments(
             if cs.start >= cs.stop:
                 continue
             mask = xp.asarray(gi_h[sl][:, None] < gj_h[cs][None, :]) if masked else None
-            parts.append(
-                _block_moments(
-                    ri.rows(sl),
-                    rj.rows(cs),
-                    mask,
-                    None if vi is None else vi[sl],
-                    None if vj is None else vj[cs],
-                    None if WI is None else WI.rows(sl),
-                    None if WJ is None else WJ.rows(cs),
-                    G[sl, cs],
-                    None if GW is None else GW[sl, cs],
-                    stats,
-                    dist_exp,
-                    riesz_s,
-                    inv_km1,
-                    xp,
-                )
-            )
+            parts.append(_block_moments(
+                ri.rows(sl), rj.rows(cs), mask,
+                None if vi is None else vi[sl], None if vj is None else vj[cs],
+                None if WI is None else WI.rows(sl), None if WJ is None else WJ.rows(cs),
+                G[sl, cs], None if GW is None else GW[sl, cs],
+                stats, dist_exp, riesz_s, inv_km1, xp,
+            ))
     if not parts:
         return xp.zeros((len(stats), NSLOT), dtype=xp.float64)
     merged = parts[0] if len(parts) == 1 else merge_moments(np.stack(parts), 1)
@@ -445,22 +355,11 @@ def pair_moments(
 
 
 def merge_moments(parts: Any, n_lead: int) -> Any:
-    """Merge rows of moments over the ``n_lead`` leading axes (Chan et al.'s update).
+    """Merge rows of moments ``(..., S, NSLOT)`` over the ``n_lead`` leading axes: ``(S, NSLOT)``.
 
-    ``n = Σ n_a``, ``mean = Σ n_a mean_a / n``,
-    ``M2 = Σ M2_a + Σ n_a (mean_a − mean)²``, after bringing every part to the
-    largest log scale; non-finite counts add up.
-
-    Parameters
-    ----------
-    parts : array (..., S, NSLOT)
-        Rows of moments; the first ``n_lead`` axes are merged.
-    n_lead : int
-        Number of leading axes to merge.
-
-    Returns
-    -------
-    array (S, NSLOT)
+    Chan et al.'s update after bringing every part to the largest log scale:
+    ``n = Σ n_a``, ``mean = Σ n_a mean_a / n``, ``M2 = Σ M2_a + Σ n_a (mean_a − mean)²``;
+    non-finite counts add up.
     """
     xp = array_namespace(parts)
     S = parts.shape[-2]
@@ -494,12 +393,7 @@ def merge_moment_blocks(parts: list[Any]) -> Any:
 
 
 def moments_reduction(signs: Any = None, check_range: Any = None) -> Reduction:
-    """The pairwise moments as a reduction over tile pairs (:mod:`ncdask.graph._reduce`).
-
-    Each tile pair's block already is a partial (:func:`pair_moments`);
-    ``combine`` is :func:`merge_moment_blocks`, ``finalize``
-    :func:`finalize_moments` with ``signs`` and ``check_range``.
-    """
+    """The pairwise moments as a reduction over tile pairs (each block already a partial)."""
     return Reduction(
         combine=merge_moment_blocks, chunk=identity,
         finalize=functools.partial(finalize_moments, signs=signs, check_range=check_range),
@@ -507,28 +401,14 @@ def moments_reduction(signs: Any = None, check_range: Any = None) -> Reduction:
 
 
 def finalize_moments(merged: Any, signs: Any = None, check_range: Any = None) -> Any:
-    """Mean and population variance of each statistic from its merged moments.
+    """Columns :data:`FINAL` (S, 5) of each statistic from its merged moments ``(S, NSLOT)``.
 
-    Parameters
-    ----------
-    merged : array (S, NSLOT)
-    signs : array (S,), optional
-        Sign applied to each statistic's values (the Riesz kernel's
-        ``sign(S)``); default all +1.
-    check_range : array (S,) of bool, optional
-        Statistics whose mean or variance, finite in the log domain, must be
-        representable in float64: a :class:`RieszRangeWarning` is issued
-        where they are not (the Riesz kernel's rows).
-
-    Returns
-    -------
-    array (S, 5)
-        Columns :data:`FINAL`: ``n`` (finite pairs), ``mean``, ``var``
-        (divisor n), and the natural logs of ``|mean|`` and ``var``, which stay
-        finite where the Riesz values under- or overflow. A statistic with a
-        NaN value, or with both infinities, has NaN mean and variance; one
-        with infinities of one sign has that infinite mean and a NaN variance;
-        no pairs at all gives NaN.
+    ``n`` counts the finite pairs, ``var`` divides by n, the logs of ``|mean|``
+    and ``var`` stay finite where the Riesz values under- or overflow. A NaN,
+    both infinities or no pairs give NaN; infinities of one sign that infinite
+    mean and a NaN variance. ``signs`` (S,) multiply the values (default +1);
+    ``check_range`` (S,) marks the rows that warn :class:`RieszRangeWarning`
+    when their mean or variance leaves float64.
     """
     xp = array_namespace(merged)
     S = merged.shape[0]
@@ -561,39 +441,14 @@ def finalize_moments(merged: Any, signs: Any = None, check_range: Any = None) ->
     return xp.stack([n, mean, var, log_mean, log_var], axis=1)
 
 
-# --------------------------------------------------------------------------- grids
+def pair_values(Ai: Any, Aj: Any, vi: Any = None, vj: Any = None, *, kind: str,
+                dist_exp: float = 1.0, exponent: float = -1.0, riesz_s: float = 0.0) -> Any:
+    """Values (Ti, Tj) of a pairwise kernel on the full tile of rows ``Ai``, ``Aj`` (as given).
 
-
-def pair_values(
-    Ai: Any,
-    Aj: Any,
-    vi: Any = None,
-    vj: Any = None,
-    *,
-    kind: str,
-    dist_exp: float = 1.0,
-    exponent: float = -1.0,
-    riesz_s: float = 0.0,
-) -> Any:
-    """Values of a pairwise kernel on one full tile (diagonal included).
-
-    Parameters
-    ----------
-    Ai, Aj : array (Ti, D), (Tj, D)
-        Rows of the two blocks (taken as given: normalise them first for the
-        GNC2 kernels).
-    vi, vj : array, optional
-        Variance norms, for ``kind="cdnv"``.
-    kind : {"cdnv", "dist", "log", "riesz", "riesz_log", "inner"}
-        ``((v_i + v_j)/2) / ‖a_i − a_j‖^{2p}``, ``‖a_i − a_j‖``,
-        ``log(‖a_i − a_j‖^{exponent})``, ``sign(S) ‖a_i − a_j‖^{−S}``,
-        its log-magnitude ``−S log ‖a_i − a_j‖`` or ``a_i · a_j``. The Riesz
-        values are ``exp`` of the log-magnitude; where a finite log over- or
-        underflows, a :class:`RieszRangeWarning` is issued.
-
-    Returns
-    -------
-    array (Ti, Tj)
+    ``kind``: ``"cdnv"`` ``((v_i + v_j)/2) / ‖a_i − a_j‖^{2p}``, ``"dist"``
+    ``‖a_i − a_j‖``, ``"log"`` ``log(‖a_i − a_j‖^{exponent})``, ``"riesz"``
+    ``sign(S) ‖a_i − a_j‖^{−S}`` (a :class:`RieszRangeWarning` where it leaves
+    float64), ``"riesz_log"`` its log-magnitude, ``"inner"`` ``a_i · a_j``.
     """
     xp = array_namespace(Ai)
     vi, vj = (None if a is None else xp.asarray(a) for a in (vi, vj))

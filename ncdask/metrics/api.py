@@ -1,62 +1,30 @@
 """Every Neural Collapse metric of SPEC.md as a lazy, labelled :class:`xarray.Dataset`.
 
 :func:`measure` maps class statistics (from :func:`ncdask.class_stats`), an
-optional classifier and optional test / OOD splits to one variable per metric.
-The arithmetic lives in :mod:`ncdask.kernels`, the blocked graphs in
-:mod:`ncdask.graph`; this module only chooses what to compute and labels it.
-
-Output variables
-----------------
-Scalars (one per SPEC key; the GNC2 kernel statistics are split into a
-``_mean`` and a ``_var`` variable, the variance over pairs being the
-reference's headline; the Riesz kernel also gets ``_log_mean`` and
-``_log_var``, the natural logs, which stay finite where its values under- or
-overflow)::
-
-    nc1_pinv nc1_svd nc1_quot nc1_cdnv
-    nc2_etf_err nc2_equinorm nc2_equiangle nc2_max_angle
-    nc2g_dist_mean nc2g_dist_var nc2g_log_mean nc2g_log_var
-    nc2g_riesz_mean nc2g_riesz_var nc2g_riesz_log_mean nc2g_riesz_log_var
-    nc2w_etf_err nc2w_equinorm nc2w_max_angle
-    nc3_dual_err nc3u_uni_dual nc3_papyan nc3_bias
-    nc4_agree nc5_ood_dev nc1_ood_class
-
-Per-class companions on the ``class`` dim (non-empty classes only)::
-
-    mean_norms similarities similarities_cos distance_norms agree_per_class
-
-Every variable has attrs ``long_name``, ``formula`` and ``reference``.
+optional classifier and optional test / OOD / train splits to one variable per
+declaration of :data:`~ncdask.metrics.declarations.METRICS` (scalars, per-class
+companions on ``class``, head/tail bins on ``frequency_bin``), each with attrs
+``long_name``, ``formula`` and ``reference``. The arithmetic lives in
+:mod:`ncdask.kernels`, the blocked graphs in :mod:`ncdask.graph`; this module
+chooses what to compute and labels it.
 
 Degenerate input
 ----------------
-* Empty classes are left out of every metric (their means are NaN) and
-  listed in the ``empty_classes`` attribute; K below counts the classes kept.
-* Classes with fewer than ``min_count`` samples, and those the statistics
-  were filtered by (``class_stats(..., min_count=)``), are left out the same
-  way and listed in ``filtered_classes``; the global mean is then taken over
-  the classes kept. ``Σ_W`` is the statistics' own: it leaves the filtered
-  classes' samples out only when ``class_stats`` was given the
-  ``min_count``.
-* Samples labelled ``ignore_index`` (default: the statistics' attribute, set
-  from the store) are skipped by NC4 and by the pass over ``train`` of
-  ``nc1_pinv_by_frequency``, and left out of the OOD means of NC5 and
-  ``nc1_ood_class``.
-* The Riesz kernel is accumulated in the log domain; where its mean or
-  variance over- or underflows float64 (``S = D − 2`` for D in the
-  thousands), computing it warns :class:`RieszRangeWarning` and the
-  ``nc2g_riesz_log_*`` variables hold the finite logs.
-* Metrics whose inputs are missing (no ``weights``, ``test`` or ``ood``) are
-  left out silently and listed in the ``left_out`` attribute.
-* Structurally undefined metrics are left out with a
-  :class:`DegenerateInputWarning` and listed too: with K < 2 everything that
-  needs two classes (all but ``nc3_bias``, ``nc4_agree``, ``nc5_ood_dev`` and
-  the per-class companions); with K = 2 ``nc2_equiangle`` (a standard
-  deviation over one pair); ``nc1_svd`` unless K − 1 < D.
-* Values that depend on the data follow IEEE arithmetic, without warnings:
-  two identical class means make ``nc1_cdnv``, ``nc2g_log_mean`` and
-  ``nc2g_riesz_mean`` ``+inf`` and their variances NaN (``nc2g_dist`` stays
-  finite); ``nc1_svd`` is ``+inf`` when Σ_B has rank < K − 1; all means
-  equal gives NaN ETF errors.
+* Empty classes, classes below ``min_count`` and those ``class_stats``
+  filtered are left out of every metric (attrs ``empty_classes``,
+  ``filtered_classes``); the global mean is then taken over the classes kept,
+  while ``Σ_W`` stays the statistics' own.
+* Samples labelled ``ignore_index`` are skipped by NC4, the pass over
+  ``train`` and the OOD means.
+* Metrics whose inputs are missing are left out silently, structurally
+  undefined ones (K < 2, ``nc2_equiangle`` at K = 2, ``nc1_svd`` unless
+  K − 1 < D) with a :class:`DegenerateInputWarning`; both are listed in the
+  ``left_out`` attribute.
+* Values that depend on the data follow IEEE arithmetic without warnings
+  (two identical means make ``nc1_cdnv`` ``+inf``), except the Riesz kernel,
+  accumulated in the log domain: where it over- or underflows float64,
+  computing warns :class:`RieszRangeWarning` and ``nc2g_riesz_log_*`` hold
+  the finite logs.
 """
 
 from __future__ import annotations
@@ -81,26 +49,21 @@ from ncdask.metrics.inputs import like as _like
 from ncdask.metrics.inputs import namespace_of as _namespace_of
 from ncdask.metrics.inputs import split_of as _split
 from ncdask._version import __version__
-from ncdask.metrics.declarations import GROUPS, METRICS, ON_REQUEST, Inputs, Metric, MetricInfo  # noqa: F401
-from ncdask.metrics.evaluate import check_role, is_summary, ood_class_from_summary, summary_dim
+from ncdask.metrics.declarations import GROUPS, METRICS, ON_REQUEST, Inputs
+from ncdask.metrics.summary import check_role, is_summary, ood_class_from_summary, summary_dim
 from ncdask.graph import closed_forms as CF
 from ncdask.graph.pairwise import default_tile_size, resolve_budget
 from ncdask.graph.stats import stats_arrays
-from ncdask.kernels.pairwise import RieszRangeWarning  # noqa: F401 - re-exported with measure
+from ncdask.kernels.pairwise import RieszRangeWarning  # noqa: F401 - public with measure
 
 
 class DegenerateInputWarning(UserWarning):
     """Some requested metric is undefined for this input and is left out."""
 
 
-# --------------------------------------------------------------------------- selection
-
 def _selection(metrics: str | Iterable[str] | None, by_frequency: bool = False) -> list[str]:
-    """The variables asked for, in SPEC order (the order of :data:`METRICS`).
-
-    By default every metric, the head/tail breakdown only with ``by_frequency`` (which
-    adds it to a selection too).
-    """
+    """The variables asked for, in the order of :data:`METRICS` (the head/tail bins only, and
+    always, with ``by_frequency``)."""
     if metrics is None:
         return [n for n in METRICS if by_frequency or n not in ON_REQUEST]
     if by_frequency:
@@ -110,23 +73,17 @@ def _selection(metrics: str | Iterable[str] | None, by_frequency: bool = False) 
         metrics = [metrics]
     chosen: set[str] = set()
     for m in metrics:
-        names = GROUPS.get(m, (m,))
-        for n in names:
+        for n in GROUPS.get(m, (m,)):
             if n not in METRICS:
                 raise ValueError(
-                    f"unknown metric {m!r}; known: {list(METRICS)} and groups {list(GROUPS)}"
-                )
+                    f"unknown metric {m!r}; known: {list(METRICS)} and groups {list(GROUPS)}")
             chosen.add(n)
     return [n for n in METRICS if n in chosen]
 
 
 def label_results(ds: xr.Dataset) -> xr.Dataset:
-    """``ds`` with its metric variables in SPEC order, each labelled from :data:`METRICS`.
-
-    Variables that are not metrics keep their place after the metrics. Used by
-    :func:`measure` after stacking a sweep (``xr.concat`` keeps no variable
-    attrs) and by :func:`ncdask.open_results` after reading a results store
-    (Zarr lists arrays alphabetically).
+    """``ds`` with its metric variables in SPEC order, each labelled from :data:`METRICS`
+    (other variables follow): for stacked sweeps and results read back from Zarr.
 
     Parameters
     ----------
@@ -137,15 +94,10 @@ def label_results(ds: xr.Dataset) -> xr.Dataset:
     xarray.Dataset
     """
     names = [n for n in METRICS if n in ds.data_vars]
-    names += [n for n in ds.data_vars if n not in METRICS]
-    out = ds[names]
+    out = ds[names + [n for n in ds.data_vars if n not in METRICS]]
     out.attrs = dict(ds.attrs)
     for n in names:
-        info = METRICS.get(n)
-        if info is not None:
-            out[n].attrs.update(
-                long_name=info.long_name, formula=info.formula, reference=info.reference
-            )
+        out[n].attrs.update(METRICS[n].attrs)
     return out
 
 
@@ -260,28 +212,12 @@ def ood_class_nc1(
     return CF.nc1_values(Mc2, Sw2, want_svd=False, eps_dtype=eps_dtype)[0]
 
 
-# --------------------------------------------------------------------------- one measurement
-
-
 def _measure_one(
-    stats: xr.Dataset,
-    *,
-    weights: Any,
-    bias: Any,
-    test: Any,
-    ood: Any,
-    tile_size: int | None,
-    wanted: Sequence[str],
-    dist_exp: float,
-    riesz_s: float | None,
-    nc4_backend: str,
-    ood_labels: bool | None,
-    split_every: int | None,
-    min_count: int | None = None,
-    ignore_index: int | None = None,
-    memory_budget: int | None = None,
-    by_frequency: int | None = None,
-    train: Any = None,
+    stats: xr.Dataset, *, weights: Any, bias: Any, test: Any, ood: Any, tile_size: int | None,
+    wanted: Sequence[str], dist_exp: float, riesz_s: float | None, nc4_backend: str,
+    ood_labels: bool | None, split_every: int | None, min_count: int | None = None,
+    ignore_index: int | None = None, memory_budget: int | None = None,
+    by_frequency: int | None = None, train: Any = None,
 ) -> tuple[xr.Dataset, dict[str, str]]:
     """Resolve the inputs once, select the metrics defined for them, compute each, label."""
     stats = _check_stats(stats)
@@ -326,14 +262,8 @@ def _measure_one(
             by_frequency=by_frequency, train=train)
         out = {name: METRICS[name].evaluate(inputs) for name in todo}
 
-    data_vars = {}
-    for name in todo:
-        if name not in out:
-            continue
-        info = METRICS[name]
-        var = xr.Variable(info.dims, out[name])
-        var.attrs.update(long_name=info.long_name, formula=info.formula, reference=info.reference)
-        data_vars[name] = var
+    data_vars = {n: xr.Variable(METRICS[n].dims, out[n], attrs=METRICS[n].attrs)
+                 for n in todo if n in out}
     coords: dict[str, Any] = {}
     if any(METRICS[n].per_class for n in data_vars):
         coords["class"] = class_ids
@@ -341,20 +271,14 @@ def _measure_one(
         coords.update(_bin_coords(inputs.bins, kept.counts[kept.present]))
     ds = xr.Dataset(data_vars, coords=coords or None)
     ds.attrs.update(
-        n_classes=K_all,
-        n_classes_measured=K,
-        dim=D,
+        n_classes=K_all, n_classes_measured=K, dim=D,
         empty_classes=[int(i) for i in kept.empty],
         filtered_classes=[int(i) for i in kept.filtered],
         min_count=None if min_count is None else int(min_count),
-        ignore_index=kept.ignore_index,
-        tile_size=T,
-        memory_budget=memory_budget,
-        dist_exp=float(dist_exp),
-        riesz_s=float(D - 2 if riesz_s is None else riesz_s),
+        ignore_index=kept.ignore_index, tile_size=T, memory_budget=memory_budget,
+        dist_exp=float(dist_exp), riesz_s=float(D - 2 if riesz_s is None else riesz_s),
         global_mean=stats.attrs.get("global_mean", "unweighted"),
-        left_out=dict(left_out),
-        ncdask_version=__version__,
+        left_out=dict(left_out), ncdask_version=__version__,
     )
     return ds, degenerate
 
@@ -373,16 +297,20 @@ def _bin_coords(bins: list[np.ndarray], counts: np.ndarray) -> dict[str, Any]:
 _CORE_DIMS = {"class", "feature", "feature_"}
 
 
+def _sweep_dim(stats: xr.Dataset) -> str | None:
+    """The one dim of stacked statistics beside their own (None for one statistics object)."""
+    extra = [d for d in stats.dims if d not in _CORE_DIMS]
+    if len(extra) > 1:
+        raise ValueError(f"stats have more than one sweep dim: {extra}; stack them first")
+    return extra[0] if extra else None
+
+
 def _sweep_items(
     stats: Any, dim: str | None, labels: Sequence[Any] | None
-) -> tuple[str | None, list[Any], list[xr.Dataset]]:
+) -> tuple[str, list[Any], list[xr.Dataset]]:
+    """The sweep dim, its labels and the statistics of each item of a sweep."""
     if isinstance(stats, xr.Dataset):
-        extra = [d for d in stats.dims if d not in _CORE_DIMS]
-        if not extra:
-            return None, [None], [stats]
-        if len(extra) > 1:
-            raise ValueError(f"stats have more than one sweep dim: {extra}; stack them first")
-        d = extra[0]
+        d = _sweep_dim(stats)
         if dim is not None and dim != d:
             raise ValueError(f"dim={dim!r} but the stats are stacked along {d!r}")
         labs = list(stats[d].values) if d in stats.coords else list(range(stats.sizes[d]))
@@ -404,10 +332,8 @@ def _sweep_items(
     )
 
 
-def _pick(obj: Any, i: int, label: Any, dim: str | None) -> Any:
+def _pick(obj: Any, i: int, label: Any, dim: str) -> Any:
     """Item ``i`` of a per-item input (a dict, a list, or an xarray object with ``dim``)."""
-    if obj is None or dim is None:
-        return obj
     if isinstance(obj, Mapping):
         return obj[label]
     if isinstance(obj, list):
@@ -417,34 +343,57 @@ def _pick(obj: Any, i: int, label: Any, dim: str | None) -> Any:
     return obj
 
 
+def _measure_each(stats: Any, dim: str | None, labels: Sequence[Any] | None,
+                  per_item: dict[str, Any], opts: dict[str, Any]) -> xr.Dataset:
+    """A sweep: each item of ``stats`` measured with its own inputs, stacked along its dim.
+
+    The one stacking of measurements; :func:`ncdask.sweep` reaches it through
+    ``measure(list, ...)``.
+    """
+    d, labs, items = _sweep_items(stats, dim, labels)
+    results, degenerate = [], {}
+    for i, (lab, st) in enumerate(zip(labs, items, strict=True)):
+        ds, deg = _measure_one(st, **{k: _pick(v, i, lab, d) for k, v in per_item.items()},
+                               **opts)
+        results.append(ds)
+        for k, reason in deg.items():
+            degenerate.setdefault(k, f"{reason} at {d}={lab}")
+    _warn_degenerate(degenerate, stacklevel=4)
+    attrs = dict(results[0].attrs)
+    attrs["left_out"] = {k: v for r in results for k, v in r.attrs["left_out"].items()}
+    attrs["empty_classes"] = sorted({c for r in results for c in r.attrs["empty_classes"]})
+    attrs["filtered_classes"] = sorted(
+        {c for r in results for c in r.attrs["filtered_classes"]}
+    )
+    attrs["n_classes_measured"] = [r.attrs["n_classes_measured"] for r in results]
+    out = xr.concat(results, dim=d, join="outer", combine_attrs="override", data_vars="all",
+                    coords="different", compat="equals")
+    out = label_results(out.assign_coords({d: labs}))
+    out.attrs = attrs
+    return out
+
+
+def _warn_degenerate(degenerate: dict[str, str], stacklevel: int = 3) -> None:
+    if degenerate:
+        shown = "; ".join(f"{k}: {r}" for k, r in degenerate.items())
+        warnings.warn(f"left out as undefined for this input: {shown}", DegenerateInputWarning,
+                      stacklevel=stacklevel)
+
+
 def measure(
-    stats: xr.Dataset | Sequence[xr.Dataset] | Mapping[Any, xr.Dataset],
-    *,
-    weights: Any = None,
-    bias: Any = None,
-    test: Any = None,
-    ood: Any = None,
-    tile_size: int | None = None,
-    metrics: str | Iterable[str] | None = None,
-    dist_exp: float = 1.0,
-    riesz_s: float | None = None,
-    nc4_backend: str = "gemm",
-    ood_labels: bool | None = None,
-    dim: str | None = None,
-    labels: Sequence[Any] | None = None,
-    split_every: int | None = None,
-    min_count: int | None = None,
-    ignore_index: int | None = None,
-    memory_budget: int | str | None = None,
-    by_frequency: int | None = None,
-    train: Any = None,
+    stats: xr.Dataset | Sequence[xr.Dataset] | Mapping[Any, xr.Dataset], *,
+    weights: Any = None, bias: Any = None, test: Any = None, ood: Any = None,
+    tile_size: int | None = None, metrics: str | Iterable[str] | None = None,
+    dist_exp: float = 1.0, riesz_s: float | None = None, nc4_backend: str = "gemm",
+    ood_labels: bool | None = None, dim: str | None = None,
+    labels: Sequence[Any] | None = None, split_every: int | None = None,
+    min_count: int | None = None, ignore_index: int | None = None,
+    memory_budget: int | str | None = None, by_frequency: int | None = None, train: Any = None,
 ) -> xr.Dataset:
     """Measure Neural Collapse: every SPEC.md metric as a lazy labelled Dataset.
 
-    Nothing is computed here (beyond the in-memory class counts); call
-    ``.compute()`` on the result, or on the variables you want. All the
-    pairwise metrics asked for come from one fused blocked graph that only
-    visits the upper-triangle class tiles, so no K×K array is ever formed.
+    Nothing is computed here (beyond the class counts); the pairwise metrics
+    come from one fused graph over upper-triangle class tiles (no K×K array).
 
     Parameters
     ----------
@@ -456,24 +405,21 @@ def measure(
         Classifier weights (NumPy, CuPy, dask, xarray or torch). For a sweep,
         a list or dict per item, or a DataArray with the sweep dim.
     bias : array (K,), optional
-        Classifier bias, used by NC4 and ``nc3_bias`` (0 if not given).
-    test : split Dataset or (store, split), optional
-        Samples for NC4 (``embeddings``, ``labels``); labels outside [0, K)
-        (such as -100 padding) are ignored.
-    ood : split Dataset or (store, split), optional
+        Classifier bias, for NC4 and ``nc3_bias`` (0 if not given).
+    test : split Dataset, (store, split) or streamed summary, optional
+        Samples for NC4; labels outside [0, K) are ignored.
+    ood : split Dataset, (store, split) or streamed summary, optional
         Out-of-distribution samples for NC5, with or without ``labels``.
     tile_size : int, optional
-        Classes per tile (the chunk size of the class axis); by default the
-        largest that fits ``memory_budget``.
+        Classes per tile; by default the largest that fits ``memory_budget``.
     metrics : str or iterable of str, optional
-        Variables (or groups such as ``"nc2g_riesz"``) to compute; default all.
+        Variables or groups (:data:`GROUPS`, e.g. ``"nc2g_riesz"``); default all.
     dist_exp : float, default 1
         CDNV distance exponent ``p`` (linguistic collapse uses 2).
     riesz_s : float, optional
         Riesz exponent ``S``; default ``D − 2``.
     nc4_backend : {"gemm", "faiss"}
-        NCC decisions by blocked GEMM or by an exact FAISS index (needs
-        ``faiss``; float32, so near-ties may differ).
+        NCC decisions by blocked GEMM or by an exact (float32) FAISS index.
     ood_labels : bool, optional
         Use the OOD labels (unweighted mean of per-label means); default: if present.
     dim : str, optional
@@ -483,75 +429,39 @@ def measure(
     split_every : int, optional
         Fan-in of the merge trees.
     min_count : int, optional
-        Leave classes with fewer samples out of every class-level metric
-        (listed in the ``filtered_classes`` attribute, like empty classes);
-        the global mean is then taken over the classes kept.
+        Leave classes with fewer samples out of every class-level metric.
     ignore_index : int, optional
-        Label of samples to skip in the test and OOD splits (default: the
-        statistics' ``ignore_index`` attribute, which ``class_stats`` copies
-        from the store).
+        Label of samples to skip (default: the statistics' attribute).
     memory_budget : int or str, optional
-        Bytes one task of the blocked graphs may hold (``"64MiB"`` works):
-        sets the default tile size and the NC4 sample blocks. Default: the
-        ``ncdask.tile-budget`` dask config value, else 128 MiB, lowered under
-        an active distributed client to 1/8 of the smallest worker's
-        ``memory_limit`` (and to half that limit over its threads); see
-        :func:`ncdask.graph.pairwise.resolve_budget`.
+        Bytes one task may hold (``"64MiB"`` works): the default tile size and
+        NC4 sample blocks (default: :func:`ncdask.graph.pairwise.resolve_budget`).
     by_frequency : int, optional
-        A head/tail breakdown: the measured classes ranked by count and cut
-        into this many bins of near-equal size (most frequent first) give
-        ``nc1_cdnv_by_frequency`` (CDNV over the pairs within a bin),
-        ``nc1_quot_by_frequency`` (each bin's share of ``nc1_quot``),
-        ``nc1_pinv_by_frequency`` (each bin's share of ``nc1_pinv``, with
-        ``train``) and ``nc4_agree_by_frequency`` (with ``test``) on a
-        ``frequency_bin`` dim, with coords ``bin_min_count``,
-        ``bin_max_count`` and ``bin_n_classes`` (added to ``metrics`` when
-        that is given).
+        Bins of the measured classes ranked by count (most frequent first) for
+        the ``*_by_frequency`` metrics, with coords ``bin_*_count``, ``bin_n_classes``.
     train : split Dataset or (store, split), optional
-        The training samples the statistics were computed from, for
-        ``nc1_pinv_by_frequency``: class k's term of ``nc1_pinv`` is
-        ``Σ_{y_i=k} (x_i − μ_k)ᵀ Σ_B⁺ (x_i − μ_k) / (N K)``, which needs the
-        samples again (one blocked pass; Σ_B⁺ factored once). Samples of
-        classes not measured (``min_count``) or labelled ``ignore_index``
-        are skipped; the class counts must match the statistics' (else
-        ``ValueError`` when computed). Without it that metric is left out.
+        The training samples behind the statistics, for ``nc1_pinv_by_frequency``.
 
     Returns
     -------
     xarray.Dataset
-        Scalar metrics and per-class companions (see :mod:`ncdask.metrics.api`),
-        each with ``long_name``, ``formula`` and ``reference`` attrs; Dataset
-        attrs ``n_classes``, ``n_classes_measured``, ``empty_classes``,
-        ``filtered_classes``, ``min_count``, ``tile_size``, ``memory_budget``, ``left_out``
-        (metric → reason).
+        One variable per metric; attrs such as ``n_classes_measured``,
+        ``empty_classes``, ``filtered_classes``, ``left_out`` (metric → reason).
 
     Warns
     -----
     DegenerateInputWarning
         When a requested metric is undefined for the input and left out.
     RieszRangeWarning
-        When computed, if the Riesz kernel's mean or variance over- or
-        underflows float64 (the ``nc2g_riesz_log_*`` variables stay finite).
-
-    References
-    ----------
-    See each variable's ``reference`` attribute; the definitions are those
-    of the ``neural_collapse`` reference package (rhubarbwu/neural-collapse).
+        When computed, if the Riesz kernel's statistics leave float64's range.
 
     Examples
     --------
-    >>> import numpy as np, xarray as xr, dask.array as da
+    >>> import numpy as np, ncdask
     >>> from ncdask.metrics.api import measure
     >>> rng = np.random.default_rng(0)
-    >>> K, D = 4, 6
-    >>> means = rng.normal(size=(K, D))
-    >>> stats = xr.Dataset({
-    ...     "counts": ("class", np.full(K, 10)),
-    ...     "means": (("class", "feature"), da.from_array(means)),
-    ...     "global_mean": ("feature", means.mean(0)),
-    ...     "within_cov": (("feature", "feature_"), 0.01 * np.eye(D)),
-    ...     "var_norms": ("class", np.full(K, 0.06)),
-    ... }, coords={"class": np.arange(K)})
+    >>> y = np.arange(40) % 4
+    >>> X = rng.normal(size=(40, 6)) + 3 * np.eye(4, 6)[y]
+    >>> stats = ncdask.StatsAccumulator(4, 6).update(X, y).result()
     >>> res = measure(stats, metrics=["nc1_quot", "nc2g_dist"]).compute()
     >>> sorted(res.data_vars)
     ['nc1_quot', 'nc2g_dist_mean', 'nc2g_dist_var']
@@ -567,55 +477,13 @@ def measure(
             raise TypeError(f"min_count must be an integer, got {min_count!r}")
         if min_count < 0:
             raise ValueError(f"min_count must be >= 0, got {min_count}")
-    budget = resolve_budget(memory_budget)
-    d, labs, items = _sweep_items(stats, dim, labels)
-    results, degenerate = [], {}
-    for i, (lab, st) in enumerate(zip(labs, items, strict=True)):
-        ds, deg = _measure_one(
-            st,
-            weights=_pick(weights, i, lab, d),
-            bias=_pick(bias, i, lab, d),
-            test=_pick(test, i, lab, d),
-            ood=_pick(ood, i, lab, d),
-            tile_size=tile_size,
-            wanted=wanted,
-            dist_exp=dist_exp,
-            riesz_s=riesz_s,
-            nc4_backend=nc4_backend,
-            ood_labels=ood_labels,
-            split_every=split_every,
-            min_count=min_count,
-            ignore_index=ignore_index,
-            memory_budget=budget,
-            by_frequency=by_frequency,
-            train=_pick(train, i, lab, d),
-        )
-        results.append(ds)
-        for k, reason in deg.items():
-            degenerate.setdefault(k, reason if d is None else f"{reason} at {d}={lab}")
-    if degenerate:
-        shown = "; ".join(f"{k}: {r}" for k, r in degenerate.items())
-        warnings.warn(
-            f"left out as undefined for this input: {shown}", DegenerateInputWarning, stacklevel=2
-        )
-    if d is None:
-        return results[0]
-    attrs = dict(results[0].attrs)
-    attrs["left_out"] = {k: v for r in results for k, v in r.attrs["left_out"].items()}
-    attrs["empty_classes"] = sorted({c for r in results for c in r.attrs["empty_classes"]})
-    attrs["filtered_classes"] = sorted(
-        {c for r in results for c in r.attrs["filtered_classes"]}
-    )
-    attrs["n_classes_measured"] = [r.attrs["n_classes_measured"] for r in results]
-    out = xr.concat(
-        results,
-        dim=d,
-        join="outer",
-        combine_attrs="override",
-        data_vars="all",
-        coords="different",
-        compat="equals",
-    )
-    out = label_results(out.assign_coords({d: labs}))
-    out.attrs = attrs
-    return out
+    opts = dict(tile_size=tile_size, wanted=wanted, dist_exp=dist_exp, riesz_s=riesz_s,
+                nc4_backend=nc4_backend, ood_labels=ood_labels, split_every=split_every,
+                min_count=min_count, ignore_index=ignore_index,
+                memory_budget=resolve_budget(memory_budget), by_frequency=by_frequency)
+    per_item = dict(weights=weights, bias=bias, test=test, ood=ood, train=train)
+    if not isinstance(stats, xr.Dataset) or _sweep_dim(stats):  # a sweep: list, dict, stacked
+        return _measure_each(stats, dim, labels, per_item, opts)
+    ds, degenerate = _measure_one(stats, **per_item, **opts)
+    _warn_degenerate(degenerate)
+    return ds

@@ -1,14 +1,10 @@
 """Every metric as a declaration: :data:`METRICS`, one :class:`Metric` per output variable.
 
-A declaration names the metric, labels it (``long_name``, ``formula``,
-``reference``), says what it needs (weights, a test split, an OOD split),
-how many classes it is defined for, and how it is computed: a function of
-one frozen :class:`Inputs` (centred means, Σ_W, variance norms, classifier
-rows, counts, parameters, and the intermediates several metrics share,
-each built once), or a named column of the fused pairwise kernel
-(``pair=("cos", "mean")``). :func:`ncdask.measure` resolves the inputs
-once, selects, computes each declaration and labels the result; adding a
-metric is adding a declaration here (and its dense reference in the tests).
+A declaration labels the metric (``long_name``, ``formula``, ``reference``),
+says what it needs and for how many classes it is defined, and computes it as
+a function of one :class:`Inputs` (whose shared intermediates are built once)
+or as a named column of the fused pairwise kernel. Adding a metric is adding
+a declaration here (and its dense reference in the tests).
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import xarray as xr
-from dask.array.utils import meta_from_array
 
 from ncdask.metrics.inputs import (
     ClassInputs,
@@ -29,17 +24,22 @@ from ncdask.metrics.inputs import (
     as_dask,
     float64,
     like,
-    namespace_of,
+    row_weights,
     split_of,
     take_rows,
 )
-from ncdask.metrics.evaluate import agreement_from_summary, is_summary, ood_mean_from_summary, summary_dim
+from ncdask.metrics.summary import (
+    agreement_from_summary,
+    is_summary,
+    ood_mean_from_summary,
+    summary_dim,
+)
 from ncdask.graph import closed_forms as CF
 from ncdask.graph import decisions as DG
 from ncdask.graph import shares as SG
 from ncdask.graph.pairwise import pairwise_moments
 from ncdask.kernels import shares as KS
-from ncdask.kernels.pairwise import FINAL
+from ncdask.kernels.pairwise import FINAL, PAIR_STATS
 
 PAPYAN = (
     "Papyan, Han & Donoho (2020), Prevalence of neural collapse during the terminal "
@@ -74,25 +74,14 @@ WU = (
     "Wu & Papyan (2024), Linguistic collapse: neural collapse in (large) language models, "
     "NeurIPS (arXiv:2405.17767)"
 )
-
-
-ROY = (
-    "Roy & Vetterli (2007), The effective rank: a measure of effective dimensionality, "
-    "EUSIPCO"
-)
-
-#: Statistics of the fused pairwise kernel, in the order they are requested.
-PAIR_STATS = ("cdnv", "dist", "log", "riesz", "cos", "cos_dev", "wcos_dev")
+ROY = "Roy & Vetterli (2007), The effective rank: a measure of effective dimensionality, EUSIPCO"
 
 
 @dataclass(frozen=True)
 class Inputs:
     """Everything the metrics of one measurement are functions of, resolved once.
 
-    The shared intermediates (``terms``, ``nc1``, ``pairwise``, ``norms``,
-    ``agreement``, ...) are cached properties: built on first use, so a
-    metric that is not asked for costs nothing, and several metrics that
-    share one read it once.
+    The shared intermediates are cached properties: built on first use, once.
     """
 
     stats: xr.Dataset
@@ -123,12 +112,9 @@ class Inputs:
                     ood_mean: da.Array | None = None) -> Inputs:
         """Inputs of float64 row arrays taken as given (for :mod:`ncdask.compat`).
 
-        Every row is kept; ``M`` is centred on ``mG`` (not at all if None);
-        without ``M`` the classifier rows stand in for it, so that the
-        classifier-only metrics (``nc2w_*``) take the same code path.
-        ``mu_weighted`` is the sample-weighted global mean of ``nc3_bias``;
-        ``Sw``, ``v`` and ``ood_mean`` stand for Σ_W, the variance norms and
-        the OOD global mean; ``eps_dtype`` sets NC1's pinv cutoff.
+        ``M`` is centred on ``mG`` (if given); without ``M`` the classifier
+        rows stand in for it (the ``nc2w_*`` metrics). ``mu_weighted`` is
+        ``nc3_bias``'s global mean, ``eps_dtype`` sets NC1's pinv cutoff.
         """
         A = M if M is not None else W
         K, D = A.shape
@@ -154,7 +140,6 @@ class Inputs:
                    mu_weighted=mu_weighted, dist_exp=float(dist_exp), riesz_s=float(riesz_s),
                    ood_mean=ood_mean)
 
-    # the inputs themselves
     @property
     def K(self) -> int:
         return self.kept.n_kept
@@ -167,14 +152,12 @@ class Inputs:
     def D(self) -> int:
         return int(self.cls.M.shape[1])
 
-    # the class inputs under their own names (ins.Mc for ins.cls.Mc)
     M = property(lambda self: self.cls.M, doc="Class means of the kept classes.")
     Mc = property(lambda self: self.cls.Mc, doc="Centred class means.")
     W = property(lambda self: self.cls.W, doc="Classifier rows of the kept classes (or None).")
     b = property(lambda self: self.cls.b, doc="Their bias.")
     Sw = property(lambda self: self.cls.Sw, doc="Within-class covariance.")
 
-    # shared intermediates
     @cached_property
     def terms(self) -> dict[str, da.Array] | None:
         """Every class-tile reduction of the closed forms in one read of each tile (K > D)."""
@@ -204,13 +187,20 @@ class Inputs:
         """One named column (:data:`ncdask.kernels.pairwise.FINAL`) of a pairwise statistic."""
         return self.pairwise[stat][FINAL.index(column)]
 
+    @property
+    def n_samples(self) -> int:
+        """The samples behind Σ_W: the statistics' ``n_samples``, else the classes' counts."""
+        st = self.stats
+        return (int(np.asarray(st["n_samples"].values)) if "n_samples" in st
+                else int(self.kept.counts.sum()))
+
     @cached_property
     def norms(self) -> da.Array:
         return CF.row_norms(self.Mc)
 
     @cached_property
     def M_sq(self) -> da.Array:
-        """``‖M̃‖²_F = K tr Σ_B`` (from the tile fold when it runs), shared by NC1 quotients."""
+        """``‖M̃‖²_F = K tr Σ_B`` (from the tile fold when it runs)."""
         return (self.Mc * self.Mc).sum() if self.terms is None else self.terms["M_sq"]
 
     @cached_property
@@ -219,23 +209,19 @@ class Inputs:
 
     @cached_property
     def agreement(self) -> tuple[da.Array, da.Array]:
-        """Per-class (by true label) NC4 hits and counts; hits NaN for a dead classifier."""
+        """Per-class (by true label) NC4 hits and counts; hits NaN for a classifier with
+        non-finite or all-zero weights, which decides nothing."""
         if is_summary(self.test, "test"):
             hits, n_test = agreement_from_summary(self.test, self.Mc, self.W, self.b, self.K_all)
         else:
             hits, n_test = _decide(self)
-        # a classifier with NaN/inf weights, or all zeros, decides nothing:
-        # NaN, not the share of samples whose argmax of NaN logits lands right
         dead = ~da.isfinite(self.W).all() | ~(self.W != 0).any() | ~da.isfinite(self.b).all()
         return da.where(DG.on_host(dead), np.nan, hits), n_test  # the counts are on the host
 
     @cached_property
     def bins(self) -> list[np.ndarray]:
-        """Positions (among the kept classes) of each class-count bin, most frequent first.
-
-        The kept classes ranked by count (ties: the smaller index first) and cut
-        into ``by_frequency`` consecutive groups of near-equal size.
-        """
+        """Positions (among the kept classes) of each class-count bin, most frequent first:
+        the classes ranked by count (ties: smaller index first), cut in near-equal groups."""
         n = self.kept.counts[self.kept.present]
         order = np.lexsort((np.arange(n.size), -n))
         return [np.sort(b) for b in np.array_split(order, int(self.by_frequency))]
@@ -256,11 +242,8 @@ class Inputs:
 
 
 def _labelled_split(ins: Inputs, data: Any, role: str, why: str) -> tuple[da.Array, da.Array]:
-    """The float64 embeddings (on the statistics' device) and labels of a split of their classes.
-
-    ``data`` is a split Dataset or ``(store, split)``; it must have labels,
-    the statistics' width and (when it says) their number of classes.
-    """
+    """The float64 embeddings (on the statistics' device) and labels of a split of their
+    classes, checked: labels, the statistics' width and number of classes."""
     split = split_of(data)
     if "labels" not in split:
         raise ValueError(f"the {role} split needs 'labels' for {why}")
@@ -316,8 +299,7 @@ def _nc3_bias(ins: Inputs) -> da.Array:
         mu_w = ins.mu_weighted
     else:
         n_k = ins.kept.counts[ins.kept.present].astype(np.float64)
-        frac = as_dask(n_k / n_k.sum()).rechunk((ins.M.chunks[0],))
-        frac = frac.map_blocks(namespace_of(ins.M).asarray, meta=meta_from_array(ins.M, ndim=1))
+        frac = row_weights(n_k / n_k.sum(), ins.M)
         mu_w = (ins.M * frac[:, None]).sum(axis=0)
     z = ins.b if mu_w is None else ins.W @ mu_w + ins.b
     return da.sqrt((z * z).sum())
@@ -326,11 +308,8 @@ def _nc3_bias(ins: Inputs) -> da.Array:
 def _nc1_ood_class(ins: Inputs) -> da.Array:
     from ncdask.metrics.api import ood_class_nc1
 
-    stats = ins.stats
-    n_id = (int(np.asarray(stats["n_samples"].values)) if "n_samples" in stats
-            else int(ins.kept.counts.sum()))
-    return ood_class_nc1(ins.M, ins.Sw, n_id, ins.kept.counts[ins.kept.present], ins.ood,
-                         global_mean=stats.attrs.get("global_mean", "unweighted"),
+    return ood_class_nc1(ins.M, ins.Sw, ins.n_samples, ins.kept.counts[ins.kept.present], ins.ood,
+                         global_mean=ins.stats.attrs.get("global_mean", "unweighted"),
                          ignore_index=ins.kept.ignore_index, eps_dtype=ins.cls.eps_dtype,
                          split_every=ins.split_every)
 
@@ -359,14 +338,8 @@ def _quot_share(ins: Inputs, idx: np.ndarray) -> Any:
 
 
 def _pinv_shares(ins: Inputs) -> da.Array:
-    """Every bin's share of ``nc1_pinv``: ``Σ_{k∈bin} S_k / (N K)``, one pass over ``train``.
-
-    ``S_k = Σ_{y_i=k} (x_i − μ_k)ᵀ Σ_B⁺ (x_i − μ_k) = n_k tr(Σ_B⁺ Σ_k)`` over the
-    training samples of class k (:mod:`ncdask.graph.shares`), ``N`` the samples
-    behind Σ_W (the statistics' ``n_samples``): each class's term of
-    ``nc1_pinv``, so the shares add up to it (less the classes that ``min_count``
-    leaves out here but Σ_W still pools).
-    """
+    """Every bin's share of ``nc1_pinv`` in one pass over ``train`` (:mod:`ncdask.graph.shares`);
+    the shares add up to it, less classes ``min_count`` leaves out but Σ_W pools."""
     X, y = _labelled_split(ins, ins.train, "train", "nc1_pinv_by_frequency")
     L, sign = SG.pinv_factor(ins.Mc, ins.Sw, eps_dtype=ins.cls.eps_dtype, terms=ins.terms)
     lookup = np.full(ins.K_all, -1, dtype=np.int64)
@@ -376,11 +349,8 @@ def _pinv_shares(ins: Inputs) -> da.Array:
     bin_of = np.zeros(ins.K, dtype=np.int64)
     for i, b in enumerate(ins.bins):
         bin_of[b] = i
-    stats = ins.stats
-    N = (int(np.asarray(stats["n_samples"].values)) if "n_samples" in stats
-         else int(ins.kept.counts.sum()))
     return CF.delayed_array(KS.bin_shares, sums, ins.kept.counts[ins.kept.present], bin_of,
-                            len(ins.bins), float(N) * ins.K, shape=(len(ins.bins),),
+                            len(ins.bins), float(ins.n_samples) * ins.K, shape=(len(ins.bins),),
                             like=ins.M)
 
 
@@ -398,11 +368,10 @@ def _svd_defined(K: int, D: int) -> str | None:
 class Metric:
     """One output variable: its labels, what it needs, and how it is computed.
 
-    Exactly one of ``compute`` (a function of :class:`Inputs` returning a
-    lazy array) and ``pair`` (a ``(statistic, column)`` of the fused pairwise
-    kernel) is given; ``pair_stat`` names the pairwise statistic a
-    ``compute`` reads through :meth:`Inputs.pair`, so that one fused graph
-    serves every metric asked for.
+    Exactly one of ``compute`` (a function of :class:`Inputs` returning a lazy
+    array) and ``pair`` (a ``(statistic, column)`` of the fused pairwise kernel)
+    is given; ``pair_stat`` names the statistic a ``compute`` reads through
+    :meth:`Inputs.pair`, so that one fused graph serves every metric asked for.
     """
 
     long_name: str
@@ -426,6 +395,11 @@ class Metric:
             object.__setattr__(self, "pair_stat", self.pair[0])
 
     @property
+    def attrs(self) -> dict[str, str]:
+        """The labels of the output variable."""
+        return {"long_name": self.long_name, "formula": self.formula, "reference": self.reference}
+
+    @property
     def dims(self) -> tuple[str, ...]:
         """The dims of the output variable: ``()``, ``("class",)`` or ``("frequency_bin",)``."""
         return ("class",) if self.per_class else ("frequency_bin",) if self.per_bin else ()
@@ -442,9 +416,6 @@ class Metric:
             return f"needs at least {self.min_classes} non-empty classes, got {K}"
         return None if self.defined is None else self.defined(K, D)
 
-
-#: The older name of :class:`Metric` (the labels were all it held).
-MetricInfo = Metric
 
 _G = "u_k = m~_k / (||m~_k|| + eps), over pairs i < j"
 _W = ("weights",)
@@ -678,16 +649,8 @@ def _per_class(h: da.Array, c: da.Array) -> da.Array:
     return da.where(c > 0, h / da.maximum(c, 1), np.nan)
 
 
-_NC2G = (
-    "nc2g_dist_mean",
-    "nc2g_dist_var",
-    "nc2g_log_mean",
-    "nc2g_log_var",
-    "nc2g_riesz_mean",
-    "nc2g_riesz_var",
-    "nc2g_riesz_log_mean",
-    "nc2g_riesz_log_var",
-)
+_NC2G = ("nc2g_dist_mean", "nc2g_dist_var", "nc2g_log_mean", "nc2g_log_var",
+         "nc2g_riesz_mean", "nc2g_riesz_var", "nc2g_riesz_log_mean", "nc2g_riesz_log_var")
 
 #: Selection names that stand for several variables (``--metrics nc1`` on the CLI).
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -699,15 +662,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "nc2g_log": _NC2G[2:4],
     "nc2g_riesz": _NC2G[4:8],
     "nc2w": ("nc2w_etf_err", "nc2w_equinorm", "nc2w_max_angle"),
-    "nc3": (
-        "nc3_dual_err",
-        "nc3u_uni_dual",
-        "nc3_papyan",
-        "nc3_bias",
-        "similarities",
-        "similarities_cos",
-        "distance_norms",
-    ),
+    "nc3": ("nc3_dual_err", "nc3u_uni_dual", "nc3_papyan", "nc3_bias", "similarities",
+            "similarities_cos", "distance_norms"),
     "nc4": ("nc4_agree", "agree_per_class"),
     "nc5": ("nc5_ood_dev",),
     "interference": ("interference_mean", "interference_var"),
@@ -721,10 +677,7 @@ ON_REQUEST = frozenset(GROUPS["by_frequency"])
 
 
 def evaluate(name: str, **arrays: Any) -> da.Array:
-    """The lazy value of the declaration ``name`` on rows taken as given.
-
-    ``arrays`` go to :meth:`Inputs.from_arrays`; this is how the functions of
-    :mod:`ncdask.compat` compute, so that no formula is written twice.
-    """
+    """The lazy value of the declaration ``name`` on rows taken as given
+    (:meth:`Inputs.from_arrays`): how :mod:`ncdask.compat` computes, no formula twice."""
     return METRICS[name].evaluate(Inputs.from_arrays(todo=(name,), **arrays))
 

@@ -1,19 +1,11 @@
 """NC4 and NC5 from streamed batches, once the class means are known: :class:`EvalAccumulator`.
 
-The second pass of a store-free measurement. :class:`ncdask.StatsAccumulator`
-gives the class statistics of the training batches; an
-:class:`EvalAccumulator` built from them (and the classifier) then folds in
-test batches (each sample's linear and nearest-class-centre decisions, counted
-per true class) and OOD batches (their sums, per-label sums, and the one-class
-statistics behind ``nc1_ood_class``). Its summaries go to
-:func:`ncdask.measure` as ``test=`` and ``ood=``, which then gives every
-metric, equal to what it gives from the stored splits.
-
-A test summary carries fingerprints of what its decisions were made against
-(the centred means, classifier rows and bias of the classes kept, each
-projected on a fixed random vector): :func:`ncdask.measure` refuses it, when
-computed, against other statistics, weights or ``min_count``, instead of
-returning agreement counts of another classifier.
+The second pass of a store-free measurement: built from the class statistics
+of :class:`ncdask.StatsAccumulator` (and the classifier), it folds in test
+batches (both classifiers' decisions, counted per true class) and OOD batches
+(their sums, per-label sums and one-class statistics). Its summaries
+(:mod:`ncdask.metrics.summary`) go to :func:`ncdask.measure` as ``test=`` and
+``ood=`` and give what the stored splits give.
 """
 
 from __future__ import annotations
@@ -21,58 +13,37 @@ from __future__ import annotations
 from typing import Any
 
 import dask
-import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ncdask.metrics.inputs import as_array, as_dask, check_stats, class_inputs, kept_classes, like
 from ncdask.accumulate import StatsAccumulator
 from ncdask.kernels import decisions as Dk
 from ncdask.kernels._xp import array_namespace, to_numpy
+from ncdask.metrics.api import measure
+from ncdask.metrics.inputs import as_array, check_stats, class_inputs, kept_classes
+from ncdask.metrics.summary import probe, same_fingerprint
 
-__all__ = ["EvalAccumulator", "check_role", "is_summary"]
+__all__ = ["EvalAccumulator"]
 
-#: Seed of the fixed vector the fingerprints project on.
-FINGERPRINT_SEED = 7_261_201
 #: Logits (rows × classes) of one decision tile: 4 Mi float64 entries, 32 MiB.
 TILE_ENTRIES = 2**22
-#: Relative tolerance of a fingerprint check (the projections are summed in
-#: other orders by the lazy graph than here).
-FINGERPRINT_RTOL = 1e-9
-
-
-def _probe(dim: int) -> np.ndarray:
-    return np.random.default_rng(FINGERPRINT_SEED).standard_normal(dim)
-
-
-def is_summary(obj: Any, kind: str) -> bool:
-    """Whether ``obj`` is an :class:`EvalAccumulator` summary of ``kind`` ("test" or "ood")."""
-    return isinstance(obj, xr.Dataset) and obj.attrs.get("ncdask_streamed") == kind
-
-
-def check_role(obj: Any, role: str) -> None:
-    """Refuse a streamed summary passed for the other role (an OOD summary as ``test=``)."""
-    kind = obj.attrs.get("ncdask_streamed") if isinstance(obj, xr.Dataset) else None
-    if kind is not None and kind != role:
-        raise ValueError(f"a streamed {kind} summary was given as {role}=: pass "
-                         f"EvalAccumulator.{role}_summary() there")
 
 
 class EvalAccumulator:
     """Test decisions and OOD sums of batches fed one at a time; exact and mergeable.
 
+    An accumulator as :class:`ncdask.StatsAccumulator` (``update``, ``merge``,
+    ``result``); ``update_test`` and ``update_ood`` name the split a batch is of.
+
     Parameters
     ----------
     stats : xarray.Dataset
-        Class statistics (from :class:`ncdask.StatsAccumulator` or
-        :func:`ncdask.class_stats`); their means, counts and global mean are
-        computed here if lazy.
-    weights : array (K, D), optional
-        Classifier weights: needed for the test decisions (NC4).
-    bias : array (K,), optional
+        Class statistics (:class:`ncdask.StatsAccumulator`, or
+        :func:`ncdask.class_stats` computed here if lazy).
+    weights, bias : array (K, D), (K,), optional
+        The classifier, needed for the test decisions (NC4).
     min_count : int, optional
-        As in :func:`ncdask.measure`: the classes decided between are the
-        ones it measures; pass the same value to both.
+        As in :func:`ncdask.measure`; pass the same value to both.
     ignore_index : int, optional
         Label of samples to skip (default: the statistics' attribute).
     allow_nonfinite : bool, default False
@@ -86,8 +57,8 @@ class EvalAccumulator:
     >>> X = rng.normal(size=(300, 4)) + 5 * np.eye(3, 4)[y]
     >>> st = ncdask.StatsAccumulator(3, 4).update(X, y).result()
     >>> ev = ncdask.EvalAccumulator(st, weights=st.means.values - st.global_mean.values)
-    >>> _ = ev.update_test(X[::2], y[::2]).update_ood(rng.normal(size=(50, 4)))
-    >>> res = ncdask.measure(st, weights=ev.weights, test=ev.test_summary(), ood=ev.ood_summary())
+    >>> _ = ev.update(X[::2], y[::2]).update(rng.normal(size=(50, 4)), role="ood")
+    >>> res = ncdask.measure(st, weights=ev.weights, **ev.result())
     >>> float(res.nc4_agree)
     1.0
     """
@@ -108,7 +79,7 @@ class EvalAccumulator:
         self.allow_nonfinite = bool(allow_nonfinite)
         self._Mc, self._mG, self._W, self._b = Mc, mG, W, b
         xp = array_namespace(Mc)
-        r = xp.asarray(_probe(self.dim))
+        r = xp.asarray(probe(self.dim))
         self._fingerprint = {"means": Mc @ r, "weights": None if W is None else W @ r,
                              "bias": b}
         self._hits = xp.zeros(self.n_classes, dtype=xp.int64)
@@ -119,7 +90,6 @@ class EvalAccumulator:
         self._ood_labelled: bool | None = None
         self._ood_class = StatsAccumulator(1, self.dim, allow_nonfinite=self.allow_nonfinite)
 
-    # ----------------------------------------------------------------- batches
     def _batch(self, X: Any, y: Any, *, labels_needed: bool) -> tuple[Any, Any, Any]:
         xp = array_namespace(self._Mc)
         X = as_array(X)
@@ -143,13 +113,15 @@ class EvalAccumulator:
                              "them); nothing of this batch was added")
         return X, y, xp
 
-    def update_test(self, X: Any, y: Any) -> EvalAccumulator:
-        """Add a test batch: both classifiers' decisions, counted per true class.
+    def update(self, X: Any, y: Any = None, *, role: str = "test") -> EvalAccumulator:
+        """Add a batch of the ``"test"`` split (:meth:`update_test`) or the ``"ood"`` one."""
+        if role not in ("test", "ood"):
+            raise ValueError(f"role must be 'test' or 'ood', got {role!r}")
+        return self.update_test(X, y) if role == "test" else self.update_ood(X, y)
 
-        Samples labelled ``ignore_index`` or negative are skipped; a label
-        ``≥ K`` raises (the test split must be of the statistics' classes).
-        Returns the accumulator.
-        """
+    def update_test(self, X: Any, y: Any) -> EvalAccumulator:
+        """Add a test batch: both classifiers' decisions, counted per true class (labels
+        ``ignore_index`` or negative are skipped, ``≥ K`` raise)."""
         if self._W is None:
             raise ValueError("NC4 needs the classifier: EvalAccumulator(stats, weights=...)")
         X, y, xp = self._batch(X, y, labels_needed=True)
@@ -182,13 +154,8 @@ class EvalAccumulator:
         return dec[:, 1] == dec[:, 3]
 
     def update_ood(self, X: Any, y: Any = None) -> EvalAccumulator:
-        """Add an OOD batch, with or without labels (every batch alike).
-
-        Kept: the sum of all rows (the plain OOD mean), per-label sums when
-        labelled (the unweighted mean of per-label means), and the one-class
-        statistics of the rows not labelled ``ignore_index`` (for
-        ``nc1_ood_class``). Returns the accumulator.
-        """
+        """Add an OOD batch, with or without labels (every batch alike): its sum, per-label
+        sums, and the one-class statistics of rows not labelled ``ignore_index``."""
         X, y, xp = self._batch(X, y, labels_needed=False)
         if self._ood_labelled is not None and self._ood_labelled != (y is not None):
             raise ValueError("OOD batches must all have labels or all have none")
@@ -212,7 +179,7 @@ class EvalAccumulator:
         if not isinstance(other, EvalAccumulator):
             raise TypeError(f"can only merge an EvalAccumulator, got {type(other).__name__}")
         if other.n_classes != self.n_classes or other.dim != self.dim or not all(
-                _close(self._fingerprint[k], other._fingerprint[k]) for k in self._fingerprint):
+                same_fingerprint(v, other._fingerprint[k]) for k, v in self._fingerprint.items()):
             raise ValueError("cannot merge accumulators built from other statistics, weights "
                              "or min_count")
         if None not in (self._ood_labelled, other._ood_labelled) and \
@@ -229,7 +196,6 @@ class EvalAccumulator:
         self._ood_class.merge(other._ood_class)
         return self
 
-    # ----------------------------------------------------------------- results
     def test_summary(self) -> xr.Dataset:
         """Per-class agreement counts for ``measure(..., test=)``, with the fingerprints."""
         if self._W is None:
@@ -268,87 +234,16 @@ class EvalAccumulator:
             ds = ds.assign_coords(ood_label=lab)
         return ds
 
+    def result(self) -> dict[str, xr.Dataset]:
+        """The summaries of what was added, ``{"test": ..., "ood": ...}`` (``measure`` kwargs)."""
+        out = {}
+        if self._W is not None and int(to_numpy(self._count).sum()):
+            out["test"] = self.test_summary()
+        if self._ood_n:
+            out["ood"] = self.ood_summary()
+        return out
+
     def measure(self, **measure_kwargs: Any) -> xr.Dataset:
         """:func:`ncdask.measure` of the statistics with these summaries (lazy)."""
-        from ncdask.metrics.api import measure
-
-        extra: dict[str, Any] = {}
-        if self._W is not None and int(to_numpy(self._count).sum()):
-            extra["test"] = self.test_summary()
-        if self._ood_n:
-            extra["ood"] = self.ood_summary()
         return measure(self.stats, weights=self.weights, bias=self.bias,
-                       min_count=self.min_count, **extra, **measure_kwargs)
-
-
-def _close(a: Any, b: Any) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    a, b = np.asarray(to_numpy(a)), np.asarray(to_numpy(b))
-    return a.shape == b.shape and bool(
-        np.linalg.norm(a - b) <= FINGERPRINT_RTOL * max(np.linalg.norm(a), 1e-300))
-
-
-def _check_fingerprints(fp_m: Any, fp_w: Any, fp_b: Any, want_m: Any, want_w: Any,
-                        want_b: Any, counts: Any) -> Any:
-    for name, got, want in (("class means", fp_m, want_m), ("classifier weights", fp_w, want_w),
-                            ("classifier bias", fp_b, want_b)):
-        if not _close(got, want):
-            raise ValueError(
-                f"the streamed test summary was made against other {name} (or another "
-                "min_count) than measure was given: build the EvalAccumulator from the same "
-                "statistics, weights, bias and min_count")
-    return counts
-
-
-def agreement_from_summary(summary: xr.Dataset, Mc: da.Array, W: da.Array, b: da.Array,
-                           n_classes: int) -> tuple[da.Array, da.Array]:
-    """Lazy per-class (hits, counts) of a test summary, checked against ``Mc``, ``W``, ``b``.
-
-    The check runs when computed, on the same lazy inputs the other metrics use.
-    """
-    if summary.sizes.get("class") != n_classes:
-        raise ValueError(f"the streamed test summary has {summary.sizes.get('class')} "
-                         f"classes, the statistics {n_classes}")
-    if summary.sizes.get("kept_class") != Mc.shape[0]:
-        raise ValueError(
-            f"the streamed test summary decided between {summary.sizes.get('kept_class')} "
-            f"classes, measure keeps {Mc.shape[0]}: pass the same min_count to both")
-    r = da.from_array(_probe(Mc.shape[1]), chunks=-1)
-    r = like(r, Mc)
-    counts = np.stack([summary["nc4_hits"].values, summary["nc4_count"].values]).astype(
-        np.float64)
-    checked = dask.delayed(_check_fingerprints, pure=True)(
-        summary["fingerprint_means"].values, summary["fingerprint_weights"].values,
-        summary["fingerprint_bias"].values, (Mc @ r), (W @ r), b, counts)
-    both = da.from_delayed(checked, shape=counts.shape, dtype=np.float64,
-                           meta=np.empty((0, 0), dtype=np.float64))
-    return both[0], both[1]
-
-
-def ood_mean_from_summary(summary: xr.Dataset, use_labels: bool | None, ref: da.Array) -> da.Array:
-    """The OOD global mean of a summary: of per-label means, or plain (as ``ref``'s backend)."""
-    labelled = "ood_label_sums" in summary
-    use = labelled if use_labels is None else bool(use_labels)
-    if use and not labelled:
-        raise ValueError("ood_labels=True, but the streamed OOD summary has no labels")
-    if use:
-        mood = (summary["ood_label_sums"].values
-                / summary["ood_label_counts"].values[:, None]).mean(axis=0)
-    else:
-        mood = summary["ood_sum"].values / float(summary["ood_n"].values)
-    return like(as_dask(np.asarray(mood, dtype=np.float64)), ref)
-
-
-def ood_class_from_summary(summary: xr.Dataset, ref: da.Array) -> tuple[Any, da.Array, da.Array]:
-    """``(n_o, μ_o (1, D), Σ_o)`` of a summary's one-class statistics (``ref``'s backend)."""
-    n_o = float(summary["ood_class_n"].values)
-    mu = like(as_dask(summary["ood_class_mean"].values[None, :].astype(np.float64)), ref)
-    Sw = like(as_dask(summary["ood_class_within_cov"].values.astype(np.float64)), ref)
-    return n_o, mu, Sw
-
-
-def summary_dim(summary: xr.Dataset) -> int:
-    """The width D of a summary's embeddings."""
-    return int(summary.sizes["feature"])
-
+                       min_count=self.min_count, **self.result(), **measure_kwargs)

@@ -1,9 +1,9 @@
 """Inputs of the measurements, resolved once: coercion, backends, classes kept.
 
 Every front end (:func:`ncdask.measure`, the covariances, NECO, the streamed
-:class:`ncdask.EvalAccumulator`) takes its class statistics, classifier and
-splits through here, so that "which classes are measured, centred on which
-global mean, against which classifier rows" has one answer.
+:class:`ncdask.EvalAccumulator`) takes its statistics, classifier and splits
+through here: which classes are measured, centred on which global mean,
+against which classifier rows has one answer.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -86,19 +87,12 @@ def like(x: da.Array, ref: da.Array) -> da.Array:
 
 
 def _rows_at(block: Any, idx: np.ndarray) -> Any:
-    from ncdask.kernels._xp import array_namespace
-
-    xp = array_namespace(block)
-    return block[xp.asarray(idx)]  # on the block's device: CuPy's take refuses host indices
+    return block[array_namespace(block).asarray(idx)]  # CuPy's take refuses host indices
 
 
 def take_rows(x: da.Array, idx: np.ndarray) -> da.Array:
-    """The rows ``idx`` (sorted, host integers) of ``x``, block by block, on ``x``'s device.
-
-    ``x[idx]`` hands the host index to ``take`` on each block, which CuPy
-    refuses; here each block gets its own rows as an index in its own array
-    module, and the result keeps ``x``'s row blocks (less the rows not taken).
-    """
+    """The rows ``idx`` (sorted, host integers) of ``x``, block by block, on ``x``'s device
+    (``x[idx]`` would hand CuPy blocks a host index); ``x``'s row blocks are kept."""
     idx = np.asarray(idx, dtype=np.int64)
     edges = np.cumsum((0, *x.chunks[0]))
     pieces = []
@@ -127,11 +121,8 @@ def split_of(obj: Any) -> xr.Dataset:
 
 def split_classes(ds: xr.Dataset, n_classes: int | None = None, ignore_index: Any = None, *,
                   required: bool = True) -> tuple[int, int | None]:
-    """K and the checked ``ignore_index`` of a split: the arguments given, else its attrs.
-
-    Without ``n_classes`` and without the attribute: ``ValueError`` when
-    ``required``, else K = 0 (only ``ignore_index`` is wanted).
-    """
+    """K and the checked ``ignore_index`` of a split: the arguments given, else its attrs
+    (without either K: ``ValueError`` when ``required``, else K = 0)."""
     if n_classes is not None:
         K = int(n_classes)
     elif "n_classes" in ds.attrs:
@@ -156,13 +147,16 @@ def check_stats(stats: Any) -> xr.Dataset:
     return stats
 
 
+def row_weights(w: np.ndarray, M: da.Array) -> da.Array:
+    """Host weights ``w`` (K,) as a float64 dask vector chunked and placed as ``M``'s rows."""
+    w = as_dask(np.asarray(w, dtype=np.float64)).rechunk((M.chunks[0],))
+    return w.map_blocks(namespace_of(M).asarray, meta=meta_from_array(M, ndim=1))
+
+
 def global_mean_of(M: da.Array, n_k: np.ndarray, mode: str | None) -> da.Array:
     """Global mean of the class means ``M`` kept: unweighted, or weighted by ``n_k``."""
     if mode == "weighted":
-        frac = as_dask(n_k.astype(np.float64) / max(float(n_k.sum()), 1.0)).rechunk(
-            (M.chunks[0],)
-        )
-        frac = frac.map_blocks(namespace_of(M).asarray, meta=meta_from_array(M, ndim=1))
+        frac = row_weights(n_k.astype(np.float64) / max(float(n_k.sum()), 1.0), M)
         return (M * frac[:, None]).sum(axis=0).rechunk(-1)
     return M.mean(axis=0).rechunk(-1)
 
@@ -173,8 +167,8 @@ class KeptClasses:
 
     ``present``: indices kept (non-empty, at least ``min_count``, not filtered
     by ``class_stats``); ``empty`` and ``filtered``: those left out;
-    ``refiltered``: whether classes were filtered here (so the global mean is
-    re-taken over the classes kept).
+    ``refiltered``: whether classes were filtered here (the global mean is
+    then re-taken over the classes kept).
     """
 
     counts: np.ndarray
@@ -241,8 +235,7 @@ def class_inputs(stats: xr.Dataset, kept: KeptClasses, *, weights: Any = None,
     """
     K_all, K, present = kept.n_all, kept.n_kept, kept.present
     D = int(stats.sizes["feature"])
-    given = np.dtype(stats["means"].dtype)
-    eps_dtype = given if np.issubdtype(given, np.floating) else np.dtype(np.float64)
+    eps_dtype = pinv_dtype(stats["means"].dtype)
     M = float64(as_dask(stats["means"]))
     v = float64(as_dask(stats["var_norms"]))
     if K < K_all:
@@ -270,9 +263,11 @@ def class_inputs(stats: xr.Dataset, kept: KeptClasses, *, weights: Any = None,
 
 def computed_float(x: Any) -> float:
     """A lazy scalar computed into a Python float (host side, whatever its backend)."""
-    import dask
-
-    from ncdask.kernels._xp import to_numpy
-
     return float(to_numpy(dask.compute(x)[0]))
+
+
+def pinv_dtype(dtype: Any) -> np.dtype:
+    """The dtype whose eps sets a pseudo-inverse cutoff: a floating input's own, else float64."""
+    given = np.dtype(dtype)
+    return given if np.issubdtype(given, np.floating) else np.dtype(np.float64)
 

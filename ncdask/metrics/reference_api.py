@@ -1,32 +1,18 @@
 """Drop-in functions with the reference package's names and argument order.
 
 Users of the PyTorch ``neural_collapse`` package (rhubarbwu/neural-collapse)
-switch by changing an import: ``from ncdask import covariance_ratio, ...``.
-The functions accept NumPy, CuPy, dask, xarray or PyTorch arrays and compute
-in float64 with ncdask's blocked kernels:
-
-* functions that return one number in the reference return a Python
-  ``float`` here too (they compute; use :func:`ncdask.measure` for lazy
-  results);
-* per-class functions (:func:`similarities`, :func:`distance_norms`,
-  :func:`mean_norms`) return the input's kind: a ``DataArray`` on ``class``
-  for xarray input, a dask array for dask input, a ``torch.Tensor`` for
-  PyTorch input (on the device and in the floating dtype the reference's
-  result has, so ``.var()`` is torch's unbiased variance as in the
-  reference's README), else a NumPy array (``.var()`` is then NumPy's
-  population variance: use ``.var(ddof=1)``);
-* grids (:func:`kernel_grid`, :func:`dist_kernel`, :func:`log_kernel`,
-  :func:`riesz_kernel`, :func:`class_dist_norm_vars`,
-  :func:`interference_grid`) are returned lazily as dask-backed
-  ``DataArray`` objects on ``(class, class_)``, one chunk per tile pair, to
-  be reduced or written to Zarr without ever holding the K×K grid, whatever
-  the input (xarray's ``.var()`` is the population variance, torch's the
-  unbiased one);
-* :func:`clf_ncc_agreement` takes the reference's ``DecAccumulator`` (or
-  any object with its ``ns_samples`` and ``totals``) as well as count arrays.
-
-Rows of ``M`` are taken as given, as in the reference: drop empty classes
-first (:func:`ncdask.measure` does it for you).
+switch by changing an import. Arrays of any kind go in (NumPy, CuPy, dask,
+xarray, PyTorch); the computation is float64 with ncdask's blocked kernels,
+from the metrics' declarations where a function is a ``measure`` variable.
+What comes out: a Python ``float`` where the reference returns one number;
+per-class vectors in the input's kind (a ``DataArray`` on ``class``, a dask
+array, or a ``torch.Tensor`` on the device and in the dtype the reference's
+has, so that ``.var()`` is torch's unbiased variance; for NumPy use
+``.var(ddof=1)``); K×K grids as lazy ``DataArray`` objects on ``(class,
+class_)``, one chunk per tile pair. Rows of ``M`` (class means, K × D) are
+taken as given, as in the reference: drop empty classes first
+(:func:`ncdask.measure` does). ``W`` (K × D) are the classifier weights,
+``m_G`` (D,) or 0 the global mean ``M`` is centred on.
 """
 
 from __future__ import annotations
@@ -42,7 +28,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ncdask.metrics.inputs import as_dask, class_rows, computed_float
+from ncdask.metrics.inputs import as_dask, class_rows, computed_float, pinv_dtype
 from ncdask.metrics.declarations import METRICS, Inputs, evaluate
 from ncdask.graph import closed_forms as CF
 from ncdask.graph.pairwise import pair_grid
@@ -74,10 +60,8 @@ def _is_torch(x: Any) -> bool:
 
 
 def _to_torch(values: Any, device: Any, dtypes: Sequence[Any]) -> Any:
-    """``values`` as a tensor on ``device``, in the promotion of ``dtypes``.
-
-    Integer or bool operands give float64, since the result here is a float.
-    """
+    """``values`` as a tensor on ``device``, in the promotion of ``dtypes`` (float64 at least
+    for integer or bool operands)."""
     import torch
 
     dt = functools.reduce(torch.promote_types, dtypes)
@@ -89,11 +73,9 @@ def _to_torch(values: Any, device: Any, dtypes: Sequence[Any]) -> Any:
 def _like(result: da.Array, *inputs: Array, dtype_of: Sequence[Array] | None = None) -> Array:
     """``result`` in the kind of ``inputs``: xarray, dask, torch, else NumPy (or CuPy).
 
-    For PyTorch input the tensor is where and what the reference's would be:
-    on the device of the first tensor in ``inputs`` (the reference computes
-    on ``W``'s), in torch's promotion of the dtypes of ``dtype_of`` (default
-    ``inputs``); scalars such as ``m_G = 0`` and 0-d tensors take no part,
-    as in torch's own promotion.
+    A tensor goes where the reference's would: on the first input tensor's
+    device, in torch's promotion of the dtypes of ``dtype_of`` (default
+    ``inputs``; scalars and 0-d tensors take no part).
     """
     if any(isinstance(i, (xr.DataArray, xr.Dataset)) for i in inputs):
         return xr.DataArray(result, dims=("class",))
@@ -122,23 +104,15 @@ def covariance_ratio(V_intra: Array, M: Array, m_G: Array = 0, metric: str = "pi
     ----------
     V_intra : array (D, D)
         Within-class covariance Σ_W.
-    M : array (K, D)
-        Class means.
-    m_G : array (D,) or 0
-        Global mean; ``Σ_B = (M − m_G)ᵀ(M − m_G) / K``.
+    M, m_G : array (K, D), array (D,) or 0
+        Class means and global mean.
     metric : {"pinv", "svd", "quotient"}
-        ``tr(Σ_B⁺ Σ_W)/K`` (torch's pinv cutoff ``D ε σ₁``, computed on the
-        smaller of K and D), ``tr(Σ_W U diag(s)⁻¹ Uᵀ)/K`` with the top K−1
-        singular pairs (NaN with a :class:`DegenerateInputWarning` unless
-        K − 1 < D), or ``tr(Σ_W)/tr(Σ_B)``.
+        ``measure``'s ``nc1_pinv``, ``nc1_svd`` (NaN with a
+        :class:`DegenerateInputWarning` unless K − 1 < D) or ``nc1_quot``.
 
     Returns
     -------
     float
-
-    References
-    ----------
-    Papyan et al. (2020); Han et al. (2022); Tirer et al. (2023).
 
     Examples
     --------
@@ -155,42 +129,29 @@ def covariance_ratio(V_intra: Array, M: Array, m_G: Array = 0, metric: str = "pi
     if metric not in names:
         raise ValueError(f"metric must be 'pinv', 'svd' or 'quotient', got {metric!r}")
     if metric == "svd" and not K - 1 < D:
-        warnings.warn(
-            f"nc1_svd is defined only when K-1 < D (K={K}, D={D}); returning NaN",
-            DegenerateInputWarning,
-            stacklevel=2,
-        )
+        warnings.warn(f"nc1_svd is defined only when K-1 < D (K={K}, D={D}); returning NaN",
+                      DegenerateInputWarning, stacklevel=2)
         return math.nan
-    given = np.dtype(as_dask(M).dtype)
-    eps_dtype = given if np.issubdtype(given, np.floating) else np.dtype(np.float64)
-    return computed_float(evaluate(names[metric], M=Mc, Sw=Sw, eps_dtype=eps_dtype))
+    return computed_float(evaluate(names[metric], M=Mc, Sw=Sw,
+                                   eps_dtype=pinv_dtype(as_dask(M).dtype)))
 
 
-def variability_cdnv(
-    V_norms: Array, M: Array, dist_exp: float = 1.0, tile_size: int | None = None
-) -> float:
-    """Mean class-distance normalised variance over pairs ``i < j``.
-
-    ``((v_i + v_j)/2) / ‖μ_i − μ_j‖^{2 p}`` with ``p = dist_exp``, blocked
-    over upper-triangle class tiles (any ``tile_size``, including
-    ``K mod tile_size == 1``).
+def variability_cdnv(V_norms: Array, M: Array, dist_exp: float = 1.0,
+                     tile_size: int | None = None) -> float:
+    """Mean class-distance normalised variance over pairs (``measure``'s ``nc1_cdnv``).
 
     Parameters
     ----------
-    V_norms : array (K,)
-        Variance norms ``v_k``.
-    M : array (K, D)
-        Class means.
+    V_norms, M : array (K,), array (K, D)
+        Variance norms ``v_k`` and class means.
     dist_exp : float, default 1
+        The distance exponent ``p``.
     tile_size : int, optional
+        Classes per tile.
 
     Returns
     -------
     float
-
-    References
-    ----------
-    Galanti, György & Hutter (2022), arXiv:2112.15121.
     """
     A, T = class_rows(M, tile_size)
     v = as_dask(V_norms).astype(np.float64).reshape(-1)
@@ -203,55 +164,24 @@ def variability_cdnv(
 
 
 def dist_kernel(data: Array, tile_size: int | None = None) -> xr.DataArray:
-    """Lazy grid of ``‖x_i − x_j‖`` over the rows of ``data``.
-
-    Returns
-    -------
-    xarray.DataArray (class, class_)
-        Dask-backed, one chunk per tile pair.
-    """
+    """Lazy grid of ``‖x_i − x_j‖`` over the rows of ``data``."""
     A, T = class_rows(data, tile_size)
     return _grid(pair_grid(A, kind="dist", tile_size=T))
 
 
 def log_kernel(data: Array, exponent: float = -1, tile_size: int | None = None) -> xr.DataArray:
-    """Lazy grid of ``log(‖x_i − x_j‖^exponent)`` (``+inf`` on the diagonal for exponent < 0).
-
-    References
-    ----------
-    Liu et al. (2023), arXiv:2303.06484.
-    """
+    """Lazy grid of ``log(‖x_i − x_j‖^exponent)`` (``+inf`` on the diagonal if exponent < 0)."""
     A, T = class_rows(data, tile_size)
     return _grid(pair_grid(A, kind="log", tile_size=T, exponent=exponent))
 
 
-def riesz_kernel(
-    data: Array,
-    tile_size: int | None = None,
-    *,
-    s: float | None = None,
-    log: bool = False,
-) -> xr.DataArray:
-    """Lazy grid of ``sign(S) ‖x_i − x_j‖^{−S}`` (``S = D − 2`` by default).
+def riesz_kernel(data: Array, tile_size: int | None = None, *, s: float | None = None,
+                 log: bool = False) -> xr.DataArray:
+    """Lazy grid of ``sign(S) ‖x_i − x_j‖^{−S}`` (``S = s``, default ``D − 2``).
 
-    The values are evaluated in the log domain, ``exp(−S log ‖x_i − x_j‖)``;
-    with ``S = D − 2`` they under- or overflow float64 for D in the hundreds
-    to thousands, which issues a :class:`ncdask.RieszRangeWarning` when the
-    grid is computed. ``log=True`` returns the log-magnitudes
-    ``−S log ‖x_i − x_j‖`` instead, finite off the diagonal for any ``S``.
-
-    Parameters
-    ----------
-    data : array (K, D)
-    tile_size : int, optional
-    s : float, optional
-        The exponent ``S``; default ``D − 2``.
-    log : bool
-        Return ``log |kernel|`` rather than the kernel.
-
-    References
-    ----------
-    Liu et al. (2023), arXiv:2303.06484.
+    Evaluated in the log domain; where values under- or overflow float64,
+    computing warns :class:`ncdask.RieszRangeWarning`. ``log=True`` gives
+    the log-magnitudes ``−S log ‖x_i − x_j‖``, finite off the diagonal.
     """
     A, T = class_rows(data, tile_size)
     S = float(A.shape[1] - 2 if s is None else s)
@@ -264,56 +194,21 @@ def riesz_kernel(
 _STAT_OF: dict[Callable, str] = {dist_kernel: "dist", log_kernel: "log", riesz_kernel: "riesz"}
 
 
-def kernel_grid(
-    M: Array, m_G: Array = 0, kernel: Callable = dist_kernel, tile_size: int | None = None
-) -> Any:
-    """Lazy grid of ``kernel`` on the normalised centred means ``u_k = m̃_k/(‖m̃_k‖ + ε)``.
-
-    Parameters
-    ----------
-    M : array (K, D)
-    m_G : array (D,) or 0
-    kernel : callable
-        :func:`dist_kernel`, :func:`log_kernel`, :func:`riesz_kernel` or any
-        ``kernel(data, tile_size=...)``.
-    tile_size : int, optional
-
-    Returns
-    -------
-    xarray.DataArray (class, class_)
-        For ncdask's kernels: dask-backed, never computed here.
-    """
+def kernel_grid(M: Array, m_G: Array = 0, kernel: Callable = dist_kernel,
+                tile_size: int | None = None) -> Any:
+    """Lazy grid of ``kernel(data, tile_size=...)`` on ``u_k = m̃_k/(‖m̃_k‖ + ε)``."""
     Mc, T = _centred(M, m_G, tile_size)
     return kernel(CF.normalized(Mc), tile_size=T)
 
 
-def kernel_stats(
-    M: Array,
-    m_G: Array = 0,
-    kernel: Callable = dist_kernel,
-    tile_size: int | None = None,
-    *,
-    riesz_s: float | None = None,
-) -> tuple[float, float]:
-    """Mean and (population) variance of a kernel over the pairs ``i < j``.
+def kernel_stats(M: Array, m_G: Array = 0, kernel: Callable = dist_kernel,
+                 tile_size: int | None = None, *, riesz_s: float | None = None
+                 ) -> tuple[float, float]:
+    """Mean and population variance of a kernel over pairs ``i < j`` of ``u_k`` (``nc2g_*``).
 
-    The kernel runs on ``u_k = m̃_k / (‖m̃_k‖ + ε)``. For ncdask's three
-    kernels this is one fused pass over upper-triangle tiles (the Riesz kernel
-    in the log domain); another callable gets its grid built and reduced
-    lazily.
-
-    ``riesz_s`` sets the Riesz exponent ``S`` (default ``D − 2``); where the
-    mean or variance of that kernel over- or underflows float64, a
-    :class:`ncdask.RieszRangeWarning` is issued (:func:`ncdask.measure`
-    reports their logs as ``nc2g_riesz_log_mean`` / ``_log_var``).
-
-    Returns
-    -------
-    (float, float)
-
-    References
-    ----------
-    Liu et al. (2023), arXiv:2303.06484.
+    ncdask's three kernels run as one fused pass over upper-triangle tiles
+    (``riesz_s``: the Riesz exponent, default ``D − 2``); another callable
+    gets its grid built and reduced lazily.
 
     Examples
     --------
@@ -342,15 +237,9 @@ def kernel_stats(
     return float(to_numpy(m)), float(to_numpy(v))
 
 
-def class_dist_norm_vars(
-    V_norms: Array, M: Array, dist_exp: float = 1.0, tile_size: int | None = None
-) -> xr.DataArray:
-    """Lazy K×K grid of class-distance normalised variances (``+inf`` on the diagonal).
-
-    References
-    ----------
-    Galanti, György & Hutter (2022), arXiv:2112.15121.
-    """
+def class_dist_norm_vars(V_norms: Array, M: Array, dist_exp: float = 1.0,
+                         tile_size: int | None = None) -> xr.DataArray:
+    """Lazy K×K grid of class-distance normalised variances (``+inf`` on the diagonal)."""
     A, T = class_rows(M, tile_size)
     v = as_dask(V_norms).astype(np.float64).reshape(-1)
     return _grid(pair_grid(A, kind="cdnv", v=v, tile_size=T, dist_exp=dist_exp))
@@ -366,25 +255,7 @@ def interference_grid(M: Array, m_G: Array = 0, tile_size: int | None = None) ->
 
 
 def structure_error(A: Array, B: Array) -> float:
-    """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` with ``G = B Aᵀ``, in closed form.
-
-    The reference's building block: :func:`simplex_etf_error` is
-    ``structure_error(M̃, M̃)`` and :func:`self_duality_error`
-    ``structure_error(M̃, W)``.
-
-    Parameters
-    ----------
-    A, B : array (K, D)
-        Rows taken as given (no centring).
-
-    Returns
-    -------
-    float
-
-    References
-    ----------
-    Kothapalli (2023), arXiv:2206.04041.
-    """
+    """``nc2_etf_err``'s distance from a simplex ETF with ``G = B Aᵀ`` (rows as given)."""
     Ad, _ = class_rows(A, name="A")
     Bd = as_dask(B).astype(np.float64)
     if Bd.shape != Ad.shape:
@@ -393,56 +264,33 @@ def structure_error(A: Array, B: Array) -> float:
 
 
 def simplex_etf_error(M: Array, m_G: Array = 0) -> float:
-    """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` with ``G = M̃M̃ᵀ``, in closed form.
-
-    References
-    ----------
-    Kothapalli (2023), arXiv:2206.04041.
-    """
+    """``measure``'s ``nc2_etf_err``: the simplex ETF error of ``G = M̃M̃ᵀ``."""
     Mc, _ = _centred(M, m_G)
     return computed_float(evaluate("nc2_etf_err", M=Mc))
 
 
 def self_duality_error(W: Array, M: Array, m_G: Array = 0) -> float:
-    """:func:`simplex_etf_error` of ``G = W M̃ᵀ``, in closed form.
-
-    References
-    ----------
-    Kothapalli (2023), arXiv:2206.04041.
-    """
+    """``measure``'s ``nc3_dual_err``: :func:`simplex_etf_error` of ``G = W M̃ᵀ``."""
     Mc, _ = _centred(M, m_G)
     Wd = as_dask(W).astype(np.float64).rechunk(Mc.chunks)
     return computed_float(evaluate("nc3_dual_err", M=Mc, W=Wd))
 
 
 def similarities(W: Array, M: Array, m_G: Array = 0, cos: bool = False) -> Array:
-    """Per-class ``w_k · m̃_k``, or its cosine (each norm clamped at 1e-8, as torch does).
+    """Per-class ``w_k · m̃_k``, or its cosine (``similarities``, ``similarities_cos``).
 
     Parameters
     ----------
-    W : array (K, D)
-        Classifier weights.
-    M : array (K, D)
-        Class means.
-    m_G : array (D,) or 0
-        Global mean.
+    W, M, m_G : array (K, D) or (D,), array (K, D), array (D,) or 0
+        Classifier weights (one row serves every class, as torch broadcasts),
+        class means, global mean.
     cos : bool, default False
         Cosine similarity instead of the dot product.
 
     Returns
     -------
     array (K,)
-        The input's kind (see the module notes). For PyTorch input a tensor
-        on ``W``'s device, in ``W``'s dtype for ``cos`` and in the promotion
-        of the inputs' dtypes otherwise, as the reference's: the reference
-        README's UNC3, ``similarities(W, M, m_G).var().item()``, is then
-        torch's unbiased variance here too (``measure``'s ``nc3u_uni_dual``).
-        For NumPy input a NumPy array, whose ``.var()`` is the population
-        variance: use ``.var(ddof=1)``.
-
-    References
-    ----------
-    Wu & Papyan (2024), arXiv:2405.17767.
+        The input's kind (a tensor in ``W``'s dtype for ``cos``).
     """
     Mc, _ = _centred(M, m_G)
     Wd = as_dask(W).astype(np.float64)
@@ -457,24 +305,19 @@ def similarities(W: Array, M: Array, m_G: Array = 0, cos: bool = False) -> Array
 
 
 def distance_norms(W: Array, M: Array, m_G: Array = 0, norm: bool = True) -> Array:
-    """Per-class ``‖w_k − m̃_k‖``, after normalising both by ``‖·‖ + ε`` if ``norm``.
+    """Per-class ``‖w_k − m̃_k‖``, normalised first if ``norm`` (``distance_norms``).
 
     Parameters
     ----------
-    W : array (K, D)
-        Classifier weights.
-    M : array (K, D)
-        Class means.
-    m_G : array (D,) or 0
-        Global mean.
+    W, M, m_G : array (K, D), array (K, D), array (D,) or 0
+        Classifier weights, class means, global mean.
     norm : bool, default True
-        Normalise ``w_k`` and ``m̃_k`` first.
+        Normalise ``w_k`` and ``m̃_k`` by ``‖·‖ + ε`` first.
 
     Returns
     -------
     array (K,)
-        The input's kind; for PyTorch input a tensor on ``W``'s device in the
-        promotion of the inputs' dtypes, as the reference's.
+        The input's kind.
     """
     Mc, _ = _centred(M, m_G)
     Wd = as_dask(W).astype(np.float64)
@@ -486,23 +329,19 @@ def distance_norms(W: Array, M: Array, m_G: Array = 0, norm: bool = True) -> Arr
 
 
 def mean_norms(M: Array, m_G: Array = 0, post_funcs: Sequence[Callable] = ()) -> Array:
-    """Per-class ``‖m̃_k‖``, then each of ``post_funcs`` applied in turn.
+    """Per-class ``‖m̃_k‖`` (``mean_norms``), then each of ``post_funcs`` in turn.
 
     Parameters
     ----------
-    M : array (K, D)
-        Class means.
-    m_G : array (D,) or 0
-        Global mean.
+    M, m_G : array (K, D), array (D,) or 0
+        Class means and global mean.
     post_funcs : sequence of callables
-        Applied to the norms in the output's kind (tensor → tensor for
-        PyTorch input, as in the reference).
+        Applied to the norms in the output's kind.
 
     Returns
     -------
     array (K,)
-        The input's kind; for PyTorch input a tensor on ``M``'s device in the
-        promotion of the dtypes of ``M`` and ``m_G``, as the reference's.
+        The input's kind.
     """
     Mc, _ = _centred(M, m_G)
     out = _like(evaluate("mean_norms", M=Mc), M, m_G)
@@ -521,8 +360,7 @@ def _host(a: Array) -> np.ndarray:
     return np.asarray(to_numpy(a), dtype=np.float64)
 
 
-def _is_accumulator(x: Any) -> bool:
-    """Whether ``x`` looks like the reference's ``DecAccumulator`` (duck-typed)."""
+def _is_accumulator(x: Any) -> bool:  # the reference's DecAccumulator, duck-typed
     return hasattr(x, "ns_samples") and hasattr(x, "totals")
 
 
@@ -537,55 +375,35 @@ def clf_ncc_agreement(
 ) -> float | None:
     """Agreement rate of the linear and nearest-class-centre classifiers.
 
-    Two call forms, both computed in float64:
-
-    * the reference's, ``clf_ncc_agreement(accum, indices=None,
-      weighted=True)``: ``accum`` is its ``DecAccumulator``, or any object
-      with the same ``ns_samples`` (samples per class) and ``totals``
-      (agreements per class) attributes;
-    * the earlier reference's, ``clf_ncc_agreement(Ns, hits=None,
-      misses=None, weighted=True)``, on count arrays.
-
-    Either way, as ``DecAccumulator.compute`` does: the per-class rate of a
-    class without samples is 0 (its ε-guarded ``0 / (0 + ε)``) and counts in
-    the unweighted mean, and no samples at all give 0.0.
+    Two call forms, as the reference's ``DecAccumulator.compute`` counts (a
+    class without samples has rate 0 and counts in the unweighted mean; no
+    samples at all give 0.0): ``clf_ncc_agreement(accum, indices=None,
+    weighted=True)`` with its ``DecAccumulator`` (or any object with
+    ``ns_samples`` and ``totals`` per class), and the earlier
+    ``clf_ncc_agreement(Ns, hits=None, misses=None, weighted=True)`` on
+    count arrays. ``measure``'s ``nc4_agree`` gives the same number from the
+    statistics and a test split (pass no ``bias`` for ``DecAccumulator``'s
+    ``argmax_k w_k · x``).
 
     Parameters
     ----------
     accum : DecAccumulator-like or array (K,)
-        The accumulator, or the samples per class ``Ns`` (which may also be
-        passed as ``Ns=``).
+        The accumulator, or the samples per class ``Ns``.
     *args
-        With an accumulator: ``indices``, ``weighted`` (the reference's
-        order). With arrays: ``hits``, ``misses``, ``weighted``.
-    indices : sequence of int or array, optional
-        Classes to include (integer indices or a boolean mask); default all.
+        With an accumulator: ``indices``, ``weighted``; with arrays:
+        ``hits``, ``misses``, ``weighted``.
+    indices : sequence of int, boolean mask or array, optional
+        Classes to include; default all.
     weighted : bool, default True
-        ``Σ hits / Σ Ns``; else the mean of the per-class rates (None: True).
+        ``Σ hits / Σ Ns``; else the mean of the per-class rates.
     Ns, hits, misses : array (K,), optional
-        Samples, agreements and disagreements per class (array form only;
-        ``hits`` or ``misses`` is needed).
+        Samples, agreements and disagreements per class (array form only).
 
     Returns
     -------
     float or None
-        None, in the array form, when neither ``hits`` nor ``misses`` matches
-        ``Ns`` in shape (as the earlier reference).
-
-    Raises
-    ------
-    TypeError
-        On arguments of the other form, or too many positional ones.
-    ValueError
-        When an accumulator's ``totals`` are not per class, like its
-        ``ns_samples`` (e.g. a ``MeanAccumulator``).
-
-    Notes
-    -----
-    :func:`ncdask.measure`'s ``nc4_agree`` gives the same number from the
-    class statistics and a test split, where the linear decision is
-    ``argmax_k(w_k · x + b_k)``: pass no ``bias`` for the reference's
-    ``DecAccumulator``, whose decision is ``argmax_k w_k · x``.
+        None, in the array form, when neither ``hits`` nor ``misses`` has
+        the shape of ``Ns``.
 
     Examples
     --------
@@ -602,52 +420,40 @@ def clf_ncc_agreement(
         accum, Ns = Ns, None
     if accum is None:
         raise TypeError("clf_ncc_agreement needs an accumulator or the counts Ns")
-    if _is_accumulator(accum):
-        if Ns is not None or hits is not None or misses is not None:
-            raise TypeError("Ns, hits and misses are for the array form, not with an accumulator")
-        if len(args) > 2:
-            raise TypeError(
-                f"with an accumulator: (accum, indices, weighted), got {len(args)} more"
-            )
-        pos = dict(zip(("indices", "weighted"), args, strict=False))
-        for name, value in (("indices", indices), ("weighted", weighted)):
-            if value is not None and name in pos:
-                raise TypeError(f"clf_ncc_agreement got {name} twice")
+    acc = _is_accumulator(accum)
+    if acc and (Ns is not None or hits is not None or misses is not None):
+        raise TypeError("Ns, hits and misses are for the array form, not with an accumulator")
+    if Ns is not None:
+        raise TypeError("Ns given twice")
+    names = ("indices", "weighted") if acc else ("hits", "misses", "weighted")
+    if len(args) > len(names):
+        form = "with an accumulator: (accum, " if acc else "array form: (Ns, "
+        raise TypeError(f"{form}{', '.join(names)}), got {len(args)} more")
+    given = {"indices": indices, "weighted": weighted, "hits": hits, "misses": misses}
+    for name, value in zip(names, args, strict=False):
+        if given[name] is not None:
+            raise TypeError(f"clf_ncc_agreement got {name} twice")
+        given[name] = value
+    if acc:
         n, h = _host(accum.ns_samples).reshape(-1), _host(accum.totals)
         if h.shape != n.shape:
-            raise ValueError(
-                f"the accumulator's totals have shape {h.shape}, expected per-class counts "
-                f"{n.shape} (a DecAccumulator)"
-            )
-        indices = pos.get("indices", indices)
-        weighted = pos.get("weighted", weighted)
+            raise ValueError(f"the accumulator's totals have shape {h.shape}, expected "
+                             f"per-class counts {n.shape} (a DecAccumulator)")
     else:
-        if Ns is not None:
-            raise TypeError("Ns given twice")
-        if len(args) > 3:
-            raise TypeError(f"array form: (Ns, hits, misses, weighted), got {len(args)} more")
-        pos = dict(zip(("hits", "misses", "weighted"), args, strict=False))
-        for name, value in (("hits", hits), ("misses", misses), ("weighted", weighted)):
-            if value is not None and name in pos:
-                raise TypeError(f"clf_ncc_agreement got {name} twice")
-        hits, misses = pos.get("hits", hits), pos.get("misses", misses)
-        weighted = pos.get("weighted", weighted)
         n = _host(accum)
-        if hits is None and misses is not None:
-            m = _host(misses)
-            if m.shape == n.shape:
-                hits = n - m
-        if hits is None:
+        h = None if given["hits"] is None else _host(given["hits"])
+        if h is None and given["misses"] is not None:
+            m = _host(given["misses"])
+            h = n - m if m.shape == n.shape else None
+        if h is None or h.shape != n.shape:
             return None
-        h = _host(hits)
-        if h.shape != n.shape:
-            return None
-    if indices is not None:
-        sel = np.asarray(to_numpy(indices) if _is_torch(indices) else indices)
+    if given["indices"] is not None:
+        sel = given["indices"]
+        sel = np.asarray(to_numpy(sel) if _is_torch(sel) else sel)
         if sel.dtype != bool:  # integer indices; a 0-d one (one class) and [] too
             sel = sel.reshape(-1).astype(np.intp)
         n, h = n[sel], h[sel]
-    if weighted is None or weighted:
+    if given["weighted"] is None or given["weighted"]:
         total = n.sum()
         return float(h.sum() / total) if total > 0 else 0.0
     if n.size == 0:
@@ -657,12 +463,7 @@ def clf_ncc_agreement(
 
 
 def orthogonality_deviation(M: Array, m_G_ood: Array = 0) -> float:
-    """``(1/K) Σ_k |cos(μ_k, μ_G^ood)|`` with uncentred class means.
-
-    References
-    ----------
-    Ammar et al. (2024), arXiv:2310.06823.
-    """
+    """``measure``'s ``nc5_ood_dev`` of the class means and the OOD global mean."""
     A, _ = class_rows(M)
     g = _vec(m_G_ood, A.shape[1])
     if isinstance(g, float):
@@ -672,21 +473,8 @@ def orthogonality_deviation(M: Array, m_G_ood: Array = 0) -> float:
 
 
 __all__ = [
-    "covariance_ratio",
-    "variability_cdnv",
-    "kernel_stats",
-    "kernel_grid",
-    "dist_kernel",
-    "log_kernel",
-    "riesz_kernel",
-    "class_dist_norm_vars",
-    "interference_grid",
-    "simplex_etf_error",
-    "self_duality_error",
-    "structure_error",
-    "similarities",
-    "distance_norms",
-    "mean_norms",
-    "clf_ncc_agreement",
-    "orthogonality_deviation",
+    "covariance_ratio", "variability_cdnv", "kernel_stats", "kernel_grid", "dist_kernel",
+    "log_kernel", "riesz_kernel", "class_dist_norm_vars", "interference_grid",
+    "simplex_etf_error", "self_duality_error", "structure_error", "similarities",
+    "distance_norms", "mean_norms", "clf_ncc_agreement", "orthogonality_deviation",
 ]

@@ -364,11 +364,6 @@ class Core:
             forget_listings(sg)
 
 
-def set_keys(core: Core) -> list[SetKey]:
-    """The keys of the store's sets, in :meth:`ncdask.EmbeddingStore.sets` order."""
-    return [SetKey.from_tags(t) for t in core.sets()]
-
-
 def committed_parts(core: Core, split: str, key: SetKey) -> list[tuple[zarr.Group, int]]:
     """The parts of a split holding committed rows, ``[(group, rows), ...]``, in read order
     (parts only grow, so their paths and rows tell what a result covers)."""
