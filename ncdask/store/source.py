@@ -20,8 +20,8 @@ class SplitSource(Protocol):
     """Embedding sets (tagged ``layer=`` / ``epoch=``) of splits, written and read.
 
     :func:`ncdask.capture` writes to one (``writer``, ``set_classifier``,
-    ``dim_of``, ``splits``, ``n_rows``); :func:`ncdask.sweep` and the
-    statistics read one (``sets``, ``splits``, ``split``, ``classifier``).
+    ``dim_of``, ``splits`` and a split's rows, ``n_rows``); :func:`ncdask.sweep`
+    and the statistics read one (``sets``, ``splits``, ``split``, ``classifier``).
     :class:`ncdask.EmbeddingStore` (Zarr, any fsspec URL) and
     :class:`ncdask.StatsSink` (streamed statistics, no embeddings) implement
     it; a new backend (in memory, icechunk, ...) goes here. Tags are passed
