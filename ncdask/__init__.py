@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ expo
     from ncdask.neco import nci_scores, neco_fit, neco_scores, ood_report, total_covariance
     from ncdask.results import open_results, save_results
     from ncdask.stats import EmptyClassWarning, class_stats, load_stats, merge_stats, save_stats
-    from ncdask.store.embedding import (
+    from ncdask.store import (
         DamagedStoreError,
         DuplicateImportError,
         EmbeddingStore,

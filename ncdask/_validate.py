@@ -17,44 +17,22 @@ class NcdaskStoreError(ValueError):
 
 
 def check_name(kind: str, name: Any) -> str:
-    """Split and layer names: non-empty, no '/', no '=' (they become group paths).
-
-    Names starting with '.' are kept for ncdask's own staging groups.
-    """
+    """Split and layer names become group paths: no '/', no '=', no leading '.' (ncdask's)."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(
             f"{kind} name must be a non-empty string of letters, digits, '_', '.' or '-', "
-            f"not starting with '.', got {name!r}"
-        )
+            f"not starting with '.', got {name!r}")
     return name
 
 
-def batch_to_numpy(
-    X: Any,
-    y: Any | None,
-    *,
-    dim: int | None,
-    n_classes: int,
-    dtype: np.dtype,
-    allow_nonfinite: bool = False,
-    ignore_index: int | None = None,
-    where: str | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+def batch_to_numpy(X: Any, y: Any | None, *, dim: int | None, n_classes: int, dtype: np.dtype,
+                   allow_nonfinite: bool = False, ignore_index: int | None = None,
+                   where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Validate one batch and return it as host NumPy arrays (X in the store's dtype).
 
-    ``dim`` is the width of the embedding set written to; None accepts any
-    width (the first write to a new set, which then records it). ``where``
-    names that set in the error messages (None: the default set).
-
-    Labels equal to ``ignore_index`` (PyTorch's ``-100`` padding, say) are
-    accepted and kept as they are; every other label must lie in ``[0, K)``.
-
-    Raises
-    ------
-    ValueError
-        Wrong ndim or dim, length mismatch, labels out of ``[0, K)``, NaN or inf.
-    TypeError
-        Labels that are not integers (floats holding integers are accepted).
+    ``dim`` is the width of the set written to (None: any, for a new set's
+    first write), ``where`` names that set in messages. A bad shape, label
+    or value is a ValueError, non-integer labels a TypeError.
     """
     X = to_numpy(X)
     y = None if y is None else to_numpy(y)
@@ -64,8 +42,7 @@ def batch_to_numpy(
         raise ValueError(
             f"embeddings have dim {X.shape[1]}, the store expects dim {dim}"
             + (f" in set {where} (its width, recorded when the set was first written)"
-               if where else "")
-        )
+               if where else ""))
     if X.shape[1] < 1:
         raise ValueError(f"embeddings must have at least one feature, got shape {X.shape}")
     if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
@@ -75,39 +52,38 @@ def batch_to_numpy(
     if y.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {y.shape}")
     if y.shape[0] != X.shape[0]:
-        raise ValueError(
-            f"embeddings have {X.shape[0]} rows but labels have {y.shape[0]} entries"
-        )
-    if np.issubdtype(y.dtype, np.floating):
-        if y.size and not np.all(np.isfinite(y) & (y == np.round(y))):
-            raise TypeError(
-                "labels must be integers; got floats with fractional or non-finite values"
-            )
-        y = y.astype(np.int64)
-    elif not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
-        raise TypeError(f"labels must be integers, got dtype {y.dtype}")
-    if y.size:
-        lo, hi = int(y.min()), int(y.max())
-        if lo < 0 or hi >= n_classes:
-            bad_mask = (y < 0) | (y >= n_classes)
-            if ignore_index is not None:
-                bad_mask &= y != ignore_index
-            if bad_mask.any():
-                bad = int(y[np.argmax(bad_mask)])
-                hint = (
-                    f"; only ignore_index={ignore_index} may lie outside"
-                    if ignore_index is not None
-                    else "; create the store with ignore_index= to keep padding labels"
-                )
-                hint += (
-                    "; data without classes of this model (OOD) is stored unlabelled: "
-                    "pass no labels (y=None; `ncdask import --no-labels`)"
-                )
-                raise ValueError(
-                    f"label {bad} is outside [0, {n_classes}) (n_classes={n_classes}){hint}"
-                )
+        raise ValueError(f"embeddings have {X.shape[0]} rows but labels have {y.shape[0]} entries")
+    y = check_labels(y, n_classes, ignore_index)
     Xs = _embeddings(X, dtype, allow_nonfinite)
     return Xs, y.astype(np.int32 if n_classes < 2**31 else np.int64, copy=False)
+
+
+def check_labels(y: np.ndarray, n_classes: int | None, ignore_index: int | None,
+                 where: str = "") -> np.ndarray:
+    """``y`` as integer labels, each in ``[0, n_classes)`` or ``ignore_index``.
+
+    ``where`` prefixes the messages; ``n_classes=None`` checks only ``>= 0``.
+    """
+    if np.issubdtype(y.dtype, np.floating):
+        if y.size and not np.all(np.isfinite(y) & (y == np.round(y))):
+            raise TypeError(f"{where}labels must be integers; got floats with fractional or "
+                            "non-finite values")
+        y = y.astype(np.int64)
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"{where}labels must be integers, got dtype {y.dtype}")
+    bad = y < 0 if n_classes is None else (y < 0) | (y >= n_classes)
+    if ignore_index is not None:
+        bad &= y != ignore_index
+    if bad.any():
+        K = "K" if n_classes is None else n_classes
+        hint = (f"; only ignore_index={ignore_index} may lie outside" if ignore_index is not None
+                else "; create the store with ignore_index= (--ignore-index) to keep padding "
+                "labels")
+        raise ValueError(
+            f"{where}label {int(y[np.argmax(bad)])} is outside [0, {K}) (n_classes={K}){hint}; "
+            "data without classes of this model (OOD) is stored unlabelled: pass no labels "
+            "(y=None; `ncdask import --no-labels`)")
+    return y
 
 
 def _embeddings(X: np.ndarray, dtype: np.dtype, allow_nonfinite: bool) -> np.ndarray:
@@ -119,8 +95,7 @@ def _embeddings(X: np.ndarray, dtype: np.dtype, allow_nonfinite: bool) -> np.nda
         raise ValueError(
             f"embeddings contain NaN or inf in {rows.size} row(s) (first: row {rows[0]}"
             f"{', after casting to ' + str(dtype) if Xs.dtype != X.dtype else ''}); "
-            "pass allow_nonfinite=True to store them anyway"
-        )
+            "pass allow_nonfinite=True to store them anyway")
     return Xs
 
 
@@ -134,8 +109,7 @@ def check_ignore_index(ignore_index: Any, n_classes: int) -> int | None:
     if 0 <= ii < n_classes:
         raise ValueError(
             f"ignore_index={ii} is a class index (n_classes={n_classes}); it must lie "
-            "outside [0, K), e.g. -100"
-        )
+            "outside [0, K), e.g. -100")
     if not -(2**31) <= ii < 2**31:
         raise ValueError(f"ignore_index={ii} does not fit the int32 labels")
     return ii

@@ -444,7 +444,7 @@ def _load_matrix(path: str, what: str) -> Any:
 
 def _cmd_import(args: argparse.Namespace) -> int:
     from ncdask.store.files import inspect_saved
-    from ncdask.store.embedding import DuplicateImportError, EmbeddingStore
+    from ncdask.store import DuplicateImportError, EmbeddingStore
 
     labels = not args.no_labels
     pairs = list(_pairs(args.files, labels))

@@ -95,6 +95,11 @@ class StatsSink:
             n = 0 if a.flush()._acc is None else int(to_numpy(a._acc["counts"]).sum())
         return xr.Dataset(coords={"sample": np.arange(n)})
 
+    def n_rows(self, split: str, *, layer: str | None = None, epoch: int | None = None) -> int:
+        if split not in self.splits(layer=layer, epoch=epoch):
+            raise KeyError(f"no split {split!r} of layer={layer}, epoch={epoch}")
+        return int(self.split(split, layer=layer, epoch=epoch).sizes["sample"])
+
     def writer(self, split: str, *, layer: str | None = None, epoch: int | None = None,
                allow_nonfinite: bool = False, dim: int | None = None,
                labelled: bool = True) -> _SinkWriter:

@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ncdask.store.setkey import SetKey
+from ncdask.store.setkey import SET_TAGS, SetKey
 from ncdask.metrics.api import measure
 from ncdask.stats import class_stats
-from ncdask.stats.cache import MemoKey, committed_parts
-from ncdask.store.embedding import SET_TAGS, EmbeddingStore
+from ncdask.stats.cache import MemoKey
+from ncdask.store.core import committed_parts, current_classifier
+from ncdask.store.embedding import EmbeddingStore
 
 _RESERVED = ("weights", "bias", "dim", "labels", "train")
 
@@ -276,13 +277,10 @@ SWEEP_ATTR = "ncdask_sweep"
 def _signature(st: EmbeddingStore, key: SetKey, splits: list[str], use_classifier: bool,
                options: dict[str, Any]) -> MemoKey:
     """What a set's results depend on: the options, its classifier and its splits' parts."""
-    from ncdask.store.layout import _classifier_name
-
     opts = {**options, "store": st.url}
     if use_classifier:
-        sg = st._set_group(key, create=False)
-        opts["classifier"] = None if sg is None else _classifier_name(sg)
-    return MemoKey.of(opts, {n: committed_parts(st, n, key) for n in splits})
+        opts["classifier"] = current_classifier(st.core, key)
+    return MemoKey.of(opts, {n: committed_parts(st.core, n, key) for n in splits})
 
 
 def _incremental(

@@ -5,23 +5,23 @@ import pytest
 from dense import assert_stats_equal, class_data
 
 import ncdask
-from ncdask.store import layout as S
+from ncdask.store import core as S
 
 K, D = 5, 8
 
 
 @pytest.fixture
 def reads(monkeypatch):
-    """Counts the embedding chunks read (every store read goes through _NamedChunks)."""
+    """Counts the embedding chunks read (every store read goes through NamedChunks)."""
     n = {"embeddings": 0}
-    orig = S._NamedChunks.__getitem__
+    orig = S.NamedChunks.__getitem__
 
     def counted(self, key):
         if self.a.path.endswith("embeddings"):
             n["embeddings"] += 1
         return orig(self, key)
 
-    monkeypatch.setattr(S._NamedChunks, "__getitem__", counted)
+    monkeypatch.setattr(S.NamedChunks, "__getitem__", counted)
     return n
 
 

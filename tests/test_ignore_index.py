@@ -32,7 +32,7 @@ def test_store_ignore_index_round_trip(mem_url):
     assert ds.attrs["ignore_index"] == -100
     assert ds.attrs["class_counts"].tolist() == [2, 2, 3]
     assert ds.labels.values.tolist() == y.tolist()
-    assert back._group["train"].attrs["ncdask_split"]["n_ignored"] == 3
+    assert back.core.group["train"].attrs["ncdask_split"]["n_ignored"] == 3
 
 
 def test_store_rejects_ignore_index_inside_classes_and_default_rejects_padding(mem_url):

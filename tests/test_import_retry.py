@@ -73,7 +73,7 @@ def test_a_failed_import_changes_nothing(tmp_path, mem_url):
         s.import_files("more", str(tmp_path / "wide.npy"), ya)
     assert s.splits() == ["train"]
     # nothing staged is left over in the store either
-    assert not [p for p in s._group if str(p).startswith(".")]
+    assert not [p for p in s.core.group if str(p).startswith(".")]
 
 
 def test_delete_split(tmp_path, mem_url):

@@ -79,11 +79,10 @@ def test_store_paths_are_the_keys_paths(tmp_path):
     for tags in ({}, {"layer": "fc"}, {"epoch": 2}, {"layer": "fc", "epoch": 7}):
         s.append("train", X, y, **tags)
         k = SetKey.from_tags(tags)
-        assert s._set_group(k, create=False).path == k.path
+        assert s.core.set_group(k).path == k.path
         assert s.split("train", **tags).attrs.get("layer") == k.layer
     assert [SetKey.from_tags(t) for t in s.sets()] == sorted(
         [SetKey(), SetKey("fc"), SetKey(epoch=2), SetKey("fc", 7)])
-    assert s._set_keys() == [SetKey.from_tags(t) for t in s.sets()]
 
 
 def test_pickles():

@@ -28,11 +28,11 @@ import zarr
 
 from ncdask.stats import core
 from ncdask.store.embedding import EmbeddingStore
-from ncdask.store.layout import _read
-from ncdask.store.record import _record, _snapshot
+from ncdask.store.core import committed_parts, read_array
+from ncdask.store.record import record
 from ncdask.store.setkey import SetKey
 from ncdask.store.staging import is_staging, owner_tag
-from ncdask.store.zarrio import IncompleteOutputError, _complete
+from ncdask.store.zarrio import IncompleteOutputError, is_complete
 
 #: Folder of a split's cached statistics.
 CACHE_DIR = ".ncdask-stats"
@@ -46,11 +46,6 @@ def _canonical(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples become lists, others their repr)."""
     return json.loads(json.dumps(value, sort_keys=True, default=repr))
 
-
-def committed_parts(store: EmbeddingStore, split: str, key: SetKey) -> list[tuple[Any, int]]:
-    """A split's committed parts with rows, ``[(group, rows), ...]``."""
-    g = store._split_group(split, key, create=False)
-    return [(p, k) for p, k in _snapshot(g)[0] if k > 0]
 
 
 @dataclass(frozen=True)
@@ -100,7 +95,7 @@ def _entries(store: EmbeddingStore, g: Any, key: MemoKey) -> list[tuple[str, Mem
     """``[(url, memo key, cache attrs), ...]`` of the complete entries of split ``g`` with
     ``key``'s options."""
     folder = _folder(store, g)
-    fs, path = fsspec.core.url_to_fs(folder, **(store._storage_options or {}))
+    fs, path = fsspec.core.url_to_fs(folder, **(store.core.storage_options or {}))
     fs.invalidate_cache()
     try:
         names = [str(n).rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)]
@@ -112,7 +107,7 @@ def _entries(store: EmbeddingStore, g: Any, key: MemoKey) -> list[tuple[str, Mem
             continue
         p = f"{path.rstrip('/')}/{name}"
         try:
-            if not _complete(fs, p):
+            if not is_complete(fs, p):
                 continue
             meta = json.loads(fs.cat_file(f"{p}/zarr.json"))["attributes"].get(CACHE_ATTR)
         except (OSError, ValueError, KeyError):
@@ -129,13 +124,13 @@ def _new_rows(parts: list[tuple[Any, int]], have: dict[str, int], url: str) -> x
     for p, k in parts:
         k0 = have.get(p.path, 0)
         if k > k0:
-            Xs.append(_read(p["embeddings"], url)[k0:k])
-            ys.append(_read(p["labels"], url)[k0:k])
+            Xs.append(read_array(p["embeddings"], url)[k0:k])
+            ys.append(read_array(p["labels"], url)[k0:k])
     X = Xs[0] if len(Xs) == 1 else da.concatenate(Xs)
     y = ys[0] if len(ys) == 1 else da.concatenate(ys)
     # finite rows promised, as store.split gives: a lost chunk of the new rows raises
     attrs = {"store": url, "split": parts[0][0].path}
-    if all(_record(p).get("finite") is True for p, _ in parts):
+    if all(record(p).get("finite") is True for p, _ in parts):
         attrs["finite"] = 1
     return xr.Dataset({"embeddings": (("sample", "feature"), X), "labels": (("sample",), y)},
                       attrs=attrs)
@@ -158,15 +153,15 @@ def cached_stats(
 
     ``options``: the keyword arguments of ``compute_stats`` (see the module docstring).
     """
-    g = store._split_group(split, set_key, create=False)
-    parts = committed_parts(store, split, set_key)
+    g = store.core.split_group(split, set_key, create=False)
+    parts = committed_parts(store.core, split, set_key)
     K = store.n_classes
     ii = options.get("ignore_index")
     key = MemoKey.of({"global_mean": options.get("global_mean", "unweighted"),
                       "dtype": str(np.dtype(options.get("dtype", "float64"))),
                       "ignore_index": store.ignore_index if ii is None else int(ii),
                       "min_count": options.get("min_count"), "n_classes": K}, {split: parts})
-    so = store._storage_options
+    so = store.core.storage_options
     entries = _entries(store, g, key)
     for url, old, _ in entries:
         hit = _load(url, so) if old == key else None
@@ -192,7 +187,7 @@ def _keep(out: xr.Dataset, store: EmbeddingStore, g: Any, key: MemoKey,
           entries: list[tuple[str, MemoKey, dict]]) -> xr.Dataset:
     """Write ``out`` as a new cache entry and return it read back (``out`` itself when the
     store cannot be written); remove the key's long superseded entries."""
-    so = store._storage_options
+    so = store.core.storage_options
     url = f"{_folder(store, g)}/{key.prefix}{owner_tag()}"
     marked = out.copy()
     marked.attrs = {**out.attrs, CACHE_ATTR: {"key": key.attr(), "written": time.time()}}

@@ -1,11 +1,13 @@
 """The store layer: embeddings, labels and classifiers in chunked Zarr groups."""
 
-from ncdask.store.embedding import CHUNK_BYTES, EmbeddingStore, resolve_split
+from ncdask._validate import NcdaskStoreError
+from ncdask.store.core import CHUNK_BYTES
+from ncdask.store.embedding import EmbeddingStore, resolve_split
 from ncdask.store.imports import DuplicateImportError
 from ncdask.store.reads import array_backend, on_backend
 from ncdask.store.record import DamagedStoreError
+from ncdask.store.source import SplitSource
 from ncdask.store.writer import StoreWriter
-from ncdask._validate import NcdaskStoreError
 
 __all__ = [
     "CHUNK_BYTES",
@@ -13,6 +15,7 @@ __all__ = [
     "DuplicateImportError",
     "NcdaskStoreError",
     "EmbeddingStore",
+    "SplitSource",
     "StoreWriter",
     "array_backend",
     "on_backend",

@@ -1,25 +1,11 @@
-"""Verifying a whole store: every committed chunk, every record, every set (``ncdask check``).
-
-Zarr returns the fill value for a missing chunk and reads whatever bytes a
-chunk holds, so damage shows only when something looks. :func:`check_store`
-looks at everything a measurement would use, one task per chunk (they run
-in parallel, with a progress bar from the CLI):
-
-* every chunk that holds committed rows exists, decodes and passes its
-  CRC-32C checksum (stores written before checksums only decode);
-* embeddings are finite where the split's record promises it (written
-  without ``allow_nonfinite``);
-* labels lie in ``[0, K)`` (or are the store's ``ignore_index``), and their
-  per-class counts equal the record's;
-* every commit record (split and shard) agrees with its arrays, and every
-  set's arrays have the set's width;
-* the classifier of each set is whole and finite.
-
-What a killed writer left aside is reported as a note, not a problem.
-"""
+"""Verifying a whole store (``ncdask check``): one task per committed chunk (present, decoded,
+checksum passed, finite where the record promises it, labels in ``[0, K)`` adding up to the
+record's counts), every record against its arrays, every set's width, every classifier.
+Zarr reads a missing chunk as the fill value, so damage shows only when something looks."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,27 +13,20 @@ from typing import Any
 import dask
 import numpy as np
 import zarr
+from dask.diagnostics import ProgressBar
+from zarr.core.sync import sync
 
-from ncdask.store.layout import _classifier_name, _naming_broken_metadata
-from ncdask.store.record import DamagedStoreError, _check_record, _snapshot
-from ncdask.store.setkey import SetKey
+from ncdask.store.core import classifier_name, naming_broken_metadata
 from ncdask.store.embedding import EmbeddingStore
+from ncdask.store.record import DamagedStoreError, check_record, record, snapshot
+from ncdask.store.setkey import SetKey
+from ncdask.store.staging import stale_entries
 
 
 @dataclass
 class CheckReport:
-    """What :func:`check_store` found.
-
-    Attributes
-    ----------
-    url : str
-    problems : list of str
-        Damage: each names the set, split, array and chunk.
-    notes : list of str
-        Harmless findings (leftovers of killed writers).
-    sets, splits, rows, chunks : int
-        What was verified.
-    """
+    """What :func:`check_store` found: ``problems`` (damage, each naming the set, split,
+    array and chunk), ``notes`` (leftovers of killed writers) and what was verified."""
 
     url: str
     problems: list[str] = field(default_factory=list)
@@ -76,8 +55,6 @@ def _task(fn: Any) -> Any:
 
 def _chunk(a: zarr.Array, i: int, stop: int | None, where: str) -> tuple[Any, str | None]:
     """Read row-chunk ``i`` of ``a`` (up to row ``stop``): ``(values, problem)``."""
-    from zarr.core.sync import sync
-
     rows = int(a.chunks[0])
     coords = (i,) + (0,) * (a.ndim - 1)
     key = "/".join(p for p in (a.path, a.metadata.encode_chunk_key(coords)) if p)
@@ -91,11 +68,12 @@ def _chunk(a: zarr.Array, i: int, stop: int | None, where: str) -> tuple[Any, st
     return v, None
 
 
-def _verify_embeddings(a: zarr.Array, i: int, stop: int, finite: bool, where: str) -> dict:
+def _verify_finite(a: zarr.Array, i: int, stop: int | None, finite: bool, where: str,
+                   what: str = "NaN or inf values") -> dict:
+    """Chunk ``i`` of ``a`` readable and, if ``finite``, free of NaN and inf."""
     v, bad = _chunk(a, i, stop, where)
     if bad is None and finite and not np.isfinite(v).all():
-        bad = (f"{where}, chunk {i}: {int((~np.isfinite(v)).sum())} NaN/inf values in a split "
-               "written without allow_nonfinite")
+        bad = f"{where}, chunk {i}: {what} ({int((~np.isfinite(v)).sum())})"
     return {"problems": [bad] if bad else [], "counts": None}
 
 
@@ -113,29 +91,18 @@ def _verify_labels(a: zarr.Array, i: int, stop: int, K: int, ignore: int | None,
     return {"problems": [], "counts": np.bincount(v[keep], minlength=K)}
 
 
-def _verify_finite_array(a: zarr.Array, where: str) -> dict:
-    problems = []
-    for i in range(math.ceil(a.shape[0] / a.chunks[0])):
-        v, bad = _chunk(a, i, None, where)
-        if bad is None and not np.isfinite(v).all():
-            bad = f"{where}, chunk {i}: NaN or inf values"
-        if bad:
-            problems.append(bad)
-    return {"problems": problems, "counts": None}
-
-
 def _split_tasks(s: EmbeddingStore, key: SetKey, split: str, report: CheckReport) -> list:
     """The delayed per-chunk checks of one split (and its record checks, done now)."""
-    g = s._split_group(split, key, create=False)
-    where0 = "/".join(p for p in (g.path,) if p)
-    parts, rec = _snapshot(g)
+    core = s.core
+    g = core.split_group(split, key)
+    parts, rec = snapshot(g)
     tasks: list = []
     want = rec.get("class_counts")
     label_tasks = []
-    lay = s._layout(s._set_group(key, create=False))
+    lay = core.layout(core.set_group(key))
     for p, k in parts:
         try:
-            _check_record(p, s.n_classes, s.url)
+            check_record(p, s.n_classes, s.url)
         except DamagedStoreError as e:
             report.problems.append(str(e))
             continue
@@ -143,23 +110,20 @@ def _split_tasks(s: EmbeddingStore, key: SetKey, split: str, report: CheckReport
             report.problems.append(f"{p.path}/embeddings has width {p['embeddings'].shape[1]}, "
                                    f"the set's is {lay[0]}")
             continue
-        rec_p = p.attrs.get("ncdask_shard") or p.attrs["ncdask_split"]
-        finite = rec_p.get("finite") is True
+        finite = record(p).get("finite") is True
         report.rows += k
-        for name in ("embeddings", "labels"):
-            if name not in p or k == 0:
-                continue
-            a = p[name]
+        for a in (p[n] for n in ("embeddings", "labels") if n in p and k):
             for i in range(math.ceil(k / a.chunks[0])):
                 report.chunks += 1
-                w = f"{p.path}/{name}"
-                if name == "embeddings":
-                    tasks.append(_task(_verify_embeddings)(a, i, k, finite, w))
+                if a.basename == "embeddings":
+                    tasks.append(_task(_verify_finite)(
+                        a, i, k, finite, a.path, "NaN/inf values in a split written without "
+                        "allow_nonfinite"))
                 else:
                     label_tasks.append(_task(_verify_labels)(
-                        a, i, k, s.n_classes, s.ignore_index, w))
+                        a, i, k, s.n_classes, s.ignore_index, a.path))
     if want is not None and label_tasks:
-        tasks.append(_task(_label_totals)(label_tasks, np.asarray(want), where0))
+        tasks.append(_task(_label_totals)(label_tasks, np.asarray(want), g.path))
     else:
         tasks += label_tasks
     return tasks
@@ -178,60 +142,47 @@ def _label_totals(results: list[dict], want: np.ndarray, where: str) -> dict:
 
 def check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
     """The report so far (records, structure) and the delayed chunk checks still to run."""
-    with _naming_broken_metadata(store.url, store._storage_options):
-        return _check_tasks(store)
+    with naming_broken_metadata(store.url, store.core.storage_options):
+        report = CheckReport(store.url)
+        tasks: list = []
+        for tags in store.sets() or [{}]:
+            # only the two tags: a check reports on an edited store rather than refusing it
+            key = SetKey(tags.get("layer"), tags.get("epoch"))
+            sg = store.core.set_group(key)
+            if sg is None:
+                continue
+            report.sets += 1
+            for split in store.splits(**key.tags):
+                report.splits += 1
+                tasks += _split_tasks(store, key, split, report)
+            name = classifier_name(sg)
+            if name is not None:
+                cg = sg[name]
+                for a in (cg[n] for n in ("W", "b") if n in cg):
+                    for i in range(math.ceil(a.shape[0] / a.chunks[0])):
+                        report.chunks += 1
+                        tasks.append(_task(_verify_finite)(a, i, None, True, a.path))
+            fs, folder = store.core.fs_path(sg)
+            for path in stale_entries(fs, folder, keep=tuple(n for n in (name,) if n)):
+                report.notes.append(f"{path}: left by a killed writer (removed by the next "
+                                    "writer in this set)")
+        return report, tasks
 
 
-def _check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
-    from ncdask.store import staging as _staging
-
-    report = CheckReport(store.url)
-    tasks: list = []
-    for tags in store.sets() or [{}]:
-        # only the two tags: a check reports on an edited store rather than refusing it
-        key = SetKey(tags.get("layer"), tags.get("epoch"))
-        sg = store._set_group(key, create=False)
-        if sg is None:
-            continue
-        report.sets += 1
-        for split in store.splits(**key.tags):
-            report.splits += 1
-            tasks += _split_tasks(store, key, split, report)
-        name = _classifier_name(sg)
-        if name is not None:
-            cg = sg[name]
-            for arr in ("W", "b"):
-                if arr in cg:
-                    report.chunks += math.ceil(cg[arr].shape[0] / cg[arr].chunks[0])
-                    tasks.append(_task(_verify_finite_array)(cg[arr], f"{cg.path}/{arr}"))
-        fs, folder = store._fs_path(sg, "")
-        keep = tuple(n for n in (name,) if n)
-        for path in _staging.stale_entries(fs, folder.rstrip("/"), keep=keep):
-            report.notes.append(f"{path}: left by a killed writer (removed by the next "
-                                "writer in this set)")
-    return report, tasks
-
-
-def check_store(
-    store: EmbeddingStore | str, *, storage_options: dict | None = None,
-    progress: bool = False,
-) -> CheckReport:
+def check_store(store: EmbeddingStore | str, *, storage_options: dict | None = None,
+                progress: bool = False) -> CheckReport:
     """Verify every committed chunk, record and set of a store.
 
     Parameters
     ----------
     store : EmbeddingStore or str
-        The store, or its path / fsspec URL (opened read-only).
-    storage_options : dict, optional
-        Passed to fsspec when ``store`` is a URL.
+        The store, or its URL (opened read-only, with ``storage_options``).
     progress : bool
         Show dask's progress bar on stderr.
 
     Returns
     -------
     CheckReport
-        ``.ok``, ``.problems`` (each naming set, split, array and chunk),
-        ``.notes`` and what was verified.
 
     Examples
     --------
@@ -246,14 +197,7 @@ def check_store(
     if not isinstance(store, EmbeddingStore):
         store = EmbeddingStore.open(store, storage_options=storage_options)
     report, tasks = check_tasks(store)
-    if tasks:
-        if progress:
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar():
-                results = dask.compute(*tasks)
-        else:
-            results = dask.compute(*tasks)
-        for r in results:
+    with ProgressBar() if progress and tasks else contextlib.nullcontext():
+        for r in dask.compute(*tasks):
             report.problems += r["problems"]
     return report

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import os
 import zipfile
 from collections.abc import Iterator
@@ -10,6 +12,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+from ncdask._validate import check_labels
 
 X_KEYS = ("X", "embeddings")
 Y_KEYS = ("Y", "y", "labels")
@@ -34,109 +38,88 @@ class _NpyStream:
         buf = self.f.read(rows * self.row_items * self.dtype.itemsize)
         n = len(buf) // (self.row_items * self.dtype.itemsize)
         return np.frombuffer(buf, dtype=self.dtype, count=n * self.row_items).reshape(
-            (n, *self.shape[1:])
-        )
+            (n, *self.shape[1:]))
 
 
-def _pick(names: list[str], keys: tuple[str, ...], what: str, path: str) -> str:
+def _pick(names: list[str], keys: tuple[str, ...], what: str, path: str, hint: str = "") -> str:
     for k in keys:
         if k in names:
             return k
-    raise KeyError(f"{path}: no {what} array (looked for keys {list(keys)}; found {names})")
+    raise KeyError(f"{path}: no {what} array (looked for keys {list(keys)}; found {names}){hint}")
 
 
-def iter_saved_arrays(
-    X_path: str | Path,
-    y_path: str | Path | None = None,
-    *,
-    rows: int = 65536,
-    labels: bool = True,
-) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """Yield ``(X, y)`` blocks of at most ``rows`` rows from saved files.
-
-    Parameters
-    ----------
-    X_path : path
-        An ``.npy`` file of embeddings (with ``y_path``), or an ``.npz`` file
-        holding ``X``/``Y`` or ``embeddings``/``labels``.
-    y_path : path, optional
-        The ``.npy`` file of labels for an ``.npy`` embeddings file.
-    rows : int
-        Block size.
-    labels : bool, default True
-        False reads the embeddings only (``y`` is None): unlabelled data.
-
-    Raises
-    ------
-    ValueError
-        Shapes that do not pair up, or a member shorter than its header says.
-
-    Notes
-    -----
-    ``.npy`` files are memory-mapped; ``.npz`` members (compressed or not) are
-    decoded as a stream, so neither is ever loaded whole.
-    """
-    X_path = str(X_path)
+@contextlib.contextmanager
+def _opened(X_path: str, y_path: str | None, labels: bool) -> Iterator[tuple[Any, Any]]:
+    """The embeddings and labels (None: unlabelled) of saved files, checked to pair up:
+    memory maps of ``.npy`` files, streams of ``.npz`` members."""
     if X_path.endswith(".npz"):
         if y_path is not None:
             raise ValueError("an .npz file holds its own labels; do not pass y_path")
         with zipfile.ZipFile(X_path) as z:
             names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
-            kx = _pick(names, X_KEYS, "embeddings", Path(X_path).name)
-            ky = _pick(names, Y_KEYS, "labels", Path(X_path).name) if labels else None
-            with z.open(kx + ".npy") as fx:
-                sx = _NpyStream(fx)
-                if len(sx.shape) != 2:
-                    raise ValueError(f"{X_path}: embeddings must be 2-D, got {sx.shape}")
-                if ky is None:
-                    yield from _stream_rows(X_path, sx, None, rows)
-                    return
-                with z.open(ky + ".npy") as fy:
-                    sy = _NpyStream(fy)
-                    if len(sy.shape) != 1 or sx.shape[0] != sy.shape[0]:
-                        raise ValueError(
-                            f"{X_path}: embeddings {sx.shape} and labels {sy.shape} do not "
-                            "pair up"
-                        )
-                    yield from _stream_rows(X_path, sx, sy, rows)
+            name = Path(X_path).name
+            kx = _pick(names, X_KEYS, "embeddings", name)
+            ky = labels and _pick(names, Y_KEYS, "labels", name, "; for unlabelled data such "
+                                  "as an OOD split, import with --no-labels (labels=False)")
+            with z.open(kx + ".npy") as fx, (z.open(ky + ".npy") if ky
+                                             else contextlib.nullcontext()) as fy:
+                yield _paired(_NpyStream(fx), None if fy is None else _NpyStream(fy), X_path)
         return
     if labels and y_path is None:
         raise ValueError(f"{X_path}: an .npy embeddings file needs a labels file (y_path)")
     if not labels and y_path is not None:
         raise ValueError(f"{X_path}: labels file {y_path} given for unlabelled data")
-    X: Any = np.load(X_path, mmap_mode="r")
-    y: Any = np.load(str(y_path), mmap_mode="r") if labels else None
-    if X.ndim != 2 or (y is not None and (y.ndim != 1 or X.shape[0] != y.shape[0])):
-        raise ValueError(
-            f"embeddings {X.shape} and labels {None if y is None else y.shape} do not pair up"
-        )
-    for i in range(0, X.shape[0], rows):
-        yield np.asarray(X[i : i + rows]), None if y is None else np.asarray(y[i : i + rows])
+    yield _paired(np.load(X_path, mmap_mode="r"),
+                  np.load(str(y_path), mmap_mode="r") if labels else None, X_path)
 
 
-def _stream_rows(
-    path: str, sx: _NpyStream, sy: _NpyStream | None, rows: int
-) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    done = 0
-    while done < sx.shape[0]:
-        xb = sx.read(min(rows, sx.shape[0] - done))
-        yb = None if sy is None else sy.read(xb.shape[0])
-        if xb.shape[0] == 0 or (yb is not None and yb.shape[0] != xb.shape[0]):
-            raise ValueError(
-                f"{path}: a member ends after {done} of the {sx.shape[0]} rows its header "
-                "promises (a truncated or damaged file)"
-            )
-        done += xb.shape[0]
-        yield xb, yb
+def _paired(X: Any, y: Any, path: str) -> tuple[Any, Any]:
+    if len(X.shape) != 2 or X.shape[1] < 1:
+        raise ValueError(f"{path}: embeddings must be 2-D (samples, features), got {X.shape}")
+    if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
+        raise TypeError(f"{path}: embeddings must be numeric, got dtype {X.dtype}")
+    if y is not None and (len(y.shape) != 1 or y.shape[0] != X.shape[0]):
+        raise ValueError(f"{path}: embeddings {tuple(X.shape)} and labels {tuple(y.shape)} "
+                         "do not pair up")
+    return X, y
+
+
+def _blocks(a: Any, rows: int, path: str) -> Iterator[np.ndarray]:
+    """Blocks of at most ``rows`` rows of a memory map or a member stream."""
+    done, n = 0, a.shape[0]
+    while done < n:
+        if isinstance(a, _NpyStream):
+            b = a.read(min(rows, n - done))
+        else:
+            b = np.asarray(a[done : done + rows])
+        if b.shape[0] == 0:
+            raise ValueError(f"{path}: a member ends after {done} of the {n} rows its header "
+                             "promises (a truncated or damaged file)")
+        done += b.shape[0]
+        yield b
+
+
+def iter_saved_arrays(X_path: str | Path, y_path: str | Path | None = None, *, rows: int = 65536,
+                      labels: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Yield ``(X, y)`` blocks of at most ``rows`` rows from saved files, never loading them whole.
+
+    ``X_path`` is an ``.npy`` file of embeddings (labels in ``y_path``) or an
+    ``.npz`` file holding ``X``/``Y`` or ``embeddings``/``labels``; with
+    ``labels=False`` only embeddings are read (``y`` is None).
+    """
+    X_path = str(X_path)
+    with _opened(X_path, None if y_path is None else str(y_path), labels) as (X, y):
+        ys = _blocks(y, rows, X_path) if y is not None else itertools.repeat(None)
+        for xb, yb in zip(_blocks(X, rows, X_path), ys):
+            if yb is not None and yb.shape[0] != xb.shape[0]:
+                raise ValueError(f"{X_path}: the labels end before the embeddings (a "
+                                 "truncated or damaged file)")
+            yield xb, yb
 
 
 def _fingerprint(paths: list[str]) -> str:
-    """A content fingerprint of saved files, cheap to take on large files.
-
-    ``.npz`` files: the CRC-32 of every member's whole content (from the zip
-    directory, free to read). ``.npy`` files: the size and 64 blocks of
-    64 KiB spread over the file (4 MiB read at most).
-    """
+    """A content fingerprint of saved files, cheap on large ones: the members' CRC-32 from an
+    ``.npz`` directory; an ``.npy`` file's size and 64 blocks of 64 KiB spread over it."""
     h = hashlib.blake2b(digest_size=16)
     for p in paths:
         if p.endswith(".npz"):
@@ -155,151 +138,34 @@ def _fingerprint(paths: list[str]) -> str:
     return h.hexdigest()
 
 
-def inspect_saved(
-    X_path: str | Path,
-    y_path: str | Path | None = None,
-    *,
-    labels: bool = True,
-    n_classes: int | None = None,
-    ignore_index: int | None = None,
-    rows: int = 2**20,
-) -> dict[str, Any]:
-    """Check saved files before anything is written: shapes, widths, labels.
+def inspect_saved(X_path: str | Path, y_path: str | Path | None = None, *, labels: bool = True,
+                  n_classes: int | None = None, ignore_index: int | None = None,
+                  rows: int = 2**20) -> dict[str, Any]:
+    """Check saved files (as for :func:`iter_saved_arrays`) before anything is written.
 
-    Reads the headers and, when labelled, every label (in blocks; the
-    embeddings are not read).
-
-    Parameters
-    ----------
-    X_path, y_path : path
-        As for :func:`iter_saved_arrays`.
-    labels : bool, default True
-        False: embeddings only (an unlabelled split).
-    n_classes : int, optional
-        Labels must lie in ``[0, n_classes)`` (or equal ``ignore_index``).
-    ignore_index : int, optional
-    rows : int
-        Labels read per block.
-
-    Returns
-    -------
-    dict
-        ``dim``, ``rows``, ``max_label`` (-1 when none), the absolute paths
-        ``embeddings`` / ``labels`` and a content ``fingerprint``.
-
-    Raises
-    ------
-    FileNotFoundError, ValueError, TypeError, KeyError
-        A missing file, shapes that do not pair up, labels that are not
-        integers or lie outside ``[0, n_classes)``.
+    Reads the headers and every label, in blocks of ``rows`` (labels lie in
+    ``[0, n_classes)`` or equal ``ignore_index``). Returns ``dim``, ``rows``,
+    ``max_label`` (-1 when none), the absolute paths ``embeddings`` /
+    ``labels`` and a content ``fingerprint``.
     """
     X_path = str(X_path)
     y_path = None if y_path is None else str(y_path)
     for p in (X_path, y_path):
         if p is not None and not Path(p).is_file():
             raise FileNotFoundError(f"no such file: {p}")
-    if X_path.endswith(".npz"):
-        if y_path is not None:
-            raise ValueError("an .npz file holds its own labels; do not pass y_path")
-        with zipfile.ZipFile(X_path) as z:
-            names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
-            name = Path(X_path).name
-            kx = _pick(names, X_KEYS, "embeddings", name)
-            if labels and not any(k in names for k in Y_KEYS):
-                raise KeyError(
-                    f"{name}: no labels array (looked for keys {list(Y_KEYS)}; found {names}); "
-                    "for unlabelled data such as an OOD split, import with --no-labels "
-                    "(labels=False)"
-                )
-            with z.open(kx + ".npy") as fx:
-                xshape, xdtype = _header(fx)
-            yshape = None
-            if labels:
-                with z.open(_pick(names, Y_KEYS, "labels", name) + ".npy") as fy:
-                    yshape = _header(fy)[0]
-    else:
-        if labels and y_path is None:
-            raise ValueError(f"{X_path}: an .npy embeddings file needs its .npy labels file")
-        if not labels and y_path is not None:
-            raise ValueError(f"{X_path}: a labels file was given for unlabelled data")
-        xm = np.load(X_path, mmap_mode="r")
-        xshape, xdtype = xm.shape, xm.dtype
-        yshape = None
-        if labels:
-            ym = np.load(y_path, mmap_mode="r")
-            yshape = ym.shape
-    if len(xshape) != 2 or xshape[1] < 1:
-        raise ValueError(f"{X_path}: embeddings must be 2-D (samples, features), got {xshape}")
-    if not (np.issubdtype(xdtype, np.floating) or np.issubdtype(xdtype, np.integer)):
-        raise TypeError(f"{X_path}: embeddings must be numeric, got dtype {xdtype}")
     top = -1
-    if labels:
-        if len(yshape) != 1 or yshape[0] != xshape[0]:
-            raise ValueError(
-                f"{X_path}: embeddings {tuple(xshape)} and labels {tuple(yshape)} do not pair up"
-            )
-        for yb in _label_blocks(X_path, y_path, rows):
-            top = max(top, _check_labels(yb, X_path, n_classes, ignore_index))
+    with _opened(X_path, y_path, labels) as (X, y):
+        shape = X.shape
+        for yb in _blocks(y, rows, X_path) if y is not None else ():
+            yb = check_labels(yb, n_classes, ignore_index, f"{X_path}: ")
+            keep = yb if ignore_index is None else yb[yb != ignore_index]
+            top = max(top, int(keep.max()) if keep.size else -1)
     paths = [str(Path(p).resolve()) for p in (X_path, y_path) if p is not None]
     return {
-        "dim": int(xshape[1]),
-        "rows": int(xshape[0]),
+        "dim": int(shape[1]),
+        "rows": int(shape[0]),
         "max_label": top,
         "embeddings": paths[0],
         "labels": paths[1] if len(paths) > 1 else None,
         "fingerprint": _fingerprint(paths),
     }
-
-
-def _header(f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
-    s = _NpyStream(f)
-    return tuple(int(n) for n in s.shape), s.dtype
-
-
-def _label_blocks(X_path: str, y_path: str | None, rows: int) -> Iterator[np.ndarray]:
-    if y_path is not None:
-        y = np.load(y_path, mmap_mode="r")
-        for i in range(0, y.shape[0], rows):
-            yield np.asarray(y[i : i + rows])
-        return
-    with zipfile.ZipFile(X_path) as z:
-        names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
-        with z.open(_pick(names, Y_KEYS, "labels", X_path) + ".npy") as fy:
-            s = _NpyStream(fy)
-            done = 0
-            while done < s.shape[0]:
-                block = s.read(min(rows, s.shape[0] - done))
-                if block.shape[0] == 0:
-                    raise ValueError(
-                        f"{X_path}: the labels end after {done} of the {s.shape[0]} rows "
-                        "their header promises (a truncated or damaged file)"
-                    )
-                done += block.shape[0]
-                yield block
-
-
-def _check_labels(
-    y: np.ndarray, path: str, n_classes: int | None, ignore_index: int | None
-) -> int:
-    """The largest label of a block but ``ignore_index``; raise on a bad one."""
-    if np.issubdtype(y.dtype, np.floating):
-        if y.size and not np.all(np.isfinite(y) & (y == np.round(y))):
-            raise TypeError(f"{path}: labels must be integers; got fractional or non-finite")
-        y = y.astype(np.int64)
-    elif not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
-        raise TypeError(f"{path}: labels must be integers, got dtype {y.dtype}")
-    keep = y if ignore_index is None else y[y != ignore_index]
-    if not keep.size:
-        return -1
-    lo, hi = int(keep.min()), int(keep.max())
-    if lo < 0 or (n_classes is not None and hi >= n_classes):
-        bad = lo if lo < 0 else hi
-        top = f"[0, {n_classes})" if n_classes is not None else "[0, K)"
-        raise ValueError(
-            f"{path}: label {bad} is outside {top}"
-            + ("" if ignore_index is None else f" and is not ignore_index={ignore_index}")
-            + "; for data without classes of this model (OOD) import with --no-labels"
-            + ("" if ignore_index is not None else
-               "; for padding labels create the store with --ignore-index")
-        )
-    return hi

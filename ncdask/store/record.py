@@ -1,13 +1,6 @@
-"""Commit records: what a split (or one writer's shard of it) has committed.
-
-A split group's ``ncdask_split`` attribute, and each shard's
-``ncdask_shard``, is its commit record: the rows committed, their class
-counts, the batches, the sources imported, and whether every row is finite.
-Rows exist for readers only once a record counts them; a record is replaced
-in one metadata write, so a commit is atomic. This module reads records,
-sums a split's parts into one consistent snapshot, advances a record by a
-commit, and checks a record against the arrays it describes.
-"""
+"""Commit records: a split's ``ncdask_split`` and each shard's ``ncdask_shard`` attribute
+count its committed rows, class counts, batches, sources and finiteness. Rows exist for
+readers only once a record counts them, and a record is replaced in one metadata write."""
 
 from __future__ import annotations
 
@@ -23,7 +16,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from ncdask.store.setkey import SetKey
 
 
-def _empty_record(split: str, key: SetKey, n_classes: int, labelled: bool) -> dict[str, Any]:
+class DamagedStoreError(NcdaskStoreError):
+    """A store whose records disagree with its arrays (edited, or damaged)."""
+
+
+def empty_record(split: str, key: SetKey, n_classes: int, labelled: bool) -> dict[str, Any]:
     return {
         "split": split, "layer": key.layer, "epoch": key.epoch,
         "n_committed": 0, "n_batches": 0,
@@ -32,8 +29,13 @@ def _empty_record(split: str, key: SetKey, n_classes: int, labelled: bool) -> di
     }
 
 
-def _shards(g: zarr.Group) -> list[tuple[zarr.Group, dict[str, Any]]]:
-    """The committed shards of a split group, in the order their writers started."""
+def record(p: zarr.Group) -> Mapping[str, Any]:
+    """The commit record of a split group or of one of its shards."""
+    return p.attrs.get("ncdask_shard") or p.attrs["ncdask_split"]
+
+
+def shards(g: zarr.Group) -> list[tuple[zarr.Group, dict[str, Any]]]:
+    """The committed shards of split group ``g``, in the order their writers started."""
     if "shards" not in g:
         return []
     out = []
@@ -45,18 +47,17 @@ def _shards(g: zarr.Group) -> list[tuple[zarr.Group, dict[str, Any]]]:
     return out
 
 
-def _snapshot(g: zarr.Group) -> tuple[list[tuple[zarr.Group, int]], dict[str, Any]]:
+def snapshot(g: zarr.Group) -> tuple[list[tuple[zarr.Group, int]], dict[str, Any]]:
     """A split's committed parts ``[(group, rows), ...]`` and its record summed over them.
 
-    The main arrays (written under a lock, by imports and by writers on a
-    local disk) come first, then every writer's shard (object stores) with
-    the rows its owner has committed: one listing, so a consistent snapshot.
+    The main arrays come first, then every writer's shard: one listing, so
+    one consistent snapshot.
     """
     rec = dict(g.attrs["ncdask_split"])
     parts = [(g, int(rec["n_committed"]))]
-    counts = None if rec.get("class_counts") is None else np.asarray(rec["class_counts"],
-                                                                       dtype=np.int64)
-    for sub, srec in _shards(g):
+    counts = rec.get("class_counts")
+    counts = None if counts is None else np.asarray(counts, dtype=np.int64)
+    for sub, srec in shards(g):
         parts.append((sub, int(srec["n_committed"])))
         if counts is not None and srec.get("class_counts") is not None:
             counts = counts + np.asarray(srec["class_counts"], dtype=np.int64)
@@ -71,16 +72,11 @@ def _snapshot(g: zarr.Group) -> tuple[list[tuple[zarr.Group, int]], dict[str, An
     return parts, rec
 
 
-def _advanced(
-    rec: Mapping[str, Any], n1: int, counts: np.ndarray | None, n_ignored: int, n_batches: int,
-    finite: bool = True,
-) -> dict[str, Any]:
-    """A commit record (a split's or a shard's) moved on to ``n1`` rows and what they add.
-
-    ``finite=False``: the new rows hold NaN or inf, written on purpose
-    (``allow_nonfinite``); the record then stops promising finite rows, the
-    promise that lets the statistics tell a lost chunk (NaN fill) from data.
-    """
+def advanced(rec: Mapping[str, Any], n1: int, counts: np.ndarray | None, n_ignored: int,
+             n_batches: int, finite: bool = True) -> dict[str, Any]:
+    """A commit record moved on to ``n1`` rows and what they add; ``finite=False`` (NaN or
+    inf written on purpose) withdraws its promise of finite rows, by which the statistics
+    tell a lost chunk (NaN fill) from data."""
     rec = dict(rec)
     if not finite:
         rec["finite"] = False
@@ -93,25 +89,13 @@ def _advanced(
     return rec
 
 
-class DamagedStoreError(NcdaskStoreError):
-    """A store whose records disagree with its arrays (edited, or damaged)."""
+def check_record(p: zarr.Group, n_classes: int, url: str) -> None:
+    """Raise :class:`DamagedStoreError` unless ``p``'s record describes its arrays.
 
-
-def _record(p: zarr.Group) -> Mapping[str, Any]:
-    """The commit record of a split group or of one of its shards."""
-    return p.attrs.get("ncdask_shard") or p.attrs["ncdask_split"]
-
-
-def _check_record(p: zarr.Group, n_classes: int, url: str) -> None:
-    """Check a split's or shard's commit record against the arrays it describes.
-
-    The record says how many rows are committed and how many of each class
-    they hold; a record that claims more rows than the arrays have, a
-    negative count, or counts that do not add up to the rows is damage
-    (seen: ``n_committed`` edited to -5 silently dropped 5 rows, 1e6 was
-    accepted), so it is an error naming the record, never a guess.
+    More rows than the arrays hold, a negative count or class counts that do
+    not add up are damage, named, never guessed around.
     """
-    rec = _record(p)
+    rec = record(p)
     where = f"{url!r}: the commit record of {p.path!r}"
     n = rec.get("n_committed")
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -140,7 +124,6 @@ def _check_record(p: zarr.Group, n_classes: int, url: str) -> None:
             f"{c.shape} classes, for K={n_classes}): the store is damaged")
 
 
-def _finite(X: np.ndarray, allowed: bool) -> bool:
-    """Whether a batch is all finite (only checked when non-finite values were allowed:
-    otherwise the batch's validation already refused them)."""
+def all_finite(X: np.ndarray, allowed: bool) -> bool:
+    """Whether a batch is all finite (checked only where non-finite values were allowed)."""
     return not allowed or bool(np.isfinite(X).all())

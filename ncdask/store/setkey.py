@@ -1,11 +1,5 @@
-"""The key of an embedding set: its ``layer`` and ``epoch`` tags, checked once.
-
-A store holds one or more embedding *sets*, each named by two optional
-tags, ``layer`` (a name) and ``epoch`` (an integer). The public API takes
-them as ``layer=`` / ``epoch=`` keywords; inside ncdask they travel as one
-:class:`SetKey`, made (and validated) once at the public boundary, which
-owns the set's group path, its name in messages and its dict of tags.
-"""
+"""The key of an embedding set: its ``layer`` and ``epoch`` tags, checked once at the public
+boundary; it owns the set's group path, its name in messages and its dict of tags."""
 
 from __future__ import annotations
 
@@ -27,21 +21,8 @@ SET_TAGS = ("layer", "epoch")
 class SetKey:
     """The tags of one embedding set (both None: the default, untagged set).
 
-    Parameters
-    ----------
-    layer : str, optional
-        Layer name: letters, digits, ``_``, ``.`` or ``-``, not starting
-        with ``.`` (it becomes a group name).
-    epoch : int, optional
-        Epoch: an integer (NumPy integers are accepted and stored as
-        ``int``; ``bool`` is refused).
-
-    Raises
-    ------
-    ValueError
-        A layer name that cannot be a group name.
-    TypeError
-        An epoch that is not an integer.
+    ``layer`` becomes a group name (letters, digits, ``_``, ``.``, ``-``; no
+    leading ``.``); ``epoch`` is an integer (NumPy integers become ``int``).
 
     Examples
     --------
@@ -67,22 +48,8 @@ class SetKey:
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, Any]) -> SetKey:
-        """The key of a dict of tags (as :meth:`ncdask.EmbeddingStore.sets` lists them).
-
-        Parameters
-        ----------
-        tags : mapping
-            ``{}`` for the default set, else ``layer`` and/or ``epoch``.
-
-        Returns
-        -------
-        SetKey
-
-        Raises
-        ------
-        TypeError
-            A tag other than ``layer`` and ``epoch``.
-        """
+        """The key of a dict of tags (as :meth:`ncdask.EmbeddingStore.sets` lists them);
+        a TypeError for a tag other than ``layer`` and ``epoch``."""
         extra = sorted(set(tags) - set(SET_TAGS))
         if extra:
             raise TypeError(f"unknown set tag(s) {extra}; sets are tagged with {SET_TAGS}")
@@ -91,12 +58,7 @@ class SetKey:
     @property
     def path(self) -> str:
         """The set's group path in a store (``""`` for the default set)."""
-        parts = []
-        if self.layer is not None:
-            parts.append(f"layer={self.layer}")
-        if self.epoch is not None:
-            parts.append(f"epoch={self.epoch}")
-        return "/".join(parts)
+        return "/".join(f"{k}={v}" for k, v in self.tags.items())
 
     @property
     def where(self) -> str | None:

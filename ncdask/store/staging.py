@@ -1,22 +1,15 @@
 """Names for what ncdask writes aside before switching it in, and their cleanup.
 
-Every replace writes the new version beside the old one (``.classifier-*``,
-``.import-*``, ``<path>.ncdask-tmp-*``) and every delete first moves its
-target aside (``*.replaced-*``, ``*.deleted-*``, ``*.ncdask-old-*``). A
-writer killed in between leaves such an entry behind. Readers ignore them,
-but they hold disk space, so the next writer in the same folder removes the
-ones whose writer is certainly gone.
-
-"Certainly gone" must never be wrong for a live writer (its staging would
-be deleted under it), so each name carries its owner,
-``<host>-<pid>-<random>``: an entry is stale when it was made on this host
-by a process that no longer runs, or, from another host (which cannot be
-asked), when it is older than :data:`STALE_AFTER_S`. Names written before
-owners were recorded are judged by age alone.
+Replaces write beside the old version (``.classifier-*``, ``.import-*``, ``*.ncdask-tmp-*``),
+deletes move their target aside (``*.replaced-*``, ``*.deleted-*``, ``*.ncdask-old-*``). The
+next writer in the folder removes what a killed writer left, once it is certainly gone: each
+name carries its owner ``<host>-<pid>-<random>``, gone when that process no longer runs on
+this host, or, from another host, when older than :data:`STALE_AFTER_S`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -72,24 +65,15 @@ def is_stale(name: str, mtime: float | None, *, now: float | None = None) -> boo
 def _mtime(info: dict[str, Any]) -> float | None:
     for key in ("mtime", "LastModified", "last_modified", "created"):
         v = info.get(key)
-        if v is None:
-            continue
-        if hasattr(v, "timestamp"):
-            return float(v.timestamp())
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            continue
+        with contextlib.suppress(TypeError, ValueError):
+            return float(v.timestamp() if hasattr(v, "timestamp") else v)
     return None
 
 
-def stale_entries(
-    fs: Any, folder: str, *, prefix: str = "", keep: tuple[str, ...] = ()
-) -> list[str]:
-    """Paths in ``folder`` (starting with ``prefix``) that are staging of a gone writer.
-
-    Names in ``keep`` are in use (a set's current classifier version) and never stale.
-    """
+def stale_entries(fs: Any, folder: str, *, prefix: str = "",
+                  keep: tuple[str, ...] = ()) -> list[str]:
+    """Paths in ``folder`` (starting with ``prefix``) that are staging of a gone writer;
+    names in ``keep`` are in use and never stale."""
     try:
         listing = fs.ls(folder, detail=True)
     except (FileNotFoundError, NotADirectoryError):
@@ -111,13 +95,10 @@ def stale_entries(
     return out
 
 
-def remove_stale(
-    fs: Any, folder: str, *, prefix: str = "", keep: tuple[str, ...] = ()
-) -> list[str]:
-    """Delete the stale staging entries of ``folder``; return what was deleted.
-
-    Errors are ignored: another writer may be cleaning the same entry.
-    """
+def remove_stale(fs: Any, folder: str, *, prefix: str = "",
+                 keep: tuple[str, ...] = ()) -> list[str]:
+    """Delete the stale staging entries of ``folder`` (errors ignored: another writer may be
+    cleaning the same entry); return what was deleted."""
     gone = []
     for path in stale_entries(fs, folder, prefix=prefix, keep=keep):
         try:

@@ -1,62 +1,55 @@
-"""The buffered writer of a store split: :class:`StoreWriter`.
-
-Obtained from :meth:`ncdask.EmbeddingStore.writer`; it validates batches as
-they arrive and hands whole chunks to the store's commit
-(:meth:`ncdask.store.appends.AppendsMixin._write_commit`).
-"""
+"""The buffered writer of a store split: :class:`StoreWriter`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import zarr
 
-from ncdask.store.record import _finite
+from ncdask._validate import batch_to_numpy, check_name
+from ncdask.store.appends import own_rows, write_commit
+from ncdask.store.core import Core, check_labelled
+from ncdask.store.record import all_finite
 from ncdask.store.setkey import DEFAULT, SetKey
-from ncdask._validate import batch_to_numpy
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ncdask.store.embedding import EmbeddingStore
 
 
 class StoreWriter:
     """Buffers small batches and writes them to a split in whole chunks.
 
-    Obtained from :meth:`EmbeddingStore.writer`. Rows are committed in whole
-    chunks as the buffer fills and on :meth:`flush` / context exit; rows still
-    buffered when the process dies are lost, committed rows never are.
-    Batches must have the set's width; for a new set without a width yet,
-    the first batch gives it. The split is created with the first valid
-    batch, so a writer that fails validation leaves the store untouched.
+    From :meth:`ncdask.EmbeddingStore.writer`. Rows are committed in whole
+    chunks as the buffer fills and on :meth:`flush` / exit; rows still
+    buffered when the process dies are lost, committed rows never are. The
+    split is created with the first valid batch, whose width a new set takes.
     """
 
-    def __init__(
-        self,
-        store: EmbeddingStore,
-        group: zarr.Group | None,
-        allow_nonfinite: bool,
-        *,
-        split: str,
-        key: SetKey = DEFAULT,
-        dim: int | None = None,
-        labelled: bool = True,
-    ) -> None:
-        self._store = store
-        self._split, self._key = split, key
-        self._allow = allow_nonfinite
-        self._labelled = labelled
+    def __init__(self, core: Core, split: str, key: SetKey = DEFAULT, *,
+                 allow_nonfinite: bool = False, dim: int | None = None,
+                 labelled: bool = True) -> None:
+        core.require_writable()
+        check_name("split", split)
+        known = core.known_dim(key)
+        if dim is not None:
+            dim = int(dim)
+            if dim < 1:
+                raise ValueError(f"dim must be >= 1, got {dim}")
+            if known is not None and dim != known:
+                raise ValueError(f"set {key.where or '(default)'} of {core.url!r} has dim "
+                                 f"{known}, got dim={dim}")
+        self._core, self._split, self._key = core, split, key
+        self._allow, self._labelled = allow_nonfinite, labelled
         self._X: list[np.ndarray] = []
         self._y: list[np.ndarray] = []
-        self._rows = 0
-        self._batches = 0
+        self._rows = self._batches = self._committed = 0
         self._group: zarr.Group | None = None
-        self.dim: int | None = dim
-        """Width of the batches: the set's (None until a new set's first batch)."""
+        #: Width of the batches: the set's (None until a new set's first batch).
+        self.dim: int | None = known if known is not None else dim
         self._chunk = 1
-        self._committed = 0
-        if group is not None:
-            self._attach(group)
+        if split in core.splits(key):
+            # create=True: another writer may have put the split's record but not yet its
+            # arrays; they are added here
+            self._attach(core.split_group(split, key, create=True))
+            check_labelled(self._group, labelled)
         self.closed = False
 
     def _attach(self, group: zarr.Group) -> None:
@@ -64,7 +57,7 @@ class StoreWriter:
         self._group = group
         self.dim = int(emb.shape[1])
         self._chunk = int(emb.chunks[0])
-        self._committed = self._store._own_rows(group)
+        self._committed = own_rows(self._core, group)
 
     def append(self, X: Any, y: Any = None) -> None:
         """Validate a batch and buffer it; write whole chunks once they fill."""
@@ -74,15 +67,14 @@ class StoreWriter:
             raise ValueError(
                 "this writer's split is labelled: pass labels with every batch"
                 if self._labelled else
-                "this writer's split is unlabelled (labelled=False): pass no labels"
-            )
-        s = self._store
+                "this writer's split is unlabelled (labelled=False): pass no labels")
+        s = self._core
         Xn, yn = batch_to_numpy(X, y, dim=self.dim, n_classes=s.n_classes, dtype=s.dtype,
                                 allow_nonfinite=self._allow, ignore_index=s.ignore_index,
                                 where=self._key.where)
         if self._group is None:  # the first valid batch creates the split
-            self._attach(s._split_group(self._split, self._key, create=True,
-                                        dim=Xn.shape[1], labelled=self._labelled))
+            self._attach(s.split_group(self._split, self._key, create=True,
+                                       dim=Xn.shape[1], labelled=self._labelled))
         self._X.append(Xn)
         if yn is not None:
             self._y.append(yn)
@@ -99,10 +91,9 @@ class StoreWriter:
         y = None
         if self._labelled:
             y = np.concatenate(self._y) if len(self._y) > 1 else self._y[0]
-        self._committed = self._store._write_commit(
-            self._group, X[:rows], None if y is None else y[:rows], self._batches,
-            finite=_finite(X[:rows], self._allow),
-        )
+        self._committed = write_commit(
+            self._core, self._group, X[:rows], None if y is None else y[:rows], self._batches,
+            finite=all_finite(X[:rows], self._allow))
         self._batches = 0
         rest = X.shape[0] - rows
         self._X = [X[rows:]] if rest else []

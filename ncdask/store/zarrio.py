@@ -1,14 +1,8 @@
-"""Writing and reopening ncdask's own Zarr outputs (statistics, results).
+"""ncdask's own Zarr outputs (statistics, results), written and reopened, and renames.
 
-Outputs are written with consolidated metadata so that a plain
-``xr.open_zarr(path)`` opens them without the "Failed to open Zarr store
-with consolidated metadata" RuntimeWarning (measured: zarr 3.1, xarray
-2026.9). Zarr v3 does not specify consolidated metadata yet and warns
-(``ZarrUserWarning``) when writing it; that warning is about the format,
-not the data, so it is silenced here and nowhere else.
-
-Zarr lists a group's arrays alphabetically, so the variables' order is kept
-in the ``ncdask_variables`` attribute and restored by :func:`open_dataset`.
+Outputs carry consolidated metadata, so ``xr.open_zarr(path)`` opens them without a warning
+(Zarr's warning that v3 does not specify it is silenced here only); the variables' order is
+kept in the ``ncdask_variables`` attribute, since Zarr lists arrays alphabetically.
 """
 
 from __future__ import annotations
@@ -19,10 +13,13 @@ import time
 import warnings
 from typing import Any
 
+import fsspec
 import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
 
-from ncdask.store.staging import is_stale, owner_tag, remove_stale
 from ncdask._validate import NcdaskStoreError
+from ncdask.store.staging import is_stale, owner_tag, remove_stale
 
 ORDER_ATTR = "ncdask_variables"
 KIND_ATTR = "ncdask_output"
@@ -33,57 +30,88 @@ class IncompleteOutputError(NcdaskStoreError):
     """An ncdask output whose writing was interrupted, with no complete copy left."""
 
 
-def _protocol(fs: Any) -> str:
-    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+def url_fs(url: str, storage_options: dict | None) -> tuple[Any, str]:
+    """The fsspec filesystem of ``url`` and its path (no trailing ``/``)."""
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs, path.rstrip("/")
+
+
+def fs_exists(url: str, storage_options: dict | None) -> bool:
+    fs, path = url_fs(url, storage_options)
+    return bool(fs.exists(path))
+
+
+def backend(fs: Any) -> str:
+    """What ``fs`` is, decided here only: ``"local"`` (a disk: atomic ``os.rename`` and
+    ``flock``), ``"memory"`` (renames; dies with its process) or ``"object"`` (no rename,
+    no lock: an object store)."""
+    p = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return "local" if p in ("file", "local") else "memory" if p == "memory" else "object"
 
 
 def renames(fs: Any) -> bool:
-    """Whether ``fs`` renames a folder in one step: a local disk, or memory (whose
-    contents die with the process that could be killed); not object stores."""
-    return _protocol(fs) in ("file", "local", "memory")
+    """Whether ``fs`` renames a folder in one step (not object stores)."""
+    return backend(fs) != "object"
 
 
 def rename(fs: Any, src: str, dst: str) -> None:
     """Rename a directory: ``os.rename`` (atomic) on a local disk, else ``fs.mv``."""
-    if _protocol(fs) in ("file", "local"):
+    if backend(fs) == "local":
         os.rename(src, dst)
     else:
         fs.mv(src, dst, recursive=True)
 
 
-def _replaceable(url: str, kind: str, storage_options: dict | None) -> str | None:
-    """Why the existing path ``url`` must not be replaced by ``kind`` output (None: it may)."""
-    import zarr
+def swap_in(fs: Any, tmp: str, path: str) -> None:
+    """Move the complete ``tmp`` to ``path`` by renames, the old ``path`` aside and deleted last.
 
-    try:
-        g = zarr.open_group(url, mode="r", storage_options=storage_options)
-    except Exception:  # a file, a plain folder, anything that is not a Zarr group
-        return "it is not a Zarr store that ncdask wrote"
-    attrs = dict(g.attrs)
-    if "ncdask" in attrs:
-        return "it is an ncdask embedding store"
-    have = attrs.get(KIND_ATTR)
-    if have is None:  # written before outputs were marked: any ncdask output
-        return None if "ncdask_version" in attrs else "it is not a Zarr store that ncdask wrote"
-    return None if have == kind else f"it holds ncdask {have}, not {kind}"
-
-
-def check_output(
-    url: str, kind: str, *, overwrite: bool = False, storage_options: dict | None = None
-) -> tuple[Any, str]:
-    """Raise ``FileExistsError`` unless ``url`` is free or may be replaced by ``kind`` output.
-
-    It may when it holds ncdask ``kind`` output and ``overwrite`` is true.
-
-    Returns the fsspec filesystem and path of ``url``. Called before a long
-    compute whose result goes to ``url``, and again by :func:`write_dataset`.
+    On failure (another writer put its store there first) the old ``path``
+    is restored and ``tmp`` deleted.
     """
-    import fsspec
+    old = f"{path}.ncdask-old-{owner_tag()}" if fs.exists(path) else None
+    try:
+        if old:
+            rename(fs, path, old)
+        rename(fs, tmp, path)
+    except BaseException:
+        if old and not fs.exists(path) and fs.exists(old):
+            rename(fs, old, path)
+        fs.rm(tmp, recursive=True)
+        raise
+    if old:
+        fs.rm(old, recursive=True)
 
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    path = path.rstrip("/")
-    if fs.exists(path):
-        why = _replaceable(_readable(url, storage_options), kind, storage_options)
+
+def _replaceable(url: str, kind: str, storage_options: dict | None) -> str | None:
+    """Why the existing path ``url`` must not be replaced by ``kind`` (None: it may)."""
+    foreign = "not an ncdask store" if kind == "store" else "not a Zarr store that ncdask wrote"
+    try:
+        attrs = dict(zarr.open_group(url, mode="r", storage_options=storage_options).attrs)
+    except Exception:  # a file, a plain folder, anything that is not a Zarr group
+        return f"it is {foreign}"
+    have = "store" if "ncdask" in attrs else attrs.get(KIND_ATTR)
+    if have is None:  # output written before outputs were marked
+        return None if "ncdask_version" in attrs and kind != "store" else f"it is {foreign}"
+    if have == kind:
+        return None
+    if have == "store":
+        return "it is an ncdask embedding store"
+    return f"it holds ncdask {have}, not " + ("an ncdask store" if kind == "store" else kind)
+
+
+def check_output(url: str, kind: str, *, overwrite: bool = False,
+                 storage_options: dict | None = None) -> tuple[Any, str]:
+    """Raise ``FileExistsError`` unless ``url`` is free, or holds ncdask ``kind`` output (or
+    an embedding store: ``"store"``) and ``overwrite`` is true; return its filesystem and path.
+
+    Called before a long compute whose result goes to ``url``, and by :func:`write_dataset`.
+    A store is created only where nothing is (``open_group(mode="w")`` deletes it).
+    """
+    fs, path = url_fs(url, storage_options)
+    if fs.exists(path) and not (kind == "store" and fs.isdir(path)
+                                and not fs.ls(path, detail=False)):  # an empty folder is free
+        readable = url if kind == "store" else _readable(url, storage_options)
+        why = _replaceable(readable, kind, storage_options)
         if why is not None:
             raise FileExistsError(f"{url!r} exists and {why}; refusing to replace it "
                                   "(choose another path, or remove it yourself)")
@@ -96,52 +124,26 @@ def check_output(
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     """Blosc LZ4 with byte shuffle for every float variable.
 
-    Why not Zarr's default (Zstd): statistics are float64 means of noisy
-    data that barely compress, and Zstd wrote them at half the speed. One
-    64 MiB chunk of float64 means (a third of the rows NaN, as for the empty
-    classes of a vocabulary), written and read on the 2-core machine: Zstd
-    (default) 0.39 s / 0.35 s, ratio 0.64; LZ4 + byte shuffle 0.20 s /
-    0.18 s, ratio 0.64; no compression 0.10 s / 0.16 s, ratio 1.0.
+    Statistics (float64 means of noisy data) barely compress; LZ4 writes them
+    twice as fast as Zarr's default Zstd, at the same ratio.
     """
-    from zarr.codecs import BloscCodec
-
     return {str(k): {"compressors": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle",
                                                 typesize=v.dtype.itemsize)]}
             for k, v in ds.data_vars.items() if v.dtype.kind == "f"}
 
 
-def write_dataset(
-    ds: xr.Dataset, url: str, *, kind: str, overwrite: bool = False,
-    storage_options: dict | None = None,
-) -> None:
+def write_dataset(ds: xr.Dataset, url: str, *, kind: str, overwrite: bool = False,
+                  storage_options: dict | None = None) -> None:
     """Write ``ds`` as a Zarr store at ``url``, with consolidated metadata, replacing safely.
 
-    The store is written beside ``url`` first and renamed into place when
-    complete (an atomic rename on a local disk), so an interrupted write
-    leaves what was at ``url`` untouched, and ``ds`` may be read lazily from
-    ``url`` itself (``save_stats(load_stats(p), p, overwrite=True)``). An
-    existing ``url`` is replaced only with ``overwrite`` and when it holds
-    ncdask output of the same ``kind``: a folder with other files, an
-    embedding store or other output is refused either way.
+    The store is written beside ``url`` and moved into place when complete,
+    so an interrupted write leaves what was at ``url`` untouched, and ``ds``
+    may be read lazily from ``url`` itself. An existing ``url`` is replaced
+    only with ``overwrite`` and when it holds ncdask output of the same
+    ``kind``.
 
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        Lazy variables are computed chunk by chunk as they are written.
-    url : str
-        Local path or fsspec URL.
-    kind : {"stats", "results"}
-        What the store holds; recorded, and checked before replacing.
-    overwrite : bool
-        Replace an existing ``url`` that holds ``kind`` output.
-    storage_options : dict, optional
-        Passed to fsspec.
-
-    Raises
-    ------
-    FileExistsError
-        ``url`` exists and is not ncdask ``kind`` output, or is and
-        ``overwrite`` is false (nothing is written).
+    Lazy variables are computed chunk by chunk as they are written; ``kind``
+    ("stats", "results") is recorded and checked before replacing.
     """
     fs, path = check_output(url, kind, overwrite=overwrite, storage_options=storage_options)
     out = ds.copy()
@@ -150,7 +152,7 @@ def write_dataset(
     out.attrs[KIND_ATTR] = kind
     out.attrs[WRITTEN_ATTR] = time.time()
     tag = owner_tag()
-    tmp, old = f"{path}.ncdask-tmp-{tag}", f"{path}.ncdask-old-{tag}"
+    tmp = f"{path}.ncdask-tmp-{tag}"
     tmp_url = url.rstrip("/") + f".ncdask-tmp-{tag}"
     try:
         with warnings.catch_warnings():
@@ -161,34 +163,18 @@ def write_dataset(
         if fs.exists(tmp):
             fs.rm(tmp, recursive=True)
         raise
-    replaced = fs.exists(path)
-    if not renames(fs):
-        _copy_into_place(fs, tmp, path, replaced)
+    if renames(fs):
+        swap_in(fs, tmp, path)
     else:
-        try:
-            if replaced:
-                rename(fs, path, old)
-            rename(fs, tmp, path)
-        except BaseException:  # e.g. another writer put its store there first
-            if replaced and not fs.exists(path) and fs.exists(old):
-                rename(fs, old, path)
-            fs.rm(tmp, recursive=True)
-            raise
-        if replaced:
-            fs.rm(old, recursive=True)
+        _copy_into_place(fs, tmp, path, fs.exists(path))
     parent, _, base = path.rpartition("/")
     remove_stale(fs, parent or ".", prefix=f"{base}.ncdask-")
 
 
 def _copy_into_place(fs: Any, tmp: str, path: str, replace: bool) -> None:
-    """Replace ``path`` by the complete store ``tmp`` where there is no rename (object stores).
-
-    The old store's root ``zarr.json`` goes first and the new one's comes
-    last, so until the end ``path`` reads as incomplete (no root metadata),
-    never as a mix: :func:`open_dataset` then reads the complete copy that
-    is still at ``tmp`` (and moves it in once its writer is gone). ``tmp``
-    is deleted only when ``path`` is whole.
-    """
+    """Replace ``path`` by the complete ``tmp`` without rename (object stores): the old root
+    ``zarr.json`` goes first, the new one last, so ``path`` reads as incomplete, never as a
+    mix, until it is whole, and :func:`open_dataset` reads ``tmp`` meanwhile."""
     root = f"{path}/zarr.json"
     if replace:
         if fs.exists(root):
@@ -201,12 +187,11 @@ def _copy_into_place(fs: Any, tmp: str, path: str, replace: bool) -> None:
     fs.rm(tmp, recursive=True)
 
 
-def _complete(fs: Any, path: str) -> bool | None:
+def is_complete(fs: Any, path: str) -> bool | None:
     """Whether the output at ``path`` was written whole (None: nothing is there).
 
-    ncdask's outputs end with their consolidated root metadata; a store whose
-    root ``zarr.json`` is missing or lacks it, though it is marked as ncdask
-    output, was cut off while being written or replaced.
+    Outputs end with their consolidated root metadata; one marked as ncdask
+    output without it was cut off while written or replaced.
     """
     try:
         raw = fs.cat_file(f"{path}/zarr.json")
@@ -228,7 +213,7 @@ def _complete_copy(fs: Any, path: str) -> str | None:
     best, when = None, -1.0
     for p in fs.glob(f"{path}.ncdask-tmp-*"):
         p = str(p).rstrip("/")
-        if not _complete(fs, p):
+        if not is_complete(fs, p):
             continue
         try:
             t = float(json.loads(fs.cat_file(f"{p}/zarr.json"))["attributes"][WRITTEN_ATTR])
@@ -240,23 +225,13 @@ def _complete_copy(fs: Any, path: str) -> str | None:
 
 
 def _readable(url: str, storage_options: dict | None) -> str:
-    """The URL to read the output at ``url`` from: itself, or a complete copy beside it.
-
-    Raises
-    ------
-    IncompleteOutputError
-        ``url`` was cut off while being written and no complete copy is left.
-    """
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    path = path.rstrip("/")
+    """The URL to read the output at ``url`` from: itself, or a complete copy beside it
+    (:class:`IncompleteOutputError` when cut off with no complete copy left)."""
+    fs, path = url_fs(url, storage_options)
     fs.invalidate_cache()  # s3fs caches listings; other processes write here
-    if _complete(fs, path):
+    if is_complete(fs, path):
         return url
-    # nothing there, or no root metadata, or cut off: a replace may have been
-    # interrupted (between a local replace's renames; during an object store's
-    # copy, which deletes the old store first)
+    # a replace may have been interrupted (between renames, or during a copy)
     copy = _complete_copy(fs, path)
     if copy is None:
         if not fs.exists(f"{path}/zarr.json"):
@@ -282,19 +257,7 @@ def _readable(url: str, storage_options: dict | None) -> str:
 
 
 def open_dataset(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
-    """Open a store written by :func:`write_dataset` lazily, variables in their written order.
-
-    Stores without consolidated metadata (written by older ncdask) open too.
-
-    Parameters
-    ----------
-    url : str
-    storage_options : dict, optional
-
-    Returns
-    -------
-    xarray.Dataset
-    """
+    """Open a store written by :func:`write_dataset` lazily, variables in their written order."""
     kw: dict[str, Any] = {"storage_options": storage_options}
     url = _readable(url, storage_options)
     with warnings.catch_warnings():
@@ -302,7 +265,7 @@ def open_dataset(url: str, *, storage_options: dict | None = None) -> xr.Dataset
         try:
             ds = xr.open_zarr(url, consolidated=True, **kw)
         except (KeyError, ValueError, FileNotFoundError) as e:
-            if isinstance(e, FileNotFoundError) and not _exists(url, storage_options):
+            if isinstance(e, FileNotFoundError) and not fs_exists(url, storage_options):
                 raise
             ds = xr.open_zarr(url, consolidated=False, **kw)
     ds.attrs.pop(KIND_ATTR, None)
@@ -315,10 +278,3 @@ def open_dataset(url: str, *, storage_options: dict | None = None) -> xr.Dataset
         ds = ds[names]
         ds.attrs = attrs
     return ds
-
-
-def _exists(url: str, storage_options: dict | None) -> bool:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    return bool(fs.exists(path))

@@ -1,0 +1,376 @@
+"""The core of a store (layout: :mod:`ncdask.store.embedding`): :class:`Core` holds an opened
+store, its metadata and filesystem, and finds or creates its sets and splits; appends,
+writer, imports, classifier and reads are functions over a :class:`Core`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+from dask.base import tokenize
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import MemoryStore
+
+from ncdask._validate import NcdaskStoreError, check_name
+from ncdask.store.record import DamagedStoreError, empty_record, snapshot
+from ncdask.store.setkey import SetKey
+from ncdask.store.staging import remove_stale
+from ncdask.store.zarrio import backend, url_fs
+
+FORMAT = 2  # 2: sets may have their own width (``ncdask_layout``); 1 otherwise
+CHUNK_BYTES = 64 * 2**20
+#: Set on a split group whose deletion has begun (object stores).
+DELETED_ATTR = "ncdask_deleted"
+#: The set attribute naming the group that holds the set's current classifier.
+CLASSIFIER_ATTR = "ncdask_classifier"
+#: Dask config key choosing how concurrent writers of one split are kept apart.
+WRITERS_KEY = "ncdask.writers"
+
+
+def default_codec() -> list:
+    """Blosc LZ4 (about as fast as no compression; zstd writes at half the speed), then a
+    CRC-32C checksum that makes a damaged chunk an error instead of wrong values."""
+    return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), Crc32cCodec()]
+
+
+def auto_chunk_rows(dim: int, dtype: np.dtype) -> int:
+    """Rows of about ``CHUNK_BYTES`` (64 MiB) per chunk."""
+    return max(1, CHUNK_BYTES // (int(dim) * np.dtype(dtype).itemsize))
+
+
+@contextlib.contextmanager
+def naming_broken_metadata(url: str, storage_options: dict | None) -> Iterator[None]:
+    """Turn Zarr's JSON error (which names no file) into one naming the broken ``zarr.json``."""
+    try:
+        yield
+    except json.JSONDecodeError as e:
+        fs, root = url_fs(url, storage_options)
+        broken = []
+        for f in fs.glob(f"{root}/**/zarr.json") + [f"{root}/zarr.json"]:
+            try:
+                json.loads(fs.cat_file(f))
+            except (ValueError, FileNotFoundError):
+                broken.append(str(f))
+        raise DamagedStoreError(
+            f"{url!r}: unreadable metadata ({e}) in " + (", ".join(sorted(set(broken)))
+                                                         or "a zarr.json file")
+            + ": the store is damaged (truncated or edited)") from e
+
+
+class NamedChunks:
+    """A Zarr array whose read errors (a checksum mismatch, ...) name store, array and rows."""
+
+    def __init__(self, a: zarr.Array, url: str) -> None:
+        self.a, self.url = a, url
+        self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return self.a[key]
+        except Exception as e:
+            rows = key[0] if isinstance(key, tuple) else key
+            span = (f"rows {rows.start}-{rows.stop - 1}" if isinstance(rows, slice)
+                    and rows.start is not None and rows.stop is not None else f"{key}")
+            raise DamagedStoreError(
+                f"{self.url!r}: {self.a.path}, {span} (chunk rows {self.a.chunks[0]}): "
+                f"cannot be read ({type(e).__name__}: {e}); run `ncdask check` on the store"
+            ) from e
+
+
+def read_array(a: zarr.Array, url: str) -> da.Array:
+    """``da.from_zarr(a)``, with read errors that name the store, array and rows."""
+    name = "zarr-" + tokenize(url, a.path, a.shape, a.chunks, str(a.dtype), a.metadata.to_dict())
+    return da.from_array(NamedChunks(a, url), chunks=a.chunks, name=name, asarray=False,
+                         fancy=False, lock=False, meta=np.empty((0,) * a.ndim, a.dtype))
+
+
+def fresh(g: zarr.Group) -> zarr.Group:
+    """Group ``g`` reopened: its attributes as they are in the store now, not as cached."""
+    return zarr.open_group(store=g.store, path=g.path, mode="r" if g.store.read_only else "r+")
+
+
+def classifier_name(sg: zarr.Group) -> str | None:
+    """The group of set ``sg`` holding its current classifier (``classifier`` in old stores)."""
+    name = sg.attrs.get(CLASSIFIER_ATTR)
+    if isinstance(name, str) and name in sg:
+        return name
+    return "classifier" if "classifier" in sg else None
+
+
+def is_labelled(g: zarr.Group) -> bool:
+    return bool(g.attrs["ncdask_split"].get("labelled", True))
+
+
+def check_labelled(g: zarr.Group, labelled: bool) -> None:
+    """Labelled and unlabelled batches do not mix in one split."""
+    have = is_labelled(g)
+    if have != labelled:
+        name = g.attrs["ncdask_split"].get("split")
+        raise ValueError(
+            f"split {name!r} is {'labelled' if have else 'unlabelled'}: "
+            + ("pass labels with every batch" if have else
+               "its batches take no labels (y=None); use another split for labelled data"))
+
+
+def forget_listings(g: zarr.Group) -> None:
+    """Drop the listings fsspec cached for ``g``'s store (s3fs keeps deleted nodes)."""
+    fs = getattr(g.store, "fs", None)
+    if fs is not None and hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache()
+
+
+def truncate(g: zarr.Group, n: int) -> None:
+    """Shrink a split's arrays back to its ``n`` committed rows (after a failed write)."""
+    for name in ("embeddings", "labels"):
+        if name in g and g[name].shape[0] > n:
+            g[name].resize((n, *g[name].shape[1:]))
+
+
+def put_once(parent: zarr.Group, name: str, build: Any) -> zarr.Group | zarr.Array:
+    """Create node ``name`` of ``parent`` with one write that never replaces an existing node:
+    ``build(group)`` makes it in a scratch group, its ``zarr.json`` is put with
+    ``set_if_not_exists``, so racing creators all end with one node and its attributes."""
+    scratch = zarr.open_group(MemoryStore(), mode="w", zarr_format=3)
+    build(scratch)
+    body = sync(scratch.store.get(f"{name}/zarr.json", prototype=default_buffer_prototype()))
+    sync(parent.store.set_if_not_exists("/".join(p for p in (parent.path, name, "zarr.json")
+                                                 if p), body))
+    return zarr.open(store=parent.store, path="/".join(p for p in (parent.path, name) if p),
+                     mode="r+", zarr_format=3)
+
+
+def remove_split(g: zarr.Group, fs: Any, path: str) -> None:
+    """Delete split group ``g`` at ``path`` without rename: the record first (gone for
+    readers), its ``zarr.json`` last (a kill leaves a group the next creator removes)."""
+    g.attrs.put({DELETED_ATTR: time.time()})
+    root = f"{path}/zarr.json"
+    try:  # another process may be finishing the same delete
+        files = [f for f in fs.find(path) if f != root]
+        if files:
+            fs.rm(files)
+        fs.rm(root)
+    except FileNotFoundError:
+        pass
+    forget_listings(g)
+
+
+class Core:
+    """An opened store: root ``group``, ``url``, ``mode``, metadata and filesystem."""
+
+    def __init__(self, group: zarr.Group, url: str, mode: str,
+                 storage_options: dict | None = None) -> None:
+        meta = group.attrs.get("ncdask")
+        if not isinstance(meta, Mapping) or "n_classes" not in meta:
+            raise NcdaskStoreError(f"{url!r} is a Zarr group but not an ncdask store")
+        if int(meta.get("format", 0)) > FORMAT:
+            raise NcdaskStoreError(
+                f"{url!r} has store format {meta['format']}; this ncdask reads up to {FORMAT}")
+        self.group, self.url, self.mode = group, url, mode
+        self.storage_options = storage_options
+        self.meta = dict(meta)
+        #: this handle's shards, one per (split, process, thread): a shard has one writer
+        self.shards: dict[tuple[str, int, int], zarr.Group] = {}
+        self._fs: tuple[Any, str] | None = None
+
+    n_classes = property(lambda self: int(self.meta["n_classes"]))
+    dim = property(lambda self: int(self.meta["dim"]))
+    dtype = property(lambda self: np.dtype(self.meta["dtype"]))
+    chunk_rows = property(lambda self: int(self.meta["chunk_rows"]))
+
+    @property
+    def ignore_index(self) -> int | None:
+        ii = self.meta.get("ignore_index")
+        return None if ii is None else int(ii)
+
+    def fs_path(self, group: zarr.Group | None = None, name: str = "") -> tuple[Any, str]:
+        """The fsspec filesystem and the path of ``name`` in ``group`` (default: the root)."""
+        if self._fs is None:
+            self._fs = url_fs(self.url, self.storage_options)
+        fs, root = self._fs
+        return fs, "/".join([root, *(p for p in (getattr(group, "path", ""), name) if p)])
+
+    @property
+    def kind(self) -> str:
+        """``"local"``, ``"memory"`` or ``"object"`` (:func:`ncdask.store.zarrio.backend`)."""
+        return backend(self.fs_path()[0])
+
+    def use_shards(self) -> bool:
+        """Whether appends go to this writer's own shard: on object stores, or as configured."""
+        mode = dask.config.get(WRITERS_KEY, "auto")
+        if mode not in ("auto", "lock", "shards"):
+            raise ValueError(f"{WRITERS_KEY} must be 'auto', 'lock' or 'shards', got {mode!r}")
+        return self.kind == "object" if mode == "auto" else mode == "shards"
+
+    def shard_key(self, g: zarr.Group) -> tuple[str, int, int]:
+        return g.path, os.getpid(), threading.get_ident()
+
+    def require_writable(self) -> None:
+        if self.mode == "r":
+            raise PermissionError(
+                f"store {self.url!r} is open read-only; open it with mode='a' to append")
+
+    def chunk_rows_for(self, dim: int) -> int:
+        """Rows per chunk of a new set of width ``dim``."""
+        auto = self.meta.get("chunk_rows_auto")
+        if auto is None:  # stores written before sets had their own widths
+            auto = self.chunk_rows == auto_chunk_rows(self.dim, self.dtype)
+        return auto_chunk_rows(dim, self.dtype) if auto else self.chunk_rows
+
+    # ----------------------------------------------------------------- sets
+    def set_group(self, key: SetKey, create: bool = False,
+                  layout: dict | None = None) -> zarr.Group | None:
+        """A set's group (None if missing); ``create`` makes it, with ``layout`` if given."""
+        if not key.path:
+            return self.group
+        try:
+            return self.group[key.path]
+        except KeyError:
+            if not create:
+                return None
+        self.require_writable()
+        parent = self.group
+        if key.layer is not None and key.epoch is not None:
+            top = {"ncdask_set": {"layer": key.layer}}
+            parent = put_once(self.group, f"layer={key.layer}",
+                              lambda g: g.create_group(f"layer={key.layer}", attributes=top))
+        name = key.path.rsplit("/", 1)[-1]
+        attrs = {"ncdask_set": key.tags, **({"ncdask_layout": layout} if layout else {})}
+        return put_once(parent, name, lambda g: g.create_group(name, attributes=attrs))
+
+    def layout(self, sg: zarr.Group) -> tuple[int, int] | None:
+        """``(dim, chunk_rows)`` of a set group; None while nothing fixes its width."""
+        if sg.path == self.group.path:
+            return self.dim, self.chunk_rows
+        lay = sg.attrs.get("ncdask_layout")
+        if isinstance(lay, Mapping) and "dim" in lay:
+            return int(lay["dim"]), int(lay.get("chunk_rows") or self.chunk_rows_for(lay["dim"]))
+        if classifier_name(sg) is not None or any(
+                "ncdask_split" in sub.attrs for n, sub in sg.groups() if not n.startswith(".")):
+            return self.dim, self.chunk_rows  # written before sets had their own widths
+        return None
+
+    def known_dim(self, key: SetKey) -> int | None:
+        sg = self.set_group(key)
+        lay = None if sg is None else self.layout(sg)
+        return None if lay is None else lay[0]
+
+    def require_set(self, key: SetKey, dim: int,
+                    chunk_rows: int | None = None) -> tuple[zarr.Group, int, int]:
+        """The set's group and ``(dim, chunk_rows)``, recorded on its first write (a
+        ValueError if the set has another width)."""
+        dim = int(dim)
+        rows = int(chunk_rows) if chunk_rows is not None else self.chunk_rows_for(dim)
+        # created with its width: concurrent first writers agree or are refused
+        sg = self.set_group(key, create=True, layout={"dim": dim, "chunk_rows": rows})
+        lay = self.layout(sg)
+        if lay is None:  # a set created empty by an older ncdask
+            sg.attrs["ncdask_layout"] = {"dim": dim, "chunk_rows": rows}
+            lay = (dim, rows)
+        if dim != lay[0]:
+            raise ValueError(f"set {key.where or '(default)'} of {self.url!r} has dim "
+                             f"{lay[0]} (recorded when it was first written), got dim {dim}")
+        if dim != self.dim and int(self.meta.get("format", 1)) < 2:
+            # older ncdask reads every set with the store's dim: make it refuse the store
+            self.meta = {**self.group.attrs["ncdask"], "format": 2}
+            self.group.attrs["ncdask"] = self.meta
+        return sg, lay[0], lay[1]
+
+    def sets(self) -> list[dict[str, Any]]:
+        """The tags of every set holding at least one split."""
+        out: list[dict[str, Any]] = []
+
+        def walk(g: zarr.Group, tags: dict) -> None:
+            subs = sorted(g.groups())
+            if any("ncdask_split" in sub.attrs for n, sub in subs if not n.startswith(".")):
+                out.append(tags)
+            for _, sub in subs:
+                if "ncdask_set" in sub.attrs:
+                    walk(sub, dict(sub.attrs["ncdask_set"]))
+
+        with naming_broken_metadata(self.url, self.storage_options):
+            walk(self.group, {})
+        return sorted(out, key=lambda t: (str(t.get("layer", "")), t.get("epoch", -1)))
+
+    def splits(self, key: SetKey) -> list[str]:
+        with naming_broken_metadata(self.url, self.storage_options):
+            g = self.set_group(key)
+            if g is None:
+                return []
+            return sorted(n for n, sub in g.groups()
+                          if "ncdask_split" in sub.attrs and not n.startswith("."))
+
+    # --------------------------------------------------------------- splits
+    def split_group(self, split: str, key: SetKey, create: bool = False,
+                    dim: int | None = None, labelled: bool = True) -> zarr.Group:
+        """A split's group; with ``create``, made (in a set of width ``dim``) if missing."""
+        check_name("split", split)
+        sg = self.set_group(key)
+        if create and sg is not None and split in sg and DELETED_ATTR in sg[split].attrs:
+            remove_split(sg[split], *self.fs_path(sg, split))  # finish a killed delete
+        if sg is not None and split in sg and "ncdask_split" in sg[split].attrs:
+            g = sg[split]
+            if create and "embeddings" not in g:  # another writer is creating it right now
+                self.split_arrays(g, *self.layout(sg), is_labelled(g))
+            return g
+        if not create:
+            raise KeyError(f"unknown split {split!r} in {key.path or 'the default set'} of "
+                           f"{self.url!r}; splits there: {self.splits(key)}")
+        sg, D, rows = self.require_set(key, self.dim if dim is None else dim)
+        # the group and its empty record in one write that never replaces another
+        # writer's (whose record may already hold commits), then the arrays likewise
+        rec = {"ncdask_split": empty_record(split, key, self.n_classes, labelled)}
+        g = put_once(sg, split, lambda t: t.create_group(split, attributes=rec))
+        check_labelled(g, labelled)
+        self.split_arrays(g, D, rows, is_labelled(g))
+        return g
+
+    def split_arrays(self, g: zarr.Group, D: int, rows: int, labelled: bool) -> None:
+        """Give split (or shard) group ``g`` its empty arrays where missing; the fill values
+        (NaN, an impossible label) make a lost chunk visible."""
+        put_once(g, "embeddings", lambda t: t.create_array(
+            "embeddings", shape=(0, D), chunks=(rows, D), dtype=self.dtype,
+            dimension_names=("sample", "feature"), compressors=default_codec(),
+            fill_value=np.nan))
+        if labelled:
+            lab = np.int32 if self.n_classes < 2**31 else np.int64
+            put_once(g, "labels", lambda t: t.create_array(
+                "labels", shape=(0,), chunks=(rows,), dtype=lab,
+                dimension_names=("sample",), compressors=[ZstdCodec(level=3), Crc32cCodec()],
+                fill_value=np.iinfo(lab).min))
+
+    def tidy(self, sg: zarr.Group) -> list[str]:
+        """Delete what killed writers left staged in set ``sg`` (:mod:`ncdask.store.staging`)."""
+        fs, folder = self.fs_path(sg)
+        gone = remove_stale(fs, folder, keep=tuple(n for n in (classifier_name(sg),) if n))
+        if gone:
+            forget_listings(sg)
+        return gone
+
+    def remove_group(self, sg: zarr.Group, name: str) -> None:
+        fs, path = self.fs_path(sg, name)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+            forget_listings(sg)
+
+
+def committed_parts(core: Core, split: str, key: SetKey) -> list[tuple[zarr.Group, int]]:
+    """The parts of a split holding committed rows, ``[(group, rows), ...]``, in read order
+    (parts only grow, so their paths and rows tell what a result covers)."""
+    return [(p, k) for p, k in snapshot(core.split_group(split, key))[0] if k > 0]
+
+
+def current_classifier(core: Core, key: SetKey) -> str | None:
+    """The name of the group holding the set's classifier version (None: none stored)."""
+    sg = core.set_group(key)
+    return None if sg is None else classifier_name(fresh(sg))

@@ -1,0 +1,49 @@
+"""What capture, sweeps and the statistics need from where embeddings go: :class:`SplitSource`."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import xarray as xr
+
+
+class BatchWriter(Protocol):
+    """A split's writer: ``append`` batches inside a ``with`` block."""
+
+    def append(self, X: Any, y: Any = None) -> None: ...
+    def __enter__(self) -> BatchWriter: ...
+    def __exit__(self, *exc: Any) -> Any: ...
+
+
+@runtime_checkable
+class SplitSource(Protocol):
+    """Embedding sets (tagged ``layer=`` / ``epoch=``) of splits, written and read.
+
+    :func:`ncdask.capture` writes to one (``writer``, ``set_classifier``,
+    ``dim_of``, ``splits`` and a split's rows, ``n_rows``); :func:`ncdask.sweep`
+    and the statistics read one (``sets``, ``splits``, ``split``, ``classifier``).
+    :class:`ncdask.EmbeddingStore` (Zarr, any fsspec URL) and
+    :class:`ncdask.StatsSink` (streamed statistics, no embeddings) implement
+    it; a new backend (in memory, icechunk, ...) goes here. Tags are passed
+    as ``layer=`` / ``epoch=`` keywords; a missing split, set or classifier
+    is a KeyError. ``sets()`` lists tags (``{}``: the default set), ``split``
+    gives ``embeddings (sample, feature)`` and ``labels (sample)``.
+    """
+
+    url: str
+    n_classes: int
+
+    def sets(self) -> list[dict[str, Any]]: ...
+    def splits(self, *, layer: str | None = None, epoch: int | None = None) -> list[str]: ...
+    def dim_of(self, *, layer: str | None = None, epoch: int | None = None) -> int: ...
+    def n_rows(self, split: str, *, layer: str | None = None,
+               epoch: int | None = None) -> int: ...
+    def split(self, name: str, *, layer: str | None = None,
+              epoch: int | None = None) -> xr.Dataset: ...
+    def writer(self, split: str, *, layer: str | None = None, epoch: int | None = None,
+               allow_nonfinite: bool = False, dim: int | None = None,
+               labelled: bool = True) -> BatchWriter: ...
+    def set_classifier(self, W: Any, b: Any = None, *, layer: str | None = None,
+                       epoch: int | None = None) -> None: ...
+    def classifier(self, *, layer: str | None = None, epoch: int | None = None,
+                   lazy: bool = False) -> tuple[Any, Any]: ...
