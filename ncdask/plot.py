@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ncdask.kernels._xp import to_numpy
+from ncdask.metrics.inputs import host_float64
 
 #: Metrics drawn by :func:`plot_metrics` by default, in this order, when present.
 HEADLINE = ("nc1_pinv", "nc1_cdnv", "nc1_quot", "nc2_etf_err", "nc2_equinorm", "nc2_max_angle",
@@ -36,14 +36,6 @@ def _save(fig: Any, path: str | Path | None) -> Any:
     if path is not None:
         fig.savefig(str(path), dpi=110)
     return fig
-
-
-def _values(x: Any) -> np.ndarray:
-    if isinstance(x, (xr.DataArray, xr.Variable)):
-        x = x.data
-    if hasattr(x, "compute") and not isinstance(x, np.ndarray):
-        x = x.compute()
-    return np.asarray(to_numpy(x), dtype=np.float64)
 
 
 def _use_log(v: np.ndarray) -> bool:
@@ -168,7 +160,7 @@ def _log_x(a: Any) -> None:
 def _terminal_phase(results: xr.Dataset, dim: str, acc: Sequence[str]) -> Any:
     if not acc:
         return None
-    v = _values(results[acc[0]])
+    v = host_float64(results[acc[0]])
     hit = np.nonzero(v >= 1.0)[0]
     return results[dim].values[hit[0]] if hit.size else None
 
@@ -259,9 +251,9 @@ def plot_metrics(
         fig, ax = _figure(ax, (6, 4))
         for m in metrics:
             d = collapse_direction(m)
-            ax.plot(x, _values(results[m]), marker="o", ms=3,
+            ax.plot(x, host_float64(results[m]), marker="o", ms=3,
                     label=m + (f" ({_CUE[d]})" if d is not None else ""))
-        scale = _draw_y(ax, np.concatenate([_values(results[m]) for m in metrics]), logy,
+        scale = _draw_y(ax, np.concatenate([host_float64(results[m]) for m in metrics]), logy,
                         min_decades)
         rule = f"log, \u2265 {min_decades:g} decade" if scale == "log" else "linear, from 0"
         ax.set_ylabel(f"value ({rule})")
@@ -278,7 +270,7 @@ def plot_metrics(
     fig = Figure(figsize=(3.6 * ncols, 2.8 * nrows + 0.4), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for a, m in zip(axes, metrics, strict=False):
-        v = _values(results[m])
+        v = host_float64(results[m])
         a.plot(x, v, marker="o", ms=3)
         _draw_y(a, v, logy, min_decades)
         a.set_title(_title(m), fontsize="medium")
@@ -286,7 +278,7 @@ def plot_metrics(
     if acc:
         a = axes[len(metrics)]
         for name in acc:
-            a.plot(x, _values(results[name]), marker="o", ms=3,
+            a.plot(x, host_float64(results[name]), marker="o", ms=3,
                    label=str(results[name].attrs.get("long_name") or name))
         a.set_ylim(0, 1.05)
         a.set_title("accuracy", fontsize="medium")
@@ -346,11 +338,11 @@ def _where(attrs: Any) -> str:
 
 def _class_cosines(stats: Any, idx: np.ndarray) -> np.ndarray:
     if isinstance(stats, xr.Dataset):
-        M = _values(stats["means"].isel({"class": idx}))
-        mG = _values(stats["global_mean"])
+        M = host_float64(stats["means"].isel({"class": idx}))
+        mG = host_float64(stats["global_mean"])
     else:
-        mG = _values(stats.mean(axis=0))  # a dask input stays lazy until here
-        M = _values(stats[idx])
+        mG = host_float64(stats.mean(axis=0))  # a dask input stays lazy until here
+        M = host_float64(stats[idx])
     Mc = M - mG[None, :]
     U = Mc / np.maximum(np.linalg.norm(Mc, axis=1, keepdims=True), 1e-300)
     return U @ U.T
@@ -359,7 +351,7 @@ def _class_cosines(stats: Any, idx: np.ndarray) -> np.ndarray:
 def _class_axis(stats: Any) -> tuple[int, np.ndarray | None, np.ndarray]:
     if isinstance(stats, xr.Dataset):
         K = int(stats.sizes["class"])
-        counts = _values(stats["counts"]) if "counts" in stats else None
+        counts = host_float64(stats["counts"]) if "counts" in stats else None
         ids = stats["class"].values if "class" in stats.coords else np.arange(K)
         return K, counts, ids
     K = int(stats.shape[0])
@@ -503,7 +495,7 @@ def plot_per_class(
     for d in [d for d in da_.dims if d != "class"]:
         where = ", ".join(filter(None, [where, f"{d}={da_[d].values[-1]}"]))
         da_ = da_.isel({d: -1})
-    v = _values(da_)
+    v = host_float64(da_)
     cls = da_["class"].values if "class" in da_.coords else np.arange(v.size)
     fig, ax = _figure(ax, (max(4.0, min(12.0, 0.25 * min(v.size, max_bars) + 2)), 3.4))
     if v.size <= max_bars:

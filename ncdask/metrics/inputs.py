@@ -107,6 +107,15 @@ def take_rows(x: da.Array, idx: np.ndarray) -> da.Array:
     return pieces[0] if len(pieces) == 1 else da.concatenate(pieces)
 
 
+def host_float64(x: Any) -> np.ndarray:
+    """A host float64 NumPy array of any supported input (a dask one is computed)."""
+    if isinstance(x, (xr.DataArray, xr.Variable)):
+        x = x.data
+    if isinstance(x, da.Array):
+        x = x.compute()
+    return np.asarray(to_numpy(x), dtype=np.float64)
+
+
 def float64(x: da.Array) -> da.Array:
     """``x`` as float64 (no-op when it is)."""
     return x if x.dtype == np.float64 else x.astype(np.float64)

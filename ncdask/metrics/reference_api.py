@@ -12,7 +12,8 @@ has, so that ``.var()`` is torch's unbiased variance; for NumPy use
 class_)``, one chunk per tile pair. Rows of ``M`` (class means, K × D) are
 taken as given, as in the reference: drop empty classes first
 (:func:`ncdask.measure` does). ``W`` (K × D) are the classifier weights,
-``m_G`` (D,) or 0 the global mean ``M`` is centred on.
+``m_G`` (D,) or 0 the global mean ``M`` is centred on, ``V_norms`` (K,) the
+variance norms ``v_k``, ``tile_size`` the classes per pairwise tile.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ncdask.metrics.inputs import as_dask, class_rows, computed_float, pinv_dtype
+from ncdask.metrics.inputs import as_dask, class_rows, computed_float, host_float64, pinv_dtype
 from ncdask.metrics.declarations import METRICS, Inputs, evaluate
 from ncdask.graph import closed_forms as CF
 from ncdask.graph.pairwise import pair_grid
@@ -104,8 +105,6 @@ def covariance_ratio(V_intra: Array, M: Array, m_G: Array = 0, metric: str = "pi
     ----------
     V_intra : array (D, D)
         Within-class covariance Σ_W.
-    M, m_G : array (K, D), array (D,) or 0
-        Class means and global mean.
     metric : {"pinv", "svd", "quotient"}
         ``measure``'s ``nc1_pinv``, ``nc1_svd`` (NaN with a
         :class:`DegenerateInputWarning` unless K − 1 < D) or ``nc1_quot``.
@@ -138,21 +137,8 @@ def covariance_ratio(V_intra: Array, M: Array, m_G: Array = 0, metric: str = "pi
 
 def variability_cdnv(V_norms: Array, M: Array, dist_exp: float = 1.0,
                      tile_size: int | None = None) -> float:
-    """Mean class-distance normalised variance over pairs (``measure``'s ``nc1_cdnv``).
-
-    Parameters
-    ----------
-    V_norms, M : array (K,), array (K, D)
-        Variance norms ``v_k`` and class means.
-    dist_exp : float, default 1
-        The distance exponent ``p``.
-    tile_size : int, optional
-        Classes per tile.
-
-    Returns
-    -------
-    float
-    """
+    """Mean class-distance normalised variance over pairs (``measure``'s ``nc1_cdnv``);
+    ``dist_exp`` is the distance exponent ``p``."""
     A, T = class_rows(M, tile_size)
     v = as_dask(V_norms).astype(np.float64).reshape(-1)
     # centred on the mean row: distances do not change; precision does
@@ -277,15 +263,8 @@ def self_duality_error(W: Array, M: Array, m_G: Array = 0) -> float:
 
 
 def similarities(W: Array, M: Array, m_G: Array = 0, cos: bool = False) -> Array:
-    """Per-class ``w_k · m̃_k``, or its cosine (``similarities``, ``similarities_cos``).
-
-    Parameters
-    ----------
-    W, M, m_G : array (K, D) or (D,), array (K, D), array (D,) or 0
-        Classifier weights (one row serves every class, as torch broadcasts),
-        class means, global mean.
-    cos : bool, default False
-        Cosine similarity instead of the dot product.
+    """Per-class ``w_k · m̃_k``, or its cosine if ``cos`` (``similarities``,
+    ``similarities_cos``); one row ``W`` (D,) serves every class, as torch broadcasts.
 
     Returns
     -------
@@ -305,20 +284,8 @@ def similarities(W: Array, M: Array, m_G: Array = 0, cos: bool = False) -> Array
 
 
 def distance_norms(W: Array, M: Array, m_G: Array = 0, norm: bool = True) -> Array:
-    """Per-class ``‖w_k − m̃_k‖``, normalised first if ``norm`` (``distance_norms``).
-
-    Parameters
-    ----------
-    W, M, m_G : array (K, D), array (K, D), array (D,) or 0
-        Classifier weights, class means, global mean.
-    norm : bool, default True
-        Normalise ``w_k`` and ``m̃_k`` by ``‖·‖ + ε`` first.
-
-    Returns
-    -------
-    array (K,)
-        The input's kind.
-    """
+    """Per-class ``‖w_k − m̃_k‖`` (``distance_norms``), in the input's kind; ``norm``
+    divides ``w_k`` and ``m̃_k`` by ``‖·‖ + ε`` first."""
     Mc, _ = _centred(M, m_G)
     Wd = as_dask(W).astype(np.float64)
     if Wd.shape != Mc.shape:
@@ -329,20 +296,9 @@ def distance_norms(W: Array, M: Array, m_G: Array = 0, norm: bool = True) -> Arr
 
 
 def mean_norms(M: Array, m_G: Array = 0, post_funcs: Sequence[Callable] = ()) -> Array:
-    """Per-class ``‖m̃_k‖`` (``mean_norms``), then each of ``post_funcs`` in turn.
+    """Per-class ``‖m̃_k‖`` (``mean_norms``) in the input's kind, then each of
+    ``post_funcs`` in turn."""
 
-    Parameters
-    ----------
-    M, m_G : array (K, D), array (D,) or 0
-        Class means and global mean.
-    post_funcs : sequence of callables
-        Applied to the norms in the output's kind.
-
-    Returns
-    -------
-    array (K,)
-        The input's kind.
-    """
     Mc, _ = _centred(M, m_G)
     out = _like(evaluate("mean_norms", M=Mc), M, m_G)
     for f in post_funcs:
@@ -351,13 +307,6 @@ def mean_norms(M: Array, m_G: Array = 0, post_funcs: Sequence[Callable] = ()) ->
 
 
 # --------------------------------------------------------------------------- NC4 / NC5
-
-
-def _host(a: Array) -> np.ndarray:
-    """A host float64 NumPy array from any supported array (dask is computed)."""
-    a = a.data if isinstance(a, xr.DataArray) else a
-    a = dask.compute(a)[0] if isinstance(a, da.Array) else a
-    return np.asarray(to_numpy(a), dtype=np.float64)
 
 
 def _is_accumulator(x: Any) -> bool:  # the reference's DecAccumulator, duck-typed
@@ -375,23 +324,20 @@ def clf_ncc_agreement(
 ) -> float | None:
     """Agreement rate of the linear and nearest-class-centre classifiers.
 
-    Two call forms, as the reference's ``DecAccumulator.compute`` counts (a
-    class without samples has rate 0 and counts in the unweighted mean; no
-    samples at all give 0.0): ``clf_ncc_agreement(accum, indices=None,
-    weighted=True)`` with its ``DecAccumulator`` (or any object with
-    ``ns_samples`` and ``totals`` per class), and the earlier
-    ``clf_ncc_agreement(Ns, hits=None, misses=None, weighted=True)`` on
-    count arrays. ``measure``'s ``nc4_agree`` gives the same number from the
-    statistics and a test split (pass no ``bias`` for ``DecAccumulator``'s
-    ``argmax_k w_k · x``).
+    Counted as the reference's ``DecAccumulator.compute`` (a class without
+    samples has rate 0 and counts in the unweighted mean; no samples give
+    0.0), in two call forms: ``(accum, indices=None, weighted=True)`` with a
+    ``DecAccumulator`` (any object with per-class ``ns_samples`` and
+    ``totals``), or ``(Ns, hits=None, misses=None, weighted=True)`` on count
+    arrays. ``measure``'s ``nc4_agree`` gives it from the statistics and a test
+    split (pass no ``bias`` for ``DecAccumulator``'s ``argmax_k w_k · x``).
 
     Parameters
     ----------
     accum : DecAccumulator-like or array (K,)
         The accumulator, or the samples per class ``Ns``.
     *args
-        With an accumulator: ``indices``, ``weighted``; with arrays:
-        ``hits``, ``misses``, ``weighted``.
+        The remaining arguments of the call form, by position.
     indices : sequence of int, boolean mask or array, optional
         Classes to include; default all.
     weighted : bool, default True
@@ -435,15 +381,15 @@ def clf_ncc_agreement(
             raise TypeError(f"clf_ncc_agreement got {name} twice")
         given[name] = value
     if acc:
-        n, h = _host(accum.ns_samples).reshape(-1), _host(accum.totals)
+        n, h = host_float64(accum.ns_samples).reshape(-1), host_float64(accum.totals)
         if h.shape != n.shape:
             raise ValueError(f"the accumulator's totals have shape {h.shape}, expected "
                              f"per-class counts {n.shape} (a DecAccumulator)")
     else:
-        n = _host(accum)
-        h = None if given["hits"] is None else _host(given["hits"])
+        n = host_float64(accum)
+        h = None if given["hits"] is None else host_float64(given["hits"])
         if h is None and given["misses"] is not None:
-            m = _host(given["misses"])
+            m = host_float64(given["misses"])
             h = n - m if m.shape == n.shape else None
         if h is None or h.shape != n.shape:
             return None
