@@ -9,13 +9,16 @@ measures. PyTorch is imported only when :func:`capture` is called.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ncdask.store.setkey import SetKey
 from ncdask._validate import check_name
+from ncdask.kernels._xp import to_numpy
 from ncdask.store.embedding import EmbeddingStore
+
 
 WHICH = ("input", "output")
 
@@ -85,19 +88,8 @@ def _to_device(x: Any, device: Any) -> Any:
 def _model_device(model: Any) -> Any:
     import torch
 
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
-def _cupy_or_none() -> Any:
-    try:
-        import cupy
-    except ImportError:
-        return None
-    return cupy
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 def _features(t: Any, transform: Callable[[Any], Any] | None, cupy: Any) -> Any:
@@ -124,15 +116,6 @@ def _features(t: Any, transform: Callable[[Any], Any] | None, cupy: Any) -> Any:
         return t.to("cpu")  # a fresh host copy
     # a private copy: later in-place operations of the forward must not change it
     return t.clone()
-
-
-def _labels(y: Any) -> Any:
-    import numpy as np
-    import torch
-
-    if isinstance(y, torch.Tensor):
-        return y.detach().to("cpu").reshape(-1).numpy()
-    return np.asarray(y).reshape(-1)
 
 
 def _check_width(st: EmbeddingStore, key: SetKey, mod_name: str, kind: str, width: int) -> int:
@@ -182,49 +165,44 @@ def capture(
 ) -> list[dict[str, Any]]:
     """Record the input or output of named modules of a model into a store.
 
-    One pass over ``loader`` in eval mode under :func:`torch.no_grad`: a forward
-    hook on each module copies what it sees (later in-place operations of the
-    forward do not alter it), and each batch is appended to the layer's set
-    through a buffered :meth:`EmbeddingStore.writer`. Hooks are removed and
-    train/eval flags restored afterwards, also on errors; batches written
-    before a failure stay committed.
+    One pass over ``loader`` in eval mode under :func:`torch.no_grad`; a forward
+    hook copies what each module sees into its layer's set through a buffered
+    :meth:`EmbeddingStore.writer`. Hooks and train/eval flags are restored also
+    on errors; batches written before a failure stay committed. Half-precision
+    and integer features are stored as float32, CUDA ones go through CuPy and
+    DLPack when CuPy is importable; a module that runs twice per forward is refused.
 
     Parameters
     ----------
     model : torch.nn.Module
     loader : iterable
-        ``(x, y, ...)`` batches: ``x`` a tensor (or a list/tuple/dict of them,
-        passed as one argument), ``y`` labels in ``[0, K)``; with
-        ``labels=False``, ``x`` alone is allowed.
+        ``(x, y, ...)`` batches (``x`` a tensor or a list/tuple/dict of them,
+        ``y`` labels in ``[0, K)``); with ``labels=False``, ``x`` alone.
     store : EmbeddingStore, StatsSink, or mapping of layer name to EmbeddingStore
-        Where to write. A :class:`ncdask.StatsSink` keeps each layer's class
-        statistics instead of its embeddings. Each set takes its layer's width
-        on its first write and keeps it; the untagged set has the store's ``dim``.
+        Where to write (a :class:`ncdask.StatsSink` keeps class statistics
+        only). Each set keeps the width of its first write.
     split : str, default "train"
     layers : str, list or dict, optional
-        Module names (``model.named_modules()``): a name, a list of names (each
-        also names its set) or ``{set name: module name}``; a pair
-        ``(module name, "input" | "output")`` overrides ``which``. Default: the
-        input of ``classifier``, into the untagged set.
+        Module names of ``model.named_modules()``: a name, a list (each also
+        names its set) or ``{set name: module name}``; a pair ``(module name,
+        "input" | "output")`` overrides ``which``. Default: the input of
+        ``classifier``, into the untagged set.
     which : {"input", "output"}, default "input"
-        The module's first positional input or its output (the first element
-        of a tuple output).
+        The module's first positional input or its (first) output.
     classifier : str, optional
-        A linear module whose ``weight`` (K×D) and ``bias`` are stored in the
-        sets of ``classifier_for``.
+        A linear module whose ``weight`` and ``bias`` go to ``classifier_for``
+        (default: the sets recording its input).
     classifier_for : str or list of str, optional
-        Sets that get the classifier; default: those recording its input.
     epoch : int, optional
         Epoch tag of the sets written.
     device : torch.device or str, optional
         Where the inputs go; default the model's.
     transform : callable, optional
-        Applied to each hooked tensor before it is flattened to
-        ``(batch, features)`` (e.g. pooling ``lambda t: t.mean(dim=(2, 3))``).
+        Applied to each hooked tensor before it is flattened to ``(batch, -1)``
+        (e.g. pooling ``lambda t: t.mean(dim=(2, 3))``).
     max_batches : int, optional
     append : bool, default False
-        Allow adding to a split that has rows (by default a repeated call is
-        refused rather than duplicate samples).
+        Allow adding to a split that has rows (else refused: no duplicates).
     allow_nonfinite : bool, default False
     labels : bool, default True
         False writes unlabelled splits (out-of-distribution data).
@@ -232,12 +210,8 @@ def capture(
     Returns
     -------
     list of dict
-        Per set written: its tags, ``module``, ``which``, ``dim`` and ``rows``
-        (committed rows of the split).
+        Per set written: its tags, ``module``, ``which``, ``dim`` and ``rows``.
 
-    Half-precision and integer features are stored as float32; CUDA features
-    reach the store through CuPy and DLPack when CuPy is importable. A module
-    that runs more than once per forward is refused.
 
     Examples
     --------
@@ -362,7 +336,10 @@ def _hooked(model: Any, modules: Mapping[str | None, Any], specs: list[Spec],
             transform: Callable[[Any], Any] | None) -> Any:
     """Forward hooks that copy what each module sees into ``seen[tag]``; the model in eval
     mode meanwhile. Hooks removed and train/eval flags restored afterwards, also on errors."""
-    cupy = _cupy_or_none()
+    try:
+        import cupy
+    except ImportError:
+        cupy = None
     seen: dict[str | None, list[Any]] = {tag: [] for tag, _, _ in specs}
 
     def hook_for(tag: str | None, kind: str) -> Callable[..., None]:
@@ -405,7 +382,7 @@ def _batch_of(batch: Any, labels: bool) -> tuple[Any, Any]:
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise TypeError("the loader must yield (x, y, ...) batches (for "
                         "unlabelled data pass labels=False)")
-    return batch[0], _labels(batch[1])
+    return batch[0], to_numpy(batch[1]).reshape(-1)
 
 
 def _write_batches(model: Any, loader: Iterable[Any], dev: Any,
@@ -465,10 +442,6 @@ def _written(stores: Mapping[str | None, Any], specs: list[Spec],
              keys: Mapping[str | None, SetKey], split: str,
              dims: Mapping[str | None, int]) -> list[dict[str, Any]]:
     """One entry per set written: tags, module, which, width and committed rows."""
-    out = []
-    for tag, mod_name, kind in specs:
-        entry: dict[str, Any] = dict(keys[tag].tags)
-        rows = int(stores[tag].split(split, **keys[tag].tags).sizes["sample"])
-        entry.update(module=mod_name, which=kind, dim=dims[tag], rows=rows)
-        out.append(entry)
-    return out
+    return [{**keys[tag].tags, "module": mod_name, "which": kind, "dim": dims[tag],
+             "rows": int(stores[tag].split(split, **keys[tag].tags).sizes["sample"])}
+            for tag, mod_name, kind in specs]
