@@ -37,18 +37,17 @@ def class_covariances(
 ) -> xr.DataArray:
     """Per-class covariances of a split, in one pass, chunked over classes.
 
-    ``Σ_k = (1/n_k) Σ_{y_i=k} (x_i − μ_k)(x_i − μ_k)ᵀ`` (so ``tr Σ_k`` is the
-    variance norm ``v_k`` and ``Σ_k (n_k/N) Σ_k = Σ_W``), accumulated with
-    centred pairwise merges (accurate on collapsed float32 features).
+    ``Σ_k = (1/n_k) Σ_{y_i=k} (x_i − μ_k)(x_i − μ_k)ᵀ`` (``tr Σ_k = v_k``,
+    ``Σ_k (n_k/N) Σ_k = Σ_W``), with centred pairwise merges (accurate on
+    collapsed float32 features).
 
     Parameters
     ----------
     data : xarray.Dataset, EmbeddingStore, str or (store, split)
-        A split Dataset (``embeddings``, ``labels``), or a store with ``split``.
+        A split Dataset, or a store with ``split`` (default "train").
     classes : sequence of int, optional
         The classes to compute, in output order (default all K).
     split : str, optional
-        Split name when ``data`` is a store (default "train").
     class_chunk : int, optional
         Classes per output chunk (default: 32 MiB chunks).
     dtype : dtype, default "float64"
@@ -56,8 +55,8 @@ def class_covariances(
     ignore_index, n_classes : int, optional
         Label of samples to leave out and K (default: the split's attributes).
     max_memory : int, optional
-        Bytes of per-class accumulators held at once (default 256 MiB): more
-        classes are done in several passes over the embeddings. None: one pass.
+        Bytes of per-class accumulators held at once (default 256 MiB; more
+        classes take more passes). None: one pass.
 
     Returns
     -------
@@ -132,8 +131,8 @@ def class_nc1(covariances: xr.DataArray, stats: xr.Dataset, *,
               min_count: int | None = None) -> xr.DataArray:
     """Per-class NC1: ``tr(Σ_k Σ_B⁺) / K`` for every class of ``covariances``.
 
-    ``Σ_B⁺`` as in ``nc1_pinv`` (K the classes measured); ``Σ_k (n_k/N) nc1_k``
-    is ``nc1_pinv`` when ``Σ_W`` pools exactly the classes measured.
+    ``Σ_B⁺`` as in ``nc1_pinv``; ``Σ_k (n_k/N) nc1_k`` is ``nc1_pinv`` when
+    ``Σ_W`` pools exactly the classes measured.
 
     Parameters
     ----------
@@ -142,8 +141,7 @@ def class_nc1(covariances: xr.DataArray, stats: xr.Dataset, *,
     stats : xarray.Dataset
         From :func:`ncdask.class_stats`, on the same split.
     min_count : int, optional
-        Leave classes with fewer samples out, as :func:`ncdask.measure`
-        (those the statistics were filtered by are left out too).
+        Leave classes with fewer samples out, as :func:`ncdask.measure`.
 
     Returns
     -------
@@ -179,9 +177,9 @@ def class_spectra(covariances: xr.DataArray) -> xr.Dataset:
     Returns
     -------
     xarray.Dataset
-        Lazy ``eigenvalues (class, component)``, descending, and
-        ``effective_rank (class)``, ``exp(−Σ p_i log p_i)`` with ``p = λ/Σλ``
-        (rounding negatives clipped); NaN without samples, 0 for a zero Σ_k.
+        Lazy descending ``eigenvalues (class, component)`` and ``effective_rank
+        (class)``, ``exp(−Σ p_i log p_i)``, ``p = λ/Σλ``; NaN without samples.
+
 
     Examples
     --------

@@ -92,10 +92,8 @@ def log_spaced(x: Any) -> bool:
 def y_limits(v: np.ndarray, log: bool, min_decades: float = MIN_DECADES) -> tuple[float, float]:
     """The y range of a :func:`plot_metrics` panel, honest about relative change.
 
-    A linear axis includes 0 (a change of p % moves the curve by at most p % of
-    the panel); a log axis spans at least ``min_decades`` decades. Both get a
-    5 % margin; non-finite values (and, on a log axis, non-positive ones) are
-    ignored.
+    A linear axis includes 0, a log axis spans at least ``min_decades`` decades;
+    5 % margin; non-finite (and, on a log axis, non-positive) values are ignored.
 
     >>> y_limits(np.array([0.5, 0.498]), log=False)
     (-0.025, 0.525)
@@ -205,16 +203,15 @@ def plot_metrics(
 ) -> Any:
     """NC curves: each scalar metric against the sweep dim (epoch or layer).
 
-    Panels are titled with the metric and its direction of collapse
-    (:data:`COLLAPSE_DIRECTION`), y-labelled with its ``long_name``, and get
-    the y range of :func:`y_limits`. The ``accuracy`` variables share one more
-    panel; where the first (training accuracy) reaches 1, a dotted line marks
-    the terminal phase on every panel.
+    Panels are titled with the metric and its :data:`COLLAPSE_DIRECTION`,
+    y-labelled with its ``long_name``, in the range of :func:`y_limits`. The
+    ``accuracy`` variables share one more panel; where the first (training
+    accuracy) reaches 1, a dotted line marks the terminal phase.
 
     Parameters
     ----------
     results : xarray.Dataset
-        Output of :func:`ncdask.sweep` (a dim such as ``epoch``).
+        Output of :func:`ncdask.sweep`.
     dim : str, optional
         The sweep dim; default the first of :data:`SWEEP_DIMS` present.
     metrics : sequence of str, optional
@@ -229,7 +226,6 @@ def plot_metrics(
     accuracy : sequence of str
         Accuracy variables of the extra panel (empty: none).
     min_decades : float
-        Least span of a log y axis, in decades.
     ncols : int
         Panels per row.
 
@@ -383,20 +379,18 @@ def plot_gram(
     """Heatmap of the cosines between centred class means (the normalised Gram matrix).
 
     Under NC2 the off-diagonal cosines approach ``-1/(K-1)``; each panel's
-    headline is their spread (:func:`cosine_spread`). A mapping such as
-    ``{1: first, 40: last}`` draws the sets side by side on one colour scale.
-    Above ``max_classes`` a random block of classes, the same in every panel, is
-    drawn: only those rows of the means are read.
+    headline is their :func:`cosine_spread`. Above ``max_classes`` a random
+    block of classes (drawn with ``seed``, the same in every panel) is drawn:
+    only those rows of the means are read.
 
     Parameters
     ----------
     stats : xarray.Dataset, array (K, D), or mapping of them
-        Class statistics from :func:`ncdask.class_stats`, or class means; a
-        mapping draws one panel per entry, titled with its key.
+        Class statistics or class means; a mapping such as ``{1: first, 40:
+        last}`` draws one panel per entry on one colour scale.
     max_classes : int
-        Largest block drawn.
     classes : sequence of int, optional
-        Exactly these classes (else a sample drawn with ``seed``).
+        Exactly these classes.
     class_names : sequence of str, optional
         Names of all K classes for the tick labels (default the class ids).
     seed : int
@@ -471,8 +465,8 @@ def plot_per_class(
     results : xarray.Dataset
         Output of :func:`ncdask.measure` or :func:`ncdask.sweep`.
     var : str
-        A variable on the ``class`` dim.
     at : dict, optional
+
         Position along a sweep dim, e.g. ``{"epoch": 40}``; default the last.
     max_bars : int
         Above this many classes the values are drawn sorted, as a profile.

@@ -27,24 +27,19 @@ class Runner:
 
     def compute(self, obj: Any, label: str | None = None) -> Any:
         """``obj.compute()`` with a progress bar on stderr, ``label`` printed before it."""
+        if self.client is None:
+            return self.call(obj.compute, label=label)
         if label and not self.quiet:
             print(label, file=sys.stderr, flush=True)
-        if self.client is not None:
-            persisted = self.client.persist(obj)
-            if not self.quiet:
-                from distributed import progress
+        persisted = self.client.persist(obj)
+        if not self.quiet:
+            from distributed import progress
 
-                # distributed's text bar writes to stdout; keep stdout for results
-                with contextlib.redirect_stdout(sys.stderr):
-                    progress(persisted)
-                    print(file=sys.stderr)
-            return persisted.compute()
-        if self.quiet:
-            return obj.compute()
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar(out=sys.stderr, minimum=0.5):
-            return obj.compute()
+            # distributed's text bar writes to stdout; keep stdout for results
+            with contextlib.redirect_stdout(sys.stderr):
+                progress(persisted)
+                print(file=sys.stderr)
+        return persisted.compute()
 
     def call(self, fn: Any, *args: Any, label: str | None = None, **kwargs: Any) -> Any:
         """Call ``fn``, which computes inside, with a local scheduler's progress bar around it."""
@@ -84,7 +79,6 @@ def use_scheduler(
     Yields
     ------
     Runner
-        ``runner.compute(obj)`` computes with a progress bar.
 
     Raises
     ------

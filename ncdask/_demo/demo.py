@@ -1,15 +1,11 @@
 """The demo behind ``ncdask demo``: watch Neural Collapse happen while a small MLP trains.
 
-No downloads: scikit-learn's ``load_digits``. Digits 0-7 are the classes (K = 8,
-a stratified 75/25 train/test split); digits 8 and 9 form an unlabelled OOD split.
-A NumPy ReLU MLP (:data:`HIDDEN`) trains with the recipe of :data:`RECIPE` for
-:data:`EPOCHS` epochs, past zero training error into the terminal phase
-(Papyan et al. 2020; label smoothing speeds collapse up, Guo et al. 2024). At
-about ten log-spaced epochs the penultimate activations and the last layer go
-into one store, one embedding set per epoch, and every metric is measured as an
-epoch sweep. Outputs in ``out_dir``: ``embeddings.zarr``, ``results.zarr``,
-``nc_curves.png`` and ``gram.png``. Needs the ``demo`` extra (scikit-learn,
-matplotlib); deterministic for a seed (training runs single-threaded).
+Digits 0-7 of scikit-learn's ``load_digits`` are the classes (K = 8, a
+stratified 75/25 train/test split), digits 8 and 9 an unlabelled OOD split. A
+NumPy ReLU MLP trains past zero training error into the terminal phase (label
+smoothing speeds collapse up, Guo et al. 2024); at about ten log-spaced epochs
+its penultimate activations and last layer go into one store, a set per epoch,
+measured as an epoch sweep. Needs the ``demo`` extra; deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -64,11 +60,8 @@ def _data(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 class MLP:
-    """A ReLU MLP in NumPy (float32), layer widths ``sizes`` from input to logits.
-
-    Laid out as scikit-learn's ``MLPClassifier`` (``coefs_``, ``intercepts_``), so
-    :func:`penultimate` reads either; weights start He-normal from ``rng``.
-    """
+    """A ReLU MLP in NumPy (float32), layer widths ``sizes`` from input to logits, laid out
+    as scikit-learn's ``MLPClassifier`` (:func:`penultimate` reads either); He-normal start."""
 
     activation = "relu"
 
@@ -87,11 +80,8 @@ class MLP:
 
     def step(self, X: np.ndarray, targets: np.ndarray, *, lr: float, momentum: float,
              weight_decay: float) -> None:
-        """One SGD step on the mean cross-entropy against target probabilities (n, K).
-
-        PyTorch's convention: ``v = momentum v + g``, ``p -= lr v``; the weight
-        decay is added to the gradients of the weight matrices, not the biases.
-        """
+        """One SGD step on the mean cross-entropy against target probabilities (n, K), in
+        PyTorch's convention (``v = momentum v + g``; weight decay on the matrices only)."""
         h, z = self._forward(X)
         p = np.exp(z - z.max(axis=1, keepdims=True))
         d = (p / p.sum(axis=1, keepdims=True) - targets) / len(X)
@@ -171,14 +161,12 @@ def train_to_store(
     checkpoints : sequence of int, optional
         Epochs to capture; default :func:`default_checkpoints`.
     hidden, seed, lr, momentum, weight_decay, label_smoothing, batch_size
-        The network's hidden widths (the last is D), the seed of data, weights
-        and batch order, and the SGD recipe (:data:`RECIPE`).
+        Hidden widths (the last is D), the seed, and the SGD :data:`RECIPE`.
 
     Returns
     -------
     (EmbeddingStore, dict)
-        The store (a set per checkpoint epoch with train / test / ood splits and
-        a classifier) and the train / test accuracy per checkpoint.
+        The store (a set per checkpoint) and the train / test accuracy per checkpoint.
     """
     from ncdask.store.embedding import EmbeddingStore
 
@@ -261,21 +249,20 @@ def run_demo(
     Parameters
     ----------
     out_dir : str or Path
-        Output folder (created; earlier demo outputs in it are replaced).
+        Output folder (earlier demo outputs in it are replaced): ``embeddings.zarr``,
+        ``results.zarr``, and with ``plots`` ``nc_curves.png`` and ``gram.png``.
     epochs, checkpoints, hidden, seed
-        As :func:`train_to_store` (``epochs=None``: :data:`EPOCHS`).
+        As :func:`train_to_store`.
     scheduler : str, optional
-        Where the Dask graphs run (:func:`ncdask.scheduler.use_scheduler`).
+        As :func:`ncdask.scheduler.use_scheduler`.
     quiet : bool
-        Hide the progress messages.
     plots : bool
-        Write ``nc_curves.png`` and ``gram.png``.
 
     Returns
     -------
     xarray.Dataset
-        Computed metrics along ``epoch`` with ``train_acc`` and ``test_acc``,
-        also written to ``out_dir/results.zarr``.
+        Computed metrics along ``epoch`` with ``train_acc`` and ``test_acc``.
+
     """
     from ncdask.results import save_results
     from ncdask.scheduler import use_scheduler
