@@ -37,7 +37,7 @@ import scipy.stats
 import xarray as xr
 
 from ncdask.metrics.inputs import as_dask, check_stats, float64, host_float64, kept_classes
-from ncdask.metrics.inputs import row_weights
+from ncdask.metrics.inputs import row_weights, shaped
 from ncdask.metrics.inputs import split_classes
 from ncdask.metrics.inputs import split_of as _split
 from ncdask._version import __version__
@@ -93,9 +93,7 @@ def _classifier(weights: Any, bias: Any, D: int,
     if W.ndim != 2 or W.shape[1] != D:
         raise ValueError(f"weights have shape {W.shape}, expected (K, {D})")
     K = W.shape[0]
-    b = da.zeros(K, dtype=np.float64, chunks=-1) if bias is None else float64(as_dask(bias))
-    if b.shape != (K,):
-        raise ValueError(f"bias has shape {b.shape}, expected ({K},)")
+    b = da.zeros(K, dtype=np.float64, chunks=-1) if bias is None else shaped(bias, (K,), "bias")
     return W, b, int(tile_size) if tile_size else default_tile_size(K, D)
 
 

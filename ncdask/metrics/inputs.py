@@ -121,6 +121,14 @@ def float64(x: da.Array) -> da.Array:
     return x if x.dtype == np.float64 else x.astype(np.float64)
 
 
+def shaped(x: Any, shape: tuple[int, ...], what: str) -> da.Array:
+    """``x`` as a float64 dask array of ``shape``, else a ValueError naming ``what``."""
+    v = float64(as_dask(x))
+    if v.shape != tuple(shape):
+        raise ValueError(f"{what} has shape {v.shape}, expected {tuple(shape)}")
+    return v
+
+
 def split_of(obj: Any) -> xr.Dataset:
     """A split Dataset from a Dataset or ``(store, split)``; OOD splits may lack labels."""
     from ncdask.store.embedding import resolve_split

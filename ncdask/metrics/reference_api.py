@@ -29,7 +29,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ncdask.metrics.inputs import as_dask, class_rows, computed_float, host_float64, pinv_dtype
+from ncdask.metrics.inputs import as_dask, class_rows, computed_float, float64, host_float64
+from ncdask.metrics.inputs import pinv_dtype, shaped
 from ncdask.metrics.declarations import METRICS, Inputs, evaluate
 from ncdask.graph import closed_forms as CF
 from ncdask.graph.pairwise import pair_grid
@@ -42,12 +43,8 @@ Array = Any
 def _vec(m_G: Array, D: int) -> da.Array | float:
     if isinstance(m_G, (int, float)) and m_G == 0:
         return 0.0
-    v = as_dask(m_G).astype(np.float64)
-    if v.ndim == 0:
-        return v
-    if v.shape != (D,):
-        raise ValueError(f"m_G has shape {v.shape}, expected ({D},)")
-    return v.rechunk(-1)[None, :]
+    v = float64(as_dask(m_G))
+    return v if v.ndim == 0 else shaped(v, (D,), "m_G").rechunk(-1)[None, :]
 
 
 def _centred(M: Array, m_G: Array, tile_size: int | None = None) -> tuple[da.Array, int]:
@@ -156,7 +153,7 @@ def dist_kernel(data: Array, tile_size: int | None = None) -> xr.DataArray:
 
 
 def log_kernel(data: Array, exponent: float = -1, tile_size: int | None = None) -> xr.DataArray:
-    """Lazy grid of ``log(‖x_i − x_j‖^exponent)`` (``+inf`` on the diagonal if exponent < 0)."""
+    """Lazy grid of ``log(‖x_i − x_j‖^exponent)`` (``+inf`` on the diagonal if exponent<0)."""
     A, T = class_rows(data, tile_size)
     return _grid(pair_grid(A, kind="log", tile_size=T, exponent=exponent))
 
@@ -243,10 +240,7 @@ def interference_grid(M: Array, m_G: Array = 0, tile_size: int | None = None) ->
 def structure_error(A: Array, B: Array) -> float:
     """``nc2_etf_err``'s distance from a simplex ETF with ``G = B Aᵀ`` (rows as given)."""
     Ad, _ = class_rows(A, name="A")
-    Bd = as_dask(B).astype(np.float64)
-    if Bd.shape != Ad.shape:
-        raise ValueError(f"B has shape {Bd.shape}, expected {Ad.shape} like A")
-    return computed_float(CF.etf_error(Ad, Bd.rechunk(Ad.chunks)))
+    return computed_float(CF.etf_error(Ad, shaped(B, Ad.shape, "B").rechunk(Ad.chunks)))
 
 
 def simplex_etf_error(M: Array, m_G: Array = 0) -> float:
@@ -287,10 +281,7 @@ def distance_norms(W: Array, M: Array, m_G: Array = 0, norm: bool = True) -> Arr
     """Per-class ``‖w_k − m̃_k‖`` (``distance_norms``), in the input's kind; ``norm``
     divides ``w_k`` and ``m̃_k`` by ``‖·‖ + ε`` first."""
     Mc, _ = _centred(M, m_G)
-    Wd = as_dask(W).astype(np.float64)
-    if Wd.shape != Mc.shape:
-        raise ValueError(f"W has shape {Wd.shape}, expected {Mc.shape} like M")
-    Wd = Wd.rechunk(Mc.chunks)
+    Wd = shaped(W, Mc.shape, "W").rechunk(Mc.chunks)
     out = evaluate("distance_norms", M=Mc, W=Wd) if norm else CF.row_norms(Wd - Mc)
     return _like(out, W, M, m_G)
 
