@@ -140,19 +140,11 @@ class Inputs:
                    mu_weighted=mu_weighted, dist_exp=float(dist_exp), riesz_s=float(riesz_s),
                    ood_mean=ood_mean)
 
-    @property
-    def K(self) -> int:
-        return self.kept.n_kept
-
-    @property
-    def K_all(self) -> int:
-        return self.kept.n_all
-
-    @property
-    def D(self) -> int:
-        return int(self.cls.M.shape[1])
-
+    K = property(lambda self: self.kept.n_kept, doc="Classes measured.")
+    K_all = property(lambda self: self.kept.n_all, doc="Classes of the statistics.")
+    D = property(lambda self: int(self.cls.M.shape[1]), doc="Width of the embeddings.")
     M = property(lambda self: self.cls.M, doc="Class means of the kept classes.")
+
     Mc = property(lambda self: self.cls.Mc, doc="Centred class means.")
     W = property(lambda self: self.cls.W, doc="Classifier rows of the kept classes (or None).")
     b = property(lambda self: self.cls.b, doc="Their bias.")

@@ -153,7 +153,7 @@ def dist_kernel(data: Array, tile_size: int | None = None) -> xr.DataArray:
 
 
 def log_kernel(data: Array, exponent: float = -1, tile_size: int | None = None) -> xr.DataArray:
-    """Lazy grid of ``log(‖x_i − x_j‖^exponent)`` (``+inf`` on the diagonal if exponent<0)."""
+    """Lazy grid of ``log(‖x_i − x_j‖^exponent)`` (+inf on the diagonal if exponent < 0)."""
     A, T = class_rows(data, tile_size)
     return _grid(pair_grid(A, kind="log", tile_size=T, exponent=exponent))
 
