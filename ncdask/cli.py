@@ -246,15 +246,6 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _err(message: str) -> None:
-    print(f"ncdask: error: {message}", file=sys.stderr)
-
-
-def _message(e: BaseException) -> str:
-    if isinstance(e, KeyError) and e.args:
-        return str(e.args[0])
-    return str(e)
-
 
 def _say(args: argparse.Namespace, *parts: Any) -> None:
     if not getattr(args, "quiet", False):
@@ -299,12 +290,6 @@ def _optional_split(store: Any, given: str | None, default: str, *sets: dict) ->
         return given
     return default if all(default in store.splits(**tags) for tags in sets) else None
 
-
-def _classifier(store: Any, tags: dict) -> tuple[Any, Any]:
-    try:
-        return store.classifier(**tags, lazy=True)
-    except KeyError:
-        return None, None
 
 
 def format_table(results: Any, columns: Sequence[str], dim: str = "epoch") -> str:
@@ -643,7 +628,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             def read(name: str | None) -> Any:
                 return move(store.split(name, **tags)) if name else None
 
-            W, b = _classifier(store, tags)
+            try:
+                W, b = store.classifier(**tags, lazy=True)
+            except KeyError:
+                W = b = None
             stats = (run.call(class_stats, store, args.train, cache=True, **tags, **stats_kw)
                      if cache else class_stats(read(args.train), **stats_kw))
             lazy = measure(stats, weights=W, bias=b, test=read(test), ood=read(ood),
@@ -694,6 +682,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 COMMANDS = {"demo": _cmd_demo, "import": _cmd_import, "stats": _cmd_stats,
             "analyze": _cmd_analyze, "rm": _cmd_rm, "check": _cmd_check}
+#: Exceptions that mean bad input (exit status 2; other failures exit 1).
+_BAD_INPUT = (FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError,
+              PermissionError)
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -715,27 +707,16 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("always")
         try:
             code = COMMANDS[args.command](args)
-        except CLIError as e:
-            _err(str(e))
-            code = e.code
-        except SchedulerError as e:
-            _err(str(e))
-            code = 1
-        except (FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError,
-                PermissionError) as e:
-            _err(_message(e))
-            code = 2
-        except (ImportError, OSError) as e:
-            _err(_message(e))
-            code = 1
+        except (CLIError, SchedulerError, *_BAD_INPUT, ImportError, OSError) as e:
+            # a KeyError's message is its first argument (str() would quote it)
+            message = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"ncdask: error: {message}", file=sys.stderr)
+            code = e.code if isinstance(e, CLIError) else 2 if isinstance(e, _BAD_INPUT) else 1
         finally:
-            seen = set()
-            for w in caught:
-                if issubclass(w.category, (UserWarning, RuntimeWarning)):
-                    text = str(w.message)
-                    if text not in seen:
-                        seen.add(text)
-                        print(f"ncdask: warning: {text}", file=sys.stderr)
+            texts = [str(w.message) for w in caught
+                     if issubclass(w.category, (UserWarning, RuntimeWarning))]
+            for text in dict.fromkeys(texts):  # each once, in order
+                print(f"ncdask: warning: {text}", file=sys.stderr)
     return code
 
 
