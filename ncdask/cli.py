@@ -243,10 +243,6 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
     return p
 
 
-# ----------------------------------------------------------------------------- helpers
-
-
-
 def _say(args: argparse.Namespace, *parts: Any) -> None:
     if not getattr(args, "quiet", False):
         print(*parts, file=sys.stderr, flush=True)
@@ -289,7 +285,6 @@ def _optional_split(store: Any, given: str | None, default: str, *sets: dict) ->
             _require_split(store, given, tags)
         return given
     return default if all(default in store.splits(**tags) for tags in sets) else None
-
 
 
 def format_table(results: Any, columns: Sequence[str], dim: str = "epoch") -> str:
@@ -377,9 +372,6 @@ def _write_json(obj: dict, target: str) -> None:
         print(text)
     else:
         Path(target).write_text(text + "\n")
-
-
-# ----------------------------------------------------------------------------- commands
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -685,7 +677,6 @@ COMMANDS = {"demo": _cmd_demo, "import": _cmd_import, "stats": _cmd_stats,
 #: Exceptions that mean bad input (exit status 2; other failures exit 1).
 _BAD_INPUT = (FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError,
               PermissionError)
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,11 +38,6 @@ def _save(fig: Any, path: str | Path | None) -> Any:
     return fig
 
 
-def _use_log(v: np.ndarray) -> bool:
-    f = v[np.isfinite(v)]
-    return f.size > 1 and bool(np.all(f > 0)) and f.max() / f.min() > 10
-
-
 #: Which way each metric moves under collapse: -1 lower is more collapse, +1 higher is.
 #: Keys ending in ``_`` are prefixes; an exact name wins. Others have no direction.
 COLLAPSE_DIRECTION: dict[str, int] = {
@@ -129,8 +124,8 @@ def _title(name: str) -> str:
 
 def _draw_y(a: Any, v: np.ndarray, logy: bool | str, min_decades: float) -> str:
     f = v[np.isfinite(v)]
-    log = bool(f.size) and bool(np.any(f > 0)) and (
-        logy is True or (logy == "auto" and _use_log(v)))
+    decade = f.size > 1 and bool(np.all(f > 0)) and f.max() / f.min() > 10
+    log = bool(f.size) and bool(np.any(f > 0)) and (logy is True or (logy == "auto" and decade))
     if log:
         a.set_yscale("log")
     lo, hi = y_limits(v, log, min_decades)

@@ -66,11 +66,9 @@ def use_scheduler(
     Parameters
     ----------
     spec : str, optional
-        ``"threads"`` (default), ``"processes"`` (the store must be reachable
-        from worker processes, not ``memory://``), ``"sync"`` (debugging), a
-        distributed scheduler address (``tcp://host:port``), or
-        ``"local-cuda"`` (a :class:`dask_cuda.LocalCUDACluster`, one worker
-        per GPU; ``pip install 'ncdask[gpu]'``).
+        ``"threads"`` (default), ``"processes"`` (not for ``memory://`` stores),
+        ``"sync"``, a distributed scheduler address (``tcp://host:port``), or
+        ``"local-cuda"`` (a :class:`dask_cuda.LocalCUDACluster`; ``ncdask[gpu]``).
     quiet : bool
         Hide the progress bars of :meth:`Runner.compute`.
     connect_timeout : float
@@ -114,10 +112,10 @@ def use_scheduler(
 def _connect(spec: str, timeout: float) -> Any:
     """A distributed Client for ``spec``, or SchedulerError within about ``timeout`` seconds.
 
-    A daemon thread, abandoned on time-out, builds it: ``Client(timeout=)`` bounds
-    the TCP connect but not the handshake, which a port that never speaks Dask's
-    protocol (a dashboard, an HTTP server) leaves hanging.
+    Built in a daemon thread abandoned on time-out: ``Client(timeout=)`` bounds the
+    connect but not the handshake, which a non-Dask port (a dashboard) leaves hanging.
     """
+
     import threading
 
     from distributed import Client

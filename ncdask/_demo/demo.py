@@ -133,9 +133,6 @@ def _one_blas_thread() -> Any:
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _accuracy(H: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean(np.argmax(H @ W + b, axis=1) == y))
-
 
 def train_to_store(
     store_url: str | Path,
@@ -204,7 +201,7 @@ def train_to_store(
                 H = penultimate(mlp, X)
                 store.append(name, H, y, epoch=epoch)
                 if name != "ood":
-                    acc[f"{name}_acc"] = _accuracy(H, y, W, b)
+                    acc[f"{name}_acc"] = float(np.mean(np.argmax(H @ W + b, axis=1) == y))
             store.set_classifier(W.T, b, epoch=epoch)
             accuracy[epoch] = acc
     return store, accuracy
@@ -288,8 +285,7 @@ def run_demo(
     ep = list(results["epoch"].values)
     for key in ("train_acc", "test_acc"):
         results[key] = xr.DataArray([acc[int(e)][key] for e in ep], dims="epoch",
-                                    attrs={"long_name": key.replace("_", " ").replace("acc",
-                                                                                     "accuracy")})
+                                    attrs={"long_name": key.replace("_acc", " accuracy")})
     results.attrs["source"] = "ncdask demo"
     results.attrs["training"] = {"epochs": epochs, "hidden": list(hidden), "seed": seed,
                                  **RECIPE}
@@ -301,8 +297,7 @@ def run_demo(
                      path=out / "nc_curves.png")
         plot_gram(gram_stats, dim="epoch", class_names=store.class_names,
                   path=out / "gram.png")
-    if not quiet:
-        say(f"wrote {out / 'results.zarr'}" + (f", {out / 'nc_curves.png'}, {out / 'gram.png'}"
-                                                if plots else "")
-            + f" in {time.perf_counter() - t0:.1f} s")
+    pngs = f", {out / 'nc_curves.png'}, {out / 'gram.png'}" if plots else ""
+    say(f"wrote {out / 'results.zarr'}{pngs} in {time.perf_counter() - t0:.1f} s")
+
     return results

@@ -109,11 +109,12 @@ def ood_class_variability(stats: xr.Dataset, ood: Any, *, min_count: int | None 
     Parameters
     ----------
     stats : xarray.Dataset
-        Class statistics of the ID training split (:func:`ncdask.class_stats`).
+        Class statistics of the ID training split.
     ood : split Dataset or (store, split)
-        The OOD samples; of their labels only ``ignore_index`` is used.
+        The OOD samples (of their labels only ``ignore_index`` is used).
     min_count, ignore_index, split_every : optional
         As in :func:`ncdask.measure`.
+
 
     Returns
     -------
