@@ -273,9 +273,8 @@ def _require_split(store: Any, name: str, tags: dict[str, Any]) -> None:
             sets = [s for s in store.sets() if s]
             if sets:
                 hint = f"; embedding sets: {sets[:10]} (choose one with --layer/--epoch)"
-        raise CLIError(
-            f"no split {name!r} in {_where(tags)} of {store.url!r}; splits there: {have}{hint}"
-        )
+        raise CLIError(f"no split {name!r} in {_where(tags)} of {store.url!r}; splits there: "
+                       f"{have}{hint}")
 
 
 def _optional_split(store: Any, given: str | None, default: str, *sets: dict) -> str | None:
@@ -504,8 +503,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
                 raise DuplicateImportError(
                     f"split {args.split!r} of {args.store} already holds {xp} (it has "
                     f"{store.n_rows(args.split, **tags)} rows); pass --append to add these "
-                    "rows again or --overwrite to replace the split with them"
-                )
+                    "rows again or --overwrite to replace the split with them")
+
 
     if store is None:
         extra = {} if ignore is None else {"ignore_index": ignore}

@@ -24,10 +24,8 @@ from ncdask.store.embedding import resolve_split
 
 __all__ = ["class_covariances", "class_nc1", "class_spectra"]
 
-RANGAMANI = (
-    "Rangamani et al. (2023), Feature learning in deep classifiers through intermediate "
-    "neural collapse, ICML"
-)
+RANGAMANI = ("Rangamani et al. (2023), Feature learning in deep classifiers through intermediate "
+             "neural collapse, ICML")
 
 
 def class_covariances(
@@ -99,8 +97,7 @@ def class_covariances(
         raise ValueError(f"class_chunk must be a positive integer, got {class_chunk!r}")
     covs, counts = GC.class_covariance_chunks(
         X, y, position, int(sel.size), n_classes=K, class_chunk=C, dtype=np.dtype(dtype),
-        ignore_index=ignore_index, max_bytes=max_memory,
-    )
+        ignore_index=ignore_index, max_bytes=max_memory)
     out = xr.DataArray(
         covs, dims=("class", "feature", "feature_"), name="class_covariances",
         coords={"class": sel, "feature": np.arange(D), "feature_": np.arange(D),
@@ -118,12 +115,9 @@ def class_covariances(
 
 
 def _as_covariances(covariances: Any) -> xr.DataArray:
-    if not isinstance(covariances, xr.DataArray) or covariances.dims != (
-        "class", "feature", "feature_"
-    ):
-        raise TypeError(
-            "covariances must be the (class, feature, feature_) DataArray of class_covariances"
-        )
+    dims = ("class", "feature", "feature_")
+    if not isinstance(covariances, xr.DataArray) or covariances.dims != dims:
+        raise TypeError(f"covariances must be the {dims} DataArray of class_covariances")
     return covariances
 
 
@@ -199,7 +193,6 @@ def class_spectra(covariances: xr.DataArray) -> xr.Dataset:
                                    reference=RANGAMANI)
     ds["effective_rank"].attrs.update(
         long_name="effective rank of Sigma_k",
-        formula="exp(-sum_i p_i log p_i), p = lambda / sum(lambda)",
-        reference=ROY,
-    )
+        formula="exp(-sum_i p_i log p_i), p = lambda / sum(lambda)", reference=ROY)
+
     return ds

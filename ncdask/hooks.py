@@ -55,9 +55,8 @@ def _layer_specs(
     elif isinstance(layers, (list, tuple)):
         items = [one(None, v) for v in layers]
     else:
-        raise TypeError(
-            f"layers must be a module name, a list or a dict of them, got {type(layers).__name__}"
-        )
+        raise TypeError("layers must be a module name, a list or a dict of them, got "
+                        f"{type(layers).__name__}")
     if not items:
         raise ValueError("layers is empty")
     tags = [t for t, _, _ in items]
@@ -129,10 +128,8 @@ def _check_width(st: EmbeddingStore, key: SetKey, mod_name: str, kind: str, widt
                 else "the default (untagged) set")
         hint = ("; record it under a layer name (layers={name: module}) to give it a set of "
                 "its own width" if key.is_default else "")
-        raise ValueError(
-            f"layer {key.layer!r} ({mod_name} {kind}) has {width} features, but {what} of "
-            f"{st.url!r} has dim {have}{hint}"
-        )
+        raise ValueError(f"layer {key.layer!r} ({mod_name} {kind}) has {width} features, but "
+                         f"{what} of {st.url!r} has dim {have}{hint}")
     return width
 
 
@@ -299,8 +296,7 @@ def _classifier_of(named: Mapping[str, Any], classifier: str | None,
             raise ValueError(
                 f"no recorded layer is the input of classifier {classifier!r}; record it "
                 f"(e.g. layers={{'{classifier}': ('{classifier}', 'input')}}) or name the "
-                "sets that get it with classifier_for="
-            )
+                "sets that get it with classifier_for=")
     else:
         wanted = [classifier_for] if isinstance(classifier_for, str) else list(classifier_for)
         known = [t for t, _, _ in specs]
@@ -310,10 +306,8 @@ def _classifier_of(named: Mapping[str, Any], classifier: str | None,
         targets = wanted
     for tag in targets:
         if int(W.shape[0]) != stores[tag].n_classes:
-            raise ValueError(
-                f"classifier {classifier!r} has {W.shape[0]} classes, the store of layer "
-                f"{tag!r} has n_classes={stores[tag].n_classes}"
-            )
+            raise ValueError(f"classifier {classifier!r} has {W.shape[0]} classes, the store "
+                             f"of layer {tag!r} has n_classes={stores[tag].n_classes}")
     return W, b, targets
 
 
@@ -325,10 +319,8 @@ def _refuse_rows_already_there(stores: Mapping[str | None, Any],
         if split in st.splits(**key.tags):
             n = st.split(split, **key.tags).sizes["sample"]
             if n:
-                raise ValueError(
-                    f"split {split!r} of set layer={key.layer}, epoch={key.epoch} already has "
-                    f"{n} rows; pass append=True to add to them"
-                )
+                raise ValueError(f"split {split!r} of set layer={key.layer}, epoch={key.epoch} "
+                                 f"already has {n} rows; pass append=True to add to them")
 
 
 @contextlib.contextmanager
@@ -407,14 +399,11 @@ def _write_batches(model: Any, loader: Iterable[Any], dev: Any,
             for tag, mod_name, _ in specs:
                 got = seen[tag]
                 if len(got) != 1:
-                    raise RuntimeError(
-                        f"module {mod_name!r} ran {len(got)} times in one forward; "
-                        "capture needs exactly one call per batch"
-                    )
+                    raise RuntimeError(f"module {mod_name!r} ran {len(got)} times in one "
+                                       "forward; capture needs exactly one call per batch")
                 if yn is not None and got[0].shape[0] != yn.shape[0]:
-                    raise ValueError(
-                        f"layer {tag!r}: {got[0].shape[0]} feature rows for {yn.shape[0]} labels"
-                    )
+                    raise ValueError(f"layer {tag!r}: {got[0].shape[0]} feature rows for "
+                                     f"{yn.shape[0]} labels")
             if not writers:  # first batch: check every width, then open the writers
                 for tag, mod_name, kind in specs:
                     dims[tag] = _check_width(stores[tag], keys[tag], mod_name, kind,
@@ -422,14 +411,12 @@ def _write_batches(model: Any, loader: Iterable[Any], dev: Any,
                     if tag in targets and int(W.shape[1]) != dims[tag]:
                         raise ValueError(
                             f"classifier {clf_name!r} has {W.shape[1]} input features "
-                            f"but layer {tag!r} ({mod_name} {kind}) has {dims[tag]}"
-                        )
+                            f"but layer {tag!r} ({mod_name} {kind}) has {dims[tag]}")
                 for tag, _, _ in specs:
-                    writers[tag] = stack.enter_context(
-                        stores[tag].writer(split, **keys[tag].tags,
-                                           allow_nonfinite=allow_nonfinite, dim=dims[tag],
-                                           labelled=labels)
-                    )
+                    writers[tag] = stack.enter_context(stores[tag].writer(
+                        split, **keys[tag].tags, allow_nonfinite=allow_nonfinite,
+                        dim=dims[tag], labelled=labels))
+
             for tag, _, _ in specs:
                 writers[tag].append(seen[tag][0], yn)  # yn None: unlabelled
                 seen[tag].clear()

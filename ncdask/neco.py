@@ -49,10 +49,8 @@ from ncdask.metrics.declarations import AMMAR
 
 __all__ = ["total_covariance", "neco_fit", "neco_scores", "nci_scores", "ood_report"]
 
-LIU_QIN = (
-    "Liu & Qin (2025), Detecting out-of-distribution through the lens of neural collapse, "
-    "CVPR (arXiv:2311.01479)"
-)
+LIU_QIN = ("Liu & Qin (2025), Detecting out-of-distribution through the lens of neural collapse, "
+           "CVPR (arXiv:2311.01479)")
 
 
 def total_covariance(stats: xr.Dataset) -> xr.DataArray:
@@ -203,9 +201,8 @@ def neco_scores(stats: xr.Dataset, split: Any, n_components: int | None = None,
         long_name="NECO score (higher: more in-distribution)",
         formula="||P_d x~|| / ||x~||, x~ = (x - mu) / sigma"
         + (" times the largest logit" if max_logit is not None else ""),
-        reference=AMMAR,
-        n_components=int(fit.attrs.get("n_components", fit.sizes["component"])),
-    )
+        reference=AMMAR, n_components=int(fit.attrs.get("n_components", fit.sizes["component"])))
+
     return out
 
 

@@ -174,10 +174,9 @@ def _sweep_dim(results: xr.Dataset, dim: str | None) -> str:
     if dim is None:
         dim = next((d for d in SWEEP_DIMS if d in results.dims), None)
         if dim is None:
-            raise ValueError(
-                f"results have no sweep dim (one of {SWEEP_DIMS}); "
-                f"their dims: {dict(results.sizes)}"
-            )
+            raise ValueError(f"results have no sweep dim (one of {SWEEP_DIMS}); "
+                             f"their dims: {dict(results.sizes)}")
+
     if dim not in results.dims:
         raise ValueError(f"results have no dim {dim!r}; their dims: {dict(results.sizes)}")
     return dim

@@ -100,10 +100,9 @@ def use_scheduler(
             yield Runner(spec, client=client, gpu=True, quiet=quiet)
         return
     if not _is_address(spec):
-        raise SchedulerError(
-            f"unknown scheduler {spec!r}; use threads, processes, sync, local-cuda "
-            "or a distributed scheduler address such as tcp://host:8786"
-        )
+        raise SchedulerError(f"unknown scheduler {spec!r}; use threads, processes, sync, "
+                             "local-cuda or a distributed scheduler address such as "
+                             "tcp://host:8786")
     client = _connect(spec, connect_timeout)
     with client, client.as_current(), dask.config.set(scheduler="dask.distributed"):
         yield Runner(spec, client=client, quiet=quiet)
@@ -136,8 +135,8 @@ def _connect(spec: str, timeout: float) -> Any:
         raise SchedulerError(
             f"no Dask scheduler answered at {spec!r} within {timeout:g} s: is that a Dask "
             "scheduler's port (a dashboard or HTTP port accepts the connection but never "
-            "answers)?"
-        )
+            "answers)?")
+
     err = box.get("error")
     if err is not None:
         if isinstance(err, (OSError, TimeoutError, ValueError)):

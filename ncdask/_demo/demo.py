@@ -52,9 +52,8 @@ def _data(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     X, y = load_digits(return_X_y=True)
     X = X / 16.0
     ood = y >= ID_CLASSES
-    Xtr, Xte, ytr, yte = train_test_split(
-        X[~ood], y[~ood], test_size=0.25, random_state=seed, stratify=y[~ood]
-    )
+    Xtr, Xte, ytr, yte = train_test_split(X[~ood], y[~ood], test_size=0.25, random_state=seed,
+                                          stratify=y[~ood])
     # digits 8 and 9 belong to none of the model's classes: an unlabelled OOD split
     return {"train": (Xtr, ytr), "test": (Xte, yte), "ood": (X[ood], None)}
 
@@ -176,8 +175,8 @@ def train_to_store(
         str(store_url), ID_CLASSES, hidden[-1], chunk_rows=512, overwrite=True,
         class_names=[str(k) for k in range(ID_CLASSES)],
         attrs={"source": "ncdask demo: sklearn load_digits, NumPy ReLU MLP",
-               "ood": "digits 8, 9 (stored unlabelled)"},
-    )
+               "ood": "digits 8, 9 (stored unlabelled)"})
+
     rng = np.random.default_rng(seed)
     Xtr, ytr = data["train"]
     mlp = MLP((Xtr.shape[1], *hidden, ID_CLASSES), rng)

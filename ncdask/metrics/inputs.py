@@ -155,9 +155,9 @@ def split_classes(ds: xr.Dataset, n_classes: int | None = None, ignore_index: An
 def check_stats(stats: Any) -> xr.Dataset:
     """``stats`` if it is a class-statistics Dataset, else a clear error."""
     if not isinstance(stats, xr.Dataset):
-        raise TypeError(
-            f"stats must be an xarray.Dataset from class_stats, got {type(stats).__name__}"
-        )
+        raise TypeError("stats must be an xarray.Dataset from class_stats, got "
+                        f"{type(stats).__name__}")
+
     missing = [v for v in STATS_VARS if v not in stats]
     if missing:
         raise ValueError(f"stats is missing {missing}; pass the result of ncdask.class_stats")
