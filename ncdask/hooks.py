@@ -23,11 +23,8 @@ from ncdask.store.embedding import EmbeddingStore
 WHICH = ("input", "output")
 
 
-def _layer_specs(
-    layers: str | Sequence[Any] | Mapping[str, Any] | None,
-    which: str,
-    classifier: str | None,
-) -> list[tuple[str | None, str, str]]:
+def _layer_specs(layers: str | Sequence[Any] | Mapping[str, Any] | None, which: str,
+                 classifier: str | None) -> list[tuple[str | None, str, str]]:
     """Normalise ``layers`` to ``[(set_tag, module_name, which), ...]``."""
     if which not in WHICH:
         raise ValueError(f"which must be 'input' or 'output', got {which!r}")
@@ -142,24 +139,14 @@ def _ranks_wait_for_each_other(torch: Any) -> None:
         dist.barrier()
 
 
-def capture(
-    model: Any,
-    loader: Iterable[Any],
-    store: EmbeddingStore | Mapping[str, EmbeddingStore],
-    split: str = "train",
-    *,
-    layers: str | Sequence[Any] | Mapping[str, Any] | None = None,
-    which: str = "input",
-    classifier: str | None = None,
-    classifier_for: str | Sequence[str] | None = None,
-    epoch: int | None = None,
-    device: Any = None,
-    transform: Callable[[Any], Any] | None = None,
-    max_batches: int | None = None,
-    append: bool = False,
-    allow_nonfinite: bool = False,
-    labels: bool = True,
-) -> list[dict[str, Any]]:
+def capture(model: Any, loader: Iterable[Any],
+            store: EmbeddingStore | Mapping[str, EmbeddingStore], split: str = "train", *,
+            layers: str | Sequence[Any] | Mapping[str, Any] | None = None, which: str = "input",
+            classifier: str | None = None, classifier_for: str | Sequence[str] | None = None,
+            epoch: int | None = None, device: Any = None,
+            transform: Callable[[Any], Any] | None = None, max_batches: int | None = None,
+            append: bool = False, allow_nonfinite: bool = False,
+            labels: bool = True) -> list[dict[str, Any]]:
     """Record the input or output of named modules of a model into a store.
 
     One pass over ``loader`` in eval mode under :func:`torch.no_grad`; a forward

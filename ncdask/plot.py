@@ -182,19 +182,10 @@ def _sweep_dim(results: xr.Dataset, dim: str | None) -> str:
     return dim
 
 
-def plot_metrics(
-    results: xr.Dataset,
-    dim: str | None = None,
-    metrics: Sequence[str] | None = None,
-    *,
-    ax: Any = None,
-    path: str | Path | None = None,
-    logy: bool | str = "auto",
-    logx: bool | str = "auto",
-    accuracy: Sequence[str] = ACCURACY,
-    min_decades: float = MIN_DECADES,
-    ncols: int = 3,
-) -> Any:
+def plot_metrics(results: xr.Dataset, dim: str | None = None, metrics: Sequence[str] | None = None,
+                 *, ax: Any = None, path: str | Path | None = None, logy: bool | str = "auto",
+                 logx: bool | str = "auto", accuracy: Sequence[str] = ACCURACY,
+                 min_decades: float = MIN_DECADES, ncols: int = 3) -> Any:
     """NC curves: each scalar metric against the sweep dim (epoch or layer).
 
     Panels are titled with the metric and its :data:`COLLAPSE_DIRECTION`,
@@ -292,9 +283,8 @@ def plot_metrics(
     return _save(fig, path)
 
 
-def _pick_classes(
-    counts: np.ndarray | None, K: int, max_classes: int, classes: Sequence[int] | None, seed: int
-) -> np.ndarray:
+def _pick_classes(counts: np.ndarray | None, K: int, max_classes: int,
+                  classes: Sequence[int] | None, seed: int) -> np.ndarray:
     if classes is not None:
         idx = np.asarray(classes, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= K):
@@ -359,17 +349,10 @@ def _tick_classes(ax: Any, labels: list[str]) -> None:
     ax.set_ylabel("class", fontsize="small")
 
 
-def plot_gram(
-    stats: xr.Dataset | Any | Mapping[Any, Any],
-    *,
-    max_classes: int = 40,
-    classes: Sequence[int] | None = None,
-    class_names: Sequence[str] | None = None,
-    seed: int = 0,
-    dim: str | None = None,
-    ax: Any = None,
-    path: str | Path | None = None,
-) -> Any:
+def plot_gram(stats: xr.Dataset | Any | Mapping[Any, Any], *, max_classes: int = 40,
+              classes: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
+              seed: int = 0, dim: str | None = None, ax: Any = None,
+              path: str | Path | None = None) -> Any:
     """Heatmap of the cosines between centred class means (the normalised Gram matrix).
 
     Under NC2 the off-diagonal cosines approach ``-1/(K-1)``; each panel's
@@ -443,15 +426,9 @@ def plot_gram(
     return _save(fig, path)
 
 
-def plot_per_class(
-    results: xr.Dataset,
-    var: str = "mean_norms",
-    *,
-    at: dict[str, Any] | None = None,
-    max_bars: int = 64,
-    ax: Any = None,
-    path: str | Path | None = None,
-) -> Any:
+def plot_per_class(results: xr.Dataset, var: str = "mean_norms", *,
+                   at: dict[str, Any] | None = None, max_bars: int = 64, ax: Any = None,
+                   path: str | Path | None = None) -> Any:
     """Bars of a per-class companion (``mean_norms``, ``similarities``, ``agree_per_class``...).
 
     Parameters

@@ -7,10 +7,8 @@ import xarray as xr
 from ncdask.store.zarrio import open_dataset, write_dataset
 
 
-def save_results(
-    results: xr.Dataset, url: str, *, overwrite: bool = False,
-    storage_options: dict | None = None,
-) -> None:
+def save_results(results: xr.Dataset, url: str, *, overwrite: bool = False,
+                 storage_options: dict | None = None) -> None:
     """Write the output of :func:`ncdask.measure` or :func:`ncdask.sweep` to Zarr.
 
     Lazy results are computed as they are written, beside ``url`` and renamed

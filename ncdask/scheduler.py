@@ -58,9 +58,8 @@ def _is_address(spec: str) -> bool:
 
 
 @contextlib.contextmanager
-def use_scheduler(
-    spec: str | None = None, *, quiet: bool = False, connect_timeout: float = 10.0
-) -> Iterator[Runner]:
+def use_scheduler(spec: str | None = None, *, quiet: bool = False,
+                  connect_timeout: float = 10.0) -> Iterator[Runner]:
     """Run the Dask computations of the ``with`` block on the chosen scheduler.
 
     Parameters

@@ -134,18 +134,14 @@ def _one_blas_thread() -> Any:
 
 
 def train_to_store(
-    store_url: str | Path,
-    *,
-    epochs: int | None = None,
-    checkpoints: Sequence[int] | None = None,
-    hidden: tuple[int, ...] = HIDDEN,
-    seed: int = 0,
-    lr: float = RECIPE["lr"],
-    momentum: float = RECIPE["momentum"],
+    store_url: str | Path, *, epochs: int | None = None,
+    checkpoints: Sequence[int] | None = None, hidden: tuple[int, ...] = HIDDEN, seed: int = 0,
+    lr: float = RECIPE["lr"], momentum: float = RECIPE["momentum"],
     weight_decay: float = RECIPE["weight_decay"],
     label_smoothing: float = RECIPE["label_smoothing"],
     batch_size: int = int(RECIPE["batch_size"]),
 ) -> tuple[Any, dict[int, dict[str, float]]]:
+
     """Train the demo MLP, writing its embeddings at each checkpoint into a new store.
 
     Parameters
@@ -229,17 +225,10 @@ def summary_line(results: xr.Dataset) -> str:
     return f"from epoch {e0} to {e1} these fell by: {falls}; {tpt}"
 
 
-def run_demo(
-    out_dir: str | Path = "ncdask-demo",
-    *,
-    epochs: int | None = EPOCHS,
-    checkpoints: Sequence[int] | None = None,
-    hidden: tuple[int, ...] = HIDDEN,
-    seed: int = 0,
-    scheduler: str | None = None,
-    quiet: bool = False,
-    plots: bool = True,
-) -> xr.Dataset:
+def run_demo(out_dir: str | Path = "ncdask-demo", *, epochs: int | None = EPOCHS,
+             checkpoints: Sequence[int] | None = None, hidden: tuple[int, ...] = HIDDEN,
+             seed: int = 0, scheduler: str | None = None, quiet: bool = False,
+             plots: bool = True) -> xr.Dataset:
     """Train a small MLP on digits into the terminal phase, store its embeddings, measure NC.
 
     Parameters

@@ -304,15 +304,9 @@ def _is_accumulator(x: Any) -> bool:  # the reference's DecAccumulator, duck-typ
     return hasattr(x, "ns_samples") and hasattr(x, "totals")
 
 
-def clf_ncc_agreement(
-    accum: Any = None,
-    *args: Any,
-    indices: Sequence[int] | Array | None = None,
-    weighted: bool | None = None,
-    Ns: Array | None = None,
-    hits: Array | None = None,
-    misses: Array | None = None,
-) -> float | None:
+def clf_ncc_agreement(accum: Any = None, *args: Any, indices: Sequence[int] | Array | None = None,
+                      weighted: bool | None = None, Ns: Array | None = None,
+                      hits: Array | None = None, misses: Array | None = None) -> float | None:
     """Agreement rate of the linear and nearest-class-centre classifiers.
 
     Counted as the reference's ``DecAccumulator.compute`` (a class without
