@@ -64,12 +64,8 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (
-            "%(default)" not in text
-            and "default" not in text
-            and action.default not in (None, False, argparse.SUPPRESS)
-            and action.option_strings
-        ):
+        if ("default" not in text and action.option_strings
+                and action.default not in (None, False, argparse.SUPPRESS)):
             text += " (default: %(default)s)"
         return text
 
@@ -79,9 +75,8 @@ _SCHED = "where the Dask graphs run: threads, processes, sync, a scheduler ADDRE
 
 
 def _examples(*lines: str) -> str:
-    return "example" + ("s" if len(lines) > 1 else "") + ":\n" + "\n".join(
-        f"  {ln}" for ln in lines
-    )
+    head = "examples:" if len(lines) > 1 else "example:"
+    return "\n".join([head, *(f"  {ln}" for ln in lines)])
 
 
 def _metric_help() -> str:
@@ -220,15 +215,14 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
     """The argument parser of the ``ncdask`` command; ``full_help`` lists the metrics in
     ``analyze --help`` (which imports dask)."""
     p = _Parser(
-        prog="ncdask",
+        prog="ncdask", formatter_class=_Help,
         description="Out-of-core Neural Collapse metrics on Zarr embedding stores.",
         epilog=_examples(
             "ncdask demo",
             "ncdask import X.npy y.npy --store emb.zarr --split train --classifier W.npy",
             "ncdask analyze emb.zarr --metrics nc1 nc2 --json -",
-        ) + "\n\nRun 'ncdask COMMAND --help' for the options of a command.",
-        formatter_class=_Help,
-    )
+        ) + "\n\nRun 'ncdask COMMAND --help' for the options of a command.")
+
     p.add_argument("--version", action="version", version=f"ncdask {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help, examples, epilog, options) in _SPECS.items():
@@ -504,7 +498,6 @@ def _cmd_import(args: argparse.Namespace) -> int:
                     f"split {args.split!r} of {args.store} already holds {xp} (it has "
                     f"{store.n_rows(args.split, **tags)} rows); pass --append to add these "
                     "rows again or --overwrite to replace the split with them")
-
 
     if store is None:
         extra = {} if ignore is None else {"ignore_index": ignore}

@@ -174,7 +174,6 @@ def class_spectra(covariances: xr.DataArray) -> xr.Dataset:
         Lazy descending ``eigenvalues (class, component)`` and ``effective_rank
         (class)``, ``exp(−Σ p_i log p_i)``, ``p = λ/Σλ``; NaN without samples.
 
-
     Examples
     --------
     >>> import numpy as np, xarray as xr, dask.array as da

@@ -196,7 +196,6 @@ def capture(model: Any, loader: Iterable[Any],
     list of dict
         Per set written: its tags, ``module``, ``which``, ``dim`` and ``rows``.
 
-
     Examples
     --------
     >>> import torch, ncdask

@@ -258,7 +258,6 @@ def ood_report(id_scores: Any, ood_scores: Any, *, tpr: float = 0.95) -> xr.Data
         Scores of in-distribution and OOD samples (loaded, to rank exactly).
     tpr : float, default 0.95
 
-
     Returns
     -------
     xarray.Dataset

@@ -115,7 +115,6 @@ def ood_class_variability(stats: xr.Dataset, ood: Any, *, min_count: int | None 
     min_count, ignore_index, split_every : optional
         As in :func:`ncdask.measure`.
 
-
     Returns
     -------
     float

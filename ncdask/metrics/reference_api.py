@@ -1,19 +1,16 @@
 """Drop-in functions with the reference package's names and argument order.
 
-Users of the PyTorch ``neural_collapse`` package (rhubarbwu/neural-collapse)
-switch by changing an import. Arrays of any kind go in (NumPy, CuPy, dask,
-xarray, PyTorch); the computation is float64 with ncdask's blocked kernels,
-from the metrics' declarations where a function is a ``measure`` variable.
-What comes out: a Python ``float`` where the reference returns one number;
-per-class vectors in the input's kind (a ``DataArray`` on ``class``, a dask
-array, or a ``torch.Tensor`` on the device and in the dtype the reference's
-has, so that ``.var()`` is torch's unbiased variance; for NumPy use
-``.var(ddof=1)``); K×K grids as lazy ``DataArray`` objects on ``(class,
-class_)``, one chunk per tile pair. Rows of ``M`` (class means, K × D) are
-taken as given, as in the reference: drop empty classes first
-(:func:`ncdask.measure` does). ``W`` (K × D) are the classifier weights,
-``m_G`` (D,) or 0 the global mean ``M`` is centred on, ``V_norms`` (K,) the
-variance norms ``v_k``, ``tile_size`` the classes per pairwise tile.
+Users of the PyTorch ``neural_collapse`` package switch by changing an import.
+Any arrays go in (NumPy, CuPy, dask, xarray, PyTorch), computed in float64 from
+the metrics' declarations. Out come a ``float`` where the reference returns one
+number; per-class vectors in the input's kind (a torch tensor on its device and
+in the reference's dtype, so ``.var()`` is unbiased; for NumPy use
+``.var(ddof=1)``); K×K grids as lazy ``DataArray`` on ``(class, class_)``. Rows
+of ``M`` (class means, K × D) are taken as given (drop empty classes first).
+``W`` (K × D) are the classifier weights, ``m_G`` (D,) or 0 the global mean
+``M`` is centred on, ``V_norms`` (K,) the variance norms, ``tile_size`` the
+classes per pairwise tile.
+
 """
 
 from __future__ import annotations
