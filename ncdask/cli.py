@@ -222,7 +222,6 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
             "ncdask import X.npy y.npy --store emb.zarr --split train --classifier W.npy",
             "ncdask analyze emb.zarr --metrics nc1 nc2 --json -",
         ) + "\n\nRun 'ncdask COMMAND --help' for the options of a command.")
-
     p.add_argument("--version", action="version", version=f"ncdask {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help, examples, epilog, options) in _SPECS.items():

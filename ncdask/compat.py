@@ -7,7 +7,6 @@ codebases (:mod:`ncdask.metrics.peers`). Not in ``ncdask.__all__``; README.md's
 migration table maps each to its ncdask equivalent.
 """
 
-
 from __future__ import annotations
 
 from ncdask.metrics import reference_api

@@ -193,5 +193,4 @@ def class_spectra(covariances: xr.DataArray) -> xr.Dataset:
     ds["effective_rank"].attrs.update(
         long_name="effective rank of Sigma_k",
         formula="exp(-sum_i p_i log p_i), p = lambda / sum(lambda)", reference=ROY)
-
     return ds

@@ -402,7 +402,6 @@ def _write_batches(model: Any, loader: Iterable[Any], dev: Any,
                     writers[tag] = stack.enter_context(stores[tag].writer(
                         split, **keys[tag].tags, allow_nonfinite=allow_nonfinite,
                         dim=dims[tag], labelled=labels))
-
             for tag, _, _ in specs:
                 writers[tag].append(seen[tag][0], yn)  # yn None: unlabelled
                 seen[tag].clear()

@@ -202,7 +202,6 @@ def neco_scores(stats: xr.Dataset, split: Any, n_components: int | None = None,
         formula="||P_d x~|| / ||x~||, x~ = (x - mu) / sigma"
         + (" times the largest logit" if max_logit is not None else ""),
         reference=AMMAR, n_components=int(fit.attrs.get("n_components", fit.sizes["component"])))
-
     return out
 
 

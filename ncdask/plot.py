@@ -176,7 +176,6 @@ def _sweep_dim(results: xr.Dataset, dim: str | None) -> str:
         if dim is None:
             raise ValueError(f"results have no sweep dim (one of {SWEEP_DIMS}); "
                              f"their dims: {dict(results.sizes)}")
-
     if dim not in results.dims:
         raise ValueError(f"results have no dim {dim!r}; their dims: {dict(results.sizes)}")
     return dim
@@ -437,7 +436,6 @@ def plot_per_class(results: xr.Dataset, var: str = "mean_norms", *,
         Output of :func:`ncdask.measure` or :func:`ncdask.sweep`.
     var : str
     at : dict, optional
-
         Position along a sweep dim, e.g. ``{"epoch": 40}``; default the last.
     max_bars : int
         Above this many classes the values are drawn sorted, as a profile.

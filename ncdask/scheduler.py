@@ -113,7 +113,6 @@ def _connect(spec: str, timeout: float) -> Any:
     Built in a daemon thread abandoned on time-out: ``Client(timeout=)`` bounds the
     connect but not the handshake, which a non-Dask port (a dashboard) leaves hanging.
     """
-
     import threading
 
     from distributed import Client
@@ -135,7 +134,6 @@ def _connect(spec: str, timeout: float) -> Any:
             f"no Dask scheduler answered at {spec!r} within {timeout:g} s: is that a Dask "
             "scheduler's port (a dashboard or HTTP port accepts the connection but never "
             "answers)?")
-
     err = box.get("error")
     if err is not None:
         if isinstance(err, (OSError, TimeoutError, ValueError)):

@@ -141,7 +141,6 @@ def train_to_store(
     label_smoothing: float = RECIPE["label_smoothing"],
     batch_size: int = int(RECIPE["batch_size"]),
 ) -> tuple[Any, dict[int, dict[str, float]]]:
-
     """Train the demo MLP, writing its embeddings at each checkpoint into a new store.
 
     Parameters
@@ -172,7 +171,6 @@ def train_to_store(
         class_names=[str(k) for k in range(ID_CLASSES)],
         attrs={"source": "ncdask demo: sklearn load_digits, NumPy ReLU MLP",
                "ood": "digits 8, 9 (stored unlabelled)"})
-
     rng = np.random.default_rng(seed)
     Xtr, ytr = data["train"]
     mlp = MLP((Xtr.shape[1], *hidden, ID_CLASSES), rng)
@@ -247,7 +245,6 @@ def run_demo(out_dir: str | Path = "ncdask-demo", *, epochs: int | None = EPOCHS
     -------
     xarray.Dataset
         Computed metrics along ``epoch`` with ``train_acc`` and ``test_acc``.
-
     """
     from ncdask.results import save_results
     from ncdask.scheduler import use_scheduler
@@ -287,5 +284,4 @@ def run_demo(out_dir: str | Path = "ncdask-demo", *, epochs: int | None = EPOCHS
                   path=out / "gram.png")
     pngs = f", {out / 'nc_curves.png'}, {out / 'gram.png'}" if plots else ""
     say(f"wrote {out / 'results.zarr'}{pngs} in {time.perf_counter() - t0:.1f} s")
-
     return results

@@ -128,7 +128,6 @@ class Inputs:
     K_all = property(lambda self: self.kept.n_all, doc="Classes of the statistics.")
     D = property(lambda self: int(self.cls.M.shape[1]), doc="Width of the embeddings.")
     M = property(lambda self: self.cls.M, doc="Class means of the kept classes.")
-
     Mc = property(lambda self: self.cls.Mc, doc="Centred class means.")
     W = property(lambda self: self.cls.W, doc="Classifier rows of the kept classes (or None).")
     b = property(lambda self: self.cls.b, doc="Their bias.")

@@ -225,7 +225,6 @@ class EvalAccumulator:
             attrs={"ncdask_streamed": "ood"})
         if self._ood_labels is not None:
             lab, sums, counts = (to_numpy(a) for a in self._ood_labels)
-
             ds["ood_label_sums"] = (("ood_label", "feature"), sums)
             ds["ood_label_counts"] = ("ood_label", counts)
             ds = ds.assign_coords(ood_label=lab)

@@ -157,7 +157,6 @@ def check_stats(stats: Any) -> xr.Dataset:
     if not isinstance(stats, xr.Dataset):
         raise TypeError("stats must be an xarray.Dataset from class_stats, got "
                         f"{type(stats).__name__}")
-
     missing = [v for v in STATS_VARS if v not in stats]
     if missing:
         raise ValueError(f"stats is missing {missing}; pass the result of ncdask.class_stats")

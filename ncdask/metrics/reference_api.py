@@ -10,7 +10,6 @@ of ``M`` (class means, K × D) are taken as given (drop empty classes first).
 ``W`` (K × D) are the classifier weights, ``m_G`` (D,) or 0 the global mean
 ``M`` is centred on, ``V_norms`` (K,) the variance norms, ``tile_size`` the
 classes per pairwise tile.
-
 """
 
 from __future__ import annotations
