@@ -121,11 +121,13 @@ def float64(x: da.Array) -> da.Array:
     return x if x.dtype == np.float64 else x.astype(np.float64)
 
 
-def shaped(x: Any, shape: tuple[int, ...], what: str) -> da.Array:
-    """``x`` as a float64 dask array of ``shape``, else a ValueError naming ``what``."""
+def shaped(x: Any, shape: tuple[int, ...], what: str, like: str = "") -> da.Array:
+    """``x`` as a float64 dask array of ``shape``, else a ValueError naming ``what`` (and the
+    input ``like`` whose shape it must have)."""
     v = float64(as_dask(x))
     if v.shape != tuple(shape):
-        raise ValueError(f"{what} has shape {v.shape}, expected {tuple(shape)}")
+        raise ValueError(f"{what} has shape {v.shape}, expected {tuple(shape)}"
+                         + (f" like {like}" if like else ""))
     return v
 
 

@@ -236,7 +236,7 @@ def interference_grid(M: Array, m_G: Array = 0, tile_size: int | None = None) ->
 def structure_error(A: Array, B: Array) -> float:
     """``nc2_etf_err``'s distance from a simplex ETF with ``G = B Aᵀ`` (rows as given)."""
     Ad, _ = class_rows(A, name="A")
-    return computed_float(CF.etf_error(Ad, shaped(B, Ad.shape, "B").rechunk(Ad.chunks)))
+    return computed_float(CF.etf_error(Ad, shaped(B, Ad.shape, "B", like="A").rechunk(Ad.chunks)))
 
 
 def simplex_etf_error(M: Array, m_G: Array = 0) -> float:
@@ -277,7 +277,7 @@ def distance_norms(W: Array, M: Array, m_G: Array = 0, norm: bool = True) -> Arr
     """Per-class ``‖w_k − m̃_k‖`` (``distance_norms``), in the input's kind; ``norm``
     divides ``w_k`` and ``m̃_k`` by ``‖·‖ + ε`` first."""
     Mc, _ = _centred(M, m_G)
-    Wd = shaped(W, Mc.shape, "W").rechunk(Mc.chunks)
+    Wd = shaped(W, Mc.shape, "W", like="M").rechunk(Mc.chunks)
     out = evaluate("distance_norms", M=Mc, W=Wd) if norm else CF.row_norms(Wd - Mc)
     return _like(out, W, M, m_G)
 
