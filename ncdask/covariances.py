@@ -108,9 +108,8 @@ def class_covariances(
         reference=RANGAMANI, n_classes=K, ncdask_version=__version__)
     if ignore_index is not None:
         out.attrs["ignore_index"] = ignore_index
-    for k in ("split", "layer", "epoch", "store"):
-        if k in ds.attrs and ds.attrs[k] is not None:
-            out.attrs[k] = ds.attrs[k]
+    out.attrs.update({k: ds.attrs[k] for k in ("split", "layer", "epoch", "store")
+                      if ds.attrs.get(k) is not None})
     return out
 
 

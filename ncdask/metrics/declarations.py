@@ -63,10 +63,8 @@ ROY = "Roy & Vetterli (2007), The effective rank: a measure of effective dimensi
 
 @dataclass(frozen=True)
 class Inputs:
-    """Everything the metrics of one measurement are functions of, resolved once.
-
-    The shared intermediates are cached properties: built on first use, once.
-    """
+    """Everything the metrics of one measurement are functions of; the shared
+    intermediates are cached properties, built on first use, once."""
 
     stats: xr.Dataset
     kept: KeptClasses

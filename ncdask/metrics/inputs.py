@@ -1,9 +1,8 @@
 """Inputs of the measurements, resolved once: coercion, backends, classes kept.
 
-Every front end (:func:`ncdask.measure`, the covariances, NECO, the streamed
-:class:`ncdask.EvalAccumulator`) takes its statistics, classifier and splits
-through here: which classes are measured, centred on which global mean,
-against which classifier rows has one answer.
+Every front end (``measure``, the covariances, NECO, ``EvalAccumulator``) takes
+its statistics, classifier and splits through here, so which classes are
+measured, centred on which global mean, against which classifier rows has one answer.
 """
 
 from __future__ import annotations
