@@ -247,18 +247,15 @@ def _stores_for(store: Any, specs: list[Spec]) -> dict[str | None, EmbeddingStor
     """Each recorded layer's store (or :class:`ncdask.StatsSink`)."""
     from ncdask.accumulate import StatsSink
 
-    stores: dict[str | None, EmbeddingStore] = {}
-    for tag, _, _ in specs:
-        if isinstance(store, (EmbeddingStore, StatsSink)):
-            stores[tag] = store  # a StatsSink keeps statistics, no embeddings
-        elif isinstance(store, Mapping):
-            if tag not in store:
-                raise KeyError(f"no store given for layer {tag!r}; stores for {list(store)}")
-            stores[tag] = store[tag]
-        else:
-            raise TypeError(f"store must be an EmbeddingStore or a mapping of them, "
-                            f"got {type(store).__name__}")
-    return stores
+    if isinstance(store, (EmbeddingStore, StatsSink)):  # a StatsSink keeps statistics only
+        return {tag: store for tag, _, _ in specs}
+    if not isinstance(store, Mapping):
+        raise TypeError(f"store must be an EmbeddingStore or a mapping of them, "
+                        f"got {type(store).__name__}")
+    missing = [t for t, _, _ in specs if t not in store]
+    if missing:
+        raise KeyError(f"no store given for layer {missing[0]!r}; stores for {list(store)}")
+    return {tag: store[tag] for tag, _, _ in specs}
 
 
 def _classifier_of(named: Mapping[str, Any], classifier: str | None,

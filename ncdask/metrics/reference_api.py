@@ -375,8 +375,7 @@ def clf_ncc_agreement(accum: Any = None, *args: Any, indices: Sequence[int] | Ar
         if h is None or h.shape != n.shape:
             return None
     if given["indices"] is not None:
-        sel = given["indices"]
-        sel = np.asarray(to_numpy(sel) if _is_torch(sel) else sel)
+        sel = to_numpy(given["indices"])
         if sel.dtype != bool:  # integer indices; a 0-d one (one class) and [] too
             sel = sel.reshape(-1).astype(np.intp)
         n, h = n[sel], h[sel]
