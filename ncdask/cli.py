@@ -568,13 +568,6 @@ def _nonempty(store: Any, args: argparse.Namespace, tags: dict[str, Any]) -> Non
                        "no rows: nothing to measure")
 
 
-def _measure_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kw: dict[str, Any] = {"tile_size": args.tile_size, "metrics": args.metrics}
-    for name in ("memory_budget", "dist_exp", "min_count", "by_frequency"):
-        if getattr(args, name) is not None:
-            kw[name] = getattr(args, name)
-    return kw
-
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from ncdask.metrics.api import measure
@@ -590,7 +583,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
         check_output(args.out, "results", overwrite=args.overwrite)  # before the pass
     stats_kw = {} if args.ignore_index is None else {"ignore_index": args.ignore_index}
-    measure_kw = _measure_kwargs(args)
+    given = ("memory_budget", "dist_exp", "min_count", "by_frequency")
+    measure_kw = {"tile_size": args.tile_size, "metrics": args.metrics,
+                  **{k: vars(args)[k] for k in given if vars(args)[k] is not None}}
     tags = _tags(args)
     dim, sets = _sweep_dim(store, args) if args.sweep else (None, [tags])
     if dim is None:
