@@ -88,9 +88,6 @@ def _grid(result: da.Array) -> xr.DataArray:
     return xr.DataArray(result, dims=("class", "class_"))
 
 
-# --------------------------------------------------------------------------- NC1
-
-
 def covariance_ratio(V_intra: Array, M: Array, m_G: Array = 0, metric: str = "pinv") -> float:
     """NC1 within-class variability relative to between-class variability.
 
@@ -137,9 +134,6 @@ def variability_cdnv(V_norms: Array, M: Array, dist_exp: float = 1.0,
     # centred on the mean row: distances do not change; precision does
     return computed_float(evaluate("nc1_cdnv", M=A, mG=A.mean(axis=0), v=v, tile_size=T,
                           dist_exp=dist_exp))
-
-
-# --------------------------------------------------------------------------- GNC2 kernels
 
 
 def dist_kernel(data: Array, tile_size: int | None = None) -> xr.DataArray:
@@ -230,9 +224,6 @@ def interference_grid(M: Array, m_G: Array = 0, tile_size: int | None = None) ->
     return _grid(pair_grid(Mc, kind="inner", tile_size=T))
 
 
-# --------------------------------------------------------------------------- NC2 / NC3
-
-
 def structure_error(A: Array, B: Array) -> float:
     """``nc2_etf_err``'s distance from a simplex ETF with ``G = B Aᵀ`` (rows as given)."""
     Ad, _ = class_rows(A, name="A")
@@ -291,9 +282,6 @@ def mean_norms(M: Array, m_G: Array = 0, post_funcs: Sequence[Callable] = ()) ->
     for f in post_funcs:
         out = f(out)
     return out
-
-
-# --------------------------------------------------------------------------- NC4 / NC5
 
 
 def _is_accumulator(x: Any) -> bool:  # the reference's DecAccumulator, duck-typed
