@@ -64,12 +64,8 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (
-            "%(default)" not in text
-            and "default" not in text
-            and action.default not in (None, False, argparse.SUPPRESS)
-            and action.option_strings
-        ):
+        if ("default" not in text and action.option_strings
+                and action.default not in (None, False, argparse.SUPPRESS)):
             text += " (default: %(default)s)"
         return text
 
@@ -79,9 +75,8 @@ _SCHED = "where the Dask graphs run: threads, processes, sync, a scheduler ADDRE
 
 
 def _examples(*lines: str) -> str:
-    return "example" + ("s" if len(lines) > 1 else "") + ":\n" + "\n".join(
-        f"  {ln}" for ln in lines
-    )
+    head = "examples:" if len(lines) > 1 else "example:"
+    return "\n".join([head, *(f"  {ln}" for ln in lines)])
 
 
 def _metric_help() -> str:
@@ -220,15 +215,13 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
     """The argument parser of the ``ncdask`` command; ``full_help`` lists the metrics in
     ``analyze --help`` (which imports dask)."""
     p = _Parser(
-        prog="ncdask",
+        prog="ncdask", formatter_class=_Help,
         description="Out-of-core Neural Collapse metrics on Zarr embedding stores.",
         epilog=_examples(
             "ncdask demo",
             "ncdask import X.npy y.npy --store emb.zarr --split train --classifier W.npy",
             "ncdask analyze emb.zarr --metrics nc1 nc2 --json -",
-        ) + "\n\nRun 'ncdask COMMAND --help' for the options of a command.",
-        formatter_class=_Help,
-    )
+        ) + "\n\nRun 'ncdask COMMAND --help' for the options of a command.")
     p.add_argument("--version", action="version", version=f"ncdask {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help, examples, epilog, options) in _SPECS.items():
@@ -241,19 +234,6 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
             for names, kw in opt if isinstance(opt, list) else [opt]:
                 group.add_argument(*names, **kw)
     return p
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _err(message: str) -> None:
-    print(f"ncdask: error: {message}", file=sys.stderr)
-
-
-def _message(e: BaseException) -> str:
-    if isinstance(e, KeyError) and e.args:
-        return str(e.args[0])
-    return str(e)
 
 
 def _say(args: argparse.Namespace, *parts: Any) -> None:
@@ -286,9 +266,8 @@ def _require_split(store: Any, name: str, tags: dict[str, Any]) -> None:
             sets = [s for s in store.sets() if s]
             if sets:
                 hint = f"; embedding sets: {sets[:10]} (choose one with --layer/--epoch)"
-        raise CLIError(
-            f"no split {name!r} in {_where(tags)} of {store.url!r}; splits there: {have}{hint}"
-        )
+        raise CLIError(f"no split {name!r} in {_where(tags)} of {store.url!r}; splits there: "
+                       f"{have}{hint}")
 
 
 def _optional_split(store: Any, given: str | None, default: str, *sets: dict) -> str | None:
@@ -298,13 +277,6 @@ def _optional_split(store: Any, given: str | None, default: str, *sets: dict) ->
             _require_split(store, given, tags)
         return given
     return default if all(default in store.splits(**tags) for tags in sets) else None
-
-
-def _classifier(store: Any, tags: dict) -> tuple[Any, Any]:
-    try:
-        return store.classifier(**tags, lazy=True)
-    except KeyError:
-        return None, None
 
 
 def format_table(results: Any, columns: Sequence[str], dim: str = "epoch") -> str:
@@ -392,9 +364,6 @@ def _write_json(obj: dict, target: str) -> None:
         print(text)
     else:
         Path(target).write_text(text + "\n")
-
-
-# ----------------------------------------------------------------------------- commands
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -527,8 +496,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
                 raise DuplicateImportError(
                     f"split {args.split!r} of {args.store} already holds {xp} (it has "
                     f"{store.n_rows(args.split, **tags)} rows); pass --append to add these "
-                    "rows again or --overwrite to replace the split with them"
-                )
+                    "rows again or --overwrite to replace the split with them")
 
     if store is None:
         extra = {} if ignore is None else {"ignore_index": ignore}
@@ -600,13 +568,6 @@ def _nonempty(store: Any, args: argparse.Namespace, tags: dict[str, Any]) -> Non
                        "no rows: nothing to measure")
 
 
-def _measure_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kw: dict[str, Any] = {"tile_size": args.tile_size, "metrics": args.metrics}
-    for name in ("memory_budget", "dist_exp", "min_count", "by_frequency"):
-        if getattr(args, name) is not None:
-            kw[name] = getattr(args, name)
-    return kw
-
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from ncdask.metrics.api import measure
@@ -622,7 +583,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
         check_output(args.out, "results", overwrite=args.overwrite)  # before the pass
     stats_kw = {} if args.ignore_index is None else {"ignore_index": args.ignore_index}
-    measure_kw = _measure_kwargs(args)
+    given = ("memory_budget", "dist_exp", "min_count", "by_frequency")
+    measure_kw = {"tile_size": args.tile_size, "metrics": args.metrics,
+                  **{k: vars(args)[k] for k in given if vars(args)[k] is not None}}
     tags = _tags(args)
     dim, sets = _sweep_dim(store, args) if args.sweep else (None, [tags])
     if dim is None:
@@ -643,7 +606,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             def read(name: str | None) -> Any:
                 return move(store.split(name, **tags)) if name else None
 
-            W, b = _classifier(store, tags)
+            try:
+                W, b = store.classifier(**tags, lazy=True)
+            except KeyError:
+                W = b = None
             stats = (run.call(class_stats, store, args.train, cache=True, **tags, **stats_kw)
                      if cache else class_stats(read(args.train), **stats_kw))
             lazy = measure(stats, weights=W, bias=b, test=read(test), ood=read(ood),
@@ -694,6 +660,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 COMMANDS = {"demo": _cmd_demo, "import": _cmd_import, "stats": _cmd_stats,
             "analyze": _cmd_analyze, "rm": _cmd_rm, "check": _cmd_check}
+#: Exceptions that mean bad input (exit status 2; other failures exit 1).
+_BAD_INPUT = (FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError,
+              PermissionError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -715,27 +684,16 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("always")
         try:
             code = COMMANDS[args.command](args)
-        except CLIError as e:
-            _err(str(e))
-            code = e.code
-        except SchedulerError as e:
-            _err(str(e))
-            code = 1
-        except (FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError,
-                PermissionError) as e:
-            _err(_message(e))
-            code = 2
-        except (ImportError, OSError) as e:
-            _err(_message(e))
-            code = 1
+        except (CLIError, SchedulerError, *_BAD_INPUT, ImportError, OSError) as e:
+            # a KeyError's message is its first argument (str() would quote it)
+            message = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"ncdask: error: {message}", file=sys.stderr)
+            code = e.code if isinstance(e, CLIError) else 2 if isinstance(e, _BAD_INPUT) else 1
         finally:
-            seen = set()
-            for w in caught:
-                if issubclass(w.category, (UserWarning, RuntimeWarning)):
-                    text = str(w.message)
-                    if text not in seen:
-                        seen.add(text)
-                        print(f"ncdask: warning: {text}", file=sys.stderr)
+            texts = [str(w.message) for w in caught
+                     if issubclass(w.category, (UserWarning, RuntimeWarning))]
+            for text in dict.fromkeys(texts):  # each once, in order
+                print(f"ncdask: warning: {text}", file=sys.stderr)
     return code
 
 

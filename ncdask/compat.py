@@ -1,11 +1,9 @@
 """The reference package's functions, and the peers' standalone metrics, by name.
 
-``from ncdask.compat import covariance_ratio, ...`` gives the functions of
-``neural_collapse.measure`` and ``.kernels`` with their names, arguments and
-defaults (:mod:`ncdask.metrics.reference_api`), and the standalone forms of
-metrics other codebases report (:mod:`ncdask.metrics.peers`), computed with
-ncdask's blocked kernels from the metrics' declarations. They are importable
-from ``ncdask`` too but are not in ``ncdask.__all__``, the lazy API; README.md's
+``from ncdask.compat import covariance_ratio, ...`` gives ``neural_collapse``'s
+functions with their names, arguments and defaults
+(:mod:`ncdask.metrics.reference_api`) and the standalone metrics of other
+codebases (:mod:`ncdask.metrics.peers`). Not in ``ncdask.__all__``; README.md's
 migration table maps each to its ncdask equivalent.
 """
 

@@ -24,10 +24,8 @@ from ncdask.store.embedding import resolve_split
 
 __all__ = ["class_covariances", "class_nc1", "class_spectra"]
 
-RANGAMANI = (
-    "Rangamani et al. (2023), Feature learning in deep classifiers through intermediate "
-    "neural collapse, ICML"
-)
+RANGAMANI = ("Rangamani et al. (2023), Feature learning in deep classifiers through intermediate "
+             "neural collapse, ICML")
 
 
 def class_covariances(
@@ -37,18 +35,17 @@ def class_covariances(
 ) -> xr.DataArray:
     """Per-class covariances of a split, in one pass, chunked over classes.
 
-    ``Σ_k = (1/n_k) Σ_{y_i=k} (x_i − μ_k)(x_i − μ_k)ᵀ`` (so ``tr Σ_k`` is the
-    variance norm ``v_k`` and ``Σ_k (n_k/N) Σ_k = Σ_W``), accumulated with
-    centred pairwise merges (accurate on collapsed float32 features).
+    ``Σ_k = (1/n_k) Σ_{y_i=k} (x_i − μ_k)(x_i − μ_k)ᵀ`` (``tr Σ_k = v_k``,
+    ``Σ_k (n_k/N) Σ_k = Σ_W``), with centred pairwise merges (accurate on
+    collapsed float32 features).
 
     Parameters
     ----------
     data : xarray.Dataset, EmbeddingStore, str or (store, split)
-        A split Dataset (``embeddings``, ``labels``), or a store with ``split``.
+        A split Dataset, or a store with ``split`` (default "train").
     classes : sequence of int, optional
         The classes to compute, in output order (default all K).
     split : str, optional
-        Split name when ``data`` is a store (default "train").
     class_chunk : int, optional
         Classes per output chunk (default: 32 MiB chunks).
     dtype : dtype, default "float64"
@@ -56,8 +53,8 @@ def class_covariances(
     ignore_index, n_classes : int, optional
         Label of samples to leave out and K (default: the split's attributes).
     max_memory : int, optional
-        Bytes of per-class accumulators held at once (default 256 MiB): more
-        classes are done in several passes over the embeddings. None: one pass.
+        Bytes of per-class accumulators held at once (default 256 MiB; more
+        classes take more passes). None: one pass.
 
     Returns
     -------
@@ -100,8 +97,7 @@ def class_covariances(
         raise ValueError(f"class_chunk must be a positive integer, got {class_chunk!r}")
     covs, counts = GC.class_covariance_chunks(
         X, y, position, int(sel.size), n_classes=K, class_chunk=C, dtype=np.dtype(dtype),
-        ignore_index=ignore_index, max_bytes=max_memory,
-    )
+        ignore_index=ignore_index, max_bytes=max_memory)
     out = xr.DataArray(
         covs, dims=("class", "feature", "feature_"), name="class_covariances",
         coords={"class": sel, "feature": np.arange(D), "feature_": np.arange(D),
@@ -112,19 +108,15 @@ def class_covariances(
         reference=RANGAMANI, n_classes=K, ncdask_version=__version__)
     if ignore_index is not None:
         out.attrs["ignore_index"] = ignore_index
-    for k in ("split", "layer", "epoch", "store"):
-        if k in ds.attrs and ds.attrs[k] is not None:
-            out.attrs[k] = ds.attrs[k]
+    out.attrs.update({k: ds.attrs[k] for k in ("split", "layer", "epoch", "store")
+                      if ds.attrs.get(k) is not None})
     return out
 
 
 def _as_covariances(covariances: Any) -> xr.DataArray:
-    if not isinstance(covariances, xr.DataArray) or covariances.dims != (
-        "class", "feature", "feature_"
-    ):
-        raise TypeError(
-            "covariances must be the (class, feature, feature_) DataArray of class_covariances"
-        )
+    dims = ("class", "feature", "feature_")
+    if not isinstance(covariances, xr.DataArray) or covariances.dims != dims:
+        raise TypeError(f"covariances must be the {dims} DataArray of class_covariances")
     return covariances
 
 
@@ -132,8 +124,8 @@ def class_nc1(covariances: xr.DataArray, stats: xr.Dataset, *,
               min_count: int | None = None) -> xr.DataArray:
     """Per-class NC1: ``tr(Σ_k Σ_B⁺) / K`` for every class of ``covariances``.
 
-    ``Σ_B⁺`` as in ``nc1_pinv`` (K the classes measured); ``Σ_k (n_k/N) nc1_k``
-    is ``nc1_pinv`` when ``Σ_W`` pools exactly the classes measured.
+    ``Σ_B⁺`` as in ``nc1_pinv``; ``Σ_k (n_k/N) nc1_k`` is ``nc1_pinv`` when
+    ``Σ_W`` pools exactly the classes measured.
 
     Parameters
     ----------
@@ -142,8 +134,7 @@ def class_nc1(covariances: xr.DataArray, stats: xr.Dataset, *,
     stats : xarray.Dataset
         From :func:`ncdask.class_stats`, on the same split.
     min_count : int, optional
-        Leave classes with fewer samples out, as :func:`ncdask.measure`
-        (those the statistics were filtered by are left out too).
+        Leave classes with fewer samples out, as :func:`ncdask.measure`.
 
     Returns
     -------
@@ -179,9 +170,8 @@ def class_spectra(covariances: xr.DataArray) -> xr.Dataset:
     Returns
     -------
     xarray.Dataset
-        Lazy ``eigenvalues (class, component)``, descending, and
-        ``effective_rank (class)``, ``exp(−Σ p_i log p_i)`` with ``p = λ/Σλ``
-        (rounding negatives clipped); NaN without samples, 0 for a zero Σ_k.
+        Lazy descending ``eigenvalues (class, component)`` and ``effective_rank
+        (class)``, ``exp(−Σ p_i log p_i)``, ``p = λ/Σλ``; NaN without samples.
 
     Examples
     --------
@@ -201,7 +191,5 @@ def class_spectra(covariances: xr.DataArray) -> xr.Dataset:
                                    reference=RANGAMANI)
     ds["effective_rank"].attrs.update(
         long_name="effective rank of Sigma_k",
-        formula="exp(-sum_i p_i log p_i), p = lambda / sum(lambda)",
-        reference=ROY,
-    )
+        formula="exp(-sum_i p_i log p_i), p = lambda / sum(lambda)", reference=ROY)
     return ds

@@ -9,22 +9,22 @@ measures. PyTorch is imported only when :func:`capture` is called.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ncdask.store.setkey import SetKey
 from ncdask._validate import check_name
+from ncdask.kernels._xp import to_numpy
 from ncdask.store.embedding import EmbeddingStore
+
 
 WHICH = ("input", "output")
 
 
-def _layer_specs(
-    layers: str | Sequence[Any] | Mapping[str, Any] | None,
-    which: str,
-    classifier: str | None,
-) -> list[tuple[str | None, str, str]]:
+def _layer_specs(layers: str | Sequence[Any] | Mapping[str, Any] | None, which: str,
+                 classifier: str | None) -> list[tuple[str | None, str, str]]:
     """Normalise ``layers`` to ``[(set_tag, module_name, which), ...]``."""
     if which not in WHICH:
         raise ValueError(f"which must be 'input' or 'output', got {which!r}")
@@ -52,9 +52,8 @@ def _layer_specs(
     elif isinstance(layers, (list, tuple)):
         items = [one(None, v) for v in layers]
     else:
-        raise TypeError(
-            f"layers must be a module name, a list or a dict of them, got {type(layers).__name__}"
-        )
+        raise TypeError("layers must be a module name, a list or a dict of them, got "
+                        f"{type(layers).__name__}")
     if not items:
         raise ValueError("layers is empty")
     tags = [t for t, _, _ in items]
@@ -85,19 +84,8 @@ def _to_device(x: Any, device: Any) -> Any:
 def _model_device(model: Any) -> Any:
     import torch
 
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
-def _cupy_or_none() -> Any:
-    try:
-        import cupy
-    except ImportError:
-        return None
-    return cupy
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 def _features(t: Any, transform: Callable[[Any], Any] | None, cupy: Any) -> Any:
@@ -126,15 +114,6 @@ def _features(t: Any, transform: Callable[[Any], Any] | None, cupy: Any) -> Any:
     return t.clone()
 
 
-def _labels(y: Any) -> Any:
-    import numpy as np
-    import torch
-
-    if isinstance(y, torch.Tensor):
-        return y.detach().to("cpu").reshape(-1).numpy()
-    return np.asarray(y).reshape(-1)
-
-
 def _check_width(st: EmbeddingStore, key: SetKey, mod_name: str, kind: str, width: int) -> int:
     """The width of a layer's features, checked against its set's width if it has one."""
     try:
@@ -146,10 +125,8 @@ def _check_width(st: EmbeddingStore, key: SetKey, mod_name: str, kind: str, widt
                 else "the default (untagged) set")
         hint = ("; record it under a layer name (layers={name: module}) to give it a set of "
                 "its own width" if key.is_default else "")
-        raise ValueError(
-            f"layer {key.layer!r} ({mod_name} {kind}) has {width} features, but {what} of "
-            f"{st.url!r} has dim {have}{hint}"
-        )
+        raise ValueError(f"layer {key.layer!r} ({mod_name} {kind}) has {width} features, but "
+                         f"{what} of {st.url!r} has dim {have}{hint}")
     return width
 
 
@@ -162,69 +139,54 @@ def _ranks_wait_for_each_other(torch: Any) -> None:
         dist.barrier()
 
 
-def capture(
-    model: Any,
-    loader: Iterable[Any],
-    store: EmbeddingStore | Mapping[str, EmbeddingStore],
-    split: str = "train",
-    *,
-    layers: str | Sequence[Any] | Mapping[str, Any] | None = None,
-    which: str = "input",
-    classifier: str | None = None,
-    classifier_for: str | Sequence[str] | None = None,
-    epoch: int | None = None,
-    device: Any = None,
-    transform: Callable[[Any], Any] | None = None,
-    max_batches: int | None = None,
-    append: bool = False,
-    allow_nonfinite: bool = False,
-    labels: bool = True,
-) -> list[dict[str, Any]]:
+def capture(model: Any, loader: Iterable[Any],
+            store: EmbeddingStore | Mapping[str, EmbeddingStore], split: str = "train", *,
+            layers: str | Sequence[Any] | Mapping[str, Any] | None = None, which: str = "input",
+            classifier: str | None = None, classifier_for: str | Sequence[str] | None = None,
+            epoch: int | None = None, device: Any = None,
+            transform: Callable[[Any], Any] | None = None, max_batches: int | None = None,
+            append: bool = False, allow_nonfinite: bool = False,
+            labels: bool = True) -> list[dict[str, Any]]:
     """Record the input or output of named modules of a model into a store.
 
-    One pass over ``loader`` in eval mode under :func:`torch.no_grad`: a forward
-    hook on each module copies what it sees (later in-place operations of the
-    forward do not alter it), and each batch is appended to the layer's set
-    through a buffered :meth:`EmbeddingStore.writer`. Hooks are removed and
-    train/eval flags restored afterwards, also on errors; batches written
-    before a failure stay committed.
+    One pass over ``loader`` in eval mode under :func:`torch.no_grad`; a forward
+    hook copies what each module sees into its layer's set through a buffered
+    :meth:`EmbeddingStore.writer`. Hooks and train/eval flags are restored also
+    on errors; batches written before a failure stay committed. Half-precision
+    and integer features are stored as float32, CUDA ones go through CuPy and
+    DLPack when CuPy is importable; a module that runs twice per forward is refused.
 
     Parameters
     ----------
     model : torch.nn.Module
     loader : iterable
-        ``(x, y, ...)`` batches: ``x`` a tensor (or a list/tuple/dict of them,
-        passed as one argument), ``y`` labels in ``[0, K)``; with
-        ``labels=False``, ``x`` alone is allowed.
+        ``(x, y, ...)`` batches (``x`` a tensor or a list/tuple/dict of them,
+        ``y`` labels in ``[0, K)``); with ``labels=False``, ``x`` alone.
     store : EmbeddingStore, StatsSink, or mapping of layer name to EmbeddingStore
-        Where to write. A :class:`ncdask.StatsSink` keeps each layer's class
-        statistics instead of its embeddings. Each set takes its layer's width
-        on its first write and keeps it; the untagged set has the store's ``dim``.
+        Where to write (a :class:`ncdask.StatsSink` keeps class statistics
+        only). Each set keeps the width of its first write.
     split : str, default "train"
     layers : str, list or dict, optional
-        Module names (``model.named_modules()``): a name, a list of names (each
-        also names its set) or ``{set name: module name}``; a pair
-        ``(module name, "input" | "output")`` overrides ``which``. Default: the
-        input of ``classifier``, into the untagged set.
+        Module names of ``model.named_modules()``: a name, a list (each also
+        names its set) or ``{set name: module name}``; a pair ``(module name,
+        "input" | "output")`` overrides ``which``. Default: the input of
+        ``classifier``, into the untagged set.
     which : {"input", "output"}, default "input"
-        The module's first positional input or its output (the first element
-        of a tuple output).
+        The module's first positional input or its (first) output.
     classifier : str, optional
-        A linear module whose ``weight`` (K×D) and ``bias`` are stored in the
-        sets of ``classifier_for``.
+        A linear module whose ``weight`` and ``bias`` go to ``classifier_for``
+        (default: the sets recording its input).
     classifier_for : str or list of str, optional
-        Sets that get the classifier; default: those recording its input.
     epoch : int, optional
         Epoch tag of the sets written.
     device : torch.device or str, optional
         Where the inputs go; default the model's.
     transform : callable, optional
-        Applied to each hooked tensor before it is flattened to
-        ``(batch, features)`` (e.g. pooling ``lambda t: t.mean(dim=(2, 3))``).
+        Applied to each hooked tensor before it is flattened to ``(batch, -1)``
+        (e.g. pooling ``lambda t: t.mean(dim=(2, 3))``).
     max_batches : int, optional
     append : bool, default False
-        Allow adding to a split that has rows (by default a repeated call is
-        refused rather than duplicate samples).
+        Allow adding to a split that has rows (else refused: no duplicates).
     allow_nonfinite : bool, default False
     labels : bool, default True
         False writes unlabelled splits (out-of-distribution data).
@@ -232,12 +194,7 @@ def capture(
     Returns
     -------
     list of dict
-        Per set written: its tags, ``module``, ``which``, ``dim`` and ``rows``
-        (committed rows of the split).
-
-    Half-precision and integer features are stored as float32; CUDA features
-    reach the store through CuPy and DLPack when CuPy is importable. A module
-    that runs more than once per forward is refused.
+        Per set written: its tags, ``module``, ``which``, ``dim`` and ``rows``.
 
     Examples
     --------
@@ -290,18 +247,15 @@ def _stores_for(store: Any, specs: list[Spec]) -> dict[str | None, EmbeddingStor
     """Each recorded layer's store (or :class:`ncdask.StatsSink`)."""
     from ncdask.sink import StatsSink
 
-    stores: dict[str | None, EmbeddingStore] = {}
-    for tag, _, _ in specs:
-        if isinstance(store, (EmbeddingStore, StatsSink)):
-            stores[tag] = store  # a StatsSink keeps statistics, no embeddings
-        elif isinstance(store, Mapping):
-            if tag not in store:
-                raise KeyError(f"no store given for layer {tag!r}; stores for {list(store)}")
-            stores[tag] = store[tag]
-        else:
-            raise TypeError(f"store must be an EmbeddingStore or a mapping of them, "
-                            f"got {type(store).__name__}")
-    return stores
+    if isinstance(store, (EmbeddingStore, StatsSink)):  # a StatsSink keeps statistics only
+        return {tag: store for tag, _, _ in specs}
+    if not isinstance(store, Mapping):
+        raise TypeError(f"store must be an EmbeddingStore or a mapping of them, "
+                        f"got {type(store).__name__}")
+    missing = [t for t, _, _ in specs if t not in store]
+    if missing:
+        raise KeyError(f"no store given for layer {missing[0]!r}; stores for {list(store)}")
+    return {tag: store[tag] for tag, _, _ in specs}
 
 
 def _classifier_of(named: Mapping[str, Any], classifier: str | None,
@@ -325,8 +279,7 @@ def _classifier_of(named: Mapping[str, Any], classifier: str | None,
             raise ValueError(
                 f"no recorded layer is the input of classifier {classifier!r}; record it "
                 f"(e.g. layers={{'{classifier}': ('{classifier}', 'input')}}) or name the "
-                "sets that get it with classifier_for="
-            )
+                "sets that get it with classifier_for=")
     else:
         wanted = [classifier_for] if isinstance(classifier_for, str) else list(classifier_for)
         known = [t for t, _, _ in specs]
@@ -336,10 +289,8 @@ def _classifier_of(named: Mapping[str, Any], classifier: str | None,
         targets = wanted
     for tag in targets:
         if int(W.shape[0]) != stores[tag].n_classes:
-            raise ValueError(
-                f"classifier {classifier!r} has {W.shape[0]} classes, the store of layer "
-                f"{tag!r} has n_classes={stores[tag].n_classes}"
-            )
+            raise ValueError(f"classifier {classifier!r} has {W.shape[0]} classes, the store "
+                             f"of layer {tag!r} has n_classes={stores[tag].n_classes}")
     return W, b, targets
 
 
@@ -351,10 +302,8 @@ def _refuse_rows_already_there(stores: Mapping[str | None, Any],
         if split in st.splits(**key.tags):
             n = st.split(split, **key.tags).sizes["sample"]
             if n:
-                raise ValueError(
-                    f"split {split!r} of set layer={key.layer}, epoch={key.epoch} already has "
-                    f"{n} rows; pass append=True to add to them"
-                )
+                raise ValueError(f"split {split!r} of set layer={key.layer}, epoch={key.epoch} "
+                                 f"already has {n} rows; pass append=True to add to them")
 
 
 @contextlib.contextmanager
@@ -362,7 +311,10 @@ def _hooked(model: Any, modules: Mapping[str | None, Any], specs: list[Spec],
             transform: Callable[[Any], Any] | None) -> Any:
     """Forward hooks that copy what each module sees into ``seen[tag]``; the model in eval
     mode meanwhile. Hooks removed and train/eval flags restored afterwards, also on errors."""
-    cupy = _cupy_or_none()
+    try:
+        import cupy
+    except ImportError:
+        cupy = None
     seen: dict[str | None, list[Any]] = {tag: [] for tag, _, _ in specs}
 
     def hook_for(tag: str | None, kind: str) -> Callable[..., None]:
@@ -405,7 +357,7 @@ def _batch_of(batch: Any, labels: bool) -> tuple[Any, Any]:
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise TypeError("the loader must yield (x, y, ...) batches (for "
                         "unlabelled data pass labels=False)")
-    return batch[0], _labels(batch[1])
+    return batch[0], to_numpy(batch[1]).reshape(-1)
 
 
 def _write_batches(model: Any, loader: Iterable[Any], dev: Any,
@@ -430,14 +382,11 @@ def _write_batches(model: Any, loader: Iterable[Any], dev: Any,
             for tag, mod_name, _ in specs:
                 got = seen[tag]
                 if len(got) != 1:
-                    raise RuntimeError(
-                        f"module {mod_name!r} ran {len(got)} times in one forward; "
-                        "capture needs exactly one call per batch"
-                    )
+                    raise RuntimeError(f"module {mod_name!r} ran {len(got)} times in one "
+                                       "forward; capture needs exactly one call per batch")
                 if yn is not None and got[0].shape[0] != yn.shape[0]:
-                    raise ValueError(
-                        f"layer {tag!r}: {got[0].shape[0]} feature rows for {yn.shape[0]} labels"
-                    )
+                    raise ValueError(f"layer {tag!r}: {got[0].shape[0]} feature rows for "
+                                     f"{yn.shape[0]} labels")
             if not writers:  # first batch: check every width, then open the writers
                 for tag, mod_name, kind in specs:
                     dims[tag] = _check_width(stores[tag], keys[tag], mod_name, kind,
@@ -445,14 +394,11 @@ def _write_batches(model: Any, loader: Iterable[Any], dev: Any,
                     if tag in targets and int(W.shape[1]) != dims[tag]:
                         raise ValueError(
                             f"classifier {clf_name!r} has {W.shape[1]} input features "
-                            f"but layer {tag!r} ({mod_name} {kind}) has {dims[tag]}"
-                        )
+                            f"but layer {tag!r} ({mod_name} {kind}) has {dims[tag]}")
                 for tag, _, _ in specs:
-                    writers[tag] = stack.enter_context(
-                        stores[tag].writer(split, **keys[tag].tags,
-                                           allow_nonfinite=allow_nonfinite, dim=dims[tag],
-                                           labelled=labels)
-                    )
+                    writers[tag] = stack.enter_context(stores[tag].writer(
+                        split, **keys[tag].tags, allow_nonfinite=allow_nonfinite,
+                        dim=dims[tag], labelled=labels))
             for tag, _, _ in specs:
                 writers[tag].append(seen[tag][0], yn)  # yn None: unlabelled
                 seen[tag].clear()
@@ -465,10 +411,6 @@ def _written(stores: Mapping[str | None, Any], specs: list[Spec],
              keys: Mapping[str | None, SetKey], split: str,
              dims: Mapping[str | None, int]) -> list[dict[str, Any]]:
     """One entry per set written: tags, module, which, width and committed rows."""
-    out = []
-    for tag, mod_name, kind in specs:
-        entry: dict[str, Any] = dict(keys[tag].tags)
-        rows = int(stores[tag].split(split, **keys[tag].tags).sizes["sample"])
-        entry.update(module=mod_name, which=kind, dim=dims[tag], rows=rows)
-        out.append(entry)
-    return out
+    return [{**keys[tag].tags, "module": mod_name, "which": kind, "dim": dims[tag],
+             "rows": int(stores[tag].split(split, **keys[tag].tags).sizes["sample"])}
+            for tag, mod_name, kind in specs]

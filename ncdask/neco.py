@@ -1,14 +1,11 @@
 """Out-of-distribution scores from Neural Collapse: NECO (Ammar et al. 2024) and NCI.
 
-NECO scores a sample by the share of its standardised feature vector in the
-top principal subspace of the training features; under Neural Collapse the
-in-distribution features concentrate in the span of the class means, so
-**higher scores mean in-distribution**. The fit needs no pass over the
-training embeddings: the total covariance follows from the class statistics
-(:func:`total_covariance`). Scores are one blocked pass over a split;
-:func:`ood_report` turns ID and OOD scores into AUROC and FPR at 95 % TPR.
-The arithmetic is in :mod:`ncdask.kernels.neco`, the graphs in
-:mod:`ncdask.graph.neco`.
+Under Neural Collapse the in-distribution features concentrate in the span
+of the class means, so **higher scores mean in-distribution**. The fit needs
+no pass over the embeddings (:func:`total_covariance` follows from the class
+statistics); scores are one blocked pass over a split, whose samples labelled
+``ignore_index`` (default: the split's) get NaN; ``tile_size`` is the classes
+per tile of a classifier's logits. :func:`ood_report` gives AUROC and FPR.
 
 >>> import numpy as np, ncdask
 >>> rng = np.random.default_rng(0)
@@ -39,7 +36,8 @@ import numpy as np
 import scipy.stats
 import xarray as xr
 
-from ncdask.metrics.inputs import as_dask, check_stats, float64, kept_classes, row_weights
+from ncdask.metrics.inputs import as_dask, check_stats, float64, host_float64, kept_classes
+from ncdask.metrics.inputs import row_weights, shaped
 from ncdask.metrics.inputs import split_classes
 from ncdask.metrics.inputs import split_of as _split
 from ncdask._version import __version__
@@ -51,24 +49,20 @@ from ncdask.metrics.declarations import AMMAR
 
 __all__ = ["total_covariance", "neco_fit", "neco_scores", "nci_scores", "ood_report"]
 
-LIU_QIN = (
-    "Liu & Qin (2025), Detecting out-of-distribution through the lens of neural collapse, "
-    "CVPR (arXiv:2311.01479)"
-)
+LIU_QIN = ("Liu & Qin (2025), Detecting out-of-distribution through the lens of neural collapse, "
+           "CVPR (arXiv:2311.01479)")
 
 
 def total_covariance(stats: xr.Dataset) -> xr.DataArray:
     """Total (population) covariance of the training features, from the class statistics.
 
-    ``Σ_T = Σ_W + (1/N) Σ_k n_k (μ_k − μ̄)(μ_k − μ̄)ᵀ``, ``μ̄`` the sample mean:
-    the sample-weighted between-class covariance (not NC1's unweighted Σ_B)
-    completes ``Σ_W`` to what ``StandardScaler`` and ``PCA`` would see.
+    ``Σ_T = Σ_W + (1/N) Σ_k n_k (μ_k − μ̄)(μ_k − μ̄)ᵀ`` (sample-weighted, unlike
+    NC1's Σ_B): what ``StandardScaler`` and ``PCA`` would see.
 
     Parameters
     ----------
     stats : xarray.Dataset
-        From :func:`ncdask.class_stats` (filtered classes are left out, as
-        from ``Σ_W``).
+        From :func:`ncdask.class_stats` (filtered classes are left out).
 
     Returns
     -------
@@ -97,9 +91,7 @@ def _classifier(weights: Any, bias: Any, D: int,
     if W.ndim != 2 or W.shape[1] != D:
         raise ValueError(f"weights have shape {W.shape}, expected (K, {D})")
     K = W.shape[0]
-    b = da.zeros(K, dtype=np.float64, chunks=-1) if bias is None else float64(as_dask(bias))
-    if b.shape != (K,):
-        raise ValueError(f"bias has shape {b.shape}, expected ({K},)")
+    b = da.zeros(K, dtype=np.float64, chunks=-1) if bias is None else shaped(bias, (K,), "bias")
     return W, b, int(tile_size) if tile_size else default_tile_size(K, D)
 
 
@@ -127,20 +119,18 @@ def neco_fit(stats: xr.Dataset, n_components: int | None = None, *,
     stats : xarray.Dataset
         Training-split statistics from :func:`ncdask.class_stats`.
     n_components : int, optional
-        Number ``d`` of principal directions; default ``K − 1`` (the simplex
-        the means collapse to), at most ``D − 1``. With K ≥ D, tune it.
+        Principal directions ``d``; default ``min(K − 1, D − 1)`` (the simplex
+        the means collapse to). With K ≥ D, tune it.
     standardize : bool, default True
-        Standardise each feature by its training standard deviation first
+        Divide each feature by its training standard deviation first
         (the paper's ``StandardScaler``).
 
     Returns
     -------
     xarray.Dataset
-        Lazy ``mean`` and ``scale`` (feature) (the population standard
-        deviation, 1 for constant features or without standardisation),
-        ``components (component, feature)`` (orthonormal rows, descending
-        variance), ``explained_variance (component)`` (population variances,
-        scikit-learn's times ``(N−1)/N``).
+        Lazy ``mean``, ``scale`` (1 for constant features or without
+        standardisation), orthonormal ``components (component, feature)`` and
+        their population ``explained_variance``.
     """
     St, mu = _total(stats)
     D = int(St.shape[0])
@@ -175,17 +165,10 @@ def neco_scores(stats: xr.Dataset, split: Any, n_components: int | None = None,
         ``n_components`` and ``standardize``).
     split : split Dataset or (store, split name)
         The samples to score (ID test or OOD).
-    n_components, standardize
-        See :func:`neco_fit`.
     logits : array (N, K) or (N,), optional
         The samples' logits (or their maxima), as NECO uses for ViT/Swin models.
     weights, bias : array (K, D), (K,), optional
-        A linear classifier to compute the largest logit from, blocked over
-        class tiles (for large K).
-    ignore_index : int, optional
-        Samples with this label get NaN (default: the split's attribute).
-    tile_size : int, optional
-        Classes per tile for the logits from ``weights``.
+        A linear classifier giving the largest logit, blocked over class tiles.
 
     Returns
     -------
@@ -218,9 +201,7 @@ def neco_scores(stats: xr.Dataset, split: Any, n_components: int | None = None,
         long_name="NECO score (higher: more in-distribution)",
         formula="||P_d x~|| / ||x~||, x~ = (x - mu) / sigma"
         + (" times the largest logit" if max_logit is not None else ""),
-        reference=AMMAR,
-        n_components=int(fit.attrs.get("n_components", fit.sizes["component"])),
-    )
+        reference=AMMAR, n_components=int(fit.attrs.get("n_components", fit.sizes["component"])))
     return out
 
 
@@ -236,16 +217,10 @@ def nci_scores(stats: xr.Dataset, split: Any, weights: Any, bias: Any = None, *,
     ----------
     stats : xarray.Dataset
         Class statistics of the ID training split (their ``global_mean`` is μ_G).
-    split : split Dataset or (store, split)
-        The samples to score.
-    weights, bias : array (K, D), (K,)
-        The classifier (bias 0 if not given).
+    split, weights, bias
+        As :func:`neco_scores` (bias 0 if not given).
     alpha : float, default 0
         Weight of the L1 norm filter (the paper tunes it per model).
-    ignore_index : int, optional
-        Samples with this label get NaN (default: the split's attribute).
-    tile_size : int, optional
-        Classes per tile of the prediction.
 
     Returns
     -------
@@ -269,30 +244,18 @@ def nci_scores(stats: xr.Dataset, split: Any, weights: Any, bias: Any = None, *,
     return out
 
 
-def _host_scores(s: Any) -> np.ndarray:
-    if isinstance(s, (xr.DataArray, xr.Variable)):
-        s = s.data
-    if isinstance(s, da.Array):
-        s = s.compute()
-    a = np.asarray(to_numpy(s), dtype=np.float64).reshape(-1)
-    return a[~np.isnan(a)]
-
-
 def ood_report(id_scores: Any, ood_scores: Any, *, tpr: float = 0.95) -> xr.Dataset:
     """AUROC and FPR at a TPR of 95 % for scores where **higher means in-distribution**.
 
-    AUROC is the probability that an ID sample scores higher than an OOD one
-    (ties count one half); the FPR is the share of OOD samples at or above
+    AUROC counts ties one half; the FPR is the share of OOD samples at or above
     the largest threshold keeping ``tpr`` of the ID ones (as scikit-learn's
     ``roc_curve``). NaN scores (ignored samples) are dropped.
 
     Parameters
     ----------
-    id_scores, ood_scores : array-like or DataArray (dask or not)
-        Scores of in-distribution and OOD samples; both are loaded to rank
-        them exactly.
+    id_scores, ood_scores : array-like or DataArray
+        Scores of in-distribution and OOD samples (loaded, to rank exactly).
     tpr : float, default 0.95
-        The true-positive rate of the FPR.
 
     Returns
     -------
@@ -309,7 +272,8 @@ def ood_report(id_scores: Any, ood_scores: Any, *, tpr: float = 0.95) -> xr.Data
     """
     if not 0 < tpr <= 1:
         raise ValueError(f"tpr must lie in (0, 1], got {tpr!r}")
-    a, b = _host_scores(id_scores), _host_scores(ood_scores)
+    a, b = (host_float64(s).reshape(-1) for s in (id_scores, ood_scores))
+    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
     n1, n0 = a.size, b.size
     if n1 == 0 or n0 == 0:
         raise ValueError(f"need ID and OOD scores, got {n1} and {n0}")

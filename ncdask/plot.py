@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ncdask.kernels._xp import to_numpy
+from ncdask.metrics.inputs import host_float64
 
 #: Metrics drawn by :func:`plot_metrics` by default, in this order, when present.
 HEADLINE = ("nc1_pinv", "nc1_cdnv", "nc1_quot", "nc2_etf_err", "nc2_equinorm", "nc2_max_angle",
@@ -36,19 +36,6 @@ def _save(fig: Any, path: str | Path | None) -> Any:
     if path is not None:
         fig.savefig(str(path), dpi=110)
     return fig
-
-
-def _values(x: Any) -> np.ndarray:
-    if isinstance(x, (xr.DataArray, xr.Variable)):
-        x = x.data
-    if hasattr(x, "compute") and not isinstance(x, np.ndarray):
-        x = x.compute()
-    return np.asarray(to_numpy(x), dtype=np.float64)
-
-
-def _use_log(v: np.ndarray) -> bool:
-    f = v[np.isfinite(v)]
-    return f.size > 1 and bool(np.all(f > 0)) and f.max() / f.min() > 10
 
 
 #: Which way each metric moves under collapse: -1 lower is more collapse, +1 higher is.
@@ -100,10 +87,8 @@ def log_spaced(x: Any) -> bool:
 def y_limits(v: np.ndarray, log: bool, min_decades: float = MIN_DECADES) -> tuple[float, float]:
     """The y range of a :func:`plot_metrics` panel, honest about relative change.
 
-    A linear axis includes 0 (a change of p % moves the curve by at most p % of
-    the panel); a log axis spans at least ``min_decades`` decades. Both get a
-    5 % margin; non-finite values (and, on a log axis, non-positive ones) are
-    ignored.
+    A linear axis includes 0, a log axis spans at least ``min_decades`` decades;
+    5 % margin; non-finite (and, on a log axis, non-positive) values are ignored.
 
     >>> y_limits(np.array([0.5, 0.498]), log=False)
     (-0.025, 0.525)
@@ -139,8 +124,8 @@ def _title(name: str) -> str:
 
 def _draw_y(a: Any, v: np.ndarray, logy: bool | str, min_decades: float) -> str:
     f = v[np.isfinite(v)]
-    log = bool(f.size) and bool(np.any(f > 0)) and (
-        logy is True or (logy == "auto" and _use_log(v)))
+    decade = f.size > 1 and bool(np.all(f > 0)) and f.max() / f.min() > 10
+    log = bool(f.size) and bool(np.any(f > 0)) and (logy is True or (logy == "auto" and decade))
     if log:
         a.set_yscale("log")
     lo, hi = y_limits(v, log, min_decades)
@@ -168,7 +153,7 @@ def _log_x(a: Any) -> None:
 def _terminal_phase(results: xr.Dataset, dim: str, acc: Sequence[str]) -> Any:
     if not acc:
         return None
-    v = _values(results[acc[0]])
+    v = host_float64(results[acc[0]])
     hit = np.nonzero(v >= 1.0)[0]
     return results[dim].values[hit[0]] if hit.size else None
 
@@ -189,40 +174,28 @@ def _sweep_dim(results: xr.Dataset, dim: str | None) -> str:
     if dim is None:
         dim = next((d for d in SWEEP_DIMS if d in results.dims), None)
         if dim is None:
-            raise ValueError(
-                f"results have no sweep dim (one of {SWEEP_DIMS}); "
-                f"their dims: {dict(results.sizes)}"
-            )
+            raise ValueError(f"results have no sweep dim (one of {SWEEP_DIMS}); "
+                             f"their dims: {dict(results.sizes)}")
     if dim not in results.dims:
         raise ValueError(f"results have no dim {dim!r}; their dims: {dict(results.sizes)}")
     return dim
 
 
-def plot_metrics(
-    results: xr.Dataset,
-    dim: str | None = None,
-    metrics: Sequence[str] | None = None,
-    *,
-    ax: Any = None,
-    path: str | Path | None = None,
-    logy: bool | str = "auto",
-    logx: bool | str = "auto",
-    accuracy: Sequence[str] = ACCURACY,
-    min_decades: float = MIN_DECADES,
-    ncols: int = 3,
-) -> Any:
+def plot_metrics(results: xr.Dataset, dim: str | None = None, metrics: Sequence[str] | None = None,
+                 *, ax: Any = None, path: str | Path | None = None, logy: bool | str = "auto",
+                 logx: bool | str = "auto", accuracy: Sequence[str] = ACCURACY,
+                 min_decades: float = MIN_DECADES, ncols: int = 3) -> Any:
     """NC curves: each scalar metric against the sweep dim (epoch or layer).
 
-    Panels are titled with the metric and its direction of collapse
-    (:data:`COLLAPSE_DIRECTION`), y-labelled with its ``long_name``, and get
-    the y range of :func:`y_limits`. The ``accuracy`` variables share one more
-    panel; where the first (training accuracy) reaches 1, a dotted line marks
-    the terminal phase on every panel.
+    Panels are titled with the metric and its :data:`COLLAPSE_DIRECTION`,
+    y-labelled with its ``long_name``, in the range of :func:`y_limits`. The
+    ``accuracy`` variables share one more panel; where the first (training
+    accuracy) reaches 1, a dotted line marks the terminal phase.
 
     Parameters
     ----------
     results : xarray.Dataset
-        Output of :func:`ncdask.sweep` (a dim such as ``epoch``).
+        Output of :func:`ncdask.sweep`.
     dim : str, optional
         The sweep dim; default the first of :data:`SWEEP_DIMS` present.
     metrics : sequence of str, optional
@@ -237,7 +210,6 @@ def plot_metrics(
     accuracy : sequence of str
         Accuracy variables of the extra panel (empty: none).
     min_decades : float
-        Least span of a log y axis, in decades.
     ncols : int
         Panels per row.
 
@@ -259,9 +231,9 @@ def plot_metrics(
         fig, ax = _figure(ax, (6, 4))
         for m in metrics:
             d = collapse_direction(m)
-            ax.plot(x, _values(results[m]), marker="o", ms=3,
+            ax.plot(x, host_float64(results[m]), marker="o", ms=3,
                     label=m + (f" ({_CUE[d]})" if d is not None else ""))
-        scale = _draw_y(ax, np.concatenate([_values(results[m]) for m in metrics]), logy,
+        scale = _draw_y(ax, np.concatenate([host_float64(results[m]) for m in metrics]), logy,
                         min_decades)
         rule = f"log, \u2265 {min_decades:g} decade" if scale == "log" else "linear, from 0"
         ax.set_ylabel(f"value ({rule})")
@@ -278,7 +250,7 @@ def plot_metrics(
     fig = Figure(figsize=(3.6 * ncols, 2.8 * nrows + 0.4), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for a, m in zip(axes, metrics, strict=False):
-        v = _values(results[m])
+        v = host_float64(results[m])
         a.plot(x, v, marker="o", ms=3)
         _draw_y(a, v, logy, min_decades)
         a.set_title(_title(m), fontsize="medium")
@@ -286,7 +258,7 @@ def plot_metrics(
     if acc:
         a = axes[len(metrics)]
         for name in acc:
-            a.plot(x, _values(results[name]), marker="o", ms=3,
+            a.plot(x, host_float64(results[name]), marker="o", ms=3,
                    label=str(results[name].attrs.get("long_name") or name))
         a.set_ylim(0, 1.05)
         a.set_title("accuracy", fontsize="medium")
@@ -310,9 +282,8 @@ def plot_metrics(
     return _save(fig, path)
 
 
-def _pick_classes(
-    counts: np.ndarray | None, K: int, max_classes: int, classes: Sequence[int] | None, seed: int
-) -> np.ndarray:
+def _pick_classes(counts: np.ndarray | None, K: int, max_classes: int,
+                  classes: Sequence[int] | None, seed: int) -> np.ndarray:
     if classes is not None:
         idx = np.asarray(classes, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= K):
@@ -346,11 +317,11 @@ def _where(attrs: Any) -> str:
 
 def _class_cosines(stats: Any, idx: np.ndarray) -> np.ndarray:
     if isinstance(stats, xr.Dataset):
-        M = _values(stats["means"].isel({"class": idx}))
-        mG = _values(stats["global_mean"])
+        M = host_float64(stats["means"].isel({"class": idx}))
+        mG = host_float64(stats["global_mean"])
     else:
-        mG = _values(stats.mean(axis=0))  # a dask input stays lazy until here
-        M = _values(stats[idx])
+        mG = host_float64(stats.mean(axis=0))  # a dask input stays lazy until here
+        M = host_float64(stats[idx])
     Mc = M - mG[None, :]
     U = Mc / np.maximum(np.linalg.norm(Mc, axis=1, keepdims=True), 1e-300)
     return U @ U.T
@@ -359,7 +330,7 @@ def _class_cosines(stats: Any, idx: np.ndarray) -> np.ndarray:
 def _class_axis(stats: Any) -> tuple[int, np.ndarray | None, np.ndarray]:
     if isinstance(stats, xr.Dataset):
         K = int(stats.sizes["class"])
-        counts = _values(stats["counts"]) if "counts" in stats else None
+        counts = host_float64(stats["counts"]) if "counts" in stats else None
         ids = stats["class"].values if "class" in stats.coords else np.arange(K)
         return K, counts, ids
     K = int(stats.shape[0])
@@ -377,34 +348,25 @@ def _tick_classes(ax: Any, labels: list[str]) -> None:
     ax.set_ylabel("class", fontsize="small")
 
 
-def plot_gram(
-    stats: xr.Dataset | Any | Mapping[Any, Any],
-    *,
-    max_classes: int = 40,
-    classes: Sequence[int] | None = None,
-    class_names: Sequence[str] | None = None,
-    seed: int = 0,
-    dim: str | None = None,
-    ax: Any = None,
-    path: str | Path | None = None,
-) -> Any:
+def plot_gram(stats: xr.Dataset | Any | Mapping[Any, Any], *, max_classes: int = 40,
+              classes: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
+              seed: int = 0, dim: str | None = None, ax: Any = None,
+              path: str | Path | None = None) -> Any:
     """Heatmap of the cosines between centred class means (the normalised Gram matrix).
 
     Under NC2 the off-diagonal cosines approach ``-1/(K-1)``; each panel's
-    headline is their spread (:func:`cosine_spread`). A mapping such as
-    ``{1: first, 40: last}`` draws the sets side by side on one colour scale.
-    Above ``max_classes`` a random block of classes, the same in every panel, is
-    drawn: only those rows of the means are read.
+    headline is their :func:`cosine_spread`. Above ``max_classes`` a random
+    block of classes (drawn with ``seed``, the same in every panel) is drawn:
+    only those rows of the means are read.
 
     Parameters
     ----------
     stats : xarray.Dataset, array (K, D), or mapping of them
-        Class statistics from :func:`ncdask.class_stats`, or class means; a
-        mapping draws one panel per entry, titled with its key.
+        Class statistics or class means; a mapping such as ``{1: first, 40:
+        last}`` draws one panel per entry on one colour scale.
     max_classes : int
-        Largest block drawn.
     classes : sequence of int, optional
-        Exactly these classes (else a sample drawn with ``seed``).
+        Exactly these classes.
     class_names : sequence of str, optional
         Names of all K classes for the tick labels (default the class ids).
     seed : int
@@ -463,15 +425,9 @@ def plot_gram(
     return _save(fig, path)
 
 
-def plot_per_class(
-    results: xr.Dataset,
-    var: str = "mean_norms",
-    *,
-    at: dict[str, Any] | None = None,
-    max_bars: int = 64,
-    ax: Any = None,
-    path: str | Path | None = None,
-) -> Any:
+def plot_per_class(results: xr.Dataset, var: str = "mean_norms", *,
+                   at: dict[str, Any] | None = None, max_bars: int = 64, ax: Any = None,
+                   path: str | Path | None = None) -> Any:
     """Bars of a per-class companion (``mean_norms``, ``similarities``, ``agree_per_class``...).
 
     Parameters
@@ -479,7 +435,6 @@ def plot_per_class(
     results : xarray.Dataset
         Output of :func:`ncdask.measure` or :func:`ncdask.sweep`.
     var : str
-        A variable on the ``class`` dim.
     at : dict, optional
         Position along a sweep dim, e.g. ``{"epoch": 40}``; default the last.
     max_bars : int
@@ -503,7 +458,7 @@ def plot_per_class(
     for d in [d for d in da_.dims if d != "class"]:
         where = ", ".join(filter(None, [where, f"{d}={da_[d].values[-1]}"]))
         da_ = da_.isel({d: -1})
-    v = _values(da_)
+    v = host_float64(da_)
     cls = da_["class"].values if "class" in da_.coords else np.arange(v.size)
     fig, ax = _figure(ax, (max(4.0, min(12.0, 0.25 * min(v.size, max_bars) + 2)), 3.4))
     if v.size <= max_bars:

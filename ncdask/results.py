@@ -7,26 +7,22 @@ import xarray as xr
 from ncdask.store.zarrio import open_dataset, write_dataset
 
 
-def save_results(
-    results: xr.Dataset, url: str, *, overwrite: bool = False,
-    storage_options: dict | None = None,
-) -> None:
+def save_results(results: xr.Dataset, url: str, *, overwrite: bool = False,
+                 storage_options: dict | None = None) -> None:
     """Write the output of :func:`ncdask.measure` or :func:`ncdask.sweep` to Zarr.
 
     Lazy results are computed as they are written, beside ``url`` and renamed
     into place when complete; attrs that are None are left out (Zarr attrs are
-    JSON). ``xr.open_zarr(url)`` reads it back, :func:`open_results` in SPEC order.
+    JSON).
 
     Parameters
     ----------
     results : xarray.Dataset
     url : str
-        Local path or fsspec URL.
+        Local path or fsspec URL (``storage_options`` go to fsspec).
     overwrite : bool, default False
-        Replace ``url`` if it holds ncdask results (anything else is never
-        replaced: ``FileExistsError``).
+        Replace ``url`` if it holds ncdask results (else ``FileExistsError``).
     storage_options : dict, optional
-        Passed to fsspec.
     """
     out = results.copy()
     out.attrs = {k: v for k, v in results.attrs.items() if v is not None}

@@ -27,24 +27,19 @@ class Runner:
 
     def compute(self, obj: Any, label: str | None = None) -> Any:
         """``obj.compute()`` with a progress bar on stderr, ``label`` printed before it."""
+        if self.client is None:
+            return self.call(obj.compute, label=label)
         if label and not self.quiet:
             print(label, file=sys.stderr, flush=True)
-        if self.client is not None:
-            persisted = self.client.persist(obj)
-            if not self.quiet:
-                from distributed import progress
+        persisted = self.client.persist(obj)
+        if not self.quiet:
+            from distributed import progress
 
-                # distributed's text bar writes to stdout; keep stdout for results
-                with contextlib.redirect_stdout(sys.stderr):
-                    progress(persisted)
-                    print(file=sys.stderr)
-            return persisted.compute()
-        if self.quiet:
-            return obj.compute()
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar(out=sys.stderr, minimum=0.5):
-            return obj.compute()
+            # distributed's text bar writes to stdout; keep stdout for results
+            with contextlib.redirect_stdout(sys.stderr):
+                progress(persisted)
+                print(file=sys.stderr)
+        return persisted.compute()
 
     def call(self, fn: Any, *args: Any, label: str | None = None, **kwargs: Any) -> Any:
         """Call ``fn``, which computes inside, with a local scheduler's progress bar around it."""
@@ -63,19 +58,16 @@ def _is_address(spec: str) -> bool:
 
 
 @contextlib.contextmanager
-def use_scheduler(
-    spec: str | None = None, *, quiet: bool = False, connect_timeout: float = 10.0
-) -> Iterator[Runner]:
+def use_scheduler(spec: str | None = None, *, quiet: bool = False,
+                  connect_timeout: float = 10.0) -> Iterator[Runner]:
     """Run the Dask computations of the ``with`` block on the chosen scheduler.
 
     Parameters
     ----------
     spec : str, optional
-        ``"threads"`` (default), ``"processes"`` (the store must be reachable
-        from worker processes, not ``memory://``), ``"sync"`` (debugging), a
-        distributed scheduler address (``tcp://host:port``), or
-        ``"local-cuda"`` (a :class:`dask_cuda.LocalCUDACluster`, one worker
-        per GPU; ``pip install 'ncdask[gpu]'``).
+        ``"threads"`` (default), ``"processes"`` (not for ``memory://`` stores),
+        ``"sync"``, a distributed scheduler address (``tcp://host:port``), or
+        ``"local-cuda"`` (a :class:`dask_cuda.LocalCUDACluster`; ``ncdask[gpu]``).
     quiet : bool
         Hide the progress bars of :meth:`Runner.compute`.
     connect_timeout : float
@@ -84,7 +76,6 @@ def use_scheduler(
     Yields
     ------
     Runner
-        ``runner.compute(obj)`` computes with a progress bar.
 
     Raises
     ------
@@ -108,10 +99,9 @@ def use_scheduler(
             yield Runner(spec, client=client, gpu=True, quiet=quiet)
         return
     if not _is_address(spec):
-        raise SchedulerError(
-            f"unknown scheduler {spec!r}; use threads, processes, sync, local-cuda "
-            "or a distributed scheduler address such as tcp://host:8786"
-        )
+        raise SchedulerError(f"unknown scheduler {spec!r}; use threads, processes, sync, "
+                             "local-cuda or a distributed scheduler address such as "
+                             "tcp://host:8786")
     client = _connect(spec, connect_timeout)
     with client, client.as_current(), dask.config.set(scheduler="dask.distributed"):
         yield Runner(spec, client=client, quiet=quiet)
@@ -120,9 +110,8 @@ def use_scheduler(
 def _connect(spec: str, timeout: float) -> Any:
     """A distributed Client for ``spec``, or SchedulerError within about ``timeout`` seconds.
 
-    A daemon thread, abandoned on time-out, builds it: ``Client(timeout=)`` bounds
-    the TCP connect but not the handshake, which a port that never speaks Dask's
-    protocol (a dashboard, an HTTP server) leaves hanging.
+    Built in a daemon thread abandoned on time-out: ``Client(timeout=)`` bounds the
+    connect but not the handshake, which a non-Dask port (a dashboard) leaves hanging.
     """
     import threading
 
@@ -144,8 +133,7 @@ def _connect(spec: str, timeout: float) -> Any:
         raise SchedulerError(
             f"no Dask scheduler answered at {spec!r} within {timeout:g} s: is that a Dask "
             "scheduler's port (a dashboard or HTTP port accepts the connection but never "
-            "answers)?"
-        )
+            "answers)?")
     err = box.get("error")
     if err is not None:
         if isinstance(err, (OSError, TimeoutError, ValueError)):

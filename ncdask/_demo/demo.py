@@ -1,15 +1,11 @@
 """The demo behind ``ncdask demo``: watch Neural Collapse happen while a small MLP trains.
 
-No downloads: scikit-learn's ``load_digits``. Digits 0-7 are the classes (K = 8,
-a stratified 75/25 train/test split); digits 8 and 9 form an unlabelled OOD split.
-A NumPy ReLU MLP (:data:`HIDDEN`) trains with the recipe of :data:`RECIPE` for
-:data:`EPOCHS` epochs, past zero training error into the terminal phase
-(Papyan et al. 2020; label smoothing speeds collapse up, Guo et al. 2024). At
-about ten log-spaced epochs the penultimate activations and the last layer go
-into one store, one embedding set per epoch, and every metric is measured as an
-epoch sweep. Outputs in ``out_dir``: ``embeddings.zarr``, ``results.zarr``,
-``nc_curves.png`` and ``gram.png``. Needs the ``demo`` extra (scikit-learn,
-matplotlib); deterministic for a seed (training runs single-threaded).
+Digits 0-7 of scikit-learn's ``load_digits`` are the classes (K = 8, a
+stratified 75/25 train/test split), digits 8 and 9 an unlabelled OOD split. A
+NumPy ReLU MLP trains past zero training error into the terminal phase (label
+smoothing speeds collapse up, Guo et al. 2024); at about ten log-spaced epochs
+its penultimate activations and last layer go into one store, a set per epoch,
+measured as an epoch sweep. Needs the ``demo`` extra; deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -56,19 +52,15 @@ def _data(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     X, y = load_digits(return_X_y=True)
     X = X / 16.0
     ood = y >= ID_CLASSES
-    Xtr, Xte, ytr, yte = train_test_split(
-        X[~ood], y[~ood], test_size=0.25, random_state=seed, stratify=y[~ood]
-    )
+    Xtr, Xte, ytr, yte = train_test_split(X[~ood], y[~ood], test_size=0.25, random_state=seed,
+                                          stratify=y[~ood])
     # digits 8 and 9 belong to none of the model's classes: an unlabelled OOD split
     return {"train": (Xtr, ytr), "test": (Xte, yte), "ood": (X[ood], None)}
 
 
 class MLP:
-    """A ReLU MLP in NumPy (float32), layer widths ``sizes`` from input to logits.
-
-    Laid out as scikit-learn's ``MLPClassifier`` (``coefs_``, ``intercepts_``), so
-    :func:`penultimate` reads either; weights start He-normal from ``rng``.
-    """
+    """A ReLU MLP in NumPy (float32), layer widths ``sizes`` from input to logits, laid out
+    as scikit-learn's ``MLPClassifier`` (:func:`penultimate` reads either); He-normal start."""
 
     activation = "relu"
 
@@ -87,11 +79,8 @@ class MLP:
 
     def step(self, X: np.ndarray, targets: np.ndarray, *, lr: float, momentum: float,
              weight_decay: float) -> None:
-        """One SGD step on the mean cross-entropy against target probabilities (n, K).
-
-        PyTorch's convention: ``v = momentum v + g``, ``p -= lr v``; the weight
-        decay is added to the gradients of the weight matrices, not the biases.
-        """
+        """One SGD step on the mean cross-entropy against target probabilities (n, K), in
+        PyTorch's convention (``v = momentum v + g``; weight decay on the matrices only)."""
         h, z = self._forward(X)
         p = np.exp(z - z.max(axis=1, keepdims=True))
         d = (p / p.sum(axis=1, keepdims=True) - targets) / len(X)
@@ -143,19 +132,11 @@ def _one_blas_thread() -> Any:
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _accuracy(H: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean(np.argmax(H @ W + b, axis=1) == y))
-
 
 def train_to_store(
-    store_url: str | Path,
-    *,
-    epochs: int | None = None,
-    checkpoints: Sequence[int] | None = None,
-    hidden: tuple[int, ...] = HIDDEN,
-    seed: int = 0,
-    lr: float = RECIPE["lr"],
-    momentum: float = RECIPE["momentum"],
+    store_url: str | Path, *, epochs: int | None = None,
+    checkpoints: Sequence[int] | None = None, hidden: tuple[int, ...] = HIDDEN, seed: int = 0,
+    lr: float = RECIPE["lr"], momentum: float = RECIPE["momentum"],
     weight_decay: float = RECIPE["weight_decay"],
     label_smoothing: float = RECIPE["label_smoothing"],
     batch_size: int = int(RECIPE["batch_size"]),
@@ -171,14 +152,12 @@ def train_to_store(
     checkpoints : sequence of int, optional
         Epochs to capture; default :func:`default_checkpoints`.
     hidden, seed, lr, momentum, weight_decay, label_smoothing, batch_size
-        The network's hidden widths (the last is D), the seed of data, weights
-        and batch order, and the SGD recipe (:data:`RECIPE`).
+        Hidden widths (the last is D), the seed, and the SGD :data:`RECIPE`.
 
     Returns
     -------
     (EmbeddingStore, dict)
-        The store (a set per checkpoint epoch with train / test / ood splits and
-        a classifier) and the train / test accuracy per checkpoint.
+        The store (a set per checkpoint) and the train / test accuracy per checkpoint.
     """
     from ncdask.store.embedding import EmbeddingStore
 
@@ -191,8 +170,7 @@ def train_to_store(
         str(store_url), ID_CLASSES, hidden[-1], chunk_rows=512, overwrite=True,
         class_names=[str(k) for k in range(ID_CLASSES)],
         attrs={"source": "ncdask demo: sklearn load_digits, NumPy ReLU MLP",
-               "ood": "digits 8, 9 (stored unlabelled)"},
-    )
+               "ood": "digits 8, 9 (stored unlabelled)"})
     rng = np.random.default_rng(seed)
     Xtr, ytr = data["train"]
     mlp = MLP((Xtr.shape[1], *hidden, ID_CLASSES), rng)
@@ -216,7 +194,7 @@ def train_to_store(
                 H = penultimate(mlp, X)
                 store.append(name, H, y, epoch=epoch)
                 if name != "ood":
-                    acc[f"{name}_acc"] = _accuracy(H, y, W, b)
+                    acc[f"{name}_acc"] = float(np.mean(np.argmax(H @ W + b, axis=1) == y))
             store.set_classifier(W.T, b, epoch=epoch)
             accuracy[epoch] = acc
     return store, accuracy
@@ -245,37 +223,28 @@ def summary_line(results: xr.Dataset) -> str:
     return f"from epoch {e0} to {e1} these fell by: {falls}; {tpt}"
 
 
-def run_demo(
-    out_dir: str | Path = "ncdask-demo",
-    *,
-    epochs: int | None = EPOCHS,
-    checkpoints: Sequence[int] | None = None,
-    hidden: tuple[int, ...] = HIDDEN,
-    seed: int = 0,
-    scheduler: str | None = None,
-    quiet: bool = False,
-    plots: bool = True,
-) -> xr.Dataset:
+def run_demo(out_dir: str | Path = "ncdask-demo", *, epochs: int | None = EPOCHS,
+             checkpoints: Sequence[int] | None = None, hidden: tuple[int, ...] = HIDDEN,
+             seed: int = 0, scheduler: str | None = None, quiet: bool = False,
+             plots: bool = True) -> xr.Dataset:
     """Train a small MLP on digits into the terminal phase, store its embeddings, measure NC.
 
     Parameters
     ----------
     out_dir : str or Path
-        Output folder (created; earlier demo outputs in it are replaced).
+        Output folder (earlier demo outputs in it are replaced): ``embeddings.zarr``,
+        ``results.zarr``, and with ``plots`` ``nc_curves.png`` and ``gram.png``.
     epochs, checkpoints, hidden, seed
-        As :func:`train_to_store` (``epochs=None``: :data:`EPOCHS`).
+        As :func:`train_to_store`.
     scheduler : str, optional
-        Where the Dask graphs run (:func:`ncdask.scheduler.use_scheduler`).
+        As :func:`ncdask.scheduler.use_scheduler`.
     quiet : bool
-        Hide the progress messages.
     plots : bool
-        Write ``nc_curves.png`` and ``gram.png``.
 
     Returns
     -------
     xarray.Dataset
-        Computed metrics along ``epoch`` with ``train_acc`` and ``test_acc``,
-        also written to ``out_dir/results.zarr``.
+        Computed metrics along ``epoch`` with ``train_acc`` and ``test_acc``.
     """
     from ncdask.results import save_results
     from ncdask.scheduler import use_scheduler
@@ -301,8 +270,7 @@ def run_demo(
     ep = list(results["epoch"].values)
     for key in ("train_acc", "test_acc"):
         results[key] = xr.DataArray([acc[int(e)][key] for e in ep], dims="epoch",
-                                    attrs={"long_name": key.replace("_", " ").replace("acc",
-                                                                                     "accuracy")})
+                                    attrs={"long_name": key.replace("_acc", " accuracy")})
     results.attrs["source"] = "ncdask demo"
     results.attrs["training"] = {"epochs": epochs, "hidden": list(hidden), "seed": seed,
                                  **RECIPE}
@@ -314,8 +282,6 @@ def run_demo(
                      path=out / "nc_curves.png")
         plot_gram(gram_stats, dim="epoch", class_names=store.class_names,
                   path=out / "gram.png")
-    if not quiet:
-        say(f"wrote {out / 'results.zarr'}" + (f", {out / 'nc_curves.png'}, {out / 'gram.png'}"
-                                                if plots else "")
-            + f" in {time.perf_counter() - t0:.1f} s")
+    pngs = f", {out / 'nc_curves.png'}, {out / 'gram.png'}" if plots else ""
+    say(f"wrote {out / 'results.zarr'}{pngs} in {time.perf_counter() - t0:.1f} s")
     return results

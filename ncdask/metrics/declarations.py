@@ -43,48 +43,30 @@ from ncdask.graph.pairwise import pairwise_moments
 from ncdask.kernels import shares as KS
 from ncdask.kernels.pairwise import FINAL, PAIR_STATS
 
-PAPYAN = (
-    "Papyan, Han & Donoho (2020), Prevalence of neural collapse during the terminal "
-    "phase of deep learning training, PNAS 117(40)"
-)
-HAN = (
-    "Han, Papyan & Donoho (2022), Neural collapse under MSE loss: proximity to and "
-    "dynamics on the central path, ICLR"
-)
+PAPYAN = ("Papyan, Han & Donoho (2020), Prevalence of neural collapse during the terminal phase "
+          "of deep learning training, PNAS 117(40)")
+HAN = ("Han, Papyan & Donoho (2022), Neural collapse under MSE loss: proximity to and dynamics "
+       "on the central path, ICLR")
 TIRER = "Tirer, Huang & Niles-Weed (2023), Perturbation analysis of neural collapse, ICML"
-GALANTI = (
-    "Galanti, György & Hutter (2022), On the role of neural collapse in transfer "
-    "learning, ICLR (arXiv:2112.15121)"
-)
-LIU = (
-    "Liu et al. (2023), Generalizing and decoupling neural collapse via hyperspherical "
-    "uniformity gap, ICLR (arXiv:2303.06484)"
-)
-KOTHAPALLI = (
-    "Kothapalli (2023), Neural collapse: a review on modelling principles and "
-    "generalization, TMLR (arXiv:2206.04041)"
-)
-ZHU = (
-    "Zhu et al. (2021), A geometric analysis of neural collapse with unconstrained "
-    "features, NeurIPS"
-)
-AMMAR = (
-    "Ammar et al. (2024), NECO: NEural Collapse based Out-of-distribution detection, "
-    "ICLR (arXiv:2310.06823)"
-)
-WU = (
-    "Wu & Papyan (2024), Linguistic collapse: neural collapse in (large) language models, "
-    "NeurIPS (arXiv:2405.17767)"
-)
+GALANTI = ("Galanti, György & Hutter (2022), On the role of neural collapse in transfer "
+           "learning, ICLR (arXiv:2112.15121)")
+LIU = ("Liu et al. (2023), Generalizing and decoupling neural collapse via hyperspherical "
+       "uniformity gap, ICLR (arXiv:2303.06484)")
+KOTHAPALLI = ("Kothapalli (2023), Neural collapse: a review on modelling principles and "
+              "generalization, TMLR (arXiv:2206.04041)")
+ZHU = ("Zhu et al. (2021), A geometric analysis of neural collapse with unconstrained features, "
+       "NeurIPS")
+AMMAR = ("Ammar et al. (2024), NECO: NEural Collapse based Out-of-distribution detection, ICLR "
+         "(arXiv:2310.06823)")
+WU = ("Wu & Papyan (2024), Linguistic collapse: neural collapse in (large) language models, "
+      "NeurIPS (arXiv:2405.17767)")
 ROY = "Roy & Vetterli (2007), The effective rank: a measure of effective dimensionality, EUSIPCO"
 
 
 @dataclass(frozen=True)
 class Inputs:
-    """Everything the metrics of one measurement are functions of, resolved once.
-
-    The shared intermediates are cached properties: built on first use, once.
-    """
+    """Everything the metrics of one measurement are functions of; the shared
+    intermediates are cached properties, built on first use, once."""
 
     stats: xr.Dataset
     kept: KeptClasses
@@ -142,18 +124,9 @@ class Inputs:
                    mu_weighted=mu_weighted, dist_exp=float(dist_exp), riesz_s=float(riesz_s),
                    ood_mean=ood_mean)
 
-    @property
-    def K(self) -> int:
-        return self.kept.n_kept
-
-    @property
-    def K_all(self) -> int:
-        return self.kept.n_all
-
-    @property
-    def D(self) -> int:
-        return int(self.cls.M.shape[1])
-
+    K = property(lambda self: self.kept.n_kept, doc="Classes measured.")
+    K_all = property(lambda self: self.kept.n_all, doc="Classes of the statistics.")
+    D = property(lambda self: int(self.cls.M.shape[1]), doc="Width of the embeddings.")
     M = property(lambda self: self.cls.M, doc="Class means of the kept classes.")
     Mc = property(lambda self: self.cls.Mc, doc="Centred class means.")
     W = property(lambda self: self.cls.W, doc="Classifier rows of the kept classes (or None).")
@@ -438,215 +411,174 @@ METRICS: dict[str, Metric] = {
     "nc1_pinv": Metric(
         "NC1 within-class variability (pseudo-inverse)",
         "tr(Sigma_B^+ Sigma_W) / K, torch.linalg.pinv cutoff D eps sigma_1",
-        PAPYAN, compute=lambda ins: ins.nc1[0],
-    ),
+        PAPYAN, compute=lambda ins: ins.nc1[0]),
     "nc1_svd": Metric(
         "NC1 within-class variability (top K-1 singular pairs)",
         "tr(Sigma_W U diag(s)^-1 U^T) / K, (U, s) the top K-1 singular "
         "pairs of Sigma_B; needs K-1 < D",
-        HAN, compute=lambda ins: ins.nc1[1], defined=_svd_defined,
-    ),
+        HAN, compute=lambda ins: ins.nc1[1], defined=_svd_defined),
     "nc1_quot": Metric(
         "NC1 trace quotient", "tr(Sigma_W) / tr(Sigma_B)", TIRER,
-        compute=lambda ins: da.trace(ins.Sw) / (ins.M_sq / ins.K),
-    ),
+        compute=lambda ins: da.trace(ins.Sw) / (ins.M_sq / ins.K)),
     "nc1_cdnv": Metric(
         "NC1 class-distance normalised variance",
         "mean over pairs i<j of ((v_i + v_j)/2) / ||mu_i - mu_j||^(2p)",
-        GALANTI, pair=("cdnv", "mean"),
-    ),
+        GALANTI, pair=("cdnv", "mean")),
     "nc2_etf_err": Metric(
         "NC2 simplex ETF error",
         "|| G/||G||_F - (I - 11^T/K)/sqrt(K-1) ||_F, G = M~ M~^T (closed form, no K x K matrix)",
-        KOTHAPALLI, compute=lambda ins: CF.etf_error(ins.Mc, terms=ins.terms, pair="MM"),
-    ),
+        KOTHAPALLI, compute=lambda ins: CF.etf_error(ins.Mc, terms=ins.terms, pair="MM")),
     "nc2_equinorm": Metric(
         "NC2 equinorm (coefficient of variation of ||m~_k||)",
         "std_k ||m~_k|| (unbiased) / mean_k ||m~_k||",
-        PAPYAN, compute=lambda ins: _cv(ins.norms),
-    ),
+        PAPYAN, compute=lambda ins: _cv(ins.norms)),
     "nc2_equiangle": Metric(
         "NC2 equiangularity",
         "std over pairs i<j of cos(m~_i, m~_j) (unbiased, divisor P-1)",
         PAPYAN, min_classes=3, pair_stat="cos",
         compute=lambda ins: da.sqrt(ins.pair("cos", "var") * ins.pair("cos", "n")
-                                  / (ins.pair("cos", "n") - 1)),
-    ),
+                                  / (ins.pair("cos", "n") - 1))),
     "nc2_max_angle": Metric(
         "NC2 maximal-angle deviation", "mean over pairs i<j of |cos(m~_i, m~_j) + 1/(K-1)|",
-        PAPYAN, pair=("cos_dev", "mean"),
-    ),
+        PAPYAN, pair=("cos_dev", "mean")),
     "nc2g_dist_mean": Metric(
         "GNC2 distance kernel, mean over pairs", f"mean ||u_i - u_j||, {_G}", LIU,
-        pair=("dist", "mean"),
-    ),
+        pair=("dist", "mean")),
     "nc2g_dist_var": Metric(
         "GNC2 distance kernel, variance over pairs",
-        f"(1/P) sum (||u_i - u_j|| - mean)^2, {_G}", LIU, pair=("dist", "var"),
-    ),
+        f"(1/P) sum (||u_i - u_j|| - mean)^2, {_G}", LIU, pair=("dist", "var")),
     "nc2g_log_mean": Metric(
         "GNC2 logarithmic kernel, mean over pairs", f"mean log(||u_i - u_j||^-1), {_G}", LIU,
-        pair=("log", "mean"),
-    ),
+        pair=("log", "mean")),
     "nc2g_log_var": Metric(
         "GNC2 logarithmic kernel, variance over pairs",
-        f"(1/P) sum (log(||u_i - u_j||^-1) - mean)^2, {_G}", LIU, pair=("log", "var"),
-    ),
+        f"(1/P) sum (log(||u_i - u_j||^-1) - mean)^2, {_G}", LIU, pair=("log", "var")),
     "nc2g_riesz_mean": Metric(
         "GNC2 Riesz kernel, mean over pairs",
         f"mean sign(S) ||u_i - u_j||^-S, S = D-2 by default, {_G}", LIU,
-        pair=("riesz", "mean"),
-    ),
+        pair=("riesz", "mean")),
     "nc2g_riesz_var": Metric(
         "GNC2 Riesz kernel, variance over pairs",
-        f"(1/P) sum (sign(S) ||u_i - u_j||^-S - mean)^2, {_G}", LIU, pair=("riesz", "var"),
-    ),
+        f"(1/P) sum (sign(S) ||u_i - u_j||^-S - mean)^2, {_G}", LIU, pair=("riesz", "var")),
     "nc2g_riesz_log_mean": Metric(
         "GNC2 Riesz kernel, log of |mean| (log domain)",
         "log |nc2g_riesz_mean|, accumulated in the log domain", LIU,
-        pair=("riesz", "log_mean"),
-    ),
+        pair=("riesz", "log_mean")),
     "nc2g_riesz_log_var": Metric(
         "GNC2 Riesz kernel, log of the variance (log domain)",
-        "log nc2g_riesz_var, accumulated in the log domain", LIU, pair=("riesz", "log_var"),
-    ),
+        "log nc2g_riesz_var, accumulated in the log domain", LIU, pair=("riesz", "log_var")),
     "nc2w_etf_err": Metric(
         "NC2 simplex ETF error of the classifier", "nc2_etf_err with G = W W^T", ZHU,
-        needs=_W, compute=lambda ins: CF.etf_error(ins.W, terms=ins.terms, pair="WW"),
-    ),
+        needs=_W, compute=lambda ins: CF.etf_error(ins.W, terms=ins.terms, pair="WW")),
     "nc2w_equinorm": Metric(
         "NC2 equinorm of the classifier", "std_k ||w_k|| (unbiased) / mean_k ||w_k||",
         PAPYAN, needs=_W,
-        compute=lambda ins: _cv(CF.row_norms(ins.W)),
-    ),
+        compute=lambda ins: _cv(CF.row_norms(ins.W))),
     "nc2w_max_angle": Metric(
         "NC2 maximal-angle deviation of the classifier",
         "mean over pairs i<j of |cos(w_i, w_j) + 1/(K-1)|", PAPYAN, needs=_W,
-        pair=("wcos_dev", "mean"),
-    ),
+        pair=("wcos_dev", "mean")),
     "nc3_dual_err": Metric(
         "NC3 self-duality error", "nc2_etf_err with G = W M~^T (closed form)", KOTHAPALLI,
-        needs=_W, compute=lambda ins: CF.etf_error(ins.Mc, ins.W, terms=ins.terms, pair="MW"),
-    ),
+        needs=_W, compute=lambda ins: CF.etf_error(ins.Mc, ins.W, terms=ins.terms, pair="MW")),
     "nc3u_uni_dual": Metric(
         "UNC3 uniform duality",
         "variance over classes (unbiased, divisor K-1) of w_k . m~_k", WU, needs=_W,
-        compute=lambda ins: ins.sims.var(ddof=1),
-    ),
+        compute=lambda ins: ins.sims.var(ddof=1)),
     "nc3_papyan": Metric(
         "NC3 self-duality distance", "|| W/||W||_F - M~/||M~||_F ||_F^2", PAPYAN, needs=_W,
         compute=lambda ins: _sq(ins.W / da.sqrt((ins.W * ins.W).sum())
-                              - ins.Mc / da.sqrt((ins.Mc * ins.Mc).sum())),
-    ),
+                              - ins.Mc / da.sqrt((ins.Mc * ins.Mc).sum()))),
     "nc3_bias": Metric(
         "NC3 bias collapse", "|| W mu_G + b ||_2 with the sample-weighted mu_G", ZHU,
-        needs=_W, min_classes=1, compute=_nc3_bias,
-    ),
+        needs=_W, min_classes=1, compute=_nc3_bias),
     "nc4_agree": Metric(
         "NC4 classifier / nearest-class-centre agreement",
         "fraction of samples with argmax_k (w_k . x + b_k) == argmin_k ||x - mu_k||",
         PAPYAN, needs=("weights", "test"), min_classes=1,
-        compute=lambda ins: ins.agreement[0].sum() / ins.agreement[1].sum(),
-    ),
+        compute=lambda ins: ins.agreement[0].sum() / ins.agreement[1].sum()),
     "nc5_ood_dev": Metric(
         "NC5 ID/OOD orthogonality deviation",
         "(1/K) sum_k |cos(mu_k, mu_G^ood)|, uncentred mu_k", AMMAR, needs=("ood",),
         min_classes=1,
-        compute=lambda ins: da.fabs(CF.cosine_rows(ins.M, _ood_mean(ins)[None, :])).mean(),
-    ),
+        compute=lambda ins: da.fabs(CF.cosine_rows(ins.M, _ood_mean(ins)[None, :])).mean()),
     "nc1_ood_class": Metric(
         "NC1 with the OOD set as an extra class",
         "nc1_pinv over K+1 classes: the OOD samples form class K+1 (its mean, its "
         "scatter pooled into Sigma_W, N grown by the OOD count, mu_G over K+1 means)",
-        AMMAR + ", App. D", needs=("ood",), min_classes=1, compute=_nc1_ood_class,
-    ),
+        AMMAR + ", App. D", needs=("ood",), min_classes=1, compute=_nc1_ood_class),
     "nc0_w_sum": Metric(
         "NC0 classifier sum",
         "|| sum_k w_k ||_2 over the classes measured (0 for a simplex ETF classifier)",
-        ZHU, needs=_W, min_classes=1, compute=_w_sum,
-    ),
+        ZHU, needs=_W, min_classes=1, compute=_w_sum),
     "interference_mean": Metric(
         "interference: mean off-diagonal cosine of the centred class means",
         "mean over i != j of u_i . u_j = (||sum_k u_k||^2 - sum_k ||u_k||^2) / (K(K-1)), "
         f"{_G} (closed form, no pair visited)",
-        KOTHAPALLI, compute=lambda ins: ins.interference[0],
-    ),
+        KOTHAPALLI, compute=lambda ins: ins.interference[0]),
     "interference_var": Metric(
         "interference: variance of the off-diagonal cosines of the centred class means",
         "(||U^T U||_F^2 - sum_k ||u_k||^4) / (K(K-1)) - interference_mean^2 (divisor: the "
         "pairs), " + _G,
-        KOTHAPALLI, compute=lambda ins: ins.interference[1],
-    ),
+        KOTHAPALLI, compute=lambda ins: ins.interference[1]),
     "erank_within": Metric(
         "effective rank of the within-class covariance",
         "exp(-sum_i p_i log p_i), p = lambda / sum lambda over the eigenvalues of Sigma_W",
-        ROY, min_classes=1, compute=lambda ins: CF.effective_rank(ins.Sw),
-    ),
+        ROY, min_classes=1, compute=lambda ins: CF.effective_rank(ins.Sw)),
     "erank_between": Metric(
         "effective rank of the between-class covariance",
         "exp(-sum_i p_i log p_i) over the eigenvalues of Sigma_B = M~^T M~ / K (from the "
         "K x K or D x D Gram, the smaller); min(K-1, D) under NC2",
-        ROY, compute=lambda ins: CF.effective_rank(ins.gram_M),
-    ),
+        ROY, compute=lambda ins: CF.effective_rank(ins.gram_M)),
     "erank_w": Metric(
         "effective rank of the classifier",
         "exp(-sum_i p_i log p_i), p = sigma / sum sigma over the singular values of W "
         "(from the smaller Gram)",
         ROY, needs=_W, min_classes=1,
         compute=lambda ins: CF.effective_rank(
-            ins.terms["WW"] if ins.terms is not None else CF.small_gram(ins.W), singular=True),
-    ),
+            ins.terms["WW"] if ins.terms is not None else CF.small_gram(ins.W), singular=True)),
     # head / tail breakdown (measure(..., by_frequency=n_bins))
     "nc1_cdnv_by_frequency": Metric(
         "NC1 CDNV within each class-count bin",
         "nc1_cdnv over the pairs of classes of one bin (bins: the classes ranked by count, "
         "cut into n_bins groups of near-equal size, most frequent first)",
         WU, needs=("by_frequency",), per_bin=True,
-        compute=lambda ins: ins.per_bin(lambda idx: _cdnv_of(ins, idx)),
-    ),
+        compute=lambda ins: ins.per_bin(lambda idx: _cdnv_of(ins, idx))),
     "nc1_quot_by_frequency": Metric(
         "NC1 trace quotient: each class-count bin's share",
         "sum_{k in bin} (n_k/N) v_k / tr(Sigma_B); the shares add up to nc1_quot",
         TIRER, needs=("by_frequency",), per_bin=True,
-        compute=lambda ins: ins.per_bin(lambda idx: _quot_share(ins, idx)),
-    ),
+        compute=lambda ins: ins.per_bin(lambda idx: _quot_share(ins, idx))),
     "nc1_pinv_by_frequency": Metric(
         "NC1 pseudo-inverse: each class-count bin's share",
         "sum_{k in bin} sum_{y_i=k} (x_i - mu_k)^T Sigma_B^+ (x_i - mu_k) / (N K), one pass "
         "over the training samples; the shares add up to nc1_pinv",
-        PAPYAN, needs=("by_frequency", "train"), per_bin=True, compute=_pinv_shares,
-    ),
+        PAPYAN, needs=("by_frequency", "train"), per_bin=True, compute=_pinv_shares),
     "nc4_agree_by_frequency": Metric(
         "NC4 agreement within each class-count bin",
         "nc4_agree over the test samples whose true class lies in the bin",
         PAPYAN, needs=("weights", "test", "by_frequency"), per_bin=True, min_classes=1,
-        compute=lambda ins: ins.per_bin(lambda idx: _agree_of(ins, idx)),
-    ),
+        compute=lambda ins: ins.per_bin(lambda idx: _agree_of(ins, idx))),
     # per-class companions
     "mean_norms": Metric(
         "norm of the centred class mean", "||m~_k|| = ||mu_k - mu_G||", PAPYAN,
-        per_class=True, min_classes=1, compute=lambda ins: ins.norms,
-    ),
+        per_class=True, min_classes=1, compute=lambda ins: ins.norms),
     "similarities": Metric(
         "classifier / centred-mean similarity", "w_k . m~_k", WU, needs=_W, per_class=True,
-        min_classes=1, compute=lambda ins: ins.sims,
-    ),
+        min_classes=1, compute=lambda ins: ins.sims),
     "similarities_cos": Metric(
         "classifier / centred-mean cosine similarity",
         "w_k . m~_k / (max(||w_k||, 1e-8) max(||m~_k||, 1e-8)), as torch", WU, needs=_W,
-        per_class=True, min_classes=1, compute=lambda ins: CF.cosine_rows(ins.W, ins.Mc),
-    ),
+        per_class=True, min_classes=1, compute=lambda ins: CF.cosine_rows(ins.W, ins.Mc)),
     "distance_norms": Metric(
         "classifier / centred-mean distance after normalising",
         "|| w_k/(||w_k||+eps) - m~_k/(||m~_k||+eps) ||", PAPYAN, needs=_W, per_class=True,
         min_classes=1,
-        compute=lambda ins: CF.row_norms(CF.normalized(ins.W) - CF.normalized(ins.Mc)),
-    ),
+        compute=lambda ins: CF.row_norms(CF.normalized(ins.W) - CF.normalized(ins.Mc))),
     "agree_per_class": Metric(
         "NC4 agreement per true class", "nc4_agree over the samples of true class k", PAPYAN,
         needs=("weights", "test"), per_class=True, min_classes=1, compute=lambda ins: _per_class(
-            ins.agreement[0][ins.kept.present], ins.agreement[1][ins.kept.present]),
-    ),
+            ins.agreement[0][ins.kept.present], ins.agreement[1][ins.kept.present])),
 }
 
 

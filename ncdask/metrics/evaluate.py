@@ -1,11 +1,8 @@
 """NC4 and NC5 from streamed batches, once the class means are known: :class:`EvalAccumulator`.
 
-The second pass of a store-free measurement: built from the class statistics
-of :class:`ncdask.StatsAccumulator` (and the classifier), it folds in test
-batches (both classifiers' decisions, counted per true class) and OOD batches
-(their sums, per-label sums and one-class statistics). Its summaries
-(:mod:`ncdask.metrics.summary`) go to :func:`ncdask.measure` as ``test=`` and
-``ood=`` and give what the stored splits give.
+The second pass of a store-free measurement: its summaries of test and OOD
+batches (:mod:`ncdask.metrics.summary`) go to :func:`ncdask.measure` as
+``test=`` and ``ood=`` and give what the stored splits give.
 """
 
 from __future__ import annotations
@@ -38,8 +35,7 @@ class EvalAccumulator:
     Parameters
     ----------
     stats : xarray.Dataset
-        Class statistics (:class:`ncdask.StatsAccumulator`, or
-        :func:`ncdask.class_stats` computed here if lazy).
+        Class statistics (computed here if lazy).
     weights, bias : array (K, D), (K,), optional
         The classifier, needed for the test decisions (NC4).
     min_count : int, optional
@@ -47,7 +43,7 @@ class EvalAccumulator:
     ignore_index : int, optional
         Label of samples to skip (default: the statistics' attribute).
     allow_nonfinite : bool, default False
-        Accept NaN/inf rows; by default a batch holding them raises.
+        Accept NaN/inf rows (else a batch holding them raises).
 
     Examples
     --------
@@ -202,10 +198,10 @@ class EvalAccumulator:
             raise ValueError("no classifier was given: there are no test decisions")
         if not int(to_numpy(self._count).sum()):
             raise ValueError("no test sample was added yet")
-        fp = {k: np.asarray(to_numpy(v)) for k, v in self._fingerprint.items()}
+        fp = {k: to_numpy(v) for k, v in self._fingerprint.items()}
         return xr.Dataset(
-            {"nc4_hits": ("class", np.asarray(to_numpy(self._hits))),
-             "nc4_count": ("class", np.asarray(to_numpy(self._count))),
+            {"nc4_hits": ("class", to_numpy(self._hits)),
+             "nc4_count": ("class", to_numpy(self._count)),
              "fingerprint_means": ("kept_class", fp["means"]),
              "fingerprint_weights": ("kept_class", fp["weights"]),
              "fingerprint_bias": ("kept_class", fp["bias"])},
@@ -220,15 +216,15 @@ class EvalAccumulator:
             raise ValueError("no OOD sample was added yet")
         one = self._ood_class.result()
         ds = xr.Dataset(
-            {"ood_sum": ("feature", np.asarray(to_numpy(self._ood_sum))),
+            {"ood_sum": ("feature", to_numpy(self._ood_sum)),
              "ood_n": ((), self._ood_n),
              "ood_class_n": ((), int(one["n_samples"].values)),
-             "ood_class_mean": ("feature", np.asarray(to_numpy(one["means"].values[0]))),
+             "ood_class_mean": ("feature", to_numpy(one["means"].values[0])),
              "ood_class_within_cov": (("feature", "feature_"),
-                                      np.asarray(to_numpy(one["within_cov"].values)))},
+                                      to_numpy(one["within_cov"].values))},
             attrs={"ncdask_streamed": "ood"})
         if self._ood_labels is not None:
-            lab, sums, counts = (np.asarray(to_numpy(a)) for a in self._ood_labels)
+            lab, sums, counts = (to_numpy(a) for a in self._ood_labels)
             ds["ood_label_sums"] = (("ood_label", "feature"), sums)
             ds["ood_label_counts"] = ("ood_label", counts)
             ds = ds.assign_coords(ood_label=lab)

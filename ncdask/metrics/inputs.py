@@ -1,9 +1,8 @@
 """Inputs of the measurements, resolved once: coercion, backends, classes kept.
 
-Every front end (:func:`ncdask.measure`, the covariances, NECO, the streamed
-:class:`ncdask.EvalAccumulator`) takes its statistics, classifier and splits
-through here: which classes are measured, centred on which global mean,
-against which classifier rows has one answer.
+Every front end (``measure``, the covariances, NECO, ``EvalAccumulator``) takes
+its statistics, classifier and splits through here, so which classes are
+measured, centred on which global mean, against which classifier rows has one answer.
 """
 
 from __future__ import annotations
@@ -107,9 +106,28 @@ def take_rows(x: da.Array, idx: np.ndarray) -> da.Array:
     return pieces[0] if len(pieces) == 1 else da.concatenate(pieces)
 
 
+def host_float64(x: Any) -> np.ndarray:
+    """A host float64 NumPy array of any supported input (a dask one is computed)."""
+    if isinstance(x, (xr.DataArray, xr.Variable)):
+        x = x.data
+    if isinstance(x, da.Array):
+        x = x.compute()
+    return np.asarray(to_numpy(x), dtype=np.float64)
+
+
 def float64(x: da.Array) -> da.Array:
     """``x`` as float64 (no-op when it is)."""
     return x if x.dtype == np.float64 else x.astype(np.float64)
+
+
+def shaped(x: Any, shape: tuple[int, ...], what: str, like: str = "") -> da.Array:
+    """``x`` as a float64 dask array of ``shape``, else a ValueError naming ``what`` (and the
+    input ``like`` whose shape it must have)."""
+    v = float64(as_dask(x))
+    if v.shape != tuple(shape):
+        raise ValueError(f"{what} has shape {v.shape}, expected {tuple(shape)}"
+                         + (f" like {like}" if like else ""))
+    return v
 
 
 def split_of(obj: Any) -> xr.Dataset:
@@ -138,9 +156,8 @@ def split_classes(ds: xr.Dataset, n_classes: int | None = None, ignore_index: An
 def check_stats(stats: Any) -> xr.Dataset:
     """``stats`` if it is a class-statistics Dataset, else a clear error."""
     if not isinstance(stats, xr.Dataset):
-        raise TypeError(
-            f"stats must be an xarray.Dataset from class_stats, got {type(stats).__name__}"
-        )
+        raise TypeError("stats must be an xarray.Dataset from class_stats, got "
+                        f"{type(stats).__name__}")
     missing = [v for v in STATS_VARS if v not in stats]
     if missing:
         raise ValueError(f"stats is missing {missing}; pass the result of ncdask.class_stats")

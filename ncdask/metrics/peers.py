@@ -22,12 +22,11 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import xarray as xr
 
 from ncdask.metrics.api import measure
 from ncdask.metrics.declarations import METRICS, evaluate
-from ncdask.metrics.inputs import as_dask, class_rows, computed_float
+from ncdask.metrics.inputs import class_rows, computed_float, shaped
 
 #: Function name: (``measure`` variable, parameters with defaults).
 _TABLE = {
@@ -53,13 +52,6 @@ _DOC = {
 }
 
 
-def _vector(x: Any, n: int, what: str) -> Any:
-    v = as_dask(x).astype(np.float64)
-    if v.shape != (n,):
-        raise ValueError(f"{what} has shape {v.shape}, expected ({n},)")
-    return v
-
-
 def _arrays(name: str, W: Any, M: Any = None, b: Any = None, m_G: Any = 0,
             **tile: Any) -> dict[str, Any]:
     """The declaration's inputs from a peer function's arguments, checked."""
@@ -68,9 +60,10 @@ def _arrays(name: str, W: Any, M: Any = None, b: Any = None, m_G: Any = 0,
     if name.startswith("classifier_") and K < 2:
         raise ValueError(f"{name} needs at least 2 rows, got {K}")
     out: dict[str, Any] = {"W": Wd, **({"tile_size": T} if tile else {})}  # as given, else K
-    g = None if isinstance(m_G, (int, float)) and m_G == 0 else _vector(m_G, D, "m_G").rechunk(-1)
+    zero = isinstance(m_G, (int, float)) and m_G == 0
+    g = None if zero else shaped(m_G, (D,), "m_G").rechunk(-1)
     if b is not None:
-        out["b"] = _vector(b, K, "b").rechunk((Wd.chunks[0],))
+        out["b"] = shaped(b, (K,), "b").rechunk((Wd.chunks[0],))
     if M is None:
         return {**out, "mu_weighted": g} if name == "bias_collapse" else out
     Mc, _ = class_rows(M, name="M")
@@ -116,9 +109,9 @@ def ood_class_variability(stats: xr.Dataset, ood: Any, *, min_count: int | None 
     Parameters
     ----------
     stats : xarray.Dataset
-        Class statistics of the ID training split (:func:`ncdask.class_stats`).
+        Class statistics of the ID training split.
     ood : split Dataset or (store, split)
-        The OOD samples; of their labels only ``ignore_index`` is used.
+        The OOD samples (of their labels only ``ignore_index`` is used).
     min_count, ignore_index, split_every : optional
         As in :func:`ncdask.measure`.
 

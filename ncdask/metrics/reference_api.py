@@ -1,18 +1,15 @@
 """Drop-in functions with the reference package's names and argument order.
 
-Users of the PyTorch ``neural_collapse`` package (rhubarbwu/neural-collapse)
-switch by changing an import. Arrays of any kind go in (NumPy, CuPy, dask,
-xarray, PyTorch); the computation is float64 with ncdask's blocked kernels,
-from the metrics' declarations where a function is a ``measure`` variable.
-What comes out: a Python ``float`` where the reference returns one number;
-per-class vectors in the input's kind (a ``DataArray`` on ``class``, a dask
-array, or a ``torch.Tensor`` on the device and in the dtype the reference's
-has, so that ``.var()`` is torch's unbiased variance; for NumPy use
-``.var(ddof=1)``); K×K grids as lazy ``DataArray`` objects on ``(class,
-class_)``, one chunk per tile pair. Rows of ``M`` (class means, K × D) are
-taken as given, as in the reference: drop empty classes first
-(:func:`ncdask.measure` does). ``W`` (K × D) are the classifier weights,
-``m_G`` (D,) or 0 the global mean ``M`` is centred on.
+Users of the PyTorch ``neural_collapse`` package switch by changing an import.
+Any arrays go in (NumPy, CuPy, dask, xarray, PyTorch), computed in float64 from
+the metrics' declarations. Out come a ``float`` where the reference returns one
+number; per-class vectors in the input's kind (a torch tensor on its device and
+in the reference's dtype, so ``.var()`` is unbiased; for NumPy use
+``.var(ddof=1)``); K×K grids as lazy ``DataArray`` on ``(class, class_)``. Rows
+of ``M`` (class means, K × D) are taken as given (drop empty classes first).
+``W`` (K × D) are the classifier weights, ``m_G`` (D,) or 0 the global mean
+``M`` is centred on, ``V_norms`` (K,) the variance norms, ``tile_size`` the
+classes per pairwise tile.
 """
 
 from __future__ import annotations
@@ -28,7 +25,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ncdask.metrics.inputs import as_dask, class_rows, computed_float, pinv_dtype
+from ncdask.metrics.inputs import as_dask, class_rows, computed_float, float64, host_float64
+from ncdask.metrics.inputs import pinv_dtype, shaped
 from ncdask.metrics.declarations import METRICS, Inputs, evaluate
 from ncdask.graph import closed_forms as CF
 from ncdask.graph.pairwise import pair_grid
@@ -41,12 +39,8 @@ Array = Any
 def _vec(m_G: Array, D: int) -> da.Array | float:
     if isinstance(m_G, (int, float)) and m_G == 0:
         return 0.0
-    v = as_dask(m_G).astype(np.float64)
-    if v.ndim == 0:
-        return v
-    if v.shape != (D,):
-        raise ValueError(f"m_G has shape {v.shape}, expected ({D},)")
-    return v.rechunk(-1)[None, :]
+    v = float64(as_dask(m_G))
+    return v if v.ndim == 0 else shaped(v, (D,), "m_G").rechunk(-1)[None, :]
 
 
 def _centred(M: Array, m_G: Array, tile_size: int | None = None) -> tuple[da.Array, int]:
@@ -94,9 +88,6 @@ def _grid(result: da.Array) -> xr.DataArray:
     return xr.DataArray(result, dims=("class", "class_"))
 
 
-# --------------------------------------------------------------------------- NC1
-
-
 def covariance_ratio(V_intra: Array, M: Array, m_G: Array = 0, metric: str = "pinv") -> float:
     """NC1 within-class variability relative to between-class variability.
 
@@ -104,8 +95,6 @@ def covariance_ratio(V_intra: Array, M: Array, m_G: Array = 0, metric: str = "pi
     ----------
     V_intra : array (D, D)
         Within-class covariance Σ_W.
-    M, m_G : array (K, D), array (D,) or 0
-        Class means and global mean.
     metric : {"pinv", "svd", "quotient"}
         ``measure``'s ``nc1_pinv``, ``nc1_svd`` (NaN with a
         :class:`DegenerateInputWarning` unless K − 1 < D) or ``nc1_quot``.
@@ -138,29 +127,13 @@ def covariance_ratio(V_intra: Array, M: Array, m_G: Array = 0, metric: str = "pi
 
 def variability_cdnv(V_norms: Array, M: Array, dist_exp: float = 1.0,
                      tile_size: int | None = None) -> float:
-    """Mean class-distance normalised variance over pairs (``measure``'s ``nc1_cdnv``).
-
-    Parameters
-    ----------
-    V_norms, M : array (K,), array (K, D)
-        Variance norms ``v_k`` and class means.
-    dist_exp : float, default 1
-        The distance exponent ``p``.
-    tile_size : int, optional
-        Classes per tile.
-
-    Returns
-    -------
-    float
-    """
+    """Mean class-distance normalised variance over pairs (``measure``'s ``nc1_cdnv``);
+    ``dist_exp`` is the distance exponent ``p``."""
     A, T = class_rows(M, tile_size)
     v = as_dask(V_norms).astype(np.float64).reshape(-1)
     # centred on the mean row: distances do not change; precision does
     return computed_float(evaluate("nc1_cdnv", M=A, mG=A.mean(axis=0), v=v, tile_size=T,
                           dist_exp=dist_exp))
-
-
-# --------------------------------------------------------------------------- GNC2 kernels
 
 
 def dist_kernel(data: Array, tile_size: int | None = None) -> xr.DataArray:
@@ -170,7 +143,7 @@ def dist_kernel(data: Array, tile_size: int | None = None) -> xr.DataArray:
 
 
 def log_kernel(data: Array, exponent: float = -1, tile_size: int | None = None) -> xr.DataArray:
-    """Lazy grid of ``log(‖x_i − x_j‖^exponent)`` (``+inf`` on the diagonal if exponent < 0)."""
+    """Lazy grid of ``log(‖x_i − x_j‖^exponent)`` (+inf on the diagonal if exponent < 0)."""
     A, T = class_rows(data, tile_size)
     return _grid(pair_grid(A, kind="log", tile_size=T, exponent=exponent))
 
@@ -251,16 +224,10 @@ def interference_grid(M: Array, m_G: Array = 0, tile_size: int | None = None) ->
     return _grid(pair_grid(Mc, kind="inner", tile_size=T))
 
 
-# --------------------------------------------------------------------------- NC2 / NC3
-
-
 def structure_error(A: Array, B: Array) -> float:
     """``nc2_etf_err``'s distance from a simplex ETF with ``G = B Aᵀ`` (rows as given)."""
     Ad, _ = class_rows(A, name="A")
-    Bd = as_dask(B).astype(np.float64)
-    if Bd.shape != Ad.shape:
-        raise ValueError(f"B has shape {Bd.shape}, expected {Ad.shape} like A")
-    return computed_float(CF.etf_error(Ad, Bd.rechunk(Ad.chunks)))
+    return computed_float(CF.etf_error(Ad, shaped(B, Ad.shape, "B", like="A").rechunk(Ad.chunks)))
 
 
 def simplex_etf_error(M: Array, m_G: Array = 0) -> float:
@@ -277,15 +244,8 @@ def self_duality_error(W: Array, M: Array, m_G: Array = 0) -> float:
 
 
 def similarities(W: Array, M: Array, m_G: Array = 0, cos: bool = False) -> Array:
-    """Per-class ``w_k · m̃_k``, or its cosine (``similarities``, ``similarities_cos``).
-
-    Parameters
-    ----------
-    W, M, m_G : array (K, D) or (D,), array (K, D), array (D,) or 0
-        Classifier weights (one row serves every class, as torch broadcasts),
-        class means, global mean.
-    cos : bool, default False
-        Cosine similarity instead of the dot product.
+    """Per-class ``w_k · m̃_k``, or its cosine if ``cos`` (``similarities``,
+    ``similarities_cos``); one row ``W`` (D,) serves every class, as torch broadcasts.
 
     Returns
     -------
@@ -305,44 +265,18 @@ def similarities(W: Array, M: Array, m_G: Array = 0, cos: bool = False) -> Array
 
 
 def distance_norms(W: Array, M: Array, m_G: Array = 0, norm: bool = True) -> Array:
-    """Per-class ``‖w_k − m̃_k‖``, normalised first if ``norm`` (``distance_norms``).
-
-    Parameters
-    ----------
-    W, M, m_G : array (K, D), array (K, D), array (D,) or 0
-        Classifier weights, class means, global mean.
-    norm : bool, default True
-        Normalise ``w_k`` and ``m̃_k`` by ``‖·‖ + ε`` first.
-
-    Returns
-    -------
-    array (K,)
-        The input's kind.
-    """
+    """Per-class ``‖w_k − m̃_k‖`` (``distance_norms``), in the input's kind; ``norm``
+    divides ``w_k`` and ``m̃_k`` by ``‖·‖ + ε`` first."""
     Mc, _ = _centred(M, m_G)
-    Wd = as_dask(W).astype(np.float64)
-    if Wd.shape != Mc.shape:
-        raise ValueError(f"W has shape {Wd.shape}, expected {Mc.shape} like M")
-    Wd = Wd.rechunk(Mc.chunks)
+    Wd = shaped(W, Mc.shape, "W", like="M").rechunk(Mc.chunks)
     out = evaluate("distance_norms", M=Mc, W=Wd) if norm else CF.row_norms(Wd - Mc)
     return _like(out, W, M, m_G)
 
 
 def mean_norms(M: Array, m_G: Array = 0, post_funcs: Sequence[Callable] = ()) -> Array:
-    """Per-class ``‖m̃_k‖`` (``mean_norms``), then each of ``post_funcs`` in turn.
+    """Per-class ``‖m̃_k‖`` (``mean_norms``) in the input's kind, then each of
+    ``post_funcs`` in turn."""
 
-    Parameters
-    ----------
-    M, m_G : array (K, D), array (D,) or 0
-        Class means and global mean.
-    post_funcs : sequence of callables
-        Applied to the norms in the output's kind.
-
-    Returns
-    -------
-    array (K,)
-        The input's kind.
-    """
     Mc, _ = _centred(M, m_G)
     out = _like(evaluate("mean_norms", M=Mc), M, m_G)
     for f in post_funcs:
@@ -350,48 +284,29 @@ def mean_norms(M: Array, m_G: Array = 0, post_funcs: Sequence[Callable] = ()) ->
     return out
 
 
-# --------------------------------------------------------------------------- NC4 / NC5
-
-
-def _host(a: Array) -> np.ndarray:
-    """A host float64 NumPy array from any supported array (dask is computed)."""
-    a = a.data if isinstance(a, xr.DataArray) else a
-    a = dask.compute(a)[0] if isinstance(a, da.Array) else a
-    return np.asarray(to_numpy(a), dtype=np.float64)
-
-
 def _is_accumulator(x: Any) -> bool:  # the reference's DecAccumulator, duck-typed
     return hasattr(x, "ns_samples") and hasattr(x, "totals")
 
 
-def clf_ncc_agreement(
-    accum: Any = None,
-    *args: Any,
-    indices: Sequence[int] | Array | None = None,
-    weighted: bool | None = None,
-    Ns: Array | None = None,
-    hits: Array | None = None,
-    misses: Array | None = None,
-) -> float | None:
+def clf_ncc_agreement(accum: Any = None, *args: Any, indices: Sequence[int] | Array | None = None,
+                      weighted: bool | None = None, Ns: Array | None = None,
+                      hits: Array | None = None, misses: Array | None = None) -> float | None:
     """Agreement rate of the linear and nearest-class-centre classifiers.
 
-    Two call forms, as the reference's ``DecAccumulator.compute`` counts (a
-    class without samples has rate 0 and counts in the unweighted mean; no
-    samples at all give 0.0): ``clf_ncc_agreement(accum, indices=None,
-    weighted=True)`` with its ``DecAccumulator`` (or any object with
-    ``ns_samples`` and ``totals`` per class), and the earlier
-    ``clf_ncc_agreement(Ns, hits=None, misses=None, weighted=True)`` on
-    count arrays. ``measure``'s ``nc4_agree`` gives the same number from the
-    statistics and a test split (pass no ``bias`` for ``DecAccumulator``'s
-    ``argmax_k w_k · x``).
+    Counted as the reference's ``DecAccumulator.compute`` (a class without
+    samples has rate 0 and counts in the unweighted mean; no samples give
+    0.0), in two call forms: ``(accum, indices=None, weighted=True)`` with a
+    ``DecAccumulator`` (any object with per-class ``ns_samples`` and
+    ``totals``), or ``(Ns, hits=None, misses=None, weighted=True)`` on count
+    arrays. ``measure``'s ``nc4_agree`` gives it from the statistics and a test
+    split (pass no ``bias`` for ``DecAccumulator``'s ``argmax_k w_k · x``).
 
     Parameters
     ----------
     accum : DecAccumulator-like or array (K,)
         The accumulator, or the samples per class ``Ns``.
     *args
-        With an accumulator: ``indices``, ``weighted``; with arrays:
-        ``hits``, ``misses``, ``weighted``.
+        The remaining arguments of the call form, by position.
     indices : sequence of int, boolean mask or array, optional
         Classes to include; default all.
     weighted : bool, default True
@@ -435,21 +350,20 @@ def clf_ncc_agreement(
             raise TypeError(f"clf_ncc_agreement got {name} twice")
         given[name] = value
     if acc:
-        n, h = _host(accum.ns_samples).reshape(-1), _host(accum.totals)
+        n, h = host_float64(accum.ns_samples).reshape(-1), host_float64(accum.totals)
         if h.shape != n.shape:
             raise ValueError(f"the accumulator's totals have shape {h.shape}, expected "
                              f"per-class counts {n.shape} (a DecAccumulator)")
     else:
-        n = _host(accum)
-        h = None if given["hits"] is None else _host(given["hits"])
+        n = host_float64(accum)
+        h = None if given["hits"] is None else host_float64(given["hits"])
         if h is None and given["misses"] is not None:
-            m = _host(given["misses"])
+            m = host_float64(given["misses"])
             h = n - m if m.shape == n.shape else None
         if h is None or h.shape != n.shape:
             return None
     if given["indices"] is not None:
-        sel = given["indices"]
-        sel = np.asarray(to_numpy(sel) if _is_torch(sel) else sel)
+        sel = to_numpy(given["indices"])
         if sel.dtype != bool:  # integer indices; a 0-d one (one class) and [] too
             sel = sel.reshape(-1).astype(np.intp)
         n, h = n[sel], h[sel]

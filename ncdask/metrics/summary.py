@@ -1,9 +1,8 @@
 """Streamed summaries (:class:`ncdask.EvalAccumulator`'s ``test`` and ``ood``) read as inputs.
 
-A test summary holds per-class agreement counts and fingerprints of what its
-decisions were made against (the centred means, classifier rows and bias
-projected on a fixed random vector), so that :func:`ncdask.measure` refuses
-it, when computed, against other statistics, weights or ``min_count``.
+A test summary carries fingerprints (the centred means, classifier rows and
+bias projected on a fixed random vector) so that :func:`ncdask.measure`
+refuses it against other statistics, weights or ``min_count``.
 """
 
 from __future__ import annotations
@@ -70,10 +69,9 @@ def _check_fingerprints(fp_m: Any, fp_w: Any, fp_b: Any, want_m: Any, want_w: An
 
 def agreement_from_summary(summary: xr.Dataset, Mc: da.Array, W: da.Array, b: da.Array,
                            n_classes: int) -> tuple[da.Array, da.Array]:
-    """Lazy per-class (hits, counts) of a test summary, checked against ``Mc``, ``W``, ``b``.
+    """Lazy per-class (hits, counts) of a test summary, checked against ``Mc``, ``W``, ``b``
+    when computed (on the same lazy inputs the other metrics use)."""
 
-    The check runs when computed, on the same lazy inputs the other metrics use.
-    """
     if summary.sizes.get("class") != n_classes:
         raise ValueError(f"the streamed test summary has {summary.sizes.get('class')} "
                          f"classes, the statistics {n_classes}")
