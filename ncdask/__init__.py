@@ -41,16 +41,14 @@ _COMPAT = frozenset("""
 """.split())
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exports them
-    from ncdask.store.zarrio import IncompleteOutputError
     from ncdask.accumulate import StatsAccumulator
-    from ncdask.sink import StatsSink
-    from ncdask.hooks import capture
-    from ncdask.store.check import check_store
     from ncdask.covariances import class_covariances, class_nc1, class_spectra
-    from ncdask.metrics.evaluate import EvalAccumulator
+    from ncdask.hooks import capture
     from ncdask.metrics.api import DegenerateInputWarning, RieszRangeWarning, measure
+    from ncdask.metrics.evaluate import EvalAccumulator
     from ncdask.neco import nci_scores, neco_fit, neco_scores, ood_report, total_covariance
     from ncdask.results import open_results, save_results
+    from ncdask.sink import StatsSink
     from ncdask.stats import EmptyClassWarning, class_stats, load_stats, merge_stats, save_stats
     from ncdask.store import (
         DamagedStoreError,
@@ -59,6 +57,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ expo
         StoreWriter,
         resolve_split,
     )
+    from ncdask.store.check import check_store
+    from ncdask.store.zarrio import IncompleteOutputError
     from ncdask.sweeps import sweep
 
 

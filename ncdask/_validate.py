@@ -113,3 +113,17 @@ def check_ignore_index(ignore_index: Any, n_classes: int) -> int | None:
     if not -(2**31) <= ii < 2**31:
         raise ValueError(f"ignore_index={ii} does not fit the int32 labels")
     return ii
+
+
+def check_count(name: str, value: Any, *, minimum: int = 1) -> int:
+    """``value`` as an int: a positive one (``minimum=1``, else ValueError), or one
+    ``>= 0`` (``minimum=0``: TypeError for a non-integer). Bools are not counts."""
+    is_int = not isinstance(value, bool) and isinstance(value, (int, np.integer))
+    if minimum >= 1 and (not is_int or value < minimum):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not is_int:
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+

@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import xarray as xr
 
-from ncdask._validate import check_ignore_index
+from ncdask._validate import check_count, check_ignore_index
 from ncdask.kernels import tiled_stats as KT
 from ncdask.kernels._xp import array_namespace, to_numpy
 from ncdask.kernels.stats import check_labels
@@ -80,9 +80,8 @@ class StatsAccumulator:
         global_mean: str = "unweighted", ignore_index: int | None = None,
         allow_nonfinite: bool = False, buffer_rows: int | None = None,
     ) -> None:
-        for name, v in (("n_classes", n_classes), ("dim", dim)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        check_count("n_classes", n_classes)
+        check_count("dim", dim)
         if global_mean not in ("unweighted", "weighted"):
             raise ValueError(
                 f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")

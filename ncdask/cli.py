@@ -412,8 +412,8 @@ def _load_matrix(path: str, what: str) -> Any:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from ncdask.store.files import inspect_saved
     from ncdask.store import DuplicateImportError, EmbeddingStore
+    from ncdask.store.files import inspect_saved
 
     labels = not args.no_labels
     pairs = list(_pairs(args.files, labels))
@@ -639,8 +639,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     import dask
 
-    from ncdask.store.check import check_tasks
     from ncdask.scheduler import use_scheduler
+    from ncdask.store.check import check_tasks
 
     store = _open_store(args.url)
     report, tasks = check_tasks(store)

@@ -14,11 +14,10 @@ import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from ncdask.store.setkey import SetKey
 from ncdask._validate import check_name
 from ncdask.kernels._xp import to_numpy
 from ncdask.store.embedding import EmbeddingStore
-
+from ncdask.store.setkey import SetKey
 
 WHICH = ("input", "output")
 

@@ -36,16 +36,23 @@ import numpy as np
 import scipy.stats
 import xarray as xr
 
-from ncdask.metrics.inputs import as_dask, check_stats, float64, host_float64, kept_classes
-from ncdask.metrics.inputs import row_weights, shaped
-from ncdask.metrics.inputs import split_classes
-from ncdask.metrics.inputs import split_of as _split
 from ncdask._version import __version__
 from ncdask.graph import decisions as DG
 from ncdask.graph import neco as GN
 from ncdask.graph.pairwise import default_tile_size
 from ncdask.kernels._xp import to_numpy
 from ncdask.metrics.declarations import AMMAR
+from ncdask.metrics.inputs import (
+    as_dask,
+    check_stats,
+    float64,
+    host_float64,
+    kept_classes,
+    row_weights,
+    shaped,
+    split_classes,
+)
+from ncdask.metrics.inputs import split_of as _split
 
 __all__ = ["total_covariance", "neco_fit", "neco_scores", "nci_scores", "ood_report"]
 

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ncdask.store.setkey import SET_TAGS, SetKey
 from ncdask.metrics.api import measure
 from ncdask.stats import class_stats
 from ncdask.stats.cache import MemoKey
 from ncdask.store.core import committed_parts, current_classifier
 from ncdask.store.embedding import EmbeddingStore
+from ncdask.store.setkey import SET_TAGS, SetKey
 
 _RESERVED = ("weights", "bias", "dim", "labels", "train")
 

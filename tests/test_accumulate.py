@@ -6,6 +6,7 @@ from dense import assert_stats_equal, golden, split
 
 import ncdask
 
+
 def _stats_of(X, y, K, **kw):
     return ncdask.class_stats(split(X, y, K, chunks=None), **kw).compute()
 

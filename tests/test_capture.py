@@ -6,8 +6,7 @@ import xarray as xr
 from dense import assert_stats_equal
 
 import ncdask
-from ncdask import capture
-from ncdask import sweep
+from ncdask import capture, sweep
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

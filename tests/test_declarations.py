@@ -11,9 +11,9 @@ import pytest
 from dense_metrics import class_data, dense_metrics, dense_stats, golden, split
 
 import ncdask
-from ncdask.metrics.declarations import METRICS, ON_REQUEST, Metric
 from ncdask.graph.pairwise import pairwise_moments
 from ncdask.kernels.pairwise import FINAL
+from ncdask.metrics.declarations import METRICS, ON_REQUEST, Metric
 
 
 @pytest.fixture(scope="module")

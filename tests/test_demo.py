@@ -13,7 +13,6 @@ pytest.importorskip("matplotlib")
 from matplotlib.image import imread  # noqa: E402
 
 import ncdask  # noqa: E402
-from ncdask.cli import main  # noqa: E402
 from ncdask._demo.demo import (  # noqa: E402
     EPOCHS,
     HIDDEN,
@@ -25,6 +24,7 @@ from ncdask._demo.demo import (  # noqa: E402
     run_demo,
     train_to_store,
 )
+from ncdask.cli import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +205,21 @@ def test_cosine_lr_and_penultimate_of_sklearn_mlp():
     h = np.maximum(np.maximum(X @ ours.coefs_[0] + ours.intercepts_[0], 0) @ ours.coefs_[1]
                    + ours.intercepts_[1], 0)
     np.testing.assert_allclose(penultimate(ours, X), h, rtol=1e-6)
+
+
+def test_the_end_to_end_example_runs(tmp_path, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "examples" / "end_to_end.py"
+    argv = sys.argv
+    sys.argv = [str(script), str(tmp_path / "ex.zarr")]
+    try:
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "N=19968 K=10 D=64" in out and "NC1 quotient" in out

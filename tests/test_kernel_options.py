@@ -7,8 +7,8 @@ import pytest
 from dense_metrics import EPS, dense_metrics, dense_stats, small_case
 from scipy.special import logsumexp
 
-from ncdask.metrics import reference_api as R
 from ncdask.metrics import RieszRangeWarning, measure
+from ncdask.metrics import reference_api as R
 
 # --------------------------------------------------------------------------- dist_exp
 

@@ -1,4 +1,4 @@
-"""The reference-named functions (ncdask.metrics.reference_api): parity, input kinds, lazy grids."""
+"""The reference-named functions (metrics.reference_api): parity, input kinds, lazy grids."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import xarray as xr
 from dense_metrics import EPS, dense_metrics, golden
 
-from ncdask.metrics import reference_api as R
 from ncdask.metrics import DegenerateInputWarning
+from ncdask.metrics import reference_api as R
 
 
 def _inputs(name):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from dense_metrics import dense_stats, split
 
-from ncdask.metrics import reference_api as R
 from ncdask.metrics import measure
+from ncdask.metrics import reference_api as R
 
 
 def _case(K: int = 10, D: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

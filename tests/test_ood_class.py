@@ -15,8 +15,7 @@ from dense_metrics import (
 )
 
 import ncdask
-from ncdask.metrics import peers
-from ncdask.metrics import measure
+from ncdask.metrics import measure, peers
 
 # --------------------------------------------------------------------------- nc1_ood_class
 

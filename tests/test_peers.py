@@ -8,8 +8,7 @@ import pytest
 import xarray as xr
 from dense_metrics import dense_metrics, dense_stats, small_case
 
-from ncdask.metrics import peers
-from ncdask.metrics import measure
+from ncdask.metrics import measure, peers
 
 # --------------------------------------------------------------------------- standalone functions
 

@@ -147,7 +147,7 @@ def fold_rows(red: Reduction, *arrays: da.Array, how: str = "tree", split_every:
     name = f"{prefix}-{tokenize(*arrays, red, how, split_every, chains_, shared, token)}"
     dsk: dict[Any, Any] = {}
     shared_keys = [f"{name}-shared-{j}" for j in range(len(shared))]
-    dsk.update(zip(shared_keys, shared))
+    dsk.update(zip(shared_keys, shared, strict=True))
     blocks = [(*ks, *shared_keys) for ks in zip(*map(row_keys, arrays), strict=True)]
     if how == "tree":
         assert red.chunk is not None

@@ -26,10 +26,10 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from ncdask.kernels import tiled_stats as KT
 from ncdask.graph._reduce import READ_LAG, gate, n_chains
 from ncdask.graph._reduce import chains as fold_chains
 from ncdask.graph.closed_forms import nc1_values
+from ncdask.kernels import tiled_stats as KT
 from ncdask.kernels._reduction import Reduction
 from ncdask.kernels._xp import array_namespace
 

@@ -37,13 +37,14 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ncdask.metrics.inputs import check_stats as _check_stats
-from ncdask.metrics.inputs import class_inputs, kept_classes
+from ncdask._validate import check_count
 from ncdask._version import __version__
-from ncdask.metrics.declarations import GROUPS, METRICS, ON_REQUEST, Inputs
-from ncdask.metrics.summary import check_role
 from ncdask.graph.pairwise import default_tile_size, resolve_budget
 from ncdask.kernels.pairwise import RieszRangeWarning  # noqa: F401 - public with measure
+from ncdask.metrics.declarations import GROUPS, METRICS, ON_REQUEST, Inputs
+from ncdask.metrics.inputs import check_stats as _check_stats
+from ncdask.metrics.inputs import class_inputs, kept_classes
+from ncdask.metrics.summary import check_role
 
 
 class DegenerateInputWarning(UserWarning):
@@ -348,17 +349,13 @@ def measure(
     >>> sorted(res.data_vars)
     ['nc1_quot', 'nc2g_dist_mean', 'nc2g_dist_var']
     """
-    if by_frequency is not None and (isinstance(by_frequency, bool) or not isinstance(
-            by_frequency, (int, np.integer)) or by_frequency < 1):
-        raise ValueError(f"by_frequency must be a positive integer, got {by_frequency!r}")
+    if by_frequency is not None:
+        check_count("by_frequency", by_frequency)
     wanted = _selection(metrics, by_frequency is not None)
     if riesz_s is not None and not math.isfinite(float(riesz_s)):
         raise ValueError(f"riesz_s must be finite, got {riesz_s!r}")
     if min_count is not None:
-        if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)):
-            raise TypeError(f"min_count must be an integer, got {min_count!r}")
-        if min_count < 0:
-            raise ValueError(f"min_count must be >= 0, got {min_count}")
+        check_count("min_count", min_count, minimum=0)
     opts = dict(tile_size=tile_size, wanted=wanted, dist_exp=dist_exp, riesz_s=riesz_s,
                 nc4_backend=nc4_backend, ood_labels=ood_labels, split_every=split_every,
                 min_count=min_count, ignore_index=ignore_index,

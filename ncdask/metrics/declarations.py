@@ -18,6 +18,13 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from ncdask.graph import closed_forms as CF
+from ncdask.graph import decisions as DG
+from ncdask.graph import shares as SG
+from ncdask.graph import tiled_stats as TS
+from ncdask.graph.pairwise import pairwise_moments
+from ncdask.kernels import shares as KS
+from ncdask.kernels.pairwise import FINAL, PAIR_STATS
 from ncdask.metrics.inputs import (
     ClassInputs,
     KeptClasses,
@@ -35,13 +42,6 @@ from ncdask.metrics.summary import (
     ood_mean_from_summary,
     summary_dim,
 )
-from ncdask.graph import closed_forms as CF
-from ncdask.graph import decisions as DG
-from ncdask.graph import shares as SG
-from ncdask.graph import tiled_stats as TS
-from ncdask.graph.pairwise import pairwise_moments
-from ncdask.kernels import shares as KS
-from ncdask.kernels.pairwise import FINAL, PAIR_STATS
 
 PAPYAN = ("Papyan, Han & Donoho (2020), Prevalence of neural collapse during the terminal phase "
           "of deep learning training, PNAS 117(40)")

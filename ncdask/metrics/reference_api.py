@@ -25,13 +25,20 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ncdask.metrics.inputs import as_dask, class_rows, computed_float, float64, host_float64
-from ncdask.metrics.inputs import pinv_dtype, shaped
-from ncdask.metrics.declarations import METRICS, Inputs, evaluate
 from ncdask.graph import closed_forms as CF
 from ncdask.graph.pairwise import pair_grid
 from ncdask.kernels._xp import to_numpy
 from ncdask.metrics.api import DegenerateInputWarning
+from ncdask.metrics.declarations import METRICS, Inputs, evaluate
+from ncdask.metrics.inputs import (
+    as_dask,
+    class_rows,
+    computed_float,
+    float64,
+    host_float64,
+    pinv_dtype,
+    shaped,
+)
 
 Array = Any
 

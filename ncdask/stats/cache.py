@@ -27,8 +27,8 @@ import xarray as xr
 import zarr
 
 from ncdask.stats import core
-from ncdask.store.embedding import EmbeddingStore
 from ncdask.store.core import committed_parts, read_array
+from ncdask.store.embedding import EmbeddingStore
 from ncdask.store.record import record
 from ncdask.store.setkey import SetKey
 from ncdask.store.staging import is_staging, owner_tag

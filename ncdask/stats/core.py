@@ -13,7 +13,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ncdask._validate import NcdaskStoreError
+from ncdask._validate import NcdaskStoreError, check_count
 from ncdask._version import __version__
 from ncdask.graph.pairwise import default_tile_size
 from ncdask.graph.tiled_stats import class_tiled_stats, merge_tiled
@@ -106,10 +106,7 @@ def compute_stats(
         raise ValueError(f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")
     K, ignore_index = split_classes(ds, n_classes, ignore_index)
     if min_count is not None:
-        if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)):
-            raise TypeError(f"min_count must be an integer, got {min_count!r}")
-        if min_count < 0:
-            raise ValueError(f"min_count must be >= 0, got {min_count}")
+        check_count("min_count", min_count, minimum=0)
     X = ds["embeddings"].data
     y = ds["labels"].data
     if not isinstance(X, da.Array):

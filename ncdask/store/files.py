@@ -110,7 +110,7 @@ def iter_saved_arrays(X_path: str | Path, y_path: str | Path | None = None, *, r
     X_path = str(X_path)
     with _opened(X_path, None if y_path is None else str(y_path), labels) as (X, y):
         ys = _blocks(y, rows, X_path) if y is not None else itertools.repeat(None)
-        for xb, yb in zip(_blocks(X, rows, X_path), ys):
+        for xb, yb in zip(_blocks(X, rows, X_path), ys):  # noqa: B905 - ys may be endless
             if yb is not None and yb.shape[0] != xb.shape[0]:
                 raise ValueError(f"{X_path}: the labels end before the embeddings (a "
                                  "truncated or damaged file)")

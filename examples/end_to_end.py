@@ -1,6 +1,6 @@
 """A small end-to-end run: synthetic embeddings → Zarr store → class statistics.
 
-    python -m ncdask._demo.example [STORE_PATH]
+    python examples/end_to_end.py [STORE_PATH]
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ncdask.stats import class_stats
-from ncdask.store.embedding import EmbeddingStore
+from ncdask import EmbeddingStore, class_stats
 
 
 def main(argv: list[str] | None = None) -> int:
