@@ -56,11 +56,9 @@ class StatsAccumulator:
     ignore_index : int, optional
         Label of samples to leave out (PyTorch's ``-100`` padding).
     allow_nonfinite : bool, default False
-        Accept NaN/inf embeddings (they make the statistics NaN); by default a
-        batch holding them is refused.
+        Accept NaN/inf embeddings (by default a batch holding them is refused).
     buffer_rows : int, optional
-        Rows gathered before they are folded in (default: up to 8192 rows in
-        at most 32 MiB); ``0`` folds every batch at once.
+        Rows gathered before they are folded in; ``0`` folds every batch at once.
 
     Examples
     --------

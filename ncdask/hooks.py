@@ -148,44 +148,34 @@ def capture(model: Any, loader: Iterable[Any],
             labels: bool = True) -> list[dict[str, Any]]:
     """Record the input or output of named modules of a model into a store.
 
-    One pass over ``loader`` in eval mode under :func:`torch.no_grad`; a forward
-    hook copies what each module sees into its layer's set through a buffered
-    :meth:`EmbeddingStore.writer`. Hooks and train/eval flags are restored also
-    on errors; batches written before a failure stay committed. Half-precision
-    and integer features are stored as float32, CUDA ones go through CuPy and
-    DLPack when CuPy is importable; a module that runs twice per forward is refused.
+    One pass over ``loader`` in eval mode without gradients; hooks and train/eval
+    flags are restored also on errors, and batches written before a failure stay.
 
     Parameters
     ----------
     model : torch.nn.Module
     loader : iterable
-        ``(x, y, ...)`` batches (``x`` a tensor or a list/tuple/dict of them,
-        ``y`` labels in ``[0, K)``); with ``labels=False``, ``x`` alone.
+        ``(x, y, ...)`` batches; with ``labels=False``, ``x`` alone.
     store : EmbeddingStore, StatsSink, or mapping of layer name to EmbeddingStore
-        Where to write (a :class:`ncdask.StatsSink` keeps class statistics
-        only). Each set keeps the width of its first write.
+        Where to write (a :class:`ncdask.StatsSink` keeps class statistics only).
     split : str, default "train"
     layers : str, list or dict, optional
-        Module names of ``model.named_modules()``: a name, a list (each also
-        names its set) or ``{set name: module name}``; a pair ``(module name,
-        "input" | "output")`` overrides ``which``. Default: the input of
-        ``classifier``, into the untagged set.
+        Module names: a name, a list or ``{set name: module name}``; a pair
+        ``(module name, "input" | "output")`` overrides ``which``.
     which : {"input", "output"}, default "input"
         The module's first positional input or its (first) output.
     classifier : str, optional
-        A linear module whose ``weight`` and ``bias`` go to ``classifier_for``
-        (default: the sets recording its input).
+        A linear module whose ``weight`` and ``bias`` are stored.
     classifier_for : str or list of str, optional
     epoch : int, optional
         Epoch tag of the sets written.
     device : torch.device or str, optional
         Where the inputs go; default the model's.
     transform : callable, optional
-        Applied to each hooked tensor before it is flattened to ``(batch, -1)``
-        (e.g. pooling ``lambda t: t.mean(dim=(2, 3))``).
+        Applied to each hooked tensor before it is flattened (e.g. pooling).
     max_batches : int, optional
     append : bool, default False
-        Allow adding to a split that has rows (else refused: no duplicates).
+        Allow adding to a split that has rows.
     allow_nonfinite : bool, default False
     labels : bool, default True
         False writes unlabelled splits (out-of-distribution data).

@@ -1,8 +1,6 @@
-"""Figures of Neural Collapse results.
+"""Figures of Neural Collapse results: matplotlib Figures built without ``pyplot``.
 
-matplotlib (``pip install 'ncdask[demo]'``) is imported only when a function
-here is called. Every function returns a :class:`matplotlib.figure.Figure`
-built without ``pyplot`` (no global figure state), saved when given ``path``.
+matplotlib (``pip install 'ncdask[demo]'``) is imported only when a function is called.
 """
 
 from __future__ import annotations
@@ -66,8 +64,7 @@ def collapse_direction(name: str) -> int | None:
 
 
 def log_spaced(x: Any) -> bool:
-    """Whether sweep positions look log-spaced: three or more positive increasing numbers,
-    the last over 10 times the first, with gaps more even on a log scale than a linear one.
+    """Whether sweep positions look log-spaced (over a decade, gaps more even in log).
 
     >>> log_spaced([1, 2, 3, 5, 8, 12, 18, 27, 40]), log_spaced([0, 10, 20, 30])
     (True, False)
@@ -85,10 +82,7 @@ def log_spaced(x: Any) -> bool:
 
 
 def y_limits(v: np.ndarray, log: bool, min_decades: float = MIN_DECADES) -> tuple[float, float]:
-    """The y range of a :func:`plot_metrics` panel, honest about relative change.
-
-    A linear axis includes 0, a log axis spans at least ``min_decades`` decades;
-    5 % margin; non-finite (and, on a log axis, non-positive) values are ignored.
+    """The y range of a panel: a linear axis includes 0, a log one spans ``min_decades``.
 
     >>> y_limits(np.array([0.5, 0.498]), log=False)
     (-0.025, 0.525)
@@ -187,11 +181,6 @@ def plot_metrics(results: xr.Dataset, dim: str | None = None, metrics: Sequence[
                  min_decades: float = MIN_DECADES, ncols: int = 3) -> Any:
     """NC curves: each scalar metric against the sweep dim (epoch or layer).
 
-    Panels are titled with the metric and its :data:`COLLAPSE_DIRECTION`,
-    y-labelled with its ``long_name``, in the range of :func:`y_limits`. The
-    ``accuracy`` variables share one more panel; where the first (training
-    accuracy) reaches 1, a dotted line marks the terminal phase.
-
     Parameters
     ----------
     results : xarray.Dataset
@@ -205,8 +194,7 @@ def plot_metrics(results: xr.Dataset, dim: str | None = None, metrics: Sequence[
     path : str or Path, optional
         Save the figure here (format from the suffix).
     logy, logx : bool or "auto"
-        Log axes; "auto": y for positive values over a decade, x for
-        :func:`log_spaced` positions.
+        Log axes; "auto" picks them from the data.
     accuracy : sequence of str
         Accuracy variables of the extra panel (empty: none).
     min_decades : float
@@ -299,9 +287,6 @@ def _pick_classes(counts: np.ndarray | None, K: int, max_classes: int,
 def cosine_spread(C: np.ndarray) -> float:
     """The standard deviation (ddof 1) of a cosine matrix's off-diagonal entries.
 
-    As ``nc2_equiangle``, 0 at a simplex ETF; their mean is ``-1/(K-1)`` for any
-    centred means, so says nothing. NaN for fewer than two pairs.
-
     >>> K = 4
     >>> cosine_spread(np.full((K, K), -1 / (K - 1)) + np.eye(K) * K / (K - 1))
     0.0
@@ -354,24 +339,19 @@ def plot_gram(stats: xr.Dataset | Any | Mapping[Any, Any], *, max_classes: int =
               path: str | Path | None = None) -> Any:
     """Heatmap of the cosines between centred class means (the normalised Gram matrix).
 
-    Under NC2 the off-diagonal cosines approach ``-1/(K-1)``; each panel's
-    headline is their :func:`cosine_spread`. Above ``max_classes`` a random
-    block of classes (drawn with ``seed``, the same in every panel) is drawn:
-    only those rows of the means are read.
-
     Parameters
     ----------
     stats : xarray.Dataset, array (K, D), or mapping of them
-        Class statistics or class means; a mapping such as ``{1: first, 40:
-        last}`` draws one panel per entry on one colour scale.
+        Class statistics or class means; a mapping draws one panel per entry.
     max_classes : int
+        Above it a random block of classes (drawn with ``seed``) is drawn.
     classes : sequence of int, optional
         Exactly these classes.
     class_names : sequence of str, optional
         Names of all K classes for the tick labels (default the class ids).
     seed : int
     dim : str, optional
-        What the mapping keys are: titles read ``epoch=40`` rather than ``40``.
+        What the mapping keys are (titles read ``epoch=40``).
     ax : matplotlib Axes, optional
         Draw on this Axes (one set only).
     path : str or Path, optional

@@ -35,29 +35,19 @@ class _SinkWriter:
 class StatsSink:
     """Where :func:`ncdask.hooks` puts statistics instead of embeddings.
 
-    ``capture(model, loader, StatsSink(K), layers=[...], epoch=e)`` runs the
-    same forward pass and hooks as with a store, but each layer's batches go
-    to a :class:`StatsAccumulator` keyed by ``(layer, epoch)``; nothing is
-    written. :meth:`stats` gives one set's statistics, :meth:`sweep` measures
-    every set along ``epoch`` or ``layer`` with the classifier that
-    ``capture(..., classifier=)`` recorded.
-
-    NC4 and NC5 need the class means first: capture the train split (with
-    ``classifier=``), then the test split and the OOD split (``labels=False``
-    allowed) into the same sink. Their batches go to an
-    :class:`ncdask.EvalAccumulator` of that set, and :meth:`sweep` gives
-    every metric.
+    Each layer's batches go to a :class:`StatsAccumulator` keyed by ``(layer,
+    epoch)``; nothing is written. For NC4 and NC5 capture the train split first,
+    then the test and OOD splits (an :class:`ncdask.EvalAccumulator` each).
 
     Parameters
     ----------
     n_classes : int
     url : str
-        A name for messages (default ``"<stats sink>"``).
+        A name for messages.
     train_split, test_split, ood_split : str
-        Split names of the three roles (default "train", "test", "ood").
+        Split names of the three roles.
     **accumulator_options
-        Passed to every :class:`StatsAccumulator` (``dtype=``,
-        ``global_mean=``, ``ignore_index=``).
+        Passed to every :class:`StatsAccumulator`.
     """
 
     def __init__(self, n_classes: int, *, url: str = "<stats sink>", train_split: str = "train",

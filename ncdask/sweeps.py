@@ -1,11 +1,4 @@
-"""The one sweep: every embedding set of a store (or a StatsSink) measured along a dim.
-
-A store holds embedding *sets* tagged ``layer=`` and ``epoch=``
-(:meth:`ncdask.EmbeddingStore.sets`). :func:`sweep` measures each set with its
-own classifier and width and stacks the metrics (scalars or per class) along
-``epoch`` or ``layer``. The command line's ``--sweep`` and
-:meth:`ncdask.StatsSink.sweep` call it.
-"""
+"""The one sweep: every embedding set of a store (or a StatsSink) measured along a dim."""
 
 from __future__ import annotations
 
@@ -68,47 +61,36 @@ def sweep(
     Parameters
     ----------
     store : EmbeddingStore, URL, StatsSink, or list / dict of stores
-        The store(s) to read, as one. A :class:`ncdask.StatsSink` gives its
-        streamed statistics and the test / OOD summaries it captured.
+        The store(s) to read, as one.
     over : {"epoch", "layer"} or ("layer", "epoch")
-        The set tag(s) swept, the result's dim(s); a pair gives a 2-D sweep
-        (missing combinations are NaN).
+        The set tag(s) swept; a pair gives a 2-D sweep (missing ones NaN).
     split : str, default "train"
         The split whose class statistics are measured in each set.
     test, ood : str, optional
-        Split names, read from each set, for NC4 (needs a classifier) and NC5.
+        Split names, read from each set, for NC4 and NC5.
     layer, epoch : optional
-        Keep only the sets with this tag (the one not swept). Sets that differ
-        in a tag neither swept nor fixed are an error.
+        Keep only the sets with this tag (the one not swept).
     order : sequence, optional
         The coordinates to keep, in this order; default every set, sorted.
     use_classifier : bool, default True
-        Measure each set with its own stored classifier; sets without one get
-        NaN for the metrics that need it.
+        Measure each set with its own stored classifier.
     stats_kwargs : mapping, optional
         Passed to :func:`ncdask.class_stats` (``global_mean=``, ``dtype=``).
     compute : bool, default False
-        Compute the result; by default it is lazy, and one ``.compute()``
-        runs every set's pass in one graph.
+        Compute the result (default: lazy, one graph for every set).
     out : str, optional
-        Keep the results in this Zarr store and, when run again, measure only
-        the sets not in it yet or whose data or options changed; the rest are
-        read back, and the store is replaced atomically with the union. One
-        swept tag only.
+        Zarr store of results: a rerun measures only new or changed sets.
     cache : bool, default False
-        Keep each set's class statistics in the store
-        (``class_stats(..., cache=True)``): a changed set reads only its new rows.
+        Keep each set's class statistics in the store (``class_stats(cache=True)``).
     backend : {"numpy", "cupy"}, default "numpy"
-        Array module of the splits' chunks (:meth:`ncdask.EmbeddingStore.split`).
+        Array module of the splits' chunks.
     **measure_kwargs
-        Passed to :func:`ncdask.measure` (``metrics=``, ``tile_size=``, ...);
-        with ``by_frequency=`` each set's ``split`` is also its ``train=``.
+        Passed to :func:`ncdask.measure`.
 
     Returns
     -------
     xarray.Dataset
-        The variables of :func:`ncdask.measure` with the sweep dim first;
-        attrs as measure's, plus ``split``, ``sweep_over`` and the fixed tags.
+        The variables of :func:`ncdask.measure` with the sweep dim first.
 
     Examples
     --------

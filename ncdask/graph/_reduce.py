@@ -1,13 +1,9 @@
 """The one reduction engine of :mod:`ncdask.graph`: trees and chains of kernel reductions.
 
-Each :class:`~ncdask.kernels._reduction.Reduction` is laid out as a **tree**
-(:func:`tree`: one partial per block, combined ``split_every`` at a time; for
-small partials) or as **chains** (:func:`chains`: block ``i`` folded in place
-into the partial of chain ``i mod C``; for D×D or K×D partials), in plain task
-graphs built with public dask API. Why not ``dask.array.reduction``: it reduces
-one array where the statistics read two aligned ones (embeddings and labels),
-and it has no chains: its tree holds a partial per block (the class statistics
-at K=100k, D=2048 peaked at 3.0 GiB that way).
+A :class:`~ncdask.kernels._reduction.Reduction` runs as a **tree** (small
+partials) or as **chains** (block ``i`` folded in place into chain ``i mod C``;
+for D×D or K×D partials). Not ``dask.array.reduction``: it reduces one array,
+not two aligned ones, and holds a partial per block.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """Graphs for per-class covariances: one pass over the samples, chunked over classes.
 
-Each class chunk folds the rows of its classes into one running sparse partial
-(a chain over the row blocks, each read once for all chunks) ending in one
-``(C, D, D)`` output chunk. Chunks whose partials would exceed ``max_bytes``
-go in passes, each reading the embeddings afresh after the previous one.
+Each class chunk folds its rows into one running partial (a chain over the row
+blocks) ending in a ``(C, D, D)`` chunk; beyond ``max_bytes`` chunks go in passes.
 """
 
 from __future__ import annotations

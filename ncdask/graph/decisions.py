@@ -59,11 +59,8 @@ def decisions(X: da.Array, W: da.Array, b: da.Array, Mc: da.Array, mG: da.Array,
               budget: int | str | None = None) -> da.Array:
     """Best class of the classifier ``W``, ``b`` and of the NCC (means ``Mc`` centred on ``mG``).
 
-    One task per (sample block, class tile) runs
-    :func:`~ncdask.kernels.decisions.decision_tile`; a tree over the tiles
-    keeps the best. ``tile_size`` is lowered to take at most half of
-    ``budget`` (:func:`~ncdask.graph.pairwise.resolve_budget`); ``ncc=False``
-    when FAISS supplies the NCC. Returns (N, 4): columns ``DECISION``.
+    One task per (sample block, class tile), a tree over the tiles keeps the
+    best; ``ncc=False`` when FAISS supplies the NCC. Returns (N, 4): ``DECISION``.
     """
     K, D = Mc.shape
     budget = resolve_budget(budget)

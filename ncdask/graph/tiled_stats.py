@@ -1,16 +1,11 @@
 """Graphs of the class statistics, their class axis chunked by tiles.
 
-Row chunks are folded into a few *chains* (one per worker thread) whose ends
-one task combines, so a pass holds C accumulators (each with a D×D scatter),
-not a partial per chunk. **One pass** when ``2C + 2`` K×D arrays fit the
-budget: each chain holds the state of :mod:`ncdask.kernels.tiled_stats`.
-Otherwise (vocabularies) **pipelined passes over class groups** of whole
-tiles: stage ``s`` reads every chunk once, sums the rows of group ``s`` and
-centres those of group ``s − 1`` about its final means, so G groups cost
-G + 1 reads and one scatter GEMM per row. (Per-group exact merges in one pass
-would cost ``2·D²`` flops per chunk and class, more than a read.) A stage's
-reads wait for the previous group's means (:func:`dask.graph_manipulation.bind`),
-so no chunk is held between stages.
+Row chunks are folded into a few *chains* (one per worker thread), so a pass
+holds C accumulators, not a partial per chunk. **One pass** when ``2C + 2`` K×D
+arrays fit the budget; otherwise **pipelined passes over class groups**: stage
+``s`` sums the rows of group ``s`` and centres those of group ``s − 1``, so G
+groups cost G + 1 reads (cheaper than ``2·D²`` flops per chunk and class for
+exact per-group merges).
 """
 
 from __future__ import annotations
@@ -107,7 +102,7 @@ def class_tiled_stats(
     Parameters
     ----------
     X, y : dask arrays (N, D) and (N,)
-        Embeddings (any float dtype, upcast piece by piece) and integer labels.
+        Embeddings and integer labels.
     n_classes, tile : int
         K, and classes per chunk of ``means`` and ``var_norms``.
     budget : int or str, optional
@@ -122,7 +117,7 @@ def class_tiled_stats(
     chains : int, optional
         Chains of accumulation side by side (default :func:`n_chains`).
     expect_counts : array (K,) of int, optional
-        Counts the caller set up with; a mismatch raises ``ValueError`` in the pass.
+        Counts the caller set up with, checked in the pass.
 
     Returns
     -------
@@ -204,13 +199,7 @@ def _pipelined(
     per_group: list[dict[str, Any]], kw: dict[str, Any], tile: int,
     in_scatter: np.ndarray | None, expect_counts: np.ndarray | None,
 ) -> None:
-    """The stages of the pipelined plan, added to ``dsk`` (see the module docstring).
-
-    With known counts, accumulators hold rows only for present classes
-    (``rank``: a class's position among them, −1 when empty). ``per_group``
-    gets each group's ``means`` as tile pieces ``[(key, rows), ...]`` and
-    keys of the rest.
-    """
+    """The stages of the pipelined plan, added to ``dsk`` (see the module docstring)."""
     present = None if expect_counts is None else np.asarray(expect_counts) > 0
     rank_key = None
     if present is not None:

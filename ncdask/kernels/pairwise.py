@@ -1,12 +1,9 @@
 """Per-tile pairwise kernels: fused moments over class pairs, and grid tiles.
 
 A tile is a pair of row blocks ``(I, J)`` of the class axis; every pairwise
-statistic of SPEC.md comes from its one GEMM ``G = M_I M_Jᵀ``: distances as
-``‖m_i‖² + ‖m_j‖² − 2 G_ij`` (pairs close against their norms, where this loses
-precision, recomputed from the difference), cosines as ``G_ij s_i s_j`` with
-``s = 1/(‖m‖ + ε)``. A tile gives each statistic a row of moments (:data:`SLOTS`:
-count, mean, M2, a log scale for the Riesz kernel's range, non-finite counts),
-merged exactly with Chan et al.'s update (:func:`merge_moments`).
+statistic comes from its one GEMM ``G = M_I M_Jᵀ`` (distances as ``‖m_i‖² +
+‖m_j‖² − 2 G_ij``, recomputed from the difference for close pairs). A tile gives
+each statistic a row of moments (:data:`SLOTS`), merged with Chan et al.'s update.
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """The class-statistics state and its per-chunk kernels.
 
-The **state** (of the statistics pass, :class:`ncdask.StatsAccumulator`, the
-one-class OOD statistics and :func:`ncdask.merge_stats`): dense K-row
-``counts``, ``shift`` (each class's first row), ``sums`` and ``m2`` of the
-shifted rows, the D×D ``scatter`` of the shifted rows (lower triangle,
-:func:`scatter_add`) and optionally ``in_scatter`` (K bools: the classes whose
-rows enter the scatter). :func:`fold` adds rows (one scatter GEMM, no cross
-term), :func:`merge` is Chan's pairwise update, and :func:`centre` removes the
-shifts once: with ``d_k = sums_k / n_k``, small against the spread, ``N Σ_W =
-S − Σ_k n_k d_k d_kᵀ`` loses nothing to cancellation, even for float32 input in
-the terminal phase of collapse. The pipelined plan (vocabularies) reads the
-rows once per class group instead (:func:`fold_stage`).
+The **state**: K-row ``counts``, ``shift`` (each class's first row), ``sums``
+and ``m2`` of the shifted rows, their D×D ``scatter`` (lower triangle) and
+optionally ``in_scatter``. :func:`fold` adds rows, :func:`merge` is Chan's
+pairwise update, and :func:`centre` removes the shifts once: with shifted sums
+small against the spread, ``N Σ_W = S − Σ_k n_k d_k d_kᵀ`` loses nothing to
+cancellation, even for float32 input near collapse.
 """
 
 from __future__ import annotations

@@ -1,30 +1,17 @@
 """Every Neural Collapse metric of SPEC.md as a lazy, labelled :class:`xarray.Dataset`.
 
-:func:`measure` maps class statistics (from :func:`ncdask.class_stats`), an
-optional classifier and optional test / OOD / train splits to one variable per
-declaration of :data:`~ncdask.metrics.declarations.METRICS` (scalars, per-class
-companions on ``class``, head/tail bins on ``frequency_bin``), each with attrs
-``long_name``, ``formula`` and ``reference``. The arithmetic lives in
-:mod:`ncdask.kernels`, the blocked graphs in :mod:`ncdask.graph`; this module
-chooses what to compute and labels it.
+:func:`measure` maps class statistics, an optional classifier and optional
+test / OOD / train splits to one variable per declaration of
+:data:`~ncdask.metrics.declarations.METRICS`; this module chooses what to
+compute and labels it (arithmetic in :mod:`ncdask.kernels`, graphs in
+:mod:`ncdask.graph`).
 
-Degenerate input
-----------------
-* Empty classes, classes below ``min_count`` and those ``class_stats``
-  filtered are left out of every metric (attrs ``empty_classes``,
-  ``filtered_classes``); the global mean is then taken over the classes kept,
-  while ``Σ_W`` stays the statistics' own.
-* Samples labelled ``ignore_index`` are skipped by NC4, the pass over
-  ``train`` and the OOD means.
-* Metrics whose inputs are missing are left out silently, structurally
-  undefined ones (K < 2, ``nc2_equiangle`` at K = 2, ``nc1_svd`` unless
-  K − 1 < D) with a :class:`DegenerateInputWarning`; both are listed in the
-  ``left_out`` attribute.
-* Values that depend on the data follow IEEE arithmetic without warnings
-  (two identical means make ``nc1_cdnv`` ``+inf``), except the Riesz kernel,
-  accumulated in the log domain: where it over- or underflows float64,
-  computing warns :class:`RieszRangeWarning` and ``nc2g_riesz_log_*`` hold
-  the finite logs.
+Degenerate input: empty, filtered and ``min_count`` classes are left out of
+every metric; samples labelled ``ignore_index`` are skipped; metrics with
+missing inputs are left out silently, structurally undefined ones with a
+:class:`DegenerateInputWarning` (both listed in ``left_out``); data-dependent
+values follow IEEE arithmetic, except the log-domain Riesz kernel, which warns
+:class:`RieszRangeWarning` when it leaves float64's range.
 """
 
 from __future__ import annotations
@@ -72,8 +59,7 @@ def _selection(metrics: str | Iterable[str] | None, by_frequency: bool = False) 
 
 
 def label_results(ds: xr.Dataset) -> xr.Dataset:
-    """``ds`` with its metric variables in SPEC order, each labelled from :data:`METRICS`
-    (other variables follow): for stacked sweeps and results read back from Zarr.
+    """``ds`` with its metric variables in SPEC order, each labelled from :data:`METRICS`.
 
     Parameters
     ----------
@@ -89,10 +75,6 @@ def label_results(ds: xr.Dataset) -> xr.Dataset:
     for n in names:
         out[n].attrs.update(METRICS[n].attrs)
     return out
-
-
-# --------------------------------------------------------------------------- inputs
-
 
 
 def _measure_one(
@@ -228,11 +210,7 @@ def _pick(obj: Any, i: int, label: Any, dim: str) -> Any:
 
 def _measure_each(stats: Any, dim: str | None, labels: Sequence[Any] | None,
                   per_item: dict[str, Any], opts: dict[str, Any]) -> xr.Dataset:
-    """A sweep: each item of ``stats`` measured with its own inputs, stacked along its dim.
-
-    The one stacking of measurements; :func:`ncdask.sweep` reaches it through
-    ``measure(list, ...)``.
-    """
+    """A sweep: each item of ``stats`` measured with its own inputs, stacked along its dim."""
     d, labs, items = _sweep_items(stats, dim, labels)
     results, degenerate = [], {}
     for i, (lab, st) in enumerate(zip(labs, items, strict=True)):
@@ -275,24 +253,19 @@ def measure(
 ) -> xr.Dataset:
     """Measure Neural Collapse: every SPEC.md metric as a lazy labelled Dataset.
 
-    Nothing is computed here (beyond the class counts); the pairwise metrics
-    come from one fused graph over upper-triangle class tiles (no K×K array).
-
     Parameters
     ----------
     stats : xarray.Dataset, list or dict of them
-        Class statistics from :func:`ncdask.class_stats`. A Dataset stacked
-        along one extra dim (``epoch``, ``layer``, ...), a list (with
-        ``labels``) or a dict (keys as labels) measures a sweep.
+        Class statistics from :func:`ncdask.class_stats`; stacked along an extra
+        dim, a list (with ``labels``) or a dict measures a sweep.
     weights : array (K, D), optional
-        Classifier weights (NumPy, CuPy, dask, xarray or torch). For a sweep,
-        a list or dict per item, or a DataArray with the sweep dim.
+        Classifier weights (any array type); for a sweep, one per item.
     bias : array (K,), optional
         Classifier bias, for NC4 and ``nc3_bias`` (0 if not given).
     test : split Dataset, (store, split) or streamed summary, optional
-        Samples for NC4; labels outside [0, K) are ignored.
+        Samples for NC4.
     ood : split Dataset, (store, split) or streamed summary, optional
-        Out-of-distribution samples for NC5, with or without ``labels``.
+        Out-of-distribution samples for NC5.
     tile_size : int, optional
         Classes per tile; by default the largest that fits ``memory_budget``.
     metrics : str or iterable of str, optional
@@ -304,9 +277,9 @@ def measure(
     nc4_backend : {"gemm", "faiss"}
         NCC decisions by blocked GEMM or by an exact (float32) FAISS index.
     ood_labels : bool, optional
-        Use the OOD labels (unweighted mean of per-label means); default: if present.
+        Use the OOD labels; default: if present.
     dim : str, optional
-        Name of the sweep dim for a list or dict of stats (default "epoch").
+        Sweep dim for a list or dict of stats (default "epoch").
     labels : sequence, optional
         Coordinates of a list sweep.
     split_every : int, optional
@@ -316,19 +289,16 @@ def measure(
     ignore_index : int, optional
         Label of samples to skip (default: the statistics' attribute).
     memory_budget : int or str, optional
-        Bytes one task may hold (``"64MiB"`` works): the default tile size and
-        NC4 sample blocks (default: :func:`ncdask.graph.pairwise.resolve_budget`).
+        Bytes one task may hold (``"64MiB"`` works); sets tiles and NC4 blocks.
     by_frequency : int, optional
-        Bins of the measured classes ranked by count (most frequent first) for
-        the ``*_by_frequency`` metrics, with coords ``bin_*_count``, ``bin_n_classes``.
+        Bins of classes ranked by count for the ``*_by_frequency`` metrics.
     train : split Dataset or (store, split), optional
-        The training samples behind the statistics, for ``nc1_pinv_by_frequency``.
+        The training samples, for ``nc1_pinv_by_frequency``.
 
     Returns
     -------
     xarray.Dataset
-        One variable per metric; attrs such as ``n_classes_measured``,
-        ``empty_classes``, ``filtered_classes``, ``left_out`` (metric → reason).
+        One variable per metric; attrs include ``left_out`` (metric → reason).
 
     Warns
     -----

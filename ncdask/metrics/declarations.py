@@ -1,10 +1,8 @@
 """Every metric as a declaration: :data:`METRICS`, one :class:`Metric` per output variable.
 
-A declaration labels the metric (``long_name``, ``formula``, ``reference``),
-says what it needs and for how many classes it is defined, and computes it as
-a function of one :class:`Inputs` (whose shared intermediates are built once)
-or as a named column of the fused pairwise kernel. Adding a metric is adding
-a declaration here (and its dense reference in the tests).
+A declaration labels the metric, says what it needs and when it is defined,
+and computes it from one :class:`Inputs` or as a column of the fused pairwise
+kernel. Adding a metric is adding a declaration here (and a dense reference).
 """
 
 from __future__ import annotations

@@ -24,52 +24,38 @@ def class_stats(
     Parameters
     ----------
     data : xarray.Dataset or EmbeddingStore or str
-        A split Dataset (``embeddings (sample, feature)``, ``labels (sample)``),
-        or a store (object or URL) with ``split`` (default "train").
+        A split Dataset, or a store (object or URL) with ``split`` (default "train").
     split : str, optional
     global_mean : {"unweighted", "weighted"}
-        Unweighted mean of the class means (the reference's default) or the
-        sample-weighted mean.
+        Unweighted mean of the class means (the reference's) or sample-weighted.
     dtype : dtype, default "float64"
         Accumulation dtype.
     n_classes : int, optional
         K, when the Dataset's attrs do not carry it.
     chains : int, optional
-        Running accumulators side by side (default: one per worker thread, at
-        most 8), each with a D×D scatter.
+        Running accumulators side by side (default: one per thread, at most 8).
     ignore_index : int, optional
-        Label left out of every statistic, ``n_samples`` included (default:
-        the store's); any other label outside ``[0, K)`` raises ``ValueError``.
+        Label left out of every statistic (default: the store's).
     min_count : int, optional
-        Classes with ``0 < n_k < min_count`` samples keep their ``counts``,
-        ``means`` and ``var_norms`` but leave ``within_cov``, ``n_samples``
-        and the global mean; they are listed in the ``filtered_classes``
-        attribute, which :func:`ncdask.measure` leaves out of class-level metrics.
+        Classes with ``0 < n_k < min_count`` samples leave ``within_cov``,
+        ``n_samples`` and the global mean (attr ``filtered_classes``).
     tile_size : int, optional
-        Classes per chunk of ``means`` and ``var_norms`` (default: the tile
-        :func:`ncdask.measure` uses); :func:`save_stats` writes a chunk per tile.
+        Classes per chunk of ``means`` and ``var_norms`` (default: measure's tile).
     memory_budget : int or str, optional
-        Bytes of class partials the pass may hold (default: the
-        ``ncdask.stats-budget`` dask config value, else 1.5 GiB). When
-        ``(2·chains + 2)·K·D·8`` bytes exceed it, the classes are cut into ``G``
-        groups and the embeddings read ``G + 1`` times
-        (:mod:`ncdask.graph.tiled_stats`).
+        Bytes of class partials the pass may hold (default: dask config
+        ``ncdask.stats-budget``, else 1.5 GiB); above it the classes are cut
+        into groups (:mod:`ncdask.graph.tiled_stats`).
     cache : bool, default False
-        With a store: keep the result beside the split and reuse it
-        (:mod:`ncdask.stats.cache`): nothing new reads no embedding chunk,
-        appends read only the new rows. A miss computes at the call; a store
-        that cannot be written gets no cache.
+        With a store: keep the result beside the split and reuse it, reading
+        only appended rows (:mod:`ncdask.stats.cache`).
     layer, epoch : optional
         The embedding set of ``split`` when ``data`` is a store.
 
     Returns
     -------
     xarray.Dataset
-        Lazy ``means (class, feature)`` and ``var_norms (class)`` chunked by
-        ``tile_size``, ``global_mean (feature)``, ``within_cov (feature,
-        feature_)``, with ``counts (class)`` and ``n_samples`` in memory; attrs
-        ``n_classes``, ``dim``, ``global_mean``, ``empty_classes`` and, when
-        set, ``ignore_index``, ``min_count``, ``filtered_classes``.
+        ``means``, ``var_norms``, ``global_mean``, ``within_cov`` (lazy),
+        ``counts`` and ``n_samples``; attrs such as ``empty_classes``.
 
     Warns
     -----

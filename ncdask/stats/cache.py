@@ -1,14 +1,11 @@
 """Class statistics kept in the store, brought up to date from the new rows only.
 
 ``class_stats(store, split, cache=True)`` writes its result beside the split
-(``<split>/.ncdask-stats/k-<options hash>-<owner>``) with its :class:`MemoKey`:
-the options the values depend on and the split's committed parts with their
-rows (parts only grow). Next time, the same key reads no embedding chunk; more
-rows read only the new rows and merge them in (:func:`ncdask.merge_stats`);
-anything else (a rewritten split) or ``min_count`` runs a full pass. Entries
-are only added (a lazy reader must not see one change) and removed an hour
-after being superseded. A read-only store still gets its cache (it holds no
-embeddings); an unwritable one gets none.
+with its :class:`MemoKey` (options and committed parts). The same key reads no
+embedding chunk; appended rows are read alone and merged
+(:func:`ncdask.merge_stats`); anything else runs a full pass. Entries are only
+added (lazy readers must not see one change) and pruned an hour after being
+superseded. A store that cannot be written gets no cache.
 """
 
 from __future__ import annotations

@@ -182,14 +182,12 @@ def _dask(x: Any) -> da.Array:
 
 
 def merge_stats(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
-    """Statistics of the concatenation of the data behind ``a`` and ``b``: exact to
-    rounding (Chan's update per class tile), lazy, with no pass over any embeddings.
+    """Statistics of the data behind ``a`` and ``b`` together, lazily, without a pass.
 
     Parameters
     ----------
     a, b : xarray.Dataset
-        Results of :func:`class_stats` with the same K, D, global-mean mode and
-        ignore label, without ``min_count`` (pass it to :func:`ncdask.measure`).
+        Results of :func:`class_stats` with the same options, without ``min_count``.
 
     Returns
     -------
@@ -225,9 +223,7 @@ def save_stats(
 ) -> None:
     """Write class statistics to a Zarr store (computing them if they are lazy).
 
-    Written beside ``url`` and renamed into place when complete, so
-    ``save_stats(load_stats(p), p, overwrite=True)`` works and an interrupted
-    write keeps the old statistics.
+    Written beside ``url`` and renamed into place when complete.
 
     Parameters
     ----------

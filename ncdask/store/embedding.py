@@ -86,8 +86,7 @@ class EmbeddingStore:
         Parameters
         ----------
         n_classes, dim : int
-            K (labels lie in ``[0, K)``) and the default set's width D
-            (tagged sets take theirs from their first write).
+            K and the default set's width D (tagged sets take their first write's).
         dtype : dtype, default "float32"
             Storage dtype of the embeddings.
         chunk_rows : int, optional
@@ -98,8 +97,7 @@ class EmbeddingStore:
         overwrite : bool
             Replace an existing store at ``url``.
         ignore_index : int, optional
-            A label outside ``[0, K)`` marking samples to leave out (PyTorch's
-            ``-100``): accepted by appends, left out of counts and statistics.
+            A label outside ``[0, K)`` marking samples to leave out (e.g. ``-100``).
         """
         n_classes, dim = int(n_classes), int(dim)
         if n_classes < 1:
@@ -283,17 +281,13 @@ class EmbeddingStore:
         split : str
             Split name, created on first use.
         X : array (n, D)
-            NumPy, CuPy or torch (CPU or CUDA) embeddings of the set's width
-            (a new set takes it), cast to the store's dtype.
+            Embeddings (NumPy, CuPy or torch) of the set's width.
         y : array (n,) or None
-            Labels in ``[0, K)``; ``None`` writes an *unlabelled* split (OOD).
+            Labels in ``[0, K)``; ``None`` writes an unlabelled split.
         layer, epoch : optional
             Tags of the embedding set (default set when both are None).
         allow_nonfinite : bool
-            Store NaN/inf instead of raising ValueError (a bad batch writes nothing).
-
-        Each call rewrites the partly filled last chunk: for many small
-        batches use :meth:`writer`.
+            Store NaN/inf instead of raising ValueError.
         """
         return appends.append(self.core, split, X, y, SetKey(layer, epoch), allow_nonfinite)
 
@@ -336,9 +330,8 @@ class EmbeddingStore:
         labels : bool, default True
             False imports embeddings only, into an unlabelled split.
         mode : {"add", "append", "overwrite"}
-            ``"add"`` appends unless the split holds this source already
-            (:class:`DuplicateImportError`); ``"append"`` regardless;
-            ``"overwrite"`` replaces the split's rows once the new are complete.
+            ``"add"`` refuses a source imported already, ``"append"`` does not,
+            ``"overwrite"`` replaces the split's rows.
 
         Returns
         -------
@@ -359,15 +352,12 @@ class EmbeddingStore:
         layer, epoch : optional
             The set to read (see :meth:`sets`).
         backend : {"numpy", "cupy"} or array module, default "numpy"
-            Array module of the chunks (``"cupy"``: each chunk is copied to the
-            GPU as it is read, so statistics and metrics run there).
+            Array module of the chunks (``"cupy"``: copied to the GPU as read).
 
         Returns
         -------
         xarray.Dataset
-            ``embeddings (sample, feature)`` and ``labels (sample)`` (none if
-            unlabelled), dask-backed; attrs ``n_classes``, ``dim``, ``split``,
-            ``layer``, ``epoch``, ``class_counts``, ``n_committed``, ...
+            Dask-backed ``embeddings (sample, feature)`` and ``labels (sample)``.
         """
         return reads.read_split(self.core, name, SetKey(layer, epoch), backend)
 

@@ -19,15 +19,10 @@ class BatchWriter(Protocol):
 class SplitSource(Protocol):
     """Embedding sets (tagged ``layer=`` / ``epoch=``) of splits, written and read.
 
-    :func:`ncdask.capture` writes to one (``writer``, ``set_classifier``,
-    ``dim_of``, ``splits`` and a split's rows, ``n_rows``); :func:`ncdask.sweep`
-    and the statistics read one (``sets``, ``splits``, ``split``, ``classifier``).
-    :class:`ncdask.EmbeddingStore` (Zarr, any fsspec URL) and
-    :class:`ncdask.StatsSink` (streamed statistics, no embeddings) implement
-    it; a new backend (in memory, icechunk, ...) goes here. Tags are passed
-    as ``layer=`` / ``epoch=`` keywords; a missing split, set or classifier
-    is a KeyError. ``sets()`` lists tags (``{}``: the default set), ``split``
-    gives ``embeddings (sample, feature)`` and ``labels (sample)``.
+    :func:`ncdask.capture` writes to one, :func:`ncdask.sweep` and the statistics
+    read one; :class:`ncdask.EmbeddingStore` and :class:`ncdask.StatsSink`
+    implement it, a new backend goes here. A missing split, set or classifier
+    is a KeyError.
     """
 
     url: str
