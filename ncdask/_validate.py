@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ncdask.kernels._xp import to_numpy
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")  # a leading '.' is ncdask's
 
@@ -127,3 +130,18 @@ def check_count(name: str, value: Any, *, minimum: int = 1) -> int:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
+
+def split_classes(ds: xr.Dataset, n_classes: int | None = None, ignore_index: Any = None, *,
+                  required: bool = True) -> tuple[int, int | None]:
+    """K and the checked ``ignore_index`` of a split: the arguments given, else its attrs
+    (without either K: ``ValueError`` when ``required``, else K = 0)."""
+    if n_classes is not None:
+        K = int(n_classes)
+    elif "n_classes" in ds.attrs:
+        K = int(ds.attrs["n_classes"])
+    elif required:
+        raise ValueError("the split Dataset has no 'n_classes' attribute; pass n_classes=")
+    else:
+        K = 0
+    ii = ds.attrs.get("ignore_index") if ignore_index is None else ignore_index
+    return K, check_ignore_index(ii, K)

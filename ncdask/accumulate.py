@@ -17,9 +17,8 @@ import xarray as xr
 
 from ncdask._validate import check_count, check_ignore_index
 from ncdask.kernels import tiled_stats as KT
-from ncdask.kernels._xp import array_namespace, to_numpy
+from ncdask.kernels._xp import array_namespace, as_array, to_numpy
 from ncdask.kernels.stats import check_labels
-from ncdask.metrics.inputs import as_array
 from ncdask.stats.core import labelled_stats
 
 #: Largest row buffer of one accumulator (rows × D × itemsize), bytes, and rows.

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ncdask._validate import split_classes
 from ncdask._version import __version__
 from ncdask.graph import covariances as GC
 from ncdask.kernels._xp import to_numpy
@@ -24,7 +25,6 @@ from ncdask.metrics.inputs import (
     class_inputs,
     float64,
     kept_classes,
-    split_classes,
 )
 from ncdask.store.embedding import resolve_split
 

@@ -36,6 +36,7 @@ import numpy as np
 import scipy.stats
 import xarray as xr
 
+from ncdask._validate import split_classes
 from ncdask._version import __version__
 from ncdask.graph import decisions as DG
 from ncdask.graph import neco as GN
@@ -50,7 +51,6 @@ from ncdask.metrics.inputs import (
     kept_classes,
     row_weights,
     shaped,
-    split_classes,
 )
 from ncdask.metrics.inputs import split_of as _split
 

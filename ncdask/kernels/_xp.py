@@ -59,3 +59,23 @@ def errstate(xp: Any) -> contextlib.AbstractContextManager:
     if xp is np:
         return np.errstate(all="ignore")
     return contextlib.nullcontext()
+
+
+def as_array(a: Any) -> Any:
+    """NumPy or CuPy view of ``a`` (a torch tensor goes to CuPy on CUDA, else to NumPy)."""
+    mod = type(a).__module__
+    if mod.startswith("torch"):
+        a = a.detach()
+        if str(a.dtype) == "torch.bfloat16":
+            a = a.float()  # NumPy has no bfloat16; float32 holds it exactly
+        if a.is_cuda:
+            try:
+                import cupy
+
+                return cupy.from_dlpack(a)
+            except ImportError:
+                a = a.cpu()
+        return a.numpy()
+    if mod.startswith("cupy"):
+        return a
+    return np.asarray(a)

@@ -15,9 +15,9 @@ import xarray as xr
 
 from ncdask.accumulate import StatsAccumulator
 from ncdask.kernels import decisions as Dk
-from ncdask.kernels._xp import array_namespace, to_numpy
+from ncdask.kernels._xp import array_namespace, as_array, to_numpy
 from ncdask.metrics.api import measure
-from ncdask.metrics.inputs import as_array, check_stats, class_inputs, kept_classes
+from ncdask.metrics.inputs import check_stats, class_inputs, kept_classes
 from ncdask.metrics.summary import probe, same_fingerprint
 
 __all__ = ["EvalAccumulator"]

@@ -51,25 +51,6 @@ def class_rows(M: Any, tile_size: int | None = None, name: str = "M") -> tuple[d
     return A.rechunk((min(T, max(K, 1)), -1)), T
 
 
-def as_array(a: Any) -> Any:
-    """NumPy or CuPy view of ``a`` (a torch tensor goes to CuPy on CUDA, else to NumPy)."""
-    mod = type(a).__module__
-    if mod.startswith("torch"):
-        a = a.detach()
-        if str(a.dtype) == "torch.bfloat16":
-            a = a.float()  # NumPy has no bfloat16; float32 holds it exactly
-        if a.is_cuda:
-            try:
-                import cupy
-
-                return cupy.from_dlpack(a)
-            except ImportError:
-                a = a.cpu()
-        return a.numpy()
-    if mod.startswith("cupy"):
-        return a
-    return np.asarray(a)
-
 
 def namespace_of(x: da.Array) -> Any:
     """The array module (NumPy or CuPy) of a dask array's chunks."""
@@ -136,21 +117,6 @@ def split_of(obj: Any) -> xr.Dataset:
 
     return resolve_split(obj, labels=False)
 
-
-def split_classes(ds: xr.Dataset, n_classes: int | None = None, ignore_index: Any = None, *,
-                  required: bool = True) -> tuple[int, int | None]:
-    """K and the checked ``ignore_index`` of a split: the arguments given, else its attrs
-    (without either K: ``ValueError`` when ``required``, else K = 0)."""
-    if n_classes is not None:
-        K = int(n_classes)
-    elif "n_classes" in ds.attrs:
-        K = int(ds.attrs["n_classes"])
-    elif required:
-        raise ValueError("the split Dataset has no 'n_classes' attribute; pass n_classes=")
-    else:
-        K = 0
-    ii = ds.attrs.get("ignore_index") if ignore_index is None else ignore_index
-    return K, check_ignore_index(ii, K)
 
 
 def check_stats(stats: Any) -> xr.Dataset:

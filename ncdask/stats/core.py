@@ -13,12 +13,11 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ncdask._validate import NcdaskStoreError, check_count
+from ncdask._validate import NcdaskStoreError, check_count, split_classes
 from ncdask._version import __version__
 from ncdask.graph.pairwise import default_tile_size
 from ncdask.graph.tiled_stats import class_tiled_stats, merge_tiled
 from ncdask.kernels._xp import array_namespace, to_numpy
-from ncdask.metrics.inputs import split_classes
 from ncdask.store.zarrio import open_dataset, write_dataset
 
 
