@@ -263,3 +263,27 @@ def test_bad_label_error_names_the_ignore_index_given():
     with pytest.raises(ValueError, match="pass ignore_index="):
         ncdask.class_stats(split(np.zeros((4, 2)), np.array([0, -100, 1, 2]), 3,
                                  chunks=4)).compute()
+
+
+def test_one_chain_reads_once_where_two_chains_would_not_fit(monkeypatch):
+    import uuid
+
+    from ncdask.store import core
+
+    reads = []
+    orig = core.NamedChunks.__getitem__
+    monkeypatch.setattr(core.NamedChunks, "__getitem__",
+                        lambda self, key: reads.append(self.a.path) or orig(self, key))
+    rng = np.random.default_rng(3)
+    K, D = 40, 16
+    X, y = rng.normal(size=(4000, D)), np.arange(4000) % K
+    store = ncdask.EmbeddingStore.from_arrays(f"memory://one-chain-{uuid.uuid4().hex}",
+                                              {"train": (X, y)}, n_classes=K, chunk_rows=500)
+    ref = ncdask.class_stats(store, "train").compute(scheduler="sync")
+    n_read = {}
+    for budget in (5 * K * D * 8, 3 * K * D * 8):  # one chain fits / nothing fits: pipelined
+        reads.clear()
+        got = ncdask.class_stats(store, "train", memory_budget=budget, chains=2)
+        assert_stats_equal(got.compute(scheduler="sync"), ref)
+        n_read[budget] = sum(p.endswith("embeddings") for p in reads)
+    assert n_read[5 * K * D * 8] == 8 < n_read[3 * K * D * 8]

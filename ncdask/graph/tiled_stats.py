@@ -136,6 +136,10 @@ def class_tiled_stats(
     present = None if expect_counts is None else np.asarray(expect_counts) > 0
     groups = plan(n_classes, D, tile, budget=budget, chains=C, itemsize=dt.itemsize,
                   present=present)
+    if groups is not None and C > 1 and plan(n_classes, D, tile, budget=budget, chains=1,
+                                             itemsize=dt.itemsize) is None:
+        # one read folded by one chain beats G+1 reads (1 GiB, D=512: 4.0 s against 4.8 s)
+        C, groups = 1, None
     token = tokenize(X, y, n_classes, dt.str, ignore_index, in_scatter, tile, groups, C,
                      global_mean, expect_counts)
     name = f"ncdask-cstats-{token}"
