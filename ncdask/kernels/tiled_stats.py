@@ -200,7 +200,8 @@ def merge(a: State, b: State) -> State:
     a["scatter"] += xp.asarray(b["scatter"])
     w = 1 / xp.sqrt(nf)[:, None]
     scatter_add(a["scatter"], u * w, xp)
-    scatter_add(a["scatter"], sb * w, xp, subtract=True)
+    if bool(xp.any(sb)):  # a centred b (merge_stats' inputs) has no s_k s_kᵀ to remove
+        scatter_add(a["scatter"], sb * w, xp, subtract=True)
     return a
 
 
