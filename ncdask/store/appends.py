@@ -1,13 +1,13 @@
 """Appends to a store's split: rows written past the committed end, then the commit record
-moved (one metadata write), under the split's lock or into the writer's own shard."""
+moved (one metadata write), under the split's lock (:mod:`ncdask.store.locks`) or into the
+writer's own shard."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import uuid
-from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -15,8 +15,12 @@ import zarr
 
 from ncdask._validate import batch_to_numpy, check_name
 from ncdask.store.core import Core, check_labelled, put_once
-from ncdask.store.record import advanced, all_finite, snapshot
+from ncdask.store.locks import split_lock
+from ncdask.store.record import SplitChangedError, advanced, all_finite, generation, snapshot
 from ncdask.store.setkey import SetKey
+
+#: ``write_commit(expect=ANY)``: any generation of the split will do, or a new one.
+ANY = object()
 
 
 def append(core: Core, split: str, X: Any, y: Any, key: SetKey, allow_nonfinite: bool) -> int:
@@ -26,9 +30,8 @@ def append(core: Core, split: str, X: Any, y: Any, key: SetKey, allow_nonfinite:
     Xn, yn = batch_to_numpy(
         X, y, dim=core.known_dim(key), n_classes=core.n_classes, dtype=core.dtype,
         allow_nonfinite=allow_nonfinite, ignore_index=core.ignore_index, where=key.where)
-    g = core.split_group(split, key, create=True, dim=Xn.shape[1], labelled=yn is not None)
-    check_labelled(g, yn is not None)
-    n = write_commit(core, g, Xn, yn, n_batches=1, finite=all_finite(Xn, allow_nonfinite))
+    g, n = write_commit(core, split, key, Xn, yn, n_batches=1,
+                        finite=all_finite(Xn, allow_nonfinite))
     return snapshot(g)[1]["n_committed"] if core.use_shards() else n
 
 
@@ -67,56 +70,85 @@ def own_rows(core: Core, g: zarr.Group) -> int:
 
 
 def new_shard(core: Core, g: zarr.Group, labelled: bool) -> zarr.Group:
-    """A new empty shard ``<split>/shards/<uuid>`` of split ``g`` (nothing committed)."""
+    """A new empty shard ``<split>/shards/<uuid>`` of split ``g`` (nothing committed), of the
+    split's generation; its arrays first, its record last."""
     emb = g["embeddings"]
     wid = uuid.uuid4().hex
     rec = {"ncdask_shard": {
         "writer": wid, "created": time.time(), "n_committed": 0, "n_batches": 0,
-        "class_counts": [0] * core.n_classes if labelled else None, "finite": True}}
+        "class_counts": [0] * core.n_classes if labelled else None, "finite": True,
+        "generation": generation(g.attrs["ncdask_split"])}}
     parent = put_once(g, "shards", lambda t: t.create_group("shards"))
-    sh = put_once(parent, wid, lambda t: t.create_group(wid, attributes=rec))
-    core.split_arrays(sh, int(emb.shape[1]), int(emb.chunks[0]), labelled)
-    return sh
+    core.split_arrays(SimpleNamespace(store=g.store, path=f"{parent.path}/{wid}"),
+                      int(emb.shape[1]), int(emb.chunks[0]), labelled)
+    return put_once(parent, wid, lambda t: t.create_group(wid, attributes=rec))
 
 
-def write_commit(core: Core, g: zarr.Group, X: np.ndarray, y: np.ndarray | None,
-                 n_batches: int, finite: bool = True) -> int:
-    """Write a validated batch to split ``g`` and commit it; the rows this handle committed.
-    On object stores (no lock) each handle appends to a shard of its own, committed by
-    rewriting its record (one atomic PUT); the split reads as its main rows, then the shards'."""
-    if X.shape[0] == 0:
-        return own_rows(core, g)
-    if core.use_shards():
-        key = core.shard_key(g)
-        if key not in core.shards:
-            core.shards[key] = new_shard(core, g, y is not None)
-        g, attr = core.shards[key], "ncdask_shard"
-        lock = contextlib.nullcontext(g)
-    else:
-        lock, attr = exclusive(core, g), "ncdask_split"
-    with lock as g:  # under the lock, the committed end as it is now, not as cached
-        rec = g.attrs[attr]
-        n1 = write_rows(g, int(rec["n_committed"]), X, y)
-        g.attrs[attr] = advanced(rec, n1, *tally(core, y), n_batches, finite)  # the commit
-        return int(n1)
+def write_commit(core: Core, split: str, key: SetKey, X: np.ndarray, y: np.ndarray | None,
+                 n_batches: int, finite: bool = True,
+                 expect: str | None | object = ANY) -> tuple[zarr.Group, int]:
+    """Write a validated batch to ``split`` and commit it; the split's group and the rows this
+    handle has committed to it.
 
-
-@contextlib.contextmanager
-def exclusive(core: Core, g: zarr.Group) -> Iterator[zarr.Group]:
-    """The split group ``g``, freshly read, under an exclusive ``flock`` of its directory
-    on a local disk (two writers would write the same rows, one commit hiding the other's)."""
-    fd = None
-    if core.kind == "local":
+    The split is found again under its lock (a delete or overwrite may have come first):
+    created if missing, or, with ``expect`` (a writer's), required to be of that generation
+    (else :class:`SplitChangedError`). In lock mode the rows go past the committed end under
+    the exclusive lock; otherwise to this handle's own shard, committed by rewriting its
+    record (one atomic PUT), under the shared lock (local) or none (object stores, where the
+    split is read again after the commit: one deleted or replaced meanwhile raises).
+    """
+    shards = core.use_shards()
+    with split_lock(core, key, split, shared=shards):
+        g = _current(core, split, key, X.shape[1], y is not None, expect)
+        gen = generation(g.attrs["ncdask_split"])
+        if X.shape[0] == 0:
+            return g, own_rows(core, g)
+        part, attr = g, "ncdask_split"
+        if shards:
+            sk = core.shard_key(g)
+            part = core.shards.get(sk)
+            if part is None or generation(part.attrs["ncdask_shard"]) != gen:
+                part = core.shards[sk] = new_shard(core, g, y is not None)
+            attr = "ncdask_shard"
+        rec = part.attrs[attr]
+        n1 = write_rows(part, int(rec["n_committed"]), X, y)
+        part.attrs[attr] = advanced(rec, n1, *tally(core, y), n_batches, finite)  # the commit
+    if shards and core.kind == "object":
         try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not on POSIX
-            fcntl = None
-        if fcntl is not None:
-            fd = os.open(core.fs_path(g)[1], os.O_RDONLY)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
-        yield zarr.open_group(store=g.store, path=g.path, mode="r+")
-    finally:
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            shard_kept(core, split, key, part)
+        except SplitChangedError:
+            core.shards.pop(core.shard_key(g), None)
+            raise
+    return g, int(n1)
+
+
+def _current(core: Core, split: str, key: SetKey, dim: int, labelled: bool,
+             expect: str | None | object) -> zarr.Group:
+    """The split's group as it is now (created if missing unless ``expect`` is given)."""
+    if expect is ANY:
+        g = core.split_group(split, key, create=True, dim=dim, labelled=labelled)
+        check_labelled(g, labelled)
+        return g
+    g = core.find_split(split, key)
+    if g is None or generation(g.attrs["ncdask_split"]) != expect:
+        raise SplitChangedError(
+            f"split {split!r} in {key.path or 'the default set'} of {core.url!r} was "
+            f"{'deleted' if g is None else 'replaced'} since this writer first wrote to it: "
+            "its buffered rows were not written (open a new writer to write them)")
+    return g
+
+
+def shard_kept(core: Core, split: str, key: SetKey, shard: zarr.Group) -> None:
+    """After a shard's commit: raise :class:`SplitChangedError`, deleting the shard, if its
+    split was deleted or replaced meanwhile (read from the store now, not from a cache)."""
+    now = core.find_split(split, key)
+    gen = generation(shard.attrs["ncdask_shard"])
+    if now is not None and generation(now.attrs["ncdask_split"]) == gen:
+        return
+    fs, path = core.fs_path(shard)
+    with contextlib.suppress(OSError):
+        fs.rm(path, recursive=True)
+    raise SplitChangedError(
+        f"split {split!r} in {key.path or 'the default set'} of {core.url!r} was deleted or "
+        "replaced while rows were committed to it: the rows of this writer's shard "
+        f"{shard.path} were not kept")

@@ -12,6 +12,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ncdask.kernels._xp import to_numpy
 from ncdask.store.core import CLASSIFIER_ATTR, Core, classifier_name, fresh
+from ncdask.store.locks import CLASSIFIER, split_lock
 from ncdask.store.setkey import SetKey
 from ncdask.store.staging import owner_tag
 
@@ -42,12 +43,13 @@ def set_classifier(core: Core, W: Any, b: Any, key: SetKey) -> None:
     cg.create_array("W", data=W, dimension_names=("class", "feature"), **safe)
     if b is not None:
         cg.create_array("b", data=b, dimension_names=("class",), **safe)
-    sg = fresh(sg)
-    before = classifier_name(sg)
-    sg.attrs[CLASSIFIER_ATTR] = name  # the switch
-    if before is not None:
-        core.remove_group(sg, before)
-    core.tidy(sg)
+    with split_lock(core, key, CLASSIFIER):  # one switch at a time: none is left behind
+        sg = fresh(sg)
+        before = classifier_name(sg)
+        sg.attrs[CLASSIFIER_ATTR] = name  # the switch
+        if before is not None:
+            core.remove_group(sg, before)
+        core.tidy(sg)
 
 
 def classifier(core: Core, key: SetKey, lazy: bool) -> tuple[Any, Any]:

@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import dask
@@ -23,7 +24,9 @@ from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
 from ncdask._validate import NcdaskStoreError, check_name
-from ncdask.store.record import DamagedStoreError, empty_record, snapshot
+from ncdask.store.locks import split_lock
+from ncdask.store.record import (DamagedStoreError, empty_record, generation, snapshot,
+                                   subgroups)
 from ncdask.store.setkey import SetKey
 from ncdask.store.staging import remove_stale
 from ncdask.store.zarrio import backend, url_fs
@@ -137,31 +140,41 @@ def truncate(g: zarr.Group, n: int) -> None:
             g[name].resize((n, *g[name].shape[1:]))
 
 
-def put_once(parent: zarr.Group, name: str, build: Any) -> zarr.Group | zarr.Array:
-    """Create node ``name`` of ``parent`` with one write that never replaces an existing node:
-    ``build(group)`` makes it in a scratch group, its ``zarr.json`` is put with
-    ``set_if_not_exists``, so racing creators all end with one node and its attributes."""
+def put_once(parent: Any, name: str, build: Any) -> zarr.Group | zarr.Array:
+    """Create node ``name`` of ``parent`` (a group, or anything with its ``store`` and
+    ``path``) with one write that never replaces an existing node: ``build(group)`` makes it
+    in a scratch group, its ``zarr.json`` is put if absent (on an object store by a
+    conditional PUT where the filesystem has one), so racing creators all end with one node."""
     scratch = zarr.open_group(MemoryStore(), mode="w", zarr_format=3)
     build(scratch)
     body = sync(scratch.store.get(f"{name}/zarr.json", prototype=default_buffer_prototype()))
-    sync(parent.store.set_if_not_exists("/".join(p for p in (parent.path, name, "zarr.json")
-                                                 if p), body))
-    return zarr.open(store=parent.store, path="/".join(p for p in (parent.path, name) if p),
-                     mode="r+", zarr_format=3)
+    path = "/".join(p for p in (parent.path, name) if p)
+    store, fs = parent.store, getattr(parent.store, "fs", None)
+    try:
+        if fs is None or backend(fs) != "object":
+            raise NotImplementedError
+        sync(fs._pipe_file(f"{store.path}/{path}/zarr.json", body.to_bytes(), mode="create"))
+    except FileExistsError:
+        pass
+    except (NotImplementedError, TypeError, AttributeError):
+        sync(store.set_if_not_exists(f"{path}/zarr.json", body))
+    return zarr.open(store=store, path=path, mode="r+", zarr_format=3)
 
 
 def remove_split(g: zarr.Group, fs: Any, path: str) -> None:
     """Delete split group ``g`` at ``path`` without rename: the record first (gone for
-    readers), its ``zarr.json`` last (a kill leaves a group the next creator removes)."""
+    readers), its ``zarr.json`` last (a kill leaves a group the next creator removes), then
+    the folders left empty."""
     g.attrs.put({DELETED_ATTR: time.time()})
     root = f"{path}/zarr.json"
-    try:  # another process may be finishing the same delete
+    with contextlib.suppress(FileNotFoundError):  # another process may be finishing it
+        forget_listings(g)
         files = [f for f in fs.find(path) if f != root]
         if files:
             fs.rm(files)
         fs.rm(root)
-    except FileNotFoundError:
-        pass
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
     forget_listings(g)
 
 
@@ -256,7 +269,7 @@ class Core:
         if isinstance(lay, Mapping) and "dim" in lay:
             return int(lay["dim"]), int(lay.get("chunk_rows") or self.chunk_rows_for(lay["dim"]))
         if classifier_name(sg) is not None or any(
-                "ncdask_split" in sub.attrs for n, sub in sg.groups() if not n.startswith(".")):
+                "ncdask_split" in sub.attrs for n, sub in subgroups(sg) if not n.startswith(".")):
             return self.dim, self.chunk_rows  # written before sets had their own widths
         return None
 
@@ -291,7 +304,7 @@ class Core:
         out: list[dict[str, Any]] = []
 
         def walk(g: zarr.Group, tags: dict) -> None:
-            subs = sorted(g.groups())
+            subs = subgroups(g)
             if any("ncdask_split" in sub.attrs for n, sub in subs if not n.startswith(".")):
                 out.append(tags)
             for _, sub in subs:
@@ -307,37 +320,66 @@ class Core:
             g = self.set_group(key)
             if g is None:
                 return []
-            return sorted(n for n, sub in g.groups()
+            return sorted(n for n, sub in subgroups(g)
                           if "ncdask_split" in sub.attrs and not n.startswith("."))
 
     # --------------------------------------------------------------- splits
+    def find_split(self, split: str, key: SetKey) -> zarr.Group | None:
+        """A split's group as it is in the store now; None if missing or half made (a
+        creator killed before its arrays were in place: readers never see it)."""
+        sg = self.set_group(key)
+        try:
+            g = None if sg is None else sg[split]
+        except KeyError:  # no zarr.json: missing, or its arrays are still being made
+            return None
+        rec = None if not isinstance(g, zarr.Group) else g.attrs.get("ncdask_split")
+        if not isinstance(rec, Mapping):
+            return None
+        if generation(rec) is None and rec.get("n_committed") == 0 and "embeddings" not in g:
+            return None  # record first, arrays after: how older ncdask created splits
+        return g
+
     def split_group(self, split: str, key: SetKey, create: bool = False,
                     dim: int | None = None, labelled: bool = True) -> zarr.Group:
         """A split's group; with ``create``, made (in a set of width ``dim``) if missing."""
         check_name("split", split)
-        sg = self.set_group(key)
-        if create and sg is not None and split in sg and DELETED_ATTR in sg[split].attrs:
-            remove_split(sg[split], *self.fs_path(sg, split))  # finish a killed delete
-        if sg is not None and split in sg and "ncdask_split" in sg[split].attrs:
-            g = sg[split]
-            if create and "embeddings" not in g:  # another writer is creating it right now
-                self.split_arrays(g, *self.layout(sg), is_labelled(g))
-            return g
-        if not create:
+        g = self.find_split(split, key)
+        if g is None and create:
+            self.require_writable()
+            with split_lock(self, key, split, shared=True):  # no delete meanwhile
+                g = self.find_split(split, key) or self.create_split(split, key, dim, labelled)
+        if g is None:
             raise KeyError(f"unknown split {split!r} in {key.path or 'the default set'} of "
                            f"{self.url!r}; splits there: {self.splits(key)}")
+        return g
+
+    def create_split(self, split: str, key: SetKey, dim: int | None,
+                     labelled: bool) -> zarr.Group:
+        """Make a split: its arrays first, then its group with an empty record, put once (a
+        racing creator's record, which may already count commits, is never replaced); a kill
+        leaves no record, so readers never see a split without arrays."""
         sg, D, rows = self.require_set(key, self.dim if dim is None else dim)
-        # the group and its empty record in one write that never replaces another
-        # writer's (whose record may already hold commits), then the arrays likewise
+        try:
+            old = sg[split]
+        except KeyError:
+            old = None
+        if old is not None and DELETED_ATTR in old.attrs:
+            remove_split(old, *self.fs_path(sg, split))  # finish a killed delete
+            old = None
+        if old is not None and "ncdask_split" not in old.attrs:
+            raise NcdaskStoreError(f"{self.url!r}: {old.path} exists and is not an ncdask split")
+        labelled = labelled if old is None else is_labelled(old)
+        at = SimpleNamespace(store=sg.store, path="/".join(p for p in (sg.path, split) if p))
+        self.split_arrays(at, D, rows, labelled)
         rec = {"ncdask_split": empty_record(split, key, self.n_classes, labelled)}
         g = put_once(sg, split, lambda t: t.create_group(split, attributes=rec))
         check_labelled(g, labelled)
-        self.split_arrays(g, D, rows, is_labelled(g))
         return g
 
-    def split_arrays(self, g: zarr.Group, D: int, rows: int, labelled: bool) -> None:
-        """Give split (or shard) group ``g`` its empty arrays where missing; the fill values
-        (NaN, an impossible label) make a lost chunk visible."""
+    def split_arrays(self, g: Any, D: int, rows: int, labelled: bool) -> None:
+        """Give split (or shard) group ``g`` (or where one is being made: its ``store`` and
+        ``path``) its empty arrays where missing; the fill values (NaN, an impossible label)
+        make a lost chunk visible."""
         put_once(g, "embeddings", lambda t: t.create_array(
             "embeddings", shape=(0, D), chunks=(rows, D), dtype=self.dtype,
             dimension_names=("sample", "feature"), compressors=default_codec(),

@@ -29,9 +29,10 @@ from ncdask.store import appends, classifier, imports, reads
 from ncdask.store.core import Core, auto_chunk_rows, naming_broken_metadata, remove_split
 from ncdask.store.record import snapshot
 from ncdask.store.setkey import SetKey
+from ncdask.store.locks import split_lock
 from ncdask.store.staging import owner_tag, remove_stale
 from ncdask.store.writer import StoreWriter
-from ncdask.store.zarrio import check_output, rename, renames, swap_in
+from ncdask.store.zarrio import check_output, renames, swap_in
 
 
 def _n_classes_of(splits: Mapping[str, tuple[Any, Any]], W: Any, ii: int | None) -> int:
@@ -247,18 +248,17 @@ class EmbeddingStore:
 
     def delete_split(self, split: str, *, layer: str | None = None,
                      epoch: int | None = None) -> int:
-        """Delete one split at once (KeyError if missing); return how many rows it held."""
+        """Delete one split at once (KeyError if missing); return how many rows it held.
+
+        Under the split's lock (writers to it wait, then find it gone) its record goes
+        first, so readers see it vanish at once, then its arrays.
+        """
         self.core.require_writable()
         key = SetKey(layer, epoch)
-        g = self.core.split_group(split, key)
-        n = int(snapshot(g)[1]["n_committed"])
-        fs, path = self.core.fs_path(self.core.set_group(key), split)
-        if renames(fs):
-            aside = f"{path}.deleted-{owner_tag()}"
-            rename(fs, path, aside)
-            fs.rm(aside, recursive=True)
-        else:
-            remove_split(g, fs, path)
+        with split_lock(self.core, key, split):
+            g = self.core.split_group(split, key)
+            n = int(snapshot(g)[1]["n_committed"])
+            remove_split(g, *self.core.fs_path(g))
         return n
 
     def n_rows(self, split: str, *, layer: str | None = None, epoch: int | None = None) -> int:

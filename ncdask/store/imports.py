@@ -11,9 +11,10 @@ from typing import Any
 import zarr
 
 from ncdask._validate import NcdaskStoreError, batch_to_numpy, check_name
-from ncdask.store.appends import exclusive, new_shard, tally, write_rows
-from ncdask.store.core import Core, check_labelled, truncate
+from ncdask.store.appends import new_shard, shard_kept, tally, write_rows
+from ncdask.store.core import DELETED_ATTR, Core, check_labelled, truncate
 from ncdask.store.files import inspect_saved, iter_saved_arrays
+from ncdask.store.locks import split_lock
 from ncdask.store.record import advanced, all_finite, empty_record, snapshot
 from ncdask.store.setkey import SetKey
 from ncdask.store.staging import owner_tag
@@ -68,38 +69,48 @@ def import_files(core: Core, split: str, X_path: str, y_path: str | None, key: S
                      allow_nonfinite, source)
     if core.use_shards():
         return _import_shard(core, job, mode)
-    if split not in core.splits(key):
-        return _import_staged(core, job, replace=False)
-    with exclusive(core, core.split_group(split, key)) as g:  # the record re-read
-        check_labelled(g, labels)
+    n = None if mode == "overwrite" else _import_into(core, job, mode)
+    return _import_staged(core, job, mode) if n is None else n
+
+
+def _import_into(core: Core, job: _ImportJob, mode: str) -> int | None:
+    """Import into the existing split under its exclusive lock: rows past the committed end,
+    the record (re-read under the lock) moved last; None if the split is missing."""
+    with split_lock(core, job.key, job.split):
+        g = core.find_split(job.split, job.key)
+        if g is None:
+            return None
+        check_labelled(g, job.labels)
         if mode == "add":
             job.refuse_duplicate(snapshot(g)[1], core.url)
-        if mode != "overwrite":  # rows past the committed end, the record moves last
-            rec = g.attrs["ncdask_split"]
-            try:
-                rec = _write_file(core, g, job, rec)
-            except BaseException:
-                truncate(g, int(g.attrs["ncdask_split"]["n_committed"]))
-                raise
-            g.attrs["ncdask_split"] = rec  # the commit
-            return int(rec["n_committed"])
-    return _import_staged(core, job, replace=True)
+        rec = g.attrs["ncdask_split"]
+        try:
+            rec = _write_file(core, g, job, rec)
+        except BaseException:
+            truncate(g, int(g.attrs["ncdask_split"]["n_committed"]))
+            raise
+        g.attrs["ncdask_split"] = rec  # the commit
+        return int(rec["n_committed"])
 
 
 def _import_shard(core: Core, job: _ImportJob, mode: str) -> int:
-    """Import into a new shard of its own, committed by its record (one PUT): no lock, no
-    rename; a killed import leaves an uncommitted shard that readers skip."""
+    """Import into a new shard of its own, committed by its record (one PUT): no rename; a
+    killed import leaves an uncommitted shard that readers skip."""
     if mode == "overwrite":
         raise ValueError(
             f"mode='overwrite' cannot replace a split in one step on {core.url!r} (an "
             "object store has no rename): delete the split first (store.delete_split, "
             "CLI: ncdask rm) and import again; nothing was imported")
-    g = core.split_group(job.split, job.key, create=True, dim=job.dim, labelled=job.labels)
-    check_labelled(g, job.labels)
-    if mode == "add":
-        job.refuse_duplicate(snapshot(g)[1], core.url)
-    sh = new_shard(core, g, job.labels)
-    sh.attrs["ncdask_shard"] = _write_file(core, sh, job, sh.attrs["ncdask_shard"])
+    with split_lock(core, job.key, job.split, shared=True):  # a delete waits (local)
+        g = core.split_group(job.split, job.key, create=True, dim=job.dim,
+                             labelled=job.labels)
+        check_labelled(g, job.labels)
+        if mode == "add":
+            job.refuse_duplicate(snapshot(g)[1], core.url)
+        sh = new_shard(core, g, job.labels)
+        sh.attrs["ncdask_shard"] = _write_file(core, sh, job, sh.attrs["ncdask_shard"])
+    if core.kind == "object":
+        shard_kept(core, job.split, job.key, sh)
     return int(snapshot(g)[1]["n_committed"])
 
 
@@ -119,8 +130,10 @@ def _write_file(core: Core, g: zarr.Group, job: _ImportJob,
     return {**rec, "sources": [*(rec.get("sources") or []), job.source]}
 
 
-def _import_staged(core: Core, job: _ImportJob, replace: bool) -> int:
-    """Import into a hidden staging group, then rename it into place as the split."""
+def _import_staged(core: Core, job: _ImportJob, mode: str) -> int:
+    """Import into a hidden staging group, then, under the split's lock, rename it into place
+    as the split (replacing it with ``mode="overwrite"``). A split another importer made
+    meanwhile is imported into instead (duplicates refused under the lock)."""
     sg = core.set_group(job.key, create=True)
     lay = core.layout(sg)
     rows = lay[1] if lay is not None else core.chunk_rows_for(job.dim)
@@ -130,29 +143,45 @@ def _import_staged(core: Core, job: _ImportJob, replace: bool) -> int:
     try:
         rec = _write_file(core, g, job, empty_record(job.split, job.key, core.n_classes,
                                                      job.labels))
-        core.require_set(job.key, job.dim)  # a new set's width, recorded on success only
         g.attrs["ncdask_split"] = rec
-        _move_into_place(core, sg, tmp, job.split, replace)
+        with split_lock(core, job.key, job.split):
+            n = None if mode == "overwrite" else _import_into(core, job, mode)
+            if n is None:
+                core.require_set(job.key, job.dim)  # a new set's width, recorded on success
+                _move_into_place(core, sg, tmp, job.split, mode == "overwrite")
     except BaseException:
         core.remove_group(sg, tmp)
         raise
+    if n is not None:
+        core.remove_group(sg, tmp)
     core.tidy(sg)
-    return int(rec["n_committed"])
+    return int(rec["n_committed"]) if n is None else n
 
 
 def _move_into_place(core: Core, sg: zarr.Group, tmp: str, split: str, replace: bool) -> None:
-    """Rename the staged group ``tmp`` to ``split``; an old split (or what a killed import
-    left) is renamed aside first and deleted once the new one is in place."""
+    """Rename the staged group ``tmp`` to ``split`` (under the split's lock); an old split (or
+    what a killed writer left) is renamed aside first and deleted once the new one is in
+    place."""
     fs, src = core.fs_path(sg, tmp)
     dst = core.fs_path(sg, split)[1]
     old = None
-    if not replace and fs.exists(dst):  # a group left by an import killed before its commit
-        sub = sg[split]
-        if "ncdask_split" in sub.attrs or set(dict(sub.members())) - {"embeddings", "labels"}:
-            raise FileExistsError(f"{dst} exists and is not an ncdask split")
-    if replace or fs.exists(dst):
+    if not replace and fs.exists(dst) and not _left_over(fs, sg, split, dst):
+        raise FileExistsError(f"{dst} exists and is not an ncdask split")
+    if fs.exists(dst):
         old = f"{dst}.replaced-{owner_tag()}"
         rename(fs, dst, old)
     rename(fs, src, dst)
     if old is not None:
         fs.rm(old, recursive=True)
+
+
+def _left_over(fs: Any, sg: zarr.Group, split: str, dst: str) -> bool:
+    """Whether ``dst``, no readable split, is what a killed ncdask writer left there: arrays
+    without a record (a creation), a deletion's mark, or a record without arrays."""
+    try:
+        sub = sg[split]
+    except KeyError:  # no zarr.json
+        names = {str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(dst, detail=False)}
+        return names <= {"embeddings", "labels", "shards"}
+    return (DELETED_ATTR in sub.attrs or "ncdask_split" in sub.attrs
+            or set(dict(sub.members())) <= {"embeddings", "labels"})

@@ -1,9 +1,13 @@
 """Commit records: a split's ``ncdask_split`` and each shard's ``ncdask_shard`` attribute
 count its committed rows, class counts, batches, sources and finiteness. Rows exist for
-readers only once a record counts them, and a record is replaced in one metadata write."""
+readers only once a record counts them, and a record is replaced in one metadata write.
+A split's ``generation`` (new at each creation) is copied into its shards' records: a shard
+of a deleted or replaced split is never read as part of its successor."""
 
 from __future__ import annotations
 
+import uuid
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -20,13 +24,31 @@ class DamagedStoreError(NcdaskStoreError):
     """A store whose records disagree with its arrays (edited, or damaged)."""
 
 
+class SplitChangedError(NcdaskStoreError):
+    """A split was deleted or replaced while a writer was writing to it: the writer's rows
+    were not committed into the split that took its place."""
+
+
 def empty_record(split: str, key: SetKey, n_classes: int, labelled: bool) -> dict[str, Any]:
     return {
         "split": split, "layer": key.layer, "epoch": key.epoch,
         "n_committed": 0, "n_batches": 0,
         "class_counts": [0] * n_classes if labelled else None,
-        "labelled": bool(labelled), "finite": True,
+        "labelled": bool(labelled), "finite": True, "generation": uuid.uuid4().hex,
     }
+
+
+def generation(rec: Mapping[str, Any] | None) -> str | None:
+    """The generation of a split or shard record (None: written before generations)."""
+    return None if rec is None else rec.get("generation")
+
+
+def subgroups(g: zarr.Group) -> list[tuple[str, zarr.Group]]:
+    """The child groups of ``g``, by name; folders without ``zarr.json`` (a split being
+    created, what a killed creator left) are skipped without Zarr's warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Object at .* is not recognized")
+        return sorted(g.groups())
 
 
 def record(p: zarr.Group) -> Mapping[str, Any]:
@@ -35,13 +57,15 @@ def record(p: zarr.Group) -> Mapping[str, Any]:
 
 
 def shards(g: zarr.Group) -> list[tuple[zarr.Group, dict[str, Any]]]:
-    """The committed shards of split group ``g``, in the order their writers started."""
+    """The committed shards of split group ``g`` of its generation, in the order their
+    writers started."""
     if "shards" not in g:
         return []
-    out = []
-    for _, sub in g["shards"].groups():
+    out, gen = [], generation(g.attrs["ncdask_split"])
+    for _, sub in subgroups(g["shards"]):
         rec = sub.attrs.get("ncdask_shard")
-        if isinstance(rec, Mapping) and int(rec.get("n_committed", 0)) > 0:
+        if (isinstance(rec, Mapping) and int(rec.get("n_committed", 0)) > 0
+                and generation(rec) == gen):
             out.append((sub, dict(rec)))
     out.sort(key=lambda t: (float(t[1]["created"]), str(t[1]["writer"])))
     return out

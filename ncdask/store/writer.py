@@ -10,7 +10,7 @@ import zarr
 from ncdask._validate import batch_to_numpy, check_name
 from ncdask.store.appends import own_rows, write_commit
 from ncdask.store.core import Core, check_labelled
-from ncdask.store.record import all_finite
+from ncdask.store.record import all_finite, generation
 from ncdask.store.setkey import DEFAULT, SetKey
 
 
@@ -21,6 +21,8 @@ class StoreWriter:
     chunks as the buffer fills and on :meth:`flush` / exit; rows still
     buffered when the process dies are lost, committed rows never are. The
     split is created with the first valid batch, whose width a new set takes.
+    Once the split is deleted or replaced (``ncdask rm``, an overwriting
+    import), writing raises :class:`ncdask.store.record.SplitChangedError`.
     """
 
     def __init__(self, core: Core, split: str, key: SetKey = DEFAULT, *,
@@ -42,19 +44,21 @@ class StoreWriter:
         self._y: list[np.ndarray] = []
         self._rows = self._batches = self._committed = 0
         self._group: zarr.Group | None = None
+        #: the generation of the split written to: one deleted or replaced is not written
+        self._generation: str | None = None
         #: Width of the batches: the set's (None until a new set's first batch).
         self.dim: int | None = known if known is not None else dim
         self._chunk = 1
-        if split in core.splits(key):
-            # create=True: another writer may have put the split's record but not yet its
-            # arrays; they are added here
-            self._attach(core.split_group(split, key, create=True))
-            check_labelled(self._group, labelled)
+        g = core.find_split(split, key)
+        if g is not None:
+            self._attach(g)
+            check_labelled(g, labelled)
         self.closed = False
 
     def _attach(self, group: zarr.Group) -> None:
         emb = group["embeddings"]
         self._group = group
+        self._generation = generation(group.attrs["ncdask_split"])
         self.dim = int(emb.shape[1])
         self._chunk = int(emb.chunks[0])
         self._committed = own_rows(self._core, group)
@@ -75,6 +79,7 @@ class StoreWriter:
         if self._group is None:  # the first valid batch creates the split
             self._attach(s.split_group(self._split, self._key, create=True,
                                        dim=Xn.shape[1], labelled=self._labelled))
+            check_labelled(self._group, self._labelled)
         self._X.append(Xn)
         if yn is not None:
             self._y.append(yn)
@@ -92,8 +97,9 @@ class StoreWriter:
         if self._labelled:
             y = np.concatenate(self._y) if len(self._y) > 1 else self._y[0]
         self._committed = write_commit(
-            self._core, self._group, X[:rows], None if y is None else y[:rows], self._batches,
-            finite=all_finite(X[:rows], self._allow))
+            self._core, self._split, self._key, X[:rows], None if y is None else y[:rows],
+            self._batches, finite=all_finite(X[:rows], self._allow),
+            expect=self._generation)[1]
         self._batches = 0
         rest = X.shape[0] - rows
         self._X = [X[rows:]] if rest else []
