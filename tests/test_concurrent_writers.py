@@ -1,10 +1,12 @@
 """Many writers at once: OS processes creating one new set and appending to one split.
 
-Each process starts at the same instant (they spin on a "go" file after
-their imports), first-writes a split of its own in a new set and then
-appends 50 batches to one shared split that none of them has created yet,
-so the set, the shared split and its arrays are all created concurrently.
-Every row encodes who wrote it, so each is accounted for by content.
+Each process starts at the same instant (they report "ready" after their
+imports and spin on a "go" file), first-writes a split of its own in a new
+set and then appends 50 batches to one shared split that none of them has
+created yet, so the set, the shared split and its arrays are all created
+concurrently. Every row encodes who wrote it, so each is accounted for by
+content, and a failure names the (rank, batch) rows lost or repeated, or the
+rank that failed or timed out with its stderr.
 """
 
 import os
@@ -25,6 +27,7 @@ _RANK = _CONST + """
 import os, sys, time, numpy as np, ncdask
 url, rank, go, epoch = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 s = ncdask.EmbeddingStore.open(url, "a")
+print("ready", flush=True)
 t0 = time.time()
 while not os.path.exists(go):
     if time.time() - t0 > 120:
@@ -41,13 +44,32 @@ for b in range(BATCHES):
 """
 
 
-def _run_ranks(url, go, epoch, writers):
+def _run_ranks(url, go, epoch, writers, timeout=300.0):
+    """Start the ranks, tell them to go once all are ready; fail naming each rank that
+    failed or timed out, with its stderr."""
     env = {**os.environ, "DASK_NCDASK__WRITERS": writers}
     procs = [subprocess.Popen([sys.executable, "-c", _RANK, url, str(r), str(go), str(epoch)],
-                              env=env) for r in range(RANKS)]
-    time.sleep(1.0)  # let every process finish importing and reach the spin
-    go.write_text("go")
-    assert [p.wait(timeout=300) for p in procs] == [0] * RANKS
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(RANKS)]
+    t0, bad = time.time(), []
+    try:
+        ready = [p.stdout.readline().strip() for p in procs]  # imports done
+        go.write_text("go")
+        for r, p in enumerate(procs):
+            try:
+                _, err = p.communicate(timeout=max(1.0, timeout - (time.time() - t0)))
+                if p.returncode:
+                    bad.append(f"rank {r} (ready: {ready[r]!r}) exited {p.returncode}:\n{err}")
+            except subprocess.TimeoutExpired:
+                p.kill()
+                err = p.communicate()[1]
+                bad.append(f"rank {r} timed out after {time.time() - t0:.0f} s:\n{err}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert not bad, f"epoch {epoch}, writers={writers}:\n" + "\n".join(bad)
 
 
 def _expected(rank, b):
@@ -74,17 +96,19 @@ def test_ranks_creating_one_set_and_appending_to_one_split_keep_every_row(tmp_pa
             np.testing.assert_array_equal(y, _expected(r, -1))
         d = s.split("shared", layer="fc", epoch=e)
         X, y = d.embeddings.values, d.labels.values
-        assert X.shape == (RANKS * BATCHES * ROWS, D)
-        assert (X[:, 3:] == e).all()
+        assert X.shape[1] == D and (X[:, 3:] == e).all()
         # every (rank, batch) exactly once, rows in order, labels with their rows
-        seen = {}
+        seen, repeated = {}, []
         for i in range(0, X.shape[0], ROWS):
             r, b = int(X[i, 0]), int(X[i, 1])
-            assert (r, b) not in seen
+            if (r, b) in seen:
+                repeated.append((r, b))
             seen[(r, b)] = i
             np.testing.assert_array_equal(X[i:i + ROWS, 2], np.arange(ROWS))
             np.testing.assert_array_equal(y[i:i + ROWS], _expected(r, b))
-        assert set(seen) == {(r, b) for r in range(RANKS) for b in range(BATCHES)}
+        lost = sorted({(r, b) for r in range(RANKS) for b in range(BATCHES)} - set(seen))
+        assert not lost and not repeated, (
+            f"epoch {e}, writers={writers}: (rank, batch) lost {lost}, repeated {repeated}")
         for r in range(RANKS):  # a rank's batches in the order it appended them
             order = [seen[(r, b)] for b in range(BATCHES)]
             assert order == sorted(order)

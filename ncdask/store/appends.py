@@ -94,32 +94,54 @@ def write_commit(core: Core, split: str, key: SetKey, X: np.ndarray, y: np.ndarr
     created if missing, or, with ``expect`` (a writer's), required to be of that generation
     (else :class:`SplitChangedError`). In lock mode the rows go past the committed end under
     the exclusive lock; otherwise to this handle's own shard, committed by rewriting its
-    record (one atomic PUT), under the shared lock (local) or none (object stores, where the
-    split is read again after the commit: one deleted or replaced meanwhile raises).
+    record (one atomic PUT), under the shared lock (local) or none (object stores: there a
+    split deleted or replaced before the commit was read back raises, rows not kept).
     """
     shards = core.use_shards()
-    with split_lock(core, key, split, shared=shards):
-        g = _current(core, split, key, X.shape[1], y is not None, expect)
-        gen = generation(g.attrs["ncdask_split"])
-        if X.shape[0] == 0:
-            return g, own_rows(core, g)
-        part, attr = g, "ncdask_split"
-        if shards:
-            sk = core.shard_key(g)
-            part = core.shards.get(sk)
-            if part is None or generation(part.attrs["ncdask_shard"]) != gen:
-                part = core.shards[sk] = new_shard(core, g, y is not None)
-            attr = "ncdask_shard"
-        rec = part.attrs[attr]
-        n1 = write_rows(part, int(rec["n_committed"]), X, y)
-        part.attrs[attr] = advanced(rec, n1, *tally(core, y), n_batches, finite)  # the commit
-    if shards and core.kind == "object":
+    unlocked = shards and core.kind == "object"
+    for attempt in range(3):
+        seen: dict = {}
         try:
-            shard_kept(core, split, key, part)
-        except SplitChangedError:
-            core.shards.pop(core.shard_key(g), None)
-            raise
-    return g, int(n1)
+            with split_lock(core, key, split, shared=shards):
+                g, part, n1 = _commit(core, split, key, X, y, n_batches, finite, expect, seen)
+            if unlocked and part is not g:
+                shard_kept(core, split, key, part)
+            return g, n1
+        except Exception as e:  # on an object store a delete may pull nodes from under us
+            core.shards.pop(seen.get("shard_key"), None)
+            bad_input = isinstance(e, (ValueError, TypeError)) and not isinstance(e, OSError)
+            if not unlocked or bad_input or isinstance(e, SplitChangedError) or (
+                    seen and _of_generation(core, split, key, seen["gen"])):
+                raise
+            if not seen and attempt < 2:
+                continue  # failed while the split was made: made again
+            raise SplitChangedError(
+                f"split {split!r} in {key.path or 'the default set'} of {core.url!r} was "
+                f"deleted or replaced while rows were written to it ({type(e).__name__}: "
+                f"{e}): they were not kept") from e
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _commit(core: Core, split: str, key: SetKey, X: np.ndarray, y: np.ndarray | None,
+            n_batches: int, finite: bool, expect: str | None | object,
+            seen: dict) -> tuple[zarr.Group, zarr.Group, int]:
+    """:func:`write_commit`'s write and commit, under the lock: the split, the part written
+    (the split or this handle's shard) and the rows this handle has committed."""
+    g = _current(core, split, key, X.shape[1], y is not None, expect)
+    seen["gen"] = gen = generation(g.attrs["ncdask_split"])
+    if X.shape[0] == 0:
+        return g, g, own_rows(core, g)
+    part, attr = g, "ncdask_split"
+    if core.use_shards():
+        seen["shard_key"] = sk = core.shard_key(g)
+        part = core.shards.get(sk)
+        if part is None or generation(part.attrs["ncdask_shard"]) != gen:
+            part = core.shards[sk] = new_shard(core, g, y is not None)
+        attr = "ncdask_shard"
+    rec = part.attrs[attr]
+    n1 = write_rows(part, int(rec["n_committed"]), X, y)
+    part.attrs[attr] = advanced(rec, n1, *tally(core, y), n_batches, finite)  # the commit
+    return g, part, int(n1)
 
 
 def _current(core: Core, split: str, key: SetKey, dim: int, labelled: bool,
@@ -138,12 +160,16 @@ def _current(core: Core, split: str, key: SetKey, dim: int, labelled: bool,
     return g
 
 
+def _of_generation(core: Core, split: str, key: SetKey, gen: str | None) -> bool:
+    """Whether the split is now (read from the store, not a cache) of generation ``gen``."""
+    now = core.find_split(split, key)
+    return now is not None and generation(now.attrs["ncdask_split"]) == gen
+
+
 def shard_kept(core: Core, split: str, key: SetKey, shard: zarr.Group) -> None:
     """After a shard's commit: raise :class:`SplitChangedError`, deleting the shard, if its
-    split was deleted or replaced meanwhile (read from the store now, not from a cache)."""
-    now = core.find_split(split, key)
-    gen = generation(shard.attrs["ncdask_shard"])
-    if now is not None and generation(now.attrs["ncdask_split"]) == gen:
+    split was deleted or replaced meanwhile."""
+    if _of_generation(core, split, key, generation(shard.attrs["ncdask_shard"])):
         return
     fs, path = core.fs_path(shard)
     with contextlib.suppress(OSError):

@@ -16,9 +16,9 @@ import zarr
 from dask.diagnostics import ProgressBar
 from zarr.core.sync import sync
 
-from ncdask.store.core import classifier_name, naming_broken_metadata
+from ncdask.store.core import DELETED_ATTR, classifier_name, naming_broken_metadata
 from ncdask.store.embedding import EmbeddingStore
-from ncdask.store.record import DamagedStoreError, check_record, record, snapshot
+from ncdask.store.record import DamagedStoreError, check_record, record, snapshot, subgroups
 from ncdask.store.setkey import SetKey
 from ncdask.store.staging import stale_entries
 
@@ -26,7 +26,8 @@ from ncdask.store.staging import stale_entries
 @dataclass
 class CheckReport:
     """What :func:`check_store` found: ``problems`` (damage, each naming the set, split,
-    array and chunk), ``notes`` (leftovers of killed writers) and what was verified."""
+    array and chunk), ``notes`` (leftovers of killed writers, half-made splits among them)
+    and what was verified."""
 
     url: str
     problems: list[str] = field(default_factory=list)
@@ -166,7 +167,37 @@ def check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
             for path in stale_entries(fs, folder, keep=tuple(n for n in (name,) if n)):
                 report.notes.append(f"{path}: left by a killed writer (removed by the next "
                                     "writer in this set)")
+        report.notes += _half_made(store, store.core.group, {})
         return report, tasks
+
+
+def _half_made(store: EmbeddingStore, sg: zarr.Group, tags: dict) -> list[str]:
+    """Splits in set ``sg`` and the sets below it whose creation or deletion a killed writer
+    left half done: readers do not see them; the next writer of the split completes them."""
+    core, out = store.core, []
+    fs, folder = core.fs_path(sg)
+    groups = dict(subgroups(sg))
+    for path in fs.ls(folder, detail=False):
+        name = str(path).rstrip("/").rsplit("/", 1)[-1]
+        g = groups.get(name)
+        if name.startswith("."):
+            continue
+        if g is not None and "ncdask_set" in g.attrs:
+            out += _half_made(store, g, dict(g.attrs["ncdask_set"]))
+            continue
+        if g is None and any(fs.exists(f"{path}/{a}/zarr.json") for a in ("embeddings",
+                                                                         "labels")):
+            what = "arrays of a split without its record (its creation was interrupted)"
+        elif g is not None and DELETED_ATTR in g.attrs:
+            what = "a split whose deletion was interrupted"
+        elif g is not None and "ncdask_split" in g.attrs and core.find_split(
+                name, SetKey(tags.get("layer"), tags.get("epoch"))) is None:
+            what = "a split record without its arrays (its creation was interrupted)"
+        else:
+            continue
+        out.append(f"{path}: {what}; readers do not see it, the next writer of split "
+                   f"{name!r} completes it")
+    return out
 
 
 def check_store(store: EmbeddingStore | str, *, storage_options: dict | None = None,

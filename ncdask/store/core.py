@@ -115,6 +115,14 @@ def is_labelled(g: zarr.Group) -> bool:
     return bool(g.attrs["ncdask_split"].get("labelled", True))
 
 
+def is_split(g: zarr.Group) -> bool:
+    """Whether group ``g`` is a whole split: a record, made after its arrays (older ncdask
+    made the record first: a kill between left an empty record without arrays)."""
+    rec = g.attrs.get("ncdask_split")
+    return isinstance(rec, Mapping) and (generation(rec) is not None
+                                         or rec.get("n_committed") != 0 or "embeddings" in g)
+
+
 def check_labelled(g: zarr.Group, labelled: bool) -> None:
     """Labelled and unlabelled batches do not mix in one split."""
     have = is_labelled(g)
@@ -305,7 +313,7 @@ class Core:
 
         def walk(g: zarr.Group, tags: dict) -> None:
             subs = subgroups(g)
-            if any("ncdask_split" in sub.attrs for n, sub in subs if not n.startswith(".")):
+            if any(is_split(sub) for n, sub in subs if not n.startswith(".")):
                 out.append(tags)
             for _, sub in subs:
                 if "ncdask_set" in sub.attrs:
@@ -320,8 +328,7 @@ class Core:
             g = self.set_group(key)
             if g is None:
                 return []
-            return sorted(n for n, sub in subgroups(g)
-                          if "ncdask_split" in sub.attrs and not n.startswith("."))
+            return sorted(n for n, sub in subgroups(g) if not n.startswith(".") and is_split(sub))
 
     # --------------------------------------------------------------- splits
     def find_split(self, split: str, key: SetKey) -> zarr.Group | None:
@@ -332,12 +339,7 @@ class Core:
             g = None if sg is None else sg[split]
         except KeyError:  # no zarr.json: missing, or its arrays are still being made
             return None
-        rec = None if not isinstance(g, zarr.Group) else g.attrs.get("ncdask_split")
-        if not isinstance(rec, Mapping):
-            return None
-        if generation(rec) is None and rec.get("n_committed") == 0 and "embeddings" not in g:
-            return None  # record first, arrays after: how older ncdask created splits
-        return g
+        return g if isinstance(g, zarr.Group) and is_split(g) else None
 
     def split_group(self, split: str, key: SetKey, create: bool = False,
                     dim: int | None = None, labelled: bool = True) -> zarr.Group:
