@@ -91,35 +91,28 @@ def write_commit(core: Core, split: str, key: SetKey, X: np.ndarray, y: np.ndarr
     handle has committed to it.
 
     The split is found again under its lock (a delete or overwrite may have come first):
-    created if missing, or, with ``expect`` (a writer's), required to be of that generation
-    (else :class:`SplitChangedError`). In lock mode the rows go past the committed end under
-    the exclusive lock; otherwise to this handle's own shard, committed by rewriting its
-    record (one atomic PUT), under the shared lock (local) or none (object stores: there a
-    split deleted or replaced before the commit was read back raises, rows not kept).
+    created if missing, or, with ``expect`` (a writer's), required to be of that generation.
+    In lock mode the rows go past the committed end under the exclusive lock; otherwise to
+    this handle's own shard, committed by rewriting its record (one atomic PUT), under the
+    shared lock (local) or none (object stores: a split deleted or replaced before the
+    commit was read back, or while it was written, raises :class:`SplitChangedError`).
     """
-    shards = core.use_shards()
+    shards, seen = core.use_shards(), {}
     unlocked = shards and core.kind == "object"
-    for attempt in range(3):
-        seen: dict = {}
-        try:
-            with split_lock(core, key, split, shared=shards):
-                g, part, n1 = _commit(core, split, key, X, y, n_batches, finite, expect, seen)
-            if unlocked and part is not g:
-                shard_kept(core, split, key, part)
-            return g, n1
-        except Exception as e:  # on an object store a delete may pull nodes from under us
-            core.shards.pop(seen.get("shard_key"), None)
-            bad_input = isinstance(e, (ValueError, TypeError)) and not isinstance(e, OSError)
-            if not unlocked or bad_input or isinstance(e, SplitChangedError) or (
-                    seen and _of_generation(core, split, key, seen["gen"])):
-                raise
-            if not seen and attempt < 2:
-                continue  # failed while the split was made: made again
-            raise SplitChangedError(
-                f"split {split!r} in {key.path or 'the default set'} of {core.url!r} was "
-                f"deleted or replaced while rows were written to it ({type(e).__name__}: "
-                f"{e}): they were not kept") from e
-    raise AssertionError("unreachable")  # pragma: no cover
+    try:
+        with split_lock(core, key, split, shared=shards):
+            g, part, n1 = _commit(core, split, key, X, y, n_batches, finite, expect, seen)
+        if unlocked and part is not g:
+            shard_kept(core, split, key, part)
+        return g, n1
+    except Exception as e:  # on an object store a delete may pull nodes from under us
+        core.shards.pop(seen.get("shard_key"), None)
+        if not unlocked or isinstance(e, SplitChangedError) or (
+                isinstance(e, (ValueError, TypeError)) and not isinstance(e, OSError)) or (
+                seen and _of_generation(core, split, key, seen["gen"])):
+            raise
+        raise _changed(core, split, key, f"while rows were written to it ({type(e).__name__}:"
+                       f" {e}): they were not kept") from e
 
 
 def _commit(core: Core, split: str, key: SetKey, X: np.ndarray, y: np.ndarray | None,
@@ -127,7 +120,14 @@ def _commit(core: Core, split: str, key: SetKey, X: np.ndarray, y: np.ndarray | 
             seen: dict) -> tuple[zarr.Group, zarr.Group, int]:
     """:func:`write_commit`'s write and commit, under the lock: the split, the part written
     (the split or this handle's shard) and the rows this handle has committed."""
-    g = _current(core, split, key, X.shape[1], y is not None, expect)
+    if expect is ANY:
+        g = core.split_group(split, key, create=True, dim=X.shape[1], labelled=y is not None)
+        check_labelled(g, y is not None)
+    else:
+        g = core.find_split(split, key)
+        if g is None or generation(g.attrs["ncdask_split"]) != expect:
+            raise _changed(core, split, key, "since this writer first wrote to it: its "
+                           "buffered rows were not written (open a new writer for them)")
     seen["gen"] = gen = generation(g.attrs["ncdask_split"])
     if X.shape[0] == 0:
         return g, g, own_rows(core, g)
@@ -144,37 +144,22 @@ def _commit(core: Core, split: str, key: SetKey, X: np.ndarray, y: np.ndarray | 
     return g, part, int(n1)
 
 
-def _current(core: Core, split: str, key: SetKey, dim: int, labelled: bool,
-             expect: str | None | object) -> zarr.Group:
-    """The split's group as it is now (created if missing unless ``expect`` is given)."""
-    if expect is ANY:
-        g = core.split_group(split, key, create=True, dim=dim, labelled=labelled)
-        check_labelled(g, labelled)
-        return g
-    g = core.find_split(split, key)
-    if g is None or generation(g.attrs["ncdask_split"]) != expect:
-        raise SplitChangedError(
-            f"split {split!r} in {key.path or 'the default set'} of {core.url!r} was "
-            f"{'deleted' if g is None else 'replaced'} since this writer first wrote to it: "
-            "its buffered rows were not written (open a new writer to write them)")
-    return g
-
-
 def _of_generation(core: Core, split: str, key: SetKey, gen: str | None) -> bool:
     """Whether the split is now (read from the store, not a cache) of generation ``gen``."""
     now = core.find_split(split, key)
     return now is not None and generation(now.attrs["ncdask_split"]) == gen
 
 
+def _changed(core: Core, split: str, key: SetKey, when: str) -> SplitChangedError:
+    return SplitChangedError(f"split {split!r} in {key.path or 'the default set'} of "
+                             f"{core.url!r} was deleted or replaced {when}")
+
+
 def shard_kept(core: Core, split: str, key: SetKey, shard: zarr.Group) -> None:
     """After a shard's commit: raise :class:`SplitChangedError`, deleting the shard, if its
     split was deleted or replaced meanwhile."""
-    if _of_generation(core, split, key, generation(shard.attrs["ncdask_shard"])):
-        return
-    fs, path = core.fs_path(shard)
-    with contextlib.suppress(OSError):
-        fs.rm(path, recursive=True)
-    raise SplitChangedError(
-        f"split {split!r} in {key.path or 'the default set'} of {core.url!r} was deleted or "
-        "replaced while rows were committed to it: the rows of this writer's shard "
-        f"{shard.path} were not kept")
+    if not _of_generation(core, split, key, generation(shard.attrs["ncdask_shard"])):
+        with contextlib.suppress(OSError):
+            core.fs_path(shard)[0].rm(core.fs_path(shard)[1], recursive=True)
+        raise _changed(core, split, key, f"while rows were committed to shard {shard.path}: "
+                       "they were not kept")

@@ -25,8 +25,7 @@ from zarr.storage import MemoryStore
 
 from ncdask._validate import NcdaskStoreError, check_name
 from ncdask.store.locks import split_lock
-from ncdask.store.record import (DamagedStoreError, empty_record, generation, snapshot,
-                                   subgroups)
+from ncdask.store.record import DamagedStoreError, empty_record, generation, snapshot, subgroups
 from ncdask.store.setkey import SetKey
 from ncdask.store.staging import remove_stale
 from ncdask.store.zarrio import backend, url_fs

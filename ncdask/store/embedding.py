@@ -27,9 +27,9 @@ from ncdask._version import __version__
 from ncdask.kernels._xp import to_numpy
 from ncdask.store import appends, classifier, imports, reads
 from ncdask.store.core import Core, auto_chunk_rows, naming_broken_metadata, remove_split
+from ncdask.store.locks import split_lock
 from ncdask.store.record import snapshot
 from ncdask.store.setkey import SetKey
-from ncdask.store.locks import split_lock
 from ncdask.store.staging import owner_tag, remove_stale
 from ncdask.store.writer import StoreWriter
 from ncdask.store.zarrio import check_output, renames, swap_in

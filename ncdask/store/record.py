@@ -59,10 +59,12 @@ def record(p: zarr.Group) -> Mapping[str, Any]:
 def shards(g: zarr.Group) -> list[tuple[zarr.Group, dict[str, Any]]]:
     """The committed shards of split group ``g`` of its generation, in the order their
     writers started."""
-    if "shards" not in g:
+    try:
+        parent = g["shards"]
+    except KeyError:  # none, or the split was deleted meanwhile
         return []
     out, gen = [], generation(g.attrs["ncdask_split"])
-    for _, sub in subgroups(g["shards"]):
+    for _, sub in subgroups(parent):
         rec = sub.attrs.get("ncdask_shard")
         if (isinstance(rec, Mapping) and int(rec.get("n_committed", 0)) > 0
                 and generation(rec) == gen):
