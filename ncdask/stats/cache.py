@@ -121,8 +121,8 @@ def _new_rows(parts: list[tuple[Any, int]], have: dict[str, int], url: str) -> x
     for p, k in parts:
         k0 = have.get(p.path, 0)
         if k > k0:
-            Xs.append(read_array(p["embeddings"], url)[k0:k])
-            ys.append(read_array(p["labels"], url)[k0:k])
+            Xs.append(read_array(p["embeddings"], url, rec=record(p))[k0:k])
+            ys.append(read_array(p["labels"], url, rec=record(p))[k0:k])
     X = Xs[0] if len(Xs) == 1 else da.concatenate(Xs)
     y = ys[0] if len(ys) == 1 else da.concatenate(ys)
     # finite rows promised, as store.split gives: a lost chunk of the new rows raises

@@ -6,12 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import dask.array as da
 import numpy as np
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ncdask.kernels._xp import to_numpy
-from ncdask.store.core import CLASSIFIER_ATTR, Core, classifier_name, fresh
+from ncdask.store.core import (
+    CLASSIFIER_ATTR,
+    Core,
+    NamedChunks,
+    classifier_name,
+    fresh,
+    read_array,
+)
 from ncdask.store.setkey import SetKey
 from ncdask.store.staging import owner_tag
 
@@ -57,7 +63,10 @@ def classifier(core: Core, key: SetKey, lazy: bool) -> tuple[Any, Any]:
     name = None if sg is None else classifier_name(sg)
     if name is None:
         raise KeyError(f"no classifier stored for set {key.path or 'default'}")
-    cg = sg[name]
+    cg = sg[name]  # a lost chunk raises (W and b are finite: a NaN fill is no classifier)
+    arrays = [cg[n] for n in ("W", "b") if n in cg]
     if lazy:
-        return da.from_zarr(cg["W"]), (da.from_zarr(cg["b"]) if "b" in cg else None)
-    return cg["W"][:], (cg["b"][:] if "b" in cg else None)
+        out = [read_array(a, core.url) for a in arrays]
+    else:
+        out = [NamedChunks(a, core.url)[:] for a in arrays]
+    return out[0], (out[1] if len(out) > 1 else None)

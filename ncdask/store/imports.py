@@ -108,13 +108,12 @@ def _write_file(core: Core, g: zarr.Group, job: _ImportJob,
     """Write the file's rows into ``g`` past ``rec``'s committed end, in chunk-sized blocks;
     return the record that commits them with the source (not written yet)."""
     rows = int(g["embeddings"].chunks[0])
-    end = int(rec["n_committed"])
     for Xb, yb in iter_saved_arrays(job.X_path, job.y_path, rows=rows, labels=job.labels):
         Xn, yn = batch_to_numpy(
             Xb, yb, dim=g["embeddings"].shape[1], n_classes=core.n_classes, dtype=core.dtype,
             allow_nonfinite=job.allow_nonfinite, ignore_index=core.ignore_index,
             where=job.key.where)
-        end = write_rows(g, end, Xn, yn)
+        end, rec = write_rows(g, rec, Xn, yn)
         rec = advanced(rec, end, *tally(core, yn), 1, all_finite(Xn, job.allow_nonfinite))
     return {**rec, "sources": [*(rec.get("sources") or []), job.source]}
 
