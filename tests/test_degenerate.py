@@ -55,8 +55,9 @@ def _chunk_files(root, array):
 
 
 def test_damaged_chunks_are_errors_or_nan_never_plausible(tmp_path):
-    """Verified reads: a missing labels chunk is an error, a missing embeddings chunk NaN,
-    garbled bytes fail their checksum."""
+    """Verified reads: a missing labels, embeddings or classifier chunk is an error naming
+    the split and rows (never NaN or fill labels read as data), garbled bytes fail their
+    checksum."""
     rng = np.random.default_rng(0)
     K, D = 3, 4
     X, y = rng.normal(size=(90, D)), np.arange(90) % K
@@ -70,15 +71,16 @@ def test_damaged_chunks_are_errors_or_nan_never_plausible(tmp_path):
     assert len(lab) == 3
     saved = lab[1].read_bytes()
     lab[1].unlink()
-    with pytest.raises(ValueError, match="missing labels chunk"):
+    with pytest.raises(ncdask.DamagedStoreError,
+                       match=r"split 'train', train/labels rows 30-59 \(chunk 1\)"):
         ncdask.class_stats(s, "train").compute()
     lab[1].write_bytes(saved)
-    # an embeddings chunk deleted: its rows read as NaN, which the split's record
-    # (written without allow_nonfinite) says cannot be data: an error naming the split
+    # an embeddings chunk deleted: an error naming the split and its rows
     emb = _chunk_files(split, "embeddings")
     saved = emb[2].read_bytes()
     emb[2].unlink()
-    assert np.isnan(s["train"].embeddings.values[60:]).all()
+    with pytest.raises(ncdask.DamagedStoreError, match="train/embeddings rows 60-89"):
+        s["train"].embeddings.values.sum()
     with pytest.raises(ncdask.store.NcdaskStoreError, match="split 'train'.*chunk is missing"):
         _nc1_of(s)
     # NaN written on purpose (allow_nonfinite) is data: NaN statistics, no error
@@ -93,11 +95,12 @@ def test_damaged_chunks_are_errors_or_nan_never_plausible(tmp_path):
     emb[2].write_bytes(bytes(bad))
     with pytest.raises(Exception, match="(?i)checksum|crc"):
         s["train"].embeddings.values.sum()  # the read that fails
-    # the classifier: a missing chunk reads as NaN, not as zeros
+    # the classifier: a missing chunk is an error, not zeros or NaN
     current = zarr.open_group(str(url), mode="r").attrs["ncdask_classifier"]
     wc = _chunk_files(url / current, "W")
     wc[0].unlink()
-    assert np.isnan(s.classifier()[0]).all()
+    with pytest.raises(ncdask.DamagedStoreError, match="/W rows 0-2 .chunk 0.: the chunk"):
+        s.classifier()
 
 
 def _nc1_of(s):

@@ -10,14 +10,7 @@ import numpy as np
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ncdask.kernels._xp import to_numpy
-from ncdask.store.core import (
-    CLASSIFIER_ATTR,
-    Core,
-    NamedChunks,
-    classifier_name,
-    fresh,
-    read_array,
-)
+from ncdask.store.core import CLASSIFIER_ATTR, Core, classifier_name, fresh, read_array
 from ncdask.store.setkey import SetKey
 from ncdask.store.staging import owner_tag
 
@@ -64,9 +57,6 @@ def classifier(core: Core, key: SetKey, lazy: bool) -> tuple[Any, Any]:
     if name is None:
         raise KeyError(f"no classifier stored for set {key.path or 'default'}")
     cg = sg[name]  # a lost chunk raises (W and b are finite: a NaN fill is no classifier)
-    arrays = [cg[n] for n in ("W", "b") if n in cg]
-    if lazy:
-        out = [read_array(a, core.url) for a in arrays]
-    else:
-        out = [NamedChunks(a, core.url)[:] for a in arrays]
+    out = [read_array(cg[n], core.url) for n in ("W", "b") if n in cg]
+    out = out if lazy else [a.compute(scheduler="sync") for a in out]
     return out[0], (out[1] if len(out) > 1 else None)

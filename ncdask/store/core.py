@@ -84,6 +84,7 @@ class NamedChunks:
                  rec: Mapping[str, Any] | None = None) -> None:
         self.a, self.url, self.split, self.rec = a, url, split, rec
         self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
+        self.fill, self.rows = a.fill_value, int(a.chunks[0])
 
     def __getitem__(self, key: Any) -> np.ndarray:
         rows = key[0] if isinstance(key, tuple) else key
@@ -101,7 +102,7 @@ class NamedChunks:
         return block
 
     def _refuse_lost(self, block: np.ndarray, lo: int, hi: int, step: int) -> None:
-        c, fill = int(self.a.chunks[0]), self.a.fill_value
+        c, fill = self.rows, self.fill
         firsts = block.reshape(block.shape[0], -1)[:, 0]
         for i in range(lo // c, -(-hi // c)) if step == 1 else ():
             first = firsts[max(lo, i * c) - lo]
@@ -120,7 +121,7 @@ class NamedChunks:
         if rec is None or rec.get("finite") is True or not np.issubdtype(a.dtype, np.floating):
             return True
         # digested rows were written with every chunk stored; others may be NaN data
-        return chunk_digest(rec, a.basename, i, int(a.chunks[0])) is not None
+        return chunk_digest(rec, a.basename, i, self.rows) is not None
 
 
 def read_array(a: zarr.Array, url: str, split: str | None = None,
