@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import dask
+from dask.utils import parse_timedelta
 
-from ncdask.errors import SchedulerError
+from ncdask.errors import NoWorkersError, SchedulerError
 
 LOCAL = ("threads", "processes", "sync")
 
@@ -59,7 +61,8 @@ def _is_address(spec: str) -> bool:
 
 @contextlib.contextmanager
 def use_scheduler(spec: str | None = None, *, quiet: bool = False,
-                  connect_timeout: float = 10.0) -> Iterator[Runner]:
+                  connect_timeout: float = 10.0,
+                  no_workers_timeout: float | str | None = None) -> Iterator[Runner]:
     """Run the Dask computations of the ``with`` block on the chosen scheduler.
 
     Parameters
@@ -72,6 +75,11 @@ def use_scheduler(spec: str | None = None, *, quiet: bool = False,
         Hide the progress bars of :meth:`Runner.compute`.
     connect_timeout : float
         Seconds to wait for a distributed scheduler.
+    no_workers_timeout : float or str, optional
+        How long distributed work may wait while no worker is connected before
+        the run stops with :class:`~ncdask.errors.NoWorkersError` (seconds or a
+        string such as ``"2 minutes"``). Default: the dask config
+        ``ncdask.no_workers_timeout``, else 60 s.
 
     Yields
     ------
@@ -81,6 +89,9 @@ def use_scheduler(spec: str | None = None, *, quiet: bool = False,
     ------
     SchedulerError
         Unknown spec, unreachable address, or ``local-cuda`` without a GPU.
+    NoWorkersError
+        Every worker gone (or none started) for ``no_workers_timeout`` while
+        work waits.
 
     Examples
     --------
@@ -94,8 +105,11 @@ def use_scheduler(spec: str | None = None, *, quiet: bool = False,
         with dask.config.set(scheduler="synchronous" if spec == "sync" else spec):
             yield Runner(spec, quiet=quiet)
         return
+    if no_workers_timeout is None:
+        no_workers_timeout = dask.config.get("ncdask.no_workers_timeout", 60)
+    wait = parse_timedelta(no_workers_timeout)
     if spec == "local-cuda":
-        with _local_cuda() as client:
+        with _local_cuda() as client, _no_workers_guard(client, wait):
             yield Runner(spec, client=client, gpu=True, quiet=quiet)
         return
     if not _is_address(spec):
@@ -103,8 +117,52 @@ def use_scheduler(spec: str | None = None, *, quiet: bool = False,
                              "local-cuda or a distributed scheduler address such as "
                              "tcp://host:8786")
     client = _connect(spec, connect_timeout)
-    with client, client.as_current(), dask.config.set(scheduler="dask.distributed"):
+    with client, client.as_current(), dask.config.set(scheduler="dask.distributed"), \
+            _no_workers_guard(client, wait):
         yield Runner(spec, client=client, quiet=quiet)
+
+
+@contextlib.contextmanager
+def _no_workers_guard(client: Any, wait: float) -> Iterator[None]:
+    """Close ``client`` once its pending work has had no worker for ``wait`` seconds, and
+    turn what that interrupts into NoWorkersError.
+
+    A watch from this side: the scheduler's own ``distributed.scheduler.no-workers-timeout``
+    is set where the scheduler starts, out of reach for a given address (and off by
+    default); where it is set, the tasks' ``NoWorkerError`` becomes NoWorkersError too.
+    """
+    from distributed.scheduler import NoWorkerError
+
+    stop, fired = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.5):
+            if not client.futures:  # nothing waits: no worker is needed now
+                continue
+            try:
+                client.wait_for_workers(1, timeout=wait)
+            except TimeoutError:
+                if client.futures and not stop.is_set():
+                    fired.set()
+                    client.close()  # ends every wait on this client: gather, progress
+                    return
+            except Exception:  # noqa: BLE001 - the client closed as the block ended
+                return
+
+    address = client.scheduler.address
+    threading.Thread(target=watch, name="ncdask-no-workers", daemon=True).start()
+    try:
+        yield
+    except Exception as e:
+        if fired.is_set() or isinstance(e, NoWorkerError):
+            raise NoWorkersError(
+                f"no Dask worker was connected to the scheduler at {address} for "
+                f"{wait:g} s while work waited (all workers gone or none started); "
+                "start workers, or wait longer with --no-workers-timeout or the dask "
+                "config ncdask.no_workers_timeout") from e
+        raise
+    finally:
+        stop.set()
 
 
 def _connect(spec: str, timeout: float) -> Any:
