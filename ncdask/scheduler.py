@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -127,26 +128,25 @@ def _no_workers_guard(client: Any, wait: float) -> Iterator[None]:
     """Close ``client`` once its pending work has had no worker for ``wait`` seconds, and
     turn what that interrupts into NoWorkersError.
 
-    A watch from this side: the scheduler's own ``distributed.scheduler.no-workers-timeout``
-    is set where the scheduler starts, out of reach for a given address (and off by
-    default); where it is set, the tasks' ``NoWorkerError`` becomes NoWorkersError too.
+    Hand-written: distributed's ``no-workers-timeout`` is set where the scheduler starts
+    (out of reach for an address) and ``Client.wait_for_workers`` counts paused workers as
+    gone. Where the scheduler's is set, its ``NoWorkerError`` becomes NoWorkersError too.
     """
     from distributed.scheduler import NoWorkerError
 
     stop, fired = threading.Event(), threading.Event()
 
     def watch() -> None:
-        while not stop.wait(0.5):
-            if not client.futures:  # nothing waits: no worker is needed now
-                continue
-            try:
-                client.wait_for_workers(1, timeout=wait)
-            except TimeoutError:
-                if client.futures and not stop.is_set():
-                    fired.set()
-                    client.close()  # ends every wait on this client: gather, progress
-                    return
+        since = None
+        while not stop.wait(1.0):
+            try:  # nthreads: every connected worker, paused ones included
+                idle = bool(client.futures) and not client.nthreads()
             except Exception:  # noqa: BLE001 - the client closed as the block ended
+                return
+            since = (since or time.monotonic()) if idle else None
+            if since is not None and time.monotonic() - since > wait and not stop.is_set():
+                fired.set()
+                client.close()  # ends every wait on this client: gather, progress
                 return
 
     address = client.scheduler.address
@@ -171,8 +171,6 @@ def _connect(spec: str, timeout: float) -> Any:
     Built in a daemon thread abandoned on time-out: ``Client(timeout=)`` bounds the
     connect but not the handshake, which a non-Dask port (a dashboard) leaves hanging.
     """
-    import threading
-
     from distributed import Client
 
     box: dict[str, Any] = {}

@@ -285,6 +285,7 @@ def test_every_worker_killed_mid_run_is_an_error_not_a_hang(store_url, tmp_path)
     """A real scheduler and worker in their own processes; the worker SIGKILLed while
     ``ncdask analyze`` runs on it. The run must stop with an error naming the scheduler
     within the no-workers timeout (5 s here) and a margin."""
+    import contextlib
     import signal
     import subprocess
     import sys
@@ -310,8 +311,10 @@ def test_every_worker_killed_mid_run_is_an_error_not_a_hang(store_url, tmp_path)
                 [sys.executable, "-m", "ncdask.cli", "analyze", store_url, "--scheduler",
                  address, "--no-workers-timeout", "5", "--metrics", "nc1"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 60
             while not any(watcher.processing().values()):  # the run has work on the worker
                 assert run.poll() is None, run.communicate()
+                assert time.monotonic() < deadline, "the run sent no task to the worker"
                 time.sleep(0.05)
             os.killpg(procs[1].pid, signal.SIGKILL)
             t0 = time.monotonic()
@@ -328,7 +331,8 @@ def test_every_worker_killed_mid_run_is_an_error_not_a_hang(store_url, tmp_path)
                     r.compute(ncdask.class_stats(store_url, "train"))
     finally:
         for p in procs:
-            os.killpg(p.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
             p.wait()
 
 
