@@ -77,10 +77,8 @@ def use_scheduler(spec: str | None = None, *, quiet: bool = False,
     connect_timeout : float
         Seconds to wait for a distributed scheduler.
     no_workers_timeout : float or str, optional
-        How long distributed work may wait while no worker is connected before
-        the run stops with :class:`~ncdask.errors.NoWorkersError` (seconds or a
-        string such as ``"2 minutes"``). Default: the dask config
-        ``ncdask.no_workers_timeout``, else 60 s.
+        How long distributed work may wait with no worker connected (seconds or
+        ``"2 minutes"``); default: dask config ``ncdask.no_workers_timeout``, else 60.
 
     Yields
     ------
@@ -91,8 +89,7 @@ def use_scheduler(spec: str | None = None, *, quiet: bool = False,
     SchedulerError
         Unknown spec, unreachable address, or ``local-cuda`` without a GPU.
     NoWorkersError
-        Every worker gone (or none started) for ``no_workers_timeout`` while
-        work waits.
+        Work waited ``no_workers_timeout`` with every worker gone (or none started).
 
     Examples
     --------
@@ -125,13 +122,10 @@ def use_scheduler(spec: str | None = None, *, quiet: bool = False,
 
 @contextlib.contextmanager
 def _no_workers_guard(client: Any, wait: float) -> Iterator[None]:
-    """Close ``client`` once its pending work has had no worker for ``wait`` seconds, and
-    turn what that interrupts into NoWorkersError.
-
-    Hand-written: distributed's ``no-workers-timeout`` is set where the scheduler starts
-    (out of reach for an address) and ``Client.wait_for_workers`` counts paused workers as
-    gone. Where the scheduler's is set, its ``NoWorkerError`` becomes NoWorkersError too.
-    """
+    """Close ``client`` once its pending work has had no worker for ``wait`` s: what that
+    interrupts (or the scheduler's own ``NoWorkerError``) is raised as NoWorkersError.
+    Hand-written: distributed's ``no-workers-timeout`` is set where the scheduler starts (out
+    of reach for an address); ``Client.wait_for_workers`` counts paused workers as gone."""
     from distributed.scheduler import NoWorkerError
 
     stop, fired = threading.Event(), threading.Event()
@@ -156,10 +150,9 @@ def _no_workers_guard(client: Any, wait: float) -> Iterator[None]:
     except Exception as e:
         if fired.is_set() or isinstance(e, NoWorkerError):
             raise NoWorkersError(
-                f"no Dask worker was connected to the scheduler at {address} for "
-                f"{wait:g} s while work waited (all workers gone or none started); "
-                "start workers, or wait longer with --no-workers-timeout or the dask "
-                "config ncdask.no_workers_timeout") from e
+                f"no Dask worker was connected to the scheduler at {address} for {wait:g} s "
+                "while work waited (all gone or none started); start workers, or wait longer: "
+                "--no-workers-timeout or dask config ncdask.no_workers_timeout") from e
         raise
     finally:
         stop.set()
