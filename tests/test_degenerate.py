@@ -176,3 +176,67 @@ def test_an_ood_split_of_another_width_is_refused_before_any_compute():
                 ncdask.measure(st, ood=ood, metrics=[metric])
 
 
+
+
+_WITHIN = ("nc1_pinv", "nc1_svd", "nc1_quot", "nc1_cdnv", "erank_within")
+
+
+def _lone(n_per_class, K=6, D=8, seed=0):
+    """A split of pure noise with ``n_per_class[k]`` samples in class k."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(K), n_per_class)
+    return rng.normal(size=(len(y), D)), y
+
+
+def test_one_sample_per_class_is_nan_not_perfect_collapse():
+    X, y = _lone([1] * 6)
+    with pytest.warns(ncdask.DegenerateInputWarning, match="every one of the 6 classes .* one "
+                      "sample: the within-class covariance is unestimable") as rec:
+        r = ncdask.measure(ncdask.class_stats(split(X, y, 6)),
+                           metrics=[*_WITHIN, "nc2_etf_err"]).compute()
+    assert all(np.isnan(float(r[k])) for k in _WITHIN), {k: float(r[k]) for k in _WITHIN}
+    assert np.isfinite(float(r.nc2_etf_err))  # the means are still measured
+    assert len(rec) == 1
+    # a sweep warns once, for its first item
+    st = ncdask.class_stats(split(X, y, 6))
+    with pytest.warns(ncdask.DegenerateInputWarning, match="at epoch=0") as rec:
+        ncdask.measure([st, st], metrics="nc1_quot")
+    assert len(rec) == 1
+
+
+def test_some_one_sample_classes_are_counted_and_values_stay_finite():
+    X, y = _lone([1, 5, 1, 4, 6, 1])
+    with pytest.warns(ncdask.DegenerateInputWarning, match="3 of the 6 classes measured have "
+                      "one sample") as rec:
+        r = ncdask.measure(ncdask.class_stats(split(X, y, 6)), metrics=list(_WITHIN)).compute()
+    assert len(rec) == 1
+    assert all(np.isfinite(float(r[k])) and float(r[k]) > 0 for k in _WITHIN)
+    with warnings.catch_warnings():  # no class of one sample: no warning
+        warnings.simplefilter("error")
+        ncdask.measure(ncdask.class_stats(split(*_lone([2, 5, 3, 4, 6, 2]), 6)),
+                       metrics=list(_WITHIN)).compute()
+        ncdask.measure(ncdask.class_stats(split(X, y, 6)), metrics="nc2_etf_err")  # no Σ_W
+
+
+@pytest.mark.parametrize("counts", [[1] * 6, [1, 5, 1, 4, 6, 1], [2, 5, 3, 4, 6, 2]],
+                         ids=["all-one", "some-one", "none-one"])
+def test_cli_analyze_one_sample_classes(tmp_path, capsys, counts):
+    import json
+
+    from ncdask.cli import main
+
+    X, y = _lone(counts)
+    url = str(tmp_path / "s.zarr")
+    ncdask.EmbeddingStore.from_arrays(url, {"train": (X, y)})
+    assert main(["analyze", url, "--metrics", "nc1_pinv", "nc1_quot", "nc1_cdnv",
+                 "--json", "-", "-q"]) == 0
+    cap = capsys.readouterr()
+    got = json.loads(cap.out)
+    lone = counts.count(1)
+    if lone == len(counts):
+        assert got == {"nc1_pinv": None, "nc1_quot": None, "nc1_cdnv": None}
+        assert "ncdask: warning: every one of the 6 classes" in cap.err
+    else:
+        assert all(v is not None and v > 0 for v in got.values())
+        assert (f"ncdask: warning: {lone} of the 6 classes" in cap.err) == (lone > 0)
+        assert ("one sample" in cap.err) == (lone > 0)
