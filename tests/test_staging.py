@@ -116,9 +116,11 @@ def _resume(p):
 
 
 @pytest.mark.parametrize("child", ["import", "classifier"])
-def test_writers_with_one_hostname_keep_each_others_staging(tmp_path, monkeypatch, child):
+def test_writers_with_one_hostname_keep_each_others_staging(tmp_path, monkeypatch, child,
+                                                             short_lease):
     """The child stops with its staging written; this process (same hostname, the child's
-    pid not running here) sets a classifier and imports; then the child finishes."""
+    pid not running here), once the child's lease would have expired without its heartbeat,
+    sets a classifier and imports; then the child finishes."""
     url = str(tmp_path / "s.zarr")
     ncdask.EmbeddingStore.from_arrays(url, {"train": _rows(20)}, n_classes=K)
     monkeypatch.setattr("socket.gethostname", lambda: "box")
@@ -127,6 +129,7 @@ def test_writers_with_one_hostname_keep_each_others_staging(tmp_path, monkeypatc
     else:  # stopped before switching to its new version
         p = _paused(url, "classifier")
     try:
+        time.sleep(short_lease + 0.5)
         s = ncdask.EmbeddingStore.open(url, "a")
         if child == "import":
             s.set_classifier(np.ones((K, D)))

@@ -1,22 +1,18 @@
-"""Leases: what ncdask stages, and whether its writer still lives, recorded before it is made.
+"""Leases: what a writer stages, listed before it is made, and whether the writer lives.
 
-A writer that stages anything (a split built beside the old, a classifier version, an
-output written beside its path, a folder renamed aside) first writes a lease, a Zarr group
-whose ``ncdask_lease`` attribute is ``{"heartbeat": <time>, "paths": [...]}``: each path it
-will create or move aside, with what recovery does with it (delete it; or, for an aside,
-move it back when its place is empty and delete it otherwise, so the only copy is never
-lost). A daemon thread rewrites the heartbeat every 30 s (a quarter of the expiry if that
-is shorter). When the operation ends the lease is removed, or, if it lists something still
-there (a classifier version in use, what a failed step left), kept with its heartbeat set
-to 0 for the next recovery to judge. A lease whose heartbeat is older
-than the dask config value ``ncdask.lease_expiry`` (seconds, default 600) is expired: its
-writer is gone (or stalled for that long) and the next writer in the store recovers what it
-lists. Every process writing a store must agree on the expiry.
+A writer that stages anything (a split built beside the old, a classifier version, an output
+written beside its path, a folder renamed aside) first writes a lease: a Zarr group whose
+``ncdask_lease`` attribute holds a heartbeat time and each staged path with its recovery
+(delete it; an aside is moved back where its place is not whole, so the only copy is never
+lost). A daemon thread renews the heartbeat every 30 s (a quarter of the expiry if shorter).
+At the end the lease is removed, or, while it lists something still there (a classifier
+version in use, what a failed step left), kept with heartbeat 0 for recovery to judge.
 
-Cleanup looks only at expired leases and the paths they list: a name never decides
-anything, so user splits and layers may look like staging (``val.replaced-x``). Leases of
-a store live in ``<store>/.ncdask/leases/``; an output (not in a store) has its lease beside
-it, ``<path>.ncdask-lease-<id>``. Local disks, memory and object stores alike.
+A lease not renewed for the dask config value ``ncdask.lease_expiry`` (seconds, default 600)
+is expired: its writer is gone (or stalled that long; every writer of a store must use one
+expiry), and the next writer recovers what it lists. Cleanup looks at nothing else: a name
+never decides, so splits and layers may look like staging (``val.replaced-x``). A store's
+leases are in ``<store>/.ncdask/leases/``; an output's beside it, ``<path>.ncdask-lease-<id>``.
 """
 
 from __future__ import annotations
@@ -77,14 +73,6 @@ def _put(fs: Any, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
-def _there(fs: Any, path: str) -> bool:
-    """Whether ``path`` exists (when that cannot be told: yes)."""
-    try:
-        return bool(fs.exists(path))
-    except Exception:
-        return True
-
-
 def _rm(fs: Any, path: str) -> bool:
     """Delete ``path`` if there (another process may be deleting it too)."""
     try:
@@ -128,12 +116,8 @@ class Lease:
         when ``to`` is not whole. ``unless`` names an attribute of the group holding
         ``path`` that keeps it while it names it (a set's current classifier).
         """
-        entry = {"path": self._rel(path)}
-        if to is not None:
-            entry["to"] = self._rel(to)
-        if unless is not None:
-            entry["unless"] = unless
-        self.paths.append(entry)
+        self.paths.append({"path": self._rel(path), **({"to": self._rel(to)} if to else {}),
+                           **({"unless": unless} if unless else {})})
         if self._beat is not None:
             self._write()
         return path
@@ -155,7 +139,8 @@ class Lease:
         self._stop.set()
         if self._beat is not None:
             self._beat.join()
-        self.paths = [e for e in self.paths if _there(self.fs, f"{self.root}/{e['path']}")]
+        with contextlib.suppress(Exception):  # what cannot be checked stays listed
+            self.paths = [e for e in self.paths if self.fs.exists(f"{self.root}/{e['path']}")]
         if self.paths:
             self._write(heartbeat=0.0)  # this writer is done with them
         else:
@@ -200,9 +185,9 @@ def leases(fs: Any, folder: str, prefix: str = "") -> list[tuple[str, dict]]:
     return out
 
 
-def expired(rec: dict, now: float | None = None) -> bool:
+def expired(rec: dict) -> bool:
     """Whether the lease record ``rec`` has not been renewed within :func:`expiry`."""
-    return (time.time() if now is None else now) - float(rec["heartbeat"]) > expiry()
+    return time.time() - float(rec["heartbeat"]) > expiry()
 
 
 def has_root(fs: Any, path: str) -> bool:
@@ -265,16 +250,15 @@ def remove_stale(fs: Any, root: str, folder: str, *, move: Mover, prefix: str = 
             continue
         kept = False
         for act, path, to in _plan(fs, root, rec, whole):
-            if act == "keep":
-                kept = True
-            elif act == "delete" and _rm(fs, path):
-                done.append(path)
-            elif act == "restore":
-                try:
+            try:
+                if act == "restore":
                     move(fs, path, to)
-                    done.append(path)
-                except OSError:
-                    kept = True  # retried by the next recovery
+                elif act == "delete":
+                    fs.rm(path, recursive=True)
+            except OSError:  # retried by the next recovery
+                act = "keep"
+            kept = kept or act == "keep"
+            done += [] if act == "keep" else [path]
         if not kept:
             _rm(fs, lp)
     return done
