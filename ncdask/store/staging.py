@@ -30,15 +30,10 @@ import dask
 
 #: Dask config key: seconds after its last heartbeat that a lease is expired.
 EXPIRY_KEY = "ncdask.lease_expiry"
-EXPIRY_S = 600.0
-BEAT_S = 30.0
-#: A store's lease folder (a Zarr group), relative to its root.
-STORE_LEASES = ".ncdask/leases"
+EXPIRY_S, BEAT_S = 600.0, 30.0
+STORE_LEASES = ".ncdask/leases"  # a store's lease folder (a Zarr group), under its root
 LEASE_ATTR = "ncdask_lease"
-#: Marks of what ncdask stages beside an output (for humans, and the cache's own listings).
-_BESIDE = (".ncdask-tmp-", ".ncdask-old-", ".ncdask-lease-")
-
-Mover = Callable[[Any, str, str], None]
+_BESIDE = (".ncdask-tmp-", ".ncdask-old-", ".ncdask-lease-")  # beside an output
 Whole = Callable[[Any, str], bool]
 
 
@@ -71,15 +66,6 @@ def _put(fs: Any, path: str, data: bytes) -> None:
         os.replace(part, path)
     else:
         fs.pipe_file(path, data)
-
-
-def _rm(fs: Any, path: str) -> bool:
-    """Delete ``path`` if there (another process may be deleting it too)."""
-    try:
-        fs.rm(path, recursive=True)
-        return True
-    except (FileNotFoundError, OSError):
-        return False
 
 
 class Lease:
@@ -144,7 +130,8 @@ class Lease:
         if self.paths:
             self._write(heartbeat=0.0)  # this writer is done with them
         else:
-            _rm(self.fs, self.dir)
+            with contextlib.suppress(OSError):
+                self.fs.rm(self.dir, recursive=True)
 
 
 def store_lease(fs: Any, root: str) -> Lease:
@@ -235,12 +222,12 @@ def leftovers(fs: Any, root: str, folder: str, *, prefix: str = "",
               whole: Whole = has_root) -> list[str]:
     """What expired leases in ``folder`` still list and recovery would delete or restore."""
     return [f"{path} ({'to be restored to ' + to if to else 'to be deleted'})"
-            for lp, rec in leases(fs, folder, prefix) if expired(rec)
+            for _, rec in leases(fs, folder, prefix) if expired(rec)
             for act, path, to in _plan(fs, root, rec, whole) if act != "keep"]
 
 
-def remove_stale(fs: Any, root: str, folder: str, *, move: Mover, prefix: str = "",
-                 whole: Whole = has_root) -> list[str]:
+def remove_stale(fs: Any, root: str, folder: str, *, move: Callable[[Any, str, str], None],
+                 prefix: str = "", whole: Whole = has_root) -> list[str]:
     """Recover every expired lease in ``folder``: restore or delete what it lists (errors
     ignored: another process may be recovering it too), then remove the lease unless it
     keeps something; return the paths deleted or restored."""
@@ -260,5 +247,6 @@ def remove_stale(fs: Any, root: str, folder: str, *, move: Mover, prefix: str = 
             kept = kept or act == "keep"
             done += [] if act == "keep" else [path]
         if not kept:
-            _rm(fs, lp)
+            with contextlib.suppress(OSError):  # another process may be removing it
+                fs.rm(lp, recursive=True)
     return done
