@@ -122,8 +122,9 @@ def test_a_failed_import_changes_nothing(tmp_path, mem_url):
     with pytest.raises(ValueError, match="nothing was imported"):
         s.import_files("more", str(tmp_path / "wide.npy"), ya)
     assert s.splits() == ["train"]
-    # nothing staged is left over in the store either
-    assert not [p for p in s.core.group if str(p).startswith(".")]
+    # nothing staged is left over in the store either, and no lease (.ncdask/leases)
+    assert not [p for p in s.core.group if str(p).startswith(".") and p != ".ncdask"]
+    assert not list(s.core.group[".ncdask/leases"])
 
 
 def test_delete_split(tmp_path, mem_url):

@@ -21,7 +21,6 @@ from ncdask.store.digest import digest
 from ncdask.store.embedding import EmbeddingStore
 from ncdask.store.record import DamagedStoreError, check_record, chunk_digest, record, snapshot
 from ncdask.store.setkey import SetKey
-from ncdask.store.staging import stale_entries
 
 
 @dataclass
@@ -185,10 +184,9 @@ def check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
                     for i in range(math.ceil(a.shape[0] / a.chunks[0])):
                         report.chunks += 1
                         tasks.append(_task(_verify_finite)(a, i, None, True, a.path))
-            fs, folder = store.core.fs_path(sg)
-            for path in stale_entries(fs, folder, keep=tuple(n for n in (name,) if n)):
-                report.notes.append(f"{path}: left by a killed writer (removed by the next "
-                                    "writer in this set)")
+        for left in store.core.leftovers():
+            report.notes.append(f"{left}: left by a writer whose lease expired (recovered by "
+                                "the next writer)")
         return report, tasks
 
 

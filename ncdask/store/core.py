@@ -25,8 +25,8 @@ from zarr.storage import MemoryStore
 from ncdask._validate import NcdaskStoreError, check_name
 from ncdask.store.record import DamagedStoreError, chunk_digest, empty_record, snapshot
 from ncdask.store.setkey import SetKey
-from ncdask.store.staging import remove_stale
-from ncdask.store.zarrio import backend, url_fs
+from ncdask.store.staging import STORE_LEASES, Lease, leftovers, remove_stale, store_lease
+from ncdask.store.zarrio import backend, rename, url_fs
 
 FORMAT = 2  # 2: sets may have their own width (``ncdask_layout``); 1 otherwise
 CHUNK_BYTES = 64 * 2**20
@@ -389,13 +389,23 @@ class Core:
                 dimension_names=("sample",), compressors=[ZstdCodec(level=3), Crc32cCodec()],
                 fill_value=np.iinfo(lab).min))
 
-    def tidy(self, sg: zarr.Group) -> list[str]:
-        """Delete what killed writers left staged in set ``sg`` (:mod:`ncdask.store.staging`)."""
-        fs, folder = self.fs_path(sg)
-        gone = remove_stale(fs, folder, keep=tuple(n for n in (classifier_name(sg),) if n))
+    def lease(self) -> Lease:
+        """A new lease in this store, for what a writer stages (:mod:`ncdask.store.staging`)."""
+        return store_lease(*self.fs_path())
+
+    def tidy(self, sg: zarr.Group | None = None) -> list[str]:
+        """Recover what writers whose leases expired left staged anywhere in the store (an
+        aside back where its split is missing, the rest deleted); return those paths."""
+        fs, root = self.fs_path()
+        gone = remove_stale(fs, root, f"{root}/{STORE_LEASES}", move=rename)
         if gone:
-            forget_listings(sg)
+            forget_listings(self.group if sg is None else sg)
         return gone
+
+    def leftovers(self) -> list[str]:
+        """What :meth:`tidy` would recover now (for ``ncdask check``)."""
+        fs, root = self.fs_path()
+        return leftovers(fs, root, f"{root}/{STORE_LEASES}")
 
     def remove_group(self, sg: zarr.Group, name: str) -> None:
         fs, path = self.fs_path(sg, name)
