@@ -223,3 +223,42 @@ def test_from_arrays_refuses_a_replace_it_cannot_make_atomic_on_s3(s3):
                                           overwrite=True, storage_options=opts)
     s = ncdask.EmbeddingStore.open(url, storage_options=opts)
     np.testing.assert_array_equal(s.split("train").embeddings.values, X)  # untouched
+
+
+_APPEND = """
+import sys, json, numpy as np, ncdask
+s = ncdask.EmbeddingStore.open(sys.argv[1], "a", storage_options=json.loads(sys.argv[2]))
+first, n, split = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+X = np.zeros((n, 4), np.float32)
+X[:, 0] = first + np.arange(n)
+s.append(split, X, (first + np.arange(n)) % 5, layer=sys.argv[6] or None)
+"""
+
+
+def test_a_handle_sees_rows_other_processes_append_on_s3(s3):
+    """A handle that has listed a split's shards sees the shards and rows that other
+    processes commit later, and their new splits and sets: fsspec's cached listings never
+    hide committed parts."""
+    opts = s3[0]
+    url = _url(s3, "fresh")
+    a = ncdask.EmbeddingStore.create(url, K, D, chunk_rows=8, storage_options=opts)
+
+    def other_process(first, rows, split="train", layer=""):
+        subprocess.run([sys.executable, "-c", _APPEND, url, json.dumps(opts), str(first),
+                        str(rows), split, layer], check=True,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+    n = 0
+    for first, rows in ((0, 21), (100, 30), (200, 9)):  # 21 of 51, then 51 of 60
+        other_process(first, rows)
+        n += rows
+        ids = np.sort(a.split("train").embeddings.values[:, 0])
+        assert a.n_rows("train") == n == ids.size, f"the handle sees {ids.size} of {n} rows"
+        assert int(ncdask.class_stats(a, "train").n_samples) == n
+        assert int(ncdask.class_stats(a, "train", cache=True).n_samples) == n
+    np.testing.assert_array_equal(ids, np.concatenate([np.arange(21), 100 + np.arange(30),
+                                                       200 + np.arange(9)]))
+    assert a.splits() == ["train"] and a.sets() == [{}]
+    other_process(0, 3, "val")
+    other_process(0, 3, "val", layer="fc")
+    assert a.splits() == ["train", "val"] and a.sets() == [{}, {"layer": "fc"}]

@@ -23,7 +23,13 @@ from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
 from ncdask._validate import NcdaskStoreError, check_name
-from ncdask.store.record import DamagedStoreError, chunk_digest, empty_record, snapshot
+from ncdask.store.record import (
+    DamagedStoreError,
+    chunk_digest,
+    empty_record,
+    forget_listings,
+    snapshot,
+)
 from ncdask.store.setkey import SetKey
 from ncdask.store.staging import STORE_LEASES, Lease, leftovers, remove_stale, store_lease
 from ncdask.store.zarrio import backend, rename, url_fs
@@ -161,13 +167,6 @@ def check_labelled(g: zarr.Group, labelled: bool) -> None:
             f"split {name!r} is {'labelled' if have else 'unlabelled'}: "
             + ("pass labels with every batch" if have else
                "its batches take no labels (y=None); use another split for labelled data"))
-
-
-def forget_listings(g: zarr.Group) -> None:
-    """Drop the listings fsspec cached for ``g``'s store (s3fs keeps deleted nodes)."""
-    fs = getattr(g.store, "fs", None)
-    if fs is not None and hasattr(fs, "invalidate_cache"):
-        fs.invalidate_cache()
 
 
 def truncate(g: zarr.Group, n: int) -> None:
@@ -338,6 +337,7 @@ class Core:
                 if "ncdask_set" in sub.attrs:
                     walk(sub, dict(sub.attrs["ncdask_set"]))
 
+        forget_listings(self.group)  # sets and splits other processes made since
         with naming_broken_metadata(self.url, self.storage_options):
             walk(self.group, {})
         return sorted(out, key=lambda t: (str(t.get("layer", "")), t.get("epoch", -1)))
@@ -347,6 +347,7 @@ class Core:
             g = self.set_group(key)
             if g is None:
                 return []
+            forget_listings(g, "")  # splits other processes made since
             return sorted(n for n, sub in g.groups()
                           if "ncdask_split" in sub.attrs and not n.startswith("."))
 

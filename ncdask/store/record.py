@@ -36,8 +36,23 @@ def record(p: zarr.Group) -> Mapping[str, Any]:
     return p.attrs.get("ncdask_shard") or p.attrs["ncdask_split"]
 
 
+def forget_listings(g: zarr.Group, below: str | None = None) -> None:
+    """Drop the listings fsspec cached for ``g``'s store (s3fs keeps deleted nodes and hides
+    other processes' new ones): all, or with ``below`` those of ``g/below`` (``""``: ``g``)
+    and its parents."""
+    fs = getattr(g.store, "fs", None)  # a local disk's store has none: nothing to drop
+    if fs is None or not hasattr(fs, "invalidate_cache"):
+        return
+    if below is None:
+        fs.invalidate_cache()
+    else:
+        fs.invalidate_cache("/".join(p for p in (g.store.path, g.path, below) if p))
+
+
 def shards(g: zarr.Group) -> list[tuple[zarr.Group, dict[str, Any]]]:
-    """The committed shards of split group ``g``, in the order their writers started."""
+    """The committed shards of split group ``g``, in the order their writers started, as
+    listed now (not as cached: other processes add shards)."""
+    forget_listings(g, "shards")
     if "shards" not in g:
         return []
     out = []
