@@ -195,36 +195,30 @@ def check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
         for left in store.core.leftovers():
             report.notes.append(f"{left}: left by a writer whose lease expired (recovered by "
                                 "the next writer)")
-        report.notes += _half_made(store, store.core.group, {})
+        report.notes += _half_made(store, store.core.group, SetKey())
         return report, tasks
 
 
-def _half_made(store: EmbeddingStore, sg: zarr.Group, tags: dict) -> list[str]:
-    """Splits in set ``sg`` and the sets below it whose creation or deletion a killed writer
+def _half_made(store: EmbeddingStore, sg: zarr.Group, key: SetKey) -> list[str]:
+    """Splits in set ``sg`` (and the sets below) whose creation or deletion a killed writer
     left half done: readers do not see them; the next writer of the split completes them."""
-    core, out = store.core, []
-    fs, folder = core.fs_path(sg)
-    groups = dict(subgroups(sg))
+    fs, folder = store.core.fs_path(sg)
+    groups, out = dict(subgroups(sg)), []
     for path in fs.ls(folder, detail=False):
         name = str(path).rstrip("/").rsplit("/", 1)[-1]
         g = groups.get(name)
-        if name.startswith("."):
-            continue
         if g is not None and "ncdask_set" in g.attrs:
-            out += _half_made(store, g, dict(g.attrs["ncdask_set"]))
+            tags = g.attrs["ncdask_set"]
+            out += _half_made(store, g, SetKey(tags.get("layer"), tags.get("epoch")))
+        elif name.startswith("."):
             continue
-        if g is None and any(fs.exists(f"{path}/{a}/zarr.json") for a in ("embeddings",
-                                                                         "labels")):
-            what = "arrays of a split without its record (its creation was interrupted)"
-        elif g is not None and DELETED_ATTR in g.attrs:
-            what = "a split whose deletion was interrupted"
-        elif g is not None and "ncdask_split" in g.attrs and core.find_split(
-                name, SetKey(tags.get("layer"), tags.get("epoch"))) is None:
-            what = "a split record without its arrays (its creation was interrupted)"
-        else:
-            continue
-        out.append(f"{path}: {what}; readers do not see it, the next writer of split "
-                   f"{name!r} completes it")
+        elif g is None and fs.exists(f"{path}/embeddings/zarr.json"):
+            out.append(f"{path}: arrays of a split without its record (its creation was "
+                       "interrupted); invisible to readers, the next writer completes it")
+        elif g is not None and (DELETED_ATTR in g.attrs or "ncdask_split" in g.attrs
+                                and store.core.find_split(name, key) is None):
+            out.append(f"{path}: a split whose creation or deletion was interrupted; invisible "
+                       "to readers, the next writer of the split completes it")
     return out
 
 
