@@ -299,6 +299,19 @@ def test_a_shard_of_a_deleted_split_is_never_read_in_its_successor(tmp_path):
     assert ncdask.check_store(url).ok
 
 
+def test_a_read_of_a_split_deleted_meanwhile_names_the_delete(tmp_path):
+    """A lazy read whose split is deleted before it computes is told so, not that the store
+    is damaged."""
+    url = str(tmp_path / "s.zarr")
+    s = ncdask.EmbeddingStore.from_arrays(url, {"train": (np.ones((20, D)), np.arange(20) % K)},
+                                          chunk_rows=4)
+    d = s.split("train")
+    s.delete_split("train")
+    with pytest.raises(SplitChangedError, match="'train'.*deleted or replaced while it was read"):
+        d.embeddings.compute()
+    assert ncdask.check_store(url).ok
+
+
 def test_lock_files_stay_out_of_listings(tmp_path):
     """The lock files live in ``.ncdask`` (a Zarr group, never a set or split)."""
     url = str(tmp_path / "s.zarr")

@@ -27,10 +27,12 @@ from ncdask._validate import NcdaskStoreError, check_name
 from ncdask.store.locks import split_lock
 from ncdask.store.record import (
     DamagedStoreError,
+    SplitChangedError,
     chunk_digest,
     empty_record,
     forget_listings,
     generation,
+    record,
     snapshot,
     subgroups,
 )
@@ -103,6 +105,7 @@ class NamedChunks:
         except Exception as e:
             span = (f"rows {rows.start}-{rows.stop - 1}" if isinstance(rows, slice)
                     and rows.start is not None and rows.stop is not None else f"{key}")
+            self._refuse_changed(span)
             raise DamagedStoreError(
                 f"{self.url!r}: {self.a.path}, {span} (chunk rows {self.a.chunks[0]}): "
                 f"cannot be read ({type(e).__name__}: {e}); run `ncdask check` on the store"
@@ -118,11 +121,28 @@ class NamedChunks:
             first = firsts[max(lo, i * c) - lo]
             if (first != first if fill != fill else first == fill) and self._lost(i):
                 n = self.shape[0] if self.rec is None else int(self.rec["n_committed"])
+                self._refuse_changed(f"rows {i * c}-{min(n, (i + 1) * c) - 1}")
                 raise DamagedStoreError(
                     f"{self.url!r}: " + (f"split {self.split!r}, " if self.split else "")
                     + f"{self.a.path} rows {i * c}-{min(n, (i + 1) * c) - 1} (chunk {i}): "
                     "the chunk is missing (Zarr reads it as the fill value): the store is "
                     "damaged; run `ncdask check` on it")
+
+    def _refuse_changed(self, span: str) -> None:
+        """Raise :class:`SplitChangedError` if the part read is no longer of the generation
+        its record had (deleted or replaced meanwhile): then a lost chunk is no damage."""
+        if self.rec is None:
+            return
+        try:
+            g = zarr.open_group(store=self.a.store, path=self.a.path.rpartition("/")[0],
+                                mode="r")
+            if generation(record(g)) == generation(self.rec):
+                return
+        except (KeyError, FileNotFoundError, ValueError):
+            pass
+        raise SplitChangedError(
+            f"{self.url!r}: " + (f"split {self.split!r}, " if self.split else "")
+            + f"{self.a.path} {span}: the split was deleted or replaced while it was read")
 
     def _lost(self, i: int) -> bool:
         rec, a = self.rec, self.a
