@@ -12,6 +12,7 @@ as ``null`` and ±inf as ``"Infinity"`` / ``"-Infinity"``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -95,6 +96,10 @@ def _opt(*names: str, **kw: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
 
 _URL = _opt("url", help="store path or fsspec URL")
 _SCHEDULER = _opt("--scheduler", help=_SCHED)
+_NO_WORKERS = _opt("--no-workers-timeout", type=_positive_float, metavar="SECONDS",
+                   help="with a scheduler ADDRESS or local-cuda: stop with an error when "
+                        "work has waited this long with no worker (default: dask config "
+                        "ncdask.no_workers_timeout, else 60)")
 _QUIET = _opt("--quiet", "-q", action="store_true",
               help="hide progress messages and bars; results are still printed")
 _SET = [_opt("--layer", help="embedding set: layer tag (default: the untagged set)"),
@@ -120,7 +125,7 @@ _SPECS: dict[str, tuple[str, tuple[str, ...], str, list[Any]]] = {
         _opt("--epochs", type=_positive_int, help="training epochs (default: the demo's, "
              "long enough to reach the terminal phase)"),
         _opt("--seed", type=int, default=0, help="seed of the data split and network"),
-        _SCHEDULER, _QUIET]),
+        _SCHEDULER, _NO_WORKERS, _QUIET]),
     "import": (
         "import saved .npy / .npz embeddings into a store",
         ("ncdask import X.npy y.npy --store emb.zarr --split train --classifier W.npy",
@@ -157,7 +162,7 @@ _SPECS: dict[str, tuple[str, tuple[str, ...], str, list[Any]]] = {
         _URL,
         _opt("--split", default="train", help="split to summarise"),
         _opt("--out", help="write the statistics to this Zarr path (default: print only)"),
-        *_cache_and_overwrite("statistics"), *_SET, _SCHEDULER, _QUIET]),
+        *_cache_and_overwrite("statistics"), *_SET, _SCHEDULER, _NO_WORKERS, _QUIET]),
     "analyze": (
         "every Neural Collapse metric of a store",
         ("ncdask analyze emb.zarr",
@@ -172,7 +177,7 @@ _SPECS: dict[str, tuple[str, tuple[str, ...], str, list[Any]]] = {
                  help="classes per pairwise tile (default: the largest within the budget)"),
             _opt("--memory-budget", help="bytes per blocked task, e.g. 64MiB (default: "
                  "128 MiB, less on small workers)"),
-            _SCHEDULER,
+            _SCHEDULER, _NO_WORKERS,
             _opt("--out", help="write the metrics to this Zarr path (default: none)"),
             *_cache_and_overwrite("results"),
             _opt("--json", metavar="FILE", help="write the scalar metrics as JSON to FILE "
@@ -209,7 +214,7 @@ _SPECS: dict[str, tuple[str, tuple[str, ...], str, list[Any]]] = {
         "store), checks every chunk against its digest. Prints each problem with\n"
         "its set, split, array and chunk. Exit status: 0 no problem, 1 problems\n"
         "found, 2 the store cannot be read at all (the error names the broken file).",
-        [_URL, _SCHEDULER, _QUIET]),
+        [_URL, _SCHEDULER, _NO_WORKERS, _QUIET]),
 }
 
 
@@ -663,6 +668,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _dask_config(args: argparse.Namespace) -> Any:
+    """``--no-workers-timeout`` as the dask config that ``use_scheduler`` reads."""
+    if getattr(args, "no_workers_timeout", None) is None:
+        return contextlib.nullcontext()
+    import dask
+
+    return dask.config.set({"ncdask.no_workers_timeout": args.no_workers_timeout})
+
+
 COMMANDS = {"demo": _cmd_demo, "import": _cmd_import, "stats": _cmd_stats,
             "analyze": _cmd_analyze, "rm": _cmd_rm, "check": _cmd_check}
 #: Exceptions that mean bad input (exit status 2; other failures exit 1).
@@ -688,7 +702,8 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            code = COMMANDS[args.command](args)
+            with _dask_config(args):
+                code = COMMANDS[args.command](args)
         except (CLIError, SchedulerError, *_BAD_INPUT, ImportError, OSError) as e:
             # a KeyError's message is its first argument (str() would quote it)
             message = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import dask
+from dask.utils import parse_timedelta
 
-from ncdask.errors import SchedulerError
+from ncdask.errors import NoWorkersError, SchedulerError
 
 LOCAL = ("threads", "processes", "sync")
 
@@ -59,7 +62,8 @@ def _is_address(spec: str) -> bool:
 
 @contextlib.contextmanager
 def use_scheduler(spec: str | None = None, *, quiet: bool = False,
-                  connect_timeout: float = 10.0) -> Iterator[Runner]:
+                  connect_timeout: float = 10.0,
+                  no_workers_timeout: float | str | None = None) -> Iterator[Runner]:
     """Run the Dask computations of the ``with`` block on the chosen scheduler.
 
     Parameters
@@ -72,6 +76,9 @@ def use_scheduler(spec: str | None = None, *, quiet: bool = False,
         Hide the progress bars of :meth:`Runner.compute`.
     connect_timeout : float
         Seconds to wait for a distributed scheduler.
+    no_workers_timeout : float or str, optional
+        How long distributed work may wait with no worker connected (seconds or
+        ``"2 minutes"``); default: dask config ``ncdask.no_workers_timeout``, else 60.
 
     Yields
     ------
@@ -81,6 +88,8 @@ def use_scheduler(spec: str | None = None, *, quiet: bool = False,
     ------
     SchedulerError
         Unknown spec, unreachable address, or ``local-cuda`` without a GPU.
+    NoWorkersError
+        Work waited ``no_workers_timeout`` with every worker gone (or none started).
 
     Examples
     --------
@@ -94,8 +103,11 @@ def use_scheduler(spec: str | None = None, *, quiet: bool = False,
         with dask.config.set(scheduler="synchronous" if spec == "sync" else spec):
             yield Runner(spec, quiet=quiet)
         return
+    if no_workers_timeout is None:
+        no_workers_timeout = dask.config.get("ncdask.no_workers_timeout", 60)
+    wait = parse_timedelta(no_workers_timeout)
     if spec == "local-cuda":
-        with _local_cuda() as client:
+        with _local_cuda() as client, _no_workers_guard(client, wait):
             yield Runner(spec, client=client, gpu=True, quiet=quiet)
         return
     if not _is_address(spec):
@@ -103,8 +115,47 @@ def use_scheduler(spec: str | None = None, *, quiet: bool = False,
                              "local-cuda or a distributed scheduler address such as "
                              "tcp://host:8786")
     client = _connect(spec, connect_timeout)
-    with client, client.as_current(), dask.config.set(scheduler="dask.distributed"):
+    with client, client.as_current(), dask.config.set(scheduler="dask.distributed"), \
+            _no_workers_guard(client, wait):
         yield Runner(spec, client=client, quiet=quiet)
+
+
+@contextlib.contextmanager
+def _no_workers_guard(client: Any, wait: float) -> Iterator[None]:
+    """Close ``client`` once its pending work has had no worker for ``wait`` s: what that
+    interrupts (or the scheduler's own ``NoWorkerError``) is raised as NoWorkersError.
+    Hand-written: distributed's ``no-workers-timeout`` is set where the scheduler starts (out
+    of reach for an address); ``Client.wait_for_workers`` counts paused workers as gone."""
+    from distributed.scheduler import NoWorkerError
+
+    stop, fired = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        since = None
+        while not stop.wait(1.0):
+            try:  # nthreads: every connected worker, paused ones included
+                idle = bool(client.futures) and not client.nthreads()
+            except Exception:  # noqa: BLE001 - the client closed as the block ended
+                return
+            since = (since or time.monotonic()) if idle else None
+            if since is not None and time.monotonic() - since > wait and not stop.is_set():
+                fired.set()
+                client.close()  # ends every wait on this client: gather, progress
+                return
+
+    address = client.scheduler.address
+    threading.Thread(target=watch, name="ncdask-no-workers", daemon=True).start()
+    try:
+        yield
+    except Exception as e:
+        if fired.is_set() or isinstance(e, NoWorkerError):
+            raise NoWorkersError(
+                f"no Dask worker was connected to the scheduler at {address} for {wait:g} s "
+                "while work waited (all gone or none started); start workers, or wait longer: "
+                "--no-workers-timeout or dask config ncdask.no_workers_timeout") from e
+        raise
+    finally:
+        stop.set()
 
 
 def _connect(spec: str, timeout: float) -> Any:
@@ -113,8 +164,6 @@ def _connect(spec: str, timeout: float) -> Any:
     Built in a daemon thread abandoned on time-out: ``Client(timeout=)`` bounds the
     connect but not the handshake, which a non-Dask port (a dashboard) leaves hanging.
     """
-    import threading
-
     from distributed import Client
 
     box: dict[str, Any] = {}

@@ -1,5 +1,6 @@
 import itertools
 
+import dask
 import numpy as np
 import pytest
 import zarr
@@ -7,6 +8,14 @@ import zarr
 import ncdask
 
 _counter = itertools.count()
+
+
+@pytest.fixture
+def short_lease(monkeypatch):
+    """Leases expire after 2 s (heartbeat every 0.5 s), here and in child processes."""
+    monkeypatch.setenv("DASK_NCDASK__LEASE_EXPIRY", "2")
+    with dask.config.set({"ncdask.lease_expiry": 2}):
+        yield 2.0
 
 
 @pytest.fixture

@@ -190,3 +190,21 @@ def test_a_lost_chunk_among_the_new_rows_is_an_error_not_a_cached_nan(tmp_path):
     chunk.write_bytes(saved)  # repaired: right numbers, nothing NaN was kept
     got = ncdask.class_stats(s, "train", cache=True).compute()
     assert_stats_equal(got, ncdask.class_stats(s, "train").compute())
+
+
+def test_rows_committed_while_an_entry_is_computed_are_counted_once(tmp_path, monkeypatch):
+    """An entry covers exactly the rows its key names: rows another writer commits between
+    the key's snapshot and the pass are not in the entry, then merged in once."""
+    s, rng = _store(tmp_path, n=100)
+    read = s.split
+
+    def split_after_a_commit(*args, **kwargs):
+        monkeypatch.setattr(s, "split", read)
+        other = ncdask.EmbeddingStore.open(s.url, "a")
+        other.append("train", *class_data(rng, np.ones((K, D)), 2))
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(s, "split", split_after_a_commit)
+    assert int(ncdask.class_stats(s, "train", cache=True).n_samples) == 102
+    s.append("train", *class_data(rng, np.ones((K, D)), 3))
+    assert int(ncdask.class_stats(s, "train", cache=True).n_samples) == 105

@@ -267,6 +267,75 @@ def test_a_port_that_is_not_a_dask_scheduler_is_an_error_not_a_hang():
         srv.shutdown()
 
 
+_SLOW_TASKS = """
+import time
+from distributed import WorkerPlugin
+
+class Slow(WorkerPlugin):  # each task 0.2 s: the run is still going when the workers die
+    def transition(self, key, start, finish, **kw):
+        if finish == "executing":
+            time.sleep(0.2)
+
+async def dask_setup(worker):
+    await worker.plugin_add(Slow())
+"""
+
+
+def test_every_worker_killed_mid_run_is_an_error_not_a_hang(store_url, tmp_path):
+    """A real scheduler and worker in their own processes; the worker SIGKILLed while
+    ``ncdask analyze`` runs on it. The run must stop with an error naming the scheduler
+    within the no-workers timeout (5 s here) and a margin."""
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    distributed = pytest.importorskip("distributed")
+    (tmp_path / "slow_tasks.py").write_text(_SLOW_TASKS)
+    sfile, env = str(tmp_path / "scheduler.json"), {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), *sys.path])}
+    dask_cli = [sys.executable, "-m", "distributed.cli.dask_{}"]
+    procs = [subprocess.Popen([*dask_cli[:2], dask_cli[2].format("scheduler"), "--port", "0",
+                               "--no-dashboard", "--scheduler-file", sfile], env=env,
+                              stderr=subprocess.DEVNULL, start_new_session=True)]
+    try:
+        procs.append(subprocess.Popen(
+            [*dask_cli[:2], dask_cli[2].format("worker"), "--scheduler-file", sfile,
+             "--no-nanny", "--nthreads", "1", "--no-dashboard", "--preload", "slow_tasks"],
+            env=env, stderr=subprocess.DEVNULL, start_new_session=True))
+        with distributed.Client(scheduler_file=sfile, timeout=30) as watcher:
+            watcher.wait_for_workers(1, timeout=30)
+            address = watcher.scheduler.address
+            run = subprocess.Popen(
+                [sys.executable, "-m", "ncdask.cli", "analyze", store_url, "--scheduler",
+                 address, "--no-workers-timeout", "5", "--metrics", "nc1"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 60
+            while not any(watcher.processing().values()):  # the run has work on the worker
+                assert run.poll() is None, run.communicate()
+                assert time.monotonic() < deadline, "the run sent no task to the worker"
+                time.sleep(0.05)
+            os.killpg(procs[1].pid, signal.SIGKILL)
+            t0 = time.monotonic()
+            try:
+                out, err = run.communicate(timeout=5 + 15)
+            finally:
+                run.kill()
+            assert run.returncode == 1, err
+            assert time.monotonic() - t0 < 5 + 15
+            assert f"no Dask worker was connected to the scheduler at {address} for 5 s" in err
+            # in the API: the named error, also when no worker is there from the start
+            with pytest.raises(ncdask.errors.NoWorkersError, match=address):
+                with use_scheduler(address, quiet=True, no_workers_timeout=1) as r:
+                    r.compute(ncdask.class_stats(store_url, "train"))
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
 # ------------------------------------------------------------------------ import, stats
 
 

@@ -55,8 +55,9 @@ def _chunk_files(root, array):
 
 
 def test_damaged_chunks_are_errors_or_nan_never_plausible(tmp_path):
-    """Verified reads: a missing labels chunk is an error, a missing embeddings chunk NaN,
-    garbled bytes fail their checksum."""
+    """Verified reads: a missing labels, embeddings or classifier chunk is an error naming
+    the split and rows (never NaN or fill labels read as data), garbled bytes fail their
+    checksum."""
     rng = np.random.default_rng(0)
     K, D = 3, 4
     X, y = rng.normal(size=(90, D)), np.arange(90) % K
@@ -70,15 +71,16 @@ def test_damaged_chunks_are_errors_or_nan_never_plausible(tmp_path):
     assert len(lab) == 3
     saved = lab[1].read_bytes()
     lab[1].unlink()
-    with pytest.raises(ValueError, match="missing labels chunk"):
+    with pytest.raises(ncdask.DamagedStoreError,
+                       match=r"split 'train', train/labels rows 30-59 \(chunk 1\)"):
         ncdask.class_stats(s, "train").compute()
     lab[1].write_bytes(saved)
-    # an embeddings chunk deleted: its rows read as NaN, which the split's record
-    # (written without allow_nonfinite) says cannot be data: an error naming the split
+    # an embeddings chunk deleted: an error naming the split and its rows
     emb = _chunk_files(split, "embeddings")
     saved = emb[2].read_bytes()
     emb[2].unlink()
-    assert np.isnan(s["train"].embeddings.values[60:]).all()
+    with pytest.raises(ncdask.DamagedStoreError, match="train/embeddings rows 60-89"):
+        s["train"].embeddings.values.sum()
     with pytest.raises(ncdask.store.NcdaskStoreError, match="split 'train'.*chunk is missing"):
         _nc1_of(s)
     # NaN written on purpose (allow_nonfinite) is data: NaN statistics, no error
@@ -93,11 +95,12 @@ def test_damaged_chunks_are_errors_or_nan_never_plausible(tmp_path):
     emb[2].write_bytes(bytes(bad))
     with pytest.raises(Exception, match="(?i)checksum|crc"):
         s["train"].embeddings.values.sum()  # the read that fails
-    # the classifier: a missing chunk reads as NaN, not as zeros
+    # the classifier: a missing chunk is an error, not zeros or NaN
     current = zarr.open_group(str(url), mode="r").attrs["ncdask_classifier"]
     wc = _chunk_files(url / current, "W")
     wc[0].unlink()
-    assert np.isnan(s.classifier()[0]).all()
+    with pytest.raises(ncdask.DamagedStoreError, match="/W rows 0-2 .chunk 0.: the chunk"):
+        s.classifier()
 
 
 def _nc1_of(s):
@@ -173,3 +176,67 @@ def test_an_ood_split_of_another_width_is_refused_before_any_compute():
                 ncdask.measure(st, ood=ood, metrics=[metric])
 
 
+
+
+_WITHIN = ("nc1_pinv", "nc1_svd", "nc1_quot", "nc1_cdnv", "erank_within")
+
+
+def _lone(n_per_class, K=6, D=8, seed=0):
+    """A split of pure noise with ``n_per_class[k]`` samples in class k."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(K), n_per_class)
+    return rng.normal(size=(len(y), D)), y
+
+
+def test_one_sample_per_class_is_nan_not_perfect_collapse():
+    X, y = _lone([1] * 6)
+    with pytest.warns(ncdask.DegenerateInputWarning, match="every one of the 6 classes .* one "
+                      "sample: the within-class covariance is unestimable") as rec:
+        r = ncdask.measure(ncdask.class_stats(split(X, y, 6)),
+                           metrics=[*_WITHIN, "nc2_etf_err"]).compute()
+    assert all(np.isnan(float(r[k])) for k in _WITHIN), {k: float(r[k]) for k in _WITHIN}
+    assert np.isfinite(float(r.nc2_etf_err))  # the means are still measured
+    assert len(rec) == 1
+    # a sweep warns once, for its first item
+    st = ncdask.class_stats(split(X, y, 6))
+    with pytest.warns(ncdask.DegenerateInputWarning, match="at epoch=0") as rec:
+        ncdask.measure([st, st], metrics="nc1_quot")
+    assert len(rec) == 1
+
+
+def test_some_one_sample_classes_are_counted_and_values_stay_finite():
+    X, y = _lone([1, 5, 1, 4, 6, 1])
+    with pytest.warns(ncdask.DegenerateInputWarning, match="3 of the 6 classes measured have "
+                      "one sample") as rec:
+        r = ncdask.measure(ncdask.class_stats(split(X, y, 6)), metrics=list(_WITHIN)).compute()
+    assert len(rec) == 1
+    assert all(np.isfinite(float(r[k])) and float(r[k]) > 0 for k in _WITHIN)
+    with warnings.catch_warnings():  # no class of one sample: no warning
+        warnings.simplefilter("error")
+        ncdask.measure(ncdask.class_stats(split(*_lone([2, 5, 3, 4, 6, 2]), 6)),
+                       metrics=list(_WITHIN)).compute()
+        ncdask.measure(ncdask.class_stats(split(X, y, 6)), metrics="nc2_etf_err")  # no Σ_W
+
+
+@pytest.mark.parametrize("counts", [[1] * 6, [1, 5, 1, 4, 6, 1], [2, 5, 3, 4, 6, 2]],
+                         ids=["all-one", "some-one", "none-one"])
+def test_cli_analyze_one_sample_classes(tmp_path, capsys, counts):
+    import json
+
+    from ncdask.cli import main
+
+    X, y = _lone(counts)
+    url = str(tmp_path / "s.zarr")
+    ncdask.EmbeddingStore.from_arrays(url, {"train": (X, y)})
+    assert main(["analyze", url, "--metrics", "nc1_pinv", "nc1_quot", "nc1_cdnv",
+                 "--json", "-", "-q"]) == 0
+    cap = capsys.readouterr()
+    got = json.loads(cap.out)
+    lone = counts.count(1)
+    if lone == len(counts):
+        assert got == {"nc1_pinv": None, "nc1_quot": None, "nc1_cdnv": None}
+        assert "ncdask: warning: every one of the 6 classes" in cap.err
+    else:
+        assert all(v is not None and v > 0 for v in got.values())
+        assert (f"ncdask: warning: {lone} of the 6 classes" in cap.err) == (lone > 0)
+        assert ("one sample" in cap.err) == (lone > 0)

@@ -45,6 +45,56 @@ def test_same_source_refused_other_sources_added(tmp_path, mem_url):
         s.import_files("train", xa, ya, mode="replace")
 
 
+def _lookalike(tmp_path):
+    """Two .npy pairs with the same labels whose embeddings differ in one value, placed
+    between the 64 blocks of 64 KiB that fingerprints once sampled (offsets size*i/64)."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(40_000, 32)).astype(np.float32)  # 5.1 MB: gaps between the blocks
+    y = rng.integers(0, K, len(X))
+    np.save(tmp_path / "aX.npy", X)
+    size = (tmp_path / "aX.npy").stat().st_size
+    off = (65536 + size // 64) // 2  # after block 0 ends, before block 1 starts
+    X.reshape(-1)[(off - (size - X.nbytes)) // 4] += 1  # the header precedes the data
+    np.save(tmp_path / "bX.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    return [str(tmp_path / f) for f in ("aX.npy", "bX.npy", "y.npy")]
+
+
+def test_files_differing_only_between_sampled_blocks_are_two_sources(tmp_path, mem_url):
+    xa, xb, y = _lookalike(tmp_path)
+    s = ncdask.EmbeddingStore.create(mem_url(), K, 32)
+    assert s.import_files("train", xa, y) == 40_000
+    assert s.import_files("train", xb, y) == 80_000  # another source, not a repeat
+    assert len({src["fingerprint"] for src in s.sources("train")}) == 2
+    for x in (xa, xb):  # an exact repeat is still refused
+        with pytest.raises(DuplicateImportError, match="already holds"):
+            s.import_files("train", x, y)
+    assert s.n_rows("train") == 80_000
+
+
+def test_cli_imports_a_lookalike_file_instead_of_skipping_it(tmp_path, capsys):
+    from ncdask.cli import main
+
+    xa, xb, y = _lookalike(tmp_path)
+    xc, yc = str(tmp_path / "cX.npy"), str(tmp_path / "cy.npy")
+    np.save(xc, np.ones((100, 32), np.float32))
+    np.save(yc, np.zeros(100, int))
+    url = str(tmp_path / "s.zarr")
+    base = ["--store", url, "--split", "train", "--n-classes", str(K)]
+    assert main(["import", xa, y, xb, y, *base]) == 0  # not "the same file is named twice"
+    assert ncdask.EmbeddingStore.open(url).n_rows("train") == 80_000
+    url2 = str(tmp_path / "s2.zarr")
+    base[1] = url2
+    assert main(["import", xa, y, *base]) == 0
+    capsys.readouterr()
+    # b is not a's rows again: imported, not skipped as a continued import
+    assert main(["import", xb, y, xc, yc, *base]) == 0
+    assert "continuing" not in capsys.readouterr().err
+    assert ncdask.EmbeddingStore.open(url2).n_rows("train") == 80_100
+    assert main(["import", xb, y, *base]) == 2  # an exact repeat is still refused
+    assert "already holds" in capsys.readouterr().err
+
+
 def test_a_failed_import_changes_nothing(tmp_path, mem_url):
     xa, ya, Xa, ya_ = _files(tmp_path)
     s = ncdask.EmbeddingStore.create(mem_url(), K, D, chunk_rows=16)
@@ -72,8 +122,9 @@ def test_a_failed_import_changes_nothing(tmp_path, mem_url):
     with pytest.raises(ValueError, match="nothing was imported"):
         s.import_files("more", str(tmp_path / "wide.npy"), ya)
     assert s.splits() == ["train"]
-    # nothing staged is left over in the store either
-    assert not [p for p in s.core.group if str(p).startswith(".")]
+    # nothing staged is left over in the store either, and no lease (.ncdask/leases)
+    assert not [p for p in s.core.group if str(p).startswith(".") and p != ".ncdask"]
+    assert not list(s.core.group[".ncdask/leases"])
 
 
 def test_delete_split(tmp_path, mem_url):

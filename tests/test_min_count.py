@@ -79,7 +79,8 @@ def test_measure_min_count_on_unfiltered_stats():
     )
     with pytest.raises(ValueError, match="min_count must be >= 0"):
         measure(stats, min_count=-1)
-    assert measure(stats, min_count=0, metrics="nc1_cdnv").attrs["filtered_classes"] == []
+    with pytest.warns(DegenerateInputWarning, match="1 of the 7 classes .* one sample"):
+        assert measure(stats, min_count=0, metrics="nc1_cdnv").attrs["filtered_classes"] == []
     with pytest.raises(TypeError, match="min_count must be an integer"):
         measure(stats, min_count=2.5)
     # everything filtered: a degenerate input, not an error

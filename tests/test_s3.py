@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -107,16 +108,35 @@ def test_four_processes_appending_to_one_new_split_on_s3(s3, tmp_path, trial):
 
 
 @pytest.mark.parametrize("delays", [[0.0, 1.0]])
-def test_sigkill_during_replaces_on_s3_keeps_one_whole_version(s3, delays):
+def test_sigkill_during_replaces_on_s3_keeps_one_whole_version(s3, delays, short_lease):
     """No rename on S3: the classifier switches by a pointer PUT, outputs by a copy that
     marks the target incomplete until its root metadata lands (read from the staged copy
-    meanwhile). Each kill leaves the old version or the new, whole."""
+    meanwhile). Each kill leaves the old version or the new, whole; once the killed
+    writers' leases expire, the next writers leave nothing else behind."""
+    import s3fs
+    import xarray as xr
     from killing import classifier_survives_kills, output_survives_kills
 
-    classifier_survives_kills(_url(s3, "clf"), s3[0], delays)
-    output_survives_kills(_url(s3, "out"), s3[0], delays)
+    from ncdask.store.zarrio import write_dataset
+
+    urls = [_url(s3, n) for n in ("clf", "out", "cp")]
+    classifier_survives_kills(urls[0], s3[0], delays)
+    output_survives_kills(urls[1], s3[0], delays)
     # killed in the copy phase itself: the target then has no root metadata
-    output_survives_kills(_url(s3, "cp"), s3[0], [0.0, 0.2], marker="copying")
+    output_survives_kills(urls[2], s3[0], [0.0, 0.2], marker="copying")
+    time.sleep(short_lease + 0.5)
+    s = ncdask.EmbeddingStore.open(urls[0], "a", storage_options=s3[0])
+    s.core.tidy()
+    fs = s3fs.S3FileSystem(**s3[0])
+    fs.invalidate_cache()
+    root = urls[0][len("s3://"):]
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root) if "/." in p) == sorted(
+        [".ncdask", s.core.group.attrs["ncdask_classifier"]])
+    for url in urls[1:]:
+        write_dataset(xr.Dataset({"z": ("x", np.zeros(3))}), url, kind="results",
+                      overwrite=True, storage_options=s3[0])
+        path = url[len("s3://"):]
+        assert [p for p in fs.ls(s3[1]) if p.startswith(path)] == [path]
 
 
 _IMPORT = """
@@ -203,3 +223,42 @@ def test_from_arrays_refuses_a_replace_it_cannot_make_atomic_on_s3(s3):
                                           overwrite=True, storage_options=opts)
     s = ncdask.EmbeddingStore.open(url, storage_options=opts)
     np.testing.assert_array_equal(s.split("train").embeddings.values, X)  # untouched
+
+
+_APPEND = """
+import sys, json, numpy as np, ncdask
+s = ncdask.EmbeddingStore.open(sys.argv[1], "a", storage_options=json.loads(sys.argv[2]))
+first, n, split = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+X = np.zeros((n, 4), np.float32)
+X[:, 0] = first + np.arange(n)
+s.append(split, X, (first + np.arange(n)) % 5, layer=sys.argv[6] or None)
+"""
+
+
+def test_a_handle_sees_rows_other_processes_append_on_s3(s3):
+    """A handle that has listed a split's shards sees the shards and rows that other
+    processes commit later, and their new splits and sets: fsspec's cached listings never
+    hide committed parts."""
+    opts = s3[0]
+    url = _url(s3, "fresh")
+    a = ncdask.EmbeddingStore.create(url, K, D, chunk_rows=8, storage_options=opts)
+
+    def other_process(first, rows, split="train", layer=""):
+        subprocess.run([sys.executable, "-c", _APPEND, url, json.dumps(opts), str(first),
+                        str(rows), split, layer], check=True,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+    n = 0
+    for first, rows in ((0, 21), (100, 30), (200, 9)):  # 21 of 51, then 51 of 60
+        other_process(first, rows)
+        n += rows
+        ids = np.sort(a.split("train").embeddings.values[:, 0])
+        assert a.n_rows("train") == n == ids.size, f"the handle sees {ids.size} of {n} rows"
+        assert int(ncdask.class_stats(a, "train").n_samples) == n
+        assert int(ncdask.class_stats(a, "train", cache=True).n_samples) == n
+    np.testing.assert_array_equal(ids, np.concatenate([np.arange(21), 100 + np.arange(30),
+                                                       200 + np.arange(9)]))
+    assert a.splits() == ["train"] and a.sets() == [{}]
+    other_process(0, 3, "val")
+    other_process(0, 3, "val", layer="fc")
+    assert a.splits() == ["train", "val"] and a.sets() == [{}, {"layer": "fc"}]

@@ -9,7 +9,9 @@ compute and labels it (arithmetic in :mod:`ncdask.kernels`, graphs in
 Degenerate input: empty, filtered and ``min_count`` classes are left out of
 every metric; samples labelled ``ignore_index`` are skipped; metrics with
 missing inputs are left out silently, structurally undefined ones with a
-:class:`DegenerateInputWarning` (both listed in ``left_out``); data-dependent
+:class:`DegenerateInputWarning` (both listed in ``left_out``); classes of one
+sample are counted in that warning, and when every class has one, the metrics of
+Σ_W or the variance norms are NaN (unestimable, not zero); data-dependent
 values follow IEEE arithmetic, except the log-domain Riesz kernel, which warns
 :class:`RieszRangeWarning` when it leaves float64's range.
 """
@@ -35,7 +37,10 @@ from ncdask.metrics.summary import check_role
 
 
 class DegenerateInputWarning(UserWarning):
-    """Some requested metric is undefined for this input and is left out."""
+    """A requested metric is undefined for this input (left out), or classes have one sample."""
+
+
+_LONE = "one-sample classes"  # the key of their note among the degenerate reasons
 
 
 def _selection(metrics: str | Iterable[str] | None, by_frequency: bool = False) -> list[str]:
@@ -112,6 +117,13 @@ def _measure_one(
             degenerate[name] = why
     left_out.update(degenerate)
     todo = tuple(n for n in wanted if n not in left_out)
+    lone = int((kept.counts[kept.present] == 1).sum())
+    if lone and (within := [n for n in todo if METRICS[n].within]):
+        degenerate[_LONE] = (
+            f"every one of the {K} classes measured has one sample: the within-class "
+            f"covariance is unestimable (not zero), so {', '.join(within)} are NaN"
+            if lone == K else f"{lone} of the {K} classes measured have one sample: their "
+            f"within-class variability is unestimable and counts as zero in {', '.join(within)}")
 
     T = int(tile_size) if tile_size else default_tile_size(max(K, 1), D, budget=memory_budget)
     if T < 1:
@@ -235,10 +247,12 @@ def _measure_each(stats: Any, dim: str | None, labels: Sequence[Any] | None,
 
 
 def _warn_degenerate(degenerate: dict[str, str], stacklevel: int = 3) -> None:
-    if degenerate:
-        shown = "; ".join(f"{k}: {r}" for k, r in degenerate.items())
+    """One warning for the metrics left out as undefined, one for one-sample classes."""
+    if shown := "; ".join(f"{k}: {r}" for k, r in degenerate.items() if k != _LONE):
         warnings.warn(f"left out as undefined for this input: {shown}", DegenerateInputWarning,
                       stacklevel=stacklevel)
+    if _LONE in degenerate:
+        warnings.warn(degenerate[_LONE], DegenerateInputWarning, stacklevel=stacklevel)
 
 
 def measure(
@@ -303,7 +317,8 @@ def measure(
     Warns
     -----
     DegenerateInputWarning
-        When a requested metric is undefined for the input and left out.
+        When a requested metric is undefined for the input and left out, or
+        classes have one sample (with their count; NC1 NaN when all do).
     RieszRangeWarning
         When computed, if the Riesz kernel's statistics leave float64's range.
 

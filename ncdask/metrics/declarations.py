@@ -370,6 +370,7 @@ class Metric:
     pair: tuple[str, str] | None = None
     pair_stat: str | None = None
     defined: Callable[[int, int], str | None] | None = None
+    within: bool = False  # of Σ_W or the variance norms: NaN when no class has two samples
 
     def __post_init__(self) -> None:
         if (self.compute is None) == (self.pair is None):
@@ -409,19 +410,19 @@ METRICS: dict[str, Metric] = {
     "nc1_pinv": Metric(
         "NC1 within-class variability (pseudo-inverse)",
         "tr(Sigma_B^+ Sigma_W) / K, torch.linalg.pinv cutoff D eps sigma_1",
-        PAPYAN, compute=lambda ins: ins.nc1[0]),
+        PAPYAN, within=True, compute=lambda ins: ins.nc1[0]),
     "nc1_svd": Metric(
         "NC1 within-class variability (top K-1 singular pairs)",
         "tr(Sigma_W U diag(s)^-1 U^T) / K, (U, s) the top K-1 singular "
         "pairs of Sigma_B; needs K-1 < D",
-        HAN, compute=lambda ins: ins.nc1[1], defined=_svd_defined),
+        HAN, within=True, compute=lambda ins: ins.nc1[1], defined=_svd_defined),
     "nc1_quot": Metric(
-        "NC1 trace quotient", "tr(Sigma_W) / tr(Sigma_B)", TIRER,
+        "NC1 trace quotient", "tr(Sigma_W) / tr(Sigma_B)", TIRER, within=True,
         compute=lambda ins: da.trace(ins.Sw) / (ins.M_sq / ins.K)),
     "nc1_cdnv": Metric(
         "NC1 class-distance normalised variance",
         "mean over pairs i<j of ((v_i + v_j)/2) / ||mu_i - mu_j||^(2p)",
-        GALANTI, pair=("cdnv", "mean")),
+        GALANTI, within=True, pair=("cdnv", "mean")),
     "nc2_etf_err": Metric(
         "NC2 simplex ETF error",
         "|| G/||G||_F - (I - 11^T/K)/sqrt(K-1) ||_F, G = M~ M~^T (closed form, no K x K matrix)",
@@ -504,7 +505,8 @@ METRICS: dict[str, Metric] = {
         "NC1 with the OOD set as an extra class",
         "nc1_pinv over K+1 classes: the OOD samples form class K+1 (its mean, its "
         "scatter pooled into Sigma_W, N grown by the OOD count, mu_G over K+1 means)",
-        AMMAR + ", App. D", needs=("ood",), min_classes=1, compute=_nc1_ood_class),
+        AMMAR + ", App. D", needs=("ood",), min_classes=1, within=True,
+        compute=_nc1_ood_class),
     "nc0_w_sum": Metric(
         "NC0 classifier sum",
         "|| sum_k w_k ||_2 over the classes measured (0 for a simplex ETF classifier)",
@@ -522,7 +524,7 @@ METRICS: dict[str, Metric] = {
     "erank_within": Metric(
         "effective rank of the within-class covariance",
         "exp(-sum_i p_i log p_i), p = lambda / sum lambda over the eigenvalues of Sigma_W",
-        ROY, min_classes=1, compute=lambda ins: CF.effective_rank(ins.Sw)),
+        ROY, min_classes=1, within=True, compute=lambda ins: CF.effective_rank(ins.Sw)),
     "erank_between": Metric(
         "effective rank of the between-class covariance",
         "exp(-sum_i p_i log p_i) over the eigenvalues of Sigma_B = M~^T M~ / K (from the "
@@ -540,18 +542,19 @@ METRICS: dict[str, Metric] = {
         "NC1 CDNV within each class-count bin",
         "nc1_cdnv over the pairs of classes of one bin (bins: the classes ranked by count, "
         "cut into n_bins groups of near-equal size, most frequent first)",
-        WU, needs=("by_frequency",), per_bin=True,
+        WU, needs=("by_frequency",), per_bin=True, within=True,
         compute=lambda ins: ins.per_bin(lambda idx: _cdnv_of(ins, idx))),
     "nc1_quot_by_frequency": Metric(
         "NC1 trace quotient: each class-count bin's share",
         "sum_{k in bin} (n_k/N) v_k / tr(Sigma_B); the shares add up to nc1_quot",
-        TIRER, needs=("by_frequency",), per_bin=True,
+        TIRER, needs=("by_frequency",), per_bin=True, within=True,
         compute=lambda ins: ins.per_bin(lambda idx: _quot_share(ins, idx))),
     "nc1_pinv_by_frequency": Metric(
         "NC1 pseudo-inverse: each class-count bin's share",
         "sum_{k in bin} sum_{y_i=k} (x_i - mu_k)^T Sigma_B^+ (x_i - mu_k) / (N K), one pass "
         "over the training samples; the shares add up to nc1_pinv",
-        PAPYAN, needs=("by_frequency", "train"), per_bin=True, compute=_pinv_shares),
+        PAPYAN, needs=("by_frequency", "train"), per_bin=True, within=True,
+        compute=_pinv_shares),
     "nc4_agree_by_frequency": Metric(
         "NC4 agreement within each class-count bin",
         "nc4_agree over the test samples whose true class lies in the bin",

@@ -212,7 +212,8 @@ class ClassInputs:
 
 def class_inputs(stats: xr.Dataset, kept: KeptClasses, *, weights: Any = None,
                  bias: Any = None, tile_size: int) -> ClassInputs:
-    """Means, centred means, Σ_W and classifier rows of the kept classes, as lazy float64.
+    """Means, centred means, Σ_W and classifier rows of the kept classes, as lazy float64;
+    Σ_W and the variance norms NaN when no class has two samples.
 
     Raises ``ValueError`` when ``weights`` is not (K, D) or ``bias`` not (K,).
     """
@@ -240,8 +241,10 @@ def class_inputs(stats: xr.Dataset, kept: KeptClasses, *, weights: Any = None,
         if K < K_all:
             W, b = W[present], b[present]
         W = W.rechunk(Mc.chunks)
-    return ClassInputs(M=M, Mc=Mc, mG=mG, v=v, Sw=float64(as_dask(stats["within_cov"])),
-                       W=W, b=b, eps_dtype=eps_dtype)
+    Sw = float64(as_dask(stats["within_cov"]))
+    if K and (kept.counts[present] < 2).all():  # Σ_W and v unestimable, not zero
+        v, Sw = da.full_like(v, np.nan), da.full_like(Sw, np.nan)
+    return ClassInputs(M=M, Mc=Mc, mG=mG, v=v, Sw=Sw, W=W, b=b, eps_dtype=eps_dtype)
 
 
 def computed_float(x: Any) -> float:

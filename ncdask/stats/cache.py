@@ -131,8 +131,8 @@ def _new_rows(parts: list[tuple[Any, int]], have: dict[str, int], url: str) -> x
     for p, k in parts:
         k0 = have.get(p.path, 0)
         if k > k0:
-            Xs.append(read_array(p["embeddings"], url)[k0:k])
-            ys.append(read_array(p["labels"], url)[k0:k])
+            Xs.append(read_array(p["embeddings"], url, rec=record(p))[k0:k])
+            ys.append(read_array(p["labels"], url, rec=record(p))[k0:k])
     X = Xs[0] if len(Xs) == 1 else da.concatenate(Xs)
     y = ys[0] if len(ys) == 1 else da.concatenate(ys)
     # finite rows promised, as store.split gives: a lost chunk of the new rows raises
@@ -205,7 +205,10 @@ def cached_stats(
                                        **{k: v for k, v in options.items() if k != "min_count"})
         out = core.merge_stats(cached, fresh)
     else:
-        out = core.compute_stats(store.split(split, **set_key.tags), **options)
+        ds = store.split(split, **set_key.tags)
+        if int(ds.attrs["n_committed"]) != sum(k for _, k in parts):  # parts only grow
+            return cached_stats(store, split, set_key, options)  # rows came since: new key
+        out = core.compute_stats(ds, **options)
     return _keep(out, store, g, key, entries, damaged)
 
 

@@ -7,7 +7,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,7 @@ import zarr
 
 from ncdask._validate import batch_to_numpy, check_name
 from ncdask.store.core import Core, check_labelled, put_once
-from ncdask.store.record import advanced, all_finite, snapshot
+from ncdask.store.record import advanced, all_finite, digested, snapshot
 from ncdask.store.setkey import SetKey
 
 
@@ -32,17 +32,24 @@ def append(core: Core, split: str, X: Any, y: Any, key: SetKey, allow_nonfinite:
     return snapshot(g)[1]["n_committed"] if core.use_shards() else n
 
 
-def write_rows(g: zarr.Group, start: int, X: np.ndarray, y: np.ndarray | None) -> int:
-    """Write rows at ``start`` (past the committed end: invisible until committed)."""
+def write_rows(g: zarr.Group, rec: Mapping[str, Any], X: np.ndarray,
+               y: np.ndarray | None) -> tuple[int, dict[str, Any]]:
+    """Write rows past ``rec``'s committed end (invisible until committed); the new end and
+    ``rec`` with its chunk digests extended over the rows as stored (the caller commits it).
+    Every chunk is stored, all-NaN ones too, so a missing one is always damage."""
+    start = int(rec["n_committed"])
     end = start + X.shape[0]
-    emb = g["embeddings"]
+    every = {"write_empty_chunks": True}
+    emb = g["embeddings"].with_config(every)
+    batch = {"embeddings": np.ascontiguousarray(X, dtype=emb.dtype)}
     emb.resize((end, emb.shape[1]))  # rows an interrupted append left are overwritten
-    emb[start:end] = X
+    emb[start:end] = batch["embeddings"]
     if y is not None:
-        lab = g["labels"]
+        lab = g["labels"].with_config(every)
+        batch["labels"] = np.ascontiguousarray(y, dtype=lab.dtype)
         lab.resize((end,))
-        lab[start:end] = y
-    return end
+        lab[start:end] = batch["labels"]
+    return end, digested(rec, start, int(emb.chunks[0]), batch)
 
 
 def tally(core: Core, y: np.ndarray | None) -> tuple[np.ndarray | None, int]:
@@ -95,8 +102,7 @@ def write_commit(core: Core, g: zarr.Group, X: np.ndarray, y: np.ndarray | None,
     else:
         lock, attr = exclusive(core, g), "ncdask_split"
     with lock as g:  # under the lock, the committed end as it is now, not as cached
-        rec = g.attrs[attr]
-        n1 = write_rows(g, int(rec["n_committed"]), X, y)
+        n1, rec = write_rows(g, g.attrs[attr], X, y)
         g.attrs[attr] = advanced(rec, n1, *tally(core, y), n_batches, finite)  # the commit
         return int(n1)
 

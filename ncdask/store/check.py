@@ -1,8 +1,9 @@
 """Verifying a whole store (``ncdask check``): one task per committed chunk (present, decoded,
-checksum passed, finite where the record promises it, labels in ``[0, K)`` adding up to the
-record's counts), every record against its arrays, every set's width, every classifier, and
-every statistics-cache entry against its digests; ncdask outputs (statistics, results) too.
-Zarr reads a missing chunk as the fill value, so damage shows only when something looks."""
+checksum passed, in its place by the record's digest, finite where the record promises it,
+labels in ``[0, K)`` adding up to the record's counts), every record against its arrays,
+every set's width, every classifier, every statistics-cache entry against its digests; ncdask
+outputs (statistics, results) too. Zarr reads a missing chunk as the fill value, so damage
+shows only when something looks."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ import dask
 import numpy as np
 import zarr
 from dask.diagnostics import ProgressBar
-from zarr.core.sync import sync
 
-from ncdask.store.core import classifier_name, naming_broken_metadata
+from ncdask.store.core import chunk_exists, classifier_name, naming_broken_metadata
+from ncdask.store.digest import digest
 from ncdask.store.embedding import EmbeddingStore
-from ncdask.store.record import DamagedStoreError, check_record, record, snapshot
+from ncdask.store.record import DamagedStoreError, check_record, chunk_digest, record, snapshot
 from ncdask.store.setkey import SetKey
-from ncdask.store.staging import is_staging, stale_entries
+from ncdask.store.staging import is_staging
 from ncdask.store.zarrio import (
     CACHE_DIR,
     damaged_chunks,
@@ -62,42 +63,62 @@ def _task(fn: Any) -> Any:
     return dask.delayed(fn, pure=False)
 
 
-def _chunk(a: zarr.Array, i: int, stop: int | None, where: str) -> tuple[Any, str | None]:
-    """Read row-chunk ``i`` of ``a`` (up to row ``stop``): ``(values, problem)``."""
+def _chunk(a: zarr.Array, i: int, stop: int | None, where: str,
+           want: tuple[int, int] | None = None) -> tuple[Any, list[str]]:
+    """Read row-chunk ``i`` of ``a`` (up to row ``stop``): ``(values, problems)``; ``want``,
+    ``(digest, rows)``, is what the record says the chunk's first ``rows`` rows digest to."""
     rows = int(a.chunks[0])
-    coords = (i,) + (0,) * (a.ndim - 1)
-    key = "/".join(p for p in (a.path, a.metadata.encode_chunk_key(coords)) if p)
-    name = f"{where}, chunk {i} (rows {i * rows}-{min(stop or a.shape[0], (i + 1) * rows) - 1})"
-    if not sync(a.store.exists(key)):
-        return None, f"{name}: missing (Zarr would read it as the fill value)"
+    lo, hi = i * rows, min(stop if stop is not None else a.shape[0], (i + 1) * rows)
+    name = f"{where}, chunk {i} (rows {lo}-{hi - 1})"
+    if not chunk_exists(a, i):
+        return None, [f"{name}: missing (Zarr would read it as the fill value)"]
     try:
-        v = a[i * rows: min(stop if stop is not None else a.shape[0], (i + 1) * rows)]
+        v = a[lo:hi]
     except Exception as e:  # checksum, decompression, truncation: name the chunk
-        return None, f"{name}: unreadable ({type(e).__name__}: {e})"
-    return v, None
+        return None, [f"{name}: unreadable ({type(e).__name__}: {e})"]
+    if want is not None and digest(a.basename, i, v[: want[1]]) != want[0]:
+        return v, [f"{name}: does not match its digest in the commit record (swapped with "
+                   "another chunk, moved or altered)"]
+    return v, []
 
 
 def _verify_finite(a: zarr.Array, i: int, stop: int | None, finite: bool, where: str,
-                   what: str = "NaN or inf values") -> dict:
-    """Chunk ``i`` of ``a`` readable and, if ``finite``, free of NaN and inf."""
-    v, bad = _chunk(a, i, stop, where)
-    if bad is None and finite and not np.isfinite(v).all():
-        bad = f"{where}, chunk {i}: {what} ({int((~np.isfinite(v)).sum())})"
-    return {"problems": [bad] if bad else [], "counts": None}
+                   what: str = "NaN or inf values", want: tuple[int, int] | None = None) -> dict:
+    """Chunk ``i`` of ``a`` readable, as digested and, if ``finite``, free of NaN and inf."""
+    v, bad = _chunk(a, i, stop, where, want)
+    if v is not None and finite and not np.isfinite(v).all():
+        bad.append(f"{where}, chunk {i}: {what} ({int((~np.isfinite(v)).sum())})")
+    return {"problems": bad, "counts": None}
 
 
 def _verify_labels(a: zarr.Array, i: int, stop: int, K: int, ignore: int | None,
-                   where: str) -> dict:
-    v, bad = _chunk(a, i, stop, where)
-    if bad is not None:
-        return {"problems": [bad], "counts": None}
+                   where: str, want: tuple[int, int] | None = None) -> dict:
+    v, bad = _chunk(a, i, stop, where, want)
+    if v is None:
+        return {"problems": bad, "counts": None}
     v = np.asarray(v).astype(np.int64)
     keep = v != ignore if ignore is not None else np.ones(v.shape, bool)
     out = keep & ((v < 0) | (v >= K))
     if out.any():
-        return {"problems": [f"{where}, chunk {i}: {int(out.sum())} labels outside [0, {K}) "
-                             f"(e.g. {int(v[out][0])})"], "counts": None}
-    return {"problems": [], "counts": np.bincount(v[keep], minlength=K)}
+        return {"problems": [*bad, f"{where}, chunk {i}: {int(out.sum())} labels outside "
+                             f"[0, {K}) (e.g. {int(v[out][0])})"], "counts": None}
+    return {"problems": bad, "counts": np.bincount(v[keep], minlength=K)}
+
+
+def _digests(p: zarr.Group, k: int, report: CheckReport) -> int:
+    """How many of part ``p``'s ``k`` rows its record digests (a note for the others, a
+    problem for digests that do not describe the rows)."""
+    d, c = record(p).get("digests") or {"rows": 0}, int(p["embeddings"].chunks[0])
+    n = d.get("rows")
+    if not isinstance(n, int) or not 0 <= n <= k or any(
+            a in p and len(d.get(a) or []) != -(-n // c) for a in ("embeddings", "labels")):
+        report.problems.append(f"{p.path}: the commit record's chunk digests do not describe "
+                               f"its {k} rows: the store is damaged")
+        return 0
+    if n < k:
+        report.notes.append(f"{p.path}: rows {n}-{k - 1} have no chunk digests (written by an "
+                            "older ncdask): their chunks' places are not verified")
+    return n
 
 
 def _split_tasks(s: EmbeddingStore, key: SetKey, split: str, report: CheckReport) -> list:
@@ -121,16 +142,18 @@ def _split_tasks(s: EmbeddingStore, key: SetKey, split: str, report: CheckReport
             continue
         finite = record(p).get("finite") is True
         report.rows += k
+        rec = record(p) if k and _digests(p, k, report) else {}
         for a in (p[n] for n in ("embeddings", "labels") if n in p and k):
             for i in range(math.ceil(k / a.chunks[0])):
                 report.chunks += 1
+                crc = chunk_digest(rec, a.basename, i, int(a.chunks[0]))
                 if a.basename == "embeddings":
                     tasks.append(_task(_verify_finite)(
                         a, i, k, finite, a.path, "NaN/inf values in a split written without "
-                        "allow_nonfinite"))
+                        "allow_nonfinite", crc))
                 else:
                     label_tasks.append(_task(_verify_labels)(
-                        a, i, k, s.n_classes, s.ignore_index, a.path))
+                        a, i, k, s.n_classes, s.ignore_index, a.path, crc))
     if want is not None and label_tasks:
         tasks.append(_task(_label_totals)(label_tasks, np.asarray(want), g.path))
     else:
@@ -140,7 +163,7 @@ def _split_tasks(s: EmbeddingStore, key: SetKey, split: str, report: CheckReport
 
 def _label_totals(results: list[dict], want: np.ndarray, where: str) -> dict:
     problems = [p for r in results for p in r["problems"]]
-    if not problems:
+    if all(r["counts"] is not None for r in results):
         got = np.sum([r["counts"] for r in results], axis=0)
         if not np.array_equal(got, want):
             k = int(np.nonzero(got != want)[0][0])
@@ -172,10 +195,9 @@ def check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
                     for i in range(math.ceil(a.shape[0] / a.chunks[0])):
                         report.chunks += 1
                         tasks.append(_task(_verify_finite)(a, i, None, True, a.path))
-            fs, folder = store.core.fs_path(sg)
-            for path in stale_entries(fs, folder, keep=tuple(n for n in (name,) if n)):
-                report.notes.append(f"{path}: left by a killed writer (removed by the next "
-                                    "writer in this set)")
+        for left in store.core.leftovers():
+            report.notes.append(f"{left}: left by a writer whose lease expired (recovered by "
+                                "the next writer)")
         return report, tasks
 
 

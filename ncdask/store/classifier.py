@@ -1,19 +1,19 @@
 """A set's classifier: each version is written beside the current one, the set's
 ``ncdask_classifier`` attribute switches to it (one atomic PUT, also on object stores) and the
-old version is deleted last, so readers and killed writers see one whole classifier."""
+old version is deleted last, so readers and killed writers see one whole classifier. Each
+version is listed in its writer's lease: recovery deletes it once that lease has expired
+and the set no longer points to it (two writers racing may leave one unused)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import dask.array as da
 import numpy as np
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ncdask.kernels._xp import to_numpy
-from ncdask.store.core import CLASSIFIER_ATTR, Core, classifier_name, fresh
+from ncdask.store.core import CLASSIFIER_ATTR, Core, classifier_name, fresh, read_array
 from ncdask.store.setkey import SetKey
-from ncdask.store.staging import owner_tag
 
 
 def set_classifier(core: Core, W: Any, b: Any, key: SetKey) -> None:
@@ -35,18 +35,22 @@ def set_classifier(core: Core, W: Any, b: Any, key: SetKey) -> None:
         if v is not None and not np.all(np.isfinite(v)):
             raise ValueError(f"{name} holds NaN or inf values; nothing was written")
     sg = core.require_set(key, W.shape[1])[0]
-    name = f".classifier-{owner_tag()}"
-    cg = sg.create_group(name)
-    # checksummed, and NaN where a chunk goes missing (0 would pass for a classifier)
-    safe = {"compressors": [ZstdCodec(level=3), Crc32cCodec()], "fill_value": np.nan}
-    cg.create_array("W", data=W, dimension_names=("class", "feature"), **safe)
-    if b is not None:
-        cg.create_array("b", data=b, dimension_names=("class",), **safe)
-    sg = fresh(sg)
-    before = classifier_name(sg)
-    sg.attrs[CLASSIFIER_ATTR] = name  # the switch
-    if before is not None:
-        core.remove_group(sg, before)
+    with core.lease() as lease:  # each version listed: removable once unused and expired
+        name = f".classifier-{lease.id}"
+        lease.stage(core.fs_path(sg, name)[1], unless=CLASSIFIER_ATTR)
+        cg = sg.create_group(name)
+        # checksummed, and NaN where a chunk goes missing (0 would pass for a classifier)
+        safe = {"compressors": [ZstdCodec(level=3), Crc32cCodec()], "fill_value": np.nan}
+        cg.create_array("W", data=W, dimension_names=("class", "feature"), **safe)
+        if b is not None:
+            cg.create_array("b", data=b, dimension_names=("class",), **safe)
+        sg = fresh(sg)
+        before = classifier_name(sg)
+        if before is not None:
+            lease.stage(core.fs_path(sg, before)[1], unless=CLASSIFIER_ATTR)
+        sg.attrs[CLASSIFIER_ATTR] = name  # the switch
+        if before is not None:
+            core.remove_group(sg, before)
     core.tidy(sg)
 
 
@@ -57,7 +61,7 @@ def classifier(core: Core, key: SetKey, lazy: bool) -> tuple[Any, Any]:
     name = None if sg is None else classifier_name(sg)
     if name is None:
         raise KeyError(f"no classifier stored for set {key.path or 'default'}")
-    cg = sg[name]
-    if lazy:
-        return da.from_zarr(cg["W"]), (da.from_zarr(cg["b"]) if "b" in cg else None)
-    return cg["W"][:], (cg["b"][:] if "b" in cg else None)
+    cg = sg[name]  # a lost chunk raises (W and b are finite: a NaN fill is no classifier)
+    out = [read_array(cg[n], core.url) for n in ("W", "b") if n in cg]
+    out = out if lazy else [a.compute(scheduler="sync") for a in out]
+    return out[0], (out[1] if len(out) > 1 else None)

@@ -23,10 +23,16 @@ from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
 from ncdask._validate import NcdaskStoreError, check_name
-from ncdask.store.record import DamagedStoreError, empty_record, snapshot
+from ncdask.store.record import (
+    DamagedStoreError,
+    chunk_digest,
+    empty_record,
+    forget_listings,
+    snapshot,
+)
 from ncdask.store.setkey import SetKey
-from ncdask.store.staging import remove_stale
-from ncdask.store.zarrio import backend, url_fs
+from ncdask.store.staging import STORE_LEASES, Lease, leftovers, remove_stale, store_lease
+from ncdask.store.zarrio import backend, rename, url_fs
 
 FORMAT = 2  # 2: sets may have their own width (``ncdask_layout``); 1 otherwise
 CHUNK_BYTES = 64 * 2**20
@@ -68,31 +74,71 @@ def naming_broken_metadata(url: str, storage_options: dict | None) -> Iterator[N
             + ": the store is damaged (truncated or edited)") from e
 
 
-class NamedChunks:
-    """A Zarr array whose read errors (a checksum mismatch, ...) name store, array and rows."""
+def chunk_exists(a: zarr.Array, i: int) -> bool:
+    """Whether row-chunk ``i`` of ``a`` is stored (Zarr reads a missing one as the fill)."""
+    key = a.metadata.encode_chunk_key((i,) + (0,) * (a.ndim - 1))
+    return bool(sync(a.store.exists("/".join(p for p in (a.path, key) if p))))
 
-    def __init__(self, a: zarr.Array, url: str) -> None:
-        self.a, self.url = a, url
+
+class NamedChunks:
+    """A Zarr array whose read errors (a checksum mismatch, a lost chunk) name store, split,
+    array and rows. A chunk whose first value is the fill is looked up (only then); missing,
+    it is lost unless its rows may be fill values Zarr did not store: floats that ``rec``, the
+    part's commit record, neither promises finite nor digests (``rec=None``: finite)."""
+
+    def __init__(self, a: zarr.Array, url: str, split: str | None = None,
+                 rec: Mapping[str, Any] | None = None) -> None:
+        self.a, self.url, self.split, self.rec = a, url, split, rec
         self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
+        self.fill, self.rows = a.fill_value, int(a.chunks[0])
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        rows = key[0] if isinstance(key, tuple) else key
         try:
-            return self.a[key]
+            block = self.a[key]
         except Exception as e:
-            rows = key[0] if isinstance(key, tuple) else key
             span = (f"rows {rows.start}-{rows.stop - 1}" if isinstance(rows, slice)
                     and rows.start is not None and rows.stop is not None else f"{key}")
             raise DamagedStoreError(
                 f"{self.url!r}: {self.a.path}, {span} (chunk rows {self.a.chunks[0]}): "
                 f"cannot be read ({type(e).__name__}: {e}); run `ncdask check` on the store"
             ) from e
+        if isinstance(rows, slice) and block.size:
+            self._refuse_lost(block, *rows.indices(self.shape[0]))
+        return block
+
+    def _refuse_lost(self, block: np.ndarray, lo: int, hi: int, step: int) -> None:
+        c, fill = self.rows, self.fill
+        firsts = block.reshape(block.shape[0], -1)[:, 0]
+        for i in range(lo // c, -(-hi // c)) if step == 1 else ():
+            first = firsts[max(lo, i * c) - lo]
+            if (first != first if fill != fill else first == fill) and self._lost(i):
+                n = self.shape[0] if self.rec is None else int(self.rec["n_committed"])
+                raise DamagedStoreError(
+                    f"{self.url!r}: " + (f"split {self.split!r}, " if self.split else "")
+                    + f"{self.a.path} rows {i * c}-{min(n, (i + 1) * c) - 1} (chunk {i}): "
+                    "the chunk is missing (Zarr reads it as the fill value): the store is "
+                    "damaged; run `ncdask check` on it")
+
+    def _lost(self, i: int) -> bool:
+        rec, a = self.rec, self.a
+        if chunk_exists(a, i):
+            return False
+        if rec is None or rec.get("finite") is True or not np.issubdtype(a.dtype, np.floating):
+            return True
+        # digested rows were written with every chunk stored; others may be NaN data
+        return chunk_digest(rec, a.basename, i, self.rows) is not None
 
 
-def read_array(a: zarr.Array, url: str) -> da.Array:
-    """``da.from_zarr(a)``, with read errors that name the store, array and rows."""
+def read_array(a: zarr.Array, url: str, split: str | None = None,
+               rec: Mapping[str, Any] | None = None) -> da.Array:
+    """``da.from_zarr(a)``, with read errors (a lost chunk included) that name the store,
+    split, array and rows; ``rec`` is the commit record of ``a``'s group (see
+    :class:`NamedChunks`)."""
     name = "zarr-" + tokenize(url, a.path, a.shape, a.chunks, str(a.dtype), a.metadata.to_dict())
-    return da.from_array(NamedChunks(a, url), chunks=a.chunks, name=name, asarray=False,
-                         fancy=False, lock=False, meta=np.empty((0,) * a.ndim, a.dtype))
+    return da.from_array(NamedChunks(a, url, split, rec), chunks=a.chunks, name=name,
+                         asarray=False, fancy=False, lock=False,
+                         meta=np.empty((0,) * a.ndim, a.dtype))
 
 
 def fresh(g: zarr.Group) -> zarr.Group:
@@ -121,13 +167,6 @@ def check_labelled(g: zarr.Group, labelled: bool) -> None:
             f"split {name!r} is {'labelled' if have else 'unlabelled'}: "
             + ("pass labels with every batch" if have else
                "its batches take no labels (y=None); use another split for labelled data"))
-
-
-def forget_listings(g: zarr.Group) -> None:
-    """Drop the listings fsspec cached for ``g``'s store (s3fs keeps deleted nodes)."""
-    fs = getattr(g.store, "fs", None)
-    if fs is not None and hasattr(fs, "invalidate_cache"):
-        fs.invalidate_cache()
 
 
 def truncate(g: zarr.Group, n: int) -> None:
@@ -298,6 +337,7 @@ class Core:
                 if "ncdask_set" in sub.attrs:
                     walk(sub, dict(sub.attrs["ncdask_set"]))
 
+        forget_listings(self.group)  # sets and splits other processes made since
         with naming_broken_metadata(self.url, self.storage_options):
             walk(self.group, {})
         return sorted(out, key=lambda t: (str(t.get("layer", "")), t.get("epoch", -1)))
@@ -307,6 +347,7 @@ class Core:
             g = self.set_group(key)
             if g is None:
                 return []
+            forget_listings(g, "")  # splits other processes made since
             return sorted(n for n, sub in g.groups()
                           if "ncdask_split" in sub.attrs and not n.startswith("."))
 
@@ -349,13 +390,23 @@ class Core:
                 dimension_names=("sample",), compressors=[ZstdCodec(level=3), Crc32cCodec()],
                 fill_value=np.iinfo(lab).min))
 
-    def tidy(self, sg: zarr.Group) -> list[str]:
-        """Delete what killed writers left staged in set ``sg`` (:mod:`ncdask.store.staging`)."""
-        fs, folder = self.fs_path(sg)
-        gone = remove_stale(fs, folder, keep=tuple(n for n in (classifier_name(sg),) if n))
+    def lease(self) -> Lease:
+        """A new lease in this store, for what a writer stages (:mod:`ncdask.store.staging`)."""
+        return store_lease(*self.fs_path())
+
+    def tidy(self, sg: zarr.Group | None = None) -> list[str]:
+        """Recover what writers whose leases expired left staged anywhere in the store (an
+        aside back where its split is missing, the rest deleted); return those paths."""
+        fs, root = self.fs_path()
+        gone = remove_stale(fs, root, f"{root}/{STORE_LEASES}", move=rename)
         if gone:
-            forget_listings(sg)
+            forget_listings(self.group if sg is None else sg)
         return gone
+
+    def leftovers(self) -> list[str]:
+        """What :meth:`tidy` would recover now (for ``ncdask check``)."""
+        fs, root = self.fs_path()
+        return leftovers(fs, root, f"{root}/{STORE_LEASES}")
 
     def remove_group(self, sg: zarr.Group, name: str) -> None:
         fs, path = self.fs_path(sg, name)

@@ -15,6 +15,7 @@ function modules beside it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,9 +30,9 @@ from ncdask.store import appends, classifier, imports, reads
 from ncdask.store.core import Core, auto_chunk_rows, naming_broken_metadata, remove_split
 from ncdask.store.record import snapshot
 from ncdask.store.setkey import SetKey
-from ncdask.store.staging import owner_tag, remove_stale
+from ncdask.store.staging import beside_lease, owner_tag
 from ncdask.store.writer import StoreWriter
-from ncdask.store.zarrio import check_output, rename, renames, swap_in
+from ncdask.store.zarrio import check_output, rename, renames, swap_in, tidy_beside
 
 
 def _n_classes_of(splits: Mapping[str, tuple[Any, Any]], W: Any, ii: int | None) -> int:
@@ -167,26 +168,27 @@ class EmbeddingStore:
                 "(an object store has no rename, so the old store would be gone before the "
                 "new one is whole): write to a new URL, or delete the old store yourself "
                 "first; nothing was written")
-        tag = owner_tag()
-        target = f"{url.rstrip('/')}.ncdask-tmp-{tag}" if staged else url
-        built = False
-        try:
-            store = cls.create(target, n_classes, dim, **{**create_kwargs, "overwrite": False})
-            built = True
-            for name, (X, y) in splits.items():
-                with store.writer(name) as w:
-                    for i in range(0, X.shape[0], store.chunk_rows):
-                        w.append(X[i : i + store.chunk_rows], y[i : i + store.chunk_rows])
-            if W is not None:
-                store.set_classifier(W, b)
-        except BaseException:
-            if built and (staged or not existed):
-                fs.rm(f"{path}.ncdask-tmp-{tag}" if staged else path, recursive=True)
-            raise
-        if staged:
-            swap_in(fs, f"{path}.ncdask-tmp-{tag}", path)
-        parent, _, base = path.rpartition("/")
-        remove_stale(fs, parent or ".", prefix=f"{base}.ncdask-")
+        # a replace builds the new store beside, listed in a lease beside it
+        with beside_lease(fs, path) if staged else contextlib.nullcontext() as lease:
+            tmp = lease.stage(f"{path}.ncdask-tmp-{lease.id}") if staged else path
+            built = False
+            try:
+                store = cls.create(url.rstrip("/") + tmp[len(path):], n_classes, dim,
+                                   **{**create_kwargs, "overwrite": False})
+                built = True
+                for name, (X, y) in splits.items():
+                    with store.writer(name) as w:
+                        for i in range(0, X.shape[0], store.chunk_rows):
+                            w.append(X[i : i + store.chunk_rows], y[i : i + store.chunk_rows])
+                if W is not None:
+                    store.set_classifier(W, b)
+            except BaseException:
+                if built and (staged or not existed):
+                    fs.rm(tmp, recursive=True)
+                raise
+            if staged:
+                swap_in(fs, tmp, path, lease)
+        tidy_beside(fs, path)
         return cls.open(url, mode="a", storage_options=opts)
 
     url = property(lambda self: self.core.url, doc="The store's path or URL.")

@@ -16,7 +16,7 @@ from ncdask.store.core import Core, check_labelled, truncate
 from ncdask.store.files import inspect_saved, iter_saved_arrays
 from ncdask.store.record import advanced, all_finite, empty_record, snapshot
 from ncdask.store.setkey import SetKey
-from ncdask.store.staging import owner_tag
+from ncdask.store.staging import Lease
 from ncdask.store.zarrio import rename
 
 
@@ -108,41 +108,45 @@ def _write_file(core: Core, g: zarr.Group, job: _ImportJob,
     """Write the file's rows into ``g`` past ``rec``'s committed end, in chunk-sized blocks;
     return the record that commits them with the source (not written yet)."""
     rows = int(g["embeddings"].chunks[0])
-    end = int(rec["n_committed"])
     for Xb, yb in iter_saved_arrays(job.X_path, job.y_path, rows=rows, labels=job.labels):
         Xn, yn = batch_to_numpy(
             Xb, yb, dim=g["embeddings"].shape[1], n_classes=core.n_classes, dtype=core.dtype,
             allow_nonfinite=job.allow_nonfinite, ignore_index=core.ignore_index,
             where=job.key.where)
-        end = write_rows(g, end, Xn, yn)
+        end, rec = write_rows(g, rec, Xn, yn)
         rec = advanced(rec, end, *tally(core, yn), 1, all_finite(Xn, job.allow_nonfinite))
     return {**rec, "sources": [*(rec.get("sources") or []), job.source]}
 
 
 def _import_staged(core: Core, job: _ImportJob, replace: bool) -> int:
-    """Import into a hidden staging group, then rename it into place as the split."""
+    """Import into a hidden staging group, then rename it into place as the split; both
+    listed in a lease first, so only this writer's expiry lets another remove them."""
     sg = core.set_group(job.key, create=True)
     lay = core.layout(sg)
     rows = lay[1] if lay is not None else core.chunk_rows_for(job.dim)
-    tmp = f".import-{job.split}-{owner_tag()}"
-    g = sg.create_group(tmp)
-    core.split_arrays(g, job.dim, rows, job.labels)
-    try:
-        rec = _write_file(core, g, job, empty_record(job.split, job.key, core.n_classes,
-                                                     job.labels))
-        core.require_set(job.key, job.dim)  # a new set's width, recorded on success only
-        g.attrs["ncdask_split"] = rec
-        _move_into_place(core, sg, tmp, job.split, replace)
-    except BaseException:
-        core.remove_group(sg, tmp)
-        raise
+    with core.lease() as lease:
+        tmp = f".import-{job.split}-{lease.id}"
+        lease.stage(core.fs_path(sg, tmp)[1])
+        g = sg.create_group(tmp)
+        core.split_arrays(g, job.dim, rows, job.labels)
+        try:
+            rec = _write_file(core, g, job, empty_record(job.split, job.key, core.n_classes,
+                                                         job.labels))
+            core.require_set(job.key, job.dim)  # a new set's width, recorded on success only
+            g.attrs["ncdask_split"] = rec
+            _move_into_place(core, sg, tmp, job.split, replace, lease)
+        except BaseException:
+            core.remove_group(sg, tmp)
+            raise
     core.tidy(sg)
     return int(rec["n_committed"])
 
 
-def _move_into_place(core: Core, sg: zarr.Group, tmp: str, split: str, replace: bool) -> None:
+def _move_into_place(core: Core, sg: zarr.Group, tmp: str, split: str, replace: bool,
+                     lease: Lease) -> None:
     """Rename the staged group ``tmp`` to ``split``; an old split (or what a killed import
-    left) is renamed aside first and deleted once the new one is in place."""
+    left) is renamed aside first (listed in ``lease``: recovery brings it back if the split
+    is then missing) and deleted once the new one is in place."""
     fs, src = core.fs_path(sg, tmp)
     dst = core.fs_path(sg, split)[1]
     old = None
@@ -151,8 +155,13 @@ def _move_into_place(core: Core, sg: zarr.Group, tmp: str, split: str, replace: 
         if "ncdask_split" in sub.attrs or set(dict(sub.members())) - {"embeddings", "labels"}:
             raise FileExistsError(f"{dst} exists and is not an ncdask split")
     if replace or fs.exists(dst):
-        old = f"{dst}.replaced-{owner_tag()}"
+        old = lease.stage(core.fs_path(sg, f".{split}.replaced-{lease.id}")[1], to=dst)
         rename(fs, dst, old)
-    rename(fs, src, dst)
+    try:
+        rename(fs, src, dst)
+    except BaseException:
+        if old is not None and not fs.exists(dst):
+            rename(fs, old, dst)
+        raise
     if old is not None:
         fs.rm(old, recursive=True)

@@ -1,5 +1,6 @@
 """Reads of a split: the committed rows of each part (main arrays, then every shard) from one
-snapshot of their records, checked against the arrays; and the array module of the chunks."""
+snapshot of their records, checked against the arrays (a lost chunk raises when read, in every
+split alike); and the array module of the chunks."""
 
 from __future__ import annotations
 
@@ -26,8 +27,10 @@ def read_split(core: Core, name: str, key: SetKey, backend: Any) -> xr.Dataset:
     D = int(g["embeddings"].shape[1])
     parts = [(p, k) for p, k in parts if k > 0] or parts[:1]
 
+    split = name
+
     def column(name: str) -> da.Array:
-        cols = [read_array(p[name], core.url)[:k] for p, k in parts]
+        cols = [read_array(p[name], core.url, split, record(p))[:k] for p, k in parts]
         return on_backend(cols[0] if len(cols) == 1 else da.concatenate(cols), xp)
 
     data_vars = {"embeddings": (("sample", "feature"), column("embeddings"))}

@@ -1,6 +1,7 @@
 """Commit records: a split's ``ncdask_split`` and each shard's ``ncdask_shard`` attribute
-count its committed rows, class counts, batches, sources and finiteness. Rows exist for
-readers only once a record counts them, and a record is replaced in one metadata write."""
+count its committed rows, class counts, batches, sources and finiteness, and hold a
+position-bound digest of each chunk's committed rows. Rows exist for readers only once a
+record counts them, and a record is replaced in one metadata write."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import zarr
 
 from ncdask._validate import NcdaskStoreError
+from ncdask.store.digest import extend, seed
 
 if TYPE_CHECKING:  # pragma: no cover
     from ncdask.store.setkey import SetKey
@@ -34,8 +36,23 @@ def record(p: zarr.Group) -> Mapping[str, Any]:
     return p.attrs.get("ncdask_shard") or p.attrs["ncdask_split"]
 
 
+def forget_listings(g: zarr.Group, below: str | None = None) -> None:
+    """Drop the listings fsspec cached for ``g``'s store (s3fs keeps deleted nodes and hides
+    other processes' new ones): all, or with ``below`` those of ``g/below`` (``""``: ``g``)
+    and its parents."""
+    fs = getattr(g.store, "fs", None)  # a local disk's store has none: nothing to drop
+    if fs is None or not hasattr(fs, "invalidate_cache"):
+        return
+    if below is None:
+        fs.invalidate_cache()
+    else:
+        fs.invalidate_cache("/".join(p for p in (g.store.path, g.path, below) if p))
+
+
 def shards(g: zarr.Group) -> list[tuple[zarr.Group, dict[str, Any]]]:
-    """The committed shards of split group ``g``, in the order their writers started."""
+    """The committed shards of split group ``g``, in the order their writers started, as
+    listed now (not as cached: other processes add shards)."""
+    forget_listings(g, "shards")
     if "shards" not in g:
         return []
     out = []
@@ -67,6 +84,7 @@ def snapshot(g: zarr.Group) -> tuple[list[tuple[zarr.Group, int]], dict[str, Any
         if srec.get("sources"):
             rec["sources"] = list(rec.get("sources") or []) + list(srec["sources"])
     rec["n_committed"] = sum(n for _, n in parts)
+    rec.pop("digests", None)  # per part, not summed
     if counts is not None:
         rec["class_counts"] = counts.tolist()
     return parts, rec
@@ -87,6 +105,36 @@ def advanced(rec: Mapping[str, Any], n1: int, counts: np.ndarray | None, n_ignor
         rec["n_ignored"] = int(rec.get("n_ignored", 0)) + n_ignored
     rec.update(n_committed=int(n1), n_batches=int(rec["n_batches"]) + n_batches)
     return rec
+
+
+def digested(rec: Mapping[str, Any], start: int, chunk: int,
+             batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """``rec`` with its chunk digests extended over ``batch`` (arrays as stored) written at
+    row ``start``. ``rec["digests"][name][i]`` covers chunk ``i``'s rows below
+    ``rec["digests"]["rows"]``; a record without digests starts them at row 0, one whose
+    digests stop short of ``start`` (an older ncdask appended) keeps them as they are."""
+    rec = dict(rec)
+    old = rec.get("digests") or ({"rows": 0} if start == 0 else None)
+    if old is None or int(old["rows"]) != start:
+        return rec
+    stop = start + len(next(iter(batch.values())))
+    rec["digests"] = new = {"rows": stop}
+    for name, v in batch.items():
+        new[name] = crcs = list(old.get(name, []))
+        for i in range(start // chunk, -(-stop // chunk)):
+            lo, hi = max(start, i * chunk), min(stop, (i + 1) * chunk)
+            crcs[i:i + 1] = [extend(crcs[i] if i < len(crcs) else seed(name, i),
+                                    v[lo - start: hi - start])]
+    return rec
+
+
+def chunk_digest(rec: Mapping[str, Any], name: str, i: int,
+                 chunk: int) -> tuple[int, int] | None:
+    """``(digest, rows)`` that record ``rec`` holds for chunk ``i`` of array ``name`` (its
+    first ``rows`` rows); None where it holds none."""
+    d = rec.get("digests") or {}
+    crcs, n = d.get(name) or [], min(int(d.get("rows", 0)), (i + 1) * chunk) - i * chunk
+    return (int(crcs[i]), n) if i < len(crcs) and n > 0 else None
 
 
 def check_record(p: zarr.Group, n_classes: int, url: str) -> None:

@@ -1,109 +1,252 @@
-"""Names for what ncdask writes aside before switching it in, and their cleanup.
+"""Leases: what a writer stages, listed before it is made, and whether the writer lives.
 
-Replaces write beside the old version (``.classifier-*``, ``.import-*``, ``*.ncdask-tmp-*``),
-deletes move their target aside (``*.replaced-*``, ``*.deleted-*``, ``*.ncdask-old-*``). The
-next writer in the folder removes what a killed writer left, once it is certainly gone: each
-name carries its owner ``<host>-<pid>-<random>``, gone when that process no longer runs on
-this host, or, from another host, when older than :data:`STALE_AFTER_S`.
+A writer that stages anything (a split built beside the old, a classifier version, an output
+written beside its path, a folder renamed aside) first writes a lease: a Zarr group whose
+``ncdask_lease`` attribute holds a heartbeat time and each staged path with its recovery
+(delete it; an aside is moved back where its place is not whole, so the only copy is never
+lost). A daemon thread renews the heartbeat every 30 s (a quarter of the expiry if shorter).
+At the end the lease is removed, or, while it lists something still there (a classifier
+version in use, what a failed step left), kept with heartbeat 0 for recovery to judge.
+
+A lease not renewed for the dask config value ``ncdask.lease_expiry`` (seconds, default 600)
+is expired: its writer is gone (or stalled that long; every writer of a store must use one
+expiry), and the next writer recovers what it lists. Cleanup looks at nothing else: a name
+never decides, so splits and layers may look like staging (``val.replaced-x``). A store's
+leases are in ``<store>/.ncdask/leases/``; an output's beside it, ``<path>.ncdask-lease-<id>``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import re
-import socket
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-#: Age after which staging from another host (or of unknown owner) is stale.
-STALE_AFTER_S = 7 * 24 * 3600.0
+import dask
 
-#: How staging and aside names end: ``<kind>-<host>-<pid>-<hex>`` or ``<kind>-<hex>``.
-_OWNED = re.compile(r"-(?P<host>[A-Za-z0-9]{1,24})-(?P<pid>\d+)-(?P<rand>[0-9a-f]{8,})$")
-_MARKERS = (".classifier-", ".import-", ".ncdask-tmp-", ".ncdask-old-", ".replaced-",
-            ".deleted-")
+#: Dask config key: seconds after its last heartbeat that a lease is expired.
+EXPIRY_KEY = "ncdask.lease_expiry"
+EXPIRY_S, BEAT_S = 600.0, 30.0
+STORE_LEASES = ".ncdask/leases"  # a store's lease folder (a Zarr group), under its root
+LEASE_ATTR = "ncdask_lease"
+_BESIDE = (".ncdask-tmp-", ".ncdask-old-", ".ncdask-lease-")  # beside an output
+Whole = Callable[[Any, str], bool]
 
 
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
+def expiry() -> float:
+    """Seconds after its last heartbeat that a lease is expired (``ncdask.lease_expiry``)."""
+    return float(dask.config.get(EXPIRY_KEY, EXPIRY_S))
 
 
 def owner_tag() -> str:
-    """A unique suffix naming this process: ``<host>-<pid>-<random>``."""
-    return f"{_host()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    """A unique suffix for a staged name (random; it identifies nothing)."""
+    return uuid.uuid4().hex[:16]
 
 
 def is_staging(name: str) -> bool:
-    """Whether ``name`` (a basename) is something ncdask writes aside."""
-    return any(m in name for m in _MARKERS)
+    """Whether a basename in a folder only ncdask writes (the statistics cache) is staged
+    beside an output, which listings of it skip; cleanup never decides by name."""
+    return any(m in name for m in _BESIDE)
 
 
-def _alive(pid: int) -> bool:
+def _group(attrs: dict) -> bytes:
+    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attrs}).encode()
+
+
+def _put(fs: Any, path: str, data: bytes) -> None:
+    """Write a small file whole (readers never see half of it)."""
+    if getattr(fs, "local_file", False):
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        part = f"{path}.{owner_tag()}"
+        fs.pipe_file(part, data)
+        os.replace(part, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+class Lease:
+    """A writer's lease, a context manager: :meth:`stage` each path before it is created.
+
+    The lease group is ``folder/<prefix><id>``; its paths are kept relative to ``root``.
+    When the operation ends, a lease whose paths are all gone is removed; one listing a
+    path still there (a classifier version now in use, what a failed step left) stays,
+    expired, for the next recovery to judge.
+    """
+
+    def __init__(self, fs: Any, root: str, folder: str, prefix: str = "") -> None:
+        self.fs, self.root, self.id = fs, root, owner_tag()
+        self.dir = f"{folder.rstrip('/')}/{prefix}{self.id}"
+        self.paths: list[dict[str, str]] = []
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def _rel(self, path: str) -> str:
+        if not path.startswith(f"{self.root}/"):
+            raise ValueError(f"{path!r} is not under the lease's root {self.root!r}")
+        return path[len(self.root) + 1:]
+
+    def _write(self, heartbeat: float | None = None) -> None:
+        with self._lock:
+            rec = {"heartbeat": time.time() if heartbeat is None else heartbeat,
+                   "paths": list(self.paths)}
+            _put(self.fs, f"{self.dir}/zarr.json", _group({LEASE_ATTR: rec}))
+
+    def stage(self, path: str, *, to: str | None = None, unless: str | None = None) -> str:
+        """List ``path`` (under the root) before it is created or moved there; return it.
+
+        Recovery deletes it; with ``to`` (an aside of ``to``) it moves it back to ``to``
+        when ``to`` is not whole. ``unless`` names an attribute of the group holding
+        ``path`` that keeps it while it names it (a set's current classifier).
+        """
+        self.paths.append({"path": self._rel(path), **({"to": self._rel(to)} if to else {}),
+                           **({"unless": unless} if unless else {})})
+        if self._beat is not None:
+            self._write()
+        return path
+
+    def __enter__(self) -> Lease:
+        self._write()
+        every = min(BEAT_S, expiry() / 4)
+        self._beat = threading.Thread(target=self._renew, args=(every,), daemon=True,
+                                      name=f"ncdask-lease-{self.id}")
+        self._beat.start()
+        return self
+
+    def _renew(self, every: float) -> None:
+        while not self._stop.wait(every):
+            with contextlib.suppress(Exception):  # a failed beat is retried at the next
+                self._write()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        with contextlib.suppress(Exception):  # what cannot be checked stays listed
+            self.paths = [e for e in self.paths if self.fs.exists(f"{self.root}/{e['path']}")]
+        if self.paths:
+            self._write(heartbeat=0.0)  # this writer is done with them
+        else:
+            with contextlib.suppress(OSError):
+                self.fs.rm(self.dir, recursive=True)
+
+
+def store_lease(fs: Any, root: str) -> Lease:
+    """A lease in the store at ``root`` (its lease folder made a Zarr group where missing)."""
+    for sub in (".ncdask", STORE_LEASES):
+        meta = f"{root}/{sub}/zarr.json"
+        if not fs.exists(meta):
+            _put(fs, meta, _group({}))
+    return Lease(fs, root, f"{root}/{STORE_LEASES}")
+
+
+def beside_lease(fs: Any, path: str) -> Lease:
+    """A lease beside ``path`` (an output), ``<path>.ncdask-lease-<id>``."""
+    parent, _, base = path.rpartition("/")
+    return Lease(fs, parent, parent, f"{base}.ncdask-lease-")
+
+
+def leases(fs: Any, folder: str, prefix: str = "") -> list[tuple[str, dict]]:
+    """``[(lease group, its record), ...]`` in ``folder`` whose names start with
+    ``prefix``; groups without a well-formed ``ncdask_lease`` attribute are not leases."""
+    with contextlib.suppress(AttributeError):
+        fs.invalidate_cache()  # s3fs caches listings; other processes write here
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-def is_stale(name: str, mtime: float | None, *, now: float | None = None) -> bool:
-    """Whether the staging entry ``name`` belongs to a writer that is certainly gone."""
-    if not is_staging(name):
-        return False
-    m = _OWNED.search(name)
-    if m is not None and m["host"] == _host():
-        return int(m["pid"]) != os.getpid() and not _alive(int(m["pid"]))
-    if mtime is None:
-        return False
-    return (time.time() if now is None else now) - mtime > STALE_AFTER_S
-
-
-def _mtime(info: dict[str, Any]) -> float | None:
-    for key in ("mtime", "LastModified", "last_modified", "created"):
-        v = info.get(key)
-        with contextlib.suppress(TypeError, ValueError):
-            return float(v.timestamp() if hasattr(v, "timestamp") else v)
-    return None
-
-
-def stale_entries(fs: Any, folder: str, *, prefix: str = "",
-                  keep: tuple[str, ...] = ()) -> list[str]:
-    """Paths in ``folder`` (starting with ``prefix``) that are staging of a gone writer;
-    names in ``keep`` are in use and never stale."""
-    try:
-        listing = fs.ls(folder, detail=True)
+        names = [str(p).rstrip("/") for p in fs.ls(folder, detail=False)]
     except (FileNotFoundError, NotADirectoryError):
         return []
     out = []
-    for info in listing:
-        path = str(info["name"]).rstrip("/")
-        name = path.rsplit("/", 1)[-1]
-        if not name.startswith(prefix) or not is_staging(name) or name in keep:
+    for p in names:
+        if not p.rsplit("/", 1)[-1].startswith(prefix):
             continue
-        mtime = _mtime(info)
-        if mtime is None:  # an object store's "folder" has no time: its zarr.json has
-            try:
-                mtime = _mtime(fs.info(f"{path}/zarr.json"))
-            except (FileNotFoundError, OSError):
-                mtime = None
-        if is_stale(name, mtime):
-            out.append(path)
+        try:
+            rec = json.loads(fs.cat_file(f"{p}/zarr.json"))["attributes"][LEASE_ATTR]
+            float(rec["heartbeat"])
+            if all(isinstance(e.get("path"), str) for e in rec["paths"]):
+                out.append((p, rec))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not a lease, or one being written
     return out
 
 
-def remove_stale(fs: Any, folder: str, *, prefix: str = "",
-                 keep: tuple[str, ...] = ()) -> list[str]:
-    """Delete the stale staging entries of ``folder`` (errors ignored: another writer may be
-    cleaning the same entry); return what was deleted."""
-    gone = []
-    for path in stale_entries(fs, folder, prefix=prefix, keep=keep):
-        try:
-            fs.rm(path, recursive=True)
-            gone.append(path)
-        except (FileNotFoundError, OSError):
-            pass
-    return gone
+def expired(rec: dict) -> bool:
+    """Whether the lease record ``rec`` has not been renewed within :func:`expiry`."""
+    return time.time() - float(rec["heartbeat"]) > expiry()
+
+
+def has_root(fs: Any, path: str) -> bool:
+    """Whether ``path`` is a Zarr node (has its ``zarr.json``)."""
+    return bool(fs.exists(f"{path}/zarr.json"))
+
+
+def _named(fs: Any, path: str, attr: str) -> bool:
+    """Whether the group above ``path`` names it in its attribute ``attr`` (unreadable: yes,
+    so that it is kept)."""
+    parent, _, name = path.rpartition("/")
+    try:
+        return json.loads(fs.cat_file(f"{parent}/zarr.json"))["attributes"].get(attr) == name
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+
+
+def _plan(fs: Any, root: str, rec: dict, whole: Whole) -> list[tuple[str, str, str | None]]:
+    """What recovering the expired lease ``rec`` does: ``(action, path, to)`` with action
+    ``"delete"``, ``"restore"`` (move ``path`` to ``to``) or ``"keep"``; in listed order, an
+    aside's fate judged as the listed paths before it left things."""
+    out: list[tuple[str, str, str | None]] = []
+    restored: set[str] = set()
+    for e in rec["paths"]:
+        rel = e["path"]
+        if rel.startswith("/") or ".." in rel.split("/"):
+            continue  # never outside the root
+        path = f"{root}/{rel}"
+        if not fs.exists(path):
+            continue
+        to = f"{root}/{e['to']}" if e.get("to") else None
+        if e.get("unless") and _named(fs, path, e["unless"]):
+            out.append(("keep", path, None))
+        elif to and to not in restored and not whole(fs, to) and whole(fs, path):
+            restored.add(to)
+            out.append(("restore", path, to))
+        else:
+            out.append(("delete", path, None))
+    return out
+
+
+def leftovers(fs: Any, root: str, folder: str, *, prefix: str = "",
+              whole: Whole = has_root) -> list[str]:
+    """What expired leases in ``folder`` still list and recovery would delete or restore."""
+    return [f"{path} ({'to be restored to ' + to if to else 'to be deleted'})"
+            for _, rec in leases(fs, folder, prefix) if expired(rec)
+            for act, path, to in _plan(fs, root, rec, whole) if act != "keep"]
+
+
+def remove_stale(fs: Any, root: str, folder: str, *, move: Callable[[Any, str, str], None],
+                 prefix: str = "", whole: Whole = has_root) -> list[str]:
+    """Recover every expired lease in ``folder``: restore or delete what it lists (errors
+    ignored: another process may be recovering it too), then remove the lease unless it
+    keeps something; return the paths deleted or restored."""
+    done = []
+    for lp, rec in leases(fs, folder, prefix):
+        if not expired(rec):
+            continue
+        kept = False
+        for act, path, to in _plan(fs, root, rec, whole):
+            try:
+                if act == "restore":
+                    move(fs, path, to)
+                elif act == "delete":
+                    fs.rm(path, recursive=True)
+            except OSError:  # retried by the next recovery
+                act = "keep"
+            kept = kept or act == "keep"
+            done += [] if act == "keep" else [path]
+        if not kept:
+            with contextlib.suppress(OSError):  # another process may be removing it
+                fs.rm(lp, recursive=True)
+    return done

@@ -29,7 +29,7 @@ from zarr.storage import WrapperStore
 
 from ncdask._validate import NcdaskStoreError
 from ncdask.store.digest import digest
-from ncdask.store.staging import is_stale, owner_tag, remove_stale
+from ncdask.store.staging import Lease, beside_lease, expired, leases, remove_stale
 
 ORDER_ATTR = "ncdask_variables"
 KIND_ATTR = "ncdask_output"
@@ -80,13 +80,16 @@ def rename(fs: Any, src: str, dst: str) -> None:
         fs.mv(src, dst, recursive=True)
 
 
-def swap_in(fs: Any, tmp: str, path: str) -> None:
-    """Move the complete ``tmp`` to ``path`` by renames, the old ``path`` aside and deleted last.
+def swap_in(fs: Any, tmp: str, path: str, lease: Lease) -> None:
+    """Move the complete ``tmp`` to ``path`` by renames, the old ``path`` aside (listed in
+    ``lease``, to come back if a kill leaves ``path`` empty) and deleted last.
 
     On failure (another writer put its store there first) the old ``path``
     is restored and ``tmp`` deleted.
     """
-    old = f"{path}.ncdask-old-{owner_tag()}" if fs.exists(path) else None
+    old = None
+    if fs.exists(path):
+        old = lease.stage(f"{path}.ncdask-old-{lease.id}", to=path)
     try:
         if old:
             rename(fs, path, old)
@@ -98,6 +101,25 @@ def swap_in(fs: Any, tmp: str, path: str) -> None:
         raise
     if old:
         fs.rm(old, recursive=True)
+
+
+def _move_output(fs: Any, src: str, dst: str) -> None:
+    """Move a whole output (or store) ``src`` to ``dst``, where ``dst`` is not whole (what
+    is there is deleted first: a kill then leaves ``src`` listed, to be moved again)."""
+    if renames(fs):
+        if fs.exists(dst):
+            fs.rm(dst, recursive=True)
+        rename(fs, src, dst)
+    else:
+        _copy_into_place(fs, src, dst, fs.exists(dst))
+
+
+def tidy_beside(fs: Any, path: str) -> list[str]:
+    """Recover what expired leases beside ``path`` list (staged copies, an old version set
+    aside): an aside comes back where ``path`` is not whole, the rest is deleted."""
+    parent, _, base = path.rpartition("/")
+    return remove_stale(fs, parent, parent, prefix=f"{base}.ncdask-lease-", move=_move_output,
+                        whole=lambda f, p: bool(is_complete(f, p)))
 
 
 def _replaceable(url: str, kind: str, storage_options: dict | None) -> str | None:
@@ -168,25 +190,24 @@ def write_dataset(ds: xr.Dataset, url: str, *, kind: str, overwrite: bool = Fals
     out.attrs[ORDER_ATTR] = [str(n) for n in ds.data_vars]
     out.attrs[KIND_ATTR] = kind
     out.attrs[WRITTEN_ATTR] = time.time()
-    tag = owner_tag()
-    tmp = f"{path}.ncdask-tmp-{tag}"
-    tmp_url = url.rstrip("/") + f".ncdask-tmp-{tag}"
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-            out.to_zarr(tmp_url, mode="w-", consolidated=False, storage_options=storage_options,
-                        encoding=_encoding(out))
-        _seal(tmp_url, storage_options)
-    except BaseException:
-        if fs.exists(tmp):
-            fs.rm(tmp, recursive=True)
-        raise
-    if renames(fs):
-        swap_in(fs, tmp, path)
-    else:
-        _copy_into_place(fs, tmp, path, fs.exists(path))
-    parent, _, base = path.rpartition("/")
-    remove_stale(fs, parent or ".", prefix=f"{base}.ncdask-")
+    with beside_lease(fs, path) as lease:
+        tmp = lease.stage(f"{path}.ncdask-tmp-{lease.id}", to=path)
+        tmp_url = url.rstrip("/") + tmp[len(path):]
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+                out.to_zarr(tmp_url, mode="w-", consolidated=False,
+                            storage_options=storage_options, encoding=_encoding(out))
+            _seal(tmp_url, storage_options)
+        except BaseException:
+            if fs.exists(tmp):
+                fs.rm(tmp, recursive=True)
+            raise
+        if renames(fs):
+            swap_in(fs, tmp, path, lease)
+        else:
+            _copy_into_place(fs, tmp, path, fs.exists(path))
+    tidy_beside(fs, path)
 
 
 def _copy_into_place(fs: Any, tmp: str, path: str, replace: bool) -> None:
@@ -226,52 +247,51 @@ def is_complete(fs: Any, path: str) -> bool | None:
     return all(str(n) in cons for n in attrs.get(ORDER_ATTR) or [])
 
 
-def _complete_copy(fs: Any, path: str) -> str | None:
-    """The newest complete staged copy beside ``path`` (left by an interrupted replace)."""
+def _complete_copy(fs: Any, path: str, found: list[tuple[str, dict]]) -> str | None:
+    """The newest complete copy of ``path`` that the leases ``found`` beside it list (staged,
+    or set aside by an interrupted replace)."""
+    parent, _, base = path.rpartition("/")
     best, when = None, -1.0
-    for p in fs.glob(f"{path}.ncdask-tmp-*"):
-        p = str(p).rstrip("/")
-        if not is_complete(fs, p):
-            continue
-        try:
-            t = float(json.loads(fs.cat_file(f"{p}/zarr.json"))["attributes"][WRITTEN_ATTR])
-        except (KeyError, ValueError, TypeError, FileNotFoundError):
-            t = 0.0
-        if t > when:
-            best, when = p, t
+    for _, rec in found:
+        for e in rec["paths"]:
+            p = f"{parent}/{e['path']}"
+            if e.get("to") != base or not is_complete(fs, p):
+                continue
+            try:
+                t = float(json.loads(fs.cat_file(f"{p}/zarr.json"))["attributes"][WRITTEN_ATTR])
+            except (KeyError, ValueError, TypeError, FileNotFoundError):
+                t = 0.0
+            if t > when:
+                best, when = p, t
     return best
 
 
 def _readable(url: str, storage_options: dict | None) -> str:
     """The URL to read the output at ``url`` from: itself, or a complete copy beside it
-    (:class:`IncompleteOutputError` when cut off with no complete copy left)."""
+    (:class:`IncompleteOutputError` when cut off with no complete copy left).
+
+    A replace cut off by a writer whose lease expired is recovered first (the old version
+    set back, or the complete new one moved in); one whose writer may live is read from its
+    complete copy."""
     fs, path = url_fs(url, storage_options)
     fs.invalidate_cache()  # s3fs caches listings; other processes write here
     if is_complete(fs, path):
         return url
-    # a replace may have been interrupted (between renames, or during a copy)
-    copy = _complete_copy(fs, path)
+    parent, _, base = path.rpartition("/")
+    found = leases(fs, parent, f"{base}.ncdask-lease-")
+    if any(expired(rec) for _, rec in found):
+        tidy_beside(fs, path)  # read-only: nothing changes, a copy is read
+        if is_complete(fs, path):
+            return url
+        found = leases(fs, parent, f"{base}.ncdask-lease-")
+    copy = _complete_copy(fs, path, found)
     if copy is None:
         if not fs.exists(f"{path}/zarr.json"):
             return url  # nothing of ours here or beside it: not ours to judge
         raise IncompleteOutputError(
             f"{url!r} is incomplete: a write or replace of it was interrupted and no complete "
             "copy is left beside it; write it again (overwrite=True / --overwrite)")
-    suffix = copy[len(path):]
-    if is_stale(copy.rsplit("/", 1)[-1], None):
-        try:  # its writer (on this host) is gone: finish the replace it began
-            if renames(fs):
-                if fs.exists(path):
-                    aside = f"{path}.ncdask-old-{owner_tag()}"
-                    rename(fs, path, aside)
-                    fs.rm(aside, recursive=True)
-                rename(fs, copy, path)
-            else:
-                _copy_into_place(fs, copy, path, fs.exists(path))
-            return url
-        except OSError:
-            pass  # read-only: read the copy
-    return url.rstrip("/") + suffix
+    return url.rstrip("/") + copy[len(path):]
 
 
 def _chunks(g: zarr.Group, recorded: dict | None = None) -> dict[str, tuple]:
