@@ -14,7 +14,7 @@ from ncdask._version import __version__
 #: submodule -> the public names it defines, in the order of ``__all__``
 _NAMES: dict[str, str] = {
     "store": "EmbeddingStore StoreWriter resolve_split DuplicateImportError DamagedStoreError",
-    "store.zarrio": "IncompleteOutputError",
+    "store.zarrio": "IncompleteOutputError DamagedOutputError",
     "store.check": "check_store",
     "stats": "class_stats merge_stats save_stats load_stats EmptyClassWarning",
     "accumulate": "StatsAccumulator",
@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ expo
         resolve_split,
     )
     from ncdask.store.check import check_store
-    from ncdask.store.zarrio import IncompleteOutputError
+    from ncdask.store.zarrio import DamagedOutputError, IncompleteOutputError
     from ncdask.sweeps import sweep
 
 
@@ -88,9 +88,10 @@ def __dir__() -> list[str]:
 
 __all__ = [  # the same names as _NAMES, literally, for tools that read __all__
     "__version__", "EmbeddingStore", "StoreWriter", "resolve_split", "DuplicateImportError",
-    "DamagedStoreError", "IncompleteOutputError", "check_store", "class_stats", "merge_stats",
-    "save_stats", "load_stats", "EmptyClassWarning", "StatsAccumulator", "StatsSink",
-    "EvalAccumulator", "save_results", "open_results", "measure", "DegenerateInputWarning",
-    "RieszRangeWarning", "sweep", "capture", "class_covariances", "class_nc1", "class_spectra",
-    "total_covariance", "neco_fit", "neco_scores", "nci_scores", "ood_report",
+    "DamagedStoreError", "IncompleteOutputError", "DamagedOutputError", "check_store",
+    "class_stats", "merge_stats", "save_stats", "load_stats", "EmptyClassWarning",
+    "StatsAccumulator", "StatsSink", "EvalAccumulator", "save_results", "open_results", "measure",
+    "DegenerateInputWarning", "RieszRangeWarning", "sweep", "capture", "class_covariances",
+    "class_nc1", "class_spectra", "total_covariance", "neco_fit", "neco_scores", "nci_scores",
+    "ood_report",
 ]

@@ -204,14 +204,16 @@ _SPECS: dict[str, tuple[str, tuple[str, ...], str, list[Any]]] = {
            "Only splits that ncdask wrote are deleted; the classifier and other splits stay.", [
         _URL, _opt("--split", required=True, help="the split to delete"), *_SET, _QUIET]),
     "check": (
-        "verify every committed chunk, commit record and set of a store",
+        "verify a store (every committed chunk, record, set and cache entry) or an output",
         ("ncdask check emb.zarr", "ncdask check s3://bucket/emb.zarr --scheduler "
-         "tcp://10.0.0.1:8786"),
+         "tcp://10.0.0.1:8786", "ncdask check stats.zarr"),
         "Reads every chunk that holds committed rows (checksums, missing chunks,\n"
         "NaN where none was written, labels out of range, counts against the\n"
-        "records) and every classifier. Prints each problem with its set, split,\n"
-        "array and chunk. Exit status: 0 no problem, 1 problems found, 2 the\n"
-        "store cannot be read at all (the error names the broken file).",
+        "records), every classifier and every statistics-cache entry (against its\n"
+        "digests). On statistics or results that ncdask wrote (URL: their Zarr\n"
+        "store), checks every chunk against its digest. Prints each problem with\n"
+        "its set, split, array and chunk. Exit status: 0 no problem, 1 problems\n"
+        "found, 2 the store cannot be read at all (the error names the broken file).",
         [_URL, _SCHEDULER, _NO_WORKERS, _QUIET]),
 }
 
@@ -645,10 +647,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
     import dask
 
     from ncdask.scheduler import use_scheduler
-    from ncdask.store.check import check_tasks
+    from ncdask.store.check import check_tasks, output_tasks
+    from ncdask.store.zarrio import written_kind
 
-    store = _open_store(args.url)
-    report, tasks = check_tasks(store)
+    if written_kind(args.url) not in (None, "store"):  # statistics or results
+        report, tasks = output_tasks(args.url)
+    else:
+        report, tasks = check_tasks(_open_store(args.url))
     if tasks:
         with use_scheduler(args.scheduler, quiet=args.quiet) as run:
             results = run.compute(dask.delayed(list, pure=False)(tasks),

@@ -218,6 +218,17 @@ def test_some_one_sample_classes_are_counted_and_values_stay_finite():
         ncdask.measure(ncdask.class_stats(split(X, y, 6)), metrics="nc2_etf_err")  # no Σ_W
 
 
+def test_a_bin_of_one_sample_classes_is_nan_the_others_finite():
+    X, y = _lone([6, 1, 5, 1, 4, 1])
+    freq = ["nc1_cdnv_by_frequency", "nc1_quot_by_frequency", "nc1_pinv_by_frequency"]
+    with pytest.warns(ncdask.DegenerateInputWarning, match="3 of the 6 classes"):
+        r = ncdask.measure(ncdask.class_stats(split(X, y, 6)), metrics=freq, by_frequency=2,
+                           train=split(X, y, 6)).compute()
+    for k in freq:  # bins: the three classes with 4-6 samples, then the three with one
+        head, tail = r[k].values
+        assert np.isfinite(head) and head > 0 and np.isnan(tail), (k, r[k].values)
+
+
 @pytest.mark.parametrize("counts", [[1] * 6, [1, 5, 1, 4, 6, 1], [2, 5, 3, 4, 6, 2]],
                          ids=["all-one", "some-one", "none-one"])
 def test_cli_analyze_one_sample_classes(tmp_path, capsys, counts):

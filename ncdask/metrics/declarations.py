@@ -199,9 +199,12 @@ class Inputs:
         order = np.lexsort((np.arange(n.size), -n))
         return [np.sort(b) for b in np.array_split(order, int(self.by_frequency))]
 
-    def per_bin(self, fn: Callable[[np.ndarray], Any]) -> da.Array:
-        """``fn(positions)`` for every bin, stacked on the bin axis."""
-        return da.stack([like(da.asarray(fn(b), dtype=np.float64), self.M) for b in self.bins])
+    def per_bin(self, fn: Callable[[np.ndarray], Any], within: bool = False) -> da.Array:
+        """``fn(positions)`` for every bin, stacked on the bin axis; ``within``: NaN for a bin
+        of one-sample classes only, whose within-class variability is unestimable, not 0."""
+        n = self.kept.counts[self.kept.present]
+        return da.stack([like(da.asarray(np.nan if within and (n[b] < 2).all() else fn(b),
+                                         dtype=np.float64), self.M) for b in self.bins])
 
     @cached_property
     def gram_M(self) -> da.Array:
@@ -334,9 +337,10 @@ def _pinv_shares(ins: Inputs) -> da.Array:
     bin_of = np.zeros(ins.K, dtype=np.int64)
     for i, b in enumerate(ins.bins):
         bin_of[b] = i
-    return CF.delayed_array(KS.bin_shares, sums, ins.kept.counts[ins.kept.present], bin_of,
-                            len(ins.bins), float(ins.n_samples) * ins.K, shape=(len(ins.bins),),
-                            like=ins.M)
+    shares = CF.delayed_array(KS.bin_shares, sums, ins.kept.counts[ins.kept.present], bin_of,
+                              len(ins.bins), float(ins.n_samples) * ins.K,
+                              shape=(len(ins.bins),), like=ins.M)
+    return da.where(ins.per_bin(lambda idx: 0.0, within=True) == 0, shares, np.nan)
 
 
 def _agree_of(ins: Inputs, idx: np.ndarray) -> Any:
@@ -543,12 +547,12 @@ METRICS: dict[str, Metric] = {
         "nc1_cdnv over the pairs of classes of one bin (bins: the classes ranked by count, "
         "cut into n_bins groups of near-equal size, most frequent first)",
         WU, needs=("by_frequency",), per_bin=True, within=True,
-        compute=lambda ins: ins.per_bin(lambda idx: _cdnv_of(ins, idx))),
+        compute=lambda ins: ins.per_bin(lambda idx: _cdnv_of(ins, idx), within=True)),
     "nc1_quot_by_frequency": Metric(
         "NC1 trace quotient: each class-count bin's share",
         "sum_{k in bin} (n_k/N) v_k / tr(Sigma_B); the shares add up to nc1_quot",
         TIRER, needs=("by_frequency",), per_bin=True, within=True,
-        compute=lambda ins: ins.per_bin(lambda idx: _quot_share(ins, idx))),
+        compute=lambda ins: ins.per_bin(lambda idx: _quot_share(ins, idx), within=True)),
     "nc1_pinv_by_frequency": Metric(
         "NC1 pseudo-inverse: each class-count bin's share",
         "sum_{k in bin} sum_{y_i=k} (x_i - mu_k)^T Sigma_B^+ (x_i - mu_k) / (N K), one pass "

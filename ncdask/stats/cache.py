@@ -5,7 +5,9 @@ with its :class:`MemoKey` (options and committed parts). The same key reads no
 embedding chunk; appended rows are read alone and merged
 (:func:`ncdask.merge_stats`); anything else runs a full pass. Entries are only
 added (lazy readers must not see one change) and pruned an hour after being
-superseded. A store that cannot be written gets no cache.
+superseded. A store that cannot be written gets no cache. An entry is used only when
+every chunk matches the digest recorded when it was written (a damaged one is
+recomputed, with a :class:`DamagedCacheWarning`, and removed).
 """
 
 from __future__ import annotations
@@ -29,14 +31,22 @@ from ncdask.store.embedding import EmbeddingStore
 from ncdask.store.record import record
 from ncdask.store.setkey import SetKey
 from ncdask.store.staging import is_staging, owner_tag
-from ncdask.store.zarrio import IncompleteOutputError, is_complete
+from ncdask.store.zarrio import (
+    CACHE_DIR,
+    IncompleteOutputError,
+    damaged_chunks,
+    is_complete,
+    recorded_digests,
+)
 
-#: Folder of a split's cached statistics.
-CACHE_DIR = ".ncdask-stats"
 #: Attribute of a cached statistics store: its :class:`MemoKey` and when it was written.
 CACHE_ATTR = "ncdask_cache"
 #: Superseded cache entries are deleted once older than this (a reader may hold one lazily).
 PRUNE_AFTER_S = 3600.0
+
+
+class DamagedCacheWarning(UserWarning):
+    """A statistics-cache entry had a missing or changed chunk; it was recomputed."""
 
 
 def _canonical(value: Any) -> Any:
@@ -90,7 +100,7 @@ def _folder(store: EmbeddingStore, g: Any) -> str:
 
 def _entries(store: EmbeddingStore, g: Any, key: MemoKey) -> list[tuple[str, MemoKey, dict]]:
     """``[(url, memo key, cache attrs), ...]`` of the complete entries of split ``g`` with
-    ``key``'s options."""
+    ``key``'s options, newest first."""
     folder = _folder(store, g)
     fs, path = fsspec.core.url_to_fs(folder, **(store.core.storage_options or {}))
     fs.invalidate_cache()
@@ -112,7 +122,7 @@ def _entries(store: EmbeddingStore, g: Any, key: MemoKey) -> list[tuple[str, Mem
         old = MemoKey.from_attr(meta.get("key") if isinstance(meta, dict) else None)
         if old is not None and old.options == key.options:
             out.append((f"{folder}/{name}", old, meta))
-    return out
+    return sorted(out, key=lambda e: -float(e[2].get("written") or 0))  # newest first
 
 
 def _new_rows(parts: list[tuple[Any, int]], have: dict[str, int], url: str) -> xr.Dataset:
@@ -133,9 +143,25 @@ def _new_rows(parts: list[tuple[Any, int]], have: dict[str, int], url: str) -> x
                       attrs=attrs)
 
 
-def _load(url: str, so: dict | None) -> xr.Dataset | None:
-    """A cache entry, lazily (None when it cannot be read)."""
+def _load(url: str, so: dict | None, damaged: list[str] | None = None) -> xr.Dataset | None:
+    """A cache entry, lazily (None when it cannot be read); its chunks are checked as read.
+
+    Given ``damaged``, every chunk is first checked against its digest (read once, not
+    decoded): a damaged entry must be recomputed before it is returned, and one too large to
+    hold is not loaded whole. A damaged entry warns and joins ``damaged``; one without
+    digests (an earlier ncdask's) cannot be verified and is not used either.
+    """
     try:
+        if damaged is not None:
+            recorded = recorded_digests(url, so)
+            bad = [] if recorded is None else damaged_chunks(url, *recorded)
+            if bad:
+                more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+                warnings.warn(f"statistics cache entry {bad[0]}{more}; recomputing it",
+                              DamagedCacheWarning, stacklevel=4)
+                damaged.append(url)
+            if recorded is None or bad:
+                return None
         st = core.load_stats(url, storage_options=so)
     except (OSError, KeyError, ValueError, IncompleteOutputError):
         return None
@@ -160,15 +186,18 @@ def cached_stats(
                       "min_count": options.get("min_count"), "n_classes": K}, {split: parts})
     so = store.core.storage_options
     entries = _entries(store, g, key)
+    damaged: list[str] = []
     for url, old, _ in entries:
-        hit = _load(url, so) if old == key else None
+        hit = _load(url, so, damaged) if old == key else None
         if hit is not None:
-            return hit  # nothing read
-    grown = [(sum(old.rows().values()), url, old) for url, old, _ in entries if key.grows(old)]
+            _remove(damaged, so)
+            return hit  # no embedding read
+    grown = [(sum(old.rows().values()), url, old) for url, old, _ in entries
+             if key.grows(old) and url not in damaged]
     cached = None
     if grown and options.get("min_count") is None:
         _, url, old = max(grown, key=lambda t: t[0])  # the entry covering the most rows
-        cached = _load(url, so)
+        cached = _load(url, so, damaged)
     if cached is not None:
         with warnings.catch_warnings():  # the new rows alone often miss classes
             warnings.simplefilter("ignore", core.EmptyClassWarning)
@@ -180,13 +209,13 @@ def cached_stats(
         if int(ds.attrs["n_committed"]) != sum(k for _, k in parts):  # parts only grow
             return cached_stats(store, split, set_key, options)  # rows came since: new key
         out = core.compute_stats(ds, **options)
-    return _keep(out, store, g, key, entries)
+    return _keep(out, store, g, key, entries, damaged)
 
 
 def _keep(out: xr.Dataset, store: EmbeddingStore, g: Any, key: MemoKey,
-          entries: list[tuple[str, MemoKey, dict]]) -> xr.Dataset:
+          entries: list[tuple[str, MemoKey, dict]], damaged: list[str]) -> xr.Dataset:
     """Write ``out`` as a new cache entry and return it read back (``out`` itself when the
-    store cannot be written); remove the key's long superseded entries."""
+    store cannot be written); remove the key's long superseded and its damaged entries."""
     so = store.core.storage_options
     url = f"{_folder(store, g)}/{key.prefix}{owner_tag()}"
     marked = out.copy()
@@ -196,15 +225,19 @@ def _keep(out: xr.Dataset, store: EmbeddingStore, g: Any, key: MemoKey,
         core.save_stats(marked, url, storage_options=so)
     except OSError:  # unwritable
         return out.compute()
-    for old, _, meta in entries:
-        if time.time() - float(meta.get("written") or 0) > PRUNE_AFTER_S:
-            try:
-                fs, p = fsspec.core.url_to_fs(old, **(so or {}))
-                fs.rm(p, recursive=True)
-            except OSError:
-                pass
-    back = _load(url, so)
+    _remove(damaged + [old for old, _, meta in entries
+                       if time.time() - float(meta.get("written") or 0) > PRUNE_AFTER_S], so)
+    back = _load(url, so)  # just written and digested: checked as it is read
     return out if back is None else back
+
+
+def _remove(urls: list[str], so: dict | None) -> None:
+    for url in dict.fromkeys(urls):
+        try:
+            fs, p = fsspec.core.url_to_fs(url, **(so or {}))
+            fs.rm(p, recursive=True)
+        except OSError:
+            pass  # unwritable, or removed by another process
 
 
 def _require_folder(url: str, so: dict | None) -> None:

@@ -1,7 +1,8 @@
 """Verifying a whole store (``ncdask check``): one task per committed chunk (present, decoded,
 checksum passed, in its place by the record's digest, finite where the record promises it,
 labels in ``[0, K)`` adding up to the record's counts), every record against its arrays,
-every set's width, every classifier. Zarr reads a missing chunk as the fill value, so damage
+every set's width, every classifier, every statistics-cache entry against its digests; ncdask
+outputs (statistics, results) too. Zarr reads a missing chunk as the fill value, so damage
 shows only when something looks."""
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ from ncdask.store.record import (
     subgroups,
 )
 from ncdask.store.setkey import SetKey
+from ncdask.store.staging import is_staging
+from ncdask.store.zarrio import (
+    CACHE_DIR,
+    damaged_chunks,
+    is_complete,
+    recorded_digests,
+    url_fs,
+    written_kind,
+)
 
 
 @dataclass
@@ -185,6 +195,7 @@ def check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
             for split in store.splits(**key.tags):
                 report.splits += 1
                 tasks += _split_tasks(store, key, split, report)
+                tasks += _cache_tasks(store, store.core.split_group(split, key), report)
             name = classifier_name(sg)
             if name is not None:
                 cg = sg[name]
@@ -222,14 +233,56 @@ def _half_made(store: EmbeddingStore, sg: zarr.Group, key: SetKey) -> list[str]:
     return out
 
 
+def _output_tasks(url: str, so: dict | None, report: CheckReport, what: str = "") -> list:
+    """The delayed check of the ncdask output at ``url``: every chunk against its digest."""
+    recorded = recorded_digests(url, so)
+    if recorded is None:
+        report.notes.append(f"{what}{url}: written without checksums (by an earlier ncdask)")
+        return []
+    report.chunks += len(recorded[1])
+    return [_task(_output_problems)(what, url, *recorded)]
+
+
+def _output_problems(what: str, *args: Any) -> dict:
+    return {"problems": [what + p for p in damaged_chunks(*args)], "counts": None}
+
+
+def _cache_tasks(s: EmbeddingStore, g: zarr.Group, report: CheckReport) -> list:
+    """The delayed checks of split ``g``'s statistics-cache entries (``stats.cache``)."""
+    fs, folder = s.core.fs_path(g, CACHE_DIR)
+    fs.invalidate_cache(folder)
+    try:
+        names = sorted(str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
+                       for e in fs.ls(folder, detail=True) if e["type"] == "directory")
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    tasks: list = []
+    for name in names:
+        if not is_staging(name) and is_complete(fs, f"{folder}/{name}"):
+            url = "/".join([s.url.rstrip("/"), g.path, CACHE_DIR, name])
+            tasks += _output_tasks(url, s.core.storage_options, report,
+                                   "statistics cache entry ")
+    return tasks
+
+
+def output_tasks(url: str, storage_options: dict | None = None) -> tuple[CheckReport, list]:
+    """:func:`check_tasks` of the ncdask output (statistics, results) at ``url``."""
+    report = CheckReport(url)
+    if not is_complete(*url_fs(url, storage_options)):
+        report.problems.append(f"{url}: incomplete (its writing was interrupted)")
+        return report, []
+    return report, _output_tasks(url, storage_options, report)
+
+
 def check_store(store: EmbeddingStore | str, *, storage_options: dict | None = None,
                 progress: bool = False) -> CheckReport:
-    """Verify every committed chunk, record and set of a store.
+    """Verify every committed chunk, record, set and statistics-cache entry of a store, or
+    every chunk of an ncdask output (statistics, results).
 
     Parameters
     ----------
     store : EmbeddingStore or str
-        The store, or its URL (opened read-only, with ``storage_options``).
+        The store, or its URL (opened read-only, with ``storage_options``), or an output's.
     progress : bool
         Show dask's progress bar on stderr.
 
@@ -247,9 +300,12 @@ def check_store(store: EmbeddingStore | str, *, storage_options: dict | None = N
     >>> r.ok, r.rows, r.chunks
     (True, 10, 2)
     """
-    if not isinstance(store, EmbeddingStore):
-        store = EmbeddingStore.open(store, storage_options=storage_options)
-    report, tasks = check_tasks(store)
+    if isinstance(store, str) and written_kind(store, storage_options) not in (None, "store"):
+        report, tasks = output_tasks(store, storage_options)
+    else:
+        if not isinstance(store, EmbeddingStore):
+            store = EmbeddingStore.open(store, storage_options=storage_options)
+        report, tasks = check_tasks(store)
     with ProgressBar() if progress and tasks else contextlib.nullcontext():
         for r in dask.compute(*tasks):
             report.problems += r["problems"]

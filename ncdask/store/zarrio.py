@@ -3,10 +3,15 @@
 Outputs carry consolidated metadata, so ``xr.open_zarr(path)`` opens them without a warning
 (Zarr's warning that v3 does not specify it is silenced here only); the variables' order is
 kept in the ``ncdask_variables`` attribute, since Zarr lists arrays alphabetically.
+The position-bound digest (:mod:`ncdask.store.digest`) of every stored chunk's bytes is kept
+in the ``ncdask_digests`` attribute; reads check each chunk against it as it is loaded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import json
 import os
 import time
@@ -14,20 +19,33 @@ import warnings
 from typing import Any
 
 import fsspec
+import numpy as np
 import xarray as xr
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import WrapperStore
 
 from ncdask._validate import NcdaskStoreError
+from ncdask.store.digest import digest
 from ncdask.store.staging import Lease, beside_lease, expired, leases, remove_stale
 
 ORDER_ATTR = "ncdask_variables"
 KIND_ATTR = "ncdask_output"
 WRITTEN_ATTR = "ncdask_written"
+DIGEST_ATTR = "ncdask_digests"
+#: Folder of a split's cached statistics (``stats.cache``), an output per entry.
+CACHE_DIR = ".ncdask-stats"
 
 
 class IncompleteOutputError(NcdaskStoreError):
     """An ncdask output whose writing was interrupted, with no complete copy left."""
+
+
+class DamagedOutputError(NcdaskStoreError):
+    """An ncdask output (statistics, results, a cache entry) with a chunk missing or changed
+    since it was written."""
 
 
 def url_fs(url: str, storage_options: dict | None) -> tuple[Any, str]:
@@ -107,14 +125,10 @@ def tidy_beside(fs: Any, path: str) -> list[str]:
 def _replaceable(url: str, kind: str, storage_options: dict | None) -> str | None:
     """Why the existing path ``url`` must not be replaced by ``kind`` (None: it may)."""
     foreign = "not an ncdask store" if kind == "store" else "not a Zarr store that ncdask wrote"
-    try:
-        attrs = dict(zarr.open_group(url, mode="r", storage_options=storage_options).attrs)
-    except Exception:  # a file, a plain folder, anything that is not a Zarr group
+    have = written_kind(url, storage_options)
+    if have is None or (have == "output" and kind == "store"):
         return f"it is {foreign}"
-    have = "store" if "ncdask" in attrs else attrs.get(KIND_ATTR)
-    if have is None:  # output written before outputs were marked
-        return None if "ncdask_version" in attrs and kind != "store" else f"it is {foreign}"
-    if have == kind:
+    if have in (kind, "output"):
         return None
     if have == "store":
         return "it is an ncdask embedding store"
@@ -144,14 +158,16 @@ def check_output(url: str, kind: str, *, overwrite: bool = False,
 
 
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
-    """Blosc LZ4 with byte shuffle for every float variable.
+    """Blosc LZ4 with byte shuffle for every float variable, Zstd for the others; each chunk
+    ends with its CRC-32C, so a flipped bit fails at read in any Zarr reader.
 
     Statistics (float64 means of noisy data) barely compress; LZ4 writes them
     twice as fast as Zarr's default Zstd, at the same ratio.
     """
-    return {str(k): {"compressors": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle",
-                                                typesize=v.dtype.itemsize)]}
-            for k, v in ds.data_vars.items() if v.dtype.kind == "f"}
+    return {str(k): {"compressors": [
+        BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=v.dtype.itemsize)
+        if v.dtype.kind == "f" else ZstdCodec(level=0), Crc32cCodec()]}
+        for k, v in ds.variables.items()}
 
 
 def write_dataset(ds: xr.Dataset, url: str, *, kind: str, overwrite: bool = False,
@@ -165,7 +181,8 @@ def write_dataset(ds: xr.Dataset, url: str, *, kind: str, overwrite: bool = Fals
     ``kind``.
 
     Lazy variables are computed chunk by chunk as they are written; ``kind``
-    ("stats", "results") is recorded and checked before replacing.
+    ("stats", "results") is recorded and checked before replacing, and the digest of every
+    stored chunk with the consolidated metadata, last.
     """
     fs, path = check_output(url, kind, overwrite=overwrite, storage_options=storage_options)
     out = ds.copy()
@@ -175,11 +192,13 @@ def write_dataset(ds: xr.Dataset, url: str, *, kind: str, overwrite: bool = Fals
     out.attrs[WRITTEN_ATTR] = time.time()
     with beside_lease(fs, path) as lease:
         tmp = lease.stage(f"{path}.ncdask-tmp-{lease.id}", to=path)
+        tmp_url = url.rstrip("/") + tmp[len(path):]
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-                out.to_zarr(url.rstrip("/") + tmp[len(path):], mode="w-", consolidated=True,
+                out.to_zarr(tmp_url, mode="w-", consolidated=False,
                             storage_options=storage_options, encoding=_encoding(out))
+            _seal(tmp_url, storage_options)
         except BaseException:
             if fs.exists(tmp):
                 fs.rm(tmp, recursive=True)
@@ -275,20 +294,127 @@ def _readable(url: str, storage_options: dict | None) -> str:
     return url.rstrip("/") + copy[len(path):]
 
 
+def _chunks(g: zarr.Group, recorded: dict | None = None) -> dict[str, tuple]:
+    """Store key of every chunk of ``g``'s arrays -> (array, flat index, chunk index, recorded
+    digest: None where the chunk was not stored, -1 where none was recorded)."""
+    out = {}
+    for name, a in g.arrays():
+        crcs = (recorded or {}).get(name) or []
+        for j, ix in enumerate(itertools.product(*map(range, a.cdata_shape))):
+            out[f"{name}/{a.metadata.encode_chunk_key(ix)}"] = (
+                name, j, ix, crcs[j] if j < len(crcs) else -1)
+    return out
+
+
+def _stored(store: Any, keys: list[str], batch: int = 16) -> Any:
+    """``(key, stored bytes or None)`` of ``keys`` in ``store``, ``batch`` at a time."""
+    proto = default_buffer_prototype()
+
+    async def get(ks: list[str]) -> list:
+        return await asyncio.gather(*(store.get(k, proto) for k in ks))
+
+    for i in range(0, len(keys), batch):
+        ks = keys[i:i + batch]
+        yield from zip(ks, map(_bytes, sync(get(ks))), strict=True)
+
+
+def _bytes(buf: Any) -> np.ndarray | None:
+    return None if buf is None else buf.as_numpy_array().view(np.uint8).reshape(-1)
+
+
+def _seal(url: str, storage_options: dict | None) -> None:
+    """Record the digest of every stored chunk of the output at ``url`` (None: not stored,
+    the fill value), then consolidate its metadata: the mark of a complete output."""
+    g = zarr.open_group(url, mode="r+", storage_options=storage_options)
+    keys = _chunks(g)
+    digests: dict[str, list] = {name: [] for name, _ in g.arrays()}
+    for k, raw in _stored(g.store, list(keys)):
+        name, j, _, _ = keys[k]
+        digests[name].append(None if raw is None else digest(name, j, raw))
+    g.attrs[DIGEST_ATTR] = digests
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        zarr.consolidate_metadata(g.store)
+
+
+def recorded_digests(url: str, storage_options: dict | None) -> tuple[Any, dict] | None:
+    """The store of the output at ``url`` and its chunks with their recorded digests (None:
+    an output written without them)."""
+    g = zarr.open_group(url, mode="r", storage_options=storage_options)
+    recorded = g.attrs.get(DIGEST_ATTR)
+    return (g.store, _chunks(g, recorded)) if isinstance(recorded, dict) else None
+
+
+def _damage(key: str, want: tuple, raw: np.ndarray | None) -> str | None:
+    """What is wrong with chunk ``key`` holding ``raw`` (None: nothing)."""
+    name, j, ix, crc = want
+    where = f"variable {name!r}, chunk {ix} ({key})"
+    if raw is None:
+        return None if crc is None else f"{where}: missing (it would read as the fill value)"
+    if crc is None:
+        return f"{where}: present where none was written"
+    return None if digest(name, j, raw) == crc else f"{where}: changed since written"
+
+
+def damaged_chunks(url: str, store: Any, want: dict) -> list[str]:
+    """Every chunk of the output at ``url`` that is missing or changed (``want``: from
+    :func:`recorded_digests`), read once in batches and not decoded."""
+    return [f"{url}: {bad}" for k, raw in _stored(store, list(want))
+            if (bad := _damage(k, want[k], raw)) is not None]
+
+
+class _Verified(WrapperStore):
+    """A store whose chunks are checked against the recorded digests as they are read."""
+
+    def __init__(self, store: Any, want: dict, url: str) -> None:
+        super().__init__(store)
+        self._want, self._url = want, url
+
+    def _with_store(self, store: Any) -> _Verified:
+        return type(self)(store, self._want, self._url)
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        buf = await self._store.get(key, prototype, byte_range)
+        if key in self._want and byte_range is None:
+            bad = _damage(key, self._want[key], _bytes(buf))
+            if bad is not None:
+                raise DamagedOutputError(f"{self._url!r}: {bad}; write it again")
+        return buf
+
+
+def written_kind(url: str, storage_options: dict | None = None) -> str | None:
+    """What ncdask wrote at ``url``: ``"store"``, ``"stats"``, ``"results"``, ``"output"``
+    (an output written before outputs were marked), or None (nothing of ncdask's)."""
+    try:
+        attrs = dict(zarr.open_group(url, mode="r", storage_options=storage_options).attrs)
+    except Exception:  # a file, a plain folder, anything that is not a Zarr group
+        return None
+    if "ncdask" in attrs:
+        return "store"
+    return attrs.get(KIND_ATTR) or ("output" if "ncdask_version" in attrs else None)
+
+
 def open_dataset(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
-    """Open a store written by :func:`write_dataset` lazily, variables in their written order."""
-    kw: dict[str, Any] = {"storage_options": storage_options}
+    """Open a store written by :func:`write_dataset` lazily, variables in their written order;
+    each chunk is checked against its recorded digest as it is read."""
     url = _readable(url, storage_options)
+    where: Any = url
+    kw: dict[str, Any] = {"storage_options": storage_options}
+    with contextlib.suppress(Exception):  # not a group: xarray says why below
+        recorded = recorded_digests(url, storage_options)
+        if recorded is not None:
+            where, kw = _Verified(*recorded, url), {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
         try:
-            ds = xr.open_zarr(url, consolidated=True, **kw)
+            ds = xr.open_zarr(where, consolidated=True, **kw)
         except (KeyError, ValueError, FileNotFoundError) as e:
             if isinstance(e, FileNotFoundError) and not fs_exists(url, storage_options):
                 raise
-            ds = xr.open_zarr(url, consolidated=False, **kw)
+            ds = xr.open_zarr(where, consolidated=False, **kw)
     ds.attrs.pop(KIND_ATTR, None)
     ds.attrs.pop(WRITTEN_ATTR, None)
+    ds.attrs.pop(DIGEST_ATTR, None)
     order = ds.attrs.pop(ORDER_ATTR, None)
     if order:
         names = [n for n in order if n in ds.data_vars]
