@@ -13,7 +13,8 @@ from ncdask._version import __version__
 
 #: submodule -> the public names it defines, in the order of ``__all__``
 _NAMES: dict[str, str] = {
-    "store": "EmbeddingStore StoreWriter resolve_split DuplicateImportError DamagedStoreError",
+    "store": "EmbeddingStore StoreWriter resolve_split DuplicateImportError DamagedStoreError "
+             "SplitChangedError",
     "store.zarrio": "IncompleteOutputError DamagedOutputError",
     "store.check": "check_store",
     "stats": "class_stats merge_stats save_stats load_stats EmptyClassWarning",
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ expo
         DamagedStoreError,
         DuplicateImportError,
         EmbeddingStore,
+        SplitChangedError,
         StoreWriter,
         resolve_split,
     )
@@ -88,8 +90,8 @@ def __dir__() -> list[str]:
 
 __all__ = [  # the same names as _NAMES, literally, for tools that read __all__
     "__version__", "EmbeddingStore", "StoreWriter", "resolve_split", "DuplicateImportError",
-    "DamagedStoreError", "IncompleteOutputError", "DamagedOutputError", "check_store",
-    "class_stats", "merge_stats", "save_stats", "load_stats", "EmptyClassWarning",
+    "DamagedStoreError", "SplitChangedError", "IncompleteOutputError", "DamagedOutputError",
+    "check_store", "class_stats", "merge_stats", "save_stats", "load_stats", "EmptyClassWarning",
     "StatsAccumulator", "StatsSink", "EvalAccumulator", "save_results", "open_results", "measure",
     "DegenerateInputWarning", "RieszRangeWarning", "sweep", "capture", "class_covariances",
     "class_nc1", "class_spectra", "total_covariance", "neco_fit", "neco_scores", "nci_scores",

@@ -21,7 +21,7 @@ import zarr
 from test_s3 import s3  # noqa: F401 (the S3 server fixture)
 
 import ncdask
-from ncdask.store.record import SplitChangedError
+from ncdask.store import SplitChangedError
 
 K, D, ROWS, FILE_ROWS = 5, 4, 5, 23
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -36,7 +36,7 @@ for b in range(n):
     X[:, 0], X[:, 1], X[:, 2], X[:, 3] = 1, b, np.arange(ROWS), 0
     try:
         print("ok", b, s.append("train", X, (b + np.arange(ROWS)) % K), flush=True)
-    except ncdask.store.record.SplitChangedError:
+    except ncdask.SplitChangedError:
         print("changed", b, -1, flush=True)
 """
 _MUTATOR = _CONST + """

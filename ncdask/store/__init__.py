@@ -5,7 +5,7 @@ from ncdask.store.core import CHUNK_BYTES
 from ncdask.store.embedding import EmbeddingStore, resolve_split
 from ncdask.store.imports import DuplicateImportError
 from ncdask.store.reads import array_backend, on_backend
-from ncdask.store.record import DamagedStoreError
+from ncdask.store.record import DamagedStoreError, SplitChangedError
 from ncdask.store.source import SplitSource
 from ncdask.store.writer import StoreWriter
 
@@ -15,6 +15,7 @@ __all__ = [
     "DuplicateImportError",
     "NcdaskStoreError",
     "EmbeddingStore",
+    "SplitChangedError",
     "SplitSource",
     "StoreWriter",
     "array_backend",

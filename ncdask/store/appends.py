@@ -103,15 +103,11 @@ def write_commit(core: Core, split: str, key: SetKey, X: np.ndarray, y: np.ndarr
                  n_batches: int, finite: bool = True,
                  expect: str | None | object = ANY) -> tuple[zarr.Group, int]:
     """Write a validated batch to ``split`` and commit it; the split's group and the rows this
-    handle has committed to it.
-
-    The split is found again under its lock (a delete or overwrite may have come first):
-    created if missing, or, with ``expect`` (a writer's), required to be of that generation.
-    In lock mode the rows go past the committed end under the exclusive lock; otherwise to
-    this handle's own shard, committed by rewriting its record (one atomic PUT), under the
-    shared lock (local) or none (object stores: a split deleted or replaced before the
-    commit was read back, or while it was written, raises :class:`SplitChangedError`).
-    """
+    handle has committed to it. The split is found again under its lock: made if missing,
+    or, with ``expect`` (a writer's), required to be of that generation. Lock mode: rows past
+    the committed end under the exclusive lock; shards: this handle's own shard, committed by
+    its record (one PUT), under the shared lock or (object stores) none, where a split
+    deleted or replaced meanwhile raises :class:`SplitChangedError`, rows not kept."""
     shards, seen = core.use_shards(), {}
     unlocked = shards and core.kind == "object"
     try:
@@ -133,8 +129,7 @@ def write_commit(core: Core, split: str, key: SetKey, X: np.ndarray, y: np.ndarr
 def _commit(core: Core, split: str, key: SetKey, X: np.ndarray, y: np.ndarray | None,
             n_batches: int, finite: bool, expect: str | None | object,
             seen: dict) -> tuple[zarr.Group, zarr.Group, int]:
-    """:func:`write_commit`'s write and commit, under the lock: the split, the part written
-    (the split or this handle's shard) and the rows this handle has committed."""
+    """:func:`write_commit` under the lock: the split, the part written, the rows."""
     if expect is ANY:
         g = core.split_group(split, key, create=True, dim=X.shape[1], labelled=y is not None)
         check_labelled(g, y is not None)
