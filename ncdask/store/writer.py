@@ -22,7 +22,7 @@ class StoreWriter:
     buffered when the process dies are lost, committed rows never are. The
     split is created with the first valid batch, whose width a new set takes.
     Once the split is deleted or replaced (``ncdask rm``, an overwriting
-    import), writing raises :class:`ncdask.store.record.SplitChangedError`.
+    import), writing raises :class:`ncdask.SplitChangedError`.
     """
 
     def __init__(self, core: Core, split: str, key: SetKey = DEFAULT, *,
