@@ -62,8 +62,9 @@ class CheckReport:
     def summary(self) -> str:
         """One line: what was verified and how many problems were found."""
         state = "ok" if self.ok else f"{len(self.problems)} problem(s)"
-        return (f"{self.url}: {state}: {self.sets} set(s), {self.splits} split(s), "
-                f"{self.rows} committed rows, {self.chunks} chunks verified")
+        held = (f"{self.sets} set(s), {self.splits} split(s), {self.rows} committed rows, "
+                if self.sets else "")  # an output holds no sets
+        return f"{self.url}: {state}: {held}{self.chunks} chunks verified"
 
 
 def _task(fn: Any) -> Any:
