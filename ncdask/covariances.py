@@ -19,13 +19,7 @@ from ncdask._version import __version__
 from ncdask.graph import covariances as GC
 from ncdask.kernels._xp import to_numpy
 from ncdask.metrics.declarations import PAPYAN, ROY
-from ncdask.metrics.inputs import (
-    as_dask,
-    check_stats,
-    class_inputs,
-    float64,
-    kept_classes,
-)
+from ncdask.metrics.inputs import as_dask, check_stats, class_inputs, float64, kept_classes
 from ncdask.store.embedding import resolve_split
 
 __all__ = ["class_covariances", "class_nc1", "class_spectra"]
