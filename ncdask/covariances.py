@@ -1,10 +1,7 @@
 """Per-class covariances ``Σ_k`` (K×D×D), chunked over classes, and what is built on them.
 
-:func:`class_covariances` is one pass over a split giving a lazy DataArray
-chunked in blocks of classes (never K×D×D numbers at once); :func:`class_nc1`
-and :func:`class_spectra` reduce it. The arithmetic is in
-:mod:`ncdask.kernels.covariances`, the graphs in :mod:`ncdask.graph.covariances`.
-"""
+:func:`class_covariances` is one pass giving a lazy DataArray chunked over classes (never
+K×D×D at once); :func:`class_nc1` and :func:`class_spectra` reduce it."""
 
 from __future__ import annotations
 

@@ -6,8 +6,7 @@ output written beside its path, a folder set aside) in a lease, a Zarr group who
 their recovery: delete, or move an aside back where its place is not whole. A lease not
 renewed for ``ncdask.lease_expiry`` seconds (dask config, default 600; one per store) is
 expired and the next writer recovers it; a name never decides. Leases live in
-``<store>/.ncdask/leases/`` or beside an output as ``<path>.ncdask-lease-<id>``.
-"""
+``<store>/.ncdask/leases/`` or beside an output as ``<path>.ncdask-lease-<id>``."""
 
 from __future__ import annotations
 

@@ -132,10 +132,8 @@ def check_output(url: str, kind: str, *, overwrite: bool = False,
                  storage_options: dict | None = None) -> tuple[Any, str]:
     """Raise ``FileExistsError`` unless ``url`` is free, or holds ncdask ``kind`` output (or
     an embedding store: ``"store"``) and ``overwrite`` is true; return its filesystem and path.
-
     Called before a long compute whose result goes to ``url``, and by :func:`write_dataset`.
-    A store is created only where nothing is (``open_group(mode="w")`` deletes it).
-    """
+    A store is created only where nothing is (``open_group(mode="w")`` deletes it)."""
     fs, path = url_fs(url, storage_options)
     if fs.exists(path) and not (kind == "store" and fs.isdir(path)
                                 and not fs.ls(path, detail=False)):  # an empty folder is free
@@ -162,11 +160,9 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
 def write_dataset(ds: xr.Dataset, url: str, *, kind: str, overwrite: bool = False,
                   storage_options: dict | None = None) -> None:
     """Write ``ds`` as a Zarr store at ``url``, with consolidated metadata, replacing safely.
-
     Written beside ``url`` and moved in when complete (``ds`` may be read lazily from
     ``url``); an existing ``url`` is replaced only with ``overwrite`` and when it holds
-    ncdask output of the same ``kind`` ("stats", "results"). Chunk digests are recorded last.
-    """
+    ncdask output of the same ``kind`` ("stats", "results"). Chunk digests are recorded last."""
     fs, path = check_output(url, kind, overwrite=overwrite, storage_options=storage_options)
     out = ds.copy()
     out.attrs = dict(ds.attrs)
