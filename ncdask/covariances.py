@@ -32,9 +32,8 @@ def class_covariances(
 ) -> xr.DataArray:
     """Per-class covariances of a split, in one pass, chunked over classes.
 
-    ``Σ_k = (1/n_k) Σ_{y_i=k} (x_i − μ_k)(x_i − μ_k)ᵀ`` (``tr Σ_k = v_k``,
-    ``Σ_k (n_k/N) Σ_k = Σ_W``), with centred pairwise merges (accurate on
-    collapsed float32 features).
+    ``Σ_k = (1/n_k) Σ_{y_i=k} (x_i − μ_k)(x_i − μ_k)ᵀ`` (``tr Σ_k = v_k``, ``Σ_k (n_k/N) Σ_k =
+    Σ_W``), with centred pairwise merges (accurate on collapsed float32 features).
 
     Parameters
     ----------

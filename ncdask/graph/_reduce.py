@@ -61,11 +61,10 @@ def chains(
 ) -> list[Any]:
     """Fold ``n_blocks`` blocks into ``n_chains`` running partials; return the chain ends.
     ``read(lo, hi, wait)`` gives the task arguments of blocks ``lo`` to ``hi``
-    (:meth:`Reduction.step` gets ``(acc, *args)``), their reads made to wait
-    for the keys ``wait`` (:func:`gate`); or ``read`` is the list of every
-    block's arguments. With ``batch``, batch ``b`` of reads waits for the folds
-    of batch ``b − lag`` (the first ones for ``after``): left free, dask reads
-    every block before the first fold, as reads are always-ready roots."""
+    (:meth:`Reduction.step` gets ``(acc, *args)``), their reads made to wait for the keys ``wait``
+    (:func:`gate`); or ``read`` is the list of every block's arguments. With ``batch``, batch ``b``
+    of reads waits for the folds of batch ``b − lag`` (the first ones for ``after``): left free,
+    dask reads every block before the first fold, as reads are always-ready roots."""
     if not callable(read):
         blocks = list(read)
 
@@ -119,12 +118,11 @@ def row_keys(x: da.Array) -> list[Any]:
 def fold_rows(red: Reduction, *arrays: da.Array, how: str = "tree", split_every: int = 8,
               chains_: int | None = None, shared: Sequence[Any] = (),
               prefix: str = "ncdask-reduce", token: Any = None) -> Delayed:
-    """Reduce the aligned row blocks of ``arrays`` to one finalized result (a Delayed).
-    ``arrays`` share their row chunks and are one block wide on every other
-    axis; ``red`` gets ``(*blocks, *shared)`` per row block, ``shared`` being
-    stored once in the graph. ``how`` is ``"tree"`` (fan-in ``split_every``) or
-    ``"chains"`` (``chains_``, default :func:`n_chains`); ``token`` adds to the
-    identity what the functions close over."""
+    """Reduce the aligned row blocks of ``arrays`` to one finalized result (a Delayed). ``arrays``
+    share their row chunks and are one block wide on every other axis; ``red`` gets ``(*blocks,
+    *shared)`` per row block, ``shared`` being stored once in the graph. ``how`` is ``"tree"``
+    (fan-in ``split_every``) or ``"chains"`` (``chains_``, default :func:`n_chains`); ``token``
+    adds to the identity what the functions close over."""
     n = arrays[0].numblocks[0]
     for a in arrays[1:]:
         if a.chunks[0] != arrays[0].chunks[0]:

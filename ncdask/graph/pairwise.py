@@ -57,9 +57,8 @@ def parse_budget(budget: int | str) -> int:
 
 
 def client_budget() -> int | None:
-    """Budget suggested by the active distributed client's smallest worker, if any.
-    Looked for only once ``distributed`` is imported; None without a synchronous
-    client or worker memory limits."""
+    """Budget suggested by the active distributed client's smallest worker, if any. Looked for only
+    once ``distributed`` is imported; None without a synchronous client or worker memory limits."""
     if "distributed" not in sys.modules:
         return None
     try:

@@ -348,12 +348,11 @@ def ood_class_nc1(
     M: da.Array, Sw: da.Array, n_id: int, n_k: np.ndarray, ood: tuple[Any, Any, Any], *,
     global_mean: str = "unweighted", eps_dtype: Any = None,
 ) -> da.Array:
-    """Lazy ``nc1_pinv`` of the K classes of ``M`` (counts ``n_k``) plus an OOD class.
-    ``ood = (n_o, μ_o (1, D), Σ_o)`` (:func:`one_class_stats`):
-    ``Σ_W' = (n_id Σ_W + n_o Σ_o) / (n_id + n_o)``, the means gain ``μ_o``, the
-    global mean is over the K+1 means (or count-weighted), then ``nc1_pinv``
-    (``eps_dtype``: :func:`ncdask.graph.closed_forms.nc1_values`). Ammar et
-    al. (2024), NECO, ICLR, Appendix D."""
+    """Lazy ``nc1_pinv`` of the K classes of ``M`` (counts ``n_k``) plus an OOD class. ``ood =
+    (n_o, μ_o (1, D), Σ_o)`` (:func:`one_class_stats`): ``Σ_W' = (n_id Σ_W + n_o Σ_o) / (n_id +
+    n_o)``, the means gain ``μ_o``, the global mean is over the K+1 means (or count-weighted), then
+    ``nc1_pinv`` (``eps_dtype``: :func:`ncdask.graph.closed_forms.nc1_values`). Ammar et al.
+    (2024), NECO, ICLR, Appendix D."""
     n_o, mu_o, Sw_o = ood
     Sw2 = (Sw * float(n_id) + Sw_o * n_o) / (float(n_id) + n_o)
     M2 = da.concatenate([M, mu_o.rechunk((1, -1))], axis=0)

@@ -12,11 +12,10 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Reduction:
-    """How one reduction turns blocks into a result.
-    ``combine(partials) -> partial`` may update ``partials[0]`` in place (each
-    partial has one reader); ``chunk(*blocks) -> partial``; ``finalize(partial)
-    -> result`` (identity when None); ``fold(acc, *blocks) -> partial`` in place
-    (``acc`` None for a chain's first block; default ``combine([acc, chunk(*blocks)])``)."""
+    """How one reduction turns blocks into a result. ``combine(partials) -> partial`` may update
+    ``partials[0]`` in place (each partial has one reader); ``chunk(*blocks) -> partial``;
+    ``finalize(partial) -> result`` (identity when None); ``fold(acc, *blocks) -> partial`` in
+    place (``acc`` None for a chain's first block; default ``combine([acc, chunk(*blocks)])``)."""
 
     combine: Callable[[list[Any]], Any]
     chunk: Callable[..., Any] | None = None

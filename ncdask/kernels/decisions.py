@@ -17,12 +17,11 @@ DECISION = ("lin_score", "lin_class", "ncc_score", "ncc_class")
 
 
 def decision_tile(X: Any, mG: Any, W: Any, b: Any, Mc: Any, gidx: Any, *, ncc: bool = True) -> Any:
-    """Both classifiers' best class within one class tile, for one block of samples ``X``.
-    The linear classifier scores ``x · w_k + b_k`` (``W``, ``b`` of the tile);
-    the nearest class centre ``‖μ̃_k‖² − 2 x̃ · μ̃_k`` (``‖x̃ − μ̃_k‖²`` less a
-    per-sample constant) with ``x̃ = x − mG`` and the tile's centred means ``Mc``:
-    two GEMMs, no difference tensor. ``gidx`` are the tile's class indices; with
-    ``ncc=False`` the NCC columns are 0. Returns ``(n, 1, 4)``, columns
+    """Both classifiers' best class within one class tile, for one block of samples ``X``. The
+    linear classifier scores ``x · w_k + b_k`` (``W``, ``b`` of the tile); the nearest class centre
+    ``‖μ̃_k‖² − 2 x̃ · μ̃_k`` (``‖x̃ − μ̃_k‖²`` less a per-sample constant) with ``x̃ = x − mG``
+    and the tile's centred means ``Mc``: two GEMMs, no difference tensor. ``gidx`` are the tile's
+    class indices; with ``ncc=False`` the NCC columns are 0. Returns ``(n, 1, 4)``, columns
     :data:`DECISION`; ties go to the smallest class index."""
     xp = array_namespace(X, W, Mc)
     mG, b, gidx = xp.asarray(mG), xp.asarray(b), xp.asarray(gidx)

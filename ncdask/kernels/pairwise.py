@@ -345,9 +345,8 @@ def pair_moments(Mi: Any, Mj: Any, gi: Any, gj: Any, vi: Any = None, vj: Any = N
 
 def merge_moments(parts: Any, n_lead: int) -> Any:
     """Merge rows of moments ``(..., S, NSLOT)`` over the ``n_lead`` leading axes: ``(S, NSLOT)``.
-    Chan et al.'s update after bringing every part to the largest log scale:
-    ``n = Σ n_a``, ``mean = Σ n_a mean_a / n``, ``M2 = Σ M2_a + Σ n_a (mean_a − mean)²``;
-    non-finite counts add up."""
+    Chan et al.'s update after bringing every part to the largest log scale: ``n = Σ n_a``, ``mean
+    = Σ n_a mean_a / n``, ``M2 = Σ M2_a + Σ n_a (mean_a − mean)²``; non-finite counts add up."""
     xp = array_namespace(parts)
     S = parts.shape[-2]
     p = xp.reshape(parts, (-1, S, NSLOT)) if n_lead else parts[None]
@@ -388,12 +387,11 @@ def moments_reduction(signs: Any = None, check_range: Any = None) -> Reduction:
 
 
 def finalize_moments(merged: Any, signs: Any = None, check_range: Any = None) -> Any:
-    """Columns :data:`FINAL` (S, 5) of each statistic from its merged moments ``(S, NSLOT)``.
-    ``n`` counts the finite pairs, ``var`` divides by n, the logs of ``|mean|``
-    and ``var`` stay finite where the Riesz values under- or overflow. A NaN,
-    both infinities or no pairs give NaN; infinities of one sign that infinite
-    mean and a NaN variance. ``signs`` (S,) multiply the values (default +1);
-    ``check_range`` (S,) marks the rows that warn :class:`RieszRangeWarning`
+    """Columns :data:`FINAL` (S, 5) of each statistic from its merged moments ``(S, NSLOT)``. ``n``
+    counts the finite pairs, ``var`` divides by n, the logs of ``|mean|`` and ``var`` stay finite
+    where the Riesz values under- or overflow. A NaN, both infinities or no pairs give NaN;
+    infinities of one sign that infinite mean and a NaN variance. ``signs`` (S,) multiply the
+    values (default +1); ``check_range`` (S,) marks the rows that warn :class:`RieszRangeWarning`
     when their mean or variance leaves float64."""
     xp = array_namespace(merged)
     S = merged.shape[0]

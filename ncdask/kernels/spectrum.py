@@ -24,12 +24,11 @@ def nc1_undefined(B: Any, Sw: Any, xp: Any) -> bool:
 
 def between_spectrum(A: Any, n_classes: int, *, from_means: bool,
                      eps_dtype: Any = None) -> tuple[Any, Any, Any]:
-    """Eigenpairs ``(λ, V, keep)`` of ``Σ_B`` on the smaller side, under torch's pinv cutoff.
-    With ``from_means``, ``A`` is the K×D centred means and ``Σ_B = AᵀA/K`` has
-    ``λ = s²/K`` on the right singular vectors (thin SVD); else ``A`` is the D×D
-    ``Σ_B`` (symmetric eigendecomposition). ``keep``: ``|λ| > D ε max|λ|`` (ε of
-    ``eps_dtype``, default ``A.dtype``). ``nc1_pinv``, ``Σ_B⁺`` and its factor
-    all use it, so they cut off the same directions."""
+    """Eigenpairs ``(λ, V, keep)`` of ``Σ_B`` on the smaller side, under torch's pinv cutoff. With
+    ``from_means``, ``A`` is the K×D centred means and ``Σ_B = AᵀA/K`` has ``λ = s²/K`` on the
+    right singular vectors (thin SVD); else ``A`` is the D×D ``Σ_B`` (symmetric
+    eigendecomposition). ``keep``: ``|λ| > D ε max|λ|`` (ε of ``eps_dtype``, default ``A.dtype``).
+    ``nc1_pinv``, ``Σ_B⁺`` and its factor all use it, so they cut off the same directions."""
     xp = array_namespace(A)
     D = A.shape[1]
     if from_means:

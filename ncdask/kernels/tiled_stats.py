@@ -36,11 +36,10 @@ def piece_rows(dim: int, itemsize: int = 8, piece_bytes: int = PIECE_BYTES) -> i
 def scatter_add(
     S: Any, P: Any, xp: Any, block: int = SCATTER_BLOCK, subtract: bool = False
 ) -> None:
-    """``S += PᵀP`` (``S −= PᵀP`` with ``subtract``) in place, lower triangle only on NumPy.
-    Column blocks ``S[j:, j:j+b] += P[:, j:]ᵀ P[:, j:j+b]`` skip most of the
-    upper triangle with a D×block temporary. Why not BLAS ``syrk``: scipy's
-    wrapper holds the GIL, so concurrent dask tasks ran their scatters one at
-    a time. Other array modules take the full product. :func:`symmetrize`
+    """``S += PᵀP`` (``S −= PᵀP`` with ``subtract``) in place, lower triangle only on NumPy. Column
+    blocks ``S[j:, j:j+b] += P[:, j:]ᵀ P[:, j:j+b]`` skip most of the upper triangle with a D×block
+    temporary. Why not BLAS ``syrk``: scipy's wrapper holds the GIL, so concurrent dask tasks ran
+    their scatters one at a time. Other array modules take the full product. :func:`symmetrize`
     gives the matrix."""
     op = xp.subtract if subtract else xp.add
     if xp is not np:
@@ -108,12 +107,11 @@ def fold(
     acc: State | None, X: Any, y: Any, mask: Any = None, *, n_classes: int,
     dtype: Any = np.float64, ignore_index: int | None = None, step: int | None = None,
 ) -> State:
-    """Add a chunk of rows ``X`` with labels ``y`` into the state ``acc`` (None: start one).
-    A class new to ``acc`` takes its first row here as its shift (a data
-    value, so ``x − c`` is exact; a rounded mean would leave ``n·ulp(μ)`` in
-    the sums). Rows go in pieces of ``step`` rows (:func:`piece_rows`), summed
-    per class sparsely when K exceeds a piece. ``mask`` (K bools): classes
-    whose rows enter the scatter. Updates ``acc`` in place and returns it."""
+    """Add a chunk of rows ``X`` with labels ``y`` into the state ``acc`` (None: start one). A
+    class new to ``acc`` takes its first row here as its shift (a data value, so ``x − c`` is
+    exact; a rounded mean would leave ``n·ulp(μ)`` in the sums). Rows go in pieces of ``step`` rows
+    (:func:`piece_rows`), summed per class sparsely when K exceeds a piece. ``mask`` (K bools):
+    classes whose rows enter the scatter. Updates ``acc`` in place and returns it."""
     xp = array_namespace(X, y)
     y = xp.asarray(y).astype(xp.int64)
     dt = np.dtype(dtype)
@@ -163,11 +161,10 @@ def centre(s: State) -> State:
 
 
 def merge(a: State, b: State) -> State:
-    """Add the state ``b`` into ``a`` exactly (Chan's pairwise update), in place.
-    ``b``'s rows are rebased on ``a``'s shifts: with ``e_k = c_b,k − c_a,k``
-    and ``u_k = sums_b,k + n_b,k e_k``: ``sums += u``, ``m2 += m2_b + e·(sums_b
-    + u)`` and ``S += S_b + Σ_k (u_k u_kᵀ − s_k s_kᵀ) / n_b,k`` (classes new to
-    ``a`` take ``b``'s shift). ``b`` is left as it was."""
+    """Add the state ``b`` into ``a`` exactly (Chan's pairwise update), in place. ``b``'s rows are
+    rebased on ``a``'s shifts: with ``e_k = c_b,k − c_a,k`` and ``u_k = sums_b,k + n_b,k e_k``:
+    ``sums += u``, ``m2 += m2_b + e·(sums_b + u)`` and ``S += S_b + Σ_k (u_k u_kᵀ − s_k s_kᵀ) /
+    n_b,k`` (classes new to ``a`` take ``b``'s shift). ``b`` is left as it was."""
     xp = array_namespace(a["sums"])
     nb = xp.asarray(b["counts"])
     rows = xp.nonzero(nb > 0)[0]

@@ -144,11 +144,10 @@ def global_mean_of(M: da.Array, n_k: np.ndarray, mode: str | None) -> da.Array:
 
 @dataclass(frozen=True)
 class KeptClasses:
-    """Which classes of a statistics Dataset are measured.
-    ``present``: indices kept (non-empty, at least ``min_count``, not filtered
-    by ``class_stats``); ``empty`` and ``filtered``: those left out;
-    ``refiltered``: whether classes were filtered here (the global mean is
-    then re-taken over the classes kept)."""
+    """Which classes of a statistics Dataset are measured. ``present``: indices kept (non-empty, at
+    least ``min_count``, not filtered by ``class_stats``); ``empty`` and ``filtered``: those left
+    out; ``refiltered``: whether classes were filtered here (the global mean is then re-taken over
+    the classes kept)."""
 
     counts: np.ndarray
     present: np.ndarray
@@ -188,11 +187,10 @@ def kept_classes(stats: xr.Dataset, min_count: int | None = None,
 
 @dataclass(frozen=True)
 class ClassInputs:
-    """The lazy float64 inputs every metric is a function of (kept classes only).
-    ``M`` means and ``Mc`` centred means (K×D, chunked by the class tile),
-    ``mG`` the global mean they are centred on, ``v`` variance norms, ``Sw``
-    Σ_W, ``W``/``b`` the classifier rows of the kept classes (None without
-    weights), ``eps_dtype`` the dtype that sets pseudo-inverse cutoffs."""
+    """The lazy float64 inputs every metric is a function of (kept classes only). ``M`` means and
+    ``Mc`` centred means (K×D, chunked by the class tile), ``mG`` the global mean they are centred
+    on, ``v`` variance norms, ``Sw`` Σ_W, ``W``/``b`` the classifier rows of the kept classes (None
+    without weights), ``eps_dtype`` the dtype that sets pseudo-inverse cutoffs."""
 
     M: da.Array
     Mc: da.Array

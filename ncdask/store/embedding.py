@@ -49,10 +49,9 @@ def _n_classes_of(splits: Mapping[str, tuple[Any, Any]], W: Any, ii: int | None)
 class EmbeddingStore:
     """Embeddings and labels of splits, in a chunked Zarr store.
 
-    Create one with :meth:`create` or :meth:`from_arrays`, open one with
-    :meth:`open`; ``store[split]`` is a lazy :class:`xarray.Dataset`. A store
-    holds embedding *sets* (``layer=`` / ``epoch=`` tags, :meth:`sets`), each
-    of its own width (:meth:`dim_of`).
+    Create one with :meth:`create` or :meth:`from_arrays`, open one with :meth:`open`;
+    ``store[split]`` is a lazy :class:`xarray.Dataset`. A store holds embedding *sets* (``layer=``
+    / ``epoch=`` tags, :meth:`sets`), each of its own width (:meth:`dim_of`).
 
     Examples
     --------
