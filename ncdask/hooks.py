@@ -145,8 +145,7 @@ def capture(model: Any, loader: Iterable[Any],
             labels: bool = True) -> list[dict[str, Any]]:
     """Record the input or output of named modules of a model into a store.
 
-    One pass over ``loader`` in eval mode without gradients; hooks and train/eval
-    flags are restored also on errors, and batches written before a failure stay.
+    One pass in eval mode without gradients; hooks and flags are restored on errors too.
 
     Parameters
     ----------

@@ -352,11 +352,9 @@ def _svd_defined(K: int, D: int) -> str | None:
 
 @dataclass(frozen=True)
 class Metric:
-    """One output variable: its labels, what it needs, and how it is computed.
-    Exactly one of ``compute`` (a function of :class:`Inputs` returning a lazy
-    array) and ``pair`` (a ``(statistic, column)`` of the fused pairwise kernel)
-    is given; ``pair_stat`` names the statistic a ``compute`` reads through
-    :meth:`Inputs.pair`, so that one fused graph serves every metric asked for."""
+    """One output variable: labels, needs, and either ``compute`` (:class:`Inputs` -> lazy
+    array) or ``pair`` (a column of the fused pairwise kernel); ``pair_stat`` names what a
+    ``compute`` reads through :meth:`Inputs.pair` (one fused graph for all)."""
 
     long_name: str
     formula: str
