@@ -1,8 +1,7 @@
 """ncdask: out-of-core Neural Collapse metrics with Dask, Zarr and xarray.
 
 The public names are imported on first use (PEP 562), so that ``import ncdask``
-and ``ncdask --help`` do not pay for importing dask, xarray and zarr.
-"""
+and ``ncdask --help`` do not pay for importing dask, xarray and zarr."""
 
 from __future__ import annotations
 

@@ -32,11 +32,9 @@ def batch_to_numpy(X: Any, y: Any | None, *, dim: int | None, n_classes: int, dt
                    allow_nonfinite: bool = False, ignore_index: int | None = None,
                    where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Validate one batch and return it as host NumPy arrays (X in the store's dtype).
-
     ``dim`` is the width of the set written to (None: any, for a new set's
     first write), ``where`` names that set in messages. A bad shape, label
-    or value is a ValueError, non-integer labels a TypeError.
-    """
+    or value is a ValueError, non-integer labels a TypeError."""
     X = to_numpy(X)
     y = None if y is None else to_numpy(y)
     if X.ndim != 2:
@@ -64,9 +62,7 @@ def batch_to_numpy(X: Any, y: Any | None, *, dim: int | None, n_classes: int, dt
 def check_labels(y: np.ndarray, n_classes: int | None, ignore_index: int | None,
                  where: str = "") -> np.ndarray:
     """``y`` as integer labels, each in ``[0, n_classes)`` or ``ignore_index``.
-
-    ``where`` prefixes the messages; ``n_classes=None`` checks only ``>= 0``.
-    """
+    ``where`` prefixes the messages; ``n_classes=None`` checks only ``>= 0``."""
     if np.issubdtype(y.dtype, np.floating):
         if y.size and not np.all(np.isfinite(y) & (y == np.round(y))):
             raise TypeError(f"{where}labels must be integers; got floats with fractional or "

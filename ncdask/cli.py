@@ -1,13 +1,9 @@
 """The ``ncdask`` command line: ``demo``, ``import``, ``stats``, ``analyze``, ``rm``, ``check``.
 
-Exit codes: 0 success, 2 bad input (usage, a missing store, an unknown split
-or metric, unreadable files), 1 anything else that stops a run (an unreachable
-scheduler, a missing optional package). Errors and warnings go to stderr as
-``ncdask: error: ...`` / ``ncdask: warning: ...``, progress bars to stderr,
-results to stdout. ``--json`` writes the scalar metrics as ``{name: value}``
-(``{name: [value per set]}`` and the sweep coordinate with ``--sweep``), NaN
-as ``null`` and ±inf as ``"Infinity"`` / ``"-Infinity"``.
-"""
+Exit codes: 0 success, 2 bad input (usage, missing store, unknown split or metric,
+unreadable files), 1 anything else. Errors, warnings (``ncdask: error: ...``) and progress go
+to stderr, results to stdout; ``--json`` writes scalar metrics ``{name: value}`` (per set
+with ``--sweep``), NaN as ``null``, ±inf as ``"Infinity"`` / ``"-Infinity"``."""
 
 from __future__ import annotations
 

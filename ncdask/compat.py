@@ -1,11 +1,8 @@
 """The reference package's functions, and the peers' standalone metrics, by name.
 
-``from ncdask.compat import covariance_ratio, ...`` gives ``neural_collapse``'s
-functions with their names, arguments and defaults
-(:mod:`ncdask.metrics.reference_api`) and the standalone metrics of other
-codebases (:mod:`ncdask.metrics.peers`). Not in ``ncdask.__all__``; README.md's
-migration table maps each to its ncdask equivalent.
-"""
+``neural_collapse``'s functions with their names, arguments and defaults
+(:mod:`ncdask.metrics.reference_api`) and other codebases' metrics
+(:mod:`ncdask.metrics.peers`); not in ``ncdask.__all__`` (README.md maps each)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
 """Per-class covariances ``Σ_k`` (K×D×D), chunked over classes, and what is built on them.
 
-:func:`class_covariances` is one pass over a split giving a lazy DataArray
-chunked in blocks of classes (never K×D×D numbers at once); :func:`class_nc1`
-and :func:`class_spectra` reduce it. The arithmetic is in
-:mod:`ncdask.kernels.covariances`, the graphs in :mod:`ncdask.graph.covariances`.
-"""
+:func:`class_covariances` is one pass giving a lazy DataArray chunked over classes (never
+K×D×D at once); :func:`class_nc1` and :func:`class_spectra` reduce it."""
 
 from __future__ import annotations
 
@@ -19,13 +16,7 @@ from ncdask._version import __version__
 from ncdask.graph import covariances as GC
 from ncdask.kernels._xp import to_numpy
 from ncdask.metrics.declarations import PAPYAN, ROY
-from ncdask.metrics.inputs import (
-    as_dask,
-    check_stats,
-    class_inputs,
-    float64,
-    kept_classes,
-)
+from ncdask.metrics.inputs import as_dask, check_stats, class_inputs, float64, kept_classes
 from ncdask.store.embedding import resolve_split
 
 __all__ = ["class_covariances", "class_nc1", "class_spectra"]
@@ -41,9 +32,8 @@ def class_covariances(
 ) -> xr.DataArray:
     """Per-class covariances of a split, in one pass, chunked over classes.
 
-    ``Σ_k = (1/n_k) Σ_{y_i=k} (x_i − μ_k)(x_i − μ_k)ᵀ`` (``tr Σ_k = v_k``,
-    ``Σ_k (n_k/N) Σ_k = Σ_W``), with centred pairwise merges (accurate on
-    collapsed float32 features).
+    ``Σ_k = (1/n_k) Σ_{y_i=k} (x_i − μ_k)(x_i − μ_k)ᵀ`` (``tr Σ_k = v_k``, ``Σ_k (n_k/N) Σ_k =
+    Σ_W``), with centred pairwise merges (accurate on collapsed float32 features).
 
     Parameters
     ----------

@@ -1,10 +1,7 @@
 """Record a PyTorch model's features into an :class:`~ncdask.EmbeddingStore` (forward hooks).
 
-Each recorded module's features go to their own embedding set (``layer=``,
-``epoch=``) with their own width: several modules give a layer sweep in one
-pass, one call per checkpoint an epoch sweep, which :func:`ncdask.sweep`
-measures. PyTorch is imported only when :func:`capture` is called.
-"""
+Each module's features go to their own embedding set (``layer=``, ``epoch=``): a layer or
+epoch sweep for :func:`ncdask.sweep`. PyTorch is imported only by :func:`capture`."""
 
 from __future__ import annotations
 
@@ -148,8 +145,7 @@ def capture(model: Any, loader: Iterable[Any],
             labels: bool = True) -> list[dict[str, Any]]:
     """Record the input or output of named modules of a model into a store.
 
-    One pass over ``loader`` in eval mode without gradients; hooks and train/eval
-    flags are restored also on errors, and batches written before a failure stay.
+    One pass in eval mode without gradients; hooks and flags are restored on errors too.
 
     Parameters
     ----------

@@ -1,11 +1,10 @@
 """Out-of-distribution scores from Neural Collapse: NECO (Ammar et al. 2024) and NCI.
 
-Under Neural Collapse the in-distribution features concentrate in the span
-of the class means, so **higher scores mean in-distribution**. The fit needs
-no pass over the embeddings (:func:`total_covariance` follows from the class
-statistics); scores are one blocked pass over a split, whose samples labelled
-``ignore_index`` (default: the split's) get NaN; ``tile_size`` is the classes
-per tile of a classifier's logits. :func:`ood_report` gives AUROC and FPR.
+Under Neural Collapse the in-distribution features concentrate in the span of the class means, so
+**higher scores mean in-distribution**. The fit needs no pass over the embeddings
+(:func:`total_covariance` follows from the class statistics); scores are one blocked pass over a
+split, whose samples labelled ``ignore_index`` (default: the split's) get NaN; ``tile_size`` is the
+classes per tile of a classifier's logits. :func:`ood_report` gives AUROC and FPR.
 
 >>> import numpy as np, ncdask
 >>> rng = np.random.default_rng(0)
@@ -161,9 +160,8 @@ def neco_scores(stats: xr.Dataset, split: Any, n_components: int | None = None,
                 tile_size: int | None = None) -> xr.DataArray:
     """NECO score of every sample of a split, lazily, one task per row block.
 
-    ``‖P_d x̃‖ / ‖x̃‖`` with ``x̃ = (x − μ) / σ`` and ``P_d`` the projection on
-    the fit's components, times the largest logit when ``logits`` or
-    ``weights`` are given.
+    ``‖P_d x̃‖ / ‖x̃‖`` with ``x̃ = (x − μ) / σ`` and ``P_d`` the projection on the fit's
+    components, times the largest logit when ``logits`` or ``weights`` are given.
 
     Parameters
     ----------

@@ -1,7 +1,6 @@
 """Figures of Neural Collapse results: matplotlib Figures built without ``pyplot``.
 
-matplotlib (``pip install 'ncdask[demo]'``) is imported only when a function is called.
-"""
+matplotlib (``pip install 'ncdask[demo]'``) is imported only when a function is called."""
 
 from __future__ import annotations
 

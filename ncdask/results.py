@@ -11,9 +11,8 @@ def save_results(results: xr.Dataset, url: str, *, overwrite: bool = False,
                  storage_options: dict | None = None) -> None:
     """Write the output of :func:`ncdask.measure` or :func:`ncdask.sweep` to Zarr.
 
-    Lazy results are computed as they are written, beside ``url`` and renamed
-    into place when complete; attrs that are None are left out (Zarr attrs are
-    JSON).
+    Lazy results are computed as they are written, beside ``url`` and renamed into place when
+    complete; attrs that are None are left out (Zarr attrs are JSON).
 
     Parameters
     ----------

@@ -122,10 +122,8 @@ def use_scheduler(spec: str | None = None, *, quiet: bool = False,
 
 @contextlib.contextmanager
 def _no_workers_guard(client: Any, wait: float) -> Iterator[None]:
-    """Close ``client`` once its pending work has had no worker for ``wait`` s: what that
-    interrupts (or the scheduler's own ``NoWorkerError``) is raised as NoWorkersError.
-    Hand-written: distributed's ``no-workers-timeout`` is set where the scheduler starts (out
-    of reach for an address); ``Client.wait_for_workers`` counts paused workers as gone."""
+    """Close ``client`` once pending work has had no worker for ``wait`` s, raising
+    NoWorkersError (distributed's own timeout is out of reach for an address)."""
     from distributed.scheduler import NoWorkerError
 
     stop, fired = threading.Event(), threading.Event()
@@ -159,11 +157,8 @@ def _no_workers_guard(client: Any, wait: float) -> Iterator[None]:
 
 
 def _connect(spec: str, timeout: float) -> Any:
-    """A distributed Client for ``spec``, or SchedulerError within about ``timeout`` seconds.
-
-    Built in a daemon thread abandoned on time-out: ``Client(timeout=)`` bounds the
-    connect but not the handshake, which a non-Dask port (a dashboard) leaves hanging.
-    """
+    """A distributed Client for ``spec``, or SchedulerError within about ``timeout`` s (a
+    daemon thread: ``Client(timeout=)`` does not bound a hanging handshake)."""
     from distributed import Client
 
     box: dict[str, Any] = {}

@@ -35,9 +35,8 @@ class _SinkWriter:
 class StatsSink:
     """Where :func:`ncdask.hooks` puts statistics instead of embeddings.
 
-    Each layer's batches go to a :class:`StatsAccumulator` keyed by ``(layer,
-    epoch)``; nothing is written. For NC4 and NC5 capture the train split first,
-    then the test and OOD splits (an :class:`ncdask.EvalAccumulator` each).
+    A :class:`StatsAccumulator` per ``(layer, epoch)``; nothing is written. For NC4 and NC5
+    capture the train split first, then test and OOD (an :class:`ncdask.EvalAccumulator` each).
 
     Parameters
     ----------

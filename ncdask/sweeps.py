@@ -148,9 +148,8 @@ def _swept_dims(over: str | Sequence[str]) -> list[str]:
 
 def _matching_sets(store: Any, dims: list[str], fixed: dict[str, Any],
                    split: str) -> Found:
-    """Every set of the store(s) tagged with the swept dims and the fixed tags, holding
-    ``split``; an error when none matches, a set is in two stores, or the sets differ in a
-    tag that is neither swept nor fixed."""
+    """Every set of the store(s) with the swept and fixed tags, holding ``split`` (an error
+    when none does, one is in two stores, or sets differ in another tag)."""
     found: Found = {}
     for st in _stores(store):
         for key in map(SetKey.from_tags, st.sets()):

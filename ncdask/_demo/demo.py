@@ -1,12 +1,9 @@
 """The demo behind ``ncdask demo``: watch Neural Collapse happen while a small MLP trains.
 
-Digits 0-7 of scikit-learn's ``load_digits`` are the classes (K = 8, a
-stratified 75/25 train/test split), digits 8 and 9 an unlabelled OOD split. A
-NumPy ReLU MLP trains past zero training error into the terminal phase (label
-smoothing speeds collapse up, Guo et al. 2024); at about ten log-spaced epochs
-its penultimate activations and last layer go into one store, a set per epoch,
-measured as an epoch sweep. Needs the ``demo`` extra; deterministic for a seed.
-"""
+Digits 0-7 of ``load_digits`` are the classes (75/25 train/test), 8 and 9 an unlabelled OOD
+split. A NumPy MLP trains into the terminal phase (label smoothing, Guo et al. 2024); at ~10
+log-spaced epochs its penultimate activations and last layer go into one store, measured as
+an epoch sweep. Needs the ``demo`` extra; deterministic for a seed."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
 """One BLAS thread per task while ncdask graphs run on dask's threaded scheduler.
 
-Each task's GEMM would otherwise start a BLAS thread per core (statistics 1.7×
-slower). A dask callback sets the process-wide limit before any task runs and
-restores it after, for graphs with ``ncdask-`` keys under the threaded scheduler;
-``dask.config.set({"ncdask.blas-per-task": False})`` turns it off.
-"""
+Otherwise each task's GEMM starts a BLAS thread per core (statistics 1.7× slower). A dask
+callback limits graphs with ``ncdask-`` keys; ``ncdask.blas-per-task: False`` turns it off."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
 """The one reduction engine of :mod:`ncdask.graph`: trees and chains of kernel reductions.
 
-A :class:`~ncdask.kernels._reduction.Reduction` runs as a **tree** (small
-partials) or as **chains** (block ``i`` folded in place into chain ``i mod C``;
-for D×D or K×D partials). Not ``dask.array.reduction``: it reduces one array,
-not two aligned ones, and holds a partial per block.
-"""
+A :class:`~ncdask.kernels._reduction.Reduction` runs as a **tree** (small partials) or as
+**chains** (block ``i`` folded in place into chain ``i mod C``; D×D or K×D partials)."""
 
 from __future__ import annotations
 
@@ -31,9 +28,7 @@ READ_LAG = 2
 
 def n_chains(n_blocks: int) -> int:
     """Chains for ``n_blocks`` blocks: one per worker thread (each chain runs serially), at most 8.
-
-    Each chain holds one running partial, so chains, not blocks, set a fold's memory.
-    """
+    Each chain holds one running partial, so chains, not blocks, set a fold's memory."""
     workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
     return max(1, min(n_blocks, int(workers), MAX_CHAINS))
 
@@ -41,9 +36,7 @@ def n_chains(n_blocks: int) -> int:
 def tree(dsk: dict, name: str, red: Reduction, leaves: Sequence[Any], *,
          split_every: int) -> Any:
     """Combine the partials under ``leaves`` ``split_every`` at a time into ``dsk``; the top key.
-
-    At least one combine runs, even on a single leaf (kernels check their input there).
-    """
+    At least one combine runs, even on a single leaf (kernels check their input there)."""
     if split_every < 2:
         raise ValueError(f"split_every must be >= 2, got {split_every}")
     if not leaves:
@@ -67,14 +60,11 @@ def chains(
     *, n_chains: int, batch: int | None = None, lag: int = READ_LAG, after: Any = None,
 ) -> list[Any]:
     """Fold ``n_blocks`` blocks into ``n_chains`` running partials; return the chain ends.
-
     ``read(lo, hi, wait)`` gives the task arguments of blocks ``lo`` to ``hi``
-    (:meth:`Reduction.step` gets ``(acc, *args)``), their reads made to wait
-    for the keys ``wait`` (:func:`gate`); or ``read`` is the list of every
-    block's arguments. With ``batch``, batch ``b`` of reads waits for the folds
-    of batch ``b − lag`` (the first ones for ``after``): left free, dask reads
-    every block before the first fold, as reads are always-ready roots.
-    """
+    (:meth:`Reduction.step` gets ``(acc, *args)``), their reads made to wait for the keys ``wait``
+    (:func:`gate`); or ``read`` is the list of every block's arguments. With ``batch``, batch ``b``
+    of reads waits for the folds of batch ``b − lag`` (the first ones for ``after``): left free,
+    dask reads every block before the first fold, as reads are always-ready roots."""
     if not callable(read):
         blocks = list(read)
 
@@ -128,14 +118,11 @@ def row_keys(x: da.Array) -> list[Any]:
 def fold_rows(red: Reduction, *arrays: da.Array, how: str = "tree", split_every: int = 8,
               chains_: int | None = None, shared: Sequence[Any] = (),
               prefix: str = "ncdask-reduce", token: Any = None) -> Delayed:
-    """Reduce the aligned row blocks of ``arrays`` to one finalized result (a Delayed).
-
-    ``arrays`` share their row chunks and are one block wide on every other
-    axis; ``red`` gets ``(*blocks, *shared)`` per row block, ``shared`` being
-    stored once in the graph. ``how`` is ``"tree"`` (fan-in ``split_every``) or
-    ``"chains"`` (``chains_``, default :func:`n_chains`); ``token`` adds to the
-    identity what the functions close over.
-    """
+    """Reduce the aligned row blocks of ``arrays`` to one finalized result (a Delayed). ``arrays``
+    share their row chunks and are one block wide on every other axis; ``red`` gets ``(*blocks,
+    *shared)`` per row block, ``shared`` being stored once in the graph. ``how`` is ``"tree"``
+    (fan-in ``split_every``) or ``"chains"`` (``chains_``, default :func:`n_chains`); ``token``
+    adds to the identity what the functions close over."""
     n = arrays[0].numblocks[0]
     for a in arrays[1:]:
         if a.chunks[0] != arrays[0].chunks[0]:
@@ -165,9 +152,7 @@ def reduce_blocks(red: Reduction, parts: da.Array, *, axis: int | tuple[int, ...
                   split_every: int, chunks: tuple[tuple[int, ...], ...], meta: Any,
                   prefix: str) -> da.Array:
     """Tree-reduce the blocks of ``parts`` (each a partial) along ``axis``.
-
-    Each block position along the other axes gives one output block of ``chunks``.
-    """
+    Each block position along the other axes gives one output block of ``chunks``."""
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     keep = [d for d in range(parts.ndim) if d not in axes]
     name = f"{prefix}-{tokenize(parts, red, axes, split_every)}"

@@ -1,8 +1,7 @@
 """Graphs of the metrics that need no pairwise pass: NC1 traces, ETF errors, NC3.
 
 K-sized reductions are folded over the class tiles; dense factorisations run on
-the smaller of the K×D means (K ≤ D) and the D×D between-class covariance.
-"""
+the smaller of the K×D means (K ≤ D) and the D×D between-class covariance."""
 
 from __future__ import annotations
 
@@ -21,10 +20,8 @@ from ncdask.kernels import closed_forms as C
 
 def whole_block(x: da.Array) -> Any:
     """One delayed block of ``x``, its graph's keys unchanged.
-
     ``dask.delayed`` of dask arrays optimises (renames) each array's graph on
-    its own, so arrays sharing a class-tile pass would each run a copy of it.
-    """
+    its own, so arrays sharing a class-tile pass would each run a copy of it."""
     return x.rechunk(-1).to_delayed(optimize_graph=False).ravel()[0]
 
 
@@ -40,10 +37,8 @@ def delayed_array(fn: Callable[..., Any], *args: Any, shape: tuple[int, ...], li
 
 def gram(A: da.Array, B: da.Array | None = None) -> da.Array:
     """``AᵀB`` (D×D) over the class tiles, folded into a few running sums.
-
     Not ``A.T @ B``: its tree sum can hold one D×D product per class tile; the
-    chains hold ``C + 1`` (:func:`~ncdask.graph._reduce.n_chains`).
-    """
+    chains hold ``C + 1`` (:func:`~ncdask.graph._reduce.n_chains`)."""
     B = A if B is None else B
     A = A.rechunk({1: -1})
     B = B.rechunk((A.chunks[0], -1))
@@ -55,14 +50,11 @@ def gram(A: da.Array, B: da.Array | None = None) -> da.Array:
 
 def tile_terms(M: da.Array, W: da.Array | None = None, *,
                unit: bool = False) -> dict[str, da.Array]:
-    """Every class-tile reduction of the closed forms, in one fold over the tiles.
-
-    ``MM = MᵀM``, ``WW = WᵀW`` (D×D), ``M_sum``/``W_sum`` (column sums),
-    ``M_sq``/``W_sq`` (squared norms), ``MW = Σ M∘W``; with ``unit``, of the
-    rows ``u_k = m_k/(‖m_k‖ + ε)``: ``UU``, ``U_sum``, ``U_sq = Σ‖u_k‖²``,
-    ``U_quad = Σ‖u_k‖⁴``. One fold, as separate reductions in one compute
-    keep every tile alive until the last of them has passed it.
-    """
+    """Every class-tile reduction of the closed forms, in one fold over the tiles. ``MM = MᵀM``,
+    ``WW = WᵀW`` (D×D), ``M_sum``/``W_sum`` (column sums), ``M_sq``/``W_sq`` (squared norms), ``MW
+    = Σ M∘W``; with ``unit``, of the rows ``u_k = m_k/(‖m_k‖ + ε)``: ``UU``, ``U_sum``, ``U_sq =
+    Σ‖u_k‖²``, ``U_quad = Σ‖u_k‖⁴``. One fold, as separate reductions in one compute keep every
+    tile alive until the last of them has passed it."""
     M = M.rechunk({1: -1})
     D = M.shape[1]
     args = [M]
@@ -82,9 +74,7 @@ def tile_terms(M: da.Array, W: da.Array | None = None, *,
 def nc1_values(Mc: da.Array, Sw: da.Array, *, want_svd: bool, eps_dtype: Any = None,
                terms: dict[str, da.Array] | None = None) -> da.Array:
     """``[nc1_pinv, nc1_svd]`` (NaN where not asked or defined), on the smaller side.
-
-    ``eps_dtype`` (the dtype the means came in) sets the pinv cutoff's ε.
-    """
+    ``eps_dtype`` (the dtype the means came in) sets the pinv cutoff's ε."""
     K, D = Mc.shape
     if K <= D:
         return delayed_array(C.nc1_from_means, Mc, Sw, K, want_svd=want_svd, shape=(2,),
@@ -97,10 +87,8 @@ def nc1_values(Mc: da.Array, Sw: da.Array, *, want_svd: bool, eps_dtype: Any = N
 def etf_error(A: da.Array, B: da.Array | None = None, *, terms: dict[str, da.Array] | None = None,
               pair: str = "MM") -> da.Array:
     """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` with ``G = B Aᵀ`` (``B = A`` by default).
-
     G is not formed when D < K: ``‖BAᵀ‖_F² = ⟨BᵀB, AᵀA⟩`` from D×D grams, or
-    from ``terms`` (:func:`tile_terms` of M and W; ``pair`` names A and B).
-    """
+    from ``terms`` (:func:`tile_terms` of M and W; ``pair`` names A and B)."""
     Bm = A if B is None else B
     K, D = A.shape
     if terms is not None and K > D:
@@ -156,10 +144,8 @@ def effective_rank(G: da.Array, *, singular: bool = False) -> da.Array:
 
 def interference(Mc: da.Array, terms: dict[str, da.Array] | None = None) -> da.Array:
     """Lazy ``[mean, var]`` of the off-diagonal cosines ``u_i·u_j`` of the rows of ``Mc``.
-
     From ``‖Σu‖²`` and ``‖UᵀU‖²_F``: with ``terms`` (:func:`tile_terms`,
-    ``unit=True``, K > D) from the folded D×D Gram, else from the K×K Gram.
-    """
+    ``unit=True``, K > D) from the folded D×D Gram, else from the K×K Gram."""
     if terms is not None:
         s, G, q2, q4 = terms["U_sum"], terms["UU"], terms["U_sq"], terms["U_quad"]
     else:

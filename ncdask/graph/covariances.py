@@ -1,8 +1,7 @@
 """Graphs for per-class covariances: one pass over the samples, chunked over classes.
 
 Each class chunk folds its rows into one running partial (a chain over the row
-blocks) ending in a ``(C, D, D)`` chunk; beyond ``max_bytes`` chunks go in passes.
-"""
+blocks) ending in a ``(C, D, D)`` chunk; beyond ``max_bytes`` chunks go in passes."""
 
 from __future__ import annotations
 
@@ -36,11 +35,9 @@ def class_covariance_chunks(X: da.Array, y: da.Array, position: np.ndarray, n_se
                             ignore_index: int | None = None,
                             max_bytes: int | None = COV_PASS_BYTES) -> tuple[da.Array, da.Array]:
     """Lazy per-class covariances ``(n_selected, D, D)`` and counts, in chunks of ``class_chunk``.
-
     ``position`` (K,) gives each class's output position (-1: not computed);
     ``dtype`` is the accumulation and output dtype; ``max_bytes`` bounds the
-    partials one pass over the embeddings holds (None: one pass).
-    """
+    partials one pass over the embeddings holds (None: one pass)."""
     X = X.rechunk({1: -1})
     y = y.rechunk((X.chunks[0],))
     D = X.shape[1]

@@ -58,10 +58,8 @@ def decisions(X: da.Array, W: da.Array, b: da.Array, Mc: da.Array, mG: da.Array,
               ncc: bool = True, split_every: int | None = None,
               budget: int | str | None = None) -> da.Array:
     """Best class of the classifier ``W``, ``b`` and of the NCC (means ``Mc`` centred on ``mG``).
-
     One task per (sample block, class tile), a tree over the tiles keeps the
-    best; ``ncc=False`` when FAISS supplies the NCC. Returns (N, 4): ``DECISION``.
-    """
+    best; ``ncc=False`` when FAISS supplies the NCC. Returns (N, 4): ``DECISION``."""
     K, D = Mc.shape
     budget = resolve_budget(budget)
     tile_size = nc4_tile_size(K, D, tile_size, budget=budget)
@@ -120,10 +118,8 @@ def _no_unknown_labels(y: np.ndarray, n_classes: int, ignore_index: int | None) 
 def agreement_counts(agree: da.Array, labels: da.Array, n_classes: int, *,
                      ignore_index: int | None = None) -> tuple[da.Array, da.Array]:
     """Per-class (by true label) hits and sample counts, counted on the host.
-
     Labels ``ignore_index`` (or negative) are dropped; a label ``≥ K`` raises
-    ``ValueError`` when computed.
-    """
+    ``ValueError`` when computed."""
     agree, labels = on_host(agree), on_host(labels).astype(np.int64)
     labels = labels.map_blocks(_no_unknown_labels, n_classes, ignore_index, dtype=np.int64)
     valid = (labels >= 0) & (labels < n_classes)

@@ -17,11 +17,9 @@ from ncdask.kernels import neco as KN
 def total_covariance(Sw: da.Array, M: da.Array, n_k: da.Array,
                      n_samples: float) -> tuple[da.Array, da.Array]:
     """Total covariance ``Σ_T = Σ_W + (1/N) Σ_k n_k (μ_k − μ̄)(μ_k − μ̄)ᵀ`` and the mean ``μ̄``.
-
     ``Sw`` pools the N samples of the classes of ``M`` (K×D, float64) with
     counts ``n_k`` (float64, chunked like ``M``); the between-class term is a
-    :func:`~ncdask.graph.closed_forms.gram` over the class tiles.
-    """
+    :func:`~ncdask.graph.closed_forms.gram` over the class tiles."""
     tot = float(n_samples)
     mu = (M * n_k[:, None]).sum(axis=0) / da.maximum(n_k.sum(), 1.0)
     A = (M - mu[None, :]) * da.sqrt(n_k / tot)[:, None]
@@ -46,10 +44,8 @@ def pca_fit(St: da.Array, n_components: int, *,
 def neco_scores(X: da.Array, mean: da.Array, scale: da.Array, components: da.Array, *,
                 max_logit: da.Array | None = None, mask: da.Array | None = None) -> da.Array:
     """NECO score (float64) of every row of ``X``, one task per row block.
-
     ``mean``, ``scale`` (D,), ``components`` (d, D); ``max_logit`` (N,);
-    ``mask`` (N,) of bool: rows to score (others NaN).
-    """
+    ``mask`` (N,) of bool: rows to score (others NaN)."""
     X = X.rechunk({1: -1})
     rows = (X.chunks[0],)
     args: list[Any] = [X, "sd", mean.rechunk(-1), "d", scale.rechunk(-1), "d",
@@ -72,9 +68,7 @@ def max_logits(logits: da.Array) -> da.Array:
 def nci_scores(X: da.Array, W: da.Array, b: da.Array, mG: da.Array, *, alpha: float,
                tile_size: int, mask: da.Array | None = None) -> da.Array:
     """Lazy NCI score (float64) per row of ``X``; rows where ``mask`` is False get NaN.
-
-    The prediction and its logit come from the NC4 decision graph without the NCC.
-    """
+    The prediction and its logit come from the NC4 decision graph without the NCC."""
     K, D = W.shape
     zeros = da.zeros(D, dtype=np.float64, chunks=-1)
     dec = decisions(X, W, b, W, zeros, tile_size=tile_size, ncc=False)

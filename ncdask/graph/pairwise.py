@@ -1,10 +1,7 @@
 """Blocked pairwise graphs over the class axis, and the memory budget of blocked tasks.
 
-One ``blockwise`` call runs :func:`~ncdask.kernels.pairwise.pair_moments` on
-every pair of class tiles (those below the diagonal return at once); each
-gives an ``(S, NSLOT)`` block of moments for all statistics asked for, so the
-intermediate is ``n_tiles² × S × 7`` numbers, never K×K, merged by a tree.
-"""
+One ``blockwise`` runs :func:`~ncdask.kernels.pairwise.pair_moments` on every pair of class
+tiles, each giving ``(S, NSLOT)`` moments, merged by a tree: never K×K numbers."""
 
 from __future__ import annotations
 
@@ -60,11 +57,8 @@ def parse_budget(budget: int | str) -> int:
 
 
 def client_budget() -> int | None:
-    """Budget suggested by the active distributed client's smallest worker, if any.
-
-    Looked for only once ``distributed`` is imported; None without a synchronous
-    client or worker memory limits.
-    """
+    """Budget suggested by the active distributed client's smallest worker, if any. Looked for only
+    once ``distributed`` is imported; None without a synchronous client or worker memory limits."""
     if "distributed" not in sys.modules:
         return None
     try:
@@ -107,11 +101,9 @@ def configured_budget(budget: int | str | None, key: str, default: int) -> int:
 def default_tile_size(n_classes: int, dim: int, *, budget: int | str | None = None,
                       itemsize: int = 8) -> int:
     """Default classes per tile: fits ``budget`` bytes, and leaves work for several threads.
-
     A fused task holds :data:`TEMPS_PER_PAIR` T×T arrays and the T×D blocks; T
     is rounded down to a multiple of 64 when at least 64, and capped so that
-    there are :data:`MIN_TILES` tiles as long as tiles keep :data:`MIN_TILE` classes.
-    """
+    there are :data:`MIN_TILES` tiles as long as tiles keep :data:`MIN_TILE` classes."""
     if n_classes <= 0:
         return 1
     budget = resolve_budget(budget)
@@ -148,11 +140,9 @@ def pairwise_moments(M: da.Array, *, stats: Sequence[str], v: da.Array | None = 
                      riesz_s: float = 0.0, inv_km1: float = 0.0,
                      split_every: int | None = None) -> da.Array:
     """Columns ``FINAL`` (S, 5) of the pairwise ``stats`` over all pairs of the K×D means ``M``.
-
     ``v`` and ``W``, the variance norms and classifier rows, and the floats go
     to :func:`~ncdask.kernels.pairwise.pair_moments`; ``split_every`` is the
-    fan-in of the merge tree.
-    """
+    fan-in of the merge tree."""
     stats = tuple(stats)
     K = M.shape[0]
     chunks = tiles(K, tile_size)

@@ -1,9 +1,7 @@
 """Graphs of the per-class shares of ``nc1_pinv``: one blocked pass over the samples.
 
-Σ_B⁺ is factored once on the smaller side; then one task per (sample block,
-class tile) sums the signed ``‖(x_i − μ_{y_i}) L‖²`` of its rows per class,
-holding a row block, a tile of means and the D×R factor.
-"""
+Σ_B⁺ is factored once; one task per (sample block, class tile) sums the signed
+``‖(x_i − μ_{y_i}) L‖²`` of its rows per class."""
 
 from __future__ import annotations
 
@@ -26,11 +24,9 @@ ITEMSIZE = 8
 def pinv_factor(Mc: da.Array, Sw: da.Array, *, eps_dtype: Any = None,
                 terms: dict[str, da.Array] | None = None) -> tuple[da.Array, da.Array]:
     """Lazy ``(L (D, R), s (R,))`` with ``Σ_B⁺ = L diag(s) Lᵀ`` as ``nc1_pinv`` cuts it off.
-
     See :func:`ncdask.kernels.shares.pinv_factor`; with ``terms``
     (:func:`~ncdask.graph.closed_forms.tile_terms` of ``Mc``, K > D) ``Σ_B``
-    comes from the Gram folded for ``nc1_pinv`` too.
-    """
+    comes from the Gram folded for ``nc1_pinv`` too."""
     K, D = Mc.shape
     if K <= D:
         F = delayed_array(KS.pinv_factor, Mc, Sw, K, from_means=True, eps_dtype=eps_dtype,
@@ -45,9 +41,7 @@ def pinv_factor(Mc: da.Array, Sw: da.Array, *, eps_dtype: Any = None,
 def rows_per_block(tile_size: int, dim: int, rank: int, *,
                    budget: int | str | None = None) -> int:
     """Sample rows per block so that one task of :func:`class_pinv_sums` fits ``budget``.
-
-    A task holds ``T·D + D·R`` numbers, and per row ``3D + R`` and a few more.
-    """
+    A task holds ``T·D + D·R`` numbers, and per row ``3D + R`` and a few more."""
     budget = resolve_budget(budget)
     fixed = ITEMSIZE * (tile_size * dim + dim * rank)
     per_row = ITEMSIZE * (3 * dim + rank + 6)
@@ -58,11 +52,9 @@ def class_pinv_sums(X: da.Array, y: da.Array, M: da.Array, L: da.Array, sign: da
                     lookup: np.ndarray, budget: int | str | None = None,
                     split_every: int | None = None) -> da.Array:
     """``[S_k, n_k]`` (2, K) per class measured, ``S_k = Σ_{y_i=k} Σ_j s_j ((x_i − μ_k)·l_j)²``.
-
     ``M`` holds the means of the classes measured, in class tiles (cut to half
     of ``budget``); ``lookup`` gives each label's row of ``M`` (-1: skipped);
-    ``L``, ``sign`` are the factor of :func:`pinv_factor`.
-    """
+    ``L``, ``sign`` are the factor of :func:`pinv_factor`."""
     K, D = M.shape
     R = L.shape[1]
     budget = resolve_budget(budget)

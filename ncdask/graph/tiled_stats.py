@@ -1,12 +1,8 @@
 """Graphs of the class statistics, their class axis chunked by tiles.
 
-Row chunks are folded into a few *chains* (one per worker thread), so a pass
-holds C accumulators, not a partial per chunk. **One pass** when ``2C + 2`` K×D
-arrays fit the budget; otherwise **pipelined passes over class groups**: stage
-``s`` sums the rows of group ``s`` and centres those of group ``s − 1``, so G
-groups cost G + 1 reads (cheaper than ``2·D²`` flops per chunk and class for
-exact per-group merges).
-"""
+Row chunks fold into a few *chains* (one per thread). **One pass** when ``2C + 2`` K×D
+arrays fit the budget; else **pipelined passes over class groups**: stage ``s`` sums group
+``s`` and centres group ``s − 1``, so G groups cost G + 1 reads."""
 
 from __future__ import annotations
 
@@ -51,11 +47,9 @@ def plan(
     present: np.ndarray | None = None,
 ) -> list[tuple[int, int]] | None:
     """Class groups ``[(lo, hi), ...]`` of the pipelined plan, or None for one pass.
-
     One pass when ``(2·chains + 2)·K·D·itemsize ≤ budget`` (a state holds shifts and
     sums); else balanced groups of whole tiles of at most ``budget / (chains + 2)``
-    bytes of sums each (only present classes, with ``present``).
-    """
+    bytes of sums each (only present classes, with ``present``)."""
     row = dim * itemsize
     if (2 * chains + 2) * n_classes * row <= budget:
         return None
@@ -354,14 +348,11 @@ def ood_class_nc1(
     M: da.Array, Sw: da.Array, n_id: int, n_k: np.ndarray, ood: tuple[Any, Any, Any], *,
     global_mean: str = "unweighted", eps_dtype: Any = None,
 ) -> da.Array:
-    """Lazy ``nc1_pinv`` of the K classes of ``M`` (counts ``n_k``) plus an OOD class.
-
-    ``ood = (n_o, μ_o (1, D), Σ_o)`` (:func:`one_class_stats`):
-    ``Σ_W' = (n_id Σ_W + n_o Σ_o) / (n_id + n_o)``, the means gain ``μ_o``, the
-    global mean is over the K+1 means (or count-weighted), then ``nc1_pinv``
-    (``eps_dtype``: :func:`ncdask.graph.closed_forms.nc1_values`). Ammar et
-    al. (2024), NECO, ICLR, Appendix D.
-    """
+    """Lazy ``nc1_pinv`` of the K classes of ``M`` (counts ``n_k``) plus an OOD class. ``ood =
+    (n_o, μ_o (1, D), Σ_o)`` (:func:`one_class_stats`): ``Σ_W' = (n_id Σ_W + n_o Σ_o) / (n_id +
+    n_o)``, the means gain ``μ_o``, the global mean is over the K+1 means (or count-weighted), then
+    ``nc1_pinv`` (``eps_dtype``: :func:`ncdask.graph.closed_forms.nc1_values`). Ammar et al.
+    (2024), NECO, ICLR, Appendix D."""
     n_o, mu_o, Sw_o = ood
     Sw2 = (Sw * float(n_id) + Sw_o * n_o) / (float(n_id) + n_o)
     M2 = da.concatenate([M, mu_o.rechunk((1, -1))], axis=0)

@@ -1,9 +1,7 @@
 """A reduction as the kernels declare it: chunk, combine, finalize, and an in-place fold.
 
-dask's own triple (``mean_chunk``/``mean_combine``/``mean_agg``) plus ``fold``,
-the chunk added straight into a running partial, for the chains of
-:mod:`ncdask.graph._reduce` whose D×D or K×D partials are updated in place.
-"""
+dask's triple plus ``fold`` (a chunk added into a running partial, in place) for the chains
+of :mod:`ncdask.graph._reduce`."""
 
 from __future__ import annotations
 
@@ -14,13 +12,10 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Reduction:
-    """How one reduction turns blocks into a result.
-
-    ``combine(partials) -> partial`` may update ``partials[0]`` in place (each
-    partial has one reader); ``chunk(*blocks) -> partial``; ``finalize(partial)
-    -> result`` (identity when None); ``fold(acc, *blocks) -> partial`` in place
-    (``acc`` None for a chain's first block; default ``combine([acc, chunk(*blocks)])``).
-    """
+    """How one reduction turns blocks into a result. ``combine(partials) -> partial`` may update
+    ``partials[0]`` in place (each partial has one reader); ``chunk(*blocks) -> partial``;
+    ``finalize(partial) -> result`` (identity when None); ``fold(acc, *blocks) -> partial`` in
+    place (``acc`` None for a chain's first block; default ``combine([acc, chunk(*blocks)])``)."""
 
     combine: Callable[[list[Any]], Any]
     chunk: Callable[..., Any] | None = None

@@ -14,10 +14,8 @@ _NAMESPACES: dict[type, Any] = {}
 
 def register_namespace(array_type: type, namespace: Any) -> None:
     """Make :func:`array_namespace` return ``namespace`` for arrays of ``array_type``.
-
     ``namespace`` must follow NumPy's API and its arrays copy to the host with
-    ``.get()``, as CuPy's do (the tests register a strict CuPy stand-in).
-    """
+    ``.get()``, as CuPy's do (the tests register a strict CuPy stand-in)."""
     _NAMESPACES[array_type] = namespace
 
 
@@ -37,10 +35,8 @@ def array_namespace(*arrays: Any) -> ModuleType:
 
 def to_numpy(a: Any) -> np.ndarray:
     """Copy a NumPy, CuPy or PyTorch array to a host NumPy array (no copy for NumPy).
-
     ``torch.bfloat16`` has no NumPy dtype: it widens to float32, which holds
-    every bfloat16 value exactly.
-    """
+    every bfloat16 value exactly."""
     mod = type(a).__module__.split(".")[0]
     if mod == "torch":
         a = a.detach()

@@ -1,7 +1,6 @@
 """Small dense kernels: NC1 traces on the smaller side, closed-form ETF errors, class-tile folds.
 
-None forms a K×K matrix unless K ≤ D (then no larger than the D×D covariances).
-"""
+None forms a K×K matrix unless K ≤ D (then no larger than the D×D covariances)."""
 
 from __future__ import annotations
 
@@ -19,12 +18,10 @@ from ncdask.kernels.spectrum import between_spectrum, effective_rank, nc1_undefi
 def nc1_from_means(Mc: Any, Sw: Any, n_classes: int, *, want_svd: bool,
                    eps_dtype: Any = None) -> Any:
     """``[nc1_pinv, nc1_svd]`` (NaN where not asked or undefined) from the K×D centred means.
-
     With the thin SVD of ``M̃``, ``Σ_B = M̃ᵀM̃/K`` has eigenvalues ``σ_i = s_i²/K``
     and ``tr(Σ_B⁺ Σ_W) = Σ_{σ_i > cut} v_iᵀ Σ_W v_i / σ_i`` (cutoff and
     ``eps_dtype``: :func:`~ncdask.kernels.spectrum.between_spectrum`). ``nc1_svd``
-    takes the top K−1 pairs without cutoff (+inf when Σ_B has rank < K−1).
-    """
+    takes the top K−1 pairs without cutoff (+inf when Σ_B has rank < K−1)."""
     xp = array_namespace(Mc, Sw)
     Mc, Sw = xp.asarray(Mc), xp.asarray(Sw)
     if nc1_undefined(Mc, Sw, xp):
@@ -58,10 +55,8 @@ def nc1_from_between(Sb: Any, Sw: Any, n_classes: int, *, eps_dtype: Any = None)
 
 def etf_error(fro2: Any, trace: Any, ones2: Any, n_classes: int) -> Any:
     """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` from ``‖G‖_F²``, ``tr G`` and ``1ᵀG1``.
-
     Both terms have unit norm: ``√(2 − 2c)``, ``c = (tr G − 1ᵀG1/K) / (√(K−1) ‖G‖_F)``
-    (relative precision about ``ε / err²``).
-    """
+    (relative precision about ``ε / err²``)."""
     xp = array_namespace(fro2)
     with errstate(xp):
         c = (trace - ones2 / n_classes) / (math.sqrt(n_classes - 1) * xp.sqrt(fro2))
@@ -82,9 +77,7 @@ def gram_effective_rank(G: Any, *, singular: bool = False) -> Any:
 
 def off_diagonal_moments(sum_sq: Any, frob_sq: Any, sq: Any, quad: Any, n_rows: float) -> Any:
     """``[mean, var]`` of the off-diagonal entries of ``UUᵀ`` over the K(K−1) ordered pairs.
-
-    Their sum is ``‖Σ_k u_k‖² − Σ‖u_k‖²``, their sum of squares ``‖UᵀU‖²_F − Σ‖u_k‖⁴``.
-    """
+    Their sum is ``‖Σ_k u_k‖² − Σ‖u_k‖²``, their sum of squares ``‖UᵀU‖²_F − Σ‖u_k‖⁴``."""
     xp = array_namespace(sum_sq)
     P = float(n_rows * (n_rows - 1))
     with errstate(xp):

@@ -1,10 +1,7 @@
 """Per-chunk kernels for per-class covariances, their spectra and per-class NC1.
 
-A covariance partial holds, for the m classes of a class chunk present in a row
-block: ``pos`` (m,) their positions in the chunk, ``counts`` (m,), ``sums``
-(m, D) and ``scatter`` (m, D, D) about the block's class means. Partials merge
-exactly with Chan et al.'s centred update (accurate on collapsed float32 features).
-"""
+A partial holds, for the m classes of a chunk present in a row block, ``pos``, ``counts``,
+``sums`` and ``scatter`` (m, D, D) about their means; merged by Chan et al.'s update."""
 
 from __future__ import annotations
 
@@ -30,11 +27,9 @@ def _empty(D: int, dtype: Any, xp: Any) -> CovPartial:
 def scatter_partial(X: Any, y: Any, position: Any, lo: int, hi: int, *, n_classes: int,
                     dtype: Any = np.float64, ignore_index: int | None = None) -> CovPartial:
     """The covariance partial of the rows of block ``X``, ``y`` whose class lies in one chunk.
-
     ``position`` (K,) places each class among those asked for (-1: not asked);
     the chunk is positions ``[lo, hi)`` (the partial's relative to ``lo``);
-    labels ``ignore_index`` are dropped; sums accumulate in ``dtype``.
-    """
+    labels ``ignore_index`` are dropped; sums accumulate in ``dtype``."""
     xp = array_namespace(X, y)
     D = X.shape[1]
     y = xp.asarray(y)

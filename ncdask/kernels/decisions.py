@@ -17,15 +17,12 @@ DECISION = ("lin_score", "lin_class", "ncc_score", "ncc_class")
 
 
 def decision_tile(X: Any, mG: Any, W: Any, b: Any, Mc: Any, gidx: Any, *, ncc: bool = True) -> Any:
-    """Both classifiers' best class within one class tile, for one block of samples ``X``.
-
-    The linear classifier scores ``x · w_k + b_k`` (``W``, ``b`` of the tile);
-    the nearest class centre ``‖μ̃_k‖² − 2 x̃ · μ̃_k`` (``‖x̃ − μ̃_k‖²`` less a
-    per-sample constant) with ``x̃ = x − mG`` and the tile's centred means ``Mc``:
-    two GEMMs, no difference tensor. ``gidx`` are the tile's class indices; with
-    ``ncc=False`` the NCC columns are 0. Returns ``(n, 1, 4)``, columns
-    :data:`DECISION`; ties go to the smallest class index.
-    """
+    """Both classifiers' best class within one class tile, for one block of samples ``X``. The
+    linear classifier scores ``x · w_k + b_k`` (``W``, ``b`` of the tile); the nearest class centre
+    ``‖μ̃_k‖² − 2 x̃ · μ̃_k`` (``‖x̃ − μ̃_k‖²`` less a per-sample constant) with ``x̃ = x − mG``
+    and the tile's centred means ``Mc``: two GEMMs, no difference tensor. ``gidx`` are the tile's
+    class indices; with ``ncc=False`` the NCC columns are 0. Returns ``(n, 1, 4)``, columns
+    :data:`DECISION`; ties go to the smallest class index."""
     xp = array_namespace(X, W, Mc)
     mG, b, gidx = xp.asarray(mG), xp.asarray(b), xp.asarray(gidx)
     n = X.shape[0]
@@ -97,10 +94,8 @@ def _faiss_gpu_nearest(faiss: Any, cp: Any, X: Any, mG: Any, Mc: Any) -> Any:  #
 
 def faiss_nearest(X: Any, mG: Any, Mc: Any) -> Any:
     """Nearest class centre (int64 (n,), ``X``'s array module) by an exact FAISS search.
-
     FAISS works in float32: decisions match the GEMM path but for near-ties.
-    CuPy blocks are searched on the device when FAISS has GPU support.
-    """
+    CuPy blocks are searched on the device when FAISS has GPU support."""
     import faiss  # optional dependency, imported only when asked for
 
     xp = array_namespace(X)
@@ -116,9 +111,7 @@ def faiss_nearest(X: Any, mG: Any, Mc: Any) -> Any:
 
 def label_sums(X: Any, y: Any, ignore_index: int | None = None) -> tuple[Any, Any, Any]:
     """Per-label ``(labels, sums (L, D) float64, counts (L,))`` of one block.
-
-    Negative labels (PyTorch's ``-100`` padding) and ``ignore_index`` are dropped.
-    """
+    Negative labels (PyTorch's ``-100`` padding) and ``ignore_index`` are dropped."""
     xp = array_namespace(X, y)
     y = xp.asarray(y)
     keep = y >= 0

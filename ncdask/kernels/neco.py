@@ -10,11 +10,9 @@ from ncdask.kernels._xp import array_namespace, errstate
 def pca_of_total_covariance(St: Any, n_components: int, *,
                             standardize: bool = True) -> tuple[Any, Any, Any]:
     """``(scale (D,), components (d, D), eigenvalues (D,) descending)`` from the total covariance.
-
     ``StandardScaler`` divides feature j by ``σ_j = √(Σ_T)_jj`` (1 where
     ``σ_j < 10 ε``; ``σ = 1`` without ``standardize``), so the leading
-    eigenvectors of ``Σ_T / (σ σᵀ)`` are the directions its ``PCA`` finds.
-    """
+    eigenvectors of ``Σ_T / (σ σᵀ)`` are the directions its ``PCA`` finds."""
     xp = array_namespace(St)
     St = xp.asarray(St)
     D = St.shape[0]
@@ -35,10 +33,8 @@ def pca_of_total_covariance(St: Any, n_components: int, *,
 def neco_block(X: Any, mean: Any, scale: Any, components: Any, max_logit: Any = None,
                mask: Any = None) -> Any:
     """NECO scores ``‖P_d x̃‖ / ‖x̃‖``, ``x̃ = (x − μ)/σ``, of one block (times ``max_logit``).
-
     ``components`` (d, D) are orthonormal directions; rows outside ``mask``,
-    or equal to the mean, get NaN. Returns float64 (n,).
-    """
+    or equal to the mean, get NaN. Returns float64 (n,)."""
     xp = array_namespace(X, components)
     if X.shape[0] == 0:
         return xp.zeros(0, dtype=xp.float64)
@@ -64,10 +60,8 @@ def max_over_last(logits: Any) -> Any:
 
 def nci_block(X: Any, best: Any, cls: Any, g: Any, mG: Any, alpha: float) -> Any:
     """NCI scores ``((x − μ_G)·w_ĉ) / ‖x − μ_G‖ + α‖x‖₁`` of one block.
-
     The numerator is ``best − g[ĉ]``, with ``best`` the largest logit and
-    ``g = b + W μ_G``, so no classifier row is gathered.
-    """
+    ``g = b + W μ_G``, so no classifier row is gathered."""
     xp = array_namespace(X)
     with errstate(xp):
         Xc = X - mG[None, :]

@@ -1,10 +1,8 @@
 """Per-tile pairwise kernels: fused moments over class pairs, and grid tiles.
 
-A tile is a pair of row blocks ``(I, J)`` of the class axis; every pairwise
-statistic comes from its one GEMM ``G = M_I M_Jᵀ`` (distances as ``‖m_i‖² +
-‖m_j‖² − 2 G_ij``, recomputed from the difference for close pairs). A tile gives
-each statistic a row of moments (:data:`SLOTS`), merged with Chan et al.'s update.
-"""
+A tile, a pair of class blocks ``(I, J)``, gets every statistic from one GEMM ``G = M_I
+M_Jᵀ`` (close pairs' distances recomputed from the difference), as a row of moments
+(:data:`SLOTS`) merged with Chan et al.'s update."""
 
 from __future__ import annotations
 
@@ -38,9 +36,7 @@ _FIX_BATCH = 1 << 22
 
 class RieszRangeWarning(RuntimeWarning):
     """The Riesz kernel's values (or their mean or variance) over- or underflow float64.
-
-    The log-domain values (``nc2g_riesz_log_*``, ``riesz_kernel(..., log=True)``) stay finite.
-    """
+    The log-domain values (``nc2g_riesz_log_*``, ``riesz_kernel(..., log=True)``) stay finite."""
 
 
 def warn_riesz_range(issues: Sequence[tuple[str, float]], riesz_s: float | None = None) -> None:
@@ -145,9 +141,7 @@ def _count(xp: Any, cond: Any) -> int:
 
 def _moments_row(x: Any, xp: Any, *, scratch_ok: bool = False) -> list[float]:
     """Moments of ``x`` as a row of :data:`SLOTS`, non-finite values counted apart.
-
-    ``scratch_ok``: ``x`` may be overwritten.
-    """
+    ``scratch_ok``: ``x`` may be overwritten."""
     row = [0.0] * NSLOT
     if x.size == 0:
         return row
@@ -173,10 +167,8 @@ def _moments_row(x: Any, xp: Any, *, scratch_ok: bool = False) -> list[float]:
 
 def _riesz_row(lg: Any, s_exp: float, xp: Any) -> list[float]:
     """Moments of ``|r| = ‖u_i − u_j‖^{−S} = exp(c) y`` from ``lg = log ‖u_i − u_j‖²``.
-
     ``c`` is the largest ``log |r|`` (the row's ``log_scale``), so ``y ≤ 1``;
-    zero distances with ``S > 0`` count as ``+inf``.
-    """
+    zero distances with ``S > 0`` count as ``+inf``."""
     if lg.size == 0:
         return [0.0] * NSLOT
     if s_exp == 0:
@@ -353,11 +345,8 @@ def pair_moments(Mi: Any, Mj: Any, gi: Any, gj: Any, vi: Any = None, vj: Any = N
 
 def merge_moments(parts: Any, n_lead: int) -> Any:
     """Merge rows of moments ``(..., S, NSLOT)`` over the ``n_lead`` leading axes: ``(S, NSLOT)``.
-
-    Chan et al.'s update after bringing every part to the largest log scale:
-    ``n = Σ n_a``, ``mean = Σ n_a mean_a / n``, ``M2 = Σ M2_a + Σ n_a (mean_a − mean)²``;
-    non-finite counts add up.
-    """
+    Chan et al.'s update after bringing every part to the largest log scale: ``n = Σ n_a``, ``mean
+    = Σ n_a mean_a / n``, ``M2 = Σ M2_a + Σ n_a (mean_a − mean)²``; non-finite counts add up."""
     xp = array_namespace(parts)
     S = parts.shape[-2]
     p = xp.reshape(parts, (-1, S, NSLOT)) if n_lead else parts[None]
@@ -398,15 +387,12 @@ def moments_reduction(signs: Any = None, check_range: Any = None) -> Reduction:
 
 
 def finalize_moments(merged: Any, signs: Any = None, check_range: Any = None) -> Any:
-    """Columns :data:`FINAL` (S, 5) of each statistic from its merged moments ``(S, NSLOT)``.
-
-    ``n`` counts the finite pairs, ``var`` divides by n, the logs of ``|mean|``
-    and ``var`` stay finite where the Riesz values under- or overflow. A NaN,
-    both infinities or no pairs give NaN; infinities of one sign that infinite
-    mean and a NaN variance. ``signs`` (S,) multiply the values (default +1);
-    ``check_range`` (S,) marks the rows that warn :class:`RieszRangeWarning`
-    when their mean or variance leaves float64.
-    """
+    """Columns :data:`FINAL` (S, 5) of each statistic from its merged moments ``(S, NSLOT)``. ``n``
+    counts the finite pairs, ``var`` divides by n, the logs of ``|mean|`` and ``var`` stay finite
+    where the Riesz values under- or overflow. A NaN, both infinities or no pairs give NaN;
+    infinities of one sign that infinite mean and a NaN variance. ``signs`` (S,) multiply the
+    values (default +1); ``check_range`` (S,) marks the rows that warn :class:`RieszRangeWarning`
+    when their mean or variance leaves float64."""
     xp = array_namespace(merged)
     S = merged.shape[0]
     sg = xp.ones(S, dtype=merged.dtype) if signs is None else xp.asarray(signs, dtype=merged.dtype)
@@ -441,12 +427,10 @@ def finalize_moments(merged: Any, signs: Any = None, check_range: Any = None) ->
 def pair_values(Ai: Any, Aj: Any, vi: Any = None, vj: Any = None, *, kind: str,
                 dist_exp: float = 1.0, exponent: float = -1.0, riesz_s: float = 0.0) -> Any:
     """Values (Ti, Tj) of a pairwise kernel on the full tile of rows ``Ai``, ``Aj`` (as given).
-
     ``kind``: ``"cdnv"`` ``((v_i + v_j)/2) / ‖a_i − a_j‖^{2p}``, ``"dist"``
     ``‖a_i − a_j‖``, ``"log"`` ``log(‖a_i − a_j‖^{exponent})``, ``"riesz"``
     ``sign(S) ‖a_i − a_j‖^{−S}`` (a :class:`RieszRangeWarning` where it leaves
-    float64), ``"riesz_log"`` its log-magnitude, ``"inner"`` ``a_i · a_j``.
-    """
+    float64), ``"riesz_log"`` its log-magnitude, ``"inner"`` ``a_i · a_j``."""
     xp = array_namespace(Ai)
     vi, vj = (None if a is None else xp.asarray(a) for a in (vi, vj))
     with errstate(xp):

@@ -1,10 +1,8 @@
 """Per-class shares of ``nc1_pinv``: the factor of Σ_B⁺ and the per-block class sums.
 
-``nc1_pinv = tr(Σ_B⁺ Σ_W)/K`` splits over the classes: class k contributes
-``S_k/(N K)`` with ``S_k = Σ_{y_i=k} (x_i − μ_k)ᵀ Σ_B⁺ (x_i − μ_k)``. With
-``Σ_B⁺ = L diag(s) Lᵀ`` that is ``Σ_{y_i=k} Σ_j s_j ((x_i − μ_k)ᵀ l_j)²``: one
-pass over the samples in row blocks.
-"""
+``nc1_pinv = tr(Σ_B⁺ Σ_W)/K`` splits over the classes: class k contributes ``S_k/(N K)`` with ``S_k
+= Σ_{y_i=k} (x_i − μ_k)ᵀ Σ_B⁺ (x_i − μ_k)``. With ``Σ_B⁺ = L diag(s) Lᵀ`` that is ``Σ_{y_i=k} Σ_j
+s_j ((x_i − μ_k)ᵀ l_j)²``: one pass over the samples in row blocks."""
 
 from __future__ import annotations
 
@@ -19,12 +17,10 @@ from ncdask.kernels.spectrum import between_spectrum, nc1_undefined
 def pinv_factor(A: Any, Sw: Any, n_classes: int, *, from_means: bool,
                 eps_dtype: Any = None) -> Any:
     """``[L; s]`` (D + 1, R) with ``Σ_B⁺ = L diag(s) Lᵀ`` under ``nc1_pinv``'s cutoff.
-
     ``A``: the K×D centred means (``from_means``, R = K) or ``Σ_B`` (R = D), as
     in :func:`~ncdask.kernels.spectrum.between_spectrum`. Column j of ``L`` is
     ``v_j / √|λ_j|`` and ``s_j`` the sign of ``λ_j`` (both 0 under the cutoff);
-    all NaN where NC1 is undefined (``Sw`` only counts for being finite).
-    """
+    all NaN where NC1 is undefined (``Sw`` only counts for being finite)."""
     xp = array_namespace(A, Sw)
     A, Sw = xp.asarray(A), xp.asarray(Sw)
     D = A.shape[1]
@@ -50,13 +46,10 @@ def kept_positions(y: Any, lookup: np.ndarray) -> Any:
 
 
 def class_quadratic_sums(x: Any, y: Any, means: Any, pos: Any, L: Any, sign: Any) -> Any:
-    """Per class of one tile: ``[Σ_{y_i=k} (x_i − μ_k)ᵀ L diag(s) Lᵀ (x_i − μ_k), n_k]``.
-
-    ``y`` are positions among the classes measured (-1: none), ``means`` (T, D)
-    those of the tile's consecutive positions ``pos``, ``L``, ``sign`` the
-    factor of :func:`pinv_factor`. Returns ``(1, 2, T)`` float64, over the
-    block's rows of the tile's classes.
-    """
+    """Per class of one tile: ``[Σ_{y_i=k} (x_i − μ_k)ᵀ L diag(s) Lᵀ (x_i − μ_k), n_k]``. ``y`` are
+    positions among the classes measured (-1: none), ``means`` (T, D) those of the tile's
+    consecutive positions ``pos``, ``L``, ``sign`` the factor of :func:`pinv_factor`. Returns ``(1,
+    2, T)`` float64, over the block's rows of the tile's classes."""
     xp = array_namespace(x, means)
     T = means.shape[0]
     if T == 0:
@@ -77,12 +70,9 @@ def class_quadratic_sums(x: Any, y: Any, means: Any, pos: Any, L: Any, sign: Any
 
 def bin_shares(sums: Any, expected: np.ndarray, bin_of: np.ndarray, n_bins: int,
                denom: float) -> Any:
-    """Each bin's ``Σ_{k∈bin} S_k / denom`` (``denom = N K``).
-
-    ``sums`` (2, K) are ``S_k`` and the counts of the pass; they must equal
-    ``expected``, the statistics' counts, else ``ValueError`` (the samples are
-    not those the statistics came from). ``bin_of`` (K,) is each class's bin.
-    """
+    """Each bin's ``Σ_{k∈bin} S_k / denom`` (``denom = N K``). ``sums`` (2, K) are ``S_k`` and the
+    counts of the pass; they must equal ``expected``, the statistics' counts, else ``ValueError``
+    (the samples are not those the statistics came from). ``bin_of`` (K,) is each class's bin."""
     xp = array_namespace(sums)
     S, n = to_numpy(sums[0]), to_numpy(sums[1]).astype(np.int64)
     expected = np.asarray(expected, dtype=np.int64)

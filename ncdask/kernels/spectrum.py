@@ -15,10 +15,8 @@ def pinv_cutoff(sigma_max: float, dim: int, dtype: Any, xp: Any) -> float:
 
 def nc1_undefined(B: Any, Sw: Any, xp: Any) -> bool:
     """Whether NC1 is undefined: non-finite input, or ``Σ_B = 0`` (every class mean equal).
-
     ``Σ_B = 0`` has pseudo-inverse 0, which would read as perfect collapse; NaN
-    is returned instead, as the other NC1 metrics do.
-    """
+    is returned instead, as the other NC1 metrics do."""
     if not (bool(xp.all(xp.isfinite(B))) and bool(xp.all(xp.isfinite(Sw)))):
         return True
     return not bool(xp.any(B != 0))
@@ -26,14 +24,11 @@ def nc1_undefined(B: Any, Sw: Any, xp: Any) -> bool:
 
 def between_spectrum(A: Any, n_classes: int, *, from_means: bool,
                      eps_dtype: Any = None) -> tuple[Any, Any, Any]:
-    """Eigenpairs ``(λ, V, keep)`` of ``Σ_B`` on the smaller side, under torch's pinv cutoff.
-
-    With ``from_means``, ``A`` is the K×D centred means and ``Σ_B = AᵀA/K`` has
-    ``λ = s²/K`` on the right singular vectors (thin SVD); else ``A`` is the D×D
-    ``Σ_B`` (symmetric eigendecomposition). ``keep``: ``|λ| > D ε max|λ|`` (ε of
-    ``eps_dtype``, default ``A.dtype``). ``nc1_pinv``, ``Σ_B⁺`` and its factor
-    all use it, so they cut off the same directions.
-    """
+    """Eigenpairs ``(λ, V, keep)`` of ``Σ_B`` on the smaller side, under torch's pinv cutoff. With
+    ``from_means``, ``A`` is the K×D centred means and ``Σ_B = AᵀA/K`` has ``λ = s²/K`` on the
+    right singular vectors (thin SVD); else ``A`` is the D×D ``Σ_B`` (symmetric
+    eigendecomposition). ``keep``: ``|λ| > D ε max|λ|`` (ε of ``eps_dtype``, default ``A.dtype``).
+    ``nc1_pinv``, ``Σ_B⁺`` and its factor all use it, so they cut off the same directions."""
     xp = array_namespace(A)
     D = A.shape[1]
     if from_means:
@@ -48,9 +43,7 @@ def between_spectrum(A: Any, n_classes: int, *, from_means: bool,
 
 def effective_rank(eigenvalues: Any) -> Any:
     """Roy & Vetterli's effective rank ``exp(H(p))``, ``p = λ / Σλ`` (λ clipped at 0), per row.
-
-    NaN rows stay NaN; a zero matrix has effective rank 0.
-    """
+    NaN rows stay NaN; a zero matrix has effective rank 0."""
     xp = array_namespace(eigenvalues)
     with errstate(xp):
         lam = xp.maximum(eigenvalues, 0.0)

@@ -11,12 +11,9 @@ from ncdask.kernels._xp import array_namespace
 
 
 def class_sums(X: Any, y: Any, n_classes: int) -> Any:
-    """Per-class sums of the rows of ``X`` (K×D), by a sparse one-hot product.
-
-    Why not ``flox`` or ``xp.add.at``: a per-chunk sparse one-hot product was
-    7-10× faster than flox here; a dense one-hot GEMM would cost more than the
-    scatter GEMM itself once K > D.
-    """
+    """Per-class sums of the rows of ``X`` (K×D), by a sparse one-hot product. Why not ``flox`` or
+    ``xp.add.at``: a per-chunk sparse one-hot product was 7-10× faster than flox here; a dense
+    one-hot GEMM would cost more than the scatter GEMM itself once K > D."""
     xp = array_namespace(X, y)
     n = X.shape[0]
     if n == 0:

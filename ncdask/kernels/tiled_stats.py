@@ -1,12 +1,8 @@
 """The class-statistics state and its per-chunk kernels.
 
-The **state**: K-row ``counts``, ``shift`` (each class's first row), ``sums``
-and ``m2`` of the shifted rows, their D×D ``scatter`` (lower triangle) and
-optionally ``in_scatter``. :func:`fold` adds rows, :func:`merge` is Chan's
-pairwise update, and :func:`centre` removes the shifts once: with shifted sums
-small against the spread, ``N Σ_W = S − Σ_k n_k d_k d_kᵀ`` loses nothing to
-cancellation, even for float32 input near collapse.
-"""
+The **state**: ``counts``, ``shift`` (each class's first row), shifted ``sums`` and ``m2``,
+the D×D ``scatter`` (lower triangle), optionally ``in_scatter``. :func:`fold` adds rows,
+:func:`merge` is Chan's update, :func:`centre` removes the shifts (no cancellation)."""
 
 from __future__ import annotations
 
@@ -40,14 +36,11 @@ def piece_rows(dim: int, itemsize: int = 8, piece_bytes: int = PIECE_BYTES) -> i
 def scatter_add(
     S: Any, P: Any, xp: Any, block: int = SCATTER_BLOCK, subtract: bool = False
 ) -> None:
-    """``S += PᵀP`` (``S −= PᵀP`` with ``subtract``) in place, lower triangle only on NumPy.
-
-    Column blocks ``S[j:, j:j+b] += P[:, j:]ᵀ P[:, j:j+b]`` skip most of the
-    upper triangle with a D×block temporary. Why not BLAS ``syrk``: scipy's
-    wrapper holds the GIL, so concurrent dask tasks ran their scatters one at
-    a time. Other array modules take the full product. :func:`symmetrize`
-    gives the matrix.
-    """
+    """``S += PᵀP`` (``S −= PᵀP`` with ``subtract``) in place, lower triangle only on NumPy. Column
+    blocks ``S[j:, j:j+b] += P[:, j:]ᵀ P[:, j:j+b]`` skip most of the upper triangle with a D×block
+    temporary. Why not BLAS ``syrk``: scipy's wrapper holds the GIL, so concurrent dask tasks ran
+    their scatters one at a time. Other array modules take the full product. :func:`symmetrize`
+    gives the matrix."""
     op = xp.subtract if subtract else xp.add
     if xp is not np:
         op(S, P.T @ P, out=S)
@@ -88,9 +81,7 @@ def _square_into(P: Any, loc: Any, mask: Any, m2: Any, scatter: Any, xp: Any) ->
 
 def _shifted_pieces(X: Any, idx: Any, loc: Any, shift: Any, step: int, xp: Any):
     """``(s, e, X[idx[s:e]] − shift[loc[s:e]])`` in the shift's dtype, ``step`` rows at a time.
-
-    The gathered shifts are overwritten by the difference: one temporary per piece.
-    """
+    The gathered shifts are overwritten by the difference: one temporary per piece."""
     n = X.shape[0] if idx is None else int(idx.shape[0])
     if idx is not None and n == X.shape[0]:
         idx = None  # every row, in order: slices instead of gathers
@@ -116,14 +107,11 @@ def fold(
     acc: State | None, X: Any, y: Any, mask: Any = None, *, n_classes: int,
     dtype: Any = np.float64, ignore_index: int | None = None, step: int | None = None,
 ) -> State:
-    """Add a chunk of rows ``X`` with labels ``y`` into the state ``acc`` (None: start one).
-
-    A class new to ``acc`` takes its first row here as its shift (a data
-    value, so ``x − c`` is exact; a rounded mean would leave ``n·ulp(μ)`` in
-    the sums). Rows go in pieces of ``step`` rows (:func:`piece_rows`), summed
-    per class sparsely when K exceeds a piece. ``mask`` (K bools): classes
-    whose rows enter the scatter. Updates ``acc`` in place and returns it.
-    """
+    """Add a chunk of rows ``X`` with labels ``y`` into the state ``acc`` (None: start one). A
+    class new to ``acc`` takes its first row here as its shift (a data value, so ``x − c`` is
+    exact; a rounded mean would leave ``n·ulp(μ)`` in the sums). Rows go in pieces of ``step`` rows
+    (:func:`piece_rows`), summed per class sparsely when K exceeds a piece. ``mask`` (K bools):
+    classes whose rows enter the scatter. Updates ``acc`` in place and returns it."""
     xp = array_namespace(X, y)
     y = xp.asarray(y).astype(xp.int64)
     dt = np.dtype(dtype)
@@ -173,13 +161,10 @@ def centre(s: State) -> State:
 
 
 def merge(a: State, b: State) -> State:
-    """Add the state ``b`` into ``a`` exactly (Chan's pairwise update), in place.
-
-    ``b``'s rows are rebased on ``a``'s shifts: with ``e_k = c_b,k − c_a,k``
-    and ``u_k = sums_b,k + n_b,k e_k``: ``sums += u``, ``m2 += m2_b + e·(sums_b
-    + u)`` and ``S += S_b + Σ_k (u_k u_kᵀ − s_k s_kᵀ) / n_b,k`` (classes new to
-    ``a`` take ``b``'s shift). ``b`` is left as it was.
-    """
+    """Add the state ``b`` into ``a`` exactly (Chan's pairwise update), in place. ``b``'s rows are
+    rebased on ``a``'s shifts: with ``e_k = c_b,k − c_a,k`` and ``u_k = sums_b,k + n_b,k e_k``:
+    ``sums += u``, ``m2 += m2_b + e·(sums_b + u)`` and ``S += S_b + Σ_k (u_k u_kᵀ − s_k s_kᵀ) /
+    n_b,k`` (classes new to ``a`` take ``b``'s shift). ``b`` is left as it was."""
     xp = array_namespace(a["sums"])
     nb = xp.asarray(b["counts"])
     rows = xp.nonzero(nb > 0)[0]
@@ -263,9 +248,7 @@ def global_terms(terms: Any, scatter: Any, global_mean: str) -> tuple[Any, Any, 
 
 def finish(s: State, expect: Any = None) -> dict[str, Any]:
     """A state as ``counts``, ``means``, ``var_norms``, ``scatter`` and ``terms``.
-
-    ``expect``: counts the caller set up with; a mismatch raises ``ValueError``.
-    """
+    ``expect``: counts the caller set up with; a mismatch raises ``ValueError``."""
     xp = array_namespace(s["sums"])
     s = centre(s)
     counts = s["counts"]
@@ -301,10 +284,8 @@ def _sparse_sums(
     X: Any, cls: Any, idx: Any, dtype: Any, step: int, xp: Any
 ) -> tuple[Any, Any, Any]:
     """Present classes, their counts and sums over the rows ``idx`` of ``X``.
-
     Rows are visited in class order, so each piece's one-hot product covers
-    a contiguous run of classes and is no larger than the piece.
-    """
+    a contiguous run of classes and is no larger than the piece."""
     D = X.shape[1]
     if idx.shape[0] == 0:
         return (xp.zeros(0, dtype=xp.int64), xp.zeros(0, dtype=xp.int64),

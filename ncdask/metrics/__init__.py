@@ -1,8 +1,7 @@
 """The measurement layer: metric declarations evaluated on class statistics.
 
 Names are resolved on first use, so that the kernels and statistics layers can
-import :mod:`ncdask.metrics.inputs` without loading every declaration.
-"""
+import :mod:`ncdask.metrics.inputs` without loading every declaration."""
 
 from __future__ import annotations
 

@@ -1,19 +1,13 @@
 """Every Neural Collapse metric of SPEC.md as a lazy, labelled :class:`xarray.Dataset`.
 
-:func:`measure` maps class statistics, an optional classifier and optional
-test / OOD / train splits to one variable per declaration of
-:data:`~ncdask.metrics.declarations.METRICS`; this module chooses what to
-compute and labels it (arithmetic in :mod:`ncdask.kernels`, graphs in
-:mod:`ncdask.graph`).
+:func:`measure` gives one variable per declaration of
+:data:`~ncdask.metrics.declarations.METRICS`; this module chooses and labels.
 
-Degenerate input: empty, filtered and ``min_count`` classes are left out of
-every metric; samples labelled ``ignore_index`` are skipped; metrics with
-missing inputs are left out silently, structurally undefined ones with a
-:class:`DegenerateInputWarning` (both listed in ``left_out``); classes of one
-sample are counted in that warning, and when every class has one, the metrics of
-Σ_W or the variance norms are NaN (unestimable, not zero); data-dependent
-values follow IEEE arithmetic, except the log-domain Riesz kernel, which warns
-:class:`RieszRangeWarning` when it leaves float64's range.
+Degenerate input: empty, filtered and ``min_count`` classes and ``ignore_index`` samples are
+left out; metrics missing inputs are left out silently, undefined ones with a
+:class:`DegenerateInputWarning` (both in ``left_out``), which also counts one-sample classes
+(all of them: Σ_W metrics NaN). The Riesz kernel warns :class:`RieszRangeWarning` beyond
+float64's range.
 """
 
 from __future__ import annotations

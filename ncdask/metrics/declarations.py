@@ -2,8 +2,7 @@
 
 A declaration labels the metric, says what it needs and when it is defined,
 and computes it from one :class:`Inputs` or as a column of the fused pairwise
-kernel. Adding a metric is adding a declaration here (and a dense reference).
-"""
+kernel. Adding a metric is adding a declaration here (and a dense reference)."""
 
 from __future__ import annotations
 
@@ -93,11 +92,9 @@ class Inputs:
                     dist_exp: float = 1.0, riesz_s: float = 0.0,
                     ood_mean: da.Array | None = None) -> Inputs:
         """Inputs of float64 row arrays taken as given (for :mod:`ncdask.compat`).
-
         ``M`` is centred on ``mG`` (if given); without ``M`` the classifier
         rows stand in for it (the ``nc2w_*`` metrics). ``mu_weighted`` is
-        ``nc3_bias``'s global mean, ``eps_dtype`` sets NC1's pinv cutoff.
-        """
+        ``nc3_bias``'s global mean, ``eps_dtype`` sets NC1's pinv cutoff."""
         A = M if M is not None else W
         K, D = A.shape
         expect = {"W": (W, (K, D)), "b": (b, (K,)), "mG": (mG, (D,)), "Sw": (Sw, (D, D)),
@@ -355,13 +352,9 @@ def _svd_defined(K: int, D: int) -> str | None:
 
 @dataclass(frozen=True)
 class Metric:
-    """One output variable: its labels, what it needs, and how it is computed.
-
-    Exactly one of ``compute`` (a function of :class:`Inputs` returning a lazy
-    array) and ``pair`` (a ``(statistic, column)`` of the fused pairwise kernel)
-    is given; ``pair_stat`` names the statistic a ``compute`` reads through
-    :meth:`Inputs.pair`, so that one fused graph serves every metric asked for.
-    """
+    """One output variable: labels, needs, and either ``compute`` (:class:`Inputs` -> lazy
+    array) or ``pair`` (a column of the fused pairwise kernel); ``pair_stat`` names what a
+    ``compute`` reads through :meth:`Inputs.pair` (one fused graph for all)."""
 
     long_name: str
     formula: str

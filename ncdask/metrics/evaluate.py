@@ -1,9 +1,7 @@
 """NC4 and NC5 from streamed batches, once the class means are known: :class:`EvalAccumulator`.
 
-The second pass of a store-free measurement: its summaries of test and OOD
-batches (:mod:`ncdask.metrics.summary`) go to :func:`ncdask.measure` as
-``test=`` and ``ood=`` and give what the stored splits give.
-"""
+The second pass of a store-free measurement: its summaries go to :func:`ncdask.measure` as
+``test=`` and ``ood=``."""
 
 from __future__ import annotations
 

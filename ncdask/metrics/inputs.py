@@ -1,9 +1,7 @@
 """Inputs of the measurements, resolved once: coercion, backends, classes kept.
 
-Every front end (``measure``, the covariances, NECO, ``EvalAccumulator``) takes
-its statistics, classifier and splits through here, so which classes are
-measured, centred on which global mean, against which classifier rows has one answer.
-"""
+Every front end takes its statistics, classifier and splits through here: one answer to
+which classes are measured, on which global mean, against which classifier rows."""
 
 from __future__ import annotations
 
@@ -146,13 +144,10 @@ def global_mean_of(M: da.Array, n_k: np.ndarray, mode: str | None) -> da.Array:
 
 @dataclass(frozen=True)
 class KeptClasses:
-    """Which classes of a statistics Dataset are measured.
-
-    ``present``: indices kept (non-empty, at least ``min_count``, not filtered
-    by ``class_stats``); ``empty`` and ``filtered``: those left out;
-    ``refiltered``: whether classes were filtered here (the global mean is
-    then re-taken over the classes kept).
-    """
+    """Which classes of a statistics Dataset are measured. ``present``: indices kept (non-empty, at
+    least ``min_count``, not filtered by ``class_stats``); ``empty`` and ``filtered``: those left
+    out; ``refiltered``: whether classes were filtered here (the global mean is then re-taken over
+    the classes kept)."""
 
     counts: np.ndarray
     present: np.ndarray
@@ -192,13 +187,10 @@ def kept_classes(stats: xr.Dataset, min_count: int | None = None,
 
 @dataclass(frozen=True)
 class ClassInputs:
-    """The lazy float64 inputs every metric is a function of (kept classes only).
-
-    ``M`` means and ``Mc`` centred means (K×D, chunked by the class tile),
-    ``mG`` the global mean they are centred on, ``v`` variance norms, ``Sw``
-    Σ_W, ``W``/``b`` the classifier rows of the kept classes (None without
-    weights), ``eps_dtype`` the dtype that sets pseudo-inverse cutoffs.
-    """
+    """The lazy float64 inputs every metric is a function of (kept classes only). ``M`` means and
+    ``Mc`` centred means (K×D, chunked by the class tile), ``mG`` the global mean they are centred
+    on, ``v`` variance norms, ``Sw`` Σ_W, ``W``/``b`` the classifier rows of the kept classes (None
+    without weights), ``eps_dtype`` the dtype that sets pseudo-inverse cutoffs."""
 
     M: da.Array
     Mc: da.Array
@@ -214,9 +206,7 @@ def class_inputs(stats: xr.Dataset, kept: KeptClasses, *, weights: Any = None,
                  bias: Any = None, tile_size: int) -> ClassInputs:
     """Means, centred means, Σ_W and classifier rows of the kept classes, as lazy float64;
     Σ_W and the variance norms NaN when no class has two samples.
-
-    Raises ``ValueError`` when ``weights`` is not (K, D) or ``bias`` not (K,).
-    """
+    Raises ``ValueError`` when ``weights`` is not (K, D) or ``bias`` not (K,)."""
     K_all, K, present = kept.n_all, kept.n_kept, kept.present
     D = int(stats.sizes["feature"])
     eps_dtype = pinv_dtype(stats["means"].dtype)

@@ -1,9 +1,7 @@
 """Standalone functions for the metrics other Neural Collapse codebases report.
 
-Each is a :func:`ncdask.measure` variable (:data:`PEERS`; SPEC.md, "Beyond
-the reference") computed from its declaration on rows taken as given (drop
-empty classes first): arrays in (NumPy, CuPy, dask, xarray or PyTorch), a
-float out, computed in float64 with the blocked kernels, no K×K matrix.
+Each is a :func:`ncdask.measure` variable (:data:`PEERS`) from its declaration: rows as given
+(drop empty classes first), any array kind in, a float64 ``float`` out, no K×K matrix.
 
 >>> import numpy as np
 >>> from ncdask.metrics import peers

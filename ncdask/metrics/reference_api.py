@@ -1,16 +1,9 @@
 """Drop-in functions with the reference package's names and argument order.
 
-Users of the PyTorch ``neural_collapse`` package switch by changing an import.
-Any arrays go in (NumPy, CuPy, dask, xarray, PyTorch), computed in float64 from
-the metrics' declarations. Out come a ``float`` where the reference returns one
-number; per-class vectors in the input's kind (a torch tensor on its device and
-in the reference's dtype, so ``.var()`` is unbiased; for NumPy use
-``.var(ddof=1)``); K×K grids as lazy ``DataArray`` on ``(class, class_)``. Rows
-of ``M`` (class means, K × D) are taken as given (drop empty classes first).
-``W`` (K × D) are the classifier weights, ``m_G`` (D,) or 0 the global mean
-``M`` is centred on, ``V_norms`` (K,) the variance norms, ``tile_size`` the
-classes per pairwise tile.
-"""
+Any arrays in, float64 from the metrics' declarations; out a ``float``, per-class vectors in
+the input's kind (torch: its device and dtype), or K×K grids as lazy ``DataArray``. ``M``
+(K × D class means, rows as given), ``W`` (K × D weights), ``m_G`` (D,) or 0, ``V_norms``
+(K,), ``tile_size`` (classes per pairwise tile)."""
 
 from __future__ import annotations
 
@@ -72,12 +65,8 @@ def _to_torch(values: Any, device: Any, dtypes: Sequence[Any]) -> Any:
 
 
 def _like(result: da.Array, *inputs: Array, dtype_of: Sequence[Array] | None = None) -> Array:
-    """``result`` in the kind of ``inputs``: xarray, dask, torch, else NumPy (or CuPy).
-
-    A tensor goes where the reference's would: on the first input tensor's
-    device, in torch's promotion of the dtypes of ``dtype_of`` (default
-    ``inputs``; scalars and 0-d tensors take no part).
-    """
+    """``result`` in the kind of ``inputs`` (a tensor on the first one's device, in torch's
+    promotion of ``dtype_of``'s dtypes, 0-d ones aside)."""
     if any(isinstance(i, (xr.DataArray, xr.Dataset)) for i in inputs):
         return xr.DataArray(result, dims=("class",))
     if any(isinstance(i, da.Array) for i in inputs):
@@ -159,10 +148,8 @@ def riesz_kernel(data: Array, tile_size: int | None = None, *, s: float | None =
                  log: bool = False) -> xr.DataArray:
     """Lazy grid of ``sign(S) ‖x_i − x_j‖^{−S}`` (``S = s``, default ``D − 2``).
 
-    Evaluated in the log domain; where values under- or overflow float64,
-    computing warns :class:`ncdask.RieszRangeWarning`. ``log=True`` gives
-    the log-magnitudes ``−S log ‖x_i − x_j‖``, finite off the diagonal.
-    """
+    In the log domain (:class:`ncdask.RieszRangeWarning` outside float64's range);
+    ``log=True`` gives ``−S log ‖x_i − x_j‖``."""
     A, T = class_rows(data, tile_size)
     S = float(A.shape[1] - 2 if s is None else s)
     if not math.isfinite(S):
@@ -186,9 +173,8 @@ def kernel_stats(M: Array, m_G: Array = 0, kernel: Callable = dist_kernel,
                  ) -> tuple[float, float]:
     """Mean and population variance of a kernel over pairs ``i < j`` of ``u_k`` (``nc2g_*``).
 
-    ncdask's three kernels run as one fused pass over upper-triangle tiles
-    (``riesz_s``: the Riesz exponent, default ``D − 2``); another callable
-    gets its grid built and reduced lazily.
+    ncdask's kernels run as one fused pass over upper-triangle tiles (``riesz_s`` default
+    ``D − 2``); another callable gets its grid reduced lazily.
 
     Examples
     --------
@@ -300,13 +286,9 @@ def clf_ncc_agreement(accum: Any = None, *args: Any, indices: Sequence[int] | Ar
                       hits: Array | None = None, misses: Array | None = None) -> float | None:
     """Agreement rate of the linear and nearest-class-centre classifiers.
 
-    Counted as the reference's ``DecAccumulator.compute`` (a class without
-    samples has rate 0 and counts in the unweighted mean; no samples give
-    0.0), in two call forms: ``(accum, indices=None, weighted=True)`` with a
-    ``DecAccumulator`` (any object with per-class ``ns_samples`` and
-    ``totals``), or ``(Ns, hits=None, misses=None, weighted=True)`` on count
-    arrays. ``measure``'s ``nc4_agree`` gives it from the statistics and a test
-    split (pass no ``bias`` for ``DecAccumulator``'s ``argmax_k w_k · x``).
+    As the reference's ``DecAccumulator.compute`` (an empty class has rate 0), called as
+    ``(accum, indices=None, weighted=True)`` (anything with ``ns_samples`` and ``totals``)
+    or ``(Ns, hits=None, misses=None, weighted=True)``; ``measure``'s ``nc4_agree`` too.
 
     Parameters
     ----------

@@ -1,9 +1,7 @@
 """Streamed summaries (:class:`ncdask.EvalAccumulator`'s ``test`` and ``ood``) read as inputs.
 
-A test summary carries fingerprints (the centred means, classifier rows and
-bias projected on a fixed random vector) so that :func:`ncdask.measure`
-refuses it against other statistics, weights or ``min_count``.
-"""
+A test summary carries fingerprints (projections on a fixed random vector), so
+:func:`ncdask.measure` refuses it against other statistics, weights or ``min_count``."""
 
 from __future__ import annotations
 

@@ -1,14 +1,9 @@
-"""Class statistics kept in the store, brought up to date from the new rows only.
+"""Class statistics kept beside a split (``class_stats(..., cache=True)``), updated from new rows.
 
-``class_stats(store, split, cache=True)`` writes its result beside the split
-with its :class:`MemoKey` (options and committed parts). The same key reads no
-embedding chunk; appended rows are read alone and merged
-(:func:`ncdask.merge_stats`); anything else runs a full pass. Entries are only
-added (lazy readers must not see one change) and pruned an hour after being
-superseded. A store that cannot be written gets no cache. An entry is used only when
-every chunk matches the digest recorded when it was written (a damaged one is
-recomputed, with a :class:`DamagedCacheWarning`, and removed).
-"""
+An entry is keyed by its :class:`MemoKey`: the same key reads no embedding chunk, appended
+rows are read alone and merged, anything else is a full pass. Entries are only added and are
+pruned an hour after being superseded; one whose chunks do not match their digests is
+recomputed with a :class:`DamagedCacheWarning`. Read-only stores get no cache."""
 
 from __future__ import annotations
 
@@ -57,9 +52,8 @@ def _canonical(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class MemoKey:
-    """What a memoised result depends on: its options and the committed parts it read
-    (``parts``: split name -> ``[[part path, rows], ...]``). Keys the statistics cache
-    and :func:`ncdask.sweep`'s ``out=``."""
+    """What a memoised result depends on: options and committed parts read (``parts``: split
+    -> ``[[part path, rows], ...]``); keys the cache and :func:`ncdask.sweep`'s ``out=``."""
 
     options: Any
     parts: Any
@@ -144,13 +138,9 @@ def _new_rows(parts: list[tuple[Any, int]], have: dict[str, int], url: str) -> x
 
 
 def _load(url: str, so: dict | None, damaged: list[str] | None = None) -> xr.Dataset | None:
-    """A cache entry, lazily (None when it cannot be read); its chunks are checked as read.
-
-    Given ``damaged``, every chunk is first checked against its digest (read once, not
-    decoded): a damaged entry must be recomputed before it is returned, and one too large to
-    hold is not loaded whole. A damaged entry warns and joins ``damaged``; one without
-    digests (an earlier ncdask's) cannot be verified and is not used either.
-    """
+    """A cache entry, lazily, chunks checked as read (None: unreadable). Given ``damaged``,
+    every chunk is checked first; a damaged entry warns and joins ``damaged``, one without
+    digests is not used."""
     try:
         if damaged is not None:
             recorded = recorded_digests(url, so)
@@ -172,10 +162,7 @@ def _load(url: str, so: dict | None, damaged: list[str] | None = None) -> xr.Dat
 def cached_stats(
     store: EmbeddingStore, split: str, set_key: SetKey, options: dict[str, Any]
 ) -> xr.Dataset:
-    """:func:`ncdask.stats.core.compute_stats` of a store's split through its cache.
-
-    ``options``: the keyword arguments of ``compute_stats`` (see the module docstring).
-    """
+    """:func:`ncdask.stats.core.compute_stats` (keywords ``options``) through the cache."""
     g = store.core.split_group(split, set_key, create=False)
     parts = committed_parts(store.core, split, set_key)
     K = store.n_classes

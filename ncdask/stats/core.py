@@ -1,8 +1,7 @@
 """Class statistics as a labelled, lazy :class:`xarray.Dataset`: computed, merged, saved.
 
 The graph is :mod:`ncdask.graph.tiled_stats` (class axis chunked by tiles);
-:func:`ncdask.class_stats` (:mod:`ncdask.stats.api`) adds the store's cache.
-"""
+:func:`ncdask.class_stats` (:mod:`ncdask.stats.api`) adds the store's cache."""
 
 from __future__ import annotations
 
@@ -136,11 +135,8 @@ def compute_stats(
 def _refusing_lost_chunks(
     arrays: dict[str, Any], counts: np.ndarray, attrs: dict[str, Any]
 ) -> dict[str, Any]:
-    """The statistics, made to raise on a non-finite value where the split promised none.
-
-    A lost chunk (read as NaN) makes its classes' means, Σ_W and the global
-    mean NaN, so checking these small results catches it without a re-read.
-    """
+    """The statistics, raising on a non-finite value where the split promised none (a lost
+    chunk reads as NaN, so these small results catch it without a re-read)."""
     where = f"split {attrs.get('split')!r} of {attrs.get('store')!r}"
     out = dict(arrays)
     present = da.from_array(counts > 0, chunks=(arrays["means"].chunks[0],))
@@ -157,12 +153,8 @@ def _refusing_lost_chunks(
 
 
 def refuse_nonfinite(block: Any, present: Any = None, *, what: str = "", where: str = "") -> Any:
-    """Return ``block`` unchanged, or raise if it holds NaN/inf where data was promised.
-
-    A split written with finite rows yields a non-finite statistic only when a
-    chunk went missing (read as the NaN fill value) or was damaged. ``present``
-    (per row) limits the check to classes with samples.
-    """
+    """Return ``block``, or raise if it holds NaN/inf where finite rows were promised (a lost
+    or damaged chunk); ``present`` (per row) limits the check to classes with samples."""
     xp = array_namespace(block)
     bad = ~xp.isfinite(block)
     if present is not None:

@@ -45,9 +45,8 @@ def append(core: Core, split: str, X: Any, y: Any, key: SetKey, allow_nonfinite:
 
 def write_rows(g: zarr.Group, rec: Mapping[str, Any], X: np.ndarray,
                y: np.ndarray | None) -> tuple[int, dict[str, Any]]:
-    """Write rows past ``rec``'s committed end (invisible until committed); the new end and
-    ``rec`` with its chunk digests extended over the rows as stored (the caller commits it).
-    Every chunk is stored, all-NaN ones too, so a missing one is always damage."""
+    """Write rows past ``rec``'s committed end, every chunk stored (a missing one is damage);
+    return the new end and ``rec`` with digests extended (the caller commits it)."""
     start = int(rec["n_committed"])
     end = start + X.shape[0]
     every = {"write_empty_chunks": True}
@@ -102,12 +101,9 @@ def new_shard(core: Core, g: zarr.Group, labelled: bool) -> zarr.Group:
 def write_commit(core: Core, split: str, key: SetKey, X: np.ndarray, y: np.ndarray | None,
                  n_batches: int, finite: bool = True,
                  expect: str | None | object = ANY) -> tuple[zarr.Group, int]:
-    """Write a validated batch to ``split`` and commit it; the split's group and the rows this
-    handle has committed to it. The split is found again under its lock: made if missing,
-    or, with ``expect`` (a writer's), required to be of that generation. Lock mode: rows past
-    the committed end under the exclusive lock; shards: this handle's own shard, committed by
-    its record (one PUT), under the shared lock or (object stores) none, where a split
-    deleted or replaced meanwhile raises :class:`SplitChangedError`, rows not kept."""
+    """Write a batch to ``split`` and commit it; return the split's group and this handle's
+    committed rows. Lock mode: past the end under the exclusive lock; shards: this handle's
+    shard. With ``expect`` (a generation) a replaced split raises :class:`SplitChangedError`."""
     shards, seen = core.use_shards(), {}
     unlocked = shards and core.kind == "object"
     try:

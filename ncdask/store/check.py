@@ -1,9 +1,6 @@
-"""Verifying a whole store (``ncdask check``): one task per committed chunk (present, decoded,
-checksum passed, in its place by the record's digest, finite where the record promises it,
-labels in ``[0, K)`` adding up to the record's counts), every record against its arrays,
-every set's width, every classifier, every statistics-cache entry against its digests; ncdask
-outputs (statistics, results) too. Zarr reads a missing chunk as the fill value, so damage
-shows only when something looks."""
+"""``ncdask check``: every committed chunk (present, decodable, matching its record's digest,
+finite as promised, labels in ``[0, K)`` adding up), record, set width, classifier and cache
+entry of a store, or every chunk of an output; Zarr reads a missing chunk as fill values."""
 
 from __future__ import annotations
 
@@ -42,9 +39,8 @@ from ncdask.store.zarrio import (
 
 @dataclass
 class CheckReport:
-    """What :func:`check_store` found: ``problems`` (damage, each naming the set, split,
-    array and chunk), ``notes`` (leftovers of killed writers, half-made splits among them)
-    and what was verified."""
+    """What :func:`check_store` found: ``problems`` (damage, each named), ``notes``
+    (leftovers of killed writers) and counts of what was verified."""
 
     url: str
     problems: list[str] = field(default_factory=list)
@@ -74,8 +70,8 @@ def _task(fn: Any) -> Any:
 
 def _chunk(a: zarr.Array, i: int, stop: int | None, where: str,
            want: tuple[int, int] | None = None) -> tuple[Any, list[str]]:
-    """Read row-chunk ``i`` of ``a`` (up to row ``stop``): ``(values, problems)``; ``want``,
-    ``(digest, rows)``, is what the record says the chunk's first ``rows`` rows digest to."""
+    """``(values, problems)`` of row-chunk ``i`` of ``a`` (up to ``stop``), checked against
+    ``want`` = ``(digest, rows)`` from the record."""
     rows = int(a.chunks[0])
     lo, hi = i * rows, min(stop if stop is not None else a.shape[0], (i + 1) * rows)
     name = f"{where}, chunk {i} (rows {lo}-{hi - 1})"
@@ -115,8 +111,7 @@ def _verify_labels(a: zarr.Array, i: int, stop: int, K: int, ignore: int | None,
 
 
 def _digests(p: zarr.Group, k: int, report: CheckReport) -> int:
-    """How many of part ``p``'s ``k`` rows its record digests (a note for the others, a
-    problem for digests that do not describe the rows)."""
+    """How many of part ``p``'s ``k`` rows its record digests (noting or reporting the rest)."""
     d, c = record(p).get("digests") or {"rows": 0}, int(p["embeddings"].chunks[0])
     n = d.get("rows")
     if not isinstance(n, int) or not 0 <= n <= k or any(
@@ -212,8 +207,8 @@ def check_tasks(store: EmbeddingStore) -> tuple[CheckReport, list]:
 
 
 def _half_made(store: EmbeddingStore, sg: zarr.Group, key: SetKey) -> list[str]:
-    """Splits in set ``sg`` (and the sets below) whose creation or deletion a killed writer
-    left half done: readers do not see them; the next writer of the split completes them."""
+    """Splits in set ``sg`` (and below) whose creation or deletion a killed writer left half
+    done."""
     fs, folder = store.core.fs_path(sg)
     groups, out = dict(subgroups(sg)), []
     for path in fs.ls(folder, detail=False):
@@ -277,8 +272,7 @@ def output_tasks(url: str, storage_options: dict | None = None) -> tuple[CheckRe
 
 def check_store(store: EmbeddingStore | str, *, storage_options: dict | None = None,
                 progress: bool = False) -> CheckReport:
-    """Verify every committed chunk, record, set and statistics-cache entry of a store, or
-    every chunk of an ncdask output (statistics, results).
+    """Verify every chunk, record, set and cache entry of a store, or every chunk of an output.
 
     Parameters
     ----------

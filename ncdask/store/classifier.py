@@ -1,8 +1,6 @@
-"""A set's classifier: each version is written beside the current one, the set's
-``ncdask_classifier`` attribute switches to it (one atomic PUT, also on object stores) and the
-old version is deleted last, so readers and killed writers see one whole classifier. Each
-version is listed in its writer's lease: recovery deletes it once that lease has expired
-and the set no longer points to it (two writers racing may leave one unused)."""
+"""A set's classifier: each version is written beside the current one (listed in a lease),
+the set's ``ncdask_classifier`` attribute switches to it in one PUT, the old one is deleted
+last: readers and killed writers see one whole classifier."""
 
 from __future__ import annotations
 

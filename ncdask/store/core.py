@@ -1,6 +1,5 @@
-"""The core of a store (layout: :mod:`ncdask.store.embedding`): :class:`Core` holds an opened
-store, its metadata and filesystem, and finds or creates its sets and splits; appends,
-writer, imports, classifier and reads are functions over a :class:`Core`."""
+""":class:`Core`: an opened store (layout: :mod:`ncdask.store.embedding`) that finds or creates
+its sets and splits; appends, writer, imports, classifier and reads are functions over it."""
 
 from __future__ import annotations
 
@@ -51,8 +50,7 @@ WRITERS_KEY = "ncdask.writers"
 
 
 def default_codec() -> list:
-    """Blosc LZ4 (about as fast as no compression; zstd writes at half the speed), then a
-    CRC-32C checksum that makes a damaged chunk an error instead of wrong values."""
+    """Blosc LZ4 (zstd writes at half its speed), then CRC-32C (damage errors, not values)."""
     return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), Crc32cCodec()]
 
 
@@ -87,10 +85,9 @@ def chunk_exists(a: zarr.Array, i: int) -> bool:
 
 
 class NamedChunks:
-    """A Zarr array whose read errors (a checksum mismatch, a lost chunk) name store, split,
-    array and rows. A chunk whose first value is the fill is looked up (only then); missing,
-    it is lost unless its rows may be fill values Zarr did not store: floats that ``rec``, the
-    part's commit record, neither promises finite nor digests (``rec=None``: finite)."""
+    """A Zarr array whose read errors (bad checksum, lost chunk) name store, split, array and
+    rows. A chunk read as fill is lost if missing, unless ``rec`` (its part's commit record;
+    None: finite) neither promises finite floats nor digests it."""
 
     def __init__(self, a: zarr.Array, url: str, split: str | None = None,
                  rec: Mapping[str, Any] | None = None) -> None:
@@ -129,8 +126,7 @@ class NamedChunks:
                     "damaged; run `ncdask check` on it")
 
     def _refuse_changed(self, span: str) -> None:
-        """Raise :class:`SplitChangedError` if the part read is no longer of the generation
-        its record had (deleted or replaced meanwhile): then a lost chunk is no damage."""
+        """Raise :class:`SplitChangedError` if the part's generation changed since ``rec``."""
         if self.rec is None:
             return
         try:
@@ -156,8 +152,7 @@ class NamedChunks:
 
 def read_array(a: zarr.Array, url: str, split: str | None = None,
                rec: Mapping[str, Any] | None = None) -> da.Array:
-    """``da.from_zarr(a)``, with read errors (a lost chunk included) that name the store,
-    split, array and rows; ``rec`` is the commit record of ``a``'s group (see
+    """``da.from_zarr(a)`` with read errors that name store, split, array and rows (see
     :class:`NamedChunks`)."""
     name = "zarr-" + tokenize(url, a.path, a.shape, a.chunks, str(a.dtype), a.metadata.to_dict())
     return da.from_array(NamedChunks(a, url, split, rec), chunks=a.chunks, name=name,
@@ -184,7 +179,7 @@ def is_labelled(g: zarr.Group) -> bool:
 
 def is_split(g: zarr.Group) -> bool:
     """Whether group ``g`` is a whole split: a record, made after its arrays (older ncdask
-    made the record first: a kill between left an empty record without arrays)."""
+    made it first)."""
     rec = g.attrs.get("ncdask_split")
     return isinstance(rec, Mapping) and (generation(rec) is not None
                                          or rec.get("n_committed") != 0 or "embeddings" in g)
@@ -209,10 +204,9 @@ def truncate(g: zarr.Group, n: int) -> None:
 
 
 def put_once(parent: Any, name: str, build: Any) -> zarr.Group | zarr.Array:
-    """Create node ``name`` of ``parent`` (a group, or anything with its ``store`` and
-    ``path``) with one write that never replaces an existing node: ``build(group)`` makes it
-    in a scratch group, its ``zarr.json`` is put if absent (on an object store by a
-    conditional PUT where the filesystem has one), so racing creators all end with one node."""
+    """Create node ``name`` of ``parent`` (anything with ``store`` and ``path``), as
+    ``build(group)`` makes it in a scratch group, by one put-if-absent of its ``zarr.json``:
+    racing creators all end with one node."""
     scratch = zarr.open_group(MemoryStore(), mode="w", zarr_format=3)
     build(scratch)
     body = sync(scratch.store.get(f"{name}/zarr.json", prototype=default_buffer_prototype()))
@@ -230,9 +224,8 @@ def put_once(parent: Any, name: str, build: Any) -> zarr.Group | zarr.Array:
 
 
 def remove_split(g: zarr.Group, fs: Any, path: str) -> None:
-    """Delete split group ``g`` at ``path`` without rename: the record first (gone for
-    readers), its ``zarr.json`` last (a kill leaves a group the next creator removes), then
-    the folders left empty."""
+    """Delete split group ``g`` at ``path`` without rename: marked deleted first, its
+    ``zarr.json`` last (a kill leaves a group the next creator removes)."""
     g.attrs.put({DELETED_ATTR: time.time()})
     root = f"{path}/zarr.json"
     with contextlib.suppress(FileNotFoundError):  # another process may be finishing it
@@ -348,8 +341,7 @@ class Core:
 
     def require_set(self, key: SetKey, dim: int,
                     chunk_rows: int | None = None) -> tuple[zarr.Group, int, int]:
-        """The set's group and ``(dim, chunk_rows)``, recorded on its first write (a
-        ValueError if the set has another width)."""
+        """The set's group and ``(dim, chunk_rows)``, recorded on its first write."""
         dim = int(dim)
         rows = int(chunk_rows) if chunk_rows is not None else self.chunk_rows_for(dim)
         # created with its width: concurrent first writers agree or are refused
@@ -394,8 +386,7 @@ class Core:
 
     # --------------------------------------------------------------- splits
     def find_split(self, split: str, key: SetKey) -> zarr.Group | None:
-        """A split's group as it is in the store now; None if missing or half made (a
-        creator killed before its arrays were in place: readers never see it)."""
+        """A split's group as it is now; None if missing or half made."""
         sg = self.set_group(key)
         try:
             g = None if sg is None else sg[split]
@@ -420,8 +411,7 @@ class Core:
     def create_split(self, split: str, key: SetKey, dim: int | None,
                      labelled: bool) -> zarr.Group:
         """Make a split: its arrays first, then its group with an empty record, put once (a
-        racing creator's record, which may already count commits, is never replaced); a kill
-        leaves no record, so readers never see a split without arrays."""
+        racing creator's record is never replaced)."""
         sg, D, rows = self.require_set(key, self.dim if dim is None else dim)
         try:
             old = sg[split]
@@ -441,9 +431,8 @@ class Core:
         return g
 
     def split_arrays(self, g: Any, D: int, rows: int, labelled: bool) -> None:
-        """Give split (or shard) group ``g`` (or where one is being made: its ``store`` and
-        ``path``) its empty arrays where missing; the fill values (NaN, an impossible label)
-        make a lost chunk visible."""
+        """Give split or shard ``g`` its empty arrays where missing (fill values NaN and an
+        impossible label make a lost chunk visible)."""
         put_once(g, "embeddings", lambda t: t.create_array(
             "embeddings", shape=(0, D), chunks=(rows, D), dtype=self.dtype,
             dimension_names=("sample", "feature"), compressors=default_codec(),
@@ -460,8 +449,7 @@ class Core:
         return store_lease(*self.fs_path())
 
     def tidy(self, sg: zarr.Group | None = None) -> list[str]:
-        """Recover what writers whose leases expired left staged anywhere in the store (an
-        aside back where its split is missing, the rest deleted); return those paths."""
+        """Recover what expired leases in the store list; return those paths."""
         fs, root = self.fs_path()
         gone = remove_stale(fs, root, f"{root}/{STORE_LEASES}", move=rename)
         if gone:
@@ -481,8 +469,7 @@ class Core:
 
 
 def committed_parts(core: Core, split: str, key: SetKey) -> list[tuple[zarr.Group, int]]:
-    """The parts of a split holding committed rows, ``[(group, rows), ...]``, in read order
-    (parts only grow, so their paths and rows tell what a result covers)."""
+    """``[(group, rows), ...]`` of a split's parts holding committed rows, in read order."""
     return [(p, k) for p, k in snapshot(core.split_group(split, key))[0] if k > 0]
 
 

@@ -1,11 +1,8 @@
 """Position-bound CRC-32C digests of array chunks.
 
-A digest starts from the CRC-32C of ``"<array>/<chunk index>"`` and extends over the chunk's
-values in row order, so it binds content to its place: a chunk swapped with another, moved, or
-read as the fill value because it went missing no longer matches. CRC-32C extends, so a
-partial last chunk's digest grows with each append from the new rows alone. Zarr's own
-dependency ``google-crc32c`` computes it (hardware CRC, about 7 GiB/s).
-"""
+Seeded with ``"<array>/<chunk index>"`` and extended over the values in row order: a
+swapped, moved or missing (fill-valued) chunk no longer matches, and a partial chunk's digest
+grows from the appended rows alone. Computed by ``google-crc32c`` (Zarr's dependency)."""
 
 from __future__ import annotations
 

@@ -6,12 +6,9 @@
         layer=fc_in/epoch=12/        another embedding set (tags as path parts)
             train/...
 
-A tagged set records its own width in ``ncdask_layout`` (format 2, which
-older ncdask refuses). Rows are written past the committed end and the
-record moves last, so a killed writer leaves exactly the committed rows.
-The class is a thin front over :class:`ncdask.store.core.Core` and the
-function modules beside it.
-"""
+A tagged set records its width in ``ncdask_layout`` (format 2). The record moves after the
+rows, so a killed writer leaves exactly the committed rows. A thin front over
+:class:`ncdask.store.core.Core`."""
 
 from __future__ import annotations
 
@@ -52,10 +49,9 @@ def _n_classes_of(splits: Mapping[str, tuple[Any, Any]], W: Any, ii: int | None)
 class EmbeddingStore:
     """Embeddings and labels of splits, in a chunked Zarr store.
 
-    Create one with :meth:`create` or :meth:`from_arrays`, open one with
-    :meth:`open`; ``store[split]`` is a lazy :class:`xarray.Dataset`. A store
-    holds embedding *sets* (``layer=`` / ``epoch=`` tags, :meth:`sets`), each
-    of its own width (:meth:`dim_of`).
+    Create one with :meth:`create` or :meth:`from_arrays`, open one with :meth:`open`;
+    ``store[split]`` is a lazy :class:`xarray.Dataset`. A store holds embedding *sets* (``layer=``
+    / ``epoch=`` tags, :meth:`sets`), each of its own width (:meth:`dim_of`).
 
     Examples
     --------
@@ -149,10 +145,8 @@ class EmbeddingStore:
                     **create_kwargs: Any) -> EmbeddingStore:
         """Create a store from in-memory arrays: ``splits`` maps split names to ``(X, y)``.
 
-        K is ``n_classes``, else W's rows, else the largest label + 1. With
-        ``overwrite=True`` the new store is built beside the old and swapped
-        in when complete (refused on an object store, which has no rename).
-        """
+        K is ``n_classes``, else W's rows, else the largest label + 1. ``overwrite=True``
+        builds beside the old store and swaps it in (not on object stores)."""
         if not splits:
             raise ValueError("from_arrays needs at least one split")
         dim = int(next(iter(splits.values()))[0].shape[1])
@@ -214,11 +208,7 @@ class EmbeddingStore:
     def create_set(self, *, layer: str | None = None, epoch: int | None = None,
                    dim: int | None = None, chunk_rows: int | None = None) -> int:
         """Create a set (tagged with ``layer`` and/or ``epoch``) of width ``dim``; return it.
-
-        ``dim`` defaults to the store's, ``chunk_rows`` as at :meth:`create`.
-        Creating an existing set again is a no-op if ``dim`` matches (or is
-        None), a ValueError otherwise. :meth:`sets` lists it once it holds a split.
-        """
+        ``dim`` defaults to the store's; again with the same ``dim`` (or None) is a no-op."""
         self.core.require_writable()
         if layer is None and epoch is None:
             raise ValueError("create_set needs layer= or epoch= (the default set has the "
@@ -250,11 +240,7 @@ class EmbeddingStore:
 
     def delete_split(self, split: str, *, layer: str | None = None,
                      epoch: int | None = None) -> int:
-        """Delete one split at once (KeyError if missing); return how many rows it held.
-
-        Under the split's lock (writers to it wait, then find it gone) its record goes
-        first, so readers see it vanish at once, then its arrays.
-        """
+        """Delete one split at once, under its lock (KeyError if missing); return its rows."""
         self.core.require_writable()
         key = SetKey(layer, epoch)
         with split_lock(self.core, key, split):
@@ -296,11 +282,8 @@ class EmbeddingStore:
     def writer(self, split: str, *, layer: str | None = None, epoch: int | None = None,
                allow_nonfinite: bool = False, dim: int | None = None,
                labelled: bool = True) -> StoreWriter:
-        """A buffered :class:`StoreWriter` for many small batches (a context manager).
-
-        A new set takes ``dim``, else the first batch's width; ``labelled=False``
-        writes an unlabelled split.
-        """
+        """A buffered :class:`StoreWriter` (context manager) for many small batches; a new
+        set takes ``dim``, else the first batch's width."""
         return StoreWriter(self.core, split, SetKey(layer, epoch),
                            allow_nonfinite=allow_nonfinite, dim=dim, labelled=labelled)
 

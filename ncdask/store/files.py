@@ -103,11 +103,9 @@ def _blocks(a: Any, rows: int, path: str) -> Iterator[np.ndarray]:
 def iter_saved_arrays(X_path: str | Path, y_path: str | Path | None = None, *, rows: int = 65536,
                       labels: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Yield ``(X, y)`` blocks of at most ``rows`` rows from saved files, never loading them whole.
-
     ``X_path`` is an ``.npy`` file of embeddings (labels in ``y_path``) or an
     ``.npz`` file holding ``X``/``Y`` or ``embeddings``/``labels``; with
-    ``labels=False`` only embeddings are read (``y`` is None).
-    """
+    ``labels=False`` only embeddings are read (``y`` is None)."""
     X_path = str(X_path)
     with _opened(X_path, None if y_path is None else str(y_path), labels) as (X, y):
         ys = _blocks(y, rows, X_path) if y is not None else itertools.repeat(None)
@@ -142,13 +140,10 @@ def _fingerprint(paths: list[str]) -> str:
 def inspect_saved(X_path: str | Path, y_path: str | Path | None = None, *, labels: bool = True,
                   n_classes: int | None = None, ignore_index: int | None = None,
                   rows: int = 2**20) -> dict[str, Any]:
-    """Check saved files (as for :func:`iter_saved_arrays`) before anything is written.
-
-    Reads the headers and every label, in blocks of ``rows`` (labels lie in
-    ``[0, n_classes)`` or equal ``ignore_index``). Returns ``dim``, ``rows``,
-    ``max_label`` (-1 when none), the absolute paths ``embeddings`` /
-    ``labels`` and a content ``fingerprint``.
-    """
+    """Check saved files (as for :func:`iter_saved_arrays`) before anything is written. Reads the
+    headers and every label, in blocks of ``rows`` (labels lie in ``[0, n_classes)`` or equal
+    ``ignore_index``). Returns ``dim``, ``rows``, ``max_label`` (-1 when none), the absolute paths
+    ``embeddings`` / ``labels`` and a content ``fingerprint``."""
     X_path = str(X_path)
     y_path = None if y_path is None else str(y_path)
     for p in (X_path, y_path):

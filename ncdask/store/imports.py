@@ -1,6 +1,5 @@
-"""Imports of saved files (:meth:`ncdask.EmbeddingStore.import_files`): written where readers do
-not see it (past the committed end under the lock, in a staging group, or in a new shard),
-then committed with the source's fingerprint in one step, so a repeat is recognised."""
+"""Imports of saved files: written where readers do not see them, then committed with the
+source's fingerprint in one step (a repeat is recognised)."""
 
 from __future__ import annotations
 
@@ -130,10 +129,8 @@ def _write_file(core: Core, g: zarr.Group, job: _ImportJob,
 
 
 def _import_staged(core: Core, job: _ImportJob, mode: str) -> int:
-    """Import into a hidden staging group (listed in a lease first, so only this writer's
-    expiry lets another remove it), then, under the split's lock, rename it into place as
-    the split (replacing it with ``mode="overwrite"``). A split another importer made
-    meanwhile is imported into instead (duplicates refused under the lock)."""
+    """Import into a leased staging group, then rename it into place under the split's lock;
+    a split another importer made meanwhile is imported into instead."""
     sg = core.set_group(job.key, create=True)
     lay = core.layout(sg)
     rows = lay[1] if lay is not None else core.chunk_rows_for(job.dim)
@@ -162,9 +159,8 @@ def _import_staged(core: Core, job: _ImportJob, mode: str) -> int:
 
 def _move_into_place(core: Core, sg: zarr.Group, tmp: str, split: str, replace: bool,
                      lease: Lease) -> None:
-    """Rename the staged group ``tmp`` to ``split`` (under the split's lock); an old split (or
-    what a killed writer left) is renamed aside first (listed in ``lease``: recovery brings
-    it back if the split is then missing) and deleted once the new one is in place."""
+    """Rename ``tmp`` to ``split``; an old split is set aside first (listed in ``lease``) and
+    deleted once the new one is in place."""
     fs, src = core.fs_path(sg, tmp)
     dst = core.fs_path(sg, split)[1]
     old = None

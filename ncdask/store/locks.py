@@ -1,11 +1,8 @@
-"""One lock per split name, taken by every change of the split (append, writer flush, import,
-overwrite, delete; a set's classifier has one too), so no writer works on a split being
-deleted or replaced. On a local disk an ``flock`` of ``<root>/.ncdask/locks/<sha1>.lock`` (made
-once, never deleted: a lock file that went away could be locked twice), in a ``memory://``
-store a lock of this process; object stores have none (their shards are tied to the split's
-generation instead: :mod:`ncdask.store.record`). Shared holders (shard writers, creators)
-exclude only exclusive ones; a thread holding a split's lock takes it again for free.
-"""
+"""One lock per split name (and per set's classifier), taken by every change of the split.
+
+Local disk: ``flock`` of ``<root>/.ncdask/locks/<sha1>.lock`` (never deleted, so never locked
+twice); ``memory://``: a lock of this process; object stores: none (shards carry the split's
+generation instead). Shared holders exclude only exclusive ones; re-entry is free."""
 
 from __future__ import annotations
 
@@ -31,8 +28,8 @@ _memory: dict[tuple[str, str], threading.RLock] = {}
 
 @contextlib.contextmanager
 def split_lock(core: Any, key: Any, split: str, shared: bool = False) -> Iterator[None]:
-    """Hold the lock of ``split`` in set ``key`` of store ``core`` (exclusive unless
-    ``shared``); a no-op on object stores and where this thread holds it already."""
+    """Hold the lock of ``split`` in set ``key`` (exclusive unless ``shared``); a no-op on
+    object stores and where this thread holds it already."""
     kind = core.kind
     ident = (core.fs_path()[1], "/".join(p for p in (key.path, split) if p))
     held = _held.__dict__.setdefault("locks", {})

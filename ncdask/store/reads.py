@@ -53,9 +53,7 @@ def read_split(core: Core, name: str, key: SetKey, backend: Any) -> xr.Dataset:
 
 def array_backend(backend: Any) -> Any:
     """The array module for ``backend`` ("numpy", "cupy" or a module); None for NumPy.
-
-    ``"cupy"`` without CuPy or a CUDA device raises an error naming the fix.
-    """
+    ``"cupy"`` without CuPy or a CUDA device raises an error naming the fix."""
     if backend is None or (isinstance(backend, str) and backend == "numpy") or backend is np:
         return None
     if isinstance(backend, str):

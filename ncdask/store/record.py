@@ -1,9 +1,6 @@
-"""Commit records: a split's ``ncdask_split`` and each shard's ``ncdask_shard`` attribute
-count its committed rows, class counts, batches, sources and finiteness, and hold a
-position-bound digest of each chunk's committed rows. Rows exist for readers only once a
-record counts them, and a record is replaced in one metadata write. A split's
-``generation`` (new at each creation) is copied into its shards' records: a shard of a
-deleted or replaced split is never read as part of its successor."""
+"""Commit records (``ncdask_split``, ``ncdask_shard`` attributes): committed rows, class
+counts, batches, sources, finiteness, chunk digests, replaced in one metadata write. Shards
+carry their split's ``generation``, so a dead split's shard is never read into its successor."""
 
 from __future__ import annotations
 
@@ -59,10 +56,9 @@ def record(p: zarr.Group) -> Mapping[str, Any]:
 
 
 def forget_listings(g: zarr.Group, below: str | None = None) -> None:
-    """Drop the listings fsspec cached for ``g``'s store (s3fs keeps deleted nodes and hides
-    other processes' new ones): all, or with ``below`` those of ``g/below`` (``""``: ``g``)
-    and its parents."""
-    fs = getattr(g.store, "fs", None)  # a local disk's store has none: nothing to drop
+    """Drop fsspec's cached listings of ``g``'s store (all, or of ``g/below`` and parents):
+    s3fs keeps deleted nodes and hides other processes' new ones."""
+    fs = getattr(g.store, "fs", None)  # a local disk's store has none
     if fs is None or not hasattr(fs, "invalidate_cache"):
         return
     if below is None:
@@ -72,8 +68,7 @@ def forget_listings(g: zarr.Group, below: str | None = None) -> None:
 
 
 def shards(g: zarr.Group) -> list[tuple[zarr.Group, dict[str, Any]]]:
-    """The committed shards of split group ``g`` of its generation, in the order their
-    writers started, as listed now (not as cached: other processes add shards)."""
+    """The committed shards of split ``g``'s generation, by writer start, listed afresh."""
     forget_listings(g, "shards")
     try:
         parent = g["shards"]
@@ -90,11 +85,8 @@ def shards(g: zarr.Group) -> list[tuple[zarr.Group, dict[str, Any]]]:
 
 
 def snapshot(g: zarr.Group) -> tuple[list[tuple[zarr.Group, int]], dict[str, Any]]:
-    """A split's committed parts ``[(group, rows), ...]`` and its record summed over them.
-
-    The main arrays come first, then every writer's shard: one listing, so
-    one consistent snapshot.
-    """
+    """A split's committed parts ``[(group, rows), ...]`` (main arrays, then shards, from
+    one listing) and its record summed over them."""
     rec = dict(g.attrs["ncdask_split"])
     parts = [(g, int(rec["n_committed"]))]
     counts = rec.get("class_counts")
@@ -117,9 +109,8 @@ def snapshot(g: zarr.Group) -> tuple[list[tuple[zarr.Group, int]], dict[str, Any
 
 def advanced(rec: Mapping[str, Any], n1: int, counts: np.ndarray | None, n_ignored: int,
              n_batches: int, finite: bool = True) -> dict[str, Any]:
-    """A commit record moved on to ``n1`` rows and what they add; ``finite=False`` (NaN or
-    inf written on purpose) withdraws its promise of finite rows, by which the statistics
-    tell a lost chunk (NaN fill) from data."""
+    """A commit record moved on to ``n1`` rows; ``finite=False`` withdraws its promise of
+    finite rows (by which statistics tell a lost chunk's NaN fill from data)."""
     rec = dict(rec)
     if not finite:
         rec["finite"] = False
@@ -134,10 +125,8 @@ def advanced(rec: Mapping[str, Any], n1: int, counts: np.ndarray | None, n_ignor
 
 def digested(rec: Mapping[str, Any], start: int, chunk: int,
              batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """``rec`` with its chunk digests extended over ``batch`` (arrays as stored) written at
-    row ``start``. ``rec["digests"][name][i]`` covers chunk ``i``'s rows below
-    ``rec["digests"]["rows"]``; a record without digests starts them at row 0, one whose
-    digests stop short of ``start`` (an older ncdask appended) keeps them as they are."""
+    """``rec`` with its chunk digests (``["digests"][name][i]``, rows below ``["rows"]``)
+    extended over ``batch`` written at ``start``; digests that stop short are kept as is."""
     rec = dict(rec)
     old = rec.get("digests") or ({"rows": 0} if start == 0 else None)
     if old is None or int(old["rows"]) != start:
@@ -163,11 +152,8 @@ def chunk_digest(rec: Mapping[str, Any], name: str, i: int,
 
 
 def check_record(p: zarr.Group, n_classes: int, url: str) -> None:
-    """Raise :class:`DamagedStoreError` unless ``p``'s record describes its arrays.
-
-    More rows than the arrays hold, a negative count or class counts that do
-    not add up are damage, named, never guessed around.
-    """
+    """Raise :class:`DamagedStoreError` unless ``p``'s record describes its arrays (rows
+    held, counts non-negative and adding up)."""
     rec = record(p)
     where = f"{url!r}: the commit record of {p.path!r}"
     n = rec.get("n_committed")

@@ -18,12 +18,9 @@ class BatchWriter(Protocol):
 @runtime_checkable
 class SplitSource(Protocol):
     """Embedding sets (tagged ``layer=`` / ``epoch=``) of splits, written and read.
-
-    :func:`ncdask.capture` writes to one, :func:`ncdask.sweep` and the statistics
-    read one; :class:`ncdask.EmbeddingStore` and :class:`ncdask.StatsSink`
-    implement it, a new backend goes here. A missing split, set or classifier
-    is a KeyError.
-    """
+    :func:`ncdask.capture` writes to one, :func:`ncdask.sweep` and the statistics read one;
+    :class:`ncdask.EmbeddingStore` and :class:`ncdask.StatsSink` implement it, a new backend goes
+    here. A missing split, set or classifier is a KeyError."""
 
     url: str
     n_classes: int

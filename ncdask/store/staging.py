@@ -1,19 +1,12 @@
 """Leases: what a writer stages, listed before it is made, and whether the writer lives.
 
-A writer that stages anything (a split built beside the old, a classifier version, an output
-written beside its path, a folder renamed aside) first writes a lease: a Zarr group whose
-``ncdask_lease`` attribute holds a heartbeat time and each staged path with its recovery
-(delete it; an aside is moved back where its place is not whole, so the only copy is never
-lost). A daemon thread renews the heartbeat every 30 s (a quarter of the expiry if shorter).
-At the end the lease is removed, or, while it lists something still there (a classifier
-version in use, what a failed step left), kept with heartbeat 0 for recovery to judge.
-
-A lease not renewed for the dask config value ``ncdask.lease_expiry`` (seconds, default 600)
-is expired: its writer is gone (or stalled that long; every writer of a store must use one
-expiry), and the next writer recovers what it lists. Cleanup looks at nothing else: a name
-never decides, so splits and layers may look like staging (``val.replaced-x``). A store's
-leases are in ``<store>/.ncdask/leases/``; an output's beside it, ``<path>.ncdask-lease-<id>``.
-"""
+A writer lists each path it stages (a split built beside the old, a classifier version, an
+output written beside its path, a folder set aside) in a lease, a Zarr group whose
+``ncdask_lease`` attribute holds a heartbeat (renewed by a daemon thread) and the paths with
+their recovery: delete, or move an aside back where its place is not whole. A lease not
+renewed for ``ncdask.lease_expiry`` seconds (dask config, default 600; one per store) is
+expired and the next writer recovers it; a name never decides. Leases live in
+``<store>/.ncdask/leases/`` or beside an output as ``<path>.ncdask-lease-<id>``."""
 
 from __future__ import annotations
 
@@ -48,8 +41,8 @@ def owner_tag() -> str:
 
 
 def is_staging(name: str) -> bool:
-    """Whether a basename in a folder only ncdask writes (the statistics cache) is staged
-    beside an output, which listings of it skip; cleanup never decides by name."""
+    """Whether a basename in the statistics cache is staged beside an output (listings skip
+    it; cleanup never decides by name)."""
     return any(m in name for m in _BESIDE)
 
 
@@ -69,13 +62,9 @@ def _put(fs: Any, path: str, data: bytes) -> None:
 
 
 class Lease:
-    """A writer's lease, a context manager: :meth:`stage` each path before it is created.
-
-    The lease group is ``folder/<prefix><id>``; its paths are kept relative to ``root``.
-    When the operation ends, a lease whose paths are all gone is removed; one listing a
-    path still there (a classifier version now in use, what a failed step left) stays,
-    expired, for the next recovery to judge.
-    """
+    """A writer's lease ``folder/<prefix><id>``, a context manager: :meth:`stage` each path
+    (under ``root``) before it is created. At exit it is removed, or kept expired while a
+    listed path is still there."""
 
     def __init__(self, fs: Any, root: str, folder: str, prefix: str = "") -> None:
         self.fs, self.root, self.id = fs, root, owner_tag()
@@ -96,12 +85,9 @@ class Lease:
             _put(self.fs, f"{self.dir}/zarr.json", _group({LEASE_ATTR: rec}))
 
     def stage(self, path: str, *, to: str | None = None, unless: str | None = None) -> str:
-        """List ``path`` (under the root) before it is created or moved there; return it.
-
-        Recovery deletes it; with ``to`` (an aside of ``to``) it moves it back to ``to``
-        when ``to`` is not whole. ``unless`` names an attribute of the group holding
-        ``path`` that keeps it while it names it (a set's current classifier).
-        """
+        """List ``path`` before it is created; return it. Recovery deletes it, or moves it
+        back to ``to`` where ``to`` is not whole; it is kept while its parent group's
+        attribute ``unless`` names it (a set's current classifier)."""
         self.paths.append({"path": self._rel(path), **({"to": self._rel(to)} if to else {}),
                            **({"unless": unless} if unless else {})})
         if self._beat is not None:
@@ -150,8 +136,7 @@ def beside_lease(fs: Any, path: str) -> Lease:
 
 
 def leases(fs: Any, folder: str, prefix: str = "") -> list[tuple[str, dict]]:
-    """``[(lease group, its record), ...]`` in ``folder`` whose names start with
-    ``prefix``; groups without a well-formed ``ncdask_lease`` attribute are not leases."""
+    """``[(lease group, record), ...]`` in ``folder`` named ``prefix...`` (well-formed only)."""
     with contextlib.suppress(AttributeError):
         fs.invalidate_cache()  # s3fs caches listings; other processes write here
     try:
@@ -183,8 +168,7 @@ def has_root(fs: Any, path: str) -> bool:
 
 
 def _named(fs: Any, path: str, attr: str) -> bool:
-    """Whether the group above ``path`` names it in its attribute ``attr`` (unreadable: yes,
-    so that it is kept)."""
+    """Whether the group above ``path`` names it in ``attr`` (unreadable: yes, kept)."""
     parent, _, name = path.rpartition("/")
     try:
         return json.loads(fs.cat_file(f"{parent}/zarr.json"))["attributes"].get(attr) == name
@@ -195,9 +179,8 @@ def _named(fs: Any, path: str, attr: str) -> bool:
 
 
 def _plan(fs: Any, root: str, rec: dict, whole: Whole) -> list[tuple[str, str, str | None]]:
-    """What recovering the expired lease ``rec`` does: ``(action, path, to)`` with action
-    ``"delete"``, ``"restore"`` (move ``path`` to ``to``) or ``"keep"``; in listed order, an
-    aside's fate judged as the listed paths before it left things."""
+    """``(action, path, to)`` per listed path of ``rec``, in order: ``"delete"``,
+    ``"restore"`` (move to ``to``) or ``"keep"``."""
     out: list[tuple[str, str, str | None]] = []
     restored: set[str] = set()
     for e in rec["paths"]:
@@ -228,9 +211,8 @@ def leftovers(fs: Any, root: str, folder: str, *, prefix: str = "",
 
 def remove_stale(fs: Any, root: str, folder: str, *, move: Callable[[Any, str, str], None],
                  prefix: str = "", whole: Whole = has_root) -> list[str]:
-    """Recover every expired lease in ``folder``: restore or delete what it lists (errors
-    ignored: another process may be recovering it too), then remove the lease unless it
-    keeps something; return the paths deleted or restored."""
+    """Recover every expired lease in ``folder`` (errors ignored: another process may be at
+    it too), removing it unless it keeps something; return the paths deleted or restored."""
     done = []
     for lp, rec in leases(fs, folder, prefix):
         if not expired(rec):

@@ -15,15 +15,12 @@ from ncdask.store.setkey import DEFAULT, SetKey
 
 
 class StoreWriter:
-    """Buffers small batches and writes them to a split in whole chunks.
-
-    From :meth:`ncdask.EmbeddingStore.writer`. Rows are committed in whole
-    chunks as the buffer fills and on :meth:`flush` / exit; rows still
-    buffered when the process dies are lost, committed rows never are. The
-    split is created with the first valid batch, whose width a new set takes.
-    Once the split is deleted or replaced (``ncdask rm``, an overwriting
-    import), writing raises :class:`ncdask.SplitChangedError`.
-    """
+    """Buffers small batches and writes them to a split in whole chunks. From
+    :meth:`ncdask.EmbeddingStore.writer`. Rows are committed in whole chunks as the buffer fills
+    and on :meth:`flush` / exit; rows still buffered when the process dies are lost, committed rows
+    never are. The split is created with the first valid batch, whose width a new set takes. Once
+    the split is deleted or replaced (``ncdask rm``, an overwriting import), writing raises
+    :class:`ncdask.SplitChangedError`."""
 
     def __init__(self, core: Core, split: str, key: SetKey = DEFAULT, *,
                  allow_nonfinite: bool = False, dim: int | None = None,

@@ -1,11 +1,8 @@
-"""ncdask's own Zarr outputs (statistics, results), written and reopened, and renames.
+"""ncdask's own Zarr outputs (statistics, results): written, reopened, renamed.
 
-Outputs carry consolidated metadata, so ``xr.open_zarr(path)`` opens them without a warning
-(Zarr's warning that v3 does not specify it is silenced here only); the variables' order is
-kept in the ``ncdask_variables`` attribute, since Zarr lists arrays alphabetically.
-The position-bound digest (:mod:`ncdask.store.digest`) of every stored chunk's bytes is kept
-in the ``ncdask_digests`` attribute; reads check each chunk against it as it is loaded.
-"""
+Outputs carry consolidated metadata (``xr.open_zarr`` opens them quietly), their variables'
+order (``ncdask_variables``) and each stored chunk's digest (``ncdask_digests``, checked as
+the chunk is read)."""
 
 from __future__ import annotations
 
@@ -81,12 +78,8 @@ def rename(fs: Any, src: str, dst: str) -> None:
 
 
 def swap_in(fs: Any, tmp: str, path: str, lease: Lease) -> None:
-    """Move the complete ``tmp`` to ``path`` by renames, the old ``path`` aside (listed in
-    ``lease``, to come back if a kill leaves ``path`` empty) and deleted last.
-
-    On failure (another writer put its store there first) the old ``path``
-    is restored and ``tmp`` deleted.
-    """
+    """Move the complete ``tmp`` to ``path`` by renames, the old ``path`` set aside (listed
+    in ``lease``) and deleted last; on failure the old ``path`` is restored, ``tmp`` deleted."""
     old = None
     if fs.exists(path):
         old = lease.stage(f"{path}.ncdask-old-{lease.id}", to=path)
@@ -139,10 +132,8 @@ def check_output(url: str, kind: str, *, overwrite: bool = False,
                  storage_options: dict | None = None) -> tuple[Any, str]:
     """Raise ``FileExistsError`` unless ``url`` is free, or holds ncdask ``kind`` output (or
     an embedding store: ``"store"``) and ``overwrite`` is true; return its filesystem and path.
-
     Called before a long compute whose result goes to ``url``, and by :func:`write_dataset`.
-    A store is created only where nothing is (``open_group(mode="w")`` deletes it).
-    """
+    A store is created only where nothing is (``open_group(mode="w")`` deletes it)."""
     fs, path = url_fs(url, storage_options)
     if fs.exists(path) and not (kind == "store" and fs.isdir(path)
                                 and not fs.ls(path, detail=False)):  # an empty folder is free
@@ -158,12 +149,8 @@ def check_output(url: str, kind: str, *, overwrite: bool = False,
 
 
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
-    """Blosc LZ4 with byte shuffle for every float variable, Zstd for the others; each chunk
-    ends with its CRC-32C, so a flipped bit fails at read in any Zarr reader.
-
-    Statistics (float64 means of noisy data) barely compress; LZ4 writes them
-    twice as fast as Zarr's default Zstd, at the same ratio.
-    """
+    """Blosc LZ4 (floats barely compress; twice Zstd's speed) or Zstd, then CRC-32C, so a
+    flipped bit fails at read in any Zarr reader."""
     return {str(k): {"compressors": [
         BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=v.dtype.itemsize)
         if v.dtype.kind == "f" else ZstdCodec(level=0), Crc32cCodec()]}
@@ -173,17 +160,9 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
 def write_dataset(ds: xr.Dataset, url: str, *, kind: str, overwrite: bool = False,
                   storage_options: dict | None = None) -> None:
     """Write ``ds`` as a Zarr store at ``url``, with consolidated metadata, replacing safely.
-
-    The store is written beside ``url`` and moved into place when complete,
-    so an interrupted write leaves what was at ``url`` untouched, and ``ds``
-    may be read lazily from ``url`` itself. An existing ``url`` is replaced
-    only with ``overwrite`` and when it holds ncdask output of the same
-    ``kind``.
-
-    Lazy variables are computed chunk by chunk as they are written; ``kind``
-    ("stats", "results") is recorded and checked before replacing, and the digest of every
-    stored chunk with the consolidated metadata, last.
-    """
+    Written beside ``url`` and moved in when complete (``ds`` may be read lazily from
+    ``url``); an existing ``url`` is replaced only with ``overwrite`` and when it holds
+    ncdask output of the same ``kind`` ("stats", "results"). Chunk digests are recorded last."""
     fs, path = check_output(url, kind, overwrite=overwrite, storage_options=storage_options)
     out = ds.copy()
     out.attrs = dict(ds.attrs)
@@ -227,11 +206,8 @@ def _copy_into_place(fs: Any, tmp: str, path: str, replace: bool) -> None:
 
 
 def is_complete(fs: Any, path: str) -> bool | None:
-    """Whether the output at ``path`` was written whole (None: nothing is there).
-
-    Outputs end with their consolidated root metadata; one marked as ncdask
-    output without it was cut off while written or replaced.
-    """
+    """Whether the output at ``path`` was written whole, i.e. ends with its consolidated
+    root metadata (None: nothing is there)."""
     try:
         raw = fs.cat_file(f"{path}/zarr.json")
     except FileNotFoundError:
@@ -267,12 +243,8 @@ def _complete_copy(fs: Any, path: str, found: list[tuple[str, dict]]) -> str | N
 
 
 def _readable(url: str, storage_options: dict | None) -> str:
-    """The URL to read the output at ``url`` from: itself, or a complete copy beside it
-    (:class:`IncompleteOutputError` when cut off with no complete copy left).
-
-    A replace cut off by a writer whose lease expired is recovered first (the old version
-    set back, or the complete new one moved in); one whose writer may live is read from its
-    complete copy."""
+    """The URL to read the output at ``url`` from: itself (recovered first where its writer's
+    lease expired) or a complete copy beside it; :class:`IncompleteOutputError` if none."""
     fs, path = url_fs(url, storage_options)
     fs.invalidate_cache()  # s3fs caches listings; other processes write here
     if is_complete(fs, path):
@@ -357,8 +329,8 @@ def _damage(key: str, want: tuple, raw: np.ndarray | None) -> str | None:
 
 
 def damaged_chunks(url: str, store: Any, want: dict) -> list[str]:
-    """Every chunk of the output at ``url`` that is missing or changed (``want``: from
-    :func:`recorded_digests`), read once in batches and not decoded."""
+    """Every chunk of the output at ``url`` missing or changed (``want``: from
+    :func:`recorded_digests`); read in batches, not decoded."""
     return [f"{url}: {bad}" for k, raw in _stored(store, list(want))
             if (bad := _damage(k, want[k], raw)) is not None]
 
@@ -412,9 +384,8 @@ def open_dataset(url: str, *, storage_options: dict | None = None) -> xr.Dataset
             if isinstance(e, FileNotFoundError) and not fs_exists(url, storage_options):
                 raise
             ds = xr.open_zarr(where, consolidated=False, **kw)
-    ds.attrs.pop(KIND_ATTR, None)
-    ds.attrs.pop(WRITTEN_ATTR, None)
-    ds.attrs.pop(DIGEST_ATTR, None)
+    for a in (KIND_ATTR, WRITTEN_ATTR, DIGEST_ATTR):
+        ds.attrs.pop(a, None)
     order = ds.attrs.pop(ORDER_ATTR, None)
     if order:
         names = [n for n in order if n in ds.data_vars]
