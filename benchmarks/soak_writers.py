@@ -500,7 +500,7 @@ def verdict(t: dict) -> list[str]:
         bad.append(f"reader: stale={r['stale']}, NaN means={r['NaN means']}, train count "
                    f"went down {r['train count went down']} times, train missing "
                    f"{r['train missing after its first ack']} times, "
-                   f"{r['errors other than an unknown split']} errors (e.g. "
+                   f"{r['errors other than the churned split going']} errors (e.g. "
                    f"{r['fail examples'][:1]})")
     if any(v is not True for v in t["cache equals full pass"].values()):
         bad.append(f"cache: {t['cache equals full pass']}")
