@@ -312,6 +312,51 @@ def test_a_read_of_a_split_deleted_meanwhile_names_the_delete(tmp_path):
     assert ncdask.check_store(url).ok
 
 
+def test_a_read_of_a_split_replaced_by_a_shorter_one_names_the_replace(tmp_path):
+    """Labels of a lazy read whose split an import overwrote with fewer rows: the rows past the
+    new end read as the fill, in chunks that exist; that is a replace, not damage."""
+    url = str(tmp_path / "s.zarr")
+    s = ncdask.EmbeddingStore.from_arrays(url, {"train": (np.ones((22, D)), np.arange(22) % K)},
+                                          chunk_rows=8)
+    d = s.split("train")
+    np.save(tmp_path / "X.npy", np.ones((3, D), np.float32))
+    np.save(tmp_path / "y.npy", np.arange(3) % K)
+    s.import_files("train", str(tmp_path / "X.npy"), str(tmp_path / "y.npy"), mode="overwrite")
+    with pytest.raises(SplitChangedError, match="'train'.*deleted or replaced while it was read"):
+        d.labels[:8].compute()  # chunk 0 exists in the new split: 3 labels, then the fill
+    assert ncdask.check_store(url).ok
+
+
+def test_a_writer_opened_while_its_split_is_deleted_attaches_whole_or_not_at_all(
+        tmp_path, monkeypatch):
+    """A delete landing between the writer's lookup of its split and its look at the arrays
+    waits for the writer's shared lock; the writer then finds its split changed."""
+    import threading
+
+    from ncdask.store.core import Core
+
+    url = str(tmp_path / "s.zarr")
+    s = ncdask.EmbeddingStore.from_arrays(url, {"train": (np.ones((8, D)), np.arange(8) % K)},
+                                          chunk_rows=4)
+    other = ncdask.EmbeddingStore.open(url, "a")
+    find, started = Core.find_split, threading.Event()
+
+    def racing(core, split, key):
+        g = find(core, split, key)
+        threading.Thread(target=lambda: (started.set(), other.delete_split("train"))).start()
+        started.wait()
+        time.sleep(0.3)  # the delete runs now unless the lock holds it back
+        return g
+
+    monkeypatch.setattr(Core, "find_split", racing)
+    w = s.writer("train")
+    monkeypatch.setattr(Core, "find_split", find)
+    time.sleep(0.3)  # the delete, released, completes
+    with pytest.raises(SplitChangedError, match="'train'"):
+        w.append(np.ones((4, D)), np.arange(4) % K)  # a whole chunk: written at once
+        w.flush()
+
+
 def test_lock_files_stay_out_of_listings(tmp_path):
     """The lock files live in ``.ncdask`` (a Zarr group, never a set or split)."""
     url = str(tmp_path / "s.zarr")

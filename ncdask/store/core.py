@@ -113,6 +113,8 @@ class NamedChunks:
 
     def _refuse_lost(self, block: np.ndarray, lo: int, hi: int, step: int) -> None:
         c, fill = self.rows, self.fill
+        if block.dtype.kind in "iu" and (block == fill).any():  # labels: cheap to scan whole
+            self._refuse_changed(f"rows {lo}-{hi - 1}")  # a shorter split replaced it
         firsts = block.reshape(block.shape[0], -1)[:, 0]
         for i in range(lo // c, -(-hi // c)) if step == 1 else ():
             first = firsts[max(lo, i * c) - lo]
@@ -463,9 +465,10 @@ class Core:
 
     def remove_group(self, sg: zarr.Group, name: str) -> None:
         fs, path = self.fs_path(sg, name)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-            forget_listings(sg)
+        with contextlib.suppress(FileNotFoundError):  # another writer's recovery removing it
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+        forget_listings(sg)
 
 
 def committed_parts(core: Core, split: str, key: SetKey) -> list[tuple[zarr.Group, int]]:

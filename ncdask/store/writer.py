@@ -10,6 +10,7 @@ import zarr
 from ncdask._validate import batch_to_numpy, check_name
 from ncdask.store.appends import own_rows, write_commit
 from ncdask.store.core import Core, check_labelled
+from ncdask.store.locks import split_lock
 from ncdask.store.record import all_finite, generation
 from ncdask.store.setkey import DEFAULT, SetKey
 
@@ -46,10 +47,11 @@ class StoreWriter:
         #: Width of the batches: the set's (None until a new set's first batch).
         self.dim: int | None = known if known is not None else dim
         self._chunk = 1
-        g = core.find_split(split, key)
-        if g is not None:
-            self._attach(g)
-            check_labelled(g, labelled)
+        with split_lock(core, key, split, shared=True):  # not deleted between find and attach
+            g = core.find_split(split, key)
+            if g is not None:
+                self._attach(g)
+                check_labelled(g, labelled)
         self.closed = False
 
     def _attach(self, group: zarr.Group) -> None:
