@@ -327,6 +327,25 @@ def test_a_read_of_a_split_replaced_by_a_shorter_one_names_the_replace(tmp_path)
     assert ncdask.check_store(url).ok
 
 
+def test_a_split_deleted_while_it_is_opened_names_the_delete(tmp_path, monkeypatch):
+    """A delete landing between a read's snapshot of the records and its check of the arrays
+    (seen on S3, where nothing locks) is SplitChangedError, not damage."""
+    import ncdask.store.reads as reads
+
+    url = str(tmp_path / "s.zarr")
+    s = ncdask.EmbeddingStore.from_arrays(url, {"train": (np.ones((8, D)), np.arange(8) % K)},
+                                          chunk_rows=4)
+    other, check = ncdask.EmbeddingStore.open(url, "a"), reads.check_record
+
+    def racing(p, *args):
+        other.delete_split("train")
+        return check(p, *args)
+
+    monkeypatch.setattr(reads, "check_record", racing)
+    with pytest.raises(SplitChangedError, match="'train'.*deleted or replaced while it was op"):
+        s.split("train")
+
+
 def test_a_writer_opened_while_its_split_is_deleted_attaches_whole_or_not_at_all(
         tmp_path, monkeypatch):
     """A delete landing between the writer's lookup of its split and its look at the arrays

@@ -12,7 +12,14 @@ import xarray as xr
 
 from ncdask._version import __version__
 from ncdask.store.core import Core, is_labelled, naming_broken_metadata, read_array
-from ncdask.store.record import check_record, record, snapshot
+from ncdask.store.record import (
+    DamagedStoreError,
+    SplitChangedError,
+    check_record,
+    generation,
+    record,
+    snapshot,
+)
 from ncdask.store.setkey import SetKey
 
 
@@ -21,10 +28,18 @@ def read_split(core: Core, name: str, key: SetKey, backend: Any) -> xr.Dataset:
     xp = array_backend(backend)
     with naming_broken_metadata(core.url, core.storage_options):
         g = core.split_group(name, key)
-        parts, rec = snapshot(g)
-        for p, _ in parts:
-            check_record(p, core.n_classes, core.url)
-    D = int(g["embeddings"].shape[1])
+        try:
+            parts, rec = snapshot(g)
+            for p, _ in parts:
+                check_record(p, core.n_classes, core.url)
+            D = int(g["embeddings"].shape[1])
+        except (DamagedStoreError, KeyError) as e:  # a delete racing this read, or damage
+            now = core.find_split(name, key)
+            if now is None or generation(record(now)) != generation(record(g)):
+                raise SplitChangedError(
+                    f"{core.url!r}: split {name!r} in {key.path or 'the default set'} was "
+                    "deleted or replaced while it was opened") from e
+            raise
     parts = [(p, k) for p, k in parts if k > 0] or parts[:1]
 
     split = name
