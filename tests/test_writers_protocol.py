@@ -346,6 +346,27 @@ def test_a_split_deleted_while_it_is_opened_names_the_delete(tmp_path, monkeypat
         s.split("train")
 
 
+def test_cached_statistics_of_a_split_deleted_meanwhile_name_the_delete(tmp_path, monkeypatch):
+    """The cache's incremental read of new rows, racing a delete, is told so (not KeyError)."""
+    import ncdask.stats.cache as cache
+
+    url = str(tmp_path / "s.zarr")
+    s = ncdask.EmbeddingStore.from_arrays(url, {"train": (np.ones((8, D)), np.arange(8) % K)},
+                                          chunk_rows=4)
+    ncdask.class_stats(s, "train", cache=True)
+    s.append("train", np.ones((4, D)), np.arange(4) % K)
+    other, parts_of = ncdask.EmbeddingStore.open(url, "a"), cache.committed_parts
+
+    def racing(*args):
+        parts = parts_of(*args)
+        other.delete_split("train")
+        return parts
+
+    monkeypatch.setattr(cache, "committed_parts", racing)
+    with pytest.raises(SplitChangedError, match="'train'.*deleted or replaced"):
+        ncdask.class_stats(s, "train", cache=True)
+
+
 def test_a_writer_opened_while_its_split_is_deleted_attaches_whole_or_not_at_all(
         tmp_path, monkeypatch):
     """A delete landing between the writer's lookup of its split and its look at the arrays

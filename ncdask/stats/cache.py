@@ -23,6 +23,7 @@ import zarr
 from ncdask.stats import core
 from ncdask.store.core import committed_parts, read_array
 from ncdask.store.embedding import EmbeddingStore
+from ncdask.store.reads import told_if_changed
 from ncdask.store.record import record
 from ncdask.store.setkey import SetKey
 from ncdask.store.staging import is_staging, owner_tag
@@ -164,6 +165,12 @@ def cached_stats(
 ) -> xr.Dataset:
     """:func:`ncdask.stats.core.compute_stats` (keywords ``options``) through the cache."""
     g = store.core.split_group(split, set_key, create=False)
+    with told_if_changed(store.core, split, set_key, g):
+        return _cached_stats(store, g, split, set_key, options)
+
+
+def _cached_stats(store: EmbeddingStore, g: Any, split: str, set_key: SetKey,
+                  options: dict[str, Any]) -> xr.Dataset:
     parts = committed_parts(store.core, split, set_key)
     K = store.n_classes
     ii = options.get("ignore_index")

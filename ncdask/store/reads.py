@@ -4,11 +4,14 @@ split alike); and the array module of the chunks."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import dask.array as da
 import numpy as np
 import xarray as xr
+import zarr
 
 from ncdask._version import __version__
 from ncdask.store.core import Core, is_labelled, naming_broken_metadata, read_array
@@ -23,23 +26,32 @@ from ncdask.store.record import (
 from ncdask.store.setkey import SetKey
 
 
+@contextlib.contextmanager
+def told_if_changed(core: Core, name: str, key: SetKey, g: zarr.Group) -> Iterator[None]:
+    """Turn a missing node or damage met while reading split ``g`` (``name``) into
+    :class:`SplitChangedError` where the split was deleted or replaced meanwhile (no lock
+    keeps a reader's nodes: a delete may pull them from under it)."""
+    try:
+        yield
+    except (DamagedStoreError, KeyError) as e:
+        now = core.find_split(name, key)
+        if now is None or generation(record(now)) != generation(record(g)):
+            raise SplitChangedError(
+                f"{core.url!r}: split {name!r} in {key.path or 'the default set'} was "
+                "deleted or replaced while it was opened") from e
+        raise
+
+
 def read_split(core: Core, name: str, key: SetKey, backend: Any) -> xr.Dataset:
     """The committed rows of a split as a lazy Dataset (:meth:`ncdask.EmbeddingStore.split`)."""
     xp = array_backend(backend)
     with naming_broken_metadata(core.url, core.storage_options):
         g = core.split_group(name, key)
-        try:
+        with told_if_changed(core, name, key, g):
             parts, rec = snapshot(g)
             for p, _ in parts:
                 check_record(p, core.n_classes, core.url)
             D = int(g["embeddings"].shape[1])
-        except (DamagedStoreError, KeyError) as e:  # a delete racing this read, or damage
-            now = core.find_split(name, key)
-            if now is None or generation(record(now)) != generation(record(g)):
-                raise SplitChangedError(
-                    f"{core.url!r}: split {name!r} in {key.path or 'the default set'} was "
-                    "deleted or replaced while it was opened") from e
-            raise
     parts = [(p, k) for p, k in parts if k > 0] or parts[:1]
 
     split = name
