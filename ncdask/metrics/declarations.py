@@ -134,7 +134,7 @@ class Inputs:
         if self.K <= self.D or self.Mc is None:
             return None
         unit = any(n.startswith("interference") for n in self.todo)
-        return CF.tile_terms(self.Mc, self.W, unit=unit)
+        return CF.tile_terms(self.Mc, self.W, unit=unit, cross="nc3_dual_err" in self.todo)
 
     @cached_property
     def nc1(self) -> da.Array:
