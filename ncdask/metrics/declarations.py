@@ -182,7 +182,8 @@ class Inputs:
         """Per-class (by true label) NC4 hits and counts; hits NaN for a classifier with
         non-finite or all-zero weights, which decides nothing."""
         if is_summary(self.test, "test"):
-            hits, n_test = agreement_from_summary(self.test, self.Mc, self.W, self.b, self.K_all)
+            hits, n_test = agreement_from_summary(self.test, self.M, self.W, self.b, self.kept,
+                                                  self.stats)
         else:
             hits, n_test = _decide(self)
         dead = ~da.isfinite(self.W).all() | ~(self.W != 0).any() | ~da.isfinite(self.b).all()
