@@ -34,3 +34,18 @@ def test_an_exact_simplex_measures_zero_at_every_tile_size(K, D):
             res = ncdask.measure(stats, weights=W, tile_size=T, metrics=ZERO).compute()
             for name in ZERO:
                 assert abs(float(res[name])) <= 1e-12, (name, seed, T, float(res[name]))
+
+
+def test_the_difference_forms_equal_the_dense_definition_on_any_rows():
+    """The K×K (K ≤ D) and D×D (K = D + 1) difference forms on rows far from a simplex,
+    W uncentred, against ``‖G/‖G‖ − T‖`` formed densely."""
+    from ncdask.metrics.reference_api import structure_error
+
+    rng = np.random.default_rng(1)
+    for K, D in ((6, 8), (9, 8), (30, 29)):
+        A, B = rng.normal(size=(K, D)), rng.normal(size=(K, D)) + 0.5
+        T = (np.eye(K) - 1.0 / K) / np.sqrt(K - 1)
+        for X, Y in ((A, A), (A, B), (B, B)):
+            G = Y @ X.T
+            want = np.linalg.norm(G / np.linalg.norm(G) - T)
+            assert structure_error(X, Y) == pytest.approx(want, rel=1e-12, abs=1e-14)

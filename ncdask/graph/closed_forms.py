@@ -89,17 +89,24 @@ def nc1_values(Mc: da.Array, Sw: da.Array, *, want_svd: bool, eps_dtype: Any = N
 
 def etf_error(A: da.Array, B: da.Array | None = None, *, terms: dict[str, da.Array] | None = None,
               pair: str = "MM") -> da.Array:
-    """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` with ``G = B Aᵀ`` (``B = A`` by default), from
-    differences (:mod:`ncdask.kernels.closed_forms`). G is formed only when K ≤ D; else from
-    the D×D grams in ``terms`` (:func:`tile_terms` of M and W, ``cross`` for ``pair`` "MW";
-    ``pair`` names A and B) or folded here."""
+    """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` with ``G = B Aᵀ`` (``B = A`` by default).
+    G is formed only when K ≤ D; else from the D×D grams in ``terms`` (:func:`tile_terms` of M
+    and W, ``cross`` for ``pair`` "MW" when K = D + 1; ``pair`` names A and B) or folded here.
+    Where G can be a simplex (K ≤ D + 1) from differences, an exact one giving ε
+    (:mod:`ncdask.kernels.closed_forms`); else (err ≥ 1/√(K−1)) from three scalars."""
     K, D = A.shape
     if K <= D:  # K×K is no larger than D×D: one block
         G = (A if B is None else B).rechunk(-1) @ A.rechunk(-1).T
         return delayed_array(C.etf_error_gram, G, shape=(), like=A)
-    if terms is None or (pair[0] != pair[1] and "MWg" not in terms):
-        terms, pair = tile_terms(A, B, cross=True), "MM" if B is None else "MW"
     a, b = pair
+    exact = K == D + 1
+    if terms is None or (exact and a != b and "MWg" not in terms):
+        terms, (a, b) = tile_terms(A, B, cross=exact), ("M", "M" if B is None else "W")
+    if not exact:
+        fro2 = (terms[a + a] * terms[b + b]).sum()
+        trace = terms[f"{a}_sq"] if a == b else terms["MW"]
+        ones2 = (terms[f"{a}_sum"] * terms[f"{b}_sum"]).sum()
+        return delayed_array(C.etf_error, fro2, trace, ones2, K, shape=(), like=A)
     if a == b:
         args = (terms[a + a], None, None, terms[f"{a}_sum"], None)
     else:

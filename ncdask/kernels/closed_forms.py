@@ -53,6 +53,16 @@ def nc1_from_between(Sb: Any, Sw: Any, n_classes: int, *, eps_dtype: Any = None)
     return xp.reshape(xp.asarray(val, dtype=Sb.dtype), (1,))
 
 
+def etf_error(fro2: Any, trace: Any, ones2: Any, n_classes: int) -> Any:
+    """:func:`etf_error_gram` from ``‖G‖_F²``, ``tr G`` and ``1ᵀG1``, for K > D + 1 only.
+    Both terms have unit norm: ``√(2 − 2c)``, ``c = (tr G − 1ᵀG1/K) / (√(K−1) ‖G‖_F)``.
+    Relative precision ``ε/err²``; G has rank ≤ D, so ``err² ≥ (K−1−D)/(K−1) ≥ 1/(K−1)``."""
+    xp = array_namespace(fro2)
+    with errstate(xp):
+        c = (trace - ones2 / n_classes) / (math.sqrt(n_classes - 1) * xp.sqrt(fro2))
+        return xp.sqrt(xp.maximum(2.0 - 2.0 * c, 0.0))
+
+
 def etf_error_gram(G: Any) -> Any:
     """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` from the K×K ``G``, entry by entry.
     A difference, not ``√(2 − 2 cos)``: an exact simplex gives ε, not √ε."""
@@ -66,7 +76,7 @@ def etf_error_gram(G: Any) -> Any:
 
 
 def etf_error_terms(AA: Any, BB: Any, AB: Any, a_sum: Any, b_sum: Any, n_classes: int) -> Any:
-    """:func:`etf_error_gram` of ``G = BAᵀ`` (K×K, K > D) from the D×D ``AᵀA``, ``BᵀB``,
+    """:func:`etf_error_gram` of ``G = BAᵀ`` (K×K, K = D + 1: a simplex fits) from the D×D ``AᵀA``, ``BᵀB``,
     ``AᵀB`` and the column sums (``BB``, ``AB``, ``b_sum`` None: ``B = A``), without forming G.
 
     With ``P = I − 11ᵀ/K`` and ``s = √(K−1)`` the error splits into orthogonal parts,

@@ -134,7 +134,8 @@ class Inputs:
         if self.K <= self.D or self.Mc is None:
             return None
         unit = any(n.startswith("interference") for n in self.todo)
-        return CF.tile_terms(self.Mc, self.W, unit=unit, cross="nc3_dual_err" in self.todo)
+        cross = "nc3_dual_err" in self.todo and self.K == self.D + 1  # an exact nc3_dual_err
+        return CF.tile_terms(self.Mc, self.W, unit=unit, cross=cross)
 
     @cached_property
     def nc1(self) -> da.Array:
