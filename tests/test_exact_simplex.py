@@ -13,10 +13,10 @@ def _simplex_stats(K, D, seed=0):
     """Class statistics whose means are the vertices of a rotated simplex ETF in R^D (D ≥ K−1)
     with an isotropic Σ_W, and the self-dual W (the normalised means)."""
     rng = np.random.default_rng(seed)
-    j = np.arange(1, K)[:, None]  # Helmert rows: an orthonormal basis H of 1⊥
-    H = np.where(np.arange(K) < j, 1.0, np.where(np.arange(K) == j, -j, 0.0)) / np.sqrt(j * (j + 1))
+    j, k = np.arange(1, K)[:, None], np.arange(K)  # Helmert rows: an orthonormal basis of 1⊥
+    H = np.where(k < j, 1.0, np.where(k == j, -j, 0.0)) / np.sqrt(j * (j + 1))
     Q = np.linalg.qr(rng.normal(size=(D, K - 1)))[0]
-    M = np.sqrt(K / (K - 1)) * H.T @ Q.T  # M Mᵀ = K/(K−1) (I − 11ᵀ/K)
+    M = np.sqrt(K / (K - 1)) * H.T @ Q.T  # M Mᵀ = K/(K−1)(I − 11ᵀ/K)
     arrays = dict(means=M, global_mean=M.mean(0), within_cov=0.01 * np.eye(D),
                   var_norms=np.full(K, 0.01 * D))
     stats = labelled_stats(arrays, np.full(K, 2), global_mean="unweighted", attrs={})

@@ -52,7 +52,8 @@ def tile_terms(M: da.Array, W: da.Array | None = None, *, unit: bool = False,
                cross: bool = False) -> dict[str, da.Array]:
     """Every class-tile reduction of the closed forms, in one fold over the tiles. ``MM = MᵀM``,
     ``WW = WᵀW`` (D×D), ``M_sum``/``W_sum`` (column sums), ``M_sq``/``W_sq`` (squared norms), ``MW
-    = Σ M∘W``; with ``cross`` (and W) ``MWg = MᵀW``; with ``unit``, of the rows ``u_k = m_k/(‖m_k‖ + ε)``: ``UU``, ``U_sum``, ``U_sq =
+    = Σ M∘W``; with ``cross`` (and W) ``MWg = MᵀW``;
+    with ``unit``, of the rows ``u_k = m_k/(‖m_k‖ + ε)``: ``UU``, ``U_sum``, ``U_sq =
     Σ‖u_k‖²``, ``U_quad = Σ‖u_k‖⁴``. One fold, as separate reductions in one compute keep every
     tile alive until the last of them has passed it."""
     M = M.rechunk({1: -1})

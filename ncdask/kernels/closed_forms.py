@@ -76,7 +76,8 @@ def etf_error_gram(G: Any) -> Any:
 
 
 def etf_error_terms(AA: Any, BB: Any, AB: Any, a_sum: Any, b_sum: Any, n_classes: int) -> Any:
-    """:func:`etf_error_gram` of ``G = BAᵀ`` (K×K, K = D + 1: a simplex fits) from the D×D ``AᵀA``, ``BᵀB``,
+    """:func:`etf_error_gram` of ``G = BAᵀ`` (K×K, K = D + 1: a simplex fits) from the D×D
+    ``AᵀA``, ``BᵀB``,
     ``AᵀB`` and the column sums (``BB``, ``AB``, ``b_sum`` None: ``B = A``), without forming G.
 
     With ``P = I − 11ᵀ/K`` and ``s = √(K−1)`` the error splits into orthogonal parts,
@@ -101,7 +102,8 @@ def etf_error_terms(AA: Any, BB: Any, AB: Any, a_sum: Any, b_sum: Any, n_classes
         off = (K * (xp.maximum(a @ Sb @ a, 0.0) + xp.maximum(b @ Sa @ b, 0.0))
                + K * K * xp.sum(a * b) ** 2) / g2
         lam, V = xp.linalg.eigh((S + S.T) / 2.0)
-        tol = float(xp.max(xp.abs(lam))) * float(np.finfo(np.float64).eps) * 16 * (S.shape[0] + math.sqrt(K))
+        eps = float(np.finfo(np.float64).eps)
+        tol = float(xp.max(xp.abs(lam))) * eps * 16 * (S.shape[0] + math.sqrt(K))  # round-off
         keep = lam > tol
         R = (xp.sqrt(xp.where(keep, lam, 0.0))[:, None] * V.T)[keep]
         Y = (R @ R.T if AB is None else R[:, D:] @ R[:, :D].T) / xp.sqrt(g2)

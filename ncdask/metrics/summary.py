@@ -16,6 +16,7 @@ from ncdask.kernels._xp import to_numpy
 from ncdask.metrics.inputs import KeptClasses, as_dask, like
 from ncdask.store.digest import digest, extend, seed
 
+
 def _row_digests(block: Any, name: str) -> np.ndarray:
     rows = np.ascontiguousarray(to_numpy(block), dtype=np.float64)
     rows = rows.reshape(rows.shape[0], -1)
@@ -85,7 +86,8 @@ def _check_fingerprints(counts: Any, *pairs: Any) -> Any:
 
 
 def agreement_from_summary(summary: xr.Dataset, M: da.Array, W: da.Array, b: da.Array,
-                           kept: KeptClasses, stats: xr.Dataset | None) -> tuple[da.Array, da.Array]:
+                           kept: KeptClasses, stats: xr.Dataset | None
+                           ) -> tuple[da.Array, da.Array]:
     """Lazy per-class (hits, counts) of a test summary, checked against the digests of the
     kept means ``M``, ``W``, ``b`` and the options (:func:`row_digests`, :func:`options_digest`)
     when computed."""
