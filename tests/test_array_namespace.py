@@ -199,6 +199,12 @@ def test_closed_form_kernels(xp):
     terms = [float((G * G).sum()), float(np.trace(G)), float(G.sum())]
     ref = C.etf_error(*map(np.asarray, terms), 8)
     _close(C.etf_error(*(xp.asarray(t) for t in terms), 8), ref)
+    ref = C.etf_error_gram(G)
+    _close(C.etf_error_gram(xp.asarray(G)), ref)
+    terms = [Mc.T @ Mc, None, None, Mc.sum(0), None]
+    got = C.etf_error_terms(*(None if t is None else xp.asarray(t) for t in terms), 8)
+    assert _is_xp(got, xp)
+    _close(got, ref)
 
 
 def test_decision_kernels(xp):

@@ -120,6 +120,30 @@ def test_a_summary_of_other_inputs_is_refused():
         ncdask.measure(st, weights=W, test=ood, metrics="nc4_agree")
 
 
+def test_a_change_a_projection_would_miss_is_refused():
+    """Fingerprints are digests of the exact values: W changed orthogonally to a fixed
+    vector (which a projection fingerprint kept, counting another classifier's agreement)
+    or one mean changed in its last bit."""
+    data, st, W = _case("wide")
+    ev = _feed(ncdask.EvalAccumulator(st, weights=W), data["X_test"],
+               data["Y_test"].astype(np.int64), 200, "test")
+    summ = ev.test_summary()
+    r = np.random.default_rng(7_261_201).standard_normal(W.shape[1])  # the old probe
+    d = np.random.default_rng(5).normal(size=W.shape)
+    W2 = W + (d - np.outer(d @ r, r) / (r @ r)) * np.abs(W).max()
+    assert np.allclose(W2 @ r, W @ r, rtol=1e-12, atol=1e-9)
+    with pytest.raises(ValueError, match="other classifier weights"):
+        ncdask.measure(st, weights=W2, test=summ, metrics="nc4_agree").compute()
+    nudged = st.copy(deep=True)
+    nudged["means"].values[0, 0] = np.nextafter(nudged["means"].values[0, 0], np.inf)
+    with pytest.raises(ValueError, match="other class means"):
+        ncdask.measure(nudged, weights=W, test=summ, metrics="nc4_agree").compute()
+    stored = split(data["X_test"], data["Y_test"], chunks=None)
+    same = [float(ncdask.measure(st, weights=W, test=t, metrics="nc4_agree").nc4_agree)
+            for t in (summ, stored)]
+    assert same[0] == same[1]
+
+
 def test_bad_batches_raise_and_add_nothing():
     data, st, W = _case("collapsed")
     K, D = W.shape

@@ -48,11 +48,12 @@ def gram(A: da.Array, B: da.Array | None = None) -> da.Array:
                            meta=meta_from_array(A._meta, ndim=2, dtype=dt))
 
 
-def tile_terms(M: da.Array, W: da.Array | None = None, *,
-               unit: bool = False) -> dict[str, da.Array]:
+def tile_terms(M: da.Array, W: da.Array | None = None, *, unit: bool = False,
+               cross: bool = False) -> dict[str, da.Array]:
     """Every class-tile reduction of the closed forms, in one fold over the tiles. ``MM = MᵀM``,
     ``WW = WᵀW`` (D×D), ``M_sum``/``W_sum`` (column sums), ``M_sq``/``W_sq`` (squared norms), ``MW
-    = Σ M∘W``; with ``unit``, of the rows ``u_k = m_k/(‖m_k‖ + ε)``: ``UU``, ``U_sum``, ``U_sq =
+    = Σ M∘W``; with ``cross`` (and W) ``MWg = MᵀW``;
+    with ``unit``, of the rows ``u_k = m_k/(‖m_k‖ + ε)``: ``UU``, ``U_sum``, ``U_sq =
     Σ‖u_k‖²``, ``U_quad = Σ‖u_k‖⁴``. One fold, as separate reductions in one compute keep every
     tile alive until the last of them has passed it."""
     M = M.rechunk({1: -1})
@@ -61,10 +62,13 @@ def tile_terms(M: da.Array, W: da.Array | None = None, *,
     if W is not None:
         W = W.rechunk((M.chunks[0], -1))
         args.append(W)
-    d = fold_rows(C.terms_reduction(unit), *args, how="chains", prefix="ncdask-terms")
+    cross = cross and W is not None
+    d = fold_rows(C.terms_reduction(unit, cross), *args, how="chains", prefix="ncdask-terms")
     shapes = {"MM": (D, D), "M_sum": (D,), "M_sq": ()}
     if W is not None:
         shapes.update(WW=(D, D), W_sum=(D,), W_sq=(), MW=())
+    if cross:
+        shapes["MWg"] = (D, D)
     if unit:
         shapes.update(UU=(D, D), U_sum=(D,), U_sq=(), U_quad=())
     f64 = np.dtype(np.float64)
@@ -87,27 +91,28 @@ def nc1_values(Mc: da.Array, Sw: da.Array, *, want_svd: bool, eps_dtype: Any = N
 def etf_error(A: da.Array, B: da.Array | None = None, *, terms: dict[str, da.Array] | None = None,
               pair: str = "MM") -> da.Array:
     """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` with ``G = B Aᵀ`` (``B = A`` by default).
-    G is not formed when D < K: ``‖BAᵀ‖_F² = ⟨BᵀB, AᵀA⟩`` from D×D grams, or
-    from ``terms`` (:func:`tile_terms` of M and W; ``pair`` names A and B)."""
-    Bm = A if B is None else B
+    G is formed only when K ≤ D; else from the D×D grams in ``terms`` (:func:`tile_terms` of M
+    and W, ``cross`` for ``pair`` "MW" when K = D + 1; ``pair`` names A and B) or folded here.
+    Where G can be a simplex (K ≤ D + 1) from differences, an exact one giving ε
+    (:mod:`ncdask.kernels.closed_forms`); else (err ≥ 1/√(K−1)) from three scalars."""
     K, D = A.shape
-    if terms is not None and K > D:
-        a, b = pair
+    if K <= D:  # K×K is no larger than D×D: one block
+        G = (A if B is None else B).rechunk(-1) @ A.rechunk(-1).T
+        return delayed_array(C.etf_error_gram, G, shape=(), like=A)
+    a, b = pair
+    exact = K == D + 1
+    if terms is None or (exact and a != b and "MWg" not in terms):
+        terms, (a, b) = tile_terms(A, B, cross=exact), ("M", "M" if B is None else "W")
+    if not exact:
         fro2 = (terms[a + a] * terms[b + b]).sum()
         trace = terms[f"{a}_sq"] if a == b else terms["MW"]
         ones2 = (terms[f"{a}_sum"] * terms[f"{b}_sum"]).sum()
+        return delayed_array(C.etf_error, fro2, trace, ones2, K, shape=(), like=A)
+    if a == b:
+        args = (terms[a + a], None, None, terms[f"{a}_sum"], None)
     else:
-        if K <= D:  # K×D is no larger than D×D: one block
-            G = Bm.rechunk(-1) @ A.rechunk(-1).T
-            fro2 = (G * G).sum()
-        elif B is None:
-            Ga = gram(A)
-            fro2 = (Ga * Ga).sum()
-        else:
-            fro2 = (gram(A) * gram(Bm)).sum()
-        trace = (A * Bm).sum()
-        ones2 = (A.sum(axis=0) * Bm.sum(axis=0)).sum()
-    return delayed_array(C.etf_error, fro2, trace, ones2, K, shape=(), like=A)
+        args = (terms["MM"], terms["WW"], terms["MWg"], terms["M_sum"], terms["W_sum"])
+    return delayed_array(C.etf_error_terms, *args, K, shape=(), like=A)
 
 
 def row_norms(A: da.Array) -> da.Array:

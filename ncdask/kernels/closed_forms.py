@@ -54,13 +54,62 @@ def nc1_from_between(Sb: Any, Sw: Any, n_classes: int, *, eps_dtype: Any = None)
 
 
 def etf_error(fro2: Any, trace: Any, ones2: Any, n_classes: int) -> Any:
-    """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` from ``‖G‖_F²``, ``tr G`` and ``1ᵀG1``.
-    Both terms have unit norm: ``√(2 − 2c)``, ``c = (tr G − 1ᵀG1/K) / (√(K−1) ‖G‖_F)``
-    (relative precision about ``ε / err²``)."""
+    """:func:`etf_error_gram` from ``‖G‖_F²``, ``tr G`` and ``1ᵀG1``, for K > D + 1 only.
+    Both terms have unit norm: ``√(2 − 2c)``, ``c = (tr G − 1ᵀG1/K) / (√(K−1) ‖G‖_F)``.
+    Relative precision ``ε/err²``; G has rank ≤ D, so ``err² ≥ (K−1−D)/(K−1) ≥ 1/(K−1)``."""
     xp = array_namespace(fro2)
     with errstate(xp):
         c = (trace - ones2 / n_classes) / (math.sqrt(n_classes - 1) * xp.sqrt(fro2))
         return xp.sqrt(xp.maximum(2.0 - 2.0 * c, 0.0))
+
+
+def etf_error_gram(G: Any) -> Any:
+    """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` from the K×K ``G``, entry by entry.
+    A difference, not ``√(2 − 2 cos)``: an exact simplex gives ε, not √ε."""
+    xp = array_namespace(G)
+    K = G.shape[0]
+    with errstate(xp):
+        g = xp.sqrt(xp.sum(G * G))
+        T = (xp.eye(K, dtype=G.dtype) - 1.0 / K) / math.sqrt(K - 1)
+        E = G / g - T
+        return xp.sqrt(xp.sum(E * E))
+
+
+def etf_error_terms(AA: Any, BB: Any, AB: Any, a_sum: Any, b_sum: Any, n_classes: int) -> Any:
+    """:func:`etf_error_gram` of ``G = BAᵀ`` (K×K, K = D + 1: a simplex fits) from the D×D
+    ``AᵀA``, ``BᵀB``,
+    ``AᵀB`` and the column sums (``BB``, ``AB``, ``b_sum`` None: ``B = A``), without forming G.
+
+    With ``P = I − 11ᵀ/K`` and ``s = √(K−1)`` the error splits into orthogonal parts,
+    ``‖G − PGP‖²`` (from the row means) and ``‖PGP − gP/s‖²``. The second lives in the span
+    of ``C = [PA, PB]``: with ``CᵀC = S = VΛVᵀ`` and ``R = Λ^½Vᵀ`` (the r rows above
+    round-off), it is ``g²‖Y − I/s‖² + g²(K−1−r)/s²``, ``Y = R E Rᵀ/g`` (r×r) for the E with
+    ``CECᵀ = PB(PA)ᵀ``. Every square is of a difference, so an exact simplex gives ε."""
+    xp = array_namespace(AA)
+    K, D = n_classes, AA.shape[0]
+    s2 = float(K - 1)
+    with errstate(xp):
+        a = a_sum / K
+        Sa = AA - K * (a[:, None] * a[None, :])
+        if AB is None:
+            b, Sb, S, g2 = a, Sa, Sa, xp.sum(AA * AA)
+        else:
+            b = b_sum / K
+            Sb = BB - K * (b[:, None] * b[None, :])
+            Sab = AB - K * (a[:, None] * b[None, :])
+            S, g2 = xp.concat([xp.concat([Sa, Sab], axis=1), xp.concat([Sab.T, Sb], axis=1)]), \
+                xp.sum(AA * BB)
+        off = (K * (xp.maximum(a @ Sb @ a, 0.0) + xp.maximum(b @ Sa @ b, 0.0))
+               + K * K * xp.sum(a * b) ** 2) / g2
+        lam, V = xp.linalg.eigh((S + S.T) / 2.0)
+        eps = float(np.finfo(np.float64).eps)
+        tol = float(xp.max(xp.abs(lam))) * eps * 16 * (S.shape[0] + math.sqrt(K))  # round-off
+        keep = lam > tol
+        R = (xp.sqrt(xp.where(keep, lam, 0.0))[:, None] * V.T)[keep]
+        Y = (R @ R.T if AB is None else R[:, D:] @ R[:, :D].T) / xp.sqrt(g2)
+        Y = Y - xp.eye(Y.shape[0], dtype=Y.dtype) / math.sqrt(s2)
+        r = int(xp.sum(keep))
+        return xp.sqrt(xp.maximum(off + xp.sum(Y * Y) + (s2 - r) / s2, 0.0))
 
 
 def gram_effective_rank(G: Any, *, singular: bool = False) -> Any:
@@ -99,12 +148,15 @@ def add_gram(acc: Any, a: Any, b: Any) -> Any:
 GRAM = Reduction(fold=add_gram, combine=sum_all)
 
 
-def fold_terms(acc: Any, m: Any, w: Any = None, *, unit: bool = False) -> dict[str, Any]:
+def fold_terms(acc: Any, m: Any, w: Any = None, *, unit: bool = False,
+               cross: bool = False) -> dict[str, Any]:
     """Add one class tile's terms into ``acc`` (:func:`ncdask.graph.closed_forms.tile_terms`)."""
     xp = array_namespace(m)
     t = {"MM": m.T @ m, "M_sum": xp.sum(m, axis=0), "M_sq": xp.sum(m * m)}
     if w is not None:
         t.update(WW=w.T @ w, W_sum=xp.sum(w, axis=0), W_sq=xp.sum(w * w), MW=xp.sum(m * w))
+        if cross:
+            t["MWg"] = m.T @ w
     if unit:  # the rows normalised as the reference does, u = m / (‖m‖ + eps)
         u = m / (xp.sqrt(xp.sum(m * m, axis=1)) + float(np.finfo(m.dtype).eps))[:, None]
         q = xp.sum(u * u, axis=1)
@@ -116,6 +168,8 @@ def fold_terms(acc: Any, m: Any, w: Any = None, *, unit: bool = False) -> dict[s
     return acc
 
 
-def terms_reduction(unit: bool = False) -> Reduction:
-    """The class-tile terms as a fold (``unit``: also those of the normalised rows)."""
-    return Reduction(fold=functools.partial(fold_terms, unit=unit), combine=sum_fields)
+def terms_reduction(unit: bool = False, cross: bool = False) -> Reduction:
+    """The class-tile terms as a fold (``unit``: also those of the normalised rows,
+    ``cross``: ``MᵀW``)."""
+    return Reduction(fold=functools.partial(fold_terms, unit=unit, cross=cross),
+                     combine=sum_fields)

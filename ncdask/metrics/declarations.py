@@ -134,7 +134,8 @@ class Inputs:
         if self.K <= self.D or self.Mc is None:
             return None
         unit = any(n.startswith("interference") for n in self.todo)
-        return CF.tile_terms(self.Mc, self.W, unit=unit)
+        cross = "nc3_dual_err" in self.todo and self.K == self.D + 1  # an exact nc3_dual_err
+        return CF.tile_terms(self.Mc, self.W, unit=unit, cross=cross)
 
     @cached_property
     def nc1(self) -> da.Array:
@@ -182,7 +183,8 @@ class Inputs:
         """Per-class (by true label) NC4 hits and counts; hits NaN for a classifier with
         non-finite or all-zero weights, which decides nothing."""
         if is_summary(self.test, "test"):
-            hits, n_test = agreement_from_summary(self.test, self.Mc, self.W, self.b, self.K_all)
+            hits, n_test = agreement_from_summary(self.test, self.M, self.W, self.b, self.kept,
+                                                  self.stats)
         else:
             hits, n_test = _decide(self)
         dead = ~da.isfinite(self.W).all() | ~(self.W != 0).any() | ~da.isfinite(self.b).all()

@@ -16,7 +16,7 @@ from ncdask.kernels import decisions as Dk
 from ncdask.kernels._xp import array_namespace, as_array, to_numpy
 from ncdask.metrics.api import measure
 from ncdask.metrics.inputs import check_stats, class_inputs, kept_classes
-from ncdask.metrics.summary import probe, same_fingerprint
+from ncdask.metrics.summary import options_digest, row_digests, same_fingerprint
 
 __all__ = ["EvalAccumulator"]
 
@@ -65,7 +65,11 @@ class EvalAccumulator:
         if not kept.n_kept:
             raise ValueError("the statistics have no class with samples to decide between")
         ins = class_inputs(stats, kept, weights=weights, bias=bias, tile_size=kept.n_kept)
-        Mc, mG, W, b = dask.compute(ins.Mc, ins.mG, ins.W, ins.b)
+        fp = [None if a is None else row_digests(a, k)
+              for k, a in (("means", ins.M), ("weights", ins.W), ("bias", ins.b))]
+        Mc, mG, W, b, *fp = dask.compute(ins.Mc, ins.mG, ins.W, ins.b, *fp,
+                                         options_digest(kept, stats))
+        self._fingerprint = dict(zip(("means", "weights", "bias", "options"), fp, strict=True))
         self.stats, self.weights, self.bias = stats, weights, bias
         self.min_count, self.kept = min_count, kept
         self.n_classes, self.dim = kept.n_all, int(Mc.shape[1])
@@ -73,9 +77,6 @@ class EvalAccumulator:
         self.allow_nonfinite = bool(allow_nonfinite)
         self._Mc, self._mG, self._W, self._b = Mc, mG, W, b
         xp = array_namespace(Mc)
-        r = xp.asarray(probe(self.dim))
-        self._fingerprint = {"means": Mc @ r, "weights": None if W is None else W @ r,
-                             "bias": b}
         self._hits = xp.zeros(self.n_classes, dtype=xp.int64)
         self._count = xp.zeros(self.n_classes, dtype=xp.int64)
         self._ood_sum = xp.zeros(self.dim, dtype=xp.float64)
@@ -202,7 +203,8 @@ class EvalAccumulator:
              "nc4_count": ("class", to_numpy(self._count)),
              "fingerprint_means": ("kept_class", fp["means"]),
              "fingerprint_weights": ("kept_class", fp["weights"]),
-             "fingerprint_bias": ("kept_class", fp["bias"])},
+             "fingerprint_bias": ("kept_class", fp["bias"]),
+             "fingerprint_options": ("fingerprint", fp["options"])},
             coords={"class": self.stats["class"].values if "class" in self.stats.coords
                     else np.arange(self.n_classes)},
             attrs={"ncdask_streamed": "test", "min_count": -1 if self.min_count is None

@@ -1,7 +1,7 @@
 """Streamed summaries (:class:`ncdask.EvalAccumulator`'s ``test`` and ``ood``) read as inputs.
 
-A test summary carries fingerprints (projections on a fixed random vector), so
-:func:`ncdask.measure` refuses it against other statistics, weights or ``min_count``."""
+A test summary carries fingerprints (CRC-32C digests of the exact float64 means, weights, bias
+and class options), so :func:`ncdask.measure` refuses it against any other."""
 
 from __future__ import annotations
 
@@ -13,26 +13,47 @@ import numpy as np
 import xarray as xr
 
 from ncdask.kernels._xp import to_numpy
-from ncdask.metrics.inputs import as_dask, like
-
-#: Seed of the fixed vector the fingerprints project on.
-FINGERPRINT_SEED = 7_261_201
-#: Relative tolerance of a fingerprint check (the lazy graph sums in other orders).
-FINGERPRINT_RTOL = 1e-9
+from ncdask.metrics.inputs import KeptClasses, as_dask, like
+from ncdask.store.digest import digest, extend, seed
 
 
-def probe(dim: int) -> np.ndarray:
-    """The fixed random vector of width ``dim`` the fingerprints project on."""
-    return np.random.default_rng(FINGERPRINT_SEED).standard_normal(dim)
+def _row_digests(block: Any, name: str) -> np.ndarray:
+    rows = np.ascontiguousarray(to_numpy(block), dtype=np.float64)
+    rows = rows.reshape(rows.shape[0], -1)
+    return np.fromiter((digest(name, 0, r) for r in rows), dtype=np.uint32, count=rows.shape[0])
+
+
+def row_digests(A: Any, name: str) -> Any:
+    """CRC-32C of each row's float64 bytes (uint32 per row; lazy for a dask ``A``): equal
+    exactly when the values are, whatever the chunks. A fingerprint of means, W or b."""
+    if not isinstance(A, da.Array):
+        return _row_digests(A, name)
+    A = A.rechunk({i: -1 for i in range(1, A.ndim)})
+    return A.map_blocks(_row_digests, name, drop_axis=list(range(1, A.ndim)), dtype=np.uint32,
+                        meta=np.empty(0, dtype=np.uint32))
+
+
+def options_digest(kept: KeptClasses, stats: xr.Dataset | None) -> Any:
+    """CRC-32C (one uint32, lazy) of what picks and centres the classes: the kept classes,
+    their counts, ``ignore_index``, the global-mean mode and the statistics' global mean."""
+    mode = None if stats is None else stats.attrs.get("global_mean")
+    gm = None if stats is None else as_dask(stats["global_mean"])
+    return dask.delayed(_options_digest, pure=True)(kept, mode, gm)
+
+
+def _options_digest(kept: KeptClasses, mode: Any, gm: Any) -> np.ndarray:
+    crc = seed(f"options/{kept.ignore_index}/{mode}/{kept.refiltered}", 0)
+    for a in (np.asarray(kept.present, np.int64), np.asarray(kept.counts, np.int64),
+              np.empty(0) if gm is None else np.asarray(to_numpy(gm), np.float64)):
+        crc = extend(crc, a)
+    return np.asarray([crc], dtype=np.uint32)
 
 
 def same_fingerprint(a: Any, b: Any) -> bool:
-    """Whether two fingerprints (or two Nones) agree to :data:`FINGERPRINT_RTOL`."""
+    """Whether two fingerprints (or two Nones) are equal."""
     if a is None or b is None:
         return a is None and b is None
-    a, b = np.asarray(to_numpy(a)), np.asarray(to_numpy(b))
-    return a.shape == b.shape and bool(
-        np.linalg.norm(a - b) <= FINGERPRINT_RTOL * max(np.linalg.norm(a), 1e-300))
+    return bool(np.array_equal(np.asarray(to_numpy(a)), np.asarray(to_numpy(b))))
 
 
 def is_summary(obj: Any, kind: str) -> bool:
@@ -53,10 +74,9 @@ def summary_dim(summary: xr.Dataset) -> int:
     return int(summary.sizes["feature"])
 
 
-def _check_fingerprints(fp_m: Any, fp_w: Any, fp_b: Any, want_m: Any, want_w: Any,
-                        want_b: Any, counts: Any) -> Any:
-    for name, got, want in (("class means", fp_m, want_m), ("classifier weights", fp_w, want_w),
-                            ("classifier bias", fp_b, want_b)):
+def _check_fingerprints(counts: Any, *pairs: Any) -> Any:
+    names = ("class means", "classifier weights", "classifier bias", "class selection")
+    for name, got, want in zip(names, pairs[0::2], pairs[1::2], strict=True):
         if not same_fingerprint(got, want):
             raise ValueError(
                 f"the streamed test summary was made against other {name} (or another "
@@ -65,24 +85,30 @@ def _check_fingerprints(fp_m: Any, fp_w: Any, fp_b: Any, want_m: Any, want_w: An
     return counts
 
 
-def agreement_from_summary(summary: xr.Dataset, Mc: da.Array, W: da.Array, b: da.Array,
-                           n_classes: int) -> tuple[da.Array, da.Array]:
-    """Lazy per-class (hits, counts) of a test summary, checked against ``Mc``, ``W``, ``b``
-    when computed (on the same lazy inputs the other metrics use)."""
-
+def agreement_from_summary(summary: xr.Dataset, M: da.Array, W: da.Array, b: da.Array,
+                           kept: KeptClasses, stats: xr.Dataset | None
+                           ) -> tuple[da.Array, da.Array]:
+    """Lazy per-class (hits, counts) of a test summary, checked against the digests of the
+    kept means ``M``, ``W``, ``b`` and the options (:func:`row_digests`, :func:`options_digest`)
+    when computed."""
+    n_classes = kept.n_all
     if summary.sizes.get("class") != n_classes:
         raise ValueError(f"the streamed test summary has {summary.sizes.get('class')} "
                          f"classes, the statistics {n_classes}")
-    if summary.sizes.get("kept_class") != Mc.shape[0]:
+    if summary.sizes.get("kept_class") != M.shape[0]:
         raise ValueError(
             f"the streamed test summary decided between {summary.sizes.get('kept_class')} "
-            f"classes, measure keeps {Mc.shape[0]}: pass the same min_count to both")
-    r = like(da.from_array(probe(Mc.shape[1]), chunks=-1), Mc)
+            f"classes, measure keeps {M.shape[0]}: pass the same min_count to both")
+    if "fingerprint_options" not in summary:
+        raise ValueError("the streamed test summary was made by an older ncdask (its "
+                         "fingerprints are projections): build it again with this one")
     counts = np.stack([summary["nc4_hits"].values, summary["nc4_count"].values]).astype(
         np.float64)
-    checked = dask.delayed(_check_fingerprints, pure=True)(
-        summary["fingerprint_means"].values, summary["fingerprint_weights"].values,
-        summary["fingerprint_bias"].values, (Mc @ r), (W @ r), b, counts)
+    want = (row_digests(M, "means"), row_digests(W, "weights"), row_digests(b, "bias"),
+            options_digest(kept, stats))
+    pairs = [x for k, w in zip(("means", "weights", "bias", "options"), want, strict=True)
+             for x in (summary[f"fingerprint_{k}"].values, w)]
+    checked = dask.delayed(_check_fingerprints, pure=True)(counts, *pairs)
     both = da.from_delayed(checked, shape=counts.shape, dtype=np.float64,
                            meta=np.empty((0, 0), dtype=np.float64))
     return both[0], both[1]
