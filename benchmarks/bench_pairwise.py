@@ -15,8 +15,12 @@ For each K (one fresh subprocess per K, so that peak RSS is that K's alone):
   transcendental work over the K²/2 pairs: ``log``, ``exp`` (the Riesz
   power), ``sqrt`` and one division, each one ufunc call over strips of the
   kernel's size (:data:`ncdask.kernels.pairwise.STRIP_PAIRS`);
-* the report gives the median wall time, its ratio to the sum of both
-  floors and to the GEMM floor alone, the median graph build time, and the
+* both floors are measured again just before each run (the load of a shared
+  machine drifts), in wall and in CPU seconds;
+* the report gives the median wall time, the median over runs of its ratio
+  to the sum of both floors and to the GEMM floor alone, the same ratio in
+  CPU seconds (the process's against the floors' threads: steadier where
+  other processes share the cores), the median graph build time, and the
   peak RSS (``resource.getrusage``).
 
 Usage::
@@ -70,61 +74,81 @@ CHILD = textwrap.dedent(
     T = build().attrs["tile_size"]
 
     def concurrently(fn, n):
-        ts = [threading.Thread(target=fn) for _ in range(n)]
+        # wall seconds of fn run in n threads at once, and their CPU seconds
+        cpu = []
+        def timed():
+            c0 = time.thread_time()
+            fn()
+            cpu.append(time.thread_time() - c0)
+        ts = [threading.Thread(target=timed) for _ in range(n)]
         t0 = time.perf_counter()
         for t in ts:
             t.start()
         for t in ts:
             t.join()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, sum(cpu)
 
-    # ---- GEMM rate: best of a few products of the tile's shape
     A, B = rng.normal(size=(T, D)), rng.normal(size=(T, D))
-    flops = 2.0 * T * T * D
-    with threadpool_limits(1):
-        concurrently(lambda: A @ B.T, ncores)
-        per_core = min(concurrently(lambda: A @ B.T, ncores) for _ in range(3))
-    A @ B.T
-    whole = min(concurrently(lambda: A @ B.T, 1) for _ in range(3))
-    rate = max(ncores * flops / per_core, flops / whole)
-    del A, B
-    gemm_floor = 2 * K * K * D / rate  # two Gram upper triangles (means, W): K²·D each
-
-    # ---- elementwise floor: log, exp, sqrt, divide over K²/2 pairs, one thread per core
-    n = STRIP_PAIRS
-    reps = max(1, min(200, int(2e8 // n)))
+    x = rng.random(STRIP_PAIRS) + 0.5
+    reps = 50
     def strips():
-        x = rng.random(n) + 0.5
-        y = np.empty(n)
+        y = np.empty_like(x)
         for _ in range(reps):
             np.log(x, out=y)
             np.exp(y, out=y)
             np.sqrt(x, out=y)
             np.divide(x, y, out=y)
-    concurrently(strips, ncores)
-    el = min(concurrently(strips, ncores) for _ in range(3))
-    elem_floor = (K * K / 2) / (ncores * reps * n / el)
 
+    def floors():
+        # GEMM and elementwise floors in wall and CPU seconds: two Gram upper triangles
+        # (K^2 D flops each) at the best rate of a few products of the tile's shape, and
+        # log/exp/sqrt/divide over K^2/2 pairs, one NumPy call per strip
+        flops = 2.0 * T * T * D
+        with threadpool_limits(1):
+            per_core = min(concurrently(lambda: A @ B.T, ncores) for _ in range(3))
+        whole = min(concurrently(lambda: A @ B.T, 1)[0] for _ in range(3))
+        rate = max(ncores * flops / per_core[0], flops / whole)
+        el = min(concurrently(strips, ncores) for _ in range(3))
+        scale_el = (K * K / 2) / (ncores * reps * STRIP_PAIRS)
+        work = 2 * K * K * D
+        return dict(rate=rate, gemm=work / rate, elem=el[0] * scale_el,
+                    gemm_cpu=work / (ncores * flops) * per_core[1], elem_cpu=el[1] * scale_el)
+
+    with threadpool_limits(1):
+        concurrently(lambda: A @ B.T, ncores)
+    concurrently(strips, ncores)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times, builds = [], []
+    runs = []
     with dask.config.set(scheduler="threads"):
         for _ in range(repeats):
+            f = floors()  # just before each run: the machine's load drifts
+            u0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
             res = build()
-            builds.append(time.perf_counter() - t0)
+            build_s = time.perf_counter() - t0
             vals = res.compute()
-            times.append(time.perf_counter() - t0)
+            wall = time.perf_counter() - t0
+            u1 = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = u1.ru_utime - u0.ru_utime + u1.ru_stime - u0.ru_stime
+            runs.append(dict(f, wall=wall, build=build_s, cpu=cpu,
+                             ratio=wall / (f["gemm"] + f["elem"]),
+                             ratio_cpu=cpu / (f["gemm_cpu"] + f["elem_cpu"])))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def med_(key):
+        return statistics.median(r[key] for r in runs)
+    times = [r["wall"] for r in runs]
     med = statistics.median(times)
     print(json.dumps({
         "K": K, "D": D, "tile_size": T, "metrics": PAIRWISE, "repeats": repeats,
-        "times_s": times, "median_s": med, "build_s": builds,
-        "build_median_s": statistics.median(builds),
-        "gemm_rate_gflops": rate / 1e9, "gemm_floor_s": gemm_floor,
-        "elementwise_floor_s": elem_floor, "floor_s": gemm_floor + elem_floor,
-        "ratio_to_floor": med / (gemm_floor + elem_floor), "ratio_to_gemm": med / gemm_floor,
+        "times_s": times, "median_s": med, "build_median_s": med_("build"),
+        "gemm_rate_gflops": med_("rate") / 1e9, "gemm_floor_s": med_("gemm"),
+        "elementwise_floor_s": med_("elem"), "ratio_to_floor": med_("ratio"),
+        "ratio_to_gemm": statistics.median(r["wall"] / r["gemm"] for r in runs),
+        "cpu_s": med_("cpu"), "cpu_floor_s": med_("gemm_cpu") + med_("elem_cpu"),
+        "ratio_cpu_to_floor": med_("ratio_cpu"), "runs": runs,
         "peak_rss_mib": peak / 1024, "rss_before_compute_mib": rss_before / 1024,
-        "cores": ncores, "dask": dask.__version__, "numpy": np.__version__,
+        "cores": ncores, "load_avg_1min": os.getloadavg()[0],
+        "dask": dask.__version__, "numpy": np.__version__,
         "nc2g_dist_mean": float(vals.nc2g_dist_mean),
     }))
     """
@@ -152,13 +176,14 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     reports = []
     print(f"{'K':>7} {'tile':>6} {'median s':>9} {'build s':>7} {'GEMM s':>7} {'elem s':>7} "
-          f"{'/floors':>7} {'/GEMM':>6} {'GF/s':>6} {'peak MiB':>8}")
+          f"{'/floors':>7} {'/GEMM':>6} {'CPU/fl':>6} {'GF/s':>6} {'peak MiB':>8}")
     for K in a.ks:
         r = run_one(K, a.dim, a.repeats, a.tile_size)
         reports.append(r)
         print(f"{r['K']:>7} {r['tile_size']:>6} {r['median_s']:>9.2f} {r['build_median_s']:>7.2f} "
               f"{r['gemm_floor_s']:>7.2f} {r['elementwise_floor_s']:>7.2f} "
               f"{r['ratio_to_floor']:>7.2f} {r['ratio_to_gemm']:>6.2f} "
+              f"{r['ratio_cpu_to_floor']:>6.2f} "
               f"{r['gemm_rate_gflops']:>6.0f} {r['peak_rss_mib']:>8.0f}", flush=True)
         if a.out:  # after each K, so that a long run keeps what it measured
             os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
