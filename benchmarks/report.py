@@ -75,8 +75,9 @@ def _vocab_fig(case: str) -> str:
             f"the sum of the floors (I/O {_med(runs, 'io_s'):.1f} s, GEMM 2·N·D² at dgemm "
             f"{_med(runs, 'gemm_s'):.1f} s), peak RSS {_med(runs, 'stats_peak_mib') / 1024:.1f} "
             f"GiB; the three metrics (nc1_pinv, nc2_etf_err, nc3_dual_err) "
-            f"{_med(runs, 'measure_s'):.1f} s, peak RSS {_med(runs, 'measure_peak_mib') / 1024:.2f}"
-            f" GiB; {_n_runs(len(runs))} ({each}), each against the floors of its own run")
+            f"{_med(runs, 'measure_s'):.1f} s, peak RSS "
+            f"{_med(runs, 'measure_peak_mib') / 1024:.2f} GiB; {_n_runs(len(runs))} ({each}), "
+            "each against the floors of its own run")
 
 
 def _vocab_pair_fig() -> str:
@@ -113,7 +114,8 @@ def _neco_fig() -> str:
 
 #: (what, command, results file, figure) of each row, in the README's order.
 ROWS = [
-    ("class statistics, D=512, K=1000, 1 GiB store (N=524,288)", "python benchmarks/bench_stats.py",
+    ("class statistics, D=512, K=1000, 1 GiB store (N=524,288)",
+     "python benchmarks/bench_stats.py",
      "bench_stats.txt", lambda: _stats_fig("bench_stats.txt")),
     ("same, 8 GiB store (N=4,194,304)", "same", "bench_stats.txt",
      lambda: _stats_fig("bench_stats.txt", "8Gi")),
@@ -121,7 +123,8 @@ ROWS = [
      "bench_stats_openblas1.txt", lambda: _stats_fig("bench_stats_openblas1.txt")),
     ("one BLAS thread per task by default (ncdask's dask callback), against it switched off",
      "python benchmarks/bench_stats.py --sizes 1 --reps 3`, then `... --stats-env "
-     "DASK_NCDASK__BLAS_PER_TASK=False", "bench_stats_blas1_default.txt, bench_stats_blas1_off.txt",
+     "DASK_NCDASK__BLAS_PER_TASK=False",
+     "bench_stats_blas1_default.txt, bench_stats_blas1_off.txt",
      _blas_fig),
     ("class statistics at default settings, K=1000, D=512, 1 GiB, class-chunked pass",
      "python benchmarks/bench_stats.py --sizes 1 --reps 3", "bench_stats_1gib_shifted.txt",
@@ -170,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     new = splice(old, table())
     if a.check:
         if new != old:
-            print("README.md's performance table differs from benchmarks/results/", file=sys.stderr)
+            print("README.md's performance table differs from benchmarks/results/",
+                  file=sys.stderr)
             return 1
         return 0
     README.write_text(new)

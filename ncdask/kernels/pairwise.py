@@ -343,7 +343,8 @@ def pair_moments(Mi: Any, Mj: Any, gi: Any, gj: Any, vi: Any = None, vj: Any = N
                 parts.append(_block_moments(
                     ri.rows(sl), cols.rows(cs), mask,
                     None if vi is None else vi[sl], None if vc is None else vc[cs],
-                    None if WI is None else WI.rows(sl), None if cols_w is None else cols_w.rows(cs),
+                    None if WI is None else WI.rows(sl),
+                    None if cols_w is None else cols_w.rows(cs),
                     C[sb, cs], None if CW is None else CW[sb, cs],
                     stats, dist_exp, riesz_s, inv_km1, xp,
                 ))
