@@ -1,27 +1,32 @@
-"""Benchmark: the fused pairwise metrics against the GEMM floor, and their peak memory.
+"""Benchmark: every pairwise metric on the means and W against its GEMM and elementwise floors.
 
 For each K (one fresh subprocess per K, so that peak RSS is that K's alone):
 
-* the machine's GEMM rate R is measured in that process (best of a single
-  (2048×D)·(D×2048) product and of one such product per core run
-  concurrently, float64);
-* ``measure(stats, metrics=[nc1_cdnv, nc2g_dist, nc2g_log, nc2g_riesz,
-  nc2_equiangle, nc2_max_angle])`` is computed ``--repeats`` times — one
-  fused graph over the upper-triangle class tiles;
-* the report gives the median wall time, its ratio to the GEMM floor
-  ``2·K²·D / R`` (the cost of the one K×K Gram matrix the metrics need), and
-  the peak RSS (``resource.getrusage``), also net of the process's RSS
-  before computing (interpreter, libraries and the K×D inputs).
+* ``measure(stats, weights=W, metrics=PAIRWISE)`` (CDNV, the three GNC2
+  kernels, equiangle and max-angle on the means, max-angle on W: one fused
+  graph over the upper-triangle class tiles) runs ``--repeats`` times, each
+  timed from building the graph to the result;
+* the GEMM floor is the work the kernel must do, the upper triangle of two
+  Gram matrices (means and W), ``2 · K²·D`` flops, at the machine's best
+  float64 rate measured in the same process: the best of a few products of
+  the tile's shape (T×D)·(D×T), one per core at once (one BLAS thread each,
+  as the graph runs them) and one with every BLAS thread;
+* the elementwise floor is the time NumPy takes, one thread per core, for the
+  transcendental work over the K²/2 pairs: ``log``, ``exp`` (the Riesz
+  power), ``sqrt`` and one division, each one ufunc call over strips of the
+  kernel's size (:data:`ncdask.kernels.pairwise.STRIP_PAIRS`);
+* both floors are measured again just before each run (the load of a shared
+  machine drifts), in wall and in CPU seconds;
+* the report gives the median wall time, the median over runs of its ratio
+  to the sum of both floors and to the GEMM floor alone, the same ratio in
+  CPU seconds (the process's against the floors' threads: steadier where
+  other processes share the cores), the median graph build time, and the
+  peak RSS (``resource.getrusage``).
 
 Usage::
 
-    python benchmarks/bench_pairwise.py                      # K = 1e3, 1e4, 5e4, D = 128
-    python benchmarks/bench_pairwise.py --ks 1000 10000 --repeats 5 --out results/pairwise.json
-    python benchmarks/bench_pairwise.py --blas-threads 1     # one BLAS thread per dask worker
-    python benchmarks/bench_pairwise.py --scheduler processes  # worker processes: no GIL
-
-With ``--scheduler processes`` the peak RSS is the larger of the parent's and
-the largest worker's.
+    python benchmarks/bench_pairwise.py --ks 32768 131072 --dim 512 --repeats 3 \\
+        --out benchmarks/results/bench_pairwise.json
 """
 
 from __future__ import annotations
@@ -35,43 +40,24 @@ import textwrap
 
 CHILD = textwrap.dedent(
     """
-    import json, os, resource, statistics, sys, time
-    from concurrent.futures import ThreadPoolExecutor
+    import json, os, resource, statistics, sys, threading, time
 
     import dask
     import dask.array as da
     import numpy as np
     import xarray as xr
+    from threadpoolctl import threadpool_limits
 
+    from ncdask.kernels.pairwise import STRIP_PAIRS
     from ncdask.metrics import measure
 
-    K, D, repeats = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    tile = int(sys.argv[4]) or None
-    scheduler = sys.argv[5]
+    K, D, repeats, tile = (int(a) for a in sys.argv[1:5])
     ncores = os.cpu_count() or 1
     rng = np.random.default_rng(0)
-
-    # ---- the machine's float64 GEMM rate, measured here
-    n = 2048
-    A = rng.normal(size=(n, D))
-    B = rng.normal(size=(n, D))
-    flops = 2.0 * n * n * D
-    A @ B.T
-    single = min(_t for _t in (
-        (lambda t0: (A @ B.T, time.perf_counter() - t0)[1])(time.perf_counter())
-        for _ in range(7)))
-    pool = ThreadPoolExecutor(ncores)
-    def conc():
-        t0 = time.perf_counter()
-        list(pool.map(lambda _: A @ B.T, range(ncores)))
-        return time.perf_counter() - t0
-    conc()
-    concurrent = min(conc() for _ in range(5))
-    rate = max(flops / single, ncores * flops / concurrent)
-    del A, B
-
-    # ---- class statistics of K classes (only what the pairwise metrics read)
-    means = rng.normal(size=(K, D))
+    PAIRWISE = ["nc1_cdnv", "nc2_equiangle", "nc2_max_angle", "nc2g_dist_mean", "nc2g_dist_var",
+                "nc2g_log_mean", "nc2g_log_var", "nc2g_riesz_mean", "nc2g_riesz_var",
+                "nc2g_riesz_log_mean", "nc2g_riesz_log_var", "nc2w_max_angle"]
+    means, W = rng.normal(size=(K, D)), rng.normal(size=(K, D))
     stats = xr.Dataset(
         {
             "counts": ("class", np.full(K, 100, dtype=np.int64)),
@@ -82,60 +68,98 @@ CHILD = textwrap.dedent(
         },
         coords={"class": np.arange(K)},
     )
-    metrics = ["nc1_cdnv", "nc2g_dist", "nc2g_log", "nc2g_riesz", "nc2_equiangle",
-               "nc2_max_angle"]
+    Wd = da.from_array(W, chunks=(8192, -1))
+    def build():
+        return measure(stats, weights=Wd, metrics=PAIRWISE, tile_size=tile or None)
+    T = build().attrs["tile_size"]
+
+    def concurrently(fn, n):
+        # wall seconds of fn run in n threads at once, and their CPU seconds
+        cpu = []
+        def timed():
+            c0 = time.thread_time()
+            fn()
+            cpu.append(time.thread_time() - c0)
+        ts = [threading.Thread(target=timed) for _ in range(n)]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return time.perf_counter() - t0, sum(cpu)
+
+    A, B = rng.normal(size=(T, D)), rng.normal(size=(T, D))
+    x = rng.random(STRIP_PAIRS) + 0.5
+    reps = 50
+    def strips():
+        y = np.empty_like(x)
+        for _ in range(reps):
+            np.log(x, out=y)
+            np.exp(y, out=y)
+            np.sqrt(x, out=y)
+            np.divide(x, y, out=y)
+
+    def floors():
+        # GEMM and elementwise floors in wall and CPU seconds: two Gram upper triangles
+        # (K^2 D flops each) at the best rate of a few products of the tile's shape, and
+        # log/exp/sqrt/divide over K^2/2 pairs, one NumPy call per strip
+        flops = 2.0 * T * T * D
+        with threadpool_limits(1):
+            per_core = min(concurrently(lambda: A @ B.T, ncores) for _ in range(3))
+        whole = min(concurrently(lambda: A @ B.T, 1)[0] for _ in range(3))
+        rate = max(ncores * flops / per_core[0], flops / whole)
+        el = min(concurrently(strips, ncores) for _ in range(3))
+        scale_el = (K * K / 2) / (ncores * reps * STRIP_PAIRS)
+        work = 2 * K * K * D
+        return dict(rate=rate, gemm=work / rate, elem=el[0] * scale_el,
+                    gemm_cpu=work / (ncores * flops) * per_core[1], elem_cpu=el[1] * scale_el)
+
+    with threadpool_limits(1):
+        concurrently(lambda: A @ B.T, ncores)
+    concurrently(strips, ncores)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    pool = None
-    if scheduler == "processes":
-        import multiprocessing
-        pool = multiprocessing.get_context("spawn").Pool(ncores)
-        pool.starmap(exec, [("import ncdask.metrics", {})] * ncores)  # warm the workers
-        cfg = dict(scheduler="processes", pool=pool)
-    else:
-        cfg = dict(scheduler="threads")
-    times = []
-    with dask.config.set(**cfg):
+    runs = []
+    with dask.config.set(scheduler="threads"):
         for _ in range(repeats):
-            res = measure(stats, metrics=metrics, tile_size=tile)
+            f = floors()  # just before each run: the machine's load drifts
+            u0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
+            res = build()
+            build_s = time.perf_counter() - t0
             vals = res.compute()
-            times.append(time.perf_counter() - t0)
-    if pool is not None:
-        pool.close()
-        pool.join()
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+            wall = time.perf_counter() - t0
+            u1 = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = u1.ru_utime - u0.ru_utime + u1.ru_stime - u0.ru_stime
+            runs.append(dict(f, wall=wall, build=build_s, cpu=cpu,
+                             ratio=wall / (f["gemm"] + f["elem"]),
+                             ratio_cpu=cpu / (f["gemm_cpu"] + f["elem_cpu"])))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def med_(key):
+        return statistics.median(r[key] for r in runs)
+    times = [r["wall"] for r in runs]
     med = statistics.median(times)
-    floor = 2.0 * K * K * D / rate
     print(json.dumps({
-        "K": K, "D": D, "tile_size": res.attrs["tile_size"], "repeats": repeats,
-        "times_s": times, "median_s": med, "gemm_rate_gflops": rate / 1e9,
-        "gemm_floor_s": floor, "ratio_to_floor": med / floor,
+        "K": K, "D": D, "tile_size": T, "metrics": PAIRWISE, "repeats": repeats,
+        "times_s": times, "median_s": med, "build_median_s": med_("build"),
+        "gemm_rate_gflops": med_("rate") / 1e9, "gemm_floor_s": med_("gemm"),
+        "elementwise_floor_s": med_("elem"), "ratio_to_floor": med_("ratio"),
+        "ratio_to_gemm": statistics.median(r["wall"] / r["gemm"] for r in runs),
+        "cpu_s": med_("cpu"), "cpu_floor_s": med_("gemm_cpu") + med_("elem_cpu"),
+        "ratio_cpu_to_floor": med_("ratio_cpu"), "runs": runs,
         "peak_rss_mib": peak / 1024, "rss_before_compute_mib": rss_before / 1024,
-        "peak_rss_net_mib": (peak - rss_before) / 1024,
-        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
-        "scheduler": scheduler,
-        "cores": ncores, "dask": dask.__version__, "numpy": np.__version__,
+        "cores": ncores, "load_avg_1min": os.getloadavg()[0],
+        "dask": dask.__version__, "numpy": np.__version__,
         "nc2g_dist_mean": float(vals.nc2g_dist_mean),
     }))
     """
 )
 
 
-def run_one(
-    K: int, D: int, repeats: int, tile: int, blas_threads: int | None, scheduler: str = "threads"
-) -> dict:
+def run_one(K: int, D: int, repeats: int, tile: int) -> dict:
     """Run one K in a fresh interpreter and return its report."""
-    env = dict(os.environ)
-    if blas_threads:
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = str(blas_threads)
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(K), str(D), str(repeats), str(tile), scheduler],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
+        [sys.executable, "-c", CHILD, str(K), str(D), str(repeats), str(tile)],
+        capture_output=True, text=True, check=False,
     )
     if out.returncode:
         raise RuntimeError(f"K={K} failed:\n{out.stderr[-4000:]}")
@@ -144,42 +168,27 @@ def run_one(
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ks", type=int, nargs="+", default=[1000, 10000, 50000])
-    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--ks", type=int, nargs="+", default=[32768, 131072])
+    p.add_argument("--dim", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tile-size", type=int, default=0, help="0: ncdask's default")
-    p.add_argument(
-        "--blas-threads",
-        type=int,
-        default=None,
-        help="BLAS threads per process (default: the library's own)",
-    )
-    p.add_argument(
-        "--scheduler",
-        choices=["threads", "processes"],
-        default="threads",
-        help="dask scheduler (processes: one worker process per core, no GIL)",
-    )
     p.add_argument("--out", default=None, help="write the reports as JSON here")
     a = p.parse_args(argv)
     reports = []
-    print(
-        f"{'K':>7} {'tile':>6} {'median s':>9} {'floor s':>8} {'ratio':>6} "
-        f"{'GEMM GF/s':>9} {'peak RSS MiB':>12} {'net MiB':>8}"
-    )
+    print(f"{'K':>7} {'tile':>6} {'median s':>9} {'build s':>7} {'GEMM s':>7} {'elem s':>7} "
+          f"{'/floors':>7} {'/GEMM':>6} {'CPU/fl':>6} {'GF/s':>6} {'peak MiB':>8}")
     for K in a.ks:
-        r = run_one(K, a.dim, a.repeats, a.tile_size, a.blas_threads, a.scheduler)
+        r = run_one(K, a.dim, a.repeats, a.tile_size)
         reports.append(r)
-        print(
-            f"{r['K']:>7} {r['tile_size']:>6} {r['median_s']:>9.3f} {r['gemm_floor_s']:>8.3f} "
-            f"{r['ratio_to_floor']:>6.2f} {r['gemm_rate_gflops']:>9.1f} "
-            f"{r['peak_rss_mib']:>12.0f} {r['peak_rss_net_mib']:>8.0f}",
-            flush=True,
-        )
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            json.dump(reports, f, indent=2)
+        print(f"{r['K']:>7} {r['tile_size']:>6} {r['median_s']:>9.2f} {r['build_median_s']:>7.2f} "
+              f"{r['gemm_floor_s']:>7.2f} {r['elementwise_floor_s']:>7.2f} "
+              f"{r['ratio_to_floor']:>7.2f} {r['ratio_to_gemm']:>6.2f} "
+              f"{r['ratio_cpu_to_floor']:>6.2f} "
+              f"{r['gemm_rate_gflops']:>6.0f} {r['peak_rss_mib']:>8.0f}", flush=True)
+        if a.out:  # after each K, so that a long run keeps what it measured
+            os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+            with open(a.out, "w") as f:
+                json.dump(reports, f, indent=2)
 
 
 if __name__ == "__main__":

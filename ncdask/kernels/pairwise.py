@@ -97,51 +97,43 @@ class _Side:
 
 
 class _Tile:
-    """Distances and cosines of one tile, computed lazily from a single GEMM."""
+    """Distances and cosines of one tile from a single GEMM of the unit rows ``C = U_I U_Jᵀ``
+    (the cosines themselves, so that cosine statistics cost no elementwise pass)."""
 
-    def __init__(self, rows: _Side, cols: _Side, mask: Any, xp: Any, G: Any = None) -> None:
+    def __init__(self, rows: _Side, cols: _Side, mask: Any, xp: Any, C: Any = None) -> None:
         self.rows, self.cols, self.mask, self.xp = rows, cols, mask, xp
-        self.G = rows.A @ cols.A.T if G is None else G
-        self._cos = self._du2 = self._d2 = None
+        self.C = rows.unit() @ cols.unit().T if C is None else C
 
     def cos(self) -> Any:
-        """``u_i · u_j`` with ``u = m / (‖m‖ + ε)`` (full tile)."""
-        if self._cos is None:
-            c = self.G * self.rows.s[:, None]
-            c *= self.cols.s[None, :]
-            self._cos = c
-        return self._cos
+        """``u_i · u_j`` with ``u = m / (‖m‖ + ε)`` (full tile; the GEMM's buffer, read only)."""
+        return self.C
 
     def du2(self) -> Any:
         """``‖u_i − u_j‖²`` (full tile, close pairs exact)."""
-        if self._du2 is None:
-            ri, rj = self.rows, self.cols
-            d = self.cos() * -2.0
-            d += ri.a2[:, None]
-            d += rj.a2[None, :]
-            self._du2 = _fix_close(d, ri.unit, rj.unit, ri.a2, rj.a2, self.mask, self.xp)
-        return self._du2
+        ri, rj = self.rows, self.cols
+        d = self.C * -2.0
+        d += ri.a2[:, None]
+        d += rj.a2[None, :]
+        return _fix_close(d, ri.unit, rj.unit, ri.a2, rj.a2, self.mask, self.xp)
 
     def d2(self) -> Any:
-        """``‖m_i − m_j‖²`` (full tile, close pairs exact), in the GEMM's buffer: take it last."""
-        if self._d2 is None:
-            ri, rj = self.rows, self.cols
-            d = self.G
-            d *= -2.0
-            d += ri.n2[:, None]
-            d += rj.n2[None, :]
-            self.G = None
-            self._d2 = _fix_close(d, lambda: ri.A, lambda: rj.A, ri.n2, rj.n2, self.mask, self.xp)
-        return self._d2
+        """``‖m_i − m_j‖² = ‖m_i‖² + ‖m_j‖² − 2 C_ij/(s_i s_j)`` (full tile, close pairs exact)."""
+        ri, rj = self.rows, self.cols
+        d = self.C * (-2.0 / ri.s)[:, None]
+        d *= (1.0 / rj.s)[None, :]
+        d += ri.n2[:, None]
+        d += rj.n2[None, :]
+        return _fix_close(d, lambda: ri.A, lambda: rj.A, ri.n2, rj.n2, self.mask, self.xp)
 
 
 def _count(xp: Any, cond: Any) -> int:
     return int(xp.count_nonzero(cond))
 
 
-def _moments_row(x: Any, xp: Any, *, scratch_ok: bool = False) -> list[float]:
-    """Moments of ``x`` as a row of :data:`SLOTS`, non-finite values counted apart.
-    ``scratch_ok``: ``x`` may be overwritten."""
+def _moments_row(x: Any, xp: Any, *, scratch_ok: bool = False, scale: float = 1.0) -> list[float]:
+    """Moments of ``scale · x`` as a row of :data:`SLOTS`, non-finite values counted apart.
+    Three passes: the sum, the centring and one dot product. ``scratch_ok``: ``x`` may be
+    overwritten."""
     row = [0.0] * NSLOT
     if x.size == 0:
         return row
@@ -149,8 +141,9 @@ def _moments_row(x: Any, xp: Any, *, scratch_ok: bool = False) -> list[float]:
     if not math.isfinite(s):
         pos = _count(xp, x == math.inf)
         neg = _count(xp, x == -math.inf)
-        nan = _count(xp, xp.isnan(x))
-        row[POSINF], row[NEGINF], row[NAN] = float(pos), float(neg), float(nan)
+        if scale < 0:
+            pos, neg = neg, pos
+        row[POSINF], row[NEGINF], row[NAN] = float(pos), float(neg), float(_count(xp, xp.isnan(x)))
         x = x[xp.isfinite(x)]
         scratch_ok = True
         if x.size == 0:
@@ -158,17 +151,19 @@ def _moments_row(x: Any, xp: Any, *, scratch_ok: bool = False) -> list[float]:
         s = float(xp.sum(x))
     n = int(x.size)
     mean = s / n
-    d = x if scratch_ok else x.copy()
-    d -= mean
-    d *= d
-    row[N], row[MEAN], row[M2] = float(n), mean, float(xp.sum(d))
+    if scratch_ok:
+        x -= mean
+        d = xp.reshape(x, (-1,))
+    else:
+        d = xp.reshape(x - mean, (-1,))
+    row[N], row[MEAN], row[M2] = float(n), scale * mean, scale * scale * float(d @ d)
     return row
 
 
-def _riesz_row(lg: Any, s_exp: float, xp: Any) -> list[float]:
-    """Moments of ``|r| = ‖u_i − u_j‖^{−S} = exp(c) y`` from ``lg = log ‖u_i − u_j‖²``.
-    ``c`` is the largest ``log |r|`` (the row's ``log_scale``), so ``y ≤ 1``;
-    zero distances with ``S > 0`` count as ``+inf``."""
+def _riesz_row(lg: Any, s_exp: float, xp: Any, lo: float) -> list[float]:
+    """Moments of ``|r| = ‖u_i − u_j‖^{−S} = exp(c) y`` from ``lg = log ‖u_i − u_j‖²``
+    (``lo``: the smallest ``‖u_i − u_j‖²``). ``c`` is the largest ``log |r|`` (the row's
+    ``log_scale``), so ``y ≤ 1``; zero distances with ``S > 0`` count as ``+inf``."""
     if lg.size == 0:
         return [0.0] * NSLOT
     if s_exp == 0:
@@ -176,7 +171,7 @@ def _riesz_row(lg: Any, s_exp: float, xp: Any) -> list[float]:
     half = -0.5 * s_exp
     pos = 0
     if s_exp > 0:
-        ref = float(xp.min(lg))
+        ref = -math.inf if lo == 0 else math.log(lo) if lo > 0 else float(xp.min(lg))
         if ref == -math.inf:
             finite = lg > -math.inf
             pos = int(lg.size) - _count(xp, finite)
@@ -190,19 +185,26 @@ def _riesz_row(lg: Any, s_exp: float, xp: Any) -> list[float]:
         ref = float(xp.max(lg))
         if ref == -math.inf:  # every distance zero: |r| = 0 everywhere
             return _moments_row(xp.zeros_like(lg), xp, scratch_ok=True)
-    c = half * ref
-    y = lg * half
-    y -= c
+    y = lg - ref
+    y *= half
     xp.exp(y, out=y)
     row = _moments_row(y, xp, scratch_ok=True)
-    row[LOG_SCALE] = c
+    row[LOG_SCALE] = half * ref
     row[POSINF] += pos
     return row
 
 
-def _block_moments(Mi, Mj, mask, vi, vj, Wi, Wj, G, GW, stats, dist_exp, riesz_s, inv_km1, xp):
+def _dev_row(C: Any, inv_km1: float, xp: Any) -> list[float]:
+    """Moments of ``|C + 1/(K−1)|``."""
+    dev = C + inv_km1
+    xp.abs(dev, out=dev)
+    return _moments_row(dev, xp, scratch_ok=True)
+
+
+def _block_moments(Mi, Mj, mask, vi, vj, Wi, Wj, C, CW, stats, dist_exp, riesz_s, inv_km1, xp):
     """Moments rows of one block of a tile: :class:`_Side` rows and columns, the block of
-    the tile's GEMMs ``G``, ``GW`` (overwritten), ``mask`` the pairs that count (None: all)."""
+    the tile's cosine GEMMs ``C``, ``CW`` (read only), ``mask`` the pairs that count (None: all).
+    Each statistic costs the fewest NumPy passes: its values, then :func:`_moments_row`."""
     out = np.zeros((len(stats), NSLOT))
     if Mi.A.shape[0] == 0 or Mj.A.shape[0] == 0:
         return out
@@ -211,35 +213,31 @@ def _block_moments(Mi, Mj, mask, vi, vj, Wi, Wj, G, GW, stats, dist_exp, riesz_s
         return a if mask is None else a[mask]
 
     with errstate(xp):
-        t = _Tile(Mi, Mj, mask, xp, G)
+        t = _Tile(Mi, Mj, mask, xp, C)
         rows: dict[str, list[float]] = {}
         if "cos" in stats or "cos_dev" in stats:
             c = pick(t.cos())
             if "cos" in stats:
                 rows["cos"] = _moments_row(c, xp)
             if "cos_dev" in stats:
-                dev = c + inv_km1
-                xp.abs(dev, out=dev)
-                rows["cos_dev"] = _moments_row(dev, xp, scratch_ok=True)
-                del dev
+                rows["cos_dev"] = _dev_row(c, inv_km1, xp)
+            del c
         if any(k in stats for k in ("dist", "log", "riesz")):
             du2 = pick(t.du2())
             if "riesz" in stats or "log" in stats:
                 lg = xp.log(du2)
                 if "riesz" in stats:
-                    rows["riesz"] = _riesz_row(lg, riesz_s, xp)
+                    lo = float(xp.min(du2)) if riesz_s > 0 and du2.size else 0.0
+                    rows["riesz"] = _riesz_row(lg, riesz_s, xp, lo)
                 if "log" in stats:
-                    lg *= -0.5
-                    rows["log"] = _moments_row(lg, xp, scratch_ok=True)
+                    rows["log"] = _moments_row(lg, xp, scratch_ok=True, scale=-0.5)
                 del lg
             if "dist" in stats:
                 xp.sqrt(du2, out=du2)
                 rows["dist"] = _moments_row(du2, xp, scratch_ok=True)
             del du2
-            t._du2 = None
         if "cdnv" in stats:
             d2 = pick(t.d2())
-            t._d2 = None
             if dist_exp != 1.0:
                 d2 = d2 * d2 if dist_exp == 2.0 else d2**dist_exp
             val = pick(vi[:, None] + vj[None, :])  # halved by the caller
@@ -247,11 +245,7 @@ def _block_moments(Mi, Mj, mask, vi, vj, Wi, Wj, G, GW, stats, dist_exp, riesz_s
             del d2
             rows["cdnv"] = _moments_row(val, xp, scratch_ok=True)
         if "wcos_dev" in stats:
-            w = _Tile(Wi, Wj, mask, xp, GW)
-            dev = pick(w.cos())
-            dev += inv_km1
-            xp.abs(dev, out=dev)
-            rows["wcos_dev"] = _moments_row(dev, xp, scratch_ok=True)
+            rows["wcos_dev"] = _dev_row(pick(_Tile(Wi, Wj, mask, xp, CW).cos()), inv_km1, xp)
     for k, name in enumerate(stats):
         if name not in rows:
             raise ValueError(f"unknown pairwise statistic {name!r}; known: {PAIR_STATS}")
@@ -262,6 +256,8 @@ def _block_moments(Mi, Mj, mask, vi, vj, Wi, Wj, G, GW, stats, dist_exp, riesz_s
 #: Pairs per strip on the host (1 MiB per float64 temporary): in cache, and few
 #: enough numpy calls that dask's threads do not queue on the GIL.
 STRIP_PAIRS = 1 << 17
+#: Rows per GEMM band on a tile that straddles the diagonal.
+BAND = 512
 
 
 def pair_moments(Mi: Any, Mj: Any, gi: Any, gj: Any, vi: Any = None, vj: Any = None,
@@ -312,31 +308,46 @@ def pair_moments(Mi: Any, Mj: Any, gi: Any, gj: Any, vi: Any = None, vj: Any = N
             if vi is None or vj is None:
                 raise ValueError("the 'cdnv' statistic needs the variance norms")
             vi, vj = 0.5 * vi, 0.5 * vj
-        # one GEMM per tile (BLAS runs best on it); the elementwise work by strips
-        G = Mi @ Mj.T
-        GW = Wi @ Wj.T if WI is not None else None
+        Ui, Uj = ri.unit(), rj.unit()
+        UWi, UWj = (WI.unit(), WJ.unit()) if WI is not None else (None, None)
     gi_h, gj_h = np.asarray(to_numpy(gi)), np.asarray(to_numpy(gj))
+    # one GEMM per band of rows (BLAS runs best on large ones); a tile on the diagonal in bands
+    # of BAND rows, each from its first pair's column on, so that it multiplies little below it
+    band = Ti if int(gi_h[-1]) < int(gj_h[0]) else BAND
     parts = []
-    for r0 in range(0, Ti, step):
-        r1 = min(Ti, r0 + step)
-        # columns [c0, c1) hold pairs on both sides of the diagonal (masked),
-        # columns [c1, Tj) only pairs above it, columns < c0 none
-        c0 = int(np.searchsorted(gj_h, gi_h[r0], side="right"))
-        c1 = int(np.searchsorted(gj_h, gi_h[r1 - 1], side="right"))
-        if c0 >= Tj:
-            break  # this strip and all below it lie under the diagonal
-        sl = slice(r0, r1)
-        for cs, masked in ((slice(c0, c1), True), (slice(c1, Tj), False)):
-            if cs.start >= cs.stop:
-                continue
-            mask = xp.asarray(gi_h[sl][:, None] < gj_h[cs][None, :]) if masked else None
-            parts.append(_block_moments(
-                ri.rows(sl), rj.rows(cs), mask,
-                None if vi is None else vi[sl], None if vj is None else vj[cs],
-                None if WI is None else WI.rows(sl), None if WJ is None else WJ.rows(cs),
-                G[sl, cs], None if GW is None else GW[sl, cs],
-                stats, dist_exp, riesz_s, inv_km1, xp,
-            ))
+    for b0 in range(0, Ti, band):
+        b1 = min(Ti, b0 + band)
+        cb = int(np.searchsorted(gj_h, gi_h[b0], side="right"))
+        if cb >= Tj:
+            break  # this band and all below it lie under the diagonal
+        with errstate(xp):
+            C = Ui[b0:b1] @ Uj[cb:].T
+            CW = UWi[b0:b1] @ UWj[cb:].T if WI is not None else None
+        cols = rj.rows(slice(cb, Tj))
+        cols_w = None if WJ is None else WJ.rows(slice(cb, Tj))
+        vc = None if vj is None else vj[cb:]
+        for r0 in range(b0, b1, step):
+            r1 = min(b1, r0 + step)
+            # columns [c0, c1) hold pairs on both sides of the diagonal (masked),
+            # columns [c1, Tj) only pairs above it, columns < c0 none
+            c0 = int(np.searchsorted(gj_h, gi_h[r0], side="right")) - cb
+            c1 = int(np.searchsorted(gj_h, gi_h[r1 - 1], side="right")) - cb
+            if c0 + cb >= Tj:
+                break
+            sl, sb = slice(r0, r1), slice(r0 - b0, r1 - b0)
+            for cs, masked in ((slice(c0, c1), True), (slice(c1, Tj - cb), False)):
+                if cs.start >= cs.stop:
+                    continue
+                gc = gj_h[cb:][cs]
+                mask = xp.asarray(gi_h[sl][:, None] < gc[None, :]) if masked else None
+                parts.append(_block_moments(
+                    ri.rows(sl), cols.rows(cs), mask,
+                    None if vi is None else vi[sl], None if vc is None else vc[cs],
+                    None if WI is None else WI.rows(sl),
+                    None if cols_w is None else cols_w.rows(cs),
+                    C[sb, cs], None if CW is None else CW[sb, cs],
+                    stats, dist_exp, riesz_s, inv_km1, xp,
+                ))
     if not parts:
         return xp.zeros((len(stats), NSLOT), dtype=xp.float64)
     merged = parts[0] if len(parts) == 1 else merge_moments(np.stack(parts), 1)
