@@ -13,6 +13,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.array.utils import meta_from_array
+from dask.base import tokenize
 
 from ncdask._validate import check_ignore_index
 from ncdask.kernels._xp import array_namespace, to_numpy
@@ -21,7 +22,10 @@ STATS_VARS = ("counts", "means", "global_mean", "within_cov", "var_norms")
 
 
 def as_dask(x: Any, *, chunks: Any = -1) -> da.Array:
-    """A dask array from a NumPy, CuPy, dask, xarray or PyTorch input (no copy where possible)."""
+    """A dask array from a NumPy, CuPy, dask, xarray or PyTorch input (no copy where possible).
+    An in-memory array enters the graph once, as views of its ``chunks``, named after where
+    its data lives: hashing a GiB of weights takes seconds, and the name is sound while the
+    graph that holds it holds the array."""
     if isinstance(x, (xr.DataArray, xr.Variable)):
         x = x.data
     if isinstance(x, da.Array):
@@ -31,7 +35,9 @@ def as_dask(x: Any, *, chunks: Any = -1) -> da.Array:
         x = to_numpy(x)
     elif not hasattr(x, "shape") or not hasattr(x, "dtype"):
         x = np.asarray(x)
-    return da.from_array(x, chunks=chunks)
+    face = getattr(x, "__array_interface__", None) or getattr(x, "__cuda_array_interface__", None)
+    where = (face["data"][0], face["shape"], face.get("strides"), face["typestr"]) if face else id(x)
+    return da.from_array(x, chunks=chunks, name=f"array-{tokenize(type(x).__name__, where)}")
 
 
 def class_rows(M: Any, tile_size: int | None = None, name: str = "M") -> tuple[da.Array, int]:
@@ -41,12 +47,11 @@ def class_rows(M: Any, tile_size: int | None = None, name: str = "M") -> tuple[d
     A = as_dask(M)
     if A.ndim != 2:
         raise ValueError(f"{name} must be a (K, D) matrix, got shape {A.shape}")
-    A = A.astype(np.float64)
     K, D = A.shape
     T = int(tile_size) if tile_size else default_tile_size(max(K, 1), D)
     if T < 1:
         raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
-    return A.rechunk((min(T, max(K, 1)), -1)), T
+    return float64(A.rechunk((min(T, max(K, 1)), -1))), T  # per tile: no whole float64 copy
 
 
 
@@ -222,19 +227,27 @@ def class_inputs(stats: xr.Dataset, kept: KeptClasses, *, weights: Any = None,
     Mc = M - mG[None, :]
     W = b = None
     if weights is not None:
-        W = like(float64(as_dask(weights)), M)
-        if W.shape != (K_all, D):
-            raise ValueError(f"weights have shape {W.shape}, expected (K, D) = {(K_all, D)}")
-        b = da.zeros_like(W[:, 0]) if bias is None else like(float64(as_dask(bias)), M)
-        if b.shape != (K_all,):
-            raise ValueError(f"bias has shape {b.shape}, expected (K,) = {(K_all,)}")
-        if K < K_all:
-            W, b = W[present], b[present]
-        W = W.rechunk(Mc.chunks)
+        W = classifier_rows(weights, M, kept, tile_size, "weights have", "(K, D)", (K_all, D))
+        b = (da.zeros_like(W[:, 0]) if bias is None else
+             classifier_rows(bias, M, kept, tile_size, "bias has", "(K,)", (K_all,)))
     Sw = float64(as_dask(stats["within_cov"]))
     if K and (kept.counts[present] < 2).all():  # Σ_W and v unestimable, not zero
         v, Sw = da.full_like(v, np.nan), da.full_like(Sw, np.nan)
     return ClassInputs(M=M, Mc=Mc, mG=mG, v=v, Sw=Sw, W=W, b=b, eps_dtype=eps_dtype)
+
+
+def classifier_rows(x: Any, M: da.Array, kept: KeptClasses, tile_size: int, what: str,
+                    dims: str, shape: tuple[int, ...]) -> da.Array:
+    """Classifier rows ``x`` (weights or bias, any array type and dtype) of the kept classes,
+    float64 in ``M``'s row chunks and array module. An in-memory ``x`` is cut into class tiles
+    first, so each task converts one tile: never a whole float64 copy beside ``x``.
+    Raises ``ValueError`` (``what`` has shape ...) unless ``x`` has ``shape``."""
+    x = as_dask(x, chunks={0: tile_size})
+    if x.shape != shape:
+        raise ValueError(f"{what} shape {x.shape}, expected {dims} = {shape}")
+    if kept.n_kept < kept.n_all:
+        x = take_rows(x, kept.present)
+    return float64(like(x, M)).rechunk({0: M.chunks[0]})
 
 
 def computed_float(x: Any) -> float:
