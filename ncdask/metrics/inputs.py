@@ -35,9 +35,26 @@ def as_dask(x: Any, *, chunks: Any = -1) -> da.Array:
         x = to_numpy(x)
     elif not hasattr(x, "shape") or not hasattr(x, "dtype"):
         x = np.asarray(x)
-    face = getattr(x, "__array_interface__", None) or getattr(x, "__cuda_array_interface__", None)
+    face = (getattr(x, "__array_interface__", None)
+            or getattr(x, "__cuda_array_interface__", None))
     where = (face["data"][0], face["shape"], face.get("strides"), face["typestr"]) if face else id(x)
-    return da.from_array(x, chunks=chunks, name=f"array-{tokenize(type(x).__name__, where)}")
+    name = f"array-{tokenize(type(x).__name__, where)}"
+    return da.from_array(_Held(x), chunks=chunks, name=name, asarray=False,
+                         meta=meta_from_array(x))
+
+
+class _Held:
+    """An in-memory array that ``da.from_array`` slices in place: one graph node that every
+    chunk's task views. Without a ``copy`` method it is not copied whole first (as dask
+    copies arrays that have one)."""
+
+    __slots__ = ("a", "dtype", "ndim", "shape")
+
+    def __init__(self, a: Any) -> None:
+        self.a, self.shape, self.dtype, self.ndim = a, a.shape, a.dtype, a.ndim
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.a[index]
 
 
 def class_rows(M: Any, tile_size: int | None = None, name: str = "M") -> tuple[da.Array, int]:
