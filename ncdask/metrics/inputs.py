@@ -37,7 +37,8 @@ def as_dask(x: Any, *, chunks: Any = -1) -> da.Array:
         x = np.asarray(x)
     face = (getattr(x, "__array_interface__", None)
             or getattr(x, "__cuda_array_interface__", None))
-    where = (face["data"][0], face["shape"], face.get("strides"), face["typestr"]) if face else id(x)
+    where = (id(x) if face is None else
+             (face["data"][0], face["shape"], face.get("strides"), face["typestr"]))
     name = f"array-{tokenize(type(x).__name__, where)}"
     return da.from_array(_Held(x), chunks=chunks, name=name, asarray=False,
                          meta=meta_from_array(x))
