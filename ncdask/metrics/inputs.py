@@ -257,15 +257,29 @@ def class_inputs(stats: xr.Dataset, kept: KeptClasses, *, weights: Any = None,
 def classifier_rows(x: Any, M: da.Array, kept: KeptClasses, tile_size: int, what: str,
                     dims: str, shape: tuple[int, ...]) -> da.Array:
     """Classifier rows ``x`` (weights or bias, any array type and dtype) of the kept classes,
-    float64 in ``M``'s row chunks and array module. An in-memory ``x`` is cut into class tiles
-    first, so each task converts one tile: never a whole float64 copy beside ``x``.
+    float64 in ``M``'s row chunks and array module. An in-memory ``x`` is one graph node
+    that each tile's task gathers its rows from and converts: never a whole float64 copy.
     Raises ``ValueError`` (``what`` has shape ...) unless ``x`` has ``shape``."""
-    x = as_dask(x, chunks={0: tile_size})
-    if x.shape != shape:
-        raise ValueError(f"{what} shape {x.shape}, expected {dims} = {shape}")
-    if kept.n_kept < kept.n_all:
-        x = take_rows(x, kept.present)
-    return float64(like(x, M)).rechunk({0: M.chunks[0]})
+    A = as_dask(x, chunks={0: tile_size})
+    if A.shape != shape:
+        raise ValueError(f"{what} shape {A.shape}, expected {dims} = {shape}")
+    if kept.n_kept < kept.n_all and isinstance(held := _held_of(A), _Held):
+        rows = da.from_array(kept.present, chunks=(M.chunks[0],))
+        A = rows.map_blocks(_gather, dask.delayed(held, name=f"held-{A.name}"),
+                            new_axis=list(range(1, A.ndim)), chunks=(M.chunks[0], *A.chunks[1:]),
+                            dtype=A.dtype, meta=A._meta)
+    elif kept.n_kept < kept.n_all:
+        A = take_rows(A, kept.present)
+    return float64(like(A, M)).rechunk({0: M.chunks[0]})
+
+
+def _held_of(A: da.Array) -> Any:
+    """The :class:`_Held` array behind a dask array made by :func:`as_dask`, else None."""
+    return next((v for v in dict(A.__dask_graph__()).values() if isinstance(v, _Held)), None)
+
+
+def _gather(rows: np.ndarray, held: _Held) -> Any:
+    return held.a[array_namespace(held.a).asarray(rows)]  # CuPy takes device indices
 
 
 def computed_float(x: Any) -> float:
