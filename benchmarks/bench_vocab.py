@@ -5,7 +5,10 @@ Cases (each generates its store in a temporary folder and deletes it):
 ``stats``  K=100,000, D=2,048, N=200,000, float32 store (1.5 GiB):
     ``save_stats(class_stats(store))`` then ``measure(load_stats(...),
     weights=<the stored classifier, lazily>, metrics=[nc1_pinv, nc2_etf_err,
-    nc3_dual_err])``. Reported: time and peak RSS of each step, and the
+    nc3_dual_err])``. ``--weights`` picks how the classifier is held (``lazy``:
+    dask over the store; ``numpy``: ``store.classifier()``, float64 in memory;
+    ``float16``: read into a float16 NumPy array), one measure step each.
+    Reported: time and peak RSS of each step, and the
     statistics' time over the sum of the I/O floor (``from_zarr(...).sum()``)
     and the GEMM floor (``2·N·D²`` at this machine's dgemm rate), all
     measured in the same run.
@@ -25,6 +28,7 @@ Every step runs in a fresh subprocess; peak RSS is that process's
 
     python benchmarks/bench_vocab.py                 # all three cases
     python benchmarks/bench_vocab.py --cases stats --scale 0.1   # a quick, smaller run
+    python benchmarks/bench_vocab.py --cases stats --weights lazy numpy float16
 """
 
 from __future__ import annotations
@@ -120,17 +124,24 @@ def work_stats(path: str, out: str) -> dict:
             "n_empty": len(st.attrs["empty_classes"])}
 
 
-def work_measure(path: str, out: str) -> dict:
+def work_measure(path: str, out: str, weights: str = "lazy") -> dict:
+    import dask.array as da
+
     import ncdask
 
     s = ncdask.EmbeddingStore.open(path)
-    W, b = s.classifier(lazy=True)
+    W, b = s.classifier(lazy=weights != "numpy")
+    if weights == "float16":  # in place, chunk by chunk: no float64 copy before measure
+        W16 = np.empty(W.shape, np.float16)
+        da.store(W.astype(np.float16), W16, lock=False, scheduler="sync")
+        W = W16
+    w_gib = W.nbytes / 2**30
     t = time.perf_counter()
     st = ncdask.load_stats(out)
     res = ncdask.measure(st, weights=W, metrics=["nc1_pinv", "nc2_etf_err", "nc3_dual_err"])
     res = res.compute()
-    return {"seconds": time.perf_counter() - t, "peak_mib": _peak_mib(),
-            **{k: float(res[k]) for k in res.data_vars}}
+    return {"seconds": time.perf_counter() - t, "peak_mib": _peak_mib(), "weights": weights,
+            "w_gib": w_gib, **{k: float(res[k]) for k in res.data_vars}}
 
 
 PAIRWISE = ["nc1_cdnv", "nc2g_dist", "nc2g_log", "nc2g_riesz", "nc2_equinorm",
@@ -186,7 +197,7 @@ def sub(*args: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def run_case(name: str, scale: float, tmp: Path) -> dict:
+def run_case(name: str, scale: float, tmp: Path, weights: list[str]) -> dict:
     c = dict(CASES[name])
     c["K"], c["N"] = int(c["K"] * scale), int(c["N"] * scale)
     path, out = str(tmp / f"{name}.zarr"), str(tmp / f"{name}-stats.zarr")
@@ -195,7 +206,7 @@ def run_case(name: str, scale: float, tmp: Path) -> dict:
         io = [sub("io", path) for _ in range(3)]
         gemm = sub("gemm", str(c["D"]))
         stats_ = sub("stats", path, out)
-        meas = sub("measure", path, out)
+        meas = [sub("measure", path, out, w) for w in weights]
     finally:
         shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
@@ -205,8 +216,11 @@ def run_case(name: str, scale: float, tmp: Path) -> dict:
             "dgemm_gflops": gemm["dgemm"] / 1e9, "stats_s": stats_["seconds"],
             "stats_peak_mib": stats_["peak_mib"], "n_empty": stats_["n_empty"],
             "stats_over_floors": stats_["seconds"] / (t_io + t_gemm),
-            "measure_s": meas["seconds"], "measure_peak_mib": meas["peak_mib"],
-            "metrics": {k: v for k, v in meas.items() if k.startswith("nc")}}
+            "measure_s": meas[0]["seconds"], "measure_peak_mib": meas[0]["peak_mib"],
+            "measure": [{k: v for k, v in m.items() if k in ("weights", "w_gib", "seconds",
+                                                            "peak_mib") or k.startswith("nc")}
+                        for m in meas],
+            "metrics": {k: v for k, v in meas[0].items() if k.startswith("nc")}}
 
 
 def run_pairwise(scale: float, tmp: Path) -> dict:
@@ -238,6 +252,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", default=["stats", "half", "pairwise"],
                    choices=["stats", "half", "pairwise"])
+    p.add_argument("--weights", nargs="+", default=["lazy"], choices=["lazy", "numpy", "float16"],
+                   help="how measure gets the classifier: dask, float64 NumPy, float16 NumPy")
     p.add_argument("--scale", type=float, default=1.0, help="multiply K and N (quick runs)")
     p.add_argument("--tmp", default=None, help="folder for the generated stores")
     p.add_argument("--out", default=None, help="append the reports (JSON lines) here")
@@ -246,7 +262,7 @@ def main() -> None:
     try:
         for case in args.cases:
             rep = run_pairwise(args.scale, tmp) if case == "pairwise" else run_case(
-                case, args.scale, tmp)
+                case, args.scale, tmp, args.weights)
             print(json.dumps(rep), flush=True)
             if args.out:
                 with open(args.out, "a") as f:

@@ -80,3 +80,105 @@ def test_pairwise_metrics_peak_rss_at_16000_classes():
     assert all(v == v and abs(v) < float("inf") for v in vals.values()), vals
     # 64-dim random directions: pairwise distances near sqrt(2)
     assert abs(vals["nc2g_dist_mean"] - 2**0.5) < 0.05
+
+
+# --------------------------------------------------------------------------- in-memory weights
+
+W_ONLY = ["nc2w_etf_err", "nc2w_equinorm", "nc2w_max_angle", "nc3_dual_err", "nc3u_uni_dual",
+          "nc3_papyan", "nc3_bias", "nc0_w_sum", "erank_w", "similarities", "similarities_cos",
+          "distance_norms"]
+
+
+def _rows_stats(K, D, seed=0, chunks=64):
+    """Statistics of K classes in class chunks (class 1 empty), their means and W."""
+    import dask.array as da
+    import numpy as np
+    import xarray as xr
+
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(K, D))
+    counts = np.full(K, 10, dtype=np.int64)
+    counts[1] = 0
+    stats = xr.Dataset(
+        {"counts": ("class", counts),
+         "means": (("class", "feature"), da.from_array(means, chunks=(chunks, -1))),
+         "global_mean": ("feature", means[counts > 0].mean(0)),
+         "within_cov": (("feature", "feature_"), np.eye(D)),
+         "var_norms": ("class", da.from_array(rng.random(K), chunks=chunks)),
+         "n_samples": ((), np.int64(counts.sum()))},
+        coords={"class": np.arange(K)}, attrs={"empty_classes": [1]})
+    W = means + 0.3 * rng.normal(size=(K, D))
+    return stats, W, rng.normal(size=K)
+
+
+@pytest.mark.parametrize("tile_size", [1, 3, 7, 40])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_in_memory_weights_measure_as_lazy_ones(tile_size, dtype):
+    """NumPy, torch and dask weights of any dtype: the same figures at every tile size."""
+    import dask.array as da
+    import numpy as np
+
+    from ncdask.metrics import measure
+
+    stats, W, b = _rows_stats(40, 6, chunks=9)
+    W = W.astype(dtype)
+    kw = dict(tile_size=tile_size, metrics=W_ONLY)
+    lazy = measure(stats, weights=da.from_array(W, chunks=(11, -1)),
+                   bias=da.from_array(b, chunks=5), **kw).compute()
+    inputs = [W]
+    if dtype != "float16":
+        torch = pytest.importorskip("torch")
+        inputs.append(torch.from_numpy(W))
+    for w in inputs:
+        got = measure(stats, weights=w, bias=b, **kw).compute()
+        assert sorted(got.data_vars) == sorted(lazy.data_vars) == sorted(W_ONLY)
+        for k in W_ONLY:
+            np.testing.assert_allclose(got[k].values, lazy[k].values, rtol=1e-13, atol=1e-15,
+                                       err_msg=f"{k} {type(w).__name__}")
+
+
+def _traced_peak(fn):
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        fn()
+        return tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+
+
+def test_in_memory_weights_peak_as_lazy_ones_and_graph_holds_w_once():
+    """An in-memory float32 W costs no more than a lazy one (never a whole float64 copy,
+    which alone would be twice W's bytes), and its graph holds W's bytes once."""
+    import pickle
+
+    import dask
+    import dask.array as da
+    import numpy as np
+
+    from ncdask.metrics import measure
+
+    K, D, T = 3000, 128, 200
+    stats, W, _ = _rows_stats(K, D, chunks=T)
+    W = W.astype(np.float32)
+    names = ["nc2w_etf_err", "nc3_dual_err", "nc0_w_sum", "similarities"]
+
+    def run(w):
+        with dask.config.set(scheduler="synchronous"):
+            measure(stats, weights=w, tile_size=T, metrics=names).compute()
+
+    run(W)  # first runs allocate once for good (imports, caches)
+    lazy_w = da.from_array(W, chunks=(T, -1))  # (dask copies W here, outside the peak)
+    lazy = _traced_peak(lambda: run(lazy_w))
+    eager = _traced_peak(lambda: run(W))
+    assert eager <= lazy + W.nbytes // 4, (eager, lazy, W.nbytes)
+
+    res = measure(stats, weights=W, tile_size=T, metrics=names)
+    graph = dict(res.__dask_graph__())
+    stats_bytes = sum(v.nbytes for v in stats.data_vars.values())
+    size = len(pickle.dumps(graph, protocol=5))  # what a distributed scheduler would ship
+    assert W.nbytes < size < stats_bytes + W.nbytes + 2**20, (size, stats_bytes, W.nbytes)

@@ -13,6 +13,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.array.utils import meta_from_array
+from dask.base import tokenize
 
 from ncdask._validate import check_ignore_index
 from ncdask.kernels._xp import array_namespace, to_numpy
@@ -21,7 +22,10 @@ STATS_VARS = ("counts", "means", "global_mean", "within_cov", "var_norms")
 
 
 def as_dask(x: Any, *, chunks: Any = -1) -> da.Array:
-    """A dask array from a NumPy, CuPy, dask, xarray or PyTorch input (no copy where possible)."""
+    """A dask array from a NumPy, CuPy, dask, xarray or PyTorch input (no copy where possible).
+    An in-memory array enters the graph once, as views of its ``chunks``, named after where
+    its data lives: hashing a GiB of weights takes seconds, and the name is sound while the
+    graph that holds it holds the array."""
     if isinstance(x, (xr.DataArray, xr.Variable)):
         x = x.data
     if isinstance(x, da.Array):
@@ -31,7 +35,27 @@ def as_dask(x: Any, *, chunks: Any = -1) -> da.Array:
         x = to_numpy(x)
     elif not hasattr(x, "shape") or not hasattr(x, "dtype"):
         x = np.asarray(x)
-    return da.from_array(x, chunks=chunks)
+    face = (getattr(x, "__array_interface__", None)
+            or getattr(x, "__cuda_array_interface__", None))
+    where = (id(x) if face is None else
+             (face["data"][0], face["shape"], face.get("strides"), face["typestr"]))
+    name = f"array-{tokenize(type(x).__name__, where)}"
+    return da.from_array(_Held(x), chunks=chunks, name=name, asarray=False,
+                         meta=meta_from_array(x))
+
+
+class _Held:
+    """An in-memory array that ``da.from_array`` slices in place: one graph node that every
+    chunk's task views. Without a ``copy`` method it is not copied whole first (as dask
+    copies arrays that have one)."""
+
+    __slots__ = ("a", "dtype", "ndim", "shape")
+
+    def __init__(self, a: Any) -> None:
+        self.a, self.shape, self.dtype, self.ndim = a, a.shape, a.dtype, a.ndim
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.a[index]
 
 
 def class_rows(M: Any, tile_size: int | None = None, name: str = "M") -> tuple[da.Array, int]:
@@ -41,12 +65,11 @@ def class_rows(M: Any, tile_size: int | None = None, name: str = "M") -> tuple[d
     A = as_dask(M)
     if A.ndim != 2:
         raise ValueError(f"{name} must be a (K, D) matrix, got shape {A.shape}")
-    A = A.astype(np.float64)
     K, D = A.shape
     T = int(tile_size) if tile_size else default_tile_size(max(K, 1), D)
     if T < 1:
         raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
-    return A.rechunk((min(T, max(K, 1)), -1)), T
+    return float64(A.rechunk((min(T, max(K, 1)), -1))), T  # per tile: no whole float64 copy
 
 
 
@@ -222,19 +245,41 @@ def class_inputs(stats: xr.Dataset, kept: KeptClasses, *, weights: Any = None,
     Mc = M - mG[None, :]
     W = b = None
     if weights is not None:
-        W = like(float64(as_dask(weights)), M)
-        if W.shape != (K_all, D):
-            raise ValueError(f"weights have shape {W.shape}, expected (K, D) = {(K_all, D)}")
-        b = da.zeros_like(W[:, 0]) if bias is None else like(float64(as_dask(bias)), M)
-        if b.shape != (K_all,):
-            raise ValueError(f"bias has shape {b.shape}, expected (K,) = {(K_all,)}")
-        if K < K_all:
-            W, b = W[present], b[present]
-        W = W.rechunk(Mc.chunks)
+        W = classifier_rows(weights, M, kept, tile_size, "weights have", "(K, D)", (K_all, D))
+        b = (da.zeros_like(W[:, 0]) if bias is None else
+             classifier_rows(bias, M, kept, tile_size, "bias has", "(K,)", (K_all,)))
     Sw = float64(as_dask(stats["within_cov"]))
     if K and (kept.counts[present] < 2).all():  # Σ_W and v unestimable, not zero
         v, Sw = da.full_like(v, np.nan), da.full_like(Sw, np.nan)
     return ClassInputs(M=M, Mc=Mc, mG=mG, v=v, Sw=Sw, W=W, b=b, eps_dtype=eps_dtype)
+
+
+def classifier_rows(x: Any, M: da.Array, kept: KeptClasses, tile_size: int, what: str,
+                    dims: str, shape: tuple[int, ...]) -> da.Array:
+    """Classifier rows ``x`` (weights or bias, any array type and dtype) of the kept classes,
+    float64 in ``M``'s row chunks and array module. An in-memory ``x`` is one graph node
+    that each tile's task gathers its rows from and converts: never a whole float64 copy.
+    Raises ``ValueError`` (``what`` has shape ...) unless ``x`` has ``shape``."""
+    A = as_dask(x, chunks={0: tile_size})
+    if A.shape != shape:
+        raise ValueError(f"{what} shape {A.shape}, expected {dims} = {shape}")
+    if kept.n_kept < kept.n_all and isinstance(held := _held_of(A), _Held):
+        rows = da.from_array(kept.present, chunks=(M.chunks[0],))
+        A = rows.map_blocks(_gather, dask.delayed(held, name=f"held-{A.name}"),
+                            new_axis=list(range(1, A.ndim)), chunks=(M.chunks[0], *A.chunks[1:]),
+                            dtype=A.dtype, meta=A._meta)
+    elif kept.n_kept < kept.n_all:
+        A = take_rows(A, kept.present)
+    return float64(like(A, M)).rechunk({0: M.chunks[0]})
+
+
+def _held_of(A: da.Array) -> Any:
+    """The :class:`_Held` array behind a dask array made by :func:`as_dask`, else None."""
+    return next((v for v in dict(A.__dask_graph__()).values() if isinstance(v, _Held)), None)
+
+
+def _gather(rows: np.ndarray, held: _Held) -> Any:
+    return held.a[array_namespace(held.a).asarray(rows)]  # CuPy takes device indices
 
 
 def computed_float(x: Any) -> float:

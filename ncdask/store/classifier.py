@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import dask.array as da
 import numpy as np
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
@@ -63,5 +64,7 @@ def classifier(core: Core, key: SetKey, lazy: bool) -> tuple[Any, Any]:
         raise KeyError(f"no classifier stored for set {key.path or 'default'}")
     cg = sg[name]  # a lost chunk raises (W and b are finite: a NaN fill is no classifier)
     out = [read_array(cg[n], core.url) for n in ("W", "b") if n in cg]
-    out = out if lazy else [a.compute(scheduler="sync") for a in out]
+    if not lazy:  # read in place, chunk by chunk: compute() would hold the chunks and the whole
+        out, lazies = [np.empty(a.shape, a.dtype) for a in out], out
+        da.store(lazies, out, lock=False, scheduler="sync")
     return out[0], (out[1] if len(out) > 1 else None)
