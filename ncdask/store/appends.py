@@ -114,9 +114,11 @@ def write_commit(core: Core, split: str, key: SetKey, X: np.ndarray, y: np.ndarr
         return g, n1
     except Exception as e:  # on an object store a delete may pull nodes from under us
         core.shards.pop(seen.get("shard_key"), None)
+        # a node gone is a delete, even where a creator already made the split again
+        gone = isinstance(e, (KeyError, FileNotFoundError))
         if not unlocked or isinstance(e, SplitChangedError) or (
                 isinstance(e, (ValueError, TypeError)) and not isinstance(e, OSError)) or (
-                seen and _of_generation(core, split, key, seen["gen"])):
+                not gone and seen and _of_generation(core, split, key, seen["gen"])):
             raise
         raise _changed(core, split, key, f"while rows were written to it ({type(e).__name__}:"
                        f" {e}): they were not kept") from e
