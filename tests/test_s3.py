@@ -78,9 +78,10 @@ for b in range(int(sys.argv[5])):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trial", [0])
 def test_four_processes_appending_to_one_new_split_on_s3(s3, tmp_path, trial):
-    opts, ranks, batches = s3[0], 4, 50
+    opts, ranks, batches = s3[0], 4, 20
     url = _url(s3, f"conc{trial}")
     ncdask.EmbeddingStore.create(url, K, D, chunk_rows=8, storage_options=opts)
     go = tmp_path / "go"
@@ -107,6 +108,7 @@ def test_four_processes_appending_to_one_new_split_on_s3(s3, tmp_path, trial):
     assert s.n_rows("shared") == X.shape[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delays", [[0.0, 1.0]])
 def test_sigkill_during_replaces_on_s3_keeps_one_whole_version(s3, delays, short_lease):
     """No rename on S3: the classifier switches by a pointer PUT, outputs by a copy that
@@ -159,6 +161,7 @@ def _npy(tmp_path, name, n, first):
     return xa, ya
 
 
+@pytest.mark.slow
 def test_imports_on_s3_go_to_shards_and_are_never_duplicated(s3, tmp_path):
     """Importers on an object store write their own shard and commit it in one PUT:
     concurrent imports keep every row, a killed one commits nothing, a re-run adds
@@ -235,6 +238,7 @@ s.append(split, X, (first + np.arange(n)) % 5, layer=sys.argv[6] or None)
 """
 
 
+@pytest.mark.slow
 def test_a_handle_sees_rows_other_processes_append_on_s3(s3):
     """A handle that has listed a split's shards sees the shards and rows that other
     processes commit later, and their new splits and sets: fsspec's cached listings never
