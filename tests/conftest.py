@@ -10,6 +10,12 @@ import ncdask
 _counter = itertools.count()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` first: under xdist (``--dist loadgroup``) the long ones start
+    at once and the short ones fill the workers in around them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def short_lease(monkeypatch):
     """Leases expire after 2 s (heartbeat every 0.5 s), here and in child processes."""

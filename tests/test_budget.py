@@ -200,6 +200,7 @@ def _compute_traced(client, obj):
         tracemalloc.stop()
 
 
+@pytest.mark.slow
 def test_client_default_budget_on_small_workers():
     distributed = pytest.importorskip("distributed")
     stats, W, test = _problem(1000, 64, 40_000, chunks=8192)
@@ -221,6 +222,7 @@ def test_client_default_budget_on_small_workers():
     assert peak < limit // 2, peak
 
 
+@pytest.mark.slow
 def test_class_stats_fit_small_workers():
     """Under a client with small workers the statistics budget shrinks to the worker's
     (issue 14: 64 MiB chunks on 400 MB workers ended in KilledWorker): the pass is

@@ -163,6 +163,7 @@ print(repr(float(st.within_cov.values.trace())))
 """
 
 
+@pytest.mark.slow
 def test_two_processes_filling_the_cache_at_once_agree(tmp_path):
     import subprocess
     import sys

@@ -39,6 +39,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("writers", ["lock", "shards"])
 def test_capture_in_a_two_rank_gloo_job(tmp_path, writers):
     url = str(tmp_path / "s.zarr")

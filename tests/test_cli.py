@@ -208,6 +208,7 @@ def test_analyze_sweep_over_epochs(tmp_path, arrays, capsys):
 # ------------------------------------------------------------------------ schedulers
 
 
+@pytest.mark.slow
 def test_scheduler_threads_processes_sync(store_url, capsys):
     ref = _api(store_url, metrics=["nc1_pinv", "nc4_agree"])
     for spec in ("threads", "processes", "sync"):
@@ -281,6 +282,7 @@ async def dask_setup(worker):
 """
 
 
+@pytest.mark.slow
 def test_every_worker_killed_mid_run_is_an_error_not_a_hang(store_url, tmp_path):
     """A real scheduler and worker in their own processes; the worker SIGKILLed while
     ``ncdask analyze`` runs on it. The run must stop with an error naming the scheduler

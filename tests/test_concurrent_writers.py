@@ -2,7 +2,7 @@
 
 Each process starts at the same instant (they report "ready" after their
 imports and spin on a "go" file), first-writes a split of its own in a new
-set and then appends 50 batches to one shared split that none of them has
+set and then appends 20 batches to one shared split that none of them has
 created yet, so the set, the shared split and its arrays are all created
 concurrently. Every row encodes who wrote it, so each is accounted for by
 content, and a failure names the (rank, batch) rows lost or repeated, or the
@@ -20,7 +20,7 @@ import zarr
 
 import ncdask
 
-K, D, RANKS, BATCHES, ROWS = 7, 5, 4, 50, 3
+K, D, RANKS, BATCHES, ROWS = 7, 5, 4, 20, 3
 
 _CONST = f"K, D, RANKS, BATCHES, ROWS = {K}, {D}, {RANKS}, {BATCHES}, {ROWS}\n"
 _RANK = _CONST + """
@@ -76,6 +76,7 @@ def _expected(rank, b):
     return (rank * 1000 + b * 10 + np.arange(ROWS)) % K
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("writers", ["lock", "shards"])
 def test_ranks_creating_one_set_and_appending_to_one_split_keep_every_row(tmp_path, writers):
     """Lock: one set of arrays, writers take turns; shards: a shard per writer."""
@@ -135,6 +136,7 @@ for e in range(trials):
 """
 
 
+@pytest.mark.slow
 def test_ranks_first_writing_new_sets_at_the_same_instant(tmp_path):
     """The race of issue 13 (5 of 150 trials died, sets lost their tags), 4 ranks × 30 sets."""
     url, sync, trials = str(tmp_path / "s.zarr"), tmp_path / "sync", 30

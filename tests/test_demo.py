@@ -26,6 +26,8 @@ from ncdask._demo.demo import (  # noqa: E402
 )
 from ncdask.cli import main  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("demo")  # one worker runs the module's demo once
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):

@@ -250,6 +250,7 @@ else:
 """
 
 
+@pytest.mark.slow
 def test_concurrent_writers_on_one_split_lose_nothing(tmp_path):
     """Two processes appending, and two importing, into one split (local disk)."""
     url = str(tmp_path / "s.zarr")

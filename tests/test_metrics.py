@@ -111,6 +111,7 @@ def _check_against_dense(res, ref, *, rtol, atol):
         )
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=SEEDS,
@@ -153,6 +154,7 @@ def test_matches_dense_reference(seed, K, D, n_per, empty, chunk, tile, x32):
         assert K // 2 not in res["class"].values
 
 
+@pytest.mark.slow
 @settings(max_examples=10, deadline=None)
 @given(seed=SEEDS, K=st.integers(3, 7), D=st.integers(2, 8))
 def test_float32_statistics(seed, K, D):

@@ -30,6 +30,7 @@ def _dense_shares(X, y, K, kept, bins, N=None):
     return np.array([t[b].sum() for b in bins]) / N / len(kept)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("K,D", [(12, 30), (12, 12), (30, 7)])  # K < D, K = D, K > D
 def test_shares_match_the_dense_reference_and_add_up_to_nc1_pinv(K, D):
     X, y = _problem(K, D, seed=K + D)
@@ -37,7 +38,7 @@ def test_shares_match_the_dense_reference_and_add_up_to_nc1_pinv(K, D):
     for tile in (1, 3, K):
         for chunks in (1, 5):
             stats = dense_stats(X, y, K, chunks=chunks)
-            for rows in (7, len(X)):
+            for rows in (29, len(X)):  # several row chunks at every K, few tasks
                 res = ncdask.measure(stats, metrics=["nc1_pinv"], by_frequency=4,
                                      tile_size=tile, train=split(X, y, chunks=rows)).compute()
                 got = res.nc1_pinv_by_frequency.values

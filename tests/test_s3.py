@@ -78,9 +78,10 @@ for b in range(int(sys.argv[5])):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trial", [0])
 def test_four_processes_appending_to_one_new_split_on_s3(s3, tmp_path, trial):
-    opts, ranks, batches = s3[0], 4, 50
+    opts, ranks, batches = s3[0], 4, 20
     url = _url(s3, f"conc{trial}")
     ncdask.EmbeddingStore.create(url, K, D, chunk_rows=8, storage_options=opts)
     go = tmp_path / "go"
@@ -107,11 +108,13 @@ def test_four_processes_appending_to_one_new_split_on_s3(s3, tmp_path, trial):
     assert s.n_rows("shared") == X.shape[0]
 
 
-@pytest.mark.parametrize("delays", [[0.0, 1.0]])
-def test_sigkill_during_replaces_on_s3_keeps_one_whole_version(s3, delays, short_lease):
+@pytest.mark.slow
+@pytest.mark.parametrize("what", ["classifier", "output", "copying"])
+def test_sigkill_during_replaces_on_s3_keeps_one_whole_version(s3, what, short_lease):
     """No rename on S3: the classifier switches by a pointer PUT, outputs by a copy that
     marks the target incomplete until its root metadata lands (read from the staged copy
-    meanwhile). Each kill leaves the old version or the new, whole; once the killed
+    meanwhile); "copying" kills in the copy phase itself (the target then has no root
+    metadata). Each kill leaves the old version or the new, whole; once the killed
     writers' leases expire, the next writers leave nothing else behind."""
     import s3fs
     import xarray as xr
@@ -119,23 +122,25 @@ def test_sigkill_during_replaces_on_s3_keeps_one_whole_version(s3, delays, short
 
     from ncdask.store.zarrio import write_dataset
 
-    urls = [_url(s3, n) for n in ("clf", "out", "cp")]
-    classifier_survives_kills(urls[0], s3[0], delays)
-    output_survives_kills(urls[1], s3[0], delays)
-    # killed in the copy phase itself: the target then has no root metadata
-    output_survives_kills(urls[2], s3[0], [0.0, 0.2], marker="copying")
+    url = _url(s3, what)
+    if what == "classifier":
+        classifier_survives_kills(url, s3[0], [0.0, 1.0])
+    else:
+        output_survives_kills(url, s3[0], [0.0, 1.0] if what == "output" else [0.0, 0.2],
+                              marker="copying" if what == "copying" else None)
     time.sleep(short_lease + 0.5)
-    s = ncdask.EmbeddingStore.open(urls[0], "a", storage_options=s3[0])
-    s.core.tidy()
     fs = s3fs.S3FileSystem(**s3[0])
-    fs.invalidate_cache()
-    root = urls[0][len("s3://"):]
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root) if "/." in p) == sorted(
-        [".ncdask", s.core.group.attrs["ncdask_classifier"]])
-    for url in urls[1:]:
+    path = url[len("s3://"):]
+    if what == "classifier":
+        s = ncdask.EmbeddingStore.open(url, "a", storage_options=s3[0])
+        s.core.tidy()
+        fs.invalidate_cache()
+        assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path) if "/." in p) == sorted(
+            [".ncdask", s.core.group.attrs["ncdask_classifier"]])
+    else:
         write_dataset(xr.Dataset({"z": ("x", np.zeros(3))}), url, kind="results",
                       overwrite=True, storage_options=s3[0])
-        path = url[len("s3://"):]
+        fs.invalidate_cache()
         assert [p for p in fs.ls(s3[1]) if p.startswith(path)] == [path]
 
 
@@ -159,6 +164,7 @@ def _npy(tmp_path, name, n, first):
     return xa, ya
 
 
+@pytest.mark.slow
 def test_imports_on_s3_go_to_shards_and_are_never_duplicated(s3, tmp_path):
     """Importers on an object store write their own shard and commit it in one PUT:
     concurrent imports keep every row, a killed one commits nothing, a re-run adds
@@ -235,6 +241,7 @@ s.append(split, X, (first + np.arange(n)) % 5, layer=sys.argv[6] or None)
 """
 
 
+@pytest.mark.slow
 def test_a_handle_sees_rows_other_processes_append_on_s3(s3):
     """A handle that has listed a split's shards sees the shards and rows that other
     processes commit later, and their new splits and sets: fsspec's cached listings never

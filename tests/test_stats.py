@@ -205,6 +205,7 @@ def test_on_a_distributed_cluster(small_store):
 
 
 # ------------------------------------------------------------------ invariance
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(labelled_data())
 def test_invariant_to_chunking_order_and_batches(data):

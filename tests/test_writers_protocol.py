@@ -106,6 +106,7 @@ def audit(s, acks_path):
     return bad
 
 
+@pytest.mark.slow
 def test_appender_racing_deletes_and_overwrites_keeps_every_acknowledged_row(tmp_path):
     """An appender process in a loop, another process deleting and overwriting the split
     (audited before each): every acknowledged row present once unless deleted later, none
@@ -148,6 +149,7 @@ for split, layer in (("train", "fc"), ("val", "fc"), ("test", None)):
 """
 
 
+@pytest.mark.slow
 def test_importers_creating_one_new_split_at_once_all_succeed(tmp_path):
     """4 imports of 4 files into one new split at the same instant (in a new set, in it
     again, in the default set): each succeeds and each file is in the split once, whole."""
@@ -409,6 +411,7 @@ def test_lock_files_stay_out_of_listings(tmp_path):
     assert ncdask.check_store(url).ok and not ncdask.check_store(url).notes
 
 
+@pytest.mark.slow
 def test_append_racing_deletes_on_an_object_store_commits_whole_or_raises(s3, tmp_path):  # noqa: F811
     """S3 (no lock): an appender's shard commit racing `delete_split` either stays in the
     split (the same generation) or raises SplitChangedError and is not kept."""
