@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ncdask.kernels import pairwise_jit as J
 from ncdask.kernels._reduction import Reduction, identity
 from ncdask.kernels._xp import array_namespace, errstate, to_numpy
 
@@ -311,6 +312,9 @@ def pair_moments(Mi: Any, Mj: Any, gi: Any, gj: Any, vi: Any = None, vj: Any = N
         Ui, Uj = ri.unit(), rj.unit()
         UWi, UWj = (WI.unit(), WJ.unit()) if WI is not None else (None, None)
     gi_h, gj_h = np.asarray(to_numpy(gi)), np.asarray(to_numpy(gj))
+    jit = J.enabled(Ti * Tj, Mi, Mj, vi, vj, Wi, Wj)
+    want = [name in stats for name in PAIR_STATS]
+    order = [PAIR_STATS.index(name) for name in stats]
     # one GEMM per band of rows (BLAS runs best on large ones); a tile on the diagonal in bands
     # of BAND rows, each from its first pair's column on, so that it multiplies little below it
     band = Ti if int(gi_h[-1]) < int(gj_h[0]) else BAND
@@ -326,6 +330,14 @@ def pair_moments(Mi: Any, Mj: Any, gi: Any, gj: Any, vi: Any = None, vj: Any = N
         cols = rj.rows(slice(cb, Tj))
         cols_w = None if WJ is None else WJ.rows(slice(cb, Tj))
         vc = None if vj is None else vj[cb:]
+        if jit:  # the whole band in one compiled pass
+            start = np.searchsorted(gj_h[cb:], gi_h[b0:b1], side="right")
+            parts.append(J.band_moments(
+                C, CW, start, ri.rows(slice(b0, b1)), cols, (Ui[b0:b1], Uj[cb:]),
+                (None if vi is None else vi[b0:b1], vc), want, inv_km1=inv_km1,
+                riesz_s=riesz_s, dist_exp=dist_exp, rho=RHO,
+                strip_pairs=STRIP_PAIRS)[:, order])
+            continue
         for r0 in range(b0, b1, step):
             r1 = min(b1, r0 + step)
             # columns [c0, c1) hold pairs on both sides of the diagonal (masked),
@@ -350,8 +362,7 @@ def pair_moments(Mi: Any, Mj: Any, gi: Any, gj: Any, vi: Any = None, vj: Any = N
                 ))
     if not parts:
         return xp.zeros((len(stats), NSLOT), dtype=xp.float64)
-    merged = parts[0] if len(parts) == 1 else merge_moments(np.stack(parts), 1)
-    return xp.asarray(merged)
+    return xp.asarray(merge_moment_blocks(parts))
 
 
 def merge_moments(parts: Any, n_lead: int) -> Any:
