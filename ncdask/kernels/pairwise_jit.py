@@ -53,27 +53,29 @@ def _compile() -> None:
         import numba
 
         g = globals()
-        for name in ("_stat", "_fix_close", "_pass1", "_pass2", "_pass3"):
+        for name in ("_stat", "_gram_form", "_fix_close", "_pass1", "_pass2", "_pass3"):
             # reassoc: the sums vectorise; no nnan/ninf, so that inf and NaN keep meaning
             g[name] = numba.njit(nogil=True, cache=True, error_model="numpy",
                                  fastmath={"reassoc", "contract"})(g[name])
         _COMPILED = True
 
 
-def _stat(x, j0, out, k, log_scale):
-    """Moments of ``x[j0:]`` into ``out[k]``: shifted sums (shift: the first value), and
-    where they are not finite, a second pass that counts the non-finite values apart."""
-    n = x.shape[0] - j0
-    sh = x[j0]
+def _stat(x, out, k, log_scale):
+    """Moments of ``x`` into ``out[k]``: shifted sums (shift: the first value), and where
+    they are not finite, a second pass that counts the non-finite values apart. (Every
+    loop here runs from 0 over a slice: numba then drops the negative-index checks and
+    vectorises it.)"""
+    n = x.shape[0]
+    sh = x[0]
     s1 = 0.0
     s2 = 0.0
-    for j in range(j0, x.shape[0]):
+    for j in range(n):
         d = x[j] - sh
         s1 += d
         s2 += d * d
     if not (math.isfinite(s1) and math.isfinite(s2)):
         n = 0
-        for j in range(j0, x.shape[0]):
+        for j in range(x.shape[0]):
             v = x[j]
             if math.isfinite(v):
                 if n == 0:
@@ -86,7 +88,7 @@ def _stat(x, j0, out, k, log_scale):
             else:
                 out[k, _NAN] += 1.0
         s1, s2 = 0.0, 0.0
-        for j in range(j0, x.shape[0]):  # the sums over the finite values only
+        for j in range(x.shape[0]):  # the sums over the finite values only
             v = x[j]
             if math.isfinite(v):
                 d = v - sh
@@ -99,95 +101,113 @@ def _stat(x, j0, out, k, log_scale):
         out[k, _LOG_SCALE] = log_scale
 
 
-def _fix_close(d, j0, base_i, base_j, rho, A, B, i):
-    """``d[j] = ‖A_i − B_j‖²`` where ``d[j] < rho (base_i + base_j[j])`` (the GEMM form
-    cancels there)."""
-    worst = 0.0
-    for j in range(j0, d.shape[0]):
-        worst = min(worst, d[j] - rho * (base_i + base_j[j]))
-    if worst >= 0.0:
-        return
-    for j in range(j0, d.shape[0]):
+def _gram_form(d, c, base_i, base_j, scale_i, scale_j, rho):
+    """``d = base_i + base_j − 2 c scale_i scale_j`` (a squared distance from a Gram entry);
+    whether some entry is under ``rho (base_i + base_j)``, where the form cancels (counted,
+    not a running min: numba vectorises sums, not min)."""
+    close = 0
+    for j in range(d.shape[0]):
+        x = base_i + base_j[j] - 2.0 * c[j] * (scale_i * scale_j[j])
+        d[j] = x
+        close += x < rho * (base_i + base_j[j])
+    return close > 0
+
+
+def _fix_close(d, base_i, base_j, rho, A, B, i, j0):
+    """``d[j] = ‖A_i − B_{j0+j}‖²`` where ``d[j] < rho (base_i + base_j[j])``."""
+    for j in range(d.shape[0]):
         if d[j] < rho * (base_i + base_j[j]):
             s = 0.0
             for q in range(A.shape[1]):
-                e = A[i, q] - B[j, q]
+                e = A[i, q] - B[j0 + j, q]
                 s += e * e
             d[j] = s
 
 
 def _pass1(C, CW, start, a2i, a2j, n2i, n2j, qi, qj, vi, vj, Ui, Uj, Mi, Mj,  # noqa: PLR0913
-           want, inv_km1, dist_exp, rho, r0, du, lohi, out):
+           want, inv_km1, dist_exp, rho, r0, du, out):
     """Rows ``r0 ...`` of the band (one strip): every statistic but ``log`` and ``riesz``,
-    and ``du`` = ‖u_i − u_j‖² (1 before ``start``), its smallest positive and largest value."""
+    and ``du`` = ‖u_i − u_j‖² (its first pair's value before ``start``)."""
     nc = C.shape[1]
-    val = np.empty(nc)
+    buf = np.empty(nc)
+    ones = np.ones(nc)
     for r in range(du.shape[0]):
         i = r0 + r
         j0 = start[i]
         if j0 >= nc:
             continue
+        c = C[i, j0:]
+        val = buf[: nc - j0]
         if want[COS]:
-            _stat(C[i], j0, out[i], COS, 0.0)
+            _stat(c, out[i], COS, 0.0)
         if want[COS_DEV]:
-            for j in range(j0, nc):
-                val[j] = abs(C[i, j] + inv_km1)
-            _stat(val, j0, out[i], COS_DEV, 0.0)
+            for j in range(val.shape[0]):
+                val[j] = abs(c[j] + inv_km1)
+            _stat(val, out[i], COS_DEV, 0.0)
         if want[WCOS_DEV]:
-            for j in range(j0, nc):
-                val[j] = abs(CW[i, j] + inv_km1)
-            _stat(val, j0, out[i], WCOS_DEV, 0.0)
+            cw = CW[i, j0:]
+            for j in range(val.shape[0]):
+                val[j] = abs(cw[j] + inv_km1)
+            _stat(val, out[i], WCOS_DEV, 0.0)
         if want[CDNV]:
-            for j in range(j0, nc):
-                val[j] = n2i[i] + n2j[j] - 2.0 * C[i, j] * qi[i] * qj[j]
-            _fix_close(val, j0, n2i[i], n2j, rho, Mi, Mj, i)
-            for j in range(j0, nc):
-                d2 = val[j]
-                den = d2 if dist_exp == 1.0 else d2 * d2 if dist_exp == 2.0 else d2**dist_exp
-                val[j] = (vi[i] + vj[j]) / den
-            _stat(val, j0, out[i], CDNV, 0.0)
-        d = du[r]
-        for j in range(j0):
-            d[j] = 1.0
-        for j in range(j0, nc):
-            d[j] = a2i[i] + a2j[j] - 2.0 * C[i, j]
-        _fix_close(d, j0, a2i[i], a2j, rho, Ui, Uj, i)
-        lo, hi = math.inf, 0.0
-        for j in range(j0, nc):
-            lo = min(lo, d[j] if d[j] > 0.0 else math.inf)
-            hi = max(hi, d[j])
-        lohi[r, 0], lohi[r, 1] = lo, hi
+            n2 = n2j[j0:]
+            if _gram_form(val, c, n2i[i], n2, qi[i], qj[j0:], rho):
+                _fix_close(val, n2i[i], n2, rho, Mi, Mj, i, j0)
+            vv = vj[j0:]
+            if dist_exp == 1.0:
+                for j in range(val.shape[0]):
+                    val[j] = (vi[i] + vv[j]) / val[j]
+            elif dist_exp == 2.0:
+                for j in range(val.shape[0]):
+                    val[j] = (vi[i] + vv[j]) / (val[j] * val[j])
+            else:
+                for j in range(val.shape[0]):
+                    val[j] = (vi[i] + vv[j]) / val[j] ** dist_exp
+            _stat(val, out[i], CDNV, 0.0)
+        d = du[r, j0:]
+        a2 = a2j[j0:]
+        if _gram_form(d, c, a2i[i], a2, 1.0, ones, rho):
+            _fix_close(d, a2i[i], a2, rho, Ui, Uj, i, j0)
+        du[r, :j0] = d[0]  # neutral for the row's min and max
         if want[DIST]:
-            for j in range(j0, nc):
+            for j in range(val.shape[0]):
                 val[j] = math.sqrt(d[j])
-            _stat(val, j0, out[i], DIST, 0.0)
+            _stat(val, out[i], DIST, 0.0)
 
 
 def _pass2(lg, start, want, half, r0, lohi, out):
     """``log`` from ``lg = log du``, and the Riesz exponent ``half (lg − ref)`` in place
     (``ref``: the log of the row's smallest positive distance where ``S > 0``, of its largest
-    where ``S < 0``, so that the largest value is 1)."""
+    where ``S < 0``, so that the largest value is 1; ``lohi``: each row's min and max of du,
+    then its log scale)."""
     nc = lg.shape[1]
-    val = np.empty(nc)
+    buf = np.empty(nc)
     for r in range(lg.shape[0]):
         i = r0 + r
         j0 = start[i]
         if j0 >= nc:
             continue
-        x = lg[r]
+        x = lg[r, j0:]
         if want[LOG]:
-            for j in range(j0, nc):
+            val = buf[: nc - j0]
+            for j in range(val.shape[0]):
                 val[j] = -0.5 * x[j]
-            _stat(val, j0, out[i], LOG, 0.0)
+            _stat(val, out[i], LOG, 0.0)
         if want[RIESZ]:
             lo, hi = lohi[r, 0], lohi[r, 1]
             ref = 0.0
-            if half < 0.0 and lo < math.inf:
+            if half < 0.0 and lo > 0.0:
                 ref = math.log(lo)
+            elif half < 0.0:  # a zero distance or a NaN: the smallest positive distance
+                ref = math.inf
+                for j in range(x.shape[0]):
+                    if x[j] > -math.inf:
+                        ref = min(ref, x[j])
+                ref = 0.0 if ref == math.inf else ref
             elif half > 0.0 and hi > 0.0:
                 ref = math.log(hi)
             lohi[r, 0] = half * ref
-            for j in range(j0, nc):
+            for j in range(x.shape[0]):
                 x[j] = half * (x[j] - ref)
 
 
@@ -202,7 +222,7 @@ def _pass3(y, start, half, r0, lohi, out):
         if half == 0.0:  # S = 0: the kernel is 0 everywhere
             out[i, RIESZ, _N] = nc - j0
             continue
-        _stat(y[r], j0, out[i], RIESZ, lohi[r, 0])
+        _stat(y[r, j0:], out[i], RIESZ, lohi[r, 0])
 
 
 def band_moments(C: Any, CW: Any, start: Any, rows: Any, cols: Any, units: tuple[Any, Any],
@@ -232,8 +252,11 @@ def band_moments(C: Any, CW: Any, start: Any, rows: Any, cols: Any, units: tuple
         d, lh = du[: r1 - r0], lohi[: r1 - r0]
         _pass1(C, CW, start, rows.a2, cols.a2, rows.n2, cols.n2, 1.0 / rows.s, 1.0 / cols.s,
                vi, vj, units[0], units[1], rows.A, cols.A, want, float(inv_km1),
-               float(dist_exp), float(rho), r0, d, lh, out)
+               float(dist_exp), float(rho), r0, d, out)
         if want[LOG] or want[RIESZ]:
+            if want[RIESZ]:
+                np.min(d, axis=1, out=lh[:, 0])
+                np.max(d, axis=1, out=lh[:, 1])
             with np.errstate(all="ignore"):
                 np.log(d, out=d)
             _pass2(d, start, want, half, r0, lh, out)
