@@ -52,7 +52,7 @@ def warn_riesz_range(issues: Sequence[tuple[str, float]], riesz_s: float | None 
 
 
 def _sq_norms(A: Any, xp: Any) -> Any:
-    return xp.sum(A * A, axis=1)
+    return xp.einsum("ij,ij->i", A, A)  # no T×D temporary
 
 
 def _fix_close(d2: Any, A: Any, B: Any, a2: Any, b2: Any, mask: Any, xp: Any) -> Any:
