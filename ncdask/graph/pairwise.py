@@ -132,6 +132,9 @@ def tiles(n: int, tile_size: int) -> tuple[int, ...]:
 
 
 def _pair_task(*args, **kwargs):
+    # blocks of a contracted index come as lists (of one: the feature axis is one chunk);
+    # blockwise's concatenate=True would copy each T×D block in every task
+    args = [a[0] if isinstance(a, list) else a for a in args]
     return P.pair_moments(*args, **kwargs)[None, None]
 
 
@@ -157,7 +160,7 @@ def pairwise_moments(M: da.Array, *, stats: Sequence[str], v: da.Array | None = 
                  inv_km1=float(inv_km1))
     parts = da.blockwise(
         fn, "ijsq", *args, new_axes={"s": len(stats), "q": P.NSLOT},
-        adjust_chunks={"i": 1, "j": 1}, concatenate=True, align_arrays=False,
+        adjust_chunks={"i": 1, "j": 1}, concatenate=False, align_arrays=False,
         dtype=np.float64, meta=meta_from_array(M, ndim=4, dtype=np.float64),
         token="ncdask-pair-tiles",
     )
