@@ -131,11 +131,19 @@ def tiles(n: int, tile_size: int) -> tuple[int, ...]:
     return (tile_size,) * full + ((rest,) if rest else ())
 
 
+def _unlisted(args: tuple) -> list:
+    # blockwise with concatenate=False passes the blocks of the contracted feature index as
+    # lists (of one: that axis is one chunk); concatenate=True would copy every T×D block
+    # in every task
+    return [a[0] if isinstance(a, list) else a for a in args]
+
+
 def _pair_task(*args, **kwargs):
-    # blocks of a contracted index come as lists (of one: the feature axis is one chunk);
-    # blockwise's concatenate=True would copy each T×D block in every task
-    args = [a[0] if isinstance(a, list) else a for a in args]
-    return P.pair_moments(*args, **kwargs)[None, None]
+    return P.pair_moments(*_unlisted(args), **kwargs)[None, None]
+
+
+def _grid_task(*args, **kwargs):
+    return P.pair_values(*_unlisted(args), **kwargs)
 
 
 def pairwise_moments(M: da.Array, *, stats: Sequence[str], v: da.Array | None = None,
@@ -184,9 +192,9 @@ def pair_grid(A: da.Array, *, kind: str, v: da.Array | None = None, tile_size: i
     args: list[Any] = [A, "ik", A, "jk"]
     v = None if v is None else v.rechunk((chunks,))
     args += [None, None, None, None] if v is None else [v, "i", v, "j"]
-    fn = partial(P.pair_values, kind=kind, dist_exp=float(dist_exp), exponent=float(exponent),
+    fn = partial(_grid_task, kind=kind, dist_exp=float(dist_exp), exponent=float(exponent),
                  riesz_s=float(riesz_s))
     return da.blockwise(
-        fn, "ij", *args, concatenate=True, align_arrays=False, dtype=A.dtype,
+        fn, "ij", *args, concatenate=False, align_arrays=False, dtype=A.dtype,
         meta=meta_from_array(A, ndim=2), token=f"ncdask-grid-{kind}",
     )
