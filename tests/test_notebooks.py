@@ -68,8 +68,10 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
         cells = [c for c in nb.cells if c.cell_type == "code" and old in c.source]
         assert len(cells) == 1, f"{path.name}: no single cell sets {old!r}"
         cells[0].source = cells[0].source.replace(old, new)
+    # the notebooks close their clusters and folders in their last cell: the kernel is
+    # stopped at once after it, not given seconds to run exit hooks
     client = NotebookClient(
-        nb, timeout=TIMEOUT_S, kernel_name="python3",
+        nb, timeout=TIMEOUT_S, kernel_name="python3", shutdown_kernel="immediate",
         resources={"metadata": {"path": str(tmp_path)}},
     )
     client.execute()
