@@ -15,6 +15,9 @@ METRICS = ["nc1_quot", "nc1_pinv", "nc2_etf_err", "nc3_dual_err", "nc3_bias", "n
            "nc5_ood_dev", "mean_norms", "agree_per_class"]
 
 
+pytestmark = pytest.mark.xdist_group("sweep")  # one worker writes the module's store once
+
+
 @pytest.fixture(scope="module")
 def store():
     """Sets layer in {a, b} x epoch in {0, 3, 7}; classifiers for layer a only (read only:
