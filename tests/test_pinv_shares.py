@@ -139,7 +139,7 @@ def test_undefined_nc1_gives_nan_shares():
 
 
 def test_a_small_budget_splits_tiles_and_row_blocks():
-    K, D = 40, 16
+    K, D = 20, 16  # about 430 rows: blocks of 5 rows, tiles of 6, 6, 6 and 2 classes
     X, y = _problem(K, D, seed=6)
     stats = dense_stats(X, y, K)
     ref = dense_metrics(X, y, K, by_frequency=5)
