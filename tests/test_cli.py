@@ -21,6 +21,10 @@ K, D = 5, 8
 
 @pytest.fixture
 def arrays():
+    return _arrays()
+
+
+def _arrays():
     rng = np.random.default_rng(0)
     means = 3 * rng.normal(size=(K, D))
     W = means + 0.3 * rng.normal(size=(K, D))
@@ -35,12 +39,21 @@ def arrays():
     }
 
 
-@pytest.fixture
-def store_url(tmp_path, arrays):
-    url = str(tmp_path / "s.zarr")
+def _write(url, arrays):
     splits = {k: arrays[k] for k in ("train", "test", "ood")}
     ncdask.EmbeddingStore.from_arrays(url, splits, W=arrays["W"], b=arrays["b"], chunk_rows=64)
     return url
+
+
+@pytest.fixture
+def store_url(tmp_path, arrays):
+    return _write(str(tmp_path / "s.zarr"), arrays)
+
+
+@pytest.fixture(scope="module")
+def read_only_url(tmp_path_factory):
+    """The same store, shared by the tests that only read it."""
+    return _write(str(tmp_path_factory.mktemp("cli") / "s.zarr"), _arrays())
 
 
 def _api(url, **kw):
@@ -459,8 +472,8 @@ def test_stats_command(store_url, tmp_path, capsys, arrays):
         (["demo", "--epochs", "0"], 2, "--epochs: must be a positive integer"),
     ],
 )
-def test_errors(argv, code, msg, store_url, tmp_path, capsys):
-    argv = [a.format(tmp=tmp_path, url=store_url) for a in argv]
+def test_errors(argv, code, msg, read_only_url, tmp_path, capsys):
+    argv = [a.format(tmp=tmp_path, url=read_only_url) for a in argv]
     assert main(argv) == code
     err = capsys.readouterr().err
     assert "ncdask: error: " in err and msg in err, err

@@ -36,16 +36,17 @@ def test_shares_match_the_dense_reference_and_add_up_to_nc1_pinv(K, D):
     X, y = _problem(K, D, seed=K + D)
     ref = dense_metrics(X, y, K, by_frequency=4)
     for tile in (1, 3, K):
-        for chunks in (1, 5):
+        # class chunks and row chunks are separate axes of the pass: each value of each
+        # once per tile (rows: several chunks at every K, or one)
+        for chunks, rows in ((1, len(X)), (5, 29)):
             stats = dense_stats(X, y, K, chunks=chunks)
-            for rows in (29, len(X)):  # several row chunks at every K, few tasks
-                res = ncdask.measure(stats, metrics=["nc1_pinv"], by_frequency=4,
-                                     tile_size=tile, train=split(X, y, chunks=rows)).compute()
-                got = res.nc1_pinv_by_frequency.values
-                np.testing.assert_allclose(got, ref["nc1_pinv_by_frequency"], rtol=1e-9,
-                                           err_msg=f"tile {tile}, chunks {chunks}, rows {rows}")
-                np.testing.assert_allclose(got.sum(), float(res.nc1_pinv), rtol=1e-12)
-                assert res.nc1_pinv_by_frequency.dims == ("frequency_bin",)
+            res = ncdask.measure(stats, metrics=["nc1_pinv"], by_frequency=4,
+                                 tile_size=tile, train=split(X, y, chunks=rows)).compute()
+            got = res.nc1_pinv_by_frequency.values
+            np.testing.assert_allclose(got, ref["nc1_pinv_by_frequency"], rtol=1e-9,
+                                       err_msg=f"tile {tile}, chunks {chunks}, rows {rows}")
+            np.testing.assert_allclose(got.sum(), float(res.nc1_pinv), rtol=1e-12)
+            assert res.nc1_pinv_by_frequency.dims == ("frequency_bin",)
 
 
 def test_not_computed_without_train():
@@ -138,7 +139,7 @@ def test_undefined_nc1_gives_nan_shares():
 
 
 def test_a_small_budget_splits_tiles_and_row_blocks():
-    K, D = 40, 16
+    K, D = 20, 16  # about 430 rows: blocks of 5 rows, tiles of 6, 6, 6 and 2 classes
     X, y = _problem(K, D, seed=6)
     stats = dense_stats(X, y, K)
     ref = dense_metrics(X, y, K, by_frequency=5)

@@ -16,6 +16,8 @@ from matplotlib.image import imread  # noqa: E402
 import ncdask  # noqa: E402
 from ncdask.plot import plot_gram, plot_metrics, plot_per_class  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("plot")  # one worker computes the module's sweep once
+
 
 def _split(rng, means, n, noise):
     return split(*class_data(rng, means, n, noise=noise), means.shape[0], chunks=None)

@@ -23,9 +23,12 @@ def assert_golden(st_, gold):
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("batch,chunk_rows", [(1, 7), (7, 777), (777, 7), (777, 1000)])
+@pytest.mark.parametrize("batch,chunk_rows", [(1, 31), (7, 777), (777, 31), (777, 1000)])
 def test_golden_parity_store(mem_url, case, batch, chunk_rows):
-    """Written in odd batches into odd chunks, float64, against the golden stats."""
+    """Written in odd batches into odd chunks, float64, against the golden stats.
+
+    31-row chunks: batches of 1 fill each chunk in many appends, batches of 777 span 25
+    chunks and end inside one; about 100 chunks per case read as well as 500 of 7 rows."""
     data, gold = golden(case)
     X, Y = data["X"], data["Y"]
     K = len(gold["stats"]["class_counts"])

@@ -1,5 +1,7 @@
 """ncdask.sweep: every embedding set measured, equal to measuring each set alone."""
 
+import uuid
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -13,11 +15,16 @@ METRICS = ["nc1_quot", "nc1_pinv", "nc2_etf_err", "nc3_dual_err", "nc3_bias", "n
            "nc5_ood_dev", "mean_norms", "agree_per_class"]
 
 
-@pytest.fixture
-def store(mem_url):
-    """Sets layer in {a, b} x epoch in {0, 3, 7}; classifiers for layer a only."""
+pytestmark = pytest.mark.xdist_group("sweep")  # one worker writes the module's store once
+
+
+@pytest.fixture(scope="module")
+def store():
+    """Sets layer in {a, b} x epoch in {0, 3, 7}; classifiers for layer a only (read only:
+    the module's tests share it)."""
     rng = np.random.default_rng(0)
-    s = ncdask.EmbeddingStore.create(mem_url(), K, D, chunk_rows=40)
+    s = ncdask.EmbeddingStore.create(f"memory://ncdask-tests/sweep-{uuid.uuid4().hex}", K, D,
+                                     chunk_rows=40)
     for layer in ("b", "a"):
         for epoch in (7, 0, 3):
             scale = 1 + epoch + (layer == "b")
