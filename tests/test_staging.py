@@ -10,12 +10,12 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import xarray as xr
+from killing import python
 
 import ncdask
 from ncdask.store.zarrio import open_dataset, write_dataset
@@ -100,9 +100,8 @@ print("done", flush=True)
 
 def _paused(url, op, split="", nth=1, files=()):
     """A writer process (hostname "box", pid 999999) stopped while its staging exists."""
-    p = subprocess.Popen([sys.executable, "-c", _PAUSED, url, op, split, str(nth), *files],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    p = python(_PAUSED, url, op, split, str(nth), *files, stdin=subprocess.PIPE,
+               stdout=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     line = p.stdout.readline()
     if line.strip() != "paused":
         p.kill()
@@ -196,9 +195,8 @@ def test_a_killed_output_replace_is_finished_after_its_lease_expires(tmp_path, s
     the lease expires the reader moves the new one in and deletes the old."""
     url = str(tmp_path / "o.zarr")
     write_dataset(xr.Dataset({"a": ("x", np.ones(5))}), url, kind="results")
-    p = subprocess.Popen([sys.executable, "-c", _OUTPUT_PAUSED, url], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    p = python(_OUTPUT_PAUSED, url, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+               env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert p.stdout.readline().strip() == "paused"
     p.send_signal(signal.SIGKILL)
     p.communicate()
