@@ -14,6 +14,7 @@ version ``last`` or ``last + 1``, whole: never a mix, never nothing.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
@@ -167,6 +168,17 @@ def python(script: str, *args: str, env: dict | None = None, stdin=None, stdout=
         for c in fds:  # the child has its copies now
             c.close()
     return Child(proc, pipes)
+
+
+@contextlib.contextmanager
+def warm_processes():
+    """Dask's "processes" scheduler with its worker processes forked from the launcher
+    (a fresh interpreter each, as with "spawn", without the imports)."""
+    import dask
+
+    _launcher()
+    with dask.config.set({"multiprocessing.context": "forkserver"}):
+        yield
 
 
 def run(script: str, *args: str, env: dict | None = None, check: bool = False,
