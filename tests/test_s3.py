@@ -113,7 +113,7 @@ def test_four_processes_appending_to_one_new_split_on_s3(s3, tmp_path, trial):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("what", ["classifier", "output", "copying"])
-def test_sigkill_during_replaces_on_s3_keeps_one_whole_version(s3, what, short_lease):
+def test_sigkill_during_replaces_on_s3_keeps_one_whole_version(s3, what, killed_lease):
     """No rename on S3: the classifier switches by a pointer PUT, outputs by a copy that
     marks the target incomplete until its root metadata lands (read from the staged copy
     meanwhile); "copying" kills in the copy phase itself (the target then has no root
@@ -131,7 +131,7 @@ def test_sigkill_during_replaces_on_s3_keeps_one_whole_version(s3, what, short_l
     else:
         output_survives_kills(url, s3[0], [0.0, 1.0] if what == "output" else [0.0, 0.2],
                               marker="copying" if what == "copying" else None)
-    time.sleep(short_lease + 0.5)
+    time.sleep(killed_lease + 0.1)
     fs = s3fs.S3FileSystem(**s3[0])
     path = url[len("s3://"):]
     if what == "classifier":
