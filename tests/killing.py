@@ -257,7 +257,7 @@ z._copy_into_place = announced
 i = 1
 while True:
     i += 1
-    ds = xr.Dataset({n: ("x", np.full(1200, float(i))) for n in ("a", "b", "c")},
+    ds = xr.Dataset({n: ("x", np.full(400, float(i))) for n in ("a", "b", "c")},
                     attrs={"version": i}).chunk({"x": 100})
     write_dataset(ds, url, kind="results", overwrite=True, storage_options=opts)
     print("done", i, flush=True)
@@ -288,7 +288,7 @@ def output_survives_kills(url: str, opts: dict | None, delays: list[float],
     """Replace an ncdask output in a killed loop; each kill leaves one whole version."""
     import json
 
-    write_dataset(xr.Dataset({n: ("x", np.ones(1200)) for n in "abc"}), url, kind="results",
+    write_dataset(xr.Dataset({n: ("x", np.ones(400)) for n in "abc"}), url, kind="results",
                   storage_options=opts)
     for delay in delays:
         last = kill_while_replacing(_OUTPUT, [url, json.dumps(opts or {})], delay=delay,

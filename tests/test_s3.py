@@ -82,7 +82,7 @@ for b in range(int(sys.argv[5])):
 @pytest.mark.slow
 @pytest.mark.parametrize("trial", [0])
 def test_four_processes_appending_to_one_new_split_on_s3(s3, tmp_path, trial):
-    opts, ranks, batches = s3[0], 4, 20
+    opts, ranks, batches = s3[0], 4, 10
     url = _url(s3, f"conc{trial}")
     ncdask.EmbeddingStore.create(url, K, D, chunk_rows=8, storage_options=opts)
     go = tmp_path / "go"

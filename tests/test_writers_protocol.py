@@ -417,7 +417,7 @@ def test_append_racing_deletes_on_an_object_store_commits_whole_or_raises(s3, tm
     opts, url = s3[0], f"s3://{s3[1]}/race-{uuid.uuid4().hex[:6]}.zarr"
     ncdask.EmbeddingStore.create(url, K, D, chunk_rows=8, storage_options=opts)
     s = ncdask.EmbeddingStore.open(url, "a", storage_options=opts)
-    app = python(_APPENDER, url, "40", json.dumps(opts), stdout=subprocess.PIPE,
+    app = python(_APPENDER, url, "24", json.dumps(opts), stdout=subprocess.PIPE,
                  stderr=subprocess.PIPE, env=ENV)
     deletes = 0
     try:
@@ -428,7 +428,7 @@ def test_append_racing_deletes_on_an_object_store_commits_whole_or_raises(s3, tm
                 deletes += 1
             except KeyError:
                 pass
-            time.sleep(0.6)
+            time.sleep(0.3)
         out, err = app.communicate(timeout=60)
     finally:
         if app.poll() is None:
