@@ -2,7 +2,7 @@
 
 Each process starts at the same instant (they report "ready" after their
 imports and spin on a "go" file), first-writes a split of its own in a new
-set and then appends 20 batches to one shared split that none of them has
+set and then appends 10 batches to one shared split that none of them has
 created yet, so the set, the shared split and its arrays are all created
 concurrently. Every row encodes who wrote it, so each is accounted for by
 content, and a failure names the (rank, batch) rows lost or repeated, or the
@@ -20,7 +20,7 @@ from killing import python
 
 import ncdask
 
-K, D, RANKS, BATCHES, ROWS = 7, 5, 4, 20, 3
+K, D, RANKS, BATCHES, ROWS = 7, 5, 4, 10, 3
 
 _CONST = f"K, D, RANKS, BATCHES, ROWS = {K}, {D}, {RANKS}, {BATCHES}, {ROWS}\n"
 _RANK = _CONST + """

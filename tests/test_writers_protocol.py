@@ -151,7 +151,7 @@ for split, layer in (("train", "fc"), ("val", "fc"), ("test", None)):
 def test_importers_creating_one_new_split_at_once_all_succeed(tmp_path):
     """4 imports of 4 files into one new split at the same instant (in a new set, in it
     again, in the default set): each succeeds and each file is in the split once, whole."""
-    url, n, rows = str(tmp_path / "s.zarr"), 4, 200
+    url, n, rows = str(tmp_path / "s.zarr"), 4, 50
     ncdask.EmbeddingStore.create(url, K, D, chunk_rows=8)
     files = []
     for r in range(n):
