@@ -173,7 +173,7 @@ def python(script: str, *args: str, env: dict | None = None, stdin=None, stdout=
 @contextlib.contextmanager
 def warm_processes():
     """Dask's "processes" scheduler with its worker processes forked from the launcher
-    (a fresh interpreter each, as with "spawn", without the imports)."""
+    (sharing nothing with this process, as with "spawn", without the imports)."""
     import dask
 
     _launcher()
