@@ -25,6 +25,15 @@ def short_lease(monkeypatch):
 
 
 @pytest.fixture
+def killed_lease(monkeypatch):
+    """Leases expire after 1 s, here and in child processes: for tests that wait for the
+    leases of writers they killed, while no live writer's lease is judged."""
+    monkeypatch.setenv("DASK_NCDASK__LEASE_EXPIRY", "1")
+    with dask.config.set({"ncdask.lease_expiry": 1}):
+        yield 1.0
+
+
+@pytest.fixture
 def mem_url():
     """A fresh in-memory fsspec URL per call."""
 

@@ -166,11 +166,11 @@ print(repr(float(st.within_cov.values.trace())))
 @pytest.mark.slow
 def test_two_processes_filling_the_cache_at_once_agree(tmp_path):
     import subprocess
-    import sys
 
-    s, _ = _store(tmp_path, n=20_000)
-    procs = [subprocess.Popen([sys.executable, "-c", _TWICE, s.url], stdout=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    from killing import python
+
+    s, _ = _store(tmp_path, n=5_000)  # ~1 s of work each: the two started together overlap
+    procs = [python(_TWICE, s.url, stdout=subprocess.PIPE) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     want = float(ncdask.class_stats(s, "train").within_cov.values.trace())

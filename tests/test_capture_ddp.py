@@ -2,10 +2,10 @@
 
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+from killing import python
 
 import ncdask
 
@@ -45,9 +45,8 @@ def test_capture_in_a_two_rank_gloo_job(tmp_path, writers):
     url = str(tmp_path / "s.zarr")
     ncdask.EmbeddingStore.create(url, K, 8, chunk_rows=32)
     env = {**os.environ, "DASK_NCDASK__WRITERS": writers, "PYTHONWARNINGS": "ignore"}
-    procs = [subprocess.Popen([sys.executable, "-c", _RANK, str(r), "2",
-                               str(tmp_path / "init"), url], env=env,
-                              stdout=subprocess.PIPE, text=True) for r in range(2)]
+    procs = [python(_RANK, str(r), "2", str(tmp_path / "init"), url, env=env,
+                    stdout=subprocess.PIPE) for r in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     assert all("refused" in o for o in outs)

@@ -223,10 +223,13 @@ def test_analyze_sweep_over_epochs(tmp_path, arrays, capsys):
 
 @pytest.mark.slow
 def test_scheduler_threads_processes_sync(store_url, capsys):
+    from killing import warm_processes
+
     ref = _api(store_url, metrics=["nc1_pinv", "nc4_agree"])
     for spec in ("threads", "processes", "sync"):
-        assert main(["analyze", store_url, "--scheduler", spec, "--json", "-", "-q",
-                     "--metrics", "nc1_pinv", "nc4_agree"]) == 0, spec
+        with warm_processes():
+                assert main(["analyze", store_url, "--scheduler", spec, "--json", "-", "-q",
+                         "--metrics", "nc1_pinv", "nc4_agree"]) == 0, spec
         _compare(json.loads(capsys.readouterr().out), ref)
 
 
@@ -281,6 +284,11 @@ def test_a_port_that_is_not_a_dask_scheduler_is_an_error_not_a_hang():
         srv.shutdown()
 
 
+_DASK_CLI = """
+import os, runpy, sys
+os.setsid()  # its own process group, killed as one
+runpy.run_module(f"distributed.cli.dask_{sys.argv.pop(1)}", run_name="__main__")
+"""
 _SLOW_TASKS = """
 import time
 from distributed import WorkerPlugin
@@ -299,33 +307,31 @@ async def dask_setup(worker):
 def test_every_worker_killed_mid_run_is_an_error_not_a_hang(store_url, tmp_path):
     """A real scheduler and worker in their own processes; the worker SIGKILLed while
     ``ncdask analyze`` runs on it. The run must stop with an error naming the scheduler
-    within the no-workers timeout (5 s here) and a margin."""
+    within the no-workers timeout (2 s here) and a margin."""
     import contextlib
     import signal
     import subprocess
     import sys
     import time
 
+    from killing import python
+
     distributed = pytest.importorskip("distributed")
     (tmp_path / "slow_tasks.py").write_text(_SLOW_TASKS)
     sfile, env = str(tmp_path / "scheduler.json"), {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(tmp_path), *sys.path])}
-    dask_cli = [sys.executable, "-m", "distributed.cli.dask_{}"]
-    procs = [subprocess.Popen([*dask_cli[:2], dask_cli[2].format("scheduler"), "--port", "0",
-                               "--no-dashboard", "--scheduler-file", sfile], env=env,
-                              stderr=subprocess.DEVNULL, start_new_session=True)]
+    procs = [python(_DASK_CLI, "scheduler", "--port", "0", "--no-dashboard", "--scheduler-file",
+                    sfile, env=env, stderr=subprocess.DEVNULL)]
     try:
-        procs.append(subprocess.Popen(
-            [*dask_cli[:2], dask_cli[2].format("worker"), "--scheduler-file", sfile,
-             "--no-nanny", "--nthreads", "1", "--no-dashboard", "--preload", "slow_tasks"],
-            env=env, stderr=subprocess.DEVNULL, start_new_session=True))
+        procs.append(python(
+            _DASK_CLI, "worker", "--scheduler-file", sfile, "--no-nanny", "--nthreads", "1",
+            "--no-dashboard", "--preload", "slow_tasks", env=env, stderr=subprocess.DEVNULL))
         with distributed.Client(scheduler_file=sfile, timeout=30) as watcher:
             watcher.wait_for_workers(1, timeout=30)
             address = watcher.scheduler.address
-            run = subprocess.Popen(
-                [sys.executable, "-m", "ncdask.cli", "analyze", store_url, "--scheduler",
-                 address, "--no-workers-timeout", "5", "--metrics", "nc1"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            run = python("import sys; from ncdask.cli import main; sys.exit(main())",
+                         "analyze", store_url, "--scheduler", address, "--no-workers-timeout",
+                         "2", "--metrics", "nc1", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             deadline = time.monotonic() + 60
             while not any(watcher.processing().values()):  # the run has work on the worker
                 assert run.poll() is None, run.communicate()
@@ -334,12 +340,12 @@ def test_every_worker_killed_mid_run_is_an_error_not_a_hang(store_url, tmp_path)
             os.killpg(procs[1].pid, signal.SIGKILL)
             t0 = time.monotonic()
             try:
-                out, err = run.communicate(timeout=5 + 15)
+                out, err = run.communicate(timeout=2 + 15)
             finally:
                 run.kill()
             assert run.returncode == 1, err
-            assert time.monotonic() - t0 < 5 + 15
-            assert f"no Dask worker was connected to the scheduler at {address} for 5 s" in err
+            assert time.monotonic() - t0 < 2 + 15
+            assert f"no Dask worker was connected to the scheduler at {address} for 2 s" in err
             # in the API: the named error, also when no worker is there from the start
             with pytest.raises(ncdask.errors.NoWorkersError, match=address):
                 with use_scheduler(address, quiet=True, no_workers_timeout=1) as r:

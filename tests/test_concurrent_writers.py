@@ -2,7 +2,7 @@
 
 Each process starts at the same instant (they report "ready" after their
 imports and spin on a "go" file), first-writes a split of its own in a new
-set and then appends 20 batches to one shared split that none of them has
+set and then appends 10 batches to one shared split that none of them has
 created yet, so the set, the shared split and its arrays are all created
 concurrently. Every row encodes who wrote it, so each is accounted for by
 content, and a failure names the (rank, batch) rows lost or repeated, or the
@@ -11,16 +11,16 @@ rank that failed or timed out with its stderr.
 
 import os
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import zarr
+from killing import python
 
 import ncdask
 
-K, D, RANKS, BATCHES, ROWS = 7, 5, 4, 20, 3
+K, D, RANKS, BATCHES, ROWS = 7, 5, 4, 10, 3
 
 _CONST = f"K, D, RANKS, BATCHES, ROWS = {K}, {D}, {RANKS}, {BATCHES}, {ROWS}\n"
 _RANK = _CONST + """
@@ -48,8 +48,8 @@ def _run_ranks(url, go, epoch, writers, timeout=300.0):
     """Start the ranks, tell them to go once all are ready; fail naming each rank that
     failed or timed out, with its stderr."""
     env = {**os.environ, "DASK_NCDASK__WRITERS": writers}
-    procs = [subprocess.Popen([sys.executable, "-c", _RANK, url, str(r), str(go), str(epoch)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [python(_RANK, url, str(r), str(go), str(epoch), env=env, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE)
              for r in range(RANKS)]
     t0, bad = time.time(), []
     try:
@@ -142,8 +142,7 @@ def test_ranks_first_writing_new_sets_at_the_same_instant(tmp_path):
     url, sync, trials = str(tmp_path / "s.zarr"), tmp_path / "sync", 30
     sync.mkdir()
     ncdask.EmbeddingStore.create(url, K, D, chunk_rows=8)
-    procs = [subprocess.Popen([sys.executable, "-c", _CREATOR, url, str(r), str(sync),
-                               str(trials)]) for r in range(RANKS)]
+    procs = [python(_CREATOR, url, str(r), str(sync), str(trials)) for r in range(RANKS)]
     assert [p.wait(timeout=300) for p in procs] == [0] * RANKS
     s = ncdask.EmbeddingStore.open(url)
     assert s.sets() == [{"layer": "fc", "epoch": e} for e in range(trials)]

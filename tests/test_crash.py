@@ -3,13 +3,13 @@
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 
 import dask
 import numpy as np
 import pytest
+from killing import python
 
 import ncdask
 
@@ -58,7 +58,6 @@ def test_sigkill_mid_append_keeps_committed_batches(tmp_path, writers):
     """Killed three times; in shards mode each run's writer leaves its own shard."""
     url = str(tmp_path / "crash.zarr")
     ncdask.EmbeddingStore.create(url, 3, D, chunk_rows=128)  # batches straddle chunks
-    (tmp_path / "writer.py").write_text(WRITER)
     (tmp_path / "helpers_batches.py").write_text(
         "import numpy as np\n"
         f"ROWS, D = {ROWS}, {D}\n"
@@ -71,8 +70,7 @@ def test_sigkill_mid_append_keeps_committed_batches(tmp_path, writers):
     m = 0
     rng = np.random.default_rng(0)
     for _round in range(3):
-        proc = subprocess.Popen([sys.executable, str(tmp_path / "writer.py"), url, str(m)],
-                                stdout=subprocess.PIPE, env=env, text=True)
+        proc = python(WRITER, url, str(m), stdout=subprocess.PIPE, env=env)
         seen = -1
         try:
             while seen < m + 4:  # let a few batches commit, then kill it mid-stream

@@ -3,11 +3,11 @@
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
+from killing import python, run
 
 import ncdask
 from ncdask.store import DuplicateImportError
@@ -159,8 +159,7 @@ def test_killed_import_then_rerun_gives_each_row_once(tmp_path, delay):
     url = str(tmp_path / "s.zarr")
     s = ncdask.EmbeddingStore.create(url, K, D, chunk_rows=4096)
     s.append("train", X[:10], y[:10])
-    p = subprocess.Popen([sys.executable, "-c", _KILLED, url, xa, ya], stdout=subprocess.PIPE,
-                         text=True)
+    p = python(_KILLED, url, xa, ya, stdout=subprocess.PIPE)
     assert p.stdout.readline().strip() == "start"
     time.sleep(delay)
     p.send_signal(signal.SIGKILL)
@@ -257,10 +256,8 @@ def test_concurrent_writers_on_one_split_lose_nothing(tmp_path):
     s = ncdask.EmbeddingStore.create(url, K, D, chunk_rows=64)
     s.append("train", np.zeros((1, D)), np.zeros(1, int))
     files = [_files(tmp_path, n=2_000, seed=i, name=f"f{i}") for i in (1, 2)]
-    procs = [subprocess.Popen([sys.executable, "-c", _APPENDER, url, str(v), "append"])
-             for v in (1, 2)]
-    procs += [subprocess.Popen([sys.executable, "-c", _APPENDER, url, "0", "import",
-                                f[0], f[1]]) for f in files]
+    procs = [python(_APPENDER, url, str(v), "append") for v in (1, 2)]
+    procs += [python(_APPENDER, url, "0", "import", f[0], f[1]) for f in files]
     assert [p.wait() for p in procs] == [0, 0, 0, 0]
     s = ncdask.EmbeddingStore.open(url)
     d = s.split("train")
@@ -277,10 +274,10 @@ def test_killed_multi_file_cli_import_continues_when_run_again(tmp_path):
     skips what was committed and imports the rest; every row is in the split once."""
     files = [_files(tmp_path, n=300_000, seed=i, name=f"f{i}") for i in range(3)]
     url = str(tmp_path / "s.zarr")
-    cmd = [sys.executable, "-c", "import sys; from ncdask.cli import main; sys.exit(main())",
+    cmd = ["import sys; from ncdask.cli import main; sys.exit(main())",
            "import", *[p for f in files for p in f[:2]], "--store", url, "--split", "train",
            "--n-classes", str(K)]
-    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    p = python(*cmd, stderr=subprocess.PIPE)
     for line in p.stderr:  # progress goes to stderr, one line per committed file
         if line.startswith("[1/3]"):
             break
@@ -289,12 +286,12 @@ def test_killed_multi_file_cli_import_continues_when_run_again(tmp_path):
     p.stderr.close()
     n = ncdask.EmbeddingStore.open(url).n_rows("train")
     assert n in (300_000, 600_000)  # whole files only
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = run(*cmd)
     assert r.returncode == 0, r.stderr
     assert "continuing an interrupted import" in r.stderr
     d = ncdask.EmbeddingStore.open(url).split("train")
     np.testing.assert_array_equal(d.labels.values, np.concatenate([f[3] for f in files]))
     np.testing.assert_array_equal(d.embeddings.values[::1000],
                                   np.concatenate([f[2] for f in files])[::1000])
-    r = subprocess.run(cmd, capture_output=True, text=True)  # all in: refused, as before
+    r = run(*cmd)  # all in: refused, as before
     assert r.returncode != 0 and "already holds" in r.stderr

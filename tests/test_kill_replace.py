@@ -22,11 +22,11 @@ from ncdask.store.zarrio import open_dataset, url_fs, write_dataset
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.15])
-def test_sigkill_during_set_classifier_keeps_one_whole_version(tmp_path, delay, short_lease):
+def test_sigkill_during_set_classifier_keeps_one_whole_version(tmp_path, delay, killed_lease):
     url = str(tmp_path / "s.zarr")
     classifier_survives_kills(url, None, [delay, delay + 0.1])
     # the killed writers' staged versions are cleaned up by a writer after their leases expire
-    time.sleep(short_lease + 0.5)
+    time.sleep(killed_lease + 0.1)
     ncdask.EmbeddingStore.open(url, "a").core.tidy()
     g = zarr.open_group(url, mode="r")
     hidden = sorted(p.name for p in (tmp_path / "s.zarr").iterdir() if p.name.startswith("."))
@@ -34,10 +34,10 @@ def test_sigkill_during_set_classifier_keeps_one_whole_version(tmp_path, delay, 
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.15])
-def test_sigkill_during_output_replace_keeps_one_whole_version(tmp_path, delay, short_lease):
+def test_sigkill_during_output_replace_keeps_one_whole_version(tmp_path, delay, killed_lease):
     url = str(tmp_path / "out.zarr")
     output_survives_kills(url, None, [delay, delay + 0.1])
-    time.sleep(short_lease + 0.5)  # the killed writers' leases expire: the next write tidies
+    time.sleep(killed_lease + 0.1)  # the killed writers' leases expire: the next write tidies
     write_dataset(xr.Dataset({"z": ("x", np.zeros(3))}), url, kind="results", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]  # nothing left aside
 

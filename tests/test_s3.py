@@ -8,12 +8,12 @@ concurrent processes keep every row.
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 
 import numpy as np
 import pytest
+from killing import python, run
 from moto.server import ThreadedMotoServer
 
 import ncdask
@@ -66,6 +66,7 @@ _RANK = """
 import json, os, sys, time, numpy as np, ncdask
 url, rank, go, opts = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
 s = ncdask.EmbeddingStore.open(url, "a", storage_options=opts)
+print("ready", flush=True)
 t0 = time.time()
 while not os.path.exists(go):
     if time.time() - t0 > 120:
@@ -81,19 +82,21 @@ for b in range(int(sys.argv[5])):
 @pytest.mark.slow
 @pytest.mark.parametrize("trial", [0])
 def test_four_processes_appending_to_one_new_split_on_s3(s3, tmp_path, trial):
-    opts, ranks, batches = s3[0], 4, 20
+    opts, ranks, batches = s3[0], 4, 10
     url = _url(s3, f"conc{trial}")
     ncdask.EmbeddingStore.create(url, K, D, chunk_rows=8, storage_options=opts)
     go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", _RANK, url, str(r), str(go),
-                               json.dumps(opts), str(batches)],
-                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    procs = [python(_RANK, url, str(r), str(go), json.dumps(opts), str(batches),
+                    env={**os.environ, "PYTHONWARNINGS": "ignore"}, stdout=subprocess.PIPE)
              for r in range(ranks)]
-    import time
-
-    time.sleep(1.0)
-    go.write_text("go")
-    assert [p.wait(timeout=600) for p in procs] == [0] * ranks
+    try:
+        assert [p.stdout.readline().strip() for p in procs] == ["ready"] * ranks
+        go.write_text("go")
+        assert [p.wait(timeout=600) for p in procs] == [0] * ranks
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
     s = ncdask.EmbeddingStore.open(url, storage_options=opts)
     d = s.split("shared")
     X, y = d.embeddings.values, d.labels.values
@@ -110,7 +113,7 @@ def test_four_processes_appending_to_one_new_split_on_s3(s3, tmp_path, trial):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("what", ["classifier", "output", "copying"])
-def test_sigkill_during_replaces_on_s3_keeps_one_whole_version(s3, what, short_lease):
+def test_sigkill_during_replaces_on_s3_keeps_one_whole_version(s3, what, killed_lease):
     """No rename on S3: the classifier switches by a pointer PUT, outputs by a copy that
     marks the target incomplete until its root metadata lands (read from the staged copy
     meanwhile); "copying" kills in the copy phase itself (the target then has no root
@@ -128,7 +131,7 @@ def test_sigkill_during_replaces_on_s3_keeps_one_whole_version(s3, what, short_l
     else:
         output_survives_kills(url, s3[0], [0.0, 1.0] if what == "output" else [0.0, 0.2],
                               marker="copying" if what == "copying" else None)
-    time.sleep(short_lease + 0.5)
+    time.sleep(killed_lease + 0.1)
     fs = s3fs.S3FileSystem(**s3[0])
     path = url[len("s3://"):]
     if what == "classifier":
@@ -179,17 +182,15 @@ def test_imports_on_s3_go_to_shards_and_are_never_duplicated(s3, tmp_path):
     s = ncdask.EmbeddingStore.create(url, K, D, chunk_rows=512, storage_options=opts)
     sizes = (3000, 3000, 20_000)
     files = [_npy(tmp_path, f"f{i}", n, 100_000 * i) for i, n in enumerate(sizes)]
-    procs = [subprocess.Popen([sys.executable, "-c", _IMPORT, url, json.dumps(opts), *f],
-                              stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    procs = [python(_IMPORT, url, json.dumps(opts), *f, stdout=subprocess.PIPE,
+                    env={**os.environ, "PYTHONWARNINGS": "ignore"})
              for f in files[:2]]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     for p in procs:
         p.stdout.close()
     # a third import, killed as soon as it starts writing: nothing of it is committed
-    p = subprocess.Popen([sys.executable, "-c", _IMPORT, url, json.dumps(opts), *files[2]],
-                         stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    p = python(_IMPORT, url, json.dumps(opts), *files[2], stdout=subprocess.PIPE,
+               env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert p.stdout.readline().strip() == "start"
     time.sleep(0.5)
     p.send_signal(signal.SIGKILL)
@@ -251,9 +252,8 @@ def test_a_handle_sees_rows_other_processes_append_on_s3(s3):
     a = ncdask.EmbeddingStore.create(url, K, D, chunk_rows=8, storage_options=opts)
 
     def other_process(first, rows, split="train", layer=""):
-        subprocess.run([sys.executable, "-c", _APPEND, url, json.dumps(opts), str(first),
-                        str(rows), split, layer], check=True,
-                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        run(_APPEND, url, json.dumps(opts), str(first), str(rows), split, layer, check=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
     n = 0
     for first, rows in ((0, 21), (100, 30), (200, 9)):  # 21 of 51, then 51 of 60

@@ -10,12 +10,12 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import xarray as xr
+from killing import python
 
 import ncdask
 from ncdask.store.zarrio import open_dataset, write_dataset
@@ -100,9 +100,8 @@ print("done", flush=True)
 
 def _paused(url, op, split="", nth=1, files=()):
     """A writer process (hostname "box", pid 999999) stopped while its staging exists."""
-    p = subprocess.Popen([sys.executable, "-c", _PAUSED, url, op, split, str(nth), *files],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    p = python(_PAUSED, url, op, split, str(nth), *files, stdin=subprocess.PIPE,
+               stdout=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     line = p.stdout.readline()
     if line.strip() != "paused":
         p.kill()
@@ -129,7 +128,7 @@ def test_writers_with_one_hostname_keep_each_others_staging(tmp_path, monkeypatc
     else:  # stopped before switching to its new version
         p = _paused(url, "classifier")
     try:
-        time.sleep(short_lease + 0.5)
+        time.sleep(short_lease + 0.1)
         s = ncdask.EmbeddingStore.open(url, "a")
         if child == "import":
             s.set_classifier(np.ones((K, D)))
@@ -164,7 +163,7 @@ def test_a_killed_importers_staging_goes_only_when_its_lease_expires(tmp_path, s
     s.core.tidy(s.core.group)
     s.set_classifier(np.ones((K, D)))
     assert _hidden(url, ".import-") == staged  # the lease may still be renewed
-    time.sleep(short_lease + 0.5)
+    time.sleep(short_lease + 0.1)
     s.set_classifier(np.ones((K, D)))
     assert _hidden(url, ".import-") == []
     assert s.splits() == ["train"] and ncdask.check_store(url).ok
@@ -181,7 +180,7 @@ def test_a_killed_replaces_aside_is_restored_where_its_place_is_empty(tmp_path, 
     assert s.splits() == ["val"] and len(_hidden(url, ".train.")) == 1
     r = ncdask.check_store(url)
     assert r.ok and r.notes == []  # a live lease: nothing is left over yet
-    time.sleep(short_lease + 0.5)
+    time.sleep(short_lease + 0.1)
     assert len(ncdask.check_store(url).notes) == 2  # the aside and the staged import
     s.core.tidy(s.core.group)
     assert s.splits() == ["train", "val"] and _hidden(url, ".train.") == []
@@ -196,16 +195,15 @@ def test_a_killed_output_replace_is_finished_after_its_lease_expires(tmp_path, s
     the lease expires the reader moves the new one in and deletes the old."""
     url = str(tmp_path / "o.zarr")
     write_dataset(xr.Dataset({"a": ("x", np.ones(5))}), url, kind="results")
-    p = subprocess.Popen([sys.executable, "-c", _OUTPUT_PAUSED, url], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    p = python(_OUTPUT_PAUSED, url, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+               env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert p.stdout.readline().strip() == "paused"
     p.send_signal(signal.SIGKILL)
     p.communicate()
     assert not os.path.exists(url)
     np.testing.assert_array_equal(open_dataset(url).a.values, 2.0)  # the complete copy
     assert not os.path.exists(url)  # its writer may be alive: read, not moved
-    time.sleep(short_lease + 0.5)
+    time.sleep(short_lease + 0.1)
     np.testing.assert_array_equal(open_dataset(url).a.values, 2.0)
     assert sorted(q.name for q in tmp_path.iterdir()) == ["o.zarr"]
 

@@ -11,13 +11,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 
 import numpy as np
 import pytest
 import zarr
+from killing import python
 from test_s3 import s3  # noqa: F401 (the S3 server fixture)
 
 import ncdask
@@ -120,12 +120,9 @@ def test_appender_racing_deletes_and_overwrites_keeps_every_acknowledged_row(tmp
     np.save(yf, np.arange(FILE_ROWS) % K)
     acks = tmp_path / "acks"
     with open(acks, "w") as out:
-        app = subprocess.Popen([sys.executable, "-c", _APPENDER, url, "200", "{}"],
-                               stdout=out, stderr=subprocess.PIPE, text=True, env=ENV)
-        mut = subprocess.Popen(
-            [sys.executable, "-c", _MUTATOR, url, "30", str(xf), str(yf), str(acks),
-             os.path.dirname(__file__)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        app = python(_APPENDER, url, "200", "{}", stdout=out, stderr=subprocess.PIPE, env=ENV)
+        mut = python(_MUTATOR, url, "30", str(xf), str(yf), str(acks), os.path.dirname(__file__),
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
         m_out, m_err = mut.communicate(timeout=240)
         a_err = app.communicate(timeout=240)[1]
     assert app.returncode == 0, f"the appender failed:\n{a_err[-3000:]}"
@@ -142,6 +139,7 @@ _IMPORTER = """
 import os, sys, time, ncdask
 url, xf, yf, go = sys.argv[1:5]
 s = ncdask.EmbeddingStore.open(url, "a")
+print("ready", flush=True)
 for split, layer in (("train", "fc"), ("val", "fc"), ("test", None)):
     while not os.path.exists(go + split):
         time.sleep(0.001)
@@ -153,7 +151,7 @@ for split, layer in (("train", "fc"), ("val", "fc"), ("test", None)):
 def test_importers_creating_one_new_split_at_once_all_succeed(tmp_path):
     """4 imports of 4 files into one new split at the same instant (in a new set, in it
     again, in the default set): each succeeds and each file is in the split once, whole."""
-    url, n, rows = str(tmp_path / "s.zarr"), 4, 200
+    url, n, rows = str(tmp_path / "s.zarr"), 4, 50
     ncdask.EmbeddingStore.create(url, K, D, chunk_rows=8)
     files = []
     for r in range(n):
@@ -163,11 +161,11 @@ def test_importers_creating_one_new_split_at_once_all_succeed(tmp_path):
         np.save(files[-1][0], X)
         np.save(files[-1][1], (r + np.arange(rows + r)) % K)
     go = str(tmp_path / "go-")
-    procs = [subprocess.Popen([sys.executable, "-c", _IMPORTER, url, str(xf), str(yf), go],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    procs = [python(_IMPORTER, url, str(xf), str(yf), go, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, env=ENV)
              for xf, yf in files]
     try:
-        time.sleep(1.0)
+        assert [p.stdout.readline() for p in procs] == ["ready\n"] * n
         for split, layer in (("train", "fc"), ("val", "fc"), ("test", None)):
             open(go + split, "w").close()
             if not all([p.stdout.readline() for p in procs]):
@@ -213,8 +211,7 @@ def test_sigkill_while_a_split_is_created_leaves_other_splits_readable(tmp_path,
     it; the next append completes it."""
     url = str(tmp_path / "s.zarr")
     s = ncdask.EmbeddingStore.from_arrays(url, {"train": (np.ones((6, D)), np.arange(6) % K)})
-    p = subprocess.Popen([sys.executable, "-c", _CREATOR, url, "half", layer],
-                         stdout=subprocess.PIPE, text=True, env=ENV)
+    p = python(_CREATOR, url, "half", layer, stdout=subprocess.PIPE, env=ENV)
     try:
         assert p.stdout.readline().strip() == "embeddings"
     finally:
@@ -420,8 +417,8 @@ def test_append_racing_deletes_on_an_object_store_commits_whole_or_raises(s3, tm
     opts, url = s3[0], f"s3://{s3[1]}/race-{uuid.uuid4().hex[:6]}.zarr"
     ncdask.EmbeddingStore.create(url, K, D, chunk_rows=8, storage_options=opts)
     s = ncdask.EmbeddingStore.open(url, "a", storage_options=opts)
-    app = subprocess.Popen([sys.executable, "-c", _APPENDER, url, "40", json.dumps(opts)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    app = python(_APPENDER, url, "24", json.dumps(opts), stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, env=ENV)
     deletes = 0
     try:
         first = app.stdout.readline()  # started
@@ -431,7 +428,7 @@ def test_append_racing_deletes_on_an_object_store_commits_whole_or_raises(s3, tm
                 deletes += 1
             except KeyError:
                 pass
-            time.sleep(0.6)
+            time.sleep(0.3)
         out, err = app.communicate(timeout=60)
     finally:
         if app.poll() is None:
