@@ -12,8 +12,8 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-from dask.array.utils import meta_from_array
 from dask._task_spec import Task, TaskRef, convert_legacy_graph
+from dask.array.utils import meta_from_array
 from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.graph_manipulation import bind
@@ -26,7 +26,7 @@ MAX_CHAINS = 8
 #: A throttled batch of reads waits for the folds of the batch this many batches back.
 READ_LAG = 2
 #: Inputs larger than this have their reads throttled to the folds' progress
-#: (below it, a bind per batch of C chunks costs more than it saves).
+#: (below it, gating each batch of C blocks costs more than it saves).
 THROTTLE_BYTES = 256 * 2**20
 
 
@@ -116,7 +116,8 @@ def throttled(dsk: dict, name: str, arrays: Sequence[da.Array], blocks: list[tup
     """:func:`chains`' ``read`` for row blocks ``blocks`` of ``arrays`` (in batches of ``C``):
     the tasks that only batch ``b`` needs run after the folds ``wait``, as ``dsk``'s copies;
     tasks that several batches share run once, unthrottled. Left free, dask reads ahead of the
-    folds (every block of one chain first). Not ``bind``: it loses rechunks' dependencies."""
+    folds (every block of one chain first). Not :func:`gate`: ``bind`` loses the dependencies
+    of rechunks (dask 2026.8)."""
     graph = convert_legacy_graph(dict(HighLevelGraph.merge(*(a.__dask_graph__() for a in arrays))))
     owner: dict[Any, int] = {}  # the one batch that needs a task, else -1
     for i, blk in enumerate(blocks):
@@ -168,7 +169,8 @@ def fold_rows(red: Reduction, *arrays: da.Array, how: str = "tree", split_every:
     """Reduce the aligned row blocks of ``arrays`` to one finalized result (a Delayed). ``arrays``
     share their row chunks and are one block wide on every other axis; ``red`` gets ``(*blocks,
     *shared)`` per row block, ``shared`` being stored once in the graph. ``how`` is ``"tree"``
-    (fan-in ``split_every``) or ``"chains"`` (``chains_``, default :func:`n_chains`); ``token``
+    (fan-in ``split_every``) or ``"chains"`` (``chains_``, default :func:`n_chains`; over more
+    than :data:`THROTTLE_BYTES`, read in step with the folds: :func:`throttled`); ``token``
     adds to the identity what the functions close over."""
     n = arrays[0].numblocks[0]
     for a in arrays[1:]:
