@@ -188,6 +188,18 @@ def work_pair(out: str) -> dict:
             **{k: float(res[k]) for k in res.data_vars if res[k].ndim == 0}}
 
 
+def commit() -> str:
+    """The commit of the ncdask checkout measured (``+`` when ``ncdask/`` has changes)."""
+    import ncdask
+
+    git = ["git", "-C", str(Path(ncdask.__file__).parent)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "."], capture_output=True,
+                           text=True).stdout.strip()
+    return head + ("+" if dirty else "")
+
+
 def sub(*args: str) -> dict:
     r = subprocess.run([sys.executable, __file__, "--work", *args], capture_output=True,
                        text=True)
@@ -263,6 +275,7 @@ def main() -> None:
         for case in args.cases:
             rep = run_pairwise(args.scale, tmp) if case == "pairwise" else run_case(
                 case, args.scale, tmp, args.weights)
+            rep["commit"] = commit()
             print(json.dumps(rep), flush=True)
             if args.out:
                 with open(args.out, "a") as f:

@@ -183,3 +183,45 @@ def test_in_memory_weights_peak_as_lazy_ones_and_graph_holds_w_once():
     stats_bytes = sum(v.nbytes for v in stats.data_vars.values())
     size = len(pickle.dumps(graph, protocol=5))  # what a distributed scheduler would ship
     assert W.nbytes < size < stats_bytes + W.nbytes + 2**20, (size, stats_bytes, W.nbytes)
+
+
+
+def test_class_tile_fold_reads_in_step_with_the_folds(monkeypatch):
+    """Left free, dask reads the tiles of M and gathers those of an in-memory W ahead of the
+    folds (every tile of one chain first: 0.9 GiB of them at K=100k, D=2048); throttled,
+    every block a fold of batch b takes is made after the folds of batch b - READ_LAG, and
+    the figures are those of the free fold."""
+    import dask
+    from dask.core import get_dependencies
+
+    from ncdask.graph import _reduce
+    from ncdask.metrics import measure
+
+    K, D, T = 400, 8, 20
+    stats, W, _ = _rows_stats(K, D, chunks=T)
+    kw = dict(weights=W, tile_size=T, metrics=["nc2w_etf_err", "nc3_dual_err"])
+    free = measure(stats, **kw).compute()
+    monkeypatch.setattr(_reduce, "THROTTLE_BYTES", 0, raising=False)
+    res = measure(stats, **kw)
+    dsk = dict(res.__dask_graph__())
+    folds = {k[1]: k for k in dsk if isinstance(k, tuple) and str(k[0]).endswith("-fold")}
+    C = _reduce.n_chains(len(folds))
+
+    def ancestors(key):
+        seen, stack = set(), [key]
+        while stack:
+            for d in get_dependencies(dsk, stack.pop()):
+                if d not in seen:
+                    seen.add(d)
+                    stack.append(d)
+        return seen
+
+    lag = _reduce.READ_LAG
+    for i in range(lag * C, len(folds)):
+        first_waited = (i // C - lag) * C
+        for blk in set(get_dependencies(dsk, folds[i])) - {folds.get(i - C)}:
+            assert folds[first_waited] in ancestors(blk), (i, blk)
+    with dask.config.set(scheduler="threads"):
+        got = res.compute()
+    for k in kw["metrics"]:
+        assert float(got[k]) == float(free[k]), k

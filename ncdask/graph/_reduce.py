@@ -12,6 +12,7 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+from dask._task_spec import Task, TaskRef, convert_legacy_graph
 from dask.array.utils import meta_from_array
 from dask.base import tokenize
 from dask.delayed import Delayed
@@ -24,6 +25,9 @@ from ncdask.kernels._reduction import Reduction
 MAX_CHAINS = 8
 #: A throttled batch of reads waits for the folds of the batch this many batches back.
 READ_LAG = 2
+#: Inputs larger than this have their reads throttled to the folds' progress
+#: (below it, gating each batch of C blocks costs more than it saves).
+THROTTLE_BYTES = 256 * 2**20
 
 
 def n_chains(n_blocks: int) -> int:
@@ -107,6 +111,50 @@ def gate(dsk: dict, name: str, x: da.Array, wait: Sequence[Any], *, seed: Any) -
     return bind(x, [Delayed(k, g, layer=name) for k in wait], seed=seed)
 
 
+def throttled(dsk: dict, name: str, arrays: Sequence[da.Array], blocks: list[tuple[Any, ...]],
+              C: int) -> Callable[[int, int, list[Any]], list[tuple[Any, ...]]]:
+    """:func:`chains`' ``read`` for row blocks ``blocks`` of ``arrays`` (in batches of ``C``):
+    the tasks that only batch ``b`` needs run after the folds ``wait``, as ``dsk``'s copies;
+    tasks that several batches share run once, unthrottled. Left free, dask reads ahead of the
+    folds (every block of one chain first). Not :func:`gate`: ``bind`` loses the dependencies
+    of rechunks (dask 2026.8)."""
+    graph = convert_legacy_graph(dict(HighLevelGraph.merge(*(a.__dask_graph__() for a in arrays))))
+    owner: dict[Any, int] = {}  # the one batch that needs a task, else -1
+    for i, blk in enumerate(blocks):
+        stack = [k for k in blk if k in graph]
+        while stack:
+            k = stack.pop()
+            if owner.get(k, i // C) != i // C:
+                owner[k] = -1
+            elif k not in owner:
+                owner[k] = i // C
+                stack.extend(graph[k].dependencies)
+                continue
+            if owner[k] == -1:
+                stack.extend(d for d in graph[k].dependencies if owner.get(d) != -1)
+
+    def read(lo: int, hi: int, wait: list[Any]) -> list[tuple[Any, ...]]:
+        if not wait:
+            return blocks[lo:hi]
+        mine = {k for k, b in owner.items() if b == lo // C}
+        ren = {k: (f"{name}-{lo}-{k[0]}", *k[1:]) if isinstance(k, tuple) else f"{name}-{lo}-{k}"
+               for k in mine}
+        gate_key = f"{name}-gate-{lo}"
+        dsk[gate_key] = Task(gate_key, _after, None, *map(TaskRef, wait))
+        for k in mine:
+            node = graph[k].substitute(ren, key=ren[k])
+            if not graph[k].dependencies & mine:  # first of this batch's tasks: after the gate
+                node = Task(ren[k], _after, node, TaskRef(gate_key))
+            dsk[ren[k]] = node
+        return [tuple(ren.get(k, k) for k in blk) for blk in blocks[lo:hi]]
+
+    return read
+
+
+def _after(value: Any, *_: Any) -> Any:
+    return value
+
+
 def row_keys(x: da.Array) -> list[Any]:
     """The key of each row block of ``x`` (one block wide on every other axis)."""
     if any(n != 1 for n in x.numblocks[1:]):
@@ -121,7 +169,8 @@ def fold_rows(red: Reduction, *arrays: da.Array, how: str = "tree", split_every:
     """Reduce the aligned row blocks of ``arrays`` to one finalized result (a Delayed). ``arrays``
     share their row chunks and are one block wide on every other axis; ``red`` gets ``(*blocks,
     *shared)`` per row block, ``shared`` being stored once in the graph. ``how`` is ``"tree"``
-    (fan-in ``split_every``) or ``"chains"`` (``chains_``, default :func:`n_chains`); ``token``
+    (fan-in ``split_every``) or ``"chains"`` (``chains_``, default :func:`n_chains`; over more
+    than :data:`THROTTLE_BYTES`, read in step with the folds: :func:`throttled`); ``token``
     adds to the identity what the functions close over."""
     n = arrays[0].numblocks[0]
     for a in arrays[1:]:
@@ -132,6 +181,12 @@ def fold_rows(red: Reduction, *arrays: da.Array, how: str = "tree", split_every:
     shared_keys = [f"{name}-shared-{j}" for j in range(len(shared))]
     dsk.update(zip(shared_keys, shared, strict=True))
     blocks = [(*ks, *shared_keys) for ks in zip(*map(row_keys, arrays), strict=True)]
+    if how == "chains" and sum(a.nbytes for a in arrays) > THROTTLE_BYTES:
+        C = n_chains(n) if chains_ is None else chains_
+        read = throttled(dsk, name, arrays, blocks, C)
+        out = finish(dsk, name, red, chains(dsk, name, red, n, read, n_chains=C, batch=C))
+        graph = HighLevelGraph.from_collections(name, dsk, dependencies=list(arrays))
+        return Delayed(out, graph, layer=name)
     if how == "tree":
         assert red.chunk is not None
         leaves = [(f"{name}-chunk", i) for i in range(len(blocks))]

@@ -17,7 +17,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from ncdask.graph._reduce import READ_LAG, gate, n_chains
+from ncdask.graph._reduce import READ_LAG, THROTTLE_BYTES, gate, n_chains
 from ncdask.graph._reduce import chains as fold_chains
 from ncdask.graph.closed_forms import nc1_values
 from ncdask.kernels import tiled_stats as KT
@@ -35,11 +35,6 @@ def stats_budget(budget: int | str | None = None) -> int:
     from ncdask.graph.pairwise import configured_budget
 
     return configured_budget(budget, STATS_BUDGET_KEY, STATS_BUDGET)
-
-
-#: Inputs larger than this have their reads throttled to the folds' progress
-#: (below it, a bind per batch of C chunks costs more than it saves).
-THROTTLE_BYTES = 256 * 2**20
 
 
 def plan(

@@ -235,8 +235,8 @@ def class_inputs(stats: xr.Dataset, kept: KeptClasses, *, weights: Any = None,
     eps_dtype = pinv_dtype(stats["means"].dtype)
     M = float64(as_dask(stats["means"]))
     v = float64(as_dask(stats["var_norms"]))
-    if K < K_all:
-        M, v = M[present], v[present]
+    if K < K_all:  # block by block, as the classifier rows (no shuffle across blocks)
+        M, v = take_rows(M, present), take_rows(v, present)
     M = M.rechunk((min(tile_size, max(K, 1)), -1))
     if kept.refiltered:  # classes filtered here: the global mean over the classes kept
         mG = global_mean_of(M, kept.counts[present], stats.attrs.get("global_mean"))
