@@ -289,3 +289,22 @@ def test_one_chain_reads_once_where_two_chains_would_not_fit(monkeypatch):
         assert_stats_equal(got.compute(scheduler="sync"), ref)
         n_read[budget] = sum(p.endswith("embeddings") for p in reads)
     assert n_read[5 * K * D * 8] == 8 < n_read[3 * K * D * 8]
+
+
+@pytest.mark.parametrize("budget", [None, TINY], ids=["one-pass", "pipelined"])
+def test_large_inputs_chunked_along_features_read_in_step(monkeypatch, budget):
+    """Inputs over the throttle size are read a batch at a time, also when their features
+    come in several chunks (the rechunk's tasks are throttled with the reads)."""
+    import ncdask.graph.tiled_stats as TS
+
+    monkeypatch.setattr(TS, "THROTTLE_BYTES", 0)
+    rng = np.random.default_rng(5)
+    K, D = 12, 6
+    X, y = rng.normal(size=(500, D)), _rare_labels(rng, 500, K)
+    ref = dense_stat_arrays(X, y, K)
+    ds = split(X, y, K, chunks=50)
+    ds["embeddings"] = ds.embeddings.chunk({"feature": 3})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyClassWarning)
+        got = ncdask.class_stats(ds, tile_size=5, memory_budget=budget, chains=2)
+        assert_stats_equal(got.compute(), ref, 1e-10)

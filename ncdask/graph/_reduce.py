@@ -16,7 +16,6 @@ from dask._task_spec import Task, TaskRef, convert_legacy_graph
 from dask.array.utils import meta_from_array
 from dask.base import tokenize
 from dask.delayed import Delayed
-from dask.graph_manipulation import bind
 from dask.highlevelgraph import HighLevelGraph
 
 from ncdask.kernels._reduction import Reduction
@@ -65,10 +64,11 @@ def chains(
 ) -> list[Any]:
     """Fold ``n_blocks`` blocks into ``n_chains`` running partials; return the chain ends.
     ``read(lo, hi, wait)`` gives the task arguments of blocks ``lo`` to ``hi``
-    (:meth:`Reduction.step` gets ``(acc, *args)``), their reads made to wait for the keys ``wait``
-    (:func:`gate`); or ``read`` is the list of every block's arguments. With ``batch``, batch ``b``
-    of reads waits for the folds of batch ``b − lag`` (the first ones for ``after``): left free,
-    dask reads every block before the first fold, as reads are always-ready roots."""
+    (:meth:`Reduction.step` gets ``(acc, *args)``), their reads made to wait for the keys
+    ``wait`` (:func:`throttled`); or ``read`` is the list of every block's arguments. With
+    ``batch``, batch ``b`` of reads waits for the folds of batch ``b − lag`` (the first ones for
+    ``after``): left free, dask reads every block before the first fold, as reads are
+    always-ready roots."""
     if not callable(read):
         blocks = list(read)
 
@@ -103,21 +103,14 @@ def _combine_finish(red: Reduction, parts: list[Any]) -> Any:
     return red.finish(red.combine(parts))
 
 
-def gate(dsk: dict, name: str, x: da.Array, wait: Sequence[Any], *, seed: Any) -> da.Array:
-    """``x`` as a clone whose blocks are read only once the tasks ``wait`` of ``dsk`` ran."""
-    if not wait:
-        return x
-    g = HighLevelGraph.from_collections(name, {k: dsk[k] for k in wait}, dependencies=[])
-    return bind(x, [Delayed(k, g, layer=name) for k in wait], seed=seed)
-
-
 def throttled(dsk: dict, name: str, arrays: Sequence[da.Array], blocks: list[tuple[Any, ...]],
               C: int) -> Callable[[int, int, list[Any]], list[tuple[Any, ...]]]:
     """:func:`chains`' ``read`` for row blocks ``blocks`` of ``arrays`` (in batches of ``C``):
     the tasks that only batch ``b`` needs run after the folds ``wait``, as ``dsk``'s copies;
-    tasks that several batches share run once, unthrottled. Left free, dask reads ahead of the
-    folds (every block of one chain first). Not :func:`gate`: ``bind`` loses the dependencies
-    of rechunks (dask 2026.8)."""
+    tasks that several batches share run once, unthrottled (with ``C`` the number of blocks:
+    a whole pass that reads afresh after ``wait``). Left free, dask reads ahead of the folds
+    (every block of one chain first). Not ``dask.graph_manipulation.bind``: it loses the
+    dependencies of rechunks (dask 2026.8)."""
     graph = convert_legacy_graph(dict(HighLevelGraph.merge(*(a.__dask_graph__() for a in arrays))))
     owner: dict[Any, int] = {}  # the one batch that needs a task, else -1
     for i, blk in enumerate(blocks):

@@ -14,7 +14,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from ncdask.graph._reduce import chains, gate, row_keys
+from ncdask.graph._reduce import chains, row_keys, throttled
 from ncdask.graph.closed_forms import delayed_array, gram
 from ncdask.kernels import covariances as KC
 from ncdask.kernels.spectrum import effective_rank
@@ -53,19 +53,16 @@ def class_covariance_chunks(X: da.Array, y: da.Array, position: np.ndarray, n_se
     cname = f"ncdask-class-counts-{token}"
     fname = f"ncdask-cov-{token}"
     folds: dict = {f"{fname}-position": np.asarray(position, dtype=np.int64)}
-    deps: list = []
     # The output chunks are the finalize tasks themselves, not ``from_delayed``
     # pieces: optimisation fused those into two consumers and kept every
     # pass's last row block and partial alive to the end.
     out_layer: dict = {}
     cnt_layer: dict = {}
     done: list = []  # small tasks (counts) that mark a pass's accumulators complete
+    rows = [(xk, yk, f"{fname}-position") for xk, yk in zip(row_keys(X), row_keys(y), strict=True)]
     for p, first in enumerate(range(0, len(bounds), per_pass)):
         # the next pass reads afresh once this one's accumulators are complete
-        Xp, yp = gate(folds, f"{fname}-pass{p}", (X, y), done, seed=(token, p))
-        deps += [Xp, yp]
-        blocks = [(xk, yk, f"{fname}-position")
-                  for xk, yk in zip(row_keys(Xp), row_keys(yp), strict=True)]
+        blocks = throttled(folds, f"{fname}-pass{p}", (X, y), rows, len(rows))(0, len(rows), done)
         done = []
         for c in range(first, min(len(bounds), first + per_pass)):
             lo, hi = bounds[c]
@@ -76,7 +73,7 @@ def class_covariance_chunks(X: da.Array, y: da.Array, position: np.ndarray, n_se
             cnt_layer[(cname, c)] = (KC.covariance_counts, end, hi - lo)
             folds[(f"{fname}-done", c)] = (KC.covariance_counts, end, hi - lo)
             done.append((f"{fname}-done", c))
-    graph = HighLevelGraph.from_collections(fname, folds, dependencies=deps)
+    graph = HighLevelGraph.from_collections(fname, folds, dependencies=[X, y])
     finals = [Delayed(f"{fname}-position", graph, layer=fname)]
     chunks_c = tuple(hi - lo for lo, hi in bounds)
     covs = da.Array(HighLevelGraph.from_collections(name, out_layer, dependencies=finals),

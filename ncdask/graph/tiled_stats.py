@@ -17,7 +17,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from ncdask.graph._reduce import READ_LAG, THROTTLE_BYTES, gate, n_chains
+from ncdask.graph._reduce import READ_LAG, THROTTLE_BYTES, n_chains, row_keys, throttled
 from ncdask.graph._reduce import chains as fold_chains
 from ncdask.graph.closed_forms import nc1_values
 from ncdask.kernels import tiled_stats as KT
@@ -136,7 +136,6 @@ def class_tiled_stats(
               step=KT.piece_rows(D, dt.itemsize))
     y_keys = list(y.__dask_keys__())
     dsk: dict[Any, Any] = {}
-    deps: list[Any] = [X, y]
     per_group: list[dict[str, Any]] = []  # keys of: means, var_norms, scatter, terms
 
     def get(key: Any, field: str, tag: str) -> Any:
@@ -145,18 +144,14 @@ def class_tiled_stats(
         return out
 
     def chained(red: Reduction, tag: str, *extra: Any, after: Any = None) -> list[Any]:
-        """Fold the chunks into C chains; the chain ends (large inputs read C at a time)."""
+        """Fold the chunks into C chains; the chain ends (large inputs read C at a time, a
+        pass ``after`` another reads afresh once it is done)."""
         n = X.numblocks[0]
-
-        def read(lo: int, hi: int, wait: list[Any]) -> list[tuple[Any, ...]]:
-            Xb = gate(dsk, f"{name}-{tag}-wait{lo}", X.blocks[lo:hi], wait,
-                      seed=f"{token}-{tag}-{lo}")
-            deps.append(Xb)
-            return [(k[0], y_keys[lo + j], *extra) for j, k in enumerate(Xb.__dask_keys__())]
-
+        big = X.nbytes > THROTTLE_BYTES
+        blocks = [(xk, yk, *extra) for xk, yk in zip(row_keys(X), y_keys, strict=True)]
+        read = throttled(dsk, f"{name}-{tag}-read", (X, y), blocks, C if big else n)
         return fold_chains(dsk, f"{name}-{tag}", red, n, read, n_chains=C,
-                           batch=C if X.nbytes > THROTTLE_BYTES else None, lag=READ_LAG,
-                           after=after)
+                           batch=C if big else None, lag=READ_LAG, after=after)
 
     if groups is None:
         groups = [(0, n_classes)]
@@ -176,7 +171,7 @@ def class_tiled_stats(
     else:
         _pipelined(dsk, name, groups, chained, get, per_group, kw, tile, in_scatter,
                    expect_counts)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[X, y])
 
     def lazy(k: str, v: Any) -> Any:
         if k == "means":
