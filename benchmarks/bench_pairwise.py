@@ -17,7 +17,8 @@ For each K (one fresh subprocess per K, so that peak RSS is that K's alone):
   kernel's size (:data:`ncdask.kernels.pairwise.STRIP_PAIRS`);
 * numba's compile of the pairwise pass (once per machine, then cached on
   disk) runs before the timed region; ``pairwise_jit`` in the report says
-  whether the tiles took the compiled pass (``pip install ncdask[fast]``);
+  whether the tiles took the compiled pass (``pip install ncdask[fast]``;
+  ``--jit off`` measures NumPy's passes instead);
 * both floors are measured again just before each run (the load of a shared
   machine drifts), in wall and in CPU seconds;
 * the report gives the median wall time, the median over runs of its ratio
@@ -57,6 +58,8 @@ CHILD = textwrap.dedent(
     from ncdask.metrics import measure
 
     K, D, repeats, tile = (int(a) for a in sys.argv[1:5])
+    jit_mode = {"auto": "auto", "on": True, "off": False}[sys.argv[5]]
+    dask.config.set({"ncdask.pairwise_jit": jit_mode})
     ncores = os.cpu_count() or 1
     rng = np.random.default_rng(0)
     PAIRWISE = ["nc1_cdnv", "nc2_equiangle", "nc2_max_angle", "nc2g_dist_mean", "nc2g_dist_var",
@@ -159,17 +162,17 @@ CHILD = textwrap.dedent(
         "peak_rss_mib": peak / 1024, "rss_before_compute_mib": rss_before / 1024,
         "cores": ncores, "load_avg_1min": os.getloadavg()[0],
         "dask": dask.__version__, "numpy": np.__version__,
-        "pairwise_jit": pairwise_jit.enabled(T * T, A),
+        "pairwise_jit": pairwise_jit.enabled(T * T, A), "jit_mode": sys.argv[5],
         "nc2g_dist_mean": float(vals.nc2g_dist_mean),
     }))
     """
 )
 
 
-def run_one(K: int, D: int, repeats: int, tile: int) -> dict:
+def run_one(K: int, D: int, repeats: int, tile: int, jit: str = "auto") -> dict:
     """Run one K in a fresh interpreter and return its report."""
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(K), str(D), str(repeats), str(tile)],
+        [sys.executable, "-c", CHILD, str(K), str(D), str(repeats), str(tile), jit],
         capture_output=True, text=True, check=False,
     )
     if out.returncode:
@@ -183,13 +186,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tile-size", type=int, default=0, help="0: ncdask's default")
+    p.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
+                   help="ncdask.pairwise_jit: off measures NumPy's passes")
     p.add_argument("--out", default=None, help="write the reports as JSON here")
     a = p.parse_args(argv)
     reports = []
     print(f"{'K':>7} {'tile':>6} {'median s':>9} {'build s':>7} {'GEMM s':>7} {'elem s':>7} "
           f"{'/floors':>7} {'/GEMM':>6} {'CPU/fl':>6} {'GF/s':>6} {'peak MiB':>8}")
     for K in a.ks:
-        r = run_one(K, a.dim, a.repeats, a.tile_size)
+        r = run_one(K, a.dim, a.repeats, a.tile_size, a.jit)
         reports.append(r)
         print(f"{r['K']:>7} {r['tile_size']:>6} {r['median_s']:>9.2f} {r['build_median_s']:>7.2f} "
               f"{r['gemm_floor_s']:>7.2f} {r['elementwise_floor_s']:>7.2f} "

@@ -88,6 +88,19 @@ def _vocab_pair_fig() -> str:
             f"{_med(runs, 'peak_mib') / 1024:.1f} GiB; {_n_runs(len(runs))}")
 
 
+def _weights_fig() -> str:
+    parts = []
+    for case in ("stats", "half"):
+        r = [r for r in _jsonl("bench_vocab_weights.jsonl", case) if "commit" in r][-1]
+        peak = {m["weights"]: m["peak_mib"] / 1024 for m in r["measure"]}
+        w64 = r["K"] * r["D"] * 8 / 2**30
+        parts.append(
+            f"K={r['K']:,}, D={r['D']:,}: {peak['lazy']:.2f} GiB with W lazy, "
+            f"{peak['numpy']:.2f} GiB with a float64 NumPy W ({w64:.2f} GiB), "
+            f"{peak['float16']:.2f} GiB with a float16 NumPy W (commit {r['commit']})")
+    return "peak RSS of the measure step, one run each: " + "; ".join(parts)
+
+
 def _pairwise_fig() -> str:
     parts = []
     for r in json.loads((RESULTS / "bench_pairwise.json").read_text()):
@@ -139,6 +152,9 @@ ROWS = [
     ("Llama-3 vocabulary: K=128,256, D=4,096, N=500,000, float16 store",
      "python benchmarks/bench_vocab.py --cases half", "bench_vocab.jsonl",
      lambda: _vocab_fig("half")),
+    ("the same three metrics with the classifier held lazily or in memory",
+     "python benchmarks/bench_vocab.py --cases stats half --weights lazy numpy float16",
+     "bench_vocab_weights.jsonl", _weights_fig),
     ("every pairwise metric at K=128,256, D=512 from statistics in Zarr (means and a lazy W)",
      "python benchmarks/bench_vocab.py --cases pairwise", "bench_vocab.jsonl", _vocab_pair_fig),
     ("every pairwise metric on the means and W (CDNV, three GNC2 kernels, equiangle, "
