@@ -100,9 +100,7 @@ def test_one_pass_graph_and_zarr_round_trip(tmp_path):
     # accumulators beyond max_memory: passes, each loading the embeddings afresh
     multi = class_covariances(ds, class_chunk=4, max_memory=2 * 4 * 3 * 3 * 8)  # 2 chunks/pass
     g2 = dict(multi.__dask_graph__())
-    assert len([k for k in g2 if isinstance(k, tuple) and k[0].startswith("array-")]) > len(
-        loads
-    )
+    assert len([k for k in g2 if isinstance(k, tuple) and "array-" in k[0]]) > len(loads)
     np.testing.assert_allclose(multi.values, _dense_covs(X, y, range(9)), rtol=1e-12)
     url = str(tmp_path / "covs.zarr")
     covs.to_dataset(name="cov").to_zarr(url, mode="w", consolidated=False)

@@ -82,14 +82,25 @@ def test_chains_fold_every_block_once_whatever_the_chains_and_batches(n_chains, 
             assert seen[b][2] == [("c-fold", i) for i in range(lo, hi)]
 
 
-def test_gate_makes_reads_wait_for_the_named_tasks():
-    x = da.ones(6, chunks=3)
+def test_throttled_reads_wait_for_the_named_tasks():
+    x = da.arange(6, chunks=3) + 1  # two tasks a block: the load and the add
     dsk = {"w": (sum, [1, 2])}
-    gated = R.gate(dsk, "g", x, ["w"], seed=1)
-    assert gated.name != x.name
-    assert "w" in dict(gated.__dask_graph__())  # the clones' graph runs "w" first
-    assert R.gate(dsk, "g", x, [], seed=1) is x
-    np.testing.assert_array_equal(gated.compute(), x.compute())
+    blocks = [(k,) for k in R.row_keys(x)]
+    read = R.throttled(dsk, "g", [x], blocks, 2)
+    assert read(0, 2, []) == blocks
+    got = [k for (k,) in read(0, 2, ["w"])]
+    assert got != [k for (k,) in blocks]
+    graph = {**dict(x.__dask_graph__()), **dsk}
+    deps = {k: set() for k in got}
+    for k in got:  # every copy depends on "w", through the gate
+        stack = [k]
+        while stack:
+            node = dsk.get(stack.pop())
+            if hasattr(node, "dependencies"):  # the copies and the gate (not "w" itself)
+                deps[k] |= set(node.dependencies)
+                stack.extend(node.dependencies)
+    assert all("w" in d for d in deps.values())
+    np.testing.assert_array_equal(np.concatenate(dask.get(graph, got)), np.arange(1, 7))
 
 
 def test_reduce_blocks_reduces_only_the_named_axes():
