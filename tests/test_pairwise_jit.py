@@ -10,6 +10,8 @@ from ncdask.kernels import pairwise as P
 from ncdask.kernels import pairwise_jit as J
 
 pytest.importorskip("numba")
+# one worker compiles the pass (numba caches it on disk for the next runs)
+pytestmark = pytest.mark.xdist_group("pairwise_jit")
 
 PAIRWISE = ["nc1_cdnv", "nc2_equiangle", "nc2_max_angle", "nc2g_dist_mean", "nc2g_dist_var",
             "nc2g_log_mean", "nc2g_log_var", "nc2g_riesz_mean", "nc2g_riesz_var",
