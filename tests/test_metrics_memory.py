@@ -59,6 +59,7 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("pairwise_jit")  # its tiles take the compiled pass: compile it once
 def test_pairwise_metrics_peak_rss_at_16000_classes():
     env = dict(os.environ)
     out = subprocess.run(

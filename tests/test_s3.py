@@ -256,15 +256,14 @@ def test_a_handle_sees_rows_other_processes_append_on_s3(s3):
             env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
     n = 0
-    for first, rows in ((0, 21), (100, 30), (200, 9)):  # 21 of 51, then 51 of 60
+    for first, rows in ((0, 21), (100, 30)):  # main's handle saw 21 of 51
         other_process(first, rows)
         n += rows
         ids = np.sort(a.split("train").embeddings.values[:, 0])
         assert a.n_rows("train") == n == ids.size, f"the handle sees {ids.size} of {n} rows"
         assert int(ncdask.class_stats(a, "train").n_samples) == n
         assert int(ncdask.class_stats(a, "train", cache=True).n_samples) == n
-    np.testing.assert_array_equal(ids, np.concatenate([np.arange(21), 100 + np.arange(30),
-                                                       200 + np.arange(9)]))
+    np.testing.assert_array_equal(ids, np.concatenate([np.arange(21), 100 + np.arange(30)]))
     assert a.splits() == ["train"] and a.sets() == [{}]
     other_process(0, 3, "val")
     other_process(0, 3, "val", layer="fc")
