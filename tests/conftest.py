@@ -1,5 +1,4 @@
 import itertools
-import os
 
 import dask
 import numpy as np
@@ -15,12 +14,6 @@ def pytest_collection_modifyitems(config, items):
     """Tests marked ``slow`` first: under xdist (``--dist loadgroup``) the long ones start
     at once and the short ones fill the workers in around them."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
-def pytest_xdist_auto_num_workers(config):
-    """``-n auto``: one worker more than cores, as a good part of the suite waits on child
-    processes, an S3 server, leases and kernels rather than computing."""
-    return (os.cpu_count() or 1) + 1
 
 
 @pytest.fixture
