@@ -209,3 +209,24 @@ def test_rows_committed_while_an_entry_is_computed_are_counted_once(tmp_path, mo
     assert int(ncdask.class_stats(s, "train", cache=True).n_samples) == 102
     s.append("train", *class_data(rng, np.ones((K, D)), 3))
     assert int(ncdask.class_stats(s, "train", cache=True).n_samples) == 105
+
+
+def test_a_cache_folder_another_process_creates_meanwhile_is_taken(tmp_path, monkeypatch):
+    """Two processes filling a cache both find no cache folder; the second one's creation
+    meets the first one's group (zarr: ContainsGroupError) and uses it."""
+    import zarr
+
+    from ncdask.stats import cache
+
+    url = str(tmp_path / "s.zarr" / "train" / ".ncdask-stats" / "entry")
+    real = zarr.open_group
+
+    def racing(path, mode="r", **kw):
+        if mode == "a":  # the other process won: its group is there now
+            real(path, mode="w", **kw)
+            raise zarr.errors.ContainsGroupError(f"a group exists at {path}")
+        return real(path, mode=mode, **kw)
+
+    monkeypatch.setattr(zarr, "open_group", racing)
+    cache._require_folder(url, None)
+    assert zarr.open_group(url.rsplit("/", 1)[0], mode="r") is not None

@@ -240,4 +240,7 @@ def _require_folder(url: str, so: dict | None) -> None:
     try:
         zarr.open_group(parent, mode="r", storage_options=so)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        zarr.open_group(parent, mode="a", storage_options=so)
+        try:
+            zarr.open_group(parent, mode="a", storage_options=so)
+        except zarr.errors.ContainsGroupError:
+            pass  # another process filling the cache made it meanwhile
