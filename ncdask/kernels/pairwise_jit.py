@@ -248,10 +248,11 @@ def band_moments(C: Any, CW: Any, start: Any, rows: Any, cols: Any, units: tuple
     step = max(1, strip_pairs // max(1, nc))
     du = np.empty((min(step, nb), nc))
     lohi = np.empty((du.shape[0], 2))
+    qi, qj = 1.0 / rows.s, 1.0 / cols.s  # once per band, not per strip
     for r0 in range(0, nb, step):
         r1 = min(nb, r0 + step)
         d, lh = du[: r1 - r0], lohi[: r1 - r0]
-        _pass1(C, CW, start, rows.a2, cols.a2, rows.n2, cols.n2, 1.0 / rows.s, 1.0 / cols.s,
+        _pass1(C, CW, start, rows.a2, cols.a2, rows.n2, cols.n2, qi, qj,
                vi, vj, units[0], units[1], rows.A, cols.A, want, float(inv_km1),
                float(dist_exp), float(rho), r0, d, out)
         if want[LOG] or want[RIESZ]:
