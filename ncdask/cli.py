@@ -1,7 +1,7 @@
 """The ``ncdask`` command line: ``demo``, ``import``, ``stats``, ``analyze``, ``rm``, ``check``.
 
 Exit codes: 0 success, 2 bad input (usage, missing store, unknown split or metric,
-unreadable files), 1 anything else. Errors, warnings (``ncdask: error: ...``) and progress go
+unreadable files), 130 interrupted (Ctrl-C: this command's staging removed), 1 anything else. Errors, warnings (``ncdask: error: ...``) and progress go
 to stderr, results to stdout; ``--json`` writes scalar metrics ``{name: value}`` (per set
 with ``--sweep``), NaN as ``null``, ±inf as ``"Infinity"`` / ``"-Infinity"``."""
 
@@ -13,6 +13,8 @@ import json
 import math
 import sys
 import textwrap
+import threading
+import traceback
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,6 +29,10 @@ class CLIError(Exception):
     def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)
         self.code = code
+
+
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the command had committed (the message's tail)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -226,6 +232,8 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
             "ncdask analyze emb.zarr --metrics nc1 nc2 --json -",
         ) + "\n\nRun 'ncdask COMMAND --help' for the options of a command.")
     p.add_argument("--version", action="version", version=f"ncdask {__version__}")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an error or of Ctrl-C (default: one line)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help, examples, epilog, options) in _SPECS.items():
         if name == "analyze" and full_help:
@@ -236,6 +244,8 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
             group = cmd.add_mutually_exclusive_group() if isinstance(opt, list) else cmd
             for names, kw in opt if isinstance(opt, list) else [opt]:
                 group.add_argument(*names, **kw)
+        cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="as ncdask --debug")
     return p
 
 
@@ -505,16 +515,25 @@ def _cmd_import(args: argparse.Namespace) -> int:
         extra = {} if ignore is None else {"ignore_index": ignore}
         store = EmbeddingStore.create(args.store, K, D, **extra)
         _say(args, f"created {args.store}: K={K} D={D}")
-    for i, (xp, yp) in enumerate(pairs, 1):
-        if i <= skip:
-            continue
-        n = store.import_files(args.split, xp, yp, labels=labels, mode=mode, **tags)
-        mode = "add" if mode == "overwrite" else mode  # later files join the new rows
-        _say(args, f"[{i}/{len(pairs)}] {xp}{' + ' + yp if yp else ''}: "
-                   f"{args.split} now has {n} rows")
-    if W is not None:
-        store.set_classifier(W, b, **tags)
-        _say(args, f"classifier {W.shape} stored" + (" with bias" if b is not None else ""))
+    done = skip
+    try:
+        for i, (xp, yp) in enumerate(pairs, 1):
+            if i <= skip:
+                continue
+            n = store.import_files(args.split, xp, yp, labels=labels, mode=mode, **tags)
+            done = i
+            mode = "add" if mode == "overwrite" else mode  # later files join the new rows
+            _say(args, f"[{i}/{len(pairs)}] {xp}{' + ' + yp if yp else ''}: "
+                       f"{args.split} now has {n} rows")
+        if W is not None:
+            store.set_classifier(W, b, **tags)
+            _say(args, f"classifier {W.shape} stored" + (" with bias" if b is not None else ""))
+    except KeyboardInterrupt as e:
+        raise _Interrupted(
+            "nothing was committed" if not done else
+            f"the first {'file was' if done == 1 else f'{done} files were'} committed; "
+            "run the same command to continue"
+            if done < len(pairs) else "the files were committed, not the classifier") from e
     return 0
 
 
@@ -680,9 +699,62 @@ _BAD_INPUT = (FileNotFoundError, FileExistsError, KeyError, ValueError, TypeErro
               PermissionError)
 
 
+def _settle(timeout: float = 30.0) -> None:
+    """Wait (up to ``timeout`` s each) for the work other threads had started to end: dask's
+    local thread pools and zarr's I/O loop, so that nothing writes after the staging is
+    removed (and no pending asyncio task is destroyed at exit)."""
+    import asyncio
+
+    import dask.threaded
+    from zarr.core.sync import sync
+
+    pools = [dask.threaded.default_pool,
+             *(p for d in list(dask.threaded.pools.values()) for p in list(d.values()))]
+    for pool in filter(None, pools):  # every thread held by a barrier: earlier tasks ended
+        n = pool._max_workers
+        barrier = threading.Barrier(n + 1, timeout=timeout)
+        with contextlib.suppress(RuntimeError, threading.BrokenBarrierError):
+            for _ in range(n):
+                pool.submit(barrier.wait)
+            barrier.wait()
+
+    async def drain() -> None:
+        rest = asyncio.all_tasks() - {asyncio.current_task()}
+        if rest:
+            await asyncio.wait(rest, timeout=timeout)
+
+    with contextlib.suppress(Exception):
+        sync(drain())
+
+
+def _interrupted(e: KeyboardInterrupt, debug: bool) -> int:
+    """After Ctrl-C: let work in flight end, remove what this process staged (its leases
+    list it), print one line saying what was committed; the exit status 130."""
+    import logging
+    import signal
+
+    from ncdask.store.staging import release_own
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:  # the cleanup runs to its end
+        if debug:
+            traceback.print_exception(e)
+        for name in ("asyncio", "distributed"):  # "Task was destroyed but it is pending!"
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        _settle()
+        release_own()
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, before)
+    told = e.args[0] if isinstance(e, _Interrupted) else "nothing was committed"
+    print(f"ncdask: interrupted: {told}", file=sys.stderr, flush=True)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``ncdask`` command with ``argv`` (default ``sys.argv[1:]``); return the exit
-    status: 0 success, 2 bad input, 1 other failures."""
+    status: 0 success, 2 bad input, 130 interrupted, 1 other failures."""
     from ncdask.errors import SchedulerError
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -700,7 +772,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with _dask_config(args):
                 code = COMMANDS[args.command](args)
+        except KeyboardInterrupt as e:
+            caught.clear()  # one line, saying what was committed
+            code = _interrupted(e, args.debug)
         except (CLIError, SchedulerError, *_BAD_INPUT, ImportError, OSError) as e:
+            if args.debug:
+                traceback.print_exc()
             # a KeyError's message is its first argument (str() would quote it)
             message = e.args[0] if isinstance(e, KeyError) and e.args else e
             print(f"ncdask: error: {message}", file=sys.stderr)

@@ -448,7 +448,7 @@ class Core:
 
     def lease(self) -> Lease:
         """A new lease in this store, for what a writer stages (:mod:`ncdask.store.staging`)."""
-        return store_lease(*self.fs_path())
+        return store_lease(*self.fs_path(), move=rename)
 
     def tidy(self, sg: zarr.Group | None = None) -> list[str]:
         """Recover what expired leases in the store list; return those paths."""

@@ -28,9 +28,8 @@ from ncdask.store.core import Core, auto_chunk_rows, naming_broken_metadata, rem
 from ncdask.store.locks import split_lock
 from ncdask.store.record import snapshot
 from ncdask.store.setkey import SetKey
-from ncdask.store.staging import beside_lease
 from ncdask.store.writer import StoreWriter
-from ncdask.store.zarrio import check_output, renames, swap_in, tidy_beside
+from ncdask.store.zarrio import check_output, output_lease, renames, swap_in, tidy_beside
 
 
 def _n_classes_of(splits: Mapping[str, tuple[Any, Any]], W: Any, ii: int | None) -> int:
@@ -164,7 +163,7 @@ class EmbeddingStore:
                 "new one is whole): write to a new URL, or delete the old store yourself "
                 "first; nothing was written")
         # a replace builds the new store beside, listed in a lease beside it
-        with beside_lease(fs, path) if staged else contextlib.nullcontext() as lease:
+        with output_lease(fs, path) if staged else contextlib.nullcontext() as lease:
             tmp = lease.stage(f"{path}.ncdask-tmp-{lease.id}") if staged else path
             built = False
             try:
@@ -179,7 +178,8 @@ class EmbeddingStore:
                     store.set_classifier(W, b)
             except BaseException:
                 if built and (staged or not existed):
-                    fs.rm(tmp, recursive=True)
+                    with contextlib.suppress(OSError):  # the lease recovers the rest
+                        fs.rm(tmp, recursive=True)
                 raise
             if staged:
                 swap_in(fs, tmp, path, lease)

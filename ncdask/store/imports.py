@@ -3,6 +3,7 @@ source's fingerprint in one step (a repeat is recognised)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -149,7 +150,8 @@ def _import_staged(core: Core, job: _ImportJob, mode: str) -> int:
                     core.require_set(job.key, job.dim)  # a new set's width, on success only
                     _move_into_place(core, sg, tmp, job.split, mode == "overwrite", lease)
         except BaseException:
-            core.remove_group(sg, tmp)
+            with contextlib.suppress(OSError):  # I/O in flight; the lease recovers the rest
+                core.remove_group(sg, tmp)
             raise
         if n is not None:
             core.remove_group(sg, tmp)

@@ -6,7 +6,12 @@ output written beside its path, a folder set aside) in a lease, a Zarr group who
 their recovery: delete, or move an aside back where its place is not whole. A lease not
 renewed for ``ncdask.lease_expiry`` seconds (dask config, default 600; one per store) is
 expired and the next writer recovers it; a name never decides. Leases live in
-``<store>/.ncdask/leases/`` or beside an output as ``<path>.ncdask-lease-<id>``."""
+``<store>/.ncdask/leases/`` or beside an output as ``<path>.ncdask-lease-<id>``.
+
+A writer that ends in an exception (``KeyboardInterrupt`` included) recovers its own lease at
+once and leaves it expired, listing every path, so that what work still in flight writes
+afterwards is recovered too: by :func:`release_own` (the CLI, once that work has stopped) or
+by the next writer."""
 
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ STORE_LEASES = ".ncdask/leases"  # a store's lease folder (a Zarr group), under 
 LEASE_ATTR = "ncdask_lease"
 _BESIDE = (".ncdask-tmp-", ".ncdask-old-", ".ncdask-lease-")  # beside an output
 Whole = Callable[[Any, str], bool]
+Move = Callable[[Any, str, str], None]
+_OWN: dict[str, Lease] = {}  # this process's leases not yet released (see release_own)
 
 
 def expiry() -> float:
@@ -61,13 +68,20 @@ def _put(fs: Any, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
+def has_root(fs: Any, path: str) -> bool:
+    """Whether ``path`` is a Zarr node (has its ``zarr.json``)."""
+    return bool(fs.exists(f"{path}/zarr.json"))
+
+
 class Lease:
     """A writer's lease ``folder/<prefix><id>``, a context manager: :meth:`stage` each path
     (under ``root``) before it is created. At exit it is removed, or kept expired while a
     listed path is still there."""
 
-    def __init__(self, fs: Any, root: str, folder: str, prefix: str = "") -> None:
+    def __init__(self, fs: Any, root: str, folder: str, prefix: str = "", *,
+                 whole: Whole = has_root, move: Move | None = None) -> None:
         self.fs, self.root, self.id = fs, root, owner_tag()
+        self.whole, self.move = whole, move
         self.dir = f"{folder.rstrip('/')}/{prefix}{self.id}"
         self.paths: list[dict[str, str]] = []
         self._lock, self._stop = threading.Lock(), threading.Event()
@@ -96,6 +110,7 @@ class Lease:
 
     def __enter__(self) -> Lease:
         self._write()
+        _OWN[self.id] = self
         every = min(BEAT_S, expiry() / 4)
         self._beat = threading.Thread(target=self._renew, args=(every,), daemon=True,
                                       name=f"ncdask-lease-{self.id}")
@@ -111,6 +126,17 @@ class Lease:
         self._stop.set()
         if self._beat is not None:
             self._beat.join()
+        if exc[0] is None:
+            self._release()
+            return
+        with contextlib.suppress(Exception):  # kept listed; recovered later
+            _apply(self.fs, _plan(self.fs, self.root, {"paths": self.paths}, self.whole),
+                   self.move)
+        with contextlib.suppress(Exception):
+            self._write(heartbeat=0.0)  # every path still listed: late writes are found
+
+    def _release(self) -> None:
+        """Drop what is gone from the record: removed, or kept expired while a path stays."""
         with contextlib.suppress(Exception):  # what cannot be checked stays listed
             self.paths = [e for e in self.paths if self.fs.exists(f"{self.root}/{e['path']}")]
         if self.paths:
@@ -118,21 +144,37 @@ class Lease:
         else:
             with contextlib.suppress(OSError):
                 self.fs.rm(self.dir, recursive=True)
+        _OWN.pop(self.id, None)
 
 
-def store_lease(fs: Any, root: str) -> Lease:
-    """A lease in the store at ``root`` (its lease folder made a Zarr group where missing)."""
+def release_own() -> list[str]:
+    """Recover what this process's writers that ended in an exception staged (their leases
+    list it exactly) and release their leases; return the paths deleted or restored. Call
+    once no work of this process writes any more (the CLI after Ctrl-C)."""
+    done: list[str] = []
+    for lease in [x for x in list(_OWN.values()) if x._stop.is_set()]:
+        done += _apply(lease.fs, _plan(lease.fs, lease.root, {"paths": lease.paths},
+                                       lease.whole), lease.move)[0]
+        lease._release()
+    return done
+
+
+def store_lease(fs: Any, root: str, move: Move | None = None) -> Lease:
+    """A lease in the store at ``root`` (its lease folder made a Zarr group where missing);
+    ``move`` restores what it sets aside."""
     for sub in (".ncdask", STORE_LEASES):
         meta = f"{root}/{sub}/zarr.json"
         if not fs.exists(meta):
             _put(fs, meta, _group({}))
-    return Lease(fs, root, f"{root}/{STORE_LEASES}")
+    return Lease(fs, root, f"{root}/{STORE_LEASES}", move=move)
 
 
-def beside_lease(fs: Any, path: str) -> Lease:
-    """A lease beside ``path`` (an output), ``<path>.ncdask-lease-<id>``."""
+def beside_lease(fs: Any, path: str, *, whole: Whole = has_root,
+                 move: Move | None = None) -> Lease:
+    """A lease beside ``path`` (an output), ``<path>.ncdask-lease-<id>``; ``whole`` and
+    ``move`` as for :func:`remove_stale`."""
     parent, _, base = path.rpartition("/")
-    return Lease(fs, parent, parent, f"{base}.ncdask-lease-")
+    return Lease(fs, parent, parent, f"{base}.ncdask-lease-", whole=whole, move=move)
 
 
 def leases(fs: Any, folder: str, prefix: str = "") -> list[tuple[str, dict]]:
@@ -160,11 +202,6 @@ def leases(fs: Any, folder: str, prefix: str = "") -> list[tuple[str, dict]]:
 def expired(rec: dict) -> bool:
     """Whether the lease record ``rec`` has not been renewed within :func:`expiry`."""
     return time.time() - float(rec["heartbeat"]) > expiry()
-
-
-def has_root(fs: Any, path: str) -> bool:
-    """Whether ``path`` is a Zarr node (has its ``zarr.json``)."""
-    return bool(fs.exists(f"{path}/zarr.json"))
 
 
 def _named(fs: Any, path: str, attr: str) -> bool:
@@ -209,25 +246,35 @@ def leftovers(fs: Any, root: str, folder: str, *, prefix: str = "",
             for act, path, to in _plan(fs, root, rec, whole) if act != "keep"]
 
 
-def remove_stale(fs: Any, root: str, folder: str, *, move: Callable[[Any, str, str], None],
+def _apply(fs: Any, plan: list[tuple[str, str, str | None]],
+           move: Move | None) -> tuple[list[str], bool]:
+    """Carry out ``plan`` (errors ignored: another process may be at it too); the paths
+    deleted or restored, and whether any is kept."""
+    done, kept = [], False
+    for act, path, to in plan:
+        act = "keep" if act == "restore" and move is None else act  # for the next writer
+        try:
+            if act == "restore":
+                move(fs, path, to)  # type: ignore[misc]
+            elif act == "delete":
+                fs.rm(path, recursive=True)
+        except OSError:  # retried by the next recovery
+            act = "keep"
+        kept = kept or act == "keep"
+        done += [] if act == "keep" else [path]
+    return done, kept
+
+
+def remove_stale(fs: Any, root: str, folder: str, *, move: Move,
                  prefix: str = "", whole: Whole = has_root) -> list[str]:
-    """Recover every expired lease in ``folder`` (errors ignored: another process may be at
-    it too), removing it unless it keeps something; return the paths deleted or restored."""
+    """Recover every expired lease in ``folder``, removing it unless it keeps something;
+    return the paths deleted or restored."""
     done = []
     for lp, rec in leases(fs, folder, prefix):
         if not expired(rec):
             continue
-        kept = False
-        for act, path, to in _plan(fs, root, rec, whole):
-            try:
-                if act == "restore":
-                    move(fs, path, to)
-                elif act == "delete":
-                    fs.rm(path, recursive=True)
-            except OSError:  # retried by the next recovery
-                act = "keep"
-            kept = kept or act == "keep"
-            done += [] if act == "keep" else [path]
+        gone, kept = _apply(fs, _plan(fs, root, rec, whole), move)
+        done += gone
         if not kept:
             with contextlib.suppress(OSError):  # another process may be removing it
                 fs.rm(lp, recursive=True)

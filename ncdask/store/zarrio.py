@@ -88,9 +88,10 @@ def swap_in(fs: Any, tmp: str, path: str, lease: Lease) -> None:
             rename(fs, path, old)
         rename(fs, tmp, path)
     except BaseException:
-        if old and not fs.exists(path) and fs.exists(old):
-            rename(fs, old, path)
-        fs.rm(tmp, recursive=True)
+        with contextlib.suppress(OSError):  # I/O in flight; the lease recovers the rest
+            if old and not fs.exists(path) and fs.exists(old):
+                rename(fs, old, path)
+            fs.rm(tmp, recursive=True)
         raise
     if old:
         fs.rm(old, recursive=True)
@@ -107,12 +108,21 @@ def _move_output(fs: Any, src: str, dst: str) -> None:
         _copy_into_place(fs, src, dst, fs.exists(dst))
 
 
+def _whole(fs: Any, path: str) -> bool:
+    return bool(is_complete(fs, path))
+
+
+def output_lease(fs: Any, path: str) -> Lease:
+    """A lease beside the output (or store) ``path``, recovered as :func:`tidy_beside`."""
+    return beside_lease(fs, path, whole=_whole, move=_move_output)
+
+
 def tidy_beside(fs: Any, path: str) -> list[str]:
     """Recover what expired leases beside ``path`` list (staged copies, an old version set
     aside): an aside comes back where ``path`` is not whole, the rest is deleted."""
     parent, _, base = path.rpartition("/")
     return remove_stale(fs, parent, parent, prefix=f"{base}.ncdask-lease-", move=_move_output,
-                        whole=lambda f, p: bool(is_complete(f, p)))
+                        whole=_whole)
 
 
 def _replaceable(url: str, kind: str, storage_options: dict | None) -> str | None:
@@ -169,7 +179,7 @@ def write_dataset(ds: xr.Dataset, url: str, *, kind: str, overwrite: bool = Fals
     out.attrs[ORDER_ATTR] = [str(n) for n in ds.data_vars]
     out.attrs[KIND_ATTR] = kind
     out.attrs[WRITTEN_ATTR] = time.time()
-    with beside_lease(fs, path) as lease:
+    with output_lease(fs, path) as lease:
         tmp = lease.stage(f"{path}.ncdask-tmp-{lease.id}", to=path)
         tmp_url = url.rstrip("/") + tmp[len(path):]
         try:
@@ -179,7 +189,7 @@ def write_dataset(ds: xr.Dataset, url: str, *, kind: str, overwrite: bool = Fals
                             storage_options=storage_options, encoding=_encoding(out))
             _seal(tmp_url, storage_options)
         except BaseException:
-            if fs.exists(tmp):
+            with contextlib.suppress(OSError):  # I/O in flight; the lease recovers the rest
                 fs.rm(tmp, recursive=True)
             raise
         if renames(fs):
