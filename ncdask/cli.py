@@ -103,7 +103,8 @@ _NO_WORKERS = _opt("--no-workers-timeout", type=_positive_float, metavar="SECOND
                         "work has waited this long with no worker (default: dask config "
                         "ncdask.no_workers_timeout, else 60)")
 _QUIET = _opt("--quiet", "-q", action="store_true",
-              help="hide progress messages and bars; results are still printed")
+              help="hide progress messages and bars; results and where outputs were "
+                   "written are still printed")
 _SET = [_opt("--layer", help="embedding set: layer tag (default: the untagged set)"),
         _opt("--epoch", type=int, help="embedding set: epoch tag (default: the untagged set)")]
 
@@ -254,6 +255,11 @@ def _say(args: argparse.Namespace, *parts: Any) -> None:
         print(*parts, file=sys.stderr, flush=True)
 
 
+def _wrote(*paths: Any) -> None:
+    """Where outputs went (on stderr, with --quiet too)."""
+    print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr, flush=True)
+
+
 def _open_store(url: str, mode: str = "r") -> Any:
     from ncdask.store.embedding import EmbeddingStore
 
@@ -384,12 +390,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401
         import sklearn  # noqa: F401
 
-        from ncdask._demo.demo import TABLE, run_demo, summary_line
+        from ncdask._demo.demo import TABLE, outputs, run_demo, summary_line
     except ImportError as e:
         raise CLIError(f"the demo needs scikit-learn and matplotlib: pip install 'ncdask[demo]' "
                        f"({e})", code=1) from e
     kw = {} if args.epochs is None else {"epochs": args.epochs}
     res = run_demo(args.out, seed=args.seed, scheduler=args.scheduler, quiet=args.quiet, **kw)
+    if args.quiet:  # run_demo said it otherwise
+        _wrote(*[p for p in outputs(args.out) if p.exists()])
     print(format_table(res, (*TABLE, "train_acc", "test_acc")))
     print(summary_line(res))
     return 0
@@ -566,6 +574,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
           f"D={st.sizes['feature']} tr(Sigma_W)={float(st.within_cov.values.trace()):.6g}")
     if args.out:
         save_stats(st, args.out, overwrite=args.overwrite)
+        _wrote(args.out)
     return 0
 
 
@@ -649,7 +658,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         from ncdask.results import save_results
 
         save_results(results, args.out, overwrite=args.overwrite)
-        _say(args, f"wrote {args.out}")
+        _wrote(args.out)
     if args.json:
         _write_json(scalar_dict(results), args.json)
     if args.json != "-":  # --quiet hides progress, never the answer

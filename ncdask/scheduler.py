@@ -1,4 +1,5 @@
-"""Where the Dask graphs run (the ``--scheduler`` value), and computing them with progress."""
+"""Where the Dask graphs run (the ``--scheduler`` value), and computing them with progress:
+a bar on a terminal, elsewhere (a log, a pipe) a plain line at most every :data:`EVERY_S` s."""
 
 from __future__ import annotations
 
@@ -11,11 +12,52 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask
+from dask.callbacks import Callback
 from dask.utils import parse_timedelta
 
 from ncdask.errors import NoWorkersError, SchedulerError
 
 LOCAL = ("threads", "processes", "sync")
+#: Seconds between progress lines where stderr is no terminal.
+EVERY_S = 10.0
+
+
+def _line(done: int, total: int, t0: float) -> None:
+    print(f"  {100 * done // max(total, 1)}% of {total} tasks done "
+          f"({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+
+class _Lines(Callback):
+    """Progress of the local schedulers as plain lines, at most one every :data:`EVERY_S` s."""
+
+    def __init__(self) -> None:
+        super().__init__(posttask=self._tick)
+        self.t0 = self.last = time.monotonic()
+
+    def _tick(self, key: Any, result: Any, dsk: Any, state: dict, worker_id: Any) -> None:
+        if time.monotonic() - self.last >= EVERY_S:
+            self.last = time.monotonic()
+            done = len(state["finished"])
+            _line(done, done + sum(len(state[k]) for k in ("ready", "waiting", "running")),
+                  self.t0)
+
+
+def _distributed_progress(persisted: Any) -> None:
+    """distributed's bar on a terminal, else plain lines (its bar writes ``\r`` updates)."""
+    from distributed import futures_of, progress, wait
+
+    if sys.stderr.isatty():
+        with contextlib.redirect_stdout(sys.stderr):  # its bar writes to stdout
+            progress(persisted)
+            print(file=sys.stderr)
+        return
+    futures, t0 = futures_of(persisted), time.monotonic()
+    while True:
+        try:
+            wait(futures, timeout=EVERY_S)
+            return
+        except TimeoutError:
+            _line(sum(f.done() for f in futures), len(futures), t0)
 
 
 @dataclass
@@ -36,23 +78,18 @@ class Runner:
             print(label, file=sys.stderr, flush=True)
         persisted = self.client.persist(obj)
         if not self.quiet:
-            from distributed import progress
-
-            # distributed's text bar writes to stdout; keep stdout for results
-            with contextlib.redirect_stdout(sys.stderr):
-                progress(persisted)
-                print(file=sys.stderr)
+            _distributed_progress(persisted)
         return persisted.compute()
 
     def call(self, fn: Any, *args: Any, label: str | None = None, **kwargs: Any) -> Any:
-        """Call ``fn``, which computes inside, with a local scheduler's progress bar around it."""
+        """Call ``fn``, which computes inside, with a local scheduler's progress around it."""
         if label and not self.quiet:
             print(label, file=sys.stderr, flush=True)
         if self.quiet or self.client is not None:
             return fn(*args, **kwargs)
         from dask.diagnostics import ProgressBar
 
-        with ProgressBar(out=sys.stderr, minimum=0.5):
+        with ProgressBar(out=sys.stderr, minimum=0.5) if sys.stderr.isatty() else _Lines():
             return fn(*args, **kwargs)
 
 

@@ -212,12 +212,23 @@ def collapse_summary(results: xr.Dataset) -> dict[str, float]:
 
 
 def summary_line(results: xr.Dataset) -> str:
+    """One line: how far the NC1-NC3 errors fell, where NC4 and NC5 went, when train accuracy
+    reached 100 %."""
     s = collapse_summary(results)
     e0, e1 = int(results["epoch"].values[0]), int(results["epoch"].values[-1])
     falls = ", ".join(f"{k} {v:.3g}x" for k, v in s.items() if k != "tpt_epoch")
+    went = [f"{k} {float(results[k][0]):.3g} -> {float(results[k][-1]):.3g}"
+            for k in ("nc4_agree", "nc5_ood_dev") if k in results]
     tpt = (f"train accuracy 100 % from epoch {s['tpt_epoch']:.0f}"
            if np.isfinite(s["tpt_epoch"]) else "train accuracy never reached 100 %")
-    return f"from epoch {e0} to {e1} these fell by: {falls}; {tpt}"
+    return f"from epoch {e0} to {e1} these fell by: {falls}; " + "; ".join([*went, tpt])
+
+
+def outputs(out_dir: str | Path, plots: bool = True) -> list[Path]:
+    """What :func:`run_demo` writes in ``out_dir``."""
+    out = Path(out_dir)
+    pngs = [out / "nc_curves.png", out / "gram.png"] if plots else []
+    return [out / "embeddings.zarr", out / "results.zarr", *pngs]
 
 
 def run_demo(out_dir: str | Path = "ncdask-demo", *, epochs: int | None = EPOCHS,
@@ -279,6 +290,6 @@ def run_demo(out_dir: str | Path = "ncdask-demo", *, epochs: int | None = EPOCHS
                      path=out / "nc_curves.png")
         plot_gram(gram_stats, dim="epoch", class_names=store.class_names,
                   path=out / "gram.png")
-    pngs = f", {out / 'nc_curves.png'}, {out / 'gram.png'}" if plots else ""
-    say(f"wrote {out / 'results.zarr'}{pngs} in {time.perf_counter() - t0:.1f} s")
+    say(f"wrote {', '.join(map(str, outputs(out, plots)[1:]))} in "
+        f"{time.perf_counter() - t0:.1f} s")
     return results
