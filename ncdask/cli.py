@@ -14,6 +14,7 @@ import math
 import sys
 import textwrap
 import threading
+import time
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
@@ -395,7 +396,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise CLIError(f"the demo needs scikit-learn and matplotlib: pip install 'ncdask[demo]' "
                        f"({e})", code=1) from e
     kw = {} if args.epochs is None else {"epochs": args.epochs}
-    res = run_demo(args.out, seed=args.seed, scheduler=args.scheduler, quiet=args.quiet, **kw)
+    try:
+        res = run_demo(args.out, seed=args.seed, scheduler=args.scheduler, quiet=args.quiet,
+                       **kw)
+    except KeyboardInterrupt as e:
+        raise _Interrupted(f"the demo's outputs in {args.out} are incomplete") from e
     if args.quiet:  # run_demo said it otherwise
         _wrote(*[p for p in outputs(args.out) if p.exists()])
     print(format_table(res, (*TABLE, "train_acc", "test_acc")))
@@ -523,11 +528,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
         extra = {} if ignore is None else {"ignore_index": ignore}
         store = EmbeddingStore.create(args.store, K, D, **extra)
         _say(args, f"created {args.store}: K={K} D={D}")
-    done = skip
+    done, first, was = skip, mode, None
     try:
         for i, (xp, yp) in enumerate(pairs, 1):
             if i <= skip:
                 continue
+            was = _split_state(store, args.split, tags)
             n = store.import_files(args.split, xp, yp, labels=labels, mode=mode, **tags)
             done = i
             mode = "add" if mode == "overwrite" else mode  # later files join the new rows
@@ -537,12 +543,34 @@ def _cmd_import(args: argparse.Namespace) -> int:
             store.set_classifier(W, b, **tags)
             _say(args, f"classifier {W.shape} stored" + (" with bias" if b is not None else ""))
     except KeyboardInterrupt as e:
-        raise _Interrupted(
-            "nothing was committed" if not done else
-            f"the first {'file was' if done == 1 else f'{done} files were'} committed; "
-            "run the same command to continue"
-            if done < len(pairs) else "the files were committed, not the classifier") from e
+        now = _split_state(store, args.split, tags)
+        if (done < len(pairs) and now not in (None, was)
+                and now[1][-1:] == [infos[done]["fingerprint"]]):
+            done += 1  # committed as the interrupt came
+        raise _Interrupted(_import_told(done, len(pairs), first)) from e
     return 0
+
+
+def _split_state(store: Any, split: str, tags: dict[str, Any]) -> tuple[int, list] | None:
+    """A split's committed rows and the fingerprints of its files (None: no split)."""
+    try:
+        return store.n_rows(split, **tags), [s.get("fingerprint")
+                                             for s in store.sources(split, **tags)]
+    except Exception:  # noqa: BLE001 - no split, or none readable: nothing committed
+        return None
+
+
+def _import_told(done: int, total: int, mode: str) -> str:
+    """What an interrupted import committed, and how to go on."""
+    if not done:
+        return "nothing was committed"
+    if done == total:
+        return "the files were committed, not the classifier"
+    files = "file was" if done == 1 else f"{done} files were"
+    return f"the first {files} committed" + {
+        "add": "; run the same command to continue",
+        "overwrite": "; run the same command to replace the split again",
+    }.get(mode, "; import the others with --append")
 
 
 def _cmd_rm(args: argparse.Namespace) -> int:
@@ -736,7 +764,20 @@ def _settle(timeout: float = 30.0) -> None:
         sync(drain())
 
 
-def _interrupted(e: KeyboardInterrupt, debug: bool) -> int:
+def _out_written(args: argparse.Namespace, since: float) -> bool:
+    """Whether this command's ``--out`` was written (Ctrl-C came after its commit)."""
+    import zarr
+
+    from ncdask.store.zarrio import WRITTEN_ATTR
+
+    try:
+        attrs = zarr.open_group(args.out, mode="r").attrs
+        return float(attrs.get(WRITTEN_ATTR, 0)) >= since
+    except Exception:  # noqa: BLE001 - none there, or not an output
+        return False
+
+
+def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace, since: float) -> int:
     """After Ctrl-C: let work in flight end, remove what this process staged (its leases
     list it), print one line saying what was committed; the exit status 130."""
     import logging
@@ -747,7 +788,7 @@ def _interrupted(e: KeyboardInterrupt, debug: bool) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     before = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
     try:  # the cleanup runs to its end
-        if debug:
+        if args.debug:
             traceback.print_exception(e)
         for name in ("asyncio", "distributed"):  # "Task was destroyed but it is pending!"
             logging.getLogger(name).setLevel(logging.CRITICAL + 1)
@@ -757,6 +798,8 @@ def _interrupted(e: KeyboardInterrupt, debug: bool) -> int:
         if main_thread:
             signal.signal(signal.SIGINT, before)
     told = e.args[0] if isinstance(e, _Interrupted) else "nothing was committed"
+    if getattr(args, "out", None) and _out_written(args, since):
+        told = f"{args.out} was written, the rest was not done"
     print(f"ncdask: interrupted: {told}", file=sys.stderr, flush=True)
     return 130
 
@@ -776,6 +819,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    since = time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -783,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
                 code = COMMANDS[args.command](args)
         except KeyboardInterrupt as e:
             caught.clear()  # one line, saying what was committed
-            code = _interrupted(e, args.debug)
+            code = _interrupted(e, args, since)
         except (CLIError, SchedulerError, *_BAD_INPUT, ImportError, OSError) as e:
             if args.debug:
                 traceback.print_exc()

@@ -169,7 +169,8 @@ def _move_into_place(core: Core, sg: zarr.Group, tmp: str, split: str, replace: 
     if not replace and fs.exists(dst) and not _left_over(fs, sg, split, dst):
         raise FileExistsError(f"{dst} exists and is not an ncdask split")
     if fs.exists(dst):
-        old = lease.stage(core.fs_path(sg, f".{split}.replaced-{lease.id}")[1], to=dst)
+        old = lease.stage(core.fs_path(sg, f".{split}.replaced-{lease.id}")[1], to=dst,
+                          aside=True)
         rename(fs, dst, old)
     try:
         rename(fs, src, dst)

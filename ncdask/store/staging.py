@@ -98,12 +98,15 @@ class Lease:
                    "paths": list(self.paths)}
             _put(self.fs, f"{self.dir}/zarr.json", _group({LEASE_ATTR: rec}))
 
-    def stage(self, path: str, *, to: str | None = None, unless: str | None = None) -> str:
+    def stage(self, path: str, *, to: str | None = None, unless: str | None = None,
+              aside: bool = False) -> str:
         """List ``path`` before it is created; return it. Recovery deletes it, or moves it
         back to ``to`` where ``to`` is not whole; it is kept while its parent group's
-        attribute ``unless`` names it (a set's current classifier)."""
+        attribute ``unless`` names it (a set's current classifier). ``aside``: ``path`` is
+        ``to``'s old version (this writer's own recovery moves only that back)."""
         self.paths.append({"path": self._rel(path), **({"to": self._rel(to)} if to else {}),
-                           **({"unless": unless} if unless else {})})
+                           **({"unless": unless} if unless else {}),
+                           **({"aside": True} if aside else {})})
         if self._beat is not None:
             self._write()
         return path
@@ -130,10 +133,17 @@ class Lease:
             self._release()
             return
         with contextlib.suppress(Exception):  # kept listed; recovered later
-            _apply(self.fs, _plan(self.fs, self.root, {"paths": self.paths}, self.whole),
-                   self.move)
+            self._recover()
         with contextlib.suppress(Exception):
             self._write(heartbeat=0.0)  # every path still listed: late writes are found
+
+    def _recover(self) -> list[str]:
+        """Undo what this writer left (it ended in an exception): old versions set aside
+        come back, the rest is deleted (a whole new version too: nothing was committed)."""
+        undo = [e if e.get("aside") else {k: v for k, v in e.items() if k != "to"}
+                for e in self.paths]
+        return _apply(self.fs, _plan(self.fs, self.root, {"paths": undo}, self.whole),
+                      self.move)[0]
 
     def _release(self) -> None:
         """Drop what is gone from the record: removed, or kept expired while a path stays."""
@@ -153,8 +163,7 @@ def release_own() -> list[str]:
     once no work of this process writes any more (the CLI after Ctrl-C)."""
     done: list[str] = []
     for lease in [x for x in list(_OWN.values()) if x._stop.is_set()]:
-        done += _apply(lease.fs, _plan(lease.fs, lease.root, {"paths": lease.paths},
-                                       lease.whole), lease.move)[0]
+        done += lease._recover()
         lease._release()
     return done
 

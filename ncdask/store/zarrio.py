@@ -82,7 +82,7 @@ def swap_in(fs: Any, tmp: str, path: str, lease: Lease) -> None:
     in ``lease``) and deleted last; on failure the old ``path`` is restored, ``tmp`` deleted."""
     old = None
     if fs.exists(path):
-        old = lease.stage(f"{path}.ncdask-old-{lease.id}", to=path)
+        old = lease.stage(f"{path}.ncdask-old-{lease.id}", to=path, aside=True)
     try:
         if old:
             rename(fs, path, old)
