@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 
 import numpy as np
@@ -138,6 +139,8 @@ def test_cli_demo_prints_a_table(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--out", str(tmp_path / "d"), "--epochs", "2"]) == 0
     cap = capsys.readouterr()
     assert "nc1_pinv" in cap.out and "test_acc" in cap.out and "fell by" in cap.out
+    summary = cap.out.splitlines()[-1]  # NC1-NC3 fell, NC4 and NC5 went somewhere
+    assert re.search(r"nc4_agree [\d.]+ -> [\d.]+; nc5_ood_dev [\d.]+ -> [\d.]+", summary)
     assert "training an MLP" in cap.err
     assert (tmp_path / "d" / "results.zarr").is_dir()
     assert (tmp_path / "d" / "nc_curves.png").stat().st_size > 2000
@@ -146,7 +149,9 @@ def test_cli_demo_prints_a_table(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--out", str(tmp_path / "e"), "--epochs", "1", "--quiet"]) == 0
     cap = capsys.readouterr()
     # --quiet hides the progress, not the answer
-    assert cap.err == "" and "nc1_pinv" in cap.out and "fell by" in cap.out
+    e = tmp_path / "e"
+    assert cap.err == f"wrote {e / 'embeddings.zarr'}, {e / 'results.zarr'}\n"
+    assert "nc1_pinv" in cap.out and "fell by" in cap.out
 
 
 def test_mlp_step_is_gradient_descent_on_the_smoothed_cross_entropy():

@@ -18,6 +18,7 @@ import pytest
 import ncdask
 from ncdask import scheduler
 from ncdask.cli import main
+from ncdask.results import open_results
 
 CLI = "import sys; from ncdask.cli import main; sys.exit(main())"
 
@@ -119,7 +120,7 @@ def test_ctrl_c_while_analyze_writes_its_output(tmp_path):
         lambda: any(tmp_path.glob("r.zarr.ncdask-tmp-*/similarities/c")))
     assert code == 130
     if err == f"ncdask: interrupted: {out} was written, the rest was not done\n":
-        assert ncdask.load_results(str(out)).similarities.shape == (K, K)  # pragma: no cover
+        assert open_results(str(out)).similarities.shape == (K, K)  # pragma: no cover
     else:
         assert err == "ncdask: interrupted: nothing was committed\n"
         assert not out.exists()
@@ -164,3 +165,27 @@ def test_quiet_still_says_where_outputs_went(tmp_path, capsys):
                  "nc1"]) == 0
     assert capsys.readouterr().err == f"wrote {tmp_path / 'r.zarr'}\n"
     assert os.path.isdir(tmp_path / "r.zarr")
+
+
+def test_python_callers_get_keyboard_interrupt_and_no_staging(store, tmp_path, monkeypatch):
+    """An interrupt as the staged split's arrays are made (outside the write's own cleanup):
+    the caller gets KeyboardInterrupt, the staging folder is gone at once, and what the
+    lease keeps listed (for writes still in flight) is released by the next writer."""
+    from ncdask.store.core import Core
+
+    files = _files(tmp_path, 1, 1000)
+    made = Core.split_arrays
+
+    def interrupted(self, *a, **k):
+        made(self, *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Core, "split_arrays", interrupted)
+    s = ncdask.EmbeddingStore.open(str(store), "a")
+    with pytest.raises(KeyboardInterrupt):
+        s.import_files("train", *files)
+    assert not list(store.glob(".import-*"))
+    assert s.splits() == ["test"] and s.core.leftovers() == []
+    monkeypatch.undo()
+    s.import_files("other", *files)
+    assert not [p for p in (store / ".ncdask" / "leases").iterdir() if p.is_dir()]

@@ -8,10 +8,10 @@ renewed for ``ncdask.lease_expiry`` seconds (dask config, default 600; one per s
 expired and the next writer recovers it; a name never decides. Leases live in
 ``<store>/.ncdask/leases/`` or beside an output as ``<path>.ncdask-lease-<id>``.
 
-A writer that ends in an exception (``KeyboardInterrupt`` included) recovers its own lease at
-once and leaves it expired, listing every path, so that what work still in flight writes
-afterwards is recovered too: by :func:`release_own` (the CLI, once that work has stopped) or
-by the next writer."""
+A writer that ends in an exception recovers its own lease at once; after an interrupt
+(``KeyboardInterrupt``) it leaves the lease expired, listing every path, so that what I/O still
+in flight writes afterwards is recovered too: by :func:`release_own` (the CLI, once that I/O has
+ended) or by the next writer."""
 
 from __future__ import annotations
 
@@ -129,12 +129,13 @@ class Lease:
         self._stop.set()
         if self._beat is not None:
             self._beat.join()
-        if exc[0] is None:
+        if exc[0] is not None:
+            with contextlib.suppress(Exception):  # kept listed; recovered later
+                self._recover()
+        if exc[0] is None or issubclass(exc[0], Exception):
             self._release()
             return
-        with contextlib.suppress(Exception):  # kept listed; recovered later
-            self._recover()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # an interrupt: I/O may still be in flight
             self._write(heartbeat=0.0)  # every path still listed: late writes are found
 
     def _recover(self) -> list[str]:
@@ -158,8 +159,8 @@ class Lease:
 
 
 def release_own() -> list[str]:
-    """Recover what this process's writers that ended in an exception staged (their leases
-    list it exactly) and release their leases; return the paths deleted or restored. Call
+    """Recover what this process's interrupted writers staged (their leases list it exactly)
+    and release their leases; return the paths deleted or restored. Call
     once no work of this process writes any more (the CLI after Ctrl-C)."""
     done: list[str] = []
     for lease in [x for x in list(_OWN.values()) if x._stop.is_set()]:
