@@ -1,9 +1,10 @@
 """The ``ncdask`` command line: ``demo``, ``import``, ``stats``, ``analyze``, ``rm``, ``check``.
 
 Exit codes: 0 success, 2 bad input (usage, missing store, unknown split or metric,
-unreadable files), 130 interrupted (Ctrl-C: this command's staging removed), 1 anything else. Errors, warnings (``ncdask: error: ...``) and progress go
-to stderr, results to stdout; ``--json`` writes scalar metrics ``{name: value}`` (per set
-with ``--sweep``), NaN as ``null``, ±inf as ``"Infinity"`` / ``"-Infinity"``."""
+unreadable files), 130 interrupted (Ctrl-C; what the command staged is removed), 1 anything
+else. Errors, warnings (``ncdask: error: ...``) and progress go to stderr, results to stdout;
+``--json`` writes scalar metrics ``{name: value}`` (per set with ``--sweep``), NaN as
+``null``, ±inf as ``"Infinity"`` / ``"-Infinity"``."""
 
 from __future__ import annotations
 
@@ -528,13 +529,22 @@ def _cmd_import(args: argparse.Namespace) -> int:
         extra = {} if ignore is None else {"ignore_index": ignore}
         store = EmbeddingStore.create(args.store, K, D, **extra)
         _say(args, f"created {args.store}: K={K} D={D}")
-    done, first, was = skip, mode, None
+    _commit(store, args, pairs, [i["fingerprint"] for i in infos], skip, mode, W, b)
+    return 0
+
+
+def _commit(store: Any, args: argparse.Namespace, pairs: list, prints: list[str], skip: int,
+            mode: str, W: Any, b: Any) -> None:
+    """Import the files after the first ``skip`` (each commits at once), then the classifier;
+    on Ctrl-C, :class:`_Interrupted` says how many files are in."""
+    done, first, was, tags = skip, mode, None, _tags(args)
     try:
         for i, (xp, yp) in enumerate(pairs, 1):
             if i <= skip:
                 continue
             was = _split_state(store, args.split, tags)
-            n = store.import_files(args.split, xp, yp, labels=labels, mode=mode, **tags)
+            n = store.import_files(args.split, xp, yp, labels=not args.no_labels, mode=mode,
+                                   **tags)
             done = i
             mode = "add" if mode == "overwrite" else mode  # later files join the new rows
             _say(args, f"[{i}/{len(pairs)}] {xp}{' + ' + yp if yp else ''}: "
@@ -545,10 +555,9 @@ def _cmd_import(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as e:
         now = _split_state(store, args.split, tags)
         if (done < len(pairs) and now not in (None, was)
-                and now[1][-1:] == [infos[done]["fingerprint"]]):
+                and now[1][-1:] == [prints[done]]):
             done += 1  # committed as the interrupt came
         raise _Interrupted(_import_told(done, len(pairs), first)) from e
-    return 0
 
 
 def _split_state(store: Any, split: str, tags: dict[str, Any]) -> tuple[int, list] | None:
