@@ -75,6 +75,7 @@ class _Help(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+_DEBUG = "show the traceback of an error or of Ctrl-C (default: one line)"
 _SCHED = "where the Dask graphs run: threads, processes, sync, a scheduler ADDRESS "\
     "(tcp://host:8786) or local-cuda (default: threads)"
 
@@ -235,8 +236,7 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
             "ncdask analyze emb.zarr --metrics nc1 nc2 --json -",
         ) + "\n\nRun 'ncdask COMMAND --help' for the options of a command.")
     p.add_argument("--version", action="version", version=f"ncdask {__version__}")
-    p.add_argument("--debug", action="store_true",
-                   help="show the traceback of an error or of Ctrl-C (default: one line)")
+    p.add_argument("--debug", action="store_true", help=_DEBUG)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help, examples, epilog, options) in _SPECS.items():
         if name == "analyze" and full_help:
@@ -248,7 +248,7 @@ def build_parser(*, full_help: bool = False) -> argparse.ArgumentParser:
             for names, kw in opt if isinstance(opt, list) else [opt]:
                 group.add_argument(*names, **kw)
         cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                         help="as ncdask --debug")
+                         help=_DEBUG)
     return p
 
 
