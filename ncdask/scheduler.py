@@ -43,7 +43,7 @@ class _Lines(Callback):
 
 
 def _distributed_progress(persisted: Any) -> None:
-    """distributed's bar on a terminal, else plain lines (its bar writes ``\r`` updates)."""
+    """distributed's bar on a terminal, else plain lines (its bar redraws in place)."""
     from distributed import futures_of, progress, wait
 
     if sys.stderr.isatty():
