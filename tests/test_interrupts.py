@@ -145,7 +145,7 @@ def test_progress_in_a_log_is_plain_lines(monkeypatch, capsys):
     EVERY_S seconds."""
     monkeypatch.setattr(scheduler, "EVERY_S", 0.05)
     tasks = [dask.delayed(time.sleep)(0.02) for _ in range(20)]
-    with scheduler.use_scheduler("threads") as run:
+    with scheduler.use_scheduler("sync") as run:  # one task at a time: 0.4 s in all
         run.compute(dask.delayed(len)(tasks), label="sleeping ...")
     err = capsys.readouterr().err
     assert "\r" not in err and "[#" not in err
