@@ -4,6 +4,7 @@ a bar on a terminal, elsewhere (a log, a pipe) a plain line at most every :data:
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import threading
 import time
@@ -93,6 +94,11 @@ class Runner:
             return fn(*args, **kwargs)
 
 
+def ignore_sigint() -> None:
+    """In a worker process: leave Ctrl-C to the process that started it (no traceback each)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _is_address(spec: str) -> bool:
     return "://" in spec or (":" in spec and spec.rsplit(":", 1)[1].isdigit())
 
@@ -137,7 +143,10 @@ def use_scheduler(spec: str | None = None, *, quiet: bool = False,
     """
     spec = (spec or "threads").strip()
     if spec in LOCAL:
-        with dask.config.set(scheduler="synchronous" if spec == "sync" else spec):
+        conf = {"scheduler": "synchronous" if spec == "sync" else spec}
+        if spec == "processes" and dask.config.get("multiprocessing.initializer", None) is None:
+            conf["multiprocessing.initializer"] = ignore_sigint
+        with dask.config.set(conf):
             yield Runner(spec, quiet=quiet)
         return
     if no_workers_timeout is None:

@@ -189,3 +189,14 @@ def test_python_callers_get_keyboard_interrupt_and_no_staging(store, tmp_path, m
     monkeypatch.undo()
     s.import_files("other", *files)
     assert not [p for p in (store / ".ncdask" / "leases").iterdir() if p.is_dir()]
+
+
+def test_process_workers_leave_ctrl_c_to_the_command():
+    """Ctrl-C in a terminal reaches every process of the group: --scheduler processes'
+    workers ignore it (no traceback from each), the command handles it."""
+    with scheduler.use_scheduler("processes", quiet=True):
+        assert dask.config.get("multiprocessing.initializer") is scheduler.ignore_sigint
+    with scheduler.use_scheduler("processes", quiet=True) as run:
+        pid = run.compute(dask.delayed(os.getpid)())
+        handler = run.compute(dask.delayed(signal.getsignal)(signal.SIGINT))
+    assert pid != os.getpid() and handler == signal.SIG_IGN
