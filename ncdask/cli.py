@@ -786,10 +786,33 @@ def _out_written(args: argparse.Namespace, since: float) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _ctrl_c() -> Iterator[None]:
+    """Ctrl-C first turns off the teardown noise of asyncio ("Task was destroyed but it is
+    pending!") and distributed's loggers, then raises KeyboardInterrupt as usual."""
+    import logging
+    import signal
+
+    def hush(signum: int, frame: Any) -> None:
+        logging.getLogger("asyncio").disabled = True
+        for h in logging.getLogger("distributed").handlers:
+            h.setLevel(logging.CRITICAL + 1)
+        raise KeyboardInterrupt
+
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    signal.signal(signal.SIGINT, hush)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace, since: float) -> int:
     """After Ctrl-C: let work in flight end, remove what this process staged (its leases
     list it), print one line saying what was committed; the exit status 130."""
-    import logging
     import signal
 
     from ncdask.store.staging import release_own
@@ -799,8 +822,6 @@ def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace, since: float) -
     try:  # the cleanup runs to its end
         if args.debug:
             traceback.print_exception(e)
-        for name in ("asyncio", "distributed"):  # "Task was destroyed but it is pending!"
-            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
         _settle()
         release_own()
     finally:
@@ -832,7 +853,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with _dask_config(args):
+            with _dask_config(args), _ctrl_c():
                 code = COMMANDS[args.command](args)
         except KeyboardInterrupt as e:
             caught.clear()  # one line, saying what was committed
