@@ -75,8 +75,8 @@ def has_root(fs: Any, path: str) -> bool:
 
 class Lease:
     """A writer's lease ``folder/<prefix><id>``, a context manager: :meth:`stage` each path
-    (under ``root``) before it is created. At exit it is removed, or kept expired while a
-    listed path is still there."""
+    (under ``root``) before it is created. At exit (after recovering it where the writer
+    failed) it is removed, or kept expired while a listed path is still there."""
 
     def __init__(self, fs: Any, root: str, folder: str, prefix: str = "", *,
                  whole: Whole = has_root, move: Move | None = None) -> None:
@@ -164,8 +164,9 @@ def release_own() -> list[str]:
     once no work of this process writes any more (the CLI after Ctrl-C)."""
     done: list[str] = []
     for lease in [x for x in list(_OWN.values()) if x._stop.is_set()]:
-        done += lease._recover()
-        lease._release()
+        with contextlib.suppress(Exception):  # what stays listed, the next writer recovers
+            done += lease._recover()
+            lease._release()
     return done
 
 
