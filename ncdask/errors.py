@@ -3,9 +3,14 @@ wording of errors for the front end that was called."""
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import warnings
 from collections.abc import Iterable
 from contextvars import ContextVar
 from difflib import get_close_matches
+from typing import Any
 
 
 class SchedulerError(RuntimeError):
@@ -34,3 +39,41 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     folded = {c.lower(): c for c in choices}
     close = get_close_matches(str(name).lower(), folded, n=1, cutoff=0.6)
     return f" (did you mean {folded[close[0]]!r}?)" if close else ""
+
+
+
+#: Packages whose frames are never the caller's line (ncdask, what runs its graphs).
+_LIBRARIES = ("ncdask", "dask", "distributed", "xarray", "toolz", "tlz", "concurrent",
+              "threading", "queue")
+
+
+def _prefix(module: Any) -> str | None:
+    path = getattr(module, "__file__", None)
+    if path is None:
+        return None
+    return os.path.dirname(path) + os.sep if path.endswith("__init__.py") else path
+
+
+def _caller(frame: Any, prefixes: tuple[str, ...]) -> Any:
+    while frame is not None and frame.f_code.co_filename.startswith(prefixes):
+        frame = frame.f_back
+    return frame
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` attributed to the caller's line: the innermost frame outside ncdask
+    and the libraries that run its graphs, so that a warning raised inside ``ncdask.sweep``
+    or ``measure(...).compute()`` names the user's line. In a dask worker thread, which holds
+    no such frame, the main thread's (which waits for the compute); else the ncdask line.
+    (3.12's ``skip_file_prefixes`` finds the first, but 3.11 lacks it.)"""
+    prefixes = tuple(p for m in _LIBRARIES if (p := _prefix(sys.modules.get(m))))
+    frame = _caller(sys._getframe(1), prefixes)
+    if frame is None and threading.current_thread() is not threading.main_thread():
+        frame = _caller(sys._current_frames().get(threading.main_thread().ident), prefixes)
+    if frame is None:
+        warnings.warn(message, category, stacklevel=2)
+        return
+    g = frame.f_globals
+    warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
+                           module=g.get("__name__"), module_globals=g,
+                           registry=g.setdefault("__warningregistry__", {}))

@@ -13,7 +13,6 @@ float64's range.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ import xarray as xr
 
 from ncdask._validate import check_count
 from ncdask._version import __version__
+from ncdask.errors import warn
 from ncdask.graph.pairwise import default_tile_size, resolve_budget
 from ncdask.kernels.pairwise import RieszRangeWarning  # noqa: F401 - public with measure
 from ncdask.metrics.declarations import GROUPS, METRICS, ON_REQUEST, Inputs
@@ -223,9 +223,9 @@ def _measure_each(stats: Any, dim: str | None, labels: Sequence[Any] | None,
         ds, deg = _measure_one(st, **{k: _pick(v, i, lab, d) for k, v in per_item.items()},
                                **opts)
         results.append(ds)
-        for k, reason in deg.items():
-            degenerate.setdefault(k, f"{reason} at {d}={lab}")
-    _warn_degenerate(degenerate, stacklevel=4)
+        for k, reason in deg.items():  # metric -> reason -> the items it holds for
+            degenerate.setdefault(k, {}).setdefault(reason, []).append(lab)
+    _warn_degenerate({k: _where_held(by, d, len(labs)) for k, by in degenerate.items()})
     attrs = dict(results[0].attrs)
     attrs["left_out"] = {k: v for r in results for k, v in r.attrs["left_out"].items()}
     attrs["empty_classes"] = sorted({c for r in results for c in r.attrs["empty_classes"]})
@@ -240,13 +240,30 @@ def _measure_each(stats: Any, dim: str | None, labels: Sequence[Any] | None,
     return out
 
 
-def _warn_degenerate(degenerate: dict[str, str], stacklevel: int = 3) -> None:
-    """One warning for the metrics left out as undefined, one for one-sample classes."""
-    if shown := "; ".join(f"{k}: {r}" for k, r in degenerate.items() if k != _LONE):
-        warnings.warn(f"left out as undefined for this input: {shown}", DegenerateInputWarning,
-                      stacklevel=stacklevel)
+def _where_held(by_reason: dict[str, list[Any]], dim: str, n_items: int) -> str:
+    """A sweep's reasons for one metric: a reason that holds for every item alone, else each
+    reason with the items it holds for."""
+    if len(by_reason) == 1 and len(next(iter(by_reason.values()))) == n_items:
+        return next(iter(by_reason))
+    parts = []
+    for reason, labs in by_reason.items():
+        more = f" and {len(labs) - 6} more" if len(labs) > 6 else ""
+        parts.append(f"{reason} at {dim}={', '.join(map(str, labs[:6]))}{more}")
+    return "; ".join(parts)
+
+
+def _warn_degenerate(degenerate: dict[str, str]) -> None:
+    """One warning for the metrics left out as undefined (those with one reason named
+    together), one for one-sample classes; at the caller's line."""
+    by_reason: dict[str, list[str]] = {}
+    for k, reason in degenerate.items():
+        if k != _LONE:
+            by_reason.setdefault(reason, []).append(k)
+    if by_reason:
+        shown = "; ".join(f"{', '.join(ks)}: {r}" for r, ks in by_reason.items())
+        warn(f"left out as undefined for this input: {shown}", DegenerateInputWarning)
     if _LONE in degenerate:
-        warnings.warn(degenerate[_LONE], DegenerateInputWarning, stacklevel=stacklevel)
+        warn(degenerate[_LONE], DegenerateInputWarning)
 
 
 def measure(
