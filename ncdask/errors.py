@@ -54,26 +54,32 @@ def _prefix(module: Any) -> str | None:
     return os.path.dirname(path) + os.sep if path.endswith("__init__.py") else path
 
 
-def _caller(frame: Any, prefixes: tuple[str, ...]) -> Any:
+def _caller(frame: Any, prefixes: tuple[str, ...]) -> tuple[Any, bool]:
+    """The innermost frame outside ``prefixes`` (None: none is), and whether it waits for
+    dask (a dask frame was passed on the way)."""
+    waits = False
     while frame is not None and frame.f_code.co_filename.startswith(prefixes):
+        waits = waits or frame.f_globals.get("__name__", "").startswith("dask.")
         frame = frame.f_back
-    return frame
+    return frame, waits
 
 
 def warn(message: str, category: type[Warning]) -> None:
     """``warnings.warn`` attributed to the caller's line: the innermost frame outside ncdask
     and the libraries that run its graphs, so that a warning raised inside ``ncdask.sweep``
     or ``measure(...).compute()`` names the user's line. In a dask worker thread, which holds
-    no such frame, the main thread's (which waits for the compute); else the ncdask line.
+    no such frame, the main thread's line if it waits for dask; else the ncdask line.
     (3.12's ``skip_file_prefixes`` finds the first, but 3.11 lacks it.)"""
     prefixes = tuple(p for m in _LIBRARIES if (p := _prefix(sys.modules.get(m))))
-    frame = _caller(sys._getframe(1), prefixes)
+    frame, _ = _caller(sys._getframe(1), prefixes)
     if frame is None and threading.current_thread() is not threading.main_thread():
-        frame = _caller(sys._current_frames().get(threading.main_thread().ident), prefixes)
+        main = sys._current_frames().get(threading.main_thread().ident)
+        frame, waits = _caller(main, prefixes)
+        frame = frame if waits else None
     if frame is None:
         warnings.warn(message, category, stacklevel=2)
         return
     g = frame.f_globals
     warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
-                           module=g.get("__name__"), module_globals=g,
+                           module=g.get("__name__"),
                            registry=g.setdefault("__warningregistry__", {}))
