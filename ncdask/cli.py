@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import math
+import shutil
 import sys
 import textwrap
 import warnings
@@ -286,6 +287,62 @@ def format_table(results: Any, columns: Sequence[str], dim: str = "epoch") -> st
     """The computed metrics among ``columns`` that run along ``dim`` as a text table."""
     cols = [c for c in columns if c in results and results[c].dims == (dim,)]
     return results[cols].to_dataframe().to_string(float_format=lambda v: f"{v:.4g}")
+
+
+def format_sweep(results: Any, dim: str, width: int | None = None) -> str:
+    """A sweep's computed metrics as text: a row per metric (its name and long name), a
+    column per set along ``dim``, at most ``width`` characters wide (default: the terminal's,
+    80 when not one); sets that do not fit go to further blocks, each repeating the metric
+    column. The long names wrap at the width that gives the fewest lines."""
+    names = [n for n, v in results.data_vars.items() if v.dims == (dim,)]
+    if not names:
+        return "no metrics per set"
+    width = width or shutil.get_terminal_size((80, 24)).columns
+    heads = [str(v) for v in results[dim].values]
+    cells = [[f"{float(x):.4g}" for x in results[n].values] for n in names]
+    cw = [max(min(len(h), 12), *(len(r[j]) for r in cells)) for j, h in enumerate(heads)]
+    kw = max(len("metric"), *map(len, names))
+    longs = [str(results[n].attrs.get("long_name", "")) for n in names]
+
+    def wrap(text: str, w: int) -> list[str]:
+        return textwrap.wrap(text, w, break_on_hyphens=False) or [""]
+
+    def layout(lw: int) -> tuple[int, list[range]]:
+        blocks = _blocks(kw + 2 + lw, cw, width)
+        return len(blocks) * (3 + sum(len(wrap(t, lw)) for t in longs)), blocks
+
+    top = max(12, min(max(9, *map(len, longs)), width - kw - 4 - max(cw)))
+    lw = min(range(12, top + 1), key=lambda w: (layout(w)[0], -w))
+    out = []
+    for cols in layout(lw)[1]:
+        tops = [wrap(heads[j], cw[j]) for j in cols]
+        n = max(map(len, tops))
+        tops = [[""] * (n - len(t)) + t for t in tops]  # the set names end on one line
+        rows = [" " * (kw + lw + 4) + dim]
+        for i in range(n):
+            label = f"{'metric':<{kw}}  long_name" if i == n - 1 else ""
+            rows.append(f"{label:<{kw + lw + 2}}"
+                        + "".join(f"  {t[i]:>{cw[j]}}" for t, j in zip(tops, cols, strict=True)))
+        rows.append("  ".join(["-" * kw, "-" * lw, *("-" * cw[j] for j in cols)]))
+        for name, long, vals in zip(names, longs, cells, strict=True):
+            lines = wrap(long, lw)
+            rows.append(f"{name:<{kw}}  {lines[0]:<{lw}}"
+                        + "".join(f"  {vals[j]:>{cw[j]}}" for j in cols))
+            rows += [f"{'':<{kw}}  {ln}" for ln in lines[1:]]
+        out.append("\n".join(r.rstrip() for r in rows))
+    return "\n\n".join(out)
+
+
+def _blocks(label: int, widths: list[int], width: int) -> list[range]:
+    """The columns of ``widths`` in blocks that fit ``width`` beside a ``label`` column."""
+    blocks, start = [], 0
+    while start < len(widths):
+        end, used = start + 1, label + 2 + widths[start]
+        while end < len(widths) and used + 2 + widths[end] <= width:
+            used, end = used + 2 + widths[end], end + 1
+        blocks.append(range(start, end))
+        start = end
+    return blocks
 
 
 def json_value(v: float) -> float | str | None:
@@ -635,7 +692,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         _write_json(scalar_dict(results), args.json)
     if args.json != "-":  # --quiet hides progress, never the answer
         print(format_summary(results) if dim is None
-              else format_table(results, list(results.data_vars), dim))
+              else format_sweep(results, dim))
     return 0
 
 
