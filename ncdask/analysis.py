@@ -14,9 +14,11 @@ import xarray as xr
 
 from ncdask.errors import did_you_mean, option
 from ncdask.metrics.api import measure
+from ncdask.results import save_results
 from ncdask.scheduler import Runner, to_gpu, to_host, use_scheduler
 from ncdask.stats import class_stats
 from ncdask.store.embedding import EmbeddingStore
+from ncdask.store.zarrio import check_output
 from ncdask.sweeps import sweep as sweep_sets
 
 TAGS = ("layer", "epoch")
@@ -90,8 +92,6 @@ def analyze(url_or_store: Any, *, layer: str | None = None, epoch: int | None = 
         raise ValueError(f"{option('sweep=True', '--sweep')} measures every embedding set; "
                          f"do not pass {option('epoch=', '--epoch')} with it")
     if out is not None:
-        from ncdask.store.zarrio import check_output
-
         check_output(out, "results", overwrite=overwrite)  # before the pass
     stats_kw = {k: measure_kwargs.pop(k) for k in ("ignore_index",) if k in measure_kwargs}
     tags = {k: v for k, v in (("layer", layer), ("epoch", epoch)) if v is not None}
@@ -99,12 +99,12 @@ def analyze(url_or_store: Any, *, layer: str | None = None, epoch: int | None = 
     if dim is None:
         _measurable(store, train, tags, sweep_hint=True)
     test, ood = _optional(store, test, sets), _optional(store, ood, sets)
+    stored = _stored(weights, sweep=dim is not None)
     runner = (use_scheduler(scheduler, quiet=not progress) if scheduler is not None
               else contextlib.nullcontext(Runner("default", quiet=not progress)))
     with runner as run:
         cache = cache and not run.gpu
         if dim is not None:
-            stored = _stored(weights, sweep=True)
             pick = {("order" if k == dim else k): ([v] if k == dim else v)
                     for k, v in tags.items()}
             lazy = run.call(sweep_sets, store, over=dim, split=train, test=test, ood=ood,
@@ -116,7 +116,7 @@ def analyze(url_or_store: Any, *, layer: str | None = None, epoch: int | None = 
                 split = store.split(name, **tags) if name else None
                 return to_gpu(split) if run.gpu and split is not None else split
 
-            W, b = _classifier(store, weights, tags)
+            W, b = _classifier(store, weights, stored, tags)
             stats = (run.call(class_stats, store, train, cache=True, **tags, **stats_kw)
                      if cache else class_stats(read(train), **stats_kw))
             by_freq = measure_kwargs.get("by_frequency") is not None
@@ -132,8 +132,6 @@ def analyze(url_or_store: Any, *, layer: str | None = None, epoch: int | None = 
         raise ValueError("nothing was measured" + (": " + "; ".join(
             f"{k} ({r})" for k, r in left.items()) if left else ""))
     if out is not None:
-        from ncdask.results import save_results
-
         save_results(results, out, overwrite=overwrite)
     return results
 
@@ -153,13 +151,18 @@ def require_split(store: Any, name: str, tags: dict[str, Any], *,
     if have:
         raise KeyError(f"{head}{did_you_mean(name, have)}; splits there: {have}")
     sets = store.sets()
-    layers = {str(s["layer"]) for s in sets if "layer" in s}
-    hint = did_you_mean(tags["layer"], layers) if tags.get("layer") not in (None, *layers) else ""
+    hint = _layer_hint(sets, tags)
     choose = option("layer=/epoch=", "--layer/--epoch")
     if sweep_hint and len(sets) > 1:
         choose += f", or measure every set with {option('sweep=True', '--sweep')}"
     raise KeyError(f"{head}: that set holds no splits{hint}; embedding sets: {sets} "
                    f"(choose one with {choose})" if sets else f"{head}: the store is empty")
+
+
+def _layer_hint(sets: list[dict[str, Any]], tags: dict[str, Any]) -> str:
+    """A did-you-mean for a ``layer`` tag that no set has."""
+    layers = {str(s["layer"]) for s in sets if "layer" in s}
+    return did_you_mean(tags["layer"], layers) if tags.get("layer") not in (None, *layers) else ""
 
 
 def _measurable(store: Any, train: str, tags: dict[str, Any], sweep_hint: bool = False) -> None:
@@ -180,7 +183,8 @@ def _swept(store: Any, sweep: bool | str, train: str,
             and all(s.get(k) == v for k, v in tags.items()) and (sweep is True or sweep in s)]
     if not sets:
         raise ValueError(f"no tagged embedding sets with a {train!r} split"
-                         f"{' and ' + _where(tags) if tags else ''} in {store.url!r}; "
+                         f"{' and ' + _where(tags) if tags else ''} in {store.url!r}"
+                         f"{_layer_hint(every, tags)}; "
                          f"embedding sets: {every}")
     varying = [k for k in TAGS if len({s.get(k) for s in sets}) > 1]
     if sweep is True and len(varying) > 1:
@@ -216,11 +220,12 @@ def _stored(weights: Any, sweep: bool = False) -> bool:
     return stored
 
 
-def _classifier(store: Any, weights: Any, tags: dict[str, Any]) -> tuple[Any, Any]:
+def _classifier(store: Any, weights: Any, stored: bool,
+                tags: dict[str, Any]) -> tuple[Any, Any]:
     """``(W, b)`` from ``weights``: the set's stored classifier, none, a pair or ``W``."""
     if weights is None:
         return None, None
-    if _stored(weights):
+    if stored:
         try:
             return store.classifier(**tags, lazy=True)
         except KeyError:

@@ -180,6 +180,10 @@ def test_set_selection_lists_the_sets_and_suggests_sweep(sweep_url, tmp_path, ca
                  epoch=3)
     with pytest.raises(KeyError, match=r"did you mean 'fc_in'\?.*'layer': 'fc_out'"):
         ncdask.analyze(s, layer="fc_inn", epoch=3)
+    with pytest.raises(ValueError, match=r"did you mean 'fc_out'\?"):
+        ncdask.analyze(s, layer="fc_ot", sweep="epoch")
+    with pytest.raises(KeyError, match=r"did you mean 'train'\?"):
+        s.split("trian", layer="fc_in", epoch=3)
     assert main(["analyze", s.url, "--layer", "fc_in", "--epoch", "7"]) == 2
     err = capsys.readouterr().err
     assert "splits there: []" not in err and "'layer': 'fc_out', 'epoch': 3" in err
