@@ -82,7 +82,7 @@ def check_labels(y: np.ndarray, n_classes: int | None, ignore_index: int | None,
         raise ValueError(
             f"{where}label {int(y[np.argmax(bad)])} is outside [0, {K}) (n_classes={K}){hint}; "
             "data without classes of this model (OOD) is stored unlabelled: pass no labels "
-            f"({option('y=None', '--no-labels')})")
+            f"({option('y=None; labels=False for import_files', '--no-labels')})")
     return y
 
 
