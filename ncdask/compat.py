@@ -1,9 +1,9 @@
 """The reference package's functions and accumulators, and the peers' standalone metrics.
 
 ``neural_collapse``'s functions and accumulators with their names, arguments and defaults
-(:mod:`ncdask.metrics.reference_api`, :mod:`ncdask.metrics.reference_accumulate`) and
-other codebases' metrics
-(:mod:`ncdask.metrics.peers`); not in ``ncdask.__all__`` (README.md maps each)."""
+(:mod:`ncdask.metrics.reference_api`, :mod:`ncdask.metrics.reference_accumulate`; the
+migration guide, docs/migration.md, maps each) and other codebases' metrics
+(:mod:`ncdask.metrics.peers`); not in ``ncdask.__all__``."""
 
 from __future__ import annotations
 
