@@ -30,6 +30,7 @@ from ncdask.compat import (
     simplex_etf_error,
     variability_cdnv,
 )
+from ncdask.kernels._xp import array_namespace
 
 K, D, D_IN = 5, 8, 6
 
@@ -279,6 +280,28 @@ def test_batch_boundaries_do_not_change_results():
                             strict=True):
                 np.testing.assert_allclose(x, z, rtol=1e-12, atol=1e-13)
         np.testing.assert_array_equal(first[3].totals, other[3].totals)
+
+
+@pytest.mark.parametrize("backend", ["strict", "cupy"])
+def test_device_arrays_stay_on_the_device(backend):
+    from strict_xp import namespace, to_host
+
+    xp = namespace(backend)
+    X, y = _data(8)
+    rng = np.random.default_rng(9)
+    M, W = rng.normal(size=(K, D)), rng.normal(size=(K, D))
+    want = _run(X, y, M, W, [0, 50, len(X)])
+    got = _run(*(xp.asarray(a) for a in (X, y, M, W)), [0, 50, len(X)])
+    for g, w in zip(got, want, strict=True):
+        outs = [g.ns_samples, g.totals, g.filter_indices_by_n_samples(30)]
+        refs = [w.ns_samples, w.totals, w.filter_indices_by_n_samples(30)]
+        if not isinstance(g, CovarAccumulator):
+            outs += [*g.compute(), *g.compute([0, 2], weighted=True)]
+            refs += [*w.compute(), *w.compute([0, 2], weighted=True)]
+        for o, r in zip(outs, refs, strict=True):
+            assert array_namespace(o) is xp, type(g).__name__
+            np.testing.assert_allclose(to_host(o), r, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(to_host(got[2].compute()), want[2].compute(), rtol=1e-12)
 
 
 def test_empty_classes_and_no_batches_are_zeros_as_the_reference():

@@ -73,17 +73,18 @@ class _Reference:
         self._ct = _np_dtype(ctype, "int64", "iu", "ctype")
         self._pinned: dict[str, Any] = {}
         self._torch_device: Any = None
-        self._seen = False
+        self._xp: Any = None  # the first batch's array module: that of the results
 
     def _take(self, X: Any, Y: Any) -> tuple[Any, Any]:
         """A batch as NumPy or CuPy; the first one's kind is that of the results."""
-        if not self._seen:
-            self._seen = True
+        A = as_array(X)
+        if self._xp is None:
+            self._xp = array_namespace(A)
             self._torch_device = X.device if _is_torch(X) else None
-        return as_array(X), as_array(Y).reshape(-1)
+        return A, as_array(Y).reshape(-1)
 
     def _out(self, a: Any, dtype: np.dtype) -> Any:
-        a = array_namespace(a).asarray(a).astype(dtype)
+        a = (self._xp or array_namespace(a)).asarray(a).astype(dtype)
         if self._torch_device is None:
             return a
         import torch
