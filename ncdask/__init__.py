@@ -39,6 +39,7 @@ _COMPAT = frozenset("""
     interference_grid kernel_grid kernel_stats log_kernel mean_norms ood_class_variability
     orthogonality_deviation riesz_kernel self_duality_distance self_duality_error
     similarities simplex_etf_error structure_error variability_cdnv
+    MeanAccumulator VarNormAccumulator CovarAccumulator DecAccumulator
 """.split())
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exports them
