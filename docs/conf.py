@@ -69,8 +69,8 @@ def metric_page(name: str) -> str:
     m = METRICS[name]
     groups = [g for g, names in GROUPS.items() if name in names]
     needs = ", ".join(f"`{n}=`" for n in m.needs) or "the class statistics only"
-    shape = {(): "one value", ("class",): "one value per class",
-             ("frequency_bin",): "one value per class-count bin"}[m.dims]
+    shape = {(): "one value", ("class",): "one value per class (dim `class`)",
+             ("frequency_bin",): "one value per class-count bin (dim `frequency_bin`)"}[m.dims]
     lines = [
         f"# `{name}`", "", f"{m.long_name}.", "",
         f"- **Formula:** {_code(m.formula)}",
@@ -78,7 +78,7 @@ def metric_page(name: str) -> str:
         f"- **Range:** {_code(m.value_range)}",
         f"- **Collapse direction:** {DIRECTION[m.direction]}",
         f"- **Cost:** {m.cost}",
-        f"- **Output:** {shape} (dims `{m.dims}`)",
+        f"- **Output:** {shape}",
         f"- **Needs:** {needs}; defined for at least {m.min_classes} non-empty "
         f"class{'es' if m.min_classes > 1 else ''}",
         f"- **Groups:** {', '.join(f'`{g}`' for g in groups) or 'none'}",
@@ -93,7 +93,8 @@ def metric_page(name: str) -> str:
 def cli_page() -> str:
     """Every ``ncdask ... --help`` text, as the installed command prints it."""
     parser = build_parser(full_help=True)
-    commands = next(a for a in parser._actions if a.dest == "command").choices  # noqa: SLF001
+    commands = next(a.choices for a in parser._actions  # noqa: SLF001 - the subcommands
+                    if isinstance(getattr(a, "choices", None), dict))
     out = ["# Command line", "", "Every text below is `ncdask ... --help`, generated when "
            "these pages were built.", ""]
     for argv in [[], *[[c] for c in commands]]:

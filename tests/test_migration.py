@@ -1,4 +1,4 @@
-"""The README's "Migrating from neural_collapse" table, row by row where it is not obvious.
+"""docs/migration.md's table ("Migrating from neural_collapse"), row by row where not obvious.
 
 Issue 11: the reference's calls must give the reference's numbers. The
 reference (rhubarbwu/neural-collapse) is PyTorch-only and not a test
