@@ -23,6 +23,7 @@ _NAMES: dict[str, str] = {
     "results": "save_results open_results",
     "metrics": "measure DegenerateInputWarning RieszRangeWarning",
     "sweeps": "sweep",
+    "analysis": "analyze",
     "hooks": "capture",
     "covariances": "class_covariances class_nc1 class_spectra",
     "neco": "total_covariance neco_fit neco_scores nci_scores ood_report",
@@ -38,10 +39,12 @@ _COMPAT = frozenset("""
     interference_grid kernel_grid kernel_stats log_kernel mean_norms ood_class_variability
     orthogonality_deviation riesz_kernel self_duality_distance self_duality_error
     similarities simplex_etf_error structure_error variability_cdnv
+    MeanAccumulator VarNormAccumulator CovarAccumulator DecAccumulator
 """.split())
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exports them
     from ncdask.accumulate import StatsAccumulator
+    from ncdask.analysis import analyze
     from ncdask.covariances import class_covariances, class_nc1, class_spectra
     from ncdask.hooks import capture
     from ncdask.metrics.api import DegenerateInputWarning, RieszRangeWarning, measure
@@ -92,7 +95,7 @@ __all__ = [  # the same names as _NAMES, literally, for tools that read __all__
     "DamagedStoreError", "SplitChangedError", "IncompleteOutputError", "DamagedOutputError",
     "check_store", "class_stats", "merge_stats", "save_stats", "load_stats", "EmptyClassWarning",
     "StatsAccumulator", "StatsSink", "EvalAccumulator", "save_results", "open_results", "measure",
-    "DegenerateInputWarning", "RieszRangeWarning", "sweep", "capture", "class_covariances",
-    "class_nc1", "class_spectra", "total_covariance", "neco_fit", "neco_scores", "nci_scores",
-    "ood_report",
+    "DegenerateInputWarning", "RieszRangeWarning", "sweep", "analyze", "capture",
+    "class_covariances", "class_nc1", "class_spectra", "total_covariance", "neco_fit",
+    "neco_scores", "nci_scores", "ood_report",
 ]

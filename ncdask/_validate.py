@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ncdask.errors import option
 from ncdask.kernels._xp import to_numpy
 
 if TYPE_CHECKING:
@@ -76,12 +77,12 @@ def check_labels(y: np.ndarray, n_classes: int | None, ignore_index: int | None,
     if bad.any():
         K = "K" if n_classes is None else n_classes
         hint = (f"; only ignore_index={ignore_index} may lie outside" if ignore_index is not None
-                else "; create the store with ignore_index= (--ignore-index) to keep padding "
-                "labels")
+                else f"; create the store with {option('ignore_index=', '--ignore-index')} "
+                "to keep padding labels")
         raise ValueError(
             f"{where}label {int(y[np.argmax(bad)])} is outside [0, {K}) (n_classes={K}){hint}; "
             "data without classes of this model (OOD) is stored unlabelled: pass no labels "
-            "(y=None; `ncdask import --no-labels`)")
+            f"({option('y=None; labels=False for import_files', '--no-labels')})")
     return y
 
 

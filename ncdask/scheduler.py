@@ -13,7 +13,7 @@ from typing import Any
 import dask
 from dask.utils import parse_timedelta
 
-from ncdask.errors import NoWorkersError, SchedulerError
+from ncdask.errors import NoWorkersError, SchedulerError, option
 
 LOCAL = ("threads", "processes", "sync")
 
@@ -150,7 +150,8 @@ def _no_workers_guard(client: Any, wait: float) -> Iterator[None]:
             raise NoWorkersError(
                 f"no Dask worker was connected to the scheduler at {address} for {wait:g} s "
                 "while work waited (all gone or none started); start workers, or wait longer: "
-                "--no-workers-timeout or dask config ncdask.no_workers_timeout") from e
+                f"{option('no_workers_timeout=', '--no-workers-timeout')} or dask config "
+                "ncdask.no_workers_timeout") from e
         raise
     finally:
         stop.set()
@@ -193,7 +194,8 @@ def _local_cuda() -> Iterator[Any]:
         from dask_cuda import LocalCUDACluster
     except ImportError as e:
         raise SchedulerError(
-            "--scheduler local-cuda needs dask-cuda and CuPy: pip install 'ncdask[gpu]'"
+            option("scheduler='local-cuda'", "--scheduler local-cuda")
+            + " needs dask-cuda and CuPy: pip install 'ncdask[gpu]'"
         ) from e
     from distributed import Client
 

@@ -85,11 +85,11 @@ def _measure_one(
 ) -> tuple[xr.Dataset, dict[str, str]]:
     """Resolve the inputs once, select the metrics defined for them, compute each, label."""
     stats = _check_stats(stats)
-    check_role(test, "test")
-    check_role(ood, "ood")
     if isinstance(train, xr.Dataset) and train.attrs.get("ncdask_streamed") is not None:
         raise ValueError("train= takes the training samples (a split Dataset or (store, "
                          "split)), not a streamed summary")
+    for role, obj in (("test", test), ("ood", ood), ("train", train)):
+        check_role(obj, role)
     kept = kept_classes(stats, min_count, ignore_index)
     K_all, K = kept.n_all, kept.n_kept
     D = int(stats.sizes["feature"])

@@ -14,6 +14,7 @@ from typing import IO, Any
 import numpy as np
 
 from ncdask._validate import check_labels
+from ncdask.errors import option
 from ncdask.store.digest import extend
 
 X_KEYS = ("X", "embeddings")
@@ -61,7 +62,8 @@ def _opened(X_path: str, y_path: str | None, labels: bool) -> Iterator[tuple[Any
             name = Path(X_path).name
             kx = _pick(names, X_KEYS, "embeddings", name)
             ky = labels and _pick(names, Y_KEYS, "labels", name, "; for unlabelled data such "
-                                  "as an OOD split, import with --no-labels (labels=False)")
+                                  "as an OOD split, import with "
+                                  + option("labels=False", "--no-labels"))
             with z.open(kx + ".npy") as fx, (z.open(ky + ".npy") if ky
                                              else contextlib.nullcontext()) as fy:
                 yield _paired(_NpyStream(fx), None if fy is None else _NpyStream(fy), X_path)
