@@ -89,6 +89,10 @@ def test_undefined_metric_warns_once_at_the_callers_line(url, caught):
     text = str(w.message)
     assert "nc1_svd" in text and f"K={K}, D={D}" in text and "epoch" not in text
     caught.clear()
+    ncdask.analyze(url, sweep=True, metrics=["nc1_svd", "nc1_quot"])
+    (w,) = _only(caught, ncdask.DegenerateInputWarning)
+    assert w.filename == __file__ and "epoch" not in str(w.message)
+    caught.clear()
     st = ncdask.class_stats(ncdask.EmbeddingStore.open(url).split("train", epoch=10))
     ncdask.measure(st, metrics=["nc1_svd"])
     (w,) = _only(caught, ncdask.DegenerateInputWarning)
