@@ -41,17 +41,15 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean {folded[close[0]]!r}?)" if close else ""
 
 
-
 #: Packages whose frames are never the caller's line (ncdask, what runs its graphs).
 _LIBRARIES = ("ncdask", "dask", "distributed", "xarray", "toolz", "tlz", "concurrent",
               "threading", "queue")
 
 
 def _prefix(module: Any) -> str | None:
-    path = getattr(module, "__file__", None)
-    if path is None:
-        return None
-    return os.path.dirname(path) + os.sep if path.endswith("__init__.py") else path
+    """Where a module's code is: a package's folder, else its file."""
+    path = getattr(module, "__file__", None) or ""
+    return os.path.dirname(path) + os.sep if path.endswith("__init__.py") else path or None
 
 
 def _caller(frame: Any, prefixes: tuple[str, ...]) -> tuple[Any, bool]:
