@@ -329,7 +329,8 @@ def measure(
     -----
     DegenerateInputWarning
         When a requested metric is undefined for the input and left out, or
-        classes have one sample (with their count; NC1 NaN when all do).
+        classes have one sample (with their count; NC1 NaN when all do). Once
+        per call; a sweep's names the items only where the reason holds for some.
     RieszRangeWarning
         When computed, if the Riesz kernel's statistics leave float64's range.
 
