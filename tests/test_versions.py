@@ -34,6 +34,8 @@ def test_declared_pythons_are_the_tested_ones():
                    and ast.unparse(n.targets[0]) == "PYTHONS")
     assert [_version(p) for p in pythons] == [listed[0], listed[-1]]
     assert sys.version_info[:2] >= listed[0]
+    conda = (ROOT / "environment.yml").read_text()
+    assert f"python>={'.'.join(map(str, listed[0]))}" in conda
 
 
 @pytest.mark.slow
