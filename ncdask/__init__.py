@@ -74,7 +74,8 @@ def __getattr__(name: str) -> _Any:
                 raise
             raise AttributeError(f"module 'ncdask' has no attribute {name!r}") from None
     value = getattr(_import(f".{mod}", __name__), name)
-    globals()[name] = value
+    if mod != "compat":  # compat's names stay out of the namespace, as out of __all__
+        globals()[name] = value
     return value
 
 
