@@ -3,10 +3,9 @@
 The public names are imported on first use (PEP 562), so that ``import ncdask``
 and ``ncdask --help`` do not pay for importing dask, xarray and zarr."""
 
-from __future__ import annotations
-
 from importlib import import_module as _import
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from ncdask._version import __version__
 
@@ -42,7 +41,7 @@ _COMPAT = frozenset("""
     MeanAccumulator VarNormAccumulator CovarAccumulator DecAccumulator
 """.split())
 
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exports them
+if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exports them
     from ncdask.accumulate import StatsAccumulator
     from ncdask.analysis import analyze
     from ncdask.covariances import class_covariances, class_nc1, class_spectra
@@ -66,7 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ expo
     from ncdask.sweeps import sweep
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     mod = "compat" if name in _COMPAT else _WHERE.get(name)
     if mod is None:
         if name.startswith("__"):
@@ -78,7 +77,8 @@ def __getattr__(name: str) -> Any:
                 raise
             raise AttributeError(f"module 'ncdask' has no attribute {name!r}") from None
     value = getattr(_import(f".{mod}", __name__), name)
-    globals()[name] = value
+    if mod != "compat":  # compat's names stay out of the namespace, as out of __all__
+        globals()[name] = value
     return value
 
 

@@ -31,11 +31,12 @@ def check_name(kind: str, name: Any) -> str:
 
 def batch_to_numpy(X: Any, y: Any | None, *, dim: int | None, n_classes: int, dtype: np.dtype,
                    allow_nonfinite: bool = False, ignore_index: int | None = None,
-                   where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   where: str | None = None, split: str | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Validate one batch and return it as host NumPy arrays (X in the store's dtype).
     ``dim`` is the width of the set written to (None: any, for a new set's
-    first write), ``where`` names that set in messages. A bad shape, label
-    or value is a ValueError, non-integer labels a TypeError."""
+    first write), ``where`` names that set and ``split`` the split in messages.
+    A bad shape, label or value is a ValueError, non-integer labels a TypeError."""
     X = to_numpy(X)
     y = None if y is None else to_numpy(y)
     if X.ndim != 2:
@@ -51,11 +52,13 @@ def batch_to_numpy(X: Any, y: Any | None, *, dim: int | None, n_classes: int, dt
         raise TypeError(f"embeddings must be numeric, got dtype {X.dtype}")
     if y is None:  # an unlabelled batch (OOD data)
         return _embeddings(X, dtype, allow_nonfinite), None
+    to = "" if split is None else f"split {split!r}{f' ({where})' if where else ''}: "
     if y.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {y.shape}")
+        raise ValueError(f"{to}labels must be 1-D, got shape {y.shape}")
     if y.shape[0] != X.shape[0]:
-        raise ValueError(f"embeddings have {X.shape[0]} rows but labels have {y.shape[0]} entries")
-    y = check_labels(y, n_classes, ignore_index)
+        raise ValueError(
+            f"{to}embeddings have {X.shape[0]} rows but labels have {y.shape[0]} entries")
+    y = check_labels(y, n_classes, ignore_index, to)
     Xs = _embeddings(X, dtype, allow_nonfinite)
     return Xs, y.astype(np.int32 if n_classes < 2**31 else np.int64, copy=False)
 

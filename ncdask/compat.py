@@ -46,6 +46,10 @@ from ncdask.metrics.reference_api import (
 #: The reference package's names (``neural_collapse.measure`` / ``.kernels`` / ``.accumulate``).
 REFERENCE = (*reference_api.__all__, *reference_accumulate.__all__)
 
+
+def __dir__() -> list[str]:  # the public names only, for dir() and tab completion
+    return sorted({*__all__, "PEERS", "REFERENCE"})
+
 __all__ = [
     "covariance_ratio", "variability_cdnv", "kernel_stats", "kernel_grid", "dist_kernel",
     "log_kernel", "riesz_kernel", "class_dist_norm_vars", "interference_grid",

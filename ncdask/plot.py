@@ -448,3 +448,14 @@ def plot_per_class(results: xr.Dataset, var: str = "mean_norms", *,
     ax.set_ylabel(var)
     ax.set_title(f"{long_name}" + (f" ({where})" if where else ""), fontsize="medium")
     return _save(fig, path)
+
+
+__all__ = [
+    "plot_metrics", "plot_gram", "plot_per_class", "collapse_direction", "cosine_spread",
+    "log_spaced", "y_limits", "HEADLINE", "SWEEP_DIMS", "COLLAPSE_DIRECTION", "ACCURACY",
+    "MIN_DECADES",
+]
+
+
+def __dir__() -> list[str]:  # the public names only, for dir() and tab completion
+    return list(__all__)

@@ -229,3 +229,11 @@ def to_host(ds: Any) -> Any:
         if type(var.data).__module__.split(".")[0] == "cupy":
             out[name] = var.copy(data=to_numpy(var.data))
     return out
+
+
+__all__ = ["use_scheduler", "Runner", "LOCAL", "to_gpu", "to_host", "SchedulerError",
+           "NoWorkersError"]
+
+
+def __dir__() -> list[str]:  # the public names only, for dir() and tab completion
+    return list(__all__)

@@ -21,7 +21,7 @@ import xarray as xr
 
 from ncdask._validate import check_count
 from ncdask._version import __version__
-from ncdask.errors import warn
+from ncdask.errors import did_you_mean, option, warn
 from ncdask.graph.pairwise import default_tile_size, resolve_budget
 from ncdask.kernels.pairwise import RieszRangeWarning  # noqa: F401 - public with measure
 from ncdask.metrics.declarations import GROUPS, METRICS, ON_REQUEST, Inputs
@@ -49,11 +49,14 @@ def _selection(metrics: str | Iterable[str] | None, by_frequency: bool = False) 
         metrics = [metrics]
     chosen: set[str] = set()
     for m in metrics:
-        for n in GROUPS.get(m, (m,)):
-            if n not in METRICS:
-                raise ValueError(
-                    f"unknown metric {m!r}; known: {list(METRICS)} and groups {list(GROUPS)}")
-            chosen.add(n)
+        key = m.lower() if isinstance(m, str) else m  # names are case-insensitive: NC1, nc1
+        if key not in METRICS and key not in GROUPS:
+            raise ValueError(
+                f"unknown metric {m!r}{did_you_mean(m, [*METRICS, *GROUPS])}; the metrics "
+                "and groups are listed in "
+                + option("ncdask.metrics.METRICS and ncdask.metrics.GROUPS",
+                         "`ncdask analyze --help`"))
+        chosen.update(GROUPS.get(key, (key,)))
     return [n for n in METRICS if n in chosen]
 
 
@@ -294,7 +297,7 @@ def measure(
     tile_size : int, optional
         Classes per tile; by default the largest that fits ``memory_budget``.
     metrics : str or iterable of str, optional
-        Variables or groups (:data:`GROUPS`, e.g. ``"nc2g_riesz"``); default all.
+        Variables or groups (:data:`GROUPS`, e.g. ``"nc2g_riesz"``), in any case; default all.
     dist_exp : float, default 1
         CDNV distance exponent ``p`` (linguistic collapse uses 2).
     riesz_s : float, optional
