@@ -1,13 +1,13 @@
-"""Write the README's performance table from ``benchmarks/results/``: medians, never best runs.
+"""Write the performance table of ``docs/performance.md`` from ``benchmarks/results/``.
 
-Every figure in the table is read from a results file here, so that the README
-says nothing the results do not hold. The table sits between the markers
-``<!-- perf-table -->`` and ``<!-- /perf-table -->`` in README.md.
+Every figure in the table is read from a results file here (medians, never best runs),
+so that the documentation says nothing the results do not hold. The table sits between
+the markers ``<!-- perf-table -->`` and ``<!-- /perf-table -->`` in docs/performance.md.
 
 Usage::
 
-    python benchmarks/report.py           # rewrite the table in README.md
-    python benchmarks/report.py --check   # exit 1 if README.md's table differs
+    python benchmarks/report.py           # rewrite the table in docs/performance.md
+    python benchmarks/report.py --check   # exit 1 if docs/performance.md's table differs
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-README = HERE.parent / "README.md"
+PAGE = HERE.parent / "docs" / "performance.md"
 BEGIN, END = "<!-- perf-table -->", "<!-- /perf-table -->"
 HEADER = ("| what | command | results file | figure (medians) |\n"
           "|---|---|---|---|")
@@ -125,7 +125,7 @@ def _neco_fig() -> str:
             f"{row['covariances'][1]}; medians of 3")
 
 
-#: (what, command, results file, figure) of each row, in the README's order.
+#: (what, command, results file, figure) of each row, in the table's order.
 ROWS = [
     ("class statistics, D=512, K=1000, 1 GiB store (N=524,288)",
      "python benchmarks/bench_stats.py",
@@ -175,25 +175,25 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def splice(readme: str, body: str) -> str:
-    """``readme`` with the text between the markers replaced by ``body``."""
-    i, j = readme.index(BEGIN) + len(BEGIN), readme.index(END)
-    return readme[:i] + "\n" + body + "\n" + readme[j:]
+def splice(page: str, body: str) -> str:
+    """``page`` with the text between the markers replaced by ``body``."""
+    i, j = page.index(BEGIN) + len(BEGIN), page.index(END)
+    return page[:i] + "\n" + body + "\n" + page[j:]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
     a = p.parse_args(argv)
-    old = README.read_text()
+    old = PAGE.read_text()
     new = splice(old, table())
     if a.check:
         if new != old:
-            print("README.md's performance table differs from benchmarks/results/",
+            print("docs/performance.md's table differs from benchmarks/results/",
                   file=sys.stderr)
             return 1
         return 0
-    README.write_text(new)
+    PAGE.write_text(new)
     return 0
 
 

@@ -3,10 +3,9 @@
 The public names are imported on first use (PEP 562), so that ``import ncdask``
 and ``ncdask --help`` do not pay for importing dask, xarray and zarr."""
 
-from __future__ import annotations
-
 from importlib import import_module as _import
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from ncdask._version import __version__
 
@@ -23,6 +22,7 @@ _NAMES: dict[str, str] = {
     "results": "save_results open_results",
     "metrics": "measure DegenerateInputWarning RieszRangeWarning",
     "sweeps": "sweep",
+    "analysis": "analyze",
     "hooks": "capture",
     "covariances": "class_covariances class_nc1 class_spectra",
     "neco": "total_covariance neco_fit neco_scores nci_scores ood_report",
@@ -38,10 +38,12 @@ _COMPAT = frozenset("""
     interference_grid kernel_grid kernel_stats log_kernel mean_norms ood_class_variability
     orthogonality_deviation riesz_kernel self_duality_distance self_duality_error
     similarities simplex_etf_error structure_error variability_cdnv
+    MeanAccumulator VarNormAccumulator CovarAccumulator DecAccumulator
 """.split())
 
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exports them
+if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exports them
     from ncdask.accumulate import StatsAccumulator
+    from ncdask.analysis import analyze
     from ncdask.covariances import class_covariances, class_nc1, class_spectra
     from ncdask.hooks import capture
     from ncdask.metrics.api import DegenerateInputWarning, RieszRangeWarning, measure
@@ -63,7 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ expo
     from ncdask.sweeps import sweep
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     mod = "compat" if name in _COMPAT else _WHERE.get(name)
     if mod is None:
         if name.startswith("__"):
@@ -75,7 +77,8 @@ def __getattr__(name: str) -> Any:
                 raise
             raise AttributeError(f"module 'ncdask' has no attribute {name!r}") from None
     value = getattr(_import(f".{mod}", __name__), name)
-    globals()[name] = value
+    if mod != "compat":  # compat's names stay out of the namespace, as out of __all__
+        globals()[name] = value
     return value
 
 
@@ -92,7 +95,7 @@ __all__ = [  # the same names as _NAMES, literally, for tools that read __all__
     "DamagedStoreError", "SplitChangedError", "IncompleteOutputError", "DamagedOutputError",
     "check_store", "class_stats", "merge_stats", "save_stats", "load_stats", "EmptyClassWarning",
     "StatsAccumulator", "StatsSink", "EvalAccumulator", "save_results", "open_results", "measure",
-    "DegenerateInputWarning", "RieszRangeWarning", "sweep", "capture", "class_covariances",
-    "class_nc1", "class_spectra", "total_covariance", "neco_fit", "neco_scores", "nci_scores",
-    "ood_report",
+    "DegenerateInputWarning", "RieszRangeWarning", "sweep", "analyze", "capture",
+    "class_covariances", "class_nc1", "class_spectra", "total_covariance", "neco_fit",
+    "neco_scores", "nci_scores", "ood_report",
 ]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ncdask.errors import option
 from ncdask.kernels._xp import to_numpy
 
 if TYPE_CHECKING:
@@ -30,11 +31,12 @@ def check_name(kind: str, name: Any) -> str:
 
 def batch_to_numpy(X: Any, y: Any | None, *, dim: int | None, n_classes: int, dtype: np.dtype,
                    allow_nonfinite: bool = False, ignore_index: int | None = None,
-                   where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   where: str | None = None, split: str | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Validate one batch and return it as host NumPy arrays (X in the store's dtype).
     ``dim`` is the width of the set written to (None: any, for a new set's
-    first write), ``where`` names that set in messages. A bad shape, label
-    or value is a ValueError, non-integer labels a TypeError."""
+    first write), ``where`` names that set and ``split`` the split in messages.
+    A bad shape, label or value is a ValueError, non-integer labels a TypeError."""
     X = to_numpy(X)
     y = None if y is None else to_numpy(y)
     if X.ndim != 2:
@@ -50,11 +52,13 @@ def batch_to_numpy(X: Any, y: Any | None, *, dim: int | None, n_classes: int, dt
         raise TypeError(f"embeddings must be numeric, got dtype {X.dtype}")
     if y is None:  # an unlabelled batch (OOD data)
         return _embeddings(X, dtype, allow_nonfinite), None
+    to = "" if split is None else f"split {split!r}{f' ({where})' if where else ''}: "
     if y.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {y.shape}")
+        raise ValueError(f"{to}labels must be 1-D, got shape {y.shape}")
     if y.shape[0] != X.shape[0]:
-        raise ValueError(f"embeddings have {X.shape[0]} rows but labels have {y.shape[0]} entries")
-    y = check_labels(y, n_classes, ignore_index)
+        raise ValueError(
+            f"{to}embeddings have {X.shape[0]} rows but labels have {y.shape[0]} entries")
+    y = check_labels(y, n_classes, ignore_index, to)
     Xs = _embeddings(X, dtype, allow_nonfinite)
     return Xs, y.astype(np.int32 if n_classes < 2**31 else np.int64, copy=False)
 
@@ -76,12 +80,12 @@ def check_labels(y: np.ndarray, n_classes: int | None, ignore_index: int | None,
     if bad.any():
         K = "K" if n_classes is None else n_classes
         hint = (f"; only ignore_index={ignore_index} may lie outside" if ignore_index is not None
-                else "; create the store with ignore_index= (--ignore-index) to keep padding "
-                "labels")
+                else f"; create the store with {option('ignore_index=', '--ignore-index')} "
+                "to keep padding labels")
         raise ValueError(
             f"{where}label {int(y[np.argmax(bad)])} is outside [0, {K}) (n_classes={K}){hint}; "
             "data without classes of this model (OOD) is stored unlabelled: pass no labels "
-            "(y=None; `ncdask import --no-labels`)")
+            f"({option('y=None; labels=False for import_files', '--no-labels')})")
     return y
 
 

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import math
+import shutil
 import sys
 import textwrap
 import threading
@@ -280,30 +281,71 @@ def _where(tags: dict[str, Any]) -> str:
 
 
 def _require_split(store: Any, name: str, tags: dict[str, Any]) -> None:
-    have = store.splits(**tags)
-    if name not in have:
-        hint = ""
-        if not have:
-            sets = [s for s in store.sets() if s]
-            if sets:
-                hint = f"; embedding sets: {sets[:10]} (choose one with --layer/--epoch)"
-        raise CLIError(f"no split {name!r} in {_where(tags)} of {store.url!r}; splits there: "
-                       f"{have}{hint}")
+    from ncdask.analysis import require_split
 
-
-def _optional_split(store: Any, given: str | None, default: str, *sets: dict) -> str | None:
-    """``given`` (which every set must hold), else ``default`` where every set holds it."""
-    if given is not None:
-        for tags in sets:
-            _require_split(store, given, tags)
-        return given
-    return default if all(default in store.splits(**tags) for tags in sets) else None
+    require_split(store, name, tags)
 
 
 def format_table(results: Any, columns: Sequence[str], dim: str = "epoch") -> str:
     """The computed metrics among ``columns`` that run along ``dim`` as a text table."""
     cols = [c for c in columns if c in results and results[c].dims == (dim,)]
     return results[cols].to_dataframe().to_string(float_format=lambda v: f"{v:.4g}")
+
+
+def format_sweep(results: Any, dim: str, width: int | None = None) -> str:
+    """A sweep's computed metrics as text: a row per metric (its name and long name), a
+    column per set along ``dim``, at most ``width`` characters wide (default: the terminal's,
+    80 when not one); sets that do not fit go to further blocks, each repeating the metric
+    column. The long names wrap at the width that gives the fewest lines."""
+    names = [n for n, v in results.data_vars.items() if v.dims == (dim,)]
+    if not names:
+        return "no metrics per set"
+    width = width or shutil.get_terminal_size((80, 24)).columns
+    heads = [str(v) for v in results[dim].values]
+    cells = [[f"{float(x):.4g}" for x in results[n].values] for n in names]
+    cw = [max(min(len(h), 12), *(len(r[j]) for r in cells)) for j, h in enumerate(heads)]
+    kw = max(len("metric"), *map(len, names))
+    longs = [str(results[n].attrs.get("long_name", "")) for n in names]
+
+    def wrap(text: str, w: int) -> list[str]:
+        return textwrap.wrap(text, w, break_on_hyphens=False) or [""]
+
+    def layout(lw: int) -> tuple[int, list[range]]:
+        blocks = _blocks(kw + 2 + lw, cw, width)
+        return len(blocks) * (3 + sum(len(wrap(t, lw)) for t in longs)), blocks
+
+    top = max(12, min(max(9, *map(len, longs)), width - kw - 4 - max(cw)))
+    lw = min(range(12, top + 1), key=lambda w: (layout(w)[0], -w))
+    out = []
+    for cols in layout(lw)[1]:
+        tops = [wrap(heads[j], cw[j]) for j in cols]
+        n = max(map(len, tops))
+        tops = [[""] * (n - len(t)) + t for t in tops]  # the set names end on one line
+        rows = [" " * (kw + lw + 4) + dim]
+        for i in range(n):
+            label = f"{'metric':<{kw}}  long_name" if i == n - 1 else ""
+            rows.append(f"{label:<{kw + lw + 2}}"
+                        + "".join(f"  {t[i]:>{cw[j]}}" for t, j in zip(tops, cols, strict=True)))
+        rows.append("  ".join(["-" * kw, "-" * lw, *("-" * cw[j] for j in cols)]))
+        for name, long, vals in zip(names, longs, cells, strict=True):
+            lines = wrap(long, lw)
+            rows.append(f"{name:<{kw}}  {lines[0]:<{lw}}"
+                        + "".join(f"  {vals[j]:>{cw[j]}}" for j in cols))
+            rows += [f"{'':<{kw}}  {ln}" for ln in lines[1:]]
+        out.append("\n".join(r.rstrip() for r in rows))
+    return "\n\n".join(out)
+
+
+def _blocks(label: int, widths: list[int], width: int) -> list[range]:
+    """The columns of ``widths`` in blocks that fit ``width`` beside a ``label`` column."""
+    blocks, start = [], 0
+    while start < len(widths):
+        end, used = start + 1, label + 2 + widths[start]
+        while end < len(widths) and used + 2 + widths[end] <= width:
+            used, end = used + 2 + widths[end], end + 1
+        blocks.append(range(start, end))
+        start = end
+    return blocks
 
 
 def json_value(v: float) -> float | str | None:
@@ -338,8 +380,9 @@ def scalar_dict(results: Any) -> dict[str, Any]:
     return out
 
 
-def format_summary(results: Any) -> str:
-    """A table of computed scalar metrics (metric, value, long_name) of one set."""
+def format_summary(results: Any, out: str | None = None) -> str:
+    """A table of computed scalar metrics (metric, value, long_name) of one set; the names
+    of the per-class ones, written to ``out`` (if given)."""
     rows = []
     for name, var in results.data_vars.items():
         if var.dims:
@@ -357,7 +400,8 @@ def format_summary(results: Any) -> str:
         lines.append("")
         lines.append(_bin_table(results, per_bin))
     if per_class:
-        lines.append(f"per-class (in --out): {', '.join(per_class)}")
+        where = f"in {out}" if out else "not shown; written with --out"
+        lines.append(f"per-class ({where}): {', '.join(per_class)}")
     left = results.attrs.get("left_out") or {}
     if left:
         lines.append("left out: " + "; ".join(f"{k} ({r})" for k, r in left.items()))
@@ -615,92 +659,24 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep_dim(store: Any, args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
-    """The tag that varies among the sets holding the train split (``--sweep``), and them."""
-    sets = [s for s in store.sets() if s and args.train in store.splits(**s)
-            and (args.layer is None or s.get("layer") == args.layer)]
-    if not sets:
-        raise CLIError(f"no tagged embedding sets with a {args.train!r} split in {args.url!r}")
-    varying = [k for k in ("layer", "epoch") if len({s.get(k) for s in sets}) > 1]
-    if len(varying) > 1:
-        raise CLIError("the sets vary in both layer and epoch; pick a --layer to sweep epochs")
-    for tags in sets:
-        _nonempty(store, args, tags)
-    return varying[0] if varying else ("epoch" if "epoch" in sets[0] else "layer"), sets
-
-
-def _nonempty(store: Any, args: argparse.Namespace, tags: dict[str, Any]) -> None:
-    _require_split(store, args.train, tags)
-    if store.n_rows(args.train, **tags) == 0:
-        raise CLIError(f"split {args.train!r} in {_where(tags)} of {args.url!r} holds "
-                       "no rows: nothing to measure")
-
-
-
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from ncdask.metrics.api import measure
-    from ncdask.scheduler import to_gpu, to_host, use_scheduler
-    from ncdask.stats import class_stats
-    from ncdask.sweeps import sweep
+    from ncdask.analysis import analyze
 
-    if args.sweep and (args.epoch is not None):
-        raise CLIError("--sweep measures every embedding set; do not pass --epoch with it")
-    store = _open_store(args.url)
+    given = ("test", "ood", "tile_size", "memory_budget", "dist_exp", "min_count",
+             "by_frequency", "ignore_index")
+    results = analyze(args.url, layer=args.layer, epoch=args.epoch, metrics=args.metrics,
+                      train=args.train, out=args.out, overwrite=args.overwrite,
+                      sweep=args.sweep or None, cache=not args.no_cache,
+                      scheduler=args.scheduler or "threads", progress=not args.quiet,
+                      **{k: vars(args)[k] for k in given if vars(args)[k] is not None})
     if args.out:
-        from ncdask.store.zarrio import check_output
-
-        check_output(args.out, "results", overwrite=args.overwrite)  # before the pass
-    stats_kw = {} if args.ignore_index is None else {"ignore_index": args.ignore_index}
-    given = ("memory_budget", "dist_exp", "min_count", "by_frequency")
-    measure_kw = {"tile_size": args.tile_size, "metrics": args.metrics,
-                  **{k: vars(args)[k] for k in given if vars(args)[k] is not None}}
-    tags = _tags(args)
-    dim, sets = _sweep_dim(store, args) if args.sweep else (None, [tags])
-    if dim is None:
-        _nonempty(store, args, tags)
-    test = _optional_split(store, args.test, "test", *sets)
-    ood = _optional_split(store, args.ood, "ood", *sets)
-    with use_scheduler(args.scheduler, quiet=args.quiet) as run:
-        cache = not (args.no_cache or run.gpu)  # kept in the store: re-runs read new rows
-        if dim is not None:
-            pick = ({"layer": args.layer} if dim == "epoch" else
-                    {"order": [args.layer]} if args.layer is not None else {})
-            lazy = run.call(sweep, store, over=dim, split=args.train, **pick,
-                            test=test, ood=ood, cache=cache, stats_kwargs=stats_kw,
-                            backend="cupy" if run.gpu else "numpy", **measure_kw)
-        else:
-            move = to_gpu if run.gpu else (lambda ds: ds)
-
-            def read(name: str | None) -> Any:
-                return move(store.split(name, **tags)) if name else None
-
-            try:
-                W, b = store.classifier(**tags, lazy=True)
-            except KeyError:
-                W = b = None
-            stats = (run.call(class_stats, store, args.train, cache=True, **tags, **stats_kw)
-                     if cache else class_stats(read(args.train), **stats_kw))
-            lazy = measure(stats, weights=W, bias=b, test=read(test), ood=read(ood),
-                           # the samples again, for each bin's share of nc1_pinv
-                           train=read(args.train) if args.by_frequency is not None else None,
-                           **measure_kw)
-        where = f"{lazy.sizes[dim]} sets" if dim else _where(tags)
-        results = run.compute(lazy, label=f"measuring {args.url} [{args.train}, {where}] ...")
-    results = to_host(results)
-    if not results.data_vars:
-        left = results.attrs.get("left_out") or {}
-        raise CLIError("nothing was measured" + (": " + "; ".join(
-            f"{k} ({r})" for k, r in left.items()) if left else ""))
-    if args.out:
-        from ncdask.results import save_results
-
-        save_results(results, args.out, overwrite=args.overwrite)
         _wrote(args.out)
     if args.json:
         _write_json(scalar_dict(results), args.json)
     if args.json != "-":  # --quiet hides progress, never the answer
-        print(format_summary(results) if dim is None
-              else format_table(results, list(results.data_vars), dim))
+        dim = next((d for d in ("epoch", "layer") if d in results.dims), None)
+        print(format_summary(results, args.out) if dim is None
+              else format_sweep(results, dim))
     return 0
 
 
@@ -837,6 +813,16 @@ def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace, since: float) -
 def main(argv: list[str] | None = None) -> int:
     """Run the ``ncdask`` command with ``argv`` (default ``sys.argv[1:]``); return the exit
     status: 0 success, 2 bad input, 130 interrupted, 1 other failures."""
+    from ncdask.errors import FRONT_END
+
+    token = FRONT_END.set("cli")  # errors name flags, not keyword arguments
+    try:
+        return _main(argv)
+    finally:
+        FRONT_END.reset(token)
+
+
+def _main(argv: list[str] | None) -> int:
     from ncdask.errors import SchedulerError
 
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ncdask.metrics.declarations import METRICS
 from ncdask.metrics.inputs import host_float64
 
 #: Metrics drawn by :func:`plot_metrics` by default, in this order, when present.
@@ -35,13 +36,10 @@ def _save(fig: Any, path: str | Path | None) -> Any:
     return fig
 
 
-#: Which way each metric moves under collapse: -1 lower is more collapse, +1 higher is.
-#: Keys ending in ``_`` are prefixes; an exact name wins. Others have no direction.
+#: Which way each metric moves under collapse (its declaration's ``direction``): -1 lower
+#: is more collapse, +1 higher is. Metrics without a direction are not listed.
 COLLAPSE_DIRECTION: dict[str, int] = {
-    "nc1_": -1, "nc2_": -1, "nc2w_": -1, "nc3_": -1, "nc3u_": -1, "nc2g_dist_var": -1,
-    "nc2g_log_var": -1, "nc2g_riesz_var": -1, "nc2g_riesz_log_var": -1, "nc4_agree": +1,
-    "nc5_ood_dev": -1,
-}
+    name: m.direction for name, m in METRICS.items() if m.direction is not None}
 #: Accuracy variables drawn in one extra panel of :func:`plot_metrics`; the first is
 #: the training accuracy.
 ACCURACY = ("train_acc", "test_acc")
@@ -56,10 +54,7 @@ def collapse_direction(name: str) -> int | None:
     >>> collapse_direction("nc1_pinv"), collapse_direction("nc4_agree"), collapse_direction("x")
     (-1, 1, None)
     """
-    if name in COLLAPSE_DIRECTION:
-        return COLLAPSE_DIRECTION[name]
-    prefixes = [k for k in COLLAPSE_DIRECTION if k.endswith("_") and name.startswith(k)]
-    return COLLAPSE_DIRECTION[max(prefixes, key=len)] if prefixes else None
+    return COLLAPSE_DIRECTION.get(name)
 
 
 def log_spaced(x: Any) -> bool:
@@ -453,3 +448,14 @@ def plot_per_class(results: xr.Dataset, var: str = "mean_norms", *,
     ax.set_ylabel(var)
     ax.set_title(f"{long_name}" + (f" ({where})" if where else ""), fontsize="medium")
     return _save(fig, path)
+
+
+__all__ = [
+    "plot_metrics", "plot_gram", "plot_per_class", "collapse_direction", "cosine_spread",
+    "log_spaced", "y_limits", "HEADLINE", "SWEEP_DIMS", "COLLAPSE_DIRECTION", "ACCURACY",
+    "MIN_DECADES",
+]
+
+
+def __dir__() -> list[str]:  # the public names only, for dir() and tab completion
+    return list(__all__)

@@ -16,7 +16,7 @@ import dask
 from dask.callbacks import Callback
 from dask.utils import parse_timedelta
 
-from ncdask.errors import NoWorkersError, SchedulerError
+from ncdask.errors import NoWorkersError, SchedulerError, option
 
 LOCAL = ("threads", "processes", "sync")
 #: Seconds between progress lines where stderr is no terminal.
@@ -196,7 +196,8 @@ def _no_workers_guard(client: Any, wait: float) -> Iterator[None]:
             raise NoWorkersError(
                 f"no Dask worker was connected to the scheduler at {address} for {wait:g} s "
                 "while work waited (all gone or none started); start workers, or wait longer: "
-                "--no-workers-timeout or dask config ncdask.no_workers_timeout") from e
+                f"{option('no_workers_timeout=', '--no-workers-timeout')} or dask config "
+                "ncdask.no_workers_timeout") from e
         raise
     finally:
         stop.set()
@@ -239,7 +240,8 @@ def _local_cuda() -> Iterator[Any]:
         from dask_cuda import LocalCUDACluster
     except ImportError as e:
         raise SchedulerError(
-            "--scheduler local-cuda needs dask-cuda and CuPy: pip install 'ncdask[gpu]'"
+            option("scheduler='local-cuda'", "--scheduler local-cuda")
+            + " needs dask-cuda and CuPy: pip install 'ncdask[gpu]'"
         ) from e
     from distributed import Client
 
@@ -273,3 +275,11 @@ def to_host(ds: Any) -> Any:
         if type(var.data).__module__.split(".")[0] == "cupy":
             out[name] = var.copy(data=to_numpy(var.data))
     return out
+
+
+__all__ = ["use_scheduler", "Runner", "LOCAL", "to_gpu", "to_host", "SchedulerError",
+           "NoWorkersError"]
+
+
+def __dir__() -> list[str]:  # the public names only, for dir() and tab completion
+    return list(__all__)

@@ -1,4 +1,4 @@
-"""The README's "Migrating from neural_collapse" table, row by row where it is not obvious.
+"""The migration guide (docs/migration.md), row by row where it is not obvious.
 
 Issue 11: the reference's calls must give the reference's numbers. The
 reference (rhubarbwu/neural-collapse) is PyTorch-only and not a test
@@ -8,12 +8,15 @@ dependency, so its formulas are written out here in NumPy (and its
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from dense_metrics import dense_stats, split
 
+from ncdask import compat
 from ncdask.metrics import measure
 from ncdask.metrics import reference_api as R
 
@@ -265,3 +268,15 @@ def test_measure_nc4_without_bias_is_the_references_agreement():
     # and the reference's call on its accumulator gives the bias-free number
     acc = SimpleNamespace(ns_samples=Ns, totals=hits_free)
     assert R.clf_ncc_agreement(acc) == pytest.approx(float(got_free), rel=1e-12)
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def test_the_migration_page_maps_every_reference_name_and_its_imports_run():
+    page = (Path(__file__).parents[1] / "docs" / "migration.md").read_text()
+    table = page[page.index("## Function by function"):]
+    missing = [n for n in compat.REFERENCE if f"`{n}(" not in table and f"`{n}`" not in table]
+    assert not missing, f"docs/migration.md's table lacks {missing}"
+    imports = re.search(r"from ncdask\.compat import \(.*?\)", page, re.S).group(0)
+    exec(imports, {})  # the example's only changed lines

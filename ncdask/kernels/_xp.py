@@ -58,7 +58,8 @@ def errstate(xp: Any) -> contextlib.AbstractContextManager:
 
 
 def as_array(a: Any) -> Any:
-    """NumPy or CuPy view of ``a`` (a torch tensor goes to CuPy on CUDA, else to NumPy)."""
+    """NumPy or CuPy view of ``a`` (a torch tensor goes to CuPy on CUDA, else to NumPy; an
+    array of a registered namespace stays as it is)."""
     mod = type(a).__module__
     if mod.startswith("torch"):
         a = a.detach()
@@ -72,6 +73,6 @@ def as_array(a: Any) -> Any:
             except ImportError:
                 a = a.cpu()
         return a.numpy()
-    if mod.startswith("cupy"):
+    if mod.startswith("cupy") or type(a) in _NAMESPACES:
         return a
     return np.asarray(a)

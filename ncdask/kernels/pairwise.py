@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from ncdask.errors import warn
 from ncdask.kernels import pairwise_jit as J
 from ncdask.kernels._reduction import Reduction, identity
 from ncdask.kernels._xp import array_namespace, errstate, to_numpy
@@ -45,10 +45,10 @@ def warn_riesz_range(issues: Sequence[tuple[str, float]], riesz_s: float | None 
     s_txt = "" if riesz_s is None else f" with S={riesz_s:g}"
     parts = [f"{what}{s_txt} {'underflows to 0' if lv < 0 else 'overflows to inf'} "
              f"(its natural log is {lv:.6g})" for what, lv in issues]
-    warnings.warn(
+    warn(
         f"the Riesz kernel's {' and '.join(parts)} in float64; use the log-domain values "
         "(nc2g_riesz_log_mean / nc2g_riesz_log_var, or riesz_kernel(..., log=True)) or a "
-        "smaller riesz_s", RieszRangeWarning, stacklevel=2)
+        "smaller riesz_s", RieszRangeWarning)
 
 
 def _sq_norms(A: Any, xp: Any) -> Any:

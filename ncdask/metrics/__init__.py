@@ -3,10 +3,8 @@
 Names are resolved on first use, so that the kernels and statistics layers can
 import :mod:`ncdask.metrics.inputs` without loading every declaration."""
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from importlib import import_module as _import
+from typing import Any as _Any
 
 _WHERE = {
     "DegenerateInputWarning": "api",
@@ -20,7 +18,11 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     if name not in _WHERE:
         raise AttributeError(f"module 'ncdask.metrics' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"ncdask.metrics.{_WHERE[name]}"), name)
+    return getattr(_import(f"ncdask.metrics.{_WHERE[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return list(__all__)

@@ -13,7 +13,6 @@ float64's range.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ import xarray as xr
 
 from ncdask._validate import check_count
 from ncdask._version import __version__
+from ncdask.errors import did_you_mean, option, warn
 from ncdask.graph.pairwise import default_tile_size, resolve_budget
 from ncdask.kernels.pairwise import RieszRangeWarning  # noqa: F401 - public with measure
 from ncdask.metrics.declarations import GROUPS, METRICS, ON_REQUEST, Inputs
@@ -49,11 +49,14 @@ def _selection(metrics: str | Iterable[str] | None, by_frequency: bool = False) 
         metrics = [metrics]
     chosen: set[str] = set()
     for m in metrics:
-        for n in GROUPS.get(m, (m,)):
-            if n not in METRICS:
-                raise ValueError(
-                    f"unknown metric {m!r}; known: {list(METRICS)} and groups {list(GROUPS)}")
-            chosen.add(n)
+        key = m.lower() if isinstance(m, str) else m  # names are case-insensitive: NC1, nc1
+        if key not in METRICS and key not in GROUPS:
+            raise ValueError(
+                f"unknown metric {m!r}{did_you_mean(m, [*METRICS, *GROUPS])}; the metrics "
+                "and groups are listed in "
+                + option("ncdask.metrics.METRICS and ncdask.metrics.GROUPS",
+                         "`ncdask analyze --help`"))
+        chosen.update(GROUPS.get(key, (key,)))
     return [n for n in METRICS if n in chosen]
 
 
@@ -85,11 +88,11 @@ def _measure_one(
 ) -> tuple[xr.Dataset, dict[str, str]]:
     """Resolve the inputs once, select the metrics defined for them, compute each, label."""
     stats = _check_stats(stats)
-    check_role(test, "test")
-    check_role(ood, "ood")
     if isinstance(train, xr.Dataset) and train.attrs.get("ncdask_streamed") is not None:
         raise ValueError("train= takes the training samples (a split Dataset or (store, "
                          "split)), not a streamed summary")
+    for role, obj in (("test", test), ("ood", ood), ("train", train)):
+        check_role(obj, role)
     kept = kept_classes(stats, min_count, ignore_index)
     K_all, K = kept.n_all, kept.n_kept
     D = int(stats.sizes["feature"])
@@ -223,9 +226,9 @@ def _measure_each(stats: Any, dim: str | None, labels: Sequence[Any] | None,
         ds, deg = _measure_one(st, **{k: _pick(v, i, lab, d) for k, v in per_item.items()},
                                **opts)
         results.append(ds)
-        for k, reason in deg.items():
-            degenerate.setdefault(k, f"{reason} at {d}={lab}")
-    _warn_degenerate(degenerate, stacklevel=4)
+        for k, reason in deg.items():  # metric -> reason -> the items it holds for
+            degenerate.setdefault(k, {}).setdefault(reason, []).append(lab)
+    _warn_degenerate({k: _where_held(by, d, len(labs)) for k, by in degenerate.items()})
     attrs = dict(results[0].attrs)
     attrs["left_out"] = {k: v for r in results for k, v in r.attrs["left_out"].items()}
     attrs["empty_classes"] = sorted({c for r in results for c in r.attrs["empty_classes"]})
@@ -240,13 +243,30 @@ def _measure_each(stats: Any, dim: str | None, labels: Sequence[Any] | None,
     return out
 
 
-def _warn_degenerate(degenerate: dict[str, str], stacklevel: int = 3) -> None:
-    """One warning for the metrics left out as undefined, one for one-sample classes."""
-    if shown := "; ".join(f"{k}: {r}" for k, r in degenerate.items() if k != _LONE):
-        warnings.warn(f"left out as undefined for this input: {shown}", DegenerateInputWarning,
-                      stacklevel=stacklevel)
+def _where_held(by_reason: dict[str, list[Any]], dim: str, n_items: int) -> str:
+    """A sweep's reasons for one metric: a reason that holds for every item alone, else each
+    reason with the items it holds for."""
+    if len(by_reason) == 1 and len(next(iter(by_reason.values()))) == n_items:
+        return next(iter(by_reason))
+    parts = []
+    for reason, labs in by_reason.items():
+        more = f" and {len(labs) - 6} more" if len(labs) > 6 else ""
+        parts.append(f"{reason} at {dim}={', '.join(map(str, labs[:6]))}{more}")
+    return "; ".join(parts)
+
+
+def _warn_degenerate(degenerate: dict[str, str]) -> None:
+    """One warning for the metrics left out as undefined (those with one reason named
+    together), one for one-sample classes; at the caller's line."""
+    by_reason: dict[str, list[str]] = {}
+    for k, reason in degenerate.items():
+        if k != _LONE:
+            by_reason.setdefault(reason, []).append(k)
+    if by_reason:
+        shown = "; ".join(f"{', '.join(ks)}: {r}" for r, ks in by_reason.items())
+        warn(f"left out as undefined for this input: {shown}", DegenerateInputWarning)
     if _LONE in degenerate:
-        warnings.warn(degenerate[_LONE], DegenerateInputWarning, stacklevel=stacklevel)
+        warn(degenerate[_LONE], DegenerateInputWarning)
 
 
 def measure(
@@ -277,7 +297,7 @@ def measure(
     tile_size : int, optional
         Classes per tile; by default the largest that fits ``memory_budget``.
     metrics : str or iterable of str, optional
-        Variables or groups (:data:`GROUPS`, e.g. ``"nc2g_riesz"``); default all.
+        Variables or groups (:data:`GROUPS`, e.g. ``"nc2g_riesz"``), in any case; default all.
     dist_exp : float, default 1
         CDNV distance exponent ``p`` (linguistic collapse uses 2).
     riesz_s : float, optional
@@ -312,7 +332,8 @@ def measure(
     -----
     DegenerateInputWarning
         When a requested metric is undefined for the input and left out, or
-        classes have one sample (with their count; NC1 NaN when all do).
+        classes have one sample (with their count; NC1 NaN when all do). Once
+        per call; a sweep's names the items only where the reason holds for some.
     RieszRangeWarning
         When computed, if the Riesz kernel's statistics leave float64's range.
 

@@ -370,6 +370,9 @@ class Metric:
     pair_stat: str | None = None
     defined: Callable[[int, int], str | None] | None = None
     within: bool = False  # of Σ_W or the variance norms: NaN when no class has two samples
+    value_range: str = "(-inf, inf)"  # the values it can take (K classes, D dims, P pairs)
+    direction: int | None = None  # -1: lower is more collapse, +1: higher is, None: neither
+    cost: str = ""  # what computing it reads and costs beyond the class statistics
 
     def __post_init__(self) -> None:
         if (self.compute is None) == (self.pair is None):
@@ -403,182 +406,233 @@ class Metric:
 
 
 _G = "u_k = m~_k / (||m~_k|| + eps), over pairs i < j"
+_ROWS = "O(K D) from the class statistics (and W)"
+_GRAM = "from the class statistics: one Gram on the smaller of K and D, O(K D min(K, D))"
+_NC1 = "from the class statistics: O(K D^2 + min(K, D)^3) (Sigma_W is D x D)"
+_PAIRS = ("O(K^2 D) over class-tile pairs, in one fused graph with every pairwise metric "
+          "asked for (no K x K array)")
+_TEST = "one blocked pass over the test split, O(N_test K D): sample chunks x class tiles"
 _W = ("weights",)
 
 METRICS: dict[str, Metric] = {
     "nc1_pinv": Metric(
         "NC1 within-class variability (pseudo-inverse)",
         "tr(Sigma_B^+ Sigma_W) / K, torch.linalg.pinv cutoff D eps sigma_1",
-        PAPYAN, within=True, compute=lambda ins: ins.nc1[0]),
+        PAPYAN, within=True, compute=lambda ins: ins.nc1[0],
+        value_range="[0, inf)", direction=-1, cost=_NC1),
     "nc1_svd": Metric(
         "NC1 within-class variability (top K-1 singular pairs)",
         "tr(Sigma_W U diag(s)^-1 U^T) / K, (U, s) the top K-1 singular "
         "pairs of Sigma_B; needs K-1 < D",
-        HAN, within=True, compute=lambda ins: ins.nc1[1], defined=_svd_defined),
+        HAN, within=True, compute=lambda ins: ins.nc1[1], defined=_svd_defined,
+        value_range="[0, inf)", direction=-1, cost=_NC1),
     "nc1_quot": Metric(
         "NC1 trace quotient", "tr(Sigma_W) / tr(Sigma_B)", TIRER, within=True,
-        compute=lambda ins: da.trace(ins.Sw) / (ins.M_sq / ins.K)),
+        compute=lambda ins: da.trace(ins.Sw) / (ins.M_sq / ins.K),
+        value_range="[0, inf)", direction=-1, cost=_ROWS),
     "nc1_cdnv": Metric(
         "NC1 class-distance normalised variance",
         "mean over pairs i<j of ((v_i + v_j)/2) / ||mu_i - mu_j||^(2p)",
-        GALANTI, within=True, pair=("cdnv", "mean")),
+        GALANTI, within=True, pair=("cdnv", "mean"),
+        value_range="[0, inf)", direction=-1, cost=_PAIRS),
     "nc2_etf_err": Metric(
         "NC2 simplex ETF error",
         "|| G/||G||_F - (I - 11^T/K)/sqrt(K-1) ||_F, G = M~ M~^T (closed form, no K x K matrix)",
-        KOTHAPALLI, compute=lambda ins: CF.etf_error(ins.Mc, terms=ins.terms, pair="MM")),
+        KOTHAPALLI, compute=lambda ins: CF.etf_error(ins.Mc, terms=ins.terms, pair="MM"),
+        value_range="[0, sqrt(2)]", direction=-1, cost=_GRAM),
     "nc2_equinorm": Metric(
         "NC2 equinorm (coefficient of variation of ||m~_k||)",
         "std_k ||m~_k|| (unbiased) / mean_k ||m~_k||",
-        PAPYAN, compute=lambda ins: _cv(ins.norms)),
+        PAPYAN, compute=lambda ins: _cv(ins.norms),
+        value_range="[0, inf)", direction=-1, cost=_ROWS),
     "nc2_equiangle": Metric(
         "NC2 equiangularity",
         "std over pairs i<j of cos(m~_i, m~_j) (unbiased, divisor P-1)",
         PAPYAN, min_classes=3, pair_stat="cos",
         compute=lambda ins: da.sqrt(ins.pair("cos", "var") * ins.pair("cos", "n")
-                                  / (ins.pair("cos", "n") - 1))),
+                                  / (ins.pair("cos", "n") - 1)),
+        value_range="[0, sqrt(P/(P-1))], P pairs", direction=-1, cost=_PAIRS),
     "nc2_max_angle": Metric(
         "NC2 maximal-angle deviation", "mean over pairs i<j of |cos(m~_i, m~_j) + 1/(K-1)|",
-        PAPYAN, pair=("cos_dev", "mean")),
+        PAPYAN, pair=("cos_dev", "mean"),
+        value_range="[0, K/(K-1)]", direction=-1, cost=_PAIRS),
     "nc2g_dist_mean": Metric(
         "GNC2 distance kernel, mean over pairs", f"mean ||u_i - u_j||, {_G}", LIU,
-        pair=("dist", "mean")),
+        pair=("dist", "mean"),
+        value_range="[0, 2]", direction=None, cost=_PAIRS),
     "nc2g_dist_var": Metric(
         "GNC2 distance kernel, variance over pairs",
-        f"(1/P) sum (||u_i - u_j|| - mean)^2, {_G}", LIU, pair=("dist", "var")),
+        f"(1/P) sum (||u_i - u_j|| - mean)^2, {_G}", LIU, pair=("dist", "var"),
+        value_range="[0, 1]", direction=-1, cost=_PAIRS),
     "nc2g_log_mean": Metric(
         "GNC2 logarithmic kernel, mean over pairs", f"mean log(||u_i - u_j||^-1), {_G}", LIU,
-        pair=("log", "mean")),
+        pair=("log", "mean"),
+        value_range="[-log 2, inf)", direction=None, cost=_PAIRS),
     "nc2g_log_var": Metric(
         "GNC2 logarithmic kernel, variance over pairs",
-        f"(1/P) sum (log(||u_i - u_j||^-1) - mean)^2, {_G}", LIU, pair=("log", "var")),
+        f"(1/P) sum (log(||u_i - u_j||^-1) - mean)^2, {_G}", LIU, pair=("log", "var"),
+        value_range="[0, inf)", direction=-1, cost=_PAIRS),
     "nc2g_riesz_mean": Metric(
         "GNC2 Riesz kernel, mean over pairs",
         f"mean sign(S) ||u_i - u_j||^-S, S = D-2 by default, {_G}", LIU,
-        pair=("riesz", "mean")),
+        pair=("riesz", "mean"),
+        value_range="(-inf, inf); [2^-S, inf) for S > 0", direction=None, cost=_PAIRS),
     "nc2g_riesz_var": Metric(
         "GNC2 Riesz kernel, variance over pairs",
-        f"(1/P) sum (sign(S) ||u_i - u_j||^-S - mean)^2, {_G}", LIU, pair=("riesz", "var")),
+        f"(1/P) sum (sign(S) ||u_i - u_j||^-S - mean)^2, {_G}", LIU, pair=("riesz", "var"),
+        value_range="[0, inf)", direction=-1, cost=_PAIRS),
     "nc2g_riesz_log_mean": Metric(
         "GNC2 Riesz kernel, log of |mean| (log domain)",
         "log |nc2g_riesz_mean|, accumulated in the log domain", LIU,
-        pair=("riesz", "log_mean")),
+        pair=("riesz", "log_mean"),
+        value_range="(-inf, inf)", direction=None, cost=_PAIRS),
     "nc2g_riesz_log_var": Metric(
         "GNC2 Riesz kernel, log of the variance (log domain)",
-        "log nc2g_riesz_var, accumulated in the log domain", LIU, pair=("riesz", "log_var")),
+        "log nc2g_riesz_var, accumulated in the log domain", LIU, pair=("riesz", "log_var"),
+        value_range="(-inf, inf)", direction=-1, cost=_PAIRS),
     "nc2w_etf_err": Metric(
         "NC2 simplex ETF error of the classifier", "nc2_etf_err with G = W W^T", ZHU,
-        needs=_W, compute=lambda ins: CF.etf_error(ins.W, terms=ins.terms, pair="WW")),
+        needs=_W, compute=lambda ins: CF.etf_error(ins.W, terms=ins.terms, pair="WW"),
+        value_range="[0, sqrt(2)]", direction=-1, cost=_GRAM),
     "nc2w_equinorm": Metric(
         "NC2 equinorm of the classifier", "std_k ||w_k|| (unbiased) / mean_k ||w_k||",
         PAPYAN, needs=_W,
-        compute=lambda ins: _cv(CF.row_norms(ins.W))),
+        compute=lambda ins: _cv(CF.row_norms(ins.W)),
+        value_range="[0, inf)", direction=-1, cost=_ROWS),
     "nc2w_max_angle": Metric(
         "NC2 maximal-angle deviation of the classifier",
         "mean over pairs i<j of |cos(w_i, w_j) + 1/(K-1)|", PAPYAN, needs=_W,
-        pair=("wcos_dev", "mean")),
+        pair=("wcos_dev", "mean"),
+        value_range="[0, K/(K-1)]", direction=-1, cost=_PAIRS),
     "nc3_dual_err": Metric(
         "NC3 self-duality error", "nc2_etf_err with G = W M~^T (closed form)", KOTHAPALLI,
-        needs=_W, compute=lambda ins: CF.etf_error(ins.Mc, ins.W, terms=ins.terms, pair="MW")),
+        needs=_W, compute=lambda ins: CF.etf_error(ins.Mc, ins.W, terms=ins.terms, pair="MW"),
+        value_range="[0, 2]", direction=-1, cost=_GRAM),
     "nc3u_uni_dual": Metric(
         "UNC3 uniform duality",
         "variance over classes (unbiased, divisor K-1) of w_k . m~_k", WU, needs=_W,
-        compute=lambda ins: ins.sims.var(ddof=1)),
+        compute=lambda ins: ins.sims.var(ddof=1),
+        value_range="[0, inf)", direction=-1, cost=_ROWS),
     "nc3_papyan": Metric(
         "NC3 self-duality distance", "|| W/||W||_F - M~/||M~||_F ||_F^2", PAPYAN, needs=_W,
         compute=lambda ins: _sq(ins.W / da.sqrt((ins.W * ins.W).sum())
-                              - ins.Mc / da.sqrt((ins.Mc * ins.Mc).sum()))),
+                              - ins.Mc / da.sqrt((ins.Mc * ins.Mc).sum())),
+        value_range="[0, 4]", direction=-1, cost=_ROWS),
     "nc3_bias": Metric(
         "NC3 bias collapse", "|| W mu_G + b ||_2 with the sample-weighted mu_G", ZHU,
-        needs=_W, min_classes=1, compute=_nc3_bias),
+        needs=_W, min_classes=1, compute=_nc3_bias,
+        value_range="[0, inf)", direction=-1, cost=_ROWS),
     "nc4_agree": Metric(
         "NC4 classifier / nearest-class-centre agreement",
         "fraction of samples with argmax_k (w_k . x + b_k) == argmin_k ||x - mu_k||",
         PAPYAN, needs=("weights", "test"), min_classes=1,
-        compute=lambda ins: ins.agreement[0].sum() / ins.agreement[1].sum()),
+        compute=lambda ins: ins.agreement[0].sum() / ins.agreement[1].sum(),
+        value_range="[0, 1]", direction=1, cost=_TEST),
     "nc5_ood_dev": Metric(
         "NC5 ID/OOD orthogonality deviation",
         "(1/K) sum_k |cos(mu_k, mu_G^ood)|, uncentred mu_k", AMMAR, needs=("ood",),
         min_classes=1,
-        compute=lambda ins: da.fabs(CF.cosine_rows(ins.M, _ood_mean(ins)[None, :])).mean()),
+        compute=lambda ins: da.fabs(CF.cosine_rows(ins.M, _ood_mean(ins)[None, :])).mean(),
+        value_range="[0, 1]", direction=-1, cost="one pass over the OOD split, O(N_ood D)"),
     "nc1_ood_class": Metric(
         "NC1 with the OOD set as an extra class",
         "nc1_pinv over K+1 classes: the OOD samples form class K+1 (its mean, its "
         "scatter pooled into Sigma_W, N grown by the OOD count, mu_G over K+1 means)",
         AMMAR + ", App. D", needs=("ood",), min_classes=1, within=True,
-        compute=_nc1_ood_class),
+        compute=_nc1_ood_class,
+        value_range="[0, inf)", direction=-1,
+        cost="one pass over the OOD split with its scatter, O(N_ood D^2), then as nc1_pinv"),
     "nc0_w_sum": Metric(
         "NC0 classifier sum",
         "|| sum_k w_k ||_2 over the classes measured (0 for a simplex ETF classifier)",
-        ZHU, needs=_W, min_classes=1, compute=_w_sum),
+        ZHU, needs=_W, min_classes=1, compute=_w_sum,
+        value_range="[0, inf)", direction=-1, cost=_ROWS),
     "interference_mean": Metric(
         "interference: mean off-diagonal cosine of the centred class means",
         "mean over i != j of u_i . u_j = (||sum_k u_k||^2 - sum_k ||u_k||^2) / (K(K-1)), "
         f"{_G} (closed form, no pair visited)",
-        KOTHAPALLI, compute=lambda ins: ins.interference[0]),
+        KOTHAPALLI, compute=lambda ins: ins.interference[0],
+        value_range="[-1/(K-1), 1]", direction=None, cost=_ROWS),
     "interference_var": Metric(
         "interference: variance of the off-diagonal cosines of the centred class means",
         "(||U^T U||_F^2 - sum_k ||u_k||^4) / (K(K-1)) - interference_mean^2 (divisor: the "
         "pairs), " + _G,
-        KOTHAPALLI, compute=lambda ins: ins.interference[1]),
+        KOTHAPALLI, compute=lambda ins: ins.interference[1],
+        value_range="[0, 1]", direction=-1, cost=_GRAM),
     "erank_within": Metric(
         "effective rank of the within-class covariance",
         "exp(-sum_i p_i log p_i), p = lambda / sum lambda over the eigenvalues of Sigma_W",
-        ROY, min_classes=1, within=True, compute=lambda ins: CF.effective_rank(ins.Sw)),
+        ROY, min_classes=1, within=True, compute=lambda ins: CF.effective_rank(ins.Sw),
+        value_range="[1, D]", direction=None, cost="O(D^3): the eigenvalues of Sigma_W"),
     "erank_between": Metric(
         "effective rank of the between-class covariance",
         "exp(-sum_i p_i log p_i) over the eigenvalues of Sigma_B = M~^T M~ / K (from the "
         "K x K or D x D Gram, the smaller); min(K-1, D) under NC2",
-        ROY, compute=lambda ins: CF.effective_rank(ins.gram_M)),
+        ROY, compute=lambda ins: CF.effective_rank(ins.gram_M),
+        value_range="[1, min(K-1, D)]", direction=None, cost=_GRAM),
     "erank_w": Metric(
         "effective rank of the classifier",
         "exp(-sum_i p_i log p_i), p = sigma / sum sigma over the singular values of W "
         "(from the smaller Gram)",
         ROY, needs=_W, min_classes=1,
         compute=lambda ins: CF.effective_rank(
-            ins.terms["WW"] if ins.terms is not None else CF.small_gram(ins.W), singular=True)),
+            ins.terms["WW"] if ins.terms is not None else CF.small_gram(ins.W), singular=True),
+        value_range="[1, min(K, D)]", direction=None, cost=_GRAM),
     # head / tail breakdown (measure(..., by_frequency=n_bins))
     "nc1_cdnv_by_frequency": Metric(
         "NC1 CDNV within each class-count bin",
         "nc1_cdnv over the pairs of classes of one bin (bins: the classes ranked by count, "
         "cut into n_bins groups of near-equal size, most frequent first)",
         WU, needs=("by_frequency",), per_bin=True, within=True,
-        compute=lambda ins: ins.per_bin(lambda idx: _cdnv_of(ins, idx), within=True)),
+        compute=lambda ins: ins.per_bin(lambda idx: _cdnv_of(ins, idx), within=True),
+        value_range="[0, inf)", direction=-1,
+        cost="O(K^2 D / n_bins): the class-tile pairs within each bin"),
     "nc1_quot_by_frequency": Metric(
         "NC1 trace quotient: each class-count bin's share",
         "sum_{k in bin} (n_k/N) v_k / tr(Sigma_B); the shares add up to nc1_quot",
         TIRER, needs=("by_frequency",), per_bin=True, within=True,
-        compute=lambda ins: ins.per_bin(lambda idx: _quot_share(ins, idx), within=True)),
+        compute=lambda ins: ins.per_bin(lambda idx: _quot_share(ins, idx), within=True),
+        value_range="[0, inf)", direction=-1, cost=_ROWS),
     "nc1_pinv_by_frequency": Metric(
         "NC1 pseudo-inverse: each class-count bin's share",
         "sum_{k in bin} sum_{y_i=k} (x_i - mu_k)^T Sigma_B^+ (x_i - mu_k) / (N K), one pass "
         "over the training samples; the shares add up to nc1_pinv",
         PAPYAN, needs=("by_frequency", "train"), per_bin=True, within=True,
-        compute=_pinv_shares),
+        compute=_pinv_shares,
+        value_range="[0, inf)", direction=-1,
+        cost="one more blocked pass over the training samples, O(N D min(K, D))"),
     "nc4_agree_by_frequency": Metric(
         "NC4 agreement within each class-count bin",
         "nc4_agree over the test samples whose true class lies in the bin",
         PAPYAN, needs=("weights", "test", "by_frequency"), per_bin=True, min_classes=1,
-        compute=lambda ins: ins.per_bin(lambda idx: _agree_of(ins, idx))),
+        compute=lambda ins: ins.per_bin(lambda idx: _agree_of(ins, idx)),
+        value_range="[0, 1]", direction=1, cost=_TEST),
     # per-class companions
     "mean_norms": Metric(
         "norm of the centred class mean", "||m~_k|| = ||mu_k - mu_G||", PAPYAN,
-        per_class=True, min_classes=1, compute=lambda ins: ins.norms),
+        per_class=True, min_classes=1, compute=lambda ins: ins.norms,
+        value_range="[0, inf)", direction=None, cost=_ROWS),
     "similarities": Metric(
         "classifier / centred-mean similarity", "w_k . m~_k", WU, needs=_W, per_class=True,
-        min_classes=1, compute=lambda ins: ins.sims),
+        min_classes=1, compute=lambda ins: ins.sims,
+        value_range="(-inf, inf)", direction=None, cost=_ROWS),
     "similarities_cos": Metric(
         "classifier / centred-mean cosine similarity",
         "w_k . m~_k / (max(||w_k||, 1e-8) max(||m~_k||, 1e-8)), as torch", WU, needs=_W,
-        per_class=True, min_classes=1, compute=lambda ins: CF.cosine_rows(ins.W, ins.Mc)),
+        per_class=True, min_classes=1, compute=lambda ins: CF.cosine_rows(ins.W, ins.Mc),
+        value_range="[-1, 1]", direction=1, cost=_ROWS),
     "distance_norms": Metric(
         "classifier / centred-mean distance after normalising",
         "|| w_k/(||w_k||+eps) - m~_k/(||m~_k||+eps) ||", PAPYAN, needs=_W, per_class=True,
         min_classes=1,
-        compute=lambda ins: CF.row_norms(CF.normalized(ins.W) - CF.normalized(ins.Mc))),
+        compute=lambda ins: CF.row_norms(CF.normalized(ins.W) - CF.normalized(ins.Mc)),
+        value_range="[0, 2]", direction=-1, cost=_ROWS),
     "agree_per_class": Metric(
         "NC4 agreement per true class", "nc4_agree over the samples of true class k", PAPYAN,
         needs=("weights", "test"), per_class=True, min_classes=1, compute=lambda ins: _per_class(
-            ins.agreement[0][ins.kept.present], ins.agreement[1][ins.kept.present])),
+            ins.agreement[0][ins.kept.present], ins.agreement[1][ins.kept.present]),
+        value_range="[0, 1]", direction=1, cost=_TEST),
+
 }
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from ncdask.errors import warn
 from ncdask.graph import closed_forms as CF
 from ncdask.graph.pairwise import pair_grid
 from ncdask.kernels._xp import to_numpy
@@ -114,8 +114,8 @@ def covariance_ratio(V_intra: Array, M: Array, m_G: Array = 0, metric: str = "pi
     if metric not in names:
         raise ValueError(f"metric must be 'pinv', 'svd' or 'quotient', got {metric!r}")
     if metric == "svd" and not K - 1 < D:
-        warnings.warn(f"nc1_svd is defined only when K-1 < D (K={K}, D={D}); returning NaN",
-                      DegenerateInputWarning, stacklevel=2)
+        warn(f"nc1_svd is defined only when K-1 < D (K={K}, D={D}); returning NaN",
+             DegenerateInputWarning)
         return math.nan
     return computed_float(evaluate(names[metric], M=Mc, Sw=Sw,
                                    eps_dtype=pinv_dtype(as_dask(M).dtype)))

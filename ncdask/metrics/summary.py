@@ -62,7 +62,12 @@ def is_summary(obj: Any, kind: str) -> bool:
 
 
 def check_role(obj: Any, role: str) -> None:
-    """Refuse a streamed summary passed for the other role (an OOD summary as ``test=``)."""
+    """Refuse a bare split name (no store to read it from) and a streamed summary passed
+    for the other role (an OOD summary as ``test=``)."""
+    if isinstance(obj, str):
+        raise TypeError(f"{role}={obj!r} names a split but not its store: pass "
+                        f"{role}=(store, {obj!r}), or let ncdask.analyze(store) find the "
+                        "splits and the stored classifier")
     kind = obj.attrs.get("ncdask_streamed") if isinstance(obj, xr.Dataset) else None
     if kind is not None and kind != role:
         raise ValueError(f"a streamed {kind} summary was given as {role}=: pass "

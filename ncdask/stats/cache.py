@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from ncdask.errors import warn
 from ncdask.stats import core
 from ncdask.store.core import committed_parts, read_array
 from ncdask.store.embedding import EmbeddingStore
@@ -148,8 +149,8 @@ def _load(url: str, so: dict | None, damaged: list[str] | None = None) -> xr.Dat
             bad = [] if recorded is None else damaged_chunks(url, *recorded)
             if bad:
                 more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-                warnings.warn(f"statistics cache entry {bad[0]}{more}; recomputing it",
-                              DamagedCacheWarning, stacklevel=4)
+                warn(f"statistics cache entry {bad[0]}{more}; recomputing it",
+                     DamagedCacheWarning)
                 damaged.append(url)
             if recorded is None or bad:
                 return None

@@ -5,7 +5,6 @@ The graph is :mod:`ncdask.graph.tiled_stats` (class axis chunked by tiles);
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import dask.array as da
@@ -14,6 +13,7 @@ import xarray as xr
 
 from ncdask._validate import NcdaskStoreError, check_count, split_classes
 from ncdask._version import __version__
+from ncdask.errors import warn
 from ncdask.graph.pairwise import default_tile_size
 from ncdask.graph.tiled_stats import class_tiled_stats, merge_tiled
 from ncdask.kernels._xp import array_namespace, to_numpy
@@ -87,8 +87,8 @@ def labelled_stats(
     if empty:
         shown = empty[:10]
         more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
-        warnings.warn(f"{len(empty)} class(es) have no samples: {shown}{more}; they keep NaN "
-                      "means and are left out of measurements", EmptyClassWarning, stacklevel=3)
+        warn(f"{len(empty)} class(es) have no samples: {shown}{more}; they keep NaN "
+             "means and are left out of measurements", EmptyClassWarning)
     return ds
 
 

@@ -37,7 +37,8 @@ def append(core: Core, split: str, X: Any, y: Any, key: SetKey, allow_nonfinite:
     check_name("split", split)
     Xn, yn = batch_to_numpy(
         X, y, dim=core.known_dim(key), n_classes=core.n_classes, dtype=core.dtype,
-        allow_nonfinite=allow_nonfinite, ignore_index=core.ignore_index, where=key.where)
+        allow_nonfinite=allow_nonfinite, ignore_index=core.ignore_index, where=key.where,
+        split=split)
     g, n = write_commit(core, split, key, Xn, yn, n_batches=1,
                         finite=all_finite(Xn, allow_nonfinite))
     return snapshot(g)[1]["n_committed"] if core.use_shards() else n

@@ -23,6 +23,7 @@ from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
 from ncdask._validate import NcdaskStoreError, check_name
+from ncdask.errors import did_you_mean
 from ncdask.store.locks import split_lock
 from ncdask.store.record import (
     DamagedStoreError,
@@ -406,8 +407,9 @@ class Core:
             with split_lock(self, key, split, shared=True):  # no delete meanwhile
                 g = self.find_split(split, key) or self.create_split(split, key, dim, labelled)
         if g is None:
+            have = self.splits(key)
             raise KeyError(f"unknown split {split!r} in {key.path or 'the default set'} of "
-                           f"{self.url!r}; splits there: {self.splits(key)}")
+                           f"{self.url!r}{did_you_mean(split, have)}; splits there: {have}")
         return g
 
     def create_split(self, split: str, key: SetKey, dim: int | None,

@@ -14,6 +14,7 @@ from typing import IO, Any
 import numpy as np
 
 from ncdask._validate import check_labels
+from ncdask.errors import option
 from ncdask.store.digest import extend
 
 X_KEYS = ("X", "embeddings")
@@ -61,7 +62,8 @@ def _opened(X_path: str, y_path: str | None, labels: bool) -> Iterator[tuple[Any
             name = Path(X_path).name
             kx = _pick(names, X_KEYS, "embeddings", name)
             ky = labels and _pick(names, Y_KEYS, "labels", name, "; for unlabelled data such "
-                                  "as an OOD split, import with --no-labels (labels=False)")
+                                  "as an OOD split, import with "
+                                  + option("labels=False", "--no-labels"))
             with z.open(kx + ".npy") as fx, (z.open(ky + ".npy") if ky
                                              else contextlib.nullcontext()) as fy:
                 yield _paired(_NpyStream(fx), None if fy is None else _NpyStream(fy), X_path)
@@ -71,17 +73,22 @@ def _opened(X_path: str, y_path: str | None, labels: bool) -> Iterator[tuple[Any
     if not labels and y_path is not None:
         raise ValueError(f"{X_path}: labels file {y_path} given for unlabelled data")
     yield _paired(np.load(X_path, mmap_mode="r"),
-                  np.load(str(y_path), mmap_mode="r") if labels else None, X_path)
+                  np.load(str(y_path), mmap_mode="r") if labels else None, X_path, y_path)
 
 
-def _paired(X: Any, y: Any, path: str) -> tuple[Any, Any]:
+def _labels_file(X_path: str, y_path: str | Path | None) -> str:
+    """The file that holds the labels, for messages: ``y_path``, else the ``.npz`` file."""
+    return X_path if y_path is None else str(y_path)
+
+
+def _paired(X: Any, y: Any, path: str, y_path: str | None = None) -> tuple[Any, Any]:
     if len(X.shape) != 2 or X.shape[1] < 1:
         raise ValueError(f"{path}: embeddings must be 2-D (samples, features), got {X.shape}")
     if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
         raise TypeError(f"{path}: embeddings must be numeric, got dtype {X.dtype}")
     if y is not None and (len(y.shape) != 1 or y.shape[0] != X.shape[0]):
-        raise ValueError(f"{path}: embeddings {tuple(X.shape)} and labels {tuple(y.shape)} "
-                         "do not pair up")
+        raise ValueError(f"{_labels_file(path, y_path)}: labels {tuple(y.shape)} do not pair up "
+                         f"with the embeddings {tuple(X.shape)} in {path} (one label per row)")
     return X, y
 
 
@@ -107,12 +114,13 @@ def iter_saved_arrays(X_path: str | Path, y_path: str | Path | None = None, *, r
     ``.npz`` file holding ``X``/``Y`` or ``embeddings``/``labels``; with
     ``labels=False`` only embeddings are read (``y`` is None)."""
     X_path = str(X_path)
+    y_name = _labels_file(X_path, y_path)
     with _opened(X_path, None if y_path is None else str(y_path), labels) as (X, y):
-        ys = _blocks(y, rows, X_path) if y is not None else itertools.repeat(None)
+        ys = _blocks(y, rows, y_name) if y is not None else itertools.repeat(None)
         for xb, yb in zip(_blocks(X, rows, X_path), ys):  # noqa: B905 - ys may be endless
             if yb is not None and yb.shape[0] != xb.shape[0]:
-                raise ValueError(f"{X_path}: the labels end before the embeddings (a "
-                                 "truncated or damaged file)")
+                raise ValueError(f"{y_name}: the labels end before the embeddings in {X_path} "
+                                 "(a truncated or damaged file)")
             yield xb, yb
 
 
@@ -152,8 +160,9 @@ def inspect_saved(X_path: str | Path, y_path: str | Path | None = None, *, label
     top = -1
     with _opened(X_path, y_path, labels) as (X, y):
         shape = X.shape
-        for yb in _blocks(y, rows, X_path) if y is not None else ():
-            yb = check_labels(yb, n_classes, ignore_index, f"{X_path}: ")
+        y_name = _labels_file(X_path, y_path)
+        for yb in _blocks(y, rows, y_name) if y is not None else ():
+            yb = check_labels(yb, n_classes, ignore_index, f"{y_name}: ")
             keep = yb if ignore_index is None else yb[yb != ignore_index]
             top = max(top, int(keep.max()) if keep.size else -1)
     paths = [str(Path(p).resolve()) for p in (X_path, y_path) if p is not None]

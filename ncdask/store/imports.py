@@ -11,6 +11,7 @@ from typing import Any
 import zarr
 
 from ncdask._validate import NcdaskStoreError, batch_to_numpy, check_name
+from ncdask.errors import option
 from ncdask.store.appends import new_shard, shard_kept, tally, write_rows
 from ncdask.store.core import DELETED_ATTR, Core, check_labelled, truncate
 from ncdask.store.files import inspect_saved, iter_saved_arrays
@@ -43,11 +44,12 @@ class _ImportJob:
         dup = [s for s in rec.get("sources") or []
                if s.get("fingerprint") == self.source["fingerprint"]]
         if dup:
+            again = option("mode='append'", "--append")
+            replace = option("mode='overwrite'", "--overwrite")
             raise DuplicateImportError(
                 f"split {self.split!r} of {url!r} already holds {self.X_path} (imported from "
                 f"{dup[0]['embeddings']}, {dup[0]['rows']} rows; it has {rec['n_committed']} "
-                "rows); pass mode='append' (--append) to add the rows again or "
-                "mode='overwrite' (--overwrite) to replace the split")
+                f"rows); pass {again} to add the rows again or {replace} to replace the split")
 
 
 def import_files(core: Core, split: str, X_path: str, y_path: str | None, key: SetKey, *,
@@ -99,8 +101,9 @@ def _import_shard(core: Core, job: _ImportJob, mode: str) -> int:
     if mode == "overwrite":
         raise ValueError(
             f"mode='overwrite' cannot replace a split in one step on {core.url!r} (an "
-            "object store has no rename): delete the split first (store.delete_split, "
-            "CLI: ncdask rm) and import again; nothing was imported")
+            "object store has no rename): delete the split first "
+            f"({option('store.delete_split', 'ncdask rm')}) and import again; nothing was "
+            "imported")
     with split_lock(core, job.key, job.split, shared=True):  # a delete waits (local)
         g = core.split_group(job.split, job.key, create=True, dim=job.dim,
                              labelled=job.labels)

@@ -74,7 +74,7 @@ class StoreWriter:
         s = self._core
         Xn, yn = batch_to_numpy(X, y, dim=self.dim, n_classes=s.n_classes, dtype=s.dtype,
                                 allow_nonfinite=self._allow, ignore_index=s.ignore_index,
-                                where=self._key.where)
+                                where=self._key.where, split=self._split)
         if self._group is None:  # the first valid batch creates the split
             self._attach(s.split_group(self._split, self._key, create=True,
                                        dim=Xn.shape[1], labelled=self._labelled))

@@ -25,6 +25,7 @@ from zarr.core.sync import sync
 from zarr.storage import WrapperStore
 
 from ncdask._validate import NcdaskStoreError
+from ncdask.errors import option
 from ncdask.store.digest import digest
 from ncdask.store.staging import Lease, beside_lease, expired, leases, remove_stale
 
@@ -154,7 +155,7 @@ def check_output(url: str, kind: str, *, overwrite: bool = False,
                                   "(choose another path, or remove it yourself)")
         if not overwrite:
             raise FileExistsError(f"{url!r} already holds ncdask {kind}; pass "
-                                  "overwrite=True (CLI: --overwrite) to replace it")
+                                  f"{option('overwrite=True', '--overwrite')} to replace it")
     return fs, path
 
 
@@ -272,7 +273,7 @@ def _readable(url: str, storage_options: dict | None) -> str:
             return url  # nothing of ours here or beside it: not ours to judge
         raise IncompleteOutputError(
             f"{url!r} is incomplete: a write or replace of it was interrupted and no complete "
-            "copy is left beside it; write it again (overwrite=True / --overwrite)")
+            f"copy is left beside it; write it again ({option('overwrite=True', '--overwrite')})")
     return url.rstrip("/") + copy[len(path):]
 
 
