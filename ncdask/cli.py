@@ -190,8 +190,8 @@ _SPECS: dict[str, tuple[str, tuple[str, ...], str, list[Any]]] = {
             _opt("--json", metavar="FILE", help="write the scalar metrics as JSON to FILE "
                  "('-': stdout) (default: none)"),
             _opt("--metrics", nargs="+", metavar="M",
-                 help="metrics or groups such as nc1 nc2 nc3 nc4 nc5 erank (default: all; "
-                      "listed below)"),
+                 help="metrics or groups such as nc1 nc2 nc3 nc4 nc5 erank, in any case "
+                      "(default: all; listed below)"),
             _opt("--dist-exp", type=_positive_float, help="CDNV distance exponent (default: 1)"),
             _opt("--by-frequency", type=_positive_int, metavar="N",
                  help="also NC1 and NC4 within N bins of classes ranked by count, most "

@@ -14,7 +14,7 @@ from ncdask.cli import main
 from ncdask.metrics.api import METRICS
 
 K, D = 6, 5  # K - 1 < D fails: nc1_svd is undefined in every set
-EPOCHS = list(range(0, 120, 10))
+EPOCHS = list(range(0, 80, 10))
 
 
 @pytest.fixture(scope="module")
