@@ -402,7 +402,9 @@ def format_summary(results: Any, out: str | None = None) -> str:
     if per_class:
         where = f"in {out}" if out else "not shown; written with --out"
         lines.append(f"per-class ({where}): {', '.join(per_class)}")
-    left = results.attrs.get("left_out") or {}
+    # metrics without their input ("no ood given"); the undefined ones are said once, by
+    # their DegenerateInputWarning on stderr
+    left = {k: r for k, r in (results.attrs.get("left_out") or {}).items() if r.endswith(" given")}
     if left:
         lines.append("left out: " + "; ".join(f"{k} ({r})" for k, r in left.items()))
     return "\n".join(lines)

@@ -129,3 +129,10 @@ def test_cli_prints_an_undefined_metric_once(url, capsys):
     assert (cap.out + cap.err).count("nc1_svd") == 1
     (line,) = [ln for ln in cap.err.splitlines() if "nc1_svd" in ln]
     assert line.startswith("ncdask: warning:") and "epoch" not in line
+
+
+def test_one_set_says_an_undefined_metric_once(url, capsys):
+    assert main(["analyze", url, "--epoch", "0", "--metrics", "nc1_svd", "nc1_quot"]) == 0
+    cap = capsys.readouterr()
+    assert (cap.out + cap.err).count("nc1_svd") == 1
+    assert "ncdask: warning: left out as undefined" in cap.err
