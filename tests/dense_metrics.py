@@ -185,6 +185,7 @@ def dense_metrics(
                 out["agree_per_class"] = np.array(
                     [agree[yt[ok] == k].mean() if (yt[ok] == k).any() else np.nan for k in pres]
                 )
+                out.update(dense_margins(Xt, yt, W, mG, pres))
     if by_frequency is not None:  # bins: classes ranked by count (ties: smaller index first)
         order = np.lexsort((np.arange(Kp), -counts[pres]))
         bins = [np.sort(b) for b in np.array_split(order, by_frequency)]
@@ -227,6 +228,23 @@ def dense_metrics(
         with np.errstate(all="ignore"):
             out["nc1_ood_class"] = np.trace(np.linalg.pinv(Sb2, rcond=D * EPS) @ Sw2) / (Kp + 1)
     return {k: (np.asarray(v) if np.ndim(v) else float(v)) for k, v in out.items()}
+
+
+def dense_margins(Xt, yt, W, mG, pres) -> dict:
+    """``margin_mean`` and ``margin_hist`` from the N×K cosines (rows ``W`` of the classes
+    ``pres``; samples of other classes or negative labels left out)."""
+    row = np.full(int(max(pres.max(), yt.max())) + 1, -1)
+    row[pres] = np.arange(len(pres))
+    r = np.where(yt >= 0, row[np.maximum(yt, 0)], -1)
+    Xc = Xt[r >= 0] - mG
+    cos = (Xc @ W.T) / np.outer(np.maximum(np.linalg.norm(Xc, axis=1), 1e-8),
+                                np.maximum(np.linalg.norm(W, axis=1), 1e-8))
+    i = np.arange(len(cos))
+    true = cos[i, r[r >= 0]]
+    cos[i, r[r >= 0]] = -np.inf
+    m = true - cos.max(axis=1)
+    hist, _ = np.histogram(np.clip(m, -2, 2), bins=np.linspace(-2, 2, 401))
+    return {"margin_mean": m.mean(), "margin_hist": hist, "margins": m}
 
 
 def small_case(seed=0, K=6, D=9, n_per=6, spread=3.0, *, n_test=50, empty=False):

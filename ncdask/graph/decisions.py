@@ -14,8 +14,8 @@ from ncdask.kernels import decisions as Dk
 from ncdask.kernels._xp import to_numpy
 
 
-def _decision_task(X, mG, W, b, Mc, g, *, ncc):
-    return Dk.decision_tile(X, mG, W, b, Mc, g, ncc=ncc)
+def _decision_task(X, mG, W, b, Mc, g, *pos, ncc):
+    return Dk.decision_tile(X, mG, W, b, Mc, g, *pos, ncc=ncc)
 
 
 # An NC4 task (float64: ``measure`` casts the test embeddings) holds the sample
@@ -24,7 +24,8 @@ def _decision_task(X, mG, W, b, Mc, g, *, ncc):
 # the NCC scores (n×T), ``Mc * Mc`` (T×D) and a few length-n vectors: at most
 # 8·[n·(2D + T + ROW_EXTRA) + 3·T·D + 3·T + D] bytes. :func:`nc4_tile_size`
 # keeps the tile part under half the budget, :func:`rows_per_block` gives the
-# rows the rest (tests/test_budget.py measures the peak).
+# rows the rest (tests/test_budget.py measures the peak). The margins' cosines
+# need ‖x̃‖, whose squares take one more n×D array while they are summed.
 
 #: Bytes per number of an NC4 block (float64).
 ITEMSIZE = 8
@@ -47,25 +48,30 @@ def nc4_tile_size(n_classes: int, dim: int, tile_size: int, *,
     return t
 
 
-def rows_per_block(tile_size: int, dim: int, *, budget: int | str | None = None) -> int:
-    """Sample rows per NC4 block so that a task on a ``tile_size``-class tile fits ``budget``."""
+def rows_per_block(tile_size: int, dim: int, *, budget: int | str | None = None,
+                   margins: bool = False) -> int:
+    """Sample rows per NC4 block so that a task on a ``tile_size``-class tile fits ``budget``
+    (with ``margins``, the :data:`~ncdask.kernels.decisions.MARGIN` columns too)."""
     budget = resolve_budget(budget)
-    per_row = ITEMSIZE * (2 * dim + tile_size + ROW_EXTRA)
+    per_row = ITEMSIZE * ((3 if margins else 2) * dim + tile_size + ROW_EXTRA)
     return max(1, (budget - _tile_bytes(tile_size, dim)) // per_row)
 
 
 def decisions(X: da.Array, W: da.Array, b: da.Array, Mc: da.Array, mG: da.Array, *, tile_size: int,
               ncc: bool = True, split_every: int | None = None,
-              budget: int | str | None = None) -> da.Array:
+              budget: int | str | None = None, positions: da.Array | None = None) -> da.Array:
     """Best class of the classifier ``W``, ``b`` and of the NCC (means ``Mc`` centred on ``mG``).
     One task per (sample block, class tile), a tree over the tiles keeps the
-    best; ``ncc=False`` when FAISS supplies the NCC. Returns (N, 4): ``DECISION``."""
+    best; ``ncc=False`` when FAISS supplies the NCC. Returns (N, 4): ``DECISION``; with
+    ``positions`` (each sample's class row, −1: none) (N, 6): ``DECISION + MARGIN``."""
     K, D = Mc.shape
     budget = resolve_budget(budget)
     tile_size = nc4_tile_size(K, D, tile_size, budget=budget)
     chunks = tiles(K, tile_size)
-    rows = rows_per_block(tile_size, D, budget=budget)
+    rows = rows_per_block(tile_size, D, budget=budget, margins=positions is not None)
     X = X.rechunk((rows, -1))
+    cols = 4 if positions is None else 6
+    pos = () if positions is None else (positions.rechunk((X.chunks[0],)), "s")
     W = W.rechunk((chunks, -1))
     Mc = Mc.rechunk((chunks, -1))
     b = b.rechunk((chunks,))
@@ -73,14 +79,29 @@ def decisions(X: da.Array, W: da.Array, b: da.Array, Mc: da.Array, mG: da.Array,
     g = da.arange(K, chunks=(chunks,), dtype=np.int64)
     parts = da.blockwise(
         partial(_decision_task, ncc=ncc), "scq",
-        X, "sd", mG, "d", W, "cd", b, "c", Mc, "cd", g, "c",
-        new_axes={"q": 4}, adjust_chunks={"c": 1}, concatenate=True, align_arrays=False,
+        X, "sd", mG, "d", W, "cd", b, "c", Mc, "cd", g, "c", *pos,
+        new_axes={"q": cols}, adjust_chunks={"c": 1}, concatenate=True, align_arrays=False,
         dtype=X.dtype, meta=meta_from_array(X, ndim=3), token="ncdask-nc4-tiles",
     )
     return reduce_blocks(
         Dk.DECISIONS, parts, axis=1, split_every=split_every or 4,
-        chunks=(X.chunks[0], (4,)), meta=meta_from_array(X, ndim=2), prefix="ncdask-nc4-merge",
+        chunks=(X.chunks[0], (cols,)), meta=meta_from_array(X, ndim=2), prefix="ncdask-nc4-merge",
     )
+
+
+def margins(dec: da.Array) -> tuple[da.Array, da.Array]:
+    """``(margin_mean, margin_hist)`` of :func:`decisions` with ``positions``: the mean
+    margin over the samples with a class row (NaN if none) and their counts over
+    :data:`~ncdask.kernels.decisions.MARGIN_EDGES`, on the decisions' device."""
+    true, other = dec[:, 4], dec[:, 5]
+    valid = true > -np.inf
+    n = valid.sum()
+    total = da.where(valid, true - other, 0.0).sum()
+    mean = da.where(n > 0, total / da.maximum(n, 1), np.nan)
+    nb = Dk.MARGIN_EDGES.size - 1
+    hist = dec.map_blocks(Dk.margin_histogram, chunks=((1,) * dec.numblocks[0], (nb,)),
+                          dtype=np.int64, meta=meta_from_array(dec, ndim=2, dtype=np.int64))
+    return mean, hist.sum(axis=0)
 
 
 def _faiss_task(X, mG, Mc):
@@ -113,6 +134,22 @@ def _no_unknown_labels(y: np.ndarray, n_classes: int, ignore_index: int | None) 
             f"test label {int(y[bad][0])} is outside the statistics' {n_classes} classes: "
             "NC4 needs test data of the same classes (pass ignore_index= for padding)")
     return y
+
+
+def class_positions(labels: da.Array, present: np.ndarray, n_classes: int,
+                    ignore_index: int | None = None) -> da.Array:
+    """Each sample's row among the classes measured (``present``), on the host: −1 for
+    labels ``ignore_index``, negative or of a class not measured; a label ``≥ n_classes``
+    raises ``ValueError`` when computed, as :func:`agreement_counts`."""
+    lookup = np.full(n_classes + 1, -1, dtype=np.int64)  # the last entry answers index −1
+    lookup[present] = np.arange(len(present))
+    labels = on_host(labels).astype(np.int64)
+    labels = labels.map_blocks(_no_unknown_labels, n_classes, ignore_index, dtype=np.int64)
+    return labels.map_blocks(_rows_of, lookup, dtype=np.int64)
+
+
+def _rows_of(y: np.ndarray, lookup: np.ndarray) -> np.ndarray:
+    return lookup[np.where((y >= 0) & (y < lookup.size - 1), y, -1)]
 
 
 def agreement_counts(agree: da.Array, labels: da.Array, n_classes: int, *,

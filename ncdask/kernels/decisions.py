@@ -14,19 +14,26 @@ from ncdask.kernels.stats import class_sums
 
 #: Columns of a decision block: best logit, its class, best NCC score, its class.
 DECISION = ("lin_score", "lin_class", "ncc_score", "ncc_class")
+#: Columns the margins add: ``cos(x̃, w_y)`` of the true class ``y`` (−inf where the tile
+#: lacks it) and the best ``cos(x̃, w_k)`` over the tile's other classes.
+MARGIN = ("true_cos", "other_cos")
+#: Edges of the margin histogram: 400 bins of width 0.01 on [−2, 2].
+MARGIN_EDGES = np.linspace(-2.0, 2.0, 401)
 
 
-def decision_tile(X: Any, mG: Any, W: Any, b: Any, Mc: Any, gidx: Any, *, ncc: bool = True) -> Any:
+def decision_tile(X: Any, mG: Any, W: Any, b: Any, Mc: Any, gidx: Any, pos: Any = None, *,
+                  ncc: bool = True) -> Any:
     """Both classifiers' best class within one class tile, for one block of samples ``X``. The
     linear classifier scores ``x · w_k + b_k`` (``W``, ``b`` of the tile); the nearest class centre
     ``‖μ̃_k‖² − 2 x̃ · μ̃_k`` (``‖x̃ − μ̃_k‖²`` less a per-sample constant) with ``x̃ = x − mG``
     and the tile's centred means ``Mc``: two GEMMs, no difference tensor. ``gidx`` are the tile's
     class indices; with ``ncc=False`` the NCC columns are 0. Returns ``(n, 1, 4)``, columns
-    :data:`DECISION`; ties go to the smallest class index."""
+    :data:`DECISION`; ties go to the smallest class index. With ``pos``, each sample's class
+    index (−1: none), a third GEMM adds the :data:`MARGIN` columns: ``(n, 1, 6)``."""
     xp = array_namespace(X, W, Mc)
     mG, b, gidx = xp.asarray(mG), xp.asarray(b), xp.asarray(gidx)
     n = X.shape[0]
-    out = xp.empty((n, 1, 4), dtype=X.dtype)
+    out = xp.empty((n, 1, 4 if pos is None else 6), dtype=X.dtype)
     if n == 0:
         return out
     with errstate(xp):
@@ -37,10 +44,12 @@ def decision_tile(X: Any, mG: Any, W: Any, b: Any, Mc: Any, gidx: Any, *, ncc: b
         out[:, 0, 0] = lin[r, i_lin]
         del lin
         out[:, 0, 1] = gidx[i_lin]
+        Xc = X - mG[None, :] if ncc or pos is not None else None
+        if pos is not None:
+            _margin_columns(Xc, W, xp.asarray(pos) - gidx[0], out, xp)
         if not ncc:
-            out[:, 0, 2:] = 0
+            out[:, 0, 2:4] = 0
             return out
-        Xc = X - mG[None, :]
         score = Xc @ Mc.T
         score *= -2.0
         score += xp.sum(Mc * Mc, axis=1)[None, :]
@@ -50,11 +59,43 @@ def decision_tile(X: Any, mG: Any, W: Any, b: Any, Mc: Any, gidx: Any, *, ncc: b
     return out
 
 
+def _margin_columns(Xc: Any, W: Any, local: Any, out: Any, xp: Any) -> None:
+    """Fill the :data:`MARGIN` columns of ``out`` from ``cos(x̃_i, w_k)`` over the tile
+    (each norm clamped at 1e-8, as ``torch.nn.functional.cosine_similarity``); ``local``:
+    each sample's true class within the tile (outside ``[0, T)``: not in it)."""
+    n, T = Xc.shape[0], W.shape[0]
+    xn = xp.maximum(xp.sqrt(xp.sum(Xc * Xc, axis=1)), 1e-8)
+    cos = Xc @ W.T
+    cos /= xn[:, None]
+    cos /= xp.maximum(xp.sqrt(xp.sum(W * W, axis=1)), 1e-8)[None, :]
+    r = xp.arange(n)
+    inside = (local >= 0) & (local < T)
+    lc = xp.clip(local, 0, T - 1)
+    at = cos[r, lc]
+    out[:, 0, 4] = xp.where(inside, at, -xp.inf)
+    cos[r, lc] = xp.where(inside, -xp.inf, at)
+    out[:, 0, 5] = xp.max(cos, axis=1)
+
+
+def margin_histogram(dec: Any) -> Any:
+    """Counts ``(1, 400)`` over :data:`MARGIN_EDGES` of the margins ``true_cos − other_cos``
+    of merged decisions ``(n, 6)``; non-finite margins (no true class) are left out, a margin
+    past ±2 by rounding counts in the end bin. Bins are ``[e_i, e_{i+1})``, the last closed,
+    as :func:`numpy.histogram`."""
+    xp = array_namespace(dec)
+    m = dec[:, 4] - dec[:, 5]
+    m = m[xp.isfinite(m)]
+    nb = MARGIN_EDGES.size - 1
+    idx = xp.searchsorted(xp.asarray(MARGIN_EDGES), m, side="right") - 1
+    return xp.bincount(xp.clip(idx, 0, nb - 1), minlength=nb)[None, :].astype(xp.int64)
+
+
 def merge_decisions(parts: Any) -> Any:
-    """Merge ``(n, m, 4)`` decision blocks along axis 1 (class tiles ascending): ``(n, 1, 4)``."""
+    """Merge ``(n, m, c)`` decision blocks along axis 1 (class tiles ascending): ``(n, 1, c)``;
+    the :data:`MARGIN` columns (``c = 6``) keep their maxima."""
     xp = array_namespace(parts)
     n = parts.shape[0]
-    out = xp.empty((n, 1, 4), dtype=parts.dtype)
+    out = xp.empty((n, 1, parts.shape[2]), dtype=parts.dtype)
     if n == 0:
         return out
     r = xp.arange(n)
@@ -64,6 +105,8 @@ def merge_decisions(parts: Any) -> Any:
     out[:, 0, 1] = parts[r, a, 1]
     out[:, 0, 2] = parts[r, c, 2]
     out[:, 0, 3] = parts[r, c, 3]
+    if parts.shape[2] > 4:
+        out[:, 0, 4:] = xp.max(parts[:, :, 4:], axis=1)
     return out
 
 
@@ -160,7 +203,7 @@ def ood_mean_reduction(ignore_index: int | None = None) -> Reduction:
 
 
 def merge_decision_blocks(parts: list[Any]) -> Any:
-    """:func:`merge_decisions` of blocks ``(n, m_i, 4)`` side by side (class tiles in order)."""
+    """:func:`merge_decisions` of blocks ``(n, m_i, c)`` side by side (class tiles in order)."""
     if len(parts) == 1 and parts[0].shape[1] == 1:
         return parts[0]
     xp = array_namespace(parts[0])
@@ -168,7 +211,7 @@ def merge_decision_blocks(parts: list[Any]) -> Any:
 
 
 def decisions_of(merged: Any) -> Any:
-    """The ``(n, 4)`` decisions of a merged ``(n, 1, 4)`` block."""
+    """The ``(n, c)`` decisions of a merged ``(n, 1, c)`` block."""
     return merged[:, 0, :]
 
 

@@ -24,10 +24,10 @@ from ncdask._version import __version__
 from ncdask.errors import did_you_mean, option, warn
 from ncdask.graph.pairwise import default_tile_size, resolve_budget
 from ncdask.kernels.pairwise import RieszRangeWarning  # noqa: F401 - public with measure
-from ncdask.metrics.declarations import GROUPS, METRICS, ON_REQUEST, Inputs
+from ncdask.metrics.declarations import GROUPS, METRICS, ON_REQUEST, Inputs, dim_coords
 from ncdask.metrics.inputs import check_stats as _check_stats
 from ncdask.metrics.inputs import class_inputs, kept_classes
-from ncdask.metrics.summary import check_role
+from ncdask.metrics.summary import check_role, is_summary
 
 
 class DegenerateInputWarning(UserWarning):
@@ -110,6 +110,8 @@ def _measure_one(
         missing = [n for n in METRICS[name].needs if not have[n]]
         if missing:
             left_out[name] = "no " + " / ".join(missing) + " given"
+        elif METRICS[name].samples and is_summary(test, "test"):
+            left_out[name] = "the test split is a streamed summary, without its samples"
         elif (why := METRICS[name].undefined(K, D)) is not None:
             degenerate[name] = why
     left_out.update(degenerate)
@@ -143,6 +145,8 @@ def _measure_one(
         coords["class"] = class_ids
     if any(METRICS[n].per_bin for n in data_vars):
         coords.update(_bin_coords(inputs.bins, kept.counts[kept.present]))
+    for d in {METRICS[n].dim for n in data_vars} - {None}:
+        coords.update(dim_coords(d))
     ds = xr.Dataset(data_vars, coords=coords or None)
     ds.attrs.update(
         n_classes=K_all, n_classes_measured=K, dim=D,

@@ -21,6 +21,7 @@ from ncdask.graph import shares as SG
 from ncdask.graph import tiled_stats as TS
 from ncdask.graph.pairwise import pairwise_moments
 from ncdask.kernels import shares as KS
+from ncdask.kernels.decisions import MARGIN_EDGES
 from ncdask.kernels.pairwise import FINAL, PAIR_STATS
 from ncdask.metrics.inputs import (
     ClassInputs,
@@ -58,6 +59,9 @@ AMMAR = ("Ammar et al. (2024), NECO: NEural Collapse based Out-of-distribution d
 WU = ("Wu & Papyan (2024), Linguistic collapse: neural collapse in (large) language models, "
       "NeurIPS (arXiv:2405.17767)")
 ROY = "Roy & Vetterli (2007), The effective rank: a measure of effective dimensionality, EUSIPCO"
+JIANG = ("Jiang et al. (2024), Generalized neural collapse for a large number of classes, ICML "
+         "(arXiv:2310.05351); Markou et al. (2024), Guiding neural collapse, NeurIPS "
+         "(arXiv:2411.01248), validate_NC.py")
 
 
 @dataclass(frozen=True)
@@ -186,9 +190,22 @@ class Inputs:
             hits, n_test = agreement_from_summary(self.test, self.M, self.W, self.b, self.kept,
                                                   self.stats)
         else:
-            hits, n_test = _decide(self)
+            dec, agree, y = self.decided
+            hits, n_test = DG.agreement_counts(agree, y.rechunk(agree.chunks), self.K_all,
+                                               ignore_index=self.kept.ignore_index)
         dead = ~da.isfinite(self.W).all() | ~(self.W != 0).any() | ~da.isfinite(self.b).all()
         return da.where(DG.on_host(dead), np.nan, hits), n_test  # the counts are on the host
+
+    @cached_property
+    def decided(self) -> tuple[da.Array, da.Array, da.Array]:
+        """The test split's NC4 decisions (with the margin columns when a margin is asked
+        for), the per-sample agreement and the labels: one blocked pass for both."""
+        return _decide(self)
+
+    @cached_property
+    def margins(self) -> tuple[da.Array, da.Array]:
+        """``margin_mean`` and ``margin_hist`` from the NC4 pass."""
+        return DG.margins(self.decided[0])
 
     @cached_property
     def bins(self) -> list[np.ndarray]:
@@ -233,11 +250,16 @@ def _labelled_split(ins: Inputs, data: Any, role: str, why: str) -> tuple[da.Arr
     return X, as_dask(split["labels"])
 
 
-def _decide(ins: Inputs) -> tuple[da.Array, da.Array]:
-    """NC4 decisions of the test split (blocked GEMMs or FAISS), counted per true class."""
+def _decide(ins: Inputs) -> tuple[da.Array, da.Array, da.Array]:
+    """NC4 decisions of the test split (blocked GEMMs or FAISS), with the margin columns
+    when a margin metric is asked for; the per-sample agreement; the labels."""
     X, y = _labelled_split(ins, ins.test, "test", "NC4")
     mG = ins.cls.mG
-    kw = dict(tile_size=ins.tile_size, split_every=ins.split_every, budget=ins.memory_budget)
+    pos = None
+    if set(GROUPS["margins"]) & set(ins.todo):
+        pos = DG.class_positions(y, ins.kept.present, ins.K_all, ins.kept.ignore_index)
+    kw = dict(tile_size=ins.tile_size, split_every=ins.split_every, budget=ins.memory_budget,
+              positions=pos)
     if ins.nc4_backend == "gemm":
         dec = DG.decisions(X, ins.W, ins.b, ins.Mc, mG, **kw)
         agree = dec[:, 1] == dec[:, 3]
@@ -247,8 +269,7 @@ def _decide(ins: Inputs) -> tuple[da.Array, da.Array]:
         agree = dec[:, 1].rechunk(ncc.chunks) == ncc
     else:
         raise ValueError(f"nc4_backend must be 'gemm' or 'faiss', got {ins.nc4_backend!r}")
-    return DG.agreement_counts(agree, y.rechunk(agree.chunks), ins.K_all,
-                               ignore_index=ins.kept.ignore_index)
+    return dec, agree, y
 
 
 def _ood_mean(ins: Inputs) -> da.Array:
@@ -370,6 +391,8 @@ class Metric:
     pair_stat: str | None = None
     defined: Callable[[int, int], str | None] | None = None
     within: bool = False  # of Σ_W or the variance norms: NaN when no class has two samples
+    dim: str | None = None  # a dim of its own (``margin_bin``: coordinates by :func:`dim_coords`)
+    samples: bool = False  # needs the test samples themselves, not a streamed summary
     value_range: str = "(-inf, inf)"  # the values it can take (K classes, D dims, P pairs)
     direction: int | None = None  # -1: lower is more collapse, +1: higher is, None: neither
     cost: str = ""  # what computing it reads and costs beyond the class statistics
@@ -389,8 +412,10 @@ class Metric:
 
     @property
     def dims(self) -> tuple[str, ...]:
-        """The dims of the output variable: ``()``, ``("class",)`` or ``("frequency_bin",)``."""
-        return ("class",) if self.per_class else ("frequency_bin",) if self.per_bin else ()
+        """The dims of the output variable: ``()``, ``("class",)``, ``("frequency_bin",)`` or
+        its own ``(dim,)``."""
+        return (("class",) if self.per_class else ("frequency_bin",) if self.per_bin
+                else (self.dim,) if self.dim else ())
 
     def evaluate(self, ins: Inputs) -> Any:
         """The lazy value of this metric for ``ins``."""
@@ -413,6 +438,8 @@ _PAIRS = ("O(K^2 D) over class-tile pairs, in one fused graph with every pairwis
           "asked for (no K x K array)")
 _TEST = "one blocked pass over the test split, O(N_test K D): sample chunks x class tiles"
 _W = ("weights",)
+_MARGIN = ("in the NC4 pass over the test split, one more GEMM: O(N_test K D); per sample the "
+           "true and the best other cosine, merged over class tiles")
 
 METRICS: dict[str, Metric] = {
     "nc1_pinv": Metric(
@@ -528,6 +555,20 @@ METRICS: dict[str, Metric] = {
         PAPYAN, needs=("weights", "test"), min_classes=1,
         compute=lambda ins: ins.agreement[0].sum() / ins.agreement[1].sum(),
         value_range="[0, 1]", direction=1, cost=_TEST),
+    "margin_mean": Metric(
+        "mean cosine margin of the test samples",
+        "mean over test samples i of cos(x_i - mu_G, w_{y_i}) - max_{k != y_i} cos(x_i - mu_G, "
+        "w_k), each norm clamped at 1e-8 (samples of classes not measured left out)",
+        JIANG, needs=("weights", "test"), samples=True, compute=lambda ins: ins.margins[0],
+        value_range="[-2, 2]", direction=1, cost=_MARGIN),
+    "margin_hist": Metric(
+        "histogram of the cosine margins of the test samples",
+        "counts of the margins of margin_mean in 400 bins [lo, hi) of width 0.01 on [-2, 2] "
+        "(the last closed, rounding past +-2 in the end bins); the q-quantile lies in the "
+        "first bin whose cumulative count reaches q times the total",
+        JIANG, needs=("weights", "test"), samples=True, dim="margin_bin",
+        compute=lambda ins: ins.margins[1],
+        value_range="counts in [0, N_test]", direction=None, cost=_MARGIN),
     "nc5_ood_dev": Metric(
         "NC5 ID/OOD orthogonality deviation",
         "(1/K) sum_k |cos(mu_k, mu_G^ood)|, uncentred mu_k", AMMAR, needs=("ood",),
@@ -666,6 +707,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
             "similarities_cos", "distance_norms"),
     "nc4": ("nc4_agree", "agree_per_class"),
     "nc5": ("nc5_ood_dev",),
+    "margins": ("margin_mean", "margin_hist"),
     "interference": ("interference_mean", "interference_var"),
     "erank": ("erank_within", "erank_between", "erank_w"),
     "by_frequency": ("nc1_cdnv_by_frequency", "nc1_quot_by_frequency",
@@ -674,6 +716,15 @@ GROUPS: dict[str, tuple[str, ...]] = {
 
 #: Metrics computed only when asked for through their own input (``by_frequency=``).
 ON_REQUEST = frozenset(GROUPS["by_frequency"])
+
+
+def dim_coords(dim: str) -> dict[str, Any]:
+    """The coordinates of a metric's own dim: for ``margin_bin`` the bins' centres and their
+    edges ``margin_lo``, ``margin_hi`` (a quantile: the ``margin_hi`` of the first bin whose
+    cumulative count reaches q times the total bounds it from above, within 0.01)."""
+    e = MARGIN_EDGES
+    return {"margin_bin": (e[:-1] + e[1:]) / 2, "margin_lo": ("margin_bin", e[:-1]),
+            "margin_hi": ("margin_bin", e[1:])}
 
 
 def evaluate(name: str, **arrays: Any) -> da.Array:
