@@ -70,7 +70,9 @@ def metric_page(name: str) -> str:
     groups = [g for g, names in GROUPS.items() if name in names]
     needs = ", ".join(f"`{n}=`" for n in m.needs) or "the class statistics only"
     shape = {(): "one value", ("class",): "one value per class (dim `class`)",
-             ("frequency_bin",): "one value per class-count bin (dim `frequency_bin`)"}[m.dims]
+             ("frequency_bin",): "one value per class-count bin (dim `frequency_bin`)",
+             ("margin_bin",): "counts per margin bin (dim `margin_bin`, edges `margin_lo`, "
+                              "`margin_hi`)"}[m.dims]
     lines = [
         f"# `{name}`", "", f"{m.long_name}.", "",
         f"- **Formula:** {_code(m.formula)}",

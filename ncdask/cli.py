@@ -367,13 +367,13 @@ def scalar_dict(results: Any) -> dict[str, Any]:
     ``{name: [value per set]}`` and the sweep coordinate."""
     import numpy as np
 
-    sweep = [d for d in results.dims if d != "class"]
+    sweep = [d for d in results.dims if d not in ("class", "margin_bin")]
     out: dict[str, Any] = {}
     if sweep:
         d = sweep[0]
         out[d] = [v.item() if hasattr(v, "item") else v for v in results[d].values]
     for name, var in results.data_vars.items():
-        if "class" in var.dims:
+        if "class" in var.dims or "margin_bin" in var.dims:
             continue
         vals = np.asarray(var.values, dtype=np.float64)
         out[name] = [json_value(x) for x in vals.ravel()] if vals.ndim else json_value(vals)

@@ -1,0 +1,150 @@
+"""Cosine margins (``margin_mean``, ``margin_hist``) against a dense N×K reference.
+
+The margins ride in the NC4 decisions pass; ``measure`` on CuPy-like input is checked with
+every other metric by ``test_array_namespace.py::test_class_stats_and_measure_end_to_end``.
+"""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from dense_metrics import dense_margins, dense_stats, golden, split
+from strict_xp import sx, to_host
+
+import ncdask
+import ncdask.graph.decisions as DG
+from ncdask.kernels import decisions as Dk
+
+
+@pytest.fixture(scope="module")
+def case():
+    data, _ = golden("wide")  # K=10, D=32
+    X, y = data["X"], data["Y"].astype(np.int64)
+    Xt, yt = data["X_test"].astype(np.float64), data["Y_test"].astype(np.int64)
+    W = data["W"].astype(np.float64)
+    noise = np.random.default_rng(5).normal(size=W.shape)
+    W = W + 2 * noise * np.linalg.norm(W, axis=1).mean() / np.sqrt(W.shape[1])  # some m < 0
+    return X, y, Xt, yt, W
+
+
+def _measure(X, y, Xt, yt, W, *, tile, chunks, **kw):
+    K = W.shape[0]
+    return ncdask.measure(dense_stats(X, y, K, chunks=3), weights=W, tile_size=tile,
+                          test=split(Xt, yt, chunks=chunks), metrics=["margins", "nc4"], **kw)
+
+
+@pytest.mark.parametrize("chunks", [17, 250])
+def test_margins_match_the_dense_reference(case, chunks):
+    X, y, Xt, yt, W = case
+    K = W.shape[0]
+    M = np.stack([X[y == k].mean(0) for k in range(K)])
+    ref = dense_margins(Xt, yt, W, M.mean(0), np.arange(K))  # μ_G: the mean of class means
+    assert 0.1 < ref["margin_mean"] < 0.5 and (ref["margins"] < 0).any()  # not all one side
+    for tile in (1, 3, K):
+        res = _measure(X, y, Xt, yt, W, tile=tile, chunks=chunks).compute()
+        np.testing.assert_allclose(float(res.margin_mean), ref["margin_mean"], rtol=1e-10)
+        np.testing.assert_array_equal(res.margin_hist.values, ref["margin_hist"])
+        assert int(res.margin_hist.sum()) == len(Xt)
+        assert res.margin_hist.dims == ("margin_bin",) and res.sizes["margin_bin"] == 400
+        np.testing.assert_allclose(res.margin_hi.values - res.margin_lo.values, 0.01)
+
+
+def test_quantiles_read_from_the_histogram(case):
+    X, y, Xt, yt, W = case
+    res = _measure(X, y, Xt, yt, W, tile=3, chunks=40).compute()
+    mG = dense_stats(X, y, W.shape[0])["global_mean"].values
+    m = dense_margins(Xt, yt, W, mG, np.arange(W.shape[0]))["margins"]
+    cum = np.cumsum(res.margin_hist.values) / int(res.margin_hist.sum())
+    for q in (0.1, 0.5, 0.9):
+        i = int(np.argmax(cum >= q))  # the first bin reaching q: the quantile lies in it
+        lo, hi = float(res.margin_lo[i]), float(res.margin_hi[i])
+        assert lo <= np.quantile(m, q, method="inverted_cdf") <= hi
+
+
+def test_samples_without_a_class_row_follow_nc4(case):
+    """``ignore_index`` and negative labels and classes ``min_count`` leaves out are not
+    counted; a label past K raises as NC4 does."""
+    X, y, Xt, yt, W = case
+    K = W.shape[0]
+    yt2 = yt.copy()
+    yt2[::7], yt2[3::11] = -100, -1
+    y2 = y.copy()
+    y2[y2 == 4] = np.where(np.arange((y2 == 4).sum()) < 1, 4, 5)  # class 4: one sample
+    keep = np.array([k for k in range(K) if (y2 == k).sum() >= 2])
+    M = np.stack([X[y2 == k].mean(0) for k in keep])
+    ref = dense_margins(Xt, yt2, W[keep], M.mean(0), keep)
+    n = int(((yt2 >= 0) & np.isin(yt2, keep)).sum())
+    for tile in (1, 3, K):
+        res = ncdask.measure(dense_stats(X, y2, K), weights=W, tile_size=tile, min_count=2,
+                             ignore_index=-100, test=split(Xt, yt2, chunks=60),
+                             metrics=["margins"]).compute()
+        np.testing.assert_allclose(float(res.margin_mean), ref["margin_mean"], rtol=1e-10)
+        np.testing.assert_array_equal(res.margin_hist.values, ref["margin_hist"])
+        assert int(res.margin_hist.sum()) == n < len(Xt)
+    yt2[5] = K
+    with pytest.raises(ValueError, match=f"test label {K} is outside"):
+        _measure(X, y, Xt, yt2, W, tile=3, chunks=60).compute()
+
+
+def test_one_pass_for_nc4_and_the_margins(case):
+    """The margins add columns to the NC4 decision tiles, not a second pass; the decisions
+    stay what they were."""
+    X, y, Xt, yt, W = case
+    both = _measure(X, y, Xt, yt, W, tile=3, chunks=40)
+    layers = [k for k in both.__dask_graph__().layers if k.startswith("ncdask-nc4-tiles")]
+    assert len(layers) == 1
+    alone = ncdask.measure(dense_stats(X, y, W.shape[0], chunks=3), weights=W, tile_size=3,
+                           test=split(Xt, yt, chunks=40), metrics=["nc4"]).compute()
+    np.testing.assert_array_equal(both.agree_per_class.values, alone.agree_per_class.values)
+
+
+def test_a_streamed_summary_leaves_the_margins_out(case):
+    X, y, Xt, yt, W = case
+    stats = dense_stats(X, y, W.shape[0])
+    acc = ncdask.EvalAccumulator(stats, weights=W).update_test(Xt, yt)
+    res = acc.measure(metrics=["margins", "nc4"])
+    assert "nc4_agree" in res and "margin_mean" not in res
+    assert "streamed summary" in res.attrs["left_out"]["margin_hist"]
+
+
+def test_the_kernel_on_a_cupy_like_array():
+    rng = np.random.default_rng(1)
+    X, W, Mc = rng.normal(size=(30, 5)), rng.normal(size=(7, 5)), rng.normal(size=(7, 5))
+    mG, b, g, pos = rng.normal(size=5), np.zeros(7), np.arange(7), rng.integers(-1, 7, 30)
+    parts = [Dk.decision_tile(sx.asarray(X), sx.asarray(mG), sx.asarray(W[s]), sx.asarray(b[s]),
+                              sx.asarray(Mc[s]), g[s], pos) for s in (slice(0, 3), slice(3, 7))]
+    merged = Dk.merge_decisions(sx.concatenate(parts, axis=1))[:, 0]
+    hist = Dk.margin_histogram(merged)
+    assert isinstance(hist, sx.ndarray)
+    ref = dense_margins(X, pos, W, mG, np.arange(7))
+    np.testing.assert_array_equal(to_host(hist)[0], ref["margin_hist"])
+
+
+@pytest.mark.parametrize("budget", [2**20])
+def test_task_peak_with_margins_within_budget(monkeypatch, budget):
+    """A decision task with the margin columns holds no more than the budget (the cosines
+    are n×T, the norms one more n×D while summed: no N×K array)."""
+    peaks = []
+    orig = DG._decision_task
+
+    def traced(*args, **kwargs):
+        inputs = sum(a.nbytes for a in args)
+        tracemalloc.start()
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            peaks.append(inputs + tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+
+    monkeypatch.setattr(DG, "_decision_task", traced)
+    rng = np.random.default_rng(0)
+    K, D, N = 300, 64, 4000
+    means = rng.normal(size=(K, D))
+    y = np.repeat(np.arange(K), 2)
+    X = means[y] + 0.1 * rng.normal(size=(2 * K, D))
+    yt = rng.integers(0, K, N)
+    res = ncdask.measure(dense_stats(X, y, K), weights=means, memory_budget=budget,
+                         test=split(means[yt] + rng.normal(size=(N, D)), yt, chunks=4000),
+                         metrics=["margin_mean"])
+    assert np.isfinite(float(res.margin_mean.compute(scheduler="sync")))
+    assert budget // 2 <= max(peaks) <= budget, (max(peaks), budget)
