@@ -98,13 +98,23 @@ def test_one_pass_for_nc4_and_the_margins(case):
     np.testing.assert_array_equal(both.agree_per_class.values, alone.agree_per_class.values)
 
 
-def test_a_streamed_summary_leaves_the_margins_out(case):
+def test_streamed_margins_equal_the_pass_over_the_split(case):
+    """``EvalAccumulator`` batches over two ranks give the margins of the split; a summary
+    without them (an older ncdask's) leaves them out."""
     X, y, Xt, yt, W = case
     stats = dense_stats(X, y, W.shape[0])
-    acc = ncdask.EvalAccumulator(stats, weights=W).update_test(Xt, yt)
-    res = acc.measure(metrics=["margins", "nc4"])
+    ranks = [ncdask.EvalAccumulator(stats, weights=W) for _ in range(2)]
+    for i in range(0, len(Xt), 100):
+        ranks[(i // 100) % 2].update_test(Xt[i:i + 100], yt[i:i + 100])
+    summary = ranks[0].merge(ranks[1]).test_summary()
+    got = ncdask.measure(stats, weights=W, test=summary, metrics=["margins"]).compute()
+    want = _measure(X, y, Xt, yt, W, tile=3, chunks=60).compute()
+    np.testing.assert_allclose(float(got.margin_mean), float(want.margin_mean), rtol=1e-12)
+    np.testing.assert_array_equal(got.margin_hist.values, want.margin_hist.values)
+    old = summary.drop_vars(["margin_sum", "margin_n", "margin_hist"])
+    res = ncdask.measure(stats, weights=W, test=old, metrics=["margins", "nc4"])
     assert "nc4_agree" in res and "margin_mean" not in res
-    assert "streamed summary" in res.attrs["left_out"]["margin_hist"]
+    assert "no margin_hist" in res.attrs["left_out"]["margin_mean"]
 
 
 def test_the_kernel_on_a_cupy_like_array():

@@ -36,6 +36,7 @@ from ncdask.metrics.inputs import (
 from ncdask.metrics.summary import (
     agreement_from_summary,
     is_summary,
+    margins_from_summary,
     ood_class_from_summary,
     ood_mean_from_summary,
     summary_dim,
@@ -204,7 +205,9 @@ class Inputs:
 
     @cached_property
     def margins(self) -> tuple[da.Array, da.Array]:
-        """``margin_mean`` and ``margin_hist`` from the NC4 pass."""
+        """``margin_mean`` and ``margin_hist`` from the NC4 pass (or the streamed summary)."""
+        if is_summary(self.test, "test"):
+            return margins_from_summary(self.test, self.M, self.W, self.b, self.kept, self.stats)
         return DG.margins(self.decided[0])
 
     @cached_property
@@ -392,7 +395,7 @@ class Metric:
     defined: Callable[[int, int], str | None] | None = None
     within: bool = False  # of Σ_W or the variance norms: NaN when no class has two samples
     dim: str | None = None  # a dim of its own (``margin_bin``: coordinates by :func:`dim_coords`)
-    samples: bool = False  # needs the test samples themselves, not a streamed summary
+    summary_var: str | None = None  # what a streamed test summary must hold for it
     value_range: str = "(-inf, inf)"  # the values it can take (K classes, D dims, P pairs)
     direction: int | None = None  # -1: lower is more collapse, +1: higher is, None: neither
     cost: str = ""  # what computing it reads and costs beyond the class statistics
@@ -559,14 +562,15 @@ METRICS: dict[str, Metric] = {
         "mean cosine margin of the test samples",
         "mean over test samples i of cos(x_i - mu_G, w_{y_i}) - max_{k != y_i} cos(x_i - mu_G, "
         "w_k), each norm clamped at 1e-8 (samples of classes not measured left out)",
-        JIANG, needs=("weights", "test"), samples=True, compute=lambda ins: ins.margins[0],
+        JIANG, needs=("weights", "test"), summary_var="margin_hist",
+        compute=lambda ins: ins.margins[0],
         value_range="[-2, 2]", direction=1, cost=_MARGIN),
     "margin_hist": Metric(
         "histogram of the cosine margins of the test samples",
         "counts of the margins of margin_mean in 400 bins [lo, hi) of width 0.01 on [-2, 2] "
         "(the last closed, rounding past +-2 in the end bins); the q-quantile lies in the "
         "first bin whose cumulative count reaches q times the total",
-        JIANG, needs=("weights", "test"), samples=True, dim="margin_bin",
+        JIANG, needs=("weights", "test"), summary_var="margin_hist", dim="margin_bin",
         compute=lambda ins: ins.margins[1],
         value_range="counts in [0, N_test]", direction=None, cost=_MARGIN),
     "nc5_ood_dev": Metric(

@@ -79,6 +79,11 @@ class EvalAccumulator:
         xp = array_namespace(Mc)
         self._hits = xp.zeros(self.n_classes, dtype=xp.int64)
         self._count = xp.zeros(self.n_classes, dtype=xp.int64)
+        rows = np.full(self.n_classes, -1, dtype=np.int64)  # a label's row among the kept
+        rows[kept.present] = np.arange(kept.n_kept)
+        self._rows = xp.asarray(rows)
+        self._margin_sum = xp.zeros((), dtype=xp.float64)
+        self._margin_hist = xp.zeros(Dk.MARGIN_EDGES.size - 1, dtype=xp.int64)
         self._ood_sum = xp.zeros(self.dim, dtype=xp.float64)
         self._ood_n = 0
         self._ood_labels: tuple[Any, Any, Any] | None = None
@@ -115,8 +120,8 @@ class EvalAccumulator:
         return self.update_test(X, y) if role == "test" else self.update_ood(X, y)
 
     def update_test(self, X: Any, y: Any) -> EvalAccumulator:
-        """Add a test batch: both classifiers' decisions, counted per true class (labels
-        ``ignore_index`` or negative are skipped, ``≥ K`` raise)."""
+        """Add a test batch: both classifiers' decisions, counted per true class, and the
+        cosine margins (labels ``ignore_index`` or negative are skipped, ``≥ K`` raise)."""
         if self._W is None:
             raise ValueError("NC4 needs the classifier: EvalAccumulator(stats, weights=...)")
         X, y, xp = self._batch(X, y, labels_needed=True)
@@ -132,21 +137,24 @@ class EvalAccumulator:
         if not bool(xp.all(valid)):
             X, y = X[valid], y[valid]
         if y.shape[0]:
-            agree = self._agreement(X, xp)
+            dec = self._decisions(X, self._rows[y], xp)
+            agree = dec[:, 1] == dec[:, 3]
+            true = dec[:, 4]
+            self._margin_sum += xp.sum(xp.where(true > -xp.inf, true - dec[:, 5], 0.0))
+            self._margin_hist += Dk.margin_histogram(dec)[0]
             self._hits += xp.bincount(y, weights=agree.astype(xp.float64),
                                       minlength=self.n_classes).astype(xp.int64)
             self._count += xp.bincount(y, minlength=self.n_classes).astype(xp.int64)
         return self
 
-    def _agreement(self, X: Any, xp: Any) -> Any:
-        """Per row: does the classifier's argmax equal the nearest centre (as measure decides)?"""
+    def _decisions(self, X: Any, pos: Any, xp: Any) -> Any:
+        """The rows' merged decisions with the margin columns, as measure decides."""
         n, K = X.shape[0], self._Mc.shape[0]
         T = max(1, min(K, TILE_ENTRIES // max(n, 1)))
         parts = [Dk.decision_tile(X, self._mG, self._W[s:s + T], self._b[s:s + T],
-                                  self._Mc[s:s + T], xp.arange(s, min(s + T, K)))
+                                  self._Mc[s:s + T], xp.arange(s, min(s + T, K)), pos)
                  for s in range(0, K, T)]
-        dec = Dk.merge_decisions(xp.concatenate(parts, axis=1))[:, 0]
-        return dec[:, 1] == dec[:, 3]
+        return Dk.merge_decisions(xp.concatenate(parts, axis=1))[:, 0]
 
     def update_ood(self, X: Any, y: Any = None) -> EvalAccumulator:
         """Add an OOD batch, with or without labels (every batch alike): its sum, per-label
@@ -182,6 +190,8 @@ class EvalAccumulator:
             raise ValueError("OOD batches must all have labels or all have none")
         self._hits += other._hits
         self._count += other._count
+        self._margin_sum += other._margin_sum
+        self._margin_hist += other._margin_hist
         self._ood_sum += other._ood_sum
         self._ood_n += other._ood_n
         if self._ood_labelled is None:
@@ -204,7 +214,10 @@ class EvalAccumulator:
              "fingerprint_means": ("kept_class", fp["means"]),
              "fingerprint_weights": ("kept_class", fp["weights"]),
              "fingerprint_bias": ("kept_class", fp["bias"]),
-             "fingerprint_options": ("fingerprint", fp["options"])},
+             "fingerprint_options": ("fingerprint", fp["options"]),
+             "margin_sum": ((), float(to_numpy(self._margin_sum))),
+             "margin_n": ((), int(to_numpy(self._margin_hist).sum())),
+             "margin_hist": ("margin_bin", to_numpy(self._margin_hist))},
             coords={"class": self.stats["class"].values if "class" in self.stats.coords
                     else np.arange(self.n_classes)},
             attrs={"ncdask_streamed": "test", "min_count": -1 if self.min_count is None

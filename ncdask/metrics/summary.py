@@ -96,6 +96,27 @@ def agreement_from_summary(summary: xr.Dataset, M: da.Array, W: da.Array, b: da.
     """Lazy per-class (hits, counts) of a test summary, checked against the digests of the
     kept means ``M``, ``W``, ``b`` and the options (:func:`row_digests`, :func:`options_digest`)
     when computed."""
+    counts = np.stack([summary["nc4_hits"].values, summary["nc4_count"].values]).astype(
+        np.float64)
+    both = _checked(summary, counts, M, W, b, kept, stats)
+    return both[0], both[1]
+
+
+def margins_from_summary(summary: xr.Dataset, M: da.Array, W: da.Array, b: da.Array,
+                         kept: KeptClasses, stats: xr.Dataset | None
+                         ) -> tuple[da.Array, da.Array]:
+    """Lazy ``(margin_mean, margin_hist)`` of a test summary, checked as
+    :func:`agreement_from_summary`."""
+    n = int(summary["margin_n"].values)
+    hist = summary["margin_hist"].values.astype(np.float64)
+    mean = float(summary["margin_sum"].values) / n if n else np.nan
+    both = _checked(summary, np.append(hist, mean), M, W, b, kept, stats)
+    return both[-1], both[:-1].astype(np.int64)
+
+
+def _checked(summary: xr.Dataset, values: np.ndarray, M: da.Array, W: da.Array, b: da.Array,
+             kept: KeptClasses, stats: xr.Dataset | None) -> da.Array:
+    """``values`` (float64) of a test summary, lazily, once its fingerprints match."""
     n_classes = kept.n_all
     if summary.sizes.get("class") != n_classes:
         raise ValueError(f"the streamed test summary has {summary.sizes.get('class')} "
@@ -107,16 +128,13 @@ def agreement_from_summary(summary: xr.Dataset, M: da.Array, W: da.Array, b: da.
     if "fingerprint_options" not in summary:
         raise ValueError("the streamed test summary was made by an older ncdask (its "
                          "fingerprints are projections): build it again with this one")
-    counts = np.stack([summary["nc4_hits"].values, summary["nc4_count"].values]).astype(
-        np.float64)
     want = (row_digests(M, "means"), row_digests(W, "weights"), row_digests(b, "bias"),
             options_digest(kept, stats))
     pairs = [x for k, w in zip(("means", "weights", "bias", "options"), want, strict=True)
              for x in (summary[f"fingerprint_{k}"].values, w)]
-    checked = dask.delayed(_check_fingerprints, pure=True)(counts, *pairs)
-    both = da.from_delayed(checked, shape=counts.shape, dtype=np.float64,
-                           meta=np.empty((0, 0), dtype=np.float64))
-    return both[0], both[1]
+    checked = dask.delayed(_check_fingerprints, pure=True)(values, *pairs)
+    return da.from_delayed(checked, shape=values.shape, dtype=np.float64,
+                           meta=np.empty((0,) * values.ndim, dtype=np.float64))
 
 
 def ood_mean_from_summary(summary: xr.Dataset, use_labels: bool | None, ref: da.Array) -> da.Array:
