@@ -185,7 +185,8 @@ def dense_metrics(
                 out["agree_per_class"] = np.array(
                     [agree[yt[ok] == k].mean() if (yt[ok] == k).any() else np.nan for k in pres]
                 )
-                out.update(dense_margins(Xt, yt, W, mG, pres))
+                mm = dense_margins(Xt, yt, W, mG, pres)
+                out["margin_mean"], out["margin_hist"] = mm["margin_mean"], mm["margin_hist"]
     if by_frequency is not None:  # bins: classes ranked by count (ties: smaller index first)
         order = np.lexsort((np.arange(Kp), -counts[pres]))
         bins = [np.sort(b) for b in np.array_split(order, by_frequency)]
