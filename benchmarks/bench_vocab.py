@@ -17,6 +17,11 @@ Cases (each generates its store in a temporary folder and deletes it):
     GNC2 kernels, equinorm/equiangle/max-angle on the means and on W) from
     statistics saved to Zarr and reopened lazily; time over ``2·K²·D`` at the
     dgemm rate, peak RSS.
+``margins``  K=128,256, D=512 (the ``pairwise`` statistics and W) and a float32
+    test split of ``--n-test`` rows (default 4,096: its N×K cosines in float64
+    would be 3.9 GiB) written to Zarr: ``nc4_agree`` alone, then with
+    ``margin_mean`` and ``margin_hist`` in the same pass; time over the
+    ``2·N·K·D`` GEMMs of each (2 for NC4, 3 with the margins), peak RSS.
 
 Labels follow a Zipf law (exponent 1.1) over the classes, as tokens do: a
 few classes hold most rows and most classes are rare or absent. Class means
@@ -188,6 +193,35 @@ def work_pair(out: str) -> dict:
             **{k: float(res[k]) for k in res.data_vars if res[k].ndim == 0}}
 
 
+def work_test_build(out: str, N: int, K: int, D: int) -> dict:
+    """A float32 test split (random rows and labels) in Zarr beside the statistics."""
+    import dask.array as da
+    import xarray as xr
+
+    rng = da.random.default_rng(1)
+    X = rng.standard_normal((N, D), chunks=(8192, D), dtype=np.float32)
+    y = rng.integers(0, K, N, chunks=8192)
+    xr.Dataset({"embeddings": (("sample", "feature"), X), "labels": ("sample", y)},
+               attrs={"n_classes": K}).to_zarr(out + "-test", mode="w-", consolidated=False)
+    return {"peak_mib": _peak_mib()}
+
+
+def work_margins(out: str, metrics: str) -> dict:
+    import dask.array as da
+    import xarray as xr
+
+    import ncdask
+
+    st = ncdask.load_stats(out)
+    W = da.from_zarr(out + "-W/W")
+    test = xr.open_zarr(out + "-test", consolidated=False)
+    t = time.perf_counter()
+    res = ncdask.measure(st, weights=W, test=test, metrics=metrics.split(",")).compute()
+    return {"seconds": time.perf_counter() - t, "peak_mib": _peak_mib(),
+            **{k: float(res[k]) for k in res.data_vars if res[k].ndim == 0},
+            **({"hist_total": int(res.margin_hist.sum())} if "margin_hist" in res else {})}
+
+
 def commit() -> str:
     """The commit of the ncdask checkout measured (``+`` when ``ncdask/`` has changes)."""
     import ncdask
@@ -251,6 +285,29 @@ def run_pairwise(scale: float, tmp: Path) -> dict:
             "peak_mib": res["peak_mib"], "dgemm_gflops": gemm["dgemm"] / 1e9}
 
 
+def run_margins(scale: float, tmp: Path, n_test: int) -> dict:
+    K, D = int(PAIR["K"] * scale), PAIR["D"]
+    out = str(tmp / "margin-stats.zarr")
+    try:
+        sub("pair_build", out, str(K), str(D))
+        sub("test_build", out, str(n_test), str(K), str(D))
+        gemm = sub("gemm", str(D))
+        nc4 = sub("margins", out, "nc4_agree")
+        both = sub("margins", out, "nc4_agree,margin_mean,margin_hist")
+    finally:
+        for x in ("", "-W", "-test"):
+            shutil.rmtree(out + x, ignore_errors=True)
+    floor = 2 * n_test * K * D / gemm["dgemm"]
+    return {"case": "margins", "K": K, "D": D, "N_test": n_test,
+            "nc4_s": nc4["seconds"], "nc4_peak_mib": nc4["peak_mib"],
+            "nc4_over_floor": nc4["seconds"] / (2 * floor),
+            "margins_s": both["seconds"], "margins_peak_mib": both["peak_mib"],
+            "margins_over_floor": both["seconds"] / (3 * floor),
+            "margins_over_nc4": both["seconds"] / nc4["seconds"],
+            "dgemm_gflops": gemm["dgemm"] / 1e9,
+            "metrics": {k: both[k] for k in ("nc4_agree", "margin_mean", "hist_total")}}
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--work":
         step, *a = sys.argv[2:]
@@ -258,12 +315,15 @@ def main() -> None:
               "io": lambda: work_io(a[0]), "gemm": lambda: work_gemm(int(a[0])),
               "stats": lambda: work_stats(a[0], a[1]), "measure": lambda: work_measure(*a),
               "pair_build": lambda: work_pair_build(a[0], int(a[1]), int(a[2])),
-              "pair": lambda: work_pair(a[0])}[step]
+              "pair": lambda: work_pair(a[0]),
+              "test_build": lambda: work_test_build(a[0], int(a[1]), int(a[2]), int(a[3])),
+              "margins": lambda: work_margins(a[0], a[1])}[step]
         print(json.dumps(fn()))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", default=["stats", "half", "pairwise"],
-                   choices=["stats", "half", "pairwise"])
+                   choices=["stats", "half", "pairwise", "margins"])
+    p.add_argument("--n-test", type=int, default=4096, help="test rows of the margins case")
     p.add_argument("--weights", nargs="+", default=["lazy"], choices=["lazy", "numpy", "float16"],
                    help="how measure gets the classifier: dask, float64 NumPy, float16 NumPy")
     p.add_argument("--scale", type=float, default=1.0, help="multiply K and N (quick runs)")
@@ -273,8 +333,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ncdask-vocab-", dir=args.tmp))
     try:
         for case in args.cases:
-            rep = run_pairwise(args.scale, tmp) if case == "pairwise" else run_case(
-                case, args.scale, tmp, args.weights)
+            rep = (run_pairwise(args.scale, tmp) if case == "pairwise"
+                   else run_margins(args.scale, tmp, args.n_test) if case == "margins"
+                   else run_case(case, args.scale, tmp, args.weights))
             rep["commit"] = commit()
             print(json.dumps(rep), flush=True)
             if args.out:
