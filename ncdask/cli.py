@@ -373,7 +373,7 @@ def scalar_dict(results: Any) -> dict[str, Any]:
         d = sweep[0]
         out[d] = [v.item() if hasattr(v, "item") else v for v in results[d].values]
     for name, var in results.data_vars.items():
-        if "class" in var.dims or "margin_bin" in var.dims:
+        if "class" in var.dims or "margin_bin" in var.dims:  # not scalars: in --out
             continue
         vals = np.asarray(var.values, dtype=np.float64)
         out[name] = [json_value(x) for x in vals.ravel()] if vals.ndim else json_value(vals)
