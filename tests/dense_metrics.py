@@ -193,8 +193,10 @@ def dense_metrics(
             Sb_pinv = np.linalg.pinv(Sb, rcond=D * EPS)
         # class k's term of nc1_pinv: tr(Sigma_B^+ S_k) / (N K), S_k its scatter
         scat = [(X[y == k] - M[i]).T @ (X[y == k] - M[i]) for i, k in enumerate(pres)]
-        cd, qs, ag, ps = [], [], [], []
+        cd, qs, ag, ps, cm = [], [], [], [], []
         for bi in bins:
+            ub = u[bi] @ u[bi].T  # every ordered pair of the bin, enumerated
+            cm.append(ub[~np.eye(len(bi), dtype=bool)].mean() if len(bi) > 1 else np.nan)
             iu_b = np.triu_indices(len(bi), 1)
             d2b = ((M[bi][:, None] - M[bi][None]) ** 2).sum(-1)[iu_b]
             vb = ((v[bi][:, None] + v[bi][None]) / 2)[iu_b]
@@ -206,6 +208,7 @@ def dense_metrics(
                 ag.append((lin == ncc)[ok].mean())
         out["nc1_cdnv_by_frequency"], out["nc1_quot_by_frequency"] = np.array(cd), np.array(qs)
         out["nc1_pinv_by_frequency"] = np.array(ps)
+        out["cos_mean_by_frequency"] = np.array(cm)
         if ag:
             out["nc4_agree_by_frequency"] = np.array(ag)
     if X_ood is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import dask.array as da
@@ -57,6 +57,8 @@ AMMAR = ("Ammar et al. (2024), NECO: NEural Collapse based Out-of-distribution d
          "(arXiv:2310.06823)")
 WU = ("Wu & Papyan (2024), Linguistic collapse: neural collapse in (large) language models, "
       "NeurIPS (arXiv:2405.17767)")
+FANG = ("Fang, He, Long & Su (2021), Exploring deep neural networks via layer-peeled model: "
+        "minority collapse in imbalanced training, PNAS 118(43)")
 ROY = "Roy & Vetterli (2007), The effective rank: a measure of effective dimensionality, EUSIPCO"
 
 
@@ -342,6 +344,16 @@ def _pinv_shares(ins: Inputs) -> da.Array:
     return da.where(ins.per_bin(lambda idx: 0.0, within=True) == 0, shares, np.nan)
 
 
+def _cos_mean_of(U: da.Array, idx: np.ndarray) -> Any:
+    """Mean cosine over the ordered pairs ``i ≠ j`` of the bin's rows of ``U`` (unit centred
+    means): ``(‖Σ u_k‖² − Σ ‖u_k‖²) / (C(C−1))``, no pair visited; NaN below two classes."""
+    if idx.size < 2:
+        return np.nan
+    u = take_rows(U, idx)
+    s = u.sum(axis=0)
+    return ((s * s).sum() - (u * u).sum()) / (idx.size * (idx.size - 1.0))
+
+
 def _agree_of(ins: Inputs, idx: np.ndarray) -> Any:
     hits, n_test = ins.agreement
     cls = ins.kept.present[idx]
@@ -607,6 +619,16 @@ METRICS: dict[str, Metric] = {
         PAPYAN, needs=("weights", "test", "by_frequency"), per_bin=True, min_classes=1,
         compute=lambda ins: ins.per_bin(lambda idx: _agree_of(ins, idx)),
         value_range="[0, 1]", direction=1, cost=_TEST),
+    "cos_mean_by_frequency": Metric(
+        "minority collapse: mean cosine between the centred class means of each "
+        "class-count bin",
+        "mean over i != j in the bin of u_i . u_j = (||sum_{k in bin} u_k||^2 - C) / (C(C-1)), "
+        "C classes in the bin (NaN if C < 2), u_k = m~_k / (||m~_k|| + eps), m~_k = mu_k - "
+        "mu_G centred on the global mean of NC2 (closed form, no pair visited)",
+        FANG, needs=("by_frequency",), per_bin=True,
+        compute=lambda ins: ins.per_bin(partial(_cos_mean_of, CF.normalized(ins.Mc))),
+        value_range="[-1/(C-1), 1]", direction=None,
+        cost="O(K D) from the class statistics: one sum of unit means per bin"),
     # per-class companions
     "mean_norms": Metric(
         "norm of the centred class mean", "||m~_k|| = ||mu_k - mu_G||", PAPYAN,
@@ -669,7 +691,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "interference": ("interference_mean", "interference_var"),
     "erank": ("erank_within", "erank_between", "erank_w"),
     "by_frequency": ("nc1_cdnv_by_frequency", "nc1_quot_by_frequency",
-                     "nc1_pinv_by_frequency", "nc4_agree_by_frequency"),
+                     "nc1_pinv_by_frequency", "nc4_agree_by_frequency",
+                     "cos_mean_by_frequency"),
 }
 
 #: Metrics computed only when asked for through their own input (``by_frequency=``).
