@@ -249,7 +249,7 @@ def coarsen(stats: xr.Dataset, groups: Any) -> xr.Dataset:
     [30, 30]
     """
     K = int(stats.sizes["class"])
-    g = np.asarray(to_numpy(getattr(groups, "values", groups)))
+    g = to_numpy(groups.data if isinstance(groups, xr.DataArray) else groups)
     if g.shape != (K,) or not np.issubdtype(g.dtype, np.integer):
         raise ValueError(f"groups must be {K} integers (one group per class of the "
                          f"statistics), got shape {g.shape} of {g.dtype}")
@@ -261,9 +261,9 @@ def coarsen(stats: xr.Dataset, groups: Any) -> xr.Dataset:
         raise ValueError(f"coarsen one statistics object at a time, not one stacked on "
                          f"{sorted(extra)} (take .isel of it)")
     if list(stats.attrs.get("filtered_classes", [])):
-        raise ValueError("cannot coarsen statistics computed with min_count (their filtered "
-                         "classes pool no longer); coarsen unfiltered statistics and pass "
-                         "min_count to measure")
+        raise ValueError("cannot coarsen statistics computed with min_count: their Σ_W and N "
+                         "leave out the filtered classes a group would pool; coarsen "
+                         "unfiltered statistics and pass min_count to measure")
     counts = np.asarray(to_numpy(stats["counts"].values)).astype(np.int64)
     G = int(g.max()) + 1 if K else 0
     gm = stats.attrs.get("global_mean", "unweighted")
