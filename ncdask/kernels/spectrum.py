@@ -73,17 +73,14 @@ def total_spectra(Sw: Any, Sb: Any, mean: Any, n_classes: int, n_rows: int, *,
       nonzero eigenvalues of Σ_T in decreasing order (≥ 0; NaN with fewer than two);
     - ``rankme = exp(−Σ p_k log p_k)``, ``p_k = σ_k / Σσ + 1e-7`` over the ``min(N, D)``
       singular values of the raw (uncentred) N×D embedding matrix, ``σ_k = √(N μ_k)`` from the
-      eigenvalues μ of the second moment; those under the cutoff count as 0, which a second
-      moment cannot tell apart from 0 (an SVD of the samples gives them ``≲ √(Dε) σ₁``)."""
+      eigenvalues μ of the second moment; μ under the cutoff (``σ ≲ √(Dε) σ₁``, which a second
+      moment does not resolve) counts as 0."""
     xp = array_namespace(Sw, Sb, mean)
     Sw, Sb, mean = xp.asarray(Sw), xp.asarray(Sb), xp.asarray(mean)
     out = [math.nan] * 3
-    finite = all(bool(xp.all(xp.isfinite(a))) for a in (Sw, Sb, mean))
-    if not finite:
+    if not all(bool(xp.all(xp.isfinite(a))) for a in (Sw, Sb, mean)):
         return xp.asarray(out, dtype=xp.float64)
-    D = Sw.shape[0]
-    St = Sw + Sb
-    St = (St + St.T) * 0.5
+    D, St = Sw.shape[0], (Sw + Sw.T + Sb + Sb.T) * 0.5
     with errstate(xp):
         if want[0] or want[1]:
             lam, V = xp.linalg.eigh(St)
@@ -95,10 +92,8 @@ def total_spectra(Sw: Any, Sb: Any, mean: Any, n_classes: int, n_rows: int, *,
             if want[1]:
                 out[1] = _power_law_decay(lam[keep][::-1], xp)
         if want[2]:
-            mu = xp.linalg.eigvalsh(St + mean[:, None] * mean[None, :])[::-1]
-            mu = mu[: min(int(n_rows), D)]
-            cut = pinv_cutoff(float(xp.max(xp.abs(mu))) if mu.shape[0] else 0.0, D,
-                              eps_dtype or St.dtype, xp)
+            mu = xp.linalg.eigvalsh(St + mean[:, None] * mean[None, :])[::-1][: min(n_rows, D)]
+            cut = pinv_cutoff(float(xp.max(xp.abs(mu))), D, eps_dtype or St.dtype, xp)
             s = xp.sqrt(xp.where(mu > cut, mu, 0.0))
             tot = float(xp.sum(s))
             if tot > 0:

@@ -615,7 +615,8 @@ METRICS: dict[str, Metric] = {
         "values of the raw (uncentred) embeddings, sigma_k = sqrt(N mu_k), mu the eigenvalues "
         "of the second moment Sigma_T + xbar xbar^T (those under D eps mu_1 count as 0)",
         GARRIDO, min_classes=1, within=True, compute=lambda ins: ins.spectra[2],
-        value_range="[1, min(N, D)], up to the 1e-7 added to each p_k", direction=None, cost=_SPECTRUM),
+        value_range="[1, min(N, D)], up to the 1e-7 added to each p_k", direction=None,
+        cost=_SPECTRUM),
     # head / tail breakdown (measure(..., by_frequency=n_bins))
     "nc1_cdnv_by_frequency": Metric(
         "NC1 CDNV within each class-count bin",
