@@ -5,7 +5,7 @@ covariance around the sample mean, ``np.linalg.pinv``, a ``polyfit`` and the SVD
 
 import numpy as np
 import pytest
-from dense_metrics import dense_spectra, split
+from dense_metrics import dense_spectra, raise_if_dask_computes, split
 
 import ncdask
 
@@ -25,7 +25,9 @@ def _data(K, D, n, seed=0, spread=2.0):
 def _measure(X, y, K, *, tile, chunks, global_mean="unweighted", names=SPECTRA):
     stats = ncdask.class_stats(split(X, y, K, chunks=chunks), global_mean=global_mean,
                                tile_size=tile)
-    res = ncdask.measure(stats, metrics=names, tile_size=tile).compute()
+    with raise_if_dask_computes():  # built lazily
+        res = ncdask.measure(stats, metrics=names, tile_size=tile)
+    res = res.compute()
     return {n: float(res[n]) for n in names}
 
 
@@ -125,3 +127,23 @@ def test_rankme_counts_min_n_d_singular_values():
     for name in SPECTRA:
         np.testing.assert_allclose(got[name], ref[name], rtol=1e-10, atol=1e-12)
     assert 1 < got["rankme"] <= 7 * (1 + 1e-5)
+
+
+def test_spectra_of_the_samples_the_statistics_pool():
+    """Rows labelled ``ignore_index`` and classes under class_stats' ``min_count`` are out of
+    Σ_W, of N and of x̄ alike: the reference on the rows left."""
+    rng = np.random.default_rng(7)
+    K, D = 6, 8
+    y = rng.integers(0, K, 300)
+    X = rng.normal(size=(300, D)) + y[:, None] * rng.normal(size=D)
+    y_ign = np.where(y == 2, -100, y)
+    with pytest.warns(ncdask.EmptyClassWarning):
+        st = ncdask.class_stats(split(X, y_ign, K, chunks=40), ignore_index=-100)
+    cases = [(st, y != 2)]
+    st = ncdask.class_stats(split(X, y, K, chunks=40), min_count=52)
+    cases.append((st, ~np.isin(y, st.attrs["filtered_classes"])))
+    for st, rows in cases:
+        res = ncdask.measure(st, metrics=["spectra"], tile_size=4).compute()
+        ref = dense_spectra(X[rows], y[rows])
+        for name in SPECTRA:
+            np.testing.assert_allclose(float(res[name]), ref[name], rtol=1e-10)
