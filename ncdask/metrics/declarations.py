@@ -60,6 +60,12 @@ WU = ("Wu & Papyan (2024), Linguistic collapse: neural collapse in (large) langu
 FANG = ("Fang, He, Long & Su (2021), Exploring deep neural networks via layer-peeled model: "
         "minority collapse in imbalanced training, PNAS 118(43)")
 ROY = "Roy & Vetterli (2007), The effective rank: a measure of effective dimensionality, EUSIPCO"
+XU = ("Xu & Liu (2023), Quantifying the variability collapse of neural networks, ICML "
+      "(arXiv:2306.03440)")
+AGRAWAL = ("Agrawal et al. (2022), alpha-ReQ: assessing representation quality in self-supervised "
+           "learning by measuring eigenspectrum decay, NeurIPS")
+GARRIDO = ("Garrido et al. (2023), RankMe: assessing the downstream performance of pretrained "
+           "self-supervised representations by their rank, ICML (arXiv:2210.02885)")
 
 
 @dataclass(frozen=True)
@@ -206,6 +212,16 @@ class Inputs:
         n = self.kept.counts[self.kept.present]
         return da.stack([like(da.asarray(np.nan if within and (n[b] < 2).all() else fn(b),
                                          dtype=np.float64), self.M) for b in self.bins])
+
+    @cached_property
+    def spectra(self) -> da.Array:
+        """``[vci, alpha_req, rankme]`` of ``Σ_T = Σ_W + Σ_B^f`` (NaN where not asked for):
+        Σ_B^f weighted by ``n_k/N`` around the sample mean of the classes measured, Σ_W as
+        stored (1/N; classes ``min_count`` leaves out here stay pooled in it, as in NC1)."""
+        n = self.kept.counts[self.kept.present].astype(np.float64)
+        want = tuple(m in self.todo for m in ("vci", "alpha_req", "rankme"))
+        return CF.total_spectra(self.M, self.Sw, row_weights(n / n.sum(), self.M),
+                                n_rows=int(n.sum()), want=want, eps_dtype=self.cls.eps_dtype)
 
     @cached_property
     def gram_M(self) -> da.Array:
@@ -425,6 +441,8 @@ _PAIRS = ("O(K^2 D) over class-tile pairs, in one fused graph with every pairwis
           "asked for (no K x K array)")
 _TEST = "one blocked pass over the test split, O(N_test K D): sample chunks x class tiles"
 _W = ("weights",)
+_SPECTRUM = ("from the class statistics: Sigma_B^f folded over the class tiles, O(K D^2), and "
+             "the eigenvalues of a D x D matrix, O(D^3)")
 
 METRICS: dict[str, Metric] = {
     "nc1_pinv": Metric(
@@ -590,6 +608,27 @@ METRICS: dict[str, Metric] = {
         compute=lambda ins: CF.effective_rank(
             ins.terms["WW"] if ins.terms is not None else CF.small_gram(ins.W), singular=True),
         value_range="[1, min(K, D)]", direction=None, cost=_GRAM),
+    "vci": Metric(
+        "variability collapse index",
+        "1 - tr(Sigma_T^+ Sigma_B^f) / min(D, K-1), Sigma_T = Sigma_W + Sigma_B^f the total "
+        "covariance, Sigma_B^f = sum_k (n_k/N)(mu_k - xbar)(mu_k - xbar)^T around the sample "
+        "mean xbar; pinv cutoff D eps lambda_1",
+        XU, within=True, compute=lambda ins: ins.spectra[0],
+        value_range="[0, 1]", direction=-1, cost=_SPECTRUM),
+    "alpha_req": Metric(
+        "power-law decay of the total covariance spectrum",
+        "-slope of the least-squares fit of log lambda_i on log i, lambda_1 >= lambda_2 >= ... "
+        "the eigenvalues of Sigma_T above D eps lambda_1 (NaN with fewer than two)",
+        AGRAWAL, min_classes=1, within=True, compute=lambda ins: ins.spectra[1],
+        value_range="[0, inf)", direction=None, cost=_SPECTRUM),
+    "rankme": Metric(
+        "RankMe smooth rank of the embeddings",
+        "exp(-sum_k p_k log p_k), p_k = sigma_k / sum sigma + 1e-7 over the min(N, D) singular "
+        "values of the raw (uncentred) embeddings, sigma_k = sqrt(N mu_k), mu the eigenvalues "
+        "of the second moment Sigma_T + xbar xbar^T (those under D eps mu_1 count as 0)",
+        GARRIDO, min_classes=1, within=True, compute=lambda ins: ins.spectra[2],
+        value_range="[1, min(N, D)], up to the 1e-7 added to each p_k", direction=None,
+        cost=_SPECTRUM),
     # head / tail breakdown (measure(..., by_frequency=n_bins))
     "nc1_cdnv_by_frequency": Metric(
         "NC1 CDNV within each class-count bin",
@@ -690,6 +729,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "nc5": ("nc5_ood_dev",),
     "interference": ("interference_mean", "interference_var"),
     "erank": ("erank_within", "erank_between", "erank_w"),
+    "spectra": ("vci", "alpha_req", "rankme"),
     "by_frequency": ("nc1_cdnv_by_frequency", "nc1_quot_by_frequency",
                      "nc1_pinv_by_frequency", "nc4_agree_by_frequency",
                      "cos_mean_by_frequency"),
