@@ -62,3 +62,12 @@ def test_tail_classes_squeezed_together_read_as_minority_collapse():
                          metrics="cos_mean_by_frequency").compute()
     head, tail = res.cos_mean_by_frequency.values
     assert tail > 0.9 and head < 0.1
+
+
+def test_cos_mean_is_a_selection_name():
+    X, y, K = _long_tail(seed=3)
+    stats = dense_stats(X, y, K, chunks=4)
+    res = ncdask.measure(stats, metrics=["Cos_Mean"], by_frequency=3).compute()
+    full = ncdask.measure(stats, metrics=["cos_mean_by_frequency"], by_frequency=3).compute()
+    assert "cos_mean_by_frequency" in res
+    np.testing.assert_array_equal(res.cos_mean_by_frequency, full.cos_mean_by_frequency)

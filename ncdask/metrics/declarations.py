@@ -733,6 +733,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "by_frequency": ("nc1_cdnv_by_frequency", "nc1_quot_by_frequency",
                      "nc1_pinv_by_frequency", "nc4_agree_by_frequency",
                      "cos_mean_by_frequency"),
+    "cos_mean": ("cos_mean_by_frequency",),  # minority collapse (with by_frequency=)
 }
 
 #: Metrics computed only when asked for through their own input (``by_frequency=``).
