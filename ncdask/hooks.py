@@ -361,7 +361,8 @@ def _batch_of(batch: Any, labels: bool) -> tuple[Any, Any]:
 
 
 def _write_batches(model: Any, loader: Iterable[Any], dev: Any,
-                   seen: dict[str | None, list[Any]], order: list[tuple[str, str]], stores: Mapping[str | None, Any],
+                   seen: dict[str | None, list[Any]], order: list[tuple[str, str]],
+                   stores: Mapping[str | None, Any],
                    specs: list[Spec], keys: Mapping[str | None, SetKey], *, split: str,
                    labels: bool, allow_nonfinite: bool, max_batches: int | None,
                    classifier: tuple[str | None, Any, list[str | None]]) -> dict[str | None, int]:
