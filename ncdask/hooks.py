@@ -392,8 +392,9 @@ def _write_batches(model: Any, loader: Iterable[Any], dev: Any,
                 for tag, mod_name, kind in specs:
                     dims[tag] = _check_width(stores[tag], keys[tag], mod_name, kind,
                                              int(seen[tag][0].shape[1]))
-                    stores[tag].create_set(**keys[tag].tags, dim=dims[tag],
-                                           depth=order.index((mod_name, kind)))
+                    if tag is not None:  # a layer: its depth orders sweeps over layers
+                        stores[tag].create_set(**keys[tag].tags, dim=dims[tag],
+                                               depth=order.index((mod_name, kind)))
                     if tag in targets and int(W.shape[1]) != dims[tag]:
                         raise ValueError(
                             f"classifier {clf_name!r} has {W.shape[1]} input features "
