@@ -480,10 +480,10 @@ def plot_equiseparation(result_or_fit: xr.Dataset, ax: Any = None, *, dim: str =
         one = fit.sel(at) if at else fit
         where = f"{other[0]}={at[other[0]]}: " if at else ""
         c = f"C{i % 10}"
-        ax.plot(x, host_float64(one["fuzziness"]), "o", color=c, label=f"{where}D_l")
+        ax.plot(x, host_float64(one["fuzziness"]), "o", color=c, label=None if at else "D_l")
         rho, r2, a = (float(one[k]) for k in ("rho", "r2", "intercept"))
         ax.plot(x, np.exp(a) * rho ** x, "-", color=c, lw=1,
-                label=f"{where}fit \u03c1 = {rho:.3g}, R\u00b2 = {r2:.3f}")
+                label=f"{where}\u03c1 = {rho:.3g}, R\u00b2 = {r2:.3f}")
     ax.set_yscale("log")
     ax.set_xticks(x, [str(v) for v in fit[dim].values],
                   rotation=45 if len(x) > 6 else 0)
