@@ -86,7 +86,7 @@ def main() -> None:
 
             plot_equiseparation(fit, path=args.png)
     out = {
-        "network": f"demo NumPy ReLU MLP 64-{'-'.join(map(str, demo.HIDDEN))}-{K}, "
+        "network": f"demo NumPy ReLU MLP, hidden {'-'.join(map(str, demo.HIDDEN))}, {K} classes, "
                    "digits 0-7 train split, captured as torch (float64)",
         "layers_by_depth": [str(v) for v in fit.layer.values],
         "epochs": [int(e) for e in fit.epoch.values],
