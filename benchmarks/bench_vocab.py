@@ -13,6 +13,9 @@ Cases (each generates its store in a temporary folder and deletes it):
     and the GEMM floor (``2·N·D²`` at this machine's dgemm rate), all
     measured in the same run.
 ``half``   K=128,256, D=4,096, N=500,000, float16 store (3.8 GiB): the same steps.
+``minority``  K=128,256, D=512, Zipf counts of N=1e6 labels, statistics saved to Zarr:
+    ``cos_mean_by_frequency`` over 10 bins, then ``measure(coarsen(stats, class % 17))``
+    (NC1, NC2 of 17 coarse classes); time and peak RSS of each.
 ``pairwise``  K=128,256, D=512: every pairwise metric (CDNV, the three
     GNC2 kernels, equinorm/equiangle/max-angle on the means and on W) from
     statistics saved to Zarr and reopened lazily; time over ``2·K²·D`` at the
@@ -26,7 +29,7 @@ array of means; the stored classifier is that code's K×D matrix.
 Every step runs in a fresh subprocess; peak RSS is that process's
 ``ru_maxrss``. Usage::
 
-    python benchmarks/bench_vocab.py                 # all three cases
+    python benchmarks/bench_vocab.py                 # all four cases
     python benchmarks/bench_vocab.py --cases stats --scale 0.1   # a quick, smaller run
     python benchmarks/bench_vocab.py --cases stats --weights lazy numpy float16
 """
@@ -188,6 +191,81 @@ def work_pair(out: str) -> dict:
             **{k: float(res[k]) for k in res.data_vars if res[k].ndim == 0}}
 
 
+MINORITY = dict(K=128_256, D=512, N=1_000_000, bins=10, groups=17)
+
+
+def work_minority_build(out: str, K: int, D: int, N: int) -> dict:
+    """Statistics with Zipf class counts from N labels (no samples: the metrics read only
+    the statistics), written tile by tile: random means plus a shared direction weighted
+    30/√n_k (rare classes pulled together: minority collapse), NaN for empty classes."""
+    import dask.array as da
+    import xarray as xr
+
+    import ncdask
+
+    counts = np.bincount(_labels(np.random.default_rng(0), N, K), minlength=K)
+    M = da.random.default_rng(0).standard_normal((K, D), chunks=(4096, D))
+    pull = da.from_array(30 / np.sqrt(np.maximum(counts, 1)), chunks=4096)
+    M = M + pull[:, None] * np.eye(1, D)
+    M = da.where(da.from_array(counts > 0, chunks=4096)[:, None], M, np.nan)
+    st = xr.Dataset(
+        {"counts": ("class", counts), "means": (("class", "feature"), M),
+         "global_mean": ("feature", da.nanmean(M, axis=0)),
+         "within_cov": (("feature", "feature_"), 0.1 * np.eye(D)),
+         "var_norms": ("class", da.where(da.from_array(counts > 0, chunks=4096), 0.1 * D,
+                                         np.nan)),
+         "n_samples": ((), np.int64(N))},
+        coords={"class": np.arange(K), "feature": np.arange(D), "feature_": np.arange(D)},
+        attrs={"n_classes": K, "dim": D, "global_mean": "unweighted",
+               "empty_classes": np.nonzero(counts == 0)[0].tolist()},
+    )
+    ncdask.save_stats(st, out)
+    return {"n_empty": int((counts == 0).sum())}
+
+
+def work_minority(out: str, bins: int) -> dict:
+    """``cos_mean_by_frequency`` (its graph alone) from the saved statistics."""
+    import ncdask
+
+    st = ncdask.load_stats(out)
+    t = time.perf_counter()
+    res = ncdask.measure(st, by_frequency=bins, metrics="cos_mean_by_frequency")
+    cos = res.cos_mean_by_frequency.compute()
+    return {"seconds": time.perf_counter() - t, "peak_mib": _peak_mib(),
+            "cos_mean_by_frequency": cos.values.tolist(),
+            "bin_max_count": res.bin_max_count.values.tolist()}
+
+
+def work_coarsen(out: str, groups: int) -> dict:
+    """``measure(coarsen(stats, class % groups))``: NC1 and NC2 of the coarse classes."""
+    import ncdask
+
+    st = ncdask.load_stats(out)
+    t = time.perf_counter()
+    coarse = ncdask.coarsen(st, np.arange(st.sizes["class"]) % groups)
+    res = ncdask.measure(coarse, metrics=["nc1_pinv", "nc2_etf_err"]).compute()
+    return {"seconds": time.perf_counter() - t, "peak_mib": _peak_mib(),
+            **{k: float(res[k]) for k in res.data_vars}}
+
+
+def run_minority(scale: float, tmp: Path) -> dict:
+    c = dict(MINORITY)
+    c["K"], c["N"] = int(c["K"] * scale), int(c["N"] * scale)
+    out = str(tmp / "minority-stats.zarr")
+    try:
+        build = sub("minority_build", out, str(c["K"]), str(c["D"]), str(c["N"]))
+        cos = sub("minority", out, str(c["bins"]))
+        coarse = sub("coarsen", out, str(c["groups"]))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return {"case": "minority", **c, "n_empty": build["n_empty"],
+            "cos_mean_s": cos["seconds"], "cos_mean_peak_mib": cos["peak_mib"],
+            "cos_mean_by_frequency": cos["cos_mean_by_frequency"],
+            "bin_max_count": cos["bin_max_count"], "coarsen_measure_s": coarse["seconds"],
+            "coarsen_peak_mib": coarse["peak_mib"],
+            "coarse_metrics": {k: v for k, v in coarse.items() if k.startswith("nc")}}
+
+
 def commit() -> str:
     """The commit of the ncdask checkout measured (``+`` when ``ncdask/`` has changes)."""
     import ncdask
@@ -258,12 +336,15 @@ def main() -> None:
               "io": lambda: work_io(a[0]), "gemm": lambda: work_gemm(int(a[0])),
               "stats": lambda: work_stats(a[0], a[1]), "measure": lambda: work_measure(*a),
               "pair_build": lambda: work_pair_build(a[0], int(a[1]), int(a[2])),
-              "pair": lambda: work_pair(a[0])}[step]
+              "pair": lambda: work_pair(a[0]),
+              "minority_build": lambda: work_minority_build(a[0], *map(int, a[1:])),
+              "minority": lambda: work_minority(a[0], int(a[1])),
+              "coarsen": lambda: work_coarsen(a[0], int(a[1]))}[step]
         print(json.dumps(fn()))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", nargs="+", default=["stats", "half", "pairwise"],
-                   choices=["stats", "half", "pairwise"])
+    p.add_argument("--cases", nargs="+", default=["stats", "half", "pairwise", "minority"],
+                   choices=["stats", "half", "pairwise", "minority"])
     p.add_argument("--weights", nargs="+", default=["lazy"], choices=["lazy", "numpy", "float16"],
                    help="how measure gets the classifier: dask, float64 NumPy, float16 NumPy")
     p.add_argument("--scale", type=float, default=1.0, help="multiply K and N (quick runs)")
@@ -273,8 +354,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ncdask-vocab-", dir=args.tmp))
     try:
         for case in args.cases:
-            rep = run_pairwise(args.scale, tmp) if case == "pairwise" else run_case(
-                case, args.scale, tmp, args.weights)
+            rep = (run_pairwise(args.scale, tmp) if case == "pairwise" else
+                   run_minority(args.scale, tmp) if case == "minority" else
+                   run_case(case, args.scale, tmp, args.weights))
             rep["commit"] = commit()
             print(json.dumps(rep), flush=True)
             if args.out:

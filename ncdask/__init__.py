@@ -15,7 +15,7 @@ _NAMES: dict[str, str] = {
              "SplitChangedError",
     "store.zarrio": "IncompleteOutputError DamagedOutputError",
     "store.check": "check_store",
-    "stats": "class_stats merge_stats save_stats load_stats EmptyClassWarning",
+    "stats": "class_stats merge_stats save_stats load_stats coarsen EmptyClassWarning",
     "accumulate": "StatsAccumulator",
     "sink": "StatsSink",
     "metrics.evaluate": "EvalAccumulator",
@@ -53,7 +53,14 @@ if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exp
     from ncdask.neco import nci_scores, neco_fit, neco_scores, ood_report, total_covariance
     from ncdask.results import open_results, save_results
     from ncdask.sink import StatsSink
-    from ncdask.stats import EmptyClassWarning, class_stats, load_stats, merge_stats, save_stats
+    from ncdask.stats import (
+        EmptyClassWarning,
+        class_stats,
+        coarsen,
+        load_stats,
+        merge_stats,
+        save_stats,
+    )
     from ncdask.store import (
         DamagedStoreError,
         DuplicateImportError,
@@ -95,7 +102,8 @@ def __dir__() -> list[str]:
 __all__ = [  # the same names as _NAMES, literally, for tools that read __all__
     "__version__", "EmbeddingStore", "StoreWriter", "resolve_split", "DuplicateImportError",
     "DamagedStoreError", "SplitChangedError", "IncompleteOutputError", "DamagedOutputError",
-    "check_store", "class_stats", "merge_stats", "save_stats", "load_stats", "EmptyClassWarning",
+    "check_store", "class_stats", "merge_stats", "save_stats", "load_stats", "coarsen",
+    "EmptyClassWarning",
     "StatsAccumulator", "StatsSink", "EvalAccumulator", "save_results", "open_results", "measure",
     "DegenerateInputWarning", "RieszRangeWarning", "equiseparation", "sweep", "analyze", "capture",
     "class_covariances", "class_nc1", "class_spectra", "total_covariance", "neco_fit",

@@ -86,6 +86,31 @@ def _erank(lam: np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
+def dense_spectra(X: np.ndarray, y: np.ndarray) -> dict:
+    """``vci``, ``alpha_req`` and ``rankme`` straight from the samples: the total covariance
+    around the sample mean, its pseudo-inverse (``np.linalg.pinv``, cutoff D eps sigma_1), a
+    ``polyfit`` of the log spectrum and the SVD of the raw embedding matrix."""
+    X = np.asarray(X, dtype=np.float64)
+    N, D = X.shape
+    xbar = X.mean(0)
+    St = (X - xbar).T @ (X - xbar) / N
+    classes = np.unique(y)
+    Sb = sum((y == k).mean() * np.outer(X[y == k].mean(0) - xbar, X[y == k].mean(0) - xbar)
+             for k in classes)
+    out = {}
+    if len(classes) > 1:
+        out["vci"] = 1 - np.trace(np.linalg.pinv(St, rcond=D * EPS, hermitian=True) @ Sb) / min(
+            D, len(classes) - 1)
+    lam = np.linalg.eigvalsh(St)[::-1]
+    lam = lam[lam > D * EPS * lam[0]]
+    out["alpha_req"] = (-np.polyfit(np.log(np.arange(1, lam.size + 1)), np.log(lam), 1)[0]
+                        if lam.size > 1 else np.nan)
+    p = np.linalg.svd(X, compute_uv=False)
+    p = p / p.sum() + 1e-7
+    out["rankme"] = np.exp(-(p * np.log(p)).sum())
+    return out
+
+
 def dense_metrics(
     X: np.ndarray,
     y: np.ndarray,
@@ -148,6 +173,7 @@ def dense_metrics(
         out["interference_mean"] = off.mean()
         out["interference_var"] = off.var()
         out["erank_within"] = _erank(np.linalg.eigvalsh(Sw))
+        out.update(dense_spectra(X, y))
         if Kp >= 2:
             out["erank_between"] = _erank(np.linalg.eigvalsh(Sb))
         if len(cos) > 1:
@@ -193,8 +219,10 @@ def dense_metrics(
             Sb_pinv = np.linalg.pinv(Sb, rcond=D * EPS)
         # class k's term of nc1_pinv: tr(Sigma_B^+ S_k) / (N K), S_k its scatter
         scat = [(X[y == k] - M[i]).T @ (X[y == k] - M[i]) for i, k in enumerate(pres)]
-        cd, qs, ag, ps = [], [], [], []
+        cd, qs, ag, ps, cm = [], [], [], [], []
         for bi in bins:
+            ub = u[bi] @ u[bi].T  # every ordered pair of the bin, enumerated
+            cm.append(ub[~np.eye(len(bi), dtype=bool)].mean() if len(bi) > 1 else np.nan)
             iu_b = np.triu_indices(len(bi), 1)
             d2b = ((M[bi][:, None] - M[bi][None]) ** 2).sum(-1)[iu_b]
             vb = ((v[bi][:, None] + v[bi][None]) / 2)[iu_b]
@@ -206,6 +234,7 @@ def dense_metrics(
                 ag.append((lin == ncc)[ok].mean())
         out["nc1_cdnv_by_frequency"], out["nc1_quot_by_frequency"] = np.array(cd), np.array(qs)
         out["nc1_pinv_by_frequency"] = np.array(ps)
+        out["cos_mean_by_frequency"] = np.array(cm)
         if ag:
             out["nc4_agree_by_frequency"] = np.array(ag)
     if X_ood is not None:

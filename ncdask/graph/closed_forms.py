@@ -16,6 +16,7 @@ from dask.array.utils import meta_from_array
 
 from ncdask.graph._reduce import fields, fold_rows
 from ncdask.kernels import closed_forms as C
+from ncdask.kernels import spectrum as SP
 
 
 def whole_block(x: da.Array) -> Any:
@@ -145,6 +146,19 @@ def small_gram(A: da.Array) -> da.Array:
 def effective_rank(G: da.Array, *, singular: bool = False) -> da.Array:
     """Lazy effective rank (0-d) of a small symmetric Gram matrix (one task, ``eigvalsh``)."""
     return delayed_array(C.gram_effective_rank, G, shape=(), like=G, singular=singular)
+
+
+def total_spectra(M: da.Array, Sw: da.Array, frac: da.Array, *, n_rows: int,
+                  want: tuple[bool, bool, bool], eps_dtype: Any = None) -> da.Array:
+    """Lazy ``[vci, alpha_req, rankme]`` (:func:`ncdask.kernels.spectrum.total_spectra`) from
+    the class means ``M`` (K×D, class tiles), ``Σ_W`` and the class weights ``frac = n_k/N``.
+    The sample mean ``x̄ = Σ_k f_k μ_k`` and ``Σ_B^f = Σ_k f_k (μ_k − x̄)(μ_k − x̄)ᵀ`` are
+    folded over the tiles (D×D, no K×K array); then one task."""
+    xbar = (M * frac[:, None]).sum(axis=0).rechunk(-1)
+    dev = M - xbar[None, :]
+    Sb = gram(dev * frac[:, None], dev)
+    return delayed_array(SP.total_spectra, Sw, Sb, xbar, M.shape[0], n_rows, want=want,
+                         eps_dtype=eps_dtype, shape=(3,), like=M)
 
 
 def interference(Mc: da.Array, terms: dict[str, da.Array] | None = None) -> da.Array:

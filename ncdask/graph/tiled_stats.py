@@ -6,6 +6,7 @@ arrays fit the budget; else **pipelined passes over class groups**: stage ``s`` 
 
 from __future__ import annotations
 
+import functools
 import operator
 from typing import Any
 
@@ -17,7 +18,14 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from ncdask.graph._reduce import READ_LAG, THROTTLE_BYTES, n_chains, row_keys, throttled
+from ncdask.graph._reduce import (
+    READ_LAG,
+    THROTTLE_BYTES,
+    fold_rows,
+    n_chains,
+    row_keys,
+    throttled,
+)
 from ncdask.graph._reduce import chains as fold_chains
 from ncdask.graph.closed_forms import nc1_values
 from ncdask.kernels import tiled_stats as KT
@@ -308,6 +316,28 @@ def merge_tiled(
         lo += n
     D = Ma.shape[1]
     return assemble(per_group, groups, D, max(tiles), Ma.dtype, Ma._meta, global_mean)
+
+
+def coarsen_tiled(
+    means: da.Array, var_norms: da.Array, counts: np.ndarray, groups: np.ndarray,
+    n_groups: int, *, global_mean: str, split_every: int = 8,
+) -> dict[str, da.Array]:
+    """The statistics of the groups ``groups`` (K ints in ``[0, n_groups)``) of the classes from
+    their ``means``, ``var_norms`` and ``counts``: one :func:`~ncdask.kernels.tiled_stats.
+    coarse_state` per class tile, merged in a tree (n_groups×D partials, no K×D task).
+    ``within_cov`` is the scatter of the class means about their group means over N only:
+    the classes' own Σ_W is the caller's to add."""
+    tiles = means.chunks[0]
+    blocks = [means.rechunk({1: -1}), var_norms.rechunk((tiles,)),
+              da.from_array(counts, chunks=(tiles,)), da.from_array(groups, chunks=(tiles,))]
+    red = Reduction(chunk=functools.partial(KT.coarse_state, n_groups=n_groups),
+                    combine=KT.merge_many, finalize=KT.finish)
+    fin = fold_rows(red, *blocks, split_every=split_every, token=n_groups,
+                    prefix="ncdask-coarsen")
+    part = {"means": [(fin["means"], n_groups)],
+            **{k: fin[k] for k in ("var_norms", "scatter", "terms")}}
+    return assemble([part], [(0, n_groups)], means.shape[1], min(max(tiles), n_groups),
+                    means.dtype, means._meta, global_mean)
 
 
 def _one_class_labels(yo: Any, ignore_index: int | None) -> Any:

@@ -53,3 +53,61 @@ def effective_rank(eigenvalues: Any) -> Any:
         h = -xp.sum(xp.where(p > 0, p * xp.log(xp.where(p > 0, p, 1.0)), 0.0), axis=1)
         er = xp.exp(h)
         return xp.where(tot > 0, er, xp.where(xp.isnan(tot), math.nan, 0.0))
+
+
+#: RankMe's ε, added to each normalised singular value (Garrido et al. 2023).
+RANKME_EPS = 1e-7
+
+
+def total_spectra(Sw: Any, Sb: Any, mean: Any, n_classes: int, n_rows: int, *,
+                  want: tuple[bool, bool, bool] = (True, True, True),
+                  eps_dtype: Any = None) -> Any:
+    """``[vci, alpha_req, rankme]`` (NaN where not in ``want`` or undefined) of the total
+    covariance ``Σ_T = Σ_W + Σ_B^f`` (``Sb`` the frequency-weighted between-class covariance
+    around the sample mean ``mean``; both 1/N). One eigendecomposition of Σ_T serves the first
+    two, one of the second moment ``Σ_T + x̄x̄ᵀ`` the third. An eigenvalue counts as nonzero
+    above torch's pinv cutoff ``D ε λ₁`` (ε of ``eps_dtype``), as in ``nc1_pinv``:
+
+    - ``vci = 1 − tr(Σ_T⁺ Σ_B^f) / min(D, K−1)``;
+    - ``alpha_req = −slope`` of the least-squares line of ``log λ_i`` on ``log i`` over the
+      nonzero eigenvalues of Σ_T in decreasing order (≥ 0; NaN with fewer than two);
+    - ``rankme = exp(−Σ p_k log p_k)``, ``p_k = σ_k / Σσ + 1e-7`` over the ``min(N, D)``
+      singular values of the raw (uncentred) N×D embedding matrix, ``σ_k = √(N μ_k)`` from the
+      eigenvalues μ of the second moment; μ under the cutoff (``σ ≲ √(Dε) σ₁``, which a second
+      moment does not resolve) counts as 0."""
+    xp = array_namespace(Sw, Sb, mean)
+    Sw, Sb, mean = xp.asarray(Sw), xp.asarray(Sb), xp.asarray(mean)
+    out = [math.nan] * 3
+    if not all(bool(xp.all(xp.isfinite(a))) for a in (Sw, Sb, mean)):
+        return xp.asarray(out, dtype=xp.float64)
+    D, St = Sw.shape[0], (Sw + Sw.T + Sb + Sb.T) * 0.5
+    with errstate(xp):
+        if want[0] or want[1]:
+            lam, V = xp.linalg.eigh(St)
+            keep = lam > pinv_cutoff(float(xp.max(xp.abs(lam))), D, eps_dtype or St.dtype, xp)
+            if want[0] and n_classes > 1 and bool(xp.any(keep)):
+                q = xp.sum((Sb @ V) * V, axis=0)
+                tr = float(xp.sum(xp.where(keep, q / xp.where(keep, lam, 1.0), 0.0)))
+                out[0] = 1.0 - tr / min(D, n_classes - 1)
+            if want[1]:
+                out[1] = _power_law_decay(lam[keep][::-1], xp)
+        if want[2]:
+            mu = xp.linalg.eigvalsh(St + mean[:, None] * mean[None, :])[::-1][: min(n_rows, D)]
+            cut = pinv_cutoff(float(xp.max(xp.abs(mu))), D, eps_dtype or St.dtype, xp)
+            s = xp.sqrt(xp.where(mu > cut, mu, 0.0))
+            tot = float(xp.sum(s))
+            if tot > 0:
+                p = s / tot + RANKME_EPS
+                out[2] = math.exp(-float(xp.sum(p * xp.log(p))))
+    return xp.asarray(out, dtype=xp.float64)
+
+
+def _power_law_decay(lam: Any, xp: Any) -> float:
+    """``−slope`` of ``log λ_i`` against ``log i`` (least squares), λ decreasing and positive."""
+    r = int(lam.shape[0])
+    if r < 2:
+        return math.nan
+    x = xp.log(xp.arange(1, r + 1, dtype=xp.float64))
+    y = xp.log(lam)
+    x, y = x - xp.mean(x), y - xp.mean(y)
+    return -float(xp.sum(x * y)) / float(xp.sum(x * x))

@@ -206,6 +206,30 @@ def from_stats(counts: Any, means: Any, var_norms: Any, scatter: Any) -> State:
             "scatter": xp.array(scatter, dtype=means.dtype, copy=True)}
 
 
+def coarse_state(means: Any, var_norms: Any, counts: Any, groups: Any, *, n_groups: int) -> State:
+    """A centred state over ``n_groups`` groups from a tile of finished class statistics
+    (class ``k`` in group ``groups[k]``), for :func:`merge`: per group the count ``Σ n_k``, the
+    shift ``c_g`` (the tile's count-weighted mean of its classes),
+    ``m2 = Σ n_k (v_k + ‖μ_k − c_g‖²)`` and the scatter ``Σ n_k (μ_k − c_g)(μ_k − c_g)ᵀ``
+    of the class means about their group's (the classes' own Σ_W is the caller's)."""
+    xp = array_namespace(means)
+    n = xp.asarray(counts).astype(xp.int64)
+    g = xp.asarray(groups).astype(xp.int64)
+    have = n > 0
+    nf = n.astype(means.dtype)
+    mu = xp.where(have[:, None], means, 0.0)
+    cnt = xp.rint(xp.bincount(g, weights=n, minlength=n_groups)).astype(xp.int64)
+    shift = class_sums(mu * nf[:, None], g, n_groups)
+    shift /= xp.where(cnt > 0, cnt, 1).astype(means.dtype)[:, None]
+    d = mu - shift[g]
+    m2 = nf * (xp.where(have, xp.asarray(var_norms), 0.0) + xp.einsum("ij,ij->i", d, d))
+    scatter = xp.zeros((means.shape[1],) * 2, dtype=means.dtype)
+    scatter_add(scatter, d * xp.sqrt(nf)[:, None], xp)
+    return {"counts": cnt, "shift": shift, "sums": xp.zeros_like(shift),
+            "m2": xp.bincount(g, weights=m2, minlength=n_groups).astype(means.dtype),
+            "scatter": scatter}
+
+
 def group_means(counts: Any, sums: Any) -> Any:
     """Means from dense counts and sums (NaN rows for empty classes)."""
     xp = array_namespace(sums)

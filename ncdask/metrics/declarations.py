@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import dask.array as da
@@ -57,7 +57,15 @@ AMMAR = ("Ammar et al. (2024), NECO: NEural Collapse based Out-of-distribution d
          "(arXiv:2310.06823)")
 WU = ("Wu & Papyan (2024), Linguistic collapse: neural collapse in (large) language models, "
       "NeurIPS (arXiv:2405.17767)")
+FANG = ("Fang, He, Long & Su (2021), Exploring deep neural networks via layer-peeled model: "
+        "minority collapse in imbalanced training, PNAS 118(43)")
 ROY = "Roy & Vetterli (2007), The effective rank: a measure of effective dimensionality, EUSIPCO"
+XU = ("Xu & Liu (2023), Quantifying the variability collapse of neural networks, ICML "
+      "(arXiv:2306.03440)")
+AGRAWAL = ("Agrawal et al. (2022), alpha-ReQ: assessing representation quality in self-supervised "
+           "learning by measuring eigenspectrum decay, NeurIPS")
+GARRIDO = ("Garrido et al. (2023), RankMe: assessing the downstream performance of pretrained "
+           "self-supervised representations by their rank, ICML (arXiv:2210.02885)")
 
 
 @dataclass(frozen=True)
@@ -206,6 +214,16 @@ class Inputs:
                                          dtype=np.float64), self.M) for b in self.bins])
 
     @cached_property
+    def spectra(self) -> da.Array:
+        """``[vci, alpha_req, rankme]`` of ``Σ_T = Σ_W + Σ_B^f`` (NaN where not asked for):
+        Σ_B^f weighted by ``n_k/N`` around the sample mean of the classes measured, Σ_W as
+        stored (1/N; classes ``min_count`` leaves out here stay pooled in it, as in NC1)."""
+        n = self.kept.counts[self.kept.present].astype(np.float64)
+        want = tuple(m in self.todo for m in ("vci", "alpha_req", "rankme"))
+        return CF.total_spectra(self.M, self.Sw, row_weights(n / n.sum(), self.M),
+                                n_rows=int(n.sum()), want=want, eps_dtype=self.cls.eps_dtype)
+
+    @cached_property
     def gram_M(self) -> da.Array:
         """A Gram matrix of the centred means: ``MᵀM`` of the tile fold when K > D, else K×K."""
         return self.terms["MM"] if self.terms is not None else CF.small_gram(self.Mc)
@@ -342,6 +360,16 @@ def _pinv_shares(ins: Inputs) -> da.Array:
     return da.where(ins.per_bin(lambda idx: 0.0, within=True) == 0, shares, np.nan)
 
 
+def _cos_mean_of(U: da.Array, idx: np.ndarray) -> Any:
+    """Mean cosine over the ordered pairs ``i ≠ j`` of the bin's rows of ``U`` (unit centred
+    means): ``(‖Σ u_k‖² − Σ ‖u_k‖²) / (C(C−1))``, no pair visited; NaN below two classes."""
+    if idx.size < 2:
+        return np.nan
+    u = take_rows(U, idx)
+    s = u.sum(axis=0)
+    return ((s * s).sum() - (u * u).sum()) / (idx.size * (idx.size - 1.0))
+
+
 def _agree_of(ins: Inputs, idx: np.ndarray) -> Any:
     hits, n_test = ins.agreement
     cls = ins.kept.present[idx]
@@ -413,6 +441,8 @@ _PAIRS = ("O(K^2 D) over class-tile pairs, in one fused graph with every pairwis
           "asked for (no K x K array)")
 _TEST = "one blocked pass over the test split, O(N_test K D): sample chunks x class tiles"
 _W = ("weights",)
+_SPECTRUM = ("from the class statistics: Sigma_B^f folded over the class tiles, O(K D^2), and "
+             "the eigenvalues of a D x D matrix, O(D^3)")
 
 METRICS: dict[str, Metric] = {
     "nc1_pinv": Metric(
@@ -578,6 +608,27 @@ METRICS: dict[str, Metric] = {
         compute=lambda ins: CF.effective_rank(
             ins.terms["WW"] if ins.terms is not None else CF.small_gram(ins.W), singular=True),
         value_range="[1, min(K, D)]", direction=None, cost=_GRAM),
+    "vci": Metric(
+        "variability collapse index",
+        "1 - tr(Sigma_T^+ Sigma_B^f) / min(D, K-1), Sigma_T = Sigma_W + Sigma_B^f the total "
+        "covariance, Sigma_B^f = sum_k (n_k/N)(mu_k - xbar)(mu_k - xbar)^T around the sample "
+        "mean xbar; pinv cutoff D eps lambda_1",
+        XU, within=True, compute=lambda ins: ins.spectra[0],
+        value_range="[0, 1]", direction=-1, cost=_SPECTRUM),
+    "alpha_req": Metric(
+        "power-law decay of the total covariance spectrum",
+        "-slope of the least-squares fit of log lambda_i on log i, lambda_1 >= lambda_2 >= ... "
+        "the eigenvalues of Sigma_T above D eps lambda_1 (NaN with fewer than two)",
+        AGRAWAL, min_classes=1, within=True, compute=lambda ins: ins.spectra[1],
+        value_range="[0, inf)", direction=None, cost=_SPECTRUM),
+    "rankme": Metric(
+        "RankMe smooth rank of the embeddings",
+        "exp(-sum_k p_k log p_k), p_k = sigma_k / sum sigma + 1e-7 over the min(N, D) singular "
+        "values of the raw (uncentred) embeddings, sigma_k = sqrt(N mu_k), mu the eigenvalues "
+        "of the second moment Sigma_T + xbar xbar^T (those under D eps mu_1 count as 0)",
+        GARRIDO, min_classes=1, within=True, compute=lambda ins: ins.spectra[2],
+        value_range="[1, min(N, D)], up to the 1e-7 added to each p_k", direction=None,
+        cost=_SPECTRUM),
     # head / tail breakdown (measure(..., by_frequency=n_bins))
     "nc1_cdnv_by_frequency": Metric(
         "NC1 CDNV within each class-count bin",
@@ -607,6 +658,16 @@ METRICS: dict[str, Metric] = {
         PAPYAN, needs=("weights", "test", "by_frequency"), per_bin=True, min_classes=1,
         compute=lambda ins: ins.per_bin(lambda idx: _agree_of(ins, idx)),
         value_range="[0, 1]", direction=1, cost=_TEST),
+    "cos_mean_by_frequency": Metric(
+        "minority collapse: mean cosine between the centred class means of each "
+        "class-count bin",
+        "mean over i != j in the bin of u_i . u_j = (||sum_{k in bin} u_k||^2 - C) / (C(C-1)), "
+        "C classes in the bin (NaN if C < 2), u_k = m~_k / (||m~_k|| + eps), m~_k = mu_k - "
+        "mu_G centred on the global mean of NC2 (closed form, no pair visited)",
+        FANG, needs=("by_frequency",), per_bin=True,
+        compute=lambda ins: ins.per_bin(partial(_cos_mean_of, CF.normalized(ins.Mc))),
+        value_range="[-1/(C-1), 1]", direction=None,
+        cost="O(K D) from the class statistics: one sum of unit means per bin"),
     # per-class companions
     "mean_norms": Metric(
         "norm of the centred class mean", "||m~_k|| = ||mu_k - mu_G||", PAPYAN,
@@ -668,8 +729,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "nc5": ("nc5_ood_dev",),
     "interference": ("interference_mean", "interference_var"),
     "erank": ("erank_within", "erank_between", "erank_w"),
+    "spectra": ("vci", "alpha_req", "rankme"),
     "by_frequency": ("nc1_cdnv_by_frequency", "nc1_quot_by_frequency",
-                     "nc1_pinv_by_frequency", "nc4_agree_by_frequency"),
+                     "nc1_pinv_by_frequency", "nc4_agree_by_frequency",
+                     "cos_mean_by_frequency"),
 }
 
 #: Metrics computed only when asked for through their own input (``by_frequency=``).

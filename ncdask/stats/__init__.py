@@ -3,6 +3,7 @@
 from ncdask.stats.api import class_stats
 from ncdask.stats.core import (
     EmptyClassWarning,
+    coarsen,
     labelled_stats,
     load_stats,
     merge_stats,
@@ -12,6 +13,7 @@ from ncdask.stats.core import (
 __all__ = [
     "EmptyClassWarning",
     "class_stats",
+    "coarsen",
     "labelled_stats",
     "load_stats",
     "merge_stats",

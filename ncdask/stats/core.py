@@ -15,7 +15,7 @@ from ncdask._validate import NcdaskStoreError, check_count, split_classes
 from ncdask._version import __version__
 from ncdask.errors import warn
 from ncdask.graph.pairwise import default_tile_size
-from ncdask.graph.tiled_stats import class_tiled_stats, merge_tiled
+from ncdask.graph.tiled_stats import class_tiled_stats, coarsen_tiled, merge_tiled
 from ncdask.kernels._xp import array_namespace, to_numpy
 from ncdask.store.zarrio import open_dataset, write_dataset
 
@@ -206,6 +206,74 @@ def merge_stats(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     arrays = merge_tiled(parts(a, na), parts(b, nb), na, nb, global_mean=gm)
     attrs = {} if ii is None else {"ignore_index": ii}
     return labelled_stats(arrays, na + nb, global_mean=gm, attrs=attrs)
+
+
+def coarsen(stats: xr.Dataset, groups: Any) -> xr.Dataset:
+    """The statistics of the coarse problem whose classes are groups of ``stats``' classes,
+    exactly and lazily, without a pass over the samples.
+
+    Equal to :func:`class_stats` of the same samples labelled ``groups[y]``: group counts
+    ``n_g = Σ_{k∈g} n_k``, means ``μ_g = Σ_{k∈g} n_k μ_k / n_g``, variance norms
+    ``v_g = Σ_{k∈g} n_k (v_k + ‖μ_k − μ_g‖²) / n_g`` and
+    ``Σ_W' = Σ_W + (1/N) Σ_k n_k (μ_k − μ_{g(k)})(μ_k − μ_{g(k)})ᵀ``, the within-group
+    scatter of the class means (N unchanged); the unweighted global mean becomes the mean of
+    the group means. Every metric then measures the coarse classes (hierarchical collapse):
+    ``measure(coarsen(stats, groups))``; a classifier must then have one row per group.
+
+    Parameters
+    ----------
+    stats : xarray.Dataset
+        From :func:`class_stats`, :func:`load_stats` or :func:`merge_stats`, without
+        ``min_count`` (coarsen unfiltered statistics and pass ``min_count`` to measure).
+    groups : array-like of int
+        The group of each class (token → part of speech, class → superclass): K integers
+        in ``[0, G)``. A group without classes, or with empty ones only, is an empty class of
+        the result (NaN mean, :class:`EmptyClassWarning`).
+
+    Returns
+    -------
+    xarray.Dataset
+        G classes; attrs kept, ``fine_classes`` = K added. Variables other than those of
+        :func:`class_stats` are not carried. No K×K or K×D task: one G×D partial per class
+        tile, merged exactly (Chan).
+
+    Examples
+    --------
+    >>> import numpy as np, ncdask
+    >>> rng = np.random.default_rng(0)
+    >>> s = ncdask.EmbeddingStore.from_arrays(
+    ...     "memory://coarsen-doc", {"train": (rng.normal(size=(60, 3)), np.arange(60) % 4)},
+    ...     overwrite=True)
+    >>> st = ncdask.coarsen(ncdask.class_stats(s, "train"), [0, 1, 0, 1])
+    >>> st.counts.values.tolist()
+    [30, 30]
+    """
+    K = int(stats.sizes["class"])
+    g = to_numpy(groups.data if isinstance(groups, xr.DataArray) else groups)
+    if g.shape != (K,) or not np.issubdtype(g.dtype, np.integer):
+        raise ValueError(f"groups must be {K} integers (one group per class of the "
+                         f"statistics), got shape {g.shape} of {g.dtype}")
+    if K and g.min() < 0:
+        raise ValueError(f"groups must be >= 0, got {int(g.min())} for class "
+                         f"{int(np.argmin(g))}")
+    extra = set(stats.dims) - {"class", "feature", "feature_"}
+    if extra:
+        raise ValueError(f"coarsen one statistics object at a time, not one stacked on "
+                         f"{sorted(extra)} (take .isel of it)")
+    if list(stats.attrs.get("filtered_classes", [])):
+        raise ValueError("cannot coarsen statistics computed with min_count: their Σ_W and N "
+                         "leave out the filtered classes a group would pool; coarsen "
+                         "unfiltered statistics and pass min_count to measure")
+    counts = np.asarray(to_numpy(stats["counts"].values)).astype(np.int64)
+    G = int(g.max()) + 1 if K else 0
+    gm = stats.attrs.get("global_mean", "unweighted")
+    arrays = coarsen_tiled(_dask(stats["means"].data), _dask(stats["var_norms"].data),
+                           counts, g.astype(np.int64), G, global_mean=gm)
+    arrays["within_cov"] = _dask(stats["within_cov"].data) + arrays["within_cov"]
+    n_g = np.bincount(g, weights=counts, minlength=G).round().astype(np.int64)
+    out = labelled_stats(arrays, n_g, global_mean=gm, attrs=dict(stats.attrs))
+    out.attrs["fine_classes"] = K
+    return out
 
 
 def save_stats(
