@@ -21,6 +21,7 @@ _NAMES: dict[str, str] = {
     "metrics.evaluate": "EvalAccumulator",
     "results": "save_results open_results",
     "metrics": "measure DegenerateInputWarning RieszRangeWarning",
+    "metrics.separation": "equiseparation",
     "sweeps": "sweep",
     "analysis": "analyze",
     "hooks": "capture",
@@ -48,6 +49,7 @@ if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; __all__ exp
     from ncdask.hooks import capture
     from ncdask.metrics.api import DegenerateInputWarning, RieszRangeWarning, measure
     from ncdask.metrics.evaluate import EvalAccumulator
+    from ncdask.metrics.separation import equiseparation
     from ncdask.neco import nci_scores, neco_fit, neco_scores, ood_report, total_covariance
     from ncdask.results import open_results, save_results
     from ncdask.sink import StatsSink
@@ -103,7 +105,7 @@ __all__ = [  # the same names as _NAMES, literally, for tools that read __all__
     "check_store", "class_stats", "merge_stats", "save_stats", "load_stats", "coarsen",
     "EmptyClassWarning",
     "StatsAccumulator", "StatsSink", "EvalAccumulator", "save_results", "open_results", "measure",
-    "DegenerateInputWarning", "RieszRangeWarning", "sweep", "analyze", "capture",
+    "DegenerateInputWarning", "RieszRangeWarning", "equiseparation", "sweep", "analyze", "capture",
     "class_covariances", "class_nc1", "class_spectra", "total_covariance", "neco_fit",
     "neco_scores", "nci_scores", "ood_report",
 ]

@@ -146,6 +146,8 @@ def capture(model: Any, loader: Iterable[Any],
     """Record the input or output of named modules of a model into a store.
 
     One pass in eval mode without gradients; hooks and flags are restored on errors too.
+    A set made here records its depth (where its tensor comes in the forward): sweeps over
+    layers follow the model's order.
 
     Parameters
     ----------
@@ -214,9 +216,9 @@ def capture(model: Any, loader: Iterable[Any],
     _ranks_wait_for_each_other(torch)
 
     dev = torch.device(device) if device is not None else _model_device(model)
-    with _hooked(model, modules, specs, transform) as seen:
+    with _hooked(model, modules, specs, transform) as (seen, order):
         dims = _write_batches(
-            model, loader, dev, seen, stores, specs, keys, split=split,
+            model, loader, dev, seen, order, stores, specs, keys, split=split,
             labels=labels, allow_nonfinite=allow_nonfinite, max_batches=max_batches,
             classifier=(classifier, W, targets))
     for tag in targets:
@@ -294,8 +296,9 @@ def _refuse_rows_already_there(stores: Mapping[str | None, Any],
 @contextlib.contextmanager
 def _hooked(model: Any, modules: Mapping[str | None, Any], specs: list[Spec],
             transform: Callable[[Any], Any] | None) -> Any:
-    """Forward hooks that copy what each module sees into ``seen[tag]``; the model in eval
-    mode meanwhile. Hooks removed and train/eval flags restored afterwards, also on errors."""
+    """Forward hooks that copy what each module sees into ``seen[tag]`` and list each module's
+    input and output in the order of the first forward (their depth); the model in eval mode
+    meanwhile. Hooks removed and train/eval flags restored afterwards, also on errors."""
     try:
         import cupy
     except ImportError:
@@ -318,14 +321,26 @@ def _hooked(model: Any, modules: Mapping[str | None, Any], specs: list[Spec],
         return post
 
     modes = {m: m.training for m in model.modules()}
+    names = {id(m): n for n, m in model.named_modules()}
+    order: list[tuple[str, str]] = []  # (module, "input" | "output") in the first forward
+
+    def note(kind: str) -> Callable[..., None]:
+        def hook(module: Any, *_: Any) -> None:
+            if not order or order[-1] != ("", "output"):  # the model's own output ends it
+                order.append((names.get(id(module), "?"), kind))
+        return hook
+
     handles = []
     try:
         for tag, _, kind in specs:
             fn = hook_for(tag, kind)
             handles.append(modules[tag].register_forward_pre_hook(fn) if kind == "input"
                            else modules[tag].register_forward_hook(fn))
+        for m in model.modules():
+            handles += [m.register_forward_pre_hook(note("input")),
+                        m.register_forward_hook(note("output"))]
         model.eval()
-        yield seen
+        yield seen, order
     finally:
         for h in handles:
             h.remove()
@@ -346,7 +361,8 @@ def _batch_of(batch: Any, labels: bool) -> tuple[Any, Any]:
 
 
 def _write_batches(model: Any, loader: Iterable[Any], dev: Any,
-                   seen: dict[str | None, list[Any]], stores: Mapping[str | None, Any],
+                   seen: dict[str | None, list[Any]], order: list[tuple[str, str]],
+                   stores: Mapping[str | None, Any],
                    specs: list[Spec], keys: Mapping[str | None, SetKey], *, split: str,
                    labels: bool, allow_nonfinite: bool, max_batches: int | None,
                    classifier: tuple[str | None, Any, list[str | None]]) -> dict[str | None, int]:
@@ -376,6 +392,9 @@ def _write_batches(model: Any, loader: Iterable[Any], dev: Any,
                 for tag, mod_name, kind in specs:
                     dims[tag] = _check_width(stores[tag], keys[tag], mod_name, kind,
                                              int(seen[tag][0].shape[1]))
+                    if tag is not None:  # a layer: its depth orders sweeps over layers
+                        stores[tag].create_set(**keys[tag].tags, dim=dims[tag],
+                                               depth=order.index((mod_name, kind)))
                     if tag in targets and int(W.shape[1]) != dims[tag]:
                         raise ValueError(
                             f"classifier {clf_name!r} has {W.shape[1]} input features "

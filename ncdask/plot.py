@@ -14,6 +14,7 @@ import xarray as xr
 
 from ncdask.metrics.declarations import METRICS
 from ncdask.metrics.inputs import host_float64
+from ncdask.metrics.separation import equiseparation
 
 #: Metrics drawn by :func:`plot_metrics` by default, in this order, when present.
 HEADLINE = ("nc1_pinv", "nc1_cdnv", "nc1_quot", "nc2_etf_err", "nc2_equinorm", "nc2_max_angle",
@@ -450,10 +451,52 @@ def plot_per_class(results: xr.Dataset, var: str = "mean_norms", *,
     return _save(fig, path)
 
 
+def plot_equiseparation(result_or_fit: xr.Dataset, ax: Any = None, *, dim: str = "layer",
+                        path: str | Path | None = None) -> Any:
+    """The separation fuzziness ``D_l`` of each layer on a log axis against depth, with the
+    fitted geometric law ``D_l = e^a ρ^l`` (ρ and R² in the legend).
+
+    Parameters
+    ----------
+    result_or_fit : xarray.Dataset
+        A sweep over layers with ``nc1_pinv``, or :func:`ncdask.equiseparation` of one; a
+        second dim (``epoch``) draws one series per entry.
+    ax : matplotlib Axes, optional
+    dim : str, default "layer"
+    path : str or Path, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fit = result_or_fit if "rho" in result_or_fit else equiseparation(result_or_fit, dim)
+    fit = fit.compute()
+    dim = fit.attrs.get("dim", dim)
+    fig, ax = _figure(ax, (5.0, 3.4))
+    other = [d for d in fit["fuzziness"].dims if d != dim]
+    series = [{}] if not other else [{other[0]: v} for v in fit[other[0]].values]
+    x = fit["depth"].values
+    for i, at in enumerate(series):
+        one = fit.sel(at) if at else fit
+        where = f"{other[0]}={at[other[0]]}: " if at else ""
+        c = f"C{i % 10}"
+        ax.plot(x, host_float64(one["fuzziness"]), "o", color=c, label=None if at else "D_l")
+        rho, r2, a = (float(one[k]) for k in ("rho", "r2", "intercept"))
+        ax.plot(x, np.exp(a) * rho ** x, "-", color=c, lw=1,
+                label=f"{where}\u03c1 = {rho:.3g}, R\u00b2 = {r2:.3f}")
+    ax.set_yscale("log")
+    ax.set_xticks(x, [str(v) for v in fit[dim].values],
+                  rotation=45 if len(x) > 6 else 0)
+    ax.set(xlabel=f"{dim} (by depth)", ylabel="D_l = tr(\u03a3_W \u03a3_B\u207a)",
+           title="equi-separation across layers")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
 __all__ = [
-    "plot_metrics", "plot_gram", "plot_per_class", "collapse_direction", "cosine_spread",
-    "log_spaced", "y_limits", "HEADLINE", "SWEEP_DIMS", "COLLAPSE_DIRECTION", "ACCURACY",
-    "MIN_DECADES",
+    "plot_metrics", "plot_gram", "plot_per_class", "plot_equiseparation", "collapse_direction",
+    "cosine_spread", "log_spaced", "y_limits", "HEADLINE", "SWEEP_DIMS", "COLLAPSE_DIRECTION",
+    "ACCURACY", "MIN_DECADES",
 ]
 
 

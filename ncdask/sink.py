@@ -61,6 +61,7 @@ class StatsSink:
         self._eval: dict[SetKey, Any] = {}
         self._eval_rows: dict[tuple[str, SetKey], int] = {}
         self._clf: dict[SetKey, tuple[Any, Any]] = {}
+        self._depth: dict[SetKey, int] = {}
 
     # the part of the EmbeddingStore interface that capture uses
     def splits(self, *, layer: str | None = None, epoch: int | None = None) -> list[str]:
@@ -131,6 +132,16 @@ class StatsSink:
             self._eval[key] = EvalAccumulator(self._acc[train].result(), W, b,
                                               allow_nonfinite=allow_nonfinite)
         return self._eval[key]
+
+    def create_set(self, *, layer: str | None = None, epoch: int | None = None,
+                   dim: int | None = None, depth: int | None = None) -> int | None:
+        """Record a set's ``depth`` in its model (its statistics come with its first batch)."""
+        if depth is not None:
+            self._depth.setdefault(SetKey(layer, epoch), int(depth))
+        return dim
+
+    def depth(self, *, layer: str | None = None, epoch: int | None = None) -> int | None:
+        return self._depth.get(SetKey(layer, epoch))
 
     def set_classifier(self, W: Any, b: Any = None, *, layer: str | None = None,
                        epoch: int | None = None) -> None:

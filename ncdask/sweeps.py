@@ -71,7 +71,8 @@ def sweep(
     layer, epoch : optional
         Keep only the sets with this tag (the one not swept).
     order : sequence, optional
-        The coordinates to keep, in this order; default every set, sorted.
+        The coordinates to keep, in this order; default every set, sorted (layers by their
+        depth in the model where :func:`ncdask.capture` recorded it, else by name).
     use_classifier : bool, default True
         Measure each set with its own stored classifier.
     stats_kwargs : mapping, optional
@@ -118,7 +119,7 @@ def sweep(
             f"sweep takes no {bad}: each set is measured with its own stored classifier "
             "and splits"
         )
-    items, coords = _ordered(_matching_sets(store, dims, fixed, split), dims, order)
+    items, coords, axes = _ordered(_matching_sets(store, dims, fixed, split), dims, order)
     sk = dict(stats_kwargs or {})
     if out is not None:
         if len(dims) != 1:
@@ -128,7 +129,7 @@ def sweep(
         return _incremental(items, coords, dims[0], out, split, test, ood, use_classifier,
                             sk, measure_kwargs, fixed, cache)
     res = _measure_sets(items, coords, dims, split, test, ood, use_classifier, sk,
-                        measure_kwargs, fixed, order, cache, backend)
+                        measure_kwargs, fixed, axes, cache, backend)
     return res.compute() if compute else res
 
 
@@ -179,9 +180,23 @@ def _matching_sets(store: Any, dims: list[str], fixed: dict[str, Any],
     return found
 
 
+def _depths(found: Found, dims: list[str]) -> dict[str, int]:
+    """Each swept layer's depth in its model (:func:`ncdask.capture` records it); empty
+    unless every set has one (sets of an older ncdask: sorted by name)."""
+    out: dict[str, int] = {}
+    for key, st in found.items() if "layer" in dims else ():
+        d = st.depth(**key.tags) if hasattr(st, "depth") else None
+        if d is None:
+            return {}
+        out.setdefault(key.layer, d)
+    return out
+
+
 def _ordered(found: Found, dims: list[str], order: Sequence[Any] | None
-             ) -> tuple[list[tuple[EmbeddingStore, SetKey]], list[tuple[Any, ...]]]:
-    """The sets and their coordinates, in ``order`` or sorted by coordinate."""
+             ) -> tuple[list[tuple[EmbeddingStore, SetKey]], list[tuple[Any, ...]],
+                        dict[str, list[Any]] | None]:
+    """The sets and their coordinates, in ``order`` or sorted by coordinate (layers by depth
+    where recorded), and without ``order`` each dim's coordinates in that order."""
     items = [(st, key) for key, st in found.items()]
     coords = [tuple(getattr(key, d) for d in dims) for _, key in items]
     if order is not None:
@@ -190,16 +205,23 @@ def _ordered(found: Found, dims: list[str], order: Sequence[Any] | None
         if missing:
             raise ValueError(f"order names {missing}, which have no set; sets: {coords}")
         idx = [coords.index(w) for w in wanted]
-    else:
-        idx = sorted(range(len(items)), key=lambda i: tuple(_sort_key(v) for v in coords[i]))
-    return [items[i] for i in idx], [coords[i] for i in idx]
+        return [items[i] for i in idx], [coords[i] for i in idx], None
+    depth = _depths(found, dims)
+
+    def rank(d: str, v: Any) -> tuple[Any, ...]:
+        return (0, depth[v], v) if d == "layer" and depth else _sort_key(v)
+
+    idx = sorted(range(len(items)), key=lambda i: tuple(map(rank, dims, coords[i])))
+    axes = {d: sorted({c[j] for c in coords}, key=lambda v, d=d: rank(d, v))
+            for j, d in enumerate(dims)}
+    return [items[i] for i in idx], [coords[i] for i in idx], axes
 
 
 def _measure_sets(
     items: list[tuple[EmbeddingStore, SetKey]], coords: list[tuple[Any, ...]],
     dims: list[str], split: str, test: str | None, ood: str | None, use_classifier: bool,
     sk: dict[str, Any], measure_kwargs: dict[str, Any], fixed: dict[str, Any],
-    order: Sequence[Any] | None, cache: bool, backend: str = "numpy",
+    axes: dict[str, list[Any]] | None, cache: bool, backend: str = "numpy",
 ) -> xr.Dataset:
     """The lazy sweep of the sets ``items`` at ``coords`` (see :func:`sweep`)."""
     train = measure_kwargs.get("by_frequency") is not None  # each bin's share of nc1_pinv
@@ -217,7 +239,7 @@ def _measure_sets(
         )
         res = res.set_index(set=dims).unstack("set")
         res = res.transpose(*dims, ...)
-        res = res.sortby(dims) if order is None else res
+        res = res.sel(axes) if axes else res
     attrs.update(split=split, sweep_over=dims[0] if len(dims) == 1 else list(dims), **fixed)
     urls = sorted({st.url for st, _ in items})
     attrs["store"] = urls[0] if len(urls) == 1 else urls

@@ -167,15 +167,15 @@ def test_epoch_and_layer_sweep_match_per_set_measurements(mem_url):
     assert res.nc1_quot.values[-1] < res.nc1_quot.values[0]
 
     lay = sweep(s, over="layer", epoch=2, metrics=["nc1_quot", "nc3_dual_err"], compute=True)
-    assert lay.layer.values.tolist() == ["fc_in", "hidden"]
+    assert lay.layer.values.tolist() == ["hidden", "fc_in"]  # the model's order
     one = ncdask.measure(ncdask.class_stats(s.split("train", layer="hidden", epoch=2)),
                          metrics=["nc1_quot"]).compute()
     np.testing.assert_allclose(lay.nc1_quot.sel(layer="hidden"), one.nc1_quot, rtol=1e-12)
     # "hidden" has no classifier: its classifier metrics are NaN, fc_in's are not
     assert np.isnan(lay.nc3_dual_err.sel(layer="hidden"))
     assert np.isfinite(lay.nc3_dual_err.sel(layer="fc_in"))
-    assert sweep(s, over="layer", epoch=2, order=["hidden", "fc_in"],
-                 metrics=["nc1_quot"]).layer.values.tolist() == ["hidden", "fc_in"]
+    assert sweep(s, over="layer", epoch=2, order=["fc_in", "hidden"],
+                 metrics=["nc1_quot"]).layer.values.tolist() == ["fc_in", "hidden"]
 
     grid = sweep(s, over=("layer", "epoch"), metrics=["nc1_quot"], compute=True)
     assert grid.nc1_quot.dims == ("layer", "epoch") and grid.nc1_quot.shape == (2, 3)
@@ -240,7 +240,7 @@ def test_layers_of_different_widths_in_one_store(mem_url):
         # the layer sweep measures each set with its own width
         for v in m_r.data_vars:
             np.testing.assert_allclose(res[v].sel(layer=lay), m_r[v], rtol=1e-6, atol=1e-9)
-    assert res.layer.values.tolist() == ["fc_in", "x_in"]
+    assert res.layer.values.tolist() == ["x_in", "fc_in"]  # the model's order
     assert np.isnan(res.nc3_dual_err.sel(layer="x_in"))
 
     # a set keeps its width: recording another module under the same name is refused
@@ -276,7 +276,7 @@ def test_flattening_into_one_store(mem_url):
     np.testing.assert_array_equal(s.split("train", layer="pooled").embeddings.values,
                                   s.split("train", layer="fc_in").embeddings.values)
     res = sweep(s, over="layer", metrics=["nc1_quot"], compute=True)
-    assert res.layer.values.tolist() == ["conv", "fc_in", "pooled"]
+    assert res.layer.values.tolist() == ["conv", "pooled", "fc_in"]  # the model's order
     one = ncdask.measure(ncdask.class_stats(s.split("train", layer="conv")),
                          metrics=["nc1_quot"]).compute()
     np.testing.assert_allclose(res.nc1_quot.sel(layer="conv"), one.nc1_quot, rtol=1e-12)

@@ -46,6 +46,8 @@ CHUNK_BYTES = 64 * 2**20
 DELETED_ATTR = "ncdask_deleted"
 #: The set attribute naming the group that holds the set's current classifier.
 CLASSIFIER_ATTR = "ncdask_classifier"
+#: A set's depth in its model (the order of its tensor in the forward), recorded at creation.
+DEPTH_ATTR = "ncdask_depth"
 #: Dask config key choosing how concurrent writers of one split are kept apart.
 WRITERS_KEY = "ncdask.writers"
 
@@ -305,9 +307,10 @@ class Core:
         return auto_chunk_rows(dim, self.dtype) if auto else self.chunk_rows
 
     # ----------------------------------------------------------------- sets
-    def set_group(self, key: SetKey, create: bool = False,
-                  layout: dict | None = None) -> zarr.Group | None:
-        """A set's group (None if missing); ``create`` makes it, with ``layout`` if given."""
+    def set_group(self, key: SetKey, create: bool = False, layout: dict | None = None,
+                  depth: int | None = None) -> zarr.Group | None:
+        """A set's group (None if missing); ``create`` makes it, with ``layout`` and ``depth``
+        if given."""
         if not key.path:
             return self.group
         try:
@@ -322,7 +325,8 @@ class Core:
             parent = put_once(self.group, f"layer={key.layer}",
                               lambda g: g.create_group(f"layer={key.layer}", attributes=top))
         name = key.path.rsplit("/", 1)[-1]
-        attrs = {"ncdask_set": key.tags, **({"ncdask_layout": layout} if layout else {})}
+        attrs = {"ncdask_set": key.tags, **({"ncdask_layout": layout} if layout else {}),
+                 **({DEPTH_ATTR: int(depth)} if depth is not None else {})}
         return put_once(parent, name, lambda g: g.create_group(name, attributes=attrs))
 
     def layout(self, sg: zarr.Group) -> tuple[int, int] | None:
@@ -337,18 +341,26 @@ class Core:
             return self.dim, self.chunk_rows  # written before sets had their own widths
         return None
 
+    def depth(self, key: SetKey) -> int | None:
+        """The set's recorded depth (None: none recorded, e.g. a set of an older ncdask)."""
+        sg = self.set_group(key)
+        d = None if sg is None else sg.attrs.get(DEPTH_ATTR)
+        return None if d is None else int(d)
+
     def known_dim(self, key: SetKey) -> int | None:
         sg = self.set_group(key)
         lay = None if sg is None else self.layout(sg)
         return None if lay is None else lay[0]
 
-    def require_set(self, key: SetKey, dim: int,
-                    chunk_rows: int | None = None) -> tuple[zarr.Group, int, int]:
-        """The set's group and ``(dim, chunk_rows)``, recorded on its first write."""
+    def require_set(self, key: SetKey, dim: int, chunk_rows: int | None = None,
+                    depth: int | None = None) -> tuple[zarr.Group, int, int]:
+        """The set's group and ``(dim, chunk_rows)``, recorded on its first write (with
+        ``depth`` if given)."""
         dim = int(dim)
         rows = int(chunk_rows) if chunk_rows is not None else self.chunk_rows_for(dim)
         # created with its width: concurrent first writers agree or are refused
-        sg = self.set_group(key, create=True, layout={"dim": dim, "chunk_rows": rows})
+        sg = self.set_group(key, create=True, layout={"dim": dim, "chunk_rows": rows},
+                            depth=depth)
         lay = self.layout(sg)
         if lay is None:  # a set created empty by an older ncdask
             sg.attrs["ncdask_layout"] = {"dim": dim, "chunk_rows": rows}

@@ -206,9 +206,12 @@ class EmbeddingStore:
                 f"D={self.dim} sets={len(self.sets())} splits={self.splits()}>")
 
     def create_set(self, *, layer: str | None = None, epoch: int | None = None,
-                   dim: int | None = None, chunk_rows: int | None = None) -> int:
+                   dim: int | None = None, chunk_rows: int | None = None,
+                   depth: int | None = None) -> int:
         """Create a set (tagged with ``layer`` and/or ``epoch``) of width ``dim``; return it.
-        ``dim`` defaults to the store's; again with the same ``dim`` (or None) is a no-op."""
+        ``dim`` defaults to the store's; again with the same ``dim`` (or None) is a no-op.
+        ``depth``, the set's position in its model (:func:`ncdask.capture` records it), orders
+        sweeps over layers; it is kept only by the call that creates the set."""
         self.core.require_writable()
         if layer is None and epoch is None:
             raise ValueError("create_set needs layer= or epoch= (the default set has the "
@@ -219,7 +222,11 @@ class EmbeddingStore:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if chunk_rows is not None and int(chunk_rows) < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-        return self.core.require_set(key, dim, chunk_rows)[1]
+        return self.core.require_set(key, dim, chunk_rows, depth)[1]
+
+    def depth(self, *, layer: str | None = None, epoch: int | None = None) -> int | None:
+        """The set's depth in its model as :func:`ncdask.capture` recorded it (None: none)."""
+        return self.core.depth(SetKey(layer, epoch))
 
     def dim_of(self, *, layer: str | None = None, epoch: int | None = None) -> int:
         """The width D of one set; a KeyError if nothing was written to it yet."""
