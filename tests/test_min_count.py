@@ -68,7 +68,7 @@ def test_measure_min_count_on_unfiltered_stats():
     ref = dense_metrics(X[kept], y[kept], K, W=W, b=b)
     res = res.compute()
     # Σ_W is the statistics' own (it pools the filtered classes' samples)
-    sigma_w = {"nc1_pinv", "nc1_svd", "nc1_quot", "erank_within"}
+    sigma_w = {"nc1_pinv", "nc1_svd", "nc1_quot", "erank_within", "vci", "alpha_req", "rankme"}
     for key, val in ref.items():
         if key not in sigma_w:
             np.testing.assert_allclose(res[key].values, val, rtol=1e-8, atol=1e-7, err_msg=key)
