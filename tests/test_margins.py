@@ -133,7 +133,7 @@ def test_the_kernel_on_a_cupy_like_array():
 @pytest.mark.parametrize("budget", [2**20])
 def test_task_peak_with_margins_within_budget(monkeypatch, budget):
     """A decision task with the margin columns holds no more than the budget (the cosines
-    are n×T, the norms one more n×D while summed: no N×K array)."""
+    are one more n×T beside the scores: no N×K array)."""
     peaks = []
     orig = DG._decision_task
 

@@ -53,7 +53,7 @@ def rows_per_block(tile_size: int, dim: int, *, budget: int | str | None = None,
     """Sample rows per NC4 block so that a task on a ``tile_size``-class tile fits ``budget``
     (with ``margins``, the :data:`~ncdask.kernels.decisions.MARGIN` columns too)."""
     budget = resolve_budget(budget)
-    per_row = ITEMSIZE * ((3 if margins else 2) * dim + tile_size + ROW_EXTRA)
+    per_row = ITEMSIZE * (2 * dim + (2 if margins else 1) * tile_size + ROW_EXTRA)  # cosines: n×T
     return max(1, (budget - _tile_bytes(tile_size, dim)) // per_row)
 
 

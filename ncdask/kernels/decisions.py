@@ -29,7 +29,8 @@ def decision_tile(X: Any, mG: Any, W: Any, b: Any, Mc: Any, gidx: Any, pos: Any 
     and the tile's centred means ``Mc``: two GEMMs, no difference tensor. ``gidx`` are the tile's
     class indices; with ``ncc=False`` the NCC columns are 0. Returns ``(n, 1, 4)``, columns
     :data:`DECISION`; ties go to the smallest class index. With ``pos``, each sample's class
-    index (−1: none), a third GEMM adds the :data:`MARGIN` columns: ``(n, 1, 6)``."""
+    index (−1: none), the :data:`MARGIN` columns from the classifier's GEMM (``x̃ · w_k =
+    x · w_k − mG · w_k``, so no third GEMM): ``(n, 1, 6)``."""
     xp = array_namespace(X, W, Mc)
     mG, b, gidx = xp.asarray(mG), xp.asarray(b), xp.asarray(gidx)
     n = X.shape[0]
@@ -38,15 +39,15 @@ def decision_tile(X: Any, mG: Any, W: Any, b: Any, Mc: Any, gidx: Any, pos: Any 
         return out
     with errstate(xp):
         lin = X @ W.T
+        Xc = X - mG[None, :] if ncc or pos is not None else None
+        if pos is not None:
+            _margin_columns(lin - (W @ mG)[None, :], Xc, W, xp.asarray(pos) - gidx[0], out, xp)
         lin += b[None, :]
         i_lin = xp.argmax(lin, axis=1)
         r = xp.arange(n)
         out[:, 0, 0] = lin[r, i_lin]
         del lin
         out[:, 0, 1] = gidx[i_lin]
-        Xc = X - mG[None, :] if ncc or pos is not None else None
-        if pos is not None:
-            _margin_columns(Xc, W, xp.asarray(pos) - gidx[0], out, xp)
         if not ncc:
             out[:, 0, 2:4] = 0
             return out
@@ -59,13 +60,13 @@ def decision_tile(X: Any, mG: Any, W: Any, b: Any, Mc: Any, gidx: Any, pos: Any 
     return out
 
 
-def _margin_columns(Xc: Any, W: Any, local: Any, out: Any, xp: Any) -> None:
-    """Fill the :data:`MARGIN` columns of ``out`` from ``cos(x̃_i, w_k)`` over the tile
-    (each norm clamped at 1e-8, as ``torch.nn.functional.cosine_similarity``); ``local``:
-    each sample's true class within the tile (outside ``[0, T)``: not in it)."""
+def _margin_columns(cos: Any, Xc: Any, W: Any, local: Any, out: Any, xp: Any) -> None:
+    """Fill the :data:`MARGIN` columns of ``out`` from ``cos(x̃_i, w_k)`` over the tile, given
+    the dot products ``cos`` = ``x̃_i · w_k`` (overwritten; each norm clamped at 1e-8, as
+    ``torch.nn.functional.cosine_similarity``); ``local``: each sample's true class within the
+    tile (outside ``[0, T)``: not in it)."""
     n, T = Xc.shape[0], W.shape[0]
-    xn = xp.maximum(xp.sqrt(xp.sum(Xc * Xc, axis=1)), 1e-8)
-    cos = Xc @ W.T
+    xn = xp.maximum(xp.sqrt(xp.einsum("ij,ij->i", Xc, Xc)), 1e-8)
     cos /= xn[:, None]
     cos /= xp.maximum(xp.sqrt(xp.sum(W * W, axis=1)), 1e-8)[None, :]
     r = xp.arange(n)
