@@ -46,6 +46,16 @@ def test_a_hit_reads_no_chunk_and_appends_read_only_theirs(tmp_path, reads):
     grown = ncdask.class_stats(s, "train", cache=True).compute()
     assert reads["embeddings"] == 3  # chunks 10, 11, 12: nothing read twice
     assert_stats_equal(grown, ncdask.class_stats(s, "train").compute())
+    assert sorted(_rows_read(s)) == [250, 1000]  # each entry records the rows it read
+
+
+def _rows_read(s):
+    """``rows_read`` of every statistics-cache entry of ``s``."""
+    import json
+    from pathlib import Path
+
+    metas = Path(s.url).rglob(".ncdask-stats/*/zarr.json")
+    return [json.loads(m.read_text())["attributes"]["ncdask_cache"]["rows_read"] for m in metas]
 
 
 def test_new_shards_are_merged_in(tmp_path, reads):

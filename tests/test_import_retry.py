@@ -220,6 +220,29 @@ def test_truncated_npz_members_are_errors_not_hangs(tmp_path, mem_url, capsys):
     assert not (tmp_path / "cli.zarr").exists()  # found before the store was created
 
 
+def test_npy_files_are_read_in_blocks_not_mapped(tmp_path, mem_url):
+    """A mapped .npy file's pages count in the importer's RSS up to the file's size (20 GB
+    at LC's scale): blocks are read, and a truncated file is refused before any write."""
+    import mmap
+
+    from ncdask.store.files import iter_saved_arrays
+
+    xa, ya, X, y = _files(tmp_path)
+    blocks = list(iter_saved_arrays(xa, ya, rows=64))
+    for xb, yb in blocks:
+        for a in (xb, yb):
+            while a is not None:
+                assert not isinstance(a, (np.memmap, mmap.mmap))
+                a = getattr(a, "base", None)
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in blocks]), X)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in blocks]), y)
+    (tmp_path / "cutX.npy").write_bytes((tmp_path / "aX.npy").read_bytes()[:-8])
+    s = ncdask.EmbeddingStore.create(mem_url(), K, D, chunk_rows=64)
+    with pytest.raises(ValueError, match="cutX.npy: the file ends before the 200 rows"):
+        s.import_files("train", str(tmp_path / "cutX.npy"), ya)
+    assert s.splits() == []
+
+
 def test_create_never_deletes_a_folder_it_did_not_write(tmp_path, capsys):
     from ncdask.cli import main
 

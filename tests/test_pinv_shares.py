@@ -160,6 +160,33 @@ def test_a_small_budget_splits_tiles_and_row_blocks():
     np.testing.assert_array_equal(sums[1].compute(), np.bincount(y, minlength=K))
 
 
+def test_each_row_block_feeds_one_task_so_it_is_freed_after_its_tiles():
+    """Per-tile trees over the row blocks kept every block alive until the last tile's tree
+    reached it: 10.5 GB at N=1M, K=50,257, D=1,024 (the whole train split at N=10M). A
+    block's tiles must meet in one task first."""
+    from dask.core import get_dependencies
+
+    K, D = 20, 16
+    X, y = _problem(K, D, seed=6)
+    stats = dense_stats(X, y, K)
+    M = da.from_array(stats["means"].values, chunks=(K, -1))
+    L, s = SG.pinv_factor(M - M.mean(0), da.from_array(stats["within_cov"].values))
+    sums = SG.class_pinv_sums(da.from_array(X, chunks=(len(y), -1)), da.from_array(y), M,
+                              L, s, lookup=np.arange(K), budget=2 * 8 * (6 * D + D * D))
+    graph = dict(sums.__dask_graph__())
+    tiles = [k for k in graph if isinstance(k, tuple) and "class_quadratic" in k[0]]
+    users = {}
+    for k in graph:
+        for dep in get_dependencies(graph, k):
+            users.setdefault(dep, set()).add(k)
+    by_block = {}
+    for k in tiles:
+        by_block.setdefault(k[1], set()).update(users[k])
+    assert len(by_block) > 10 and len({k[3] for k in tiles}) == 4  # blocks × 4 tiles
+    assert all(len(u) == 1 for u in by_block.values())
+    np.testing.assert_array_equal(sums[1].compute(), np.bincount(y, minlength=K))
+
+
 def test_a_sweep_takes_one_train_split_per_item():
     X, y = _problem(8, 5, seed=7)
     X2 = 1.5 * X

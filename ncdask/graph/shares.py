@@ -79,4 +79,7 @@ def class_pinv_sums(X: da.Array, y: da.Array, M: da.Array, L: da.Array, sign: da
             new_axes={"c": 2}, adjust_chunks={"i": 1}, dtype=np.float64,
             meta=meta_from_array(M, ndim=3, dtype=np.float64), concatenate=True,
         )
-    return parts.sum(axis=0, split_every=split_every)
+    # a sample block's tiles joined first: each block is read once and freed, where separate
+    # trees per tile would keep every block alive until the last tile's tree reached it
+    return parts.rechunk({2: -1}).sum(axis=0, split_every=split_every).rechunk(
+        {1: M.chunks[0]})

@@ -36,7 +36,8 @@ from ncdask.store.zarrio import (
     recorded_digests,
 )
 
-#: Attribute of a cached statistics store: its :class:`MemoKey` and when it was written.
+#: Attribute of a cached statistics store: its :class:`MemoKey`, when it was written and the
+#: embedding rows its pass read (``rows_read``: the appended rows alone on an update).
 CACHE_ATTR = "ncdask_cache"
 #: Superseded cache entries are deleted once older than this (a reader may hold one lazily).
 PRUNE_AFTER_S = 3600.0
@@ -199,22 +200,27 @@ def _cached_stats(store: EmbeddingStore, g: Any, split: str, set_key: SetKey,
             fresh = core.compute_stats(_new_rows(parts, old.rows(), store.url), n_classes=K,
                                        **{k: v for k, v in options.items() if k != "min_count"})
         out = core.merge_stats(cached, fresh)
+        read = sum(key.rows().values()) - sum(old.rows().values())
     else:
         ds = store.split(split, **set_key.tags)
         if int(ds.attrs["n_committed"]) != sum(k for _, k in parts):  # parts only grow
             return cached_stats(store, split, set_key, options)  # rows came since: new key
         out = core.compute_stats(ds, **options)
-    return _keep(out, store, g, key, entries, damaged)
+        read = sum(key.rows().values())
+    return _keep(out, store, g, key, entries, damaged, read)
 
 
 def _keep(out: xr.Dataset, store: EmbeddingStore, g: Any, key: MemoKey,
-          entries: list[tuple[str, MemoKey, dict]], damaged: list[str]) -> xr.Dataset:
-    """Write ``out`` as a new cache entry and return it read back (``out`` itself when the
-    store cannot be written); remove the key's long superseded and its damaged entries."""
+          entries: list[tuple[str, MemoKey, dict]], damaged: list[str],
+          read: int) -> xr.Dataset:
+    """Write ``out`` as a new cache entry (recording the ``read`` rows its pass read) and
+    return it read back (``out`` itself when the store cannot be written); remove the key's
+    long superseded and its damaged entries."""
     so = store.core.storage_options
     url = f"{_folder(store, g)}/{key.prefix}{owner_tag()}"
     marked = out.copy()
-    marked.attrs = {**out.attrs, CACHE_ATTR: {"key": key.attr(), "written": time.time()}}
+    marked.attrs = {**out.attrs, CACHE_ATTR: {"key": key.attr(), "written": time.time(),
+                                              "rows_read": int(read)}}
     try:
         _require_folder(url, so)
         core.save_stats(marked, url, storage_options=so)

@@ -53,7 +53,7 @@ def _pick(names: list[str], keys: tuple[str, ...], what: str, path: str, hint: s
 @contextlib.contextmanager
 def _opened(X_path: str, y_path: str | None, labels: bool) -> Iterator[tuple[Any, Any]]:
     """The embeddings and labels (None: unlabelled) of saved files, checked to pair up:
-    memory maps of ``.npy`` files, streams of ``.npz`` members."""
+    streams of ``.npy`` files and of ``.npz`` members."""
     if X_path.endswith(".npz"):
         if y_path is not None:
             raise ValueError("an .npz file holds its own labels; do not pass y_path")
@@ -72,8 +72,25 @@ def _opened(X_path: str, y_path: str | None, labels: bool) -> Iterator[tuple[Any
         raise ValueError(f"{X_path}: an .npy embeddings file needs a labels file (y_path)")
     if not labels and y_path is not None:
         raise ValueError(f"{X_path}: labels file {y_path} given for unlabelled data")
-    yield _paired(np.load(X_path, mmap_mode="r"),
-                  np.load(str(y_path), mmap_mode="r") if labels else None, X_path, y_path)
+    with open(X_path, "rb") as fx, (open(str(y_path), "rb") if labels
+                                    else contextlib.nullcontext()) as fy:
+        yield _paired(_npy_file(fx, X_path), None if fy is None else _npy_file(fy, str(y_path)),
+                      X_path, y_path)
+
+
+def _npy_file(f: IO[bytes], path: str) -> Any:
+    """An ``.npy`` file read in blocks, not mapped: a mapped file's pages count in the
+    importer's resident memory up to the file's size. Fortran-ordered files are mapped."""
+    try:
+        s = _NpyStream(f)
+    except ValueError as e:
+        if "Fortran" not in str(e):
+            raise ValueError(f"{path}: {e}") from None
+        return np.load(path, mmap_mode="r")
+    if f.tell() + s.shape[0] * s.row_items * s.dtype.itemsize > os.path.getsize(path):
+        raise ValueError(f"{path}: the file ends before the {s.shape[0]} rows its header "
+                         "promises (a truncated or damaged file)")
+    return s
 
 
 def _labels_file(X_path: str, y_path: str | Path | None) -> str:
@@ -93,7 +110,7 @@ def _paired(X: Any, y: Any, path: str, y_path: str | None = None) -> tuple[Any, 
 
 
 def _blocks(a: Any, rows: int, path: str) -> Iterator[np.ndarray]:
-    """Blocks of at most ``rows`` rows of a memory map or a member stream."""
+    """Blocks of at most ``rows`` rows of a memory map or a stream."""
     done, n = 0, a.shape[0]
     while done < n:
         if isinstance(a, _NpyStream):
