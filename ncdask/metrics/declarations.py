@@ -469,7 +469,7 @@ _PAIRS = ("O(K^2 D) over class-tile pairs, in one fused graph with every pairwis
           "asked for (no K x K array)")
 _TEST = "one blocked pass over the test split, O(N_test K D): sample chunks x class tiles"
 _W = ("weights",)
-_MARGIN = ("in the NC4 pass over the test split, from the classifier's GEMM: O(N_test K) more; "
+_MARGIN = ("in the NC4 pass over the test split, sharing the classifier GEMM: O(N_test K) more; "
            "per sample the true and the best other cosine, merged over class tiles")
 _SPECTRUM = ("from the class statistics: Sigma_B^f folded over the class tiles, O(K D^2), and "
              "the eigenvalues of a D x D matrix, O(D^3)")
