@@ -171,3 +171,32 @@ def test_cli_out_replaces_its_own_kind_only_with_overwrite(tmp_path, capsys):
         assert "--overwrite" in capsys.readouterr().err
         assert main([*cmd, "--out", target, "--overwrite", "-q"]) == 0
     assert ncdask.load_stats(str(tmp_path / "st.zarr")).sizes["class"] == K
+
+
+@pytest.mark.parametrize("meanwhile", ["results", "user folder"])
+def test_what_appears_at_the_path_during_a_write_is_kept(tmp_path, monkeypatch, meanwhile):
+    """Two `analyze --out` at once, or a folder made while results are written: the path is
+    checked again before the swap, so the later writer refuses instead of replacing it."""
+    from ncdask.store import zarrio
+
+    res = measure(_stats(0), metrics=["nc1"]).compute()
+    target = tmp_path / "r.zarr"
+    seal = zarrio._seal
+
+    def other_writer_first(*args, **kwargs):
+        seal(*args, **kwargs)
+        monkeypatch.setattr(zarrio, "_seal", seal)  # the other writer seals normally
+        if meanwhile == "results":
+            ncdask.save_results(res, str(target))
+        else:
+            target.mkdir()
+            (target / "mine.txt").write_text("only copy")
+
+    monkeypatch.setattr(zarrio, "_seal", other_writer_first)
+    with pytest.raises(FileExistsError):
+        ncdask.save_results(res, str(target))
+    if meanwhile == "results":
+        assert float(ncdask.open_results(str(target)).nc1_pinv) == float(res.nc1_pinv)
+    else:
+        assert (target / "mine.txt").read_text() == "only copy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]  # no staging left

@@ -189,6 +189,8 @@ def write_dataset(ds: xr.Dataset, url: str, *, kind: str, overwrite: bool = Fals
                 out.to_zarr(tmp_url, mode="w-", consolidated=False,
                             storage_options=storage_options, encoding=_encoding(out))
             _seal(tmp_url, storage_options)
+            # again: another writer, or the user, may have put something there meanwhile
+            check_output(url, kind, overwrite=overwrite, storage_options=storage_options)
         except BaseException:
             with contextlib.suppress(OSError):  # I/O in flight; the lease recovers the rest
                 fs.rm(tmp, recursive=True)
