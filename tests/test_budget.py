@@ -104,7 +104,7 @@ def test_rows_and_tiles_fit_budget():
             t = DG.nc4_tile_size(K, D, T, budget=budget)
             n = DG.rows_per_block(t, D, budget=budget)
             assert 1 <= t <= min(T, K) and n >= 1
-            held = 8 * (n * (2 * D + t + DG.ROW_EXTRA) + 3 * t * D + 3 * t + D)
+            held = n * (14 * D + 5 * t + 8 * DG.ROW_EXTRA) + 20 * t * D + 8 * (12 * t + D)
             assert held <= budget or (t == 1 and n == 1)
 
 

@@ -18,24 +18,22 @@ def _decision_task(X, mG, W, b, Mc, g, *pos, ncc):
     return Dk.decision_tile(X, mG, W, b, Mc, g, *pos, ncc=ncc)
 
 
-# An NC4 task (float64: ``measure`` casts the test embeddings) holds the sample
-# block X (n×D), W and Mc of the tile (T×D each), b, the class indices (T), mG
-# (D), the linear scores (n×T, freed before the NCC part), ``X − mG`` (n×D),
-# the NCC scores (n×T), ``Mc * Mc`` (T×D) and a few length-n vectors: at most
-# 8·[n·(2D + T + ROW_EXTRA) + 3·T·D + 3·T + D] bytes. :func:`nc4_tile_size`
-# keeps the tile part under half the budget, :func:`rows_per_block` gives the
-# rows the rest (tests/test_budget.py measures the peak). The margins' cosines
-# need ‖x̃‖, whose squares take one more n×D array while they are summed.
+# An NC4 task holds its inputs: the sample block X (n×D, the split's own dtype: the
+# kernel casts it), W and Mc of the tile (T×D float64 each), b, the class indices, mG;
+# one float32 copy of W or Mc at a time (T×D) and a few length-T vectors. Per row: the
+# float32 scores (n×T) and, while the candidates are counted or rechecked, one more byte a
+# score (an n×T mask, float64 rechecks of n/8 rows); the float32 X or X − mG (n×D) beside
+# float64 slices of n/8 rows; ROW_EXTRA length-n vectors. The margins add the cosines' n×T
+# float32 scores. :func:`nc4_tile_size` keeps the tile part under half the budget,
+# :func:`rows_per_block` gives the rows the rest (tests/test_budget.py measures the peak).
 
-#: Bytes per number of an NC4 block (float64).
-ITEMSIZE = 8
-#: Length-n vectors of a decision task besides its n×D and n×T arrays (9 at
-#: the NCC step's peak: output, argmax indices, row index, gathers) and a spare.
-ROW_EXTRA = 10
+#: Length-n float64 vectors of a decision task besides its n×D and n×T arrays (output,
+#: norms, indices, thresholds) and a spare.
+ROW_EXTRA = 16
 
 
 def _tile_bytes(tile_size: int, dim: int) -> int:
-    return ITEMSIZE * (3 * tile_size * dim + 3 * tile_size + dim)
+    return 20 * tile_size * dim + 8 * (12 * tile_size + dim)
 
 
 def nc4_tile_size(n_classes: int, dim: int, tile_size: int, *,
@@ -44,16 +42,17 @@ def nc4_tile_size(n_classes: int, dim: int, tile_size: int, *,
     budget = resolve_budget(budget)
     t = max(1, min(int(tile_size), int(n_classes)))
     if _tile_bytes(t, dim) > budget // 2:
-        t = max(1, (budget // 2 // ITEMSIZE - dim) // (3 * dim + 3))
+        t = max(1, (budget // 2 - 8 * dim) // (20 * dim + 96))
     return t
 
 
 def rows_per_block(tile_size: int, dim: int, *, budget: int | str | None = None,
-                   margins: bool = False) -> int:
+                   margins: bool = False, itemsize: int = 8) -> int:
     """Sample rows per NC4 block so that a task on a ``tile_size``-class tile fits ``budget``
-    (with ``margins``, the :data:`~ncdask.kernels.decisions.MARGIN` columns too)."""
+    (with ``margins``, the :data:`~ncdask.kernels.decisions.MARGIN` columns too) for samples
+    of ``itemsize`` bytes."""
     budget = resolve_budget(budget)
-    per_row = ITEMSIZE * (2 * dim + (2 if margins else 1) * tile_size + ROW_EXTRA)  # cosines: n×T
+    per_row = (itemsize + 6) * dim + (9 if margins else 5) * tile_size + 8 * ROW_EXTRA
     return max(1, (budget - _tile_bytes(tile_size, dim)) // per_row)
 
 
@@ -68,7 +67,8 @@ def decisions(X: da.Array, W: da.Array, b: da.Array, Mc: da.Array, mG: da.Array,
     budget = resolve_budget(budget)
     tile_size = nc4_tile_size(K, D, tile_size, budget=budget)
     chunks = tiles(K, tile_size)
-    rows = rows_per_block(tile_size, D, budget=budget, margins=positions is not None)
+    rows = rows_per_block(tile_size, D, budget=budget, margins=positions is not None,
+                          itemsize=X.dtype.itemsize)
     X = X.rechunk((rows, -1))
     cols = 4 if positions is None else 6
     pos = () if positions is None else (positions.rechunk((X.chunks[0],)), "s")
@@ -81,11 +81,13 @@ def decisions(X: da.Array, W: da.Array, b: da.Array, Mc: da.Array, mG: da.Array,
         partial(_decision_task, ncc=ncc), "scq",
         X, "sd", mG, "d", W, "cd", b, "c", Mc, "cd", g, "c", *pos,
         new_axes={"q": cols}, adjust_chunks={"c": 1}, concatenate=True, align_arrays=False,
-        dtype=X.dtype, meta=meta_from_array(X, ndim=3), token="ncdask-nc4-tiles",
+        dtype=np.float64, meta=meta_from_array(X, ndim=3, dtype=np.float64),
+        token="ncdask-nc4-tiles",
     )
     return reduce_blocks(
         Dk.DECISIONS, parts, axis=1, split_every=split_every or 4,
-        chunks=(X.chunks[0], (cols,)), meta=meta_from_array(X, ndim=2), prefix="ncdask-nc4-merge",
+        chunks=(X.chunks[0], (cols,)), meta=meta_from_array(X, ndim=2, dtype=np.float64),
+        prefix="ncdask-nc4-merge",
     )
 
 

@@ -255,12 +255,12 @@ class Inputs:
 
 
 def _labelled_split(ins: Inputs, data: Any, role: str, why: str) -> tuple[da.Array, da.Array]:
-    """The float64 embeddings (on the statistics' device) and labels of a split of their
+    """The embeddings (as stored, on the statistics' device) and labels of a split of their
     classes, checked: labels, the statistics' width and number of classes."""
     split = split_of(data)
     if "labels" not in split:
         raise ValueError(f"the {role} split needs 'labels' for {why}")
-    X = like(float64(as_dask(split["embeddings"])), ins.M)
+    X = like(as_dask(split["embeddings"]), ins.M)
     if X.ndim != 2 or X.shape[1] != ins.D:
         raise ValueError(f"{role} embeddings have shape {X.shape}, expected (n, {ins.D}) "
                          "like the statistics")
@@ -370,6 +370,7 @@ def _pinv_shares(ins: Inputs) -> da.Array:
     """Every bin's share of ``nc1_pinv`` in one pass over ``train`` (:mod:`ncdask.graph.shares`);
     the shares add up to it, less classes ``min_count`` leaves out but Σ_W pools."""
     X, y = _labelled_split(ins, ins.train, "train", "nc1_pinv_by_frequency")
+    X = float64(X)
     L, sign = SG.pinv_factor(ins.Mc, ins.Sw, eps_dtype=ins.cls.eps_dtype, terms=ins.terms)
     lookup = np.full(ins.K_all, -1, dtype=np.int64)
     lookup[ins.kept.present] = np.arange(ins.K)
