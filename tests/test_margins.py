@@ -158,3 +158,66 @@ def test_task_peak_with_margins_within_budget(monkeypatch, budget):
                          metrics=["margin_mean"])
     assert np.isfinite(float(res.margin_mean.compute(scheduler="sync")))
     assert budget // 2 <= max(peaks) <= budget, (max(peaks), budget)
+
+
+def _near_ties(dtype):
+    """Rows whose best classes (triples ``w + k·δ·e_j``, ``μ + k·δ·e_j``, k = 0, 1, 2; in
+    shuffled order, so the tiles split them) differ by ``δ·|x_j| ≥ δ``: far below float32's
+    error on scores with large common parts (they cancel), far above float64's."""
+    rng = np.random.default_rng(7)
+    n, D, K, delta = 300, 32, 12, 1e-4
+    big = np.ones(D)
+    big[:K // 3] = 0  # e_j, j < K/3: the perturbed coordinates, zero in the common parts
+    P, C, CM = (s * big * rng.normal(size=D) for s in (1e2, 1e3, 1e3))
+    base = rng.normal(size=(K // 3, D)) * big
+    k = np.arange(K)
+    bump = delta * (k % 3)[:, None] * np.eye(D)[k // 3]
+    perm = rng.permutation(K)
+    W, Mc = (C + base[k // 3] + bump)[perm], (CM + base[k // 3] + bump)[perm]
+    b = rng.normal(size=K // 3)[k // 3][perm]
+    y = rng.integers(0, K, n)
+    X = P + Mc[y] - CM + rng.normal(size=(n, D))
+    X[:, :K // 3] = rng.choice([-1, 1], size=(n, K // 3)) * (1 + rng.random((n, K // 3)))
+    return X.astype(dtype), P, W, b, Mc, y
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_float32_scores_give_the_float64_decisions_on_near_ties(dtype):
+    """The decision tiles' float32 GEMMs, rechecked in float64 where the bound leaves more
+    than one class, return what a dense float64 pass does: the decisions exactly, the
+    winners' scores and the margin columns to float64 rounding."""
+    X, mG, W, b, Mc, y = _near_ties(dtype)
+    x, K = X.astype(np.float64), W.shape[0]
+    lin, ncc = x @ W.T + b, (Mc * Mc).sum(1) - 2 * (x - mG) @ Mc.T
+    cos = (x - mG) @ W.T / np.outer(np.linalg.norm(x - mG, axis=1), np.linalg.norm(W, axis=1))
+    i = np.arange(len(x))
+    true, cos[i, y] = cos[i, y].copy(), -np.inf
+    f32 = X.astype(np.float32) @ W.astype(np.float32).T + b.astype(np.float32)
+    assert (f32.argmax(1) != lin.argmax(1)).mean() > 0.2  # float32 alone gets these wrong
+    for tile in (1, 3, K):
+        parts = [Dk.decision_tile(X, mG, W[s:s + tile], b[s:s + tile], Mc[s:s + tile],
+                                  np.arange(s, min(s + tile, K)), y) for s in range(0, K, tile)]
+        got = Dk.merge_decisions(np.concatenate(parts, axis=1))[:, 0]
+        np.testing.assert_array_equal(got[:, 1], lin.argmax(1))
+        np.testing.assert_array_equal(got[:, 3], ncc.argmin(1))
+        np.testing.assert_allclose(got[:, 0], lin.max(1), rtol=1e-13)
+        np.testing.assert_allclose(got[:, 2], ncc.min(1), rtol=1e-13)
+        np.testing.assert_allclose(got[:, 4], true, rtol=0, atol=1e-11)
+        np.testing.assert_allclose(got[:, 5], cos.max(1), rtol=0, atol=1e-11)
+
+
+def test_the_tasks_take_the_split_as_stored(case, monkeypatch):
+    """A float16 test split reaches the decision tasks as float16 (no float64 copy of it
+    upstream) and decides as its float64 copy does."""
+    X, y, Xt, yt, W = case
+    seen = []
+    orig = DG._decision_task
+    monkeypatch.setattr(DG, "_decision_task", lambda X, *a, **k: seen.append(X.dtype)
+                        or orig(X, *a, **k))
+    half = Xt.astype(np.float16)
+    got = _measure(X, y, half, yt, W, tile=3, chunks=40).compute(scheduler="sync")
+    assert set(seen) == {np.dtype(np.float16)}
+    want = _measure(X, y, half.astype(np.float64), yt, W, tile=3, chunks=40).compute()
+    np.testing.assert_array_equal(got.agree_per_class.values, want.agree_per_class.values)
+    np.testing.assert_array_equal(got.margin_hist.values, want.margin_hist.values)
+    np.testing.assert_allclose(float(got.margin_mean), float(want.margin_mean), rtol=1e-12)
