@@ -104,7 +104,8 @@ def test_rows_and_tiles_fit_budget():
             t = DG.nc4_tile_size(K, D, T, budget=budget)
             n = DG.rows_per_block(t, D, budget=budget)
             assert 1 <= t <= min(T, K) and n >= 1
-            held = n * (14 * D + 5 * t + 8 * DG.ROW_EXTRA) + 20 * t * D + 8 * (12 * t + D)
+            held = (n * (10 * D + 32 + 12 * t // 8 + 8 * DG.ROW_EXTRA)
+                    + t * (24 * D + 128) + 24 * D + 2**14)
             assert held <= budget or (t == 1 and n == 1)
 
 

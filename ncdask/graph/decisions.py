@@ -20,20 +20,21 @@ def _decision_task(X, mG, W, b, Mc, g, *pos, ncc):
 
 # An NC4 task holds its inputs: the sample block X (n×D, the split's own dtype: the
 # kernel casts it), W and Mc of the tile (T×D float64 each), b, the class indices, mG;
-# one float32 copy of W or Mc at a time (T×D) and a few length-T vectors. Per row: the
-# float32 scores (n×T) and, while the candidates are counted or rechecked, one more byte a
-# score (an n×T mask, float64 rechecks of n/8 rows); the float32 X or X − mG (n×D) beside
-# float64 slices of n/8 rows; ROW_EXTRA length-n vectors. The margins add the cosines' n×T
-# float32 scores. :func:`nc4_tile_size` keeps the tile part under half the budget,
-# :func:`rows_per_block` gives the rows the rest (tests/test_budget.py measures the peak).
+# float32 copies of W and Mc, a few length-T vectors, and ROW_EXTRA length-n ones. It
+# works on 1/SLICES of the rows at a time: their float64 copy, float32 copy or a gather
+# of W (n×D each), the float32 scores (n×T), with the margins a copy of them, and float64
+# scores of the rows the bound leaves to a recheck (n×T at most) and 32 length-n
+# vectors: at most 16·(D + 16 + T) bytes a row of the slice (12·T without the margins),
+# its rounding up counted with the tile. :func:`nc4_tile_size` keeps the tile part under
+# half the budget, :func:`rows_per_block` gives the rows the rest (tests/test_budget.py
+# measures the peak).
 
-#: Length-n float64 vectors of a decision task besides its n×D and n×T arrays (output,
-#: norms, indices, thresholds) and a spare.
-ROW_EXTRA = 16
+#: Length-n float64 vectors of a decision block (output, positions) and a spare.
+ROW_EXTRA = 10
 
 
 def _tile_bytes(tile_size: int, dim: int) -> int:
-    return 20 * tile_size * dim + 8 * (12 * tile_size + dim)
+    return tile_size * (24 * dim + 128) + 24 * dim + 2**14  # and small objects
 
 
 def nc4_tile_size(n_classes: int, dim: int, tile_size: int, *,
@@ -42,7 +43,7 @@ def nc4_tile_size(n_classes: int, dim: int, tile_size: int, *,
     budget = resolve_budget(budget)
     t = max(1, min(int(tile_size), int(n_classes)))
     if _tile_bytes(t, dim) > budget // 2:
-        t = max(1, (budget // 2 - 8 * dim) // (20 * dim + 96))
+        t = max(1, (budget // 2 - 24 * dim - 2**14) // (24 * dim + 128))
     return t
 
 
@@ -52,7 +53,8 @@ def rows_per_block(tile_size: int, dim: int, *, budget: int | str | None = None,
     (with ``margins``, the :data:`~ncdask.kernels.decisions.MARGIN` columns too) for samples
     of ``itemsize`` bytes."""
     budget = resolve_budget(budget)
-    per_row = (itemsize + 6) * dim + (9 if margins else 5) * tile_size + 8 * ROW_EXTRA
+    per_slice_row = 16 * (dim + 16) + (16 if margins else 12) * tile_size  # 32 vectors
+    per_row = itemsize * dim + per_slice_row // Dk.SLICES + 8 * ROW_EXTRA
     return max(1, (budget - _tile_bytes(tile_size, dim)) // per_row)
 
 

@@ -26,6 +26,8 @@ MARGIN_EDGES = np.linspace(-2.0, 2.0, 401)
 _U = 2.0**-24
 #: Added to the norms in the bound: covers float32 underflow (subnormal products, casts).
 _TINY = 2.0**-50
+#: A decision task works on its sample block this many slices of rows at a time.
+SLICES = 8
 
 
 def decision_tile(X: Any, mG: Any, W: Any, b: Any, Mc: Any, gidx: Any, pos: Any = None, *,
@@ -34,126 +36,98 @@ def decision_tile(X: Any, mG: Any, W: Any, b: Any, Mc: Any, gidx: Any, pos: Any 
     float dtype). The linear classifier scores ``x · w_k + b_k`` (``W``, ``b`` of the tile); the
     nearest class centre ``‖μ̃_k‖² − 2 x̃ · μ̃_k`` (``‖x̃ − μ̃_k‖²`` less a per-sample constant)
     with ``x̃ = x − mG`` and the tile's centred means ``Mc``: two GEMMs, no difference tensor,
-    run in float32 with the float64 result (:func:`_best`). ``gidx`` are the tile's class
-    indices; with ``ncc=False`` the NCC columns are 0. Returns float64 ``(n, 1, 4)``, columns
-    :data:`DECISION`, the winners' scores in float64; ties go to the smallest class index.
-    With ``pos``, each sample's class index (−1: none), the :data:`MARGIN` columns from the
-    classifier's GEMM (``x̃ · w_k = x · w_k − mG · w_k``, so no third GEMM): ``(n, 1, 6)``."""
+    run in float32 with the float64 result (:func:`_best`), :data:`SLICES` slices of rows at a
+    time. ``gidx`` are the tile's class indices; with ``ncc=False`` the NCC columns are 0.
+    Returns float64 ``(n, 1, 4)``, columns :data:`DECISION`, the winners' scores in float64;
+    ties go to the smallest class index. With ``pos``, each sample's class index (−1: none),
+    the :data:`MARGIN` columns ``cos(x̃, w_k)`` of the true class (−inf where the tile lacks
+    it) and of the best other one, from the classifier's GEMM (``x̃ · w_k = x · w_k − mG ·
+    w_k``, so no third GEMM; norms clamped at 1e-8, as ``torch.nn.functional.cosine_similarity``):
+    ``(n, 1, 6)``."""
     xp = array_namespace(X, W, Mc)
     mG, b, gidx = xp.asarray(mG), xp.asarray(b), xp.asarray(gidx)
-    n, f32, f64 = X.shape[0], xp.float32, xp.float64
-    out = xp.empty((n, 1, 4 if pos is None else 6), dtype=f64)
-    if n == 0:
-        return out
-
-    def x64(r: Any) -> Any:
-        return X[r].astype(f64)
-
-    def xc64(r: Any) -> Any:
-        return X[r].astype(f64) - mG[None, :]
-
+    n, T, f32 = X.shape[0], W.shape[0], xp.float32
+    out = xp.zeros((n, 1, 4 if pos is None else 6), dtype=xp.float64)
     with errstate(xp):
-        nx, nw = _rows(lambda r: _norms(x64(r), xp), n, xp), _norms(W, xp)
-        S = X.astype(f32) @ W.astype(f32).T
-        if pos is not None:
-            xn = xp.maximum(_rows(lambda r: _norms(xc64(r), xp), n, xp), 1e-8)
-            _margin_columns(S.copy(), x64, W, mG, nx, nw, xn, xp.asarray(pos) - gidx[0], out, xp)
-        i_lin = _best(S, x64, W, -b, xp.ones_like(nw), nx, nw, xp)
-        del S
-        out[:, 0, 0] = _rowdot(x64, W, i_lin, xp) + b[i_lin]
-        out[:, 0, 1] = gidx[i_lin]
-        if not ncc:
-            out[:, 0, 2:4] = 0
-            return out
-        Xc = xp.empty(X.shape, dtype=f32)
-        for r in _slices(n, n):
-            Xc[r] = xc64(r)
-        S = Xc @ Mc.astype(f32).T
-        del Xc
-        q = xp.einsum("ij,ij->i", Mc, Mc)
-        nxc = _rows(lambda r: _norms(xc64(r), xp), n, xp)
-        i_ncc = _best(S, xc64, Mc, q / 2, xp.full_like(q, 2.0), nxc, xp.sqrt(q), xp)
-        out[:, 0, 2] = q[i_ncc] - 2.0 * _rowdot(xc64, Mc, i_ncc, xp)
-        out[:, 0, 3] = gidx[i_ncc]
+        nw, W32 = _norms(W, xp), W.astype(f32)
+        m, wn = W @ mG, xp.maximum(nw, 1e-8)
+        q, Mc32 = xp.einsum("ij,ij->i", Mc, Mc), Mc.astype(f32) if ncc else None
+        pos = None if pos is None else xp.asarray(pos)
+        for s in range(0, n, max(1, -(-n // SLICES))):
+            r = slice(s, s + max(1, -(-n // SLICES)))
+            x = X[r].astype(xp.float64)
+            nx, o = _norms(x, xp), out[r, 0]
+            S = x.astype(f32) @ W32.T
+            if pos is not None:  # the margins' best other class, from a copy of the scores
+                local = pos[r] - gidx[0]
+                k = _best(S.copy(), x, W, m, 1.0 / wn, nx, nw, xp, skip=local)
+                lc = xp.clip(local, 0, T - 1)
+                dots = xp.stack([_dot(x, W[lc], xp), _dot(x, W[k], xp)])
+            i = _best(S, x, W, -b, None, nx, nw, xp)
+            del S
+            o[:, 0], o[:, 1] = _dot(x, W[i], xp) + b[i], gidx[i]
+            x -= mG[None, :]
+            xn = xp.maximum(_norms(x, xp), 1e-8)
+            if pos is not None:  # cos(x̃, w_j) = (x · w_j − mG · w_j) / (‖x̃‖ ‖w_j‖)
+                j = xp.stack([lc, k])
+                cos = (dots - m[j]) / xn / wn[j]
+                inside = (local >= 0) & (local < T)
+                o[:, 4] = xp.where(inside, cos[0], -xp.inf)
+                o[:, 5] = xp.where(inside & (k == lc), -xp.inf, cos[1])
+            if ncc:  # argmin ‖μ̃‖² − 2 x̃ · μ̃ = argmax x̃ · μ̃ − ‖μ̃‖²/2
+                i = _best(x.astype(f32) @ Mc32.T, x, Mc, q / 2, None, xn, xp.sqrt(q), xp)
+                o[:, 2], o[:, 3] = q[i] - 2.0 * _dot(x, Mc[i], xp), gidx[i]
     return out
 
 
-def _best(S: Any, a64: Any, B: Any, m: Any, g: Any, na: Any, nb: Any, xp: Any,
+def _best(S: Any, A: Any, B: Any, m: Any, g: Any, na: Any, nb: Any, xp: Any,
           skip: Any = None) -> Any:
-    """Each row's class ``k`` of largest ``(a_i · b_k − m_k) · g_k`` (``g > 0``) as float64
-    computes it (the first on ties), from ``S``, ``A @ B.T`` in float32 (overwritten).
+    """Each row's class ``k`` of largest ``(a_i · b_k − m_k) · g_k`` (``g > 0``; None: 1) as
+    float64 computes it (the first on ties), from ``S``, ``A @ B.T`` in float32 (overwritten).
 
     A float32 GEMM runs at twice the float64 rate, and its products are within
     ``(D + 8)·u·‖a_i‖‖b_k‖`` of the exact ones (the rounding of the inputs and of any summation
     order; the slack covers the few float32 operations after it): so a row with a single class
     within twice that bound of its best float32 score has the float64 winner; the others (rare
     near-ties, non-finite or huge rows) are scored again in float64 as the float64 pass does.
-    ``a64(rows)``: rows of ``A`` in float64; ``na``, ``nb``: the float64 row norms of ``A``
-    and ``B``; ``skip``: a class per row left out (outside ``[0, T)``: none)."""
+    ``A``: float64; ``na``, ``nb``: upper bounds of the row norms of ``A`` and ``B``;
+    ``skip``: a class per row left out (outside ``[0, T)``: none)."""
     n, T = S.shape
-    S -= m.astype(S.dtype)[None, :]
-    S *= g.astype(S.dtype)[None, :]
+    f32, g1 = S.dtype, xp.ones_like(nb) if g is None else g
+    S -= m.astype(f32)[None, :]
+    if g is not None:
+        S *= g.astype(f32)[None, :]
+    r = xp.arange(n)
     if skip is not None:
-        r, inside, lc = xp.arange(n), (skip >= 0) & (skip < T), xp.clip(skip, 0, T - 1)
+        inside, lc = (skip >= 0) & (skip < T), xp.clip(skip, 0, T - 1)
         S[r, lc] = xp.where(inside, -xp.inf, S[r, lc])
-    err = ((B.shape[1] + 8) * _U * 1.01 * (na + _TINY) * xp.max(g * (nb + _TINY))
-           + 4 * _U * xp.max(xp.abs(g * m)) + _TINY**2)
-    top = xp.max(S, axis=1).astype(xp.float64)
-    thr = top - 2 * err - 2 * _U * (xp.abs(top) + 2 * err)  # ≤ every float64 winner's S
-    one = xp.sum(S >= thr.astype(S.dtype)[:, None], axis=1) == 1
-    one &= xp.isfinite(thr) & (xp.maximum(na, 1.0) * xp.maximum(xp.max(nb), 1.0) < 2.0**100)
+    err = ((B.shape[1] + 8) * _U * 1.01 * (na + _TINY) * xp.max(g1 * (nb + _TINY))
+           + 4 * _U * xp.max(xp.abs(g1 * m)) + _TINY**2)
     best = xp.argmax(S, axis=1)
-    again = xp.nonzero(~one)[0]
-    for s in _slices(again.shape[0], n):
-        rows = again[s]
-        F = a64(rows) @ B.T
+    top = S[r, best].astype(xp.float64)
+    thr = top - 2 * err - 2 * _U * (xp.abs(top) + 2 * err)  # ≤ every float64 winner's S
+    S[r, best] = -xp.inf
+    one = xp.max(S, axis=1) < thr.astype(f32)  # no second class within the bound
+    one &= xp.isfinite(thr) & (xp.maximum(na, 1.0) * xp.maximum(xp.max(nb), 1.0) < 2.0**100)
+    rows = xp.nonzero(~one)[0]
+    if rows.shape[0]:
+        F = A[rows] @ B.T
         F -= m[None, :]
-        F *= g[None, :]
+        if g is not None:
+            F *= g[None, :]
         if skip is not None:
             j = xp.arange(rows.shape[0])
             F[j, lc[rows]] = xp.where(inside[rows], -xp.inf, F[j, lc[rows]])
         best[rows] = xp.argmax(F, axis=1)
-        del F  # one slice's scores at a time
     return best
-
-
-def _slices(m: int, n: int) -> list[slice]:
-    """Slices over ``m`` rows, ``n / 8`` at a time: what a task holds of a row-wise step."""
-    step = max(1, -(-n // 8))
-    return [slice(i, i + step) for i in range(0, m, step)]
-
-
-def _rows(f: Any, n: int, xp: Any) -> Any:
-    """``f`` of slices of ``n`` rows, concatenated."""
-    return xp.concatenate([f(r) for r in _slices(n, n)])
 
 
 def _norms(A: Any, xp: Any) -> Any:
     return xp.sqrt(xp.einsum("ij,ij->i", A, A))
 
 
-def _rowdot(a64: Any, B: Any, idx: Any, xp: Any) -> Any:
-    """``a_i · B[idx_i]`` in float64 (``a64(rows)``: rows of ``A``), a slice at a time."""
-    return _rows(lambda r: xp.einsum("ij,ij->i", a64(r), B[idx[r]]), idx.shape[0], xp)
-
-
-def _margin_columns(S: Any, x64: Any, W: Any, mG: Any, nx: Any, nw: Any, xn: Any, local: Any,
-                    out: Any, xp: Any) -> None:
-    """Fill the :data:`MARGIN` columns of ``out`` with ``cos(x̃_i, w_k) = (x_i · w_k − mG · w_k)
-    / (‖x̃_i‖ ‖w_k‖)`` (``xn``: ``‖x̃_i‖``, each norm clamped at 1e-8, as
-    ``torch.nn.functional.cosine_similarity``) of the true class and of the best other one,
-    found by :func:`_best` from ``S = X @ W.T`` in float32 (overwritten); ``local``: each
-    sample's true class within the tile (outside ``[0, T)``: not in it; −inf)."""
-    T = W.shape[0]
-    m, wn = W @ mG, xp.maximum(nw, 1e-8)
-    inside, lc = (local >= 0) & (local < T), xp.clip(local, 0, T - 1)
-    k = _best(S, x64, W, m, 1.0 / wn, nx, nw, xp, skip=local)
-
-    def cos(j: Any) -> Any:
-        return (_rowdot(x64, W, j, xp) - m[j]) / xn / wn[j]
-
-    out[:, 0, 4] = xp.where(inside, cos(lc), -xp.inf)
-    out[:, 0, 5] = xp.where(inside & (k == lc), -xp.inf, cos(k))
+def _dot(A: Any, B: Any, xp: Any) -> Any:
+    return xp.einsum("ij,ij->i", A, B)
 
 
 def margin_histogram(dec: Any) -> Any:
