@@ -61,9 +61,10 @@ def rows_per_block(tile_size: int, dim: int, *, budget: int | str | None = None,
 def decisions(X: da.Array, W: da.Array, b: da.Array, Mc: da.Array, mG: da.Array, *, tile_size: int,
               ncc: bool = True, split_every: int | None = None,
               budget: int | str | None = None, positions: da.Array | None = None) -> da.Array:
-    """Best class of the classifier ``W``, ``b`` and of the NCC (means ``Mc`` centred on ``mG``).
-    One task per (sample block, class tile), a tree over the tiles keeps the
-    best; ``ncc=False`` when FAISS supplies the NCC. Returns (N, 4): ``DECISION``; with
+    """Best class of the classifier ``W``, ``b`` and of the NCC (means ``Mc`` centred on ``mG``)
+    for samples ``X`` of any float dtype (each task casts its block). One task per (sample
+    block, class tile), a tree over the tiles keeps the best; ``ncc=False`` when FAISS
+    supplies the NCC. Returns float64 (N, 4): ``DECISION``; with
     ``positions`` (each sample's class row, −1: none) (N, 6): ``DECISION + MARGIN``."""
     K, D = Mc.shape
     budget = resolve_budget(budget)
