@@ -255,12 +255,13 @@ class Inputs:
 
 
 def _labelled_split(ins: Inputs, data: Any, role: str, why: str) -> tuple[da.Array, da.Array]:
-    """The float64 embeddings (on the statistics' device) and labels of a split of their
-    classes, checked: labels, the statistics' width and number of classes."""
+    """The embeddings (as stored, on the statistics' device: the kernels take them to float64
+    block by block) and labels of a split of their classes, checked: labels, the statistics'
+    width and number of classes."""
     split = split_of(data)
     if "labels" not in split:
         raise ValueError(f"the {role} split needs 'labels' for {why}")
-    X = like(float64(as_dask(split["embeddings"])), ins.M)
+    X = like(as_dask(split["embeddings"]), ins.M)
     if X.ndim != 2 or X.shape[1] != ins.D:
         raise ValueError(f"{role} embeddings have shape {X.shape}, expected (n, {ins.D}) "
                          "like the statistics")
@@ -275,6 +276,7 @@ def _decide(ins: Inputs) -> tuple[da.Array, da.Array, da.Array]:
     """NC4 decisions of the test split (blocked GEMMs or FAISS), with the margin columns
     when a margin metric is asked for; the per-sample agreement; the labels."""
     X, y = _labelled_split(ins, ins.test, "test", "NC4")
+    X = float64(X)
     mG = ins.cls.mG
     pos = None
     if set(GROUPS["margins"]) & set(ins.todo):
@@ -373,12 +375,12 @@ def _pinv_shares(ins: Inputs) -> da.Array:
     L, sign = SG.pinv_factor(ins.Mc, ins.Sw, eps_dtype=ins.cls.eps_dtype, terms=ins.terms)
     lookup = np.full(ins.K_all, -1, dtype=np.int64)
     lookup[ins.kept.present] = np.arange(ins.K)
-    sums = SG.class_pinv_sums(X, y, ins.M, L, sign, lookup=lookup,
-                              budget=ins.memory_budget, split_every=ins.split_every)
+    sums, qm = SG.class_pinv_sums(X, y, ins.Mc, ins.cls.mG, L, sign, lookup=lookup,
+                                  budget=ins.memory_budget, split_every=ins.split_every)
     bin_of = np.zeros(ins.K, dtype=np.int64)
     for i, b in enumerate(ins.bins):
         bin_of[b] = i
-    shares = CF.delayed_array(KS.bin_shares, sums, ins.kept.counts[ins.kept.present], bin_of,
+    shares = CF.delayed_array(KS.bin_shares, sums, qm, ins.kept.counts[ins.kept.present], bin_of,
                               len(ins.bins), float(ins.n_samples) * ins.K,
                               shape=(len(ins.bins),), like=ins.M)
     return da.where(ins.per_bin(lambda idx: 0.0, within=True) == 0, shares, np.nan)
