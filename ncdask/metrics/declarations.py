@@ -694,7 +694,9 @@ METRICS: dict[str, Metric] = {
     "nc1_pinv_by_frequency": Metric(
         "NC1 pseudo-inverse: each class-count bin's share",
         "sum_{k in bin} sum_{y_i=k} (x_i - mu_k)^T Sigma_B^+ (x_i - mu_k) / (N K), one pass "
-        "over the training samples; the shares add up to nc1_pinv",
+        "over the training samples (as sums about the global mean less the means' part); the "
+        "shares add up to nc1_pinv. A bin whose sums about the global mean exceed its share "
+        "1e9-fold is beyond float64: NaN, with a warning",
         PAPYAN, needs=("by_frequency", "train"), per_bin=True, within=True,
         compute=_pinv_shares,
         value_range="[0, inf)", direction=-1,
