@@ -157,6 +157,9 @@ _SPECS: dict[str, tuple[str, tuple[str, ...], str, list[Any]]] = {
             _opt("--ignore-index", type=int,
                  help="padding label kept in a new store and left out of statistics "
                       "(default: none)"),
+            _opt("--dtype", choices=("float16", "float32", "float64"),
+                 help="storage dtype of a new store (default: float16 when every file is "
+                      "float16, else float32)"),
             _opt("--no-labels", action="store_true",
                  help="the files hold embeddings only: an unlabelled split (OOD data)"),
             [_opt("--append", action="store_true",
@@ -485,6 +488,8 @@ def _load_matrix(path: str, what: str) -> Any:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from ncdask.store import DuplicateImportError, EmbeddingStore
     from ncdask.store.files import inspect_saved
 
@@ -511,6 +516,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
         if args.ignore_index is not None and args.ignore_index != ignore:
             raise CLIError(f"--ignore-index {args.ignore_index} but {args.store} was created "
                            f"with ignore_index={ignore}")
+        if args.dtype is not None and np.dtype(args.dtype) != store.dtype:
+            raise CLIError(f"--dtype {args.dtype} but {args.store} stores {store.dtype}")
     else:
         ignore = args.ignore_index
         K = args.n_classes
@@ -573,8 +580,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
     if store is None:
         extra = {} if ignore is None else {"ignore_index": ignore}
-        store = EmbeddingStore.create(args.store, K, D, **extra)
-        _say(args, f"created {args.store}: K={K} D={D}")
+        half = all(i["dtype"] == np.float16 for i in infos)  # the precision the user saved
+        dtype = args.dtype or ("float16" if half else "float32")
+        store = EmbeddingStore.create(args.store, K, D, dtype=dtype, **extra)
+        _say(args, f"created {args.store}: K={K} D={D} {dtype}")
     _commit(store, args, pairs, [i["fingerprint"] for i in infos], skip, mode, W, b)
     return 0
 

@@ -62,6 +62,10 @@ def _caller(frame: Any, prefixes: tuple[str, ...]) -> tuple[Any, bool]:
     return frame, waits
 
 
+class DegenerateInputWarning(UserWarning):
+    """A requested metric is undefined for this input (left out), or classes have one sample."""
+
+
 def warn(message: str, category: type[Warning]) -> None:
     """``warnings.warn`` attributed to the caller's line: the innermost frame outside ncdask
     and the libraries that run its graphs, so that a warning raised inside ``ncdask.sweep``

@@ -419,6 +419,36 @@ def test_import_k_from_labels_warns_and_n_classes(tmp_path, arrays, capsys):
     assert "has K=7" in capsys.readouterr().err
 
 
+def test_a_new_store_keeps_half_precision_files_in_half_precision(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 300)
+    X = rng.normal(size=(300, 6)) + np.eye(4, 6)[y]
+    p = str(tmp_path)
+    np.save(f"{p}/y.npy", y)
+    for dt in ("float16", "float64"):
+        np.save(f"{p}/X{dt}.npy", X.astype(dt))
+    got = {}
+    for name, file, extra in (("half", "Xfloat16", []), ("double", "Xfloat64", []),
+                              ("asked", "Xfloat16", ["--dtype", "float64"])):
+        url = f"{p}/{name}.zarr"
+        assert main(["import", f"{p}/{file}.npy", f"{p}/y.npy", "--store", url, "--split",
+                     "train", "--n-classes", "4", *extra]) == 0
+        assert "created" in capsys.readouterr().err
+        s = ncdask.EmbeddingStore.open(url)
+        got[name] = s.dtype
+        np.testing.assert_array_equal(s.split("train").embeddings.values,
+                                      np.load(f"{p}/{file}.npy").astype(s.dtype))
+    assert got == {"half": np.float16, "double": np.float32, "asked": np.float64}
+    # an existing store keeps its dtype: asking for another is an error, nothing written
+    assert main(["import", f"{p}/Xfloat16.npy", f"{p}/y.npy", "--store", f"{p}/half.zarr",
+                 "--split", "test", "--dtype", "float32"]) == 2
+    assert "stores float16" in capsys.readouterr().err
+    assert ncdask.EmbeddingStore.open(f"{p}/half.zarr").splits() == ["train"]
+    res = ncdask.analyze(f"{p}/half.zarr", metrics="nc1", progress=False)
+    ref = ncdask.measure(ncdask.class_stats(split(X.astype(np.float16), y, 4))).compute()
+    np.testing.assert_allclose(float(res.nc1_pinv), float(ref.nc1_pinv), rtol=1e-10)
+
+
 def test_import_errors(tmp_path, arrays, capsys):
     X, y = arrays["train"]
     np.save(tmp_path / "X.npy", X)

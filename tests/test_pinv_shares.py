@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -138,53 +140,81 @@ def test_undefined_nc1_gives_nan_shares():
     assert np.isnan(res.nc1_pinv_by_frequency.values).all()
 
 
-def test_a_small_budget_splits_tiles_and_row_blocks():
-    K, D = 20, 16  # about 430 rows: blocks of 5 rows, tiles of 6, 6, 6 and 2 classes
+def _factor(stats):
+    M = da.from_array(stats["means"].values, chunks=(5, -1))
+    mG = M.mean(0)
+    L, s = SG.pinv_factor(M - mG, da.from_array(stats["within_cov"].values))
+    return M - mG, mG, L, s
+
+
+def test_a_small_budget_splits_the_row_blocks():
+    K, D = 20, 16  # about 430 rows: blocks of 5 rows
     X, y = _problem(K, D, seed=6)
     stats = dense_stats(X, y, K)
     ref = dense_metrics(X, y, K, by_frequency=5)
-    # half of it a tile of 6 classes and the factor; the rest a few rows
-    budget = 2 * 8 * (6 * D + D * D)
+    budget = 8 * (D * D + 4 * K + 5 * (2 * D + 6))  # L, the output and 5 rows
     res = ncdask.measure(stats, metrics="nc1_pinv", by_frequency=5, memory_budget=budget,
                          train=split(X, y, chunks=len(y))).compute()
     np.testing.assert_allclose(res.nc1_pinv_by_frequency.values,
                                ref["nc1_pinv_by_frequency"], rtol=1e-9)
 
-    M = da.from_array(stats["means"].values, chunks=(K, -1))
-    L, s = SG.pinv_factor(M - M.mean(0), da.from_array(stats["within_cov"].values))
-    lookup = np.arange(K)
-    sums = SG.class_pinv_sums(da.from_array(X, chunks=(len(y), -1)), da.from_array(y), M,
-                              L, s, lookup=lookup, budget=budget)
-    assert sums.shape == (2, K) and max(sums.chunks[1]) == 6  # the class tiles were cut
-    assert SG.rows_per_block(6, D, D, budget=budget) < len(y) // 10  # and the row blocks
+    assert SG.rows_per_block(D, D, K, budget=budget) == 5
+    Mc, mG, L, s = _factor(stats)
+    sums, qm = SG.class_pinv_sums(da.from_array(X, chunks=(len(y), -1)), da.from_array(y), Mc,
+                                  mG, L, s, lookup=np.arange(K), budget=budget)
+    assert sums.shape == (2, K) and qm.shape == (K,)
     np.testing.assert_array_equal(sums[1].compute(), np.bincount(y, minlength=K))
 
 
-def test_each_row_block_feeds_one_task_so_it_is_freed_after_its_tiles():
+def test_each_row_block_feeds_one_task_so_it_is_freed_after_it():
     """Per-tile trees over the row blocks kept every block alive until the last tile's tree
-    reached it: 10.5 GB at N=1M, K=50,257, D=1,024 (the whole train split at N=10M). A
-    block's tiles must meet in one task first."""
+    reached it: 10.5 GB at N=1M, K=50,257, D=1,024 (the whole train split at N=10M). Each
+    block must feed one task, the block's sums."""
     from dask.core import get_dependencies
 
     K, D = 20, 16
     X, y = _problem(K, D, seed=6)
     stats = dense_stats(X, y, K)
-    M = da.from_array(stats["means"].values, chunks=(K, -1))
-    L, s = SG.pinv_factor(M - M.mean(0), da.from_array(stats["within_cov"].values))
-    sums = SG.class_pinv_sums(da.from_array(X, chunks=(len(y), -1)), da.from_array(y), M,
-                              L, s, lookup=np.arange(K), budget=2 * 8 * (6 * D + D * D))
+    Mc, mG, L, s = _factor(stats)
+    Xd = da.from_array(X, chunks=(len(y), -1))
+    sums, _ = SG.class_pinv_sums(Xd, da.from_array(y), Mc, mG, L, s, lookup=np.arange(K),
+                                 budget=8 * (D * D + 4 * K + 5 * (2 * D + 6)))
     graph = dict(sums.__dask_graph__())
-    tiles = [k for k in graph if isinstance(k, tuple) and "class_quadratic" in k[0]]
     users = {}
     for k in graph:
         for dep in get_dependencies(graph, k):
             users.setdefault(dep, set()).add(k)
-    by_block = {}
-    for k in tiles:
-        by_block.setdefault(k[1], set()).update(users[k])
-    assert len(by_block) > 10 and len({k[3] for k in tiles}) == 4  # blocks × 4 tiles
-    assert all(len(u) == 1 for u in by_block.values())
+    blocks = [k for k in graph if isinstance(k, tuple) and "rechunk" in k[0]
+              and any("pinv-shares" in u[0] for u in users.get(k, ()))]
+    assert len(blocks) > 10
+    assert all(len(users[k]) == 1 for k in blocks)
     np.testing.assert_array_equal(sums[1].compute(), np.bincount(y, minlength=K))
+
+
+@pytest.mark.parametrize("spread", [1e-3, 1e-5])
+def test_far_and_tight_classes_keep_their_digits_or_are_nan(spread):
+    """Each share is a difference of sums about the global mean: classes far from the origin
+    and tight about their means lose digits to it. A share keeps ~5 digits or is NaN with a
+    warning, never a wrong number."""
+    rng = np.random.default_rng(3)
+    K, D = 10, 6
+    means = 1e4 + 50 * rng.normal(size=(K, D))  # far from 0, well apart
+    y = rng.permutation(np.repeat(np.arange(K), rng.integers(3, 30, K)))
+    X = means[y] + spread * rng.normal(size=(len(y), D))  # nc1_pinv about 2e-9 or 2e-13
+    ref = dense_metrics(X, y, K, by_frequency=3)
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        res = ncdask.measure(dense_stats(X, y, K), metrics="nc1_pinv", by_frequency=3,
+                             train=split(X, y, chunks=37)).compute()
+    np.testing.assert_allclose(float(res.nc1_pinv), ref["nc1_pinv"], rtol=1e-6)
+    shares = res.nc1_pinv_by_frequency.values
+    if spread == 1e-3:
+        np.testing.assert_allclose(shares, ref["nc1_pinv_by_frequency"], rtol=1e-4)
+        assert not [w for w in got if issubclass(w.category, ncdask.DegenerateInputWarning)]
+    else:
+        assert np.isnan(shares).all()
+        assert [w for w in got if issubclass(w.category, ncdask.DegenerateInputWarning)
+                and "too few" in str(w.message)]
 
 
 def test_a_sweep_takes_one_train_split_per_item():

@@ -1,16 +1,14 @@
 """Graphs of the per-class shares of ``nc1_pinv``: one blocked pass over the samples.
 
-Σ_B⁺ is factored once; one task per (sample block, class tile) sums the signed
-``‖(x_i − μ_{y_i}) L‖²`` of its rows per class."""
+Σ_B⁺ is factored once; one task per sample block sums the signed ``‖(x_i − c) L‖²`` of its
+rows per class (:mod:`ncdask.kernels.shares` says why about ``c``, the global mean)."""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import dask.array as da
 import numpy as np
-from dask.array.core import PerformanceWarning
 from dask.array.utils import meta_from_array
 
 from ncdask.graph.closed_forms import delayed_array, gram
@@ -38,48 +36,41 @@ def pinv_factor(Mc: da.Array, Sw: da.Array, *, eps_dtype: Any = None,
     return F[:D], F[D]
 
 
-def rows_per_block(tile_size: int, dim: int, rank: int, *,
+def rows_per_block(dim: int, rank: int, n_kept: int, *,
                    budget: int | str | None = None) -> int:
     """Sample rows per block so that one task of :func:`class_pinv_sums` fits ``budget``.
-    A task holds ``T·D + D·R`` numbers, and per row ``3D + R`` and a few more."""
+    A task holds ``L`` (D·R), its output (2K) and per row the float64 row, its ``R`` products
+    and a few more."""
     budget = resolve_budget(budget)
-    fixed = ITEMSIZE * (tile_size * dim + dim * rank)
-    per_row = ITEMSIZE * (3 * dim + rank + 6)
+    fixed = ITEMSIZE * (dim * rank + 4 * n_kept)
+    per_row = ITEMSIZE * (dim + rank + 6)
     return max(1, (budget - fixed) // per_row)
 
 
-def class_pinv_sums(X: da.Array, y: da.Array, M: da.Array, L: da.Array, sign: da.Array, *,
-                    lookup: np.ndarray, budget: int | str | None = None,
-                    split_every: int | None = None) -> da.Array:
-    """``[S_k, n_k]`` (2, K) per class measured, ``S_k = Σ_{y_i=k} Σ_j s_j ((x_i − μ_k)·l_j)²``.
-    ``M`` holds the means of the classes measured, in class tiles (cut to half
-    of ``budget``); ``lookup`` gives each label's row of ``M`` (-1: skipped);
-    ``L``, ``sign`` are the factor of :func:`pinv_factor`."""
-    K, D = M.shape
+def class_pinv_sums(X: da.Array, y: da.Array, Mc: da.Array, c: da.Array, L: da.Array,
+                    sign: da.Array, *, lookup: np.ndarray, budget: int | str | None = None,
+                    split_every: int | None = None) -> tuple[da.Array, da.Array]:
+    """``([Σ_{y_i=k} q(x_i − c), n_k] (2, K), q(μ_k − c) (K,))`` per class measured, ``q(v) =
+    Σ_j s_j (v·l_j)²``: their difference ``S_k`` is class k's share of ``tr(Σ_B⁺ Σ_W)``. ``Mc``
+    holds the means of the classes measured centred on ``c``, in class tiles; ``lookup`` gives
+    each label's row of ``Mc`` (−1: skipped); ``L``, ``sign`` are :func:`pinv_factor`'s."""
+    K, D = Mc.shape
     R = L.shape[1]
-    budget = resolve_budget(budget)
-    M = M.rechunk({1: -1})
-    T = max(M.chunks[0])
-    if ITEMSIZE * (T * D + D * R) > budget // 2:  # the tile takes at most half the budget
-        T = max(1, (budget // 2 // ITEMSIZE - D * R) // D)
-        M = M.rechunk({0: T})
+    L, sign, c = L.rechunk(-1), sign.rechunk(-1), c.rechunk(-1)
     X = X.rechunk({1: -1})
-    rows = rows_per_block(T, D, R, budget=budget)
+    rows = rows_per_block(D, R, K, budget=budget)
     if max(X.chunks[0]) > rows:
         X = X.rechunk({0: rows})
     y = y.rechunk((X.chunks[0],))
     yk = y.map_blocks(KS.kept_positions, lookup, dtype=np.int64,
                       meta=meta_from_array(y, ndim=1, dtype=np.int64))
-    pos = da.arange(K, chunks=(M.chunks[0],), dtype=np.int64)
-    with warnings.catch_warnings():  # the sample-block × class-tile grid is the plan
-        warnings.simplefilter("ignore", PerformanceWarning)
-        parts = da.blockwise(
-            KS.class_quadratic_sums, "icj",
-            X, "if", yk, "i", M, "jf", pos, "j", L.rechunk(-1), "fr", sign.rechunk(-1), "r",
-            new_axes={"c": 2}, adjust_chunks={"i": 1}, dtype=np.float64,
-            meta=meta_from_array(M, ndim=3, dtype=np.float64), concatenate=True,
-        )
-    # a sample block's tiles joined first: each block is read once and freed, where separate
-    # trees per tile would keep every block alive until the last tile's tree reached it
-    return parts.rechunk({2: -1}).sum(axis=0, split_every=split_every).rechunk(
-        {1: M.chunks[0]})
+    parts = da.blockwise(
+        KS.row_quadratic_sums, "ick", X, "if", yk, "i", c, "f", L, "fr", sign, "r",
+        new_axes={"c": 2, "k": K}, adjust_chunks={"i": 1}, dtype=np.float64, n_kept=K,
+        meta=meta_from_array(Mc, ndim=3, dtype=np.float64), concatenate=True,
+        token="ncdask-pinv-shares",
+    )
+    sums = parts.sum(axis=0, split_every=split_every)
+    qm = Mc.rechunk({1: -1}).map_blocks(KS.mean_quadratic, L, sign, drop_axis=1,
+                                        dtype=np.float64)
+    return sums, qm

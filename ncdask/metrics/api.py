@@ -21,18 +21,13 @@ import xarray as xr
 
 from ncdask._validate import check_count
 from ncdask._version import __version__
-from ncdask.errors import did_you_mean, option, warn
+from ncdask.errors import DegenerateInputWarning, did_you_mean, option, warn
 from ncdask.graph.pairwise import default_tile_size, resolve_budget
 from ncdask.kernels.pairwise import RieszRangeWarning  # noqa: F401 - public with measure
 from ncdask.metrics.declarations import GROUPS, METRICS, ON_REQUEST, Inputs, dim_coords
 from ncdask.metrics.inputs import check_stats as _check_stats
 from ncdask.metrics.inputs import class_inputs, kept_classes
 from ncdask.metrics.summary import check_role, is_summary
-
-
-class DegenerateInputWarning(UserWarning):
-    """A requested metric is undefined for this input (left out), or classes have one sample."""
-
 
 _LONE = "one-sample classes"  # the key of their note among the degenerate reasons
 

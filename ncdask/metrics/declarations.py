@@ -255,8 +255,9 @@ class Inputs:
 
 
 def _labelled_split(ins: Inputs, data: Any, role: str, why: str) -> tuple[da.Array, da.Array]:
-    """The embeddings (as stored, on the statistics' device) and labels of a split of their
-    classes, checked: labels, the statistics' width and number of classes."""
+    """The embeddings (as stored, on the statistics' device: the kernels cast them block by
+    block) and labels of a split of their classes, checked: labels, the statistics'
+    width and number of classes."""
     split = split_of(data)
     if "labels" not in split:
         raise ValueError(f"the {role} split needs 'labels' for {why}")
@@ -370,16 +371,15 @@ def _pinv_shares(ins: Inputs) -> da.Array:
     """Every bin's share of ``nc1_pinv`` in one pass over ``train`` (:mod:`ncdask.graph.shares`);
     the shares add up to it, less classes ``min_count`` leaves out but Σ_W pools."""
     X, y = _labelled_split(ins, ins.train, "train", "nc1_pinv_by_frequency")
-    X = float64(X)
     L, sign = SG.pinv_factor(ins.Mc, ins.Sw, eps_dtype=ins.cls.eps_dtype, terms=ins.terms)
     lookup = np.full(ins.K_all, -1, dtype=np.int64)
     lookup[ins.kept.present] = np.arange(ins.K)
-    sums = SG.class_pinv_sums(X, y, ins.M, L, sign, lookup=lookup,
-                              budget=ins.memory_budget, split_every=ins.split_every)
+    sums, qm = SG.class_pinv_sums(X, y, ins.Mc, ins.cls.mG, L, sign, lookup=lookup,
+                                  budget=ins.memory_budget, split_every=ins.split_every)
     bin_of = np.zeros(ins.K, dtype=np.int64)
     for i, b in enumerate(ins.bins):
         bin_of[b] = i
-    shares = CF.delayed_array(KS.bin_shares, sums, ins.kept.counts[ins.kept.present], bin_of,
+    shares = CF.delayed_array(KS.bin_shares, sums, qm, ins.kept.counts[ins.kept.present], bin_of,
                               len(ins.bins), float(ins.n_samples) * ins.K,
                               shape=(len(ins.bins),), like=ins.M)
     return da.where(ins.per_bin(lambda idx: 0.0, within=True) == 0, shares, np.nan)
@@ -693,7 +693,9 @@ METRICS: dict[str, Metric] = {
     "nc1_pinv_by_frequency": Metric(
         "NC1 pseudo-inverse: each class-count bin's share",
         "sum_{k in bin} sum_{y_i=k} (x_i - mu_k)^T Sigma_B^+ (x_i - mu_k) / (N K), one pass "
-        "over the training samples; the shares add up to nc1_pinv",
+        "over the training samples (as sums about the global mean less the means' part); the "
+        "shares add up to nc1_pinv. A bin whose sums about the global mean exceed its share "
+        "1e9-fold is beyond float64: NaN, with a warning",
         PAPYAN, needs=("by_frequency", "train"), per_bin=True, within=True,
         compute=_pinv_shares,
         value_range="[0, inf)", direction=-1,

@@ -167,8 +167,8 @@ def inspect_saved(X_path: str | Path, y_path: str | Path | None = None, *, label
                   rows: int = 2**20) -> dict[str, Any]:
     """Check saved files (as for :func:`iter_saved_arrays`) before anything is written. Reads the
     headers and every label, in blocks of ``rows`` (labels lie in ``[0, n_classes)`` or equal
-    ``ignore_index``). Returns ``dim``, ``rows``, ``max_label`` (-1 when none), the absolute paths
-    ``embeddings`` / ``labels`` and a content ``fingerprint``."""
+    ``ignore_index``). Returns ``dim``, ``rows``, ``dtype``, ``max_label`` (-1 when none), the
+    absolute paths ``embeddings`` / ``labels`` and a content ``fingerprint``."""
     X_path = str(X_path)
     y_path = None if y_path is None else str(y_path)
     for p in (X_path, y_path):
@@ -176,7 +176,7 @@ def inspect_saved(X_path: str | Path, y_path: str | Path | None = None, *, label
             raise FileNotFoundError(f"no such file: {p}")
     top = -1
     with _opened(X_path, y_path, labels) as (X, y):
-        shape = X.shape
+        shape, dtype = X.shape, np.dtype(X.dtype)
         y_name = _labels_file(X_path, y_path)
         for yb in _blocks(y, rows, y_name) if y is not None else ():
             yb = check_labels(yb, n_classes, ignore_index, f"{y_name}: ")
@@ -186,6 +186,7 @@ def inspect_saved(X_path: str | Path, y_path: str | Path | None = None, *, label
     return {
         "dim": int(shape[1]),
         "rows": int(shape[0]),
+        "dtype": dtype,
         "max_label": top,
         "embeddings": paths[0],
         "labels": paths[1] if len(paths) > 1 else None,
