@@ -53,8 +53,9 @@ def decision_tile(X: Any, mG: Any, W: Any, b: Any, Mc: Any, gidx: Any, pos: Any 
         m, wn = W @ mG, xp.maximum(nw, 1e-8)
         q, Mc32 = xp.einsum("ij,ij->i", Mc, Mc), Mc.astype(f32) if ncc else None
         pos = None if pos is None else xp.asarray(pos)
-        for s in range(0, n, max(1, -(-n // SLICES))):
-            r = slice(s, s + max(1, -(-n // SLICES)))
+        step = max(1, -(-n // SLICES))
+        for s in range(0, n, step):
+            r = slice(s, s + step)
             x = X[r].astype(xp.float64)
             nx, o = _norms(x, xp), out[r, 0]
             S = x.astype(f32) @ W32.T
@@ -122,12 +123,12 @@ def _best(S: Any, A: Any, B: Any, m: Any, g: Any, na: Any, nb: Any, xp: Any,
     return best
 
 
-def _norms(A: Any, xp: Any) -> Any:
-    return xp.sqrt(xp.einsum("ij,ij->i", A, A))
-
-
 def _dot(A: Any, B: Any, xp: Any) -> Any:
     return xp.einsum("ij,ij->i", A, B)
+
+
+def _norms(A: Any, xp: Any) -> Any:
+    return xp.sqrt(_dot(A, A, xp))
 
 
 def margin_histogram(dec: Any) -> Any:
