@@ -197,7 +197,7 @@ def neco_scores(stats: xr.Dataset, split: Any, n_components: int | None = None,
     elif weights is not None:
         W, b, T = _classifier(weights, bias, X.shape[1], tile_size)
         zeros = da.zeros(X.shape[1], dtype=np.float64, chunks=-1)
-        max_logit = DG.decisions(float64(X), W, b, W, zeros, tile_size=T, ncc=False)[:, 0]
+        max_logit = DG.decisions(X, W, b, W, zeros, tile_size=T, ncc=False)[:, 0]
     mask = _kept_rows(ds, ignore_index)
     scores = GN.neco_scores(X, fit["mean"].data, fit["scale"].data, fit["components"].data,
                             max_logit=max_logit, mask=mask)
