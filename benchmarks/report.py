@@ -125,15 +125,16 @@ def _neco_fig() -> str:
             f"{row['covariances'][1]}; medians of 3")
 
 
-def _lc_fig() -> str:
-    r = json.loads((RESULTS / "bench_lc.json").read_text())
+def _lc_fig(name: str = "bench_lc.json") -> str:
+    r = json.loads((RESULTS / name).read_text())
     steps = "; ".join(
         f"{s['step']} {s['wall_s']:.0f} s ({s['ratio']:.2f}× its floor {s['floor_s']:.0f} s, "
         f"{s['peak_rss_bytes'] / 2**30:.1f} GiB)" for s in r["steps"])
     return (f"steps {r['steps_total_s'] / 60:.1f} min of {r['total_s'] / 60:.1f} min in all "
             f"(N_test={r['shape']['N_test']:,}): {steps}; the rerun's statistics read "
             f"{r['rerun_stats_rows_read']:,} of {r['rerun_rows_total']:,} rows; dgemm "
-            f"{r['rates']['dgemm_flops'] / 1e9:.0f} GFLOP/s; one run")
+            f"{r['rates']['dgemm_flops'] / 1e9:.0f}, sgemm {r['rates']['sgemm_flops'] / 1e9:.0f}"
+            " GFLOP/s; one run")
 
 
 #: (what, command, results file, figure) of each row, in the table's order.
@@ -175,7 +176,10 @@ ROWS = [
      "python benchmarks/bench_neco_cov.py", "bench_neco_cov.txt", _neco_fig),
     ("Linguistic Collapse's scale through the CLI: K=50,257 (Zipf 1.1), D=1,024 float16, "
      "N=10M + 1M appended, import, stats, analyze --by-frequency 10, rerun",
-     "python benchmarks/bench_lc.py --test-rows 10000", "bench_lc.json", _lc_fig),
+     "python benchmarks/bench_lc.py", "bench_lc.json", _lc_fig),
+    ("same with 10,000 test rows", "... --test-rows 10000 --out "
+     "benchmarks/results/bench_lc_test10k.json", "bench_lc_test10k.json",
+     lambda: _lc_fig("bench_lc_test10k.json")),
 ]
 
 
