@@ -95,10 +95,14 @@ def _embeddings(X: np.ndarray, dtype: np.dtype, allow_nonfinite: bool) -> np.nda
         Xs = np.asarray(X, dtype=dtype)
     if not allow_nonfinite and Xs.size and not np.isfinite(Xs).all():
         rows = np.nonzero(~np.isfinite(Xs).all(axis=1))[0]
+        cast = Xs.dtype != X.dtype and bool(np.isfinite(X[rows[0]]).all())
         raise ValueError(
             f"embeddings contain NaN or inf in {rows.size} row(s) (first: row {rows[0]}"
             f"{', after casting to ' + str(dtype) if Xs.dtype != X.dtype else ''}); "
-            "pass allow_nonfinite=True to store them anyway")
+            + option("pass allow_nonfinite=True to store them anyway",
+                     "the command line stores finite rows only"
+                     + (f": they overflow {dtype}, so import them into a store of a wider "
+                        "--dtype" if cast else "")))
     return Xs
 
 

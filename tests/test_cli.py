@@ -444,6 +444,11 @@ def test_a_new_store_keeps_half_precision_files_in_half_precision(tmp_path, caps
                  "--split", "test", "--dtype", "float32"]) == 2
     assert "stores float16" in capsys.readouterr().err
     assert ncdask.EmbeddingStore.open(f"{p}/half.zarr").splits() == ["train"]
+    # values beyond float16's range are refused, with the way out the command line has
+    np.save(f"{p}/Xbig.npy", 1e6 * X)
+    assert main(["import", f"{p}/Xbig.npy", f"{p}/y.npy", "--store", f"{p}/big.zarr",
+                 "--split", "train", "--n-classes", "4", "--dtype", "float16"]) == 2
+    assert "overflow float16" in capsys.readouterr().err
     res = ncdask.analyze(f"{p}/half.zarr", metrics="nc1", progress=False)
     ref = ncdask.measure(ncdask.class_stats(split(X.astype(np.float16), y, 4))).compute()
     np.testing.assert_allclose(float(res.nc1_pinv), float(ref.nc1_pinv), rtol=1e-10)
