@@ -1,4 +1,5 @@
 import itertools
+import tracemalloc
 
 import dask
 import numpy as np
@@ -64,3 +65,27 @@ def small_store(mem_url):
     y = rng.integers(0, 4, size=300)
     s = ncdask.EmbeddingStore.from_arrays(mem_url(), {"train": (X, y)}, n_classes=4, chunk_rows=64)
     return s, X, y
+
+
+@pytest.fixture
+def decision_task_peaks(monkeypatch):
+    """Trace each NC4 decision task: returns the list that receives, per task, its inputs'
+    bytes plus tracemalloc's peak inside it (tracing only inside the task: tracing the whole
+    graph run took 22 s, and the task's peak is the same). Install before the graph is built."""
+    import ncdask.graph.decisions as DG
+
+    peaks = []
+    orig = DG._decision_task
+
+    def traced(*args, **kwargs):
+        inputs = sum(a.nbytes for a in args)
+        tracemalloc.start()
+        try:
+            out = orig(*args, **kwargs)
+            peaks.append(inputs + tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        return out
+
+    monkeypatch.setattr(DG, "_decision_task", traced)
+    return peaks

@@ -133,24 +133,9 @@ def test_results_identical_across_budgets():
 # --------------------------------------------------------------------------- the bound
 
 
-def _task_peaks(monkeypatch, **kw):
-    """Largest bytes one NC4 task holds (its inputs plus tracemalloc's peak inside it)."""
-    peaks = []
-    orig = DG._decision_task
-
-    def traced(*args, **kwargs):
-        # trace inside the task only: tracing the whole graph run made this test
-        # take 22 s; the peak of what the task allocates is the same
-        inputs = sum(a.nbytes for a in args)
-        tracemalloc.start()
-        try:
-            out = orig(*args, **kwargs)
-            peaks.append(inputs + tracemalloc.get_traced_memory()[1])
-        finally:
-            tracemalloc.stop()
-        return out
-
-    monkeypatch.setattr(DG, "_decision_task", traced)  # read when the graph is built
+def _task_peaks(peaks, **kw):
+    """Largest bytes one NC4 task holds (``peaks``: the ``decision_task_peaks`` fixture)."""
+    peaks.clear()
     stats, W, test = _problem(500, 64, 6_000)
     res = measure(stats, weights=W, test=test, metrics=["nc4_agree"], **kw)
     value = float(res.nc4_agree.compute(scheduler="sync"))
@@ -158,12 +143,13 @@ def _task_peaks(monkeypatch, **kw):
 
 
 @pytest.mark.parametrize("budget", [2**20, 4 * 2**20])
-def test_nc4_task_peak_within_budget(monkeypatch, budget):
-    peak, n_tasks, value = _task_peaks(monkeypatch, memory_budget=budget)
+def test_nc4_task_peak_within_budget(decision_task_peaks, budget):
+    peak, n_tasks, value = _task_peaks(decision_task_peaks, memory_budget=budget)
     assert peak <= budget, (peak, budget)
     assert peak >= budget // 2  # the blocks do use the budget: the accounting is tight
     # a tile size far over the budget is cut down for NC4, and the results agree
-    peak2, n_tasks2, value2 = _task_peaks(monkeypatch, memory_budget=budget, tile_size=500)
+    peak2, n_tasks2, value2 = _task_peaks(decision_task_peaks, memory_budget=budget,
+                                        tile_size=500)
     assert peak2 <= budget and value2 == value
 
 

@@ -4,7 +4,6 @@ The margins ride in the NC4 decisions pass; ``measure`` on CuPy-like input is ch
 every other metric by ``test_array_namespace.py::test_class_stats_and_measure_end_to_end``.
 """
 
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -131,22 +130,10 @@ def test_the_kernel_on_a_cupy_like_array():
 
 
 @pytest.mark.parametrize("budget", [2**20])
-def test_task_peak_with_margins_within_budget(monkeypatch, budget):
+def test_task_peak_with_margins_within_budget(decision_task_peaks, budget):
     """A decision task with the margin columns holds no more than the budget (the cosines
     are one more n×T beside the scores: no N×K array)."""
-    peaks = []
-    orig = DG._decision_task
-
-    def traced(*args, **kwargs):
-        inputs = sum(a.nbytes for a in args)
-        tracemalloc.start()
-        try:
-            return orig(*args, **kwargs)
-        finally:
-            peaks.append(inputs + tracemalloc.get_traced_memory()[1])
-            tracemalloc.stop()
-
-    monkeypatch.setattr(DG, "_decision_task", traced)
+    peaks = decision_task_peaks
     rng = np.random.default_rng(0)
     K, D, N = 300, 64, 4000
     means = rng.normal(size=(K, D))
